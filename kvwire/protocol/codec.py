@@ -1,0 +1,264 @@
+"""Messages to frames and payloads to messages: docs/protocol.md in code.
+
+A frame is a 4-byte big-endian payload length followed by one msgpack map.
+The map always holds ``op`` (an unsigned integer) and ``id`` (an unsigned
+integer the reply echoes); the other fields depend on the op. Encoding writes
+``op``, ``id`` and then the fields in the order the message class declares
+them, which is what makes the spec's hex examples reproducible byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import fields
+from typing import Any, Callable
+
+import msgpack
+
+from .errors import ErrorCode, ProtocolError
+from .limits import Limits
+from .messages import (
+    Consistency,
+    Delete,
+    DeleteReply,
+    ErrorReply,
+    Get,
+    GetReply,
+    Health,
+    HealthReply,
+    Hello,
+    HelloReply,
+    Message,
+    Op,
+    Ping,
+    Pong,
+    Put,
+    PutReply,
+    Replicate,
+    ReplicateReply,
+    Role,
+    Version,
+)
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+
+MAX_REQUEST_ID = 2**64 - 1
+# Counters are stored in SQLite's signed 64-bit INTEGER.
+MAX_COUNTER = 2**63 - 1
+
+# Fields left out of the map when they are None; every other field is always sent.
+_OPTIONAL_FIELDS = {"cluster", "node", "consistency"}
+
+
+class _Invalid(Exception):
+    """A field failed its check; the decoder adds the field name and request id."""
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+# --- field checks: each returns the field's Python value or raises _Invalid ------------
+
+
+def _uint(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise _Invalid(f"must be an unsigned integer, got {_describe(value)}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if type(value) is not str:
+        raise _Invalid(f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _Invalid(f"must be true or false, got {_describe(value)}")
+    return value
+
+
+def _mapping(value: Any) -> dict:
+    if type(value) is not dict:
+        raise _Invalid(f"must be a map, got {_describe(value)}")
+    return value
+
+
+def _anything(value: Any) -> Any:
+    return value
+
+
+def _version(value: Any) -> Version:
+    if (
+        type(value) is not list
+        or len(value) != 2
+        or type(value[0]) is not int
+        or not 0 <= value[0] <= MAX_COUNTER
+        or type(value[1]) is not str
+    ):
+        raise _Invalid(f"must be [counter, node id] with 0 <= counter < 2**63, got {_describe(value)}")
+    return Version(value[0], value[1])
+
+
+def _choice(enum_type: type) -> Callable[[Any], Any]:
+    allowed = ", ".join(repr(member.value) for member in enum_type)
+
+    def check(value: Any) -> Any:
+        try:
+            return enum_type(value)
+        except ValueError:
+            raise _Invalid(f"must be one of {allowed}, got {_describe(value)}") from None
+
+    return check
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "proto": _uint,
+    "role": _choice(Role),
+    "cluster": _text,
+    "node": _text,
+    "key": _text,  # non-empty and size are checked with the limits, below
+    "consistency": _choice(Consistency),
+    "value": _anything,
+    "version": _version,
+    "deleted": _boolean,
+    "applied": _boolean,
+    "health": _mapping,
+    "code": _uint,
+    "message": _text,
+}
+
+_CLASSES: dict[int, type] = {
+    cls.op: cls
+    for cls in (
+        Hello, Ping, Get, Put, Delete, Health, Replicate,
+        ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply,
+    )
+}
+
+# op -> (class, ((field name, check, required), ...)), built once from the dataclasses.
+_SCHEMAS: dict[int, tuple[type, tuple[tuple[str, Callable[[Any], Any], bool], ...]]] = {}
+_FIELD_NAMES: dict[int, tuple[str, ...]] = {}
+for _op, _cls in _CLASSES.items():
+    _names = tuple(f.name for f in fields(_cls) if f.name != "id")
+    _FIELD_NAMES[_op] = _names
+    _SCHEMAS[_op] = (
+        _cls,
+        tuple((name, _CHECKS[name], name not in _OPTIONAL_FIELDS) for name in _names),
+    )
+
+
+# --- encoding --------------------------------------------------------------------------
+
+
+def encode_payload(message: Message) -> bytes:
+    """The msgpack map for ``message``, without the length prefix."""
+    op = message.op
+    body: dict[str, Any] = {"op": int(op), "id": message.id}
+    for name in _FIELD_NAMES[op]:
+        value = getattr(message, name)
+        if value is None and name in _OPTIONAL_FIELDS:
+            continue
+        body[name] = value
+    try:
+        return msgpack.packb(body)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}", fatal=False) from exc
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with its 4-byte big-endian length."""
+    return HEADER.pack(len(payload)) + payload
+
+
+def encode(message: Message) -> bytes:
+    """One complete frame carrying ``message``."""
+    return frame(encode_payload(message))
+
+
+# --- decoding --------------------------------------------------------------------------
+
+
+def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
+    """Parse one frame's payload into a message.
+
+    ``replies`` says which half of the protocol this side accepts: a node takes
+    requests (ops below 0x80), a client takes replies. Raises ProtocolError;
+    its ``fatal`` flag is set when even the request id could not be read.
+    """
+    try:
+        body = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            # Every length in the payload is already bounded by its frame, so
+            # these only restate that bound for msgpack's preallocation.
+            max_str_len=limits.max_frame_bytes,
+            max_bin_len=limits.max_frame_bytes,
+            max_array_len=limits.max_frame_bytes,
+            max_map_len=limits.max_frame_bytes,
+            max_ext_len=limits.max_frame_bytes,
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"payload is not one valid msgpack value: {exc}") from None
+    if type(body) is not dict:
+        raise ProtocolError(f"payload must be a msgpack map, got {type(body).__name__}")
+
+    op = body.get("op")
+    request_id = body.get("id")
+    if not (type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID):
+        if not (op == Op.ERROR and request_id is None):
+            raise ProtocolError(f"field 'id' must be an unsigned 64-bit integer, got {_describe(request_id)}")
+
+    schema = _SCHEMAS.get(op) if type(op) is int else None
+    if schema is None or (op >= Op.ERROR) != replies:
+        expected = "reply" if replies else "request"
+        raise ProtocolError(
+            f"unknown {expected} op {_describe(op)}",
+            code=ErrorCode.UNKNOWN_OP,
+            request_id=request_id,
+            fatal=False,
+        )
+    cls, schema_fields = schema
+    args = [request_id]
+    for name, check, required in schema_fields:
+        if name in body:
+            try:
+                args.append(check(body[name]))
+            except _Invalid as exc:
+                raise ProtocolError(
+                    f"{cls.__name__.upper()} field '{name}' {exc}", request_id=request_id, fatal=False
+                ) from None
+        elif required:
+            raise ProtocolError(
+                f"{cls.__name__.upper()} is missing field '{name}'", request_id=request_id, fatal=False
+            )
+        else:
+            args.append(None)
+    message = cls(*args)
+    key = getattr(message, "key", None)
+    if key is not None:
+        check_key(key, limits, request_id)
+    return message
+
+
+def check_key(key: str, limits: Limits, request_id: int | None = None) -> None:
+    """Raise ProtocolError unless ``key`` is a non-empty string within the limit."""
+    if not key:
+        raise ProtocolError("key must not be empty", request_id=request_id, fatal=False)
+    # UTF-8 takes at most 4 bytes a character, so short keys skip the encode.
+    if len(key) * 4 > limits.max_key_bytes and len(key.encode("utf-8", "surrogatepass")) > limits.max_key_bytes:
+        raise ProtocolError(
+            f"key is longer than {limits.max_key_bytes} bytes",
+            code=ErrorCode.TOO_LARGE,
+            request_id=request_id,
+            fatal=False,
+        )

@@ -1,0 +1,123 @@
+"""A sans-I/O kvwire connection, in the manner of h11 and wsproto.
+
+Bytes go in with :meth:`Connection.receive_data` and messages come out of
+:meth:`Connection.next_event`; messages go in with :meth:`Connection.send` and
+bytes come out. No sockets, no asyncio: the server, the client and the tests
+drive the same object, and chunking never changes what comes out.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .codec import HEADER, HEADER_SIZE, decode_payload, encode
+from .errors import ErrorCode, ProtocolError
+from .limits import DEFAULT_LIMITS, Limits
+from .messages import Message
+
+
+class Side(enum.Enum):
+    """Which end of the connection this object is: it decides what it may receive."""
+
+    NODE = "node"  # receives requests, sends replies
+    CLIENT = "client"  # sends requests, receives replies
+
+
+class Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"  # call receive_data() with more bytes
+    CLOSED = "CLOSED"  # the peer closed cleanly, between frames
+
+
+NEED_DATA = Sentinel.NEED_DATA
+CLOSED = Sentinel.CLOSED
+
+# Compact the receive buffer once this much of it has been consumed; deleting
+# the consumed prefix on every frame would copy pipelined input over and over.
+_COMPACT_AFTER_BYTES = 64 * 1024
+
+
+class Connection:
+    def __init__(self, side: Side, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.side = side
+        self.limits = limits
+        self._accept_replies = side is Side.CLIENT
+        self._buffer = bytearray()
+        self._offset = 0
+        self._eof = False
+        self._error: ProtocolError | None = None
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer; ``b""`` means the peer closed its side."""
+        if data:
+            if self._eof:
+                raise RuntimeError("received data after end of stream")
+            self._buffer += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Message | Sentinel:
+        """The next complete message, NEED_DATA, or CLOSED.
+
+        Raises ProtocolError. After a ``fatal`` one the byte stream cannot be
+        trusted, and every later call raises it again; after a non-fatal one
+        the bad frame has been consumed and the next call goes on past it.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        start = self._offset
+        available = len(buffer) - start
+        if available < HEADER_SIZE:
+            return self._end_of_input(available)
+        (length,) = HEADER.unpack_from(buffer, start)
+        if length > self.limits.max_frame_bytes:
+            # Refused on the header alone, before a byte of the payload is kept.
+            return self._fail(
+                ProtocolError(
+                    f"frame of {length} bytes exceeds the limit of {self.limits.max_frame_bytes} bytes",
+                    code=ErrorCode.TOO_LARGE,
+                )
+            )
+        if length == 0:
+            return self._fail(ProtocolError("frame has an empty payload; a payload is one msgpack map"))
+        end = start + HEADER_SIZE + length
+        if len(buffer) < end:
+            return self._end_of_input(available)
+        payload = bytes(buffer[start + HEADER_SIZE : end])
+        self._consume(end)
+        try:
+            return decode_payload(payload, self.limits, replies=self._accept_replies)
+        except ProtocolError as exc:
+            if exc.fatal:
+                return self._fail(exc)
+            raise
+
+    def send(self, message: Message) -> bytes:
+        """The bytes that carry ``message`` to the peer."""
+        return encode(message)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet returned as messages."""
+        return len(self._buffer) - self._offset
+
+    def _end_of_input(self, available: int) -> Sentinel:
+        if not self._eof:
+            return NEED_DATA
+        if available:
+            return self._fail(ProtocolError(f"connection closed in the middle of a frame ({available} bytes left)"))
+        return CLOSED
+
+    def _consume(self, end: int) -> None:
+        if end == len(self._buffer):
+            self._buffer.clear()
+            self._offset = 0
+        elif end >= _COMPACT_AFTER_BYTES:
+            del self._buffer[:end]
+            self._offset = 0
+        else:
+            self._offset = end
+
+    def _fail(self, error: ProtocolError) -> Sentinel:
+        self._error = error
+        raise error

@@ -1,0 +1,149 @@
+"""The one exception tree of kvwire, each class bound to its wire code.
+
+Like hyper-h2, every error knows the code it travels as, so the server turns
+any ``KvwireError`` into an ERROR reply with ``err.code`` and the client turns
+an ERROR reply back into the same class with :func:`error_from_wire`. Where a
+builtin fits, the class also subclasses it (``KeyNotFoundError`` is a
+``KeyError``), so callers can use the idioms they already know.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried by ERROR replies; the table in docs/protocol.md mirrors it."""
+
+    NOT_FOUND = 1
+    BAD_REQUEST = 2
+    TOO_LARGE = 3
+    UNKNOWN_OP = 4
+    FORBIDDEN = 5
+    NO_QUORUM = 6
+    TIMEOUT = 7
+    UNAVAILABLE = 8
+    INTERNAL = 9
+
+
+class KvwireError(Exception):
+    """Root of every error kvwire raises."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        # KeyError's __str__ would repr() the message; keep it readable.
+        return self.message
+
+
+# --- raised locally, on either side of a connection ---------------------------------
+
+
+class ProtocolError(KvwireError, ValueError):
+    """Bytes or a message that break docs/protocol.md.
+
+    ``request_id`` is the id of the offending request when it could be read,
+    so the server can still address its ERROR reply; ``fatal`` says whether the
+    byte stream is beyond repair (a bad frame) or only this message was wrong.
+    """
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        request_id: int | None = None,
+        fatal: bool = True,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.request_id = request_id
+        self.fatal = fatal
+
+
+class KvwireConnectionError(KvwireError, ConnectionError):
+    """A node could not be reached, or the connection to it broke."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class KvwireTimeoutError(KvwireError, TimeoutError):
+    """No reply arrived within the call's timeout."""
+
+    code = ErrorCode.TIMEOUT
+
+
+# --- reported by a node in an ERROR reply (and raised by the node to produce it) -----
+
+
+class ServerError(KvwireError):
+    """An ERROR reply: the node understood the request and refused it."""
+
+
+class KeyNotFoundError(ServerError, KeyError):
+    code = ErrorCode.NOT_FOUND
+
+
+class BadRequestError(ServerError, ValueError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class TooLargeError(ServerError, ValueError):
+    code = ErrorCode.TOO_LARGE
+
+
+class UnknownOpError(ServerError, ValueError):
+    code = ErrorCode.UNKNOWN_OP
+
+
+class ForbiddenError(ServerError, PermissionError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NoQuorumError(ServerError):
+    code = ErrorCode.NO_QUORUM
+
+
+class ServerTimeoutError(ServerError, TimeoutError):
+    code = ErrorCode.TIMEOUT
+
+
+class UnavailableError(ServerError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class InternalServerError(ServerError):
+    code = ErrorCode.INTERNAL
+
+
+_SERVER_ERRORS: dict[int, type[ServerError]] = {
+    cls.code: cls
+    for cls in (
+        KeyNotFoundError,
+        BadRequestError,
+        TooLargeError,
+        UnknownOpError,
+        ForbiddenError,
+        NoQuorumError,
+        ServerTimeoutError,
+        UnavailableError,
+        InternalServerError,
+    )
+}
+
+
+def error_from_wire(code: int, message: str) -> ServerError:
+    """The exception an ERROR reply stands for; unknown codes stay readable."""
+    cls = _SERVER_ERRORS.get(code)
+    if cls is None:
+        err = ServerError(f"{message} (unknown error code {code})")
+        err.code = code  # type: ignore[assignment]
+        return err
+    return cls(message)

@@ -1,0 +1,194 @@
+"""The messages of the kvwire protocol, as plain Python objects.
+
+Each class is one op of docs/protocol.md; its fields, in order, are the map
+fields that follow ``op`` and ``id`` on the wire. Requests have op codes below
+0x80 and each reply has its request's op code with the 0x80 bit set, so a
+reply says what it answers even when read alone (as HAProxy's checks do).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+PROTOCOL_VERSION = 1
+
+REPLY_BIT = 0x80
+
+
+class Op(enum.IntEnum):
+    HELLO = 0x01
+    PING = 0x02
+    GET = 0x03
+    PUT = 0x04
+    DELETE = 0x05
+    HEALTH = 0x06
+    REPLICATE = 0x07
+
+    ERROR = 0x80
+    HELLO_REPLY = 0x81
+    PONG = 0x82
+    GET_REPLY = 0x83
+    PUT_REPLY = 0x84
+    DELETE_REPLY = 0x85
+    HEALTH_REPLY = 0x86
+    REPLICATE_REPLY = 0x87
+
+
+class Role(str, enum.Enum):
+    """Who opened a connection; a node accepts REPLICATE only from a peer."""
+
+    CLIENT = "client"
+    PEER = "peer"
+
+
+class Consistency(str, enum.Enum):
+    """How many replicas a GET consults; a lone node answers both alike."""
+
+    QUORUM = "quorum"
+    ONE = "one"
+
+
+class Version(NamedTuple):
+    """A version tag, ordered as a tuple: first by counter, then by node id.
+
+    Wall-clock time never orders writes (see ../shared/GUIDE.md section 2);
+    the node id only breaks ties between writes of the same counter.
+    """
+
+    counter: int
+    node: str
+
+
+NO_VERSION = Version(0, "")
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Hello:
+    id: int
+    proto: int = PROTOCOL_VERSION
+    role: Role = Role.CLIENT
+    cluster: str | None = None
+    node: str | None = None
+    op = Op.HELLO
+
+
+@dataclass(slots=True)
+class Ping:
+    id: int
+    op = Op.PING
+
+
+@dataclass(slots=True)
+class Get:
+    id: int
+    key: str
+    consistency: Consistency | None = None
+    op = Op.GET
+
+
+@dataclass(slots=True)
+class Put:
+    id: int
+    key: str
+    value: Any
+    op = Op.PUT
+
+
+@dataclass(slots=True)
+class Delete:
+    id: int
+    key: str
+    op = Op.DELETE
+
+
+@dataclass(slots=True)
+class Health:
+    id: int
+    op = Op.HEALTH
+
+
+@dataclass(slots=True)
+class Replicate:
+    """Peer only: store ``value`` (or a tombstone) if ``version`` is newer."""
+
+    id: int
+    key: str
+    version: Version
+    value: Any = None
+    deleted: bool = False
+    op = Op.REPLICATE
+
+
+# --- replies ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ErrorReply:
+    id: int | None
+    code: int
+    message: str
+    op = Op.ERROR
+
+
+@dataclass(slots=True)
+class HelloReply:
+    id: int
+    proto: int
+    node: str
+    cluster: str
+    op = Op.HELLO_REPLY
+
+
+@dataclass(slots=True)
+class Pong:
+    id: int
+    op = Op.PONG
+
+
+@dataclass(slots=True)
+class GetReply:
+    id: int
+    value: Any
+    version: Version
+    op = Op.GET_REPLY
+
+
+@dataclass(slots=True)
+class PutReply:
+    id: int
+    version: Version
+    op = Op.PUT_REPLY
+
+
+@dataclass(slots=True)
+class DeleteReply:
+    id: int
+    version: Version
+    op = Op.DELETE_REPLY
+
+
+@dataclass(slots=True)
+class HealthReply:
+    id: int
+    health: dict
+    op = Op.HEALTH_REPLY
+
+
+@dataclass(slots=True)
+class ReplicateReply:
+    """``version`` is what the replica holds after the request, applied or not."""
+
+    id: int
+    applied: bool
+    version: Version
+    op = Op.REPLICATE_REPLY
+
+
+Request = Hello | Ping | Get | Put | Delete | Health | Replicate
+Reply = ErrorReply | HelloReply | Pong | GetReply | PutReply | DeleteReply | HealthReply | ReplicateReply
+Message = Request | Reply

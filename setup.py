@@ -1,0 +1,32 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="kvwire",
+    version="0.1.0",
+    description="A replicated key-value store speaking length-prefixed msgpack over TCP",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["kvwire", "kvwire.*", "bench", "bench.*"]),
+    install_requires=[
+        "uvloop>=0.19",
+        "msgpack>=1.0.5",
+        "aiosqlite>=0.20",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-asyncio>=0.23",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "kvwire=kvwire.cli.main:main",
+            "kvwire-cli=kvwire.cli.client:main",
+        ],
+    },
+)
