@@ -1,5 +1,6 @@
 """The kvwire wire protocol: pure code, no sockets, no asyncio (docs/protocol.md)."""
 
+from .address import parse_host_port
 from .codec import decode_payload, encode, encode_payload, frame
 from .connection import CLOSED, NEED_DATA, Connection, Side
 from .errors import *  # noqa: F403 - the exception tree is part of the protocol's API

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``kvwire`` (run things) and ``kvwire-cli`` (talk to nodes)."""

@@ -1,0 +1,85 @@
+"""``kvwire``: run a node (and, in later issues, a local cluster and benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from ..protocol.address import parse_host_port
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..server.config import ServerConfig, SyncMode
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _env(name: str) -> dict:
+    return {"envvar": f"KVWIRE_{name}", "show_envvar": True}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="kvwire")
+def main() -> None:
+    """kvwire: a replicated key-value store over length-prefixed msgpack."""
+
+
+@main.command()
+@click.option("--node-id", default="n1", show_default=True, help="This node's id; it tags every version it writes.", **_env("NODE_ID"))
+@click.option("--listen", default="127.0.0.1:7379", show_default=True, metavar="HOST:PORT", help="Address for clients and peers.", **_env("LISTEN"))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the SQLite files live.  [default: ./.kvwire/NODE_ID]", **_env("DATA_DIR"))
+@click.option("--cluster-id", default="kvwire", show_default=True, help="Clients and peers naming another cluster are refused.", **_env("CLUSTER_ID"))
+@click.option("--sync", type=click.Choice([mode.value for mode in SyncMode]), default="full", show_default=True, help="Durability of each commit: full fsyncs the WAL; normal and off survive a crash of the node but not of the machine.", **_env("SYNC"))
+@click.option("--max-key-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_key_bytes, show_default=True, help="Longest key, in UTF-8 bytes.", **_env("MAX_KEY_BYTES"))
+@click.option("--max-value-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_value_bytes, show_default=True, help="Largest value, as encoded in msgpack.", **_env("MAX_VALUE_BYTES"))
+@click.option("--max-frame-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_frame_bytes, show_default=True, help="Largest frame accepted; must hold the largest key and value.", **_env("MAX_FRAME_BYTES"))
+@click.option("--max-connections", type=click.IntRange(min=1), default=ServerConfig.max_connections, show_default=True, help="Open connections beyond this are refused with UNAVAILABLE.", **_env("MAX_CONNECTIONS"))
+@click.option("--max-inflight", type=click.IntRange(min=1), default=ServerConfig.max_inflight_per_connection, show_default=True, help="Requests one connection may have waiting on storage before it stops being read.", **_env("MAX_INFLIGHT"))
+@click.option("--cache-entries", type=click.IntRange(min=0), default=ServerConfig.cache_entries, show_default=True, help="Values kept in memory (0 turns the cache off); version tags of all keys are always in memory.", **_env("CACHE_ENTRIES"))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True, help="Logs go to stderr, one line per event.", **_env("LOG_LEVEL"))
+def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_bytes, max_frame_bytes,
+          max_connections, max_inflight, cache_entries, log_level) -> None:
+    """Run one node in the foreground until SIGTERM or SIGINT."""
+    try:
+        host, port = parse_host_port(listen)
+        config = ServerConfig(
+            node_id=node_id,
+            host=host,
+            port=port,
+            data_dir=data_dir if data_dir is not None else Path(".kvwire") / node_id,
+            cluster_id=cluster_id,
+            sync=SyncMode(sync),
+            limits=Limits(max_frame_bytes=max_frame_bytes, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes),
+            max_connections=max_connections,
+            max_inflight_per_connection=max_inflight,
+            cache_entries=cache_entries,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    sys.exit(run_node(config))
+
+
+def run_node(config: ServerConfig) -> int:
+    """Serve on uvloop; the exit status, with startup failures reported in one line."""
+    import uvloop
+
+    from ..server.app import serve as serve_node
+    from ..server.storage import DataDirError
+
+    try:
+        uvloop.run(serve_node(config))
+    except DataDirError as exc:
+        logging.getLogger("kvwire.server").error("%s", exc)
+        return 1
+    except OSError as exc:
+        logging.getLogger("kvwire.server").error("cannot start node %s on %s:%d: %s", config.node_id, config.host, config.port, exc.strerror or exc)
+        return 1
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Back-pressure for one connection, kept apart from the protocol handler as uvicorn does.
+
+Reading stops while the transport's write buffer is over its high-water mark
+(``pause_writing``) or while too many requests wait on storage; it resumes
+when both have drained. A client that pipelines faster than the disk can
+commit is thereby slowed by TCP itself instead of by our memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class FlowControl:
+    def __init__(self, transport: asyncio.Transport, max_inflight: int) -> None:
+        self._transport = transport
+        self._max_inflight = max_inflight
+        self._resume_below = max(1, max_inflight // 2)
+        self.inflight = 0
+        self._writing_paused = False
+        self._reading_paused = False
+
+    def request_started(self) -> None:
+        self.inflight += 1
+        if self.inflight >= self._max_inflight:
+            self._pause_reading()
+
+    def request_finished(self) -> None:
+        self.inflight -= 1
+        if self.inflight < self._resume_below and not self._writing_paused:
+            self._resume_reading()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.inflight < self._resume_below:
+            self._resume_reading()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self._transport.is_closing():
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self._transport.is_closing():
+            self._reading_paused = False
+            self._transport.resume_reading()

@@ -1,0 +1,188 @@
+"""A real node in a child process, driven by signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
+
+T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; raise TimeoutError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """One ``kvwire serve`` child process. Its stderr goes to ``log_path``."""
+
+    def __init__(
+        self,
+        node_id: str = "n1",
+        *,
+        data_dir: str | os.PathLike,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "kvwire", "serve",
+            "--node-id", self.node_id,
+            "--listen", self.address,
+            "--data-dir", str(self.data_dir),
+            *self.extra_args,
+        ]
+
+    def start(self) -> NodeProcess:
+        if self.running:
+            raise RuntimeError(f"node {self.node_id} is already running")
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, **(self.env or {})},
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> NodeProcess:
+        """Poll with PING until the node answers; fail early if it exits."""
+
+        def answers() -> bool:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"node {self.node_id} exited with {self.returncode}; log:\n{self.log()}")
+            return self.ping(timeout=0.5)
+
+        wait_for(answers, timeout=timeout, what=f"node {self.node_id} answering on {self.address}")
+        return self
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """True when the node answers a PING within ``timeout``."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+                sock.sendall(encode(Ping(1)))
+                codec = Connection(Side.CLIENT)
+                while True:
+                    data = sock.recv(65536)
+                    codec.receive_data(data)
+                    event = codec.next_event()
+                    if event is not NEED_DATA:
+                        return isinstance(event, Pong)
+                    if not data:
+                        return False
+        except (OSError, ValueError):
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError(f"node {self.node_id} was never started")
+        return self.process.pid
+
+    def kill(self) -> None:
+        """``kill -9``: no flush, no goodbye; what it acknowledged must survive."""
+        self._signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait for the exit status."""
+        self._signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def interrupt(self, timeout: float = 15.0) -> int:
+        """SIGINT (Ctrl-C), then wait for the exit status."""
+        self._signal(signal.SIGINT)
+        return self.process.wait(timeout=timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: the sockets stay open but nothing answers, like a hung node."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Best-effort cleanup: resume if paused, then kill if still running."""
+        if self.running:
+            try:
+                self.process.send_signal(signal.SIGCONT)
+                self.process.kill()
+                self.process.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _signal(self, signum: int) -> None:
+        if not self.running:
+            raise RuntimeError(f"node {self.node_id} is not running")
+        self.process.send_signal(signum)
+
+    def __enter__(self) -> NodeProcess:
+        if not self.running:
+            self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.returncode}"
+        return f"NodeProcess({self.node_id!r}, {self.address}, {state})"
