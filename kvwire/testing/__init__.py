@@ -13,5 +13,6 @@ SQLite files, instead of mocks.
 from __future__ import annotations
 
 from .node import NodeProcess, free_port, wait_for
+from .wire import RawConnection
 
-__all__ = ["NodeProcess", "free_port", "wait_for"]
+__all__ = ["NodeProcess", "RawConnection", "free_port", "wait_for"]

@@ -1,0 +1,120 @@
+"""Storage in-process, on real SQLite files: group commit, version rules, cache coherence."""
+
+import asyncio
+
+import msgpack
+import pytest
+
+from kvwire.protocol import Version
+from kvwire.server.config import ServerConfig, SyncMode
+from kvwire.server.storage import DataDirError, Storage
+
+
+async def open_storage(path, **kwargs):
+    options = {"node_id": "n1", "sync": SyncMode.FULL, "cache_entries": 1000, **kwargs}
+    return await Storage.open(path, **options)
+
+
+def put(storage, key, counter, value, node="n1"):
+    return storage.write(key, Version(counter, node), value, msgpack.packb(value))
+
+
+async def test_writes_arriving_during_a_commit_share_the_next_transaction(tmp_path):
+    storage = await open_storage(tmp_path)
+    try:
+        results = await asyncio.gather(*(put(storage, f"k{i}", 1, i) for i in range(500)))
+        assert all(results)
+        assert storage.committed_rows == 500
+        # 500 writes queued at once cannot take 500 transactions.
+        assert storage.commits <= 5
+    finally:
+        await storage.close()
+
+
+async def test_batches_are_capped_at_max_batch_rows(tmp_path):
+    storage = await open_storage(tmp_path, max_batch_rows=100)
+    try:
+        assert all(await asyncio.gather(*(put(storage, f"k{i}", 1, i) for i in range(450))))
+        assert storage.commits >= 5
+    finally:
+        await storage.close()
+
+
+async def test_only_a_higher_version_replaces_the_held_one(tmp_path):
+    storage = await open_storage(tmp_path)
+    try:
+        assert await put(storage, "k", 5, "five", node="n2")
+        assert not await put(storage, "k", 5, "replay", node="n2")
+        assert not await put(storage, "k", 4, "older", node="n3")
+        assert await put(storage, "k", 5, "tie-break", node="n3")
+        assert storage.latest_version("k") == Version(5, "n3")
+        assert await storage.read("k") == ("tie-break", Version(5, "n3"))
+    finally:
+        await storage.close()
+
+
+async def test_pending_writes_count_for_versions_but_are_not_read(tmp_path):
+    storage = await open_storage(tmp_path)
+    try:
+        first = put(storage, "k", 1, "one")
+        # Accepted but not committed: the next version must go above it...
+        assert storage.latest_version("k") == Version(1, "n1")
+        assert not put(storage, "k", 1, "same tag").result()
+        # ...yet no reader sees it before it is durable.
+        assert "k" not in storage.index
+        assert await first
+        assert storage.index["k"].version == Version(1, "n1")
+    finally:
+        await storage.close()
+
+
+async def test_index_and_values_survive_reopening(tmp_path):
+    storage = await open_storage(tmp_path, cache_entries=0)
+    await put(storage, "live", 1, {"a": [1, 2]})
+    await put(storage, "gone", 1, "x")
+    await storage.write("gone", Version(2, "n1"), None, None)
+    await storage.close()
+    storage = await open_storage(tmp_path, cache_entries=0)
+    try:
+        assert storage.index["live"].version == Version(1, "n1") and not storage.index["live"].deleted
+        assert storage.index["gone"].deleted and storage.index["gone"].version == Version(2, "n1")
+        assert await storage.read("live") == ({"a": [1, 2]}, Version(1, "n1"))
+        assert await storage.read("gone") is None
+    finally:
+        await storage.close()
+
+
+async def test_close_commits_what_is_queued(tmp_path):
+    storage = await open_storage(tmp_path)
+    writes = [put(storage, f"k{i}", 1, i) for i in range(100)]
+    await storage.close()
+    assert all(w.done() and w.result() for w in writes)
+    storage = await open_storage(tmp_path)
+    try:
+        assert len(storage.index) == 100
+    finally:
+        await storage.close()
+
+
+async def test_a_data_dir_is_tied_to_its_node_id(tmp_path):
+    await (await open_storage(tmp_path)).close()
+    with pytest.raises(DataDirError, match="belongs to node 'n1'"):
+        await open_storage(tmp_path, node_id="n2")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"node_id": ""}, "node id"),
+        ({"node_id": "n 1"}, "node id"),
+        ({"cluster_id": "a,b"}, "cluster id"),
+        ({"port": 70000}, "outside 0-65535"),
+        ({"sync": "sometimes"}, "sometimes"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"cache_entries": -1}, "cache_entries"),
+        ({"shutdown_timeout": 0}, "shutdown_timeout"),
+    ],
+)
+def test_server_config_rejects_bad_values_clearly(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ServerConfig(**kwargs)
