@@ -44,5 +44,6 @@ def test_values_beyond_the_cache_are_read_back_from_disk(tmp_path):
             conn.send(*[Get(i, f"k{i}") for i in range(200)])
             replies = {r.id: r for r in conn.receive(200)}
         assert all(replies[i].value == {"n": i, "pad": "x" * 50} for i in range(200))
-        health = RawConnection(node.address).request(Health(1)).health
+        with RawConnection(node.address) as conn:
+            health = conn.request(Health(1)).health
         assert health["cached_values"] <= 10 and health["keys"] == 200

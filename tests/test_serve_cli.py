@@ -57,6 +57,7 @@ def test_options_come_from_kvwire_environment_variables(tmp_path):
     finally:
         process.kill()
         process.wait()
+        process.stderr.close()
 
 
 def test_help_lists_every_option_with_its_environment_variable():

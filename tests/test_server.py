@@ -192,7 +192,11 @@ def test_connections_over_the_limit_are_refused_with_unavailable(tmp_path):
                 assert reply.code == ErrorCode.UNAVAILABLE and "too many connections" in reply.message
                 assert third.closed_by_peer(timeout=5)
         # Once those close, there is room again.
-        wait_for(lambda: RawConnection(node.address).request(Ping(2)) == Pong(2), timeout=5, what="a free slot")
+        def fourth_is_served():
+            with RawConnection(node.address) as fourth:
+                return fourth.request(Ping(2)) == Pong(2)
+
+        wait_for(fourth_is_served, timeout=5, what="a free slot")
 
 
 @pytest.mark.parametrize("stop", ["terminate", "interrupt"])

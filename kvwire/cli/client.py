@@ -1,0 +1,336 @@
+"""``kvwire-cli``: get, put and delete keys and read a node's health from the shell.
+
+Every command runs one ``AsyncClient`` call. Errors end in a one-line message
+on stderr and an exit code a script can branch on (see ``EXIT_CODES_HELP``);
+never in a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+from typing import Any, Awaitable, Callable, NoReturn
+
+import click
+
+from ..client.aio import DEFAULT_ENDPOINT, AsyncClient
+from ..client.arguments import check_key, check_value, format_endpoint, parse_endpoints
+from ..protocol import (
+    DEFAULT_LIMITS,
+    KeyNotFoundError,
+    KvwireConnectionError,
+    KvwireError,
+    KvwireTimeoutError,
+    NoQuorumError,
+    ServerError,
+    ServerTimeoutError,
+    UnavailableError,
+    Version,
+)
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2  # click's own code for usage errors
+EXIT_UNAVAILABLE = 3
+EXIT_REFUSED = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+# Failures that say the cluster can't serve right now, not that the request was wrong.
+_UNAVAILABLE_ERRORS = (KvwireConnectionError, KvwireTimeoutError, UnavailableError, NoQuorumError, ServerTimeoutError)
+
+# How bytes travel through JSON, in both directions.
+BYTES_TAG = "$bytes"
+
+EPILOG = f"""\b
+Exit codes:
+  0  success
+  1  key not found (get, delete)
+  2  usage error: bad option, endpoint, key or --json value
+  3  cluster unavailable: no node reachable or answering sensibly,
+     timeout, UNAVAILABLE or NO_QUORUM reply (health: no quorum)
+  4  the node refused the request (bad request, too large, forbidden)
+     or failed internally
+  130  interrupted (Ctrl-C)
+
+\b
+Output (-o/--output, before or after the command):
+  text  get prints a str value as is and any other value as JSON;
+        put/delete print the new version; health prints one
+        "field: value" line per (dotted) field.
+  json  one JSON document on stdout:
+        get     {{"key": K, "value": V, "version": {{"counter": C, "node": N}}}}
+        put     {{"key": K, "version": {{...}}}}      delete: the same
+        health  the node's health map as it sent it
+\b
+Bytes values appear in JSON as {{"{BYTES_TAG}": "<base64>"}}, and bytes map
+keys as "{BYTES_TAG}:<base64>"; put --json accepts the same object form to
+store bytes. Errors always go to stderr as one line.
+"""
+
+OUTPUT_CHOICE = click.Choice(["text", "json"])
+
+
+class _Settings:
+    """What the group's options decided, handed to the subcommands."""
+
+    def __init__(self, endpoints: list[str], timeout: float, cluster: str | None, output: str) -> None:
+        self.endpoints = endpoints
+        self.timeout = timeout
+        self.cluster = cluster
+        self.output = output
+
+
+def _endpoints_option(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    try:
+        return [format_endpoint(host, port) for host, port in parse_endpoints(value)]
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _key_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_key(value, DEFAULT_LIMITS)
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _output_option(function: Callable) -> Callable:
+    return click.option(
+        "-o", "--output", type=OUTPUT_CHOICE, default=None, help="Output format (overrides the one given before the command)."
+    )(function)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--endpoints",
+    default=DEFAULT_ENDPOINT,
+    show_default=True,
+    envvar="KVWIRE_ENDPOINTS",
+    show_envvar=True,
+    metavar="HOST:PORT[,HOST:PORT...]",
+    callback=_endpoints_option,
+    help="Nodes to talk to; on a connection failure the next one is tried.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    default=5.0,
+    show_default=True,
+    envvar="KVWIRE_TIMEOUT",
+    show_envvar=True,
+    help="Seconds the whole command may take, connecting and failing over included.",
+)
+@click.option(
+    "--cluster-id",
+    default=None,
+    envvar="KVWIRE_CLUSTER_ID",
+    show_envvar=True,
+    help="Refuse nodes that belong to another cluster.",
+)
+@click.option("-o", "--output", type=OUTPUT_CHOICE, default="text", show_default=True, help="Output format.")
+@click.version_option(package_name="kvwire")
+@click.pass_context
+def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: str | None, output: str) -> None:
+    """Talk to kvwire nodes: get, put and delete keys, and read a node's health."""
+    ctx.obj = _Settings(endpoints, timeout, cluster_id, output)
+
+
+@cli.command()
+@click.argument("key", callback=_key_argument)
+@click.option(
+    "--consistency",
+    type=click.Choice(["one", "quorum"]),
+    default=None,
+    help="quorum: linearizable (the node's default); one: the contacted node's copy, which needs no quorum but may be stale.",
+)
+@_output_option
+@click.pass_obj
+def get(settings: _Settings, key: str, consistency: str | None, output: str | None) -> None:
+    """Print the value stored under KEY."""
+    value, version = _run(settings, lambda client: client.get_with_version(key, consistency=consistency))
+    if _format(settings, output) == "json":
+        _echo_json({"key": key, "value": value, "version": _version_json(version)})
+    elif isinstance(value, str):
+        click.echo(value)
+    else:
+        _echo_json(value)
+
+
+@cli.command()
+@click.argument("key", callback=_key_argument)
+@click.argument("value")
+@click.option("--json", "as_json", is_flag=True, help=f'Parse VALUE as JSON (bytes as {{"{BYTES_TAG}": "<base64>"}}).')
+@_output_option
+@click.pass_obj
+def put(settings: _Settings, key: str, value: str, as_json: bool, output: str | None) -> None:
+    """Store VALUE (a string, or JSON with --json) under KEY."""
+    stored: Any = _parse_json_value(value) if as_json else value
+    try:
+        check_value(stored)
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'VALUE'") from None
+    version = _run(settings, lambda client: client.put(key, stored))
+    _echo_version(settings, output, key, version, "OK")
+
+
+@cli.command()
+@click.argument("key", callback=_key_argument)
+@_output_option
+@click.pass_obj
+def delete(settings: _Settings, key: str, output: str | None) -> None:
+    """Delete KEY."""
+    version = _run(settings, lambda client: client.delete(key))
+    _echo_version(settings, output, key, version, "deleted")
+
+
+@cli.command()
+@_output_option
+@click.pass_obj
+def health(settings: _Settings, output: str | None) -> None:
+    """Print the health report of the first node that answers."""
+    report = _run(settings, lambda client: client.health())
+    if _format(settings, output) == "json":
+        _echo_json(report)
+    else:
+        for name, value in _flatten(report):
+            click.echo(f"{name}: {value if isinstance(value, str) else _to_json_text(value)}")
+    cluster = report.get("cluster")
+    if isinstance(cluster, dict) and cluster.get("has_quorum") is False:
+        raise click.exceptions.Exit(EXIT_UNAVAILABLE)
+
+
+# --- running a call --------------------------------------------------------------------
+
+
+def _run(settings: _Settings, call: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
+    async def run() -> Any:
+        async with AsyncClient(settings.endpoints, timeout=settings.timeout, cluster=settings.cluster) as client:
+            return await call(client)
+
+    return asyncio.run(run())
+
+
+def _format(settings: _Settings, output: str | None) -> str:
+    return output if output is not None else settings.output
+
+
+# --- JSON in and out -------------------------------------------------------------------
+
+
+def _parse_json_value(text: str) -> Any:
+    try:
+        return json.loads(text, object_hook=_decode_bytes)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}): {text!r}", param_hint="'VALUE'") from None
+    except ValueError as exc:  # bad base64 in a bytes object
+        raise click.BadParameter(str(exc), param_hint="'VALUE'") from None
+
+
+def _decode_bytes(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and BYTES_TAG in obj:
+        encoded = obj[BYTES_TAG]
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (TypeError, ValueError):
+            raise ValueError(f'{{"{BYTES_TAG}": ...}} must hold a base64 string, got {encoded!r}') from None
+    return obj
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {BYTES_TAG: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {_json_key(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _json_key(key: Any) -> Any:
+    if isinstance(key, (bytes, bytearray)):
+        return f"{BYTES_TAG}:{base64.b64encode(key).decode('ascii')}"
+    return key
+
+
+def _to_json_text(value: Any) -> str:
+    return json.dumps(_jsonable(value), ensure_ascii=False)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(_to_json_text(value))
+
+
+def _version_json(version: Version) -> dict[str, Any]:
+    return {"counter": version.counter, "node": version.node}
+
+
+def _echo_version(settings: _Settings, output: str | None, key: str, version: Version, word: str) -> None:
+    if _format(settings, output) == "json":
+        _echo_json({"key": key, "version": _version_json(version)})
+    else:
+        click.echo(f"{word} (version {version.counter} by {version.node})")
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    lines = []
+    for name, value in mapping.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, dict) and value:
+            lines.extend(_flatten(value, f"{dotted}."))
+        else:
+            lines.append((dotted, value))
+    return lines
+
+
+# --- entry point -----------------------------------------------------------------------
+
+
+def exit_code_for(error: KvwireError) -> int:
+    """The documented exit code for an error a command ended with."""
+    if isinstance(error, KeyNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(error, _UNAVAILABLE_ERRORS):
+        return EXIT_UNAVAILABLE
+    return EXIT_REFUSED
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run ``kvwire-cli``; always ends in ``sys.exit`` with a documented code."""
+    try:
+        result = cli.main(args=argv, prog_name="kvwire-cli", standalone_mode=False)
+        code = result if isinstance(result, int) else EXIT_OK
+        sys.stdout.flush()
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.Abort:
+        code = EXIT_INTERRUPTED  # click has turned a KeyboardInterrupt into Abort
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except KvwireError as exc:
+        click.echo(f"kvwire-cli: {_describe(exc)}", err=True)
+        code = exit_code_for(exc)
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`): nothing left to say to
+        # it. Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_REFUSED
+    except Exception as exc:  # a bug of ours; still one line, as promised
+        click.echo(f"kvwire-cli: unexpected error: {type(exc).__name__}: {exc}", err=True)
+        code = EXIT_REFUSED
+    sys.exit(code)
+
+
+def _describe(error: KvwireError) -> str:
+    if isinstance(error, ServerError) and not isinstance(error, KeyNotFoundError):
+        # Name the wire code: "no quorum: ..." says more than the bare message.
+        code = getattr(error.code, "name", str(error.code))
+        return f"{code.lower().replace('_', ' ')}: {error}"
+    return str(error)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Python clients for kvwire: ``AsyncClient`` for asyncio, ``Client`` for blocking code.
+
+Both share one implementation (:mod:`kvwire.client.aio`); the errors are the
+protocol's one exception tree, re-exported here for convenience.
+"""
+
+from kvwire.protocol.errors import (
+    BadRequestError,
+    ErrorCode,
+    ForbiddenError,
+    InternalServerError,
+    KeyNotFoundError,
+    KvwireConnectionError,
+    KvwireError,
+    KvwireTimeoutError,
+    NoQuorumError,
+    ProtocolError,
+    ServerError,
+    ServerTimeoutError,
+    TooLargeError,
+    UnavailableError,
+    UnknownOpError,
+)
+from kvwire.protocol.messages import Consistency, Version
+
+from .aio import AsyncClient, RetryPolicy, VersionedValue
+from .connection import ClientConnection
+from .sync import Client
+
+__all__ = [
+    "AsyncClient",
+    "BadRequestError",
+    "Client",
+    "ClientConnection",
+    "Consistency",
+    "ErrorCode",
+    "ForbiddenError",
+    "InternalServerError",
+    "KeyNotFoundError",
+    "KvwireConnectionError",
+    "KvwireError",
+    "KvwireTimeoutError",
+    "NoQuorumError",
+    "ProtocolError",
+    "RetryPolicy",
+    "ServerError",
+    "ServerTimeoutError",
+    "TooLargeError",
+    "UnavailableError",
+    "UnknownOpError",
+    "Version",
+    "VersionedValue",
+]

@@ -1,0 +1,117 @@
+"""Checks on what callers pass in, so mistakes fail early and say what was wrong.
+
+A node would refuse a bad key too, but only after a round trip, and a value
+with, say, integer map keys would make the node drop the whole connection
+(its decoder only accepts str and bytes map keys), failing every other request
+pipelined on it. Checking here keeps one caller's mistake its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from kvwire.protocol import Limits
+from kvwire.protocol.address import parse_host_port
+
+# msgpack integers: the most negative int64 up to the largest uint64.
+_MIN_INT = -(2**63)
+_MAX_INT = 2**64 - 1
+# msgpack itself refuses to pack deeper nesting than this (its default nest_limit).
+_MAX_DEPTH = 511
+
+_SUPPORTED = "None, bool, int, float, str, bytes, list/tuple or dict"
+
+
+def parse_endpoints(endpoints: str | Iterable[str]) -> list[tuple[str, int]]:
+    """``"h:p,h:p"`` or ``["h:p", ...]`` as ``[(host, port), ...]``; ValueError names a bad one."""
+    if isinstance(endpoints, str):
+        items = endpoints.split(",")
+    elif isinstance(endpoints, (bytes, bytearray)):
+        raise TypeError("endpoints must be a str or a list of str, not bytes")
+    else:
+        items = list(endpoints)
+    parsed = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"each endpoint must be a 'host:port' string, got {item!r}")
+        parsed.append(parse_endpoint(item))
+    if not parsed:
+        raise ValueError("endpoints must name at least one 'host:port'")
+    return parsed
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[ipv6]:port"`` as ``(host, port)``, parsed as the node parses ``--listen``."""
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid endpoint: {exc} (expected HOST:PORT, IPv6 as [ADDR]:PORT)") from None
+
+
+def format_endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_key(key: Any, limits: Limits) -> str:
+    """Return ``key`` if it is a non-empty str within the limit, or raise TypeError/ValueError."""
+    if type(key) is not str:
+        if isinstance(key, str):
+            key = str(key)  # e.g. a str enum: send the plain string
+        else:
+            raise TypeError(f"key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("key must not be empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"key {key!r} is not valid UTF-8: {exc.reason}") from None
+    if size > limits.max_key_bytes:
+        raise ValueError(f"key is {size} bytes in UTF-8; the limit is {limits.max_key_bytes}")
+    return key
+
+
+def check_value(value: Any) -> None:
+    """Raise TypeError (or ValueError) unless msgpack can carry ``value`` and a node will accept it."""
+    _check(value, "value", 0)
+
+
+def _check(value: Any, where: str, depth: int) -> None:
+    # Exact type checks first: they are the common case and cost almost nothing.
+    kind = type(value)
+    if value is None or kind is bool or kind is float or kind is bytes:
+        return
+    if kind is str:
+        _check_str(value, where)
+        return
+    if kind is int:
+        if not _MIN_INT <= value <= _MAX_INT:
+            raise ValueError(f"{where} = {value} does not fit msgpack's 64-bit integers")
+        return
+    if depth >= _MAX_DEPTH:
+        raise ValueError(f"{where} is nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check(item, f"{where}[{index}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for item_key, item in value.items():
+            if type(item_key) is str:
+                _check_str(item_key, f"a key of {where}")
+            elif type(item_key) is not bytes:
+                raise TypeError(
+                    f"{where} has a key {item_key!r} of type {type(item_key).__name__}; "
+                    "map keys must be str or bytes"
+                )
+            _check(item, f"{where}[{item_key!r}]", depth + 1)
+        return
+    if isinstance(value, (bool, int, float, str, bytes, bytearray, memoryview)):
+        # Subclasses (IntEnum, str enums) and buffer types pack as their base type.
+        return
+    raise TypeError(f"{where} has type {kind.__name__}, which kvwire cannot store; use {_SUPPORTED}")
+
+
+def _check_str(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where} is not valid UTF-8: {exc.reason}") from None

@@ -1,0 +1,331 @@
+"""One TCP connection to a node, carrying many pipelined requests.
+
+A thin ``asyncio.Protocol`` (uvicorn's habit) around the sans-I/O
+``kvwire.protocol.Connection``: bytes from the socket feed the codec, and each
+complete reply resolves the future waiting on its request id. Requests issued
+in the same event-loop iteration go out in one write (GUIDE section 4:
+joining writes is worth about 4x under pipelining).
+
+This module is the client's I/O boundary: ``OSError`` and connect timeouts
+become ``KvwireConnectionError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+from typing import Any, cast
+
+from kvwire.protocol import (
+    CLOSED,
+    DEFAULT_LIMITS,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connection,
+    ErrorReply,
+    ForbiddenError,
+    Hello,
+    HelloReply,
+    KvwireConnectionError,
+    Limits,
+    ProtocolError,
+    Role,
+    Side,
+    error_from_wire,
+)
+from kvwire.protocol.messages import REPLY_BIT, Reply, Request
+
+from .arguments import format_endpoint
+
+
+class WriteFlowControl:
+    """Holds writers back between ``pause_writing`` and ``resume_writing``."""
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake_all()
+
+    async def wait_writable(self) -> None:
+        if not self._paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            # A cancelled waiter must not stay queued; a resumed one is already gone.
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release_all(self) -> None:
+        """Let every waiter go on, e.g. to find that the connection is gone."""
+        self._paused = False
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class ClientConnection(asyncio.Protocol):
+    """A connection to one node; open it with :meth:`open`."""
+
+    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.address = address
+        # Learned from the HELLO reply; None until then, or if HELLO was skipped.
+        self.node_id: str | None = None
+        self.cluster_id: str | None = None
+        self._codec = Connection(Side.CLIENT, limits)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._next_id = 1
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
+        self._flow = WriteFlowControl()
+        # Set once the connection can carry no more requests; says why.
+        self._failure: str | None = None
+        self._failure_cause: BaseException | None = None
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+
+    # --- opening and closing ----------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        limits: Limits = DEFAULT_LIMITS,
+        hello: bool = True,
+        cluster: str | None = None,
+    ) -> ClientConnection:
+        """Connect, and by default introduce ourselves with HELLO.
+
+        Raises KvwireConnectionError when the node can't be reached or doesn't
+        answer HELLO within ``connect_timeout``; ForbiddenError when it belongs
+        to another cluster than ``cluster``.
+        """
+        loop = asyncio.get_running_loop()
+        address = format_endpoint(host, port)
+        deadline = asyncio.timeout(connect_timeout)
+        try:
+            async with deadline:
+                _, connection = await loop.create_connection(lambda: cls(address, limits), host, port)
+        except OSError as exc:
+            if deadline.expired():
+                raise KvwireConnectionError(
+                    f"cannot connect to {address}: no answer within {connect_timeout:g} s"
+                ) from None
+            raise KvwireConnectionError(f"cannot connect to {address}: {_describe_os_error(exc)}") from exc
+        if not hello:
+            return connection
+        deadline = asyncio.timeout(connect_timeout)
+        try:
+            async with deadline:
+                await connection.hello(cluster)
+        except BaseException as exc:
+            connection.close()
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise KvwireConnectionError(
+                    f"node at {address} accepted the connection but did not answer HELLO "
+                    f"within {connect_timeout:g} s"
+                ) from None
+            raise
+        return connection
+
+    async def hello(self, cluster: str | None = None) -> HelloReply:
+        """Send HELLO as a client, and remember the node and cluster it names."""
+        reply = await self.request(Hello, PROTOCOL_VERSION, Role.CLIENT, cluster, None)
+        if reply.proto != PROTOCOL_VERSION:
+            self._fail(f"node speaks protocol version {reply.proto}, we speak {PROTOCOL_VERSION}")
+            self.close()
+            raise self._connection_error()
+        if cluster is not None and reply.cluster != cluster:
+            # The node should refuse this itself; checking here too means a
+            # misconfigured node can't quietly take our writes.
+            self.close()
+            raise ForbiddenError(
+                f"node {reply.node!r} at {self.address} belongs to cluster {reply.cluster!r}, not {cluster!r}"
+            )
+        self.node_id = reply.node
+        self.cluster_id = reply.cluster
+        return reply
+
+    @property
+    def is_open(self) -> bool:
+        """Whether new requests can still be sent on this connection."""
+        return self._failure is None and self._transport is not None and not self._transport.is_closing()
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the transport's buffer is over its high-water mark; new requests wait."""
+        return self._flow.paused
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Close the connection; requests still waiting fail with KvwireConnectionError."""
+        if self._failure is None:
+            self._fail("connection closed by the client")
+        self._outgoing.clear()  # their requests have just failed
+        if self._transport is not None:
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport has let go of the socket."""
+        await asyncio.shield(self._lost)
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def request(self, message_type: type[Request], *fields: Any) -> Any:
+        """Send ``message_type(request_id, *fields)`` and return its reply.
+
+        An ERROR reply is raised as the exception its code stands for; an
+        invalid reply, or a lost connection, as KvwireConnectionError. Encoding
+        errors (a value msgpack can't carry) raise a non-fatal ProtocolError
+        before anything is sent. Cancelling the caller abandons the request: a late
+        reply is then dropped.
+        """
+        if self._flow.paused:
+            await self._flow.wait_writable()
+        if self._failure is not None:
+            raise self._connection_error()
+        request_id = self._next_id
+        self._next_id += 1
+        data = self._codec.send(message_type(request_id, *fields))
+        reply_future: asyncio.Future[Reply] = self._loop.create_future()
+        self._pending[request_id] = reply_future
+        self._write(data)
+        try:
+            reply = await reply_future
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.op != message_type.op | REPLY_BIT:
+            # Like an unparsable frame: this node's stream can't be trusted.
+            error = ProtocolError(f"{message_type.__name__.upper()} was answered with op {reply.op:#x}")
+            self._fail(f"the node sent an invalid reply: {error}", error)
+            if self._transport is not None:
+                self._transport.abort()
+            raise self._connection_error()
+        return reply
+
+    def _write(self, data: bytes) -> None:
+        self._outgoing.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._outgoing:
+            return
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    # --- asyncio.Protocol callbacks -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # create_connection gives a stream transport
+
+    def data_received(self, data: bytes) -> None:
+        self._codec.receive_data(data)
+        self._handle_events()
+
+    def eof_received(self) -> bool | None:
+        self._codec.receive_data(b"")
+        self._handle_events()
+        if self._failure is None:
+            self._fail("the node closed the connection")
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._failure is None:
+            reason = f"connection lost: {_describe_os_error(exc)}" if exc else "the node closed the connection"
+            self._fail(reason, exc)
+        self._flow.release_all()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._flow.pause()
+
+    def resume_writing(self) -> None:
+        self._flow.resume()
+
+    # --- replies ------------------------------------------------------------------------
+
+    def _handle_events(self) -> None:
+        codec = self._codec
+        pending = self._pending
+        while True:
+            try:
+                event = codec.next_event()
+            except ProtocolError as exc:
+                # A node that sends a bad reply can't be trusted with the rest
+                # of the stream either, even when the codec could skip the frame.
+                self._fail(f"the node sent an invalid reply: {exc}", exc)
+                if self._transport is not None:
+                    self._transport.abort()
+                return
+            if event is NEED_DATA or event is CLOSED:
+                return
+            if event.id is None and isinstance(event, ErrorReply):
+                # An ERROR without an id answers no request: the node could not
+                # parse something we sent, and is about to close the connection.
+                self._fail(f"the node reported: {event.message}", error_from_wire(event.code, event.message))
+                return
+            future = pending.pop(event.id, None)
+            if future is None or future.done():
+                continue  # the caller gave up (timeout or cancel) before the reply came
+            if isinstance(event, ErrorReply):
+                future.set_exception(error_from_wire(event.code, event.message))
+            else:
+                future.set_result(event)
+
+    def _fail(self, reason: str, cause: BaseException | None = None) -> None:
+        """Mark the connection unusable and fail every request waiting on it."""
+        if self._failure is not None:
+            return
+        self._failure = reason
+        self._failure_cause = cause
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(self._connection_error())
+        self._flow.release_all()
+
+    def _connection_error(self) -> KvwireConnectionError:
+        # A fresh exception per waiter: one instance raised in many tasks
+        # would collect all of their tracebacks.
+        error = KvwireConnectionError(f"{self.address}: {self._failure}")
+        error.__cause__ = self._failure_cause
+        return error
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    # "Connection refused", not asyncio's "[Errno 111] Connect call failed ('127.0.0.1', 1)".
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,174 @@
+"""``Client``: the blocking client, a thin shell around ``AsyncClient``.
+
+It runs a private event loop in a daemon thread and hands each call to it with
+``run_coroutine_threadsafe``, so connections, pipelining, timeouts and
+failover are the async client's code, not a second copy. Calls from several
+threads at once are fine: they share the loop and its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Coroutine, Iterable, TypeVar
+
+from kvwire.protocol import DEFAULT_LIMITS, Consistency, Limits, Version
+
+from .aio import DEFAULT_ENDPOINT, AsyncClient, RetryPolicy, VersionedValue
+
+T = TypeVar("T")
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # a runtime dependency, but the client works without it
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = _new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="kvwire-client-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("a blocking kvwire Client cannot be called from its own event loop")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            # KeyboardInterrupt and friends: don't leave the call running behind our back.
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        # A call another thread submitted just before the stop would otherwise
+        # wait forever on a loop that no longer runs: cancel it instead.
+        leftover = asyncio.all_tasks(self.loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            self.loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        self.loop.close()
+
+
+class Client:
+    """A blocking client for a kvwire cluster, with the methods of :class:`AsyncClient`.
+
+    ``endpoints`` is a list of ``"host:port"`` strings or one comma-separated
+    string. ``timeout`` (seconds) bounds each call, including connecting and
+    failing over, and raises ``KvwireTimeoutError``; every method accepts its
+    own ``timeout=`` too. ``connect_timeout`` bounds each connection attempt,
+    HELLO included (default: 1 s, or ``timeout`` if smaller). ``cluster``
+    makes every node prove it belongs to that cluster id; ``retry`` says how
+    a call moves on to the next endpoint after a connection failure.
+
+    Use it as ``with Client(...) as client:``, or call :meth:`close`, which
+    also stops the client's background thread.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str] = DEFAULT_ENDPOINT,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float | None = None,
+        cluster: str | None = None,
+        retry: RetryPolicy | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        # Built first so bad arguments raise before a thread exists.
+        self._async = AsyncClient(
+            endpoints, timeout=timeout, connect_timeout=connect_timeout, cluster=cluster, retry=retry, limits=limits
+        )
+        self._lock = threading.Lock()
+        self._runner: _LoopThread | None = _LoopThread()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._async.endpoints
+
+    @property
+    def closed(self) -> bool:
+        return self._runner is None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Client {','.join(self.endpoints)} {state}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        runner = self._runner
+        if runner is None:
+            coroutine.close()
+            raise RuntimeError("the kvwire client is closed")
+        return runner.run(coroutine)
+
+    # Each method states its signature and docstring for help(); the body
+    # only hands the matching AsyncClient call to the loop thread.
+
+    def get(self, key: str, *, consistency: str | Consistency | None = None, timeout: float | None = None) -> Any:
+        """The value stored under ``key``; raises KeyNotFoundError (a KeyError) if there is none.
+
+        ``consistency`` is ``"quorum"`` (the node's default: linearizable) or
+        ``"one"`` (the contacted node's copy, which may be stale but needs no
+        quorum).
+        """
+        return self._run(self._async.get(key, consistency=consistency, timeout=timeout))
+
+    def get_with_version(
+        self, key: str, *, consistency: str | Consistency | None = None, timeout: float | None = None
+    ) -> VersionedValue:
+        """Like :meth:`get`, but returns ``(value, version)``."""
+        return self._run(self._async.get_with_version(key, consistency=consistency, timeout=timeout))
+
+    def put(self, key: str, value: Any, *, timeout: float | None = None) -> Version:
+        """Store ``value`` under ``key``; returns the new version.
+
+        ``value`` may be None, bool, int, float, str, bytes, or lists and dicts
+        (with str or bytes keys) of those; tuples come back as lists.
+        """
+        return self._run(self._async.put(key, value, timeout=timeout))
+
+    def delete(self, key: str, *, timeout: float | None = None) -> Version:
+        """Delete ``key``; returns the version of the tombstone.
+
+        Raises KeyNotFoundError (a KeyError) if there is nothing to delete.
+        """
+        return self._run(self._async.delete(key, timeout=timeout))
+
+    def health(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The health report of the node that answers."""
+        return self._run(self._async.health(timeout=timeout))
+
+    def ping(self, *, timeout: float | None = None) -> float:
+        """Round-trip a PING; returns the seconds it took."""
+        return self._run(self._async.ping(timeout=timeout))
+
+    def close(self) -> None:
+        """Close every connection and stop the background thread; safe to call twice."""
+        with self._lock:
+            runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            runner.run(self._async.close())
+        finally:
+            runner.stop()

@@ -1,0 +1,314 @@
+"""kvwire-cli as real subprocesses: output, exit codes, and never a traceback."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+
+import pytest
+
+from kvwire.protocol import (
+    NEED_DATA,
+    Connection,
+    ErrorCode,
+    ErrorReply,
+    HealthReply,
+    Hello,
+    HelloReply,
+    Side,
+    encode,
+)
+from kvwire.testing import NodeProcess, free_port
+
+CLI = [sys.executable, "-m", "kvwire.cli.client"]
+
+
+def run_cli(*args, env=None, timeout=30):
+    """Run kvwire-cli to completion; every run is checked for a traceback."""
+    # The caller's own KVWIRE_* settings must not leak into the tests.
+    full_env = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
+    full_env.update(env or {})
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory):
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("cli") / "n1") as node:
+        yield node
+
+
+@pytest.fixture
+def cli(shared_node):
+    """kvwire-cli pointed at the shared node."""
+    return lambda *args, **kwargs: run_cli("--endpoints", shared_node.address, *args, **kwargs)
+
+
+# --- success: exit 0 -------------------------------------------------------------------
+
+
+def test_put_get_delete_text_output(cli):
+    put = cli("put", "greeting", "hello world")
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.startswith("OK (version ")
+    got = cli("get", "greeting")
+    assert (got.returncode, got.stdout) == (0, "hello world\n")
+    deleted = cli("delete", "greeting")
+    assert deleted.returncode == 0 and deleted.stdout.startswith("deleted (version ")
+    assert cli("get", "greeting").returncode == 1
+
+
+def test_json_output_parses(cli):
+    put = cli("put", "doc", '{"a": [1, 2.5, null, true], "b": {"c": "d"}}', "--json", "-o", "json")
+    assert put.returncode == 0, put.stderr
+    put_doc = json.loads(put.stdout)
+    assert put_doc["key"] == "doc" and set(put_doc["version"]) == {"counter", "node"}
+
+    got = cli("get", "doc", "-o", "json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == {
+        "key": "doc",
+        "value": {"a": [1, 2.5, None, True], "b": {"c": "d"}},
+        "version": put_doc["version"],
+    }
+    # -o also works before the command.
+    assert json.loads(cli("-o", "json", "get", "doc").stdout)["value"]["b"] == {"c": "d"}
+
+    deleted = cli("delete", "doc", "-o", "json")
+    assert json.loads(deleted.stdout)["version"]["counter"] > put_doc["version"]["counter"]
+
+
+def test_text_get_prints_non_string_values_as_json(cli):
+    cli("put", "n", "[1, 2]", "--json")
+    assert cli("get", "n").stdout == "[1, 2]\n"
+    cli("put", "s", "[1, 2]")  # without --json it is the string itself
+    assert cli("get", "s").stdout == "[1, 2]\n"
+    assert json.loads(cli("get", "s", "-o", "json").stdout)["value"] == "[1, 2]"
+
+
+def test_bytes_travel_as_tagged_base64(cli):
+    assert cli("put", "raw", '{"$bytes": "AP+A"}', "--json").returncode == 0
+    got = json.loads(cli("get", "raw", "-o", "json").stdout)
+    assert got["value"] == {"$bytes": "AP+A"}
+
+
+def test_bytes_reach_python_clients_as_bytes(cli, shared_node):
+    from kvwire import Client
+
+    cli("put", "raw2", '{"$bytes": "aGk="}', "--json")
+    with Client(shared_node.address) as client:
+        assert client.get("raw2") == b"hi"
+
+
+def test_health(cli):
+    text = cli("health")
+    assert text.returncode == 0, text.stderr
+    assert "node_id: n1" in text.stdout.splitlines()
+    assert "cluster.has_quorum: true" in text.stdout.splitlines()
+    doc = json.loads(cli("health", "-o", "json").stdout)
+    assert doc["node_id"] == "n1" and doc["cluster"]["has_quorum"] is True
+
+
+def test_get_accepts_consistency(cli):
+    cli("put", "c", "v")
+    assert cli("get", "c", "--consistency", "one").stdout == "v\n"
+    assert cli("get", "c", "--consistency", "quorum").stdout == "v\n"
+
+
+def test_endpoints_come_from_the_environment(shared_node):
+    result = run_cli("health", "-o", "json", env={"KVWIRE_ENDPOINTS": shared_node.address})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["node_id"] == "n1"
+
+
+def test_fails_over_to_a_later_endpoint(shared_node):
+    result = run_cli("--endpoints", f"127.0.0.1:{free_port()},{shared_node.address}", "put", "f", "1")
+    assert result.returncode == 0, result.stderr
+
+
+def test_help_documents_the_exit_codes():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for line in ("0  success", "1  key not found", "2  usage error", "3  cluster unavailable", "4  the node refused"):
+        assert line in result.stdout
+
+
+# --- exit 1: not found -----------------------------------------------------------------
+
+
+def test_missing_key_exits_1(cli):
+    for command in ("get", "delete"):
+        result = cli(command, "no-such-key")
+        assert result.returncode == 1
+        assert "no-such-key" in result.stderr and "not found" in result.stderr
+        assert result.stdout == ""
+
+
+# --- exit 2: usage ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["put", "k", "{not json", "--json"], "not valid JSON"),
+        (["put", "k", '{"$bytes": "!!"}', "--json"], "base64"),
+        (["put", "k", "18446744073709551616", "--json"], "64-bit"),
+        (["get", ""], "empty"),
+        (["get", "k" * 1025], "1024"),
+        (["get", "k", "--consistency", "all"], "consistency"),
+        (["get"], "KEY"),
+        (["frobnicate"], "frobnicate"),
+        (["--timeout", "0", "get", "k"], "timeout"),
+        (["-o", "yaml", "get", "k"], "output"),
+        ([], "Missing command"),
+    ],
+)
+def test_usage_errors_exit_2(cli, args, message):
+    result = cli(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_endpoint_exits_2_naming_it():
+    result = run_cli("--endpoints", "localhost", "get", "k")
+    assert result.returncode == 2
+    assert "'localhost'" in result.stderr
+
+
+# --- exit 3: unavailable ------------------------------------------------------------------
+
+
+def test_unreachable_node_exits_3():
+    port = free_port()
+    result = run_cli("--endpoints", f"127.0.0.1:{port}", "get", "k")
+    assert result.returncode == 3
+    assert f"127.0.0.1:{port}" in result.stderr and "refused" in result.stderr
+
+
+def test_hung_node_times_out_with_exit_3(node):
+    node.pause()
+    try:
+        result = run_cli("--endpoints", node.address, "--timeout", "0.5", "put", "k", "v")
+    finally:
+        node.resume()
+    assert result.returncode == 3
+    assert "within 0.5 s" in result.stderr
+
+
+@pytest.mark.parametrize("code", [ErrorCode.NO_QUORUM, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT])
+def test_unavailable_and_no_quorum_replies_exit_3(code):
+    with scripted_node(lambda request: ErrorReply(request.id, code, "Failed to replicate to quorum of nodes")) as address:
+        result = run_cli("--endpoints", address, "put", "k", "v")
+    assert result.returncode == 3
+    assert "Failed to replicate to quorum of nodes" in result.stderr
+
+
+def test_health_without_quorum_exits_3_after_printing_it():
+    report = {"status": "degraded", "cluster": {"has_quorum": False, "healthy_nodes": 1}}
+    with scripted_node(lambda request: HealthReply(request.id, report)) as address:
+        result = run_cli("--endpoints", address, "health", "-o", "json")
+    assert result.returncode == 3
+    assert json.loads(result.stdout) == report
+
+
+# --- exit 4: refused --------------------------------------------------------------------
+
+
+def test_value_over_the_node_limit_exits_4(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-value-bytes", "100"]) as small:
+        result = run_cli("--endpoints", small.address, "put", "k", "x" * 200)
+    assert result.returncode == 4
+    assert "too large" in result.stderr and "limit" in result.stderr
+
+
+def test_wrong_cluster_exits_4(cli):
+    result = cli("--cluster-id", "elsewhere", "get", "k")
+    assert result.returncode == 4
+    assert "elsewhere" in result.stderr
+
+
+def test_garbage_from_the_node_exits_with_a_message_not_a_traceback():
+    with scripted_node(lambda request: None, garbage=b"\x00\x00\x00\x02\xc1\xc1") as address:
+        result = run_cli("--endpoints", address, "get", "k")
+    assert result.returncode == 3  # the connection is unusable, like a node that went away
+    assert "invalid reply" in result.stderr
+
+
+# --- exit 130: interrupted ------------------------------------------------------------------
+
+
+def test_ctrl_c_exits_130_quietly():
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(10)
+        port = silent.getsockname()[1]
+        process = subprocess.Popen(
+            [*CLI, "--endpoints", f"127.0.0.1:{port}", "--timeout", "60", "get", "k"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            connection, _ = silent.accept()
+            with connection:
+                connection.settimeout(10)
+                assert connection.recv(4)  # its HELLO: the command is waiting on the network
+                process.send_signal(signal.SIGINT)
+                stdout, stderr = process.communicate(timeout=10)
+        finally:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and stdout == ""
+
+
+# --- a node that answers what the test tells it to -------------------------------------------
+
+
+@contextmanager
+def scripted_node(answer, garbage=None):
+    """A TCP listener speaking the protocol: HELLO is answered as a node would,
+    every other request with ``answer(request)``; ``garbage`` is sent instead when given.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve_one(sock):
+        codec = Connection(Side.NODE)
+        with sock:
+            sock.settimeout(10)
+            while not stop.is_set():
+                data = sock.recv(65536)
+                if not data:
+                    return
+                codec.receive_data(data)
+                while (request := codec.next_event()) is not NEED_DATA:
+                    if isinstance(request, Hello):
+                        sock.sendall(encode(HelloReply(request.id, 1, "scripted", "kvwire")))
+                    elif garbage is not None:
+                        sock.sendall(garbage)
+                    else:
+                        sock.sendall(encode(answer(request)))
+
+    def accept_loop():
+        while not stop.is_set():
+            try:
+                sock, _ = server.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=serve_one, args=(sock,), daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1:%d" % server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()

@@ -1,0 +1,496 @@
+"""AsyncClient and Client against real node processes over real TCP."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from kvwire import (
+    AsyncClient,
+    Client,
+    ForbiddenError,
+    KeyNotFoundError,
+    KvwireConnectionError,
+    KvwireError,
+    KvwireTimeoutError,
+    RetryPolicy,
+    TooLargeError,
+    Version,
+)
+from kvwire.client import ClientConnection
+from kvwire.protocol import NEED_DATA, Connection, Hello, HelloReply, Pong, Put, Side, encode
+from kvwire.testing import NodeProcess, free_port
+
+# One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    1.5,
+    -0.25,
+    float("inf"),
+    "",
+    "héllo, wörld ✓",
+    b"",
+    b"\x00\xff\x80 binary",
+    [],
+    [1, "two", None, 3.0, b"\x04", [5]],
+    {},
+    {"nested": {"list": [1, {"deep": True}]}, "bytes": b"\x01", "none": None},
+    {b"raw key": "bytes keys are allowed"},
+]
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory):
+    """One node for the tests that neither kill nor pause it."""
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("shared") / "n1") as node:
+        yield node
+
+
+def _dead_address() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+async def test_every_value_type_round_trips(shared_node):
+    async with AsyncClient([shared_node.address]) as client:
+        for index, value in enumerate(VALUES):
+            key = f"types/{index}"
+            version = await client.put(key, value)
+            assert isinstance(version, Version)
+            got = await client.get(key)
+            assert got == value and type(got) is type(value), (index, value, got)
+            assert await client.get_with_version(key) == (value, version)
+            deleted = await client.delete(key)
+            assert deleted > version
+            with pytest.raises(KeyNotFoundError):
+                await client.get(key)
+
+
+async def test_tuples_come_back_as_lists(shared_node):
+    async with AsyncClient(shared_node.address) as client:
+        await client.put("tuple", (1, (2, 3)))
+        assert await client.get("tuple") == [1, [2, 3]]
+
+
+def test_sync_client_every_value_type_round_trips(shared_node):
+    with Client(shared_node.address) as client:
+        for index, value in enumerate(VALUES):
+            key = f"sync-types/{index}"
+            version = client.put(key, value)
+            got, got_version = client.get_with_version(key)
+            assert got == value and type(got) is type(value)
+            assert got_version == version
+            assert client.delete(key) > version
+            with pytest.raises(KeyNotFoundError):
+                client.get(key)
+
+
+async def test_missing_key_raises_key_not_found_which_is_a_key_error(shared_node):
+    async with AsyncClient(shared_node.address) as client:
+        with pytest.raises(KeyError) as caught:
+            await client.get("never-written")
+        assert isinstance(caught.value, KeyNotFoundError)
+        assert "never-written" in str(caught.value)
+        with pytest.raises(KeyNotFoundError):
+            await client.delete("never-written")
+
+
+async def test_versions_increase_with_every_write(shared_node):
+    async with AsyncClient(shared_node.address) as client:
+        versions = [await client.put("counter", n) for n in range(5)]
+        versions.append(await client.delete("counter"))
+        versions.append(await client.put("counter", "back"))
+        assert versions == sorted(versions) and len(set(versions)) == len(versions)
+        assert (await client.get_with_version("counter")).version == versions[-1]
+
+
+async def test_consistency_argument_is_sent_and_checked(shared_node):
+    async with AsyncClient(shared_node.address) as client:
+        await client.put("c", 1)
+        assert await client.get("c", consistency="one") == 1
+        assert await client.get("c", consistency="quorum") == 1
+        with pytest.raises(ValueError, match="consistency"):
+            await client.get("c", consistency="all")
+
+
+async def test_health_and_ping(shared_node):
+    async with AsyncClient(shared_node.address) as client:
+        health = await client.health()
+        assert health["node_id"] == "n1"
+        assert "cluster" in health
+        assert 0 < await client.ping() < 5
+
+
+async def test_node_errors_arrive_as_their_exception_classes(shared_node):
+    async with AsyncClient(shared_node.address) as client:
+        with pytest.raises(TooLargeError, match="limit"):
+            await client.put("big", b"x" * (1024 * 1024 + 1))
+        # The refusal concerned one request; the connection carries on.
+        await client.put("small", b"x")
+
+
+async def test_cluster_id_is_checked_on_connect(shared_node):
+    async with AsyncClient(shared_node.address, cluster="kvwire") as client:
+        await client.ping()
+    async with AsyncClient(shared_node.address, cluster="some-other-cluster") as client:
+        with pytest.raises(ForbiddenError, match="some-other-cluster"):
+            await client.ping()
+
+
+# --- pipelining -------------------------------------------------------------------------
+
+
+async def test_a_thousand_concurrent_requests_share_one_connection(node):
+    async with AsyncClient(node.address) as client:
+        # A GET of a missing key is answered at once while a PUT waits for its
+        # commit, so these replies come back out of order; ids must match them.
+        results = await asyncio.gather(
+            *(client.put(f"pipelined/{i}", i) if i % 2 else client.get(f"missing/{i}") for i in range(1000)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(result, Version) for result in results[1::2]), results
+        assert all(isinstance(result, KeyNotFoundError) for result in results[0::2]), results
+        # Each key holds its own number, and each GET got its own key's reply.
+        values = await asyncio.gather(*(client.get(f"pipelined/{i}") for i in range(1, 1000, 2)))
+        assert values == list(range(1, 1000, 2))
+        assert (await client.health())["connections"] == 1
+
+
+def test_sync_client_is_safe_to_share_between_threads(shared_node):
+    errors = []
+    with Client(shared_node.address) as client:
+
+        def work(thread: int) -> None:
+            try:
+                for i in range(50):
+                    client.put(f"threads/{thread}/{i}", i)
+                    assert client.get(f"threads/{thread}/{i}") == i
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+
+
+async def test_requests_wait_while_the_transport_pauses_writing(node):
+    host, port = node.address.rsplit(":", 1)
+    connection = await ClientConnection.open(host, int(port), connect_timeout=5)
+    try:
+        node.pause()  # it stops reading, so the socket buffers fill up
+        value = b"x" * 500_000
+        burst = [asyncio.ensure_future(connection.request(Put, f"big/{i}", value)) for i in range(40)]
+        deadline = time.monotonic() + 10
+        while not connection.writing_paused:
+            assert time.monotonic() < deadline, "20 MB unread by the node never paused writing"
+            await asyncio.sleep(0.01)
+        late = asyncio.ensure_future(connection.request(Put, "late", 1))
+        for _ in range(3):  # ample turns of the loop for it to be written, were it not held back
+            await asyncio.sleep(0)
+        assert not late.done()
+        assert connection.in_flight == 40  # the late request waits to be written
+        node.resume()
+        replies = await asyncio.wait_for(asyncio.gather(*burst, late), timeout=30)
+        assert all(isinstance(reply.version, Version) for reply in replies)
+        assert not connection.writing_paused
+    finally:
+        node.resume()
+        connection.close()
+        await connection.wait_closed()
+
+
+# --- timeouts and cancellation ------------------------------------------------------------
+
+
+async def test_per_call_timeout_against_a_hung_node(node):
+    async with AsyncClient(node.address, timeout=10) as client:
+        await client.put("k", "v")
+        node.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(KvwireTimeoutError) as caught:
+                await client.get("k", timeout=0.3)
+            assert 0.25 < time.monotonic() - started < 3
+            assert isinstance(caught.value, TimeoutError)
+        finally:
+            node.resume()
+        # The late reply is dropped and the connection stays usable.
+        assert await client.get("k") == "v"
+
+
+async def test_timeout_while_connecting_to_a_hung_node(node):
+    node.pause()  # the kernel still accepts the connection; HELLO goes unanswered
+    try:
+        async with AsyncClient(node.address, timeout=0.3, connect_timeout=5) as client:
+            with pytest.raises(KvwireTimeoutError):
+                await client.ping()
+    finally:
+        node.resume()
+
+
+def test_sync_client_timeout(node):
+    with Client(node.address) as client:
+        client.put("k", 1)
+        node.pause()
+        try:
+            with pytest.raises(KvwireTimeoutError):
+                client.get("k", timeout=0.3)
+        finally:
+            node.resume()
+        assert client.get("k") == 1
+
+
+async def test_cancelled_call_leaves_the_connection_usable(node):
+    async with AsyncClient(node.address) as client:
+        await client.put("k", 1)
+        node.pause()
+        try:
+            task = asyncio.ensure_future(client.get("k"))
+            await asyncio.sleep(0)  # let it send
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            node.resume()
+        assert await client.get("k") == 1
+
+
+# --- connection failures and failover -----------------------------------------------------
+
+
+async def test_connection_refused_raises_connection_error():
+    async with AsyncClient(_dead_address(), retry=RetryPolicy(attempts=2, base_delay=0)) as client:
+        with pytest.raises(KvwireConnectionError, match="refused") as caught:
+            await client.get("k")
+        assert isinstance(caught.value, ConnectionError)
+
+
+def test_sync_connection_refused_raises_connection_error():
+    with Client(_dead_address()) as client:
+        with pytest.raises(KvwireConnectionError):
+            client.put("k", 1)
+
+
+async def test_fails_over_to_the_next_endpoint_when_the_first_is_down(node):
+    async with AsyncClient([_dead_address(), node.address]) as client:
+        await client.put("k", "via the second endpoint")
+        assert await client.get("k") == "via the second endpoint"
+
+
+async def test_fails_over_past_a_hung_node_while_connecting(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as hung, NodeProcess("n2", data_dir=tmp_path / "n2") as live:
+        hung.pause()  # accepts the TCP connection, never answers HELLO
+        try:
+            async with AsyncClient([hung.address, live.address], timeout=5, connect_timeout=0.3) as client:
+                started = time.monotonic()
+                assert (await client.health())["node_id"] == "n2"
+                assert time.monotonic() - started < 3
+        finally:
+            hung.resume()
+
+
+async def test_fails_over_when_the_current_node_dies(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as first, NodeProcess("n2", data_dir=tmp_path / "n2") as second:
+        async with AsyncClient([first.address, second.address]) as client:
+            assert (await client.health())["node_id"] == "n1"
+            first.kill()
+            assert (await client.health())["node_id"] == "n2"
+            await client.put("k", 1)  # and later calls stay on the node that works
+            assert await client.get("k") == 1
+
+
+async def test_requests_in_flight_fail_fast_when_the_node_dies(node):
+    async with AsyncClient(node.address, timeout=20, retry=RetryPolicy(attempts=1)) as client:
+        await client.ping()
+        node.pause()
+        calls = [asyncio.ensure_future(client.get(f"k{i}")) for i in range(10)]
+        await asyncio.sleep(0)  # sent, unanswered
+        started = time.monotonic()
+        node.kill()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(result, KvwireConnectionError) for result in results), results
+        assert time.monotonic() - started < 5  # failed by the lost connection, not the timeout
+
+
+async def test_reconnects_after_the_node_restarts(node):
+    async with AsyncClient(node.address, retry=RetryPolicy(attempts=1)) as client:
+        await client.put("k", "durable")
+        node.kill()
+        with pytest.raises(KvwireConnectionError):
+            await client.get("k")
+        restarted = NodeProcess("n1", data_dir=node.data_dir, port=node.port)
+        with restarted:
+            assert await client.get("k") == "durable"
+
+
+async def test_node_refusing_the_connection_is_a_connection_error(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-connections", "1"]) as full:
+        async with AsyncClient(full.address) as first, AsyncClient(full.address, retry=RetryPolicy(attempts=1)) as second:
+            await first.ping()
+            with pytest.raises(KvwireConnectionError, match="too many connections"):
+                await second.ping()
+
+
+@pytest.mark.parametrize(
+    "bad_reply",
+    [encode(Pong(2)), b"\x00\x00\x00\x02\xc1\xc1", b"\xff\xff\xff\xff"],
+    ids=["wrong-op", "not-msgpack", "oversized-length"],
+)
+async def test_invalid_replies_fail_every_waiting_call(bad_reply):
+    """A node that answers HELLO properly and then sends ``bad_reply``."""
+
+    async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        codec = Connection(Side.NODE)
+        while data := await reader.read(65536):
+            codec.receive_data(data)
+            while (request := codec.next_event()) is not NEED_DATA:
+                if isinstance(request, Hello):
+                    writer.write(encode(HelloReply(request.id, 1, "bad", "kvwire")))
+                elif request.id == 4:  # the third call after HELLO: all three are waiting
+                    writer.write(bad_reply)
+        writer.close()
+
+    server = await asyncio.start_server(misbehave, "127.0.0.1", 0)
+    address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    try:
+        async with AsyncClient(address, timeout=5, retry=RetryPolicy(attempts=1)) as client:
+            results = await asyncio.gather(*(client.get(f"k{i}") for i in range(3)), return_exceptions=True)
+        assert all(isinstance(result, KvwireConnectionError) for result in results), results
+        assert all("invalid reply" in str(result) for result in results)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# --- closing ---------------------------------------------------------------------------
+
+
+async def test_async_context_manager_closes_its_connections(shared_node):
+    async with AsyncClient(shared_node.address) as observer:
+
+        async def connections() -> int:
+            return (await observer.health())["connections"]
+
+        before = await connections()
+        async with AsyncClient(shared_node.address) as client:
+            await client.ping()
+            assert await connections() == before + 1
+        assert client.closed
+        deadline = time.monotonic() + 5
+        while await connections() != before:
+            assert time.monotonic() < deadline, "the node still counts the closed client's connection"
+            await asyncio.sleep(0.02)
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.ping()
+
+
+async def test_close_fails_calls_still_waiting(node):
+    client = AsyncClient(node.address, timeout=20)
+    await client.ping()
+    node.pause()
+    try:
+        call = asyncio.ensure_future(client.get("k"))
+        await asyncio.sleep(0)
+        await client.close()
+        with pytest.raises(KvwireConnectionError, match="closed"):
+            await call
+    finally:
+        node.resume()
+    await client.close()  # twice is fine
+
+
+def test_sync_context_manager_stops_its_thread(shared_node):
+    def loop_threads() -> int:
+        return sum(thread.name == "kvwire-client-loop" for thread in threading.enumerate())
+
+    before = loop_threads()
+    with Client(shared_node.address) as client:
+        client.ping()
+        assert loop_threads() == before + 1
+    assert client.closed
+    assert loop_threads() == before
+    with pytest.raises(RuntimeError, match="closed"):
+        client.ping()
+    client.close()  # twice is fine
+
+
+# --- arguments are checked before anything is sent ------------------------------------------
+
+
+@pytest.mark.parametrize("endpoints", ["nohost", "host:notaport", "host:0", "host:70000", "a:1,,b:2", "", []])
+def test_bad_endpoints_raise_value_error_naming_them(endpoints):
+    with pytest.raises(ValueError) as caught:
+        AsyncClient(endpoints)
+    if endpoints:
+        assert "endpoint" in str(caught.value)
+
+
+def test_endpoints_accept_a_list_or_a_comma_separated_string():
+    assert AsyncClient("a:1, b:2,[::1]:3").endpoints == ("a:1", "b:2", "[::1]:3")
+    assert AsyncClient(["a:1", "b:2"]).endpoints == ("a:1", "b:2")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")}, {"timeout": "5"}, {"connect_timeout": 0}, {"cluster": ""}],
+)
+def test_bad_client_options_raise_value_error(options):
+    with pytest.raises(ValueError):
+        AsyncClient("a:1", **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"attempts": 0}, {"attempts": 1.5}, {"base_delay": -1}, {"base_delay": float("inf")},
+     {"base_delay": 2, "max_delay": 1}, {"retry_on": ()}, {"retry_on": (int,)}],
+)
+def test_retry_policy_is_checked(options):
+    with pytest.raises(ValueError, match="RetryPolicy"):
+        RetryPolicy(**options)
+
+
+def test_retry_policy_backs_off_exponentially_up_to_the_cap():
+    policy = RetryPolicy(attempts=6, base_delay=0.1, max_delay=0.3)
+    assert [policy.delay_before(n) for n in range(5)] == [0, 0.1, 0.2, 0.3, 0.3]
+
+
+async def test_bad_keys_and_values_fail_before_sending():
+    # A dead endpoint: if anything were sent, the error would be a connection error.
+    async with AsyncClient(_dead_address()) as client:
+        with pytest.raises(TypeError, match="key must be a str"):
+            await client.get(b"bytes-key")
+        with pytest.raises(ValueError, match="empty"):
+            await client.put("", 1)
+        with pytest.raises(ValueError, match="1024"):
+            await client.delete("k" * 1025)
+        with pytest.raises(TypeError, match="set"):
+            await client.put("k", {1, 2})
+        with pytest.raises(TypeError, match=r"value\['a'\]\[1\] has type object"):
+            await client.put("k", {"a": [1, object()]})
+        with pytest.raises(TypeError, match="map keys must be str or bytes"):
+            await client.put("k", {1: "int keys would make the node drop the connection"})
+        with pytest.raises(ValueError, match="64-bit"):
+            await client.put("k", 2**64)
+        with pytest.raises(ValueError, match="UTF-8"):
+            await client.put("k", "\ud800")
+        with pytest.raises(ValueError, match="timeout"):
+            await client.get("k", timeout=-1)
+
+
+def test_errors_share_one_root():
+    for error in (KeyNotFoundError, KvwireConnectionError, KvwireTimeoutError, TooLargeError, ForbiddenError):
+        assert issubclass(error, KvwireError)
