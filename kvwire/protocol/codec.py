@@ -9,6 +9,7 @@ them, which is what makes the spec's hex examples reproducible byte for byte.
 
 from __future__ import annotations
 
+import reprlib
 import struct
 from dataclasses import fields
 from typing import Any, Callable
@@ -44,11 +45,24 @@ HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 
 MAX_REQUEST_ID = 2**64 - 1
+MISSING_ID = object()
 # Counters are stored in SQLite's signed 64-bit INTEGER.
 MAX_COUNTER = 2**63 - 1
 
 # Fields left out of the map when they are None; every other field is always sent.
-_OPTIONAL_FIELDS = {"cluster", "node", "consistency"}
+_OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
+    Op.HELLO: frozenset({"cluster", "node"}),
+    Op.GET: frozenset({"consistency"}),
+}
+
+# msgpack decodes the timestamp extension (type -1) itself, without calling
+# ext_hook; these are its three encodings' first bytes (fixext 4, fixext 8,
+# ext 8 of length 12). Only a payload holding one of them is searched for it.
+_TIMESTAMP_MARKERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 40
+_short_repr.maxother = 40
 
 
 class _Invalid(Exception):
@@ -106,17 +120,29 @@ def _choice(enum_type: type) -> Callable[[Any], Any]:
     allowed = ", ".join(repr(member.value) for member in enum_type)
 
     def check(value: Any) -> Any:
-        try:
-            return enum_type(value)
-        except ValueError:
-            raise _Invalid(f"must be one of {allowed}, got {_describe(value)}") from None
+        if type(value) is str:
+            try:
+                return enum_type(value)
+            except ValueError:
+                pass
+        raise _Invalid(f"must be one of {allowed}, got {_describe(value)}")
 
     return check
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A bounded repr: the value is hostile input, possibly nested 1,000 deep."""
+    return _short_repr.repr(value)
+
+
+def _holds_timestamp(value: Any) -> bool:
+    if type(value) is msgpack.Timestamp:
+        return True
+    if type(value) is list:
+        return any(_holds_timestamp(item) for item in value)
+    if type(value) is dict:
+        return any(_holds_timestamp(item) for item in value.values())
+    return False
 
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -149,10 +175,8 @@ _FIELD_NAMES: dict[int, tuple[str, ...]] = {}
 for _op, _cls in _CLASSES.items():
     _names = tuple(f.name for f in fields(_cls) if f.name != "id")
     _FIELD_NAMES[_op] = _names
-    _SCHEMAS[_op] = (
-        _cls,
-        tuple((name, _CHECKS[name], name not in _OPTIONAL_FIELDS) for name in _names),
-    )
+    _optional = _OPTIONAL_FIELDS.get(_op, frozenset())
+    _SCHEMAS[_op] = (_cls, tuple((name, _CHECKS[name], name not in _optional) for name in _names))
 
 
 # --- encoding --------------------------------------------------------------------------
@@ -162,9 +186,10 @@ def encode_payload(message: Message) -> bytes:
     """The msgpack map for ``message``, without the length prefix."""
     op = message.op
     body: dict[str, Any] = {"op": int(op), "id": message.id}
+    optional = _OPTIONAL_FIELDS.get(op, ())
     for name in _FIELD_NAMES[op]:
         value = getattr(message, name)
-        if value is None and name in _OPTIONAL_FIELDS:
+        if value is None and name in optional:
             continue
         body[name] = value
     try:
@@ -208,26 +233,33 @@ def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
             max_ext_len=limits.max_frame_bytes,
         )
     except (ValueError, TypeError, OverflowError) as exc:
-        raise ProtocolError(f"payload is not one valid msgpack value: {exc}") from None
+        raise ProtocolError(f"payload is not one valid msgpack value: {exc or type(exc).__name__}") from None
     if type(body) is not dict:
         raise ProtocolError(f"payload must be a msgpack map, got {type(body).__name__}")
+    if any(marker in payload for marker in _TIMESTAMP_MARKERS) and _holds_timestamp(body):
+        raise ProtocolError("payload is not one valid msgpack value: msgpack extension type -1 is not allowed")
 
     op = body.get("op")
-    request_id = body.get("id")
+    if type(op) is not int:
+        op = None
+    request_id = body.get("id", MISSING_ID)
     if not (type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID):
-        if not (op == Op.ERROR and request_id is None):
-            raise ProtocolError(f"field 'id' must be an unsigned 64-bit integer, got {_describe(request_id)}")
+        # Only an ERROR about a frame whose id was unreadable carries nil.
+        if not (replies and op == Op.ERROR and request_id is None):
+            shown = "nothing" if request_id is MISSING_ID else _describe(request_id)
+            raise ProtocolError(f"field 'id' must be an unsigned 64-bit integer, got {shown}")
 
-    schema = _SCHEMAS.get(op) if type(op) is int else None
+    schema = _SCHEMAS.get(op)
     if schema is None or (op >= Op.ERROR) != replies:
         expected = "reply" if replies else "request"
         raise ProtocolError(
-            f"unknown {expected} op {_describe(op)}",
+            f"unknown {expected} op {_describe(body.get('op'))}",
             code=ErrorCode.UNKNOWN_OP,
             request_id=request_id,
             fatal=False,
         )
     cls, schema_fields = schema
+    name_of_op = Op(op).name
     args = [request_id]
     for name, check, required in schema_fields:
         if name in body:
@@ -235,11 +267,11 @@ def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
                 args.append(check(body[name]))
             except _Invalid as exc:
                 raise ProtocolError(
-                    f"{cls.__name__.upper()} field '{name}' {exc}", request_id=request_id, fatal=False
+                    f"{name_of_op} field '{name}' {exc}", request_id=request_id, fatal=False
                 ) from None
         elif required:
             raise ProtocolError(
-                f"{cls.__name__.upper()} is missing field '{name}'", request_id=request_id, fatal=False
+                f"{name_of_op} is missing field '{name}'", request_id=request_id, fatal=False
             )
         else:
             args.append(None)

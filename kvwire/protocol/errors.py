@@ -147,3 +147,22 @@ def error_from_wire(code: int, message: str) -> ServerError:
         err.code = code  # type: ignore[assignment]
         return err
     return cls(message)
+
+__all__ = [
+    "BadRequestError",
+    "ErrorCode",
+    "ForbiddenError",
+    "InternalServerError",
+    "KeyNotFoundError",
+    "KvwireConnectionError",
+    "KvwireError",
+    "KvwireTimeoutError",
+    "NoQuorumError",
+    "ProtocolError",
+    "ServerError",
+    "ServerTimeoutError",
+    "TooLargeError",
+    "UnavailableError",
+    "UnknownOpError",
+    "error_from_wire",
+]

@@ -192,3 +192,31 @@ class ReplicateReply:
 Request = Hello | Ping | Get | Put | Delete | Health | Replicate
 Reply = ErrorReply | HelloReply | Pong | GetReply | PutReply | DeleteReply | HealthReply | ReplicateReply
 Message = Request | Reply
+
+__all__ = [
+    "Consistency",
+    "Delete",
+    "DeleteReply",
+    "ErrorReply",
+    "Get",
+    "GetReply",
+    "Health",
+    "HealthReply",
+    "Hello",
+    "HelloReply",
+    "Message",
+    "NO_VERSION",
+    "Op",
+    "PROTOCOL_VERSION",
+    "Ping",
+    "Pong",
+    "Put",
+    "PutReply",
+    "REPLY_BIT",
+    "Replicate",
+    "ReplicateReply",
+    "Reply",
+    "Request",
+    "Role",
+    "Version",
+]

@@ -1,0 +1,262 @@
+"""Properties of the codec, checked with hypothesis (docs/protocol.md sections 2 and 7).
+
+(a) Any bytes, in any chunking, then end of stream, give only messages,
+    NEED_DATA, CLOSED or ProtocolError: never another exception, never a hang.
+(b) A byte stream gives the same messages and errors however it is chunked.
+(c) Every message the strategies can build survives encode and decode intact.
+"""
+
+from __future__ import annotations
+
+import msgpack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvwire.protocol import (
+    CLOSED,
+    DEFAULT_LIMITS,
+    NEED_DATA,
+    Connection,
+    Consistency,
+    Delete,
+    DeleteReply,
+    ErrorCode,
+    ErrorReply,
+    Get,
+    GetReply,
+    Health,
+    HealthReply,
+    Hello,
+    HelloReply,
+    Limits,
+    Op,
+    Ping,
+    Pong,
+    ProtocolError,
+    Put,
+    PutReply,
+    Replicate,
+    ReplicateReply,
+    Role,
+    Side,
+    Version,
+    encode,
+    frame,
+)
+
+# Modest on purpose: the whole suite must stay fast (about a second per property).
+PROPERTY = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+SMALL_LIMITS = Limits(max_frame_bytes=1100, max_key_bytes=8, max_value_bytes=64)
+limits_st = st.sampled_from([DEFAULT_LIMITS, SMALL_LIMITS])
+sides = st.sampled_from([Side.NODE, Side.CLIENT])
+
+# --- messages --------------------------------------------------------------------------
+
+ids = st.integers(0, 2**64 - 1)
+texts = st.text(max_size=12)
+keys = st.text(min_size=1, max_size=8)  # at most 32 UTF-8 bytes: within the default key limit
+versions = st.builds(Version, st.integers(0, 2**63 - 1), texts)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)  # NaN != NaN would fail equality, not the codec
+    | st.text(max_size=12)
+    | st.binary(max_size=12)
+)
+values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), children, max_size=4),
+    max_leaves=12,
+)
+
+requests = st.one_of(
+    st.builds(Hello, ids, st.integers(0, 2**64 - 1), st.sampled_from(Role), st.none() | texts, st.none() | texts),
+    st.builds(Ping, ids),
+    st.builds(Get, ids, keys, st.none() | st.sampled_from(Consistency)),
+    st.builds(Put, ids, keys, values),
+    st.builds(Delete, ids, keys),
+    st.builds(Health, ids),
+    st.builds(Replicate, ids, keys, versions, values, st.booleans()),
+)
+replies = st.one_of(
+    st.builds(ErrorReply, st.none() | ids, st.sampled_from(ErrorCode) | st.integers(0, 2**64 - 1), texts),
+    st.builds(HelloReply, ids, st.integers(0, 2**64 - 1), texts, texts),
+    st.builds(Pong, ids),
+    st.builds(GetReply, ids, values, versions),
+    st.builds(PutReply, ids, versions),
+    st.builds(DeleteReply, ids, versions),
+    st.builds(HealthReply, ids, st.dictionaries(texts, values, max_size=4)),
+    st.builds(ReplicateReply, ids, st.booleans(), versions),
+)
+messages = requests | replies
+
+
+def accepted_by(side: Side):
+    return requests if side is Side.NODE else replies
+
+
+# --- near-misses: maps that are almost messages, and frames that are not -------------
+
+FIELD_NAMES = [
+    "op", "id", "proto", "role", "cluster", "node", "key", "consistency",
+    "value", "version", "deleted", "applied", "health", "code", "message",
+]
+fuzzy_field_values = (
+    values
+    | st.sampled_from([o.value for o in Op] + ["client", "peer", "quorum", "one", ""])
+    | st.tuples(st.integers(-1, 2**64 - 1), st.text(max_size=3) | st.binary(max_size=3)).map(list)
+    | ids
+)
+almost_messages = st.fixed_dictionaries(
+    {"op": st.sampled_from([o.value for o in Op]) | st.integers(-1, 300), "id": ids | st.none()},
+).flatmap(
+    lambda head: st.dictionaries(st.sampled_from(FIELD_NAMES) | texts, fuzzy_field_values, max_size=6).map(
+        lambda rest: {**head, **rest}
+    )
+)
+
+
+def _deep(depth: int, field: str) -> bytes:
+    """A frame whose ``field`` is a list nested ``depth`` deep (1024 containers is msgpack's cap).
+
+    Hypothesis raises the recursion limit while it runs a test, so these cannot
+    catch a repr() that recurses too deep; test_codec.py checks that at the
+    normal limit.
+    """
+    head = {"op": 3, "id": 1, "key": "k", "proto": 1, "role": "client"}
+    head[field] = "NEST"
+    return frame(msgpack.packb(head).replace(msgpack.packb("NEST"), b"\x91" * depth + b"\xc0"))
+
+
+pieces = st.one_of(
+    st.binary(max_size=40),  # raw garbage, usually an absurd length prefix
+    st.binary(max_size=40).map(frame),  # well framed, garbage inside
+    almost_messages.map(lambda body: frame(msgpack.packb(body))),
+    messages.map(encode),
+    st.integers(0, 2**32 - 1).map(lambda n: n.to_bytes(4, "big")),  # a lone header
+    st.builds(_deep, st.integers(1, 1030), st.sampled_from(["key", "op", "id", "role", "value"])),
+)
+streams = st.lists(pieces, max_size=8).map(b"".join)
+
+
+# --- feeding ---------------------------------------------------------------------------
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def run(side: Side, limits: Limits, chunks: list[bytes]) -> list:
+    """Feed ``chunks`` then end of stream; what came out, NEED_DATA left out.
+
+    Errors are recorded as (code, fatal, request_id, text) so that two runs can
+    be compared; reading stops at CLOSED or at the first fatal error.
+    """
+    conn = Connection(side, limits)
+    out: list = []
+
+    def drain() -> bool:
+        for _ in range(100_000):  # no stream here holds this many frames: a bound, not a limit
+            try:
+                event = conn.next_event()
+            except ProtocolError as exc:
+                out.append((exc.code, exc.fatal, exc.request_id, str(exc)))
+                if exc.fatal:
+                    return True
+                continue
+            if event is NEED_DATA:
+                return False
+            out.append(event)
+            if event is CLOSED:
+                return True
+        raise AssertionError("next_event() never asked for more data")
+
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        if drain():
+            return out
+    conn.receive_data(b"")
+    assert drain(), "after end of stream, reading must finish with CLOSED or a fatal error"
+    return out
+
+
+def assert_only_allowed_events(events: list) -> None:
+    for event in events:
+        if isinstance(event, tuple):
+            code, fatal, request_id, text = event
+            assert isinstance(code, int) and isinstance(fatal, bool) and text
+            assert request_id is None or type(request_id) is int
+        else:
+            assert event is CLOSED or hasattr(event, "op"), event
+
+
+# --- (a) arbitrary bytes ---------------------------------------------------------------
+
+
+@PROPERTY
+@given(side=sides, limits=limits_st, data=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200), max_size=20))
+def test_arbitrary_bytes_give_messages_or_protocol_errors(side, limits, data, cuts):
+    assert_only_allowed_events(run(side, limits, chunked(data, cuts)))
+
+
+@PROPERTY
+@given(side=sides, limits=limits_st, data=streams, cuts=st.lists(st.integers(0, 2000), max_size=20))
+def test_near_miss_streams_give_messages_or_protocol_errors(side, limits, data, cuts):
+    assert_only_allowed_events(run(side, limits, chunked(data, cuts)))
+
+
+# --- (b) chunking never changes the outcome ---------------------------------------------
+
+
+@st.composite
+def side_and_stream(draw):
+    side = draw(sides)
+    good = accepted_by(side).map(encode)
+    bad = st.one_of(
+        (replies if side is Side.NODE else requests).map(encode),  # the other half: UNKNOWN_OP
+        almost_messages.map(lambda body: frame(msgpack.packb(body))),
+        st.binary(min_size=1, max_size=30).map(frame),
+    )
+    parts = draw(st.lists(good | bad, max_size=10) if draw(st.booleans()) else st.lists(good, max_size=10))
+    tail = draw(st.binary(max_size=12) | st.just(b""))  # garbage, or a cut-off frame, at the end
+    return side, parts, tail
+
+
+@PROPERTY
+@given(case=side_and_stream(), limits=limits_st, cuts=st.lists(st.integers(0, 3000), max_size=30))
+def test_chunking_does_not_change_the_events(case, limits, cuts):
+    side, parts, tail = case
+    data = b"".join(parts) + tail
+    whole = run(side, limits, [data])
+    assert run(side, limits, chunked(data, cuts)) == whole
+    assert run(side, limits, [data[i : i + 1] for i in range(len(data))]) == whole
+
+
+@PROPERTY
+@given(data=st.data(), side=sides, cuts=st.lists(st.integers(0, 3000), max_size=30))
+def test_valid_stream_in_any_chunking_gives_exactly_its_messages(data, side, cuts):
+    sent = data.draw(st.lists(accepted_by(side), max_size=10))
+    stream = b"".join(encode(m) for m in sent)
+    assert run(side, DEFAULT_LIMITS, chunked(stream, cuts)) == [*sent, CLOSED]
+
+
+# --- (c) round trip --------------------------------------------------------------------
+
+
+@PROPERTY
+@given(message=messages)
+def test_encode_decode_round_trip(message):
+    side = Side.NODE if message.op < Op.ERROR else Side.CLIENT
+    wire = Connection(Side.CLIENT if side is Side.NODE else Side.NODE).send(message)
+    conn = Connection(side)
+    conn.receive_data(wire)
+    decoded = conn.next_event()
+    assert decoded == message
+    assert type(decoded) is type(message)
+    assert encode(decoded) == wire  # same bytes again: e.g. -0.0 stays -0.0, bin stays bin
+    assert conn.next_event() is NEED_DATA
