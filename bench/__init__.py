@@ -1,0 +1,1 @@
+"""kvwire's measuring instruments: ``python -m bench.load`` drives load at one or more nodes."""
