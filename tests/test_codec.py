@@ -29,6 +29,8 @@ from kvwire.protocol import (
     DeleteReply,
     ErrorCode,
     ErrorReply,
+    Fetch,
+    FetchReply,
     ForbiddenError,
     Get,
     GetReply,
@@ -42,6 +44,8 @@ from kvwire.protocol import (
     KvwireError,
     KvwireTimeoutError,
     Limits,
+    Lookup,
+    LookupReply,
     NoQuorumError,
     Op,
     Ping,
@@ -74,8 +78,11 @@ VECTORS = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 VALID = VECTORS["valid"]
 INVALID = VECTORS["invalid"]
 
-REQUEST_CLASSES = (Hello, Ping, Get, Put, Delete, Health, Replicate)
-REPLY_CLASSES = (ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply)
+REQUEST_CLASSES = (Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch)
+REPLY_CLASSES = (
+    ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply,
+    LookupReply, FetchReply,
+)
 ALL_CLASSES = REQUEST_CLASSES + REPLY_CLASSES
 # docs/protocol.md section 3.2: the only optional fields, left out when they have no value.
 OPTIONAL_FIELDS = {"Hello": {"cluster", "node"}, "Get": {"consistency"}}
@@ -178,6 +185,10 @@ SAMPLES = [
     Health(11),
     Replicate(12, "k", Version(2**63 - 1, "n9"), {"v": 1}, False),
     Replicate(13, "k", Version(1, ""), None, True),
+    Lookup(25, "k"),
+    Lookup(26, "ключ" * 100),
+    Fetch(27, "k"),
+    Fetch(28, "🔑"),
     ErrorReply(None, ErrorCode.INTERNAL, "boom"),
     ErrorReply(14, 999, ""),
     HelloReply(15, 1, "n1", "kvwire"),
@@ -190,6 +201,11 @@ SAMPLES = [
     HealthReply(22, {"node": "n1", "peers": {"n2": "up"}, "load": 0.5}),
     ReplicateReply(23, False, NO_VERSION),
     ReplicateReply(24, True, Version(3, "n2")),
+    LookupReply(29, NO_VERSION, False),
+    LookupReply(30, Version(2**63 - 1, "n3"), True),
+    FetchReply(31, Version(3, "n2"), False, {"nested": [b"\x00", None, -1.5]}),
+    FetchReply(32, Version(4, "n1"), True, None),
+    FetchReply(33, NO_VERSION, False, None),
 ]
 
 
@@ -406,6 +422,17 @@ def test_doc_op_table_matches_the_codec():
         declared = [f.name for f in dataclasses.fields(cls) if f.name != "id"]
         assert [n for _, n in documented] == declared, f"{name}: documented fields differ from {cls.__name__}"
         assert {n for bracket, n in documented if bracket} == optional_fields(cls)
+
+
+PEER_ONLY_OPS = {Op.REPLICATE, Op.LOOKUP, Op.FETCH}
+
+
+def test_doc_peer_only_ops_are_forbidden_to_clients():
+    rows = _table_rows(r"\| 0x[0-9a-f]{2} \|")
+    assert {Op[name] for _, name, direction, _, _ in rows if direction == "peer -> node"} == PEER_ONLY_OPS
+    (forbidden,) = _table_rows(r"\| 5 \| FORBIDDEN \|")
+    for op in PEER_ONLY_OPS:
+        assert op.name in forbidden[2], f"the FORBIDDEN row should name {op.name}"
 
 
 def test_doc_error_table_matches_the_error_tree():
@@ -659,7 +686,15 @@ def assert_message_error(side: Side, data: bytes, code: ErrorCode, request_id: i
     return err
 
 
-@pytest.mark.parametrize("op", [0, 0x08, 0x7F, 0x88, 0xFF, 1000, -1, "GET", 3.0, None, [3]], ids=repr)
+# Op codes the table does not assign; 0x7E and 0xFE stay free as the table grows from the bottom.
+UNASSIGNED_OPS = [0, 0x7E, 0x7F, 0xFE, 0xFF, 1000, -1]
+
+
+def test_unassigned_ops_are_really_unassigned():
+    assert not set(UNASSIGNED_OPS) & {int(op) for op in Op}
+
+
+@pytest.mark.parametrize("op", [*UNASSIGNED_OPS, "GET", 3.0, None, [3]], ids=repr)
 def test_unknown_op_is_not_fatal(op):
     assert_message_error(Side.NODE, packed_frame({"op": op, "id": 41}), ErrorCode.UNKNOWN_OP, 41, words=["op"])
 
@@ -722,6 +757,10 @@ WRONG_FIELDS = [
     (Op.REPLICATE, "version", {"counter": 1, "node": "n"}),
     (Op.REPLICATE, "deleted", 0),
     (Op.REPLICATE, "deleted", None),
+    (Op.LOOKUP, "key", 7),
+    (Op.LOOKUP, "key", None),
+    (Op.FETCH, "key", b"k"),
+    (Op.FETCH, "key", ["k"]),
     (Op.ERROR, "code", -1),
     (Op.ERROR, "code", "NOT_FOUND"),
     (Op.ERROR, "message", None),
@@ -735,6 +774,14 @@ WRONG_FIELDS = [
     (Op.HEALTH_REPLY, "health", None),
     (Op.REPLICATE_REPLY, "applied", "yes"),
     (Op.REPLICATE_REPLY, "version", [1]),
+    (Op.LOOKUP_REPLY, "version", None),
+    (Op.LOOKUP_REPLY, "version", [2**63, "n1"]),
+    (Op.LOOKUP_REPLY, "deleted", None),
+    (Op.LOOKUP_REPLY, "deleted", 1),
+    (Op.FETCH_REPLY, "version", [3]),
+    (Op.FETCH_REPLY, "version", [3, 2]),
+    (Op.FETCH_REPLY, "deleted", "false"),
+    (Op.FETCH_REPLY, "deleted", None),
 ]
 
 
@@ -800,16 +847,19 @@ KEYED = [
     lambda key: Put(5, key, "v"),
     lambda key: Delete(5, key),
     lambda key: Replicate(5, key, Version(1, "n1"), "v", False),
+    lambda key: Lookup(5, key),
+    lambda key: Fetch(5, key),
 ]
+KEYED_IDS = ["get", "put", "delete", "replicate", "lookup", "fetch"]
 
 
-@pytest.mark.parametrize("make", KEYED, ids=["get", "put", "delete", "replicate"])
+@pytest.mark.parametrize("make", KEYED, ids=KEYED_IDS)
 def test_empty_key_is_bad_request(make):
     err = assert_message_error(Side.NODE, encode(make("")), ErrorCode.BAD_REQUEST, 5)
     assert "empty" in str(err)
 
 
-@pytest.mark.parametrize("make", KEYED, ids=["get", "put", "delete", "replicate"])
+@pytest.mark.parametrize("make", KEYED, ids=KEYED_IDS)
 def test_key_over_the_limit_is_too_large(make):
     assert decode_one(Side.NODE, encode(make("k" * 1024))) == make("k" * 1024)
     err = assert_message_error(Side.NODE, encode(make("k" * 1025)), ErrorCode.TOO_LARGE, 5)

@@ -22,6 +22,8 @@ from kvwire.protocol import (
     DeleteReply,
     ErrorCode,
     ErrorReply,
+    Fetch,
+    FetchReply,
     Get,
     GetReply,
     Health,
@@ -29,6 +31,8 @@ from kvwire.protocol import (
     Hello,
     HelloReply,
     Limits,
+    Lookup,
+    LookupReply,
     Op,
     Ping,
     Pong,
@@ -72,25 +76,34 @@ values = st.recursive(
     max_leaves=12,
 )
 
-requests = st.one_of(
-    st.builds(Hello, ids, st.integers(0, 2**64 - 1), st.sampled_from(Role), st.none() | texts, st.none() | texts),
-    st.builds(Ping, ids),
-    st.builds(Get, ids, keys, st.none() | st.sampled_from(Consistency)),
-    st.builds(Put, ids, keys, values),
-    st.builds(Delete, ids, keys),
-    st.builds(Health, ids),
-    st.builds(Replicate, ids, keys, versions, values, st.booleans()),
-)
-replies = st.one_of(
-    st.builds(ErrorReply, st.none() | ids, st.sampled_from(ErrorCode) | st.integers(0, 2**64 - 1), texts),
-    st.builds(HelloReply, ids, st.integers(0, 2**64 - 1), texts, texts),
-    st.builds(Pong, ids),
-    st.builds(GetReply, ids, values, versions),
-    st.builds(PutReply, ids, versions),
-    st.builds(DeleteReply, ids, versions),
-    st.builds(HealthReply, ids, st.dictionaries(texts, values, max_size=4)),
-    st.builds(ReplicateReply, ids, st.booleans(), versions),
-)
+# One strategy per message class; test_strategies_cover_every_op keeps this complete.
+REQUEST_STRATEGIES = {
+    Hello: st.builds(Hello, ids, st.integers(0, 2**64 - 1), st.sampled_from(Role), st.none() | texts, st.none() | texts),
+    Ping: st.builds(Ping, ids),
+    Get: st.builds(Get, ids, keys, st.none() | st.sampled_from(Consistency)),
+    Put: st.builds(Put, ids, keys, values),
+    Delete: st.builds(Delete, ids, keys),
+    Health: st.builds(Health, ids),
+    Replicate: st.builds(Replicate, ids, keys, versions, values, st.booleans()),
+    Lookup: st.builds(Lookup, ids, keys),
+    Fetch: st.builds(Fetch, ids, keys),
+}
+REPLY_STRATEGIES = {
+    ErrorReply: st.builds(ErrorReply, st.none() | ids, st.sampled_from(ErrorCode) | st.integers(0, 2**64 - 1), texts),
+    HelloReply: st.builds(HelloReply, ids, st.integers(0, 2**64 - 1), texts, texts),
+    Pong: st.builds(Pong, ids),
+    GetReply: st.builds(GetReply, ids, values, versions),
+    PutReply: st.builds(PutReply, ids, versions),
+    DeleteReply: st.builds(DeleteReply, ids, versions),
+    HealthReply: st.builds(HealthReply, ids, st.dictionaries(texts, values, max_size=4)),
+    ReplicateReply: st.builds(ReplicateReply, ids, st.booleans(), versions),
+    LookupReply: st.builds(LookupReply, ids, versions, st.booleans()),
+    # Any combination, not only the ones a node sends (value nil when deleted):
+    # the codec checks types, not the relation between fields.
+    FetchReply: st.builds(FetchReply, ids, versions, st.booleans(), values),
+}
+requests = st.one_of(*REQUEST_STRATEGIES.values())
+replies = st.one_of(*REPLY_STRATEGIES.values())
 messages = requests | replies
 
 
@@ -193,6 +206,11 @@ def assert_only_allowed_events(events: list) -> None:
             assert request_id is None or type(request_id) is int
         else:
             assert event is CLOSED or hasattr(event, "op"), event
+
+
+def test_strategies_cover_every_op():
+    assert {cls.op for cls in REQUEST_STRATEGIES} == {op for op in Op if op < Op.ERROR}
+    assert {cls.op for cls in REPLY_STRATEGIES} == {op for op in Op if op >= Op.ERROR}
 
 
 # --- (a) arbitrary bytes ---------------------------------------------------------------

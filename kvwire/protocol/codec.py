@@ -9,10 +9,11 @@ them, which is what makes the spec's hex examples reproducible byte for byte.
 
 from __future__ import annotations
 
+import functools
 import reprlib
 import struct
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import msgpack
 
@@ -27,8 +28,12 @@ from .messages import (
     GetReply,
     Health,
     HealthReply,
+    Fetch,
+    FetchReply,
     Hello,
     HelloReply,
+    Lookup,
+    LookupReply,
     Message,
     Op,
     Ping,
@@ -56,9 +61,8 @@ _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
 }
 
 # msgpack decodes the timestamp extension (type -1) itself, without calling
-# ext_hook; these are its three encodings' first bytes (fixext 4, fixext 8,
-# ext 8 of length 12). Only a payload holding one of them is searched for it.
-_TIMESTAMP_MARKERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+# ext_hook. Its three encodings begin d6 ff, d7 ff and c7 0c ff (fixext 4,
+# fixext 8, ext 8 of length 12); only a payload holding one is searched for it.
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
@@ -164,19 +168,38 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 _CLASSES: dict[int, type] = {
     cls.op: cls
     for cls in (
-        Hello, Ping, Get, Put, Delete, Health, Replicate,
+        Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch,
         ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply,
+        LookupReply, FetchReply,
     )
 }
 
-# op -> (class, ((field name, check, required), ...)), built once from the dataclasses.
-_SCHEMAS: dict[int, tuple[type, tuple[tuple[str, Callable[[Any], Any], bool], ...]]] = {}
+class _Schema(NamedTuple):
+    cls: type
+    name: str  # the op's name, for error messages
+    fields: tuple[tuple[str, Callable[[Any], Any], bool], ...]  # (name, check, required)
+    has_key: bool
+
+
+# Built once from the dataclasses; requests and replies apart, since a side
+# accepts only one of the two.
+_REQUEST_SCHEMAS: dict[int, _Schema] = {}
+_REPLY_SCHEMAS: dict[int, _Schema] = {}
 _FIELD_NAMES: dict[int, tuple[str, ...]] = {}
 for _op, _cls in _CLASSES.items():
     _names = tuple(f.name for f in fields(_cls) if f.name != "id")
     _FIELD_NAMES[_op] = _names
     _optional = _OPTIONAL_FIELDS.get(_op, frozenset())
-    _SCHEMAS[_op] = (_cls, tuple((name, _CHECKS[name], name not in _optional) for name in _names))
+    _schema = _Schema(
+        _cls, Op(_op).name, tuple((name, _CHECKS[name], name not in _optional) for name in _names), "key" in _names
+    )
+    (_REPLY_SCHEMAS if _op >= Op.ERROR else _REQUEST_SCHEMAS)[int(_op)] = _schema
+
+_ERROR_OP = int(Op.ERROR)
+
+# unpackb bounds every length it reads by the size of its input, which the
+# frame limit already bounds, so no max_*_len option is tighter than that.
+_unpackb = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
 
 
 # --- encoding --------------------------------------------------------------------------
@@ -219,67 +242,46 @@ def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
     its ``fatal`` flag is set when even the request id could not be read.
     """
     try:
-        body = msgpack.unpackb(
-            payload,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_refuse_ext,
-            # Every length in the payload is already bounded by its frame, so
-            # these only restate that bound for msgpack's preallocation.
-            max_str_len=limits.max_frame_bytes,
-            max_bin_len=limits.max_frame_bytes,
-            max_array_len=limits.max_frame_bytes,
-            max_map_len=limits.max_frame_bytes,
-            max_ext_len=limits.max_frame_bytes,
-        )
+        body = _unpackb(payload)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"payload is not one valid msgpack value: {exc or type(exc).__name__}") from None
     if type(body) is not dict:
         raise ProtocolError(f"payload must be a msgpack map, got {type(body).__name__}")
-    if any(marker in payload for marker in _TIMESTAMP_MARKERS) and _holds_timestamp(body):
+    if (b"\xd6\xff" in payload or b"\xd7\xff" in payload or b"\xc7\x0c\xff" in payload) and _holds_timestamp(body):
         raise ProtocolError("payload is not one valid msgpack value: msgpack extension type -1 is not allowed")
 
     op = body.get("op")
-    if type(op) is not int:
-        op = None
     request_id = body.get("id", MISSING_ID)
     if not (type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID):
         # Only an ERROR about a frame whose id was unreadable carries nil.
-        if not (replies and op == Op.ERROR and request_id is None):
+        if not (replies and request_id is None and type(op) is int and op == _ERROR_OP):
             shown = "nothing" if request_id is MISSING_ID else _describe(request_id)
             raise ProtocolError(f"field 'id' must be an unsigned 64-bit integer, got {shown}")
 
-    schema = _SCHEMAS.get(op)
-    if schema is None or (op >= Op.ERROR) != replies:
-        expected = "reply" if replies else "request"
+    schema = (_REPLY_SCHEMAS if replies else _REQUEST_SCHEMAS).get(op) if type(op) is int else None
+    if schema is None:
         raise ProtocolError(
-            f"unknown {expected} op {_describe(body.get('op'))}",
+            f"unknown {'reply' if replies else 'request'} op {_describe(op)}",
             code=ErrorCode.UNKNOWN_OP,
             request_id=request_id,
             fatal=False,
         )
-    cls, schema_fields = schema
-    name_of_op = Op(op).name
     args = [request_id]
-    for name, check, required in schema_fields:
+    for name, check, required in schema.fields:
         if name in body:
             try:
                 args.append(check(body[name]))
             except _Invalid as exc:
                 raise ProtocolError(
-                    f"{name_of_op} field '{name}' {exc}", request_id=request_id, fatal=False
+                    f"{schema.name} field '{name}' {exc}", request_id=request_id, fatal=False
                 ) from None
         elif required:
-            raise ProtocolError(
-                f"{name_of_op} is missing field '{name}'", request_id=request_id, fatal=False
-            )
+            raise ProtocolError(f"{schema.name} is missing field '{name}'", request_id=request_id, fatal=False)
         else:
             args.append(None)
-    message = cls(*args)
-    key = getattr(message, "key", None)
-    if key is not None:
-        check_key(key, limits, request_id)
-    return message
+    if schema.has_key:
+        check_key(args[1], limits, request_id)
+    return schema.cls(*args)
 
 
 def check_key(key: str, limits: Limits, request_id: int | None = None) -> None:

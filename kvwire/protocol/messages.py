@@ -25,6 +25,8 @@ class Op(enum.IntEnum):
     DELETE = 0x05
     HEALTH = 0x06
     REPLICATE = 0x07
+    LOOKUP = 0x08
+    FETCH = 0x09
 
     ERROR = 0x80
     HELLO_REPLY = 0x81
@@ -34,6 +36,8 @@ class Op(enum.IntEnum):
     DELETE_REPLY = 0x85
     HEALTH_REPLY = 0x86
     REPLICATE_REPLY = 0x87
+    LOOKUP_REPLY = 0x88
+    FETCH_REPLY = 0x89
 
 
 class Role(str, enum.Enum):
@@ -124,6 +128,25 @@ class Replicate:
     op = Op.REPLICATE
 
 
+@dataclass(slots=True)
+class Lookup:
+    """Peer only: the newest version tag this replica has accepted for ``key``,
+    committed or not, from memory. A coordinator's first step of a write."""
+
+    id: int
+    key: str
+    op = Op.LOOKUP
+
+
+@dataclass(slots=True)
+class Fetch:
+    """Peer only: the committed value and version of ``key``; a quorum read's question."""
+
+    id: int
+    key: str
+    op = Op.FETCH
+
+
 # --- replies ---------------------------------------------------------------------------
 
 
@@ -189,8 +212,32 @@ class ReplicateReply:
     op = Op.REPLICATE_REPLY
 
 
-Request = Hello | Ping | Get | Put | Delete | Health | Replicate
-Reply = ErrorReply | HelloReply | Pong | GetReply | PutReply | DeleteReply | HealthReply | ReplicateReply
+@dataclass(slots=True)
+class LookupReply:
+    """``version`` is ``[0, ""]`` for a key never written; ``deleted`` marks a tombstone."""
+
+    id: int
+    version: Version
+    deleted: bool
+    op = Op.LOOKUP_REPLY
+
+
+@dataclass(slots=True)
+class FetchReply:
+    """``value`` is nil when ``deleted`` or when ``version`` is ``[0, ""]``."""
+
+    id: int
+    version: Version
+    deleted: bool
+    value: Any
+    op = Op.FETCH_REPLY
+
+
+Request = Hello | Ping | Get | Put | Delete | Health | Replicate | Lookup | Fetch
+Reply = (
+    ErrorReply | HelloReply | Pong | GetReply | PutReply | DeleteReply | HealthReply | ReplicateReply
+    | LookupReply | FetchReply
+)
 Message = Request | Reply
 
 __all__ = [
@@ -200,10 +247,14 @@ __all__ = [
     "ErrorReply",
     "Get",
     "GetReply",
+    "Fetch",
+    "FetchReply",
     "Health",
     "HealthReply",
     "Hello",
     "HelloReply",
+    "Lookup",
+    "LookupReply",
     "Message",
     "NO_VERSION",
     "Op",
