@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from kvwire.protocol import Version
-from kvwire.server.config import ServerConfig, SyncMode
+from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
 from kvwire.server.storage import DataDirError, Storage
 
 
@@ -59,10 +59,11 @@ async def test_pending_writes_count_for_versions_but_are_not_read(tmp_path):
         first = put(storage, "k", 1, "one")
         # Accepted but not committed: the next version must go above it...
         assert storage.latest_version("k") == Version(1, "n1")
-        assert not put(storage, "k", 1, "same tag").result()
+        same_tag = put(storage, "k", 1, "same tag")
         # ...yet no reader sees it before it is durable.
         assert "k" not in storage.index
         assert await first
+        assert await same_tag is False
         assert storage.index["k"].version == Version(1, "n1")
     finally:
         await storage.close()
@@ -113,8 +114,27 @@ async def test_a_data_dir_is_tied_to_its_node_id(tmp_path):
         ({"max_connections": 0}, "max_connections"),
         ({"cache_entries": -1}, "cache_entries"),
         ({"shutdown_timeout": 0}, "shutdown_timeout"),
+        ({"failure_timeout": float("nan")}, "failure_timeout"),
+        ({"write_timeout": float("inf")}, "write_timeout"),
+        ({"heartbeat_interval": 0.3, "failure_timeout": 0.5}, "must exceed twice heartbeat_interval"),
+        ({"node_id": "n4", "members": parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1")}, "not among the cluster members"),
+        ({"members": parse_cluster("n1=127.0.0.1:1,n1=127.0.0.2:1")}, "unique"),
     ],
 )
 def test_server_config_rejects_bad_values_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ServerConfig(**kwargs)
+
+
+async def test_a_replay_of_a_pending_write_waits_for_its_commit(tmp_path):
+    storage = await open_storage(tmp_path)
+    try:
+        original = put(storage, "k", 1, "v")
+        replay = put(storage, "k", 1, "v")
+        # "Not applied" must not be said before the equal version is durable.
+        assert not replay.done()
+        assert await original is True
+        assert await replay is False
+        assert storage.index["k"].version == Version(1, "n1")
+    finally:
+        await storage.close()

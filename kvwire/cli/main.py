@@ -1,4 +1,4 @@
-"""``kvwire``: run a node (and, in later issues, a local cluster and benchmarks)."""
+"""``kvwire``: run a node (`serve`) or a local cluster (`up`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 
 from ..protocol.address import parse_host_port
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from ..server.config import ServerConfig, SyncMode
+from ..server.config import ServerConfig, SyncMode, parse_cluster
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -37,9 +37,16 @@ def main() -> None:
 @click.option("--max-connections", type=click.IntRange(min=1), default=ServerConfig.max_connections, show_default=True, help="Open connections beyond this are refused with UNAVAILABLE.", **_env("MAX_CONNECTIONS"))
 @click.option("--max-inflight", type=click.IntRange(min=1), default=ServerConfig.max_inflight_per_connection, show_default=True, help="Requests one connection may have waiting on storage before it stops being read.", **_env("MAX_INFLIGHT"))
 @click.option("--cache-entries", type=click.IntRange(min=0), default=ServerConfig.cache_entries, show_default=True, help="Values kept in memory (0 turns the cache off); version tags of all keys are always in memory.", **_env("CACHE_ENTRIES"))
+@click.option("--cluster", "cluster", default=None, metavar="ID=HOST:PORT,...", help="Every member, this node included, e.g. n1=127.0.0.1:7379,n2=127.0.0.1:7380,n3=127.0.0.1:7381. Without it the node runs alone.", **_env("CLUSTER"))
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.heartbeat_interval, show_default=True, help="Seconds between PINGs to each peer.", **_env("HEARTBEAT_INTERVAL"))
+@click.option("--failure-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.failure_timeout, show_default=True, help="Seconds of silence after which a peer is DOWN; must exceed twice the heartbeat interval.", **_env("FAILURE_TIMEOUT"))
+@click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.write_timeout, show_default=True, help="Seconds a write or quorum read waits for a majority before failing with NO_QUORUM.", **_env("WRITE_TIMEOUT"))
+@click.option("--retry-attempts", type=click.IntRange(min=0), default=ServerConfig.retry_attempts, show_default=True, help="Background re-sends to a live replica that missed a write, before it waits as a hint.", **_env("RETRY_ATTEMPTS"))
+@click.option("--retry-delay", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.retry_delay, show_default=True, help="Seconds before the first background re-send; it doubles each time.", **_env("RETRY_DELAY"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True, help="Logs go to stderr, one line per event.", **_env("LOG_LEVEL"))
 def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_bytes, max_frame_bytes,
-          max_connections, max_inflight, cache_entries, log_level) -> None:
+          max_connections, max_inflight, cache_entries, cluster, heartbeat_interval, failure_timeout,
+          write_timeout, retry_attempts, retry_delay, log_level) -> None:
     """Run one node in the foreground until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -54,6 +61,12 @@ def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_
             max_connections=max_connections,
             max_inflight_per_connection=max_inflight,
             cache_entries=cache_entries,
+            members=parse_cluster(cluster) if cluster else (),
+            heartbeat_interval=heartbeat_interval,
+            failure_timeout=failure_timeout,
+            write_timeout=write_timeout,
+            retry_attempts=retry_attempts,
+            retry_delay=retry_delay,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -79,6 +92,10 @@ def run_node(config: ServerConfig) -> int:
     except KeyboardInterrupt:  # before the signal handlers were installed
         return 130
     return 0
+
+
+from .up import up  # noqa: E402
+main.add_command(up)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from kvwire.protocol import (
     CLOSED,
@@ -92,7 +92,10 @@ class ClientConnection(asyncio.Protocol):
         self._codec = Connection(Side.CLIENT, limits)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        # request id -> (future of the reply, the op a reply to it must carry)
+        self._pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
+        # Called on every read from the node: for a peer link, proof of life.
+        self.on_receive: Callable[[], None] | None = None
         self._next_id = 1
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
@@ -114,6 +117,8 @@ class ClientConnection(asyncio.Protocol):
         limits: Limits = DEFAULT_LIMITS,
         hello: bool = True,
         cluster: str | None = None,
+        role: Role = Role.CLIENT,
+        node: str | None = None,
     ) -> ClientConnection:
         """Connect, and by default introduce ourselves with HELLO.
 
@@ -138,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
         deadline = asyncio.timeout(connect_timeout)
         try:
             async with deadline:
-                await connection.hello(cluster)
+                await connection.hello(cluster, role=role, node=node)
         except BaseException as exc:
             connection.close()
             if isinstance(exc, TimeoutError) and deadline.expired():
@@ -149,9 +154,9 @@ class ClientConnection(asyncio.Protocol):
             raise
         return connection
 
-    async def hello(self, cluster: str | None = None) -> HelloReply:
-        """Send HELLO as a client, and remember the node and cluster it names."""
-        reply = await self.request(Hello, PROTOCOL_VERSION, Role.CLIENT, cluster, None)
+    async def hello(self, cluster: str | None = None, *, role: Role = Role.CLIENT, node: str | None = None) -> HelloReply:
+        """Send HELLO (as a client, or as peer ``node``), and remember the node and cluster it names."""
+        reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node)
         if reply.proto != PROTOCOL_VERSION:
             self._fail(f"node speaks protocol version {reply.proto}, we speak {PROTOCOL_VERSION}")
             self.close()
@@ -207,26 +212,30 @@ class ClientConnection(asyncio.Protocol):
         """
         if self._flow.paused:
             await self._flow.wait_writable()
+        reply_future = self.submit(message_type, *fields)
+        try:
+            return await reply_future
+        finally:
+            if not reply_future.done():
+                reply_future.cancel()  # abandoned: a late reply is dropped
+
+    def submit(self, message_type: type[Request], *fields: Any) -> asyncio.Future[Any]:
+        """Send now and return the future of the reply, without a task per request.
+
+        For callers that fan one request out to many nodes (a coordinator's
+        replication) or must not wait on write flow control (heartbeats): the
+        future fails as :meth:`request` would raise.
+        """
         if self._failure is not None:
             raise self._connection_error()
         request_id = self._next_id
         self._next_id += 1
         data = self._codec.send(message_type(request_id, *fields))
-        reply_future: asyncio.Future[Reply] = self._loop.create_future()
-        self._pending[request_id] = reply_future
+        reply_future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[request_id] = (reply_future, message_type.op | REPLY_BIT)
+        reply_future.add_done_callback(lambda done: done.cancelled() and self._pending.pop(request_id, None))
         self._write(data)
-        try:
-            reply = await reply_future
-        finally:
-            self._pending.pop(request_id, None)
-        if reply.op != message_type.op | REPLY_BIT:
-            # Like an unparsable frame: this node's stream can't be trusted.
-            error = ProtocolError(f"{message_type.__name__.upper()} was answered with op {reply.op:#x}")
-            self._fail(f"the node sent an invalid reply: {error}", error)
-            if self._transport is not None:
-                self._transport.abort()
-            raise self._connection_error()
-        return reply
+        return reply_future
 
     def _write(self, data: bytes) -> None:
         self._outgoing.append(data)
@@ -249,6 +258,8 @@ class ClientConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # create_connection gives a stream transport
 
     def data_received(self, data: bytes) -> None:
+        if self.on_receive is not None:
+            self.on_receive()
         self._codec.receive_data(data)
         self._handle_events()
 
@@ -295,11 +306,20 @@ class ClientConnection(asyncio.Protocol):
                 # parse something we sent, and is about to close the connection.
                 self._fail(f"the node reported: {event.message}", error_from_wire(event.code, event.message))
                 return
-            future = pending.pop(event.id, None)
-            if future is None or future.done():
+            waiting = pending.pop(event.id, None)
+            if waiting is None or waiting[0].done():
                 continue  # the caller gave up (timeout or cancel) before the reply came
+            future, expected_op = waiting
             if isinstance(event, ErrorReply):
                 future.set_exception(error_from_wire(event.code, event.message))
+            elif event.op != expected_op:
+                # Like an unparsable frame: this node's stream can't be trusted.
+                error = ProtocolError(f"a request expecting op {expected_op:#x} was answered with op {event.op:#x}")
+                future.set_exception(KvwireConnectionError(f"{self.address}: the node sent an invalid reply: {error}"))
+                self._fail(f"the node sent an invalid reply: {error}", error)
+                if self._transport is not None:
+                    self._transport.abort()
+                return
             else:
                 future.set_result(event)
 
@@ -309,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._failure = reason
         self._failure_cause = cause
-        pending = list(self._pending.values())
+        pending = [future for future, _ in self._pending.values()]
         self._pending.clear()
         for future in pending:
             if not future.done():

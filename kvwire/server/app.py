@@ -44,11 +44,13 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _on_signal, signum, stop)
-    log.info("node %s of cluster %s listening on %s:%d", config.node_id, config.cluster_id, config.host, config.port)
+    node.peers.start()
+    log.info("node %s of cluster %s listening on %s:%d; %s", config.node_id, config.cluster_id, config.host, config.port,
+             f"peers {', '.join(f'{m.node_id}={m.address}' for m in config.peers)}" if config.peers else "running alone")
     try:
         await stop.wait()
     finally:
-        await _shut_down(server, connections, storage, config.shutdown_timeout)
+        await _shut_down(server, connections, node, config.shutdown_timeout)
 
 
 def _on_signal(signum: int, stop: asyncio.Event) -> None:
@@ -56,7 +58,7 @@ def _on_signal(signum: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _shut_down(server: asyncio.AbstractServer, connections: set[NodeProtocol], storage: Storage, timeout: float) -> None:
+async def _shut_down(server: asyncio.AbstractServer, connections: set[NodeProtocol], node: Node, timeout: float) -> None:
     server.close()
     # Each reply is queued by a done-callback registered before asyncio.wait's
     # own, so by the time the wait returns every finished reply is buffered.
@@ -67,5 +69,6 @@ async def _shut_down(server: asyncio.AbstractServer, connections: set[NodeProtoc
             log.warning("shutdown timeout: %d requests unanswered; writes among them are committed below", len(still_waiting))
     for conn in list(connections):
         conn.close()
-    await storage.close()
+    await node.peers.close()
+    await node.storage.close()
     log.info("storage flushed and closed; bye")

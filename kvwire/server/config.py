@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..protocol.address import parse_host_port
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 
 
@@ -26,6 +28,31 @@ class SyncMode(str, enum.Enum):
 # Node ids appear in version tags, logs and (next) --cluster lists of the form
 # n1=host:port,n2=...; keep them to characters that need no quoting there.
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One node of the cluster, as ``--cluster`` names it."""
+
+    node_id: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_cluster(text: str) -> tuple[Member, ...]:
+    """``n1=HOST:PORT,n2=HOST:PORT,...`` to members; errors quote the faulty part."""
+    members = []
+    for part in text.split(","):
+        node_id, sep, address = part.strip().partition("=")
+        if not sep or not node_id:
+            raise ValueError(f"--cluster entry {part.strip()!r} is not NODE_ID=HOST:PORT")
+        host, port = parse_host_port(address)
+        members.append(Member(node_id, host, port))
+    return tuple(members)
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,19 @@ class ServerConfig:
     # near 20 ms.
     max_batch_rows: int = 4096
     shutdown_timeout: float = 10.0
+    # Every member of the cluster, this node included; empty runs the node alone.
+    members: tuple[Member, ...] = ()
+    # A PING to every peer this often; any frame from a peer proves it alive.
+    heartbeat_interval: float = 0.1
+    # Silence after which a peer is DOWN: five missed heartbeats, so one slow
+    # reply is no false alarm, and still well under a second.
+    failure_timeout: float = 0.5
+    # How long a write or quorum read may wait for a majority before NO_QUORUM.
+    write_timeout: float = 1.0
+    # A live replica that missed a write gets it again in the background this
+    # many times, the delay doubling from retry_delay; then it becomes a hint.
+    retry_attempts: int = 3
+    retry_delay: float = 0.5
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not _NODE_ID.match(self.node_id):
@@ -72,6 +112,41 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cache_entries < 0:
             raise ValueError(f"cache_entries must be 0 or more, got {self.cache_entries}")
-        if self.shutdown_timeout <= 0:
-            raise ValueError(f"shutdown_timeout must be positive, got {self.shutdown_timeout}")
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        object.__setattr__(self, "members", tuple(self.members))
+        ids = [member.node_id for member in self.members]
+        for node_id in ids:
+            if not _NODE_ID.match(node_id):
+                raise ValueError(f"cluster member id {node_id!r} must be 1-64 characters of letters, digits, '_', '.' or '-'")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"cluster member ids must be unique, got {', '.join(ids)}")
+        if self.members and self.node_id not in ids:
+            raise ValueError(f"--node-id {self.node_id} is not among the cluster members ({', '.join(ids)})")
+        for name in ("heartbeat_interval", "failure_timeout", "write_timeout", "retry_delay", "shutdown_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+        if self.failure_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"failure_timeout ({self.failure_timeout} s) must exceed twice heartbeat_interval "
+                f"({self.heartbeat_interval} s), or a single late heartbeat marks a live peer DOWN"
+            )
+        if self.retry_attempts < 0:
+            raise ValueError(f"retry_attempts must be 0 or more, got {self.retry_attempts}")
+
+    @property
+    def peers(self) -> tuple[Member, ...]:
+        """The other members."""
+        return tuple(member for member in self.members if member.node_id != self.node_id)
+
+    @property
+    def cluster_size(self) -> int:
+        return max(1, len(self.members))
+
+    @property
+    def quorum(self) -> int:
+        """A majority, counting this node: 2 of 3."""
+        return self.cluster_size // 2 + 1
 

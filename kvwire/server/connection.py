@@ -22,6 +22,7 @@ log = logging.getLogger("kvwire.connection")
 
 class NodeProtocol(asyncio.Protocol):
     def __init__(self, node: Node, registry: set[NodeProtocol]) -> None:
+        self._loop = asyncio.get_running_loop()
         self._node = node
         self._registry = registry
         self._codec = Connection(Side.NODE, node.config.limits)
@@ -135,7 +136,7 @@ class NodeProtocol(asyncio.Protocol):
         self._later.append(encode(reply))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_later)
+            self._loop.call_soon(self._flush_later)
 
     def _flush_later(self) -> None:
         self._flush_scheduled = False

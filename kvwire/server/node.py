@@ -19,15 +19,21 @@ import msgpack
 
 from ..protocol.errors import BadRequestError, ForbiddenError, KeyNotFoundError, TooLargeError
 from ..protocol.messages import (
+    NO_VERSION,
     PROTOCOL_VERSION,
+    Consistency,
     Delete,
     DeleteReply,
     Get,
     GetReply,
+    Fetch,
+    FetchReply,
     Health,
     HealthReply,
     Hello,
     HelloReply,
+    Lookup,
+    LookupReply,
     Ping,
     Pong,
     Put,
@@ -41,6 +47,8 @@ from ..protocol.messages import (
 )
 from .cache import MISSING
 from .config import ServerConfig
+from .coordinator import Coordinator
+from .peers import Peers
 from .storage import Storage
 
 log = logging.getLogger("kvwire.node")
@@ -58,6 +66,10 @@ class Node:
     def __init__(self, config: ServerConfig, storage: Storage, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.storage = storage
+        self.peers = Peers(config, storage, clock=clock)
+        self.coordinator = Coordinator(config, storage, self.peers)
+        # A lone node is its own majority: its reads need no round.
+        self._reads_local = config.cluster_size == 1
         self._clock = clock
         self._started = clock()
         self._packer = msgpack.Packer()
@@ -70,6 +82,8 @@ class Node:
             Delete: self._delete,
             Health: self._health,
             Replicate: self._replicate,
+            Lookup: self._lookup,
+            Fetch: self._fetch,
         }
 
     def handle(self, request: Request, session: Session) -> Reply | asyncio.Future:
@@ -94,7 +108,8 @@ class Node:
         return Pong(request.id)
 
     def _get(self, request: Get, session: Session) -> Reply | asyncio.Future:
-        # A lone node is its own majority: "one" and "quorum" read the same copy.
+        if not self._reads_local and request.consistency is not Consistency.ONE:
+            return asyncio.ensure_future(self._quorum_get(request))
         key = request.key
         entry = self.storage.index.get(key)
         if entry is None or entry.deleted:
@@ -111,21 +126,23 @@ class Node:
         value, version = found
         return GetReply(request.id, value, version)
 
+    async def _quorum_get(self, request: Get) -> Reply:
+        value, version = await self.coordinator.read(request.key)
+        return GetReply(request.id, value, version)
+
     def _put(self, request: Put, session: Session) -> asyncio.Future:
         packed = self._pack_value(request.value)
-        version = self._next_version(request.key)
-        return _then(self.storage.write(request.key, version, request.value, packed), lambda _: PutReply(request.id, version))
+        written = asyncio.ensure_future(self.coordinator.write(request.key, request.value, packed))
+        return _then(written, lambda version: PutReply(request.id, version))
 
     def _delete(self, request: Delete, session: Session) -> asyncio.Future:
-        entry = self.storage.latest(request.key)
-        if entry is None or entry.deleted:
-            raise KeyNotFoundError(f"key {request.key!r} not found")
-        version = self._next_version(request.key)
-        return _then(self.storage.write(request.key, version, None, None), lambda _: DeleteReply(request.id, version))
+        written = asyncio.ensure_future(self.coordinator.write(request.key, None, None, must_exist=True))
+        return _then(written, lambda version: DeleteReply(request.id, version))
+
+    # --- peer-only requests ----------------------------------------------------------------
 
     def _replicate(self, request: Replicate, session: Session) -> Reply | asyncio.Future:
-        if session.role is not Role.PEER:
-            raise ForbiddenError("REPLICATE is accepted only on a connection that said HELLO with role 'peer'")
+        _require_peer(session, "REPLICATE")
         if request.deleted:
             value, packed = None, None
         else:
@@ -133,13 +150,38 @@ class Node:
         written = self.storage.write(request.key, request.version, value, packed)
         return _then(written, lambda applied: ReplicateReply(request.id, applied, self.storage.latest_version(request.key)))
 
+    def _lookup(self, request: Lookup, session: Session) -> Reply:
+        _require_peer(session, "LOOKUP")
+        entry = self.storage.latest(request.key)
+        if entry is None:
+            return LookupReply(request.id, NO_VERSION, False)
+        return LookupReply(request.id, entry.version, entry.deleted)
+
+    def _fetch(self, request: Fetch, session: Session) -> Reply | asyncio.Future:
+        _require_peer(session, "FETCH")
+        entry = self.storage.index.get(request.key)
+        if entry is None:
+            return FetchReply(request.id, NO_VERSION, False, None)
+        if entry.deleted:
+            return FetchReply(request.id, entry.version, True, None)
+        value = self.storage.cached(request.key)
+        if value is not MISSING:
+            return FetchReply(request.id, entry.version, False, value)
+        return asyncio.ensure_future(self._fetch_from_disk(request))
+
+    async def _fetch_from_disk(self, request: Fetch) -> Reply:
+        found = await self.storage.read(request.key)
+        if found is None:  # deleted meanwhile: answer from the index again
+            entry = self.storage.index.get(request.key)
+            version = entry.version if entry is not None else NO_VERSION
+            return FetchReply(request.id, version, entry is not None and entry.deleted, None)
+        value, version = found
+        return FetchReply(request.id, version, False, value)
+
     def _health(self, request: Health, session: Session) -> Reply:
         return HealthReply(request.id, self.health())
 
     # --- helpers -----------------------------------------------------------------------
-
-    def _next_version(self, key: str) -> Version:
-        return Version(self.storage.latest_version(key).counter + 1, self.config.node_id)
 
     def _pack_value(self, value: Any) -> bytes:
         packed = self._packer.pack(value)
@@ -150,11 +192,14 @@ class Node:
 
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""
-        storage = self.storage
+        storage, config = self.storage, self.config
+        peers = self.peers.describe()
+        healthy = 1 + sum(peer["healthy"] for peer in peers)
+        has_quorum = healthy >= config.quorum
         return {
-            "status": "healthy",
-            "node_id": self.config.node_id,
-            "cluster_id": self.config.cluster_id,
+            "status": "healthy" if healthy == config.cluster_size else "degraded" if has_quorum else "unavailable",
+            "node_id": config.node_id,
+            "cluster_id": config.cluster_id,
             "uptime_s": round(self._clock() - self._started, 3),
             "protocol_version": PROTOCOL_VERSION,
             "connections": self.connections,
@@ -163,20 +208,30 @@ class Node:
             "pending_writes": storage.queued_writes,
             "commits": storage.commits,
             "committed_rows": storage.committed_rows,
-            "sync": self.config.sync.value,
+            "sync": config.sync.value,
+            "no_quorum_writes": self.coordinator.no_quorum_writes,
+            "read_write_backs": self.coordinator.write_backs,
+            "hedged_requests": self.coordinator.hedged_requests,
             "cluster": {
-                "replication_enabled": False,
-                "total_nodes": 1,
-                "healthy_nodes": 1,
-                "unhealthy_nodes": 0,
-                "required_for_quorum": 1,
-                "has_quorum": True,
-                "can_accept_writes": True,
-                "automatic_failover_enabled": False,
-                "retry_attempts": 0,
-                "nodes": [],
+                "replication_enabled": config.cluster_size > 1,
+                "total_nodes": config.cluster_size,
+                "healthy_nodes": healthy,
+                "unhealthy_nodes": config.cluster_size - healthy,
+                "required_for_quorum": config.quorum,
+                "has_quorum": has_quorum,
+                "can_accept_writes": has_quorum,
+                "automatic_failover_enabled": config.cluster_size > 1,
+                "retry_attempts": config.retry_attempts,
+                "heartbeat_interval_ms": round(config.heartbeat_interval * 1000),
+                "failure_timeout_ms": round(config.failure_timeout * 1000),
+                "nodes": peers,
             },
         }
+
+
+def _require_peer(session: Session, op: str) -> None:
+    if session.role is not Role.PEER:
+        raise ForbiddenError(f"{op} is accepted only on a connection that said HELLO with role 'peer'")
 
 
 def _then(future: asyncio.Future, make_reply: Callable[[Any], Reply]) -> asyncio.Future:

@@ -1,0 +1,185 @@
+"""``kvwire up``: a local cluster in the foreground, the README's main command.
+
+Each node is its own ``kvwire serve`` process, as in production; their pids
+are printed, so ``kill -STOP``/``kill -CONT`` of one shows failover for real.
+Ctrl-C or SIGTERM stops every node cleanly. A node that dies on its own
+stops the others too, with a non-zero exit: a cluster quietly running a node
+short would hide the failure from whoever started it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from ..client.arguments import format_endpoint
+from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
+from .supervisor import STOPPED_STATUSES, Child, Supervisor
+
+DEFAULT_BASE_PORT = 7379
+# Opening SQLite and binding take well under a second; a node that doesn't
+# answer in this long is stuck, and the user should hear about it.
+READY_TIMEOUT = 30.0
+# A node lets requests in flight finish for up to 10 s (ServerConfig.shutdown_timeout).
+STOP_GRACE = 15.0
+POLL_INTERVAL = 0.1
+
+
+@click.command()
+@click.option("--nodes", "node_count", type=click.IntRange(min=1, max=99), default=3, show_default=True, help="How many nodes: n1, n2, ...")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
+@click.option("--base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_BASE_PORT, show_default=True, help="Port of n1; node i listens on BASE_PORT + i - 1.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kvwire"), show_default=True, help="Each node keeps its data in DATA_DIR/<node id>.")
+@click.option("--cluster-id", default="kvwire", show_default=True, help="Cluster id the nodes share; clients naming another are refused.")
+@click.option("--sync", type=click.Choice(["full", "normal", "off"]), default="full", show_default=True, help="Durability of each commit, as for kvwire serve.")
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SERVE_OPTIONS...]")
+def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, serve_args: tuple[str, ...]) -> None:
+    """Run a local cluster in the foreground until Ctrl-C.
+
+    Starts one `kvwire serve` process per node (by default n1-n3 on
+    127.0.0.1:7379-7381, data in ./.kvwire/n1-n3), prints their endpoints,
+    and copies each node's log lines to stderr behind its id. Options after
+    `--` go to every node, e.g. `kvwire up -- --write-timeout 2`.
+    """
+    if base_port + node_count - 1 > 65535:
+        raise click.UsageError(f"--base-port {base_port} leaves no room for {node_count} nodes below port 65536")
+    nodes = [(f"n{i}", base_port + i - 1) for i in range(1, node_count + 1)]
+    for node_id, port in nodes:
+        _check_port_free(host, port, node_id)
+    members = ",".join(f"{node_id}={format_endpoint(host, port)}" for node_id, port in nodes)
+    # A KVWIRE_CLUSTER in our environment would make a one-node `up` join a
+    # cluster it didn't ask for; every other setting is passed explicitly.
+    env = {name: value for name, value in os.environ.items() if name != "KVWIRE_CLUSTER"}
+    children = []
+    for node_id, port in nodes:
+        command = [
+            sys.executable, "-m", "kvwire", "serve",
+            "--node-id", node_id,
+            "--listen", format_endpoint(host, port),
+            "--data-dir", str(data_dir / node_id),
+            "--cluster-id", cluster_id,
+            "--sync", sync,
+        ]
+        if node_count > 1:
+            command += ["--cluster", members]
+        children.append(Child(node_id, [*command, *serve_args], env=env))
+    sys.exit(_run(Supervisor(children), host, dict(nodes), data_dir, cluster_id))
+
+
+def _run(supervisor: Supervisor, host: str, ports: dict[str, int], data_dir: Path, cluster_id: str) -> int:
+    """Start the nodes and watch them until a signal or a node's death; the exit status."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    # Installed before any node starts, so an early Ctrl-C still stops them all.
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        supervisor.start()
+        _say(f"kvwire up: cluster {cluster_id!r}, {len(ports)} node{'s' if len(ports) > 1 else ''}; node logs follow on stderr")
+        for child in supervisor.children:
+            _say(f"  {child.name}  {format_endpoint(host, ports[child.name])}  pid {child.pid}  data {data_dir / child.name}")
+        return _watch(supervisor, host, ports, stop, received)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], stop: threading.Event, received: list[int]) -> int:
+    waiting = set(ports)  # nodes not yet answering PING
+    ready_by = time.monotonic() + READY_TIMEOUT
+    while not stop.wait(POLL_INTERVAL):
+        exited = supervisor.exited()
+        if exited and not stop.is_set():
+            for child in exited:
+                _error(f"node {child.name} exited unexpectedly ({_describe_status(child.returncode)}); its log is above")
+            return _stop(supervisor, failed=True)
+        if waiting:
+            waiting = {node_id for node_id in waiting if not _answers_ping(host, ports[node_id])}
+            if not waiting:
+                endpoints = ",".join(format_endpoint(host, port) for port in ports.values())
+                _say("kvwire up: every node answers. Use the cluster with:")
+                _say(f"  export KVWIRE_ENDPOINTS={endpoints}")
+                _say("  kvwire-cli put greeting hello && kvwire-cli get greeting")
+                _say("Ctrl-C stops the cluster.")
+            elif time.monotonic() > ready_by:
+                _error(f"{', '.join(sorted(waiting))} not answering after {READY_TIMEOUT:g} s; giving up")
+                return _stop(supervisor, failed=True)
+    name = signal.Signals(received[0]).name if received else "stop"
+    _say(f"kvwire up: {name} received; stopping {len(ports)} node{'s' if len(ports) > 1 else ''}")
+    return _stop(supervisor, failed=False)
+
+
+def _stop(supervisor: Supervisor, *, failed: bool) -> int:
+    unclean = []
+    for child in supervisor.stop(STOP_GRACE):
+        _error(f"node {child.name} did not stop within {STOP_GRACE:g} s and was killed")
+        unclean.append(child)
+    if not failed:
+        for child in supervisor.children:
+            if child not in unclean and child.returncode not in STOPPED_STATUSES:
+                _error(f"node {child.name} stopped with {_describe_status(child.returncode)}; its log is above")
+                unclean.append(child)
+    if failed or unclean:
+        return 1
+    _say("kvwire up: every node stopped cleanly")
+    return 0
+
+
+def _check_port_free(host: str, port: int, node_id: str) -> None:
+    """Fail with one clear line now, rather than a node's log line and a torn-down cluster."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the node binds: a port left in TIME_WAIT by a node just stopped is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            address = format_endpoint(host, port)
+            if exc.errno == errno.EADDRINUSE:
+                reason = "the port is already in use (another kvwire up or node?); pick another with --base-port"
+            else:
+                reason = exc.strerror or str(exc)
+            raise click.ClickException(f"cannot listen on {address} for {node_id}: {reason}") from None
+
+
+def _answers_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(encode(Ping(1)))
+            codec = Connection(Side.CLIENT)
+            while (event := codec.next_event()) is NEED_DATA:
+                data = sock.recv(65536)
+                if not data:
+                    return False
+                codec.receive_data(data)
+            return isinstance(event, Pong)
+    except (OSError, ValueError):
+        return False
+
+
+def _describe_status(status: int | None) -> str:
+    if status is not None and status < 0:
+        return f"killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
+
+
+def _say(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+def _error(line: str) -> None:
+    click.echo(f"kvwire up: {line}", err=True)

@@ -1,0 +1,232 @@
+"""A real 3-node cluster on 127.0.0.1-3: quorum writes and reads, failure detection, catch-up."""
+
+import re
+import threading
+import time
+
+import pytest
+
+from kvwire import Client, KeyNotFoundError, NoQuorumError
+from kvwire.client import RetryPolicy
+from kvwire.protocol import ErrorCode, Fetch, Hello, Lookup, Replicate, Role, Version
+from kvwire.testing import LocalCluster, RawConnection, wait_for
+
+NODE_IDS = ("n1", "n2", "n3")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path) as started:
+        yield started
+
+
+def client_for(cluster, *node_ids, **kwargs):
+    endpoints = [cluster[node_id].address for node_id in (node_ids or NODE_IDS)]
+    return Client(endpoints, **{"timeout": 5.0, **kwargs})
+
+
+def test_a_write_through_any_node_is_readable_through_every_node(cluster):
+    for writer in NODE_IDS:
+        with client_for(cluster, writer) as client:
+            version = client.put(f"from-{writer}", {"by": writer})
+            assert version.node == writer
+    for reader in NODE_IDS:
+        with client_for(cluster, reader) as client:
+            for writer in NODE_IDS:
+                assert client.get(f"from-{writer}") == {"by": writer}
+                # Each node's own copy too, once replication has reached it.
+                wait_for(lambda: _local_read(client, f"from-{writer}") == {"by": writer}, timeout=5,
+                         what=f"{reader} holding {writer}'s write")
+
+
+def _local_read(client, key):
+    try:
+        return client.get(key, consistency="one")
+    except KeyNotFoundError:
+        return None
+
+
+def test_versions_grow_across_coordinators(cluster):
+    versions = []
+    for writer in NODE_IDS * 2:
+        with client_for(cluster, writer) as client:
+            versions.append(client.put("shared", writer))
+    assert [v.counter for v in versions] == [1, 2, 3, 4, 5, 6]
+    assert [v.node for v in versions] == list(NODE_IDS * 2)
+    with client_for(cluster, "n2") as client:
+        client.delete("shared")
+        with pytest.raises(KeyNotFoundError):
+            client.get("shared")
+        with pytest.raises(KeyNotFoundError):
+            client.delete("shared")
+
+
+def test_peer_only_ops_are_refused_to_clients_and_answered_to_peers(cluster):
+    with RawConnection(cluster["n1"].address) as conn:
+        conn.request(Replicate(1, "k", Version(3, "n2"), "v", False))
+        for request in (Lookup(2, "k"), Fetch(3, "k")):
+            assert conn.request(request).code == ErrorCode.FORBIDDEN
+        conn.request(Hello(4, role=Role.PEER, node="n2", cluster="kvwire"))
+        assert conn.request(Lookup(5, "k")).version == Version(0, "")
+        conn.request(Replicate(6, "k", Version(3, "n2"), "v", False))
+        assert conn.request(Lookup(7, "k")).version == Version(3, "n2")
+        fetched = conn.request(Fetch(8, "k"))
+        assert (fetched.version, fetched.deleted, fetched.value) == (Version(3, "n2"), False, "v")
+
+
+def test_a_peer_of_another_cluster_is_refused(cluster):
+    with RawConnection(cluster["n1"].address) as conn:
+        reply = conn.request(Hello(1, role=Role.PEER, node="n9", cluster="elsewhere"))
+        assert reply.code == ErrorCode.FORBIDDEN
+
+
+def test_sigstop_is_detected_within_a_second_and_writes_go_on(cluster):
+    with client_for(cluster, "n1", "n2") as client:
+        cluster["n3"].pause()
+        paused_at = time.monotonic()
+        try:
+            # Writes go on at once, before n3 is known DOWN: a coordinator that
+            # asks the silent n3 for its version tag asks n1 or n2 as well.
+            slowest = 0.0
+            for i in range(50):
+                started = time.monotonic()
+                client.put(f"while-stopped-{i}", i, timeout=2)
+                slowest = max(slowest, time.monotonic() - started)
+            cluster.wait_peers("n1", down=["n3"], timeout=1.0 - (time.monotonic() - paused_at))
+            detected_after = time.monotonic() - paused_at
+        finally:
+            cluster["n3"].resume()
+        cluster.wait_peers("n1", up=["n3"], timeout=2.0)
+    assert slowest < 0.5
+    assert detected_after < 1.0
+    assert re.search(r"peer n3 DOWN \(no reply for \d+ ms\)", cluster["n1"].log())
+    # SIGCONT: n3 is UP again and catches up on what it missed.
+    with client_for(cluster, "n3") as client:
+        wait_for(lambda: _local_read(client, "while-stopped-49") == 49, timeout=5, what="n3 catching up")
+
+
+def test_kill_9_of_one_node_costs_no_client_request(cluster):
+    stop = threading.Event()
+    acknowledged, failures, acks = {}, [], [0]
+
+    def write_continuously():
+        with client_for(cluster, timeout=5, retry=RetryPolicy(attempts=4, base_delay=0.05)) as client:
+            i = 0
+            deadline = time.monotonic() + 20
+            while not stop.is_set() and time.monotonic() < deadline and i < 20_000:
+                try:
+                    client.put(f"k{i % 200}", i)
+                    acknowledged[f"k{i % 200}"] = i
+                    acks[0] += 1
+                except Exception as exc:  # counted, then asserted on below
+                    failures.append(repr(exc))
+                i += 1
+
+    writer = threading.Thread(target=write_continuously)
+    writer.start()
+    try:
+        wait_for(lambda: acks[0] >= 50, timeout=10, what="writes flowing")
+        killed_at = time.monotonic()
+        cluster["n1"].kill()
+        cluster.wait_peers("n2", down=["n1"], timeout=2.0)
+        detection = time.monotonic() - killed_at
+        count = acks[0]
+        wait_for(lambda: acks[0] > count + 200, timeout=10, what="writes going on with n1 dead")
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert failures == []
+    assert detection < 1.0
+    with client_for(cluster, "n2", "n3") as client:
+        for key, value in acknowledged.items():
+            assert client.get(key) == value
+
+
+def test_two_nodes_down_refuses_writes_and_quorum_reads_but_serves_local_reads(cluster):
+    with client_for(cluster, "n1") as client:
+        client.put("before", "both down")
+    cluster["n2"].kill()
+    cluster["n3"].kill()
+    cluster.wait_peers("n1", down=["n2", "n3"], timeout=2.0)
+    with client_for(cluster, "n1", timeout=5) as client:
+        started = time.monotonic()
+        with pytest.raises(NoQuorumError, match="Failed to replicate to quorum of nodes"):
+            client.put("during", "refused")
+        assert time.monotonic() - started < 1.5  # within --write-timeout (1 s), plus the round trip
+        assert client.get("before", consistency="one") == "both down"
+        with pytest.raises(NoQuorumError, match="consistency 'one'"):
+            client.get("before")
+        health = client.health()["cluster"]
+        assert (health["has_quorum"], health["can_accept_writes"], health["healthy_nodes"]) == (False, False, 1)
+
+
+def test_a_restarted_node_holds_every_write_it_missed_within_5_s(cluster):
+    cluster["n3"].kill()
+    cluster.wait_peers("n1", down=["n3"], timeout=2.0)
+    with client_for(cluster, "n1", "n2") as client:
+        written = {f"missed-{i}": i for i in range(300)}
+        for key, value in written.items():
+            client.put(key, value)
+        client.delete("missed-0")
+        del written["missed-0"]
+    assert cluster.health("n1")["cluster"]["nodes"][1]["pending_hints"] > 0
+    cluster["n3"].start()
+    restarted_at = time.monotonic()
+    cluster["n3"].wait_ready()
+    with client_for(cluster, "n3") as client:
+        def caught_up():
+            return all(_local_read(client, key) == value for key, value in written.items()) and _local_read(client, "missed-0") is None
+
+        wait_for(caught_up, timeout=5.0 - (time.monotonic() - restarted_at), what="n3 holding every missed write")
+    for node_id in ("n1", "n2"):
+        wait_for(lambda: all(p["pending_hints"] == 0 for p in cluster.health(node_id)["cluster"]["nodes"]),
+                 timeout=5, what=f"{node_id}'s hints delivered")
+
+
+def test_no_acknowledged_write_is_lost_while_nodes_are_killed_and_restarted(cluster):
+    stop = threading.Event()
+    acknowledged: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def writer(worker):
+        with client_for(cluster, timeout=5, retry=RetryPolicy(attempts=6, base_delay=0.05)) as client:
+            i = 0
+            deadline = time.monotonic() + 40
+            while not stop.is_set() and time.monotonic() < deadline and i < 10_000:
+                key = f"w{worker}-{i % 50}"
+                try:
+                    client.put(key, i)
+                except Exception:
+                    pass  # unacknowledged: it may or may not be there, and is not checked
+                else:
+                    with lock:
+                        acknowledged[key] = i
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for victim in ("n1", "n2", "n3", "n1"):
+            with lock:
+                before = len(acknowledged) + sum(acknowledged.values())
+            wait_for(lambda: len(acknowledged) + sum(acknowledged.values()) > before + 100, timeout=10, what="writes flowing")
+            cluster[victim].kill()
+            others = [n for n in NODE_IDS if n != victim]
+            cluster.wait_peers(others[0], down=[victim], timeout=2.0)
+            with lock:
+                before = sum(acknowledged.values())
+            wait_for(lambda: sum(acknowledged.values()) > before + 100, timeout=10, what="writes with a node down")
+            cluster[victim].start().wait_ready()
+            for other in others:
+                cluster.wait_peers(other, up=[victim], timeout=5.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert len(acknowledged) == 200
+    with client_for(cluster) as client:
+        # Each key has one writer, counting up: what is read must be the last
+        # acknowledged value, or a later write that failed but was applied.
+        lost = {key: value for key, value in acknowledged.items() if client.get(key) < value}
+    assert lost == {}

@@ -1,0 +1,58 @@
+"""kvwire.testing.LocalCluster: real nodes on 127.0.0.x, driven by signals."""
+
+import pytest
+
+from kvwire import Client
+from kvwire.testing import LocalCluster
+
+
+def test_a_cluster_starts_on_one_loopback_address_per_node_and_stops(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path, failure_timeout=0.3) as cluster:
+        assert cluster.node_ids == ("n1", "n2", "n3")
+        assert [address.rsplit(":", 1)[0] for address in cluster.endpoints] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        assert cluster.members == ",".join(f"{node.node_id}={node.address}" for node in cluster)
+        assert cluster.peer_states("n1") == {"n2": True, "n3": True}
+        assert cluster.health("n2")["cluster_id"] == "kvwire"
+        with Client(cluster.endpoints_of("n1")) as first, Client(cluster.endpoints_of("n3")) as third:
+            first.put("k", "v")
+            assert third.get("k") == "v"
+        processes = [node.process for node in cluster]
+        assert (tmp_path / "n1" / "kvwire.sqlite3").exists() and (tmp_path / "n1.log").exists()
+    assert all(process.poll() is not None for process in processes)
+
+
+def test_kill_pause_resume_and_restart_are_seen_by_the_peers(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path, heartbeat_interval=0.05, failure_timeout=0.3) as cluster:
+        cluster.pause("n2")
+        cluster.wait_peers("n1", down=["n2"], timeout=2)
+        cluster.resume("n2")
+        cluster.wait_peers("n1", up=["n2"], timeout=2)
+
+        cluster.kill("n3")
+        assert not cluster["n3"].running
+        cluster.wait_peers("n1", down=["n3"], timeout=2)
+        cluster.start("n3").wait_ready("n3")
+        assert cluster.peer_states("n1") == {"n2": True, "n3": True}
+
+        port_before = cluster["n2"].port
+        restarted = cluster.restart("n2")
+        assert restarted.running and restarted.port == port_before
+        assert cluster.peer_states("n2") == {"n1": True, "n3": True}
+
+
+def test_cluster_options_reach_every_node(tmp_path):
+    cluster = LocalCluster(2, data_dir=tmp_path, cluster_id="elsewhere", write_timeout=0.7, node_args=["--sync", "off"])
+    for node in cluster:
+        args = node.command
+        assert args[args.index("--cluster-id") + 1] == "elsewhere"
+        assert args[args.index("--write-timeout") + 1] == "0.7"
+        assert args[args.index("--cluster") + 1] == cluster.members
+        assert args[-2:] == ["--sync", "off"]
+    with pytest.raises(KeyError, match="n1, n2"):
+        cluster["n3"]
+
+
+@pytest.mark.parametrize("size", [0, 255, 2.0])
+def test_cluster_size_is_checked(tmp_path, size):
+    with pytest.raises(ValueError, match="size"):
+        LocalCluster(size, data_dir=tmp_path)

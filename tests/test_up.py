@@ -1,0 +1,198 @@
+"""``kvwire up`` as a user runs it: a real cluster in the foreground, stopped by a signal."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kvwire import Client
+from kvwire.protocol import Ping, Pong
+from kvwire.testing import RawConnection, free_port, wait_for
+
+NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
+
+
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """A first port such that it and the ``count - 1`` after it are free right now."""
+    for _ in range(50):
+        base = free_port(host)
+        if base + count - 1 > 65535:
+            continue
+        try:
+            probes = []
+            for port in range(base, base + count):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+class Up:
+    """``kvwire up`` in a child process; stdout and stderr go to files the test reads."""
+
+    def __init__(self, tmp_path, *args):
+        self.stdout_path = tmp_path / "up.out"
+        self.stderr_path = tmp_path / "up.err"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kvwire", "up", *args],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp_path,
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def nodes(self) -> dict[str, tuple[str, int, str]]:
+        """``{node_id: (address, pid, data_dir)}`` as printed."""
+        return {m[1]: (m[2], int(m[3]), m[4]) for m in NODE_LINE.finditer(self.stdout)}
+
+    def wait_printed(self, text: str, timeout: float = 20.0) -> None:
+        def printed() -> bool:
+            assert self.process.poll() is None or text in self.stdout, (
+                f"kvwire up exited with {self.process.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+            )
+            return text in self.stdout
+
+        wait_for(printed, timeout=timeout, what=f"kvwire up printing {text!r}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def cleanup(self) -> None:
+        """If the test failed half-way: leave no process behind."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for _, pid, _ in self.nodes().values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def answers_ping(address: str) -> bool:
+    try:
+        with RawConnection(address, timeout=1) as connection:
+            return isinstance(connection.request(Ping(1)), Pong)
+    except (OSError, EOFError, TimeoutError):
+        return False
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
+    base = free_port_run(3)
+    up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--data-dir", str(tmp_path / "data"), "--sync", "normal")
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        nodes = up.nodes()
+        expected = [f"127.0.0.1:{port}" for port in range(base, base + 3)]
+        assert [nodes[node_id][0] for node_id in ("n1", "n2", "n3")] == expected
+        assert f"KVWIRE_ENDPOINTS={','.join(expected)}" in up.stdout
+        for address in expected:
+            wait_for(lambda: answers_ping(address), timeout=10, what=f"{address} answering PING")
+        # The nodes form one cluster: a write through n1 is read through n3.
+        with Client(expected[0]) as first, Client(expected[2]) as third:
+            first.put("greeting", "hello")
+            assert third.get("greeting") == "hello"
+            assert third.health()["cluster_id"] == "kvwire"
+        for node_id in ("n1", "n2", "n3"):
+            assert (tmp_path / "data" / node_id).is_dir()
+
+        up.process.send_signal(signum)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+        assert all(process_gone(pid) for _, pid, _ in nodes.values())
+        assert not any(answers_ping(address) for address in expected)
+        assert "every node stopped cleanly" in up.stdout
+        # Every node's log, on stderr behind its id, down to its clean shutdown.
+        for node_id in ("n1", "n2", "n3"):
+            assert re.search(rf"^{node_id} \| .*storage flushed and closed; bye$", up.stderr, re.MULTILINE), up.stderr
+        assert "Traceback" not in up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_a_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
+    base = free_port_run(3)
+    with socket.create_server(("127.0.0.1", base + 1)):  # n2's port
+        result = subprocess.run(
+            [sys.executable, "-m", "kvwire", "up", "--base-port", str(base), "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{base + 1} for n2" in result.stderr and "already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not answers_ping(f"127.0.0.1:{base}")  # n1 was never started
+
+
+def test_a_node_dying_stops_the_rest_with_a_failure_status(tmp_path):
+    base = free_port_run(2)
+    up = Up(tmp_path, "--nodes", "2", "--base-port", str(base), "--data-dir", str(tmp_path / "data"), "--sync", "off")
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        nodes = up.nodes()
+        os.kill(nodes["n2"][1], signal.SIGKILL)
+        assert up.wait_exit(timeout=30) == 1
+        assert "node n2 exited unexpectedly (killed by SIGKILL)" in up.stderr
+        assert process_gone(nodes["n1"][1])
+        assert "Traceback" not in up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_options_after_a_double_dash_reach_every_node(tmp_path):
+    base = free_port_run(1)
+    # 0 is refused by `kvwire serve`; that it is refused shows it got there.
+    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--data-dir", str(tmp_path / "data"), "--", "--write-timeout", "0")
+    try:
+        assert up.wait_exit(timeout=30) == 1
+        assert "node n1 exited unexpectedly (exit status 2)" in up.stderr
+        assert re.search(r"^n1 \| .*--write-timeout", up.stderr, re.MULTILINE), up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_a_single_node_runs_alone(tmp_path):
+    base = free_port_run(1)
+    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--data-dir", str(tmp_path / "data"))
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        with Client(f"127.0.0.1:{base}") as client:
+            assert client.health()["cluster"]["replication_enabled"] is False
+        up.process.send_signal(signal.SIGINT)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_too_many_nodes_for_the_port_range_is_a_usage_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "kvwire", "up", "--nodes", "3", "--base-port", "65535"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert "no room for 3 nodes" in result.stderr
+    assert not (tmp_path / ".kvwire").exists()
