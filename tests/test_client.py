@@ -456,7 +456,8 @@ def test_bad_client_options_raise_value_error(options):
 @pytest.mark.parametrize(
     "options",
     [{"attempts": 0}, {"attempts": 1.5}, {"base_delay": -1}, {"base_delay": float("inf")},
-     {"base_delay": 2, "max_delay": 1}, {"retry_on": ()}, {"retry_on": (int,)}],
+     {"base_delay": 2, "max_delay": 1}, {"retry_on": ()}, {"retry_on": (int,)}, {"retry_on": [KvwireError]},
+     {"attempt_timeout": 0}, {"attempt_timeout": float("inf")}, {"attempt_timeout": True}, {"cooldown": -1}],
 )
 def test_retry_policy_is_checked(options):
     with pytest.raises(ValueError, match="RetryPolicy"):

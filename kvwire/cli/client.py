@@ -112,7 +112,7 @@ def _output_option(function: Callable) -> Callable:
     show_envvar=True,
     metavar="HOST:PORT[,HOST:PORT...]",
     callback=_endpoints_option,
-    help="Nodes to talk to; on a connection failure the next one is tried.",
+    help="Nodes to talk to; after a connection failure, a timeout or an UNAVAILABLE reply the next one is tried.",
 )
 @click.option(
     "--timeout",

@@ -1,10 +1,11 @@
 """``AsyncClient``: the one implementation behind both Python clients.
 
-It keeps one lazily opened connection per endpoint and sends every request
-to a preferred endpoint, moving on to the next one when a connection fails
-(``RetryPolicy``). Arguments are checked before anything is sent, so a
-mistake raises a plain ``TypeError`` or ``ValueError`` naming it instead of a
-protocol error from the node.
+It keeps one lazily opened, pipelined connection per endpoint and sends each
+call to one healthy node; after a lost connection, a silent node or an
+UNAVAILABLE reply it retries on another node with exponential backoff
+(``RetryPolicy``, :mod:`kvwire.client.failover`). Arguments are checked
+before anything is sent, so a mistake raises a plain ``TypeError`` or
+``ValueError`` naming it instead of a protocol error from the node.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
 from kvwire.protocol import (
@@ -30,55 +30,12 @@ from kvwire.protocol import (
     Version,
 )
 
-from .connection import ClientConnection
-from .arguments import check_key, check_value, format_endpoint, parse_endpoints
+from .arguments import check_key, check_value, parse_endpoints
+from .failover import Endpoint, EndpointSet, RetryPolicy
+
+__all__ = ["AsyncClient", "DEFAULT_ENDPOINT", "RetryPolicy", "VersionedValue"]
 
 DEFAULT_ENDPOINT = "127.0.0.1:7379"
-# Connecting includes the HELLO round trip, a millisecond on a LAN; a node that
-# takes a second is hung (SIGSTOP keeps accepting connections), and giving up
-# on it leaves the call's time to try the next endpoint.
-DEFAULT_CONNECT_TIMEOUT = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How a call moves on to another endpoint after a failure.
-
-    ``attempts`` counts every try of one call, the first included; each try
-    goes to the next endpoint in turn. Before try ``n`` (from 1) the call waits
-    ``base_delay * 2 ** (n - 1)``, capped at ``max_delay``, so a call against a
-    cluster that is briefly all down doesn't spin. The call's timeout bounds
-    the whole sequence.
-    """
-
-    attempts: int = 3
-    base_delay: float = 0.05
-    max_delay: float = 1.0
-    # Only failures that say nothing about the request itself are retried;
-    # a refused request (bad key, not found) would be refused anywhere.
-    retry_on: tuple[type[BaseException], ...] = (KvwireConnectionError,)
-
-    def __post_init__(self) -> None:
-        if type(self.attempts) is not int or self.attempts < 1:
-            raise ValueError(f"RetryPolicy.attempts must be an integer >= 1, got {self.attempts!r}")
-        for name in ("base_delay", "max_delay"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0 <= value < math.inf:
-                raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0, got {value!r}")
-        if self.max_delay < self.base_delay:
-            raise ValueError(
-                f"RetryPolicy.max_delay ({self.max_delay!r}) must be >= base_delay ({self.base_delay!r})"
-            )
-        if not self.retry_on or not all(
-            isinstance(cls, type) and issubclass(cls, BaseException) for cls in self.retry_on
-        ):
-            raise ValueError(f"RetryPolicy.retry_on must be a non-empty tuple of exception types, got {self.retry_on!r}")
-
-    def delay_before(self, attempt: int) -> float:
-        """Seconds to wait before try number ``attempt`` (the first try is 0)."""
-        if attempt <= 0:
-            return 0.0
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
 
 
 class VersionedValue(NamedTuple):
@@ -86,65 +43,6 @@ class VersionedValue(NamedTuple):
 
     value: Any
     version: Version
-
-
-class _Endpoint:
-    """One node address and its connection, opened on first use and after failures."""
-
-    def __init__(self, host: str, port: int, client: AsyncClient) -> None:
-        self.host = host
-        self.port = port
-        self.address = format_endpoint(host, port)
-        self._client = client
-        self._connection: ClientConnection | None = None
-        self._connecting: asyncio.Task[ClientConnection] | None = None
-
-    async def connection(self) -> ClientConnection:
-        connection = self._connection
-        if connection is not None and connection.is_open:
-            return connection
-        task = self._connecting
-        if task is None:
-            task = self._connecting = asyncio.ensure_future(self._open())
-            task.add_done_callback(_retrieve_exception)
-        try:
-            # Shielded: many callers share one connect, and one caller timing
-            # out must not cancel it for the others.
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and current is not None and not current.cancelling():
-                # close() cancelled the connect, not anyone cancelling us.
-                raise KvwireConnectionError(f"{self.address}: the client was closed while connecting") from None
-            raise
-
-    async def _open(self) -> ClientConnection:
-        client = self._client
-        try:
-            connection = await ClientConnection.open(
-                self.host,
-                self.port,
-                connect_timeout=client.connect_timeout,
-                limits=client.limits,
-                cluster=client.cluster,
-            )
-        finally:
-            self._connecting = None
-        if client.closed:  # closed while we were connecting
-            connection.close()
-            raise _closed_error()
-        self._connection = connection
-        return connection
-
-    async def close(self) -> None:
-        task = self._connecting
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
-            await connection.wait_closed()
 
 
 class AsyncClient:
@@ -155,9 +53,15 @@ class AsyncClient:
     bounds each call, including connecting and failing over, and raises
     ``KvwireTimeoutError`` when it runs out; every method accepts its own
     ``timeout=`` too. ``connect_timeout`` bounds each connection attempt,
-    HELLO included (default: 1 s, or ``timeout`` if smaller). ``cluster``
-    makes every node prove it belongs to that cluster id; ``retry`` says how
-    a call moves on to the next endpoint after a connection failure.
+    HELLO included (default: ``retry.attempt_timeout``, or ``timeout`` if
+    smaller). ``cluster`` makes every node prove it belongs to that cluster
+    id.
+
+    With several endpoints, calls go to one healthy node (the first listed,
+    until it fails). A lost connection, a node silent for
+    ``retry.attempt_timeout`` seconds, or an UNAVAILABLE reply sends the call
+    to another node after a backoff; see :class:`RetryPolicy` for the knobs,
+    and for why a retried PUT may be applied twice.
 
     Use it as ``async with AsyncClient(...) as client:``, or call
     :meth:`close`. Connections open on first use.
@@ -174,11 +78,6 @@ class AsyncClient:
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.timeout = _check_timeout("timeout", timeout)
-        self.connect_timeout = (
-            min(self.timeout, DEFAULT_CONNECT_TIMEOUT)
-            if connect_timeout is None
-            else _check_timeout("connect_timeout", connect_timeout)
-        )
         if cluster is not None and (type(cluster) is not str or not cluster):
             raise ValueError(f"cluster must be a non-empty string or None, got {cluster!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -187,10 +86,16 @@ class AsyncClient:
             raise TypeError(f"limits must be a kvwire.protocol.Limits, got {type(limits).__name__}")
         self.cluster = cluster
         self.retry = retry if retry is not None else RetryPolicy()
+        # Connecting includes the HELLO round trip; a node that takes longer
+        # than a silent node may take (SIGSTOP keeps accepting connections) is hung.
+        self.connect_timeout = (
+            min(self.timeout, self.retry.attempt_timeout)
+            if connect_timeout is None
+            else _check_timeout("connect_timeout", connect_timeout)
+        )
         self.limits = limits
-        self._endpoints = [_Endpoint(host, port, self) for host, port in parse_endpoints(endpoints)]
-        self.endpoints: tuple[str, ...] = tuple(endpoint.address for endpoint in self._endpoints)
-        self._preferred = 0  # index of the endpoint new calls go to first
+        self._endpoints = EndpointSet([Endpoint(host, port, self) for host, port in parse_endpoints(endpoints)])
+        self.endpoints: tuple[str, ...] = tuple(endpoint.address for endpoint in self._endpoints.all)
         self._closed = False
 
     @property
@@ -232,7 +137,8 @@ class AsyncClient:
         ``value`` may be None, bool, int, float, str, bytes, or lists and dicts
         (with str or bytes keys) of those; tuples come back as lists. If the
         connection fails after the request was sent, the put is retried on
-        another endpoint and may then be applied twice (same value, two versions).
+        another node and may then be applied twice (same value, two versions).
+        A NoQuorumError means the put may or may not have been applied.
         """
         check_value(value)
         reply = await self._call(Put, check_key(key, self.limits), value, timeout=timeout)
@@ -241,7 +147,8 @@ class AsyncClient:
     async def delete(self, key: str, *, timeout: float | None = None) -> Version:
         """Delete ``key``; returns the version of the tombstone.
 
-        Raises KeyNotFoundError (a KeyError) if there is nothing to delete.
+        Raises KeyNotFoundError (a KeyError) if there is nothing to delete,
+        which after a retry may mean the first try deleted it.
         """
         reply = await self._call(Delete, check_key(key, self.limits), timeout=timeout)
         return reply.version
@@ -262,7 +169,7 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*(endpoint.close() for endpoint in self._endpoints))
+        await self._endpoints.close()
 
     # --- sending, with timeout and failover --------------------------------------------
 
@@ -270,31 +177,42 @@ class AsyncClient:
         timeout = self.timeout if timeout is None else _check_timeout("timeout", timeout)
         if self.closed:
             raise _closed_error()
+        progress = _CallProgress()
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                return await self._send_with_failover(message_type, fields)
+                return await self._send_with_failover(message_type, fields, progress)
         except TimeoutError:
-            # Errors that are TimeoutErrors themselves (ours, or a node's
-            # TIMEOUT reply) pass through; only our own deadline is translated.
+            # Errors that are TimeoutErrors themselves (an attempt's, or a
+            # node's TIMEOUT reply) pass through; only our deadline is translated.
             if not deadline.expired():
                 raise
-            raise KvwireTimeoutError(
+            error = KvwireTimeoutError(
                 f"{message_type.__name__.upper()} got no reply within {timeout:g} s"
                 f" (endpoints: {', '.join(self.endpoints)})"
-            ) from None
+                + (f"; before that: {progress.failures[-1]}" if progress.failures else "")
+            )
+            if progress.waiting_on is not None:
+                # With a call timeout shorter than the attempt timeout, this is
+                # the only sign of a hung node: without it every call would
+                # wait on the same node and none would ever fail over.
+                self._endpoints.failed(progress.waiting_on, asyncio.get_running_loop().time(), error)
+            raise error from None
 
-    async def _send_with_failover(self, message_type: type, fields: tuple[Any, ...]) -> Any:
+    async def _send_with_failover(self, message_type: type, fields: tuple[Any, ...], progress: _CallProgress) -> Any:
         policy = self.retry
-        failures: list[BaseException] = []
+        endpoints = self._endpoints
+        loop = asyncio.get_running_loop()
+        tried: list[Endpoint] = []
+        failures = progress.failures
         for attempt in range(policy.attempts):
             if attempt:
                 await asyncio.sleep(policy.delay_before(attempt))
-            index = self._preferred
-            endpoint = self._endpoints[index]
+            endpoint = endpoints.choose(tried, loop.time())
+            tried.append(endpoint)
+            progress.waiting_on = endpoint
             try:
-                connection = await endpoint.connection()
-                return await connection.request(message_type, *fields)
+                reply = await self._send_to(endpoint, message_type, fields)
             except ProtocolError as exc:
                 # Only encoding raises one here: msgpack refused the caller's
                 # input, which check_value should already have caught.
@@ -303,14 +221,40 @@ class AsyncClient:
             except policy.retry_on as exc:
                 if self.closed:
                     raise  # close() failed the request; don't reconnect elsewhere
+                progress.waiting_on = None
                 failures.append(exc)
-                # Concurrent calls fail together; only the first moves the preference on.
-                if self._preferred == index:
-                    self._preferred = (index + 1) % len(self._endpoints)
-        if all(isinstance(exc, KvwireConnectionError) for exc in failures) and len(failures) > 1:
+                endpoints.failed(endpoint, loop.time(), exc)
+                continue
+            endpoints.succeeded(endpoint)
+            return reply
+        last = failures[-1]
+        if len(failures) > 1 and type(last) in (KvwireConnectionError, KvwireTimeoutError):
             summary = "; ".join(dict.fromkeys(str(exc) for exc in failures))
-            raise KvwireConnectionError(f"no node reachable after {len(failures)} attempts: {summary}") from failures[-1]
-        raise failures[-1]
+            raise type(last)(f"no node answered in {len(failures)} attempts: {summary}") from last
+        raise last
+
+    async def _send_to(self, endpoint: Endpoint, message_type: type, fields: tuple[Any, ...]) -> Any:
+        connection = await endpoint.connection()
+        endpoint.watch(connection)
+        try:
+            return await connection.request(message_type, *fields)
+        except KvwireConnectionError:
+            if endpoint.gave_up_on(connection):
+                raise KvwireTimeoutError(
+                    f"{endpoint.address}: no reply within {self.retry.attempt_timeout:g} s; the node looks hung"
+                ) from None
+            raise
+
+
+class _CallProgress:
+    """What one call has been through, for the error its deadline raises."""
+
+    __slots__ = ("failures", "waiting_on")
+
+    def __init__(self) -> None:
+        self.failures: list[BaseException] = []
+        # The node the call is waiting on right now; None between attempts.
+        self.waiting_on: Endpoint | None = None
 
 
 def _check_timeout(name: str, value: Any) -> float:
@@ -335,10 +279,3 @@ def _is_real(value: Any) -> bool:
 
 def _closed_error() -> RuntimeError:
     return RuntimeError("the kvwire client is closed")
-
-
-def _retrieve_exception(task: asyncio.Task[Any]) -> None:
-    # Every caller may have timed out before a failed connect finished;
-    # reading the exception keeps asyncio from logging it as unhandled.
-    if not task.cancelled():
-        task.exception()

@@ -71,9 +71,11 @@ class Client:
     string. ``timeout`` (seconds) bounds each call, including connecting and
     failing over, and raises ``KvwireTimeoutError``; every method accepts its
     own ``timeout=`` too. ``connect_timeout`` bounds each connection attempt,
-    HELLO included (default: 1 s, or ``timeout`` if smaller). ``cluster``
-    makes every node prove it belongs to that cluster id; ``retry`` says how
-    a call moves on to the next endpoint after a connection failure.
+    HELLO included (default: ``retry.attempt_timeout``, or ``timeout`` if
+    smaller). ``cluster`` makes every node prove it belongs to that cluster
+    id. Failover is the async client's: after a lost connection, a silent
+    node or an UNAVAILABLE reply a call is retried on another node, as
+    ``retry`` (a :class:`RetryPolicy`) says.
 
     Use it as ``with Client(...) as client:``, or call :meth:`close`, which
     also stops the client's background thread.
@@ -143,14 +145,18 @@ class Client:
         """Store ``value`` under ``key``; returns the new version.
 
         ``value`` may be None, bool, int, float, str, bytes, or lists and dicts
-        (with str or bytes keys) of those; tuples come back as lists.
+        (with str or bytes keys) of those; tuples come back as lists. If the
+        connection fails after the request was sent, the put is retried on
+        another node and may then be applied twice (same value, two versions).
+        A NoQuorumError means the put may or may not have been applied.
         """
         return self._run(self._async.put(key, value, timeout=timeout))
 
     def delete(self, key: str, *, timeout: float | None = None) -> Version:
         """Delete ``key``; returns the version of the tombstone.
 
-        Raises KeyNotFoundError (a KeyError) if there is nothing to delete.
+        Raises KeyNotFoundError (a KeyError) if there is nothing to delete,
+        which after a retry may mean the first try deleted it.
         """
         return self._run(self._async.delete(key, timeout=timeout))
 
