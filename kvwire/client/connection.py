@@ -34,7 +34,7 @@ from kvwire.protocol import (
     Side,
     error_from_wire,
 )
-from kvwire.protocol.messages import REPLY_BIT, Reply, Request
+from kvwire.protocol.messages import REPLY_BIT, Request
 
 from .arguments import format_endpoint
 

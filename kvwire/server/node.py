@@ -43,7 +43,6 @@ from ..protocol.messages import (
     Reply,
     Request,
     Role,
-    Version,
 )
 from .cache import MISSING
 from .config import ServerConfig

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..client.connection import ClientConnection
 from ..protocol.errors import ForbiddenError, KvwireConnectionError, KvwireError
-from ..protocol.messages import Ping, Replicate, Role, Version
+from ..protocol.messages import NO_VERSION, Ping, Replicate, Role, Version
 from .config import Member, ServerConfig
 from .failure_detector import FailureDetector, PeerState, Transition
 from .storage import Storage
@@ -225,7 +225,7 @@ class Peers:
         # local write it came from never committed, so it was never acknowledged.
         for key in keys:
             if key not in rows:
-                delivered[key] = self.storage.hints[peer].get(key, Version(0, ""))
+                delivered[key] = self.storage.hints[peer].get(key, NO_VERSION)
         return delivered
 
     # --- health ----------------------------------------------------------------------------
