@@ -8,7 +8,6 @@ never in a traceback.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import sys
@@ -30,6 +29,10 @@ from ..protocol import (
     UnavailableError,
     Version,
 )
+from .json_values import BYTES_TAG
+from .json_values import decode_bytes as _decode_bytes
+from .json_values import jsonable as _jsonable
+from .json_values import version_json as _version_json
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -40,9 +43,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 # Failures that say the cluster can't serve right now, not that the request was wrong.
 _UNAVAILABLE_ERRORS = (KvwireConnectionError, KvwireTimeoutError, UnavailableError, NoQuorumError, ServerTimeoutError)
-
-# How bytes travel through JSON, in both directions.
-BYTES_TAG = "$bytes"
 
 EPILOG = f"""\b
 Exit codes:
@@ -229,42 +229,12 @@ def _parse_json_value(text: str) -> Any:
         raise click.BadParameter(str(exc), param_hint="'VALUE'") from None
 
 
-def _decode_bytes(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and BYTES_TAG in obj:
-        encoded = obj[BYTES_TAG]
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except (TypeError, ValueError):
-            raise ValueError(f'{{"{BYTES_TAG}": ...}} must hold a base64 string, got {encoded!r}') from None
-    return obj
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return {BYTES_TAG: base64.b64encode(value).decode("ascii")}
-    if isinstance(value, dict):
-        return {_json_key(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def _json_key(key: Any) -> Any:
-    if isinstance(key, (bytes, bytearray)):
-        return f"{BYTES_TAG}:{base64.b64encode(key).decode('ascii')}"
-    return key
-
-
 def _to_json_text(value: Any) -> str:
     return json.dumps(_jsonable(value), ensure_ascii=False)
 
 
 def _echo_json(value: Any) -> None:
     click.echo(_to_json_text(value))
-
-
-def _version_json(version: Version) -> dict[str, Any]:
-    return {"counter": version.counter, "node": version.node}
 
 
 def _echo_version(settings: _Settings, output: str | None, key: str, version: Version, word: str) -> None:

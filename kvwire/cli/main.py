@@ -43,10 +43,11 @@ def main() -> None:
 @click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.write_timeout, show_default=True, help="Seconds a write or quorum read waits for a majority before failing with NO_QUORUM.", **_env("WRITE_TIMEOUT"))
 @click.option("--retry-attempts", type=click.IntRange(min=0), default=ServerConfig.retry_attempts, show_default=True, help="Background re-sends to a live replica that missed a write, before it waits as a hint.", **_env("RETRY_ATTEMPTS"))
 @click.option("--retry-delay", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.retry_delay, show_default=True, help="Seconds before the first background re-send; it doubles each time.", **_env("RETRY_DELAY"))
+@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) on this address, in this process.", **_env("HTTP_LISTEN"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True, help="Logs go to stderr, one line per event.", **_env("LOG_LEVEL"))
 def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_bytes, max_frame_bytes,
           max_connections, max_inflight, cache_entries, cluster, heartbeat_interval, failure_timeout,
-          write_timeout, retry_attempts, retry_delay, log_level) -> None:
+          write_timeout, retry_attempts, retry_delay, http_listen, log_level) -> None:
     """Run one node in the foreground until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -68,20 +69,26 @@ def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_
             retry_attempts=retry_attempts,
             retry_delay=retry_delay,
         )
+        http_address = parse_host_port(http_listen) if http_listen else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    sys.exit(run_node(config))
+    sys.exit(run_node(config, http_listen=http_address))
 
 
-def run_node(config: ServerConfig) -> int:
-    """Serve on uvloop; the exit status, with startup failures reported in one line."""
+def run_node(config: ServerConfig, *, http_listen: tuple[str, int] | None = None) -> int:
+    """Serve on uvloop (with the HTTP bridge beside the node when ``http_listen`` is given);
+    the exit status, with startup failures reported in one line."""
     import uvloop
 
     from ..server.app import serve as serve_node
     from ..server.storage import DataDirError
 
     try:
+        if http_listen is not None:
+            from .bridge import serve_with_bridge
+
+            return uvloop.run(serve_with_bridge(config, http_listen))
         uvloop.run(serve_node(config))
     except DataDirError as exc:
         logging.getLogger("kvwire.server").error("%s", exc)
@@ -96,6 +103,8 @@ def run_node(config: ServerConfig) -> int:
 
 from .up import up  # noqa: E402
 main.add_command(up)
+from .bridge import bridge  # noqa: E402
+main.add_command(bridge)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
+from .process import ChildProcess
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.
         time.sleep(interval)
 
 
-class NodeProcess:
+class NodeProcess(ChildProcess):
     """One ``kvwire serve`` child process. Its stderr goes to ``log_path``."""
 
     def __init__(
@@ -48,14 +48,14 @@ class NodeProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> None:
+        data_dir = Path(data_dir)
+        super().__init__(log_path=data_dir.parent / f"{data_dir.name}.log", env=env)
+        self.name = f"node {node_id}"
         self.node_id = node_id
-        self.data_dir = Path(data_dir)
+        self.data_dir = data_dir
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.extra_args = list(extra_args)
-        self.env = env
-        self.process: subprocess.Popen | None = None
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
 
     @property
     def address(self) -> str:
@@ -71,26 +71,14 @@ class NodeProcess:
             *self.extra_args,
         ]
 
-    def start(self) -> NodeProcess:
-        if self.running:
-            raise RuntimeError(f"node {self.node_id} is already running")
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env={**os.environ, **(self.env or {})},
-            )
-        return self
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **(self.env or {})}
 
     def wait_ready(self, timeout: float = 15.0) -> NodeProcess:
         """Poll with PING until the node answers; fail early if it exits."""
 
         def answers() -> bool:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"node {self.node_id} exited with {self.returncode}; log:\n{self.log()}")
+            self.check_alive()
             return self.ping(timeout=0.5)
 
         wait_for(answers, timeout=timeout, what=f"node {self.node_id} answering on {self.address}")
@@ -113,75 +101,24 @@ class NodeProcess:
         except (OSError, ValueError):
             return False
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError(f"node {self.node_id} was never started")
-        return self.process.pid
-
     def kill(self) -> None:
         """``kill -9``: no flush, no goodbye; what it acknowledged must survive."""
-        self._signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
+        self.signal_and_wait(signal.SIGKILL, timeout=10)
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM, then wait for the exit status."""
-        self._signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+        return self.signal_and_wait(signal.SIGTERM, timeout)
 
     def interrupt(self, timeout: float = 15.0) -> int:
         """SIGINT (Ctrl-C), then wait for the exit status."""
-        self._signal(signal.SIGINT)
-        return self.process.wait(timeout=timeout)
+        return self.signal_and_wait(signal.SIGINT, timeout)
 
     def pause(self) -> None:
         """SIGSTOP: the sockets stay open but nothing answers, like a hung node."""
-        self._signal(signal.SIGSTOP)
+        self.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        """Best-effort cleanup: resume if paused, then kill if still running."""
-        if self.running:
-            try:
-                self.process.send_signal(signal.SIGCONT)
-                self.process.kill()
-                self.process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _signal(self, signum: int) -> None:
-        if not self.running:
-            raise RuntimeError(f"node {self.node_id} is not running")
-        self.process.send_signal(signum)
-
-    def __enter__(self) -> NodeProcess:
-        if not self.running:
-            self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.send_signal(signal.SIGCONT)
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"

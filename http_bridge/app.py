@@ -1,0 +1,257 @@
+"""The REST API: routes, handlers, and the one place errors become JSON.
+
+Every response is JSON. Errors are ``{"error": "<one line>"}`` with a status
+chosen in :func:`status_for`; anything unexpected is logged here with its
+traceback and answered 500 without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+from urllib.parse import quote, unquote_to_bytes
+
+from aiohttp import web
+
+from kvwire.cli.json_values import version_json
+from kvwire.client import (
+    AsyncClient,
+    BadRequestError,
+    KeyNotFoundError,
+    KvwireConnectionError,
+    KvwireError,
+    KvwireTimeoutError,
+    NoQuorumError,
+    ServerTimeoutError,
+    TooLargeError,
+    UnavailableError,
+)
+from kvwire.client.arguments import check_key
+
+from .config import BridgeConfig
+from .openapi import openapi_document
+from .values import BadBody, UnrepresentableValue, ValueTooLarge, parse_put_body, to_json_text
+
+log = logging.getLogger("kvwire.http")
+
+PREFIX = "/kv-store/v1"
+KV_PATH = f"{PREFIX}/kv/{{key}}/"
+HEALTH_PATH = f"{PREFIX}/health/"
+OPENAPI_PATH = f"{PREFIX}/openapi.json"
+CONSISTENCY_LEVELS = ("one", "quorum")
+# A key of max_key_bytes code points percent-encoded as 4-byte UTF-8 is 12
+# characters each; the request line must hold it for the key check to answer
+# in JSON rather than aiohttp refusing the line as plain text.
+MAX_REQUEST_LINE = 16 * 1024
+# Clients may retry a 503 after this many seconds; failure detection takes 0.5 s.
+RETRY_AFTER_SECONDS = "1"
+
+CONFIG = web.AppKey("config", BridgeConfig)
+CLIENT = web.AppKey("client", AsyncClient)
+OPENAPI_TEXT = web.AppKey("openapi_text", str)
+
+
+class ApiError(Exception):
+    """Answer ``status`` with ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(config: BridgeConfig) -> web.Application:
+    """The aiohttp application; its client opens with the app and closes with it."""
+    app = web.Application(
+        middlewares=[_json_errors],
+        client_max_size=config.max_body_bytes,
+        handler_args={"max_line_size": MAX_REQUEST_LINE},
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_client_context)
+    for path in (KV_PATH, KV_PATH.rstrip("/")):
+        app.router.add_get(path, get_key)
+        app.router.add_put(path, put_key)
+        app.router.add_delete(path, delete_key)
+    for path in (HEALTH_PATH, HEALTH_PATH.rstrip("/")):
+        app.router.add_get(path, health)
+    app[OPENAPI_TEXT] = to_json_text(openapi_document(config))
+    app.router.add_get(OPENAPI_PATH, openapi)
+    return app
+
+
+async def _client_context(app: web.Application):
+    config = app[CONFIG]
+    client = AsyncClient(
+        config.endpoints, timeout=config.timeout, cluster=config.cluster_id, retry=config.retry, limits=config.limits
+    )
+    app[CLIENT] = client
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+# --- handlers ----------------------------------------------------------------------------
+
+
+async def get_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    consistency = request.query.get("consistency")
+    if consistency is not None and consistency not in CONSISTENCY_LEVELS:
+        raise ApiError(400, f"consistency must be 'one' or 'quorum', got {consistency!r}")
+    value, version = await _client(request).get_with_version(key, consistency=consistency)
+    return _json_response(200, {"key": key, "value": value, "version": version_json(version)})
+
+
+async def put_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    config = request.app[CONFIG]
+    value = parse_put_body(await request.read(), config.limits)
+    client = _client(request)
+    deadline = _Deadline(config.timeout)
+    # Whether the key exists, from a quorum read just before the write. A
+    # concurrent write or delete of the same key between the two can make the
+    # status say 200 for a creation or 201 for an overwrite (value and version
+    # are right either way); only the node could say atomically.
+    try:
+        await client.get_with_version(key, consistency="quorum", timeout=deadline.left())
+        absent = False
+    except KeyNotFoundError:
+        absent = True
+    except NoQuorumError:
+        absent = False  # the write below most likely fails the same way, with the write's message
+    version = await client.put(key, value, timeout=deadline.left())
+    # Counter 1: no write of this key was acknowledged before this one.
+    created = absent or version.counter == 1
+    document = {"key": key, "value": value, "version": version_json(version)}
+    if created:
+        return _json_response(201, document, {"Location": f"{PREFIX}/kv/{quote(key, safe='')}/"})
+    return _json_response(200, document)
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    version = await _client(request).delete(key)
+    return _json_response(200, {"key": key, "version": version_json(version)})
+
+
+async def health(request: web.Request) -> web.Response:
+    """The answering node's health report; 503 unless it has quorum, for load balancers' checks."""
+    report = await _client(request).health()
+    cluster = report.get("cluster")
+    has_quorum = isinstance(cluster, dict) and cluster.get("has_quorum") is True
+    headers = {"Cache-Control": "no-store"}
+    if not has_quorum:
+        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return _json_response(200 if has_quorum else 503, report, headers)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json_text_response(200, request.app[OPENAPI_TEXT])
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _client(request: web.Request) -> AsyncClient:
+    return request.app[CLIENT]
+
+
+def _key(request: web.Request) -> str:
+    """The key, percent-decoded from the raw path as UTF-8 (``/`` inside a key is ``%2F``)."""
+    path = request.raw_path.partition("?")[0]
+    raw = (path[:-1] if path.endswith("/") else path).rpartition("/")[2]
+    try:
+        key = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"the key {raw!r} is not percent-encoded UTF-8") from None
+    try:
+        return check_key(key, request.app[CONFIG].limits)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+class _Deadline:
+    """One request's time budget, shared by the calls it makes."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._seconds = seconds
+        self._end = self._loop.time() + seconds
+
+    def left(self) -> float:
+        remaining = self._end - self._loop.time()
+        if remaining <= 0:
+            raise KvwireTimeoutError(f"the request took longer than {self._seconds:g} s")
+        return remaining
+
+
+def _json_response(status: int, document: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return _json_text_response(status, to_json_text(document), headers)
+
+
+def _json_text_response(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
+
+
+def status_for(error: KvwireError) -> int:
+    """The HTTP status for an error from the cluster."""
+    if isinstance(error, KeyNotFoundError):
+        return 404
+    if isinstance(error, BadRequestError):
+        return 400
+    if isinstance(error, TooLargeError):
+        return 413
+    if isinstance(error, (NoQuorumError, UnavailableError, KvwireConnectionError)):
+        return 503
+    if isinstance(error, (KvwireTimeoutError, ServerTimeoutError)):
+        return 504
+    # FORBIDDEN (a node of another cluster), INTERNAL, UNKNOWN_OP, a protocol
+    # error: the nodes behind this gateway failed it, not the REST client.
+    return 502
+
+
+def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
+    if error.status == 404:
+        return f"no such path: {request.path}"
+    if error.status == 405:
+        allowed = error.headers.get("Allow", "")
+        return f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
+    if error.status == 413:
+        return f"the request body is larger than the limit of {request.app[CONFIG].max_body_bytes} bytes"
+    return error.reason
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
+    except BadBody as exc:
+        return _error(400, str(exc))
+    except ValueTooLarge as exc:
+        return _error(413, str(exc))
+    except UnrepresentableValue as exc:
+        return _error(406, str(exc))
+    except KvwireError as exc:
+        status = status_for(exc)
+        # 503 and 504 come in floods while the cluster is down, and its nodes log why.
+        log.log(logging.WARNING if status == 502 else logging.DEBUG, "%s %s: %d %s", request.method, request.path, status, exc)
+        return _error(status, str(exc), {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {name: value for name, value in exc.headers.items() if name.lower() not in ("content-type", "content-length")}
+        return _error(exc.status, _http_error_message(request, exc), headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error in the HTTP bridge; the bridge's log has the details")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json_text_response(status, to_json_text({"error": message}), headers)

@@ -1,0 +1,70 @@
+"""What a bridge needs to know, checked once when it is built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from kvwire.client import RetryPolicy
+from kvwire.client.arguments import format_endpoint, parse_endpoints
+from kvwire.protocol import DEFAULT_LIMITS, Limits
+
+DEFAULT_LISTEN_PORT = 8000
+# A value's limit is on its msgpack encoding (1 MiB by default); its JSON
+# text is bigger: base64 adds a third to bytes, and a string of control
+# characters spelled \u0001 takes six bytes per character. 4 MiB leaves room
+# for that and still bounds the memory one request can pin.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Nothing legitimate is smaller: {"value": ...} alone is 11 bytes.
+MIN_BODY_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """One bridge: where it listens and which nodes it forwards to.
+
+    ``endpoints`` are tried in order, failing over as the client library
+    does; ``timeout`` bounds each REST request's call to the cluster,
+    failover included. ``limits`` should match the nodes' (``kvwire serve
+    --max-key-bytes/--max-value-bytes``): the bridge refuses what they would.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_LISTEN_PORT
+    endpoints: tuple[str, ...] = ("127.0.0.1:7379",)
+    timeout: float = 5.0
+    cluster_id: str | None = None
+    limits: Limits = DEFAULT_LIMITS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # In-flight REST requests get this long to finish on shutdown, like a node's.
+    shutdown_timeout: float = 10.0
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str):
+            raise ValueError(f"host must be a string, got {self.host!r}")
+        if type(self.port) is not int or not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be an integer from 0 to 65535 (0: any free port), got {self.port!r}")
+        if isinstance(self.endpoints, str) or not self.endpoints:
+            raise ValueError("endpoints must be a non-empty sequence of 'host:port' strings")
+        # Normalised, so that errors show what was understood.
+        object.__setattr__(
+            self, "endpoints", tuple(format_endpoint(host, port) for host, port in parse_endpoints(list(self.endpoints)))
+        )
+        for name in ("timeout", "shutdown_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.cluster_id is not None and (not isinstance(self.cluster_id, str) or not self.cluster_id):
+            raise ValueError(f"cluster_id must be a non-empty string or None, got {self.cluster_id!r}")
+        if not isinstance(self.limits, Limits):
+            raise ValueError(f"limits must be a kvwire.protocol.Limits, got {type(self.limits).__name__}")
+        if type(self.max_body_bytes) is not int or self.max_body_bytes < MIN_BODY_BYTES:
+            raise ValueError(f"max_body_bytes must be an integer of at least {MIN_BODY_BYTES}, got {self.max_body_bytes!r}")
+        if not isinstance(self.retry, RetryPolicy):
+            raise ValueError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+
+    @property
+    def listen(self) -> str:
+        return format_endpoint(self.host, self.port)

@@ -1,0 +1,317 @@
+"""The OpenAPI 3 document served at ``/kv-store/v1/openapi.json``.
+
+Built from the bridge's own limits, so the document states what this bridge
+accepts; the tests run schemathesis against it with every check enabled.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from kvwire.cli.json_values import BASE64_PATTERN, BYTES_TAG
+
+if TYPE_CHECKING:
+    from .config import BridgeConfig
+
+_SCHEMAS = "#/components/schemas/"
+_RESPONSES = "#/components/responses/"
+
+
+def openapi_document(config: BridgeConfig) -> dict[str, Any]:
+    limits = config.limits
+    key_parameter = {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "description": (
+            "The key, percent-encoded as UTF-8 (a `/` inside a key is `%2F`). At most "
+            f"{limits.max_key_bytes} bytes in UTF-8, so at most {limits.max_key_bytes} characters; "
+            "a longer key is refused with 400."
+        ),
+        "schema": {"type": "string", "minLength": 1, "maxLength": limits.max_key_bytes},
+    }
+    consistency_parameter = {
+        "name": "consistency",
+        "in": "query",
+        "required": False,
+        "description": (
+            "`quorum` (the default) is linearizable and needs a majority of the nodes; "
+            "`one` answers from one node's copy, which needs no majority but may be stale."
+        ),
+        "schema": {"type": "string", "enum": ["one", "quorum"]},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "kvwire REST API",
+            "version": _version(),
+            "description": (
+                "The HTTP bridge of kvwire, a replicated key-value store. Every response is JSON; "
+                'every error is `{"error": "..."}`. Paths are also accepted without their trailing slash.'
+            ),
+        },
+        "paths": {
+            "/kv-store/v1/kv/{key}/": {
+                "parameters": [key_parameter],
+                "get": {
+                    "operationId": "getKey",
+                    "summary": "Read a key",
+                    "parameters": [consistency_parameter],
+                    "responses": {
+                        "200": _json_response("The value and its version.", "Entry"),
+                        "400": {"$ref": _RESPONSES + "BadRequest"},
+                        "404": {"$ref": _RESPONSES + "NotFound"},
+                        "406": {"$ref": _RESPONSES + "NotRepresentable"},
+                        **_cluster_failures(),
+                    },
+                },
+                "put": {
+                    "operationId": "putKey",
+                    "summary": "Create or replace a key",
+                    "description": (
+                        "Stored once a majority of the nodes has it durably. 201 when the key did not "
+                        "exist (judged by a quorum read just before the write: a concurrent write or "
+                        "delete of the same key can make that 200 instead, or the reverse). A 503 with "
+                        "no quorum means the write may or may not have been applied."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": _SCHEMAS + "PutBody"},
+                                "example": {"value": {"name": "Ada", "langs": ["en", "fr"]}},
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json_response("Replaced: the stored value and its new version.", "Entry"),
+                        "201": {
+                            **_json_response("Created: the stored value and its version.", "Entry"),
+                            "headers": {
+                                "Location": {
+                                    "description": "The key's URL.",
+                                    "required": True,
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                        "400": {"$ref": _RESPONSES + "BadRequest"},
+                        "413": {"$ref": _RESPONSES + "TooLarge"},
+                        **_cluster_failures(),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteKey",
+                    "summary": "Delete a key",
+                    "responses": {
+                        "200": _json_response("Deleted: the version of the deletion.", "Deleted"),
+                        "400": {"$ref": _RESPONSES + "BadRequest"},
+                        "404": {"$ref": _RESPONSES + "NotFound"},
+                        **_cluster_failures(),
+                    },
+                },
+            },
+            "/kv-store/v1/health/": {
+                "get": {
+                    "operationId": "getHealth",
+                    "summary": "Health of the node that answers",
+                    "description": (
+                        "200 while the node has quorum (a majority of the nodes, itself included, is "
+                        "healthy), 503 while it has not, so that a load balancer's HTTP check can act on "
+                        "the status alone. A bridge inside a node (`kvwire serve --http-listen`) asks "
+                        "its own node first."
+                    ),
+                    "responses": {
+                        "200": _json_response("The node has quorum.", "Health"),
+                        "502": {"$ref": _RESPONSES + "BadGateway"},
+                        "503": {
+                            "description": "The node has no quorum (its health report), or no node answered (an error).",
+                            "headers": _retry_after(),
+                            "content": {
+                                "application/json": {
+                                    "schema": {"anyOf": [{"$ref": _SCHEMAS + "Health"}, {"$ref": _SCHEMAS + "Error"}]}
+                                }
+                            },
+                        },
+                        "504": {"$ref": _RESPONSES + "GatewayTimeout"},
+                        "500": {"$ref": _RESPONSES + "InternalError"},
+                    },
+                }
+            },
+            "/kv-store/v1/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}},
+                        },
+                        "500": {"$ref": _RESPONSES + "InternalError"},
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _schemas(config),
+            "responses": _error_responses(config),
+        },
+    }
+
+
+def _schemas(config: BridgeConfig) -> dict[str, Any]:
+    return {
+        "Value": {
+            "description": (
+                "Any JSON value. Bytes are written as "
+                f'`{{"{BYTES_TAG}": "<base64>"}}` (an object with that one member; its string must be '
+                "standard base64 with padding) and map keys that are bytes appear as "
+                f'`"{BYTES_TAG}:<base64>"`. Integers from -2^63 to 2^64-1 are stored exactly, other '
+                "numbers as 64-bit floats. Limits: "
+                f"{config.limits.max_value_bytes} bytes as encoded in msgpack (413 beyond), nesting "
+                "at most 511 levels deep."
+            ),
+            "example": {"name": "Ada", "avatar": {BYTES_TAG: "iVBORw0KGgo="}},
+        },
+        "Bytes": {
+            "description": "How a bytes value is written in JSON.",
+            "type": "object",
+            "required": [BYTES_TAG],
+            "properties": {BYTES_TAG: {"type": "string", "pattern": BASE64_PATTERN}},
+            "additionalProperties": False,
+        },
+        "Version": {
+            "description": (
+                "The version tag of a write: ordered by counter, then node id. Counter 1 means no "
+                "earlier write of the key was acknowledged."
+            ),
+            "type": "object",
+            "required": ["counter", "node"],
+            "properties": {
+                "counter": {"type": "integer", "minimum": 1},
+                "node": {"type": "string", "minLength": 1, "description": "Id of the node that coordinated the write."},
+            },
+        },
+        "PutBody": {
+            "type": "object",
+            "required": ["value"],
+            "properties": {"value": {"$ref": _SCHEMAS + "Value"}},
+        },
+        "Entry": {
+            "type": "object",
+            "required": ["key", "value", "version"],
+            "properties": {
+                "key": {"type": "string", "minLength": 1},
+                "value": {"$ref": _SCHEMAS + "Value"},
+                "version": {"$ref": _SCHEMAS + "Version"},
+            },
+        },
+        "Deleted": {
+            "type": "object",
+            "required": ["key", "version"],
+            "properties": {"key": {"type": "string", "minLength": 1}, "version": {"$ref": _SCHEMAS + "Version"}},
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string", "minLength": 1, "description": "One line saying what went wrong."}},
+        },
+        "Health": {
+            "description": "The answering node's health report; fields beyond those listed may appear.",
+            "type": "object",
+            "required": ["status", "cluster"],
+            "properties": {
+                "status": {
+                    "type": "string",
+                    "enum": ["healthy", "degraded", "unavailable"],
+                    "description": "healthy: every node up; degraded: some down but quorum; unavailable: no quorum.",
+                },
+                "node_id": {"type": "string"},
+                "cluster_id": {"type": "string"},
+                "cluster": {"$ref": _SCHEMAS + "Cluster"},
+            },
+        },
+        "Cluster": {
+            "type": "object",
+            "required": [
+                "replication_enabled", "total_nodes", "healthy_nodes", "unhealthy_nodes", "required_for_quorum",
+                "has_quorum", "can_accept_writes", "automatic_failover_enabled", "retry_attempts", "nodes",
+            ],
+            "properties": {
+                "replication_enabled": {"type": "boolean"},
+                "total_nodes": {"type": "integer", "minimum": 1},
+                "healthy_nodes": {"type": "integer", "minimum": 0},
+                "unhealthy_nodes": {"type": "integer", "minimum": 0},
+                "required_for_quorum": {"type": "integer", "minimum": 1},
+                "has_quorum": {"type": "boolean"},
+                "can_accept_writes": {"type": "boolean"},
+                "automatic_failover_enabled": {"type": "boolean"},
+                "retry_attempts": {"type": "integer", "minimum": 0},
+                "nodes": {
+                    "description": "The answering node's peers as it sees them (the node itself is counted in healthy_nodes).",
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["url", "healthy"],
+                        "properties": {
+                            "url": {"type": "string", "description": "The peer's host:port."},
+                            "healthy": {"type": "boolean"},
+                            "node_id": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def _error_responses(config: BridgeConfig) -> dict[str, Any]:
+    return {
+        "BadRequest": _error("Bad request: a body that is not JSON, has no `value`, or holds a bad bytes object; a key too long or not UTF-8; an unknown consistency."),
+        "NotFound": _error("No such key (or a deleted one)."),
+        "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry."),
+        "TooLarge": _error(
+            f"The value is over {config.limits.max_value_bytes} bytes as msgpack, or the body over "
+            f"{config.max_body_bytes} bytes."
+        ),
+        "InternalError": _error("A bug in the bridge; its log has the details. Never a stack trace."),
+        "BadGateway": _error("The nodes failed the request: an internal error, or a node of another cluster."),
+        "Unavailable": {
+            **_error(
+                "The cluster cannot serve the request now: no quorum (a write then says "
+                "`Failed to replicate to quorum of nodes` and may or may not have been applied), "
+                "or no node reachable."
+            ),
+            "headers": _retry_after(),
+        },
+        "GatewayTimeout": _error("No node answered within the bridge's timeout."),
+    }
+
+
+def _cluster_failures() -> dict[str, Any]:
+    return {
+        "500": {"$ref": _RESPONSES + "InternalError"},
+        "502": {"$ref": _RESPONSES + "BadGateway"},
+        "503": {"$ref": _RESPONSES + "Unavailable"},
+        "504": {"$ref": _RESPONSES + "GatewayTimeout"},
+    }
+
+
+def _json_response(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": _SCHEMAS + schema}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json_response(description, "Error")
+
+
+def _retry_after() -> dict[str, Any]:
+    return {"Retry-After": {"description": "Seconds after which to try again.", "required": True, "schema": {"type": "integer", "minimum": 0}}}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("kvwire")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"

@@ -1,0 +1,104 @@
+"""Running a bridge on the current event loop: alone, or beside a node in its process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from .app import create_app
+from .config import BridgeConfig
+
+log = logging.getLogger("kvwire.http")
+
+
+class RunningBridge:
+    """A bridge that is listening; :meth:`close` stops it gracefully."""
+
+    def __init__(self, config: BridgeConfig, runner: web.AppRunner, port: int) -> None:
+        self.config = config
+        self._runner = runner
+        self.port = port  # the real one, when config.port was 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.port}/kv-store/v1"
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in flight finish (``shutdown_timeout``), close the client."""
+        await self._runner.cleanup()
+        log.info("HTTP bridge on %s:%d stopped", self.config.host, self.port)
+
+
+class _OneLineBadRequests(logging.Filter):
+    """aiohttp logs each malformed HTTP request (answered 400 as text) with a traceback;
+    that is the client's mistake, so it becomes one debug line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            log.debug("malformed HTTP request answered %s: %s", error.code, str(error.message).splitlines()[0] if error.message else "")
+            return False
+        return True
+
+
+_ONE_LINE_BAD_REQUESTS = _OneLineBadRequests()
+
+
+def describe_os_error(error: OSError) -> str:
+    """``Address already in use`` rather than uvloop's sentence around it."""
+    if isinstance(error, socket.gaierror) or not error.errno:
+        return error.strerror or str(error)  # a host name that does not resolve, say
+    return os.strerror(error.errno)
+
+
+async def start_bridge(config: BridgeConfig) -> RunningBridge:
+    """Listen on ``config.host:config.port``; raises OSError when that fails (port in use...)."""
+    logging.getLogger("aiohttp.server").addFilter(_ONE_LINE_BAD_REQUESTS)  # adding it again is a no-op
+    access_log = logging.getLogger("kvwire.http.access") if config.access_log else None
+    runner = web.AppRunner(
+        create_app(config), handle_signals=False, access_log=access_log, shutdown_timeout=config.shutdown_timeout
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = _bound_port(runner, config.port)
+    bridge = RunningBridge(config, runner, port)
+    log.info("HTTP bridge listening on %s, forwarding to %s", bridge.url, ", ".join(config.endpoints))
+    return bridge
+
+
+async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _on_signal, signum, stop)
+    bridge = await start_bridge(config)
+    try:
+        await stop.wait()
+    finally:
+        await bridge.close()
+
+
+def _on_signal(signum: int, stop: asyncio.Event) -> None:
+    log.info("received %s; finishing requests in flight", signal.Signals(signum).name)
+    stop.set()
+
+
+def _bound_port(runner: web.AppRunner, requested: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return address[1]
+    return requested

@@ -1,0 +1,109 @@
+"""Request bodies to stored values and stored values back to JSON, strictly.
+
+JSON and msgpack overlap but are not the same:
+- bytes travel as ``{"$bytes": "<base64>"}``, as in ``kvwire-cli`` (the same
+  helper); a bytes map key is shown as ``"$bytes:<base64>"``.
+- an integer in msgpack's range (-2**63 to 2**64-1) is stored exactly; a
+  larger one, like any number with a fraction or an exponent, is stored as a
+  64-bit float, as JavaScript and most JSON libraries would read it. A number
+  beyond the float range is refused.
+- ``NaN`` and ``Infinity`` are not JSON and are refused; a float of that kind
+  stored by another client cannot be shown as JSON (:class:`UnrepresentableValue`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import msgpack
+
+from kvwire.cli.json_values import decode_bytes, jsonable
+from kvwire.client.arguments import check_value
+from kvwire.protocol import Limits
+
+_MIN_INT = -(2**63)
+_MAX_INT = 2**64 - 1
+
+
+class BadBody(ValueError):
+    """The request body is not what the API takes: HTTP 400."""
+
+
+class ValueTooLarge(ValueError):
+    """The value's msgpack encoding is over the nodes' limit: HTTP 413."""
+
+
+class UnrepresentableValue(ValueError):
+    """A stored value that JSON cannot carry (a float NaN or infinity)."""
+
+
+def parse_put_body(body: bytes, limits: Limits) -> Any:
+    """The value of a PUT body ``{"value": <JSON>}``; raises BadBody or ValueTooLarge."""
+    if not body:
+        raise BadBody('the request body must be a JSON object {"value": ...}; it is empty')
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadBody(f"the request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        document = json.loads(
+            text, object_hook=decode_bytes, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise BadBody(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadBody("the request body is nested too deeply") from None
+    except ValueError as exc:  # a bad {"$bytes": ...} or number, from the hooks
+        raise BadBody(str(exc)) from None
+    if not isinstance(document, dict):
+        raise BadBody(f'the request body must be a JSON object {{"value": ...}}, not {_json_kind(document)}')
+    if "value" not in document:
+        raise BadBody('the request body has no "value" field')
+    value = document["value"]
+    try:
+        check_value(value)
+    except (TypeError, ValueError) as exc:
+        raise BadBody(str(exc)) from None
+    size = len(msgpack.packb(value))
+    if size > limits.max_value_bytes:
+        raise ValueTooLarge(f"value is {size} bytes encoded as msgpack; the limit is {limits.max_value_bytes} bytes")
+    return value
+
+
+def to_json_text(document: Any) -> str:
+    """Compact JSON of a document holding stored values; UnrepresentableValue for NaN or infinity."""
+    try:
+        return json.dumps(jsonable(document), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise UnrepresentableValue(
+            "the stored value holds a float NaN or infinity, which JSON cannot carry; read it with kvwire-cli or the Python client"
+        ) from None
+
+
+def _parse_int(text: str) -> int | float:
+    # 2**64 has 20 digits; longer texts are out of range, and int() of
+    # thousands of digits costs quadratic time (and raises past 4300).
+    if len(text) <= 21:
+        number = int(text)
+        if _MIN_INT <= number <= _MAX_INT:
+            return number
+    return _parse_float(text)
+
+
+def _parse_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is beyond the range of a 64-bit float")
+    return number
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; numbers must be finite")
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bytes):
+        return 'a {"$bytes": ...} object'
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
