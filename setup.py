@@ -9,18 +9,23 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["kvwire", "kvwire.*", "bench", "bench.*"]),
+    packages=find_packages(include=["kvwire", "kvwire.*", "http_bridge", "http_bridge.*", "bench", "bench.*"]),
     install_requires=[
         "uvloop>=0.19",
         "msgpack>=1.0.5",
         "aiosqlite>=0.20",
         "click>=8.1",
+        "aiohttp>=3.9",
     ],
+    # `kvwire up --haproxy` finds it here after `pip install .` (kvwire/cli/haproxy.py).
+    data_files=[("share/kvwire/haproxy", ["haproxy/kvwire.cfg"])],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
+            "schemathesis>=4.0",
+            "pyyaml>=6",  # tests/test_deploy_files.py parses deploy/docker-compose.yml
         ],
     },
     entry_points={

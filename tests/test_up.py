@@ -1,11 +1,13 @@
 """``kvwire up`` as a user runs it: a real cluster in the foreground, stopped by a signal."""
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -35,6 +37,22 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
             for probe in probes:
                 probe.close()
     raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def free_port_runs(count: int) -> tuple[int, int]:
+    """First ports of two disjoint runs of ``count`` free ports: nodes, then HTTP bridges."""
+    for _ in range(50):
+        nodes, bridges = free_port_run(count), free_port_run(count)
+        if abs(nodes - bridges) >= count:
+            return nodes, bridges
+    raise RuntimeError("no two disjoint runs of free ports found")
+
+
+def rest(method: str, url: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
 
 
 class Up:
@@ -103,8 +121,9 @@ def process_gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
-    base = free_port_run(3)
-    up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--data-dir", str(tmp_path / "data"), "--sync", "normal")
+    base, http_base = free_port_runs(3)
+    up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--http-base-port", str(http_base),
+            "--data-dir", str(tmp_path / "data"), "--sync", "normal")
     try:
         up.wait_printed("KVWIRE_ENDPOINTS=")
         nodes = up.nodes()
@@ -118,6 +137,17 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
             first.put("greeting", "hello")
             assert third.get("greeting") == "hello"
             assert third.health()["cluster_id"] == "kvwire"
+        # Each node serves the REST API on its own port, printed; a write through n1's is read through n3's.
+        urls = [f"http://127.0.0.1:{port}/kv-store/v1" for port in range(http_base, http_base + 3)]
+        assert f"REST API: {' '.join(urls)}" in up.stdout
+        assert rest("PUT", f"{urls[0]}/kv/rest-greeting/", {"value": "hi"})[0] == 201
+        assert rest("GET", f"{urls[2]}/kv/rest-greeting/") == (
+            200, {"key": "rest-greeting", "value": "hi", "version": {"counter": 1, "node": "n1"}})
+        # Peers see each other within a heartbeat or two of starting.
+        status, health = wait_for(
+            lambda: (reply := rest("GET", f"{urls[1]}/health/"))[1]["cluster"]["healthy_nodes"] == 3 and reply,
+            timeout=5, what="n2 seeing both peers UP")
+        assert status == 200 and health["node_id"] == "n2"
         for node_id in ("n1", "n2", "n3"):
             assert (tmp_path / "data" / node_id).is_dir()
 
@@ -125,6 +155,9 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
         assert up.wait_exit(timeout=30) == 0, up.stderr
         assert all(process_gone(pid) for _, pid, _ in nodes.values())
         assert not any(answers_ping(address) for address in expected)
+        for url in urls:
+            with pytest.raises(OSError):
+                rest("GET", f"{url}/health/")
         assert "every node stopped cleanly" in up.stdout
         # Every node's log, on stderr behind its id, down to its clean shutdown.
         for node_id in ("n1", "n2", "n3"):
@@ -135,10 +168,11 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
 
 
 def test_a_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
-    base = free_port_run(3)
+    base, http_base = free_port_runs(3)
     with socket.create_server(("127.0.0.1", base + 1)):  # n2's port
         result = subprocess.run(
-            [sys.executable, "-m", "kvwire", "up", "--base-port", str(base), "--data-dir", str(tmp_path / "data")],
+            [sys.executable, "-m", "kvwire", "up", "--base-port", str(base), "--http-base-port", str(http_base),
+             "--data-dir", str(tmp_path / "data")],
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
         )
     assert result.returncode == 1
@@ -148,9 +182,41 @@ def test_a_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
     assert not answers_ping(f"127.0.0.1:{base}")  # n1 was never started
 
 
+def test_an_http_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
+    base, http_base = free_port_runs(3)
+    with socket.create_server(("127.0.0.1", http_base + 2)):  # n3's bridge
+        result = subprocess.run(
+            [sys.executable, "-m", "kvwire", "up", "--base-port", str(base), "--http-base-port", str(http_base),
+             "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{http_base + 2} for the HTTP bridge of n3" in result.stderr
+    assert "--http-base-port" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not answers_ping(f"127.0.0.1:{base}")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--http-base-port", "65535"], "--http-base-port 65535 leaves no room for 3 nodes"),
+        (["--base-port", "7379", "--http-base-port", "7380"], "would serve both a node and an HTTP bridge"),
+    ],
+)
+def test_bad_http_ports_are_usage_errors(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "kvwire", "up", *args],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / ".kvwire").exists()
+
+
 def test_a_node_dying_stops_the_rest_with_a_failure_status(tmp_path):
     base = free_port_run(2)
-    up = Up(tmp_path, "--nodes", "2", "--base-port", str(base), "--data-dir", str(tmp_path / "data"), "--sync", "off")
+    up = Up(tmp_path, "--nodes", "2", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--sync", "off")
     try:
         up.wait_printed("KVWIRE_ENDPOINTS=")
         nodes = up.nodes()
@@ -166,7 +232,7 @@ def test_a_node_dying_stops_the_rest_with_a_failure_status(tmp_path):
 def test_options_after_a_double_dash_reach_every_node(tmp_path):
     base = free_port_run(1)
     # 0 is refused by `kvwire serve`; that it is refused shows it got there.
-    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--data-dir", str(tmp_path / "data"), "--", "--write-timeout", "0")
+    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--", "--write-timeout", "0")
     try:
         assert up.wait_exit(timeout=30) == 1
         assert "node n1 exited unexpectedly (exit status 2)" in up.stderr
@@ -177,11 +243,12 @@ def test_options_after_a_double_dash_reach_every_node(tmp_path):
 
 def test_a_single_node_runs_alone(tmp_path):
     base = free_port_run(1)
-    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--data-dir", str(tmp_path / "data"))
+    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"))
     try:
         up.wait_printed("KVWIRE_ENDPOINTS=")
         with Client(f"127.0.0.1:{base}") as client:
             assert client.health()["cluster"]["replication_enabled"] is False
+        assert "REST API" not in up.stdout and "--http-listen" not in up.stderr
         up.process.send_signal(signal.SIGINT)
         assert up.wait_exit(timeout=30) == 0, up.stderr
     finally:

@@ -1,7 +1,8 @@
 """``kvwire up``: a local cluster in the foreground, the README's main command.
 
-Each node is its own ``kvwire serve`` process, as in production; their pids
-are printed, so ``kill -STOP``/``kill -CONT`` of one shows failover for real.
+Each node is its own ``kvwire serve`` process, as in production, with its
+HTTP bridge (``--http-listen``) inside; their pids are printed, so
+``kill -STOP``/``kill -CONT`` of one shows failover for real.
 Ctrl-C or SIGTERM stops every node cleanly. A node that dies on its own
 stops the others too, with a non-zero exit: a cluster quietly running a node
 short would hide the failure from whoever started it.
@@ -22,9 +23,11 @@ import click
 
 from ..client.arguments import format_endpoint
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
+from .haproxy import haproxy_child
 from .supervisor import STOPPED_STATUSES, Child, Supervisor
 
 DEFAULT_BASE_PORT = 7379
+DEFAULT_HTTP_BASE_PORT = 8000
 # Opening SQLite and binding take well under a second; a node that doesn't
 # answer in this long is stuck, and the user should hear about it.
 READY_TIMEOUT = 30.0
@@ -40,20 +43,34 @@ POLL_INTERVAL = 0.1
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kvwire"), show_default=True, help="Each node keeps its data in DATA_DIR/<node id>.")
 @click.option("--cluster-id", default="kvwire", show_default=True, help="Cluster id the nodes share; clients naming another are refused.")
 @click.option("--sync", type=click.Choice(["full", "normal", "off"]), default="full", show_default=True, help="Durability of each commit, as for kvwire serve.")
+@click.option("--http-base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_HTTP_BASE_PORT, show_default=True, help="Port of n1's REST API (its HTTP bridge); node i serves it on HTTP_BASE_PORT + i - 1.")
+@click.option("--no-http", is_flag=True, help="Run no HTTP bridges.")
+@click.option("--haproxy", "with_haproxy", is_flag=True, help="Also run haproxy with haproxy/kvwire.cfg in front (TCP :7000, HTTP :8088, stats :8080).")
 @click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SERVE_OPTIONS...]")
-def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, serve_args: tuple[str, ...]) -> None:
+def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, http_base_port: int,
+       no_http: bool, with_haproxy: bool, serve_args: tuple[str, ...]) -> None:
     """Run a local cluster in the foreground until Ctrl-C.
 
     Starts one `kvwire serve` process per node (by default n1-n3 on
-    127.0.0.1:7379-7381, data in ./.kvwire/n1-n3), prints their endpoints,
-    and copies each node's log lines to stderr behind its id. Options after
+    127.0.0.1:7379-7381, data in ./.kvwire/n1-n3), each with its HTTP bridge
+    (the REST API, on 127.0.0.1:8000-8002), prints their endpoints, and
+    copies each node's log lines to stderr behind its id. Options after
     `--` go to every node, e.g. `kvwire up -- --write-timeout 2`.
     """
     if base_port + node_count - 1 > 65535:
         raise click.UsageError(f"--base-port {base_port} leaves no room for {node_count} nodes below port 65536")
+    if not no_http and http_base_port + node_count - 1 > 65535:
+        raise click.UsageError(f"--http-base-port {http_base_port} leaves no room for {node_count} nodes below port 65536")
     nodes = [(f"n{i}", base_port + i - 1) for i in range(1, node_count + 1)]
+    # node id -> port of its REST API; empty with --no-http.
+    http_ports = {} if no_http else {node_id: http_base_port + i for i, (node_id, _) in enumerate(nodes)}
+    clash = sorted(set(http_ports.values()) & {port for _, port in nodes})
+    if clash:
+        raise click.UsageError(f"port {clash[0]} would serve both a node and an HTTP bridge; move --http-base-port or --base-port")
     for node_id, port in nodes:
         _check_port_free(host, port, node_id)
+    for node_id, port in http_ports.items():
+        _check_port_free(host, port, f"the HTTP bridge of {node_id}", option="--http-base-port")
     members = ",".join(f"{node_id}={format_endpoint(host, port)}" for node_id, port in nodes)
     # A KVWIRE_CLUSTER in our environment would make a one-node `up` join a
     # cluster it didn't ask for; every other setting is passed explicitly.
@@ -70,11 +87,16 @@ def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: s
         ]
         if node_count > 1:
             command += ["--cluster", members]
+        if node_id in http_ports:
+            command += ["--http-listen", format_endpoint(host, http_ports[node_id])]
         children.append(Child(node_id, [*command, *serve_args], env=env))
-    sys.exit(_run(Supervisor(children), host, dict(nodes), data_dir, cluster_id))
+    if with_haproxy:  # kvwire/cli/haproxy.py
+        bridge_ports = [http_ports.get(node_id, http_base_port + i) for i, (node_id, _) in enumerate(nodes)]
+        children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir))
+    sys.exit(_run(Supervisor(children), host, dict(nodes), http_ports, data_dir, cluster_id))
 
 
-def _run(supervisor: Supervisor, host: str, ports: dict[str, int], data_dir: Path, cluster_id: str) -> int:
+def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], data_dir: Path, cluster_id: str) -> int:
     """Start the nodes and watch them until a signal or a node's death; the exit status."""
     stop = threading.Event()
     received: list[int] = []
@@ -90,14 +112,15 @@ def _run(supervisor: Supervisor, host: str, ports: dict[str, int], data_dir: Pat
         supervisor.start()
         _say(f"kvwire up: cluster {cluster_id!r}, {len(ports)} node{'s' if len(ports) > 1 else ''}; node logs follow on stderr")
         for child in supervisor.children:
-            _say(f"  {child.name}  {format_endpoint(host, ports[child.name])}  pid {child.pid}  data {data_dir / child.name}")
-        return _watch(supervisor, host, ports, stop, received)
+            if child.name in ports:  # a node, not haproxy
+                _say(f"  {child.name}  {format_endpoint(host, ports[child.name])}  pid {child.pid}  data {data_dir / child.name}")
+        return _watch(supervisor, host, ports, http_ports, stop, received)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], stop: threading.Event, received: list[int]) -> int:
+def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], stop: threading.Event, received: list[int]) -> int:
     waiting = set(ports)  # nodes not yet answering PING
     ready_by = time.monotonic() + READY_TIMEOUT
     while not stop.wait(POLL_INTERVAL):
@@ -113,6 +136,12 @@ def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], stop: threa
                 _say("kvwire up: every node answers. Use the cluster with:")
                 _say(f"  export KVWIRE_ENDPOINTS={endpoints}")
                 _say("  kvwire-cli put greeting hello && kvwire-cli get greeting")
+                if http_ports:
+                    # Each bridge is bound before its node answers PING, so it is up too.
+                    urls = [_rest_url(host, port) for port in http_ports.values()]
+                    _say(f"REST API: {' '.join(urls)}")
+                    _say(f"  curl -X PUT {urls[0]}/kv/greeting/ -d '{{\"value\": \"hello\"}}'")
+                    _say(f"  curl {urls[0]}/kv/greeting/ && curl {urls[0]}/health/")
                 _say("Ctrl-C stops the cluster.")
             elif time.monotonic() > ready_by:
                 _error(f"{', '.join(sorted(waiting))} not answering after {READY_TIMEOUT:g} s; giving up")
@@ -138,7 +167,11 @@ def _stop(supervisor: Supervisor, *, failed: bool) -> int:
     return 0
 
 
-def _check_port_free(host: str, port: int, node_id: str) -> None:
+def _rest_url(host: str, port: int) -> str:
+    return f"http://{format_endpoint(host, port)}/kv-store/v1"
+
+
+def _check_port_free(host: str, port: int, user: str, *, option: str = "--base-port") -> None:
     """Fail with one clear line now, rather than a node's log line and a torn-down cluster."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -149,10 +182,10 @@ def _check_port_free(host: str, port: int, node_id: str) -> None:
         except OSError as exc:
             address = format_endpoint(host, port)
             if exc.errno == errno.EADDRINUSE:
-                reason = "the port is already in use (another kvwire up or node?); pick another with --base-port"
+                reason = f"the port is already in use (another kvwire up or node?); pick another with {option}"
             else:
                 reason = exc.strerror or str(exc)
-            raise click.ClickException(f"cannot listen on {address} for {node_id}: {reason}") from None
+            raise click.ClickException(f"cannot listen on {address} for {user}: {reason}") from None
 
 
 def _answers_ping(host: str, port: int, timeout: float = 0.5) -> bool:

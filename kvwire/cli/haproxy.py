@@ -1,0 +1,81 @@
+"""``kvwire up --haproxy``: HAProxy with ``haproxy/kvwire.cfg`` in front of the local cluster.
+
+HAProxy runs as one more child of ``kvwire up`` (``haproxy -db``, output
+behind ``haproxy |``), stopped with the nodes. The config takes every
+address from the environment, so nothing is rewritten: the nodes' and
+bridges' addresses are passed, and the frontends bind ``--host`` rather than
+every interface (unless the user set ``KVWIRE_LB_*`` already).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import click
+
+from ..client.arguments import format_endpoint
+from .supervisor import Child
+
+INSTALL_HINT = (
+    "--haproxy needs the haproxy binary, which is not installed: on Debian or Ubuntu run "
+    "`sudo apt-get install haproxy` (2.6 or later), or drop --haproxy"
+)
+# The config's frontends, and their ports when the user hasn't chosen others.
+FRONTENDS = {"KVWIRE_LB_TCP": 7000, "KVWIRE_LB_HTTP": 8088, "KVWIRE_LB_STATS": 8080}
+# The config names three servers per backend.
+NODES = 3
+
+
+def find_config() -> Path:
+    """``haproxy/kvwire.cfg`` of this checkout, or the copy ``pip install`` put in ``<prefix>/share/kvwire``."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / "haproxy" / "kvwire.cfg",
+        Path(sys.prefix) / "share" / "kvwire" / "haproxy" / "kvwire.cfg",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise click.ClickException(f"haproxy/kvwire.cfg not found (looked in {', '.join(map(str, candidates))})")
+
+
+def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int], data_dir: Path) -> Child:
+    """The HAProxy child for ``kvwire up``, after checking it can start; prints its endpoints."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        raise click.ClickException(INSTALL_HINT)
+    if len(node_ports) != NODES:
+        raise click.UsageError(f"--haproxy runs haproxy/kvwire.cfg, which balances {NODES} nodes; use --nodes {NODES}")
+    config = find_config()
+    env = dict(os.environ)
+    for i, (node_port, http_port) in enumerate(zip(node_ports, http_ports), 1):
+        env[f"KVWIRE_NODE{i}"] = format_endpoint(host, node_port)
+        env[f"KVWIRE_HTTP{i}"] = format_endpoint(host, http_port)
+    for name, port in FRONTENDS.items():
+        if name not in env:
+            _check_port_free(host, port, name)
+            env[name] = format_endpoint(host, port)
+    env.setdefault("KVWIRE_LB_SOCKET", str((data_dir / "haproxy.sock").absolute()))
+    click.echo(
+        f"haproxy ({config}): binary protocol on {env['KVWIRE_LB_TCP']}, REST on {env['KVWIRE_LB_HTTP']}, "
+        f"stats on http://{env['KVWIRE_LB_STATS']}/stats (Prometheus: /metrics)"
+    )
+    return Child("haproxy", [binary, "-db", "-f", str(config)], env=env)
+
+
+def _check_port_free(host: str, port: int, variable: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise click.ClickException(
+                f"haproxy cannot listen on {format_endpoint(host, port)}: {reason}; set {variable}=HOST:PORT to use another"
+            ) from None

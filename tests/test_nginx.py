@@ -1,0 +1,129 @@
+"""deploy/nginx/ with a real nginx in front of real nodes.
+
+The configs name the addresses of `kvwire up`; each test copies them with the
+addresses replaced by free loopback ports, and runs nginx in the foreground
+with its pid file and logs in the test's directory (never the system
+nginx's). Figures are printed (`pytest -s`) and, when KVWIRE_FIGURES names
+a file, added to it as JSON lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from rest_helpers import PREFIX, http, with_http
+
+from kvwire import Client
+from kvwire.testing import LocalCluster, wait_for
+from kvwire.testing.balancer import NginxProcess, WriteLoad, free_address, report_figures
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_DIR = ROOT / "deploy" / "nginx"
+NODES = ["127.0.0.1:7379", "127.0.0.1:7380", "127.0.0.1:7381"]
+BRIDGES = ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]
+
+
+@pytest.fixture(scope="module")
+def nginx_binary() -> str:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if binary is None:
+        pytest.fail("nginx is not installed: apt-get install -y nginx libnginx-mod-stream (see README)")
+    return binary
+
+
+def copy_config(workdir: Path, *, nodes: list[str], bridges: list[str], tcp: str, http: str) -> Path:
+    """deploy/nginx/ copied to ``workdir/conf`` with every address replaced."""
+    target = workdir / "conf"
+    shutil.copytree(NGINX_DIR, target)
+    replacements = {
+        "kvwire-stream.conf": [*zip(NODES, nodes), ("listen 7000;", f"listen {tcp};")],
+        "kvwire-http.conf": [*zip(BRIDGES, bridges), ("listen 8088;", f"listen {http};")],
+    }
+    for name, pairs in replacements.items():
+        path = target / name
+        text = path.read_text()
+        for old, new in pairs:
+            assert text.count(old) == 1, f"{name} should name {old} once"
+            text = text.replace(old, new)
+        path.write_text(text)
+    return target / "nginx.conf"
+
+
+def test_the_config_validates_as_is(nginx_binary, tmp_path):
+    result = NginxProcess(NGINX_DIR / "nginx.conf", workdir=tmp_path, binary=nginx_binary).validate()
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_passive_checks_are_set_for_fast_failover():
+    stream = (NGINX_DIR / "kvwire-stream.conf").read_text()
+    http = (NGINX_DIR / "kvwire-http.conf").read_text()
+    for text in (stream, http):
+        servers = re.findall(r"^\s*server (127\.0\.0\.1:\d+) (.*);$", text, re.MULTILINE)
+        assert len(servers) == 3
+        assert all(options == "max_fails=1 fail_timeout=2s" for _, options in servers)
+        assert "proxy_connect_timeout 500ms;" in text
+        assert "proxy_next_upstream_tries 3;" in text
+    assert [address for address, _ in re.findall(r"^\s*server (\S+) (.*);$", stream, re.MULTILINE)] == NODES
+    assert "proxy_next_upstream on;" in stream
+    assert "proxy_next_upstream error timeout http_502 http_503;" in http
+    assert "libnginx-mod-stream" in (NGINX_DIR / "nginx.conf").read_text()
+
+
+def test_a_node_killed_under_load_through_the_stream_proxy(nginx_binary, tmp_path):
+    cluster = LocalCluster(3, data_dir=tmp_path / "data")
+    urls = with_http(cluster)  # each node serves REST in-process too
+    with cluster:
+        tcp, rest = free_address(), free_address()
+        bridges = [urls[node_id].removeprefix("http://") for node_id in cluster.node_ids]
+        config = copy_config(tmp_path, nodes=cluster.endpoints, bridges=bridges, tcp=tcp, http=rest)
+        nginx = NginxProcess(config, workdir=tmp_path, binary=nginx_binary)
+        validated = nginx.validate()
+        assert validated.returncode == 0, validated.stderr
+        nginx.start()
+        try:
+            nginx.wait_ready(addresses=[tcp, rest])
+            base = f"http://{rest}{PREFIX}"
+            wait_for(lambda: http("GET", f"{base}/health/").status == 200, timeout=15, what="REST through nginx")
+            assert http("PUT", f"{base}/kv/rest/", {"value": "over http"}).status == 201
+            assert http("GET", f"{base}/kv/rest/").json["value"] == "over http"
+            assert http("DELETE", f"{base}/kv/rest/").status == 200
+            assert http("GET", f"{base}/kv/rest/").status == 404
+            with Client([tcp], timeout=3) as kv:
+                kv.put("greeting", "hello")
+                assert kv.get("greeting") == "hello"
+                kv.delete("greeting")
+                with pytest.raises(KeyError):
+                    kv.get("greeting")
+
+            load = WriteLoad(tcp, max_requests=20_000, max_duration=10.0).start()
+            try:
+                load.wait_acknowledged(200)
+                before = len(load.report.acknowledged)
+                killed_at = time.monotonic()
+                victim = load.node_id
+                cluster.kill(victim)
+                load.wait_acknowledged(before + 300, timeout=5.0)
+                load.run_until(killed_at + 1.0)
+            finally:
+                report = load.stop()
+            report_figures("nginx_kill_one_node", report.as_dict())
+            assert len(report.failures) <= 2, report.as_dict()
+            assert report.longest_stall_s < 1.0, report.as_dict()
+            # REST too: the dead node's bridge is skipped (proxy_next_upstream error).
+            for i in range(6):
+                assert http("PUT", f"{base}/kv/after-{i}/", {"value": i}).status == 201
+
+            # n2 comes back: after fail_timeout (2 s) nginx tries it again.
+            cluster.start(victim)
+            cluster.wait_ready(victim)
+            with Client([tcp], timeout=5) as kv:
+                for key, value in report.acknowledged.items():
+                    assert kv.get(key) == value, key
+        finally:
+            nginx.stop()
