@@ -131,11 +131,11 @@ class Node:
 
     def _put(self, request: Put, session: Session) -> asyncio.Future:
         packed = self._pack_value(request.value)
-        written = asyncio.ensure_future(self.coordinator.write(request.key, request.value, packed))
+        written = self.coordinator.start_write(request.key, request.value, packed)
         return _then(written, lambda version: PutReply(request.id, version))
 
     def _delete(self, request: Delete, session: Session) -> asyncio.Future:
-        written = asyncio.ensure_future(self.coordinator.write(request.key, None, None, must_exist=True))
+        written = self.coordinator.start_write(request.key, None, None, must_exist=True)
         return _then(written, lambda version: DeleteReply(request.id, version))
 
     # --- peer-only requests ----------------------------------------------------------------
