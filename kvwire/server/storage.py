@@ -33,6 +33,7 @@ from ..protocol.errors import InternalServerError
 from ..protocol.messages import NO_VERSION, Version
 from .cache import ValueCache
 from .config import SyncMode
+from .futures import then
 
 log = logging.getLogger("kvwire.storage")
 
@@ -207,12 +208,11 @@ class Storage:
             return future
         if version <= self.latest_version(key):
             waiting = self._pending_commits.get(key)
-            if waiting is None:
-                future.set_result(False)
-            else:
+            if waiting is not None:
                 # Equal or newer data is still being committed: "not applied"
                 # may be said only once what supersedes it is durable.
-                waiting.add_done_callback(lambda done: future.done() or _copy_outcome(done, future, False))
+                return then(waiting, lambda _: False)
+            future.set_result(False)
             return future
         deleted = packed is None
         self.pending[key] = Entry(version, deleted)
@@ -329,16 +329,6 @@ class Storage:
         await self._committer
         await self._reader.close()
         await self._writer.close()
-
-
-def _copy_outcome(source: asyncio.Future, target: asyncio.Future, result: Any) -> None:
-    """Fail ``target`` as ``source`` failed, or resolve it to ``result``."""
-    if source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())
-    else:
-        target.set_result(result)
 
 
 async def _claim_for_node(db: aiosqlite.Connection, node_id: str, path: Path) -> None:
