@@ -230,3 +230,23 @@ def test_no_acknowledged_write_is_lost_while_nodes_are_killed_and_restarted(clus
         # acknowledged value, or a later write that failed but was applied.
         lost = {key: value for key, value in acknowledged.items() if client.get(key) < value}
     assert lost == {}
+
+
+def test_the_coordinator_acknowledges_only_what_it_holds_itself(cluster):
+    # Peers that commit without fsync answer before the coordinator's own
+    # fsync'd commit; the acknowledgement must still wait for the latter.
+    for peer in ("n2", "n3"):
+        cluster[peer].terminate()
+        cluster[peer].extra_args = [*cluster[peer].extra_args, "--sync", "off"]
+        cluster[peer].start().wait_ready()
+    cluster.wait_peers("n1", up=["n2", "n3"])
+    with client_for(cluster, "n1") as client:
+        stale = []
+        for i in range(200):
+            client.put(f"own-{i}", i)
+            if client.get(f"own-{i}", consistency="one") != i:
+                stale.append(i)
+            client.delete(f"own-{i}")
+            if _local_read(client, f"own-{i}") is not None:
+                stale.append(-i)
+    assert stale == []

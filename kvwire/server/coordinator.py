@@ -5,7 +5,7 @@ Writes (see ../shared/GUIDE.md section 2):
    from memory, no fsync);
 2. tag = (highest counter + 1, this node);
 3. store locally and REPLICATE to every peer at once;
-4. acknowledge once a majority, this node included, has committed durably.
+4. acknowledge once a majority that includes this node has committed durably.
 Peers known DOWN are not waited on: they get a durable hint instead. A live
 peer that fails or is slow gets one too, delivered in the background.
 
@@ -88,10 +88,18 @@ class Coordinator:
         if must_exist and (newest.deleted or newest.version == NO_VERSION):
             raise KeyNotFoundError(f"key {key!r} not found")
         version = Version(newest.version.counter + 1, self.config.node_id)
-        replicas = [self.storage.write(key, version, value, packed)]
+        local = self.storage.write(key, version, value, packed)
+        replicas = [local]
         for peer in self.peers.links:
             replicas.append(self._replicate(peer, key, version, value, packed is None, deadline))
-        if not await _successes(loop, replicas, self.quorum, deadline):
+        majority = await _successes(loop, replicas, self.quorum, deadline)
+        # The majority must include this node: then a read here, even with
+        # consistency "one", sees what this node acknowledged.
+        if majority and not local.done():
+            majority = await _successes(loop, [local], 1, deadline)
+        if local.done() and local.exception() is not None:
+            raise local.exception()  # the disk refused it: say so, not "no quorum"
+        if not majority:
             self.no_quorum_writes += 1
             raise NoQuorumError(
                 f"{WRITE_NO_QUORUM}: {key!r} may or may not have been written "
