@@ -39,6 +39,14 @@ def test_a_write_through_any_node_is_readable_through_every_node(cluster):
                          what=f"{reader} holding {writer}'s write")
 
 
+def _writes(client):
+    try:
+        client.put("probe", 1)
+    except NoQuorumError:
+        return False
+    return True
+
+
 def _local_read(client, key):
     try:
         return client.get(key, consistency="one")
@@ -241,6 +249,8 @@ def test_the_coordinator_acknowledges_only_what_it_holds_itself(cluster):
         cluster[peer].start().wait_ready()
     cluster.wait_peers("n1", up=["n2", "n3"])
     with client_for(cluster, "n1") as client:
+        # n1 reconnects to the restarted peers within its backoff (at most 1 s).
+        wait_for(lambda: _writes(client), timeout=5, what="writes through n1 succeeding")
         stale = []
         for i in range(200):
             client.put(f"own-{i}", i)
