@@ -25,7 +25,7 @@ from rest_helpers import PREFIX, http, with_http
 from kvwire import Client, NoQuorumError
 from kvwire.protocol import HealthReply, encode
 from kvwire.protocol.messages import Health, Ping, Pong
-from kvwire.testing import LocalCluster, RawConnection, wait_for
+from kvwire.testing import LocalCluster, RawConnection, free_port_run, wait_for
 from kvwire.testing.balancer import HAProxyProcess, WriteLoad, free_address, report_figures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,28 +353,6 @@ def test_without_a_majority_writes_fail_with_no_quorum_and_local_reads_work(tmp_
 
 
 # --- kvwire up --haproxy ----------------------------------------------------------------------
-
-
-def free_port_run(count: int) -> int:
-    """A first port such that it and the ``count - 1`` after it are free right now."""
-    for _ in range(50):
-        base = free_address().rsplit(":", 1)[1]
-        ports = range(int(base), int(base) + count)
-        if ports[-1] > 65535:
-            continue
-        probes = []
-        try:
-            for port in ports:
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind(("127.0.0.1", port))
-            return ports[0]
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def test_up_with_haproxy_runs_it_in_front_of_nodes_and_bridges(tmp_path, haproxy_binary):

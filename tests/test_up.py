@@ -13,30 +13,9 @@ import pytest
 
 from kvwire import Client
 from kvwire.protocol import Ping, Pong
-from kvwire.testing import RawConnection, free_port, wait_for
+from kvwire.testing import RawConnection, free_port_run, wait_for
 
 NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
-
-
-def free_port_run(count: int, host: str = "127.0.0.1") -> int:
-    """A first port such that it and the ``count - 1`` after it are free right now."""
-    for _ in range(50):
-        base = free_port(host)
-        if base + count - 1 > 65535:
-            continue
-        try:
-            probes = []
-            for port in range(base, base + count):
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def free_port_runs(count: int) -> tuple[int, int]:

@@ -9,10 +9,8 @@ every interface (unless the user set ``KVWIRE_LB_*`` already).
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +18,7 @@ from typing import Sequence
 import click
 
 from ..client.arguments import format_endpoint
-from .supervisor import Child
+from .supervisor import Child, bind_refusal
 
 INSTALL_HINT = (
     "--haproxy needs the haproxy binary, which is not installed: on Debian or Ubuntu run "
@@ -69,13 +67,8 @@ def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int
 
 
 def _check_port_free(host: str, port: int, variable: str) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            reason = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise click.ClickException(
-                f"haproxy cannot listen on {format_endpoint(host, port)}: {reason}; set {variable}=HOST:PORT to use another"
-            ) from None
+    reason = bind_refusal(host, port)
+    if reason is not None:
+        raise click.ClickException(
+            f"haproxy cannot listen on {format_endpoint(host, port)}: {reason}; set {variable}=HOST:PORT to use another"
+        )

@@ -8,7 +8,9 @@ SIGTERM, falling back to SIGKILL for any that outlive the grace period.
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -120,3 +122,19 @@ def _copy_lines(source: IO[bytes], output: IO[str], lock: threading.Lock, prefix
                     output.flush()
                 except (OSError, ValueError):
                     pass  # our stderr is gone (closed terminal); keep draining so the child never blocks
+
+
+def bind_refusal(host: str, port: int) -> str | None:
+    """Why ``host:port`` can't be bound right now, or None if it can.
+
+    Binds as a node does (SO_REUSEADDR), so a port left in TIME_WAIT by a
+    node just stopped counts as free.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return None

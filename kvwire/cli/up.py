@@ -10,7 +10,6 @@ short would hide the failure from whoever started it.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import socket
@@ -24,7 +23,7 @@ import click
 from ..client.arguments import format_endpoint
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
 from .haproxy import haproxy_child
-from .supervisor import STOPPED_STATUSES, Child, Supervisor
+from .supervisor import STOPPED_STATUSES, Child, Supervisor, bind_refusal
 
 DEFAULT_BASE_PORT = 7379
 DEFAULT_HTTP_BASE_PORT = 8000
@@ -173,19 +172,11 @@ def _rest_url(host: str, port: int) -> str:
 
 def _check_port_free(host: str, port: int, user: str, *, option: str = "--base-port") -> None:
     """Fail with one clear line now, rather than a node's log line and a torn-down cluster."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # As the node binds: a port left in TIME_WAIT by a node just stopped is free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            address = format_endpoint(host, port)
-            if exc.errno == errno.EADDRINUSE:
-                reason = f"the port is already in use (another kvwire up or node?); pick another with {option}"
-            else:
-                reason = exc.strerror or str(exc)
-            raise click.ClickException(f"cannot listen on {address} for {user}: {reason}") from None
+    reason = bind_refusal(host, port)
+    if reason == "already in use":
+        reason = f"the port is already in use (another kvwire up or node?); pick another with {option}"
+    if reason is not None:
+        raise click.ClickException(f"cannot listen on {format_endpoint(host, port)} for {user}: {reason}")
 
 
 def _answers_ping(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -13,7 +13,7 @@ SQLite files, instead of mocks.
 from __future__ import annotations
 
 from .cluster import LocalCluster
-from .node import NodeProcess, free_port, wait_for
+from .node import NodeProcess, free_port, free_port_run, wait_for
 from .wire import RawConnection
 
-__all__ = ["LocalCluster", "NodeProcess", "RawConnection", "free_port", "wait_for"]
+__all__ = ["LocalCluster", "NodeProcess", "RawConnection", "free_port", "free_port_run", "wait_for"]

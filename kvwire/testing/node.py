@@ -23,6 +23,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """A first port such that it and the ``count - 1`` after it are free right now
+    (for commands such as ``kvwire up`` that take a base port)."""
+    for _ in range(50):
+        base = free_port(host)
+        if base + count - 1 > 65535:
+            continue
+        probes: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.02, what: str = "condition") -> T:
     """Poll ``condition`` until it returns something truthy; raise TimeoutError at the deadline."""
     deadline = time.monotonic() + timeout
