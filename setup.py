@@ -16,6 +16,7 @@ setup(
         "aiosqlite>=0.20",
         "click>=8.1",
         "aiohttp>=3.9",
+        "hdrhistogram>=0.10",  # kvwire bench's latency recorder
     ],
     # `kvwire up --haproxy` finds it here after `pip install .` (kvwire/cli/haproxy.py).
     data_files=[("share/kvwire/haproxy", ["haproxy/kvwire.cfg"])],

@@ -1,11 +1,15 @@
 """The load side of one ``bench.load`` worker process: its connections and how it drives them.
 
-Request frames are encoded once, before the run, by ``kvwire.protocol.encode``.
-A request's id is its key's index, unique among one connection's requests in
-flight because a connection never has two requests for one key outstanding.
 Replies are matched by reading the id at its fixed offset after the op the node
-writes; anything else, ERROR replies included, goes through the real decoder,
-so errors are counted exactly.
+writes (``bench.workload.reply_prefixes``); anything else, ERROR replies
+included, goes through the real decoder, so errors are counted exactly.
+NOT_FOUND is an answer, not a failure: a GET or DELETE of a key that a mix
+deleted gets it, and it is counted apart as ``not_found``.
+
+Closed loop: each connection sends a new request as soon as one is answered,
+keeping ``--pipeline`` in flight. Open loop (``--rate``): each connection has a
+``Schedule`` and a 1 ms tick sends what is due, at most ``--pipeline`` in
+flight; latency counts from the scheduled start (``bench.recorder``).
 """
 
 from __future__ import annotations
@@ -15,14 +19,33 @@ import random
 import struct
 import sys
 import time
-from array import array
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
+from bench.recorder import HIGHEST_US, LatencyRecorder, Schedule
+from bench.workload import (
+    OPS,
+    encode_requests,
+    key_sequence,
+    op_sequence,
+    reply_prefixes,
+)
 from kvwire.protocol import (
-    DEFAULT_LIMITS, ErrorCode, ErrorReply, Get, GetReply, Hello, HelloReply, ProtocolError, Put, PutReply,
-    Version, decode_payload, encode, parse_host_port,
+    DEFAULT_LIMITS,
+    DeleteReply,
+    ErrorCode,
+    ErrorReply,
+    GetReply,
+    Hello,
+    HelloReply,
+    ProtocolError,
+    PutReply,
+    decode_payload,
+    encode,
+    parse_host_port,
 )
 
 if TYPE_CHECKING:  # a runtime import would load bench.load a second time under ``python -m bench.load``
@@ -31,61 +54,60 @@ if TYPE_CHECKING:  # a runtime import would load bench.load a second time under 
 _UINT32 = struct.Struct(">I").unpack_from
 _HELLO_ID = 2**32  # no key index takes it
 _CONNECT_TIMEOUT_S = 5.0
+_RECONNECT_DELAY_S = 0.05
+_TICK_S = 0.001
+_PROGRESS_EVERY_S = 0.2
 # Replies still out this long after the window closes are reported as unanswered.
 DRAIN_TIMEOUT_S = 2.0
 READY_TIMEOUT_S = 30.0
-# Latency buckets keep 11 significant bits of microseconds: exact below 2.048 ms, within 0.05 % above.
-_HISTOGRAM_BITS = 11
-
-def key_name(index: int) -> str:
-    return f"key:{index:08d}"
 
 
-def request_frames(op: str, keys: int, value: bytes) -> list[bytes]:
-    """One encoded request per key, its id being the key's index."""
-    if op == "get":
-        return [encode(Get(i, key_name(i))) for i in range(keys)]
-    return [encode(Put(i, key_name(i), value)) for i in range(keys)]
+class Tables:
+    """What every connection of a run reads: frames per op and key, the prefixes of good replies."""
 
-
-def reply_prefix(op: str) -> bytes:
-    """The bytes a successful reply's payload starts with, up to its id: as the codec writes them."""
-    reply = GetReply(0, None, Version(1, "n")) if op == "get" else PutReply(0, Version(1, "n"))
-    payload = encode(reply)[4:]
-    prefix = payload[: payload.find(b"\xa2id") + 3]
-    if payload[len(prefix)] != 0:  # the id, 0, as a positive fixint
-        raise RuntimeError("kvwire.protocol no longer writes op and id first; update bench.load_connection")
-    return prefix
-
-
-# --- one connection --------------------------------------------------------------------
+    def __init__(self, settings: Settings, value: bytes) -> None:
+        self.frames = [
+            encode_requests(op, settings.keys, value, settings.consistency) if op in settings.mix else []
+            for op in OPS
+        ]
+        self.prefixes = reply_prefixes()
+        self.prefix_length = len(next(iter(self.prefixes)))
 
 
 class _Run:
     """What one worker counts, shared by its connections."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, settings: Settings, budget: int) -> None:
+        self.settings = settings
         self.budget = budget  # requests this worker may still send
         self.sending = self.recording = self.budget_exhausted = False
         self.window: list[float] = []  # measured window's start and end, time.monotonic()
-        self.latencies = array("f")  # seconds, successful replies in the window
-        self.errors = 0
+        self.recorders = [LatencyRecorder() for _ in OPS]
+        self.completed = 0  # answered in the window, for the progress bar
+        self.errors = self.not_found = self.connections_lost = 0
         self.error_codes: dict[str, int] = {}
-        self.connections_lost = 0
         self.on_budget_exhausted: Callable[[], None] = lambda: None
+        self.reconnect: Callable[[LoadProtocol], None] = lambda protocol: None
 
-    def error(self, what: str) -> None:
+    def error(self, what: str, count: int = 1) -> None:
         if self.recording:
-            self.errors += 1
-            self.error_codes[what] = self.error_codes.get(what, 0) + 1
+            self.errors += count
+            self.error_codes[what] = self.error_codes.get(what, 0) + count
+
+    def answered(self, op: int, started: float, now: float) -> None:
+        if self.recording:
+            self.completed += 1
+            self.recorders[op].histogram.record_value(min(max(1, int((now - started) * 1e6)), HIGHEST_US))
 
 
 class LoadProtocol(asyncio.Protocol):
-    def __init__(self, run: _Run, frames: list[bytes], prefix: bytes, pipeline: int, key_order: list[int]) -> None:
-        self.run, self.frames, self.prefix, self.pipeline = run, frames, prefix, pipeline
-        self.key_order = key_order  # random key indices; its length is a power of two
-        self.position = random.randrange(len(key_order))
-        self.inflight: dict[int, float] = {}  # request id -> time.perf_counter() when sent
+    def __init__(self, run: _Run, tables: Tables, keys: list[int], ops: list[int], position: int,
+                 schedule: Schedule | None = None) -> None:
+        self.run, self.tables, self.pipeline = run, tables, run.settings.pipeline
+        self.keys, self.ops = keys, ops  # sequences of equal power-of-two length
+        self.position = position
+        self.schedule = schedule  # open loop only
+        self.inflight: dict[int, tuple[float, int]] = {}  # key index -> (intended start, op index)
         self.hello: asyncio.Future | None = None
         self.transport: asyncio.Transport | None = None
         self.closing = False
@@ -98,7 +120,16 @@ class LoadProtocol(asyncio.Protocol):
         transport.write(encode(Hello(_HELLO_ID)))
 
     def start(self) -> None:
-        self.send_next(self.pipeline, time.perf_counter())
+        if self.schedule is None:
+            self.send_next(self.pipeline, time.perf_counter())
+        else:
+            self.pump(time.perf_counter())
+
+    def pump(self, now: float) -> None:
+        """Open loop: send what the schedule says is due, within the pipeline depth."""
+        count = min(self.pipeline - len(self.inflight), self.schedule.due(now))
+        if count > 0 and not self.transport.is_closing():
+            self.send_next(count, now)
 
     def send_next(self, count: int, now: float) -> None:
         run = self.run
@@ -109,16 +140,17 @@ class LoadProtocol(asyncio.Protocol):
                 run.on_budget_exhausted()
                 return
         run.budget -= count
-        frames, inflight, order = self.frames, self.inflight, self.key_order
-        mask, position, chunks = len(order) - 1, self.position, []
+        frames, inflight, keys, ops, schedule = self.tables.frames, self.inflight, self.keys, self.ops, self.schedule
+        mask, position, chunks = len(keys) - 1, self.position, []
         for _ in range(count):
-            key = order[position]
-            position = (position + 1) & mask
+            key = keys[position]
             while key in inflight:
-                key = order[position]
                 position = (position + 1) & mask
-            inflight[key] = now
-            chunks.append(frames[key])
+                key = keys[position]
+            op = ops[position]
+            position = (position + 1) & mask
+            inflight[key] = (now if schedule is None else schedule.take(), op)
+            chunks.append(frames[op][key])
         self.position = position
         self.transport.write(chunks[0] if count == 1 else b"".join(chunks))
 
@@ -130,8 +162,8 @@ class LoadProtocol(asyncio.Protocol):
                 return
             data, self._rest = b"".join(self._rest), []
         now = time.perf_counter()
-        run, inflight, prefix = self.run, self.inflight, self.prefix
-        plen, size, pos, answered, needed = len(prefix), len(data), 0, 0, 4
+        run, inflight, prefixes = self.run, self.inflight, self.tables.prefixes
+        plen, size, pos, answered, needed = self.tables.prefix_length, len(data), 0, 0, 4
         while size - pos >= 4:
             (length,) = _UINT32(data, pos)
             start = pos + 4
@@ -143,7 +175,7 @@ class LoadProtocol(asyncio.Protocol):
                 break
             pos = end
             request_id = -1
-            if length > plen + 4 and data[start : start + plen] == prefix:
+            if length > plen + 4 and data[start : start + plen] in prefixes:
                 at = start + plen
                 tag = data[at]
                 if tag < 0x80:  # msgpack positive fixint
@@ -159,43 +191,49 @@ class LoadProtocol(asyncio.Protocol):
                 if sent is None:
                     run.error("unmatched id")
                     continue
-                if run.recording:
-                    run.latencies.append(now - sent)
-            else:
-                request_id = self._slow_reply(data[start:end], now)
-                if request_id is None or inflight.pop(request_id, None) is None:
-                    continue
+                run.answered(sent[1], sent[0], now)
+            elif not self._slow_reply(data[start:end], now):
+                continue
             answered += 1
         if pos < size:
             self._rest, self._rest_size, self._rest_needed = [data[pos:]], size - pos, needed
         if answered and run.sending and not self.transport.is_closing():
-            self.send_next(answered, now)
+            if self.schedule is None:
+                self.send_next(answered, now)
+            else:
+                self.pump(now)
 
-    def _slow_reply(self, payload: bytes, now: float) -> int | None:
-        """Decode a reply off the fast path; the id of the request it settles, if any."""
+    def _slow_reply(self, payload: bytes, now: float) -> bool:
+        """Decode a reply off the fast path; whether it settled a request in flight."""
         try:
             reply = decode_payload(payload, DEFAULT_LIMITS, replies=True)
         except ProtocolError as exc:
             self._broken(f"undecodable reply: {exc}")
-            return None
+            return False
         if not self.hello.done():
             if isinstance(reply, HelloReply):
                 self.hello.set_result(reply)
             else:
                 self.hello.set_exception(ConnectionError(f"node answered HELLO with {reply}"))
-            return None
-        if isinstance(reply, ErrorReply):
+            return False
+        sent = self.inflight.pop(reply.id, None) if isinstance(reply.id, int) else None
+        if sent is None:
+            self.run.error(f"unexpected {type(reply).__name__}")
+            return False
+        if isinstance(reply, ErrorReply) and reply.code == ErrorCode.NOT_FOUND:
+            if self.run.recording:
+                self.run.not_found += 1
+            self.run.answered(sent[1], sent[0], now)
+        elif isinstance(reply, ErrorReply):
             try:
                 self.run.error(ErrorCode(reply.code).name)
             except ValueError:  # a code this client does not know yet
                 self.run.error(f"code {reply.code}")
-        elif isinstance(reply, (GetReply, PutReply)):  # a success written in another layout
-            sent = self.inflight.get(reply.id)
-            if sent is not None and self.run.recording:
-                self.run.latencies.append(now - sent)
+        elif isinstance(reply, (GetReply, PutReply, DeleteReply)):  # a success written in another layout
+            self.run.answered(sent[1], sent[0], now)
         else:
             self.run.error(f"unexpected {type(reply).__name__}")
-        return reply.id
+        return True
 
     def _broken(self, why: str) -> None:
         self.run.error("protocol")
@@ -207,24 +245,27 @@ class LoadProtocol(asyncio.Protocol):
             self.hello.set_exception(ConnectionError(f"node closed the connection before answering HELLO ({exc})"))
         if not self.closing:
             self.run.connections_lost += 1
-            for _ in self.inflight:
-                self.run.error("connection lost")
+            if self.inflight:
+                self.run.error("connection lost", len(self.inflight))
             self.inflight.clear()
+            if self.run.sending:
+                self.run.reconnect(self)
 
 
 class _PreloadProtocol(LoadProtocol):
     """PUTs keys from a shared iterator; ``done`` resolves once it has nothing left to send or await."""
 
-    def __init__(self, run: _Run, frames: list[bytes], todo: Any) -> None:
-        super().__init__(run, frames, reply_prefix("put"), 32, [0])
+    def __init__(self, run: _Run, tables: Tables, todo: Any) -> None:
+        super().__init__(run, tables, [0], [OPS.index("put")], 0)
+        self.pipeline = 32
         self.todo = todo
         self.done = asyncio.get_running_loop().create_future()
 
     def send_next(self, count: int, now: float) -> None:
         chunks = []
         for key in self.todo:
-            self.inflight[key] = now
-            chunks.append(self.frames[key])
+            self.inflight[key] = (now, OPS.index("put"))
+            chunks.append(self.tables.frames[OPS.index("put")][key])
             if len(chunks) == count:
                 break
         if chunks:
@@ -238,17 +279,13 @@ class _PreloadProtocol(LoadProtocol):
             self.done.set_exception(ConnectionError(f"connection lost during the preload ({exc})"))
 
 
-async def _connect(settings: Settings, count: int, first: int, make: Callable[[], LoadProtocol]) -> list[LoadProtocol]:
-    """``count`` connections, round-robin over the endpoints, each past its HELLO."""
+async def _connect_one(settings: Settings, number: int, make: Callable[[], LoadProtocol]) -> LoadProtocol:
+    """Connection ``number``, round-robin over the endpoints, past its HELLO."""
     loop = asyncio.get_running_loop()
-
-    async def one(number: int) -> LoadProtocol:
-        host, port = parse_host_port(settings.endpoints[number % len(settings.endpoints)])
-        _, protocol = await asyncio.wait_for(loop.create_connection(make, host, port), _CONNECT_TIMEOUT_S)
-        await asyncio.wait_for(protocol.hello, _CONNECT_TIMEOUT_S)
-        return protocol
-
-    return list(await asyncio.gather(*(one(first + n) for n in range(count))))
+    host, port = parse_host_port(settings.endpoints[number % len(settings.endpoints)])
+    _, protocol = await asyncio.wait_for(loop.create_connection(make, host, port), _CONNECT_TIMEOUT_S)
+    await asyncio.wait_for(protocol.hello, _CONNECT_TIMEOUT_S)
+    return protocol
 
 
 def _close(protocols: list[LoadProtocol]) -> int:
@@ -261,10 +298,14 @@ def _close(protocols: list[LoadProtocol]) -> int:
 
 async def preload(settings: Settings, value: bytes) -> float:
     """PUT every key once, so that GETs find them; the seconds it took. Raises on any error."""
-    run = _Run(budget=settings.keys)
+    put_settings = replace(settings, mix={"put": 1})
+    run = _Run(put_settings, budget=settings.keys)
     run.sending = run.recording = True
-    frames, todo, started = request_frames("put", settings.keys, value), iter(range(settings.keys)), time.monotonic()
-    protocols = await _connect(settings, min(settings.connections, 16), 0, lambda: _PreloadProtocol(run, frames, todo))
+    tables, todo, started = Tables(put_settings, value), iter(range(settings.keys)), time.monotonic()
+    protocols = await asyncio.gather(*(
+        _connect_one(settings, n, lambda: _PreloadProtocol(run, tables, todo))
+        for n in range(min(settings.connections, 16))
+    ))
     try:
         for protocol in protocols:
             protocol.start()
@@ -280,15 +321,39 @@ async def preload(settings: Settings, value: bytes) -> float:
 # --- one worker process ----------------------------------------------------------------
 
 
-async def _drive(settings: Settings, index: int, connections: int, pipe: Any, frames: list[bytes]) -> dict:
+async def _drive(settings: Settings, index: int, connections: int, pipe: Any, tables: Tables, progress: Any) -> dict:
     loop = asyncio.get_running_loop()
-    run = _Run(budget=settings.max_requests // settings.workers)
-    prefix = reply_prefix(settings.op)
+    run = _Run(settings, budget=settings.max_requests // settings.workers)
     rng = random.Random(index)
-    order = [rng.randrange(settings.keys) for _ in range(1 << 16)]
-    protocols = await _connect(
-        settings, connections, index * connections, lambda: LoadProtocol(run, frames, prefix, settings.pipeline, order)
-    )
+    keys, ops = key_sequence(settings.keys, settings.distribution, rng), op_sequence(settings.mix, rng)
+    first = index * connections  # this worker's connections are numbered from here, over all workers
+    # Each connection of an open loop sends its share of --rate, evenly spread.
+    lane_rate = settings.rate / settings.connections if settings.rate else None
+
+    def make(position: int, schedule: Schedule | None) -> Callable[[], LoadProtocol]:
+        return lambda: LoadProtocol(run, tables, keys, ops, position, schedule)
+
+    protocols = list(await asyncio.gather(*(
+        _connect_one(settings, first + n, make(rng.randrange(len(keys)), None)) for n in range(connections)
+    )))
+    numbers = {id(protocol): first + n for n, protocol in enumerate(protocols)}
+
+    async def reconnect(lost: LoadProtocol) -> None:
+        number = numbers.pop(id(lost))
+        while run.sending:
+            await asyncio.sleep(_RECONNECT_DELAY_S)
+            try:
+                fresh = await _connect_one(settings, number, make(lost.position, lost.schedule))
+            except (TimeoutError, OSError):
+                run.error("connect failed")
+                continue
+            numbers[id(fresh)] = number
+            protocols[protocols.index(lost)] = fresh
+            if run.sending:
+                fresh.start()
+            return
+
+    run.reconnect = lambda lost: loop.create_task(reconnect(lost)) if id(lost) in numbers else None
     pipe.send(("ready", None))
     if not await loop.run_in_executor(None, pipe.poll, READY_TIMEOUT_S):
         raise TimeoutError("no start signal from the parent process")
@@ -302,8 +367,26 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, fr
         run.window.append(time.monotonic())
         cpu.append(time.process_time())
 
+    def tick() -> None:
+        if run.sending:
+            now = time.perf_counter()
+            for protocol in protocols:
+                if not protocol.transport.is_closing():
+                    protocol.pump(now)
+            loop.call_later(_TICK_S, tick)
+
+    def report_progress() -> None:
+        progress[index] = run.completed
+        if not finished.done():
+            loop.call_later(_PROGRESS_EVERY_S, report_progress)
+
     def start() -> None:
         run.sending = True
+        if lane_rate:
+            start_at = time.perf_counter()
+            for protocol in protocols:  # spread so that the lanes do not send in step
+                protocol.schedule = Schedule(lane_rate, start_at + rng.random() / lane_rate)
+            tick()
         for protocol in protocols:
             protocol.start()
         at(t0 + settings.warmup, begin)
@@ -312,6 +395,7 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, fr
         if not run.window:  # else the request budget ran out in the warm-up
             run.recording = True
             mark()
+            report_progress()
             at(t0 + settings.warmup + settings.duration, end)
 
     def end() -> None:
@@ -325,6 +409,7 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, fr
     at(t0, start)
     try:
         await asyncio.wait_for(finished, settings.warmup + settings.duration + 10)
+        progress[index] = run.completed
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while any(p.inflight for p in protocols) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -332,21 +417,22 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, fr
         unanswered = _close(protocols)
     measured = len(run.window) == 2
     return {
-        "ops": len(run.latencies),
+        "ops": sum(len(recorder) for recorder in run.recorders),
         "window_s": run.window[1] - run.window[0] if measured else 0.0,
         "client_cpu_s": cpu[1] - cpu[0] if measured else 0.0,
-        "histogram": _histogram(run.latencies),
+        "histograms": {op: recorder.encode() for op, recorder in zip(OPS, run.recorders) if len(recorder)},
         "errors": run.errors,
         "error_codes": run.error_codes,
+        "not_found": run.not_found,
         "unanswered": unanswered,
         "connections_lost": run.connections_lost,
         "budget_exhausted": run.budget_exhausted,
     }
 
 
-def worker_main(settings: Settings, index: int, connections: int, pipe: Any, frames: list[bytes]) -> None:
+def worker_main(settings: Settings, index: int, connections: int, pipe: Any, tables: Tables, progress: Any) -> None:
     try:
-        pipe.send(("result", uvloop.run(_drive(settings, index, connections, pipe, frames))))
+        pipe.send(("result", uvloop.run(_drive(settings, index, connections, pipe, tables, progress))))
     except BaseException as exc:  # the parent reports it; a worker prints no traceback
         try:
             pipe.send(("error", f"worker {index}: {type(exc).__name__}: {exc}"))
@@ -354,15 +440,3 @@ def worker_main(settings: Settings, index: int, connections: int, pipe: Any, fra
             pass
     finally:
         pipe.close()
-
-
-def _histogram(latencies: array) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for seconds in latencies:
-        micros = int(seconds * 1e6)
-        shift = micros.bit_length() - _HISTOGRAM_BITS
-        if shift > 0:
-            micros = (micros >> shift) << shift
-        counts[micros] = counts.get(micros, 0) + 1
-    return counts
-

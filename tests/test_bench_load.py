@@ -1,4 +1,4 @@
-"""``python -m bench.load`` as a user runs it: a short real run per op against a node, and bad options."""
+"""``kvwire bench`` as a user runs it: short real runs against a real node, and bad options."""
 
 import json
 import subprocess
@@ -6,44 +6,117 @@ import sys
 
 import pytest
 
+from kvwire import Client
+from kvwire.testing import NodeProcess, wait_for
 
-def run_load(*args, timeout=30):
+
+def bench(*args, timeout=40):
     return subprocess.run(
-        [sys.executable, "-m", "bench.load", *args],
+        [sys.executable, "-m", "kvwire", "bench", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
 
-@pytest.mark.parametrize("op", ["get", "put"])
-def test_a_short_run_reports_sane_figures(node, op):
-    result = run_load(
-        "--endpoint", node.address, "--op", op, "--connections", "4", "--duration", "1", "--warmup", "0",
-        "--keys", "100", "--server-pid", str(node.pid), "--json",
-    )
+def run_json(*args):
+    result = bench(*args, "-o", "json")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["op"] == op
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_sane_latency(latency):
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p999"] <= latency["max"] < 5000
+
+
+def test_smoke_two_seconds_against_one_node(node):
+    report = run_json(
+        "--endpoints", node.address, "--mix", "get", "--connections", "8", "--duration", "2", "--warmup", "0.5",
+        "--keys", "500", "--server-pid", str(node.pid),
+    )
+    assert report["workload"] == "get" and report["mode"] == "closed loop"
     assert report["endpoints"] == [node.address]
     assert report["ops"] > 0 and report["ops_per_s"] > 0
-    assert report["errors"] == 0 and report["error_codes"] == {}
+    assert report["ops_per_s"] == pytest.approx(report["ops"] / 2, rel=0.2)
+    assert report["errors"] == 0 and report["error_codes"] == {} and report["not_found"] == 0
     assert report["unanswered"] == 0 and report["connections_lost"] == 0
-    latency = report["latency_ms"]
-    assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p999"] <= latency["max"]
-    assert report["server_cpu_us_per_op"] > 0
-    assert (report["preload_s"] is None) == (op == "put")
+    assert_sane_latency(report["latency_ms"])
+    assert list(report["latency_ms_by_op"]) == ["get"]
+    assert 0 < report["server_cpu_us_per_op"] < 10_000
+    assert report["preload_s"] is not None
+
+
+def test_a_mix_with_deletes_counts_not_found_as_answers_and_reports_each_op(node):
+    report = run_json(
+        "--endpoints", node.address, "--mix", "get=60,put=20,delete=20", "--distribution", "zipfian",
+        "--connections", "4", "--pipeline", "4", "--duration", "1.5", "--warmup", "0", "--keys", "200",
+    )
+    assert report["workload"] == "get60/put20/delete20"
+    assert report["errors"] == 0, report["error_codes"]
+    assert report["not_found"] > 0  # deleted keys read or deleted again
+    assert set(report["latency_ms_by_op"]) == {"get", "put", "delete"}
+    for latency in report["latency_ms_by_op"].values():
+        assert_sane_latency(latency)
+
+
+def test_open_loop_sends_at_the_rate_asked_and_keeps_the_result_file(node, tmp_path):
+    report = run_json(
+        "--endpoints", node.address, "--mix", "put", "--rate", "400", "--connections", "4", "--duration", "2",
+        "--warmup", "0.5", "--out", str(tmp_path / "results"),
+    )
+    assert report["mode"] == "open loop" and report["rate"] == 400
+    assert report["ops"] == pytest.approx(800, rel=0.1)
+    assert report["errors"] == 0
+    assert_sane_latency(report["latency_ms"])
+    [saved] = (tmp_path / "results").glob("*.json")
+    assert json.loads(saved.read_text())["ops"] == report["ops"]
+
+
+def test_open_loop_reconnects_after_the_node_restarts_and_counts_the_outage(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as node:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "kvwire", "bench", "--endpoints", node.address, "--mix", "put", "--rate", "300",
+             "--connections", "2", "--duration", "4", "--warmup", "0", "-o", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )
+        try:
+            with Client([node.address], timeout=2) as client:
+                wait_for(lambda: client.health()["committed_rows"] >= 100, timeout=10, what="100 PUTs committed")
+            node.kill()
+            node.start()
+            out, err = run.communicate(timeout=30)
+        finally:
+            run.kill()
+    assert run.returncode == 0, err
+    report = json.loads(out)
+    assert report["connections_lost"] >= 1
+    # The requests due while the node was away count from when they were due.
+    assert report["latency_ms"]["max"] > 50
+    assert report["ops"] > 0.5 * 300 * 4
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--op", "delete"], "invalid choice: 'delete'"),
+        (["--mix", "scan"], "--mix wants OP=WEIGHT"),
+        (["--mix", "get=90,put=x"], "weight for put must be a whole number"),
+        (["--mix", "get=0"], "--mix weights add up to 0"),
         (["--keys", "1"], "--keys must be at least 2 x --pipeline"),
         (["--endpoint", "localhost"], "is not HOST:PORT"),
         (["--server-pid", "abc"], "is not a comma-separated list of process ids"),
+        (["--rate", "0"], "--rate must be in (0, 10000000]"),
+        (["--distribution", "pareto"], "invalid choice: 'pareto'"),
+        (["--consistency", "all"], "invalid choice: 'all'"),
+        (["-o", "xml"], "invalid choice: 'xml'"),
     ],
 )
 def test_bad_options_exit_2_with_a_message_and_no_traceback(args, message):
-    result = run_load(*args, timeout=15)
+    result = bench(*args, timeout=15)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_refused_endpoint_exits_1_without_a_traceback():
+    result = bench("--endpoints", "127.0.0.1:1", "--mix", "put", "--duration", "1", timeout=15)
+    assert result.returncode == 1
+    assert "Connection refused" in result.stderr and "Traceback" not in result.stderr

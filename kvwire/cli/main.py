@@ -105,6 +105,8 @@ from .up import up  # noqa: E402
 main.add_command(up)
 from .bridge import bridge  # noqa: E402
 main.add_command(bridge)
+from .bench import bench  # noqa: E402
+main.add_command(bench)
 
 
 if __name__ == "__main__":
