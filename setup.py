@@ -20,13 +20,17 @@ setup(
     ],
     # `kvwire up --haproxy` finds it here after `pip install .` (kvwire/cli/haproxy.py).
     data_files=[("share/kvwire/haproxy", ["haproxy/kvwire.cfg"])],
+    # The wrk scripts of `kvwire bench suite` (bench/wrk.py).
+    package_data={"bench": ["lua/*.lua"]},
     extras_require={
+        "bench": ["matplotlib>=3.7"],  # the failover plot of `kvwire bench suite`
         "test": [
             "pytest>=8",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
             "schemathesis>=4.0",
-            "pyyaml>=6",  # tests/test_deploy_files.py parses deploy/docker-compose.yml
+            "pyyaml>=6",
+            "matplotlib>=3.7",  # tests/test_bench_failover.py draws the failover plot  # tests/test_deploy_files.py parses deploy/docker-compose.yml
         ],
     },
     entry_points={

@@ -28,6 +28,7 @@ from typing import Any
 
 import uvloop
 
+from bench.cpu import machine_busy_seconds, server_cpu_seconds
 from bench.load_connection import (
     DRAIN_TIMEOUT_S,
     READY_TIMEOUT_S,
@@ -121,9 +122,9 @@ def run_load(settings: Settings, *, progress: bool = False) -> dict:
             pipe.send(("go", t0))
         bar = _ProgressBar(settings, counters) if progress else None
         _wait_until(t0 + settings.warmup, bar)
-        cpu_before = (_cpu_seconds(settings.server_pids), _machine_busy_seconds())
+        cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
         _wait_until(t0 + settings.warmup + settings.duration, bar, lambda: any(p.poll() for _, p in workers))
-        cpu_after = (_cpu_seconds(settings.server_pids), _machine_busy_seconds())
+        cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
         if bar:
             bar.close()
         results = [_receive(pipe, "result", 10 + DRAIN_TIMEOUT_S) for _, pipe in workers]
@@ -179,25 +180,6 @@ def _receive(pipe: Any, expected: str, timeout: float) -> Any:
     if message != expected:
         raise RuntimeError(detail)
     return detail
-def _cpu_seconds(pids: tuple[int, ...]) -> float | None:
-    """User plus system CPU time of ``pids``, all their threads, from /proc/PID/stat."""
-    if not pids:
-        return None
-    ticks = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 in proc(5)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy_seconds() -> float:
-    """CPU time of all cores outside idle and iowait: shows whether anything else shared the machine."""
-    with open("/proc/stat") as stat:
-        ticks = [int(field) for field in stat.readline().split()[1:9]]  # user .. steal
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
 def _merge(settings: Settings, results: list[dict], server_cpu_s: float | None, machine_cpu_s: float,
            preload_s: float | None) -> dict:
     overall, per_op = LatencyRecorder(), {}

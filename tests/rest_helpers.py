@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from kvwire.testing import LocalCluster, free_port, wait_for
-from kvwire.testing.process import ChildProcess
+from kvwire.testing import LocalCluster, free_port
+from kvwire.testing.bridge import REST_PREFIX, BridgeProcess, rest_answers  # noqa: F401 - the REST tests import it from here
 
-PREFIX = "/kv-store/v1"
+PREFIX = REST_PREFIX
 
 
 @dataclass
@@ -41,38 +38,7 @@ def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, h
             return Reply(error.code, error.headers, error.read().decode())
 
 
-def answers(url: str) -> bool:
-    try:
-        return http("GET", f"{url}{PREFIX}/openapi.json", timeout=1.0).status == 200
-    except OSError:
-        return False
-
-
-class BridgeProcess(ChildProcess):
-    """``kvwire bridge`` in a child process on a free port; stderr goes to ``log_path``."""
-
-    name = "kvwire bridge"
-
-    def __init__(self, endpoints: Sequence[str], *, log_path: Path, args: Sequence[str] = (), port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        # The caller's own KVWIRE_* settings must not leak in.
-        inherited = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
-        super().__init__(log_path=log_path, env={**inherited, **(env or {})})
-        self.port = port if port is not None else free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "kvwire", "bridge", "--listen", f"127.0.0.1:{self.port}",
-                        "--endpoints", ",".join(endpoints), *args]
-
-    def wait_ready(self, timeout: float = 15.0) -> BridgeProcess:
-        def ready() -> bool:
-            self.check_alive()
-            return answers(self.url)
-
-        wait_for(ready, timeout=timeout, what=f"kvwire bridge answering on {self.url}")
-        return self
-
-    def signal(self, signum: int, timeout: float = 15.0) -> int:
-        return self.signal_and_wait(signum, timeout)
+answers = rest_answers
 
 
 def with_http(cluster: LocalCluster, *node_ids: str) -> dict[str, str]:

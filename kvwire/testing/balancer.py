@@ -24,7 +24,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -56,13 +55,7 @@ class BalancerProcess(ChildProcess):
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (both stop at once on it), SIGKILL if that is not enough."""
-        if self.running:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
+        self.terminate_or_kill(timeout)
 
 
 def _listening(address: str, timeout: float = 0.2) -> bool:

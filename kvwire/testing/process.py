@@ -78,6 +78,16 @@ class ChildProcess:
         self.send_signal(signum)
         return self.process.wait(timeout=timeout)
 
+    def terminate_or_kill(self, timeout: float = 10.0) -> None:
+        """SIGTERM and wait up to ``timeout`` for a clean exit, then :meth:`stop` whatever is left."""
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        ChildProcess.stop(self)
+
     def stop(self) -> None:
         """Best-effort cleanup: resume if paused, then kill if still running."""
         if self.running:

@@ -1,0 +1,404 @@
+"""Scenario 5, the failover timeline: a fixed-rate PUT load while one node is killed and restarted.
+
+    python -m bench.failover --via both --out results/
+
+Each run starts its own 3-node LocalCluster (and, through HAProxy, haproxy
+with haproxy/kvwire.cfg), then sends PUTs open loop: every request is its own
+task started at the time ``bench.recorder.Schedule`` gives it, and its latency
+counts from that time, so a stall shows as latency or errors rather than as a
+pause in sending. At ``kill_at`` the node serving the load gets kill -9, at
+``restart_at`` it is started again. Both survivors' HEALTH is polled every
+5 ms from the kill on. The figures:
+
+- detect_down_s: kill to the later survivor reporting it DOWN;
+- up_s: restart to the later survivor reporting it UP;
+- caught_up_s: restart to the first poll, once it is UP for both, where both
+  report 0 pending hints for it and it answers a consistency=one GET of the
+  last write acknowledged before that with that version or a later one (a
+  later one: the key may have been written again since);
+- stale_keys_after_run: keys whose last acknowledged version it still lacks
+  after the run, checked one by one (should be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench.cpu import machine_busy_seconds
+from bench.plot import failover_table, plot_failover
+from bench.recorder import LatencyRecorder, Schedule, Timeline
+from bench.workload import key_name
+from kvwire.client import AsyncClient, KvwireError, RetryPolicy, Version
+from kvwire.testing import LocalCluster
+from kvwire.testing.balancer import HAProxyProcess
+
+VIAS = ("haproxy", "client")
+# This checkout's haproxy/kvwire.cfg, else the copy `pip install .` put in <prefix>/share/kvwire.
+DEFAULT_HAPROXY_CONFIG = next(
+    (path for path in (Path(__file__).resolve().parent.parent / "haproxy" / "kvwire.cfg",
+                       Path(sys.prefix) / "share" / "kvwire" / "haproxy" / "kvwire.cfg") if path.is_file()),
+    Path("haproxy/kvwire.cfg"),
+)
+# HEALTH is answered from the node's event loop in well under 1 ms, so 5 ms
+# polling resolves detection (0.5 s failure timeout) to about 1 %.
+POLL_INTERVAL_S = 0.005
+PROBE_TIMEOUT_S = 0.5
+# After the load stops, how long hint replay may still take before caught_up_s is None.
+CATCH_UP_GRACE_S = 5.0
+# Through HAProxy the client must not hide errors: one try, one endpoint (the
+# frontend); a later request simply reconnects, and HAProxy picks a live node.
+HAPROXY_RETRY = RetryPolicy(attempts=1, cooldown=0.0)
+# The watch's own calls: one try each, so a dead node costs one poll, not a backoff.
+_PROBE: dict[str, Any] = {
+    "timeout": PROBE_TIMEOUT_S, "retry": RetryPolicy(attempts=1, attempt_timeout=PROBE_TIMEOUT_S, cooldown=0.0),
+}
+
+
+@dataclass(frozen=True)
+class FailoverSettings:
+    rate: float = 1000.0
+    duration: float = 20.0
+    kill_at: float = 5.0
+    restart_at: float = 15.0
+    value_size: int = 100
+    keys: int = 1000
+    interval: float = 0.1
+    # Requests past this many in flight are not sent but counted as "overload"
+    # errors: at 1,000/s that is a full second of backlog, a failure already,
+    # and queueing them would only make the driver's memory the limit.
+    max_in_flight: int = 1000
+    # Each PUT's deadline, failover included (the client's default).
+    timeout: float = 5.0
+    # The nodes' --sync; None keeps theirs ("full": an fsync per group commit).
+    sync: str | None = None
+
+    def __post_init__(self) -> None:
+        ranges = {"rate": (0, 50_000), "duration": (0, 3600), "interval": (0, self.duration), "timeout": (0, 60)}
+        for name, (low, high) in ranges.items():
+            if not low < getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in ({low}, {high:g}], got {getattr(self, name)}")
+        if not 0 < self.kill_at < self.restart_at < self.duration:
+            raise ValueError(f"need 0 < kill_at < restart_at < duration, got kill_at={self.kill_at}, "
+                             f"restart_at={self.restart_at}, duration={self.duration}")
+        for name, (low, high) in {"value_size": (0, 1 << 20), "keys": (1, 10**6), "max_in_flight": (1, 10**5)}.items():
+            if type(getattr(self, name)) is not int or not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}, got {getattr(self, name)!r}")
+        if self.sync not in (None, "off", "normal", "full"):
+            raise ValueError(f"sync must be off, normal, full or None, got {self.sync!r}")
+
+
+@dataclass
+class Events:
+    """Monotonic times of what happened to the victim; None until seen."""
+
+    start: float
+    killed: float | None = None
+    restarted: float | None = None
+    down_by: dict[str, float] = field(default_factory=dict)  # survivor -> first poll showing it DOWN
+    up_by: dict[str, float] = field(default_factory=dict)  # survivor -> first poll showing it UP after the restart
+    answered: float | None = None  # the restarted node's first reply
+    caught_up: float | None = None
+
+
+def event_figures(events: Events, survivors: list[str]) -> dict[str, Any]:
+    """Seconds from the kill to DOWN and from the restart to UP (in every survivor's view) and to caught up."""
+
+    def after(origin: float | None, seen: dict[str, float] | float | None) -> float | None:
+        if isinstance(seen, dict):
+            seen = max(seen.values()) if seen and all(s in seen for s in survivors) else None
+        return None if origin is None or seen is None else round(seen - origin, 4)
+
+    return {
+        "kill_at": after(events.start, events.killed),
+        "restart_at": after(events.start, events.restarted),
+        "detect_down_s": after(events.killed, events.down_by),
+        "up_s": after(events.restarted, events.up_by),
+        "answers_s": after(events.restarted, events.answered),
+        "caught_up_s": after(events.restarted, events.caught_up),
+        "detect_down_by": {s: after(events.killed, t) for s, t in sorted(events.down_by.items())},
+        "up_by": {s: after(events.restarted, t) for s, t in sorted(events.up_by.items())},
+    }
+
+
+class FailoverRun:
+    """One run: the open-loop load, the kill and restart, the watch on the survivors, the summary."""
+
+    def __init__(self, via: str, settings: FailoverSettings, cluster: LocalCluster, endpoints: list[str]) -> None:
+        self.via, self.settings, self.cluster = via, settings, cluster
+        retry = HAPROXY_RETRY if via == "haproxy" else RetryPolicy()
+        self.client = AsyncClient(endpoints, timeout=settings.timeout, retry=retry)
+        self.value = bytes(settings.value_size)
+        self.recorder = LatencyRecorder()
+        self.error_codes: dict[str, int] = {}
+        self.error_samples: dict[str, str] = {}  # code -> its first message, to tell causes apart
+        self.in_flight: set[asyncio.Task] = set()
+        self.acknowledged: dict[str, Version] = {}  # key -> highest version acknowledged
+        self.last_ack: tuple[str, Version] | None = None
+        self.sent = 0
+        self.crash: BaseException | None = None
+
+    async def run(self) -> dict[str, Any]:
+        settings = self.settings
+        async with self.client:
+            # Connects, and names the node serving the load: through HAProxy the
+            # one connection's node, through the client its first endpoint.
+            self.victim = (await self.client.health())["node_id"]
+            self.survivors = [n for n in self.cluster.node_ids if n != self.victim]
+            self.victim_client = AsyncClient([self.cluster[self.victim].address], **_PROBE)
+            cpu_before = (machine_busy_seconds(), time.process_time())
+            start = time.monotonic() + 0.05
+            self.schedule = Schedule(settings.rate, start)
+            self.timeline = Timeline(start, settings.interval)
+            self.events = Events(start)
+            self.end = start + settings.duration
+            watcher = asyncio.create_task(self._watch())
+            faults = asyncio.create_task(self._inject_faults())
+            await self._load()
+            drain_deadline = self.end + settings.timeout + 1.0
+            if self.in_flight:
+                await asyncio.wait(set(self.in_flight), timeout=max(0.0, drain_deadline - time.monotonic()))
+            for task in list(self.in_flight):  # bounded: whatever outlived its own timeout
+                task.cancel()
+                self._error("unfinished", time.monotonic())
+            finished = time.monotonic()
+            # The machine is shared (2 cores here): say how busy it was, and how much of that was us.
+            self.cpu_cores = {
+                "machine": round((machine_busy_seconds() - cpu_before[0]) / (finished - start), 2),
+                "driver": round((time.process_time() - cpu_before[1]) / (finished - start), 2),
+                "available": os.cpu_count(),
+            }
+            await faults
+            await watcher
+            stale = await self._stale_keys()
+        if self.crash is not None:
+            raise RuntimeError(f"the load driver failed: {self.crash!r}") from self.crash
+        return self._result(max(finished, self.end), stale)
+
+    # --- the load ---------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        schedule = self.schedule
+        # Every start in [start, end), even if the loop wakes after the end: a late driver must not drop requests.
+        total = math.ceil(self.settings.duration * self.settings.rate - 1e-9)
+        while schedule.taken < total:
+            for _ in range(min(schedule.due(time.monotonic()), total - schedule.taken)):
+                intended = schedule.take()
+                if len(self.in_flight) >= self.settings.max_in_flight:
+                    self._error("overload", intended)
+                    continue
+                task = asyncio.create_task(self._put(self.sent % self.settings.keys, intended))
+                self.in_flight.add(task)
+                task.add_done_callback(self._done)
+                self.sent += 1
+            await _sleep_until(schedule.next_start())
+
+    async def _put(self, index: int, intended: float) -> None:
+        key = key_name(index)
+        try:
+            version = await self.client.put(key, self.value)
+        except KvwireError as exc:  # counted, not raised: failures are what we measure
+            self._error(type(exc).__name__, time.monotonic(), str(exc))
+            return
+        completed = time.monotonic()
+        self.recorder.record(intended, completed)
+        self.timeline.success(intended, completed)
+        if key not in self.acknowledged or version > self.acknowledged[key]:
+            self.acknowledged[key] = version
+        self.last_ack = (key, version)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.crash = self.crash or task.exception()  # a bug here, not a failed request
+
+    def _error(self, code: str, when: float, message: str = "") -> None:
+        self.error_codes[code] = self.error_codes.get(code, 0) + 1
+        self.error_samples.setdefault(code, message[:300])
+        self.timeline.error(when)
+
+    # --- the fault and its detection --------------------------------------------------
+
+    async def _inject_faults(self) -> None:
+        await _sleep_until(self.events.start + self.settings.kill_at)
+        self.events.killed = time.monotonic()
+        await asyncio.to_thread(self.cluster.kill, self.victim)  # SIGKILL, then reap: off the loop
+        await _sleep_until(self.events.start + self.settings.restart_at)
+        self.events.restarted = time.monotonic()
+        await asyncio.to_thread(self.cluster.start, self.victim)
+
+    async def _watch(self) -> None:
+        """Poll the survivors' HEALTH (and the victim once restarted) until it has caught up."""
+        events, victim = self.events, self.victim
+        survivors = {s: AsyncClient([self.cluster[s].address], **_PROBE) for s in self.survivors}
+        target: tuple[str, Version] | None = None  # the last write acknowledged before it was UP everywhere
+        deadline = self.end + CATCH_UP_GRACE_S
+        await _sleep_until(events.start + self.settings.kill_at)
+        try:
+            while time.monotonic() < deadline and events.caught_up is None:
+                replies = await asyncio.gather(*(c.health() for c in survivors.values()), return_exceptions=True)
+                seen = time.monotonic()
+                entries = {s: _peer_entry(reply, victim) for s, reply in zip(survivors, replies)}
+                for survivor, entry in entries.items():
+                    if entry is not None and not entry["healthy"]:
+                        events.down_by.setdefault(survivor, seen)
+                    # UP only counts once DOWN was seen, so a restart before detection isn't "instantly UP".
+                    if entry is not None and entry["healthy"] and survivor in events.down_by and events.restarted:
+                        events.up_by.setdefault(survivor, seen)
+                if events.restarted is not None:
+                    up_everywhere = len(events.up_by) == len(survivors)
+                    if up_everywhere and target is None:
+                        target = self.last_ack
+                    no_hints = all(e is not None and e.get("pending_hints") == 0 for e in entries.values())
+                    if await self._victim_holds(target if up_everywhere else None) and no_hints:
+                        events.caught_up = time.monotonic()
+                await asyncio.sleep(POLL_INTERVAL_S)
+        finally:
+            await asyncio.gather(*(c.close() for c in survivors.values()))
+
+    async def _victim_holds(self, target: tuple[str, Version] | None) -> bool:
+        """Whether the restarted node answers and, given a target write, holds it or a later version."""
+        try:
+            if target is None:
+                await self.victim_client.ping()
+            else:
+                _, version = await self.victim_client.get_with_version(target[0], consistency="one")
+        except KvwireError:  # still starting, or the key not there yet
+            return False
+        self.events.answered = self.events.answered or time.monotonic()
+        return target is not None and version >= target[1]
+
+    async def _stale_keys(self) -> int | None:
+        # A write is acknowledged by a majority, so its copy to the third node
+        # may land a moment later: stale keys are checked again for up to a second.
+        if self.events.caught_up is None:
+            await self.victim_client.close()
+            return None
+        async with self.victim_client as client:
+            async def stale(key: str) -> bool:
+                try:
+                    _, version = await client.get_with_version(key, consistency="one", timeout=2.0)
+                except KvwireError:
+                    return True
+                return version < self.acknowledged[key]
+
+            keys = list(self.acknowledged)
+            for pause in (0.0, 0.2, 0.8):
+                await asyncio.sleep(pause)
+                keys = [key for key, behind in zip(keys, await asyncio.gather(*map(stale, keys))) if behind]
+                if not keys:
+                    break
+        return len(keys)
+
+    # --- the summary ------------------------------------------------------------------
+
+    def _result(self, until: float, stale: int | None) -> dict[str, Any]:
+        return {
+            "via": self.via, "settings": asdict(self.settings), "killed": self.victim, "survivors": self.survivors,
+            "requests": self.schedule.taken, "ok": len(self.recorder), "failed": sum(self.error_codes.values()),
+            "error_codes": dict(sorted(self.error_codes.items())),
+            "error_samples": dict(sorted(self.error_samples.items())),
+            "longest_stall_s": round(self.timeline.longest_stall(self.end), 4),
+            **event_figures(self.events, self.survivors),
+            "stale_keys_after_run": stale, "latency_ms": self.recorder.summary_ms(),
+            "duration_s": round(until - self.events.start, 3), "cpu_cores": self.cpu_cores,
+            "timeline": self.timeline.rows(until),
+        }
+
+
+async def _sleep_until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+
+def _peer_entry(reply: Any, peer: str) -> dict[str, Any] | None:
+    """``peer``'s entry in a HEALTH report's cluster.nodes; None for a failed call."""
+    if not isinstance(reply, dict):
+        return None
+    return next((e for e in reply.get("cluster", {}).get("nodes", []) if e.get("node_id") == peer), None)
+
+
+def run_failover(via: str, settings: FailoverSettings, workdir: Path, haproxy_config: Path = DEFAULT_HAPROXY_CONFIG) -> dict[str, Any]:
+    """Start a 3-node cluster (and HAProxy for ``via="haproxy"``) in ``workdir``, run, stop everything."""
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {', '.join(VIAS)}, got {via!r}")
+    workdir = Path(workdir)
+    with LocalCluster(3, data_dir=workdir / "data", sync=settings.sync) as cluster:
+        if via == "client":
+            return uvloop.run(FailoverRun(via, settings, cluster, cluster.endpoints).run())
+        with HAProxyProcess.for_cluster(haproxy_config, cluster, workdir=workdir) as lb:
+            lb.wait_all("kvwire_nodes", "UP")
+            return uvloop.run(FailoverRun(via, settings, cluster, [lb.tcp_address]).run())
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+_HELP = {
+    "rate": "PUTs per second, open loop", "duration": "seconds of load", "kill_at": "kill -9 at this second",
+    "restart_at": "restart at this second", "value_size": "value bytes", "keys": "keys, written in turn",
+    "interval": "timeline bucket, seconds", "max_in_flight": "requests in flight beyond which new ones count as 'overload'",
+    "timeout": "each PUT's deadline, seconds", "sync": "the nodes' --sync: off, normal or full; None keeps theirs, full",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.failover", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 2)[2],
+        epilog="exit status: 0 when the runs completed (failed requests are counted, not fatal),\n"
+               "1 when a run could not start or was interrupted, 2 for bad options.",
+    )
+    add = parser.add_argument
+    add("--via", choices=[*VIAS, "both"], default="both", help="HAProxy's TCP frontend, the client given all 3 nodes, or both")
+    for option in fields(FailoverSettings):
+        kind = {"float": float, "int": int}.get(str(option.type), str)
+        add(f"--{option.name.replace('_', '-')}", type=kind, default=option.default, metavar=kind.__name__.upper(),
+            help=f"{_HELP[option.name]} (default: %(default)s)")
+    add("--haproxy-config", type=Path, default=DEFAULT_HAPROXY_CONFIG, metavar="FILE", help="(default: haproxy/kvwire.cfg)")
+    add("--workdir", type=Path, metavar="DIR", help="keep node data and logs in DIR/<via> (default: a temporary directory)")
+    add("--out", type=Path, metavar="DIR", help="write failover-<via>.json and failover.png into DIR")
+    add("--json", action="store_true", help="print the results as JSON instead of the table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = FailoverSettings(**{f.name: getattr(args, f.name) for f in fields(FailoverSettings)})
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not args.haproxy_config.is_file():
+        parser.error(f"--haproxy-config {args.haproxy_config}: no such file")
+    results = []
+    try:
+        for via in VIAS if args.via == "both" else [args.via]:
+            with tempfile.TemporaryDirectory(prefix=f"kvwire-failover-{via}-") as scratch:
+                workdir = args.workdir / via if args.workdir else Path(scratch)
+                results.append(run_failover(via, settings, workdir, args.haproxy_config))
+    except (OSError, RuntimeError, TimeoutError, KeyboardInterrupt) as exc:
+        print(f"bench.failover: {type(exc).__name__}: {str(exc)[:2000]}", file=sys.stderr)
+        return 1
+    print(json.dumps(results) if args.json else failover_table(results))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for result in results:
+            (args.out / f"failover-{result['via']}.json").write_text(json.dumps(result, indent=1) + "\n")
+        plot_failover(results, args.out / "failover.png")
+        print(f"bench.failover: results and plot written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

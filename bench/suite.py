@@ -1,0 +1,281 @@
+"""``kvwire bench suite``: every scenario of the README's Performance section, in one run.
+
+    kvwire bench suite --out bench/results
+
+Each scenario starts what it needs on loopback (nodes, HAProxy, the bridge,
+redis-server, etcd), runs its workloads one after another, and stops it. Every
+figure lands in ``<out>/<date>/results.json`` and ``summary.md`` (with the
+failover plot, ``failover.png``); nothing is carried over from an earlier run.
+Peers whose programs are missing are skipped, and the summary says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import peers, wrk
+from bench.failover import DEFAULT_HAPROXY_CONFIG, FailoverSettings, run_failover
+from bench.load import Settings, run_load
+from bench.plot import plot_failover
+from bench.summary import machine, write_summary
+from bench.workload import mix_name, parse_mix
+from kvwire.testing import LocalCluster, NodeProcess
+from kvwire.testing.balancer import HAProxyProcess
+from kvwire.testing.bridge import BridgeProcess
+
+SCENARIOS = {
+    1: "one node",
+    2: "three nodes, direct",
+    3: "three nodes through HAProxy",
+    4: "REST through the bridge",
+    5: "failover timeline",
+    6: "peers: redis-server and etcd",
+}
+ONE_NODE_MIXES = ("get", "put", "get=90,put=10")
+ONE_NODE_SHAPES = ((1, 1), (1, 16), (50, 1), (50, 16))  # (connections, pipeline)
+CLUSTER_WORKLOADS = (("put", None), ("get", None), ("get", "one"), ("get=90,put=10", None))
+CONNECTIONS = 50
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    duration: float = 5.0
+    warmup: float = 1.0
+    value_size: int = 100
+    keys: int = 10_000
+    scenarios: tuple[int, ...] = tuple(SCENARIOS)
+    failover: FailoverSettings = FailoverSettings()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.duration <= 120 or not 0 <= self.warmup <= 30:
+            raise ValueError("--duration must be 1-120 s and --warmup 0-30 s")
+        if not self.scenarios or set(self.scenarios) - set(SCENARIOS):
+            raise ValueError(f"--scenarios must name some of {', '.join(map(str, SCENARIOS))}")
+
+
+class Suite:
+    """Runs the scenarios, collecting one row per measured workload in ``rows``."""
+
+    def __init__(self, settings: SuiteSettings, workdir: Path, results_dir: Path) -> None:
+        self.settings, self.workdir, self.results_dir = settings, workdir, results_dir
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.failover: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        steps: dict[int, Callable[[], None]] = {
+            1: self.one_node, 2: self.three_nodes, 3: self.three_nodes, 4: self.three_nodes,
+            5: self.failover_timeline, 6: self.peers,
+        }
+        done: set[Callable[[], None]] = set()
+        for number in self.settings.scenarios:
+            step = steps[number]
+            if step in done:  # 2, 3 and 4 share one cluster
+                continue
+            done.add(step)
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the others' figures
+                _say(f"scenario {number} failed: {type(exc).__name__}: {exc}")
+                self.skipped.append({"scenario": number, "what": SCENARIOS[number], "why": f"failed: {exc}",
+                                     "traceback": traceback.format_exc()})
+
+    # --- kvwire through its own generator ----------------------------------------------------
+
+    def load(self, scenario: int, setup: str, endpoints: list[str], pids: tuple[int, ...], mix: str, *,
+             connections: int = CONNECTIONS, pipeline: int = 1, consistency: str | None = None) -> None:
+        s = self.settings
+        settings = Settings(
+            endpoints=tuple(endpoints), mix=parse_mix(mix), connections=connections, pipeline=pipeline,
+            duration=s.duration, warmup=s.warmup, value_size=s.value_size, keys=s.keys, consistency=consistency,
+            server_pids=pids,
+        )
+        workload = mix_name(settings.mix) + (f" ({consistency})" if consistency else "")
+        _say(f"[{scenario}] {setup}: {workload}, {connections} connections, pipeline {pipeline}")
+        result = run_load(settings)
+        command = ["kvwire", "bench", "--endpoints", ",".join(endpoints), "--mix", mix, "--connections",
+                   str(connections), "--pipeline", str(pipeline), "--duration", f"{s.duration:g}", "--warmup",
+                   f"{s.warmup:g}", "--value-size", str(s.value_size), "--keys", str(s.keys)]
+        if consistency:
+            command += ["--consistency", consistency]
+        self.add(scenario, setup, workload, result | {"tool": "kvwire bench", "command": shlex.join(command)})
+
+    def add(self, scenario: int, setup: str, workload: str, result: dict[str, Any]) -> None:
+        row = {"scenario": scenario, "setup": setup, "workload": workload} | {
+            key: result.get(key) for key in (
+                "tool", "command", "connections", "pipeline", "value_size", "ops_per_s", "errors", "error_codes",
+                "latency_ms", "server_cpu_us_per_op", "server_cpu_cores", "machine_cpu_cores",
+            )
+        }
+        self.rows.append(row)
+        latency = row["latency_ms"] or {}
+        _say(f"    {row['ops_per_s']:,.0f} ops/s, p99 {latency.get('p99')} ms, errors {row['errors']}, "
+             f"server {row['server_cpu_us_per_op'] or 0:.1f} us/op")
+
+    def one_node(self) -> None:
+        with NodeProcess("n1", data_dir=self.workdir / "one-node") as node:
+            for mix in ONE_NODE_MIXES:
+                for connections, pipeline in ONE_NODE_SHAPES:
+                    self.load(1, "one node", [node.address], (node.pid,), mix,
+                              connections=connections, pipeline=pipeline)
+
+    def three_nodes(self) -> None:
+        wanted = set(self.settings.scenarios)
+        with LocalCluster(3, data_dir=self.workdir / "three-nodes") as cluster:
+            cluster.wait_ready()
+            pids = tuple(node.pid for node in cluster)
+            if 2 in wanted:
+                for mix, consistency in CLUSTER_WORKLOADS:
+                    self.load(2, "3 nodes, direct", cluster.endpoints, pids, mix, consistency=consistency)
+            if 3 in wanted:
+                with HAProxyProcess.for_cluster(DEFAULT_HAPROXY_CONFIG, cluster, workdir=self.workdir / "haproxy") as lb:
+                    lb.wait_all("kvwire_nodes", "UP")
+                    for mix, consistency in CLUSTER_WORKLOADS:
+                        self.load(3, "3 nodes, HAProxy", [lb.tcp_address], pids, mix, consistency=consistency)
+            if 4 in wanted:
+                self.rest(cluster, pids)
+
+    def rest(self, cluster: LocalCluster, pids: tuple[int, ...]) -> None:
+        problem = wrk.wrk_problem()
+        if problem:
+            self.skipped.append({"scenario": 4, "what": SCENARIOS[4], "why": problem})
+            return
+        log = self.workdir / "bridge.log"
+        with BridgeProcess(cluster.endpoints, log_path=log) as bridge:
+            bridge.wait_ready()
+            for op in ("get", "put"):
+                _say(f"[4] REST through the bridge: {op.upper()}, {CONNECTIONS} connections (wrk)")
+                result = wrk.run_kvwire_rest(
+                    bridge.url, op, connections=CONNECTIONS, duration=round(self.settings.duration),
+                    value_size=self.settings.value_size, keys=self.settings.keys, server_pids=(bridge.pid, *pids),
+                )
+                self.add(4, "bridge + 3 nodes", op, result)
+
+    # --- the failover timeline -----------------------------------------------------------------
+
+    def failover_timeline(self) -> None:
+        for via in ("client", "haproxy"):
+            _say(f"[5] failover through the {via}: {self.settings.failover.rate:g} PUT/s open loop, "
+                 f"kill -9 at {self.settings.failover.kill_at:g} s, restart at {self.settings.failover.restart_at:g} s")
+            result = run_failover(via, self.settings.failover, self.workdir / f"failover-{via}", DEFAULT_HAPROXY_CONFIG)
+            _say(f"    failed {result['failed']}, longest stall {result['longest_stall_s']:.3f} s, "
+                 f"DOWN after {result['detect_down_s']} s")
+            self.failover.append(result)
+        plot_failover(self.failover, self.results_dir / "failover.png")
+
+    # --- peers -----------------------------------------------------------------------------------
+
+    def peers(self) -> None:
+        available = peers.available_peers()
+        s = self.settings
+        duration = max(1, round(s.duration))
+        if available["redis"]:
+            self.skipped.append({"scenario": 6, "what": "redis-server", "why": available["redis"]})
+        else:
+            for persistence in ("none", "everysec"):
+                with peers.RedisServer(self.workdir / f"redis-{persistence}", persistence) as server:
+                    server.wait_ready()
+                    for op in ("get", "set"):
+                        for connections, pipeline in ONE_NODE_SHAPES:
+                            setup = f"redis-server ({'no persistence' if persistence == 'none' else 'appendfsync everysec'})"
+                            _say(f"[6] {setup}: {op.upper()}, {connections} connections, pipeline {pipeline}")
+                            result = peers.run_redis_benchmark(
+                                server, op, value_size=s.value_size, connections=connections, pipeline=pipeline,
+                                duration=duration, keys=s.keys,
+                            )
+                            self.add(6, setup, op, result)
+        for needed in ("etcd", "wrk"):
+            if available[needed]:
+                self.skipped.append({"scenario": 6, "what": "etcd", "why": available[needed]})
+                return
+        with peers.EtcdCluster(self.workdir / "etcd") as etcd:
+            for op in ("put", "range"):
+                _say(f"[6] etcd, 3 members, JSON gateway: {op}, {CONNECTIONS} connections (wrk)")
+                result = peers.run_etcd(etcd, op, connections=CONNECTIONS, duration=duration,
+                                        value_size=s.value_size, keys=s.keys)
+                self.add(6, "etcd, 3 members (gateway)", op, result)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _workdir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="kvwire-suite-") as scratch:
+        yield Path(scratch)
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the benchmark scenarios (1 one node, 2 three nodes direct, 3 through HAProxy, 4 REST "
+                    "through the bridge, 5 failover timeline, 6 redis-server and etcd side by side) and write "
+                    "results.json, summary.md and failover.png to OUT/<date>/.",
+    )
+    add = parser.add_argument
+    add("--out", type=Path, default=Path("bench/results"), metavar="DIR", help="where results go (default: %(default)s)")
+    add("--duration", type=float, default=5.0, metavar="SECONDS", help="measured time per workload (default: %(default)s)")
+    add("--warmup", type=float, default=1.0, metavar="SECONDS", help="unmeasured time before each (default: %(default)s)")
+    add("--scenarios", default=",".join(map(str, SCENARIOS)), metavar="N[,N...]",
+        help="which scenarios to run (default: all)")
+    add("--failover-rate", type=float, default=1000.0, metavar="OPS_PER_S",
+        help="open-loop PUT rate of the failover timeline (default: %(default)s)")
+    add("--workdir", type=Path, default=None, metavar="DIR",
+        help="keep the data directories and logs here (default: a temporary directory, removed)")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m bench.suite") -> int:
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        scenarios = tuple(sorted({int(part) for part in args.scenarios.split(",") if part.strip()}))
+        settings = SuiteSettings(duration=args.duration, warmup=args.warmup, scenarios=scenarios,
+                                 failover=FailoverSettings(rate=args.failover_rate))
+    except ValueError as exc:
+        parser.error(str(exc))
+    started = time.time()
+    results_dir = args.out / time.strftime("%Y-%m-%d", time.localtime(started))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with _workdir(args.workdir) as workdir:
+        suite = Suite(settings, workdir, results_dir)
+        try:
+            suite.run()
+        except KeyboardInterrupt:
+            _say("interrupted; writing what was measured")
+    report = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "settings": {"duration": settings.duration, "warmup": settings.warmup, "value_size": settings.value_size,
+                     "keys": settings.keys, "scenarios": list(settings.scenarios),
+                     "failover_rate": settings.failover.rate},
+        "machine": machine(),
+        "command": shlex.join(["kvwire", "bench", "suite", *(argv if argv is not None else sys.argv[1:])]),
+        "rows": suite.rows,
+        "failover": suite.failover,
+        "skipped": suite.skipped,
+    }
+    (results_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_summary(report, results_dir / "summary.md")
+    _say(f"results in {results_dir}/ (summary.md, results.json{', failover.png' if suite.failover else ''})")
+    return 1 if any(item["why"].startswith("failed") for item in suite.skipped) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

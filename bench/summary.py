@@ -1,0 +1,191 @@
+"""The suite's ``summary.md``: the machine, the issue's targets, peers side by side, every row.
+
+Only figures in the report are printed; a target whose runs are missing says so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+        with open("/proc/meminfo") as meminfo:
+            mem_kib = int(next(line.split()[1] for line in meminfo if line.startswith("MemTotal")))
+    except (OSError, StopIteration, ValueError):
+        mem_kib = 0
+    os_name = platform.platform()
+    try:
+        os_name = platform.freedesktop_os_release().get("PRETTY_NAME", os_name)
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1), "os": os_name,
+            "python": platform.python_version()}
+
+
+def _find(rows: list[Row], scenario: int, workload: str, *, setup: str | None = None, connections: int = 50,
+          pipeline: int = 1) -> Row | None:
+    for row in rows:
+        if (row["scenario"], row["workload"], row["connections"], row["pipeline"]) == (scenario, workload, connections, pipeline) \
+                and (setup is None or row["setup"] == setup):
+            return row
+    return None
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _p99(row: Row | None) -> float | None:
+    return None if row is None else (row.get("latency_ms") or {}).get("p99")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, target, measured, verdict) for each target of issue 5."""
+    rows, failover = report["rows"], {run["via"]: run for run in report.get("failover", [])}
+    kv_get = _find(rows, 1, "get")
+    redis_get = _find(rows, 6, "get", setup="redis-server (no persistence)")
+    kv_put3 = _find(rows, 2, "put")
+    kv_rest_put = _find(rows, 4, "put")
+    etcd_put = _find(rows, 6, "put", setup="etcd, 3 members (gateway)")
+
+    def ops(row: Row | None) -> float | None:
+        return None if row is None else row["ops_per_s"]
+
+    def cpu(row: Row | None) -> float | None:
+        return None if row is None else row["server_cpu_us_per_op"]
+
+    def verdict(value: float | None, passes: Callable[[float], bool]) -> str:
+        return "not measured" if value is None else ("met" if passes(value) else "missed")
+
+    get_ratio, cpu_ratio = _ratio(ops(kv_get), ops(redis_get)), _ratio(cpu(kv_get), cpu(redis_get))
+    put_ratio, rest_ratio = _ratio(ops(kv_put3), ops(etcd_put)), _ratio(ops(kv_rest_put), ops(etcd_put))
+    lower_p99 = None if _p99(kv_put3) is None or _p99(etcd_put) is None else _p99(kv_put3) < _p99(etcd_put)
+    client, haproxy = failover.get("client"), failover.get("haproxy")
+    return [
+        ("One node, 50 connections, no pipelining: GET throughput", "≥ 90% of redis-server's",
+         f"{_num(ops(kv_get))} vs {_num(ops(redis_get))}/s = {_num(get_ratio and 100 * get_ratio)}%",
+         verdict(get_ratio, lambda r: r >= 0.9)),
+        ("One node: server CPU per GET", "≤ 1.5× redis-server's",
+         f"{_num(cpu(kv_get), 1)} vs {_num(cpu(redis_get), 1)} µs = {_num(cpu_ratio, 1)}×",
+         verdict(cpu_ratio, lambda r: r <= 1.5)),
+        ("Three nodes: quorum PUT, `--sync full`", "≥ 2× 3-member etcd's writes/s, lower p99",
+         f"{_num(ops(kv_put3))} vs {_num(ops(etcd_put))}/s = {_num(put_ratio, 2)}×; "
+         f"p99 {_num(_p99(kv_put3), 1)} vs {_num(_p99(etcd_put), 1)} ms",
+         verdict(put_ratio, lambda r: r >= 2 and bool(lower_p99))),
+        ("REST PUT through the bridge", "≥ 1× etcd's gateway writes/s",
+         f"{_num(ops(kv_rest_put))} vs {_num(ops(etcd_put))}/s = {_num(rest_ratio, 2)}×",
+         verdict(rest_ratio, lambda r: r >= 1)),
+        ("Failover through the client", "0 failed requests",
+         "not run" if client is None else f"{client['failed']} failed of {client['requests']:,}",
+         verdict(None if client is None else client["failed"], lambda failed: failed == 0)),
+        ("Failover through HAProxy", "longest stall under 1 s",
+         "not run" if haproxy is None else f"{haproxy['longest_stall_s'] * 1000:,.0f} ms stall, {haproxy['failed']} failed",
+         verdict(None if haproxy is None else haproxy["longest_stall_s"], lambda stall: stall < 1.0)),
+    ]
+
+
+def _side_by_side(rows: list[Row]) -> list[str]:
+    """kvwire one node beside redis-server for each shape, as ratios measured in this run."""
+    lines = ["| Workload | connections × pipeline | kvwire ops/s | redis (no persistence) | ratio | redis (everysec) | ratio | "
+             "CPU µs/op kvwire / redis | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for kv_op, redis_op in (("get", "get"), ("put", "set")):
+        for row in (r for r in rows if r["scenario"] == 1 and r["workload"] == kv_op):
+            shape = {"connections": row["connections"], "pipeline": row["pipeline"]}
+            plain = _find(rows, 6, redis_op, setup="redis-server (no persistence)", **shape)
+            aof = _find(rows, 6, redis_op, setup="redis-server (appendfsync everysec)", **shape)
+            if plain is None and aof is None:
+                continue
+            lines.append(
+                f"| {kv_op.upper()} | {row['connections']} × {row['pipeline']} | {_num(row['ops_per_s'])} "
+                f"| {_num(plain and plain['ops_per_s'])} | {_num(_ratio(row['ops_per_s'], plain and plain['ops_per_s']), 2)} "
+                f"| {_num(aof and aof['ops_per_s'])} | {_num(_ratio(row['ops_per_s'], aof and aof['ops_per_s']), 2)} "
+                f"| {_num(row['server_cpu_us_per_op'], 1)} / {_num(plain and plain['server_cpu_us_per_op'], 1)} "
+                f"| {_num(_ratio(row['server_cpu_us_per_op'], plain and plain['server_cpu_us_per_op']), 1)} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
+def _rows_table(rows: list[Row]) -> list[str]:
+    lines = ["| # | Setup | Workload | conns × pipeline | ops/s | errors | p50 | p90 | p99 | p99.9 | max (ms) | server CPU µs/op |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        latency = row.get("latency_ms") or {}
+        cells = [str(row["scenario"]), row["setup"], row["workload"], f"{row['connections']} × {row['pipeline']}",
+                 _num(row["ops_per_s"]), _num(row["errors"])]
+        cells += [_num(latency.get(name), 2) for name in ("p50", "p90", "p99", "p999", "max")]
+        cells.append(_num(row["server_cpu_us_per_op"], 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _failover_table(runs: list[Row]) -> list[str]:
+    lines = ["| Through | rate | requests | failed | longest stall | DOWN after kill | UP after restart | caught up after restart | p99 / max (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        latency = run["latency_ms"]
+        lines.append(
+            f"| {run['via']} | {_num(run['settings']['rate'])}/s | {run['requests']:,} | {run['failed']} "
+            f"| {_num(run['longest_stall_s'] * 1000)} ms | {_num(_ms(run.get('detect_down_s')))} ms "
+            f"| {_num(_ms(run.get('up_s')))} ms | {_num(_ms(run.get('caught_up_s')))} ms "
+            f"| {_num(latency.get('p99'), 1)} / {_num(latency.get('max'), 1)} |"
+        )
+    return lines
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report.get("machine") or machine()
+    lines = [
+        f"# kvwire benchmark suite, {report['started'][:10]}",
+        "",
+        f"Measured {report['started']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
+        f"Python {m['python']}. Every process (nodes, balancer, peers, load generators) shared those cores. "
+        f"{report['settings']['duration']:g} s per workload after {report['settings']['warmup']:g} s of warm-up, "
+        f"{report['settings']['value_size']}-byte values, {report['settings']['keys']:,} keys, uniform.",
+        "",
+        f"Reproduce: `{report['command']}` ({report['seconds']:.0f} s).",
+        "",
+        "## Targets",
+        "",
+        "| Measure | Target | Measured in this run | |",
+        "|---|---|---|---|",
+        *(f"| {measure} | {target} | {measured} | {verdict} |" for measure, target, measured, verdict in targets(report)),
+    ]
+    side = _side_by_side(report["rows"])
+    if side:
+        lines += ["", "## kvwire (one node) beside redis-server", "", *side]
+    if report.get("failover"):
+        lines += ["", "## Failover timeline", "", "![failover timeline](failover.png)", "",
+                  *_failover_table(report["failover"])]
+    if report["rows"]:
+        lines += ["", "## Every run", "", *_rows_table(report["rows"]), "",
+                  "kvwire rows are `kvwire bench` (closed loop); redis rows redis-benchmark, which reports no "
+                  "p90 or p99.9; REST and etcd rows wrk, which does not correct for coordinated omission. "
+                  "Server CPU is the user + system time of the server processes (all nodes, and the bridge for "
+                  "REST) over the run, per request. The exact command of each run is in results.json."]
+    if report.get("skipped"):
+        lines += ["", "## Skipped", ""]
+        lines += [f"- scenario {item['scenario']} ({item['what']}): {item['why']}" for item in report["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(report: dict[str, Any], path: Path) -> None:
+    path.write_text(render(report))

@@ -1,0 +1,50 @@
+"""A real ``kvwire bridge`` (the REST API) as a child process, for tests and the benchmark suite."""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from .node import free_port, wait_for
+from .process import ChildProcess
+
+REST_PREFIX = "/kv-store/v1"
+
+
+def rest_answers(url: str) -> bool:
+    """True when a bridge at ``url`` serves its OpenAPI document."""
+    try:
+        with urllib.request.urlopen(f"{url}{REST_PREFIX}/openapi.json", timeout=1.0) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class BridgeProcess(ChildProcess):
+    """``kvwire bridge`` in a child process on a free port; stderr goes to ``log_path``."""
+
+    name = "kvwire bridge"
+
+    def __init__(self, endpoints: Sequence[str], *, log_path: Path, args: Sequence[str] = (), port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        # The caller's own KVWIRE_* settings must not leak in.
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
+        super().__init__(log_path=log_path, env={**inherited, **(env or {})})
+        self.port = port if port is not None else free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "kvwire", "bridge", "--listen", f"127.0.0.1:{self.port}",
+                        "--endpoints", ",".join(endpoints), *args]
+
+    def wait_ready(self, timeout: float = 15.0) -> BridgeProcess:
+        def ready() -> bool:
+            self.check_alive()
+            return rest_answers(self.url)
+
+        wait_for(ready, timeout=timeout, what=f"kvwire bridge answering on {self.url}")
+        return self
+
+    def signal(self, signum: int, timeout: float = 15.0) -> int:
+        return self.signal_and_wait(signum, timeout)
