@@ -110,21 +110,12 @@ async def put_key(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     value = parse_put_body(await request.read(), config.limits)
     client = _client(request)
-    deadline = _Deadline(config.timeout)
-    # Whether the key exists, from a quorum read just before the write. A
-    # concurrent write or delete of the same key between the two can make the
-    # status say 200 for a creation or 201 for an overwrite (value and version
-    # are right either way); only the node could say atomically.
-    try:
-        await client.get_with_version(key, consistency="quorum", timeout=deadline.left())
-        absent = False
-    except KeyNotFoundError:
-        absent = True
-    except NoQuorumError:
-        absent = False  # the write below most likely fails the same way, with the write's message
-    version = await client.put(key, value, timeout=deadline.left())
-    # Counter 1: no write of this key was acknowledged before this one.
-    created = absent or version.counter == 1
+    # The node says whether the key was absent, decided with the new version
+    # (PUT_REPLY's created); nodes that predate that field leave it None, and
+    # then counter 1 means no write of this key came before.
+    version, created = await client.put_with_result(key, value, timeout=config.timeout)
+    if created is None:
+        created = version.counter == 1
     document = {"key": key, "value": value, "version": version_json(version)}
     if created:
         return _json_response(201, document, {"Location": f"{PREFIX}/kv/{quote(key, safe='')}/"})
@@ -171,21 +162,6 @@ def _key(request: web.Request) -> str:
         return check_key(key, request.app[CONFIG].limits)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-
-
-class _Deadline:
-    """One request's time budget, shared by the calls it makes."""
-
-    def __init__(self, seconds: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._seconds = seconds
-        self._end = self._loop.time() + seconds
-
-    def left(self) -> float:
-        remaining = self._end - self._loop.time()
-        if remaining <= 0:
-            raise KvwireTimeoutError(f"the request took longer than {self._seconds:g} s")
-        return remaining
 
 
 def _json_response(status: int, document: Any, headers: dict[str, str] | None = None) -> web.Response:

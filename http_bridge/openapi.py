@@ -70,10 +70,10 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                     "operationId": "putKey",
                     "summary": "Create or replace a key",
                     "description": (
-                        "Stored once a majority of the nodes has it durably. 201 when the key did not "
-                        "exist (judged by a quorum read just before the write: a concurrent write or "
-                        "delete of the same key can make that 200 instead, or the reverse). A 503 with "
-                        "no quorum means the write may or may not have been applied."
+                        "Stored once a majority of the nodes has it durably. 201 when the key held no "
+                        "value before (never written, or deleted), 200 when it replaced one: decided by "
+                        "the node with the new version, so concurrent writers cannot make it wrong. A 503 "
+                        "with no quorum means the write may or may not have been applied."
                     ),
                     "requestBody": {
                         "required": True,

@@ -85,7 +85,7 @@ REPLY_CLASSES = (
 )
 ALL_CLASSES = REQUEST_CLASSES + REPLY_CLASSES
 # docs/protocol.md section 3.2: the only optional fields, left out when they have no value.
-OPTIONAL_FIELDS = {"Hello": {"cluster", "node"}, "Get": {"consistency"}}
+OPTIONAL_FIELDS = {"Hello": {"cluster", "node"}, "Get": {"consistency"}, "PutReply": {"created"}}
 
 
 def optional_fields(message_or_class) -> set[str]:
@@ -196,6 +196,8 @@ SAMPLES = [
     GetReply(17, {"nested": [[[]]]}, Version(0, "")),
     GetReply(18, None, Version(5, "é")),
     PutReply(19, Version(1, "n1")),
+    PutReply(20, Version(1, "n1"), True),
+    PutReply(21, Version(2, "n1"), False),
     DeleteReply(20, Version(2, "n1")),
     HealthReply(21, {}),
     HealthReply(22, {"node": "n1", "peers": {"n2": "up"}, "load": 0.5}),
@@ -769,6 +771,8 @@ WRONG_FIELDS = [
     (Op.HELLO_REPLY, "cluster", None),
     (Op.GET_REPLY, "version", None),
     (Op.PUT_REPLY, "version", [1, "n", 0]),
+    (Op.PUT_REPLY, "created", 1),
+    (Op.PUT_REPLY, "created", "true"),
     (Op.DELETE_REPLY, "version", (2**63, "n")),
     (Op.HEALTH_REPLY, "health", [["node", "n1"]]),
     (Op.HEALTH_REPLY, "health", None),

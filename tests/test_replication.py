@@ -69,6 +69,17 @@ def test_versions_grow_across_coordinators(cluster):
             client.delete("shared")
 
 
+def test_a_put_says_whether_it_created_the_key_whichever_node_coordinates(cluster):
+    created = []
+    for writer in ("n1", "n2", "n3", "n1"):
+        with client_for(cluster, writer) as client:
+            if writer == "n3":
+                client.delete("fresh")  # n3 deletes; n1's next write creates the key again
+                continue
+            created.append(client.put_with_result("fresh", writer))
+    assert [(result.version.counter, result.created) for result in created] == [(1, True), (2, False), (4, True)]
+
+
 def test_peer_only_ops_are_refused_to_clients_and_answered_to_peers(cluster):
     with RawConnection(cluster["n1"].address) as conn:
         conn.request(Replicate(1, "k", Version(3, "n2"), "v", False))

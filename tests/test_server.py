@@ -32,16 +32,16 @@ from kvwire.testing import NodeProcess, RawConnection, wait_for
 def test_put_get_delete_round_trip(node):
     with RawConnection(node.address) as conn:
         put = conn.request(Put(1, "greeting", {"text": "hello", "n": [1, 2.5, None, True, b"\x00"]}))
-        assert put == PutReply(1, Version(1, "n1"))
+        assert put == PutReply(1, Version(1, "n1"), created=True)
         got = conn.request(Get(2, "greeting"))
         assert got == GetReply(2, {"text": "hello", "n": [1, 2.5, None, True, b"\x00"]}, Version(1, "n1"))
-        assert conn.request(Put(3, "greeting", "again")) == PutReply(3, Version(2, "n1"))
+        assert conn.request(Put(3, "greeting", "again")) == PutReply(3, Version(2, "n1"), created=False)
         assert conn.request(Delete(4, "greeting")) == DeleteReply(4, Version(3, "n1"))
         missing = conn.request(Get(5, "greeting"))
         assert isinstance(missing, ErrorReply) and missing.code == ErrorCode.NOT_FOUND and missing.id == 5
         assert conn.request(Delete(6, "greeting")).code == ErrorCode.NOT_FOUND
         # A key deleted and written again continues its version sequence.
-        assert conn.request(Put(7, "greeting", 1)) == PutReply(7, Version(4, "n1"))
+        assert conn.request(Put(7, "greeting", 1)) == PutReply(7, Version(4, "n1"), created=True)
 
 
 def test_hello_reports_node_and_cluster(node):
@@ -113,7 +113,7 @@ def test_replicate_needs_a_peer_connection_and_applies_only_newer_versions(node)
         assert conn.request(Replicate(6, "k", Version(5, "n3"), "tie")) == ReplicateReply(6, True, Version(5, "n3"))
         assert conn.request(Get(7, "k")) == GetReply(7, "tie", Version(5, "n3"))
         # A local write continues above the replicated counter.
-        assert conn.request(Put(8, "k", "local")) == PutReply(8, Version(6, "n1"))
+        assert conn.request(Put(8, "k", "local")) == PutReply(8, Version(6, "n1"), created=False)
         assert conn.request(Replicate(9, "k", Version(7, "n2"), None, True)) == ReplicateReply(9, True, Version(7, "n2"))
         assert conn.request(Get(10, "k")).code == ErrorCode.NOT_FOUND
 

@@ -23,7 +23,7 @@ from kvwire.protocol.errors import (
 )
 from kvwire.protocol.messages import Consistency, Version
 
-from .aio import AsyncClient, RetryPolicy, VersionedValue
+from .aio import AsyncClient, PutResult, RetryPolicy, VersionedValue
 from .connection import ClientConnection
 from .sync import Client
 
@@ -49,5 +49,6 @@ __all__ = [
     "UnavailableError",
     "UnknownOpError",
     "Version",
+    "PutResult",
     "VersionedValue",
 ]

@@ -45,6 +45,18 @@ class VersionedValue(NamedTuple):
     version: Version
 
 
+class PutResult(NamedTuple):
+    """What :meth:`AsyncClient.put_with_result` returns; unpacks as ``version, created``.
+
+    ``created`` is True when the cluster held no live value for the key before
+    this write (never written, or deleted), decided atomically with the new
+    version; None from nodes that predate the field.
+    """
+
+    version: Version
+    created: bool | None
+
+
 class AsyncClient:
     """An asyncio client for a kvwire cluster.
 
@@ -140,9 +152,17 @@ class AsyncClient:
         another node and may then be applied twice (same value, two versions).
         A NoQuorumError means the put may or may not have been applied.
         """
+        return (await self.put_with_result(key, value, timeout=timeout)).version
+
+    async def put_with_result(self, key: str, value: Any, *, timeout: float | None = None) -> PutResult:
+        """Like :meth:`put`, but returns ``(version, created)``: whether the key was absent before.
+
+        A put retried after a failover may have been applied by the first
+        attempt; the retry then reports ``created=False``.
+        """
         check_value(value)
         reply = await self._call(Put, check_key(key, self.limits), value, timeout=timeout)
-        return reply.version
+        return PutResult(reply.version, reply.created)
 
     async def delete(self, key: str, *, timeout: float | None = None) -> Version:
         """Delete ``key``; returns the version of the tombstone.

@@ -14,7 +14,7 @@ from typing import Any, Coroutine, Iterable, TypeVar
 
 from kvwire.protocol import DEFAULT_LIMITS, Consistency, Limits, Version
 
-from .aio import DEFAULT_ENDPOINT, AsyncClient, RetryPolicy, VersionedValue
+from .aio import DEFAULT_ENDPOINT, AsyncClient, PutResult, RetryPolicy, VersionedValue
 
 T = TypeVar("T")
 
@@ -151,6 +151,14 @@ class Client:
         A NoQuorumError means the put may or may not have been applied.
         """
         return self._run(self._async.put(key, value, timeout=timeout))
+
+    def put_with_result(self, key: str, value: Any, *, timeout: float | None = None) -> PutResult:
+        """Like :meth:`put`, but returns ``(version, created)``: whether the key was absent before.
+
+        A put retried after a failover may have been applied by the first
+        attempt; the retry then reports ``created=False``.
+        """
+        return self._run(self._async.put_with_result(key, value, timeout=timeout))
 
     def delete(self, key: str, *, timeout: float | None = None) -> Version:
         """Delete ``key``; returns the version of the tombstone.

@@ -58,6 +58,7 @@ MAX_COUNTER = 2**63 - 1
 _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.HELLO: frozenset({"cluster", "node"}),
     Op.GET: frozenset({"consistency"}),
+    Op.PUT_REPLY: frozenset({"created"}),
 }
 
 # msgpack decodes the timestamp extension (type -1) itself, without calling
@@ -159,6 +160,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "value": _anything,
     "version": _version,
     "deleted": _boolean,
+    "created": _boolean,
     "applied": _boolean,
     "health": _mapping,
     "code": _uint,

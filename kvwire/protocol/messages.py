@@ -183,8 +183,12 @@ class GetReply:
 
 @dataclass(slots=True)
 class PutReply:
+    """``created``: no live value was there before this write (never written, or
+    deleted), as the coordinator's majority saw it; None from nodes that predate it."""
+
     id: int
     version: Version
+    created: bool | None = None
     op = Op.PUT_REPLY
 
 

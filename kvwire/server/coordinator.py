@@ -45,6 +45,17 @@ class Copy(NamedTuple):
     value: Any
 
 
+class Written(NamedTuple):
+    """A write's new version tag, and whether it found no live value (never written, or deleted)."""
+
+    version: Version
+    created: bool
+
+
+def _is_absent(copy: Copy) -> bool:
+    return copy.deleted or copy.version == NO_VERSION
+
+
 class Coordinator:
     def __init__(self, config: ServerConfig, storage: Storage, peers: Peers) -> None:
         self._loop = asyncio.get_running_loop()
@@ -62,7 +73,7 @@ class Coordinator:
     # --- writes --------------------------------------------------------------------------
 
     def start_write(self, key: str, value: Any, packed: bytes | None, *, must_exist: bool = False) -> asyncio.Future:
-        """The future of :meth:`write`'s tag.
+        """The future of :meth:`write`'s result.
 
         A lone node is its own majority: it needs no round and no task, only
         its own commit, chained with :func:`then`.
@@ -70,13 +81,14 @@ class Coordinator:
         if self.quorum > 1:
             return asyncio.ensure_future(self.write(key, value, packed, must_exist=must_exist))
         local = self._local_tag(key)
-        if must_exist and (local.deleted or local.version == NO_VERSION):
+        if must_exist and _is_absent(local):
             raise KeyNotFoundError(f"key {key!r} not found")
-        version = Version(local.version.counter + 1, self.config.node_id)
-        return then(self.storage.write(key, version, value, packed), lambda _: version)
+        written = Written(Version(local.version.counter + 1, self.config.node_id), _is_absent(local))
+        return then(self.storage.write(key, written.version, value, packed), lambda _: written)
 
-    async def write(self, key: str, value: Any, packed: bytes | None, *, must_exist: bool = False) -> Version:
-        """Store ``value`` (a tombstone when ``packed`` is None) on a majority; its new tag.
+    async def write(self, key: str, value: Any, packed: bytes | None, *, must_exist: bool = False) -> Written:
+        """Store ``value`` (a tombstone when ``packed`` is None) on a majority; its new tag,
+        and whether the majority's newest copy was absent, decided with the tag itself.
 
         With ``must_exist``, raise KeyNotFoundError when the majority's newest
         copy is missing or deleted (a DELETE of nothing).
@@ -85,7 +97,7 @@ class Coordinator:
         deadline = loop.time() + self.config.write_timeout
         answers = await self._ask_majority(Lookup, key, deadline, self._local_tag(key), what="write")
         newest = max((copy for _, copy in answers), key=lambda copy: copy.version)
-        if must_exist and (newest.deleted or newest.version == NO_VERSION):
+        if must_exist and _is_absent(newest):
             raise KeyNotFoundError(f"key {key!r} not found")
         version = Version(newest.version.counter + 1, self.config.node_id)
         local = self.storage.write(key, version, value, packed)
@@ -105,7 +117,7 @@ class Coordinator:
                 f"{WRITE_NO_QUORUM}: {key!r} may or may not have been written "
                 f"({len(self.peers.usable_peers()) + 1} of {self.cluster_size} nodes reachable)"
             )
-        return version
+        return Written(version, _is_absent(newest))
 
     def _local_tag(self, key: str) -> Copy:
         entry = self.storage.latest(key)
@@ -146,7 +158,7 @@ class Coordinator:
         behind = [source for source, copy in answers if copy.version < newest.version]
         if behind:
             await self._write_back(key, newest, behind, deadline)
-        if newest.version == NO_VERSION or newest.deleted:
+        if _is_absent(newest):
             raise KeyNotFoundError(f"key {key!r} not found")
         return newest.value, newest.version
 

@@ -133,11 +133,11 @@ class Node:
     def _put(self, request: Put, session: Session) -> asyncio.Future:
         packed = self._pack_value(request.value)
         written = self.coordinator.start_write(request.key, request.value, packed)
-        return then(written, lambda version: PutReply(request.id, version))
+        return then(written, lambda result: PutReply(request.id, result.version, result.created))
 
     def _delete(self, request: Delete, session: Session) -> asyncio.Future:
         written = self.coordinator.start_write(request.key, None, None, must_exist=True)
-        return then(written, lambda version: DeleteReply(request.id, version))
+        return then(written, lambda result: DeleteReply(request.id, result.version))
 
     # --- peer-only requests ----------------------------------------------------------------
 
