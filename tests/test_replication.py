@@ -271,3 +271,33 @@ def test_the_coordinator_acknowledges_only_what_it_holds_itself(cluster):
             if _local_read(client, f"own-{i}") is not None:
                 stale.append(-i)
     assert stale == []
+
+
+def test_concurrent_writes_of_one_key_through_one_node_get_distinct_versions_and_converge(cluster):
+    """Two writes of a key in flight on one coordinator must not take the same tag: replicas
+    holding different values under equal tags would never be reconciled."""
+    import asyncio
+
+    from kvwire import AsyncClient
+
+    async def write_all() -> list:
+        async with AsyncClient([cluster["n1"].address], timeout=10) as client:
+            return await asyncio.gather(*(client.put_with_result("hot", f"value-{n}") for n in range(200)))
+
+    results = asyncio.run(write_all())
+    versions = [result.version for result in results]
+    assert len(set(versions)) == len(versions), "two acknowledged writes share a version tag"
+    newest = max(versions)
+    with client_for(cluster, "n1") as client:
+        assert client.get_with_version("hot").version == newest
+    expected = (f"value-{versions.index(newest)}", newest)
+
+    def converged() -> bool:
+        for node_id in NODE_IDS:
+            with client_for(cluster, node_id) as client:
+                if tuple(client.get_with_version("hot", consistency="one")) != expected:
+                    return False
+        return True
+
+    wait_for(converged, timeout=5, what="every node holding the newest write")
+    assert [result.created for result in results].count(True) == 1

@@ -96,7 +96,12 @@ class Coordinator:
         loop = self._loop
         deadline = loop.time() + self.config.write_timeout
         answers = await self._ask_majority(Lookup, key, deadline, self._local_tag(key), what="write")
-        newest = max((copy for _, copy in answers), key=lambda copy: copy.version)
+        # The local tag again, read now: a write of this key that this node
+        # started while the round was out is pending here, and the new tag must
+        # pass it too. Two writes in flight on one coordinator would otherwise
+        # take the same tag, and replicas holding different values under one
+        # tag are never reconciled. No await from here to storage.write.
+        newest = max((copy for _, copy in (*answers, (None, self._local_tag(key)))), key=lambda copy: copy.version)
         if must_exist and _is_absent(newest):
             raise KeyNotFoundError(f"key {key!r} not found")
         version = Version(newest.version.counter + 1, self.config.node_id)
