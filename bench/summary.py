@@ -120,6 +120,33 @@ def _side_by_side(rows: list[Row]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+# (kvwire's scenario, setup, workload) beside (etcd's workload): the same kind of request on 3 replicas.
+_ETCD_PAIRS = (
+    ((2, "3 nodes, direct", "put"), "put", "quorum PUT (binary protocol)"),
+    ((2, "3 nodes, direct", "get"), "range", "quorum GET (binary protocol)"),
+    ((4, "bridge + 3 nodes", "put"), "put", "REST PUT through the bridge"),
+    ((4, "bridge + 3 nodes", "get"), "range", "REST GET through the bridge"),
+)
+
+
+def _beside_etcd(rows: list[Row]) -> list[str]:
+    """kvwire's 3 nodes beside 3-member etcd, as throughput and server-CPU ratios from this run."""
+    lines = ["| kvwire, 3 nodes | ops/s | etcd (gateway) | ops/s | ratio | p99 ms kvwire / etcd | "
+             "CPU µs/op kvwire / etcd | ratio |", "|---|---|---|---|---|---|---|---|"]
+    for (scenario, setup, workload), etcd_op, label in _ETCD_PAIRS:
+        kv = _find(rows, scenario, workload, setup=setup)
+        etcd = _find(rows, 6, etcd_op, setup="etcd, 3 members (gateway)")
+        if kv is None or etcd is None:
+            continue
+        lines.append(
+            f"| {label} | {_num(kv['ops_per_s'])} | {etcd_op} | {_num(etcd['ops_per_s'])} "
+            f"| {_num(_ratio(kv['ops_per_s'], etcd['ops_per_s']), 2)} | {_num(_p99(kv), 1)} / {_num(_p99(etcd), 1)} "
+            f"| {_num(kv['server_cpu_us_per_op'])} / {_num(etcd['server_cpu_us_per_op'])} "
+            f"| {_num(_ratio(kv['server_cpu_us_per_op'], etcd['server_cpu_us_per_op']), 2)} |"
+        )
+    return lines if len(lines) > 2 else []
+
+
 def _rows_table(rows: list[Row]) -> list[str]:
     lines = ["| # | Setup | Workload | conns × pipeline | ops/s | errors | p50 | p90 | p99 | p99.9 | max (ms) | server CPU µs/op |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -172,6 +199,9 @@ def render(report: dict[str, Any]) -> str:
     side = _side_by_side(report["rows"])
     if side:
         lines += ["", "## kvwire (one node) beside redis-server", "", *side]
+    etcd = _beside_etcd(report["rows"])
+    if etcd:
+        lines += ["", "## kvwire (3 nodes) beside etcd (3 members)", "", *etcd]
     if report.get("failover"):
         lines += ["", "## Failover timeline", "", "![failover timeline](failover.png)", "",
                   *_failover_table(report["failover"])]

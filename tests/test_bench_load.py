@@ -120,3 +120,11 @@ def test_a_refused_endpoint_exits_1_without_a_traceback():
     result = bench("--endpoints", "127.0.0.1:1", "--mix", "put", "--duration", "1", timeout=15)
     assert result.returncode == 1
     assert "Connection refused" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_progress_bar_shows_live_throughput_on_stderr(node):
+    result = bench("--endpoints", node.address, "--mix", "put", "--connections", "2", "--duration", "1.5",
+                   "--warmup", "0", "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "ops/s" in result.stderr and "[#" in result.stderr
+    assert "throughput" in result.stdout  # the table, on stdout, after the bar is cleared

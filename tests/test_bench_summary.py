@@ -56,3 +56,10 @@ def test_the_summary_shows_the_machine_the_plot_and_kvwire_beside_redis():
     assert "![failover timeline](failover.png)" in text
     assert "| GET | 50 × 1 | 95,000 | 100,000 | 0.95 |" in text
     assert "| client | 1,000/s | 20,000 | 0 | 300 ms |" in text
+
+
+def test_the_summary_puts_three_kvwire_nodes_beside_three_etcd_members():
+    text = render(report(ROWS))
+    assert "| quorum PUT (binary protocol) | 12,000 | put | 5,000 | 2.40 | 30.0 / 20.0 | 200 / 200 | 1.00 |" in text
+    assert "| REST PUT through the bridge | 4,000 | put | 5,000 | 0.80 | 40.0 / 20.0 | 300 / 200 | 1.50 |" in text
+    assert "quorum GET" not in text  # no such run in this report: no row rather than a made-up one
