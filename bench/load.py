@@ -3,7 +3,7 @@
     kvwire bench --endpoints 127.0.0.1:7379 --mix get=90,put=10 --connections 50 --duration 10
 
 Each worker process runs one uvloop loop holding its share of the connections
-(``bench.load_connection``); each connection keeps up to ``--pipeline``
+(``bench.load_worker``, ``bench.load_connection``); each connection keeps up to ``--pipeline``
 requests in flight. Without ``--rate`` the loop is closed: a reply lets the
 next request go. With ``--rate`` requests start on a fixed schedule and their
 latency counts from when they were due (``bench.recorder``). This module checks
@@ -29,13 +29,9 @@ from typing import Any
 import uvloop
 
 from bench.cpu import machine_busy_seconds, server_cpu_seconds
-from bench.load_connection import (
-    DRAIN_TIMEOUT_S,
-    READY_TIMEOUT_S,
-    Tables,
-    preload,
-    worker_main,
-)
+from bench.load_connection import Tables
+from bench.load_worker import DRAIN_TIMEOUT_S, READY_TIMEOUT_S, worker_main
+from bench.preload import preload
 from bench.recorder import LatencyRecorder
 from bench.workload import DISTRIBUTIONS, OPS, mix_name, parse_mix
 from kvwire.protocol import Consistency, parse_host_port

@@ -1,4 +1,4 @@
-"""The load side of one ``bench.load`` worker process: its connections and how it drives them.
+"""One load connection of ``kvwire bench``: what it sends, how it reads the replies, what it counts.
 
 Replies are matched by reading the id at its fixed offset after the op the node
 writes (``bench.workload.reply_prefixes``); anything else, ERROR replies
@@ -6,31 +6,27 @@ included, goes through the real decoder, so errors are counted exactly.
 NOT_FOUND is an answer, not a failure: a GET or DELETE of a key that a mix
 deleted gets it, and it is counted apart as ``not_found``.
 
-Closed loop: each connection sends a new request as soon as one is answered,
-keeping ``--pipeline`` in flight. Open loop (``--rate``): each connection has a
-``Schedule`` and a 1 ms tick sends what is due, at most ``--pipeline`` in
-flight; latency counts from the scheduled start (``bench.recorder``).
+Closed loop: a connection sends a new request as soon as one is answered,
+keeping ``--pipeline`` in flight. Open loop (``--rate``): it has a ``Schedule``
+and its worker's 1 ms tick calls ``pump``, which sends what is due, at most
+``--pipeline`` in flight; latency counts from the scheduled start
+(``bench.recorder``). ``bench.load_worker`` drives the connections of one
+worker process; ``bench.preload`` fills the keys before a run that reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
-
-import uvloop
+from typing import TYPE_CHECKING
 
 from bench.recorder import HIGHEST_US, LatencyRecorder, Schedule
 from bench.workload import (
     OPS,
     encode_requests,
-    key_sequence,
-    op_sequence,
     reply_prefixes,
 )
 from kvwire.protocol import (
@@ -54,12 +50,6 @@ if TYPE_CHECKING:  # a runtime import would load bench.load a second time under 
 _UINT32 = struct.Struct(">I").unpack_from
 _HELLO_ID = 2**32  # no key index takes it
 _CONNECT_TIMEOUT_S = 5.0
-_RECONNECT_DELAY_S = 0.05
-_TICK_S = 0.001
-_PROGRESS_EVERY_S = 0.2
-# Replies still out this long after the window closes are reported as unanswered.
-DRAIN_TIMEOUT_S = 2.0
-READY_TIMEOUT_S = 30.0
 
 
 class Tables:
@@ -74,7 +64,7 @@ class Tables:
         self.prefix_length = len(next(iter(self.prefixes)))
 
 
-class _Run:
+class WorkerTally:
     """What one worker counts, shared by its connections."""
 
     def __init__(self, settings: Settings, budget: int) -> None:
@@ -101,7 +91,7 @@ class _Run:
 
 
 class LoadProtocol(asyncio.Protocol):
-    def __init__(self, run: _Run, tables: Tables, keys: list[int], ops: list[int], position: int,
+    def __init__(self, run: WorkerTally, tables: Tables, keys: list[int], ops: list[int], position: int,
                  schedule: Schedule | None = None) -> None:
         self.run, self.tables, self.pipeline = run, tables, run.settings.pipeline
         self.keys, self.ops = keys, ops  # sequences of equal power-of-two length
@@ -252,34 +242,7 @@ class LoadProtocol(asyncio.Protocol):
                 self.run.reconnect(self)
 
 
-class _PreloadProtocol(LoadProtocol):
-    """PUTs keys from a shared iterator; ``done`` resolves once it has nothing left to send or await."""
-
-    def __init__(self, run: _Run, tables: Tables, todo: Any) -> None:
-        super().__init__(run, tables, [0], [OPS.index("put")], 0)
-        self.pipeline = 32
-        self.todo = todo
-        self.done = asyncio.get_running_loop().create_future()
-
-    def send_next(self, count: int, now: float) -> None:
-        chunks = []
-        for key in self.todo:
-            self.inflight[key] = (now, OPS.index("put"))
-            chunks.append(self.tables.frames[OPS.index("put")][key])
-            if len(chunks) == count:
-                break
-        if chunks:
-            self.transport.write(b"".join(chunks))
-        elif not self.inflight and not self.done.done():
-            self.done.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"connection lost during the preload ({exc})"))
-
-
-async def _connect_one(settings: Settings, number: int, make: Callable[[], LoadProtocol]) -> LoadProtocol:
+async def connect_one(settings: Settings, number: int, make: Callable[[], LoadProtocol]) -> LoadProtocol:
     """Connection ``number``, round-robin over the endpoints, past its HELLO."""
     loop = asyncio.get_running_loop()
     host, port = parse_host_port(settings.endpoints[number % len(settings.endpoints)])
@@ -288,7 +251,7 @@ async def _connect_one(settings: Settings, number: int, make: Callable[[], LoadP
     return protocol
 
 
-def _close(protocols: list[LoadProtocol]) -> int:
+def close_all(protocols: list[LoadProtocol]) -> int:
     """Close every connection; the number of requests left unanswered."""
     for protocol in protocols:
         protocol.closing = True
@@ -296,147 +259,3 @@ def _close(protocols: list[LoadProtocol]) -> int:
     return sum(len(protocol.inflight) for protocol in protocols)
 
 
-async def preload(settings: Settings, value: bytes) -> float:
-    """PUT every key once, so that GETs find them; the seconds it took. Raises on any error."""
-    put_settings = replace(settings, mix={"put": 1})
-    run = _Run(put_settings, budget=settings.keys)
-    run.sending = run.recording = True
-    tables, todo, started = Tables(put_settings, value), iter(range(settings.keys)), time.monotonic()
-    protocols = await asyncio.gather(*(
-        _connect_one(settings, n, lambda: _PreloadProtocol(run, tables, todo))
-        for n in range(min(settings.connections, 16))
-    ))
-    try:
-        for protocol in protocols:
-            protocol.start()
-        # 1k PUTs/s is far below what a healthy node commits even with fsync on.
-        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 30 + settings.keys / 1000)
-    finally:
-        _close(protocols)
-    if run.errors:
-        raise RuntimeError(f"preload: {run.errors} PUTs failed: {run.error_codes}")
-    return time.monotonic() - started
-
-
-# --- one worker process ----------------------------------------------------------------
-
-
-async def _drive(settings: Settings, index: int, connections: int, pipe: Any, tables: Tables, progress: Any) -> dict:
-    loop = asyncio.get_running_loop()
-    run = _Run(settings, budget=settings.max_requests // settings.workers)
-    rng = random.Random(index)
-    keys, ops = key_sequence(settings.keys, settings.distribution, rng), op_sequence(settings.mix, rng)
-    first = index * connections  # this worker's connections are numbered from here, over all workers
-    # Each connection of an open loop sends its share of --rate, evenly spread.
-    lane_rate = settings.rate / settings.connections if settings.rate else None
-
-    def make(position: int, schedule: Schedule | None) -> Callable[[], LoadProtocol]:
-        return lambda: LoadProtocol(run, tables, keys, ops, position, schedule)
-
-    protocols = list(await asyncio.gather(*(
-        _connect_one(settings, first + n, make(rng.randrange(len(keys)), None)) for n in range(connections)
-    )))
-    numbers = {id(protocol): first + n for n, protocol in enumerate(protocols)}
-
-    async def reconnect(lost: LoadProtocol) -> None:
-        number = numbers.pop(id(lost))
-        while run.sending:
-            await asyncio.sleep(_RECONNECT_DELAY_S)
-            try:
-                fresh = await _connect_one(settings, number, make(lost.position, lost.schedule))
-            except (TimeoutError, OSError):
-                run.error("connect failed")
-                continue
-            numbers[id(fresh)] = number
-            protocols[protocols.index(lost)] = fresh
-            if run.sending:
-                fresh.start()
-            return
-
-    run.reconnect = lambda lost: loop.create_task(reconnect(lost)) if id(lost) in numbers else None
-    pipe.send(("ready", None))
-    if not await loop.run_in_executor(None, pipe.poll, READY_TIMEOUT_S):
-        raise TimeoutError("no start signal from the parent process")
-    _, t0 = pipe.recv()
-    finished, cpu = loop.create_future(), []
-
-    def at(when: float, callback: Callable[[], None]) -> None:
-        loop.call_later(max(0.0, when - time.monotonic()), callback)
-
-    def mark() -> None:
-        run.window.append(time.monotonic())
-        cpu.append(time.process_time())
-
-    def tick() -> None:
-        if run.sending:
-            now = time.perf_counter()
-            for protocol in protocols:
-                if not protocol.transport.is_closing():
-                    protocol.pump(now)
-            loop.call_later(_TICK_S, tick)
-
-    def report_progress() -> None:
-        progress[index] = run.completed
-        if not finished.done():
-            loop.call_later(_PROGRESS_EVERY_S, report_progress)
-
-    def start() -> None:
-        run.sending = True
-        if lane_rate:
-            start_at = time.perf_counter()
-            for protocol in protocols:  # spread so that the lanes do not send in step
-                protocol.schedule = Schedule(lane_rate, start_at + rng.random() / lane_rate)
-            tick()
-        for protocol in protocols:
-            protocol.start()
-        at(t0 + settings.warmup, begin)
-
-    def begin() -> None:
-        if not run.window:  # else the request budget ran out in the warm-up
-            run.recording = True
-            mark()
-            report_progress()
-            at(t0 + settings.warmup + settings.duration, end)
-
-    def end() -> None:
-        if run.recording or not run.window:
-            run.recording = run.sending = False
-            mark()
-            if not finished.done():
-                finished.set_result(None)
-
-    run.on_budget_exhausted = end
-    at(t0, start)
-    try:
-        await asyncio.wait_for(finished, settings.warmup + settings.duration + 10)
-        progress[index] = run.completed
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while any(p.inflight for p in protocols) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-    finally:
-        unanswered = _close(protocols)
-    measured = len(run.window) == 2
-    return {
-        "ops": sum(len(recorder) for recorder in run.recorders),
-        "window_s": run.window[1] - run.window[0] if measured else 0.0,
-        "client_cpu_s": cpu[1] - cpu[0] if measured else 0.0,
-        "histograms": {op: recorder.encode() for op, recorder in zip(OPS, run.recorders) if len(recorder)},
-        "errors": run.errors,
-        "error_codes": run.error_codes,
-        "not_found": run.not_found,
-        "unanswered": unanswered,
-        "connections_lost": run.connections_lost,
-        "budget_exhausted": run.budget_exhausted,
-    }
-
-
-def worker_main(settings: Settings, index: int, connections: int, pipe: Any, tables: Tables, progress: Any) -> None:
-    try:
-        pipe.send(("result", uvloop.run(_drive(settings, index, connections, pipe, tables, progress))))
-    except BaseException as exc:  # the parent reports it; a worker prints no traceback
-        try:
-            pipe.send(("error", f"worker {index}: {type(exc).__name__}: {exc}"))
-        except OSError:  # the parent has gone
-            pass
-    finally:
-        pipe.close()

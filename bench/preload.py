@@ -1,0 +1,65 @@
+"""The preload of ``kvwire bench``: PUT every key once before a run that reads or deletes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
+from bench.workload import OPS
+
+if TYPE_CHECKING:
+    from bench.load import Settings
+
+_PUT = OPS.index("put")
+
+
+class _PreloadProtocol(LoadProtocol):
+    """PUTs keys from a shared iterator; ``done`` resolves once it has nothing left to send or await."""
+
+    def __init__(self, run: WorkerTally, tables: Tables, todo: Any) -> None:
+        super().__init__(run, tables, [0], [_PUT], 0)
+        self.pipeline = 32
+        self.todo = todo
+        self.done = asyncio.get_running_loop().create_future()
+
+    def send_next(self, count: int, now: float) -> None:
+        chunks = []
+        for key in self.todo:
+            self.inflight[key] = (now, _PUT)
+            chunks.append(self.tables.frames[_PUT][key])
+            if len(chunks) == count:
+                break
+        if chunks:
+            self.transport.write(b"".join(chunks))
+        elif not self.inflight and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"connection lost during the preload ({exc})"))
+
+
+async def preload(settings: Settings, value: bytes) -> float:
+    """PUT every key once, so that GETs find them; the seconds it took. Raises on any error."""
+    put_settings = replace(settings, mix={"put": 1})
+    run = WorkerTally(put_settings, budget=settings.keys)
+    run.sending = run.recording = True
+    tables, todo, started = Tables(put_settings, value), iter(range(settings.keys)), time.monotonic()
+    protocols = await asyncio.gather(*(
+        connect_one(settings, n, lambda: _PreloadProtocol(run, tables, todo))
+        for n in range(min(settings.connections, 16))
+    ))
+    try:
+        for protocol in protocols:
+            protocol.start()
+        # 1k PUTs/s is far below what a healthy node commits even with fsync on.
+        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 30 + settings.keys / 1000)
+    finally:
+        close_all(protocols)
+    if run.errors:
+        raise RuntimeError(f"preload: {run.errors} PUTs failed: {run.error_codes}")
+    return time.monotonic() - started
