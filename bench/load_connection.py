@@ -74,7 +74,9 @@ class WorkerTally:
         self.window: list[float] = []  # measured window's start and end, time.monotonic()
         self.recorders = [LatencyRecorder() for _ in OPS]
         self.completed = 0  # answered in the window, for the progress bar
-        self.errors = self.not_found = self.connections_lost = 0
+        self.errors = self.not_found = self.connections_lost = self.connect_failures = 0
+        self.off_fast_path = 0  # successes whose reply the fast path did not recognise: should stay 0
+        self.late_unsent = 0  # open loop: requests due by the window's end but never sent
         self.error_codes: dict[str, int] = {}
         self.on_budget_exhausted: Callable[[], None] = lambda: None
         self.reconnect: Callable[[LoadProtocol], None] = lambda protocol: None
@@ -126,8 +128,9 @@ class LoadProtocol(asyncio.Protocol):
         if run.budget < count:
             count = run.budget
             if count <= 0:
-                run.budget_exhausted = True
-                run.on_budget_exhausted()
+                if not run.budget_exhausted:
+                    run.budget_exhausted = True
+                    run.on_budget_exhausted()
                 return
         run.budget -= count
         frames, inflight, keys, ops, schedule = self.tables.frames, self.inflight, self.keys, self.ops, self.schedule
@@ -220,6 +223,7 @@ class LoadProtocol(asyncio.Protocol):
             except ValueError:  # a code this client does not know yet
                 self.run.error(f"code {reply.code}")
         elif isinstance(reply, (GetReply, PutReply, DeleteReply)):  # a success written in another layout
+            self.run.off_fast_path += 1
             self.run.answered(sent[1], sent[0], now)
         else:
             self.run.error(f"unexpected {type(reply).__name__}")

@@ -13,14 +13,14 @@ import uvloop
 
 from bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
 from bench.recorder import Schedule
-from bench.workload import OPS, key_sequence, op_sequence
+from bench.workload import OPS, key_sequence, op_sequence, sequence_length
 
 if TYPE_CHECKING:
     from bench.load import Settings
 
 _RECONNECT_DELAY_S = 0.05
 _TICK_S = 0.001
-_PROGRESS_EVERY_S = 0.2
+_PROGRESS_EVERY_S = 0.05
 # Replies still out this long after the window closes are reported as unanswered.
 DRAIN_TIMEOUT_S = 2.0
 READY_TIMEOUT_S = 30.0
@@ -28,9 +28,11 @@ READY_TIMEOUT_S = 30.0
 
 async def _drive(settings: Settings, index: int, connections: int, pipe: Any, tables: Tables, progress: Any) -> dict:
     loop = asyncio.get_running_loop()
-    run = WorkerTally(settings, budget=settings.max_requests // settings.workers)
+    budget = settings.max_requests // settings.workers + (index < settings.max_requests % settings.workers)
+    run = WorkerTally(settings, budget=budget)
     rng = random.Random(index)
-    keys, ops = key_sequence(settings.keys, settings.distribution, rng), op_sequence(settings.mix, rng)
+    length = sequence_length(settings.keys)
+    keys, ops = key_sequence(settings.keys, settings.distribution, rng, length), op_sequence(settings.mix, rng, length)
     first = index * connections  # this worker's connections are numbered from here, over all workers
     # Each connection of an open loop sends its share of --rate, evenly spread.
     lane_rate = settings.rate / settings.connections if settings.rate else None
@@ -50,7 +52,8 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
             try:
                 fresh = await connect_one(settings, number, make(lost.position, lost.schedule))
             except (TimeoutError, OSError):
-                run.error("connect failed")
+                if run.recording:
+                    run.connect_failures += 1
                 continue
             numbers[id(fresh)] = number
             protocols[protocols.index(lost)] = fresh
@@ -105,12 +108,23 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
 
     def end() -> None:
         if run.recording or not run.window:
+            if run.recording and lane_rate:  # due by now and never sent: the open loop fell behind
+                now = time.perf_counter()
+                run.late_unsent = sum(p.schedule.due(now) for p in protocols if p.schedule is not None)
             run.recording = run.sending = False
             mark()
             if not finished.done():
                 finished.set_result(None)
 
-    run.on_budget_exhausted = end
+    async def end_when_answered() -> None:
+        """--requests is spent: send no more, but count every reply still coming."""
+        run.sending = False
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while any(p.inflight for p in protocols) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        end()
+
+    run.on_budget_exhausted = lambda: loop.create_task(end_when_answered())
     at(t0, start)
     try:
         await asyncio.wait_for(finished, settings.warmup + settings.duration + 10)
@@ -131,6 +145,9 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
         "not_found": run.not_found,
         "unanswered": unanswered,
         "connections_lost": run.connections_lost,
+        "connect_failures": run.connect_failures,
+        "off_fast_path": run.off_fast_path,
+        "late_unsent": run.late_unsent,
         "budget_exhausted": run.budget_exhausted,
     }
 

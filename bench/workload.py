@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+from array import array
 
 from kvwire.protocol import (
     Consistency,
@@ -25,11 +26,17 @@ from kvwire.protocol import (
 
 OPS = ("get", "put", "delete")
 DISTRIBUTIONS = ("uniform", "zipfian")
-# YCSB's constant: the hottest 1 % of 10,000 keys take about 40 % of the requests.
+# YCSB's constant: the hottest 1 % of 10,000 keys take about half of the requests.
 ZIPF_THETA = 0.99
-# Each worker draws this many (op, key) pairs up front and cycles through them:
-# random enough, and free of per-request random calls.
-SEQUENCE_LENGTH = 1 << 16
+# Each worker draws (op, key) pairs up front and cycles through them: random
+# enough, and free of per-request random calls. At least twice --keys, so that
+# every key can come up; a power of two, so that a mask wraps the position.
+MIN_SEQUENCE_LENGTH = 1 << 16
+MAX_KEYS = 1_000_000
+
+
+def sequence_length(keys: int) -> int:
+    return max(MIN_SEQUENCE_LENGTH, 1 << (2 * keys - 1).bit_length())
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -79,7 +86,7 @@ def encode_requests(op: str, keys: int, value: bytes, consistency: str | None = 
 def reply_prefixes() -> frozenset[bytes]:
     """The bytes each successful reply's payload starts with, up to its id, as the codec writes them."""
     prefixes = set()
-    for reply in (GetReply(0, None, Version(1, "n")), PutReply(0, Version(1, "n")), DeleteReply(0, Version(1, "n"))):
+    for reply in (GetReply(0, None, Version(1, "n")), PutReply(0, Version(1, "n"), True), DeleteReply(0, Version(1, "n"))):
         payload = encode(reply)[4:]
         prefix = payload[: payload.find(b"\xa2id") + 3]
         if payload[len(prefix)] != 0:  # the id, 0, as a positive fixint
@@ -90,19 +97,19 @@ def reply_prefixes() -> frozenset[bytes]:
     return frozenset(prefixes)
 
 
-def key_sequence(keys: int, distribution: str, rng: random.Random, length: int = SEQUENCE_LENGTH) -> list[int]:
+def key_sequence(keys: int, distribution: str, rng: random.Random, length: int) -> array:
     """Key indices drawn uniformly or from a scrambled zipfian distribution, as YCSB does."""
     if distribution == "uniform":
-        return [rng.randrange(keys) for _ in range(length)]
+        return array("i", [rng.randrange(keys) for _ in range(length)])
     cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** ZIPF_THETA for rank in range(keys)))
     total = cumulative[-1]
     # Scrambled so that the hot keys are spread over the key space, not its first indices.
     scramble = list(range(keys))
     random.Random(0x5EED).shuffle(scramble)
-    return [scramble[min(keys - 1, bisect.bisect_left(cumulative, rng.random() * total))] for _ in range(length)]
+    return array("i", [scramble[min(keys - 1, bisect.bisect_left(cumulative, rng.random() * total))] for _ in range(length)])
 
 
-def op_sequence(mix: dict[str, int], rng: random.Random, length: int = SEQUENCE_LENGTH) -> list[int]:
+def op_sequence(mix: dict[str, int], rng: random.Random, length: int) -> array:
     """Op indices (into ``OPS``) in the proportions of ``mix``."""
     ops, weights = [OPS.index(op) for op in mix], list(mix.values())
-    return rng.choices(ops, weights, k=length)
+    return array("b", rng.choices(ops, weights, k=length))

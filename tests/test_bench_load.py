@@ -39,6 +39,7 @@ def test_smoke_two_seconds_against_one_node(node):
     assert report["ops_per_s"] == pytest.approx(report["ops"] / 2, rel=0.2)
     assert report["errors"] == 0 and report["error_codes"] == {} and report["not_found"] == 0
     assert report["unanswered"] == 0 and report["connections_lost"] == 0
+    assert report["off_fast_path"] == 0  # every reply was matched the fast way: the layout is still known
     assert_sane_latency(report["latency_ms"])
     assert list(report["latency_ms_by_op"]) == ["get"]
     assert 0 < report["server_cpu_us_per_op"] < 10_000
@@ -65,7 +66,7 @@ def test_open_loop_sends_at_the_rate_asked_and_keeps_the_result_file(node, tmp_p
     )
     assert report["mode"] == "open loop" and report["rate"] == 400
     assert report["ops"] == pytest.approx(800, rel=0.1)
-    assert report["errors"] == 0
+    assert report["errors"] == 0 and report["late_unsent"] == 0 and report["off_fast_path"] == 0
     assert_sane_latency(report["latency_ms"])
     [saved] = (tmp_path / "results").glob("*.json")
     assert json.loads(saved.read_text())["ops"] == report["ops"]
@@ -89,9 +90,41 @@ def test_open_loop_reconnects_after_the_node_restarts_and_counts_the_outage(tmp_
     assert run.returncode == 0, err
     report = json.loads(out)
     assert report["connections_lost"] >= 1
+    # Only the requests in flight when it died failed (2 connections, 1 each);
+    # refused reconnects are counted apart, not as failed requests.
+    assert report["errors"] <= 2 and set(report["error_codes"]) <= {"connection lost"}
     # The requests due while the node was away count from when they were due.
     assert report["latency_ms"]["max"] > 50
     assert report["ops"] > 0.5 * 300 * 4
+
+
+def test_requests_caps_the_run_and_every_reply_sent_is_counted(node):
+    report = run_json(
+        "--endpoints", node.address, "--mix", "put", "--connections", "6", "--workers", "3", "--pipeline", "16",
+        "--requests", "1000", "--duration", "30", "--warmup", "0",
+    )
+    assert report["budget_exhausted"] and report["ops"] == 1000
+    assert report["unanswered"] == 0 and report["errors"] == 0
+    assert report["ops_per_s"] < 1000 / 0.01  # the window closed with the last reply, not at once
+
+
+def test_more_keys_than_one_sequence_holds_are_all_reachable(node):
+    report = run_json(
+        "--endpoints", node.address, "--mix", "put", "--keys", "200000", "--connections", "8", "--pipeline", "16",
+        "--requests", "150000", "--duration", "60", "--warmup", "0",
+    )
+    assert report["ops"] == 150_000
+    with Client([node.address], timeout=5) as client:
+        # 150,000 uniform draws from 200,000 keys hit about 105,000 of them; a
+        # generator cycling 65,536 draws could not pass 65,536.
+        assert client.health()["keys"] > 90_000
+
+
+def test_an_open_loop_that_falls_behind_says_so(node):
+    result = bench("--endpoints", node.address, "--mix", "get", "--keys", "100", "--rate", "5000000",
+                   "--connections", "2", "--duration", "1", "--warmup", "0")
+    assert result.returncode == 0, result.stderr
+    assert "the open loop fell behind" in result.stdout
 
 
 @pytest.mark.parametrize(
