@@ -37,6 +37,7 @@ from typing import Any
 import uvloop
 
 from bench.cpu import machine_busy_seconds
+from bench.output import prepare_directory
 from bench.plot import failover_table, plot_failover
 from bench.recorder import LatencyRecorder, Schedule, Timeline
 from bench.workload import key_name
@@ -348,7 +349,7 @@ _HELP = {
     "rate": "PUTs per second, open loop", "duration": "seconds of load", "kill_at": "kill -9 at this second",
     "restart_at": "restart at this second", "value_size": "value bytes", "keys": "keys, written in turn",
     "interval": "timeline bucket, seconds", "max_in_flight": "requests in flight beyond which new ones count as 'overload'",
-    "timeout": "each PUT's deadline, seconds", "sync": "the nodes' --sync: off, normal or full; None keeps theirs, full",
+    "timeout": "each PUT's deadline, seconds", "sync": "the nodes' --sync: off, normal or full (default: the nodes' own default, full)",
 }
 
 
@@ -381,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if not args.haproxy_config.is_file():
         parser.error(f"--haproxy-config {args.haproxy_config}: no such file")
+    try:
+        for option, directory in (("--out", args.out), ("--workdir", args.workdir)):
+            if directory is not None:
+                prepare_directory(directory, option)
+    except ValueError as exc:
+        parser.error(str(exc))
     results = []
     try:
         for via in VIAS if args.via == "both" else [args.via]:

@@ -33,6 +33,7 @@ from bench.cpu import machine_busy_seconds, server_cpu_seconds
 from bench.load_connection import Tables
 from bench.load_worker import DRAIN_TIMEOUT_S, READY_TIMEOUT_S, worker_main
 from bench.preload import preload
+from bench.output import prepare_directory
 from bench.recorder import LatencyRecorder
 from bench.workload import DISTRIBUTIONS, MAX_KEYS, OPS, mix_name, parse_mix
 from kvwire.protocol import Consistency, parse_host_port
@@ -368,6 +369,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.load") -> i
         for pid in settings.server_pids:
             if not os.path.exists(f"/proc/{pid}/stat"):
                 raise ValueError(f"--server-pid {pid}: no such process")
+        if args.out is not None:
+            prepare_directory(args.out, "--out")
     except ValueError as exc:
         parser.error(str(exc))
     progress = sys.stderr.isatty() if args.progress is None else args.progress

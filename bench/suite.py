@@ -27,6 +27,7 @@ from typing import Any
 from bench import peers, wrk
 from bench.failover import DEFAULT_HAPROXY_CONFIG, FailoverSettings, run_failover
 from bench.load import Settings, run_load
+from bench.output import prepare_directory
 from bench.plot import plot_failover
 from bench.summary import machine, write_summary
 from bench.workload import mix_name, parse_mix
@@ -244,15 +245,23 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m bench.suite") -> int:
     parser = _parser(prog)
     args = parser.parse_args(argv)
+    started = time.time()
     try:
-        scenarios = tuple(sorted({int(part) for part in args.scenarios.split(",") if part.strip()}))
-        settings = SuiteSettings(duration=args.duration, warmup=args.warmup, scenarios=scenarios,
-                                 failover=FailoverSettings(rate=args.failover_rate))
+        try:
+            scenarios = tuple(sorted({int(part) for part in args.scenarios.split(",") if part.strip()}))
+        except ValueError:
+            raise ValueError(f"--scenarios must be numbers from 1 to {len(SCENARIOS)} separated by commas, "
+                             f"got {args.scenarios!r}") from None
+        try:
+            failover = FailoverSettings(rate=args.failover_rate)
+        except ValueError as exc:
+            raise ValueError(f"--failover-rate: {exc}") from None
+        settings = SuiteSettings(duration=args.duration, warmup=args.warmup, scenarios=scenarios, failover=failover)
+        results_dir = prepare_directory(args.out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
+        if args.workdir is not None:
+            prepare_directory(args.workdir, "--workdir")
     except ValueError as exc:
         parser.error(str(exc))
-    started = time.time()
-    results_dir = args.out / time.strftime("%Y-%m-%d", time.localtime(started))
-    results_dir.mkdir(parents=True, exist_ok=True)
     with _workdir(args.workdir) as workdir:
         suite = Suite(settings, workdir, results_dir)
         try:

@@ -140,6 +140,14 @@ def test_an_open_loop_that_falls_behind_says_so(node):
         (["--distribution", "pareto"], "invalid choice: 'pareto'"),
         (["--consistency", "all"], "invalid choice: 'all'"),
         (["-o", "xml"], "invalid choice: 'xml'"),
+        (["--out", "/proc/nope"], "--out /proc/nope: cannot write there"),
+        (["--keys", "2000000"], "at most 1000000"),
+        # The suite's own options, checked before anything starts.
+        (["suite", "--scenarios", "a"], "--scenarios must be numbers from 1 to 6"),
+        (["suite", "--scenarios", "9"], "--scenarios must name some of 1, 2, 3, 4, 5, 6"),
+        (["suite", "--failover-rate", "0"], "--failover-rate: rate must be in (0, 50000]"),
+        (["suite", "--out", "/etc/passwd"], "--out /etc/passwd/"),
+        (["suite", "--duration", "0.5"], "--duration must be 1-120 s"),
     ],
 )
 def test_bad_options_exit_2_with_a_message_and_no_traceback(args, message):
