@@ -13,7 +13,9 @@ setup(
     install_requires=[
         "uvloop>=0.19",
         "msgpack>=1.0.5",
-        "aiosqlite>=0.20",
+        # kvwire/server/storage.py runs each group commit through aiosqlite's
+        # private Connection._execute (one thread hop); checked on 0.20-0.22.
+        "aiosqlite>=0.20,<0.23",
         "click>=8.1",
         "aiohttp>=3.9",
         "hdrhistogram>=0.10",  # kvwire bench's latency recorder

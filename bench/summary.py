@@ -185,7 +185,8 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"Measured {report['started']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
         f"Python {m['python']}. Every process (nodes, balancer, peers, load generators) shared those cores. "
-        f"{report['settings']['duration']:g} s per workload after {report['settings']['warmup']:g} s of warm-up, "
+        f"{report['settings']['duration']:g} s per workload ({report['settings']['warmup']:g} s of warm-up before "
+        "each kvwire bench run; wrk and redis-benchmark runs have none), "
         f"{report['settings']['value_size']}-byte values, {report['settings']['keys']:,} keys, uniform.",
         "",
         f"Reproduce: `{report['command']}` ({report['seconds']:.0f} s).",

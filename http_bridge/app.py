@@ -110,9 +110,10 @@ async def put_key(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     value = parse_put_body(await request.read(), config.limits)
     client = _client(request)
-    # The node says whether the key was absent, decided with the new version
-    # (PUT_REPLY's created); nodes that predate that field leave it None, and
-    # then counter 1 means no write of this key came before.
+    # The node says whether the key was absent, judged with the new version
+    # (PUT_REPLY's created; docs/protocol.md 6.4 says how exact that is); nodes
+    # that predate the field leave it None, and then counter 1 means no write
+    # of this key came before.
     version, created = await client.put_with_result(key, value, timeout=config.timeout)
     if created is None:
         created = version.counter == 1

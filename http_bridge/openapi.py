@@ -71,8 +71,9 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                     "summary": "Create or replace a key",
                     "description": (
                         "Stored once a majority of the nodes has it durably. 201 when the key held no "
-                        "value before (never written, or deleted), 200 when it replaced one: decided by "
-                        "the node with the new version, so concurrent writers cannot make it wrong. A 503 "
+                        "value before (never written, or deleted), 200 when it replaced one, as the node "
+                        "judged it with the new version: exact against writes acknowledged earlier; two "
+                        "PUTs creating a key at once through different nodes may both get 201. A 503 "
                         "with no quorum means the write may or may not have been applied."
                     ),
                     "requestBody": {

@@ -138,3 +138,38 @@ async def test_a_replay_of_a_pending_write_waits_for_its_commit(tmp_path):
         assert storage.index["k"].version == Version(1, "n1")
     finally:
         await storage.close()
+
+
+async def test_a_failed_group_commit_refuses_its_whole_batch_and_the_next_commit_works(tmp_path):
+    """SQLite itself refuses one row (a trigger, a real failure inside the transaction): every
+    write of that batch fails, none is half-applied, and storage goes on."""
+    import sqlite3
+
+    from kvwire.server.storage import StorageError
+
+    storage = await open_storage(tmp_path)
+    try:
+        assert await put(storage, "before", 1, "kept")
+        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+            db.executescript("""
+                CREATE TRIGGER poison_insert BEFORE INSERT ON kv WHEN NEW.key = 'poison'
+                BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
+            """)
+        batch = [put(storage, "k1", 1, "a"), put(storage, "poison", 1, "p"), put(storage, "k2", 1, "b")]
+        outcomes = await asyncio.gather(*batch, return_exceptions=True)
+        assert all(isinstance(outcome, StorageError) for outcome in outcomes), outcomes
+        assert "injected failure" in str(outcomes[0])
+        assert storage.latest("k1") is None and not storage.pending
+        # The same keys and versions are accepted again once the row is allowed.
+        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+            db.execute("DROP TRIGGER poison_insert")
+        assert await asyncio.gather(put(storage, "k1", 1, "a"), put(storage, "poison", 1, "p")) == [True, True]
+    finally:
+        await storage.close()
+    reopened = await open_storage(tmp_path)
+    try:
+        assert await reopened.read("before") == ("kept", Version(1, "n1"))
+        assert await reopened.read("k1") == ("a", Version(1, "n1"))
+        assert await reopened.read("k2") is None
+    finally:
+        await reopened.close()

@@ -49,8 +49,10 @@ class PutResult(NamedTuple):
     """What :meth:`AsyncClient.put_with_result` returns; unpacks as ``version, created``.
 
     ``created`` is True when the cluster held no live value for the key before
-    this write (never written, or deleted), decided atomically with the new
-    version; None from nodes that predate the field.
+    this write (never written, or deleted), judged from the majority answers
+    that gave the new version: exact against writes acknowledged before this
+    one started, while two puts creating a key at once through different nodes
+    may both say True. None from nodes that predate the field.
     """
 
     version: Version

@@ -19,9 +19,9 @@ _LISTEN_BACKLOG = 1024
 # Every request allocates short-lived containers (messages, futures), and with
 # CPython's default thresholds (700, 10, 10) the young generation is scanned
 # every few requests and full collections walk the whole in-memory index: 16
-# full passes of 13 ms average per node in a 15 s quorum-PUT run. Fewer, larger
-# young collections, and the index frozen out of the collector, gave +10%
-# PUTs/s and p99 19.5 -> 11.5 ms on 3 nodes (py-spy, 2026-11-28).
+# full passes of 13 ms average per node in a 15 s quorum-PUT run (py-spy,
+# 2026-11-28). Fewer, larger young collections, and the index frozen out of the
+# collector, remove most of that; README "Where the time goes" has the gain.
 _GC_THRESHOLDS = (50_000, 20, 100)
 
 

@@ -88,7 +88,7 @@ class Coordinator:
 
     async def write(self, key: str, value: Any, packed: bytes | None, *, must_exist: bool = False) -> Written:
         """Store ``value`` (a tombstone when ``packed`` is None) on a majority; its new tag,
-        and whether the majority's newest copy was absent, decided with the tag itself.
+        and whether the majority's newest copy (or this node's own, if newer) was absent.
 
         With ``must_exist``, raise KeyNotFoundError when the majority's newest
         copy is missing or deleted (a DELETE of nothing).
