@@ -4,7 +4,7 @@ Writes (see ../shared/GUIDE.md section 2):
 1. LOOKUP the key's version tag on a majority (this node included; answered
    from memory, no fsync);
 2. tag = (highest counter + 1, this node);
-3. store locally and REPLICATE to every peer at once;
+3. commit locally, then REPLICATE to every peer at once;
 4. acknowledge once a majority that includes this node has committed durably.
 Peers known DOWN are not waited on: they get a durable hint instead. A live
 peer that fails or is slow gets one too, delivered in the background.
@@ -106,16 +106,20 @@ class Coordinator:
             raise KeyNotFoundError(f"key {key!r} not found")
         version = Version(newest.version.counter + 1, self.config.node_id)
         local = self.storage.write(key, version, value, packed)
-        replicas = [local]
-        for peer in self.peers.links:
-            replicas.append(self._replicate(peer, key, version, value, packed is None, deadline))
-        majority = await _successes(loop, replicas, self.quorum, deadline)
-        # The majority must include this node: then a read here, even with
-        # consistency "one", sees what this node acknowledged.
-        if majority and not local.done():
-            majority = await _successes(loop, [local], 1, deadline)
-        if local.done() and local.exception() is not None:
-            raise local.exception()  # the disk refused it: say so, not "no quorum"
+        # No peer sees the tag before this node holds it durably. Otherwise a
+        # crash between the two could leave a peer with (c, self) = A while
+        # the restarted node, not knowing c, mints (c, self) again for B; B
+        # acknowledged by a majority without that peer, and a later quorum
+        # read meeting A under the same tag could return A.
+        if not await _successes(loop, [local], 1, deadline):
+            if local.done() and local.exception() is not None:
+                raise local.exception()  # the disk refused it: say so, not "no quorum"
+            majority = False
+        else:
+            replicas = [local]
+            for peer in self.peers.links:
+                replicas.append(self._replicate(peer, key, version, value, packed is None, deadline))
+            majority = await _successes(loop, replicas, self.quorum, deadline)
         if not majority:
             self.no_quorum_writes += 1
             raise NoQuorumError(
