@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bench.recorder import HIGHEST_US, LatencyRecorder, Schedule
+from bench.recorder import LatencyRecorder, Schedule
 from bench.workload import (
     OPS,
     encode_requests,
@@ -89,7 +89,7 @@ class WorkerTally:
     def answered(self, op: int, started: float, now: float) -> None:
         if self.recording:
             self.completed += 1
-            self.recorders[op].histogram.record_value(min(max(1, int((now - started) * 1e6)), HIGHEST_US))
+            self.recorders[op].record(started, now)
 
 
 class LoadProtocol(asyncio.Protocol):

@@ -216,8 +216,7 @@ def test_the_systemd_unit_runs_kvwire_serve_and_stops_it_gently():
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not available; the unit's structure is checked above")
+    assert analyze is not None, "systemd-analyze is missing: the test command installs it (apt-get install systemd)"
     # verify wants ExecStart's binary to exist: point it at this venv's kvwire.
     text = (DEPLOY / "kvwire.service").read_text()
     assert text.count("/opt/kvwire/bin/kvwire serve") == 1

@@ -101,7 +101,9 @@ class Coordinator:
         # pass it too. Two writes in flight on one coordinator would otherwise
         # take the same tag, and replicas holding different values under one
         # tag are never reconciled. No await from here to storage.write.
-        newest = max((copy for _, copy in (*answers, (None, self._local_tag(key)))), key=lambda copy: copy.version)
+        copies = [copy for _, copy in answers]
+        copies.append(self._local_tag(key))
+        newest = max(copies, key=lambda copy: copy.version)
         if must_exist and _is_absent(newest):
             raise KeyNotFoundError(f"key {key!r} not found")
         version = Version(newest.version.counter + 1, self.config.node_id)
