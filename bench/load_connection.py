@@ -76,7 +76,7 @@ class WorkerTally:
         self.completed = 0  # answered in the window, for the progress bar
         self.errors = self.not_found = self.connections_lost = self.connect_failures = 0
         self.off_fast_path = 0  # successes whose reply the fast path did not recognise: should stay 0
-        self.late_unsent = 0  # open loop: requests due by the window's end but never sent
+        self.late_unsent = 0  # open loop: requests long due by the window's end but never sent
         self.error_codes: dict[str, int] = {}
         self.on_budget_exhausted: Callable[[], None] = lambda: None
         self.reconnect: Callable[[LoadProtocol], None] = lambda protocol: None

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 _RECONNECT_DELAY_S = 0.05
 _TICK_S = 0.001
+# A request due in the last moments of the window may still be waiting, rightly,
+# behind one in flight on its connection (--pipeline); only those due longer
+# ago than this show that the open loop fell behind its --rate.
+_LATE_AFTER_S = 0.1
 _PROGRESS_EVERY_S = 0.05
 # Replies still out this long after the window closes are reported as unanswered.
 DRAIN_TIMEOUT_S = 2.0
@@ -108,9 +112,9 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
 
     def end() -> None:
         if run.recording or not run.window:
-            if run.recording and lane_rate:  # due by now and never sent: the open loop fell behind
-                now = time.perf_counter()
-                run.late_unsent = sum(p.schedule.due(now) for p in protocols if p.schedule is not None)
+            if run.recording and lane_rate:  # long due and never sent: the open loop fell behind
+                late = time.perf_counter() - _LATE_AFTER_S
+                run.late_unsent = sum(p.schedule.due(late) for p in protocols if p.schedule is not None)
             run.recording = run.sending = False
             mark()
             if not finished.done():
