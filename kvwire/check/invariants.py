@@ -1,0 +1,103 @@
+"""Checks beyond linearizability: version tags are unique, and replicas converge.
+
+A tag ``(counter, node)`` names exactly one write (README, "Version tags"): a
+replica keeps whichever version has the higher tag, so two different values
+under one tag would let replicas keep different values forever, each sure it
+holds the newest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from .history import Operation, OpKind, Outcome
+
+Version = tuple[int, str]
+ReplicaEntry = tuple[Version, bool, Any]  # (version, deleted, value)
+
+
+def check_tags(operations: Iterable[Operation]) -> list[str]:
+    """Every problem with version tags, one sentence each.
+
+    A (key, tag) seen by a PUT ok or a GET ok must always come with the same
+    value, and a DELETE ok's tag (a tombstone's) must never come with a value.
+    """
+    first_value: dict[tuple[str, Version], Operation] = {}
+    tombstones: dict[tuple[str, Version], Operation] = {}
+    problems = []
+    for op in operations:
+        if op.version is None or op.outcome is not Outcome.OK:
+            continue
+        tag = (op.key, op.version)
+        if op.kind is OpKind.DELETE:
+            tombstones.setdefault(tag, op)
+            continue
+        earlier = first_value.setdefault(tag, op)
+        if earlier is not op and not earlier.value == op.value:
+            problems.append(
+                f"key {op.key!r} tag {_tag(op.version)} carried two values: {earlier.describe()} and {op.describe()}"
+            )
+    for tag, delete in tombstones.items():
+        if tag in first_value:
+            problems.append(
+                f"key {delete.key!r} tag {_tag(tag[1])} is both a tombstone and a value: "
+                f"{delete.describe()} and {first_value[tag].describe()}"
+            )
+    return problems
+
+
+def check_converged(states: Mapping[str, Mapping[str, ReplicaEntry]]) -> list[str]:
+    """Every key on which the replicas disagree, one sentence each.
+
+    ``states`` maps node id -> key -> (version, deleted, value). A key one node
+    lacks and another holds is a disagreement. A tombstone's value is ignored:
+    only its tag and the fact of deletion are replicated state.
+    """
+    normalised = {node: {key: _normalise(node, key, entry) for key, entry in held.items()} for node, held in states.items()}
+    keys: dict[str, None] = {}
+    for held in normalised.values():
+        keys.update(dict.fromkeys(held))
+    problems = []
+    for key in keys:
+        groups: list[tuple[ReplicaEntry | None, list[str]]] = []  # distinct entries, with the nodes holding each
+        for node, held in normalised.items():
+            entry = held.get(key)
+            for known, nodes in groups:
+                if _same_entry(known, entry):
+                    nodes.append(node)
+                    break
+            else:
+                groups.append((entry, [node]))
+        if len(groups) > 1:
+            shown = "; ".join(f"{', '.join(nodes)}: {_describe_entry(entry)}" for entry, nodes in groups)
+            problems.append(f"replicas disagree on key {key!r}: {shown}")
+    return problems
+
+
+def _normalise(node: str, key: str, entry: Any) -> ReplicaEntry:
+    # States often come from JSON, where the tag is a two-element list.
+    try:
+        version, deleted, value = entry
+        counter, tag_node = version
+        return (int(counter), str(tag_node)), bool(deleted), value
+    except (TypeError, ValueError):
+        raise ValueError(f"node {node!r} key {key!r}: expected (version, deleted, value), got {entry!r}") from None
+
+
+def _same_entry(a: ReplicaEntry | None, b: ReplicaEntry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a[0] != b[0] or a[1] != b[1]:
+        return False
+    return a[1] or a[2] == b[2]
+
+
+def _tag(version: Version) -> str:
+    return f"({version[0]}, {version[1]!r})"
+
+
+def _describe_entry(entry: ReplicaEntry | None) -> str:
+    if entry is None:
+        return "no entry"
+    version, deleted, value = entry
+    return f"tombstone at tag {_tag(version)}" if deleted else f"{value!r} at tag {_tag(version)}"

@@ -1,0 +1,114 @@
+"""``python -m kvwire.check``: exit 0 ok, 1 violation, 2 bad usage or input, 3 undecided."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kvwire.check import Operation, dump_jsonl, load_jsonl
+from kvwire.check.__main__ import main
+
+
+def op(index, kind, start, end, outcome, value=None, version=None):
+    return Operation(index, kind, "k", start, end, outcome, value, version, "n1", index)
+
+
+LINEARIZABLE = [op(0, "put", 0, 1, "ok", "a", (1, "n1")), op(1, "get", 2, 3, "ok", "a", (1, "n1"))]
+STALE_READ = [op(0, "put", 0, 1, "ok", "a"), op(1, "put", 2, 3, "ok", "b"), op(2, "get", 4, 5, "ok", "a")]
+HARD = [op(n, "put", 0, 100, "ok", n) for n in range(30)] + [op(30, "get", 101, 102, "ok", 0), op(31, "get", 103, 104, "ok", 1)]
+
+
+def write_history(tmp_path, operations, name="history.jsonl"):
+    path = tmp_path / name
+    path.write_text(dump_jsonl(operations))
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dump_and_load_round_trip():
+    assert load_jsonl(dump_jsonl(STALE_READ + [op(3, "delete", 6, None, "unknown")])) == STALE_READ + [op(3, "delete", 6, None, "unknown")]
+
+
+def test_linearizable_history_exits_0(tmp_path, capsys):
+    code, out, err = run(capsys, write_history(tmp_path, LINEARIZABLE))
+    assert (code, err) == (0, "") and out.startswith("verdict: ok")
+
+
+def test_violation_exits_1_with_the_report(tmp_path, capsys):
+    code, out, _ = run(capsys, write_history(tmp_path, STALE_READ))
+    assert code == 1
+    assert "verdict: violation" in out and "problem: key 'k' is not linearizable" in out and "#2 client 2" in out
+
+
+def test_replica_disagreement_exits_1(tmp_path, capsys):
+    states = tmp_path / "states.json"
+    states.write_text(json.dumps({"n1": {"k": [[1, "n1"], False, "a"]}, "n2": {}}))
+    code, out, _ = run(capsys, write_history(tmp_path, LINEARIZABLE), "--states", str(states))
+    assert code == 1 and "replicas disagree on key 'k'" in out
+
+
+def test_exhausted_budget_exits_3(tmp_path, capsys):
+    code, out, _ = run(capsys, write_history(tmp_path, HARD), "--max-steps", "200")
+    assert code == 3 and "verdict: unknown" in out and "undecided" in out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"client": 0, "kind": "put", "key": "k", "start": 0, "end": 1, "outcome": "ok", "value": 1}\n{not json\n', "line 2: "),
+        ('\n{"client": 0, "kind": "put", "key": "k", "start": 0, "end": 1, "outcome": "ok", "colour": 1}\n', "line 2: unknown field(s) 'colour'"),
+        ('{"client": 0, "kind": "get", "key": "k", "start": 0, "outcome": "ok"}\n', "line 1: missing field(s) 'end'"),
+        ('{"client": 0, "kind": "put", "key": "k", "start": 0, "end": 1, "outcome": "not_found"}\n', "line 1: a put cannot have outcome 'not_found'"),
+        ('{"client": 0, "kind": "get", "key": "k", "start": 2, "end": 1, "outcome": "ok"}\n', "line 1: "),
+        ('{"client": 0, "kind": "get", "key": "k", "start": "soon", "end": null, "outcome": "unknown"}\n', "line 1: start and end must be finite"),
+        ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "ok", "version": 7}\n', "line 1: version must be"),
+        ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "ok", "version": ["x", "n1"]}\n', "line 1: version must be"),
+        ('{"client": 0, "kind": "scan", "key": "k", "start": 0, "end": 1, "outcome": "ok"}\n', "line 1: 'scan' is not a valid OpKind"),
+        ("[1, 2]\n", "line 1: expected a JSON object"),
+    ],
+)
+def test_bad_history_line_exits_2_naming_the_line(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    code, out, err = run(capsys, str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"kvwire.check: {path}: {message}"), err
+
+
+def test_missing_history_file_exits_2(tmp_path, capsys):
+    code, _, err = run(capsys, str(tmp_path / "absent.jsonl"))
+    assert code == 2 and "cannot read" in err and "absent.jsonl" in err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{oops", "not valid JSON"), ("[]", "expected an object"), ('{"n1": {"k": 5}}', "node 'n1' key 'k'")],
+)
+def test_bad_states_file_exits_2(tmp_path, capsys, content, message):
+    states = tmp_path / "states.json"
+    states.write_text(content)
+    code, _, err = run(capsys, write_history(tmp_path, LINEARIZABLE), "--states", str(states))
+    assert code == 2 and message in err and "states.json" in err
+
+
+@pytest.mark.parametrize("argv", [[], ["h.jsonl", "--max-steps", "0"], ["h.jsonl", "--max-steps", "many"], ["h.jsonl", "--bogus"]])
+def test_bad_usage_exits_2(capsys, argv):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and "usage:" in capsys.readouterr().err
+
+
+def test_module_runs_as_a_program_without_tracebacks(tmp_path):
+    good = write_history(tmp_path, STALE_READ)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{nope\n")
+    violation = subprocess.run([sys.executable, "-m", "kvwire.check", good], capture_output=True, text=True, timeout=60)
+    broken = subprocess.run([sys.executable, "-m", "kvwire.check", str(bad)], capture_output=True, text=True, timeout=60)
+    assert violation.returncode == 1 and "verdict: violation" in violation.stdout
+    assert broken.returncode == 2 and "line 1" in broken.stderr and "Traceback" not in broken.stderr

@@ -1,0 +1,124 @@
+"""Version-tag uniqueness, replica convergence, and the combined report."""
+
+import pytest
+
+from kvwire.check import CheckReport, Operation, check_converged, check_history, check_tags, format_report
+
+
+def op(index, kind, start, end, outcome, value=None, version=None, *, key="k"):
+    return Operation(index, kind, key, start, end, outcome, value, version, "n1", index)
+
+
+# --- check_tags --------------------------------------------------------------
+
+
+def test_clean_tags_pass():
+    history = [
+        op(0, "put", 0, 1, "ok", "a", (1, "n1")),
+        op(1, "get", 2, 3, "ok", "a", (1, "n1")),
+        op(2, "put", 4, 5, "ok", "b", (2, "n2")),
+        op(3, "put", 4, 5, "ok", "c", (2, "n2"), key="other"),  # same tag, other key: fine
+        op(4, "delete", 6, 7, "ok", None, (3, "n1")),
+        op(5, "put", 8, 9, "fail", "z", (3, "n1")),  # only ok operations vouch for a tag
+        op(6, "get", 8, 9, "ok", "b"),  # no tag carried
+    ]
+    assert check_tags(history) == []
+
+
+def test_two_values_under_one_tag_are_reported_naming_both_operations():
+    history = [op(0, "put", 0, 1, "ok", "a", (1, "n1")), op(1, "get", 2, 3, "ok", "b", [1, "n1"])]
+    (problem,) = check_tags(history)
+    assert "(1, 'n1')" in problem and "#0" in problem and "#1" in problem and "two values" in problem
+
+
+def test_equal_values_under_one_tag_compare_by_equality():
+    history = [op(0, "put", 0, 1, "ok", {"a": [1]}, (1, "n1")), op(1, "get", 2, 3, "ok", {"a": [1]}, (1, "n1"))]
+    assert check_tags(history) == []
+
+
+def test_a_tombstone_tag_that_also_carried_a_value_is_reported():
+    history = [op(0, "put", 0, 1, "ok", "a", (1, "n1")), op(1, "delete", 2, 3, "ok", None, (1, "n1"))]
+    (problem,) = check_tags(history)
+    assert "tombstone" in problem and "#0" in problem and "#1" in problem
+
+
+# --- check_converged ---------------------------------------------------------
+
+
+def test_converged_replicas_pass():
+    entry = ((2, "n1"), False, {"x": [1, 2]})
+    states = {
+        "n1": {"a": entry, "b": ((3, "n2"), True, None)},
+        "n2": {"a": ([2, "n1"], False, {"x": [1, 2]}), "b": ([3, "n2"], True, "leftover")},  # a tombstone's value is not state
+        "n3": {"a": entry, "b": ((3, "n2"), True, None)},
+    }
+    assert check_converged(states) == []
+
+
+def test_disagreeing_replicas_are_reported_per_key():
+    states = {
+        "n1": {"a": ((2, "n1"), False, "new"), "b": ((1, "n1"), False, "same")},
+        "n2": {"a": ((1, "n1"), False, "old"), "b": ((1, "n1"), False, "same")},
+        "n3": {"a": ((2, "n1"), False, "new"), "b": ((1, "n1"), False, "same"), "c": ((1, "n3"), True, None)},
+    }
+    problems = check_converged(states)
+    assert len(problems) == 2
+    about_a, about_c = problems
+    assert "'a'" in about_a and "n1, n3: 'new' at tag (2, 'n1')" in about_a and "n2: 'old' at tag (1, 'n1')" in about_a
+    assert "'c'" in about_c and "n1, n2: no entry" in about_c and "n3: tombstone" in about_c
+
+
+def test_same_tag_different_values_on_replicas_is_a_disagreement():
+    states = {"n1": {"a": ((1, "n1"), False, "x")}, "n2": {"a": ((1, "n1"), False, "y")}}
+    assert len(check_converged(states)) == 1
+
+
+def test_malformed_replica_state_is_a_value_error():
+    with pytest.raises(ValueError, match="node 'n1' key 'a'"):
+        check_converged({"n1": {"a": "not a triple"}})
+
+
+# --- check_history and format_report -------------------------------------------
+
+
+def test_clean_history_reports_ok():
+    history = [op(0, "put", 0, 1, "ok", "a", (1, "n1")), op(1, "get", 2, 3, "ok", "a", (1, "n1"))]
+    states = {"n1": {"k": ((1, "n1"), False, "a")}, "n2": {"k": ((1, "n1"), False, "a")}}
+    report = check_history(history, replica_states=states)
+    assert isinstance(report, CheckReport)
+    assert (report.ok, report.verdict, report.problems) == (True, "ok", [])
+    assert format_report(report).startswith("verdict: ok")
+
+
+def test_tag_and_convergence_problems_make_a_violation_even_when_linearizable():
+    history = [op(0, "put", 0, 1, "ok", "a", (1, "n1")), op(1, "put", 2, 3, "ok", "b", (1, "n1"))]
+    states = {"n1": {"k": ((1, "n1"), False, "a")}, "n2": {"k": ((1, "n1"), False, "b")}}
+    report = check_history(history, replica_states=states)
+    assert report.linearizability.verdict == "ok"
+    assert (report.ok, report.verdict, len(report.problems)) == (False, "violation", 2)
+    assert check_history(history).problems == report.problems[:1]  # convergence only with states
+
+
+def test_report_shows_the_shrunk_violation_one_operation_per_line():
+    writes = [op(n, "put", 3 * n, 3 * n + 1, "ok", f"v{n}") for n in range(6)]
+    reads = [op(6 + n, "get", 3 * n + 1.5, 3 * n + 2, "ok", f"v{n}") for n in range(6)]
+    stale = op(12, "get", 20, 21, "ok", "v1")
+    elsewhere = [op(13, "put", 0, 1, "ok", "x", key="fine"), op(14, "get", 2, 3, "ok", "x", key="fine")]
+    report = check_history(writes + reads + [stale] + elsewhere)
+    assert (report.ok, report.verdict, report.problems) == (False, "violation", ["key 'k' is not linearizable"])
+    text = format_report(report)
+    shown = [line.split()[0] for line in text.splitlines() if line.startswith("  #")]
+    # write v1, one later overwrite, the stale read; the reads that merely confirm writes are gone.
+    assert len(shown) == 3 and shown[0] == "#1" and shown[2] == "#12" and shown[1] in {"#2", "#3", "#4", "#5"}
+    assert "minimal failing history (3 of 13 operations)" in text and "'fine'" not in text
+    assert "why:" in text and "holding" in text
+    unshrunk = format_report(report, shrink_violations=False)
+    assert "its history (13 operations)" in unshrunk
+
+
+def test_report_lists_undecided_keys():
+    writes = [op(n, "put", 0, 100, "ok", n) for n in range(30)]
+    reads = [op(30, "get", 101, 102, "ok", 0), op(31, "get", 103, 104, "ok", 1)]
+    report = check_history(writes + reads, max_steps=500)
+    assert (report.ok, report.verdict, report.problems) == (False, "unknown", [])
+    assert "undecided (search budget of 500 steps exhausted) on 1 key(s)" in format_report(report)
