@@ -1,8 +1,9 @@
 """The REST API: routes, handlers, and the one place errors become JSON.
 
 Every response is JSON. Errors are ``{"error": "<one line>"}`` with a status
-chosen in :func:`status_for`; anything unexpected is logged here with its
-traceback and answered 500 without one.
+chosen in :func:`status_for`, plus ``"maybe_applied": true|false`` when the
+node said whether a failed write may have been applied; anything unexpected
+is logged here with its traceback and answered 500 without one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kvwire.cli.json_values import version_json
 from kvwire.client import (
     AsyncClient,
     BadRequestError,
+    ConflictError,
     KeyNotFoundError,
     KvwireConnectionError,
     KvwireError,
@@ -181,6 +183,8 @@ def status_for(error: KvwireError) -> int:
         return 400
     if isinstance(error, TooLargeError):
         return 413
+    if isinstance(error, ConflictError):
+        return 409
     if isinstance(error, (NoQuorumError, UnavailableError, KvwireConnectionError)):
         return 503
     if isinstance(error, (KvwireTimeoutError, ServerTimeoutError)):
@@ -217,7 +221,8 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         status = status_for(exc)
         # 503 and 504 come in floods while the cluster is down, and its nodes log why.
         log.log(logging.WARNING if status == 502 else logging.DEBUG, "%s %s: %d %s", request.method, request.path, status, exc)
-        return _error(status, str(exc), {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None)
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+        return _error(status, str(exc), headers, maybe_applied=exc.maybe_applied)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -230,5 +235,10 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         return _error(500, "internal error in the HTTP bridge; the bridge's log has the details")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return _json_text_response(status, to_json_text({"error": message}), headers)
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, *, maybe_applied: bool | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if maybe_applied is not None:
+        body["maybe_applied"] = maybe_applied
+    return _json_text_response(status, to_json_text(body), headers)

@@ -48,7 +48,9 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
             "version": _version(),
             "description": (
                 "The HTTP bridge of kvwire, a replicated key-value store. Every response is JSON; "
-                'every error is `{"error": "..."}`. Paths are also accepted without their trailing slash.'
+                'every error is `{"error": "..."}`, with `"maybe_applied": true|false` when a failed '
+                "write is known to be possibly applied (true) or not applied at all (false). Paths are "
+                "also accepted without their trailing slash."
             ),
         },
         "paths": {
@@ -109,6 +111,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "200": _json_response("Deleted: the version of the deletion.", "Deleted"),
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "404": {"$ref": _RESPONSES + "NotFound"},
+                        "409": {"$ref": _RESPONSES + "Conflict"},
                         **_cluster_failures(),
                     },
                 },
@@ -216,7 +219,16 @@ def _schemas(config: BridgeConfig) -> dict[str, Any]:
         "Error": {
             "type": "object",
             "required": ["error"],
-            "properties": {"error": {"type": "string", "minLength": 1, "description": "One line saying what went wrong."}},
+            "properties": {
+                "error": {"type": "string", "minLength": 1, "description": "One line saying what went wrong."},
+                "maybe_applied": {
+                    "type": "boolean",
+                    "description": (
+                        "Present when the node said it of a failed write: true, some node may hold the "
+                        "write and it may become visible later; false, nothing was written."
+                    ),
+                },
+            },
         },
         "Health": {
             "description": "The answering node's health report; fields beyond those listed may appear.",
@@ -271,6 +283,10 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
     return {
         "BadRequest": _error("Bad request: a body that is not JSON, has no `value`, or holds a bad bytes object; a key too long or not UTF-8; an unknown consistency."),
         "NotFound": _error("No such key (or a deleted one)."),
+        "Conflict": _error(
+            "The DELETE raced with a concurrent write of the same key and may or may not have taken "
+            "effect (`maybe_applied` is true); read the key to find out."
+        ),
         "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry."),
         "TooLarge": _error(
             f"The value is over {config.limits.max_value_bytes} bytes as msgpack, or the body over "
@@ -281,8 +297,8 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
         "Unavailable": {
             **_error(
                 "The cluster cannot serve the request now: no quorum (a write then says "
-                "`Failed to replicate to quorum of nodes` and may or may not have been applied), "
-                "or no node reachable."
+                "`Failed to replicate to quorum of nodes`; `maybe_applied` true means it may still "
+                "have been applied, false that it was not), or no node reachable."
             ),
             "headers": _retry_after(),
         },

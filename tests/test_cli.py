@@ -11,14 +11,17 @@ from contextlib import contextmanager
 
 import pytest
 
+from kvwire.cli.client import exit_code_for
 from kvwire.protocol import (
     NEED_DATA,
+    ConflictError,
     Connection,
     ErrorCode,
     ErrorReply,
     HealthReply,
     Hello,
     HelloReply,
+    NoQuorumError,
     Side,
     encode,
 )
@@ -136,6 +139,7 @@ def test_help_documents_the_exit_codes():
     assert result.returncode == 0
     for line in ("0  success", "1  key not found", "2  usage error", "3  cluster unavailable", "4  the node refused"):
         assert line in result.stdout
+    assert "CONFLICT" in result.stdout and "NO_QUORUM" in result.stdout
 
 
 # --- exit 1: not found -----------------------------------------------------------------
@@ -207,6 +211,18 @@ def test_unavailable_and_no_quorum_replies_exit_3(code):
         result = run_cli("--endpoints", address, "put", "k", "v")
     assert result.returncode == 3
     assert "Failed to replicate to quorum of nodes" in result.stderr
+
+
+@pytest.mark.parametrize("maybe_applied", [True, None])
+def test_conflict_exits_3_like_no_quorum(maybe_applied):
+    def conflict(request):
+        return ErrorReply(request.id, ErrorCode.CONFLICT, "DELETE raced with a concurrent write", maybe_applied)
+
+    with scripted_node(conflict) as address:
+        result = run_cli("--endpoints", address, "delete", "k")
+    assert result.returncode == 3, result.stderr
+    assert "conflict: DELETE raced with a concurrent write" in result.stderr
+    assert exit_code_for(ConflictError("m")) == exit_code_for(NoQuorumError("m")) == 3
 
 
 def test_health_without_quorum_exits_3_after_printing_it():

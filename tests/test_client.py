@@ -1,6 +1,7 @@
 """AsyncClient and Client against real node processes over real TCP."""
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -9,17 +10,33 @@ import pytest
 from kvwire import (
     AsyncClient,
     Client,
+    ConflictError,
+    ErrorCode,
     ForbiddenError,
     KeyNotFoundError,
     KvwireConnectionError,
     KvwireError,
     KvwireTimeoutError,
+    NoQuorumError,
     RetryPolicy,
     TooLargeError,
     Version,
 )
 from kvwire.client import ClientConnection
-from kvwire.protocol import NEED_DATA, Connection, Hello, HelloReply, Pong, Put, Side, encode
+from kvwire.protocol import (
+    NEED_DATA,
+    Connection,
+    Delete,
+    ErrorReply,
+    Hello,
+    HelloReply,
+    Limits,
+    Ping,
+    Pong,
+    Put,
+    Side,
+    encode,
+)
 from kvwire.testing import NodeProcess, free_port
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
@@ -495,3 +512,102 @@ async def test_bad_keys_and_values_fail_before_sending():
 def test_errors_share_one_root():
     for error in (KeyNotFoundError, KvwireConnectionError, KvwireTimeoutError, TooLargeError, ForbiddenError):
         assert issubclass(error, KvwireError)
+
+
+# --- what a node says in its replies: maybe_applied, CONFLICT, its limits, a refusal ----------
+# In-process scripted nodes, so these hold whatever the real node's code is doing.
+
+
+@contextlib.asynccontextmanager
+async def scripted_node(answer, *, limits=None, greeting=None):
+    """A node in this process: HELLO is answered with HELLO_REPLY carrying ``limits``;
+    every other request with ``answer(request)``. With ``greeting``, it sends those
+    bytes as soon as it accepts a connection, then closes it, as a full node does.
+    Yields its address and the requests it received.
+    """
+    received = []
+
+    async def serve(reader, writer):
+        if greeting is not None:
+            writer.write(greeting)
+            writer.close()
+            return
+        codec = Connection(Side.NODE)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                codec.receive_data(data)
+                while (request := codec.next_event()) is not NEED_DATA:
+                    received.append(request)
+                    if isinstance(request, Hello):
+                        writer.write(encode(HelloReply(request.id, 1, "scripted", "kvwire", limits)))
+                    else:
+                        writer.write(encode(answer(request)))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield "127.0.0.1:%d" % server.sockets[0].getsockname()[1], received
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("maybe_applied", [True, False, None])
+async def test_no_quorum_carries_maybe_applied_and_is_not_retried(maybe_applied):
+    def no_quorum(request):
+        return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", maybe_applied)
+
+    async with scripted_node(no_quorum) as (first, received), scripted_node(no_quorum) as (second, other):
+        async with AsyncClient([first, second], retry=RetryPolicy(base_delay=0)) as client:
+            with pytest.raises(NoQuorumError) as caught:
+                await client.put("k", 1)
+    assert caught.value.maybe_applied is maybe_applied
+    assert [type(r) for r in received + other].count(Put) == 1
+
+
+@pytest.mark.parametrize("maybe_applied", [True, None])
+async def test_conflict_is_raised_at_once_with_maybe_applied(maybe_applied):
+    def conflict(request):
+        return ErrorReply(request.id, ErrorCode.CONFLICT, "DELETE raced with a concurrent write", maybe_applied)
+
+    async with scripted_node(conflict) as (first, received), scripted_node(conflict) as (second, other):
+        async with AsyncClient([first, second], retry=RetryPolicy(base_delay=0)) as client:
+            with pytest.raises(ConflictError, match="raced") as caught:
+                await client.delete("k")
+    assert caught.value.maybe_applied is True  # absent on the wire: CONFLICT always may have applied
+    assert caught.value.code == ErrorCode.CONFLICT
+    assert [type(r) for r in received + other].count(Delete) == 1
+    assert not issubclass(ConflictError, RetryPolicy().retry_on)
+
+
+async def test_the_connection_keeps_the_node_limits_from_hello():
+    limits = Limits(max_frame_bytes=8192, max_key_bytes=64, max_value_bytes=4096)
+    async with scripted_node(None, limits=limits.to_wire()) as (address, _):
+        host, port = address.rsplit(":", 1)
+        connection = await ClientConnection.open(host, int(port), connect_timeout=5)
+        try:
+            assert connection.server_limits == limits
+        finally:
+            connection.close()
+    async with scripted_node(None) as (address, _):  # a node that predates the field
+        host, port = address.rsplit(":", 1)
+        connection = await ClientConnection.open(host, int(port), connect_timeout=5)
+        try:
+            assert connection.server_limits is None and connection.node_id == "scripted"
+        finally:
+            connection.close()
+
+
+async def test_a_full_node_refusing_at_once_sends_the_call_to_the_next_node():
+    # docs/protocol.md 8: one ERROR UNAVAILABLE with id nil before any request, then the close.
+    refusal = encode(ErrorReply(None, ErrorCode.UNAVAILABLE, "too many connections; try another node or later"))
+
+    def pong(request):
+        return Pong(request.id)
+
+    async with scripted_node(None, greeting=refusal) as (full, _), scripted_node(pong) as (free, received):
+        async with AsyncClient([full], retry=RetryPolicy(attempts=1)) as client:
+            with pytest.raises(KvwireConnectionError, match="too many connections"):
+                await client.ping()
+        async with AsyncClient([full, free], retry=RetryPolicy(base_delay=0)) as client:
+            await client.ping()
+    assert [type(r) for r in received].count(Ping) == 1

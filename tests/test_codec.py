@@ -11,6 +11,7 @@ import builtins
 import dataclasses
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from kvwire.protocol import (
     NEED_DATA,
     NO_VERSION,
     BadRequestError,
+    ConflictError,
     Connection,
     Consistency,
     Delete,
@@ -85,7 +87,14 @@ REPLY_CLASSES = (
 )
 ALL_CLASSES = REQUEST_CLASSES + REPLY_CLASSES
 # docs/protocol.md section 3.2: the only optional fields, left out when they have no value.
-OPTIONAL_FIELDS = {"Hello": {"cluster", "node"}, "Get": {"consistency"}, "PutReply": {"created"}}
+OPTIONAL_FIELDS = {
+    "Hello": {"cluster", "node"},
+    "Get": {"consistency"},
+    "Replicate": {"expect"},
+    "ErrorReply": {"maybe_applied"},
+    "HelloReply": {"limits"},
+    "PutReply": {"created"},
+}
 
 
 def optional_fields(message_or_class) -> set[str]:
@@ -185,13 +194,19 @@ SAMPLES = [
     Health(11),
     Replicate(12, "k", Version(2**63 - 1, "n9"), {"v": 1}, False),
     Replicate(13, "k", Version(1, ""), None, True),
+    Replicate(14, "k", Version(5, "n1"), None, True, Version(4, "n2")),
+    Replicate(15, "k", Version(1, "n1"), "v", False, NO_VERSION),
     Lookup(25, "k"),
     Lookup(26, "ключ" * 100),
     Fetch(27, "k"),
     Fetch(28, "🔑"),
     ErrorReply(None, ErrorCode.INTERNAL, "boom"),
     ErrorReply(14, 999, ""),
+    ErrorReply(15, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", True),
+    ErrorReply(16, ErrorCode.CONFLICT, "raced", False),
     HelloReply(15, 1, "n1", "kvwire"),
+    HelloReply(16, 1, "n1", "kvwire", Limits().to_wire()),
+    HelloReply(17, 1, "n1", "kvwire", {**Limits(max_frame_bytes=2**32 - 1).to_wire(), "max_nesting": 1024}),
     Pong(16),
     GetReply(17, {"nested": [[[]]]}, Version(0, "")),
     GetReply(18, None, Version(5, "é")),
@@ -303,6 +318,95 @@ def test_receiver_accepts_non_shortest_forms():
     # A float 32 value decodes to the same number; the codec writes it back as float 64.
     payload = b"\x84\xa2op\x04\xa2id\x01\xa3key\xa1k\xa5value\xca\x3f\xc0\x00\x00"
     assert decode_one(Side.NODE, frame(payload)) == Put(1, "k", 1.5)
+
+
+# docs/protocol.md section 10.1: every form of a value is accepted where the value is.
+# Each case replaces one part of Get(7, "k") = {"op": 3, "id": 7, "key": "k"}.
+GET_PARTS = {"map": b"\x83", "op_name": b"\xa2op", "op": b"\x03", "id_name": b"\xa2id", "id": b"\x07",
+             "key_name": b"\xa3key", "key": b"\xa1k"}
+NON_CANONICAL_ACCEPTED = [
+    ("id", b"\xcc\x07", "uint 8"),
+    ("id", b"\xcd\x00\x07", "uint 16"),
+    ("id", b"\xce\x00\x00\x00\x07", "uint 32"),
+    ("id", b"\xcf" + (7).to_bytes(8, "big"), "uint 64"),
+    ("id", b"\xd0\x07", "int 8"),
+    ("id", b"\xd1\x00\x07", "int 16"),
+    ("id", b"\xd2\x00\x00\x00\x07", "int 32"),
+    ("id", b"\xd3" + (7).to_bytes(8, "big"), "int 64"),
+    ("op", b"\xd0\x03", "op as int 8"),
+    ("op", b"\xce\x00\x00\x00\x03", "op as uint 32"),
+    ("map", b"\xde\x00\x03", "map 16"),
+    ("map", b"\xdf\x00\x00\x00\x03", "map 32"),
+    ("op_name", b"\xd9\x02op", "field name as str 8"),
+    ("id_name", b"\xda\x00\x02id", "field name as str 16"),
+    ("key_name", b"\xdb\x00\x00\x00\x03key", "field name as str 32"),
+    ("key", b"\xd9\x01k", "key as str 8"),
+    ("key", b"\xda\x00\x01k", "key as str 16"),
+    ("key", b"\xdb\x00\x00\x00\x01k", "key as str 32"),
+]
+
+
+@pytest.mark.parametrize("part,form,_name", NON_CANONICAL_ACCEPTED, ids=[c[2] for c in NON_CANONICAL_ACCEPTED])
+def test_non_canonical_forms_are_accepted(part, form, _name):
+    payload = b"".join(form if name == part else data for name, data in GET_PARTS.items())
+    assert payload != encode_payload(Get(7, "k"))
+    message = decode_one(Side.NODE, frame(payload))
+    assert message == Get(7, "k")
+    assert type(message.id) is int
+    assert encode_payload(message) == b"".join(GET_PARTS.values())  # written back in the shortest form
+
+
+# The same value in other forms, inside a reply's version tag or a PUT's value.
+@pytest.mark.parametrize(
+    "tag",
+    [b"\xdc\x00\x02\x02\xa2n1", b"\xdd\x00\x00\x00\x02\x02\xa2n1", b"\x92\xcf" + (2).to_bytes(8, "big") + b"\xa2n1",
+     b"\x92\x02\xd9\x02n1"],
+    ids=["array 16", "array 32", "counter as uint 64", "node id as str 8"],
+)
+def test_non_canonical_version_tags_are_accepted(tag):
+    payload = b"\x83\xa2op\xcc\x84\xa2id\x05\xa7version" + tag
+    assert decode_one(Side.CLIENT, frame(payload)) == PutReply(5, Version(2, "n1"))
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (b"\xc5\x00\x01x", b"x"),
+        (b"\xc6\x00\x00\x00\x01x", b"x"),
+        (b"\xdc\x00\x01\xd3" + (-1).to_bytes(8, "big", signed=True), [-1]),
+        (b"\xdd\x00\x00\x00\x01\xcf" + (5).to_bytes(8, "big"), [5]),
+        (b"\xde\x00\x01\xc4\x01a\xca\x3f\x80\x00\x00", {b"a": 1.0}),
+        (b"\xdf\x00\x00\x00\x01\xda\x00\x01a\xc0", {"a": None}),
+    ],
+    ids=["bin 16", "bin 32", "array 16 of int 64", "array 32 of uint 64", "map 16, bin key, float 32", "map 32, str 16 key"],
+)
+def test_non_canonical_forms_in_values_are_accepted(value, expected):
+    assert decode_one(Side.NODE, frame(PUT_HEAD + value)) == Put(1, "k", expected)
+
+
+@pytest.mark.parametrize(
+    "part,form,code,fatal",
+    [
+        ("id", b"\xca\x40\xe0\x00\x00", ErrorCode.BAD_REQUEST, True),  # float 32 7.0
+        ("id", b"\xcb\x40\x1c" + bytes(6), ErrorCode.BAD_REQUEST, True),  # float 64 7.0
+        ("id", b"\xc3", ErrorCode.BAD_REQUEST, True),  # true is not 1
+        ("id", b"\xd0\xff", ErrorCode.BAD_REQUEST, True),  # int 8 -1: the form is fine, the value is not
+        ("op", b"\xcb\x40\x08" + bytes(6), ErrorCode.UNKNOWN_OP, False),  # float 64 3.0
+        ("key", b"\xc4\x01k", ErrorCode.BAD_REQUEST, False),  # bin is not str
+        ("key", b"\xd4\x01k", ErrorCode.BAD_REQUEST, True),  # fixext 1
+        ("key", b"\xc7\x01\x01k", ErrorCode.BAD_REQUEST, True),  # ext 8
+        ("key", b"\xc1", ErrorCode.BAD_REQUEST, True),  # never used
+        # A bin field name is another key: GET then has no "key" field.
+        ("key_name", b"\xc4\x03key", ErrorCode.BAD_REQUEST, False),
+    ],
+    ids=["id-float32", "id-float64", "id-true", "id-int8-negative", "op-float64", "key-bin", "key-fixext", "key-ext8",
+         "key-c1", "field-name-bin"],
+)
+def test_forms_that_are_refused(part, form, code, fatal):
+    payload = b"".join(form if name == part else data for name, data in GET_PARTS.items())
+    _, err = raises_protocol_error(Side.NODE, frame(payload))
+    assert (err.code, err.fatal) == (code, fatal), str(err)
+    assert err.request_id == (None if fatal else 7)
 
 
 def test_error_reply_with_nil_id_decodes_on_a_client():
@@ -632,6 +736,120 @@ def test_bin_map_keys_are_accepted_in_values():
     assert decode_one(Side.NODE, encode(Put(1, "k", {b"\x00": 1}))) == Put(1, "k", {b"\x00": 1})
 
 
+# --- repeated map keys (docs/protocol.md 3.2): a message error unless the key is the id
+
+
+def test_repeated_field_is_a_message_error_naming_it():
+    # {"op": 3, "id": 9, "key": "a", "key": "b"}
+    err = assert_message_error(
+        Side.NODE, frame(b"\x84\xa2op\x03\xa2id\x09\xa3key\xa1a\xa3key\xa1b"), ErrorCode.BAD_REQUEST, 9,
+        words=["'key'", "twice", "message map"],
+    )
+    assert len(str(err)) < 200
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x82\xa1a\x01\xa1a\x02",  # {"a": 1, "a": 2}
+        b"\x82\xa1a\x01\xa1a\x01",  # the same entry twice is still refused
+        b"\x82\xc4\x01a\x01\xc4\x01a\x02",  # bin keys
+        b"\x92\x01\x81\xa1x\x82\xa1a\x01\xa1a\x02",  # [1, {"x": {"a": 1, "a": 2}}]
+        b"\x91" * 500 + b"\x82\xa1a\xc0\xa1a\xc0",  # 500 lists deep
+        b"\xde\x00\x03\xa1a\x01\xa1b\x02\xd9\x01a\x03",  # map 16, the repeat written as str 8
+    ],
+    ids=["str-keys", "identical-entries", "bin-keys", "nested", "deep", "other-forms"],
+)
+def test_repeated_key_inside_a_value_is_a_message_error(value):
+    err = assert_message_error(Side.NODE, frame(PUT_HEAD + value), ErrorCode.BAD_REQUEST, 1, words=["twice"])
+    assert "inside" in str(err)
+
+
+def test_str_and_bin_keys_of_the_same_bytes_are_different_keys():
+    payload = PUT_HEAD + b"\x82\xa1a\x01\xc4\x01a\x02"
+    assert decode_one(Side.NODE, frame(payload)) == Put(1, "k", {"a": 1, b"a": 2})
+
+
+@pytest.mark.parametrize("second_id", [b"\x02", b"\x01", b"\xc0"], ids=["different", "equal", "nil"])
+def test_repeated_id_is_fatal(second_id):
+    # Even two equal ids: which one the sender meant is not ours to guess.
+    _, err = raises_protocol_error(Side.NODE, frame(b"\x83\xa2op\x02\xa2id\x01\xa2id" + second_id))
+    assert (err.code, err.fatal, err.request_id) == (ErrorCode.BAD_REQUEST, True, None)
+    assert "'id'" in str(err) and "twice" in str(err)
+
+
+def test_a_repeated_id_is_fatal_even_behind_another_repeated_field():
+    payload = b"\x85\xa2op\x02\xa3key\x01\xa3key\x02\xa2id\x01\xa2id\x02"
+    _, err = raises_protocol_error(Side.NODE, frame(payload))
+    assert (err.fatal, err.request_id) == (True, None) and "'id'" in str(err)
+    # An "id" repeated inside a value is only a repeated key.
+    assert_message_error(Side.NODE, frame(PUT_HEAD + b"\x82\xa2id\x01\xa2id\x02"), ErrorCode.BAD_REQUEST, 1)
+
+
+def test_a_repeated_op_is_fatal_when_the_id_is_nil():
+    # ERROR {"op": 0x80, "op": 0x80, "id": nil, ...}: nil is an id only in an ERROR, and two ops leave that open.
+    payload = b"\x85\xa2op\xcc\x80\xa2op\xcc\x80\xa2id\xc0\xa4code\x02\xa7message\xa1m"
+    _, err = raises_protocol_error(Side.CLIENT, frame(payload))
+    assert (err.fatal, err.request_id) == (True, None) and "'op' appears twice" in str(err)
+    # With a real id, two ops are a message error like any repeated field.
+    payload = b"\x85\xa2op\xcc\x80\xa2op\xcc\x80\xa2id\x03\xa4code\x02\xa7message\xa1m"
+    assert_message_error(Side.CLIENT, frame(payload), ErrorCode.BAD_REQUEST, 3, words=["'op'"])
+
+
+def test_repeated_key_in_a_reply_is_a_message_error_for_the_client():
+    # HEALTH_REPLY {"op": 0x86, "id": 4, "health": {"n": 1, "n": 2}}
+    payload = b"\x83\xa2op\xcc\x86\xa2id\x04\xa6health\x82\xa1n\x01\xa1n\x02"
+    assert_message_error(Side.CLIENT, frame(payload), ErrorCode.BAD_REQUEST, 4, words=["'n'"])
+
+
+def test_a_repeated_key_is_checked_before_the_op_and_the_fields():
+    # An unknown op and a repeated "op": the repeat decides (docs/protocol.md 7.2, step 8).
+    assert_message_error(Side.NODE, frame(b"\x83\xa2op\x7f\xa2id\x05\xa2op\x02"), ErrorCode.BAD_REQUEST, 5,
+                         words=["'op'"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        PUT_HEAD + b"\x92\x82\xa1a\x01\xa1a\x02\xd4\x05x",  # a repeat, then an extension type
+        PUT_HEAD + b"\x92\x82\xa1a\x01\xa1a\x02\x81\x01\x01",  # a repeat, then an int map key
+        b"\x91\x82\xa1a\x01\xa1a\x02",  # a repeat inside a payload that is not a map
+        b"\x83\xa2op\x02\xa2id\xa1x\xa1z\x82\xa1a\x01\xa1a\x02",  # a repeat, and an id that is a string
+        PUT_HEAD + b"\x92\x82\xa1a\x01\xa1a\x02\xd6\xff" + bytes(4),  # a repeat, then a timestamp
+    ],
+    ids=["then-ext", "then-int-key", "not-a-map", "bad-id", "then-timestamp"],
+)
+def test_fatal_errors_win_over_a_repeated_key(payload):
+    _, err = raises_protocol_error(Side.NODE, frame(payload))
+    assert (err.code, err.fatal, err.request_id) == (ErrorCode.BAD_REQUEST, True, None), str(err)
+    assert "twice" not in str(err)
+
+
+def test_a_long_repeated_key_is_named_briefly():
+    name = "k" * 5000
+    value = b"\x82" + (msgpack.packb(name) + b"\x01") * 2
+    err = assert_message_error(Side.NODE, frame(PUT_HEAD + value), ErrorCode.BAD_REQUEST, 1)
+    assert "kkkk" in str(err) and len(str(err)) < 200
+
+
+# --- how big a value is (docs/protocol.md 4.3) ---------------------------------------
+
+
+def test_value_size_examples_in_the_doc():
+    # The node measures a value as msgpack writes it: floats always as float 64, 9 bytes.
+    assert len(msgpack.packb({"pi": 3.5})) == 13
+    assert msgpack.packb(1.5) == b"\xcb" + struct.pack(">d", 1.5)
+    assert len(msgpack.packb(0.0)) == len(msgpack.packb(float("inf"))) == 9
+    # A float 32 arrives as 5 bytes and is then the same float, measured as 9.
+    put = decode_one(Side.NODE, frame(PUT_HEAD + b"\xca\x3f\xc0\x00\x00"))
+    assert put.value == 1.5 and len(msgpack.packb(put.value)) == 9
+    # An int sent in a longer form counts as its shortest form.
+    put = decode_one(Side.NODE, frame(PUT_HEAD + b"\xcf" + (5).to_bytes(8, "big")))
+    assert len(msgpack.packb(put.value)) == 1
+    # The codec writes values the same way, so a value's bytes in a frame are its size.
+    assert encode_payload(Put(1, "k", {"pi": 3.5})).endswith(msgpack.packb({"pi": 3.5}))
+
+
 def test_invalid_utf8_string_is_fatal():
     payload = b"\x83\xa2op\x03\xa2id\x01\xa3key\xa2\xc3\x28"
     _, err = raises_protocol_error(Side.NODE, frame(payload))
@@ -759,6 +977,14 @@ WRONG_FIELDS = [
     (Op.REPLICATE, "version", {"counter": 1, "node": "n"}),
     (Op.REPLICATE, "deleted", 0),
     (Op.REPLICATE, "deleted", None),
+    (Op.REPLICATE, "expect", None),
+    (Op.REPLICATE, "expect", [4]),
+    (Op.REPLICATE, "expect", [4, "n2", 0]),
+    (Op.REPLICATE, "expect", [-1, "n2"]),
+    (Op.REPLICATE, "expect", [2**63, "n2"]),
+    (Op.REPLICATE, "expect", [4, b"n2"]),
+    (Op.REPLICATE, "expect", [True, "n2"]),
+    (Op.REPLICATE, "expect", {"counter": 4, "node": "n2"}),
     (Op.LOOKUP, "key", 7),
     (Op.LOOKUP, "key", None),
     (Op.FETCH, "key", b"k"),
@@ -766,9 +992,22 @@ WRONG_FIELDS = [
     (Op.ERROR, "code", -1),
     (Op.ERROR, "code", "NOT_FOUND"),
     (Op.ERROR, "message", None),
+    (Op.ERROR, "maybe_applied", None),
+    (Op.ERROR, "maybe_applied", 1),
+    (Op.ERROR, "maybe_applied", "true"),
     (Op.HELLO_REPLY, "proto", "1"),
     (Op.HELLO_REPLY, "node", 1),
     (Op.HELLO_REPLY, "cluster", None),
+    (Op.HELLO_REPLY, "limits", None),
+    (Op.HELLO_REPLY, "limits", [1024, 1048576, 4194304]),
+    (Op.HELLO_REPLY, "limits", {"max_key_bytes": 1024, "max_value_bytes": 1048576}),
+    (Op.HELLO_REPLY, "limits", {"max_key_bytes": 1024, "max_value_bytes": 1048576, "max_frame_bytes": "4 MiB"}),
+    (Op.HELLO_REPLY, "limits", {"max_key_bytes": 0, "max_value_bytes": 1048576, "max_frame_bytes": 4194304}),
+    (Op.HELLO_REPLY, "limits", {"max_key_bytes": 1024, "max_value_bytes": True, "max_frame_bytes": 4194304}),
+    (Op.HELLO_REPLY, "limits", {"max_key_bytes": 1024, "max_value_bytes": 1.5, "max_frame_bytes": 4194304}),
+    # Each a positive integer, but no node could run with them: the frame can't hold the largest value.
+    (Op.HELLO_REPLY, "limits", {"max_key_bytes": 1024, "max_value_bytes": 1048576, "max_frame_bytes": 1048576}),
+    (Op.HELLO_REPLY, "limits", {"max_key_bytes": 1024, "max_value_bytes": 1048576, "max_frame_bytes": 2**32}),
     (Op.GET_REPLY, "version", None),
     (Op.PUT_REPLY, "version", [1, "n", 0]),
     (Op.PUT_REPLY, "created", 1),
@@ -941,6 +1180,7 @@ WIRE_CLASSES = {
     ErrorCode.TIMEOUT: (ServerTimeoutError, TimeoutError),
     ErrorCode.UNAVAILABLE: (UnavailableError, ServerError),
     ErrorCode.INTERNAL: (InternalServerError, ServerError),
+    ErrorCode.CONFLICT: (ConflictError, ServerError),
 }
 
 
@@ -970,6 +1210,7 @@ def test_error_codes_have_their_documented_numbers():
         "TIMEOUT": 7,
         "UNAVAILABLE": 8,
         "INTERNAL": 9,
+        "CONFLICT": 10,
     }
 
 
@@ -1001,3 +1242,81 @@ def test_local_errors():
     for cls in (KvwireConnectionError, KvwireTimeoutError, ServerError):
         assert issubclass(cls, KvwireError)
     assert KvwireError().code is ErrorCode.INTERNAL
+
+
+# --- maybe_applied and CONFLICT (docs/protocol.md 6.11, 7.1) -------------------------
+
+
+def test_errors_carry_maybe_applied():
+    assert KvwireError().maybe_applied is None and ProtocolError("bad").maybe_applied is None
+    assert NoQuorumError("m").maybe_applied is None
+    assert NoQuorumError("m", maybe_applied=True).maybe_applied is True
+    assert NoQuorumError("m", maybe_applied=False).maybe_applied is False
+    assert ConflictError("m").maybe_applied is True
+    assert ConflictError("m", maybe_applied=False).maybe_applied is False
+    with pytest.raises(TypeError):
+        NoQuorumError("m", True)  # keyword only
+    assert isinstance(ConflictError("m"), ServerError) and ConflictError.code == ErrorCode.CONFLICT == 10
+
+
+@pytest.mark.parametrize("maybe_applied", [None, True, False])
+@pytest.mark.parametrize("code", [*ErrorCode, 99], ids=lambda c: getattr(c, "name", str(c)))
+def test_error_from_wire_carries_maybe_applied(code, maybe_applied):
+    err = error_from_wire(int(code), "m", maybe_applied)
+    default = True if code == ErrorCode.CONFLICT else None
+    assert err.maybe_applied is (default if maybe_applied is None else maybe_applied)
+    assert error_from_wire(int(code), "m").maybe_applied is default
+
+
+def test_maybe_applied_travels_in_error_replies():
+    for reply in (ErrorReply(3, ErrorCode.NO_QUORUM, "m", True), ErrorReply(3, ErrorCode.NO_QUORUM, "m", False)):
+        decoded = decode_one(Side.CLIENT, encode(reply))
+        assert decoded == reply and decoded.maybe_applied is reply.maybe_applied
+    # Absent on the wire (a node built before the field): None, not False.
+    absent = decode_one(Side.CLIENT, packed_frame({"op": 0x80, "id": 3, "code": 6, "message": "m"}))
+    assert absent == ErrorReply(3, 6, "m") and absent.maybe_applied is None
+    assert "maybe_applied" not in msgpack.unpackb(encode_payload(ErrorReply(3, 6, "m")))
+
+
+def test_pickled_errors_keep_maybe_applied():
+    import pickle
+
+    for err in (NoQuorumError("m", maybe_applied=False), ConflictError("m"), error_from_wire(6, "m", True)):
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err) and again.maybe_applied is err.maybe_applied and str(again) == "m"
+
+
+# --- REPLICATE's expect and HELLO_REPLY's limits ------------------------------------------
+
+
+def test_replicate_expect_is_optional_and_a_version():
+    conditional = decode_one(Side.NODE, encode(Replicate(1, "k", Version(5, "n1"), None, True, Version(4, "n2"))))
+    assert conditional.expect == Version(4, "n2") and type(conditional.expect) is Version
+    assert decode_one(Side.NODE, encode(Replicate(1, "k", Version(5, "n1")))).expect is None
+    assert "expect" not in msgpack.unpackb(encode_payload(Replicate(1, "k", Version(5, "n1"))))
+
+
+def test_limits_to_and_from_the_wire():
+    limits = Limits(max_frame_bytes=3 * MIB, max_key_bytes=512, max_value_bytes=2 * MIB)
+    wire = limits.to_wire()
+    assert list(wire) == ["max_key_bytes", "max_value_bytes", "max_frame_bytes"]
+    assert wire == {"max_key_bytes": 512, "max_value_bytes": 2 * MIB, "max_frame_bytes": 3 * MIB}
+    assert Limits.from_wire(wire) == limits
+    assert Limits.from_wire({**wire, "max_nesting": 1024, "future": [1]}) == limits  # unknown entries ignored
+    assert Limits.from_wire(decode_one(Side.CLIENT, encode(HelloReply(1, 1, "n1", "c", wire))).limits) == limits
+
+
+@pytest.mark.parametrize(
+    "wire, words",
+    [
+        ([1024, MIB, 4 * MIB], "map"),
+        ({"max_key_bytes": 1024, "max_value_bytes": MIB}, "max_frame_bytes"),
+        ({"max_key_bytes": 1024, "max_value_bytes": MIB, "max_frame_bytes": "4"}, "max_frame_bytes"),
+        ({"max_key_bytes": 1024, "max_value_bytes": 0, "max_frame_bytes": 4 * MIB}, "max_value_bytes"),
+        ({"max_key_bytes": 1024, "max_value_bytes": MIB, "max_frame_bytes": MIB}, "at least"),
+    ],
+    ids=["list", "missing", "string", "zero", "frame-too-small"],
+)
+def test_limits_from_the_wire_refuse_what_no_node_sends(wire, words):
+    with pytest.raises(ValueError, match=words):
+        Limits.from_wire(wire)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import signal
 import socket
@@ -11,8 +13,11 @@ import sys
 from urllib.parse import quote
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from kvwire import Client
+from http_bridge import BridgeConfig, create_app, openapi_document, status_for
+from kvwire import Client, ConflictError, RetryPolicy
+from kvwire.protocol import NEED_DATA, Connection, ErrorCode, ErrorReply, Hello, HelloReply, Side, encode
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
 from rest_helpers import PREFIX, BridgeProcess, answers, http, with_http
 
@@ -60,7 +65,9 @@ def check_error(reply, status: int, *fragments: str) -> dict:
     assert reply.status == status, reply.text
     assert reply.headers["Content-Type"].startswith("application/json")
     document = reply.json
-    assert set(document) == {"error"} and isinstance(document["error"], str) and document["error"]
+    # maybe_applied: what the node said of a failed write, when it said it.
+    assert set(document) <= {"error", "maybe_applied"} and isinstance(document["error"], str) and document["error"]
+    assert type(document.get("maybe_applied", False)) is bool
     for fragment in fragments:
         assert fragment in document["error"]
     assert "Traceback" not in reply.text
@@ -290,6 +297,71 @@ def test_no_node_reachable_is_503_in_json(tmp_path):
         check_error(http("PUT", kv(base, "k"), {"value": 1}), 503)
         check_error(http("GET", f"{base}/health/"), 503)
     assert "Traceback" not in bridge.log()
+
+
+# --- CONFLICT and maybe_applied, from a scripted node -------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def scripted_node(answer):
+    """A node in this process: HELLO answered as a node would, any other request by ``answer(request)``."""
+
+    async def serve(reader, writer):
+        codec = Connection(Side.NODE)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                codec.receive_data(data)
+                while (request := codec.next_event()) is not NEED_DATA:
+                    reply = HelloReply(request.id, 1, "scripted", "kvwire") if isinstance(request, Hello) else answer(request)
+                    writer.write(encode(reply))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def bridge_answer(answer, method, path, body=None):
+    async with scripted_node(answer) as address:
+        app = create_app(BridgeConfig(endpoints=(address,), retry=RetryPolicy(attempts=1)))
+        async with TestClient(TestServer(app)) as client:
+            response = await client.request(method, f"{PREFIX}{path}", json=body)
+            return response.status, dict(response.headers), json.loads(await response.text())
+
+
+async def test_a_delete_conflict_is_409_with_maybe_applied():
+    def conflict(request):
+        return ErrorReply(request.id, ErrorCode.CONFLICT, "DELETE raced with a concurrent write of the key")
+
+    status, headers, document = await bridge_answer(conflict, "DELETE", "/kv/k/")
+    assert status == 409
+    assert document == {"error": "DELETE raced with a concurrent write of the key", "maybe_applied": True}
+    assert "Retry-After" not in headers
+
+
+@pytest.mark.parametrize("maybe_applied", [True, False, None])
+async def test_no_quorum_says_maybe_applied_when_the_node_does(maybe_applied):
+    def no_quorum(request):
+        return ErrorReply(request.id, ErrorCode.NO_QUORUM, WRITE_NO_QUORUM, maybe_applied)
+
+    status, headers, document = await bridge_answer(no_quorum, "PUT", "/kv/k/", {"value": 1})
+    assert (status, headers["Retry-After"]) == (503, "1")
+    expected = {"error": WRITE_NO_QUORUM}
+    if maybe_applied is not None:
+        expected["maybe_applied"] = maybe_applied
+    assert document == expected
+
+
+def test_conflict_is_mapped_to_409_and_documented():
+    assert status_for(ConflictError("m")) == 409
+    document = openapi_document(BridgeConfig())
+    kv_path = document["paths"]["/kv-store/v1/kv/{key}/"]
+    assert kv_path["delete"]["responses"]["409"] == {"$ref": "#/components/responses/Conflict"}
+    assert "Conflict" in document["components"]["responses"]
+    error = document["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"] and error["properties"]["maybe_applied"]["type"] == "boolean"
 
 
 # --- kvwire bridge as a command ----------------------------------------------------------

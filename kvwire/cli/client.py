@@ -19,6 +19,7 @@ from ..client.aio import DEFAULT_ENDPOINT, AsyncClient
 from ..client.arguments import check_key, check_value, format_endpoint, parse_endpoints
 from ..protocol import (
     DEFAULT_LIMITS,
+    ConflictError,
     KeyNotFoundError,
     KvwireConnectionError,
     KvwireError,
@@ -41,8 +42,11 @@ EXIT_UNAVAILABLE = 3
 EXIT_REFUSED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
-# Failures that say the cluster can't serve right now, not that the request was wrong.
-_UNAVAILABLE_ERRORS = (KvwireConnectionError, KvwireTimeoutError, UnavailableError, NoQuorumError, ServerTimeoutError)
+# Failures that say the cluster can't serve right now, not that the request was
+# wrong; CONFLICT goes with NO_QUORUM: a write that may or may not have been applied.
+_UNAVAILABLE_ERRORS = (
+    KvwireConnectionError, KvwireTimeoutError, UnavailableError, NoQuorumError, ConflictError, ServerTimeoutError
+)
 
 EPILOG = f"""\b
 Exit codes:
@@ -50,7 +54,9 @@ Exit codes:
   1  key not found (get, delete)
   2  usage error: bad option, endpoint, key or --json value
   3  cluster unavailable: no node reachable or answering sensibly,
-     timeout, UNAVAILABLE or NO_QUORUM reply (health: no quorum)
+     timeout, UNAVAILABLE or NO_QUORUM reply (health: no quorum);
+     also CONFLICT (delete raced with a write): like NO_QUORUM,
+     the write may or may not have been applied
   4  the node refused the request (bad request, too large, forbidden)
      or failed internally
   130  interrupted (Ctrl-C)

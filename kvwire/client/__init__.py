@@ -6,6 +6,7 @@ protocol's one exception tree, re-exported here for convenience.
 
 from kvwire.protocol.errors import (
     BadRequestError,
+    ConflictError,
     ErrorCode,
     ForbiddenError,
     InternalServerError,
@@ -32,6 +33,7 @@ __all__ = [
     "BadRequestError",
     "Client",
     "ClientConnection",
+    "ConflictError",
     "Consistency",
     "ErrorCode",
     "ForbiddenError",

@@ -152,7 +152,8 @@ class AsyncClient:
         (with str or bytes keys) of those; tuples come back as lists. If the
         connection fails after the request was sent, the put is retried on
         another node and may then be applied twice (same value, two versions).
-        A NoQuorumError means the put may or may not have been applied.
+        A NoQuorumError's ``maybe_applied`` says whether the put may have been
+        applied (True) or was written nowhere (False); None: the node did not say.
         """
         return (await self.put_with_result(key, value, timeout=timeout)).version
 
@@ -170,7 +171,9 @@ class AsyncClient:
         """Delete ``key``; returns the version of the tombstone.
 
         Raises KeyNotFoundError (a KeyError) if there is nothing to delete,
-        which after a retry may mean the first try deleted it.
+        which after a retry may mean the first try deleted it; ConflictError
+        if it raced with a write of the key and may or may not have taken
+        effect; NoQuorumError as for :meth:`put`.
         """
         reply = await self._call(Delete, check_key(key, self.limits), timeout=timeout)
         return reply.version

@@ -89,6 +89,10 @@ class ClientConnection(asyncio.Protocol):
         # Learned from the HELLO reply; None until then, or if HELLO was skipped.
         self.node_id: str | None = None
         self.cluster_id: str | None = None
+        # The node's own limits, to check sizes before sending: a frame over its
+        # max_frame_bytes usually ends in a connection reset, not an ERROR
+        # (docs/protocol.md 9). Also None from nodes that predate the field.
+        self.server_limits: Limits | None = None
         self._codec = Connection(Side.CLIENT, limits)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -155,7 +159,7 @@ class ClientConnection(asyncio.Protocol):
         return connection
 
     async def hello(self, cluster: str | None = None, *, role: Role = Role.CLIENT, node: str | None = None) -> HelloReply:
-        """Send HELLO (as a client, or as peer ``node``), and remember the node and cluster it names."""
+        """Send HELLO (as a client, or as peer ``node``), and remember the node, cluster and limits it names."""
         reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node)
         if reply.proto != PROTOCOL_VERSION:
             self._fail(f"node speaks protocol version {reply.proto}, we speak {PROTOCOL_VERSION}")
@@ -170,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
             )
         self.node_id = reply.node
         self.cluster_id = reply.cluster
+        # The codec has checked the map as Limits.from_wire does.
+        self.server_limits = Limits.from_wire(reply.limits) if reply.limits is not None else None
         return reply
 
     @property
@@ -304,14 +310,17 @@ class ClientConnection(asyncio.Protocol):
             if event.id is None and isinstance(event, ErrorReply):
                 # An ERROR without an id answers no request: the node could not
                 # parse something we sent, and is about to close the connection.
-                self._fail(f"the node reported: {event.message}", error_from_wire(event.code, event.message))
+                self._fail(
+                    f"the node reported: {event.message}",
+                    error_from_wire(event.code, event.message, event.maybe_applied),
+                )
                 return
             waiting = pending.pop(event.id, None)
             if waiting is None or waiting[0].done():
                 continue  # the caller gave up (timeout or cancel) before the reply came
             future, expected_op = waiting
             if isinstance(event, ErrorReply):
-                future.set_exception(error_from_wire(event.code, event.message))
+                future.set_exception(error_from_wire(event.code, event.message, event.maybe_applied))
             elif event.op != expected_op:
                 # Like an unparsable frame: this node's stream can't be trusted.
                 error = ProtocolError(f"a request expecting op {expected_op:#x} was answered with op {event.op:#x}")

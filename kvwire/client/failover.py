@@ -60,8 +60,11 @@ class RetryPolicy:
 
     Retried are the failures that say nothing about the request itself: a
     lost connection, a silent node, an UNAVAILABLE reply (a node shutting
-    down or full). A refused request (bad key, not found, no quorum) would be
-    refused anywhere, so it is raised at once. A PUT or DELETE whose
+    down or full). A refused request (bad key, not found) would be refused
+    anywhere, so it is raised at once. So are NO_QUORUM and CONFLICT (a
+    DELETE that raced with a write of its key): the write may already have
+    been applied (their ``maybe_applied`` says), and only the caller can tell
+    whether doing it again is right. A PUT or DELETE whose
     connection failed after it was sent may have been applied: retried, a
     PUT may be applied twice (same value, two versions) and a DELETE may then
     raise KeyNotFoundError.

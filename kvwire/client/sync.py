@@ -148,7 +148,8 @@ class Client:
         (with str or bytes keys) of those; tuples come back as lists. If the
         connection fails after the request was sent, the put is retried on
         another node and may then be applied twice (same value, two versions).
-        A NoQuorumError means the put may or may not have been applied.
+        A NoQuorumError's ``maybe_applied`` says whether the put may have been
+        applied (True) or was written nowhere (False); None: the node did not say.
         """
         return self._run(self._async.put(key, value, timeout=timeout))
 
@@ -164,7 +165,9 @@ class Client:
         """Delete ``key``; returns the version of the tombstone.
 
         Raises KeyNotFoundError (a KeyError) if there is nothing to delete,
-        which after a retry may mean the first try deleted it.
+        which after a retry may mean the first try deleted it; ConflictError
+        if it raced with a write of the key and may or may not have taken
+        effect; NoQuorumError as for :meth:`put`.
         """
         return self._run(self._async.delete(key, timeout=timeout))
 

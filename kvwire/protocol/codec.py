@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import msgpack
 
 from .errors import ErrorCode, ProtocolError
+from .limits import WIRE_NAMES as LIMIT_NAMES
 from .limits import Limits
 from .messages import (
     Consistency,
@@ -58,6 +59,9 @@ MAX_COUNTER = 2**63 - 1
 _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.HELLO: frozenset({"cluster", "node"}),
     Op.GET: frozenset({"consistency"}),
+    Op.REPLICATE: frozenset({"expect"}),
+    Op.ERROR: frozenset({"maybe_applied"}),
+    Op.HELLO_REPLY: frozenset({"limits"}),
     Op.PUT_REPLY: frozenset({"created"}),
 }
 
@@ -76,6 +80,30 @@ class _Invalid(Exception):
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+class _DuplicateKey(Exception):
+    """A map repeats a key: leaves the fast path, to find the request id and say where."""
+
+
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict:
+    # msgpack's object_pairs_hook, called for every map it decodes. Its own
+    # dicts keep the last of two equal keys, so a value would not come back
+    # as it was sent; a dict shorter than its pairs is how a repeat shows.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _DuplicateKey
+    return result
+
+
+def _repeated_keys(pairs: list[tuple[Any, Any]]) -> list[Any]:
+    seen: set[Any] = set()
+    repeated = []
+    for key, _ in pairs:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    return repeated
 
 
 # --- field checks: each returns the field's Python value or raises _Invalid ------------
@@ -106,6 +134,21 @@ def _mapping(value: Any) -> dict:
 
 
 def _anything(value: Any) -> Any:
+    return value
+
+
+def _limits(value: Any) -> dict:
+    if type(value) is not dict:
+        raise _Invalid(f"must be a map, got {_describe(value)}")
+    for name in LIMIT_NAMES:
+        if name not in value:
+            raise _Invalid(f"lacks {name!r}")
+        if type(value[name]) is not int or value[name] < 1:
+            raise _Invalid(f"entry {name!r} must be a positive integer, got {_describe(value[name])}")
+    try:
+        Limits.from_wire(value)  # the relations between them, as a node checks its own
+    except ValueError as exc:
+        raise _Invalid(f"is not a node's limits: {exc}") from None
     return value
 
 
@@ -165,6 +208,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "health": _mapping,
     "code": _uint,
     "message": _text,
+    "maybe_applied": _boolean,
+    "expect": _version,
+    "limits": _limits,
 }
 
 _CLASSES: dict[int, type] = {
@@ -201,7 +247,31 @@ _ERROR_OP = int(Op.ERROR)
 
 # unpackb bounds every length it reads by the size of its input, which the
 # frame limit already bounds, so no max_*_len option is tighter than that.
-_unpackb = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+_unpackb = functools.partial(
+    msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=_refuse_ext, object_pairs_hook=_unique_map
+)
+
+
+def _parse_noting_repeats(payload: bytes) -> tuple[Any, Any, bool]:
+    """The slow path, for a payload with a repeated map key: parse it whole
+    (a later error in it may be fatal) and return it, the first repeated key,
+    and whether that key is in the message map itself rather than in a value."""
+    repeats: list[list[Any]] = []  # per map, in the order msgpack finishes them
+
+    def note(pairs: list[tuple[Any, Any]]) -> dict:
+        result = dict(pairs)
+        repeats.append(_repeated_keys(pairs) if len(result) != len(pairs) else [])
+        return result
+
+    body = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_refuse_ext, object_pairs_hook=note)
+    # The message map is the outermost container, so msgpack finishes it last.
+    # A repeated id or op decides (it can make the error fatal), whatever else repeats.
+    for name in ("id", "op"):
+        if name in repeats[-1]:
+            return body, name, True
+    if repeats[-1]:
+        return body, repeats[-1][0], True
+    return body, next(keys[0] for keys in repeats if keys), False
 
 
 # --- encoding --------------------------------------------------------------------------
@@ -243,10 +313,14 @@ def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
     requests (ops below 0x80), a client takes replies. Raises ProtocolError;
     its ``fatal`` flag is set when even the request id could not be read.
     """
+    repeated, in_message_map = None, False
     try:
-        body = _unpackb(payload)
+        try:
+            body = _unpackb(payload)
+        except _DuplicateKey:
+            body, repeated, in_message_map = _parse_noting_repeats(payload)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise ProtocolError(f"payload is not one valid msgpack value: {exc or type(exc).__name__}") from None
+        raise ProtocolError(f"payload is not one valid msgpack value: {str(exc) or type(exc).__name__}") from None
     if type(body) is not dict:
         raise ProtocolError(f"payload must be a msgpack map, got {type(body).__name__}")
     if (b"\xd6\xff" in payload or b"\xd7\xff" in payload or b"\xc7\x0c\xff" in payload) and _holds_timestamp(body):
@@ -254,11 +328,22 @@ def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
 
     op = body.get("op")
     request_id = body.get("id", MISSING_ID)
+    if in_message_map and (repeated == "id" or (repeated == "op" and request_id is None)):
+        # Two ids: answering either would be a guess. A nil id is allowed in
+        # an ERROR only, which two ops leave undecided.
+        raise ProtocolError(f"field {repeated!r} appears twice in the message map")
     if not (type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID):
         # Only an ERROR about a frame whose id was unreadable carries nil.
         if not (replies and request_id is None and type(op) is int and op == _ERROR_OP):
             shown = "nothing" if request_id is MISSING_ID else _describe(request_id)
             raise ProtocolError(f"field 'id' must be an unsigned 64-bit integer, got {shown}")
+    if repeated is not None:
+        where = "the message map" if in_message_map else "a map inside the message"
+        raise ProtocolError(
+            f"key {_describe(repeated)} appears twice in {where}; a map may not repeat a key",
+            request_id=request_id,
+            fatal=False,
+        )
 
     schema = (_REPLY_SCHEMAS if replies else _REQUEST_SCHEMAS).get(op) if type(op) is int else None
     if schema is None:

@@ -1,8 +1,9 @@
 """The one exception tree of kvwire, each class bound to its wire code.
 
 Like hyper-h2, every error knows the code it travels as, so the server turns
-any ``KvwireError`` into an ERROR reply with ``err.code`` and the client turns
-an ERROR reply back into the same class with :func:`error_from_wire`. Where a
+any ``KvwireError`` into an ERROR reply with ``err.code`` (and
+``err.maybe_applied``) and the client turns an ERROR reply back into the same
+class with :func:`error_from_wire`. Where a
 builtin fits, the class also subclasses it (``KeyNotFoundError`` is a
 ``KeyError``), so callers can use the idioms they already know.
 """
@@ -24,12 +25,20 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 7
     UNAVAILABLE = 8
     INTERNAL = 9
+    CONFLICT = 10
 
 
 class KvwireError(Exception):
-    """Root of every error kvwire raises."""
+    """Root of every error kvwire raises.
+
+    ``maybe_applied`` is what an ERROR reply's field of that name said about a
+    failed write: True when some replica may hold it (it may become visible
+    later), False when nothing was written, None when the node did not say
+    (reads, and every error raised locally).
+    """
 
     code: ErrorCode = ErrorCode.INTERNAL
+    maybe_applied: bool | None = None
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
@@ -86,6 +95,11 @@ class KvwireTimeoutError(KvwireError, TimeoutError):
 class ServerError(KvwireError):
     """An ERROR reply: the node understood the request and refused it."""
 
+    def __init__(self, message: str = "", *, maybe_applied: bool | None = None) -> None:
+        super().__init__(message)
+        if maybe_applied is not None:
+            self.maybe_applied = maybe_applied
+
 
 class KeyNotFoundError(ServerError, KeyError):
     code = ErrorCode.NOT_FOUND
@@ -108,6 +122,9 @@ class ForbiddenError(ServerError, PermissionError):
 
 
 class NoQuorumError(ServerError):
+    """No majority answered in time. For a write, ``maybe_applied`` says whether
+    it may still be on some replica (True) or was written nowhere (False)."""
+
     code = ErrorCode.NO_QUORUM
 
 
@@ -123,6 +140,14 @@ class InternalServerError(ServerError):
     code = ErrorCode.INTERNAL
 
 
+class ConflictError(ServerError):
+    """A DELETE raced with a concurrent write of the same key and may or may not
+    have taken effect; hence ``maybe_applied`` is True unless the node says otherwise."""
+
+    code = ErrorCode.CONFLICT
+    maybe_applied = True
+
+
 _SERVER_ERRORS: dict[int, type[ServerError]] = {
     cls.code: cls
     for cls in (
@@ -135,21 +160,27 @@ _SERVER_ERRORS: dict[int, type[ServerError]] = {
         ServerTimeoutError,
         UnavailableError,
         InternalServerError,
+        ConflictError,
     )
 }
 
 
-def error_from_wire(code: int, message: str) -> ServerError:
-    """The exception an ERROR reply stands for; unknown codes stay readable."""
+def error_from_wire(code: int, message: str, maybe_applied: bool | None = None) -> ServerError:
+    """The exception an ERROR reply stands for; unknown codes stay readable.
+
+    ``maybe_applied`` is the reply's field of that name; None (absent) leaves
+    the class's default.
+    """
     cls = _SERVER_ERRORS.get(code)
     if cls is None:
-        err = ServerError(f"{message} (unknown error code {code})")
+        err = ServerError(f"{message} (unknown error code {code})", maybe_applied=maybe_applied)
         err.code = code  # type: ignore[assignment]
         return err
-    return cls(message)
+    return cls(message, maybe_applied=maybe_applied)
 
 __all__ = [
     "BadRequestError",
+    "ConflictError",
     "ErrorCode",
     "ForbiddenError",
     "InternalServerError",

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 MIB = 1024 * 1024
 
 # Room in a frame for everything but the key and the value: op, id, field
 # names and a version tag take well under 100 bytes; 1 KiB leaves slack.
 FRAME_OVERHEAD_BYTES = 1024
+
+# The entries of HELLO_REPLY's ``limits`` map, in the order they are written.
+WIRE_NAMES = ("max_key_bytes", "max_value_bytes", "max_frame_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,25 @@ class Limits:
                 f"max_value_bytes + {FRAME_OVERHEAD_BYTES} ({needed}), or a request carrying "
                 "the largest allowed key and value could not be sent"
             )
+
+    def to_wire(self) -> dict[str, int]:
+        """The ``limits`` map of a HELLO_REPLY (docs/protocol.md 6.1)."""
+        return {name: getattr(self, name) for name in WIRE_NAMES}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Limits:
+        """Limits from a HELLO_REPLY's ``limits`` map; raises ValueError.
+
+        The three entries are required and checked as a node's own options
+        are; entries with other names are ignored, so a later version can add
+        limits without breaking older clients.
+        """
+        if type(data) is not dict:
+            raise ValueError(f"limits must be a map, got {type(data).__name__}")
+        missing = [name for name in WIRE_NAMES if name not in data]
+        if missing:
+            raise ValueError(f"limits lacks {', '.join(missing)}")
+        return cls(**{name: data[name] for name in WIRE_NAMES})
 
 
 DEFAULT_LIMITS = Limits()

@@ -118,13 +118,18 @@ class Health:
 
 @dataclass(slots=True)
 class Replicate:
-    """Peer only: store ``value`` (or a tombstone) if ``version`` is newer."""
+    """Peer only: store ``value`` (or a tombstone) if ``version`` is newer.
+
+    ``expect`` makes it conditional: apply only if the replica's newest
+    accepted version for the key is at most ``expect`` (a DELETE uses it).
+    """
 
     id: int
     key: str
     version: Version
     value: Any = None
     deleted: bool = False
+    expect: Version | None = None
     op = Op.REPLICATE
 
 
@@ -152,18 +157,26 @@ class Fetch:
 
 @dataclass(slots=True)
 class ErrorReply:
+    """``maybe_applied``, for a failed write: True if some replica may hold it,
+    False if nothing was written; None (left out) for reads and other errors."""
+
     id: int | None
     code: int
     message: str
+    maybe_applied: bool | None = None
     op = Op.ERROR
 
 
 @dataclass(slots=True)
 class HelloReply:
+    """``limits``: the node's ``max_key_bytes``, ``max_value_bytes`` and
+    ``max_frame_bytes`` (``Limits.to_wire()``); None from nodes that predate it."""
+
     id: int
     proto: int
     node: str
     cluster: str
+    limits: dict | None = None
     op = Op.HELLO_REPLY
 
 
