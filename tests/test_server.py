@@ -7,6 +7,7 @@ import msgpack
 import pytest
 
 from kvwire.protocol import (
+    DEFAULT_LIMITS,
     Delete,
     DeleteReply,
     ErrorCode,
@@ -46,7 +47,7 @@ def test_put_get_delete_round_trip(node):
 
 def test_hello_reports_node_and_cluster(node):
     with RawConnection(node.address) as conn:
-        assert conn.request(Hello(9, cluster="kvwire")) == HelloReply(9, 1, "n1", "kvwire")
+        assert conn.request(Hello(9, cluster="kvwire")) == HelloReply(9, 1, "n1", "kvwire", DEFAULT_LIMITS.to_wire())
 
 
 def test_hello_from_another_cluster_is_refused(node):

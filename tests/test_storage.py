@@ -1,4 +1,4 @@
-"""Storage in-process, on real SQLite files: group commit, version rules, cache coherence."""
+"""Storage in-process, on real SQLite files: group commit, the SQL version guard, reopening."""
 
 import asyncio
 
@@ -11,19 +11,18 @@ from kvwire.server.storage import DataDirError, Storage
 
 
 async def open_storage(path, **kwargs):
-    options = {"node_id": "n1", "sync": SyncMode.FULL, "cache_entries": 1000, **kwargs}
+    options = {"node_id": "n1", "sync": SyncMode.FULL, **kwargs}
     return await Storage.open(path, **options)
 
 
 def put(storage, key, counter, value, node="n1"):
-    return storage.write(key, Version(counter, node), value, msgpack.packb(value))
+    return storage.write(key, Version(counter, node), False, value, msgpack.packb(value))
 
 
 async def test_writes_arriving_during_a_commit_share_the_next_transaction(tmp_path):
     storage = await open_storage(tmp_path)
     try:
-        results = await asyncio.gather(*(put(storage, f"k{i}", 1, i) for i in range(500)))
-        assert all(results)
+        await asyncio.gather(*(put(storage, f"k{i}", 1, i) for i in range(500)))
         assert storage.committed_rows == 500
         # 500 writes queued at once cannot take 500 transactions.
         assert storage.commits <= 5
@@ -34,53 +33,57 @@ async def test_writes_arriving_during_a_commit_share_the_next_transaction(tmp_pa
 async def test_batches_are_capped_at_max_batch_rows(tmp_path):
     storage = await open_storage(tmp_path, max_batch_rows=100)
     try:
-        assert all(await asyncio.gather(*(put(storage, f"k{i}", 1, i) for i in range(450))))
+        await asyncio.gather(*(put(storage, f"k{i}", 1, i) for i in range(450)))
+        assert storage.committed_rows == 450
         assert storage.commits >= 5
     finally:
         await storage.close()
 
 
-async def test_only_a_higher_version_replaces_the_held_one(tmp_path):
+async def test_only_a_higher_version_replaces_the_stored_row(tmp_path):
+    """The SQL repeats the core's rule, so a replayed or reordered row is harmless."""
     storage = await open_storage(tmp_path)
     try:
-        assert await put(storage, "k", 5, "five", node="n2")
-        assert not await put(storage, "k", 5, "replay", node="n2")
-        assert not await put(storage, "k", 4, "older", node="n3")
-        assert await put(storage, "k", 5, "tie-break", node="n3")
-        assert storage.latest_version("k") == Version(5, "n3")
-        assert await storage.read("k") == ("tie-break", Version(5, "n3"))
+        await put(storage, "k", 5, "five", node="n2")
+        await put(storage, "k", 5, "replay", node="n2")
+        await put(storage, "k", 4, "older", node="n3")
+        assert await storage.read("k") == (Version(5, "n2"), False, "five")
+        await put(storage, "k", 5, "tie-break", node="n3")
+        assert await storage.read("k") == (Version(5, "n3"), False, "tie-break")
     finally:
         await storage.close()
 
 
-async def test_pending_writes_count_for_versions_but_are_not_read(tmp_path):
+async def test_each_write_has_its_own_future(tmp_path):
+    """Cancelling one caller's future leaves every other write of the batch alone."""
     storage = await open_storage(tmp_path)
     try:
-        first = put(storage, "k", 1, "one")
-        # Accepted but not committed: the next version must go above it...
-        assert storage.latest_version("k") == Version(1, "n1")
-        same_tag = put(storage, "k", 1, "same tag")
-        # ...yet no reader sees it before it is durable.
-        assert "k" not in storage.index
-        assert await first
-        assert await same_tag is False
-        assert storage.index["k"].version == Version(1, "n1")
+        first, second = put(storage, "a", 1, "x"), put(storage, "b", 1, "y")
+        assert first is not second
+        first.cancel()
+        await second
+        assert await storage.read("a") == (Version(1, "n1"), False, "x")
+        assert await storage.read("b") == (Version(1, "n1"), False, "y")
     finally:
         await storage.close()
 
 
 async def test_index_and_values_survive_reopening(tmp_path):
-    storage = await open_storage(tmp_path, cache_entries=0)
+    storage = await open_storage(tmp_path)
     await put(storage, "live", 1, {"a": [1, 2]})
     await put(storage, "gone", 1, "x")
-    await storage.write("gone", Version(2, "n1"), None, None)
+    await storage.write("gone", Version(2, "n1"), True, None, None)
+    storage.add_hint("n2", "live", Version(1, "n1"))
     await storage.close()
-    storage = await open_storage(tmp_path, cache_entries=0)
+    storage = await open_storage(tmp_path)
     try:
-        assert storage.index["live"].version == Version(1, "n1") and not storage.index["live"].deleted
-        assert storage.index["gone"].deleted and storage.index["gone"].version == Version(2, "n1")
-        assert await storage.read("live") == ({"a": [1, 2]}, Version(1, "n1"))
-        assert await storage.read("gone") is None
+        entries = storage.loaded_entries
+        assert entries["live"].version == Version(1, "n1") and not entries["live"].deleted
+        assert entries["gone"].deleted and entries["gone"].version == Version(2, "n1")
+        assert storage.loaded_hints == {"n2": {"live": Version(1, "n1")}}
+        assert await storage.read("live") == (Version(1, "n1"), False, {"a": [1, 2]})
+        assert await storage.read("gone") == (Version(2, "n1"), True, None)
+        assert await storage.read("never") is None
     finally:
         await storage.close()
 
@@ -89,10 +92,10 @@ async def test_close_commits_what_is_queued(tmp_path):
     storage = await open_storage(tmp_path)
     writes = [put(storage, f"k{i}", 1, i) for i in range(100)]
     await storage.close()
-    assert all(w.done() and w.result() for w in writes)
+    assert all(w.done() and w.exception() is None for w in writes)
     storage = await open_storage(tmp_path)
     try:
-        assert len(storage.index) == 100
+        assert len(storage.loaded_entries) == 100
     finally:
         await storage.close()
 
@@ -126,20 +129,6 @@ def test_server_config_rejects_bad_values_clearly(kwargs, message):
         ServerConfig(**kwargs)
 
 
-async def test_a_replay_of_a_pending_write_waits_for_its_commit(tmp_path):
-    storage = await open_storage(tmp_path)
-    try:
-        original = put(storage, "k", 1, "v")
-        replay = put(storage, "k", 1, "v")
-        # "Not applied" must not be said before the equal version is durable.
-        assert not replay.done()
-        assert await original is True
-        assert await replay is False
-        assert storage.index["k"].version == Version(1, "n1")
-    finally:
-        await storage.close()
-
-
 async def test_a_failed_group_commit_refuses_its_whole_batch_and_the_next_commit_works(tmp_path):
     """SQLite itself refuses one row (a trigger, a real failure inside the transaction): every
     write of that batch fails, none is half-applied, and storage goes on."""
@@ -149,7 +138,7 @@ async def test_a_failed_group_commit_refuses_its_whole_batch_and_the_next_commit
 
     storage = await open_storage(tmp_path)
     try:
-        assert await put(storage, "before", 1, "kept")
+        await put(storage, "before", 1, "kept")
         with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
             db.executescript("""
                 CREATE TRIGGER poison_insert BEFORE INSERT ON kv WHEN NEW.key = 'poison'
@@ -159,17 +148,17 @@ async def test_a_failed_group_commit_refuses_its_whole_batch_and_the_next_commit
         outcomes = await asyncio.gather(*batch, return_exceptions=True)
         assert all(isinstance(outcome, StorageError) for outcome in outcomes), outcomes
         assert "injected failure" in str(outcomes[0])
-        assert storage.latest("k1") is None and not storage.pending
+        assert await storage.read("k1") is None
         # The same keys and versions are accepted again once the row is allowed.
         with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
             db.execute("DROP TRIGGER poison_insert")
-        assert await asyncio.gather(put(storage, "k1", 1, "a"), put(storage, "poison", 1, "p")) == [True, True]
+        await asyncio.gather(put(storage, "k1", 1, "a"), put(storage, "poison", 1, "p"))
     finally:
         await storage.close()
     reopened = await open_storage(tmp_path)
     try:
-        assert await reopened.read("before") == ("kept", Version(1, "n1"))
-        assert await reopened.read("k1") == ("a", Version(1, "n1"))
+        assert await reopened.read("before") == (Version(1, "n1"), False, "kept")
+        assert await reopened.read("k1") == (Version(1, "n1"), False, "a")
         assert await reopened.read("k2") is None
     finally:
         await reopened.close()

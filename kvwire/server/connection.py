@@ -105,7 +105,7 @@ class NodeProtocol(asyncio.Protocol):
             try:
                 result = node.handle(request, session)
             except KvwireError as exc:
-                replies.append(encode(ErrorReply(request.id, exc.code, exc.message)))
+                replies.append(encode(ErrorReply(request.id, exc.code, exc.message, exc.maybe_applied)))
                 continue
             except Exception:
                 log.exception("internal error handling %s from %s", type(request).__name__, session.peer)
@@ -127,7 +127,7 @@ class NodeProtocol(asyncio.Protocol):
         elif (exc := done.exception()) is None:
             reply = done.result()
         elif isinstance(exc, KvwireError):
-            reply = ErrorReply(request_id, exc.code, exc.message)
+            reply = ErrorReply(request_id, exc.code, exc.message, exc.maybe_applied)
         else:
             log.error("internal error answering request %d from %s", request_id, self._session.peer, exc_info=exc)
             reply = ErrorReply(request_id, ErrorCode.INTERNAL, "internal error; see the node's log")

@@ -1,10 +1,12 @@
-"""What a node does with each request, independent of sockets.
+"""The asyncio shell around the node core: it performs the core's effects, nothing more.
 
-``Node.handle`` answers a request with a reply when it can do so at once (a
-PING, a GET of a cached or missing key) and otherwise with a future of the
-reply (a write waiting for group commit, a GET reading SQLite). Answering
+``Node.handle`` gives a request to the core (``kvwire.server.core``) and
+answers with the reply when the core produced it at once (a PING, a GET of a
+cached or missing key) and otherwise with a future of it. Answering
 synchronously where possible is what lets one ``data_received`` call turn a
-burst of pipelined GETs into a single write.
+burst of pipelined GETs into a single write. Every effect the core asks for is
+performed here: peer messages go out on the peer links, rows to group commit,
+loads to SQLite's reader, and each completion goes back into the core.
 """
 
 from __future__ import annotations
@@ -17,41 +19,34 @@ from typing import Any, Callable
 
 import msgpack
 
-from ..protocol.errors import BadRequestError, ForbiddenError, KeyNotFoundError, TooLargeError
+from ..protocol.errors import BadRequestError, ForbiddenError, KvwireError, TooLargeError
 from ..protocol.messages import (
-    NO_VERSION,
     PROTOCOL_VERSION,
-    Consistency,
     Delete,
-    DeleteReply,
-    Get,
-    GetReply,
     Fetch,
-    FetchReply,
+    Get,
     Health,
     HealthReply,
     Hello,
     HelloReply,
     Lookup,
-    LookupReply,
     Ping,
     Pong,
     Put,
-    PutReply,
     Replicate,
-    ReplicateReply,
     Reply,
     Request,
     Role,
 )
-from .cache import MISSING
 from .config import ServerConfig
-from .coordinator import Coordinator
-from .futures import then
-from .peers import Peers
+from .core import CloseLink, DropHint, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint
+from .failure_detector import PeerState
+from .peers import PeerLinks, reply_or_failure
 from .storage import Storage
 
 log = logging.getLogger("kvwire.node")
+
+_CORE_REQUESTS = (Get, Put, Delete, Replicate, Lookup, Fetch)
 
 
 @dataclass(slots=True)
@@ -62,35 +57,57 @@ class Session:
     role: Role = Role.CLIENT
 
 
+class _Answer:
+    """A request handed to the core: its reply, if the core gave it at once, or the future of it."""
+
+    __slots__ = ("reply", "future")
+
+    def __init__(self) -> None:
+        self.reply: Any = None
+        self.future: asyncio.Future | None = None
+
+
 class Node:
     def __init__(self, config: ServerConfig, storage: Storage, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.storage = storage
-        self.peers = Peers(config, storage, clock=clock)
-        self.coordinator = Coordinator(config, storage, self.peers)
-        # A lone node is its own majority: its reads need no round.
-        self._reads_local = config.cluster_size == 1
+        self._loop = asyncio.get_running_loop()
         self._clock = clock
         self._started = clock()
+        self.core = NodeCore(config, clock(), committed=storage.loaded_entries, hints=storage.loaded_hints)
+        storage.loaded_entries = {}
+        storage.loaded_hints = {}
+        self.peers = PeerLinks(config, self)
         self._packer = msgpack.Packer()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self.connections = 0
-        self._handlers: dict[type, Callable[[Any, Session], Reply | asyncio.Future]] = {
-            Hello: self._hello,
-            Ping: self._ping,
-            Get: self._get,
-            Put: self._put,
-            Delete: self._delete,
-            Health: self._health,
-            Replicate: self._replicate,
-            Lookup: self._lookup,
-            Fetch: self._fetch,
-        }
+
+    def start(self) -> None:
+        self.peers.start()
+        self._perform()
 
     def handle(self, request: Request, session: Session) -> Reply | asyncio.Future:
         """The reply, or a future of it. Raises KvwireError for a refusal."""
-        return self._handlers[type(request)](request, session)
-
-    # --- handlers ----------------------------------------------------------------------
+        kind = type(request)
+        if kind is Ping:
+            return Pong(request.id)
+        if kind is Hello:
+            return self._hello(request, session)
+        if kind is Health:
+            return HealthReply(request.id, self.health())
+        packed = None
+        if kind is Put or (kind is Replicate and not request.deleted):
+            packed = self._pack_value(request.value)
+        answer = _Answer()
+        self.core.request(answer, request, self._clock(), from_peer=session.role is Role.PEER, packed=packed)
+        self._perform()
+        if answer.reply is not None:
+            if isinstance(answer.reply, BaseException):
+                raise answer.reply
+            return answer.reply
+        answer.future = self._loop.create_future()
+        return answer.future
 
     def _hello(self, request: Hello, session: Session) -> Reply:
         if request.proto != PROTOCOL_VERSION:
@@ -102,86 +119,8 @@ class Node:
                 f"this node belongs to cluster {self.config.cluster_id!r}, not {request.cluster!r}"
             )
         session.role = request.role
-        return HelloReply(request.id, PROTOCOL_VERSION, self.config.node_id, self.config.cluster_id)
-
-    def _ping(self, request: Ping, session: Session) -> Reply:
-        return Pong(request.id)
-
-    def _get(self, request: Get, session: Session) -> Reply | asyncio.Future:
-        if not self._reads_local and request.consistency is not Consistency.ONE:
-            return asyncio.ensure_future(self._quorum_get(request))
-        key = request.key
-        entry = self.storage.index.get(key)
-        if entry is None or entry.deleted:
-            raise KeyNotFoundError(f"key {key!r} not found")
-        value = self.storage.cached(key)
-        if value is not MISSING:
-            return GetReply(request.id, value, entry.version)
-        return asyncio.ensure_future(self._get_from_disk(request))
-
-    async def _get_from_disk(self, request: Get) -> Reply:
-        found = await self.storage.read(request.key)
-        if found is None:
-            raise KeyNotFoundError(f"key {request.key!r} not found")
-        value, version = found
-        return GetReply(request.id, value, version)
-
-    async def _quorum_get(self, request: Get) -> Reply:
-        value, version = await self.coordinator.read(request.key)
-        return GetReply(request.id, value, version)
-
-    def _put(self, request: Put, session: Session) -> asyncio.Future:
-        packed = self._pack_value(request.value)
-        written = self.coordinator.start_write(request.key, request.value, packed)
-        return then(written, lambda result: PutReply(request.id, result.version, result.created))
-
-    def _delete(self, request: Delete, session: Session) -> asyncio.Future:
-        written = self.coordinator.start_write(request.key, None, None, must_exist=True)
-        return then(written, lambda result: DeleteReply(request.id, result.version))
-
-    # --- peer-only requests ----------------------------------------------------------------
-
-    def _replicate(self, request: Replicate, session: Session) -> Reply | asyncio.Future:
-        _require_peer(session, "REPLICATE")
-        if request.deleted:
-            value, packed = None, None
-        else:
-            value, packed = request.value, self._pack_value(request.value)
-        written = self.storage.write(request.key, request.version, value, packed)
-        return then(written, lambda applied: ReplicateReply(request.id, applied, self.storage.latest_version(request.key)))
-
-    def _lookup(self, request: Lookup, session: Session) -> Reply:
-        _require_peer(session, "LOOKUP")
-        entry = self.storage.latest(request.key)
-        if entry is None:
-            return LookupReply(request.id, NO_VERSION, False)
-        return LookupReply(request.id, entry.version, entry.deleted)
-
-    def _fetch(self, request: Fetch, session: Session) -> Reply | asyncio.Future:
-        _require_peer(session, "FETCH")
-        entry = self.storage.index.get(request.key)
-        if entry is None:
-            return FetchReply(request.id, NO_VERSION, False, None)
-        if entry.deleted:
-            return FetchReply(request.id, entry.version, True, None)
-        value = self.storage.cached(request.key)
-        if value is not MISSING:
-            return FetchReply(request.id, entry.version, False, value)
-        return asyncio.ensure_future(self._fetch_from_disk(request))
-
-    async def _fetch_from_disk(self, request: Fetch) -> Reply:
-        found = await self.storage.read(request.key)
-        if found is None:  # deleted meanwhile: answer from the index again
-            entry = self.storage.index.get(request.key)
-            version = entry.version if entry is not None else NO_VERSION
-            return FetchReply(request.id, version, entry is not None and entry.deleted, None)
-        value, version = found
-        return FetchReply(request.id, version, False, value)
-
-    def _health(self, request: Health, session: Session) -> Reply:
-        return HealthReply(request.id, self.health())
-
-    # --- helpers -----------------------------------------------------------------------
+        return HelloReply(request.id, PROTOCOL_VERSION, self.config.node_id, self.config.cluster_id,
+                          self.config.limits.to_wire())
 
     def _pack_value(self, value: Any) -> bytes:
         packed = self._packer.pack(value)
@@ -190,10 +129,102 @@ class Node:
             raise TooLargeError(f"value is {len(packed)} bytes encoded; the limit is {limit} bytes")
         return packed
 
+    # --- events from the outside -----------------------------------------------------------
+
+    def peer_heard(self, peer: str) -> None:
+        self.core.heard(peer, self._clock())
+        self._perform()
+
+    def peer_linked(self, peer: str) -> None:
+        self.core.link_up(peer, self._clock())
+        self._perform()
+
+    def peer_answered(self, peer: str, request_id: int, done: asyncio.Future) -> None:
+        self.core.peer_reply(peer, request_id, reply_or_failure(done), self._clock())
+        self._perform()
+
+    def peer_unlinked(self, peer: str) -> None:
+        self.core.link_down(peer, self._clock())
+        self._perform()
+
+    def _tick(self) -> None:
+        self._timer = self._timer_at = None
+        self.core.tick(self._clock())
+        self._perform()
+
+    # --- performing effects ----------------------------------------------------------------
+
+    def _perform(self) -> None:
+        core = self.core
+        while core.effects:
+            for effect in core.take_effects():
+                kind = type(effect)
+                if kind is Respond:
+                    self._respond(effect.token, effect.reply)
+                elif kind is Send:
+                    self.peers.send(effect.peer, effect.request_id, effect.message_type, effect.fields)
+                elif kind is Persist:
+                    future = self.storage.write(effect.key, effect.version, effect.deleted, effect.value, effect.packed)
+                    future.add_done_callback(lambda done, write_id=effect.write_id: self._persisted(write_id, done))
+                elif kind is Load:
+                    self._loop.create_task(self._load(effect.key))
+                elif kind is StoreHint:
+                    self.storage.add_hint(effect.peer, effect.key, effect.version)
+                elif kind is DropHint:
+                    self.storage.drop_hint(effect.peer, effect.key, effect.version)
+                elif kind is CloseLink:
+                    self.peers.reconnect(effect.peer)
+                elif kind is PeerStateChanged:
+                    transition = effect.transition
+                    (log.warning if transition.state is PeerState.DOWN else log.info)("%s", transition.describe())
+        self._arm_timer(core.next_deadline())
+
+    def _respond(self, answer: _Answer, reply: Any) -> None:
+        future = answer.future
+        if future is None:
+            answer.reply = reply
+        elif not future.done():
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def _persisted(self, write_id: int, done: asyncio.Future) -> None:
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled():
+            error = KvwireError("write cancelled: node is shutting down")
+        self.core.persisted(write_id, error, self._clock())
+        self._perform()
+
+    async def _load(self, key: str) -> None:
+        try:
+            row = await self.storage.read(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the reader failed: answer from what the index says
+            log.error("reading %r failed: %s", key, exc)
+            row = None
+        self.core.loaded(key, row, self._clock())
+        self._perform()
+
+    def _arm_timer(self, deadline: float | None) -> None:
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        delay = max(0.0, deadline - self._clock())
+        self._timer = self._loop.call_later(delay, self._tick)
+
+    # --- health ------------------------------------------------------------------------------
+
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""
-        storage, config = self.storage, self.config
-        peers = self.peers.describe()
+        storage, config, core = self.storage, self.config, self.core
+        core.now = self._clock()
+        peers = core.describe_peers()
+        for peer in peers:
+            peer["url"] = self.peers.address(peer["node_id"])
         healthy = 1 + sum(peer["healthy"] for peer in peers)
         has_quorum = healthy >= config.quorum
         return {
@@ -203,15 +234,16 @@ class Node:
             "uptime_s": round(self._clock() - self._started, 3),
             "protocol_version": PROTOCOL_VERSION,
             "connections": self.connections,
-            "keys": len(storage.index),
-            "cached_values": len(storage.cache),
-            "pending_writes": storage.queued_writes,
+            "keys": len(core.keydir),
+            "cached_values": len(core.cache),
+            "pending_writes": core.pending_writes,
             "commits": storage.commits,
             "committed_rows": storage.committed_rows,
             "sync": config.sync.value,
-            "no_quorum_writes": self.coordinator.no_quorum_writes,
-            "read_write_backs": self.coordinator.write_backs,
-            "hedged_requests": self.coordinator.hedged_requests,
+            "no_quorum_writes": core.stats.no_quorum_writes,
+            "read_write_backs": core.stats.write_backs,
+            "hedged_requests": core.stats.hedged_requests,
+            "delete_conflicts": core.stats.delete_conflicts,
             "cluster": {
                 "replication_enabled": config.cluster_size > 1,
                 "total_nodes": config.cluster_size,
@@ -227,8 +259,3 @@ class Node:
                 "nodes": peers,
             },
         }
-
-
-def _require_peer(session: Session, op: str) -> None:
-    if session.role is not Role.PEER:
-        raise ForbiddenError(f"{op} is accepted only on a connection that said HELLO with role 'peer'")

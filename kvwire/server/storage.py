@@ -1,22 +1,14 @@
-"""Durable storage: SQLite in WAL mode through aiosqlite, with group commit.
+"""Durable storage: SQLite in WAL mode through aiosqlite, with group commit, behind a narrow interface.
 
-What lives where:
-- SQLite holds every key's value (msgpack bytes) or tombstone, with its
-  version tag. It is the only durable state.
-- ``index`` holds every key's committed version tag and tombstone flag in
-  memory, as Bitcask keeps its keydir: version look-ups (for writes now and
-  quorum rounds next) and GETs of missing keys never touch the disk, while
-  values may outgrow RAM.
-- ``ValueCache`` holds recently used values, so a GET of a hot key is answered
-  without a hop to SQLite's thread.
-- ``pending`` holds writes accepted but not yet committed. They count when a
-  new version is chosen, so two writes to one key never get the same tag, but
-  no read sees them until they are durable.
+SQLite holds every key's value (msgpack bytes) or tombstone, with its version
+tag, and the hints; it is the only durable state. What the node holds in
+memory (every key's tag, pending writes, the value cache) belongs to the node
+core (``kvwire.server.core``); storage only makes rows durable and reads them.
 
-Writes go through the group committer: whatever arrives while a transaction
-is committing goes into the next transaction together. A write's future
-resolves only after its transaction has committed with the configured
-``PRAGMA synchronous``, and after the index and cache show it.
+``write`` hands out a future per row that nobody else holds, so no caller can
+cancel another's. Whatever arrives while a transaction is committing goes
+into the next transaction together; each future resolves once its
+transaction has committed with the configured ``PRAGMA synchronous``.
 """
 
 from __future__ import annotations
@@ -31,10 +23,9 @@ import aiosqlite
 import msgpack
 
 from ..protocol.errors import InternalServerError
-from ..protocol.messages import NO_VERSION, Version
-from .cache import ValueCache
+from ..protocol.messages import Version
 from .config import SyncMode
-from .futures import then
+from .core.keydir import Entry
 
 log = logging.getLogger("kvwire.storage")
 
@@ -81,16 +72,10 @@ WHERE (excluded.counter, excluded.node) > (hints.counter, hints.node)
 HINT_DELETE = "DELETE FROM hints WHERE peer = ? AND key = ? AND (counter, node) <= (?, ?)"
 
 
-class Entry(NamedTuple):
-    version: Version
-    deleted: bool
-
-
 class _Write(NamedTuple):
     key: str
     version: Version
     deleted: bool
-    value: Any  # the decoded value, for the cache
     packed: bytes | None  # what SQLite stores; None for a tombstone
     future: asyncio.Future
 
@@ -104,19 +89,12 @@ class DataDirError(Exception):
 
 
 class Storage:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, cache_entries: int, max_batch_rows: int) -> None:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, max_batch_rows: int) -> None:
         self._loop = asyncio.get_running_loop()
         self._writer = writer
         self._reader = reader
-        self.index: dict[str, Entry] = {}
-        self.pending: dict[str, Entry] = {}
-        # key -> the future of its newest pending write
-        self._pending_commits: dict[str, asyncio.Future] = {}
-        self.cache = ValueCache(cache_entries)
         self._max_batch_rows = max_batch_rows
         self._queue: list[_Write] = []
-        # peer -> key -> version the peer must get; mirrors the hints table.
-        self.hints: dict[str, dict[str, Version]] = {}
         self._hint_rows: list[tuple[str, str, int, str]] = []
         self._unhint_rows: list[tuple[str, str, int, str]] = []
         self._wakeup = asyncio.Event()
@@ -124,16 +102,17 @@ class Storage:
         self._committer = asyncio.create_task(self._commit_forever(), name="kvwire-group-commit")
         self.commits = 0
         self.committed_rows = 0
+        # What the files held when opened, for the node core to start from.
+        self.loaded_entries: dict[str, Entry] = {}
+        self.loaded_hints: dict[str, dict[str, Version]] = {}
 
     @classmethod
-    async def open(
-        cls, data_dir: Path, *, node_id: str, sync: SyncMode, cache_entries: int, max_batch_rows: int = 4096
-    ) -> Storage:
+    async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096) -> Storage:
         data_dir.mkdir(parents=True, exist_ok=True)
         path = data_dir / "kvwire.sqlite3"
         # sqlite3's default transaction handling opens a transaction before the
         # first INSERT by itself, which saves a BEGIN round trip to aiosqlite's
-        # thread (about 25 us, GUIDE section 4) on every group commit.
+        # thread (about 25 us each, docs/design.md "Storage") on every group commit.
         writer = await aiosqlite.connect(path)
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
@@ -145,38 +124,27 @@ class Storage:
         except BaseException:
             await writer.close()
             raise
-        storage = cls(writer, reader, cache_entries, max_batch_rows)
-        await storage._load_index()
-        log.info("opened %s: %d keys (%d tombstones), sync=%s", path, len(storage.index),
-                 sum(entry.deleted for entry in storage.index.values()), sync.value)
+        storage = cls(writer, reader, max_batch_rows)
+        await storage._load()
+        entries = storage.loaded_entries
+        log.info("opened %s: %d keys (%d tombstones), sync=%s", path, len(entries),
+                 sum(entry.deleted for entry in entries.values()), sync.value)
         return storage
 
-    async def _load_index(self) -> None:
+    async def _load(self) -> None:
         async with self._reader.execute("SELECT key, counter, node, deleted FROM kv") as cursor:
             while rows := await cursor.fetchmany(10_000):
                 for key, counter, node, deleted in rows:
-                    self.index[key] = Entry(Version(counter, node), bool(deleted))
+                    self.loaded_entries[key] = Entry(Version(counter, node), bool(deleted))
         async with self._reader.execute("SELECT peer, key, counter, node FROM hints") as cursor:
             while rows := await cursor.fetchmany(10_000):
                 for peer, key, counter, node in rows:
-                    self.hints.setdefault(peer, {})[key] = Version(counter, node)
+                    self.loaded_hints.setdefault(peer, {})[key] = Version(counter, node)
 
     # --- reads -------------------------------------------------------------------------
 
-    def latest(self, key: str) -> Entry | None:
-        """The newest version accepted for ``key``, committed or not."""
-        return self.pending.get(key) or self.index.get(key)
-
-    def latest_version(self, key: str) -> Version:
-        entry = self.latest(key)
-        return entry.version if entry is not None else NO_VERSION
-
-    def cached(self, key: str) -> Any:
-        """The committed value of a live key from memory, or MISSING."""
-        return self.cache.get(key)
-
-    async def read(self, key: str) -> tuple[Any, Version] | None:
-        """The committed value and version of ``key`` from SQLite, or None if absent or deleted.
+    async def read(self, key: str) -> tuple[Version, bool, Any] | None:
+        """The committed row of ``key`` as (version, deleted, value), or None if it has none.
 
         Runs on its own connection, so it never queues behind a commit's fsync.
         """
@@ -184,76 +152,38 @@ class Storage:
             "SELECT value, counter, node, deleted FROM kv WHERE key = ?", (key,)
         ) as cursor:
             row = await cursor.fetchone()
-        if row is None or row[3]:
+        if row is None:
             return None
-        value = msgpack.unpackb(row[0], raw=False, strict_map_key=False)
-        version = Version(row[1], row[2])
-        # The reader may see a commit the event loop has not yet recorded, or
-        # race a newer one; cache only what matches the index exactly.
-        entry = self.index.get(key)
-        if entry is not None and entry.version == version:
-            self.cache.put(key, value)
-        return value, version
+        value = None if row[3] else msgpack.unpackb(row[0], raw=False, strict_map_key=False)
+        return Version(row[1], row[2]), bool(row[3]), value
 
     # --- writes ------------------------------------------------------------------------
 
-    def write(self, key: str, version: Version, value: Any, packed: bytes | None) -> asyncio.Future[bool]:
-        """Store ``value`` (or, with ``packed`` None, a tombstone) at ``version``.
+    def write(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None) -> asyncio.Future[None]:
+        """Commit the row durably; the future resolves once it has (or fails with StorageError).
 
-        The future resolves to True once the write is durable, or at once to
-        False when a version at least as high is already held or pending.
+        The SQL keeps a row only if its tag is higher than the one stored, so
+        a replay is harmless.
         """
         future = self._loop.create_future()
         if self._closing:
             future.set_exception(StorageError("node is shutting down; write refused"))
             return future
-        if version <= self.latest_version(key):
-            waiting = self._pending_commits.get(key)
-            if waiting is not None:
-                # Equal or newer data is still being committed: "not applied"
-                # may be said only once what supersedes it is durable.
-                return then(waiting, lambda _: False)
-            future.set_result(False)
-            return future
-        deleted = packed is None
-        self.pending[key] = Entry(version, deleted)
-        self._pending_commits[key] = future
-        self._queue.append(_Write(key, version, deleted, value, packed, future))
+        if not deleted and packed is None:
+            packed = msgpack.packb(value)
+        self._queue.append(_Write(key, version, deleted, None if deleted else packed, future))
         self._wakeup.set()
         return future
 
-    # --- hints ------------------------------------------------------------------------
-
     def add_hint(self, peer: str, key: str, version: Version) -> None:
         """Remember durably, in the next commit, that ``peer`` must get ``key`` at ``version``."""
-        held = self.hints.setdefault(peer, {}).get(key)
-        if held is None or version > held:
-            self.hints[peer][key] = version
-            self._hint_rows.append((peer, key, version.counter, version.node))
-            self._wakeup.set()
+        self._hint_rows.append((peer, key, version.counter, version.node))
+        self._wakeup.set()
 
-    def drop_hints(self, peer: str, delivered: dict[str, Version]) -> None:
-        """``peer`` now holds each key at the version given; hints up to it are done."""
-        hinted = self.hints.get(peer, {})
-        for key, version in delivered.items():
-            held = hinted.get(key)
-            if held is not None and held <= version:
-                del hinted[key]
-                self._unhint_rows.append((peer, key, version.counter, version.node))
-        if self._unhint_rows:
-            self._wakeup.set()
-
-    async def read_rows(self, keys: list[str]) -> list[tuple[str, Version, bool, Any]]:
-        """The committed rows of ``keys`` as (key, version, deleted, value), absent keys left out."""
-        marks = ",".join("?" * len(keys))
-        async with self._reader.execute(
-            f"SELECT key, counter, node, deleted, value FROM kv WHERE key IN ({marks})", keys
-        ) as cursor:
-            rows = await cursor.fetchall()
-        return [
-            (key, Version(counter, node), bool(deleted), None if deleted else msgpack.unpackb(value, raw=False, strict_map_key=False))
-            for key, counter, node, deleted, value in rows
-        ]
+    def drop_hint(self, peer: str, key: str, version: Version) -> None:
+        """Forget, in the next commit, ``peer``'s hint for ``key`` up to ``version``."""
+        self._unhint_rows.append((peer, key, version.counter, version.node))
+        self._wakeup.set()
 
     # --- group commit --------------------------------------------------------------------
 
@@ -274,10 +204,12 @@ class Storage:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
         try:
             # One hop to aiosqlite's thread for the whole transaction, not one
-            # per statement: each hop is a thread hand-off (GUIDE section 4),
-            # and hand-offs were 12% of a node's busy time in quorum PUTs. aiosqlite offers no public way to run a
-            # function on its thread; setup.py pins the releases checked, and
-            # every test that writes fails at once if one drops _execute.
+            # per statement: each hop is a thread hand-off (about 25 us), and
+            # hand-offs were 12% of a node's busy time in quorum PUTs.
+            # aiosqlite offers no public way to run a function on its thread
+            # (README "Storage" says why we use this one); setup.py pins the
+            # releases checked, and every test that writes fails at once if
+            # one drops _execute.
             await self._writer._execute(_write_transaction, self._writer._conn, rows, hint_rows, unhint_rows)
         except asyncio.CancelledError:
             raise
@@ -287,40 +219,22 @@ class Storage:
                 await self._writer.rollback()
             except Exception:  # the failed COMMIT may have rolled back already
                 pass
-            # Hint bookkeeping stays in memory and is tried again with the next commit.
+            # Hint bookkeeping is tried again with the next commit.
             self._hint_rows[:0] = hint_rows
             self._unhint_rows[:0] = unhint_rows
             for write in batch:
-                if self.pending.get(write.key, (None,))[0] == write.version:
-                    del self.pending[write.key]
-                    del self._pending_commits[write.key]
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
             return
         self.commits += 1
         self.committed_rows += len(batch)
         for write in batch:
-            key = write.key
-            entry = Entry(write.version, write.deleted)
-            if self.pending.get(key) == entry:
-                del self.pending[key]
-                del self._pending_commits[key]
-            current = self.index.get(key)
-            if current is None or write.version > current.version:
-                self.index[key] = entry
-                if write.deleted:
-                    self.cache.discard(key)
-                else:
-                    self.cache.put(key, write.value)
             if not write.future.done():
-                write.future.set_result(True)
-
-    def hint_count(self, peer: str) -> int:
-        return len(self.hints.get(peer, ()))
+                write.future.set_result(None)
 
     @property
     def queued_writes(self) -> int:
-        return len(self._queue) + len(self.pending)
+        return len(self._queue)
 
     async def close(self) -> None:
         """Commit everything queued, then close both connections."""

@@ -1,0 +1,92 @@
+"""What the node core asks its shell to do. Plain records, no behaviour.
+
+The core (``NodeCore``) never performs I/O: every event handler appends
+effects to ``core.effects``, and the shell (asyncio in production, the
+simulator in tests) performs them in order and reports back with further
+events. Each effect names the event that completes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...protocol.messages import Version
+
+
+@dataclass(slots=True)
+class Send:
+    """Send a request to ``peer`` on our link to it. Completed by
+    ``core.peer_reply(peer, request_id, reply)`` or ``core.peer_failed(peer, request_id)``."""
+
+    peer: str
+    request_id: int
+    message_type: type
+    fields: tuple
+
+
+@dataclass(slots=True)
+class Respond:
+    """Answer the request the shell handed in as ``token``: a reply message, or a KvwireError."""
+
+    token: Any
+    reply: Any
+
+
+@dataclass(slots=True)
+class Persist:
+    """Commit this row durably (a tombstone when ``deleted``). ``packed`` is the
+    value's msgpack bytes when the shell already has them. Completed by
+    ``core.persisted(write_id, error)``; the shell may batch rows (group commit)."""
+
+    write_id: int
+    key: str
+    version: Version
+    deleted: bool
+    value: Any
+    packed: bytes | None
+
+
+@dataclass(slots=True)
+class StoreHint:
+    """Remember durably that ``peer`` must get ``key`` at ``version`` at least. No completion."""
+
+    peer: str
+    key: str
+    version: Version
+
+
+@dataclass(slots=True)
+class DropHint:
+    """``peer`` holds ``key`` at ``version`` or newer: forget hints up to it. No completion."""
+
+    peer: str
+    key: str
+    version: Version
+
+
+@dataclass(slots=True)
+class Load:
+    """Read ``key``'s committed row. Completed by ``core.loaded(key, row)``, with row
+    ``(version, deleted, value)`` or None when there is none."""
+
+    key: str
+
+
+@dataclass(slots=True)
+class CloseLink:
+    """Close the link to ``peer`` and dial again: the failure detector found it
+    silent, and a silent TCP connection may sit in retransmission backoff for
+    tens of seconds after a partition heals."""
+
+    peer: str
+
+
+@dataclass(slots=True)
+class PeerStateChanged:
+    """For the log: the failure detector moved a peer UP or DOWN."""
+
+    transition: Any
+
+
+Effect = Send | Respond | Persist | StoreHint | DropHint | Load | CloseLink | PeerStateChanged

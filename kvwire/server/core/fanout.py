@@ -1,0 +1,86 @@
+"""The one replicate path: send a version of a key to peers, with one failure policy.
+
+Writes, DELETE's conditional tombstone, a quorum read's write-back and hint
+replay all go through ``Fanout``. A peer that cannot take the version now (not
+usable, the request failed, or no answer by the deadline) gets a durable hint,
+so it is delivered when the peer is back; its late reply, if any, is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from ...protocol.messages import Replicate, ReplicateReply, Version
+
+if TYPE_CHECKING:
+    from .node import NodeCore
+
+OK = "ok"  # the peer holds this version, or (unconditional) a newer one
+REFUSED = "refused"  # a conditional REPLICATE the peer did not apply
+FAILED = "failed"  # no answer: hinted
+
+
+class Fanout:
+    def __init__(
+        self,
+        core: NodeCore,
+        key: str,
+        version: Version,
+        deleted: bool,
+        value: Any,
+        peers: list[str],
+        deadline: float,
+        on_outcome: Callable[[str, str], None],
+        *,
+        expect: Version | None = None,
+        hint: bool = True,
+    ) -> None:
+        self._core = core
+        self.key = key
+        self.version = version
+        self._expect = expect
+        self._hint = hint
+        self._on_outcome = on_outcome
+        self._outstanding: dict[str, int] = {}
+        self._timer = None
+        fields = (key, version, None if deleted else value, deleted, expect)
+        for peer in peers:
+            request_id = core.ask(peer, Replicate, fields, lambda reply, peer=peer: self._answered(peer, reply))
+            if request_id is None:
+                self._settle(peer, FAILED)
+            else:
+                self._outstanding[peer] = request_id
+        if self._outstanding:
+            self._timer = core.timers.schedule(deadline, self._expire)
+
+    @property
+    def finished(self) -> bool:
+        return not self._outstanding
+
+    def _answered(self, peer: str, reply: object) -> None:
+        if self._outstanding.pop(peer, None) is None:
+            return
+        if isinstance(reply, ReplicateReply):
+            ok = self._expect is None or reply.applied or reply.version == self.version
+            self._settle(peer, OK if ok else REFUSED)
+        else:
+            self._settle(peer, FAILED)
+        if not self._outstanding and self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        for peer, request_id in list(self._outstanding.items()):
+            self._core.forget(request_id)
+            del self._outstanding[peer]
+            self._settle(peer, FAILED)
+
+    def _settle(self, peer: str, outcome: str) -> None:
+        # A refused conditional tombstone is hinted too: if its DELETE won
+        # elsewhere, this peer must get it; if it lost, replay sends whatever
+        # newer row this node holds by then, and the peer ignores what is older.
+        # A version this node does not hold (a write-back of another's copy)
+        # is not hinted: replay could only send what this node has.
+        core = self._core
+        if self._hint and outcome != OK and core.keydir.latest_version(self.key) >= self.version:
+            core.hints.add(peer, self.key, self.version)
+        self._on_outcome(peer, outcome)

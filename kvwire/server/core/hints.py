@@ -1,0 +1,116 @@
+"""Hinted handoff: what each peer missed, kept durably, replayed when it is back.
+
+A hint says "peer needs key at this version at least" and holds no value:
+replay sends the key's current committed row, which is that version or newer.
+A live peer that keeps failing is tried ``retry_attempts`` times, the delay
+doubling from ``retry_delay``; its hints then wait for the next time it comes
+UP, or for the next write it misses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...protocol.messages import Version
+from .effects import DropHint, StoreHint
+from .fanout import OK, Fanout
+
+if TYPE_CHECKING:
+    from .node import NodeCore
+
+# Hinted keys in flight to one peer at a time during replay.
+REPLAY_WINDOW = 256
+
+
+class HintBook:
+    def __init__(self, core: NodeCore, loaded: dict[str, dict[str, Version]] | None = None) -> None:
+        self._core = core
+        self.by_peer: dict[str, dict[str, Version]] = loaded or {}
+        self._in_flight: dict[str, set[str]] = {}
+        self._failures: dict[str, int] = {}
+        self._retry_timer: dict[str, object] = {}
+        # Hinted keys whose hinted version is newer than this node's committed
+        # row (its own commit is still on the way): not resent until the next
+        # trigger, so replay never spins on them.
+        self._stalled: dict[str, set[str]] = {}
+        self.delivered = 0
+
+    def count(self, peer: str) -> int:
+        return len(self.by_peer.get(peer, ()))
+
+    def add(self, peer: str, key: str, version: Version) -> None:
+        hinted = self.by_peer.setdefault(peer, {})
+        held = hinted.get(key)
+        if held is None or version > held:
+            hinted[key] = version
+            self._core.effects.append(StoreHint(peer, key, version))
+        self._stalled.get(peer, set()).discard(key)
+        self.replay(peer)
+
+    def _drop(self, peer: str, key: str, version: Version) -> None:
+        hinted = self.by_peer.get(peer, {})
+        held = hinted.get(key)
+        if held is not None and held <= version:
+            del hinted[key]
+            self.delivered += 1
+            self._core.effects.append(DropHint(peer, key, version))
+
+    def replay(self, peer: str) -> None:
+        """Send hinted keys to ``peer`` while it is usable, up to the window."""
+        core = self._core
+        if peer in self._retry_timer or not core.usable(peer):
+            return
+        in_flight = self._in_flight.setdefault(peer, set())
+        stalled = self._stalled.setdefault(peer, set())
+        for key in list(self.by_peer.get(peer, ())):
+            if len(in_flight) >= REPLAY_WINDOW:
+                break
+            if key not in in_flight and key not in stalled:
+                in_flight.add(key)
+                core.committed_copy(key, lambda copy, key=key: self._send(peer, key, copy))
+
+    def _send(self, peer: str, key: str, copy) -> None:
+        core = self._core
+        hinted = self.by_peer.get(peer, {}).get(key)
+        if hinted is None or not core.usable(peer):
+            self._in_flight[peer].discard(key)
+            return
+        if copy.version < hinted:
+            self._in_flight[peer].discard(key)
+            if core.keydir.latest_version(key) < hinted:
+                # Neither committed nor on its way here: the write it came from
+                # failed on this disk, so it was never acknowledged through this
+                # node; nothing to deliver.
+                self._drop(peer, key, hinted)
+            else:
+                self._stalled[peer].add(key)
+            return
+        Fanout(core, key, copy.version, copy.deleted, copy.value, [peer], core.now + core.config.write_timeout,
+               lambda _peer, outcome: self._sent(peer, key, copy.version, outcome == OK), hint=False)
+
+    def _sent(self, peer: str, key: str, version: Version, ok: bool) -> None:
+        self._in_flight[peer].discard(key)
+        if ok:
+            self._failures[peer] = 0
+            self._drop(peer, key, version)
+            self.replay(peer)
+            return
+        failures = self._failures.get(peer, 0) + 1
+        self._failures[peer] = failures
+        core = self._core
+        if failures > core.config.retry_attempts:
+            return  # wait for the peer's next UP, or the next write it misses
+        delay = core.config.retry_delay * 2 ** (failures - 1)
+        self._retry_timer[peer] = core.timers.schedule(core.now + delay, lambda: self._retry(peer))
+
+    def _retry(self, peer: str) -> None:
+        self._retry_timer.pop(peer, None)
+        self.replay(peer)
+
+    def peer_up(self, peer: str) -> None:
+        self._failures[peer] = 0
+        self._stalled.pop(peer, None)
+        timer = self._retry_timer.pop(peer, None)
+        if timer is not None:
+            timer.cancel()
+        self.replay(peer)

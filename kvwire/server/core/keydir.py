@@ -1,0 +1,96 @@
+"""What this node holds for each key: the one answer, kept in memory.
+
+Like Bitcask's keydir, every key's committed version tag and tombstone flag
+live in memory, so version look-ups never touch the disk; values live on disk
+behind a bounded cache. ``pending`` holds writes accepted but not yet durable:
+they count when a version is chosen or compared (so no tag is minted twice and
+no older write overtakes them) but no read sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ...protocol.messages import NO_VERSION, Version
+
+
+class Entry(NamedTuple):
+    version: Version
+    deleted: bool
+
+
+class Copy(NamedTuple):
+    """One replica's answer: its version tag, tombstone flag, and value."""
+
+    version: Version
+    deleted: bool
+    value: Any
+
+    @property
+    def absent(self) -> bool:
+        """Never written, or deleted."""
+        return self.deleted or self.version == NO_VERSION
+
+
+NO_COPY = Copy(NO_VERSION, False, None)
+
+
+class PendingWrite(NamedTuple):
+    write_id: int
+    version: Version
+    deleted: bool
+
+
+class Keydir:
+    def __init__(self, committed: dict[str, Entry] | None = None) -> None:
+        self.committed: dict[str, Entry] = committed if committed is not None else {}
+        # key -> writes accepted and not yet durable, oldest first (so newest
+        # last). All of them count: if the newest fails on the disk, the one
+        # before it is still on its way and its tag must not be minted again.
+        self.pending: dict[str, list[PendingWrite]] = {}
+
+    def latest_version(self, key: str) -> Version:
+        """The newest version accepted for ``key``, durable or not."""
+        pending = self.pending.get(key)
+        if pending:
+            return pending[-1].version
+        entry = self.committed.get(key)
+        return entry.version if entry is not None else NO_VERSION
+
+    def latest(self, key: str) -> Copy:
+        """The newest version accepted, as a value-less copy (LOOKUP's answer)."""
+        pending = self.pending.get(key)
+        if pending:
+            newest = pending[-1]
+            return Copy(newest.version, newest.deleted, None)
+        entry = self.committed.get(key)
+        return NO_COPY if entry is None else Copy(entry.version, entry.deleted, None)
+
+    def accept(self, key: str, write_id: int, version: Version, deleted: bool) -> None:
+        """A write above ``latest_version(key)`` is on its way to the disk."""
+        self.pending.setdefault(key, []).append(PendingWrite(write_id, version, deleted))
+
+    def newest_pending(self, key: str) -> PendingWrite | None:
+        pending = self.pending.get(key)
+        return pending[-1] if pending else None
+
+    def settle(self, key: str, write_id: int, version: Version, deleted: bool, committed: bool) -> bool:
+        """A write left the disk queue; True if it is now the committed entry."""
+        pending = self.pending.get(key)
+        if pending:
+            pending[:] = [write for write in pending if write.write_id != write_id]
+            if not pending:
+                del self.pending[key]
+        if not committed:
+            return False
+        current = self.committed.get(key)
+        if current is None or version > current.version:
+            self.committed[key] = Entry(version, deleted)
+            return True
+        return False
+
+    def pending_count(self) -> int:
+        return sum(len(writes) for writes in self.pending.values())
+
+    def __len__(self) -> int:
+        return len(self.committed)

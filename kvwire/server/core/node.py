@@ -1,0 +1,363 @@
+"""The node core: all replication logic, no I/O. Events in, effects out.
+
+The shell hands the core every event (a request from a client or a peer, a
+peer's reply or failure, a commit finished, a row loaded, a link opened or
+closed, any frame heard from a peer, a tick of the clock) with the current
+time, and performs the effects the core appends to ``effects``
+(``kvwire.server.core.effects``). The same code runs in production under
+asyncio (``kvwire.server.node``) and in the deterministic cluster simulator
+(``kvwire.sim``), which replaces only the shell.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ...protocol.errors import ForbiddenError, KeyNotFoundError, KvwireError
+from ...protocol.messages import (
+    NO_VERSION,
+    Consistency,
+    Delete,
+    Fetch,
+    FetchReply,
+    Get,
+    GetReply,
+    Lookup,
+    LookupReply,
+    Ping,
+    Put,
+    Replicate,
+    ReplicateReply,
+    Version,
+)
+from ..cache import MISSING, ValueCache
+from ..config import ServerConfig
+from ..failure_detector import FailureDetector, PeerState
+from .effects import CloseLink, Effect, Load, PeerStateChanged, Persist, Respond, Send
+from .hints import HintBook
+from .keydir import NO_COPY, Copy, Entry, Keydir
+from .operations import Delete as DeleteOp
+from .operations import ForwardedDelete, QuorumGet, Write
+from .timers import Timers
+
+# Deliberately broken variants, for showing that the simulator catches real
+# bugs (python -m kvwire.sim --mutant NAME). Production never sets one.
+MUTANTS = (
+    "no-lookup",  # PUT's tag is this node's own + 1, without asking a majority
+    "no-write-back",  # a quorum read answers without bringing its majority up to date
+    "ack-before-commit",  # a write counts as held before it is durable
+    "no-tag-tiebreak",  # tags carry no node id, so two writers can mint the same one
+    "no-delete-condition",  # replicas apply a DELETE's tombstone whatever they hold
+    "keep-silent-link",  # a peer found silent keeps its old connection
+)
+
+
+@dataclass
+class CoreStats:
+    no_quorum_writes: int = 0
+    write_backs: int = 0
+    hedged_requests: int = 0
+    delete_conflicts: int = 0
+
+
+class NodeCore:
+    def __init__(
+        self,
+        config: ServerConfig,
+        now: float,
+        *,
+        committed: dict[str, Entry] | None = None,
+        hints: dict[str, dict[str, Version]] | None = None,
+        mutant: str | None = None,
+    ) -> None:
+        if mutant is not None and mutant not in MUTANTS:
+            raise ValueError(f"unknown mutant {mutant!r}; choose from {', '.join(MUTANTS)}")
+        self.config = config
+        self.node_id = config.node_id
+        self.quorum = config.quorum
+        self.cluster_size = config.cluster_size
+        self.peer_ids = [member.node_id for member in config.peers]
+        self.mutant = mutant
+        self.now = now
+        self.effects: list[Effect] = []
+        self.keydir = Keydir(committed)
+        self.cache = ValueCache(config.cache_entries)
+        self.timers = Timers()
+        self.stats = CoreStats()
+        self.hints = HintBook(self, hints)
+        self.detector = FailureDetector(self.peer_ids, config.failure_timeout, now)
+        self.connected: set[str] = set()
+        self._rotation = itertools.count()
+        self._request_ids = itertools.count(1)
+        # request id -> (peer, handler of the reply, or of None for a failure)
+        self._outstanding: dict[int, tuple[str, Callable[[Any], None]]] = {}
+        self._pings: dict[str, int] = {}
+        self._write_ids = itertools.count(1)
+        # write id -> (key, version, deleted, value, callbacks for its outcome)
+        self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
+        self._loads: dict[str, list[Callable[[Copy], None]]] = {}
+        if self.peer_ids:
+            self.timers.schedule(now, self._heartbeat)
+
+    # --- the shell's side ------------------------------------------------------------------
+
+    def take_effects(self) -> list[Effect]:
+        effects, self.effects = self.effects, []
+        return effects
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        self.timers.run_due(now)
+
+    def request(self, token: Any, request: Any, now: float, *, from_peer: bool = False, packed: bytes | None = None) -> None:
+        """A client's or peer's request; answered by a ``Respond(token, ...)`` effect, now or later."""
+        self.now = now
+        kind = type(request)
+        if kind is Get:
+            if self.quorum > 1 and request.consistency is not Consistency.ONE:
+                QuorumGet(self, token, request).start()
+            else:
+                self.committed_copy(request.key, lambda copy: self._answer_local_get(token, request, copy))
+        elif kind is Put:
+            Write(self, token, request, packed).start()
+        elif kind is Delete:
+            owner = self.delete_owner()
+            if from_peer or owner == self.node_id:
+                DeleteOp(self, token, request).start()
+            else:
+                ForwardedDelete(self, token, request, owner).start()
+        elif kind in (Replicate, Lookup, Fetch):
+            if not from_peer:
+                self.respond(token, ForbiddenError(
+                    f"{kind.__name__.upper()} is accepted only on a connection that said HELLO with role 'peer'"))
+            elif kind is Replicate:
+                self._replicate(token, request, packed)
+            elif kind is Lookup:
+                copy = self.keydir.latest(request.key)
+                self.respond(token, LookupReply(request.id, copy.version, copy.deleted))
+            else:
+                self.committed_copy(request.key, lambda copy: self.respond(
+                    token, FetchReply(request.id, copy.version, copy.deleted, None if copy.deleted else copy.value)))
+        else:
+            raise TypeError(f"the core does not handle {kind.__name__}")
+
+    def peer_reply(self, peer: str, request_id: int, reply: Any, now: float) -> None:
+        """A reply (or an ERROR reply) from ``peer`` to one of our requests."""
+        self.now = now
+        outstanding = self._outstanding.pop(request_id, None)
+        if outstanding is not None:
+            outstanding[1](reply)
+
+    def peer_failed(self, peer: str, request_id: int, now: float) -> None:
+        """One of our requests to ``peer`` will never be answered (its link closed)."""
+        self.peer_reply(peer, request_id, None, now)
+
+    def persisted(self, write_id: int, error: Exception | None, now: float) -> None:
+        """A ``Persist`` finished: durable when ``error`` is None."""
+        self.now = now
+        key, version, deleted, value, callbacks = self._writes.pop(write_id)
+        if self.keydir.settle(key, write_id, version, deleted, error is None):
+            if deleted:
+                self.cache.discard(key)
+            else:
+                self.cache.put(key, value)
+        for callback in callbacks:
+            callback(error)
+
+    def loaded(self, key: str, row: tuple[Version, bool, Any] | None, now: float) -> None:
+        """A ``Load`` finished with the key's committed row, or None."""
+        self.now = now
+        copy = NO_COPY if row is None else Copy(*row)
+        entry = self.keydir.committed.get(key)
+        if not copy.deleted and copy.version != NO_VERSION and entry is not None and entry.version == copy.version:
+            self.cache.put(key, copy.value)
+        for callback in self._loads.pop(key, ()):
+            callback(copy)
+
+    def link_up(self, peer: str, now: float) -> None:
+        self.connected.add(peer)
+        self.heard(peer, now)
+
+    def link_down(self, peer: str, now: float) -> None:
+        """The link closed: every request on it fails now (the shell may report them again)."""
+        self.now = now
+        self.connected.discard(peer)
+        for request_id, (target, _handler) in list(self._outstanding.items()):
+            if target == peer:
+                self.peer_failed(peer, request_id, now)
+
+    def heard(self, peer: str, now: float) -> None:
+        """Any frame from ``peer`` proves it alive."""
+        self.now = now
+        transition = self.detector.mark_heard(peer, now)
+        if transition is not None:
+            self.effects.append(PeerStateChanged(transition))
+            self.hints.peer_up(peer)
+
+    # --- services for operations ----------------------------------------------------------
+
+    def usable(self, peer: str) -> bool:
+        """UP by the detector and linked: worth sending to."""
+        return peer in self.connected and self.detector.is_up(peer)
+
+    def usable_peers(self) -> list[str]:
+        return [peer for peer in self.peer_ids if self.usable(peer)]
+
+    def delete_owner(self) -> str:
+        """The node that coordinates DELETEs, as this node sees it: the lowest id
+        among itself and its usable peers. Only liveness depends on it (safety
+        is the conditional tombstone's): concurrent DELETEs of one key through
+        different nodes meet at one coordinator, which runs them one after the
+        other, so one answers "deleted" and the others NOT_FOUND instead of all
+        refusing each other's tombstones and answering CONFLICT."""
+        return min([self.node_id, *self.usable_peers()])
+
+    def next_rotation(self) -> int:
+        return next(self._rotation)
+
+    def ask(self, peer: str, message_type: type, fields: tuple, handler: Callable[[Any], None]) -> int | None:
+        """Send a request to a usable peer; ``handler`` gets the reply, or None if it fails."""
+        if not self.usable(peer):
+            return None
+        request_id = next(self._request_ids)
+        self._outstanding[request_id] = (peer, handler)
+        self.effects.append(Send(peer, request_id, message_type, fields))
+        return request_id
+
+    def forget(self, request_id: int) -> None:
+        """No longer interested in this request's reply."""
+        self._outstanding.pop(request_id, None)
+
+    def respond(self, token: Any, reply: Any) -> None:
+        self.effects.append(Respond(token, reply))
+
+    def mint(self, above: Version) -> Version:
+        """A new tag for a write by this node; callers pass the newest tag they must pass,
+        this node's own included."""
+        return Version(above.counter + 1, "" if self.mutant == "no-tag-tiebreak" else self.node_id)
+
+    def store(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None,
+              on_done: Callable[[Exception | None], None]) -> None:
+        """Make ``version`` durable here, unless this node already holds it or newer.
+
+        ``on_done(None)`` once this node durably holds ``version`` or newer;
+        never earlier, so "held" is never said of what a crash could lose.
+        """
+        keydir = self.keydir
+        if version <= keydir.latest_version(key):
+            pending = keydir.newest_pending(key)
+            if pending is None:
+                on_done(None)
+            else:
+                self.after_write(pending.write_id, on_done)
+            return
+        write_id = next(self._write_ids)
+        keydir.accept(key, write_id, version, deleted)
+        self._writes[write_id] = (key, version, deleted, value, [] if self.mutant == "ack-before-commit" else [on_done])
+        self.effects.append(Persist(write_id, key, version, deleted, value, packed))
+        if self.mutant == "ack-before-commit":
+            on_done(None)
+
+    def after_write(self, write_id: int, callback: Callable[[Exception | None], None]) -> None:
+        self._writes[write_id][4].append(callback)
+
+    def committed_copy(self, key: str, callback: Callable[[Copy], None]) -> None:
+        """This node's committed copy of ``key``, from memory or after a ``Load``."""
+        entry = self.keydir.committed.get(key)
+        if entry is None:
+            callback(NO_COPY)
+            return
+        if entry.deleted:
+            callback(Copy(entry.version, True, None))
+            return
+        value = self.cache.get(key)
+        if value is not MISSING:
+            callback(Copy(entry.version, False, value))
+            return
+        waiting = self._loads.get(key)
+        if waiting is None:
+            self._loads[key] = [callback]
+            self.effects.append(Load(key))
+        else:
+            waiting.append(callback)
+
+    # --- peer requests -----------------------------------------------------------------
+
+    def _replicate(self, token: Any, request: Replicate, packed: bytes | None) -> None:
+        """Apply a peer's version if newer than what this node holds (and, for a
+        conditional tombstone, if what it holds is no newer than ``expect``).
+
+        The reply's version is what this node holds afterwards. "Not applied" is
+        said only once what supersedes it is durable.
+        """
+        key, version = request.key, request.version
+        latest = self.keydir.latest_version(key)
+        expect = request.expect
+        if (expect is not None and latest > expect and latest != version
+                and self.mutant != "no-delete-condition"):
+            self.respond(token, ReplicateReply(request.id, False, latest))
+            return
+        applied = version > latest
+
+        def reply(error: Exception | None) -> None:
+            if error is not None:
+                self.respond(token, error)
+            else:
+                self.respond(token, ReplicateReply(request.id, applied, self.keydir.latest_version(key)))
+
+        self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply)
+
+    def _answer_local_get(self, token: Any, request: Get, copy: Copy) -> None:
+        if copy.absent:
+            self.respond(token, KeyNotFoundError(f"key {request.key!r} not found"))
+        else:
+            self.respond(token, GetReply(request.id, copy.value, copy.version))
+
+    # --- failure detection -----------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """PING every linked peer (unless its last PING is unanswered: a hung peer
+        must not pile them up), then mark DOWN those silent too long."""
+        for peer in self.peer_ids:
+            if peer in self.connected and peer not in self._pings:
+                request_id = self.ask_linked(peer, Ping, (), lambda _reply, peer=peer: self._pings.pop(peer, None))
+                self._pings[peer] = request_id
+        for transition in self.detector.check(self.now):
+            self.effects.append(PeerStateChanged(transition))
+            if transition.state is PeerState.DOWN and self.mutant != "keep-silent-link":
+                self.effects.append(CloseLink(transition.peer))
+        self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
+
+    def ask_linked(self, peer: str, message_type: type, fields: tuple, handler: Callable[[Any], None]) -> int:
+        """Like ``ask``, for a peer that is linked but maybe not yet UP (heartbeats)."""
+        request_id = next(self._request_ids)
+        self._outstanding[request_id] = (peer, handler)
+        self.effects.append(Send(peer, request_id, message_type, fields))
+        return request_id
+
+    # --- health --------------------------------------------------------------------------
+
+    def describe_peers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "node_id": peer,
+                "healthy": self.detector.is_up(peer),
+                "state": self.detector.state(peer).value,
+                "connected": peer in self.connected,
+                "last_heard_ms": round(self.detector.silent_for(peer, self.now) * 1000, 1),
+                "pending_hints": self.hints.count(peer),
+                "down_transitions": self.detector.transitions.get((peer, PeerState.DOWN), 0),
+                "up_transitions": self.detector.transitions.get((peer, PeerState.UP), 0),
+            }
+            for peer in self.peer_ids
+        ]
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes handed to the disk and not yet settled (each counted once)."""
+        return len(self._writes)

@@ -1,0 +1,339 @@
+"""The coordinator's operations, each a small state machine driven by the core's events.
+
+The rules (docs/design.md, "The correctness model"):
+
+- PUT: LOOKUP the tag on a majority (this node included), mint
+  ``(highest counter + 1, this node)``, commit it here, and only then
+  REPLICATE it to every peer; acknowledge once a majority, this node
+  included, holds it or something newer. No peer sees a tag before this node
+  holds it durably: otherwise a crash in between could let the restarted
+  node, not knowing the tag, mint it again for another value.
+- Quorum GET: FETCH a majority, take the newest, write it back to those of
+  that majority that were behind (ABD), then answer.
+- DELETE: a quorum read first. Absent: NOT_FOUND, a linearizable read of
+  absence. Live at version P: a tombstone T > P, committed here, then sent to
+  the peers with ``expect = P``: a replica applies it only if it holds nothing
+  newer than P. Each replica applies at most one write conditioned on P (after
+  it, it holds more than P), and two majorities meet, so of concurrent
+  DELETEs of one live value at most one can be acknowledged. One that loses
+  the race may have left its tombstone on a minority, so it answers CONFLICT
+  with ``maybe_applied``, never a NOT_FOUND or "deleted" it cannot prove.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ...protocol.errors import ConflictError, KeyNotFoundError, KvwireError, NoQuorumError
+from ...protocol.messages import Delete as DeleteRequest
+from ...protocol.messages import DeleteReply, Fetch, GetReply, Lookup, PutReply, Version
+from .fanout import FAILED, OK, Fanout
+from .keydir import Copy
+from .rounds import Answers, MajorityRound
+
+if TYPE_CHECKING:
+    from .node import NodeCore
+
+WRITE_NO_QUORUM = "Failed to replicate to quorum of nodes"
+
+
+class QuorumRead:
+    """Newest copy on a majority, written back to those of it that were behind."""
+
+    def __init__(self, core: NodeCore, key: str, deadline: float, on_done) -> None:
+        self._core = core
+        self._key = key
+        self._deadline = deadline
+        self._on_done = on_done
+        self._local: Copy | None = None
+        self._answers: Answers | None = None
+        self._round_failed = False
+        self._round = MajorityRound(core, Fetch, key, deadline, self._round_done)
+
+    def start(self) -> None:
+        self._round.start()
+        if not self._round_failed:
+            self._core.committed_copy(self._key, self._local_done)
+
+    def _round_done(self, answers: Answers | None) -> None:
+        if answers is None:
+            self._round_failed = True
+            reachable = self._round.reachable
+            core = self._core
+            self._on_done(None, NoQuorumError(
+                f"quorum read of {self._key!r} needs {core.quorum} of {core.cluster_size} nodes but "
+                f"{reachable} answered; use consistency 'one' (kvwire-cli get --consistency one) to read "
+                "this node's copy, which may be stale"))
+            return
+        self._answers = answers
+        self._maybe_ready()
+
+    def _local_done(self, copy: Copy) -> None:
+        self._local = copy
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if self._local is None or self._answers is None or self._round_failed:
+            return
+        answers = [(None, self._local), *self._answers]
+        newest = max((copy for _, copy in answers), key=lambda copy: copy.version)
+        behind = [source for source, copy in answers if copy.version < newest.version]
+        if not behind or self._core.mutant == "no-write-back":
+            self._on_done(newest, None)
+            return
+        self._core.stats.write_backs += 1
+        self._write_back(newest, behind)
+
+    def _write_back(self, newest: Copy, behind: list[str | None]) -> None:
+        """ABD's second phase: the majority that answered must hold ``newest`` before the reply."""
+        core, key = self._core, self._key
+        waiting = set(behind)
+        failed = False
+
+        def settled(source: str | None, ok: bool) -> None:
+            nonlocal failed
+            if failed or source not in waiting:
+                return
+            if not ok:
+                failed = True
+                self._on_done(None, NoQuorumError(
+                    f"quorum read of {key!r} could not bring a majority up to date; use consistency "
+                    "'one' for this node's copy, which may be stale"))
+                return
+            waiting.discard(source)
+            if not waiting:
+                self._on_done(newest, None)
+
+        peers = [source for source in behind if source is not None]
+        if None in behind:
+            core.store(key, newest.version, newest.deleted, newest.value, None,
+                       lambda error: settled(None, error is None))
+        if peers:
+            Fanout(core, key, newest.version, newest.deleted, newest.value, peers, self._deadline,
+                   lambda peer, outcome: settled(peer, outcome == OK))
+
+
+class QuorumGet:
+    def __init__(self, core: NodeCore, token: Any, request) -> None:
+        self._core = core
+        self._token = token
+        self._request = request
+
+    def start(self) -> None:
+        core = self._core
+        QuorumRead(core, self._request.key, core.now + core.config.write_timeout, self._done).start()
+
+    def _done(self, newest: Copy | None, error: Exception | None) -> None:
+        request = self._request
+        if error is not None:
+            self._core.respond(self._token, error)
+        elif newest.absent:
+            self._core.respond(self._token, KeyNotFoundError(f"key {request.key!r} not found"))
+        else:
+            self._core.respond(self._token, GetReply(request.id, newest.value, newest.version))
+
+
+class _ReplicatedWrite:
+    """What PUT and DELETE share: commit a version here, then replicate it and count a majority.
+
+    Subclasses mint ``_version`` and call ``_commit``; they say what a success
+    replies (``_success``). The deadline answers NO_QUORUM if no majority
+    (this node included) holds the version by then.
+    """
+
+    def __init__(self, core: NodeCore, token: Any, request) -> None:
+        self._core = core
+        self._token = token
+        self._request = request
+        self._deadline = core.now + core.config.write_timeout
+        self._answered = False
+        self._version: Version | None = None  # the new tag, once minted
+        self._expect: Version | None = None
+        self._acks = self._failed = self._refused = 0
+        self._timer = core.timers.schedule(self._deadline, self._expire)
+
+    def _success(self) -> Any:
+        raise NotImplementedError
+
+    def _expire(self) -> None:
+        self._no_quorum("no majority held it in time", maybe_applied=self._version is not None)
+
+    def _no_quorum(self, why: str, *, maybe_applied: bool) -> None:
+        self._core.stats.no_quorum_writes += 1
+        verdict = "may or may not have been applied" if maybe_applied else "nothing was written"
+        self._answer(NoQuorumError(
+            f"{WRITE_NO_QUORUM}: {self._request.op.name} of {self._request.key!r}: {why}; {verdict}",
+            maybe_applied=maybe_applied))
+
+    def _commit(self, deleted: bool, value: Any, packed: bytes | None) -> None:
+        self._deleted, self._value = deleted, value
+        self._core.store(self._request.key, self._version, deleted, value, packed, self._stored)
+
+    def _stored(self, error: Exception | None) -> None:
+        core = self._core
+        if error is not None:
+            self._answer(error)  # the disk refused it: say so, not "no quorum"
+            return
+        self._acks += 1
+        if self._acks == core.quorum:
+            self._answer(None)
+        Fanout(core, self._request.key, self._version, self._deleted, self._value, core.peer_ids,
+               self._deadline, self._replicated, expect=self._expect)
+
+    def _replicated(self, peer: str, outcome: str) -> None:
+        core = self._core
+        if outcome == OK:
+            self._acks += 1
+            if self._acks == core.quorum:
+                self._answer(None)
+            return
+        if outcome == FAILED:
+            self._failed += 1
+        else:
+            self._refused += 1
+        reachable = core.cluster_size - self._failed - self._refused
+        if self._answered or reachable >= core.quorum:
+            return
+        if self._refused:
+            core.stats.delete_conflicts += 1
+            self._answer(ConflictError(
+                f"DELETE of {self._request.key!r} raced with a concurrent write of it and may or may "
+                "not have taken effect; read the key to see", maybe_applied=True))
+        else:
+            self._no_quorum(f"{reachable} of {core.cluster_size} nodes reachable", maybe_applied=True)
+
+    def _answer(self, error: Exception | None) -> None:
+        if self._answered:
+            return
+        self._answered = True
+        self._timer.cancel()
+        self._core.respond(self._token, self._success() if error is None else error)
+
+
+class Write(_ReplicatedWrite):
+    """PUT: LOOKUP a majority, mint a tag above it, commit here, replicate, count a majority."""
+
+    def __init__(self, core: NodeCore, token: Any, request, packed: bytes | None) -> None:
+        super().__init__(core, token, request)
+        self._packed = packed
+        self._created = False
+        self._round: MajorityRound | None = None
+
+    def _success(self) -> PutReply:
+        return PutReply(self._request.id, self._version, self._created)
+
+    def start(self) -> None:
+        core = self._core
+        if core.mutant == "no-lookup":
+            self._mint([])
+            return
+        self._round = MajorityRound(core, Lookup, self._request.key, self._deadline, self._looked_up)
+        self._round.start()
+
+    def _looked_up(self, answers: Answers | None) -> None:
+        core = self._core
+        if answers is None:
+            self._no_quorum(f"{self._round.reachable} of {core.cluster_size} nodes answered, {core.quorum} needed",
+                            maybe_applied=False)
+            return
+        self._mint([copy for _, copy in answers])
+
+    def _mint(self, copies: list[Copy]) -> None:
+        core, key = self._core, self._request.key
+        # This node's own tag is read now, not with the round: a write of this
+        # key that it started meanwhile is pending here, and the new tag must
+        # pass it, or two writes in flight would share one tag.
+        copies.append(core.keydir.latest(key))
+        newest = max(copies, key=lambda copy: copy.version)
+        self._created = newest.absent
+        self._version = core.mint(newest.version)
+        self._commit(False, self._request.value, self._packed)
+
+
+class Delete(_ReplicatedWrite):
+    """DELETE: a quorum read, then a tombstone conditioned on the live version it found."""
+
+    def _success(self) -> DeleteReply:
+        return DeleteReply(self._request.id, self._version)
+
+    def start(self) -> None:
+        QuorumRead(self._core, self._request.key, self._deadline, self._read).start()
+
+    def _read(self, newest: Copy | None, error: Exception | None) -> None:
+        core, key = self._core, self._request.key
+        if self._answered:
+            return
+        if error is not None:
+            self._no_quorum(f"could not read the key on a majority first ({error.message})", maybe_applied=False)
+            return
+        if newest.absent:
+            self._answer(KeyNotFoundError(f"key {key!r} not found"))
+            return
+        if core.keydir.latest_version(key) > newest.version:
+            # This node already holds something newer (a write in flight or
+            # just committed); the tombstone would be refused here. Read again
+            # once it is settled; the deadline bounds the retries (a key
+            # written without pause), and answers NO_QUORUM with nothing written.
+            pending = core.keydir.newest_pending(key)
+            if pending is not None:
+                core.after_write(pending.write_id, lambda _error: self._answered or self.start())
+            else:
+                self.start()
+            return
+        self._expect = newest.version
+        self._version = core.mint(newest.version)
+        self._commit(True, None, None)
+
+
+class ForwardedDelete:
+    """A DELETE handed to the node that coordinates DELETEs (``NodeCore.delete_owner``).
+
+    It runs at most once: this node runs it itself only if the owner could not
+    have (it was never sent, or the owner answered that it wrote nothing). An
+    owner that goes silent leaves it undecided: NO_QUORUM with
+    ``maybe_applied``. Running it here as well could apply it twice, first to
+    one value and then, after a concurrent PUT, to the next.
+    """
+
+    def __init__(self, core: NodeCore, token: Any, request, owner: str) -> None:
+        self._core = core
+        self._token = token
+        self._request = request
+        self._owner = owner
+        self._settled = False
+
+    def start(self) -> None:
+        core = self._core
+        self._request_id = core.ask(self._owner, DeleteRequest, (self._request.key,), self._answered)
+        if self._request_id is None:
+            self._settled = True
+            Delete(core, self._token, self._request).start()
+            return
+        # The owner's own write timeout, plus its round trip.
+        self._timer = core.timers.schedule(core.now + 2 * core.config.write_timeout, self._expire)
+
+    def _answered(self, reply: Any) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._timer.cancel()
+        if isinstance(reply, DeleteReply):
+            reply = DeleteReply(self._request.id, reply.version)
+        elif isinstance(reply, KvwireError) and reply.maybe_applied is False:
+            Delete(self._core, self._token, self._request).start()  # the owner wrote nothing
+            return
+        elif not isinstance(reply, KvwireError) or isinstance(reply, ConnectionError):
+            reply = self._undecided("the link to it closed")
+        self._core.respond(self._token, reply)
+
+    def _expire(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._core.forget(self._request_id)
+            self._core.respond(self._token, self._undecided("it did not answer in time"))
+
+    def _undecided(self, why: str) -> NoQuorumError:
+        self._core.stats.no_quorum_writes += 1
+        return NoQuorumError(
+            f"{WRITE_NO_QUORUM}: DELETE of {self._request.key!r} went to {self._owner}, which coordinates "
+            f"deletes, and {why}; it may or may not have been applied", maybe_applied=True)

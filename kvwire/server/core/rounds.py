@@ -1,0 +1,105 @@
+"""A majority round: ask enough peers for their copy of a key, ask others when some fail.
+
+Used by writes (LOOKUP: tags only, from memory) and quorum reads (FETCH:
+committed values). It asks just the number of usable peers needed, rotating
+which, and asks another in place of each one that fails. A peer that hangs
+(SIGSTOP) neither fails nor answers and looks UP until the failure timeout, so
+when the answers are not all in after half a heartbeat interval the remaining
+peers are asked too (a hedged request), and the first answers win.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from ...protocol.messages import FetchReply, LookupReply
+from .keydir import Copy
+
+if TYPE_CHECKING:
+    from .node import NodeCore
+
+Answers = list[tuple[str | None, Copy]]
+
+
+class MajorityRound:
+    def __init__(
+        self,
+        core: NodeCore,
+        message_type: type,
+        key: str,
+        deadline: float,
+        on_done: Callable[[Answers | None], None],
+    ) -> None:
+        self._core = core
+        self._message_type = message_type
+        self._reply_type = FetchReply if message_type.__name__ == "Fetch" else LookupReply
+        self._key = key
+        self._deadline = deadline
+        self._on_done = on_done
+        self.answers: Answers = []
+        self._needed = core.quorum - 1
+        self._asked: dict[str, int] = {}
+        self._done = False
+        self._timers: list = []
+        candidates = core.usable_peers()
+        if candidates:
+            start = core.next_rotation() % len(candidates)
+            candidates = candidates[start:] + candidates[:start]
+        self._candidates = candidates
+        self.reachable = len(candidates) + 1
+
+    def start(self) -> None:
+        core = self._core
+        if self._needed == 0:
+            self._finish(True)
+            return
+        if len(self._candidates) < self._needed:
+            self._finish(False)
+            return
+        self._timers.append(core.timers.schedule(core.now + core.config.heartbeat_interval / 2, self._hedge))
+        self._timers.append(core.timers.schedule(self._deadline, self._expire))
+        self._ask_more()
+
+    def _ask_more(self) -> None:
+        while not self._done and self._candidates and len(self._asked) < self._needed:
+            self._ask(self._candidates.pop(0))
+        if not self._done and not self._asked:
+            self._finish(False)
+
+    def _ask(self, peer: str) -> None:
+        request_id = self._core.ask(peer, self._message_type, (self._key,), lambda reply, peer=peer: self._answered(peer, reply))
+        if request_id is not None:
+            self._asked[peer] = request_id
+
+    def _answered(self, peer: str, reply: object) -> None:
+        if self._done or self._asked.pop(peer, None) is None:
+            return
+        if isinstance(reply, self._reply_type):
+            self.answers.append((peer, Copy(reply.version, reply.deleted, getattr(reply, "value", None))))
+            self._needed -= 1
+            if self._needed == 0:
+                self._finish(True)
+                return
+        self._ask_more()
+
+    def _hedge(self) -> None:
+        if self._done or not self._candidates:
+            return
+        self._core.stats.hedged_requests += 1
+        while self._candidates:
+            self._ask(self._candidates.pop(0))
+
+    def _expire(self) -> None:
+        if not self._done:
+            self._finish(False)
+
+    def _finish(self, ok: bool) -> None:
+        self._done = True
+        for timer in self._timers:
+            timer.cancel()
+        for request_id in self._asked.values():
+            self._core.forget(request_id)
+        self._asked.clear()
+        if not ok:
+            self.reachable = len(self.answers) + 1
+        self._on_done(self.answers if ok else None)

@@ -1,0 +1,289 @@
+"""The node core driven by hand: events in, effects out, time given explicitly. No sockets, no disk.
+
+Each test plays the shell: it hands the core events and inspects the effects
+it asks for, so each rule is checked in isolation and deterministically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvwire.protocol import Version
+from kvwire.protocol.errors import ConflictError, KeyNotFoundError, NoQuorumError
+from kvwire.protocol.messages import (
+    Delete, DeleteReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put, PutReply,
+    Replicate, ReplicateReply,
+)
+from kvwire.server.config import ServerConfig, parse_cluster
+from kvwire.server.core import CloseLink, Entry, Load, NodeCore, Persist, Respond, Send, StoreHint
+
+MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
+
+
+def make_core(node_id="n1", members=MEMBERS, **config) -> NodeCore:
+    return NodeCore(ServerConfig(node_id=node_id, members=members, data_dir=Path("unused"), **config), 0.0)
+
+
+def effects_of(core, kind):
+    return [effect for effect in core.take_effects() if type(effect) is kind]
+
+
+def link_all(core, now=0.0):
+    for peer in core.peer_ids:
+        core.link_up(peer, now)
+    core.take_effects()
+
+
+def commit_all(core, effects, now=0.0, error=None):
+    for effect in effects:
+        if type(effect) is Persist:
+            core.persisted(effect.write_id, error, now)
+
+
+# --- a replica's rules for REPLICATE -------------------------------------------------------
+
+
+def replicate(core, version, *, deleted=False, value="v", expect=None, now=0.0):
+    core.request("t", Replicate(1, "k", version, None if deleted else value, deleted, expect), now, from_peer=True)
+    effects = core.take_effects()
+    commit_all(core, effects, now)
+    replies = [e.reply for e in effects + core.take_effects() if type(e) is Respond]
+    return replies[-1] if replies else None
+
+
+def test_a_replica_applies_only_higher_tags_and_says_what_it_holds():
+    core = make_core("n2")
+    assert replicate(core, Version(2, "n1")) == ReplicateReply(1, True, Version(2, "n1"))
+    assert replicate(core, Version(1, "n3")) == ReplicateReply(1, False, Version(2, "n1"))
+    assert replicate(core, Version(2, "n1")) == ReplicateReply(1, False, Version(2, "n1"))  # a duplicate
+    assert replicate(core, Version(2, "n3")) == ReplicateReply(1, True, Version(2, "n3"))  # the node id breaks ties
+
+
+def test_a_conditional_tombstone_is_applied_only_over_what_it_expects_or_older():
+    core = make_core("n2")
+    replicate(core, Version(3, "n1"))
+    # A newer write is held: the DELETE conditioned on (2, n1) lost a race.
+    assert replicate(core, Version(4, "n3"), deleted=True, expect=Version(2, "n1")) == ReplicateReply(1, False, Version(3, "n1"))
+    assert core.keydir.committed["k"] == Entry(Version(3, "n1"), False)
+    # Conditioned on what it holds: applied.
+    assert replicate(core, Version(4, "n3"), deleted=True, expect=Version(3, "n1")) == ReplicateReply(1, True, Version(4, "n3"))
+    # A second DELETE conditioned on the same version is refused: at most one wins.
+    assert replicate(core, Version(4, "n2"), deleted=True, expect=Version(3, "n1")).applied is False
+    # A repeat of the winner is recognised by its tag.
+    assert replicate(core, Version(4, "n3"), deleted=True, expect=Version(3, "n1")).version == Version(4, "n3")
+
+
+def test_not_applied_is_said_only_once_the_newer_write_is_durable():
+    core = make_core("n2")
+    core.request("first", Replicate(1, "k", Version(5, "n1"), "x", False, None), 0.0, from_peer=True)
+    persist = effects_of(core, Persist)
+    core.request("replay", Replicate(2, "k", Version(5, "n1"), "x", False, None), 0.0, from_peer=True)
+    assert effects_of(core, Respond) == []  # nothing yet: (5, n1) is not durable
+    core.persisted(persist[0].write_id, None, 0.0)
+    replies = {e.token: e.reply for e in effects_of(core, Respond)}
+    assert replies == {"first": ReplicateReply(1, True, Version(5, "n1")), "replay": ReplicateReply(2, False, Version(5, "n1"))}
+
+
+def test_peer_only_requests_are_refused_on_a_client_connection():
+    core = make_core()
+    core.request("t", Lookup(1, "k"), 0.0)
+    (respond,) = effects_of(core, Respond)
+    assert "role 'peer'" in str(respond.reply)
+
+
+def test_pending_writes_are_each_counted_once():
+    core = make_core("n2")
+    for counter in (1, 2, 3):
+        core.request(counter, Replicate(counter, "k", Version(counter, "n1"), "x", False, None), 0.0, from_peer=True)
+    persists = effects_of(core, Persist)
+    assert core.pending_writes == 3 and len(persists) == 3
+    commit_all(core, persists)
+    assert core.pending_writes == 0
+
+
+def test_a_failed_commit_leaves_no_trace_and_the_older_pending_write_still_counts():
+    core = make_core("n2")
+    core.request("a", Replicate(1, "k", Version(1, "n1"), "a", False, None), 0.0, from_peer=True)
+    core.request("b", Replicate(2, "k", Version(2, "n1"), "b", False, None), 0.0, from_peer=True)
+    first, second = effects_of(core, Persist)
+    core.persisted(second.write_id, OSError("disk full"), 0.0)
+    # (2, n1) failed; (1, n1) is still on its way and must not be minted again.
+    assert core.keydir.latest_version("k") == Version(1, "n1")
+    core.persisted(first.write_id, None, 0.0)
+    assert core.keydir.committed["k"] == Entry(Version(1, "n1"), False)
+
+
+# --- a lone node -----------------------------------------------------------------------------
+
+
+def test_a_lone_node_writes_reads_and_deletes_through_its_own_commits():
+    core = make_core(members=())
+    core.request("put", Put(1, "k", "v"), 0.0)
+    effects = core.take_effects()
+    assert not [e for e in effects if type(e) is Respond]  # not before the commit
+    commit_all(core, effects)
+    assert effects_of(core, Respond)[0].reply == PutReply(1, Version(1, "n1"), True)
+    core.request("get", Get(2, "k"), 0.0)
+    assert effects_of(core, Respond)[0].reply == GetReply(2, "v", Version(1, "n1"))
+    core.request("del", Delete(3, "k"), 0.0)
+    commit_all(core, core.take_effects())
+    assert effects_of(core, Respond)[0].reply == DeleteReply(3, Version(2, "n1"))
+    core.request("del again", Delete(4, "k"), 0.0)
+    assert isinstance(effects_of(core, Respond)[0].reply, KeyNotFoundError)
+
+
+def test_a_value_not_in_the_cache_is_loaded():
+    core = NodeCore(ServerConfig(data_dir=Path("unused"), cache_entries=0), 0.0,
+                    committed={"k": Entry(Version(4, "n1"), False)})
+    core.request("get", Get(1, "k"), 0.0)
+    (load,) = effects_of(core, Load)
+    core.loaded(load.key, (Version(4, "n1"), False, {"a": 1}), 0.0)
+    assert effects_of(core, Respond)[0].reply == GetReply(1, {"a": 1}, Version(4, "n1"))
+
+
+# --- coordinating ------------------------------------------------------------------------------
+
+
+def answer_sends(core, answer, now=0.0):
+    for send in effects_of(core, Send):
+        reply = answer(send)
+        if reply is not None:
+            core.peer_reply(send.peer, send.request_id, reply, now)
+
+
+def test_a_put_looks_up_a_majority_commits_here_then_replicates():
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(7, "k", "v"), 0.0)
+    (lookup,) = effects_of(core, Send)
+    assert lookup.message_type is Lookup
+    core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(9, "n3"), False), 0.0)
+    effects = core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
+    assert persist.version == Version(10, "n1")
+    assert not [e for e in effects if type(e) is Send]  # no peer sees the tag before it is durable here
+    core.persisted(persist.write_id, None, 0.0)
+    sends = effects_of(core, Send)
+    assert sorted(s.peer for s in sends) == ["n2", "n3"] and all(s.message_type is Replicate for s in sends)
+    core.peer_reply(sends[0].peer, sends[0].request_id, ReplicateReply(1, True, Version(10, "n1")), 0.0)
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(10, "n1"), False)
+
+
+def test_a_hung_peer_is_hedged_after_half_a_heartbeat():
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(1, "k", "v"), 0.0)
+    (first,) = effects_of(core, Send)
+    core.tick(core.config.heartbeat_interval / 2)
+    (hedge,) = [s for s in effects_of(core, Send) if s.message_type is Lookup]
+    assert hedge.peer != first.peer and core.stats.hedged_requests == 1
+
+
+def test_a_quorum_read_writes_the_newest_copy_back_to_the_member_behind():
+    core = make_core()
+    link_all(core)
+    core.request("get", Get(1, "k"), 0.0)
+    (fetch,) = effects_of(core, Send)
+    core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(3, "n2"), False, "new"), 0.0)
+    (persist,) = effects_of(core, Persist)  # this node was behind: it takes the copy first
+    assert persist.version == Version(3, "n2")
+    core.persisted(persist.write_id, None, 0.0)
+    assert effects_of(core, Respond)[0].reply == GetReply(1, "new", Version(3, "n2"))
+    assert core.stats.write_backs == 1
+
+
+def test_a_read_with_no_majority_is_no_quorum_and_writes_nothing():
+    core = make_core()  # no links: no peer is usable
+    core.request("get", Get(1, "k"), 0.0)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, NoQuorumError)
+    core.request("del", Delete(2, "k"), 0.0)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is False
+
+
+def live_key(core, version=Version(1, "n1")):
+    core.keydir.committed["k"] = Entry(version, False)
+    core.cache.put("k", "v")
+
+
+def test_a_delete_conditions_its_tombstone_on_the_live_version_it_read():
+    core = make_core()
+    link_all(core)
+    live_key(core)
+    core.request("del", Delete(1, "k"), 0.0)
+    answer_sends(core, lambda s: FetchReply(1, Version(1, "n1"), False, "v"))
+    persists = effects_of(core, Persist)
+    assert persists and persists[0].deleted and persists[0].version == Version(2, "n1")
+    core.persisted(persists[0].write_id, None, 0.0)
+    sends = effects_of(core, Send)
+    assert all(s.message_type is Replicate and s.fields[4] == Version(1, "n1") for s in sends)
+    # Both peers refuse it (they hold something newer): CONFLICT, as it may still surface.
+    for send in sends:
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(2, "n3")), 0.0)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, ConflictError) and respond.reply.maybe_applied is True
+
+
+def test_a_delete_through_another_node_goes_to_the_lowest_usable_id():
+    core = make_core("n3")
+    link_all(core)
+    core.request("del", Delete(5, "k"), 0.0)
+    (forward,) = effects_of(core, Send)
+    assert forward.peer == "n1" and forward.message_type is Delete
+    core.peer_reply("n1", forward.request_id, DeleteReply(99, Version(4, "n1")), 0.0)
+    assert effects_of(core, Respond)[0].reply == DeleteReply(5, Version(4, "n1"))
+
+
+def test_an_owner_that_goes_silent_leaves_the_delete_undecided_never_run_twice():
+    core = make_core("n3")
+    link_all(core)
+    core.request("del", Delete(5, "k"), 0.0)
+    effects_of(core, Send)
+    core.tick(2 * core.config.write_timeout + 0.01)
+    responds = [e for e in core.take_effects() if type(e) is Respond]
+    assert len(responds) == 1 and isinstance(responds[0].reply, NoQuorumError)
+    assert responds[0].reply.maybe_applied is True
+
+
+# --- failure detection ---------------------------------------------------------------------------
+
+
+def test_a_silent_peer_is_marked_down_and_its_link_closed():
+    core = make_core()
+    link_all(core, now=0.0)
+    core.tick(0.0)
+    pings = [s for s in effects_of(core, Send) if s.message_type is Ping]
+    assert {p.peer for p in pings} == {"n2", "n3"}
+    core.peer_reply("n2", pings[0].request_id if pings[0].peer == "n2" else pings[1].request_id, Pong(1), 0.05)
+    core.heard("n2", 0.55)
+    core.tick(0.6)  # n3 silent for 0.6 s > failure_timeout 0.5 s
+    closes = effects_of(core, CloseLink)
+    assert closes == [CloseLink("n3")]
+    assert core.usable_peers() == ["n2"]
+
+
+def test_a_write_a_down_peer_missed_is_hinted_and_replayed_when_it_is_back():
+    core = make_core()
+    core.link_up("n2", 0.0)
+    core.take_effects()
+    core.request("put", Put(1, "k", "v"), 0.0)
+    answer_sends(core, lambda s: LookupReply(1, Version(0, ""), False))
+    commit_all(core, core.take_effects())
+    effects = core.take_effects()
+    assert StoreHint("n3", "k", Version(1, "n1")) in effects
+    sends = [e for e in effects if type(e) is Send]
+    core.peer_reply("n2", sends[0].request_id, ReplicateReply(1, True, Version(1, "n1")), 0.0)
+    assert core.hints.count("n3") == 1
+    core.link_up("n3", 0.1)
+    (replay,) = [s for s in effects_of(core, Send) if s.peer == "n3"]
+    assert replay.message_type is Replicate and replay.fields[1] == Version(1, "n1")
+    core.peer_reply("n3", replay.request_id, ReplicateReply(1, True, Version(1, "n1")), 0.1)
+    assert core.hints.count("n3") == 0
+
+
+def test_an_unknown_mutant_is_refused():
+    with pytest.raises(ValueError, match="unknown mutant"):
+        NodeCore(ServerConfig(data_dir=Path("unused")), 0.0, mutant="typo")
