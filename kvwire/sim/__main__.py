@@ -1,0 +1,123 @@
+"""``python -m kvwire.sim``: run seeds of the cluster simulation and check every history.
+
+Exit 0 when every run checks clean; 1 with the first failing seed, the
+command line that replays it, and a shrunk history; 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ..check import format_report
+from ..server.core import MUTANTS
+from .nemesis import FAULT_KINDS
+from .run import run_seed
+
+DEFAULT_FAULTS = ",".join(FAULT_KINDS)
+# Every mutant is caught within this many seeds (tests/test_sim.py checks it);
+# CI also runs 2,000 seeds of the real core.
+DEFAULT_SEEDS = 500
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kvwire.sim",
+        description="Deterministic simulation of a kvwire cluster: seeded faults, checked histories.",
+    )
+    parser.add_argument("--seed", type=_whole, default=0, help="first seed (default 0)")
+    parser.add_argument("--seeds", type=_positive, default=DEFAULT_SEEDS,
+                        help=f"how many seeds to run from --seed (default {DEFAULT_SEEDS})")
+    parser.add_argument("--ops", type=_positive, default=200, help="client operations per run (default 200)")
+    parser.add_argument("--nodes", type=int, choices=(1, 3, 5), default=3, help="cluster size (default 3)")
+    parser.add_argument("--faults", type=_faults, default=DEFAULT_FAULTS,
+                        help=f"comma list of fault kinds, or 'none' (default {DEFAULT_FAULTS})")
+    parser.add_argument("--mutant", choices=MUTANTS, help="run a deliberately broken core; a clean exit would be a miss")
+    parser.add_argument("--clients", type=_positive, default=5, help="concurrent clients (default 5)")
+    parser.add_argument("--trace", action="store_true", help="print the failing run's event trace")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary line instead of text")
+    return parser
+
+
+def _whole(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _whole(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _faults(text: str) -> tuple[str, ...]:
+    if text.strip() in ("", "none"):
+        return ()
+    kinds = tuple(part.strip() for part in text.split(","))
+    unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown fault kind {', '.join(unknown)}; choose from {', '.join(FAULT_KINDS)}")
+    return kinds
+
+
+def _replay_command(args: argparse.Namespace, seed: int) -> str:
+    parts = ["python -m kvwire.sim", f"--seed {seed}", f"--ops {args.ops}", f"--nodes {args.nodes}",
+             f"--faults {','.join(args.faults) or 'none'}", f"--clients {args.clients}"]
+    if args.mutant:
+        parts.append(f"--mutant {args.mutant}")
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    faults: dict[str, int] = {}
+    operations = 0
+    for seed in range(args.seed, args.seed + args.seeds):
+        result = run_seed(seed, operations=args.ops, nodes=args.nodes, faults=args.faults,
+                          mutant=args.mutant, clients=args.clients)
+        operations += len(result.operations)
+        for kind, count in result.faults.items():
+            faults[kind] = faults.get(kind, 0) + count
+        if not result.ok:
+            elapsed = time.perf_counter() - started
+            if args.json:
+                print(json.dumps({"ok": False, "seed": seed, "replay": _replay_command(args, seed),
+                                  "problems": result.problems, "seeds_run": seed - args.seed + 1,
+                                  "seconds": round(elapsed, 3)}))
+                return 1
+            print(f"FAILED: seed {seed} (run {seed - args.seed + 1} of {args.seeds}, {elapsed:.1f} s)")
+            print(f"replay: {_replay_command(args, seed)}")
+            print(f"faults injected in that run: {_describe(result.faults)}")
+            for problem in result.problems[:20]:
+                print(f"  - {problem}")
+            print(format_report(result.report))
+            if args.trace:
+                print("trace:")
+                print("\n".join(result.trace))
+            return 1
+    elapsed = time.perf_counter() - started
+    rate = args.seeds / elapsed if elapsed else float("inf")
+    if args.json:
+        print(json.dumps({"ok": True, "seeds_run": args.seeds, "operations": operations, "faults": faults,
+                          "seconds": round(elapsed, 3), "seeds_per_second": round(rate, 2)}))
+    else:
+        print(f"ok: {args.seeds} seeds from {args.seed}, {operations} operations checked, "
+              f"faults {_describe(faults)}; {elapsed:.1f} s, {rate:.1f} seeds/s")
+    return 0
+
+
+def _describe(faults: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) or "none"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

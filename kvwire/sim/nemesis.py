@@ -1,0 +1,99 @@
+"""Faults, injected at random moments of a simulated run and always healed before the end."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .world import World
+
+FAULT_KINDS = ("crash", "pause", "partition", "one-way", "disk", "network")
+
+
+class Nemesis:
+    def __init__(self, world: World, kinds: tuple[str, ...]) -> None:
+        unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault kind {', '.join(unknown)}; choose from {', '.join(FAULT_KINDS)}")
+        self.world = world
+        self.kinds = kinds
+        self.injected: dict[str, int] = {}
+        self.active = 0
+        self.stopped = False
+
+    def start(self) -> None:
+        if self.kinds:
+            self._schedule_next()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _schedule_next(self) -> None:
+        self.world.scheduler.after(self.world.rng.uniform(0.1, 0.8), self._strike)
+
+    def _strike(self) -> None:
+        if self.stopped:
+            return
+        world, rng = self.world, self.world.rng
+        kind = rng.choice(self.kinds)
+        ids = sorted(world.nodes)
+        victim = world.nodes[rng.choice(ids)]
+        duration = rng.uniform(0.05, 2.5)
+        if kind == "crash" and rng.random() < 0.5:
+            # Half the crashes wait for a node to hand a write to its disk and
+            # strike before the commit: the window where acknowledging or
+            # replicating too early would lose a write or mint a tag twice.
+            self.injected[kind] = self.injected.get(kind, 0) + 1
+            world.crash_at_next_persist = lambda node: self._crash_mid_commit(node, duration)
+            self._schedule_next()
+            return
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+        world.trace(f"nemesis: {kind} {victim.node_id} for {duration:.3f}s")
+        if kind == "crash" and victim.alive:
+            victim.crash()
+            self._heal_after(duration, victim.start)
+        elif kind == "pause" and victim.alive and not victim.paused:
+            victim.pause()
+            self._heal_after(duration, victim.resume)
+        elif kind in ("partition", "one-way") and len(ids) > 1:
+            others = [node_id for node_id in ids if node_id != victim.node_id]
+            if kind == "one-way":
+                others = [rng.choice(others)]
+                pairs = [(victim.node_id, other) for other in others]
+            else:
+                pairs = [(a, b) for other in others for a, b in ((victim.node_id, other), (other, victim.node_id))]
+            pairs = [pair for pair in pairs if pair not in world.blocked]
+            world.blocked.update(pairs)
+            self._heal_after(duration, lambda: world.blocked.difference_update(pairs))
+        elif kind == "disk":
+            victim.disk.failing_until = world.scheduler.now + min(duration, 0.3)
+        elif kind == "network":
+            world.faults.drop, world.faults.duplicate = 0.05, 0.05
+            world.faults.max_delay = 0.02
+
+            def calm() -> None:
+                world.faults.drop = world.faults.duplicate = 0.0
+                world.faults.max_delay = 0.002
+
+            self._heal_after(duration, calm)
+        self._schedule_next()
+
+    def _crash_mid_commit(self, node, duration: float) -> None:
+        world = self.world
+
+        def strike() -> None:
+            if node.alive:
+                world.trace(f"nemesis: crash {node.node_id} mid-commit for {duration:.3f}s")
+                node.crash()
+                self._heal_after(duration, node.start)
+
+        world.scheduler.after(world.rng.uniform(0.0, 0.002), strike)
+
+    def _heal_after(self, delay: float, heal) -> None:
+        self.active += 1
+
+        def done() -> None:
+            self.active -= 1
+            heal()
+
+        self.world.scheduler.after(delay, done)

@@ -1,0 +1,152 @@
+"""Simulated clients: concurrent GET, PUT and DELETE with timeouts and retries, recorded as a history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..check.history import OpKind, Operation, Outcome
+from ..protocol.errors import ConflictError, KeyNotFoundError, NoQuorumError
+from ..protocol.messages import Consistency, Delete, DeleteReply, Get, GetReply, Put, PutReply
+
+if TYPE_CHECKING:
+    from .world import World
+
+# A client gives up on a request after this long and records it as unknown;
+# above a write's own timeout plus a DELETE's retries, so most failures are
+# answered by the node rather than timed out.
+CLIENT_TIMEOUT = 3.0
+# Operations per key before it is retired: keeps each key's history short
+# enough for the linearizability search (Lowe's and Porcupine's advice).
+OPS_PER_KEY = 24
+KEYS_AT_ONCE = 4
+# A client's pause between operations: spreads 200 operations over a few
+# virtual seconds, so several faults strike while they run.
+THINK_TIME = 0.08
+
+
+@dataclass
+class StaleRead:
+    """A consistency=one GET; checked only to read something some PUT wrote."""
+
+    key: str
+    value: Any
+    found: bool
+
+
+class Workload:
+    def __init__(self, world: World, operations: int, clients: int) -> None:
+        self.world = world
+        self.budget = operations
+        self.clients = clients
+        self.history: list[Operation] = []
+        self.one_reads: list[StaleRead] = []
+        self.running = 0
+        self._issued_on: dict[str, int] = {}
+        self._live_keys = [f"k{i}" for i in range(KEYS_AT_ONCE)]
+        self._next_key = KEYS_AT_ONCE
+        self._values = 0
+
+    def start(self) -> None:
+        for client in range(self.clients):
+            self.world.scheduler.after(self.world.rng.uniform(0, 0.01), lambda client=client: self._next(client, None))
+
+    @property
+    def done(self) -> bool:
+        return self.budget <= 0 and self.running == 0
+
+    def _pick_key(self) -> str:
+        rng = self.world.rng
+        index = rng.randrange(len(self._live_keys))
+        key = self._live_keys[index]
+        count = self._issued_on.get(key, 0) + 1
+        self._issued_on[key] = count
+        if count >= OPS_PER_KEY:
+            self._live_keys[index] = f"k{self._next_key}"
+            self._next_key += 1
+        return key
+
+    def _next(self, client: int, retry: tuple | None) -> None:
+        if self.budget <= 0:
+            return
+        self.budget -= 1
+        rng = self.world.rng
+        if retry is not None:
+            kind, key, value, consistency = retry
+        else:
+            key = self._pick_key()
+            roll = rng.random()
+            if roll < 0.4:
+                kind, consistency = OpKind.GET, (Consistency.ONE if rng.random() < 0.15 else None)
+            elif roll < 0.8:
+                kind, consistency = OpKind.PUT, None
+            else:
+                kind, consistency = OpKind.DELETE, None
+            self._values += 1
+            value = f"v{self._values}" if kind is OpKind.PUT else None
+        node = self.world.nodes[rng.choice(sorted(self.world.nodes))]
+        self._issue(client, node, kind, key, value, consistency)
+
+    def _issue(self, client: int, node, kind: OpKind, key: str, value: Any, consistency) -> None:
+        world = self.world
+        start = world.scheduler.now
+        self.running += 1
+        finished = False
+
+        def finish(outcome: Outcome, read: Any = None, version=None) -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            self.running -= 1
+            end = None if outcome is Outcome.UNKNOWN else world.scheduler.now
+            if consistency is Consistency.ONE:
+                if outcome in (Outcome.OK, Outcome.NOT_FOUND):
+                    self.one_reads.append(StaleRead(key, read, outcome is Outcome.OK))
+            else:
+                recorded = value if kind is OpKind.PUT else read
+                self.history.append(Operation(client, kind, key, start, end, outcome, recorded,
+                                              tuple(version) if version is not None else None, node.node_id,
+                                              len(self.history)))
+            # After an uncertain write, sometimes try it again elsewhere, as a client library would.
+            again = None
+            if kind is not OpKind.GET and outcome in (Outcome.UNKNOWN, Outcome.FAIL) and world.rng.random() < 0.5:
+                again = (kind, key, value, consistency)
+            world.scheduler.after(world.rng.uniform(0, THINK_TIME), lambda: self._next(client, again))
+
+        def on_reply(reply: Any) -> None:
+            if isinstance(reply, GetReply):
+                finish(Outcome.OK, reply.value, reply.version)
+            elif isinstance(reply, PutReply):
+                finish(Outcome.OK, None, reply.version)
+            elif isinstance(reply, DeleteReply):
+                finish(Outcome.OK, None, reply.version)
+            elif isinstance(reply, KeyNotFoundError):
+                finish(Outcome.NOT_FOUND)
+            elif isinstance(reply, (NoQuorumError, ConflictError)) and reply.maybe_applied is False:
+                finish(Outcome.FAIL)
+            elif isinstance(reply, NoQuorumError) and kind is OpKind.GET:
+                finish(Outcome.FAIL)
+            else:
+                finish(Outcome.UNKNOWN)
+
+        if not node.alive:
+            world.scheduler.after(0.0005, lambda: finish(Outcome.FAIL))  # connection refused: never sent
+            return
+        request_id = len(self.history) + 1
+        if kind is OpKind.GET:
+            request = Get(request_id, key, consistency)
+        elif kind is OpKind.PUT:
+            request = Put(request_id, key, value)
+        else:
+            request = Delete(request_id, key)
+        incarnation = node.incarnation
+
+        def deliver() -> None:
+            if node.alive and node.incarnation == incarnation:
+                node.core.request(on_reply, request, world.scheduler.now)
+            else:
+                finish(Outcome.UNKNOWN)
+
+        world.scheduler.after(world.latency(), lambda: node.run(deliver) if node.alive else finish(Outcome.UNKNOWN))
+        world.scheduler.after(CLIENT_TIMEOUT, lambda: finish(Outcome.UNKNOWN))

@@ -1,0 +1,379 @@
+"""A whole cluster in one process: node cores, their disks, links and a network, on virtual time.
+
+Only the shell is simulated: each ``SimNode`` runs the production
+``NodeCore`` and performs its effects against a simulated disk and network,
+as ``kvwire.server.node`` does against SQLite and TCP. Every random choice
+comes from the world's one seeded ``random.Random``, time is virtual, and
+nothing iterates a hash-ordered set, so a seed replays exactly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..protocol.errors import InternalServerError
+from ..protocol.messages import Delete, Ping, Pong
+from ..server.config import Member, ServerConfig
+from ..server.core import (
+    CloseLink, DropHint, Entry, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
+)
+
+# Peer link reconnect backoff, as kvwire.server.peers does it.
+RECONNECT_BASE_DELAY = 0.05
+RECONNECT_MAX_DELAY = 1.0
+
+
+@dataclass
+class NetworkFaults:
+    """Per-message odds, raised by the nemesis for a while and lowered again."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    min_delay: float = 0.0002
+    max_delay: float = 0.002
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self.steps = 0
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (max(when, self.now), next(self._order), action))
+
+    def after(self, delay: float, action: Callable[[], None]) -> None:
+        self.at(self.now + delay, action)
+
+    def run_until(self, until: float, stop: Callable[[], bool] = lambda: False) -> None:
+        queue = self._queue
+        while queue and queue[0][0] <= until and not stop():
+            when, _, action = heapq.heappop(queue)
+            self.now = when
+            self.steps += 1
+            action()
+        if not stop():
+            self.now = max(self.now, until)
+
+
+@dataclass(slots=True)
+class PeerToken:
+    """A peer's request waiting for this node's answer."""
+
+    source: str
+    request_id: int
+    epoch: int
+
+
+class SimDisk:
+    """What survives a crash: committed rows and hints."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[Any, bool, Any]] = {}  # key -> (version, deleted, value)
+        self.hints: dict[str, dict[str, Any]] = {}
+        self.failing_until = -1.0
+        self.commits = 0
+
+
+@dataclass
+class SimNode:
+    node_id: str
+    config: ServerConfig
+    world: World
+    mutant: str | None
+    disk: SimDisk = field(default_factory=SimDisk)
+    core: NodeCore | None = None
+    alive: bool = False
+    paused: bool = False
+    incarnation: int = 0
+    backlog: list[Callable[[], None]] = field(default_factory=list)
+    # our link to each peer: its epoch while open, else None
+    links: dict[str, int | None] = field(default_factory=dict)
+    dial_delay: dict[str, float] = field(default_factory=dict)
+    queued: list = field(default_factory=list)  # Persist and hint effects awaiting the next commit
+    commit_scheduled: bool = False
+    tick_at: float | None = None
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        world = self.world
+        self.incarnation += 1
+        self.alive, self.paused = True, False
+        committed = {key: Entry(version, deleted) for key, (version, deleted, _value) in self.disk.rows.items()}
+        hints = {peer: dict(keys) for peer, keys in self.disk.hints.items()}
+        self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, mutant=self.mutant)
+        self.queued, self.commit_scheduled, self.tick_at = [], False, None
+        for peer in self.config.peers:
+            self.links[peer.node_id] = None
+            self.dial_delay[peer.node_id] = RECONNECT_BASE_DELAY
+            self._dial_later(peer.node_id, 0.0)
+        self.perform()
+
+    def crash(self) -> None:
+        """kill -9: whatever was not committed is gone; every link to and from it drops."""
+        self.alive, self.paused = False, False
+        self.backlog.clear()
+        self.incarnation += 1
+        self.core = None
+        for peer in list(self.links):
+            self.links[peer] = None
+        for other in self.world.nodes.values():
+            if other is not self and other.alive and other.links.get(self.node_id) is not None:
+                self.world.scheduler.after(self.world.latency(), lambda other=other: other.lose_link(self.node_id))
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        backlog, self.backlog = self.backlog, []
+        for action in backlog:
+            action()
+        self.tick_at = None
+        if self.alive:
+            self.perform()
+
+    def run(self, action: Callable[[], None]) -> None:
+        """Run ``action`` in this process now, or when it is resumed; never if it died."""
+        incarnation = self.incarnation
+
+        def guarded() -> None:
+            if self.alive and self.incarnation == incarnation:
+                action()
+                self.perform()
+
+        if not self.alive:
+            return
+        if self.paused:
+            self.backlog.append(guarded)
+        else:
+            guarded()
+
+    # --- links -------------------------------------------------------------------------
+
+    def _dial_later(self, peer: str, delay: float) -> None:
+        incarnation = self.incarnation
+        self.world.scheduler.after(delay, lambda: self._dial(peer, incarnation))
+
+    def _dial(self, peer: str, incarnation: int) -> None:
+        if not self.alive or self.incarnation != incarnation or self.links.get(peer) is not None:
+            return
+        if self.paused:
+            self._dial_later(peer, 0.05)
+            return
+        world = self.world
+        target = world.nodes[peer]
+        if target.alive and not target.paused and world.path_open(self.node_id, peer) and world.path_open(peer, self.node_id):
+            epoch = world.next_epoch()
+            self.links[peer] = epoch
+            self.dial_delay[peer] = RECONNECT_BASE_DELAY
+            world.scheduler.after(2 * world.latency(), lambda: self.run(lambda: self._linked(peer, epoch)))
+            return
+        delay = self.dial_delay[peer]
+        self.dial_delay[peer] = min(delay * 2, RECONNECT_MAX_DELAY)
+        # A refused connect is quick; a dropped SYN or a hung peer's missing
+        # HELLO reply costs the connect timeout.
+        cost = 0.001 if not target.alive else self.config.failure_timeout
+        self._dial_later(peer, cost + world.rng.uniform(delay / 2, delay))
+
+    def _linked(self, peer: str, epoch: int) -> None:
+        if self.links.get(peer) == epoch:
+            self.core.link_up(peer, self.world.scheduler.now)
+
+    def lose_link(self, peer: str) -> None:
+        """The connection to ``peer`` closed under us (reset, or we closed it)."""
+        if not self.alive or self.links.get(peer) is None:
+            return
+        self.links[peer] = None
+        self.run(lambda: self.core.link_down(peer, self.world.scheduler.now))
+        self._dial_later(peer, self.world.rng.uniform(RECONNECT_BASE_DELAY / 2, RECONNECT_BASE_DELAY))
+
+    # --- effects -------------------------------------------------------------------------
+
+    def perform(self) -> None:
+        core, world = self.core, self.world
+        if core is None or not self.alive or self.paused:
+            return
+        now = world.scheduler.now
+        while core.effects:
+            for effect in core.take_effects():
+                kind = type(effect)
+                if kind is Send:
+                    self._send(effect)
+                elif kind is Respond:
+                    self._respond(effect.token, effect.reply)
+                elif kind is Persist or kind is StoreHint or kind is DropHint:
+                    self.queued.append(effect)
+                    self._schedule_commit()
+                    if kind is Persist and world.crash_at_next_persist is not None:
+                        strike, world.crash_at_next_persist = world.crash_at_next_persist, None
+                        strike(self)
+                elif kind is Load:
+                    key = effect.key
+                    world.scheduler.after(world.rng.uniform(0.0001, 0.001), lambda key=key: self.run(
+                        lambda: self.core.loaded(key, self.disk.rows.get(key), world.scheduler.now)))
+                elif kind is CloseLink:
+                    self._close_link(effect.peer)
+                elif kind is PeerStateChanged:
+                    world.trace(f"{self.node_id}: {effect.transition.describe()}")
+        deadline = core.next_deadline()
+        if deadline is not None and (self.tick_at is None or deadline < self.tick_at):
+            self.tick_at = deadline
+            incarnation = self.incarnation
+
+            def tick() -> None:
+                if self.incarnation == incarnation and self.tick_at == deadline:
+                    self.tick_at = None
+                    self.run(lambda: self.core.tick(world.scheduler.now))
+
+            world.scheduler.at(max(deadline, now), tick)
+
+    def _send(self, effect: Send) -> None:
+        epoch = self.links.get(effect.peer)
+        if epoch is None:
+            self.core.peer_failed(effect.peer, effect.request_id, self.world.scheduler.now)
+            return
+        message = effect.message_type(effect.request_id, *effect.fields)
+        token = PeerToken(self.node_id, effect.request_id, epoch)
+        target = self.world.nodes[effect.peer]
+        # A forwarded DELETE is the one request that is not idempotent. TCP
+        # never duplicates a frame and kvwire never resends one, so neither
+        # does this network; every other message may arrive twice.
+        self.world.transmit(self.node_id, effect.peer, epoch, lambda: target.run(
+            lambda: target.receive_request(token, message)), duplicable=effect.message_type is not Delete)
+
+    def receive_request(self, token: PeerToken, message: Any) -> None:
+        # Requests come in on the peer's own link, which in production does not
+        # feed our failure detector either: only frames on our link to it do.
+        if type(message) is Ping:  # answered by the shell, as kvwire.server.node does
+            self._respond(token, Pong(message.id))
+            return
+        self.core.request(token, message, self.world.scheduler.now, from_peer=True)
+
+    def _respond(self, token: Any, reply: Any) -> None:
+        if isinstance(token, PeerToken):
+            source = self.world.nodes[token.source]
+            answer = reply  # an error travels as an ERROR reply, and the peer link raises it
+            self.world.transmit(self.node_id, token.source, token.epoch, lambda: source.run(
+                lambda: source.receive_reply(self.node_id, token, answer)))
+        else:
+            token(reply)
+
+    def receive_reply(self, peer: str, token: PeerToken, reply: Any) -> None:
+        if self.links.get(peer) != token.epoch:
+            return  # that connection is gone; its requests were failed when it went
+        now = self.world.scheduler.now
+        self.core.heard(peer, now)
+        self.core.peer_reply(peer, token.request_id, reply, now)
+
+    def _close_link(self, peer: str) -> None:
+        epoch = self.links.get(peer)
+        if epoch is None:
+            return
+        self.lose_link(peer)
+
+    # --- the disk ------------------------------------------------------------------------
+
+    def _schedule_commit(self) -> None:
+        if self.commit_scheduled:
+            return
+        self.commit_scheduled = True
+        incarnation = self.incarnation
+        world = self.world
+        world.scheduler.after(world.rng.uniform(0.0005, 0.004), lambda: self._commit(incarnation))
+
+    def _commit(self, incarnation: int) -> None:
+        if self.incarnation != incarnation or not self.alive:
+            return
+        if self.paused:
+            self.backlog.append(lambda: self._commit(incarnation))
+            return
+        self.commit_scheduled = False
+        batch, self.queued = self.queued, []
+        now = self.world.scheduler.now
+        failed = now < self.disk.failing_until
+        disk = self.disk
+        if not failed:
+            disk.commits += 1
+            for effect in batch:
+                kind = type(effect)
+                if kind is Persist:
+                    held = disk.rows.get(effect.key)
+                    if held is None or effect.version > held[0]:
+                        disk.rows[effect.key] = (effect.version, effect.deleted, None if effect.deleted else effect.value)
+                elif kind is StoreHint:
+                    hinted = disk.hints.setdefault(effect.peer, {})
+                    if effect.key not in hinted or effect.version > hinted[effect.key]:
+                        hinted[effect.key] = effect.version
+                else:
+                    hinted = disk.hints.get(effect.peer, {})
+                    if effect.key in hinted and hinted[effect.key] <= effect.version:
+                        del hinted[effect.key]
+        error = InternalServerError("storage write failed: injected disk failure") if failed else None
+        for effect in batch:
+            if type(effect) is Persist:
+                self.core.persisted(effect.write_id, error, now)
+        if failed:  # hints are kept in memory and tried again, as storage does
+            self.queued[:0] = [effect for effect in batch if type(effect) is not Persist]
+            if self.queued:
+                self._schedule_commit()
+        self.perform()
+
+
+class World:
+    def __init__(self, seed: int, node_count: int, *, mutant: str | None = None, cache_entries: int = 8) -> None:
+        self.rng = random.Random(seed)
+        self.scheduler = Scheduler()
+        self.faults = NetworkFaults()
+        self.blocked: set[tuple[str, str]] = set()
+        self._epochs = itertools.count(1)
+        self.log: list[str] = []
+        # Set by the nemesis: called with the next node that hands a write to its disk.
+        self.crash_at_next_persist: Callable[[SimNode], None] | None = None
+        ids = [f"n{i + 1}" for i in range(node_count)]
+        members = tuple(Member(node_id, f"10.0.0.{i + 1}", 7379) for i, node_id in enumerate(ids))
+        self.nodes: dict[str, SimNode] = {}
+        for node_id in ids:
+            # cache_entries is small so that reads go through Load as well.
+            config = ServerConfig(node_id=node_id, members=members, data_dir=Path("sim"), cache_entries=cache_entries)
+            self.nodes[node_id] = SimNode(node_id, config, self, mutant)
+
+    def trace(self, line: str) -> None:
+        self.log.append(f"{self.scheduler.now:10.6f} {line}")
+
+    def next_epoch(self) -> int:
+        return next(self._epochs)
+
+    def latency(self) -> float:
+        return self.rng.uniform(self.faults.min_delay, self.faults.max_delay)
+
+    def path_open(self, source: str, target: str) -> bool:
+        return (source, target) not in self.blocked
+
+    def transmit(self, source: str, target: str, epoch: int, deliver: Callable[[], None], *,
+                 duplicable: bool = True) -> None:
+        """One message: delayed (so reordered), maybe dropped or duplicated; lost if partitioned."""
+        rng = self.rng
+        if not self.path_open(source, target) or rng.random() < self.faults.drop:
+            return
+        sender = self.nodes[source]
+        incarnation = sender.incarnation
+
+        def arrive() -> None:
+            # A frame still in flight when its sender was killed may have been
+            # in the process's own buffers, never handed to the kernel: half
+            # of them are lost.
+            if sender.incarnation != incarnation and rng.random() < 0.5:
+                return
+            deliver()
+
+        self.scheduler.after(self.latency(), arrive)
+        if rng.random() < self.faults.duplicate and duplicable:
+            self.scheduler.after(self.latency() * 3, arrive)
