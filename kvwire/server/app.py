@@ -9,6 +9,7 @@ import signal
 
 from .config import ServerConfig
 from .connection import NodeProtocol
+from .datadir import DataDirLock
 from .node import Node
 from .storage import Storage
 
@@ -38,12 +39,16 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     On the way out: stop accepting, let requests in flight finish (at most
     ``shutdown_timeout``), commit what storage holds, close the files.
     """
+    with DataDirLock(config.data_dir):  # taken before Storage.open, dropped after storage is closed
+        await _serve(config, stop)
+
+
+async def _serve(config: ServerConfig, stop: asyncio.Event | None) -> None:
     loop = asyncio.get_running_loop()
     storage = await Storage.open(
         config.data_dir,
         node_id=config.node_id,
         sync=config.sync,
-        cache_entries=config.cache_entries,
         max_batch_rows=config.max_batch_rows,
     )
     tune_garbage_collector()
@@ -60,7 +65,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, _on_signal, signum, stop)
-    node.peers.start()
+    node.start()
     log.info("node %s of cluster %s listening on %s:%d; %s", config.node_id, config.cluster_id, config.host, config.port,
              f"peers {', '.join(f'{m.node_id}={m.address}' for m in config.peers)}" if config.peers else "running alone")
     try:

@@ -1,0 +1,88 @@
+"""One process per data directory: an exclusive lock held for the life of the node.
+
+Two nodes on one directory each keep their own in-memory index and mint
+version tags from it, so one overwrites rows the other acknowledged (`kvwire
+serve` with no options and `kvwire up`'s n1 both use ./.kvwire/n1). SQLite's
+own locking cannot catch this: WAL mode lets both open the same database.
+
+``flock`` rather than a pid file: the kernel drops the lock when the process
+dies, ``kill -9`` included, so a crash never leaves a stale lock to clean up by
+hand. The pid written into the file is only there for the error message.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from .storage import DataDirError
+
+LOCK_FILE_NAME = "LOCK"
+
+
+class DataDirInUseError(DataDirError):
+    """Another process holds the data directory's lock."""
+
+    def __init__(self, data_dir: Path, holder_pid: int | None) -> None:
+        holder = f"pid {holder_pid}" if holder_pid is not None else "pid unknown"
+        super().__init__(
+            f"data directory {data_dir} is in use by another kvwire process ({holder}); stop it or use another --data-dir"
+        )
+        self.data_dir = data_dir
+        self.holder_pid = holder_pid
+
+
+class DataDirLock:
+    """``with DataDirLock(path):`` holds ``path/LOCK`` exclusively, or raises DataDirInUseError at once."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> DataDirLock:
+        if self._fd is not None:
+            raise RuntimeError(f"the lock on {self.data_dir} is already held")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Never deleted: removing it on exit would let a process that opened the
+        # old file hold a lock on an unlinked inode while a third locks a new one.
+        fd = os.open(self.data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DataDirInUseError(self.data_dir, holder) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Closing the descriptor drops the lock; the file and its stale pid stay."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> DataDirLock:
+        return self.acquire()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    """The holder's pid, or None while it has not written it yet (it locks first, then writes)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
