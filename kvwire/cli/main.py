@@ -107,6 +107,8 @@ from .bridge import bridge  # noqa: E402
 main.add_command(bridge)
 from .bench import bench  # noqa: E402
 main.add_command(bench)
+from .chaos import chaos  # noqa: E402
+main.add_command(chaos)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ real network, and a test can tell nodes apart by address alone.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..protocol import HealthReply
 from ..protocol.messages import Health
@@ -32,7 +32,9 @@ class LocalCluster:
     (``data_dir/<node_id>``, log in ``data_dir/<node_id>.log``) across
     restarts. The timing options, when given, are passed to every node
     (tests want failures noticed fast); ``node_args`` are added to every
-    node's ``kvwire serve`` command line.
+    node's ``kvwire serve`` command line. ``groups`` runs the named nodes
+    under group ids of their own (as root), for partitions by iptables'
+    owner match (``kvwire.chaos``).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class LocalCluster:
         failure_timeout: float | None = None,
         write_timeout: float | None = None,
         node_args: Sequence[str] = (),
+        groups: Mapping[str, int] | None = None,
     ) -> None:
         if type(size) is not int or not 1 <= size <= MAX_NODES:
             raise ValueError(f"size must be an integer from 1 to {MAX_NODES}, got {size!r}")
@@ -67,7 +70,8 @@ class LocalCluster:
         root = os.fspath(data_dir)
         self.nodes: dict[str, NodeProcess] = {
             node_id: NodeProcess(
-                node_id, data_dir=os.path.join(root, node_id), host=hosts[node_id], port=ports[node_id], extra_args=args
+                node_id, data_dir=os.path.join(root, node_id), host=hosts[node_id], port=ports[node_id], extra_args=args,
+                group=(groups or {}).get(node_id),
             )
             for node_id in hosts
         }

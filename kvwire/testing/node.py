@@ -69,9 +69,11 @@ class NodeProcess(ChildProcess):
         port: int | None = None,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        group: int | None = None,
     ) -> None:
         data_dir = Path(data_dir)
         super().__init__(log_path=data_dir.parent / f"{data_dir.name}.log", env=env)
+        self.group = group
         self.name = f"node {node_id}"
         self.node_id = node_id
         self.data_dir = data_dir

@@ -22,6 +22,9 @@ class ChildProcess:
     name = "process"
     # Balancers log to stdout as well; nodes and bridges print nothing there.
     stdout_to_log = False
+    # Run the child under this group id (needs root): iptables' owner match can
+    # then tell its traffic from its neighbours' on a shared loopback address.
+    group: int | None = None
 
     def __init__(self, *, log_path: str | os.PathLike, env: Mapping[str, str] | None = None) -> None:
         self.log_path = Path(log_path)
@@ -43,6 +46,7 @@ class ChildProcess:
                 stdout=log if self.stdout_to_log else subprocess.DEVNULL,
                 stderr=log,
                 env=self.environment(),
+                group=self.group,
             )
         return self
 

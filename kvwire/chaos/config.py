@@ -1,0 +1,70 @@
+"""The settings of one chaos run, checked once."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAULT_KINDS = ("kill", "pause", "partition")
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    duration: float = 30.0
+    seed: int = field(default_factory=lambda: random.SystemRandom().randrange(2**32))
+    clients: int = 6
+    faults: tuple[str, ...] = FAULT_KINDS
+    out: Path | None = None
+    # Keys written at one time; each is retired after ops_per_key operations, so
+    # every key's history stays short enough for the per-key linearizability
+    # search (GUIDE: Knossos and Porcupine are tractable only that way).
+    keys: int = 8
+    ops_per_key: int = 200
+    # An upper bound on the load, all clients together; the history a 30 s run
+    # hands the checker stays around 20k operations.
+    rate: float = 600.0
+    # Above the nodes' 1 s write timeout, so a write without a majority comes
+    # back as NO_QUORUM rather than as a client timeout.
+    op_timeout: float = 2.0
+    # How long a fault lasts, and the calm between two faults (seconds, drawn uniformly).
+    fault_hold: tuple[float, float] = (1.0, 3.0)
+    fault_gap: tuple[float, float] = (0.5, 1.5)
+    # How long to wait, after healing one fault, for the nodes to see one another UP.
+    recovery_timeout: float = 20.0
+    # How long to wait at the end for every peer UP and every hint delivered.
+    converge_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("duration", "rate", "op_timeout", "recovery_timeout", "converge_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name in ("clients", "keys", "ops_per_key"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if type(self.seed) is not int or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        unknown = [kind for kind in self.faults if kind not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault kind {unknown[0]!r}; choose from {', '.join(FAULT_KINDS)}")
+        if len(set(self.faults)) != len(self.faults):
+            raise ValueError(f"faults lists a kind twice: {','.join(self.faults)}")
+        for name in ("fault_hold", "fault_gap"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high < math.inf:
+                raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)!r}")
+
+    @property
+    def max_ops(self) -> int:
+        """The most operations the clients may issue in all: the rate over the whole duration."""
+        return math.ceil(self.rate * self.duration)
+
+
+def parse_faults(text: str) -> tuple[str, ...]:
+    """``"kill,pause"`` -> ``("kill", "pause")``; ``""`` or ``"none"`` -> no faults."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(part.strip() for part in text.split(",") if part.strip())

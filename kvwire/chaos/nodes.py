@@ -1,0 +1,136 @@
+"""Three real nodes, each under a group id of its own, and what they say about each other.
+
+The group ids exist only for iptables' owner match (see ``firewall``); they
+need no entry in /etc/group. They are derived from this process's pid so that
+two runs on one machine never match each other's nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from kvwire.testing import LocalCluster
+
+# Far above any gid a distribution hands out (Debian stops at 60000 for
+# users and 65534 for nogroup); 8 per runner pid, pid_max is at most 2**22.
+GID_BASE = 1_000_000_000
+RESTART_ATTEMPTS = 3
+POLL_INTERVAL = 0.02
+
+
+def node_groups(node_ids: Iterable[str], pid: int | None = None) -> dict[str, int]:
+    base = GID_BASE + 8 * (os.getpid() if pid is None else pid)
+    return {node_id: base + number for number, node_id in enumerate(node_ids)}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    healthy: bool
+    pending_hints: int
+
+
+class ChaosCluster:
+    """A LocalCluster of three nodes on 127.0.0.1-3; with ``own_groups`` (partitions; root only) each under its own gid."""
+
+    def __init__(self, data_dir: Path, *, size: int = 3, own_groups: bool = True) -> None:
+        node_ids = [f"n{number}" for number in range(1, size + 1)]
+        self.groups = node_groups(node_ids) if own_groups else {}
+        self.cluster = LocalCluster(size, data_dir=data_dir, groups=self.groups)
+        self.addresses = {node.node_id: (node.host, node.port) for node in self.cluster}
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return self.cluster.node_ids
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.cluster.start().wait_ready(timeout=timeout)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def pids(self) -> dict[str, int]:
+        return {node.node_id: node.pid for node in self.cluster if node.running}
+
+    # --- faults -------------------------------------------------------------------------
+
+    def kill(self, node_id: str) -> None:
+        self.cluster.kill(node_id)
+
+    def pause(self, node_id: str) -> None:
+        self.cluster.pause(node_id)
+
+    def resume(self, node_id: str) -> None:
+        if self.cluster[node_id].running:
+            self.cluster.resume(node_id)
+
+    def restart(self, node_id: str, timeout: float = 15.0) -> None:
+        """Start a killed node again and wait until it answers PING.
+
+        Its port may for a moment be the ephemeral port of some client's
+        connection from 127.0.0.1, so a failed start is tried again.
+        """
+        node = self.cluster[node_id]
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            if not node.running:
+                node.start()
+            try:
+                node.wait_ready(timeout=timeout)
+                return
+            except RuntimeError:
+                if attempt == RESTART_ATTEMPTS:
+                    raise
+                time.sleep(0.5)
+
+    # --- what the nodes see ---------------------------------------------------------------
+
+    def peer_views(self, node_id: str, timeout: float = 1.0) -> dict[str, PeerView] | None:
+        """``node_id``'s view of its peers, or None if it does not answer HEALTH in time."""
+        try:
+            nodes = self.cluster.health(node_id, timeout=timeout).get("cluster", {}).get("nodes", [])
+        except (OSError, EOFError, ValueError, RuntimeError):  # TimeoutError is an OSError; ProtocolError a ValueError
+            return None
+        return {entry["node_id"]: PeerView(bool(entry["healthy"]), int(entry.get("pending_hints", 0))) for entry in nodes}
+
+    def see_each_other(self, pairs: Iterable[tuple[str, str]]) -> bool:
+        """Whether, for every pair, each node sees the other UP."""
+        views: dict[str, dict[str, PeerView] | None] = {}
+        for a, b in pairs:
+            for viewer, peer in ((a, b), (b, a)):
+                if viewer not in views:
+                    views[viewer] = self.peer_views(viewer)
+                view = views[viewer]
+                if view is None or not view.get(peer, PeerView(False, 0)).healthy:
+                    return False
+        return True
+
+    def converged(self) -> tuple[bool, str]:
+        """Every node running, every peer UP everywhere, no hint waiting; else what is missing."""
+        missing = []
+        for node_id in self.node_ids:
+            if not self.cluster[node_id].running:
+                missing.append(f"{node_id} not running")
+                continue
+            view = self.peer_views(node_id)
+            if view is None:
+                missing.append(f"{node_id} does not answer HEALTH")
+                continue
+            missing += [f"{node_id} sees {peer} DOWN" for peer, state in view.items() if not state.healthy]
+            missing += [f"{node_id} holds {state.pending_hints} hints for {peer}" for peer, state in view.items() if state.pending_hints]
+        return not missing, "; ".join(missing)
+
+    def wait_until(
+        self, condition: Callable[[], bool], *, timeout: float, abort: threading.Event | None = None
+    ) -> float | None:
+        """Poll ``condition`` until it holds; the seconds it took, or None at the deadline (or on ``abort``)."""
+        started = time.monotonic()
+        while True:
+            if condition():
+                return time.monotonic() - started
+            if time.monotonic() - started >= timeout or (abort is not None and abort.is_set()):
+                return None
+            time.sleep(POLL_INTERVAL)

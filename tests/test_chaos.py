@@ -1,0 +1,265 @@
+"""`kvwire chaos`: real nodes under kill -9, SIGSTOP and iptables partitions, and a checked history.
+
+The runs need root and iptables (as CI has). The pieces are tested alone first,
+without nodes; then one real run of about 30 s with every fault kind, runs
+stopped by SIGTERM and SIGINT mid-partition, and a long partition's recovery.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kvwire import Client
+from kvwire.chaos import ChaosConfig
+from kvwire.chaos.firewall import CHAIN_PREFIX, Firewall, delete_chain, existing_chains, iptables
+from kvwire.chaos.local_reads import check_local_reads
+from kvwire.chaos.nodes import ChaosCluster, node_groups
+from kvwire.chaos.outcomes import outcome_of_error
+from kvwire.chaos.partitions import make_partition
+from kvwire.chaos.workload import KeySpace
+from kvwire.check import check_history, load_jsonl
+from kvwire.check.history import Operation, Outcome
+from kvwire.protocol import errors
+from kvwire.testing import wait_for
+
+
+def run_chaos_cli(*args, timeout=180):
+    return subprocess.run(
+        [sys.executable, "-m", "kvwire", "chaos", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (our nodes name their data dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def chain_present(chain: str) -> bool:
+    """Whether the filter table still holds ``chain`` or a jump to it."""
+    return any(line == f"-N {chain}" or line.endswith(f" -j {chain}") for line in iptables("-S").stdout.splitlines())
+
+
+# --- the pieces --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc, outcome",
+    [
+        (errors.KeyNotFoundError("no"), Outcome.NOT_FOUND),
+        (errors.KvwireTimeoutError("slow"), Outcome.UNKNOWN),
+        (TimeoutError(), Outcome.UNKNOWN),
+        (errors.KvwireConnectionError("lost"), Outcome.UNKNOWN),
+        (errors.ServerTimeoutError("slow"), Outcome.UNKNOWN),
+        (errors.NoQuorumError("no majority"), Outcome.UNKNOWN),
+        (errors.BadRequestError("bad"), Outcome.FAIL),
+        (errors.UnavailableError("full"), Outcome.FAIL),
+    ],
+)
+def test_what_an_error_tells_a_client(exc, outcome):
+    assert outcome_of_error(exc) is outcome
+
+
+def test_a_refusal_that_says_nothing_was_written_is_a_failure():
+    refused = errors.NoQuorumError("no majority")
+    refused.maybe_applied = False
+    assert outcome_of_error(refused) is Outcome.FAIL
+    maybe = errors.NoQuorumError("no majority")
+    maybe.maybe_applied = True
+    assert outcome_of_error(maybe) is Outcome.UNKNOWN
+
+
+def test_partitions_cut_the_links_they_name():
+    nodes = ("n1", "n2", "n3")
+    isolate = make_partition("isolate", nodes, "n2")
+    assert isolate.cuts == {("n2", "n1"), ("n2", "n3"), ("n1", "n2"), ("n3", "n2")}
+    assert isolate.pairs() == [("n1", "n2"), ("n2", "n3")]
+    bridge = make_partition("bridge", nodes, "n2")
+    assert bridge.cuts == {("n1", "n3"), ("n3", "n1")}
+    one_way = make_partition("one-way", nodes, "n1")
+    assert one_way.cuts == {("n1", "n2"), ("n1", "n3")}
+    rules = one_way.rules({"n1": 101, "n2": 102, "n3": 103}, {"n2": ("127.0.0.2", 7380), "n3": ("127.0.0.3", 7381)})
+    assert [rule.arguments() for rule in rules] == [
+        ["-p", "tcp", "-d", "127.0.0.2", "--dport", "7380", "-m", "owner", "--gid-owner", "101", "-j", "DROP"],
+        ["-p", "tcp", "-d", "127.0.0.3", "--dport", "7381", "-m", "owner", "--gid-owner", "101", "-j", "DROP"],
+    ]
+
+
+def test_keys_are_retired_after_their_share_of_operations():
+    import random
+
+    keys = KeySpace(active=2, ops_per_key=3)
+    rng = random.Random(1)
+    picked = [keys.pick(rng) for _ in range(60)]
+    assert all(picked.count(key) <= 3 for key in set(picked))
+    assert len(keys.used) >= 20 and set(picked) <= set(keys.used)
+
+
+def test_a_local_read_may_be_stale_but_not_invented():
+    put = Operation(0, "put", "k", 1.0, 2.0, "ok", value="c0-1", version=(1, "n1"))
+    stale = Operation(1, "get", "k", 3.0, 3.5, "not_found")
+    fine = Operation(1, "get", "k", 3.0, 3.5, "ok", value="c0-1", version=(1, "n1"))
+    invented = Operation(1, "get", "k", 3.0, 3.5, "ok", value="c9-9", version=(2, "n2"))
+    clashing = Operation(1, "get", "k", 3.0, 3.5, "ok", value="c0-2", version=(1, "n1"))
+    other_put = Operation(2, "put", "k", 0.5, None, "unknown", value="c0-2")
+    assert check_local_reads([put], [stale, fine]) == []
+    assert "no PUT had started" in check_local_reads([put], [invented])[0]
+    assert "carried two values" in check_local_reads([put, other_put], [clashing])[0]
+
+
+def test_bad_options_exit_2_without_a_traceback():
+    result = run_chaos_cli("--faults", "kill,flood")
+    assert result.returncode == 2
+    assert "unknown fault kind 'flood'" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(ValueError, match="twice"):
+        ChaosConfig(faults=("kill", "kill"))
+
+
+def test_a_chain_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = f"{CHAIN_PREFIX}{dead.pid}"
+    iptables("-N", stale)
+    iptables("-A", "OUTPUT", "-j", stale)
+    firewall = Firewall()
+    try:
+        firewall.install()
+        assert stale not in existing_chains() and not chain_present(stale)
+        assert firewall.chain in existing_chains()
+    finally:
+        firewall.remove()
+        delete_chain(stale)
+    assert not chain_present(firewall.chain)
+
+
+# --- real runs ---------------------------------------------------------------------------
+
+
+def test_a_30_s_run_with_every_fault_kind_finds_no_anomaly_and_cleans_up(tmp_path):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "kvwire", "chaos", "--duration", "30", "--seed", "20261201", "--out", str(out), "-o", "json"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        stdout, stderr = runner.communicate(timeout=240)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    elapsed = time.monotonic() - started
+    print(stderr)
+    assert runner.returncode == 0, stdout + stderr
+    summary = json.loads(stdout)
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and summary["anomalies"] == [] and summary["verdict"] == "ok"
+    assert set(summary["faults"]["by_kind"]) == {"kill", "pause", "partition"}
+    assert all(fault["healed"] is not None for fault in summary["faults"]["list"])
+    assert summary["converged_after_last_heal_s"] is not None
+    by_kind = summary["operations"]["by_kind"]
+    assert all(by_kind[kind].get("ok", 0) > 0 for kind in ("get", "put", "delete")), by_kind
+    assert summary["operations"]["consistency_one_reads"]["by_outcome"]["ok"] > 0
+    # The saved history checks alone, as `python -m kvwire.check` would.
+    history = load_jsonl((out / "history.jsonl").read_text())
+    assert len(history) == summary["operations"]["total"]
+    states = json.loads((out / "replicas.json").read_text())
+    assert check_history(history, replica_states=states).ok
+    assert f"iptables chain {CHAIN_PREFIX}{runner.pid}" in stderr
+    assert not chain_present(f"{CHAIN_PREFIX}{runner.pid}")
+    assert processes_mentioning(str(out)) == []
+    print(f"chaos run: {elapsed:.1f} s in all; faults {summary['faults']['by_kind']}, "
+          f"peers UP after heal {summary['faults']['peers_up_after_heal_s']}, "
+          f"converged {summary['converged_after_last_heal_s']} s after the last heal")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_stopped_mid_partition_removes_its_chain_and_stops_its_nodes(tmp_path, signum):
+    out = tmp_path / "out"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "kvwire", "chaos", "--duration", "120", "--faults", "partition", "--out", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    chain = f"{CHAIN_PREFIX}{runner.pid}"
+    node_gids = {f"--gid-owner {gid} " for gid in node_groups(["n1", "n2", "n3"], pid=runner.pid).values()}
+    try:
+        def partitioned() -> bool:
+            assert runner.poll() is None, runner.communicate()
+            rules = iptables("-S", chain, check=False).stdout.splitlines()
+            return any(line.startswith(f"-A {chain} ") and any(gid in line for gid in node_gids) for line in rules)
+
+        wait_for(partitioned, timeout=60, interval=0.05, what="a partition in place")
+        assert len(processes_mentioning(str(out / "nodes"))) == 3
+        runner.send_signal(signum)
+        _, stderr = runner.communicate(timeout=60)
+        assert runner.returncode == 128 + signum, stderr
+        assert f"interrupted by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr
+        assert not chain_present(chain)
+        assert processes_mentioning(str(out)) == []
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+        delete_chain(chain)
+        for pid in processes_mentioning(str(out)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_30_s_partition_of_one_node_heals_within_2_s(tmp_path):
+    """A link silent for 30 s holds unacknowledged bytes in TCP's retransmission
+    backoff; the node must dial again rather than wait for the next retransmit."""
+    cluster = ChaosCluster(tmp_path)
+    firewall = Firewall()
+    stop_writing = threading.Event()
+    written = []
+
+    def write_through_the_majority() -> None:
+        # Hints for the isolated node pile up meanwhile; bounded in count and time.
+        with Client(cluster.cluster.endpoints_of("n2", "n3"), timeout=2) as kv:
+            for number in range(1000):
+                if stop_writing.wait(0.05):
+                    return
+                kv.put(f"k{number % 50}", number)
+                written.append(number)
+
+    try:
+        firewall.install()
+        cluster.start()
+        partition = make_partition("isolate", cluster.node_ids, "n1")
+        firewall.drop(partition.rules(cluster.groups, cluster.addresses))
+        writer = threading.Thread(target=write_through_the_majority)
+        writer.start()
+        cluster.cluster.wait_peers("n2", down=["n1"], timeout=5)
+        cluster.cluster.wait_peers("n3", down=["n1"], timeout=5)
+        time.sleep(30)  # the fault under test is the partition's length itself
+        stop_writing.set()
+        writer.join(10)
+        assert written, "no write got through the majority during the partition"
+        firewall.heal()
+        healed = time.monotonic()
+        up = cluster.wait_until(lambda: cluster.see_each_other(partition.pairs()), timeout=60)
+        converged = cluster.wait_until(lambda: cluster.converged()[0], timeout=60)
+        total = time.monotonic() - healed
+        print(f"30 s partition of n1: peers UP {up} s after the heal; hints delivered {total:.2f} s after it")
+        assert up is not None and up <= 2.0, f"peers UP {up} s after healing a 30 s partition (converged: {converged})"
+    finally:
+        stop_writing.set()
+        cluster.stop()
+        firewall.remove()
