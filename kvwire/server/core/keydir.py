@@ -78,9 +78,12 @@ class Keydir:
         """A write left the disk queue; True if it is now the committed entry."""
         pending = self.pending.get(key)
         if pending:
-            pending[:] = [write for write in pending if write.write_id != write_id]
-            if not pending:
-                del self.pending[key]
+            if len(pending) == 1 and pending[0].write_id == write_id:
+                del self.pending[key]  # the usual case: one write of the key in flight
+            else:
+                pending[:] = [write for write in pending if write.write_id != write_id]
+                if not pending:
+                    del self.pending[key]
         if not committed:
             return False
         current = self.committed.get(key)
