@@ -30,7 +30,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_two_thousand_seeds_with_faults_check_clean():
-    result = run_cli("--seeds", str(CI_SEEDS), "--json")
+    result = run_cli("--seeds", str(CI_SEEDS), "--jobs", "2", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert summary["ok"] and summary["seeds_run"] == CI_SEEDS
@@ -51,6 +51,15 @@ def test_every_mutant_is_caught_within_the_default_seed_count(mutant, capsys):
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and report["seeds_run"] <= DEFAULT_SEEDS
     assert report["replay"].endswith(f"--mutant {mutant}")
+
+
+def test_a_pool_of_processes_finds_the_same_first_failure(capsys):
+    outcomes = []
+    for jobs in ("1", "2"):
+        assert main(["--mutant", "no-delete-condition", "--seed", "300", "--seeds", "100", "--jobs", jobs, "--json"]) == 1
+        report = json.loads(capsys.readouterr().out)
+        outcomes.append((report["seed"], report["problems"]))
+    assert outcomes[0] == outcomes[1]
 
 
 def test_a_seed_replays_byte_for_byte_whatever_the_hash_seed():

@@ -7,14 +7,17 @@ command line that replays it, and a shrunk history; 2 for bad options.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
 import sys
 import time
+from typing import Iterator
 
 from ..check import format_report
 from ..server.core import MUTANTS
 from .nemesis import FAULT_KINDS
-from .run import run_seed
+from .run import RunResult, run_seed
 
 DEFAULT_FAULTS = ",".join(FAULT_KINDS)
 # Every mutant is caught within this many seeds (tests/test_sim.py checks it);
@@ -36,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma list of fault kinds, or 'none' (default {DEFAULT_FAULTS})")
     parser.add_argument("--mutant", choices=MUTANTS, help="run a deliberately broken core; a clean exit would be a miss")
     parser.add_argument("--clients", type=_positive, default=5, help="concurrent clients (default 5)")
+    parser.add_argument("--jobs", type=_positive, default=1,
+                        help="worker processes running seeds side by side (default 1); results are the same")
     parser.add_argument("--trace", action="store_true", help="print the failing run's event trace")
     parser.add_argument("--json", action="store_true", help="print one JSON summary line instead of text")
     return parser
@@ -81,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     faults: dict[str, int] = {}
     operations = 0
-    for seed in range(args.seed, args.seed + args.seeds):
-        result = run_seed(seed, operations=args.ops, nodes=args.nodes, faults=args.faults,
-                          mutant=args.mutant, clients=args.clients)
+    for seed, result in _results(args):
         operations += len(result.operations)
         for kind, count in result.faults.items():
             faults[kind] = faults.get(kind, 0) + count
@@ -113,6 +116,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ok: {args.seeds} seeds from {args.seed}, {operations} operations checked, "
               f"faults {_describe(faults)}; {elapsed:.1f} s, {rate:.1f} seeds/s")
     return 0
+
+
+def _run_one(seed: int, args: argparse.Namespace) -> tuple[int, RunResult]:
+    return seed, run_seed(seed, operations=args.ops, nodes=args.nodes, faults=args.faults,
+                          mutant=args.mutant, clients=args.clients)
+
+
+def _results(args: argparse.Namespace) -> Iterator[tuple[int, RunResult]]:
+    """Each seed's result, in seed order; with --jobs, computed by a pool of processes.
+
+    Each run depends only on its seed, so the order of completion cannot
+    change any result, and the first failing seed reported is the same.
+    """
+    seeds = range(args.seed, args.seed + args.seeds)
+    if args.jobs == 1:
+        for seed in seeds:
+            yield _run_one(seed, args)
+        return
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        yield from pool.imap(functools.partial(_run_one, args=args), seeds, chunksize=8)
 
 
 def _describe(faults: dict[str, int]) -> str:
