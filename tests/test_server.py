@@ -101,6 +101,17 @@ def test_health_reply_has_the_documented_cluster_shape(node):
     assert cluster["total_nodes"] == cluster["healthy_nodes"] == 1 and cluster["has_quorum"] is True
 
 
+def test_health_counts_each_write_waiting_on_the_disk_once(node):
+    """50 PUTs and a HEALTH in one write: the HEALTH is answered in the same
+    pass, before any of the PUTs can have committed, so it sees exactly the 50
+    writes in flight (it used to count each twice: queued and pending)."""
+    with RawConnection(node.address) as conn:
+        conn.send(*(Put(i, f"burst-{i}", i) for i in range(50)), Health(99))
+        replies = {reply.id: reply for reply in conn.receive(51)}
+    assert replies[99].health["pending_writes"] == 50
+    assert all(isinstance(replies[i], PutReply) for i in range(50))
+
+
 def test_replicate_needs_a_peer_connection_and_applies_only_newer_versions(node):
     with RawConnection(node.address) as conn:
         refused = conn.request(Replicate(1, "k", Version(5, "n2"), "v5"))
