@@ -105,7 +105,9 @@ def test_report_shows_the_shrunk_violation_one_operation_per_line():
     stale = op(12, "get", 20, 21, "ok", "v1")
     elsewhere = [op(13, "put", 0, 1, "ok", "x", key="fine"), op(14, "get", 2, 3, "ok", "x", key="fine")]
     report = check_history(writes + reads + [stale] + elsewhere)
-    assert (report.ok, report.verdict, report.problems) == (False, "violation", ["key 'k' is not linearizable"])
+    assert (report.ok, report.verdict) == (False, "violation")
+    assert report.problems[0] == "key 'k' is not linearizable" and len(report.problems) == 2
+    assert "acknowledged write lost: #5" in report.problems[1]  # v5 was the last write; the read saw v1
     text = format_report(report)
     shown = [line.split()[0] for line in text.splitlines() if line.startswith("  #")]
     # write v1, one later overwrite, the stale read; the reads that merely confirm writes are gone.
@@ -122,3 +124,40 @@ def test_report_lists_undecided_keys():
     report = check_history(writes + reads, max_steps=500)
     assert (report.ok, report.verdict, report.problems) == (False, "unknown", [])
     assert "undecided (search budget of 500 steps exhausted) on 1 key(s)" in format_report(report)
+
+
+# --- check_no_lost_writes ------------------------------------------------------
+
+
+def test_a_later_read_missing_the_last_acknowledged_write_is_a_lost_write():
+    from kvwire.check import check_no_lost_writes
+
+    history = [
+        op(0, "put", 0, 1, "ok", "a"),
+        op(1, "put", 2, 3, "ok", "b"),
+        op(2, "get", 4, 5, "ok", "a"),  # b was acknowledged, then lost
+    ]
+    (problem,) = check_no_lost_writes(history)
+    assert "acknowledged write lost" in problem and "'b'" in problem
+    assert not check_history(history).ok
+
+
+def test_a_read_showing_the_last_write_or_an_undecided_one_is_fine():
+    from kvwire.check import check_no_lost_writes
+
+    history = [
+        op(0, "put", 0, 1, "ok", "a"),
+        op(1, "delete", 2, 3, "ok"),
+        op(2, "put", 2.5, None, "unknown", "late"),
+        op(3, "get", 4, 5, "not_found"),
+        op(4, "get", 6, 7, "ok", "late"),  # the undecided PUT took effect after all
+    ]
+    assert check_no_lost_writes(history) == []
+
+
+def test_overlapping_acknowledged_writes_are_left_to_the_linearizability_check():
+    from kvwire.check import check_no_lost_writes
+
+    history = [op(0, "put", 0, 2, "ok", "a"), op(1, "put", 1, 3, "ok", "b"), op(2, "get", 4, 5, "ok", "a")]
+    assert check_no_lost_writes(history) == []
+    assert check_history(history).ok  # either order is linearizable

@@ -46,6 +46,48 @@ def check_tags(operations: Iterable[Operation]) -> list[str]:
     return problems
 
 
+def check_no_lost_writes(operations: Iterable[Operation]) -> list[str]:
+    """Every acknowledged write that later reads do not show, one sentence each.
+
+    Linearizability already implies this; the check says it in plain words.
+    For each key, take the acknowledged write (PUT ok, DELETE ok) that ended
+    last, provided no other completed write of the key overlaps or follows it.
+    A read that starts after every completed write ended must then show that
+    write's effect, or the effect of a write whose outcome is unknown (it may
+    take effect at any time after it started).
+    """
+    by_key: dict[str, list[Operation]] = {}
+    for op in operations:
+        by_key.setdefault(op.key, []).append(op)
+    problems = []
+    for key, ops in by_key.items():
+        writes = [op for op in ops if op.kind is not OpKind.GET and op.outcome in (Outcome.OK, Outcome.NOT_FOUND)]
+        acknowledged = [op for op in writes if op.outcome is Outcome.OK]
+        if not acknowledged:
+            continue
+        last = max(acknowledged, key=lambda op: op.end)
+        if any(op is not last and op.end >= last.start for op in writes):
+            continue  # concurrent with another completed write: left to the linearizability check
+        settled = max(op.end for op in writes)
+        undecided = [op for op in ops if op.kind is not OpKind.GET and op.outcome is Outcome.UNKNOWN]
+        allowed = {_effect(op) for op in [last, *undecided]}
+        for read in ops:
+            if read.kind is OpKind.GET and read.outcome in (Outcome.OK, Outcome.NOT_FOUND) and read.start > settled:
+                seen = _effect(read)
+                if seen not in allowed:
+                    problems.append(f"key {key!r}: acknowledged write lost: {last.describe()}; "
+                                    f"a later read saw something else: {read.describe()}")
+                    break
+    return problems
+
+
+def _effect(op: Operation) -> tuple[bool, str]:
+    """What a write leaves, or what a read saw, as (live, repr of the value)."""
+    if op.kind is OpKind.DELETE or op.outcome is Outcome.NOT_FOUND:
+        return (False, "")
+    return (True, repr(op.value))
+
+
 def check_converged(states: Mapping[str, Mapping[str, ReplicaEntry]]) -> list[str]:
     """Every key on which the replicas disagree, one sentence each.
 

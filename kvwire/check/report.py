@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from .history import Operation, OpKind, Outcome
-from .invariants import check_converged, check_tags
+from .invariants import check_converged, check_no_lost_writes, check_tags
 from .linearizability import DEFAULT_MAX_STEPS, KeyResult, LinearizabilityResult, check_linearizable
 from .shrink import shrink
 
@@ -30,7 +30,7 @@ def check_history(
     replica_states: Mapping[str, Mapping[str, Any]] | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
 ) -> CheckReport:
-    """Linearizability per key, unique version tags, and (given ``replica_states``,
+    """Linearizability per key, unique version tags, no acknowledged write lost, and (given ``replica_states``,
     node -> key -> (version, deleted, value)) convergence of the replicas."""
     operations = list(operations)
     linearizability = check_linearizable(operations, max_steps=max_steps)
@@ -38,6 +38,7 @@ def check_history(
         f"key {result.key!r} is not linearizable" for result in linearizability.keys if result.verdict == "violation"
     ]
     problems += check_tags(operations)
+    problems += check_no_lost_writes(operations)
     if replica_states is not None:
         problems += check_converged(replica_states)
     verdict = "violation" if problems else linearizability.verdict
