@@ -201,6 +201,16 @@ class ClientConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection at once, discarding unsent bytes: unlike ``close``, it
+        does not wait for the write buffer to drain, which on a connection into a
+        partition could take TCP's whole retransmission backoff."""
+        if self._failure is None:
+            self._fail("connection aborted by the client")
+        self._outgoing.clear()
+        if self._transport is not None:
+            self._transport.abort()
+
     async def wait_closed(self) -> None:
         """Wait until the transport has let go of the socket."""
         await asyncio.shield(self._lost)

@@ -201,9 +201,9 @@ class Node:
             row = await self.storage.read(key)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the reader failed: answer from what the index says
+        except Exception as exc:  # the reader failed: the requests waiting get an error, not "absent"
             log.error("reading %r failed: %s", key, exc)
-            row = None
+            row = exc
         self.core.loaded(key, row, self._clock())
         self._perform()
 

@@ -104,8 +104,10 @@ class PeerLink:
 
     def reconnect(self) -> None:
         if self.connection is not None:
-            log.info("closing the silent link to peer %s; dialling again", self.member.node_id)
-            self.connection.close()
+            log.info("dropping the silent link to peer %s; dialling again", self.member.node_id)
+            # abort, not close: close waits for the write buffer to drain,
+            # which into a partition is TCP's retransmission backoff.
+            self.connection.abort()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -66,7 +66,10 @@ class Nemesis:
             world.blocked.update(pairs)
             self._heal_after(duration, lambda: world.blocked.difference_update(pairs))
         elif kind == "disk":
-            victim.disk.failing_until = world.scheduler.now + min(duration, 0.3)
+            if rng.random() < 0.5:  # commits and reads fail
+                victim.disk.failing_until = world.scheduler.now + min(duration, 0.3)
+            else:  # reads crawl: a Load can outlive several commits
+                victim.disk.slow_until = world.scheduler.now + duration
         elif kind == "network":
             world.faults.drop, world.faults.duplicate = 0.05, 0.05
             world.faults.max_delay = 0.02

@@ -71,7 +71,7 @@ def _heal(world: World) -> None:
     world.faults.drop = world.faults.duplicate = 0.0
     world.faults.max_delay = 0.002
     for node in world.nodes.values():
-        node.disk.failing_until = -1.0
+        node.disk.failing_until = node.disk.slow_until = -1.0
         if not node.alive:
             node.start()
         elif node.paused:

@@ -78,6 +78,7 @@ class SimDisk:
         self.rows: dict[str, tuple[Any, bool, Any]] = {}  # key -> (version, deleted, value)
         self.hints: dict[str, dict[str, Any]] = {}
         self.failing_until = -1.0
+        self.slow_until = -1.0
         self.commits = 0
 
 
@@ -216,9 +217,7 @@ class SimNode:
                         strike, world.crash_at_next_persist = world.crash_at_next_persist, None
                         strike(self)
                 elif kind is Load:
-                    key = effect.key
-                    world.scheduler.after(world.rng.uniform(0.0001, 0.001), lambda key=key: self.run(
-                        lambda: self.core.loaded(key, self.disk.rows.get(key), world.scheduler.now)))
+                    self._load(effect.key)
                 elif kind is CloseLink:
                     self._close_link(effect.peer)
                 elif kind is PeerStateChanged:
@@ -281,6 +280,24 @@ class SimNode:
 
     # --- the disk ------------------------------------------------------------------------
 
+    def _load(self, key: str) -> None:
+        """Read the row at some moment after the request (as SQLite's reader thread
+        does), and deliver it some time later still; a failing disk fails reads too."""
+        world, incarnation = self.world, self.incarnation
+
+        def snapshot() -> None:
+            if self.incarnation != incarnation:
+                return
+            if world.scheduler.now < self.disk.failing_until:
+                row = OSError("injected read failure")
+            else:
+                row = self.disk.rows.get(key)
+            slow = world.scheduler.now < self.disk.slow_until
+            world.scheduler.after(world.rng.uniform(0.01, 0.05) if slow else world.rng.uniform(0.0001, 0.003),
+                                  lambda: self.run(lambda: self.core.loaded(key, row, world.scheduler.now)))
+
+        world.scheduler.after(world.rng.uniform(0.0, 0.003), snapshot)
+
     def _schedule_commit(self) -> None:
         if self.commit_scheduled:
             return
@@ -328,8 +345,12 @@ class SimNode:
 
 
 class World:
-    def __init__(self, seed: int, node_count: int, *, mutant: str | None = None, cache_entries: int = 8) -> None:
+    def __init__(self, seed: int, node_count: int, *, mutant: str | None = None, cache_entries: int | None = None) -> None:
         self.rng = random.Random(seed)
+        if cache_entries is None:
+            # Small caches, none at all in a quarter of the runs, so that reads
+            # go through Load (and its races with commits) as well as memory.
+            cache_entries = self.rng.choice((0, 2, 8, 64))
         self.scheduler = Scheduler()
         self.faults = NetworkFaults()
         self.blocked: set[tuple[str, str]] = set()
@@ -341,7 +362,6 @@ class World:
         members = tuple(Member(node_id, f"10.0.0.{i + 1}", 7379) for i, node_id in enumerate(ids))
         self.nodes: dict[str, SimNode] = {}
         for node_id in ids:
-            # cache_entries is small so that reads go through Load as well.
             config = ServerConfig(node_id=node_id, members=members, data_dir=Path("sim"), cache_entries=cache_entries)
             self.nodes[node_id] = SimNode(node_id, config, self, mutant)
 

@@ -61,7 +61,10 @@ class Fanout:
         if self._outstanding.pop(peer, None) is None:
             return
         if isinstance(reply, ReplicateReply):
-            ok = self._expect is None or reply.applied or reply.version == self.version
+            # A conditional tombstone counts only where the condition held and
+            # it was applied: the same tag can reach a replica without any
+            # condition (a quorum read's write-back), so holding it proves nothing.
+            ok = self._expect is None or reply.applied
             self._settle(peer, OK if ok else REFUSED)
         else:
             self._settle(peer, FAILED)
@@ -75,12 +78,12 @@ class Fanout:
             self._settle(peer, FAILED)
 
     def _settle(self, peer: str, outcome: str) -> None:
-        # A refused conditional tombstone is hinted too: if its DELETE won
-        # elsewhere, this peer must get it; if it lost, replay sends whatever
-        # newer row this node holds by then, and the peer ignores what is older.
         # A version this node does not hold (a write-back of another's copy)
-        # is not hinted: replay could only send what this node has.
+        # is not hinted: replay could only send what this node has. A
+        # conditional tombstone is never hinted here, since replay drops the
+        # condition: its DELETE hints the peers that missed it once it has won.
         core = self._core
-        if self._hint and outcome != OK and core.keydir.latest_version(self.key) >= self.version:
+        if (self._hint and outcome != OK and self._expect is None
+                and core.keydir.latest_version(self.key) >= self.version):
             core.hints.add(peer, self.key, self.version)
         self._on_outcome(peer, outcome)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...protocol.messages import Version
+from ...protocol.messages import NO_VERSION, Version
 from .effects import DropHint, StoreHint
 from .fanout import OK, Fanout
 
@@ -71,6 +71,9 @@ class HintBook:
 
     def _send(self, peer: str, key: str, copy) -> None:
         core = self._core
+        if isinstance(copy, Exception):  # this node could not read the row: try again later
+            self._sent(peer, key, NO_VERSION, False)
+            return
         hinted = self.by_peer.get(peer, {}).get(key)
         if hinted is None or not core.usable(peer):
             self._in_flight[peer].discard(key)

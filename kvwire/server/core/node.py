@@ -15,7 +15,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ...protocol.errors import ForbiddenError, KeyNotFoundError, KvwireError
+from ...protocol.errors import ForbiddenError, InternalServerError, KeyNotFoundError, KvwireError
 from ...protocol.messages import (
     NO_VERSION,
     Consistency,
@@ -97,7 +97,8 @@ class NodeCore:
         self._write_ids = itertools.count(1)
         # write id -> (key, version, deleted, value, callbacks for its outcome)
         self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
-        self._loads: dict[str, list[Callable[[Copy], None]]] = {}
+        # key -> (callback, already retried once) for each request waiting on its Load
+        self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         if self.peer_ids:
             self.timers.schedule(now, self._heartbeat)
 
@@ -141,8 +142,7 @@ class NodeCore:
                 copy = self.keydir.latest(request.key)
                 self.respond(token, LookupReply(request.id, copy.version, copy.deleted))
             else:
-                self.committed_copy(request.key, lambda copy: self.respond(
-                    token, FetchReply(request.id, copy.version, copy.deleted, None if copy.deleted else copy.value)))
+                self.committed_copy(request.key, lambda copy: self._answer_fetch(token, request, copy))
         else:
             raise TypeError(f"the core does not handle {kind.__name__}")
 
@@ -169,14 +169,34 @@ class NodeCore:
         for callback in callbacks:
             callback(error)
 
-    def loaded(self, key: str, row: tuple[Version, bool, Any] | None, now: float) -> None:
-        """A ``Load`` finished with the key's committed row, or None."""
+    def loaded(self, key: str, row: tuple[Version, bool, Any] | Exception | None, now: float) -> None:
+        """A ``Load`` finished with the key's committed row, None if it has none,
+        or the exception that reading it raised."""
         self.now = now
+        waiting = self._loads.pop(key, ())
+        if isinstance(row, Exception):
+            error = InternalServerError(f"reading {key!r} from this node's disk failed: {row}")
+            for callback, _retried in waiting:
+                callback(error)
+            return
         copy = NO_COPY if row is None else Copy(*row)
         entry = self.keydir.committed.get(key)
+        if entry is not None and copy.version < entry.version:
+            # Read before a newer commit (a waiter may have joined this Load
+            # after that commit, so the row could be older than its request):
+            # ask once more, from the cache or a new Load. A second stale row
+            # means the file lost a commit: an error, not a loop.
+            for callback, retried in waiting:
+                if retried:
+                    callback(InternalServerError(
+                        f"this node's disk holds {key!r} at {tuple(copy.version)}, older than its committed "
+                        f"{tuple(entry.version)}"))
+                else:
+                    self.committed_copy(key, callback, _retried=True)
+            return
         if not copy.deleted and copy.version != NO_VERSION and entry is not None and entry.version == copy.version:
             self.cache.put(key, copy.value)
-        for callback in self._loads.pop(key, ()):
+        for callback, _retried in waiting:
             callback(copy)
 
     def link_up(self, peer: str, now: float) -> None:
@@ -266,8 +286,9 @@ class NodeCore:
     def after_write(self, write_id: int, callback: Callable[[Exception | None], None]) -> None:
         self._writes[write_id][4].append(callback)
 
-    def committed_copy(self, key: str, callback: Callable[[Copy], None]) -> None:
-        """This node's committed copy of ``key``, from memory or after a ``Load``."""
+    def committed_copy(self, key: str, callback: Callable[[Copy | KvwireError], None], *, _retried: bool = False) -> None:
+        """This node's committed copy of ``key``, from memory or after a ``Load``;
+        or, if reading the disk failed, the error to answer with."""
         entry = self.keydir.committed.get(key)
         if entry is None:
             callback(NO_COPY)
@@ -281,10 +302,10 @@ class NodeCore:
             return
         waiting = self._loads.get(key)
         if waiting is None:
-            self._loads[key] = [callback]
+            self._loads[key] = [(callback, _retried)]
             self.effects.append(Load(key))
         else:
-            waiting.append(callback)
+            waiting.append((callback, _retried))
 
     # --- peer requests -----------------------------------------------------------------
 
@@ -298,8 +319,9 @@ class NodeCore:
         key, version = request.key, request.version
         latest = self.keydir.latest_version(key)
         expect = request.expect
-        if (expect is not None and latest > expect and latest != version
-                and self.mutant != "no-delete-condition"):
+        if expect is not None and latest > expect and self.mutant != "no-delete-condition":
+            # Refused, and said at once even if what it holds is not yet
+            # durable: a refusal never counts towards a DELETE's majority.
             self.respond(token, ReplicateReply(request.id, False, latest))
             return
         applied = version > latest
@@ -312,8 +334,16 @@ class NodeCore:
 
         self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply)
 
-    def _answer_local_get(self, token: Any, request: Get, copy: Copy) -> None:
-        if copy.absent:
+    def _answer_fetch(self, token: Any, request: Fetch, copy: Copy | KvwireError) -> None:
+        if isinstance(copy, KvwireError):
+            self.respond(token, copy)
+        else:
+            self.respond(token, FetchReply(request.id, copy.version, copy.deleted, None if copy.deleted else copy.value))
+
+    def _answer_local_get(self, token: Any, request: Get, copy: Copy | KvwireError) -> None:
+        if isinstance(copy, KvwireError):
+            self.respond(token, copy)
+        elif copy.absent:
             self.respond(token, KeyNotFoundError(f"key {request.key!r} not found"))
         else:
             self.respond(token, GetReply(request.id, copy.value, copy.version))

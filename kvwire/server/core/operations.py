@@ -56,6 +56,8 @@ class QuorumRead:
             self._core.committed_copy(self._key, self._local_done)
 
     def _round_done(self, answers: Answers | None) -> None:
+        if self._round_failed:
+            return  # already answered: this node's own read failed
         if answers is None:
             self._round_failed = True
             reachable = self._round.reachable
@@ -68,7 +70,12 @@ class QuorumRead:
         self._answers = answers
         self._maybe_ready()
 
-    def _local_done(self, copy: Copy) -> None:
+    def _local_done(self, copy: Copy | KvwireError) -> None:
+        if isinstance(copy, KvwireError):
+            if not self._round_failed:
+                self._round_failed = True  # nothing more to wait for
+                self._on_done(None, copy)
+            return
         self._local = copy
         self._maybe_ready()
 
@@ -150,6 +157,7 @@ class _ReplicatedWrite:
         self._version: Version | None = None  # the new tag, once minted
         self._expect: Version | None = None
         self._acks = self._failed = self._refused = 0
+        self._missed: list[str] = []  # peers a conditional tombstone did not reach or was refused by
         self._timer = core.timers.schedule(self._deadline, self._expire)
 
     def _success(self) -> Any:
@@ -188,6 +196,13 @@ class _ReplicatedWrite:
             if self._acks == core.quorum:
                 self._answer(None)
             return
+        if self._expect is not None:
+            # A conditional tombstone's misses are hinted only if its DELETE
+            # wins: replay drops the condition, so a losing tombstone must not
+            # be spread by it.
+            self._missed.append(peer)
+            if self._answered and self._acks >= core.quorum:
+                self._hint_missed()
         if outcome == FAILED:
             self._failed += 1
         else:
@@ -208,7 +223,14 @@ class _ReplicatedWrite:
             return
         self._answered = True
         self._timer.cancel()
+        if error is None and self._expect is not None:
+            self._hint_missed()
         self._core.respond(self._token, self._success() if error is None else error)
+
+    def _hint_missed(self) -> None:
+        missed, self._missed = self._missed, []
+        for peer in missed:
+            self._core.hints.add(peer, self._request.key, self._version)
 
 
 class Write(_ReplicatedWrite):
