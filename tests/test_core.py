@@ -13,6 +13,7 @@ import pytest
 from kvwire.protocol import Version
 from kvwire.protocol.errors import ConflictError, KeyNotFoundError, NoQuorumError
 from kvwire.protocol.messages import (
+    Consistency,
     Delete, DeleteReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put, PutReply,
     Replicate, ReplicateReply,
 )
@@ -341,3 +342,21 @@ def test_a_conditional_tombstone_that_loses_is_never_hinted():
     effects += core.take_effects()
     assert isinstance([e for e in effects if type(e) is Respond][0].reply, ConflictError)
     assert not [e for e in effects if type(e) is StoreHint] and core.hints.count("n2") == core.hints.count("n3") == 0
+
+
+def test_the_memory_fast_path_gives_the_same_answer_as_the_full_path():
+    core = NodeCore(ServerConfig(data_dir=Path("unused"), cache_entries=1), 0.0,
+                    committed={"hot": Entry(Version(2, "n1"), False), "cold": Entry(Version(1, "n1"), False),
+                               "gone": Entry(Version(3, "n1"), True)})
+    core.cache.put("hot", "v")
+    for key in ("hot", "gone", "never"):
+        fast = core.answer_from_memory(Get(1, key))
+        core.request("t", Get(1, key), 0.0)
+        (respond,) = effects_of(core, Respond)
+        assert type(fast) is type(respond.reply) and str(fast) == str(respond.reply)
+    assert core.answer_from_memory(Get(1, "cold")) is None  # needs the disk: the full path
+    clustered = make_core()
+    clustered.keydir.committed["k"] = Entry(Version(1, "n1"), False)
+    clustered.cache.put("k", "v")
+    assert clustered.answer_from_memory(Get(1, "k")) is None  # a quorum read needs a round
+    assert clustered.answer_from_memory(Get(1, "k", Consistency.ONE)) == GetReply(1, "v", Version(1, "n1"))

@@ -96,6 +96,12 @@ class Node:
             return self._hello(request, session)
         if kind is Health:
             return HealthReply(request.id, self.health())
+        if kind is Get:
+            reply = self.core.answer_from_memory(request)
+            if reply is not None:
+                if isinstance(reply, BaseException):
+                    raise reply
+                return reply
         packed = None
         if kind is Put or (kind is Replicate and not request.deleted):
             packed = self._pack_value(request.value)

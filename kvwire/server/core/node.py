@@ -146,6 +146,23 @@ class NodeCore:
         else:
             raise TypeError(f"the core does not handle {kind.__name__}")
 
+    def answer_from_memory(self, request: Get) -> Any:
+        """A GET that needs no round and no disk (alone, or ``consistency=one``, and
+        the value cached or the key absent): its reply or error, at once; else None.
+
+        The same answer ``request`` would give, without the effects machinery:
+        a cached GET is the hot path (about 10 µs a request, README "Performance").
+        """
+        if self.quorum > 1 and request.consistency is not Consistency.ONE:
+            return None
+        entry = self.keydir.committed.get(request.key)
+        if entry is None or entry.deleted:
+            return KeyNotFoundError(f"key {request.key!r} not found")
+        value = self.cache.get(request.key)
+        if value is MISSING:
+            return None
+        return GetReply(request.id, value, entry.version)
+
     def peer_reply(self, peer: str, request_id: int, reply: Any, now: float) -> None:
         """A reply (or an ERROR reply) from ``peer`` to one of our requests."""
         self.now = now
