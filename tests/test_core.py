@@ -360,3 +360,24 @@ def test_the_memory_fast_path_gives_the_same_answer_as_the_full_path():
     clustered.cache.put("k", "v")
     assert clustered.answer_from_memory(Get(1, "k")) is None  # a quorum read needs a round
     assert clustered.answer_from_memory(Get(1, "k", Consistency.ONE)) == GetReply(1, "v", Version(1, "n1"))
+
+
+def test_a_write_back_that_times_out_leaves_other_requests_on_that_commit_alone():
+    """The old coordinator's write-back, on timeout, cancelled storage's shared commit
+    future, and REPLICATEs of the same key chained on it were answered "node is
+    shutting down". Here the read gives up at its deadline; the commit goes on, and
+    the REPLICATE waiting on it gets its ordinary answer."""
+    core = make_core()
+    link_all(core)
+    core.request("get", Get(1, "k"), 0.0)
+    (fetch,) = effects_of(core, Send)
+    core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(3, "n2"), False, "new"), 0.0)
+    (write_back,) = effects_of(core, Persist)  # this node was behind; its commit is slow
+    core.request("replica", Replicate(7, "k", Version(3, "n2"), "new", False, None), 0.1, from_peer=True)
+    assert effects_of(core, Respond) == []  # waits for the same commit
+    core.tick(core.config.write_timeout + 0.5)
+    replies = {e.token: e.reply for e in effects_of(core, Respond)}
+    assert isinstance(replies.get("get"), NoQuorumError) and "replica" not in replies
+    core.persisted(write_back.write_id, None, 2.0)
+    replies = {e.token: e.reply for e in effects_of(core, Respond)}
+    assert replies == {"replica": ReplicateReply(7, False, Version(3, "n2"))}

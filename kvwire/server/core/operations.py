@@ -38,7 +38,13 @@ WRITE_NO_QUORUM = "Failed to replicate to quorum of nodes"
 
 
 class QuorumRead:
-    """Newest copy on a majority, written back to those of it that were behind."""
+    """Newest copy on a majority, written back to those of it that were behind.
+
+    ``on_done(newest, None)`` or ``on_done(None, error)``, exactly once, by the
+    deadline at the latest: a slow disk here (a Load, or this node's own
+    write-back commit) makes the read fail in time rather than hang. What it
+    started goes on for whoever else waits on it.
+    """
 
     def __init__(self, core: NodeCore, key: str, deadline: float, on_done) -> None:
         self._core = core
@@ -47,46 +53,54 @@ class QuorumRead:
         self._on_done = on_done
         self._local: Copy | None = None
         self._answers: Answers | None = None
-        self._round_failed = False
+        self._done = False
+        self._waiting: list[str | None] = []  # write-back targets still to confirm
         self._round = MajorityRound(core, Fetch, key, deadline, self._round_done)
+        self._timer = core.timers.schedule(deadline, self._expire)
 
     def start(self) -> None:
         self._round.start()
-        if not self._round_failed:
+        if not self._done:
             self._core.committed_copy(self._key, self._local_done)
 
+    def _finish(self, newest: Copy | None, error: Exception | None) -> None:
+        if not self._done:
+            self._done = True
+            self._timer.cancel()
+            self._on_done(newest, error)
+
+    def _expire(self) -> None:
+        self._finish(None, NoQuorumError(
+            f"quorum read of {self._key!r} could not finish in time"
+            f"{' (bringing a majority up to date)' if self._waiting else ''}; use consistency 'one' "
+            "(kvwire-cli get --consistency one) for this node's copy, which may be stale"))
+
     def _round_done(self, answers: Answers | None) -> None:
-        if self._round_failed:
-            return  # already answered: this node's own read failed
         if answers is None:
-            self._round_failed = True
-            reachable = self._round.reachable
             core = self._core
-            self._on_done(None, NoQuorumError(
+            self._finish(None, NoQuorumError(
                 f"quorum read of {self._key!r} needs {core.quorum} of {core.cluster_size} nodes but "
-                f"{reachable} answered; use consistency 'one' (kvwire-cli get --consistency one) to read "
-                "this node's copy, which may be stale"))
+                f"{self._round.reachable} answered; use consistency 'one' (kvwire-cli get --consistency one) "
+                "to read this node's copy, which may be stale"))
             return
         self._answers = answers
         self._maybe_ready()
 
     def _local_done(self, copy: Copy | KvwireError) -> None:
         if isinstance(copy, KvwireError):
-            if not self._round_failed:
-                self._round_failed = True  # nothing more to wait for
-                self._on_done(None, copy)
+            self._finish(None, copy)
             return
         self._local = copy
         self._maybe_ready()
 
     def _maybe_ready(self) -> None:
-        if self._local is None or self._answers is None or self._round_failed:
+        if self._local is None or self._answers is None or self._done:
             return
         answers = [(None, self._local), *self._answers]
         newest = max((copy for _, copy in answers), key=lambda copy: copy.version)
         behind = [source for source, copy in answers if copy.version < newest.version]
         if not behind or self._core.mutant == "no-write-back":
-            self._on_done(newest, None)
+            self._finish(newest, None)
             return
         self._core.stats.write_backs += 1
         self._write_back(newest, behind)
@@ -94,22 +108,19 @@ class QuorumRead:
     def _write_back(self, newest: Copy, behind: list[str | None]) -> None:
         """ABD's second phase: the majority that answered must hold ``newest`` before the reply."""
         core, key = self._core, self._key
-        waiting = set(behind)
-        failed = False
+        self._waiting = list(behind)
 
         def settled(source: str | None, ok: bool) -> None:
-            nonlocal failed
-            if failed or source not in waiting:
+            if self._done or source not in self._waiting:
                 return
             if not ok:
-                failed = True
-                self._on_done(None, NoQuorumError(
+                self._finish(None, NoQuorumError(
                     f"quorum read of {key!r} could not bring a majority up to date; use consistency "
                     "'one' for this node's copy, which may be stale"))
                 return
-            waiting.discard(source)
-            if not waiting:
-                self._on_done(newest, None)
+            self._waiting.remove(source)
+            if not self._waiting:
+                self._finish(newest, None)
 
         peers = [source for source in behind if source is not None]
         if None in behind:
