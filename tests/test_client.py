@@ -37,7 +37,7 @@ from kvwire.protocol import (
     Side,
     encode,
 )
-from kvwire.testing import NodeProcess, free_port
+from kvwire.testing import NodeProcess, ScriptedNode, free_port
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
 VALUES = [
@@ -525,30 +525,11 @@ async def scripted_node(answer, *, limits=None, greeting=None):
     bytes as soon as it accepts a connection, then closes it, as a full node does.
     Yields its address and the requests it received.
     """
-    received = []
+    def reply(request):
+        return None if isinstance(request, Hello) else answer(request)
 
-    async def serve(reader, writer):
-        if greeting is not None:
-            writer.write(greeting)
-            writer.close()
-            return
-        codec = Connection(Side.NODE)
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                codec.receive_data(data)
-                while (request := codec.next_event()) is not NEED_DATA:
-                    received.append(request)
-                    if isinstance(request, Hello):
-                        writer.write(encode(HelloReply(request.id, 1, "scripted", "kvwire", limits)))
-                    else:
-                        writer.write(encode(answer(request)))
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield "127.0.0.1:%d" % server.sockets[0].getsockname()[1], received
-    finally:
-        server.close()
+    async with ScriptedNode(reply, limits=limits, greeting=greeting) as node:
+        yield node.address, node.received
 
 
 @pytest.mark.parametrize("maybe_applied", [True, False, None])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -17,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from http_bridge import BridgeConfig, create_app, openapi_document, status_for
 from kvwire import Client, ConflictError, RetryPolicy
-from kvwire.protocol import NEED_DATA, Connection, ErrorCode, ErrorReply, Hello, HelloReply, Side, encode
-from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
+from kvwire.protocol import ErrorCode, ErrorReply, Hello
+from kvwire.testing import LocalCluster, NodeProcess, ScriptedNode, free_port, wait_for
 from rest_helpers import PREFIX, BridgeProcess, answers, http, with_http
 
 NODE_MAX_VALUE_BYTES = 4096
@@ -305,22 +304,8 @@ def test_no_node_reachable_is_503_in_json(tmp_path):
 @contextlib.asynccontextmanager
 async def scripted_node(answer):
     """A node in this process: HELLO answered as a node would, any other request by ``answer(request)``."""
-
-    async def serve(reader, writer):
-        codec = Connection(Side.NODE)
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                codec.receive_data(data)
-                while (request := codec.next_event()) is not NEED_DATA:
-                    reply = HelloReply(request.id, 1, "scripted", "kvwire") if isinstance(request, Hello) else answer(request)
-                    writer.write(encode(reply))
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
+    async with ScriptedNode(lambda request: None if isinstance(request, Hello) else answer(request)) as node:
+        yield node.address
 
 
 async def bridge_answer(answer, method, path, body=None):

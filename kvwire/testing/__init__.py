@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .cluster import LocalCluster
 from .node import NodeProcess, free_port, free_port_run, wait_for
+from .scripted import ScriptedNode
 from .wire import RawConnection
 
-__all__ = ["LocalCluster", "NodeProcess", "RawConnection", "free_port", "free_port_run", "wait_for"]
+__all__ = ["LocalCluster", "NodeProcess", "RawConnection", "ScriptedNode", "free_port", "free_port_run", "wait_for"]
