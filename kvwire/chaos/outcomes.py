@@ -1,4 +1,4 @@
-"""What a client learnt from an operation that raised (GUIDE section 7, Jepsen's :info).
+"""What a client learnt from an operation that raised (Jepsen's :info: indeterminate).
 
 An operation that was sent and then timed out or lost its connection may have
 been applied, or may be applied later: ``unknown``. So may one refused with
