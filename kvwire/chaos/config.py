@@ -19,7 +19,7 @@ class ChaosConfig:
     out: Path | None = None
     # Keys written at one time; each is retired after ops_per_key operations, so
     # every key's history stays short enough for the per-key linearizability
-    # search (Knossos and Porcupine are tractable only when keys are many and each key's history short).
+    # search (Knossos and Porcupine stay tractable only while each key's history is short).
     keys: int = 8
     ops_per_key: int = 200
     # An upper bound on the load, all clients together; the history a 30 s run
