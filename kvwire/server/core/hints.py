@@ -4,7 +4,7 @@ A hint says "peer needs key at this version at least" and holds no value:
 replay sends the key's current committed row, which is that version or newer.
 A live peer that keeps failing is tried ``retry_attempts`` times, the delay
 doubling from ``retry_delay``; its hints then wait for the next time it comes
-UP, or for the next write it misses.
+UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 # Hinted keys in flight to one peer at a time during replay.
 REPLAY_WINDOW = 256
+# How often replay is started again for peers whose hints are waiting: long
+# enough that a peer refusing them costs little, short enough that a peer which
+# failed a few replays and never went DOWN is caught up within seconds.
+SWEEP_INTERVAL = 2.0
 
 
 class HintBook:
@@ -58,7 +62,7 @@ class HintBook:
     def replay(self, peer: str) -> None:
         """Send hinted keys to ``peer`` while it is usable, up to the window."""
         core = self._core
-        if peer in self._retry_timer or not core.usable(peer):
+        if peer in self._retry_timer or not core.usable(peer) or core.mutant == "no-hint-replay":
             return
         in_flight = self._in_flight.setdefault(peer, set())
         stalled = self._stalled.setdefault(peer, set())
@@ -109,6 +113,16 @@ class HintBook:
     def _retry(self, peer: str) -> None:
         self._retry_timer.pop(peer, None)
         self.replay(peer)
+
+    def sweep(self) -> None:
+        """Start replay again for every usable peer that still has hints and nothing
+        under way: one that gave up after ``retry_attempts`` failures, or whose
+        stalled keys have since committed, is not left waiting for its next UP."""
+        for peer, hinted in self.by_peer.items():
+            if hinted and peer not in self._retry_timer and not self._in_flight.get(peer):
+                self._failures[peer] = 0
+                self._stalled.pop(peer, None)
+                self.replay(peer)
 
     def peer_up(self, peer: str) -> None:
         self._failures[peer] = 0

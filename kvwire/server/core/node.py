@@ -36,7 +36,7 @@ from ..cache import MISSING, ValueCache
 from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
 from .effects import CloseLink, Effect, Load, PeerStateChanged, Persist, Respond, Send
-from .hints import HintBook
+from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
@@ -51,6 +51,7 @@ MUTANTS = (
     "no-tag-tiebreak",  # tags carry no node id, so two writers can mint the same one
     "no-delete-condition",  # replicas apply a DELETE's tombstone whatever they hold
     "keep-silent-link",  # a peer found silent keeps its old connection
+    "no-hint-replay",  # hints are stored but never replayed
 )
 
 
@@ -101,6 +102,7 @@ class NodeCore:
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         if self.peer_ids:
             self.timers.schedule(now, self._heartbeat)
+            self.timers.schedule(now + SWEEP_INTERVAL, self._sweep_hints)
 
     # --- the shell's side ------------------------------------------------------------------
 
@@ -379,6 +381,10 @@ class NodeCore:
             if transition.state is PeerState.DOWN and self.mutant != "keep-silent-link":
                 self.effects.append(CloseLink(transition.peer))
         self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
+
+    def _sweep_hints(self) -> None:
+        self.hints.sweep()
+        self.timers.schedule(self.now + SWEEP_INTERVAL, self._sweep_hints)
 
     def ask_linked(self, peer: str, message_type: type, fields: tuple, handler: Callable[[Any], None]) -> int:
         """Like ``ask``, for a peer that is linked but maybe not yet UP (heartbeats)."""
