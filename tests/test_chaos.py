@@ -21,7 +21,7 @@ from kvwire.chaos import ChaosConfig
 from kvwire.chaos.firewall import CHAIN_PREFIX, Firewall, delete_chain, existing_chains, iptables
 from kvwire.chaos.local_reads import check_local_reads
 from kvwire.chaos.nodes import ChaosCluster, node_groups
-from kvwire.chaos.outcomes import outcome_of_error
+from kvwire.check.outcomes import outcome_of_error
 from kvwire.chaos.partitions import make_partition
 from kvwire.chaos.workload import KeySpace
 from kvwire.check import check_history, load_jsonl

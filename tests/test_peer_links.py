@@ -8,7 +8,7 @@ import asyncio
 
 from kvwire.protocol import ErrorReply, Health, Hello, Ping, Pong
 from kvwire.protocol.errors import ErrorCode
-from kvwire.testing import NodeProcess, RawConnection, ScriptedNode
+from kvwire.testing import NodeProcess, RawConnection, ScriptedNode, wait_for
 
 
 def refusing_first_hellos(count):
@@ -34,12 +34,8 @@ def peer_state(node, peer):
 
 
 async def poll(condition, timeout, what):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await asyncio.to_thread(condition):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
+    """wait_for in a thread: the scripted peer lives on this event loop and must keep answering."""
+    await asyncio.to_thread(wait_for, condition, timeout=timeout, interval=0.05, what=what)
 
 
 async def test_a_peer_that_refused_our_hello_is_linked_once_it_accepts(tmp_path):

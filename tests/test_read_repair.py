@@ -31,7 +31,7 @@ import pytest
 from kvwire import Client, KeyNotFoundError
 from kvwire.client import RetryPolicy
 from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Fetch, FetchReply, Get, GetReply, Hello, Role
-from kvwire.testing import LocalCluster, RawConnection
+from kvwire.testing import LocalCluster, RawConnection, wait_for
 
 KEY = "repair/k"
 # How long n3's copy is watched staying old before the read: several heartbeat
@@ -76,10 +76,7 @@ def test_quorum_read_brings_the_behind_member_of_its_majority_up_to_date(tmp_pat
         with _client(cluster, "n1") as kv:
             old_version = kv.put(KEY, "old")
         # Acknowledged by a majority; wait until n3 has it too.
-        deadline = time.monotonic() + 5.0
-        while _local(cluster, "n3") != ("old", old_version):
-            assert time.monotonic() < deadline, "n3 never received the first write"
-            time.sleep(0.02)
+        wait_for(lambda: _local(cluster, "n3") == ("old", old_version), timeout=5.0, what="n3 receiving the first write")
 
         cluster.kill("n3")
         cluster.wait_peers("n1", down=["n3"])

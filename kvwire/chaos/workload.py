@@ -22,7 +22,7 @@ from kvwire.check.history import Operation, OpKind, Outcome
 from kvwire.client.connection import ClientConnection
 from kvwire.protocol import Consistency, Delete, Get, KvwireError, Put, ServerError
 
-from .outcomes import error_name, outcome_of_error
+from ..check.outcomes import outcome_of_error
 
 # After a connection could not be opened, this client leaves that node alone
 # for a moment rather than spinning on refused connections to a dead node.
@@ -78,7 +78,7 @@ class History:
         return op
 
     def count_error(self, exc: BaseException) -> None:
-        name = error_name(exc)
+        name = type(exc).__name__
         self.errors[name] = self.errors.get(name, 0) + 1
 
 

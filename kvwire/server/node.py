@@ -227,8 +227,7 @@ class Node:
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""
         storage, config, core = self.storage, self.config, self.core
-        core.now = self._clock()
-        peers = core.describe_peers()
+        peers = core.describe_peers(self._clock())
         for peer in peers:
             peer["url"] = self.peers.address(peer["node_id"])
         healthy = 1 + sum(peer["healthy"] for peer in peers)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..check.history import OpKind, Operation, Outcome
-from ..protocol.errors import ConflictError, KeyNotFoundError, NoQuorumError
+from ..check.outcomes import outcome_of_error
 from ..protocol.messages import Consistency, Delete, DeleteReply, Get, GetReply, Put, PutReply
 
 if TYPE_CHECKING:
@@ -121,14 +121,8 @@ class Workload:
                 finish(Outcome.OK, None, reply.version)
             elif isinstance(reply, DeleteReply):
                 finish(Outcome.OK, None, reply.version)
-            elif isinstance(reply, KeyNotFoundError):
-                finish(Outcome.NOT_FOUND)
-            elif isinstance(reply, (NoQuorumError, ConflictError)) and reply.maybe_applied is False:
-                finish(Outcome.FAIL)
-            elif isinstance(reply, NoQuorumError) and kind is OpKind.GET:
-                finish(Outcome.FAIL)
             else:
-                finish(Outcome.UNKNOWN)
+                finish(outcome_of_error(reply))
 
         if not node.alive:
             world.scheduler.after(0.0005, lambda: finish(Outcome.FAIL))  # connection refused: never sent

@@ -9,7 +9,6 @@ nothing iterates a hash-ordered set, so a seed replays exactly.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from ..server.config import Member, ServerConfig
 from ..server.core import (
     CloseLink, DropHint, Entry, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
 )
+from ..server.core.timers import Timers
 
 # Peer link reconnect backoff, as kvwire.server.peers does it.
 RECONNECT_BASE_DELAY = 0.05
@@ -39,25 +39,24 @@ class NetworkFaults:
 
 
 class Scheduler:
+    """The world's clock: the core's own timer heap, run one event at a time."""
+
     def __init__(self) -> None:
         self.now = 0.0
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
+        self._timers = Timers()
         self.steps = 0
 
     def at(self, when: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._queue, (max(when, self.now), next(self._order), action))
+        self._timers.schedule(max(when, self.now), action)
 
     def after(self, delay: float, action: Callable[[], None]) -> None:
         self.at(self.now + delay, action)
 
     def run_until(self, until: float, stop: Callable[[], bool] = lambda: False) -> None:
-        queue = self._queue
-        while queue and queue[0][0] <= until and not stop():
-            when, _, action = heapq.heappop(queue)
-            self.now = when
+        while not stop() and (event := self._timers.pop_due(until)) is not None:
+            self.now = event.when
             self.steps += 1
-            action()
+            event.callback()
         if not stop():
             self.now = max(self.now, until)
 
@@ -219,7 +218,7 @@ class SimNode:
                 elif kind is Load:
                     self._load(effect.key)
                 elif kind is CloseLink:
-                    self._close_link(effect.peer)
+                    self.lose_link(effect.peer)
                 elif kind is PeerStateChanged:
                     world.trace(f"{self.node_id}: {effect.transition.describe()}")
         deadline = core.next_deadline()
@@ -271,12 +270,6 @@ class SimNode:
         now = self.world.scheduler.now
         self.core.heard(peer, now)
         self.core.peer_reply(peer, token.request_id, reply, now)
-
-    def _close_link(self, peer: str) -> None:
-        epoch = self.links.get(peer)
-        if epoch is None:
-            return
-        self.lose_link(peer)
 
     # --- the disk ------------------------------------------------------------------------
 

@@ -53,10 +53,6 @@ class Fanout:
         if self._outstanding:
             self._timer = core.timers.schedule(deadline, self._expire)
 
-    @property
-    def finished(self) -> bool:
-        return not self._outstanding
-
     def _answered(self, peer: str, reply: object) -> None:
         if self._outstanding.pop(peer, None) is None:
             return

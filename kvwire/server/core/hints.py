@@ -37,7 +37,6 @@ class HintBook:
         # row (its own commit is still on the way): not resent until the next
         # trigger, so replay never spins on them.
         self._stalled: dict[str, set[str]] = {}
-        self.delivered = 0
 
     def count(self, peer: str) -> int:
         return len(self.by_peer.get(peer, ()))
@@ -56,7 +55,6 @@ class HintBook:
         held = hinted.get(key)
         if held is not None and held <= version:
             del hinted[key]
-            self.delivered += 1
             self._core.effects.append(DropHint(peer, key, version))
 
     def replay(self, peer: str) -> None:

@@ -263,10 +263,7 @@ class NodeCore:
         """Send a request to a usable peer; ``handler`` gets the reply, or None if it fails."""
         if not self.usable(peer):
             return None
-        request_id = next(self._request_ids)
-        self._outstanding[request_id] = (peer, handler)
-        self.effects.append(Send(peer, request_id, message_type, fields))
-        return request_id
+        return self.ask_linked(peer, message_type, fields, handler)
 
     def forget(self, request_id: int) -> None:
         """No longer interested in this request's reply."""
@@ -395,14 +392,14 @@ class NodeCore:
 
     # --- health --------------------------------------------------------------------------
 
-    def describe_peers(self) -> list[dict[str, Any]]:
+    def describe_peers(self, now: float) -> list[dict[str, Any]]:
         return [
             {
                 "node_id": peer,
                 "healthy": self.detector.is_up(peer),
                 "state": self.detector.state(peer).value,
                 "connected": peer in self.connected,
-                "last_heard_ms": round(self.detector.silent_for(peer, self.now) * 1000, 1),
+                "last_heard_ms": round(self.detector.silent_for(peer, now) * 1000, 1),
                 "pending_hints": self.hints.count(peer),
                 "down_transitions": self.detector.transitions.get((peer, PeerState.DOWN), 0),
                 "up_transitions": self.detector.transitions.get((peer, PeerState.UP), 0),

@@ -40,10 +40,16 @@ class Timers:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def run_due(self, now: float) -> None:
+    def pop_due(self, until: float) -> Timer | None:
+        """The earliest live timer due at or before ``until``, taken off the heap; or None."""
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= until:
             timer = heapq.heappop(heap)[2]
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                return timer
+        return None
+
+    def run_due(self, now: float) -> None:
+        while (timer := self.pop_due(now)) is not None:
+            timer.callback()
