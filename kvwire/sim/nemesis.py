@@ -18,7 +18,6 @@ class Nemesis:
         self.world = world
         self.kinds = kinds
         self.injected: dict[str, int] = {}
-        self.active = 0
         self.stopped = False
 
     def start(self) -> None:
@@ -85,7 +84,7 @@ class Nemesis:
         world = self.world
 
         def strike() -> None:
-            if node.alive:
+            if node.alive and not self.stopped:
                 world.trace(f"nemesis: crash {node.node_id} mid-commit for {duration:.3f}s")
                 node.crash()
                 self._heal_after(duration, node.start)
@@ -93,10 +92,10 @@ class Nemesis:
         world.scheduler.after(world.rng.uniform(0.0, 0.002), strike)
 
     def _heal_after(self, delay: float, heal) -> None:
-        self.active += 1
-
         def done() -> None:
-            self.active -= 1
-            heal()
+            # After stop() the run's final heal has undone every fault; a late
+            # heal would restart a node that is already back, a crash in effect.
+            if not self.stopped:
+                heal()
 
         self.world.scheduler.after(delay, done)
