@@ -2,7 +2,7 @@
 
 from . import errors as _errors
 from . import messages as _messages
-from .address import parse_host_port
+from .address import format_endpoint, parse_endpoint, parse_endpoints, parse_host_port
 from .codec import decode_payload, encode, encode_payload, frame
 from .connection import CLOSED, NEED_DATA, Connection, Side
 from .errors import *  # noqa: F403 - the exception tree is part of the protocol's API
@@ -21,6 +21,9 @@ __all__ = [
     "decode_payload",
     "encode",
     "encode_payload",
+    "format_endpoint",
     "frame",
+    "parse_endpoint",
+    "parse_endpoints",
     "parse_host_port",
 ]

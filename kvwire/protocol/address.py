@@ -1,6 +1,8 @@
-"""Endpoint strings, parsed the same way by nodes, clients and the CLI."""
+"""Endpoint strings, parsed and written the same way by nodes, clients, the bridge and the CLI."""
 
 from __future__ import annotations
+
+from typing import Iterable
 
 
 def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -22,3 +24,34 @@ def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     if not 0 < port <= 65535:
         raise ValueError(f"{text!r}: port {port} is outside 1-65535")
     return host or default_host, port
+
+
+def parse_endpoints(endpoints: str | Iterable[str]) -> list[tuple[str, int]]:
+    """``"h:p,h:p"`` or ``["h:p", ...]`` as ``[(host, port), ...]``; ValueError names a bad one."""
+    if isinstance(endpoints, str):
+        items = endpoints.split(",")
+    elif isinstance(endpoints, (bytes, bytearray)):
+        raise TypeError("endpoints must be a str or a list of str, not bytes")
+    else:
+        items = list(endpoints)
+    parsed = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"each endpoint must be a 'host:port' string, got {item!r}")
+        parsed.append(parse_endpoint(item))
+    if not parsed:
+        raise ValueError("endpoints must name at least one 'host:port'")
+    return parsed
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[ipv6]:port"`` as ``(host, port)``, parsed as the node parses ``--listen``."""
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid endpoint: {exc} (expected HOST:PORT, IPv6 as [ADDR]:PORT)") from None
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets: what :func:`parse_endpoint` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

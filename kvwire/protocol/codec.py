@@ -65,10 +65,6 @@ _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.PUT_REPLY: frozenset({"created"}),
 }
 
-# msgpack decodes the timestamp extension (type -1) itself, without calling
-# ext_hook. Its three encodings begin d6 ff, d7 ff and c7 0c ff (fixext 4,
-# fixext 8, ext 8 of length 12); only a payload holding one is searched for it.
-
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
 _short_repr.maxother = 40
@@ -183,6 +179,9 @@ def _describe(value: Any) -> str:
     return _short_repr.repr(value)
 
 
+# msgpack decodes the timestamp extension (type -1) itself, without calling
+# ext_hook. Its three encodings begin d6 ff, d7 ff and c7 0c ff (fixext 4,
+# fixext 8, ext 8 of length 12); only a payload holding one is searched for it.
 def _holds_timestamp(value: Any) -> bool:
     if type(value) is msgpack.Timestamp:
         return True

@@ -35,10 +35,22 @@ class KvwireError(Exception):
     failed write: True when some replica may hold it (it may become visible
     later), False when nothing was written, None when the node did not say
     (reads, and every error raised locally).
+
+    Two class attributes say what a caller can do about the error, so that the
+    client's failover, ``kvwire-cli``'s exit codes and the REST bridge's
+    statuses all read the same fact instead of keeping lists of their own:
+
+    - ``transient``: the request was not at fault; the cluster could not serve
+      it now and the same request may succeed later (exit code 3, a 503 or 504).
+    - ``try_another_node``: what failed is the one node asked, not the
+      cluster's verdict, so another node may serve the call at once; the client
+      fails over on these. Always also ``transient``.
     """
 
     code: ErrorCode = ErrorCode.INTERNAL
     maybe_applied: bool | None = None
+    transient: bool = False
+    try_another_node: bool = False
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
@@ -81,12 +93,16 @@ class KvwireConnectionError(KvwireError, ConnectionError):
     """A node could not be reached, or the connection to it broke."""
 
     code = ErrorCode.UNAVAILABLE
+    transient = True
+    try_another_node = True
 
 
 class KvwireTimeoutError(KvwireError, TimeoutError):
     """No reply arrived within the call's timeout."""
 
     code = ErrorCode.TIMEOUT
+    transient = True
+    try_another_node = True
 
 
 # --- reported by a node in an ERROR reply (and raised by the node to produce it) -----
@@ -123,17 +139,24 @@ class ForbiddenError(ServerError, PermissionError):
 
 class NoQuorumError(ServerError):
     """No majority answered in time. For a write, ``maybe_applied`` says whether
-    it may still be on some replica (True) or was written nowhere (False)."""
+    it may still be on some replica (True) or was written nowhere (False).
+    Every node would answer the same, so the client does not fail over on it."""
 
     code = ErrorCode.NO_QUORUM
+    transient = True
 
 
 class ServerTimeoutError(ServerError, TimeoutError):
     code = ErrorCode.TIMEOUT
+    transient = True
 
 
 class UnavailableError(ServerError):
+    """This node can't serve now (connection limit, shutting down); another may."""
+
     code = ErrorCode.UNAVAILABLE
+    transient = True
+    try_another_node = True
 
 
 class InternalServerError(ServerError):
@@ -146,6 +169,7 @@ class ConflictError(ServerError):
 
     code = ErrorCode.CONFLICT
     maybe_applied = True
+    transient = True  # a race, not a bad request: the same DELETE may succeed later
 
 
 _SERVER_ERRORS: dict[int, type[ServerError]] = {

@@ -57,7 +57,7 @@ class Consistency(str, enum.Enum):
 class Version(NamedTuple):
     """A version tag, ordered as a tuple: first by counter, then by node id.
 
-    Wall-clock time never orders writes (see ../shared/GUIDE.md section 2);
+    Wall-clock time never orders writes (docs/design.md section 1.1);
     the node id only breaks ties between writes of the same counter.
     """
 

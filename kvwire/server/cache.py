@@ -10,7 +10,7 @@ MISSING = object()
 
 class ValueCache:
     """Keeps GETs of hot keys off SQLite's thread: a hop there costs about 25 µs
-    (GUIDE section 4), a dict lookup well under one."""
+    (docs/design.md section 4), a dict lookup well under one."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries

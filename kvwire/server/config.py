@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..protocol.address import parse_host_port
+from ..protocol.address import format_endpoint, parse_host_port
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 
 
@@ -40,7 +40,7 @@ class Member:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_endpoint(self.host, self.port)
 
 
 def parse_cluster(text: str) -> tuple[Member, ...]:
@@ -72,7 +72,7 @@ class ServerConfig:
     # unbounded work.
     max_inflight_per_connection: int = 1024
     # Rows per group-commit transaction; more waits for the next one. At about
-    # 220k rows/s for executemany (GUIDE section 4) this keeps one transaction
+    # 220k rows/s for executemany (docs/design.md section 4) this keeps one transaction
     # near 20 ms.
     max_batch_rows: int = 4096
     shutdown_timeout: float = 10.0
@@ -85,8 +85,9 @@ class ServerConfig:
     failure_timeout: float = 0.5
     # How long a write or quorum read may wait for a majority before NO_QUORUM.
     write_timeout: float = 1.0
-    # A live replica that missed a write gets it again in the background this
-    # many times, the delay doubling from retry_delay; then it becomes a hint.
+    # A replica that missed a write gets a durable hint at once; while it is
+    # live, the hint is replayed this many times, the delay doubling from
+    # retry_delay (up to the 2 s hint sweep), and then at every sweep.
     retry_attempts: int = 3
     retry_delay: float = 0.5
 

@@ -39,10 +39,6 @@ class FlowControl:
         if self.inflight < self._resume_below:
             self._resume_reading()
 
-    @property
-    def reading_paused(self) -> bool:
-        return self._reading_paused
-
     def _pause_reading(self) -> None:
         if not self._reading_paused and not self._transport.is_closing():
             self._reading_paused = True

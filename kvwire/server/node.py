@@ -149,6 +149,10 @@ class Node:
         self.core.peer_reply(peer, request_id, reply_or_failure(done), self._clock())
         self._perform()
 
+    def peer_send_failed(self, peer: str, request_id: int) -> None:
+        # Called while _perform sends: its loop picks up the effects this adds.
+        self.core.peer_failed(peer, request_id, self._clock())
+
     def peer_unlinked(self, peer: str) -> None:
         self.core.link_down(peer, self._clock())
         self._perform()

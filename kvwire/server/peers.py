@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from ..backoff import backoff_delay
 from ..client.connection import ClientConnection
 from ..protocol.errors import KvwireConnectionError, KvwireError
 from ..protocol.messages import Role
 from .config import Member, ServerConfig
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("kvwire.peers")
 
@@ -33,10 +31,24 @@ RECONNECT_BASE_DELAY = 0.05
 RECONNECT_MAX_DELAY = 1.0
 
 
+class LinkEvents(Protocol):
+    """What the links report to their node (``kvwire.server.node.Node``)."""
+
+    def peer_heard(self, peer: str) -> None: ...
+
+    def peer_linked(self, peer: str) -> None: ...
+
+    def peer_unlinked(self, peer: str) -> None: ...
+
+    def peer_answered(self, peer: str, request_id: int, done: asyncio.Future) -> None: ...
+
+    def peer_send_failed(self, peer: str, request_id: int) -> None: ...
+
+
 class PeerLink:
     """The connection to one peer, kept open for the node's lifetime."""
 
-    def __init__(self, member: Member, config: ServerConfig, node: Node) -> None:
+    def __init__(self, member: Member, config: ServerConfig, node: LinkEvents) -> None:
         self.member = member
         self._config = config
         self._node = node
@@ -48,7 +60,7 @@ class PeerLink:
 
     async def _maintain(self) -> None:
         peer = self.member.node_id
-        delay = RECONNECT_BASE_DELAY
+        failures = 0
         while True:
             try:
                 connection = await ClientConnection.open(
@@ -62,10 +74,11 @@ class PeerLink:
                 )
             except KvwireConnectionError as exc:
                 log.debug("peer %s unreachable: %s", peer, exc)
-                # Equal jitter (half fixed, half random): peers restarting
-                # together don't reconnect in lockstep.
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                failures += 1
+                # Jittered, so that peers restarting together don't redial in lockstep.
+                await asyncio.sleep(
+                    backoff_delay(failures, base=RECONNECT_BASE_DELAY, cap=RECONNECT_MAX_DELAY, jitter=random.uniform)
+                )
                 continue
             except KvwireError as exc:
                 # It answered HELLO with a refusal (another cluster, another
@@ -79,7 +92,7 @@ class PeerLink:
                 connection.close()
                 await asyncio.sleep(RECONNECT_MAX_DELAY)
                 continue
-            delay = RECONNECT_BASE_DELAY
+            failures = 0
             connection.on_receive = lambda: self._node.peer_heard(peer)
             self.connection = connection
             self._node.peer_linked(peer)
@@ -93,12 +106,12 @@ class PeerLink:
         connection = self.connection
         peer = self.member.node_id
         if connection is None or not connection.is_open:
-            self._node.core.peer_failed(peer, request_id, self._node._clock())
+            self._node.peer_send_failed(peer, request_id)
             return
         try:
             future = connection.submit(message_type, *fields)
         except KvwireError:
-            self._node.core.peer_failed(peer, request_id, self._node._clock())
+            self._node.peer_send_failed(peer, request_id)
             return
         future.add_done_callback(lambda done: self._node.peer_answered(peer, request_id, done))
 
@@ -121,7 +134,7 @@ class PeerLink:
 
 
 class PeerLinks:
-    def __init__(self, config: ServerConfig, node: Node) -> None:
+    def __init__(self, config: ServerConfig, node: LinkEvents) -> None:
         self.links: dict[str, PeerLink] = {member.node_id: PeerLink(member, config, node) for member in config.peers}
 
     def start(self) -> None:

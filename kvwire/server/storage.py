@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 import msgpack
 
-from ..protocol.errors import InternalServerError
+from ..protocol.errors import InternalServerError, KvwireError
 from ..protocol.messages import Version
 from .config import SyncMode
 from .core.keydir import Entry
@@ -84,8 +84,8 @@ class StorageError(InternalServerError):
     """The disk refused a write; the client is told, and nothing is acknowledged."""
 
 
-class DataDirError(Exception):
-    """The data directory cannot be used by this node."""
+class DataDirError(KvwireError):
+    """The data directory cannot be used by this node (raised at start-up, never sent)."""
 
 
 class Storage:

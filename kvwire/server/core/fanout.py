@@ -8,12 +8,11 @@ so it is delivered when the peer is back; its late reply, if any, is ignored.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ...protocol.messages import Replicate, ReplicateReply, Version
+from .services import CoreServices
 
-if TYPE_CHECKING:
-    from .node import NodeCore
 
 OK = "ok"  # the peer holds this version, or (unconditional) a newer one
 REFUSED = "refused"  # a conditional REPLICATE the peer did not apply
@@ -23,7 +22,7 @@ FAILED = "failed"  # no answer: hinted
 class Fanout:
     def __init__(
         self,
-        core: NodeCore,
+        core: CoreServices,
         key: str,
         version: Version,
         deleted: bool,

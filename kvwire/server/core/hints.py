@@ -3,20 +3,18 @@
 A hint says "peer needs key at this version at least" and holds no value:
 replay sends the key's current committed row, which is that version or newer.
 A live peer that keeps failing is tried ``retry_attempts`` times, the delay
-doubling from ``retry_delay``; its hints then wait for the next time it comes
+doubling from ``retry_delay`` up to ``SWEEP_INTERVAL``; its hints then wait for the next time it comes
 UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ...backoff import backoff_delay
 from ...protocol.messages import NO_VERSION, Version
 from .effects import DropHint, StoreHint
 from .fanout import OK, Fanout
+from .services import CoreServices
 
-if TYPE_CHECKING:
-    from .node import NodeCore
 
 # Hinted keys in flight to one peer at a time during replay.
 REPLAY_WINDOW = 256
@@ -27,7 +25,7 @@ SWEEP_INTERVAL = 2.0
 
 
 class HintBook:
-    def __init__(self, core: NodeCore, loaded: dict[str, dict[str, Version]] | None = None) -> None:
+    def __init__(self, core: CoreServices, loaded: dict[str, dict[str, Version]] | None = None) -> None:
         self._core = core
         self.by_peer: dict[str, dict[str, Version]] = loaded or {}
         self._in_flight: dict[str, set[str]] = {}
@@ -105,7 +103,8 @@ class HintBook:
         core = self._core
         if failures > core.config.retry_attempts:
             return  # wait for the peer's next UP, or the next write it misses
-        delay = core.config.retry_delay * 2 ** (failures - 1)
+        # Capped at the sweep interval: past it, the next sweep replays anyway.
+        delay = backoff_delay(failures, base=core.config.retry_delay, cap=max(SWEEP_INTERVAL, core.config.retry_delay))
         self._retry_timer[peer] = core.timers.schedule(core.now + delay, lambda: self._retry(peer))
 
     def _retry(self, peer: str) -> None:

@@ -12,7 +12,6 @@ asyncio (``kvwire.server.node``) and in the deterministic cluster simulator
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...protocol.errors import ForbiddenError, InternalServerError, KeyNotFoundError, KvwireError
@@ -40,6 +39,7 @@ from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
+from .services import CoreStats
 from .timers import Timers
 
 # Deliberately broken variants, for showing that the simulator catches real
@@ -53,14 +53,6 @@ MUTANTS = (
     "keep-silent-link",  # a peer found silent keeps its old connection
     "no-hint-replay",  # hints are stored but never replayed
 )
-
-
-@dataclass
-class CoreStats:
-    no_quorum_writes: int = 0
-    write_backs: int = 0
-    hedged_requests: int = 0
-    delete_conflicts: int = 0
 
 
 class NodeCore:

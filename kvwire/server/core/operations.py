@@ -22,7 +22,7 @@ The rules (docs/design.md, "The correctness model"):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...protocol.errors import ConflictError, KeyNotFoundError, KvwireError, NoQuorumError
 from ...protocol.messages import Delete as DeleteRequest
@@ -30,9 +30,8 @@ from ...protocol.messages import DeleteReply, Fetch, GetReply, Lookup, PutReply,
 from .fanout import FAILED, OK, Fanout
 from .keydir import Copy
 from .rounds import Answers, MajorityRound
+from .services import CoreServices
 
-if TYPE_CHECKING:
-    from .node import NodeCore
 
 WRITE_NO_QUORUM = "Failed to replicate to quorum of nodes"
 
@@ -46,7 +45,7 @@ class QuorumRead:
     started goes on for whoever else waits on it.
     """
 
-    def __init__(self, core: NodeCore, key: str, deadline: float, on_done) -> None:
+    def __init__(self, core: CoreServices, key: str, deadline: float, on_done) -> None:
         self._core = core
         self._key = key
         self._deadline = deadline
@@ -132,7 +131,7 @@ class QuorumRead:
 
 
 class QuorumGet:
-    def __init__(self, core: NodeCore, token: Any, request) -> None:
+    def __init__(self, core: CoreServices, token: Any, request) -> None:
         self._core = core
         self._token = token
         self._request = request
@@ -159,7 +158,7 @@ class _ReplicatedWrite:
     (this node included) holds the version by then.
     """
 
-    def __init__(self, core: NodeCore, token: Any, request) -> None:
+    def __init__(self, core: CoreServices, token: Any, request) -> None:
         self._core = core
         self._token = token
         self._request = request
@@ -247,7 +246,7 @@ class _ReplicatedWrite:
 class Write(_ReplicatedWrite):
     """PUT: LOOKUP a majority, mint a tag above it, commit here, replicate, count a majority."""
 
-    def __init__(self, core: NodeCore, token: Any, request, packed: bytes | None) -> None:
+    def __init__(self, core: CoreServices, token: Any, request, packed: bytes | None) -> None:
         super().__init__(core, token, request)
         self._packed = packed
         self._created = False
@@ -320,7 +319,7 @@ class Delete(_ReplicatedWrite):
 
 
 class ForwardedDelete:
-    """A DELETE handed to the node that coordinates DELETEs (``NodeCore.delete_owner``).
+    """A DELETE handed to the node that coordinates DELETEs (``CoreServices.delete_owner``).
 
     It runs at most once: this node runs it itself only if the owner could not
     have (it was never sent, or the owner answered that it wrote nothing). An
@@ -329,7 +328,7 @@ class ForwardedDelete:
     one value and then, after a concurrent PUT, to the next.
     """
 
-    def __init__(self, core: NodeCore, token: Any, request, owner: str) -> None:
+    def __init__(self, core: CoreServices, token: Any, request, owner: str) -> None:
         self._core = core
         self._token = token
         self._request = request

@@ -10,13 +10,12 @@ peers are asked too (a hedged request), and the first answers win.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from ...protocol.messages import FetchReply, LookupReply
 from .keydir import Copy
+from .services import CoreServices
 
-if TYPE_CHECKING:
-    from .node import NodeCore
 
 Answers = list[tuple[str | None, Copy]]
 
@@ -24,7 +23,7 @@ Answers = list[tuple[str | None, Copy]]
 class MajorityRound:
     def __init__(
         self,
-        core: NodeCore,
+        core: CoreServices,
         message_type: type,
         key: str,
         deadline: float,

@@ -1,0 +1,68 @@
+"""What the node core offers its operations, as an interface.
+
+The operations (``operations.py``, ``rounds.py``, ``fanout.py``, ``hints.py``)
+are driven by ``NodeCore`` and call back into it. Typing them against this
+protocol rather than against ``NodeCore`` keeps the imports one-way: ``node``
+imports the operations, and the operations import only this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from ...protocol.errors import KvwireError
+from ...protocol.messages import Version
+from ..config import ServerConfig
+from .effects import Effect
+from .keydir import Copy, Keydir
+from .timers import Timers
+
+
+@dataclass
+class CoreStats:
+    no_quorum_writes: int = 0
+    write_backs: int = 0
+    hedged_requests: int = 0
+    delete_conflicts: int = 0
+
+
+class HintSink(Protocol):
+    def add(self, peer: str, key: str, version: Version) -> None:
+        """Remember durably that ``peer`` needs ``key`` at ``version`` or newer."""
+
+
+class CoreServices(Protocol):
+    config: ServerConfig
+    node_id: str
+    quorum: int
+    cluster_size: int
+    peer_ids: list[str]
+    mutant: str | None
+    now: float
+    effects: list[Effect]
+    keydir: Keydir
+    timers: Timers
+    stats: CoreStats
+    hints: HintSink
+
+    def usable(self, peer: str) -> bool: ...
+
+    def usable_peers(self) -> list[str]: ...
+
+    def next_rotation(self) -> int: ...
+
+    def ask(self, peer: str, message_type: type, fields: tuple, handler: Callable[[Any], None]) -> int | None: ...
+
+    def forget(self, request_id: int) -> None: ...
+
+    def respond(self, token: Any, reply: Any) -> None: ...
+
+    def mint(self, above: Version) -> Version: ...
+
+    def store(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None,
+              on_done: Callable[[Exception | None], None]) -> None: ...
+
+    def after_write(self, write_id: int, callback: Callable[[Exception | None], None]) -> None: ...
+
+    def committed_copy(self, key: str, callback: Callable[[Copy | KvwireError], None]) -> None: ...
