@@ -9,7 +9,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["kvwire", "kvwire.*", "http_bridge", "http_bridge.*", "bench", "bench.*"]),
+    # The REST bridge and the load generator keep their top-level folders but
+    # install as kvwire.http_bridge and kvwire.bench, so that nothing but
+    # kvwire lands in site-packages (a top-level "bench" would collide).
+    packages=find_packages(include=["kvwire", "kvwire.*"]) + ["kvwire.http_bridge", "kvwire.bench"],
+    package_dir={"kvwire.http_bridge": "http_bridge", "kvwire.bench": "bench"},
     install_requires=[
         "uvloop>=0.19",
         "msgpack>=1.0.5",
@@ -23,7 +27,7 @@ setup(
     # `kvwire up --haproxy` finds it here after `pip install .` (kvwire/cli/haproxy.py).
     data_files=[("share/kvwire/haproxy", ["haproxy/kvwire.cfg"])],
     # The wrk scripts of `kvwire bench suite` (bench/wrk.py).
-    package_data={"bench": ["lua/*.lua"]},
+    package_data={"kvwire.bench": ["lua/*.lua"]},
     extras_require={
         "bench": ["matplotlib>=3.7"],  # the failover plot of `kvwire bench suite`
         "test": [
@@ -31,8 +35,8 @@ setup(
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
             "schemathesis>=4.0",
-            "pyyaml>=6",
-            "matplotlib>=3.7",  # tests/test_bench_failover.py draws the failover plot  # tests/test_deploy_files.py parses deploy/docker-compose.yml
+            "pyyaml>=6",  # tests/test_deploy_files.py parses deploy/docker-compose.yml
+            "matplotlib>=3.7",  # tests/test_bench_failover.py draws the failover plot
         ],
     },
     entry_points={

@@ -1,1 +1,1 @@
-"""kvwire's measuring instruments: ``python -m bench.load`` drives load at one or more nodes."""
+"""kvwire's measuring instruments: ``kvwire bench`` (``bench.command``) loads nodes and runs the benchmark suite."""

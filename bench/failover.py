@@ -1,6 +1,6 @@
 """Scenario 5, the failover timeline: a fixed-rate PUT load while one node is killed and restarted.
 
-    python -m bench.failover --via both --out results/
+    kvwire bench failover --via both --out results/
 
 Each run starts its own 3-node LocalCluster (and, through HAProxy, haproxy
 with haproxy/kvwire.cfg), then sends PUTs open loop: every request is its own
@@ -22,7 +22,6 @@ pause in sending. At ``kill_at`` the node serving the load gets kill -9, at
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -34,13 +33,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import click
 import uvloop
 
-from bench.cpu import machine_busy_seconds
-from bench.output import prepare_directory
-from bench.plot import failover_table, plot_failover
-from bench.recorder import LatencyRecorder, Schedule, Timeline
-from bench.workload import key_name
+from kvwire.bench.cpu import machine_busy_seconds
+from kvwire.bench.output import prepare_directory
+from kvwire.bench.plot import failover_table, plot_failover
+from kvwire.bench.recorder import LatencyRecorder, Schedule, Timeline
+from kvwire.bench.workload import key_name
 from kvwire.client import AsyncClient, KvwireError, RetryPolicy, Version
 from kvwire.testing import LocalCluster
 from kvwire.testing.balancer import HAProxyProcess
@@ -346,66 +346,73 @@ def run_failover(via: str, settings: FailoverSettings, workdir: Path, haproxy_co
 
 
 _HELP = {
-    "rate": "PUTs per second, open loop", "duration": "seconds of load", "kill_at": "kill -9 at this second",
-    "restart_at": "restart at this second", "value_size": "value bytes", "keys": "keys, written in turn",
-    "interval": "timeline bucket, seconds", "max_in_flight": "requests in flight beyond which new ones count as 'overload'",
-    "timeout": "each PUT's deadline, seconds", "sync": "the nodes' --sync: off, normal or full (default: the nodes' own default, full)",
+    "rate": "PUTs per second, open loop.", "duration": "Seconds of load.", "kill_at": "kill -9 at this second.",
+    "restart_at": "Restart at this second.", "value_size": "Value bytes.", "keys": "Keys, written in turn.",
+    "interval": "Timeline bucket, seconds.", "max_in_flight": "Requests in flight beyond which new ones count as 'overload'.",
+    "timeout": "Each PUT's deadline, seconds.", "sync": "The nodes' --sync: off, normal or full.  [default: the nodes' own, full]",
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.failover", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n", 2)[2],
-        epilog="exit status: 0 when the runs completed (failed requests are counted, not fatal),\n"
-               "1 when a run could not start or was interrupted, 2 for bad options.",
-    )
-    add = parser.add_argument
-    add("--via", choices=[*VIAS, "both"], default="both", help="HAProxy's TCP frontend, the client given all 3 nodes, or both")
-    for option in fields(FailoverSettings):
+def _settings_options(command: Any) -> Any:
+    """One option for each field of FailoverSettings, with its default and type."""
+    for option in reversed(fields(FailoverSettings)):
         kind = {"float": float, "int": int}.get(str(option.type), str)
-        add(f"--{option.name.replace('_', '-')}", type=kind, default=option.default, metavar=kind.__name__.upper(),
-            help=f"{_HELP[option.name]} (default: %(default)s)")
-    add("--haproxy-config", type=Path, default=DEFAULT_HAPROXY_CONFIG, metavar="FILE", help="(default: haproxy/kvwire.cfg)")
-    add("--workdir", type=Path, metavar="DIR", help="keep node data and logs in DIR/<via> (default: a temporary directory)")
-    add("--out", type=Path, metavar="DIR", help="write failover-<via>.json and failover.png into DIR")
-    add("--json", action="store_true", help="print the results as JSON instead of the table")
-    return parser
+        command = click.option(
+            f"--{option.name.replace('_', '-')}", option.name, type=kind, default=option.default,
+            show_default=option.default is not None, metavar=kind.__name__.upper(), help=_HELP[option.name],
+        )(command)
+    return command
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+@click.command(short_help="Scenario 5: PUTs while a node is killed and restarted.",
+               context_settings={"help_option_names": ["-h", "--help"]}, epilog=(
+    "Exit status: 0 when the runs completed (failed requests are counted, not fatal), "
+    "1 when a run could not start or was interrupted, 2 for bad options."))
+@click.option("--via", type=click.Choice([*VIAS, "both"]), default="both", show_default=True,
+              help="HAProxy's TCP frontend, the client given all 3 nodes, or both.")
+@_settings_options
+@click.option("--haproxy-config", type=click.Path(path_type=Path), default=DEFAULT_HAPROXY_CONFIG,
+              metavar="FILE", help="HAProxy's configuration.  [default: haproxy/kvwire.cfg]")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Keep node data and logs in DIR/<via>.  [default: a temporary directory]")
+@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write failover-<via>.json and failover.png into DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
+@click.pass_context
+def failover(ctx: click.Context, via: str, haproxy_config: Path, workdir: Path | None, out: Path | None,
+             as_json: bool, **options: Any) -> None:
+    """Scenario 5: a fixed-rate PUT load while one node is killed and restarted.
+
+    Each run starts its own 3-node cluster (and, through HAProxy, haproxy),
+    sends PUTs open loop, kills the node serving the load at --kill-at and
+    restarts it at --restart-at, and reports failed requests, the longest
+    stall, how long the survivors took to mark it DOWN and UP again, and
+    when it had caught up.
+    """
     try:
-        settings = FailoverSettings(**{f.name: getattr(args, f.name) for f in fields(FailoverSettings)})
-    except ValueError as exc:
-        parser.error(str(exc))
-    if not args.haproxy_config.is_file():
-        parser.error(f"--haproxy-config {args.haproxy_config}: no such file")
-    try:
-        for option, directory in (("--out", args.out), ("--workdir", args.workdir)):
+        settings = FailoverSettings(**options)
+        if not haproxy_config.is_file():
+            raise ValueError(f"--haproxy-config {haproxy_config}: no such file")
+        for option, directory in (("--out", out), ("--workdir", workdir)):
             if directory is not None:
                 prepare_directory(directory, option)
     except ValueError as exc:
-        parser.error(str(exc))
+        raise click.UsageError(str(exc)) from None
     results = []
     try:
-        for via in VIAS if args.via == "both" else [args.via]:
-            with tempfile.TemporaryDirectory(prefix=f"kvwire-failover-{via}-") as scratch:
-                workdir = args.workdir / via if args.workdir else Path(scratch)
-                results.append(run_failover(via, settings, workdir, args.haproxy_config))
+        for one in VIAS if via == "both" else [via]:
+            with tempfile.TemporaryDirectory(prefix=f"kvwire-failover-{one}-") as scratch:
+                results.append(run_failover(one, settings, workdir / one if workdir else Path(scratch), haproxy_config))
     except (OSError, RuntimeError, TimeoutError, KeyboardInterrupt) as exc:
-        print(f"bench.failover: {type(exc).__name__}: {str(exc)[:2000]}", file=sys.stderr)
-        return 1
-    print(json.dumps(results) if args.json else failover_table(results))
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
+        click.echo(f"{ctx.command_path}: {type(exc).__name__}: {str(exc)[:2000]}", err=True)
+        ctx.exit(1)
+    click.echo(json.dumps(results) if as_json else failover_table(results))
+    if out is not None:
         for result in results:
-            (args.out / f"failover-{result['via']}.json").write_text(json.dumps(result, indent=1) + "\n")
-        plot_failover(results, args.out / "failover.png")
-        print(f"bench.failover: results and plot written to {args.out}", file=sys.stderr)
-    return 0
+            (out / f"failover-{result['via']}.json").write_text(json.dumps(result, indent=1) + "\n")
+        plot_failover(results, out / "failover.png")
+        click.echo(f"{ctx.command_path}: results and plot written to {out}", err=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    failover(prog_name="python -m kvwire.bench.failover")

@@ -21,10 +21,10 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from bench.recorder import LatencyRecorder, Schedule
-from bench.workload import (
+from kvwire.bench.recorder import LatencyRecorder, Schedule
+from kvwire.bench.settings import Settings
+from kvwire.bench.workload import (
     OPS,
     encode_requests,
     reply_prefixes,
@@ -43,9 +43,6 @@ from kvwire.protocol import (
     encode,
     parse_host_port,
 )
-
-if TYPE_CHECKING:  # a runtime import would load bench.load a second time under ``python -m bench.load``
-    from bench.load import Settings
 
 _UINT32 = struct.Struct(">I").unpack_from
 _HELLO_ID = 2**32  # no key index takes it

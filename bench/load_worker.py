@@ -7,16 +7,14 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvloop
 
-from bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
-from bench.recorder import Schedule
-from bench.workload import OPS, key_sequence, op_sequence, sequence_length
-
-if TYPE_CHECKING:
-    from bench.load import Settings
+from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
+from kvwire.bench.recorder import Schedule
+from kvwire.bench.settings import Settings
+from kvwire.bench.workload import OPS, key_sequence, op_sequence, sequence_length
 
 _RECONNECT_DELAY_S = 0.05
 _TICK_S = 0.001

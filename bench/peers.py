@@ -6,8 +6,8 @@ the kernel picked, keeps its data and logs under a workdir the caller owns, and
 every run is bounded in time.
 
 Redis is driven by redis-benchmark (its own tool: the best case for redis) and
-etcd by wrk through its JSON gateway, as kvwire's REST bridge is; the GUIDE's
-reference figures (section 4) were measured the same way.
+etcd by wrk through its JSON gateway, as kvwire's REST bridge is; the
+reference figures in docs/design.md section 7 were measured the same way.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from bench import wrk
-from bench.cpu import server_cpu_seconds
-from kvwire.testing.node import free_port, wait_for
-from kvwire.testing.process import ChildProcess
+from kvwire.bench import wrk
+from kvwire.bench.cpu import server_cpu_seconds
+from kvwire.testing import ChildProcess, LineCopy, free_port, wait_for
+from kvwire.testing.process import StartsOnEnter
 
 HOST = "127.0.0.1"
 _LOG_TAIL_LINES = 30
@@ -53,12 +53,10 @@ def available_peers() -> dict[str, str | None]:
 
 
 class _Server(ChildProcess):
-    """A child that is asked to stop with SIGTERM before it is killed."""
+    """A reference server logging both streams, asked to stop with SIGTERM before it is killed."""
 
     stdout_to_log = True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.terminate_or_kill(timeout)
+    stop_grace = 10.0
 
     def log_tail(self) -> str:
         return "\n".join(self.log().splitlines()[-_LOG_TAIL_LINES:])
@@ -73,25 +71,23 @@ class RedisServer(_Server):
     ``with RedisServer(workdir) as redis:`` starts it, waits for PING, and stops it.
     """
 
-    name = "redis-server"
-
     def __init__(self, workdir: str | os.PathLike, persistence: str = "none") -> None:
         if persistence not in ("none", "everysec"):
             raise ValueError(f"persistence must be none or everysec, got {persistence!r}")
         self.port = free_port(HOST)
         self.dir = Path(workdir) / f"redis-{self.port}"
-        super().__init__(log_path=self.dir.with_suffix(".log"))
         self.persistence = persistence
         aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistence == "everysec" else ["--appendonly", "no"]
         # --save '' turns RDB snapshots off, so neither mode forks to save during a run.
-        self.command = [
+        command = [
             "redis-server", "--port", str(self.port), "--bind", HOST, "--protected-mode", "no",
             "--save", "", *aof, "--dir", str(self.dir),
         ]
+        super().__init__("redis-server", command, log_path=self.dir.with_suffix(".log"))
 
-    def start(self) -> Self:
+    def start(self, copy_to: LineCopy | None = None) -> Self:
         self.dir.mkdir(parents=True, exist_ok=True)
-        return super().start()
+        return super().start(copy_to)
 
     def wait_ready(self, timeout: float = 10.0) -> Self:
         def answers() -> bool:
@@ -151,7 +147,7 @@ def _redis_stats(port: int) -> dict[str, int]:
     return {name: int(value) for name, _, value in (line.partition(":") for line in text.splitlines()) if value.isdigit()}
 
 
-# Redis' fastest here, 1.7M GET/s at depth 16 (GUIDE section 4), for the longest run allowed.
+# Redis' fastest here, 1.7M GET/s at depth 16 (docs/design.md section 7), for the longest run allowed.
 _MAX_DURATION_S = 120
 _MAX_REQUESTS = 1_700_000 * _MAX_DURATION_S
 # Enough rounds on every connection for the rate to settle; about 0.1-0.3 s at 50 connections.
@@ -238,29 +234,27 @@ def _redis_benchmark(port: int, bench: RedisBenchmark, requests: int) -> tuple[s
 
 
 class _EtcdMember(_Server):
+    # Killed, not SIGTERMed: a SIGTERMed leader first hands leadership over,
+    # which took 7 s when the other members were stopping too, and the data
+    # is thrown away anyway.
+    stop_grace = 0.0
+
     def __init__(self, name: str, workdir: Path, client_port: int, peer_port: int, initial_cluster: str) -> None:
         # ETCD_* variables are flags too; one left in our environment could change the cluster.
         env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD_")}
-        super().__init__(log_path=workdir / f"{name}.log", env=env)
-        self.name = f"etcd member {name}"
         self.client_url = f"http://{HOST}:{client_port}"
         peer_url = f"http://{HOST}:{peer_port}"
-        self.command = [
+        command = [
             "etcd", "--name", name, "--data-dir", str(workdir / name),
             "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", initial_cluster, "--initial-cluster-state", "new",
             "--initial-cluster-token", f"kvwire-bench-{os.getpid()}",
         ]
-
-    def stop(self, timeout: float = 10.0) -> None:
-        # Killed, not SIGTERMed: a SIGTERMed leader first hands leadership over,
-        # which took 7 s when the other members were stopping too, and the data
-        # is thrown away anyway.
-        ChildProcess.stop(self)
+        super().__init__(f"etcd member {name}", command, log_path=workdir / f"{name}.log", env=env)
 
 
-class EtcdCluster:
+class EtcdCluster(StartsOnEnter):
     """``members`` etcd processes on 127.0.0.1 forming one cluster, with etcd's default fsync on every commit.
 
     ``with EtcdCluster(workdir) as etcd:`` starts them, waits until a PUT through
@@ -288,22 +282,23 @@ class EtcdCluster:
     def client_urls(self) -> tuple[str, ...]:
         return tuple(member.client_url for member in self.members)
 
-    def __enter__(self) -> Self:
+    @property
+    def running(self) -> bool:
+        return all(member.running for member in self.members)
+
+    def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            for member in self.members:
+        for member in self.members:
+            if not member.running:
                 member.start()
-            wait_for(self._serves, timeout=self.ready_timeout, what="etcd members healthy and a PUT accepted")
-        except TimeoutError as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}; the logs end:\n{self._log_tails()}") from None
-        except BaseException:
-            self.stop()
-            raise
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def wait_ready(self) -> Self:
+        try:
+            wait_for(self._serves, timeout=self.ready_timeout, what="etcd members healthy and a PUT accepted")
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}; the logs end:\n{self._log_tails()}") from None
+        return self
 
     def stop(self) -> None:
         for member in self.members:
@@ -342,7 +337,7 @@ def run_etcd(
 ) -> dict[str, Any]:
     """PUT or range random keys through member 1's JSON gateway with wrk; ranges find every key (``preload``).
 
-    One URL because wrk takes one, as in the GUIDE's reference run; writes go
+    One URL because wrk takes one, as in the reference run (docs/design.md section 7); writes go
     through the raft leader whichever member receives them, and ranges are
     linearizable (etcd's default), so they ask the leader too.
     """

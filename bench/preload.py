@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
-from bench.workload import OPS
-
-if TYPE_CHECKING:
-    from bench.load import Settings
+from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
+from kvwire.bench.settings import Settings
+from kvwire.bench.workload import OPS
 
 _PUT = OPS.index("put")
 

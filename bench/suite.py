@@ -11,7 +11,6 @@ Peers whose programs are missing are skipped, and the summary says why.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -24,13 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import peers, wrk
-from bench.failover import DEFAULT_HAPROXY_CONFIG, FailoverSettings, run_failover
-from bench.load import Settings, run_load
-from bench.output import prepare_directory
-from bench.plot import plot_failover
-from bench.summary import machine, write_summary
-from bench.workload import mix_name, parse_mix
+import click
+
+from kvwire.bench import peers, wrk
+from kvwire.bench.failover import DEFAULT_HAPROXY_CONFIG, FailoverSettings, run_failover
+from kvwire.bench.load import run_load
+from kvwire.bench.output import prepare_directory
+from kvwire.bench.plot import plot_failover
+from kvwire.bench.settings import Settings
+from kvwire.bench.summary import machine, write_summary
+from kvwire.bench.workload import mix_name, parse_mix
 from kvwire.testing import LocalCluster, NodeProcess
 from kvwire.testing.balancer import HAProxyProcess
 from kvwire.testing.bridge import BridgeProcess
@@ -59,10 +61,13 @@ class SuiteSettings:
     failover: FailoverSettings = FailoverSettings()
 
     def __post_init__(self) -> None:
-        if not 1 <= self.duration <= 120 or not 0 <= self.warmup <= 30:
-            raise ValueError("--duration must be 1-120 s and --warmup 0-30 s")
+        if not 1 <= self.duration <= 120:
+            raise ValueError(f"--duration must be 1-120 s, got {self.duration:g}")
+        if not 0 <= self.warmup <= 30:
+            raise ValueError(f"--warmup must be 0-30 s, got {self.warmup:g}")
         if not self.scenarios or set(self.scenarios) - set(SCENARIOS):
-            raise ValueError(f"--scenarios must name some of {', '.join(map(str, SCENARIOS))}")
+            raise ValueError(f"--scenarios must name some of {', '.join(map(str, SCENARIOS))}, "
+                             f"got {','.join(map(str, self.scenarios))}")
 
 
 class Suite:
@@ -222,52 +227,56 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
         yield Path(scratch)
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Run the benchmark scenarios (1 one node, 2 three nodes direct, 3 through HAProxy, 4 REST "
-                    "through the bridge, 5 failover timeline, 6 redis-server and etcd side by side) and write "
-                    "results.json, summary.md and failover.png to OUT/<date>/.",
-    )
-    add = parser.add_argument
-    add("--out", type=Path, default=Path("bench/results"), metavar="DIR", help="where results go (default: %(default)s)")
-    add("--duration", type=float, default=5.0, metavar="SECONDS", help="measured time per workload (default: %(default)s)")
-    add("--warmup", type=float, default=1.0, metavar="SECONDS", help="unmeasured time before each (default: %(default)s)")
-    add("--scenarios", default=",".join(map(str, SCENARIOS)), metavar="N[,N...]",
-        help="which scenarios to run (default: all)")
-    add("--failover-rate", type=float, default=1000.0, metavar="OPS_PER_S",
-        help="open-loop PUT rate of the failover timeline (default: %(default)s)")
-    add("--workdir", type=Path, default=None, metavar="DIR",
-        help="keep the data directories and logs here (default: a temporary directory, removed)")
-    return parser
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
+              metavar="DIR", help="Where results go: OUT/<date>/.")
+@click.option("--duration", type=float, default=5.0, show_default=True, metavar="SECONDS",
+              help="Measured time per workload, 1-120.")
+@click.option("--warmup", type=float, default=1.0, show_default=True, metavar="SECONDS",
+              help="Unmeasured time before each workload, 0-30.")
+@click.option("--scenarios", default=",".join(map(str, SCENARIOS)), show_default=True, metavar="N[,N...]",
+              help="Which scenarios to run.")
+@click.option("--failover-rate", type=float, default=FailoverSettings.rate, show_default=True, metavar="OPS_PER_S",
+              help="Open-loop PUT rate of the failover timeline.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Keep the data directories and logs here.  [default: a temporary directory, removed]")
+def suite(out: Path, duration: float, warmup: float, scenarios: str, failover_rate: float, workdir: Path | None) -> None:
+    """Run every scenario of the README's Performance section.
 
+    The scenarios: 1 one node, 2 three nodes direct, 3 through HAProxy, 4
+    REST through the bridge, 5 failover timeline, 6 redis-server and etcd
+    side by side. Writes results.json, summary.md and failover.png to
+    OUT/<date>/. Peers whose programs are missing are skipped, and the
+    summary says why.
 
-def main(argv: list[str] | None = None, prog: str = "python -m bench.suite") -> int:
-    parser = _parser(prog)
-    args = parser.parse_args(argv)
+    Exit status: 0 when every scenario ran, 1 when one failed (the others'
+    figures are still written), 2 for bad options.
+    """
     started = time.time()
     try:
         try:
-            scenarios = tuple(sorted({int(part) for part in args.scenarios.split(",") if part.strip()}))
+            numbers = tuple(sorted({int(part) for part in scenarios.split(",") if part.strip()}))
         except ValueError:
             raise ValueError(f"--scenarios must be numbers from 1 to {len(SCENARIOS)} separated by commas, "
-                             f"got {args.scenarios!r}") from None
+                             f"got {scenarios!r}") from None
         try:
-            failover = FailoverSettings(rate=args.failover_rate)
+            failover = FailoverSettings(rate=failover_rate)
         except ValueError as exc:
             raise ValueError(f"--failover-rate: {exc}") from None
-        settings = SuiteSettings(duration=args.duration, warmup=args.warmup, scenarios=scenarios, failover=failover)
-        results_dir = prepare_directory(args.out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
-        if args.workdir is not None:
-            prepare_directory(args.workdir, "--workdir")
+        settings = SuiteSettings(duration=duration, warmup=warmup, scenarios=numbers, failover=failover)
+        results_dir = prepare_directory(out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
+        if workdir is not None:
+            prepare_directory(workdir, "--workdir")
     except ValueError as exc:
-        parser.error(str(exc))
-    with _workdir(args.workdir) as workdir:
-        suite = Suite(settings, workdir, results_dir)
+        raise click.UsageError(str(exc)) from None
+    with _workdir(workdir) as scratch:
+        run = Suite(settings, scratch, results_dir)
         try:
-            suite.run()
+            run.run()
         except KeyboardInterrupt:
             _say("interrupted; writing what was measured")
+    command = ["kvwire", "bench", "suite", "--out", str(out), "--duration", f"{duration:g}", "--warmup", f"{warmup:g}",
+               "--scenarios", ",".join(map(str, numbers)), "--failover-rate", f"{failover_rate:g}"]
     report = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
@@ -275,16 +284,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.suite") -> 
                      "keys": settings.keys, "scenarios": list(settings.scenarios),
                      "failover_rate": settings.failover.rate},
         "machine": machine(),
-        "command": shlex.join(["kvwire", "bench", "suite", *(argv if argv is not None else sys.argv[1:])]),
-        "rows": suite.rows,
-        "failover": suite.failover,
-        "skipped": suite.skipped,
+        "command": shlex.join(command + (["--workdir", str(workdir)] if workdir is not None else [])),
+        "rows": run.rows,
+        "failover": run.failover,
+        "skipped": run.skipped,
     }
     (results_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     write_summary(report, results_dir / "summary.md")
-    _say(f"results in {results_dir}/ (summary.md, results.json{', failover.png' if suite.failover else ''})")
-    return 1 if any(item["why"].startswith("failed") for item in suite.skipped) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    _say(f"results in {results_dir}/ (summary.md, results.json{', failover.png' if run.failover else ''})")
+    if any(item["why"].startswith("failed") for item in run.skipped):
+        sys.exit(1)

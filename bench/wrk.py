@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.cpu import server_cpu_seconds
+from kvwire.bench.cpu import server_cpu_seconds
 
 LUA_DIR = Path(__file__).with_name("lua")
 KVWIRE_REST_SCRIPT = LUA_DIR / "kvwire_rest.lua"
@@ -88,10 +88,6 @@ def wrk_problem() -> str | None:
     if shutil.which("wrk") is None:
         return "wrk not on PATH; apt-get install wrk"
     return None
-
-
-def rest_available() -> bool:
-    return wrk_problem() is None
 
 
 def run_wrk(

@@ -15,25 +15,20 @@ from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
 
-from kvwire.cli.json_values import version_json
 from kvwire.client import (
     AsyncClient,
     BadRequestError,
     ConflictError,
     KeyNotFoundError,
-    KvwireConnectionError,
     KvwireError,
-    KvwireTimeoutError,
-    NoQuorumError,
-    ServerTimeoutError,
     TooLargeError,
-    UnavailableError,
+    check_key,
 )
-from kvwire.client.arguments import check_key
+from kvwire.client.json_values import version_json
 
 from .config import BridgeConfig
 from .openapi import openapi_document
-from .values import BadBody, UnrepresentableValue, ValueTooLarge, parse_put_body, to_json_text
+from .values import UnrepresentableValueError, parse_put_body, to_json_text
 
 log = logging.getLogger("kvwire.http")
 
@@ -53,14 +48,22 @@ CONFIG = web.AppKey("config", BridgeConfig)
 CLIENT = web.AppKey("client", AsyncClient)
 OPENAPI_TEXT = web.AppKey("openapi_text", str)
 
-
-class ApiError(Exception):
-    """Answer ``status`` with ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# The error kinds that need a status of their own, first match first. Every
+# other error of the tree is 503 when it is ``transient`` (the cluster cannot
+# serve the request now; it may later) and 502 when it is not (the nodes
+# behind this gateway failed it: FORBIDDEN from a node of another cluster,
+# INTERNAL, UNKNOWN_OP, a protocol error), so a new class needs no entry here.
+_OWN_STATUSES: tuple[tuple[type[Exception], int], ...] = (
+    (KeyNotFoundError, 404),
+    (BadRequestError, 400),
+    (TooLargeError, 413),
+    (UnrepresentableValueError, 406),
+    # Transient, but the answer is not "try later": the DELETE may have taken effect.
+    (ConflictError, 409),
+    # The bridge's own deadline (KvwireTimeoutError) and a node's TIMEOUT reply
+    # (ServerTimeoutError): both are TimeoutErrors.
+    (TimeoutError, 504),
+)
 
 
 def create_app(config: BridgeConfig) -> web.Application:
@@ -102,7 +105,7 @@ async def get_key(request: web.Request) -> web.Response:
     key = _key(request)
     consistency = request.query.get("consistency")
     if consistency is not None and consistency not in CONSISTENCY_LEVELS:
-        raise ApiError(400, f"consistency must be 'one' or 'quorum', got {consistency!r}")
+        raise BadRequestError(f"consistency must be 'one' or 'quorum', got {consistency!r}")
     value, version = await _client(request).get_with_version(key, consistency=consistency)
     return _json_response(200, {"key": key, "value": value, "version": version_json(version)})
 
@@ -160,11 +163,11 @@ def _key(request: web.Request) -> str:
     try:
         key = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(400, f"the key {raw!r} is not percent-encoded UTF-8") from None
+        raise BadRequestError(f"the key {raw!r} is not percent-encoded UTF-8") from None
     try:
         return check_key(key, request.app[CONFIG].limits)
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise BadRequestError(str(exc)) from None
 
 
 def _json_response(status: int, document: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -176,22 +179,11 @@ def _json_text_response(status: int, text: str, headers: dict[str, str] | None =
 
 
 def status_for(error: KvwireError) -> int:
-    """The HTTP status for an error from the cluster."""
-    if isinstance(error, KeyNotFoundError):
-        return 404
-    if isinstance(error, BadRequestError):
-        return 400
-    if isinstance(error, TooLargeError):
-        return 413
-    if isinstance(error, ConflictError):
-        return 409
-    if isinstance(error, (NoQuorumError, UnavailableError, KvwireConnectionError)):
-        return 503
-    if isinstance(error, (KvwireTimeoutError, ServerTimeoutError)):
-        return 504
-    # FORBIDDEN (a node of another cluster), INTERNAL, UNKNOWN_OP, a protocol
-    # error: the nodes behind this gateway failed it, not the REST client.
-    return 502
+    """The HTTP status for an error of kvwire's tree, read from its kind and ``transient``."""
+    for kind, status in _OWN_STATUSES:
+        if isinstance(error, kind):
+            return status
+    return 503 if error.transient else 502
 
 
 def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
@@ -209,17 +201,11 @@ def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
 async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return _error(exc.status, exc.message)
-    except BadBody as exc:
-        return _error(400, str(exc))
-    except ValueTooLarge as exc:
-        return _error(413, str(exc))
-    except UnrepresentableValue as exc:
-        return _error(406, str(exc))
     except KvwireError as exc:
         status = status_for(exc)
-        # 503 and 504 come in floods while the cluster is down, and its nodes log why.
+        # Only a 502 says something is wrong behind the bridge: 4xx are the REST
+        # client's mistakes, and 503/504 come in floods while the cluster is down
+        # (its nodes log why).
         log.log(logging.WARNING if status == 502 else logging.DEBUG, "%s %s: %d %s", request.method, request.path, status, exc)
         headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
         return _error(status, str(exc), headers, maybe_applied=exc.maybe_applied)

@@ -1,4 +1,8 @@
-"""What a bridge needs to know, checked once when it is built."""
+"""What a bridge needs to know, checked once when it is built.
+
+No aiohttp here: ``kvwire bridge`` builds its options and its config from this
+module without loading the server (``kvwire.http_bridge`` imports that lazily).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from kvwire.client import RetryPolicy
-from kvwire.client.arguments import format_endpoint, parse_endpoints
-from kvwire.protocol import DEFAULT_LIMITS, Limits
+from kvwire.protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints
 
 DEFAULT_LISTEN_PORT = 8000
 # A value's limit is on its msgpack encoding (1 MiB by default); its JSON

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from kvwire.cli.json_values import BASE64_PATTERN, BYTES_TAG
+from kvwire.client.json_values import BASE64_PATTERN, BYTES_TAG
 
 if TYPE_CHECKING:
     from .config import BridgeConfig

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from kvwire.protocol import format_endpoint
 
 from .app import create_app
 from .config import BridgeConfig
@@ -27,8 +28,7 @@ class RunningBridge:
 
     @property
     def url(self) -> str:
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}/kv-store/v1"
+        return f"http://{format_endpoint(self.config.host, self.port)}/kv-store/v1"
 
     async def close(self) -> None:
         """Stop accepting, let requests in flight finish (``shutdown_timeout``), close the client."""
@@ -78,23 +78,17 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
     return bridge
 
 
-async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
-    loop = asyncio.get_running_loop()
-    if stop is None:
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_signal, signum, stop)
+async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then stop gracefully.
+
+    The process's signals are its owner's to handle (``kvwire bridge`` sets
+    ``stop`` on SIGTERM or SIGINT), so a bridge can run inside any program.
+    """
     bridge = await start_bridge(config)
     try:
         await stop.wait()
     finally:
         await bridge.close()
-
-
-def _on_signal(signum: int, stop: asyncio.Event) -> None:
-    log.info("received %s; finishing requests in flight", signal.Signals(signum).name)
-    stop.set()
 
 
 def _bound_port(runner: web.AppRunner, requested: int) -> int:

@@ -8,7 +8,10 @@ JSON and msgpack overlap but are not the same:
   64-bit float, as JavaScript and most JSON libraries would read it. A number
   beyond the float range is refused.
 - ``NaN`` and ``Infinity`` are not JSON and are refused; a float of that kind
-  stored by another client cannot be shown as JSON (:class:`UnrepresentableValue`).
+  stored by another client cannot be shown as JSON (:class:`UnrepresentableValueError`).
+
+What a body can get wrong is an error of kvwire's one tree: ``BadRequestError``
+(400) or ``TooLargeError`` (413), as a node would answer the same mistakes.
 """
 
 from __future__ import annotations
@@ -19,65 +22,65 @@ from typing import Any
 
 import msgpack
 
-from kvwire.cli.json_values import decode_bytes, jsonable
-from kvwire.client.arguments import check_value
+from kvwire.client import (
+    MSGPACK_MAX_INT,
+    MSGPACK_MIN_INT,
+    BadRequestError,
+    KvwireError,
+    TooLargeError,
+    check_value,
+)
+from kvwire.client.json_values import decode_bytes, jsonable
 from kvwire.protocol import Limits
 
-_MIN_INT = -(2**63)
-_MAX_INT = 2**64 - 1
 
+class UnrepresentableValueError(KvwireError, ValueError):
+    """A stored value that JSON cannot carry (a float NaN or infinity): HTTP 406.
 
-class BadBody(ValueError):
-    """The request body is not what the API takes: HTTP 400."""
-
-
-class ValueTooLarge(ValueError):
-    """The value's msgpack encoding is over the nodes' limit: HTTP 413."""
-
-
-class UnrepresentableValue(ValueError):
-    """A stored value that JSON cannot carry (a float NaN or infinity)."""
+    Neither the request nor the cluster is at fault, and asking again will not
+    help: not ``transient``. It never travels on the wire, so it has no code of its own.
+    """
 
 
 def parse_put_body(body: bytes, limits: Limits) -> Any:
-    """The value of a PUT body ``{"value": <JSON>}``; raises BadBody or ValueTooLarge."""
+    """The value of a PUT body ``{"value": <JSON>}``; raises BadRequestError or TooLargeError."""
     if not body:
-        raise BadBody('the request body must be a JSON object {"value": ...}; it is empty')
+        raise BadRequestError('the request body must be a JSON object {"value": ...}; it is empty')
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadBody(f"the request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise BadRequestError(f"the request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         document = json.loads(
             text, object_hook=decode_bytes, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant
         )
     except json.JSONDecodeError as exc:
-        raise BadBody(f"the request body is not valid JSON: {exc}") from None
+        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise BadBody("the request body is nested too deeply") from None
+        raise BadRequestError("the request body is nested too deeply") from None
     except ValueError as exc:  # a bad {"$bytes": ...} or number, from the hooks
-        raise BadBody(str(exc)) from None
+        raise BadRequestError(str(exc)) from None
     if not isinstance(document, dict):
-        raise BadBody(f'the request body must be a JSON object {{"value": ...}}, not {_json_kind(document)}')
+        raise BadRequestError(f'the request body must be a JSON object {{"value": ...}}, not {_json_kind(document)}')
     if "value" not in document:
-        raise BadBody('the request body has no "value" field')
+        raise BadRequestError('the request body has no "value" field')
     value = document["value"]
     try:
         check_value(value)
     except (TypeError, ValueError) as exc:
-        raise BadBody(str(exc)) from None
+        raise BadRequestError(str(exc)) from None
     size = len(msgpack.packb(value))
     if size > limits.max_value_bytes:
-        raise ValueTooLarge(f"value is {size} bytes encoded as msgpack; the limit is {limits.max_value_bytes} bytes")
+        raise TooLargeError(f"value is {size} bytes encoded as msgpack; the limit is {limits.max_value_bytes} bytes")
     return value
 
 
 def to_json_text(document: Any) -> str:
-    """Compact JSON of a document holding stored values; UnrepresentableValue for NaN or infinity."""
+    """Compact JSON of a document holding stored values; UnrepresentableValueError for NaN or infinity."""
     try:
         return json.dumps(jsonable(document), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError:
-        raise UnrepresentableValue(
+        raise UnrepresentableValueError(
             "the stored value holds a float NaN or infinity, which JSON cannot carry; read it with kvwire-cli or the Python client"
         ) from None
 
@@ -87,7 +90,7 @@ def _parse_int(text: str) -> int | float:
     # thousands of digits costs quadratic time (and raises past 4300).
     if len(text) <= 21:
         number = int(text)
-        if _MIN_INT <= number <= _MAX_INT:
+        if MSGPACK_MIN_INT <= number <= MSGPACK_MAX_INT:
             return number
     return _parse_float(text)
 

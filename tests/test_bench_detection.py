@@ -6,7 +6,7 @@ import sys
 
 
 def test_one_round_reports_every_figure():
-    result = subprocess.run([sys.executable, "-m", "bench.detection", "--rounds", "1", "--json"],
+    result = subprocess.run([sys.executable, "-m", "kvwire.bench.detection", "--rounds", "1", "--json"],
                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
@@ -16,7 +16,8 @@ def test_one_round_reports_every_figure():
 
 
 def test_bad_rounds_exit_2_without_a_traceback():
-    result = subprocess.run([sys.executable, "-m", "bench.detection", "--rounds", "0"],
+    result = subprocess.run([sys.executable, "-m", "kvwire.bench.detection", "--rounds", "0"],
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
-    assert "--rounds must be from 1 to 100" in result.stderr and "Traceback" not in result.stderr
+    assert "Invalid value for '--rounds': 0 is not in the range 1<=x<=100" in result.stderr
+    assert "Usage: python -m kvwire.bench.detection" in result.stderr and "Traceback" not in result.stderr

@@ -9,14 +9,16 @@ from dataclasses import asdict
 import pytest
 from PIL import Image
 
-from bench.failover import (
+from click.testing import CliRunner
+
+from kvwire.bench.failover import (
     Events,
     FailoverSettings,
     _peer_entry,
     event_figures,
-    main,
+    failover,
 )
-from bench.plot import failover_table, plot_failover
+from kvwire.bench.plot import failover_table, plot_failover
 
 SHORT = FailoverSettings(duration=3.0, kill_at=1.0, restart_at=2.0)
 
@@ -70,15 +72,15 @@ def test_bad_settings_raise_value_error_naming_the_option(options, message):
         FailoverSettings(**options)
 
 
-def test_bad_options_exit_2_with_the_message(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--via", "client", "--kill-at", "16"])
-    assert exit_info.value.code == 2
-    assert "need 0 < kill_at < restart_at < duration" in capsys.readouterr().err
+def test_bad_options_exit_2_with_the_message():
+    result = CliRunner().invoke(failover, ["--via", "client", "--kill-at", "16"])
+    assert result.exit_code == 2
+    assert "need 0 < kill_at < restart_at < duration" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_importing_the_bench_does_not_import_matplotlib():
-    code = "import sys, bench.failover; sys.exit('matplotlib' in sys.modules)"
+    code = "import sys, kvwire.bench.failover; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
 
 

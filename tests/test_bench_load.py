@@ -137,17 +137,28 @@ def test_an_open_loop_that_falls_behind_says_so(node):
         (["--endpoint", "localhost"], "is not HOST:PORT"),
         (["--server-pid", "abc"], "is not a comma-separated list of process ids"),
         (["--rate", "0"], "--rate must be in (0, 10000000]"),
-        (["--distribution", "pareto"], "invalid choice: 'pareto'"),
-        (["--consistency", "all"], "invalid choice: 'all'"),
-        (["-o", "xml"], "invalid choice: 'xml'"),
+        (["--distribution", "pareto"], "'pareto' is not one of 'uniform', 'zipfian'"),
+        (["--consistency", "all"], "'all' is not one of 'quorum', 'one'"),
+        (["-o", "xml"], "'xml' is not one of 'table', 'json'"),
         (["--out", "/proc/nope"], "--out /proc/nope: cannot write there"),
         (["--keys", "2000000"], "at most 1000000"),
+        (["--workers", "0"], "--workers must be 1-64, got 0"),
+        (["--workers", "4", "--connections", "2"], "--connections must be from --workers (4) to 10000, got 2"),
+        (["--warmup", "-1"], "--warmup must be in [0, 600] seconds, got -1"),
+        (["--requests", "0"], "--requests must be at least --workers (1), got 0"),
+        (["--connections", "many"], "'many' is not a valid integer"),
+        (["--no-such-option"], "No such option '--no-such-option'"),
+        (["sweet"], "No such command 'sweet'"),
         # The suite's own options, checked before anything starts.
         (["suite", "--scenarios", "a"], "--scenarios must be numbers from 1 to 6"),
         (["suite", "--scenarios", "9"], "--scenarios must name some of 1, 2, 3, 4, 5, 6"),
         (["suite", "--failover-rate", "0"], "--failover-rate: rate must be in (0, 50000]"),
         (["suite", "--out", "/etc/passwd"], "--out /etc/passwd/"),
-        (["suite", "--duration", "0.5"], "--duration must be 1-120 s"),
+        (["suite", "--duration", "0.5"], "--duration must be 1-120 s, got 0.5"),
+        (["suite", "--warmup", "31"], "--warmup must be 0-30 s, got 31"),
+        (["failover", "--via", "client", "--kill-at", "16"], "need 0 < kill_at < restart_at < duration"),
+        (["failover", "--haproxy-config", "/nonexistent.cfg"], "--haproxy-config /nonexistent.cfg: no such file"),
+        (["detection", "--rounds", "0"], "0 is not in the range 1<=x<=100"),
     ],
 )
 def test_bad_options_exit_2_with_a_message_and_no_traceback(args, message):
@@ -155,6 +166,25 @@ def test_bad_options_exit_2_with_a_message_and_no_traceback(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_lists_the_load_options_and_the_other_benchmarks():
+    result = bench("--help", timeout=15)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: python -m kvwire bench [OPTIONS] [COMMAND] [ARGS]..." in result.stdout
+    assert "Options (of load, the default command):" in result.stdout
+    for option in ("--endpoints, --endpoint", "--mix, --op", "--requests, --max-requests", "-o, --output", "--json"):
+        assert option in result.stdout
+    commands = result.stdout.split("Commands:")[1].split()
+    assert {"detection", "failover", "load", "suite"} <= set(commands)
+
+
+def test_json_is_output_json_and_load_may_be_named(node):
+    result = bench("load", "--endpoints", node.address, "--mix", "put", "--connections", "2", "--requests", "200",
+                   "--warmup", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ops"] == 200 and report["errors"] == 0
 
 
 def test_a_refused_endpoint_exits_1_without_a_traceback():

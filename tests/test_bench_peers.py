@@ -4,7 +4,7 @@ kvwire REST bridge under wrk (Debian packages, installed by the test command).""
 
 import pytest
 
-from bench import peers, wrk
+from kvwire.bench import peers, wrk
 from kvwire.testing import NodeProcess
 from kvwire.testing.bridge import BridgeProcess
 

@@ -3,7 +3,7 @@ its correction for coordinated omission, and the failover timeline."""
 
 import pytest
 
-from bench.recorder import LatencyRecorder, Schedule, Timeline
+from kvwire.bench.recorder import LatencyRecorder, Schedule, Timeline
 
 SERVICE_S = 0.001
 STALL = (1.0, 1.5)  # the server answers nothing in between

@@ -1,6 +1,6 @@
 """bench.summary: the suite's verdicts on the issue's targets come from the figures of the run."""
 
-from bench.summary import render, targets
+from kvwire.bench.summary import render, targets
 
 
 def row(scenario, setup, workload, ops, cpu, p99, connections=50, pipeline=1):

@@ -6,26 +6,21 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-from contextlib import contextmanager
 
 import pytest
 
 from kvwire.cli.client import exit_code_for
 from kvwire.protocol import (
-    NEED_DATA,
     ConflictError,
-    Connection,
     ErrorCode,
     ErrorReply,
     HealthReply,
-    Hello,
-    HelloReply,
+    KeyNotFoundError,
+    KvwireError,
     NoQuorumError,
-    Side,
-    encode,
 )
-from kvwire.testing import NodeProcess, free_port
+from kvwire.server.storage import DataDirError
+from kvwire.testing import NodeProcess, ScriptedNode, error_classes, free_port, sample_error
 
 CLI = [sys.executable, "-m", "kvwire.cli.client"]
 
@@ -40,16 +35,35 @@ def run_cli(*args, env=None, timeout=30):
     return result
 
 
-@pytest.fixture(scope="module")
-def shared_node(tmp_path_factory):
-    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("cli") / "n1") as node:
-        yield node
-
-
 @pytest.fixture
 def cli(shared_node):
     """kvwire-cli pointed at the shared node."""
     return lambda *args, **kwargs: run_cli("--endpoints", shared_node.address, *args, **kwargs)
+
+
+# --- exit codes follow the error tree --------------------------------------------------
+
+
+
+def test_the_walk_finds_the_whole_error_tree():
+    assert {ConflictError, NoQuorumError, KeyNotFoundError, DataDirError} <= set(error_classes())
+
+
+@pytest.mark.parametrize("cls", error_classes(), ids=lambda cls: cls.__name__)
+def test_every_error_class_exits_with_the_code_its_attributes_give(cls):
+    error = sample_error(cls)
+    expected = 1 if isinstance(error, KeyNotFoundError) else 3 if cls.transient else 4
+    assert exit_code_for(error) == expected
+
+
+def test_a_new_error_class_exits_by_transient_alone():
+    class NewlyTransient(KvwireError):
+        transient = True
+
+    class NewlyRefused(KvwireError):
+        pass
+
+    assert (exit_code_for(NewlyTransient("m")), exit_code_for(NewlyRefused("m"))) == (3, 4)
 
 
 # --- success: exit 0 -------------------------------------------------------------------
@@ -207,8 +221,11 @@ def test_hung_node_times_out_with_exit_3(node):
 
 @pytest.mark.parametrize("code", [ErrorCode.NO_QUORUM, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT])
 def test_unavailable_and_no_quorum_replies_exit_3(code):
-    with scripted_node(lambda request: ErrorReply(request.id, code, "Failed to replicate to quorum of nodes")) as address:
-        result = run_cli("--endpoints", address, "put", "k", "v")
+    def refusal(request):
+        return ErrorReply(request.id, code, "Failed to replicate to quorum of nodes")
+
+    with ScriptedNode(refusal, answers_hello=False) as node:
+        result = run_cli("--endpoints", node.address, "put", "k", "v")
     assert result.returncode == 3
     assert "Failed to replicate to quorum of nodes" in result.stderr
 
@@ -218,8 +235,8 @@ def test_conflict_exits_3_like_no_quorum(maybe_applied):
     def conflict(request):
         return ErrorReply(request.id, ErrorCode.CONFLICT, "DELETE raced with a concurrent write", maybe_applied)
 
-    with scripted_node(conflict) as address:
-        result = run_cli("--endpoints", address, "delete", "k")
+    with ScriptedNode(conflict, answers_hello=False) as node:
+        result = run_cli("--endpoints", node.address, "delete", "k")
     assert result.returncode == 3, result.stderr
     assert "conflict: DELETE raced with a concurrent write" in result.stderr
     assert exit_code_for(ConflictError("m")) == exit_code_for(NoQuorumError("m")) == 3
@@ -227,8 +244,8 @@ def test_conflict_exits_3_like_no_quorum(maybe_applied):
 
 def test_health_without_quorum_exits_3_after_printing_it():
     report = {"status": "degraded", "cluster": {"has_quorum": False, "healthy_nodes": 1}}
-    with scripted_node(lambda request: HealthReply(request.id, report)) as address:
-        result = run_cli("--endpoints", address, "health", "-o", "json")
+    with ScriptedNode(lambda request: HealthReply(request.id, report), answers_hello=False) as node:
+        result = run_cli("--endpoints", node.address, "health", "-o", "json")
     assert result.returncode == 3
     assert json.loads(result.stdout) == report
 
@@ -250,8 +267,8 @@ def test_wrong_cluster_exits_4(cli):
 
 
 def test_garbage_from_the_node_exits_with_a_message_not_a_traceback():
-    with scripted_node(lambda request: None, garbage=b"\x00\x00\x00\x02\xc1\xc1") as address:
-        result = run_cli("--endpoints", address, "get", "k")
+    with ScriptedNode(lambda request: b"\x00\x00\x00\x02\xc1\xc1", answers_hello=False) as node:
+        result = run_cli("--endpoints", node.address, "get", "k")
     assert result.returncode == 3  # the connection is unusable, like a node that went away
     assert "invalid reply" in result.stderr
 
@@ -281,50 +298,3 @@ def test_ctrl_c_exits_130_quietly():
             process.wait()
     assert process.returncode == 130
     assert "Traceback" not in stderr and stdout == ""
-
-
-# --- a node that answers what the test tells it to -------------------------------------------
-
-
-@contextmanager
-def scripted_node(answer, garbage=None):
-    """A TCP listener speaking the protocol: HELLO is answered as a node would,
-    every other request with ``answer(request)``; ``garbage`` is sent instead when given.
-    """
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve_one(sock):
-        codec = Connection(Side.NODE)
-        with sock:
-            sock.settimeout(10)
-            while not stop.is_set():
-                data = sock.recv(65536)
-                if not data:
-                    return
-                codec.receive_data(data)
-                while (request := codec.next_event()) is not NEED_DATA:
-                    if isinstance(request, Hello):
-                        sock.sendall(encode(HelloReply(request.id, 1, "scripted", "kvwire")))
-                    elif garbage is not None:
-                        sock.sendall(garbage)
-                    else:
-                        sock.sendall(encode(answer(request)))
-
-    def accept_loop():
-        while not stop.is_set():
-            try:
-                sock, _ = server.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=serve_one, args=(sock,), daemon=True).start()
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        yield "127.0.0.1:%d" % server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()

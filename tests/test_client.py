@@ -1,7 +1,6 @@
 """AsyncClient and Client against real node processes over real TCP."""
 
 import asyncio
-import contextlib
 import threading
 import time
 
@@ -23,20 +22,7 @@ from kvwire import (
     Version,
 )
 from kvwire.client import ClientConnection
-from kvwire.protocol import (
-    NEED_DATA,
-    Connection,
-    Delete,
-    ErrorReply,
-    Hello,
-    HelloReply,
-    Limits,
-    Ping,
-    Pong,
-    Put,
-    Side,
-    encode,
-)
+from kvwire.protocol import Delete, ErrorReply, Limits, Ping, Pong, Put, encode
 from kvwire.testing import NodeProcess, ScriptedNode, free_port
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
@@ -62,13 +48,6 @@ VALUES = [
     {"nested": {"list": [1, {"deep": True}]}, "bytes": b"\x01", "none": None},
     {b"raw key": "bytes keys are allowed"},
 ]
-
-
-@pytest.fixture(scope="module")
-def shared_node(tmp_path_factory):
-    """One node for the tests that neither kill nor pause it."""
-    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("shared") / "n1") as node:
-        yield node
 
 
 def _dead_address() -> str:
@@ -370,27 +349,14 @@ async def test_node_refusing_the_connection_is_a_connection_error(tmp_path):
 async def test_invalid_replies_fail_every_waiting_call(bad_reply):
     """A node that answers HELLO properly and then sends ``bad_reply``."""
 
-    async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        codec = Connection(Side.NODE)
-        while data := await reader.read(65536):
-            codec.receive_data(data)
-            while (request := codec.next_event()) is not NEED_DATA:
-                if isinstance(request, Hello):
-                    writer.write(encode(HelloReply(request.id, 1, "bad", "kvwire")))
-                elif request.id == 4:  # the third call after HELLO: all three are waiting
-                    writer.write(bad_reply)
-        writer.close()
+    def misbehave(request):
+        return bad_reply if request.id == 4 else None  # the third call after HELLO: all three are waiting
 
-    server = await asyncio.start_server(misbehave, "127.0.0.1", 0)
-    address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
-    try:
-        async with AsyncClient(address, timeout=5, retry=RetryPolicy(attempts=1)) as client:
+    async with ScriptedNode(misbehave, answers_hello=False) as node:
+        async with AsyncClient(node.address, timeout=5, retry=RetryPolicy(attempts=1)) as client:
             results = await asyncio.gather(*(client.get(f"k{i}") for i in range(3)), return_exceptions=True)
-        assert all(isinstance(result, KvwireConnectionError) for result in results), results
-        assert all("invalid reply" in str(result) for result in results)
-    finally:
-        server.close()
-        await server.wait_closed()
+    assert all(isinstance(result, KvwireConnectionError) for result in results), results
+    assert all("invalid reply" in str(result) for result in results)
 
 
 # --- closing ---------------------------------------------------------------------------
@@ -518,31 +484,17 @@ def test_errors_share_one_root():
 # In-process scripted nodes, so these hold whatever the real node's code is doing.
 
 
-@contextlib.asynccontextmanager
-async def scripted_node(answer, *, limits=None, greeting=None):
-    """A node in this process: HELLO is answered with HELLO_REPLY carrying ``limits``;
-    every other request with ``answer(request)``. With ``greeting``, it sends those
-    bytes as soon as it accepts a connection, then closes it, as a full node does.
-    Yields its address and the requests it received.
-    """
-    def reply(request):
-        return None if isinstance(request, Hello) else answer(request)
-
-    async with ScriptedNode(reply, limits=limits, greeting=greeting) as node:
-        yield node.address, node.received
-
-
 @pytest.mark.parametrize("maybe_applied", [True, False, None])
 async def test_no_quorum_carries_maybe_applied_and_is_not_retried(maybe_applied):
     def no_quorum(request):
         return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", maybe_applied)
 
-    async with scripted_node(no_quorum) as (first, received), scripted_node(no_quorum) as (second, other):
-        async with AsyncClient([first, second], retry=RetryPolicy(base_delay=0)) as client:
+    async with ScriptedNode(no_quorum, answers_hello=False) as first, ScriptedNode(no_quorum, answers_hello=False) as second:
+        async with AsyncClient([first.address, second.address], retry=RetryPolicy(base_delay=0)) as client:
             with pytest.raises(NoQuorumError) as caught:
                 await client.put("k", 1)
     assert caught.value.maybe_applied is maybe_applied
-    assert [type(r) for r in received + other].count(Put) == 1
+    assert [type(r) for r in first.received + second.received].count(Put) == 1
 
 
 @pytest.mark.parametrize("maybe_applied", [True, None])
@@ -550,27 +502,27 @@ async def test_conflict_is_raised_at_once_with_maybe_applied(maybe_applied):
     def conflict(request):
         return ErrorReply(request.id, ErrorCode.CONFLICT, "DELETE raced with a concurrent write", maybe_applied)
 
-    async with scripted_node(conflict) as (first, received), scripted_node(conflict) as (second, other):
-        async with AsyncClient([first, second], retry=RetryPolicy(base_delay=0)) as client:
+    async with ScriptedNode(conflict, answers_hello=False) as first, ScriptedNode(conflict, answers_hello=False) as second:
+        async with AsyncClient([first.address, second.address], retry=RetryPolicy(base_delay=0)) as client:
             with pytest.raises(ConflictError, match="raced") as caught:
                 await client.delete("k")
     assert caught.value.maybe_applied is True  # absent on the wire: CONFLICT always may have applied
     assert caught.value.code == ErrorCode.CONFLICT
-    assert [type(r) for r in received + other].count(Delete) == 1
-    assert not issubclass(ConflictError, RetryPolicy().retry_on)
+    assert [type(r) for r in first.received + second.received].count(Delete) == 1
+    assert not RetryPolicy().retries(caught.value)
 
 
 async def test_the_connection_keeps_the_node_limits_from_hello():
     limits = Limits(max_frame_bytes=8192, max_key_bytes=64, max_value_bytes=4096)
-    async with scripted_node(None, limits=limits.to_wire()) as (address, _):
-        host, port = address.rsplit(":", 1)
+    async with ScriptedNode(limits=limits.to_wire()) as node:
+        host, port = node.address.rsplit(":", 1)
         connection = await ClientConnection.open(host, int(port), connect_timeout=5)
         try:
             assert connection.server_limits == limits
         finally:
             connection.close()
-    async with scripted_node(None) as (address, _):  # a node that predates the field
-        host, port = address.rsplit(":", 1)
+    async with ScriptedNode() as node:  # a node that predates the field
+        host, port = node.address.rsplit(":", 1)
         connection = await ClientConnection.open(host, int(port), connect_timeout=5)
         try:
             assert connection.server_limits is None and connection.node_id == "scripted"
@@ -585,10 +537,10 @@ async def test_a_full_node_refusing_at_once_sends_the_call_to_the_next_node():
     def pong(request):
         return Pong(request.id)
 
-    async with scripted_node(None, greeting=refusal) as (full, _), scripted_node(pong) as (free, received):
-        async with AsyncClient([full], retry=RetryPolicy(attempts=1)) as client:
+    async with ScriptedNode(greeting=refusal) as full, ScriptedNode(pong, answers_hello=False) as free:
+        async with AsyncClient([full.address], retry=RetryPolicy(attempts=1)) as client:
             with pytest.raises(KvwireConnectionError, match="too many connections"):
                 await client.ping()
-        async with AsyncClient([full, free], retry=RetryPolicy(base_delay=0)) as client:
+        async with AsyncClient([full.address, free.address], retry=RetryPolicy(base_delay=0)) as client:
             await client.ping()
-    assert [type(r) for r in received].count(Ping) == 1
+    assert [type(r) for r in free.received].count(Ping) == 1

@@ -12,36 +12,25 @@ process, whose timing the test controls.
 import asyncio
 import contextlib
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from kvwire import (
     AsyncClient,
     Client,
+    KeyNotFoundError,
     KvwireConnectionError,
     KvwireError,
     KvwireTimeoutError,
     NoQuorumError,
     RetryPolicy,
+    ServerError,
     UnavailableError,
 )
+from kvwire.client import ClientConnection
 from kvwire.client.failover import Endpoint, EndpointSet
-from kvwire.protocol import (
-    NEED_DATA,
-    Connection,
-    ErrorCode,
-    ErrorReply,
-    GetReply,
-    Hello,
-    HelloReply,
-    Ping,
-    Pong,
-    Side,
-    Version,
-    encode,
-)
-from kvwire.testing import LocalCluster, NodeProcess, free_port
+from kvwire.protocol import ErrorCode, ErrorReply, GetReply, Ping, Pong, Version, errors
+from kvwire.testing import LocalCluster, NodeProcess, ScriptedNode, error_classes, free_port, sample_error
 
 # Fast enough that the hang tests take a second, slow enough for a loaded CI machine.
 FAST = RetryPolicy(attempts=4, base_delay=0.02, attempt_timeout=0.5, cooldown=2.0)
@@ -191,49 +180,7 @@ async def test_a_cluster_client_sees_no_failure_when_its_node_fails(tmp_path, fa
 # --- scripted nodes: what is retried, and when -----------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def scripted_node(answer):
-    """A node in this process: HELLO is answered as a node would; every other
-    request by ``await answer(request)``, a reply message or None for silence.
-    Yields the node's address and the list of requests it received.
-    """
-    received = []
-    handlers: set[asyncio.Task] = set()
-    writers = []
-
-    async def reply(request, writer):
-        message = await answer(request)
-        if message is not None and not writer.is_closing():
-            writer.write(encode(message))
-
-    async def serve(reader, writer):
-        writers.append(writer)
-        codec = Connection(Side.NODE)
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                codec.receive_data(data)
-                while (request := codec.next_event()) is not NEED_DATA:
-                    received.append(request)
-                    if isinstance(request, Hello):
-                        writer.write(encode(HelloReply(request.id, 1, "scripted", "kvwire")))
-                    else:
-                        # A task per request: a slow answer must not hold up a PING.
-                        task = asyncio.ensure_future(reply(request, writer))
-                        handlers.add(task)
-                        task.add_done_callback(handlers.discard)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield "127.0.0.1:%d" % server.sockets[0].getsockname()[1], received
-    finally:
-        server.close()
-        for task in list(handlers):
-            task.cancel()
-        for writer in writers:
-            writer.close()
-
-
-async def silence(request):
+def silence(request):
     return None
 
 
@@ -242,52 +189,52 @@ def requests_of(received, kind):
 
 
 async def test_unavailable_reply_is_retried_on_another_node(shared_node):
-    async def unavailable(request):
+    def unavailable(request):
         return ErrorReply(request.id, ErrorCode.UNAVAILABLE, "request cancelled: node is shutting down")
 
-    async with scripted_node(unavailable) as (address, received):
-        async with AsyncClient([address, shared_node.address], retry=FAST) as client:
+    async with ScriptedNode(unavailable, answers_hello=False) as node:
+        async with AsyncClient([node.address, shared_node.address], retry=FAST) as client:
             await client.put("after-unavailable", 1)
             assert await client.get("after-unavailable") == 1
-    assert len(requests_of(received, "Put")) == 1
+    assert len(requests_of(node.received, "Put")) == 1
 
 
 async def test_unavailable_everywhere_raises_the_nodes_reply():
-    async def unavailable(request):
+    def unavailable(request):
         return ErrorReply(request.id, ErrorCode.UNAVAILABLE, "too busy")
 
-    async with scripted_node(unavailable) as (address, received):
-        async with AsyncClient(address, retry=RetryPolicy(attempts=3, base_delay=0)) as client:
+    async with ScriptedNode(unavailable, answers_hello=False) as node:
+        async with AsyncClient(node.address, retry=RetryPolicy(attempts=3, base_delay=0)) as client:
             with pytest.raises(UnavailableError, match="too busy"):
                 await client.put("k", 1)
-    assert len(requests_of(received, "Put")) == 3
+    assert len(requests_of(node.received, "Put")) == 3
 
 
 async def test_no_quorum_is_raised_at_once_not_retried(shared_node):
-    async def no_quorum(request):
+    def no_quorum(request):
         return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes")
 
-    async with scripted_node(no_quorum) as (address, received):
-        async with AsyncClient([address, shared_node.address], retry=FAST) as client:
+    async with ScriptedNode(no_quorum, answers_hello=False) as node:
+        async with AsyncClient([node.address, shared_node.address], retry=FAST) as client:
             with pytest.raises(NoQuorumError, match="Failed to replicate to quorum of nodes"):
                 await client.put("no-quorum", 1)
     # Another node would face the same missing majority; the client didn't try one.
     async with AsyncClient(shared_node.address) as direct:
         with pytest.raises(KeyError):
             await direct.get("no-quorum")
-    assert len(requests_of(received, "Put")) == 1
+    assert len(requests_of(node.received, "Put")) == 1
 
 
 async def test_a_silent_node_is_given_up_after_the_attempt_timeout():
-    async with scripted_node(silence) as (address, received):
+    async with ScriptedNode(silence, answers_hello=False) as node:
         retry = RetryPolicy(attempts=1, attempt_timeout=0.4)
-        async with AsyncClient(address, timeout=10, retry=retry) as client:
+        async with AsyncClient(node.address, timeout=10, retry=retry) as client:
             started = time.monotonic()
             with pytest.raises(KvwireTimeoutError, match="no reply within 0.4 s; the node looks hung"):
                 await client.get("k")
             assert 0.35 < time.monotonic() - started < 2
     # Halfway through the silence it was asked for a sign of life.
-    assert requests_of(received, "Ping")
+    assert requests_of(node.received, "Ping")
 
 
 async def test_a_slow_reply_from_a_live_node_is_waited_for():
@@ -297,25 +244,25 @@ async def test_a_slow_reply_from_a_live_node_is_waited_for():
         await asyncio.sleep(1.2)  # three attempt timeouts: a quorum write waiting on peers
         return GetReply(request.id, "worth the wait", Version(1, "scripted"))
 
-    async with scripted_node(slow_but_alive) as (address, received):
-        async with AsyncClient(address, timeout=10, retry=RetryPolicy(attempt_timeout=0.4)) as client:
+    async with ScriptedNode(slow_but_alive, answers_hello=False) as node:
+        async with AsyncClient(node.address, timeout=10, retry=RetryPolicy(attempt_timeout=0.4)) as client:
             assert await client.get("k") == "worth the wait"
-    assert len(requests_of(received, "Get")) == 1  # never abandoned, never retried
-    assert len(requests_of(received, "Ping")) >= 2  # it kept answering the probes
+    assert len(requests_of(node.received, "Get")) == 1  # never abandoned, never retried
+    assert len(requests_of(node.received, "Ping")) >= 2  # it kept answering the probes
 
 
 async def test_a_silent_node_fails_over_to_the_next(shared_node):
-    async with scripted_node(silence) as (address, _):
-        async with AsyncClient([address, shared_node.address], timeout=10, retry=FAST) as client:
+    async with ScriptedNode(silence, answers_hello=False) as node:
+        async with AsyncClient([node.address, shared_node.address], timeout=10, retry=FAST) as client:
             started = time.monotonic()
             assert isinstance(await client.put("past-the-silent-one", 1), Version)
             assert FAST.attempt_timeout * 0.9 < time.monotonic() - started < FAST.attempt_timeout + 2
 
 
 async def test_a_call_timing_out_on_a_silent_node_sends_the_next_call_elsewhere(shared_node):
-    async with scripted_node(silence) as (address, _):
+    async with ScriptedNode(silence, answers_hello=False) as node:
         retry = RetryPolicy(attempt_timeout=5.0)  # longer than the calls may take
-        async with AsyncClient([address, shared_node.address], timeout=0.3, retry=retry) as client:
+        async with AsyncClient([node.address, shared_node.address], timeout=0.3, retry=retry) as client:
             with pytest.raises(KvwireTimeoutError, match="within 0.3 s"):
                 await client.ping()
             assert (await client.health())["node_id"] == "n1"
@@ -323,7 +270,8 @@ async def test_a_call_timing_out_on_a_silent_node_sends_the_next_call_elsewhere(
 
 async def test_the_call_timeout_bounds_every_attempt():
     async with contextlib.AsyncExitStack() as stack:
-        addresses = [(await stack.enter_async_context(scripted_node(silence)))[0] for _ in range(3)]
+        nodes = [await stack.enter_async_context(ScriptedNode(silence, answers_hello=False)) for _ in range(3)]
+        addresses = [node.address for node in nodes]
         retry = RetryPolicy(attempts=50, base_delay=0.01, attempt_timeout=0.3)
         async with AsyncClient(addresses, timeout=1.0, retry=retry) as client:
             started = time.monotonic()
@@ -344,12 +292,67 @@ async def test_retries_back_off_exponentially():
         assert address in str(caught.value)
 
 
+# --- what is retried: exactly the errors marked try_another_node ----------------------------
+
+
+# The classes a node's reply or behaviour may stand for, all in kvwire.protocol.errors.
+PROTOCOL_ERRORS = [cls for cls in error_classes() if cls.__module__ == errors.__name__]
+
+
+def refusing_with(code):
+    return lambda request: ErrorReply(request.id, code, f"scripted refusal with code {code}")
+
+
+# How a scripted node makes a call meet each error of the tree over real TCP. Not
+# here: KvwireError itself (nothing raises the bare root) and ProtocolError
+# (raised for the caller's own input before anything is sent, as TypeError/ValueError).
+NODE_CAUSES = {
+    KvwireConnectionError: lambda request: b"\xff\xff\xff\xff",  # a frame too large to read: the connection is lost
+    KvwireTimeoutError: silence,
+    ServerError: refusing_with(99),  # a code this client does not know
+    **{type(errors.error_from_wire(code, "")): refusing_with(code) for code in ErrorCode},
+}
+
+
+def test_every_error_a_node_can_cause_is_checked_over_the_wire():
+    assert set(PROTOCOL_ERRORS) - set(NODE_CAUSES) == {KvwireError, errors.ProtocolError}
+
+
+@pytest.mark.parametrize("error", error_classes(), ids=lambda cls: cls.__name__)
+def test_the_retry_decision_is_the_error_classes_try_another_node(error):
+    assert RetryPolicy().retries(sample_error(error)) is error.try_another_node
+
+
+@pytest.mark.parametrize("error", list(NODE_CAUSES), ids=lambda cls: cls.__name__)
+async def test_a_call_moves_to_another_node_exactly_on_errors_marked_try_another_node(error):
+    answer = NODE_CAUSES[error]
+    retry = RetryPolicy(attempts=2, base_delay=0, attempt_timeout=0.3)
+    async with ScriptedNode(answer, answers_hello=False) as first, ScriptedNode(answer, answers_hello=False) as second:
+        async with AsyncClient([first.address, second.address], timeout=5, retry=retry) as client:
+            with pytest.raises(KvwireError) as caught:
+                await client.put("k", 1)
+    assert type(caught.value) is error, caught.value
+    puts = [len(requests_of(node.received, "Put")) for node in (first, second)]
+    assert puts == ([1, 1] if error.try_another_node else [1, 0])
+
+
+def test_retry_on_replaces_the_error_trees_rule():
+    policy = RetryPolicy(retry_on=(KeyNotFoundError,))
+    assert policy.retries(KeyNotFoundError("k"))
+    assert not policy.retries(UnavailableError("busy"))
+    assert not RetryPolicy().retries(RuntimeError("not kvwire's"))
+
+
 # --- choosing the node, with the clock in the test's hands -------------------------------------
 
 
+async def never_connect(host: str, port: int) -> ClientConnection:
+    raise AssertionError(f"choosing a node must not connect to {host}:{port}")
+
+
 def make_endpoints(count: int, cooldown: float = 1.0) -> EndpointSet:
-    client = SimpleNamespace(retry=RetryPolicy(cooldown=cooldown))
-    return EndpointSet([Endpoint("127.0.0.1", 7000 + i, client) for i in range(count)])
+    retry = RetryPolicy(cooldown=cooldown)
+    return EndpointSet([Endpoint("127.0.0.1", 7000 + i, connect=never_connect, retry=retry) for i in range(count)])
 
 
 def test_calls_stay_on_the_preferred_node_while_it_works():
@@ -397,9 +400,3 @@ def test_a_single_endpoint_is_tried_whatever_its_health():
     endpoints.failed(only, 10.0, OSError())
     assert endpoints.choose([], 10.1) is only
     assert endpoints.choose([only], 10.1) is only
-
-
-@pytest.fixture(scope="module")
-def shared_node(tmp_path_factory):
-    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("failover") / "n1") as node:
-        yield node

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import signal
 import socket
@@ -14,15 +13,22 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from http_bridge import BridgeConfig, create_app, openapi_document, status_for
+from kvwire.http_bridge import (
+    DEFAULT_MAX_BODY_BYTES,
+    BridgeConfig,
+    UnrepresentableValueError,
+    create_app,
+    openapi_document,
+    status_for,
+)
 from kvwire import Client, ConflictError, RetryPolicy
-from kvwire.protocol import ErrorCode, ErrorReply, Hello
-from kvwire.testing import LocalCluster, NodeProcess, ScriptedNode, free_port, wait_for
+from kvwire.protocol import DEFAULT_LIMITS, ErrorCode, ErrorReply, Limits, errors
+from kvwire.server.storage import DataDirError
+from kvwire.testing import LocalCluster, NodeProcess, ScriptedNode, error_classes, free_port, sample_error, wait_for
 from rest_helpers import PREFIX, BridgeProcess, answers, http, with_http
 
 NODE_MAX_VALUE_BYTES = 4096
 STANDALONE_MAX_BODY_BYTES = 65536
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 WRITE_NO_QUORUM = "Failed to replicate to quorum of nodes"
 
 
@@ -301,16 +307,9 @@ def test_no_node_reachable_is_503_in_json(tmp_path):
 # --- CONFLICT and maybe_applied, from a scripted node -------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def scripted_node(answer):
-    """A node in this process: HELLO answered as a node would, any other request by ``answer(request)``."""
-    async with ScriptedNode(lambda request: None if isinstance(request, Hello) else answer(request)) as node:
-        yield node.address
-
-
 async def bridge_answer(answer, method, path, body=None):
-    async with scripted_node(answer) as address:
-        app = create_app(BridgeConfig(endpoints=(address,), retry=RetryPolicy(attempts=1)))
+    async with ScriptedNode(answer, answers_hello=False) as node:
+        app = create_app(BridgeConfig(endpoints=(node.address,), retry=RetryPolicy(attempts=1)))
         async with TestClient(TestServer(app)) as client:
             response = await client.request(method, f"{PREFIX}{path}", json=body)
             return response.status, dict(response.headers), json.loads(await response.text())
@@ -469,9 +468,84 @@ def test_serve_help_lists_http_listen():
 
 
 def test_json_values_module_is_what_the_cli_uses():
-    # One convention for bytes in JSON: the CLI and the bridge share the helper.
+    # One convention for bytes in JSON: the CLI and the bridge share the client's helper.
     from kvwire.cli import client as cli
-    from kvwire.cli import json_values
+    from kvwire.client import json_values
+    from kvwire.http_bridge import values
 
-    assert cli._jsonable is json_values.jsonable and cli._decode_bytes is json_values.decode_bytes
+    assert cli._jsonable is json_values.jsonable is values.jsonable
+    assert cli._decode_bytes is json_values.decode_bytes is values.decode_bytes
     assert json.loads('{"$bytes": "AP8="}', object_hook=json_values.decode_bytes) == b"\x00\xff"
+
+
+# --- errors: one tree, statuses read from it -------------------------------------------------
+
+
+
+# The statuses the README's table gives error kinds of their own; the rest go by ``transient``.
+OWN_STATUSES = {
+    errors.KeyNotFoundError: 404,
+    errors.BadRequestError: 400,
+    errors.TooLargeError: 413,
+    errors.ConflictError: 409,
+    errors.KvwireTimeoutError: 504,
+    errors.ServerTimeoutError: 504,
+}
+
+
+def expected_status(error: errors.KvwireError) -> int:
+    if isinstance(error, UnrepresentableValueError):
+        return 406
+    own = [status for kind, status in OWN_STATUSES.items() if isinstance(error, kind)]
+    if own:
+        return own[0]
+    return 503 if error.transient else 502
+
+
+def test_the_walk_finds_the_whole_error_tree():
+    classes = set(error_classes())
+    assert {getattr(errors, name) for name in errors.__all__ if name.endswith("Error")} <= classes
+    assert {UnrepresentableValueError, DataDirError} <= classes
+
+
+@pytest.mark.parametrize("cls", error_classes(), ids=lambda cls: cls.__name__)
+def test_every_error_class_has_the_status_its_kind_and_transient_give(cls):
+    error = sample_error(cls)
+    assert status_for(error) == expected_status(error)
+
+
+@pytest.mark.parametrize("cls", error_classes(), ids=lambda cls: cls.__name__)
+def test_the_bridge_and_kvwire_cli_agree_on_what_is_worth_retrying(cls):
+    # Exit 3 ("try again later") exactly where the bridge answers 503, 504 or 409;
+    # exit 1 exactly where it answers 404.
+    from kvwire.cli.client import exit_code_for
+
+    error = sample_error(cls)
+    status, code = status_for(error), exit_code_for(error)
+    assert (code == 3) == (status in (409, 503, 504)), (status, code)
+    assert (code == 1) == (status == 404), (status, code)
+
+
+def test_a_new_error_class_gets_its_status_from_transient():
+    class NewlyTransient(errors.ServerError):
+        transient = True
+
+    class NewlyFatal(errors.ServerError):
+        pass
+
+    assert status_for(NewlyTransient("m")) == 503
+    assert status_for(NewlyFatal("m")) == 502
+    # A subclass keeps its parent's own status.
+    assert status_for(type("SlowerTimeout", (errors.KvwireTimeoutError,), {})("m")) == 504
+
+
+def test_bad_bodies_are_errors_of_the_tree():
+    from kvwire.http_bridge.values import parse_put_body, to_json_text
+
+    with pytest.raises(errors.BadRequestError, match="no \"value\" field"):
+        parse_put_body(b"{}", DEFAULT_LIMITS)
+    with pytest.raises(errors.TooLargeError, match="the limit is 100 bytes"):
+        parse_put_body(b'{"value": "%s"}' % (b"x" * 200), Limits(max_value_bytes=100, max_frame_bytes=4096))
+    with pytest.raises(UnrepresentableValueError):
+        to_json_text({"value": float("nan")})
+    assert issubclass(UnrepresentableValueError, errors.KvwireError) and not UnrepresentableValueError.transient

@@ -1,13 +1,15 @@
-"""``kvwire serve`` as a user runs it: options, environment variables, bad arguments."""
+"""``kvwire serve`` as a user runs it: options, environment variables, bad arguments, stop signals."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from kvwire.protocol import Hello
-from kvwire.testing import RawConnection, free_port, wait_for
+from kvwire.testing import NodeProcess, RawConnection, free_port, wait_for
 
 
 def run_serve(*args, env=None, timeout=15):
@@ -68,3 +70,44 @@ def test_help_lists_every_option_with_its_environment_variable():
                    "--cache-entries", "--log-level"]:
         assert option in result.stdout
         assert "KVWIRE_" + option[2:].upper().replace("-", "_") in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+@pytest.mark.parametrize("with_bridge", [False, True], ids=["node", "node-and-bridge"])
+def test_a_stop_signal_shuts_down_cleanly_and_exits_0(tmp_path, signum, with_bridge):
+    # The CLI owns the process's signals (kvwire/cli/signals.py); the node and
+    # the bridge only see their stop event set.
+    http_port = free_port()
+    extra = ["--sync", "off", *(["--http-listen", f"127.0.0.1:{http_port}"] if with_bridge else [])]
+    node = NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=extra)
+    with node:
+        if with_bridge:
+            wait_for(lambda: _listening(http_port), timeout=15, what="the node's HTTP bridge")
+        assert node.signal_and_wait(signum) == 0
+    log = node.log()
+    doing = "stopping the HTTP bridge, then finishing" if with_bridge else "finishing"
+    assert f"received {signal.Signals(signum).name}; {doing} requests in flight" in log, log
+    assert "storage flushed and closed; bye" in log and "Traceback" not in log
+    assert ("HTTP bridge on 127.0.0.1" in log) == with_bridge
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_serve_and_the_bridge_options_load_no_aiohttp():
+    # `kvwire serve` without --http-listen never loads aiohttp, though the CLI
+    # reads the bridge's defaults from kvwire.http_bridge.
+    code = (
+        "import sys, kvwire.cli.main\n"
+        "from kvwire.http_bridge import DEFAULT_MAX_BODY_BYTES, BridgeConfig\n"
+        "assert 'aiohttp' not in sys.modules, 'aiohttp loaded'\n"
+        "from kvwire.http_bridge import serve_bridge\n"
+        "assert 'aiohttp' in sys.modules, 'the lazy import did not load the server'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr

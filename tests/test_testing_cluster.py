@@ -1,9 +1,15 @@
-"""kvwire.testing.LocalCluster: real nodes on 127.0.0.x, driven by signals."""
+"""kvwire.testing: LocalCluster, real nodes on 127.0.0.x driven by signals, and the ChildProcess under them."""
+
+import io
+import signal
+import sys
+import threading
+import time
 
 import pytest
 
 from kvwire import Client
-from kvwire.testing import LocalCluster
+from kvwire.testing import ChildProcess, LineCopy, LocalCluster, wait_for
 
 
 def test_a_cluster_starts_on_one_loopback_address_per_node_and_stops(tmp_path):
@@ -56,3 +62,53 @@ def test_cluster_options_reach_every_node(tmp_path):
 def test_cluster_size_is_checked(tmp_path, size):
     with pytest.raises(ValueError, match="size"):
         LocalCluster(size, data_dir=tmp_path)
+
+
+# --- ChildProcess, on small Python programs ---------------------------------------------------
+
+
+def python(name, code, tmp_path):
+    """A child running ``code``, which says "ready" on stderr once its signal handling is set."""
+    return ChildProcess(name, [sys.executable, "-c", code], log_path=tmp_path / f"{name}.log")
+
+
+def test_stop_kills_a_child_that_ignores_sigterm_once_the_grace_is_over(tmp_path):
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', file=sys.stderr, flush=True); time.sleep(60)"
+    child = python("stubborn", code, tmp_path).start()
+    wait_for(lambda: "ready" in child.log(), timeout=10, what="the child ignoring SIGTERM")
+    started = time.monotonic()
+    assert child.stop(grace=0.5) is True
+    assert time.monotonic() - started >= 0.5
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_stop_lets_a_child_that_exits_on_sigterm_go_without_killing_it(tmp_path):
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(3)); print('ready', file=sys.stderr, flush=True); time.sleep(60)"
+    child = python("obliging", code, tmp_path).start()
+    wait_for(lambda: "ready" in child.log(), timeout=10, what="the child handling SIGTERM")
+    child.send_signal(signal.SIGSTOP)  # paused: only the SIGCONT sent first lets it act on SIGTERM
+    assert child.stop(grace=10) is False
+    assert child.returncode == 3
+
+
+def test_output_is_copied_line_by_line_behind_the_prefix_stdout_and_stderr_alike(tmp_path):
+    code = "import sys; print('one', flush=True); print('two', file=sys.stderr, flush=True); sys.exit(4)"
+    stream = io.StringIO()
+    child = ChildProcess("talker", [sys.executable, "-c", code]).start(copy_to=LineCopy(stream, "talker | ", threading.Lock()))
+    assert child.wait(timeout=10) == 4
+    assert stream.getvalue() == "talker | one\ntalker | two\n"
+    assert child.log() == ""
+
+
+def test_a_child_needs_somewhere_for_its_output(tmp_path):
+    with pytest.raises(ValueError, match="log_path"):
+        ChildProcess("silent", [sys.executable, "-c", "pass"]).start()
+
+
+def test_with_stops_the_child_even_when_it_never_becomes_ready(tmp_path):
+    child = python("sleeper", "import time; time.sleep(60)", tmp_path)
+    child.wait_ready = lambda timeout=15.0: wait_for(lambda: False, timeout=0.2, what="a sign it never gives")
+    with pytest.raises(TimeoutError, match="a sign it never gives"):
+        with child:
+            pass
+    assert child.returncode == -signal.SIGKILL  # stop_grace 0: killed at once

@@ -15,50 +15,40 @@ from typing import Any, Awaitable, Callable, NoReturn
 
 import click
 
-from ..client.aio import DEFAULT_ENDPOINT, AsyncClient
-from ..client.arguments import check_key, check_value, format_endpoint, parse_endpoints
+from ..client import AsyncClient, check_key, check_value
+from ..client.aio import DEFAULT_ENDPOINT
+from ..client.json_values import BYTES_TAG
+from ..client.json_values import decode_bytes as _decode_bytes
+from ..client.json_values import jsonable as _jsonable
+from ..client.json_values import version_json as _version_json
 from ..protocol import (
     DEFAULT_LIMITS,
-    ConflictError,
     KeyNotFoundError,
-    KvwireConnectionError,
     KvwireError,
-    KvwireTimeoutError,
-    NoQuorumError,
     ServerError,
-    ServerTimeoutError,
-    UnavailableError,
     Version,
+    format_endpoint,
+    parse_endpoints,
 )
-from .json_values import BYTES_TAG
-from .json_values import decode_bytes as _decode_bytes
-from .json_values import jsonable as _jsonable
-from .json_values import version_json as _version_json
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2  # click's own code for usage errors
-EXIT_UNAVAILABLE = 3
+EXIT_UNAVAILABLE = 3  # the error is transient: the cluster could not serve the request now
 EXIT_REFUSED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-
-# Failures that say the cluster can't serve right now, not that the request was
-# wrong; CONFLICT goes with NO_QUORUM: a write that may or may not have been applied.
-_UNAVAILABLE_ERRORS = (
-    KvwireConnectionError, KvwireTimeoutError, UnavailableError, NoQuorumError, ConflictError, ServerTimeoutError
-)
 
 EPILOG = f"""\b
 Exit codes:
   0  success
   1  key not found (get, delete)
   2  usage error: bad option, endpoint, key or --json value
-  3  cluster unavailable: no node reachable or answering sensibly,
-     timeout, UNAVAILABLE or NO_QUORUM reply (health: no quorum);
-     also CONFLICT (delete raced with a write): like NO_QUORUM,
-     the write may or may not have been applied
-  4  the node refused the request (bad request, too large, forbidden)
-     or failed internally
+  3  cluster unavailable, try again later: no node reachable or
+     answering sensibly, timeout, UNAVAILABLE or NO_QUORUM reply
+     (health: no quorum); also CONFLICT (delete raced with a write):
+     like NO_QUORUM, the write may or may not have been applied
+  4  the node refused the request (bad request, too large,
+     forbidden, unknown op) or failed internally: any other error
   130  interrupted (Ctrl-C)
 
 \b
@@ -265,12 +255,14 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 
 
 def exit_code_for(error: KvwireError) -> int:
-    """The documented exit code for an error a command ended with."""
+    """The documented exit code for an error a command ended with.
+
+    Read from the error tree (``KvwireError.transient``), not from a list of
+    classes, so that the REST bridge's 503s and these 3s cannot drift apart.
+    """
     if isinstance(error, KeyNotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(error, _UNAVAILABLE_ERRORS):
-        return EXIT_UNAVAILABLE
-    return EXIT_REFUSED
+    return EXIT_UNAVAILABLE if error.transient else EXIT_REFUSED
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

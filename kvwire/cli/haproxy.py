@@ -17,8 +17,9 @@ from typing import Sequence
 
 import click
 
-from ..client.arguments import format_endpoint
-from .supervisor import Child, bind_refusal
+from ..protocol.address import format_endpoint
+from ..testing import ChildProcess
+from .supervisor import bind_refusal
 
 INSTALL_HINT = (
     "--haproxy needs the haproxy binary, which is not installed: on Debian or Ubuntu run "
@@ -42,7 +43,7 @@ def find_config() -> Path:
     raise click.ClickException(f"haproxy/kvwire.cfg not found (looked in {', '.join(map(str, candidates))})")
 
 
-def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int], data_dir: Path) -> Child:
+def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int], data_dir: Path) -> ChildProcess:
     """The HAProxy child for ``kvwire up``, after checking it can start; prints its endpoints."""
     binary = shutil.which("haproxy")
     if binary is None:
@@ -63,7 +64,7 @@ def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int
         f"haproxy ({config}): binary protocol on {env['KVWIRE_LB_TCP']}, REST on {env['KVWIRE_LB_HTTP']}, "
         f"stats on http://{env['KVWIRE_LB_STATS']}/stats (Prometheus: /metrics)"
     )
-    return Child("haproxy", [binary, "-db", "-f", str(config)], env=env)
+    return ChildProcess("haproxy", [binary, "-db", "-f", str(config)], env=env)
 
 
 def _check_port_free(host: str, port: int, variable: str) -> None:

@@ -8,15 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..protocol.address import parse_host_port
-from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..protocol import DEFAULT_LIMITS, Limits, parse_host_port
 from ..server.config import ServerConfig, SyncMode, parse_cluster
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def _env(name: str) -> dict:
-    return {"envvar": f"KVWIRE_{name}", "show_envvar": True}
+from .options import LOG_LEVELS, configure_logging, env
+from .signals import run_until_stop_signal
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,25 +21,25 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--node-id", default="n1", show_default=True, help="This node's id; it tags every version it writes.", **_env("NODE_ID"))
-@click.option("--listen", default="127.0.0.1:7379", show_default=True, metavar="HOST:PORT", help="Address for clients and peers.", **_env("LISTEN"))
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the SQLite files live.  [default: ./.kvwire/NODE_ID]", **_env("DATA_DIR"))
-@click.option("--cluster-id", default="kvwire", show_default=True, help="Clients and peers naming another cluster are refused.", **_env("CLUSTER_ID"))
-@click.option("--sync", type=click.Choice([mode.value for mode in SyncMode]), default="full", show_default=True, help="Durability of each commit: full fsyncs the WAL; normal and off survive a crash of the node but not of the machine.", **_env("SYNC"))
-@click.option("--max-key-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_key_bytes, show_default=True, help="Longest key, in UTF-8 bytes.", **_env("MAX_KEY_BYTES"))
-@click.option("--max-value-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_value_bytes, show_default=True, help="Largest value, as encoded in msgpack.", **_env("MAX_VALUE_BYTES"))
-@click.option("--max-frame-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_frame_bytes, show_default=True, help="Largest frame accepted; must hold the largest key and value.", **_env("MAX_FRAME_BYTES"))
-@click.option("--max-connections", type=click.IntRange(min=1), default=ServerConfig.max_connections, show_default=True, help="Open connections beyond this are refused with UNAVAILABLE.", **_env("MAX_CONNECTIONS"))
-@click.option("--max-inflight", type=click.IntRange(min=1), default=ServerConfig.max_inflight_per_connection, show_default=True, help="Requests one connection may have waiting on storage before it stops being read.", **_env("MAX_INFLIGHT"))
-@click.option("--cache-entries", type=click.IntRange(min=0), default=ServerConfig.cache_entries, show_default=True, help="Values kept in memory (0 turns the cache off); version tags of all keys are always in memory.", **_env("CACHE_ENTRIES"))
-@click.option("--cluster", "cluster", default=None, metavar="ID=HOST:PORT,...", help="Every member, this node included, e.g. n1=127.0.0.1:7379,n2=127.0.0.1:7380,n3=127.0.0.1:7381. Without it the node runs alone.", **_env("CLUSTER"))
-@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.heartbeat_interval, show_default=True, help="Seconds between PINGs to each peer.", **_env("HEARTBEAT_INTERVAL"))
-@click.option("--failure-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.failure_timeout, show_default=True, help="Seconds of silence after which a peer is DOWN; must exceed twice the heartbeat interval.", **_env("FAILURE_TIMEOUT"))
-@click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.write_timeout, show_default=True, help="Seconds a write or quorum read waits for a majority before failing with NO_QUORUM.", **_env("WRITE_TIMEOUT"))
-@click.option("--retry-attempts", type=click.IntRange(min=0), default=ServerConfig.retry_attempts, show_default=True, help="Background re-sends to a live replica that missed a write, before it waits as a hint.", **_env("RETRY_ATTEMPTS"))
-@click.option("--retry-delay", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.retry_delay, show_default=True, help="Seconds before the first background re-send; it doubles each time.", **_env("RETRY_DELAY"))
-@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) on this address, in this process.", **_env("HTTP_LISTEN"))
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True, help="Logs go to stderr, one line per event.", **_env("LOG_LEVEL"))
+@click.option("--node-id", default="n1", show_default=True, help="This node's id; it tags every version it writes.", **env("NODE_ID"))
+@click.option("--listen", default="127.0.0.1:7379", show_default=True, metavar="HOST:PORT", help="Address for clients and peers.", **env("LISTEN"))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the SQLite files live.  [default: ./.kvwire/NODE_ID]", **env("DATA_DIR"))
+@click.option("--cluster-id", default="kvwire", show_default=True, help="Clients and peers naming another cluster are refused.", **env("CLUSTER_ID"))
+@click.option("--sync", type=click.Choice([mode.value for mode in SyncMode]), default="full", show_default=True, help="Durability of each commit: full fsyncs the WAL; normal and off survive a crash of the node but not of the machine.", **env("SYNC"))
+@click.option("--max-key-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_key_bytes, show_default=True, help="Longest key, in UTF-8 bytes.", **env("MAX_KEY_BYTES"))
+@click.option("--max-value-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_value_bytes, show_default=True, help="Largest value, as encoded in msgpack.", **env("MAX_VALUE_BYTES"))
+@click.option("--max-frame-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_frame_bytes, show_default=True, help="Largest frame accepted; must hold the largest key and value.", **env("MAX_FRAME_BYTES"))
+@click.option("--max-connections", type=click.IntRange(min=1), default=ServerConfig.max_connections, show_default=True, help="Open connections beyond this are refused with UNAVAILABLE.", **env("MAX_CONNECTIONS"))
+@click.option("--max-inflight", type=click.IntRange(min=1), default=ServerConfig.max_inflight_per_connection, show_default=True, help="Requests one connection may have waiting on storage before it stops being read.", **env("MAX_INFLIGHT"))
+@click.option("--cache-entries", type=click.IntRange(min=0), default=ServerConfig.cache_entries, show_default=True, help="Values kept in memory (0 turns the cache off); version tags of all keys are always in memory.", **env("CACHE_ENTRIES"))
+@click.option("--cluster", "cluster", default=None, metavar="ID=HOST:PORT,...", help="Every member, this node included, e.g. n1=127.0.0.1:7379,n2=127.0.0.1:7380,n3=127.0.0.1:7381. Without it the node runs alone.", **env("CLUSTER"))
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.heartbeat_interval, show_default=True, help="Seconds between PINGs to each peer.", **env("HEARTBEAT_INTERVAL"))
+@click.option("--failure-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.failure_timeout, show_default=True, help="Seconds of silence after which a peer is DOWN; must exceed twice the heartbeat interval.", **env("FAILURE_TIMEOUT"))
+@click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.write_timeout, show_default=True, help="Seconds a write or quorum read waits for a majority before failing with NO_QUORUM.", **env("WRITE_TIMEOUT"))
+@click.option("--retry-attempts", type=click.IntRange(min=0), default=ServerConfig.retry_attempts, show_default=True, help="Background re-sends to a live replica that missed a write, before it waits as a hint.", **env("RETRY_ATTEMPTS"))
+@click.option("--retry-delay", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.retry_delay, show_default=True, help="Seconds before the first background re-send; it doubles each time.", **env("RETRY_DELAY"))
+@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) on this address, in this process.", **env("HTTP_LISTEN"))
+@click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr, one line per event.", **env("LOG_LEVEL"))
 def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_bytes, max_frame_bytes,
           max_connections, max_inflight, cache_entries, cluster, heartbeat_interval, failure_timeout,
           write_timeout, retry_attempts, retry_delay, http_listen, log_level) -> None:
@@ -72,29 +67,32 @@ def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_
         http_address = parse_host_port(http_listen) if http_listen else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(log_level)
     sys.exit(run_node(config, http_listen=http_address))
 
 
 def run_node(config: ServerConfig, *, http_listen: tuple[str, int] | None = None) -> int:
-    """Serve on uvloop (with the HTTP bridge beside the node when ``http_listen`` is given);
-    the exit status, with startup failures reported in one line."""
-    import uvloop
-
+    """Serve on uvloop until SIGTERM or SIGINT (with the HTTP bridge beside the node when
+    ``http_listen`` is given); the exit status, with startup failures reported in one line."""
     from ..server.app import serve as serve_node
     from ..server.storage import DataDirError
 
+    log = logging.getLogger("kvwire.server")
     try:
         if http_listen is not None:
             from .bridge import serve_with_bridge
 
-            return uvloop.run(serve_with_bridge(config, http_listen))
-        uvloop.run(serve_node(config))
+            return run_until_stop_signal(
+                lambda stop: serve_with_bridge(config, http_listen, stop=stop),
+                log,
+                "stopping the HTTP bridge, then finishing requests in flight",
+            )
+        run_until_stop_signal(lambda stop: serve_node(config, stop=stop), log, "finishing requests in flight")
     except DataDirError as exc:
-        logging.getLogger("kvwire.server").error("%s", exc)
+        log.error("%s", exc)
         return 1
     except OSError as exc:
-        logging.getLogger("kvwire.server").error("cannot start node %s on %s:%d: %s", config.node_id, config.host, config.port, exc.strerror or exc)
+        log.error("cannot start node %s on %s:%d: %s", config.node_id, config.host, config.port, exc.strerror or exc)
         return 1
     except KeyboardInterrupt:  # before the signal handlers were installed
         return 130

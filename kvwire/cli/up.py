@@ -20,10 +20,11 @@ from pathlib import Path
 
 import click
 
-from ..client.arguments import format_endpoint
+from ..protocol.address import format_endpoint
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
+from ..testing import ChildProcess
 from .haproxy import haproxy_child
-from .supervisor import STOPPED_STATUSES, Child, Supervisor, bind_refusal
+from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 
 DEFAULT_BASE_PORT = 7379
 DEFAULT_HTTP_BASE_PORT = 8000
@@ -88,7 +89,7 @@ def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: s
             command += ["--cluster", members]
         if node_id in http_ports:
             command += ["--http-listen", format_endpoint(host, http_ports[node_id])]
-        children.append(Child(node_id, [*command, *serve_args], env=env))
+        children.append(ChildProcess(node_id, [*command, *serve_args], env=env))
     if with_haproxy:  # kvwire/cli/haproxy.py
         bridge_ports = [http_ports.get(node_id, http_base_port + i) for i, (node_id, _) in enumerate(nodes)]
         children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir))

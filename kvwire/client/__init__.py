@@ -22,9 +22,11 @@ from kvwire.protocol.errors import (
     UnavailableError,
     UnknownOpError,
 )
+from kvwire.protocol import MSGPACK_MAX_INT, MSGPACK_MIN_INT
 from kvwire.protocol.messages import Consistency, Version
 
 from .aio import AsyncClient, PutResult, RetryPolicy, VersionedValue
+from .arguments import check_key, check_value
 from .connection import ClientConnection
 from .sync import Client
 
@@ -42,6 +44,8 @@ __all__ = [
     "KvwireConnectionError",
     "KvwireError",
     "KvwireTimeoutError",
+    "MSGPACK_MAX_INT",
+    "MSGPACK_MIN_INT",
     "NoQuorumError",
     "ProtocolError",
     "RetryPolicy",
@@ -53,4 +57,6 @@ __all__ = [
     "Version",
     "PutResult",
     "VersionedValue",
+    "check_key",
+    "check_value",
 ]

@@ -11,6 +11,7 @@ before anything is sent, so a mistake raises a plain ``TypeError`` or
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from typing import Any, Iterable, NamedTuple
@@ -30,8 +31,10 @@ from kvwire.protocol import (
     Version,
 )
 
-from .arguments import check_key, check_value, parse_endpoints
-from .failover import Endpoint, EndpointSet, RetryPolicy
+from ..protocol.address import parse_endpoints
+from .arguments import check_key, check_value
+from .connection import ClientConnection
+from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real
 
 __all__ = ["AsyncClient", "DEFAULT_ENDPOINT", "RetryPolicy", "VersionedValue"]
 
@@ -108,7 +111,12 @@ class AsyncClient:
             else _check_timeout("connect_timeout", connect_timeout)
         )
         self.limits = limits
-        self._endpoints = EndpointSet([Endpoint(host, port, self) for host, port in parse_endpoints(endpoints)])
+        connect = functools.partial(
+            ClientConnection.open, connect_timeout=self.connect_timeout, limits=limits, cluster=cluster
+        )
+        self._endpoints = EndpointSet(
+            [Endpoint(host, port, connect=connect, retry=self.retry) for host, port in parse_endpoints(endpoints)]
+        )
         self.endpoints: tuple[str, ...] = tuple(endpoint.address for endpoint in self._endpoints.all)
         self._closed = False
 
@@ -201,7 +209,7 @@ class AsyncClient:
     async def _call(self, message_type: type, *fields: Any, timeout: float | None) -> Any:
         timeout = self.timeout if timeout is None else _check_timeout("timeout", timeout)
         if self.closed:
-            raise _closed_error()
+            raise client_closed_error()
         progress = _CallProgress()
         deadline = asyncio.timeout(timeout)
         try:
@@ -243,7 +251,9 @@ class AsyncClient:
                 # input, which check_value should already have caught.
                 error_type = TypeError if isinstance(exc.__cause__, TypeError) else ValueError
                 raise error_type(f"cannot send {message_type.__name__.upper()}: {exc}") from exc
-            except policy.retry_on as exc:
+            except Exception as exc:
+                if not policy.retries(exc):
+                    raise
                 if self.closed:
                     raise  # close() failed the request; don't reconnect elsewhere
                 progress.waiting_on = None
@@ -283,7 +293,7 @@ class _CallProgress:
 
 
 def _check_timeout(name: str, value: Any) -> float:
-    if not _is_real(value) or not 0 < value < math.inf:
+    if not is_real(value) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
 
@@ -296,11 +306,3 @@ def _check_consistency(consistency: Any) -> Consistency | None:
     except ValueError:
         allowed = " or ".join(repr(level.value) for level in Consistency)
         raise ValueError(f"consistency must be {allowed}, got {consistency!r}") from None
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _closed_error() -> RuntimeError:
-    return RuntimeError("the kvwire client is closed")

@@ -8,48 +8,15 @@ pipelined on it. Checking here keeps one caller's mistake its own.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 from kvwire.protocol import Limits
-from kvwire.protocol.address import parse_host_port
+from kvwire.protocol.limits import MSGPACK_MAX_INT, MSGPACK_MIN_INT
 
-# msgpack integers: the most negative int64 up to the largest uint64.
-_MIN_INT = -(2**63)
-_MAX_INT = 2**64 - 1
 # msgpack itself refuses to pack deeper nesting than this (its default nest_limit).
 _MAX_DEPTH = 511
 
 _SUPPORTED = "None, bool, int, float, str, bytes, list/tuple or dict"
-
-
-def parse_endpoints(endpoints: str | Iterable[str]) -> list[tuple[str, int]]:
-    """``"h:p,h:p"`` or ``["h:p", ...]`` as ``[(host, port), ...]``; ValueError names a bad one."""
-    if isinstance(endpoints, str):
-        items = endpoints.split(",")
-    elif isinstance(endpoints, (bytes, bytearray)):
-        raise TypeError("endpoints must be a str or a list of str, not bytes")
-    else:
-        items = list(endpoints)
-    parsed = []
-    for item in items:
-        if not isinstance(item, str):
-            raise TypeError(f"each endpoint must be a 'host:port' string, got {item!r}")
-        parsed.append(parse_endpoint(item))
-    if not parsed:
-        raise ValueError("endpoints must name at least one 'host:port'")
-    return parsed
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[ipv6]:port"`` as ``(host, port)``, parsed as the node parses ``--listen``."""
-    try:
-        return parse_host_port(text)
-    except ValueError as exc:
-        raise ValueError(f"invalid endpoint: {exc} (expected HOST:PORT, IPv6 as [ADDR]:PORT)") from None
-
-
-def format_endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def check_key(key: Any, limits: Limits) -> str:
@@ -84,7 +51,7 @@ def _check(value: Any, where: str, depth: int) -> None:
         _check_str(value, where)
         return
     if kind is int:
-        if not _MIN_INT <= value <= _MAX_INT:
+        if not MSGPACK_MIN_INT <= value <= MSGPACK_MAX_INT:
             raise ValueError(f"{where} = {value} does not fit msgpack's 64-bit integers")
         return
     if depth >= _MAX_DEPTH:

@@ -3,7 +3,7 @@
 A thin ``asyncio.Protocol`` (uvicorn's habit) around the sans-I/O
 ``kvwire.protocol.Connection``: bytes from the socket feed the codec, and each
 complete reply resolves the future waiting on its request id. Requests issued
-in the same event-loop iteration go out in one write (GUIDE section 4:
+in the same event-loop iteration go out in one write (docs/design.md section 5:
 joining writes is worth about 4x under pipelining).
 
 This module is the client's I/O boundary: ``OSError`` and connect timeouts
@@ -36,7 +36,7 @@ from kvwire.protocol import (
 )
 from kvwire.protocol.messages import REPLY_BIT, Request
 
-from .arguments import format_endpoint
+from ..protocol.address import format_endpoint
 
 
 class WriteFlowControl:

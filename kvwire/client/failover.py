@@ -21,20 +21,13 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
-from kvwire.protocol import (
-    KvwireConnectionError,
-    KvwireTimeoutError,
-    Ping,
-    UnavailableError,
-)
+from kvwire.protocol import KvwireConnectionError, KvwireError, KvwireTimeoutError, Ping
 
-from .arguments import format_endpoint
+from ..backoff import backoff_delay
+from ..protocol.address import format_endpoint
 from .connection import ClientConnection
-
-if TYPE_CHECKING:
-    from .aio import AsyncClient
 
 log = logging.getLogger("kvwire.client")
 
@@ -58,10 +51,13 @@ class RetryPolicy:
     failed, so the next call goes elsewhere). ``cooldown`` is how long a node
     that failed is passed over while other nodes are healthy.
 
-    Retried are the failures that say nothing about the request itself: a
-    lost connection, a silent node, an UNAVAILABLE reply (a node shutting
-    down or full). A refused request (bad key, not found) would be refused
-    anywhere, so it is raised at once. So are NO_QUORUM and CONFLICT (a
+    Retried are the failures that say nothing about the request itself, the
+    errors whose class has ``try_another_node`` set (see
+    :mod:`kvwire.protocol.errors`): a lost connection, a silent node, an
+    UNAVAILABLE reply (a node shutting down or full). ``retry_on``, a tuple of
+    exception classes, replaces that rule with its own list when given. A
+    refused request (bad key, not found) would be refused anywhere, so it is
+    raised at once. So are NO_QUORUM and CONFLICT (a
     DELETE that raced with a write of its key): the write may already have
     been applied (their ``maybe_applied`` says), and only the caller can tell
     whether doing it again is right. A PUT or DELETE whose
@@ -78,41 +74,54 @@ class RetryPolicy:
     # default 5 s call timeout room for two more tries.
     attempt_timeout: float = 1.0
     cooldown: float = 1.0
-    retry_on: tuple[type[BaseException], ...] = (KvwireConnectionError, KvwireTimeoutError, UnavailableError)
+    # None: the error tree decides (try_another_node); kept for callers who need their own list.
+    retry_on: tuple[type[BaseException], ...] | None = None
 
     def __post_init__(self) -> None:
         if type(self.attempts) is not int or self.attempts < 1:
             raise ValueError(f"RetryPolicy.attempts must be an integer >= 1, got {self.attempts!r}")
         for name in ("base_delay", "max_delay", "cooldown"):
             value = getattr(self, name)
-            if not _is_real(value) or not 0 <= value < math.inf:
+            if not is_real(value) or not 0 <= value < math.inf:
                 raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0, got {value!r}")
-        if not _is_real(self.attempt_timeout) or not 0 < self.attempt_timeout < math.inf:
+        if not is_real(self.attempt_timeout) or not 0 < self.attempt_timeout < math.inf:
             raise ValueError(f"RetryPolicy.attempt_timeout must be a positive number of seconds, got {self.attempt_timeout!r}")
         if self.max_delay < self.base_delay:
             raise ValueError(
                 f"RetryPolicy.max_delay ({self.max_delay!r}) must be >= base_delay ({self.base_delay!r})"
             )
-        if not isinstance(self.retry_on, tuple) or not self.retry_on or not all(
-            isinstance(cls, type) and issubclass(cls, BaseException) for cls in self.retry_on
-        ):
-            raise ValueError(f"RetryPolicy.retry_on must be a non-empty tuple of exception types, got {self.retry_on!r}")
+        if self.retry_on is not None and not _is_exception_tuple(self.retry_on):
+            raise ValueError(f"RetryPolicy.retry_on must be None or a non-empty tuple of exception types, got {self.retry_on!r}")
 
     def delay_before(self, attempt: int) -> float:
-        """Seconds to wait before try number ``attempt`` (the first try is 0)."""
-        if attempt <= 0:
-            return 0.0
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        """Seconds to wait before try number ``attempt`` (the first try is 0); no jitter."""
+        return backoff_delay(attempt, base=self.base_delay, cap=self.max_delay)
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether a call that failed with ``error`` moves on to another node."""
+        if self.retry_on is not None:
+            return isinstance(error, self.retry_on)
+        return isinstance(error, KvwireError) and error.try_another_node
+
+
+# Opens a connection to (host, port), HELLO included; the client binds its connection options into one.
+Connect = Callable[[str, int], Awaitable[ClientConnection]]
 
 
 class Endpoint:
-    """One node: its connection (opened on first use and after failures), its health, and a watch on its silence."""
+    """One node: its connection (opened on first use and after failures), its health, and a watch on its silence.
 
-    def __init__(self, host: str, port: int, client: AsyncClient) -> None:
+    It knows nothing of the client that owns it: ``connect`` opens its
+    connections and ``retry`` times its silence watch and cooldown.
+    """
+
+    def __init__(self, host: str, port: int, *, connect: Connect, retry: RetryPolicy) -> None:
         self.host = host
         self.port = port
         self.address = format_endpoint(host, port)
-        self._client = client
+        self._connect = connect
+        self._retry = retry
+        self._closed = False
         self._connection: ClientConnection | None = None
         self._connecting: asyncio.Task[ClientConnection] | None = None
         # Loop time until which this node is passed over; 0 while healthy.
@@ -135,8 +144,8 @@ class Endpoint:
 
     def mark_failed(self, now: float, error: BaseException) -> None:
         if self.is_healthy(now):  # log the transition once, not every failure
-            log.info("%s failed (%s); trying other nodes first for %g s", self.address, error, self._client.retry.cooldown)
-        self.unhealthy_until = now + self._client.retry.cooldown
+            log.info("%s failed (%s); trying other nodes first for %g s", self.address, error, self._retry.cooldown)
+        self.unhealthy_until = now + self._retry.cooldown
 
     def mark_working(self) -> None:
         self.unhealthy_until = 0.0
@@ -148,6 +157,8 @@ class Endpoint:
     # --- the connection -----------------------------------------------------------------
 
     async def connection(self) -> ClientConnection:
+        if self._closed:
+            raise client_closed_error()
         connection = self._connection
         if connection is not None and connection.is_open:
             return connection
@@ -167,25 +178,19 @@ class Endpoint:
             raise
 
     async def _open(self) -> ClientConnection:
-        client = self._client
         try:
-            connection = await ClientConnection.open(
-                self.host,
-                self.port,
-                connect_timeout=client.connect_timeout,
-                limits=client.limits,
-                cluster=client.cluster,
-            )
+            connection = await self._connect(self.host, self.port)
         finally:
             self._connecting = None
-        if client.closed:  # closed while we were connecting
+        if self._closed:  # closed while we were connecting
             connection.close()
-            raise RuntimeError("the kvwire client is closed")
+            raise client_closed_error()
         connection.on_receive = self._heard
         self._connection = connection
         return connection
 
     async def close(self) -> None:
+        self._closed = True
         self._stop_watch()
         task = self._connecting
         if task is not None:
@@ -209,7 +214,7 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         self._watched = connection
         self._last_heard = loop.time()
-        self._watch_timer = loop.call_at(self._last_heard + self._client.retry.attempt_timeout / 2, self._check_silence)
+        self._watch_timer = loop.call_at(self._last_heard + self._retry.attempt_timeout / 2, self._check_silence)
 
     def _heard(self) -> None:
         self._last_heard = asyncio.get_running_loop().time()
@@ -228,7 +233,7 @@ class Endpoint:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        limit = self._client.retry.attempt_timeout
+        limit = self._retry.attempt_timeout
         silent = now - self._last_heard
         if silent >= limit:
             self._give_up(connection, now, silent)
@@ -298,8 +303,22 @@ class EndpointSet:
         await asyncio.gather(*(endpoint.close() for endpoint in self.all))
 
 
-def _is_real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is an int or a float, not a bool: what every numeric option accepts."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_exception_tuple(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and all(isinstance(cls, type) and issubclass(cls, BaseException) for cls in value)
+    )
+
+
+def client_closed_error() -> RuntimeError:
+    """What every use of a closed client raises, whichever layer notices."""
+    return RuntimeError("the kvwire client is closed")
 
 
 def _retrieve_exception(future: asyncio.Future[Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Coroutine, Iterable, TypeVar
 from kvwire.protocol import DEFAULT_LIMITS, Consistency, Limits, Version
 
 from .aio import DEFAULT_ENDPOINT, AsyncClient, PutResult, RetryPolicy, VersionedValue
+from .failover import client_closed_error
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ class Client:
         runner = self._runner
         if runner is None:
             coroutine.close()
-            raise RuntimeError("the kvwire client is closed")
+            raise client_closed_error()
         return runner.run(coroutine)
 
     # Each method states its signature and docstring for help(); the body

@@ -6,7 +6,7 @@ from .address import format_endpoint, parse_endpoint, parse_endpoints, parse_hos
 from .codec import decode_payload, encode, encode_payload, frame
 from .connection import CLOSED, NEED_DATA, Connection, Side
 from .errors import *  # noqa: F403 - the exception tree is part of the protocol's API
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, MSGPACK_MAX_INT, MSGPACK_MIN_INT, Limits
 from .messages import *  # noqa: F403
 
 __all__ = [
@@ -14,6 +14,8 @@ __all__ = [
     *_messages.__all__,
     "CLOSED",
     "DEFAULT_LIMITS",
+    "MSGPACK_MAX_INT",
+    "MSGPACK_MIN_INT",
     "NEED_DATA",
     "Connection",
     "Limits",

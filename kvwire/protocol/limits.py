@@ -11,6 +11,11 @@ MIB = 1024 * 1024
 # names and a version tag take well under 100 bytes; 1 KiB leaves slack.
 FRAME_OVERHEAD_BYTES = 1024
 
+# msgpack's integers run from the most negative int64 to the largest uint64;
+# the client refuses an int outside this range, the bridge stores one as a float.
+MSGPACK_MIN_INT = -(2**63)
+MSGPACK_MAX_INT = 2**64 - 1
+
 # The entries of HELLO_REPLY's ``limits`` map, in the order they are written.
 WIRE_NAMES = ("max_key_bytes", "max_value_bytes", "max_frame_bytes")
 

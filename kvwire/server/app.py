@@ -1,11 +1,14 @@
-"""Run a node: open storage, listen, and shut down cleanly on SIGTERM or SIGINT."""
+"""Run a node: open storage, listen, and shut down cleanly when told to stop.
+
+Process signals are the program's to handle: ``kvwire serve`` sets the
+``stop`` event on SIGTERM or SIGINT (kvwire/cli/signals.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-import signal
 
 from .config import ServerConfig
 from .connection import NodeProtocol
@@ -33,8 +36,8 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
-async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT).
+async def serve(config: ServerConfig, *, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set.
 
     On the way out: stop accepting, let requests in flight finish (at most
     ``shutdown_timeout``), commit what storage holds, close the files.
@@ -43,7 +46,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         await _serve(config, stop)
 
 
-async def _serve(config: ServerConfig, stop: asyncio.Event | None) -> None:
+async def _serve(config: ServerConfig, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     storage = await Storage.open(
         config.data_dir,
@@ -61,10 +64,6 @@ async def _serve(config: ServerConfig, stop: asyncio.Event | None) -> None:
     except BaseException:
         await storage.close()
         raise
-    if stop is None:
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _on_signal, signum, stop)
     node.start()
     log.info("node %s of cluster %s listening on %s:%d; %s", config.node_id, config.cluster_id, config.host, config.port,
              f"peers {', '.join(f'{m.node_id}={m.address}' for m in config.peers)}" if config.peers else "running alone")
@@ -72,11 +71,6 @@ async def _serve(config: ServerConfig, stop: asyncio.Event | None) -> None:
         await stop.wait()
     finally:
         await _shut_down(server, connections, node, config.shutdown_timeout)
-
-
-def _on_signal(signum: int, stop: asyncio.Event) -> None:
-    log.info("received %s; finishing requests in flight", signal.Signals(signum).name)
-    stop.set()
 
 
 async def _shut_down(server: asyncio.AbstractServer, connections: set[NodeProtocol], node: Node, timeout: float) -> None:

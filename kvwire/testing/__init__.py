@@ -8,13 +8,31 @@ SQLite files, instead of mocks.
         client = Client([node.address])
         node.kill()        # kill -9
         node.start(); node.wait_ready()
+
+Every one of them is a :class:`ChildProcess`, which also runs any other
+program: started, signalled, stopped with SIGTERM then SIGKILL, its output in
+a log file or copied line by line behind a prefix (as ``kvwire up`` does).
 """
 
 from __future__ import annotations
 
 from .cluster import LocalCluster
+from .errors import error_classes, sample_error
 from .node import NodeProcess, free_port, free_port_run, wait_for
+from .process import ChildProcess, LineCopy
 from .scripted import ScriptedNode
 from .wire import RawConnection
 
-__all__ = ["LocalCluster", "NodeProcess", "RawConnection", "ScriptedNode", "free_port", "free_port_run", "wait_for"]
+__all__ = [
+    "ChildProcess",
+    "LineCopy",
+    "LocalCluster",
+    "NodeProcess",
+    "RawConnection",
+    "ScriptedNode",
+    "error_classes",
+    "free_port",
+    "free_port_run",
+    "sample_error",
+    "wait_for",
+]

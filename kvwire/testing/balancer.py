@@ -46,16 +46,9 @@ def free_address(host: str = "127.0.0.1") -> str:
 class BalancerProcess(ChildProcess):
     """A balancer binary run in the foreground; its stdout and stderr go to ``log_path``."""
 
-    name = "balancer"
     stdout_to_log = True
-
-    def __init__(self, command: Sequence[str], *, log_path: str | os.PathLike, env: Mapping[str, str] | None = None) -> None:
-        super().__init__(log_path=log_path, env=env)
-        self.command = list(command)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (both stop at once on it), SIGKILL if that is not enough."""
-        self.terminate_or_kill(timeout)
+    # Both stop at once on SIGTERM; they are killed if that is not enough.
+    stop_grace = 10.0
 
 
 def _listening(address: str, timeout: float = 0.2) -> bool:
@@ -74,12 +67,11 @@ class HAProxyProcess(BalancerProcess):
     :meth:`for_cluster` fills them from a :class:`LocalCluster` and free ports.
     """
 
-    name = "haproxy"
-
     def __init__(self, config: str | os.PathLike, *, env: Mapping[str, str], log_path: str | os.PathLike, binary: str = "haproxy") -> None:
         self.config = Path(config)
         self.variables = dict(env)
-        super().__init__([binary, "-db", "-f", str(self.config)], log_path=log_path, env={**os.environ, **self.variables})
+        super().__init__("haproxy", [binary, "-db", "-f", str(self.config)], log_path=log_path,
+                         env={**os.environ, **self.variables})
 
     @classmethod
     def for_cluster(
@@ -188,14 +180,12 @@ class NginxProcess(BalancerProcess):
     nginx's files.
     """
 
-    name = "nginx"
-
     def __init__(self, config: str | os.PathLike, *, workdir: str | os.PathLike, binary: str | None = None) -> None:
         self.config = Path(config)
         self.workdir = Path(workdir)
         self.binary = binary or shutil.which("nginx") or "/usr/sbin/nginx"
         self.globals = f"daemon off; pid {self.workdir / 'nginx.pid'}; error_log {self.workdir / 'nginx-error.log'} notice;"
-        super().__init__(self._command(), log_path=self.workdir / "nginx.log")
+        super().__init__("nginx", self._command(), log_path=self.workdir / "nginx.log")
 
     def _command(self, *extra: str) -> list[str]:
         return [self.binary, *extra, "-p", str(self.workdir), "-c", str(self.config), "-g", self.globals]

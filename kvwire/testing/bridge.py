@@ -26,17 +26,15 @@ def rest_answers(url: str) -> bool:
 class BridgeProcess(ChildProcess):
     """``kvwire bridge`` in a child process on a free port; stderr goes to ``log_path``."""
 
-    name = "kvwire bridge"
-
     def __init__(self, endpoints: Sequence[str], *, log_path: Path, args: Sequence[str] = (), port: int | None = None,
                  env: dict[str, str] | None = None) -> None:
         # The caller's own KVWIRE_* settings must not leak in.
         inherited = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
-        super().__init__(log_path=log_path, env={**inherited, **(env or {})})
         self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "kvwire", "bridge", "--listen", f"127.0.0.1:{self.port}",
-                        "--endpoints", ",".join(endpoints), *args]
+        command = [sys.executable, "-m", "kvwire", "bridge", "--listen", f"127.0.0.1:{self.port}",
+                   "--endpoints", ",".join(endpoints), *args]
+        super().__init__("kvwire bridge", command, log_path=log_path, env={**inherited, **(env or {})})
 
     def wait_ready(self, timeout: float = 15.0) -> BridgeProcess:
         def ready() -> bool:

@@ -19,13 +19,14 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from ..protocol import HealthReply
 from ..protocol.messages import Health
 from .node import NodeProcess, free_port, wait_for
+from .process import StartsOnEnter
 from .wire import RawConnection
 
 # 127.0.0.1 to 127.0.0.254: one loopback address per node.
 MAX_NODES = 254
 
 
-class LocalCluster:
+class LocalCluster(StartsOnEnter):
     """``size`` nodes (``n1``...) started with ``--cluster`` naming all of them.
 
     Each node keeps its address, port and data directory
@@ -34,7 +35,8 @@ class LocalCluster:
     (tests want failures noticed fast); ``node_args`` are added to every
     node's ``kvwire serve`` command line. ``groups`` runs the named nodes
     under group ids of their own (as root), for partitions by iptables'
-    owner match (``kvwire.chaos``).
+    owner match (``kvwire.chaos``). ``with`` starts it, waits until every node
+    sees every other UP, and stops it.
     """
 
     def __init__(
@@ -84,14 +86,16 @@ class LocalCluster:
         except KeyError:
             raise KeyError(f"no node {node_id!r} in this cluster; it has {', '.join(self.nodes)}") from None
 
-    def node(self, node_id: str) -> NodeProcess:
-        return self[node_id]
-
     def __iter__(self) -> Iterator[NodeProcess]:
         return iter(self.nodes.values())
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    @property
+    def running(self) -> bool:
+        """Whether every node runs."""
+        return all(node.running for node in self.nodes.values())
 
     @property
     def node_ids(self) -> tuple[str, ...]:
@@ -185,17 +189,6 @@ class LocalCluster:
         """Best-effort cleanup of every node (resumed if paused, then killed)."""
         for node in self.nodes.values():
             node.stop()
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            self.start().wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         states = ", ".join(f"{node.node_id}={'up' if node.running else 'down'}" for node in self.nodes.values())

@@ -72,9 +72,7 @@ class NodeProcess(ChildProcess):
         group: int | None = None,
     ) -> None:
         data_dir = Path(data_dir)
-        super().__init__(log_path=data_dir.parent / f"{data_dir.name}.log", env=env)
-        self.group = group
-        self.name = f"node {node_id}"
+        super().__init__(f"node {node_id}", log_path=data_dir.parent / f"{data_dir.name}.log", env=env, group=group)
         self.node_id = node_id
         self.data_dir = data_dir
         self.host = host

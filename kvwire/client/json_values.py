@@ -2,7 +2,9 @@
 
 msgpack has bytes and JSON has not, so bytes travel as ``{"$bytes": "<base64>"}``
 in both directions, and bytes map keys (output only) as ``"$bytes:<base64>"``.
-A version is ``{"counter": C, "node": N}``.
+A version is ``{"counter": C, "node": N}``. The module is part of the client
+library (public, but not re-exported by ``kvwire.client``) so that the bridge
+and the CLI share it without the bridge importing the CLI.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import base64
 import re
 from typing import Any
 
-from ..protocol import Version
+from kvwire.protocol import Version
 
 BYTES_TAG = "$bytes"
 

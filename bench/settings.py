@@ -1,0 +1,73 @@
+"""What one ``kvwire bench`` load run is asked to do, checked before anything starts.
+
+Each check's message names the command-line option, so the command line
+reports it as it stands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvwire.bench.workload import DISTRIBUTIONS, MAX_KEYS, OPS
+from kvwire.protocol import Consistency, parse_host_port
+
+DEFAULT_MAX_REQUESTS = 100_000_000
+_MAX_FRAME_TABLE_BYTES = 512 * 1024 * 1024
+CONSISTENCIES = tuple(level.value for level in Consistency)
+
+
+@dataclass(frozen=True)
+class Settings:
+    endpoints: tuple[str, ...] = ("127.0.0.1:7379",)
+    mix: dict[str, int] = field(default_factory=lambda: {"get": 1})
+    connections: int = 50
+    pipeline: int = 1
+    workers: int = 1
+    duration: float = 10.0
+    warmup: float = 1.0
+    value_size: int = 100
+    keys: int = 10_000
+    distribution: str = "uniform"
+    consistency: str | None = None
+    rate: float | None = None
+    max_requests: int = DEFAULT_MAX_REQUESTS
+    server_pids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ValueError("give at least one --endpoint")
+        for endpoint in self.endpoints:
+            parse_host_port(endpoint)  # its ValueError quotes the input
+        if not self.mix or set(self.mix) - set(OPS) or min(self.mix.values()) <= 0:
+            raise ValueError(f"--mix must give positive weights to some of {', '.join(OPS)}, got {self.mix}")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"--workers must be 1-64, got {self.workers}")
+        if not self.workers <= self.connections <= 10_000:
+            raise ValueError(f"--connections must be from --workers ({self.workers}) to 10000, got {self.connections}")
+        if not 1 <= self.pipeline <= 1024:
+            raise ValueError(f"--pipeline must be 1-1024, got {self.pipeline}")
+        if not 0 < self.duration <= 3600:
+            raise ValueError(f"--duration must be in (0, 3600] seconds, got {self.duration:g}")
+        if not 0 <= self.warmup <= 600:
+            raise ValueError(f"--warmup must be in [0, 600] seconds, got {self.warmup:g}")
+        if self.value_size < 0:
+            raise ValueError(f"--value-size must be at least 0, got {self.value_size}")
+        if self.max_requests < self.workers:
+            raise ValueError(f"--requests must be at least --workers ({self.workers}), got {self.max_requests}")
+        # Half the key space free on each connection keeps picking a key not in flight quick.
+        if not 2 * self.pipeline <= self.keys <= MAX_KEYS:
+            raise ValueError(f"--keys must be at least 2 x --pipeline ({2 * self.pipeline}) and at most {MAX_KEYS}, "
+                             f"got {self.keys}")
+        if self.keys * (self.value_size + 64) > _MAX_FRAME_TABLE_BYTES:
+            raise ValueError("--keys x --value-size exceeds 512 MiB of precomputed frames; lower one of them")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
+        if self.consistency is not None and self.consistency not in CONSISTENCIES:
+            raise ValueError(f"--consistency must be one of {', '.join(CONSISTENCIES)}, got {self.consistency!r}")
+        if self.rate is not None and not 0 < self.rate <= 10_000_000:
+            raise ValueError(f"--rate must be in (0, 10000000] requests/s, got {self.rate:g}")
+
+    @property
+    def preloads(self) -> bool:
+        """Runs that read or delete first PUT every key, so that they find them."""
+        return bool(set(self.mix) - {"put"})
