@@ -23,11 +23,16 @@ setup(
         "click>=8.1",
         "aiohttp>=3.9",
         "hdrhistogram>=0.10",  # kvwire bench's latency recorder
+        "prometheus-client>=0.17",  # /metrics (kvwire/server/metrics.py, http_bridge/metrics.py)
     ],
     # `kvwire up --haproxy` finds it here after `pip install .` (kvwire/cli/haproxy.py).
     data_files=[("share/kvwire/haproxy", ["haproxy/kvwire.cfg"])],
-    # The wrk scripts of `kvwire bench suite` (bench/wrk.py).
-    package_data={"kvwire.bench": ["lua/*.lua"]},
+    # The wrk scripts of `kvwire bench suite` (bench/wrk.py), and the bridge's
+    # cluster page (http_bridge/ui.py).
+    package_data={
+        "kvwire.bench": ["lua/*.lua"],
+        "kvwire.http_bridge": ["static/*.html", "static/*.css", "static/*.js", "static/*.svg"],
+    },
     extras_require={
         "bench": ["matplotlib>=3.7"],  # the failover plot of `kvwire bench suite`
         "test": [
@@ -37,6 +42,7 @@ setup(
             "schemathesis>=4.0",
             "pyyaml>=6",  # tests/test_deploy_files.py parses deploy/docker-compose.yml
             "matplotlib>=3.7",  # tests/test_bench_failover.py draws the failover plot
+            "selenium>=4.11",  # tests/test_ui.py drives Debian's chromium through chromium-driver
         ],
     },
     entry_points={

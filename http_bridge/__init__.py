@@ -22,7 +22,7 @@ from .config import DEFAULT_LISTEN_PORT, DEFAULT_MAX_BODY_BYTES, MIN_BODY_BYTES,
 if TYPE_CHECKING:
     from .app import create_app, status_for
     from .openapi import openapi_document
-    from .server import RunningBridge, describe_os_error, serve_bridge, start_bridge
+    from .server import RunningBridge, RunningMetrics, describe_os_error, serve_bridge, start_bridge, start_metrics
     from .values import UnrepresentableValueError
 
 # Public name -> the module that defines it, imported when the name is first used.
@@ -34,6 +34,8 @@ _LAZY = {
     "describe_os_error": ".server",
     "serve_bridge": ".server",
     "start_bridge": ".server",
+    "start_metrics": ".server",
+    "RunningMetrics": ".server",
     "UnrepresentableValueError": ".values",
 }
 

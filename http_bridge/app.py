@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
+from prometheus_client.registry import CollectorRegistry
 
 from kvwire.client import (
     AsyncClient,
@@ -27,6 +28,7 @@ from kvwire.client import (
 from kvwire.client.json_values import version_json
 
 from .config import BridgeConfig
+from .metrics import add_metrics
 from .openapi import openapi_document
 from .values import UnrepresentableValueError, parse_put_body, to_json_text
 
@@ -66,8 +68,11 @@ _OWN_STATUSES: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
-def create_app(config: BridgeConfig) -> web.Application:
-    """The aiohttp application; its client opens with the app and closes with it."""
+def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """The aiohttp application; its client opens with the app and closes with it.
+
+    Its HTTP metrics go into ``registry`` (its own if None), served at /metrics.
+    """
     app = web.Application(
         middlewares=[_json_errors],
         client_max_size=config.max_body_bytes,
@@ -83,6 +88,9 @@ def create_app(config: BridgeConfig) -> web.Application:
         app.router.add_get(path, health)
     app[OPENAPI_TEXT] = to_json_text(openapi_document(config))
     app.router.add_get(OPENAPI_PATH, openapi)
+    from .ui import add_ui_routes  # the cluster page, /kv-store/v1/ui/ (http_bridge/ui.py)
+    add_ui_routes(app, config)
+    add_metrics(app, registry)
     return app
 
 

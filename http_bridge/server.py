@@ -9,11 +9,13 @@ import socket
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client.registry import CollectorRegistry
 
 from kvwire.protocol import format_endpoint
 
 from .app import create_app
 from .config import BridgeConfig
+from .metrics import metrics_app
 
 log = logging.getLogger("kvwire.http")
 
@@ -58,12 +60,15 @@ def describe_os_error(error: OSError) -> str:
     return os.strerror(error.errno)
 
 
-async def start_bridge(config: BridgeConfig) -> RunningBridge:
-    """Listen on ``config.host:config.port``; raises OSError when that fails (port in use...)."""
+async def start_bridge(config: BridgeConfig, *, registry: CollectorRegistry | None = None) -> RunningBridge:
+    """Listen on ``config.host:config.port``; raises OSError when that fails (port in use...).
+
+    ``registry`` is what /metrics serves, the bridge's own metrics added (see create_app).
+    """
     logging.getLogger("aiohttp.server").addFilter(_ONE_LINE_BAD_REQUESTS)  # adding it again is a no-op
     access_log = logging.getLogger("kvwire.http.access") if config.access_log else None
     runner = web.AppRunner(
-        create_app(config), handle_signals=False, access_log=access_log, shutdown_timeout=config.shutdown_timeout
+        create_app(config, registry=registry), handle_signals=False, access_log=access_log, shutdown_timeout=config.shutdown_timeout
     )
     await runner.setup()
     try:
@@ -78,13 +83,38 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
     return bridge
 
 
-async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event) -> None:
+class RunningMetrics:
+    """A /metrics listener (``kvwire serve --metrics-listen``); :meth:`close` stops it."""
+
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
+        self._runner = runner
+        self.port = port
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+
+async def start_metrics(registry: CollectorRegistry, host: str, port: int) -> RunningMetrics:
+    """Serve ``registry`` at ``http://host:port/metrics``; raises OSError when it can't listen."""
+    runner = web.AppRunner(metrics_app(registry), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = _bound_port(runner, port)
+    log.info("metrics on http://%s/metrics", format_endpoint(host, port))
+    return RunningMetrics(runner, port)
+
+
+async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event, registry: CollectorRegistry | None = None) -> None:
     """Serve until ``stop`` is set, then stop gracefully.
 
     The process's signals are its owner's to handle (``kvwire bridge`` sets
     ``stop`` on SIGTERM or SIGINT), so a bridge can run inside any program.
     """
-    bridge = await start_bridge(config)
+    bridge = await start_bridge(config, registry=registry)
     try:
         await stop.wait()
     finally:

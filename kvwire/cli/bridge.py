@@ -18,7 +18,7 @@ from kvwire.http_bridge import DEFAULT_MAX_BODY_BYTES, MIN_BODY_BYTES, BridgeCon
 
 from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints, parse_host_port
 from ..protocol.limits import FRAME_OVERHEAD_BYTES
-from .options import LOG_LEVELS, configure_logging, env
+from .options import LOG_LEVELS, configure_logging, env, log_format_option
 from .signals import run_until_stop_signal
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ log = logging.getLogger("kvwire.http")
 @click.option("--max-key-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_key_bytes, show_default=True, help="Longest key, in UTF-8 bytes; as the nodes' option.", **env("MAX_KEY_BYTES"))
 @click.option("--max-value-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_value_bytes, show_default=True, help="Largest value, as encoded in msgpack; as the nodes' option (413 beyond).", **env("MAX_VALUE_BYTES"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr; debug adds one line per request.", **env("LOG_LEVEL"))
-def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, log_level) -> None:
+@log_format_option()
+def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, log_level, log_format) -> None:
     """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -55,7 +56,7 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
         )
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    configure_logging(log_level)
+    configure_logging(log_level, log_format, context={"bridge": config.listen})  # bridge=HOST:PORT on every line
     sys.exit(run_bridge(config))
 
 
@@ -73,34 +74,53 @@ def run_bridge(config: BridgeConfig) -> int:
     return 0
 
 
-async def serve_with_bridge(config: ServerConfig, http_listen: tuple[str, int], *, stop: asyncio.Event) -> int:
-    """A node and its own bridge in one event loop until ``stop`` is set; they stop the bridge first.
+async def serve_with_http(
+    config: ServerConfig,
+    http_listen: tuple[str, int] | None,
+    metrics_listen: tuple[str, int] | None,
+    *,
+    stop: asyncio.Event,
+) -> int:
+    """A node with its HTTP listeners in one event loop until ``stop`` is set: its own bridge
+    (REST and /metrics) on ``http_listen``, /metrics alone on ``metrics_listen``.
 
     The bridge's client asks this node first and then its peers, so it fails
-    over as any client would. The bridge binds before the node opens its
-    storage, so a busy HTTP port fails fast; stopping, it finishes its
-    requests in flight while the node still serves them.
+    over as any client would. The listeners bind before the node opens its
+    storage, so a busy port fails fast; stopping, they close first, the bridge
+    finishing its requests in flight while the node still serves them.
     """
-    from kvwire.http_bridge import describe_os_error, start_bridge
+    from prometheus_client.registry import CollectorRegistry
+
+    from kvwire.http_bridge import describe_os_error, start_bridge, start_metrics
 
     from ..server.app import serve as serve_node
 
-    bridge_config = node_bridge_config(config, http_listen)
+    registry = CollectorRegistry(auto_describe=True)
+    listeners = []
     try:
-        running = await start_bridge(bridge_config)
+        if http_listen is not None:
+            bridge_config = node_bridge_config(config, http_listen)
+            what, address = "HTTP bridge", bridge_config.listen
+            listeners.append(await start_bridge(bridge_config, registry=registry))
+        if metrics_listen is not None:
+            what, address = "metrics listener", format_endpoint(*metrics_listen)
+            listeners.append(await start_metrics(registry, *metrics_listen))
     except OSError as exc:
         logging.getLogger("kvwire.server").error(
-            "cannot start the HTTP bridge of node %s on %s: %s", config.node_id, bridge_config.listen, describe_os_error(exc)
+            "cannot start the %s of node %s on %s: %s", what, config.node_id, address, describe_os_error(exc)
         )
+        for listener in listeners:
+            await listener.close()
         return 1
     node_stop = asyncio.Event()
-    node = asyncio.create_task(serve_node(config, stop=node_stop), name=f"kvwire-node-{config.node_id}")
+    node = asyncio.create_task(serve_node(config, stop=node_stop, registry=registry), name=f"kvwire-node-{config.node_id}")
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({node, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-        await running.close()
+        for listener in listeners:
+            await listener.close()
         node_stop.set()
     await node  # re-raises what stopped a node that could not start
     return 0

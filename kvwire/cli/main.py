@@ -10,7 +10,7 @@ import click
 
 from ..protocol import DEFAULT_LIMITS, Limits, parse_host_port
 from ..server.config import ServerConfig, SyncMode, parse_cluster
-from .options import LOG_LEVELS, configure_logging, env
+from .options import LOG_LEVELS, configure_logging, env, log_format_option
 from .signals import run_until_stop_signal
 
 
@@ -38,11 +38,13 @@ def main() -> None:
 @click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.write_timeout, show_default=True, help="Seconds a write or quorum read waits for a majority before failing with NO_QUORUM.", **env("WRITE_TIMEOUT"))
 @click.option("--retry-attempts", type=click.IntRange(min=0), default=ServerConfig.retry_attempts, show_default=True, help="Background re-sends to a live replica that missed a write, before it waits as a hint.", **env("RETRY_ATTEMPTS"))
 @click.option("--retry-delay", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.retry_delay, show_default=True, help="Seconds before the first background re-send; it doubles each time.", **env("RETRY_DELAY"))
-@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) on this address, in this process.", **env("HTTP_LISTEN"))
+@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) and /metrics on this address, in this process.", **env("HTTP_LISTEN"))
+@click.option("--metrics-listen", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics (without a bridge).", **env("METRICS_LISTEN"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr, one line per event.", **env("LOG_LEVEL"))
+@log_format_option()
 def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_bytes, max_frame_bytes,
           max_connections, max_inflight, cache_entries, cluster, heartbeat_interval, failure_timeout,
-          write_timeout, retry_attempts, retry_delay, http_listen, log_level) -> None:
+          write_timeout, retry_attempts, retry_delay, http_listen, metrics_listen, log_level, log_format) -> None:
     """Run one node in the foreground until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -65,25 +67,29 @@ def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_
             retry_delay=retry_delay,
         )
         http_address = parse_host_port(http_listen) if http_listen else None
+        metrics_address = parse_host_port(metrics_listen) if metrics_listen else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    configure_logging(log_level)
-    sys.exit(run_node(config, http_listen=http_address))
+    configure_logging(log_level, log_format, context={"node": node_id})  # node=ID on every line
+    sys.exit(run_node(config, http_listen=http_address, metrics_listen=metrics_address))
 
 
-def run_node(config: ServerConfig, *, http_listen: tuple[str, int] | None = None) -> int:
+def run_node(
+    config: ServerConfig, *, http_listen: tuple[str, int] | None = None, metrics_listen: tuple[str, int] | None = None
+) -> int:
     """Serve on uvloop until SIGTERM or SIGINT (with the HTTP bridge beside the node when
-    ``http_listen`` is given); the exit status, with startup failures reported in one line."""
+    ``http_listen`` is given, /metrics alone on ``metrics_listen``); the exit status,
+    with startup failures reported in one line."""
     from ..server.app import serve as serve_node
     from ..server.storage import DataDirError
 
     log = logging.getLogger("kvwire.server")
     try:
-        if http_listen is not None:
-            from .bridge import serve_with_bridge
+        if http_listen is not None or metrics_listen is not None:
+            from .bridge import serve_with_http
 
             return run_until_stop_signal(
-                lambda stop: serve_with_bridge(config, http_listen, stop=stop),
+                lambda stop: serve_with_http(config, http_listen, metrics_listen, stop=stop),
                 log,
                 "stopping the HTTP bridge, then finishing requests in flight",
             )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import sys
+from typing import Any, Mapping
 
 import click
 
+from .logformat import LOG_FORMATS, install
+
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT_CHOICES = click.Choice(list(LOG_FORMATS))
 
 
 def env(name: str) -> dict:
@@ -16,6 +17,15 @@ def env(name: str) -> dict:
     return {"envvar": f"KVWIRE_{name}", "show_envvar": True}
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr, at ``level`` (one of ``LOG_LEVELS``) and above."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+def log_format_option():
+    """``--log-format text|json`` (``KVWIRE_LOG_FORMAT``), for the commands that log."""
+    return click.option(
+        "--log-format", type=LOG_FORMAT_CHOICES, default="text", show_default=True,
+        help="text: TIME LEVEL LOGGER: message key=value...; json: one JSON object per line.", **env("LOG_FORMAT"),
+    )
+
+
+def configure_logging(level: str, log_format: str = "text", context: Mapping[str, Any] | None = None) -> None:
+    """One line per event on stderr, at ``level`` (one of ``LOG_LEVELS``) and above, as
+    ``log_format`` (one of ``LOG_FORMATS``), every line carrying the fields of ``context``."""
+    install(level, log_format, context=context)

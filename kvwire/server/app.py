@@ -10,9 +10,12 @@ import asyncio
 import gc
 import logging
 
+from prometheus_client.registry import CollectorRegistry
+
 from .config import ServerConfig
 from .connection import NodeProtocol
 from .datadir import DataDirLock
+from .metrics import NodeCollector
 from .node import Node
 from .storage import Storage
 
@@ -36,17 +39,19 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
-async def serve(config: ServerConfig, *, stop: asyncio.Event) -> None:
+async def serve(config: ServerConfig, *, stop: asyncio.Event, registry: CollectorRegistry | None = None) -> None:
     """Serve until ``stop`` is set.
 
+    With a ``registry``, the node's metrics join it once the node is up (for
+    whoever serves ``/metrics``), and leave it when the node stops.
     On the way out: stop accepting, let requests in flight finish (at most
     ``shutdown_timeout``), commit what storage holds, close the files.
     """
     with DataDirLock(config.data_dir):  # taken before Storage.open, dropped after storage is closed
-        await _serve(config, stop)
+        await _serve(config, stop, registry)
 
 
-async def _serve(config: ServerConfig, stop: asyncio.Event) -> None:
+async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorRegistry | None) -> None:
     loop = asyncio.get_running_loop()
     storage = await Storage.open(
         config.data_dir,
@@ -65,11 +70,16 @@ async def _serve(config: ServerConfig, stop: asyncio.Event) -> None:
         await storage.close()
         raise
     node.start()
+    collector = NodeCollector(node)
+    if registry is not None:
+        registry.register(collector)
     log.info("node %s of cluster %s listening on %s:%d; %s", config.node_id, config.cluster_id, config.host, config.port,
              f"peers {', '.join(f'{m.node_id}={m.address}' for m in config.peers)}" if config.peers else "running alone")
     try:
         await stop.wait()
     finally:
+        if registry is not None:
+            registry.unregister(collector)
         await _shut_down(server, connections, node, config.shutdown_timeout)
 
 
@@ -84,6 +94,7 @@ async def _shut_down(server: asyncio.AbstractServer, connections: set[NodeProtoc
             log.warning("shutdown timeout: %d requests unanswered; writes among them are committed below", len(still_waiting))
     for conn in list(connections):
         conn.close()
+    node.stop()
     await node.peers.close()
     await node.storage.close()
     log.info("storage flushed and closed; bye")

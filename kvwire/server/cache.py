@@ -15,12 +15,17 @@ class ValueCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[str, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
 
     def get(self, key: str) -> Any:
         entries = self._entries
         value = entries.get(key, MISSING)
         if value is not MISSING:
             entries.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
         return value
 
     def put(self, key: str, value: Any) -> None:

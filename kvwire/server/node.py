@@ -40,9 +40,10 @@ from ..protocol.messages import (
 )
 from .config import ServerConfig
 from .core import CloseLink, DropHint, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint
-from .failure_detector import PeerState
+from .failure_detector import PeerState, Transition
 from .peers import PeerLinks, reply_or_failure
 from .storage import Storage
+from .tally import RequestMetrics
 
 log = logging.getLogger("kvwire.node")
 
@@ -82,10 +83,31 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.connections = 0
+        self.metrics = RequestMetrics()
+        # For logging transitions once: peers with hints pending, and whether this node had a
+        # majority. Peers start DOWN, so a cluster node starts without one (and says when it
+        # gets it); a lone node is its own majority.
+        self._hinting: set[str] = {peer for peer in self.core.peer_ids if self.core.hints.count(peer)}
+        self._has_quorum = config.quorum == 1
+        self._snapshot_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.peers.start()
         self._perform()
+        self._take_snapshot()
+
+    def stop(self) -> None:
+        """Stop the node's own timers; the links and storage are closed by their owners."""
+        for timer in (self._timer, self._snapshot_timer):
+            if timer is not None:
+                timer.cancel()
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _take_snapshot(self) -> None:
+        self.metrics.take_snapshot(self._clock())
+        self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
 
     def handle(self, request: Request, session: Session) -> Reply | asyncio.Future:
         """The reply, or a future of it. Raises KvwireError for a refusal."""
@@ -180,14 +202,42 @@ class Node:
                     self._loop.create_task(self._load(effect.key))
                 elif kind is StoreHint:
                     self.storage.add_hint(effect.peer, effect.key, effect.version)
+                    if effect.peer not in self._hinting:
+                        self._hinting.add(effect.peer)
+                        log.warning("hinting peer %s: it missed a write; hints wait for it", effect.peer,
+                                    extra={"peer": effect.peer, "event": "hinting_started"})
                 elif kind is DropHint:
                     self.storage.drop_hint(effect.peer, effect.key, effect.version)
+                    if effect.peer in self._hinting and core.hints.count(effect.peer) == 0:
+                        self._hinting.discard(effect.peer)
+                        log.info("hinting peer %s stopped: every hint delivered (%d in all)", effect.peer,
+                                 core.hints.delivered.get(effect.peer, 0),
+                                 extra={"peer": effect.peer, "event": "hinting_stopped"})
                 elif kind is CloseLink:
                     self.peers.reconnect(effect.peer)
                 elif kind is PeerStateChanged:
-                    transition = effect.transition
-                    (log.warning if transition.state is PeerState.DOWN else log.info)("%s", transition.describe())
+                    self._log_transition(effect.transition)
         self._arm_timer(core.next_deadline())
+
+    def _log_transition(self, transition: Transition) -> None:
+        """Each peer transition once, and the quorum's when it changes with it."""
+        down = transition.state is PeerState.DOWN
+        (log.warning if down else log.info)(
+            "%s", transition.describe(),
+            extra={"peer": transition.peer, "event": "peer_down" if down else "peer_up",
+                   "silent_ms": round(transition.silent_for * 1000)},
+        )
+        core, config = self.core, self.config
+        up = 1 + sum(core.detector.is_up(peer) for peer in core.peer_ids)
+        has_quorum = up >= config.quorum
+        if has_quorum != self._has_quorum:
+            self._has_quorum = has_quorum
+            if has_quorum:
+                log.info("quorum available: %d of %d nodes UP", up, config.cluster_size,
+                         extra={"event": "quorum_available", "up": up})
+            else:
+                log.error("quorum lost: %d of %d nodes UP, %d needed; writes and quorum reads answer NO_QUORUM",
+                          up, config.cluster_size, config.quorum, extra={"event": "quorum_lost", "up": up})
 
     def _respond(self, answer: _Answer, reply: Any) -> None:
         future = answer.future
@@ -253,6 +303,7 @@ class Node:
             "read_write_backs": core.stats.write_backs,
             "hedged_requests": core.stats.hedged_requests,
             "delete_conflicts": core.stats.delete_conflicts,
+            "requests": self.metrics.recent(),
             "cluster": {
                 "replication_enabled": config.cluster_size > 1,
                 "total_nodes": config.cluster_size,

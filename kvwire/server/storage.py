@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +27,7 @@ from ..protocol.errors import InternalServerError, KvwireError
 from ..protocol.messages import Version
 from .config import SyncMode
 from .core.keydir import Entry
+from .tally import BATCH_BOUNDS, COMMIT_BOUNDS, Buckets
 
 log = logging.getLogger("kvwire.storage")
 
@@ -89,8 +91,10 @@ class DataDirError(KvwireError):
 
 
 class Storage:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, max_batch_rows: int) -> None:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, max_batch_rows: int,
+                 path: Path) -> None:
         self._loop = asyncio.get_running_loop()
+        self.path = path
         self._writer = writer
         self._reader = reader
         self._max_batch_rows = max_batch_rows
@@ -102,6 +106,9 @@ class Storage:
         self._committer = asyncio.create_task(self._commit_forever(), name="kvwire-group-commit")
         self.commits = 0
         self.committed_rows = 0
+        self.failed_commits = 0
+        self.batch_rows = Buckets(BATCH_BOUNDS)
+        self.commit_seconds = Buckets(COMMIT_BOUNDS)
         # What the files held when opened, for the node core to start from.
         self.loaded_entries: dict[str, Entry] = {}
         self.loaded_hints: dict[str, dict[str, Version]] = {}
@@ -124,7 +131,7 @@ class Storage:
         except BaseException:
             await writer.close()
             raise
-        storage = cls(writer, reader, max_batch_rows)
+        storage = cls(writer, reader, max_batch_rows, path)
         await storage._load()
         entries = storage.loaded_entries
         log.info("opened %s: %d keys (%d tombstones), sync=%s", path, len(entries),
@@ -202,6 +209,7 @@ class Storage:
 
     async def _commit(self, batch: list[_Write], hint_rows: list[tuple], unhint_rows: list[tuple]) -> None:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
+        started = time.perf_counter()
         try:
             # One hop to aiosqlite's thread for the whole transaction, not one
             # per statement: each hop is a thread hand-off (about 25 us), and
@@ -214,6 +222,7 @@ class Storage:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
+            self.failed_commits += 1
             log.error("group commit of %d rows failed: %s", len(batch), exc)
             try:
                 await self._writer.rollback()
@@ -226,6 +235,8 @@ class Storage:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
             return
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.batch_rows.observe(len(rows) + len(hint_rows) + len(unhint_rows))
         self.commits += 1
         self.committed_rows += len(batch)
         for write in batch:

@@ -31,6 +31,10 @@ class HintBook:
         self._in_flight: dict[str, set[str]] = {}
         self._failures: dict[str, int] = {}
         self._retry_timer: dict[str, object] = {}
+        # Per peer, for the metrics: hints stored (the hinting rate) and
+        # delivered (catch-up progress).
+        self.stored: dict[str, int] = {}
+        self.delivered: dict[str, int] = {}
         # Hinted keys whose hinted version is newer than this node's committed
         # row (its own commit is still on the way): not resent until the next
         # trigger, so replay never spins on them.
@@ -44,6 +48,7 @@ class HintBook:
         held = hinted.get(key)
         if held is None or version > held:
             hinted[key] = version
+            self.stored[peer] = self.stored.get(peer, 0) + 1
             self._core.effects.append(StoreHint(peer, key, version))
         self._stalled.get(peer, set()).discard(key)
         self.replay(peer)
@@ -53,6 +58,7 @@ class HintBook:
         held = hinted.get(key)
         if held is not None and held <= version:
             del hinted[key]
+            self.delivered[peer] = self.delivered.get(peer, 0) + 1
             self._core.effects.append(DropHint(peer, key, version))
 
     def replay(self, peer: str) -> None:

@@ -44,6 +44,8 @@ class PendingWrite(NamedTuple):
 class Keydir:
     def __init__(self, committed: dict[str, Entry] | None = None) -> None:
         self.committed: dict[str, Entry] = committed if committed is not None else {}
+        # Committed entries that are tombstones, kept current for the metrics.
+        self.tombstones = sum(entry.deleted for entry in self.committed.values())
         # key -> writes accepted and not yet durable, oldest first (so newest
         # last). All of them count: if the newest fails on the disk, the one
         # before it is still on its way and its tag must not be minted again.
@@ -89,6 +91,7 @@ class Keydir:
         current = self.committed.get(key)
         if current is None or version > current.version:
             self.committed[key] = Entry(version, deleted)
+            self.tombstones += deleted - (current is not None and current.deleted)
             return True
         return False
 

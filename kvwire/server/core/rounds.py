@@ -49,6 +49,7 @@ class MajorityRound:
 
     def start(self) -> None:
         core = self._core
+        core.stats.quorum_rounds += 1
         if self._needed == 0:
             self._finish(True)
             return

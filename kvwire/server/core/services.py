@@ -21,6 +21,7 @@ from .timers import Timers
 
 @dataclass
 class CoreStats:
+    quorum_rounds: int = 0
     no_quorum_writes: int = 0
     write_backs: int = 0
     hedged_requests: int = 0

@@ -1,0 +1,76 @@
+"""``/metrics``: the bridge's own HTTP metrics, and a node's when it runs in the same process.
+
+The bridge answers a few thousand requests a second at most (README
+"Performance"), so prometheus-client's own Counter and Histogram, at 1-2 µs an
+update, cost it nothing worth measuring; a node counts with plain integers
+instead (kvwire/server/tally.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+METRICS_PATH = "/metrics"
+# The classic text format, which every Prometheus reads (Debian 12's is 2.42);
+# newer prometheus-client releases label the same bytes version=1.0.0.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+# A path no route matched (404s, probes): one label value, so scanners can't grow the series.
+UNMATCHED = "unmatched"
+# REST latency: a cached GET takes about 1 ms, a quorum PUT a few; 10 s is past any --timeout in use.
+HTTP_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "kvwire_http_requests", "REST requests answered, by method, route and status.",
+            ["method", "route", "status"], registry=registry,
+        )
+        self.duration = Histogram(
+            "kvwire_http_request_duration_seconds", "Time to answer a REST request, by method and route.",
+            ["method", "route"], buckets=HTTP_BOUNDS, registry=registry,
+        )
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else UNMATCHED
+            self.requests.labels(request.method, route, str(status)).inc()
+            self.duration.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+def add_metrics(app: web.Application, registry: CollectorRegistry | None) -> web.Application:
+    """Count the app's requests into ``registry`` (a new one if None) and serve it at /metrics."""
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    app[REGISTRY] = registry
+    app.middlewares.insert(0, HttpMetrics(registry).middleware)  # outermost: sees every final status
+    app.router.add_get(METRICS_PATH, _metrics)
+    return app
+
+
+def metrics_app(registry: CollectorRegistry) -> web.Application:
+    """An app serving nothing but ``registry`` at /metrics (``kvwire serve --metrics-listen``)."""
+    app = web.Application()
+    app[REGISTRY] = registry
+    app.router.add_get(METRICS_PATH, _metrics)
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

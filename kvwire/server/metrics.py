@@ -1,0 +1,133 @@
+"""A node's Prometheus metrics, read from the node when Prometheus scrapes.
+
+The node keeps plain counts (``kvwire.server.tally``) on its hot path;
+:class:`NodeCollector` turns them and the node's state into metric families,
+and prometheus-client writes the exposition.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .failure_detector import PeerState
+from .node import Node
+from .tally import LATENCY_BOUNDS, RequestMetrics, cumulative
+
+class NodeCollector(Collector):
+    """Everything a node exports, read from the node when Prometheus scrapes."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node
+        yield from self._requests(node.metrics)
+        yield from self._core(node)
+        yield from self._peers(node)
+        yield from self._storage(node)
+
+    def _requests(self, metrics: RequestMetrics) -> Iterator[Metric]:
+        answered = CounterMetricFamily(
+            "kvwire_requests", "Requests answered, by op, consistency (GET only) and result code.",
+            labels=["op", "consistency", "code"],
+        )
+        for tally in metrics.tallies():
+            for code, count in sorted(tally.results().items()):
+                answered.add_metric([tally.op, tally.consistency, code], count)
+        yield answered
+        latency = HistogramMetricFamily(
+            "kvwire_request_duration_seconds", "Time from a request's arrival to its reply being ready, by op.",
+            labels=["op"],
+        )
+        for op, (counts, total) in sorted(metrics.latency_by_op().items()):
+            latency.add_metric([op], cumulative(LATENCY_BOUNDS, counts), total)
+        yield latency
+        yield CounterMetricFamily(
+            "kvwire_connections_refused", "Connections refused at --max-connections.", value=metrics.connections_refused
+        )
+
+    def _core(self, node: Node) -> Iterator[Metric]:
+        core, config = node.core, node.config
+        stats = core.stats
+        for name, doc, value in (
+            ("kvwire_quorum_rounds", "Majority rounds started (LOOKUP for writes, FETCH for reads).", stats.quorum_rounds),
+            ("kvwire_hedged_requests", "Round requests sent to an extra peer because one was slow.", stats.hedged_requests),
+            ("kvwire_read_write_backs", "Quorum reads that wrote the newest version back to a member behind.",
+             stats.write_backs),
+            ("kvwire_no_quorum", "Requests (writes and quorum reads) answered NO_QUORUM.",
+             sum(tally.errors.get("no_quorum", 0) for tally in node.metrics.tallies())),
+            ("kvwire_delete_conflicts", "DELETEs answered CONFLICT.", stats.delete_conflicts),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        up = 1 + sum(core.detector.is_up(peer) for peer in core.peer_ids)
+        yield GaugeMetricFamily("kvwire_has_quorum", "1 while this node sees a majority UP, itself included.",
+                                value=int(up >= config.quorum))
+        yield GaugeMetricFamily("kvwire_cluster_nodes", "Members of the cluster, this node included.",
+                                value=config.cluster_size)
+        yield GaugeMetricFamily("kvwire_keys", "Keys held, tombstones included.", value=len(core.keydir))
+        yield GaugeMetricFamily("kvwire_tombstones", "Keys held as tombstones (deleted).",
+                                value=core.keydir.tombstones)
+        yield GaugeMetricFamily("kvwire_pending_writes", "Writes accepted and not yet durable.",
+                                value=core.pending_writes)
+        yield CounterMetricFamily("kvwire_cache_hits", "GETs served from the value cache.", value=core.cache.hits)
+        yield CounterMetricFamily("kvwire_cache_misses", "GETs that had to read the value from SQLite.",
+                                  value=core.cache.misses)
+        yield GaugeMetricFamily("kvwire_open_connections", "Client and peer connections open to this node.",
+                                value=node.connections)
+        info = GaugeMetricFamily("kvwire_node_info", "Always 1; the labels name this node.",
+                                 labels=["node_id", "cluster_id", "sync"])
+        info.add_metric([config.node_id, config.cluster_id, config.sync.value], 1)
+        yield info
+
+    def _peers(self, node: Node) -> Iterator[Metric]:
+        core = node.core
+        now = node.now()
+        up = GaugeMetricFamily("kvwire_peer_up", "1 while the failure detector says the peer is UP.", labels=["peer"])
+        heard = GaugeMetricFamily("kvwire_peer_last_heard_seconds", "Seconds since any frame from the peer.",
+                                  labels=["peer"])
+        hints = GaugeMetricFamily("kvwire_peer_pending_hints", "Writes the peer missed, waiting to be replayed.",
+                                  labels=["peer"])
+        stored = CounterMetricFamily("kvwire_peer_hints_stored", "Writes the peer missed and got a durable hint for.",
+                                     labels=["peer"])
+        delivered = CounterMetricFamily("kvwire_peer_hints_delivered", "Hints the peer confirmed (catch-up progress).",
+                                        labels=["peer"])
+        transitions = CounterMetricFamily("kvwire_peer_transitions", "Peer state changes seen by the failure detector.",
+                                          labels=["peer", "state"])
+        for peer in core.peer_ids:
+            up.add_metric([peer], int(core.detector.is_up(peer)))
+            heard.add_metric([peer], core.detector.silent_for(peer, now))
+            hints.add_metric([peer], core.hints.count(peer))
+            stored.add_metric([peer], core.hints.stored.get(peer, 0))
+            delivered.add_metric([peer], core.hints.delivered.get(peer, 0))
+            for state in PeerState:
+                transitions.add_metric([peer, state.value.lower()], core.detector.transitions.get((peer, state), 0))
+        yield from (up, heard, hints, stored, delivered, transitions)
+
+    def _storage(self, node: Node) -> Iterator[Metric]:
+        storage = node.storage
+        batch = HistogramMetricFamily("kvwire_group_commit_rows", "Rows (writes and hints) per group commit.")
+        batch.add_metric([], storage.batch_rows.cumulative(), storage.batch_rows.total)
+        yield batch
+        commit = HistogramMetricFamily(
+            "kvwire_group_commit_duration_seconds", "One group commit's transaction on SQLite's thread, fsync included.")
+        commit.add_metric([], storage.commit_seconds.cumulative(), storage.commit_seconds.total)
+        yield commit
+        yield CounterMetricFamily("kvwire_storage_write_failures", "Group commits the disk refused.",
+                                  value=storage.failed_commits)
+        yield GaugeMetricFamily("kvwire_database_bytes", "Size of the SQLite database and its WAL on disk.",
+                                value=_database_bytes(storage.path))
+
+
+def _database_bytes(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.stat(f"{path}{suffix}").st_size
+        except FileNotFoundError:
+            pass
+    return total
