@@ -365,7 +365,7 @@ def test_hinting_and_quorum_transitions_are_logged_once_each(tmp_path):
     started, stopped = named_in(records, "hinting_started"), named_in(records, "hinting_stopped")
     assert [r["peer"] for r in started] == ["n3"], started
     assert [r["peer"] for r in stopped] == ["n3"], stopped
-    assert "5 in all" in stopped[0]["msg"]
+    assert "(5 since this node started)" in stopped[0]["msg"]
     lost = named_in(records, "quorum_lost")
     assert len(lost) == 1 and logging.getLevelName(lost[0]["level"]) == logging.ERROR, lost
     assert len(named_in(records, "quorum_available")) == 1

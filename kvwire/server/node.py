@@ -210,7 +210,7 @@ class Node:
                     self.storage.drop_hint(effect.peer, effect.key, effect.version)
                     if effect.peer in self._hinting and core.hints.count(effect.peer) == 0:
                         self._hinting.discard(effect.peer)
-                        log.info("hinting peer %s stopped: every hint delivered (%d in all)", effect.peer,
+                        log.info("hinting peer %s stopped: every hint delivered (%d since this node started)", effect.peer,
                                  core.hints.delivered.get(effect.peer, 0),
                                  extra={"peer": effect.peer, "event": "hinting_stopped"})
                 elif kind is CloseLink:
