@@ -25,12 +25,24 @@ from kvwire.testing import NodeProcess, ScriptedNode, error_classes, free_port, 
 CLI = [sys.executable, "-m", "kvwire.cli.client"]
 
 
-def run_cli(*args, env=None, timeout=30):
-    """Run kvwire-cli to completion; every run is checked for a traceback."""
+def run_cli(*args, env=None, timeout=30, stdin=None):
+    """Run kvwire-cli to completion; every run is checked for a traceback.
+
+    ``stdin``: bytes to feed it; without them its stdin is empty, never the
+    terminal's. Output is decoded as text either way.
+    """
     # The caller's own KVWIRE_* settings must not leak into the tests.
     full_env = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
     full_env.update(env or {})
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+    result = subprocess.run(
+        [*CLI, *args],
+        input=stdin if stdin is not None else b"",
+        capture_output=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    result.stdout = result.stdout.decode("utf-8", "replace")
+    result.stderr = result.stderr.decode("utf-8", "replace")
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -122,6 +134,75 @@ def test_bytes_reach_python_clients_as_bytes(cli, shared_node):
         assert client.get("raw2") == b"hi"
 
 
+def stored(node, key):
+    from kvwire import Client
+
+    with Client(node.address) as client:
+        return client.get(key)
+
+
+# Just under the default 1 MiB limit on a value's msgpack encoding, and far
+# over the argv limit; every byte value, most of them not UTF-8.
+BIG_BYTES = (bytes(range(256)) * 3907)[:1_000_000]
+NON_UTF8 = b"\xff\xfe\x00\x80 not text \xc3("
+
+
+@pytest.mark.parametrize("value", [BIG_BYTES, NON_UTF8, b""], ids=["1MB", "non-utf8", "empty"])
+def test_put_dash_stores_stdin_as_exactly_those_bytes(cli, shared_node, value):
+    assert len(BIG_BYTES) == 1_000_000 and not BIG_BYTES.isascii()
+    result = cli("put", "from-stdin", "-", stdin=value)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK (version ")
+    assert stored(shared_node, "from-stdin") == value
+
+
+@pytest.mark.parametrize("value", [BIG_BYTES, NON_UTF8], ids=["1MB", "non-utf8"])
+def test_put_value_file_stores_the_file_as_exactly_those_bytes(cli, shared_node, tmp_path, value):
+    path = tmp_path / "value.bin"
+    path.write_bytes(value)
+    result = cli("put", "from-file", "--value-file", str(path), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["key"] == "from-file"
+    assert stored(shared_node, "from-file") == value
+
+
+def test_value_file_dash_and_dev_stdin_read_stdin(cli, shared_node):
+    assert cli("put", "vf-dash", "--value-file", "-", stdin=NON_UTF8).returncode == 0
+    assert stored(shared_node, "vf-dash") == NON_UTF8
+    assert cli("put", "vf-dev", "--value-file", "/dev/stdin", stdin=NON_UTF8).returncode == 0
+    assert stored(shared_node, "vf-dev") == NON_UTF8
+
+
+def test_put_json_from_stdin_and_file_stores_the_document(cli, shared_node, tmp_path):
+    document = {"name": "caf\u00e9", "n": [1, 2.5, None, True], "raw": {"$bytes": "AP+A"}}
+    expected = {"name": "caf\u00e9", "n": [1, 2.5, None, True], "raw": b"\x00\xff\x80"}
+    text = json.dumps(document, ensure_ascii=False).encode("utf-8")
+    assert cli("put", "json-stdin", "-", "--json", stdin=text).returncode == 0
+    assert stored(shared_node, "json-stdin") == expected
+    path = tmp_path / "doc.json"
+    path.write_bytes(text)
+    assert cli("put", "json-file", "--value-file", str(path), "--json").returncode == 0
+    assert stored(shared_node, "json-file") == expected
+
+
+def test_a_literal_dash_is_still_storable_as_a_json_string(cli, shared_node):
+    assert cli("put", "dash", '"-"', "--json").returncode == 0
+    assert stored(shared_node, "dash") == "-"
+    assert cli("get", "dash").stdout == "-\n"
+
+
+def test_put_value_is_still_a_string(cli, shared_node):
+    assert cli("put", "plain", "caf\u00e9", stdin=b"ignored").returncode == 0
+    assert stored(shared_node, "plain") == "caf\u00e9"
+
+
+def test_put_help_documents_stdin_and_value_file():
+    result = run_cli("put", "--help")
+    assert result.returncode == 0
+    assert "[VALUE]" in result.stdout and "--value-file PATH" in result.stdout
+    assert "stdin" in result.stdout and "/dev/stdin" in result.stdout and """'"-"' --json""" in result.stdout
+
+
 def test_health(cli):
     text = cli("health")
     assert text.returncode == 0, text.stderr
@@ -193,6 +274,53 @@ def test_usage_errors_exit_2(cli, args, message):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["put", "k", "v", "--value-file", "/etc/hostname"], b"", "Error: give VALUE or --value-file, not both"),
+        (["put", "k", "-", "--value-file", "-"], b"x", "Error: give VALUE or --value-file, not both"),
+        (["put", "k"], b"x", "Error: missing the value: give VALUE, '-' to read stdin, or --value-file PATH"),
+        (["put", "k", "--json"], b"1", "Error: missing the value"),
+        (
+            ["put", "k", "-", "--json"],
+            b'{"a": "\xff"}',
+            "'VALUE' (stdin): --json needs UTF-8 text, but byte 0xff at offset 7 is not valid UTF-8",
+        ),
+        (["put", "k", "-", "--json"], b"{not json" + b"x" * 10_000, "'VALUE' (stdin): not valid JSON (Expecting"),
+        (["put", "k", "-", "--json"], b"", "'VALUE' (stdin): not valid JSON (Expecting value"),
+        (["put", "k", "-", "--json"], b'{"$bytes": "!!"}', "'VALUE' (stdin): {\"$bytes\": ...} must hold a base64"),
+        (["put", "k", "-", "--json"], b"18446744073709551616", "'VALUE' (stdin): value = 18446744073709551616"),
+        (["put", "k", "--value-file", "/dev/stdin", "--json"], b"\xc3(", "'--value-file' '/dev/stdin': --json needs UTF-8 text"),
+    ],
+)
+def test_put_value_usage_errors_exit_2(cli, args, stdin, message):
+    result = cli(*args, stdin=stdin)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert "xxxxxxxxxx" * 10 not in result.stderr  # a long bad value is quoted cut short
+
+
+def test_unreadable_value_file_exits_2_naming_path_and_reason(cli, tmp_path):
+    missing = tmp_path / "missing.bin"
+    result = cli("put", "k", "--value-file", str(missing))
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"'--value-file': cannot read '{missing}': No such file or directory" in result.stderr
+
+    result = cli("put", "k", "--value-file", str(tmp_path))
+    assert result.returncode == 2
+    assert f"cannot read '{tmp_path}': Is a directory" in result.stderr
+
+
+
+def test_invalid_json_file_names_the_file(cli, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_bytes(b"[1, 2,")
+    result = cli("put", "k", "--value-file", str(path), "--json")
+    assert result.returncode == 2
+    assert f"'--value-file' '{path}': not valid JSON" in result.stderr
+
+
 def test_bad_endpoint_exits_2_naming_it():
     result = run_cli("--endpoints", "localhost", "get", "k")
     assert result.returncode == 2
@@ -260,6 +388,17 @@ def test_value_over_the_node_limit_exits_4(tmp_path):
     assert "too large" in result.stderr and "limit" in result.stderr
 
 
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_value_from_stdin_or_file_over_the_node_limit_exits_4(tmp_path, source):
+    path = tmp_path / "value.bin"
+    path.write_bytes(b"\xff" * 200)
+    args = ["-"] if source == "stdin" else ["--value-file", str(path)]
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-value-bytes", "100"]) as small:
+        result = run_cli("--endpoints", small.address, "put", "k", *args, stdin=path.read_bytes())
+    assert result.returncode == 4
+    assert "too large" in result.stderr and "limit is 100 bytes" in result.stderr
+
+
 def test_wrong_cluster_exits_4(cli):
     result = cli("--cluster-id", "elsewhere", "get", "k")
     assert result.returncode == 4
@@ -298,3 +437,11 @@ def test_ctrl_c_exits_130_quietly():
             process.wait()
     assert process.returncode == 130
     assert "Traceback" not in stderr and stdout == ""
+
+
+def test_a_value_over_the_frame_limit_is_too_large_not_unavailable(cli, tmp_path):
+    path = tmp_path / "huge.bin"
+    path.write_bytes(b"x" * 5_000_000)
+    result = cli("put", "huge", "--value-file", str(path))
+    assert result.returncode == 4, result.stderr
+    assert "too large" in result.stderr and "Traceback" not in result.stderr

@@ -544,3 +544,14 @@ async def test_a_full_node_refusing_at_once_sends_the_call_to_the_next_node():
         async with AsyncClient([full.address, free.address], retry=RetryPolicy(base_delay=0)) as client:
             await client.ping()
     assert [type(r) for r in free.received].count(Ping) == 1
+
+
+async def test_a_frame_over_the_nodes_limit_is_refused_before_sending(shared_node):
+    # The node would drop the connection at the oversized header, which looks like a
+    # lost node and would be retried elsewhere; the client knows the node's limits
+    # from HELLO and refuses the request itself, keeping the connection.
+    async with AsyncClient(shared_node.address) as client:
+        await client.put("before", 1)
+        with pytest.raises(TooLargeError, match="takes at most 4194304"):
+            await client.put("huge", b"x" * 5_000_000)
+        assert await client.get("before") == 1

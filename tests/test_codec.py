@@ -599,6 +599,76 @@ def test_largest_length_prefix_is_refused():
     assert err.code is ErrorCode.TOO_LARGE and err.fatal
 
 
+# An HTTP peer's first bytes, read as a length: refused as too large, with a hint.
+HTTP_REQUEST_STARTS = [b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b"OPTI", b"PATC"]
+
+
+def test_http_reply_on_a_client_names_http_and_the_kvwire_port():
+    conn, err = raises_protocol_error(Side.CLIENT, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    assert (err.code, err.fatal, err.request_id) == (ErrorCode.TOO_LARGE, True, None)
+    message = str(err)
+    assert "looks like an HTTP server" in message and "not a kvwire node" in message
+    assert "--listen port (7379 by default)" in message and "the bridge's port" in message
+    assert "1213486160" in message and "\n" not in message
+    with pytest.raises(ProtocolError) as again:
+        conn.next_event()
+    assert again.value is err
+
+
+def test_http_reply_is_recognised_from_the_header_alone_a_byte_at_a_time():
+    conn = Connection(Side.CLIENT)
+    for byte in b"HTT":
+        conn.receive_data(bytes([byte]))
+        assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"P")
+    with pytest.raises(ProtocolError, match="HTTP server") as info:
+        conn.next_event()
+    assert info.value.code is ErrorCode.TOO_LARGE and conn.buffered_bytes == 4
+
+
+@pytest.mark.parametrize("start", HTTP_REQUEST_STARTS, ids=lambda start: start.decode().strip())
+def test_http_request_on_a_node_names_http_and_the_bridge(start):
+    _, err = raises_protocol_error(Side.NODE, start + b"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (err.code, err.fatal, err.request_id) == (ErrorCode.TOO_LARGE, True, None)
+    message = str(err)
+    assert "looks like an HTTP request" in message and repr(start.decode()) in message
+    assert "HTTP bridge" in message and "kvwire serve --http-listen" in message and "kvwire bridge" in message
+    # The node answers a fatal error with an ERROR whose id is nil: the hint must travel in one.
+    reply = encode(ErrorReply(err.request_id, err.code, err.message))
+    client = Connection(Side.CLIENT)
+    client.receive_data(reply)
+    assert client.next_event() == ErrorReply(None, ErrorCode.TOO_LARGE, message)
+
+
+@pytest.mark.parametrize(
+    "side, header",
+    [(Side.NODE, b"HTTP"), *((Side.CLIENT, start) for start in HTTP_REQUEST_STARTS), (Side.NODE, b"get "),
+     (Side.CLIENT, b"http")],
+)
+def test_http_hint_only_for_what_that_side_can_receive(side, header):
+    # A node is never sent an HTTP reply, nor a client an HTTP request: those
+    # stay plain oversized frames, with the same code as any other.
+    _, err = raises_protocol_error(side, header)
+    assert (err.code, err.fatal) == (ErrorCode.TOO_LARGE, True)
+    assert "HTTP" not in str(err) and "exceeds the limit" in str(err)
+
+
+def test_http_like_length_within_a_raised_limit_is_a_length():
+    # The hint rides on the length check and never replaces it: a receiver
+    # whose limit admits the length waits for the payload as for any frame.
+    limits = Limits(max_frame_bytes=0xFFFFFFFF)
+    for side, header in [(Side.CLIENT, b"HTTP"), (Side.NODE, b"GET ")]:
+        conn = Connection(side, limits)
+        conn.receive_data(header + b"/1.1 200 OK\r\n")
+        assert conn.next_event() is NEED_DATA
+
+
+def test_doc_describes_the_http_hints():
+    section = DOC.split("## 2. Framing", 1)[1].split("## 3.", 1)[0]
+    for phrase in ("`HTTP`", "`GET `", "`PATC`", "7379", "--http-listen", "kvwire bridge", "TOO_LARGE"):
+        assert phrase in section, phrase
+
+
 def test_empty_frame_is_fatal():
     _, err = raises_protocol_error(Side.NODE, b"\x00\x00\x00\x00")
     assert err.code is ErrorCode.BAD_REQUEST and err.fatal and "empty" in str(err)

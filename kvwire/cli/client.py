@@ -42,7 +42,9 @@ EPILOG = f"""\b
 Exit codes:
   0  success
   1  key not found (get, delete)
-  2  usage error: bad option, endpoint, key or --json value
+  2  usage error: bad option, endpoint, key or --json value;
+     put: VALUE and --value-file both or neither given, or the
+     value file or stdin unreadable (or, with --json, not UTF-8)
   3  cluster unavailable, try again later: no node reachable or
      answering sensibly, timeout, UNAVAILABLE or NO_QUORUM reply
      (health: no quorum); also CONFLICT (delete raced with a write):
@@ -64,6 +66,20 @@ Output (-o/--output, before or after the command):
 Bytes values appear in JSON as {{"{BYTES_TAG}": "<base64>"}}, and bytes map
 keys as "{BYTES_TAG}:<base64>"; put --json accepts the same object form to
 store bytes. Errors always go to stderr as one line.
+"""
+
+PUT_EPILOG = """\b
+Examples:
+  kvwire-cli put k hello                   the string "hello"
+  kvwire-cli put k '{"n": 1}' --json       a map
+  kvwire-cli put k - < photo.jpg           the file's bytes (msgpack bin)
+  kvwire-cli put k --value-file photo.jpg  the same
+  kvwire-cli put k - --json < doc.json     a map read from stdin
+  kvwire-cli put k '"-"' --json            the one-character string "-"
+
+\b
+--value-file /dev/stdin is the same as VALUE '-'. A value over the node's
+max value size is refused by the node (exit 4, "too large").
 """
 
 OUTPUT_CHOICE = click.Choice(["text", "json"])
@@ -155,19 +171,47 @@ def get(settings: _Settings, key: str, consistency: str | None, output: str | No
         _echo_json(value)
 
 
-@cli.command()
+@cli.command(epilog=PUT_EPILOG)
 @click.argument("key", callback=_key_argument)
-@click.argument("value")
-@click.option("--json", "as_json", is_flag=True, help=f'Parse VALUE as JSON (bytes as {{"{BYTES_TAG}": "<base64>"}}).')
+@click.argument("value", required=False)
+@click.option(
+    "--value-file",
+    metavar="PATH",
+    default=None,
+    help="Read the value from the file at PATH instead (raw bytes unless --json; '-' is stdin).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help=f'Parse the value as JSON (bytes as {{"{BYTES_TAG}": "<base64>"}}); from stdin or a file it must be UTF-8.',
+)
 @_output_option
 @click.pass_obj
-def put(settings: _Settings, key: str, value: str, as_json: bool, output: str | None) -> None:
-    """Store VALUE (a string, or JSON with --json) under KEY."""
-    stored: Any = _parse_json_value(value) if as_json else value
+def put(
+    settings: _Settings, key: str, value: str | None, value_file: str | None, as_json: bool, output: str | None
+) -> None:
+    """Store a value under KEY: VALUE as a string, or JSON with --json.
+
+    VALUE '-' reads the value from stdin, and --value-file PATH from a file:
+    as raw bytes (stored as msgpack bin) unless --json is given. Use either
+    for values too long for the command line.
+    """
+    if value is not None and value_file is not None:
+        raise click.UsageError("give VALUE or --value-file, not both")
+    if value is None and value_file is None:
+        raise click.UsageError("missing the value: give VALUE, '-' to read stdin, or --value-file PATH")
+    if value_file is None and value != "-":
+        source = "'VALUE'"
+        stored: Any = _parse_json_value(value, source) if as_json else value
+    else:
+        path = value_file if value_file is not None else "-"
+        source, raw = _read_value(path, "'--value-file'" if value_file is not None else "'VALUE'")
+        stored = _parse_json_value(_utf8(raw, source), source) if as_json else raw
     try:
         check_value(stored)
     except (TypeError, ValueError) as exc:
-        raise click.BadParameter(str(exc), param_hint="'VALUE'") from None
+        raise click.BadParameter(str(exc), param_hint=source) from None
     version = _run(settings, lambda client: client.put(key, stored))
     _echo_version(settings, output, key, version, "OK")
 
@@ -216,13 +260,54 @@ def _format(settings: _Settings, output: str | None) -> str:
 # --- JSON in and out -------------------------------------------------------------------
 
 
-def _parse_json_value(text: str) -> Any:
+def _read_value(path: str, param: str) -> tuple[str, bytes]:
+    """The bytes of a value to put, from stdin (``path`` '-') or a file; usage error if unreadable.
+
+    Returns them with the name errors about them go by.
+    """
+    if path == "-":
+        source = f"{param} (stdin)"
+        stdin = sys.stdin
+        if stdin is None:  # the shell closed fd 0 (`<&-`)
+            raise click.BadParameter("cannot read stdin: it is closed", param_hint=source)
+        try:
+            return source, stdin.buffer.read()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read stdin: {exc.strerror or exc}", param_hint=source) from None
+    source = f"{param} {path!r}"
+    try:
+        with open(path, "rb") as file:
+            return source, file.read()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path!r}: {exc.strerror or exc}", param_hint="'--value-file'") from None
+
+
+def _utf8(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"--json needs UTF-8 text, but byte 0x{raw[exc.start]:02x} at offset {exc.start} is not valid UTF-8",
+            param_hint=source,
+        ) from None
+
+
+def _parse_json_value(text: str, source: str = "'VALUE'") -> Any:
     try:
         return json.loads(text, object_hook=_decode_bytes)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc}): {text!r}", param_hint="'VALUE'") from None
+        raise click.BadParameter(f"not valid JSON ({exc}): {_excerpt(text)}", param_hint=source) from None
     except ValueError as exc:  # bad base64 in a bytes object
-        raise click.BadParameter(str(exc), param_hint="'VALUE'") from None
+        raise click.BadParameter(str(exc), param_hint=source) from None
+    except RecursionError:
+        raise click.BadParameter("JSON nested too deeply to parse", param_hint=source) from None
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    """``text`` quoted, cut short if long: a value read from a file may be megabytes."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _to_json_text(value: Any) -> str:

@@ -32,8 +32,10 @@ from kvwire.protocol import (
     ProtocolError,
     Role,
     Side,
+    TooLargeError,
     error_from_wire,
 )
+from kvwire.protocol.codec import HEADER_SIZE as FRAME_HEADER_BYTES
 from kvwire.protocol.messages import REPLY_BIT, Request
 
 from ..protocol.address import format_endpoint
@@ -245,8 +247,15 @@ class ClientConnection(asyncio.Protocol):
         if self._failure is not None:
             raise self._connection_error()
         request_id = self._next_id
-        self._next_id += 1
         data = self._codec.send(message_type(request_id, *fields))
+        limit = self.server_limits.max_frame_bytes if self.server_limits is not None else None
+        if limit is not None and len(data) - FRAME_HEADER_BYTES > limit:
+            # The node would drop the connection at the header (docs/protocol.md 9), which
+            # reads as a lost node and is retried elsewhere; this request is the fault.
+            raise TooLargeError(
+                f"the request is {len(data) - FRAME_HEADER_BYTES} bytes as a frame; {self.address} takes at most {limit}"
+            )
+        self._next_id += 1
         reply_future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[request_id] = (reply_future, message_type.op | REPLY_BIT)
         reply_future.add_done_callback(lambda done: done.cancelled() and self._pending.pop(request_id, None))

@@ -304,6 +304,37 @@ def encode(message: Message) -> bytes:
 
 # --- decoding --------------------------------------------------------------------------
 
+# A peer that speaks HTTP instead of kvwire (someone pointed a client at the
+# REST bridge's port, or curl at a node's) sends ASCII where a length belongs.
+# Read as a length, each of these is over a billion bytes, so the length check
+# refuses it; these say why, from the 4 bytes alone.
+_HTTP_REPLY_START = b"HTTP"  # "HTTP/1.1 400 Bad Request"
+_HTTP_REQUEST_STARTS = frozenset({b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b"OPTI", b"PATC"})
+
+
+def oversized_frame_message(header: bytes, length: int, limit: int, *, replies: bool) -> str:
+    """What to say about a frame length over ``limit``, given its 4 ``header`` bytes.
+
+    ``replies`` is the receiver's side, as for :func:`decode_payload`: a client
+    whose header reads ``HTTP`` is talking to an HTTP server, and a node whose
+    header reads as the start of an HTTP method is being sent an HTTP request.
+    """
+    too_large = f"frame of {length} bytes exceeds the limit of {limit} bytes"
+    if replies and header == _HTTP_REPLY_START:
+        return (
+            "this looks like an HTTP server, not a kvwire node: its reply starts with 'HTTP' "
+            f"({too_large}); the kvwire port is the node's --listen port (7379 by default), "
+            "and the REST API is on the bridge's port"
+        )
+    if not replies and header in _HTTP_REQUEST_STARTS:
+        return (
+            f"this looks like an HTTP request, not a kvwire frame: it starts with "
+            f"{header.decode('ascii')!r} ({too_large}); this port speaks the kvwire protocol, and the REST API is served "
+            "by the HTTP bridge (kvwire serve --http-listen, or kvwire bridge)"
+        )
+    return too_large
+
+
 
 def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
     """Parse one frame's payload into a message.

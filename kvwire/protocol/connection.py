@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from .codec import HEADER, HEADER_SIZE, decode_payload, encode
+from .codec import HEADER, HEADER_SIZE, decode_payload, encode, oversized_frame_message
 from .errors import ErrorCode, ProtocolError
 from .limits import DEFAULT_LIMITS, Limits
 from .messages import Message
@@ -74,7 +74,12 @@ class Connection:
             # Refused on the header alone, before a byte of the payload is kept.
             return self._fail(
                 ProtocolError(
-                    f"frame of {length} bytes exceeds the limit of {self.limits.max_frame_bytes} bytes",
+                    oversized_frame_message(
+                        bytes(buffer[start : start + HEADER_SIZE]),
+                        length,
+                        self.limits.max_frame_bytes,
+                        replies=self._accept_replies,
+                    ),
                     code=ErrorCode.TOO_LARGE,
                 )
             )

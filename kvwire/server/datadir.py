@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from .storage import DataDirError
+from .storage import DataDirError, reason_of
 
 LOCK_FILE_NAME = "LOCK"
 
@@ -49,10 +49,17 @@ class DataDirLock:
     def acquire(self) -> DataDirLock:
         if self._fd is not None:
             raise RuntimeError(f"the lock on {self.data_dir} is already held")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataDirError(f"cannot create the data directory {self.data_dir}: {reason_of(exc)}") from None
         # Never deleted: removing it on exit would let a process that opened the
         # old file hold a lock on an unlinked inode while a third locks a new one.
-        fd = os.open(self.data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        lock_path = self.data_dir / LOCK_FILE_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise DataDirError(f"cannot write in the data directory {self.data_dir} ({lock_path}): {reason_of(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

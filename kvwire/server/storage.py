@@ -115,12 +115,15 @@ class Storage:
 
     @classmethod
     async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096) -> Storage:
-        data_dir.mkdir(parents=True, exist_ok=True)
         path = data_dir / "kvwire.sqlite3"
-        # sqlite3's default transaction handling opens a transaction before the
-        # first INSERT by itself, which saves a BEGIN round trip to aiosqlite's
-        # thread (about 25 us each, docs/design.md "Storage") on every group commit.
-        writer = await aiosqlite.connect(path)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            # sqlite3's default transaction handling opens a transaction before the
+            # first INSERT by itself, which saves a BEGIN round trip to aiosqlite's
+            # thread (about 25 us each, docs/design.md "Storage") on every group commit.
+            writer = await aiosqlite.connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise DataDirError(_cannot_use(path, exc)) from None
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
@@ -128,8 +131,10 @@ class Storage:
             await _claim_for_node(writer, node_id, path)
             await writer.commit()
             reader = await aiosqlite.connect(path, isolation_level=None)
-        except BaseException:
+        except BaseException as exc:
             await writer.close()
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise DataDirError(_cannot_use(path, exc)) from None
             raise
         storage = cls(writer, reader, max_batch_rows, path)
         await storage._load()
@@ -262,10 +267,28 @@ async def _claim_for_node(db: aiosqlite.Connection, node_id: str, path: Path) ->
     colliding or misleading tags."""
     async with db.execute("SELECT value FROM meta WHERE name = 'node_id'") as cursor:
         row = await cursor.fetchone()
-    if row is None:
-        await db.execute("INSERT INTO meta (name, value) VALUES ('node_id', ?)", (node_id,))
-    elif row[0] != node_id:
+    if row is not None and row[0] != node_id:
         raise DataDirError(f"{path} belongs to node {row[0]!r}, not {node_id!r}; use that node id or another --data-dir")
+    # Written at every start, not only the first: a database file that opens but
+    # can't be written (read-only, on a read-only mount) fails here, at start-up,
+    # rather than leaving a node that looks healthy while every write fails.
+    await db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('node_id', ?)", (node_id,))
+
+
+def reason_of(error: OSError | sqlite3.Error) -> str:
+    """``Permission denied`` rather than ``[Errno 13] Permission denied: '/path'``: messages name the path."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def _cannot_use(path: Path, error: OSError | sqlite3.Error) -> str:
+    """One line naming the file and the reason, with what to check where we know it."""
+    reason = reason_of(error)
+    hint = ""
+    if "readonly" in reason or "read-only" in reason.lower() or "Permission denied" in reason:
+        hint = "; check the owner and mode of the file and its directory (the node writes both)"
+    elif "not a database" in reason or "malformed" in reason:
+        hint = "; the file is damaged or not kvwire's: restore it from a backup, or move it aside to start this node empty"
+    return f"cannot use the database {path}: {reason}{hint}"
 
 
 

@@ -1,0 +1,90 @@
+"""A node that cannot use its data directory exits 1 with one line naming the path and the reason.
+
+Real processes and real file systems. The tests run as root, whom file modes
+don't stop, so a directory or file that can't be written is a read-only bind
+mount in a mount namespace of the node's own (``unshare --mount``): the node
+meets EROFS exactly as on a read-only disk, and nothing outside it changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from kvwire.testing import NodeProcess, free_port
+
+
+def serve(data_dir, *, read_only: list | None = None) -> subprocess.CompletedProcess:
+    """``kvwire serve`` on ``data_dir``, with the paths in ``read_only`` mounted read-only for it alone."""
+    command = [sys.executable, "-m", "kvwire", "serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data_dir)]
+    if read_only:
+        mounts = " && ".join(f"mount --bind -o ro {shlex.quote(str(p))} {shlex.quote(str(p))}" for p in read_only)
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(command)}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def the_one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    # Not the listen address: the old message blamed it for a storage failure.
+    assert "cannot start node" not in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture()
+def existing_database(tmp_path):
+    """A data directory a node has used (and stopped cleanly): its database exists."""
+    data_dir = tmp_path / "n1"
+    with NodeProcess("n1", data_dir=data_dir):
+        pass
+    assert (data_dir / "kvwire.sqlite3").exists()
+    return data_dir
+
+
+def test_a_data_directory_under_a_file_cannot_be_created(tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    line = the_one_error_line(serve(tmp_path / "afile" / "n1"))
+    assert f"cannot create the data directory {tmp_path / 'afile' / 'n1'}: Not a directory" in line
+
+
+def test_a_data_directory_on_a_read_only_file_system_cannot_be_created(tmp_path):
+    parent = tmp_path / "mounted"
+    parent.mkdir()
+    line = the_one_error_line(serve(parent / "n1", read_only=[parent]))
+    assert f"cannot create the data directory {parent / 'n1'}: Read-only file system" in line
+
+
+def test_a_data_directory_that_cannot_be_written(existing_database):
+    line = the_one_error_line(serve(existing_database, read_only=[existing_database]))
+    assert f"cannot write in the data directory {existing_database}" in line
+    assert "Read-only file system" in line
+
+
+def test_a_read_only_database_file_stops_the_start_not_every_later_write(existing_database):
+    # The directory stays writable (LOCK, the WAL): only the database file is read-only,
+    # which SQLite opens without complaint; the node must find out before it serves.
+    database = existing_database / "kvwire.sqlite3"
+    line = the_one_error_line(serve(existing_database, read_only=[database]))
+    assert f"cannot use the database {database}: attempt to write a readonly database" in line
+    assert "check the owner and mode" in line
+
+
+def test_a_corrupt_database(tmp_path):
+    data_dir = tmp_path / "n1"
+    data_dir.mkdir()
+    (data_dir / "kvwire.sqlite3").write_bytes(os.urandom(8192))
+    line = the_one_error_line(serve(data_dir))
+    assert f"cannot use the database {data_dir / 'kvwire.sqlite3'}: file is not a database" in line
+    assert "move it aside" in line
+
+
+def test_the_same_directory_starts_once_the_fault_is_gone(existing_database):
+    # The checks refuse only what is wrong: the very directory of the read-only test starts normally.
+    with NodeProcess("n1", data_dir=existing_database) as node:
+        assert node.running
