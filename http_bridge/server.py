@@ -67,17 +67,13 @@ async def start_bridge(config: BridgeConfig, *, registry: CollectorRegistry | No
     """
     logging.getLogger("aiohttp.server").addFilter(_ONE_LINE_BAD_REQUESTS)  # adding it again is a no-op
     access_log = logging.getLogger("kvwire.http.access") if config.access_log else None
-    runner = web.AppRunner(
-        create_app(config, registry=registry), handle_signals=False, access_log=access_log, shutdown_timeout=config.shutdown_timeout
+    runner, port = await _listen(
+        web.AppRunner(
+            create_app(config, registry=registry), handle_signals=False, access_log=access_log,
+            shutdown_timeout=config.shutdown_timeout,
+        ),
+        config.host, config.port,
     )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    port = _bound_port(runner, config.port)
     bridge = RunningBridge(config, runner, port)
     log.info("HTTP bridge listening on %s, forwarding to %s", bridge.url, ", ".join(config.endpoints))
     return bridge
@@ -96,14 +92,7 @@ class RunningMetrics:
 
 async def start_metrics(registry: CollectorRegistry, host: str, port: int) -> RunningMetrics:
     """Serve ``registry`` at ``http://host:port/metrics``; raises OSError when it can't listen."""
-    runner = web.AppRunner(metrics_app(registry), handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    port = _bound_port(runner, port)
+    runner, port = await _listen(web.AppRunner(metrics_app(registry), handle_signals=False, access_log=None), host, port)
     log.info("metrics on http://%s/metrics", format_endpoint(host, port))
     return RunningMetrics(runner, port)
 
@@ -119,6 +108,18 @@ async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event, registry: C
         await stop.wait()
     finally:
         await bridge.close()
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Set ``runner`` up and listen on ``host:port``; the runner and the port bound (the real one for 0).
+    Raises OSError, the runner cleaned up, when it can't listen."""
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, _bound_port(runner, port)
 
 
 def _bound_port(runner: web.AppRunner, requested: int) -> int:

@@ -196,7 +196,7 @@ def test_recent_compares_the_oldest_and_newest_snapshots():
     metrics = RequestMetrics()
     metrics.take_snapshot(100.0)
     for _ in range(50):
-        metrics.record("get", "quorum", "ok", 0.0002)
+        metrics.get_quorum.answer_ok(0.0002)
     metrics.take_snapshot(102.0)
     report = metrics.recent()
     assert report["window_s"] == 2.0

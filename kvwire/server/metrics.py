@@ -64,9 +64,8 @@ class NodeCollector(Collector):
             ("kvwire_delete_conflicts", "DELETEs answered CONFLICT.", stats.delete_conflicts),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        up = 1 + sum(core.detector.is_up(peer) for peer in core.peer_ids)
         yield GaugeMetricFamily("kvwire_has_quorum", "1 while this node sees a majority UP, itself included.",
-                                value=int(up >= config.quorum))
+                                value=int(core.nodes_up() >= config.quorum))
         yield GaugeMetricFamily("kvwire_cluster_nodes", "Members of the cluster, this node included.",
                                 value=config.cluster_size)
         yield GaugeMetricFamily("kvwire_keys", "Keys held, tombstones included.", value=len(core.keydir))

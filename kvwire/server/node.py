@@ -228,7 +228,7 @@ class Node:
                    "silent_ms": round(transition.silent_for * 1000)},
         )
         core, config = self.core, self.config
-        up = 1 + sum(core.detector.is_up(peer) for peer in core.peer_ids)
+        up = core.nodes_up()
         has_quorum = up >= config.quorum
         if has_quorum != self._has_quorum:
             self._has_quorum = has_quorum
@@ -284,7 +284,7 @@ class Node:
         peers = core.describe_peers(self._clock())
         for peer in peers:
             peer["url"] = self.peers.address(peer["node_id"])
-        healthy = 1 + sum(peer["healthy"] for peer in peers)
+        healthy = core.nodes_up()
         has_quorum = healthy >= config.quorum
         return {
             "status": "healthy" if healthy == config.cluster_size else "degraded" if has_quorum else "unavailable",

@@ -236,6 +236,10 @@ class NodeCore:
         """UP by the detector and linked: worth sending to."""
         return peer in self.connected and self.detector.is_up(peer)
 
+    def nodes_up(self) -> int:
+        """Members this node sees UP, itself included: a majority of them is a quorum."""
+        return 1 + sum(self.detector.is_up(peer) for peer in self.peer_ids)
+
     def usable_peers(self) -> list[str]:
         return [peer for peer in self.peer_ids if self.usable(peer)]
 
