@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from kvwire import Client
-from kvwire.protocol import Ping, Pong
+from kvwire.protocol import Health, HealthReply, Ping, Pong
 from kvwire.testing import RawConnection, free_port_run, wait_for
 
 NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
@@ -90,6 +90,16 @@ def answers_ping(address: str) -> bool:
         return False
 
 
+def sees_nodes_up(address: str, count: int) -> bool:
+    """Whether the node at ``address`` answers HEALTH and counts ``count`` nodes UP, itself included."""
+    try:
+        with RawConnection(address, timeout=1) as connection:
+            reply = connection.request(Health(1))
+    except (OSError, EOFError, TimeoutError):
+        return False
+    return isinstance(reply, HealthReply) and reply.health["cluster"]["healthy_nodes"] == count
+
+
 def process_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,8 +119,9 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
         expected = [f"127.0.0.1:{port}" for port in range(base, base + 3)]
         assert [nodes[node_id][0] for node_id in ("n1", "n2", "n3")] == expected
         assert f"KVWIRE_ENDPOINTS={','.join(expected)}" in up.stdout
+        # Each node answers once its peers are UP (a quorum read before that fails by design).
         for address in expected:
-            wait_for(lambda: answers_ping(address), timeout=10, what=f"{address} answering PING")
+            wait_for(lambda: sees_nodes_up(address, 3), timeout=10, what=f"{address} seeing all three nodes UP")
         # The nodes form one cluster: a write through n1 is read through n3.
         with Client(expected[0]) as first, Client(expected[2]) as third:
             first.put("greeting", "hello")
@@ -122,7 +133,7 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
         assert rest("PUT", f"{urls[0]}/kv/rest-greeting/", {"value": "hi"})[0] == 201
         assert rest("GET", f"{urls[2]}/kv/rest-greeting/") == (
             200, {"key": "rest-greeting", "value": "hi", "version": {"counter": 1, "node": "n1"}})
-        # Peers see each other within a heartbeat or two of starting.
+        # The REST health report shows the same: n2 sees both peers UP.
         status, health = wait_for(
             lambda: (reply := rest("GET", f"{urls[1]}/health/"))[1]["cluster"]["healthy_nodes"] == 3 and reply,
             timeout=5, what="n2 seeing both peers UP")
