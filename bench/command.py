@@ -23,6 +23,7 @@ from kvwire.bench.load_report import report_table, save_result
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.settings import CONSISTENCIES, DEFAULT_MAX_REQUESTS, Settings
 from kvwire.bench.suite import suite
+from kvwire.bench.security_cost import security_cost
 from kvwire.bench.workload import DISTRIBUTIONS, parse_mix
 
 
@@ -110,6 +111,12 @@ def bench() -> None:
                                 "or after --duration, whichever comes first.")
 @click.option("--server-pid", "server_pids", callback=_pids, metavar="PID[,PID...]",
               help="Node process(es) whose CPU time (/proc/PID/stat) to report per operation.")
+@click.option("--tls", is_flag=True, help="Connect over TLS (implied by the --tls-* files).")
+@click.option("--tls-ca", metavar="PEM", help="CA that signed the nodes' certificates.  [default: the system's CAs]")
+@click.option("--tls-cert", metavar="PEM", help="Client certificate, for nodes given --tls-ca.")
+@click.option("--tls-key", metavar="PEM", help="The private key of --tls-cert.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Say HELLO with the access token in this file (nodes with --auth-file).")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="What to print.")
 @click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
@@ -122,12 +129,17 @@ def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: boo
          progress: bool | None, **options: object) -> None:
     """Load kvwire nodes, closed loop or at a fixed --rate (the default command)."""
     try:
-        settings = Settings(endpoints=tuple(e for e in endpoints.split(",") if e), mix=parse_mix(mix), **options)
+        token_file = options.pop("token_file")
+        token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
+        settings = Settings(endpoints=tuple(e for e in endpoints.split(",") if e), mix=parse_mix(mix), token=token,
+                            **options)
         for pid in settings.server_pids:
             if not os.path.exists(f"/proc/{pid}/stat"):
                 raise ValueError(f"--server-pid {pid}: no such process")
         if out is not None:
             prepare_directory(out, "--out")
+    except OSError as exc:
+        raise click.UsageError(f"cannot read --token-file: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
@@ -143,3 +155,4 @@ def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: boo
 bench.add_command(suite)
 bench.add_command(failover)
 bench.add_command(detection)
+bench.add_command(security_cost)

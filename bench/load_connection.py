@@ -106,7 +106,7 @@ class LoadProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.hello = asyncio.get_running_loop().create_future()
-        transport.write(encode(Hello(_HELLO_ID)))
+        transport.write(encode(Hello(_HELLO_ID, token=self.run.settings.token)))
 
     def start(self) -> None:
         if self.schedule is None:
@@ -247,7 +247,11 @@ async def connect_one(settings: Settings, number: int, make: Callable[[], LoadPr
     """Connection ``number``, round-robin over the endpoints, past its HELLO."""
     loop = asyncio.get_running_loop()
     host, port = parse_host_port(settings.endpoints[number % len(settings.endpoints)])
-    _, protocol = await asyncio.wait_for(loop.create_connection(make, host, port), _CONNECT_TIMEOUT_S)
+    context = settings.ssl_context()
+    _, protocol = await asyncio.wait_for(
+        loop.create_connection(make, host, port, ssl=context, server_hostname=host if context else None),
+        _CONNECT_TIMEOUT_S,
+    )
     await asyncio.wait_for(protocol.hello, _CONNECT_TIMEOUT_S)
     return protocol
 

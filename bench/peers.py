@@ -7,7 +7,7 @@ every run is bounded in time.
 
 Redis is driven by redis-benchmark (its own tool: the best case for redis) and
 etcd by wrk through its JSON gateway, as kvwire's REST bridge is; the
-reference figures in docs/design.md section 7 were measured the same way.
+reference figures in docs/design.md section 8 were measured the same way.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def _redis_stats(port: int) -> dict[str, int]:
     return {name: int(value) for name, _, value in (line.partition(":") for line in text.splitlines()) if value.isdigit()}
 
 
-# Redis' fastest here, 1.7M GET/s at depth 16 (docs/design.md section 7), for the longest run allowed.
+# Redis' fastest here, 1.7M GET/s at depth 16 (docs/design.md section 8), for the longest run allowed.
 _MAX_DURATION_S = 120
 _MAX_REQUESTS = 1_700_000 * _MAX_DURATION_S
 # Enough rounds on every connection for the rate to settle; about 0.1-0.3 s at 50 connections.
@@ -337,7 +337,7 @@ def run_etcd(
 ) -> dict[str, Any]:
     """PUT or range random keys through member 1's JSON gateway with wrk; ranges find every key (``preload``).
 
-    One URL because wrk takes one, as in the reference run (docs/design.md section 7); writes go
+    One URL because wrk takes one, as in the reference run (docs/design.md section 8); writes go
     through the raft leader whichever member receives them, and ranges are
     linearizable (etcd's default), so they ask the leader too.
     """

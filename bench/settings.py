@@ -6,10 +6,13 @@ reports it as it stands.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from dataclasses import dataclass, field
 
 from kvwire.bench.workload import DISTRIBUTIONS, MAX_KEYS, OPS
 from kvwire.protocol import Consistency, parse_host_port
+from kvwire.tls import optional_client_context
 
 DEFAULT_MAX_REQUESTS = 100_000_000
 _MAX_FRAME_TABLE_BYTES = 512 * 1024 * 1024
@@ -32,6 +35,14 @@ class Settings:
     rate: float | None = None
     max_requests: int = DEFAULT_MAX_REQUESTS
     server_pids: tuple[int, ...] = ()
+    # TLS to the nodes (kvwire.tls): on with tls or any of the files, which are
+    # the CA that signed the nodes' certificates and a client certificate.
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # The access token each connection says HELLO with, for nodes with an auth file.
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -66,8 +77,20 @@ class Settings:
             raise ValueError(f"--consistency must be one of {', '.join(CONSISTENCIES)}, got {self.consistency!r}")
         if self.rate is not None and not 0 < self.rate <= 10_000_000:
             raise ValueError(f"--rate must be in (0, 10000000] requests/s, got {self.rate:g}")
+        self.ssl_context()  # a missing or unloadable file: its TlsConfigError (a ValueError) names it
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What every connection dials with; None for plain TCP. Built once per process."""
+        return _ssl_context(self.tls, self.tls_ca, self.tls_cert, self.tls_key)
 
     @property
     def preloads(self) -> bool:
         """Runs that read or delete first PUT every key, so that they find them."""
         return bool(set(self.mix) - {"put"})
+
+
+@functools.lru_cache(maxsize=4)
+def _ssl_context(tls: bool, ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    # One context for all of a run's connections: loading the files per
+    # connection would cost more than the handshake.
+    return optional_client_context(tls, ca=ca, cert=cert, key=key)

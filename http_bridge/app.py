@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote, unquote_to_bytes
 
@@ -20,9 +21,11 @@ from kvwire.client import (
     AsyncClient,
     BadRequestError,
     ConflictError,
+    ForbiddenError,
     KeyNotFoundError,
     KvwireError,
     TooLargeError,
+    UnauthenticatedError,
     check_key,
 )
 from kvwire.client.json_values import version_json
@@ -48,6 +51,9 @@ RETRY_AFTER_SECONDS = "1"
 
 CONFIG = web.AppKey("config", BridgeConfig)
 CLIENT = web.AppKey("client", AsyncClient)
+CLIENTS = web.AppKey("clients", object)
+# Node clients kept for distinct bearer tokens; each holds a connection per node.
+MAX_TOKEN_CLIENTS = 64
 OPENAPI_TEXT = web.AppKey("openapi_text", str)
 
 # The error kinds that need a status of their own, first match first. Every
@@ -58,6 +64,9 @@ OPENAPI_TEXT = web.AppKey("openapi_text", str)
 _OWN_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (KeyNotFoundError, 404),
     (BadRequestError, 400),
+    # No token, or one the nodes don't know. A ForbiddenError is 403 when the
+    # request carried a token (_json_errors) and 502 when not: a node refused the bridge.
+    (UnauthenticatedError, 401),
     (TooLargeError, 413),
     (UnrepresentableValueError, 406),
     # Transient, but the answer is not "try later": the DELETE may have taken effect.
@@ -96,14 +105,43 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
 
 async def _client_context(app: web.Application):
     config = app[CONFIG]
-    client = AsyncClient(
-        config.endpoints, timeout=config.timeout, cluster=config.cluster_id, retry=config.retry, limits=config.limits
-    )
-    app[CLIENT] = client
+    app[CLIENTS] = clients = TokenClients(lambda token: AsyncClient(
+        config.endpoints, timeout=config.timeout, cluster=config.cluster_id, retry=config.retry, limits=config.limits,
+        tls=config.nodes_context(), token=token,
+    ))
+    app[CLIENT] = clients.get(None)
     try:
         yield
     finally:
-        await client.close()
+        await clients.close()
+
+
+class TokenClients:
+    """One node client per bearer token seen lately (the nodes check tokens, the
+    bridge only passes them on), and one without a token; the least recently
+    used is closed when there are more than MAX_TOKEN_CLIENTS."""
+
+    def __init__(self, make: Callable[[str | None], AsyncClient]) -> None:
+        self._make = make
+        self._clients: OrderedDict[str | None, AsyncClient] = OrderedDict()
+        self._closing: set[asyncio.Task] = set()
+
+    def get(self, token: str | None) -> AsyncClient:
+        client = self._clients.get(token)
+        if client is None:
+            client = self._clients[token] = self._make(token)
+            if len(self._clients) > MAX_TOKEN_CLIENTS + 1:
+                oldest = next(key for key in self._clients if key is not None)
+                task = asyncio.get_running_loop().create_task(self._clients.pop(oldest).close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        else:
+            self._clients.move_to_end(token)
+        return client
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.close() for client in self._clients.values()), *self._closing)
+        self._clients.clear()
 
 
 # --- handlers ----------------------------------------------------------------------------
@@ -161,7 +199,18 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def _client(request: web.Request) -> AsyncClient:
-    return request.app[CLIENT]
+    """The node client for this request's bearer token (``Authorization: Bearer T``), if any."""
+    return request.app[CLIENTS].get(bearer_token(request))
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
 
 
 def _key(request: web.Request) -> str:
@@ -211,6 +260,11 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         return await handler(request)
     except KvwireError as exc:
         status = status_for(exc)
+        if type(exc) is ForbiddenError and "Authorization" in request.headers:
+            status = 403  # a token the nodes know, out of its role; without one, a node refused the bridge
+        elif status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="kvwire"'}
+            return _error(401, str(exc), headers)
         # Only a 502 says something is wrong behind the bridge: 4xx are the REST
         # client's mistakes, and 503/504 come in floods while the cluster is down
         # (its nodes log why).

@@ -7,10 +7,12 @@ module without loading the server (``kvwire.http_bridge`` imports that lazily).
 from __future__ import annotations
 
 import math
+import ssl
 from dataclasses import dataclass, field
 
 from kvwire.client import RetryPolicy
 from kvwire.protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints
+from kvwire.tls import TlsFiles, client_context, server_context
 
 DEFAULT_LISTEN_PORT = 8000
 # A value's limit is on its msgpack encoding (1 MiB by default); its JSON
@@ -43,6 +45,11 @@ class BridgeConfig:
     # In-flight REST requests get this long to finish on shutdown, like a node's.
     shutdown_timeout: float = 10.0
     access_log: bool = False
+    # HTTPS with tls.cert and tls.key (no cert: plain HTTP). With nodes_tls the
+    # bridge dials the nodes over TLS, checking them against tls.ca (None: the
+    # system's CAs) and presenting tls.cert, which nodes given a CA require.
+    tls: TlsFiles | None = None
+    nodes_tls: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -67,7 +74,27 @@ class BridgeConfig:
             raise ValueError(f"max_body_bytes must be an integer of at least {MIN_BODY_BYTES}, got {self.max_body_bytes!r}")
         if not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        if self.tls is not None and not isinstance(self.tls, TlsFiles):
+            raise ValueError(f"tls must be a kvwire.tls.TlsFiles or None, got {type(self.tls).__name__}")
 
     @property
     def listen(self) -> str:
         return format_endpoint(self.host, self.port)
+
+    @property
+    def https(self) -> bool:
+        return self.tls is not None and self.tls.cert is not None
+
+    def https_context(self) -> ssl.SSLContext | None:
+        """What the REST API serves with; None for plain HTTP. Browsers and curl bring no
+        client certificate, so none is asked for."""
+        if self.tls is None or self.tls.cert is None or self.tls.key is None:
+            return None
+        return server_context(self.tls.cert, self.tls.key)
+
+    def nodes_context(self) -> ssl.SSLContext | None:
+        """What the bridge's clients dial the nodes with; None for plain TCP."""
+        if not self.nodes_tls:
+            return None
+        files = self.tls or TlsFiles()
+        return client_context(ca=files.ca, cert=files.cert, key=files.key)

@@ -65,6 +65,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "404": {"$ref": _RESPONSES + "NotFound"},
                         "406": {"$ref": _RESPONSES + "NotRepresentable"},
+                        **_access_failures(),
                         **_cluster_failures(),
                     },
                 },
@@ -101,6 +102,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         },
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "413": {"$ref": _RESPONSES + "TooLarge"},
+                        **_access_failures(),
                         **_cluster_failures(),
                     },
                 },
@@ -112,6 +114,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "404": {"$ref": _RESPONSES + "NotFound"},
                         "409": {"$ref": _RESPONSES + "Conflict"},
+                        **_access_failures(),
                         **_cluster_failures(),
                     },
                 },
@@ -160,7 +163,19 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
         "components": {
             "schemas": _schemas(config),
             "responses": _error_responses(config),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "A token from the nodes' --auth-file, passed through to them. Needed only when the "
+                        "nodes have an auth file; health never needs one."
+                    ),
+                }
+            },
         },
+        # Optional: nodes without an auth file need no token.
+        "security": [{}, {"bearer": []}],
     }
 
 
@@ -283,6 +298,11 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
     return {
         "BadRequest": _error("Bad request: a body that is not JSON, has no `value`, or holds a bad bytes object; a key too long or not UTF-8; an unknown consistency."),
         "NotFound": _error("No such key (or a deleted one)."),
+        "Unauthenticated": {
+            **_error("The nodes have an auth file, and the request has no `Authorization: Bearer` token they know."),
+            "headers": {"WWW-Authenticate": {"description": "`Bearer realm=\"kvwire\"`.", "schema": {"type": "string"}}},
+        },
+        "Forbidden": _error("The token's role does not allow this method, or its key prefix this key."),
         "Conflict": _error(
             "The DELETE raced with a concurrent write of the same key and may or may not have taken "
             "effect (`maybe_applied` is true); read the key to find out."
@@ -303,6 +323,13 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
             "headers": _retry_after(),
         },
         "GatewayTimeout": _error("No node answered within the bridge's timeout."),
+    }
+
+
+def _access_failures() -> dict[str, Any]:
+    return {
+        "401": {"$ref": _RESPONSES + "Unauthenticated"},
+        "403": {"$ref": _RESPONSES + "Forbidden"},
     }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -30,7 +31,8 @@ class RunningBridge:
 
     @property
     def url(self) -> str:
-        return f"http://{format_endpoint(self.config.host, self.port)}/kv-store/v1"
+        scheme = "https" if self.config.https else "http"
+        return f"{scheme}://{format_endpoint(self.config.host, self.port)}/kv-store/v1"
 
     async def close(self) -> None:
         """Stop accepting, let requests in flight finish (``shutdown_timeout``), close the client."""
@@ -72,7 +74,7 @@ async def start_bridge(config: BridgeConfig, *, registry: CollectorRegistry | No
             create_app(config, registry=registry), handle_signals=False, access_log=access_log,
             shutdown_timeout=config.shutdown_timeout,
         ),
-        config.host, config.port,
+        config.host, config.port, ssl_context=config.https_context(),
     )
     bridge = RunningBridge(config, runner, port)
     log.info("HTTP bridge listening on %s, forwarding to %s", bridge.url, ", ".join(config.endpoints))
@@ -110,12 +112,13 @@ async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event, registry: C
         await bridge.close()
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Set ``runner`` up and listen on ``host:port``; the runner and the port bound (the real one for 0).
-    Raises OSError, the runner cleaned up, when it can't listen."""
+async def _listen(runner: web.AppRunner, host: str, port: int,
+                  ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+    """Set ``runner`` up and listen on ``host:port`` (HTTPS with ``ssl_context``); the runner and the
+    port bound (the real one for 0). Raises OSError, the runner cleaned up, when it can't listen."""
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         raise

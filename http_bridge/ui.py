@@ -89,9 +89,11 @@ def _health_clients(config: BridgeConfig):
         # With one endpoint the cooldown never holds a call back; it only spaces
         # the client's "failed" log line, once a minute while a node is down.
         retry = RetryPolicy(attempts=1, attempt_timeout=HEALTH_TIMEOUT, cooldown=60.0)
+        nodes_context = config.nodes_context()
         clients = {
             endpoint: AsyncClient(
-                endpoint, timeout=HEALTH_TIMEOUT, cluster=config.cluster_id, retry=retry, limits=config.limits
+                endpoint, timeout=HEALTH_TIMEOUT, cluster=config.cluster_id, retry=retry, limits=config.limits,
+                tls=nodes_context,
             )
             for endpoint in config.endpoints
         }

@@ -62,6 +62,7 @@ from kvwire.protocol import (
     ServerTimeoutError,
     Side,
     TooLargeError,
+    UnauthenticatedError,
     UnavailableError,
     UnknownOpError,
     Version,
@@ -88,11 +89,11 @@ REPLY_CLASSES = (
 ALL_CLASSES = REQUEST_CLASSES + REPLY_CLASSES
 # docs/protocol.md section 3.2: the only optional fields, left out when they have no value.
 OPTIONAL_FIELDS = {
-    "Hello": {"cluster", "node"},
+    "Hello": {"cluster", "node", "token", "nonce", "proof"},
     "Get": {"consistency"},
     "Replicate": {"expect"},
     "ErrorReply": {"maybe_applied"},
-    "HelloReply": {"limits"},
+    "HelloReply": {"limits", "nonce", "proof"},
     "PutReply": {"created"},
 }
 
@@ -182,6 +183,9 @@ SAMPLES = [
     Hello(0),
     Hello(1, 1, Role.PEER, cluster="c", node="n2"),
     Hello(2, 7, Role.CLIENT, cluster=None, node="only-node"),
+    Hello(3, token="a client's access token"),
+    Hello(4, 1, Role.PEER, "c", "n2", nonce=bytes(range(16))),
+    Hello(5, 1, Role.PEER, "c", "n2", proof=bytes(range(32))),
     Ping(2**64 - 1),
     Get(3, "k"),
     Get(4, "ключ", Consistency.QUORUM),
@@ -207,6 +211,7 @@ SAMPLES = [
     HelloReply(15, 1, "n1", "kvwire"),
     HelloReply(16, 1, "n1", "kvwire", Limits().to_wire()),
     HelloReply(17, 1, "n1", "kvwire", {**Limits(max_frame_bytes=2**32 - 1).to_wire(), "max_nesting": 1024}),
+    HelloReply(18, 1, "n1", "kvwire", Limits().to_wire(), bytes(16), bytes(32)),
     Pong(16),
     GetReply(17, {"nested": [[[]]]}, Version(0, "")),
     GetReply(18, None, Version(5, "é")),
@@ -1028,6 +1033,13 @@ WRONG_FIELDS = [
     (Op.HELLO, "role", ["client"]),
     (Op.HELLO, "cluster", 5),
     (Op.HELLO, "node", b"n1"),
+    (Op.HELLO, "token", b"a-token-as-bytes"),
+    (Op.HELLO, "token", 7),
+    (Op.HELLO, "nonce", "sixteen chars!!!"),
+    (Op.HELLO, "nonce", b"short"),
+    (Op.HELLO, "nonce", b"x" * 65),
+    (Op.HELLO, "proof", b"x" * 31),
+    (Op.HELLO, "proof", "x" * 32),
     (Op.GET, "key", 42),
     (Op.GET, "key", b"k"),
     (Op.GET, "key", ["k"]),
@@ -1251,6 +1263,7 @@ WIRE_CLASSES = {
     ErrorCode.UNAVAILABLE: (UnavailableError, ServerError),
     ErrorCode.INTERNAL: (InternalServerError, ServerError),
     ErrorCode.CONFLICT: (ConflictError, ServerError),
+    ErrorCode.UNAUTHENTICATED: (UnauthenticatedError, PermissionError),
 }
 
 
@@ -1281,6 +1294,7 @@ def test_error_codes_have_their_documented_numbers():
         "UNAVAILABLE": 8,
         "INTERNAL": 9,
         "CONFLICT": 10,
+        "UNAUTHENTICATED": 11,
     }
 
 

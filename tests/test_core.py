@@ -24,7 +24,7 @@ MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
 
 
 def make_core(node_id="n1", members=MEMBERS, **config) -> NodeCore:
-    return NodeCore(ServerConfig(node_id=node_id, members=members, data_dir=Path("unused"), **config), 0.0)
+    return NodeCore(ServerConfig(node_id=node_id, members=members, data_dir=Path("unused"), insecure=True, **config), 0.0)
 
 
 def effects_of(core, kind):
@@ -294,7 +294,7 @@ def test_an_unknown_mutant_is_refused():
 def test_a_read_joining_a_load_issued_before_a_newer_commit_gets_the_newer_row():
     """SQLite's reader takes its snapshot when the SELECT runs, maybe before a
     commit the loop has since settled and acknowledged: such a row is read again."""
-    core = NodeCore(ServerConfig(node_id="n2", members=MEMBERS, data_dir=Path("unused"), cache_entries=0), 0.0,
+    core = NodeCore(ServerConfig(node_id="n2", members=MEMBERS, data_dir=Path("unused"), cache_entries=0, insecure=True), 0.0,
                     committed={"k": Entry(Version(1, "n1"), False)})
     core.request("early", Fetch(1, "k"), 0.0, from_peer=True)
     (first_load,) = effects_of(core, Load)

@@ -82,6 +82,10 @@ def test_nodes_form_one_cluster_and_use_only_options_kvwire_serve_knows(compose)
         assert host == services[name]["hostname"] == name
         assert env["KVWIRE_LISTEN"] == f"0.0.0.0:{port}"
         assert services[name]["stop_grace_period"] == "15s"  # > the node's 10 s drain
+        # Every node proves the same cluster secret, mounted from one file.
+        assert env["KVWIRE_CLUSTER_SECRET_FILE"] == "/run/secrets/cluster.secret"
+        assert services[name]["secrets"] == [{"source": "cluster_secret", "target": "cluster.secret"}]
+    assert compose["secrets"] == {"cluster_secret": {"file": "./cluster.secret"}}
     assert sorted(services[name]["environment"]["KVWIRE_NODE_ID"] for name in NODE_SERVICES) == ["n1", "n2", "n3"]
 
 

@@ -26,7 +26,7 @@ from kvwire import Client, NoQuorumError
 from kvwire.protocol import HealthReply, encode
 from kvwire.protocol.messages import Health, Ping, Pong
 from kvwire.testing import LocalCluster, RawConnection, free_port_run, wait_for
-from kvwire.testing.balancer import HAProxyProcess, WriteLoad, free_address, report_figures
+from kvwire.testing.balancer import HAProxyProcess, LoadReport, free_address, kill_under_load, report_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "haproxy" / "kvwire.cfg"
@@ -259,24 +259,17 @@ def test_stats_csv_and_prometheus_metrics(healthy):
 # --- failures ---------------------------------------------------------------------------------
 
 
+def kill_the_node_under_load(cluster: LocalCluster, lb: HAProxyProcess, **client_options) -> tuple[str, float, LoadReport]:
+    """kill_under_load through ``lb``, timing the kill until HAProxy has the node DOWN (at most 1 s)."""
+    return kill_under_load(cluster, lb.tcp_address, client_options=client_options,
+                           after_kill=lambda victim: lb.wait_status("kvwire_nodes", victim, "DOWN", timeout=1.0))
+
+
 def test_a_node_killed_under_load_is_out_within_a_second_and_no_acknowledged_write_is_lost(tmp_path, haproxy_binary):
     with LocalCluster(3, data_dir=tmp_path / "data") as cluster:
         with HAProxyProcess.for_cluster(CONFIG, cluster, workdir=tmp_path) as lb:
             lb.wait_all("kvwire_nodes", "UP")
-            load = WriteLoad(lb.tcp_address, max_requests=20_000, max_duration=10.0).start()
-            try:
-                load.wait_acknowledged(200)
-                before = len(load.report.acknowledged)
-                killed_at = time.monotonic()
-                victim = load.node_id
-                cluster.kill(victim)
-                lb.wait_status("kvwire_nodes", victim, "DOWN", timeout=1.0)
-                detection = time.monotonic() - killed_at
-                # Keep writing through the two survivors for a while.
-                load.wait_acknowledged(before + 300, timeout=5.0)
-                load.run_until(killed_at + 1.0)
-            finally:
-                report = load.stop()
+            victim, detection, report = kill_the_node_under_load(cluster, lb)
             figures = {"detection_ms": round(detection * 1000, 1), **report.as_dict()}
 
             # Recovery: back in rotation within 2 s of its restart.

@@ -486,6 +486,7 @@ def test_json_values_module_is_what_the_cli_uses():
 OWN_STATUSES = {
     errors.KeyNotFoundError: 404,
     errors.BadRequestError: 400,
+    errors.UnauthenticatedError: 401,
     errors.TooLargeError: 413,
     errors.ConflictError: 409,
     errors.KvwireTimeoutError: 504,

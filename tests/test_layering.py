@@ -22,13 +22,15 @@ SOURCES = {"kvwire": ROOT / "kvwire", "kvwire.http_bridge": ROOT / "http_bridge"
 ALLOWED = {
     "kvwire.protocol": set(),
     "kvwire.backoff": set(),
-    "kvwire.client": {"kvwire.protocol", "kvwire.backoff"},
-    "kvwire.server": {"kvwire.protocol", "kvwire.backoff", "kvwire.client"},
+    "kvwire.tls": set(),  # the standard library's ssl only, so that every side can share it
+    "kvwire.secret_file": {"kvwire.protocol"},
+    "kvwire.client": {"kvwire.protocol", "kvwire.backoff", "kvwire.tls"},
+    "kvwire.server": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls"},
     "kvwire.check": {"kvwire.protocol"},
     "kvwire.sim": {"kvwire.protocol", "kvwire.backoff", "kvwire.server", "kvwire.check"},
-    "kvwire.testing": {"kvwire.protocol", "kvwire.backoff", "kvwire.client"},
-    "kvwire.http_bridge": {"kvwire.protocol", "kvwire.backoff", "kvwire.client"},
-    "kvwire.bench": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.testing"},
+    "kvwire.testing": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.secret_file", "kvwire.tls"},
+    "kvwire.http_bridge": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls"},
+    "kvwire.bench": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.testing", "kvwire.tls"},
     "kvwire.chaos": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.check", "kvwire.testing"},
     "kvwire.cli": None,  # anything
     "kvwire": {"kvwire.protocol", "kvwire.client"},  # the package's own __init__: the public API
@@ -36,7 +38,7 @@ ALLOWED = {
 }
 # kvwire.sim drives the pure core only, never the asyncio shell around it.
 SHELL = {"kvwire.server.node", "kvwire.server.connection", "kvwire.server.peers", "kvwire.server.storage",
-         "kvwire.server.app", "kvwire.server.datadir", "kvwire.server.flow"}
+         "kvwire.server.app", "kvwire.server.datadir", "kvwire.server.flow", "kvwire.server.tls_listener"}
 
 
 def _modules() -> dict[str, Path]:

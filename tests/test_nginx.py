@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from rest_helpers import PREFIX, http, with_http
 
 from kvwire import Client
 from kvwire.testing import LocalCluster, wait_for
-from kvwire.testing.balancer import NginxProcess, WriteLoad, free_address, report_figures
+from kvwire.testing.balancer import NginxProcess, free_address, kill_under_load, report_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_DIR = ROOT / "deploy" / "nginx"
@@ -101,17 +100,7 @@ def test_a_node_killed_under_load_through_the_stream_proxy(nginx_binary, tmp_pat
                 with pytest.raises(KeyError):
                     kv.get("greeting")
 
-            load = WriteLoad(tcp, max_requests=20_000, max_duration=10.0).start()
-            try:
-                load.wait_acknowledged(200)
-                before = len(load.report.acknowledged)
-                killed_at = time.monotonic()
-                victim = load.node_id
-                cluster.kill(victim)
-                load.wait_acknowledged(before + 300, timeout=5.0)
-                load.run_until(killed_at + 1.0)
-            finally:
-                report = load.stop()
+            victim, _, report = kill_under_load(cluster, tcp)
             report_figures("nginx_kill_one_node", report.as_dict())
             assert len(report.failures) <= 2, report.as_dict()
             assert report.longest_stall_s < 1.0, report.as_dict()

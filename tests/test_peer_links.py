@@ -8,7 +8,9 @@ import asyncio
 
 from kvwire.protocol import ErrorReply, Health, Hello, Ping, Pong
 from kvwire.protocol.errors import ErrorCode
+from kvwire.secret_file import read_secret_file
 from kvwire.testing import NodeProcess, RawConnection, ScriptedNode, wait_for
+from kvwire.testing.cluster import new_secret_file
 
 
 def refusing_first_hellos(count):
@@ -40,9 +42,10 @@ async def poll(condition, timeout, what):
 
 async def test_a_peer_that_refused_our_hello_is_linked_once_it_accepts(tmp_path):
     """Before, a BAD_REQUEST answer to HELLO ended the link task for good, silently."""
-    async with ScriptedNode(refusing_first_hellos(2), node_id="n2") as n2:
+    secret_file = new_secret_file(tmp_path)
+    async with ScriptedNode(refusing_first_hellos(2), node_id="n2", secret=read_secret_file(secret_file)) as n2:
         node = NodeProcess("n1", data_dir=tmp_path / "n1")
-        node.extra_args += ["--cluster", f"n1={node.address},n2={n2.address}"]
+        node.extra_args += ["--cluster", f"n1={node.address},n2={n2.address}", "--cluster-secret-file", secret_file]
         await asyncio.to_thread(node.start)
         try:
             await asyncio.to_thread(node.wait_ready)
@@ -50,7 +53,7 @@ async def test_a_peer_that_refused_our_hello_is_linked_once_it_accepts(tmp_path)
             assert sum(isinstance(request, Hello) for request in n2.received) >= 3
         finally:
             await asyncio.to_thread(node.stop)
-        assert "refused our HELLO" in node.log()
+        assert "peer n2: handshake failed: protocol version 1 is not supported" in node.log()
 
 
 async def test_a_silent_peer_link_is_closed_and_dialled_again(tmp_path):
@@ -63,9 +66,10 @@ async def test_a_silent_peer_link_is_closed_and_dialled_again(tmp_path):
             return ScriptedNode.SILENT  # reads everything, answers nothing, keeps the connection
         return Pong(request.id) if isinstance(request, Ping) else None
 
-    async with ScriptedNode(answer, node_id="n2") as n2:
+    secret_file = new_secret_file(tmp_path)
+    async with ScriptedNode(answer, node_id="n2", secret=read_secret_file(secret_file)) as n2:
         node = NodeProcess("n1", data_dir=tmp_path / "n1")
-        node.extra_args += ["--cluster", f"n1={node.address},n2={n2.address}"]
+        node.extra_args += ["--cluster", f"n1={node.address},n2={n2.address}", "--cluster-secret-file", secret_file]
         await asyncio.to_thread(node.start)
         try:
             await asyncio.to_thread(node.wait_ready)

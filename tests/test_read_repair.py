@@ -58,7 +58,7 @@ def _committed(cluster, node_id):
     """``(version, deleted)`` of ``node_id``'s committed row for KEY, as a peer's FETCH sees it
     (a consistency=one GET can't tell a tombstone from no row at all)."""
     with RawConnection(cluster[node_id].address) as conn:
-        conn.request(Hello(1, role=Role.PEER, cluster=cluster.cluster_id, node="test"))
+        cluster.as_peer(node_id, conn)
         reply = conn.request(Fetch(2, KEY))
     assert isinstance(reply, FetchReply), reply
     return reply.version, reply.deleted

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from kvwire import Client, KeyNotFoundError, NoQuorumError
+from kvwire import Client, KeyNotFoundError, KvwireConnectionError, NoQuorumError, UnauthenticatedError
 from kvwire.client import RetryPolicy
 from kvwire.protocol import ErrorCode, Fetch, Hello, Lookup, Replicate, Role, Version
 from kvwire.testing import LocalCluster, RawConnection, wait_for
@@ -14,15 +14,33 @@ from kvwire.testing import LocalCluster, RawConnection, wait_for
 NODE_IDS = ("n1", "n2", "n3")
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    with LocalCluster(3, data_dir=tmp_path) as started:
+@pytest.fixture(params=["plain", "tls+auth"])
+def cluster(request, tmp_path):
+    """Every test runs twice: on plain TCP, and with mutual TLS on every link and
+    client tokens on (issue 10), where it must pass just the same."""
+    secure = request.param == "tls+auth"
+    with LocalCluster(3, data_dir=tmp_path, tls=secure, auth=secure) as started:
         yield started
 
 
 def client_for(cluster, *node_ids, **kwargs):
     endpoints = [cluster[node_id].address for node_id in (node_ids or NODE_IDS)]
-    return Client(endpoints, **{"timeout": 5.0, **kwargs})
+    return Client(endpoints, **{"timeout": 5.0, **cluster.client_options, **kwargs})
+
+
+def test_the_cluster_is_as_secure_as_its_variant_says(cluster):
+    """The tls+auth variant is what it claims: without TLS, or with TLS but no token, a client gets nowhere."""
+    if cluster.tls is None:
+        with Client(cluster.endpoints, timeout=2) as plain:
+            plain.put("open", 1)
+        return
+    with Client(cluster.endpoints, timeout=2, retry=RetryPolicy(attempts=1)) as plain:
+        with pytest.raises(KvwireConnectionError):
+            plain.put("open", 1)
+    tokenless = {name: value for name, value in cluster.client_options.items() if name != "token"}
+    with Client(cluster.endpoints, timeout=2, **tokenless) as client:
+        with pytest.raises(UnauthenticatedError):
+            client.put("open", 1)
 
 
 def test_a_write_through_any_node_is_readable_through_every_node(cluster):
@@ -81,11 +99,11 @@ def test_a_put_says_whether_it_created_the_key_whichever_node_coordinates(cluste
 
 
 def test_peer_only_ops_are_refused_to_clients_and_answered_to_peers(cluster):
-    with RawConnection(cluster["n1"].address) as conn:
+    with cluster.raw("n1") as conn:
         conn.request(Replicate(1, "k", Version(3, "n2"), "v", False))
         for request in (Lookup(2, "k"), Fetch(3, "k")):
             assert conn.request(request).code == ErrorCode.FORBIDDEN
-        conn.request(Hello(4, role=Role.PEER, node="n2", cluster="kvwire"))
+        assert conn.hello_as_peer("n2", "kvwire", cluster.secret, request_id=4).node == "n1"
         assert conn.request(Lookup(5, "k")).version == Version(0, "")
         conn.request(Replicate(6, "k", Version(3, "n2"), "v", False))
         assert conn.request(Lookup(7, "k")).version == Version(3, "n2")
@@ -94,7 +112,7 @@ def test_peer_only_ops_are_refused_to_clients_and_answered_to_peers(cluster):
 
 
 def test_a_peer_of_another_cluster_is_refused(cluster):
-    with RawConnection(cluster["n1"].address) as conn:
+    with cluster.raw("n1") as conn:
         reply = conn.request(Hello(1, role=Role.PEER, node="n9", cluster="elsewhere"))
         assert reply.code == ErrorCode.FORBIDDEN
 
@@ -281,7 +299,7 @@ def test_concurrent_writes_of_one_key_through_one_node_get_distinct_versions_and
     from kvwire import AsyncClient
 
     async def write_all() -> list:
-        async with AsyncClient([cluster["n1"].address], timeout=10) as client:
+        async with AsyncClient([cluster["n1"].address], timeout=10, **cluster.client_options) as client:
             return await asyncio.gather(*(client.put_with_result("hot", f"value-{n}") for n in range(200)))
 
     results = asyncio.run(write_all())

@@ -112,8 +112,11 @@ def test_health_counts_each_write_waiting_on_the_disk_once(node):
     assert all(isinstance(replies[i], PutReply) for i in range(50))
 
 
-def test_replicate_needs_a_peer_connection_and_applies_only_newer_versions(node):
-    with RawConnection(node.address) as conn:
+def test_replicate_needs_a_peer_connection_and_applies_only_newer_versions(tmp_path):
+    # --insecure takes the peer role on the peer's word, so one raw connection can
+    # play a peer; tests/test_security.py shows a node with a secret refusing that.
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--insecure"]) as node, \
+            RawConnection(node.address) as conn:
         refused = conn.request(Replicate(1, "k", Version(5, "n2"), "v5"))
         assert refused.code == ErrorCode.FORBIDDEN
         assert conn.request(Hello(2, role=Role.PEER)).node == "n1"

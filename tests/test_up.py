@@ -140,6 +140,9 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
         assert status == 200 and health["node_id"] == "n2"
         for node_id in ("n1", "n2", "n3"):
             assert (tmp_path / "data" / node_id).is_dir()
+        # The nodes prove to each other a secret `up` made for them, private to its owner.
+        secret = tmp_path / "data" / "cluster.secret"
+        assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_bytes().strip()) >= 32
 
         up.process.send_signal(signum)
         assert up.wait_exit(timeout=30) == 0, up.stderr

@@ -12,7 +12,9 @@ import sqlite3
 
 from kvwire import AsyncClient
 from kvwire.protocol import NO_VERSION, Lookup, LookupReply, Ping, Pong, Replicate, ReplicateReply
+from kvwire.secret_file import read_secret_file
 from kvwire.testing import NodeProcess, ScriptedNode
+from kvwire.testing.cluster import new_secret_file
 
 
 def replicate_checker(coordinator_db, seen):
@@ -40,10 +42,13 @@ def replicate_checker(coordinator_db, seen):
 async def test_no_peer_sees_a_tag_before_the_coordinator_has_committed_it(tmp_path):
     seen = []
     db = tmp_path / "n1" / "kvwire.sqlite3"
-    async with ScriptedNode(replicate_checker(db, seen), node_id="n2") as n2, \
-            ScriptedNode(replicate_checker(db, seen), node_id="n3") as n3:
+    secret_file = new_secret_file(tmp_path)  # the scripted peers prove it, so n1 links to them
+    secret = read_secret_file(secret_file)
+    async with ScriptedNode(replicate_checker(db, seen), node_id="n2", secret=secret) as n2, \
+            ScriptedNode(replicate_checker(db, seen), node_id="n3", secret=secret) as n3:
         node = NodeProcess("n1", data_dir=tmp_path / "n1")
-        node.extra_args += ["--cluster", f"n1={node.address},n2={n2.address},n3={n3.address}"]
+        node.extra_args += ["--cluster", f"n1={node.address},n2={n2.address},n3={n3.address}",
+                            "--cluster-secret-file", secret_file]
         await asyncio.to_thread(node.start)
         try:
             await asyncio.to_thread(node.wait_ready)

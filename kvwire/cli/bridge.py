@@ -18,7 +18,7 @@ from kvwire.http_bridge import DEFAULT_MAX_BODY_BYTES, MIN_BODY_BYTES, BridgeCon
 
 from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints, parse_host_port
 from ..protocol.limits import FRAME_OVERHEAD_BYTES
-from .options import LOG_LEVELS, configure_logging, env, log_format_option
+from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
 from .signals import run_until_stop_signal
 
 if TYPE_CHECKING:
@@ -38,9 +38,15 @@ log = logging.getLogger("kvwire.http")
 @click.option("--max-body-bytes", type=click.IntRange(min=MIN_BODY_BYTES), default=DEFAULT_MAX_BODY_BYTES, show_default=True, help="Largest request body (413 beyond).", **env("MAX_BODY_BYTES"))
 @click.option("--max-key-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_key_bytes, show_default=True, help="Longest key, in UTF-8 bytes; as the nodes' option.", **env("MAX_KEY_BYTES"))
 @click.option("--max-value-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_value_bytes, show_default=True, help="Largest value, as encoded in msgpack; as the nodes' option (413 beyond).", **env("MAX_VALUE_BYTES"))
+@click.option("--tls", is_flag=True, default=False, help="Dial the nodes over TLS (implied by --tls-ca), checking their certificates and host names.", **env("TLS"))
+@tls_file_options(
+    cert="Serve HTTPS with this certificate (PEM); it is also the client certificate presented to the nodes over TLS.",
+    ca="CA (PEM) that signed the nodes' certificates; implies --tls.  [default with --tls: the system's CAs]",
+)
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr; debug adds one line per request.", **env("LOG_LEVEL"))
 @log_format_option()
-def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, log_level, log_format) -> None:
+def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, log_level, log_format,
+           tls, tls_cert, tls_key, tls_ca) -> None:
     """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -50,10 +56,14 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
             max_key_bytes=max_key_bytes,
             max_value_bytes=max_value_bytes,
         )
+        files = tls_files({"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca})
         config = BridgeConfig(
             host=host, port=port, endpoints=nodes, timeout=timeout, cluster_id=cluster_id or None,
             limits=limits, max_body_bytes=max_body_bytes, access_log=log_level == "debug",
+            tls=files, nodes_tls=tls or tls_ca is not None,
         )
+        # Loaded now, so that a file that will not load is refused like a missing one.
+        config.https_context(), config.nodes_context()
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     configure_logging(log_level, log_format, context={"bridge": config.listen})  # bridge=HOST:PORT on every line
@@ -139,4 +149,8 @@ def node_bridge_config(config: ServerConfig, http_listen: tuple[str, int]) -> Br
         cluster_id=config.cluster_id,
         limits=config.limits,
         access_log=logging.getLogger().isEnabledFor(logging.DEBUG),
+        # A TLS node serves its REST API over HTTPS with the same certificate,
+        # which is also the bridge's client certificate towards the nodes.
+        tls=config.tls,
+        nodes_tls=config.tls is not None,
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import sys
+from pathlib import Path
 from typing import Any, Awaitable, Callable, NoReturn
 
 import click
@@ -30,6 +32,7 @@ from ..protocol import (
     format_endpoint,
     parse_endpoints,
 )
+from .options import client_ssl_context, client_tls_options
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -88,11 +91,14 @@ OUTPUT_CHOICE = click.Choice(["text", "json"])
 class _Settings:
     """What the group's options decided, handed to the subcommands."""
 
-    def __init__(self, endpoints: list[str], timeout: float, cluster: str | None, output: str) -> None:
+    def __init__(self, endpoints: list[str], timeout: float, cluster: str | None, output: str,
+                 ssl_context: ssl.SSLContext | None = None, token: str | None = None) -> None:
+        self.token = token
         self.endpoints = endpoints
         self.timeout = timeout
         self.cluster = cluster
         self.output = output
+        self.ssl_context = ssl_context
 
 
 def _endpoints_option(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -142,12 +148,37 @@ def _output_option(function: Callable) -> Callable:
     show_envvar=True,
     help="Refuse nodes that belong to another cluster.",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="KVWIRE_TOKEN_FILE",
+    show_envvar=True,
+    help="Read the access token (for nodes with an auth file) from this file; KVWIRE_TOKEN may hold the token itself.",
+)
+@client_tls_options
 @click.option("-o", "--output", type=OUTPUT_CHOICE, default="text", show_default=True, help="Output format.")
 @click.version_option(package_name="kvwire")
 @click.pass_context
-def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: str | None, output: str) -> None:
+def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: str | None, token_file: Path | None,
+        output: str, **tls_options: Any) -> None:
     """Talk to kvwire nodes: get, put and delete keys, and read a node's health."""
-    ctx.obj = _Settings(endpoints, timeout, cluster_id, output)
+    ctx.obj = _Settings(endpoints, timeout, cluster_id, output, ssl_context=client_ssl_context(tls_options),
+                        token=_token(token_file))
+
+
+def _token(path: Path | None) -> str | None:
+    """The token in ``path``, else in KVWIRE_TOKEN; never echoed, even in errors."""
+    if path is None:
+        return os.environ.get("KVWIRE_TOKEN") or None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
+                                 param_hint="'--token-file'") from None
+    if not token:
+        raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
+    return token
 
 
 @cli.command()
@@ -247,7 +278,8 @@ def health(settings: _Settings, output: str | None) -> None:
 
 def _run(settings: _Settings, call: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
     async def run() -> Any:
-        async with AsyncClient(settings.endpoints, timeout=settings.timeout, cluster=settings.cluster) as client:
+        async with AsyncClient(settings.endpoints, timeout=settings.timeout, cluster=settings.cluster,
+                               tls=settings.ssl_context, token=settings.token) as client:
             return await call(client)
 
     return asyncio.run(run())

@@ -18,7 +18,7 @@ from typing import Sequence
 import click
 
 from ..protocol.address import format_endpoint
-from ..testing import ChildProcess
+from ..testing import ChildProcess, DevCerts
 from .supervisor import bind_refusal
 
 INSTALL_HINT = (
@@ -43,8 +43,10 @@ def find_config() -> Path:
     raise click.ClickException(f"haproxy/kvwire.cfg not found (looked in {', '.join(map(str, candidates))})")
 
 
-def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int], data_dir: Path) -> ChildProcess:
-    """The HAProxy child for ``kvwire up``, after checking it can start; prints its endpoints."""
+def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int], data_dir: Path,
+                  tls: DevCerts | None = None) -> ChildProcess:
+    """The HAProxy child for ``kvwire up``, after checking it can start; prints its endpoints.
+    With ``tls``, the config's TLS mode with those certificates."""
     binary = shutil.which("haproxy")
     if binary is None:
         raise click.ClickException(INSTALL_HINT)
@@ -60,8 +62,11 @@ def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int
             _check_port_free(host, port, name)
             env[name] = format_endpoint(host, port)
     env.setdefault("KVWIRE_LB_SOCKET", str((data_dir / "haproxy.sock").absolute()))
+    if tls is not None:
+        env.update(KVWIRE_LB_TLS_CA=str(tls.ca.absolute()), KVWIRE_LB_TLS_CERT=str(tls.haproxy.absolute()))
     click.echo(
-        f"haproxy ({config}): binary protocol on {env['KVWIRE_LB_TCP']}, REST on {env['KVWIRE_LB_HTTP']}, "
+        f"haproxy ({config}): binary protocol on {env['KVWIRE_LB_TCP']}{' (TLS passed through)' if tls else ''}, "
+        f"REST on {'https://' if tls else ''}{env['KVWIRE_LB_HTTP']}, "
         f"stats on http://{env['KVWIRE_LB_STATS']}/stats (Prometheus: /metrics)"
     )
     return ChildProcess("haproxy", [binary, "-db", "-f", str(config)], env=env)

@@ -9,8 +9,11 @@ from pathlib import Path
 import click
 
 from ..protocol import DEFAULT_LIMITS, Limits, parse_host_port
+from ..server.access import AuthTable
 from ..server.config import ServerConfig, SyncMode, parse_cluster
-from .options import LOG_LEVELS, configure_logging, env, log_format_option
+from ..secret_file import read_secret_file, write_secret_file
+from ..tls import TlsConfigError
+from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
 from .signals import run_until_stop_signal
 
 
@@ -38,40 +41,90 @@ def main() -> None:
 @click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.write_timeout, show_default=True, help="Seconds a write or quorum read waits for a majority before failing with NO_QUORUM.", **env("WRITE_TIMEOUT"))
 @click.option("--retry-attempts", type=click.IntRange(min=0), default=ServerConfig.retry_attempts, show_default=True, help="Background re-sends to a live replica that missed a write, before it waits as a hint.", **env("RETRY_ATTEMPTS"))
 @click.option("--retry-delay", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.retry_delay, show_default=True, help="Seconds before the first background re-send; it doubles each time.", **env("RETRY_DELAY"))
-@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) and /metrics on this address, in this process.", **env("HTTP_LISTEN"))
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The secret every member holds; peers prove it before replicating (make one: kvwire secret FILE). Needed with --cluster.", **env("CLUSTER_SECRET_FILE"))
+@click.option("--insecure", is_flag=True, default=False, help="Run --cluster without a secret: any connection saying it is a peer may replicate. For trusted networks only.", **env("INSECURE"))
+@click.option("--auth-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Client tokens and their roles (read, write, admin); without it anyone may read and write.", **env("AUTH_FILE"))
+@click.option("--hello-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.hello_timeout, show_default=True, help="Seconds a new connection has for its first request (with --auth-file: an accepted HELLO) before it is closed.", **env("HELLO_TIMEOUT"))
+@click.option("--frame-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.frame_timeout, show_default=True, help="Seconds a frame, once begun, has to arrive whole before the connection is closed.", **env("FRAME_TIMEOUT"))
+@click.option("--max-version-jump", type=click.IntRange(min=1, max=2**62), default=ServerConfig.max_version_jump, show_default=True, help="A peer's version tag more than this far above this node's highest counter is refused.", **env("MAX_VERSION_JUMP"))
+@tls_file_options(
+    cert="Serve TLS with this certificate (PEM), to clients and peers; it is also this node's client certificate towards its peers, so it needs both serverAuth and clientAuth (kvwire certs makes such).",
+    ca="CA (PEM) that signed the peers' certificates; with it every connection, client or peer, must present a certificate it signed (mutual TLS). Without it peers are checked against the system's CAs.",
+)
+@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) and /metrics on this address, in this process; over HTTPS with --tls-cert.", **env("HTTP_LISTEN"))
 @click.option("--metrics-listen", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics (without a bridge).", **env("METRICS_LISTEN"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr, one line per event.", **env("LOG_LEVEL"))
 @log_format_option()
-def serve(node_id, listen, data_dir, cluster_id, sync, max_key_bytes, max_value_bytes, max_frame_bytes,
-          max_connections, max_inflight, cache_entries, cluster, heartbeat_interval, failure_timeout,
-          write_timeout, retry_attempts, retry_delay, http_listen, metrics_listen, log_level, log_format) -> None:
+def serve(**options) -> None:
     """Run one node in the foreground until SIGTERM or SIGINT."""
     try:
-        host, port = parse_host_port(listen)
-        config = ServerConfig(
-            node_id=node_id,
-            host=host,
-            port=port,
-            data_dir=data_dir if data_dir is not None else Path(".kvwire") / node_id,
-            cluster_id=cluster_id,
-            sync=SyncMode(sync),
-            limits=Limits(max_frame_bytes=max_frame_bytes, max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes),
-            max_connections=max_connections,
-            max_inflight_per_connection=max_inflight,
-            cache_entries=cache_entries,
-            members=parse_cluster(cluster) if cluster else (),
-            heartbeat_interval=heartbeat_interval,
-            failure_timeout=failure_timeout,
-            write_timeout=write_timeout,
-            retry_attempts=retry_attempts,
-            retry_delay=retry_delay,
-        )
-        http_address = parse_host_port(http_listen) if http_listen else None
-        metrics_address = parse_host_port(metrics_listen) if metrics_listen else None
+        config = server_config(options)
+        http_address = parse_host_port(options["http_listen"]) if options["http_listen"] else None
+        metrics_address = parse_host_port(options["metrics_listen"]) if options["metrics_listen"] else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    configure_logging(log_level, log_format, context={"node": node_id})  # node=ID on every line
+    node_id = config.node_id
+    configure_logging(options["log_level"], options["log_format"], context={"node": node_id})  # node=ID on every line
+    warn_about_security(config, options["cluster_secret_file"], options["auth_file"])
     sys.exit(run_node(config, http_listen=http_address, metrics_listen=metrics_address))
+
+
+def server_config(options: dict) -> ServerConfig:
+    """The node's configuration from ``serve``'s options; ValueError names what is wrong."""
+    host, port = parse_host_port(options["listen"])
+    node_id = options["node_id"]
+    data_dir = options["data_dir"]
+    cluster = options["cluster"]
+    return ServerConfig(
+        node_id=node_id,
+        host=host,
+        port=port,
+        data_dir=data_dir if data_dir is not None else Path(".kvwire") / node_id,
+        cluster_id=options["cluster_id"],
+        sync=SyncMode(options["sync"]),
+        limits=Limits(max_frame_bytes=options["max_frame_bytes"], max_key_bytes=options["max_key_bytes"],
+                      max_value_bytes=options["max_value_bytes"]),
+        max_connections=options["max_connections"],
+        max_inflight_per_connection=options["max_inflight"],
+        cache_entries=options["cache_entries"],
+        members=parse_cluster(cluster) if cluster else (),
+        heartbeat_interval=options["heartbeat_interval"],
+        failure_timeout=options["failure_timeout"],
+        write_timeout=options["write_timeout"],
+        retry_attempts=options["retry_attempts"],
+        retry_delay=options["retry_delay"],
+        cluster_secret=read_secret_file(options["cluster_secret_file"]) if options["cluster_secret_file"] else None,
+        insecure=options["insecure"],
+        auth=AuthTable.load(options["auth_file"]) if options["auth_file"] else None,
+        hello_timeout=options["hello_timeout"],
+        frame_timeout=options["frame_timeout"],
+        max_version_jump=options["max_version_jump"],
+        tls=tls_files(options),
+    )
+
+
+def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_file: Path | None) -> None:
+    log = logging.getLogger("kvwire.server")
+    if config.cluster_secret is None and config.members and config.insecure:
+        log.warning("--insecure: peers are not authenticated; anyone who can reach %s:%d can rewrite any key",
+                    config.host, config.port)
+    for kind, path in (("cluster secret", secret_file), ("auth", auth_file)):
+        if path is not None and path.stat().st_mode & 0o077:
+            log.warning("%s file %s is readable by others than its owner; chmod 600 it", kind, path)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
+def secret(path: Path, force: bool) -> None:
+    """Write a new cluster secret to PATH (mode 600): give each node a copy, with --cluster-secret-file."""
+    try:
+        write_secret_file(path, replace=force)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; --force replaces it (every node then needs the new one)") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    click.echo(f"wrote a new cluster secret to {path}")
 
 
 def run_node(
@@ -94,7 +147,7 @@ def run_node(
                 "stopping the HTTP bridge, then finishing requests in flight",
             )
         run_until_stop_signal(lambda stop: serve_node(config, stop=stop), log, "finishing requests in flight")
-    except DataDirError as exc:
+    except (DataDirError, TlsConfigError) as exc:
         log.error("%s", exc)
         return 1
     except OSError as exc:
@@ -113,6 +166,8 @@ from .bench import bench  # noqa: E402
 main.add_command(bench)
 from .chaos import chaos  # noqa: E402
 main.add_command(chaos)
+from .certs import certs  # noqa: E402
+main.add_command(certs)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import ssl
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import click
 
+from ..tls import TlsConfigError, TlsFiles, optional_client_context
 from .logformat import LOG_FORMATS, install
 
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
@@ -23,6 +26,45 @@ def log_format_option():
         "--log-format", type=LOG_FORMAT_CHOICES, default="text", show_default=True,
         help="text: TIME LEVEL LOGGER: message key=value...; json: one JSON object per line.", **env("LOG_FORMAT"),
     )
+
+
+def tls_file_options(*, cert: str, ca: str) -> Callable[[Callable], Callable]:
+    """``--tls-cert``, ``--tls-key`` and ``--tls-ca`` (``KVWIRE_TLS_CERT``, ...), with the
+    command's own help for the certificate and the CA; :func:`tls_files` reads them."""
+    path = click.Path(dir_okay=False, path_type=Path)
+
+    def decorate(function: Callable) -> Callable:
+        function = click.option("--tls-ca", type=path, default=None, metavar="PEM", help=ca, **env("TLS_CA"))(function)
+        function = click.option("--tls-key", type=path, default=None, metavar="PEM",
+                                help="The private key of --tls-cert (PEM, unencrypted).", **env("TLS_KEY"))(function)
+        return click.option("--tls-cert", type=path, default=None, metavar="PEM", help=cert, **env("TLS_CERT"))(function)
+
+    return decorate
+
+
+def client_tls_options(function: Callable) -> Callable:
+    """``--tls`` (``KVWIRE_TLS``) and the files of a client; :func:`client_ssl_context` reads them."""
+    function = tls_file_options(
+        cert="Client certificate (PEM) to present: nodes given --tls-ca require one. Implies --tls.",
+        ca="CA (PEM) that signed the nodes' certificates; implies --tls.  [default with --tls: the system's CAs]",
+    )(function)
+    return click.option("--tls", is_flag=True, default=False,
+                        help="Connect over TLS, checking each node's certificate and host name.", **env("TLS"))(function)
+
+
+def client_ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """The context of :func:`client_tls_options`' choices, None for plain TCP; a bad file is a usage error."""
+    try:
+        files = tls_files(options) or TlsFiles()
+        return optional_client_context(options["tls"], ca=files.ca, cert=files.cert, key=files.key)
+    except TlsConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def tls_files(options: Mapping[str, Any]) -> TlsFiles | None:
+    """The files of :func:`tls_file_options`, checked; None when none was given. ValueError names a bad one."""
+    given = {name: options[f"tls_{name}"] for name in ("cert", "key", "ca")}
+    return TlsFiles(**given) if any(value is not None for value in given.values()) else None
 
 
 def configure_logging(level: str, log_format: str = "text", context: Mapping[str, Any] | None = None) -> None:

@@ -11,8 +11,9 @@ short would hide the failure from whoever started it.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
-import socket
+import ssl
 import sys
 import threading
 import time
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import click
 
-from ..protocol.address import format_endpoint
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
-from ..testing import ChildProcess
+from ..protocol.address import format_endpoint
+from ..secret_file import write_secret_file
+from ..testing import ChildProcess, DevCerts
+from ..testing.wire import connect_socket
 from .haproxy import haproxy_child
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 
@@ -46,9 +49,10 @@ POLL_INTERVAL = 0.1
 @click.option("--http-base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_HTTP_BASE_PORT, show_default=True, help="Port of n1's REST API (its HTTP bridge); node i serves it on HTTP_BASE_PORT + i - 1.")
 @click.option("--no-http", is_flag=True, help="Run no HTTP bridges.")
 @click.option("--haproxy", "with_haproxy", is_flag=True, help="Also run haproxy with haproxy/kvwire.cfg in front (TCP :7000, HTTP :8088, stats :8080).")
+@click.option("--tls", is_flag=True, help="TLS on every link (mutual, with client certificates), with the development certificates in DATA_DIR/tls, made by kvwire certs on first use.")
 @click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SERVE_OPTIONS...]")
 def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, http_base_port: int,
-       no_http: bool, with_haproxy: bool, serve_args: tuple[str, ...]) -> None:
+       no_http: bool, with_haproxy: bool, tls: bool, serve_args: tuple[str, ...]) -> None:
     """Run a local cluster in the foreground until Ctrl-C.
 
     Starts one `kvwire serve` process per node (by default n1-n3 on
@@ -74,7 +78,12 @@ def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: s
     members = ",".join(f"{node_id}={format_endpoint(host, port)}" for node_id, port in nodes)
     # A KVWIRE_CLUSTER in our environment would make a one-node `up` join a
     # cluster it didn't ask for; every other setting is passed explicitly.
-    env = {name: value for name, value in os.environ.items() if name != "KVWIRE_CLUSTER"}
+    # KVWIRE_TLS_* exported for kvwire-cli would give every node a client's
+    # certificate; --tls decides.
+    env = {name: value for name, value in os.environ.items()
+           if name != "KVWIRE_CLUSTER" and not name.startswith("KVWIRE_TLS")}
+    certs = DevCerts(data_dir / "tls") if tls else None  # written once every check has passed
+    secret_path = data_dir / "cluster.secret" if node_count > 1 else None  # made by _run
     children = []
     for node_id, port in nodes:
         command = [
@@ -86,17 +95,23 @@ def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: s
             "--sync", sync,
         ]
         if node_count > 1:
-            command += ["--cluster", members]
+            command += ["--cluster", members, "--cluster-secret-file", str(secret_path)]
         if node_id in http_ports:
             command += ["--http-listen", format_endpoint(host, http_ports[node_id])]
+        if certs is not None:
+            command += certs.node_args()
         children.append(ChildProcess(node_id, [*command, *serve_args], env=env))
     if with_haproxy:  # kvwire/cli/haproxy.py
         bridge_ports = [http_ports.get(node_id, http_base_port + i) for i, (node_id, _) in enumerate(nodes)]
-        children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir))
-    sys.exit(_run(Supervisor(children), host, dict(nodes), http_ports, data_dir, cluster_id))
+        children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir, tls=certs))
+    if certs is not None:
+        _make_dev_certs(certs, host)
+    sys.exit(_run(Supervisor(children), host, dict(nodes), http_ports, data_dir, cluster_id, certs=certs,
+                  secret_path=secret_path))
 
 
-def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], data_dir: Path, cluster_id: str) -> int:
+def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], data_dir: Path, cluster_id: str,
+         *, certs: DevCerts | None = None, secret_path: Path | None = None) -> int:
     """Start the nodes and watch them until a signal or a node's death; the exit status."""
     stop = threading.Event()
     received: list[int] = []
@@ -109,19 +124,23 @@ def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: d
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        if secret_path is not None:
+            _make_cluster_secret(secret_path)
         supervisor.start()
         _say(f"kvwire up: cluster {cluster_id!r}, {len(ports)} node{'s' if len(ports) > 1 else ''}; node logs follow on stderr")
         for child in supervisor.children:
             if child.name in ports:  # a node, not haproxy
                 _say(f"  {child.name}  {format_endpoint(host, ports[child.name])}  pid {child.pid}  data {data_dir / child.name}")
-        return _watch(supervisor, host, ports, http_ports, stop, received)
+        return _watch(supervisor, host, ports, http_ports, stop, received, certs)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], stop: threading.Event, received: list[int]) -> int:
+def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], stop: threading.Event,
+           received: list[int], certs: DevCerts | None) -> int:
     waiting = set(ports)  # nodes not yet answering PING
+    ssl_context = certs.client_context() if certs is not None else None
     ready_by = time.monotonic() + READY_TIMEOUT
     while not stop.wait(POLL_INTERVAL):
         exited = supervisor.exited()
@@ -130,18 +149,19 @@ def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports:
                 _error(f"node {child.name} exited unexpectedly ({_describe_status(child.returncode)}); its log is above")
             return _stop(supervisor, failed=True)
         if waiting:
-            waiting = {node_id for node_id in waiting if not _answers_ping(host, ports[node_id])}
+            waiting = {node_id for node_id in waiting if not _answers_ping(host, ports[node_id], ssl_context=ssl_context)}
             if not waiting:
                 endpoints = ",".join(format_endpoint(host, port) for port in ports.values())
                 _say("kvwire up: every node answers. Use the cluster with:")
-                _say(f"  export KVWIRE_ENDPOINTS={endpoints}")
+                _say(f"  export KVWIRE_ENDPOINTS={endpoints}" + (_client_tls_exports(certs) if certs else ""))
                 _say("  kvwire-cli put greeting hello && kvwire-cli get greeting")
                 if http_ports:
                     # Each bridge is bound before its node answers PING, so it is up too.
-                    urls = [_rest_url(host, port) for port in http_ports.values()]
+                    urls = [_rest_url(host, port, https=certs is not None) for port in http_ports.values()]
+                    curl = f"curl --cacert {shlex.quote(str(certs.ca))}" if certs else "curl"
                     _say(f"REST API: {' '.join(urls)}")
-                    _say(f"  curl -X PUT {urls[0]}/kv/greeting/ -d '{{\"value\": \"hello\"}}'")
-                    _say(f"  curl {urls[0]}/kv/greeting/ && curl {urls[0]}/health/")
+                    _say(f"  {curl} -X PUT {urls[0]}/kv/greeting/ -d '{{\"value\": \"hello\"}}'")
+                    _say(f"  {curl} {urls[0]}/kv/greeting/ && {curl} {urls[0]}/health/")
                 _say("Ctrl-C stops the cluster.")
             elif time.monotonic() > ready_by:
                 _error(f"{', '.join(sorted(waiting))} not answering after {READY_TIMEOUT:g} s; giving up")
@@ -167,8 +187,27 @@ def _stop(supervisor: Supervisor, *, failed: bool) -> int:
     return 0
 
 
-def _rest_url(host: str, port: int) -> str:
-    return f"http://{format_endpoint(host, port)}/kv-store/v1"
+def _make_cluster_secret(path: Path) -> None:
+    """The local cluster's secret, made on first use and kept with its data (mode 600)."""
+    try:
+        write_secret_file(path)
+    except FileExistsError:
+        pass  # made by an earlier `kvwire up` on this data directory: the nodes keep it
+
+
+def _make_dev_certs(certs: DevCerts, host: str) -> None:
+    """The local cluster's development certificates, made on first use (as ``kvwire certs``) and kept with its data."""
+    if not certs.existing():
+        DevCerts.create(certs.directory, hosts=[host])
+        _say(f"kvwire up: wrote development certificates to {certs.directory} (kvwire certs)")
+
+
+def _client_tls_exports(certs: DevCerts) -> str:
+    return "".join(f" {name}={shlex.quote(value)}" for name, value in certs.client_env().items())
+
+
+def _rest_url(host: str, port: int, *, https: bool = False) -> str:
+    return f"{'https' if https else 'http'}://{format_endpoint(host, port)}/kv-store/v1"
 
 
 def _check_port_free(host: str, port: int, user: str, *, option: str = "--base-port") -> None:
@@ -180,9 +219,9 @@ def _check_port_free(host: str, port: int, user: str, *, option: str = "--base-p
         raise click.ClickException(f"cannot listen on {format_endpoint(host, port)} for {user}: {reason}")
 
 
-def _answers_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+def _answers_ping(host: str, port: int, timeout: float = 0.5, ssl_context: ssl.SSLContext | None = None) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with connect_socket(host, port, timeout=timeout, ssl_context=ssl_context) as sock:
             sock.sendall(encode(Ping(1)))
             codec = Connection(Side.CLIENT)
             while (event := codec.next_event()) is NEED_DATA:

@@ -19,6 +19,7 @@ from kvwire.protocol.errors import (
     ServerError,
     ServerTimeoutError,
     TooLargeError,
+    UnauthenticatedError,
     UnavailableError,
     UnknownOpError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ServerError",
     "ServerTimeoutError",
     "TooLargeError",
+    "UnauthenticatedError",
     "UnavailableError",
     "UnknownOpError",
     "Version",

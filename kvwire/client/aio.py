@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
+import ssl
 import time
 from typing import Any, Iterable, NamedTuple
 
@@ -32,6 +34,7 @@ from kvwire.protocol import (
 )
 
 from ..protocol.address import parse_endpoints
+from ..tls import optional_client_context
 from .arguments import check_key, check_value
 from .connection import ClientConnection
 from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real
@@ -74,6 +77,12 @@ class AsyncClient:
     smaller). ``cluster`` makes every node prove it belongs to that cluster
     id.
 
+    ``tls=True`` connects over TLS, checking each node's certificate against
+    the CA file ``ca`` (default: the system's trusted CAs) and the host of its
+    endpoint; ``cert`` and ``key`` are the client certificate that nodes given
+    a CA require. Any of the three files turns TLS on too; ``tls`` may also be
+    a ready ``ssl.SSLContext``.
+
     With several endpoints, calls go to one healthy node (the first listed,
     until it fails). A lost connection, a node silent for
     ``retry.attempt_timeout`` seconds, or an UNAVAILABLE reply sends the call
@@ -93,8 +102,15 @@ class AsyncClient:
         cluster: str | None = None,
         retry: RetryPolicy | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        token: str | None = None,
+        tls: bool | ssl.SSLContext | None = False,
+        ca: str | os.PathLike | None = None,
+        cert: str | os.PathLike | None = None,
+        key: str | os.PathLike | None = None,
     ) -> None:
         self.timeout = _check_timeout("timeout", timeout)
+        if token is not None and (type(token) is not str or not token):
+            raise ValueError("token must be a non-empty string or None")
         if cluster is not None and (type(cluster) is not str or not cluster):
             raise ValueError(f"cluster must be a non-empty string or None, got {cluster!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -111,8 +127,11 @@ class AsyncClient:
             else _check_timeout("connect_timeout", connect_timeout)
         )
         self.limits = limits
+        # None for plain TCP; loaded here, so a bad file raises before any call.
+        self.ssl_context = optional_client_context(tls, ca=ca, cert=cert, key=key)
         connect = functools.partial(
-            ClientConnection.open, connect_timeout=self.connect_timeout, limits=limits, cluster=cluster
+            ClientConnection.open, connect_timeout=self.connect_timeout, limits=limits, cluster=cluster, token=token,
+            ssl_context=self.ssl_context,
         )
         self._endpoints = EndpointSet(
             [Endpoint(host, port, connect=connect, retry=self.retry) for host, port in parse_endpoints(endpoints)]

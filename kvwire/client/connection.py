@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import ssl
 from typing import Any, Callable, cast
 
 from kvwire.protocol import (
@@ -39,6 +40,8 @@ from kvwire.protocol.codec import HEADER_SIZE as FRAME_HEADER_BYTES
 from kvwire.protocol.messages import REPLY_BIT, Request
 
 from ..protocol.address import format_endpoint
+from ..tls import describe_tls_error, dialler_hint
+from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 
 
 class WriteFlowControl:
@@ -125,19 +128,33 @@ class ClientConnection(asyncio.Protocol):
         cluster: str | None = None,
         role: Role = Role.CLIENT,
         node: str | None = None,
+        token: str | None = None,
+        secret: bytes | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> ClientConnection:
         """Connect, and by default introduce ourselves with HELLO.
 
+        With ``ssl_context`` (see kvwire.tls.client_context) the connection is
+        TLS, and the node's certificate must name ``host``.
+
         Raises KvwireConnectionError when the node can't be reached or doesn't
         answer HELLO within ``connect_timeout``; ForbiddenError when it belongs
-        to another cluster than ``cluster``.
+        to another cluster than ``cluster``, refuses ``token``, or (for a peer
+        with the cluster ``secret``) fails the handshake either way.
         """
         loop = asyncio.get_running_loop()
         address = format_endpoint(host, port)
         deadline = asyncio.timeout(connect_timeout)
         try:
             async with deadline:
-                _, connection = await loop.create_connection(lambda: cls(address, limits), host, port)
+                _, connection = await loop.create_connection(
+                    lambda: cls(address, limits), host, port,
+                    ssl=ssl_context, server_hostname=host if ssl_context is not None else None,
+                )
+        except ssl.SSLError as exc:
+            raise KvwireConnectionError(
+                f"TLS handshake with {address} failed: {describe_tls_error(exc)}{dialler_hint(exc)}"
+            ) from exc
         except OSError as exc:
             if deadline.expired():
                 raise KvwireConnectionError(
@@ -149,7 +166,7 @@ class ClientConnection(asyncio.Protocol):
         deadline = asyncio.timeout(connect_timeout)
         try:
             async with deadline:
-                await connection.hello(cluster, role=role, node=node)
+                await connection.hello(cluster, role=role, node=node, token=token, secret=secret)
         except BaseException as exc:
             connection.close()
             if isinstance(exc, TimeoutError) and deadline.expired():
@@ -157,12 +174,31 @@ class ClientConnection(asyncio.Protocol):
                     f"node at {address} accepted the connection but did not answer HELLO "
                     f"within {connect_timeout:g} s"
                 ) from None
+            if isinstance(exc, KvwireConnectionError) and connection.closed_by_node:
+                # Closing before answering HELLO is how a node refuses a TLS
+                # handshake it could not complete (its log says why).
+                hint = _TLS_REFUSAL_HINT if ssl_context is not None else _PLAIN_REFUSAL_HINT
+                raise KvwireConnectionError(f"{exc}{hint}") from exc
             raise
         return connection
 
-    async def hello(self, cluster: str | None = None, *, role: Role = Role.CLIENT, node: str | None = None) -> HelloReply:
-        """Send HELLO (as a client, or as peer ``node``), and remember the node, cluster and limits it names."""
-        reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node)
+    async def hello(
+        self,
+        cluster: str | None = None,
+        *,
+        role: Role = Role.CLIENT,
+        node: str | None = None,
+        token: str | None = None,
+        secret: bytes | None = None,
+    ) -> HelloReply:
+        """Send HELLO (as a client, with ``token`` if given, or as peer ``node``),
+        and remember the node, cluster and limits it names.
+
+        A peer with the cluster ``secret`` runs the handshake of
+        kvwire.protocol.peer_auth: it checks the node's proof before giving its own.
+        """
+        nonce = new_nonce() if role is Role.PEER and secret is not None else None
+        reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node, token, nonce)
         if reply.proto != PROTOCOL_VERSION:
             self._fail(f"node speaks protocol version {reply.proto}, we speak {PROTOCOL_VERSION}")
             self.close()
@@ -174,11 +210,34 @@ class ClientConnection(asyncio.Protocol):
             raise ForbiddenError(
                 f"node {reply.node!r} at {self.address} belongs to cluster {reply.cluster!r}, not {cluster!r}"
             )
+        if nonce is not None:
+            await self._prove_peer(reply, reply.cluster, node, secret, nonce)
         self.node_id = reply.node
         self.cluster_id = reply.cluster
         # The codec has checked the map as Limits.from_wire does.
         self.server_limits = Limits.from_wire(reply.limits) if reply.limits is not None else None
         return reply
+
+    async def _prove_peer(self, reply: HelloReply, cluster: str, node: str, secret: bytes, nonce: bytes) -> None:
+        """Check the node's proof of the cluster secret, then send ours (the handshake's steps 3 and 4)."""
+        if reply.nonce is None or reply.proof is None:
+            self.close()
+            raise ForbiddenError(
+                f"node {reply.node!r} at {self.address} did not prove the cluster secret: "
+                "it runs without one (--insecure?)")
+        expected = peer_proof(secret, ACCEPTOR, cluster, node, reply.node, nonce, reply.nonce)
+        if not proof_matches(expected, reply.proof):
+            self.close()
+            raise ForbiddenError(
+                f"node {reply.node!r} at {self.address} failed to prove the cluster secret: "
+                "the two nodes do not hold the same --cluster-secret-file")
+        our_proof = peer_proof(secret, DIALER, cluster, node, reply.node, nonce, reply.nonce)
+        await self.request(Hello, PROTOCOL_VERSION, Role.PEER, cluster, node, None, None, our_proof)
+
+    @property
+    def closed_by_node(self) -> bool:
+        """Whether the node ended the connection (EOF) rather than an error or the client."""
+        return self._failure == _CLOSED_BY_NODE
 
     @property
     def is_open(self) -> bool:
@@ -292,12 +351,12 @@ class ClientConnection(asyncio.Protocol):
         self._codec.receive_data(b"")
         self._handle_events()
         if self._failure is None:
-            self._fail("the node closed the connection")
+            self._fail(_CLOSED_BY_NODE)
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._failure is None:
-            reason = f"connection lost: {_describe_os_error(exc)}" if exc else "the node closed the connection"
+            reason = f"connection lost: {_describe_os_error(exc)}" if exc else _CLOSED_BY_NODE
             self._fail(reason, exc)
         self._flow.release_all()
         if not self._lost.done():
@@ -372,7 +431,17 @@ class ClientConnection(asyncio.Protocol):
         return error
 
 
+_CLOSED_BY_NODE = "the node closed the connection"
+_TLS_REFUSAL_HINT = (
+    " before answering HELLO; over TLS that usually means it refused our client certificate, or wanted one"
+    " (--tls-cert/--tls-key, cert=/key=; its log names the reason)"
+)
+_PLAIN_REFUSAL_HINT = " before answering HELLO; if it serves TLS, connect with --tls (tls=True)"
+
+
 def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return describe_tls_error(exc)
     # "Connection refused", not asyncio's "[Errno 111] Connect call failed ('127.0.0.1', 1)".
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)

@@ -9,6 +9,8 @@ threads at once are fine: they share the loop and its connections.
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import threading
 from typing import Any, Coroutine, Iterable, TypeVar
 
@@ -74,7 +76,9 @@ class Client:
     own ``timeout=`` too. ``connect_timeout`` bounds each connection attempt,
     HELLO included (default: ``retry.attempt_timeout``, or ``timeout`` if
     smaller). ``cluster`` makes every node prove it belongs to that cluster
-    id. Failover is the async client's: after a lost connection, a silent
+    id. ``tls``, ``ca``, ``cert`` and ``key`` are the async client's: TLS,
+    the CA that signed the nodes' certificates, and a client certificate.
+    Failover is the async client's: after a lost connection, a silent
     node or an UNAVAILABLE reply a call is retried on another node, as
     ``retry`` (a :class:`RetryPolicy`) says.
 
@@ -91,10 +95,16 @@ class Client:
         cluster: str | None = None,
         retry: RetryPolicy | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        token: str | None = None,
+        tls: bool | ssl.SSLContext | None = False,
+        ca: str | os.PathLike | None = None,
+        cert: str | os.PathLike | None = None,
+        key: str | os.PathLike | None = None,
     ) -> None:
         # Built first so bad arguments raise before a thread exists.
         self._async = AsyncClient(
-            endpoints, timeout=timeout, connect_timeout=connect_timeout, cluster=cluster, retry=retry, limits=limits
+            endpoints, timeout=timeout, connect_timeout=connect_timeout, cluster=cluster, retry=retry, limits=limits,
+            token=token, tls=tls, ca=ca, cert=cert, key=key,
         )
         self._lock = threading.Lock()
         self._runner: _LoopThread | None = _LoopThread()

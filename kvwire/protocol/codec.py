@@ -46,6 +46,7 @@ from .messages import (
     Role,
     Version,
 )
+from .peer_auth import MAX_NONCE_BYTES, NONCE_BYTES, PROOF_BYTES
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -57,11 +58,11 @@ MAX_COUNTER = 2**63 - 1
 
 # Fields left out of the map when they are None; every other field is always sent.
 _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
-    Op.HELLO: frozenset({"cluster", "node"}),
+    Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
     Op.GET: frozenset({"consistency"}),
     Op.REPLICATE: frozenset({"expect"}),
     Op.ERROR: frozenset({"maybe_applied"}),
-    Op.HELLO_REPLY: frozenset({"limits"}),
+    Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
 }
 
@@ -120,6 +121,18 @@ def _text(value: Any) -> str:
 def _boolean(value: Any) -> bool:
     if type(value) is not bool:
         raise _Invalid(f"must be true or false, got {_describe(value)}")
+    return value
+
+
+def _nonce(value: Any) -> bytes:
+    if type(value) is not bytes or not NONCE_BYTES <= len(value) <= MAX_NONCE_BYTES:
+        raise _Invalid(f"must be {NONCE_BYTES}-{MAX_NONCE_BYTES} bytes of msgpack bin, got {_describe(value)}")
+    return value
+
+
+def _proof(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) != PROOF_BYTES:
+        raise _Invalid(f"must be {PROOF_BYTES} bytes of msgpack bin, got {_describe(value)}")
     return value
 
 
@@ -210,6 +223,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "maybe_applied": _boolean,
     "expect": _version,
     "limits": _limits,
+    "token": _text,
+    "nonce": _nonce,
+    "proof": _proof,
 }
 
 _CLASSES: dict[int, type] = {

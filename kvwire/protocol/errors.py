@@ -26,6 +26,7 @@ class ErrorCode(enum.IntEnum):
     UNAVAILABLE = 8
     INTERNAL = 9
     CONFLICT = 10
+    UNAUTHENTICATED = 11
 
 
 class KvwireError(Exception):
@@ -137,6 +138,14 @@ class ForbiddenError(ServerError, PermissionError):
     code = ErrorCode.FORBIDDEN
 
 
+class UnauthenticatedError(ForbiddenError):
+    """The node has an auth file and this connection has no accepted token: none
+    was given, or the node does not know it (the REST bridge's 401). A token
+    that is known but lacks the role is plain ForbiddenError (403)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
 class NoQuorumError(ServerError):
     """No majority answered in time. For a write, ``maybe_applied`` says whether
     it may still be on some replica (True) or was written nowhere (False).
@@ -185,6 +194,7 @@ _SERVER_ERRORS: dict[int, type[ServerError]] = {
         UnavailableError,
         InternalServerError,
         ConflictError,
+        UnauthenticatedError,
     )
 }
 
@@ -217,6 +227,7 @@ __all__ = [
     "ServerError",
     "ServerTimeoutError",
     "TooLargeError",
+    "UnauthenticatedError",
     "UnavailableError",
     "UnknownOpError",
     "error_from_wire",

@@ -73,11 +73,18 @@ NO_VERSION = Version(0, "")
 
 @dataclass(slots=True)
 class Hello:
+    """``token``: a client's access token, for a node with an auth file.
+    ``nonce`` and ``proof``: a peer's two HELLOs of the cluster-secret
+    handshake (kvwire.protocol.peer_auth, docs/protocol.md section 6.1)."""
+
     id: int
     proto: int = PROTOCOL_VERSION
     role: Role = Role.CLIENT
     cluster: str | None = None
     node: str | None = None
+    token: str | None = None
+    nonce: bytes | None = None
+    proof: bytes | None = None
     op = Op.HELLO
 
 
@@ -170,13 +177,16 @@ class ErrorReply:
 @dataclass(slots=True)
 class HelloReply:
     """``limits``: the node's ``max_key_bytes``, ``max_value_bytes`` and
-    ``max_frame_bytes`` (``Limits.to_wire()``); None from nodes that predate it."""
+    ``max_frame_bytes`` (``Limits.to_wire()``); None from nodes that predate it.
+    ``nonce`` and ``proof``: the node's half of a peer handshake, else None."""
 
     id: int
     proto: int
     node: str
     cluster: str
     limits: dict | None = None
+    nonce: bytes | None = None
+    proof: bytes | None = None
     op = Op.HELLO_REPLY
 
 

@@ -12,12 +12,14 @@ import logging
 
 from prometheus_client.registry import CollectorRegistry
 
+from ..tls import server_context
 from .config import ServerConfig
 from .connection import NodeProtocol
 from .datadir import DataDirLock
 from .metrics import NodeCollector
 from .node import Node
 from .storage import Storage
+from .tls_listener import TlsListener
 
 log = logging.getLogger("kvwire.server")
 
@@ -53,6 +55,10 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event, registry: Collecto
 
 async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorRegistry | None) -> None:
     loop = asyncio.get_running_loop()
+    # Built before storage opens, so a bad certificate file fails the start at once.
+    tls_context = (
+        server_context(config.tls.cert, config.tls.key, client_ca=config.tls.ca) if config.tls is not None else None
+    )
     storage = await Storage.open(
         config.data_dir,
         node_id=config.node_id,
@@ -63,27 +69,69 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
     node = Node(config, storage)
     connections: set[NodeProtocol] = set()
     try:
-        server = await loop.create_server(
-            lambda: NodeProtocol(node, connections), config.host, config.port, backlog=_LISTEN_BACKLOG
-        )
+        server: asyncio.AbstractServer | TlsListener
+        if tls_context is None:
+            server = await loop.create_server(
+                lambda: NodeProtocol(node, connections), config.host, config.port, backlog=_LISTEN_BACKLOG
+            )
+        else:
+            server = await TlsListener.start(
+                lambda: NodeProtocol(node, connections), config.host, config.port, context=tls_context,
+                # The handshake comes before HELLO, and shares its deadline.
+                backlog=_LISTEN_BACKLOG, max_handshakes=config.max_connections, handshake_timeout=config.hello_timeout,
+            )
     except BaseException:
         await storage.close()
         raise
     node.start()
+    deadlines = DeadlineSweep(loop, connections, config)
     collector = NodeCollector(node)
     if registry is not None:
         registry.register(collector)
-    log.info("node %s of cluster %s listening on %s:%d; %s", config.node_id, config.cluster_id, config.host, config.port,
+    log.info("node %s of cluster %s listening on %s:%d%s; %s", config.node_id, config.cluster_id, config.host, config.port,
+             _describe_tls(config),
              f"peers {', '.join(f'{m.node_id}={m.address}' for m in config.peers)}" if config.peers else "running alone")
     try:
         await stop.wait()
     finally:
+        deadlines.stop()
         if registry is not None:
             registry.unregister(collector)
         await _shut_down(server, connections, node, config.shutdown_timeout)
 
 
-async def _shut_down(server: asyncio.AbstractServer, connections: set[NodeProtocol], node: Node, timeout: float) -> None:
+def _describe_tls(config: ServerConfig) -> str:
+    if config.tls is None:
+        return ""
+    if config.tls.ca is None:
+        return " (TLS)"
+    return " (TLS; every client and peer must present a certificate signed by the CA)"
+
+
+class DeadlineSweep:
+    """Closes, a few times a second, the connections past their deadlines
+    (``NodeProtocol.overdue``): one timer for all of them, not one per connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[NodeProtocol], config: ServerConfig) -> None:
+        self._loop = loop
+        self._connections = connections
+        # A quarter of the shorter deadline, so none is overrun by more than a quarter.
+        self._interval = min(1.0, config.hello_timeout / 4, config.frame_timeout / 4)
+        self._timer = loop.call_later(self._interval, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self._loop.time()
+        for connection in list(self._connections):
+            reason = connection.overdue(now)
+            if reason is not None:
+                connection.close_overdue(reason)
+        self._timer = self._loop.call_later(self._interval, self._sweep)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
+async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: set[NodeProtocol], node: Node, timeout: float) -> None:
     server.close()
     # Each reply is queued by a done-callback registered before asyncio.wait's
     # own, so by the time the wait returns every finished reply is buffered.

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ..protocol.address import format_endpoint, parse_host_port
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..tls import TlsFiles
+from ..protocol.peer_auth import MIN_SECRET_BYTES
+from .access import AuthTable
 
 
 class SyncMode(str, enum.Enum):
@@ -90,6 +93,29 @@ class ServerConfig:
     # retry_delay (up to the 2 s hint sweep), and then at every sweep.
     retry_attempts: int = 3
     retry_delay: float = 0.5
+    # What peers prove they hold (kvwire.protocol.peer_auth). A cluster node
+    # needs one unless ``insecure``, which accepts any connection calling
+    # itself a peer, as kvwire before 0.2 did.
+    cluster_secret: bytes | None = field(default=None, repr=False)
+    insecure: bool = False
+    # Client tokens and their roles (kvwire.server.access); None lets anyone
+    # use every client op.
+    auth: AuthTable | None = field(default=None, repr=False)
+    # A connection must say who it is within hello_timeout (its first complete
+    # request; with an auth file, an accepted HELLO), and a frame once begun
+    # must arrive whole within frame_timeout: idle and slow-loris connections
+    # would otherwise hold one of max_connections for ever.
+    hello_timeout: float = 5.0
+    frame_timeout: float = 10.0
+    # A REPLICATE tag more than this far above the highest counter this node
+    # holds is refused, even from a proven peer: one bad tag near the top of
+    # the counter range would make its key unwritable for good.
+    max_version_jump: int = 2**40
+    # TLS on every connection, clients' and peers' (kvwire.tls): the node serves
+    # with tls.cert and also presents it to the peers it dials, checking them
+    # against tls.ca; with tls.ca every connection must bring a certificate it
+    # signed (mutual TLS). None: plain TCP.
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not _NODE_ID.match(self.node_id):
@@ -113,7 +139,14 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cache_entries < 0:
             raise ValueError(f"cache_entries must be 0 or more, got {self.cache_entries}")
+        if not 1 <= self.max_version_jump <= 2**62:
+            raise ValueError(f"max_version_jump must be 1 to 2**62, got {self.max_version_jump}")
+        if self.auth is not None and not isinstance(self.auth, AuthTable):
+            raise ValueError("auth must be a kvwire.server.access.AuthTable")
         self._check_cluster()
+        self._check_secret()
+        if self.tls is not None and (not isinstance(self.tls, TlsFiles) or self.tls.cert is None):
+            raise ValueError("a node serving TLS needs --tls-cert and --tls-key (--tls-ca alone is for clients)")
 
     def _check_cluster(self) -> None:
         object.__setattr__(self, "members", tuple(self.members))
@@ -125,7 +158,8 @@ class ServerConfig:
             raise ValueError(f"cluster member ids must be unique, got {', '.join(ids)}")
         if self.members and self.node_id not in ids:
             raise ValueError(f"--node-id {self.node_id} is not among the cluster members ({', '.join(ids)})")
-        for name in ("heartbeat_interval", "failure_timeout", "write_timeout", "retry_delay", "shutdown_timeout"):
+        for name in ("heartbeat_interval", "failure_timeout", "write_timeout", "retry_delay", "shutdown_timeout",
+                     "hello_timeout", "frame_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
@@ -136,6 +170,17 @@ class ServerConfig:
             )
         if self.retry_attempts < 0:
             raise ValueError(f"retry_attempts must be 0 or more, got {self.retry_attempts}")
+
+    def _check_secret(self) -> None:
+        secret = self.cluster_secret
+        if secret is not None and (type(secret) is not bytes or len(secret) < MIN_SECRET_BYTES):
+            raise ValueError(f"cluster_secret must be at least {MIN_SECRET_BYTES} bytes")
+        if len(self.members) > 1 and secret is None and not self.insecure:
+            raise ValueError(
+                "a node with --cluster needs --cluster-secret-file FILE (or KVWIRE_CLUSTER_SECRET_FILE), the secret "
+                "its peers prove they hold; make one with `kvwire secret FILE` and give every node a copy. "
+                "--insecure runs without, and then anyone who can reach the port can rewrite any key"
+            )
 
     @property
     def peers(self) -> tuple[Member, ...]:

@@ -22,6 +22,12 @@ from .tally import LATENCY_BOUNDS, OpTally
 
 log = logging.getLogger("kvwire.connection")
 
+# Replies one pass over the buffered requests may produce before it stops
+# reading and waits for them to drain: without it, a client pipelining GETs of
+# large values without reading replies makes the node buffer replies without
+# bound (20 bytes of request, a megabyte of reply).
+MAX_REPLY_BYTES_PER_PASS = 1 << 20
+
 # ErrorCode -> the metrics' result label.
 _RESULTS = {code: code.name.lower() for code in ErrorCode}
 _ONE = Consistency.ONE
@@ -41,13 +47,21 @@ class NodeProtocol(asyncio.Protocol):
         self._closed = False
         self._eof = False
         self.pending: set[asyncio.Future] = set()
+        # For the deadlines (``overdue``): when the connection opened, requests
+        # read so far, and when the frame still incomplete in the buffer began.
+        self._opened_at = self._loop.time()
+        self._requests_read = 0
+        self._partial_since: float | None = None
+        # Requests read but left in the codec's buffer because one pass made
+        # replies enough (MAX_REPLY_BYTES_PER_PASS); handled once they drain.
+        self._backlog = False
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         peername = transport.get_extra_info("peername")
-        self._session = Session(peer=f"{peername[0]}:{peername[1]}" if peername else "?")
+        self._session = self._node.new_session(f"{peername[0]}:{peername[1]}" if peername else "?")
         self._flow = FlowControl(transport, self._node.config.max_inflight_per_connection)
         if len(self._registry) >= self._node.config.max_connections:
             log.warning("refusing %s: %d connections open, the limit", self._session.peer, len(self._registry))
@@ -61,10 +75,17 @@ class NodeProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        read_before = self._requests_read
         self._codec.receive_data(data)
         replies = self._handle_buffered()
         if replies:
             self._transport.write(replies)
+        if self._backlog:
+            self._hold_backlog()
+        if not self._codec.buffered_bytes:
+            self._partial_since = None
+        elif self._partial_since is None or self._requests_read != read_before:
+            self._partial_since = self._loop.time()  # a new frame began in these bytes
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -86,6 +107,29 @@ class NodeProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._flow.resume_writing()
+        if self._backlog:
+            self._loop.call_soon(self._drain_backlog)
+
+    # --- a client that asks faster than it reads ---------------------------------------
+
+    def _hold_backlog(self) -> None:
+        """Read no more until the requests already read are handled; handle them
+        as soon as the replies so far are taken by the kernel (resume_writing)."""
+        self._flow.hold()
+        if not self._flow.writing_paused:
+            self._loop.call_soon(self._drain_backlog)
+
+    def _drain_backlog(self) -> None:
+        if self._closed or not self._backlog or self._flow.writing_paused:
+            return
+        self._backlog = False
+        replies = self._handle_buffered()
+        if replies:
+            self._transport.write(replies)
+        if self._backlog:
+            self._hold_backlog()
+        else:
+            self._flow.release()
 
     # --- requests ----------------------------------------------------------------------
 
@@ -98,7 +142,11 @@ class NodeProtocol(asyncio.Protocol):
         # Latency counts from the bytes' arrival: every request in them arrived now.
         clock = perf_counter
         started = clock()
+        produced = 0
         while not self._closed:
+            if produced > MAX_REPLY_BYTES_PER_PASS:
+                self._backlog = True
+                break
             try:
                 request = codec.next_event()
             except ProtocolError as exc:
@@ -117,6 +165,7 @@ class NodeProtocol(asyncio.Protocol):
                 if self._flow.inflight == 0:
                     self._close()
                 break
+            self._requests_read += 1
             kind = type(request)
             if kind is Get:
                 tally = get_one if request.consistency is _ONE else get_quorum
@@ -148,7 +197,9 @@ class NodeProtocol(asyncio.Protocol):
                 tally.ok += 1
                 tally.counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
                 tally.total += seconds
-                replies.append(encode(result))
+                encoded = encode(result)
+                produced += len(encoded)
+                replies.append(encoded)
         return b"".join(replies)
 
     def _finish(self, request_id: int, done: asyncio.Future, tally: OpTally, started: float) -> None:
@@ -186,6 +237,35 @@ class NodeProtocol(asyncio.Protocol):
         if not self._closed:
             self._closed = True
             self._transport.close()
+
+    # --- deadlines -----------------------------------------------------------------------
+
+    def overdue(self, now: float) -> str | None:
+        """Why this connection should be closed at ``now``, or None: it has not said
+        who it is within hello_timeout, or a frame it began has not arrived whole
+        within frame_timeout (a slow loris holding one of max_connections)."""
+        if self._closed:
+            return None
+        config = self._node.config
+        if now - self._opened_at > config.hello_timeout and not self._identified():
+            return f"no {'accepted HELLO' if config.auth is not None else 'request'} within {config.hello_timeout:g} s"
+        if self._partial_since is not None:
+            if self._flow.reading_paused:
+                self._partial_since = now  # we stopped reading, not the client
+            elif now - self._partial_since > config.frame_timeout:
+                return f"a frame begun {now - self._partial_since:.1f} s ago is still incomplete"
+        return None
+
+    def _identified(self) -> bool:
+        if self._node.config.auth is not None:
+            return self._session.said_hello
+        return self._requests_read > 0
+
+    def close_overdue(self, reason: str) -> None:
+        log.info("closing %s: %s", self._session.peer, reason)
+        self._node.metrics.connections_timed_out += 1
+        self._transport.write(encode(ErrorReply(None, ErrorCode.TIMEOUT, f"closing the connection: {reason}")))
+        self._close()
 
     # --- shutdown ----------------------------------------------------------------------
 

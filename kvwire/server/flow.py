@@ -19,6 +19,12 @@ class FlowControl:
         self.inflight = 0
         self._writing_paused = False
         self._reading_paused = False
+        self._held = False
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether this side stopped reading: a frame can't arrive meanwhile, and that is not the client's doing."""
+        return self._reading_paused
 
     def request_started(self) -> None:
         self.inflight += 1
@@ -27,6 +33,20 @@ class FlowControl:
 
     def request_finished(self) -> None:
         self.inflight -= 1
+        if self.inflight < self._resume_below and not self._writing_paused:
+            self._resume_reading()
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
+    def hold(self) -> None:
+        """Stop reading while requests already read wait to be handled (a backlog)."""
+        self._held = True
+        self._pause_reading()
+
+    def release(self) -> None:
+        self._held = False
         if self.inflight < self._resume_below and not self._writing_paused:
             self._resume_reading()
 
@@ -45,6 +65,6 @@ class FlowControl:
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and not self._transport.is_closing():
+        if self._reading_paused and not self._held and not self._transport.is_closing():
             self._reading_paused = False
             self._transport.resume_reading()

@@ -50,6 +50,11 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(
             "kvwire_connections_refused", "Connections refused at --max-connections.", value=metrics.connections_refused
         )
+        yield CounterMetricFamily(
+            "kvwire_connections_timed_out",
+            "Connections closed for saying nothing in --hello-timeout or stalling a frame past --frame-timeout.",
+            value=metrics.connections_timed_out,
+        )
 
     def _core(self, node: Node) -> Iterator[Metric]:
         core, config = node.core, node.config

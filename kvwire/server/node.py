@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import msgpack
 
-from ..protocol.errors import BadRequestError, ForbiddenError, KvwireError, TooLargeError
+from ..protocol.errors import BadRequestError, ForbiddenError, KvwireError, TooLargeError, UnauthenticatedError
+from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 from ..protocol.messages import (
     PROTOCOL_VERSION,
     Delete,
@@ -38,6 +39,7 @@ from ..protocol.messages import (
     Request,
     Role,
 )
+from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
 from .core import CloseLink, DropHint, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint
 from .failure_detector import PeerState, Transition
@@ -47,15 +49,21 @@ from .tally import RequestMetrics
 
 log = logging.getLogger("kvwire.node")
 
+# Tags above this are never accepted, so minting counter + 1 can't reach 2**63.
+MAX_ACCEPTED_COUNTER = 2**62
+
 _CORE_REQUESTS = (Get, Put, Delete, Replicate, Lookup, Fetch)
 
 
 @dataclass(slots=True)
 class Session:
-    """What a node knows about one connection."""
+    """What a node knows about one connection: where it comes from, what it may
+    do, and, between a peer's two HELLOs, ``(dialer, dialer nonce, our nonce)``."""
 
     peer: str
-    role: Role = Role.CLIENT
+    grant: Grant
+    handshake: tuple[str, bytes, bytes] | None = None
+    said_hello: bool = False
 
 
 class _Answer:
@@ -109,9 +117,16 @@ class Node:
         self.metrics.take_snapshot(self._clock())
         self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
 
+    def new_session(self, peer: str) -> Session:
+        """A connection's session before its HELLO: open ops only, if this node has an auth file."""
+        return Session(peer, ANONYMOUS if self.config.auth is not None else EVERYONE)
+
     def handle(self, request: Request, session: Session) -> Reply | asyncio.Future:
         """The reply, or a future of it. Raises KvwireError for a refusal."""
         kind = type(request)
+        grant = session.grant
+        if kind not in grant.ops or grant.prefix:
+            grant.check(request)
         if kind is Ping:
             return Pong(request.id)
         if kind is Hello:
@@ -125,10 +140,12 @@ class Node:
                     raise reply
                 return reply
         packed = None
+        if kind is Replicate:
+            self._check_tag_distance(request, session)
         if kind is Put or (kind is Replicate and not request.deleted):
             packed = self._pack_value(request.value)
         answer = _Answer()
-        self.core.request(answer, request, self._clock(), from_peer=session.role is Role.PEER, packed=packed)
+        self.core.request(answer, request, self._clock(), from_peer=grant is PEER, packed=packed)
         self._perform()
         if answer.reply is not None:
             if isinstance(answer.reply, BaseException):
@@ -138,6 +155,9 @@ class Node:
         return answer.future
 
     def _hello(self, request: Hello, session: Session) -> Reply:
+        """A client's HELLO (with its token, if this node has an auth file) or one
+        of a peer's two (kvwire.protocol.peer_auth). A refusal leaves the
+        connection with no more rights than it had before any HELLO."""
         if request.proto != PROTOCOL_VERSION:
             raise BadRequestError(
                 f"protocol version {request.proto} is not supported; this node speaks {PROTOCOL_VERSION}"
@@ -146,9 +166,68 @@ class Node:
             raise ForbiddenError(
                 f"this node belongs to cluster {self.config.cluster_id!r}, not {request.cluster!r}"
             )
-        session.role = request.role
+        session.grant, handshake, session.handshake = self.new_session(session.peer).grant, session.handshake, None
+        nonce = proof = None
+        if request.role is Role.PEER:
+            nonce, proof = self._peer_hello(request, session, handshake)
+        elif self.config.auth is not None and request.token is not None:
+            session.grant = self._client_grant(request, session)
+        session.said_hello = True
         return HelloReply(request.id, PROTOCOL_VERSION, self.config.node_id, self.config.cluster_id,
-                          self.config.limits.to_wire())
+                          self.config.limits.to_wire(), nonce, proof)
+
+    def _client_grant(self, request: Hello, session: Session) -> Grant:
+        """The grant of a client HELLO's token. Without a token a HELLO is still
+        accepted, as an introduction: the connection may then PING and ask HEALTH."""
+        entry = self.config.auth.find(request.token)
+        if entry is None:
+            log.warning("refused a HELLO from %s: its token is not in the auth file", session.peer)
+            raise UnauthenticatedError("token refused: this node's auth file does not list it")
+        log.debug("%s said HELLO as token %r", session.peer, entry.name)
+        return entry.grant()
+
+    def _peer_hello(self, request: Hello, session: Session,
+                    handshake: tuple[str, bytes, bytes] | None) -> tuple[bytes | None, bytes | None]:
+        """A peer's first HELLO gets our nonce and proof; its second, with its proof, the peer role."""
+        config = self.config
+        secret = config.cluster_secret
+        if secret is None:
+            if not config.insecure:
+                raise ForbiddenError("this node has no cluster secret, so it takes no peers")
+            session.grant = PEER  # --insecure: the role is taken on the peer's word
+            return None, None
+        dialer = request.node
+        if dialer is None or dialer == config.node_id or dialer not in self.core.peer_ids:
+            log.warning("refused a peer HELLO from %s: %r is not a member of this cluster", session.peer, dialer)
+            raise ForbiddenError(f"{dialer!r} is not a member of cluster {config.cluster_id!r} as this node knows it")
+        if request.proof is None:
+            if request.nonce is None:
+                raise ForbiddenError(
+                    "this node needs peers to prove the cluster secret, and this HELLO has no nonce "
+                    "(is the other node running with --insecure?)")
+            our_nonce = new_nonce()
+            session.handshake = (dialer, request.nonce, our_nonce)
+            return our_nonce, peer_proof(secret, ACCEPTOR, config.cluster_id, dialer, config.node_id,
+                                         request.nonce, our_nonce)
+        if handshake is None or handshake[0] != dialer:
+            raise ForbiddenError("a peer proof must follow this node's nonce: send HELLO with a nonce first")
+        expected = peer_proof(secret, DIALER, config.cluster_id, dialer, config.node_id, handshake[1], handshake[2])
+        if not proof_matches(expected, request.proof):
+            log.warning("refused a peer HELLO from %s as %s: its proof does not match this node's cluster secret",
+                        session.peer, dialer)
+            raise ForbiddenError("peer proof refused: the two nodes do not hold the same cluster secret")
+        session.grant = PEER
+        return None, None
+
+    def _check_tag_distance(self, request: Replicate, session: Session) -> None:
+        highest = self.core.keydir.highest_counter
+        limit = min(highest + self.config.max_version_jump, MAX_ACCEPTED_COUNTER)
+        if request.version.counter > limit:
+            log.warning("refused REPLICATE of %r from %s: tag counter %d is more than %d above this node's highest (%d)",
+                        request.key, session.peer, request.version.counter, self.config.max_version_jump, highest)
+            raise ForbiddenError(
+                f"version counter {request.version.counter} is too far ahead: this node's highest is {highest}, "
+                f"and it accepts at most {limit}")
 
     def _pack_value(self, value: Any) -> bytes:
         packed = self._packer.pack(value)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from typing import Any, Protocol
 
 from ..backoff import backoff_delay
 from ..client.connection import ClientConnection
 from ..protocol.errors import KvwireConnectionError, KvwireError
 from ..protocol.messages import Role
+from ..tls import client_context
 from .config import Member, ServerConfig
 
 log = logging.getLogger("kvwire.peers")
@@ -48,9 +50,11 @@ class LinkEvents(Protocol):
 class PeerLink:
     """The connection to one peer, kept open for the node's lifetime."""
 
-    def __init__(self, member: Member, config: ServerConfig, node: LinkEvents) -> None:
+    def __init__(self, member: Member, config: ServerConfig, node: LinkEvents,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.member = member
         self._config = config
+        self._ssl_context = ssl_context
         self._node = node
         self.connection: ClientConnection | None = None
         self._task: asyncio.Task | None = None
@@ -71,8 +75,16 @@ class PeerLink:
                     cluster=self._config.cluster_id,
                     role=Role.PEER,
                     node=self._config.node_id,
+                    secret=self._config.cluster_secret,
+                    ssl_context=self._ssl_context,
                 )
             except KvwireConnectionError as exc:
+                if isinstance(exc.__cause__, ssl.SSLError):
+                    # Reachable, but its certificate is refused (or ours): no
+                    # retry fixes that, so say it every time, as for a refused HELLO.
+                    log.error("peer %s: %s", peer, exc)
+                    await asyncio.sleep(RECONNECT_MAX_DELAY)
+                    continue
                 log.debug("peer %s unreachable: %s", peer, exc)
                 failures += 1
                 # Jittered, so that peers restarting together don't redial in lockstep.
@@ -81,10 +93,11 @@ class PeerLink:
                 )
                 continue
             except KvwireError as exc:
-                # It answered HELLO with a refusal (another cluster, another
-                # protocol version): say so every time, and keep trying, so the
-                # link comes back by itself once the peer is fixed.
-                log.error("peer %s refused our HELLO: %s", peer, exc)
+                # The handshake failed (another cluster, another protocol
+                # version, another secret, either way round): say so every
+                # time, and keep trying, so the link comes back by itself
+                # once the peer is fixed.
+                log.error("peer %s: handshake failed: %s", peer, exc)
                 await asyncio.sleep(RECONNECT_MAX_DELAY)
                 continue
             if connection.node_id != peer:
@@ -135,7 +148,12 @@ class PeerLink:
 
 class PeerLinks:
     def __init__(self, config: ServerConfig, node: LinkEvents) -> None:
-        self.links: dict[str, PeerLink] = {member.node_id: PeerLink(member, config, node) for member in config.peers}
+        # A node's own certificate is its client certificate towards its peers.
+        tls = config.tls
+        ssl_context = client_context(ca=tls.ca, cert=tls.cert, key=tls.key) if tls is not None else None
+        self.links: dict[str, PeerLink] = {
+            member.node_id: PeerLink(member, config, node, ssl_context) for member in config.peers
+        }
 
     def start(self) -> None:
         for link in self.links.values():

@@ -102,6 +102,7 @@ class RequestMetrics:
         self.get_one = self.tally("get", "one")
         self.get_quorum = self.tally("get", "quorum")
         self.connections_refused = 0
+        self.connections_timed_out = 0
         self._snapshots: deque[tuple[float, int, list[int]]] = deque(maxlen=RECENT_WINDOW_S + 1)
 
     def tally(self, op: str, consistency: str = "") -> OpTally:

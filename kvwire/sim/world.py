@@ -28,6 +28,9 @@ RECONNECT_BASE_DELAY = 0.05
 RECONNECT_MAX_DELAY = 1.0
 
 
+SIM_CLUSTER_SECRET = b"the simulated cluster's secret"
+
+
 @dataclass
 class NetworkFaults:
     """Per-message odds, raised by the nemesis for a while and lowered again."""
@@ -355,7 +358,9 @@ class World:
         members = tuple(Member(node_id, f"10.0.0.{i + 1}", 7379) for i, node_id in enumerate(ids))
         self.nodes: dict[str, SimNode] = {}
         for node_id in ids:
-            config = ServerConfig(node_id=node_id, members=members, data_dir=Path("sim"), cache_entries=cache_entries)
+            # The secret is never used: simulated links skip HELLO, as they skip TCP.
+            config = ServerConfig(node_id=node_id, members=members, data_dir=Path("sim"), cache_entries=cache_entries,
+                                  cluster_secret=SIM_CLUSTER_SECRET)
             self.nodes[node_id] = SimNode(node_id, config, self, mutant)
 
     def trace(self, line: str) -> None:

@@ -16,6 +16,7 @@ a log file or copied line by line behind a prefix (as ``kvwire up`` does).
 
 from __future__ import annotations
 
+from .certs import DevCerts
 from .cluster import LocalCluster
 from .errors import error_classes, sample_error
 from .node import NodeProcess, free_port, free_port_run, wait_for
@@ -25,6 +26,7 @@ from .wire import RawConnection
 
 __all__ = [
     "ChildProcess",
+    "DevCerts",
     "LineCopy",
     "LocalCluster",
     "NodeProcess",

@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..client import Client, RetryPolicy
 from .node import free_port, wait_for
@@ -131,7 +131,8 @@ class HAProxyProcess(BalancerProcess):
         """GET ``path`` from the stats frontend; (status, body)."""
         try:
             with urllib.request.urlopen(f"http://{self.stats_address}{path}", timeout=timeout) as response:
-                return response.status, response.read().decode()
+                # A failed TLS check can leave stray bytes in its last_chk column (HAProxy 2.6).
+                return response.status, response.read().decode(errors="replace")
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")
 
@@ -255,8 +256,11 @@ class WriteLoad:
         max_duration: float = 15.0,
         timeout: float = 2.0,
         retry: RetryPolicy | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Passed to the Client as they are: a cluster's TLS settings, say.
+        self.client_options = dict(client_options or {})
         self.prefix = prefix
         self.max_requests = max_requests
         self.max_duration = max_duration
@@ -305,7 +309,7 @@ class WriteLoad:
     def _run(self) -> None:
         report = self.report
         try:
-            with Client([self.endpoint], timeout=self.timeout, retry=self.retry) as client:
+            with Client([self.endpoint], timeout=self.timeout, retry=self.retry, **self.client_options) as client:
                 # The client keeps one connection, so one node behind the
                 # balancer serves the whole load until that node fails.
                 self.node_id = client.health()["node_id"]
@@ -328,6 +332,33 @@ class WriteLoad:
                 report.duration_s = time.monotonic() - started
         except BaseException as error:
             self._error = error
+
+
+def kill_under_load(
+    cluster: Any, endpoint: str, *, after_kill: Callable[[str], object] = lambda victim: None,
+    client_options: Mapping[str, Any] | None = None,
+) -> tuple[str, float, LoadReport]:
+    """Write through ``endpoint`` (a balancer), ``kill -9`` the node serving the load's
+    connection, then call ``after_kill(that node)`` (say, wait for the balancer to mark it
+    DOWN) and keep writing through the others for a second.
+
+    Returns the node, the seconds from the kill until ``after_kill`` returned, and the
+    load's report, whose acknowledged writes a test should then read back.
+    """
+    load = WriteLoad(endpoint, max_requests=20_000, max_duration=10.0, client_options=client_options).start()
+    try:
+        load.wait_acknowledged(200)
+        before = len(load.report.acknowledged)
+        killed_at = time.monotonic()
+        victim = load.node_id
+        cluster.kill(victim)
+        after_kill(victim)
+        noticed = time.monotonic() - killed_at
+        load.wait_acknowledged(before + 300, timeout=5.0)
+        load.run_until(killed_at + 1.0)
+    finally:
+        report = load.stop()
+    return victim, noticed, report
 
 
 def report_figures(name: str, figures: Mapping[str, Any]) -> None:

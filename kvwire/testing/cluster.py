@@ -14,16 +14,40 @@ real network, and a test can tell nodes apart by address alone.
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from ..protocol import HealthReply
-from ..protocol.messages import Health
+from ..protocol import HealthReply, HelloReply
+from ..protocol.messages import Health, Hello
+from ..secret_file import read_secret_file, write_secret_file
+from .certs import DevCerts
 from .node import NodeProcess, free_port, wait_for
 from .process import StartsOnEnter
 from .wire import RawConnection
 
 # 127.0.0.1 to 127.0.0.254: one loopback address per node.
 MAX_NODES = 254
+
+
+def new_secret_file(directory: str | os.PathLike, name: str = "cluster.secret") -> str:
+    """A new cluster secret in ``directory/name``; its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    write_secret_file(path, replace=True)
+    return path
+
+
+AUTH_FILE_NAME = "auth"
+
+
+def new_token_file(directory: str | os.PathLike) -> str:
+    """An auth file in ``directory`` granting one new token the admin role; the token."""
+    token = secrets.token_urlsafe(24)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, AUTH_FILE_NAME)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(f"tests admin {token}\n")
+    return token
 
 
 class LocalCluster(StartsOnEnter):
@@ -35,7 +59,9 @@ class LocalCluster(StartsOnEnter):
     (tests want failures noticed fast); ``node_args`` are added to every
     node's ``kvwire serve`` command line. ``groups`` runs the named nodes
     under group ids of their own (as root), for partitions by iptables'
-    owner match (``kvwire.chaos``). ``with`` starts it, waits until every node
+    owner match (``kvwire.chaos``). ``tls=True`` serves TLS on every link with
+    new development certificates (``tls=DevCerts(...)``: those); clients then
+    need ``**cluster.client_options``. ``with`` starts it, waits until every node
     sees every other UP, and stops it.
     """
 
@@ -51,6 +77,9 @@ class LocalCluster(StartsOnEnter):
         write_timeout: float | None = None,
         node_args: Sequence[str] = (),
         groups: Mapping[str, int] | None = None,
+        secret_file: str | os.PathLike | None = None,
+        tls: bool | DevCerts = False,
+        auth: bool = False,
     ) -> None:
         if type(size) is not int or not 1 <= size <= MAX_NODES:
             raise ValueError(f"size must be an integer from 1 to {MAX_NODES}, got {size!r}")
@@ -64,21 +93,45 @@ class LocalCluster(StartsOnEnter):
             "--failure-timeout": failure_timeout,
             "--write-timeout": write_timeout,
         }
-        args = ["--cluster", self.members, "--cluster-id", cluster_id]
+        root = os.fspath(data_dir)
+        # Every node gets the same secret, as a real deployment would; a test of
+        # mismatched secrets passes its own --cluster-secret-file in node_args.
+        self.secret_file = os.fspath(secret_file) if secret_file is not None else new_secret_file(root)
+        args = ["--cluster", self.members, "--cluster-id", cluster_id, "--cluster-secret-file", self.secret_file]
         for option, value in options.items():
             if value is not None:
                 args += [option, str(value)]
+        # With auth, one admin token in an auth file every node reads (client_options passes it).
+        self.token = new_token_file(root) if auth else None
+        if self.token is not None:
+            args += ["--auth-file", os.path.join(root, AUTH_FILE_NAME)]
         args += list(node_args)
-        root = os.fspath(data_dir)
+        # TLS on every link: the given certificates, or new ones (in data_dir/tls) naming every node's host.
+        self.tls: DevCerts | None = (
+            DevCerts.create(os.path.join(root, "tls"), hosts=hosts.values()) if tls is True else tls or None
+        )
+        self._ssl_context = self.tls.client_context() if self.tls is not None else None
         self.nodes: dict[str, NodeProcess] = {
             node_id: NodeProcess(
                 node_id, data_dir=os.path.join(root, node_id), host=hosts[node_id], port=ports[node_id], extra_args=args,
-                group=(groups or {}).get(node_id),
+                group=(groups or {}).get(node_id), tls=self.tls,
             )
             for node_id in hosts
         }
 
     # --- looking at it --------------------------------------------------------------------
+
+    @property
+    def secret(self) -> bytes:
+        """The cluster secret every node holds."""
+        return read_secret_file(self.secret_file)
+
+    def as_peer(self, node_id: str, connection: RawConnection) -> None:
+        """Make ``connection`` a proven peer link, as a member other than ``node_id``."""
+        other = next(member for member in self.nodes if member != node_id)
+        reply = connection.hello_as_peer(other, self.cluster_id, self.secret)
+        if not isinstance(reply, HelloReply):
+            raise RuntimeError(f"{node_id} refused the peer handshake: {reply!r}")
 
     def __getitem__(self, node_id: str) -> NodeProcess:
         try:
@@ -106,12 +159,30 @@ class LocalCluster(StartsOnEnter):
         """Every node's ``host:port``, in node order: what a client is given."""
         return [node.address for node in self.nodes.values()]
 
+    @property
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Client`` for this cluster (its TLS settings; empty without):
+        ``Client(cluster.endpoints, **cluster.client_options)``."""
+        options = self.tls.client_options() if self.tls is not None else {}
+        return {**options, "token": self.token} if self.token is not None else options
+
+    def raw(self, node_id: str, *, timeout: float = 5.0) -> RawConnection:
+        """A RawConnection to ``node_id``, over TLS if the cluster has it, introduced with
+        the cluster's token if it has one (the HELLO's reply is read and dropped)."""
+        connection = RawConnection(self[node_id].address, timeout=timeout, ssl_context=self._ssl_context)
+        if self.token is not None:
+            reply = connection.request(Hello(0, token=self.token))
+            if not isinstance(reply, HelloReply):
+                connection.close()
+                raise RuntimeError(f"{node_id} refused the cluster's token: {reply!r}")
+        return connection
+
     def endpoints_of(self, *node_ids: str) -> list[str]:
         return [self[node_id].address for node_id in node_ids]
 
     def health(self, node_id: str, timeout: float = 2.0) -> dict[str, Any]:
         """The HEALTH report of one node (which must be running and not paused)."""
-        with RawConnection(self[node_id].address, timeout=timeout) as connection:
+        with RawConnection(self[node_id].address, timeout=timeout, ssl_context=self._ssl_context) as connection:
             reply = connection.request(Health(1))
         if not isinstance(reply, HealthReply):
             raise RuntimeError(f"{node_id} answered HEALTH with {reply!r}")

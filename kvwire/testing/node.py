@@ -8,10 +8,14 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
 from .process import ChildProcess
+from .wire import connect_socket
+
+if TYPE_CHECKING:
+    from .certs import DevCerts
 
 T = TypeVar("T")
 
@@ -70,6 +74,7 @@ class NodeProcess(ChildProcess):
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         group: int | None = None,
+        tls: DevCerts | None = None,
     ) -> None:
         data_dir = Path(data_dir)
         super().__init__(f"node {node_id}", log_path=data_dir.parent / f"{data_dir.name}.log", env=env, group=group)
@@ -78,10 +83,18 @@ class NodeProcess(ChildProcess):
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.extra_args = list(extra_args)
+        # Serve TLS with these certificates, and ping with their client certificate.
+        self.tls = tls
+        self._ssl_context = tls.client_context() if tls is not None else None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Client`` for this node: its TLS settings, if any."""
+        return self.tls.client_options() if self.tls is not None else {}
 
     @property
     def command(self) -> list[str]:
@@ -90,6 +103,7 @@ class NodeProcess(ChildProcess):
             "--node-id", self.node_id,
             "--listen", self.address,
             "--data-dir", str(self.data_dir),
+            *(self.tls.node_args() if self.tls is not None else ()),
             *self.extra_args,
         ]
 
@@ -109,7 +123,7 @@ class NodeProcess(ChildProcess):
     def ping(self, timeout: float = 1.0) -> bool:
         """True when the node answers a PING within ``timeout``."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            with connect_socket(self.host, self.port, timeout=timeout, ssl_context=self._ssl_context) as sock:
                 sock.sendall(encode(Ping(1)))
                 codec = Connection(Side.CLIENT)
                 while True:

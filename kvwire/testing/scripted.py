@@ -20,7 +20,8 @@ import inspect
 import threading
 from typing import Any, Callable
 
-from ..protocol import NEED_DATA, PROTOCOL_VERSION, Connection, Hello, HelloReply, Side, encode
+from ..protocol import NEED_DATA, PROTOCOL_VERSION, Connection, Hello, HelloReply, Role, Side, encode
+from ..protocol.peer_auth import ACCEPTOR, new_nonce, peer_proof
 from ..protocol.messages import Message
 
 # How long the blocking form waits for its thread to start or stop the listener.
@@ -42,7 +43,9 @@ class ScriptedNode:
       PONG), and its result is sent as above.
 
     The default HELLO_REPLY is that of node ``node_id`` of ``cluster``, with
-    ``limits`` (a :meth:`Limits.to_wire` dict) if given. With
+    ``limits`` (a :meth:`Limits.to_wire` dict) if given, and, given the
+    cluster ``secret``, the node's proof of it for a peer (so a real node
+    with that secret links to it). With
     ``answers_hello=False``, HELLO always gets it and ``answer`` sees only the
     requests after it, so a one-line ``answer`` need not tell HELLO apart.
     With ``greeting``, every connection instead gets those bytes at once and is
@@ -68,10 +71,11 @@ class ScriptedNode:
         limits: dict | None = None,
         greeting: bytes | None = None,
         host: str = "127.0.0.1",
+        secret: bytes | None = None,
     ) -> None:
         self._answer = answer
         self._answers_hello = answers_hello
-        self._hello = lambda request: HelloReply(request.id, PROTOCOL_VERSION, node_id, cluster, limits)
+        self._node_id, self._cluster, self._limits, self._secret = node_id, cluster, limits, secret
         self._greeting = greeting
         self._host = host
         self._server: asyncio.AbstractServer | None = None
@@ -126,6 +130,16 @@ class ScriptedNode:
         if reply is None or reply is self.SILENT or writer.is_closing():
             return
         writer.write(reply if isinstance(reply, bytes) else encode(reply))
+
+    def _hello(self, request: Hello) -> HelloReply:
+        """The default HELLO_REPLY; to a peer's first HELLO, with the acceptor's
+        half of the handshake when the node was given the cluster ``secret``."""
+        nonce = proof = None
+        if self._secret is not None and request.role is Role.PEER and request.nonce is not None:
+            nonce = new_nonce()
+            proof = peer_proof(self._secret, ACCEPTOR, self._cluster, request.node or "", self._node_id,
+                               request.nonce, nonce)
+        return HelloReply(request.id, PROTOCOL_VERSION, self._node_id, self._cluster, self._limits, nonce, proof)
 
     def _track(self, task: asyncio.Task[Any] | None) -> None:
         if task is not None:

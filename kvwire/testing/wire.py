@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 
 from ..protocol import CLOSED, NEED_DATA, Connection, Side, encode, parse_host_port
-from ..protocol.messages import Message
+from ..protocol.messages import Hello, HelloReply, Message, Role
+from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
+
+
+def connect_socket(host: str, port: int, *, timeout: float, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
+    """A blocking socket to ``host:port``, past its TLS handshake when given ``ssl_context``."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if ssl_context is None:
+        return sock
+    try:
+        return ssl_context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
 
 
 class RawConnection:
-    """Sends raw bytes or messages; reads back replies through the real codec."""
+    """Sends raw bytes or messages; reads back replies through the real codec (over TLS with ``ssl_context``)."""
 
-    def __init__(self, address: str, *, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(parse_host_port(address), timeout=timeout)
+    def __init__(self, address: str, *, timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.sock = connect_socket(*parse_host_port(address), timeout=timeout, ssl_context=ssl_context)
         self.codec = Connection(Side.CLIENT)
         self.timeout = timeout
 
@@ -44,6 +58,19 @@ class RawConnection:
     def request(self, message: Message) -> Message:
         self.send(message)
         return self.receive(1)[0]
+
+    def hello_as_peer(self, node: str, cluster: str, secret: bytes, *, request_id: int = 1) -> Message:
+        """The peer handshake (kvwire.protocol.peer_auth) as member ``node``: the
+        reply to the second HELLO, or the first reply if that was an ERROR.
+        Raises AssertionError if the node's own proof is wrong."""
+        nonce = new_nonce()
+        first = self.request(Hello(request_id, role=Role.PEER, cluster=cluster, node=node, nonce=nonce))
+        if not isinstance(first, HelloReply):
+            return first
+        expected = peer_proof(secret, ACCEPTOR, cluster, node, first.node, nonce, first.nonce)
+        assert proof_matches(expected, first.proof), f"node {first.node} did not prove the cluster secret"
+        proof = peer_proof(secret, DIALER, cluster, node, first.node, nonce, first.nonce)
+        return self.request(Hello(request_id + 1, role=Role.PEER, cluster=cluster, node=node, proof=proof))
 
     def closed_by_peer(self, timeout: float | None = None) -> bool:
         """True once the node has closed its side (read returns EOF) within ``timeout``."""

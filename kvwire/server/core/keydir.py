@@ -50,6 +50,9 @@ class Keydir:
         # last). All of them count: if the newest fails on the disk, the one
         # before it is still on its way and its tag must not be minted again.
         self.pending: dict[str, list[PendingWrite]] = {}
+        # The highest tag counter accepted for any key: how far ahead a peer's
+        # tag may be is measured from it (ServerConfig.max_version_jump).
+        self.highest_counter = max((entry.version.counter for entry in self.committed.values()), default=0)
 
     def latest_version(self, key: str) -> Version:
         """The newest version accepted for ``key``, durable or not."""
@@ -70,6 +73,8 @@ class Keydir:
 
     def accept(self, key: str, write_id: int, version: Version, deleted: bool) -> None:
         """A write above ``latest_version(key)`` is on its way to the disk."""
+        if version.counter > self.highest_counter:
+            self.highest_counter = version.counter
         self.pending.setdefault(key, []).append(PendingWrite(write_id, version, deleted))
 
     def newest_pending(self, key: str) -> PendingWrite | None:

@@ -1,0 +1,170 @@
+"""Who may do what on a connection: client tokens, their roles, and the peer role.
+
+A node with an auth file (``--auth-file``) refuses every request but HELLO,
+PING and HEALTH until the connection has said HELLO with a token the file
+lists; the token's role then decides which ops it may send, and its optional
+key prefix which keys. Peers get the peer ops by proving the cluster secret
+(kvwire.protocol.peer_auth), never by a token.
+
+The auth file, one token a line (``#`` starts a comment)::
+
+    # name     role    token (or sha256:HEX of it)      [key prefix]
+    app        write   sha256:9f86d08...                app/
+    dashboard  read    Xq3v...
+
+Tokens are compared as SHA-256 digests, in constant time, against every
+entry; names, never tokens, appear in logs.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..protocol.errors import ForbiddenError, UnauthenticatedError
+from ..protocol.messages import Delete, Fetch, Get, Health, Hello, Lookup, Ping, Put, Replicate
+
+# A token is a password a program holds: refuse ones short enough to guess.
+MIN_TOKEN_CHARS = 16
+_SHA256_PREFIX = "sha256:"
+
+
+class AccessRole(str, enum.Enum):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+# What a connection may send before it has said HELLO with a token: enough to
+# introduce itself and for a load balancer's check. HEALTH names nodes, never keys.
+OPEN_OPS = frozenset({Hello, Ping, Health})
+_READ_OPS = OPEN_OPS | {Get}
+_WRITE_OPS = _READ_OPS | {Put, Delete}
+ROLE_OPS = {
+    AccessRole.READ: _READ_OPS,
+    AccessRole.WRITE: _WRITE_OPS,
+    # Every client op there is; admin is the role later admin-only ops will need.
+    AccessRole.ADMIN: _WRITE_OPS,
+}
+PEER_ONLY_OPS = frozenset({Replicate, Lookup, Fetch})
+PEER_OPS = _WRITE_OPS | PEER_ONLY_OPS
+# A node without an auth file: every client op, to anyone.
+ANYONE_OPS = _WRITE_OPS
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one connection may do: ``ops`` (request classes), on keys starting with ``prefix``."""
+
+    who: str
+    ops: frozenset
+    prefix: str = ""
+
+    def check(self, request) -> None:
+        """Raise ForbiddenError unless this grant allows ``request``."""
+        kind = type(request)
+        if kind not in self.ops:
+            name = kind.__name__.upper()
+            if kind in PEER_ONLY_OPS:
+                raise ForbiddenError(
+                    f"{name} is accepted only on a connection that said HELLO with role 'peer' "
+                    "and proved the cluster secret")
+            if self.who == "anonymous":
+                raise UnauthenticatedError(
+                    f"{name} needs a token: this node has an auth file; say HELLO with a token first "
+                    "(kvwire-cli --token-file or KVWIRE_TOKEN, Client(token=...))")
+            raise ForbiddenError(f"{name} is not allowed for {self.who}")
+        key = getattr(request, "key", None)
+        if self.prefix and key is not None and not key.startswith(self.prefix):
+            raise ForbiddenError(f"{self.who} may only use keys starting with {self.prefix!r}, not {key!r}")
+
+
+ANONYMOUS = Grant("anonymous", OPEN_OPS)
+EVERYONE = Grant("anyone", ANYONE_OPS)
+PEER = Grant("peer", PEER_OPS)
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    name: str
+    role: AccessRole
+    digest: bytes = b""
+    prefix: str = ""
+
+    def __repr__(self) -> str:  # the digest stays out of logs and tracebacks
+        return f"TokenEntry(name={self.name!r}, role={self.role.value!r}, prefix={self.prefix!r})"
+
+    def grant(self) -> Grant:
+        return Grant(f"token {self.name!r} (role {self.role.value})", ROLE_OPS[self.role], self.prefix)
+
+
+@dataclass(frozen=True)
+class AuthTable:
+    """The tokens of an auth file."""
+
+    entries: tuple[TokenEntry, ...]
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise ValueError("an auth file must list at least one token")
+        names = [entry.name for entry in self.entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"token names must be unique, got {', '.join(sorted(names))}")
+        digests = [entry.digest for entry in self.entries]
+        if len(set(digests)) != len(digests):
+            raise ValueError("two entries hold the same token")
+
+    def find(self, token: str) -> TokenEntry | None:
+        """The entry for ``token``, or None; looks at every entry, whatever matches."""
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        found = None
+        for entry in self.entries:
+            if hmac.compare_digest(entry.digest, digest):
+                found = entry
+        return found
+
+    @classmethod
+    def load(cls, path: Path) -> AuthTable:
+        """Read an auth file; ValueError naming the file and line for anything wrong."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read auth file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        entries = []
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            try:
+                entries.append(_parse_entry(fields))
+            except ValueError as exc:
+                raise ValueError(f"{path} line {number}: {exc}") from None
+        try:
+            return cls(tuple(entries))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def _parse_entry(fields: list[str]) -> TokenEntry:
+    if len(fields) not in (3, 4):
+        raise ValueError("expected NAME ROLE TOKEN [KEY_PREFIX]")
+    name, role, token = fields[:3]
+    try:
+        role = AccessRole(role)
+    except ValueError:
+        raise ValueError(f"role {role!r} is not one of read, write, admin") from None
+    if token.startswith(_SHA256_PREFIX):
+        try:
+            digest = bytes.fromhex(token[len(_SHA256_PREFIX):])
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise ValueError(f"token of {name!r}: sha256: must be followed by 64 hex digits")
+    elif len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"token of {name!r} is shorter than {MIN_TOKEN_CHARS} characters")
+    else:
+        digest = hashlib.sha256(token.encode("utf-8")).digest()
+    return TokenEntry(name, role, digest, fields[3] if len(fields) == 4 else "")

@@ -1,0 +1,124 @@
+"""Accepting TLS connections, with one log line for every handshake that fails.
+
+``loop.create_server(ssl=...)`` drops a failed handshake silently (asyncio and
+uvloop only log it in debug mode), so an operator would never learn that a
+peer or a client is being refused for its certificate. This listener accepts
+plain sockets and runs each handshake itself through
+``loop.connect_accepted_socket``, which raises the handshake's error with the
+peer's address at hand. (``start_tls`` on an accepted transport would do the
+same, but uvloop starts reading before it can take over and the ClientHello
+is lost.) Once the handshake is done the connection is the node's protocol's,
+exactly as with ``create_server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Callable
+
+from ..protocol.address import format_endpoint
+from ..tls import describe_tls_error
+
+log = logging.getLogger("kvwire.server")
+
+# A connection that has not finished its handshake by then is dropped, so
+# half-open handshakes cannot pin sockets (asyncio's default is 60 s).
+HANDSHAKE_TIMEOUT = 5.0
+
+
+class TlsListener:
+    """Listening sockets whose connections become ``protocol_factory()``'s after a TLS handshake.
+
+    Closed with :meth:`close`, like the ``asyncio.Server`` it stands in for.
+    """
+
+    def __init__(self, sockets: list[socket.socket], context: ssl.SSLContext,
+                 protocol_factory: Callable[[], asyncio.Protocol], handshake_timeout: float, max_handshakes: int) -> None:
+        self.sockets = sockets
+        self._context = context
+        self._protocol_factory = protocol_factory
+        self._handshake_timeout = handshake_timeout
+        self._max_handshakes = max_handshakes
+        self._handshakes = 0
+        self._tasks: set[asyncio.Task] = set()
+        for listener in sockets:
+            self._spawn(self._accept(listener))
+
+    @classmethod
+    async def start(cls, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int, *,
+                    context: ssl.SSLContext, backlog: int, max_handshakes: int,
+                    handshake_timeout: float = HANDSHAKE_TIMEOUT) -> TlsListener:
+        """Bind every address ``host`` resolves to, as ``create_server`` does; OSError if one can't be bound.
+
+        At most ``max_handshakes`` handshakes run at once (the node passes its
+        connection limit); a connection beyond them is closed at once, so a
+        flood of slow handshakes costs bounded memory and CPU."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        sockets: list[socket.socket] = []
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                listener = socket.socket(family, kind, proto)
+                sockets.append(listener)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                listener.bind(address)
+                listener.listen(backlog)
+                listener.setblocking(False)
+        except BaseException:
+            for listener in sockets:
+                listener.close()
+            raise
+        return cls(sockets, context, protocol_factory, handshake_timeout, max_handshakes)
+
+    def close(self) -> None:
+        """Stop accepting and drop the handshakes in progress; established connections stay."""
+        for task in list(self._tasks):
+            task.cancel()
+        for listener in self.sockets:
+            listener.close()
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, address = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: keep the listener alive
+                log.error("accepting a connection failed: %s", exc.strerror or exc)
+                await asyncio.sleep(0.1)
+                continue
+            if self._handshakes >= self._max_handshakes:
+                log.debug("%d TLS handshakes already running; closing the connection from %s at once",
+                          self._handshakes, format_endpoint(address[0], address[1]))
+                connection.close()
+                continue
+            self._spawn(self._handshake(connection, address))
+
+    async def _handshake(self, connection: socket.socket, address: tuple) -> None:
+        loop = asyncio.get_running_loop()
+        remote = format_endpoint(address[0], address[1])
+        self._handshakes += 1
+        try:
+            await loop.connect_accepted_socket(
+                self._protocol_factory, connection, ssl=self._context, ssl_handshake_timeout=self._handshake_timeout
+            )
+        except ssl.SSLError as exc:
+            log.warning("TLS handshake with %s failed: %s", remote, describe_tls_error(exc),
+                        extra={"event": "tls_handshake_failed", "remote": remote})
+        except (OSError, TimeoutError) as exc:
+            # Closed before finishing (a port probe, a client that distrusts our
+            # certificate) or never finished: worth a line only when debugging.
+            log.debug("TLS handshake with %s did not finish: %s", remote,
+                      describe_tls_error(exc) if isinstance(exc, TimeoutError) else type(exc).__name__)
+        finally:
+            self._handshakes -= 1
+        # Success or failure, the socket is the transport's now: it closes it.

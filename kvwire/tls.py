@@ -1,0 +1,201 @@
+"""TLS for every link: the files a side is given, and the ``ssl`` contexts built from them.
+
+Standard library only, so that the client, the server, the bridge and the
+load generator can all share it (docs/design.md section 2). Modern defaults
+everywhere: TLS 1.2 at least, no compression (CRIME), and a client always
+checks the certificate chain and the host name it dialled.
+
+A node given a CA asks every connection for a certificate signed by it, peers
+and clients alike: mutual TLS, as etcd's ``--client-cert-auth``. Its own
+certificate is also its client certificate on the links it opens to its peers.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+# OpenSSL's reason codes (``ssl.SSLError.reason``) that have a plainer name.
+_REASONS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the other side requires a client certificate, and none was sent",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the other side sent no client certificate, and one is required",
+    "TLSV1_ALERT_UNKNOWN_CA": "the other side does not trust our certificate (alert: unknown CA)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the other side refused our certificate (alert: bad certificate)",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the other side refused our certificate (alert: certificate unknown)",
+    "WRONG_VERSION_NUMBER": "the other side does not speak TLS",
+    "HTTP_REQUEST": "the other side sent an HTTP request, not TLS",
+    "RECORD_LAYER_FAILURE": "the other side does not speak TLS",
+    "PACKET_LENGTH_TOO_LONG": "the other side does not speak TLS",
+    "UNSUPPORTED_PROTOCOL": "the other side offers only TLS versions below 1.2",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the other side supports no TLS version we accept (1.2 or later)",
+    "UNEXPECTED_EOF_WHILE_READING": "the connection closed during the TLS handshake",
+}
+# OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) for a
+# certificate that does not name what was dialled.
+_X509_V_ERR_HOSTNAME_MISMATCH = 62
+_X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+
+
+class TlsConfigError(ValueError):
+    """A certificate, key or CA file that is missing or will not load; the message names it."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A side's certificate and key (PEM), and the CA (PEM) it trusts; each may be None.
+
+    Checked when built: the files must be readable, and a certificate comes
+    with its key. What each side requires on top (a node needs its
+    certificate) is checked by that side's configuration.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name, option in (("cert", "--tls-cert"), ("key", "--tls-key"), ("ca", "--tls-ca")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            path = Path(value)
+            object.__setattr__(self, name, path)
+            if not path.is_file():
+                raise TlsConfigError(f"{option} {path}: no such file")
+            if not os.access(path, os.R_OK):
+                raise TlsConfigError(f"{option} {path}: not readable")
+        if (self.cert is None) != (self.key is None):
+            given, missing = ("--tls-cert", "--tls-key") if self.key is None else ("--tls-key", "--tls-cert")
+            raise TlsConfigError(f"{given} needs {missing}: a certificate and its private key go together")
+
+
+def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The context a listening side serves with; given ``client_ca``, every client must
+    present a certificate it signed. Raises TlsConfigError naming a file that will not load."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(context)
+    _load_certificate(context, cert, key)
+    if client_ca is not None:
+        _load_ca(context, client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """The context a dialling side connects with: the server's certificate is checked
+    against ``ca`` (None: the system's trusted CAs) and the host name dialled; ``cert``
+    and ``key`` are presented when the server asks for a client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname already
+    _harden(context)
+    if ca is None:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        _load_ca(context, Path(ca))
+    if (cert is None) != (key is None):
+        raise TlsConfigError("a client certificate needs its key, and a key its certificate")
+    if cert is not None and key is not None:
+        _load_certificate(context, Path(cert), Path(key))
+    return context
+
+
+def optional_client_context(tls: bool | ssl.SSLContext | None = False, *, ca: str | os.PathLike | None = None,
+                            cert: str | os.PathLike | None = None,
+                            key: str | os.PathLike | None = None) -> ssl.SSLContext | None:
+    """A client's context from its options: ``tls`` True (or any file given) builds one
+    with :func:`client_context`, a ready ``ssl.SSLContext`` is used as it is, and
+    False (or None) with no file means plain TCP (None)."""
+    if isinstance(tls, ssl.SSLContext):
+        if ca is not None or cert is not None or key is not None:
+            raise TlsConfigError("give either an ssl.SSLContext as tls or the ca, cert and key files, not both")
+        return tls
+    if tls is None:
+        tls = False
+    if type(tls) is not bool:
+        raise TlsConfigError(f"tls must be True, False or an ssl.SSLContext, got {tls!r}")
+    if not tls and ca is None and cert is None and key is None:
+        return None
+    files = TlsFiles(cert=cert, key=key, ca=ca)
+    return client_context(ca=files.ca, cert=files.cert, key=files.key)
+
+
+def describe_tls_error(error: BaseException) -> str:
+    """One line saying why a handshake failed: the verifier's own words for a certificate
+    it refused, a plain sentence for the usual alerts, else OpenSSL's reason."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        reason = getattr(error, "reason", None)
+        if reason in _REASONS:
+            return _REASONS[reason]
+        return (reason or str(error)).lower().replace("_", " ")
+    if isinstance(error, TimeoutError):
+        return "no TLS handshake within the time allowed"
+    return str(error) or type(error).__name__
+
+
+def dialler_hint(error: BaseException) -> str:
+    """What the dialling side should check after ``error``, as "; ..." to append, or ""."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code in (_X509_V_ERR_HOSTNAME_MISMATCH, _X509_V_ERR_IP_ADDRESS_MISMATCH):
+            return "; the node's certificate must name the host dialled (kvwire certs --host HOST adds one)"
+        return "; is the CA given (--tls-ca, ca=) the one that signed the node's certificate?"
+    if getattr(error, "reason", None) in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return "; is the node serving TLS (kvwire serve --tls-cert)?"
+    return ""
+
+
+def _harden(context: ssl.SSLContext) -> None:
+    context.minimum_version = MINIMUM_VERSION
+    context.options |= ssl.OP_NO_COMPRESSION  # already OpenSSL 3's default; stated, not assumed
+
+
+def _load_ca(context: ssl.SSLContext, ca: Path) -> None:
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsConfigError(f"--tls-ca {ca}: not a PEM CA certificate ({_reason(exc)})") from None
+
+
+def _load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    # load_cert_chain says "PEM lib" for a bad certificate and for a bad key
+    # alike; loading the certificate alone first tells which file is at fault.
+    _check_certificate(cert)
+    try:
+        context.load_cert_chain(cert, key, password=_refuse_password)
+    except _EncryptedKey:
+        raise TlsConfigError(
+            f"--tls-key {key}: the key is encrypted; kvwire needs it unencrypted (openssl pkey -in KEY -out PLAIN)"
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+            raise TlsConfigError(f"--tls-key {key} is not the key of --tls-cert {cert}") from None
+        raise TlsConfigError(f"--tls-key {key}: not a PEM private key ({_reason(exc)})") from None
+
+
+def _check_certificate(cert: Path) -> None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsConfigError(f"--tls-cert {cert}: not a PEM certificate ({_reason(exc)})") from None
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _refuse_password() -> str:
+    # Without a callback OpenSSL would prompt on the terminal, hanging a node
+    # started by systemd; a key that needs a password is refused instead.
+    raise _EncryptedKey
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return error.reason.lower().replace("_", " ")
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)

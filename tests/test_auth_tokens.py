@@ -1,0 +1,232 @@
+"""Client tokens with roles: a real 3-node cluster with --auth-file, through the
+Python client, kvwire-cli and the REST bridge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvwire import Client
+from kvwire.protocol import ErrorCode, Get, Health, HealthReply, Hello, HelloReply, Ping, Pong, Put
+from kvwire.protocol.errors import ForbiddenError, UnauthenticatedError
+from kvwire.server.access import AuthTable
+from kvwire.testing import LocalCluster, RawConnection
+from rest_helpers import PREFIX, BridgeProcess, http
+
+TOKENS = {
+    "reader": "reader-token-0123456789abcdef",
+    "writer": "writer-token-0123456789abcdef",
+    "scoped": "scoped-token-0123456789abcdef",
+    "root": "admin-token-0123456789abcdefgh",
+}
+AUTH_FILE = f"""\
+# name    role   token                               key prefix
+reader    read   {TOKENS["reader"]}
+writer    write  {TOKENS["writer"]}
+scoped    write  {TOKENS["scoped"]}    app/
+root      admin  sha256:{__import__("hashlib").sha256(TOKENS["root"].encode()).hexdigest()}
+"""
+WRONG = "not-a-token-the-nodes-know-at-all"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auth")
+    auth_file = root / "auth"
+    auth_file.write_text(AUTH_FILE)
+    auth_file.chmod(0o600)
+    with LocalCluster(3, data_dir=root, heartbeat_interval=0.05, failure_timeout=0.3,
+                      node_args=["--auth-file", str(auth_file), "--log-level", "debug"]) as started:
+        yield started
+
+
+def test_without_a_token_only_hello_ping_and_health_are_answered(cluster):
+    with RawConnection(cluster["n1"].address) as conn:
+        refused = conn.request(Get(1, "k"))
+        assert refused.code == ErrorCode.UNAUTHENTICATED and "needs a token" in refused.message
+        assert isinstance(conn.request(Ping(2)), Pong)
+        health = conn.request(Health(3))
+        assert isinstance(health, HealthReply) and health.health["cluster"]["has_quorum"] is True
+        assert isinstance(conn.request(Hello(4)), HelloReply)  # an introduction, not a login
+        assert conn.request(Put(5, "k", "v")).code == ErrorCode.UNAUTHENTICATED
+    with Client(cluster.endpoints) as client:
+        assert client.health()["cluster"]["has_quorum"] is True
+        with pytest.raises(UnauthenticatedError, match="needs a token"):
+            client.get("k")
+
+
+def test_a_wrong_token_is_refused_at_hello(cluster):
+    with Client(cluster.endpoints, token=WRONG) as client, pytest.raises(UnauthenticatedError, match="token refused"):
+        client.put("k", "v")
+
+
+def test_each_role_gets_its_ops_and_no_more(cluster):
+    with Client(cluster.endpoints, token=TOKENS["writer"]) as writer:
+        writer.put("shared", "by writer")
+        writer.delete("shared")
+        writer.put("shared", "again")
+    with Client(cluster.endpoints, token=TOKENS["reader"]) as reader:
+        assert reader.get("shared") == "again"
+        with pytest.raises(ForbiddenError, match="PUT is not allowed for token 'reader' \\(role read\\)"):
+            reader.put("shared", "by reader")
+        with pytest.raises(ForbiddenError, match="DELETE is not allowed"):
+            reader.delete("shared")
+    with Client(cluster.endpoints, token=TOKENS["root"]) as admin:  # listed by its SHA-256 only
+        admin.put("anything", 1)
+        assert admin.get("shared") == "again"
+
+
+def test_a_key_prefix_limits_a_token_to_its_keys(cluster):
+    with Client(cluster.endpoints, token=TOKENS["scoped"]) as scoped:
+        scoped.put("app/config", {"debug": False})
+        assert scoped.get("app/config") == {"debug": False}
+        with pytest.raises(ForbiddenError, match="only use keys starting with 'app/'"):
+            scoped.get("shared")
+        with pytest.raises(ForbiddenError, match="only use keys starting with 'app/'"):
+            scoped.put("other/config", 1)
+
+
+def test_tokens_never_reach_the_logs(cluster):
+    with Client(cluster.endpoints, token=WRONG) as client, pytest.raises(UnauthenticatedError):
+        client.get("k")
+    with Client(cluster.endpoints, token=TOKENS["writer"]) as client:
+        client.put("logged", 1)
+    logs = "".join(node.log() for node in cluster)
+    assert "its token is not in the auth file" in logs and "as token 'writer'" in logs  # the logs do speak of them
+    for token in (*TOKENS.values(), WRONG):
+        assert token not in logs
+
+
+def test_replication_and_failover_with_auth_on(cluster):
+    with Client(cluster.endpoints_of("n1"), token=TOKENS["writer"]) as first, \
+            Client(cluster.endpoints_of("n3"), token=TOKENS["reader"]) as third:
+        first.put("replicated", "through n1")
+        assert third.get("replicated") == "through n1"
+    cluster.kill("n2")
+    try:
+        cluster.wait_peers("n1", down=["n2"])
+        with Client(cluster.endpoints, token=TOKENS["writer"]) as client:
+            client.put("after-failover", 2)
+            assert client.get("after-failover") == 2
+    finally:
+        cluster.start("n2").wait_ready("n2")
+
+
+# --- the auth file --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, message", [
+    ("alice write short\n", "line 1: token of 'alice' is shorter than 16"),
+    ("alice root 0123456789abcdef0123\n", "line 1: role 'root' is not one of read, write, admin"),
+    ("alice read sha256:abcd\n", "sha256: must be followed by 64 hex digits"),
+    ("alice read 0123456789abcdef0123\nalice write 0123456789abcdef0124\n", "token names must be unique"),
+    ("a read 0123456789abcdef0123\nb write 0123456789abcdef0123\n", "two entries hold the same token"),
+    ("# nothing but a comment\n", "at least one token"),
+    ("alice\n", "line 1: expected NAME ROLE TOKEN [KEY_PREFIX]"),
+])
+def test_a_bad_auth_file_names_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / "auth"
+    path.write_text(text)
+    with pytest.raises(ValueError) as refused:
+        AuthTable.load(path)
+    assert str(path) in str(refused.value) and message in str(refused.value)
+    result = subprocess.run([sys.executable, "-m", "kvwire", "serve", "--auth-file", str(path),
+                             "--data-dir", str(tmp_path / "n1")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and message.split(":")[-1].strip() in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_auth_file_entry_never_shows_its_token(tmp_path):
+    path = tmp_path / "auth"
+    path.write_text("alice write 0123456789abcdef0123 app/\n")
+    table = AuthTable.load(path)
+    (entry,) = table.entries
+    assert (entry.name, entry.role.value, entry.prefix) == ("alice", "write", "app/")
+    shown = repr(table) + repr(entry)
+    assert "0123456789abcdef0123" not in shown and entry.digest.hex() not in shown
+    assert table.find("0123456789abcdef0123") is entry and table.find("0123456789abcdef0124") is None
+
+
+# --- kvwire-cli and the bridge ----------------------------------------------------------------
+
+
+def cli(cluster, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "kvwire.cli.client", "--endpoints", ",".join(cluster.endpoints), *args],
+        capture_output=True, text=True, timeout=30, env={**environment, **(env or {})},
+    )
+
+
+def test_cli_takes_a_token_file_or_kvwire_token(cluster, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKENS["writer"] + "\n")
+    put = cli(cluster, "--token-file", str(token_file), "put", "from-cli", "hello")
+    assert put.returncode == 0, put.stderr
+    got = cli(cluster, "get", "from-cli", env={"KVWIRE_TOKEN": TOKENS["reader"]})
+    assert (got.returncode, got.stdout) == (0, "hello\n")
+    denied = cli(cluster, "put", "from-cli", "x", env={"KVWIRE_TOKEN": TOKENS["reader"]})
+    assert denied.returncode == 4 and "not allowed for token 'reader'" in denied.stderr
+    missing = cli(cluster, "get", "from-cli")
+    assert missing.returncode == 4 and "needs a token" in missing.stderr and "Traceback" not in missing.stderr
+    unreadable = cli(cluster, "--token-file", str(tmp_path / "absent"), "get", "from-cli")
+    assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr and "Traceback" not in unreadable.stderr
+    for result in (put, got, denied, missing):
+        assert TOKENS["writer"] not in result.stderr + result.stdout
+        assert TOKENS["reader"] not in result.stderr + result.stdout
+
+
+def test_the_bridge_passes_bearer_tokens_through(cluster, tmp_path):
+    with BridgeProcess(cluster.endpoints, log_path=tmp_path / "bridge.log") as bridge:
+        url = f"{bridge.url}{PREFIX}/kv/rest-key/"
+        anonymous = http("PUT", url, {"value": 1})
+        assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "needs a token" in anonymous.json["error"]
+        wrong = http("GET", url, headers={"Authorization": f"Bearer {WRONG}"})
+        assert wrong.status == 401 and "token refused" in wrong.json["error"]
+        malformed = http("GET", url, headers={"Authorization": f"Basic {WRONG}"})
+        assert malformed.status == 401 and "Bearer <token>" in malformed.json["error"]
+        written = http("PUT", url, {"value": 1}, headers={"Authorization": f"Bearer {TOKENS['writer']}"})
+        assert written.status in (200, 201), written.text
+        read = http("GET", url, headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+        assert read.status == 200 and read.json["value"] == 1
+        denied = http("DELETE", url, headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+        assert denied.status == 403 and "not allowed for token 'reader'" in denied.json["error"]
+        # Health stays open for load balancers, and names no keys.
+        health = http("GET", f"{bridge.url}{PREFIX}/health/")
+        assert health.status == 200 and "rest-key" not in health.text
+        assert all(token not in bridge.log() for token in (*TOKENS.values(), WRONG))
+
+
+def test_the_readme_example_auth_file_loads(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (example,) = re.findall(r"`--auth-file FILE` lists tokens, one a line:\n\n```text\n(.*?)```", readme, re.DOTALL)
+    path = tmp_path / "auth"
+    path.write_text(example)
+    table = AuthTable.load(path)
+    assert [(entry.name, entry.role.value, entry.prefix) for entry in table.entries] == [
+        ("app", "write", "app/"), ("dashboard", "read", ""), ("ops", "admin", "")]
+
+
+def test_kvwire_bench_says_hello_with_its_token_file(cluster, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKENS["writer"])
+
+    def bench(*args: str) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "kvwire", "bench", "--endpoints", ",".join(cluster.endpoints), "--mix", "put",
+             "--connections", "2", "--requests", "200", "--duration", "5", "--warmup", "0", "--keys", "100",
+             "--json", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return __import__("json").loads(result.stdout)
+
+    with_token = bench("--token-file", str(token_file))
+    assert with_token["errors"] == 0 and with_token["ops_per_s"] > 0
+    without = bench()
+    assert without["errors"] > 0 and "UNAUTHENTICATED" in str(without["error_codes"])

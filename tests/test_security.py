@@ -1,0 +1,300 @@
+"""Peers prove the cluster secret; far-ahead tags are refused; idle and stalled connections are closed.
+
+Real node processes on 127.0.0.x; the attacker is a raw connection speaking
+the real codec.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvwire import Client
+from kvwire.protocol import ErrorCode, ErrorReply, Fetch, Get, Hello, HelloReply, Lookup, LookupReply, Put, Replicate, Role
+from kvwire.protocol import NoQuorumError, ReplicateReply, Version, encode
+from kvwire.protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, wait_for
+from kvwire.testing.cluster import new_secret_file
+
+
+def forge_peer(conn: RawConnection, node: str = "n2", cluster: str = "kvwire") -> ErrorReply | HelloReply:
+    """The attack of issue 10: say HELLO as a peer, with no proof of anything."""
+    return conn.request(Hello(1, role=Role.PEER, cluster=cluster, node=node))
+
+
+# --- the forged peer ---------------------------------------------------------------------
+
+
+def test_a_forged_peer_is_refused_by_a_lone_node_and_the_value_is_unchanged(node):
+    with Client(node.address) as client:
+        client.put("balance", 100)
+    with RawConnection(node.address) as conn:
+        assert forge_peer(conn).code == ErrorCode.FORBIDDEN
+        refused = conn.request(Replicate(2, "balance", Version(2**40, "zz"), 0))
+        assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.FORBIDDEN
+        assert "role 'peer'" in refused.message
+        for request in (Lookup(3, "balance"), Fetch(4, "balance")):
+            assert conn.request(request).code == ErrorCode.FORBIDDEN
+    with Client(node.address) as client:
+        assert client.get("balance") == 100
+        assert client.put("balance", 101).counter == 2  # the key is still writable
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster(3, data_dir=tmp_path_factory.mktemp("security"), heartbeat_interval=0.05,
+                      failure_timeout=0.3) as started:
+        yield started
+
+
+def test_a_forged_peer_is_refused_by_a_cluster_node(cluster):
+    with Client(cluster.endpoints) as client:
+        client.put("forged", "original")
+    with RawConnection(cluster["n1"].address) as conn:
+        reply = forge_peer(conn)
+        assert reply.code == ErrorCode.FORBIDDEN and "no nonce" in reply.message
+        assert conn.request(Replicate(2, "forged", Version(9, "n2"), "evil")).code == ErrorCode.FORBIDDEN
+    with Client(cluster.endpoints) as client:
+        assert client.get("forged") == "original"
+
+
+def test_a_peer_with_the_wrong_secret_is_refused_and_the_node_says_so(cluster):
+    wrong = b"not the cluster's secret, but long enough"
+    with RawConnection(cluster["n1"].address) as conn:
+        nonce = new_nonce()
+        first = conn.request(Hello(1, role=Role.PEER, cluster="kvwire", node="n2", nonce=nonce))
+        assert isinstance(first, HelloReply) and len(first.proof) == 32
+        # The node proved the real secret: a dialer holding the wrong one sees the mismatch.
+        assert first.proof != peer_proof(wrong, ACCEPTOR, "kvwire", "n2", "n1", nonce, first.nonce)
+        assert first.proof == peer_proof(cluster.secret, ACCEPTOR, "kvwire", "n2", "n1", nonce, first.nonce)
+        proof = peer_proof(wrong, DIALER, "kvwire", "n2", "n1", nonce, first.nonce)
+        second = conn.request(Hello(2, role=Role.PEER, cluster="kvwire", node="n2", proof=proof))
+        assert second.code == ErrorCode.FORBIDDEN and "same cluster secret" in second.message
+        assert conn.request(Replicate(3, "k", Version(1, "n2"), "v")).code == ErrorCode.FORBIDDEN
+    wait_for(lambda: "its proof does not match this node's cluster secret" in cluster["n1"].log(),
+             timeout=5, what="n1 logging the refused proof")
+
+
+def test_a_proof_cannot_be_replayed_reflected_or_sent_without_a_nonce(cluster):
+    secret = cluster.secret
+    with RawConnection(cluster["n1"].address) as first_conn:
+        nonce = new_nonce()
+        first = first_conn.request(Hello(1, role=Role.PEER, cluster="kvwire", node="n2", nonce=nonce))
+        good = peer_proof(secret, DIALER, "kvwire", "n2", "n1", nonce, first.nonce)
+        # Reflected: the node's own proof sent back as ours.
+        reflected = first_conn.request(Hello(2, role=Role.PEER, cluster="kvwire", node="n2", proof=first.proof))
+        assert reflected.code == ErrorCode.FORBIDDEN
+    with RawConnection(cluster["n1"].address) as conn:
+        # A proof with no handshake on this connection (replayed from another one).
+        alone = conn.request(Hello(1, role=Role.PEER, cluster="kvwire", node="n2", proof=good))
+        assert alone.code == ErrorCode.FORBIDDEN and "nonce first" in alone.message
+        # A new handshake gets a new nonce, so the old proof no longer fits it.
+        conn.request(Hello(2, role=Role.PEER, cluster="kvwire", node="n2", nonce=nonce))
+        replayed = conn.request(Hello(3, role=Role.PEER, cluster="kvwire", node="n2", proof=good))
+        assert replayed.code == ErrorCode.FORBIDDEN
+        # Claiming to be a node the cluster does not have.
+        stranger = conn.request(Hello(4, role=Role.PEER, cluster="kvwire", node="n9", nonce=nonce))
+        assert stranger.code == ErrorCode.FORBIDDEN and "not a member" in stranger.message
+        assert conn.request(Lookup(5, "k")).code == ErrorCode.FORBIDDEN
+
+
+def test_the_right_secret_makes_a_peer(cluster):
+    with RawConnection(cluster["n1"].address) as conn:
+        reply = conn.hello_as_peer("n3", "kvwire", cluster.secret)
+        assert isinstance(reply, HelloReply) and reply.node == "n1"
+        assert isinstance(conn.request(Lookup(3, "anything")), LookupReply)
+
+
+def test_a_node_with_another_secret_is_kept_out_and_the_others_keep_their_quorum(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path, heartbeat_interval=0.05, failure_timeout=0.3) as cluster:
+        cluster.terminate("n3")
+        cluster["n3"].extra_args += ["--cluster-secret-file", new_secret_file(tmp_path, "other.secret")]
+        cluster.start("n3").wait_ready("n3", peers=False)
+        # n3 can't prove the secret to n1 and n2, nor they theirs to it: both ways refused.
+        wait_for(lambda: "failed to prove the cluster secret" in cluster["n3"].log(), timeout=5,
+                 what="n3 logging that its peers' proofs fail")
+        wait_for(lambda: "peer n3: handshake failed" in cluster["n1"].log(), timeout=5,
+                 what="n1 logging that n3's proof fails")
+        cluster.wait_peers("n1", up=["n2"], down=["n3"])
+        assert cluster.peer_states("n3") == {"n1": False, "n2": False}
+        with Client(cluster.endpoints_of("n1", "n2")) as client:
+            client.put("quorum", "kept")
+            assert client.get("quorum") == "kept"
+        with Client(cluster.endpoints_of("n3"), retry=None) as client:
+            with pytest.raises(NoQuorumError, match="2 needed"):
+                client.put("lonely", 1)
+
+
+# --- start-up ------------------------------------------------------------------------------
+
+
+def serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kvwire", "serve", "--data-dir", str(tmp_path / "n1"), *args],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_cluster_node_without_a_secret_refuses_to_start(tmp_path):
+    result = serve(tmp_path, "--cluster", "n1=127.0.0.1:1,n2=127.0.0.1:2")
+    assert result.returncode == 2
+    assert "needs --cluster-secret-file" in result.stderr and "kvwire secret FILE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content, message", [(b"short\n", "at least 16"), (None, "cannot read cluster secret file")])
+def test_a_bad_secret_file_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "secret"
+    if content is not None:
+        path.write_bytes(content)
+    result = serve(tmp_path, "--cluster", "n1=127.0.0.1:1,n2=127.0.0.1:2", "--cluster-secret-file", str(path))
+    assert result.returncode == 2 and message in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_insecure_runs_without_a_secret_and_warns(tmp_path):
+    node = NodeProcess("n1", data_dir=tmp_path / "n1",
+                       extra_args=["--cluster", "n1=127.0.0.1:{port},n2=127.0.0.1:1", "--insecure"])
+    node.extra_args[1] = node.extra_args[1].format(port=node.port)
+    with node:
+        wait_for(lambda: "--insecure: peers are not authenticated" in node.log(), timeout=5, what="the warning")
+        with RawConnection(node.address) as conn:
+            assert isinstance(forge_peer(conn), HelloReply)  # as asked: the role on the peer's word
+
+
+def test_kvwire_secret_writes_a_private_file_and_will_not_overwrite(tmp_path):
+    path = tmp_path / "cluster.secret"
+    made = subprocess.run([sys.executable, "-m", "kvwire", "secret", str(path)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert os.stat(path).st_mode & 0o777 == 0o600 and len(path.read_bytes().strip()) >= 32
+    again = subprocess.run([sys.executable, "-m", "kvwire", "secret", str(path)], capture_output=True, text=True)
+    assert again.returncode == 1 and "exists; --force" in again.stderr and "Traceback" not in again.stderr
+
+
+# --- far-ahead tags --------------------------------------------------------------------------
+
+
+def test_a_tag_far_above_the_highest_counter_is_refused_even_from_a_proven_peer(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path, node_args=["--max-version-jump", "1000"]) as cluster:
+        with Client(cluster.endpoints) as client:
+            client.put("k", "v1")  # counter 1 everywhere
+        with RawConnection(cluster["n1"].address) as conn:
+            cluster.as_peer("n1", conn)
+            refused = conn.request(Replicate(10, "k", Version(2**40, "n2"), "poison"))
+            assert refused.code == ErrorCode.FORBIDDEN and "too far ahead" in refused.message
+            top = conn.request(Replicate(11, "k", Version(2**63 - 1, "n2"), "poison"))
+            assert top.code == ErrorCode.FORBIDDEN
+            within = conn.request(Replicate(12, "other", Version(1001, "n2"), "fine"))
+            assert within == ReplicateReply(12, True, Version(1001, "n2"))
+        wait_for(lambda: "tag counter 1099511627776 is more than 1000 above" in cluster["n1"].log(),
+                 timeout=5, what="n1 logging the refused tag")
+        with Client(cluster.endpoints) as client:
+            assert client.get("k") == "v1"
+            assert client.put("k", "v2").counter == 2
+
+
+# --- idle, slow and greedy connections --------------------------------------------------------
+
+
+@pytest.fixture
+def strict_node(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--hello-timeout", "0.5", "--frame-timeout", "0.5"]) as started:
+        yield started
+
+
+def test_a_connection_that_says_nothing_is_closed_after_the_hello_timeout(strict_node):
+    with RawConnection(strict_node.address, timeout=5) as silent, Client(strict_node.address) as client:
+        client.put("still", "served")
+        started = time.monotonic()
+        (reply,) = silent.receive(1)
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.TIMEOUT and reply.id is None
+        assert "no request within 0.5 s" in reply.message
+        assert silent.closed_by_peer(timeout=2)
+        assert time.monotonic() - started < 3
+        assert client.get("still") == "served"
+
+
+def test_a_slow_loris_frame_is_closed_after_the_frame_timeout(strict_node):
+    frame = encode(Put(1, "slow", "x" * 1000))
+    with RawConnection(strict_node.address, timeout=5) as loris, Client(strict_node.address) as client:
+        assert isinstance(loris.request(Get(0, "warm-up")), ErrorReply)  # it has spoken: not idle
+        # A byte every 0.1 s: each read makes progress, the frame never completes in time.
+        closed_at = None
+        for byte in frame[:40]:
+            try:
+                loris.send_bytes(bytes([byte]))
+            except OSError:
+                closed_at = time.monotonic()
+                break
+            if loris.closed_by_peer(timeout=0.1):
+                closed_at = time.monotonic()
+                break
+        assert closed_at is not None, "the node kept a stalled frame open"
+        assert client.put("others", "unaffected").counter == 1
+    wait_for(lambda: "is still incomplete" in strict_node.log(), timeout=5, what="the node logging why")
+
+
+def test_a_connection_that_pipelines_without_reading_is_held_back_and_others_are_served(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "normal"]) as node:
+        with Client(node.address) as client:
+            client.put("big", "v" * 200_000)
+        rss_before = _rss_kib(node.pid)
+        greedy = socket.create_connection(("127.0.0.1", node.port))
+        greedy.setblocking(False)
+        request = encode(Get(1, "big"))
+        # ~200 kB of reply for each 20-byte request: unread, they fill the node's
+        # write buffer, it stops reading, and then TCP stops us sending.
+        batch = request * 1000
+        sent = 0
+        deadline = time.monotonic() + 20
+        blocked_since = None
+        # Bounded: 50 MB of requests, 2.5 million GETs, ask for 500 GB of replies.
+        while time.monotonic() < deadline and sent < 50_000_000:
+            try:
+                sent += greedy.send(batch)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 1.0:
+                    break
+                time.sleep(0.01)
+        assert blocked_since is not None, f"the node read all {sent} bytes without being read from"
+        with Client(node.address) as client:
+            assert len(client.get("big")) == 200_000
+            client.put("after", 1)
+        growth_mib = (_rss_kib(node.pid) - rss_before) / 1024
+        assert growth_mib < 200, f"node grew by {growth_mib:.0f} MiB"
+        greedy.close()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+# --- the documented handshake ---------------------------------------------------------------
+
+
+def test_the_peer_proof_vectors_in_the_protocol_doc_are_what_the_code_computes():
+    import re
+    from pathlib import Path
+
+    import msgpack
+
+    from kvwire.protocol import peer_auth
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    blocks = {name: bytes.fromhex(" ".join(block.split()))
+              for name, block in re.findall(r"<!-- peer-proof: (\w+) -->\n```text\n(.*?)```", doc, re.DOTALL)}
+    inputs = dict(re.findall(r"<!-- peer-proof input: (\w+) -->\n```text\n(.*?)```", doc, re.DOTALL))
+    secret, nd, na = b"correct horse battery staple!!", bytes(range(16)), bytes(range(16, 32))
+    assert bytes.fromhex(" ".join(inputs["acceptor"].split())) == msgpack.packb(
+        ["kvwire peer proof v1", "acceptor", "kvwire", "n2", "n1", nd, na])
+    for side in (peer_auth.ACCEPTOR, peer_auth.DIALER):
+        assert blocks[side] == peer_proof(secret, side, "kvwire", "n2", "n1", nd, na), side

@@ -1,0 +1,403 @@
+"""TLS on every link (kvwire/tls.py, ``kvwire certs``): real node processes, real handshakes on 127.0.0.1.
+
+Certificates come from ``kvwire.testing.DevCerts`` (what ``kvwire certs``
+writes); "other" certificates are a second, unrelated CA and its leaves, the
+wrong CA of every refusal test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import ssl
+import subprocess
+import sys
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from rest_helpers import PREFIX, http
+
+from kvwire import Client, KvwireConnectionError
+from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
+from kvwire.testing.bridge import BridgeProcess
+from kvwire.testing.wire import connect_socket
+from kvwire.tls import TlsConfigError, TlsFiles, client_context, optional_client_context, server_context
+
+
+def run_kvwire(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**clean, **(env or {})},
+                          stdin=subprocess.DEVNULL)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return run_kvwire(sys.executable, "-m", "kvwire.cli.client", *args, env=env)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def wait_for_log(process, text: str, timeout: float = 5.0) -> str:
+    """The first line of ``process``'s log holding ``text``, once there is one."""
+    def found() -> str | None:
+        return next((line for line in process.log().splitlines() if text in line), None)
+
+    try:
+        return wait_for(found, timeout=timeout, what=f"{text!r} in the log of {process.name}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; log:\n{process.log()[-3000:]}") from None
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> DevCerts:
+    return DevCerts.create(tmp_path_factory.mktemp("tls") / "certs")
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory) -> DevCerts:
+    return DevCerts.create(tmp_path_factory.mktemp("tls") / "other")
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory, certs):
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("tls-node") / "n1", tls=certs,
+                     extra_args=["--sync", "off"]) as node:
+        yield node
+
+
+# --- the files and the contexts -------------------------------------------------------------
+
+
+def test_files_are_checked_when_given(tmp_path, certs):
+    with pytest.raises(TlsConfigError, match=r"--tls-ca .*missing\.pem: no such file"):
+        TlsFiles(ca=tmp_path / "missing.pem")
+    with pytest.raises(TlsConfigError, match="--tls-cert needs --tls-key"):
+        TlsFiles(cert=certs.node.cert)
+    with pytest.raises(TlsConfigError, match="--tls-key needs --tls-cert"):
+        TlsFiles(key=certs.node.key)
+    assert TlsFiles(ca=str(certs.ca)).ca == certs.ca  # paths as str are taken too
+
+
+def test_a_file_that_will_not_load_is_named(tmp_path, certs, other):
+    with pytest.raises(TlsConfigError, match=rf"--tls-ca {certs.node.key}: not a PEM CA certificate"):
+        client_context(ca=certs.node.key)
+    with pytest.raises(TlsConfigError, match=rf"--tls-cert {certs.node.key}: not a PEM certificate"):
+        server_context(certs.node.key, certs.node.key)
+    with pytest.raises(TlsConfigError, match=rf"--tls-key {other.node.key} is not the key of --tls-cert {certs.node.cert}"):
+        server_context(certs.node.cert, other.node.key)
+    key = serialization.load_pem_private_key(certs.node.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    # Refused, never prompted for: a node under systemd has no terminal to prompt on.
+    with pytest.raises(TlsConfigError, match="the key is encrypted"):
+        server_context(certs.node.cert, encrypted)
+
+
+def test_contexts_have_modern_defaults(certs):
+    for context in (server_context(certs.node.cert, certs.node.key), client_context(ca=certs.ca)):
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert context.options & ssl.OP_NO_COMPRESSION
+    assert server_context(certs.node.cert, certs.node.key).verify_mode == ssl.CERT_NONE
+    assert server_context(certs.node.cert, certs.node.key, client_ca=certs.ca).verify_mode == ssl.CERT_REQUIRED
+    client = client_context(ca=certs.ca)
+    assert client.check_hostname and client.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_clients_options_say_whether_it_speaks_tls(certs):
+    assert optional_client_context(False) is None and optional_client_context(None) is None
+    assert optional_client_context(True).check_hostname  # the system's CAs
+    assert isinstance(optional_client_context(ca=certs.ca), ssl.SSLContext)  # a file turns TLS on
+    ready = client_context(ca=certs.ca)
+    assert optional_client_context(ready) is ready
+    with pytest.raises(TlsConfigError, match="not both"):
+        optional_client_context(ready, ca=certs.ca)
+    with pytest.raises(ValueError, match="tls must be True, False or an ssl.SSLContext"):
+        Client("127.0.0.1:1", tls="yes")
+
+
+# --- kvwire certs ---------------------------------------------------------------------------
+
+
+def test_kvwire_certs_writes_a_ca_with_node_and_client_certificates(tmp_path):
+    directory = tmp_path / "certs"
+    result = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory), "--host", "10.1.2.3", "--host", "kv.example")
+    assert result.returncode == 0, result.stderr
+    assert "--tls-cert" in result.stdout and "KVWIRE_TLS_CA=" in result.stdout
+    for name in ("ca.key", "node.key", "client.key", "haproxy.pem"):
+        assert (directory / name).stat().st_mode & 0o777 == 0o600, name
+    load = lambda name: x509.load_pem_x509_certificate((directory / name).read_bytes())  # noqa: E731
+    ca, node, client = load("ca.pem"), load("node.pem"), load("client.pem")
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for leaf in (node, client):
+        leaf.verify_directly_issued_by(ca)
+    names = node.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1", "10.1.2.3"}
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "kv.example"}
+    usages = lambda cert: set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)  # noqa: E731
+    assert usages(node) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert usages(client) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert (directory / "haproxy.pem").read_bytes() == (directory / "node.pem").read_bytes() + (directory / "node.key").read_bytes()
+
+    again = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory))
+    assert again.returncode == 1 and "--force" in one_line(again.stderr)
+    assert load("ca.pem") == ca  # untouched
+    forced = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert load("ca.pem") != ca
+
+
+# --- one node -------------------------------------------------------------------------------
+
+
+def test_a_client_talks_to_a_tls_node_over_a_real_handshake(tls_node, certs):
+    with Client([tls_node.address], timeout=3, **certs.client_options()) as kv:
+        kv.put("greeting", {"hello": "tls"})
+        assert kv.get("greeting") == {"hello": "tls"}
+    with connect_socket(tls_node.host, tls_node.port, timeout=3, ssl_context=certs.client_context()) as sock:
+        assert sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert sock.compression() is None
+        assert sock.getpeercert()["subject"][-1] == (("commonName", "kvwire node"),)
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_a_node_refuses_clients_below_tls_1_2(tls_node, certs):
+    legacy = certs.client_context()
+    legacy.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    legacy.maximum_version = ssl.TLSVersion.TLSv1_1
+    legacy.set_ciphers("ALL:@SECLEVEL=0")  # let this side offer 1.1 at all; the node must still refuse it
+    with pytest.raises(ssl.SSLError):
+        connect_socket(tls_node.host, tls_node.port, timeout=3, ssl_context=legacy).close()
+    wait_for_log(tls_node, "failed: the other side offers only TLS versions below 1.2")
+
+
+def test_the_wrong_ca_in_kvwire_cli_is_one_line_naming_the_ca(tls_node, certs, other):
+    result = cli("--endpoints", tls_node.address, "--timeout", "3", "--tls-ca", str(other.ca),
+                 "--tls-cert", str(certs.client.cert), "--tls-key", str(certs.client.key), "get", "greeting")
+    line = one_line(result.stderr)
+    assert result.returncode == 3, result.stderr
+    assert f"TLS handshake with {tls_node.address} failed: certificate verify failed" in line
+    assert "--tls-ca" in line
+
+
+def test_a_client_certificate_of_another_ca_is_refused_and_logged_by_the_node(tls_node, certs, other):
+    with pytest.raises(KvwireConnectionError, match="refused our client certificate"):
+        with Client([tls_node.address], timeout=2, ca=certs.ca, cert=other.client.cert, key=other.client.key) as kv:
+            kv.get("greeting")
+    line = wait_for_log(tls_node, "failed: certificate verify failed: unable to get local issuer certificate")
+    assert "WARNING kvwire.server: TLS handshake with 127.0.0.1:" in line and "event=tls_handshake_failed" in line
+
+
+def test_a_client_without_a_certificate_is_refused_and_logged_by_the_node(tls_node, certs):
+    with pytest.raises(KvwireConnectionError, match=r"--tls-cert/--tls-key"):
+        with Client([tls_node.address], timeout=2, ca=certs.ca) as kv:
+            kv.get("greeting")
+    wait_for_log(tls_node, "the other side sent no client certificate, and one is required")
+
+
+def test_plain_and_tls_mixed_up_are_each_told_what_to_do(tls_node, shared_node, certs):
+    with pytest.raises(KvwireConnectionError, match=r"if it serves TLS, connect with --tls"):
+        with Client([tls_node.address], timeout=2) as kv:
+            kv.get("greeting")
+    wait_for_log(tls_node, "the other side does not speak TLS")
+    with pytest.raises(KvwireConnectionError, match=r"is the node serving TLS \(kvwire serve --tls-cert\)\?"):
+        with Client([shared_node.address], timeout=2, **certs.client_options()) as kv:
+            kv.get("greeting")
+
+
+def test_the_nodes_certificate_must_name_the_host_dialled(tmp_path, certs):
+    # certs name 127.0.0.1, ::1 and localhost; this node listens on 127.0.0.5.
+    node = NodeProcess("n1", data_dir=tmp_path / "n1", host="127.0.0.5", tls=certs, extra_args=["--sync", "off"])
+    node.start()
+    try:
+        wait_for_log(node, "listening on 127.0.0.5", timeout=15)
+        with pytest.raises(KvwireConnectionError, match=r"IP address mismatch.*kvwire certs --host HOST"):
+            with Client([node.address], timeout=2, **certs.client_options()) as kv:
+                kv.get("k")
+    finally:
+        node.stop()
+
+
+def test_a_node_with_bad_tls_files_does_not_start_and_says_why(tmp_path, certs):
+    serve = [sys.executable, "-m", "kvwire", "serve", "--data-dir", str(tmp_path / "n1"), "--listen", f"127.0.0.1:{free_port()}"]
+    missing = run_kvwire(*serve, "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(certs.node.key))
+    assert missing.returncode == 2 and "none.pem: no such file" in missing.stderr
+    ca_only = run_kvwire(*serve, "--tls-ca", str(certs.ca))
+    assert ca_only.returncode == 2 and "needs --tls-cert and --tls-key" in ca_only.stderr
+    unloadable = run_kvwire(*serve, "--tls-cert", str(certs.node.key), "--tls-key", str(certs.node.key))
+    assert unloadable.returncode == 1
+    assert f"--tls-cert {certs.node.key}: not a PEM certificate" in one_line(unloadable.stderr)
+
+
+def test_kvwire_cli_and_the_bench_speak_tls_with_the_environment_or_options(tls_node, certs):
+    env = {"KVWIRE_ENDPOINTS": tls_node.address, "KVWIRE_TLS_CA": str(certs.ca),
+           "KVWIRE_TLS_CERT": str(certs.client.cert), "KVWIRE_TLS_KEY": str(certs.client.key)}
+    put = cli("put", "from-cli", "over tls", env=env)
+    assert put.returncode == 0, put.stderr
+    got = cli("get", "from-cli", env=env)
+    assert got.returncode == 0 and got.stdout.strip() == "over tls", got.stderr
+    bench = run_kvwire(sys.executable, "-m", "kvwire", "bench", "--endpoints", tls_node.address, "--mix", "get=50,put=50",
+                       "--connections", "2", "--duration", "1", "--warmup", "0", "--keys", "100", "-o", "json",
+                       *certs.client_args(), timeout=60)
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(bench.stdout)
+    assert result["ops"] > 0 and result["errors"] == 0 and result["connections_lost"] == 0, result
+
+
+# --- a three-node TLS cluster -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory):
+    with LocalCluster(3, data_dir=tmp_path_factory.mktemp("tls-cluster"), tls=True, sync="normal") as cluster:
+        yield cluster
+
+
+def test_peers_link_over_mutual_tls_and_replicate(tls_cluster):
+    # wait_ready saw every peer UP: each link is a TLS connection whose both ends proved their certificate.
+    options = tls_cluster.client_options
+    with Client(tls_cluster.endpoints_of("n1"), timeout=3, **options) as n1:
+        version = n1.put("replicated", [1, "two"])
+    for node_id in ("n2", "n3"):
+        with Client(tls_cluster.endpoints_of(node_id), timeout=3, **options) as other:
+            assert other.get_with_version("replicated") == ([1, "two"], version)  # a quorum read
+            wait_for(lambda: other.get("replicated", consistency="one") == [1, "two"], timeout=3,
+                     what=f"{node_id} holding the write itself")
+    for node in tls_cluster:
+        assert "TLS handshake" not in node.log(), node.log()
+
+
+def test_the_bridge_serves_https_in_front_of_tls_nodes(tls_cluster, tmp_path):
+    with BridgeProcess(tls_cluster.endpoints, log_path=tmp_path / "bridge.log", tls=tls_cluster.tls) as bridge:
+        bridge.wait_ready()
+        assert bridge.url.startswith("https://")
+        base = f"{bridge.url}{PREFIX}"
+        created = http("PUT", f"{base}/kv/over-https/", {"value": "yes"}, ssl_context=bridge.ssl_context)
+        assert created.status == 201, created.text
+        assert http("GET", f"{base}/kv/over-https/", ssl_context=bridge.ssl_context).json["value"] == "yes"
+        with pytest.raises(OSError):  # plain HTTP is not answered on the HTTPS port
+            http("GET", f"http://127.0.0.1:{bridge.port}{PREFIX}/health/", timeout=3)
+        with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):  # nor trusted without the CA
+            http("GET", f"{base}/health/", ssl_context=ssl.create_default_context(), timeout=3)
+
+
+def test_failover_in_a_tls_cluster(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path, tls=True, sync="normal", heartbeat_interval=0.05,
+                      failure_timeout=0.3) as cluster:
+        with Client(cluster.endpoints, timeout=5, **cluster.client_options) as kv:
+            kv.put("before", 1)
+            assert kv.health()["node_id"] == "n1"
+            cluster.kill("n1")  # the node the client is connected to
+            for i in range(20):
+                kv.put(f"after:{i}", i)  # two of three: still a majority
+            assert kv.health()["node_id"] in ("n2", "n3")
+        with Client(cluster.endpoints_of("n3"), timeout=3, **cluster.client_options) as n3:
+            assert n3.get("before") == 1 and n3.get("after:19") == 19
+        cluster.start("n1")
+        cluster.wait_ready("n1")  # it links up with its peers over TLS again
+        with Client(cluster.endpoints_of("n1"), timeout=3, **cluster.client_options) as n1:
+            assert n1.get("after:7") == 7
+
+
+def test_a_peer_with_a_certificate_of_another_ca_is_refused_and_the_others_keep_quorum(tmp_path, other):
+    cluster = LocalCluster(3, data_dir=tmp_path, tls=True, sync="normal")
+    intruder = cluster["n3"]
+    intruder.extra_args += other.node_args()  # given last, these win: n3 serves and dials with the other CA's
+    cluster.start()
+    try:
+        cluster.wait_ready("n1", "n2", peers=False)
+        wait_for_log(intruder, "listening on", timeout=15)
+        cluster.wait_peers("n1", up=["n2"], down=["n3"])
+        # n1 refuses n3's certificate when n3 dials it, and n3's when it dials n3.
+        wait_for_log(cluster["n1"], "TLS handshake with 127.0.0.3:")
+        wait_for_log(cluster["n1"], "peer n3: TLS handshake with 127.0.0.3:")
+        with Client(cluster.endpoints_of("n1", "n2"), timeout=3, **cluster.client_options) as kv:
+            kv.put("without n3", True)
+            assert kv.get("without n3") is True
+        assert cluster.peer_states("n2") == {"n1": True, "n3": False}
+    finally:
+        cluster.stop()
+
+
+def test_a_tls_node_serves_its_rest_api_over_https(tmp_path, certs):
+    port = free_port()
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs,
+                     extra_args=["--sync", "off", "--http-listen", f"127.0.0.1:{port}"]) as node:
+        context = ssl.create_default_context(cafile=certs.ca)
+        base = f"https://127.0.0.1:{port}{PREFIX}"
+        wait_for(lambda: _answers(f"{base}/health/", context), timeout=10, what="the node's HTTPS bridge")
+        assert http("PUT", f"{base}/kv/k/", {"value": 42}, ssl_context=context).status == 201
+        with Client([node.address], timeout=3, **certs.client_options()) as kv:
+            assert kv.get("k") == 42
+
+
+def _answers(url: str, context: ssl.SSLContext) -> bool:
+    try:
+        return http("GET", url, ssl_context=context, timeout=1).status == 200
+    except OSError:
+        return False
+
+
+# --- kvwire up --tls --------------------------------------------------------------------------
+
+
+def test_up_with_tls_runs_a_tls_cluster_and_prints_how_to_reach_it(tmp_path):
+    from test_up import Up, free_port_runs
+
+    nodes, bridges = free_port_runs(3)
+    up = Up(tmp_path, "--tls", "--base-port", str(nodes), "--http-base-port", str(bridges),
+            "--data-dir", str(tmp_path / "data"), "--sync", "off")
+    try:
+        up.wait_printed("every node answers", timeout=30)
+        [exports] = [line for line in up.stdout.splitlines() if "export KVWIRE_ENDPOINTS=" in line]
+        env = dict(word.split("=", 1) for word in shlex.split(exports)[1:])
+        assert env["KVWIRE_TLS_CA"] == str(tmp_path / "data" / "tls" / "ca.pem")
+        put = cli("put", "greeting", "hello over tls", env=env)  # the printed settings are all it takes
+        assert put.returncode == 0, put.stderr
+        context = ssl.create_default_context(cafile=env["KVWIRE_TLS_CA"])
+        reply = http("GET", f"https://127.0.0.1:{bridges}{PREFIX}/kv/greeting/", ssl_context=context)
+        assert reply.status == 200 and reply.json["value"] == "hello over tls", reply.text
+        plain = cli("--endpoints", env["KVWIRE_ENDPOINTS"], "--timeout", "2", "get", "greeting")
+        assert plain.returncode == 3 and "connect with --tls" in one_line(plain.stderr)
+        up.process.send_signal(signal.SIGINT)
+        assert up.wait_exit() == 0, up.stderr
+        assert "Traceback" not in up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_stalled_handshakes_are_bounded_in_number_and_time(tmp_path, certs):
+    # --hello-timeout bounds the handshake too, and --max-connections the handshakes at once.
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs,
+                     extra_args=["--sync", "off", "--max-connections", "2", "--hello-timeout", "1.5"]) as node:
+        stalled = [RawConnection(node.address, timeout=3) for _ in range(2)]  # TCP, and not a byte of TLS
+        try:
+            with RawConnection(node.address, timeout=3) as third:
+                assert third.closed_by_peer(timeout=0.5)  # closed at once, not at the deadline: two handshakes wait
+            for connection in stalled:
+                assert connection.closed_by_peer(timeout=5)  # closed at the deadline
+        finally:
+            for connection in stalled:
+                connection.close()
+        with Client([node.address], timeout=3, **node.client_options) as kv:
+            kv.put("still", "serving")
+
+
+def test_bench_security_cost_compares_tls_and_auth_with_plain_end_to_end():
+    result = run_kvwire(sys.executable, "-m", "kvwire", "bench", "security-cost", "--rounds", "1", "--duration", "1",
+                        "--connections", "4", "--json", timeout=240)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    for mix in ("put", "get"):
+        figures = summary[mix]
+        assert min(figures[f"{mode}_ops_per_s"] for mode in ("plain", "tls", "tls+auth")) > 0, summary
+        assert all(figures[f"{mode}_errors"] == 0 for mode in ("plain", "tls", "tls+auth")), summary
+        for mode in ("tls", "tls+auth"):
+            assert figures[f"{mode}_over_plain"] == round(figures[f"{mode}_ops_per_s"] / figures["plain_ops_per_s"], 3)
