@@ -40,6 +40,7 @@ setup(
             "pytest>=8",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
+            "atheris>=2.3",  # tests/fuzz: the codec and node fuzz targets (tests/test_fuzz.py runs them briefly)
             "schemathesis>=4.0",
             "pyyaml>=6",  # tests/test_deploy_files.py parses deploy/docker-compose.yml
             "matplotlib>=3.7",  # tests/test_bench_failover.py draws the failover plot
