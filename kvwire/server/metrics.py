@@ -69,8 +69,11 @@ class NodeCollector(Collector):
             ("kvwire_delete_conflicts", "DELETEs answered CONFLICT.", stats.delete_conflicts),
         ):
             yield CounterMetricFamily(name, doc, value=value)
-        yield GaugeMetricFamily("kvwire_has_quorum", "1 while this node sees a majority UP, itself included.",
-                                value=int(core.nodes_up() >= config.quorum))
+        yield GaugeMetricFamily("kvwire_has_quorum",
+                                "1 while this node sees a majority UP, itself included while its storage takes writes.",
+                                value=int(node.quorum_state()[1]))
+        yield GaugeMetricFamily("kvwire_storage_writable", "0 from a failed commit until a commit succeeds again.",
+                                value=int(node.storage.write_error is None))
         yield GaugeMetricFamily("kvwire_cluster_nodes", "Members of the cluster, this node included.",
                                 value=config.cluster_size)
         yield GaugeMetricFamily("kvwire_keys", "Keys held, tombstones included.", value=len(core.keydir))

@@ -357,14 +357,21 @@ class Node:
 
     # --- health ------------------------------------------------------------------------------
 
+    def quorum_state(self) -> tuple[int, bool]:
+        """Members UP as this node sees them, itself counted only while its storage takes
+        writes, and whether that is a majority: whether this node can take part in one.
+        A node whose disk refuses writes can hold no write, so it must not look able to
+        (HEALTH, and load balancers' checks of it)."""
+        up = self.core.nodes_up() - (self.storage.write_error is not None)
+        return up, up >= self.config.quorum
+
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""
         storage, config, core = self.storage, self.config, self.core
         peers = core.describe_peers(self._clock())
         for peer in peers:
             peer["url"] = self.peers.address(peer["node_id"])
-        healthy = core.nodes_up()
-        has_quorum = healthy >= config.quorum
+        healthy, has_quorum = self.quorum_state()
         return {
             "status": "healthy" if healthy == config.cluster_size else "degraded" if has_quorum else "unavailable",
             "node_id": config.node_id,
@@ -378,6 +385,10 @@ class Node:
             "commits": storage.commits,
             "committed_rows": storage.committed_rows,
             "sync": config.sync.value,
+            # Whether the disk takes writes: false from a failed commit until one succeeds (a
+            # probe commit each second finds out), and meanwhile has_quorum is false.
+            "storage": {"writable": storage.write_error is None, "error": storage.write_error,
+                        "failed_commits": storage.failed_commits},
             "no_quorum_writes": core.stats.no_quorum_writes,
             "read_write_backs": core.stats.write_backs,
             "hedged_requests": core.stats.hedged_requests,

@@ -74,6 +74,10 @@ WHERE (excluded.counter, excluded.node) > (hints.counter, hints.node)
 HINT_DELETE = "DELETE FROM hints WHERE peer = ? AND key = ? AND (counter, node) <= (?, ?)"
 
 
+# Seconds between probe commits while the storage refuses writes.
+PROBE_INTERVAL = 1.0
+
+
 class _Write(NamedTuple):
     key: str
     version: Version
@@ -107,6 +111,11 @@ class Storage:
         self.commits = 0
         self.committed_rows = 0
         self.failed_commits = 0
+        # Why the last commit failed, while no commit has succeeded since: the node
+        # then reports itself unable to take writes (HEALTH) until one does. A probe
+        # commit every PROBE_INTERVAL finds out when the disk takes writes again,
+        # even when no client writes.
+        self.write_error: str | None = None
         self.batch_rows = Buckets(BATCH_BOUNDS)
         self.commit_seconds = Buckets(COMMIT_BOUNDS)
         # What the files held when opened, for the node core to start from.
@@ -201,7 +210,14 @@ class Storage:
 
     async def _commit_forever(self) -> None:
         while True:
-            await self._wakeup.wait()
+            if self.write_error is None:
+                await self._wakeup.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), PROBE_INTERVAL)
+                except TimeoutError:
+                    await self._probe()
+                    continue
             self._wakeup.clear()
             while self._queue or self._hint_rows or self._unhint_rows:
                 batch = self._queue[: self._max_batch_rows]
@@ -228,7 +244,12 @@ class Storage:
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
             self.failed_commits += 1
-            log.error("group commit of %d rows failed: %s", len(batch), exc)
+            if self.write_error is None:
+                log.error("storage refuses writes: group commit of %d rows to %s failed: %s; this node reports "
+                          "itself unable to take writes until a commit succeeds", len(batch), self.path, exc)
+            else:
+                log.error("group commit of %d rows failed: %s", len(batch), exc)
+            self.write_error = str(exc)
             try:
                 await self._writer.rollback()
             except Exception:  # the failed COMMIT may have rolled back already
@@ -240,6 +261,7 @@ class Storage:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
             return
+        self._writes_work_again()
         self.commit_seconds.observe(time.perf_counter() - started)
         self.batch_rows.observe(len(rows) + len(hint_rows) + len(unhint_rows))
         self.commits += 1
@@ -247,6 +269,26 @@ class Storage:
         for write in batch:
             if not write.future.done():
                 write.future.set_result(None)
+
+    async def _probe(self) -> None:
+        """One small commit, to learn whether the disk takes writes again."""
+        try:
+            await self._writer._execute(_probe_transaction, self._writer._conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.write_error = str(exc)
+            try:
+                await self._writer.rollback()
+            except Exception:
+                pass
+            return
+        self._writes_work_again()
+
+    def _writes_work_again(self) -> None:
+        if self.write_error is not None:
+            log.warning("storage takes writes again (%s); this node takes writes again", self.path)
+            self.write_error = None
 
     @property
     def queued_writes(self) -> int:
@@ -290,6 +332,12 @@ def _cannot_use(path: Path, error: OSError | sqlite3.Error) -> str:
         hint = "; the file is damaged or not kvwire's: restore it from a backup, or move it aside to start this node empty"
     return f"cannot use the database {path}: {reason}{hint}"
 
+
+
+def _probe_transaction(db: sqlite3.Connection) -> None:
+    """A one-row commit, on SQLite's thread: what any write needs of the disk."""
+    db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('write_probe', ?)", (str(time.time()),))
+    db.commit()
 
 
 def _write_transaction(db: sqlite3.Connection, rows: list[tuple], hint_rows: list[tuple], unhint_rows: list[tuple]) -> None:
