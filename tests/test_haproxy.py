@@ -104,7 +104,9 @@ def test_defaults_match_kvwire_up_and_the_fast_preset():
     assert values["KVWIRE_NODE2"] == "127.0.0.1:7380"
     assert values["KVWIRE_NODE3"] == "127.0.0.1:7381"
     assert [values[f"KVWIRE_HTTP{i}"] for i in (1, 2, 3)] == ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]
-    assert (values["KVWIRE_LB_TCP"], values["KVWIRE_LB_HTTP"], values["KVWIRE_LB_STATS"]) == (":7000", ":8088", ":8080")
+    # Loopback unless told otherwise (issue 11): a balancer must not open a store to the network by default.
+    assert (values["KVWIRE_LB_TCP"], values["KVWIRE_LB_HTTP"], values["KVWIRE_LB_STATS"]) == (
+        "127.0.0.1:7000", "127.0.0.1:8088", "127.0.0.1:8080")
     check = values["KVWIRE_LB_CHECK"].split()
     timing = dict(zip(check[0::2], check[1::2]))
     assert {k: timing[k] for k in ("inter", "fastinter", "downinter", "rise", "fall")} == {
@@ -377,7 +379,9 @@ def test_up_with_haproxy_runs_it_in_front_of_nodes_and_bridges(tmp_path, haproxy
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0, output()
         assert "every node stopped cleanly" in output()
-        assert re.search(r"^haproxy \| ", output(), re.MULTILINE)  # its messages, behind its name
+        # Started once the nodes answer: no "Server ... is DOWN" WARNING or "no server available" ALERT.
+        assert not re.search(r"^haproxy \| .*\[(ALERT|WARNING)\]", output(), re.MULTILINE), output()
+        assert not (tmp_path / "data" / "haproxy.sock").exists() and not (tmp_path / "data" / "up.sock").exists()
         assert "Traceback" not in output()
         host, port = env["KVWIRE_LB_STATS"].rsplit(":", 1)
         with pytest.raises(OSError):  # haproxy stopped with the nodes

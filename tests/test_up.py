@@ -3,17 +3,21 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import io
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
 
 from kvwire import Client
+from kvwire.cli.supervisor import RESTART_BASE_S, RESTART_CAP_S, STABLE_RUN_S, Supervisor
 from kvwire.protocol import Health, HealthReply, Ping, Pong
-from kvwire.testing import RawConnection, free_port_run, wait_for
+from kvwire.testing import ChildProcess, RawConnection, free_port_run, wait_for
 
 NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
 
@@ -37,13 +41,13 @@ def rest(method: str, url: str, body=None):
 class Up:
     """``kvwire up`` in a child process; stdout and stderr go to files the test reads."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, env=None):
         self.stdout_path = tmp_path / "up.out"
         self.stderr_path = tmp_path / "up.err"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kvwire", "up", *args],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp_path,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp_path, env=env,
             )
 
     @property
@@ -80,6 +84,11 @@ class Up:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def one_node_up(tmp_path, base: int) -> Up:
+    """``kvwire up`` of a lone node (no HTTP bridge) on port ``base``, its data in tmp_path/data."""
+    return Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"))
 
 
 def answers_ping(address: str) -> bool:
@@ -207,19 +216,212 @@ def test_bad_http_ports_are_usage_errors(tmp_path, args, message):
     assert not (tmp_path / ".kvwire").exists()
 
 
-def test_a_node_dying_stops_the_rest_with_a_failure_status(tmp_path):
-    base = free_port_run(2)
-    up = Up(tmp_path, "--nodes", "2", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--sync", "off")
+def test_a_killed_node_is_restarted_and_the_cluster_is_healthy_again_within_5_s(tmp_path):
+    base = free_port_run(3)
+    up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--sync", "normal")
     try:
         up.wait_printed("KVWIRE_ENDPOINTS=")
-        nodes = up.nodes()
-        os.kill(nodes["n2"][1], signal.SIGKILL)
-        assert up.wait_exit(timeout=30) == 1
-        assert "node n2 exited unexpectedly (killed by SIGKILL)" in up.stderr
-        assert process_gone(nodes["n1"][1])
-        assert "Traceback" not in up.stderr
+        addresses = [f"127.0.0.1:{port}" for port in range(base, base + 3)]
+        for address in addresses:
+            wait_for(lambda: sees_nodes_up(address, 3), timeout=10, what=f"{address} seeing all three nodes UP")
+        with Client(addresses) as client:
+            client.put("before-the-kill", "kept")  # acknowledged by a majority
+        old_pid = up.nodes()["n2"][1]
+
+        os.kill(old_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        def healthy_again() -> bool:
+            pid = up.nodes()["n2"][1]
+            return (pid != old_pid and answers_ping(addresses[1])
+                    and all(sees_nodes_up(address, 3) for address in addresses))
+
+        wait_for(healthy_again, timeout=10, what="n2 restarted and every node seeing three UP")
+        time_to_healthy = time.monotonic() - killed_at
+        print(f"time from kill -9 to a healthy cluster: {time_to_healthy:.2f} s")
+        assert time_to_healthy < 5.0
+        assert up.process.poll() is None  # up, and with it the other nodes, kept running
+        assert "node n2 exited unexpectedly (killed by SIGKILL); its log is above; restarting it in 0.2 s" in up.stderr
+        assert "kvwire up: restarted n2 (restart 1)" in up.stdout
+        wait_for(lambda: "n2 answers again" in up.stdout, timeout=5, what="up noticing n2 answers")
+        with Client(addresses[1]) as restarted:
+            assert restarted.get("before-the-kill") == "kept"
+
+        up.process.send_signal(signal.SIGTERM)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+        assert "every node stopped cleanly" in up.stdout and "Traceback" not in up.stderr
     finally:
         up.cleanup()
+
+
+def test_haproxy_keeps_serving_while_a_killed_node_comes_back(tmp_path):
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is not installed: apt-get install -y haproxy (see README)")
+    base, http_base = free_port_runs(3)
+    lb = {name: f"127.0.0.1:{free_port_run(1)}" for name in ("KVWIRE_LB_TCP", "KVWIRE_LB_HTTP", "KVWIRE_LB_STATS")}
+    up = Up(tmp_path, "--haproxy", "--base-port", str(base), "--http-base-port", str(http_base),
+            "--data-dir", str(tmp_path / "data"), "--sync", "off", env={**os.environ, **lb})
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        with Client([lb["KVWIRE_LB_TCP"]], timeout=3) as through_haproxy:
+            wait_for(lambda: through_haproxy.put("k", "v1") or True, timeout=10, what="a write through haproxy")
+            os.kill(up.nodes()["n3"][1], signal.SIGKILL)
+            wait_for(lambda: "restarted n3" in up.stdout, timeout=5, what="n3 restarted")
+            through_haproxy.put("k", "v2")  # haproxy, and the two other nodes, kept running
+            assert through_haproxy.get("k") == "v2"
+        assert up.process.poll() is None
+        up.process.send_signal(signal.SIGTERM)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+        assert not (tmp_path / "data" / "haproxy.sock").exists()
+        assert not re.search(r"^haproxy \| .*\[ALERT\]", up.stderr, re.MULTILINE), up.stderr
+    finally:
+        up.cleanup()
+
+
+def ctl(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``kvwire up ctl ARGS... --data-dir tmp_path/data``, as a user runs it from another terminal."""
+    command, *rest = args
+    return subprocess.run(
+        [sys.executable, "-m", "kvwire", "up", "ctl", command, *rest, "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+
+
+def status_of(tmp_path) -> dict[str, list[str]]:
+    """``kvwire up ctl status`` as ``{name: [state, ...]}``."""
+    result = ctl(tmp_path, "status")
+    assert result.returncode == 0, result.stderr
+    return {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+
+
+def test_control_commands_stop_kill_and_start_one_node(tmp_path):
+    base = free_port_run(3)
+    up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--sync", "normal")
+    n2, n3 = f"127.0.0.1:{base + 1}", f"127.0.0.1:{base + 2}"
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        assert (tmp_path / "data" / "up.sock").is_socket()
+        status = status_of(tmp_path)
+        assert list(status) == ["n1", "n2", "n3"]
+        assert all(fields[0] == "running" and fields[-2:] == ["answers", "PING"] for fields in status.values()), status
+
+        stopped = ctl(tmp_path, "stop", "n2")
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip() == "n2 stopped (exit status 0); it stays down until `kvwire up ctl start n2`"
+        assert re.search(r"^n2 \| .*storage flushed and closed; bye", up.stderr, re.MULTILINE), up.stderr
+        killed = ctl(tmp_path, "kill", "n3")
+        assert killed.returncode == 0 and killed.stdout.startswith("n3 killed with SIGKILL"), killed.stderr
+        assert not answers_ping(n2) and not answers_ping(n3)
+        # Down on purpose: not restarted, however long the supervisor watches (it polls every 0.1 s).
+        wait_for(lambda: "n3 killed with SIGKILL" in up.stdout, timeout=5, what="up reporting the kill")
+        status = status_of(tmp_path)
+        assert status["n2"][:2] == ["stopped", "-"] and status["n3"][:2] == ["stopped", "-"], status
+        assert "restarting" not in up.stderr and not answers_ping(n2)
+
+        started = ctl(tmp_path, "start", "n2")
+        assert started.returncode == 0 and started.stdout.startswith("n2 started, pid "), started.stderr
+        assert ctl(tmp_path, "start", "n3").returncode == 0
+        wait_for(lambda: answers_ping(n2) and answers_ping(n3), timeout=10, what="n2 and n3 answering again")
+        wait_for(lambda: all(fields[0] == "running" for fields in status_of(tmp_path).values()), timeout=5, what="all running")
+        new_pid = int(started.stdout.split()[-1])
+        assert up.nodes()["n2"][1] == new_pid  # printed again, as at start
+
+        # Refusals: one line, exit 1, no traceback.
+        again = ctl(tmp_path, "start", "n2")
+        assert again.returncode == 1 and f"n2 is already running (pid {new_pid})" in again.stderr
+        unknown = ctl(tmp_path, "stop", "n9")
+        assert unknown.returncode == 1 and "unknown node 'n9'; this kvwire up runs n1, n2, n3" in unknown.stderr
+        for result in (again, unknown):
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+        up.process.send_signal(signal.SIGINT)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+        assert not (tmp_path / "data" / "up.sock").exists()
+        gone = ctl(tmp_path, "status")
+        assert gone.returncode == 1
+        assert gone.stderr.strip() == f"Error: no kvwire up is running for data directory {tmp_path / 'data'} (nothing listens on {tmp_path / 'data' / 'up.sock'})"
+    finally:
+        up.cleanup()
+
+
+def test_a_second_up_on_the_same_data_directory_is_refused(tmp_path):
+    base, other_base = free_port_runs(1)
+    up = one_node_up(tmp_path, base)
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        second = subprocess.run(
+            [sys.executable, "-m", "kvwire", "up", "--nodes", "1", "--base-port", str(other_base), "--no-http",
+             "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+        assert second.returncode == 1
+        assert f"another kvwire up is running on data directory {tmp_path / 'data'}" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and not answers_ping(f"127.0.0.1:{other_base}")
+        assert (tmp_path / "data" / "up.sock").is_socket()  # the first one's, untouched
+        up.process.send_signal(signal.SIGTERM)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_a_socket_left_by_a_killed_up_does_not_block_the_next(tmp_path):
+    base = free_port_run(1)
+    first = one_node_up(tmp_path, base)
+    try:
+        first.wait_printed("KVWIRE_ENDPOINTS=")
+    finally:
+        first.cleanup()  # SIGKILL: up.sock stays behind
+    assert (tmp_path / "data" / "up.sock").is_socket()
+    second = one_node_up(tmp_path, base)
+    try:
+        second.wait_printed("KVWIRE_ENDPOINTS=")
+        assert status_of(tmp_path)["n1"][0] == "running"
+    finally:
+        second.cleanup()
+
+
+def test_ctl_refuses_options_of_up_itself(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "kvwire", "up", "--nodes", "2", "ctl", "status"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2 and "got --nodes before ctl" in result.stderr
+
+
+def test_help_shows_the_control_commands(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kvwire", "up", "--help"], capture_output=True, text=True, timeout=30)
+    for line in ("kvwire up ctl status", "kvwire up ctl stop n2", "kvwire up ctl kill n2", "kvwire up ctl start n2"):
+        assert line in result.stdout
+
+
+def test_restarts_back_off_while_a_child_keeps_dying_and_start_quick_after_a_good_run():
+    dies_at_once = ChildProcess("short", [sys.executable, "-c", "pass"])
+    supervisor = Supervisor([dies_at_once], output=io.StringIO())
+    now = 1000.0
+    supervisor.start(now=now)
+    delays = []
+    for _ in range(8):
+        dies_at_once.wait(10)
+        deaths = supervisor.reap(now=now)
+        assert [death.child for death in deaths] == [dies_at_once]
+        delays.append(deaths[0].restart_in)
+        assert supervisor.restart_due(now=now + deaths[0].restart_in - 0.01) == []  # not before its time
+        now += deaths[0].restart_in
+        assert supervisor.restart_due(now=now) == [dies_at_once]
+    assert delays == [RESTART_BASE_S * 2 ** i for i in range(6)] + [RESTART_CAP_S] * 2
+    # It ran long enough this time: the next restart is quick again.
+    dies_at_once.wait(10)
+    assert supervisor.reap(now=now + STABLE_RUN_S)[0].restart_in == RESTART_BASE_S
+    supervisor.stop(5)
+
+
+def test_a_child_refusing_its_options_is_not_restarted():
+    usage_error = ChildProcess("bad", [sys.executable, "-c", "raise SystemExit(2)"])
+    supervisor = Supervisor([usage_error], output=io.StringIO())
+    supervisor.start()
+    usage_error.wait(10)
+    assert [(death.status, death.restart_in) for death in supervisor.reap()] == [(2, None)]
+    assert supervisor.reap() == [] and supervisor.restart_due(now=time.monotonic() + 3600) == []
 
 
 def test_options_after_a_double_dash_reach_every_node(tmp_path):
@@ -228,7 +430,9 @@ def test_options_after_a_double_dash_reach_every_node(tmp_path):
     up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--", "--write-timeout", "0")
     try:
         assert up.wait_exit(timeout=30) == 1
-        assert "node n1 exited unexpectedly (exit status 2)" in up.stderr
+        # A configuration error: said once, and not restarted forever.
+        assert "node n1 exited unexpectedly (exit status 2); its log is above. It refused its options, so it is not restarted" in up.stderr
+        assert "restarting" not in up.stderr and "Traceback" not in up.stderr
         assert re.search(r"^n1 \| .*--write-timeout", up.stderr, re.MULTILINE), up.stderr
     finally:
         up.cleanup()
@@ -236,7 +440,7 @@ def test_options_after_a_double_dash_reach_every_node(tmp_path):
 
 def test_a_single_node_runs_alone(tmp_path):
     base = free_port_run(1)
-    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"))
+    up = one_node_up(tmp_path, base)
     try:
         up.wait_printed("KVWIRE_ENDPOINTS=")
         with Client(f"127.0.0.1:{base}") as client:

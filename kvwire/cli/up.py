@@ -2,10 +2,12 @@
 
 Each node is its own ``kvwire serve`` process, as in production, with its
 HTTP bridge (``--http-listen``) inside; their pids are printed, so
-``kill -STOP``/``kill -CONT`` of one shows failover for real.
-Ctrl-C or SIGTERM stops every node cleanly. A node that dies on its own
-stops the others too, with a non-zero exit: a cluster quietly running a node
-short would hide the failure from whoever started it.
+``kill -9``, ``kill -STOP`` and ``kill -CONT`` of one show failover for real.
+A node that dies is restarted with backoff while the others (and HAProxy)
+keep serving, as a process manager would in production; ``kvwire up ctl``
+(kvwire/cli/control.py) stops, kills and starts one on purpose. Ctrl-C or
+SIGTERM stops every node cleanly. A node refusing its options stops the
+cluster with exit 1: restarting it could only fail the same way.
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import ssl
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
 from ..testing import ChildProcess, DevCerts
 from ..testing.wire import connect_socket
+from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .haproxy import haproxy_child
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 
@@ -39,7 +45,8 @@ STOP_GRACE = 15.0
 POLL_INTERVAL = 0.1
 
 
-@click.command()
+# Not interspersed: everything from `ctl` on is ctl's (`kvwire up ctl stop --data-dir DIR n2`).
+@click.command(context_settings={"allow_interspersed_args": False})
 @click.option("--nodes", "node_count", type=click.IntRange(min=1, max=99), default=3, show_default=True, help="How many nodes: n1, n2, ...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
 @click.option("--base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_BASE_PORT, show_default=True, help="Port of n1; node i listens on BASE_PORT + i - 1.")
@@ -50,8 +57,9 @@ POLL_INTERVAL = 0.1
 @click.option("--no-http", is_flag=True, help="Run no HTTP bridges.")
 @click.option("--haproxy", "with_haproxy", is_flag=True, help="Also run haproxy with haproxy/kvwire.cfg in front (TCP :7000, HTTP :8088, stats :8080).")
 @click.option("--tls", is_flag=True, help="TLS on every link (mutual, with client certificates), with the development certificates in DATA_DIR/tls, made by kvwire certs on first use.")
-@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SERVE_OPTIONS...]")
-def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, http_base_port: int,
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SERVE_OPTIONS... | ctl COMMAND...]")
+@click.pass_context
+def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, http_base_port: int,
        no_http: bool, with_haproxy: bool, tls: bool, serve_args: tuple[str, ...]) -> None:
     """Run a local cluster in the foreground until Ctrl-C.
 
@@ -60,7 +68,21 @@ def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: s
     (the REST API, on 127.0.0.1:8000-8002), prints their endpoints, and
     copies each node's log lines to stderr behind its id. Options after
     `--` go to every node, e.g. `kvwire up -- --write-timeout 2`.
+
+    A node that dies (try `kill -9 PID`) is restarted, after 0.2 s and
+    longer if it keeps dying; the others keep serving. Exit status: 0 after
+    Ctrl-C or SIGTERM, 1 if a node refuses its options or can't start.
+
+    \b
+    From another terminal, control the running cluster (exit 0 done, 1 refused):
+      kvwire up ctl status          each node: running, stopped or restarting
+      kvwire up ctl stop n2         SIGTERM; n2 stays down until `start`
+      kvwire up ctl kill n2         SIGKILL, a crash; n2 stays down until `start`
+      kvwire up ctl start n2
+    Add `--data-dir DIR` after `ctl COMMAND` if `up` was given one.
     """
+    if serve_args[:1] == ("ctl",):
+        _run_ctl(ctx, serve_args[1:])
     if base_port + node_count - 1 > 65535:
         raise click.UsageError(f"--base-port {base_port} leaves no room for {node_count} nodes below port 65536")
     if not no_http and http_base_port + node_count - 1 > 65535:
@@ -71,6 +93,10 @@ def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: s
     clash = sorted(set(http_ports.values()) & {port for _, port in nodes})
     if clash:
         raise click.UsageError(f"port {clash[0]} would serve both a node and an HTTP bridge; move --http-base-port or --base-port")
+    try:
+        check_no_live_up(data_dir)  # before the ports: it is why they would be in use
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from None
     for node_id, port in nodes:
         _check_port_free(host, port, node_id)
     for node_id, port in http_ports.items():
@@ -110,9 +136,19 @@ def up(node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: s
                   secret_path=secret_path))
 
 
+def _run_ctl(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """`kvwire up ctl ...`: the options of `up` itself would be ignored, so they are refused."""
+    given = [param.opts[0] for param in ctx.command.params
+             if param.name != "serve_args" and ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"`kvwire up ctl` takes its own options, after the command (e.g. `kvwire up ctl status --data-dir DIR`); "
+                               f"got {given[0]} before ctl")
+    ctl.main(list(args), prog_name="kvwire up ctl")
+
+
 def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], data_dir: Path, cluster_id: str,
          *, certs: DevCerts | None = None, secret_path: Path | None = None) -> int:
-    """Start the nodes and watch them until a signal or a node's death; the exit status."""
+    """Start the nodes and watch them until a signal or a configuration error; the exit status."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -122,62 +158,172 @@ def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: d
 
     # Installed before any node starts, so an early Ctrl-C still stops them all.
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    control = None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         if secret_path is not None:
             _make_cluster_secret(secret_path)
-        supervisor.start()
+        watcher = _Watcher(supervisor, host, ports, http_ports, data_dir, certs)
+        try:
+            control = ControlServer(data_dir, watcher.handle_control)
+        except ControlError as exc:
+            _error(str(exc))
+            return 1
+        supervisor.start(ports)  # HAProxy once they answer, so its first checks find them up
         _say(f"kvwire up: cluster {cluster_id!r}, {len(ports)} node{'s' if len(ports) > 1 else ''}; node logs follow on stderr")
         for child in supervisor.children:
-            if child.name in ports:  # a node, not haproxy
-                _say(f"  {child.name}  {format_endpoint(host, ports[child.name])}  pid {child.pid}  data {data_dir / child.name}")
-        return _watch(supervisor, host, ports, http_ports, stop, received, certs)
+            if child.name in ports:
+                _say(watcher.node_line(child))
+        return watcher.watch(stop, received)
     finally:
+        if control is not None:
+            control.close()  # first: no `ctl start` during the shutdown
+        supervisor.stop(STOP_GRACE)  # done already, unless something raised: then leave no node behind
+        _remove_haproxy_socket(supervisor, ports)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _watch(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], stop: threading.Event,
-           received: list[int], certs: DevCerts | None) -> int:
-    waiting = set(ports)  # nodes not yet answering PING
-    ssl_context = certs.client_context() if certs is not None else None
-    ready_by = time.monotonic() + READY_TIMEOUT
-    while not stop.wait(POLL_INTERVAL):
-        exited = supervisor.exited()
-        if exited and not stop.is_set():
-            for child in exited:
-                _error(f"node {child.name} exited unexpectedly ({_describe_status(child.returncode)}); its log is above")
-            return _stop(supervisor, failed=True)
-        if waiting:
-            waiting = {node_id for node_id in waiting if not _answers_ping(host, ports[node_id], ssl_context=ssl_context)}
-            if not waiting:
-                endpoints = ",".join(format_endpoint(host, port) for port in ports.values())
-                _say("kvwire up: every node answers. Use the cluster with:")
-                _say(f"  export KVWIRE_ENDPOINTS={endpoints}" + (_client_tls_exports(certs) if certs else ""))
-                _say("  kvwire-cli put greeting hello && kvwire-cli get greeting")
-                if http_ports:
-                    # Each bridge is bound before its node answers PING, so it is up too.
-                    urls = [_rest_url(host, port, https=certs is not None) for port in http_ports.values()]
-                    curl = f"curl --cacert {shlex.quote(str(certs.ca))}" if certs else "curl"
-                    _say(f"REST API: {' '.join(urls)}")
-                    _say(f"  {curl} -X PUT {urls[0]}/kv/greeting/ -d '{{\"value\": \"hello\"}}'")
-                    _say(f"  {curl} {urls[0]}/kv/greeting/ && {curl} {urls[0]}/health/")
-                _say("Ctrl-C stops the cluster.")
-            elif time.monotonic() > ready_by:
-                _error(f"{', '.join(sorted(waiting))} not answering after {READY_TIMEOUT:g} s; giving up")
-                return _stop(supervisor, failed=True)
-    name = signal.Signals(received[0]).name if received else "stop"
-    _say(f"kvwire up: {name} received; stopping {len(ports)} node{'s' if len(ports) > 1 else ''}")
-    return _stop(supervisor, failed=False)
+class _Watcher:
+    """The loop of a running `up`: restarts, readiness, and the control socket's requests."""
+
+    def __init__(self, supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int],
+                 data_dir: Path, certs: DevCerts | None) -> None:
+        self.supervisor = supervisor
+        self.host = host
+        self.ports = ports
+        self.http_ports = http_ports
+        self.data_dir = data_dir
+        self.certs = certs
+        self._ssl_context = certs.client_context() if certs is not None else None
+        self._answering_pid: dict[str, int] = {}  # node -> the pid that answered PING last
+        self._announced = False  # "every node answers" printed
+        self._balancer_started = False
+
+    def node_line(self, child: ChildProcess) -> str:
+        return f"  {child.name}  {format_endpoint(self.host, self.ports[child.name])}  pid {child.pid}  data {self.data_dir / child.name}"
+
+    def watch(self, stop: threading.Event, received: list[int]) -> int:
+        ready_by = time.monotonic() + READY_TIMEOUT
+        while not stop.wait(POLL_INTERVAL):
+            for death in self.supervisor.reap():
+                what = f"{'node ' if death.child.name in self.ports else ''}{death.child.name} exited unexpectedly ({_describe_status(death.status)}); its log is above"
+                if death.restart_in is None:
+                    _error(f"{what}. It refused its options, so it is not restarted; stopping the cluster")
+                    return _stop(self.supervisor, failed=True)
+                _error(f"{what}; restarting it in {death.restart_in:.1f} s")
+            for child in self.supervisor.restart_due():
+                _say(f"kvwire up: restarted {child.name} (restart {self._restarts(child.name)})")
+                if child.name in self.ports:
+                    _say(self.node_line(child))
+            self._probe_new_pids()
+            if not self._announced:
+                waiting = [node_id for node_id in self.ports if not self._answers(node_id)]
+                if not waiting and not self._balancer_started:
+                    # Only now: started earlier, HAProxy's first checks fail and it prints ALERTs.
+                    self.supervisor.start(child.name for child in self._balancers())
+                    self._balancer_started = True
+                waiting += [child.name for child in self._balancers() if not _admin_socket_answers(child)]
+                if not waiting:
+                    self._announce()
+                elif time.monotonic() > ready_by:
+                    _error(f"{', '.join(waiting)} not answering after {READY_TIMEOUT:g} s; giving up")
+                    return _stop(self.supervisor, failed=True)
+        name = signal.Signals(received[0]).name if received else "stop"
+        _say(f"kvwire up: {name} received; stopping {len(self.ports)} node{'s' if len(self.ports) > 1 else ''}")
+        return _stop(self.supervisor, failed=False)
+
+    def handle_control(self, request: dict) -> dict:
+        """One `kvwire up ctl` request (on the control socket's thread); ControlError refuses it."""
+        if request["command"] == "status":
+            states = [{**asdict(state), "answers": state.state == "running" and self._answers(state.name)}
+                      for state in self.supervisor.states()]
+            return {"ok": True, "children": states}
+        name = request.get("node")
+        try:
+            self.supervisor.child(name)
+        except KeyError:
+            names = ", ".join(child.name for child in self.supervisor.children)
+            raise ControlError(f"unknown node {name!r}; this kvwire up runs {names}") from None
+        return {"ok": True, "message": getattr(self, f"_ctl_{request['command']}")(name)}
+
+    def _ctl_stop(self, name: str) -> str:
+        was_running = self.supervisor.child(name).running
+        killed = self.supervisor.stop_child(name, STOP_GRACE)
+        if not was_running:
+            message = f"{name} was not running"
+        elif killed:
+            message = f"{name} did not stop within {STOP_GRACE:g} s and was killed"
+        else:
+            message = f"{name} stopped ({_describe_status(self.supervisor.child(name).returncode)})"
+        return self._held(message, name)
+
+    def _ctl_kill(self, name: str) -> str:
+        was_running = self.supervisor.child(name).running
+        self.supervisor.kill_child(name)
+        return self._held(f"{name} killed with SIGKILL" if was_running else f"{name} was not running", name)
+
+    def _ctl_start(self, name: str) -> str:
+        try:
+            child = self.supervisor.start_child(name)
+        except RuntimeError as exc:
+            raise ControlError(str(exc)) from None
+        _say(f"kvwire up: started {name} (kvwire up ctl start)")
+        if name in self.ports:
+            _say(self.node_line(child))
+        return f"{name} started, pid {child.pid}"
+
+    def _held(self, message: str, name: str) -> str:
+        message = f"{message}; it stays down until `kvwire up ctl start {name}`"
+        _say(f"kvwire up: {message}")
+        return message
+
+    def _restarts(self, name: str) -> int:
+        return next(state.restarts for state in self.supervisor.states() if state.name == name)
+
+    def _answers(self, node_id: str) -> bool:
+        child = self.supervisor.child(node_id)
+        return child.running and self._answering_pid.get(node_id) == child.pid
+
+    def _probe_new_pids(self) -> None:
+        """PING each node whose current process hasn't answered yet."""
+        for node_id, port in self.ports.items():
+            child = self.supervisor.child(node_id)
+            if child.running and self._answering_pid.get(node_id) != child.pid:
+                if _answers_ping(self.host, port, ssl_context=self._ssl_context):
+                    self._answering_pid[node_id] = child.pid
+                    if self._announced:
+                        _say(f"kvwire up: {node_id} answers again (pid {child.pid})")
+
+    def _balancers(self) -> list[ChildProcess]:
+        """HAProxy with --haproxy: the children that are not nodes."""
+        return [child for child in self.supervisor.children if child.name not in self.ports]
+
+    def _announce(self) -> None:
+        self._announced = True
+        certs, host = self.certs, self.host
+        endpoints = ",".join(format_endpoint(host, port) for port in self.ports.values())
+        _say("kvwire up: every node answers. Use the cluster with:")
+        _say(f"  export KVWIRE_ENDPOINTS={endpoints}" + (_client_tls_exports(certs) if certs else ""))
+        _say("  kvwire-cli put greeting hello && kvwire-cli get greeting")
+        if self.http_ports:
+            # Each bridge is bound before its node answers PING, so it is up too.
+            urls = [_rest_url(host, port, https=certs is not None) for port in self.http_ports.values()]
+            curl = f"curl --cacert {shlex.quote(str(certs.ca))}" if certs else "curl"
+            _say(f"REST API: {' '.join(urls)}")
+            _say(f"  {curl} -X PUT {urls[0]}/kv/greeting/ -d '{{\"value\": \"hello\"}}'")
+            _say(f"  {curl} {urls[0]}/kv/greeting/ && {curl} {urls[0]}/health/")
+        _say("Ctrl-C stops the cluster; `kvwire up ctl --help` stops, kills and starts one node.")
 
 
 def _stop(supervisor: Supervisor, *, failed: bool) -> int:
+    running = [child for child in supervisor.children if child.running]  # not those down on purpose or never started
     unclean = []
     for child in supervisor.stop(STOP_GRACE):
         _error(f"node {child.name} did not stop within {STOP_GRACE:g} s and was killed")
         unclean.append(child)
     if not failed:
-        for child in supervisor.children:
+        for child in running:
             if child not in unclean and child.returncode not in STOPPED_STATUSES:
                 _error(f"node {child.name} stopped with {_describe_status(child.returncode)}; its log is above")
                 unclean.append(child)
@@ -185,6 +331,32 @@ def _stop(supervisor: Supervisor, *, failed: bool) -> int:
         return 1
     _say("kvwire up: every node stopped cleanly")
     return 0
+
+
+def _admin_socket(child: ChildProcess) -> Path | None:
+    """HAProxy's admin socket (haproxy/kvwire.cfg's ``stats socket``), bound with its frontends."""
+    path = (child.env or {}).get("KVWIRE_LB_SOCKET")
+    return Path(path) if path else None
+
+
+def _admin_socket_answers(child: ChildProcess) -> bool:
+    path = _admin_socket(child)
+    if path is None or not child.running:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _remove_haproxy_socket(supervisor: Supervisor, ports: dict[str, int]) -> None:
+    """HAProxy leaves its admin socket behind when it exits."""
+    for child in supervisor.children:
+        path = _admin_socket(child) if child.name not in ports else None
+        if path is not None and not child.running and path.is_socket():
+            path.unlink(missing_ok=True)
 
 
 def _make_cluster_secret(path: Path) -> None:
