@@ -19,6 +19,7 @@ that failure messages quote.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -235,46 +236,57 @@ class LoadReport:
         }
 
 
-class WriteLoad:
-    """One client writing distinct keys back to back through one endpoint, in a thread.
+class BackgroundLoad:
+    """A load run in a thread by :meth:`_run`, which fills :attr:`report`; bounded in
+    count (``max_requests``) and in time (``max_duration``)."""
 
-    Through a balancer, the load's one connection reaches one node,
-    :attr:`node_id`: killing that node is what tests the balancer's failover
-    (killing another only shows the cluster keeps writing).
-
-    Bounded in count and in time. The stall is the longest time between two
-    acknowledgements (or from the start to the first), which covers failed
-    and retried requests alike.
-    """
-
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        prefix: str = "load",
-        max_requests: int = 20_000,
-        max_duration: float = 15.0,
-        timeout: float = 2.0,
-        retry: RetryPolicy | None = None,
-        client_options: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, endpoint: str, *, prefix: str, max_requests: int, max_duration: float, timeout: float) -> None:
         self.endpoint = endpoint
-        # Passed to the Client as they are: a cluster's TLS settings, say.
-        self.client_options = dict(client_options or {})
         self.prefix = prefix
         self.max_requests = max_requests
         self.max_duration = max_duration
         self.timeout = timeout
-        # One endpoint: every retry goes back through the balancer, which picks a live node.
-        self.retry = retry or RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.1, attempt_timeout=0.5, cooldown=0.0)
         self.report = LoadReport()
-        # The node serving this load's connection when it started (asked with HEALTH).
-        self.node_id: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="write-load", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
         self._error: BaseException | None = None
 
-    def start(self) -> WriteLoad:
+    def _run(self) -> None:
+        try:
+            with self._connected():
+                self._drive()
+        except BaseException as error:
+            self._error = error
+
+    def _connected(self) -> contextlib.AbstractContextManager:
+        """Open what :meth:`_attempt` sends on, for the whole run."""
+        raise NotImplementedError
+
+    def _attempt(self, key: str, value: int) -> bool:
+        """Write ``value`` under ``key`` (and whatever else one round does): True once
+        acknowledged; a failure is appended to ``report.failures``, never raised."""
+        raise NotImplementedError
+
+    def _drive(self) -> None:
+        """Rounds back to back until stopped or out of bounds. The stall is the longest
+        time between two acknowledgements (or from the start to the first)."""
+        report = self.report
+        started = last_ack = time.monotonic()
+        deadline = started + self.max_duration
+        index = 0
+        while not self._stop.is_set() and report.requests < self.max_requests and time.monotonic() < deadline:
+            key = f"{self.prefix}:{index}"
+            index += 1
+            sent = time.monotonic()
+            if self._attempt(key, index):
+                report.acknowledged[key] = index
+                now = time.monotonic()
+                report.longest_stall_s = max(report.longest_stall_s, now - last_ack)
+                last_ack = now
+            report.slowest_request_s = max(report.slowest_request_s, time.monotonic() - sent)
+        report.duration_s = time.monotonic() - started
+
+    def start(self) -> BackgroundLoad:
         self._thread.start()
         return self
 
@@ -300,38 +312,61 @@ class WriteLoad:
             raise self._error
         return self.report
 
-    def __enter__(self) -> WriteLoad:
+    def __enter__(self) -> BackgroundLoad:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        report = self.report
+
+class WriteLoad(BackgroundLoad):
+    """One client writing distinct keys back to back through one endpoint, in a thread.
+
+    Through a balancer, the load's one connection reaches one node,
+    :attr:`node_id`: killing that node is what tests the balancer's failover
+    (killing another only shows the cluster keeps writing).
+
+    Bounded in count and in time. The stall is the longest time between two
+    acknowledgements (or from the start to the first), which covers failed
+    and retried requests alike.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        prefix: str = "load",
+        max_requests: int = 20_000,
+        max_duration: float = 15.0,
+        timeout: float = 2.0,
+        retry: RetryPolicy | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(endpoint, prefix=prefix, max_requests=max_requests, max_duration=max_duration, timeout=timeout)
+        # Passed to the Client as they are: a cluster's TLS settings, say.
+        self.client_options = dict(client_options or {})
+        # One endpoint: every retry goes back through the balancer, which picks a live node.
+        self.retry = retry or RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.1, attempt_timeout=0.5, cooldown=0.0)
+        # The node serving this load's connection when it started (asked with HEALTH).
+        self.node_id: str | None = None
+
+    @contextlib.contextmanager
+    def _connected(self):
+        with Client([self.endpoint], timeout=self.timeout, retry=self.retry, **self.client_options) as client:
+            # The client keeps one connection, so one node behind the
+            # balancer serves the whole load until that node fails.
+            self.node_id = client.health()["node_id"]
+            self._client = client
+            yield
+
+    def _attempt(self, key: str, value: int) -> bool:
+        self.report.requests += 1
         try:
-            with Client([self.endpoint], timeout=self.timeout, retry=self.retry, **self.client_options) as client:
-                # The client keeps one connection, so one node behind the
-                # balancer serves the whole load until that node fails.
-                self.node_id = client.health()["node_id"]
-                started = last_ack = time.monotonic()
-                deadline = started + self.max_duration
-                while not self._stop.is_set() and report.requests < self.max_requests and time.monotonic() < deadline:
-                    key = f"{self.prefix}:{report.requests}"
-                    sent = time.monotonic()
-                    report.requests += 1
-                    try:
-                        client.put(key, report.requests)
-                    except Exception as error:  # counted, not raised: failures are what we measure
-                        report.failures.append(type(error).__name__)
-                    else:
-                        report.acknowledged[key] = report.requests
-                        now = time.monotonic()
-                        report.longest_stall_s = max(report.longest_stall_s, now - last_ack)
-                        last_ack = now
-                    report.slowest_request_s = max(report.slowest_request_s, time.monotonic() - sent)
-                report.duration_s = time.monotonic() - started
-        except BaseException as error:
-            self._error = error
+            self._client.put(key, value)
+        except Exception as error:  # counted, not raised: failures are what we measure
+            self.report.failures.append(type(error).__name__)
+            return False
+        return True
 
 
 def kill_under_load(
@@ -345,12 +380,23 @@ def kill_under_load(
     Returns the node, the seconds from the kill until ``after_kill`` returned, and the
     load's report, whose acknowledged writes a test should then read back.
     """
-    load = WriteLoad(endpoint, max_requests=20_000, max_duration=10.0, client_options=client_options).start()
+    load = WriteLoad(endpoint, max_requests=20_000, max_duration=10.0, client_options=client_options)
+    return kill_during(load, cluster, lambda: load.node_id, after_kill=after_kill)
+
+
+def kill_during(
+    load: BackgroundLoad, cluster: Any, choose_victim: Callable[[], str], *,
+    after_kill: Callable[[str], object] = lambda victim: None,
+) -> tuple[str, float, LoadReport]:
+    """Start ``load``; once 200 requests are acknowledged, ``kill -9`` the node
+    ``choose_victim()`` names, call ``after_kill(it)``, and go on until 300 more are
+    acknowledged and a second has passed since the kill. As :func:`kill_under_load`."""
+    load.start()
     try:
         load.wait_acknowledged(200)
         before = len(load.report.acknowledged)
         killed_at = time.monotonic()
-        victim = load.node_id
+        victim = choose_victim()
         cluster.kill(victim)
         after_kill(victim)
         noticed = time.monotonic() - killed_at
