@@ -298,3 +298,20 @@ def test_the_peer_proof_vectors_in_the_protocol_doc_are_what_the_code_computes()
         ["kvwire peer proof v1", "acceptor", "kvwire", "n2", "n1", nd, na])
     for side in (peer_auth.ACCEPTOR, peer_auth.DIALER):
         assert blocks[side] == peer_proof(secret, side, "kvwire", "n2", "n1", nd, na), side
+
+
+def test_a_client_that_asks_much_then_half_closes_gets_every_reply(tmp_path):
+    """The 1 MiB-a-pass bound leaves requests read but unanswered while the node
+    stops reading; a client that has already shut down its sending side must
+    still get an answer to each, and then see the node close."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "normal"]) as node:
+        with Client(node.address) as client:
+            client.put("big", "v" * 100_000)
+        count = 300  # 30 MB of replies: 30 passes
+        with RawConnection(node.address, timeout=20) as conn:
+            conn.send(*(Get(i, "big") for i in range(count)))
+            conn.sock.shutdown(socket.SHUT_WR)
+            replies = conn.receive(count)
+            assert sorted(reply.id for reply in replies) == list(range(count))
+            assert all(len(reply.value) == 100_000 for reply in replies)
+            assert conn.closed_by_peer(timeout=5)

@@ -93,9 +93,11 @@ class NodeProtocol(asyncio.Protocol):
         replies = self._handle_buffered()
         if replies:
             self._transport.write(replies)
+        if self._backlog:
+            self._hold_backlog()
         # Returning True keeps our side open until the replies to requests
-        # still waiting on storage have been written.
-        return self._flow.inflight > 0 and not self._closed
+        # still waiting on storage, or still in the backlog, have been written.
+        return (self._flow.inflight > 0 or self._backlog) and not self._closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -230,7 +232,7 @@ class NodeProtocol(asyncio.Protocol):
         if self._later and not self._closed:
             self._transport.write(b"".join(self._later))
         self._later.clear()
-        if self._eof and self._flow.inflight == 0:
+        if self._eof and self._flow.inflight == 0 and not self._backlog:
             self._close()
 
     def _close(self) -> None:
