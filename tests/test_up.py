@@ -31,6 +31,12 @@ def free_port_runs(count: int) -> tuple[int, int]:
     raise RuntimeError("no two disjoint runs of free ports found")
 
 
+def run_up(tmp_path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """``kvwire up ARGS...`` run to its end in ``tmp_path``: for the runs that stop at once."""
+    return subprocess.run([sys.executable, "-m", "kvwire", "up", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=tmp_path, stdin=subprocess.DEVNULL)
+
+
 def rest(method: str, url: str, body=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
@@ -172,11 +178,8 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
 def test_a_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
     base, http_base = free_port_runs(3)
     with socket.create_server(("127.0.0.1", base + 1)):  # n2's port
-        result = subprocess.run(
-            [sys.executable, "-m", "kvwire", "up", "--base-port", str(base), "--http-base-port", str(http_base),
-             "--data-dir", str(tmp_path / "data")],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )
+        result = run_up(tmp_path, "--base-port", str(base), "--http-base-port", str(http_base),
+                        "--data-dir", str(tmp_path / "data"))
     assert result.returncode == 1
     assert f"127.0.0.1:{base + 1} for n2" in result.stderr and "already in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -187,11 +190,8 @@ def test_a_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
 def test_an_http_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
     base, http_base = free_port_runs(3)
     with socket.create_server(("127.0.0.1", http_base + 2)):  # n3's bridge
-        result = subprocess.run(
-            [sys.executable, "-m", "kvwire", "up", "--base-port", str(base), "--http-base-port", str(http_base),
-             "--data-dir", str(tmp_path / "data")],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )
+        result = run_up(tmp_path, "--base-port", str(base), "--http-base-port", str(http_base),
+                        "--data-dir", str(tmp_path / "data"))
     assert result.returncode == 1
     assert f"127.0.0.1:{http_base + 2} for the HTTP bridge of n3" in result.stderr
     assert "--http-base-port" in result.stderr and "Traceback" not in result.stderr
@@ -207,10 +207,7 @@ def test_an_http_port_in_use_is_one_clear_line_and_nothing_starts(tmp_path):
     ],
 )
 def test_bad_http_ports_are_usage_errors(tmp_path, args, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "kvwire", "up", *args],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL,
-    )
+    result = run_up(tmp_path, *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / ".kvwire").exists()
@@ -349,11 +346,8 @@ def test_a_second_up_on_the_same_data_directory_is_refused(tmp_path):
     up = one_node_up(tmp_path, base)
     try:
         up.wait_printed("KVWIRE_ENDPOINTS=")
-        second = subprocess.run(
-            [sys.executable, "-m", "kvwire", "up", "--nodes", "1", "--base-port", str(other_base), "--no-http",
-             "--data-dir", str(tmp_path / "data")],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-        )
+        second = run_up(tmp_path, "--nodes", "1", "--base-port", str(other_base), "--no-http",
+                        "--data-dir", str(tmp_path / "data"))
         assert second.returncode == 1
         assert f"another kvwire up is running on data directory {tmp_path / 'data'}" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and not answers_ping(f"127.0.0.1:{other_base}")
@@ -381,15 +375,12 @@ def test_a_socket_left_by_a_killed_up_does_not_block_the_next(tmp_path):
 
 
 def test_ctl_refuses_options_of_up_itself(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "kvwire", "up", "--nodes", "2", "ctl", "status"],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL,
-    )
+    result = run_up(tmp_path, "--nodes", "2", "ctl", "status")
     assert result.returncode == 2 and "got --nodes before ctl" in result.stderr
 
 
 def test_help_shows_the_control_commands(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "kvwire", "up", "--help"], capture_output=True, text=True, timeout=30)
+    result = run_up(tmp_path, "--help")
     for line in ("kvwire up ctl status", "kvwire up ctl stop n2", "kvwire up ctl kill n2", "kvwire up ctl start n2"):
         assert line in result.stdout
 
@@ -453,10 +444,7 @@ def test_a_single_node_runs_alone(tmp_path):
 
 
 def test_too_many_nodes_for_the_port_range_is_a_usage_error(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "kvwire", "up", "--nodes", "3", "--base-port", "65535"],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL,
-    )
+    result = run_up(tmp_path, "--nodes", "3", "--base-port", "65535")
     assert result.returncode == 2
     assert "no room for 3 nodes" in result.stderr
     assert not (tmp_path / ".kvwire").exists()

@@ -98,6 +98,8 @@ class Node:
         self._hinting: set[str] = {peer for peer in self.core.peer_ids if self.core.hints.count(peer)}
         self._has_quorum = config.quorum == 1
         self._snapshot_timer: asyncio.TimerHandle | None = None
+        # What a connection may do before (and without) an accepted HELLO.
+        self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
 
     def start(self) -> None:
         self.peers.start()
@@ -119,7 +121,7 @@ class Node:
 
     def new_session(self, peer: str) -> Session:
         """A connection's session before its HELLO: open ops only, if this node has an auth file."""
-        return Session(peer, ANONYMOUS if self.config.auth is not None else EVERYONE)
+        return Session(peer, self._default_grant)
 
     def handle(self, request: Request, session: Session) -> Reply | asyncio.Future:
         """The reply, or a future of it. Raises KvwireError for a refusal."""
@@ -166,7 +168,7 @@ class Node:
             raise ForbiddenError(
                 f"this node belongs to cluster {self.config.cluster_id!r}, not {request.cluster!r}"
             )
-        session.grant, handshake, session.handshake = self.new_session(session.peer).grant, session.handshake, None
+        session.grant, handshake, session.handshake = self._default_grant, session.handshake, None
         nonce = proof = None
         if request.role is Role.PEER:
             nonce, proof = self._peer_hello(request, session, handshake)
@@ -306,9 +308,8 @@ class Node:
             extra={"peer": transition.peer, "event": "peer_down" if down else "peer_up",
                    "silent_ms": round(transition.silent_for * 1000)},
         )
-        core, config = self.core, self.config
-        up = core.nodes_up()
-        has_quorum = up >= config.quorum
+        config = self.config
+        up, has_quorum = self.quorum_state()
         if has_quorum != self._has_quorum:
             self._has_quorum = has_quorum
             if has_quorum:

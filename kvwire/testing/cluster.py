@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..protocol import HealthReply, HelloReply
 from ..protocol.messages import Health, Hello
-from ..secret_file import read_secret_file, write_secret_file
+from ..secret_file import read_secret_file, write_private_file, write_secret_file
 from .certs import DevCerts
 from .node import NodeProcess, free_port, wait_for
 from .process import StartsOnEnter
@@ -45,8 +45,7 @@ def new_token_file(directory: str | os.PathLike) -> str:
     token = secrets.token_urlsafe(24)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, AUTH_FILE_NAME)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-        file.write(f"tests admin {token}\n")
+    write_private_file(path, f"tests admin {token}\n".encode(), replace=True)
     return token
 
 
