@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import hashlib
 import json
 import re
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from kvwire.protocol import (
     Consistency,
     Delete,
     DeleteReply,
+    Digests,
+    DigestsReply,
     ErrorCode,
     ErrorReply,
     Fetch,
@@ -61,6 +65,8 @@ from kvwire.protocol import (
     ServerError,
     ServerTimeoutError,
     Side,
+    Sync,
+    SyncReply,
     TooLargeError,
     UnauthenticatedError,
     UnavailableError,
@@ -71,6 +77,7 @@ from kvwire.protocol import (
     error_from_wire,
     frame,
 )
+from kvwire.protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS_PATH = ROOT / "tests" / "vectors" / "protocol_vectors.json"
@@ -81,10 +88,10 @@ VECTORS = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 VALID = VECTORS["valid"]
 INVALID = VECTORS["invalid"]
 
-REQUEST_CLASSES = (Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch)
+REQUEST_CLASSES = (Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch, Digests, Sync)
 REPLY_CLASSES = (
     ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply,
-    LookupReply, FetchReply,
+    LookupReply, FetchReply, DigestsReply, SyncReply,
 )
 ALL_CLASSES = REQUEST_CLASSES + REPLY_CLASSES
 # docs/protocol.md section 3.2: the only optional fields, left out when they have no value.
@@ -204,6 +211,11 @@ SAMPLES = [
     Lookup(26, "ключ" * 100),
     Fetch(27, "k"),
     Fetch(28, "🔑"),
+    Digests(40, bytes(8 * REPAIR_BUCKETS), 0),
+    Digests(41, bytes(range(256)) * (8 * REPAIR_BUCKETS // 256), 2**63 - 1),
+    Sync(42, 0, "", True, []),
+    Sync(43, REPAIR_BUCKETS - 1, "a", False, [["b", 1, "n1", False], ["clé", 2**63 - 1, "", True], ["🔑", 0, "n2", False]]),
+    Sync(44, 7, "", True, [[f"k{i:04}", i, "n1", i % 2 == 0] for i in range(MAX_SYNC_ENTRIES)]),
     ErrorReply(None, ErrorCode.INTERNAL, "boom"),
     ErrorReply(14, 999, ""),
     ErrorReply(15, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", True),
@@ -228,6 +240,11 @@ SAMPLES = [
     FetchReply(31, Version(3, "n2"), False, {"nested": [b"\x00", None, -1.5]}),
     FetchReply(32, Version(4, "n1"), True, None),
     FetchReply(33, NO_VERSION, False, None),
+    DigestsReply(45, [], 0),
+    DigestsReply(46, list(range(REPAIR_BUCKETS)), 2**63 - 1),
+    SyncReply(47, [], []),
+    SyncReply(48, ["a", "clé"], ["🔑"]),
+    SyncReply(49, [f"k{i}" for i in range(MAX_SYNC_ENTRIES)], [f"j{i}" for i in range(MAX_SYNC_ENTRIES)]),
 ]
 
 
@@ -535,7 +552,7 @@ def test_doc_op_table_matches_the_codec():
         assert {n for bracket, n in documented if bracket} == optional_fields(cls)
 
 
-PEER_ONLY_OPS = {Op.REPLICATE, Op.LOOKUP, Op.FETCH}
+PEER_ONLY_OPS = {Op.REPLICATE, Op.LOOKUP, Op.FETCH, Op.DIGESTS, Op.SYNC}
 
 
 def test_doc_peer_only_ops_are_forbidden_to_clients():
@@ -1107,6 +1124,59 @@ WRONG_FIELDS = [
     (Op.FETCH_REPLY, "version", [3, 2]),
     (Op.FETCH_REPLY, "deleted", "false"),
     (Op.FETCH_REPLY, "deleted", None),
+    (Op.DIGESTS, "digests", bytes(8 * REPAIR_BUCKETS - 1)),
+    (Op.DIGESTS, "digests", bytes(8 * REPAIR_BUCKETS + 1)),
+    (Op.DIGESTS, "digests", b""),
+    (Op.DIGESTS, "digests", "\x00" * (8 * REPAIR_BUCKETS)),
+    (Op.DIGESTS, "digests", None),
+    (Op.DIGESTS, "floor", -1),
+    (Op.DIGESTS, "floor", 2**63),
+    (Op.DIGESTS, "floor", True),
+    (Op.DIGESTS, "floor", 0.0),
+    (Op.DIGESTS, "floor", "0"),
+    (Op.SYNC, "bucket", REPAIR_BUCKETS),
+    (Op.SYNC, "bucket", -1),
+    (Op.SYNC, "bucket", False),
+    (Op.SYNC, "bucket", 1.0),
+    (Op.SYNC, "bucket", None),
+    (Op.SYNC, "after", None),
+    (Op.SYNC, "after", b"k"),
+    (Op.SYNC, "last", 1),
+    (Op.SYNC, "last", None),
+    (Op.SYNC, "entries", None),
+    (Op.SYNC, "entries", {"k": [1, "n1", False]}),
+    (Op.SYNC, "entries", [[f"k{i:04}", 1, "n1", False] for i in range(MAX_SYNC_ENTRIES + 1)]),
+    (Op.SYNC, "entries", [["b", 1, "n1", False], ["a", 1, "n1", False]]),
+    (Op.SYNC, "entries", [["a", 1, "n1", False], ["a", 2, "n1", False]]),
+    (Op.SYNC, "entries", [["", 1, "n1", False]]),
+    (Op.SYNC, "entries", [["k", 1, "n1"]]),
+    (Op.SYNC, "entries", [["k", 1, "n1", False, None]]),
+    (Op.SYNC, "entries", [[]]),
+    (Op.SYNC, "entries", ["k"]),
+    (Op.SYNC, "entries", [[b"k", 1, "n1", False]]),
+    (Op.SYNC, "entries", [["k", -1, "n1", False]]),
+    (Op.SYNC, "entries", [["k", 2**63, "n1", False]]),
+    (Op.SYNC, "entries", [["k", True, "n1", False]]),
+    (Op.SYNC, "entries", [["k", 1, 1, False]]),
+    (Op.SYNC, "entries", [["k", 1, "n1", 0]]),
+    (Op.SYNC, "entries", [["k", 1, "n1", None]]),
+    (Op.DIGESTS_REPLY, "buckets", None),
+    (Op.DIGESTS_REPLY, "buckets", 3),
+    (Op.DIGESTS_REPLY, "buckets", [REPAIR_BUCKETS]),
+    (Op.DIGESTS_REPLY, "buckets", [-1]),
+    (Op.DIGESTS_REPLY, "buckets", [True]),
+    (Op.DIGESTS_REPLY, "buckets", ["1"]),
+    (Op.DIGESTS_REPLY, "buckets", list(range(REPAIR_BUCKETS)) + [0]),
+    (Op.DIGESTS_REPLY, "floor", -1),
+    (Op.DIGESTS_REPLY, "floor", 2**63),
+    (Op.SYNC_REPLY, "wanted", None),
+    (Op.SYNC_REPLY, "wanted", "k"),
+    (Op.SYNC_REPLY, "wanted", ["k", 1]),
+    (Op.SYNC_REPLY, "wanted", [b"k"]),
+    (Op.SYNC_REPLY, "wanted", ["k"] * (MAX_SYNC_ENTRIES + 1)),
+    (Op.SYNC_REPLY, "offered", None),
+    (Op.SYNC_REPLY, "offered", [None]),
+    (Op.SYNC_REPLY, "offered", ["k"] * (MAX_SYNC_ENTRIES + 1)),
 ]
 
 
@@ -1116,7 +1186,12 @@ def valid_body(op: Op) -> dict:
     return msgpack.unpackb(encode_payload(sample))
 
 
-@pytest.mark.parametrize("op,field,bad", WRONG_FIELDS, ids=lambda x: repr(x) if not isinstance(x, Op) else x.name)
+def _short_id(x: Any) -> str:
+    text = x.name if isinstance(x, Op) else repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."  # an 8 KiB digests is not a test id
+
+
+@pytest.mark.parametrize("op,field,bad", WRONG_FIELDS, ids=_short_id)
 def test_field_of_the_wrong_type_is_a_message_error(op, field, bad):
     body = valid_body(op)
     body[field] = bad
@@ -1368,6 +1443,138 @@ def test_pickled_errors_keep_maybe_applied():
     for err in (NoQuorumError("m", maybe_applied=False), ConflictError("m"), error_from_wire(6, "m", True)):
         again = pickle.loads(pickle.dumps(err))
         assert type(again) is type(err) and again.maybe_applied is err.maybe_applied and str(again) == "m"
+
+
+# --- anti-entropy: DIGESTS, SYNC and their replies (docs/protocol.md 6.12) ------------------
+
+
+def test_anti_entropy_constants():
+    assert (REPAIR_BUCKETS, MAX_SYNC_ENTRIES) == (1024, 1000)
+    (buckets,) = _table_rows(r"\| `REPAIR_BUCKETS`")
+    (entries,) = _table_rows(r"\| `MAX_SYNC_ENTRIES`")
+    assert int(buckets[1].replace(",", "")) == REPAIR_BUCKETS
+    assert int(entries[1].replace(",", "")) == MAX_SYNC_ENTRIES
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Digests(1, bytes(range(8)) * REPAIR_BUCKETS, 12345),
+        DigestsReply(1, [0, 390, REPAIR_BUCKETS - 1], 12345),
+        Sync(2, 390, "user:1092", False, [["user:42", 3, "n2", False], ["user:777", 5, "n1", True]]),
+        Sync(2, 390, "", True, []),
+        SyncReply(2, ["user:777"], ["user:2045"]),
+    ],
+    ids=["digests", "digests_reply", "sync", "sync_last_empty", "sync_reply"],
+)
+def test_anti_entropy_round_trip(message):
+    decoded = decode_one(Side.NODE if message.op < Op.ERROR else Side.CLIENT, encode(message))
+    assert decoded == message and type(decoded) is type(message)
+    assert encode(decoded) == encode(message)
+    body = msgpack.unpackb(encode_payload(message))
+    assert list(body)[2:] == [f.name for f in dataclasses.fields(message)][1:]  # declared order, none optional
+    if isinstance(message, Digests):
+        assert type(decoded.digests) is bytes
+        assert b"\xa7digests\xc5\x20\x00" + message.digests in encode_payload(message)  # bin 16, 8192 bytes
+    if isinstance(message, Sync):
+        assert all(type(entry) is list for entry in decoded.entries)
+
+
+def test_anti_entropy_largest_messages_fit_the_default_frame():
+    page = Sync(1, 0, "", True, [["k" * 1000 + f"{i:04}"[-4:] + "k" * 20, 2**63 - 1, "node-" * 4, False]
+                                 for i in range(MAX_SYNC_ENTRIES)])
+    page.entries.sort()
+    assert decode_one(Side.NODE, encode(page)) == page
+    assert len(encode(page)) < protocol.DEFAULT_LIMITS.max_frame_bytes
+    assert len(encode(Digests(1, bytes(8 * REPAIR_BUCKETS), 2**63 - 1))) == 8 * REPAIR_BUCKETS + 39
+
+
+# (op, field, bad value, what the message says): one of each refusal the new checks make.
+ANTI_ENTROPY_REFUSALS = [
+    (Op.DIGESTS, "digests", bytes(8), "must be 8192 bytes of msgpack bin"),
+    (Op.DIGESTS, "digests", "x" * 8192, "must be 8192 bytes of msgpack bin"),
+    (Op.DIGESTS, "floor", 2**63, "from 0 to 2**63 - 1"),
+    (Op.DIGESTS, "floor", -1, "from 0 to 2**63 - 1"),
+    (Op.DIGESTS_REPLY, "floor", "0", "from 0 to 2**63 - 1"),
+    (Op.SYNC, "bucket", REPAIR_BUCKETS, "bucket number from 0 to 1023"),
+    (Op.SYNC, "bucket", True, "bucket number from 0 to 1023"),
+    (Op.DIGESTS_REPLY, "buckets", [1, REPAIR_BUCKETS], "bucket number from 0 to 1023"),
+    (Op.DIGESTS_REPLY, "buckets", [0] * (REPAIR_BUCKETS + 1), "at most 1024 bucket numbers"),
+    (Op.DIGESTS_REPLY, "buckets", {"0": 1}, "at most 1024 bucket numbers"),
+    (Op.SYNC, "entries", [["a", 1, "n1", False]] * (MAX_SYNC_ENTRIES + 1), "at most 1000 entries"),
+    (Op.SYNC, "entries", [["user:777", 5, "n1", False], ["user:42", 3, "n2", False]], "ascending order"),
+    (Op.SYNC, "entries", [["a", 1, "n1", False], ["a", 1, "n1", False]], "ascending order"),
+    (Op.SYNC, "entries", [["", 1, "n1", False]], "non-empty keys"),
+    (Op.SYNC, "entries", [["user:42", 3, "n2"]], "[key, counter, node id, deleted]"),
+    (Op.SYNC, "entries", [["user:42", 2**63, "n2", False]], "[key, counter, node id, deleted]"),
+    (Op.SYNC, "entries", [["user:42", 3, "n2", 0]], "[key, counter, node id, deleted]"),
+    (Op.SYNC_REPLY, "wanted", ["user:777", 42], "at most 1000 keys"),
+    (Op.SYNC_REPLY, "wanted", ["k"] * (MAX_SYNC_ENTRIES + 1), "at most 1000 keys"),
+    (Op.SYNC_REPLY, "offered", [b"k"], "at most 1000 keys"),
+]
+
+
+@pytest.mark.parametrize("op,field,bad,says", ANTI_ENTROPY_REFUSALS, ids=_short_id)
+def test_anti_entropy_refusals_name_the_field(op, field, bad, says):
+    body = valid_body(op)
+    body[field] = bad
+    side = Side.NODE if op < Op.ERROR else Side.CLIENT
+    err = assert_message_error(side, packed_frame(body), ErrorCode.BAD_REQUEST, body["id"], words=[f"'{field}'", says])
+    assert f"{op.name} field '{field}'" in str(err) and len(str(err)) < 300
+
+
+@pytest.mark.parametrize(
+    "keys,accepted",
+    [
+        (["Z", "a"], True),  # code points: upper case first
+        (["a", "ab", "b"], True),
+        (["z", "é"], True),
+        (["é", "z"], False),
+        (["\uffff", "😀"], True),  # by code point (as UTF-8 bytes), not by UTF-16 units
+        (["😀", "\uffff"], False),
+    ],
+    ids=repr,
+)
+def test_sync_entries_are_ordered_by_code_point(keys, accepted):
+    sync = Sync(3, 0, "", True, [[key, 1, "n1", False] for key in keys])
+    assert sorted(keys) == keys or not accepted
+    assert [k.encode() for k in keys] == sorted(k.encode() for k in keys) or not accepted
+    if accepted:
+        assert decode_one(Side.NODE, encode(sync)) == sync
+    else:
+        assert_message_error(Side.NODE, encode(sync), ErrorCode.BAD_REQUEST, 3, words=["'entries'", "ascending"])
+
+
+def test_anti_entropy_replies_are_refused_by_a_node_and_requests_by_a_client():
+    for reply in (DigestsReply(5, [1], 0), SyncReply(5, [], [])):
+        assert_message_error(Side.NODE, encode(reply), ErrorCode.UNKNOWN_OP, 5)
+    for request in (Digests(6, bytes(8 * REPAIR_BUCKETS), 0), Sync(6, 1, "", True, [])):
+        assert_message_error(Side.CLIENT, encode(request), ErrorCode.UNKNOWN_OP, 6)
+
+
+def _documented_entry_hash(key: str, counter: int, node: str) -> int:
+    """docs/protocol.md 6.12, from the text alone: BLAKE2b-64 of msgpack [key, counter, node]."""
+    return int.from_bytes(hashlib.blake2b(msgpack.packb([key, counter, node]), digest_size=8).digest(), "big")
+
+
+def test_digests_example_follows_the_documented_definition():
+    # The state the DIGESTS example describes: two live keys and a tombstone, all in bucket 390.
+    held = {"user:42": (3, "n2", False), "user:777": (5, "n1", False), "user:1092": (4, "n1", True)}
+    digests = [0] * REPAIR_BUCKETS
+    for key, (counter, node, deleted) in held.items():
+        assert zlib.crc32(key.encode("utf-8")) % REPAIR_BUCKETS == 390
+        if not deleted:
+            digests[390] ^= _documented_entry_hash(key, counter, node)
+    (vector,) = [v for v in VALID if v["name"] == "digests"]
+    assert message_from_json(vector["message"]) == Digests(50, struct.pack(f">{REPAIR_BUCKETS}Q", *digests), 0)
+    # The numbers the text quotes.
+    assert zlib.crc32(b"user:42") == 0x646F0D86 and 0x646F0D86 % REPAIR_BUCKETS == 390
+    assert msgpack.packb(["user:42", 3, "n2"]).hex(" ") == "93 a7 75 73 65 72 3a 34 32 03 a2 6e 32"
+    assert _documented_entry_hash("user:42", 3, "n2") == 0x92430BB203E60B92
+    assert digests[390] == 0x38804A4B0F64A998
+    section = DOC.split("### 6.12", 1)[1].split("## 7.", 1)[0]
+    for text in ("0x646f0d86", "0x92430bb203e60b92", "0x38804a4b0f64a998", "93 a7 75 73 65 72 3a 34 32 03 a2 6e 32"):
+        assert text in section
 
 
 # --- REPLICATE's expect and HELLO_REPLY's limits ------------------------------------------

@@ -20,6 +20,8 @@ from kvwire.protocol import (
     Consistency,
     Delete,
     DeleteReply,
+    Digests,
+    DigestsReply,
     ErrorCode,
     ErrorReply,
     Fetch,
@@ -43,10 +45,13 @@ from kvwire.protocol import (
     ReplicateReply,
     Role,
     Side,
+    Sync,
+    SyncReply,
     Version,
     encode,
     frame,
 )
+from kvwire.protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
 
 # Modest on purpose: the whole suite must stay fast (about a second per property).
 PROPERTY = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,7 +65,18 @@ sides = st.sampled_from([Side.NODE, Side.CLIENT])
 ids = st.integers(0, 2**64 - 1)
 texts = st.text(max_size=12)
 keys = st.text(min_size=1, max_size=8)  # at most 32 UTF-8 bytes: within the default key limit
-versions = st.builds(Version, st.integers(0, 2**63 - 1), texts)
+counters = st.integers(0, 2**63 - 1)
+versions = st.builds(Version, counters, texts)
+# Anti-entropy (docs/protocol.md 6.12): 8 bytes per bucket, most of them zero as
+# in a real DIGESTS; SYNC entries in ascending key order (str order is code point order).
+bucket_numbers = st.integers(0, REPAIR_BUCKETS - 1)
+digest_words = st.dictionaries(bucket_numbers, st.integers(0, 2**64 - 1), max_size=6).map(
+    lambda words: b"".join(words.get(b, 0).to_bytes(8, "big") for b in range(REPAIR_BUCKETS))
+)
+sync_entries = st.dictionaries(keys, st.tuples(counters, texts, st.booleans()), max_size=6).map(
+    lambda by_key: [[key, *by_key[key]] for key in sorted(by_key)]
+)
+key_lists = st.lists(keys, max_size=6)
 # What a node can send in HELLO_REPLY: its own Limits, plus entries of a later version.
 wire_limits = st.builds(
     lambda key, value, spare, extra: {
@@ -98,6 +114,8 @@ REQUEST_STRATEGIES = {
     Replicate: st.builds(Replicate, ids, keys, versions, values, st.booleans(), st.none() | versions),
     Lookup: st.builds(Lookup, ids, keys),
     Fetch: st.builds(Fetch, ids, keys),
+    Digests: st.builds(Digests, ids, digest_words, counters),
+    Sync: st.builds(Sync, ids, bucket_numbers, texts, st.booleans(), sync_entries),
 }
 REPLY_STRATEGIES = {
     ErrorReply: st.builds(
@@ -114,6 +132,8 @@ REPLY_STRATEGIES = {
     # Any combination, not only the ones a node sends (value nil when deleted):
     # the codec checks types, not the relation between fields.
     FetchReply: st.builds(FetchReply, ids, versions, st.booleans(), values),
+    DigestsReply: st.builds(DigestsReply, ids, st.lists(bucket_numbers, max_size=6).map(sorted), counters),
+    SyncReply: st.builds(SyncReply, ids, key_lists, key_lists),
 }
 requests = st.one_of(*REQUEST_STRATEGIES.values())
 replies = st.one_of(*REPLY_STRATEGIES.values())
@@ -130,11 +150,15 @@ FIELD_NAMES = [
     "op", "id", "proto", "role", "cluster", "node", "key", "consistency",
     "value", "version", "deleted", "applied", "health", "code", "message",
     "expect", "maybe_applied", "limits", "created",
+    "digests", "floor", "buckets", "bucket", "after", "last", "entries", "wanted", "offered",
 ]
 fuzzy_field_values = (
     values
     | st.sampled_from([o.value for o in Op] + ["client", "peer", "quorum", "one", ""])
     | st.tuples(st.integers(-1, 2**64 - 1), st.text(max_size=3) | st.binary(max_size=3)).map(list)
+    | st.lists(st.tuples(st.text(max_size=3), st.integers(-1, 2**63), st.text(max_size=2), st.booleans()).map(list),
+               max_size=3)  # SYNC entries, in or out of order
+    | st.sampled_from([bytes(8 * REPAIR_BUCKETS), bytes(8), REPAIR_BUCKETS - 1, REPAIR_BUCKETS, MAX_SYNC_ENTRIES])
     | ids
 )
 almost_messages = st.fixed_dictionaries(

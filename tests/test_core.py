@@ -15,10 +15,11 @@ from kvwire.protocol.errors import ConflictError, KeyNotFoundError, NoQuorumErro
 from kvwire.protocol.messages import (
     Consistency,
     Delete, DeleteReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put, PutReply,
-    Replicate, ReplicateReply,
+    Replicate, ReplicateReply, Sync,
 )
 from kvwire.server.config import ServerConfig, parse_cluster
-from kvwire.server.core import CloseLink, Entry, Load, NodeCore, Persist, Respond, Send, StoreHint
+from kvwire.server.core import CloseLink, DropPeerHints, Entry, Load, NodeCore, Persist, Respond, Send, StoreHint
+from kvwire.server.core.buckets import bucket_of
 
 MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
 
@@ -381,3 +382,49 @@ def test_a_write_back_that_times_out_leaves_other_requests_on_that_commit_alone(
     core.persisted(write_back.write_id, None, 2.0)
     replies = {e.token: e.reply for e in effects_of(core, Respond)}
     assert replies == {"replica": ReplicateReply(7, False, Version(3, "n2"))}
+
+
+# --- hint bounds and anti-entropy's answers ----------------------------------------------
+
+
+def test_hints_for_a_node_no_longer_a_member_are_dropped_at_start():
+    config = ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True)
+    core = NodeCore(config, 0.0, hints={"n9": {"k": Version(3, "n1")}, "n2": {"j": Version(1, "n1")}})
+    dropped = effects_of(core, DropPeerHints)
+    assert [(effect.peer, "not a member" in effect.reason) for effect in dropped] == [("n9", True)]
+    assert core.hints.count("n9") == 0 and core.hints.count("n2") == 1
+
+
+def test_past_the_hint_limit_a_peer_is_no_longer_hinted_until_it_is_up_again():
+    core = make_core(hint_limit=2)
+    for key in ("a", "b"):
+        core.hints.add("n2", key, Version(1, "n1"))
+    core.hints.add("n2", "c", Version(1, "n1"))
+    assert core.hints.count("n2") == 0 and "hint_limit" in core.hints.stopped["n2"]
+    assert [effect.peer for effect in effects_of(core, DropPeerHints)] == ["n2"]
+    core.hints.add("n2", "d", Version(1, "n1"))
+    assert core.hints.count("n2") == 0  # stopped: anti-entropy's job now
+    core.hints.peer_up("n2")
+    core.hints.add("n2", "e", Version(1, "n1"))
+    assert core.hints.count("n2") == 1 and "n2" not in core.hints.stopped
+
+
+def test_sync_answers_which_keys_each_side_holds_newer_and_ignores_tombstone_against_nothing():
+    core = make_core()
+    bucket = bucket_of("k0")
+    keys = sorted(key for key in (f"k{i}" for i in range(50_000)) if bucket_of(key) == bucket)[:6]
+    older, newer, only_mine, tomb_vs_none, mine_tomb, theirs_only = keys
+    for key, version, deleted in ((older, Version(1, "n1"), False), (newer, Version(5, "n1"), False),
+                                  (only_mine, Version(2, "n1"), False), (mine_tomb, Version(4, "n1"), True)):
+        core.keydir.accept(key, 0, version, deleted)
+        core.keydir.settle(key, 0, version, deleted, True)
+    entries = sorted([
+        [older, 3, "n2", False],  # theirs newer: wanted
+        [newer, 2, "n2", False],  # mine newer: offered
+        [tomb_vs_none, 7, "n2", True],  # their tombstone, nothing here: no difference
+        [mine_tomb, 1, "n2", False],  # my newer tombstone kills their live value: offered
+        [theirs_only, 1, "n2", False],  # wanted
+    ])
+    reply = core.repair.answer_sync(Sync(1, bucket, "", True, entries))
+    assert sorted(reply.wanted) == sorted([older, theirs_only])
+    assert sorted(reply.offered) == sorted([newer, only_mine, mine_tomb])

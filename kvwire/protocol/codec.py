@@ -19,11 +19,13 @@ import msgpack
 
 from .errors import ErrorCode, ProtocolError
 from .limits import WIRE_NAMES as LIMIT_NAMES
-from .limits import Limits
+from .limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS, Limits
 from .messages import (
     Consistency,
     Delete,
     DeleteReply,
+    Digests,
+    DigestsReply,
     ErrorReply,
     Get,
     GetReply,
@@ -44,6 +46,8 @@ from .messages import (
     Replicate,
     ReplicateReply,
     Role,
+    Sync,
+    SyncReply,
     Version,
 )
 from .peer_auth import MAX_NONCE_BYTES, NONCE_BYTES, PROOF_BYTES
@@ -173,6 +177,60 @@ def _version(value: Any) -> Version:
     return Version(value[0], value[1])
 
 
+def _digests(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) != REPAIR_BUCKETS * 8:
+        raise _Invalid(f"must be {REPAIR_BUCKETS * 8} bytes of msgpack bin, got {_describe(value)}")
+    return value
+
+
+def _counter(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_COUNTER:
+        raise _Invalid(f"must be an integer from 0 to 2**63 - 1, got {_describe(value)}")
+    return value
+
+
+def _bucket(value: Any) -> int:
+    if type(value) is not int or not 0 <= value < REPAIR_BUCKETS:
+        raise _Invalid(f"must be a bucket number from 0 to {REPAIR_BUCKETS - 1}, got {_describe(value)}")
+    return value
+
+
+def _buckets(value: Any) -> list:
+    if type(value) is not list or len(value) > REPAIR_BUCKETS:
+        raise _Invalid(f"must be an array of at most {REPAIR_BUCKETS} bucket numbers, got {_describe(value)}")
+    for item in value:
+        _bucket(item)
+    return value
+
+
+def _entries(value: Any) -> list:
+    if type(value) is not list or len(value) > MAX_SYNC_ENTRIES:
+        raise _Invalid(f"must be an array of at most {MAX_SYNC_ENTRIES} entries, got {_describe(value)}")
+    previous = ""
+    for item in value:
+        if (
+            type(item) is not list
+            or len(item) != 4
+            or type(item[0]) is not str
+            or type(item[1]) is not int
+            or not 0 <= item[1] <= MAX_COUNTER
+            or type(item[2]) is not str
+            or type(item[3]) is not bool
+        ):
+            raise _Invalid(f"entries must be [key, counter, node id, deleted], got {_describe(item)}")
+        if item[0] <= previous:
+            raise _Invalid(f"entries must have non-empty keys in ascending order, got {_describe(item[0])} "
+                           f"after {_describe(previous)}")
+        previous = item[0]
+    return value
+
+
+def _keys(value: Any) -> list:
+    if type(value) is not list or len(value) > MAX_SYNC_ENTRIES or any(type(item) is not str for item in value):
+        raise _Invalid(f"must be an array of at most {MAX_SYNC_ENTRIES} keys, got {_describe(value)}")
+    return value
+
+
 def _choice(enum_type: type) -> Callable[[Any], Any]:
     allowed = ", ".join(repr(member.value) for member in enum_type)
 
@@ -231,14 +289,23 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "token": _text,
     "nonce": _nonce,
     "proof": _proof,
+    "digests": _digests,
+    "floor": _counter,
+    "buckets": _buckets,
+    "bucket": _bucket,
+    "after": _text,
+    "last": _boolean,
+    "entries": _entries,
+    "wanted": _keys,
+    "offered": _keys,
 }
 
 _CLASSES: dict[int, type] = {
     cls.op: cls
     for cls in (
-        Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch,
+        Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch, Digests, Sync,
         ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply,
-        LookupReply, FetchReply,
+        LookupReply, FetchReply, DigestsReply, SyncReply,
     )
 }
 

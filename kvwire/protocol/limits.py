@@ -16,6 +16,14 @@ FRAME_OVERHEAD_BYTES = 1024
 MSGPACK_MIN_INT = -(2**63)
 MSGPACK_MAX_INT = 2**64 - 1
 
+# Anti-entropy (docs/protocol.md 6.12): keys fall into this many buckets by
+# CRC-32 of their UTF-8 bytes; one DIGESTS carries 8 bytes for each (8 KiB).
+# 1,024 keeps a bucket near 100 keys at 100,000 keys and near 1,000 at a million.
+REPAIR_BUCKETS = 1024
+# Entries in one SYNC page: at the 1 KiB key limit a page stays near 1 MiB,
+# inside the default 4 MiB frame limit.
+MAX_SYNC_ENTRIES = 1000
+
 # The entries of HELLO_REPLY's ``limits`` map, in the order they are written.
 WIRE_NAMES = ("max_key_bytes", "max_value_bytes", "max_frame_bytes")
 

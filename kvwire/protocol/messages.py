@@ -27,6 +27,8 @@ class Op(enum.IntEnum):
     REPLICATE = 0x07
     LOOKUP = 0x08
     FETCH = 0x09
+    DIGESTS = 0x0A
+    SYNC = 0x0B
 
     ERROR = 0x80
     HELLO_REPLY = 0x81
@@ -38,6 +40,8 @@ class Op(enum.IntEnum):
     REPLICATE_REPLY = 0x87
     LOOKUP_REPLY = 0x88
     FETCH_REPLY = 0x89
+    DIGESTS_REPLY = 0x8A
+    SYNC_REPLY = 0x8B
 
 
 class Role(str, enum.Enum):
@@ -159,6 +163,33 @@ class Fetch:
     op = Op.FETCH
 
 
+@dataclass(slots=True)
+class Digests:
+    """Peer only, anti-entropy's first step: one 64-bit digest per key bucket of
+    the sender's live keys (``REPAIR_BUCKETS`` big-endian words), and the
+    sender's tag floor (docs/protocol.md section 6.12)."""
+
+    id: int
+    digests: bytes
+    floor: int
+    op = Op.DIGESTS
+
+
+@dataclass(slots=True)
+class Sync:
+    """Peer only: the sender's entries ``[key, counter, node, deleted]`` of one
+    bucket, in key order, for the keys after ``after`` (``""``: from the
+    bucket's start) up to the last entry's key, or to the bucket's end when
+    ``last``. The receiver answers which keys each side holds newer."""
+
+    id: int
+    bucket: int
+    after: str
+    last: bool
+    entries: list
+    op = Op.SYNC
+
+
 # --- replies ---------------------------------------------------------------------------
 
 
@@ -260,10 +291,33 @@ class FetchReply:
     op = Op.FETCH_REPLY
 
 
-Request = Hello | Ping | Get | Put | Delete | Health | Replicate | Lookup | Fetch
+@dataclass(slots=True)
+class DigestsReply:
+    """``buckets``: the bucket numbers whose digests differ from the receiver's,
+    ascending; ``floor``: the receiver's durable tag floor."""
+
+    id: int
+    buckets: list
+    floor: int
+    op = Op.DIGESTS_REPLY
+
+
+@dataclass(slots=True)
+class SyncReply:
+    """``wanted``: the keys of the SYNC's range whose sent version is newer than
+    the receiver's (the sender pushes them with REPLICATE); ``offered``: those
+    where the receiver holds newer (the sender pulls them with FETCH)."""
+
+    id: int
+    wanted: list
+    offered: list
+    op = Op.SYNC_REPLY
+
+
+Request = Hello | Ping | Get | Put | Delete | Health | Replicate | Lookup | Fetch | Digests | Sync
 Reply = (
     ErrorReply | HelloReply | Pong | GetReply | PutReply | DeleteReply | HealthReply | ReplicateReply
-    | LookupReply | FetchReply
+    | LookupReply | FetchReply | DigestsReply | SyncReply
 )
 Message = Request | Reply
 
@@ -271,6 +325,8 @@ __all__ = [
     "Consistency",
     "Delete",
     "DeleteReply",
+    "Digests",
+    "DigestsReply",
     "ErrorReply",
     "Get",
     "GetReply",
@@ -296,5 +352,7 @@ __all__ = [
     "Reply",
     "Request",
     "Role",
+    "Sync",
+    "SyncReply",
     "Version",
 ]

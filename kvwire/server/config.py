@@ -116,6 +116,16 @@ class ServerConfig:
     # against tls.ca; with tls.ca every connection must bring a certificate it
     # signed (mutual TLS). None: plain TCP.
     tls: TlsFiles | None = None
+    # Anti-entropy (docs/design.md section 1.7): a comparison with the next
+    # peer in turn this often, and at most repair_rate keys a second pushed
+    # or pulled, so a refill never starves the clients.
+    repair_interval: float = 2.0
+    repair_rate: int = 5000
+    # Hints for one peer are bounded in number and in the age of the oldest;
+    # past either, this node drops that peer's hints and leaves its catch-up
+    # to anti-entropy. Cassandra's max_hint_window is 3 hours likewise.
+    hint_limit: int = 100_000
+    hint_max_age: float = 3 * 3600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not _NODE_ID.match(self.node_id):
@@ -139,6 +149,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cache_entries < 0:
             raise ValueError(f"cache_entries must be 0 or more, got {self.cache_entries}")
+        for name in ("repair_rate", "hint_limit"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 1 <= self.max_version_jump <= 2**62:
             raise ValueError(f"max_version_jump must be 1 to 2**62, got {self.max_version_jump}")
         if self.auth is not None and not isinstance(self.auth, AuthTable):
@@ -159,7 +172,7 @@ class ServerConfig:
         if self.members and self.node_id not in ids:
             raise ValueError(f"--node-id {self.node_id} is not among the cluster members ({', '.join(ids)})")
         for name in ("heartbeat_interval", "failure_timeout", "write_timeout", "retry_delay", "shutdown_timeout",
-                     "hello_timeout", "frame_timeout"):
+                     "hello_timeout", "frame_timeout", "repair_interval", "hint_max_age"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")

@@ -30,7 +30,6 @@ from ..protocol.messages import (
     HealthReply,
     Hello,
     HelloReply,
-    Lookup,
     Ping,
     Pong,
     Put,
@@ -41,7 +40,7 @@ from ..protocol.messages import (
 )
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
-from .core import CloseLink, DropHint, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint
+from .core import CloseLink, DropHint, DropPeerHints, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint
 from .failure_detector import PeerState, Transition
 from .peers import PeerLinks, reply_or_failure
 from .storage import Storage
@@ -51,8 +50,6 @@ log = logging.getLogger("kvwire.node")
 
 # Tags above this are never accepted, so minting counter + 1 can't reach 2**63.
 MAX_ACCEPTED_COUNTER = 2**62
-
-_CORE_REQUESTS = (Get, Put, Delete, Replicate, Lookup, Fetch)
 
 
 @dataclass(slots=True)
@@ -294,6 +291,12 @@ class Node:
                         log.info("hinting peer %s stopped: every hint delivered (%d since this node started)", effect.peer,
                                  core.hints.delivered.get(effect.peer, 0),
                                  extra={"peer": effect.peer, "event": "hinting_stopped"})
+                elif kind is DropPeerHints:
+                    self.storage.drop_peer_hints(effect.peer)
+                    self._hinting.discard(effect.peer)
+                    log.warning("stopped hinting peer %s: %s; its hints are dropped, and anti-entropy will bring it "
+                                "up to date once it is back", effect.peer, effect.reason,
+                                extra={"peer": effect.peer, "event": "hinting_abandoned"})
                 elif kind is CloseLink:
                     self.peers.reconnect(effect.peer)
                 elif kind is PeerStateChanged:

@@ -72,6 +72,7 @@ ON CONFLICT (peer, key) DO UPDATE SET counter = excluded.counter, node = exclude
 WHERE (excluded.counter, excluded.node) > (hints.counter, hints.node)
 """
 HINT_DELETE = "DELETE FROM hints WHERE peer = ? AND key = ? AND (counter, node) <= (?, ?)"
+HINT_DELETE_PEER = "DELETE FROM hints WHERE peer = ?"
 
 
 # Seconds between probe commits while the storage refuses writes.
@@ -204,6 +205,11 @@ class Storage:
     def drop_hint(self, peer: str, key: str, version: Version) -> None:
         """Forget, in the next commit, ``peer``'s hint for ``key`` up to ``version``."""
         self._unhint_rows.append((peer, key, version.counter, version.node))
+        self._wakeup.set()
+
+    def drop_peer_hints(self, peer: str) -> None:
+        """Forget, in the next commit, every hint for ``peer``."""
+        self._unhint_rows.append((peer, None, None, None))
         self._wakeup.set()
 
     # --- group commit --------------------------------------------------------------------
@@ -347,6 +353,7 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], hint_rows: lis
     if hint_rows:
         db.executemany(HINT_UPSERT, hint_rows)
     if unhint_rows:
-        db.executemany(HINT_DELETE, unhint_rows)
+        db.executemany(HINT_DELETE, [row for row in unhint_rows if row[1] is not None])
+        db.executemany(HINT_DELETE_PEER, [row[:1] for row in unhint_rows if row[1] is None])
     db.commit()
 

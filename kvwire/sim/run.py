@@ -57,6 +57,7 @@ def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[
             if keys:
                 problems.append(f"{node_id} still holds {len(keys)} hint(s) for {peer} "
                                 f"{SETTLE_TIME} s after every fault healed")
+    problems.extend(_check_converged(world))
     _read_back(world, workload)
     states = {
         node_id: {key: row for key, row in node.disk.rows.items()}
@@ -83,6 +84,23 @@ def _heal(world: World) -> None:
             node.start()
         elif node.paused:
             node.resume()
+
+
+def _check_converged(world: World) -> list[str]:
+    """Every replica holds the same live keys at the same tags, before any read:
+    hints and anti-entropy alone must have brought them together."""
+    def live(node) -> dict:
+        return {key: row[0] for key, row in node.disk.rows.items() if not row[1]}
+
+    states = {node_id: live(node) for node_id, node in sorted(world.nodes.items())}
+    first_id, first = next(iter(states.items()))
+    problems = []
+    for node_id, state in states.items():
+        differing = sorted(key for key in first.keys() | state.keys() if first.get(key) != state.get(key))
+        if differing:
+            problems.append(f"{node_id} and {first_id} still differ on {len(differing)} live key(s) "
+                            f"({', '.join(differing[:3])}) {SETTLE_TIME} s after every fault healed, before any read")
+    return problems
 
 
 def _read_back(world: World, workload: Workload) -> None:

@@ -19,7 +19,7 @@ from ..protocol.errors import InternalServerError
 from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
 from ..server.core import (
-    CloseLink, DropHint, Entry, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
+    CloseLink, DropHint, DropPeerHints, Entry, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
 )
 from ..server.core.timers import Timers
 
@@ -212,7 +212,7 @@ class SimNode:
                     self._send(effect)
                 elif kind is Respond:
                     self._respond(effect.token, effect.reply)
-                elif kind is Persist or kind is StoreHint or kind is DropHint:
+                elif kind is Persist or kind is StoreHint or kind is DropHint or kind is DropPeerHints:
                     self.queued.append(effect)
                     self._schedule_commit()
                     if kind is Persist and world.crash_at_next_persist is not None:
@@ -325,6 +325,8 @@ class SimNode:
                     hinted = disk.hints.setdefault(effect.peer, {})
                     if effect.key not in hinted or effect.version > hinted[effect.key]:
                         hinted[effect.key] = effect.version
+                elif kind is DropPeerHints:
+                    disk.hints.pop(effect.peer, None)
                 else:
                     hinted = disk.hints.get(effect.peer, {})
                     if effect.key in hinted and hinted[effect.key] <= effect.version:
@@ -347,6 +349,13 @@ class World:
             # Small caches, none at all in a quarter of the runs, so that reads
             # go through Load (and its races with commits) as well as memory.
             cache_entries = self.rng.choice((0, 2, 8, 64))
+        # Hint bounds small enough to be passed in some runs, so that catch-up
+        # is left to anti-entropy there; repair rounds often enough to finish
+        # well within a run's settle time.
+        # (Their own stream, so adding a setting never reshuffles the runs.)
+        settings = random.Random(f"settings-{seed}")
+        hint_limit = settings.choice((2, 16, 100_000))
+        hint_max_age = settings.choice((0.5, 3600.0))
         self.scheduler = Scheduler()
         self.faults = NetworkFaults()
         self.blocked: set[tuple[str, str]] = set()
@@ -360,7 +369,8 @@ class World:
         for node_id in ids:
             # The secret is never used: simulated links skip HELLO, as they skip TCP.
             config = ServerConfig(node_id=node_id, members=members, data_dir=Path("sim"), cache_entries=cache_entries,
-                                  cluster_secret=SIM_CLUSTER_SECRET)
+                                  cluster_secret=SIM_CLUSTER_SECRET, hint_limit=hint_limit, hint_max_age=hint_max_age,
+                                  repair_interval=0.2)
             self.nodes[node_id] = SimNode(node_id, config, self, mutant)
 
     def trace(self, line: str) -> None:

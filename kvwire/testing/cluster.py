@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..protocol import HealthReply, HelloReply
@@ -244,6 +245,15 @@ class LocalCluster(StartsOnEnter):
     def resume(self, node_id: str) -> None:
         """SIGCONT after :meth:`pause`."""
         self[node_id].resume()
+
+    def wipe(self, node_id: str) -> None:
+        """A lost disk: ``kill -9`` the node if it runs and delete its data directory
+        (start it again with :meth:`start`, empty, under the same node id)."""
+        node = self[node_id]
+        if node.running:
+            node.resume()
+            node.kill()
+        shutil.rmtree(node.data_dir, ignore_errors=True)
 
     def restart(self, node_id: str, *, timeout: float = 15.0) -> NodeProcess:
         """Stop the node cleanly if it runs, start it on the same address and data, wait until it is ready."""

@@ -66,6 +66,16 @@ class DropHint:
 
 
 @dataclass(slots=True)
+class DropPeerHints:
+    """Forget every hint for ``peer``: this node stopped hinting it, for ``reason``
+    (over a bound, or no longer a member), and leaves its catch-up to
+    anti-entropy. No completion."""
+
+    peer: str
+    reason: str
+
+
+@dataclass(slots=True)
 class Load:
     """Read ``key``'s committed row. Completed by ``core.loaded(key, row)``, with row
     ``(version, deleted, value)`` or None when there is none."""
@@ -89,4 +99,4 @@ class PeerStateChanged:
     transition: Any
 
 
-Effect = Send | Respond | Persist | StoreHint | DropHint | Load | CloseLink | PeerStateChanged
+Effect = Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Load | CloseLink | PeerStateChanged

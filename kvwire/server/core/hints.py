@@ -5,13 +5,18 @@ replay sends the key's current committed row, which is that version or newer.
 A live peer that keeps failing is tried ``retry_attempts`` times, the delay
 doubling from ``retry_delay`` up to ``SWEEP_INTERVAL``; its hints then wait for the next time it comes
 UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``).
+
+Hints are bounded per peer: more than ``hint_limit`` keys, or an oldest hint
+older than ``hint_max_age``, and this node drops that peer's hints and stops
+hinting it until it is UP again; anti-entropy (``repair.py``) then brings it up
+to date. Hints for a node that is no longer a member are dropped at start.
 """
 
 from __future__ import annotations
 
 from ...backoff import backoff_delay
 from ...protocol.messages import NO_VERSION, Version
-from .effects import DropHint, StoreHint
+from .effects import DropHint, DropPeerHints, StoreHint
 from .fanout import OK, Fanout
 from .services import CoreServices
 
@@ -39,13 +44,27 @@ class HintBook:
         # row (its own commit is still on the way): not resent until the next
         # trigger, so replay never spins on them.
         self._stalled: dict[str, set[str]] = {}
+        # When each peer's oldest current hint was made (at start, for loaded ones).
+        self._oldest: dict[str, float] = {peer: core.now for peer, hinted in self.by_peer.items() if hinted}
+        # Peers this node stopped hinting, and why; cleared when the peer is UP again.
+        self.stopped: dict[str, str] = {}
+        for peer in sorted(self.by_peer):
+            if peer not in core.peer_ids:
+                self._stop(peer, "it is not a member of this cluster")
 
     def count(self, peer: str) -> int:
         return len(self.by_peer.get(peer, ()))
 
     def add(self, peer: str, key: str, version: Version) -> None:
+        if peer in self.stopped:
+            return  # anti-entropy catches this peer up
         hinted = self.by_peer.setdefault(peer, {})
         held = hinted.get(key)
+        if held is None and len(hinted) >= self._core.config.hint_limit:
+            self._stop(peer, f"it has {len(hinted)} hints, the hint_limit")
+            return
+        if not hinted:
+            self._oldest[peer] = self._core.now
         if held is None or version > held:
             hinted[key] = version
             self.stored[peer] = self.stored.get(peer, 0) + 1
@@ -117,10 +136,21 @@ class HintBook:
         self._retry_timer.pop(peer, None)
         self.replay(peer)
 
+    def _stop(self, peer: str, reason: str) -> None:
+        self.stopped[peer] = reason
+        self.by_peer.pop(peer, None)
+        self._oldest.pop(peer, None)
+        self._stalled.pop(peer, None)
+        self._core.effects.append(DropPeerHints(peer, reason))
+
     def sweep(self) -> None:
         """Start replay again for every usable peer that still has hints and nothing
         under way: one that gave up after ``retry_attempts`` failures, or whose
         stalled keys have since committed, is not left waiting for its next UP."""
+        max_age = self._core.config.hint_max_age
+        for peer in [peer for peer, hinted in self.by_peer.items() if hinted]:
+            if self._core.now - self._oldest.get(peer, self._core.now) > max_age:
+                self._stop(peer, f"its oldest hint is older than the hint_max_age of {max_age:g} s")
         for peer, hinted in self.by_peer.items():
             if hinted and peer not in self._retry_timer and not self._in_flight.get(peer):
                 self._failures[peer] = 0
@@ -128,6 +158,7 @@ class HintBook:
                 self.replay(peer)
 
     def peer_up(self, peer: str) -> None:
+        self.stopped.pop(peer, None)
         self._failures[peer] = 0
         self._stalled.pop(peer, None)
         timer = self._retry_timer.pop(peer, None)

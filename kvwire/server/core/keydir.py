@@ -9,7 +9,7 @@ no older write overtakes them) but no read sees them.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ...protocol.messages import NO_VERSION, Version
 
@@ -53,6 +53,9 @@ class Keydir:
         # The highest tag counter accepted for any key: how far ahead a peer's
         # tag may be is measured from it (ServerConfig.max_version_jump).
         self.highest_counter = max((entry.version.counter for entry in self.committed.values()), default=0)
+        # Told of every change to a committed entry (old, new; None for none):
+        # anti-entropy's bucket digests follow the keydir through it.
+        self.watch: Callable[[str, Entry | None, Entry | None], None] | None = None
 
     def latest_version(self, key: str) -> Version:
         """The newest version accepted for ``key``, durable or not."""
@@ -95,8 +98,10 @@ class Keydir:
             return False
         current = self.committed.get(key)
         if current is None or version > current.version:
-            self.committed[key] = Entry(version, deleted)
+            entry = self.committed[key] = Entry(version, deleted)
             self.tombstones += deleted - (current is not None and current.deleted)
+            if self.watch is not None:
+                self.watch(key, current, entry)
             return True
         return False
 

@@ -19,6 +19,7 @@ from ...protocol.messages import (
     NO_VERSION,
     Consistency,
     Delete,
+    Digests,
     Fetch,
     FetchReply,
     Get,
@@ -29,6 +30,7 @@ from ...protocol.messages import (
     Put,
     Replicate,
     ReplicateReply,
+    Sync,
     Version,
 )
 from ..cache import MISSING, ValueCache
@@ -39,6 +41,7 @@ from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
+from .repair import Repair
 from .services import CoreStats
 from .timers import Timers
 
@@ -52,6 +55,7 @@ MUTANTS = (
     "no-delete-condition",  # replicas apply a DELETE's tombstone whatever they hold
     "keep-silent-link",  # a peer found silent keeps its old connection
     "no-hint-replay",  # hints are stored but never replayed
+    "no-repair",  # anti-entropy never runs
 )
 
 
@@ -92,9 +96,11 @@ class NodeCore:
         self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
         # key -> (callback, already retried once) for each request waiting on its Load
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
+        self.repair = Repair(self)
         if self.peer_ids:
             self.timers.schedule(now, self._heartbeat)
             self.timers.schedule(now + SWEEP_INTERVAL, self._sweep_hints)
+            self.repair.start()
 
     # --- the shell's side ------------------------------------------------------------------
 
@@ -126,7 +132,7 @@ class NodeCore:
                 DeleteOp(self, token, request).start()
             else:
                 ForwardedDelete(self, token, request, owner).start()
-        elif kind in (Replicate, Lookup, Fetch):
+        elif kind in (Replicate, Lookup, Fetch, Digests, Sync):
             if not from_peer:
                 self.respond(token, ForbiddenError(
                     f"{kind.__name__.upper()} is accepted only on a connection that said HELLO with role 'peer'"))
@@ -135,6 +141,13 @@ class NodeCore:
             elif kind is Lookup:
                 copy = self.keydir.latest(request.key)
                 self.respond(token, LookupReply(request.id, copy.version, copy.deleted))
+            elif kind is Digests:
+                self.respond(token, self.repair.answer_digests(request))
+            elif kind is Sync:
+                try:
+                    self.respond(token, self.repair.answer_sync(request))
+                except KvwireError as exc:
+                    self.respond(token, exc)
             else:
                 self.committed_copy(request.key, lambda copy: self._answer_fetch(token, request, copy))
         else:
@@ -397,8 +410,11 @@ class NodeCore:
                 "connected": peer in self.connected,
                 "last_heard_ms": round(self.detector.silent_for(peer, now) * 1000, 1),
                 "pending_hints": self.hints.count(peer),
+                # Why this node stopped hinting the peer (a bound was passed), until it is UP again.
+                "hinting_stopped": self.hints.stopped.get(peer),
                 "down_transitions": self.detector.transitions.get((peer, PeerState.DOWN), 0),
                 "up_transitions": self.detector.transitions.get((peer, PeerState.UP), 0),
+                "repair": self.repair.describe(peer, now),
             }
             for peer in self.peer_ids
         ]

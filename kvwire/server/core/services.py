@@ -47,6 +47,9 @@ class CoreServices(Protocol):
     stats: CoreStats
     hints: HintSink
 
+    @property
+    def pending_writes(self) -> int: ...
+
     def usable(self, peer: str) -> bool: ...
 
     def usable_peers(self) -> list[str]: ...

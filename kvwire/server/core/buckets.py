@@ -1,0 +1,70 @@
+"""Key buckets for anti-entropy: which keys fall in each, and a digest of each one's live keys.
+
+A key's bucket is the CRC-32 of its UTF-8 bytes modulo ``REPAIR_BUCKETS``. A
+bucket's digest is the XOR, over its live keys, of a 64-bit BLAKE2b hash of
+``[key, counter, node]``: XOR lets one commit update it in O(1), and a
+keyed-free cryptographic hash keeps unrelated changes from cancelling out, as
+the XOR of linear CRCs could. Tombstones count as absent, so replicas that
+agree on every live key agree on every digest (docs/protocol.md 6.12).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from hashlib import blake2b
+
+import msgpack
+
+from ...protocol.limits import REPAIR_BUCKETS
+from ...protocol.messages import Version
+from .keydir import Entry
+
+_DIGESTS = struct.Struct(f">{REPAIR_BUCKETS}Q")
+
+
+def bucket_of(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % REPAIR_BUCKETS
+
+
+def entry_digest(key: str, version: Version) -> int:
+    packed = msgpack.packb([key, version.counter, version.node])
+    return int.from_bytes(blake2b(packed, digest_size=8).digest(), "big")
+
+
+def unpack_digests(data: bytes) -> tuple[int, ...]:
+    return _DIGESTS.unpack(data)
+
+
+class BucketIndex:
+    """Kept current by the keydir's ``watch`` hook once built (building costs a
+    pass over every key, so a node builds it at its first repair round)."""
+
+    def __init__(self, committed: dict[str, Entry]) -> None:
+        self.digests = [0] * REPAIR_BUCKETS
+        self.keys: list[set[str]] = [set() for _ in range(REPAIR_BUCKETS)]
+        for key, entry in committed.items():
+            bucket = bucket_of(key)
+            self.keys[bucket].add(key)
+            if not entry.deleted:
+                self.digests[bucket] ^= entry_digest(key, entry.version)
+
+    def changed(self, key: str, old: Entry | None, new: Entry | None) -> None:
+        bucket = bucket_of(key)
+        if old is not None and not old.deleted:
+            self.digests[bucket] ^= entry_digest(key, old.version)
+        if new is None:
+            self.keys[bucket].discard(key)
+        else:
+            self.keys[bucket].add(key)
+            if not new.deleted:
+                self.digests[bucket] ^= entry_digest(key, new.version)
+
+    def packed_digests(self) -> bytes:
+        return _DIGESTS.pack(*self.digests)
+
+    def differing(self, theirs: bytes) -> list[int]:
+        return [bucket for bucket, (mine, other) in enumerate(zip(self.digests, unpack_digests(theirs))) if mine != other]
+
+    def sorted_keys(self, bucket: int) -> list[str]:
+        return sorted(self.keys[bucket])
