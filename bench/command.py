@@ -23,6 +23,7 @@ from kvwire.bench.load_report import report_table, save_result
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.settings import CONSISTENCIES, DEFAULT_MAX_REQUESTS, Settings
 from kvwire.bench.suite import suite
+from kvwire.bench.refill import refill
 from kvwire.bench.security_cost import security_cost
 from kvwire.bench.workload import DISTRIBUTIONS, parse_mix
 
@@ -156,3 +157,4 @@ bench.add_command(suite)
 bench.add_command(failover)
 bench.add_command(detection)
 bench.add_command(security_cost)
+bench.add_command(refill)

@@ -38,10 +38,10 @@ from kvwire.bench.workload import OPS, mix_name
 # --- the run as a whole ----------------------------------------------------------------
 
 
-def run_load(settings: Settings, *, progress: bool = False) -> dict:
-    """Preload if the run reads, run the workers, and merge what they measured."""
+def run_load(settings: Settings, *, progress: bool = False, preloaded: bool = False) -> dict:
+    """Preload if the run reads (unless the caller already did), run the workers, and merge what they measured."""
     value = os.urandom(settings.value_size)
-    preload_s = uvloop.run(preload(settings, value)) if settings.preloads else None
+    preload_s = uvloop.run(preload(settings, value)) if settings.preloads and not preloaded else None
     tables = Tables(settings, value)  # built once, shared with the workers by fork
     context = multiprocessing.get_context("fork")
     counters = context.Array("q", settings.workers, lock=False)

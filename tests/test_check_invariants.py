@@ -59,13 +59,25 @@ def test_disagreeing_replicas_are_reported_per_key():
     states = {
         "n1": {"a": ((2, "n1"), False, "new"), "b": ((1, "n1"), False, "same")},
         "n2": {"a": ((1, "n1"), False, "old"), "b": ((1, "n1"), False, "same")},
-        "n3": {"a": ((2, "n1"), False, "new"), "b": ((1, "n1"), False, "same"), "c": ((1, "n3"), True, None)},
+        "n3": {"a": ((2, "n1"), False, "new"), "b": ((1, "n1"), False, "same"), "c": ((1, "n3"), False, "live")},
     }
     problems = check_converged(states)
     assert len(problems) == 2
     about_a, about_c = problems
     assert "'a'" in about_a and "n1, n3: 'new' at tag (2, 'n1')" in about_a and "n2: 'old' at tag (1, 'n1')" in about_a
-    assert "'c'" in about_c and "n1, n2: no entry" in about_c and "n3: tombstone" in about_c
+    assert "'c'" in about_c and "n1, n2: no entry" in about_c and "n3: 'live'" in about_c
+
+
+def test_a_tombstone_agrees_with_no_entry_and_with_another_tombstone():
+    # Garbage collection removes a tombstone from one replica before another; all read as absent.
+    states = {
+        "n1": {"gone": ((4, "n1"), True, None)},
+        "n2": {},
+        "n3": {"gone": ((5, "n2"), True, None)},
+    }
+    assert check_converged(states) == []
+    states["n2"]["gone"] = ((3, "n1"), False, "old")  # but a live value against them is not
+    assert len(check_converged(states)) == 1
 
 
 def test_same_tag_different_values_on_replicas_is_a_disagreement():

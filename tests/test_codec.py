@@ -102,6 +102,8 @@ OPTIONAL_FIELDS = {
     "ErrorReply": {"maybe_applied"},
     "HelloReply": {"limits", "nonce", "proof"},
     "PutReply": {"created"},
+    "LookupReply": {"floor"},
+    "FetchReply": {"floor"},
 }
 
 
@@ -237,9 +239,11 @@ SAMPLES = [
     ReplicateReply(24, True, Version(3, "n2")),
     LookupReply(29, NO_VERSION, False),
     LookupReply(30, Version(2**63 - 1, "n3"), True),
+    LookupReply(30, Version(5, "n3"), True, 12),
     FetchReply(31, Version(3, "n2"), False, {"nested": [b"\x00", None, -1.5]}),
     FetchReply(32, Version(4, "n1"), True, None),
     FetchReply(33, NO_VERSION, False, None),
+    FetchReply(34, Version(6, "n1"), False, "v", 5),
     DigestsReply(45, [], 0),
     DigestsReply(46, list(range(REPAIR_BUCKETS)), 2**63 - 1),
     SyncReply(47, [], []),

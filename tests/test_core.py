@@ -306,8 +306,8 @@ def test_a_read_joining_a_load_issued_before_a_newer_commit_gets_the_newer_row()
     (again,) = effects_of(core, Load)
     core.loaded("k", (Version(2, "n1"), False, "b"), 0.0)
     replies = {e.token: e.reply for e in effects_of(core, Respond)}
-    assert replies["late"] == FetchReply(2, Version(2, "n1"), False, "b")
-    assert replies["early"] == FetchReply(1, Version(2, "n1"), False, "b")
+    assert replies["late"] == FetchReply(2, Version(2, "n1"), False, "b", 0)
+    assert replies["early"] == FetchReply(1, Version(2, "n1"), False, "b", 0)
 
 
 def test_a_failed_disk_read_is_an_error_never_absent():
@@ -428,3 +428,31 @@ def test_sync_answers_which_keys_each_side_holds_newer_and_ignores_tombstone_aga
     reply = core.repair.answer_sync(Sync(1, bucket, "", True, entries))
     assert sorted(reply.wanted) == sorted([older, theirs_only])
     assert sorted(reply.offered) == sorted([newer, only_mine, mine_tomb])
+
+
+# --- memory -----------------------------------------------------------------------------
+
+
+def test_finished_operations_leave_no_reference_cycles_for_the_garbage_collector():
+    # An operation and its timer, or its round, pointing at each other used to
+    # form a cycle that outlived the young GC generation: under sustained PUTs
+    # the nodes paused for 1.2 s in one collection of 750,000 such objects, and
+    # marked each other DOWN. Finished operations must be freed by reference
+    # counting alone. A whole simulated run must leave none, with every fault
+    # but a crash (which throws a node's core away, operations and all).
+    import gc
+
+    from kvwire.sim.nemesis import FAULT_KINDS
+    from kvwire.sim.run import run_seed
+
+    operation_modules = {"kvwire.server.core.operations", "kvwire.server.core.rounds", "kvwire.server.core.fanout"}
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert run_seed(3, faults=tuple(kind for kind in FAULT_KINDS if kind != "crash")).ok
+        gc.collect()
+        cyclic = sorted({type(obj).__qualname__ for obj in gc.garbage if type(obj).__module__ in operation_modules})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cyclic == []

@@ -91,11 +91,15 @@ def _effect(op: Operation) -> tuple[bool, str]:
 def check_converged(states: Mapping[str, Mapping[str, ReplicaEntry]]) -> list[str]:
     """Every key on which the replicas disagree, one sentence each.
 
-    ``states`` maps node id -> key -> (version, deleted, value). A key one node
-    lacks and another holds is a disagreement. A tombstone's value is ignored:
-    only its tag and the fact of deletion are replicated state.
+    ``states`` maps node id -> key -> (version, deleted, value). A live key one
+    node lacks and another holds is a disagreement. A tombstone agrees with no
+    entry and with any other tombstone: all read as absent, and tombstone
+    garbage collection removes a tombstone from one replica before another.
     """
-    normalised = {node: {key: _normalise(node, key, entry) for key, entry in held.items()} for node, held in states.items()}
+    normalised = {
+        node: {key: normal for key, entry in held.items() if not (normal := _normalise(node, key, entry))[1]}
+        for node, held in states.items()
+    }
     keys: dict[str, None] = {}
     for held in normalised.values():
         keys.update(dict.fromkeys(held))

@@ -50,6 +50,7 @@ def main() -> None:
 @click.option("--repair-rate", type=click.IntRange(min=1), default=ServerConfig.repair_rate, show_default=True, help="Keys per second anti-entropy may push or pull.", **env("REPAIR_RATE"))
 @click.option("--hint-limit", type=click.IntRange(min=1), default=ServerConfig.hint_limit, show_default=True, help="Hints kept for one peer; past it the node stops hinting that peer and leaves it to anti-entropy.", **env("HINT_LIMIT"))
 @click.option("--hint-max-age", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.hint_max_age, show_default=True, help="Seconds a peer's oldest hint may wait; past it the node stops hinting that peer and leaves it to anti-entropy.", **env("HINT_MAX_AGE"))
+@click.option("--tombstone-grace", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.tombstone_grace, show_default=True, help="Seconds every replica must have held no live version of a deleted key before its tombstone is removed; at least 4 write timeouts.", **env("TOMBSTONE_GRACE"))
 @click.option("--max-version-jump", type=click.IntRange(min=1, max=2**62), default=ServerConfig.max_version_jump, show_default=True, help="A peer's version tag more than this far above this node's highest counter is refused.", **env("MAX_VERSION_JUMP"))
 @tls_file_options(
     cert="Serve TLS with this certificate (PEM), to clients and peers; it is also this node's client certificate towards its peers, so it needs both serverAuth and clientAuth (kvwire certs makes such).",
@@ -107,6 +108,7 @@ def server_config(options: dict) -> ServerConfig:
         repair_rate=options["repair_rate"],
         hint_limit=options["hint_limit"],
         hint_max_age=options["hint_max_age"],
+        tombstone_grace=options["tombstone_grace"],
         tls=tls_files(options),
     )
 

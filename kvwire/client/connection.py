@@ -174,9 +174,12 @@ class ClientConnection(asyncio.Protocol):
                     f"node at {address} accepted the connection but did not answer HELLO "
                     f"within {connect_timeout:g} s"
                 ) from None
-            if isinstance(exc, KvwireConnectionError) and connection.closed_by_node:
+            refused = connection.closed_by_node or (ssl_context is not None and connection.reset_by_node)
+            if isinstance(exc, KvwireConnectionError) and refused:
                 # Closing before answering HELLO is how a node refuses a TLS
-                # handshake it could not complete (its log says why).
+                # handshake it could not complete (its log says why). Over TLS 1.3
+                # the refusal can also arrive as a reset: the client's HELLO
+                # reaches a socket the node has already closed.
                 hint = _TLS_REFUSAL_HINT if ssl_context is not None else _PLAIN_REFUSAL_HINT
                 raise KvwireConnectionError(f"{exc}{hint}") from exc
             raise
@@ -238,6 +241,11 @@ class ClientConnection(asyncio.Protocol):
     def closed_by_node(self) -> bool:
         """Whether the node ended the connection (EOF) rather than an error or the client."""
         return self._failure == _CLOSED_BY_NODE
+
+    @property
+    def reset_by_node(self) -> bool:
+        """Whether the connection was reset (ECONNRESET) from the node's side."""
+        return isinstance(self._failure_cause, ConnectionResetError)
 
     @property
     def is_open(self) -> bool:

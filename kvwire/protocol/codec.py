@@ -68,6 +68,8 @@ _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
+    Op.LOOKUP_REPLY: frozenset({"floor"}),
+    Op.FETCH_REPLY: frozenset({"floor"}),
 }
 
 _short_repr = reprlib.Repr()

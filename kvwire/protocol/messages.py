@@ -272,22 +272,26 @@ class ReplicateReply:
 
 @dataclass(slots=True)
 class LookupReply:
-    """``version`` is ``[0, ""]`` for a key never written; ``deleted`` marks a tombstone."""
+    """``version`` is ``[0, ""]`` for a key never written; ``deleted`` marks a tombstone.
+    ``floor``: the replica's tag floor, which a coordinator mints above (6.12)."""
 
     id: int
     version: Version
     deleted: bool
+    floor: int | None = None
     op = Op.LOOKUP_REPLY
 
 
 @dataclass(slots=True)
 class FetchReply:
-    """``value`` is nil when ``deleted`` or when ``version`` is ``[0, ""]``."""
+    """``value`` is nil when ``deleted`` or when ``version`` is ``[0, ""]``.
+    ``floor``: as in LOOKUP_REPLY."""
 
     id: int
     version: Version
     deleted: bool
     value: Any
+    floor: int | None = None
     op = Op.FETCH_REPLY
 
 

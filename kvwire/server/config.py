@@ -126,6 +126,11 @@ class ServerConfig:
     # to anti-entropy. Cassandra's max_hint_window is 3 hours likewise.
     hint_limit: int = 100_000
     hint_max_age: float = 3 * 3600.0
+    # A tombstone is removed once every replica has held no live version of
+    # its key for this long (docs/design.md 1.8). It must outlast any message
+    # still carrying an older version: every operation stops at its deadline,
+    # so at least four write timeouts (a forwarded DELETE waits for two).
+    tombstone_grace: float = 3600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not _NODE_ID.match(self.node_id):
@@ -172,7 +177,7 @@ class ServerConfig:
         if self.members and self.node_id not in ids:
             raise ValueError(f"--node-id {self.node_id} is not among the cluster members ({', '.join(ids)})")
         for name in ("heartbeat_interval", "failure_timeout", "write_timeout", "retry_delay", "shutdown_timeout",
-                     "hello_timeout", "frame_timeout", "repair_interval", "hint_max_age"):
+                     "hello_timeout", "frame_timeout", "repair_interval", "hint_max_age", "tombstone_grace"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
@@ -180,6 +185,12 @@ class ServerConfig:
             raise ValueError(
                 f"failure_timeout ({self.failure_timeout} s) must exceed twice heartbeat_interval "
                 f"({self.heartbeat_interval} s), or a single late heartbeat marks a live peer DOWN"
+            )
+        if self.tombstone_grace < 4 * self.write_timeout:
+            raise ValueError(
+                f"tombstone_grace ({self.tombstone_grace} s) must be at least four times write_timeout "
+                f"({self.write_timeout} s): a tombstone must outlast every operation that could still carry an "
+                "older version of its key"
             )
         if self.retry_attempts < 0:
             raise ValueError(f"retry_attempts must be 0 or more, got {self.retry_attempts}")

@@ -79,6 +79,10 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("kvwire_keys", "Keys held, tombstones included.", value=len(core.keydir))
         yield GaugeMetricFamily("kvwire_tombstones", "Keys held as tombstones (deleted).",
                                 value=core.keydir.tombstones)
+        yield CounterMetricFamily("kvwire_tombstones_collected", "Tombstones removed by garbage collection.",
+                                  value=core.tombstones.purged)
+        yield GaugeMetricFamily("kvwire_tag_floor", "Counter every new version tag is minted above (tombstone GC).",
+                                value=core.tombstones.floor_target)
         yield GaugeMetricFamily("kvwire_pending_writes", "Writes accepted and not yet durable.",
                                 value=core.pending_writes)
         yield CounterMetricFamily("kvwire_cache_hits", "GETs served from the value cache.", value=core.cache.hits)
@@ -105,6 +109,12 @@ class NodeCollector(Collector):
                                         labels=["peer"])
         transitions = CounterMetricFamily("kvwire_peer_transitions", "Peer state changes seen by the failure detector.",
                                           labels=["peer", "state"])
+        hinting = GaugeMetricFamily("kvwire_peer_hinting_stopped", "1 while a hint bound stops this node hinting the peer.",
+                                    labels=["peer"])
+        repaired = CounterMetricFamily("kvwire_peer_repair_keys", "Keys anti-entropy moved to or from the peer.",
+                                       labels=["peer", "direction"])
+        repair_age = GaugeMetricFamily("kvwire_peer_repair_age_seconds",
+                                       "Seconds since the last completed anti-entropy round with the peer.", labels=["peer"])
         for peer in core.peer_ids:
             up.add_metric([peer], int(core.detector.is_up(peer)))
             heard.add_metric([peer], core.detector.silent_for(peer, now))
@@ -113,7 +123,13 @@ class NodeCollector(Collector):
             delivered.add_metric([peer], core.hints.delivered.get(peer, 0))
             for state in PeerState:
                 transitions.add_metric([peer, state.value.lower()], core.detector.transitions.get((peer, state), 0))
-        yield from (up, heard, hints, stored, delivered, transitions)
+            hinting.add_metric([peer], int(peer in core.hints.stopped))
+            status = core.repair.status[peer]
+            repaired.add_metric([peer, "sent"], status.total_sent)
+            repaired.add_metric([peer, "received"], status.total_received)
+            if status.last_completed is not None:
+                repair_age.add_metric([peer], now - status.last_completed)
+        yield from (up, heard, hints, stored, delivered, transitions, hinting, repaired, repair_age)
 
     def _storage(self, node: Node) -> Iterator[Metric]:
         storage = node.storage

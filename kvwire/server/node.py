@@ -40,7 +40,9 @@ from ..protocol.messages import (
 )
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
-from .core import CloseLink, DropHint, DropPeerHints, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint
+from .core import (
+    CloseLink, DropHint, DropPeerHints, Load, NodeCore, PeerStateChanged, Persist, Purge, Respond, SaveFloor, Send, StoreHint,
+)
 from .failure_detector import PeerState, Transition
 from .peers import PeerLinks, reply_or_failure
 from .storage import Storage
@@ -61,6 +63,8 @@ class Session:
     grant: Grant
     handshake: tuple[str, bytes, bytes] | None = None
     said_hello: bool = False
+    # The member a peer connection speaks for (proven, unless --insecure).
+    member: str | None = None
 
 
 class _Answer:
@@ -80,7 +84,8 @@ class Node:
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         self._started = clock()
-        self.core = NodeCore(config, clock(), committed=storage.loaded_entries, hints=storage.loaded_hints)
+        self.core = NodeCore(config, clock(), committed=storage.loaded_entries, hints=storage.loaded_hints,
+                             floor=storage.loaded_floor)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
         self.peers = PeerLinks(config, self)
@@ -144,7 +149,7 @@ class Node:
         if kind is Put or (kind is Replicate and not request.deleted):
             packed = self._pack_value(request.value)
         answer = _Answer()
-        self.core.request(answer, request, self._clock(), from_peer=grant is PEER, packed=packed)
+        self.core.request(answer, request, self._clock(), from_peer=grant is PEER, packed=packed, peer=session.member)
         self._perform()
         if answer.reply is not None:
             if isinstance(answer.reply, BaseException):
@@ -166,6 +171,7 @@ class Node:
                 f"this node belongs to cluster {self.config.cluster_id!r}, not {request.cluster!r}"
             )
         session.grant, handshake, session.handshake = self._default_grant, session.handshake, None
+        session.member = None
         nonce = proof = None
         if request.role is Role.PEER:
             nonce, proof = self._peer_hello(request, session, handshake)
@@ -194,6 +200,7 @@ class Node:
             if not config.insecure:
                 raise ForbiddenError("this node has no cluster secret, so it takes no peers")
             session.grant = PEER  # --insecure: the role is taken on the peer's word
+            session.member = request.node
             return None, None
         dialer = request.node
         if dialer is None or dialer == config.node_id or dialer not in self.core.peer_ids:
@@ -216,6 +223,7 @@ class Node:
                         session.peer, dialer)
             raise ForbiddenError("peer proof refused: the two nodes do not hold the same cluster secret")
         session.grant = PEER
+        session.member = dialer
         return None, None
 
     def _check_tag_distance(self, request: Replicate, session: Session) -> None:
@@ -291,6 +299,11 @@ class Node:
                         log.info("hinting peer %s stopped: every hint delivered (%d since this node started)", effect.peer,
                                  core.hints.delivered.get(effect.peer, 0),
                                  extra={"peer": effect.peer, "event": "hinting_stopped"})
+                elif kind is Purge:
+                    self.storage.purge(effect.key, effect.version)
+                elif kind is SaveFloor:
+                    future = self.storage.save_floor(effect.floor)
+                    future.add_done_callback(lambda done, floor=effect.floor: self._floor_saved(floor, done))
                 elif kind is DropPeerHints:
                     self.storage.drop_peer_hints(effect.peer)
                     self._hinting.discard(effect.peer)
@@ -339,6 +352,11 @@ class Node:
         self.core.persisted(write_id, error, self._clock())
         self._perform()
 
+    def _floor_saved(self, floor: int, done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.core.floor_saved(floor, self._clock())
+            self._perform()
+
     async def _load(self, key: str) -> None:
         try:
             row = await self.storage.read(key)
@@ -384,6 +402,9 @@ class Node:
             "protocol_version": PROTOCOL_VERSION,
             "connections": self.connections,
             "keys": len(core.keydir),
+            # Tombstones held and removed since start, and the counter every new tag is above.
+            "tombstones": {"held": core.keydir.tombstones, "collected": core.tombstones.purged,
+                           "tag_floor": core.tombstones.floor_target},
             "cached_values": len(core.cache),
             "pending_writes": core.pending_writes,
             "commits": storage.commits,

@@ -73,6 +73,9 @@ WHERE (excluded.counter, excluded.node) > (hints.counter, hints.node)
 """
 HINT_DELETE = "DELETE FROM hints WHERE peer = ? AND key = ? AND (counter, node) <= (?, ?)"
 HINT_DELETE_PEER = "DELETE FROM hints WHERE peer = ?"
+# Tombstone garbage collection: only if the row is still that tombstone.
+PURGE = "DELETE FROM kv WHERE key = ? AND counter = ? AND node = ? AND deleted = 1"
+FLOOR_SAVE = "INSERT OR REPLACE INTO meta (name, value) VALUES ('tag_floor', ?)"
 
 
 # Seconds between probe commits while the storage refuses writes.
@@ -106,6 +109,10 @@ class Storage:
         self._queue: list[_Write] = []
         self._hint_rows: list[tuple[str, str, int, str]] = []
         self._unhint_rows: list[tuple[str, str, int, str]] = []
+        self._purge_rows: list[tuple[str, int, str]] = []
+        # A tag floor to write in the next commit, and who waits for it.
+        self._floor: int | None = None
+        self._floor_waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._committer = asyncio.create_task(self._commit_forever(), name="kvwire-group-commit")
@@ -122,6 +129,7 @@ class Storage:
         # What the files held when opened, for the node core to start from.
         self.loaded_entries: dict[str, Entry] = {}
         self.loaded_hints: dict[str, dict[str, Version]] = {}
+        self.loaded_floor = 0
 
     @classmethod
     async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096) -> Storage:
@@ -162,6 +170,9 @@ class Storage:
             while rows := await cursor.fetchmany(10_000):
                 for peer, key, counter, node in rows:
                     self.loaded_hints.setdefault(peer, {})[key] = Version(counter, node)
+        async with self._reader.execute("SELECT value FROM meta WHERE name = 'tag_floor'") as cursor:
+            row = await cursor.fetchone()
+        self.loaded_floor = int(row[0]) if row is not None else 0
 
     # --- reads -------------------------------------------------------------------------
 
@@ -207,6 +218,19 @@ class Storage:
         self._unhint_rows.append((peer, key, version.counter, version.node))
         self._wakeup.set()
 
+    def purge(self, key: str, version: Version) -> None:
+        """Delete, in the next commit, ``key``'s row if it is still the tombstone ``version``."""
+        self._purge_rows.append((key, version.counter, version.node))
+        self._wakeup.set()
+
+    def save_floor(self, floor: int) -> asyncio.Future[None]:
+        """Write the tag floor in the next commit; the future resolves once it is durable."""
+        future = self._loop.create_future()
+        self._floor = floor if self._floor is None else max(self._floor, floor)
+        self._floor_waiters.append(future)
+        self._wakeup.set()
+        return future
+
     def drop_peer_hints(self, peer: str) -> None:
         """Forget, in the next commit, every hint for ``peer``."""
         self._unhint_rows.append((peer, None, None, None))
@@ -225,17 +249,21 @@ class Storage:
                     await self._probe()
                     continue
             self._wakeup.clear()
-            while self._queue or self._hint_rows or self._unhint_rows:
+            while self._queue or self._hint_rows or self._unhint_rows or self._purge_rows or self._floor is not None:
                 batch = self._queue[: self._max_batch_rows]
                 del self._queue[: self._max_batch_rows]
-                hint_rows, self._hint_rows = self._hint_rows, []
-                unhint_rows, self._unhint_rows = self._unhint_rows, []
-                await self._commit(batch, hint_rows, unhint_rows)
+                await self._commit(batch)
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[_Write], hint_rows: list[tuple], unhint_rows: list[tuple]) -> None:
+    async def _commit(self, batch: list[_Write]) -> None:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
+        hint_rows, self._hint_rows = self._hint_rows, []
+        unhint_rows, self._unhint_rows = self._unhint_rows, []
+        purge_rows, self._purge_rows = self._purge_rows, []
+        floor, self._floor = self._floor, None
+        floor_waiters, self._floor_waiters = self._floor_waiters, []
+        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor)
         started = time.perf_counter()
         try:
             # One hop to aiosqlite's thread for the whole transaction, not one
@@ -245,7 +273,7 @@ class Storage:
             # (README "Storage" says why we use this one); setup.py pins the
             # releases checked, and every test that writes fails at once if
             # one drops _execute.
-            await self._writer._execute(_write_transaction, self._writer._conn, rows, hint_rows, unhint_rows)
+            await self._writer._execute(_write_transaction, self._writer._conn, rows, upkeep)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
@@ -260,16 +288,23 @@ class Storage:
                 await self._writer.rollback()
             except Exception:  # the failed COMMIT may have rolled back already
                 pass
-            # Hint bookkeeping is tried again with the next commit.
+            # Hint bookkeeping, purges and the floor are tried again with the next commit.
             self._hint_rows[:0] = hint_rows
             self._unhint_rows[:0] = unhint_rows
+            self._purge_rows[:0] = purge_rows
+            if floor is not None:
+                self._floor = floor if self._floor is None else max(self._floor, floor)
+                self._floor_waiters[:0] = floor_waiters
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
             return
         self._writes_work_again()
         self.commit_seconds.observe(time.perf_counter() - started)
-        self.batch_rows.observe(len(rows) + len(hint_rows) + len(unhint_rows))
+        self.batch_rows.observe(len(rows) + len(hint_rows) + len(unhint_rows) + len(purge_rows))
+        for waiter in floor_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         self.commits += 1
         self.committed_rows += len(batch)
         for write in batch:
@@ -346,14 +381,27 @@ def _probe_transaction(db: sqlite3.Connection) -> None:
     db.commit()
 
 
-def _write_transaction(db: sqlite3.Connection, rows: list[tuple], hint_rows: list[tuple], unhint_rows: list[tuple]) -> None:
+class _Upkeep(NamedTuple):
+    """What a group commit carries besides client rows."""
+
+    hint_rows: list[tuple]
+    unhint_rows: list[tuple]
+    purge_rows: list[tuple]
+    floor: int | None
+
+
+def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> None:
     """One group commit, on SQLite's thread."""
     if rows:
         db.executemany(UPSERT, rows)
-    if hint_rows:
-        db.executemany(HINT_UPSERT, hint_rows)
-    if unhint_rows:
-        db.executemany(HINT_DELETE, [row for row in unhint_rows if row[1] is not None])
-        db.executemany(HINT_DELETE_PEER, [row[:1] for row in unhint_rows if row[1] is None])
+    if upkeep.hint_rows:
+        db.executemany(HINT_UPSERT, upkeep.hint_rows)
+    if upkeep.unhint_rows:
+        db.executemany(HINT_DELETE, [row for row in upkeep.unhint_rows if row[1] is not None])
+        db.executemany(HINT_DELETE_PEER, [row[:1] for row in upkeep.unhint_rows if row[1] is None])
+    if upkeep.purge_rows:
+        db.executemany(PURGE, upkeep.purge_rows)
+    if upkeep.floor is not None:
+        db.execute(FLOOR_SAVE, (str(upkeep.floor),))
     db.commit()
 

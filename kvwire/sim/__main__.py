@@ -22,7 +22,7 @@ from .run import RunResult, run_seed
 DEFAULT_FAULTS = ",".join(FAULT_KINDS)
 # Every mutant is caught within this many seeds (tests/test_sim.py checks it);
 # CI also runs 2,000 seeds of the real core.
-DEFAULT_SEEDS = 500
+DEFAULT_SEEDS = 1000
 
 
 def _parser() -> argparse.ArgumentParser:

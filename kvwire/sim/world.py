@@ -19,7 +19,7 @@ from ..protocol.errors import InternalServerError
 from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
 from ..server.core import (
-    CloseLink, DropHint, DropPeerHints, Entry, Load, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
+    CloseLink, DropHint, DropPeerHints, Entry, Load, Purge, SaveFloor, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
 )
 from ..server.core.timers import Timers
 
@@ -29,6 +29,8 @@ RECONNECT_MAX_DELAY = 1.0
 
 
 SIM_CLUSTER_SECRET = b"the simulated cluster's secret"
+# Effects the simulated disk applies in its next batch, as group commit does.
+_COMMITTED_EFFECTS = frozenset({Persist, StoreHint, DropHint, DropPeerHints, Purge, SaveFloor})
 
 
 @dataclass
@@ -79,6 +81,7 @@ class SimDisk:
     def __init__(self) -> None:
         self.rows: dict[str, tuple[Any, bool, Any]] = {}  # key -> (version, deleted, value)
         self.hints: dict[str, dict[str, Any]] = {}
+        self.floor = 0  # the durable tag floor (tombstone collection)
         self.failing_until = -1.0
         self.slow_until = -1.0
         self.commits = 0
@@ -111,7 +114,8 @@ class SimNode:
         self.alive, self.paused = True, False
         committed = {key: Entry(version, deleted) for key, (version, deleted, _value) in self.disk.rows.items()}
         hints = {peer: dict(keys) for peer, keys in self.disk.hints.items()}
-        self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, mutant=self.mutant)
+        self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints,
+                             floor=self.disk.floor, mutant=self.mutant)
         self.queued, self.commit_scheduled, self.tick_at = [], False, None
         for peer in self.config.peers:
             self.links[peer.node_id] = None
@@ -212,7 +216,7 @@ class SimNode:
                     self._send(effect)
                 elif kind is Respond:
                     self._respond(effect.token, effect.reply)
-                elif kind is Persist or kind is StoreHint or kind is DropHint or kind is DropPeerHints:
+                elif kind in _COMMITTED_EFFECTS:
                     self.queued.append(effect)
                     self._schedule_commit()
                     if kind is Persist and world.crash_at_next_persist is not None:
@@ -256,7 +260,7 @@ class SimNode:
         if type(message) is Ping:  # answered by the shell, as kvwire.server.node does
             self._respond(token, Pong(message.id))
             return
-        self.core.request(token, message, self.world.scheduler.now, from_peer=True)
+        self.core.request(token, message, self.world.scheduler.now, from_peer=True, peer=token.source)
 
     def _respond(self, token: Any, reply: Any) -> None:
         if isinstance(token, PeerToken):
@@ -327,6 +331,12 @@ class SimNode:
                         hinted[effect.key] = effect.version
                 elif kind is DropPeerHints:
                     disk.hints.pop(effect.peer, None)
+                elif kind is Purge:
+                    held = disk.rows.get(effect.key)
+                    if held is not None and held[1] and held[0] == effect.version:
+                        del disk.rows[effect.key]
+                elif kind is SaveFloor:
+                    disk.floor = max(disk.floor, effect.floor)
                 else:
                     hinted = disk.hints.get(effect.peer, {})
                     if effect.key in hinted and hinted[effect.key] <= effect.version:
@@ -335,6 +345,8 @@ class SimNode:
         for effect in batch:
             if type(effect) is Persist:
                 self.core.persisted(effect.write_id, error, now)
+            elif type(effect) is SaveFloor and not failed:
+                self.core.floor_saved(effect.floor, now)
         if failed:  # hints are kept in memory and tried again, as storage does
             self.queued[:0] = [effect for effect in batch if type(effect) is not Persist]
             if self.queued:
@@ -356,6 +368,9 @@ class World:
         settings = random.Random(f"settings-{seed}")
         hint_limit = settings.choice((2, 16, 100_000))
         hint_max_age = settings.choice((0.5, 3600.0))
+        # Tombstones collected within a run in half of them: a short write
+        # timeout allows a grace (4 of them) shorter than the faults.
+        write_timeout, tombstone_grace = settings.choice(((1.0, 3600.0), (0.25, 1.0)))
         self.scheduler = Scheduler()
         self.faults = NetworkFaults()
         self.blocked: set[tuple[str, str]] = set()
@@ -370,7 +385,7 @@ class World:
             # The secret is never used: simulated links skip HELLO, as they skip TCP.
             config = ServerConfig(node_id=node_id, members=members, data_dir=Path("sim"), cache_entries=cache_entries,
                                   cluster_secret=SIM_CLUSTER_SECRET, hint_limit=hint_limit, hint_max_age=hint_max_age,
-                                  repair_interval=0.2)
+                                  repair_interval=0.2, write_timeout=write_timeout, tombstone_grace=tombstone_grace)
             self.nodes[node_id] = SimNode(node_id, config, self, mutant)
 
     def trace(self, line: str) -> None:

@@ -76,6 +76,23 @@ class DropPeerHints:
 
 
 @dataclass(slots=True)
+class Purge:
+    """Delete ``key``'s row, in the next commit, if it is still the tombstone
+    tagged ``version`` (tombstone garbage collection). No completion."""
+
+    key: str
+    version: Version
+
+
+@dataclass(slots=True)
+class SaveFloor:
+    """Make ``floor`` this node's durable tag floor (a meta row, in the next
+    commit). Completed by ``core.floor_saved(floor)``."""
+
+    floor: int
+
+
+@dataclass(slots=True)
 class Load:
     """Read ``key``'s committed row. Completed by ``core.loaded(key, row)``, with row
     ``(version, deleted, value)`` or None when there is none."""
@@ -99,4 +116,5 @@ class PeerStateChanged:
     transition: Any
 
 
-Effect = Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Load | CloseLink | PeerStateChanged
+Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | Load | CloseLink
+          | PeerStateChanged)

@@ -105,6 +105,18 @@ class Keydir:
             return True
         return False
 
+    def purge(self, key: str, version: Version) -> bool:
+        """Remove ``key``'s entry if it is still the tombstone ``version`` with no write
+        on its way (tombstone garbage collection); True if removed."""
+        current = self.committed.get(key)
+        if key in self.pending or current is None or not current.deleted or current.version != version:
+            return False
+        del self.committed[key]
+        self.tombstones -= 1
+        if self.watch is not None:
+            self.watch(key, current, None)
+        return True
+
     def pending_count(self) -> int:
         return sum(len(writes) for writes in self.pending.values())
 

@@ -42,6 +42,7 @@ from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
 from .repair import Repair
+from .tombstones import TombstoneCollector
 from .services import CoreStats
 from .timers import Timers
 
@@ -56,6 +57,8 @@ MUTANTS = (
     "keep-silent-link",  # a peer found silent keeps its old connection
     "no-hint-replay",  # hints are stored but never replayed
     "no-repair",  # anti-entropy never runs
+    "gc-without-evidence",  # tombstones are removed once old, whatever the peers hold
+    "no-floor",  # tombstones are removed without raising the tag floor first, and tags ignore it
 )
 
 
@@ -67,6 +70,7 @@ class NodeCore:
         *,
         committed: dict[str, Entry] | None = None,
         hints: dict[str, dict[str, Version]] | None = None,
+        floor: int = 0,
         mutant: str | None = None,
     ) -> None:
         if mutant is not None and mutant not in MUTANTS:
@@ -96,7 +100,9 @@ class NodeCore:
         self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
         # key -> (callback, already retried once) for each request waiting on its Load
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
+        self.tombstones = TombstoneCollector(self, floor)
         self.repair = Repair(self)
+        self.timers.schedule(now + config.repair_interval, self._collect_tombstones)
         if self.peer_ids:
             self.timers.schedule(now, self._heartbeat)
             self.timers.schedule(now + SWEEP_INTERVAL, self._sweep_hints)
@@ -115,8 +121,10 @@ class NodeCore:
         self.now = now
         self.timers.run_due(now)
 
-    def request(self, token: Any, request: Any, now: float, *, from_peer: bool = False, packed: bytes | None = None) -> None:
-        """A client's or peer's request; answered by a ``Respond(token, ...)`` effect, now or later."""
+    def request(self, token: Any, request: Any, now: float, *, from_peer: bool = False, packed: bytes | None = None,
+                peer: str | None = None) -> None:
+        """A client's or peer's request; answered by a ``Respond(token, ...)`` effect, now or later.
+        ``peer``: the sending member's node id, when ``from_peer`` and the shell knows it."""
         self.now = now
         kind = type(request)
         if kind is Get:
@@ -140,9 +148,9 @@ class NodeCore:
                 self._replicate(token, request, packed)
             elif kind is Lookup:
                 copy = self.keydir.latest(request.key)
-                self.respond(token, LookupReply(request.id, copy.version, copy.deleted))
+                self.respond(token, LookupReply(request.id, copy.version, copy.deleted, self.tombstones.floor_target))
             elif kind is Digests:
-                self.respond(token, self.repair.answer_digests(request))
+                self.respond(token, self.repair.answer_digests(peer, request))
             elif kind is Sync:
                 try:
                     self.respond(token, self.repair.answer_sync(request))
@@ -223,6 +231,11 @@ class NodeCore:
         for callback, _retried in waiting:
             callback(copy)
 
+    def floor_saved(self, floor: int, now: float) -> None:
+        """A ``SaveFloor`` committed."""
+        self.now = now
+        self.tombstones.floor_saved(floor)
+
     def link_up(self, peer: str, now: float) -> None:
         self.connected.add(peer)
         self.heard(peer, now)
@@ -283,8 +296,17 @@ class NodeCore:
 
     def mint(self, above: Version) -> Version:
         """A new tag for a write by this node; callers pass the newest tag they must pass,
-        this node's own included."""
-        return Version(above.counter + 1, "" if self.mutant == "no-tag-tiebreak" else self.node_id)
+        this node's own included. Never at or below the tag floor (``tombstones.py``)."""
+        counter = above.counter if self.mutant == "no-floor" else max(above.counter, self.tombstones.floor_target)
+        return Version(counter + 1, "" if self.mutant == "no-tag-tiebreak" else self.node_id)
+
+    def adopt_floor(self, floor: int | None) -> None:
+        """A tag floor a peer reported: this node mints above it from now on."""
+        if floor:
+            self.tombstones.adopt(floor)
+
+    def forget_value(self, key: str) -> None:
+        self.cache.discard(key)
 
     def store(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None,
               on_done: Callable[[Exception | None], None]) -> None:
@@ -363,7 +385,8 @@ class NodeCore:
         if isinstance(copy, KvwireError):
             self.respond(token, copy)
         else:
-            self.respond(token, FetchReply(request.id, copy.version, copy.deleted, None if copy.deleted else copy.value))
+            self.respond(token, FetchReply(request.id, copy.version, copy.deleted, None if copy.deleted else copy.value,
+                                           self.tombstones.floor_target))
 
     def _answer_local_get(self, token: Any, request: Get, copy: Copy | KvwireError) -> None:
         if isinstance(copy, KvwireError):
@@ -387,6 +410,11 @@ class NodeCore:
             if transition.state is PeerState.DOWN and self.mutant != "keep-silent-link":
                 self.effects.append(CloseLink(transition.peer))
         self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
+
+    def _collect_tombstones(self) -> None:
+        self.repair.ensure_index()  # tombstones are timed from the keydir's changes
+        self.tombstones.collect()
+        self.timers.schedule(self.now + self.config.repair_interval, self._collect_tombstones)
 
     def _sweep_hints(self) -> None:
         self.hints.sweep()

@@ -95,9 +95,16 @@ class QuorumRead:
     def _maybe_ready(self) -> None:
         if self._local is None or self._answers is None or self._done:
             return
+        if self._core.now >= self._deadline:  # no write-back past the deadline (rounds.py says why)
+            self._expire()
+            return
         answers = [(None, self._local), *self._answers]
         newest = max((copy for _, copy in answers), key=lambda copy: copy.version)
         behind = [source for source, copy in answers if copy.version < newest.version]
+        if behind and newest.deleted and self._core.tombstones.settled(self._key, newest.version):
+            # A tombstone being garbage collected: no replica holds a live older
+            # version, so those holding nothing read as it does (tombstones.py).
+            behind = [source for source, copy in answers if copy.version < newest.version and not copy.absent]
         if not behind or self._core.mutant == "no-write-back":
             self._finish(newest, None)
             return

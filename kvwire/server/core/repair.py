@@ -33,9 +33,17 @@ from .services import CoreServices
 TRANSFER_WINDOW = 64
 # How often paced transfers are started; each tick may start repair_rate * TICK.
 TICK = 0.05
-# Writes waiting for this node's disk above which transfers wait: a refill
-# must not deepen a backlog that clients' writes are already queued behind.
+# Writes waiting for this node's disk above which transfers, pages and new
+# rounds wait: a refill must not deepen a backlog that clients' writes are
+# already queued behind.
 YIELD_PENDING_WRITES = 256
+# A bucket is paged through only if it still differs this long after the
+# first comparison: longer than a write takes to reach every replica when the
+# nodes are not overloaded (milliseconds), well under a repair interval.
+CONFIRM_DELAY = 0.3
+# Transfers queued above which no further SYNC page is sent.
+ENTRIES_PER_TRANSFER = 10
+QUEUED_TRANSFERS = 4 * TRANSFER_WINDOW
 
 
 @dataclass
@@ -92,7 +100,9 @@ class Repair:
         self._queue: deque[tuple[_Round, str, str]] = deque()
         self._in_flight = 0
         self._allowance = 0.0
+        self._refilled = core.now
         self._pacer = None
+        self._starting = False
 
     def start(self) -> None:
         core = self._core
@@ -100,10 +110,20 @@ class Repair:
             core.timers.schedule(core.now + core.config.repair_interval, self._next_round)
 
     def ensure_index(self) -> BucketIndex:
+        """The bucket index, built at first use, and from then on the keydir's
+        changes reach it and the tombstone collector (which times tombstones)."""
         if self.index is None:
-            keydir = self._core.keydir
-            self.index = BucketIndex(keydir.committed)
-            keydir.watch = self.index.changed
+            core = self._core
+            keydir = core.keydir
+            index = self.index = BucketIndex(keydir.committed)
+            tombstones = core.tombstones
+            tombstones.track(keydir.committed)
+
+            def changed(key: str, old: Entry | None, new: Entry | None) -> None:
+                index.changed(key, old, new)
+                tombstones.changed(key, old, new)
+
+            keydir.watch = changed
         return self.index
 
     # --- this node's rounds -----------------------------------------------------------
@@ -113,6 +133,8 @@ class Repair:
         core.timers.schedule(core.now + core.config.repair_interval, self._next_round)
         if self._round is not None:
             return  # the last one is still moving keys: one at a time
+        if core.pending_writes >= YIELD_PENDING_WRITES:
+            return  # clients' writes are queued for the disk: compare later
         peers = core.peer_ids
         for offset in range(len(peers)):
             peer = peers[(self._turn + offset) % len(peers)]
@@ -122,24 +144,50 @@ class Repair:
                 return
 
     def _begin(self, peer: str) -> None:
-        core = self._core
-        index = self.ensure_index()
-        round_ = self._round = _Round(peer, core.now)
+        round_ = self._round = _Round(peer, self._core.now)
         self.status[peer].rounds += 1
-        sent = core.ask(peer, Digests, (index.packed_digests(), 0), lambda reply: self._digests_answered(round_, reply))
+        self._compare(round_, None)
+
+    def _compare(self, round_: _Round, suspects: list[int] | None) -> None:
+        """Send DIGESTS; ``suspects``: the buckets the first comparison found differing."""
+        core = self._core
+        if self._round is not round_:
+            return
+        taken = core.now
+        sent = core.ask(round_.peer, Digests, (self.ensure_index().packed_digests(), core.tombstones.floor_target),
+                        lambda reply: self._digests_answered(round_, reply, taken, suspects))
         if sent is None:
             self._fail(round_)
 
-    def _digests_answered(self, round_: _Round, reply: Any) -> None:
+    def _digests_answered(self, round_: _Round, reply: Any, taken: float, suspects: list[int] | None) -> None:
         if not isinstance(reply, DigestsReply):
             self._fail(round_)
             return
-        round_.differing = len(reply.buckets)
-        round_.buckets.extend(reply.buckets)
+        core = self._core
+        tombstones = core.tombstones
+        tombstones.peer_floor_reported(round_.peer, reply.floor)
+        tombstones.adopt(reply.floor)
+        tombstones.observed(round_.peer, reply.buckets, taken)
+        tombstones.collect()
+        if suspects is None and reply.buckets:
+            # A write on its way to the peer makes its bucket differ for a
+            # moment; under load that is many buckets in every comparison. Only
+            # buckets that still differ a little later are paged through.
+            core.timers.schedule(core.now + CONFIRM_DELAY, lambda: self._compare(round_, reply.buckets))
+            return
+        buckets = reply.buckets if suspects is None else sorted(set(suspects) & set(reply.buckets))
+        round_.differing = len(buckets)
+        round_.buckets.extend(buckets)
         self._next_page(round_)
 
     def _next_page(self, round_: _Round) -> None:
         if self._round is not round_:
+            return
+        core = self._core
+        if core.pending_writes >= YIELD_PENDING_WRITES or len(self._queue) >= QUEUED_TRANSFERS:
+            # Under a write backlog every bucket can differ for a moment; and
+            # pages must not run ahead of the transfers they produce.
+            core.timers.schedule(core.now + TICK, lambda: self._next_page(round_))
             return
         if not round_.pages:
             if not round_.buckets:
@@ -153,7 +201,16 @@ class Repair:
             for number, page in enumerate(pages):
                 round_.pages.append((bucket, after, number == len(pages) - 1, page))
                 after = page[-1] if page else after
-        bucket, after, last, page = round_.pages.popleft()
+        bucket, after, last, page = round_.pages[0]
+        # Pages share the rate with transfers (an entry costs a tenth of a key
+        # moved), so comparing many keys is paced as moving them is.
+        cost = len(page) / ENTRIES_PER_TRANSFER
+        self._refill_allowance()
+        if self._allowance < cost:
+            core.timers.schedule(core.now + TICK, lambda: self._next_page(round_))
+            return
+        round_.pages.popleft()
+        self._allowance -= cost
         committed = self._core.keydir.committed
         entries = []
         for key in page:
@@ -198,27 +255,47 @@ class Repair:
         round_.transfers += 1
         self._queue.append((round_, direction, key))
         if self._pacer is None:
-            self._allowance = 0.0
             self._pace()
 
     def _pace(self) -> None:
+        """Start what the rate, the window and the disk allow; come back in a tick for the rest."""
         core = self._core
         self._pacer = None
-        self._allowance = min(self._allowance + core.config.repair_rate * TICK, core.config.repair_rate * TICK * 2)
-        while (self._queue and self._allowance >= 1 and self._in_flight < TRANSFER_WINDOW
-               and core.pending_writes < YIELD_PENDING_WRITES):
-            round_, direction, key = self._queue.popleft()
-            self._allowance -= 1
-            self._in_flight += 1
-            if direction == "push":
-                self._push(round_, key)
-            else:
-                self._pull(round_, key)
+        self._start_transfers()
         if self._queue:
             self._pacer = core.timers.schedule(core.now + TICK, self._pace)
 
+    def _start_transfers(self) -> None:
+        if self._starting:
+            return  # a transfer that finished at once, inside the loop below: it carries on
+        core = self._core
+        self._starting = True
+        try:
+            self._refill_allowance()
+            while (self._queue and self._allowance >= 1 and self._in_flight < TRANSFER_WINDOW
+                   and core.pending_writes < YIELD_PENDING_WRITES):
+                round_, direction, key = self._queue.popleft()
+                self._allowance -= 1
+                self._in_flight += 1
+                if direction == "push":
+                    self._push(round_, key)
+                else:
+                    self._pull(round_, key)
+        finally:
+            self._starting = False
+
+    def _refill_allowance(self) -> None:
+        """A token bucket of ``repair_rate`` a second, holding two ticks' worth, or a full page's."""
+        core = self._core
+        rate = core.config.repair_rate
+        capacity = max(2 * rate * TICK, MAX_SYNC_ENTRIES / ENTRIES_PER_TRANSFER)
+        self._allowance = min(self._allowance + (core.now - self._refilled) * rate, capacity)
+        self._refilled = core.now
+
     def _transferred(self, round_: _Round, direction: str, moved: bool) -> None:
         self._in_flight -= 1
+        if self._queue:
+            self._start_transfers()  # a slot is free: no need to wait for the next tick
         round_.transfers -= 1
         if moved:
             status = self.status[round_.peer]
@@ -258,8 +335,13 @@ class Repair:
 
     # --- a peer's rounds: answering DIGESTS and SYNC ---------------------------------------
 
-    def answer_digests(self, request: Digests) -> DigestsReply:
-        return DigestsReply(request.id, self.ensure_index().differing(request.digests), 0)
+    def answer_digests(self, peer: str | None, request: Digests) -> DigestsReply:
+        differing = self.ensure_index().differing(request.digests)
+        tombstones = self._core.tombstones
+        tombstones.adopt(request.floor)
+        if peer in self.status:
+            tombstones.observed(peer, differing, self._core.now)
+        return DigestsReply(request.id, differing, tombstones.floor)
 
     def answer_sync(self, request: Sync) -> SyncReply:
         """Which keys of the page's range each side holds newer. A tombstone on one

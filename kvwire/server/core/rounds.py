@@ -74,7 +74,14 @@ class MajorityRound:
     def _answered(self, peer: str, reply: object) -> None:
         if self._done or self._asked.pop(peer, None) is None:
             return
+        if self._core.now >= self._deadline:
+            # A reply read only after the deadline (this node was paused, say)
+            # ends the round as the deadline would have: an operation never
+            # acts past its deadline, which tombstone collection relies on.
+            self._expire()
+            return
         if isinstance(reply, self._reply_type):
+            self._core.adopt_floor(reply.floor)
             self.answers.append((peer, Copy(reply.version, reply.deleted, getattr(reply, "value", None))))
             self._needed -= 1
             if self._needed == 0:
@@ -102,4 +109,7 @@ class MajorityRound:
         self._asked.clear()
         if not ok:
             self.reachable = len(self.answers) + 1
-        self._on_done(self.answers if ok else None)
+        # Let go of the operation that owns this round: the two would otherwise
+        # form a cycle that only the garbage collector frees (see Timer.cancel).
+        on_done, self._on_done = self._on_done, None
+        on_done(self.answers if ok else None)

@@ -1,0 +1,149 @@
+"""Tombstone garbage collection: a tombstone is removed once no replica can need it.
+
+A tombstone stops an older value from coming back. It can go once every
+replica has stopped holding any live version of its key, has kept that up for
+``tombstone_grace``, and a newer write can no longer be outranked by a copy of
+the tombstone still held elsewhere. Three rules make that so:
+
+1. **Evidence, per peer and bucket.** Anti-entropy's digests cover only live
+   keys. Each comparison with a peer tells, per bucket, whether the peer's
+   live keys matched this node's; a run of matches with no mismatch between
+   is a *streak*. A tombstone in bucket b, committed here at t0, qualifies
+   once every peer's streak in b began, and t0 passed, at least
+   ``tombstone_grace`` before that peer's latest match. So for the whole grace
+   period no replica held a live version of the key, and any message carrying
+   an older one (sent by an operation that began before, each bounded by its
+   deadline) has long arrived and been refused by a tombstone still in place.
+   A peer that is down gives no evidence: its tombstones wait for it, as
+   Cassandra's do for repair within gc_grace_seconds.
+2. **A floor under every tag.** Before removing tombstones up to counter c,
+   this node makes c its durable *tag floor*, and waits until every peer has
+   reported a durable floor of at least c (peers adopt any floor they are
+   sent). Every tag minted afterwards, by any node, is above its floor; a
+   node that lost its disk learns the floor from the LOOKUP or FETCH replies
+   of its first round. So no new write can sit below a copy of the tombstone
+   that another replica has not removed yet, where that replica would count
+   it as "held a newer version" and the write would vanish behind it.
+3. **Only an unchanged tombstone.** The keydir removes an entry only if it is
+   still that tombstone with no write pending, and the disk deletes the row
+   only if it still holds that tag.
+"""
+
+from __future__ import annotations
+
+from ...protocol.limits import REPAIR_BUCKETS
+from ...protocol.messages import Version
+from .buckets import bucket_of
+from .effects import Purge, SaveFloor
+from .keydir import Entry
+from .services import CoreServices
+
+
+class TombstoneCollector:
+    def __init__(self, core: CoreServices, floor: int) -> None:
+        self._core = core
+        self.floor = floor  # durable: what this node reports to peers
+        self.floor_target = floor  # at least floor: what it mints above, and asks others to adopt
+        self.peer_floor: dict[str, int] = {}
+        # key -> when this node committed its tombstone (or started, for one loaded).
+        self.since: dict[str, float] = {}
+        self._streak_start = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
+        self._last_match = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
+        self.purged = 0
+        # key -> (tombstone version, when) for tombstones removed within the last
+        # grace period: a quorum read must not write them back (``settled``).
+        self._recent: dict[str, tuple[Version, float]] = {}
+
+    def track(self, committed: dict[str, Entry]) -> None:
+        now = self._core.now
+        for key, entry in committed.items():
+            if entry.deleted:
+                self.since[key] = now
+
+    def changed(self, key: str, old: Entry | None, new: Entry | None) -> None:
+        if new is not None and new.deleted:
+            self.since[key] = self._core.now
+        elif old is not None and old.deleted:
+            self.since.pop(key, None)
+
+    def adopt(self, floor: int) -> None:
+        """A floor heard from a peer: mint above it from now on, and make it durable."""
+        if floor > self.floor_target:
+            self.floor_target = floor
+            self._core.effects.append(SaveFloor(floor))
+
+    def floor_saved(self, floor: int) -> None:
+        if floor > self.floor:
+            self.floor = floor
+
+    def observed(self, peer: str, differing: list[int], when: float) -> None:
+        """A comparison with ``peer`` (digests taken at ``when``) found these buckets differing."""
+        streak, last = self._streak_start[peer], self._last_match[peer]
+        differs = set(differing)
+        for bucket in range(REPAIR_BUCKETS):
+            if bucket in differs:
+                streak[bucket] = None
+            else:
+                if streak[bucket] is None:
+                    streak[bucket] = when
+                last[bucket] = when
+
+    def _quiet_everywhere(self, bucket: int, since: float, grace: float) -> bool:
+        """Whether every peer's live keys in ``bucket`` have matched this node's, with
+        no mismatch, over a window of at least ``grace`` that starts after ``since``."""
+        start, end = since, self._core.now
+        for peer in self._core.peer_ids:
+            first, last = self._streak_start[peer][bucket], self._last_match[peer][bucket]
+            if first is None:
+                return False
+            start, end = max(start, first), min(end, last)
+        return end - start >= grace
+
+    def settled(self, key: str, version: Version) -> bool:
+        """Whether tombstone ``version`` of ``key`` is past needing to be spread: it
+        qualifies for removal here, or this node removed it (or a newer one) lately.
+        A quorum read then leaves replicas with nothing for the key as they are:
+        writing the tombstone back to one that already removed it would only bring
+        it back, and undo the collection, for as long as the key is being read."""
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] >= version:
+            return True
+        since = self.since.get(key)
+        grace = self._core.config.tombstone_grace
+        return (since is not None and self._core.now - since >= grace
+                and self._quiet_everywhere(bucket_of(key), since, grace))
+
+    def peer_floor_reported(self, peer: str, floor: int) -> None:
+        self.peer_floor[peer] = floor
+
+    def collect(self) -> None:
+        """Remove every tombstone that qualifies, raising the floor first where needed."""
+        core = self._core
+        grace = core.config.tombstone_grace
+        if self._recent:
+            self._recent = {key: held for key, held in self._recent.items() if core.now - held[1] < grace}
+        if not self.since:
+            return
+        peers = core.peer_ids
+        ready: list[tuple[str, Version]] = []
+        committed = core.keydir.committed
+        for key, since in self.since.items():
+            if core.now - since < grace:
+                continue
+            if core.mutant != "gc-without-evidence" and not self._quiet_everywhere(bucket_of(key), since, grace):
+                continue
+            ready.append((key, committed[key].version))
+        if not ready:
+            return
+        highest = max(version.counter for _, version in ready)
+        if core.mutant != "no-floor":
+            self.adopt(highest)
+            settled = min([self.floor, *(self.peer_floor.get(peer, 0) for peer in peers)])
+            ready = [(key, version) for key, version in ready if version.counter <= settled]
+        for key, version in ready:
+            if core.keydir.purge(key, version):
+                self.since.pop(key, None)
+                self._recent[key] = (version, core.now)
+                core.forget_value(key)
+                core.effects.append(Purge(key, version))
+                self.purged += 1
