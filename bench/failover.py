@@ -1,9 +1,17 @@
 """Scenario 5, the failover timeline: a fixed-rate PUT load while one node is killed and restarted.
 
-    kvwire bench failover --via both --out results/
+    kvwire bench failover --via all --out results/
 
 Each run starts its own 3-node LocalCluster (and, through HAProxy, haproxy
-with haproxy/kvwire.cfg), then sends PUTs open loop: every request is its own
+with haproxy/kvwire.cfg), then sends PUTs open loop, through one of:
+
+- client: the kvwire client given all three nodes;
+- haproxy: HAProxy's TCP frontend, one connection;
+- rest: HAProxy's HTTP frontend in front of the nodes' in-process bridges
+  (``--http-listen``), over HTTP keep-alive; the victim is n1 (every bridge
+  serves the load, balanced round robin).
+
+Every request is its own
 task started at the time ``bench.recorder.Schedule`` gives it, and its latency
 counts from that time, so a stall shows as latency or errors rather than as a
 pause in sending. At ``kill_at`` the node serving the load gets kill -9, at
@@ -44,8 +52,9 @@ from kvwire.bench.workload import key_name
 from kvwire.client import AsyncClient, KvwireError, RetryPolicy, Version
 from kvwire.testing import LocalCluster
 from kvwire.testing.balancer import HAProxyProcess
+from kvwire.testing.bridge import REST_PREFIX, with_http
 
-VIAS = ("haproxy", "client")
+VIAS = ("haproxy", "client", "rest")
 # This checkout's haproxy/kvwire.cfg, else the copy `pip install .` put in <prefix>/share/kvwire.
 DEFAULT_HAPROXY_CONFIG = next(
     (path for path in (Path(__file__).resolve().parent.parent / "haproxy" / "kvwire.cfg",
@@ -153,9 +162,7 @@ class FailoverRun:
     async def run(self) -> dict[str, Any]:
         settings = self.settings
         async with self.client:
-            # Connects, and names the node serving the load: through HAProxy the
-            # one connection's node, through the client its first endpoint.
-            self.victim = (await self.client.health())["node_id"]
+            self.victim = await self._serving_node()
             self.survivors = [n for n in self.cluster.node_ids if n != self.victim]
             self.victim_client = AsyncClient([self.cluster[self.victim].address], **_PROBE)
             cpu_before = (machine_busy_seconds(), time.process_time())
@@ -187,6 +194,11 @@ class FailoverRun:
             raise RuntimeError(f"the load driver failed: {self.crash!r}") from self.crash
         return self._result(max(finished, self.end), stale)
 
+    async def _serving_node(self) -> str:
+        """Connects, and names the node serving the load: through HAProxy the
+        one connection's node, through the client its first endpoint."""
+        return (await self.client.health())["node_id"]
+
     # --- the load ---------------------------------------------------------------------
 
     async def _load(self) -> None:
@@ -212,6 +224,9 @@ class FailoverRun:
         except KvwireError as exc:  # counted, not raised: failures are what we measure
             self._error(type(exc).__name__, time.monotonic(), str(exc))
             return
+        self._acknowledge(key, version, intended)
+
+    def _acknowledge(self, key: str, version: Version, intended: float) -> None:
         completed = time.monotonic()
         self.recorder.record(intended, completed)
         self.timeline.success(intended, completed)
@@ -329,16 +344,63 @@ def _peer_entry(reply: Any, peer: str) -> dict[str, Any] | None:
     return next((e for e in reply.get("cluster", {}).get("nodes", []) if e.get("node_id") == peer), None)
 
 
+class RestFailoverRun(FailoverRun):
+    """The same run through HAProxy's HTTP frontend: each PUT a REST request on a
+    pool of keep-alive connections, as a web client would send them."""
+
+    def __init__(self, settings: FailoverSettings, cluster: LocalCluster, http_address: str) -> None:
+        super().__init__("rest", settings, cluster, cluster.endpoints)
+        self.base = f"http://{http_address}{REST_PREFIX}/kv/"
+        self.body = json.dumps({"value": "x" * settings.value_size}).encode()
+
+    async def _serving_node(self) -> str:
+        import aiohttp
+
+        await self.client.health()  # connected
+        connector = aiohttp.TCPConnector(limit=self.settings.max_in_flight)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.settings.timeout))
+        return self.cluster.node_ids[0]  # round robin: every bridge serves the load
+
+    async def run(self) -> dict[str, Any]:
+        try:
+            return await super().run()
+        finally:
+            await self.session.close()
+
+    async def _put(self, index: int, intended: float) -> None:
+        import aiohttp
+
+        key = key_name(index)
+        try:
+            async with self.session.put(self.base + key + "/", data=self.body,
+                                        headers={"Content-Type": "application/json"}) as response:
+                text = await response.text()
+                if response.status not in (200, 201):
+                    self._error(f"HTTP {response.status}", time.monotonic(), text)
+                    return
+                version = Version(**json.loads(text)["version"])
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # counted, not raised
+            self._error(type(exc).__name__, time.monotonic(), str(exc))
+            return
+        self._acknowledge(key, version, intended)
+
+
 def run_failover(via: str, settings: FailoverSettings, workdir: Path, haproxy_config: Path = DEFAULT_HAPROXY_CONFIG) -> dict[str, Any]:
-    """Start a 3-node cluster (and HAProxy for ``via="haproxy"``) in ``workdir``, run, stop everything."""
+    """Start a 3-node cluster (and HAProxy, but for ``via="client"``) in ``workdir``, run, stop everything."""
     if via not in VIAS:
         raise ValueError(f"via must be one of {', '.join(VIAS)}, got {via!r}")
     workdir = Path(workdir)
-    with LocalCluster(3, data_dir=workdir / "data", sync=settings.sync) as cluster:
+    cluster = LocalCluster(3, data_dir=workdir / "data", sync=settings.sync)
+    bridges = with_http(cluster) if via == "rest" else {}
+    with cluster:
         if via == "client":
             return uvloop.run(FailoverRun(via, settings, cluster, cluster.endpoints).run())
-        with HAProxyProcess.for_cluster(haproxy_config, cluster, workdir=workdir) as lb:
+        addresses = [bridges[node_id].removeprefix("http://") for node_id in cluster.node_ids] if bridges else ()
+        with HAProxyProcess.for_cluster(haproxy_config, cluster, workdir=workdir, bridges=addresses) as lb:
             lb.wait_all("kvwire_nodes", "UP")
+            if via == "rest":
+                lb.wait_all("kvwire_bridges", "UP", timeout=15)
+                return uvloop.run(RestFailoverRun(settings, cluster, lb.http_address).run())
             return uvloop.run(FailoverRun(via, settings, cluster, [lb.tcp_address]).run())
 
 
@@ -368,8 +430,8 @@ def _settings_options(command: Any) -> Any:
                context_settings={"help_option_names": ["-h", "--help"]}, epilog=(
     "Exit status: 0 when the runs completed (failed requests are counted, not fatal), "
     "1 when a run could not start or was interrupted, 2 for bad options."))
-@click.option("--via", type=click.Choice([*VIAS, "both"]), default="both", show_default=True,
-              help="HAProxy's TCP frontend, the client given all 3 nodes, or both.")
+@click.option("--via", type=click.Choice([*VIAS, "all"]), default="all", show_default=True,
+              help="HAProxy's TCP frontend, the client given all 3 nodes, REST through HAProxy's HTTP frontend, or all.")
 @_settings_options
 @click.option("--haproxy-config", type=click.Path(path_type=Path), default=DEFAULT_HAPROXY_CONFIG,
               metavar="FILE", help="HAProxy's configuration.  [default: haproxy/kvwire.cfg]")
@@ -400,7 +462,7 @@ def failover(ctx: click.Context, via: str, haproxy_config: Path, workdir: Path |
         raise click.UsageError(str(exc)) from None
     results = []
     try:
-        for one in VIAS if via == "both" else [via]:
+        for one in VIAS if via == "all" else [via]:
             with tempfile.TemporaryDirectory(prefix=f"kvwire-failover-{one}-") as scratch:
                 results.append(run_failover(one, settings, workdir / one if workdir else Path(scratch), haproxy_config))
     except (OSError, RuntimeError, TimeoutError, KeyboardInterrupt) as exc:

@@ -16,7 +16,8 @@ from typing import Any
 OK_COLOR, ERROR_COLOR, P99_COLOR = "#2e7d32", "#c62828", "#6a1b9a"
 KILL_COLOR, RESTART_COLOR, DOWN_SPAN_COLOR, CATCH_UP_COLOR = "#d32f2f", "#1565c0", "#ffb74d", "#90caf9"
 TITLES = {"haproxy": "through HAProxy's TCP frontend (one endpoint, no retries)",
-          "client": "through the kvwire client (all 3 endpoints, default RetryPolicy)"}
+          "client": "through the kvwire client (all 3 endpoints, default RetryPolicy)",
+          "rest": "REST through HAProxy's HTTP frontend (in-process bridges, L7 retries, PUT request ids)"}
 
 
 def _seconds(value: float | None) -> str:

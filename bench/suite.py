@@ -171,7 +171,7 @@ class Suite:
     # --- the failover timeline -----------------------------------------------------------------
 
     def failover_timeline(self) -> None:
-        for via in ("client", "haproxy"):
+        for via in ("client", "haproxy", "rest"):
             _say(f"[5] failover through the {via}: {self.settings.failover.rate:g} PUT/s open loop, "
                  f"kill -9 at {self.settings.failover.kill_at:g} s, restart at {self.settings.failover.restart_at:g} s")
             result = run_failover(via, self.settings.failover, self.workdir / f"failover-{via}", DEFAULT_HAPROXY_CONFIG)

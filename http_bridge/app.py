@@ -156,6 +156,22 @@ async def get_key(request: web.Request) -> web.Response:
     return _json_response(200, {"key": key, "value": value, "version": version_json(version)})
 
 
+# Request-id headers a PUT's idempotency id is taken from, first found wins:
+# the caller's own, then the one HAProxy adds (haproxy/kvwire.cfg).
+REQUEST_ID_HEADERS = ("Idempotency-Key", "X-Request-Id")
+
+
+def _request_id(request: web.Request) -> str | None:
+    found = None
+    for header in REQUEST_ID_HEADERS:
+        value = request.headers.get(header)
+        if value is not None:
+            if not 1 <= len(value) <= 128:
+                raise BadRequestError(f"the {header} header must be 1 to 128 characters, got {len(value)}")
+            found = found or value
+    return found
+
+
 async def put_key(request: web.Request) -> web.Response:
     key = _key(request)
     config = request.app[CONFIG]
@@ -165,7 +181,10 @@ async def put_key(request: web.Request) -> web.Response:
     # (PUT_REPLY's created; docs/protocol.md 6.4 says how exact that is); nodes
     # that predate the field leave it None, and then counter 1 means no write
     # of this key came before.
-    version, created = await client.put_with_result(key, value, timeout=config.timeout)
+    # A retry of this request (by HAProxy after a bridge died mid-request, or
+    # by the caller) sends the same id: the nodes apply the PUT once.
+    version, created = await client.put_with_result(key, value, timeout=config.timeout,
+                                                    request_id=_request_id(request))
     if created is None:
         created = version.counter == 1
     document = {"key": key, "value": value, "version": version_json(version)}

@@ -77,8 +77,24 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "value before (never written, or deleted), 200 when it replaced one, as the node "
                         "judged it with the new version: exact against writes acknowledged earlier; two "
                         "PUTs creating a key at once through different nodes may both get 201. A 503 "
-                        "with no quorum means the write may or may not have been applied."
+                        "with no quorum means the write may or may not have been applied. Sent again with "
+                        "the same Idempotency-Key (or X-Request-Id) within a minute, the PUT is applied "
+                        "once: the repeat answers the first write's version (with 200)."
                     ),
+                    "parameters": [
+                        {
+                            "name": header,
+                            "in": "header",
+                            "required": False,
+                            "description": description,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                        }
+                        for header, description in (
+                            ("Idempotency-Key", "The write's id: repeats of this PUT with it are applied once."),
+                            ("X-Request-Id", "Used as the write's id when there is no Idempotency-Key; "
+                                             "HAProxy's and nginx's configurations set one on every request."),
+                        )
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {

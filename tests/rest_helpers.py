@@ -9,8 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from kvwire.testing import LocalCluster, free_port
-from kvwire.testing.bridge import REST_PREFIX, BridgeProcess, rest_answers  # noqa: F401 - the REST tests import it from here
+from kvwire.testing.bridge import REST_PREFIX, BridgeProcess, rest_answers, with_http  # noqa: F401 - the REST tests import it from here
 
 PREFIX = REST_PREFIX
 
@@ -42,13 +41,3 @@ def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, h
 answers = rest_answers
 
 
-def with_http(cluster: LocalCluster, *node_ids: str) -> dict[str, str]:
-    """Give the named nodes (default: all) an in-process bridge on a free port; their base URLs."""
-    urls = {}
-    for node in cluster:
-        if node_ids and node.node_id not in node_ids:
-            continue
-        port = free_port(node.host)
-        node.extra_args += ["--http-listen", f"{node.host}:{port}"]
-        urls[node.node_id] = f"http://{node.host}:{port}"
-    return urls

@@ -456,3 +456,36 @@ def test_finished_operations_leave_no_reference_cycles_for_the_garbage_collector
         gc.set_debug(0)
         gc.garbage.clear()
     assert cyclic == []
+
+
+# --- request ids --------------------------------------------------------------------------
+
+
+def test_a_put_whose_request_a_lookup_answer_holds_applied_completes_that_write():
+    core = make_core()
+    link_all(core)
+    core.request("retry", Put(7, "k", "v", "req-1"), 0.0)
+    (lookup,) = effects_of(core, Send)
+    assert lookup.message_type is Lookup and lookup.fields == ("k", "req-1")
+    # The peer holds a newer write of the key, and req-1 applied at (4, "n2").
+    core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(6, "n3"), False, 0, Version(4, "n2")), 0.0)
+    (persist,) = effects_of(core, Persist)
+    assert persist.version == Version(4, "n2")  # that write again, no new tag
+    core.persisted(persist.write_id, None, 0.0)
+    sends = effects_of(core, Send)
+    assert all(s.message_type is Replicate and s.fields[1] == Version(4, "n2") and s.fields[5] == "req-1"
+               for s in sends)
+    core.peer_reply(sends[0].peer, sends[0].request_id, ReplicateReply(1, False, Version(6, "n3")), 0.0)
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(4, "n2"), False)
+
+
+def test_a_replica_remembers_the_request_of_what_it_applied_and_says_so_to_lookup():
+    core = make_core("n2")
+    core.request("t", Replicate(1, "k", Version(3, "n1"), "v", False, None, "req-9"), 0.0, from_peer=True)
+    commit_all(core, core.take_effects())
+    core.take_effects()
+    core.request("q", Lookup(2, "k", "req-9"), 0.0, from_peer=True)
+    (respond,) = effects_of(core, Respond)
+    assert respond.reply.request_version == Version(3, "n1")
+    core.request("q", Lookup(3, "other", "req-9"), 0.0, from_peer=True)  # another key: not this request
+    assert effects_of(core, Respond)[0].reply.request_version is None

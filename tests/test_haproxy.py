@@ -125,7 +125,10 @@ def test_defaults_match_kvwire_up_and_the_fast_preset():
     text = CONFIG.read_text()
     assert "\n    retries 3\n" in text and "\n    option redispatch 1\n" in text
     assert "\n    retry-on conn-failure empty-response response-timeout\n" in text
-    assert "\n    http-request disable-l7-retry unless METH_GET\n" in text
+    # PUTs are retried too (their request id makes a repeat apply once), DELETEs are not.
+    assert "\n    http-request disable-l7-retry unless METH_GET || { method PUT }\n" in text
+    assert "\n    http-request set-header X-Request-Id %[unique-id] unless { req.hdr(X-Request-Id) -m found }\n" in text
+    assert "\n    option http-buffer-request\n" in text
     assert "http-check send meth GET uri /kv-store/v1/health/" in text
     assert "http-check expect status 200" in text
     assert "http-request use-service prometheus-exporter if { path /metrics }" in text

@@ -82,6 +82,20 @@ def check_error(reply, status: int, *fragments: str) -> dict:
 # --- the documented paths ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("header", ["Idempotency-Key", "X-Request-Id"])
+def test_a_put_sent_again_with_its_idempotency_key_is_applied_once(api, request, header):
+    base, _ = api
+    key = f"once-{request.node.callspec.id}"
+    first = http("PUT", kv(base, key), {"value": "a"}, headers={header: f"id-{key}"})
+    assert first.status == 201, first.text
+    between = http("PUT", kv(base, key), {"value": "b"})  # another client's write
+    again = http("PUT", kv(base, key), {"value": "a"}, headers={header: f"id-{key}"})
+    assert again.status == 200 and again.json["version"] == first.json["version"], again.text
+    assert http("GET", kv(base, key)).json["value"] == "b" == between.json["value"]
+    check_error(http("PUT", kv(base, key), {"value": "a"}, headers={header: "x" * 129}), 400, "1 to 128 characters")
+
+
+
 def test_put_answers_201_then_200_and_get_reads_it(api, request):
     base, _ = api
     key = f"greeting-{request.node.callspec.id}"

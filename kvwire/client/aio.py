@@ -35,7 +35,7 @@ from kvwire.protocol import (
 
 from ..protocol.address import parse_endpoints
 from ..tls import optional_client_context
-from .arguments import check_key, check_value
+from .arguments import check_key, check_request_id, check_value, new_request_id
 from .connection import ClientConnection
 from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real
 
@@ -172,26 +172,31 @@ class AsyncClient:
         reply = await self._call(Get, check_key(key, self.limits), _check_consistency(consistency), timeout=timeout)
         return VersionedValue(reply.value, reply.version)
 
-    async def put(self, key: str, value: Any, *, timeout: float | None = None) -> Version:
+    async def put(self, key: str, value: Any, *, timeout: float | None = None, request_id: str | None = None) -> Version:
         """Store ``value`` under ``key``; returns the new version.
 
         ``value`` may be None, bool, int, float, str, bytes, or lists and dicts
-        (with str or bytes keys) of those; tuples come back as lists. If the
-        connection fails after the request was sent, the put is retried on
-        another node and may then be applied twice (same value, two versions).
-        A NoQuorumError's ``maybe_applied`` says whether the put may have been
-        applied (True) or was written nowhere (False); None: the node did not say.
+        (with str or bytes keys) of those; tuples come back as lists. Each put
+        carries a request id (``request_id``, or a random one), so that if the
+        connection fails after it was sent and it is retried on another node,
+        it is applied once (docs/protocol.md 6.4, "Retrying a PUT"): the retry
+        completes the first attempt's write if that reached a node, within a
+        minute. A NoQuorumError's ``maybe_applied`` says whether the put may
+        have been applied (True) or was written nowhere (False); None: the
+        node did not say.
         """
-        return (await self.put_with_result(key, value, timeout=timeout)).version
+        return (await self.put_with_result(key, value, timeout=timeout, request_id=request_id)).version
 
-    async def put_with_result(self, key: str, value: Any, *, timeout: float | None = None) -> PutResult:
+    async def put_with_result(self, key: str, value: Any, *, timeout: float | None = None,
+                              request_id: str | None = None) -> PutResult:
         """Like :meth:`put`, but returns ``(version, created)``: whether the key was absent before.
 
         A put retried after a failover may have been applied by the first
         attempt; the retry then reports ``created=False``.
         """
         check_value(value)
-        reply = await self._call(Put, check_key(key, self.limits), value, timeout=timeout)
+        request_id = new_request_id() if request_id is None else check_request_id(request_id)
+        reply = await self._call(Put, check_key(key, self.limits), value, request_id, timeout=timeout)
         return PutResult(reply.version, reply.created)
 
     async def delete(self, key: str, *, timeout: float | None = None) -> Version:

@@ -8,6 +8,7 @@ pipelined on it. Checking here keeps one caller's mistake its own.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from kvwire.protocol import Limits
@@ -35,6 +36,26 @@ def check_key(key: Any, limits: Limits) -> str:
     if size > limits.max_key_bytes:
         raise ValueError(f"key is {size} bytes in UTF-8; the limit is {limits.max_key_bytes}")
     return key
+
+
+# 96 random bits: unique among every PUT any client sends within the minute
+# a node remembers request ids for.
+_REQUEST_ID_BYTES = 12
+_MAX_REQUEST_ID_CHARS = 128
+
+
+def new_request_id() -> str:
+    """A fresh id for one PUT (docs/protocol.md 6.4), 16 URL-safe characters."""
+    return secrets.token_urlsafe(_REQUEST_ID_BYTES)
+
+
+def check_request_id(request_id: Any) -> str:
+    """Return ``request_id`` if it is a str of 1 to 128 characters, or raise TypeError/ValueError."""
+    if type(request_id) is not str:
+        raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
+    if not 1 <= len(request_id) <= _MAX_REQUEST_ID_CHARS:
+        raise ValueError(f"request_id must be 1 to {_MAX_REQUEST_ID_CHARS} characters, got {len(request_id)}")
+    return request_id
 
 
 def check_value(value: Any) -> None:

@@ -152,25 +152,27 @@ class Client:
         """Like :meth:`get`, but returns ``(value, version)``."""
         return self._run(self._async.get_with_version(key, consistency=consistency, timeout=timeout))
 
-    def put(self, key: str, value: Any, *, timeout: float | None = None) -> Version:
+    def put(self, key: str, value: Any, *, timeout: float | None = None, request_id: str | None = None) -> Version:
         """Store ``value`` under ``key``; returns the new version.
 
         ``value`` may be None, bool, int, float, str, bytes, or lists and dicts
-        (with str or bytes keys) of those; tuples come back as lists. If the
-        connection fails after the request was sent, the put is retried on
-        another node and may then be applied twice (same value, two versions).
-        A NoQuorumError's ``maybe_applied`` says whether the put may have been
+        (with str or bytes keys) of those; tuples come back as lists. Each put
+        carries a request id (``request_id``, or a random one), so that if the
+        connection fails after it was sent and it is retried on another node,
+        it is applied once (docs/protocol.md 6.4, "Retrying a PUT"). A
+        NoQuorumError's ``maybe_applied`` says whether the put may have been
         applied (True) or was written nowhere (False); None: the node did not say.
         """
-        return self._run(self._async.put(key, value, timeout=timeout))
+        return self._run(self._async.put(key, value, timeout=timeout, request_id=request_id))
 
-    def put_with_result(self, key: str, value: Any, *, timeout: float | None = None) -> PutResult:
+    def put_with_result(self, key: str, value: Any, *, timeout: float | None = None,
+                        request_id: str | None = None) -> PutResult:
         """Like :meth:`put`, but returns ``(version, created)``: whether the key was absent before.
 
         A put retried after a failover may have been applied by the first
         attempt; the retry then reports ``created=False``.
         """
-        return self._run(self._async.put_with_result(key, value, timeout=timeout))
+        return self._run(self._async.put_with_result(key, value, timeout=timeout, request_id=request_id))
 
     def delete(self, key: str, *, timeout: float | None = None) -> Version:
         """Delete ``key``; returns the version of the tombstone.

@@ -59,16 +59,21 @@ MAX_REQUEST_ID = 2**64 - 1
 MISSING_ID = object()
 # Counters are stored in SQLite's signed 64-bit INTEGER.
 MAX_COUNTER = 2**63 - 1
+# A PUT's request id: a UUID or a base64 token fits; every node remembers
+# recent ones, so they are bounded.
+MAX_REQUEST_ID_CHARS = 128
 
 # Fields left out of the map when they are None; every other field is always sent.
 _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
     Op.GET: frozenset({"consistency"}),
-    Op.REPLICATE: frozenset({"expect"}),
+    Op.PUT: frozenset({"request"}),
+    Op.REPLICATE: frozenset({"expect", "request"}),
+    Op.LOOKUP: frozenset({"request"}),
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
-    Op.LOOKUP_REPLY: frozenset({"floor"}),
+    Op.LOOKUP_REPLY: frozenset({"floor", "request_version"}),
     Op.FETCH_REPLY: frozenset({"floor"}),
 }
 
@@ -179,6 +184,12 @@ def _version(value: Any) -> Version:
     return Version(value[0], value[1])
 
 
+def _request_id(value: Any) -> str:
+    if type(value) is not str or not 1 <= len(value) <= MAX_REQUEST_ID_CHARS:
+        raise _Invalid(f"must be a string of 1 to {MAX_REQUEST_ID_CHARS} characters, got {_describe(value)}")
+    return value
+
+
 def _digests(value: Any) -> bytes:
     if type(value) is not bytes or len(value) != REPAIR_BUCKETS * 8:
         raise _Invalid(f"must be {REPAIR_BUCKETS * 8} bytes of msgpack bin, got {_describe(value)}")
@@ -280,6 +291,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "value": _anything,
     "version": _version,
     "deleted": _boolean,
+    "request_version": _version,
     "created": _boolean,
     "applied": _boolean,
     "health": _mapping,
@@ -299,6 +311,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "last": _boolean,
     "entries": _entries,
     "wanted": _keys,
+    "request": _request_id,
     "offered": _keys,
 }
 

@@ -108,9 +108,14 @@ class Get:
 
 @dataclass(slots=True)
 class Put:
+    """``request``: the client's id for this write. A PUT sent again with the same
+    id (a retry after a lost reply) is applied once: a node that finds the id
+    already applied completes that write instead of making a new one (6.4)."""
+
     id: int
     key: str
     value: Any
+    request: str | None = None
     op = Op.PUT
 
 
@@ -141,16 +146,19 @@ class Replicate:
     value: Any = None
     deleted: bool = False
     expect: Version | None = None
+    request: str | None = None  # the PUT's request id, remembered with the version
     op = Op.REPLICATE
 
 
 @dataclass(slots=True)
 class Lookup:
     """Peer only: the newest version tag this replica has accepted for ``key``,
-    committed or not, from memory. A coordinator's first step of a write."""
+    committed or not, from memory. A coordinator's first step of a write.
+    ``request``: also ask whether this replica holds that PUT request applied."""
 
     id: int
     key: str
+    request: str | None = None
     op = Op.LOOKUP
 
 
@@ -279,6 +287,7 @@ class LookupReply:
     version: Version
     deleted: bool
     floor: int | None = None
+    request_version: Version | None = None  # the version LOOKUP's request was applied at, if held here
     op = Op.LOOKUP_REPLY
 
 

@@ -111,8 +111,8 @@ class NodeCollector(Collector):
                                           labels=["peer", "state"])
         hinting = GaugeMetricFamily("kvwire_peer_hinting_stopped", "1 while a hint bound stops this node hinting the peer.",
                                     labels=["peer"])
-        repaired = CounterMetricFamily("kvwire_peer_repair_keys", "Keys anti-entropy moved to or from the peer.",
-                                       labels=["peer", "direction"])
+        repaired = CounterMetricFamily("kvwire_peer_repair_keys", "Keys anti-entropy pulled from the peer.",
+                                       labels=["peer"])
         repair_age = GaugeMetricFamily("kvwire_peer_repair_age_seconds",
                                        "Seconds since the last completed anti-entropy round with the peer.", labels=["peer"])
         for peer in core.peer_ids:
@@ -125,8 +125,7 @@ class NodeCollector(Collector):
                 transitions.add_metric([peer, state.value.lower()], core.detector.transitions.get((peer, state), 0))
             hinting.add_metric([peer], int(peer in core.hints.stopped))
             status = core.repair.status[peer]
-            repaired.add_metric([peer, "sent"], status.total_sent)
-            repaired.add_metric([peer, "received"], status.total_received)
+            repaired.add_metric([peer], status.total_received)
             if status.last_completed is not None:
                 repair_age.add_metric([peer], now - status.last_completed)
         yield from (up, heard, hints, stored, delivered, transitions, hinting, repaired, repair_age)

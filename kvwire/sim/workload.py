@@ -71,8 +71,9 @@ class Workload:
             return
         self.budget -= 1
         rng = self.world.rng
+        origin = None
         if retry is not None:
-            kind, key, value, consistency = retry
+            kind, key, value, consistency, origin = retry
         else:
             key = self._pick_key()
             roll = rng.random()
@@ -85,11 +86,15 @@ class Workload:
             self._values += 1
             value = f"v{self._values}" if kind is OpKind.PUT else None
         node = self.world.nodes[rng.choice(sorted(self.world.nodes))]
-        self._issue(client, node, kind, key, value, consistency)
+        self._issue(client, node, kind, key, value, consistency, origin)
 
-    def _issue(self, client: int, node, kind: OpKind, key: str, value: Any, consistency) -> None:
+    def _issue(self, client: int, node, kind: OpKind, key: str, value: Any, consistency,
+               origin: int | None = None) -> None:
+        """``origin``: for a PUT sent again with its request id, the history index of
+        its first attempt. Both are one operation to the checker, as they are to
+        the client: from the first attempt's start to the last one's answer."""
         world = self.world
-        start = world.scheduler.now
+        start = world.scheduler.now if origin is None else self.history[origin].start
         self.running += 1
         finished = False
 
@@ -105,13 +110,24 @@ class Workload:
                     self.one_reads.append(StaleRead(key, read, outcome is Outcome.OK))
             else:
                 recorded = value if kind is OpKind.PUT else read
-                self.history.append(Operation(client, kind, key, start, end, outcome, recorded,
-                                              tuple(version) if version is not None else None, node.node_id,
-                                              len(self.history)))
+                index = len(self.history) if origin is None else origin
+                if origin is not None and outcome is not Outcome.OK:
+                    # One attempt may have taken effect: certain only if both did not.
+                    first = self.history[origin].outcome
+                    outcome = Outcome.FAIL if first is Outcome.FAIL and outcome is Outcome.FAIL else Outcome.UNKNOWN
+                    end = None if outcome is Outcome.UNKNOWN else end
+                op = Operation(client, kind, key, start, end, outcome, recorded,
+                               tuple(version) if version is not None else None, node.node_id, index)
+                if origin is None:
+                    self.history.append(op)
+                else:
+                    self.history[origin] = op
             # After an uncertain write, sometimes try it again elsewhere, as a client library would.
+            # A PUT is sent again with its request id: the same operation, applied once.
             again = None
             if kind is not OpKind.GET and outcome in (Outcome.UNKNOWN, Outcome.FAIL) and world.rng.random() < 0.5:
-                again = (kind, key, value, consistency)
+                same = kind is OpKind.PUT and consistency is not Consistency.ONE
+                again = (kind, key, value, consistency, (index if origin is None else origin) if same else None)
             world.scheduler.after(world.rng.uniform(0, THINK_TIME), lambda: self._next(client, again))
 
         def on_reply(reply: Any) -> None:
@@ -131,7 +147,9 @@ class Workload:
         if kind is OpKind.GET:
             request = Get(request_id, key, consistency)
         elif kind is OpKind.PUT:
-            request = Put(request_id, key, value)
+            # The value names the write (each is new), so a retry of it sends the
+            # same request id, as the client library does: applied at most once.
+            request = Put(request_id, key, value, f"put-{value}")
         else:
             request = Delete(request_id, key)
         incarnation = node.incarnation

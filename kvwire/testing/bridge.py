@@ -52,3 +52,16 @@ class BridgeProcess(ChildProcess):
 
     def signal(self, signum: int, timeout: float = 15.0) -> int:
         return self.signal_and_wait(signum, timeout)
+
+
+def with_http(cluster, *node_ids: str) -> dict[str, str]:
+    """Give the named nodes of a LocalCluster (default: all) an in-process bridge
+    (``--http-listen``) on a free port, for their next start; their base URLs."""
+    urls = {}
+    for node in cluster:
+        if node_ids and node.node_id not in node_ids:
+            continue
+        port = free_port(node.host)
+        node.extra_args += ["--http-listen", f"{node.host}:{port}"]
+        urls[node.node_id] = f"http://{node.host}:{port}"
+    return urls

@@ -33,6 +33,7 @@ class Fanout:
         *,
         expect: Version | None = None,
         hint: bool = True,
+        request: str | None = None,
     ) -> None:
         self._core = core
         self.key = key
@@ -42,7 +43,7 @@ class Fanout:
         self._on_outcome = on_outcome
         self._outstanding: dict[str, int] = {}
         self._timer = None
-        fields = (key, version, None if deleted else value, deleted, expect)
+        fields = (key, version, None if deleted else value, deleted, expect, request)
         for peer in peers:
             request_id = core.ask(peer, Replicate, fields, lambda reply, peer=peer: self._answered(peer, reply))
             if request_id is None:

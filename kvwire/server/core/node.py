@@ -41,6 +41,7 @@ from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
+from .applied import AppliedRequests
 from .repair import Repair
 from .tombstones import TombstoneCollector
 from .services import CoreStats
@@ -59,6 +60,7 @@ MUTANTS = (
     "no-repair",  # anti-entropy never runs
     "gc-without-evidence",  # tombstones are removed once old, whatever the peers hold
     "no-floor",  # tombstones are removed without raising the tag floor first, and tags ignore it
+    "ignore-request-id",  # a PUT sent again with its request id is written a second time
 )
 
 
@@ -101,6 +103,7 @@ class NodeCore:
         # key -> (callback, already retried once) for each request waiting on its Load
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         self.tombstones = TombstoneCollector(self, floor)
+        self.applied = AppliedRequests()
         self.repair = Repair(self)
         self.timers.schedule(now + config.repair_interval, self._collect_tombstones)
         if self.peer_ids:
@@ -148,7 +151,9 @@ class NodeCore:
                 self._replicate(token, request, packed)
             elif kind is Lookup:
                 copy = self.keydir.latest(request.key)
-                self.respond(token, LookupReply(request.id, copy.version, copy.deleted, self.tombstones.floor_target))
+                applied = None if request.request is None else self.applied.find(request.request, request.key, now)
+                self.respond(token, LookupReply(request.id, copy.version, copy.deleted, self.tombstones.floor_target,
+                                                applied))
             elif kind is Digests:
                 self.respond(token, self.repair.answer_digests(peer, request))
             elif kind is Sync:
@@ -377,6 +382,8 @@ class NodeCore:
             if error is not None:
                 self.respond(token, error)
             else:
+                if request.request is not None:
+                    self.applied.remember(request.request, key, version, self.now)
                 self.respond(token, ReplicateReply(request.id, applied, self.keydir.latest_version(key)))
 
         self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply)

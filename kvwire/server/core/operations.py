@@ -199,12 +199,15 @@ class _ReplicatedWrite:
         if error is not None:
             self._answer(error)  # the disk refused it: say so, not "no quorum"
             return
+        request_id = getattr(self._request, "request", None)
+        if request_id is not None:
+            core.applied.remember(request_id, self._request.key, self._version, core.now)
         self._acks += 1
         if self._acks == core.quorum:
             self._answer(None)
         if core.peer_ids:
             Fanout(core, self._request.key, self._version, self._deleted, self._value, core.peer_ids,
-                   self._deadline, self._replicated, expect=self._expect)
+                   self._deadline, self._replicated, expect=self._expect, request=request_id)
 
     def _replicated(self, peer: str, outcome: str) -> None:
         core = self._core
@@ -263,11 +266,16 @@ class Write(_ReplicatedWrite):
         return PutReply(self._request.id, self._version, self._created)
 
     def start(self) -> None:
-        core = self._core
+        core, request = self._core, self._request
+        if request.request is not None and core.mutant != "ignore-request-id":
+            applied = core.applied.find(request.request, request.key, core.now)
+            if applied is not None:
+                self._complete(applied)
+                return
         if core.quorum == 1 or core.mutant == "no-lookup":
             self._mint([])  # a lone node is its own majority: no round to run
             return
-        self._round = MajorityRound(core, Lookup, self._request.key, self._deadline, self._looked_up)
+        self._round = MajorityRound(core, Lookup, request.key, self._deadline, self._looked_up, request=request.request)
         self._round.start()
 
     def _looked_up(self, answers: Answers | None) -> None:
@@ -276,7 +284,19 @@ class Write(_ReplicatedWrite):
             self._no_quorum(f"{self._round.reachable} of {core.cluster_size} nodes answered, {core.quorum} needed",
                             maybe_applied=False)
             return
+        if self._round.request_versions and core.mutant != "ignore-request-id":
+            self._complete(max(self._round.request_versions))
+            return
         self._mint([copy for _, copy in answers])
+
+    def _complete(self, version: Version) -> None:
+        """The same PUT (same request id) was applied before, at ``version``, on some
+        replica: finish that write rather than make a second one. Replicas apply
+        ``version`` unless they hold it or newer, and a majority holding it (or
+        newer) acknowledges it, exactly as for the first attempt."""
+        self._version = version
+        self._created = False  # what the first attempt found is not known here
+        self._commit(False, self._request.value, self._packed)
 
     def _mint(self, copies: list[Copy]) -> None:
         core, key = self._core, self._request.key

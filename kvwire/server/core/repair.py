@@ -4,9 +4,12 @@ Every ``repair_interval`` the node takes the next usable peer in turn and sends
 it DIGESTS, one digest per key bucket (``buckets.py``). The peer answers with
 the buckets that differ. For each of those the node sends its entries, a page
 at a time (SYNC); the peer answers which keys each side holds newer. The node
-pushes the first kind with REPLICATE and pulls the second with FETCH, through
-the same ``store`` every write goes through, so version tags decide as they do
-everywhere: a repair can only ever move a replica forward. Transfers are paced
+pulls the keys the peer holds newer with FETCH and stores them through the
+same ``store`` every write goes through, so version tags decide as they do
+everywhere: a repair can only ever move a replica forward. What the node holds
+newer the peer pulls in its own rounds: every pair of nodes is compared from
+both sides, and pulling only means no key crosses twice (two peers pushing to
+a node that lost its disk would send it everything twice). Transfers are paced
 at ``repair_rate`` keys a second with a bounded window, and pause while this
 node's disk has a backlog of foreground writes, so a refill yields to clients.
 
@@ -19,17 +22,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ...protocol.errors import BadRequestError
 from ...protocol.limits import MAX_SYNC_ENTRIES
 from ...protocol.messages import NO_VERSION, Digests, DigestsReply, Fetch, FetchReply, Sync, SyncReply, Version
 from .buckets import BucketIndex
-from .fanout import OK, Fanout
 from .keydir import Entry
 from .services import CoreServices
 
-# Pushes and pulls in flight at once, all peers together.
+# Pulls in flight at once.
 TRANSFER_WINDOW = 64
 # How often paced transfers are started; each tick may start repair_rate * TICK.
 TICK = 0.05
@@ -41,6 +43,8 @@ YIELD_PENDING_WRITES = 256
 # first comparison: longer than a write takes to reach every replica when the
 # nodes are not overloaded (milliseconds), well under a repair interval.
 CONFIRM_DELAY = 0.3
+# A repair request unanswered after this many write timeouts has failed.
+REQUEST_TIMEOUT_WRITES = 2
 # Transfers queued above which no further SYNC page is sent.
 ENTRIES_PER_TRANSFER = 10
 QUEUED_TRANSFERS = 4 * TRANSFER_WINDOW
@@ -55,10 +59,9 @@ class PeerRepair:
     last_completed: float | None = None
     # Of the last completed round:
     differing_buckets: int = 0
-    keys_sent: int = 0
-    keys_received: int = 0
+    keys_received: int = 0  # pulled from the peer
+    keys_peer_lacks: int = 0  # held newer here: the peer pulls them in its rounds
     # Since this node started, over every round:
-    total_sent: int = 0
     total_received: int = 0
 
     def describe(self, now: float) -> dict[str, Any]:
@@ -67,9 +70,8 @@ class PeerRepair:
             "failed_rounds": self.failed_rounds,
             "last_completed_s_ago": None if self.last_completed is None else round(now - self.last_completed, 3),
             "differing_buckets": self.differing_buckets,
-            "keys_sent": self.keys_sent,
             "keys_received": self.keys_received,
-            "keys_sent_total": self.total_sent,
+            "keys_peer_lacks": self.keys_peer_lacks,
             "keys_received_total": self.total_received,
         }
 
@@ -83,7 +85,7 @@ class _Round:
         self.buckets: deque[int] = deque()
         self.pages: deque[tuple[int, str, bool, list[str]]] = deque()
         self.differing = 0
-        self.sent = 0
+        self.peer_lacks = 0
         self.received = 0
         self.transfers = 0  # queued or in flight
         self.exchanging = True  # DIGESTS and SYNC pages still under way
@@ -96,8 +98,8 @@ class Repair:
         self.status = {peer: PeerRepair() for peer in core.peer_ids}
         self._turn = 0
         self._round: _Round | None = None
-        # (round, "push" or "pull", key) waiting for the pacer
-        self._queue: deque[tuple[_Round, str, str]] = deque()
+        # (round, key) to pull, waiting for the pacer
+        self._queue: deque[tuple[_Round, str]] = deque()
         self._in_flight = 0
         self._allowance = 0.0
         self._refilled = core.now
@@ -154,7 +156,7 @@ class Repair:
         if self._round is not round_:
             return
         taken = core.now
-        sent = core.ask(round_.peer, Digests, (self.ensure_index().packed_digests(), core.tombstones.floor_target),
+        sent = self._ask(round_.peer, Digests, (self.ensure_index().packed_digests(), core.tombstones.floor_target),
                         lambda reply: self._digests_answered(round_, reply, taken, suspects))
         if sent is None:
             self._fail(round_)
@@ -220,7 +222,7 @@ class Repair:
         if not last and not entries:
             self._next_page(round_)
             return
-        sent = self._core.ask(round_.peer, Sync, (bucket, after, last, entries),
+        sent = self._ask(round_.peer, Sync, (bucket, after, last, entries),
                               lambda reply: self._sync_answered(round_, reply))
         if sent is None:
             self._fail(round_)
@@ -229,10 +231,9 @@ class Repair:
         if not isinstance(reply, SyncReply):
             self._fail(round_)
             return
-        for key in reply.wanted:
-            self._enqueue(round_, "push", key)
+        round_.peer_lacks += len(reply.wanted)
         for key in reply.offered:
-            self._enqueue(round_, "pull", key)
+            self._enqueue(round_, key)
         self._next_page(round_)
 
     def _fail(self, round_: _Round) -> None:
@@ -246,16 +247,40 @@ class Repair:
             status = self.status[round_.peer]
             status.last_completed = self._core.now
             status.differing_buckets = round_.differing
-            status.keys_sent = round_.sent
             status.keys_received = round_.received
+            status.keys_peer_lacks = round_.peer_lacks
 
     # --- paced transfers ----------------------------------------------------------------
 
-    def _enqueue(self, round_: _Round, direction: str, key: str) -> None:
+    def _enqueue(self, round_: _Round, key: str) -> None:
         round_.transfers += 1
-        self._queue.append((round_, direction, key))
+        self._queue.append((round_, key))
         if self._pacer is None:
             self._pace()
+
+    def _ask(self, peer: str, message_type: type, fields: tuple, handler: Callable[[Any], None]) -> int | None:
+        """``core.ask`` with a deadline: a reply that never comes (a message lost, a
+        peer that hangs without its link closing) fails the request rather than
+        leaving the round waiting for ever."""
+        core = self._core
+        answered = False
+
+        def settle(reply: Any) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                timer.cancel()
+                handler(reply)
+
+        def expire() -> None:
+            core.forget(request_id)
+            settle(None)
+
+        timer = core.timers.schedule(core.now + REQUEST_TIMEOUT_WRITES * core.config.write_timeout, expire)
+        request_id = core.ask(peer, message_type, fields, settle)
+        if request_id is None:
+            timer.cancel()
+        return request_id
 
     def _pace(self) -> None:
         """Start what the rate, the window and the disk allow; come back in a tick for the rest."""
@@ -274,13 +299,10 @@ class Repair:
             self._refill_allowance()
             while (self._queue and self._allowance >= 1 and self._in_flight < TRANSFER_WINDOW
                    and core.pending_writes < YIELD_PENDING_WRITES):
-                round_, direction, key = self._queue.popleft()
+                round_, key = self._queue.popleft()
                 self._allowance -= 1
                 self._in_flight += 1
-                if direction == "push":
-                    self._push(round_, key)
-                else:
-                    self._pull(round_, key)
+                self._pull(round_, key)
         finally:
             self._starting = False
 
@@ -292,46 +314,28 @@ class Repair:
         self._allowance = min(self._allowance + (core.now - self._refilled) * rate, capacity)
         self._refilled = core.now
 
-    def _transferred(self, round_: _Round, direction: str, moved: bool) -> None:
+    def _transferred(self, round_: _Round, moved: bool) -> None:
         self._in_flight -= 1
         if self._queue:
             self._start_transfers()  # a slot is free: no need to wait for the next tick
         round_.transfers -= 1
         if moved:
-            status = self.status[round_.peer]
-            if direction == "push":
-                round_.sent += 1
-                status.total_sent += 1
-            else:
-                round_.received += 1
-                status.total_received += 1
+            round_.received += 1
+            self.status[round_.peer].total_received += 1
         self._maybe_finish(round_)
-
-    def _push(self, round_: _Round, key: str) -> None:
-        core = self._core
-
-        def send(copy: Any) -> None:
-            if isinstance(copy, Exception) or copy.version == NO_VERSION or not core.usable(round_.peer):
-                self._transferred(round_, "push", False)
-                return
-            Fanout(core, key, copy.version, copy.deleted, copy.value, [round_.peer],
-                   core.now + core.config.write_timeout,
-                   lambda _peer, outcome: self._transferred(round_, "push", outcome == OK), hint=False)
-
-        core.committed_copy(key, send)
 
     def _pull(self, round_: _Round, key: str) -> None:
         core = self._core
 
         def fetched(reply: Any) -> None:
             if not isinstance(reply, FetchReply) or reply.version == NO_VERSION:
-                self._transferred(round_, "pull", False)
+                self._transferred(round_, False)
                 return
             core.store(key, reply.version, reply.deleted, None if reply.deleted else reply.value, None,
-                       lambda error: self._transferred(round_, "pull", error is None))
+                       lambda error: self._transferred(round_, error is None))
 
-        if core.ask(round_.peer, Fetch, (key,), fetched) is None:
-            self._transferred(round_, "pull", False)
+        if self._ask(round_.peer, Fetch, (key,), fetched) is None:
+            self._transferred(round_, False)
 
     # --- a peer's rounds: answering DIGESTS and SYNC ---------------------------------------
 

@@ -28,8 +28,13 @@ class MajorityRound:
         key: str,
         deadline: float,
         on_done: Callable[[Answers | None], None],
+        *,
+        request: str | None = None,
     ) -> None:
         self._core = core
+        # LOOKUP only: a PUT's request id, and the versions answers say it was applied at.
+        self._fields = (key,) if request is None else (key, request)
+        self.request_versions: list = []
         self._message_type = message_type
         self._reply_type = FetchReply if message_type.__name__ == "Fetch" else LookupReply
         self._key = key
@@ -67,7 +72,7 @@ class MajorityRound:
             self._finish(False)
 
     def _ask(self, peer: str) -> None:
-        request_id = self._core.ask(peer, self._message_type, (self._key,), lambda reply, peer=peer: self._answered(peer, reply))
+        request_id = self._core.ask(peer, self._message_type, self._fields, lambda reply, peer=peer: self._answered(peer, reply))
         if request_id is not None:
             self._asked[peer] = request_id
 
@@ -82,6 +87,8 @@ class MajorityRound:
             return
         if isinstance(reply, self._reply_type):
             self._core.adopt_floor(reply.floor)
+            if getattr(reply, "request_version", None) is not None:
+                self.request_versions.append(reply.request_version)
             self.answers.append((peer, Copy(reply.version, reply.deleted, getattr(reply, "value", None))))
             self._needed -= 1
             if self._needed == 0:

@@ -47,6 +47,7 @@ class CoreServices(Protocol):
     stats: CoreStats
     hints: HintSink
     tombstones: Any
+    applied: Any
 
     @property
     def pending_writes(self) -> int: ...

@@ -1,0 +1,58 @@
+"""PUT requests this node has applied recently, by the client's request id.
+
+A client (or HAProxy, through the bridge) that lost a PUT's reply sends it
+again with the same request id. Without this, the retry would be a second
+write of the same value under a new tag, and a concurrent writer's value could
+be overwritten by what is really an older write. With it, the node that
+coordinates the retry asks its LOOKUP majority whether any holds the request
+applied; if one does, it completes that write (same tag) instead of making a
+new one. Ids are kept for ``MAX_AGE`` seconds and at most ``LIMIT`` of them:
+retries come within seconds, and a retry the log no longer covers is applied
+like a new PUT, which is what a PUT without an id always was.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+from ...protocol.messages import Version
+
+# Retries arrive within seconds (a client's failover, HAProxy's retry); a
+# minute covers them with room. 100,000 ids cost about 15 MB at most.
+MAX_AGE = 60.0
+LIMIT = 100_000
+
+
+class Applied(NamedTuple):
+    version: Version
+    at: float
+
+
+class AppliedRequests:
+    """Keyed by (request id, key): an id names a write of one key, and the same id
+    sent with another key (a client's mistake) is simply another write."""
+
+    def __init__(self) -> None:
+        self._log: OrderedDict[tuple[str, str], Applied] = OrderedDict()
+
+    def remember(self, request: str, key: str, version: Version, now: float) -> None:
+        log = self._log
+        name = (request, key)
+        held = log.get(name)
+        if held is not None and held.version >= version:
+            return
+        log[name] = Applied(version, now)
+        log.move_to_end(name)
+        while len(log) > LIMIT or (log and now - next(iter(log.values())).at > MAX_AGE):
+            log.popitem(last=False)
+
+    def find(self, request: str, key: str, now: float) -> Version | None:
+        """The version ``request`` was applied at to ``key``, if remembered."""
+        held = self._log.get((request, key))
+        if held is None or now - held.at > MAX_AGE:
+            return None
+        return held.version
+
+    def __len__(self) -> int:
+        return len(self._log)

@@ -1,0 +1,58 @@
+"""A PUT sent again with its request id is applied once (docs/protocol.md 6.4, "Retrying a PUT").
+
+Real nodes: the retry goes to another node than the first attempt, as a client
+library or HAProxy would send it after a lost reply, with another write of
+the key in between; the retry must answer the first attempt's version and
+leave that newer write in place.
+"""
+
+from __future__ import annotations
+
+from kvwire import Client
+from kvwire.protocol import Get, GetReply, Put, PutReply
+from kvwire.testing import LocalCluster, RawConnection, wait_for
+
+
+def _put(cluster, node_id, key, value, request):
+    with RawConnection(cluster[node_id].address) as conn:
+        return conn.request(Put(1, key, value, request))
+
+
+def _get(cluster, node_id, key):
+    with RawConnection(cluster[node_id].address) as conn:
+        reply = conn.request(Get(1, key))
+    assert isinstance(reply, GetReply), reply
+    return reply.value, reply.version
+
+
+def test_a_put_sent_again_with_its_request_id_is_applied_once_on_another_node(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        first = _put(cluster, "n1", "k", "a", "req-1")
+        assert isinstance(first, PutReply)
+        other = _put(cluster, "n2", "k", "b", "req-2")  # another client's write, after it
+        assert other.version > first.version
+        # The "retry" of req-1, through n3, which coordinated neither: it must
+        # find req-1 applied (its own log, or its LOOKUP majority's) and answer
+        # that write, not write "a" over "b".
+        again = _put(cluster, "n3", "k", "a", "req-1")
+        assert isinstance(again, PutReply) and again.version == first.version
+        for node_id in cluster.node_ids:
+            assert _get(cluster, node_id, "k") == ("b", other.version)
+
+
+def test_a_request_id_names_a_write_of_one_key_and_with_another_key_is_another_write(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        first = _put(cluster, "n1", "k", "a", "req-x")
+        again = _put(cluster, "n2", "k", "a", "req-x")
+        other = _put(cluster, "n1", "other-key", "z", "req-x")
+        assert isinstance(other, PutReply) and again.version == first.version
+        assert _get(cluster, "n3", "other-key") == ("z", other.version)
+
+
+def test_the_client_library_sends_a_request_id_with_every_put(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path) as cluster, Client(cluster.endpoints) as client:
+        version = client.put("k", "v", request_id="mine")
+        # The same id again, as the library's own retry would send it: the same write.
+        assert client.put("k", "v", request_id="mine") == version
+        assert client.put("k", "v") > version  # a new PUT gets a new id, so a new version
+        wait_for(lambda: _get(cluster, "n3", "k")[0] == "v", timeout=5, what="n3 holding the value")
