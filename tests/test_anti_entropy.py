@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvwire import Client
+from kvwire import Client, NoQuorumError
+from kvwire.client import RetryPolicy
 from kvwire.testing import LocalCluster, wait_for
 from kvwire.testing.data import local_copies, value_for, write_keys
 
@@ -34,6 +35,7 @@ def test_a_node_that_lost_its_disk_holds_every_live_key_again_without_reads(tmp_
         live = {key: value_for(key, 100) for key in keys if key not in set(deleted)}
 
         cluster.wipe("n3")
+        cluster["n3"].extra_args.append("--join")  # as docs/operations.md says to, for a lost disk
         cluster.start("n3")
         cluster.wait_ready("n3")
         assert len(local_copies(cluster["n3"].address, keys[:50])) < 50  # really empty at first
@@ -43,6 +45,10 @@ def test_a_node_that_lost_its_disk_holds_every_live_key_again_without_reads(tmp_
 
         wait_for(refilled, timeout=60, what="n3 holding every live key again")
         assert local_copies(cluster["n3"].address, keys) == live  # no deleted key came back
+        # Joined: caught up from both peers, it takes part in majorities again.
+        wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 joined")
+        log = cluster["n3"].log()
+        assert "joining the cluster" in log and "joined: caught up from every peer" in log
         # HEALTH shows the rounds that did it: n3 pulled every key in its own rounds.
         moved = sum(_repair_of(cluster, "n3", peer)["repair"]["keys_received_total"] for peer in ("n1", "n2"))
         assert moved >= len(live)
@@ -112,3 +118,68 @@ def test_bad_repair_and_hint_options_are_refused_with_a_clear_line(option, value
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_node_replaced_under_a_new_id_is_filled_and_the_old_ones_hints_dropped(tmp_path):
+    """docs/operations.md "Replacing a node": n3 is gone for good; n4 starts empty
+    with --cluster n1,n2,n4, then n1 and n2 are restarted one at a time with that
+    list. They drop their hints for n3 (no longer a member), and anti-entropy
+    fills n4 with every key, without reads."""
+    from kvwire.testing import NodeProcess, free_port
+
+    keys = [f"rp/{i}" for i in range(300)]
+    with LocalCluster(3, data_dir=tmp_path, node_args=REPAIR_ARGS) as cluster:
+        write_keys(cluster.endpoints, keys[:200])
+        cluster.kill("n3")
+        cluster.wait_peers("n1", down=["n3"])
+        write_keys(cluster.endpoints_of("n1", "n2"), keys[200:])  # n3 missed these: hints for it
+        hinting = [node_id for node_id in ("n1", "n2") if _repair_of(cluster, node_id, "n3")["pending_hints"]]
+        assert hinting
+
+        n4_port = free_port("127.0.0.4")
+        old = cluster.members
+        members = ",".join(part for part in old.split(",") if not part.startswith("n3=")) + f",n4=127.0.0.4:{n4_port}"
+        n4_args = [members if arg == old else arg for arg in cluster["n1"].extra_args] + ["--join"]
+        with NodeProcess("n4", data_dir=tmp_path / "n4", host="127.0.0.4", port=n4_port, extra_args=n4_args) as n4:
+            for node_id in ("n1", "n2"):
+                node = cluster[node_id]
+                node.extra_args = [members if arg == old else arg for arg in node.extra_args]
+                cluster.restart(node_id)
+                if node_id in hinting:  # its hints for n3 were reloaded at start, and dropped
+                    assert "stopped hinting peer n3: it is not a member of this cluster" in node.log()
+            expected = {key: value_for(key, 100) for key in keys}
+            wait_for(lambda: local_copies(n4.address, keys) == expected, timeout=30,
+                     what="n4 holding every key, filled by anti-entropy")
+            health = cluster.health("n1")
+            assert sorted(entry["node_id"] for entry in health["cluster"]["nodes"]) == ["n2", "n4"]
+
+
+def test_a_joining_node_takes_no_part_in_majorities_until_caught_up_from_every_peer(tmp_path):
+    """--join on a new data directory: while n3 catches up, it refuses LOOKUP and
+    FETCH (its empty answers could hide a write held by one peer), and what it
+    coordinates asks every node. With n2 down it cannot catch up from every peer,
+    so it stays joining, and n1 alone (a minority of up-to-date nodes) cannot
+    make a majority with it."""
+    from kvwire.protocol import ErrorCode, ErrorReply, Fetch
+
+    with LocalCluster(3, data_dir=tmp_path, node_args=REPAIR_ARGS) as cluster:
+        write_keys(cluster.endpoints, [f"j/{i}" for i in range(100)])
+        cluster.kill("n2")
+        cluster.wipe("n3")
+        cluster["n3"].extra_args.append("--join")
+        cluster.start("n3")
+        cluster.wait_ready("n3", peers=False)
+        cluster.wait_peers("n3", up=["n1"])
+        assert cluster.health("n3")["joining"] is True
+        with cluster.raw("n3") as conn:
+            cluster.as_peer("n3", conn)
+            refused = conn.request(Fetch(2, "j/1"))
+        assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.UNAVAILABLE
+        assert "joining the cluster" in refused.message
+        with Client(cluster.endpoints_of("n1"), retry=RetryPolicy(attempts=1)) as client:
+            with pytest.raises(NoQuorumError):
+                client.put("j/new", b"x")  # n1 + a joining n3 is no majority
+        cluster.start("n2")
+        cluster.wait_ready("n2")
+        wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 joined once n2 was back")
+        assert len(local_copies(cluster["n3"].address, [f"j/{i}" for i in range(100)])) == 100

@@ -105,7 +105,7 @@ OPTIONAL_FIELDS = {
     "HelloReply": {"limits", "nonce", "proof"},
     "PutReply": {"created"},
     "LookupReply": {"floor", "request_version"},
-    "FetchReply": {"floor"},
+    "FetchReply": {"floor", "request"},
 }
 
 
@@ -250,6 +250,7 @@ SAMPLES = [
     FetchReply(32, Version(4, "n1"), True, None),
     FetchReply(33, NO_VERSION, False, None),
     FetchReply(34, Version(6, "n1"), False, "v", 5),
+    FetchReply(35, Version(6, "n1"), False, "v", 5, "a-request"),
     DigestsReply(45, [], 0),
     DigestsReply(46, list(range(REPAIR_BUCKETS)), 2**63 - 1),
     SyncReply(47, [], []),

@@ -74,7 +74,7 @@ _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
     Op.LOOKUP_REPLY: frozenset({"floor", "request_version"}),
-    Op.FETCH_REPLY: frozenset({"floor"}),
+    Op.FETCH_REPLY: frozenset({"floor", "request"}),
 }
 
 _short_repr = reprlib.Repr()

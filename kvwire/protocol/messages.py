@@ -301,6 +301,7 @@ class FetchReply:
     deleted: bool
     value: Any
     floor: int | None = None
+    request: str | None = None  # the request id of the PUT that wrote this version, if known here
     op = Op.FETCH_REPLY
 
 

@@ -64,6 +64,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         node_id=config.node_id,
         sync=config.sync,
         max_batch_rows=config.max_batch_rows,
+        join=config.join,
     )
     tune_garbage_collector()
     node = Node(config, storage)

@@ -131,6 +131,11 @@ class ServerConfig:
     # still carrying an older version: every operation stops at its deadline,
     # so at least four write timeouts (a forwarded DELETE waits for two).
     tombstone_grace: float = 3600.0
+    # This node's data directory is new but the cluster already holds data:
+    # its disk was lost, or it replaces a removed member. It takes no part in
+    # majorities until anti-entropy has caught it up from every peer
+    # (docs/design.md 1.9). Without it a new data directory is a new cluster's.
+    join: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not _NODE_ID.match(self.node_id):

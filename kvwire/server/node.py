@@ -41,7 +41,8 @@ from ..protocol.messages import (
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
 from .core import (
-    CloseLink, DropHint, DropPeerHints, Load, NodeCore, PeerStateChanged, Persist, Purge, Respond, SaveFloor, Send, StoreHint,
+    CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, PeerStateChanged, Persist, Purge, Respond, SaveFloor, Send,
+    StoreHint,
 )
 from .failure_detector import PeerState, Transition
 from .peers import PeerLinks, reply_or_failure
@@ -85,7 +86,7 @@ class Node:
         self._clock = clock
         self._started = clock()
         self.core = NodeCore(config, clock(), committed=storage.loaded_entries, hints=storage.loaded_hints,
-                             floor=storage.loaded_floor)
+                             floor=storage.loaded_floor, joining=storage.joining)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
         self.peers = PeerLinks(config, self)
@@ -100,6 +101,10 @@ class Node:
         self._hinting: set[str] = {peer for peer in self.core.peer_ids if self.core.hints.count(peer)}
         self._has_quorum = config.quorum == 1
         self._snapshot_timer: asyncio.TimerHandle | None = None
+        self._joining = self.core.joining
+        if self._joining:
+            log.info("joining the cluster: until anti-entropy has caught this node up from every peer it takes no "
+                     "part in majorities, and what it coordinates asks every node", extra={"event": "joining"})
         # What a connection may do before (and without) an accepted HELLO.
         self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
 
@@ -299,6 +304,8 @@ class Node:
                         log.info("hinting peer %s stopped: every hint delivered (%d since this node started)", effect.peer,
                                  core.hints.delivered.get(effect.peer, 0),
                                  extra={"peer": effect.peer, "event": "hinting_stopped"})
+                elif kind is Joined:
+                    self.storage.clear_joining()
                 elif kind is Purge:
                     self.storage.purge(effect.key, effect.version)
                 elif kind is SaveFloor:
@@ -314,6 +321,10 @@ class Node:
                     self.peers.reconnect(effect.peer)
                 elif kind is PeerStateChanged:
                     self._log_transition(effect.transition)
+        if self._joining and not core.joining:
+            self._joining = False
+            log.info("joined: caught up from every peer, this node now takes part in majorities",
+                     extra={"event": "joined"})
         self._arm_timer(core.next_deadline())
 
     def _log_transition(self, transition: Transition) -> None:
@@ -402,6 +413,8 @@ class Node:
             "protocol_version": PROTOCOL_VERSION,
             "connections": self.connections,
             "keys": len(core.keydir),
+            # Started with --join on a new data directory and not yet caught up from every peer.
+            "joining": core.joining,
             # Tombstones held and removed since start, and the counter every new tag is above.
             "tombstones": {"held": core.keydir.tombstones, "collected": core.tombstones.purged,
                            "tag_floor": core.tombstones.floor_target},

@@ -130,9 +130,16 @@ class Storage:
         self.loaded_entries: dict[str, Entry] = {}
         self.loaded_hints: dict[str, dict[str, Version]] = {}
         self.loaded_floor = 0
+        # Joining the cluster (``open(join=)``) and not yet caught up.
+        self.joining = False
+        self._clear_joining = False
 
     @classmethod
-    async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096) -> Storage:
+    async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096,
+                   join: bool = False) -> Storage:
+        """Open (creating if need be) the node's files. ``join``: a new data directory
+        joins an existing cluster (``ServerConfig.join``), a state kept in the files
+        until the node has caught up, so that a restart meanwhile does not end it."""
         path = data_dir / "kvwire.sqlite3"
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +153,9 @@ class Storage:
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
             await writer.executescript(SCHEMA)
-            await _claim_for_node(writer, node_id, path)
+            fresh = await _claim_for_node(writer, node_id, path)
+            if fresh and join:
+                await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('joining', '1')")
             await writer.commit()
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException as exc:
@@ -173,6 +182,8 @@ class Storage:
         async with self._reader.execute("SELECT value FROM meta WHERE name = 'tag_floor'") as cursor:
             row = await cursor.fetchone()
         self.loaded_floor = int(row[0]) if row is not None else 0
+        async with self._reader.execute("SELECT value FROM meta WHERE name = 'joining'") as cursor:
+            self.joining = await cursor.fetchone() is not None
 
     # --- reads -------------------------------------------------------------------------
 
@@ -231,6 +242,11 @@ class Storage:
         self._wakeup.set()
         return future
 
+    def clear_joining(self) -> None:
+        """Record, in the next commit, that the node has joined."""
+        self._clear_joining = True
+        self._wakeup.set()
+
     def drop_peer_hints(self, peer: str) -> None:
         """Forget, in the next commit, every hint for ``peer``."""
         self._unhint_rows.append((peer, None, None, None))
@@ -249,7 +265,8 @@ class Storage:
                     await self._probe()
                     continue
             self._wakeup.clear()
-            while self._queue or self._hint_rows or self._unhint_rows or self._purge_rows or self._floor is not None:
+            while (self._queue or self._hint_rows or self._unhint_rows or self._purge_rows or self._floor is not None
+                   or self._clear_joining):
                 batch = self._queue[: self._max_batch_rows]
                 del self._queue[: self._max_batch_rows]
                 await self._commit(batch)
@@ -263,7 +280,8 @@ class Storage:
         purge_rows, self._purge_rows = self._purge_rows, []
         floor, self._floor = self._floor, None
         floor_waiters, self._floor_waiters = self._floor_waiters, []
-        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor)
+        joined, self._clear_joining = self._clear_joining, False
+        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined)
         started = time.perf_counter()
         try:
             # One hop to aiosqlite's thread for the whole transaction, not one
@@ -295,6 +313,7 @@ class Storage:
             if floor is not None:
                 self._floor = floor if self._floor is None else max(self._floor, floor)
                 self._floor_waiters[:0] = floor_waiters
+            self._clear_joining = self._clear_joining or joined
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
@@ -344,10 +363,10 @@ class Storage:
         await self._writer.close()
 
 
-async def _claim_for_node(db: aiosqlite.Connection, node_id: str, path: Path) -> None:
+async def _claim_for_node(db: aiosqlite.Connection, node_id: str, path: Path) -> bool:
     """Tie the data directory to one node id: version tags name their writer,
     so two nodes sharing files, or one restarted under a new id, would mint
-    colliding or misleading tags."""
+    colliding or misleading tags. True when the directory was new (never claimed)."""
     async with db.execute("SELECT value FROM meta WHERE name = 'node_id'") as cursor:
         row = await cursor.fetchone()
     if row is not None and row[0] != node_id:
@@ -356,6 +375,7 @@ async def _claim_for_node(db: aiosqlite.Connection, node_id: str, path: Path) ->
     # can't be written (read-only, on a read-only mount) fails here, at start-up,
     # rather than leaving a node that looks healthy while every write fails.
     await db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('node_id', ?)", (node_id,))
+    return row is None
 
 
 def reason_of(error: OSError | sqlite3.Error) -> str:
@@ -388,6 +408,7 @@ class _Upkeep(NamedTuple):
     unhint_rows: list[tuple]
     purge_rows: list[tuple]
     floor: int | None
+    joined: bool
 
 
 def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> None:
@@ -403,5 +424,7 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkee
         db.executemany(PURGE, upkeep.purge_rows)
     if upkeep.floor is not None:
         db.execute(FLOOR_SAVE, (str(upkeep.floor),))
+    if upkeep.joined:
+        db.execute("DELETE FROM meta WHERE name = 'joining'")
     db.commit()
 

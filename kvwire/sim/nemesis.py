@@ -8,6 +8,10 @@ if TYPE_CHECKING:
     from .world import World
 
 FAULT_KINDS = ("crash", "pause", "partition", "one-way", "disk", "network")
+# The share of crashes that also lose the node's disk, at most one a run: a
+# second lost disk before anti-entropy has refilled the first could lose a
+# write that only those two held, which no replication factor of 3 survives.
+WIPE_SHARE = 0.2
 
 
 class Nemesis:
@@ -50,6 +54,15 @@ class Nemesis:
         world.trace(f"nemesis: {kind} {victim.node_id} for {duration:.3f}s")
         if kind == "crash" and victim.alive:
             victim.crash()
+            # (A lone node's lost disk loses everything: nothing to test there.)
+            if rng.random() < WIPE_SHARE and not self.injected.get("wipe") and len(ids) >= 3:
+                # The disk is lost too: the node comes back empty under its id.
+                world.trace(f"nemesis: {victim.node_id}'s disk is lost")
+                self.injected["wipe"] = self.injected.get("wipe", 0) + 1
+                from .world import SimDisk
+
+                victim.disk = SimDisk()
+                victim.disk.joining = True  # started with --join, as an operator replacing a disk would
             self._heal_after(duration, victim.start)
         elif kind == "pause" and victim.alive and not victim.paused:
             victim.pause()

@@ -19,7 +19,7 @@ from ..protocol.errors import InternalServerError
 from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
 from ..server.core import (
-    CloseLink, DropHint, DropPeerHints, Entry, Load, Purge, SaveFloor, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
+    CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Purge, SaveFloor, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
 )
 from ..server.core.timers import Timers
 
@@ -30,7 +30,7 @@ RECONNECT_MAX_DELAY = 1.0
 
 SIM_CLUSTER_SECRET = b"the simulated cluster's secret"
 # Effects the simulated disk applies in its next batch, as group commit does.
-_COMMITTED_EFFECTS = frozenset({Persist, StoreHint, DropHint, DropPeerHints, Purge, SaveFloor})
+_COMMITTED_EFFECTS = frozenset({Persist, StoreHint, DropHint, DropPeerHints, Purge, SaveFloor, Joined})
 
 
 @dataclass
@@ -82,6 +82,7 @@ class SimDisk:
         self.rows: dict[str, tuple[Any, bool, Any]] = {}  # key -> (version, deleted, value)
         self.hints: dict[str, dict[str, Any]] = {}
         self.floor = 0  # the durable tag floor (tombstone collection)
+        self.joining = False  # a replacement disk: its node joins (ServerConfig.join)
         self.failing_until = -1.0
         self.slow_until = -1.0
         self.commits = 0
@@ -115,7 +116,7 @@ class SimNode:
         committed = {key: Entry(version, deleted) for key, (version, deleted, _value) in self.disk.rows.items()}
         hints = {peer: dict(keys) for peer, keys in self.disk.hints.items()}
         self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints,
-                             floor=self.disk.floor, mutant=self.mutant)
+                             floor=self.disk.floor, joining=self.disk.joining, mutant=self.mutant)
         self.queued, self.commit_scheduled, self.tick_at = [], False, None
         for peer in self.config.peers:
             self.links[peer.node_id] = None
@@ -337,6 +338,8 @@ class SimNode:
                         del disk.rows[effect.key]
                 elif kind is SaveFloor:
                     disk.floor = max(disk.floor, effect.floor)
+                elif kind is Joined:
+                    disk.joining = False
                 else:
                     hinted = disk.hints.get(effect.peer, {})
                     if effect.key in hinted and hinted[effect.key] <= effect.version:

@@ -35,6 +35,10 @@ class AppliedRequests:
 
     def __init__(self) -> None:
         self._log: OrderedDict[tuple[str, str], Applied] = OrderedDict()
+        # (key, version) -> request id, for the same entries: a version copied on
+        # (a quorum read's write-back, anti-entropy) takes its id along, so every
+        # node that comes to hold it remembers the request too.
+        self._by_version: dict[tuple[str, Version], str] = {}
 
     def remember(self, request: str, key: str, version: Version, now: float) -> None:
         log = self._log
@@ -42,10 +46,15 @@ class AppliedRequests:
         held = log.get(name)
         if held is not None and held.version >= version:
             return
+        if held is not None:
+            self._by_version.pop((key, held.version), None)
         log[name] = Applied(version, now)
         log.move_to_end(name)
+        self._by_version[(key, version)] = request
         while len(log) > LIMIT or (log and now - next(iter(log.values())).at > MAX_AGE):
-            log.popitem(last=False)
+            (old_request, old_key), old = log.popitem(last=False)
+            if self._by_version.get((old_key, old.version)) == old_request:
+                del self._by_version[(old_key, old.version)]
 
     def find(self, request: str, key: str, now: float) -> Version | None:
         """The version ``request`` was applied at to ``key``, if remembered."""
@@ -53,6 +62,10 @@ class AppliedRequests:
         if held is None or now - held.at > MAX_AGE:
             return None
         return held.version
+
+    def request_of(self, key: str, version: Version) -> str | None:
+        """The request id that wrote ``version`` of ``key``, if remembered."""
+        return self._by_version.get((key, version))
 
     def __len__(self) -> int:
         return len(self._log)

@@ -93,6 +93,12 @@ class SaveFloor:
 
 
 @dataclass(slots=True)
+class Joined:
+    """A joining node caught up from every peer: forget, in the next commit, that
+    it is joining (a restart must not make it a voter before). No completion."""
+
+
+@dataclass(slots=True)
 class Load:
     """Read ``key``'s committed row. Completed by ``core.loaded(key, row)``, with row
     ``(version, deleted, value)`` or None when there is none."""
@@ -116,5 +122,5 @@ class PeerStateChanged:
     transition: Any
 
 
-Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | Load | CloseLink
+Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | Joined | Load | CloseLink
           | PeerStateChanged)

@@ -114,7 +114,8 @@ class HintBook:
                 self._stalled[peer].add(key)
             return
         Fanout(core, key, copy.version, copy.deleted, copy.value, [peer], core.now + core.config.write_timeout,
-               lambda _peer, outcome: self._sent(peer, key, copy.version, outcome == OK), hint=False)
+               lambda _peer, outcome: self._sent(peer, key, copy.version, outcome == OK), hint=False,
+               request=core.applied.request_of(key, copy.version))
 
     def _sent(self, peer: str, key: str, version: Version, ok: bool) -> None:
         self._in_flight[peer].discard(key)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable
 
-from ...protocol.errors import ForbiddenError, InternalServerError, KeyNotFoundError, KvwireError
+from ...protocol.errors import ForbiddenError, InternalServerError, KeyNotFoundError, KvwireError, UnavailableError
 from ...protocol.messages import (
     NO_VERSION,
     Consistency,
@@ -36,7 +36,7 @@ from ...protocol.messages import (
 from ..cache import MISSING, ValueCache
 from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
-from .effects import CloseLink, Effect, Load, PeerStateChanged, Persist, Respond, Send
+from .effects import CloseLink, Effect, Joined, Load, PeerStateChanged, Persist, Respond, Send
 from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
@@ -61,6 +61,7 @@ MUTANTS = (
     "gc-without-evidence",  # tombstones are removed once old, whatever the peers hold
     "no-floor",  # tombstones are removed without raising the tag floor first, and tags ignore it
     "ignore-request-id",  # a PUT sent again with its request id is written a second time
+    "no-join-guard",  # a node joining with an empty disk answers LOOKUP and FETCH and counts as a majority at once
 )
 
 
@@ -73,6 +74,7 @@ class NodeCore:
         committed: dict[str, Entry] | None = None,
         hints: dict[str, dict[str, Version]] | None = None,
         floor: int = 0,
+        joining: bool = False,
         mutant: str | None = None,
     ) -> None:
         if mutant is not None and mutant not in MUTANTS:
@@ -104,6 +106,16 @@ class NodeCore:
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         self.tombstones = TombstoneCollector(self, floor)
         self.applied = AppliedRequests()
+        # A node joining an existing cluster with an empty data directory (--join:
+        # its disk was lost, or it replaces a removed member) holds none of the
+        # cluster's writes yet. A write acknowledged by a majority that included
+        # its old disk may now be on one other node only, so until anti-entropy
+        # has caught it up from every peer (``repair_round_completed``) it takes
+        # no part in majorities: it refuses LOOKUP and FETCH, and the reads and
+        # writes it coordinates ask every peer. Cassandra's bootstrap and etcd's
+        # --initial-cluster-state=existing stand in the same place.
+        self.joining = joining and bool(self.peer_ids) and mutant != "no-join-guard"
+        self._caught_up_from: set[str] = set()
         self.repair = Repair(self)
         self.timers.schedule(now + config.repair_interval, self._collect_tombstones)
         if self.peer_ids:
@@ -132,7 +144,7 @@ class NodeCore:
         kind = type(request)
         if kind is Get:
             if self.quorum > 1 and request.consistency is not Consistency.ONE:
-                QuorumGet(self, token, request).start()
+                QuorumGet(self, token, request).start()  # asks every peer while joining
             else:
                 self.committed_copy(request.key, lambda copy: self._answer_local_get(token, request, copy))
         elif kind is Put:
@@ -149,6 +161,9 @@ class NodeCore:
                     f"{kind.__name__.upper()} is accepted only on a connection that said HELLO with role 'peer'"))
             elif kind is Replicate:
                 self._replicate(token, request, packed)
+            elif self.joining and kind in (Lookup, Fetch):
+                self.respond(token, UnavailableError(
+                    "this node is joining the cluster (catching up from its peers) and takes no part in majorities yet"))
             elif kind is Lookup:
                 copy = self.keydir.latest(request.key)
                 applied = None if request.request is None else self.applied.find(request.request, request.key, now)
@@ -236,6 +251,17 @@ class NodeCore:
         for callback, _retried in waiting:
             callback(copy)
 
+    def repair_round_completed(self, peer: str) -> None:
+        """A repair round with ``peer`` finished: this node holds every version the
+        peer held when it began. A joining node has joined once it has that from
+        every peer: every acknowledged write is on some peer, and now here."""
+        if not self.joining:
+            return
+        self._caught_up_from.add(peer)
+        if len(self._caught_up_from) == len(self.peer_ids):
+            self.joining = False
+            self.effects.append(Joined())
+
     def floor_saved(self, floor: int, now: float) -> None:
         """A ``SaveFloor`` committed."""
         self.now = now
@@ -260,6 +286,8 @@ class NodeCore:
         if transition is not None:
             self.effects.append(PeerStateChanged(transition))
             self.hints.peer_up(peer)
+            if self.joining:
+                self.repair.try_round()  # catch up as soon as there is someone to catch up from
 
     # --- services for operations ----------------------------------------------------------
 
@@ -268,8 +296,9 @@ class NodeCore:
         return peer in self.connected and self.detector.is_up(peer)
 
     def nodes_up(self) -> int:
-        """Members this node sees UP, itself included: a majority of them is a quorum."""
-        return 1 + sum(self.detector.is_up(peer) for peer in self.peer_ids)
+        """Members this node sees UP, itself included (unless joining, when it takes
+        no part in majorities): a majority of them is a quorum."""
+        return (not self.joining) + sum(self.detector.is_up(peer) for peer in self.peer_ids)
 
     def usable_peers(self) -> list[str]:
         return [peer for peer in self.peer_ids if self.usable(peer)]
@@ -376,6 +405,13 @@ class NodeCore:
             # durable: a refusal never counts towards a DELETE's majority.
             self.respond(token, ReplicateReply(request.id, False, latest))
             return
+        if (request.deleted and expect is None and latest == NO_VERSION
+                and self.tombstones.settled(key, version)):
+            # A tombstone this node collected (or would now): holding nothing reads
+            # the same, and storing it again would restart its collection, for as
+            # long as another node that still holds it writes it back here.
+            self.respond(token, ReplicateReply(request.id, False, NO_VERSION))
+            return
         applied = version > latest
 
         def reply(error: Exception | None) -> None:
@@ -393,7 +429,8 @@ class NodeCore:
             self.respond(token, copy)
         else:
             self.respond(token, FetchReply(request.id, copy.version, copy.deleted, None if copy.deleted else copy.value,
-                                           self.tombstones.floor_target))
+                                           self.tombstones.floor_target,
+                                           None if copy.deleted else self.applied.request_of(request.key, copy.version)))
 
     def _answer_local_get(self, token: Any, request: Get, copy: Copy | KvwireError) -> None:
         if isinstance(copy, KvwireError):

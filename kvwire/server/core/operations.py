@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...protocol.errors import ConflictError, KeyNotFoundError, KvwireError, NoQuorumError
+from ...protocol.errors import ConflictError, KeyNotFoundError, KvwireError, NoQuorumError, UnavailableError
 from ...protocol.messages import Delete as DeleteRequest
 from ...protocol.messages import DeleteReply, Fetch, GetReply, Lookup, PutReply, Version
 from .fanout import FAILED, OK, Fanout
@@ -34,6 +34,8 @@ from .services import CoreServices
 
 
 WRITE_NO_QUORUM = "Failed to replicate to quorum of nodes"
+JOINING = ("this node is joining the cluster (catching up from its peers), and until then what it coordinates "
+           "needs every node's answer ({} of {} answered); another node can take it")
 
 
 class QuorumRead:
@@ -45,7 +47,7 @@ class QuorumRead:
     started goes on for whoever else waits on it.
     """
 
-    def __init__(self, core: CoreServices, key: str, deadline: float, on_done) -> None:
+    def __init__(self, core: CoreServices, key: str, deadline: float, on_done, *, everyone: bool = False) -> None:
         self._core = core
         self._key = key
         self._deadline = deadline
@@ -53,8 +55,9 @@ class QuorumRead:
         self._local: Copy | None = None
         self._answers: Answers | None = None
         self._done = False
+        self._everyone = everyone
         self._waiting: list[str | None] = []  # write-back targets still to confirm
-        self._round = MajorityRound(core, Fetch, key, deadline, self._round_done)
+        self._round = MajorityRound(core, Fetch, key, deadline, self._round_done, everyone=everyone)
         self._timer = core.timers.schedule(deadline, self._expire)
 
     def start(self) -> None:
@@ -77,6 +80,9 @@ class QuorumRead:
     def _round_done(self, answers: Answers | None) -> None:
         if answers is None:
             core = self._core
+            if self._everyone:
+                self._finish(None, UnavailableError(JOINING.format(self._round.reachable, core.cluster_size)))
+                return
             self._finish(None, NoQuorumError(
                 f"quorum read of {self._key!r} needs {core.quorum} of {core.cluster_size} nodes but "
                 f"{self._round.reachable} answered; use consistency 'one' (kvwire-cli get --consistency one) "
@@ -129,12 +135,20 @@ class QuorumRead:
                 self._finish(newest, None)
 
         peers = [source for source in behind if source is not None]
+        # The PUT's request id travels with its version, so that the replicas
+        # brought up to date remember it too (applied.py).
+        request = self._round.requests.get(newest.version) or core.applied.request_of(key, newest.version)
+
+        def stored(error: Exception | None) -> None:
+            if error is None and request is not None:
+                core.applied.remember(request, key, newest.version, core.now)
+            settled(None, error is None)
+
         if None in behind:
-            core.store(key, newest.version, newest.deleted, newest.value, None,
-                       lambda error: settled(None, error is None))
+            core.store(key, newest.version, newest.deleted, newest.value, None, stored)
         if peers:
             Fanout(core, key, newest.version, newest.deleted, newest.value, peers, self._deadline,
-                   lambda peer, outcome: settled(peer, outcome == OK))
+                   lambda peer, outcome: settled(peer, outcome == OK), request=request)
 
 
 class QuorumGet:
@@ -145,7 +159,8 @@ class QuorumGet:
 
     def start(self) -> None:
         core = self._core
-        QuorumRead(core, self._request.key, core.now + core.config.write_timeout, self._done).start()
+        QuorumRead(core, self._request.key, core.now + core.config.write_timeout, self._done,
+                   everyone=core.joining).start()
 
     def _done(self, newest: Copy | None, error: Exception | None) -> None:
         request = self._request
@@ -275,12 +290,16 @@ class Write(_ReplicatedWrite):
         if core.quorum == 1 or core.mutant == "no-lookup":
             self._mint([])  # a lone node is its own majority: no round to run
             return
-        self._round = MajorityRound(core, Lookup, request.key, self._deadline, self._looked_up, request=request.request)
+        self._round = MajorityRound(core, Lookup, request.key, self._deadline, self._looked_up, request=request.request,
+                                    everyone=core.joining)
         self._round.start()
 
     def _looked_up(self, answers: Answers | None) -> None:
         core = self._core
         if answers is None:
+            if core.joining:
+                self._answer(UnavailableError(JOINING.format(self._round.reachable, core.cluster_size)))
+                return
             self._no_quorum(f"{self._round.reachable} of {core.cluster_size} nodes answered, {core.quorum} needed",
                             maybe_applied=False)
             return
@@ -317,14 +336,17 @@ class Delete(_ReplicatedWrite):
         return DeleteReply(self._request.id, self._version)
 
     def start(self) -> None:
-        QuorumRead(self._core, self._request.key, self._deadline, self._read).start()
+        QuorumRead(self._core, self._request.key, self._deadline, self._read, everyone=self._core.joining).start()
 
     def _read(self, newest: Copy | None, error: Exception | None) -> None:
         core, key = self._core, self._request.key
         if self._answered:
             return
         if error is not None:
-            self._no_quorum(f"could not read the key on a majority first ({error.message})", maybe_applied=False)
+            if isinstance(error, UnavailableError):
+                self._answer(error)  # joining: another node can run it
+            else:
+                self._no_quorum(f"could not read the key on a majority first ({error.message})", maybe_applied=False)
             return
         if newest.absent:
             self._answer(KeyNotFoundError(f"key {key!r} not found"))

@@ -133,6 +133,11 @@ class Repair:
     def _next_round(self) -> None:
         core = self._core
         core.timers.schedule(core.now + core.config.repair_interval, self._next_round)
+        self.try_round()
+
+    def try_round(self) -> None:
+        """Begin a round with the next usable peer, unless one is under way or the disk is busy."""
+        core = self._core
         if self._round is not None:
             return  # the last one is still moving keys: one at a time
         if core.pending_writes >= YIELD_PENDING_WRITES:
@@ -249,6 +254,7 @@ class Repair:
             status.differing_buckets = round_.differing
             status.keys_received = round_.received
             status.keys_peer_lacks = round_.peer_lacks
+            self._core.repair_round_completed(round_.peer)
 
     # --- paced transfers ----------------------------------------------------------------
 
@@ -331,8 +337,12 @@ class Repair:
             if not isinstance(reply, FetchReply) or reply.version == NO_VERSION:
                 self._transferred(round_, False)
                 return
-            core.store(key, reply.version, reply.deleted, None if reply.deleted else reply.value, None,
-                       lambda error: self._transferred(round_, error is None))
+            def stored(error: Exception | None) -> None:
+                if error is None and reply.request is not None:
+                    core.applied.remember(reply.request, key, reply.version, core.now)
+                self._transferred(round_, error is None)
+
+            core.store(key, reply.version, reply.deleted, None if reply.deleted else reply.value, None, stored)
 
         if self._ask(round_.peer, Fetch, (key,), fetched) is None:
             self._transferred(round_, False)

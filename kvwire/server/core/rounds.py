@@ -30,18 +30,22 @@ class MajorityRound:
         on_done: Callable[[Answers | None], None],
         *,
         request: str | None = None,
+        everyone: bool = False,
     ) -> None:
         self._core = core
         # LOOKUP only: a PUT's request id, and the versions answers say it was applied at.
         self._fields = (key,) if request is None else (key, request)
         self.request_versions: list = []
+        # FETCH only: version -> the request id that wrote it, where an answer knew.
+        self.requests: dict = {}
         self._message_type = message_type
         self._reply_type = FetchReply if message_type.__name__ == "Fetch" else LookupReply
         self._key = key
         self._deadline = deadline
         self._on_done = on_done
         self.answers: Answers = []
-        self._needed = core.quorum - 1
+        # A joining node asks every peer, not a majority (NodeCore.joining).
+        self._needed = len(core.peer_ids) if everyone else core.quorum - 1
         self._asked: dict[str, int] = {}
         self._done = False
         self._timers: list = []
@@ -89,6 +93,8 @@ class MajorityRound:
             self._core.adopt_floor(reply.floor)
             if getattr(reply, "request_version", None) is not None:
                 self.request_versions.append(reply.request_version)
+            if getattr(reply, "request", None) is not None:
+                self.requests[reply.version] = reply.request
             self.answers.append((peer, Copy(reply.version, reply.deleted, getattr(reply, "value", None))))
             self._needed -= 1
             if self._needed == 0:
