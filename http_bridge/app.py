@@ -157,8 +157,11 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 # Request-id headers a PUT's idempotency id is taken from, first found wins:
-# the caller's own, then the one HAProxy adds (haproxy/kvwire.cfg).
-REQUEST_ID_HEADERS = ("Idempotency-Key", "X-Request-Id")
+# the caller's own, then the one the shipped HAProxy and nginx configurations
+# set on every request (replacing any a client sent). Not X-Request-Id: callers
+# reuse a tracing id across requests, and reused here it would make a second
+# PUT a "retry" of the first.
+REQUEST_ID_HEADERS = ("Idempotency-Key", "X-Kvwire-Request-Id")
 
 
 def _request_id(request: web.Request) -> str | None:

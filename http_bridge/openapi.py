@@ -78,7 +78,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "judged it with the new version: exact against writes acknowledged earlier; two "
                         "PUTs creating a key at once through different nodes may both get 201. A 503 "
                         "with no quorum means the write may or may not have been applied. Sent again with "
-                        "the same Idempotency-Key (or X-Request-Id) within a minute, the PUT is applied "
+                        "the same Idempotency-Key (or X-Kvwire-Request-Id) within a minute, the PUT is applied "
                         "once: the repeat answers the first write's version (with 200)."
                     ),
                     "parameters": [
@@ -91,8 +91,8 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         }
                         for header, description in (
                             ("Idempotency-Key", "The write's id: repeats of this PUT with it are applied once."),
-                            ("X-Request-Id", "Used as the write's id when there is no Idempotency-Key; "
-                                             "HAProxy's and nginx's configurations set one on every request."),
+                            ("X-Kvwire-Request-Id", "Used as the write's id when there is no Idempotency-Key; "
+                                                    "HAProxy's and nginx's configurations set one on every request."),
                         )
                     ],
                     "requestBody": {

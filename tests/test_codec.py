@@ -101,6 +101,7 @@ OPTIONAL_FIELDS = {
     "Put": {"request"},
     "Replicate": {"expect", "request"},
     "Lookup": {"request"},
+    "Sync": {"tombstones"},
     "ErrorReply": {"maybe_applied"},
     "HelloReply": {"limits", "nonce", "proof"},
     "PutReply": {"created"},
@@ -221,6 +222,7 @@ SAMPLES = [
     Digests(40, bytes(8 * REPAIR_BUCKETS), 0),
     Digests(41, bytes(range(256)) * (8 * REPAIR_BUCKETS // 256), 2**63 - 1),
     Sync(42, 0, "", True, []),
+    Sync(45, 3, "", True, [["k", 0, "", False]], True),
     Sync(43, REPAIR_BUCKETS - 1, "a", False, [["b", 1, "n1", False], ["clé", 2**63 - 1, "", True], ["🔑", 0, "n2", False]]),
     Sync(44, 7, "", True, [[f"k{i:04}", i, "n1", i % 2 == 0] for i in range(MAX_SYNC_ENTRIES)]),
     ErrorReply(None, ErrorCode.INTERNAL, "boom"),
@@ -1161,6 +1163,7 @@ WRONG_FIELDS = [
     (Op.SYNC, "after", None),
     (Op.SYNC, "after", b"k"),
     (Op.SYNC, "last", 1),
+    (Op.SYNC, "tombstones", 1),
     (Op.SYNC, "last", None),
     (Op.SYNC, "entries", None),
     (Op.SYNC, "entries", {"k": [1, "n1", False]}),
@@ -1491,7 +1494,9 @@ def test_anti_entropy_round_trip(message):
     assert decoded == message and type(decoded) is type(message)
     assert encode(decoded) == encode(message)
     body = msgpack.unpackb(encode_payload(message))
-    assert list(body)[2:] == [f.name for f in dataclasses.fields(message)][1:]  # declared order, none optional
+    # Declared order; an optional field left None is left out.
+    names = [f.name for f in dataclasses.fields(message)][1:]
+    assert list(body)[2:] == [n for n in names if n not in optional_fields(message) or getattr(message, n) is not None]
     if isinstance(message, Digests):
         assert type(decoded.digests) is bytes
         assert b"\xa7digests\xc5\x20\x00" + message.digests in encode_payload(message)  # bin 16, 8192 bytes

@@ -150,7 +150,7 @@ FIELD_NAMES = [
     "op", "id", "proto", "role", "cluster", "node", "key", "consistency",
     "value", "version", "deleted", "applied", "health", "code", "message",
     "expect", "maybe_applied", "limits", "created",
-    "request", "request_version", "digests", "floor", "buckets", "bucket", "after", "last", "entries", "wanted", "offered",
+    "request", "request_version", "tombstones", "digests", "floor", "buckets", "bucket", "after", "last", "entries", "wanted", "offered",
 ]
 fuzzy_field_values = (
     values

@@ -489,3 +489,14 @@ def test_a_replica_remembers_the_request_of_what_it_applied_and_says_so_to_looku
     assert respond.reply.request_version == Version(3, "n1")
     core.request("q", Lookup(3, "other", "req-9"), 0.0, from_peer=True)  # another key: not this request
     assert effects_of(core, Respond)[0].reply.request_version is None
+
+
+def test_a_retried_put_is_not_completed_below_the_tag_floor_where_its_key_may_be_collected():
+    core = make_core()
+    link_all(core)
+    core.applied.remember("req-old", "k", Version(2, "n2"), 0.0)
+    core.tombstones.floor_target = 5  # tombstones up to counter 5 were collected since
+    core.request("retry", Put(7, "k", "v", "req-old"), 0.0)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
+    assert "too long ago to complete" in str(respond.reply)

@@ -127,7 +127,7 @@ def test_defaults_match_kvwire_up_and_the_fast_preset():
     assert "\n    retry-on conn-failure empty-response response-timeout\n" in text
     # PUTs are retried too (their request id makes a repeat apply once), DELETEs are not.
     assert "\n    http-request disable-l7-retry unless METH_GET || { method PUT }\n" in text
-    assert "\n    http-request set-header X-Request-Id %[unique-id] unless { req.hdr(X-Request-Id) -m found }\n" in text
+    assert "\n    http-request set-header X-Kvwire-Request-Id %[unique-id]\n" in text
     assert "\n    option http-buffer-request\n" in text
     assert "http-check send meth GET uri /kv-store/v1/health/" in text
     assert "http-check expect status 200" in text

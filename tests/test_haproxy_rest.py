@@ -30,7 +30,7 @@ def test_each_node_killed_under_rest_load_fails_no_request(tmp_path, haproxy_bin
     on its own, so each victim is serving the load when it dies.
 
     A GET in flight on the killed node is retried on another. So is a PUT: it
-    carries HAProxy's X-Request-Id, which the bridge sends as the PUT's
+    carries HAProxy's X-Kvwire-Request-Id, which the bridge sends as the PUT's
     request id, and the nodes apply a PUT sent again with its id once
     (docs/protocol.md 6.4). Every PUT acknowledged reads back as written."""
     cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="normal")

@@ -82,7 +82,7 @@ def check_error(reply, status: int, *fragments: str) -> dict:
 # --- the documented paths ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", ["Idempotency-Key", "X-Request-Id"])
+@pytest.mark.parametrize("header", ["Idempotency-Key", "X-Kvwire-Request-Id"])
 def test_a_put_sent_again_with_its_idempotency_key_is_applied_once(api, request, header):
     base, _ = api
     key = f"once-{request.node.callspec.id}"

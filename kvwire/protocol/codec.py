@@ -70,6 +70,7 @@ _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.PUT: frozenset({"request"}),
     Op.REPLICATE: frozenset({"expect", "request"}),
     Op.LOOKUP: frozenset({"request"}),
+    Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
@@ -312,6 +313,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "entries": _entries,
     "wanted": _keys,
     "request": _request_id,
+    "tombstones": _boolean,
     "offered": _keys,
 }
 

@@ -188,13 +188,16 @@ class Sync:
     """Peer only: the sender's entries ``[key, counter, node, deleted]`` of one
     bucket, in key order, for the keys after ``after`` (``""``: from the
     bucket's start) up to the last entry's key, or to the bucket's end when
-    ``last``. The receiver answers which keys each side holds newer."""
+    ``last``. The receiver answers which keys each side holds newer.
+    ``tombstones``: offer tombstones against nothing too (a joining node needs
+    every version, 6.12)."""
 
     id: int
     bucket: int
     after: str
     last: bool
     entries: list
+    tombstones: bool | None = None
     op = Op.SYNC
 
 
@@ -319,8 +322,8 @@ class DigestsReply:
 @dataclass(slots=True)
 class SyncReply:
     """``wanted``: the keys of the SYNC's range whose sent version is newer than
-    the receiver's (the sender pushes them with REPLICATE); ``offered``: those
-    where the receiver holds newer (the sender pulls them with FETCH)."""
+    the receiver's (the receiver pulls them in its own rounds); ``offered``:
+    those where the receiver holds newer (the sender pulls them with FETCH)."""
 
     id: int
     wanted: list

@@ -117,13 +117,14 @@ class ServerConfig:
     # signed (mutual TLS). None: plain TCP.
     tls: TlsFiles | None = None
     # Anti-entropy (docs/design.md section 1.7): a comparison with the next
-    # peer in turn this often, and at most repair_rate keys a second pushed
-    # or pulled, so a refill never starves the clients.
+    # peer in turn this often, and at most repair_rate keys a second pulled,
+    # so a refill never starves the clients.
     repair_interval: float = 2.0
     repair_rate: int = 5000
-    # Hints for one peer are bounded in number and in the age of the oldest;
-    # past either, this node drops that peer's hints and leaves its catch-up
-    # to anti-entropy. Cassandra's max_hint_window is 3 hours likewise.
+    # Hints for one peer are bounded in number and in how long the peer may go
+    # with hints pending (since it last had none); past either, this node drops
+    # that peer's hints and leaves its catch-up to anti-entropy. Cassandra's
+    # max_hint_window is 3 hours likewise.
     hint_limit: int = 100_000
     hint_max_age: float = 3 * 3600.0
     # A tombstone is removed once every replica has held no live version of

@@ -395,7 +395,9 @@ class Node:
         writes, and whether that is a majority: whether this node can take part in one.
         A node whose disk refuses writes can hold no write, so it must not look able to
         (HEALTH, and load balancers' checks of it)."""
-        up = self.core.nodes_up() - (self.storage.write_error is not None)
+        core = self.core
+        # (A joining node never counts itself: nodes_up leaves it out already.)
+        up = core.nodes_up() - (self.storage.write_error is not None and not core.joining)
         return up, up >= self.config.quorum
 
     def health(self) -> dict[str, Any]:

@@ -248,7 +248,11 @@ class Storage:
         self._wakeup.set()
 
     def drop_peer_hints(self, peer: str) -> None:
-        """Forget, in the next commit, every hint for ``peer``."""
+        """Forget, in the next commit, every hint for ``peer`` (those still queued too:
+        the commit deletes a peer's hints before it adds any, so a hint added
+        after this call survives it)."""
+        self._hint_rows = [row for row in self._hint_rows if row[0] != peer]
+        self._unhint_rows = [row for row in self._unhint_rows if row[0] != peer]
         self._unhint_rows.append((peer, None, None, None))
         self._wakeup.set()
 
@@ -270,6 +274,8 @@ class Storage:
                 batch = self._queue[: self._max_batch_rows]
                 del self._queue[: self._max_batch_rows]
                 await self._commit(batch)
+                if self.write_error is not None and not self._queue:
+                    break  # only bookkeeping left, put back: the probe says when to try again
             if self._closing:
                 return
 
@@ -415,11 +421,12 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkee
     """One group commit, on SQLite's thread."""
     if rows:
         db.executemany(UPSERT, rows)
+    if upkeep.unhint_rows:
+        db.executemany(HINT_DELETE_PEER, [row[:1] for row in upkeep.unhint_rows if row[1] is None])
     if upkeep.hint_rows:
         db.executemany(HINT_UPSERT, upkeep.hint_rows)
     if upkeep.unhint_rows:
         db.executemany(HINT_DELETE, [row for row in upkeep.unhint_rows if row[1] is not None])
-        db.executemany(HINT_DELETE_PEER, [row[:1] for row in upkeep.unhint_rows if row[1] is None])
     if upkeep.purge_rows:
         db.executemany(PURGE, upkeep.purge_rows)
     if upkeep.floor is not None:

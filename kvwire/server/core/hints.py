@@ -6,8 +6,8 @@ A live peer that keeps failing is tried ``retry_attempts`` times, the delay
 doubling from ``retry_delay`` up to ``SWEEP_INTERVAL``; its hints then wait for the next time it comes
 UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``).
 
-Hints are bounded per peer: more than ``hint_limit`` keys, or an oldest hint
-older than ``hint_max_age``, and this node drops that peer's hints and stops
+Hints are bounded per peer: more than ``hint_limit`` keys, or hints pending
+for ``hint_max_age`` without the peer once having none, and this node drops that peer's hints and stops
 hinting it until it is UP again; anti-entropy (``repair.py``) then brings it up
 to date. Hints for a node that is no longer a member are dropped at start.
 """
@@ -44,7 +44,9 @@ class HintBook:
         # row (its own commit is still on the way): not resent until the next
         # trigger, so replay never spins on them.
         self._stalled: dict[str, set[str]] = {}
-        # When each peer's oldest current hint was made (at start, for loaded ones).
+        # Since when each peer has had hints pending without a break (at start,
+        # for loaded ones): a peer that never catches up is stopped after
+        # hint_max_age even if its oldest hints were delivered.
         self._oldest: dict[str, float] = {peer: core.now for peer, hinted in self.by_peer.items() if hinted}
         # Peers this node stopped hinting, and why; cleared when the peer is UP again.
         self.stopped: dict[str, str] = {}
@@ -151,7 +153,7 @@ class HintBook:
         max_age = self._core.config.hint_max_age
         for peer in [peer for peer, hinted in self.by_peer.items() if hinted]:
             if self._core.now - self._oldest.get(peer, self._core.now) > max_age:
-                self._stop(peer, f"its oldest hint is older than the hint_max_age of {max_age:g} s")
+                self._stop(peer, f"it has had hints pending for longer than the hint_max_age of {max_age:g} s")
         for peer, hinted in self.by_peer.items():
             if hinted and peer not in self._retry_timer and not self._in_flight.get(peer):
                 self._failures[peer] = 0

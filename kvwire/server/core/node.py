@@ -456,7 +456,13 @@ class NodeCore:
         self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
 
     def _collect_tombstones(self) -> None:
-        self.repair.ensure_index()  # tombstones are timed from the keydir's changes
+        # Tombstones are timed from the keydir's changes. A lone node has no use
+        # for anti-entropy's bucket index, which costs a pass over every key.
+        if self.peer_ids:
+            self.repair.ensure_index()
+        elif self.keydir.watch is None:
+            self.tombstones.track(self.keydir.committed)
+            self.keydir.watch = self.tombstones.changed
         self.tombstones.collect()
         self.timers.schedule(self.now + self.config.repair_interval, self._collect_tombstones)
 

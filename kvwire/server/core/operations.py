@@ -313,6 +313,17 @@ class Write(_ReplicatedWrite):
         replica: finish that write rather than make a second one. Replicas apply
         ``version`` unless they hold it or newer, and a majority holding it (or
         newer) acknowledges it, exactly as for the first attempt."""
+        core = self._core
+        if core.keydir.latest_version(self._request.key) < version and version.counter <= core.tombstones.floor_target:
+            # Below the tag floor and not held here: the key may have been deleted
+            # since, and the tombstone collected everywhere, so writing it again
+            # could bring back a deleted value. Say it may have been applied.
+            core.stats.no_quorum_writes += 1
+            self._answer(NoQuorumError(
+                f"{WRITE_NO_QUORUM}: PUT of {self._request.key!r}: its request id was applied at "
+                f"{tuple(version)}, too long ago to complete now; it may or may not have been applied",
+                maybe_applied=True))
+            return
         self._version = version
         self._created = False  # what the first attempt found is not known here
         self._commit(False, self._request.value, self._packed)

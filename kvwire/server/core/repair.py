@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...protocol.errors import BadRequestError
-from ...protocol.limits import MAX_SYNC_ENTRIES
+from ...protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
 from ...protocol.messages import NO_VERSION, Digests, DigestsReply, Fetch, FetchReply, Sync, SyncReply, Version
 from .buckets import BucketIndex
 from .keydir import Entry
@@ -87,6 +87,10 @@ class _Round:
         self.differing = 0
         self.peer_lacks = 0
         self.received = 0
+        # A joining node's round: every bucket, tombstones too, and it counts
+        # as caught up only if nothing was left behind (complete stays True).
+        self.full = False
+        self.complete = True
         self.transfers = 0  # queued or in flight
         self.exchanging = True  # DIGESTS and SYNC pages still under way
 
@@ -153,6 +157,14 @@ class Repair:
     def _begin(self, peer: str) -> None:
         round_ = self._round = _Round(peer, self._core.now)
         self.status[peer].rounds += 1
+        if self._core.joining:
+            # Digests cover live keys only, and a joining node needs the
+            # tombstones as well: page through every bucket.
+            round_.full = True
+            round_.buckets.extend(range(REPAIR_BUCKETS))
+            round_.differing = REPAIR_BUCKETS
+            self._next_page(round_)
+            return
         self._compare(round_, None)
 
     def _compare(self, round_: _Round, suspects: list[int] | None) -> None:
@@ -222,13 +234,12 @@ class Repair:
         entries = []
         for key in page:
             entry = committed.get(key)
-            if entry is not None:  # gone since the page was cut: the peer offers it if it has it
-                entries.append([key, entry.version.counter, entry.version.node, entry.deleted])
-        if not last and not entries:
-            self._next_page(round_)
-            return
-        sent = self._ask(round_.peer, Sync, (bucket, after, last, entries),
-                              lambda reply: self._sync_answered(round_, reply))
+            # A key gone since the page was cut is sent as held at no version,
+            # so that the page still ends at its last key: the peer offers it.
+            entries.append([key, 0, "", False] if entry is None else
+                           [key, entry.version.counter, entry.version.node, entry.deleted])
+        sent = self._ask(round_.peer, Sync, (bucket, after, last, entries, True if round_.full else None),
+                         lambda reply: self._sync_answered(round_, reply))
         if sent is None:
             self._fail(round_)
 
@@ -237,11 +248,14 @@ class Repair:
             self._fail(round_)
             return
         round_.peer_lacks += len(reply.wanted)
+        if len(reply.offered) >= MAX_SYNC_ENTRIES:
+            round_.complete = False  # the peer held back the rest for a later round
         for key in reply.offered:
             self._enqueue(round_, key)
         self._next_page(round_)
 
     def _fail(self, round_: _Round) -> None:
+        round_.complete = False
         if self._round is round_:
             self._round = None
             self.status[round_.peer].failed_rounds += 1
@@ -254,7 +268,8 @@ class Repair:
             status.differing_buckets = round_.differing
             status.keys_received = round_.received
             status.keys_peer_lacks = round_.peer_lacks
-            self._core.repair_round_completed(round_.peer)
+            if round_.full and round_.complete:
+                self._core.repair_round_completed(round_.peer)
 
     # --- paced transfers ----------------------------------------------------------------
 
@@ -328,6 +343,8 @@ class Repair:
         if moved:
             round_.received += 1
             self.status[round_.peer].total_received += 1
+        else:
+            round_.complete = False
         self._maybe_finish(round_)
 
     def _pull(self, round_: _Round, key: str) -> None:
@@ -386,7 +403,7 @@ class Repair:
             their_entry = theirs.get(key)
             their_version = NO_VERSION if their_entry is None else their_entry.version
             their_absent = their_entry is None or their_entry.deleted
-            if mine_entry.version > their_version and not (mine_entry.deleted and their_absent):
+            if mine_entry.version > their_version and (request.tombstones or not (mine_entry.deleted and their_absent)):
                 offered.append(key)
                 if len(offered) == MAX_SYNC_ENTRIES:
                     break  # the rest waits for the next round
