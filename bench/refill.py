@@ -63,6 +63,7 @@ def refill_run(keys: int, value_size: int, duration: float, connections: int, no
         before = run_load(load, preloaded=True)
 
         cluster.wipe("n3")
+        cluster["n3"].extra_args.append("--join")  # the documented way back from a lost disk
         cluster.start("n3")
         cluster.wait_ready("n3")
         started = time.monotonic()
@@ -117,8 +118,8 @@ def refill(ctx: click.Context, keys: int, value_size: int, duration: float, conn
     Starts a 3-node cluster on 127.0.0.1-3 (default --sync full), PUTs --keys
     keys, and measures a 50/50 GET/PUT client load on n1 and n2 over those keys.
     Then kills n3, deletes its data directory, starts it empty under the same
-    id, and runs the same load again from that moment while timing how long n3
-    takes to hold every key again. Nothing reads n3, so only anti-entropy (and
+    id with --join, and runs the same load again from that moment while timing
+    how long n3 takes to hold every key again. Nothing reads n3, so only anti-entropy (and
     the load's own PUTs) can refill it; every key is checked on n3 at the end.
 
     Exit status: 0 when the refill completed, 1 when it did not, 2 for bad options.

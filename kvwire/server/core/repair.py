@@ -45,6 +45,9 @@ YIELD_PENDING_WRITES = 256
 CONFIRM_DELAY = 0.3
 # A repair request unanswered after this many write timeouts has failed.
 REQUEST_TIMEOUT_WRITES = 2
+# SYNC pages awaiting their answer at once, in one round: a joining node pages
+# through all 1,024 buckets, one round trip each.
+PAGES_IN_FLIGHT = 16
 # Transfers queued above which no further SYNC page is sent.
 ENTRIES_PER_TRANSFER = 10
 QUEUED_TRANSFERS = 4 * TRANSFER_WINDOW
@@ -91,6 +94,8 @@ class _Round:
         # as caught up only if nothing was left behind (complete stays True).
         self.full = False
         self.complete = True
+        self.pages_in_flight = 0
+        self.retry_at: float | None = None  # a _next_page scheduled for then
         self.transfers = 0  # queued or in flight
         self.exchanging = True  # DIGESTS and SYNC pages still under way
 
@@ -200,50 +205,61 @@ class Repair:
         self._next_page(round_)
 
     def _next_page(self, round_: _Round) -> None:
-        if self._round is not round_:
-            return
+        """Send SYNC pages, up to ``PAGES_IN_FLIGHT`` at once, as the rate and the
+        disk allow; when none is left to send or await, the exchange is over."""
         core = self._core
-        if core.pending_writes >= YIELD_PENDING_WRITES or len(self._queue) >= QUEUED_TRANSFERS:
-            # Under a write backlog every bucket can differ for a moment; and
-            # pages must not run ahead of the transfers they produce.
-            core.timers.schedule(core.now + TICK, lambda: self._next_page(round_))
-            return
-        if not round_.pages:
-            if not round_.buckets:
-                round_.exchanging = False
-                self._maybe_finish(round_)
+        round_.retry_at = None
+        while self._round is round_ and round_.pages_in_flight < PAGES_IN_FLIGHT:
+            if core.pending_writes >= YIELD_PENDING_WRITES or len(self._queue) >= QUEUED_TRANSFERS:
+                # Under a write backlog every bucket can differ for a moment; and
+                # pages must not run ahead of the transfers they produce.
+                self._page_later(round_)
                 return
-            bucket = round_.buckets.popleft()
-            keys = self.ensure_index().sorted_keys(bucket)
-            after = ""
-            pages = [keys[start:start + MAX_SYNC_ENTRIES] for start in range(0, len(keys), MAX_SYNC_ENTRIES)] or [[]]
-            for number, page in enumerate(pages):
-                round_.pages.append((bucket, after, number == len(pages) - 1, page))
-                after = page[-1] if page else after
-        bucket, after, last, page = round_.pages[0]
-        # Pages share the rate with transfers (an entry costs a tenth of a key
-        # moved), so comparing many keys is paced as moving them is.
-        cost = len(page) / ENTRIES_PER_TRANSFER
-        self._refill_allowance()
-        if self._allowance < cost:
-            core.timers.schedule(core.now + TICK, lambda: self._next_page(round_))
-            return
-        round_.pages.popleft()
-        self._allowance -= cost
-        committed = self._core.keydir.committed
-        entries = []
-        for key in page:
-            entry = committed.get(key)
-            # A key gone since the page was cut is sent as held at no version,
-            # so that the page still ends at its last key: the peer offers it.
-            entries.append([key, 0, "", False] if entry is None else
-                           [key, entry.version.counter, entry.version.node, entry.deleted])
-        sent = self._ask(round_.peer, Sync, (bucket, after, last, entries, True if round_.full else None),
-                         lambda reply: self._sync_answered(round_, reply))
-        if sent is None:
-            self._fail(round_)
+            if not round_.pages:
+                if not round_.buckets:
+                    if round_.pages_in_flight == 0:
+                        round_.exchanging = False
+                        self._maybe_finish(round_)
+                    return
+                bucket = round_.buckets.popleft()
+                keys = self.ensure_index().sorted_keys(bucket)
+                after = ""
+                pages = [keys[start:start + MAX_SYNC_ENTRIES] for start in range(0, len(keys), MAX_SYNC_ENTRIES)] or [[]]
+                for number, page in enumerate(pages):
+                    round_.pages.append((bucket, after, number == len(pages) - 1, page))
+                    after = page[-1] if page else after
+            bucket, after, last, page = round_.pages[0]
+            # Pages share the rate with transfers (an entry costs a tenth of a key
+            # moved), so comparing many keys is paced as moving them is.
+            cost = len(page) / ENTRIES_PER_TRANSFER
+            self._refill_allowance()
+            if self._allowance < cost:
+                self._page_later(round_)
+                return
+            round_.pages.popleft()
+            self._allowance -= cost
+            committed = core.keydir.committed
+            entries = []
+            for key in page:
+                entry = committed.get(key)
+                # A key gone since the page was cut is sent as held at no version,
+                # so that the page still ends at its last key: the peer offers it.
+                entries.append([key, 0, "", False] if entry is None else
+                               [key, entry.version.counter, entry.version.node, entry.deleted])
+            round_.pages_in_flight += 1
+            sent = self._ask(round_.peer, Sync, (bucket, after, last, entries, True if round_.full else None),
+                             lambda reply: self._sync_answered(round_, reply))
+            if sent is None:
+                self._fail(round_)
+                return
+
+    def _page_later(self, round_: _Round) -> None:
+        if round_.retry_at is None:
+            round_.retry_at = self._core.now + TICK
+            self._core.timers.schedule(round_.retry_at, lambda: self._next_page(round_))
 
     def _sync_answered(self, round_: _Round, reply: Any) -> None:
+        round_.pages_in_flight -= 1
         if not isinstance(reply, SyncReply):
             self._fail(round_)
             return
