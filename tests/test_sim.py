@@ -50,7 +50,7 @@ def test_other_cluster_sizes_check_clean(nodes):
 
 @pytest.mark.parametrize("mutant", MUTANTS)
 def test_every_mutant_is_caught_within_the_default_seed_count(mutant, capsys):
-    assert main(["--mutant", mutant, "--json"]) == 1
+    assert main(["--mutant", mutant, "--jobs", "2", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and report["seeds_run"] <= DEFAULT_SEEDS
     assert report["replay"].endswith(f"--mutant {mutant}")

@@ -321,7 +321,8 @@ def test_a_peer_with_a_certificate_of_another_ca_is_refused_and_the_others_keep_
         with Client(cluster.endpoints_of("n1", "n2"), timeout=3, **cluster.client_options) as kv:
             kv.put("without n3", True)
             assert kv.get("without n3") is True
-        assert cluster.peer_states("n2") == {"n1": True, "n3": False}
+        # Polled: on a loaded machine one late heartbeat can show n1 DOWN for a moment.
+        cluster.wait_peers("n2", up=["n1"], down=["n3"], timeout=10)
     finally:
         cluster.stop()
 
