@@ -355,6 +355,7 @@ class Storage:
         if self.write_error is not None:
             log.warning("storage takes writes again (%s); this node takes writes again", self.path)
             self.write_error = None
+            self._wakeup.set()  # commit what waited for the disk (hints, purges, the floor)
 
     @property
     def queued_writes(self) -> int:

@@ -298,7 +298,9 @@ class Write(_ReplicatedWrite):
         core = self._core
         if answers is None:
             if core.joining:
-                self._answer(UnavailableError(JOINING.format(self._round.reachable, core.cluster_size)))
+                # Nothing was written: a DELETE forwarded here runs on its forwarder.
+                self._answer(UnavailableError(JOINING.format(self._round.reachable, core.cluster_size),
+                                              maybe_applied=False))
                 return
             self._no_quorum(f"{self._round.reachable} of {core.cluster_size} nodes answered, {core.quorum} needed",
                             maybe_applied=False)
@@ -355,7 +357,9 @@ class Delete(_ReplicatedWrite):
             return
         if error is not None:
             if isinstance(error, UnavailableError):
-                self._answer(error)  # joining: another node can run it
+                # Joining: nothing was written, so the DELETE's forwarder (or the
+                # client, on another node) can run it.
+                self._answer(UnavailableError(error.message, maybe_applied=False))
             else:
                 self._no_quorum(f"could not read the key on a majority first ({error.message})", maybe_applied=False)
             return
