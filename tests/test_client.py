@@ -22,7 +22,7 @@ from kvwire import (
     Version,
 )
 from kvwire.client import ClientConnection
-from kvwire.protocol import Delete, ErrorReply, Limits, Ping, Pong, Put, encode
+from kvwire.protocol import Delete, ErrorReply, Limits, Ping, Pong, Put, PutReply, Version, encode
 from kvwire.testing import NodeProcess, ScriptedNode, free_port
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
@@ -555,3 +555,24 @@ async def test_a_frame_over_the_nodes_limit_is_refused_before_sending(shared_nod
         with pytest.raises(TooLargeError, match="takes at most 4194304"):
             await client.put("huge", b"x" * 5_000_000)
         assert await client.get("before") == 1
+
+
+async def test_a_put_sent_again_on_another_node_says_it_is_a_retry():
+    def unavailable(request):
+        return ErrorReply(request.id, ErrorCode.UNAVAILABLE, "node is stopping")
+
+    def stored(request):
+        return PutReply(request.id, Version(1, "n2"), True)
+
+    async with ScriptedNode(unavailable, answers_hello=False) as first, ScriptedNode(stored, answers_hello=False) as second:
+        async with AsyncClient([first.address, second.address], retry=RetryPolicy(base_delay=0)) as client:
+            await client.put("k", 1)
+            await client.put("k", 2, request_id="the-callers-id")
+    puts = [r for r in first.received + second.received if isinstance(r, Put)]
+    by_value = {value: [put for put in puts if put.value == value] for value in (1, 2)}
+    # The first attempt goes out in one round trip; the retry, with the same id, says
+    # it may have been sent before, so the node looks for that attempt (protocol 6.4).
+    assert [put.retry for put in by_value[1]] == [None, True]
+    assert len({put.request for put in by_value[1]}) == 1
+    # An id the caller chose may have been used before: marked from the first attempt.
+    assert all(put.retry is True and put.request == "the-callers-id" for put in by_value[2])

@@ -13,6 +13,7 @@ import pytest
 from kvwire.protocol import Version
 from kvwire.protocol.errors import ConflictError, KeyNotFoundError, NoQuorumError
 from kvwire.protocol.messages import (
+    NO_VERSION,
     Consistency,
     Delete, DeleteReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put, PutReply,
     Replicate, ReplicateReply, Sync,
@@ -57,20 +58,24 @@ def replicate(core, version, *, deleted=False, value="v", expect=None, now=0.0):
 
 def test_a_replica_applies_only_higher_tags_and_says_what_it_holds():
     core = make_core("n2")
-    assert replicate(core, Version(2, "n1")) == ReplicateReply(1, True, Version(2, "n1"))
-    assert replicate(core, Version(1, "n3")) == ReplicateReply(1, False, Version(2, "n1"))
-    assert replicate(core, Version(2, "n1")) == ReplicateReply(1, False, Version(2, "n1"))  # a duplicate
-    assert replicate(core, Version(2, "n3")) == ReplicateReply(1, True, Version(2, "n3"))  # the node id breaks ties
+    assert replicate(core, Version(2, "n1")) == ReplicateReply(1, True, Version(2, "n1"), NO_VERSION, False)
+    assert replicate(core, Version(1, "n3")) == ReplicateReply(1, False, Version(2, "n1"), Version(2, "n1"), False)
+    # a duplicate
+    assert replicate(core, Version(2, "n1")) == ReplicateReply(1, False, Version(2, "n1"), Version(2, "n1"), False)
+    # the node id breaks ties
+    assert replicate(core, Version(2, "n3")) == ReplicateReply(1, True, Version(2, "n3"), Version(2, "n1"), False)
 
 
 def test_a_conditional_tombstone_is_applied_only_over_what_it_expects_or_older():
     core = make_core("n2")
     replicate(core, Version(3, "n1"))
     # A newer write is held: the DELETE conditioned on (2, n1) lost a race.
-    assert replicate(core, Version(4, "n3"), deleted=True, expect=Version(2, "n1")) == ReplicateReply(1, False, Version(3, "n1"))
+    assert replicate(core, Version(4, "n3"), deleted=True, expect=Version(2, "n1")) == ReplicateReply(
+        1, False, Version(3, "n1"), Version(3, "n1"), False)
     assert core.keydir.committed["k"] == Entry(Version(3, "n1"), False)
     # Conditioned on what it holds: applied.
-    assert replicate(core, Version(4, "n3"), deleted=True, expect=Version(3, "n1")) == ReplicateReply(1, True, Version(4, "n3"))
+    assert replicate(core, Version(4, "n3"), deleted=True, expect=Version(3, "n1")) == ReplicateReply(
+        1, True, Version(4, "n3"), Version(3, "n1"), False)
     # A second DELETE conditioned on the same version is refused: at most one wins.
     assert replicate(core, Version(4, "n2"), deleted=True, expect=Version(3, "n1")).applied is False
     # Even a repeat of the winner is refused: the same tag can arrive without any
@@ -86,7 +91,8 @@ def test_not_applied_is_said_only_once_the_newer_write_is_durable():
     assert effects_of(core, Respond) == []  # nothing yet: (5, n1) is not durable
     core.persisted(persist[0].write_id, None, 0.0)
     replies = {e.token: e.reply for e in effects_of(core, Respond)}
-    assert replies == {"first": ReplicateReply(1, True, Version(5, "n1")), "replay": ReplicateReply(2, False, Version(5, "n1"))}
+    assert replies == {"first": ReplicateReply(1, True, Version(5, "n1"), NO_VERSION, False),
+                       "replay": ReplicateReply(2, False, Version(5, "n1"), Version(5, "n1"), False)}
 
 
 def test_peer_only_requests_are_refused_on_a_client_connection():
@@ -156,10 +162,10 @@ def answer_sends(core, answer, now=0.0):
             core.peer_reply(send.peer, send.request_id, reply, now)
 
 
-def test_a_put_looks_up_a_majority_commits_here_then_replicates():
+def test_a_retried_put_looks_up_a_majority_commits_here_then_replicates():
     core = make_core()
     link_all(core)
-    core.request("put", Put(7, "k", "v"), 0.0)
+    core.request("put", Put(7, "k", "v", "req", True), 0.0)
     (lookup,) = effects_of(core, Send)
     assert lookup.message_type is Lookup
     core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(9, "n3"), False), 0.0)
@@ -177,7 +183,7 @@ def test_a_put_looks_up_a_majority_commits_here_then_replicates():
 def test_a_hung_peer_is_hedged_after_half_a_heartbeat():
     core = make_core()
     link_all(core)
-    core.request("put", Put(1, "k", "v"), 0.0)
+    core.request("put", Put(1, "k", "v", "req", True), 0.0)
     (first,) = effects_of(core, Send)
     core.tick(core.config.heartbeat_interval / 2)
     (hedge,) = [s for s in effects_of(core, Send) if s.message_type is Lookup]
@@ -381,7 +387,7 @@ def test_a_write_back_that_times_out_leaves_other_requests_on_that_commit_alone(
     assert isinstance(replies.get("get"), NoQuorumError) and "replica" not in replies
     core.persisted(write_back.write_id, None, 2.0)
     replies = {e.token: e.reply for e in effects_of(core, Respond)}
-    assert replies == {"replica": ReplicateReply(7, False, Version(3, "n2"))}
+    assert replies == {"replica": ReplicateReply(7, False, Version(3, "n2"), Version(3, "n2"), False)}
 
 
 # --- hint bounds and anti-entropy's answers ----------------------------------------------
@@ -445,7 +451,8 @@ def test_finished_operations_leave_no_reference_cycles_for_the_garbage_collector
     from kvwire.sim.nemesis import FAULT_KINDS
     from kvwire.sim.run import run_seed
 
-    operation_modules = {"kvwire.server.core.operations", "kvwire.server.core.rounds", "kvwire.server.core.fanout"}
+    operation_modules = {"kvwire.server.core.operations", "kvwire.server.core.rounds", "kvwire.server.core.fanout",
+                         "kvwire.server.core.one_trip"}
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
@@ -464,7 +471,7 @@ def test_finished_operations_leave_no_reference_cycles_for_the_garbage_collector
 def test_a_put_whose_request_a_lookup_answer_holds_applied_completes_that_write():
     core = make_core()
     link_all(core)
-    core.request("retry", Put(7, "k", "v", "req-1"), 0.0)
+    core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
     (lookup,) = effects_of(core, Send)
     assert lookup.message_type is Lookup and lookup.fields == ("k", "req-1")
     # The peer holds a newer write of the key, and req-1 applied at (4, "n2").
@@ -475,8 +482,26 @@ def test_a_put_whose_request_a_lookup_answer_holds_applied_completes_that_write(
     sends = effects_of(core, Send)
     assert all(s.message_type is Replicate and s.fields[1] == Version(4, "n2") and s.fields[5] == "req-1"
                for s in sends)
+    # (4, n2) was above every write finished before req-1 began, so a newer tag
+    # came after it: the write stands, overwritten since.
     core.peer_reply(sends[0].peer, sends[0].request_id, ReplicateReply(1, False, Version(6, "n3")), 0.0)
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(4, "n2"), False)
+
+
+def test_a_retried_put_whose_tentative_tag_is_not_the_newest_is_left_undecided():
+    core = make_core()
+    link_all(core)
+    core.keydir.committed["k"] = Entry(Version(6, "n3"), False)
+    core.applied.remember("req-1", "k", Version(4, "n1"), 0.0, tentative=True)
+    core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
+    sends = effects_of(core, Send)  # this node holds newer: nothing to commit here
+    for send in sends:
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(6, "n3")), 0.0)
+    (respond,) = effects_of(core, Respond)
+    # (4, n1) was this node's one-round-trip tag, no peer known to have applied it:
+    # it may have been read before it was overwritten, or never (refused by a
+    # majority). The PUT must neither claim it nor be written again.
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
 
 
 def test_a_replica_remembers_the_request_of_what_it_applied_and_says_so_to_lookup():
@@ -496,7 +521,99 @@ def test_a_retried_put_is_not_completed_below_the_tag_floor_where_its_key_may_be
     link_all(core)
     core.applied.remember("req-old", "k", Version(2, "n2"), 0.0)
     core.tombstones.floor_target = 5  # tombstones up to counter 5 were collected since
-    core.request("retry", Put(7, "k", "v", "req-old"), 0.0)
+    core.request("retry", Put(7, "k", "v", "req-old", True), 0.0)
     (respond,) = effects_of(core, Respond)
     assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
     assert "too long ago to complete" in str(respond.reply)
+
+
+# --- one-round-trip PUTs (one_trip.py) -------------------------------------------------------
+
+
+def replicate_sends(core):
+    sends = effects_of(core, Send)
+    assert sorted(s.peer for s in sends) == ["n2", "n3"] and all(s.message_type is Replicate for s in sends)
+    return sends
+
+
+def test_a_first_put_commits_here_then_replicates_with_no_lookup():
+    core = make_core()
+    link_all(core)
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+    core.request("put", Put(7, "k", "v", "req"), 0.0)
+    effects = core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
+    assert persist.version == Version(5, "n1") and persist.request == "req"
+    assert not [e for e in effects if type(e) is Send]  # no peer sees the tag before it is durable here
+    assert persist.tentative  # only this node holds it yet (applied.Applied.tentative)
+    core.persisted(persist.write_id, None, 0.0)
+    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, True)
+    sends = replicate_sends(core)
+    assert all(s.fields[1] == Version(5, "n1") for s in sends)
+    core.peer_reply(sends[0].peer, sends[0].request_id,
+                    ReplicateReply(1, True, Version(5, "n1"), Version(4, "n2"), False), 0.0)
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(5, "n1"), False)
+    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, False)  # a peer applied it too
+
+
+def test_a_replica_holding_a_newer_tag_does_not_count_and_a_majority_of_them_means_a_new_tag():
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(7, "k", "v"), 0.0)
+    commit_all(core, core.take_effects())
+    first, second = replicate_sends(core)
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(3, "n3"), Version(3, "n3"), True), 0.0)
+    assert effects_of(core, Respond) == []  # held newer: not an acknowledgement
+    core.peer_reply(second.peer, second.request_id, ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), False), 0.0)
+    # A majority refused (1, n1): no read can return it. Again, above every answer.
+    (persist,) = effects_of(core, Persist)
+    assert persist.version == Version(4, "n1") and core.stats.one_trip_retries == 1
+    core.persisted(persist.write_id, None, 0.0)
+    again = replicate_sends(core)
+    core.peer_reply(again[0].peer, again[0].request_id,
+                    ReplicateReply(1, True, Version(4, "n1"), Version(3, "n3"), True), 0.0)
+    # created: the newest copy below (4, n1) that the answers showed is (3, n3), a tombstone.
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(4, "n1"), True)
+
+
+def test_one_refusal_and_one_silence_leave_the_put_undecided_and_the_key_stranded():
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req"), 0.0)
+    commit_all(core, core.take_effects())
+    first, second = replicate_sends(core)
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(3, "n3"), Version(3, "n3"), False), 0.0)
+    core.peer_failed(second.peer, second.request_id, 0.0)
+    (respond,) = effects_of(core, Respond)
+    # (1, n1) may be on the silent peer, so neither a new tag nor "nothing written".
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
+    assert "k" in core.stranded
+    core.request("put2", Put(8, "k", "w"), 0.0)
+    assert [s.message_type for s in effects_of(core, Send)] == [Lookup]  # a stranded key takes the LOOKUP round
+
+
+def test_a_retry_and_a_peer_down_take_the_lookup_round():
+    core = make_core()
+    link_all(core)
+    core.request("retry", Put(7, "k", "v", "req", True), 0.0)
+    assert [s.message_type for s in effects_of(core, Send)] == [Lookup]
+    core.link_down("n3", 0.0)
+    core.take_effects()
+    core.request("put", Put(8, "other", "v"), 0.0)
+    assert [s.message_type for s in effects_of(core, Send)] == [Lookup]
+
+
+def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not_count_it():
+    replica = NodeCore(ServerConfig(node_id="n2", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
+                       joining=True)
+    reply = replicate(replica, Version(4, "n1"))
+    assert reply.applied and reply.prior is None  # it lost its disk: what it held proves nothing
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(7, "k", "v"), 0.0)
+    commit_all(core, core.take_effects())
+    first, second = replicate_sends(core)
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(1, "n1")), 0.0)
+    assert effects_of(core, Respond) == []  # not a majority yet
+    core.peer_reply(second.peer, second.request_id, ReplicateReply(1, True, Version(1, "n1"), NO_VERSION, False), 0.0)
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(1, "n1"), True)

@@ -13,9 +13,9 @@ from kvwire.protocol import Get, GetReply, Put, PutReply
 from kvwire.testing import LocalCluster, RawConnection, wait_for
 
 
-def _put(cluster, node_id, key, value, request):
+def _put(cluster, node_id, key, value, request, retry=None):
     with RawConnection(cluster[node_id].address) as conn:
-        return conn.request(Put(1, key, value, request))
+        return conn.request(Put(1, key, value, request, retry))
 
 
 def _get(cluster, node_id, key):
@@ -34,7 +34,7 @@ def test_a_put_sent_again_with_its_request_id_is_applied_once_on_another_node(tm
         # The "retry" of req-1, through n3, which coordinated neither: it must
         # find req-1 applied (its own log, or its LOOKUP majority's) and answer
         # that write, not write "a" over "b".
-        again = _put(cluster, "n3", "k", "a", "req-1")
+        again = _put(cluster, "n3", "k", "a", "req-1", retry=True)
         assert isinstance(again, PutReply) and again.version == first.version
         for node_id in cluster.node_ids:
             assert _get(cluster, node_id, "k") == ("b", other.version)
@@ -43,7 +43,7 @@ def test_a_put_sent_again_with_its_request_id_is_applied_once_on_another_node(tm
 def test_a_request_id_names_a_write_of_one_key_and_with_another_key_is_another_write(tmp_path):
     with LocalCluster(3, data_dir=tmp_path) as cluster:
         first = _put(cluster, "n1", "k", "a", "req-x")
-        again = _put(cluster, "n2", "k", "a", "req-x")
+        again = _put(cluster, "n2", "k", "a", "req-x", retry=True)
         other = _put(cluster, "n1", "other-key", "z", "req-x")
         assert isinstance(other, PutReply) and again.version == first.version
         assert _get(cluster, "n3", "other-key") == ("z", other.version)
@@ -56,3 +56,19 @@ def test_the_client_library_sends_a_request_id_with_every_put(tmp_path):
         assert client.put("k", "v", request_id="mine") == version
         assert client.put("k", "v") > version  # a new PUT gets a new id, so a new version
         wait_for(lambda: _get(cluster, "n3", "k")[0] == "v", timeout=5, what="n3 holding the value")
+
+
+def test_request_ids_are_kept_on_disk_so_a_retry_after_a_restart_is_still_applied_once(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        first = _put(cluster, "n1", "k", "a", "req-1")
+        assert isinstance(first, PutReply)
+        wait_for(lambda: all(_get(cluster, node_id, "k")[1] == first.version for node_id in cluster.node_ids),
+                 timeout=5, what="every node holding the first write")
+        other = _put(cluster, "n2", "k", "b", "req-2")
+        # Every node crashes, so whatever they remembered in memory is gone.
+        for node_id in cluster.node_ids:
+            cluster.kill(node_id)
+        cluster.start().wait_ready()
+        again = _put(cluster, "n3", "k", "a", "req-1", retry=True)
+        assert isinstance(again, PutReply) and again.version == first.version
+        assert _get(cluster, "n1", "k") == ("b", other.version)

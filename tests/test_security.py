@@ -18,6 +18,7 @@ import pytest
 from kvwire import Client
 from kvwire.protocol import ErrorCode, ErrorReply, Fetch, Get, Hello, HelloReply, Lookup, LookupReply, Put, Replicate, Role
 from kvwire.protocol import NoQuorumError, ReplicateReply, Version, encode
+from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof
 from kvwire.testing import LocalCluster, NodeProcess, RawConnection, wait_for
 from kvwire.testing.cluster import new_secret_file
@@ -191,7 +192,7 @@ def test_a_tag_far_above_the_highest_counter_is_refused_even_from_a_proven_peer(
             top = conn.request(Replicate(11, "k", Version(2**63 - 1, "n2"), "poison"))
             assert top.code == ErrorCode.FORBIDDEN
             within = conn.request(Replicate(12, "other", Version(1001, "n2"), "fine"))
-            assert within == ReplicateReply(12, True, Version(1001, "n2"))
+            assert within == ReplicateReply(12, True, Version(1001, "n2"), NO_VERSION, False)
         wait_for(lambda: "tag counter 1099511627776 is more than 1000 above" in cluster["n1"].log(),
                  timeout=5, what="n1 logging the refused tag")
         with Client(cluster.endpoints) as client:

@@ -6,6 +6,7 @@ import struct
 import msgpack
 import pytest
 
+from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol import (
     DEFAULT_LIMITS,
     Delete,
@@ -120,16 +121,21 @@ def test_replicate_needs_a_peer_connection_and_applies_only_newer_versions(tmp_p
         refused = conn.request(Replicate(1, "k", Version(5, "n2"), "v5"))
         assert refused.code == ErrorCode.FORBIDDEN
         assert conn.request(Hello(2, role=Role.PEER)).node == "n1"
-        assert conn.request(Replicate(3, "k", Version(5, "n2"), "v5")) == ReplicateReply(3, True, Version(5, "n2"))
+        assert conn.request(Replicate(3, "k", Version(5, "n2"), "v5")) == ReplicateReply(
+            3, True, Version(5, "n2"), NO_VERSION, False)
         # Replays and older versions are harmless: not applied, the held version reported.
-        assert conn.request(Replicate(4, "k", Version(5, "n2"), "again")) == ReplicateReply(4, False, Version(5, "n2"))
-        assert conn.request(Replicate(5, "k", Version(4, "n3"), "old")) == ReplicateReply(5, False, Version(5, "n2"))
+        assert conn.request(Replicate(4, "k", Version(5, "n2"), "again")) == ReplicateReply(
+            4, False, Version(5, "n2"), Version(5, "n2"), False)
+        assert conn.request(Replicate(5, "k", Version(4, "n3"), "old")) == ReplicateReply(
+            5, False, Version(5, "n2"), Version(5, "n2"), False)
         # Same counter, higher node id wins the tie.
-        assert conn.request(Replicate(6, "k", Version(5, "n3"), "tie")) == ReplicateReply(6, True, Version(5, "n3"))
+        assert conn.request(Replicate(6, "k", Version(5, "n3"), "tie")) == ReplicateReply(
+            6, True, Version(5, "n3"), Version(5, "n2"), False)
         assert conn.request(Get(7, "k")) == GetReply(7, "tie", Version(5, "n3"))
         # A local write continues above the replicated counter.
         assert conn.request(Put(8, "k", "local")) == PutReply(8, Version(6, "n1"), created=False)
-        assert conn.request(Replicate(9, "k", Version(7, "n2"), None, True)) == ReplicateReply(9, True, Version(7, "n2"))
+        assert conn.request(Replicate(9, "k", Version(7, "n2"), None, True)) == ReplicateReply(
+            9, True, Version(7, "n2"), Version(6, "n1"), False)
         assert conn.request(Get(10, "k")).code == ErrorCode.NOT_FOUND
 
 

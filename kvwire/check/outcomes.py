@@ -5,7 +5,8 @@ One rule for every history writer: the simulator's clients and ``kvwire chaos``.
 An operation that was sent and then timed out or lost its connection may have
 been applied, or may be applied later: ``unknown``. So may one refused with
 NO_QUORUM or CONFLICT, unless the node said ``maybe_applied=False``. Any other
-refusal means the operation took no effect: ``fail``. Not found is an answer.
+refusal means the operation took no effect (``fail``), unless it says
+``maybe_applied=True``. Not found is an answer.
 """
 
 from __future__ import annotations
@@ -25,5 +26,7 @@ def outcome_of_error(exc: BaseException) -> Outcome:
         return Outcome.UNKNOWN
     if isinstance(exc, _MAYBE_APPLIED):
         return Outcome.FAIL if exc.maybe_applied is False else Outcome.UNKNOWN
-    return Outcome.FAIL
+    # Any other refusal wrote nothing, unless it says otherwise (a disk error
+    # after the write went to the peers, operations.disk_error).
+    return Outcome.UNKNOWN if getattr(exc, "maybe_applied", None) is True else Outcome.FAIL
 

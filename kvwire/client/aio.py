@@ -195,8 +195,11 @@ class AsyncClient:
         attempt; the retry then reports ``created=False``.
         """
         check_value(value)
+        # A caller's own request id may have been sent before (the caller's
+        # retry): the node then looks for that earlier attempt first (6.4).
+        retry = None if request_id is None else True
         request_id = new_request_id() if request_id is None else check_request_id(request_id)
-        reply = await self._call(Put, check_key(key, self.limits), value, request_id, timeout=timeout)
+        reply = await self._call(Put, check_key(key, self.limits), value, request_id, retry, timeout=timeout)
         return PutResult(reply.version, reply.created)
 
     async def delete(self, key: str, *, timeout: float | None = None) -> Version:
@@ -267,6 +270,8 @@ class AsyncClient:
                 await asyncio.sleep(policy.delay_before(attempt))
             endpoint = endpoints.choose(tried, loop.time())
             tried.append(endpoint)
+            if attempt and message_type is Put:
+                fields = (*fields[:3], True)  # sent before: the retry flag (docs/protocol.md 6.4)
             progress.waiting_on = endpoint
             try:
                 reply = await self._send_to(endpoint, message_type, fields)

@@ -67,14 +67,15 @@ MAX_REQUEST_ID_CHARS = 128
 _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
     Op.GET: frozenset({"consistency"}),
-    Op.PUT: frozenset({"request"}),
+    Op.PUT: frozenset({"request", "retry"}),
     Op.REPLICATE: frozenset({"expect", "request"}),
     Op.LOOKUP: frozenset({"request"}),
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
-    Op.LOOKUP_REPLY: frozenset({"floor", "request_version"}),
+    Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted"}),
+    Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),
     Op.FETCH_REPLY: frozenset({"floor", "request"}),
 }
 
@@ -315,6 +316,10 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "request": _request_id,
     "tombstones": _boolean,
     "offered": _keys,
+    "retry": _boolean,
+    "request_tentative": _boolean,
+    "prior": _version,
+    "prior_deleted": _boolean,
 }
 
 _CLASSES: dict[int, type] = {

@@ -116,6 +116,11 @@ class Put:
     key: str
     value: Any
     request: str | None = None
+    # True when this PUT (this request id) may have been sent before: a retry,
+    # or an id from outside the client. It then takes the LOOKUP round first,
+    # which finds an earlier attempt's write (6.4); a first attempt goes out in
+    # one round trip (6.3).
+    retry: bool | None = None
     op = Op.PUT
 
 
@@ -273,11 +278,15 @@ class HealthReply:
 
 @dataclass(slots=True)
 class ReplicateReply:
-    """``version`` is what the replica holds after the request, applied or not."""
+    """``version`` is what the replica holds after the request, applied or not;
+    ``prior`` and ``prior_deleted``, what it held when the request came (a
+    one-round-trip PUT learns from them whether it created the key)."""
 
     id: int
     applied: bool
     version: Version
+    prior: Version | None = None
+    prior_deleted: bool | None = None
     op = Op.REPLICATE_REPLY
 
 
@@ -291,6 +300,9 @@ class LookupReply:
     deleted: bool
     floor: int | None = None
     request_version: Version | None = None  # the version LOOKUP's request was applied at, if held here
+    # True when that version is a one-round-trip PUT's tag only its coordinator is
+    # known to hold (it may be one a majority refused): finish it only where newest (6.10)
+    request_tentative: bool | None = None
     op = Op.LOOKUP_REPLY
 
 

@@ -67,6 +67,8 @@ class NodeCollector(Collector):
             ("kvwire_no_quorum", "Requests (writes and quorum reads) answered NO_QUORUM.",
              sum(tally.errors.get("no_quorum", 0) for tally in node.metrics.tallies())),
             ("kvwire_delete_conflicts", "DELETEs answered CONFLICT.", stats.delete_conflicts),
+            ("kvwire_one_trip_retries", "One-round-trip PUT tags a majority refused, sent again above every answer.",
+             stats.one_trip_retries),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("kvwire_has_quorum",

@@ -85,7 +85,10 @@ class Node:
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         self._started = clock()
-        self.core = NodeCore(config, clock(), committed=storage.loaded_entries, hints=storage.loaded_hints,
+        now = clock()
+        requests = [(request, key, version, now - age, tentative)
+                    for request, key, version, age, tentative in storage.loaded_requests]
+        self.core = NodeCore(config, now, committed=storage.loaded_entries, hints=storage.loaded_hints, requests=requests,
                              floor=storage.loaded_floor, joining=storage.joining)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
@@ -287,7 +290,8 @@ class Node:
                 elif kind is Send:
                     self.peers.send(effect.peer, effect.request_id, effect.message_type, effect.fields)
                 elif kind is Persist:
-                    future = self.storage.write(effect.key, effect.version, effect.deleted, effect.value, effect.packed)
+                    future = self.storage.write(effect.key, effect.version, effect.deleted, effect.value, effect.packed,
+                                                effect.request, effect.tentative)
                     future.add_done_callback(lambda done, write_id=effect.write_id: self._persisted(write_id, done))
                 elif kind is Load:
                     self._loop.create_task(self._load(effect.key))
@@ -433,6 +437,7 @@ class Node:
             "read_write_backs": core.stats.write_backs,
             "hedged_requests": core.stats.hedged_requests,
             "delete_conflicts": core.stats.delete_conflicts,
+            "one_trip_retries": core.stats.one_trip_retries,
             "requests": self.metrics.recent(),
             "cluster": {
                 "replication_enabled": config.cluster_size > 1,

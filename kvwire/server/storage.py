@@ -26,6 +26,7 @@ import msgpack
 from ..protocol.errors import InternalServerError, KvwireError
 from ..protocol.messages import Version
 from .config import SyncMode
+from .core.applied import MAX_AGE as REQUEST_MAX_AGE
 from .core.keydir import Entry
 from .tally import BATCH_BOUNDS, COMMIT_BOUNDS, Buckets
 
@@ -50,6 +51,16 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests (
+    request TEXT NOT NULL,
+    key TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    at REAL NOT NULL,
+    tentative INTEGER NOT NULL,
+    PRIMARY KEY (request, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
 """
 
 # The WHERE clause repeats in SQL the rule the index already enforces: a row
@@ -73,6 +84,18 @@ WHERE (excluded.counter, excluded.node) > (hints.counter, hints.node)
 """
 HINT_DELETE = "DELETE FROM hints WHERE peer = ? AND key = ? AND (counter, node) <= (?, ?)"
 HINT_DELETE_PEER = "DELETE FROM hints WHERE peer = ?"
+# The PUT request ids applied here (core/applied.py), kept with their rows so that
+# a retry finds them after a restart too; ``at`` is wall-clock time, used only to
+# expire them after ``applied.MAX_AGE``.
+REQUEST_UPSERT = """
+INSERT INTO requests (request, key, counter, node, at, tentative) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (request, key) DO UPDATE SET
+    counter = excluded.counter, node = excluded.node, at = excluded.at, tentative = excluded.tentative
+WHERE (excluded.counter, excluded.node) > (requests.counter, requests.node)
+"""
+REQUEST_EXPIRE = "DELETE FROM requests WHERE at < ?"
+# Seconds between deletions of expired request ids (one indexed DELETE in a commit).
+REQUEST_EXPIRE_INTERVAL = 10.0
 # Tombstone garbage collection: only if the row is still that tombstone.
 PURGE = "DELETE FROM kv WHERE key = ? AND counter = ? AND node = ? AND deleted = 1"
 FLOOR_SAVE = "INSERT OR REPLACE INTO meta (name, value) VALUES ('tag_floor', ?)"
@@ -88,6 +111,8 @@ class _Write(NamedTuple):
     deleted: bool
     packed: bytes | None  # what SQLite stores; None for a tombstone
     future: asyncio.Future
+    request: str | None  # the PUT's request id, kept in ``requests``
+    tentative: bool  # that record is tentative (core/applied.py)
 
 
 class StorageError(InternalServerError):
@@ -130,6 +155,9 @@ class Storage:
         self.loaded_entries: dict[str, Entry] = {}
         self.loaded_hints: dict[str, dict[str, Version]] = {}
         self.loaded_floor = 0
+        # (request id, key, version, seconds ago, tentative) of recently applied PUTs.
+        self.loaded_requests: list[tuple[str, str, Version, float, bool]] = []
+        self._requests_expired_at = 0.0
         # Joining the cluster (``open(join=)``) and not yet caught up.
         self.joining = False
         self._clear_joining = False
@@ -182,6 +210,11 @@ class Storage:
         async with self._reader.execute("SELECT value FROM meta WHERE name = 'tag_floor'") as cursor:
             row = await cursor.fetchone()
         self.loaded_floor = int(row[0]) if row is not None else 0
+        now = time.time()
+        async with self._reader.execute("SELECT request, key, counter, node, at, tentative FROM requests WHERE at >= ?",
+                                        (now - REQUEST_MAX_AGE,)) as cursor:
+            for request, key, counter, node, at, tentative in await cursor.fetchall():
+                self.loaded_requests.append((request, key, Version(counter, node), max(0.0, now - at), bool(tentative)))
         async with self._reader.execute("SELECT value FROM meta WHERE name = 'joining'") as cursor:
             self.joining = await cursor.fetchone() is not None
 
@@ -203,8 +236,10 @@ class Storage:
 
     # --- writes ------------------------------------------------------------------------
 
-    def write(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None) -> asyncio.Future[None]:
-        """Commit the row durably; the future resolves once it has (or fails with StorageError).
+    def write(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None,
+              request: str | None = None, tentative: bool = False) -> asyncio.Future[None]:
+        """Commit the row durably (with the PUT's request id, if given); the future
+        resolves once it has (or fails with StorageError).
 
         The SQL keeps a row only if its tag is higher than the one stored, so
         a replay is harmless.
@@ -215,7 +250,7 @@ class Storage:
             return future
         if not deleted and packed is None:
             packed = msgpack.packb(value)
-        self._queue.append(_Write(key, version, deleted, None if deleted else packed, future))
+        self._queue.append(_Write(key, version, deleted, None if deleted else packed, future, request, tentative))
         self._wakeup.set()
         return future
 
@@ -281,13 +316,20 @@ class Storage:
 
     async def _commit(self, batch: list[_Write]) -> None:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
+        now = time.time()
+        requests = [(w.request, w.key, w.version.counter, w.version.node, now, int(w.tentative))
+                    for w in batch if w.request is not None]
+        expire_before = None
+        if now - self._requests_expired_at >= REQUEST_EXPIRE_INTERVAL:
+            self._requests_expired_at = now
+            expire_before = now - REQUEST_MAX_AGE
         hint_rows, self._hint_rows = self._hint_rows, []
         unhint_rows, self._unhint_rows = self._unhint_rows, []
         purge_rows, self._purge_rows = self._purge_rows, []
         floor, self._floor = self._floor, None
         floor_waiters, self._floor_waiters = self._floor_waiters, []
         joined, self._clear_joining = self._clear_joining, False
-        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined)
+        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined, requests, expire_before)
         started = time.perf_counter()
         try:
             # One hop to aiosqlite's thread for the whole transaction, not one
@@ -416,12 +458,18 @@ class _Upkeep(NamedTuple):
     purge_rows: list[tuple]
     floor: int | None
     joined: bool
+    requests: list[tuple]
+    expire_requests_before: float | None
 
 
 def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> None:
     """One group commit, on SQLite's thread."""
     if rows:
         db.executemany(UPSERT, rows)
+    if upkeep.requests:
+        db.executemany(REQUEST_UPSERT, upkeep.requests)
+    if upkeep.expire_requests_before is not None:
+        db.execute(REQUEST_EXPIRE, (upkeep.expire_requests_before,))
     if upkeep.unhint_rows:
         db.executemany(HINT_DELETE_PEER, [row[:1] for row in upkeep.unhint_rows if row[1] is None])
     if upkeep.hint_rows:

@@ -149,7 +149,7 @@ class Workload:
         elif kind is OpKind.PUT:
             # The value names the write (each is new), so a retry of it sends the
             # same request id, as the client library does: applied at most once.
-            request = Put(request_id, key, value, f"put-{value}")
+            request = Put(request_id, key, value, f"put-{value}", origin is not None or None)
         else:
             request = Delete(request_id, key)
         incarnation = node.incarnation

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from ..protocol.errors import InternalServerError
 from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
+from ..server.core.applied import MAX_AGE as REQUEST_MAX_AGE
 from ..server.core import (
     CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Purge, SaveFloor, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
 )
@@ -82,6 +83,8 @@ class SimDisk:
         self.rows: dict[str, tuple[Any, bool, Any]] = {}  # key -> (version, deleted, value)
         self.hints: dict[str, dict[str, Any]] = {}
         self.floor = 0  # the durable tag floor (tombstone collection)
+        # (request id, key) -> (version, when, tentative)
+        self.requests: dict[tuple[str, str], tuple[Any, float, bool]] = {}
         self.joining = False  # a replacement disk: its node joins (ServerConfig.join)
         self.failing_until = -1.0
         self.slow_until = -1.0
@@ -115,7 +118,12 @@ class SimNode:
         self.alive, self.paused = True, False
         committed = {key: Entry(version, deleted) for key, (version, deleted, _value) in self.disk.rows.items()}
         hints = {peer: dict(keys) for peer, keys in self.disk.hints.items()}
-        self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints,
+        now = world.scheduler.now
+        disk = self.disk
+        disk.requests = {name: held for name, held in disk.requests.items() if now - held[1] <= REQUEST_MAX_AGE}
+        requests = [(request, key, version, at, tentative)
+                    for (request, key), (version, at, tentative) in disk.requests.items()]
+        self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, requests=requests,
                              floor=self.disk.floor, joining=self.disk.joining, mutant=self.mutant)
         self.queued, self.commit_scheduled, self.tick_at = [], False, None
         for peer in self.config.peers:
@@ -326,6 +334,10 @@ class SimNode:
                     held = disk.rows.get(effect.key)
                     if held is None or effect.version > held[0]:
                         disk.rows[effect.key] = (effect.version, effect.deleted, None if effect.deleted else effect.value)
+                    if effect.request is not None:
+                        name = (effect.request, effect.key)
+                        if name not in disk.requests or effect.version > disk.requests[name][0]:
+                            disk.requests[name] = (effect.version, now, effect.tentative)
                 elif kind is StoreHint:
                     hinted = disk.hints.setdefault(effect.peer, {})
                     if effect.key not in hinted or effect.version > hinted[effect.key]:

@@ -27,6 +27,10 @@ LIMIT = 100_000
 class Applied(NamedTuple):
     version: Version
     at: float
+    # Only a one-round-trip PUT's coordinator holds the tag, as far as this node
+    # knows: it may be a tag a majority refused, which no read can return, so a
+    # retry finishes it only where it is the newest (one_trip.py).
+    tentative: bool = False
 
 
 class AppliedRequests:
@@ -40,15 +44,15 @@ class AppliedRequests:
         # node that comes to hold it remembers the request too.
         self._by_version: dict[tuple[str, Version], str] = {}
 
-    def remember(self, request: str, key: str, version: Version, now: float) -> None:
+    def remember(self, request: str, key: str, version: Version, now: float, *, tentative: bool = False) -> None:
         log = self._log
         name = (request, key)
         held = log.get(name)
-        if held is not None and held.version >= version:
+        if held is not None and (held.version > version or (held.version == version and tentative >= held.tentative)):
             return
         if held is not None:
             self._by_version.pop((key, held.version), None)
-        log[name] = Applied(version, now)
+        log[name] = Applied(version, now, tentative)
         log.move_to_end(name)
         self._by_version[(key, version)] = request
         while len(log) > LIMIT or (log and now - next(iter(log.values())).at > MAX_AGE):
@@ -56,12 +60,21 @@ class AppliedRequests:
             if self._by_version.get((old_key, old.version)) == old_request:
                 del self._by_version[(old_key, old.version)]
 
-    def find(self, request: str, key: str, now: float) -> Version | None:
-        """The version ``request`` was applied at to ``key``, if remembered."""
+    def forget(self, request: str, key: str, version: Version) -> None:
+        """Forget that ``request`` was applied at ``version``: a one-round-trip PUT's
+        tag that a majority refused, which no read can return (one_trip.py)."""
+        held = self._log.get((request, key))
+        if held is not None and held.version == version:
+            del self._log[(request, key)]
+            if self._by_version.get((key, version)) == request:
+                del self._by_version[(key, version)]
+
+    def find(self, request: str, key: str, now: float) -> Applied | None:
+        """Where ``request`` was applied to ``key`` (version, when, tentative), if remembered."""
         held = self._log.get((request, key))
         if held is None or now - held.at > MAX_AGE:
             return None
-        return held.version
+        return held
 
     def request_of(self, key: str, version: Version) -> str | None:
         """The request id that wrote ``version`` of ``key``, if remembered."""

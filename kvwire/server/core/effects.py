@@ -36,7 +36,9 @@ class Respond:
 @dataclass(slots=True)
 class Persist:
     """Commit this row durably (a tombstone when ``deleted``). ``packed`` is the
-    value's msgpack bytes when the shell already has them. Completed by
+    value's msgpack bytes when the shell already has them. ``request``: the id
+    of the PUT that wrote this version, to keep with it in the same commit, so
+    that a retry finds it after a restart too (``applied.py``). Completed by
     ``core.persisted(write_id, error)``; the shell may batch rows (group commit)."""
 
     write_id: int
@@ -45,6 +47,8 @@ class Persist:
     deleted: bool
     value: Any
     packed: bytes | None
+    request: str | None = None
+    tentative: bool = False  # the request's record is tentative (applied.Applied)
 
 
 @dataclass(slots=True)

@@ -14,8 +14,8 @@ from ...protocol.messages import Replicate, ReplicateReply, Version
 from .services import CoreServices
 
 
-OK = "ok"  # the peer holds this version, or (unconditional) a newer one
-REFUSED = "refused"  # a conditional REPLICATE the peer did not apply
+OK = "ok"  # the peer holds this version, or (unconditional, not exact) a newer one
+REFUSED = "refused"  # a conditional or exact REPLICATE the peer did not apply
 FAILED = "failed"  # no answer: hinted
 
 
@@ -34,11 +34,17 @@ class Fanout:
         expect: Version | None = None,
         hint: bool = True,
         request: str | None = None,
+        exact: bool = False,
     ) -> None:
+        """``exact``: a peer counts only if it applied this version or holds exactly
+        it, not a newer one (a one-round-trip PUT's tag, ``one_trip.py``); the
+        peers' replies are kept in ``replies`` for the caller to read."""
         self._core = core
         self.key = key
         self.version = version
         self._expect = expect
+        self._exact = exact
+        self.replies: dict[str, ReplicateReply] = {}
         self._hint = hint
         self._on_outcome = on_outcome
         self._outstanding: dict[str, int] = {}
@@ -60,7 +66,14 @@ class Fanout:
             # A conditional tombstone counts only where the condition held and
             # it was applied: the same tag can reach a replica without any
             # condition (a quorum read's write-back), so holding it proves nothing.
-            ok = self._expect is None or reply.applied
+            if self._exact:
+                self.replies[peer] = reply
+                # A reply without ``prior`` is a joining node's, which may lack writes
+                # it acknowledged before its disk was lost: it vouches for nothing.
+                ok = ((reply.applied or reply.version == self.version) and reply.prior is not None
+                      or self._core.mutant == "count-newer-as-applied")
+            else:
+                ok = self._expect is None or reply.applied
             self._settle(peer, OK if ok else REFUSED)
         else:
             self._settle(peer, FAILED)
@@ -79,7 +92,7 @@ class Fanout:
         # conditional tombstone is never hinted here, since replay drops the
         # condition: its DELETE hints the peers that missed it once it has won.
         core = self._core
-        if (self._hint and outcome != OK and self._expect is None
+        if (self._hint and outcome == FAILED and self._expect is None
                 and core.keydir.latest_version(self.key) >= self.version):
             core.hints.add(peer, self.key, self.version)
         self._on_outcome(peer, outcome)

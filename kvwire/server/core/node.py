@@ -42,6 +42,7 @@ from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
 from .applied import AppliedRequests
+from .one_trip import OneTripWrite, takes_one_trip
 from .repair import Repair
 from .tombstones import TombstoneCollector
 from .services import CoreStats
@@ -50,7 +51,7 @@ from .timers import Timers
 # Deliberately broken variants, for showing that the simulator catches real
 # bugs (python -m kvwire.sim --mutant NAME). Production never sets one.
 MUTANTS = (
-    "no-lookup",  # PUT's tag is this node's own + 1, without asking a majority
+    "no-lookup",  # every PUT's tag is this node's own + 1, counting replicas holding newer as holding it
     "no-write-back",  # a quorum read answers without bringing its majority up to date
     "ack-before-commit",  # a write counts as held before it is durable
     "no-tag-tiebreak",  # tags carry no node id, so two writers can mint the same one
@@ -62,6 +63,12 @@ MUTANTS = (
     "no-floor",  # tombstones are removed without raising the tag floor first, and tags ignore it
     "ignore-request-id",  # a PUT sent again with its request id is written a second time
     "no-join-guard",  # a node joining with an empty disk answers LOOKUP and FETCH and counts as a majority at once
+    "count-newer-as-applied",  # a one-round-trip PUT counts a replica holding a newer tag as holding its own
+    "retry-after-any-refusal",  # a one-round-trip PUT tries a higher tag while its first may still be read
+    "one-trip-retries",  # a PUT sent again (same request id) takes the one-round-trip path too
+    "complete-over-newer",  # a retried PUT finishes its earlier tag where replicas hold newer ones
+    "ignore-stranded",  # a key left undecided by a one-round-trip PUT keeps taking one round trip
+    "volatile-request-ids",  # PUT request ids are remembered in memory only, so a restart forgets them
 )
 
 
@@ -74,6 +81,7 @@ class NodeCore:
         committed: dict[str, Entry] | None = None,
         hints: dict[str, dict[str, Version]] | None = None,
         floor: int = 0,
+        requests: list[tuple[str, str, Version, float, bool]] | None = None,
         joining: bool = False,
         mutant: str | None = None,
     ) -> None:
@@ -106,6 +114,11 @@ class NodeCore:
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         self.tombstones = TombstoneCollector(self, floor)
         self.applied = AppliedRequests()
+        # Keys a one-round-trip PUT left undecided here, until a LOOKUP write passes them (one_trip.py).
+        self.stranded: set[str] = set()
+        self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
+        for request_id, key, version, at, tentative in requests or ():  # the durable log (``Persist.request``)
+            self.applied.remember(request_id, key, version, at, tentative=tentative)
         # A node joining an existing cluster with an empty data directory (--join:
         # its disk was lost, or it replaces a removed member) holds none of the
         # cluster's writes yet. A write acknowledged by a majority that included
@@ -148,7 +161,10 @@ class NodeCore:
             else:
                 self.committed_copy(request.key, lambda copy: self._answer_local_get(token, request, copy))
         elif kind is Put:
-            Write(self, token, request, packed).start()
+            if takes_one_trip(self, request):
+                OneTripWrite(self, token, request, packed).start()
+            else:
+                Write(self, token, request, packed).start()
         elif kind is Delete:
             owner = self.delete_owner()
             if from_peer or owner == self.node_id:
@@ -168,7 +184,8 @@ class NodeCore:
                 copy = self.keydir.latest(request.key)
                 applied = None if request.request is None else self.applied.find(request.request, request.key, now)
                 self.respond(token, LookupReply(request.id, copy.version, copy.deleted, self.tombstones.floor_target,
-                                                applied))
+                                                None if applied is None else applied.version,
+                                                True if applied is not None and applied.tentative else None))
             elif kind is Digests:
                 self.respond(token, self.repair.answer_digests(peer, request))
             elif kind is Sync:
@@ -343,7 +360,8 @@ class NodeCore:
         self.cache.discard(key)
 
     def store(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None,
-              on_done: Callable[[Exception | None], None]) -> None:
+              on_done: Callable[[Exception | None], None], *, request: str | None = None,
+              tentative: bool = False) -> None:
         """Make ``version`` durable here, unless this node already holds it or newer.
 
         ``on_done(None)`` once this node durably holds ``version`` or newer;
@@ -360,7 +378,8 @@ class NodeCore:
         write_id = next(self._write_ids)
         keydir.accept(key, write_id, version, deleted)
         self._writes[write_id] = (key, version, deleted, value, [] if self.mutant == "ack-before-commit" else [on_done])
-        self.effects.append(Persist(write_id, key, version, deleted, value, packed))
+        self.effects.append(Persist(write_id, key, version, deleted, value, packed,
+                                    None if self.mutant == "volatile-request-ids" else request, tentative))
         if self.mutant == "ack-before-commit":
             on_done(None)
 
@@ -398,19 +417,20 @@ class NodeCore:
         said only once what supersedes it is durable.
         """
         key, version = request.key, request.version
-        latest = self.keydir.latest_version(key)
+        prior = self.keydir.latest(key)
+        latest = prior.version
         expect = request.expect
         if expect is not None and latest > expect and self.mutant != "no-delete-condition":
             # Refused, and said at once even if what it holds is not yet
             # durable: a refusal never counts towards a DELETE's majority.
-            self.respond(token, ReplicateReply(request.id, False, latest))
+            self.respond(token, ReplicateReply(request.id, False, latest, latest, prior.deleted))
             return
         if (request.deleted and expect is None and latest == NO_VERSION
                 and self.tombstones.settled(key, version)):
             # A tombstone this node collected (or would now): holding nothing reads
             # the same, and storing it again would restart its collection, for as
             # long as another node that still holds it writes it back here.
-            self.respond(token, ReplicateReply(request.id, False, NO_VERSION))
+            self.respond(token, ReplicateReply(request.id, False, NO_VERSION, NO_VERSION, False))
             return
         applied = version > latest
 
@@ -418,11 +438,20 @@ class NodeCore:
             if error is not None:
                 self.respond(token, error)
             else:
-                if request.request is not None:
+                held = self.keydir.latest_version(key)
+                if request.request is not None and (applied or held == version):
+                    # Not a tag this node refused: a one-round-trip PUT's refused
+                    # tag may never be read, so a retry must not finish it (one_trip.py).
                     self.applied.remember(request.request, key, version, self.now)
-                self.respond(token, ReplicateReply(request.id, applied, self.keydir.latest_version(key)))
+                if self.joining:
+                    # What it held proves nothing (writes it lost are missing), so it
+                    # says nothing: a one-round-trip PUT does not count it (fanout.py).
+                    self.respond(token, ReplicateReply(request.id, applied, held))
+                else:
+                    self.respond(token, ReplicateReply(request.id, applied, held, latest, prior.deleted))
 
-        self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply)
+        self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply,
+                   request=request.request)
 
     def _answer_fetch(self, token: Any, request: Fetch, copy: Copy | KvwireError) -> None:
         if isinstance(copy, KvwireError):

@@ -2,12 +2,14 @@
 
 The rules (docs/design.md, "The correctness model"):
 
-- PUT: LOOKUP the tag on a majority (this node included), mint
-  ``(highest counter + 1, this node)``, commit it here, and only then
-  REPLICATE it to every peer; acknowledge once a majority, this node
-  included, holds it or something newer. No peer sees a tag before this node
-  holds it durably: otherwise a crash in between could let the restarted
-  node, not knowing the tag, mint it again for another value.
+- PUT, first attempt, every peer usable: one round trip (``one_trip.py``).
+- PUT otherwise (a retry, a peer down): LOOKUP the tag on a majority (this
+  node included), mint ``(highest counter + 1, this node)``, commit it here and
+  REPLICATE it to every peer; acknowledge once a majority, this node included,
+  holds it or something newer.
+- Every write commits its tag here before any peer sees it: otherwise a crash
+  in between could let the restarted node, not knowing the tag, mint it again
+  for another value.
 - Quorum GET: FETCH a majority, take the newest, write it back to those of
   that majority that were behind (ABD), then answer.
 - DELETE: a quorum read first. Absent: NOT_FOUND, a linearizable read of
@@ -145,7 +147,7 @@ class QuorumRead:
             settled(None, error is None)
 
         if None in behind:
-            core.store(key, newest.version, newest.deleted, newest.value, None, stored)
+            core.store(key, newest.version, newest.deleted, newest.value, None, stored, request=request)
         if peers:
             Fanout(core, key, newest.version, newest.deleted, newest.value, peers, self._deadline,
                    lambda peer, outcome: settled(peer, outcome == OK), request=request)
@@ -190,6 +192,8 @@ class _ReplicatedWrite:
         self._expect: Version | None = None
         self._acks = self._failed = self._refused = 0
         self._missed: list[str] = []  # peers a conditional tombstone did not reach or was refused by
+        # Count only replicas that hold exactly ``_version``, not a newer one (Write._complete).
+        self._exact = False
         self._timer = core.timers.schedule(self._deadline, self._expire)
 
     def _success(self) -> Any:
@@ -207,7 +211,8 @@ class _ReplicatedWrite:
 
     def _commit(self, deleted: bool, value: Any, packed: bytes | None) -> None:
         self._deleted, self._value = deleted, value
-        self._core.store(self._request.key, self._version, deleted, value, packed, self._stored)
+        self._core.store(self._request.key, self._version, deleted, value, packed, self._stored,
+                         request=getattr(self._request, "request", None), tentative=self._exact)
 
     def _stored(self, error: Exception | None) -> None:
         core = self._core
@@ -215,14 +220,17 @@ class _ReplicatedWrite:
             self._answer(error)  # the disk refused it: say so, not "no quorum"
             return
         request_id = getattr(self._request, "request", None)
-        if request_id is not None:
-            core.applied.remember(request_id, self._request.key, self._version, core.now)
-        self._acks += 1
-        if self._acks == core.quorum:
-            self._answer(None)
+        if self._exact and core.keydir.latest_version(self._request.key) != self._version:
+            self._refused += 1  # holds a newer tag: not this write's
+        else:
+            if request_id is not None:
+                core.applied.remember(request_id, self._request.key, self._version, core.now, tentative=self._exact)
+            self._acks += 1
+            if self._acks == core.quorum:
+                self._answer(None)
         if core.peer_ids:
             Fanout(core, self._request.key, self._version, self._deleted, self._value, core.peer_ids,
-                   self._deadline, self._replicated, expect=self._expect, request=request_id)
+                   self._deadline, self._replicated, expect=self._expect, request=request_id, exact=self._exact)
 
     def _replicated(self, peer: str, outcome: str) -> None:
         core = self._core
@@ -245,7 +253,10 @@ class _ReplicatedWrite:
         reachable = core.cluster_size - self._failed - self._refused
         if self._answered or reachable >= core.quorum:
             return
-        if self._refused:
+        if self._exact:
+            self._no_quorum(f"its earlier attempt's tag {tuple(self._version)} is not the newest on a majority (it "
+                            "was overwritten since, or never taken)", maybe_applied=True)
+        elif self._refused:
             core.stats.delete_conflicts += 1
             self._answer(ConflictError(
                 f"DELETE of {self._request.key!r} raced with a concurrent write of it and may or may "
@@ -278,6 +289,7 @@ class Write(_ReplicatedWrite):
         self._round: MajorityRound | None = None
 
     def _success(self) -> PutReply:
+        self._core.stranded.discard(self._request.key)  # a majority now holds a tag above this node's copy
         return PutReply(self._request.id, self._version, self._created)
 
     def start(self) -> None:
@@ -285,7 +297,7 @@ class Write(_ReplicatedWrite):
         if request.request is not None and core.mutant != "ignore-request-id":
             applied = core.applied.find(request.request, request.key, core.now)
             if applied is not None:
-                self._complete(applied)
+                self._complete(applied.version, applied.tentative)
                 return
         if core.quorum == 1 or core.mutant == "no-lookup":
             self._mint([])  # a lone node is its own majority: no round to run
@@ -306,11 +318,14 @@ class Write(_ReplicatedWrite):
                             maybe_applied=False)
             return
         if self._round.request_versions and core.mutant != "ignore-request-id":
-            self._complete(max(self._round.request_versions))
+            newest = max(version for version, _ in self._round.request_versions)
+            # Tentative only if no answer knew it held by more than its coordinator.
+            self._complete(newest, all(tentative for version, tentative in self._round.request_versions
+                                       if version == newest))
             return
         self._mint([copy for _, copy in answers])
 
-    def _complete(self, version: Version) -> None:
+    def _complete(self, version: Version, tentative: bool) -> None:
         """The same PUT (same request id) was applied before, at ``version``, on some
         replica: finish that write rather than make a second one. Replicas apply
         ``version`` unless they hold it or newer, and a majority holding it (or
@@ -328,6 +343,11 @@ class Write(_ReplicatedWrite):
             return
         self._version = version
         self._created = False  # what the first attempt found is not known here
+        # A tentative tag may be one a majority refused, which no read returns, so
+        # a replica holding a newer tag proves nothing: finished only where it is
+        # the newest, else undecided. Any other was above every write finished
+        # before its PUT began, so newer tags held now came after it.
+        self._exact = tentative and self._core.mutant != "complete-over-newer"
         self._commit(False, self._request.value, self._packed)
 
     def _mint(self, copies: list[Copy]) -> None:
@@ -380,6 +400,14 @@ class Delete(_ReplicatedWrite):
         self._expect = newest.version
         self._version = core.mint(newest.version)
         self._commit(True, None, None)
+
+
+def disk_error(error: Exception, *, maybe_applied: bool) -> Exception:
+    """This node's disk refused a write; if peers were sent it, it may be applied there."""
+    if maybe_applied and isinstance(error, KvwireError) and error.maybe_applied is not True:
+        error = type(error)(f"{error.message}; its peers were sent it, so it may or may not have been applied")
+        error.maybe_applied = True
+    return error
 
 
 class ForwardedDelete:

@@ -375,7 +375,8 @@ class Repair:
                     core.applied.remember(reply.request, key, reply.version, core.now)
                 self._transferred(round_, error is None)
 
-            core.store(key, reply.version, reply.deleted, None if reply.deleted else reply.value, None, stored)
+            core.store(key, reply.version, reply.deleted, None if reply.deleted else reply.value, None, stored,
+                       request=reply.request)
 
         if self._ask(round_.peer, Fetch, (key,), fetched) is None:
             self._transferred(round_, False)

@@ -33,7 +33,8 @@ class MajorityRound:
         everyone: bool = False,
     ) -> None:
         self._core = core
-        # LOOKUP only: a PUT's request id, and the versions answers say it was applied at.
+        # LOOKUP only: a PUT's request id, and the versions answers say it was applied
+        # at, each with whether it is tentative (applied.py).
         self._fields = (key,) if request is None else (key, request)
         self.request_versions: list = []
         # FETCH only: version -> the request id that wrote it, where an answer knew.
@@ -92,7 +93,7 @@ class MajorityRound:
         if isinstance(reply, self._reply_type):
             self._core.adopt_floor(reply.floor)
             if getattr(reply, "request_version", None) is not None:
-                self.request_versions.append(reply.request_version)
+                self.request_versions.append((reply.request_version, bool(reply.request_tentative)))
             if getattr(reply, "request", None) is not None:
                 self.requests[reply.version] = reply.request
             self.answers.append((peer, Copy(reply.version, reply.deleted, getattr(reply, "value", None))))

@@ -26,6 +26,7 @@ class CoreStats:
     write_backs: int = 0
     hedged_requests: int = 0
     delete_conflicts: int = 0
+    one_trip_retries: int = 0
 
 
 class HintSink(Protocol):
@@ -48,6 +49,8 @@ class CoreServices(Protocol):
     hints: HintSink
     tombstones: Any
     applied: Any
+    stranded: set[str]
+    one_trips: set[str]
 
     @property
     def pending_writes(self) -> int: ...
@@ -75,7 +78,8 @@ class CoreServices(Protocol):
     def forget_value(self, key: str) -> None: ...
 
     def store(self, key: str, version: Version, deleted: bool, value: Any, packed: bytes | None,
-              on_done: Callable[[Exception | None], None]) -> None: ...
+              on_done: Callable[[Exception | None], None], *, request: str | None = None,
+              tentative: bool = False) -> None: ...
 
     def after_write(self, write_id: int, callback: Callable[[Exception | None], None]) -> None: ...
 

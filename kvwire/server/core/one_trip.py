@@ -1,0 +1,188 @@
+"""A PUT in one round trip: propose a tag, and let the replicas' answers be the LOOKUP.
+
+The coordinator mints a tag above its own copy, commits it here, and sends it
+with the value to every peer at once. A replica
+applies it only if it is above what the replica holds, and answers with what it
+held either way. The PUT is acknowledged once a majority, this node included,
+*applied* that tag (or holds exactly it): a replica holding a newer tag does
+not count, since that tag may belong to a write that finished before this one
+began.
+
+When a majority refuses (each holds a newer tag), the tag is dead: no majority
+can ever hold it as its newest, so no read can return it. Only then does the
+coordinator try again, with a tag above every answer, which the replicas
+compare just as the first: the second attempt is the LOOKUP round, merged into
+the first. If fewer refuse and no majority applies, the outcome is left
+undecided (NO_QUORUM, ``maybe_applied``): trying a higher tag while the first
+may still be read could let a reader see the value, then a later write, then
+the value again.
+
+Why it is linearizable (ABD's argument, with "applied" in place of "minted
+above a majority"): a write acknowledged at tag T was applied by a majority,
+each holding less than T when it came. Any write acknowledged before this one
+began is on a majority too, the two majorities share a replica, and that
+replica held the earlier tag when T came: so T is above it.
+
+``created`` is exact in the same sense as the LOOKUP path's: the newest copy the
+answers showed (this node's and every replica's, before this write's own tags)
+was absent.
+
+A PUT left undecided leaves its key *stranded* on this node: its copy may be
+above anything a majority holds (a coordinator partitioned away, not yet
+knowing it, keeps writing). A retry through another node cannot find that
+attempt, and if this node went on minting above its own stranded copies, the
+first attempt's value could later surface above writes made after the retry.
+So a stranded key takes the LOOKUP round here until one such write of it has
+succeeded, and so does a key whose one-round-trip PUT is still undecided
+(``one_trips``): each stranded copy is at most one above what this node held.
+
+Only the first attempt of a PUT takes this path (a retry might find its
+earlier attempt's tag and finish it, which LOOKUP does, ``applied.py``), only
+with every peer usable, and only in clusters of up to three nodes: with more,
+a dead tag could be applied and remembered (with its request id) by a replica
+the next attempt does not reach.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...protocol.messages import PutReply, Version
+from .fanout import FAILED, OK, Fanout
+from .keydir import Copy
+from .operations import _ReplicatedWrite, disk_error
+from .services import CoreServices
+
+# The most nodes a cluster may have for a PUT to take one round trip (see above).
+MAX_ONE_TRIP_NODES = 3
+
+
+def takes_one_trip(core: CoreServices, request) -> bool:
+    """Whether this PUT goes out in one round trip."""
+    if core.mutant == "no-lookup" or core.quorum == 1 or core.joining or core.cluster_size > MAX_ONE_TRIP_NODES:
+        return False
+    if request.retry and core.mutant != "one-trip-retries":
+        return False
+    if request.request is not None and core.applied.find(request.request, request.key, core.now) is not None:
+        return False  # this node applied it already: the LOOKUP path finishes that write
+    if (request.key in core.stranded or request.key in core.one_trips) and core.mutant != "ignore-stranded":
+        return False
+    return len(core.usable_peers()) == len(core.peer_ids)
+
+
+class OneTripWrite(_ReplicatedWrite):
+    def __init__(self, core: CoreServices, token: Any, request, packed: bytes | None) -> None:
+        super().__init__(core, token, request)
+        self._packed = packed
+        self._attempt = 0
+        self._mine: set[Version] = set()  # every tag this write minted
+        self._heard: list[Copy] = []  # what replicas held before this write's tags reached them
+        self._newest_heard = core.keydir.latest_version(request.key)
+
+    def _success(self) -> PutReply:
+        before = [copy for copy in self._heard if copy.version < self._version and copy.version not in self._mine]
+        created = max(before, key=lambda copy: copy.version).absent
+        return PutReply(self._request.id, self._version, created)
+
+    def start(self) -> None:
+        self._core.one_trips.add(self._request.key)
+        self._propose()
+
+    def _answer(self, error: Exception | None) -> None:
+        self._core.one_trips.discard(self._request.key)
+        # The fanout's callback refers to this write: let go of it, or the two
+        # would form a cycle only the garbage collector frees (rounds.py says why).
+        self._fanout = None
+        super()._answer(error)
+
+    def _propose(self) -> None:
+        core, key = self._core, self._request.key
+        local = core.keydir.latest(key)
+        if local.version not in self._mine:
+            self._heard.append(local)
+        self._version = version = core.mint(max(local.version, self._newest_heard))
+        self._mine.add(version)
+        self._attempt += 1
+        attempt = self._attempt
+        self._acks = self._refused = self._failed = 0  # this attempt's, this node's own in _acks
+        self._local_pending = True
+        self._fanout = None
+
+        def stored(error: Exception | None) -> None:
+            if attempt != self._attempt or self._answered:
+                return
+            self._local_pending = False
+            if error is not None:
+                # An earlier attempt's tag went to the peers: it may be applied there.
+                if attempt > 1:
+                    core.stranded.add(key)
+                self._answer(disk_error(error, maybe_applied=attempt > 1))
+                return
+            request_id = self._request.request
+            if request_id is not None:
+                # As for every write: a retry through this node finds the tag and
+                # finishes that write, rather than apply the PUT a second time.
+                # Tentative until a peer applies it (see ``Applied.tentative``).
+                core.applied.remember(request_id, key, version, core.now, tentative=True)
+            self._acks += 1
+            self._send(attempt)
+            self._decide()
+
+        # Committed here before any peer sees it, as every write (operations.py).
+        core.store(key, version, False, self._request.value, self._packed, stored, request=self._request.request,
+                   tentative=True)
+
+    def _send(self, attempt: int) -> None:
+        core = self._core
+        self._fanout = Fanout(core, self._request.key, self._version, False, self._request.value, core.peer_ids,
+                              self._deadline, lambda peer, outcome: self._replied(attempt, peer, outcome),
+                              request=self._request.request, exact=True)
+
+    def _replied(self, attempt: int, peer: str, outcome: str) -> None:
+        if attempt != self._attempt or self._answered:
+            return
+        reply = self._fanout.replies.get(peer) if self._fanout is not None else None
+        if reply is not None:
+            if reply.prior is not None and reply.prior not in self._mine:
+                self._heard.append(Copy(reply.prior, bool(reply.prior_deleted), None))
+            self._newest_heard = max(self._newest_heard, reply.version)
+        if outcome == OK:
+            self._acks += 1
+            if self._request.request is not None:
+                # A peer applied it: with this node, a majority of three held less
+                # when it came, so it is above every write finished before this
+                # PUT began (the module docstring), whatever comes after.
+                self._core.applied.remember(self._request.request, self._request.key, self._version, self._core.now)
+        elif outcome == FAILED:
+            self._failed += 1
+        else:
+            self._refused += 1
+        self._decide()
+
+    def _no_quorum(self, why: str, *, maybe_applied: bool) -> None:
+        # This node may now hold the key at a tag no majority has: until a write
+        # of the key through the LOOKUP round has passed it, take that round
+        # (see ``stranded`` in the module docstring).
+        self._core.stranded.add(self._request.key)
+        super()._no_quorum(why, maybe_applied=maybe_applied)
+
+    def _decide(self) -> None:
+        core = self._core
+        if self._answered:
+            return
+        if self._acks >= core.quorum:
+            self._answer(None)
+            return
+        if self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum):
+            # A dead tag: a retry of this PUT could only leave it undecided
+            # (operations.Write._complete), so it is not offered to one.
+            if self._request.request is not None:
+                core.applied.forget(self._request.request, self._request.key, self._version)
+            if core.now < self._deadline:
+                core.stats.one_trip_retries += 1
+                self._propose()
+                return
+        answered = self._acks - (not self._local_pending) + self._refused + self._failed
+        if self._acks + len(core.peer_ids) - answered + self._local_pending < core.quorum:
+            self._no_quorum(f"{self._acks} of {core.cluster_size} nodes took its tag, {self._refused} held a newer "
+                            f"one and {self._failed} did not answer", maybe_applied=True)
