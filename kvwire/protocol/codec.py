@@ -74,7 +74,7 @@ _OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
-    Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted"}),
+    Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining"}),
     Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),
     Op.FETCH_REPLY: frozenset({"floor", "request"}),
 }
@@ -318,6 +318,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "offered": _keys,
     "retry": _boolean,
     "request_tentative": _boolean,
+    "joining": _boolean,
     "prior": _version,
     "prior_deleted": _boolean,
 }

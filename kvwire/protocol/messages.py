@@ -287,6 +287,9 @@ class ReplicateReply:
     version: Version
     prior: Version | None = None
     prior_deleted: bool | None = None
+    # True from a node still joining (--join): having lost its disk, what it held
+    # proves nothing, so a one-round-trip PUT does not count it (6.10).
+    joining: bool | None = None
     op = Op.REPLICATE_REPLY
 
 

@@ -68,9 +68,9 @@ class Fanout:
             # condition (a quorum read's write-back), so holding it proves nothing.
             if self._exact:
                 self.replies[peer] = reply
-                # A reply without ``prior`` is a joining node's, which may lack writes
-                # it acknowledged before its disk was lost: it vouches for nothing.
-                ok = ((reply.applied or reply.version == self.version) and reply.prior is not None
+                # A joining node may lack writes it acknowledged before its disk
+                # was lost: it vouches for nothing.
+                ok = ((reply.applied or reply.version == self.version) and not reply.joining
                       or self._core.mutant == "count-newer-as-applied")
             else:
                 ok = self._expect is None or reply.applied

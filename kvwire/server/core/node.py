@@ -445,8 +445,8 @@ class NodeCore:
                     self.applied.remember(request.request, key, version, self.now)
                 if self.joining:
                     # What it held proves nothing (writes it lost are missing), so it
-                    # says nothing: a one-round-trip PUT does not count it (fanout.py).
-                    self.respond(token, ReplicateReply(request.id, applied, held))
+                    # says so: a one-round-trip PUT does not count it (fanout.py).
+                    self.respond(token, ReplicateReply(request.id, applied, held, None, None, True))
                 else:
                     self.respond(token, ReplicateReply(request.id, applied, held, latest, prior.deleted))
 
