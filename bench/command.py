@@ -24,6 +24,7 @@ from kvwire.bench.output import prepare_directory
 from kvwire.bench.settings import CONSISTENCIES, DEFAULT_MAX_REQUESTS, Settings
 from kvwire.bench.suite import suite
 from kvwire.bench.refill import refill
+from kvwire.bench.scale import scale
 from kvwire.bench.security_cost import security_cost
 from kvwire.bench.workload import DISTRIBUTIONS, parse_mix
 
@@ -158,3 +159,4 @@ bench.add_command(failover)
 bench.add_command(detection)
 bench.add_command(security_cost)
 bench.add_command(refill)
+bench.add_command(scale)

@@ -8,7 +8,6 @@ What a run does is in the command's help, below.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -19,6 +18,7 @@ import click
 import uvloop
 
 from kvwire.bench.load import run_load
+from kvwire.bench.output import measure_or_exit
 from kvwire.bench.preload import preload
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import key_name
@@ -125,13 +125,8 @@ def refill(ctx: click.Context, keys: int, value_size: int, duration: float, conn
     Exit status: 0 when the refill completed, 1 when it did not, 2 for bad options.
     """
     node_args = [] if repair_rate is None else ["--repair-rate", str(repair_rate)]
-    try:
-        result = refill_run(keys, value_size, duration, connections, node_args)
-    except (OSError, RuntimeError) as exc:  # TimeoutError is an OSError
-        click.echo(f"{ctx.command_path}: {type(exc).__name__}: {exc}", err=True)
-        ctx.exit(1)
-    if as_json:
-        click.echo(json.dumps(result))
+    result = measure_or_exit(ctx, lambda: refill_run(keys, value_size, duration, connections, node_args), as_json)
+    if result is None:
         return
     click.echo(
         f"refill of {result['keys']:,} keys of {result['value_size']} B: {result['refill_s']} s "

@@ -199,10 +199,11 @@ class Storage:
         return storage
 
     async def _load(self) -> None:
+        names: dict[str, str] = {}  # one str object per writer, not one per key (keydir.py)
         async with self._reader.execute("SELECT key, counter, node, deleted FROM kv") as cursor:
             while rows := await cursor.fetchmany(10_000):
                 for key, counter, node, deleted in rows:
-                    self.loaded_entries[key] = Entry(Version(counter, node), bool(deleted))
+                    self.loaded_entries[key] = Entry(Version(counter, names.setdefault(node, node)), bool(deleted))
         async with self._reader.execute("SELECT peer, key, counter, node FROM hints") as cursor:
             while rows := await cursor.fetchmany(10_000):
                 for peer, key, counter, node in rows:

@@ -14,6 +14,11 @@ from typing import Any, Callable, NamedTuple
 from ...protocol.messages import NO_VERSION, Version
 
 
+# Distinct node names kept as one shared str each: members, and the names a
+# misbehaving peer might put in tags, which are then simply not shared.
+MAX_NAMES = 1024
+
+
 class Entry(NamedTuple):
     version: Version
     deleted: bool
@@ -56,6 +61,7 @@ class Keydir:
         # Told of every change to a committed entry (old, new; None for none):
         # anti-entropy's bucket digests follow the keydir through it.
         self.watch: Callable[[str, Entry | None, Entry | None], None] | None = None
+        self._names: dict[str, str] = {}
 
     def latest_version(self, key: str) -> Version:
         """The newest version accepted for ``key``, durable or not."""
@@ -98,6 +104,14 @@ class Keydir:
             return False
         current = self.committed.get(key)
         if current is None or version > current.version:
+            # Every tag's node part is one of a few names, but each decoded message
+            # brings its own str: keep one of each (about 50 bytes a key).
+            name = self._names.get(version.node)
+            if name is None:
+                if len(self._names) < MAX_NAMES:
+                    self._names[version.node] = version.node
+            elif name is not version.node:
+                version = Version(version.counter, name)
             entry = self.committed[key] = Entry(version, deleted)
             self.tombstones += deleted - (current is not None and current.deleted)
             if self.watch is not None:
