@@ -20,13 +20,14 @@ import ssl
 import sys
 import threading
 import time
+from typing import Any
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
+from ..protocol import NEED_DATA, Connection, Health, HealthReply, Ping, Pong, Side, encode
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
 from ..testing import ChildProcess, DevCerts
@@ -219,8 +220,9 @@ class _Watcher:
             self._probe_new_pids()
             if not self._announced:
                 waiting = [node_id for node_id in self.ports if not self._answers(node_id)]
-                if not waiting and not self._balancer_started:
-                    # Only now: started earlier, HAProxy's first checks fail and it prints ALERTs.
+                if not waiting and not self._balancer_started and self._every_node_has_quorum():
+                    # Only now: started earlier, HAProxy's first checks fail (no answer, or
+                    # no quorum yet) and it prints ALERTs and WARNINGs.
                     self.supervisor.start(child.name for child in self._balancers())
                     self._balancer_started = True
                 waiting += [child.name for child in self._balancers() if not _admin_socket_answers(child)]
@@ -294,6 +296,17 @@ class _Watcher:
                     self._answering_pid[node_id] = child.pid
                     if self._announced:
                         _say(f"kvwire up: {node_id} answers again (pid {child.pid})")
+
+    def _every_node_has_quorum(self) -> bool:
+        """With balancers to start: whether every node's HEALTH says it has a quorum,
+        which HAProxy's checks require (haproxy/kvwire.cfg)."""
+        if not self._balancers():
+            return True
+        for port in self.ports.values():
+            reply = _reply(self.host, port, Health(1), HealthReply, ssl_context=self._ssl_context)
+            if reply is None or reply.health.get("cluster", {}).get("has_quorum") is not True:
+                return False
+        return True
 
     def _balancers(self) -> list[ChildProcess]:
         """HAProxy with --haproxy: the children that are not nodes."""
@@ -392,18 +405,24 @@ def _check_port_free(host: str, port: int, user: str, *, option: str = "--base-p
 
 
 def _answers_ping(host: str, port: int, timeout: float = 0.5, ssl_context: ssl.SSLContext | None = None) -> bool:
+    return _reply(host, port, Ping(1), Pong, timeout, ssl_context) is not None
+
+
+def _reply(host: str, port: int, request: Any, reply_type: type, timeout: float = 0.5,
+           ssl_context: ssl.SSLContext | None = None) -> Any:
+    """The node's reply to ``request`` if it is a ``reply_type``, else None (no answer, or another)."""
     try:
         with connect_socket(host, port, timeout=timeout, ssl_context=ssl_context) as sock:
-            sock.sendall(encode(Ping(1)))
+            sock.sendall(encode(request))
             codec = Connection(Side.CLIENT)
             while (event := codec.next_event()) is NEED_DATA:
                 data = sock.recv(65536)
                 if not data:
-                    return False
+                    return None
                 codec.receive_data(data)
-            return isinstance(event, Pong)
+            return event if isinstance(event, reply_type) else None
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def _describe_status(status: int | None) -> str:
