@@ -618,3 +618,36 @@ def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not
     # A node that predates prior (a rolling upgrade) counts; it only says nothing for created.
     core.peer_reply(second.peer, second.request_id, ReplicateReply(1, True, Version(1, "n1")), 0.0)
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(1, "n1"), True)
+
+
+def test_a_key_below_the_tag_floor_takes_the_lookup_round():
+    # Other nodes may not have adopted the floor yet: a copy left undecided here
+    # at floor + 1 would outrank their later writes.
+    core = make_core()
+    link_all(core)
+    core.tombstones.floor_target = 12
+    core.request("put", Put(7, "k", "v"), 0.0)
+    assert [s.message_type for s in effects_of(core, Send)] == [Lookup]
+
+
+def test_stranded_keys_come_back_after_a_restart_from_tentative_records():
+    config = ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True)
+    core = NodeCore(config, 100.0, requests=[("req", "k", Version(6, "n1"), 90.0, True),
+                                             ("other", "j", Version(3, "n2"), 90.0, False)])
+    assert core.stranded == {"k"}
+    link_all(core, 100.0)
+    core.request("put", Put(7, "k", "v"), 100.0)
+    assert [s.message_type for s in effects_of(core, Send)] == [Lookup]
+
+
+def test_finishing_an_older_tag_does_not_free_a_stranded_key():
+    core = make_core()
+    link_all(core)
+    core.keydir.committed["k"] = Entry(Version(6, "n1"), False)  # this node's undecided copy
+    core.stranded.add("k")
+    core.applied.remember("req-0", "k", Version(5, "n2"), 0.0)
+    core.request("retry", Put(7, "k", "v", "req-0", True), 0.0)
+    sends = effects_of(core, Send)
+    core.peer_reply(sends[0].peer, sends[0].request_id, ReplicateReply(1, False, Version(5, "n2")), 0.0)
+    assert effects_of(core, Respond)[0].reply.version == Version(5, "n2")
+    assert "k" in core.stranded  # (5, n2) is below this node's copy: still stranded

@@ -67,6 +67,7 @@ MUTANTS = (
     "retry-after-any-refusal",  # a one-round-trip PUT tries a higher tag while its first may still be read
     "one-trip-retries",  # a PUT sent again (same request id) takes the one-round-trip path too
     "complete-over-newer",  # a retried PUT finishes its earlier tag where replicas hold newer ones
+    "one-trip-over-floor",  # a one-round-trip PUT mints straight over the tag floor, above what others hold
     "ignore-stranded",  # a key left undecided by a one-round-trip PUT keeps taking one round trip
     "volatile-request-ids",  # PUT request ids are remembered in memory only, so a restart forgets them
 )
@@ -119,6 +120,8 @@ class NodeCore:
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
         for request_id, key, version, at, tentative in requests or ():  # the durable log (``Persist.request``)
             self.applied.remember(request_id, key, version, at, tentative=tentative)
+            if tentative and version.node == self.node_id and self.mutant != "ignore-stranded":
+                self.stranded.add(key)  # maybe undecided when this node stopped (one_trip.py)
         # A node joining an existing cluster with an empty data directory (--join:
         # its disk was lost, or it replaces a removed member) holds none of the
         # cluster's writes yet. A write acknowledged by a majority that included
@@ -442,7 +445,8 @@ class NodeCore:
                 if request.request is not None and (applied or held == version):
                     # Not a tag this node refused: a one-round-trip PUT's refused
                     # tag may never be read, so a retry must not finish it (one_trip.py).
-                    self.applied.remember(request.request, key, version, self.now)
+                    # A joining node's holding proves nothing, so its record is tentative.
+                    self.applied.remember(request.request, key, version, self.now, tentative=self.joining)
                 if self.joining:
                     # What it held proves nothing (writes it lost are missing), so it
                     # says so: a one-round-trip PUT does not count it (fanout.py).
@@ -451,7 +455,7 @@ class NodeCore:
                     self.respond(token, ReplicateReply(request.id, applied, held, latest, prior.deleted))
 
         self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply,
-                   request=request.request)
+                   request=request.request, tentative=self.joining)
 
     def _answer_fetch(self, token: Any, request: Fetch, copy: Copy | KvwireError) -> None:
         if isinstance(copy, KvwireError):

@@ -38,28 +38,40 @@ succeeded, and so does a key whose one-round-trip PUT is still undecided
 
 Only the first attempt of a PUT takes this path (a retry might find its
 earlier attempt's tag and finish it, which LOOKUP does, ``applied.py``), only
-with every peer usable, and only in clusters of up to three nodes: with more,
-a dead tag could be applied and remembered (with its request id) by a replica
-the next attempt does not reach.
+with every peer usable, and only in clusters of three nodes: with more, a dead
+tag could be applied and remembered (with its request id) by a replica the
+next attempt does not reach.
+
+Stranded keys are kept in memory, and rebuilt at start from the tentative
+request records on disk (a PUT without a request id leaves none: after a
+restart, its key may take one round trip again).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ...protocol.errors import NoQuorumError
 from ...protocol.messages import PutReply, Version
 from .fanout import FAILED, OK, Fanout
 from .keydir import Copy
-from .operations import _ReplicatedWrite, disk_error
+from .operations import WRITE_NO_QUORUM, _ReplicatedWrite, disk_error
 from .services import CoreServices
 
-# The most nodes a cluster may have for a PUT to take one round trip (see above).
-MAX_ONE_TRIP_NODES = 3
+# The cluster size for a PUT to take one round trip: with more nodes, see above;
+# with two, a refusal by the one peer can never be a majority's, so every race
+# would end undecided where a LOOKUP round would have succeeded.
+ONE_TRIP_NODES = 3
+# Keys stranded at once before every PUT through this node takes the LOOKUP
+# path: a bound on the set's memory after a long partition.
+MAX_STRANDED = 100_000
 
 
 def takes_one_trip(core: CoreServices, request) -> bool:
     """Whether this PUT goes out in one round trip."""
-    if core.mutant == "no-lookup" or core.quorum == 1 or core.joining or core.cluster_size > MAX_ONE_TRIP_NODES:
+    if core.mutant == "no-lookup" or core.joining or core.cluster_size != ONE_TRIP_NODES:
+        return False
+    if len(core.stranded) >= MAX_STRANDED or jumps_the_floor(core, core.keydir.latest_version(request.key)):
         return False
     if request.retry and core.mutant != "one-trip-retries":
         return False
@@ -68,6 +80,15 @@ def takes_one_trip(core: CoreServices, request) -> bool:
     if (request.key in core.stranded or request.key in core.one_trips) and core.mutant != "ignore-stranded":
         return False
     return len(core.usable_peers()) == len(core.peer_ids)
+
+
+def jumps_the_floor(core: CoreServices, above: Version) -> bool:
+    """Whether a tag minted above ``above`` would jump to the tag floor (tombstones.py).
+    Other nodes may not have adopted that floor yet and mint below it, so an
+    undecided copy there would outrank their later writes. Such a tag takes the
+    LOOKUP round, which writes nothing until a majority has answered, so no copy
+    of it is left on a node cut off from the others."""
+    return core.tombstones.floor_target > above.counter and core.mutant != "one-trip-over-floor"
 
 
 class OneTripWrite(_ReplicatedWrite):
@@ -134,9 +155,12 @@ class OneTripWrite(_ReplicatedWrite):
 
     def _send(self, attempt: int) -> None:
         core = self._core
-        self._fanout = Fanout(core, self._request.key, self._version, False, self._request.value, core.peer_ids,
-                              self._deadline, lambda peer, outcome: self._replied(attempt, peer, outcome),
-                              request=self._request.request, exact=True)
+        fanout = Fanout(core, self._request.key, self._version, False, self._request.value, core.peer_ids,
+                        self._deadline, lambda peer, outcome: self._replied(attempt, peer, outcome),
+                        request=self._request.request, exact=True)
+        # Peers that failed at once (unusable now) may have decided it already:
+        # then keep no reference, or the two would form a cycle (``_answer``).
+        self._fanout = None if self._answered or attempt != self._attempt else fanout
 
     def _replied(self, attempt: int, peer: str, outcome: str) -> None:
         if attempt != self._attempt or self._answered:
@@ -178,9 +202,16 @@ class OneTripWrite(_ReplicatedWrite):
             # (operations.Write._complete), so it is not offered to one.
             if self._request.request is not None:
                 core.applied.forget(self._request.request, self._request.key, self._version)
-            if core.now < self._deadline:
+            if core.now < self._deadline and not jumps_the_floor(core, self._newest_heard):
                 core.stats.one_trip_retries += 1
                 self._propose()
+                return
+            if core.now < self._deadline:
+                # Nothing anyone can read was written: a retry takes the LOOKUP path.
+                core.stats.no_quorum_writes += 1
+                self._answer(NoQuorumError(
+                    f"{WRITE_NO_QUORUM}: PUT of {self._request.key!r}: its tag was behind a majority's and the tag "
+                    "floor is above theirs; nothing was written", maybe_applied=False))
                 return
         answered = self._acks - (not self._local_pending) + self._refused + self._failed
         if self._acks + len(core.peer_ids) - answered + self._local_pending < core.quorum:

@@ -287,9 +287,13 @@ class Write(_ReplicatedWrite):
         self._packed = packed
         self._created = False
         self._round: MajorityRound | None = None
+        # Minted above this node's own copy (not an earlier attempt's tag finished).
+        self._above_own = False
 
     def _success(self) -> PutReply:
-        self._core.stranded.discard(self._request.key)  # a majority now holds a tag above this node's copy
+        if self._above_own:
+            # A majority now holds a tag above this node's copy (one_trip.py, stranded).
+            self._core.stranded.discard(self._request.key)
         return PutReply(self._request.id, self._version, self._created)
 
     def start(self) -> None:
@@ -359,6 +363,7 @@ class Write(_ReplicatedWrite):
         newest = max(copies, key=lambda copy: copy.version)
         self._created = newest.absent
         self._version = core.mint(newest.version)
+        self._above_own = True
         self._commit(False, self._request.value, self._packed)
 
 
@@ -366,6 +371,8 @@ class Delete(_ReplicatedWrite):
     """DELETE: a quorum read, then a tombstone conditioned on the live version it found."""
 
     def _success(self) -> DeleteReply:
+        # Its tombstone is above this node's copy (``_read``) and on a majority.
+        self._core.stranded.discard(self._request.key)
         return DeleteReply(self._request.id, self._version)
 
     def start(self) -> None:

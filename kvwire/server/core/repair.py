@@ -372,11 +372,11 @@ class Repair:
                 return
             def stored(error: Exception | None) -> None:
                 if error is None and reply.request is not None:
-                    core.applied.remember(reply.request, key, reply.version, core.now)
+                    core.applied.remember(reply.request, key, reply.version, core.now, tentative=core.joining)
                 self._transferred(round_, error is None)
 
             core.store(key, reply.version, reply.deleted, None if reply.deleted else reply.value, None, stored,
-                       request=reply.request)
+                       request=reply.request, tentative=core.joining)
 
         if self._ask(round_.peer, Fetch, (key,), fetched) is None:
             self._transferred(round_, False)
