@@ -84,6 +84,9 @@ async def test_index_and_values_survive_reopening(tmp_path):
         assert await storage.read("live") == (Version(1, "n1"), False, {"a": [1, 2]})
         assert await storage.read("gone") == (Version(2, "n1"), True, None)
         assert await storage.read("never") is None
+        # Many keys in one hop, the same rows, in any order, unknown keys included.
+        assert await storage.read_many(["never", "gone", "live"]) == {
+            "never": None, "gone": (Version(2, "n1"), True, None), "live": (Version(1, "n1"), False, {"a": [1, 2]})}
     finally:
         await storage.close()
 

@@ -222,18 +222,21 @@ class Storage:
     # --- reads -------------------------------------------------------------------------
 
     async def read(self, key: str) -> tuple[Version, bool, Any] | None:
-        """The committed row of ``key`` as (version, deleted, value), or None if it has none.
+        """The committed row of ``key`` as (version, deleted, value), or None if it has none."""
+        return (await self.read_many([key]))[key]
 
-        Runs on its own connection, so it never queues behind a commit's fsync.
+    async def read_many(self, keys: list[str]) -> dict[str, tuple[Version, bool, Any] | None]:
+        """The committed rows of ``keys``, each as ``read`` gives it.
+
+        One hop to the reader's thread for them all (a hop costs about 25 us,
+        more than a point SELECT), on its own connection, so reads never queue
+        behind a commit's fsync.
         """
-        async with self._reader.execute(
-            "SELECT value, counter, node, deleted FROM kv WHERE key = ?", (key,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            return None
-        value = None if row[3] else msgpack.unpackb(row[0], raw=False, strict_map_key=False)
-        return Version(row[1], row[2]), bool(row[3]), value
+        rows = await self._reader._execute(_read_rows, self._reader._conn, keys)
+        return {key: None if row is None else
+                (Version(row[1], row[2]), bool(row[3]),
+                 None if row[3] else msgpack.unpackb(row[0], raw=False, strict_map_key=False))
+                for key, row in zip(keys, rows)}
 
     # --- writes ------------------------------------------------------------------------
 
@@ -443,6 +446,12 @@ def _cannot_use(path: Path, error: OSError | sqlite3.Error) -> str:
         hint = "; the file is damaged or not kvwire's: restore it from a backup, or move it aside to start this node empty"
     return f"cannot use the database {path}: {reason}{hint}"
 
+
+
+def _read_rows(db: sqlite3.Connection, keys: list[str]) -> list[tuple | None]:
+    """Point reads of ``keys``, on SQLite's reader thread."""
+    return [db.execute("SELECT value, counter, node, deleted FROM kv WHERE key = ?", (key,)).fetchone()
+            for key in keys]
 
 
 def _probe_transaction(db: sqlite3.Connection) -> None:
