@@ -614,7 +614,7 @@ def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not
     commit_all(core, core.take_effects())
     first, second = replicate_sends(core)
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(1, "n1"), None, None, True), 0.0)
-    assert effects_of(core, Respond) == []  # not a majority yet
+    assert effects_of(core, Respond) == [] and core.stats.one_trip_retries == 0  # neither an ack nor a refusal
     # A node that predates prior (a rolling upgrade) counts; it only says nothing for created.
     core.peer_reply(second.peer, second.request_id, ReplicateReply(1, True, Version(1, "n1")), 0.0)
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(1, "n1"), True)
@@ -651,3 +651,18 @@ def test_finishing_an_older_tag_does_not_free_a_stranded_key():
     core.peer_reply(sends[0].peer, sends[0].request_id, ReplicateReply(1, False, Version(5, "n2")), 0.0)
     assert effects_of(core, Respond)[0].reply.version == Version(5, "n2")
     assert "k" in core.stranded  # (5, n2) is below this node's copy: still stranded
+
+
+def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
+    # Two refusals make the tag dead and send it again above them; a joining node's
+    # newer tag may be one the others never held, so it is not counted as one.
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(7, "k", "v"), 0.0)
+    commit_all(core, core.take_effects())
+    first, second = replicate_sends(core)
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(5, "n2"), None, None, True), 0.0)
+    core.peer_reply(second.peer, second.request_id, ReplicateReply(1, False, Version(5, "n3"), Version(5, "n3"), False), 0.0)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
+    assert core.stats.one_trip_retries == 0

@@ -68,13 +68,17 @@ class Fanout:
             # condition (a quorum read's write-back), so holding it proves nothing.
             if self._exact:
                 self.replies[peer] = reply
-                # A joining node may lack writes it acknowledged before its disk
-                # was lost: it vouches for nothing.
-                ok = ((reply.applied or reply.version == self.version) and not reply.joining
-                      or self._core.mutant == "count-newer-as-applied")
+                if reply.joining and self._core.mutant != "count-newer-as-applied":
+                    # A joining node may lack writes it acknowledged before its disk
+                    # was lost: its answer proves nothing either way.
+                    outcome = FAILED
+                elif reply.applied or reply.version == self.version or self._core.mutant == "count-newer-as-applied":
+                    outcome = OK
+                else:
+                    outcome = REFUSED
             else:
-                ok = self._expect is None or reply.applied
-            self._settle(peer, OK if ok else REFUSED)
+                outcome = OK if self._expect is None or reply.applied else REFUSED
+            self._settle(peer, outcome)
         else:
             self._settle(peer, FAILED)
         if not self._outstanding and self._timer is not None:

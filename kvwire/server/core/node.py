@@ -445,8 +445,11 @@ class NodeCore:
                 if request.request is not None and (applied or held == version):
                     # Not a tag this node refused: a one-round-trip PUT's refused
                     # tag may never be read, so a retry must not finish it (one_trip.py).
-                    # A joining node's holding proves nothing, so its record is tentative.
-                    self.applied.remember(request.request, key, version, self.now, tentative=self.joining)
+                    # Firm only if applied now, by a node that has not lost its disk:
+                    # holding exactly the tag may be its own coordinator's tentative
+                    # copy, and a joining node's holding proves nothing (applied.py).
+                    self.applied.remember(request.request, key, version, self.now,
+                                          tentative=self.joining or not applied)
                 if self.joining:
                     # What it held proves nothing (writes it lost are missing), so it
                     # says so: a one-round-trip PUT does not count it (fanout.py).
