@@ -17,6 +17,8 @@ setup(
     install_requires=[
         "uvloop>=0.19",
         "msgpack>=1.0.5",
+        # The compiled codec (kvwire/protocol/compiled.py): Structs, Raw values, defstruct tags.
+        "msgspec>=0.18",
         # kvwire/server/storage.py runs each group commit through aiosqlite's
         # private Connection._execute (one thread hop); checked on 0.20-0.22.
         "aiosqlite>=0.20,<0.23",

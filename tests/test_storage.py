@@ -4,6 +4,7 @@ import asyncio
 
 import msgpack
 import pytest
+from msgspec import Raw
 
 from kvwire.protocol import Version
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
@@ -13,6 +14,11 @@ from kvwire.server.storage import DataDirError, Storage
 async def open_storage(path, **kwargs):
     options = {"node_id": "n1", "sync": SyncMode.FULL, **kwargs}
     return await Storage.open(path, **options)
+
+
+def stored(value):
+    """A value as storage gives it back: the msgpack bytes it was given (kvwire.protocol.values)."""
+    return Raw(msgpack.packb(value))
 
 
 def put(storage, key, counter, value, node="n1"):
@@ -47,9 +53,9 @@ async def test_only_a_higher_version_replaces_the_stored_row(tmp_path):
         await put(storage, "k", 5, "five", node="n2")
         await put(storage, "k", 5, "replay", node="n2")
         await put(storage, "k", 4, "older", node="n3")
-        assert await storage.read("k") == (Version(5, "n2"), False, "five")
+        assert await storage.read("k") == (Version(5, "n2"), False, stored("five"))
         await put(storage, "k", 5, "tie-break", node="n3")
-        assert await storage.read("k") == (Version(5, "n3"), False, "tie-break")
+        assert await storage.read("k") == (Version(5, "n3"), False, stored("tie-break"))
     finally:
         await storage.close()
 
@@ -62,8 +68,8 @@ async def test_each_write_has_its_own_future(tmp_path):
         assert first is not second
         first.cancel()
         await second
-        assert await storage.read("a") == (Version(1, "n1"), False, "x")
-        assert await storage.read("b") == (Version(1, "n1"), False, "y")
+        assert await storage.read("a") == (Version(1, "n1"), False, stored("x"))
+        assert await storage.read("b") == (Version(1, "n1"), False, stored("y"))
     finally:
         await storage.close()
 
@@ -81,12 +87,12 @@ async def test_index_and_values_survive_reopening(tmp_path):
         assert entries["live"].version == Version(1, "n1") and not entries["live"].deleted
         assert entries["gone"].deleted and entries["gone"].version == Version(2, "n1")
         assert storage.loaded_hints == {"n2": {"live": Version(1, "n1")}}
-        assert await storage.read("live") == (Version(1, "n1"), False, {"a": [1, 2]})
+        assert await storage.read("live") == (Version(1, "n1"), False, stored({"a": [1, 2]}))
         assert await storage.read("gone") == (Version(2, "n1"), True, None)
         assert await storage.read("never") is None
         # Many keys in one hop, the same rows, in any order, unknown keys included.
         assert await storage.read_many(["never", "gone", "live"]) == {
-            "never": None, "gone": (Version(2, "n1"), True, None), "live": (Version(1, "n1"), False, {"a": [1, 2]})}
+            "never": None, "gone": (Version(2, "n1"), True, None), "live": (Version(1, "n1"), False, stored({"a": [1, 2]}))}
     finally:
         await storage.close()
 
@@ -160,8 +166,8 @@ async def test_a_failed_group_commit_refuses_its_whole_batch_and_the_next_commit
         await storage.close()
     reopened = await open_storage(tmp_path)
     try:
-        assert await reopened.read("before") == (Version(1, "n1"), False, "kept")
-        assert await reopened.read("k1") == (Version(1, "n1"), False, "a")
+        assert await reopened.read("before") == (Version(1, "n1"), False, stored("kept"))
+        assert await reopened.read("k1") == (Version(1, "n1"), False, stored("a"))
         assert await reopened.read("k2") is None
     finally:
         await reopened.close()

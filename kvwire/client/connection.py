@@ -89,7 +89,7 @@ class WriteFlowControl:
 class ClientConnection(asyncio.Protocol):
     """A connection to one node; open it with :meth:`open`."""
 
-    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS, *, raw_values: bool = False) -> None:
         self.address = address
         # Learned from the HELLO reply; None until then, or if HELLO was skipped.
         self.node_id: str | None = None
@@ -98,7 +98,7 @@ class ClientConnection(asyncio.Protocol):
         # max_frame_bytes usually ends in a connection reset, not an ERROR
         # (docs/protocol.md 9). Also None from nodes that predate the field.
         self.server_limits: Limits | None = None
-        self._codec = Connection(Side.CLIENT, limits)
+        self._codec = Connection(Side.CLIENT, limits, raw_values=raw_values)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         # request id -> (future of the reply, the op a reply to it must carry)
@@ -131,6 +131,7 @@ class ClientConnection(asyncio.Protocol):
         token: str | None = None,
         secret: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        raw_values: bool = False,
     ) -> ClientConnection:
         """Connect, and by default introduce ourselves with HELLO.
 
@@ -148,7 +149,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             async with deadline:
                 _, connection = await loop.create_connection(
-                    lambda: cls(address, limits), host, port,
+                    lambda: cls(address, limits, raw_values=raw_values), host, port,
                     ssl=ssl_context, server_hostname=host if ssl_context is not None else None,
                 )
         except ssl.SSLError as exc:

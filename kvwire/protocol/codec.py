@@ -9,17 +9,18 @@ them, which is what makes the spec's hex examples reproducible byte for byte.
 
 from __future__ import annotations
 
-import functools
 import reprlib
 import struct
 from dataclasses import fields
 from typing import Any, Callable, NamedTuple
 
 import msgpack
+from msgspec import Raw
 
+from .compiled import decode_fast, encode_compiled
 from .errors import ErrorCode, ProtocolError
 from .limits import WIRE_NAMES as LIMIT_NAMES
-from .limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS, Limits
+from .limits import MAX_COUNTER, MAX_REQUEST_ID_CHARS, MAX_SYNC_ENTRIES, REPAIR_BUCKETS, Limits
 from .messages import (
     Consistency,
     Delete,
@@ -37,6 +38,7 @@ from .messages import (
     HelloReply,
     Lookup,
     LookupReply,
+    OPTIONAL_FIELDS,
     Message,
     Op,
     Ping,
@@ -51,33 +53,13 @@ from .messages import (
     Version,
 )
 from .peer_auth import MAX_NONCE_BYTES, NONCE_BYTES, PROOF_BYTES
+from .strict import DuplicateKey, may_hold_timestamp, refuse_ext, unpack
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 
 MAX_REQUEST_ID = 2**64 - 1
 MISSING_ID = object()
-# Counters are stored in SQLite's signed 64-bit INTEGER.
-MAX_COUNTER = 2**63 - 1
-# A PUT's request id: a UUID or a base64 token fits; every node remembers
-# recent ones, so they are bounded.
-MAX_REQUEST_ID_CHARS = 128
-
-# Fields left out of the map when they are None; every other field is always sent.
-_OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
-    Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
-    Op.GET: frozenset({"consistency"}),
-    Op.PUT: frozenset({"request", "retry"}),
-    Op.REPLICATE: frozenset({"expect", "request"}),
-    Op.LOOKUP: frozenset({"request"}),
-    Op.SYNC: frozenset({"tombstones"}),
-    Op.ERROR: frozenset({"maybe_applied"}),
-    Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
-    Op.PUT_REPLY: frozenset({"created"}),
-    Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining"}),
-    Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),
-    Op.FETCH_REPLY: frozenset({"floor", "request"}),
-}
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
@@ -86,24 +68,6 @@ _short_repr.maxother = 40
 
 class _Invalid(Exception):
     """A field failed its check; the decoder adds the field name and request id."""
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code} is not allowed")
-
-
-class _DuplicateKey(Exception):
-    """A map repeats a key: leaves the fast path, to find the request id and say where."""
-
-
-def _unique_map(pairs: list[tuple[Any, Any]]) -> dict:
-    # msgpack's object_pairs_hook, called for every map it decodes. Its own
-    # dicts keep the last of two equal keys, so a value would not come back
-    # as it was sent; a dict shorter than its pairs is how a repeat shows.
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _DuplicateKey
-    return result
 
 
 def _repeated_keys(pairs: list[tuple[Any, Any]]) -> list[Any]:
@@ -336,7 +300,6 @@ class _Schema(NamedTuple):
     cls: type
     name: str  # the op's name, for error messages
     fields: tuple[tuple[str, Callable[[Any], Any], bool], ...]  # (name, check, required)
-    has_key: bool
 
 
 # Built once from the dataclasses; requests and replies apart, since a side
@@ -347,19 +310,13 @@ _FIELD_NAMES: dict[int, tuple[str, ...]] = {}
 for _op, _cls in _CLASSES.items():
     _names = tuple(f.name for f in fields(_cls) if f.name != "id")
     _FIELD_NAMES[_op] = _names
-    _optional = _OPTIONAL_FIELDS.get(_op, frozenset())
-    _schema = _Schema(
-        _cls, Op(_op).name, tuple((name, _CHECKS[name], name not in _optional) for name in _names), "key" in _names
-    )
+    _optional = OPTIONAL_FIELDS.get(_op, frozenset())
+    _schema = _Schema(_cls, Op(_op).name, tuple((name, _CHECKS[name], name not in _optional) for name in _names))
     (_REPLY_SCHEMAS if _op >= Op.ERROR else _REQUEST_SCHEMAS)[int(_op)] = _schema
 
 _ERROR_OP = int(Op.ERROR)
-
-# unpackb bounds every length it reads by the size of its input, which the
-# frame limit already bounds, so no max_*_len option is tighter than that.
-_unpackb = functools.partial(
-    msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=_refuse_ext, object_pairs_hook=_unique_map
-)
+_KEYED = frozenset(cls for cls in _CLASSES.values() if "key" in _FIELD_NAMES[cls.op])
+_VALUED = frozenset(cls for cls in _CLASSES.values() if "value" in _FIELD_NAMES[cls.op])
 
 
 def _parse_noting_repeats(payload: bytes) -> tuple[Any, Any, bool]:
@@ -373,7 +330,7 @@ def _parse_noting_repeats(payload: bytes) -> tuple[Any, Any, bool]:
         repeats.append(_repeated_keys(pairs) if len(result) != len(pairs) else [])
         return result
 
-    body = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_refuse_ext, object_pairs_hook=note)
+    body = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=refuse_ext, object_pairs_hook=note)
     # The message map is the outermost container, so msgpack finishes it last.
     # A repeated id or op decides (it can make the error fatal), whatever else repeats.
     for name in ("id", "op"):
@@ -389,16 +346,8 @@ def _parse_noting_repeats(payload: bytes) -> tuple[Any, Any, bool]:
 
 def encode_payload(message: Message) -> bytes:
     """The msgpack map for ``message``, without the length prefix."""
-    op = message.op
-    body: dict[str, Any] = {"op": int(op), "id": message.id}
-    optional = _OPTIONAL_FIELDS.get(op, ())
-    for name in _FIELD_NAMES[op]:
-        value = getattr(message, name)
-        if value is None and name in optional:
-            continue
-        body[name] = value
     try:
-        return msgpack.packb(body)
+        return encode_compiled(message)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}", fatal=False) from exc
 
@@ -410,7 +359,8 @@ def frame(payload: bytes) -> bytes:
 
 def encode(message: Message) -> bytes:
     """One complete frame carrying ``message``."""
-    return frame(encode_payload(message))
+    payload = encode_payload(message)
+    return HEADER.pack(len(payload)) + payload
 
 
 # --- decoding --------------------------------------------------------------------------
@@ -447,24 +397,39 @@ def oversized_frame_message(header: bytes, length: int, limit: int, *, replies: 
 
 
 
-def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
+def decode_payload(payload: bytes, limits: Limits, *, replies: bool, raw_values: bool = False) -> Message:
     """Parse one frame's payload into a message.
 
     ``replies`` says which half of the protocol this side accepts: a node takes
-    requests (ops below 0x80), a client takes replies. Raises ProtocolError;
+    requests (ops below 0x80), a client takes replies. ``raw_values``: a value
+    stays the msgpack bytes it came as, a msgspec.Raw (None for nil), as a node
+    keeps it (kvwire.protocol.values); else it is unpacked. Raises ProtocolError;
     its ``fatal`` flag is set when even the request id could not be read.
     """
+    message = decode_fast(payload, replies=replies, raw_values=raw_values)
+    if message is None:
+        message = _decode_checked(payload, replies)
+        if raw_values and type(message) in _VALUED:
+            value = message.value
+            message.value = None if value is None else Raw(msgpack.packb(value))
+    if type(message) in _KEYED:
+        check_key(message.key, limits, message.id)
+    return message
+
+
+def _decode_checked(payload: bytes, replies: bool) -> Message:
+    """The codec's own path: every check in Python, each failure named exactly."""
     repeated, in_message_map = None, False
     try:
         try:
-            body = _unpackb(payload)
-        except _DuplicateKey:
+            body = unpack(payload)
+        except DuplicateKey:
             body, repeated, in_message_map = _parse_noting_repeats(payload)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"payload is not one valid msgpack value: {str(exc) or type(exc).__name__}") from None
     if type(body) is not dict:
         raise ProtocolError(f"payload must be a msgpack map, got {type(body).__name__}")
-    if (b"\xd6\xff" in payload or b"\xd7\xff" in payload or b"\xc7\x0c\xff" in payload) and _holds_timestamp(body):
+    if may_hold_timestamp(payload) and _holds_timestamp(body):
         raise ProtocolError("payload is not one valid msgpack value: msgpack extension type -1 is not allowed")
 
     op = body.get("op")
@@ -507,8 +472,6 @@ def decode_payload(payload: bytes, limits: Limits, *, replies: bool) -> Message:
             raise ProtocolError(f"{schema.name} is missing field '{name}'", request_id=request_id, fatal=False)
         else:
             args.append(None)
-    if schema.has_key:
-        check_key(args[1], limits, request_id)
     return schema.cls(*args)
 
 

@@ -37,9 +37,12 @@ _COMPACT_AFTER_BYTES = 64 * 1024
 
 
 class Connection:
-    def __init__(self, side: Side, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, side: Side, limits: Limits = DEFAULT_LIMITS, *, raw_values: bool = False) -> None:
+        """``raw_values``: values come out as the msgpack bytes they came as, a
+        msgspec.Raw, never unpacked (a node's way, kvwire.protocol.values)."""
         self.side = side
         self.limits = limits
+        self.raw_values = raw_values
         self._accept_replies = side is Side.CLIENT
         self._buffer = bytearray()
         self._offset = 0
@@ -91,7 +94,7 @@ class Connection:
         payload = bytes(buffer[start + HEADER_SIZE : end])
         self._consume(end)
         try:
-            return decode_payload(payload, self.limits, replies=self._accept_replies)
+            return decode_payload(payload, self.limits, replies=self._accept_replies, raw_values=self.raw_values)
         except ProtocolError as exc:
             if exc.fatal:
                 return self._fail(exc)

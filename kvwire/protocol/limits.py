@@ -24,6 +24,12 @@ REPAIR_BUCKETS = 1024
 # inside the default 4 MiB frame limit.
 MAX_SYNC_ENTRIES = 1000
 
+# Counters are stored in SQLite's signed 64-bit INTEGER.
+MAX_COUNTER = 2**63 - 1
+# A PUT's request id: a UUID or a base64 token fits; every node remembers
+# recent ones, so they are bounded.
+MAX_REQUEST_ID_CHARS = 128
+
 # The entries of HELLO_REPLY's ``limits`` map, in the order they are written.
 WIRE_NAMES = ("max_key_bytes", "max_value_bytes", "max_frame_bytes")
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
+
+from msgspec import Meta
+
+from .limits import MAX_COUNTER
 
 PROTOCOL_VERSION = 1
 
@@ -65,7 +69,8 @@ class Version(NamedTuple):
     the node id only breaks ties between writes of the same counter.
     """
 
-    counter: int
+    # The bound is read by the compiled decoder (kvwire.protocol.compiled).
+    counter: Annotated[int, Meta(ge=0, le=MAX_COUNTER)]
     node: str
 
 
@@ -345,6 +350,22 @@ class SyncReply:
     offered: list
     op = Op.SYNC_REPLY
 
+
+# Fields left out of the map when they are None; every other field is always sent.
+OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
+    Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
+    Op.GET: frozenset({"consistency"}),
+    Op.PUT: frozenset({"request", "retry"}),
+    Op.REPLICATE: frozenset({"expect", "request"}),
+    Op.LOOKUP: frozenset({"request"}),
+    Op.SYNC: frozenset({"tombstones"}),
+    Op.ERROR: frozenset({"maybe_applied"}),
+    Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
+    Op.PUT_REPLY: frozenset({"created"}),
+    Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining"}),
+    Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),
+    Op.FETCH_REPLY: frozenset({"floor", "request"}),
+}
 
 Request = Hello | Ping | Get | Put | Delete | Health | Replicate | Lookup | Fetch | Digests | Sync
 Reply = (

@@ -38,7 +38,8 @@ class NodeProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._node = node
         self._registry = registry
-        self._codec = Connection(Side.NODE, node.config.limits)
+        # Values stay the bytes the client packed, never rebuilt (protocol.values).
+        self._codec = Connection(Side.NODE, node.config.limits, raw_values=True)
         self._transport: asyncio.Transport | None = None
         self._flow: FlowControl | None = None
         self._session: Session | None = None

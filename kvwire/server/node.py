@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import msgpack
-
 from ..protocol.errors import BadRequestError, ForbiddenError, KvwireError, TooLargeError, UnauthenticatedError
 from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 from ..protocol.messages import (
@@ -38,6 +36,7 @@ from ..protocol.messages import (
     Request,
     Role,
 )
+from ..protocol.values import pack_value
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
 from .core import (
@@ -96,7 +95,6 @@ class Node:
         storage.loaded_entries = {}
         storage.loaded_hints = {}
         self.peers = PeerLinks(config, self)
-        self._packer = msgpack.Packer()
         self._timer: asyncio.TimerHandle | None = None
         self._to_load: list[str] = []  # keys the core asked to read (Load), not yet read
         self._loader: asyncio.Task | None = None
@@ -250,7 +248,7 @@ class Node:
                 f"and it accepts at most {limit}")
 
     def _pack_value(self, value: Any) -> bytes:
-        packed = self._packer.pack(value)
+        packed = pack_value(value)
         limit = self.config.limits.max_value_bytes
         if len(packed) > limit:
             raise TooLargeError(f"value is {len(packed)} bytes encoded; the limit is {limit} bytes")

@@ -77,6 +77,7 @@ class PeerLink:
                     node=self._config.node_id,
                     secret=self._config.cluster_secret,
                     ssl_context=self._ssl_context,
+                    raw_values=True,  # a node forwards values as the bytes it got (protocol.values)
                 )
             except KvwireConnectionError as exc:
                 if isinstance(exc.__cause__, ssl.SSLError):

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiosqlite
-import msgpack
 
 from ..protocol.errors import InternalServerError, KvwireError
 from ..protocol.messages import Version
+from ..protocol.values import pack_value, stored_value
 from .config import SyncMode
 from .core.applied import MAX_AGE as REQUEST_MAX_AGE
 from .core.keydir import Entry
@@ -235,7 +235,7 @@ class Storage:
         rows = await self._reader._execute(_read_rows, self._reader._conn, keys)
         return {key: None if row is None else
                 (Version(row[1], row[2]), bool(row[3]),
-                 None if row[3] else msgpack.unpackb(row[0], raw=False, strict_map_key=False))
+                 None if row[3] else stored_value(row[0]))
                 for key, row in zip(keys, rows)}
 
     # --- writes ------------------------------------------------------------------------
@@ -253,7 +253,7 @@ class Storage:
             future.set_exception(StorageError("node is shutting down; write refused"))
             return future
         if not deleted and packed is None:
-            packed = msgpack.packb(value)
+            packed = pack_value(value)
         self._queue.append(_Write(key, version, deleted, None if deleted else packed, future, request, tentative))
         self._wakeup.set()
         return future

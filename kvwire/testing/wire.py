@@ -24,11 +24,13 @@ def connect_socket(host: str, port: int, *, timeout: float, ssl_context: ssl.SSL
 
 
 class RawConnection:
-    """Sends raw bytes or messages; reads back replies through the real codec (over TLS with ``ssl_context``)."""
+    """Sends raw bytes or messages; reads back replies through the real codec (over TLS with ``ssl_context``).
+    ``raw_values``: replies keep their values as the msgpack bytes the node sent (a msgspec.Raw)."""
 
-    def __init__(self, address: str, *, timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, address: str, *, timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None,
+                 raw_values: bool = False) -> None:
         self.sock = connect_socket(*parse_host_port(address), timeout=timeout, ssl_context=ssl_context)
-        self.codec = Connection(Side.CLIENT)
+        self.codec = Connection(Side.CLIENT, raw_values=raw_values)
         self.timeout = timeout
 
     def send(self, *messages: Message) -> None:

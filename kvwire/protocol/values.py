@@ -1,0 +1,67 @@
+"""A value as the bytes its writer packed (docs/protocol.md section 5).
+
+A node never rebuilds a value. It keeps the msgpack bytes a PUT carried as a
+``msgspec.Raw``, checks and stores them, and sends those same bytes on in
+REPLICATE, FETCH_REPLY and GET_REPLY; only a client turns them into Python
+objects. nil is the one exception: it is None on both sides, so a node tells
+"no value" (a tombstone, a key never written) apart without unpacking anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgpack
+from msgspec import Raw
+from msgspec.msgpack import Decoder
+
+from .strict import may_hold_timestamp, refuse_ext, unpack
+
+NIL = b"\xc0"
+
+# Decodes any msgpack value: it checks UTF-8 and refuses extension types but
+# the timestamp (-1, which it decodes to a datetime itself). It would keep the
+# last of two equal map keys and take any map key, so a value that is a map or
+# an array is read by the strict unpacker instead.
+_any_value = Decoder(ext_hook=refuse_ext)
+# First bytes of a map or an array: fixmap, fixarray, array 16/32, map 16/32.
+_CONTAINERS = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+
+
+def _read(raw: Raw) -> Any:
+    if memoryview(raw)[0] in _CONTAINERS:
+        packed = bytes(raw)
+        if may_hold_timestamp(packed):
+            # The codec's own search finds it, and says where (codec._holds_timestamp).
+            raise ValueError("the value may hold a msgpack timestamp")
+        return unpack(packed)  # repeated map keys, keys that are not strings
+    value = _any_value.decode(raw)
+    if type(value) is datetime:
+        raise ValueError("msgpack extension type -1 is not allowed")
+    return value
+
+
+def pack_value(value: Any) -> bytes:
+    """The msgpack bytes of ``value``: a Raw's own, or msgpack's packing of a
+    Python object (which refuses what msgpack cannot carry, such as a set)."""
+    if type(value) is Raw:
+        return bytes(value)
+    return msgpack.packb(value)
+
+
+def stored_value(packed: bytes) -> Raw | None:
+    """A stored value as a node holds it: its bytes, or None for nil."""
+    return None if packed == NIL else Raw(packed)
+
+
+def checked_raw(raw: Raw) -> Raw | None:
+    """``raw`` once it is known to be one value the protocol allows (None for
+    nil); raises ValueError, TypeError or msgspec's errors otherwise. The bytes
+    are kept as sent."""
+    return None if _read(raw) is None else raw
+
+
+def python_value(raw: Raw) -> Any:
+    """The Python object ``raw`` packs; raises as :func:`checked_raw` does."""
+    return _read(raw)
