@@ -30,10 +30,11 @@ setup(
     ],
     # `kvwire up --haproxy` finds it here after `pip install .` (kvwire/cli/haproxy.py).
     data_files=[("share/kvwire/haproxy", ["haproxy/kvwire.cfg"])],
-    # The wrk scripts of `kvwire bench suite` (bench/wrk.py), and the bridge's
-    # cluster page (http_bridge/ui.py).
+    # The wrk scripts of `kvwire bench suite` (bench/wrk.py), the source of the
+    # compiled load generator (bench/native.py builds it on first use), and the
+    # bridge's cluster page (http_bridge/ui.py).
     package_data={
-        "kvwire.bench": ["lua/*.lua"],
+        "kvwire.bench": ["lua/*.lua", "c/*.c"],
         "kvwire.http_bridge": ["static/*.html", "static/*.css", "static/*.js", "static/*.svg"],
     },
     extras_require={

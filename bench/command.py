@@ -21,7 +21,7 @@ from kvwire.bench.failover import failover
 from kvwire.bench.load import run_load
 from kvwire.bench.load_report import report_table, save_result
 from kvwire.bench.output import prepare_directory
-from kvwire.bench.settings import CONSISTENCIES, DEFAULT_MAX_REQUESTS, Settings
+from kvwire.bench.settings import CONSISTENCIES, DEFAULT_MAX_REQUESTS, GENERATORS, Settings
 from kvwire.bench.suite import suite
 from kvwire.bench.refill import refill
 from kvwire.bench.scale import scale
@@ -117,6 +117,10 @@ def bench() -> None:
 @click.option("--tls-ca", metavar="PEM", help="CA that signed the nodes' certificates.  [default: the system's CAs]")
 @click.option("--tls-cert", metavar="PEM", help="Client certificate, for nodes given --tls-ca.")
 @click.option("--tls-key", metavar="PEM", help="The private key of --tls-cert.")
+@click.option("--generator", type=click.Choice(GENERATORS), default=Settings.generator, show_default=True,
+              help="python: the uvloop generator, every option; native: a compiled closed-loop generator "
+                   "(bench/c/kvload.c, built with the machine's C compiler on first use) that costs the "
+                   "machine far less CPU, for one op, uniform keys, no pipelining, no TLS.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Say HELLO with the access token in this file (nodes with --auth-file).")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,

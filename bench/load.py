@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import asdict
 from typing import Any
 
 import uvloop
@@ -29,6 +28,7 @@ import uvloop
 from kvwire.bench.cpu import machine_busy_seconds, server_cpu_seconds
 from kvwire.bench.load_connection import Tables
 from kvwire.bench.load_worker import DRAIN_TIMEOUT_S, READY_TIMEOUT_S, worker_main
+from kvwire.bench.native import run_native
 from kvwire.bench.preload import preload
 from kvwire.bench.recorder import LatencyRecorder
 from kvwire.bench.settings import Settings
@@ -39,7 +39,10 @@ from kvwire.bench.workload import OPS, mix_name
 
 
 def run_load(settings: Settings, *, progress: bool = False, preloaded: bool = False) -> dict:
-    """Preload if the run reads (unless the caller already did), run the workers, and merge what they measured."""
+    """Preload if the run reads (unless the caller already did), run the workers, and merge what they measured.
+    With ``--generator native`` the compiled generator runs instead (``bench.native``)."""
+    if settings.generator == "native":
+        return run_native(settings, preloaded=preloaded)
     value = os.urandom(settings.value_size)
     preload_s = uvloop.run(preload(settings, value)) if settings.preloads and not preloaded else None
     tables = Tables(settings, value)  # built once, shared with the workers by fork
@@ -149,8 +152,7 @@ def _merge(settings: Settings, results: list[dict], server_cpu_s: float | None, 
     def per_second(seconds: float | None) -> float | None:
         return None if seconds is None or not window_s else round(seconds / window_s, 2)
 
-    summary = {key: value for key, value in asdict(settings).items() if key != "server_pids"}
-    return summary | {
+    return settings.summary() | {
         "endpoints": list(settings.endpoints),
         "workload": mix_name(settings.mix),
         "mode": "open loop" if settings.rate else "closed loop",

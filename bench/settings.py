@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from kvwire.bench.workload import DISTRIBUTIONS, MAX_KEYS, OPS
 from kvwire.protocol import Consistency, parse_host_port
@@ -17,6 +18,8 @@ from kvwire.tls import optional_client_context
 DEFAULT_MAX_REQUESTS = 100_000_000
 _MAX_FRAME_TABLE_BYTES = 512 * 1024 * 1024
 CONSISTENCIES = tuple(level.value for level in Consistency)
+# "python": the uvloop generator (bench.load_worker); "native": the compiled one (bench.native).
+GENERATORS = ("python", "native")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Settings:
     tls_key: str | None = None
     # The access token each connection says HELLO with, for nodes with an auth file.
     token: str | None = field(default=None, repr=False)
+    generator: str = "python"
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -77,7 +81,34 @@ class Settings:
             raise ValueError(f"--consistency must be one of {', '.join(CONSISTENCIES)}, got {self.consistency!r}")
         if self.rate is not None and not 0 < self.rate <= 10_000_000:
             raise ValueError(f"--rate must be in (0, 10000000] requests/s, got {self.rate:g}")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"--generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        if self.generator == "native":
+            self._check_native()
         self.ssl_context()  # a missing or unloadable file: its TlsConfigError (a ValueError) names it
+
+    def _check_native(self) -> None:
+        """The compiled generator does the plain closed loop: one op, uniform keys, no pipelining, no TLS."""
+        unsupported = [
+            option for option, used in (
+                ("a --mix of more than one op", len(self.mix) > 1),
+                # Its replies are good or bad by op alone, and a DELETE's NOT_FOUND is an answer.
+                ("--mix delete", "delete" in self.mix),
+                ("--pipeline above 1", self.pipeline != 1),
+                ("--workers above 1", self.workers != 1),
+                ("--rate", self.rate is not None),
+                ("--requests", self.max_requests != DEFAULT_MAX_REQUESTS),
+                ("--distribution zipfian", self.distribution != "uniform"),
+                ("TLS", self.tls or bool(self.tls_ca or self.tls_cert or self.tls_key)),
+            ) if used
+        ]
+        if unsupported:
+            raise ValueError(f"--generator native does not support {', '.join(unsupported)}; "
+                             "use the default --generator python for those")
+
+    def summary(self) -> dict[str, Any]:
+        """The settings as a result reports them: no process ids, and never the token."""
+        return {key: value for key, value in asdict(self).items() if key not in ("server_pids", "token")}
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """What every connection dials with; None for plain TCP. Built once per process."""

@@ -28,10 +28,11 @@ import click
 from kvwire.bench import peers, wrk
 from kvwire.bench.failover import DEFAULT_HAPROXY_CONFIG, FailoverSettings, run_failover
 from kvwire.bench.load import run_load
+from kvwire.bench.native import build as build_native
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.plot import plot_failover
 from kvwire.bench.settings import Settings
-from kvwire.bench.summary import machine, write_summary
+from kvwire.bench.summary import NATIVE_SETUP, machine, write_summary
 from kvwire.bench.workload import mix_name, parse_mix
 from kvwire.testing import LocalCluster, NodeProcess
 from kvwire.testing.balancer import HAProxyProcess
@@ -100,12 +101,13 @@ class Suite:
     # --- kvwire through its own generator ----------------------------------------------------
 
     def load(self, scenario: int, setup: str, endpoints: list[str], pids: tuple[int, ...], mix: str, *,
-             connections: int = CONNECTIONS, pipeline: int = 1, consistency: str | None = None) -> None:
+             connections: int = CONNECTIONS, pipeline: int = 1, consistency: str | None = None,
+             generator: str = "python") -> None:
         s = self.settings
         settings = Settings(
             endpoints=tuple(endpoints), mix=parse_mix(mix), connections=connections, pipeline=pipeline,
             duration=s.duration, warmup=s.warmup, value_size=s.value_size, keys=s.keys, consistency=consistency,
-            server_pids=pids,
+            server_pids=pids, generator=generator,
         )
         workload = mix_name(settings.mix) + (f" ({consistency})" if consistency else "")
         _say(f"[{scenario}] {setup}: {workload}, {connections} connections, pipeline {pipeline}")
@@ -115,6 +117,8 @@ class Suite:
                    f"{s.warmup:g}", "--value-size", str(s.value_size), "--keys", str(s.keys)]
         if consistency:
             command += ["--consistency", consistency]
+        if generator != "python":
+            command += ["--generator", generator]
         self.add(scenario, setup, workload, result | {"tool": "kvwire bench", "command": shlex.join(command)})
 
     def add(self, scenario: int, setup: str, workload: str, result: dict[str, Any]) -> None:
@@ -135,6 +139,13 @@ class Suite:
                 for connections, pipeline in ONE_NODE_SHAPES:
                     self.load(1, "one node", [node.address], (node.pid,), mix,
                               connections=connections, pipeline=pipeline)
+            try:
+                build_native()
+            except RuntimeError as exc:  # no C compiler: the Python generator's rows stand alone
+                self.skipped.append({"scenario": 1, "what": NATIVE_SETUP, "why": str(exc)})
+                return
+            for mix in ("get", "put"):
+                self.load(1, NATIVE_SETUP, [node.address], (node.pid,), mix, generator="native")
 
     def three_nodes(self) -> None:
         wanted = set(self.settings.scenarios)

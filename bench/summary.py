@@ -33,6 +33,11 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+# One node loaded again by the compiled generator (bench.native), as redis-benchmark
+# loads redis-server: the GET target compares its row.
+NATIVE_SETUP = "one node, compiled generator"
+
+
 def _find(rows: list[Row], scenario: int, workload: str, *, setup: str | None = None, connections: int = 50,
           pipeline: int = 1) -> Row | None:
     for row in rows:
@@ -57,7 +62,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measure, target, measured, verdict) for each target of issue 5."""
     rows, failover = report["rows"], {run["via"]: run for run in report.get("failover", [])}
-    kv_get = _find(rows, 1, "get")
+    # The compiled generator's row when there is one: redis-benchmark is compiled too.
+    kv_get = _find(rows, 1, "get", setup=NATIVE_SETUP) or _find(rows, 1, "get", setup="one node")
     redis_get = _find(rows, 6, "get", setup="redis-server (no persistence)")
     kv_put3 = _find(rows, 2, "put")
     kv_rest_put = _find(rows, 4, "put")
@@ -78,10 +84,11 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     client, haproxy = failover.get("client"), failover.get("haproxy")
     return [
         ("One node, 50 connections, no pipelining: GET throughput", "≥ 90% of redis-server's",
-         f"{_num(ops(kv_get))} vs {_num(ops(redis_get))}/s = {_num(get_ratio and 100 * get_ratio)}%",
+         f"{_num(ops(kv_get))} vs {_num(ops(redis_get))}/s = {_num(get_ratio and 100 * get_ratio)}%"
+         + (" (compiled generator)" if kv_get is not None and kv_get["setup"] == NATIVE_SETUP else ""),
          verdict(get_ratio, lambda r: r >= 0.9)),
         ("One node: server CPU per GET", "≤ 1.5× redis-server's",
-         f"{_num(cpu(kv_get), 1)} vs {_num(cpu(redis_get), 1)} µs = {_num(cpu_ratio, 1)}×",
+         f"{_num(cpu(kv_get), 1)} vs {_num(cpu(redis_get), 1)} µs = {_num(cpu_ratio, 2)}×",
          verdict(cpu_ratio, lambda r: r <= 1.5)),
         ("Three nodes: quorum PUT, `--sync full`", "≥ 2× 3-member etcd's writes/s, lower p99",
          f"{_num(ops(kv_put3))} vs {_num(ops(etcd_put))}/s = {_num(put_ratio, 2)}×; "

@@ -63,3 +63,12 @@ def test_the_summary_puts_three_kvwire_nodes_beside_three_etcd_members():
     assert "| quorum PUT (binary protocol) | 12,000 | put | 5,000 | 2.40 | 30.0 / 20.0 | 200 / 200 | 1.00 |" in text
     assert "| REST PUT through the bridge | 4,000 | put | 5,000 | 0.80 | 40.0 / 20.0 | 300 / 200 | 1.50 |" in text
     assert "quorum GET" not in text  # no such run in this report: no row rather than a made-up one
+
+
+def test_the_get_target_takes_the_compiled_generators_row_when_the_run_has_one():
+    """redis-benchmark is compiled; so is the generator whose GETs the target compares (bench.native)."""
+    rows = [*ROWS, row(1, "one node, compiled generator", "get", 80_000, 6.0, 0.8)]
+    verdicts = {measure: (measured, verdict) for measure, _, measured, verdict in targets(report(rows, FAILOVER))}
+    assert verdicts["One node, 50 connections, no pipelining: GET throughput"] == (
+        "80,000 vs 100,000/s = 80% (compiled generator)", "missed")
+    assert verdicts["One node: server CPU per GET"] == ("6.0 vs 4.0 µs = 1.50×", "met")

@@ -40,5 +40,6 @@ def test_the_wheel_installs_only_kvwire(tmp_path):
     assert "kvwire/http_bridge/app.py" in names
     assert "kvwire/bench/load.py" in names
     assert "kvwire/bench/lua/wrk_report.lua" in names  # package data for `kvwire bench suite`
+    assert "kvwire/bench/c/kvload.c" in names  # built by `kvwire bench --generator native`
     assert "kvwire/http_bridge/static/index.html" in names  # the bridge's cluster page
     assert any(name.endswith("/data/share/kvwire/haproxy/kvwire.cfg") for name in names)

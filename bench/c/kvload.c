@@ -1,0 +1,337 @@
+/*
+ * kvload: the compiled load generator of `kvwire bench --generator native`.
+ *
+ * The Python generator costs about as much CPU per request as the node it
+ * loads, and both share the machine; this one costs a fraction of that, as
+ * redis-benchmark does for redis-server, so a one-node run measures the node.
+ * It knows nothing of msgpack: Python encodes every request frame beforehand
+ * (bench/native.py), and a reply is judged by its op, read at the fixed place
+ * where kvwire's encoder writes it (op first).
+ *
+ * kvload FRAMES HELLO REPLY_OP CONNECTIONS WARMUP_S DURATION_S HOST:PORT...
+ *
+ *   FRAMES    a file of complete request frames, one per key; each request
+ *             picks one at random (uniform)
+ *   HELLO     a file holding one HELLO frame each connection sends first, or empty
+ *   REPLY_OP  the op of a successful reply (0x83 GET_REPLY, ...); any other is an error
+ *
+ * Closed loop, one request in flight per connection; connections are spread
+ * over the endpoints round-robin. It prints "measuring" when the warm-up ends,
+ * then one line of JSON when the measured window does. Exit status 1 when it
+ * cannot run (bad arguments, a refused connection, a HELLO refused).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CONNECTIONS 10000
+#define OP_HELLO_REPLY 0x81
+#define OP_ERROR 0x80
+
+/* Latency histogram in microseconds: exact below 1,024 us, then 512 buckets
+ * per power of two (under 0.2 % error), up to 2^41 us. */
+#define SUB_BUCKETS 512
+#define BUCKETS (SUB_BUCKETS * 34)
+static uint64_t histogram[BUCKETS];
+static uint64_t histogram_total;
+
+static int bucket_of(uint64_t us) {
+    if (us < 2 * SUB_BUCKETS) return (int)us;
+    int shift = 64 - __builtin_clzll(us) - 10; /* us >> shift lies in [512, 1023] */
+    int index = shift * SUB_BUCKETS + (int)(us >> shift);
+    return index < BUCKETS ? index : BUCKETS - 1;
+}
+
+static uint64_t value_of(int index) {
+    if (index < 2 * SUB_BUCKETS) return (uint64_t)index;
+    int shift = index / SUB_BUCKETS - 1;
+    return (uint64_t)(index - shift * SUB_BUCKETS) << shift;
+}
+
+static double percentile_ms(double fraction) {
+    if (histogram_total == 0) return 0.0;
+    uint64_t wanted = (uint64_t)(fraction * (double)histogram_total + 0.999999), seen = 0;
+    if (wanted == 0) wanted = 1;
+    for (int i = 0; i < BUCKETS; i++) {
+        seen += histogram[i];
+        if (seen >= wanted) return (double)value_of(i) / 1000.0;
+    }
+    return (double)value_of(BUCKETS - 1) / 1000.0;
+}
+
+typedef struct {
+    int fd;
+    const uint8_t *out; /* the frame being sent */
+    size_t out_length, out_sent;
+    uint8_t *in;
+    size_t in_length, in_capacity;
+    uint64_t sent_ns;
+    int greeting; /* HELLO sent, its reply awaited */
+    int open;
+} Connection;
+
+static Connection connections[MAX_CONNECTIONS];
+static const uint8_t **frames;
+static uint32_t *frame_lengths;
+static size_t frame_count;
+static const uint8_t *hello;
+static size_t hello_length;
+static int reply_op, epoll_fd;
+static int measuring, stopping;
+static uint64_t ops, errors, connections_lost;
+static uint64_t random_state = 0x9E3779B97F4A7C15ull;
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static uint64_t next_random(void) { /* xorshift64 */
+    random_state ^= random_state << 13;
+    random_state ^= random_state >> 7;
+    random_state ^= random_state << 17;
+    return random_state;
+}
+
+static void fail(const char *what) {
+    fprintf(stderr, "kvload: %s\n", what);
+    exit(1);
+}
+
+static uint8_t *read_file(const char *path, size_t *length) {
+    FILE *file = fopen(path, "rb");
+    if (!file) { perror(path); exit(1); }
+    struct stat info;
+    if (fstat(fileno(file), &info) != 0) { perror(path); exit(1); }
+    *length = (size_t)info.st_size;
+    uint8_t *data = malloc(*length ? *length : 1);
+    if (!data || fread(data, 1, *length, file) != *length) fail("cannot read a frames file");
+    fclose(file);
+    return data;
+}
+
+static uint32_t frame_length(const uint8_t *header) {
+    return ((uint32_t)header[0] << 24) | ((uint32_t)header[1] << 16) | ((uint32_t)header[2] << 8) | header[3];
+}
+
+static void load_frames(const char *path) {
+    size_t length, offset = 0, capacity = 1024;
+    uint8_t *data = read_file(path, &length);
+    frames = malloc(capacity * sizeof *frames);
+    frame_lengths = malloc(capacity * sizeof *frame_lengths);
+    while (offset + 4 <= length) {
+        uint32_t size = 4 + frame_length(data + offset);
+        if (offset + size > length) fail("the frames file ends inside a frame");
+        if (frame_count == capacity) {
+            capacity *= 2;
+            frames = realloc(frames, capacity * sizeof *frames);
+            frame_lengths = realloc(frame_lengths, capacity * sizeof *frame_lengths);
+        }
+        frames[frame_count] = data + offset;
+        frame_lengths[frame_count++] = size;
+        offset += size;
+    }
+    if (frame_count == 0 || offset != length) fail("the frames file holds no whole frames");
+}
+
+static void watch(Connection *c, uint32_t events) {
+    struct epoll_event event = {.events = events, .data.ptr = c};
+    epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &event);
+}
+
+static void lose(Connection *c) {
+    if (!c->open) return;
+    c->open = 0;
+    connections_lost++;
+    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+}
+
+static void flush(Connection *c) {
+    while (c->out_sent < c->out_length) {
+        ssize_t n = send(c->fd, c->out + c->out_sent, c->out_length - c->out_sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) { watch(c, EPOLLIN | EPOLLOUT); return; }
+            if (errno == EINTR) continue;
+            lose(c);
+            return;
+        }
+        c->out_sent += (size_t)n;
+    }
+    watch(c, EPOLLIN);
+}
+
+static void send_frame(Connection *c, const uint8_t *frame, size_t length) {
+    c->out = frame;
+    c->out_length = length;
+    c->out_sent = 0;
+    c->sent_ns = now_ns();
+    flush(c);
+}
+
+static void send_request(Connection *c) {
+    size_t index = (size_t)(next_random() % frame_count);
+    send_frame(c, frames[index], frame_lengths[index]);
+}
+
+/* The op of a reply payload: kvwire writes "op" first, as a positive fixint or uint 8. */
+static int op_of(const uint8_t *payload, size_t length) {
+    size_t at;
+    if (length < 6) return -1;
+    if ((payload[0] & 0xF0) == 0x80) at = 1;
+    else if (payload[0] == 0xDE) at = 3;
+    else if (payload[0] == 0xDF) at = 5;
+    else return -1;
+    if (length < at + 5 || memcmp(payload + at, "\xa2op", 3) != 0) return -1;
+    at += 3;
+    if (payload[at] < 0x80) return payload[at];
+    if (payload[at] == 0xCC) return payload[at + 1];
+    return -1;
+}
+
+static void answered(Connection *c, const uint8_t *payload, size_t length) {
+    int op = op_of(payload, length);
+    if (c->greeting) {
+        if (op != OP_HELLO_REPLY) fail("the node refused HELLO (a wrong token, or not a kvwire node?)");
+        c->greeting = 0;
+    } else if (measuring) {
+        uint64_t us = (now_ns() - c->sent_ns + 999) / 1000;
+        histogram[bucket_of(us)]++;
+        histogram_total++;
+        ops++;
+        if (op != reply_op) errors++;
+    }
+    if (!stopping) send_request(c);
+}
+
+static void receive(Connection *c) {
+    for (;;) {
+        if (c->in_capacity - c->in_length < 65536) {
+            c->in_capacity = c->in_capacity * 2 + 65536;
+            c->in = realloc(c->in, c->in_capacity);
+            if (!c->in) fail("out of memory");
+        }
+        ssize_t n = recv(c->fd, c->in + c->in_length, c->in_capacity - c->in_length, 0);
+        if (n == 0) { lose(c); return; }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            if (errno == EINTR) continue;
+            lose(c);
+            return;
+        }
+        c->in_length += (size_t)n;
+    }
+    size_t offset = 0;
+    while (c->in_length - offset >= 4) {
+        size_t size = 4 + (size_t)frame_length(c->in + offset);
+        if (c->in_length - offset < size) break;
+        answered(c, c->in + offset + 4, size - 4);
+        offset += size;
+        if (!c->open) return;
+    }
+    memmove(c->in, c->in + offset, c->in_length - offset);
+    c->in_length -= offset;
+}
+
+static int dial(const char *endpoint) {
+    char host[256];
+    const char *colon = strrchr(endpoint, ':');
+    if (!colon || (size_t)(colon - endpoint) >= sizeof host) fail("an endpoint must be HOST:PORT");
+    memcpy(host, endpoint, (size_t)(colon - endpoint));
+    host[colon - endpoint] = 0;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found;
+    if (getaddrinfo(host, colon + 1, &hints, &found) != 0) fail("cannot resolve an endpoint");
+    int fd = socket(found->ai_family, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, found->ai_addr, found->ai_addrlen) != 0) {
+        fprintf(stderr, "kvload: cannot connect to %s: %s\n", endpoint, strerror(errno));
+        exit(1);
+    }
+    freeaddrinfo(found);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+static double cpu_seconds(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return (double)usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + (double)usage.ru_stime.tv_sec +
+           usage.ru_stime.tv_usec / 1e6;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 8) fail("usage: kvload FRAMES HELLO REPLY_OP CONNECTIONS WARMUP_S DURATION_S HOST:PORT...");
+    load_frames(argv[1]);
+    hello = read_file(argv[2], &hello_length);
+    reply_op = atoi(argv[3]);
+    int count = atoi(argv[4]);
+    double warmup = atof(argv[5]), duration = atof(argv[6]);
+    if (count < 1 || count > MAX_CONNECTIONS) fail("CONNECTIONS must be 1-10000");
+    if (warmup < 0 || duration <= 0) fail("WARMUP_S must be >= 0 and DURATION_S > 0");
+    epoll_fd = epoll_create1(0);
+    for (int i = 0; i < count; i++) {
+        Connection *c = &connections[i];
+        c->fd = dial(argv[7 + i % (argc - 7)]);
+        c->open = 1;
+        struct epoll_event event = {.events = EPOLLIN, .data.ptr = c};
+        epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &event);
+    }
+    for (int i = 0; i < count; i++) {
+        Connection *c = &connections[i];
+        if (hello_length) {
+            c->greeting = 1;
+            send_frame(c, hello, hello_length);
+        } else {
+            send_request(c);
+        }
+    }
+    uint64_t started = now_ns();
+    uint64_t measure_at = started + (uint64_t)(warmup * 1e9), end_at = measure_at + (uint64_t)(duration * 1e9);
+    double cpu_at_start = 0;
+    struct epoll_event events[256];
+    for (;;) {
+        uint64_t now = now_ns();
+        if (!measuring && now >= measure_at) {
+            measuring = 1;
+            cpu_at_start = cpu_seconds();
+            printf("measuring\n");
+            fflush(stdout);
+        }
+        if (now >= end_at) break;
+        if (connections_lost == (uint64_t)count) break;
+        uint64_t next = measuring ? end_at : measure_at;
+        int timeout_ms = (int)((next - now) / 1000000) + 1;
+        int ready = epoll_wait(epoll_fd, events, 256, timeout_ms > 10 ? 10 : timeout_ms);
+        for (int i = 0; i < ready; i++) {
+            Connection *c = events[i].data.ptr;
+            if (!c->open) continue;
+            if (events[i].events & EPOLLOUT) flush(c);
+            if (c->open && (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) receive(c);
+        }
+    }
+    double window = (double)(now_ns() - measure_at) / 1e9;
+    double cpu = cpu_seconds() - cpu_at_start;
+    stopping = 1;
+    if (!measuring) window = 0;
+    printf("{\"ops\": %llu, \"errors\": %llu, \"window_s\": %.6f, \"client_cpu_s\": %.6f, \"connections_lost\": %llu, "
+           "\"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}}\n",
+           (unsigned long long)ops, (unsigned long long)errors, window, measuring ? cpu : 0.0,
+           (unsigned long long)connections_lost, percentile_ms(0.5), percentile_ms(0.9), percentile_ms(0.99),
+           percentile_ms(0.999), percentile_ms(1.0));
+    return 0;
+}

@@ -1,0 +1,121 @@
+"""``kvwire bench --generator native``: the load run from a compiled generator.
+
+The Python generator costs about as much CPU per request as the node it loads
+(README, "Where the time goes"), and the two share the machine; redis-benchmark,
+in C, costs redis-server far less. ``bench/c/kvload.c`` is this project's
+counterpart: Python encodes the request frames and the HELLO, the C program
+sends them closed loop and times the replies, and this module builds it (once
+per source, with the machine's C compiler), runs it, and reports as ``run_load``
+does. Server CPU per op stays the fair comparison either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+from kvwire.bench.cpu import machine_busy_seconds, server_cpu_seconds
+from kvwire.bench.preload import preload
+from kvwire.bench.settings import Settings
+from kvwire.bench.workload import encode_requests, mix_name
+from kvwire.protocol import Hello, Op, encode
+
+SOURCE = Path(__file__).resolve().parent / "c" / "kvload.c"
+_REPLY_OPS = {"get": Op.GET_REPLY, "put": Op.PUT_REPLY}
+_HELLO_ID = 2**32  # no key index takes it
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kvwire"
+
+
+def build() -> Path:
+    """The compiled generator, built from ``SOURCE`` unless this source was built
+    before; raises RuntimeError when there is no C compiler or it fails."""
+    source = SOURCE.read_bytes()
+    binary = _cache_dir() / f"kvload-{hashlib.sha256(source).hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    chosen = os.environ.get("CC")
+    compiler = shutil.which(chosen) if chosen else shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("--generator native needs a C compiler: apt-get install gcc, or set CC to one")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_suffix(f".{os.getpid()}.tmp")
+    built = subprocess.run([compiler, "-O2", "-o", str(partial), str(SOURCE)], capture_output=True, text=True)
+    if built.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"building {SOURCE.name} with {compiler} failed:\n{built.stderr.strip()}")
+    partial.replace(binary)  # atomic: two runs building at once both end with a whole binary
+    return binary
+
+
+def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
+    """One closed-loop run of the compiled generator; the same summary as ``run_load``'s."""
+    binary = build()
+    (op,) = settings.mix
+    value = os.urandom(settings.value_size)
+    preload_s = uvloop.run(preload(settings, value)) if settings.preloads and not preloaded else None
+    with tempfile.TemporaryDirectory(prefix="kvload-") as tmp:
+        frames, hello = Path(tmp) / "frames", Path(tmp) / "hello"
+        frames.write_bytes(b"".join(encode_requests(op, settings.keys, value, settings.consistency)))
+        hello.write_bytes(encode(Hello(_HELLO_ID, token=settings.token)))
+        command = [str(binary), str(frames), str(hello), str(int(_REPLY_OPS[op])), str(settings.connections),
+                   f"{settings.warmup:g}", f"{settings.duration:g}", *settings.endpoints]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            deadline = time.monotonic() + settings.warmup + settings.duration + 30
+            first = process.stdout.readline()
+            if first.strip() != "measuring":
+                process.kill()
+                raise RuntimeError(f"kvload could not run: {process.stderr.read().strip() or first.strip()}")
+            cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
+            line = process.stdout.readline()
+            cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
+            try:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise RuntimeError("kvload did not finish") from None
+            if process.returncode != 0 or not line.strip():
+                raise RuntimeError(f"kvload failed: {process.stderr.read().strip()}")
+    measured = json.loads(line)
+    ops, window_s = measured["ops"], measured["window_s"]
+    server_cpu_s = None if cpu_before[0] is None else cpu_after[0] - cpu_before[0]
+
+    def per_second(seconds: float | None) -> float | None:
+        return None if seconds is None or not window_s else round(seconds / window_s, 2)
+
+    latency = measured["latency_ms"] if ops else dict.fromkeys(measured["latency_ms"])
+    return settings.summary() | {
+        "endpoints": list(settings.endpoints),
+        "workload": mix_name(settings.mix),
+        "mode": "closed loop",
+        "ops": ops,
+        "ops_per_s": round(ops / window_s) if window_s else 0,
+        "errors": measured["errors"],
+        "error_codes": {},  # kvload tells a good reply from a bad one by its op, not the code
+        "not_found": 0,
+        "latency_ms": latency,
+        "latency_ms_by_op": {op: latency},
+        "server_cpu_us_per_op": round(server_cpu_s * 1e6 / ops, 2) if server_cpu_s is not None and ops else None,
+        "server_cpu_cores": per_second(server_cpu_s),
+        "client_cpu_cores": per_second(measured["client_cpu_s"]),
+        "machine_cpu_cores": per_second(cpu_after[1] - cpu_before[1]),
+        "cpu_count": os.cpu_count(),
+        "unanswered": 0,
+        "connections_lost": measured["connections_lost"],
+        "connect_failures": 0,
+        "off_fast_path": 0,
+        "late_unsent": 0,
+        "budget_exhausted": False,
+        "preload_s": None if preload_s is None else round(preload_s, 2),
+    }

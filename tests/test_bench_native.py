@@ -1,0 +1,100 @@
+"""``kvwire bench --generator native``: the compiled generator (bench/c/kvload.c),
+built with the machine's C compiler and run against real node processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvwire.testing import NodeProcess
+
+TOKEN = "bench-token-0123456789abcdef"
+
+
+def bench(*args, env=None, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "kvwire", "bench", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+def run_json(*args, **kwargs):
+    result = bench(*args, "-o", "json", **kwargs)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stdout)
+
+
+def test_gets_from_the_compiled_generator_report_as_the_python_one_does(node):
+    report = run_json("--endpoints", node.address, "--mix", "get", "--generator", "native", "--connections", "8",
+                      "--duration", "1.5", "--warmup", "0.5", "--keys", "500", "--server-pid", str(node.pid))
+    assert report["generator"] == "native" and report["workload"] == "get" and report["mode"] == "closed loop"
+    assert report["ops"] > 0 and report["ops_per_s"] == pytest.approx(report["ops"] / 1.5, rel=0.2)
+    assert report["errors"] == 0 and report["connections_lost"] == 0
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p999"] <= latency["max"] < 5000
+    assert 0 < report["server_cpu_us_per_op"] < 10_000
+    assert 0 < report["client_cpu_cores"] <= 2 and report["preload_s"] is not None
+
+
+def test_error_replies_are_counted_as_errors(tmp_path):
+    """Values over the node's --max-value-bytes: every PUT is answered TOO_LARGE, and counted."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-value-bytes", "64"]) as node:
+        report = run_json("--endpoints", node.address, "--mix", "put", "--generator", "native", "--value-size",
+                          "100", "--connections", "2", "--duration", "1", "--warmup", "0", "--keys", "10")
+    assert report["ops"] > 0 and report["errors"] == report["ops"]
+
+
+def test_a_token_is_sent_and_never_reported(tmp_path):
+    auth_file = tmp_path / "auth"
+    auth_file.write_text(f"bench  admin  {TOKEN}\n")
+    auth_file.chmod(0o600)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    wrong_file = tmp_path / "wrong"
+    wrong_file.write_text("not-the-token-the-node-knows")
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--auth-file", str(auth_file)]) as node:
+        common = ["--endpoints", node.address, "--mix", "put", "--connections", "2", "--duration", "1",
+                  "--warmup", "0", "--keys", "10"]
+        for generator in ("native", "python"):
+            result = bench(*common, "--generator", generator, "--token-file", str(token_file), "-o", "json")
+            assert result.returncode == 0, result.stderr
+            report = json.loads(result.stdout)
+            assert report["errors"] == 0 and report["ops"] > 0
+            assert "token" not in report and TOKEN not in result.stdout
+        refused = bench(*common, "--generator", "native", "--token-file", str(wrong_file))
+    assert refused.returncode == 1
+    assert "the node refused HELLO" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_refused_endpoint_exits_1_without_a_traceback():
+    result = bench("--endpoints", "127.0.0.1:1", "--mix", "put", "--generator", "native", "--duration", "1")
+    assert result.returncode == 1
+    assert "cannot connect to 127.0.0.1:1: Connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_c_compiler_says_how_to_get_one(node, tmp_path):
+    result = bench("--endpoints", node.address, "--mix", "get", "--generator", "native", "--duration", "1",
+                   env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "CC": str(tmp_path / "no-such-cc")})
+    assert result.returncode == 1
+    assert "--generator native needs a C compiler: apt-get install gcc" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--mix", "get=90,put=10"], "a --mix of more than one op"),
+    (["--mix", "delete"], "--mix delete"),
+    (["--pipeline", "4"], "--pipeline above 1"),
+    (["--rate", "100"], "--rate"),
+    (["--distribution", "zipfian"], "--distribution zipfian"),
+    (["--tls"], "TLS"),
+    (["--generator", "rust"], "'rust' is not one of 'python', 'native'"),
+])
+def test_what_the_compiled_generator_does_not_do_exits_2(args, named):
+    result = bench("--generator", "native", *args, timeout=15)
+    assert result.returncode == 2
+    assert named in result.stderr and "Traceback" not in result.stderr
