@@ -57,6 +57,7 @@ from .strict import DuplicateKey, may_hold_timestamp, refuse_ext, unpack
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
+_pack_header = HEADER.pack
 
 MAX_REQUEST_ID = 2**64 - 1
 MISSING_ID = object()
@@ -359,8 +360,11 @@ def frame(payload: bytes) -> bytes:
 
 def encode(message: Message) -> bytes:
     """One complete frame carrying ``message``."""
-    payload = encode_payload(message)
-    return HEADER.pack(len(payload)) + payload
+    try:
+        payload = encode_compiled(message)  # encode_payload, inlined: every reply is encoded here
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}", fatal=False) from exc
+    return _pack_header(len(payload)) + payload
 
 
 # --- decoding --------------------------------------------------------------------------

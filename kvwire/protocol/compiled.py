@@ -156,26 +156,27 @@ def decode_fast(payload: bytes, *, replies: bool, raw_values: bool) -> Message |
     than unpack it (a client). The key's size is left to the caller: it
     depends on the limits, and the codec checks it after either path.
     """
+    # Every request and reply passes here: locals, not attribute lookups.
     try:
         wire = (_REPLY_DECODER if replies else _REQUEST_DECODER).decode(payload)
     except Exception:  # noqa: BLE001 - whatever the reason, the codec's path says it exactly
         return None
-    shape = _SHAPES[type(wire)]
+    message, entries, optional, value_at = _SHAPES[type(wire)]
     fields = astuple(wire)
-    entries = shape.entries
-    for index in shape.optional:
+    for index in optional:
         if fields[index] is not None:
             entries += 1
-    if entries != _map_entries(payload):
+    first = payload[0]
+    if entries != (first & 0x0F if first <= 0x8F else _map_entries(payload)):  # a Struct is a map: first >= 0x80
         return None  # a key sent twice
-    if shape.value >= 0:
+    if value_at >= 0:
         fields = list(fields)
         try:
-            raw = fields[shape.value]
-            fields[shape.value] = checked_raw(raw) if raw_values else python_value(raw)
+            raw = fields[value_at]
+            fields[value_at] = checked_raw(raw) if raw_values else python_value(raw)
         except Exception:  # noqa: BLE001 - as above
             return None
-    return shape.message(*fields)
+    return message(*fields)
 
 
 # --- encoding --------------------------------------------------------------------------
