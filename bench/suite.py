@@ -139,11 +139,14 @@ class Suite:
                 for connections, pipeline in ONE_NODE_SHAPES:
                     self.load(1, "one node", [node.address], (node.pid,), mix,
                               connections=connections, pipeline=pipeline)
-            try:
-                build_native()
-            except RuntimeError as exc:  # no C compiler: the Python generator's rows stand alone
-                self.skipped.append({"scenario": 1, "what": NATIVE_SETUP, "why": str(exc)})
-                return
+        try:
+            build_native()
+        except RuntimeError as exc:  # no C compiler: the Python generator's rows stand alone
+            self.skipped.append({"scenario": 1, "what": NATIVE_SETUP, "why": str(exc)})
+            return
+        # A fresh node, as each redis-server is fresh: not one that has just taken
+        # the PUT workloads above, whose SQLite and cache state would carry over.
+        with NodeProcess("n1", data_dir=self.workdir / "one-node-native") as node:
             for mix in ("get", "put"):
                 self.load(1, NATIVE_SETUP, [node.address], (node.pid,), mix, generator="native")
 
