@@ -26,7 +26,7 @@ from kvwire.bench.cpu import machine_busy_seconds, server_cpu_seconds
 from kvwire.bench.preload import preload
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import encode_requests, mix_name
-from kvwire.protocol import Hello, Op, encode
+from kvwire.protocol import Hello, Op, encode, parse_host_port
 
 SOURCE = Path(__file__).resolve().parent / "c" / "kvload.c"
 _REPLY_OPS = {"get": Op.GET_REPLY, "put": Op.PUT_REPLY}
@@ -69,8 +69,9 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
         frames, hello = Path(tmp) / "frames", Path(tmp) / "hello"
         frames.write_bytes(b"".join(encode_requests(op, settings.keys, value, settings.consistency)))
         hello.write_bytes(encode(Hello(_HELLO_ID, token=settings.token)))
+        endpoints = [str(part) for endpoint in settings.endpoints for part in parse_host_port(endpoint)]
         command = [str(binary), str(frames), str(hello), str(int(_REPLY_OPS[op])), str(settings.connections),
-                   f"{settings.warmup:g}", f"{settings.duration:g}", *settings.endpoints]
+                   f"{settings.warmup:g}", f"{settings.duration:g}", *endpoints]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
             deadline = time.monotonic() + settings.warmup + settings.duration + 30
             first = process.stdout.readline()
@@ -111,7 +112,7 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
         "client_cpu_cores": per_second(measured["client_cpu_s"]),
         "machine_cpu_cores": per_second(cpu_after[1] - cpu_before[1]),
         "cpu_count": os.cpu_count(),
-        "unanswered": 0,
+        "unanswered": measured["unanswered"],
         "connections_lost": measured["connections_lost"],
         "connect_failures": 0,
         "off_fast_path": 0,

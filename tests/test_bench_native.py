@@ -33,11 +33,20 @@ def test_gets_from_the_compiled_generator_report_as_the_python_one_does(node):
                       "--duration", "1.5", "--warmup", "0.5", "--keys", "500", "--server-pid", str(node.pid))
     assert report["generator"] == "native" and report["workload"] == "get" and report["mode"] == "closed loop"
     assert report["ops"] > 0 and report["ops_per_s"] == pytest.approx(report["ops"] / 1.5, rel=0.2)
-    assert report["errors"] == 0 and report["connections_lost"] == 0
+    assert report["errors"] == 0 and report["connections_lost"] == 0 and report["unanswered"] == 0
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["p999"] <= latency["max"] < 5000
     assert 0 < report["server_cpu_us_per_op"] < 10_000
     assert 0 < report["client_cpu_cores"] <= 2 and report["preload_s"] is not None
+
+
+def test_an_endpoint_may_name_its_host(node):
+    """Python splits HOST:PORT (brackets off an IPv6 address); kvload resolves the
+    host and tries each address it gets, as Python's clients do."""
+    port = node.address.rsplit(":", 1)[1]
+    report = run_json("--endpoints", f"localhost:{port}", "--mix", "get", "--generator", "native",
+                      "--connections", "2", "--duration", "0.5", "--warmup", "0", "--keys", "10")
+    assert report["ops"] > 0 and report["errors"] == 0
 
 
 def test_error_replies_are_counted_as_errors(tmp_path):

@@ -179,6 +179,48 @@ def test_what_the_fast_path_leaves_to_the_codec(payload, why):
     assert_only_accepts_what_the_codec_accepts(payload)
 
 
+@pytest.mark.parametrize("timestamp", [
+    "d6ff00000001", "c704ff00000001", "c708ff" + "00" * 8, "c70cff" + "00" * 12,
+    "c80004ff00000001", "c8000cff" + "00" * 12, "c900000008ff" + "00" * 8,
+], ids=lambda form: form[:4])
+@pytest.mark.parametrize("nested", [False, True], ids=["value", "inside an array"])
+def test_a_timestamp_in_any_ext_form_is_refused_on_both_sides(timestamp, nested):
+    """msgpack reads type -1 of 4, 8 or 12 bytes as a timestamp in every ext form,
+    not only the shortest; a node that kept one would send peers a REPLICATE
+    they refuse, fatally (found by review, 2026-12-01)."""
+    payload = PUT_HEAD + bytes.fromhex("a576616c7565" + ("91" if nested else "") + timestamp)
+    for raw_values in (False, True):
+        conn = Connection(Side.NODE, raw_values=raw_values)
+        conn.receive_data(encode_frame(payload))
+        with pytest.raises(ProtocolError, match="extension type -1 is not allowed") as info:
+            conn.next_event()
+        assert info.value.fatal
+
+
+@pytest.mark.parametrize("depth, accepted", [(1023, True), (1024, False)])
+def test_a_value_nests_at_most_1023_deep_on_both_sides(depth, accepted):
+    payload = PUT_HEAD + bytes.fromhex("a576616c7565") + b"\x91" * depth + b"\xc0"
+    for raw_values in (False, True):
+        conn = Connection(Side.NODE, raw_values=raw_values)
+        conn.receive_data(encode_frame(payload))
+        if accepted:
+            message = conn.next_event()
+            assert bytes(message.value) == b"\x91" * depth + b"\xc0" if raw_values else message.value is not None
+        else:
+            with pytest.raises(ProtocolError):
+                conn.next_event()
+
+
+def test_a_value_off_the_fast_path_keeps_its_bytes_too():
+    """An unknown field (which receivers ignore, 3.2) sends a PUT to the codec's own
+    path; a node still keeps the value's bytes as sent, a float 32 included."""
+    payload = bytes.fromhex("85a26f7004a2696401a36b6579a16ba576616c7565ca3fc00000a46e657874c3")
+    assert decode_fast(payload, replies=False, raw_values=True) is None
+    conn = Connection(Side.NODE, raw_values=True)
+    conn.receive_data(encode_frame(payload))
+    assert conn.next_event() == Put(1, "k", Raw(bytes.fromhex("ca3fc00000")))
+
+
 def test_a_node_keeps_a_value_as_the_bytes_it_came_in():
     """Not re-packed: a non-shortest form (5 as uint 16) stays as sent, and goes on so."""
     payload = PUT_HEAD + bytes.fromhex("a576616c7565cd0005")

@@ -8,7 +8,7 @@
  * (bench/native.py), and a reply is judged by its op, read at the fixed place
  * where kvwire's encoder writes it (op first).
  *
- * kvload FRAMES HELLO REPLY_OP CONNECTIONS WARMUP_S DURATION_S HOST:PORT...
+ * kvload FRAMES HELLO REPLY_OP CONNECTIONS WARMUP_S DURATION_S HOST PORT [HOST PORT...]
  *
  *   FRAMES    a file of complete request frames, one per key; each request
  *             picks one at random (uniform)
@@ -16,9 +16,11 @@
  *   REPLY_OP  the op of a successful reply (0x83 GET_REPLY, ...); any other is an error
  *
  * Closed loop, one request in flight per connection; connections are spread
- * over the endpoints round-robin. It prints "measuring" when the warm-up ends,
- * then one line of JSON when the measured window does. Exit status 1 when it
- * cannot run (bad arguments, a refused connection, a HELLO refused).
+ * over the endpoints round-robin (HOST without brackets, as Python splits it).
+ * It prints "measuring" when the warm-up ends, then one line of JSON when the
+ * measured window does; "unanswered" counts requests sent in the window whose
+ * reply never came (their connection lost, or no reply within 2 s of its end). Exit status 1 when it cannot run (bad
+ * arguments, a refused connection, a HELLO refused).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -79,7 +81,9 @@ typedef struct {
     uint8_t *in;
     size_t in_length, in_capacity;
     uint64_t sent_ns;
-    int greeting; /* HELLO sent, its reply awaited */
+    int greeting;   /* HELLO sent, its reply awaited */
+    int in_flight;  /* a request (or the HELLO) awaits its reply */
+    int watching_out; /* EPOLLOUT armed: a frame is partly sent */
     int open;
 } Connection;
 
@@ -90,8 +94,9 @@ static size_t frame_count;
 static const uint8_t *hello;
 static size_t hello_length;
 static int reply_op, epoll_fd;
-static int measuring, stopping;
-static uint64_t ops, errors, connections_lost;
+static int measuring, stopping, draining;
+#define DRAIN_S 2.0 /* after the window, how long replies still in flight are awaited */
+static uint64_t ops, errors, connections_lost, unanswered;
 static uint64_t random_state = 0x9E3779B97F4A7C15ull;
 
 static uint64_t now_ns(void) {
@@ -157,6 +162,7 @@ static void lose(Connection *c) {
     if (!c->open) return;
     c->open = 0;
     connections_lost++;
+    if (c->in_flight && (measuring || draining) && !c->greeting) unanswered++;
     epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
 }
@@ -165,14 +171,17 @@ static void flush(Connection *c) {
     while (c->out_sent < c->out_length) {
         ssize_t n = send(c->fd, c->out + c->out_sent, c->out_length - c->out_sent, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) { watch(c, EPOLLIN | EPOLLOUT); return; }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!c->watching_out) { c->watching_out = 1; watch(c, EPOLLIN | EPOLLOUT); }
+                return;
+            }
             if (errno == EINTR) continue;
             lose(c);
             return;
         }
         c->out_sent += (size_t)n;
     }
-    watch(c, EPOLLIN);
+    if (c->watching_out) { c->watching_out = 0; watch(c, EPOLLIN); } /* no epoll_ctl per request */
 }
 
 static void send_frame(Connection *c, const uint8_t *frame, size_t length) {
@@ -180,6 +189,7 @@ static void send_frame(Connection *c, const uint8_t *frame, size_t length) {
     c->out_length = length;
     c->out_sent = 0;
     c->sent_ns = now_ns();
+    c->in_flight = 1;
     flush(c);
 }
 
@@ -205,6 +215,8 @@ static int op_of(const uint8_t *payload, size_t length) {
 
 static void answered(Connection *c, const uint8_t *payload, size_t length) {
     int op = op_of(payload, length);
+    if (!c->in_flight) return; /* sent unasked (an ERROR with no id): nothing to answer */
+    c->in_flight = 0;
     if (c->greeting) {
         if (op != OP_HELLO_REPLY) fail("the node refused HELLO (a wrong token, or not a kvwire node?)");
         c->greeting = 0;
@@ -219,6 +231,7 @@ static void answered(Connection *c, const uint8_t *payload, size_t length) {
 }
 
 static void receive(Connection *c) {
+    int closed = 0;
     for (;;) {
         if (c->in_capacity - c->in_length < 65536) {
             c->in_capacity = c->in_capacity * 2 + 65536;
@@ -226,12 +239,12 @@ static void receive(Connection *c) {
             if (!c->in) fail("out of memory");
         }
         ssize_t n = recv(c->fd, c->in + c->in_length, c->in_capacity - c->in_length, 0);
-        if (n == 0) { lose(c); return; }
+        if (n == 0) { closed = 1; break; } /* the replies read before the close still count */
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
             if (errno == EINTR) continue;
-            lose(c);
-            return;
+            closed = 1;
+            break;
         }
         c->in_length += (size_t)n;
     }
@@ -245,22 +258,29 @@ static void receive(Connection *c) {
     }
     memmove(c->in, c->in + offset, c->in_length - offset);
     c->in_length -= offset;
+    if (closed) lose(c);
 }
 
-static int dial(const char *endpoint) {
-    char host[256];
-    const char *colon = strrchr(endpoint, ':');
-    if (!colon || (size_t)(colon - endpoint) >= sizeof host) fail("an endpoint must be HOST:PORT");
-    memcpy(host, endpoint, (size_t)(colon - endpoint));
-    host[colon - endpoint] = 0;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found;
-    if (getaddrinfo(host, colon + 1, &hints, &found) != 0) fail("cannot resolve an endpoint");
-    int fd = socket(found->ai_family, SOCK_STREAM, 0);
-    if (fd < 0 || connect(fd, found->ai_addr, found->ai_addrlen) != 0) {
-        fprintf(stderr, "kvload: cannot connect to %s: %s\n", endpoint, strerror(errno));
+static int dial(const char *host, const char *port) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found, *each;
+    int status = getaddrinfo(host, port, &hints, &found);
+    if (status != 0) {
+        fprintf(stderr, "kvload: cannot resolve %s: %s\n", host, gai_strerror(status));
         exit(1);
     }
+    int fd = -1, error = 0;
+    for (each = found; each; each = each->ai_next) { /* as Python does: every address in turn */
+        fd = socket(each->ai_family, SOCK_STREAM, 0);
+        if (fd >= 0 && connect(fd, each->ai_addr, each->ai_addrlen) == 0) break;
+        error = errno;
+        if (fd >= 0) close(fd);
+        fd = -1;
+    }
     freeaddrinfo(found);
+    if (fd < 0) {
+        fprintf(stderr, "kvload: cannot connect to %s:%s: %s\n", host, port, strerror(error));
+        exit(1);
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -275,7 +295,8 @@ static double cpu_seconds(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 8) fail("usage: kvload FRAMES HELLO REPLY_OP CONNECTIONS WARMUP_S DURATION_S HOST:PORT...");
+    if (argc < 9 || (argc - 7) % 2 != 0)
+        fail("usage: kvload FRAMES HELLO REPLY_OP CONNECTIONS WARMUP_S DURATION_S HOST PORT [HOST PORT...]");
     load_frames(argv[1]);
     hello = read_file(argv[2], &hello_length);
     reply_op = atoi(argv[3]);
@@ -286,7 +307,8 @@ int main(int argc, char **argv) {
     epoll_fd = epoll_create1(0);
     for (int i = 0; i < count; i++) {
         Connection *c = &connections[i];
-        c->fd = dial(argv[7 + i % (argc - 7)]);
+        int endpoint = i % ((argc - 7) / 2);
+        c->fd = dial(argv[7 + 2 * endpoint], argv[8 + 2 * endpoint]);
         c->open = 1;
         struct epoll_event event = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &event);
@@ -304,17 +326,29 @@ int main(int argc, char **argv) {
     uint64_t measure_at = started + (uint64_t)(warmup * 1e9), end_at = measure_at + (uint64_t)(duration * 1e9);
     double cpu_at_start = 0;
     struct epoll_event events[256];
+    double window = 0, cpu = 0;
     for (;;) {
         uint64_t now = now_ns();
-        if (!measuring && now >= measure_at) {
+        if (!measuring && !draining && now >= measure_at) {
             measuring = 1;
             cpu_at_start = cpu_seconds();
             printf("measuring\n");
             fflush(stdout);
         }
-        if (now >= end_at) break;
-        if (connections_lost == (uint64_t)count) break;
-        uint64_t next = measuring ? end_at : measure_at;
+        if (!draining && (now >= end_at || connections_lost == (uint64_t)count)) {
+            /* The window ends: send nothing more, and wait a while for what is in flight. */
+            window = measuring ? (double)(now - measure_at) / 1e9 : 0;
+            cpu = measuring ? cpu_seconds() - cpu_at_start : 0;
+            measuring = 0;
+            stopping = draining = 1;
+            end_at = now + (uint64_t)(DRAIN_S * 1e9);
+        }
+        if (draining) {
+            int waiting = 0;
+            for (int i = 0; i < count; i++) waiting |= connections[i].open && connections[i].in_flight;
+            if (!waiting || now >= end_at) break;
+        }
+        uint64_t next = (measuring || draining) ? end_at : measure_at;
         int timeout_ms = (int)((next - now) / 1000000) + 1;
         int ready = epoll_wait(epoll_fd, events, 256, timeout_ms > 10 ? 10 : timeout_ms);
         for (int i = 0; i < ready; i++) {
@@ -324,14 +358,13 @@ int main(int argc, char **argv) {
             if (c->open && (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) receive(c);
         }
     }
-    double window = (double)(now_ns() - measure_at) / 1e9;
-    double cpu = cpu_seconds() - cpu_at_start;
-    stopping = 1;
-    if (!measuring) window = 0;
+    for (int i = 0; i < count; i++) /* no reply within the drain */
+        if (connections[i].open && connections[i].in_flight && !connections[i].greeting) unanswered++;
     printf("{\"ops\": %llu, \"errors\": %llu, \"window_s\": %.6f, \"client_cpu_s\": %.6f, \"connections_lost\": %llu, "
+           "\"unanswered\": %llu, "
            "\"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}}\n",
-           (unsigned long long)ops, (unsigned long long)errors, window, measuring ? cpu : 0.0,
-           (unsigned long long)connections_lost, percentile_ms(0.5), percentile_ms(0.9), percentile_ms(0.99),
+           (unsigned long long)ops, (unsigned long long)errors, window, cpu,
+           (unsigned long long)connections_lost, (unsigned long long)unanswered, percentile_ms(0.5), percentile_ms(0.9), percentile_ms(0.99),
            percentile_ms(0.999), percentile_ms(1.0));
     return 0;
 }

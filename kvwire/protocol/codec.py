@@ -15,7 +15,8 @@ from dataclasses import fields
 from typing import Any, Callable, NamedTuple
 
 import msgpack
-from msgspec import Raw
+from msgspec import Raw, defstruct
+from msgspec.msgpack import Decoder
 
 from .compiled import decode_fast, encode_compiled
 from .errors import ErrorCode, ProtocolError
@@ -231,8 +232,8 @@ def _describe(value: Any) -> str:
 
 
 # msgpack decodes the timestamp extension (type -1) itself, without calling
-# ext_hook. Its three encodings begin d6 ff, d7 ff and c7 0c ff (fixext 4,
-# fixext 8, ext 8 of length 12); only a payload holding one is searched for it.
+# ext_hook, in any of its ext forms; only a payload holding one of their
+# headers (strict.may_hold_timestamp) is searched for it.
 def _holds_timestamp(value: Any) -> bool:
     # Iterative: a payload may nest 1024 deep, and recursing raised RecursionError
     # from about 330 levels (found by the fuzz targets, tests/fuzz).
@@ -318,6 +319,8 @@ for _op, _cls in _CLASSES.items():
 _ERROR_OP = int(Op.ERROR)
 _KEYED = frozenset(cls for cls in _CLASSES.values() if "key" in _FIELD_NAMES[cls.op])
 _VALUED = frozenset(cls for cls in _CLASSES.values() if "value" in _FIELD_NAMES[cls.op])
+# Only the value's bytes, other fields ignored: for a message the codec has already accepted.
+_value_field = Decoder(defstruct("ValueField", [("value", Raw)])).decode
 
 
 def _parse_noting_repeats(payload: bytes) -> tuple[Any, Any, bool]:
@@ -413,12 +416,24 @@ def decode_payload(payload: bytes, limits: Limits, *, replies: bool, raw_values:
     message = decode_fast(payload, replies=replies, raw_values=raw_values)
     if message is None:
         message = _decode_checked(payload, replies)
-        if raw_values and type(message) in _VALUED:
-            value = message.value
-            message.value = None if value is None else Raw(msgpack.packb(value))
+        if raw_values and type(message) in _VALUED and message.value is not None:
+            message.value = _value_as_sent(payload, message)
     if type(message) in _KEYED:
         check_key(message.key, limits, message.id)
     return message
+
+
+def _value_as_sent(payload: bytes, message: Message) -> Raw:
+    """The bytes that carried an accepted message's value, for a node that keeps
+    them (an unknown field, say, sends a PUT off the fast path)."""
+    try:
+        return _value_field(payload).value
+    except Exception:  # noqa: BLE001 - the codec accepted it; packing the decoded value is the fallback
+        pass
+    try:
+        return Raw(msgpack.packb(message.value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"value cannot be kept: {exc}", request_id=message.id, fatal=False) from None
 
 
 def _decode_checked(payload: bytes, replies: bool) -> Message:

@@ -39,7 +39,7 @@ _COMPACT_AFTER_BYTES = 64 * 1024
 class Connection:
     def __init__(self, side: Side, limits: Limits = DEFAULT_LIMITS, *, raw_values: bool = False) -> None:
         """``raw_values``: values come out as the msgpack bytes they came as, a
-        msgspec.Raw, never unpacked (a node's way, kvwire.protocol.values)."""
+        msgspec.Raw, checked but never packed again (a node's way, kvwire.protocol.values)."""
         self.side = side
         self.limits = limits
         self.raw_values = raw_values

@@ -8,6 +8,7 @@ path (kvwire.protocol.compiled) for a value that holds maps or arrays.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import msgpack
@@ -40,7 +41,15 @@ unpack = functools.partial(
 )
 
 
+# The timestamp extension's headers: msgpack reads type -1 of 4, 8 or 12 bytes as
+# a Timestamp in any ext form, the shortest (fixext 4, fixext 8, ext 8 of 12)
+# and the longer ones alike (ext 8, 16 or 32 of any of the three lengths).
+_TIMESTAMP_HEADER = re.compile(
+    rb"\xd6\xff|\xd7\xff|\xc7[\x04\x08\x0c]\xff|\xc8\x00[\x04\x08\x0c]\xff|\xc9\x00\x00\x00[\x04\x08\x0c]\xff"
+)
+
+
 def may_hold_timestamp(payload: bytes) -> bool:
-    """Whether ``payload`` might hold the timestamp extension: its three encodings
-    begin d6 ff, d7 ff and c7 0c ff (fixext 4, fixext 8, ext 8 of length 12)."""
-    return b"\xd6\xff" in payload or b"\xd7\xff" in payload or b"\xc7\x0c\xff" in payload
+    """Whether ``payload`` might hold the timestamp extension (one of its headers
+    appears somewhere in it; the caller then searches what was decoded)."""
+    return b"\xff" in payload and _TIMESTAMP_HEADER.search(payload) is not None

@@ -1,9 +1,9 @@
 """A value as the bytes its writer packed (docs/protocol.md section 5).
 
 A node never rebuilds a value. It keeps the msgpack bytes a PUT carried as a
-``msgspec.Raw``, checks and stores them, and sends those same bytes on in
-REPLICATE, FETCH_REPLY and GET_REPLY; only a client turns them into Python
-objects. nil is the one exception: it is None on both sides, so a node tells
+``msgspec.Raw``, checks them (reading them once), stores them, and sends those
+same bytes on in REPLICATE, FETCH_REPLY and GET_REPLY; only a client keeps the
+Python objects. nil is the one exception: it is None on both sides, so a node tells
 "no value" (a tombstone, a key never written) apart without unpacking anything.
 """
 
@@ -35,7 +35,9 @@ def _read(raw: Raw) -> Any:
         if may_hold_timestamp(packed):
             # The codec's own search finds it, and says where (codec._holds_timestamp).
             raise ValueError("the value may hold a msgpack timestamp")
-        return unpack(packed)  # repeated map keys, keys that are not strings
+        # Repeated map keys, keys that are not strings. Inside an array, as in
+        # the message: msgpack's nesting limit counts the message map too.
+        return unpack(b"\x91" + packed)[0]
     value = _any_value.decode(raw)
     if type(value) is datetime:
         raise ValueError("msgpack extension type -1 is not allowed")

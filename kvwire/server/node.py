@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from msgspec import Raw
+
 from ..protocol.errors import BadRequestError, ForbiddenError, KvwireError, TooLargeError, UnauthenticatedError
 from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 from ..protocol.messages import (
@@ -159,6 +161,9 @@ class Node:
             self._check_tag_distance(request, session)
         if kind is Put or (kind is Replicate and not request.deleted):
             packed = self._pack_value(request.value)
+            if type(request.value) is Raw:
+                # The decoded Raw is a view of the whole frame; the cache would keep it all.
+                request.value = Raw(packed)
         answer = _Answer()
         self.core.request(answer, request, self._clock(), from_peer=grant is PEER, packed=packed, peer=session.member)
         self._perform()
