@@ -1,4 +1,4 @@
-"""A value as the bytes its writer packed (docs/protocol.md section 5).
+"""A value as the bytes its writer packed (docs/protocol.md section 4.3).
 
 A node never rebuilds a value. It keeps the msgpack bytes a PUT carried as a
 ``msgspec.Raw``, checks them (reading them once), stores them, and sends those
