@@ -23,6 +23,23 @@ def server_cpu_seconds(pids: Iterable[int]) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_figures(ops: int, window_s: float | None, server_cpu_s: float | None, client_cpu_s: float,
+                machine_cpu_s: float) -> dict[str, float | int | None]:
+    """A load run's CPU fields: the servers' time per operation, and cores busy over
+    the measured window for the servers, the generator and the whole machine."""
+
+    def cores(seconds: float | None) -> float | None:
+        return None if seconds is None or not window_s else round(seconds / window_s, 2)
+
+    return {
+        "server_cpu_us_per_op": round(server_cpu_s * 1e6 / ops, 2) if server_cpu_s is not None and ops else None,
+        "server_cpu_cores": cores(server_cpu_s),
+        "client_cpu_cores": cores(client_cpu_s),
+        "machine_cpu_cores": cores(machine_cpu_s),
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def machine_busy_seconds() -> float:
     """CPU time of all cores outside idle and iowait: shows whether anything else shared the machine."""
     with open("/proc/stat") as stat:

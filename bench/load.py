@@ -25,7 +25,7 @@ from typing import Any
 
 import uvloop
 
-from kvwire.bench.cpu import machine_busy_seconds, server_cpu_seconds
+from kvwire.bench.cpu import cpu_figures, machine_busy_seconds, server_cpu_seconds
 from kvwire.bench.load_connection import Tables
 from kvwire.bench.load_worker import DRAIN_TIMEOUT_S, READY_TIMEOUT_S, worker_main
 from kvwire.bench.native import run_native
@@ -148,11 +148,8 @@ def _merge(settings: Settings, results: list[dict], server_cpu_s: float | None, 
         overall.merge(recorder)
     ops = len(overall)
     window_s = max((r["window_s"] for r in results), default=0.0) or None
-
-    def per_second(seconds: float | None) -> float | None:
-        return None if seconds is None or not window_s else round(seconds / window_s, 2)
-
-    return settings.summary() | {
+    cpu = cpu_figures(ops, window_s, server_cpu_s, sum(r["client_cpu_s"] for r in results), machine_cpu_s)
+    return settings.summary() | cpu | {
         "endpoints": list(settings.endpoints),
         "workload": mix_name(settings.mix),
         "mode": "open loop" if settings.rate else "closed loop",
@@ -163,11 +160,6 @@ def _merge(settings: Settings, results: list[dict], server_cpu_s: float | None, 
         "not_found": sum(r["not_found"] for r in results),
         "latency_ms": overall.summary_ms(),
         "latency_ms_by_op": {op: per_op[op].summary_ms() for op in OPS if op in per_op},
-        "server_cpu_us_per_op": round(server_cpu_s * 1e6 / ops, 2) if server_cpu_s is not None and ops else None,
-        "server_cpu_cores": per_second(server_cpu_s),
-        "client_cpu_cores": per_second(sum(r["client_cpu_s"] for r in results)),
-        "machine_cpu_cores": per_second(machine_cpu_s),
-        "cpu_count": os.cpu_count(),
         "unanswered": sum(r["unanswered"] for r in results),
         "connections_lost": sum(r["connections_lost"] for r in results),
         "connect_failures": sum(r["connect_failures"] for r in results),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import uvloop
 
-from kvwire.bench.cpu import machine_busy_seconds, server_cpu_seconds
+from kvwire.bench.cpu import cpu_figures, machine_busy_seconds, server_cpu_seconds
 from kvwire.bench.preload import preload
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import encode_requests, mix_name
@@ -91,12 +91,9 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
     measured = json.loads(line)
     ops, window_s = measured["ops"], measured["window_s"]
     server_cpu_s = None if cpu_before[0] is None else cpu_after[0] - cpu_before[0]
-
-    def per_second(seconds: float | None) -> float | None:
-        return None if seconds is None or not window_s else round(seconds / window_s, 2)
-
+    cpu = cpu_figures(ops, window_s, server_cpu_s, measured["client_cpu_s"], cpu_after[1] - cpu_before[1])
     latency = measured["latency_ms"] if ops else dict.fromkeys(measured["latency_ms"])
-    return settings.summary() | {
+    return settings.summary() | cpu | {
         "endpoints": list(settings.endpoints),
         "workload": mix_name(settings.mix),
         "mode": "closed loop",
@@ -107,11 +104,6 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
         "not_found": 0,
         "latency_ms": latency,
         "latency_ms_by_op": {op: latency},
-        "server_cpu_us_per_op": round(server_cpu_s * 1e6 / ops, 2) if server_cpu_s is not None and ops else None,
-        "server_cpu_cores": per_second(server_cpu_s),
-        "client_cpu_cores": per_second(measured["client_cpu_s"]),
-        "machine_cpu_cores": per_second(cpu_after[1] - cpu_before[1]),
-        "cpu_count": os.cpu_count(),
         "unanswered": measured["unanswered"],
         "connections_lost": measured["connections_lost"],
         "connect_failures": 0,

@@ -20,9 +20,9 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource

@@ -363,10 +363,7 @@ def frame(payload: bytes) -> bytes:
 
 def encode(message: Message) -> bytes:
     """One complete frame carrying ``message``."""
-    try:
-        payload = encode_compiled(message)  # encode_payload, inlined: every reply is encoded here
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}", fatal=False) from exc
+    payload = encode_payload(message)
     return _pack_header(len(payload)) + payload
 
 
