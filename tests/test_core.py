@@ -536,6 +536,14 @@ def replicate_sends(core):
     return sends
 
 
+def first_put_sent(core):
+    """A first attempt of a PUT through ``core`` (n1), committed there: its two REPLICATEs."""
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req"), 0.0)
+    commit_all(core, core.take_effects())
+    return replicate_sends(core)
+
+
 def test_a_first_put_commits_here_then_replicates_with_no_lookup():
     core = make_core()
     link_all(core)
@@ -578,10 +586,7 @@ def test_a_replica_holding_a_newer_tag_does_not_count_and_a_majority_of_them_mea
 
 def test_one_refusal_and_one_silence_leave_the_put_undecided_and_the_key_stranded():
     core = make_core()
-    link_all(core)
-    core.request("put", Put(7, "k", "v", "req"), 0.0)
-    commit_all(core, core.take_effects())
-    first, second = replicate_sends(core)
+    first, second = first_put_sent(core)
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(3, "n3"), Version(3, "n3"), False), 0.0)
     core.peer_failed(second.peer, second.request_id, 0.0)
     (respond,) = effects_of(core, Respond)
@@ -670,10 +675,7 @@ def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
 
 def test_a_refused_tag_a_reader_was_served_is_left_undecided_not_sent_again():
     core = make_core()
-    link_all(core)
-    core.request("put", Put(7, "k", "v", "req"), 0.0)
-    commit_all(core, core.take_effects())
-    first, second = replicate_sends(core)
+    first, second = first_put_sent(core)
     # A peer's quorum read (a DELETE's, say) is served the tag from this node's disk...
     core.request("fetch", Fetch(3, "k"), 0.0, from_peer=True)
     (served,) = effects_of(core, Respond)
