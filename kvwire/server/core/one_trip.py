@@ -195,6 +195,14 @@ class OneTripWrite(_ReplicatedWrite):
         self._core.stranded.add(self._request.key)
         super()._no_quorum(why, maybe_applied=maybe_applied)
 
+    def _served_to_a_reader(self) -> bool:
+        """Whether this node served one of this PUT's tags to a reader. Then the newer
+        tags that refused it may be writes that read it (a DELETE of it, say): it
+        took effect, and a higher tag would apply it a second time. Undecided, not dead."""
+        served = self._core.served_in_one_trip.get(self._request.key)
+        return (bool(served) and not served.isdisjoint(self._mine)
+                and self._core.mutant != "retry-after-any-refusal")
+
     def _decide(self) -> None:
         core = self._core
         if self._answered:
@@ -202,14 +210,8 @@ class OneTripWrite(_ReplicatedWrite):
         if self._acks >= core.quorum:
             self._answer(None)
             return
-        served = core.served_in_one_trip.get(self._request.key)
-        if served and not served.isdisjoint(self._mine) and core.mutant != "retry-after-any-refusal":
-            # A reader was served one of its tags from this node's disk: the
-            # newer tags that refused it may be writes that read it (a DELETE
-            # of it, say), so it took effect, and a higher tag now would apply
-            # it a second time. Undecided, not dead.
-            pass
-        elif self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum):
+        if (self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum)
+                and not self._served_to_a_reader()):
             # A dead tag: a retry of this PUT could only leave it undecided
             # (operations.Write._complete), so it is not offered to one.
             if self._request.request is not None:
