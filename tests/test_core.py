@@ -671,20 +671,3 @@ def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
     (respond,) = effects_of(core, Respond)
     assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
     assert core.stats.one_trip_retries == 0
-
-
-def test_a_refused_tag_a_reader_was_served_is_left_undecided_not_sent_again():
-    core = make_core()
-    first, second = first_put_sent(core)
-    # A peer's quorum read (a DELETE's, say) is served the tag from this node's disk...
-    core.request("fetch", Fetch(3, "k"), 0.0, from_peer=True)
-    (served,) = effects_of(core, Respond)
-    assert served.reply.version == Version(1, "n1")
-    # ...and then both peers hold newer tags: perhaps that DELETE's tombstone.
-    for send in (first, second):
-        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), True), 0.0)
-    effects = core.take_effects()
-    assert not [e for e in effects if type(e) is Persist] and core.stats.one_trip_retries == 0
-    (respond,) = [e for e in effects if type(e) is Respond]
-    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
-    assert core.served_in_one_trip == {}

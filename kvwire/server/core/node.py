@@ -64,13 +64,12 @@ MUTANTS = (
     "ignore-request-id",  # a PUT sent again with its request id is written a second time
     "no-join-guard",  # a node joining with an empty disk answers LOOKUP and FETCH and counts as a majority at once
     "count-newer-as-applied",  # a one-round-trip PUT counts a replica holding a newer tag as holding its own
-    "retry-after-any-refusal",  # a one-round-trip PUT tries a higher tag after any refusal, served to a reader or not
+    "retry-after-any-refusal",  # a one-round-trip PUT tries a higher tag while its first may still be read
     "one-trip-retries",  # a PUT sent again (same request id) takes the one-round-trip path too
     "complete-over-newer",  # a retried PUT finishes its earlier tag where replicas hold newer ones
     "one-trip-over-floor",  # a one-round-trip PUT mints straight over the tag floor, above what others hold
     "ignore-stranded",  # a key left undecided by a one-round-trip PUT keeps taking one round trip
     "volatile-request-ids",  # PUT request ids are remembered in memory only, so a restart forgets them
-    "retry-read-tag",  # a one-round-trip PUT tries a higher tag after a majority refused one a reader was served
 )
 
 
@@ -119,8 +118,6 @@ class NodeCore:
         # Keys a one-round-trip PUT left undecided here, until a LOOKUP write passes them (one_trip.py).
         self.stranded: set[str] = set()
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
-        # key -> versions of it served to readers while its one-round-trip PUT is in progress
-        self.served_in_one_trip: dict[str, set[Version]] = {}
         for request_id, key, version, at, tentative in requests or ():  # the durable log (``Persist.request``)
             self.applied.remember(request_id, key, version, at, tentative=tentative)
             if tentative and version.node == self.node_id and self.mutant != "ignore-stranded":
@@ -271,8 +268,6 @@ class NodeCore:
             return
         if not copy.deleted and copy.version != NO_VERSION and entry is not None and entry.version == copy.version:
             self.cache.put(key, copy.value)
-        if waiting:
-            self._note_served(key, copy.version)
         for callback, _retried in waiting:
             callback(copy)
 
@@ -406,7 +401,6 @@ class NodeCore:
             return
         value = self.cache.get(key)
         if value is not MISSING:
-            self._note_served(key, entry.version)
             callback(Copy(entry.version, False, value))
             return
         waiting = self._loads.get(key)
@@ -415,13 +409,6 @@ class NodeCore:
             self.effects.append(Load(key))
         else:
             waiting.append((callback, _retried))
-
-    def _note_served(self, key: str, version: Version) -> None:
-        """A copy of ``key`` at ``version`` leaves this node's disk for a reader (a
-        quorum read, a FETCH, a hint, anti-entropy). Of a one-round-trip PUT's tag,
-        that means it may have been read: no longer a dead tag (one_trip.py)."""
-        if key in self.one_trips and self.mutant != "retry-read-tag":
-            self.served_in_one_trip.setdefault(key, set()).add(version)
 
     # --- peer requests -----------------------------------------------------------------
 

@@ -9,12 +9,8 @@ not count, since that tag may belong to a write that finished before this one
 began.
 
 When a majority refuses (each holds a newer tag), the tag is dead: no majority
-can ever hold it as its newest, so no read can return it from then on. Nor could
-one before, unless this node served its committed copy to a reader while the
-PUT was in progress (``NodeCore.served_in_one_trip``): the newer tags may then
-be writes that read it (a DELETE of this value, say), so the PUT took effect and
-a higher tag would apply it twice; it is left undecided instead. Only for a dead
-tag does the coordinator try again, with a tag above every answer, which the replicas
+can ever hold it as its newest, so no read can return it. Only then does the
+coordinator try again, with a tag above every answer, which the replicas
 compare just as the first: the second attempt is the LOOKUP round, merged into
 the first. If fewer refuse and no majority applies, the outcome is left
 undecided (NO_QUORUM, ``maybe_applied``): trying a higher tag while the first
@@ -115,7 +111,6 @@ class OneTripWrite(_ReplicatedWrite):
 
     def _answer(self, error: Exception | None) -> None:
         self._core.one_trips.discard(self._request.key)
-        self._core.served_in_one_trip.pop(self._request.key, None)
         # The fanout's callback refers to this write: let go of it, or the two
         # would form a cycle only the garbage collector frees (rounds.py says why).
         self._fanout = None
@@ -195,14 +190,6 @@ class OneTripWrite(_ReplicatedWrite):
         self._core.stranded.add(self._request.key)
         super()._no_quorum(why, maybe_applied=maybe_applied)
 
-    def _served_to_a_reader(self) -> bool:
-        """Whether this node served one of this PUT's tags to a reader. Then the newer
-        tags that refused it may be writes that read it (a DELETE of it, say): it
-        took effect, and a higher tag would apply it a second time. Undecided, not dead."""
-        served = self._core.served_in_one_trip.get(self._request.key)
-        return (bool(served) and not served.isdisjoint(self._mine)
-                and self._core.mutant != "retry-after-any-refusal")
-
     def _decide(self) -> None:
         core = self._core
         if self._answered:
@@ -210,8 +197,7 @@ class OneTripWrite(_ReplicatedWrite):
         if self._acks >= core.quorum:
             self._answer(None)
             return
-        if (self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum)
-                and not self._served_to_a_reader()):
+        if self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum):
             # A dead tag: a retry of this PUT could only leave it undecided
             # (operations.Write._complete), so it is not offered to one.
             if self._request.request is not None:

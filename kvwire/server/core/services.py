@@ -51,7 +51,6 @@ class CoreServices(Protocol):
     applied: Any
     stranded: set[str]
     one_trips: set[str]
-    served_in_one_trip: dict[str, set[Version]]
 
     @property
     def pending_writes(self) -> int: ...
