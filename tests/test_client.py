@@ -22,7 +22,7 @@ from kvwire import (
     Version,
 )
 from kvwire.client import ClientConnection
-from kvwire.protocol import Delete, ErrorReply, Limits, Ping, Pong, Put, PutReply, Version, encode
+from kvwire.protocol import Delete, ErrorReply, Limits, Ping, Pong, Put, PutReply, encode
 from kvwire.testing import NodeProcess, ScriptedNode, free_port
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
@@ -485,7 +485,7 @@ def test_errors_share_one_root():
 
 
 @pytest.mark.parametrize("maybe_applied", [True, False, None])
-async def test_no_quorum_carries_maybe_applied_and_is_not_retried(maybe_applied):
+async def test_a_put_retried_after_no_quorum_keeps_its_request_id_and_maybe_applied(maybe_applied):
     def no_quorum(request):
         return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", maybe_applied)
 
@@ -494,7 +494,25 @@ async def test_no_quorum_carries_maybe_applied_and_is_not_retried(maybe_applied)
             with pytest.raises(NoQuorumError) as caught:
                 await client.put("k", 1)
     assert caught.value.maybe_applied is maybe_applied
-    assert [type(r) for r in first.received + second.received].count(Put) == 1
+    puts = [r for r in first.received + second.received if type(r) is Put]
+    # Every attempt; the untried node second, and NO_QUORUM left the first one healthy to try again.
+    assert [type(r) for r in first.received].count(Put) == 2 and [type(r) for r in second.received].count(Put) == 1
+    assert len({put.request for put in puts}) == 1
+    assert sorted(bool(put.retry) for put in puts) == [False, True, True]
+
+
+async def test_a_write_whose_earlier_attempt_may_have_applied_never_says_nothing_was_written():
+    answers = iter([True, False])
+
+    def no_quorum(request):
+        return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", next(answers))
+
+    async with ScriptedNode(no_quorum, answers_hello=False) as node:
+        async with AsyncClient(node.address, retry=RetryPolicy(attempts=2, base_delay=0)) as client:
+            with pytest.raises(NoQuorumError, match="an earlier attempt of this call may have been applied") as caught:
+                await client.put("k", 1)
+    assert caught.value.maybe_applied is True
+    assert caught.value.__cause__.maybe_applied is False  # what the last node said, kept as the cause
 
 
 @pytest.mark.parametrize("maybe_applied", [True, None])

@@ -210,19 +210,46 @@ async def test_unavailable_everywhere_raises_the_nodes_reply():
     assert len(requests_of(node.received, "Put")) == 3
 
 
-async def test_no_quorum_is_raised_at_once_not_retried(shared_node):
+async def test_a_put_that_got_no_quorum_is_finished_on_another_node_under_its_request_id(shared_node):
     def no_quorum(request):
-        return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes")
+        return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", True)
 
     async with ScriptedNode(no_quorum, answers_hello=False) as node:
         async with AsyncClient([node.address, shared_node.address], retry=FAST) as client:
-            with pytest.raises(NoQuorumError, match="Failed to replicate to quorum of nodes"):
-                await client.put("no-quorum", 1)
-    # Another node would face the same missing majority; the client didn't try one.
+            version = await client.put("no-quorum-then-done", "finished")
+            [sent] = requests_of(node.received, "Put")
+            assert sent.retry is None  # the first try went to the scripted node
+            # The retry carried the same request id: the real node remembers it at
+            # that version, and finishes the same write again rather than making a new one.
+            again = await client.put("no-quorum-then-done", "finished", request_id=sent.request)
+            assert again == version
+            assert await client.get("no-quorum-then-done") == "finished"
+    assert node.connections == 1  # NO_QUORUM did not make the client give up on the node
+
+
+@pytest.mark.parametrize("maybe_applied", [True, None, False])
+async def test_a_delete_is_retried_after_no_quorum_only_if_it_wrote_nothing(shared_node, maybe_applied):
+    def no_quorum(request):
+        return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", maybe_applied)
+
+    key = f"delete-no-quorum-{maybe_applied}"
     async with AsyncClient(shared_node.address) as direct:
-        with pytest.raises(KeyError):
-            await direct.get("no-quorum")
-    assert len(requests_of(node.received, "Put")) == 1
+        await direct.put(key, 1)
+    async with ScriptedNode(no_quorum, answers_hello=False) as node:
+        async with AsyncClient([node.address, shared_node.address], retry=FAST) as client:
+            if maybe_applied is False:
+                await client.delete(key)  # on the real node
+            else:
+                with pytest.raises(NoQuorumError, match="Failed to replicate to quorum of nodes") as caught:
+                    await client.delete(key)
+                assert caught.value.maybe_applied is maybe_applied
+    assert len(requests_of(node.received, "Delete")) == 1
+    async with AsyncClient(shared_node.address) as direct:
+        if maybe_applied is False:
+            with pytest.raises(KeyNotFoundError):
+                await direct.get(key)
+        else:
+            assert await direct.get(key) == 1  # no other node was asked to delete it
 
 
 async def test_a_silent_node_is_given_up_after_the_attempt_timeout():
@@ -323,8 +350,19 @@ def test_the_retry_decision_is_the_error_classes_try_another_node(error):
     assert RetryPolicy().retries(sample_error(error)) is error.try_another_node
 
 
+def test_no_quorum_is_retried_only_where_a_second_try_cannot_apply_twice():
+    policy = RetryPolicy()
+    assert policy.retries(NoQuorumError("m", maybe_applied=True), repeatable=True)  # a GET, or a PUT with its id
+    assert policy.retries(NoQuorumError("m", maybe_applied=False))  # nothing was written: a DELETE too
+    assert not policy.retries(NoQuorumError("m", maybe_applied=True))
+    assert not policy.retries(NoQuorumError("m"))  # the node did not say
+    assert not policy.retries(errors.ConflictError("m"), repeatable=True)
+    assert not policy.retries(KeyNotFoundError("m"), repeatable=True)
+    assert not RetryPolicy(retry_on=(UnavailableError,)).retries(NoQuorumError("m"), repeatable=True)
+
+
 @pytest.mark.parametrize("error", list(NODE_CAUSES), ids=lambda cls: cls.__name__)
-async def test_a_call_moves_to_another_node_exactly_on_errors_marked_try_another_node(error):
+async def test_a_put_moves_to_another_node_exactly_on_errors_marked_try_another_node_and_no_quorum(error):
     answer = NODE_CAUSES[error]
     retry = RetryPolicy(attempts=2, base_delay=0, attempt_timeout=0.3)
     async with ScriptedNode(answer, answers_hello=False) as first, ScriptedNode(answer, answers_hello=False) as second:
@@ -333,7 +371,8 @@ async def test_a_call_moves_to_another_node_exactly_on_errors_marked_try_another
                 await client.put("k", 1)
     assert type(caught.value) is error, caught.value
     puts = [len(requests_of(node.received, "Put")) for node in (first, second)]
-    assert puts == ([1, 1] if error.try_another_node else [1, 0])
+    # A PUT carries its request id, so NO_QUORUM is retried too (RetryPolicy's docstring).
+    assert puts == ([1, 1] if error.try_another_node or error is NoQuorumError else [1, 0])
 
 
 def test_retry_on_replaces_the_error_trees_rule():

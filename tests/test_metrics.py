@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvwire import Client, KeyNotFoundError, NoQuorumError
+from kvwire import Client, KeyNotFoundError, NoQuorumError, RetryPolicy
 from kvwire.server.tally import LATENCY_BOUNDS, Buckets, RequestMetrics, _quantile
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
 
@@ -134,7 +134,8 @@ def test_peers_hints_and_transitions_on_a_three_node_cluster(tmp_path):
         cluster.kill("n2")
         cluster.kill("n3")
         wait_for(lambda: value(scrape(metrics), "kvwire_has_quorum") == 0, timeout=5, what="n1 without quorum")
-        with Client(cluster["n1"].address, timeout=3) as client:
+        # One attempt each: the client would retry NO_QUORUM, and each try counts.
+        with Client(cluster["n1"].address, timeout=3, retry=RetryPolicy(attempts=1)) as client:
             with pytest.raises(NoQuorumError):
                 client.get("h1")
             with pytest.raises(NoQuorumError):

@@ -25,8 +25,10 @@ from kvwire.protocol import (
     Get,
     Health,
     KvwireConnectionError,
+    KvwireError,
     KvwireTimeoutError,
     Limits,
+    NoQuorumError,
     Ping,
     ProtocolError,
     Put,
@@ -265,6 +267,8 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         tried: list[Endpoint] = []
         failures = progress.failures
+        # A DELETE carries no request id: sent again, it could apply twice.
+        repeatable = message_type is not Delete
         for attempt in range(policy.attempts):
             if attempt:
                 await asyncio.sleep(policy.delay_before(attempt))
@@ -281,13 +285,15 @@ class AsyncClient:
                 error_type = TypeError if isinstance(exc.__cause__, TypeError) else ValueError
                 raise error_type(f"cannot send {message_type.__name__.upper()}: {exc}") from exc
             except Exception as exc:
-                if not policy.retries(exc):
+                if not policy.retries(exc, repeatable=repeatable):
                     raise
                 if self.closed:
                     raise  # close() failed the request; don't reconnect elsewhere
                 progress.waiting_on = None
                 failures.append(exc)
-                endpoints.failed(endpoint, loop.time(), exc)
+                if not isinstance(exc, NoQuorumError):
+                    # NO_QUORUM is the cluster's state, not this node's: it stays healthy.
+                    endpoints.failed(endpoint, loop.time(), exc)
                 continue
             endpoints.succeeded(endpoint)
             return reply
@@ -295,7 +301,7 @@ class AsyncClient:
         if len(failures) > 1 and type(last) in (KvwireConnectionError, KvwireTimeoutError):
             summary = "; ".join(dict.fromkeys(str(exc) for exc in failures))
             raise type(last)(f"no node answered in {len(failures)} attempts: {summary}") from last
-        raise last
+        raise _with_earlier_attempts(last, failures[:-1])
 
     async def _send_to(self, endpoint: Endpoint, message_type: type, fields: tuple[Any, ...]) -> Any:
         connection = await endpoint.connection()
@@ -319,6 +325,24 @@ class _CallProgress:
         self.failures: list[BaseException] = []
         # The node the call is waiting on right now; None between attempts.
         self.waiting_on: Endpoint | None = None
+
+
+def _with_earlier_attempts(last: BaseException, earlier: list[BaseException]) -> BaseException:
+    """``last``, unless it says nothing was written while an earlier attempt may have been.
+
+    A write's last attempt can only speak for itself: after a NO_QUORUM that
+    may have applied, or a connection lost after the request was sent, "nothing
+    was written" would be a promise the call cannot keep.
+    """
+    if not isinstance(last, KvwireError) or last.maybe_applied is not False:
+        return last
+    unsure = [getattr(error, "maybe_applied", None) for error in earlier if getattr(error, "maybe_applied", None) is not False]
+    if not unsure:
+        return last
+    error = type(last)(f"{last.message}; an earlier attempt of this call may have been applied",
+                       maybe_applied=True if True in unsure else None)
+    error.__cause__ = last
+    return error
 
 
 def _check_timeout(name: str, value: Any) -> float:

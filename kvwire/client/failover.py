@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
-from kvwire.protocol import KvwireConnectionError, KvwireError, KvwireTimeoutError, Ping
+from kvwire.protocol import KvwireConnectionError, KvwireError, KvwireTimeoutError, NoQuorumError, Ping
 
 from ..backoff import backoff_delay
 from ..protocol.address import format_endpoint
@@ -54,16 +54,21 @@ class RetryPolicy:
     Retried are the failures that say nothing about the request itself, the
     errors whose class has ``try_another_node`` set (see
     :mod:`kvwire.protocol.errors`): a lost connection, a silent node, an
-    UNAVAILABLE reply (a node shutting down or full). ``retry_on``, a tuple of
+    UNAVAILABLE reply (a node shutting down or full). NO_QUORUM is retried
+    too when sending the request again cannot apply it twice: a GET, a PUT
+    (its request id makes a retry finish the first attempt's write, not make
+    a second one), and a DELETE whose NO_QUORUM says nothing was written
+    (``maybe_applied`` False). A node gives up on a majority after its own
+    ``--write-timeout`` (1 s), and a disk that stalls that long, or a peer
+    dying mid-write, should not fail a call that has time left: another node,
+    or the same one a moment later, finishes it. ``retry_on``, a tuple of
     exception classes, replaces that rule with its own list when given. A
     refused request (bad key, not found) would be refused anywhere, so it is
-    raised at once. So are NO_QUORUM and CONFLICT (a
-    DELETE that raced with a write of its key): the write may already have
-    been applied (their ``maybe_applied`` says), and only the caller can tell
-    whether doing it again is right. A PUT or DELETE whose
-    connection failed after it was sent may have been applied: retried, a
-    PUT may be applied twice (same value, two versions) and a DELETE may then
-    raise KeyNotFoundError.
+    raised at once. So is CONFLICT (a DELETE that raced with a write of its
+    key), and NO_QUORUM on a DELETE that may have been applied: only the
+    caller can tell whether doing it again is right. A DELETE whose
+    connection failed after it was sent may have been applied: retried, it
+    may then raise KeyNotFoundError.
     """
 
     attempts: int = 3
@@ -97,11 +102,21 @@ class RetryPolicy:
         """Seconds to wait before try number ``attempt`` (the first try is 0); no jitter."""
         return backoff_delay(attempt, base=self.base_delay, cap=self.max_delay)
 
-    def retries(self, error: BaseException) -> bool:
-        """Whether a call that failed with ``error`` moves on to another node."""
+    def retries(self, error: BaseException, *, repeatable: bool = False) -> bool:
+        """Whether a call that failed with ``error`` moves on to another node.
+
+        ``repeatable``: the request can be sent again without being applied
+        twice (a GET, HEALTH, PING, or a PUT with its request id), so a
+        NO_QUORUM is retried too; without it, only a NO_QUORUM that says
+        nothing was written is.
+        """
         if self.retry_on is not None:
             return isinstance(error, self.retry_on)
-        return isinstance(error, KvwireError) and error.try_another_node
+        if not isinstance(error, KvwireError):
+            return False
+        if error.try_another_node:
+            return True
+        return isinstance(error, NoQuorumError) and (repeatable or error.maybe_applied is False)
 
 
 # Opens a connection to (host, port), HELLO included; the client binds its connection options into one.
