@@ -23,8 +23,6 @@ from ..protocol.errors import BadRequestError, ForbiddenError, KvwireError, TooL
 from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 from ..protocol.messages import (
     PROTOCOL_VERSION,
-    Delete,
-    Fetch,
     Get,
     Health,
     HealthReply,
