@@ -48,8 +48,9 @@ def commit_all(core, effects, now=0.0, error=None):
 # --- a replica's rules for REPLICATE -------------------------------------------------------
 
 
-def replicate(core, version, *, deleted=False, value="v", expect=None, now=0.0):
-    core.request("t", Replicate(1, "k", version, None if deleted else value, deleted, expect), now, from_peer=True)
+def replicate(core, version, *, deleted=False, value="v", expect=None, now=0.0, request=None):
+    core.request("t", Replicate(1, "k", version, None if deleted else value, deleted, expect, request), now,
+                 from_peer=True)
     effects = core.take_effects()
     commit_all(core, effects, now)
     replies = [e.reply for e in effects + core.take_effects() if type(e) is Respond]
@@ -595,6 +596,42 @@ def test_one_refusal_and_one_silence_leave_the_put_undecided_and_the_key_strande
     assert "k" in core.stranded
     core.request("put2", Put(8, "k", "w"), 0.0)
     assert [s.message_type for s in effects_of(core, Send)] == [Lookup]  # a stranded key takes the LOOKUP round
+
+
+def test_a_replica_whose_tombstone_read_the_tag_says_observed_and_remembers_the_request():
+    core = make_core("n2")
+    replicate(core, Version(2, "n1"), deleted=True, expect=Version(1, "n3"))  # a DELETE that read (1, n3)
+    assert replicate(core, Version(1, "n3"), request="req-3") == ReplicateReply(
+        1, False, Version(2, "n1"), Version(2, "n1"), True, None, True)
+    # A reader was given it: firm, so a retry finishes it rather than apply it again.
+    assert core.applied.find("req-3", "k", 0.0) == (Version(1, "n3"), 0.0, False)
+    # Any other refused tag, or one refused once something newer came, is not observed.
+    assert replicate(core, Version(1, "n2")).observed is None
+    replicate(core, Version(3, "n2"), deleted=True)  # an unconditional tombstone: read nothing
+    assert replicate(core, Version(1, "n3")).observed is None
+
+
+def test_the_mutant_ignore_observed_never_says_observed():
+    core = NodeCore(ServerConfig(node_id="n2", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
+                    mutant="ignore-observed")
+    replicate(core, Version(2, "n1"), deleted=True, expect=Version(1, "n3"))
+    assert replicate(core, Version(1, "n3")).observed is None
+
+
+def test_a_one_round_trip_put_counts_a_peer_whose_delete_read_its_tag():
+    core = make_core()
+    first, second = first_put_sent(core)  # (1, n1)
+    core.peer_reply(first.peer, first.request_id,
+                    ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), True), 0.0)
+    assert effects_of(core, Respond) == []  # held newer: not an acknowledgement
+    # The other peer's tombstone was conditioned on (1, n1): a DELETE read it, so it took effect,
+    # and a higher tag now would bring the value back after that DELETE.
+    core.peer_reply(second.peer, second.request_id,
+                    ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), True, None, True), 0.0)
+    effects = core.take_effects()
+    assert [e for e in effects if type(e) is Persist] == []  # no new tag
+    assert [e.reply for e in effects if type(e) is Respond] == [PutReply(7, Version(1, "n1"), True)]
+    assert core.applied.find("req", "k", 0.0) == (Version(1, "n1"), 0.0, False)
 
 
 def test_a_retry_and_a_peer_down_take_the_lookup_round():

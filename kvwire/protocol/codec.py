@@ -285,6 +285,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "retry": _boolean,
     "request_tentative": _boolean,
     "joining": _boolean,
+    "observed": _boolean,
     "prior": _version,
     "prior_deleted": _boolean,
 }

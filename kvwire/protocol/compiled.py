@@ -79,6 +79,7 @@ _WIRE_TYPES: dict[str, Any] = {
     "prior": Version,
     "prior_deleted": bool,
     "joining": bool,
+    "observed": bool,
     "floor": Annotated[int, Meta(ge=0, le=MAX_COUNTER)],
     "request_version": Version,
     "request_tentative": bool,

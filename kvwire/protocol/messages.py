@@ -295,6 +295,9 @@ class ReplicateReply:
     # True from a node still joining (--join): having lost its disk, what it held
     # proves nothing, so a one-round-trip PUT does not count it (6.10).
     joining: bool | None = None
+    # True when not applied because this node holds a tombstone whose DELETE read
+    # exactly ``version`` of the request: the PUT took effect before it (6.10).
+    observed: bool | None = None
     op = Op.REPLICATE_REPLY
 
 
@@ -362,7 +365,7 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
     Op.PUT_REPLY: frozenset({"created"}),
-    Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining"}),
+    Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining", "observed"}),
     Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),
     Op.FETCH_REPLY: frozenset({"floor", "request"}),
 }

@@ -72,7 +72,10 @@ class Fanout:
                     # A joining node may lack writes it acknowledged before its disk
                     # was lost: its answer proves nothing either way.
                     outcome = FAILED
-                elif reply.applied or reply.version == self.version or self._core.mutant == "count-newer-as-applied":
+                elif (reply.applied or reply.version == self.version or reply.observed
+                      or self._core.mutant == "count-newer-as-applied"):
+                    # ``observed``: a tombstone there was conditioned on this version,
+                    # so a reader was given it before it was deleted (observed.py).
                     outcome = OK
                 else:
                     outcome = REFUSED

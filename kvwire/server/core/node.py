@@ -42,6 +42,7 @@ from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
 from .applied import AppliedRequests
+from .observed import ObservedVersions
 from .one_trip import OneTripWrite, takes_one_trip
 from .repair import Repair
 from .tombstones import TombstoneCollector
@@ -70,6 +71,7 @@ MUTANTS = (
     "one-trip-over-floor",  # a one-round-trip PUT mints straight over the tag floor, above what others hold
     "ignore-stranded",  # a key left undecided by a one-round-trip PUT keeps taking one round trip
     "volatile-request-ids",  # PUT request ids are remembered in memory only, so a restart forgets them
+    "ignore-observed",  # a replica whose tombstone's DELETE read a refused one-round-trip tag does not say so
 )
 
 
@@ -115,6 +117,8 @@ class NodeCore:
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         self.tombstones = TombstoneCollector(self, floor)
         self.applied = AppliedRequests()
+        # What recent conditional tombstones here were conditioned on (observed.py).
+        self.observed = ObservedVersions(remember=mutant != "ignore-observed")
         # Keys a one-round-trip PUT left undecided here, until a LOOKUP write passes them (one_trip.py).
         self.stranded: set[str] = set()
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
@@ -436,26 +440,33 @@ class NodeCore:
             self.respond(token, ReplicateReply(request.id, False, NO_VERSION, NO_VERSION, False))
             return
         applied = version > latest
+        if applied and expect is not None:
+            self.observed.note(key, version, expect)
 
         def reply(error: Exception | None) -> None:
             if error is not None:
                 self.respond(token, error)
             else:
                 held = self.keydir.latest_version(key)
-                if request.request is not None and (applied or held == version):
+                # Refused, but a DELETE read exactly this version before its tombstone
+                # here superseded it: the PUT took effect (observed.py).
+                observed = not applied and not request.deleted and self.observed.deleted_after_reading(
+                    key, held, version)
+                if request.request is not None and (applied or held == version or observed):
                     # Not a tag this node refused: a one-round-trip PUT's refused
                     # tag may never be read, so a retry must not finish it (one_trip.py).
-                    # Firm only if applied now, by a node that has not lost its disk:
-                    # holding exactly the tag may be its own coordinator's tentative
-                    # copy, and a joining node's holding proves nothing (applied.py).
+                    # Firm only if applied now (or read), by a node that has not lost
+                    # its disk: holding exactly the tag may be its own coordinator's
+                    # tentative copy, and a joining node's holding proves nothing (applied.py).
                     self.applied.remember(request.request, key, version, self.now,
-                                          tentative=self.joining or not applied)
+                                          tentative=self.joining or not (applied or observed))
                 if self.joining:
                     # What it held proves nothing (writes it lost are missing), so it
                     # says so: a one-round-trip PUT does not count it (fanout.py).
                     self.respond(token, ReplicateReply(request.id, applied, held, None, None, True))
                 else:
-                    self.respond(token, ReplicateReply(request.id, applied, held, latest, prior.deleted))
+                    self.respond(token, ReplicateReply(request.id, applied, held, latest, prior.deleted, None,
+                                                       observed or None))
 
         self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply,
                    request=request.request, tentative=self.joining)

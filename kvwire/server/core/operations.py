@@ -220,8 +220,10 @@ class _ReplicatedWrite:
             self._answer(error)  # the disk refused it: say so, not "no quorum"
             return
         request_id = getattr(self._request, "request", None)
-        if self._exact and core.keydir.latest_version(self._request.key) != self._version:
-            self._refused += 1  # holds a newer tag: not this write's
+        latest = core.keydir.latest_version(self._request.key)
+        if self._exact and latest != self._version and not core.observed.deleted_after_reading(
+                self._request.key, latest, self._version):
+            self._refused += 1  # holds a newer tag: not this write's (nor one whose DELETE read it)
         else:
             if request_id is not None:
                 core.applied.remember(request_id, self._request.key, self._version, core.now, tentative=self._exact)
@@ -406,6 +408,7 @@ class Delete(_ReplicatedWrite):
             return
         self._expect = newest.version
         self._version = core.mint(newest.version)
+        core.observed.note(key, self._version, self._expect)
         self._commit(True, None, None)
 
 

@@ -16,6 +16,7 @@ from ...protocol.messages import Version
 from ..config import ServerConfig
 from .effects import Effect
 from .keydir import Copy, Keydir
+from .observed import ObservedVersions
 from .timers import Timers
 
 
@@ -49,6 +50,7 @@ class CoreServices(Protocol):
     hints: HintSink
     tombstones: Any
     applied: Any
+    observed: ObservedVersions
     stranded: set[str]
     one_trips: set[str]
 
