@@ -515,6 +515,21 @@ async def test_a_write_whose_earlier_attempt_may_have_applied_never_says_nothing
     assert caught.value.__cause__.maybe_applied is False  # what the last node said, kept as the cause
 
 
+async def test_an_error_raised_without_retry_after_a_lost_connection_does_not_say_nothing_was_written():
+    def no_quorum(request):
+        return ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", False)
+
+    # The first node breaks the connection once the DELETE is sent: it may have been applied.
+    async with ScriptedNode(lambda request: b"\xff\xff\xff\xff", answers_hello=False) as lost, \
+            ScriptedNode(no_quorum, answers_hello=False) as refusing:
+        retry = RetryPolicy(base_delay=0, retry_on=(KvwireConnectionError,))  # NO_QUORUM is not retried
+        async with AsyncClient([lost.address, refusing.address], retry=retry) as client:
+            with pytest.raises(NoQuorumError, match="an earlier attempt of this call may have been applied") as caught:
+                await client.delete("k")
+    assert caught.value.maybe_applied is None  # unknown, not False
+    assert [type(r) for r in lost.received + refusing.received].count(Delete) == 2
+
+
 @pytest.mark.parametrize("maybe_applied", [True, None])
 async def test_conflict_is_raised_at_once_with_maybe_applied(maybe_applied):
     def conflict(request):

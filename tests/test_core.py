@@ -634,6 +634,33 @@ def test_a_one_round_trip_put_counts_a_peer_whose_delete_read_its_tag():
     assert core.applied.find("req", "k", 0.0) == (Version(1, "n1"), 0.0, False)
 
 
+def test_a_delete_coordinators_own_tombstone_counts_for_the_tag_it_read():
+    core = make_core()
+    link_all(core)
+    live_key(core, Version(1, "n1"))  # this node's one-round-trip tag, no peer known to hold it
+    core.applied.remember("req-1", "k", Version(1, "n1"), 0.0, tentative=True)
+    core.request("del", Delete(1, "k"), 0.0)
+    answer_sends(core, lambda s: FetchReply(1, Version(1, "n1"), False, "v"))
+    (persist,) = effects_of(core, Persist)
+    core.persisted(persist.write_id, None, 0.0)
+    for send in effects_of(core, Send):
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, True, Version(2, "n1")), 0.0)
+    assert effects_of(core, Respond)[0].reply == DeleteReply(1, Version(2, "n1"))
+    # A retry of the PUT finishes (1, n1) only where it is the newest, or where a DELETE
+    # read it: here (its own tombstone) and the first peer, not the second.
+    core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
+    commit_all(core, effects := core.take_effects())
+    first, second = [e for e in effects + core.take_effects() if type(e) is Send]
+    core.peer_reply(first.peer, first.request_id,
+                    ReplicateReply(1, False, Version(2, "n1"), Version(2, "n1"), True, None, True), 0.0)
+    core.peer_reply(second.peer, second.request_id, ReplicateReply(1, False, Version(3, "n3")), 0.0)
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(1, "n1"), False)
+    # And a peer's write-back of (1, n1) here is answered observed too.
+    core.request("t", Replicate(9, "k", Version(1, "n1"), "v", False), 0.0, from_peer=True)
+    (respond,) = effects_of(core, Respond)
+    assert respond.reply.observed is True and respond.reply.applied is False
+
+
 def test_a_retry_and_a_peer_down_take_the_lookup_round():
     core = make_core()
     link_all(core)

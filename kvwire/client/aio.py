@@ -286,7 +286,10 @@ class AsyncClient:
                 raise error_type(f"cannot send {message_type.__name__.upper()}: {exc}") from exc
             except Exception as exc:
                 if not policy.retries(exc, repeatable=repeatable):
-                    raise
+                    error = _with_earlier_attempts(exc, failures)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 if self.closed:
                     raise  # close() failed the request; don't reconnect elsewhere
                 progress.waiting_on = None
