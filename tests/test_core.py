@@ -517,6 +517,32 @@ def test_a_replica_remembers_the_request_of_what_it_applied_and_says_so_to_looku
     assert effects_of(core, Respond)[0].reply.request_version is None
 
 
+def test_a_replica_remembers_the_request_of_a_read_write_back_even_holding_newer():
+    core = make_core("n2")
+    replicate(core, Version(5, "n3"))
+    # A plain REPLICATE of an older version: refused, and its request not taken (it may be a dead tag).
+    assert replicate(core, Version(3, "n1"), request="req-plain").applied is False
+    assert core.applied.find("req-plain", "k", 0.0) is None
+    # A quorum read's write-back: the reader was given (3, n1), so its PUT took effect.
+    core.request("t", Replicate(1, "k", Version(3, "n1"), "v", False, None, "req-read", True), 0.0, from_peer=True)
+    commit_all(core, core.take_effects())
+    assert core.applied.find("req-read", "k", 0.0) == (Version(3, "n1"), 0.0, False)
+
+
+def test_a_quorum_read_write_back_says_read_and_the_mutant_does_not():
+    for mutant, read in ((None, True), ("forget-read-requests", None)):
+        core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
+                        mutant=mutant)
+        link_all(core)
+        live_key(core, Version(2, "n1"))
+        core.applied.remember("req", "k", Version(2, "n1"), 0.0)
+        core.request("get", Get(1, "k"), 0.0)
+        answer_sends(core, lambda s: FetchReply(1, Version(1, "n2"), False, "old"))
+        (write_back,) = [s for s in effects_of(core, Send) if s.message_type is Replicate]
+        assert write_back.fields[1] == Version(2, "n1") and write_back.fields[5] == "req"
+        assert write_back.fields[6] is read
+
+
 def test_a_retried_put_is_not_completed_below_the_tag_floor_where_its_key_may_be_collected():
     core = make_core()
     link_all(core)

@@ -286,6 +286,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "request_tentative": _boolean,
     "joining": _boolean,
     "observed": _boolean,
+    "read": _boolean,
     "prior": _version,
     "prior_deleted": _boolean,
 }

@@ -80,6 +80,7 @@ _WIRE_TYPES: dict[str, Any] = {
     "prior_deleted": bool,
     "joining": bool,
     "observed": bool,
+    "read": bool,
     "floor": Annotated[int, Meta(ge=0, le=MAX_COUNTER)],
     "request_version": Version,
     "request_tentative": bool,

@@ -157,6 +157,9 @@ class Replicate:
     deleted: bool = False
     expect: Version | None = None
     request: str | None = None  # the PUT's request id, remembered with the version
+    # True from a quorum read's write-back: the reader was given this version, so
+    # the PUT took effect, and a replica remembers ``request`` even if it holds newer.
+    read: bool | None = None
     op = Op.REPLICATE
 
 
@@ -359,7 +362,7 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
     Op.GET: frozenset({"consistency"}),
     Op.PUT: frozenset({"request", "retry"}),
-    Op.REPLICATE: frozenset({"expect", "request"}),
+    Op.REPLICATE: frozenset({"expect", "request", "read"}),
     Op.LOOKUP: frozenset({"request"}),
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),

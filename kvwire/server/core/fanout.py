@@ -35,6 +35,7 @@ class Fanout:
         hint: bool = True,
         request: str | None = None,
         exact: bool = False,
+        read: bool = False,
     ) -> None:
         """``exact``: a peer counts only if it applied this version or holds exactly
         it, not a newer one (a one-round-trip PUT's tag, ``one_trip.py``); the
@@ -49,7 +50,7 @@ class Fanout:
         self._on_outcome = on_outcome
         self._outstanding: dict[str, int] = {}
         self._timer = None
-        fields = (key, version, None if deleted else value, deleted, expect, request)
+        fields = (key, version, None if deleted else value, deleted, expect, request, True if read else None)
         for peer in peers:
             request_id = core.ask(peer, Replicate, fields, lambda reply, peer=peer: self._answered(peer, reply))
             if request_id is None:

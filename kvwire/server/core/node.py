@@ -72,6 +72,7 @@ MUTANTS = (
     "ignore-stranded",  # a key left undecided by a one-round-trip PUT keeps taking one round trip
     "volatile-request-ids",  # PUT request ids are remembered in memory only, so a restart forgets them
     "ignore-observed",  # a replica whose tombstone's DELETE read a refused one-round-trip tag does not say so
+    "forget-read-requests",  # a replica holding newer than a quorum read's write-back does not remember its request
 )
 
 
@@ -452,14 +453,16 @@ class NodeCore:
                 # here superseded it: the PUT took effect (observed.py).
                 observed = not applied and not request.deleted and self.observed.deleted_after_reading(
                     key, held, version)
-                if request.request is not None and (applied or held == version or observed):
+                # ``read``: a quorum read returned this version, so its PUT took effect.
+                taken = applied or observed or bool(request.read)
+                if request.request is not None and (taken or held == version):
                     # Not a tag this node refused: a one-round-trip PUT's refused
                     # tag may never be read, so a retry must not finish it (one_trip.py).
                     # Firm only if applied now (or read), by a node that has not lost
                     # its disk: holding exactly the tag may be its own coordinator's
                     # tentative copy, and a joining node's holding proves nothing (applied.py).
                     self.applied.remember(request.request, key, version, self.now,
-                                          tentative=self.joining or not (applied or observed))
+                                          tentative=self.joining or not taken)
                 if self.joining:
                     # What it held proves nothing (writes it lost are missing), so it
                     # says so: a one-round-trip PUT does not count it (fanout.py).

@@ -150,7 +150,8 @@ class QuorumRead:
             core.store(key, newest.version, newest.deleted, newest.value, None, stored, request=request)
         if peers:
             Fanout(core, key, newest.version, newest.deleted, newest.value, peers, self._deadline,
-                   lambda peer, outcome: settled(peer, outcome == OK), request=request)
+                   lambda peer, outcome: settled(peer, outcome == OK), request=request,
+                   read=core.mutant != "forget-read-requests")
 
 
 class QuorumGet:
