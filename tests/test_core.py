@@ -527,6 +527,10 @@ def test_a_replica_remembers_the_request_of_a_read_write_back_even_holding_newer
     core.request("t", Replicate(1, "k", Version(3, "n1"), "v", False, None, "req-read", True), 0.0, from_peer=True)
     commit_all(core, core.take_effects())
     assert core.applied.find("req-read", "k", 0.0) == (Version(3, "n1"), 0.0, False)
+    # The PUT's own REPLICATE of that tag, come late (a one-round-trip PUT's): taken, not refused.
+    assert replicate(core, Version(3, "n1"), request="req-read").observed is True
+    assert replicate(core, Version(3, "n1"), request="req-plain").observed is None
+    assert replicate(core, Version(3, "n1"), request="req-other").observed is None
 
 
 def test_a_quorum_read_write_back_says_read_and_the_mutant_does_not():

@@ -449,10 +449,13 @@ class NodeCore:
                 self.respond(token, error)
             else:
                 held = self.keydir.latest_version(key)
-                # Refused, but a DELETE read exactly this version before its tombstone
-                # here superseded it: the PUT took effect (observed.py).
-                observed = not applied and not request.deleted and self.observed.deleted_after_reading(
-                    key, held, version)
+                # Refused, but known to have taken effect: a DELETE read exactly this
+                # version before its tombstone here superseded it, or this node holds a
+                # firm record of the PUT at it (applied here once, or sent by a quorum
+                # read's write-back: above every write finished before the PUT began).
+                observed = not applied and not request.deleted and (
+                    self.observed.deleted_after_reading(key, held, version)
+                    or self._firm_at(request.request, key, version))
                 # ``read``: a quorum read returned this version, so its PUT took effect.
                 taken = applied or observed or bool(request.read)
                 if request.request is not None and (taken or held == version):
@@ -473,6 +476,13 @@ class NodeCore:
 
         self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply,
                    request=request.request, tentative=self.joining)
+
+    def _firm_at(self, request_id: str | None, key: str, version: Version) -> bool:
+        """Whether this node remembers ``request_id`` applied to ``key`` firmly at ``version``."""
+        if request_id is None or self.mutant == "ignore-observed":
+            return False
+        record = self.applied.find(request_id, key, self.now)
+        return record is not None and record.version == version and not record.tentative
 
     def _answer_fetch(self, token: Any, request: Fetch, copy: Copy | KvwireError) -> None:
         if isinstance(copy, KvwireError):
