@@ -157,8 +157,9 @@ class Replicate:
     deleted: bool = False
     expect: Version | None = None
     request: str | None = None  # the PUT's request id, remembered with the version
-    # True from a quorum read's write-back: the reader was given this version, so
-    # the PUT took effect, and a replica remembers ``request`` even if it holds newer.
+    # True from a quorum read's write-back: this version was the newest on the read's
+    # majority, so its PUT took effect, and a replica remembers ``request`` even if
+    # it holds newer.
     read: bool | None = None
     op = Op.REPLICATE
 
@@ -298,8 +299,9 @@ class ReplicateReply:
     # True from a node still joining (--join): having lost its disk, what it held
     # proves nothing, so a one-round-trip PUT does not count it (6.10).
     joining: bool | None = None
-    # True when not applied because this node holds a tombstone whose DELETE read
-    # exactly ``version`` of the request: the PUT took effect before it (6.10).
+    # True when not applied (this node holds newer) but known to have taken effect:
+    # a tombstone here whose DELETE read exactly the request's version, or a firm
+    # record of the request's PUT at it (6.7, 6.10).
     observed: bool | None = None
     op = Op.REPLICATE_REPLY
 

@@ -75,8 +75,8 @@ class Fanout:
                     outcome = FAILED
                 elif (reply.applied or reply.version == self.version or reply.observed
                       or self._core.mutant == "count-newer-as-applied"):
-                    # ``observed``: a tombstone there was conditioned on this version,
-                    # so a reader was given it before it was deleted (observed.py).
+                    # ``observed``: the peer holds newer but knows this version took
+                    # effect (a DELETE read it, or a firm record of its PUT; observed.py).
                     outcome = OK
                 else:
                     outcome = REFUSED

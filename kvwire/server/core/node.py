@@ -456,7 +456,7 @@ class NodeCore:
                 observed = not applied and not request.deleted and (
                     self.observed.deleted_after_reading(key, held, version)
                     or self._firm_at(request.request, key, version))
-                # ``read``: a quorum read returned this version, so its PUT took effect.
+                # ``read``: the newest on a quorum read's majority, so its PUT took effect.
                 taken = applied or observed or bool(request.read)
                 if request.request is not None and (taken or held == version):
                     # Not a tag this node refused: a one-round-trip PUT's refused

@@ -14,6 +14,10 @@ bring the value back after the DELETE was acknowledged. A replica whose
 tombstone was conditioned on exactly the proposed tag says so in its reply
 (``observed``), and the PUT counts it as a replica that took the tag.
 
+A replica that remembers the PUT's request id firmly at exactly that tag
+(applied.py: it applied the tag once, or a quorum read's write-back brought
+it) answers the same way (``NodeCore._replicate``).
+
 Kept in memory, for the newest tombstone of each key and at most
 ``MAX_OBSERVED`` keys: after a restart, or past the bound, a replica only
 refuses, as it did before this was known.
