@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 import zlib
 from hashlib import blake2b
+from itertools import compress
+from operator import ne
 
 import msgpack
 
@@ -64,7 +66,7 @@ class BucketIndex:
         return _DIGESTS.pack(*self.digests)
 
     def differing(self, theirs: bytes) -> list[int]:
-        return [bucket for bucket, (mine, other) in enumerate(zip(self.digests, unpack_digests(theirs))) if mine != other]
+        return list(compress(range(REPAIR_BUCKETS), map(ne, self.digests, unpack_digests(theirs))))
 
     def sorted_keys(self, bucket: int) -> list[str]:
         return sorted(self.keys[bucket])

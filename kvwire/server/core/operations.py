@@ -221,9 +221,8 @@ class _ReplicatedWrite:
             self._answer(error)  # the disk refused it: say so, not "no quorum"
             return
         request_id = getattr(self._request, "request", None)
-        latest = core.keydir.latest_version(self._request.key)
-        if self._exact and latest != self._version and not core.observed.deleted_after_reading(
-                self._request.key, latest, self._version):
+        if self._exact and (latest := core.keydir.latest_version(self._request.key)) != self._version \
+                and not core.observed.deleted_after_reading(self._request.key, latest, self._version):
             self._refused += 1  # holds a newer tag: not this write's (nor one whose DELETE read it)
         else:
             if request_id is not None:
