@@ -615,6 +615,44 @@ def test_a_replica_holding_a_newer_tag_does_not_count_and_a_majority_of_them_mea
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(4, "n1"), True)
 
 
+def fetch_reply(core, now=0.0):
+    """A peer's FETCH of "k": the reply the core gives now, or None while it holds it."""
+    core.request("fetch", Fetch(3, "k"), now, from_peer=True)
+    replies = [e.reply for e in core.take_effects() if type(e) is Respond]
+    return replies[0] if replies else None
+
+
+def test_a_one_round_trip_tag_is_given_to_no_reader_until_its_put_is_decided():
+    core = make_core()
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+    core.cache.put("k", "old")
+    first, second = first_put_sent(core)  # (5, n1), committed here
+    # The replicas may yet refuse it and the PUT go again higher: no reader gets it now.
+    assert fetch_reply(core) is None
+    core.request("get", Get(4, "k"), 0.0)  # this node's own quorum read waits for its copy too
+    assert [s.message_type for s in effects_of(core, Send)] == [Fetch]
+    for send in (first, second):
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(6, "n3"), Version(6, "n3"), False), 0.0)
+    # Dead: the second tag (7, n1) is in progress, and the readers still wait.
+    (persist,) = effects_of(core, Persist)
+    assert persist.version == Version(7, "n1")
+    core.persisted(persist.write_id, None, 0.0)
+    again = replicate_sends(core)
+    core.peer_reply(again[0].peer, again[0].request_id, ReplicateReply(1, True, Version(7, "n1"), Version(6, "n3"), False), 0.0)
+    # Decided: the PUT's answer, and the held FETCH answered with the decided tag.
+    replies = [e.reply for e in core.take_effects() if type(e) is Respond]
+    assert PutReply(7, Version(7, "n1"), False) in replies
+    assert FetchReply(3, Version(7, "n1"), False, "v", 0, "req") in replies
+    assert fetch_reply(core) == FetchReply(3, Version(7, "n1"), False, "v", 0, "req")
+
+
+def test_the_mutant_serve_in_progress_gives_the_tag_at_once():
+    core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
+                    mutant="serve-in-progress")
+    first_put_sent(core)
+    assert fetch_reply(core).version == Version(1, "n1")
+
+
 def test_one_refusal_and_one_silence_leave_the_put_undecided_and_the_key_stranded():
     core = make_core()
     first, second = first_put_sent(core)

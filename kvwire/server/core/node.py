@@ -73,7 +73,14 @@ MUTANTS = (
     "volatile-request-ids",  # PUT request ids are remembered in memory only, so a restart forgets them
     "ignore-observed",  # a replica whose tombstone's DELETE read a refused one-round-trip tag does not say so
     "forget-read-requests",  # a replica holding newer than a quorum read's write-back does not remember its request
+    "serve-in-progress",  # a reader is given the tag of a one-round-trip PUT still in progress here
 )
+# Rules that the hold on readers (``committed_copy``) now keeps the simulator from
+# reaching: their mutants also serve in-progress tags, as the core did before the
+# hold, and so show that each rule is still needed behind it (docs/design.md 3).
+SERVES_IN_PROGRESS = frozenset({
+    "serve-in-progress", "retry-after-any-refusal", "one-trip-over-floor", "ignore-observed", "forget-read-requests",
+})
 
 
 class NodeCore:
@@ -123,6 +130,8 @@ class NodeCore:
         # Keys a one-round-trip PUT left undecided here, until a LOOKUP write passes them (one_trip.py).
         self.stranded: set[str] = set()
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
+        # Readers of those keys' committed copies, waiting for the PUT to be decided (one_trip.py).
+        self._held_readers: dict[str, list[Callable[[Copy | KvwireError], None]]] = {}
         for request_id, key, version, at, tentative in requests or ():  # the durable log (``Persist.request``)
             self.applied.remember(request_id, key, version, at, tentative=tentative)
             if tentative and version.node == self.node_id and self.mutant != "ignore-stranded":
@@ -391,12 +400,28 @@ class NodeCore:
         if self.mutant == "ack-before-commit":
             on_done(None)
 
+    def one_trip_started(self, key: str) -> None:
+        self.one_trips.add(key)
+
+    def one_trip_ended(self, key: str) -> None:
+        """The one-round-trip PUT of ``key`` here is decided: its readers get the copy now."""
+        self.one_trips.discard(key)
+        for callback in self._held_readers.pop(key, ()):
+            self.committed_copy(key, callback)
+
     def after_write(self, write_id: int, callback: Callable[[Exception | None], None]) -> None:
         self._writes[write_id][4].append(callback)
 
     def committed_copy(self, key: str, callback: Callable[[Copy | KvwireError], None], *, _retried: bool = False) -> None:
         """This node's committed copy of ``key``, from memory or after a ``Load``;
-        or, if reading the disk failed, the error to answer with."""
+        or, if reading the disk failed, the error to answer with. While a
+        one-round-trip PUT of ``key`` is in progress here, once it is decided."""
+        if key in self.one_trips and self.mutant not in SERVES_IN_PROGRESS:
+            # Its tag, committed here first, may yet be refused by a majority and
+            # sent again higher (one_trip.py): a reader given it now could see the
+            # value, then a write that began after, then the value again.
+            self._held_readers.setdefault(key, []).append(callback)
+            return
         entry = self.keydir.committed.get(key)
         if entry is None:
             callback(NO_COPY)

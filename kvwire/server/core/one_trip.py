@@ -9,7 +9,14 @@ not count, since that tag may belong to a write that finished before this one
 began.
 
 When a majority refuses (each holds a newer tag), the tag is dead: no majority
-can ever hold it as its newest, so no read can return it. Only then does the
+can ever hold it as its newest, so no read can return it. Nor can one have
+returned it already: this node committed it first, but gives its copy of the
+key to no reader (a peer's FETCH, its own quorum reads, hint replay) until the
+PUT is decided (``NodeCore.committed_copy``). Without that hold, a quorum read
+whose own copy was older took the tag from here while the replicas were
+refusing it for concurrent writes, and the retry then put the value above a
+write that began after the read (``serve-in-progress``, twenty clients on ten
+keys with no fault at all). Only for a dead tag does the
 coordinator try again, with a tag above every answer, which the replicas
 compare just as the first: the second attempt is the LOOKUP round, merged into
 the first. If fewer refuse and no majority applies, the outcome is left
@@ -106,11 +113,11 @@ class OneTripWrite(_ReplicatedWrite):
         return PutReply(self._request.id, self._version, created)
 
     def start(self) -> None:
-        self._core.one_trips.add(self._request.key)
+        self._core.one_trip_started(self._request.key)
         self._propose()
 
     def _answer(self, error: Exception | None) -> None:
-        self._core.one_trips.discard(self._request.key)
+        self._core.one_trip_ended(self._request.key)
         # The fanout's callback refers to this write: let go of it, or the two
         # would form a cycle only the garbage collector frees (rounds.py says why).
         self._fanout = None
