@@ -646,6 +646,23 @@ def test_a_one_round_trip_tag_is_given_to_no_reader_until_its_put_is_decided():
     assert fetch_reply(core) == FetchReply(3, Version(7, "n1"), False, "v", 0, "req")
 
 
+def test_a_disk_read_begun_before_a_one_round_trip_put_is_held_too():
+    core = make_core()
+    link_all(core)
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)  # not cached: a FETCH loads it
+    core.request("fetch", Fetch(3, "k"), 0.0, from_peer=True)
+    assert [type(e) for e in core.take_effects()] == [Load]
+    core.request("put", Put(7, "k", "v", "req"), 0.0)
+    commit_all(core, core.take_effects())
+    first, second = replicate_sends(core)
+    # The row comes back with the PUT's tag, committed meanwhile: not for a reader yet.
+    core.loaded("k", (Version(5, "n1"), False, "v"), 0.0)
+    assert effects_of(core, Respond) == []
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(5, "n1"), Version(4, "n2"), False), 0.0)
+    replies = [e.reply for e in core.take_effects() if type(e) is Respond]
+    assert replies == [FetchReply(3, Version(5, "n1"), False, "v", 0, "req"), PutReply(7, Version(5, "n1"), False)]
+
+
 def test_the_mutant_serve_in_progress_gives_the_tag_at_once():
     core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
                     mutant="serve-in-progress")

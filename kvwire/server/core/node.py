@@ -130,8 +130,9 @@ class NodeCore:
         # Keys a one-round-trip PUT left undecided here, until a LOOKUP write passes them (one_trip.py).
         self.stranded: set[str] = set()
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
-        # Readers of those keys' committed copies, waiting for the PUT to be decided (one_trip.py).
-        self._held_readers: dict[str, list[Callable[[Copy | KvwireError], None]]] = {}
+        # Readers of those keys' committed copies, waiting for the PUT to be decided (one_trip.py),
+        # each with whether its copy was already asked for once more (``loaded``).
+        self._held_readers: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         for request_id, key, version, at, tentative in requests or ():  # the durable log (``Persist.request``)
             self.applied.remember(request_id, key, version, at, tentative=tentative)
             if tentative and version.node == self.node_id and self.mutant != "ignore-stranded":
@@ -221,6 +222,9 @@ class NodeCore:
 
         The same answer ``request`` would give, without the effects machinery:
         a cached GET is the hot path (about 10 µs a request, README "Performance").
+        (``request`` differs in one case: a GET whose value must be loaded waits,
+        like every reader of the disk, for a one-round-trip PUT of the key in
+        progress here; ``one`` promises no order, so this path need not.)
         """
         if self.quorum > 1 and request.consistency is not Consistency.ONE:
             return None
@@ -282,6 +286,11 @@ class NodeCore:
             return
         if not copy.deleted and copy.version != NO_VERSION and entry is not None and entry.version == copy.version:
             self.cache.put(key, copy.value)
+        if self._holds_readers(key):
+            # A one-round-trip PUT of the key began while the row was being read:
+            # the row may be its tag, so its readers wait as later ones do.
+            self._held_readers.setdefault(key, []).extend(waiting)
+            return
         for callback, _retried in waiting:
             callback(copy)
 
@@ -400,14 +409,21 @@ class NodeCore:
         if self.mutant == "ack-before-commit":
             on_done(None)
 
+    def _holds_readers(self, key: str) -> bool:
+        """Whether a one-round-trip PUT of ``key`` is in progress here. Its tag, committed
+        here first, may yet be refused by a majority and sent again higher (one_trip.py):
+        a reader given it now could see the value, then a write that began after, then
+        the value again."""
+        return key in self.one_trips and self.mutant not in SERVES_IN_PROGRESS
+
     def one_trip_started(self, key: str) -> None:
         self.one_trips.add(key)
 
     def one_trip_ended(self, key: str) -> None:
         """The one-round-trip PUT of ``key`` here is decided: its readers get the copy now."""
         self.one_trips.discard(key)
-        for callback in self._held_readers.pop(key, ()):
-            self.committed_copy(key, callback)
+        for callback, retried in self._held_readers.pop(key, ()):
+            self.committed_copy(key, callback, _retried=retried)
 
     def after_write(self, write_id: int, callback: Callable[[Exception | None], None]) -> None:
         self._writes[write_id][4].append(callback)
@@ -416,11 +432,8 @@ class NodeCore:
         """This node's committed copy of ``key``, from memory or after a ``Load``;
         or, if reading the disk failed, the error to answer with. While a
         one-round-trip PUT of ``key`` is in progress here, once it is decided."""
-        if key in self.one_trips and self.mutant not in SERVES_IN_PROGRESS:
-            # Its tag, committed here first, may yet be refused by a majority and
-            # sent again higher (one_trip.py): a reader given it now could see the
-            # value, then a write that began after, then the value again.
-            self._held_readers.setdefault(key, []).append(callback)
+        if self._holds_readers(key):
+            self._held_readers.setdefault(key, []).append((callback, _retried))
             return
         entry = self.keydir.committed.get(key)
         if entry is None:

@@ -11,8 +11,9 @@ began.
 When a majority refuses (each holds a newer tag), the tag is dead: no majority
 can ever hold it as its newest, so no read can return it. Nor can one have
 returned it already: this node committed it first, but gives its copy of the
-key to no reader (a peer's FETCH, its own quorum reads, hint replay) until the
-PUT is decided (``NodeCore.committed_copy``). Without that hold, a quorum read
+key to no quorum reader (a peer's FETCH, its own quorum reads, hint replay, a disk
+read begun before the PUT) until the PUT is decided (``NodeCore.committed_copy``
+and ``loaded``). Without that hold, a quorum read
 whose own copy was older took the tag from here while the replicas were
 refusing it for concurrent writes, and the retry then put the value above a
 write that began after the read (``serve-in-progress``, twenty clients on ten
