@@ -181,6 +181,18 @@ def test_bad_input_gets_a_clear_error_and_spares_other_connections(node, case):
     assert node.running
 
 
+def test_requests_before_a_fatal_frame_in_the_same_write_are_answered_first(node):
+    """Replies wait for the end of the loop turn (kvwire.server.outbox); a frame that
+    closes the connection must not take the replies read before it with it."""
+    with RawConnection(node.address) as conn:
+        conn.send_bytes(_frame(msgpack.packb({"op": 2, "id": 1})) + _frame(msgpack.packb({"op": 2, "id": 2}))
+                        + b"\x7f\xff\xff\xff")
+        first, second, error = conn.receive(3)
+        assert (first, second) == (Pong(1), Pong(2))
+        assert isinstance(error, ErrorReply) and error.code == ErrorCode.TOO_LARGE
+        assert conn.closed_by_peer(timeout=5)
+
+
 def test_value_over_the_limit_is_refused_and_nothing_is_stored(tmp_path):
     with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-value-bytes", "1000"]) as node:
         with RawConnection(node.address) as conn:

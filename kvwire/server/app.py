@@ -18,6 +18,7 @@ from .connection import NodeProtocol
 from .datadir import DataDirLock
 from .metrics import NodeCollector
 from .node import Node
+from .outbox import Outbox
 from .storage import Storage
 from .tls_listener import TlsListener
 
@@ -69,15 +70,16 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
     tune_garbage_collector()
     node = Node(config, storage)
     connections: set[NodeProtocol] = set()
+    outbox = Outbox(loop)
     try:
         server: asyncio.AbstractServer | TlsListener
         if tls_context is None:
             server = await loop.create_server(
-                lambda: NodeProtocol(node, connections), config.host, config.port, backlog=_LISTEN_BACKLOG
+                lambda: NodeProtocol(node, connections, outbox), config.host, config.port, backlog=_LISTEN_BACKLOG
             )
         else:
             server = await TlsListener.start(
-                lambda: NodeProtocol(node, connections), config.host, config.port, context=tls_context,
+                lambda: NodeProtocol(node, connections, outbox), config.host, config.port, context=tls_context,
                 # The handshake comes before HELLO, and shares its deadline.
                 backlog=_LISTEN_BACKLOG, max_handshakes=config.max_connections, handshake_timeout=config.hello_timeout,
             )

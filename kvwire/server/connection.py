@@ -1,8 +1,8 @@
 """One client or peer connection: bytes in, replies out, nothing more.
 
-``data_received`` feeds the sans-I/O codec, handles every complete request,
-and writes all the replies it could produce at once in a single write; replies
-that wait on storage are gathered and written together on the next loop turn.
+``data_received`` feeds the sans-I/O codec and handles every complete request;
+the replies it could produce at once, and those that waited on storage, are
+gathered and written in one write after the loop turn's reads (``Outbox``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.messages import Consistency, ErrorReply, Get
 from .flow import FlowControl
 from .node import Node, Session
+from .outbox import Outbox
 from .tally import LATENCY_BOUNDS, OpTally
 
 log = logging.getLogger("kvwire.connection")
@@ -34,10 +35,11 @@ _ONE = Consistency.ONE
 
 
 class NodeProtocol(asyncio.Protocol):
-    def __init__(self, node: Node, registry: set[NodeProtocol]) -> None:
+    def __init__(self, node: Node, registry: set[NodeProtocol], outbox: Outbox) -> None:
         self._loop = asyncio.get_running_loop()
         self._node = node
         self._registry = registry
+        self._outbox = outbox
         # Values stay the bytes the client packed, never rebuilt (protocol.values).
         self._codec = Connection(Side.NODE, node.config.limits, raw_values=True)
         self._transport: asyncio.Transport | None = None
@@ -80,7 +82,11 @@ class NodeProtocol(asyncio.Protocol):
         self._codec.receive_data(data)
         replies = self._handle_buffered()
         if replies:
-            self._transport.write(replies)
+            if self._backlog:
+                self._later.append(replies)
+                self._write_later()  # a megabyte of replies: flow control must see them before reading on
+            else:
+                self._queue(replies)
         if self._backlog:
             self._hold_backlog()
         if not self._codec.buffered_bytes:
@@ -93,7 +99,8 @@ class NodeProtocol(asyncio.Protocol):
         self._codec.receive_data(b"")
         replies = self._handle_buffered()
         if replies:
-            self._transport.write(replies)
+            self._later.append(replies)
+        self._write_later()  # now: returning False below closes the transport
         if self._backlog:
             self._hold_backlog()
         # Returning True keeps our side open until the replies to requests
@@ -128,7 +135,8 @@ class NodeProtocol(asyncio.Protocol):
         self._backlog = False
         replies = self._handle_buffered()
         if replies:
-            self._transport.write(replies)
+            self._later.append(replies)
+        self._write_later()
         if self._backlog:
             self._hold_backlog()
         else:
@@ -158,7 +166,7 @@ class NodeProtocol(asyncio.Protocol):
                 replies.append(encode(ErrorReply(exc.request_id, exc.code, exc.message)))
                 if exc.fatal:
                     log.info("closing %s: %s", session.peer, exc.message)
-                    self._transport.write(b"".join(replies))
+                    self._later.extend(replies)
                     self._close()
                     return b""
                 continue
@@ -223,21 +231,29 @@ class NodeProtocol(asyncio.Protocol):
             tally.answer_ok(perf_counter() - started)
         if self._closed:
             return  # the client left; the write itself still completed
-        self._later.append(encode(reply))
+        self._queue(encode(reply))
+
+    def _queue(self, replies: bytes) -> None:
+        self._later.append(replies)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush_later)
+            self._outbox.add(self)
 
-    def _flush_later(self) -> None:
+    def flush(self) -> None:
+        """Write the replies gathered so far (the Outbox calls it once a loop turn)."""
         self._flush_scheduled = False
-        if self._later and not self._closed:
-            self._transport.write(b"".join(self._later))
-        self._later.clear()
+        self._write_later()
         if self._eof and self._flow.inflight == 0 and not self._backlog:
             self._close()
 
+    def _write_later(self) -> None:
+        if self._later and not self._closed:
+            self._transport.write(b"".join(self._later))
+        self._later.clear()
+
     def _close(self) -> None:
         if not self._closed:
+            self._write_later()  # replies still waiting for the loop turn's end go first
             self._closed = True
             self._transport.close()
 
@@ -267,7 +283,7 @@ class NodeProtocol(asyncio.Protocol):
     def close_overdue(self, reason: str) -> None:
         log.info("closing %s: %s", self._session.peer, reason)
         self._node.metrics.connections_timed_out += 1
-        self._transport.write(encode(ErrorReply(None, ErrorCode.TIMEOUT, f"closing the connection: {reason}")))
+        self._later.append(encode(ErrorReply(None, ErrorCode.TIMEOUT, f"closing the connection: {reason}")))
         self._close()
 
     # --- shutdown ----------------------------------------------------------------------

@@ -49,6 +49,7 @@ with atheris.instrument_imports(include=["kvwire"]):
     from kvwire.server.config import Member, ServerConfig, SyncMode
     from kvwire.server.connection import NodeProtocol
     from kvwire.server.node import Node
+    from kvwire.server.outbox import Outbox
     from kvwire.server.storage import Storage
 
     from .checks import Finding, Refusal, decode_all
@@ -133,6 +134,7 @@ class Nodes:
         kvwire_log.propagate = False  # the node's warnings are expected; only errors count
         data_dir = temporary_directory("kvwire-fuzz-node-")
         self.registry: set[NodeProtocol] = set()
+        self.outbox = Outbox(self.loop)
         # The peers' addresses: ports bound but not listening, so that every dial
         # is refused at once and no other program can take them meanwhile.
         self._down_peers = [socket.socket() for _ in range(2)]
@@ -159,7 +161,7 @@ class Nodes:
     async def converse(self, case: FuzzInput, role: Role) -> CollectingTransport:
         """Feed the input to a new connection, wait for every reply, hang up."""
         node = self.by_case[case.limits, bool(case.flags & IN_CLUSTER)]
-        protocol = NodeProtocol(node, self.registry)
+        protocol = NodeProtocol(node, self.registry, self.outbox)
         transport = CollectingTransport(protocol)
         protocol.connection_made(transport)
         if role is Role.PEER:
@@ -175,10 +177,11 @@ class Nodes:
             raise Finding(f"{type(exc).__name__} escaped NodeProtocol: {exc}; stream {case.stream.hex()}") from exc
         if protocol.pending:
             # Each reply is queued by a done-callback registered before asyncio.wait's
-            # own, and flushed by call_soon before this task resumes (as in app.py).
+            # own, and the outbox's flush is scheduled before this task resumes.
             _, waiting = await asyncio.wait(set(protocol.pending), timeout=HANG_SECONDS)
             if waiting:
                 raise Finding(f"{len(waiting)} requests unanswered after {HANG_SECONDS} s; stream {case.stream.hex()}")
+        await asyncio.sleep(0)  # the loop turn ends: the outbox writes the replies read so far
         if not transport.closing:
             transport.close()  # the client hangs up
         await asyncio.sleep(0)  # one turn, for connection_lost (call_soon) to leave the registry

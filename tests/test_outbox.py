@@ -1,0 +1,38 @@
+"""The outbox writes a loop turn's replies once, after every callback of that turn."""
+
+import asyncio
+
+from kvwire.server.outbox import Outbox
+
+
+class Recorder:
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name, self.events = name, events
+
+    def flush(self) -> None:
+        self.events.append(f"flush {self.name}")
+
+
+async def test_each_connection_is_flushed_once_after_the_turns_reads():
+    loop = asyncio.get_running_loop()
+    events: list[str] = []
+    outbox = Outbox(loop)
+    first, second = Recorder("a", events), Recorder("b", events)
+
+    def read(name: str, connection: Recorder) -> None:
+        events.append(f"read {name}")
+        outbox.add(connection)
+
+    # Reads made ready in the same turn, as uvloop runs a poll's callbacks.
+    loop.call_soon(read, "a", first)
+    loop.call_soon(read, "b", second)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert events == ["read a", "read b", "flush a", "flush b"]
+
+    # The next turn starts a new round: one more flush, nothing repeated.
+    events.clear()
+    outbox.add(second)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert events == ["flush b"]
