@@ -11,9 +11,12 @@ import os
 import logging
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -374,3 +377,36 @@ def test_hinting_and_quorum_transitions_are_logged_once_each(tmp_path):
 
 def named_in(records: list[dict], name: str) -> list[dict]:
     return [r for r in records if r["event"] == name]
+
+
+def test_a_stalled_event_loop_and_a_slow_commit_each_say_how_long(tmp_path):
+    """A node that answers nothing for a while says why: its loop was held, or its disk was slow."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--log-format", "json", "--sync", "full"]) as node:
+
+        def events(name: str) -> list[dict]:
+            return [r for r in map(json.loads, stderr_lines(node)) if r.get("event") == name]
+
+        # The loop held: SIGSTOP for 0.6 s (the stall's length is the fault under test).
+        node.pause()
+        time.sleep(0.6)
+        node.resume()
+        stalls = wait_for(lambda: events("loop_stalled"), timeout=5, what="the stall logged")
+        assert max(r["late_ms"] for r in stalls) >= 400, stalls
+        assert all(logging.getLevelName(r["level"]) == logging.WARNING for r in stalls)
+        assert not events("slow_commit")
+
+        # The disk slow: another connection holds SQLite's write lock for 0.7 s while a PUT waits on it.
+        db = sqlite3.connect(tmp_path / "n1" / "kvwire.sqlite3", timeout=5, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            with Client([node.address], timeout=5.0) as client, ThreadPoolExecutor(1) as pool:
+                put = pool.submit(client.put, "waits-for-the-disk", 1)
+                time.sleep(0.7)
+                assert not put.done()  # the commit is waiting on the lock, not failed
+                db.execute("ROLLBACK")
+                assert put.result(timeout=5).counter == 1
+        finally:
+            db.close()
+        (slow,) = wait_for(lambda: events("slow_commit"), timeout=5, what="the slow commit logged")
+        assert slow["commit_ms"] >= 600 and slow["rows"] == 1, slow
+        assert logging.getLevelName(slow["level"]) == logging.WARNING

@@ -19,6 +19,7 @@ from .datadir import DataDirLock
 from .metrics import NodeCollector
 from .node import Node
 from .outbox import Outbox
+from .stall import StallWatch
 from .storage import Storage
 from .tls_listener import TlsListener
 
@@ -88,6 +89,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         raise
     node.start()
     deadlines = DeadlineSweep(loop, connections, config)
+    stalls = StallWatch(loop, config.failure_timeout / 2)
     collector = NodeCollector(node)
     if registry is not None:
         registry.register(collector)
@@ -98,6 +100,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         await stop.wait()
     finally:
         deadlines.stop()
+        stalls.stop()
         if registry is not None:
             registry.unregister(collector)
         await _shut_down(server, connections, node, config.shutdown_timeout)
