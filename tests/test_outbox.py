@@ -5,6 +5,11 @@ import asyncio
 from kvwire.server.outbox import Outbox
 
 
+class Failing:
+    def flush(self) -> None:
+        raise OSError("the transport is gone")
+
+
 class Recorder:
     def __init__(self, name: str, events: list[str]) -> None:
         self.name, self.events = name, events
@@ -36,3 +41,14 @@ async def test_each_connection_is_flushed_once_after_the_turns_reads():
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert events == ["flush b"]
+
+
+async def test_a_connection_whose_flush_fails_does_not_hold_up_the_others(caplog):
+    events: list[str] = []
+    outbox = Outbox(asyncio.get_running_loop())
+    outbox.add(Failing())
+    outbox.add(Recorder("b", events))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert events == ["flush b"]
+    assert "writing the replies of a connection failed" in caplog.text

@@ -11,7 +11,10 @@ reply wakes the client and the rest find it awake.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol
+
+log = logging.getLogger("kvwire.connection")
 
 
 class Flushable(Protocol):
@@ -32,4 +35,7 @@ class Outbox:
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []
         for connection in waiting:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception:  # one connection's failure must not leave the others' replies unsent
+                log.exception("writing the replies of a connection failed")
