@@ -88,6 +88,16 @@ def test_thousand_pipelined_requests_are_answered_and_matched_by_id(node):
     assert all(by_id[p.id] == Pong(p.id) for p in pings)
 
 
+def test_replies_past_what_one_loop_turn_queues_come_back_whole_and_in_order(node):
+    """More than MAX_QUEUED_REPLY_BYTES of replies to one write: some are written
+    before the turn ends (kvwire.server.connection), and none is lost or reordered."""
+    count = 20_000  # about 280 kB of PONG frames
+    with RawConnection(node.address, timeout=20) as conn:
+        conn.send(*(Ping(i) for i in range(count)))
+        replies = conn.receive(count)
+    assert replies == [Pong(i) for i in range(count)]
+
+
 def test_health_reply_has_the_documented_cluster_shape(node):
     with RawConnection(node.address) as conn:
         reply = conn.request(Health(3))
@@ -190,6 +200,14 @@ def test_requests_before_a_fatal_frame_in_the_same_write_are_answered_first(node
         first, second, error = conn.receive(3)
         assert (first, second) == (Pong(1), Pong(2))
         assert isinstance(error, ErrorReply) and error.code == ErrorCode.TOO_LARGE
+        assert conn.closed_by_peer(timeout=5)
+
+
+def test_requests_then_end_of_stream_are_all_answered_before_the_node_closes(node):
+    with RawConnection(node.address) as conn:
+        conn.send_bytes(b"".join(_frame(msgpack.packb({"op": 2, "id": i})) for i in range(1, 4)))
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.receive(3) == [Pong(1), Pong(2), Pong(3)]
         assert conn.closed_by_peer(timeout=5)
 
 

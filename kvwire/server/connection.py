@@ -28,6 +28,10 @@ log = logging.getLogger("kvwire.connection")
 # large values without reading replies makes the node buffer replies without
 # bound (20 bytes of request, a megabyte of reply).
 MAX_REPLY_BYTES_PER_PASS = 1 << 20
+# Replies queued for the end of the loop turn (kvwire.server.outbox) past this
+# are written at once: libuv may hand one connection up to 32 full reads in a
+# turn, and flow control only sees what has been written.
+MAX_QUEUED_REPLY_BYTES = 64 * 1024
 
 # ErrorCode -> the metrics' result label.
 _RESULTS = {code: code.name.lower() for code in ErrorCode}
@@ -46,6 +50,7 @@ class NodeProtocol(asyncio.Protocol):
         self._flow: FlowControl | None = None
         self._session: Session | None = None
         self._later: list[bytes] = []
+        self._later_bytes = 0
         self._flush_scheduled = False
         self._closed = False
         self._eof = False
@@ -174,6 +179,8 @@ class NodeProtocol(asyncio.Protocol):
                 break
             if request is CLOSED:
                 if self._flow.inflight == 0:
+                    self._later.extend(replies)  # _close writes them first
+                    replies.clear()
                     self._close()
                 break
             self._requests_read += 1
@@ -235,7 +242,10 @@ class NodeProtocol(asyncio.Protocol):
 
     def _queue(self, replies: bytes) -> None:
         self._later.append(replies)
-        if not self._flush_scheduled:
+        self._later_bytes += len(replies)
+        if self._later_bytes > MAX_QUEUED_REPLY_BYTES:
+            self._write_later()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._outbox.add(self)
 
@@ -250,6 +260,7 @@ class NodeProtocol(asyncio.Protocol):
         if self._later and not self._closed:
             self._transport.write(b"".join(self._later))
         self._later.clear()
+        self._later_bytes = 0
 
     def _close(self) -> None:
         if not self._closed:

@@ -382,7 +382,7 @@ class Storage:
         if seconds >= SLOW_COMMIT_SECONDS:
             log.warning("slow disk: a group commit to %s took %d ms, fsync included; the %d writes in it "
                         "waited that long", self.path, seconds * 1000, len(batch),
-                        extra={"event": "slow_commit", "commit_ms": round(seconds * 1000), "rows": len(batch)})
+                        extra={"event": "slow_commit", "commit_ms": round(seconds * 1000), "writes": len(batch)})
         self.batch_rows.observe(len(rows) + len(hint_rows) + len(unhint_rows) + len(purge_rows))
         for waiter in floor_waiters:
             if not waiter.done():
