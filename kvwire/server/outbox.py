@@ -2,10 +2,10 @@
 
 A node that writes each reply as soon as its request is read alternates reads
 and writes, and each write wakes a client that had gone back to sleep: the
-wake-up (``sock_def_readable`` in the kernel's write) was a quarter of a
-one-node GET's kernel time under 50 connections, a fifth (perf, 2026-12-02). Written
-after the turn's reads, as redis-server writes in ``beforeSleep``, the first
-reply wakes the client and the rest find it awake.
+wake-up (``sock_def_readable`` in the kernel's write) was about a fifth of a
+one-node GET node's kernel time under 50 connections (perf, 2026-12-02).
+Written after the turn's reads, as redis-server writes in ``beforeSleep``,
+the first reply wakes the client and the rest find it awake.
 """
 
 from __future__ import annotations
