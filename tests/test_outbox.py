@@ -5,6 +5,15 @@ import asyncio
 from kvwire.server.outbox import Outbox
 
 
+async def turns_until(condition, turns: int = 10) -> None:
+    """Let the loop run turn by turn until ``condition()`` holds, for at most ``turns``."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)  # one loop turn, not a wait for time to pass
+    raise AssertionError(f"not within {turns} loop turns")
+
+
 class Failing:
     def flush(self) -> None:
         raise OSError("the transport is gone")
@@ -31,15 +40,13 @@ async def test_each_connection_is_flushed_once_after_the_turns_reads():
     # Reads made ready in the same turn, as uvloop runs a poll's callbacks.
     loop.call_soon(read, "a", first)
     loop.call_soon(read, "b", second)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await turns_until(lambda: len(events) >= 4)
     assert events == ["read a", "read b", "flush a", "flush b"]
 
     # The next turn starts a new round: one more flush, nothing repeated.
     events.clear()
     outbox.add(second)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await turns_until(lambda: events)
     assert events == ["flush b"]
 
 
@@ -48,7 +55,6 @@ async def test_a_connection_whose_flush_fails_does_not_hold_up_the_others(caplog
     outbox = Outbox(asyncio.get_running_loop())
     outbox.add(Failing())
     outbox.add(Recorder("b", events))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await turns_until(lambda: events)
     assert events == ["flush b"]
     assert "writing the replies of a connection failed" in caplog.text

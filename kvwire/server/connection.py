@@ -86,14 +86,11 @@ class NodeProtocol(asyncio.Protocol):
         read_before = self._requests_read
         self._codec.receive_data(data)
         replies = self._handle_buffered()
-        if replies:
-            if self._backlog:
-                self._later.append(replies)
-                self._write_later()  # a megabyte of replies: flow control must see them before reading on
-            else:
-                self._queue(replies)
         if self._backlog:
+            self._write_now(replies)  # a megabyte of replies: flow control must see them before reading on
             self._hold_backlog()
+        elif replies:
+            self._queue(replies)
         if not self._codec.buffered_bytes:
             self._partial_since = None
         elif self._partial_since is None or self._requests_read != read_before:
@@ -102,10 +99,7 @@ class NodeProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self._eof = True
         self._codec.receive_data(b"")
-        replies = self._handle_buffered()
-        if replies:
-            self._later.append(replies)
-        self._write_later()  # now: returning False below closes the transport
+        self._write_now(self._handle_buffered())  # returning False below closes the transport
         if self._backlog:
             self._hold_backlog()
         # Returning True keeps our side open until the replies to requests
@@ -138,10 +132,7 @@ class NodeProtocol(asyncio.Protocol):
         if self._closed or not self._backlog or self._flow.writing_paused:
             return
         self._backlog = False
-        replies = self._handle_buffered()
-        if replies:
-            self._later.append(replies)
-        self._write_later()
+        self._write_now(self._handle_buffered())
         if self._backlog:
             self._hold_backlog()
         else:
@@ -255,6 +246,12 @@ class NodeProtocol(asyncio.Protocol):
         self._write_later()
         if self._eof and self._flow.inflight == 0 and not self._backlog:
             self._close()
+
+    def _write_now(self, replies: bytes) -> None:
+        """``replies``, after those already queued, without waiting for the turn's end."""
+        if replies:
+            self._later.append(replies)
+        self._write_later()
 
     def _write_later(self) -> None:
         if self._later and not self._closed:
