@@ -18,6 +18,9 @@ def node(tmp_path):
 
 @pytest.fixture(scope="module")
 def shared_node(tmp_path_factory):
-    """One real node per test module, for the tests that neither kill nor pause it nor need it empty."""
-    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("shared") / "n1") as started:
+    """One real node per test module, for the tests that neither kill nor pause it nor need it empty.
+
+    With ``--sync normal``: none of them is about durability (test_durability is),
+    and some bound a call's time, which a shared disk's fsync stall must not break."""
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("shared") / "n1", extra_args=["--sync", "normal"]) as started:
         yield started

@@ -50,7 +50,8 @@ LIVE = "n1"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("consistency")
-    with LocalCluster(3, data_dir=root / "data") as started:
+    # --sync normal: not a durability test; a shared disk's fsync stall must not fail a write.
+    with LocalCluster(3, data_dir=root / "data", sync="normal") as started:
         # A standalone bridge that knows only n1, started while everything is up.
         with BridgeProcess(started.endpoints_of(LIVE), log_path=root / "bridge.log", args=["--timeout", "5"]) as bridge:
             started.bridge = bridge

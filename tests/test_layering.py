@@ -90,12 +90,11 @@ def test_the_graph_sees_the_whole_tree():
     assert "kvwire.protocol.codec" in GRAPH["kvwire.server.node"] or "kvwire.protocol.messages" in GRAPH["kvwire.server.node"]
 
 
-@pytest.mark.parametrize("module", sorted(MODULES))
+# kvwire.cli may import anything, so only the layers with a rule are checked.
+@pytest.mark.parametrize("module", sorted(module for module in MODULES if ALLOWED[_layer(module)] is not None))
 def test_imports_run_one_way(module):
     layer = _layer(module)
     allowed = ALLOWED[layer]
-    if allowed is None:
-        return
     if "kvwire.client" in allowed:
         allowed = allowed | {"kvwire"}  # the package's public API is the client's and the protocol's
     wrong = sorted(

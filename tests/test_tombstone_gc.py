@@ -42,7 +42,8 @@ def _assert_absent_everywhere(cluster, node_ids):
 
 
 def test_a_tombstone_waits_for_the_replica_that_missed_it_and_the_key_stays_deleted(tmp_path):
-    with LocalCluster(3, data_dir=tmp_path, node_args=GC_ARGS) as cluster:
+    # --sync normal: not a durability test; a shared disk's fsync stall must not fail a write.
+    with LocalCluster(3, data_dir=tmp_path, node_args=GC_ARGS, sync="normal") as cluster:
         with Client(cluster.endpoints) as client:
             old = client.put(KEY, b"old value")
         wait_for(lambda: _committed(cluster, "n3")[0] == old, timeout=5, what="n3 holding the old value")

@@ -260,8 +260,10 @@ def test_haproxy_keeps_serving_while_a_killed_node_comes_back(tmp_path):
             "--data-dir", str(tmp_path / "data"), "--sync", "off", env={**os.environ, **lb})
     try:
         up.wait_printed("KVWIRE_ENDPOINTS=")
+        for address, _, _ in up.nodes().values():
+            wait_for(lambda: sees_nodes_up(address, 3), timeout=10, what=f"{address} seeing every node UP")
         with Client([lb["KVWIRE_LB_TCP"]], timeout=3) as through_haproxy:
-            wait_for(lambda: through_haproxy.put("k", "v1") or True, timeout=10, what="a write through haproxy")
+            through_haproxy.put("k", "v1")
             os.kill(up.nodes()["n3"][1], signal.SIGKILL)
             wait_for(lambda: "restarted n3" in up.stdout, timeout=5, what="n3 restarted")
             through_haproxy.put("k", "v2")  # haproxy, and the two other nodes, kept running

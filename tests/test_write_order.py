@@ -53,6 +53,11 @@ async def test_no_peer_sees_a_tag_before_the_coordinator_has_committed_it(tmp_pa
         try:
             await asyncio.to_thread(node.wait_ready)
             async with AsyncClient([node.address], timeout=10) as client:
+                # Peers start DOWN: writes need n1 to have heard both first.
+                deadline = asyncio.get_running_loop().time() + 10
+                while (await client.health())["cluster"]["healthy_nodes"] != 3:
+                    assert asyncio.get_running_loop().time() < deadline, "n1 never saw its scripted peers UP"
+                    await asyncio.sleep(0.02)
                 versions = await asyncio.gather(*(client.put(f"k{n}", n) for n in range(40)))
         finally:
             await asyncio.to_thread(node.stop)
