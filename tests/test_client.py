@@ -23,7 +23,7 @@ from kvwire import (
 )
 from kvwire.client import ClientConnection
 from kvwire.protocol import Delete, ErrorReply, Limits, Ping, Pong, Put, PutReply, encode
-from kvwire.testing import NodeProcess, ScriptedNode, free_port
+from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for_async
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
 VALUES = [
@@ -256,7 +256,7 @@ async def test_cancelled_call_leaves_the_connection_usable(node):
         node.pause()
         try:
             task = asyncio.ensure_future(client.get("k"))
-            await asyncio.sleep(0)  # let it send
+            await wait_for_async(node.unread_bytes, timeout=5, what="the GET waiting in the stopped node's socket")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -314,7 +314,7 @@ async def test_requests_in_flight_fail_fast_when_the_node_dies(node):
         await client.ping()
         node.pause()
         calls = [asyncio.ensure_future(client.get(f"k{i}")) for i in range(10)]
-        await asyncio.sleep(0)  # sent, unanswered
+        await wait_for_async(node.unread_bytes, timeout=5, what="the GETs waiting in the stopped node's socket")
         started = time.monotonic()
         node.kill()
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -387,7 +387,7 @@ async def test_close_fails_calls_still_waiting(node):
     node.pause()
     try:
         call = asyncio.ensure_future(client.get("k"))
-        await asyncio.sleep(0)
+        await wait_for_async(node.unread_bytes, timeout=5, what="the GET waiting in the stopped node's socket")
         await client.close()
         with pytest.raises(KvwireConnectionError, match="closed"):
             await call

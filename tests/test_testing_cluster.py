@@ -1,7 +1,9 @@
 """kvwire.testing: LocalCluster, real nodes on 127.0.0.x driven by signals, and the ChildProcess under them."""
 
+import asyncio
 import io
 import signal
+import socket
 import sys
 import threading
 import time
@@ -9,7 +11,7 @@ import time
 import pytest
 
 from kvwire import Client
-from kvwire.testing import ChildProcess, LineCopy, LocalCluster, wait_for
+from kvwire.testing import ChildProcess, LineCopy, LocalCluster, NodeProcess, unread_bytes, wait_for, wait_for_async
 
 
 def test_a_cluster_starts_on_one_loopback_address_per_node_and_stops(tmp_path):
@@ -112,3 +114,46 @@ def test_with_stops_the_child_even_when_it_never_becomes_ready(tmp_path):
         with child:
             pass
     assert child.returncode == -signal.SIGKILL  # stop_grace 0: killed at once
+
+
+def test_unread_bytes_counts_what_a_listener_received_and_has_not_read():
+    with socket.create_server(("127.0.0.2", 0)) as listener:
+        address = f"127.0.0.2:{listener.getsockname()[1]}"
+        with socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert unread_bytes(address) == 0
+                client.sendall(b"x" * 123)
+                wait_for(lambda: unread_bytes(address) == 123, timeout=5, what="123 bytes queued")
+                assert accepted.recv(100) == b"x" * 100
+                assert unread_bytes(address) == 23
+                # Another listener's connections are not counted.
+                assert unread_bytes(f"127.0.0.2:{listener.getsockname()[1] + 1}") == 0
+
+
+def test_a_stopped_node_holds_a_request_unread_until_it_resumes(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as node, Client([node.address], timeout=10) as client:
+        client.ping()
+        with socket.create_connection((node.host, node.port)) as raw:
+            node.pause()
+            try:
+                raw.sendall(b"\x00\x00\x00\x01")  # a frame header, read once the node runs again
+                wait_for(lambda: node.unread_bytes() == 4, timeout=5, what="4 bytes unread by the stopped node")
+            finally:
+                node.resume()
+            wait_for(lambda: node.unread_bytes() == 0, timeout=5, what="the node reading its socket again")
+
+
+def test_wait_for_returns_the_first_truthy_result_or_times_out_naming_what():
+    answers = iter([None, 0, "", "ready", "later"])
+    assert wait_for(lambda: next(answers), timeout=5, interval=0) == "ready"
+    with pytest.raises(TimeoutError, match="the thing not met within 0.05 s"):
+        wait_for(lambda: False, timeout=0.05, what="the thing")
+
+
+async def test_wait_for_async_lets_the_loop_run_between_polls():
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.05, done.set_result, "set by the loop")
+    assert await wait_for_async(lambda: done.done() and done.result(), timeout=5) == "set by the loop"
+    with pytest.raises(TimeoutError, match="never not met within 0.05 s"):
+        await wait_for_async(lambda: None, timeout=0.05, what="never")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from .certs import DevCerts
 from .cluster import LocalCluster
 from .errors import error_classes, sample_error
-from .node import NodeProcess, free_port, free_port_run, wait_for
+from .node import NodeProcess, free_port, free_port_run, unread_bytes, wait_for, wait_for_async
 from .process import ChildProcess, LineCopy
 from .scripted import ScriptedNode
 from .wire import RawConnection
@@ -36,5 +36,7 @@ __all__ = [
     "free_port",
     "free_port_run",
     "sample_error",
+    "unread_bytes",
     "wait_for",
+    "wait_for_async",
 ]

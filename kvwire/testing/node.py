@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence, TypeVar
 
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
 from .process import ChildProcess
@@ -49,16 +50,57 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.02, what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy; raise TimeoutError at the deadline."""
+def _polls(condition: Callable[[], T], timeout: float, what: str) -> Generator[None, None, T]:
+    """Check ``condition`` once per step; the caller waits between steps. Returns
+    its first truthy result; raises TimeoutError at the deadline."""
     deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
+    while not (result := condition()):
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
+        yield
+    return result
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; raise TimeoutError at the deadline."""
+    polls = _polls(condition, timeout, what)
+    try:
+        while True:
+            next(polls)
+            time.sleep(interval)
+    except StopIteration as met:
+        return met.value
+
+
+async def wait_for_async(condition: Callable[[], T], *, timeout: float, interval: float = 0.01,
+                         what: str = "condition") -> T:
+    """:func:`wait_for` for a test's event loop: it runs between the polls, so the
+    condition may wait on what the loop does (a client writing its request)."""
+    polls = _polls(condition, timeout, what)
+    try:
+        while True:
+            next(polls)
+            await asyncio.sleep(interval)
+    except StopIteration as met:
+        return met.value
+
+
+def unread_bytes(address: str) -> int:
+    """Bytes the kernel holds, received and not yet read, on the accepted TCP
+    connections of the IPv4 listener at ``address`` (``/proc/net/tcp``): what
+    clients sent to a stopped node."""
+    host, port = address.rsplit(":", 1)
+    wanted = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{int(port):04X}"
+    total = 0
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            # local address, remote address, state, tx_queue:rx_queue; an established
+            # connection (01) or one its client has closed (08, CLOSE_WAIT) may hold some.
+            if fields[1] == wanted and fields[3] in ("01", "08"):
+                total += int(fields[4].split(":")[1], 16)
+    return total
 
 
 class NodeProcess(ChildProcess):
@@ -155,6 +197,10 @@ class NodeProcess(ChildProcess):
 
     def resume(self) -> None:
         self.send_signal(signal.SIGCONT)
+
+    def unread_bytes(self) -> int:
+        """Bytes sent to this node that it has not read yet (see :func:`unread_bytes`)."""
+        return unread_bytes(self.address)
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"
