@@ -807,6 +807,51 @@ def test_finishing_an_older_tag_does_not_free_a_stranded_key():
     assert "k" in core.stranded  # (5, n2) is below this node's copy: still stranded
 
 
+def lookup_put(core, request_id, value, answer):
+    """A retried PUT of ``k`` through ``core`` whose LOOKUP is answered ``answer``: the effects that follow."""
+    core.request(f"put-{value}", Put(7, "k", value, request_id, True), 0.0)
+    (lookup,) = effects_of(core, Send)
+    core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, answer, False), 0.0)
+    return core.take_effects()
+
+
+def failed_lookup_put(core):
+    """A LOOKUP PUT through ``core`` committed here, then no peer took it (simulator seed 21740)."""
+    commit_all(core, lookup_put(core, "req-a", "a", Version(6, "n3")))
+    for send in effects_of(core, Send):
+        core.peer_failed(send.peer, send.request_id, 0.0)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
+    assert core.keydir.latest_version("k") == Version(7, "n1")  # here alone
+
+
+def test_a_lookup_put_never_mints_above_a_copy_that_failed_here_and_no_answer_holds():
+    # Stacked, (8, n1) would be two above the majority's (6, n3). Had this PUT
+    # failed too, its retry through n2 would be acknowledged at (7, n2), a later
+    # write at (8, n2) would be below (8, n1), and (8, n1) would surface above it.
+    core = make_core()
+    link_all(core)
+    failed_lookup_put(core)
+    assert "k" in core.stranded
+    effects = lookup_put(core, "req-b", "b", Version(6, "n3"))
+    assert [e for e in effects if type(e) is Persist] == []  # nothing minted
+    (respond,) = [e for e in effects if type(e) is Respond]
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is False
+    assert "failed here" in respond.reply.message
+    # Once an answer holds this node's copy (its hint was replayed, say), it mints above it.
+    (persist,) = [e for e in lookup_put(core, "req-c", "c", Version(7, "n1")) if type(e) is Persist]
+    assert persist.version == Version(8, "n1")
+
+
+def test_the_mutant_stack_on_stranded_mints_above_the_failed_copy():
+    core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
+                    mutant="stack-on-stranded")
+    link_all(core)
+    failed_lookup_put(core)
+    (persist,) = [e for e in lookup_put(core, "req-b", "b", Version(6, "n3")) if type(e) is Persist]
+    assert persist.version == Version(8, "n1")
+
+
 def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
     # Two refusals make the tag dead and send it again above them; a joining node's
     # newer tag may be one the others never held, so it is not counted as one.

@@ -74,6 +74,7 @@ MUTANTS = (
     "ignore-observed",  # a replica whose tombstone's DELETE read a refused one-round-trip tag does not say so
     "forget-read-requests",  # a replica holding newer than a quorum read's write-back does not remember its request
     "serve-in-progress",  # a reader is given the tag of a one-round-trip PUT still in progress here
+    "stack-on-stranded",  # a LOOKUP PUT mints above this node's copy from a failed write that no answer holds
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -127,7 +128,7 @@ class NodeCore:
         self.applied = AppliedRequests()
         # What recent conditional tombstones here were conditioned on (observed.py).
         self.observed = ObservedVersions(remember=mutant != "ignore-observed")
-        # Keys a one-round-trip PUT left undecided here, until a LOOKUP write passes them (one_trip.py).
+        # Keys a write left undecided here, until a LOOKUP write passes them (one_trip.py, Write._mint).
         self.stranded: set[str] = set()
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
         # Readers of those keys' committed copies, waiting for the PUT to be decided (one_trip.py),

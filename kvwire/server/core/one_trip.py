@@ -50,9 +50,13 @@ with every peer usable, and only in clusters of three nodes: with more, a dead
 tag could be applied and remembered (with its request id) by a replica the
 next attempt does not reach.
 
+Any write that ends here with ``maybe_applied`` strands its key too, and the
+LOOKUP path will not mint above such a copy while no answer holds it
+(``operations.Write._mint``).
+
 Stranded keys are kept in memory, and rebuilt at start from the tentative
-request records on disk (a PUT without a request id leaves none: after a
-restart, its key may take one round trip again).
+request records on disk (a PUT without a request id leaves none, nor does a
+LOOKUP write or a DELETE: after a restart, such a key is not stranded).
 """
 
 from __future__ import annotations

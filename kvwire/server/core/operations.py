@@ -271,6 +271,9 @@ class _ReplicatedWrite:
             return
         self._answered = True
         self._timer.cancel()
+        if error is not None and getattr(error, "maybe_applied", False):
+            # This node may hold the key at a tag no majority has (Write._mint).
+            self._core.stranded.add(self._request.key)
         if error is None and self._expect is not None:
             self._hint_missed()
         self._core.respond(self._token, self._success() if error is None else error)
@@ -361,7 +364,20 @@ class Write(_ReplicatedWrite):
         # This node's own tag is read now, not with the round: a write of this
         # key that it started meanwhile is pending here, and the new tag must
         # pass it, or two writes in flight would share one tag.
-        copies.append(core.keydir.latest(key))
+        own = core.keydir.latest(key)
+        if copies and key in core.stranded and own.version > max(copy.version for copy in copies) \
+                and core.mutant != "stack-on-stranded":
+            # A write of the key failed here, and no answer holds this node's
+            # copy: a tag above it would be two above what the majority held. Should this PUT fail too, a retry elsewhere would be
+            # acknowledged lower, and a write after that retry, one above it,
+            # could still be below this tag, which would surface above it later
+            # (docs/design.md 1.2, step 2). Nothing is written: the client tries
+            # another node, and this node mints again once its copy has spread
+            # (hint replay) or a newer one has come.
+            self._no_quorum("this node holds a copy of the key from a write that failed here, above what the "
+                            "majority answered; try another node", maybe_applied=False)
+            return
+        copies.append(own)
         newest = max(copies, key=lambda copy: copy.version)
         self._created = newest.absent
         self._version = core.mint(newest.version)
