@@ -774,6 +774,33 @@ def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(1, "n1"), True)
 
 
+def joining_retry(mutant=None):
+    """Seed 39322: n3 lost its disk, applied n1's one-round-trip (1, n1) of req-1 while
+    joining (a tentative record), and a retry of req-1 reaches it. n2 holds (3, n2),
+    written before the PUT began, which n3's lost disk held."""
+    core = NodeCore(ServerConfig(node_id="n3", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
+                    joining=True, mutant=mutant)
+    link_all(core)
+    assert replicate(core, Version(1, "n1"), request="req-1").joining
+    core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
+    answers = {"n1": ReplicateReply(1, False, Version(1, "n1"), Version(1, "n1"), False),
+               "n2": ReplicateReply(1, False, Version(3, "n2"), Version(3, "n2"), False)}
+    answer_sends(core, lambda send: answers[send.peer] if send.message_type is Replicate else None)
+    (respond,) = effects_of(core, Respond)
+    return respond.reply
+
+
+def test_a_joining_node_finishing_a_tentative_tag_does_not_count_its_own_copy():
+    # Its copy is its newest only because the write above it was on the disk it lost:
+    # counted, it and n1 would acknowledge (1, n1) below (3, n2).
+    reply = joining_retry()
+    assert isinstance(reply, NoQuorumError) and reply.maybe_applied is True
+
+
+def test_the_mutant_joining_vouches_acknowledges_the_tag_below_the_newer_write():
+    assert joining_retry("joining-vouches") == PutReply(7, Version(1, "n1"), False)
+
+
 def test_a_key_below_the_tag_floor_takes_the_lookup_round():
     # Other nodes may not have adopted the floor yet: a copy left undecided here
     # at floor + 1 would outrank their later writes.

@@ -75,6 +75,7 @@ MUTANTS = (
     "forget-read-requests",  # a replica holding newer than a quorum read's write-back does not remember its request
     "serve-in-progress",  # a reader is given the tag of a one-round-trip PUT still in progress here
     "stack-on-stranded",  # a LOOKUP PUT mints above this node's copy from a failed write that no answer holds
+    "joining-vouches",  # a joining node finishing a retried PUT's tentative tag counts its own copy of it
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

@@ -221,7 +221,13 @@ class _ReplicatedWrite:
             self._answer(error)  # the disk refused it: say so, not "no quorum"
             return
         request_id = getattr(self._request, "request", None)
-        if self._exact and (latest := core.keydir.latest_version(self._request.key)) != self._version \
+        if self._exact and core.joining and core.mutant != "joining-vouches":
+            # Finishing a tentative tag counts only replicas that hold it as their
+            # newest, and a joining node's newest proves nothing: the write that
+            # superseded the tag may be one its lost disk held. Its own copy counts
+            # neither way, as a joining replica's answer does not (fanout.py).
+            self._failed += 1
+        elif self._exact and (latest := core.keydir.latest_version(self._request.key)) != self._version \
                 and not core.observed.deleted_after_reading(self._request.key, latest, self._version):
             self._refused += 1  # holds a newer tag: not this write's (nor one whose DELETE read it)
         else:
