@@ -374,12 +374,13 @@ class Write(_ReplicatedWrite):
         if copies and key in core.stranded and own.version > max(copy.version for copy in copies) \
                 and core.mutant != "stack-on-stranded":
             # A write of the key failed here, and no answer holds this node's
-            # copy: a tag above it would be two above what the majority held. Should this PUT fail too, a retry elsewhere would be
-            # acknowledged lower, and a write after that retry, one above it,
-            # could still be below this tag, which would surface above it later
-            # (docs/design.md 1.2, step 2). Nothing is written: the client tries
-            # another node, and this node mints again once its copy has spread
-            # (hint replay) or a newer one has come.
+            # copy: a tag above it would be two above what the majority held.
+            # Should this PUT fail too, a retry elsewhere would be acknowledged
+            # lower, and a write after that retry, one above it, could still be
+            # below this tag, which would surface above it later (docs/design.md
+            # 1.2, step 2). Nothing is written: the client tries another node,
+            # and this node mints again once its copy has spread (hint replay)
+            # or a newer one has come.
             self._no_quorum("this node holds a copy of the key from a write that failed here, above what the "
                             "majority answered; try another node", maybe_applied=False)
             return
