@@ -25,8 +25,9 @@ from kvwire.server.core.buckets import bucket_of
 MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
 
 
-def make_core(node_id="n1", members=MEMBERS, **config) -> NodeCore:
-    return NodeCore(ServerConfig(node_id=node_id, members=members, data_dir=Path("unused"), insecure=True, **config), 0.0)
+def make_core(node_id="n1", members=MEMBERS, *, mutant=None, joining=False, **config) -> NodeCore:
+    return NodeCore(ServerConfig(node_id=node_id, members=members, data_dir=Path("unused"), insecure=True, **config), 0.0,
+                    mutant=mutant, joining=joining)
 
 
 def effects_of(core, kind):
@@ -535,8 +536,7 @@ def test_a_replica_remembers_the_request_of_a_read_write_back_even_holding_newer
 
 def test_a_quorum_read_write_back_says_read_and_the_mutant_does_not():
     for mutant, read in ((None, True), ("forget-read-requests", None)):
-        core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
-                        mutant=mutant)
+        core = make_core("n1", mutant=mutant)
         link_all(core)
         live_key(core, Version(2, "n1"))
         core.applied.remember("req", "k", Version(2, "n1"), 0.0)
@@ -664,8 +664,7 @@ def test_a_disk_read_begun_before_a_one_round_trip_put_is_held_too():
 
 
 def test_the_mutant_serve_in_progress_gives_the_tag_at_once():
-    core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
-                    mutant="serve-in-progress")
+    core = make_core("n1", mutant="serve-in-progress")
     first_put_sent(core)
     assert fetch_reply(core).version == Version(1, "n1")
 
@@ -697,8 +696,7 @@ def test_a_replica_whose_tombstone_read_the_tag_says_observed_and_remembers_the_
 
 
 def test_the_mutant_ignore_observed_never_says_observed():
-    core = NodeCore(ServerConfig(node_id="n2", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
-                    mutant="ignore-observed")
+    core = make_core("n2", mutant="ignore-observed")
     replicate(core, Version(2, "n1"), deleted=True, expect=Version(1, "n3"))
     assert replicate(core, Version(1, "n3")).observed is None
 
@@ -758,8 +756,7 @@ def test_a_retry_and_a_peer_down_take_the_lookup_round():
 
 
 def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not_count_it():
-    replica = NodeCore(ServerConfig(node_id="n2", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
-                       joining=True)
+    replica = make_core("n2", joining=True)
     reply = replicate(replica, Version(4, "n1"))
     assert reply.applied and reply.joining and reply.prior is None  # it lost its disk: what it held proves nothing
     core = make_core()
@@ -778,8 +775,7 @@ def joining_retry(mutant=None):
     """Seed 39322: n3 lost its disk, applied n1's one-round-trip (1, n1) of req-1 while
     joining (a tentative record), and a retry of req-1 reaches it. n2 holds (3, n2),
     written before the PUT began, which n3's lost disk held."""
-    core = NodeCore(ServerConfig(node_id="n3", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
-                    joining=True, mutant=mutant)
+    core = make_core("n3", joining=True, mutant=mutant)
     link_all(core)
     assert replicate(core, Version(1, "n1"), request="req-1").joining
     core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
@@ -871,8 +867,7 @@ def test_a_lookup_put_never_mints_above_a_copy_that_failed_here_and_no_answer_ho
 
 
 def test_the_mutant_stack_on_stranded_mints_above_the_failed_copy():
-    core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
-                    mutant="stack-on-stranded")
+    core = make_core("n1", mutant="stack-on-stranded")
     link_all(core)
     failed_lookup_put(core)
     (persist,) = [e for e in lookup_put(core, "req-b", "b", Version(6, "n3")) if type(e) is Persist]
