@@ -50,9 +50,9 @@ with every peer usable, and only in clusters of three nodes: with more, a dead
 tag could be applied and remembered (with its request id) by a replica the
 next attempt does not reach.
 
-Any write that ends here with ``maybe_applied`` strands its key too, and the
-LOOKUP path will not mint above such a copy while no answer holds it
-(``operations.Write._mint``).
+Any write that ends with ``maybe_applied`` strands its key
+(``_ReplicatedWrite._answer``), and the LOOKUP path will not mint above such
+a copy while no answer holds it (``operations.Write._mint``).
 
 Stranded keys are kept in memory, and rebuilt at start from the tentative
 request records on disk (a PUT without a request id leaves none, nor does a
@@ -146,9 +146,8 @@ class OneTripWrite(_ReplicatedWrite):
                 return
             self._local_pending = False
             if error is not None:
-                # An earlier attempt's tag went to the peers: it may be applied there.
-                if attempt > 1:
-                    core.stranded.add(key)
+                # An earlier attempt's tag went to the peers: it may be applied there
+                # (and then ``_answer`` strands the key, as for any such write).
                 self._answer(disk_error(error, maybe_applied=attempt > 1))
                 return
             request_id = self._request.request
@@ -194,13 +193,6 @@ class OneTripWrite(_ReplicatedWrite):
         else:
             self._refused += 1
         self._decide()
-
-    def _no_quorum(self, why: str, *, maybe_applied: bool) -> None:
-        # This node may now hold the key at a tag no majority has: until a write
-        # of the key through the LOOKUP round has passed it, take that round
-        # (see ``stranded`` in the module docstring).
-        self._core.stranded.add(self._request.key)
-        super()._no_quorum(why, maybe_applied=maybe_applied)
 
     def _decide(self) -> None:
         core = self._core
