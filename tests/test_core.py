@@ -874,6 +874,29 @@ def test_the_mutant_stack_on_stranded_mints_above_the_failed_copy():
     assert persist.version == Version(8, "n1")
 
 
+def test_a_retry_finds_its_first_attempt_landed_here_during_its_lookup_round():
+    """A retried PUT through n1 whose LOOKUP is out when a quorum read through n3
+    writes the PUT's first attempt, (5, n3), back here, and a newer write, (6, n2),
+    follows it. Then the LOOKUP's answer: n2 holds (6, n2) and knows nothing of the
+    request. The read that wrote (5, n3) back answered "first", and "second" came
+    after it: a new tag above (6, n2), (7, n1), would apply the PUT a second time,
+    and "first" would be read again after "second". The retry finishes (5, n3),
+    which n1 holds already, so it needs only the peers."""
+    core = make_core()
+    link_all(core)
+    core.request("retry", Put(7, "k", "first", "req-1", True), 0.0)
+    (lookup,) = effects_of(core, Send)
+    assert lookup.message_type is Lookup
+    core.request("wb", Replicate(1, "k", Version(5, "n3"), "first", False, None, "req-1", True), 0.0, from_peer=True)
+    commit_all(core, core.take_effects())
+    core.take_effects()
+    assert replicate(core, Version(6, "n2"), value="second").applied
+    core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(6, "n2"), False), 0.0)
+    effects = core.take_effects()
+    assert not [e for e in effects if type(e) is Persist]
+    assert {e.fields[1] for e in effects if type(e) is Send} == {Version(5, "n3")}
+
+
 def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
     # Two refusals make the tag dead and send it again above them; a joining node's
     # newer tag may be one the others never held, so it is not counted as one.

@@ -332,11 +332,23 @@ class Write(_ReplicatedWrite):
             self._no_quorum(f"{self._round.reachable} of {core.cluster_size} nodes answered, {core.quorum} needed",
                             maybe_applied=False)
             return
-        if self._round.request_versions and core.mutant != "ignore-request-id":
-            newest = max(version for version, _ in self._round.request_versions)
+        found = list(self._round.request_versions)
+        request_id = self._request.request
+        if request_id is not None:
+            # This node's own record is read again now, not only at start: an
+            # earlier attempt's tag may have landed here during the round (a
+            # quorum read's write-back, its own REPLICATE), and been read and
+            # overwritten since; a new tag would apply the PUT a second time,
+            # above that later write. The simulator's workload does not reach
+            # this (docs/design.md 1.2, step 6), so it has no mutant;
+            # tests/test_core.py drives it step by step.
+            own = core.applied.find(request_id, self._request.key, core.now)
+            if own is not None:
+                found.append((own.version, own.tentative))
+        if found and core.mutant != "ignore-request-id":
+            newest = max(version for version, _ in found)
             # Tentative only if no answer knew it held by more than its coordinator.
-            self._complete(newest, all(tentative for version, tentative in self._round.request_versions
-                                       if version == newest))
+            self._complete(newest, all(tentative for version, tentative in found if version == newest))
             return
         self._mint([copy for _, copy in answers])
 
