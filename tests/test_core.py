@@ -874,6 +874,44 @@ def test_the_mutant_stack_on_stranded_mints_above_the_failed_copy():
     assert persist.version == Version(8, "n1")
 
 
+def first_put_looks_up(core, now):
+    """Whether a first PUT (no ``retry``) read at ``now`` takes the LOOKUP round."""
+    core.request("put", Put(7, "k", "v", "req-1"), now)
+    return any(effect.message_type is Lookup for effect in effects_of(core, Send))
+
+
+def test_a_first_put_read_right_after_a_stall_takes_the_lookup_round():
+    # 2 s without running (a stopped process): the PUT may have waited here
+    # while its client sent it with ``retry`` to another node, which applied it.
+    core = make_core()
+    link_all(core)
+    assert first_put_looks_up(core, 2.0)
+
+
+def test_a_first_put_after_a_short_gap_takes_one_round_trip():
+    core = make_core()
+    link_all(core)
+    assert not first_put_looks_up(core, 0.4)  # within failure_timeout, 0.5 s
+
+
+def test_one_round_trip_comes_back_once_the_node_has_run_for_failure_timeout():
+    core = make_core()
+    link_all(core)
+    now = 2.0
+    while now < 2.55:  # heard from both peers every 0.05 s since the stall
+        for peer in core.peer_ids:
+            core.heard(peer, now)
+        now += 0.05
+    core.take_effects()
+    assert not first_put_looks_up(core, now)
+
+
+def test_the_mutant_one_trip_after_stall_trusts_a_put_read_after_a_stall():
+    core = make_core(mutant="one-trip-after-stall")
+    link_all(core)
+    assert not first_put_looks_up(core, 2.0)
+
+
 def test_a_retry_finds_its_first_attempt_landed_here_during_its_lookup_round():
     """A retried PUT through n1 whose LOOKUP is out when a quorum read through n3
     writes the PUT's first attempt, (5, n3), back here, and a newer write, (6, n2),

@@ -9,7 +9,7 @@ leave that newer write in place.
 from __future__ import annotations
 
 from kvwire import Client
-from kvwire.protocol import Get, GetReply, Put, PutReply
+from kvwire.protocol import ErrorCode, Get, GetReply, Put, PutReply
 from kvwire.testing import LocalCluster, RawConnection, wait_for
 
 # Each PUT here has one attempt and --write-timeout (1 s) for its commits; a
@@ -78,3 +78,42 @@ def test_request_ids_are_kept_on_disk_so_a_retry_after_a_restart_is_still_applie
         again = _put(cluster, "n3", "k", "a", "req-1", retry=True)
         assert isinstance(again, PutReply) and again.version == first.version
         assert _get(cluster, "n1", "k") == ("b", other.version)
+
+
+def test_a_first_attempt_that_waited_on_a_stopped_node_is_not_applied_again(tmp_path):
+    """A client sends a PUT to n1, which is stopped (SIGSTOP): the request waits
+    unread in n1's socket. The client gives up on n1 and sends the PUT again, with
+    its request id, to n2, which applies it; another client's write follows. When
+    n1 runs again it reads the first attempt: applying it now would put "a" back
+    above "b". It must finish the retry's write, or fail, and "b" must stay.
+
+    The node's rule for this is the LOOKUP round after a stall (docs/protocol.md
+    6.10). Under uvloop the overdue failure-detector timer also runs before the
+    socket is read, so the peers are DOWN and the PUT cannot go out in one round
+    trip either way; tests/test_core.py and the simulator (tests/test_sim.py,
+    ``one-trip-after-stall``) test the rule itself."""
+    with LocalCluster(3, data_dir=tmp_path, sync=SYNC) as cluster:
+        for node_id in cluster.node_ids:
+            cluster.wait_peers(node_id, up=[other for other in cluster.node_ids if other != node_id], timeout=10.0)
+        cluster.pause("n1")
+        try:
+            with RawConnection(cluster["n1"].address, timeout=20.0) as first_attempt:
+                first_attempt.send(Put(1, "k", "a", "req-1"))
+                wait_for(lambda: cluster["n1"].unread_bytes() > 0, timeout=5.0, what="the PUT waiting in n1's socket")
+                cluster.wait_peers("n2", down=["n1"], timeout=5.0)
+                cluster.wait_peers("n3", down=["n1"], timeout=5.0)
+                retried = _put(cluster, "n2", "k", "a", "req-1", retry=True)
+                assert isinstance(retried, PutReply), retried
+                later = _put(cluster, "n3", "k", "b", "req-2")
+                assert isinstance(later, PutReply) and later.version > retried.version, later
+                cluster.resume("n1")
+                (answer,) = first_attempt.receive()
+        finally:
+            cluster.resume("n1")
+        if isinstance(answer, PutReply):
+            assert answer.version == retried.version, answer
+        else:
+            assert answer.code == ErrorCode.NO_QUORUM and answer.maybe_applied is not True, answer
+        for node_id in cluster.node_ids:
+            cluster.wait_peers(node_id, up=[other for other in cluster.node_ids if other != node_id], timeout=10.0)
+            assert _get(cluster, node_id, "k") == ("b", later.version)

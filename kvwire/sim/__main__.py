@@ -18,6 +18,7 @@ from ..check import format_report
 from ..server.core import MUTANTS
 from .nemesis import FAULT_KINDS
 from .run import RunResult, run_seed
+from .workload import CLIENT_TIMEOUT
 
 DEFAULT_FAULTS = ",".join(FAULT_KINDS)
 # Every mutant is caught within this many seeds (tests/test_sim.py checks it);
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"comma list of fault kinds, or 'none' (default {DEFAULT_FAULTS})")
     parser.add_argument("--mutant", choices=MUTANTS, help="run a deliberately broken core; a clean exit would be a miss")
     parser.add_argument("--clients", type=_positive, default=5, help="concurrent clients (default 5)")
+    parser.add_argument("--client-timeout", type=_seconds, default=CLIENT_TIMEOUT, metavar="SECONDS",
+                        help=f"how long a client waits for an answer before it gives up and may send the "
+                             f"request again elsewhere (default {CLIENT_TIMEOUT:g})")
     parser.add_argument("--jobs", type=_positive, default=1,
                         help="worker processes running seeds side by side (default 1); results are the same")
     parser.add_argument("--trace", action="store_true", help="print the failing run's event trace")
@@ -63,6 +67,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
 def _faults(text: str) -> tuple[str, ...]:
     if text.strip() in ("", "none"):
         return ()
@@ -76,6 +90,8 @@ def _faults(text: str) -> tuple[str, ...]:
 def _replay_command(args: argparse.Namespace, seed: int) -> str:
     parts = ["python -m kvwire.sim", f"--seed {seed}", f"--ops {args.ops}", f"--nodes {args.nodes}",
              f"--faults {','.join(args.faults) or 'none'}", f"--clients {args.clients}"]
+    if args.client_timeout != CLIENT_TIMEOUT:
+        parts.append(f"--client-timeout {args.client_timeout:g}")
     if args.mutant:
         parts.append(f"--mutant {args.mutant}")
     return " ".join(parts)
@@ -120,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_one(seed: int, args: argparse.Namespace) -> tuple[int, RunResult]:
     return seed, run_seed(seed, operations=args.ops, nodes=args.nodes, faults=args.faults,
-                          mutant=args.mutant, clients=args.clients)
+                          mutant=args.mutant, clients=args.clients, client_timeout=args.client_timeout)
 
 
 def _results(args: argparse.Namespace) -> Iterator[tuple[int, RunResult]]:

@@ -8,7 +8,7 @@ from ..check import check_history
 from ..check.history import OpKind, Operation, Outcome
 from ..protocol.messages import Get
 from .nemesis import Nemesis
-from .workload import Workload
+from .workload import CLIENT_TIMEOUT, Workload
 from .world import World
 
 # Virtual seconds allowed for the workload, and for the cluster to settle
@@ -33,11 +33,11 @@ class RunResult:
 
 
 def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[str, ...] = (),
-             mutant: str | None = None, clients: int = 5) -> RunResult:
+             mutant: str | None = None, clients: int = 5, client_timeout: float = CLIENT_TIMEOUT) -> RunResult:
     world = World(seed, nodes, mutant=mutant)
     for node in world.nodes.values():
         node.start()
-    workload = Workload(world, operations, clients)
+    workload = Workload(world, operations, clients, client_timeout)
     nemesis = Nemesis(world, faults)
     # Let the links come up before the first request.
     world.scheduler.run_until(0.3)

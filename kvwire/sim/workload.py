@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 # A client gives up on a request after this long and records it as unknown;
 # above a write's own timeout plus a DELETE's retries, so most failures are
-# answered by the node rather than timed out.
+# answered by the node rather than timed out. ``--client-timeout`` shortens it,
+# as a real client's attempt timeout does (1 s by default): its PUTs are then
+# sent again while the first attempt still waits on a stopped node.
 CLIENT_TIMEOUT = 3.0
 # Operations per key before it is retired: keeps each key's history short
 # enough for the linearizability search (Lowe's and Porcupine's advice).
@@ -35,10 +37,11 @@ class StaleRead:
 
 
 class Workload:
-    def __init__(self, world: World, operations: int, clients: int) -> None:
+    def __init__(self, world: World, operations: int, clients: int, client_timeout: float = CLIENT_TIMEOUT) -> None:
         self.world = world
         self.budget = operations
         self.clients = clients
+        self.client_timeout = client_timeout
         self.history: list[Operation] = []
         self.one_reads: list[StaleRead] = []
         self.running = 0
@@ -161,4 +164,4 @@ class Workload:
                 finish(Outcome.UNKNOWN)
 
         world.scheduler.after(world.latency(), lambda: node.run(deliver) if node.alive else finish(Outcome.UNKNOWN))
-        world.scheduler.after(CLIENT_TIMEOUT, lambda: finish(Outcome.UNKNOWN))
+        world.scheduler.after(self.client_timeout, lambda: finish(Outcome.UNKNOWN))

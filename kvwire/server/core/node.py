@@ -12,6 +12,7 @@ asyncio (``kvwire.server.node``) and in the deterministic cluster simulator
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable
 
 from ...protocol.errors import ForbiddenError, InternalServerError, KeyNotFoundError, KvwireError, UnavailableError
@@ -76,6 +77,7 @@ MUTANTS = (
     "serve-in-progress",  # a reader is given the tag of a one-round-trip PUT still in progress here
     "stack-on-stranded",  # a LOOKUP PUT mints above this node's copy from a failed write that no answer holds
     "joining-vouches",  # a joining node finishing a retried PUT's tentative tag counts its own copy of it
+    "one-trip-after-stall",  # a first PUT read just after this node stalled takes one round trip
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -107,6 +109,10 @@ class NodeCore:
         self.peer_ids = [member.node_id for member in config.peers]
         self.mutant = mutant
         self.now = now
+        # Until then, PUTs may be requests that waited while this process could
+        # not run (stopped, or a stalled loop): their clients may have given up and
+        # sent them again elsewhere, so they take the LOOKUP round (one_trip.py).
+        self.stalled_until = -math.inf
         self.effects: list[Effect] = []
         self.keydir = Keydir(committed)
         self.cache = ValueCache(config.cache_entries)
@@ -158,6 +164,15 @@ class NodeCore:
 
     # --- the shell's side ------------------------------------------------------------------
 
+    def _clock(self, now: float) -> None:
+        """Every entry point's time. The heartbeat timer wakes a live core at least
+        every heartbeat interval, so a gap longer than the failure timeout means this
+        process did not run: the peers will have marked it DOWN, and a client waiting
+        on it may have sent its PUT to another node."""
+        if now - self.now > self.config.failure_timeout:
+            self.stalled_until = now + self.config.failure_timeout
+        self.now = now
+
     def take_effects(self) -> list[Effect]:
         effects, self.effects = self.effects, []
         return effects
@@ -166,14 +181,14 @@ class NodeCore:
         return self.timers.next_deadline()
 
     def tick(self, now: float) -> None:
-        self.now = now
+        self._clock(now)
         self.timers.run_due(now)
 
     def request(self, token: Any, request: Any, now: float, *, from_peer: bool = False, packed: bytes | None = None,
                 peer: str | None = None) -> None:
         """A client's or peer's request; answered by a ``Respond(token, ...)`` effect, now or later.
         ``peer``: the sending member's node id, when ``from_peer`` and the shell knows it."""
-        self.now = now
+        self._clock(now)
         kind = type(request)
         if kind is Get:
             if self.quorum > 1 and request.consistency is not Consistency.ONE:
@@ -240,7 +255,7 @@ class NodeCore:
 
     def peer_reply(self, peer: str, request_id: int, reply: Any, now: float) -> None:
         """A reply (or an ERROR reply) from ``peer`` to one of our requests."""
-        self.now = now
+        self._clock(now)
         outstanding = self._outstanding.pop(request_id, None)
         if outstanding is not None:
             outstanding[1](reply)
@@ -251,7 +266,7 @@ class NodeCore:
 
     def persisted(self, write_id: int, error: Exception | None, now: float) -> None:
         """A ``Persist`` finished: durable when ``error`` is None."""
-        self.now = now
+        self._clock(now)
         key, version, deleted, value, callbacks = self._writes.pop(write_id)
         if self.keydir.settle(key, write_id, version, deleted, error is None):
             if deleted:
@@ -264,7 +279,7 @@ class NodeCore:
     def loaded(self, key: str, row: tuple[Version, bool, Any] | Exception | None, now: float) -> None:
         """A ``Load`` finished with the key's committed row, None if it has none,
         or the exception that reading it raised."""
-        self.now = now
+        self._clock(now)
         waiting = self._loads.pop(key, ())
         if isinstance(row, Exception):
             error = InternalServerError(f"reading {key!r} from this node's disk failed: {row}")
@@ -309,7 +324,7 @@ class NodeCore:
 
     def floor_saved(self, floor: int, now: float) -> None:
         """A ``SaveFloor`` committed."""
-        self.now = now
+        self._clock(now)
         self.tombstones.floor_saved(floor)
 
     def link_up(self, peer: str, now: float) -> None:
@@ -318,7 +333,7 @@ class NodeCore:
 
     def link_down(self, peer: str, now: float) -> None:
         """The link closed: every request on it fails now (the shell may report them again)."""
-        self.now = now
+        self._clock(now)
         self.connected.discard(peer)
         for request_id, (target, _handler) in list(self._outstanding.items()):
             if target == peer:
@@ -326,7 +341,7 @@ class NodeCore:
 
     def heard(self, peer: str, now: float) -> None:
         """Any frame from ``peer`` proves it alive."""
-        self.now = now
+        self._clock(now)
         transition = self.detector.mark_heard(peer, now)
         if transition is not None:
             self.effects.append(PeerStateChanged(transition))

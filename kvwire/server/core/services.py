@@ -43,6 +43,7 @@ class CoreServices(Protocol):
     peer_ids: list[str]
     mutant: str | None
     now: float
+    stalled_until: float
     effects: list[Effect]
     keydir: Keydir
     timers: Timers
