@@ -912,6 +912,41 @@ def test_the_mutant_one_trip_after_stall_trusts_a_put_read_after_a_stall():
     assert not first_put_looks_up(core, 2.0)
 
 
+def replicate_sent_for_a_minted_tag(mutant=None):
+    """The REPLICATE a LOOKUP PUT sends for the tag it minted above its majority."""
+    core = make_core(mutant=mutant)
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req-1", True), 0.0)
+    (lookup,) = effects_of(core, Send)
+    core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(3, "n2"), False), 0.0)
+    commit_all(core, core.take_effects())
+    (send, _) = [e for e in core.take_effects() if type(e) is Send]
+    assert send.message_type is Replicate and send.fields[1] == Version(4, "n1")
+    return send
+
+
+def test_a_lookup_put_asks_replicas_holding_newer_to_remember_its_request():
+    # Minted above its majority's newest, the tag is above every write finished
+    # before the PUT began: a replica that holds newer remembers the request id
+    # (``read``), so a late first attempt that meets only that replica finishes
+    # this write instead of applying the PUT again (sim seed 1688).
+    assert replicate_sent_for_a_minted_tag().fields[6] is True
+
+
+def test_the_mutant_forget_superseded_requests_leaves_read_out():
+    assert replicate_sent_for_a_minted_tag("forget-superseded-requests").fields[6] is None
+
+
+def test_a_one_round_trip_tag_is_not_sent_as_read():
+    # It may be refused by a majority and never read: a dead tag, not one to finish.
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req-1"), 0.0)
+    commit_all(core, core.take_effects())
+    sends = [e for e in core.take_effects() if type(e) is Send]
+    assert sends and all(e.message_type is Replicate and e.fields[6] is None for e in sends)
+
+
 def test_a_retry_finds_its_first_attempt_landed_here_during_its_lookup_round():
     """A retried PUT through n1 whose LOOKUP is out when a quorum read through n3
     writes the PUT's first attempt, (5, n3), back here, and a newer write, (6, n2),

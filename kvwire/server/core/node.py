@@ -78,6 +78,7 @@ MUTANTS = (
     "stack-on-stranded",  # a LOOKUP PUT mints above this node's copy from a failed write that no answer holds
     "joining-vouches",  # a joining node finishing a retried PUT's tentative tag counts its own copy of it
     "one-trip-after-stall",  # a first PUT read just after this node stalled takes one round trip
+    "forget-superseded-requests",  # a replica holding newer than a LOOKUP PUT's tag does not remember its request
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

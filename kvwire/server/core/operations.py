@@ -195,6 +195,9 @@ class _ReplicatedWrite:
         self._missed: list[str] = []  # peers a conditional tombstone did not reach or was refused by
         # Count only replicas that hold exactly ``_version``, not a newer one (Write._complete).
         self._exact = False
+        # Minted above a majority's newest (Write._mint): above every write finished
+        # before the PUT began, so a replica holding newer still remembers its request.
+        self._firm = False
         self._timer = core.timers.schedule(self._deadline, self._expire)
 
     def _success(self) -> Any:
@@ -238,7 +241,8 @@ class _ReplicatedWrite:
                 self._answer(None)
         if core.peer_ids:
             Fanout(core, self._request.key, self._version, self._deleted, self._value, core.peer_ids,
-                   self._deadline, self._replicated, expect=self._expect, request=request_id, exact=self._exact)
+                   self._deadline, self._replicated, expect=self._expect, request=request_id, exact=self._exact,
+                   read=self._firm and core.mutant != "forget-superseded-requests")
 
     def _replicated(self, peer: str, outcome: str) -> None:
         core = self._core
@@ -400,7 +404,7 @@ class Write(_ReplicatedWrite):
         newest = max(copies, key=lambda copy: copy.version)
         self._created = newest.absent
         self._version = core.mint(newest.version)
-        self._above_own = True
+        self._above_own = self._firm = True
         self._commit(False, self._request.value, self._packed)
 
 
