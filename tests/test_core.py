@@ -947,6 +947,33 @@ def test_a_one_round_trip_tag_is_not_sent_as_read():
     assert sends and all(e.message_type is Replicate and e.fields[6] is None for e in sends)
 
 
+def record_of_a_commit_that_lands_after_the_answer(mutant=None):
+    """A one-round-trip PUT whose local commit is still on the disk when its
+    deadline passes (this node was stopped): the request record once it lands."""
+    core = make_core(mutant=mutant)
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req-1"), 0.0)
+    persists = [e for e in core.take_effects() if type(e) is Persist]
+    later = core.config.write_timeout + 0.5
+    core.tick(later)
+    (answer,) = [e.reply for e in core.take_effects() if type(e) is Respond]
+    assert isinstance(answer, NoQuorumError)
+    commit_all(core, persists, later)
+    return core.applied.find("req-1", "k", later)
+
+
+def test_a_one_round_trip_commit_that_lands_after_the_answer_keeps_its_request_record():
+    # The row is on disk (with its request, tentative): a quorum read may give it to
+    # a reader, and its write-back must carry the id, or a retry elsewhere applies
+    # the PUT again (sim seed 10136, --client-timeout 0.6).
+    record = record_of_a_commit_that_lands_after_the_answer()
+    assert record is not None and record.version == Version(1, "n1") and record.tentative
+
+
+def test_the_mutant_forget_late_commits_keeps_no_record():
+    assert record_of_a_commit_that_lands_after_the_answer("forget-late-commits") is None
+
+
 def test_a_retry_finds_its_first_attempt_landed_here_during_its_lookup_round():
     """A retried PUT through n1 whose LOOKUP is out when a quorum read through n3
     writes the PUT's first attempt, (5, n3), back here, and a newer write, (6, n2),

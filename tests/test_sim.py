@@ -97,6 +97,11 @@ TARGETED = {
     # LOOKUP round, met only n3, and applied the PUT again above two later writes.
     "forget-superseded-requests": ["--faults", "pause,network", "--client-timeout", "0.6", "--seed", "1688",
                                    "--seeds", "1"],
+    # The same clients, every fault kind: a one-round-trip PUT's commit landed after
+    # its deadline (its node was stopped), so no request record; a DELETE read the
+    # tag through a write-back without the id, and a retry applied the PUT again.
+    "forget-late-commits": ["--faults", "crash,pause,partition,one-way,disk,network", "--client-timeout", "0.6",
+                            "--seed", "10136", "--seeds", "1"],
 }
 
 

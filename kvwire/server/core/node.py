@@ -79,6 +79,7 @@ MUTANTS = (
     "joining-vouches",  # a joining node finishing a retried PUT's tentative tag counts its own copy of it
     "one-trip-after-stall",  # a first PUT read just after this node stalled takes one round trip
     "forget-superseded-requests",  # a replica holding newer than a LOOKUP PUT's tag does not remember its request
+    "forget-late-commits",  # a one-round-trip PUT's commit that lands after its answer leaves no request record
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

@@ -152,6 +152,15 @@ class OneTripWrite(_ReplicatedWrite):
         self._fanout = None
 
         def stored(error: Exception | None) -> None:
+            request_id = self._request.request
+            if error is None and request_id is not None and core.mutant != "forget-late-commits":
+                # As for every write: a retry through this node finds the tag and
+                # finishes that write, rather than apply the PUT a second time.
+                # Tentative until a peer applies it (see ``Applied.tentative``).
+                # Remembered even if the PUT was answered meanwhile (its deadline
+                # passed while this node was stopped): the row is durable, a
+                # reader may be given it, and its write-back must carry the id.
+                core.applied.remember(request_id, key, version, core.now, tentative=True)
             if attempt != self._attempt or self._answered:
                 return
             self._local_pending = False
@@ -160,12 +169,6 @@ class OneTripWrite(_ReplicatedWrite):
                 # (and then ``_answer`` strands the key, as for any such write).
                 self._answer(disk_error(error, maybe_applied=attempt > 1))
                 return
-            request_id = self._request.request
-            if request_id is not None:
-                # As for every write: a retry through this node finds the tag and
-                # finishes that write, rather than apply the PUT a second time.
-                # Tentative until a peer applies it (see ``Applied.tentative``).
-                core.applied.remember(request_id, key, version, core.now, tentative=True)
             self._acks += 1
             self._send(attempt)
             self._decide()
