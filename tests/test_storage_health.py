@@ -2,15 +2,12 @@
 
 A real node process on a real file system that really fills up: its data
 directory is a small tmpfs in a mount namespace of the node's own
-(``unshare --mount``), which the test fills and empties with ``nsenter``, as
-a disk that runs full and is cleaned up. Nothing outside changes. (Turning a
-mount read-only under a process that has files open for writing is refused
-by the kernel, so a full disk is the fault a test can cause and undo.)
+(``kvwire.testing.disk``), which the test fills and empties, as a disk that
+runs full and is cleaned up. Nothing outside changes.
 """
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 
@@ -18,30 +15,8 @@ import pytest
 
 from kvwire import Client
 from kvwire.protocol.errors import InternalServerError
-from kvwire.testing import NodeProcess, wait_for
-
-
-class NodeOnItsOwnDisk(NodeProcess):
-    """A node whose data directory is a 16 MiB tmpfs only it sees."""
-
-    @property
-    def command(self) -> list[str]:
-        directory = shlex.quote(str(self.data_dir))
-        serve = shlex.join(super().command)
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                f"mkdir -p {directory} && mount -t tmpfs -o size=16m kvwire-test {directory} && exec {serve}"]
-
-    def in_its_mounts(self, script: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["nsenter", "--mount", f"--target={self.pid}", "sh", "-c", script],
-                              capture_output=True, text=True, timeout=30)
-
-    def fill_disk(self) -> None:
-        filled = self.in_its_mounts(f"head -c 100000000 /dev/zero > {shlex.quote(str(self.data_dir / 'filler'))}")
-        assert "No space left on device" in filled.stderr, filled.stderr
-
-    def free_disk(self) -> None:
-        freed = self.in_its_mounts(f"rm {shlex.quote(str(self.data_dir / 'filler'))}")
-        assert freed.returncode == 0, freed.stderr
+from kvwire.testing import wait_for
+from kvwire.testing.disk import NodeOnItsOwnDisk
 
 
 def cli_health(node) -> int:
