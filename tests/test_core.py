@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvwire.protocol import Version
-from kvwire.protocol.errors import ConflictError, KeyNotFoundError, NoQuorumError
+from kvwire.protocol.errors import ConflictError, InternalServerError, KeyNotFoundError, NoQuorumError
 from kvwire.protocol.messages import (
     NO_VERSION,
     Consistency,
@@ -1010,3 +1010,35 @@ def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
     (respond,) = effects_of(core, Respond)
     assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
     assert core.stats.one_trip_retries == 0
+
+
+def retry_after_this_disk_refused_its_minted_tag(mutant=None):
+    """A PUT's retry through n3 minted (2, n3) and sent it here with ``read``; this
+    disk refused it. The client's next attempt then comes here, where a LOOKUP
+    majority (n2) would know nothing of the request. The tag this node commits."""
+    core = make_core(mutant=mutant)
+    link_all(core)
+    core.request("wb", Replicate(1, "k", Version(2, "n3"), "v", False, None, "req-1", True), 0.0, from_peer=True)
+    commit_all(core, core.take_effects(), error=InternalServerError("disk full"))
+    (refusal,) = effects_of(core, Respond)
+    assert isinstance(refusal.reply, InternalServerError)
+    core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
+    effects = core.take_effects()
+    for lookup in [e for e in effects if type(e) is Send and e.message_type is Lookup]:
+        core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, NO_VERSION, False), 0.0)
+        effects += core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
+    return persist.version
+
+
+def test_a_tag_this_disk_refused_is_finished_by_the_puts_next_attempt_here():
+    # Minting (1, n1) above the majority's nothing would leave (2, n3), the same
+    # PUT's newer tag, on n3 alone, above a later write minted at (2, n2) on a
+    # majority without n3: it would surface over that acknowledged write
+    # (python -m kvwire.sim --seed 10018 --ops 400 --clients 15 --client-timeout 0.6
+    # with every fault kind). Finishing (2, n3) instead makes it the PUT's one tag.
+    assert retry_after_this_disk_refused_its_minted_tag() == Version(2, "n3")
+
+
+def test_the_mutant_forget_failed_reads_mints_a_new_tag():
+    assert retry_after_this_disk_refused_its_minted_tag("forget-failed-reads") == Version(1, "n1")

@@ -9,8 +9,9 @@ leave that newer write in place.
 from __future__ import annotations
 
 from kvwire import Client
-from kvwire.protocol import ErrorCode, Get, GetReply, Put, PutReply
+from kvwire.protocol import ErrorCode, Get, GetReply, Put, PutReply, Version
 from kvwire.testing import LocalCluster, RawConnection, wait_for
+from kvwire.testing.disk import NodeOnItsOwnDisk
 
 # Each PUT here has one attempt and --write-timeout (1 s) for its commits; a
 # shared disk's fsync stall must not fail it. A kill -9 (the restart test) loses
@@ -117,3 +118,40 @@ def test_a_first_attempt_that_waited_on_a_stopped_node_is_not_applied_again(tmp_
         for node_id in cluster.node_ids:
             cluster.wait_peers(node_id, up=[other for other in cluster.node_ids if other != node_id], timeout=10.0)
             assert _get(cluster, node_id, "k") == ("b", later.version)
+
+
+def test_a_retry_finishes_the_tag_an_earlier_attempt_sent_to_its_full_disk(tmp_path):
+    """A PUT's second attempt, through n3, mints a tag and sends it to n1, whose disk
+    is full, and to nowhere else (n2 is stopped): it fails, the tag on n3 alone. n3
+    then stops too, n1's disk is emptied and n2 resumes, and the client's next
+    attempt goes through n1. Its majority, n1 and n2, holds nothing of the PUT, but
+    n1 saw n3's tag: it must finish that tag, the PUT's newest, not mint another
+    beside it. A second tag of one PUT, left on n3, could surface above a later
+    write minted at its counter (docs/design.md 1.2, step 6, "Several retries")."""
+    cluster = LocalCluster(3, data_dir=tmp_path, sync=SYNC)
+    n1 = cluster.nodes["n1"] = NodeOnItsOwnDisk.like(cluster["n1"])
+    value = b"x" * 1_000_000  # more than n1's write-ahead log has room for once its disk is full
+    with cluster:
+        n1.fill_disk()
+        cluster.pause("n2")
+        try:
+            cluster.wait_peers("n3", up=["n1"], down=["n2"], timeout=5.0)
+            failed = _put(cluster, "n3", "k", value, "req-1", retry=True)
+            assert failed.code == ErrorCode.NO_QUORUM and failed.maybe_applied is True, failed
+            cluster.pause("n3")
+            try:
+                n1.free_disk()
+                wait_for(lambda: cluster.health("n1")["storage"]["writable"], timeout=5.0,
+                         what="n1 seeing its disk writable again")
+                cluster.resume("n2")
+                cluster.wait_peers("n1", up=["n2"], down=["n3"], timeout=5.0)
+                finished = _put(cluster, "n1", "k", value, "req-1", retry=True)
+            finally:
+                cluster.resume("n3")
+        finally:
+            cluster.resume("n2")
+        assert isinstance(finished, PutReply) and finished.version == Version(1, "n3"), finished
+        for node_id in cluster.node_ids:
+            cluster.wait_peers(node_id, up=[other for other in cluster.node_ids if other != node_id], timeout=10.0)
+            wait_for(lambda node_id=node_id: _get(cluster, node_id, "k")[1] == Version(1, "n3"), timeout=10.0,
+                     what=f"{node_id} holding the PUT at (1, n3)")

@@ -19,7 +19,7 @@ import pytest
 from kvwire.check import dump_jsonl
 from kvwire.server.core import MUTANTS
 from kvwire.sim import run_seed
-from kvwire.sim.__main__ import DEFAULT_SEEDS, main
+from kvwire.sim.__main__ import DEFAULT_OPS, DEFAULT_SEEDS, main
 from kvwire.sim.workload import CLIENT_TIMEOUT
 
 CI_SEEDS = 2000
@@ -102,6 +102,11 @@ TARGETED = {
     # tag through a write-back without the id, and a retry applied the PUT again.
     "forget-late-commits": ["--faults", "crash,pause,partition,one-way,disk,network", "--client-timeout", "0.6",
                             "--seed", "10136", "--seeds", "1"],
+    # Fifteen such clients, 400 operations: a retry's LOOKUP tag (2, n3) was refused
+    # by n1's failing disk; the next attempt, through n1, finished the first
+    # attempt's (1, n1), and (2, n3) later surfaced above a write acknowledged at (2, n2).
+    "forget-failed-reads": ["--faults", "crash,pause,partition,one-way,disk,network", "--clients", "15",
+                            "--ops", "400", "--client-timeout", "0.6", "--seed", "10018", "--seeds", "1"],
 }
 
 
@@ -119,8 +124,9 @@ def test_every_mutant_is_caught_within_the_default_seed_count(mutant, capsys):
         faults = args[args.index("--faults") + 1]
         clients = args[args.index("--clients") + 1] if "--clients" in args else "5"
         timeout = args[args.index("--client-timeout") + 1] if "--client-timeout" in args else str(CLIENT_TIMEOUT)
-        assert main(["--faults", faults, "--clients", clients, "--client-timeout", timeout, "--seed", str(start),
-                     "--seeds", str(report["seed"] - start + 1), "--jobs", "2", "--json"]) == 0
+        ops = args[args.index("--ops") + 1] if "--ops" in args else str(DEFAULT_OPS)
+        assert main(["--faults", faults, "--clients", clients, "--client-timeout", timeout, "--ops", ops,
+                     "--seed", str(start), "--seeds", str(report["seed"] - start + 1), "--jobs", "2", "--json"]) == 0
 
 
 def test_a_pool_of_processes_finds_the_same_first_failure(capsys):

@@ -24,6 +24,7 @@ DEFAULT_FAULTS = ",".join(FAULT_KINDS)
 # Every mutant is caught within this many seeds (tests/test_sim.py checks it);
 # CI also runs 2,000 seeds of the real core.
 DEFAULT_SEEDS = 1000
+DEFAULT_OPS = 200
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_whole, default=0, help="first seed (default 0)")
     parser.add_argument("--seeds", type=_positive, default=DEFAULT_SEEDS,
                         help=f"how many seeds to run from --seed (default {DEFAULT_SEEDS})")
-    parser.add_argument("--ops", type=_positive, default=200, help="client operations per run (default 200)")
+    parser.add_argument("--ops", type=_positive, default=DEFAULT_OPS, help=f"client operations per run (default {DEFAULT_OPS})")
     parser.add_argument("--nodes", type=int, choices=(1, 3, 5), default=3, help="cluster size (default 3)")
     parser.add_argument("--faults", type=_faults, default=DEFAULT_FAULTS,
                         help=f"comma list of fault kinds, or 'none' (default {DEFAULT_FAULTS})")

@@ -80,6 +80,7 @@ MUTANTS = (
     "one-trip-after-stall",  # a first PUT read just after this node stalled takes one round trip
     "forget-superseded-requests",  # a replica holding newer than a LOOKUP PUT's tag does not remember its request
     "forget-late-commits",  # a one-round-trip PUT's commit that lands after its answer leaves no request record
+    "forget-failed-reads",  # a replica whose disk refused a LOOKUP PUT's tag keeps no record of its request
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -87,6 +88,9 @@ MUTANTS = (
 SERVES_IN_PROGRESS = frozenset({
     "serve-in-progress", "retry-after-any-refusal", "one-trip-over-floor", "ignore-observed", "forget-read-requests",
 })
+# Likewise, remembering a firm tag's request when the disk refuses it moved seed
+# 21740, the one that reached ``stack-on-stranded``'s case; no other seed was found.
+FORGETS_FAILED_READS = frozenset({"forget-failed-reads", "stack-on-stranded"})
 
 
 class NodeCore:
@@ -503,6 +507,15 @@ class NodeCore:
 
         def reply(error: Exception | None) -> None:
             if error is not None:
+                if request.read and request.request is not None and not request.deleted \
+                        and self.mutant not in FORGETS_FAILED_READS:
+                    # A firm tag (above every write finished before its PUT began) is
+                    # worth knowing even when this disk refused it: a later attempt of
+                    # the PUT coordinated here then finishes it, the newest of its
+                    # tags, rather than an older one while this one waits on another
+                    # node, free to surface above writes minted at its counter. In
+                    # memory only, as nothing was committed.
+                    self.applied.remember(request.request, key, version, self.now, tentative=self.joining)
                 self.respond(token, error)
             else:
                 held = self.keydir.latest_version(key)
