@@ -183,6 +183,7 @@ def test_faults_really_strike_and_clients_see_them():
     (["--nodes", "4"], "invalid choice"),
     (["--client-timeout", "0"], "must be a positive number of seconds"),
     (["--client-timeout", "soon"], "'soon' is not a number of seconds"),
+    (["--max-steps", "0"], "must be at least 1"),
 ])
 def test_bad_options_exit_2_with_a_message(args, message):
     result = run_cli(*args)
@@ -212,3 +213,17 @@ def test_concurrent_writers_on_every_node_check_clean():
     # PUTs race on every node, refuse each other's tags and try again above them,
     # while quorum reads of the same keys run (serve-in-progress failed on seed 207).
     assert main(["--seeds", "300", "--clients", "20", "--faults", "none", "--jobs", "2", "--json"]) == 0
+
+
+def test_a_key_past_the_checkers_budget_fails_as_undecided_until_the_budget_is_raised(capsys):
+    # Fifteen clients that give up after 0.6 s, 400 operations: one key's 40
+    # operations need more than the default 200,000 search steps, and more is clean.
+    run = ["--seed", "1429", "--seeds", "1", "--ops", "400", "--faults", "disk,network,pause", "--clients", "15",
+           "--client-timeout", "0.6", "--json"]
+    assert main(run) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] == ["linearizability: unknown"] and "--max-steps" not in report["replay"]
+    assert main([*run, "--max-steps", "2000000"]) == 0
+    capsys.readouterr()
+    assert main(["--seeds", "50", "--mutant", "no-lookup", "--max-steps", "1000000", "--json"]) == 1
+    assert "--max-steps 1000000 " in json.loads(capsys.readouterr().out)["replay"]

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Iterator
 
-from ..check import format_report
+from ..check import DEFAULT_MAX_STEPS, format_report
 from ..server.core import MUTANTS
 from .nemesis import FAULT_KINDS
 from .run import RunResult, run_seed
@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-timeout", type=_seconds, default=CLIENT_TIMEOUT, metavar="SECONDS",
                         help=f"how long a client waits for an answer before it gives up and may send the "
                              f"request again elsewhere (default {CLIENT_TIMEOUT:g})")
+    parser.add_argument("--max-steps", type=_positive, default=DEFAULT_MAX_STEPS, metavar="N",
+                        help=f"the linearizability checker's search budget per key (default {DEFAULT_MAX_STEPS}); "
+                             "a key past it makes the run fail as undecided, so raise it for many clients on few keys")
     parser.add_argument("--jobs", type=_positive, default=1,
                         help="worker processes running seeds side by side (default 1); results are the same")
     parser.add_argument("--trace", action="store_true", help="print the failing run's event trace")
@@ -93,6 +96,8 @@ def _replay_command(args: argparse.Namespace, seed: int) -> str:
              f"--faults {','.join(args.faults) or 'none'}", f"--clients {args.clients}"]
     if args.client_timeout != CLIENT_TIMEOUT:
         parts.append(f"--client-timeout {args.client_timeout:g}")
+    if args.max_steps != DEFAULT_MAX_STEPS:
+        parts.append(f"--max-steps {args.max_steps}")
     if args.mutant:
         parts.append(f"--mutant {args.mutant}")
     return " ".join(parts)
@@ -137,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_one(seed: int, args: argparse.Namespace) -> tuple[int, RunResult]:
     return seed, run_seed(seed, operations=args.ops, nodes=args.nodes, faults=args.faults,
-                          mutant=args.mutant, clients=args.clients, client_timeout=args.client_timeout)
+                          mutant=args.mutant, clients=args.clients, client_timeout=args.client_timeout,
+                          max_steps=args.max_steps)
 
 
 def _results(args: argparse.Namespace) -> Iterator[tuple[int, RunResult]]:

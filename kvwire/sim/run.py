@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..check import check_history
+from ..check import DEFAULT_MAX_STEPS, check_history
 from ..check.history import OpKind, Operation, Outcome
 from ..protocol.messages import Get
 from .nemesis import Nemesis
@@ -33,7 +33,8 @@ class RunResult:
 
 
 def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[str, ...] = (),
-             mutant: str | None = None, clients: int = 5, client_timeout: float = CLIENT_TIMEOUT) -> RunResult:
+             mutant: str | None = None, clients: int = 5, client_timeout: float = CLIENT_TIMEOUT,
+             max_steps: int = DEFAULT_MAX_STEPS) -> RunResult:
     world = World(seed, nodes, mutant=mutant)
     for node in world.nodes.values():
         node.start()
@@ -63,7 +64,7 @@ def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[
         node_id: {key: row for key, row in node.disk.rows.items()}
         for node_id, node in world.nodes.items()
     }
-    report = check_history(workload.history, replica_states=states)
+    report = check_history(workload.history, replica_states=states, max_steps=max_steps)
     problems.extend(report.problems)
     verdict = report.linearizability.verdict
     if verdict != "ok" and not any("not linearizable" in problem for problem in problems):
