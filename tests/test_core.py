@@ -1042,3 +1042,55 @@ def test_a_tag_this_disk_refused_is_finished_by_the_puts_next_attempt_here():
 
 def test_the_mutant_forget_failed_reads_mints_a_new_tag():
     assert retry_after_this_disk_refused_its_minted_tag("forget-failed-reads") == Version(1, "n1")
+
+
+def dead_tag_left_here(mutant=None):
+    """A first PUT through n1 at (5, n1), refused by both peers, which hold (6, n3);
+    the tag floor (tombstones collected up to counter 7) stops its retry, so it ends
+    with its dead tag as this node's newest copy. A peer's FETCH came meanwhile."""
+    core = make_core(mutant=mutant)
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+    core.cache.put("k", "old")
+    first, second = first_put_sent(core)
+    assert fetch_reply(core) is None  # held while the PUT is undecided
+    core.tombstones.floor_target = 7
+    for send in (first, second):
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(6, "n3"), Version(6, "n3"), False), 0.0)
+    return core
+
+
+def test_a_put_that_ends_on_its_dead_tag_keeps_its_readers_until_this_node_holds_newer():
+    # The refusers hold newer, and a write there may have been acknowledged before
+    # the PUT began: a reader given (5, n1) could see "v", then that write's value
+    # (sim seed 773 with 0.6 s clients, 15 of them, crash,disk,network).
+    core = dead_tag_left_here()
+    effects = core.take_effects()
+    (answer,) = [e.reply for e in effects if type(e) is Respond]
+    assert isinstance(answer, NoQuorumError) and answer.maybe_applied is False  # nothing any reader will get
+    (fetch,) = [e for e in effects if type(e) is Send]
+    assert fetch.message_type is Fetch  # this node asks a peer for the key
+    assert fetch_reply(core) is None  # readers still held
+    core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(6, "n3"), False, "newer", 0, "req-6"), 0.0)
+    (persist,) = effects_of(core, Persist)
+    assert (persist.version, persist.value) == (Version(6, "n3"), "newer")
+    core.persisted(persist.write_id, None, 0.0)
+    held = [e.reply for e in core.take_effects() if type(e) is Respond]
+    assert held == [FetchReply(3, Version(6, "n3"), False, "newer", 7, "req-6")] * 2
+    assert core.applied.find("req-6", "k", 0.0).version == Version(6, "n3")
+
+
+def test_a_failed_fetch_of_the_newer_copy_is_tried_again_and_readers_wait():
+    core = dead_tag_left_here()
+    (fetch,) = [e for e in core.take_effects() if type(e) is Send]
+    core.peer_failed(fetch.peer, fetch.request_id, 0.0)
+    (other,) = effects_of(core, Send)  # the round asks the other peer in its place
+    core.peer_failed(other.peer, other.request_id, 0.0)
+    assert fetch_reply(core) is None
+    core.tick(core.config.heartbeat_interval)
+    assert [s.message_type for s in effects_of(core, Send) if s.message_type is not Ping] == [Fetch]
+
+
+def test_the_mutant_serve_dead_tags_gives_readers_the_dead_tag():
+    core = dead_tag_left_here("serve-dead-tags")
+    held = [e.reply for e in core.take_effects() if type(e) is Respond and isinstance(e.reply, FetchReply)]
+    assert held and held[0].version == Version(5, "n1")

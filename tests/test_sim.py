@@ -107,6 +107,12 @@ TARGETED = {
     # attempt's (1, n1), and (2, n3) later surfaced above a write acknowledged at (2, n2).
     "forget-failed-reads": ["--faults", "crash,pause,partition,one-way,disk,network", "--clients", "15",
                             "--ops", "400", "--client-timeout", "0.6", "--seed", "10018", "--seeds", "1"],
+    # The same clients with crashes, failed commits and lost messages: a one-round-trip
+    # PUT refused by both peers, its retry stopped by the tag floor, answered "nothing
+    # was written" and released its readers; a quorum read paired its dead tag with a
+    # stale copy and returned the value.
+    "serve-dead-tags": ["--faults", "crash,disk,network", "--clients", "15", "--ops", "400",
+                        "--client-timeout", "0.6", "--seed", "773", "--seeds", "1"],
 }
 
 

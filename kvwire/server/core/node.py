@@ -81,6 +81,7 @@ MUTANTS = (
     "forget-superseded-requests",  # a replica holding newer than a LOOKUP PUT's tag does not remember its request
     "forget-late-commits",  # a one-round-trip PUT's commit that lands after its answer leaves no request record
     "forget-failed-reads",  # a replica whose disk refused a LOOKUP PUT's tag keeps no record of its request
+    "serve-dead-tags",  # a one-round-trip PUT that ends on its own dead tag lets its readers have it
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

@@ -17,7 +17,9 @@ and ``loaded``). Without that hold, a quorum read
 whose own copy was older took the tag from here while the replicas were
 refusing it for concurrent writes, and the retry then put the value above a
 write that began after the read (``serve-in-progress``, twenty clients on ten
-keys with no fault at all). Only for a dead tag does the
+keys with no fault at all). A PUT that ends with its dead tag still this node's
+newest copy keeps them held until this node has fetched a newer one
+(``dead_copy.py``). Only for a dead tag does the
 coordinator try again, with a tag above every answer, which the replicas
 compare just as the first: the second attempt is the LOOKUP round, merged into
 the first. If fewer refuse and no majority applies, the outcome is left
@@ -66,6 +68,7 @@ from typing import Any
 from ...protocol.errors import NoQuorumError
 from ...protocol.messages import PutReply, Version
 from .fanout import FAILED, OK, Fanout
+from .dead_copy import DeadCopyRepair
 from .keydir import Copy
 from .operations import WRITE_NO_QUORUM, _ReplicatedWrite, disk_error
 from .services import CoreServices
@@ -119,6 +122,7 @@ class OneTripWrite(_ReplicatedWrite):
         self._packed = packed
         self._attempt = 0
         self._mine: set[Version] = set()  # every tag this write minted
+        self._dead: set[Version] = set()  # those a majority refused
         self._heard: list[Copy] = []  # what replicas held before this write's tags reached them
         self._newest_heard = core.keydir.latest_version(request.key)
 
@@ -132,10 +136,19 @@ class OneTripWrite(_ReplicatedWrite):
         self._propose()
 
     def _answer(self, error: Exception | None) -> None:
-        self._core.one_trip_ended(self._request.key)
+        if self._answered:
+            return
+        core, key = self._core, self._request.key
         # The fanout's callback refers to this write: let go of it, or the two
         # would form a cycle only the garbage collector frees (rounds.py says why).
         self._fanout = None
+        committed = core.keydir.committed.get(key)
+        if committed is not None and committed.version in self._dead and core.mutant != "serve-dead-tags":
+            # Its readers stay held until this node holds a newer copy (dead_copy.py).
+            super()._answer(error)
+            DeadCopyRepair(core, key, committed.version).start()
+            return
+        core.one_trip_ended(key)
         super()._answer(error)
 
     def _propose(self) -> None:
@@ -217,6 +230,7 @@ class OneTripWrite(_ReplicatedWrite):
         if self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum):
             # A dead tag: a retry of this PUT could only leave it undecided
             # (operations.Write._complete), so it is not offered to one.
+            self._dead.add(self._version)
             if self._request.request is not None:
                 core.applied.forget(self._request.request, self._request.key, self._version)
             if core.now < self._deadline and not jumps_the_floor(core, self._newest_heard):

@@ -1,0 +1,69 @@
+"""Bringing this node past a dead tag of its own before any reader sees it.
+
+A one-round-trip PUT commits its tag here before any peer sees it. When a
+majority refuses the tag (each holds a newer one), the tag is dead: it sits
+below a write that may have been acknowledged before this PUT began, so no
+reader may ever be given it. While the PUT is undecided, this node holds its
+readers (``NodeCore.committed_copy``). If the PUT then ends without a newer
+tag of its own committed here (the tag floor stopped its retry, or the retry's
+commit failed), the dead tag is still this node's newest copy, and releasing
+the readers would hand it out: a quorum read pairing it with a stale answer
+returned the value of a PUT that answered "nothing was written", and could go
+on to return the refusers' older-tagged but later write after it
+(``python -m kvwire.sim --seed 773 --seeds 1 --ops 400 --faults
+crash,disk,network --clients 15 --client-timeout 0.6 --max-steps 2000000``).
+
+So the readers stay held while this node fetches the key from its peers: each
+refuser held its newer tag durably when it refused, so any answer now is newer,
+and once this node has committed it the readers are released. A failed round
+is tried again every heartbeat interval; readers waiting meanwhile fail at
+their own deadlines, as they would on a silent peer. Kept in memory: after a
+restart the dead tag is served like any other copy (the key is stranded then,
+from its tentative request record, which keeps new PUTs off it).
+"""
+
+from __future__ import annotations
+
+from ...protocol.messages import Fetch, Version
+from .keydir import Copy
+from .rounds import Answers, MajorityRound
+from .services import CoreServices
+
+
+class DeadCopyRepair:
+    def __init__(self, core: CoreServices, key: str, dead: Version) -> None:
+        self._core = core
+        self._key = key
+        self._dead = dead
+        self._round: MajorityRound | None = None
+
+    def start(self) -> None:
+        core = self._core
+        committed = core.keydir.committed.get(self._key)
+        if committed is None or committed.version != self._dead:
+            core.one_trip_ended(self._key)  # a newer copy came here meanwhile
+            return
+        self._round = MajorityRound(core, Fetch, self._key, core.now + core.config.write_timeout, self._fetched)
+        self._round.start()
+
+    def _try_later(self) -> None:
+        self._core.timers.schedule(self._core.now + self._core.config.heartbeat_interval, self.start)
+
+    def _fetched(self, answers: Answers | None) -> None:
+        copies = [copy for _, copy in answers or ()]
+        newest: Copy | None = max(copies, key=lambda copy: copy.version) if copies else None
+        if newest is None or newest.version <= self._dead:
+            self._try_later()
+            return
+        core, key = self._core, self._key
+        request = self._round.requests.get(newest.version)
+
+        def stored(error: Exception | None) -> None:
+            if error is not None:
+                self._try_later()
+                return
+            if request is not None:
+                core.applied.remember(request, key, newest.version, core.now)
+            core.one_trip_ended(key)
+
+        core.store(key, newest.version, newest.deleted, newest.value, None, stored, request=request)
