@@ -67,8 +67,8 @@ from typing import Any
 
 from ...protocol.errors import NoQuorumError
 from ...protocol.messages import PutReply, Version
-from .fanout import FAILED, OK, Fanout
 from .dead_copy import DeadCopyRepair
+from .fanout import FAILED, OK, Fanout
 from .keydir import Copy
 from .operations import WRITE_NO_QUORUM, _ReplicatedWrite, disk_error
 from .services import CoreServices
