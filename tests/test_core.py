@@ -19,7 +19,9 @@ from kvwire.protocol.messages import (
     Replicate, ReplicateReply, Sync,
 )
 from kvwire.server.config import ServerConfig, parse_cluster
-from kvwire.server.core import CloseLink, DropPeerHints, Entry, Load, NodeCore, Persist, Respond, Send, StoreHint
+from kvwire.server.core import (
+    CloseLink, DropPeerHints, Entry, Load, NodeCore, Persist, Respond, SaveFloor, Send, StoreHint,
+)
 from kvwire.server.core.buckets import bucket_of
 
 MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
@@ -475,7 +477,7 @@ def test_a_put_whose_request_a_lookup_answer_holds_applied_completes_that_write(
     link_all(core)
     core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
     (lookup,) = effects_of(core, Send)
-    assert lookup.message_type is Lookup and lookup.fields == ("k", "req-1")
+    assert lookup.message_type is Lookup and lookup.fields == ("k", "req-1", None)
     # The peer holds a newer write of the key, and req-1 applied at (4, "n2").
     core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(6, "n3"), False, 0, Version(4, "n2")), 0.0)
     (persist,) = effects_of(core, Persist)
@@ -1094,3 +1096,35 @@ def test_the_mutant_serve_dead_tags_gives_readers_the_dead_tag():
     core = dead_tag_left_here("serve-dead-tags")
     held = [e.reply for e in core.take_effects() if type(e) is Respond and isinstance(e.reply, FetchReply)]
     assert held and held[0].version == Version(5, "n1")
+
+
+def rounds_sent_with_a_floor(mutant=None):
+    """A LOOKUP PUT and a quorum read through n1, whose tag floor (7) is ahead of its peers'."""
+    core = make_core(mutant=mutant)
+    link_all(core)
+    core.tombstones.floor_target = 7
+    core.request("put", Put(7, "k", "v", "req-1", True), 0.0)
+    core.request("get", Get(8, "j"), 0.0)
+    return [(s.message_type, s.fields) for s in effects_of(core, Send)]
+
+
+def test_lookup_and_fetch_carry_the_coordinators_tag_floor():
+    # A tag minted above a floor no majority member has adopted could be left on
+    # this node alone while later writes elsewhere mint below it (sim seed 670,
+    # pause,network, fifteen 0.6 s clients, 400 operations).
+    assert rounds_sent_with_a_floor() == [(Lookup, ("k", "req-1", 7)), (Fetch, ("j", 7))]
+
+
+def test_the_mutant_keep_floor_to_self_sends_none():
+    assert rounds_sent_with_a_floor("keep-floor-to-self") == [(Lookup, ("k", "req-1", None)), (Fetch, ("j", None))]
+
+
+@pytest.mark.parametrize("question", [Lookup(1, "k", None, 9), Fetch(1, "k", 9)])
+def test_a_replica_adopts_a_floor_from_lookup_or_fetch_before_it_answers(question):
+    core = make_core("n2")
+    link_all(core)
+    core.request("q", question, 0.0, from_peer=True)
+    effects = core.take_effects()
+    assert SaveFloor(9) in effects  # made durable, as a floor from DIGESTS is
+    (answer,) = [e.reply for e in effects if type(e) is Respond]
+    assert answer.floor == 9 and core.tombstones.floor_target == 9

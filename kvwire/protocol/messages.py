@@ -168,20 +168,24 @@ class Replicate:
 class Lookup:
     """Peer only: the newest version tag this replica has accepted for ``key``,
     committed or not, from memory. A coordinator's first step of a write.
-    ``request``: also ask whether this replica holds that PUT request applied."""
+    ``request``: also ask whether this replica holds that PUT request applied.
+    ``floor``: the coordinator's tag floor, which the replica adopts first."""
 
     id: int
     key: str
     request: str | None = None
+    floor: int | None = None
     op = Op.LOOKUP
 
 
 @dataclass(slots=True)
 class Fetch:
-    """Peer only: the committed value and version of ``key``; a quorum read's question."""
+    """Peer only: the committed value and version of ``key``; a quorum read's question.
+    ``floor``: the coordinator's tag floor, which the replica adopts first."""
 
     id: int
     key: str
+    floor: int | None = None
     op = Op.FETCH
 
 
@@ -365,7 +369,8 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.GET: frozenset({"consistency"}),
     Op.PUT: frozenset({"request", "retry"}),
     Op.REPLICATE: frozenset({"expect", "request", "read"}),
-    Op.LOOKUP: frozenset({"request"}),
+    Op.LOOKUP: frozenset({"request", "floor"}),
+    Op.FETCH: frozenset({"floor"}),
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),

@@ -82,6 +82,7 @@ MUTANTS = (
     "forget-late-commits",  # a one-round-trip PUT's commit that lands after its answer leaves no request record
     "forget-failed-reads",  # a replica whose disk refused a LOOKUP PUT's tag keeps no record of its request
     "serve-dead-tags",  # a one-round-trip PUT that ends on its own dead tag lets its readers have it
+    "keep-floor-to-self",  # LOOKUP and FETCH do not carry the coordinator's tag floor to the replicas
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -223,6 +224,7 @@ class NodeCore:
                 self.respond(token, UnavailableError(
                     "this node is joining the cluster (catching up from its peers) and takes no part in majorities yet"))
             elif kind is Lookup:
+                self.adopt_floor(request.floor)  # before answering: its reply's floor says so (rounds.py)
                 copy = self.keydir.latest(request.key)
                 applied = None if request.request is None else self.applied.find(request.request, request.key, now)
                 self.respond(token, LookupReply(request.id, copy.version, copy.deleted, self.tombstones.floor_target,
@@ -236,6 +238,7 @@ class NodeCore:
                 except KvwireError as exc:
                     self.respond(token, exc)
             else:
+                self.adopt_floor(request.floor)
                 self.committed_copy(request.key, lambda copy: self._answer_fetch(token, request, copy))
         else:
             raise TypeError(f"the core does not handle {kind.__name__}")

@@ -33,9 +33,16 @@ class MajorityRound:
         everyone: bool = False,
     ) -> None:
         self._core = core
+        # This node's tag floor goes with the question, and the replica adopts it
+        # before answering: a tag minted here above a floor no majority member has
+        # adopted could be left on this node alone (its commit stalled, say) while
+        # later writes elsewhere mint below it, and surface above them.
+        floor = core.tombstones.floor_target or None
+        if core.mutant == "keep-floor-to-self":
+            floor = None
         # LOOKUP only: a PUT's request id, and the versions answers say it was applied
         # at, each with whether it is tentative (applied.py).
-        self._fields = (key,) if request is None else (key, request)
+        self._fields = (key, request, floor) if message_type.__name__ == "Lookup" else (key, floor)
         self.request_versions: list = []
         # FETCH only: version -> the request id that wrote it, where an answer knew.
         self.requests: dict = {}
