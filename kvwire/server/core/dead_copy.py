@@ -11,15 +11,16 @@ the readers would hand it out: a quorum read pairing it with a stale answer
 returned the value of a PUT that answered "nothing was written", and could go
 on to return the refusers' older-tagged but later write after it
 (``python -m kvwire.sim --seed 773 --seeds 1 --ops 400 --faults
-crash,disk,network --clients 15 --client-timeout 0.6 --max-steps 2000000``).
+crash,disk,network --clients 15 --client-timeout 0.6``).
 
 So the readers stay held while this node fetches the key from its peers: each
 refuser held its newer tag durably when it refused, so any answer now is newer,
 and once this node has committed it the readers are released. A failed round
 is tried again every heartbeat interval; readers waiting meanwhile fail at
 their own deadlines, as they would on a silent peer. Kept in memory: after a
-restart the dead tag is served like any other copy (the key is stranded then,
-from its tentative request record, which keeps new PUTs off it).
+restart the dead tag is served like any other copy (the key is only stranded
+then, from its tentative request record, so new PUTs of it through this node
+take the LOOKUP round).
 """
 
 from __future__ import annotations
