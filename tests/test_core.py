@@ -1128,3 +1128,18 @@ def test_a_replica_adopts_a_floor_from_lookup_or_fetch_before_it_answers(questio
     assert SaveFloor(9) in effects  # made durable, as a floor from DIGESTS is
     (answer,) = [e.reply for e in effects if type(e) is Respond]
     assert answer.floor == 9 and core.tombstones.floor_target == 9
+
+
+@pytest.mark.parametrize("question", [Lookup(1, "k", None, 2**63 - 1), Fetch(1, "k", 2**63 - 1)])
+def test_a_floor_further_ahead_than_a_replicate_may_be_is_not_adopted(question):
+    # Found by the node fuzzer: a peer's LOOKUP with floor 2**63 - 1 made the next
+    # PUT mint 2**63, and every commit failed ("Python int too large to convert to
+    # SQLite INTEGER"). A REPLICATE that far ahead is refused (FORBIDDEN); a floor
+    # that far ahead is ignored.
+    core = make_core("n2")
+    link_all(core)
+    core.request("q", question, 0.0, from_peer=True)
+    assert not [e for e in core.take_effects() if type(e) is SaveFloor]
+    assert core.tombstones.floor_target == 0
+    core.request("q", Lookup(2, "k", None, core.config.max_version_jump), 0.0, from_peer=True)
+    assert core.tombstones.floor_target == core.config.max_version_jump  # the furthest a floor may be

@@ -43,6 +43,7 @@ from .core import (
     CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, PeerStateChanged, Persist, Purge, Respond, SaveFloor, Send,
     StoreHint,
 )
+from .core.keydir import MAX_ACCEPTED_COUNTER
 from .failure_detector import PeerState, Transition
 from .peers import PeerLinks, reply_or_failure
 from .storage import Storage
@@ -50,8 +51,6 @@ from .tally import RequestMetrics
 
 log = logging.getLogger("kvwire.node")
 
-# Tags above this are never accepted, so minting counter + 1 can't reach 2**63.
-MAX_ACCEPTED_COUNTER = 2**62
 # Keys read from SQLite in one hop to its thread: a batch of 256 point reads takes
 # about a millisecond, short enough not to hold up the requests of the next one.
 MAX_READ_BATCH = 256

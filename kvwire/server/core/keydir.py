@@ -19,6 +19,10 @@ from ...protocol.messages import NO_VERSION, Version
 MAX_NAMES = 1024
 
 
+# The highest tag counter (or tag floor) a node takes from a peer: far below the
+# 2**63 - 1 that SQLite's INTEGER holds, so that minting above it never overflows.
+MAX_ACCEPTED_COUNTER = 2**62
+
 class Entry(NamedTuple):
     version: Version
     deleted: bool

@@ -35,7 +35,7 @@ from ...protocol.limits import REPAIR_BUCKETS
 from ...protocol.messages import Version
 from .buckets import bucket_of
 from .effects import Purge, SaveFloor
-from .keydir import Entry
+from .keydir import MAX_ACCEPTED_COUNTER, Entry
 from .services import CoreServices
 
 
@@ -71,7 +71,13 @@ class TombstoneCollector:
             self.since.pop(key, None)
 
     def adopt(self, floor: int) -> None:
-        """A floor heard from a peer: mint above it from now on, and make it durable."""
+        """A floor heard from a peer: mint above it from now on, and make it durable.
+        Not one further above this node's highest tag than a REPLICATE's may be
+        (``ServerConfig.max_version_jump``): a floor is a collected tombstone's tag,
+        never so far ahead, and minting above 2**63 - 1 would fail every commit."""
+        core = self._core
+        if floor > min(core.keydir.highest_counter + core.config.max_version_jump, MAX_ACCEPTED_COUNTER):
+            return
         if floor > self.floor_target:
             self.floor_target = floor
             self._core.effects.append(SaveFloor(floor))
