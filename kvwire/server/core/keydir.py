@@ -23,6 +23,7 @@ MAX_NAMES = 1024
 # 2**63 - 1 that SQLite's INTEGER holds, so that minting above it never overflows.
 MAX_ACCEPTED_COUNTER = 2**62
 
+
 class Entry(NamedTuple):
     version: Version
     deleted: bool

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ...protocol.messages import FetchReply, LookupReply
+from ...protocol.messages import Fetch, FetchReply, Lookup, LookupReply
 from .keydir import Copy
 from .services import CoreServices
 
@@ -42,12 +42,12 @@ class MajorityRound:
             floor = None
         # LOOKUP only: a PUT's request id, and the versions answers say it was applied
         # at, each with whether it is tentative (applied.py).
-        self._fields = (key, request, floor) if message_type.__name__ == "Lookup" else (key, floor)
+        self._fields = (key, request, floor) if message_type is Lookup else (key, floor)
         self.request_versions: list = []
         # FETCH only: version -> the request id that wrote it, where an answer knew.
         self.requests: dict = {}
         self._message_type = message_type
-        self._reply_type = FetchReply if message_type.__name__ == "Fetch" else LookupReply
+        self._reply_type = FetchReply if message_type is Fetch else LookupReply
         self._key = key
         self._deadline = deadline
         self._on_done = on_done

@@ -75,12 +75,13 @@ class TombstoneCollector:
         Not one further above this node's highest tag than a REPLICATE's may be
         (``ServerConfig.max_version_jump``): a floor is a collected tombstone's tag,
         never so far ahead, and minting above 2**63 - 1 would fail every commit."""
+        if floor <= self.floor_target:
+            return
         core = self._core
         if floor > min(core.keydir.highest_counter + core.config.max_version_jump, MAX_ACCEPTED_COUNTER):
             return
-        if floor > self.floor_target:
-            self.floor_target = floor
-            self._core.effects.append(SaveFloor(floor))
+        self.floor_target = floor
+        core.effects.append(SaveFloor(floor))
 
     def floor_saved(self, floor: int) -> None:
         if floor > self.floor:
