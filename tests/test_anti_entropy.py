@@ -190,3 +190,47 @@ def test_a_joining_node_takes_no_part_in_majorities_until_caught_up_from_every_p
             cluster.as_peer("n3", conn)
             reply = conn.request(Fetch(3, "j/0"))
         assert reply.deleted and reply.version == deleted
+
+
+@pytest.mark.parametrize("stop", ["kill -9", "clean stop"])
+def test_a_node_killed_catches_up_from_every_peer_before_it_votes_and_one_stopped_cleanly_does_not(tmp_path, stop):
+    """A write's local commit overlaps its REPLICATEs, so a node killed mid-write may
+    have sent a tag it never committed. Restarted after kill -9, n3 votes in no
+    majority until it has caught up from every peer: with n1 down it cannot, and
+    n2 alone with it is no majority. After a clean stop (SIGTERM) nothing was lost,
+    and n2 and n3 carry writes at once."""
+    from kvwire.protocol import ErrorCode, ErrorReply, Fetch
+
+    with LocalCluster(3, data_dir=tmp_path, node_args=REPAIR_ARGS) as cluster:
+        write_keys(cluster.endpoints, [f"u/{i}" for i in range(20)])
+        if stop == "kill -9":
+            cluster.kill("n3")
+        else:
+            assert cluster.terminate("n3") == 0
+        cluster.kill("n1")
+        cluster.start("n3")
+        cluster.wait_ready("n3", peers=False)
+        cluster.wait_peers("n3", up=["n2"], down=["n1"])
+        cluster.wait_peers("n2", up=["n3"], down=["n1"])
+        with Client(cluster.endpoints_of("n2"), retry=RetryPolicy(attempts=1)) as client:
+            if stop == "clean stop":
+                assert cluster.health("n3")["joining"] is False
+                client.put("u/new", b"x")
+                assert client.get("u/new") == b"x"
+                return
+            assert cluster.health("n3")["joining"] is True
+            assert "its last run did not stop cleanly" in cluster["n3"].log()
+            with pytest.raises(NoQuorumError):
+                client.put("u/new", b"x")  # n2 + a catching-up n3 is no majority
+        with cluster.raw("n3") as conn:
+            cluster.as_peer("n3", conn)
+            refused = conn.request(Fetch(2, "u/1"))
+            assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.UNAVAILABLE
+            pulled = conn.request(Fetch(3, "u/1", repair=True))  # anti-entropy's pull is answered
+            assert not isinstance(pulled, ErrorReply) and pulled.value == value_for("u/1", 100)
+        cluster.start("n1")
+        cluster.wait_ready("n1")
+        wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 caught up once n1 was back")
+        with Client(cluster.endpoints_of("n3"), retry=RetryPolicy(attempts=1)) as client:
+            client.put("u/new", b"y")
+            assert client.get("u/new") == b"y"

@@ -11,25 +11,27 @@ from pathlib import Path
 import pytest
 
 from kvwire.protocol import Version
-from kvwire.protocol.errors import ConflictError, InternalServerError, KeyNotFoundError, NoQuorumError
+from kvwire.protocol.errors import (
+    ConflictError, InternalServerError, KeyNotFoundError, NoQuorumError, UnavailableError,
+)
 from kvwire.protocol.messages import (
     NO_VERSION,
     Consistency,
     Delete, DeleteReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put, PutReply,
-    Replicate, ReplicateReply, Sync,
+    Replicate, ReplicateReply, Sync, SyncReply,
 )
 from kvwire.server.config import ServerConfig, parse_cluster
 from kvwire.server.core import (
-    CloseLink, DropPeerHints, Entry, Load, NodeCore, Persist, Respond, SaveFloor, Send, StoreHint,
+    CloseLink, DropPeerHints, Entry, Joined, Load, NodeCore, Persist, Respond, SaveFloor, Send, StoreHint,
 )
 from kvwire.server.core.buckets import bucket_of
 
 MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
 
 
-def make_core(node_id="n1", members=MEMBERS, *, mutant=None, joining=False, **config) -> NodeCore:
+def make_core(node_id="n1", members=MEMBERS, *, mutant=None, joining=False, unclean=False, **config) -> NodeCore:
     return NodeCore(ServerConfig(node_id=node_id, members=members, data_dir=Path("unused"), insecure=True, **config), 0.0,
-                    mutant=mutant, joining=joining)
+                    mutant=mutant, joining=joining, unclean=unclean)
 
 
 def effects_of(core, kind):
@@ -166,7 +168,7 @@ def answer_sends(core, answer, now=0.0):
             core.peer_reply(send.peer, send.request_id, reply, now)
 
 
-def test_a_retried_put_looks_up_a_majority_commits_here_then_replicates():
+def test_a_retried_put_looks_up_a_majority_then_commits_and_replicates_at_once_and_answers_after_its_own_commit():
     core = make_core()
     link_all(core)
     core.request("put", Put(7, "k", "v", "req", True), 0.0)
@@ -176,11 +178,16 @@ def test_a_retried_put_looks_up_a_majority_commits_here_then_replicates():
     effects = core.take_effects()
     (persist,) = [e for e in effects if type(e) is Persist]
     assert persist.version == Version(10, "n1")
-    assert not [e for e in effects if type(e) is Send]  # no peer sees the tag before it is durable here
+    # The REPLICATEs go out with the Persist: the peers commit while this node does.
+    sends = [e for e in effects if type(e) is Send]
+    assert sorted(s.peer for s in sends) == ["n2", "n3"]
+    assert all(s.message_type is Replicate and s.fields[1] == Version(10, "n1") for s in sends)
+    for send in sends:
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, True, Version(10, "n1")), 0.0)
+    # A majority holds it, but not yet this node: were its disk to refuse the tag
+    # now, a success would leave it voting without the version it acknowledged.
+    assert effects_of(core, Respond) == []
     core.persisted(persist.write_id, None, 0.0)
-    sends = effects_of(core, Send)
-    assert sorted(s.peer for s in sends) == ["n2", "n3"] and all(s.message_type is Replicate for s in sends)
-    core.peer_reply(sends[0].peer, sends[0].request_id, ReplicateReply(1, True, Version(10, "n1")), 0.0)
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(10, "n1"), False)
 
 
@@ -228,11 +235,13 @@ def test_a_delete_conditions_its_tombstone_on_the_live_version_it_read():
     live_key(core)
     core.request("del", Delete(1, "k"), 0.0)
     answer_sends(core, lambda s: FetchReply(1, Version(1, "n1"), False, "v"))
-    persists = effects_of(core, Persist)
+    effects = core.take_effects()
+    persists = [e for e in effects if type(e) is Persist]
     assert persists and persists[0].deleted and persists[0].version == Version(2, "n1")
-    core.persisted(persists[0].write_id, None, 0.0)
-    sends = effects_of(core, Send)
+    sends = [e for e in effects if type(e) is Send]  # sent with the tombstone's Persist
+    assert sorted(s.peer for s in sends) == ["n2", "n3"]
     assert all(s.message_type is Replicate and s.fields[4] == Version(1, "n1") for s in sends)
+    core.persisted(persists[0].write_id, None, 0.0)
     # Both peers refuse it (they hold something newer): CONFLICT, as it may still surface.
     for send in sends:
         core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(2, "n3")), 0.0)
@@ -284,10 +293,12 @@ def test_a_write_a_down_peer_missed_is_hinted_and_replayed_when_it_is_back():
     core.take_effects()
     core.request("put", Put(1, "k", "v"), 0.0)
     answer_sends(core, lambda s: LookupReply(1, Version(0, ""), False))
-    commit_all(core, core.take_effects())
     effects = core.take_effects()
+    # Hinted as the REPLICATE to n2 goes out, with the Persist.
     assert StoreHint("n3", "k", Version(1, "n1")) in effects
+    commit_all(core, effects)
     sends = [e for e in effects if type(e) is Send]
+    assert [(s.peer, s.message_type) for s in sends] == [("n2", Replicate)]
     core.peer_reply("n2", sends[0].request_id, ReplicateReply(1, True, Version(1, "n1")), 0.0)
     assert core.hints.count("n3") == 1
     core.link_up("n3", 0.1)
@@ -345,10 +356,13 @@ def test_a_conditional_tombstone_that_loses_is_never_hinted():
     live_key(core)
     core.request("del", Delete(1, "k"), 0.0)
     answer_sends(core, lambda s: FetchReply(1, Version(1, "n1"), False, "v"))
-    (persist,) = effects_of(core, Persist)
-    core.persisted(persist.write_id, None, 0.0)
     effects = core.take_effects()
-    for send in [e for e in effects if type(e) is Send]:
+    (persist,) = [e for e in effects if type(e) is Persist]
+    core.persisted(persist.write_id, None, 0.0)
+    effects += core.take_effects()
+    sends = [e for e in effects if type(e) is Send]  # sent with the Persist
+    assert sorted(s.peer for s in sends) == ["n2", "n3"]
+    for send in sends:
         core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(2, "n3")), 0.0)
     effects += core.take_effects()
     assert isinstance([e for e in effects if type(e) is Respond][0].reply, ConflictError)
@@ -480,15 +494,19 @@ def test_a_put_whose_request_a_lookup_answer_holds_applied_completes_that_write(
     assert lookup.message_type is Lookup and lookup.fields == ("k", "req-1", None)
     # The peer holds a newer write of the key, and req-1 applied at (4, "n2").
     core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(6, "n3"), False, 0, Version(4, "n2")), 0.0)
-    (persist,) = effects_of(core, Persist)
+    effects = core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
     assert persist.version == Version(4, "n2")  # that write again, no new tag
-    core.persisted(persist.write_id, None, 0.0)
-    sends = effects_of(core, Send)
+    sends = [e for e in effects if type(e) is Send]  # sent with the Persist
+    assert sorted(s.peer for s in sends) == ["n2", "n3"]
     assert all(s.message_type is Replicate and s.fields[1] == Version(4, "n2") and s.fields[5] == "req-1"
                for s in sends)
     # (4, n2) was above every write finished before req-1 began, so a newer tag
-    # came after it: the write stands, overwritten since.
+    # came after it: the write stands, overwritten since, once this node's own
+    # commit, the majority's other half, is done.
     core.peer_reply(sends[0].peer, sends[0].request_id, ReplicateReply(1, False, Version(6, "n3")), 0.0)
+    assert effects_of(core, Respond) == []
+    core.persisted(persist.write_id, None, 0.0)
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(4, "n2"), False)
 
 
@@ -563,21 +581,29 @@ def test_a_retried_put_is_not_completed_below_the_tag_floor_where_its_key_may_be
 # --- one-round-trip PUTs (one_trip.py) -------------------------------------------------------
 
 
-def replicate_sends(core):
-    sends = effects_of(core, Send)
+def replicate_sends(effects):
+    """The REPLICATEs among ``effects``, one to each peer (and nothing else sent)."""
+    sends = [e for e in effects if type(e) is Send]
     assert sorted(s.peer for s in sends) == ["n2", "n3"] and all(s.message_type is Replicate for s in sends)
     return sends
 
 
+def committed_and_sent(core, effects):
+    """Complete the Persists in ``effects``: the REPLICATEs the write sent with them
+    (or, for the mutants in ``COMMITS_FIRST``, once they were done)."""
+    commit_all(core, effects)
+    return replicate_sends(effects + core.take_effects())
+
+
 def first_put_sent(core):
-    """A first attempt of a PUT through ``core`` (n1), committed there: its two REPLICATEs."""
+    """A first attempt of a PUT through ``core`` (n1): its two REPLICATEs, which go
+    out in the same batch as its Persist; that commit is then completed."""
     link_all(core)
     core.request("put", Put(7, "k", "v", "req"), 0.0)
-    commit_all(core, core.take_effects())
-    return replicate_sends(core)
+    return committed_and_sent(core, core.take_effects())
 
 
-def test_a_first_put_commits_here_then_replicates_with_no_lookup():
+def test_a_first_put_commits_here_and_replicates_at_once_with_no_lookup_and_answers_after_its_own_commit():
     core = make_core()
     link_all(core)
     core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
@@ -585,32 +611,49 @@ def test_a_first_put_commits_here_then_replicates_with_no_lookup():
     effects = core.take_effects()
     (persist,) = [e for e in effects if type(e) is Persist]
     assert persist.version == Version(5, "n1") and persist.request == "req"
-    assert not [e for e in effects if type(e) is Send]  # no peer sees the tag before it is durable here
-    assert persist.tentative  # only this node holds it yet (applied.Applied.tentative)
-    core.persisted(persist.write_id, None, 0.0)
-    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, True)
-    sends = replicate_sends(core)
+    assert persist.tentative  # only this node is known to hold it yet (applied.Applied.tentative)
+    sends = replicate_sends(effects)  # no LOOKUP round, and sent with the Persist
     assert all(s.fields[1] == Version(5, "n1") for s in sends)
-    core.peer_reply(sends[0].peer, sends[0].request_id,
-                    ReplicateReply(1, True, Version(5, "n1"), Version(4, "n2"), False), 0.0)
+    for send in sends:
+        core.peer_reply(send.peer, send.request_id,
+                        ReplicateReply(1, True, Version(5, "n1"), Version(4, "n2"), False), 0.0)
+    # Both peers took it, but this node's commit is not done: no answer until it is
+    # (a success its disk then refused would leave it voting without the tag).
+    assert effects_of(core, Respond) == []
+    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, False)  # a peer applied it
+    core.persisted(persist.write_id, None, 0.0)
     assert effects_of(core, Respond)[0].reply == PutReply(7, Version(5, "n1"), False)
-    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, False)  # a peer applied it too
+    # The commit's tentative record does not demote what the peers' acknowledgements proved.
+    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, False)
+
+
+def test_a_one_round_trip_commit_done_before_any_answer_leaves_a_tentative_record():
+    # The row is durable here with its request; no peer is known to hold it yet.
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req"), 0.0)
+    commit_all(core, core.take_effects())
+    assert core.applied.find("req", "k", 0.0) == (Version(1, "n1"), 0.0, True)
+    assert effects_of(core, Respond) == []  # this node alone is no majority
 
 
 def test_a_replica_holding_a_newer_tag_does_not_count_and_a_majority_of_them_means_a_new_tag():
     core = make_core()
     link_all(core)
     core.request("put", Put(7, "k", "v"), 0.0)
-    commit_all(core, core.take_effects())
-    first, second = replicate_sends(core)
+    effects = core.take_effects()
+    commit_all(core, effects)
+    first, second = replicate_sends(effects)
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(3, "n3"), Version(3, "n3"), True), 0.0)
     assert effects_of(core, Respond) == []  # held newer: not an acknowledgement
     core.peer_reply(second.peer, second.request_id, ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), False), 0.0)
     # A majority refused (1, n1): no read can return it. Again, above every answer.
-    (persist,) = effects_of(core, Persist)
+    effects = core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
     assert persist.version == Version(4, "n1") and core.stats.one_trip_retries == 1
+    again = replicate_sends(effects)  # the new tag goes out with its Persist too
+    assert all(s.fields[1] == Version(4, "n1") for s in again)
     core.persisted(persist.write_id, None, 0.0)
-    again = replicate_sends(core)
     core.peer_reply(again[0].peer, again[0].request_id,
                     ReplicateReply(1, True, Version(4, "n1"), Version(3, "n3"), True), 0.0)
     # created: the newest copy below (4, n1) that the answers showed is (3, n3), a tombstone.
@@ -636,10 +679,11 @@ def test_a_one_round_trip_tag_is_given_to_no_reader_until_its_put_is_decided():
     for send in (first, second):
         core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(6, "n3"), Version(6, "n3"), False), 0.0)
     # Dead: the second tag (7, n1) is in progress, and the readers still wait.
-    (persist,) = effects_of(core, Persist)
+    effects = core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
     assert persist.version == Version(7, "n1")
+    again = replicate_sends(effects)
     core.persisted(persist.write_id, None, 0.0)
-    again = replicate_sends(core)
     core.peer_reply(again[0].peer, again[0].request_id, ReplicateReply(1, True, Version(7, "n1"), Version(6, "n3"), False), 0.0)
     # Decided: the PUT's answer, and the held FETCH answered with the decided tag.
     replies = [e.reply for e in core.take_effects() if type(e) is Respond]
@@ -655,14 +699,16 @@ def test_a_disk_read_begun_before_a_one_round_trip_put_is_held_too():
     core.request("fetch", Fetch(3, "k"), 0.0, from_peer=True)
     assert [type(e) for e in core.take_effects()] == [Load]
     core.request("put", Put(7, "k", "v", "req"), 0.0)
-    commit_all(core, core.take_effects())
-    first, second = replicate_sends(core)
+    effects = core.take_effects()
+    commit_all(core, effects)
+    first, second = replicate_sends(effects)
     # The row comes back with the PUT's tag, committed meanwhile: not for a reader yet.
     core.loaded("k", (Version(5, "n1"), False, "v"), 0.0)
     assert effects_of(core, Respond) == []
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(5, "n1"), Version(4, "n2"), False), 0.0)
+    # Answered, its commit done: the PUT's reply, and with it the held reader's.
     replies = [e.reply for e in core.take_effects() if type(e) is Respond]
-    assert replies == [FetchReply(3, Version(5, "n1"), False, "v", 0, "req"), PutReply(7, Version(5, "n1"), False)]
+    assert replies == [PutReply(7, Version(5, "n1"), False), FetchReply(3, Version(5, "n1"), False, "v", 0, "req")]
 
 
 def test_the_mutant_serve_in_progress_gives_the_tag_at_once():
@@ -726,9 +772,10 @@ def test_a_delete_coordinators_own_tombstone_counts_for_the_tag_it_read():
     core.applied.remember("req-1", "k", Version(1, "n1"), 0.0, tentative=True)
     core.request("del", Delete(1, "k"), 0.0)
     answer_sends(core, lambda s: FetchReply(1, Version(1, "n1"), False, "v"))
-    (persist,) = effects_of(core, Persist)
+    effects = core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
     core.persisted(persist.write_id, None, 0.0)
-    for send in effects_of(core, Send):
+    for send in replicate_sends(effects):  # sent with the tombstone's Persist
         core.peer_reply(send.peer, send.request_id, ReplicateReply(1, True, Version(2, "n1")), 0.0)
     assert effects_of(core, Respond)[0].reply == DeleteReply(1, Version(2, "n1"))
     # A retry of the PUT finishes (1, n1) only where it is the newest, or where a DELETE
@@ -764,8 +811,9 @@ def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not
     core = make_core()
     link_all(core)
     core.request("put", Put(7, "k", "v"), 0.0)
-    commit_all(core, core.take_effects())
-    first, second = replicate_sends(core)
+    effects = core.take_effects()
+    commit_all(core, effects)
+    first, second = replicate_sends(effects)
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(1, "n1"), None, None, True), 0.0)
     assert effects_of(core, Respond) == [] and core.stats.one_trip_retries == 0  # neither an ack nor a refusal
     # A node that predates prior (a rolling upgrade) counts; it only says nothing for created.
@@ -842,8 +890,7 @@ def lookup_put(core, request_id, value, answer):
 
 def failed_lookup_put(core):
     """A LOOKUP PUT through ``core`` committed here, then no peer took it (simulator seed 21740)."""
-    commit_all(core, lookup_put(core, "req-a", "a", Version(6, "n3")))
-    for send in effects_of(core, Send):
+    for send in committed_and_sent(core, lookup_put(core, "req-a", "a", Version(6, "n3"))):
         core.peer_failed(send.peer, send.request_id, 0.0)
     (respond,) = effects_of(core, Respond)
     assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
@@ -921,9 +968,8 @@ def replicate_sent_for_a_minted_tag(mutant=None):
     core.request("put", Put(7, "k", "v", "req-1", True), 0.0)
     (lookup,) = effects_of(core, Send)
     core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(3, "n2"), False), 0.0)
-    commit_all(core, core.take_effects())
-    (send, _) = [e for e in core.take_effects() if type(e) is Send]
-    assert send.message_type is Replicate and send.fields[1] == Version(4, "n1")
+    (send, _) = committed_and_sent(core, core.take_effects())
+    assert send.fields[1] == Version(4, "n1")
     return send
 
 
@@ -944,9 +990,8 @@ def test_a_one_round_trip_tag_is_not_sent_as_read():
     core = make_core()
     link_all(core)
     core.request("put", Put(7, "k", "v", "req-1"), 0.0)
-    commit_all(core, core.take_effects())
-    sends = [e for e in core.take_effects() if type(e) is Send]
-    assert sends and all(e.message_type is Replicate and e.fields[6] is None for e in sends)
+    sends = replicate_sends(core.take_effects())  # sent with the Persist
+    assert all(e.fields[6] is None for e in sends)
 
 
 def record_of_a_commit_that_lands_after_the_answer(mutant=None):
@@ -1005,8 +1050,9 @@ def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
     core = make_core()
     link_all(core)
     core.request("put", Put(7, "k", "v"), 0.0)
-    commit_all(core, core.take_effects())
-    first, second = replicate_sends(core)
+    effects = core.take_effects()
+    commit_all(core, effects)
+    first, second = replicate_sends(effects)
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(5, "n2"), None, None, True), 0.0)
     core.peer_reply(second.peer, second.request_id, ReplicateReply(1, False, Version(5, "n3"), Version(5, "n3"), False), 0.0)
     (respond,) = effects_of(core, Respond)
@@ -1098,6 +1144,34 @@ def test_the_mutant_serve_dead_tags_gives_readers_the_dead_tag():
     assert held and held[0].version == Version(5, "n1")
 
 
+def test_a_put_that_ends_on_its_dead_tag_before_its_own_commit_holds_its_readers_past_that_commit():
+    # Its REPLICATEs go out with its Persist, so the refusals can decide the PUT
+    # while (5, n1) is still on its way to this disk. Released then, readers would
+    # get (4, n2), and those after the commit the dead tag: they wait for the
+    # commit, and then, the dead tag being this node's copy, for a newer one.
+    core = make_core()
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+    core.cache.put("k", "old")
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req"), 0.0)
+    effects = core.take_effects()
+    assert fetch_reply(core) is None
+    core.tombstones.floor_target = 7  # no second tag: the PUT ends on (5, n1)
+    for send in replicate_sends(effects):
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(6, "n3"), Version(6, "n3"), False), 0.0)
+    (answer,) = [e.reply for e in core.take_effects() if type(e) is Respond]
+    assert isinstance(answer, NoQuorumError) and answer.maybe_applied is False
+    assert fetch_reply(core) is None  # answered, but its commit is not done
+    commit_all(core, effects)
+    (fetch,) = [e for e in core.take_effects() if type(e) is Send]
+    assert fetch.message_type is Fetch  # the dead tag is the copy here now: ask a peer for newer
+    assert fetch_reply(core) is None
+    core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(6, "n3"), False, "newer", 0), 0.0)
+    commit_all(core, core.take_effects())
+    held = [e.reply for e in core.take_effects() if type(e) is Respond]
+    assert held == [FetchReply(3, Version(6, "n3"), False, "newer", 7)] * 3
+
+
 def rounds_sent_with_a_floor(mutant=None):
     """A LOOKUP PUT and a quorum read through n1, whose tag floor (7) is ahead of its peers'."""
     core = make_core(mutant=mutant)
@@ -1143,3 +1217,201 @@ def test_a_floor_further_ahead_than_a_replicate_may_be_is_not_adopted(question):
     assert core.tombstones.floor_target == 0
     core.request("q", Lookup(2, "k", None, core.config.max_version_jump), 0.0, from_peer=True)
     assert core.tombstones.floor_target == core.config.max_version_jump  # the furthest a floor may be
+
+# --- a tag sent and then lost here: catching up before voting again (node.py) ----------------
+
+
+def write_whose_commit_fails(core, put):
+    """``put`` through ``core`` (n1), its LOOKUP round, if it takes one, answered (3, n2);
+    this disk refuses its tag after its REPLICATEs went out. The effects that follow."""
+    core.request("put", put, 0.0)
+    effects = core.take_effects()
+    for lookup in [e for e in effects if type(e) is Send and e.message_type is Lookup]:
+        core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, Version(3, "n2"), False), 0.0)
+        effects = core.take_effects()
+    replicate_sends(effects)  # out with the Persist
+    commit_all(core, effects, error=InternalServerError("disk full"))
+    return core.take_effects()
+
+
+@pytest.mark.parametrize("retry, lost", [(True, Version(4, "n1")), (False, Version(1, "n1"))],
+                         ids=["lookup-put", "one-round-trip-put"])
+def test_a_write_whose_own_commit_fails_after_its_replicates_went_out_may_be_applied_and_the_node_joins(retry, lost):
+    core = make_core()
+    link_all(core)
+    effects = write_whose_commit_fails(core, Put(7, "k", "v", "req", retry))
+    (respond,) = [e for e in effects if type(e) is Respond]
+    # A peer may have committed the tag: the disk's error, but not "nothing written".
+    assert isinstance(respond.reply, InternalServerError) and respond.reply.maybe_applied is True
+    assert "k" in core.stranded and core.keydir.latest_version("k") == NO_VERSION  # not held here
+    assert core.lost_tag("k") == lost
+    # Until it has caught up from every peer it takes no part in majorities: with
+    # the third node it could acknowledge a later write below the tag a peer may hold.
+    assert core.joining
+    core.request("lookup", Lookup(1, "k"), 0.0, from_peer=True)
+    core.request("read", Fetch(2, "k"), 0.0, from_peer=True)
+    replies = [e.reply for e in effects_of(core, Respond)]
+    assert len(replies) == 2 and all(isinstance(reply, UnavailableError) for reply in replies)
+    # It begins catching up at once: a joining node's round, every bucket, tombstones too.
+    syncs = [e for e in effects if type(e) is Send and e.message_type is Sync]
+    assert syncs and all(sync.fields[4] is True for sync in syncs)
+
+
+def test_a_lookup_put_after_a_lost_tag_is_refused_unless_an_answer_holds_that_tag():
+    core = make_core()
+    link_all(core)
+    write_whose_commit_fails(core, Put(7, "k", "a", "req-a", True))  # (4, n1) lost
+
+    def put(request_id, answers):
+        core.request(request_id, Put(8, "k", "b", request_id, True), 0.0)
+        for lookup in [s for s in effects_of(core, Send) if s.message_type is Lookup]:  # joining: every peer
+            core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, answers[lookup.peer], False), 0.0)
+        return core.take_effects()
+
+    # This node holds no copy of k, but a peer may hold (4, n1): minted above the
+    # answers' (3, n2), the tag would be (4, n1) again, two writes on one tag.
+    effects = put("req-b", {"n2": Version(3, "n2"), "n3": Version(3, "n2")})
+    assert [e for e in effects if type(e) is Persist] == []
+    (respond,) = [e for e in effects if type(e) is Respond]
+    assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is False
+    assert "failed here" in respond.reply.message
+    # An answer holds the lost tag: minted above it.
+    effects = put("req-c", {"n2": Version(4, "n1"), "n3": Version(3, "n2")})
+    (persist,) = [e for e in effects if type(e) is Persist]
+    assert persist.version == Version(5, "n1")
+
+
+def lost_tag_then_delete(mutant=None):
+    """n1 lost (4, n1) of k, a PUT's tag its disk refused after the REPLICATEs went
+    out; both peers answer a DELETE's read with (3, n2). The tombstone's tag."""
+    core = make_core(mutant=mutant)
+    link_all(core)
+    write_whose_commit_fails(core, Put(7, "k", "v", "req", True))
+    core.request("del", Delete(9, "k"), 0.0)
+    answer_sends(core, lambda send: FetchReply(1, Version(3, "n2"), False, "old") if send.message_type is Fetch else None)
+    commit_all(core, core.take_effects())  # the read's write-back here: this node held nothing
+    (persist,) = effects_of(core, Persist)
+    assert persist.deleted
+    return persist.version
+
+
+def test_a_node_that_lost_a_sent_tag_mints_the_keys_next_tag_above_it():
+    # (4, n1) may be on a peer with the failed PUT's value: a tombstone at (4, n1)
+    # would be a second write on that tag, and which one a replica keeps, a race.
+    assert lost_tag_then_delete() == Version(5, "n1")
+
+
+def test_the_mutant_remint_lost_tags_mints_the_lost_tag_again():
+    assert lost_tag_then_delete("remint-lost-tags") == Version(4, "n1")
+
+
+def test_the_mutant_vote_after_lost_send_keeps_voting_after_its_commit_failed():
+    core = make_core(mutant="vote-after-lost-send")
+    link_all(core)
+    write_whose_commit_fails(core, Put(7, "k", "v", "req", True))
+    assert not core.joining and core.lost_tag("k") == Version(4, "n1")
+    core.request("q", Lookup(1, "k"), 0.0, from_peer=True)
+    assert effects_of(core, Respond)[0].reply == LookupReply(1, NO_VERSION, False, 0)
+
+
+def test_a_node_started_after_an_unclean_stop_is_joining():
+    # Killed, it may have lost tags whose REPLICATEs went out before its commits were
+    # durable (the same as a failed commit, with no record of which): it catches up
+    # from every peer before it votes.
+    core = make_core(unclean=True)
+    link_all(core)
+    assert core.joining
+    core.request("q", Lookup(1, "k"), 0.0, from_peer=True)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, UnavailableError)
+    assert not make_core().joining  # a clean stop lost nothing it sent
+    assert not make_core(members=(), unclean=True).joining  # alone: none sent, none to catch up from
+
+
+def test_the_mutant_vote_after_lost_send_votes_at_once_after_an_unclean_stop():
+    core = make_core(unclean=True, mutant="vote-after-lost-send")
+    link_all(core)
+    assert not core.joining
+    core.request("q", Lookup(1, "k"), 0.0, from_peer=True)
+    assert effects_of(core, Respond)[0].reply == LookupReply(1, NO_VERSION, False, 0)
+
+
+def test_a_joining_node_answers_a_repair_fetch_and_refuses_a_reads():
+    core = make_core("n2", joining=True)
+    link_all(core)
+    replicate(core, Version(2, "n1"))
+    core.request("repair", Fetch(1, "k", None, True), 0.0, from_peer=True)
+    core.request("read", Fetch(2, "k"), 0.0, from_peer=True)
+    replies = {e.token: e.reply for e in effects_of(core, Respond)}
+    # An anti-entropy pull is no vote, and nodes all joining at once (the whole
+    # cluster lost power) must catch up from each other; a read's FETCH is a vote.
+    assert replies["repair"] == FetchReply(1, Version(2, "n1"), False, "v", 0)
+    assert isinstance(replies["read"], UnavailableError)
+
+
+def test_the_mutant_no_repair_while_joining_refuses_a_repair_fetch_too():
+    core = make_core("n2", joining=True, mutant="no-repair-while-joining")
+    link_all(core)
+    replicate(core, Version(2, "n1"))
+    core.request("repair", Fetch(1, "k", None, True), 0.0, from_peer=True)
+    (respond,) = effects_of(core, Respond)
+    assert isinstance(respond.reply, UnavailableError)
+
+
+def page_through(core, effects, offered=(), now=0.0):
+    """Answer the SYNC pages among ``effects``, and those that follow, as a peer
+    holding the ``offered`` keys newer would; the other effects on the way."""
+    rest = []
+    while syncs := [e for e in effects if type(e) is Send and e.message_type is Sync]:
+        rest += [e for e in effects if e not in syncs]
+        for sync in syncs:
+            keys = [key for key in offered if bucket_of(key) == sync.fields[0]]
+            core.peer_reply(sync.peer, sync.request_id, SyncReply(1, [], keys), now)
+        effects = core.take_effects()
+    return rest + effects
+
+
+def test_a_joining_nodes_round_pulls_with_repair_fetches_and_it_joins_once_done_with_every_peer():
+    core = make_core(unclean=True)
+    core.link_up("n2", 0.0)  # joining: a round begins as soon as a peer is up
+    page_through(core, core.take_effects(), offered=["k"])
+    core.link_up("n3", 0.0)
+    core.tick(0.1)  # the transfers' pace
+    (fetch,) = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
+    assert (fetch.peer, fetch.fields) == ("n2", ("k", None, True))
+    # n2, restarted uncleanly too, answers it.
+    peer = make_core("n2", unclean=True)
+    link_all(peer)
+    replicate(peer, Version(2, "n2"))
+    peer.request("pull", Fetch(1, *fetch.fields), 0.1, from_peer=True)
+    (answer,) = effects_of(peer, Respond)
+    assert isinstance(answer.reply, FetchReply)
+    core.peer_reply("n2", fetch.request_id, answer.reply, 0.1)
+    commit_all(core, core.take_effects(), 0.1)
+    assert core.keydir.committed["k"] == Entry(Version(2, "n2"), False)
+    assert core.joining and Joined() not in core.take_effects()  # caught up from n2 only
+    for peer_id in core.peer_ids:
+        core.heard(peer_id, 2.0)
+    core.tick(2.0)  # the next round, with n3: nothing to move
+    effects = page_through(core, core.take_effects(), now=2.0)
+    assert not core.joining and Joined() in effects
+
+
+def test_joining_ends_only_after_rounds_begun_since_it_started_complete_with_every_peer():
+    core = make_core(unclean=True)
+    link_all(core)
+    core.repair_round_completed("n2", core.join_generation)
+    assert core.joining  # n3 is left
+    core.repair_round_completed("n3", core.join_generation)
+    assert not core.joining and Joined() in core.take_effects()
+    before = core.join_generation
+    core.lost_a_sent_tag("k", Version(4, "n1"))
+    assert core.joining and core.join_generation == before + 1
+    # Rounds begun before the loss prove nothing about where the lost tag went.
+    core.repair_round_completed("n2", before)
+    core.repair_round_completed("n3", before)
+    assert core.joining
+    core.repair_round_completed("n2", core.join_generation)
+    assert core.joining  # nor do the peers caught up from in the earlier generation
+    core.repair_round_completed("n3", core.join_generation)
+    assert not core.joining and Joined() in core.take_effects()

@@ -272,6 +272,7 @@ def test_no_acknowledged_write_is_lost_while_nodes_are_killed_and_restarted(clus
             cluster[victim].start().wait_ready()
             for other in others:
                 cluster.wait_peers(other, up=[victim], timeout=5.0)
+            cluster.wait_caught_up(victim)  # killed: it votes again once caught up, before the next kill
     finally:
         stop.set()
         for thread in threads:

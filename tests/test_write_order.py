@@ -1,9 +1,10 @@
-"""A coordinator commits a write before any peer sees its tag (docs/protocol.md 6.10, step 3).
+"""A coordinator acknowledges a write only once its own commit is done (docs/protocol.md 6.10, steps 3-4).
 
-Otherwise a crash between the send and the fsync could leave a peer holding a
-tag the restarted coordinator does not know, and mint again for another value.
-Here n1 is a real node; its two peers are scripted in this process, and each
-REPLICATE they receive is checked against n1's SQLite file at that moment.
+Its REPLICATEs go out while it commits, so both peers may acknowledge first; a
+success answered then, and a commit its disk refused after, would leave it
+voting without the version. Here n1 is a real node; its two peers are scripted
+in this process and acknowledge every REPLICATE at once, while the test holds
+SQLite's write lock on n1's file, as a slow disk would hold its commit.
 """
 
 import asyncio
@@ -17,14 +18,16 @@ from kvwire.testing import NodeProcess, ScriptedNode
 from kvwire.testing.cluster import new_secret_file
 
 
-def replicate_checker(coordinator_db, seen):
-    """A peer's answers to n1: PING, LOOKUP, and each REPLICATE recorded with whether
-    n1's database already held that key at that tag when it arrived."""
+def committed_on(coordinator_db, key):
+    """The tag n1's database holds for ``key`` now, or None."""
+    with contextlib.closing(sqlite3.connect(f"file:{coordinator_db}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT counter, node FROM kv WHERE key = ?", (key,)).fetchone()
+    return None if row is None else tuple(row)
 
-    def committed_on_coordinator(key):
-        with contextlib.closing(sqlite3.connect(f"file:{coordinator_db}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT counter, node FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else tuple(row)
+
+def replicate_checker(coordinator_db, seen):
+    """A peer's answers to n1: PING, LOOKUP, and each REPLICATE acknowledged at once,
+    recorded with the tag n1's database held for that key when it arrived."""
 
     def answer(request):
         if isinstance(request, Ping):
@@ -32,14 +35,14 @@ def replicate_checker(coordinator_db, seen):
         if isinstance(request, Lookup):
             return LookupReply(request.id, NO_VERSION, False)
         if isinstance(request, Replicate):
-            seen.append((request.key, tuple(request.version), committed_on_coordinator(request.key)))
+            seen.append((request.key, tuple(request.version), committed_on(coordinator_db, request.key)))
             return ReplicateReply(request.id, True, request.version)
         return None
 
     return answer
 
 
-async def test_no_peer_sees_a_tag_before_the_coordinator_has_committed_it(tmp_path):
+async def test_a_put_is_acknowledged_only_once_the_coordinator_has_committed_it(tmp_path):
     seen = []
     db = tmp_path / "n1" / "kvwire.sqlite3"
     secret_file = new_secret_file(tmp_path)  # the scripted peers prove it, so n1 links to them
@@ -58,11 +61,22 @@ async def test_no_peer_sees_a_tag_before_the_coordinator_has_committed_it(tmp_pa
                 while (await client.health())["cluster"]["healthy_nodes"] != 3:
                     assert asyncio.get_running_loop().time() < deadline, "n1 never saw its scripted peers UP"
                     await asyncio.sleep(0.02)
-                versions = await asyncio.gather(*(client.put(f"k{n}", n) for n in range(40)))
+                # Hold SQLite's write lock, as a slow disk would hold n1's commit (its
+                # busy timeout is 5 s): the REPLICATEs go out, both peers acknowledge.
+                with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as lock:
+                    lock.execute("BEGIN IMMEDIATE")
+                    put = asyncio.create_task(client.put("k", "v"))
+                    deadline = asyncio.get_running_loop().time() + 4
+                    while len(seen) < 2:
+                        assert asyncio.get_running_loop().time() < deadline, f"REPLICATEs never came: {seen}"
+                        await asyncio.sleep(0.01)
+                    assert [(key, held) for key, _tag, held in seen] == [("k", None)] * 2  # n1 has not committed
+                    # Both acknowledged: only n1's own commit is missing, and the PUT waits for it.
+                    done, _ = await asyncio.wait({put}, timeout=0.5)
+                    assert not done, "acknowledged before the coordinator's own commit"
+                    lock.execute("ROLLBACK")
+                version = await put
+                assert committed_on(db, "k") == tuple(version)
+                assert {tag for _key, tag, _held in seen} == {tuple(version)}
         finally:
             await asyncio.to_thread(node.stop)
-    assert len(versions) == 40
-    replicated = {(key, tag) for key, tag, _ in seen}
-    assert {(f"k{n}", tuple(version)) for n, version in enumerate(versions)} <= replicated
-    early = [(key, tag, held) for key, tag, held in seen if held != tag]
-    assert not early, f"REPLICATE arrived before the coordinator's commit: {early[:5]}"

@@ -287,6 +287,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "joining": _boolean,
     "observed": _boolean,
     "read": _boolean,
+    "repair": _boolean,
     "prior": _version,
     "prior_deleted": _boolean,
 }

@@ -81,6 +81,7 @@ _WIRE_TYPES: dict[str, Any] = {
     "joining": bool,
     "observed": bool,
     "read": bool,
+    "repair": bool,
     "floor": Annotated[int, Meta(ge=0, le=MAX_COUNTER)],
     "request_version": Version,
     "request_tentative": bool,

@@ -181,11 +181,13 @@ class Lookup:
 @dataclass(slots=True)
 class Fetch:
     """Peer only: the committed value and version of ``key``; a quorum read's question.
-    ``floor``: the coordinator's tag floor, which the replica adopts first."""
+    ``floor``: the coordinator's tag floor, which the replica adopts first.
+    ``repair``: an anti-entropy pull, not a read: answered even while joining."""
 
     id: int
     key: str
     floor: int | None = None
+    repair: bool | None = None
     op = Op.FETCH
 
 
@@ -370,7 +372,7 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.PUT: frozenset({"request", "retry"}),
     Op.REPLICATE: frozenset({"expect", "request", "read"}),
     Op.LOOKUP: frozenset({"request", "floor"}),
-    Op.FETCH: frozenset({"floor"}),
+    Op.FETCH: frozenset({"floor", "repair"}),
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),

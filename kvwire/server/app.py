@@ -150,5 +150,7 @@ async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: 
         conn.close()
     node.stop()
     await node.peers.close()
-    await node.storage.close()
+    # A node still joining (or that lost a tag it sent) may lack a tag a peer holds:
+    # its next start must catch up again, as after a kill.
+    await node.storage.close(clean=not node.core.joining)
     log.info("storage flushed and closed; bye")

@@ -90,7 +90,7 @@ class Node:
         requests = [(request, key, version, now - age, tentative)
                     for request, key, version, age, tentative in storage.loaded_requests]
         self.core = NodeCore(config, now, committed=storage.loaded_entries, hints=storage.loaded_hints, requests=requests,
-                             floor=storage.loaded_floor, joining=storage.joining)
+                             floor=storage.loaded_floor, joining=storage.joining, unclean=storage.unclean)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
         self.peers = PeerLinks(config, self)
@@ -108,8 +108,10 @@ class Node:
         self._snapshot_timer: asyncio.TimerHandle | None = None
         self._joining = self.core.joining
         if self._joining:
-            log.info("joining the cluster: until anti-entropy has caught this node up from every peer it takes no "
-                     "part in majorities, and what it coordinates asks every node", extra={"event": "joining"})
+            why = "" if storage.joining or not storage.unclean else (
+                "its last run did not stop cleanly, and may have sent peers tags it never committed; ")
+            log.info("joining the cluster: %suntil anti-entropy has caught this node up from every peer it takes no "
+                     "part in majorities, and what it coordinates asks every node", why, extra={"event": "joining"})
         # What a connection may do before (and without) an accepted HELLO.
         self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
 

@@ -166,6 +166,8 @@ class Storage:
         self._requests_expired_at = 0.0
         # Joining the cluster (``open(join=)``) and not yet caught up.
         self.joining = False
+        # The last run ended without ``close(clean=True)``: killed, or it lost power.
+        self.unclean = False
         self._clear_joining = False
 
     @classmethod
@@ -190,6 +192,11 @@ class Storage:
             fresh = await _claim_for_node(writer, node_id, path)
             if fresh and join:
                 await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('joining', '1')")
+            # Present from here until a clean close: found at open, the last run
+            # was killed (or lost power) and may have sent tags it never committed.
+            async with writer.execute("SELECT value FROM meta WHERE name = 'running'") as cursor:
+                unclean = await cursor.fetchone() is not None
+            await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('running', '1')")
             await writer.commit()
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException as exc:
@@ -198,6 +205,7 @@ class Storage:
                 raise DataDirError(_cannot_use(path, exc)) from None
             raise
         storage = cls(writer, reader, max_batch_rows, path)
+        storage.unclean = unclean
         await storage._load()
         entries = storage.loaded_entries
         log.info("opened %s: %d keys (%d tombstones), sync=%s", path, len(entries),
@@ -418,11 +426,18 @@ class Storage:
     def queued_writes(self) -> int:
         return len(self._queue)
 
-    async def close(self) -> None:
-        """Commit everything queued, then close both connections."""
+    async def close(self, *, clean: bool = True) -> None:
+        """Commit everything queued, then close both connections. ``clean``: this node
+        holds every tag it sent, so the next start need not catch up first (NodeCore)."""
         self._closing = True
         self._wakeup.set()
         await self._committer
+        if clean and self.write_error is None:
+            try:
+                await self._writer.execute("DELETE FROM meta WHERE name = 'running'")
+                await self._writer.commit()
+            except sqlite3.Error as exc:
+                log.warning("could not record a clean stop (%s): the next start catches up from every peer first", exc)
         await self._reader.close()
         await self._writer.close()
 

@@ -109,6 +109,7 @@ class SimNode:
     queued: list = field(default_factory=list)  # Persist and hint effects awaiting the next commit
     commit_scheduled: bool = False
     tick_at: float | None = None
+    started_before: bool = False
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -123,8 +124,11 @@ class SimNode:
         disk.requests = {name: held for name, held in disk.requests.items() if now - held[1] <= REQUEST_MAX_AGE}
         requests = [(request, key, version, at, tentative)
                     for (request, key), (version, at, tentative) in disk.requests.items()]
+        # Every start after the first follows a crash: an unclean stop (NodeCore).
         self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, requests=requests,
-                             floor=self.disk.floor, joining=self.disk.joining, mutant=self.mutant)
+                             floor=self.disk.floor, joining=self.disk.joining, unclean=self.started_before,
+                             mutant=self.mutant)
+        self.started_before = True
         self.queued, self.commit_scheduled, self.tick_at = [], False, None
         for peer in self.config.peers:
             self.links[peer.node_id] = None

@@ -204,7 +204,8 @@ class LocalCluster(StartsOnEnter):
 
     def wait_ready(self, *node_ids: str, timeout: float = 15.0, peers: bool = True) -> LocalCluster:
         """Wait until the given nodes (default: all) answer PING and, with ``peers``,
-        until each of them and every other running node see one another UP."""
+        until each of them and every other running node see one another UP, and,
+        when every node runs, until each of them has caught up (``wait_caught_up``)."""
         selected = self._select(node_ids)
         for node in selected:
             node.wait_ready(timeout=timeout)
@@ -215,6 +216,9 @@ class LocalCluster(StartsOnEnter):
                 self.wait_peers(node.node_id, up=others, timeout=timeout)
                 for other in others:
                     self.wait_peers(other, up=[node.node_id], timeout=timeout)
+            if len(running) == len(self.nodes):
+                for node in selected:
+                    self.wait_caught_up(node.node_id, timeout=timeout)
         return self
 
     def wait_peers(self, node_id: str, *, up: Iterable[str] = (), down: Iterable[str] = (), timeout: float = 5.0) -> None:
@@ -230,8 +234,20 @@ class LocalCluster(StartsOnEnter):
 
         wait_for(seen, timeout=timeout, what=f"{node_id} seeing {up} UP and {down} DOWN")
 
+    def wait_caught_up(self, node_id: str, timeout: float = 15.0) -> None:
+        """Wait until ``node_id`` has stopped joining: a node started after ``kill -9``
+        (or with ``--join``) votes in no majority until anti-entropy has caught it up
+        from every peer, so killing another node before then stops writes."""
+        def caught_up() -> bool:
+            try:
+                return self.health(node_id)["joining"] is False
+            except (OSError, TimeoutError, EOFError):
+                return False  # still starting, or busy: ask again
+
+        wait_for(caught_up, timeout=timeout, what=f"{node_id} caught up from every peer")
+
     def kill(self, node_id: str) -> None:
-        """``kill -9`` one node."""
+        """``kill -9`` one node (its next start catches up before it votes: ``wait_caught_up``)."""
         self[node_id].kill()
 
     def terminate(self, node_id: str, timeout: float = 15.0) -> int:

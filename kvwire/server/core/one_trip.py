@@ -125,6 +125,7 @@ class OneTripWrite(_ReplicatedWrite):
         self._dead: set[Version] = set()  # those a majority refused
         self._heard: list[Copy] = []  # what replicas held before this write's tags reached them
         self._newest_heard = core.keydir.latest_version(request.key)
+        self._commits_pending = 0  # this write's tags handed to the disk and not yet done
 
     def _success(self) -> PutReply:
         before = [copy for copy in self._heard if copy.version < self._version and copy.version not in self._mine]
@@ -138,33 +139,42 @@ class OneTripWrite(_ReplicatedWrite):
     def _answer(self, error: Exception | None) -> None:
         if self._answered:
             return
-        core, key = self._core, self._request.key
         # The fanout's callback refers to this write: let go of it, or the two
         # would form a cycle only the garbage collector frees (rounds.py says why).
         self._fanout = None
+        super()._answer(error)
+        if not self._commits_pending:
+            self._release_readers()
+
+    def _release_readers(self) -> None:
+        """Once the PUT is answered and every tag it minted is committed here (or
+        refused by the disk): give the key's readers its copy, unless that copy is
+        a dead tag. A commit still under way when the PUT is answered (its tags
+        went to the peers with it) may yet make a dead tag this node's copy."""
+        core, key = self._core, self._request.key
         committed = core.keydir.committed.get(key)
         if committed is not None and committed.version in self._dead and core.mutant != "serve-dead-tags":
             # Its readers stay held until this node holds a newer copy (dead_copy.py).
-            super()._answer(error)
             DeadCopyRepair(core, key, committed.version).start()
             return
         core.one_trip_ended(key)
-        super()._answer(error)
 
     def _propose(self) -> None:
         core, key = self._core, self._request.key
         local = core.keydir.latest(key)
         if local.version not in self._mine:
             self._heard.append(local)
-        self._version = version = core.mint(max(local.version, self._newest_heard))
+        self._version = version = core.mint(key, max(local.version, self._newest_heard))
         self._mine.add(version)
         self._attempt += 1
         attempt = self._attempt
         self._acks = self._refused = self._failed = 0  # this attempt's, this node's own in _acks
         self._local_pending = True
+        self._commits_pending += 1
         self._fanout = None
 
         def stored(error: Exception | None) -> None:
+            self._commits_pending -= 1
             request_id = self._request.request
             if error is None and request_id is not None and core.mutant != "forget-late-commits":
                 # As for every write: a retry through this node finds the tag and
@@ -174,21 +184,30 @@ class OneTripWrite(_ReplicatedWrite):
                 # passed while this node was stopped): the row is durable, a
                 # reader may be given it, and its write-back must carry the id.
                 core.applied.remember(request_id, key, version, core.now, tentative=True)
-            if attempt != self._attempt or self._answered:
+            if error is not None and not core.commits_first:
+                core.lost_a_sent_tag(key, version)  # its REPLICATEs went out with it
+            if self._answered:
+                if not self._commits_pending:
+                    self._release_readers()
+                return
+            if attempt != self._attempt:
                 return
             self._local_pending = False
             if error is not None:
-                # An earlier attempt's tag went to the peers: it may be applied there
-                # (and then ``_answer`` strands the key, as for any such write).
-                self._answer(disk_error(error, maybe_applied=attempt > 1))
+                # The tag went to the peers with it: it may be applied there (and
+                # then ``_answer`` strands the key, as for any such write).
+                self._answer(disk_error(error, maybe_applied=not core.commits_first or attempt > 1))
                 return
             self._acks += 1
-            self._send(attempt)
+            if core.commits_first:
+                self._send(attempt)
             self._decide()
 
-        # Committed here before any peer sees it, as every write (operations.py).
+        # Committed here while the peers commit it (operations._ReplicatedWrite._commit).
         core.store(key, version, False, self._request.value, self._packed, stored, request=self._request.request,
                    tentative=True)
+        if not core.commits_first:
+            self._send(attempt)
 
     def _send(self, attempt: int) -> None:
         core = self._core
@@ -224,7 +243,7 @@ class OneTripWrite(_ReplicatedWrite):
         core = self._core
         if self._answered:
             return
-        if self._acks >= core.quorum:
+        if self._acks >= core.quorum and not self._local_pending:
             self._answer(None)
             return
         if self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum):

@@ -214,14 +214,34 @@ class _ReplicatedWrite:
             maybe_applied=maybe_applied))
 
     def _commit(self, deleted: bool, value: Any, packed: bytes | None) -> None:
+        """Commit the version here and send it to every peer at once: the peers'
+        commits run alongside this node's, one fsync on the way, not two. A peer
+        may so hold a tag this node then loses (its disk refuses it, or it is
+        killed first): ``NodeCore.lost_a_sent_tag`` and an unclean restart make
+        this node catch up from every peer before it votes again."""
         self._deleted, self._value = deleted, value
+        self._local_pending = True
         self._core.store(self._request.key, self._version, deleted, value, packed, self._stored,
                          request=getattr(self._request, "request", None), tentative=self._exact)
+        if not self._core.commits_first:
+            self._replicate()
+
+    def _replicate(self) -> None:
+        core = self._core
+        if core.peer_ids:
+            Fanout(core, self._request.key, self._version, self._deleted, self._value, core.peer_ids,
+                   self._deadline, self._replicated, expect=self._expect, request=getattr(self._request, "request", None),
+                   exact=self._exact, read=self._firm and core.mutant != "forget-superseded-requests")
 
     def _stored(self, error: Exception | None) -> None:
         core = self._core
+        self._local_pending = False
         if error is not None:
-            self._answer(error)  # the disk refused it: say so, not "no quorum"
+            sent = bool(core.peer_ids) and not core.commits_first
+            if sent:
+                core.lost_a_sent_tag(self._request.key, self._version)
+            # The disk refused it: say so, not "no quorum"; its REPLICATEs went out.
+            self._answer(disk_error(error, maybe_applied=sent))
             return
         request_id = getattr(self._request, "request", None)
         if self._exact and core.joining and core.mutant != "joining-vouches":
@@ -237,18 +257,20 @@ class _ReplicatedWrite:
             if request_id is not None:
                 core.applied.remember(request_id, self._request.key, self._version, core.now, tentative=self._exact)
             self._acks += 1
-            if self._acks == core.quorum:
-                self._answer(None)
-        if core.peer_ids:
-            Fanout(core, self._request.key, self._version, self._deleted, self._value, core.peer_ids,
-                   self._deadline, self._replicated, expect=self._expect, request=request_id, exact=self._exact,
-                   read=self._firm and core.mutant != "forget-superseded-requests")
+        if self._acks >= core.quorum:
+            self._answer(None)
+        else:
+            self._check_reachable()
+        if core.commits_first:
+            self._replicate()
 
     def _replicated(self, peer: str, outcome: str) -> None:
         core = self._core
         if outcome == OK:
             self._acks += 1
-            if self._acks == core.quorum:
+            # Answered once this node's own commit is done too: a success its own
+            # disk then refused would leave it voting without the version.
+            if self._acks >= core.quorum and not self._local_pending:
                 self._answer(None)
             return
         if self._expect is not None:
@@ -262,6 +284,11 @@ class _ReplicatedWrite:
             self._failed += 1
         else:
             self._refused += 1
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        """Answer now if a majority can no longer hold the version."""
+        core = self._core
         reachable = core.cluster_size - self._failed - self._refused
         if self._answered or reachable >= core.quorum:
             return
@@ -387,7 +414,7 @@ class Write(_ReplicatedWrite):
         # key that it started meanwhile is pending here, and the new tag must
         # pass it, or two writes in flight would share one tag.
         own = core.keydir.latest(key)
-        if copies and key in core.stranded and own.version > max(copy.version for copy in copies) \
+        if copies and key in core.stranded and max(own.version, core.lost_tag(key)) > max(c.version for c in copies) \
                 and core.mutant != "stack-on-stranded":
             # A write of the key failed here, and no answer holds this node's
             # copy: a tag above it would be two above what the majority held.
@@ -403,7 +430,7 @@ class Write(_ReplicatedWrite):
         copies.append(own)
         newest = max(copies, key=lambda copy: copy.version)
         self._created = newest.absent
-        self._version = core.mint(newest.version)
+        self._version = core.mint(self._request.key, newest.version)
         self._above_own = self._firm = True
         self._commit(False, self._request.value, self._packed)
 
@@ -446,7 +473,7 @@ class Delete(_ReplicatedWrite):
                 self.start()
             return
         self._expect = newest.version
-        self._version = core.mint(newest.version)
+        self._version = core.mint(self._request.key, newest.version)
         core.observed.note(key, self._version, self._expect)
         self._commit(True, None, None)
 

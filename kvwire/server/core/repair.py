@@ -93,6 +93,7 @@ class _Round:
         # A joining node's round: every bucket, tombstones too, and it counts
         # as caught up only if nothing was left behind (complete stays True).
         self.full = False
+        self.generation = 0  # the core's join_generation when it began
         self.complete = True
         self.pages_in_flight = 0
         self.retry_at: float | None = None  # a _next_page scheduled for then
@@ -166,6 +167,7 @@ class Repair:
             # Digests cover live keys only, and a joining node needs the
             # tombstones as well: page through every bucket.
             round_.full = True
+            round_.generation = self._core.join_generation
             round_.buckets.extend(range(REPAIR_BUCKETS))
             round_.differing = REPAIR_BUCKETS
             self._next_page(round_)
@@ -285,7 +287,7 @@ class Repair:
             status.keys_received = round_.received
             status.keys_peer_lacks = round_.peer_lacks
             if round_.full and round_.complete:
-                self._core.repair_round_completed(round_.peer)
+                self._core.repair_round_completed(round_.peer, round_.generation)
 
     # --- paced transfers ----------------------------------------------------------------
 
@@ -378,7 +380,9 @@ class Repair:
             core.store(key, reply.version, reply.deleted, None if reply.deleted else reply.value, None, stored,
                        request=reply.request, tentative=core.joining)
 
-        if self._ask(round_.peer, Fetch, (key,), fetched) is None:
+        # ``repair``: a joining peer answers it (only its reads' FETCHes wait), so
+        # nodes joining at once, after a whole cluster lost power, catch up from each other.
+        if self._ask(round_.peer, Fetch, (key, None, True), fetched) is None:
             self._transferred(round_, False)
 
     # --- a peer's rounds: answering DIGESTS and SYNC ---------------------------------------
