@@ -424,6 +424,10 @@ def test_ctrl_c_exits_130_quietly():
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As a terminal's foreground job gets it: started as a background job
+            # of a script (`.ci/run &`), the suite itself inherits SIGINT ignored,
+            # and Python keeps ignoring it in the child.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             connection, _ = silent.accept()
