@@ -9,6 +9,7 @@ leave that newer write in place.
 from __future__ import annotations
 
 from kvwire import Client
+from kvwire.client import RetryPolicy
 from kvwire.protocol import ErrorCode, Get, GetReply, Put, PutReply, Version
 from kvwire.testing import LocalCluster, RawConnection, wait_for
 from kvwire.testing.disk import NodeOnItsOwnDisk
@@ -23,6 +24,12 @@ SYNC = "normal"
 def _put(cluster, node_id, key, value, request, retry=None):
     with RawConnection(cluster[node_id].address) as conn:
         return conn.request(Put(1, key, value, request, retry))
+
+
+def _silent_for(cluster, node_id, peer):
+    """How long ``node_id`` has heard nothing from ``peer``, in seconds (its HEALTH)."""
+    nodes = cluster.health(node_id)["cluster"]["nodes"]
+    return next(entry["last_heard_ms"] for entry in nodes if entry["node_id"] == peer) / 1000
 
 
 def _get(cluster, node_id, key):
@@ -83,7 +90,8 @@ def test_request_ids_are_kept_on_disk_so_a_retry_after_a_restart_is_still_applie
 
 def test_a_first_attempt_that_waited_on_a_stopped_node_is_not_applied_again(tmp_path):
     """A client sends a PUT to n1, which is stopped (SIGSTOP): the request waits
-    unread in n1's socket. The client gives up on n1 and sends the PUT again, with
+    unread in n1's socket. The client gives up on n1 (silent for its attempt
+    timeout, as the client library's) and sends the PUT again, with
     its request id, to n2, which applies it; another client's write follows. When
     n1 runs again it reads the first attempt: applying it now would put "a" back
     above "b". It must finish the retry's write, or fail, and "b" must stay.
@@ -103,6 +111,12 @@ def test_a_first_attempt_that_waited_on_a_stopped_node_is_not_applied_again(tmp_
                 wait_for(lambda: cluster["n1"].unread_bytes() > 0, timeout=5.0, what="the PUT waiting in n1's socket")
                 cluster.wait_peers("n2", down=["n1"], timeout=5.0)
                 cluster.wait_peers("n3", down=["n1"], timeout=5.0)
+                # A client gives up after its attempt timeout, not the moment the
+                # peers mark n1 DOWN: that can be less than failure_timeout after
+                # n1's own last event, too short for n1 to see its stall (CI saw it).
+                for peer in ("n2", "n3"):
+                    wait_for(lambda: _silent_for(cluster, peer, "n1") >= RetryPolicy().attempt_timeout, timeout=5.0,
+                             what=f"{peer} hearing nothing from n1 for a client's attempt timeout")
                 retried = _put(cluster, "n2", "k", "a", "req-1", retry=True)
                 assert isinstance(retried, PutReply), retried
                 later = _put(cluster, "n3", "k", "b", "req-2")
