@@ -243,7 +243,7 @@ class OneTripWrite(_ReplicatedWrite):
         core = self._core
         if self._answered:
             return
-        if self._acks >= core.quorum and not self._local_pending:
+        if self._quorum_reached():
             self._answer(None)
             return
         if self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum):

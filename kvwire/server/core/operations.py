@@ -192,6 +192,7 @@ class _ReplicatedWrite:
         self._version: Version | None = None  # the new tag, once minted
         self._expect: Version | None = None
         self._acks = self._failed = self._refused = 0
+        self._local_pending = False  # this node's own commit of ``_version`` is under way
         self._missed: list[str] = []  # peers a conditional tombstone did not reach or was refused by
         # Count only replicas that hold exactly ``_version``, not a newer one (Write._complete).
         self._exact = False
@@ -202,6 +203,15 @@ class _ReplicatedWrite:
 
     def _success(self) -> Any:
         raise NotImplementedError
+
+    @property
+    def _request_id(self) -> str | None:
+        return getattr(self._request, "request", None)  # a PUT's; a DELETE has none
+
+    def _quorum_reached(self) -> bool:
+        """A majority holds the version, and this node's own commit of it is done:
+        a success its own disk then refused would leave it voting without it."""
+        return self._acks >= self._core.quorum and not self._local_pending
 
     def _expire(self) -> None:
         self._no_quorum("no majority held it in time", maybe_applied=self._version is not None)
@@ -222,7 +232,7 @@ class _ReplicatedWrite:
         self._deleted, self._value = deleted, value
         self._local_pending = True
         self._core.store(self._request.key, self._version, deleted, value, packed, self._stored,
-                         request=getattr(self._request, "request", None), tentative=self._exact)
+                         request=self._request_id, tentative=self._exact)
         if not self._core.commits_first:
             self._replicate()
 
@@ -230,7 +240,7 @@ class _ReplicatedWrite:
         core = self._core
         if core.peer_ids:
             Fanout(core, self._request.key, self._version, self._deleted, self._value, core.peer_ids,
-                   self._deadline, self._replicated, expect=self._expect, request=getattr(self._request, "request", None),
+                   self._deadline, self._replicated, expect=self._expect, request=self._request_id,
                    exact=self._exact, read=self._firm and core.mutant != "forget-superseded-requests")
 
     def _stored(self, error: Exception | None) -> None:
@@ -243,7 +253,7 @@ class _ReplicatedWrite:
             # The disk refused it: say so, not "no quorum"; its REPLICATEs went out.
             self._answer(disk_error(error, maybe_applied=sent))
             return
-        request_id = getattr(self._request, "request", None)
+        request_id = self._request_id
         if self._exact and core.joining and core.mutant != "joining-vouches":
             # Finishing a tentative tag counts only replicas that hold it as their
             # newest, and a joining node's newest proves nothing: the write that
@@ -257,7 +267,7 @@ class _ReplicatedWrite:
             if request_id is not None:
                 core.applied.remember(request_id, self._request.key, self._version, core.now, tentative=self._exact)
             self._acks += 1
-        if self._acks >= core.quorum:
+        if self._quorum_reached():
             self._answer(None)
         else:
             self._check_reachable()
@@ -268,9 +278,7 @@ class _ReplicatedWrite:
         core = self._core
         if outcome == OK:
             self._acks += 1
-            # Answered once this node's own commit is done too: a success its own
-            # disk then refused would leave it voting without the version.
-            if self._acks >= core.quorum and not self._local_pending:
+            if self._quorum_reached():
                 self._answer(None)
             return
         if self._expect is not None:
