@@ -184,8 +184,8 @@ def test_a_joining_node_takes_no_part_in_majorities_until_caught_up_from_every_p
         cluster.wait_ready("n2")
         wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 joined once n2 was back")
         assert len(local_copies(cluster["n3"].address, [f"j/{i}" for i in range(1, 100)])) == 99
-        # Tombstones are pulled too (digests ignore them): n3 holds j/0's, so an
-        # old value of it that some replica still held could not come back.
+        # Tombstones are pulled too (a joining node's digests cover them): n3 holds
+        # j/0's, so an old value of it that some replica still held could not come back.
         with cluster.raw("n3") as conn:
             cluster.as_peer("n3", conn)
             reply = conn.request(Fetch(3, "j/0"))
@@ -234,3 +234,38 @@ def test_a_node_killed_catches_up_from_every_peer_before_it_votes_and_one_stoppe
         with Client(cluster.endpoints_of("n3"), retry=RetryPolicy(attempts=1)) as client:
             client.put("u/new", b"y")
             assert client.get("u/new") == b"y"
+
+
+def test_a_node_restarted_after_kill_9_pages_only_the_buckets_that_differ(tmp_path):
+    """Restarted after kill -9, n3 joins (docs/design.md 1.9): with each peer it
+    compares digests that cover tombstones, and pages through only the buckets
+    that differ, not all 1,024. Keys written and deleted while it was down are
+    among those, and it comes to hold every one, tombstones too."""
+    from kvwire.protocol import Fetch
+
+    with LocalCluster(3, data_dir=tmp_path, node_args=REPAIR_ARGS) as cluster:
+        keys = [f"k9/{i}" for i in range(300)]
+        write_keys(cluster.endpoints, keys)
+        expected = {key: value_for(key, 100) for key in keys}
+        wait_for(lambda: local_copies(cluster["n3"].address, keys) == expected, timeout=10,
+                 what="n3 holding every key before it is killed")
+        cluster.kill("n3")
+        cluster.wait_peers("n1", down=["n3"])
+        with Client(cluster.endpoints_of("n1", "n2")) as client:
+            client.put("k9/new", b"x")
+            client.put("k9/gone", b"y")
+            deleted = client.delete("k9/gone")
+        cluster.start("n3")
+        cluster.wait_ready("n3", peers=False)
+        assert "its last run did not stop cleanly" in cluster["n3"].log()
+        cluster.wait_caught_up("n3")
+        for peer in ("n1", "n2"):
+            repair = _repair_of(cluster, "n3", peer)["repair"]
+            # At most the buckets of the two keys written while it was down, and of a
+            # write the peer's hints were still delivering: not every bucket.
+            assert repair["rounds"] >= 1 and repair["differing_buckets"] <= 4, (peer, repair)
+        assert local_copies(cluster["n3"].address, ["k9/new"]) == {"k9/new": b"x"}
+        with cluster.raw("n3") as conn:
+            cluster.as_peer("n3", conn)
+            reply = conn.request(Fetch(3, "k9/gone", repair=True))
+        assert reply.deleted and reply.version == deleted

@@ -102,6 +102,7 @@ OPTIONAL_FIELDS = {
     "Replicate": {"expect", "request", "read"},
     "Lookup": {"request", "floor"},
     "Fetch": {"floor", "repair"},
+    "Digests": {"tombstones"},
     "Sync": {"tombstones"},
     "ErrorReply": {"maybe_applied"},
     "HelloReply": {"limits", "nonce", "proof"},
@@ -109,6 +110,7 @@ OPTIONAL_FIELDS = {
     "ReplicateReply": {"prior", "prior_deleted", "joining", "observed"},
     "LookupReply": {"floor", "request_version", "request_tentative"},
     "FetchReply": {"floor", "request"},
+    "DigestsReply": {"tombstones"},
 }
 
 
@@ -228,6 +230,7 @@ SAMPLES = [
     Fetch(32, "k", None, True),
     Digests(40, bytes(8 * REPAIR_BUCKETS), 0),
     Digests(41, bytes(range(256)) * (8 * REPAIR_BUCKETS // 256), 2**63 - 1),
+    Digests(42, bytes(8 * REPAIR_BUCKETS), 7, True),
     Sync(42, 0, "", True, []),
     Sync(45, 3, "", True, [["k", 0, "", False]], True),
     Sync(43, REPAIR_BUCKETS - 1, "a", False, [["b", 1, "n1", False], ["clé", 2**63 - 1, "", True], ["🔑", 0, "n2", False]]),
@@ -266,6 +269,7 @@ SAMPLES = [
     FetchReply(35, Version(6, "n1"), False, "v", 5, "a-request"),
     DigestsReply(45, [], 0),
     DigestsReply(46, list(range(REPAIR_BUCKETS)), 2**63 - 1),
+    DigestsReply(47, [3], 9, True),
     SyncReply(47, [], []),
     SyncReply(48, ["a", "clé"], ["🔑"]),
     SyncReply(49, [f"k{i}" for i in range(MAX_SYNC_ENTRIES)], [f"j{i}" for i in range(MAX_SYNC_ENTRIES)]),
@@ -1504,11 +1508,14 @@ def test_anti_entropy_constants():
     [
         Digests(1, bytes(range(8)) * REPAIR_BUCKETS, 12345),
         DigestsReply(1, [0, 390, REPAIR_BUCKETS - 1], 12345),
+        Digests(1, bytes(range(8)) * REPAIR_BUCKETS, 12345, True),
+        DigestsReply(1, [390], 12345, True),
         Sync(2, 390, "user:1092", False, [["user:42", 3, "n2", False], ["user:777", 5, "n1", True]]),
         Sync(2, 390, "", True, []),
         SyncReply(2, ["user:777"], ["user:2045"]),
     ],
-    ids=["digests", "digests_reply", "sync", "sync_last_empty", "sync_reply"],
+    ids=["digests", "digests_reply", "digests_with_tombstones", "digests_reply_with_tombstones", "sync",
+         "sync_last_empty", "sync_reply"],
 )
 def test_anti_entropy_round_trip(message):
     decoded = decode_one(Side.NODE if message.op < Op.ERROR else Side.CLIENT, encode(message))

@@ -17,14 +17,15 @@ from kvwire.protocol.errors import (
 from kvwire.protocol.messages import (
     NO_VERSION,
     Consistency,
-    Delete, DeleteReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put, PutReply,
-    Replicate, ReplicateReply, Sync, SyncReply,
+    Delete, DeleteReply, Digests, DigestsReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put,
+    PutReply, Replicate, ReplicateReply, Sync, SyncReply,
 )
 from kvwire.server.config import ServerConfig, parse_cluster
 from kvwire.server.core import (
     CloseLink, DropPeerHints, Entry, Joined, Load, NodeCore, Persist, Respond, SaveFloor, Send, StoreHint,
 )
-from kvwire.server.core.buckets import bucket_of
+from kvwire.protocol.limits import REPAIR_BUCKETS
+from kvwire.server.core.buckets import BucketIndex, bucket_of
 
 MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
 
@@ -1252,9 +1253,9 @@ def test_a_write_whose_own_commit_fails_after_its_replicates_went_out_may_be_app
     core.request("read", Fetch(2, "k"), 0.0, from_peer=True)
     replies = [e.reply for e in effects_of(core, Respond)]
     assert len(replies) == 2 and all(isinstance(reply, UnavailableError) for reply in replies)
-    # It begins catching up at once: a joining node's round, every bucket, tombstones too.
-    syncs = [e for e in effects if type(e) is Send and e.message_type is Sync]
-    assert syncs and all(sync.fields[4] is True for sync in syncs)
+    # It begins catching up at once: a joining node's round, tombstones too.
+    digests = [e for e in effects if type(e) is Send and e.message_type is Digests]
+    assert digests and all(sent.fields[2] is True for sent in digests)
 
 
 def test_a_lookup_put_after_a_lost_tag_is_refused_unless_an_answer_holds_that_tag():
@@ -1359,16 +1360,80 @@ def test_the_mutant_no_repair_while_joining_refuses_a_repair_fetch_too():
 
 
 def page_through(core, effects, offered=(), now=0.0):
-    """Answer the SYNC pages among ``effects``, and those that follow, as a peer
-    holding the ``offered`` keys newer would; the other effects on the way."""
+    """Answer the DIGESTS (with tombstones) and SYNC pages among ``effects``, and
+    those that follow, as a peer holding the ``offered`` keys newer would; the
+    other effects on the way."""
     rest = []
-    while syncs := [e for e in effects if type(e) is Send and e.message_type is Sync]:
-        rest += [e for e in effects if e not in syncs]
-        for sync in syncs:
-            keys = [key for key in offered if bucket_of(key) == sync.fields[0]]
-            core.peer_reply(sync.peer, sync.request_id, SyncReply(1, [], keys), now)
+    while asked := [e for e in effects if type(e) is Send and e.message_type in (Digests, Sync)]:
+        rest += [e for e in effects if e not in asked]
+        for sent in asked:
+            if sent.message_type is Digests:
+                buckets = sorted({bucket_of(key) for key in offered})
+                core.peer_reply(sent.peer, sent.request_id, DigestsReply(1, buckets, 0, True), now)
+            else:
+                keys = [key for key in offered if bucket_of(key) == sent.fields[0]]
+                core.peer_reply(sent.peer, sent.request_id, SyncReply(1, [], keys), now)
         effects = core.take_effects()
     return rest + effects
+
+
+def test_digests_with_tombstones_cover_every_entry_and_live_ones_only_live_keys():
+    index = BucketIndex({"a": Entry(Version(3, "n1"), False), "b": Entry(Version(4, "n2"), True)})
+    other = BucketIndex({"a": Entry(Version(3, "n1"), False)})  # never had "b": absent reads as deleted
+    assert other.differing(index.packed_digests()) == []
+    assert other.differing(index.packed_digests(tombstones=True), tombstones=True) == [bucket_of("b")]
+    # Kept current: the tombstone replaced by a live copy, then removed.
+    index.changed("b", Entry(Version(4, "n2"), True), Entry(Version(5, "n2"), False))
+    other.changed("b", None, Entry(Version(5, "n2"), False))
+    assert other.differing(index.packed_digests(tombstones=True), tombstones=True) == []
+    index.changed("b", Entry(Version(5, "n2"), False), None)
+    assert other.differing(index.packed_digests(), tombstones=False) == [bucket_of("b")]
+
+
+def digests_round(joining, peer):
+    """``joining``'s first round, begun as ``peer`` (a core) comes up, which answers
+    its DIGESTS: what it sent, and the SYNC pages that follow."""
+    joining.link_up(peer.node_id, 0.0)
+    (sent,) = [e for e in joining.take_effects() if type(e) is Send and e.message_type is Digests]
+    peer.request("digests", Digests(1, *sent.fields), 0.0, from_peer=True)
+    (answer,) = effects_of(peer, Respond)
+    joining.peer_reply(sent.peer, sent.request_id, answer.reply, 0.0)
+    return sent, [e for e in joining.take_effects() if type(e) is Send and e.message_type is Sync]
+
+
+def test_a_joining_node_pages_only_the_buckets_whose_entries_tombstones_included_differ():
+    peer = make_core("n2")
+    link_all(peer)
+    replicate(peer, Version(5, "n3"), deleted=True)  # a tombstone of "k" the joining node never saw
+    joining = make_core(unclean=True)
+    sent, syncs = digests_round(joining, peer)
+    assert sent.fields[2] is True  # digests with tombstones: live ones match (both read "k" absent)
+    assert [sync.fields[0] for sync in syncs] == [bucket_of("k")] and all(sync.fields[4] is True for sync in syncs)
+
+
+def test_the_mutant_join_by_live_digests_skips_a_bucket_that_differs_by_a_tombstone():
+    peer = make_core("n2")
+    link_all(peer)
+    replicate(peer, Version(5, "n3"), deleted=True)
+    joining = make_core(unclean=True, mutant="join-by-live-digests")
+    sent, syncs = digests_round(joining, peer)
+    assert sent.fields[2] is None and syncs == []
+
+
+def test_a_joining_node_pages_every_bucket_when_its_peer_compared_live_keys_only():
+    joining = make_core(unclean=True, repair_rate=1_000_000)
+    joining.link_up("n2", 0.0)
+    (sent,) = [e for e in joining.take_effects() if type(e) is Send and e.message_type is Digests]
+    # A node that predates the field ignores it: live keys compared, and the reply does not say otherwise.
+    joining.peer_reply(sent.peer, sent.request_id, DigestsReply(1, [], 0), 0.0)
+    pages = set()
+    effects = joining.take_effects()
+    while syncs := [e for e in effects if type(e) is Send and e.message_type is Sync]:
+        for sync in syncs:
+            pages.add(sync.fields[0])
+            joining.peer_reply(sync.peer, sync.request_id, SyncReply(1, [], []), 0.0)
+        effects = joining.take_effects()
+    assert pages == set(range(REPAIR_BUCKETS))
 
 
 def test_a_joining_nodes_round_pulls_with_repair_fetches_and_it_joins_once_done_with_every_peer():

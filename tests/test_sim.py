@@ -129,7 +129,8 @@ TARGETED = {
     # restarted voting at once and minted the tag it had sent again (seed 134).
     "vote-after-lost-send": ["--faults", "crash,network"],
     # A commit refused by the disk after its REPLICATEs went out: the next write of
-    # the key minted that tag again, for another value (seed 251).
+    # the key minted that tag again, for another value (seed 251; 721 since a join
+    # compares digests with tombstones first).
     "remint-lost-tags": ["--faults", "disk,network"],
     # Nodes killed at once all restart joining: refusing each other's anti-entropy
     # FETCHes, they never caught up, and replicas never converged (seed 55).

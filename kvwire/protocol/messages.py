@@ -195,11 +195,13 @@ class Fetch:
 class Digests:
     """Peer only, anti-entropy's first step: one 64-bit digest per key bucket of
     the sender's live keys (``REPAIR_BUCKETS`` big-endian words), and the
-    sender's tag floor (docs/protocol.md section 6.12)."""
+    sender's tag floor (docs/protocol.md section 6.12). ``tombstones``: the
+    digests cover tombstones too (a joining node's, which needs every version)."""
 
     id: int
     digests: bytes
     floor: int
+    tombstones: bool | None = None
     op = Op.DIGESTS
 
 
@@ -345,11 +347,14 @@ class FetchReply:
 @dataclass(slots=True)
 class DigestsReply:
     """``buckets``: the bucket numbers whose digests differ from the receiver's,
-    ascending; ``floor``: the receiver's durable tag floor."""
+    ascending; ``floor``: the receiver's durable tag floor; ``tombstones``: true
+    when it compared digests that cover tombstones, as the DIGESTS asked (a
+    node that predates the field ignores it and compares live keys only)."""
 
     id: int
     buckets: list
     floor: int
+    tombstones: bool | None = None
     op = Op.DIGESTS_REPLY
 
 
@@ -373,6 +378,7 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.REPLICATE: frozenset({"expect", "request", "read"}),
     Op.LOOKUP: frozenset({"request", "floor"}),
     Op.FETCH: frozenset({"floor", "repair"}),
+    Op.DIGESTS: frozenset({"tombstones"}),
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
@@ -380,6 +386,7 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining", "observed"}),
     Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),
     Op.FETCH_REPLY: frozenset({"floor", "request"}),
+    Op.DIGESTS_REPLY: frozenset({"tombstones"}),
 }
 
 Request = Hello | Ping | Get | Put | Delete | Health | Replicate | Lookup | Fetch | Digests | Sync

@@ -1,4 +1,4 @@
-"""Key buckets for anti-entropy: which keys fall in each, and a digest of each one's live keys.
+"""Key buckets for anti-entropy: which keys fall in each, and digests of each one's entries.
 
 A key's bucket is the CRC-32 of its UTF-8 bytes modulo ``REPAIR_BUCKETS``. A
 bucket's digest is the XOR, over its live keys, of a 64-bit BLAKE2b hash of
@@ -6,6 +6,10 @@ bucket's digest is the XOR, over its live keys, of a 64-bit BLAKE2b hash of
 keyed-free cryptographic hash keeps unrelated changes from cancelling out, as
 the XOR of linear CRCs could. Tombstones count as absent, so replicas that
 agree on every live key agree on every digest (docs/protocol.md 6.12).
+
+A second digest per bucket counts every entry, tombstones too, with the same
+hash (a tag names one write, so it needs no deleted flag): a joining node
+compares those, and pages through only the buckets where they differ.
 """
 
 from __future__ import annotations
@@ -43,30 +47,37 @@ class BucketIndex:
     pass over every key, so a node builds it at its first repair round)."""
 
     def __init__(self, committed: dict[str, Entry]) -> None:
-        self.digests = [0] * REPAIR_BUCKETS
+        self.digests = [0] * REPAIR_BUCKETS  # live keys only
+        self.all_digests = [0] * REPAIR_BUCKETS  # tombstones too
         self.keys: list[set[str]] = [set() for _ in range(REPAIR_BUCKETS)]
         for key, entry in committed.items():
             bucket = bucket_of(key)
             self.keys[bucket].add(key)
-            if not entry.deleted:
-                self.digests[bucket] ^= entry_digest(key, entry.version)
+            self._add(bucket, key, entry)
+
+    def _add(self, bucket: int, key: str, entry: Entry) -> None:
+        """XOR ``entry`` into its bucket's digests: adds it, or takes it out again."""
+        digest = entry_digest(key, entry.version)
+        self.all_digests[bucket] ^= digest
+        if not entry.deleted:
+            self.digests[bucket] ^= digest
 
     def changed(self, key: str, old: Entry | None, new: Entry | None) -> None:
         bucket = bucket_of(key)
-        if old is not None and not old.deleted:
-            self.digests[bucket] ^= entry_digest(key, old.version)
+        if old is not None:
+            self._add(bucket, key, old)
         if new is None:
             self.keys[bucket].discard(key)
         else:
             self.keys[bucket].add(key)
-            if not new.deleted:
-                self.digests[bucket] ^= entry_digest(key, new.version)
+            self._add(bucket, key, new)
 
-    def packed_digests(self) -> bytes:
-        return _DIGESTS.pack(*self.digests)
+    def packed_digests(self, *, tombstones: bool = False) -> bytes:
+        return _DIGESTS.pack(*(self.all_digests if tombstones else self.digests))
 
-    def differing(self, theirs: bytes) -> list[int]:
-        return list(compress(range(REPAIR_BUCKETS), map(ne, self.digests, unpack_digests(theirs))))
+    def differing(self, theirs: bytes, *, tombstones: bool = False) -> list[int]:
+        mine = self.all_digests if tombstones else self.digests
+        return list(compress(range(REPAIR_BUCKETS), map(ne, mine, unpack_digests(theirs))))
 
     def sorted_keys(self, bucket: int) -> list[str]:
         return sorted(self.keys[bucket])

@@ -86,6 +86,7 @@ MUTANTS = (
     "vote-after-lost-send",  # a node that sent a tag it does not hold (crash, failed commit) votes at once
     "remint-lost-tags",  # a node whose commit of a tag it sent failed mints that tag again
     "no-repair-while-joining",  # a joining node refuses anti-entropy's FETCH too, so joining nodes wait on each other
+    "join-by-live-digests",  # a joining node skips the buckets whose live keys match, newer tombstones and all
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

@@ -45,8 +45,9 @@ YIELD_PENDING_WRITES = 256
 CONFIRM_DELAY = 0.3
 # A repair request unanswered after this many write timeouts has failed.
 REQUEST_TIMEOUT_WRITES = 2
-# SYNC pages awaiting their answer at once, in one round: a joining node pages
-# through all 1,024 buckets, one round trip each.
+# SYNC pages awaiting their answer at once, in one round: a joining node whose
+# peer lost its disk (or predates digests with tombstones) pages through all
+# 1,024 buckets, one round trip each.
 PAGES_IN_FLIGHT = 16
 # Transfers queued above which no further SYNC page is sent.
 ENTRIES_PER_TRANSFER = 10
@@ -90,7 +91,7 @@ class _Round:
         self.differing = 0
         self.peer_lacks = 0
         self.received = 0
-        # A joining node's round: every bucket, tombstones too, and it counts
+        # A joining node's round: tombstones too (digests and pages), and it counts
         # as caught up only if nothing was left behind (complete stays True).
         self.full = False
         self.generation = 0  # the core's join_generation when it began
@@ -164,14 +165,10 @@ class Repair:
         round_ = self._round = _Round(peer, self._core.now)
         self.status[peer].rounds += 1
         if self._core.joining:
-            # Digests cover live keys only, and a joining node needs the
-            # tombstones as well: page through every bucket.
+            # A joining node needs every version, tombstones too: it compares
+            # digests that cover them, and pages through the buckets that differ.
             round_.full = True
             round_.generation = self._core.join_generation
-            round_.buckets.extend(range(REPAIR_BUCKETS))
-            round_.differing = REPAIR_BUCKETS
-            self._next_page(round_)
-            return
         self._compare(round_, None)
 
     def _compare(self, round_: _Round, suspects: list[int] | None) -> None:
@@ -180,8 +177,11 @@ class Repair:
         if self._round is not round_:
             return
         taken = core.now
-        sent = self._ask(round_.peer, Digests, (self.ensure_index().packed_digests(), core.tombstones.floor_target),
-                        lambda reply: self._digests_answered(round_, reply, taken, suspects))
+        # ``tombstones``: as the mutant, a joining node that compares live keys only.
+        full = round_.full and core.mutant != "join-by-live-digests"
+        digests = self.ensure_index().packed_digests(tombstones=full)
+        sent = self._ask(round_.peer, Digests, (digests, core.tombstones.floor_target, True if full else None),
+                         lambda reply: self._digests_answered(round_, reply, taken, suspects))
         if sent is None:
             self._fail(round_)
 
@@ -193,8 +193,20 @@ class Repair:
         tombstones = core.tombstones
         tombstones.peer_floor_reported(round_.peer, reply.floor)
         tombstones.adopt(reply.floor)
+        # Digests with tombstones differ wherever live ones do (and maybe more):
+        # a mismatch too many only delays a collection.
         tombstones.observed(round_.peer, reply.buckets, taken)
         tombstones.collect()
+        if round_.full:
+            # Paged through at once: a write still on its way only costs a page.
+            # A peer that predates ``tombstones`` compared live keys only, and
+            # says nothing of the rest: every bucket, as before the field.
+            buckets = reply.buckets if reply.tombstones or self._core.mutant == "join-by-live-digests" \
+                else range(REPAIR_BUCKETS)
+            round_.buckets.extend(buckets)
+            round_.differing = len(round_.buckets)
+            self._next_page(round_)
+            return
         if suspects is None and reply.buckets:
             # A write on its way to the peer makes its bucket differ for a
             # moment; under load that is many buckets in every comparison. Only
@@ -388,12 +400,13 @@ class Repair:
     # --- a peer's rounds: answering DIGESTS and SYNC ---------------------------------------
 
     def answer_digests(self, peer: str | None, request: Digests) -> DigestsReply:
-        differing = self.ensure_index().differing(request.digests)
+        full = bool(request.tombstones)
+        differing = self.ensure_index().differing(request.digests, tombstones=full)
         tombstones = self._core.tombstones
         tombstones.adopt(request.floor)
         if peer in self.status:
             tombstones.observed(peer, differing, self._core.now)
-        return DigestsReply(request.id, differing, tombstones.floor)
+        return DigestsReply(request.id, differing, tombstones.floor, True if full else None)
 
     def answer_sync(self, request: Sync) -> SyncReply:
         """Which keys of the page's range each side holds newer. A tombstone on one
