@@ -354,12 +354,17 @@ class NodeCore:
         peer held when it began. A joining node has joined once it has that from
         every peer, in rounds begun since it started joining (``generation``):
         every acknowledged write is on some peer, and now here."""
-        if not self.joining or generation != self.join_generation:
+        if not self.joining:
             return
-        self._caught_up_from.add(peer)
-        if len(self._caught_up_from) == len(self.peer_ids):
-            self.joining = False
-            self.effects.append(Joined())
+        if generation == self.join_generation:
+            self._caught_up_from.add(peer)
+            if len(self._caught_up_from) == len(self.peer_ids):
+                self.joining = False
+                self.effects.append(Joined())
+                return
+        # The next round now, not at the next repair interval: until it has
+        # caught up from every peer, this node votes in no majority.
+        self.repair.try_round(skip=self._caught_up_from)
 
     def lost_tag(self, key: str) -> Version:
         """The newest tag of ``key`` this node sent and failed to commit, or NO_VERSION."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from ...protocol.errors import BadRequestError
 from ...protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
@@ -146,8 +146,9 @@ class Repair:
         core.timers.schedule(core.now + core.config.repair_interval, self._next_round)
         self.try_round()
 
-    def try_round(self) -> None:
-        """Begin a round with the next usable peer, unless one is under way or the disk is busy."""
+    def try_round(self, *, skip: Collection[str] = ()) -> None:
+        """Begin a round with the next usable peer not in ``skip``, unless one is
+        under way or the disk is busy."""
         core = self._core
         if self._round is not None:
             return  # the last one is still moving keys: one at a time
@@ -156,7 +157,7 @@ class Repair:
         peers = core.peer_ids
         for offset in range(len(peers)):
             peer = peers[(self._turn + offset) % len(peers)]
-            if core.usable(peer):
+            if peer not in skip and core.usable(peer):
                 self._turn = (self._turn + offset + 1) % len(peers)
                 self._begin(peer)
                 return
