@@ -135,10 +135,10 @@ TARGETED = {
     # Nodes killed at once all restart joining: refusing each other's anti-entropy
     # FETCHes, they never caught up, and replicas never converged (seed 55).
     "no-repair-while-joining": ["--faults", "crash,disk,network"],
-    # A node killed mid-DELETE, its tombstone on a peer alone, joined comparing live
-    # digests, which read that tombstone as nothing, and minted its tag again for a
-    # value (seed 597 until a joining node began its next round at once; 1716 since,
-    # searching on from 1000; checked alone here, to keep CI short).
+    # A joining node that compared live digests, which read a tombstone as nothing,
+    # came to mint one tag twice: (3, n1) both a value and a tombstone (seed 597
+    # until a joining node began its next round at once; 1716 since, searching on
+    # from 1000; checked alone here, to keep CI short).
     "join-by-live-digests": ["--seed", "1716", "--seeds", "1"],
 }
 

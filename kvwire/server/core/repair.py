@@ -45,9 +45,9 @@ YIELD_PENDING_WRITES = 256
 CONFIRM_DELAY = 0.3
 # A repair request unanswered after this many write timeouts has failed.
 REQUEST_TIMEOUT_WRITES = 2
-# SYNC pages awaiting their answer at once, in one round: a joining node whose
-# peer lost its disk (or predates digests with tombstones) pages through all
-# 1,024 buckets, one round trip each.
+# SYNC pages awaiting their answer at once, in one round: a node that lost its
+# disk pages through every bucket its peer holds a key in, one round trip each
+# (all 1,024 with a peer that predates digests with tombstones).
 PAGES_IN_FLIGHT = 16
 # Transfers queued above which no further SYNC page is sent.
 ENTRIES_PER_TRANSFER = 10
@@ -178,7 +178,7 @@ class Repair:
         if self._round is not round_:
             return
         taken = core.now
-        # ``tombstones``: as the mutant, a joining node that compares live keys only.
+        # A joining node's digests cover tombstones (the mutant's, live keys only).
         full = round_.full and core.mutant != "join-by-live-digests"
         digests = self.ensure_index().packed_digests(tombstones=full)
         sent = self._ask(round_.peer, Digests, (digests, core.tombstones.floor_target, True if full else None),
