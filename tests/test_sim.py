@@ -139,7 +139,8 @@ TARGETED = {
     # came to mint one tag twice: (3, n1) both a value and a tombstone (seed 597
     # until a joining node began its next round at once; 1716 since, searching on
     # from 1000; checked alone here, to keep CI short).
-    "join-by-live-digests": ["--seed", "1716", "--seeds", "1"],
+    "join-by-live-digests": ["--faults", "crash,pause,partition,one-way,disk,network",
+                             "--seed", "1716", "--seeds", "1"],
 }
 
 
