@@ -14,7 +14,7 @@ import sqlite3
 from kvwire import AsyncClient
 from kvwire.protocol import NO_VERSION, Lookup, LookupReply, Ping, Pong, Replicate, ReplicateReply
 from kvwire.secret_file import read_secret_file
-from kvwire.testing import NodeProcess, ScriptedNode
+from kvwire.testing import NodeProcess, ScriptedNode, wait_for_async
 from kvwire.testing.cluster import new_secret_file
 
 
@@ -66,10 +66,7 @@ async def test_a_put_is_acknowledged_only_once_the_coordinator_has_committed_it(
                 with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as lock:
                     lock.execute("BEGIN IMMEDIATE")
                     put = asyncio.create_task(client.put("k", "v"))
-                    deadline = asyncio.get_running_loop().time() + 4
-                    while len(seen) < 2:
-                        assert asyncio.get_running_loop().time() < deadline, f"REPLICATEs never came: {seen}"
-                        await asyncio.sleep(0.01)
+                    await wait_for_async(lambda: len(seen) >= 2, timeout=4, what="both peers' REPLICATEs")
                     assert [(key, held) for key, _tag, held in seen] == [("k", None)] * 2  # n1 has not committed
                     # Both acknowledged: only n1's own commit is missing, and the PUT waits for it.
                     done, _ = await asyncio.wait({put}, timeout=0.5)
