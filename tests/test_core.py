@@ -941,7 +941,16 @@ def test_a_first_put_read_right_after_a_stall_takes_the_lookup_round():
 def test_a_first_put_after_a_short_gap_takes_one_round_trip():
     core = make_core()
     link_all(core)
-    assert not first_put_looks_up(core, 0.4)  # within failure_timeout, 0.5 s
+    assert not first_put_looks_up(core, 0.2)  # within half the failure_timeout, 0.25 s
+
+
+def test_a_gap_of_more_than_half_the_failure_timeout_is_a_stall():
+    # The peers mark this node DOWN 0.5 s after its last frame reached them, and
+    # its last event may have come after that frame: a client that moved on at
+    # DOWN may have waited less than 0.5 s by this node's clock.
+    core = make_core()
+    link_all(core)
+    assert first_put_looks_up(core, 0.3)
 
 
 def test_one_round_trip_comes_back_once_the_node_has_run_for_failure_timeout():

@@ -201,10 +201,14 @@ class NodeCore:
 
     def _clock(self, now: float) -> None:
         """Every entry point's time. The heartbeat timer wakes a live core at least
-        every heartbeat interval, so a gap longer than the failure timeout means this
-        process did not run: the peers will have marked it DOWN, and a client waiting
-        on it may have sent its PUT to another node."""
-        if now - self.now > self.config.failure_timeout:
+        every heartbeat interval (under half the failure timeout, by the config's
+        check), so a longer gap means this process did not run, and a client waiting
+        on it may have sent its PUT to another node. Half the failure timeout, not
+        all of it: the peers mark this node DOWN a failure timeout after its last
+        frame reached them, and its last event can come later than that frame, so a
+        client that moves on at DOWN may have waited less than the failure timeout
+        by this node's own clock. ``StallWatch`` warns at the same half."""
+        if now - self.now > self.config.failure_timeout / 2:
             self.stalled_until = now + self.config.failure_timeout
         self.now = now
 
