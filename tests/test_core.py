@@ -309,6 +309,24 @@ def test_a_write_a_down_peer_missed_is_hinted_and_replayed_when_it_is_back():
     assert core.hints.count("n3") == 0
 
 
+def test_a_hinted_key_still_committing_here_is_replayed_as_soon_as_its_commit_lands():
+    # The local commit overlaps the REPLICATEs, so a peer can come back before it
+    # lands: its replay of that key waited for the next sweep, 2 s, and so did the
+    # peer's catch-up (kvwire bench failover's "caught up").
+    core = make_core()
+    core.link_up("n2", 0.0)
+    core.take_effects()
+    core.request("put", Put(1, "k", "v"), 0.0)
+    answer_sends(core, lambda s: LookupReply(1, Version(0, ""), False))
+    effects = core.take_effects()
+    assert StoreHint("n3", "k", Version(1, "n1")) in effects
+    core.link_up("n3", 0.1)  # back while this node's commit of (1, n1) is still on its way
+    assert [s for s in effects_of(core, Send) if s.peer == "n3"] == []
+    commit_all(core, effects, 0.1)
+    (replay,) = [s for s in effects_of(core, Send) if s.peer == "n3"]
+    assert replay.message_type is Replicate and replay.fields[1] == Version(1, "n1")
+
+
 def test_an_unknown_mutant_is_refused():
     with pytest.raises(ValueError, match="unknown mutant"):
         NodeCore(ServerConfig(data_dir=Path("unused")), 0.0, mutant="typo")

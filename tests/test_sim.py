@@ -165,7 +165,7 @@ CAUGHT_ON = {
     "no-lookup": 0, "no-write-back": 71, "ack-before-commit": 5, "no-tag-tiebreak": 1,
     "no-delete-condition": 34, "keep-silent-link": 0, "no-hint-replay": 1, "no-repair": 0,
     "gc-without-evidence": 79, "no-floor": 464, "ignore-request-id": 44, "no-join-guard": 64,
-    "count-newer-as-applied": 4, "retry-after-any-refusal": 65, "one-trip-retries": 310,
+    "count-newer-as-applied": 30, "retry-after-any-refusal": 65, "one-trip-retries": 310,
     "complete-over-newer": 184, "one-trip-over-floor": 560, "ignore-stranded": 117,
     "volatile-request-ids": 750, "ignore-observed": 2097, "forget-read-requests": 491,
     "serve-in-progress": 181, "stack-on-stranded": 10420, "joining-vouches": 528,

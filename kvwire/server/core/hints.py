@@ -4,7 +4,8 @@ A hint says "peer needs key at this version at least" and holds no value:
 replay sends the key's current committed row, which is that version or newer.
 A live peer that keeps failing is tried ``retry_attempts`` times, the delay
 doubling from ``retry_delay`` up to ``SWEEP_INTERVAL``; its hints then wait for the next time it comes
-UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``).
+UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``). A hinted key whose
+newest version is still committing here waits for that commit to settle.
 
 Hints are bounded per peer: more than ``hint_limit`` keys, or hints pending
 for ``hint_max_age`` without the peer once having none, and this node drops that peer's hints and stops
@@ -41,8 +42,9 @@ class HintBook:
         self.stored: dict[str, int] = {}
         self.delivered: dict[str, int] = {}
         # Hinted keys whose hinted version is newer than this node's committed
-        # row (its own commit is still on the way): not resent until the next
-        # trigger, so replay never spins on them.
+        # row (its own commit is still on the way, as it overlaps the REPLICATEs):
+        # not resent until that commit settles (``settled``) or the next trigger,
+        # so replay never spins on them.
         self._stalled: dict[str, set[str]] = {}
         # Since when each peer has had hints pending without a break (at start,
         # for loaded ones): a peer that never catches up is stopped after
@@ -95,6 +97,15 @@ class HintBook:
             if key not in in_flight and key not in stalled:
                 in_flight.add(key)
                 core.committed_copy(key, lambda copy, key=key: self._send(peer, key, copy))
+
+    def settled(self, key: str) -> None:
+        """A local commit of ``key`` landed or failed: replay it to the peers whose
+        replay waited for it, at once rather than at the next sweep (up to
+        ``SWEEP_INTERVAL`` later, which a restarted peer's catch-up waited on)."""
+        for peer, stalled in self._stalled.items():
+            if key in stalled:
+                stalled.discard(key)
+                self.replay(peer)
 
     def _send(self, peer: str, key: str, copy) -> None:
         core = self._core
