@@ -288,15 +288,21 @@ def test_a_silent_peer_is_marked_down_and_its_link_closed():
     assert core.usable_peers() == ["n2"]
 
 
-def test_a_write_a_down_peer_missed_is_hinted_and_replayed_when_it_is_back():
-    core = make_core()
+def put_while_n3_is_down(core):
+    """A LOOKUP PUT of k through n1 with only n2 linked: the effects after its LOOKUP
+    round, which hint n3 as the REPLICATE to n2 goes out, with the Persist."""
     core.link_up("n2", 0.0)
     core.take_effects()
     core.request("put", Put(1, "k", "v"), 0.0)
     answer_sends(core, lambda s: LookupReply(1, Version(0, ""), False))
     effects = core.take_effects()
-    # Hinted as the REPLICATE to n2 goes out, with the Persist.
     assert StoreHint("n3", "k", Version(1, "n1")) in effects
+    return effects
+
+
+def test_a_write_a_down_peer_missed_is_hinted_and_replayed_when_it_is_back():
+    core = make_core()
+    effects = put_while_n3_is_down(core)
     commit_all(core, effects)
     sends = [e for e in effects if type(e) is Send]
     assert [(s.peer, s.message_type) for s in sends] == [("n2", Replicate)]
@@ -314,12 +320,7 @@ def test_a_hinted_key_still_committing_here_is_replayed_as_soon_as_its_commit_la
     # lands: its replay of that key waited for the next sweep, 2 s, and so did the
     # peer's catch-up (kvwire bench failover's "caught up").
     core = make_core()
-    core.link_up("n2", 0.0)
-    core.take_effects()
-    core.request("put", Put(1, "k", "v"), 0.0)
-    answer_sends(core, lambda s: LookupReply(1, Version(0, ""), False))
-    effects = core.take_effects()
-    assert StoreHint("n3", "k", Version(1, "n1")) in effects
+    effects = put_while_n3_is_down(core)
     core.link_up("n3", 0.1)  # back while this node's commit of (1, n1) is still on its way
     assert [s for s in effects_of(core, Send) if s.peer == "n3"] == []
     commit_all(core, effects, 0.1)
