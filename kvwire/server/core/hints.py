@@ -102,10 +102,10 @@ class HintBook:
         """A local commit of ``key`` landed or failed: replay it to the peers whose
         replay waited for it, at once rather than at the next sweep (up to
         ``SWEEP_INTERVAL`` later, which a restarted peer's catch-up waited on)."""
-        for peer, stalled in self._stalled.items():
-            if key in stalled:
-                stalled.discard(key)
-                self.replay(peer)
+        # A snapshot: replay can reach code that changes the peers' sets.
+        for peer in [peer for peer, stalled in self._stalled.items() if key in stalled]:
+            self._stalled.get(peer, set()).discard(key)
+            self.replay(peer)
 
     def _send(self, peer: str, key: str, copy) -> None:
         core = self._core
