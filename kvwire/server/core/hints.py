@@ -5,7 +5,8 @@ replay sends the key's current committed row, which is that version or newer.
 A live peer that keeps failing is tried ``retry_attempts`` times, the delay
 doubling from ``retry_delay`` up to ``SWEEP_INTERVAL``; its hints then wait for the next time it comes
 UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``). A hinted key whose
-newest version is still committing here waits for that commit to settle.
+newest version is still committing here waits for that commit to settle, which starts replay
+to the peers it waited for.
 
 Hints are bounded per peer: more than ``hint_limit`` keys, or hints pending
 for ``hint_max_age`` without the peer once having none, and this node drops that peer's hints and stops

@@ -207,7 +207,9 @@ class NodeCore:
         all of it: the peers mark this node DOWN a failure timeout after its last
         frame reached them, and its last event can come later than that frame, so a
         client that moves on at DOWN may have waited less than the failure timeout
-        by this node's own clock. ``StallWatch`` warns at the same half."""
+        by this node's own clock. (``StallWatch`` warns once its 100 ms check runs half
+        the failure timeout late, a gap of 0.35 s by default: gaps between the two
+        take the LOOKUP round without a warning.)"""
         if now - self.now > self.config.failure_timeout / 2:
             self.stalled_until = now + self.config.failure_timeout
         self.now = now
