@@ -44,7 +44,7 @@ class HintBook:
         self.delivered: dict[str, int] = {}
         # Hinted keys whose hinted version is newer than this node's committed
         # row (its own commit is still on the way, as it overlaps the REPLICATEs):
-        # not resent until that commit settles (``settled``) or the next trigger,
+        # not resent until that commit settles (``_settled``) or the next trigger,
         # so replay never spins on them.
         self._stalled: dict[str, set[str]] = {}
         # Since when each peer has had hints pending without a break (at start,
@@ -99,13 +99,13 @@ class HintBook:
                 in_flight.add(key)
                 core.committed_copy(key, lambda copy, key=key: self._send(peer, key, copy))
 
-    def settled(self, key: str) -> None:
-        """A local commit of ``key`` landed or failed: replay it to the peers whose
-        replay waited for it, at once rather than at the next sweep (up to
-        ``SWEEP_INTERVAL`` later, which a restarted peer's catch-up waited on)."""
-        # A snapshot: replay can reach code that changes the peers' sets.
-        for peer in [peer for peer, stalled in self._stalled.items() if key in stalled]:
-            self._stalled.get(peer, set()).discard(key)
+    def _settled(self, peer: str, key: str) -> None:
+        """The local commit ``key``'s replay to ``peer`` waited on landed or failed:
+        replay it now rather than at the next sweep (up to ``SWEEP_INTERVAL`` later,
+        which a restarted peer's catch-up waited on)."""
+        stalled = self._stalled.get(peer)
+        if stalled is not None and key in stalled:
+            stalled.discard(key)
             self.replay(peer)
 
     def _send(self, peer: str, key: str, copy) -> None:
@@ -126,6 +126,9 @@ class HintBook:
                 self._drop(peer, key, hinted)
             else:
                 self._stalled[peer].add(key)
+                pending = core.keydir.newest_pending(key)
+                if pending is not None:
+                    core.after_write(pending.write_id, lambda _error: self._settled(peer, key))
             return
         Fanout(core, key, copy.version, copy.deleted, copy.value, [peer], core.now + core.config.write_timeout,
                lambda _peer, outcome: self._sent(peer, key, copy.version, outcome == OK), hint=False,

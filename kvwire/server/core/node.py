@@ -319,7 +319,6 @@ class NodeCore:
                 self.cache.put(key, value)
         for callback in callbacks:
             callback(error)
-        self.hints.settled(key)
 
     def loaded(self, key: str, row: tuple[Version, bool, Any] | Exception | None, now: float) -> None:
         """A ``Load`` finished with the key's committed row, None if it has none,
