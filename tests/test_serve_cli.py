@@ -99,6 +99,33 @@ def _listening(port: int) -> bool:
     return True
 
 
+def test_serve_loads_none_of_the_other_commands_and_each_loads_when_asked():
+    # Every node start pays for what `kvwire serve` imports; the load generator,
+    # the test cluster and `up` come in only with their own commands (cli.lazy).
+    code = (
+        "import sys\n"
+        "from kvwire.cli.main import main\n"
+        "def run(*args):\n"
+        "    try:\n"
+        "        main([*args, '--help'], standalone_mode=False)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "run('serve')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('kvwire.bench', 'kvwire.testing', 'kvwire.chaos', 'kvwire.cli.up')))\n"
+        "assert not loaded, loaded\n"
+        "for name in ('up', 'bridge', 'bench', 'chaos', 'certs'):\n"
+        "    run(name)\n"
+        "    assert f'kvwire.cli.{name}' in sys.modules, name\n"
+        "assert 'kvwire.bench.command' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    listed = subprocess.run([sys.executable, "-m", "kvwire", "--help"], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    commands = [line.split()[0] for line in listed.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert commands == ["bench", "bridge", "certs", "chaos", "secret", "serve", "up"]
+
+
 def test_serve_and_the_bridge_options_load_no_aiohttp():
     # `kvwire serve` without --http-listen never loads aiohttp, though the CLI
     # reads the bridge's defaults from kvwire.http_bridge.

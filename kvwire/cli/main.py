@@ -13,11 +13,16 @@ from ..server.access import AuthTable
 from ..server.config import ServerConfig, SyncMode, parse_cluster
 from ..secret_file import read_secret_file, write_secret_file
 from ..tls import TlsConfigError
+from .lazy import LazyGroup
 from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
 from .signals import run_until_stop_signal
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy_commands={name: f"kvwire.cli.{name}:{name}" for name in ("up", "bridge", "bench", "chaos", "certs")},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="kvwire")
 def main() -> None:
     """kvwire: a replicated key-value store over length-prefixed msgpack."""
@@ -168,18 +173,6 @@ def run_node(
     except KeyboardInterrupt:  # before the signal handlers were installed
         return 130
     return 0
-
-
-from .up import up  # noqa: E402
-main.add_command(up)
-from .bridge import bridge  # noqa: E402
-main.add_command(bridge)
-from .bench import bench  # noqa: E402
-main.add_command(bench)
-from .chaos import chaos  # noqa: E402
-main.add_command(chaos)
-from .certs import certs  # noqa: E402
-main.add_command(certs)
 
 
 if __name__ == "__main__":
