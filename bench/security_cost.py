@@ -23,14 +23,14 @@ MIXES = ("put", "get")
 MODES = {"plain": (False, False), "tls": (True, False), "tls+auth": (True, True)}
 
 
-def measure(mix: str, mode: str, *, duration: float, connections: int) -> dict:
+def measure(mix: str, mode: str, *, duration: float, warmup: float, connections: int) -> dict:
     """One load run against a fresh cluster set up as ``mode`` says."""
     tls, auth = MODES[mode]
     with tempfile.TemporaryDirectory(prefix="kvwire-security-cost-") as root, \
             LocalCluster(3, data_dir=root, tls=tls, auth=auth) as cluster:
         options = cluster.client_options
         settings = Settings(
-            endpoints=tuple(cluster.endpoints), mix={mix: 1}, connections=connections, duration=duration,
+            endpoints=tuple(cluster.endpoints), mix={mix: 1}, connections=connections, duration=duration, warmup=warmup,
             server_pids=tuple(node.pid for node in cluster),
             tls=tls, tls_ca=_path(options.get("ca")), tls_cert=_path(options.get("cert")),
             tls_key=_path(options.get("key")), token=options.get("token"),
@@ -46,12 +46,14 @@ def _path(value: object) -> str | None:
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True,
               help="Rounds, each measuring every workload in every mode.")
 @click.option("--duration", type=click.FloatRange(1, 60), default=5.0, show_default=True,
-              help="Measured seconds of each run, after 1 s of warm-up.")
+              help="Measured seconds of each run, after the warm-up.")
+@click.option("--warmup", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="Seconds of load before each run's measured time.")
 @click.option("--connections", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Connections of each run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def security_cost(ctx: click.Context, rounds: int, duration: float, connections: int, as_json: bool) -> None:
+def security_cost(ctx: click.Context, rounds: int, duration: float, warmup: float, connections: int, as_json: bool) -> None:
     """Quorum PUT and GET throughput of a 3-node cluster: plain TCP, mutual TLS on
     every link, and mutual TLS with client tokens (an auth file on the nodes).
 
@@ -67,7 +69,7 @@ def security_cost(ctx: click.Context, rounds: int, duration: float, connections:
         for round_number in range(1, rounds + 1):
             for mix in MIXES:
                 for mode in MODES:
-                    result = measure(mix, mode, duration=duration, connections=connections)
+                    result = measure(mix, mode, duration=duration, warmup=warmup, connections=connections)
                     runs.setdefault((mix, mode), []).append(result)
                     if not as_json:
                         click.echo(f"round {round_number}: {mode:8} quorum {mix.upper()} {result['ops_per_s']:>7,} ops/s, "

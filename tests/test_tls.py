@@ -393,7 +393,7 @@ def test_stalled_handshakes_are_bounded_in_number_and_time(tmp_path, certs):
 
 def test_bench_security_cost_compares_tls_and_auth_with_plain_end_to_end():
     result = run_kvwire(sys.executable, "-m", "kvwire", "bench", "security-cost", "--rounds", "1", "--duration", "1",
-                        "--connections", "4", "--json", timeout=240)
+                        "--warmup", "0", "--connections", "4", "--json", timeout=240)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     for mix in ("put", "get"):
