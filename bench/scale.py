@@ -58,7 +58,7 @@ def _key_bytes(keys: int) -> float:
     return sum(sys.getsizeof(key_name(index)) for index in sample) / len(sample)
 
 
-def scale_run(keys: int, value_sizes: tuple[int, ...], duration: float, connections: int) -> dict:
+def scale_run(keys: int, value_sizes: tuple[int, ...], duration: float, connections: int, warmup: float = 1.0) -> dict:
     with tempfile.TemporaryDirectory(prefix="kvwire-scale-") as root:
         node = NodeProcess("n1", data_dir=os.path.join(root, "n1"))
         try:
@@ -69,7 +69,7 @@ def scale_run(keys: int, value_sizes: tuple[int, ...], duration: float, connecti
             start_s = _timed_start(node)
             full_rss = _settled_rss(node.pid)
             settings = Settings(endpoints=(node.address,), keys=keys, connections=connections, duration=duration,
-                                warmup=1.0, server_pids=(node.pid,))
+                                warmup=warmup, server_pids=(node.pid,))
             gets = run_load(replace(settings, mix={"get": 1}), preloaded=True)
             puts = run_load(replace(settings, mix={"put": 1}), preloaded=True)
             sizes = []
@@ -118,13 +118,15 @@ def _sizes(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int, 
 @click.option("--value-sizes", default=",".join(map(str, DEFAULT_VALUE_SIZES)), show_default=True,
               callback=_sizes, help="Value sizes in bytes for the large-value PUT runs.")
 @click.option("--duration", type=click.FloatRange(1, 120), default=5.0, show_default=True,
-              help="Measured seconds of each load run, after 1 s of warm-up.")
+              help="Measured seconds of each load run, after the warm-up.")
+@click.option("--warmup", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="Seconds of load before each run's measured time.")
 @click.option("--connections", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Connections of the GET and PUT runs (fewer for large values).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def scale(ctx: click.Context, keys: int, value_sizes: tuple[int, ...], duration: float, connections: int,
-          as_json: bool) -> None:
+def scale(ctx: click.Context, keys: int, value_sizes: tuple[int, ...], duration: float, warmup: float,
+          connections: int, as_json: bool) -> None:
     """Measure one node's memory, start-up and throughput with --keys keys, and PUT throughput with large values.
 
     Starts one node (defaults: --sync full) in a temporary directory and
@@ -137,7 +139,7 @@ def scale(ctx: click.Context, keys: int, value_sizes: tuple[int, ...], duration:
 
     Exit status: 0 when every run completed, 1 when one did not, 2 for bad options.
     """
-    result = measure_or_exit(ctx, lambda: scale_run(keys, value_sizes, duration, connections), as_json)
+    result = measure_or_exit(ctx, lambda: scale_run(keys, value_sizes, duration, connections, warmup), as_json)
     if result is None:
         return
     click.echo(

@@ -11,7 +11,8 @@ def scale(*args, timeout=180):
 
 
 def test_a_small_run_reports_memory_start_up_and_throughput_per_value_size():
-    result = scale("--keys", "3000", "--value-sizes", "100,200000", "--duration", "1", "--connections", "8", "--json")
+    result = scale("--keys", "3000", "--value-sizes", "100,200000", "--duration", "1", "--warmup", "0", "--connections", "8",
+                   "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["keys"] == 3000 and report["fill_puts_per_s"] > 0
