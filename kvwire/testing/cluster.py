@@ -222,15 +222,21 @@ class LocalCluster(StartsOnEnter):
         return self
 
     def wait_peers(self, node_id: str, *, up: Iterable[str] = (), down: Iterable[str] = (), timeout: float = 5.0) -> None:
-        """Wait until ``node_id`` sees every node in ``up`` healthy and every node in ``down`` not."""
+        """Wait until ``node_id`` sees every node in ``up`` healthy, with its link to it
+        open, and every node in ``down`` not healthy. The link matters: a peer restarted
+        within the failure timeout still looks healthy while this node's link to it
+        waits out its redial backoff, and until the link is back nothing is sent to it
+        (a write through ``node_id`` would miss it)."""
         up, down = list(up), list(down)
 
         def seen() -> bool:
             try:
-                states = self.peer_states(node_id)
+                nodes = self.health(node_id).get("cluster", {}).get("nodes", [])
             except (OSError, TimeoutError, EOFError):
                 return False  # still starting, or busy: ask again
-            return all(states.get(peer) is True for peer in up) and all(states.get(peer) is False for peer in down)
+            states = {entry["node_id"]: entry for entry in nodes}
+            return (all(peer in states and states[peer]["healthy"] and states[peer]["connected"] for peer in up)
+                    and all(peer in states and not states[peer]["healthy"] for peer in down))
 
         wait_for(seen, timeout=timeout, what=f"{node_id} seeing {up} UP and {down} DOWN")
 
