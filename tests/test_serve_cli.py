@@ -118,8 +118,7 @@ def test_serve_loads_none_of_the_other_commands_and_each_loads_when_asked():
         "    assert f'kvwire.cli.{name}' in sys.modules, name\n"
         "assert 'kvwire.bench.command' in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
+    passes_in_a_fresh_interpreter(code)
     listed = subprocess.run([sys.executable, "-m", "kvwire", "--help"], capture_output=True, text=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
     commands = [line.split()[0] for line in listed.stdout.split("Commands:")[1].splitlines() if line.strip()]
@@ -136,5 +135,10 @@ def test_serve_and_the_bridge_options_load_no_aiohttp():
         "from kvwire.http_bridge import serve_bridge\n"
         "assert 'aiohttp' in sys.modules, 'the lazy import did not load the server'\n"
     )
+    passes_in_a_fresh_interpreter(code)
+
+
+def passes_in_a_fresh_interpreter(code: str) -> None:
+    """Run ``code`` in a new Python process (so sys.modules starts empty); its asserts must hold."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
