@@ -61,6 +61,8 @@ from kvwire.protocol import (
     PutReply,
     Replicate,
     ReplicateReply,
+    Requests,
+    RequestsReply,
     Role,
     ServerError,
     ServerTimeoutError,
@@ -77,7 +79,7 @@ from kvwire.protocol import (
     error_from_wire,
     frame,
 )
-from kvwire.protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
+from kvwire.protocol.limits import MAX_REQUEST_RECORDS, MAX_SYNC_ENTRIES, REPAIR_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS_PATH = ROOT / "tests" / "vectors" / "protocol_vectors.json"
@@ -88,10 +90,10 @@ VECTORS = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 VALID = VECTORS["valid"]
 INVALID = VECTORS["invalid"]
 
-REQUEST_CLASSES = (Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch, Digests, Sync)
+REQUEST_CLASSES = (Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch, Digests, Sync, Requests)
 REPLY_CLASSES = (
     ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply,
-    LookupReply, FetchReply, DigestsReply, SyncReply,
+    LookupReply, FetchReply, DigestsReply, SyncReply, RequestsReply,
 )
 ALL_CLASSES = REQUEST_CLASSES + REPLY_CLASSES
 # docs/protocol.md section 3.2: the only optional fields, left out when they have no value.
@@ -235,6 +237,8 @@ SAMPLES = [
     Sync(45, 3, "", True, [["k", 0, "", False]], True),
     Sync(43, REPAIR_BUCKETS - 1, "a", False, [["b", 1, "n1", False], ["clé", 2**63 - 1, "", True], ["🔑", 0, "n2", False]]),
     Sync(44, 7, "", True, [[f"k{i:04}", i, "n1", i % 2 == 0] for i in range(MAX_SYNC_ENTRIES)]),
+    Requests(46, 0),
+    Requests(47, 2**63 - 1),
     ErrorReply(None, ErrorCode.INTERNAL, "boom"),
     ErrorReply(14, 999, ""),
     ErrorReply(15, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes", True),
@@ -273,6 +277,9 @@ SAMPLES = [
     SyncReply(47, [], []),
     SyncReply(48, ["a", "clé"], ["🔑"]),
     SyncReply(49, [f"k{i}" for i in range(MAX_SYNC_ENTRIES)], [f"j{i}" for i in range(MAX_SYNC_ENTRIES)]),
+    RequestsReply(50, [], 0, True),
+    RequestsReply(51, [["r", "k", 0, "", False], ["r" * 128, "clé", 2**63 - 1, "n1", True]], 2**63 - 1, False),
+    RequestsReply(52, [[f"r{i}", "k", i, "n1", False] for i in range(MAX_REQUEST_RECORDS)], 500, False),
 ]
 
 
@@ -580,7 +587,7 @@ def test_doc_op_table_matches_the_codec():
         assert {n for bracket, n in documented if bracket} == optional_fields(cls)
 
 
-PEER_ONLY_OPS = {Op.REPLICATE, Op.LOOKUP, Op.FETCH, Op.DIGESTS, Op.SYNC}
+PEER_ONLY_OPS = {Op.REPLICATE, Op.LOOKUP, Op.FETCH, Op.DIGESTS, Op.SYNC, Op.REQUESTS}
 
 
 def test_doc_peer_only_ops_are_forbidden_to_clients():
@@ -1224,6 +1231,25 @@ WRONG_FIELDS = [
     (Op.SYNC_REPLY, "offered", None),
     (Op.SYNC_REPLY, "offered", [None]),
     (Op.SYNC_REPLY, "offered", ["k"] * (MAX_SYNC_ENTRIES + 1)),
+    (Op.REQUESTS, "cursor", -1),
+    (Op.REQUESTS, "cursor", 2**63),
+    (Op.REQUESTS, "cursor", None),
+    (Op.REQUESTS, "cursor", "0"),
+    (Op.REQUESTS_REPLY, "records", None),
+    (Op.REQUESTS_REPLY, "records", [["r", "k", 1, "n1", False]] * (MAX_REQUEST_RECORDS + 1)),
+    (Op.REQUESTS_REPLY, "records", [["", "k", 1, "n1", False]]),
+    (Op.REQUESTS_REPLY, "records", [["r" * 129, "k", 1, "n1", False]]),
+    (Op.REQUESTS_REPLY, "records", [["r", "", 1, "n1", False]]),
+    (Op.REQUESTS_REPLY, "records", [["r", b"k", 1, "n1", False]]),
+    (Op.REQUESTS_REPLY, "records", [["r", "k", -1, "n1", False]]),
+    (Op.REQUESTS_REPLY, "records", [["r", "k", True, "n1", False]]),
+    (Op.REQUESTS_REPLY, "records", [["r", "k", 1, None, False]]),
+    (Op.REQUESTS_REPLY, "records", [["r", "k", 1, "n1", 0]]),
+    (Op.REQUESTS_REPLY, "records", [["r", "k", 1, "n1"]]),
+    (Op.REQUESTS_REPLY, "records", ["r"]),
+    (Op.REQUESTS_REPLY, "cursor", -1),
+    (Op.REQUESTS_REPLY, "last", None),
+    (Op.REQUESTS_REPLY, "last", 1),
 ]
 
 

@@ -45,6 +45,8 @@ from kvwire.protocol import (
     ReplicateReply,
     Role,
     Side,
+    Requests,
+    RequestsReply,
     Sync,
     SyncReply,
     Version,
@@ -77,6 +79,9 @@ sync_entries = st.dictionaries(keys, st.tuples(counters, texts, st.booleans()), 
     lambda by_key: [[key, *by_key[key]] for key in sorted(by_key)]
 )
 key_lists = st.lists(keys, max_size=6)
+# REQUESTS_REPLY records (docs/protocol.md 6.13): [request id, key, counter, node, tentative].
+request_ids = st.text(min_size=1, max_size=12)
+request_records = st.lists(st.tuples(request_ids, keys, counters, texts, st.booleans()).map(list), max_size=6)
 # What a node can send in HELLO_REPLY: its own Limits, plus entries of a later version.
 wire_limits = st.builds(
     lambda key, value, spare, extra: {
@@ -116,6 +121,7 @@ REQUEST_STRATEGIES = {
     Fetch: st.builds(Fetch, ids, keys),
     Digests: st.builds(Digests, ids, digest_words, counters),
     Sync: st.builds(Sync, ids, bucket_numbers, texts, st.booleans(), sync_entries),
+    Requests: st.builds(Requests, ids, counters),
 }
 REPLY_STRATEGIES = {
     ErrorReply: st.builds(
@@ -134,6 +140,7 @@ REPLY_STRATEGIES = {
     FetchReply: st.builds(FetchReply, ids, versions, st.booleans(), values),
     DigestsReply: st.builds(DigestsReply, ids, st.lists(bucket_numbers, max_size=6).map(sorted), counters),
     SyncReply: st.builds(SyncReply, ids, key_lists, key_lists),
+    RequestsReply: st.builds(RequestsReply, ids, request_records, counters, st.booleans()),
 }
 requests = st.one_of(*REQUEST_STRATEGIES.values())
 replies = st.one_of(*REPLY_STRATEGIES.values())
@@ -151,6 +158,7 @@ FIELD_NAMES = [
     "value", "version", "deleted", "applied", "health", "code", "message",
     "expect", "maybe_applied", "limits", "created",
     "request", "request_version", "tombstones", "digests", "floor", "buckets", "bucket", "after", "last", "entries", "wanted", "offered",
+    "cursor", "records",
 ]
 fuzzy_field_values = (
     values

@@ -18,11 +18,11 @@ from kvwire.protocol.messages import (
     NO_VERSION,
     Consistency,
     Delete, DeleteReply, Digests, DigestsReply, Fetch, FetchReply, Get, GetReply, Lookup, LookupReply, Ping, Pong, Put,
-    PutReply, Replicate, ReplicateReply, Sync, SyncReply,
+    PutReply, Replicate, ReplicateReply, Requests, RequestsReply, Sync, SyncReply,
 )
 from kvwire.server.config import ServerConfig, parse_cluster
 from kvwire.server.core import (
-    CloseLink, DropPeerHints, Entry, Joined, Load, NodeCore, Persist, Respond, SaveFloor, Send, StoreHint,
+    CloseLink, DropPeerHints, Entry, Joined, Load, NodeCore, Persist, Respond, SaveFloor, SaveRequests, Send, StoreHint,
 )
 from kvwire.protocol.limits import REPAIR_BUCKETS
 from kvwire.server.core.buckets import BucketIndex, bucket_of
@@ -1388,16 +1388,18 @@ def test_the_mutant_no_repair_while_joining_refuses_a_repair_fetch_too():
 
 
 def page_through(core, effects, offered=(), now=0.0):
-    """Answer the DIGESTS (with tombstones) and SYNC pages among ``effects``, and
-    those that follow, as a peer holding the ``offered`` keys newer would; the
-    other effects on the way."""
+    """Answer the DIGESTS (with tombstones), SYNC pages and REQUESTS among
+    ``effects``, and those that follow, as a peer holding the ``offered`` keys
+    newer, and no request records, would; the other effects on the way."""
     rest = []
-    while asked := [e for e in effects if type(e) is Send and e.message_type in (Digests, Sync)]:
+    while asked := [e for e in effects if type(e) is Send and e.message_type in (Digests, Sync, Requests)]:
         rest += [e for e in effects if e not in asked]
         for sent in asked:
             if sent.message_type is Digests:
                 buckets = sorted({bucket_of(key) for key in offered})
                 core.peer_reply(sent.peer, sent.request_id, DigestsReply(1, buckets, 0, True), now)
+            elif sent.message_type is Requests:
+                core.peer_reply(sent.peer, sent.request_id, RequestsReply(1, [], 0, True), now)
             else:
                 keys = [key for key in offered if bucket_of(key) == sent.fields[0]]
                 core.peer_reply(sent.peer, sent.request_id, SyncReply(1, [], keys), now)
@@ -1482,6 +1484,11 @@ def test_a_joining_nodes_round_pulls_with_repair_fetches_and_it_joins_once_done_
     core.peer_reply("n2", fetch.request_id, answer.reply, 0.1)
     commit_all(core, core.take_effects(), 0.1)
     assert core.keydir.committed["k"] == Entry(Version(2, "n2"), False)
+    # The keys are in; last, n2's request records (it has none).
+    (requests,) = [e for e in core.take_effects() if type(e) is Send]
+    assert (requests.peer, requests.message_type, requests.fields) == ("n2", Requests, (0,))
+    assert core.joining
+    core.peer_reply("n2", requests.request_id, RequestsReply(1, [], 0, True), 0.1)
     # Caught up from n2 only: the round with n3 begins at once, not at the next
     # repair interval (a joining node votes in no majority meanwhile).
     effects = core.take_effects()
@@ -1509,3 +1516,108 @@ def test_joining_ends_only_after_rounds_begun_since_it_started_complete_with_eve
     assert core.joining  # nor do the peers caught up from in the earlier generation
     core.repair_round_completed("n3", core.join_generation)
     assert not core.joining and Joined() in core.take_effects()
+
+
+# --- a joining node copies its peers' request records ------------------------------------
+
+
+def join_from(core, peers):
+    """``core`` (joining) runs a round with each of ``peers`` (cores), every message
+    answered by that peer's own core; the effects on ``core``'s side that are not sends."""
+    rest, now = [], 0.0
+    for peer in peers:
+        core.link_up(peer.node_id, now)
+        effects = core.take_effects()
+        while sends := [e for e in effects if type(e) is Send]:
+            rest += [e for e in effects if type(e) is not Send]
+            for sent in sends:
+                if sent.message_type is Ping:  # heartbeats: answered by the shell
+                    core.peer_reply(sent.peer, sent.request_id, Pong(1), now)
+                    continue
+                assert sent.peer == peer.node_id
+                peer.request("asked", sent.message_type(1, *sent.fields), now, from_peer=True)
+                answered = peer.take_effects()
+                commit_all(peer, answered, now)
+                (answer,) = [e.reply for e in answered + peer.take_effects() if type(e) is Respond]
+                core.peer_reply(sent.peer, sent.request_id, answer, now)
+            now += 0.05
+            core.tick(now)  # the transfers' pace
+            effects = core.take_effects()
+            commit_all(core, effects, now)
+            effects += core.take_effects()
+        rest += effects
+    return rest
+
+
+def test_a_joining_node_copies_its_peers_request_records_and_a_retry_through_it_finds_them():
+    # n2 applied the PUT put-1 at (5, n3); a later write replaced the value, so
+    # only n2's request log says put-1 was applied. n1, the PUT's other replica,
+    # lost its disk (simulator seed 3194).
+    n2, n3 = make_core("n2"), make_core("n3")
+    replicate(n2, Version(5, "n3"), value="first", request="put-1")
+    replicate(n2, Version(9, "n2"), value="later", request="put-2")
+    replicate(n3, Version(9, "n2"), value="later", request="put-2")
+    core = make_core(joining=True)
+    effects = join_from(core, [n2, n3])
+    assert not core.joining and Joined() in effects
+    saved = [record for e in effects if type(e) is SaveRequests for record in e.records]
+    assert ("put-1", "k", Version(5, "n3"), False) in saved  # durable, as its own records are
+    assert core.applied.find("put-1", "k", 1.0).version == Version(5, "n3")
+    # A retry of put-1 whose majority is n1 and n3 finds it applied: it finishes
+    # (5, n3), below the later write, and is not written again above it.
+    core.request("lookup", Lookup(2, "k", "put-1"), 1.0, from_peer=True)
+    (answer,) = effects_of(core, Respond)
+    assert answer.reply.request_version == Version(5, "n3") and answer.reply.request_tentative is None
+
+
+def test_a_joining_node_without_its_peers_request_records_would_apply_a_retry_again():
+    n2, n3 = make_core("n2"), make_core("n3")
+    replicate(n2, Version(5, "n3"), value="first", request="put-1")
+    replicate(n2, Version(9, "n2"), value="later", request="put-2")
+    core = make_core(joining=True, mutant="join-without-requests")
+    assert Joined() in join_from(core, [n2, n3])
+    assert core.applied.find("put-1", "k", 1.0) is None
+
+
+def requests_asked_after_empty_digests(core, peer="n2"):
+    """``core`` (joining) links to ``peer``, whose DIGESTS answer finds nothing
+    differing: the REQUESTS that ends the round."""
+    core.link_up(peer, 0.0)
+    (digests,) = [e for e in core.take_effects() if type(e) is Send and e.peer == peer]
+    core.peer_reply(peer, digests.request_id, DigestsReply(1, [], 0, True), 0.0)
+    (asked,) = [e for e in core.take_effects() if type(e) is Send]
+    assert (asked.peer, asked.message_type) == (peer, Requests)
+    return asked
+
+
+def test_a_joining_node_counts_a_round_only_once_the_peers_last_request_page_is_in():
+    core = make_core(joining=True)
+    first = requests_asked_after_empty_digests(core)
+    assert first.fields == (0,)
+    core.peer_reply("n2", first.request_id, RequestsReply(1, [["put-1", "k", 5, "n3", True]], 7, False), 0.0)
+    effects = core.take_effects()
+    assert [e.records for e in effects if type(e) is SaveRequests] == [[("put-1", "k", Version(5, "n3"), True)]]
+    (second,) = [e for e in effects if type(e) is Send]
+    assert (second.peer, second.message_type, second.fields) == ("n2", Requests, (7,))
+    assert core.repair.status["n2"].last_completed is None  # the round is not over
+    core.peer_reply("n2", second.request_id, RequestsReply(1, [], 7, True), 0.0)
+    assert core.repair.status["n2"].last_completed == 0.0
+    assert core.joining  # n3 is left
+    assert core.applied.find("put-1", "k", 0.0).tentative  # as the peer held it
+
+
+def test_a_joining_round_whose_request_page_fails_does_not_count():
+    core = make_core(joining=True)
+    asked = requests_asked_after_empty_digests(core)
+    core.peer_failed("n2", asked.request_id, 0.0)
+    assert core.repair.status["n2"].failed_rounds == 1 and core.joining
+
+
+def test_a_peer_built_before_requests_does_not_keep_a_joining_node_out():
+    from kvwire.protocol.errors import UnknownOpError
+
+    core = make_core(joining=True)
+    for peer in ("n2", "n3"):
+        asked = requests_asked_after_empty_digests(core, peer)
+        core.peer_reply(peer, asked.request_id, UnknownOpError("unknown op 0x0c"), 0.0)
+    assert not core.joining

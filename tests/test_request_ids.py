@@ -169,3 +169,30 @@ def test_a_retry_finishes_the_tag_an_earlier_attempt_sent_to_its_full_disk(tmp_p
             cluster.wait_peers(node_id, up=[other for other in cluster.node_ids if other != node_id], timeout=10.0)
             wait_for(lambda node_id=node_id: _get(cluster, node_id, "k")[1] == Version(1, "n3"), timeout=10.0,
                      what=f"{node_id} holding the PUT at (1, n3)")
+
+
+def test_a_node_that_lost_its_disk_copies_its_peers_request_records_when_it_joins(tmp_path):
+    """The simulator's seed 3194 with real nodes (docs/design.md 1.9, "Request records
+    join too"). req-1 is applied on n1 and n2 (n3 is down) and then overwritten, so
+    only their request logs remember it. n1 loses its disk and joins; n2 stops. The
+    retry's majority is n1 and n3: n3 never saw req-1, and n1 knows it only if its
+    join copied n2's records. Without them the retry would write "a" over "b"."""
+    with LocalCluster(3, data_dir=tmp_path, sync=SYNC) as cluster:
+        cluster.terminate("n3")
+        for node_id in ("n1", "n2"):
+            cluster.wait_peers(node_id, down=["n3"], timeout=10.0)
+        first = _put(cluster, "n1", "k", "a", "req-1")
+        assert isinstance(first, PutReply), first
+        other = _put(cluster, "n2", "k", "b", "req-2")
+        assert isinstance(other, PutReply) and other.version > first.version, other
+        cluster.wipe("n1")
+        cluster["n1"].extra_args.append("--join")
+        cluster.start("n1", "n3")
+        cluster.wait_ready(timeout=30.0)  # n1 caught up (joined) from n2 and n3
+        assert cluster.terminate("n2") == 0
+        for node_id in ("n1", "n3"):
+            cluster.wait_peers(node_id, down=["n2"], timeout=10.0)
+        again = _put(cluster, "n3", "k", "a", "req-1", retry=True)
+        assert isinstance(again, PutReply) and again.version == first.version, again
+        assert _get(cluster, "n1", "k") == ("b", other.version)
+        assert _get(cluster, "n3", "k") == ("b", other.version)

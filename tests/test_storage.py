@@ -171,3 +171,21 @@ async def test_a_failed_group_commit_refuses_its_whole_batch_and_the_next_commit
         assert await reopened.read("k2") is None
     finally:
         await reopened.close()
+
+
+async def test_request_records_copied_from_a_peer_survive_reopening(tmp_path):
+    """A joining node keeps the request records it copies (SaveRequests) as durably
+    as its own: a restart after it joined must not forget them (docs/design.md 1.9)."""
+    storage = await open_storage(tmp_path)
+    try:
+        await put(storage, "k", 9, "later")
+        storage.save_requests([("put-1", "k", Version(5, "n3"), False), ("put-2", "j", Version(2, "n2"), True)])
+        storage.save_requests([("put-1", "k", Version(4, "n3"), False)])  # older: the newer stays
+    finally:
+        await storage.close()
+    storage = await open_storage(tmp_path)
+    try:
+        loaded = {(request, key): (version, tentative) for request, key, version, _age, tentative in storage.loaded_requests}
+        assert loaded == {("put-1", "k"): (Version(5, "n3"), False), ("put-2", "j"): (Version(2, "n2"), True)}
+    finally:
+        await storage.close()

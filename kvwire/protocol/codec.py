@@ -21,7 +21,7 @@ from msgspec.msgpack import Decoder
 from .compiled import decode_fast, encode_compiled
 from .errors import ErrorCode, ProtocolError
 from .limits import WIRE_NAMES as LIMIT_NAMES
-from .limits import MAX_COUNTER, MAX_REQUEST_ID_CHARS, MAX_SYNC_ENTRIES, REPAIR_BUCKETS, Limits
+from .limits import MAX_COUNTER, MAX_REQUEST_ID_CHARS, MAX_REQUEST_RECORDS, MAX_SYNC_ENTRIES, REPAIR_BUCKETS, Limits
 from .messages import (
     Consistency,
     Delete,
@@ -48,6 +48,8 @@ from .messages import (
     PutReply,
     Replicate,
     ReplicateReply,
+    Requests,
+    RequestsReply,
     Role,
     Sync,
     SyncReply,
@@ -206,6 +208,27 @@ def _entries(value: Any) -> list:
     return value
 
 
+def _records(value: Any) -> list:
+    if type(value) is not list or len(value) > MAX_REQUEST_RECORDS:
+        raise _Invalid(f"must be an array of at most {MAX_REQUEST_RECORDS} records, got {_describe(value)}")
+    for item in value:
+        if (
+            type(item) is not list
+            or len(item) != 5
+            or type(item[0]) is not str
+            or not 1 <= len(item[0]) <= MAX_REQUEST_ID_CHARS
+            or type(item[1]) is not str
+            or not item[1]
+            or type(item[2]) is not int
+            or not 0 <= item[2] <= MAX_COUNTER
+            or type(item[3]) is not str
+            or type(item[4]) is not bool
+        ):
+            raise _Invalid(f"records must be [request id, non-empty key, counter, node id, tentative], "
+                           f"got {_describe(item)}")
+    return value
+
+
 def _keys(value: Any) -> list:
     if type(value) is not list or len(value) > MAX_SYNC_ENTRIES or any(type(item) is not str for item in value):
         raise _Invalid(f"must be an array of at most {MAX_SYNC_ENTRIES} keys, got {_describe(value)}")
@@ -282,6 +305,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "request": _request_id,
     "tombstones": _boolean,
     "offered": _keys,
+    "records": _records,
+    "cursor": _counter,
     "retry": _boolean,
     "request_tentative": _boolean,
     "joining": _boolean,
@@ -295,9 +320,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 _CLASSES: dict[int, type] = {
     cls.op: cls
     for cls in (
-        Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch, Digests, Sync,
+        Hello, Ping, Get, Put, Delete, Health, Replicate, Lookup, Fetch, Digests, Sync, Requests,
         ErrorReply, HelloReply, Pong, GetReply, PutReply, DeleteReply, HealthReply, ReplicateReply,
-        LookupReply, FetchReply, DigestsReply, SyncReply,
+        LookupReply, FetchReply, DigestsReply, SyncReply, RequestsReply,
     )
 }
 

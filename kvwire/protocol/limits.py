@@ -24,6 +24,10 @@ REPAIR_BUCKETS = 1024
 # inside the default 4 MiB frame limit.
 MAX_SYNC_ENTRIES = 1000
 
+# Records in one REQUESTS_REPLY page: at the longest request id and key a page
+# stays near 600 KiB, inside the smallest frame limit a node accepts.
+MAX_REQUEST_RECORDS = 500
+
 # Counters are stored in SQLite's signed 64-bit INTEGER.
 MAX_COUNTER = 2**63 - 1
 # A PUT's request id: a UUID or a base64 token fits; every node remembers

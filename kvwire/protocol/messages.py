@@ -33,6 +33,7 @@ class Op(enum.IntEnum):
     FETCH = 0x09
     DIGESTS = 0x0A
     SYNC = 0x0B
+    REQUESTS = 0x0C
 
     ERROR = 0x80
     HELLO_REPLY = 0x81
@@ -46,6 +47,7 @@ class Op(enum.IntEnum):
     FETCH_REPLY = 0x89
     DIGESTS_REPLY = 0x8A
     SYNC_REPLY = 0x8B
+    REQUESTS_REPLY = 0x8C
 
 
 class Role(str, enum.Enum):
@@ -223,6 +225,17 @@ class Sync:
     op = Op.SYNC
 
 
+@dataclass(slots=True)
+class Requests:
+    """Peer only, a joining node's last step: the receiver's records of the PUT
+    request ids it applied (docs/protocol.md section 6.13), from ``cursor`` on
+    (0: from the oldest)."""
+
+    id: int
+    cursor: int
+    op = Op.REQUESTS
+
+
 # --- replies ---------------------------------------------------------------------------
 
 
@@ -370,6 +383,19 @@ class SyncReply:
     op = Op.SYNC_REPLY
 
 
+@dataclass(slots=True)
+class RequestsReply:
+    """``records``: ``[request id, key, counter, node, tentative]``, each a PUT
+    request id the receiver remembers applying to ``key`` at that tag; ``cursor``:
+    what to send in the next REQUESTS; ``last``: no record is left after it."""
+
+    id: int
+    records: list
+    cursor: int
+    last: bool
+    op = Op.REQUESTS_REPLY
+
+
 # Fields left out of the map when they are None; every other field is always sent.
 OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
@@ -389,10 +415,10 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.DIGESTS_REPLY: frozenset({"tombstones"}),
 }
 
-Request = Hello | Ping | Get | Put | Delete | Health | Replicate | Lookup | Fetch | Digests | Sync
+Request = Hello | Ping | Get | Put | Delete | Health | Replicate | Lookup | Fetch | Digests | Sync | Requests
 Reply = (
     ErrorReply | HelloReply | Pong | GetReply | PutReply | DeleteReply | HealthReply | ReplicateReply
-    | LookupReply | FetchReply | DigestsReply | SyncReply
+    | LookupReply | FetchReply | DigestsReply | SyncReply | RequestsReply
 )
 Message = Request | Reply
 
@@ -426,6 +452,8 @@ __all__ = [
     "ReplicateReply",
     "Reply",
     "Request",
+    "Requests",
+    "RequestsReply",
     "Role",
     "Sync",
     "SyncReply",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol.errors import ForbiddenError, UnauthenticatedError
-from ..protocol.messages import Delete, Digests, Fetch, Get, Health, Hello, Lookup, Ping, Put, Replicate, Sync
+from ..protocol.messages import Delete, Digests, Fetch, Get, Health, Hello, Lookup, Ping, Put, Replicate, Requests, Sync
 
 # A token is a password a program holds: refuse ones short enough to guess.
 MIN_TOKEN_CHARS = 16
@@ -49,7 +49,7 @@ ROLE_OPS = {
     # Every client op there is; admin is the role later admin-only ops will need.
     AccessRole.ADMIN: _WRITE_OPS,
 }
-PEER_ONLY_OPS = frozenset({Replicate, Lookup, Fetch, Digests, Sync})
+PEER_ONLY_OPS = frozenset({Replicate, Lookup, Fetch, Digests, Sync, Requests})
 PEER_OPS = _WRITE_OPS | PEER_ONLY_OPS
 # A node without an auth file: every client op, to anyone.
 ANYONE_OPS = _WRITE_OPS

@@ -40,8 +40,8 @@ from ..protocol.values import pack_value
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
 from .core import (
-    CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, PeerStateChanged, Persist, Purge, Respond, SaveFloor, Send,
-    StoreHint,
+    CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
+    SaveRequests, Send, StoreHint,
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
 from .failure_detector import PeerState, Transition
@@ -317,6 +317,8 @@ class Node:
                         log.info("hinting peer %s stopped: every hint delivered (%d since this node started)", effect.peer,
                                  core.hints.delivered.get(effect.peer, 0),
                                  extra={"peer": effect.peer, "event": "hinting_stopped"})
+                elif kind is SaveRequests:
+                    self.storage.save_requests(effect.records)
                 elif kind is Joined:
                     self.storage.clear_joining()
                 elif kind is Purge:

@@ -169,6 +169,8 @@ class Storage:
         # The last run ended without ``close(clean=True)``: killed, or it lost power.
         self.unclean = False
         self._clear_joining = False
+        # Request records copied from peers while joining (``save_requests``), for the next commit.
+        self._request_rows: list[tuple] = []
 
     @classmethod
     async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096,
@@ -300,6 +302,15 @@ class Storage:
         self._clear_joining = True
         self._wakeup.set()
 
+    def save_requests(self, records: list) -> None:
+        """Keep, in the next commit, these ``(request, key, version, tentative)``
+        records of PUTs applied elsewhere (copied from a peer while joining), as
+        ``write`` keeps a row's own."""
+        now = time.time()
+        self._request_rows.extend((request, key, version.counter, version.node, now, int(tentative))
+                                  for request, key, version, tentative in records)
+        self._wakeup.set()
+
     def drop_peer_hints(self, peer: str) -> None:
         """Forget, in the next commit, every hint for ``peer`` (those still queued too:
         the commit deletes a peer's hints before it adds any, so a hint added
@@ -323,7 +334,7 @@ class Storage:
                     continue
             self._wakeup.clear()
             while (self._queue or self._hint_rows or self._unhint_rows or self._purge_rows or self._floor is not None
-                   or self._clear_joining):
+                   or self._clear_joining or self._request_rows):
                 batch = self._queue[: self._max_batch_rows]
                 del self._queue[: self._max_batch_rows]
                 await self._commit(batch)
@@ -335,8 +346,9 @@ class Storage:
     async def _commit(self, batch: list[_Write]) -> None:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
         now = time.time()
+        copied_requests, self._request_rows = self._request_rows, []
         requests = [(w.request, w.key, w.version.counter, w.version.node, now, int(w.tentative))
-                    for w in batch if w.request is not None]
+                    for w in batch if w.request is not None] + copied_requests
         expire_before = None
         if now - self._requests_expired_at >= REQUEST_EXPIRE_INTERVAL:
             self._requests_expired_at = now
@@ -380,6 +392,7 @@ class Storage:
                 self._floor = floor if self._floor is None else max(self._floor, floor)
                 self._floor_waiters[:0] = floor_waiters
             self._clear_joining = self._clear_joining or joined
+            self._request_rows[:0] = copied_requests
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))

@@ -20,7 +20,8 @@ from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
 from ..server.core.applied import MAX_AGE as REQUEST_MAX_AGE
 from ..server.core import (
-    CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Purge, SaveFloor, NodeCore, PeerStateChanged, Persist, Respond, Send, StoreHint,
+    CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Purge, SaveFloor, SaveRequests, NodeCore, PeerStateChanged, Persist,
+    Respond, Send, StoreHint,
 )
 from ..server.core.timers import Timers
 
@@ -31,7 +32,7 @@ RECONNECT_MAX_DELAY = 1.0
 
 SIM_CLUSTER_SECRET = b"the simulated cluster's secret"
 # Effects the simulated disk applies in its next batch, as group commit does.
-_COMMITTED_EFFECTS = frozenset({Persist, StoreHint, DropHint, DropPeerHints, Purge, SaveFloor, Joined})
+_COMMITTED_EFFECTS = frozenset({Persist, StoreHint, DropHint, DropPeerHints, Purge, SaveFloor, SaveRequests, Joined})
 
 
 @dataclass
@@ -354,6 +355,11 @@ class SimNode:
                         del disk.rows[effect.key]
                 elif kind is SaveFloor:
                     disk.floor = max(disk.floor, effect.floor)
+                elif kind is SaveRequests:
+                    for request, key, version, tentative in effect.records:
+                        name = (request, key)
+                        if name not in disk.requests or version > disk.requests[name][0]:
+                            disk.requests[name] = (version, now, tentative)
                 elif kind is Joined:
                     disk.joining = False
                 else:

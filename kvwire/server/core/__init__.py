@@ -1,12 +1,13 @@
 """The node's replication logic as a pure state machine (see ``node.NodeCore``)."""
 
 from .effects import (
-    CloseLink, DropHint, DropPeerHints, Effect, Joined, Load, PeerStateChanged, Persist, Purge, Respond, SaveFloor, Send, StoreHint,
+    CloseLink, DropHint, DropPeerHints, Effect, Joined, Load, PeerStateChanged, Persist, Purge, Respond, SaveFloor, SaveRequests, Send,
+    StoreHint,
 )
 from .keydir import Copy, Entry, Keydir
 from .node import MUTANTS, NodeCore
 
 __all__ = [
     "CloseLink", "Copy", "DropHint", "DropPeerHints", "Effect", "Entry", "Joined", "Keydir", "Load", "MUTANTS", "NodeCore",
-    "PeerStateChanged", "Persist", "Purge", "Respond", "SaveFloor", "Send", "StoreHint",
+    "PeerStateChanged", "Persist", "Purge", "Respond", "SaveFloor", "SaveRequests", "Send", "StoreHint",
 ]

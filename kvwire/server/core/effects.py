@@ -103,6 +103,15 @@ class Joined:
 
 
 @dataclass(slots=True)
+class SaveRequests:
+    """Keep these PUT request records durably, in the next commit, as ``Persist``
+    keeps its own: ``(request, key, version, tentative)`` each, copied from a
+    peer while joining (``applied.py``). No completion."""
+
+    records: list
+
+
+@dataclass(slots=True)
 class Load:
     """Read ``key``'s committed row. Completed by ``core.loaded(key, row)``, with row
     ``(version, deleted, value)`` or None when there is none."""
@@ -126,5 +135,5 @@ class PeerStateChanged:
     transition: Any
 
 
-Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | Joined | Load | CloseLink
-          | PeerStateChanged)
+Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | SaveRequests | Joined | Load
+          | CloseLink | PeerStateChanged)

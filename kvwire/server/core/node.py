@@ -31,13 +31,16 @@ from ...protocol.messages import (
     Put,
     Replicate,
     ReplicateReply,
+    Requests,
+    RequestsReply,
     Sync,
     Version,
 )
+from ...protocol.limits import MAX_REQUEST_RECORDS
 from ..cache import MISSING, ValueCache
 from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
-from .effects import CloseLink, Effect, Joined, Load, PeerStateChanged, Persist, Respond, Send
+from .effects import CloseLink, Effect, Joined, Load, PeerStateChanged, Persist, Respond, SaveRequests, Send
 from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
@@ -87,6 +90,7 @@ MUTANTS = (
     "remint-lost-tags",  # a node whose commit of a tag it sent failed mints that tag again
     "no-repair-while-joining",  # a joining node refuses anti-entropy's FETCH too, so joining nodes wait on each other
     "join-by-live-digests",  # a joining node skips the buckets whose live keys match, newer tombstones and all
+    "join-without-requests",  # a joining node does not copy its peers' PUT request records
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -247,7 +251,7 @@ class NodeCore:
                 DeleteOp(self, token, request).start()
             else:
                 ForwardedDelete(self, token, request, owner).start()
-        elif kind in (Replicate, Lookup, Fetch, Digests, Sync):
+        elif kind in (Replicate, Lookup, Fetch, Digests, Sync, Requests):
             if not from_peer:
                 self.respond(token, ForbiddenError(
                     f"{kind.__name__.upper()} is accepted only on a connection that said HELLO with role 'peer'"))
@@ -271,6 +275,10 @@ class NodeCore:
                     self.respond(token, self.repair.answer_sync(request))
                 except KvwireError as exc:
                     self.respond(token, exc)
+            elif kind is Requests:
+                # Answered while joining too, as anti-entropy's FETCH is.
+                records, cursor, last = self.applied.page(request.cursor, MAX_REQUEST_RECORDS, now)
+                self.respond(token, RequestsReply(request.id, records, cursor, last))
             else:
                 self.adopt_floor(request.floor)
                 self.committed_copy(request.key, lambda copy: self._answer_fetch(token, request, copy))
@@ -371,6 +379,17 @@ class NodeCore:
         # The next round now, not at the next repair interval: until it has
         # caught up from every peer, this node votes in no majority.
         self.repair.try_round(skip=self._caught_up_from)
+
+    def copy_request_records(self, records: list) -> None:
+        """A page of a peer's PUT request records, copied while joining (repair.py):
+        remembered as the peer holds them, and kept durably like this node's own."""
+        kept = []
+        for request, key, counter, node, tentative in records:
+            version = Version(counter, node)
+            self.applied.remember(request, key, version, self.now, tentative=tentative)
+            kept.append((request, key, version, tentative))
+        if kept:
+            self.effects.append(SaveRequests(kept))
 
     def lost_tag(self, key: str) -> Version:
         """The newest tag of ``key`` this node sent and failed to commit, or NO_VERSION."""

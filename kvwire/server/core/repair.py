@@ -9,7 +9,9 @@ same ``store`` every write goes through, so version tags decide as they do
 everywhere: a repair can only ever move a replica forward. What the node holds
 newer the peer pulls in its own rounds: every pair of nodes is compared from
 both sides, and pulling only means no key crosses twice (two peers pushing to
-a node that lost its disk would send it everything twice). Transfers are paced
+a node that lost its disk would send it everything twice). A joining node's
+round ends by copying the peer's PUT request records too, a page at a time
+(REQUESTS, ``applied.py``). Transfers are paced
 at ``repair_rate`` keys a second with a bounded window, and pause while this
 node's disk has a backlog of foreground writes, so a refill yields to clients.
 
@@ -24,9 +26,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
-from ...protocol.errors import BadRequestError
+from ...protocol.errors import BadRequestError, UnknownOpError
 from ...protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
-from ...protocol.messages import NO_VERSION, Digests, DigestsReply, Fetch, FetchReply, Sync, SyncReply, Version
+from ...protocol.messages import (
+    NO_VERSION, Digests, DigestsReply, Fetch, FetchReply, Requests, RequestsReply, Sync, SyncReply, Version,
+)
 from .buckets import BucketIndex
 from .keydir import Entry
 from .services import CoreServices
@@ -100,6 +104,9 @@ class _Round:
         self.retry_at: float | None = None  # a _next_page scheduled for then
         self.transfers = 0  # queued or in flight
         self.exchanging = True  # DIGESTS and SYNC pages still under way
+        # A joining round's last step, the peer's request records (REQUESTS):
+        # None before it, False while its pages come, True once copied.
+        self.requests_copied: bool | None = None
 
 
 class Repair:
@@ -293,6 +300,12 @@ class Repair:
 
     def _maybe_finish(self, round_: _Round) -> None:
         if self._round is round_ and not round_.exchanging and round_.transfers == 0:
+            if round_.full and round_.complete and not round_.requests_copied \
+                    and self._core.mutant != "join-without-requests":
+                if round_.requests_copied is None:
+                    round_.requests_copied = False
+                    self._copy_requests(round_, 0)
+                return
             self._round = None
             status = self.status[round_.peer]
             status.last_completed = self._core.now
@@ -301,6 +314,29 @@ class Repair:
             status.keys_peer_lacks = round_.peer_lacks
             if round_.full and round_.complete:
                 self._core.repair_round_completed(round_.peer, round_.generation)
+
+    def _copy_requests(self, round_: _Round, cursor: int) -> None:
+        """Ask for the peer's request records after ``cursor``, one page at a time;
+        the round counts for joining only once the last page is copied."""
+        if self._ask(round_.peer, Requests, (cursor,), lambda reply: self._requests_answered(round_, reply)) is None:
+            self._fail(round_)
+
+    def _requests_answered(self, round_: _Round, reply: Any) -> None:
+        if self._round is not round_:
+            return
+        if isinstance(reply, UnknownOpError):
+            # A peer built before REQUESTS: it has no way to give its records,
+            # and refusing to join beside it would keep this node out for ever.
+            reply = RequestsReply(0, [], 0, True)
+        if not isinstance(reply, RequestsReply):
+            self._fail(round_)
+            return
+        self._core.copy_request_records(reply.records)
+        if reply.last:
+            round_.requests_copied = True
+            self._maybe_finish(round_)
+        else:
+            self._copy_requests(round_, reply.cursor)
 
     # --- paced transfers ----------------------------------------------------------------
 
