@@ -10,7 +10,7 @@ def test_one_round_reports_every_figure():
                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    assert set(figures) == {"kill_9_to_down_ms", "sigstop_to_down_ms", "sigcont_to_up_ms"}
+    assert set(figures) == {"kill_9_to_down_ms", "restart_to_up_ms", "sigstop_to_down_ms", "sigcont_to_up_ms"}
     for name, stats in figures.items():
         assert 0 < stats["min"] <= stats["median"] <= stats["max"], name
 

@@ -1,15 +1,21 @@
-"""Peer links come back by themselves: after a refused HELLO, and after the peer is found silent.
+"""Peer links come back by themselves: after a refused HELLO, after the peer is
+found silent, and at once when a peer that was down dials in.
 
 n1 is a real node process; its peer n2 is scripted in this process, so the
-test decides exactly what n1's link meets.
+test decides exactly what n1's link meets. The dial-back tests run a link in
+this process against a real node, and a real cluster.
 """
 
 import asyncio
+import logging
 
 from kvwire.protocol import ErrorReply, Health, Hello, Ping, Pong
 from kvwire.protocol.errors import ErrorCode
 from kvwire.secret_file import read_secret_file
-from kvwire.testing import NodeProcess, RawConnection, ScriptedNode, wait_for
+from kvwire.server import peers
+from kvwire.server.config import ServerConfig, parse_cluster
+from kvwire.server.peers import PeerLink
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, ScriptedNode, wait_for
 from kvwire.testing.cluster import new_secret_file
 
 
@@ -82,3 +88,68 @@ async def test_a_silent_peer_link_is_closed_and_dialled_again(tmp_path):
             await poll(lambda: peer_state(node, "n2")["state"] == "UP", 5, "n2 UP on the new link")
         finally:
             await asyncio.to_thread(node.stop)
+
+
+class Events:
+    """What a link reports, recorded (the node's side of ``LinkEvents``)."""
+
+    def __init__(self) -> None:
+        self.linked: list[str] = []
+
+    def peer_heard(self, peer: str) -> None:
+        pass
+
+    def peer_linked(self, peer: str) -> None:
+        self.linked.append(peer)
+
+    def peer_unlinked(self, peer: str) -> None:
+        pass
+
+    def peer_answered(self, peer, request_id, done) -> None:
+        pass
+
+    def peer_send_failed(self, peer, request_id) -> None:
+        pass
+
+
+async def test_a_link_waiting_out_its_backoff_dials_at_once_when_its_peer_is_up(tmp_path, monkeypatch, caplog):
+    # A backoff far longer than the test: only dial_now can bring the link up in time.
+    monkeypatch.setattr(peers, "RECONNECT_BASE_DELAY", 120.0)
+    monkeypatch.setattr(peers, "RECONNECT_MAX_DELAY", 120.0)
+    caplog.set_level(logging.DEBUG, logger="kvwire.peers")
+    cluster = LocalCluster(3, data_dir=tmp_path)  # nothing started yet
+    members = parse_cluster(cluster.members)
+    config = ServerConfig(node_id="n2", members=members, data_dir=tmp_path / "n2-unused", cluster_secret=cluster.secret)
+    events = Events()
+    link = PeerLink(next(member for member in members if member.node_id == "n1"), config, events)
+    link.start()
+    try:
+        await poll(lambda: "peer n1 unreachable" in caplog.text, 10, "the first dial to n1 refused")
+        cluster.start("n1")
+        await asyncio.to_thread(cluster.wait_ready, "n1", peers=False)
+        assert link.connection is None and events.linked == []  # still backing off: 60 s at least
+        link.dial_now()
+        await poll(lambda: events.linked == ["n1"], 10, "the link to n1 up")
+        assert link.connection is not None and link.connection.node_id == "n1"
+        link.dial_now()  # linked already: nothing to cut short, nothing changes
+        await asyncio.sleep(0.1)
+        assert events.linked == ["n1"]
+    finally:
+        await link.close()
+        cluster.stop()
+
+
+def test_a_node_dials_back_a_peer_that_dials_it(tmp_path):
+    """n1 and n2 back off from n3 while it is down; n3, restarted, dials them
+    first thing (it listens before it dials), and they dial it back at once.
+    Either could have dialled n3 on its own in the few milliseconds between
+    n3 listening and dialling, but not both (the odds are about 1 in 10,000)."""
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        cluster.kill("n3")
+        for node_id in ("n1", "n2"):
+            cluster.wait_peers(node_id, down=["n3"], timeout=10.0)
+        cluster.start("n3")
+        cluster.wait_ready(timeout=30.0)
+        said = [node_id for node_id in ("n1", "n2") if "event=peer_dial_back" in cluster[node_id].log()
+                or "dialling it back now" in cluster[node_id].log()]
+        assert said, "neither n1 nor n2 dialled n3 back"

@@ -216,6 +216,7 @@ class Node:
                 raise ForbiddenError("this node has no cluster secret, so it takes no peers")
             session.grant = PEER  # --insecure: the role is taken on the peer's word
             session.member = request.node
+            self.peers.dial_now(request.node)
             return None, None
         dialer = request.node
         if dialer is None or dialer == config.node_id or dialer not in self.core.peer_ids:
@@ -239,6 +240,7 @@ class Node:
             raise ForbiddenError("peer proof refused: the two nodes do not hold the same cluster secret")
         session.grant = PEER
         session.member = dialer
+        self.peers.dial_now(dialer)  # it is up: our link to it need not wait out its backoff
         return None, None
 
     def _check_tag_distance(self, request: Replicate, session: Session) -> None:

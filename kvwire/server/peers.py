@@ -7,7 +7,9 @@ reply means are the node core's business (``kvwire.server.core``). Any frame
 read from a peer is reported as hearing from it; when the core finds a peer
 silent for too long it asks for the link to be closed and dialled again,
 because a silent TCP connection can sit in retransmission backoff for tens of
-seconds after a partition heals.
+seconds after a partition heals. A peer that dials in while its link is down
+is dialled back at once (``dial_now``): it is up, and the link's backoff
+would leave it unused for up to a second.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class PeerLink:
         self._node = node
         self.connection: ClientConnection | None = None
         self._task: asyncio.Task | None = None
+        self._dial_now = asyncio.Event()  # set: cut the backoff short
+        self._backing_off = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._maintain(), name=f"kvwire-peer-{self.member.node_id}")
@@ -66,6 +70,9 @@ class PeerLink:
         peer = self.member.node_id
         failures = 0
         while True:
+            # Cleared before the attempt, not after it fails: a peer that dials
+            # in meanwhile still cuts the next backoff short.
+            self._dial_now.clear()
             try:
                 connection = await ClientConnection.open(
                     self.member.host,
@@ -89,7 +96,7 @@ class PeerLink:
                 log.debug("peer %s unreachable: %s", peer, exc)
                 failures += 1
                 # Jittered, so that peers restarting together don't redial in lockstep.
-                await asyncio.sleep(
+                await self._back_off(
                     backoff_delay(failures, base=RECONNECT_BASE_DELAY, cap=RECONNECT_MAX_DELAY, jitter=random.uniform)
                 )
                 continue
@@ -115,6 +122,26 @@ class PeerLink:
             finally:
                 self.connection = None
                 self._node.peer_unlinked(peer)
+
+    async def _back_off(self, delay: float) -> None:
+        """Wait ``delay`` seconds before dialling again, or until ``dial_now``."""
+        self._backing_off = True
+        try:
+            await asyncio.wait_for(self._dial_now.wait(), delay)
+        except TimeoutError:
+            pass
+        finally:
+            self._backing_off = False
+
+    def dial_now(self) -> None:
+        """The peer just dialled this node, so it is up: if this link is waiting
+        out its backoff, dial at once. A restarted peer is then used as soon as
+        it is back, not up to ``RECONNECT_MAX_DELAY`` later."""
+        if self.connection is None and not self._dial_now.is_set():
+            self._dial_now.set()
+            if self._backing_off:
+                log.info("peer %s dialled in while this node's link to it was backing off; dialling it back now",
+                         self.member.node_id, extra={"peer": self.member.node_id, "event": "peer_dial_back"})
 
     def send(self, request_id: int, message_type: type, fields: tuple) -> None:
         connection = self.connection
@@ -165,6 +192,11 @@ class PeerLinks:
 
     def reconnect(self, peer: str) -> None:
         self.links[peer].reconnect()
+
+    def dial_now(self, peer: str) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            link.dial_now()
 
     def address(self, peer: str) -> str:
         return self.links[peer].member.address
