@@ -1621,3 +1621,23 @@ def test_a_peer_built_before_requests_does_not_keep_a_joining_node_out():
         asked = requests_asked_after_empty_digests(core, peer)
         core.peer_reply(peer, asked.request_id, UnknownOpError("unknown op 0x0c"), 0.0)
     assert not core.joining
+
+
+def test_a_requests_reply_page_fits_the_nodes_frame_limit():
+    from kvwire.protocol import Limits, encode
+
+    limits = Limits(max_frame_bytes=8192, max_key_bytes=1024, max_value_bytes=1024)
+    core = make_core("n2", limits=limits)
+    for number in range(40):
+        core.applied.remember(f"put-{number}", f"{number:04}" + "k" * 1000, Version(number + 1, "n2"), 0.0)
+    cursor, pages, copied = 0, 0, 0
+    while True:
+        core.request("asked", Requests(1, cursor), 0.0, from_peer=True)
+        (answer,) = effects_of(core, Respond)
+        assert len(encode(answer.reply)) <= limits.max_frame_bytes
+        copied += len(answer.reply.records)
+        pages += 1
+        cursor = answer.reply.cursor
+        if answer.reply.last:
+            break
+    assert copied == 40 and pages > 1

@@ -22,10 +22,10 @@ STEPS = st.lists(st.one_of(
 ), max_size=60)
 
 
-def all_pages(log, limit, now=0.0):
+def all_pages(log, limit, now=0.0, max_bytes=1 << 20):
     records, cursor, pages = [], 0, 0
     while True:
-        page, cursor, last = log.page(cursor, limit, now)
+        page, cursor, last = log.page(cursor, limit, now, max_bytes)
         assert len(page) <= limit
         records += page
         pages += 1
@@ -34,8 +34,8 @@ def all_pages(log, limit, now=0.0):
 
 
 @settings(max_examples=300, deadline=None)
-@given(STEPS, st.integers(1, 4))
-def test_paging_gives_every_record_once_at_its_newest_tag(steps, limit):
+@given(STEPS, st.integers(1, 4), st.sampled_from([1, 60, 1 << 20]))
+def test_paging_gives_every_record_once_at_its_newest_tag(steps, limit, max_bytes):
     log = AppliedRequests()
     model: dict[tuple[str, str], tuple[Version, bool]] = {}
     for kind, request, key, counter, tentative in steps:
@@ -49,7 +49,7 @@ def test_paging_gives_every_record_once_at_its_newest_tag(steps, limit):
             log.forget(request, key, version)
             if model.get((request, key), (None,))[0] == version:
                 del model[(request, key)]
-    records, _pages = all_pages(log, limit)
+    records, _pages = all_pages(log, limit, max_bytes=max_bytes)
     assert len(records) == len(model)
     assert {(r, k): (Version(c, n), t) for r, k, c, n, t in records} == model
 
@@ -58,22 +58,22 @@ def test_request_records_page_in_the_order_remembered_and_a_record_updated_meanw
     log = AppliedRequests()
     for number in range(5):
         log.remember(f"r{number}", "k", Version(number + 1, "n1"), 0.0)
-    records, cursor, last = log.page(0, 2, 0.0)
+    records, cursor, last = log.page(0, 2, 0.0, 1 << 20)
     assert [r[0] for r in records] == ["r0", "r1"] and not last
     log.remember("r0", "k", Version(9, "n2"), 0.0)  # newer: moves past the cursor
-    records, cursor, last = log.page(cursor, 2, 0.0)
+    records, cursor, last = log.page(cursor, 2, 0.0, 1 << 20)
     assert [r[0] for r in records] == ["r2", "r3"] and not last
-    records, cursor, last = log.page(cursor, 2, 0.0)
+    records, cursor, last = log.page(cursor, 2, 0.0, 1 << 20)
     assert records == [["r4", "k", 5, "n1", False], ["r0", "k", 9, "n2", False]] and last
-    assert log.page(cursor, 2, 0.0) == ([], cursor, True)
+    assert log.page(cursor, 2, 0.0, 1 << 20) == ([], cursor, True)
 
 
 def test_a_page_after_the_last_is_empty_and_says_so():
     log = AppliedRequests()
     log.remember("r", "k", Version(1, "n1"), 0.0)
-    records, cursor, last = log.page(0, 500, 0.0)
+    records, cursor, last = log.page(0, 500, 0.0, 1 << 20)
     assert records == [["r", "k", 1, "n1", False]] and last
-    assert log.page(cursor, 500, 0.0) == ([], cursor, True)
+    assert log.page(cursor, 500, 0.0, 1 << 20) == ([], cursor, True)
 
 
 def test_records_remembered_again_and_again_keep_the_index_bounded():
@@ -89,4 +89,14 @@ def test_records_remembered_again_and_again_keep_the_index_bounded():
 def test_expired_records_are_not_given():
     log = AppliedRequests()
     log.remember("r", "k", Version(1, "n1"), 0.0)
-    assert log.page(0, 500, MAX_AGE + 1) == ([], 0, True)
+    assert log.page(0, 500, MAX_AGE + 1, 1 << 20) == ([], 0, True)
+
+
+def test_a_page_ends_before_its_byte_budget_but_always_holds_a_record():
+    log = AppliedRequests()
+    for number in range(5):
+        log.remember(f"r{number}", "k" * 1000, Version(1, "n1"), 0.0)
+    # About 1,030 bytes a record: two fit in 2,100, and one is given even in 10.
+    assert all_pages(log, 500, max_bytes=2100)[1] == 3
+    records, pages = all_pages(log, 500, max_bytes=10)
+    assert len(records) == 5 and pages == 5

@@ -24,8 +24,8 @@ REPAIR_BUCKETS = 1024
 # inside the default 4 MiB frame limit.
 MAX_SYNC_ENTRIES = 1000
 
-# Records in one REQUESTS_REPLY page: at the longest request id and key a page
-# stays near 600 KiB, inside the smallest frame limit a node accepts.
+# Records in one REQUESTS_REPLY page (the reference node also bounds a page's
+# bytes by its frame limit: kvwire.server.core.node).
 MAX_REQUEST_RECORDS = 500
 
 # Counters are stored in SQLite's signed 64-bit INTEGER.

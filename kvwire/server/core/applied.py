@@ -28,6 +28,9 @@ from ...protocol.messages import Version
 # minute covers them with room. 100,000 ids cost about 15 MB at most.
 MAX_AGE = 60.0
 LIMIT = 100_000
+# A record's msgpack framing beside its strings: the array and string headers,
+# a counter of up to 9 bytes and the flag.
+RECORD_OVERHEAD_BYTES = 24
 
 
 class Applied(NamedTuple):
@@ -104,22 +107,27 @@ class AppliedRequests:
         """The request id that wrote ``version`` of ``key``, if remembered."""
         return self._by_version.get((key, version))
 
-    def page(self, cursor: int, limit: int, now: float) -> tuple[list[list], int, bool]:
+    def page(self, cursor: int, limit: int, now: float, max_bytes: int) -> tuple[list[list], int, bool]:
         """The records remembered after ``cursor`` (0: all), at most ``limit``, as
         ``[request, key, counter, node, tentative]``; then the cursor of the next
         page, and whether none is left. A record remembered again while a peer
-        pages through moves past its cursor, so the peer gets its newest tag."""
+        pages through moves past its cursor, so the peer gets its newest tag.
+        The page also ends before its records' encoding would pass ``max_bytes``
+        (about: ids' and keys' UTF-8 bytes and ``RECORD_OVERHEAD_BYTES`` each),
+        but always holds one record, if one is left."""
         records: list[list] = []
+        size = 0
         log, names, sequences = self._log, self._names, self._sequences
         for index in range(bisect_right(sequences, cursor), len(names)):
             held = log.get(names[index])
             sequence = sequences[index]
             if held is None or held[1] != sequence or now - held[0].at > MAX_AGE:
                 continue  # moved on (later in the log), forgotten, or too old
-            if len(records) == limit:
-                return records, cursor, False
             request, key = names[index]
             applied = held[0]
+            size += len(request.encode()) + len(key.encode()) + len(applied.version.node.encode()) + RECORD_OVERHEAD_BYTES
+            if len(records) == limit or (records and size > max_bytes):
+                return records, cursor, False
             records.append([request, key, applied.version.counter, applied.version.node, applied.tentative])
             cursor = sequence
         return records, cursor, True

@@ -36,7 +36,7 @@ from ...protocol.messages import (
     Sync,
     Version,
 )
-from ...protocol.limits import MAX_REQUEST_RECORDS
+from ...protocol.limits import FRAME_OVERHEAD_BYTES, MAX_REQUEST_RECORDS
 from ..cache import MISSING, ValueCache
 from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
@@ -52,6 +52,9 @@ from .repair import Repair
 from .tombstones import TombstoneCollector
 from .services import CoreStats
 from .timers import Timers
+
+# The most a REQUESTS_REPLY page's records take (applied.page), in bytes.
+REQUESTS_PAGE_BYTES = 256 * 1024
 
 # Deliberately broken variants, for showing that the simulator catches real
 # bugs (python -m kvwire.sim --mutant NAME). Production never sets one.
@@ -160,6 +163,10 @@ class NodeCore:
         self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
         self.tombstones = TombstoneCollector(self, floor)
         self.applied = AppliedRequests()
+        # A REQUESTS_REPLY page's records stay under this (and under the frame
+        # limit, which peers of one configuration share): 500 records at the
+        # longest id and key would be about 600 KiB.
+        self._page_bytes = min(REQUESTS_PAGE_BYTES, config.limits.max_frame_bytes - FRAME_OVERHEAD_BYTES)
         # What recent conditional tombstones here were conditioned on (observed.py).
         self.observed = ObservedVersions(remember=mutant != "ignore-observed")
         # Keys a write left undecided here, until a LOOKUP write passes them (one_trip.py, Write._mint).
@@ -277,7 +284,7 @@ class NodeCore:
                     self.respond(token, exc)
             elif kind is Requests:
                 # Answered while joining too, as anti-entropy's FETCH is.
-                records, cursor, last = self.applied.page(request.cursor, MAX_REQUEST_RECORDS, now)
+                records, cursor, last = self.applied.page(request.cursor, MAX_REQUEST_RECORDS, now, self._page_bytes)
                 self.respond(token, RequestsReply(request.id, records, cursor, last))
             else:
                 self.adopt_floor(request.floor)
