@@ -1613,6 +1613,17 @@ def test_a_joining_round_whose_request_page_fails_does_not_count():
     assert core.repair.status["n2"].failed_rounds == 1 and core.joining
 
 
+def test_a_request_page_whose_cursor_does_not_move_on_fails_the_round():
+    core = make_core(joining=True)
+    asked = requests_asked_after_empty_digests(core)
+    core.peer_reply("n2", asked.request_id, RequestsReply(1, [["put-1", "k", 5, "n3", False]], 4, False), 0.0)
+    (again,) = [e for e in core.take_effects() if type(e) is Send]
+    assert again.fields == (4,)
+    core.peer_reply("n2", again.request_id, RequestsReply(1, [], 4, False), 0.0)  # a peer's bug: the same page for ever
+    assert core.repair.status["n2"].failed_rounds == 1 and core.joining
+    assert not [e for e in core.take_effects() if type(e) is Send and e.message_type is Requests]
+
+
 def test_a_peer_built_before_requests_does_not_keep_a_joining_node_out():
     from kvwire.protocol.errors import UnknownOpError
 

@@ -181,11 +181,42 @@ async def test_request_records_copied_from_a_peer_survive_reopening(tmp_path):
         await put(storage, "k", 9, "later")
         storage.save_requests([("put-1", "k", Version(5, "n3"), False), ("put-2", "j", Version(2, "n2"), True)])
         storage.save_requests([("put-1", "k", Version(4, "n3"), False)])  # older: the newer stays
+        # The same tag firm where it was kept tentative (a joining node's pull,
+        # then the peer's firm record): firm, as the node's memory has it.
+        storage.save_requests([("put-3", "m", Version(7, "n1"), True)])
+        await put(storage, "m", 7, "x")
+        storage.save_requests([("put-3", "m", Version(7, "n1"), False), ("put-3", "m", Version(7, "n1"), True)])
     finally:
         await storage.close()
     storage = await open_storage(tmp_path)
     try:
         loaded = {(request, key): (version, tentative) for request, key, version, _age, tentative in storage.loaded_requests}
-        assert loaded == {("put-1", "k"): (Version(5, "n3"), False), ("put-2", "j"): (Version(2, "n2"), True)}
+        assert loaded == {("put-1", "k"): (Version(5, "n3"), False), ("put-2", "j"): (Version(2, "n2"), True),
+                          ("put-3", "m"): (Version(7, "n1"), False)}
+    finally:
+        await storage.close()
+
+
+async def test_request_records_of_a_failed_commit_are_kept_for_the_next(tmp_path):
+    import sqlite3
+
+    storage = await open_storage(tmp_path)
+    try:
+        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+            db.executescript("""
+                CREATE TRIGGER poison_request BEFORE INSERT ON requests WHEN NEW.request = 'poison'
+                BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
+            """)
+        storage.save_requests([("copied", "k", Version(3, "n2"), False), ("poison", "k", Version(1, "n2"), False)])
+        failed = await asyncio.gather(put(storage, "k", 9, "v"), return_exceptions=True)
+        assert "injected failure" in str(failed[0])
+        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+            db.execute("DROP TRIGGER poison_request")
+        await put(storage, "k", 9, "v")  # the next commit carries the copied records too
+    finally:
+        await storage.close()
+    storage = await open_storage(tmp_path)
+    try:
+        assert {request for request, *_rest in storage.loaded_requests} == {"copied", "poison"}
     finally:
         await storage.close()

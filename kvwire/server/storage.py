@@ -98,6 +98,7 @@ INSERT INTO requests (request, key, counter, node, at, tentative) VALUES (?, ?, 
 ON CONFLICT (request, key) DO UPDATE SET
     counter = excluded.counter, node = excluded.node, at = excluded.at, tentative = excluded.tentative
 WHERE (excluded.counter, excluded.node) > (requests.counter, requests.node)
+    OR ((excluded.counter, excluded.node) = (requests.counter, requests.node) AND excluded.tentative < requests.tentative)
 """
 REQUEST_EXPIRE = "DELETE FROM requests WHERE at < ?"
 # Seconds between deletions of expired request ids (one indexed DELETE in a commit).

@@ -340,9 +340,7 @@ class SimNode:
                     if held is None or effect.version > held[0]:
                         disk.rows[effect.key] = (effect.version, effect.deleted, None if effect.deleted else effect.value)
                     if effect.request is not None:
-                        name = (effect.request, effect.key)
-                        if name not in disk.requests or effect.version > disk.requests[name][0]:
-                            disk.requests[name] = (effect.version, now, effect.tentative)
+                        self._keep_request(effect.request, effect.key, effect.version, effect.tentative, now)
                 elif kind is StoreHint:
                     hinted = disk.hints.setdefault(effect.peer, {})
                     if effect.key not in hinted or effect.version > hinted[effect.key]:
@@ -357,9 +355,7 @@ class SimNode:
                     disk.floor = max(disk.floor, effect.floor)
                 elif kind is SaveRequests:
                     for request, key, version, tentative in effect.records:
-                        name = (request, key)
-                        if name not in disk.requests or version > disk.requests[name][0]:
-                            disk.requests[name] = (version, now, tentative)
+                        self._keep_request(request, key, version, tentative, now)
                 elif kind is Joined:
                     disk.joining = False
                 else:
@@ -377,6 +373,15 @@ class SimNode:
             if self.queued:
                 self._schedule_commit()
         self.perform()
+
+
+    def _keep_request(self, request: str, key: str, version: Any, tentative: bool, now: float) -> None:
+        """The requests table's upsert (storage.REQUEST_UPSERT): a newer tag, or the
+        same tag firm where it was tentative, replaces what is kept."""
+        name = (request, key)
+        held = self.disk.requests.get(name)
+        if held is None or version > held[0] or (version == held[0] and held[2] and not tentative):
+            self.disk.requests[name] = (version, now, tentative)
 
 
 class World:

@@ -63,14 +63,15 @@ class AppliedRequests:
         # node that comes to hold it remembers the request too.
         self._by_version: dict[tuple[str, Version], str] = {}
 
-    def remember(self, request: str, key: str, version: Version, now: float, *, tentative: bool = False) -> None:
+    def remember(self, request: str, key: str, version: Version, now: float, *, tentative: bool = False) -> bool:
+        """Keep the record, unless one as new (and as firm) is kept: whether it was."""
         log = self._log
         name = (request, key)
         held = log.get(name)
         if held is not None:
             held = held[0]
             if held.version > version or (held.version == version and tentative >= held.tentative):
-                return
+                return False
             self._by_version.pop((key, held.version), None)
         self._sequence += 1
         log[name] = (Applied(version, now, tentative), self._sequence)
@@ -86,6 +87,7 @@ class AppliedRequests:
             # Amortised: at least half of the entries are stale whenever this runs.
             self._names = list(log)
             self._sequences = [sequence for _applied, sequence in log.values()]
+        return True
 
     def forget(self, request: str, key: str, version: Version) -> None:
         """Forget that ``request`` was applied at ``version``: a one-round-trip PUT's

@@ -393,8 +393,8 @@ class NodeCore:
         kept = []
         for request, key, counter, node, tentative in records:
             version = Version(counter, node)
-            self.applied.remember(request, key, version, self.now, tentative=tentative)
-            kept.append((request, key, version, tentative))
+            if self.applied.remember(request, key, version, self.now, tentative=tentative):
+                kept.append((request, key, version, tentative))  # new here: on disk too
         if kept:
             self.effects.append(SaveRequests(kept))
 

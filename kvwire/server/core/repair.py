@@ -318,18 +318,19 @@ class Repair:
     def _copy_requests(self, round_: _Round, cursor: int) -> None:
         """Ask for the peer's request records after ``cursor``, one page at a time;
         the round counts for joining only once the last page is copied."""
-        if self._ask(round_.peer, Requests, (cursor,), lambda reply: self._requests_answered(round_, reply)) is None:
+        if self._ask(round_.peer, Requests, (cursor,),
+                     lambda reply: self._requests_answered(round_, cursor, reply)) is None:
             self._fail(round_)
 
-    def _requests_answered(self, round_: _Round, reply: Any) -> None:
+    def _requests_answered(self, round_: _Round, cursor: int, reply: Any) -> None:
         if self._round is not round_:
             return
         if isinstance(reply, UnknownOpError):
             # A peer built before REQUESTS: it has no way to give its records,
             # and refusing to join beside it would keep this node out for ever.
             reply = RequestsReply(0, [], 0, True)
-        if not isinstance(reply, RequestsReply):
-            self._fail(round_)
+        if not isinstance(reply, RequestsReply) or (not reply.last and reply.cursor <= cursor):
+            self._fail(round_)  # a cursor that does not move on would page for ever
             return
         self._core.copy_request_records(reply.records)
         if reply.last:
