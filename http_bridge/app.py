@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
@@ -145,15 +145,27 @@ class TokenClients:
 
 
 # --- handlers ----------------------------------------------------------------------------
+#
+# Each REST operation is an ``answer_*`` function of plain values (the app,
+# the raw path, header values, the body) that returns an Answer or raises an
+# error of kvwire's tree. aiohttp's handlers below and the fast path
+# (http_bridge/fast_path.py) both call them, so the two answer alike.
 
 
-async def get_key(request: web.Request) -> web.Response:
-    key = _key(request)
-    consistency = request.query.get("consistency")
+class Answer(NamedTuple):
+    """A JSON response: status, body text, and any headers beyond Content-Type."""
+
+    status: int
+    text: str
+    headers: dict[str, str] | None = None
+
+
+async def answer_get(app: web.Application, raw_path: str, consistency: str | None, authorization: str | None) -> Answer:
+    key = key_of(raw_path, app[CONFIG].limits)
     if consistency is not None and consistency not in CONSISTENCY_LEVELS:
         raise BadRequestError(f"consistency must be 'one' or 'quorum', got {consistency!r}")
-    value, version = await _client(request).get_with_version(key, consistency=consistency)
-    return _json_response(200, {"key": key, "value": value, "version": version_json(version)})
+    value, version = await client_for(app, authorization).get_with_version(key, consistency=consistency)
+    return Answer(200, to_json_text({"key": key, "value": value, "version": version_json(version)}))
 
 
 # Request-id headers a PUT's idempotency id is taken from, first found wins:
@@ -164,10 +176,10 @@ async def get_key(request: web.Request) -> web.Response:
 REQUEST_ID_HEADERS = ("Idempotency-Key", "X-Kvwire-Request-Id")
 
 
-def _request_id(request: web.Request) -> str | None:
+def request_id_of(header_values: Sequence[str | None]) -> str | None:
+    """The PUT's idempotency id from the values of REQUEST_ID_HEADERS, in that order (None: absent)."""
     found = None
-    for header in REQUEST_ID_HEADERS:
-        value = request.headers.get(header)
+    for header, value in zip(REQUEST_ID_HEADERS, header_values):
         if value is not None:
             if not 1 <= len(value) <= 128:
                 raise BadRequestError(f"the {header} header must be 1 to 128 characters, got {len(value)}")
@@ -175,11 +187,12 @@ def _request_id(request: web.Request) -> str | None:
     return found
 
 
-async def put_key(request: web.Request) -> web.Response:
-    key = _key(request)
-    config = request.app[CONFIG]
-    value = parse_put_body(await request.read(), config.limits)
-    client = _client(request)
+async def answer_put(app: web.Application, raw_path: str, body: bytes, authorization: str | None,
+                     request_ids: Sequence[str | None]) -> Answer:
+    key = key_of(raw_path, app[CONFIG].limits)
+    config = app[CONFIG]
+    value = parse_put_body(body, config.limits)
+    client = client_for(app, authorization)
     # The node says whether the key was absent, judged with the new version
     # (PUT_REPLY's created; docs/protocol.md 6.4 says how exact that is); nodes
     # that predate the field leave it None, and then counter 1 means no write
@@ -187,24 +200,52 @@ async def put_key(request: web.Request) -> web.Response:
     # A retry of this request (by HAProxy after a bridge died mid-request, or
     # by the caller) sends the same id: the nodes apply the PUT once.
     version, created = await client.put_with_result(key, value, timeout=config.timeout,
-                                                    request_id=_request_id(request))
+                                                    request_id=request_id_of(request_ids))
     if created is None:
         created = version.counter == 1
-    document = {"key": key, "value": value, "version": version_json(version)}
+    text = to_json_text({"key": key, "value": value, "version": version_json(version)})
     if created:
-        return _json_response(201, document, {"Location": f"{PREFIX}/kv/{quote(key, safe='')}/"})
-    return _json_response(200, document)
+        return Answer(201, text, {"Location": f"{PREFIX}/kv/{quote(key, safe='')}/"})
+    return Answer(200, text)
+
+
+async def answer_delete(app: web.Application, raw_path: str, authorization: str | None) -> Answer:
+    key = key_of(raw_path, app[CONFIG].limits)
+    version = await client_for(app, authorization).delete(key)
+    return Answer(200, to_json_text({"key": key, "version": version_json(version)}))
+
+
+async def get_key(request: web.Request) -> web.Response:
+    headers = request.headers
+    return _response(await answer_get(request.app, request.raw_path, request.query.get("consistency"),
+                                      headers.get("Authorization")))
+
+
+async def put_key(request: web.Request) -> web.Response:
+    headers = request.headers
+    # The key first, as answer_put checks it: a bad key is 400 before a body too
+    # large for --max-body-bytes is read into a 413.
+    key_of(request.raw_path, request.app[CONFIG].limits)
+    try:
+        body = await request.read()
+    except (RuntimeError, ConnectionError):
+        if request.protocol is not None and request.protocol.connected:
+            raise
+        # aiohttp's "Connection closed." or "Connection lost": the client left
+        # mid-body. Its mistake, not the bridge's: a 400 for the debug log,
+        # where no one is left to read it.
+        raise BadRequestError("the client closed the connection before the whole body arrived") from None
+    return _response(await answer_put(request.app, request.raw_path, body, headers.get("Authorization"),
+                                      [headers.get(name) for name in REQUEST_ID_HEADERS]))
 
 
 async def delete_key(request: web.Request) -> web.Response:
-    key = _key(request)
-    version = await _client(request).delete(key)
-    return _json_response(200, {"key": key, "version": version_json(version)})
+    return _response(await answer_delete(request.app, request.raw_path, request.headers.get("Authorization")))
 
 
 async def health(request: web.Request) -> web.Response:
     """The answering node's health report; 503 unless it has quorum, for load balancers' checks."""
-    report = await _client(request).health()
+    report = await client_for(request.app, request.headers.get("Authorization")).health()
     cluster = report.get("cluster")
     has_quorum = isinstance(cluster, dict) and cluster.get("has_quorum") is True
     headers = {"Cache-Control": "no-store"}
@@ -220,13 +261,13 @@ async def openapi(request: web.Request) -> web.Response:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _client(request: web.Request) -> AsyncClient:
-    """The node client for this request's bearer token (``Authorization: Bearer T``), if any."""
-    return request.app[CLIENTS].get(bearer_token(request))
+def client_for(app: web.Application, authorization: str | None) -> AsyncClient:
+    """The node client for a request's ``Authorization: Bearer T`` header value, if any."""
+    return app[CLIENTS].get(bearer_token(authorization))
 
 
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization`` header's value; None without one."""
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
@@ -235,18 +276,22 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def _key(request: web.Request) -> str:
+def key_of(raw_path: str, limits) -> str:
     """The key, percent-decoded from the raw path as UTF-8 (``/`` inside a key is ``%2F``)."""
-    path = request.raw_path.partition("?")[0]
+    path = raw_path.partition("?")[0]
     raw = (path[:-1] if path.endswith("/") else path).rpartition("/")[2]
     try:
         key = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequestError(f"the key {raw!r} is not percent-encoded UTF-8") from None
     try:
-        return check_key(key, request.app[CONFIG].limits)
+        return check_key(key, limits)
     except (TypeError, ValueError) as exc:
         raise BadRequestError(str(exc)) from None
+
+
+def _response(answer: Answer) -> web.Response:
+    return _json_text_response(answer.status, answer.text, answer.headers)
 
 
 def _json_response(status: int, document: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -276,39 +321,48 @@ def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
     return error.reason
 
 
+def error_answer(exc: KvwireError, method: str, path: str, authorized: bool) -> Answer:
+    """The JSON answer to an error of kvwire's tree; ``authorized``: the request had an Authorization header."""
+    status = status_for(exc)
+    if type(exc) is ForbiddenError and authorized:
+        status = 403  # a token the nodes know, out of its role; without one, a node refused the bridge
+    elif status == 401:
+        return _error_answer(401, str(exc), {"WWW-Authenticate": 'Bearer realm="kvwire"'})
+    # Only a 502 says something is wrong behind the bridge: 4xx are the REST
+    # client's mistakes, and 503/504 come in floods while the cluster is down
+    # (its nodes log why).
+    log.log(logging.WARNING if status == 502 else logging.DEBUG, "%s %s: %d %s", method, path, status, exc)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    return _error_answer(status, str(exc), headers, maybe_applied=exc.maybe_applied)
+
+
+def internal_error_answer(method: str, path: str) -> Answer:
+    """Anything unexpected: logged here with its traceback (call it in an ``except``), 500 without one."""
+    log.exception("%s %s failed", method, path)
+    return _error_answer(500, "internal error in the HTTP bridge; the bridge's log has the details")
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         return await handler(request)
     except KvwireError as exc:
-        status = status_for(exc)
-        if type(exc) is ForbiddenError and "Authorization" in request.headers:
-            status = 403  # a token the nodes know, out of its role; without one, a node refused the bridge
-        elif status == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="kvwire"'}
-            return _error(401, str(exc), headers)
-        # Only a 502 says something is wrong behind the bridge: 4xx are the REST
-        # client's mistakes, and 503/504 come in floods while the cluster is down
-        # (its nodes log why).
-        log.log(logging.WARNING if status == 502 else logging.DEBUG, "%s %s: %d %s", request.method, request.path, status, exc)
-        headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-        return _error(status, str(exc), headers, maybe_applied=exc.maybe_applied)
+        return _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {name: value for name, value in exc.headers.items() if name.lower() not in ("content-type", "content-length")}
-        return _error(exc.status, _http_error_message(request, exc), headers)
+        return _response(_error_answer(exc.status, _http_error_message(request, exc), headers))
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return _error(500, "internal error in the HTTP bridge; the bridge's log has the details")
+        return _response(internal_error_answer(request.method, request.path))
 
 
-def _error(
+def _error_answer(
     status: int, message: str, headers: dict[str, str] | None = None, *, maybe_applied: bool | None = None
-) -> web.Response:
+) -> Answer:
     body: dict[str, Any] = {"error": message}
     if maybe_applied is not None:
         body["maybe_applied"] = maybe_applied
-    return _json_text_response(status, to_json_text(body), headers)
+    return Answer(status, to_json_text(body), headers)

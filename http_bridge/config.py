@@ -45,6 +45,9 @@ class BridgeConfig:
     # In-flight REST requests get this long to finish on shutdown, like a node's.
     shutdown_timeout: float = 10.0
     access_log: bool = False
+    # GET, PUT and DELETE of a key read and answered without aiohttp's request
+    # machinery (http_bridge/fast_path.py); off, or with access_log, aiohttp serves all.
+    fast_path: bool = True
     # HTTPS with tls.cert and tls.key (no cert: plain HTTP). With nodes_tls the
     # bridge dials the nodes over TLS, checking them against tls.ca (None: the
     # system's CAs) and presenting tls.cert, which nodes given a CA require.
@@ -74,6 +77,9 @@ class BridgeConfig:
             raise ValueError(f"max_body_bytes must be an integer of at least {MIN_BODY_BYTES}, got {self.max_body_bytes!r}")
         if not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        for name in ("access_log", "fast_path", "nodes_tls"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.tls is not None and not isinstance(self.tls, TlsFiles):
             raise ValueError(f"tls must be a kvwire.tls.TlsFiles or None, got {type(self.tls).__name__}")
 

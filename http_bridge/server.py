@@ -14,7 +14,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from kvwire.protocol import format_endpoint
 
+from . import fast_path
 from .app import create_app
+from .fast_path import FastPathSite
 from .config import BridgeConfig
 from .metrics import metrics_app
 
@@ -74,7 +76,7 @@ async def start_bridge(config: BridgeConfig, *, registry: CollectorRegistry | No
             create_app(config, registry=registry), handle_signals=False, access_log=access_log,
             shutdown_timeout=config.shutdown_timeout,
         ),
-        config.host, config.port, ssl_context=config.https_context(),
+        config.host, config.port, ssl_context=config.https_context(), fast_path=fast_path.allowed(config),
     )
     bridge = RunningBridge(config, runner, port)
     log.info("HTTP bridge listening on %s, forwarding to %s", bridge.url, ", ".join(config.endpoints))
@@ -113,12 +115,14 @@ async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event, registry: C
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int,
-                  ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
-    """Set ``runner`` up and listen on ``host:port`` (HTTPS with ``ssl_context``); the runner and the
-    port bound (the real one for 0). Raises OSError, the runner cleaned up, when it can't listen."""
+                  ssl_context: ssl.SSLContext | None = None, fast_path: bool = False) -> tuple[web.AppRunner, int]:
+    """Set ``runner`` up and listen on ``host:port`` (HTTPS with ``ssl_context``; its key routes
+    on the fast path with ``fast_path``); the runner and the port bound (the real one for 0).
+    Raises OSError, the runner cleaned up, when it can't listen."""
     await runner.setup()
+    site = FastPathSite if fast_path else web.TCPSite
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
+        await site(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         raise

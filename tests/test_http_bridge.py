@@ -439,7 +439,8 @@ def test_bridge_help_names_every_option_and_its_variable():
     for option, variable in [("--listen", "KVWIRE_BRIDGE_LISTEN"), ("--endpoints", "KVWIRE_ENDPOINTS"),
                              ("--timeout", "KVWIRE_TIMEOUT"), ("--cluster-id", "KVWIRE_CLUSTER_ID"),
                              ("--max-body-bytes", "KVWIRE_MAX_BODY_BYTES"), ("--max-key-bytes", "KVWIRE_MAX_KEY_BYTES"),
-                             ("--max-value-bytes", "KVWIRE_MAX_VALUE_BYTES"), ("--log-level", "KVWIRE_LOG_LEVEL")]:
+                             ("--max-value-bytes", "KVWIRE_MAX_VALUE_BYTES"), ("--fast-path", "KVWIRE_FAST_PATH"),
+                             ("--log-level", "KVWIRE_LOG_LEVEL")]:
         assert option in result.stdout and variable in result.stdout
 
 

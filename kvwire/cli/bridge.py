@@ -43,10 +43,11 @@ log = logging.getLogger("kvwire.http")
     cert="Serve HTTPS with this certificate (PEM); it is also the client certificate presented to the nodes over TLS.",
     ca="CA (PEM) that signed the nodes' certificates; implies --tls.  [default with --tls: the system's CAs]",
 )
+@click.option("--fast-path/--no-fast-path", default=DEFAULTS.fast_path, show_default=True, help="Read and answer GET, PUT and DELETE of a key without aiohttp's request handling (everything else, and every request at --log-level debug, goes to aiohttp).", **env("FAST_PATH"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr; debug adds one line per request.", **env("LOG_LEVEL"))
 @log_format_option()
-def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, log_level, log_format,
-           tls, tls_cert, tls_key, tls_ca) -> None:
+def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, fast_path, log_level,
+           log_format, tls, tls_cert, tls_key, tls_ca) -> None:
     """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -59,7 +60,7 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
         files = tls_files({"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca})
         config = BridgeConfig(
             host=host, port=port, endpoints=nodes, timeout=timeout, cluster_id=cluster_id or None,
-            limits=limits, max_body_bytes=max_body_bytes, access_log=log_level == "debug",
+            limits=limits, max_body_bytes=max_body_bytes, access_log=log_level == "debug", fast_path=fast_path,
             tls=files, nodes_tls=tls or tls_ca is not None,
         )
         # Loaded now, so that a file that will not load is refused like a missing one.

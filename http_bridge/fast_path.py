@@ -1,0 +1,397 @@
+"""The key routes without aiohttp's request machinery, and aiohttp for everything else.
+
+aiohttp's routing, middlewares, request and response objects were about half
+of the bridge's CPU per PUT (py-spy, README "Where the time goes"). Each
+connection therefore starts with :class:`FastPathProtocol`, which reads a
+request itself when it is the common case: ``GET``, ``PUT`` or ``DELETE`` of
+``/kv-store/v1/kv/<key>/`` over HTTP/1.1, a ``Content-Length`` body, plain
+ASCII headers. It answers through the same ``answer_*`` functions as
+aiohttp's handlers (app.py), counted in the same metrics.
+
+Anything else, malformed or merely unusual (HEAD, chunked bodies, ``Expect``,
+HTTP/1.0, a query other than ``consistency``, another path), is not
+interpreted here at all: at that request's first byte the connection is
+handed to aiohttp's own protocol with every byte not yet answered, and stays
+with aiohttp. So every answer this module does not give is aiohttp's,
+byte for byte as before, and the refusals of bad input stay aiohttp's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from email.utils import formatdate
+from http import HTTPStatus
+from time import perf_counter, time
+from typing import Any
+
+from aiohttp import web
+
+from kvwire.client import KvwireError
+
+from .app import (
+    CONFIG,
+    KV_PATH,
+    PREFIX,
+    Answer,
+    answer_delete,
+    answer_get,
+    answer_put,
+    error_answer,
+    internal_error_answer,
+)
+from .metrics import METRICS
+
+log = logging.getLogger("kvwire.http")
+
+KV_PREFIX = f"{PREFIX}/kv/".encode()
+ROUTE_WITH_SLASH = KV_PATH
+ROUTE_WITHOUT_SLASH = KV_PATH.rstrip("/")
+# A request's head larger than this is left to aiohttp, which knows its limits.
+MAX_HEAD_BYTES = 16 * 1024
+# Unanswered bytes held while a request is answered (a client pipelining),
+# beyond the largest body, before reading stops until they are answered.
+MAX_HELD_BYTES = 64 * 1024
+# An idle connection is closed after this long, as aiohttp closes its own.
+KEEPALIVE_SECONDS = 3630.0
+
+# One key segment: unreserved and sub-delimiter characters, ':' and '@', and
+# %XX escapes (RFC 3986 pchar). '{' and '}' (also escaped) are left to
+# aiohttp, whose route pattern refuses them, and so are '.' and '..'.
+_SEGMENT = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
+_BRACES = re.compile(rb"%7[BbDd]")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
+_METHODS = {b"GET": "GET", b"PUT": "PUT", b"DELETE": "DELETE"}
+_STARTS = tuple(method + b" " + KV_PREFIX for method in _METHODS)
+# The one query read here: ``consistency=`` and a value needing no decoding (answer_get judges it).
+_CONSISTENCY = re.compile(rb"consistency=([A-Za-z0-9\-._~]*)")
+# Headers whose meaning this module does not implement: their presence hands the connection over.
+_NOT_HERE = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer", b"content-encoding"))
+# Headers read here: one of each, or aiohttp decides which counts.
+_READ_HERE = frozenset((b"content-length", b"authorization", b"idempotency-key", b"x-kvwire-request-id", b"connection"))
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+_HAND_OVER = object()  # parse(): not a request for this module
+_NEED_DATA = object()  # parse(): the request is not all here yet
+
+
+class Request:
+    __slots__ = ("method", "raw_path", "consistency", "authorization", "request_ids", "body", "close", "route")
+
+    def __init__(self, method: str, raw_path: str, consistency: str | None, headers: dict[bytes, bytes],
+                 body: bytes, route: str) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.consistency = consistency
+        authorization = headers.get(b"authorization")
+        self.authorization = authorization.decode() if authorization is not None else None
+        self.request_ids = [_text(headers.get(b"idempotency-key")), _text(headers.get(b"x-kvwire-request-id"))]
+        self.body = body
+        self.close = headers.get(b"connection", b"").lower() == b"close"
+        self.route = route
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+def _may_be_ours(buffer: bytearray) -> bool:
+    """Whether ``buffer`` begins as a request line of this module's could (or is too short to tell)."""
+    for start in _STARTS:
+        shared = min(len(start), len(buffer))
+        if buffer[:shared] == start[:shared]:
+            return True
+    return False
+
+
+def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | object:
+    """The request at the start of ``buffer`` and its length in bytes; or _NEED_DATA; or _HAND_OVER."""
+    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+    if end < 0:
+        # Not even the start of one of ours (a kvwire client's binary frame, say):
+        # aiohttp answers it now rather than once the head is whole, which never comes.
+        if len(buffer) >= MAX_HEAD_BYTES + 4 or not _may_be_ours(buffer):
+            return _HAND_OVER
+        return _NEED_DATA
+    lines = bytes(buffer[:end]).split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(KV_PREFIX):
+        return _HAND_OVER
+    method = _METHODS.get(parts[0])
+    if method is None:
+        return _HAND_OVER
+    target = parts[1]
+    path, _, query = target.partition(b"?")
+    segment = path[len(KV_PREFIX):]
+    slash = segment.endswith(b"/")
+    if slash:
+        segment = segment[:-1]
+    if (not _SEGMENT.fullmatch(segment) or _BRACES.search(segment)
+            or not segment.replace(b"%2E", b".").replace(b"%2e", b".").strip(b".")):
+        return _HAND_OVER
+    consistency = None
+    if query:
+        given = _CONSISTENCY.fullmatch(query) if method == "GET" else None
+        if given is None:
+            return _HAND_OVER
+        consistency = given.group(1).decode()
+    if b"#" in target:
+        return _HAND_OVER
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(line):
+            return _HAND_OVER  # obsolete line folding, a bad name, a byte aiohttp decides about
+        name = name.lower()
+        if name in _NOT_HERE or (name in _READ_HERE and name in headers):
+            return _HAND_OVER
+        headers[name] = value.strip(b" \t")
+    connection = headers.get(b"connection")
+    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
+        return _HAND_OVER
+    length = headers.get(b"content-length", b"0" if method != "PUT" else None)
+    if length is None or not length.isdigit() or len(length) > 12:
+        return _HAND_OVER
+    size = int(length)
+    if size > max_body_bytes or (size and method != "PUT"):
+        return _HAND_OVER  # aiohttp answers 413, or reads and ignores the body
+    start = end + 4
+    if len(buffer) < start + size:
+        return _NEED_DATA
+    request = Request(method, target.decode(), consistency, headers, bytes(buffer[start:start + size]),
+                      ROUTE_WITH_SLASH if slash else ROUTE_WITHOUT_SLASH)
+    return request, start + size
+
+
+class FastPath:
+    """What the connections of one listener share: the app, aiohttp's server, the connections open."""
+
+    def __init__(self, runner: web.AppRunner) -> None:
+        self.app = runner.app
+        self.server = runner.server  # aiohttp's protocol factory, for connections handed over
+        self.config = self.app[CONFIG]
+        self.metrics = self.app.get(METRICS)
+        self.connections: set[FastPathProtocol] = set()
+        self._date = b""
+        self._date_second = -1
+
+    def __call__(self) -> FastPathProtocol:
+        return FastPathProtocol(self)
+
+    def date(self) -> bytes:
+        second = int(time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = formatdate(second, usegmt=True).encode()
+        return self._date
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop reading new requests; let those in flight answer for up to ``timeout`` s; close."""
+        for connection in list(self.connections):
+            connection.finish()
+        waiters = [asyncio.ensure_future(connection.idle.wait()) for connection in self.connections]
+        if waiters:
+            _, pending = await asyncio.wait(waiters, timeout=timeout)
+            for waiter in pending:
+                waiter.cancel()
+        for connection in list(self.connections):
+            connection.abort()
+
+
+class FastPathProtocol(asyncio.Protocol):
+    def __init__(self, shared: FastPath) -> None:
+        self._shared = shared
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._busy = False  # a request is being answered; the next waits (HTTP/1.1 answers in order)
+        self._writing_paused = False
+        self._reading_paused = False
+        self._eof = False
+        self._closing = False  # shutting down, or the client said Connection: close
+        self._last_active = self._loop.time()
+        self._keepalive: asyncio.TimerHandle | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._shared.connections.add(self)
+        self._keepalive = self._loop.call_later(KEEPALIVE_SECONDS, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._last_active = self._loop.time()
+        if self._busy:
+            if len(self._buffer) > self._shared.config.max_body_bytes + MAX_HELD_BYTES and not self._reading_paused:
+                self._reading_paused = True
+                self._transport.pause_reading()
+            return
+        self._next()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if not self._busy:
+            self._next()
+        return True  # our side closes once the request in flight is answered
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None  # an answer still being made is dropped (_write)
+        self._forget()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if not self._busy:
+            self._next()
+
+    # --- requests -------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Answer the next request in the buffer, hand the connection over, or wait for bytes."""
+        if self._busy or self._writing_paused or self._transport is None:
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        if self._closing:
+            self._close()
+            return
+        if not self._buffer:
+            if self._eof:
+                self._close()
+            return
+        parsed = parse(self._buffer, self._shared.config.max_body_bytes)
+        if parsed is _NEED_DATA:
+            if self._eof:
+                self._hand_over()  # a request cut short: aiohttp's answer to it
+            return
+        if parsed is _HAND_OVER:
+            self._hand_over()
+            return
+        request, length = parsed
+        del self._buffer[:length]
+        self._busy = True
+        self.idle.clear()
+        self._loop.create_task(self._answer(request))
+
+    async def _answer(self, request: Request) -> None:
+        shared = self._shared
+        started = perf_counter()
+        try:
+            answer = await _dispatch(shared.app, request)
+        except KvwireError as exc:
+            answer = error_answer(exc, request.method, request.raw_path, request.authorization is not None)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        except Exception:
+            answer = internal_error_answer(request.method, request.raw_path)
+        if shared.metrics is not None:
+            shared.metrics.observe(request.method, request.route, answer.status, perf_counter() - started)
+        if request.close:
+            self._closing = True
+        self._write(answer)
+        self._busy = False
+        self.idle.set()
+        self._next()
+
+    def _write(self, answer: Answer) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        body = answer.text.encode()
+        head = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\nDate: %s\r\n"
+                % (answer.status, _REASONS.get(answer.status, b""), len(body), self._shared.date())]
+        if answer.headers:
+            head.extend(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in answer.headers.items())
+        if self._closing:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        head.append(body)
+        self._transport.write(b"".join(head))
+
+    # --- giving the connection to aiohttp, closing it -------------------------------------
+
+    def _hand_over(self) -> None:
+        """From the current request on, the connection is aiohttp's, with the bytes not yet answered."""
+        transport, self._transport = self._transport, None
+        self._forget()
+        handler = self._shared.server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._buffer:
+            handler.data_received(bytes(self._buffer))
+            self._buffer.clear()
+        if self._eof:
+            if not handler.eof_received():
+                transport.close()
+
+    def _check_idle(self) -> None:
+        idle_for = self._loop.time() - self._last_active
+        if self._busy or idle_for < KEEPALIVE_SECONDS:
+            self._keepalive = self._loop.call_later(KEEPALIVE_SECONDS - min(idle_for, KEEPALIVE_SECONDS) + 1, self._check_idle)
+        else:
+            self._close()
+
+    def finish(self) -> None:
+        """Shutting down: answer the request in flight, if any, then close; read no more."""
+        self._closing = True
+        if not self._busy:
+            self._close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._forget()
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._forget()
+
+    def _forget(self) -> None:
+        self._shared.connections.discard(self)
+        self.idle.set()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+
+async def _dispatch(app: web.Application, request: Request) -> Answer:
+    method = request.method
+    if method == "GET":
+        return await answer_get(app, request.raw_path, request.consistency, request.authorization)
+    if method == "PUT":
+        return await answer_put(app, request.raw_path, request.body, request.authorization, request.request_ids)
+    return await answer_delete(app, request.raw_path, request.authorization)
+
+
+def allowed(config: Any) -> bool:
+    """Whether a bridge with ``config`` uses the fast path: not with its access log on (aiohttp writes that)."""
+    return config.fast_path and not config.access_log
+
+
+class FastPathSite(web.TCPSite):
+    """aiohttp's TCPSite, its connections starting on the fast path; stopping, it lets
+    their requests in flight finish (``shutdown_timeout``) as aiohttp does its own."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        self._fast_path = FastPath(self._runner)
+        self._server = await asyncio.get_running_loop().create_server(
+            self._fast_path, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+    async def stop(self) -> None:
+        await super().stop()  # no new connections
+        fast_path = getattr(self, "_fast_path", None)
+        if fast_path is not None:
+            await fast_path.shutdown(fast_path.config.shutdown_timeout)

@@ -1,0 +1,254 @@
+"""The bridge's fast path (http_bridge/fast_path.py) against aiohttp's own handling.
+
+Two real ``kvwire bridge`` processes in front of one real node: one with the
+fast path (the default), one with ``--no-fast-path``. The same raw requests,
+sent to both, must get the same answers, whether the fast path answers them
+itself or hands the connection to aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rest_helpers import PREFIX, BridgeProcess, http, raw_exchange, read_response
+
+from http_bridge.fast_path import _HAND_OVER, _NEED_DATA, Request, parse
+from kvwire.protocol.messages import PutReply, Version
+from kvwire.testing import NodeProcess
+from kvwire.testing.node import wait_for
+from kvwire.testing.scripted import ScriptedNode
+
+NODE_MAX_VALUE_BYTES = 2_000
+MAX_BODY_BYTES = 8_192
+BRIDGE_ARGS = ["--max-body-bytes", str(MAX_BODY_BYTES), "--max-value-bytes", "100000"]
+# Headers whose values must agree; Date, Server and Content-Length may differ.
+COMPARED_HEADERS = ("content-type", "location", "retry-after", "www-authenticate", "allow", "cache-control")
+
+
+@pytest.fixture(scope="module")
+def bridges(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast-path")
+    node_args = ["--sync", "off", "--max-value-bytes", str(NODE_MAX_VALUE_BYTES)]
+    with NodeProcess("n1", data_dir=root / "n1", extra_args=node_args) as node:
+        with BridgeProcess([node.address], log_path=root / "fast.log", args=BRIDGE_ARGS) as fast, \
+                BridgeProcess([node.address], log_path=root / "aiohttp.log", args=[*BRIDGE_ARGS, "--no-fast-path"]) as slow:
+            fast.wait_ready()
+            slow.wait_ready()
+            yield fast, slow
+            assert "Traceback" not in fast.log() and "Traceback" not in slow.log()
+
+
+def request(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+            version: str = "HTTP/1.1") -> bytes:
+    lines = [f"{method} {path} {version}", "Host: localhost"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body is not None and not any(name.lower() in ("content-length", "transfer-encoding") for name in headers or {}):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+def kv_path(key: str, slash: bool = True) -> str:
+    return f"{PREFIX}/kv/{key}{'/' if slash else ''}"
+
+
+def value_body(value) -> bytes:
+    return json.dumps({"value": value}).encode()
+
+
+# Each case: a name and a function of the key prefix giving the raw request and whether it is a HEAD.
+# They run in order on both bridges, each bridge with its own keys, so versions agree.
+CASES = [
+    ("put creates", lambda k: request("PUT", kv_path(f"{k}a"), value_body("x"))),
+    ("put replaces", lambda k: request("PUT", kv_path(f"{k}a"), value_body({"n": [1, 2.5, None]}))),
+    ("put bytes", lambda k: request("PUT", kv_path(f"{k}b", slash=False), value_body({"$bytes": "AAEC"}))),
+    ("get", lambda k: request("GET", kv_path(f"{k}a"))),
+    ("get without slash", lambda k: request("GET", kv_path(f"{k}a", slash=False))),
+    ("get one", lambda k: request("GET", kv_path(f"{k}a") + "?consistency=one")),
+    ("get quorum", lambda k: request("GET", kv_path(f"{k}a") + "?consistency=quorum")),
+    ("get bad consistency", lambda k: request("GET", kv_path(f"{k}a") + "?consistency=all")),
+    ("get missing", lambda k: request("GET", kv_path(f"{k}missing"))),
+    ("get escaped key", lambda k: request("GET", kv_path(f"{k}%C3%A9%2Fx"))),
+    ("get key not utf-8", lambda k: request("GET", kv_path(f"{k}%FF"))),
+    ("get key too long", lambda k: request("GET", kv_path(k + "x" * 1100))),
+    ("delete", lambda k: request("DELETE", kv_path(f"{k}a"))),
+    ("delete again", lambda k: request("DELETE", kv_path(f"{k}a"))),
+    ("put not json", lambda k: request("PUT", kv_path(f"{k}c"), b"{nope")),
+    ("put empty body", lambda k: request("PUT", kv_path(f"{k}c"), b"")),
+    ("put no value field", lambda k: request("PUT", kv_path(f"{k}c"), b'{"v": 1}')),
+    ("put not utf-8", lambda k: request("PUT", kv_path(f"{k}c"), b'{"value": "\xff"}')),
+    ("put over the node's limit", lambda k: request("PUT", kv_path(f"{k}c"), value_body("x" * NODE_MAX_VALUE_BYTES))),
+    ("put bad authorization", lambda k: request("PUT", kv_path(f"{k}c"), value_body(1), {"Authorization": "Basic eA=="})),
+    ("put long idempotency key", lambda k: request("PUT", kv_path(f"{k}c"), value_body(1), {"Idempotency-Key": "i" * 129})),
+    ("put with idempotency key", lambda k: request("PUT", kv_path(f"{k}d"), value_body(1), {"Idempotency-Key": f"{k}once"})),
+    ("put retried", lambda k: request("PUT", kv_path(f"{k}d"), value_body(1), {"X-Kvwire-Request-Id": f"{k}once"})),
+    ("connection close", lambda k: request("GET", kv_path(f"{k}d"), headers={"Connection": "close"})),
+    # Handed to aiohttp:
+    ("head", lambda k: request("HEAD", kv_path(f"{k}d"))),
+    ("post", lambda k: request("POST", kv_path(f"{k}d"), value_body(1))),
+    ("chunked put", lambda k: request("PUT", kv_path(f"{k}e"), b'b\r\n{"value": 7}\r\n0\r\n\r\n',
+                                      {"Transfer-Encoding": "chunked"})),
+    ("expect continue", lambda k: request("PUT", kv_path(f"{k}f"), value_body(8), {"Expect": "100-continue"})),
+    ("http/1.0", lambda k: request("GET", kv_path(f"{k}d"), version="HTTP/1.0")),
+    ("two segments", lambda k: request("GET", f"{PREFIX}/kv/{k}a/b/")),
+    ("empty key", lambda k: request("GET", f"{PREFIX}/kv//")),
+    ("brace in key", lambda k: request("GET", kv_path(f"{k}%7Bx"))),
+    ("dot dot", lambda k: request("GET", f"{PREFIX}/kv/../")),
+    ("other query", lambda k: request("GET", kv_path(f"{k}d") + "?consistency=one&x=1")),
+    ("body over --max-body-bytes", lambda k: request("PUT", kv_path(f"{k}g"), value_body("x" * MAX_BODY_BYTES))),
+    ("body on a get", lambda k: request("GET", kv_path(f"{k}d"), b"{}")),
+    ("two content-lengths", lambda k: request("PUT", kv_path(f"{k}h"), value_body(1),
+                                              {"Content-Length": "12", "content-length": "12"})),
+    ("space before colon", lambda k: request("GET", kv_path(f"{k}d"), headers={"Authorization ": "Bearer x"})),
+    ("unknown path", lambda k: request("GET", "/nope")),
+    ("garbage", lambda k: b"\x00\x01 nonsense\r\n\r\n"),
+]
+
+
+def normalised(response, prefix: str) -> tuple:
+    body = response.body.decode("utf-8", "replace").replace(prefix, "side-")
+    if response.headers.get("content-type", "").startswith("application/json") and body:
+        body = json.loads(body)
+    headers = {name: response.headers[name].replace(prefix, "side-") for name in COMPARED_HEADERS if name in response.headers}
+    return response.status, headers, body
+
+
+@pytest.mark.parametrize("name,make", CASES, ids=[name for name, _ in CASES])
+def test_the_fast_path_answers_as_aiohttp_does(bridges, name, make):
+    fast, slow = bridges
+    head = name == "head"
+    answers = []
+    for bridge, prefix in ((fast, "fastside-"), (slow, "slowside-")):
+        [response] = raw_exchange(bridge.port, make(prefix), heads=[head])
+        answers.append(normalised(response, prefix))
+    assert answers[0] == answers[1]
+    assert answers[0][0] != 500
+
+
+def test_the_cases_reach_both_sides():
+    """The fast path must answer the first cases itself and hand the later ones over, or the
+    comparison above compares aiohttp with itself."""
+    names = [name for name, _ in CASES]
+    answered = [name for name, make in CASES if isinstance(parse(bytearray(make("F-")), MAX_BODY_BYTES), tuple)]
+    assert answered == names[:names.index("head")]
+
+
+def test_pipelined_requests_are_answered_in_order_across_a_hand_over(bridges):
+    fast, _ = bridges
+    key = kv_path("pipelined")
+    data = (request("PUT", key, value_body(1)) + request("GET", key) + request("HEAD", key)
+            + request("PUT", key, value_body(2)) + request("GET", key + "?consistency=one"))
+    put, get, head, put_again, get_again = raw_exchange(fast.port, data, heads=[False, False, True, False, False])
+    assert (put.status, get.status, head.status, put_again.status, get_again.status) == (201, 200, 200, 200, 200)
+    assert json.loads(get.body)["value"] == 1 and json.loads(get_again.body)["value"] == 2
+    assert head.body == b"" and json.loads(put_again.body)["version"]["counter"] == 2
+
+
+def test_a_request_then_end_of_file_is_answered_and_closed(bridges):
+    """A client that half-closes after its request (``nc -N``) gets its answer, then the
+    bridge closes. (aiohttp 3.14 closes at once, unanswered: the one difference.)"""
+    fast, _ = bridges
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=10) as sock:
+        sock.sendall(request("GET", kv_path("eof-missing")))
+        sock.shutdown(socket.SHUT_WR)
+        stream = sock.makefile("rb")
+        assert read_response(stream).status == 404
+        assert stream.read() == b""  # and then the bridge closes
+
+
+def test_a_request_cut_short_by_end_of_file_gets_aiohttps_answer(bridges):
+    fast, slow = bridges
+    cut = request("PUT", kv_path("cut"), value_body("x" * 100))[:-20]
+    answers = []
+    for bridge in (fast, slow):
+        with socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as sock:
+            sock.sendall(cut)
+            sock.shutdown(socket.SHUT_WR)
+            answers.append(sock.makefile("rb").read())
+    assert answers[0] == answers[1]
+    assert http("GET", f"{fast.url}{kv_path('cut')}").status == 404
+
+
+def test_fast_path_requests_are_counted_in_the_metrics(bridges):
+    fast, _ = bridges
+
+    def puts_counted() -> float:
+        text = http("GET", f"{fast.url}/metrics").text
+        found = re.search(r'kvwire_http_requests_total\{method="PUT",route="/kv-store/v1/kv/\{key\}/",status="201"\} (\S+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    before = puts_counted()
+    for index in range(3):
+        [response] = raw_exchange(fast.port, request("PUT", kv_path(f"counted-{index}"), value_body(index)))
+        assert response.status == 201
+    assert puts_counted() == before + 3
+
+
+# --- stopping with a request in flight ------------------------------------------------------
+
+
+def test_a_request_in_flight_is_answered_before_the_bridge_stops(tmp_path):
+    received = threading.Event()
+    release = threading.Event()
+
+    async def slow_put(message):
+        received.set()
+        await asyncio.to_thread(release.wait, 15)
+        return PutReply(message.id, Version(1, "scripted"), True)
+
+    with ScriptedNode(slow_put, answers_hello=False) as node:
+        bridge = BridgeProcess([node.address], log_path=tmp_path / "bridge.log")
+        with bridge:
+            with socket.create_connection(("127.0.0.1", bridge.port), timeout=15) as sock:
+                sock.sendall(request("PUT", kv_path("in-flight"), value_body(1)))
+                assert received.wait(10), "the PUT never reached the node"
+                bridge.send_signal(signal.SIGTERM)
+                # Stopping now, with the PUT in flight: only then may the node answer it.
+                wait_for(lambda: "received SIGTERM" in bridge.log(), timeout=10, what="the bridge stopping")
+                release.set()
+                response = read_response(sock.makefile("rb"))
+            assert response.status == 201 and json.loads(response.body)["version"] == {"counter": 1, "node": "scripted"}
+            assert bridge.wait(15) == 0
+        assert "Traceback" not in bridge.log()
+
+
+# --- the parser alone -------------------------------------------------------------------------
+
+
+def test_parse_waits_for_the_whole_body_and_reads_one_request():
+    whole = request("PUT", kv_path("k"), value_body("v")) + request("GET", kv_path("k"))
+    first = len(request("PUT", kv_path("k"), value_body("v")))
+    for cut in range(1, first):
+        assert parse(bytearray(whole[:cut]), MAX_BODY_BYTES) is _NEED_DATA, cut
+    parsed, length = parse(bytearray(whole), MAX_BODY_BYTES)
+    assert isinstance(parsed, Request) and length == first
+    assert (parsed.method, parsed.raw_path, parsed.body) == ("PUT", kv_path("k"), value_body("v"))
+
+
+def test_parse_hands_over_what_cannot_be_one_of_its_requests_at_once():
+    for start in (b"\x00\x00\x00\x10", b"POST ", b"GET /other", b"PUT /kv-store/v1/kvx", b"get /kv-store/"):
+        assert parse(bytearray(start), MAX_BODY_BYTES) is _HAND_OVER, start
+
+
+@given(st.binary(max_size=300))
+def test_parse_never_raises_and_never_claims_more_than_it_has(data):
+    result = parse(bytearray(data), MAX_BODY_BYTES)
+    assert result is _HAND_OVER or result is _NEED_DATA or (isinstance(result, tuple) and result[1] <= len(data))
+
+
+@given(st.sampled_from([name for name, _ in CASES]), st.binary(max_size=40))
+def test_parse_reads_a_known_request_the_same_whatever_follows(name, tail):
+    make = dict(CASES)[name]
+    data = make("P-")
+    alone = parse(bytearray(data), MAX_BODY_BYTES)
+    followed = parse(bytearray(data + tail), MAX_BODY_BYTES)
+    if isinstance(alone, tuple):
+        assert isinstance(followed, tuple) and followed[1] == alone[1] == len(data)
+        assert (followed[0].method, followed[0].raw_path, followed[0].body) == (alone[0].method, alone[0].raw_path, alone[0].body)
