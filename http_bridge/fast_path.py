@@ -114,6 +114,8 @@ def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | objec
         # aiohttp answers it now rather than once the head is whole, which never comes.
         if len(buffer) >= MAX_HEAD_BYTES + 4 or not _may_be_ours(buffer):
             return _HAND_OVER
+        if buffer.count(b"\n") != buffer.count(b"\r\n"):
+            return _HAND_OVER  # lines ended by a bare LF: this head would never end here
         return _NEED_DATA
     lines = bytes(buffer[:end]).split(b"\r\n")
     parts = lines[0].split(b" ")

@@ -109,6 +109,7 @@ CASES = [
     ("space before colon", lambda k: request("GET", kv_path(f"{k}d"), headers={"Authorization ": "Bearer x"})),
     ("unknown path", lambda k: request("GET", "/nope")),
     ("garbage", lambda k: b"\x00\x01 nonsense\r\n\r\n"),
+    ("bare line feeds", lambda k: request("GET", kv_path(f"{k}d")).replace(b"\r\n", b"\n")),
 ]
 
 
