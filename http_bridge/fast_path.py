@@ -25,6 +25,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from time import perf_counter, time
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -69,8 +70,15 @@ _STARTS = tuple(method + b" " + KV_PREFIX for method in _METHODS)
 _CONSISTENCY = re.compile(rb"consistency=([A-Za-z0-9\-._~]*)")
 # Headers whose meaning this module does not implement: their presence hands the connection over.
 _NOT_HERE = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer", b"content-encoding"))
-# Headers read here: one of each, or aiohttp decides which counts.
-_READ_HERE = frozenset((b"content-length", b"authorization", b"idempotency-key", b"x-kvwire-request-id", b"connection"))
+# Headers that must come once: those read here (or aiohttp decides which counts),
+# and those aiohttp's parser refuses twice (RFC 9110 singletons, SINGLETON_HEADERS).
+_ONCE = frozenset((
+    b"content-length", b"authorization", b"idempotency-key", b"x-kvwire-request-id", b"connection",
+    b"content-location", b"content-range", b"content-type", b"etag", b"host", b"max-forwards", b"server", b"user-agent",
+))
+# aiohttp's parser's limits (RequestHandler's defaults): past them it answers 400.
+MAX_HEADERS = 128
+MAX_FIELD_BYTES = 8190
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 _HAND_OVER = object()  # parse(): not a request for this module
@@ -114,8 +122,12 @@ def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | objec
         # aiohttp answers it now rather than once the head is whole, which never comes.
         if len(buffer) >= MAX_HEAD_BYTES + 4 or not _may_be_ours(buffer):
             return _HAND_OVER
-        if buffer.count(b"\n") != buffer.count(b"\r\n"):
-            return _HAND_OVER  # lines ended by a bare LF: this head would never end here
+        crlfs = buffer.count(b"\r\n")
+        if buffer.count(b"\n") != crlfs or buffer.count(b"\r") - buffer.endswith(b"\r") != crlfs:
+            return _HAND_OVER  # lines ended by a bare LF or CR: this head would never end here
+        last = buffer.rfind(b"\r\n")
+        if last >= 0 and len(buffer) - last - 2 > MAX_FIELD_BYTES:
+            return _HAND_OVER  # a header line past aiohttp's limit, still growing
         return _NEED_DATA
     lines = bytes(buffer[:end]).split(b"\r\n")
     parts = lines[0].split(b" ")
@@ -141,18 +153,24 @@ def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | objec
         consistency = given.group(1).decode()
     if b"#" in target:
         return _HAND_OVER
+    if len(lines) > MAX_HEADERS + 1:
+        return _HAND_OVER
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(line):
-            return _HAND_OVER  # obsolete line folding, a bad name, a byte aiohttp decides about
+        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(line) or len(line) > MAX_FIELD_BYTES:
+            return _HAND_OVER  # obsolete line folding, a bad name, a byte or a length aiohttp decides about
         name = name.lower()
-        if name in _NOT_HERE or (name in _READ_HERE and name in headers):
+        if name in _NOT_HERE or (name in _ONCE and name in headers):
             return _HAND_OVER
         headers[name] = value.strip(b" \t")
+    if b"host" not in headers:
+        return _HAND_OVER  # HTTP/1.1 requires it; aiohttp answers 400
     connection = headers.get(b"connection")
-    if connection is not None and connection.lower() not in (b"keep-alive", b"close"):
-        return _HAND_OVER
+    if connection is not None:
+        connection = connection.lower()
+        if connection not in (b"keep-alive", b"close"):
+            return _HAND_OVER
     length = headers.get(b"content-length", b"0" if method != "PUT" else None)
     if length is None or not length.isdigit() or len(length) > 12:
         return _HAND_OVER
@@ -162,6 +180,8 @@ def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | objec
     start = end + 4
     if len(buffer) < start + size:
         return _NEED_DATA
+    if connection == b"close" and len(buffer) > start + size:
+        return _HAND_OVER  # more after "Connection: close": aiohttp refuses the lot
     request = Request(method, target.decode(), consistency, headers, bytes(buffer[start:start + size]),
                       ROUTE_WITH_SLASH if slash else ROUTE_WITHOUT_SLASH)
     return request, start + size
@@ -176,6 +196,7 @@ class FastPath:
         self.config = self.app[CONFIG]
         self.metrics = self.app.get(METRICS)
         self.connections: set[FastPathProtocol] = set()
+        self.answering: set[asyncio.Task] = set()  # the answers being made (the loop keeps only weak references)
         self._date = b""
         self._date_second = -1
 
@@ -190,10 +211,11 @@ class FastPath:
         return self._date
 
     async def shutdown(self, timeout: float) -> None:
-        """Stop reading new requests; let those in flight answer for up to ``timeout`` s; close."""
+        """Read no new requests; let those in flight be answered and their answers written,
+        for up to ``timeout`` s; then drop what is left."""
         for connection in list(self.connections):
             connection.finish()
-        waiters = [asyncio.ensure_future(connection.idle.wait()) for connection in self.connections]
+        waiters = [asyncio.ensure_future(connection.gone.wait()) for connection in self.connections]
         if waiters:
             _, pending = await asyncio.wait(waiters, timeout=timeout)
             for waiter in pending:
@@ -208,6 +230,9 @@ class FastPathProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        # Past this many unanswered bytes reading stops until they are answered
+        # (a client pipelining faster than it reads its answers).
+        self._held_limit = shared.config.max_body_bytes + MAX_HELD_BYTES
         self._busy = False  # a request is being answered; the next waits (HTTP/1.1 answers in order)
         self._writing_paused = False
         self._reading_paused = False
@@ -215,8 +240,8 @@ class FastPathProtocol(asyncio.Protocol):
         self._closing = False  # shutting down, or the client said Connection: close
         self._last_active = self._loop.time()
         self._keepalive: asyncio.TimerHandle | None = None
-        self.idle = asyncio.Event()
-        self.idle.set()
+        # Set once the connection is closed or aiohttp's, for shutdown to wait on.
+        self.gone = asyncio.Event()
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -228,17 +253,14 @@ class FastPathProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         self._last_active = self._loop.time()
-        if self._busy:
-            if len(self._buffer) > self._shared.config.max_body_bytes + MAX_HELD_BYTES and not self._reading_paused:
-                self._reading_paused = True
-                self._transport.pause_reading()
-            return
         self._next()
+        if len(self._buffer) > self._held_limit and not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         self._eof = True
-        if not self._busy:
-            self._next()
+        self._next()
         return True  # our side closes once the request in flight is answered
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -250,21 +272,23 @@ class FastPathProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if not self._busy:
-            self._next()
+        self._next()
 
     # --- requests -------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Answer the next request in the buffer, hand the connection over, or wait for bytes."""
-        if self._busy or self._writing_paused or self._transport is None:
+        """Answer the next request in the buffer, hand the connection over, close, or wait."""
+        if self._busy or self._transport is None:
             return
-        if self._reading_paused:
+        if self._closing:
+            self._close()  # after the answers written so far, however slowly they drain
+            return
+        if self._writing_paused:
+            return
+        if self._reading_paused and len(self._buffer) <= self._held_limit // 2:
+            # Not at every answer: each resume lets in another read of up to 256 KiB.
             self._reading_paused = False
             self._transport.resume_reading()
-        if self._closing:
-            self._close()
-            return
         if not self._buffer:
             if self._eof:
                 self._close()
@@ -280,8 +304,9 @@ class FastPathProtocol(asyncio.Protocol):
         request, length = parsed
         del self._buffer[:length]
         self._busy = True
-        self.idle.clear()
-        self._loop.create_task(self._answer(request))
+        task = self._loop.create_task(self._answer(request))
+        self._shared.answering.add(task)
+        task.add_done_callback(self._shared.answering.discard)
 
     async def _answer(self, request: Request) -> None:
         shared = self._shared
@@ -289,19 +314,18 @@ class FastPathProtocol(asyncio.Protocol):
         try:
             answer = await _dispatch(shared.app, request)
         except KvwireError as exc:
-            answer = error_answer(exc, request.method, request.raw_path, request.authorization is not None)
+            answer = error_answer(exc, request.method, _logged_path(request), request.authorization is not None)
         except asyncio.CancelledError:
             self.abort()
             raise
         except Exception:
-            answer = internal_error_answer(request.method, request.raw_path)
+            answer = internal_error_answer(request.method, _logged_path(request))
         if shared.metrics is not None:
             shared.metrics.observe(request.method, request.route, answer.status, perf_counter() - started)
         if request.close:
             self._closing = True
         self._write(answer)
         self._busy = False
-        self.idle.set()
         self._next()
 
     def _write(self, answer: Answer) -> None:
@@ -324,6 +348,8 @@ class FastPathProtocol(asyncio.Protocol):
         """From the current request on, the connection is aiohttp's, with the bytes not yet answered."""
         transport, self._transport = self._transport, None
         self._forget()
+        if self._reading_paused:
+            transport.resume_reading()  # aiohttp keeps its own bound on what it reads ahead
         handler = self._shared.server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
@@ -342,10 +368,10 @@ class FastPathProtocol(asyncio.Protocol):
             self._close()
 
     def finish(self) -> None:
-        """Shutting down: answer the request in flight, if any, then close; read no more."""
+        """Shutting down: answer the request in flight, if any, write the answers out, close.
+        A request not yet whole is not waited for."""
         self._closing = True
-        if not self._busy:
-            self._close()
+        self._next()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -353,16 +379,21 @@ class FastPathProtocol(asyncio.Protocol):
         self._forget()
 
     def _close(self) -> None:
+        """Close once the answers written are sent (connection_lost then forgets the connection)."""
         if self._transport is not None:
             self._transport.close()
-        self._forget()
 
     def _forget(self) -> None:
         self._shared.connections.discard(self)
-        self.idle.set()
+        self.gone.set()
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+
+
+def _logged_path(request: Request) -> str:
+    """The path as aiohttp's ``request.path`` logs it: percent-decoded, no query."""
+    return unquote(request.raw_path.partition("?")[0])
 
 
 async def _dispatch(app: web.Application, request: Request) -> Answer:
@@ -380,8 +411,15 @@ def allowed(config: Any) -> bool:
 
 
 class FastPathSite(web.TCPSite):
-    """aiohttp's TCPSite, its connections starting on the fast path; stopping, it lets
-    their requests in flight finish (``shutdown_timeout``) as aiohttp does its own."""
+    """aiohttp's TCPSite, its connections starting on the fast path.
+
+    Stopping, it lets the requests in flight finish on both kinds of
+    connection at once: the runner's own shutdown of aiohttp's connections,
+    which would otherwise start only once this site has stopped, then finds
+    none left. A fast-path connection is dropped after ``shutdown_timeout``;
+    aiohttp waits that long for its request, then as long again once it has
+    cancelled it.
+    """
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -395,5 +433,9 @@ class FastPathSite(web.TCPSite):
     async def stop(self) -> None:
         await super().stop()  # no new connections
         fast_path = getattr(self, "_fast_path", None)
-        if fast_path is not None:
-            await fast_path.shutdown(fast_path.config.shutdown_timeout)
+        if fast_path is None:
+            return
+        timeout = fast_path.config.shutdown_timeout
+        await asyncio.sleep(0)  # requests already read start being handled first, as BaseRunner.cleanup does
+        fast_path.server.pre_shutdown()  # aiohttp's idle connections close now, busy ones after their request
+        await asyncio.gather(fast_path.shutdown(timeout), fast_path.server.shutdown(timeout))
