@@ -260,8 +260,11 @@ class FastPathProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        transport = self._transport
         self._next()
-        return True  # our side closes once the request in flight is answered
+        # Our side closes once the request in flight is answered. TLS has no
+        # half-close (its transports log a warning when asked to keep one): it closes now.
+        return transport is not None and transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None  # an answer still being made is dropped (_write)

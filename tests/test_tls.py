@@ -7,10 +7,12 @@ wrong CA of every refusal test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from rest_helpers import PREFIX, http
+from rest_helpers import PREFIX, http, read_response
 
 from kvwire import Client, KvwireConnectionError
 from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
@@ -286,6 +288,16 @@ def test_the_bridge_serves_https_in_front_of_tls_nodes(tls_cluster, tmp_path):
             http("GET", f"http://127.0.0.1:{bridge.port}{PREFIX}/health/", timeout=3)
         with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):  # nor trusted without the CA
             http("GET", f"{base}/health/", ssl_context=ssl.create_default_context(), timeout=3)
+        # The fast path over TLS: a raw request answered, and the connection closed when the
+        # client ends TLS (close_notify) without the TLS transport's warning about a half-close.
+        with socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as raw:
+            tls = bridge.ssl_context.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(f"GET {PREFIX}/kv/over-https/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert read_response(tls.makefile("rb")).status == 200
+            plain = tls.unwrap()  # close_notify, and the bridge's in return
+            with plain:
+                assert plain.recv(4096) == b""  # then the bridge closes the connection
+    assert "has no effect when using ssl" not in bridge.log()
 
 
 def test_failover_in_a_tls_cluster(tmp_path):
