@@ -35,6 +35,7 @@ from .app import (
     CONFIG,
     KV_PATH,
     PREFIX,
+    REQUEST_ID_HEADERS,
     Answer,
     answer_delete,
     answer_get,
@@ -73,13 +74,14 @@ _NOT_HERE = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te", b"tra
 # Headers that must come once: those read here (or aiohttp decides which counts),
 # and those aiohttp's parser refuses twice (RFC 9110 singletons, SINGLETON_HEADERS).
 _ONCE = frozenset((
-    b"content-length", b"authorization", b"idempotency-key", b"x-kvwire-request-id", b"connection",
+    b"content-length", b"authorization", *(name.lower().encode() for name in REQUEST_ID_HEADERS), b"connection",
     b"content-location", b"content-range", b"content-type", b"etag", b"host", b"max-forwards", b"server", b"user-agent",
 ))
 # aiohttp's parser's limits (RequestHandler's defaults): past them it answers 400.
 MAX_HEADERS = 128
 MAX_FIELD_BYTES = 8190
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_REQUEST_ID_NAMES = tuple(name.lower().encode() for name in REQUEST_ID_HEADERS)  # in answer_put's order
 
 _HAND_OVER = object()  # parse(): not a request for this module
 _NEED_DATA = object()  # parse(): the request is not all here yet
@@ -95,7 +97,7 @@ class Request:
         self.consistency = consistency
         authorization = headers.get(b"authorization")
         self.authorization = authorization.decode() if authorization is not None else None
-        self.request_ids = [_text(headers.get(b"idempotency-key")), _text(headers.get(b"x-kvwire-request-id"))]
+        self.request_ids = [_text(headers.get(name)) for name in _REQUEST_ID_NAMES]
         self.body = body
         self.close = headers.get(b"connection", b"").lower() == b"close"
         self.route = route
@@ -106,7 +108,7 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _may_be_ours(buffer: bytearray) -> bool:
-    """Whether ``buffer`` begins as a request line of this module's could (or is too short to tell)."""
+    """Whether ``buffer`` could be the start of a request this module reads (or is too short to tell)."""
     for start in _STARTS:
         shared = min(len(start), len(buffer))
         if buffer[:shared] == start[:shared]:
