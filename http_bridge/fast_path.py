@@ -240,6 +240,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._eof = False
         self._closing = False  # shutting down, or the client said Connection: close
+        self._finishing_partial = False  # shutting down, but a request's bytes are still arriving
         self._last_active = self._loop.time()
         self._keepalive: asyncio.TimerHandle | None = None
         # Set once the connection is closed or aiohttp's, for shutdown to wait on.
@@ -285,7 +286,7 @@ class FastPathProtocol(asyncio.Protocol):
         """Answer the next request in the buffer, hand the connection over, close, or wait."""
         if self._busy or self._transport is None:
             return
-        if self._closing:
+        if self._closing and not self._finishing_partial:
             self._close()  # after the answers written so far, however slowly they drain
             return
         if self._writing_paused:
@@ -299,6 +300,9 @@ class FastPathProtocol(asyncio.Protocol):
                 self._close()
             return
         parsed = parse(self._buffer, self._shared.config.max_body_bytes)
+        if self._finishing_partial and (parsed is _HAND_OVER or (parsed is _NEED_DATA and self._eof)):
+            self._close()  # aiohttp's server is stopping too: nothing to hand over to
+            return
         if parsed is _NEED_DATA:
             if self._eof:
                 self._hand_over()  # a request cut short: aiohttp's answer to it
@@ -306,6 +310,7 @@ class FastPathProtocol(asyncio.Protocol):
         if parsed is _HAND_OVER:
             self._hand_over()
             return
+        self._finishing_partial = False  # the one request begun at shutdown: answered, then closed
         request, length = parsed
         del self._buffer[:length]
         self._busy = True
@@ -374,8 +379,12 @@ class FastPathProtocol(asyncio.Protocol):
 
     def finish(self) -> None:
         """Shutting down: answer the request in flight, if any, write the answers out, close.
-        A request not yet whole is not waited for."""
+        A request begun but not yet whole (its body still arriving) is read to its end and
+        answered first, as aiohttp lets its own finish; the shutdown's timeout bounds both."""
         self._closing = True
+        if not self._busy and self._buffer and self._transport is not None \
+                and parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:
+            self._finishing_partial = True
         self._next()
 
     def abort(self) -> None:

@@ -38,7 +38,8 @@ class HttpMetrics:
             ["method", "route"], buckets=HTTP_BOUNDS, registry=registry,
         )
         # Label sets seen -> their children: ``labels()`` validates and locks on
-        # every call, which was a twentieth of the bridge's CPU per PUT (py-spy).
+        # every call, about 3% of the bridge's CPU per PUT (py-spy; the metrics'
+        # whole cost, updates included, was about 6%).
         self._counted: dict[tuple[str, str, int], Any] = {}
         self._timed: dict[tuple[str, str], Any] = {}
 

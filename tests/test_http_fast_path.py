@@ -281,6 +281,38 @@ def test_stopping_sends_an_answer_still_in_the_socket_before_closing(tmp_path):
             assert bridge.wait(30) == 0
 
 
+async def test_a_put_whose_body_is_still_arriving_at_shutdown_is_read_and_answered(tmp_path):
+    """The bridge runs in this process so that the test can see its connection holding the
+    first half of the PUT, and then stopping, before the second half is sent."""
+    loop = asyncio.get_running_loop()
+
+    async def until(condition, what: str) -> None:
+        deadline = loop.time() + 10
+        while not condition():
+            assert loop.time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.005)
+
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
+        bridge = await start_bridge(BridgeConfig(port=0, endpoints=(node.address,)))
+        [site] = bridge._runner.sites
+        connections = site._fast_path.connections
+        whole = request("PUT", kv_path("half-sent"), value_body("x" * 1000))
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        try:
+            writer.write(whole[:-500])
+            await until(lambda: any(connection._buffer for connection in connections), "the first half read")
+            stopping = asyncio.ensure_future(bridge.close())
+            await until(lambda: all(connection._closing for connection in connections), "the bridge stopping")
+            writer.write(whole[-500:])
+            response = await asyncio.wait_for(reader.read(), 10)  # the answer, then the bridge closes
+            await asyncio.wait_for(stopping, 15)
+        finally:
+            writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 201 ") and b"Connection: close" in head, head
+    assert json.loads(body)["value"] == "x" * 1000
+
+
 async def test_stopping_waits_for_both_kinds_of_connection_at_once():
     """A request in flight on the fast path and one on a connection handed to aiohttp wait out
     their shutdown_timeout together. (aiohttp alone takes up to two: one for the request to finish,
