@@ -7,7 +7,6 @@ wrong CA of every refusal test.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
