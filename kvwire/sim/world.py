@@ -374,7 +374,6 @@ class SimNode:
                 self._schedule_commit()
         self.perform()
 
-
     def _keep_request(self, request: str, key: str, version: Any, tentative: bool, now: float) -> None:
         """The requests table's upsert (storage.REQUEST_UPSERT): a newer tag, or the
         same tag firm where it was tentative, replaces what is kept."""
