@@ -32,7 +32,7 @@ from kvwire.bench.native import build as build_native
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.plot import plot_failover
 from kvwire.bench.settings import Settings
-from kvwire.bench.summary import NATIVE_SETUP, machine, write_summary
+from kvwire.bench.summary import NATIVE_CLUSTER_SETUP, NATIVE_SETUP, machine, write_summary
 from kvwire.bench.workload import mix_name, parse_mix
 from kvwire.testing import LocalCluster, NodeProcess
 from kvwire.testing.balancer import HAProxyProcess
@@ -98,6 +98,16 @@ class Suite:
                 self.skipped.append({"scenario": number, "what": SCENARIOS[number], "why": f"failed: {exc}",
                                      "traceback": traceback.format_exc()})
 
+    def native_ready(self, scenario: int, setup: str) -> bool:
+        """Whether the compiled generator is built; if not (no C compiler), the
+        Python generator's rows stand alone and the summary says why."""
+        try:
+            build_native()
+        except RuntimeError as exc:
+            self.skipped.append({"scenario": scenario, "what": setup, "why": str(exc)})
+            return False
+        return True
+
     # --- kvwire through its own generator ----------------------------------------------------
 
     def load(self, scenario: int, setup: str, endpoints: list[str], pids: tuple[int, ...], mix: str, *,
@@ -139,10 +149,7 @@ class Suite:
                 for connections, pipeline in ONE_NODE_SHAPES:
                     self.load(1, "one node", [node.address], (node.pid,), mix,
                               connections=connections, pipeline=pipeline)
-        try:
-            build_native()
-        except RuntimeError as exc:  # no C compiler: the Python generator's rows stand alone
-            self.skipped.append({"scenario": 1, "what": NATIVE_SETUP, "why": str(exc)})
+        if not self.native_ready(1, NATIVE_SETUP):
             return
         # A fresh node, as each redis-server is fresh: not one that has just taken
         # the PUT workloads above, whose SQLite and cache state would carry over.
@@ -158,6 +165,11 @@ class Suite:
             if 2 in wanted:
                 for mix, consistency in CLUSTER_WORKLOADS:
                     self.load(2, "3 nodes, direct", cluster.endpoints, pids, mix, consistency=consistency)
+                # The quorum PUT and GET again from the compiled generator, as wrk
+                # loads etcd: the Python generator's CPU shares these two cores.
+                if self.native_ready(2, NATIVE_CLUSTER_SETUP):
+                    for mix in ("put", "get"):
+                        self.load(2, NATIVE_CLUSTER_SETUP, cluster.endpoints, pids, mix, generator="native")
             if 3 in wanted:
                 with HAProxyProcess.for_cluster(DEFAULT_HAPROXY_CONFIG, cluster, workdir=self.workdir / "haproxy") as lb:
                     lb.wait_all("kvwire_nodes", "UP")

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from kvwire.testing import NodeProcess
+from kvwire import Client
+from kvwire.testing import LocalCluster, NodeProcess, wait_for
 
 TOKEN = "bench-token-0123456789abcdef"
 
@@ -47,6 +48,29 @@ def test_an_endpoint_may_name_its_host(node):
     report = run_json("--endpoints", f"localhost:{port}", "--mix", "get", "--generator", "native",
                       "--connections", "2", "--duration", "0.5", "--warmup", "0", "--keys", "10")
     assert report["ops"] > 0 and report["errors"] == 0
+
+
+def test_quorum_puts_and_gets_over_three_nodes_as_the_suite_runs_them(tmp_path):
+    """Scenario 2's compiled rows: connections spread over three nodes, quorum
+    consistency, every node's CPU counted. The PUTs are real writes: every key
+    ends up, at the generator's value size, on every node."""
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        cluster.wait_ready()
+        pids = [node.pid for node in cluster]
+        common = ["--endpoints", ",".join(cluster.endpoints), "--generator", "native", "--connections", "6",
+                  "--duration", "1", "--warmup", "0.2", "--keys", "40", "--value-size", "33",
+                  "--server-pid", ",".join(map(str, pids))]
+        puts = run_json(*common, "--mix", "put")
+        gets = run_json(*common, "--mix", "get", "--consistency", "quorum")
+        for report in (puts, gets):
+            assert report["ops"] > 0 and report["errors"] == 0 and report["unanswered"] == 0
+            assert report["endpoints"] == cluster.endpoints and 0 < report["server_cpu_us_per_op"] < 100_000
+        for node in cluster:
+            with Client([node.address], timeout=5.0) as client:
+                for index in (0, 39):
+                    value = wait_for(lambda: client.get(f"key:{index:08d}", consistency="one"), timeout=10,
+                                     what=f"key {index} on {node.node_id}")
+                    assert isinstance(value, bytes) and len(value) == 33
 
 
 def test_error_replies_are_counted_as_errors(tmp_path):

@@ -86,3 +86,18 @@ def test_the_get_target_takes_the_compiled_generators_row_when_the_run_has_one()
     assert verdicts["One node, 50 connections, no pipelining: GET throughput"] == (
         "80,000 vs 100,000/s = 80% (compiled generator)", "missed")
     assert verdicts["One node: server CPU per GET"] == ("6.0 vs 4.0 µs = 1.50×", "met")
+
+
+def test_the_quorum_targets_take_the_compiled_generators_rows_when_the_run_has_them():
+    """wrk, which loads etcd, is compiled; so is the generator of the quorum rows the targets compare."""
+    rows = [*ROWS, row(2, "3 nodes, compiled generator", "put", 13_000, 190.0, 9.5),
+            row(2, "3 nodes, compiled generator", "get", 27_000, 90.0, 4.0)]
+    verdicts = {measure: (measured, verdict) for measure, _, measured, verdict in targets(report(rows, FAILOVER))}
+    assert verdicts["Three nodes: quorum PUT, `--sync full`"] == (
+        "13,000 vs 5,000/s = 2.60×; p99 9.5 (etcd 20.0) ms (compiled generator)", "met")
+    assert verdicts["Three nodes: quorum GET"] == ("27,000 vs 7,000/s = 3.86× (compiled generator)", "missed")
+    text = render(report(rows))
+    # Both generators' rows stay beside etcd's, each named.
+    assert "| quorum GET (binary protocol) | 30,000 | range | 7,000 | 4.29 |" in text
+    assert "| quorum GET (binary protocol, compiled generator) | 27,000 | range | 7,000 | 3.86 |" in text
+    assert "| quorum PUT (binary protocol, compiled generator) | 13,000 | put | 5,000 | 2.60 | 9.5 / 20.0 |" in text
