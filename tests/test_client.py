@@ -22,7 +22,7 @@ from kvwire import (
     Version,
 )
 from kvwire.client import ClientConnection
-from kvwire.protocol import Delete, ErrorReply, Limits, Ping, Pong, Put, PutReply, encode
+from kvwire.protocol import Delete, ErrorReply, Get, Limits, Ping, Pong, Put, PutReply, encode
 from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for_async
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
@@ -207,6 +207,68 @@ async def test_requests_wait_while_the_transport_pauses_writing(node):
         node.resume()
         connection.close()
         await connection.wait_closed()
+
+
+# --- send: a reply to a callback (a node's peer links) --------------------------------------
+
+
+async def test_send_hands_each_reply_or_error_to_its_callback_as_it_is_read(node, caplog):
+    """No future and no loop turn in between; a callback that raises is logged,
+    and the replies after it still reach theirs."""
+    host, port = node.address.rsplit(":", 1)
+    connection = await ClientConnection.open(host, int(port), connect_timeout=5)
+    got = []
+
+    def failing(reply):
+        got.append(reply)
+        raise RuntimeError("a broken callback")
+
+    try:
+        connection.send(Ping, (), failing)
+        connection.send(Get, ("never-written",), got.append)
+        connection.send(Put, ("sent", 1), got.append)
+        await wait_for_async(lambda: len(got) == 3, timeout=10, what="three replies")
+    finally:
+        connection.close()
+    assert isinstance(got[0], Pong)
+    assert isinstance(got[1], KeyNotFoundError) and got[1].code == ErrorCode.NOT_FOUND
+    assert isinstance(got[2], PutReply) and isinstance(got[2].version, Version)
+    assert "a reply's callback failed" in caplog.text and "a broken callback" in caplog.text
+
+
+async def test_send_callbacks_of_a_lost_connection_fail_a_loop_turn_later(node):
+    """The node is paused, so nothing is answered; aborting the connection fails
+    both requests, but not inside abort(), which a node calls while it performs
+    its effects (kvwire.server.node), and which must not be re-entered."""
+    host, port = node.address.rsplit(":", 1)
+    connection = await ClientConnection.open(host, int(port), connect_timeout=5)
+    got = []
+    node.pause()
+    try:
+        connection.send(Ping, (), got.append)
+        connection.send(Get, ("k",), got.append)
+        connection.abort()
+        assert got == []
+        await wait_for_async(lambda: len(got) == 2, timeout=10, what="both failures")
+    finally:
+        node.resume()
+    assert all(isinstance(error, KvwireConnectionError) and "aborted" in str(error) for error in got)
+    with pytest.raises(KvwireConnectionError):
+        connection.send(Ping, (), got.append)  # refused before anything is sent, as submit is
+
+
+async def test_send_calls_back_with_a_connection_error_for_a_reply_of_the_wrong_op():
+    async with ScriptedNode(lambda request: Pong(request.id), answers_hello=False) as scripted:
+        host, port = scripted.address.rsplit(":", 1)
+        connection = await ClientConnection.open(host, int(port), connect_timeout=5)
+        got = []
+        try:
+            connection.send(Get, ("k",), got.append)
+            await wait_for_async(lambda: got, timeout=10, what="the invalid reply")
+        finally:
+            connection.close()
+    (error,) = got
+    assert isinstance(error, KvwireConnectionError) and "invalid reply" in str(error)
 
 
 # --- timeouts and cancellation ------------------------------------------------------------

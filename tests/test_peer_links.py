@@ -105,7 +105,7 @@ class Events:
     def peer_unlinked(self, peer: str) -> None:
         pass
 
-    def peer_answered(self, peer, request_id, done) -> None:
+    def peer_answered(self, peer, request_id, reply) -> None:
         pass
 
     def peer_send_failed(self, peer, request_id) -> None:

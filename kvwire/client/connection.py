@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import ssl
 from typing import Any, Callable, cast
@@ -42,6 +43,8 @@ from kvwire.protocol.messages import REPLY_BIT, Request
 from ..protocol.address import format_endpoint
 from ..tls import describe_tls_error, dialler_hint
 from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
+
+log = logging.getLogger("kvwire.client")
 
 
 class WriteFlowControl:
@@ -101,8 +104,9 @@ class ClientConnection(asyncio.Protocol):
         self._codec = Connection(Side.CLIENT, limits, raw_values=raw_values)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        # request id -> (future of the reply, the op a reply to it must carry)
-        self._pending: dict[int, tuple[asyncio.Future[Any], int]] = {}
+        # request id -> (future of the reply or None, the op a reply to it must
+        # carry, the callback of ``send`` or None)
+        self._pending: dict[int, tuple[asyncio.Future[Any] | None, int, Callable[[Any], None] | None]] = {}
         # Called on every read from the node: for a peer link, proof of life.
         self.on_receive: Callable[[], None] | None = None
         self._next_id = 1
@@ -312,6 +316,25 @@ class ClientConnection(asyncio.Protocol):
         replication) or must not wait on write flow control (heartbeats): the
         future fails as :meth:`request` would raise.
         """
+        reply_future: asyncio.Future[Any] = self._loop.create_future()
+        request_id = self._send(message_type, fields, reply_future, None)
+        reply_future.add_done_callback(lambda done: done.cancelled() and self._pending.pop(request_id, None))
+        return reply_future
+
+    def send(self, message_type: type[Request], fields: tuple, on_reply: Callable[[Any], None]) -> None:
+        """Send now; ``on_reply`` is called once with the reply, or with the
+        exception that :meth:`request` would raise.
+
+        For a node's peer links: no future, and no loop turn between a reply
+        and its handling, which runs inside this connection's reading. A lost
+        connection's failures come a loop turn later, as a future's would. An
+        exception ``on_reply`` raises is logged and the connection reads on.
+        Raises as :meth:`submit` does, before anything is sent.
+        """
+        self._send(message_type, fields, None, on_reply)
+
+    def _send(self, message_type: type[Request], fields: tuple, future: asyncio.Future[Any] | None,
+              on_reply: Callable[[Any], None] | None) -> int:
         if self._failure is not None:
             raise self._connection_error()
         request_id = self._next_id
@@ -324,11 +347,9 @@ class ClientConnection(asyncio.Protocol):
                 f"the request is {len(data) - FRAME_HEADER_BYTES} bytes as a frame; {self.address} takes at most {limit}"
             )
         self._next_id += 1
-        reply_future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[request_id] = (reply_future, message_type.op | REPLY_BIT)
-        reply_future.add_done_callback(lambda done: done.cancelled() and self._pending.pop(request_id, None))
+        self._pending[request_id] = (future, message_type.op | REPLY_BIT, on_reply)
         self._write(data)
-        return reply_future
+        return request_id
 
     def _write(self, data: bytes) -> None:
         self._outgoing.append(data)
@@ -403,19 +424,24 @@ class ClientConnection(asyncio.Protocol):
                 )
                 return
             waiting = pending.pop(event.id, None)
-            if waiting is None or waiting[0].done():
+            if waiting is None:
+                continue
+            future, expected_op, on_reply = waiting
+            if future is not None and future.done():
                 continue  # the caller gave up (timeout or cancel) before the reply came
-            future, expected_op = waiting
             if isinstance(event, ErrorReply):
-                future.set_exception(error_from_wire(event.code, event.message, event.maybe_applied))
+                _deliver(future, on_reply, error_from_wire(event.code, event.message, event.maybe_applied))
             elif event.op != expected_op:
                 # Like an unparsable frame: this node's stream can't be trusted.
                 error = ProtocolError(f"a request expecting op {expected_op:#x} was answered with op {event.op:#x}")
-                future.set_exception(KvwireConnectionError(f"{self.address}: the node sent an invalid reply: {error}"))
+                _deliver(future, on_reply,
+                         KvwireConnectionError(f"{self.address}: the node sent an invalid reply: {error}"))
                 self._fail(f"the node sent an invalid reply: {error}", error)
                 if self._transport is not None:
                     self._transport.abort()
                 return
+            elif on_reply is not None:
+                _call(on_reply, event)
             else:
                 future.set_result(event)
 
@@ -425,10 +451,15 @@ class ClientConnection(asyncio.Protocol):
             return
         self._failure = reason
         self._failure_cause = cause
-        pending = [future for future, _ in self._pending.values()]
+        pending = list(self._pending.values())
         self._pending.clear()
-        for future in pending:
-            if not future.done():
+        for future, _, on_reply in pending:
+            if on_reply is not None:
+                # Later, as a future's callbacks would run: this may be called
+                # inside the caller's own work (a node aborting a silent link
+                # while it performs its effects), which must not be re-entered.
+                self._loop.call_soon(_call, on_reply, self._connection_error())
+            elif not future.done():
                 future.set_exception(self._connection_error())
         self._flow.release_all()
 
@@ -455,3 +486,20 @@ def _describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
+
+
+def _deliver(future: asyncio.Future[Any] | None, on_reply: Callable[[Any], None] | None, error: Exception) -> None:
+    """A request's failure, to its future or its ``send`` callback."""
+    if on_reply is not None:
+        _call(on_reply, error)
+    else:
+        future.set_exception(error)
+
+
+def _call(on_reply: Callable[[Any], None], reply: Any) -> None:
+    # As the event loop treats a future's done callback: a failing callback is
+    # logged, and neither the connection nor the other replies suffer from it.
+    try:
+        on_reply(reply)
+    except Exception:  # noqa: BLE001
+        log.exception("a reply's callback failed")

@@ -139,13 +139,11 @@ class DeadlineSweep:
 
 async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: set[NodeProtocol], node: Node, timeout: float) -> None:
     server.close()
-    # Each reply is queued by a done-callback registered before asyncio.wait's
-    # own, so by the time the wait returns every finished reply is buffered.
-    in_flight = set().union(*(conn.pending for conn in connections))
-    if in_flight:
-        _, still_waiting = await asyncio.wait(in_flight, timeout=timeout)
-        if still_waiting:
-            log.warning("shutdown timeout: %d requests unanswered; writes among them are committed below", len(still_waiting))
+    # Each answer is queued on its connection as it is given, so once none is
+    # left unanswered every reply is buffered, and the closes below write it.
+    unanswered = await node.wait_answered(timeout)
+    if unanswered:
+        log.warning("shutdown timeout: %d requests unanswered; writes among them are committed below", unanswered)
     for conn in list(connections):
         conn.close()
     node.stop()

@@ -11,13 +11,14 @@ import asyncio
 import logging
 from bisect import bisect_left
 from time import perf_counter
+from typing import Any
 
 from ..protocol.codec import encode
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.messages import Consistency, ErrorReply, Get
 from .flow import FlowControl
-from .node import Node, Session
+from .node import Node, PendingReply, Session
 from .outbox import Outbox
 from .tally import LATENCY_BOUNDS, OpTally
 
@@ -54,7 +55,6 @@ class NodeProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._closed = False
         self._eof = False
-        self.pending: set[asyncio.Future] = set()
         # For the deadlines (``overdue``): when the connection opened, requests
         # read so far, and when the frame still incomplete in the buffer began.
         self._opened_at = self._loop.time()
@@ -191,13 +191,10 @@ class NodeProtocol(asyncio.Protocol):
                 tally.answer("internal", perf_counter() - started)
                 replies.append(encode(ErrorReply(request.id, ErrorCode.INTERNAL, "internal error; see the node's log")))
                 continue
-            if isinstance(result, asyncio.Future):
+            if type(result) is PendingReply:
                 self._flow.request_started()
-                self.pending.add(result)
-                result.add_done_callback(
-                    lambda done, request_id=request.id, tally=tally, started=started:
-                    self._finish(request_id, done, tally, started)
-                )
+                result.on_reply = (lambda reply, request_id=request.id, tally=tally, started=started:
+                                   self._finish(request_id, reply, tally, started))
             else:
                 # OpTally.answer_ok, inlined: this runs for every request answered
                 # at once, and the call alone was a tenth of the metrics' cost
@@ -211,17 +208,13 @@ class NodeProtocol(asyncio.Protocol):
                 replies.append(encoded)
         return b"".join(replies)
 
-    def _finish(self, request_id: int, done: asyncio.Future, tally: OpTally, started: float) -> None:
-        self.pending.discard(done)
+    def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float) -> None:
+        """The node's answer to a request it left pending (``PendingReply``), as soon as it is given."""
         self._flow.request_finished()
-        if done.cancelled():
-            reply = ErrorReply(request_id, ErrorCode.UNAVAILABLE, "request cancelled: node is shutting down")
-        elif (exc := done.exception()) is None:
-            reply = done.result()
-        elif isinstance(exc, KvwireError):
-            reply = ErrorReply(request_id, exc.code, exc.message, exc.maybe_applied)
-        else:
-            log.error("internal error answering request %d from %s", request_id, self._session.peer, exc_info=exc)
+        if isinstance(reply, KvwireError):
+            reply = ErrorReply(request_id, reply.code, reply.message, reply.maybe_applied)
+        elif isinstance(reply, BaseException):
+            log.error("internal error answering request %d from %s", request_id, self._session.peer, exc_info=reply)
             reply = ErrorReply(request_id, ErrorCode.INTERNAL, "internal error; see the node's log")
         if type(reply) is ErrorReply:
             tally.answer(_RESULTS.get(reply.code, "internal"), perf_counter() - started)

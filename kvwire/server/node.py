@@ -45,7 +45,7 @@ from .core import (
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
 from .failure_detector import PeerState, Transition
-from .peers import PeerLinks, reply_or_failure
+from .peers import PeerLinks
 from .storage import Storage
 from .tally import RequestMetrics
 
@@ -69,14 +69,21 @@ class Session:
     member: str | None = None
 
 
-class _Answer:
-    """A request handed to the core: its reply, if the core gave it at once, or the future of it."""
+# ``PendingReply.reply`` once ``handle`` has returned it: answers go to ``on_reply``.
+_AWAITED = object()
 
-    __slots__ = ("reply", "future")
+
+class PendingReply:
+    """A request handed to the core that it could not answer at once: ``handle``
+    returns it, and the connection sets ``on_reply``, which the core's answer
+    (a reply, or the exception to answer with) is handed to, once, as soon as
+    it is given. A callback, not a future: no loop turn between the two."""
+
+    __slots__ = ("reply", "on_reply")
 
     def __init__(self) -> None:
-        self.reply: Any = None
-        self.future: asyncio.Future | None = None
+        self.reply: Any = None  # what the core answered inside ``handle``, if it did
+        self.on_reply: Callable[[Any], None] | None = None
 
 
 class Node:
@@ -114,6 +121,9 @@ class Node:
                      "part in majorities, and what it coordinates asks every node", why, extra={"event": "joining"})
         # What a connection may do before (and without) an accepted HELLO.
         self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
+        # Requests ``handle`` left pending and not yet answered; set when they all are (shutdown).
+        self._unanswered = 0
+        self._all_answered: asyncio.Future | None = None
 
     def start(self) -> None:
         self.peers.start()
@@ -137,8 +147,9 @@ class Node:
         """A connection's session before its HELLO: open ops only, if this node has an auth file."""
         return Session(peer, self._default_grant)
 
-    def handle(self, request: Request, session: Session) -> Reply | asyncio.Future:
-        """The reply, or a future of it. Raises KvwireError for a refusal."""
+    def handle(self, request: Request, session: Session) -> Reply | PendingReply:
+        """The reply, or a ``PendingReply`` whose ``on_reply`` the caller sets at
+        once. Raises KvwireError for a refusal."""
         kind = type(request)
         grant = session.grant
         if kind not in grant.ops or grant.prefix:
@@ -163,15 +174,16 @@ class Node:
             if type(request.value) is Raw:
                 # The decoded Raw is a view of the whole frame; the cache would keep it all.
                 request.value = Raw(packed)
-        answer = _Answer()
+        answer = PendingReply()
         self.core.request(answer, request, self._clock(), from_peer=grant is PEER, packed=packed, peer=session.member)
         self._perform()
         if answer.reply is not None:
             if isinstance(answer.reply, BaseException):
                 raise answer.reply
             return answer.reply
-        answer.future = self._loop.create_future()
-        return answer.future
+        answer.reply = _AWAITED
+        self._unanswered += 1
+        return answer
 
     def _hello(self, request: Hello, session: Session) -> Reply:
         """A client's HELLO (with its token, if this node has an auth file) or one
@@ -270,8 +282,8 @@ class Node:
         self.core.link_up(peer, self._clock())
         self._perform()
 
-    def peer_answered(self, peer: str, request_id: int, done: asyncio.Future) -> None:
-        self.core.peer_reply(peer, request_id, reply_or_failure(done), self._clock())
+    def peer_answered(self, peer: str, request_id: int, reply: Any) -> None:
+        self.core.peer_reply(peer, request_id, reply, self._clock())
         self._perform()
 
     def peer_send_failed(self, peer: str, request_id: int) -> None:
@@ -363,15 +375,37 @@ class Node:
                 log.error("quorum lost: %d of %d nodes UP, %d needed; writes and quorum reads answer NO_QUORUM",
                           up, config.cluster_size, config.quorum, extra={"event": "quorum_lost", "up": up})
 
-    def _respond(self, answer: _Answer, reply: Any) -> None:
-        future = answer.future
-        if future is None:
-            answer.reply = reply
-        elif not future.done():
-            if isinstance(reply, BaseException):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+    def _respond(self, answer: PendingReply, reply: Any) -> None:
+        if answer.reply is None:
+            answer.reply = reply  # inside ``handle``, which returns it
+            return
+        if answer.reply is not _AWAITED:
+            return  # answered already: the first answer stands
+        answer.reply = reply
+        on_reply, answer.on_reply = answer.on_reply, None
+        self._unanswered -= 1
+        if not self._unanswered and self._all_answered is not None and not self._all_answered.done():
+            self._all_answered.set_result(None)
+        if on_reply is None:
+            return
+        try:
+            on_reply(reply)
+        except Exception:  # noqa: BLE001
+            # As the loop treats a failing callback: logged. It runs inside
+            # ``_perform``, whose other effects must still be performed.
+            log.exception("internal error queueing a reply")
+
+    async def wait_answered(self, timeout: float) -> int:
+        """Wait until every request ``handle`` left pending is answered (each
+        answer is queued on its connection by then), or ``timeout`` seconds;
+        the number still unanswered."""
+        if self._unanswered:
+            self._all_answered = self._loop.create_future()
+            try:
+                await asyncio.wait_for(self._all_answered, timeout)
+            except TimeoutError:
+                pass
+        return self._unanswered
 
     def _persisted(self, write_id: int, done: asyncio.Future) -> None:
         error = None if done.cancelled() else done.exception()

@@ -44,7 +44,9 @@ class LinkEvents(Protocol):
 
     def peer_unlinked(self, peer: str) -> None: ...
 
-    def peer_answered(self, peer: str, request_id: int, done: asyncio.Future) -> None: ...
+    def peer_answered(self, peer: str, request_id: int, reply: Any) -> None:
+        """A reply to a request sent with ``PeerLink.send``, or the exception
+        for an ERROR reply or a lost link; called as soon as it is read."""
 
     def peer_send_failed(self, peer: str, request_id: int) -> None: ...
 
@@ -150,11 +152,9 @@ class PeerLink:
             self._node.peer_send_failed(peer, request_id)
             return
         try:
-            future = connection.submit(message_type, *fields)
+            connection.send(message_type, fields, lambda reply: self._node.peer_answered(peer, request_id, reply))
         except KvwireError:
             self._node.peer_send_failed(peer, request_id)
-            return
-        future.add_done_callback(lambda done: self._node.peer_answered(peer, request_id, done))
 
     def reconnect(self) -> None:
         if self.connection is not None:
@@ -204,9 +204,3 @@ class PeerLinks:
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self.links.values()), return_exceptions=True)
 
-
-def reply_or_failure(done: asyncio.Future) -> Any:
-    """A peer request's reply; the error for an ERROR reply or a lost link; None if cancelled."""
-    if done.cancelled():
-        return None
-    return done.exception() or done.result()

@@ -175,12 +175,12 @@ class Nodes:
                 transport.close()  # what asyncio does when eof_received() returns a false value
         except Exception as exc:  # asyncio would log it and drop the connection, unanswered
             raise Finding(f"{type(exc).__name__} escaped NodeProtocol: {exc}; stream {case.stream.hex()}") from exc
-        if protocol.pending:
-            # Each reply is queued by a done-callback registered before asyncio.wait's
-            # own, and the outbox's flush is scheduled before this task resumes.
-            _, waiting = await asyncio.wait(set(protocol.pending), timeout=HANG_SECONDS)
-            if waiting:
-                raise Finding(f"{len(waiting)} requests unanswered after {HANG_SECONDS} s; stream {case.stream.hex()}")
+        # Each reply is queued on the connection as the node gives it, before the
+        # wait ends, and the outbox's flush is scheduled before this task resumes.
+        # (Conversations run one at a time, so what the node has not answered is this one's.)
+        unanswered = await node.wait_answered(HANG_SECONDS)
+        if unanswered:
+            raise Finding(f"{unanswered} requests unanswered after {HANG_SECONDS} s; stream {case.stream.hex()}")
         await asyncio.sleep(0)  # the loop turn ends: the outbox writes the replies read so far
         if not transport.closing:
             transport.close()  # the client hangs up

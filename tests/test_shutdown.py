@@ -1,0 +1,99 @@
+"""A stopping node waits for the requests it left pending (``Node.wait_answered``),
+and no longer than ``shutdown_timeout``.
+
+The node runs in this process (``kvwire.server.app.serve``) so that the test can
+give it a short shutdown timeout; its peer n2 is scripted on the same event loop.
+n2 answers PING, so it stays UP, and answers the PUT's write only as each test
+says, so the PUT is still pending when the node is told to stop.
+"""
+
+import asyncio
+import gc
+import logging
+
+import pytest
+
+from kvwire.client import ClientConnection
+from kvwire.protocol import Lookup, LookupReply, Ping, Pong, Put, PutReply, Replicate, ReplicateReply
+from kvwire.protocol.messages import NO_VERSION
+from kvwire.secret_file import read_secret_file
+from kvwire.server.app import serve
+from kvwire.server.config import ServerConfig, parse_cluster
+from kvwire.testing import ScriptedNode, free_port, wait_for_async
+from kvwire.testing.cluster import new_secret_file
+
+
+@pytest.fixture(autouse=True)
+def garbage_collector_as_it_was():
+    """``serve`` tunes the collector for a node process (gc.freeze, higher
+    thresholds); this process goes on to run other tests."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+async def stop_with_a_put_pending(tmp_path, caplog, n2_answer, *, shutdown_timeout: float,
+                                  on_stop=lambda: None) -> tuple[asyncio.Future, float]:
+    """Start n1 beside the scripted n2, send a PUT, stop n1 once n2 has the PUT's
+    LOOKUP or REPLICATE (calling ``on_stop`` then); the PUT's future, and the
+    seconds n1 took to stop."""
+    caplog.set_level(logging.INFO)
+    secret = read_secret_file(new_secret_file(tmp_path))
+    async with ScriptedNode(n2_answer, answers_hello=False, node_id="n2", secret=secret) as n2:
+        port = free_port("127.0.0.1")
+        config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", cluster_secret=secret,
+                              members=parse_cluster(f"n1=127.0.0.1:{port},n2={n2.address}"),
+                              shutdown_timeout=shutdown_timeout, write_timeout=30.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(config, stop=stop))
+        connection = None
+        try:
+            await wait_for_async(lambda: "quorum available" in caplog.text, timeout=10, what="n1 up, n2 UP")
+            connection = await ClientConnection.open("127.0.0.1", port, connect_timeout=5)
+            put = connection.submit(Put, "k", 1)
+            await wait_for_async(lambda: any(isinstance(r, (Lookup, Replicate)) for r in n2.received),
+                                 timeout=10, what="the PUT's LOOKUP or REPLICATE at n2")
+            loop = asyncio.get_running_loop()
+            stopping_at = loop.time()
+            stop.set()
+            on_stop()
+            await asyncio.wait_for(task, timeout=20)
+            return put, loop.time() - stopping_at
+        finally:
+            stop.set()
+            if connection is not None:
+                connection.close()
+
+
+async def test_a_request_unanswered_past_the_shutdown_timeout_is_counted_and_the_node_stops(tmp_path, caplog):
+    def only_pings(request):
+        return Pong(request.id) if isinstance(request, Ping) else ScriptedNode.SILENT
+
+    put, stopped_after = await stop_with_a_put_pending(tmp_path, caplog, only_pings, shutdown_timeout=0.3)
+    assert "shutdown timeout: 1 requests unanswered" in caplog.text
+    assert stopped_after < 5  # the shutdown timeout, not the write's 30 s
+    assert put.done() and put.exception() is not None  # unanswered: its connection closed
+
+
+async def test_a_request_answered_during_the_shutdown_wait_reaches_its_client(tmp_path, caplog):
+    """n2 applies the REPLICATE only once n1 is stopping: the PUT is answered
+    within the wait, and its reply written before the connection closes."""
+    stopping = asyncio.Event()
+
+    def answer(request):
+        if isinstance(request, Ping):
+            return Pong(request.id)
+        if isinstance(request, Lookup):  # a write's first round may be a LOOKUP: never written
+            return LookupReply(request.id, NO_VERSION, False)
+        if isinstance(request, Replicate):
+            return applied_once_stopping(request)
+        return ScriptedNode.SILENT
+
+    async def applied_once_stopping(request):
+        await stopping.wait()
+        return ReplicateReply(request.id, True, request.version, NO_VERSION, False)
+
+    put, _ = await stop_with_a_put_pending(tmp_path, caplog, answer, shutdown_timeout=10.0, on_stop=stopping.set)
+    assert isinstance(put.result(), PutReply)
+    assert "shutdown timeout" not in caplog.text
