@@ -97,3 +97,62 @@ async def test_a_request_answered_during_the_shutdown_wait_reaches_its_client(tm
     put, _ = await stop_with_a_put_pending(tmp_path, caplog, answer, shutdown_timeout=10.0, on_stop=stopping.set)
     assert isinstance(put.result(), PutReply)
     assert "shutdown timeout" not in caplog.text
+
+
+async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_path, caplog):
+    """The wait is for the requests pending when it began, as a snapshot of
+    futures was: clients that keep PUTs in flight while the node stops (their
+    connections are read until closed) do not make it sit out the timeout."""
+    caplog.set_level(logging.INFO)
+    port = free_port("127.0.0.1")
+    config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", shutdown_timeout=6.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, stop=stop))
+    connections = []
+    answered = 0
+
+    def keep_one_in_flight(connection, number):
+        def again(done):
+            nonlocal answered
+            if not done.cancelled() and done.exception() is None:
+                answered += 1
+                keep_one_in_flight(connection, number + 1)
+        try:
+            connection.submit(Put, f"k{number % 100}", number).add_done_callback(again)
+        except Exception:  # noqa: BLE001 - the connection is closing: stop
+            pass
+
+    async def open_loop(connection):
+        """A PUT every half millisecond, answered or not (at most 40,000): with
+        these, some request is pending at nearly every instant, so a wait for
+        none at all would last the whole timeout."""
+        for number in range(40_000):
+            try:
+                connection.submit(Put, f"o{number % 100}", number).add_done_callback(
+                    lambda done: done.cancelled() or done.exception())
+            except Exception:  # noqa: BLE001 - the connection is closing: stop
+                return
+            await asyncio.sleep(0.0005)  # pacing the load, not waiting for a condition
+
+    pacer = None
+    try:
+        await wait_for_async(lambda: "listening on" in caplog.text, timeout=10, what="n1 listening")
+        connections = [await ClientConnection.open("127.0.0.1", port, connect_timeout=5) for _ in range(4)]
+        for connection in connections:
+            for slot in range(16):
+                keep_one_in_flight(connection, slot * 10_000)
+        pacer = asyncio.create_task(open_loop(connections[0]))
+        await wait_for_async(lambda: answered > 2_000, timeout=20, what="2,000 PUTs answered")
+        loop = asyncio.get_running_loop()
+        stopping_at = loop.time()
+        stop.set()
+        await asyncio.wait_for(task, timeout=20)
+        stopped_after = loop.time() - stopping_at
+    finally:
+        stop.set()
+        for connection in connections:
+            connection.close()
+        if pacer is not None:
+            pacer.cancel()
+    assert "shutdown timeout" not in caplog.text
+    assert stopped_after < 3  # half the timeout: the PUTs pending at the stop take a group commit or two

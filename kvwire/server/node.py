@@ -121,8 +121,12 @@ class Node:
                      "part in majorities, and what it coordinates asks every node", why, extra={"event": "joining"})
         # What a connection may do before (and without) an accepted HELLO.
         self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
-        # Requests ``handle`` left pending and not yet answered; set when they all are (shutdown).
-        self._unanswered = 0
+        # Requests ``handle`` left pending and not yet answered. At shutdown,
+        # those pending when the wait began, and the future set once they are
+        # all answered: requests still arriving on open connections meanwhile
+        # must not keep the wait going.
+        self._unanswered: set[PendingReply] = set()
+        self._awaited: set[PendingReply] = set()
         self._all_answered: asyncio.Future | None = None
 
     def start(self) -> None:
@@ -182,7 +186,7 @@ class Node:
                 raise answer.reply
             return answer.reply
         answer.reply = _AWAITED
-        self._unanswered += 1
+        self._unanswered.add(answer)
         return answer
 
     def _hello(self, request: Hello, session: Session) -> Reply:
@@ -383,9 +387,12 @@ class Node:
             return  # answered already: the first answer stands
         answer.reply = reply
         on_reply, answer.on_reply = answer.on_reply, None
-        self._unanswered -= 1
-        if not self._unanswered and self._all_answered is not None and not self._all_answered.done():
-            self._all_answered.set_result(None)
+        self._unanswered.discard(answer)
+        awaited = self._awaited
+        if answer in awaited:
+            awaited.discard(answer)
+            if not awaited and not self._all_answered.done():
+                self._all_answered.set_result(None)
         if on_reply is None:
             return
         try:
@@ -396,16 +403,18 @@ class Node:
             log.exception("internal error queueing a reply")
 
     async def wait_answered(self, timeout: float) -> int:
-        """Wait until every request ``handle`` left pending is answered (each
-        answer is queued on its connection by then), or ``timeout`` seconds;
-        the number still unanswered."""
-        if self._unanswered:
+        """Wait until every request ``handle`` has left pending so far is answered
+        (each answer is queued on its connection by then), or ``timeout``
+        seconds; how many of them are still unanswered. Requests read during
+        the wait are not waited for, as a snapshot of futures would not be."""
+        self._awaited = set(self._unanswered)
+        if self._awaited:
             self._all_answered = self._loop.create_future()
             try:
                 await asyncio.wait_for(self._all_answered, timeout)
             except TimeoutError:
                 pass
-        return self._unanswered
+        return len(self._awaited)
 
     def _persisted(self, write_id: int, done: asyncio.Future) -> None:
         error = None if done.cancelled() else done.exception()
