@@ -122,26 +122,26 @@ async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_p
         except Exception:  # noqa: BLE001 - the connection is closing: stop
             pass
 
-    async def open_loop(connection):
-        """A PUT every half millisecond, answered or not (at most 40,000): with
-        these, some request is pending at nearly every instant, so a wait for
-        none at all would last the whole timeout."""
-        for number in range(40_000):
-            try:
-                connection.submit(Put, f"o{number % 100}", number).add_done_callback(
-                    lambda done: done.cancelled() or done.exception())
-            except Exception:  # noqa: BLE001 - the connection is closing: stop
-                return
-            await asyncio.sleep(0.0005)  # pacing the load, not waiting for a condition
+    def one_each_loop_turn(connection, number=0):
+        """A PUT every turn of the loop, answered or not, until the connection
+        closes (at most 40,000): some request is then pending at nearly every
+        instant, so a wait for none at all would last the whole timeout."""
+        if number == 40_000:
+            return
+        try:
+            connection.submit(Put, f"o{number % 100}", number).add_done_callback(
+                lambda done: done.cancelled() or done.exception())
+        except Exception:  # noqa: BLE001 - the connection is closing: stop
+            return
+        asyncio.get_running_loop().call_soon(one_each_loop_turn, connection, number + 1)
 
-    pacer = None
     try:
         await wait_for_async(lambda: "listening on" in caplog.text, timeout=10, what="n1 listening")
         connections = [await ClientConnection.open("127.0.0.1", port, connect_timeout=5) for _ in range(4)]
         for connection in connections:
             for slot in range(16):
                 keep_one_in_flight(connection, slot * 10_000)
-        pacer = asyncio.create_task(open_loop(connections[0]))
+        one_each_loop_turn(connections[0])
         await wait_for_async(lambda: answered > 2_000, timeout=20, what="2,000 PUTs answered")
         loop = asyncio.get_running_loop()
         stopping_at = loop.time()
@@ -152,7 +152,5 @@ async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_p
         stop.set()
         for connection in connections:
             connection.close()
-        if pacer is not None:
-            pacer.cancel()
     assert "shutdown timeout" not in caplog.text
     assert stopped_after < 3  # half the timeout: the PUTs pending at the stop take a group commit or two

@@ -69,10 +69,6 @@ class Session:
     member: str | None = None
 
 
-# ``PendingReply.reply`` once ``handle`` has returned it: answers go to ``on_reply``.
-_AWAITED = object()
-
-
 class PendingReply:
     """A request handed to the core that it could not answer at once: ``handle``
     returns it, and the connection sets ``on_reply``, which the core's answer
@@ -82,7 +78,7 @@ class PendingReply:
     __slots__ = ("reply", "on_reply")
 
     def __init__(self) -> None:
-        self.reply: Any = None  # what the core answered inside ``handle``, if it did
+        self.reply: Any = None  # the core's answer, once given
         self.on_reply: Callable[[Any], None] | None = None
 
 
@@ -185,7 +181,6 @@ class Node:
             if isinstance(answer.reply, BaseException):
                 raise answer.reply
             return answer.reply
-        answer.reply = _AWAITED
         self._unanswered.add(answer)
         return answer
 
@@ -380,12 +375,11 @@ class Node:
                           up, config.cluster_size, config.quorum, extra={"event": "quorum_lost", "up": up})
 
     def _respond(self, answer: PendingReply, reply: Any) -> None:
-        if answer.reply is None:
-            answer.reply = reply  # inside ``handle``, which returns it
-            return
-        if answer.reply is not _AWAITED:
+        if answer.reply is not None:
             return  # answered already: the first answer stands
         answer.reply = reply
+        if answer not in self._unanswered:
+            return  # inside ``handle``, which returns it
         on_reply, answer.on_reply = answer.on_reply, None
         self._unanswered.discard(answer)
         awaited = self._awaited
