@@ -6,7 +6,7 @@ import struct
 import msgpack
 import pytest
 
-from kvwire.protocol.messages import NO_VERSION
+from kvwire.protocol.messages import NO_VERSION, Consistency
 from kvwire.protocol import (
     DEFAULT_LIMITS,
     Delete,
@@ -209,6 +209,22 @@ def test_requests_then_end_of_stream_are_all_answered_before_the_node_closes(nod
         conn.sock.shutdown(socket.SHUT_WR)
         assert conn.receive(3) == [Pong(1), Pong(2), Pong(3)]
         assert conn.closed_by_peer(timeout=5)
+
+
+def test_end_of_stream_then_a_large_reply_read_from_disk_is_answered_and_closed(tmp_path):
+    """With the cache off a GET waits on SQLite; its reply, over the 64 KiB that
+    are written at once instead of at the loop turn's end, must still be
+    followed by the close a half-closed client waits for."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--cache-entries", "0"]) as node:
+        value = "v" * 100_000
+        with RawConnection(node.address) as conn:
+            assert conn.request(Put(1, "large", value)).version == Version(1, "n1")
+        for consistency in (Consistency.ONE, Consistency.QUORUM):
+            with RawConnection(node.address) as conn:
+                conn.send(Get(2, "large", consistency=consistency))
+                conn.sock.shutdown(socket.SHUT_WR)
+                assert conn.receive(1) == [GetReply(2, value, Version(1, "n1"))]
+                assert conn.closed_by_peer(timeout=5), consistency
 
 
 def test_value_over_the_limit_is_refused_and_nothing_is_stored(tmp_path):

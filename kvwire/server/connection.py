@@ -229,6 +229,7 @@ class NodeProtocol(asyncio.Protocol):
         self._later_bytes += len(replies)
         if self._later_bytes > MAX_QUEUED_REPLY_BYTES:
             self._write_later()
+            self._close_if_finished()  # no flush() may follow to do it
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._outbox.add(self)
@@ -237,6 +238,10 @@ class NodeProtocol(asyncio.Protocol):
         """Write the replies gathered so far (the Outbox calls it once a loop turn)."""
         self._flush_scheduled = False
         self._write_later()
+        self._close_if_finished()
+
+    def _close_if_finished(self) -> None:
+        """Close once a client that has closed its side has had every reply."""
         if self._eof and self._flow.inflight == 0 and not self._backlog:
             self._close()
 
