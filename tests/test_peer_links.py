@@ -138,6 +138,29 @@ async def test_a_link_waiting_out_its_backoff_dials_at_once_when_its_peer_is_up(
         cluster.stop()
 
 
+async def test_a_link_waiting_after_a_refused_handshake_dials_at_once_when_its_peer_is_up(tmp_path, monkeypatch, caplog):
+    """The wait after a refused handshake (or certificate) is cut short by
+    dial_now too: the peer's proof, just accepted, shows it has been fixed."""
+    monkeypatch.setattr(peers, "RECONNECT_MAX_DELAY", 120.0)  # far longer than the test
+    caplog.set_level(logging.DEBUG, logger="kvwire.peers")
+    secret = read_secret_file(new_secret_file(tmp_path))
+    async with ScriptedNode(refusing_first_hellos(1), node_id="n1", secret=secret) as n1:
+        members = parse_cluster(f"n1={n1.address},n2=127.0.0.1:1")
+        config = ServerConfig(node_id="n2", members=members, data_dir=tmp_path / "n2-unused", cluster_secret=secret)
+        events = Events()
+        link = PeerLink(members[0], config, events)
+        link.start()
+        try:
+            await poll(lambda: "peer n1: handshake failed" in caplog.text, 10, "the first HELLO to n1 refused")
+            assert link.connection is None and events.linked == []  # waiting: 120 s
+            link.dial_now()
+            await poll(lambda: events.linked == ["n1"], 10, "the link to n1 up")
+            assert "dialling it back now" in caplog.text
+            assert sum(isinstance(request, Hello) for request in n1.received) >= 2
+        finally:
+            await link.close()
+
+
 def test_a_node_dials_back_a_peer_that_dials_it(tmp_path):
     """n1 and n2 back off from n3 while it is down; n3, restarted, dials them
     first thing (it listens before it dials), and they dial it back at once.

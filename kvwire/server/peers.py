@@ -9,7 +9,9 @@ silent for too long it asks for the link to be closed and dialled again,
 because a silent TCP connection can sit in retransmission backoff for tens of
 seconds after a partition heals. A peer that dials in while its link is down
 is dialled back at once (``dial_now``): it is up, and the link's backoff
-would leave it unused for up to a second.
+would leave it unused for up to a second. That includes the second's wait
+after a refused certificate or handshake: a peer whose proof this node has
+just accepted has been fixed.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class PeerLink:
                     # Reachable, but its certificate is refused (or ours): no
                     # retry fixes that, so say it every time, as for a refused HELLO.
                     log.error("peer %s: %s", peer, exc)
-                    await asyncio.sleep(RECONNECT_MAX_DELAY)
+                    await self._back_off(RECONNECT_MAX_DELAY)
                     continue
                 log.debug("peer %s unreachable: %s", peer, exc)
                 failures += 1
@@ -108,12 +110,12 @@ class PeerLink:
                 # time, and keep trying, so the link comes back by itself
                 # once the peer is fixed.
                 log.error("peer %s: handshake failed: %s", peer, exc)
-                await asyncio.sleep(RECONNECT_MAX_DELAY)
+                await self._back_off(RECONNECT_MAX_DELAY)
                 continue
             if connection.node_id != peer:
                 log.error("%s answers as node %r, not %r; check --cluster", self.member.address, connection.node_id, peer)
                 connection.close()
-                await asyncio.sleep(RECONNECT_MAX_DELAY)
+                await self._back_off(RECONNECT_MAX_DELAY)
                 continue
             failures = 0
             connection.on_receive = lambda: self._node.peer_heard(peer)
