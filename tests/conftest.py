@@ -1,5 +1,11 @@
+import compileall
+from pathlib import Path
+
 import pytest
 
+import kvwire
+import kvwire.bench
+import kvwire.http_bridge
 # Every module that defines a class of the error tree, loaded before any test
 # is collected: the tests that walk the tree (kvwire.testing.error_classes)
 # then see all of it, whichever test file runs first or alone.
@@ -7,6 +13,20 @@ import kvwire.http_bridge.values  # noqa: F401
 import kvwire.server.datadir  # noqa: F401
 import kvwire.server.storage  # noqa: F401
 from kvwire.testing import NodeProcess
+
+
+def pytest_configure(config):
+    """Compile kvwire's modules to bytecode once, before any test starts a process.
+
+    Where PYTHONDONTWRITEBYTECODE is set (it is on these machines), nothing of
+    the editable install is ever cached, so every node, bridge and CLI process a
+    test starts compiled every kvwire module again: about 0.1 s of a node's 0.37 s
+    start. The whole suite took 690 s with the cache against 741 s without it
+    (2026-12-04). compileall writes the cache whatever that variable says, and
+    Python reads it either way (it is refreshed when a source file changes).
+    """
+    for package in (kvwire, kvwire.bench, kvwire.http_bridge):
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
 
 
 @pytest.fixture

@@ -120,13 +120,14 @@ def test_requests_caps_the_run_and_every_reply_sent_is_counted(node):
 def test_more_keys_than_one_sequence_holds_are_all_reachable(node):
     report = run_json(
         "--endpoints", node.address, "--mix", "put", "--keys", "200000", "--connections", "8", "--pipeline", "16",
-        "--requests", "150000", "--duration", "60", "--warmup", "0",
+        "--requests", "100000", "--duration", "60", "--warmup", "0",
     )
-    assert report["ops"] == 150_000
+    assert report["ops"] == 100_000
     with Client([node.address], timeout=5) as client:
-        # 150,000 uniform draws from 200,000 keys hit about 105,000 of them; a
-        # generator cycling 65,536 draws could not pass 65,536.
-        assert client.health()["keys"] > 90_000
+        # 100,000 uniform draws from 200,000 keys hit about 78,700 of them
+        # (200,000 x (1 - e^-0.5), give or take a few hundred); a generator
+        # cycling 65,536 draws could not pass 65,536.
+        assert client.health()["keys"] > 72_000
 
 
 def test_an_open_loop_that_falls_behind_says_so(node):
