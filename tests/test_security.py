@@ -16,7 +16,7 @@ import time
 import pytest
 
 from kvwire import Client
-from kvwire.protocol import ErrorCode, ErrorReply, Fetch, Get, Hello, HelloReply, Lookup, LookupReply, Put, Replicate, Role
+from kvwire.protocol import ErrorCode, ErrorReply, Fetch, Get, Hello, HelloReply, Lookup, LookupReply, Ping, Pong, Put, Replicate, Role
 from kvwire.protocol import NoQuorumError, ReplicateReply, Version, encode
 from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof
@@ -240,6 +240,23 @@ def test_a_slow_loris_frame_is_closed_after_the_frame_timeout(strict_node):
         assert closed_at is not None, "the node kept a stalled frame open"
         assert client.put("others", "unaffected").counter == 1
     wait_for(lambda: "is still incomplete" in strict_node.log(), timeout=5, what="the node logging why")
+
+
+def test_an_idle_connection_whose_backlog_has_drained_is_not_taken_for_a_slow_loris(tmp_path):
+    """Three GETs of 600 kB in one write: the first pass stops past 1 MiB of
+    replies and leaves the third, whole, in the buffer for later. Once it is
+    answered the buffer is empty, and an idle client must not be closed."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--frame-timeout", "0.5"]) as node:
+        value = "v" * 600_000
+        with RawConnection(node.address, timeout=10) as conn:
+            assert conn.request(Put(1, "big", value)).version.counter == 1
+            conn.send(*(Get(10 + number, "big") for number in range(3)))
+            assert [reply.value for reply in conn.receive(3)] == [value] * 3
+            # Closed within a few frame timeouts (the sweep runs every second)
+            # before the fix; at 0.5 s, 3 s is well past when it came.
+            assert not conn.closed_by_peer(timeout=3)
+            assert conn.request(Ping(20)) == Pong(20)
+        assert "is still incomplete" not in node.log()
 
 
 def test_a_connection_that_pipelines_without_reading_is_held_back_and_others_are_served(tmp_path):

@@ -137,6 +137,9 @@ class NodeProtocol(asyncio.Protocol):
             self._hold_backlog()
         else:
             self._flow.release()
+        # What data_received took for a frame begun was whole requests held
+        # back; left as it was, an idle client would be closed at frame_timeout.
+        self._partial_since = self._loop.time() if self._codec.buffered_bytes else None
 
     # --- requests ----------------------------------------------------------------------
 
