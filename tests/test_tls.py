@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from rest_helpers import PREFIX, http, read_response
 
 from kvwire import Client, KvwireConnectionError
+from kvwire.protocol import Get, encode
 from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
 from kvwire.testing.bridge import BridgeProcess
 from kvwire.testing.wire import connect_socket
@@ -166,6 +167,23 @@ def test_a_client_talks_to_a_tls_node_over_a_real_handshake(tls_node, certs):
         assert sock.version() in ("TLSv1.2", "TLSv1.3")
         assert sock.compression() is None
         assert sock.getpeercert()["subject"][-1] == (("commonName", "kvwire node"),)
+
+
+def test_a_tls_client_that_closes_its_side_with_a_reply_pending_is_closed_without_a_warning(tmp_path, certs):
+    """uvloop's TLS transport cannot stay open for writing after the client's
+    close_notify (docs/protocol.md section 8), so a node must not ask it to:
+    asyncio logged a warning for every such connection."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--cache-entries", "0"]) as node:
+        with Client([node.address], timeout=3, **certs.client_options()) as kv:
+            kv.put("large", "v" * 100_000)  # with the cache off, a GET of it waits on SQLite
+        for attempt in range(3):
+            with connect_socket(node.host, node.port, timeout=3, ssl_context=certs.client_context()) as sock:
+                sock.sendall(encode(Get(attempt, "large")))
+                sock.unwrap()  # close_notify, then the node's own: it closed its side
+        with Client([node.address], timeout=3, **certs.client_options()) as kv:
+            assert len(kv.get("large")) == 100_000
+        log = node.log()
+        assert "has no effect when using ssl" not in log and "Traceback" not in log
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
