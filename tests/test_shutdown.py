@@ -154,3 +154,43 @@ async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_p
             connection.close()
     assert "shutdown timeout" not in caplog.text
     assert stopped_after < 3  # half the timeout: the PUTs pending at the stop take a group commit or two
+
+
+async def test_a_reply_callback_that_raises_is_logged_and_the_node_serves_on(tmp_path, caplog, monkeypatch):
+    """``Node._respond`` calls a pending reply's callback inside ``_perform``: one
+    that raises is logged there, as the loop logs a failing callback, and must
+    not take the node's later work with it. (Nothing found makes the real
+    callback, ``NodeProtocol._finish``, raise; this one is made to, once.)"""
+    from kvwire.server.connection import NodeProtocol
+
+    finish = NodeProtocol._finish
+    raised = []
+
+    def finish_failing_once(self, *args):
+        if not raised:
+            raised.append(True)
+            raise RuntimeError("a reply callback failed")
+        return finish(self, *args)
+
+    monkeypatch.setattr(NodeProtocol, "_finish", finish_failing_once)
+    caplog.set_level(logging.INFO)
+    port = free_port("127.0.0.1")
+    config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", shutdown_timeout=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, stop=stop))
+    connection = None
+    try:
+        await wait_for_async(lambda: "listening on" in caplog.text, timeout=10, what="n1 listening")
+        connection = await ClientConnection.open("127.0.0.1", port, connect_timeout=5)
+        lost = connection.submit(Put, "first", 1)  # a lone node's PUT waits on its commit: pending
+        lost.add_done_callback(lambda done: done.cancelled() or done.exception())  # failed at the close
+        await wait_for_async(lambda: "internal error queueing a reply" in caplog.text, timeout=10,
+                             what="the failing callback logged")
+        assert "a reply callback failed" in caplog.text and not lost.done()
+        second = await asyncio.wait_for(connection.submit(Put, "second", 2), timeout=10)
+        assert isinstance(second, PutReply) and second.created
+    finally:
+        stop.set()
+        if connection is not None:
+            connection.close()
+        await asyncio.wait_for(task, timeout=20)
