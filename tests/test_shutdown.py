@@ -33,6 +33,19 @@ def garbage_collector_as_it_was():
     gc.set_threshold(*thresholds)
 
 
+async def serve_here(config: ServerConfig, caplog, ready: str) -> tuple[asyncio.Event, asyncio.Task]:
+    """The node of ``config`` served on this event loop, once its log says
+    ``ready``: the event that stops it, and its task."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, stop=stop))
+    try:
+        await wait_for_async(lambda: ready in caplog.text, timeout=10, what=f"the node's log saying {ready!r}")
+    except BaseException:
+        stop.set()
+        raise
+    return stop, task
+
+
 async def stop_with_a_put_pending(tmp_path, caplog, n2_answer, *, shutdown_timeout: float,
                                   on_stop=lambda: None) -> tuple[asyncio.Future, float]:
     """Start n1 beside the scripted n2, send a PUT, stop n1 once n2 has the PUT's
@@ -45,11 +58,9 @@ async def stop_with_a_put_pending(tmp_path, caplog, n2_answer, *, shutdown_timeo
         config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", cluster_secret=secret,
                               members=parse_cluster(f"n1=127.0.0.1:{port},n2={n2.address}"),
                               shutdown_timeout=shutdown_timeout, write_timeout=30.0)
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(config, stop=stop))
+        stop, task = await serve_here(config, caplog, "quorum available")  # n2 UP
         connection = None
         try:
-            await wait_for_async(lambda: "quorum available" in caplog.text, timeout=10, what="n1 up, n2 UP")
             connection = await ClientConnection.open("127.0.0.1", port, connect_timeout=5)
             put = connection.submit(Put, "k", 1)
             await wait_for_async(lambda: any(isinstance(r, (Lookup, Replicate)) for r in n2.received),
@@ -106,8 +117,7 @@ async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_p
     caplog.set_level(logging.INFO)
     port = free_port("127.0.0.1")
     config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", shutdown_timeout=6.0)
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, stop=stop))
+    stop, task = await serve_here(config, caplog, "listening on")
     connections = []
     answered = 0
 
@@ -136,7 +146,6 @@ async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_p
         asyncio.get_running_loop().call_soon(one_each_loop_turn, connection, number + 1)
 
     try:
-        await wait_for_async(lambda: "listening on" in caplog.text, timeout=10, what="n1 listening")
         connections = [await ClientConnection.open("127.0.0.1", port, connect_timeout=5) for _ in range(4)]
         for connection in connections:
             for slot in range(16):
@@ -176,11 +185,9 @@ async def test_a_reply_callback_that_raises_is_logged_and_the_node_serves_on(tmp
     caplog.set_level(logging.INFO)
     port = free_port("127.0.0.1")
     config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", shutdown_timeout=0.5)
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, stop=stop))
+    stop, task = await serve_here(config, caplog, "listening on")
     connection = None
     try:
-        await wait_for_async(lambda: "listening on" in caplog.text, timeout=10, what="n1 listening")
         connection = await ClientConnection.open("127.0.0.1", port, connect_timeout=5)
         lost = connection.submit(Put, "first", 1)  # a lone node's PUT waits on its commit: pending
         lost.add_done_callback(lambda done: done.cancelled() or done.exception())  # failed at the close
