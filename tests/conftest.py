@@ -6,6 +6,7 @@ import pytest
 import kvwire
 import kvwire.bench
 import kvwire.http_bridge
+
 # Every module that defines a class of the error tree, loaded before any test
 # is collected: the tests that walk the tree (kvwire.testing.error_classes)
 # then see all of it, whichever test file runs first or alone.
