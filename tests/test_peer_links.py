@@ -8,6 +8,7 @@ this process against a real node, and a real cluster.
 
 import asyncio
 import logging
+import time
 
 from kvwire.protocol import ErrorReply, Health, Hello, Ping, Pong
 from kvwire.protocol.errors import ErrorCode
@@ -159,6 +160,40 @@ async def test_a_link_waiting_after_a_refused_handshake_dials_at_once_when_its_p
             assert sum(isinstance(request, Hello) for request in n1.received) >= 2
         finally:
             await link.close()
+
+
+def test_nodes_whose_cluster_swaps_two_addresses_redial_each_once_a_second_not_in_a_loop(tmp_path):
+    """Each node reaches another node than the one it names, which accepts its
+    HELLO and so would cut that node's own wait short, and so on round the
+    ring: the wait after a wrong node id must not be one dial_now cuts."""
+    secret_file = new_secret_file(tmp_path)
+    nodes = [NodeProcess(f"n{number}", data_dir=tmp_path / f"n{number}") for number in (1, 2, 3)]
+    addresses = [node.address for node in nodes]
+    for me, node in enumerate(nodes):
+        others = [index for index in range(3) if index != me]
+        swapped = {others[0]: addresses[others[1]], others[1]: addresses[others[0]]}
+        members = ",".join(f"n{index + 1}={addresses[index] if index == me else swapped[index]}" for index in range(3))
+        node.extra_args += ["--cluster", members, "--cluster-secret-file", secret_file]
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_ready()
+
+        def wrong_ids():
+            return min(node.log().count("check --cluster") for node in nodes)
+
+        first = wait_for(wrong_ids, timeout=10, what="every node finding a wrong node id")
+        started = time.monotonic()
+        wait_for(lambda: wrong_ids() >= first + 6, timeout=15, what="six more wrong-id dials on every node")
+        # Each of a node's two links waits a second between dials: six more take
+        # two seconds at least. In a loop they took milliseconds (hundreds of
+        # dials a second).
+        assert time.monotonic() - started > 1.5
+        assert max(node.log().count("check --cluster") for node in nodes) < 50
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def test_a_node_dials_back_a_peer_that_dials_it(tmp_path):

@@ -10,8 +10,9 @@ because a silent TCP connection can sit in retransmission backoff for tens of
 seconds after a partition heals. A peer that dials in while its link is down
 is dialled back at once (``dial_now``): it is up, and the link's backoff
 would leave it unused for up to a second. That includes the second's wait
-after a refused certificate or handshake: a peer whose proof this node has
-just accepted has been fixed.
+after a refused certificate or handshake, which may have been fixed since;
+not the wait after reaching another node than the one named, whose address
+is wrong, and which cutting short would turn into a redial loop.
 """
 
 from __future__ import annotations
@@ -115,7 +116,10 @@ class PeerLink:
             if connection.node_id != peer:
                 log.error("%s answers as node %r, not %r; check --cluster", self.member.address, connection.node_id, peer)
                 connection.close()
-                await self._back_off(RECONNECT_MAX_DELAY)
+                # A plain wait, which dial_now does not cut: the node there
+                # accepts our HELLO, so nodes whose --cluster swaps addresses
+                # would each cut the others' waits and redial without pause.
+                await asyncio.sleep(RECONNECT_MAX_DELAY)
                 continue
             failures = 0
             connection.on_receive = lambda: self._node.peer_heard(peer)
