@@ -106,8 +106,9 @@ class NodeProtocol(asyncio.Protocol):
             self._hold_backlog()
         # Returning True keeps our side open until the replies to requests
         # still waiting on storage, or still in the backlog, have been written.
-        # A TLS transport cannot (uvloop closes it after the close_notify; asyncio
-        # warns at a True), so those replies are lost there (docs/protocol.md 8).
+        # A TLS transport cannot (uvloop closes it after the close_notify, and
+        # logs a warning at a True), so those replies are lost there
+        # (docs/protocol.md 8).
         return (self._flow.inflight > 0 or self._backlog) and not self._closed and not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
