@@ -252,8 +252,8 @@ def test_an_idle_connection_whose_backlog_has_drained_is_not_taken_for_a_slow_lo
             assert conn.request(Put(1, "big", value)).version.counter == 1
             conn.send(*(Get(10 + number, "big") for number in range(3)))
             assert [reply.value for reply in conn.receive(3)] == [value] * 3
-            # Closed within a few frame timeouts (the sweep runs every second)
-            # before the fix; at 0.5 s, 3 s is well past when it came.
+            # Closed about a frame timeout (0.5 s) after the replies before the
+            # fix (the deadline sweep runs every 0.125 s here); 3 s is well past it.
             assert not conn.closed_by_peer(timeout=3)
             assert conn.request(Ping(20)) == Pong(20)
         assert "is still incomplete" not in node.log()
