@@ -48,7 +48,6 @@ class NodeProtocol(asyncio.Protocol):
         # Values stay the bytes the client packed, never rebuilt (protocol.values).
         self._codec = Connection(Side.NODE, node.config.limits, raw_values=True)
         self._transport: asyncio.Transport | None = None
-        self._tls = False
         self._flow: FlowControl | None = None
         self._session: Session | None = None
         self._later: list[bytes] = []
@@ -69,7 +68,6 @@ class NodeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        self._tls = transport.get_extra_info("ssl_object") is not None
         peername = transport.get_extra_info("peername")
         self._session = self._node.new_session(f"{peername[0]}:{peername[1]}" if peername else "?")
         self._flow = FlowControl(transport, self._node.config.max_inflight_per_connection)
@@ -109,7 +107,8 @@ class NodeProtocol(asyncio.Protocol):
         # A TLS transport cannot (uvloop closes it after the close_notify, and
         # logs a warning at a True), so those replies are lost there
         # (docs/protocol.md 8).
-        return (self._flow.inflight > 0 or self._backlog) and not self._closed and not self._tls
+        tls = self._transport.get_extra_info("ssl_object") is not None
+        return (self._flow.inflight > 0 or self._backlog) and not self._closed and not tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
