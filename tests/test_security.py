@@ -16,7 +16,7 @@ import time
 import pytest
 
 from kvwire import Client
-from kvwire.protocol import ErrorCode, ErrorReply, Fetch, Get, Hello, HelloReply, Lookup, LookupReply, Ping, Pong, Put, Replicate, Role
+from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Fetch, Get, Hello, HelloReply, Lookup, LookupReply, Ping, Pong, Put, Replicate, Role
 from kvwire.protocol import NoQuorumError, ReplicateReply, Version, encode
 from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof
@@ -290,6 +290,45 @@ def test_a_connection_that_pipelines_without_reading_is_held_back_and_others_are
         growth_mib = (_rss_kib(node.pid) - rss_before) / 1024
         assert growth_mib < 200, f"node grew by {growth_mib:.0f} MiB"
         greedy.close()
+
+
+def test_max_inflight_holds_even_for_requests_that_arrive_in_one_read(tmp_path):
+    """24 quorum GETs in one write, with --max-inflight 8 and both peers hung
+    (but not yet DOWN: --failure-timeout 30), so each waits out its deadline.
+    The node must start 8, and the next 8 only once those are answered: before
+    the fix one pass started every request the read held, so a read's worth of
+    GETs of large values (a few thousand) was in flight past any cap. The
+    client has closed its sending side at once: the requests held back must
+    still be answered, every one, before the node closes."""
+    cap, sent, deadline = 8, 24, 1.0
+    options = ["--max-inflight", str(cap), "--failure-timeout", "30", "--write-timeout", str(deadline)]
+    with LocalCluster(3, data_dir=tmp_path, node_args=options) as cluster:
+        cluster.pause("n2")
+        cluster.pause("n3")
+        try:
+            with cluster.raw("n1", timeout=10) as conn:
+                conn.send(*(Get(1 + number, f"k{number}", Consistency.QUORUM) for number in range(sent)))
+                conn.sock.shutdown(socket.SHUT_WR)
+                arrivals, answered = [], set()
+                for _ in range(sent):
+                    reply = conn.receive(1)[0]
+                    arrivals.append(time.monotonic())
+                    assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.NO_QUORUM, reply
+                    answered.add(reply.id)
+                assert answered == set(range(1, sent + 1))
+                assert conn.closed_by_peer(timeout=5)
+            # The first wave's replies come together; the next wave starts only
+            # then, and waits out a whole deadline of its own.
+            first_wave = [at for at in arrivals if at - arrivals[0] < deadline / 2]
+            assert len(first_wave) == cap, f"{len(first_wave)} replies came with the first, not {cap}"
+            assert arrivals[-1] - arrivals[0] >= (sent // cap - 1) * deadline * 0.9
+        finally:
+            cluster.resume("n2")
+            cluster.resume("n3")
+        cluster.wait_peers("n1", up=["n2", "n3"], timeout=10)
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            client.put("after", 1)
+            assert client.get("after") == 1
 
 
 def _rss_kib(pid: int) -> int:

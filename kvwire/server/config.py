@@ -70,9 +70,10 @@ class ServerConfig:
     max_connections: int = 1024
     # Values kept in memory; every key's version tag is held regardless.
     cache_entries: int = 100_000
-    # A connection with this many requests awaiting storage stops being read
-    # until half of them are answered, so one pipelining client cannot queue
-    # unbounded work.
+    # A connection with this many requests waiting (on storage or on peers)
+    # stops being read, and its requests already read wait too, until half of
+    # them are answered: one pipelining client cannot queue unbounded work,
+    # nor hold more than about this many replies unread.
     max_inflight_per_connection: int = 1024
     # Rows per group-commit transaction; more waits for the next one. At about
     # 220k rows/s for executemany (docs/design.md section 4) this keeps one transaction

@@ -61,8 +61,10 @@ class NodeProtocol(asyncio.Protocol):
         self._requests_read = 0
         self._partial_since: float | None = None
         # Requests read but left in the codec's buffer because one pass made
-        # replies enough (MAX_REPLY_BYTES_PER_PASS); handled once they drain.
+        # replies enough (MAX_REPLY_BYTES_PER_PASS), or --max-inflight requests
+        # wait: handled once the replies drain and half of those are answered.
         self._backlog = False
+        self._drain_scheduled = False
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -121,19 +123,25 @@ class NodeProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._flow.resume_writing()
         if self._backlog:
-            self._loop.call_soon(self._drain_backlog)
+            self._schedule_drain()
 
     # --- a client that asks faster than it reads ---------------------------------------
 
     def _hold_backlog(self) -> None:
         """Read no more until the requests already read are handled; handle them
-        as soon as the replies so far are taken by the kernel (resume_writing)."""
+        as soon as the replies so far are taken by the kernel (resume_writing)
+        and fewer than half of --max-inflight requests wait (_finish)."""
         self._flow.hold()
-        if not self._flow.writing_paused:
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if self._flow.may_go_on and not self._drain_scheduled:
+            self._drain_scheduled = True
             self._loop.call_soon(self._drain_backlog)
 
     def _drain_backlog(self) -> None:
-        if self._closed or not self._backlog or self._flow.writing_paused:
+        self._drain_scheduled = False
+        if self._closed or not self._backlog or not self._flow.may_go_on:
             return
         self._backlog = False
         self._write_now(self._handle_buffered())
@@ -157,8 +165,11 @@ class NodeProtocol(asyncio.Protocol):
         clock = perf_counter
         started = clock()
         produced = 0
+        flow = self._flow
         while not self._closed:
-            if produced > MAX_REPLY_BYTES_PER_PASS:
+            # One read can hold thousands of requests: stopping the reads at
+            # the cap (FlowControl) does not stop this loop from starting them.
+            if produced > MAX_REPLY_BYTES_PER_PASS or flow.full:
                 self._backlog = True
                 break
             try:
@@ -199,7 +210,7 @@ class NodeProtocol(asyncio.Protocol):
                 replies.append(encode(ErrorReply(request.id, ErrorCode.INTERNAL, "internal error; see the node's log")))
                 continue
             if type(result) is PendingReply:
-                self._flow.request_started()
+                flow.request_started()
                 result.on_reply = (lambda reply, request_id=request.id, tally=tally, started=started:
                                    self._finish(request_id, reply, tally, started))
             else:
@@ -218,6 +229,8 @@ class NodeProtocol(asyncio.Protocol):
     def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float) -> None:
         """The node's answer to a request it left pending (``PendingReply``), as soon as it is given."""
         self._flow.request_finished()
+        if self._backlog:
+            self._schedule_drain()
         if isinstance(reply, KvwireError):
             reply = ErrorReply(request_id, reply.code, reply.message, reply.maybe_applied)
         elif isinstance(reply, BaseException):

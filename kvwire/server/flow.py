@@ -1,9 +1,13 @@
 """Back-pressure for one connection, kept apart from the protocol handler as uvicorn does.
 
 Reading stops while the transport's write buffer is over its high-water mark
-(``pause_writing``) or while too many requests wait on storage; it resumes
-when both have drained. A client that pipelines faster than the disk can
-commit is thereby slowed by TCP itself instead of by our memory.
+(``pause_writing``) or while too many requests wait (on storage or on peers);
+it resumes when both have drained. A client that pipelines faster than the
+disk can commit is thereby slowed by TCP itself instead of by our memory.
+
+Stopping the reads is not enough on its own: one read may hold thousands of
+requests. The connection therefore also stops handling what it has read
+once ``full`` (connection.py's backlog), and goes on when ``may_go_on``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,17 @@ class FlowControl:
         self._writing_paused = False
         self._reading_paused = False
         self._held = False
+
+    @property
+    def full(self) -> bool:
+        """Whether as many requests wait as may: start no more."""
+        return self.inflight >= self._max_inflight
+
+    @property
+    def may_go_on(self) -> bool:
+        """Whether requests read but held back may be handled now: the replies
+        written so far are taken, and the requests waiting are below half the cap."""
+        return not self._writing_paused and self.inflight < self._resume_below
 
     @property
     def reading_paused(self) -> bool:
