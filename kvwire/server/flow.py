@@ -7,7 +7,8 @@ disk can commit is thereby slowed by TCP itself instead of by our memory.
 
 Stopping the reads is not enough on its own: one read may hold thousands of
 requests. The connection therefore also stops handling what it has read
-once ``full`` (connection.py's backlog), and goes on when ``may_go_on``.
+once ``inflight`` reaches ``max_inflight`` (connection.py's backlog), and goes
+on when ``may_go_on``.
 """
 
 from __future__ import annotations
@@ -18,17 +19,12 @@ import asyncio
 class FlowControl:
     def __init__(self, transport: asyncio.Transport, max_inflight: int) -> None:
         self._transport = transport
-        self._max_inflight = max_inflight
+        self.max_inflight = max_inflight
         self._resume_below = max(1, max_inflight // 2)
         self.inflight = 0
         self._writing_paused = False
         self._reading_paused = False
         self._held = False
-
-    @property
-    def full(self) -> bool:
-        """Whether as many requests wait as may: start no more."""
-        return self.inflight >= self._max_inflight
 
     @property
     def may_go_on(self) -> bool:
@@ -43,7 +39,7 @@ class FlowControl:
 
     def request_started(self) -> None:
         self.inflight += 1
-        if self.inflight >= self._max_inflight:
+        if self.inflight >= self.max_inflight:
             self._pause_reading()
 
     def request_finished(self) -> None:
