@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Fetch, Get, Hell
 from kvwire.protocol import NoQuorumError, ReplicateReply, Version, encode
 from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof
-from kvwire.testing import LocalCluster, NodeProcess, RawConnection, wait_for
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, unread_bytes, wait_for
 from kvwire.testing.cluster import new_secret_file
 
 
@@ -329,6 +330,39 @@ def test_max_inflight_holds_even_for_requests_that_arrive_in_one_read(tmp_path):
         with Client(cluster.endpoints, **cluster.client_options) as client:
             client.put("after", 1)
             assert client.get("after") == 1
+
+
+def test_a_node_stopping_answers_the_requests_it_started_and_refuses_those_it_held_back(tmp_path):
+    """24 quorum GETs in one read, --max-inflight 8, both peers hung (not yet
+    DOWN), then SIGTERM. The node waits for the 8 it started (each fails at its
+    deadline) and refuses the other 16 UNAVAILABLE, not started, applied
+    nowhere; it must neither drop them unanswered nor start them once the
+    first 8 are answered, with no one left waiting for their replies."""
+    cap, sent = 8, 24
+    options = ["--max-inflight", str(cap), "--failure-timeout", "30", "--write-timeout", "1"]
+    with LocalCluster(3, data_dir=tmp_path, node_args=options) as cluster:
+        n1 = cluster["n1"]
+        cluster.pause("n2")
+        cluster.pause("n3")
+        try:
+            with cluster.raw("n1", timeout=15) as conn:
+                conn.send(*(Get(1 + number, f"k{number}", Consistency.QUORUM) for number in range(sent)))
+                wait_for(lambda: unread_bytes(n1.address) == 0, timeout=5, what="n1 reading every request")
+                n1.send_signal(signal.SIGTERM)
+                replies = conn.receive(sent)
+                assert conn.closed_by_peer(timeout=10)
+            assert n1.wait(timeout=15) == 0
+        finally:
+            cluster.resume("n2")
+            cluster.resume("n3")
+    assert all(isinstance(reply, ErrorReply) for reply in replies), replies
+    refused = sorted(reply.id for reply in replies if "request not started" in reply.message)
+    started = sorted(reply.id for reply in replies if "request not started" not in reply.message)
+    assert started == list(range(1, cap + 1)), replies
+    assert refused == list(range(cap + 1, sent + 1)), replies
+    for reply in replies:
+        if reply.id in refused:
+            assert reply.code == ErrorCode.UNAVAILABLE and reply.maybe_applied is False, reply
 
 
 def _rss_kib(pid: int) -> int:

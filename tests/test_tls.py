@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from rest_helpers import PREFIX, http, read_response
 
 from kvwire import Client, KvwireConnectionError
-from kvwire.protocol import Get, encode
+from kvwire.protocol import CLOSED, NEED_DATA, Connection, ErrorCode, ErrorReply, Get, Ping, Put, Side, encode
 from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
 from kvwire.testing.bridge import BridgeProcess
 from kvwire.testing.wire import connect_socket
@@ -169,12 +169,13 @@ def test_a_client_talks_to_a_tls_node_over_a_real_handshake(tls_node, certs):
         assert sock.getpeercert()["subject"][-1] == (("commonName", "kvwire node"),)
 
 
-def _request_then_close_notify(host: str, port: int, context: ssl.SSLContext, request) -> bool:
-    """A TLS connection whose request and close_notify go out in one write, so
-    that the node reads its end of stream with the reply still pending; True
-    once the node has closed its side."""
+def _requests_then_close_notify(host: str, port: int, context: ssl.SSLContext, *requests) -> tuple[bool, list]:
+    """A TLS connection whose requests and close_notify go out in one write, so
+    that the node reads its end of stream with replies still pending: whether
+    the node then closed its side, and the replies it sent before that."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=host)
+    codec = Connection(Side.CLIENT)
     with socket.create_connection((host, port), timeout=5) as sock:
         while True:
             try:
@@ -186,20 +187,29 @@ def _request_then_close_notify(host: str, port: int, context: ssl.SSLContext, re
                 if not data:
                     raise EOFError("the node closed during the handshake")
                 incoming.write(data)
-        tls.write(encode(request))
+        tls.write(b"".join(encode(request) for request in requests))
         try:
             tls.unwrap()
         except ssl.SSLWantReadError:
             pass  # the node's own close_notify is still to come
-        sock.sendall(outgoing.read())  # the handshake's end, the request and the close_notify
+        sock.sendall(outgoing.read())  # the handshake's end, the requests and the close_notify
+        closed = True
         try:
-            while sock.recv(65536):
-                pass
+            while data := sock.recv(65536):
+                incoming.write(data)
         except ConnectionResetError:
             pass
         except TimeoutError:
-            return False
-        return True
+            closed = False
+    while True:
+        try:
+            codec.receive_data(tls.read(65536))
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLError):
+            break  # all that came, up to the node's close_notify (or a cut-off record)
+    replies = []
+    while (event := codec.next_event()) is not NEED_DATA and event is not CLOSED:
+        replies.append(event)
+    return closed, replies
 
 
 def test_a_tls_client_that_closes_its_side_with_a_reply_pending_is_closed_without_a_warning(tmp_path, certs):
@@ -210,11 +220,30 @@ def test_a_tls_client_that_closes_its_side_with_a_reply_pending_is_closed_withou
         with Client([node.address], timeout=3, **certs.client_options()) as kv:
             kv.put("large", "v" * 100_000)  # with the cache off, a GET of it waits on SQLite
         for attempt in range(3):
-            assert _request_then_close_notify(node.host, node.port, certs.client_context(), Get(attempt, "large"))
+            closed, _ = _requests_then_close_notify(node.host, node.port, certs.client_context(), Get(attempt, "large"))
+            assert closed
         with Client([node.address], timeout=3, **certs.client_options()) as kv:
             assert len(kv.get("large")) == 100_000
         log = node.log()
         assert "has no effect when using ssl" not in log and "Traceback" not in log
+
+
+def test_requests_held_back_past_max_inflight_are_refused_when_a_tls_client_closes_its_side(tmp_path, certs):
+    """Two PUTs wait on storage, the cap, and three PINGs are held back; the
+    close_notify comes in the same read. The node closes at once (TLS cannot
+    stay open), so it must not start the PINGs' turn with no one to answer:
+    each held-back request is refused UNAVAILABLE, applied nowhere. Before,
+    they were neither answered nor started."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--max-inflight", "2"]) as node:
+        requests = [Put(1, "a", "x", "r-a"), Put(2, "b", "x", "r-b"), Ping(3), Ping(4), Ping(5)]
+        closed, replies = _requests_then_close_notify(node.host, node.port, certs.client_context(), *requests)
+        assert closed
+        refused = {reply.id: reply for reply in replies if reply.id in (3, 4, 5)}
+        assert sorted(refused) == [3, 4, 5], replies
+        for reply in refused.values():
+            assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.UNAVAILABLE, reply
+            assert reply.maybe_applied is False and "request not started" in reply.message
+        assert "Traceback" not in node.log()
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")

@@ -139,6 +139,8 @@ class DeadlineSweep:
 
 async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: set[NodeProtocol], node: Node, timeout: float) -> None:
     server.close()
+    for conn in list(connections):
+        conn.begin_shutdown()  # requests read but not started get UNAVAILABLE, not silence
     # Each answer is queued on its connection as it is given, so once none is
     # left unanswered every reply is buffered, and the closes below write it.
     unanswered = await node.wait_answered(timeout)

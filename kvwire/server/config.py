@@ -71,8 +71,8 @@ class ServerConfig:
     # Values kept in memory; every key's version tag is held regardless.
     cache_entries: int = 100_000
     # A connection with this many requests waiting (on storage or on peers)
-    # stops being read, and its requests already read wait too, until half of
-    # them are answered: one pipelining client cannot queue unbounded work,
+    # stops being read, and its requests already read wait too, until fewer
+    # than half of that many wait: one pipelining client cannot queue unbounded work,
     # nor hold more than about this many replies unread.
     max_inflight_per_connection: int = 1024
     # Rows per group-commit transaction; more waits for the next one. At about

@@ -62,9 +62,11 @@ class NodeProtocol(asyncio.Protocol):
         self._partial_since: float | None = None
         # Requests read but left in the codec's buffer because one pass made
         # replies enough (MAX_REPLY_BYTES_PER_PASS), or --max-inflight requests
-        # wait: handled once the replies drain and half of those are answered.
+        # wait: handled once the replies drain and fewer than half of those wait.
         self._backlog = False
         self._drain_scheduled = False
+        # The node is stopping (begin_shutdown): requests held back are refused, not started.
+        self._shutting_down = False
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -102,14 +104,18 @@ class NodeProtocol(asyncio.Protocol):
         self._eof = True
         self._codec.receive_data(b"")
         self._write_now(self._handle_buffered())  # returning False below closes the transport
-        if self._backlog:
-            self._hold_backlog()
         # Returning True keeps our side open until the replies to requests
         # still waiting on storage, or still in the backlog, have been written.
         # A TLS transport cannot (uvloop closes it after the close_notify, and
-        # logs a warning at a True), so those replies are lost there
-        # (docs/protocol.md 8).
+        # logs a warning at a True): the replies to requests waiting on storage
+        # are lost there, and those held back are refused rather than started
+        # with no one to answer (docs/protocol.md 8).
         tls = self._transport.get_extra_info("ssl_object") is not None
+        if self._backlog:
+            if tls:
+                self._refuse_backlog("the connection is closing")
+            else:
+                self._hold_backlog()
         return (self._flow.inflight > 0 or self._backlog) and not self._closed and not tls
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -131,8 +137,34 @@ class NodeProtocol(asyncio.Protocol):
         """Read no more until the requests already read are handled; handle them
         as soon as the replies so far are taken by the kernel (resume_writing)
         and fewer than half of --max-inflight requests wait (_finish)."""
+        if self._shutting_down:
+            self._refuse_backlog("the node is shutting down")
+            return
         self._flow.hold()
         self._schedule_drain()
+
+    def _refuse_backlog(self, why: str) -> None:
+        """Answer each whole request held back UNAVAILABLE, without starting it,
+        and read on. The node will not wait for them (it is stopping, or the
+        connection is): started, a write among them could be applied with its
+        reply lost; refused, it was applied nowhere and may be sent elsewhere."""
+        self._backlog = False
+        refused: list[bytes] = []
+        message = f"{why}; request not started"
+        while not self._closed:
+            try:
+                request = self._codec.next_event()
+            except ProtocolError as exc:
+                if self._refuse_frame(exc, refused, perf_counter()):
+                    return
+                continue
+            if request is NEED_DATA or request is CLOSED:
+                break
+            self._tally_of(request).answer("unavailable", 0.0)
+            refused.append(encode(ErrorReply(request.id, ErrorCode.UNAVAILABLE, message, False)))
+        self._write_now(b"".join(refused))
+        self._flow.release()
+        self._close_if_finished()
 
     def _schedule_drain(self) -> None:
         if self._flow.may_go_on and not self._drain_scheduled:
@@ -166,26 +198,19 @@ class NodeProtocol(asyncio.Protocol):
         started = clock()
         produced = 0
         flow = self._flow
-        # Compared inline, not through a property: this runs for every request,
-        # and a property's call cost a one-node GET about a tenth of its
-        # throughput (paired runs, bench/results/2026-12-04/inflight_ab.md).
+        # Compared inline, not through a property: this runs for every request
+        # (bench/results/2026-12-04/inflight_ab.md has the paired runs).
         max_inflight = flow.max_inflight
         while not self._closed:
             # One read can hold thousands of requests: stopping the reads at
             # the cap (FlowControl) does not stop this loop from starting them.
             if produced > MAX_REPLY_BYTES_PER_PASS or flow.inflight >= max_inflight:
-                self._backlog = True
+                self._backlog = codec.buffered_bytes > 0  # nothing left: nothing to hold back
                 break
             try:
                 request = codec.next_event()
             except ProtocolError as exc:
-                # A frame that could not be read as a request has no op.
-                metrics.tally("unknown").answer(_RESULTS.get(exc.code, "internal"), perf_counter() - started)
-                replies.append(encode(ErrorReply(exc.request_id, exc.code, exc.message)))
-                if exc.fatal:
-                    log.info("closing %s: %s", session.peer, exc.message)
-                    self._later.extend(replies)
-                    self._close()
+                if self._refuse_frame(exc, replies, started):
                     return b""
                 continue
             if request is NEED_DATA:
@@ -229,6 +254,24 @@ class NodeProtocol(asyncio.Protocol):
                 produced += len(encoded)
                 replies.append(encoded)
         return b"".join(replies)
+
+    def _refuse_frame(self, exc: ProtocolError, replies: list[bytes], started: float) -> bool:
+        """The ERROR for a frame that could not be read as a request (it has no op);
+        True when the error is fatal and the connection is closed, ``replies`` written first."""
+        self._node.metrics.tally("unknown").answer(_RESULTS.get(exc.code, "internal"), perf_counter() - started)
+        replies.append(encode(ErrorReply(exc.request_id, exc.code, exc.message)))
+        if not exc.fatal:
+            return False
+        log.info("closing %s: %s", self._session.peer, exc.message)
+        self._later.extend(replies)
+        self._close()
+        return True
+
+    def _tally_of(self, request: Any) -> OpTally:
+        metrics = self._node.metrics
+        if type(request) is Get:
+            return metrics.get_one if request.consistency is _ONE else metrics.get_quorum
+        return metrics.tally_of_type(type(request))
 
     def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float) -> None:
         """The node's answer to a request it left pending (``PendingReply``), as soon as it is given."""
@@ -317,6 +360,13 @@ class NodeProtocol(asyncio.Protocol):
         self._close()
 
     # --- shutdown ----------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """The node is stopping and waits only for the requests already started:
+        those held back, now or later, are refused (_refuse_backlog), not started."""
+        self._shutting_down = True
+        if self._backlog and not self._closed:
+            self._refuse_backlog("the node is shutting down")
 
     def close(self) -> None:
         self._close()
