@@ -268,6 +268,7 @@ class NodeProtocol(asyncio.Protocol):
         return True
 
     def _tally_of(self, request: Any) -> OpTally:
+        """The request's tally, as _handle_buffered picks it inline (per request, a call costs)."""
         metrics = self._node.metrics
         if type(request) is Get:
             return metrics.get_one if request.consistency is _ONE else metrics.get_quorum

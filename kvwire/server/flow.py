@@ -28,8 +28,8 @@ class FlowControl:
 
     @property
     def may_go_on(self) -> bool:
-        """Whether requests read but held back may be handled now: the replies
-        written so far are taken, and the requests waiting are below half the cap."""
+        """Whether reading, and the requests read but held back, may go on: the
+        replies written so far are taken, and the requests waiting are below half the cap."""
         return not self._writing_paused and self.inflight < self._resume_below
 
     @property
@@ -44,12 +44,8 @@ class FlowControl:
 
     def request_finished(self) -> None:
         self.inflight -= 1
-        if self.inflight < self._resume_below and not self._writing_paused:
+        if self.may_go_on:
             self._resume_reading()
-
-    @property
-    def writing_paused(self) -> bool:
-        return self._writing_paused
 
     def hold(self) -> None:
         """Stop reading while requests already read wait to be handled (a backlog)."""
@@ -58,7 +54,7 @@ class FlowControl:
 
     def release(self) -> None:
         self._held = False
-        if self.inflight < self._resume_below and not self._writing_paused:
+        if self.may_go_on:
             self._resume_reading()
 
     def pause_writing(self) -> None:
@@ -67,7 +63,7 @@ class FlowControl:
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.inflight < self._resume_below:
+        if self.may_go_on:
             self._resume_reading()
 
     def _pause_reading(self) -> None:
