@@ -42,6 +42,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-asyncio>=0.23",
+            "pytest-xdist>=3.5",  # .ci/run: every test but the serial ones on two workers
             "hypothesis>=6.100",
             "atheris>=2.3",  # tests/fuzz: the codec and node fuzz targets (tests/test_fuzz.py runs them briefly)
             "schemathesis>=4.0",

@@ -29,6 +29,10 @@ from kvwire.check.history import Operation, Outcome
 from kvwire.protocol import errors
 from kvwire.testing import wait_for
 
+# iptables rules are the whole machine's, and a partition must heal within 2 s
+# of the wall clock: these run alone.
+pytestmark = pytest.mark.serial
+
 
 def run_chaos_cli(*args, timeout=180):
     return subprocess.run(

@@ -22,6 +22,10 @@ from kvwire.server.core import MUTANTS
 from kvwire.sim import run_seed
 from kvwire.sim.__main__ import DEFAULT_FAULTS, DEFAULT_SEEDS, main
 
+# The runs below use a pool of two processes: beside another test they would
+# only take turns with it for the two cores.
+pytestmark = pytest.mark.serial
+
 CI_SEEDS = 2000
 
 
