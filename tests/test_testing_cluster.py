@@ -11,7 +11,8 @@ import time
 import pytest
 
 from kvwire import Client
-from kvwire.testing import ChildProcess, LineCopy, LocalCluster, NodeProcess, unread_bytes, wait_for, wait_for_async
+from kvwire.testing import (ChildProcess, LineCopy, LocalCluster, NodeProcess, free_port, free_port_run, unread_bytes, wait_for,
+                            wait_for_async)
 
 
 def test_a_cluster_starts_on_one_loopback_address_per_node_and_stops(tmp_path):
@@ -157,3 +158,17 @@ async def test_wait_for_async_lets_the_loop_run_between_polls():
     assert await wait_for_async(lambda: done.done() and done.result(), timeout=5) == "set by the loop"
     with pytest.raises(TimeoutError, match="never not met within 0.05 s"):
         await wait_for_async(lambda: None, timeout=0.05, what="never")
+
+
+def test_free_ports_are_free_and_below_the_range_the_kernel_gives_connections_from():
+    # A port in that range can be taken by any outgoing connection between the
+    # pick and the child's bind (kvwire.testing.node says when that happened).
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as port_range:
+        first_ephemeral = int(port_range.read().split()[0])
+    for _ in range(20):
+        port, base = free_port("127.0.0.2"), free_port_run(3)
+        assert 10_000 <= port < first_ephemeral and 10_000 <= base and base + 2 < first_ephemeral
+        with socket.socket() as one, socket.socket() as two, socket.socket() as three, socket.socket() as four:
+            one.bind(("127.0.0.2", port))
+            for probe, offset in ((two, 0), (three, 1), (four, 2)):
+                probe.bind(("127.0.0.1", base + offset))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -21,18 +22,43 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
+# The kernel hands out ports by itself, to bind(0) and to every outgoing
+# connection, from its ephemeral range (net.ipv4.ip_local_port_range, 32768-60999
+# by default). A port picked there and bound a moment later by a child process can
+# be taken in between by any connection on the machine: with tests running side by
+# side, a `kvwire up` found its second node's port held for 20 s by another test's
+# connection. No one is given a port below that range unasked, so ports are picked
+# there, at random, and probed.
+_LOWEST_PORT = 10_000
+_PORT_PICKER = random.Random()  # seeded from os.urandom: each process draws its own ports
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as port_range:
+            return int(port_range.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _kernel_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing uses right now, below the kernel's ephemeral range."""
+    return free_port_run(1, host)
+
+
 def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     """A first port such that it and the ``count - 1`` after it are free right now
-    (for commands such as ``kvwire up`` that take a base port)."""
-    for _ in range(50):
-        base = free_port(host)
+    (for commands such as ``kvwire up`` that take a base port), below the kernel's
+    ephemeral range where it has room, in it otherwise."""
+    top = _first_ephemeral_port() - count
+    for _ in range(200):
+        base = _PORT_PICKER.randrange(_LOWEST_PORT, top) if top > _LOWEST_PORT else _kernel_port(host)
         if base + count - 1 > 65535:
             continue
         probes: list[socket.socket] = []
