@@ -25,7 +25,7 @@ from rest_helpers import PREFIX, http, with_http
 from kvwire import Client, NoQuorumError
 from kvwire.protocol import HealthReply, encode
 from kvwire.protocol.messages import Health, Ping, Pong
-from kvwire.testing import LocalCluster, RawConnection, free_port_run, wait_for
+from kvwire.testing import LocalCluster, RawConnection, free_port_run, stop_gracefully, wait_for
 from kvwire.testing.balancer import HAProxyProcess, LoadReport, free_address, kill_under_load, report_figures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -398,9 +398,7 @@ def test_up_with_haproxy_runs_it_in_front_of_nodes_and_bridges(tmp_path, haproxy
         with pytest.raises(OSError):  # haproxy stopped with the nodes
             socket.create_connection((host, int(port)), timeout=1).close()
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        stop_gracefully(up)
 
 
 def test_up_with_haproxy_but_no_binary_says_how_to_install_it(tmp_path):

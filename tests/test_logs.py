@@ -22,7 +22,7 @@ import pytest
 
 from kvwire import Client, NoQuorumError
 from kvwire.cli.logformat import ContextFilter, JsonFormatter, TextFormatter, make_handler, timestamp
-from kvwire.testing import LocalCluster, NodeProcess, free_port, free_port_run, wait_for
+from kvwire.testing import LocalCluster, NodeProcess, free_port, free_port_run, stop_gracefully, wait_for
 from kvwire.testing.bridge import BridgeProcess
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
@@ -183,9 +183,7 @@ def test_up_passes_the_format_to_its_nodes_and_keeps_its_prefix(tmp_path):
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=30) == 0, err.read_text()
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
+        stop_gracefully(up)
     node_lines = [line for line in err.read_text().splitlines() if not line.startswith("kvwire up:")]
     assert len(node_lines) >= 3, err.read_text()
     for line in node_lines:

@@ -17,7 +17,7 @@ import pytest
 from kvwire import Client
 from kvwire.cli.supervisor import RESTART_BASE_S, RESTART_CAP_S, STABLE_RUN_S, Supervisor
 from kvwire.protocol import Health, HealthReply, Ping, Pong
-from kvwire.testing import ChildProcess, RawConnection, free_port_run, wait_for
+from kvwire.testing import ChildProcess, RawConnection, free_port_run, stop_gracefully, wait_for
 
 NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
 
@@ -82,9 +82,7 @@ class Up:
 
     def cleanup(self) -> None:
         """If the test failed half-way: leave no process behind."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        stop_gracefully(self.process)
         for _, pid, _ in self.nodes().values():
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -365,8 +363,10 @@ def test_a_socket_left_by_a_killed_up_does_not_block_the_next(tmp_path):
     first = one_node_up(tmp_path, base)
     try:
         first.wait_printed("KVWIRE_ENDPOINTS=")
+        first.process.kill()  # SIGKILL: up.sock stays behind
+        first.process.wait()
     finally:
-        first.cleanup()  # SIGKILL: up.sock stays behind
+        first.cleanup()  # its node, orphaned by the SIGKILL
     assert (tmp_path / "data" / "up.sock").is_socket()
     second = one_node_up(tmp_path, base)
     try:
@@ -441,6 +441,20 @@ def test_a_single_node_runs_alone(tmp_path):
         assert "REST API" not in up.stdout and "--http-listen" not in up.stderr
         up.process.send_signal(signal.SIGINT)
         assert up.wait_exit(timeout=30) == 0, up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_a_failed_tests_cleanup_leaves_no_node_of_kvwire_up_running(tmp_path):
+    # What Up.cleanup runs when a test fails half-way: kvwire up must take its
+    # nodes with it. A bare SIGKILL of kvwire up left them running, orphaned.
+    up = one_node_up(tmp_path, free_port_run(1))
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        [(_, node_pid, _)] = up.nodes().values()
+        stop_gracefully(up.process)
+        assert up.process.returncode == 0, up.stderr
+        wait_for(lambda: process_gone(node_pid), timeout=10, what="the node gone with kvwire up")
     finally:
         up.cleanup()
 

@@ -20,7 +20,7 @@ from .certs import DevCerts
 from .cluster import LocalCluster
 from .errors import error_classes, sample_error
 from .node import NodeProcess, free_port, free_port_run, unread_bytes, wait_for, wait_for_async
-from .process import ChildProcess, LineCopy
+from .process import ChildProcess, LineCopy, stop_gracefully
 from .scripted import ScriptedNode
 from .wire import RawConnection
 
@@ -36,6 +36,7 @@ __all__ = [
     "free_port",
     "free_port_run",
     "sample_error",
+    "stop_gracefully",
     "unread_bytes",
     "wait_for",
     "wait_for_async",

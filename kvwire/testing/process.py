@@ -25,6 +25,21 @@ from typing import IO, Mapping, Sequence
 _COPY_FINISH_TIMEOUT_S = 2.0
 
 
+def stop_gracefully(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM a process a test started by hand, wait up to ``grace`` seconds, then
+    SIGKILL. SIGTERM lets a supervisor such as ``kvwire up`` stop its own children
+    first: a SIGKILL alone leaves them running, orphaned and holding their ports, for
+    whatever runs next (seen when a test of ``kvwire up --haproxy`` timed out)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class StartsOnEnter:
     """``with thing:`` starts it (unless it runs), waits until it serves, and always stops it,
     also when waiting fails. The class gives ``running``, ``start``, ``wait_ready`` and ``stop``."""
