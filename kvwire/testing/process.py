@@ -25,19 +25,40 @@ from typing import IO, Mapping, Sequence
 _COPY_FINISH_TIMEOUT_S = 2.0
 
 
-def stop_gracefully(process: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM a process a test started by hand, wait up to ``grace`` seconds, then
-    SIGKILL. SIGTERM lets a supervisor such as ``kvwire up`` stop its own children
-    first: a SIGKILL alone leaves them running, orphaned and holding their ports, for
-    whatever runs next (seen when a test of ``kvwire up --haproxy`` timed out)."""
+def stop_gracefully(process: subprocess.Popen, grace: float = 30.0) -> bool:
+    """Stop a process a test started by hand as :meth:`ChildProcess.stop` does: SIGTERM,
+    up to ``grace`` seconds, then SIGKILL; True when it had to be killed. SIGTERM lets a
+    supervisor such as ``kvwire up`` stop its own children first: a SIGKILL alone leaves
+    them running, orphaned and holding their ports, for whatever runs next (seen when a
+    test of ``kvwire up --haproxy`` timed out)."""
     if process.poll() is not None:
-        return
-    process.terminate()
+        return False
+    _ask_to_stop(process)
+    return _wait_or_kill(process, grace)
+
+
+def _ask_to_stop(process: subprocess.Popen) -> None:
+    """SIGTERM, after SIGCONT: a paused (SIGSTOP) process would never act on it."""
+    for signum in (signal.SIGCONT, signal.SIGTERM):
+        try:
+            process.send_signal(signum)
+        except ProcessLookupError:
+            return  # it exited just now
+
+
+def _wait_or_kill(process: subprocess.Popen, grace: float) -> bool:
+    """Wait up to ``grace`` seconds for it to exit, then SIGKILL it; True when killed."""
     try:
         process.wait(timeout=grace)
+        return False
     except subprocess.TimeoutExpired:
+        pass
+    try:
         process.kill()
-        process.wait()
+    except ProcessLookupError:
+        pass
+    process.wait()
+    return True
 
 
 class StartsOnEnter:
@@ -187,11 +208,7 @@ class ChildProcess(StartsOnEnter):
         would never act on it. Several children asked at once stop in parallel."""
         if self.running and not self._stop_requested:
             self._stop_requested = True
-            for signum in (signal.SIGCONT, signal.SIGTERM):
-                try:
-                    self.process.send_signal(signum)
-                except ProcessLookupError:
-                    return  # it exited just now
+            _ask_to_stop(self.process)
 
     def stop(self, grace: float | None = None) -> bool:
         """Ask it to exit (:meth:`request_stop`), wait up to ``grace`` seconds (default
@@ -201,13 +218,7 @@ class ChildProcess(StartsOnEnter):
         if self.running:
             if grace > 0:
                 self.request_stop()
-            if self.wait(grace) is None:
-                try:
-                    self.process.kill()
-                except ProcessLookupError:
-                    pass
-                self.process.wait()
-                killed = True
+            killed = _wait_or_kill(self.process, grace)
         self._finish_copying()
         return killed
 
