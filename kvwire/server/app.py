@@ -45,12 +45,14 @@ def collector_paused_while_loading() -> Iterator[None]:
 
     A million keys load as three million objects, all kept. With the collector
     on, the young collections they trigger promote them, and the older
-    generations' passes walk them again and again: about a second of a
-    six-second start with a million keys (README "Scale"). So the garbage of
-    start-up is collected before the load, none is collected during it, and the
-    load's objects are frozen without the full pass a collection would make
-    over all of them (another third of a second): the load leaves nothing
-    cyclic behind worth it, and what little a cycle might hold stays frozen.
+    generations' passes walk them again and again; a full collection then
+    walked them once more before the freeze. Start-up with a million keys
+    took 6.5 s that way and takes 4.2 s this way (medians of eight paired
+    starts, bench/results/2026-12-04/startup_gc_ab.md). So the garbage of
+    start-up is collected before the load, none is collected during it, and
+    the load's objects are frozen without a pass over them: the load leaves
+    nothing cyclic behind worth one, and what little a cycle might hold stays
+    frozen.
     """
     gc.collect()
     was_enabled = gc.isenabled()
