@@ -45,16 +45,17 @@ def collector_paused_while_loading() -> Iterator[None]:
 
     A million keys load as three million objects, all kept. With the collector
     on, the young collections they trigger promote them, and the older
-    generations' passes walk them again and again; a full collection then
-    walked them once more before the freeze. Start-up with a million keys
-    took 6.5 s that way and takes 4.2 s this way (medians of eight paired
-    starts, bench/results/2026-12-04/startup_gc_ab.md). So the garbage of
-    start-up is collected before the load, none is collected during it, and
-    the load's objects are frozen without a pass over them. The load itself
-    leaves no cyclic garbage (a collection right after a 1M-key load found
-    none, and took 0.28 s); what a bridge or metrics listener serving in this
-    process makes meanwhile (``--http-listen``) is frozen with it, once, and
-    never freed: the garbage of what it serves in those few seconds, at most.
+    generations' passes walk them again and again; a full collection then walked
+    them once more before the freeze. This way start-up with a million keys
+    takes 0.61-0.64 times as long (two sets of eight paired starts: 6.5 to 4.2
+    s, and 3.95 to 2.42 s, bench/results/2026-12-04/startup_gc_ab.md). So the
+    garbage of start-up is collected before the load, none is collected during
+    it, and the load's objects are frozen without a pass over them. The load
+    itself leaves no cyclic garbage (a collection right after a 1M-key load
+    found none, and took 0.28 s); what a bridge or metrics listener serving in
+    this process makes meanwhile (``--http-listen``) is frozen with it, once,
+    and never freed: the garbage of what it serves in those few seconds, at
+    most.
 
     Two nodes loading at once in one process (tests only) end with the
     collector on whatever the order. The second's collection on entry walks
