@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -33,6 +34,7 @@ _LOWEST_PORT = 10_000
 _PORT_PICKER = random.Random()  # seeded from os.urandom: each process draws its own ports
 
 
+@functools.cache  # the range is the machine's: read it once, not at every pick
 def _first_ephemeral_port() -> int:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as port_range:
