@@ -13,7 +13,7 @@ from kvwire import Client
 from kvwire.protocol import ErrorCode, Get, Health, HealthReply, Hello, HelloReply, Ping, Pong, Put
 from kvwire.protocol.errors import ForbiddenError, UnauthenticatedError
 from kvwire.server.access import AuthTable
-from kvwire.testing import LocalCluster, RawConnection
+from kvwire.testing import LocalCluster, RawConnection, write_auth_file
 from rest_helpers import PREFIX, BridgeProcess, http
 
 TOKENS = {
@@ -35,11 +35,9 @@ WRONG = "not-a-token-the-nodes-know-at-all"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
-    auth_file = root / "auth"
-    auth_file.write_text(AUTH_FILE)
-    auth_file.chmod(0o600)
+    auth_file = write_auth_file(root, AUTH_FILE)
     with LocalCluster(3, data_dir=root, heartbeat_interval=0.05, failure_timeout=0.3,
-                      node_args=["--auth-file", str(auth_file), "--log-level", "debug"]) as started:
+                      node_args=["--auth-file", auth_file, "--log-level", "debug"]) as started:
         yield started
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from kvwire import Client, KeyNotFoundError
-from kvwire.testing import LocalCluster, NodeProcess, wait_for
+from kvwire.testing import LocalCluster, NodeProcess, wait_for, write_auth_file
 
 TOKEN = "bench-token-0123456789abcdef"
 
@@ -88,14 +88,12 @@ def test_error_replies_are_counted_as_errors(tmp_path):
 
 
 def test_a_token_is_sent_and_never_reported(tmp_path):
-    auth_file = tmp_path / "auth"
-    auth_file.write_text(f"bench  admin  {TOKEN}\n")
-    auth_file.chmod(0o600)
+    auth_file = write_auth_file(tmp_path, f"bench  admin  {TOKEN}\n")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     wrong_file = tmp_path / "wrong"
     wrong_file.write_text("not-the-token-the-node-knows")
-    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--auth-file", str(auth_file)]) as node:
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--auth-file", auth_file]) as node:
         common = ["--endpoints", node.address, "--mix", "put", "--connections", "2", "--duration", "1",
                   "--warmup", "0", "--keys", "10"]
         for generator in ("native", "python"):

@@ -19,13 +19,19 @@ class ValueCache:
         self.misses = 0
 
     def get(self, key: str) -> Any:
+        value = self.hit(key)
+        if value is MISSING:
+            self.misses += 1
+        return value
+
+    def hit(self, key: str) -> Any:
+        """``get``, counting nothing when the key is not cached: for a caller
+        that then asks ``get`` (kvwire.server.connection's fast path)."""
         entries = self._entries
         value = entries.get(key, MISSING)
         if value is not MISSING:
             entries.move_to_end(key)
             self.hits += 1
-        else:
-            self.misses += 1
         return value
 
     def put(self, key: str, value: Any) -> None:

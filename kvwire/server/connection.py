@@ -1,8 +1,10 @@
 """One client or peer connection: bytes in, replies out, nothing more.
 
-``data_received`` feeds the sans-I/O codec and handles every complete request;
-the replies it could produce at once, and those that waited on storage, are
-gathered and written in one write after the loop turn's reads (``Outbox``).
+``data_received`` feeds the sans-I/O codec and handles every complete request
+(a read that is one GET answerable from memory is answered by its bytes,
+without the codec: ``_answer_cached_get``); the replies it could produce at
+once, and those that waited on storage, are gathered and written in one write
+after the loop turn's reads (``Outbox``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from bisect import bisect_left
 from time import perf_counter
 from typing import Any
 
+from msgspec import Raw
+
 from ..protocol.codec import encode
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
-from ..protocol.messages import Consistency, ErrorReply, Get
+from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
+from ..protocol.messages import Consistency, ErrorReply, Get, GetReply
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox
@@ -47,6 +52,10 @@ class NodeProtocol(asyncio.Protocol):
         self._outbox = outbox
         # Values stay the bytes the client packed, never rebuilt (protocol.values).
         self._codec = Connection(Side.NODE, node.config.limits, raw_values=True)
+        self._core = node.core
+        self._max_key_bytes = node.config.limits.max_key_bytes
+        # A cluster's node answers only GETs of consistency=one from memory.
+        self._answerable_end = CONSISTENCY_ONE_END if node.core.quorum > 1 else b""
         self._transport: asyncio.Transport | None = None
         self._flow: FlowControl | None = None
         self._session: Session | None = None
@@ -86,6 +95,8 @@ class NodeProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
+            return
+        if not self._codec.buffered_bytes and self._answer_cached_get(data):
             return
         read_before = self._requests_read
         self._codec.receive_data(data)
@@ -254,6 +265,36 @@ class NodeProtocol(asyncio.Protocol):
                 produced += len(encoded)
                 replies.append(encoded)
         return b"".join(replies)
+
+    def _answer_cached_get(self, frame: bytes) -> bool:
+        """Answer ``frame`` when it is one whole GET that this connection may make
+        and whose value is cached here, without the codec (the hot path, in
+        kvwire.protocol.get_frames); else False, having changed nothing."""
+        if not frame.endswith(self._answerable_end):
+            return False
+        started = perf_counter()
+        get = parse_get_frame(frame, self._max_key_bytes)
+        if get is None or self._flow.inflight >= self._flow.max_inflight:
+            return False
+        grant = self._session.grant
+        if Get not in grant.ops or grant.prefix:
+            return False
+        request_id, key, consistency = get
+        found = self._core.cached_value(key, consistency)
+        if found is None:
+            return False
+        value, version = found
+        if type(value) is Raw:
+            reply = get_reply_frame(request_id, value, version)
+        else:
+            reply = encode(GetReply(request_id, value, version))
+        self._requests_read += 1
+        self._partial_since = None
+        metrics = self._node.metrics
+        tally = metrics.get_one if consistency is _ONE else metrics.get_quorum
+        tally.answer_ok(perf_counter() - started)
+        self._queue(reply)
+        return True
 
     def _refuse_frame(self, exc: ProtocolError, replies: list[bytes], started: float) -> bool:
         """The ERROR for a frame that could not be read as a request (it has no op);

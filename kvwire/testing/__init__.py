@@ -17,7 +17,7 @@ a log file or copied line by line behind a prefix (as ``kvwire up`` does).
 from __future__ import annotations
 
 from .certs import DevCerts
-from .cluster import LocalCluster
+from .cluster import LocalCluster, write_auth_file
 from .errors import error_classes, sample_error
 from .node import NodeProcess, free_port, free_port_run, unread_bytes, wait_for, wait_for_async
 from .process import ChildProcess, LineCopy, stop_gracefully
@@ -40,4 +40,5 @@ __all__ = [
     "unread_bytes",
     "wait_for",
     "wait_for_async",
+    "write_auth_file",
 ]

@@ -41,12 +41,19 @@ def new_secret_file(directory: str | os.PathLike, name: str = "cluster.secret") 
 AUTH_FILE_NAME = "auth"
 
 
+def write_auth_file(directory: str | os.PathLike, text: str) -> str:
+    """``text`` as the auth file ``directory/auth``, readable by its owner only, as
+    a node requires; its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, AUTH_FILE_NAME)
+    write_private_file(path, text.encode(), replace=True)
+    return path
+
+
 def new_token_file(directory: str | os.PathLike) -> str:
     """An auth file in ``directory`` granting one new token the admin role; the token."""
     token = secrets.token_urlsafe(24)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, AUTH_FILE_NAME)
-    write_private_file(path, f"tests admin {token}\n".encode(), replace=True)
+    write_auth_file(directory, f"tests admin {token}\n")
     return token
 
 
