@@ -25,6 +25,7 @@ from kvwire.protocol import (
     GetReply,
     Hello,
     HelloReply,
+    Ping,
     ProtocolError,
     Side,
     Version,
@@ -34,8 +35,17 @@ from kvwire.protocol.codec import MAX_REQUEST_ID
 from kvwire.protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
 from kvwire.protocol.limits import DEFAULT_LIMITS, MAX_COUNTER, Limits
 from kvwire.protocol.errors import ForbiddenError
-from kvwire.testing import LocalCluster, NodeProcess, RawConnection, unread_bytes, wait_for, write_auth_file
+from kvwire.testing import (
+    LocalCluster,
+    NodeProcess,
+    RawConnection,
+    free_port,
+    unread_bytes,
+    wait_for,
+    write_auth_file,
+)
 from test_compiled import damaged
+from test_metrics import scrape
 
 MAX_KEY = DEFAULT_LIMITS.max_key_bytes
 consistencies = st.sampled_from([None, Consistency.ONE, Consistency.QUORUM])
@@ -136,6 +146,18 @@ def test_a_key_not_in_utf8_goes_to_the_codec_which_refuses_it():
     frame = len(payload).to_bytes(4, "big") + payload
     assert parse_get_frame(frame, MAX_KEY) is None
     assert isinstance(through_the_codec(frame), ProtocolError)
+
+
+@pytest.mark.parametrize("frame", [
+    bytes.fromhex("83a26f7003a269" "64cc05" "a36b6579a16b"),  # id 5 as uint 8
+    bytes.fromhex("83a26f7003a269" "64cf0000000000000005" "a36b6579a16b"),  # id 5 as uint 64
+    bytes.fromhex("83a26f7003a2696405a36b6579" "d9016b"),  # key "k" as str 8
+    bytes.fromhex("83a26f7003a2696405a36b6579" "da00016b"),  # key "k" as str 16
+], ids=["id uint 8", "id uint 64", "key str 8", "key str 16"])
+def test_a_longer_form_than_needed_is_parsed_as_the_codec_decodes_it(frame):
+    frame = len(frame).to_bytes(4, "big") + frame
+    assert parse_get_frame(frame, MAX_KEY) == (5, "k", None)
+    assert_parsed_only_as_the_codec_decodes(frame)
 
 
 @pytest.mark.parametrize("key_bytes", [1, 31, 32, 255, 256, 1024])
@@ -242,7 +264,9 @@ def test_a_connection_that_only_makes_cached_gets_has_spoken(tmp_path):
 def test_a_cached_get_waits_like_any_request_while_max_inflight_are_in_flight(tmp_path):
     """--max-inflight 2, and two quorum GETs in flight (both peers hung, not yet
     DOWN, so each waits out its deadline): a GET of a cached value that arrives
-    alone is held back until they are answered, as every request is."""
+    alone is held back until they are answered, as every request is. (The
+    connection stops reading at the cap, FlowControl: the GET is not read, so
+    the hot path never sees it before then.)"""
     options = ["--max-inflight", "2", "--failure-timeout", "30", "--write-timeout", "1"]
     with LocalCluster(3, data_dir=tmp_path, node_args=options) as cluster:
         n1 = cluster["n1"]
@@ -263,3 +287,92 @@ def test_a_cached_get_waits_like_any_request_while_max_inflight_are_in_flight(tm
     assert [reply.id for reply in replies][2] == 3, replies
     assert all(reply.code == ErrorCode.NO_QUORUM for reply in replies[:2]), replies
     assert replies[2].value == "v"
+
+
+# --- the hot path beside the codec's, on a real node ------------------------------------------
+
+
+def _reply_frames(conn: RawConnection, count: int) -> list[bytes]:
+    """The next ``count`` frames the node sends, as bytes."""
+    received, frames = b"", []
+    while len(frames) < count:
+        if len(received) >= 4 and len(received) >= 4 + int.from_bytes(received[:4], "big"):
+            end = 4 + int.from_bytes(received[:4], "big")
+            frames.append(received[:end])
+            received = received[end:]
+            continue
+        chunk = conn.sock.recv(1 << 16)
+        if not chunk:
+            raise EOFError(f"the node closed the connection after {len(frames)} of {count} frames")
+        received += chunk
+    assert not received
+    return frames
+
+
+def _get_counters(http: str) -> dict:
+    """The node's GET and value cache counters, from its /metrics."""
+    return {(name, labels): sample for (name, labels), sample in scrape(http).items()
+            if name.startswith("kvwire_cache_") or (name == "kvwire_requests_total" and ("op", "get") in labels)}
+
+
+def _moved(before: dict, after: dict) -> dict:
+    return {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+
+
+def test_the_hot_path_and_the_codec_answer_and_count_alike(tmp_path):
+    """A GET alone in its write takes the hot path; the same GET with a PING
+    after it in one write takes the codec's. Both must give the same bytes and
+    count the same: the GET's result and latency, and a cache hit or miss."""
+    http = f"127.0.0.1:{free_port()}"
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--http-listen", http]) as node:
+        with Client(node.address) as client:
+            client.put("text", "a value")
+            client.put("nil", None)  # a nil value: its reply is written by the encoder
+            client.put("gone", 1)
+            client.delete("gone")
+        cases = [("text", None, "a value"), ("text", Consistency.ONE, "a value"), ("text", Consistency.QUORUM, "a value"),
+                 ("nil", None, None), ("absent", None, ErrorCode.NOT_FOUND), ("gone", Consistency.ONE, ErrorCode.NOT_FOUND)]
+        with RawConnection(node.address) as conn:
+            for key, consistency, expected in cases:
+                get = encode(Get(9, key, consistency))
+                before = _get_counters(http)
+                conn.send_bytes(get)
+                (alone,) = _reply_frames(conn, 1)
+                between = _get_counters(http)
+                conn.send_bytes(get + encode(Ping(10)))
+                with_the_codec, _pong = _reply_frames(conn, 2)
+                after = _get_counters(http)
+                assert alone == with_the_codec, key
+                counted = _moved(before, between)
+                assert counted == _moved(between, after), key
+                assert sum(moved for (name, _), moved in counted.items() if name == "kvwire_requests_total") == 1
+                reply = _decoded(alone)
+                if isinstance(expected, ErrorCode):
+                    assert isinstance(reply, ErrorReply) and reply.code == expected, reply
+                else:
+                    assert isinstance(reply, GetReply) and reply.value == expected, reply
+
+
+def _decoded(frame: bytes):
+    codec = Connection(Side.CLIENT)
+    codec.receive_data(frame)
+    return codec.next_event()
+
+
+def test_a_get_answered_from_memory_keeps_its_key_in_the_cache(tmp_path):
+    """--cache-entries 2: a GET answered from memory makes its key the most
+    recently used, so the next value cached evicts the other key, not it."""
+    http = f"127.0.0.1:{free_port()}"
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--http-listen", http, "--cache-entries", "2"]) as node:
+        with Client(node.address) as client:
+            client.put("first", 1)
+            client.put("second", 2)
+            with RawConnection(node.address) as conn:
+                assert conn.request(Get(1, "first", Consistency.ONE)).value == 1
+            client.put("third", 3)  # the cache holds two values: one of the others goes
+            before = _get_counters(http)
+            assert client.get("first", consistency="one") == 1
+            assert _moved(before, _get_counters(http)).get(("kvwire_cache_hits_total", ())) == 1
+            before = _get_counters(http)
+            assert client.get("second", consistency="one") == 2
+            assert _moved(before, _get_counters(http)).get(("kvwire_cache_misses_total", ())) == 1

@@ -26,7 +26,7 @@ class ValueCache:
 
     def hit(self, key: str) -> Any:
         """``get``, counting nothing when the key is not cached: for a caller
-        that then asks ``get`` (kvwire.server.connection's fast path)."""
+        that then goes another way, which counts the miss (NodeCore.cached_value)."""
         entries = self._entries
         value = entries.get(key, MISSING)
         if value is not MISSING:

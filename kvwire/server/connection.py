@@ -269,12 +269,15 @@ class NodeProtocol(asyncio.Protocol):
     def _answer_cached_get(self, frame: bytes) -> bool:
         """Answer ``frame`` when it is one whole GET that this connection may make
         and whose value is cached here, without the codec (the hot path, in
-        kvwire.protocol.get_frames); else False, having changed nothing."""
+        kvwire.protocol.get_frames), and return True; else return False,
+        having changed nothing."""
         if not frame.endswith(self._answerable_end):
             return False
+        # No --max-inflight check: a connection at its cap has stopped reading
+        # (FlowControl), so no read comes here until it is below the cap again.
         started = perf_counter()
         get = parse_get_frame(frame, self._max_key_bytes)
-        if get is None or self._flow.inflight >= self._flow.max_inflight:
+        if get is None:
             return False
         grant = self._session.grant
         if Get not in grant.ops or grant.prefix:

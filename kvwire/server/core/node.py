@@ -311,7 +311,8 @@ class NodeCore:
         entry = self.keydir.committed.get(request.key)
         if entry is None or entry.deleted:
             return KeyNotFoundError(f"key {request.key!r} not found")
-        self.cache.misses += 1
+        # Not cached: ``request`` reads it (committed_copy), and counts the miss
+        # once; counted here too, every such GET counted two.
         return None
 
     def cached_value(self, key: str, consistency: Consistency | None) -> tuple[Any, Version] | None:
