@@ -87,8 +87,9 @@ class NodeCollector(Collector):
                                 value=core.tombstones.floor_target)
         yield GaugeMetricFamily("kvwire_pending_writes", "Writes accepted and not yet durable.",
                                 value=core.pending_writes)
-        yield CounterMetricFamily("kvwire_cache_hits", "GETs served from the value cache.", value=core.cache.hits)
-        yield CounterMetricFamily("kvwire_cache_misses", "GETs that had to read the value from SQLite.",
+        yield CounterMetricFamily("kvwire_cache_hits", "Value look-ups (GETs, quorum reads, peers' FETCHes, hint "
+                                  "replay) served from the value cache.", value=core.cache.hits)
+        yield CounterMetricFamily("kvwire_cache_misses", "Value look-ups that had to read the value from SQLite.",
                                   value=core.cache.misses)
         yield GaugeMetricFamily("kvwire_open_connections", "Client and peer connections open to this node.",
                                 value=node.connections)
