@@ -4,7 +4,8 @@ The parser may only accept: whatever it takes must decode, through the codec,
 to the same GET, alone in its bytes; the reply it writes must be the encoder's
 byte for byte. Then real nodes: a GET answered from memory keeps every rule a
 GET through the codec keeps (tokens, key prefixes, the hello timeout, frames
-split or joined in one read).
+split or joined in one read, --max-inflight), and gives the same reply bytes
+and moves the same counters as the same GET read through the codec.
 """
 
 from __future__ import annotations
