@@ -275,16 +275,16 @@ class NodeProtocol(asyncio.Protocol):
             return False
         # No --max-inflight check: a connection at its cap has stopped reading
         # (FlowControl), so no read comes here until it is below the cap again.
-        started = perf_counter()
         get = parse_get_frame(frame, self._max_key_bytes)
         if get is None:
             return False
         grant = self._session.grant
         if Get not in grant.ops or grant.prefix:
             return False
+        started = perf_counter()
         request_id, key, consistency = get
         found = self._core.cached_value(key, consistency)
-        if found is None:
+        if type(found) is not tuple:  # absent, or not cached: the codec's way says so
             return False
         value, version = found
         if type(value) is Raw:

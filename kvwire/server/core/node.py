@@ -56,6 +56,9 @@ from .timers import Timers
 # The most a REQUESTS_REPLY page's records take (applied.page), in bytes.
 REQUESTS_PAGE_BYTES = 256 * 1024
 
+# cached_value's answer for a key that holds no live value (never written, or deleted).
+KEY_ABSENT = object()
+
 # Deliberately broken variants, for showing that the simulator catches real
 # bugs (python -m kvwire.sim --mutant NAME). Production never sets one.
 MUTANTS = (
@@ -304,26 +307,22 @@ class NodeCore:
         progress here; ``one`` promises no order, so this path need not.)
         """
         found = self.cached_value(request.key, request.consistency)
-        if found is not None:
-            return GetReply(request.id, *found)
-        if self.quorum > 1 and request.consistency is not Consistency.ONE:
+        if found is None:
             return None
-        entry = self.keydir.committed.get(request.key)
-        if entry is None or entry.deleted:
+        if found is KEY_ABSENT:
             return KeyNotFoundError(f"key {request.key!r} not found")
-        # Not cached: ``request`` reads it (committed_copy), and counts the miss
-        # once; counted here too, every such GET counted two.
-        return None
+        return GetReply(request.id, *found)
 
-    def cached_value(self, key: str, consistency: Consistency | None) -> tuple[Any, Version] | None:
-        """``(value, version)`` that a GET of ``key`` answers from memory, its value
-        cached here; else None, with nothing counted, for the caller to go on to
-        ``answer_from_memory`` or the core (kvwire.server.connection's fast path)."""
+    def cached_value(self, key: str, consistency: Consistency | None) -> tuple[Any, Version] | object | None:
+        """What a GET of ``key`` answers from memory: ``(value, version)`` when the
+        value is cached here, KEY_ABSENT when the key holds no live value; None
+        when it needs a round or the disk, with no cache miss counted (``request``
+        then reads it through committed_copy, which counts it, once)."""
         if self.quorum > 1 and consistency is not Consistency.ONE:
             return None
         entry = self.keydir.committed.get(key)
         if entry is None or entry.deleted:
-            return None
+            return KEY_ABSENT
         value = self.cache.hit(key)
         if value is MISSING:
             return None
