@@ -310,18 +310,11 @@ def test_max_inflight_holds_even_for_requests_that_arrive_in_one_read(tmp_path):
             with cluster.raw("n1", timeout=10) as conn:
                 conn.send(*(Get(1 + number, f"k{number}", Consistency.QUORUM) for number in range(sent)))
                 conn.sock.shutdown(socket.SHUT_WR)
-                arrivals, answered = [], set()
-                for _ in range(sent):
-                    reply = conn.receive(1)[0]
-                    arrivals.append(time.monotonic())
-                    assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.NO_QUORUM, reply
-                    answered.add(reply.id)
-                assert answered == set(range(1, sent + 1))
+                arrivals = _no_quorum_arrivals(conn, sent)
                 assert conn.closed_by_peer(timeout=5)
             # The first wave's replies come together; the next wave starts only
             # then, and waits out a whole deadline of its own.
-            first_wave = [at for at in arrivals if at - arrivals[0] < deadline / 2]
-            assert len(first_wave) == cap, f"{len(first_wave)} replies came with the first, not {cap}"
+            assert _first_wave(arrivals, deadline) == cap
             assert arrivals[-1] - arrivals[0] >= (sent // cap - 1) * deadline * 0.9
         finally:
             cluster.resume("n2")
@@ -330,6 +323,58 @@ def test_max_inflight_holds_even_for_requests_that_arrive_in_one_read(tmp_path):
         with Client(cluster.endpoints, **cluster.client_options) as client:
             client.put("after", 1)
             assert client.get("after") == 1
+
+
+@pytest.mark.parametrize("value_bytes, budget", [(300_000, 800_000), (20, 100)], ids=["300kB-values", "in-one-read"])
+def test_max_inflight_bytes_holds_back_pipelined_puts(tmp_path, value_bytes, budget):
+    """Six PUTs in one write, --max-inflight-bytes set so that three frames
+    take a connection past it (the count cap left at its default, 1024), both
+    peers hung (not yet DOWN), so each PUT waits out its deadline. The node
+    must start three and the others only once those are answered: by the
+    count alone it started all six at once, and a client pipelining PUTs of
+    1 MiB values could make it hold a gigabyte. With 300 kB values each frame
+    comes in reads of its own, and reading stops at the budget; with 20-byte
+    values all six come in one read, and the connection must stop starting
+    the requests it has read. Every PUT is answered, in a wave of three and then the rest."""
+    sent, deadline = 6, 1.0
+    value = "v" * value_bytes
+    options = ["--max-inflight-bytes", str(budget), "--failure-timeout", "30", "--write-timeout", str(deadline)]
+    with LocalCluster(3, data_dir=tmp_path, node_args=options) as cluster:
+        cluster.wait_peers("n1", up=["n2", "n3"], timeout=10)
+        cluster.pause("n2")
+        cluster.pause("n3")
+        try:
+            with cluster.raw("n1", timeout=10) as conn:
+                requests = [Put(1 + number, f"k{number}", value) for number in range(sent)]
+                assert 2 * len(encode(requests[0])) < budget <= 3 * len(encode(requests[0]))
+                conn.send(*requests)
+                arrivals = _no_quorum_arrivals(conn, sent)
+            assert _first_wave(arrivals, deadline) == 3
+            assert arrivals[-1] - arrivals[0] >= deadline * 0.9
+        finally:
+            cluster.resume("n2")
+            cluster.resume("n3")
+        cluster.wait_peers("n1", up=["n2", "n3"], timeout=10)
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            client.put("after", value)
+            assert client.get("after") == value
+
+
+def _no_quorum_arrivals(conn: RawConnection, sent: int) -> list[float]:
+    """When each of the replies to requests 1..``sent`` came; every one must be NO_QUORUM."""
+    arrivals, answered = [], set()
+    for _ in range(sent):
+        reply = conn.receive(1)[0]
+        arrivals.append(time.monotonic())
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.NO_QUORUM, reply
+        answered.add(reply.id)
+    assert answered == set(range(1, sent + 1))
+    return arrivals
+
+
+def _first_wave(arrivals: list[float], deadline: float) -> int:
+    """How many replies came with the first: within half a deadline of it."""
+    return len([at for at in arrivals if at - arrivals[0] < deadline / 2])
 
 
 def test_a_node_stopping_answers_the_requests_it_started_and_refuses_those_it_held_back(tmp_path):

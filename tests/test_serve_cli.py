@@ -67,7 +67,7 @@ def test_help_lists_every_option_with_its_environment_variable():
     assert result.returncode == 0
     for option in ["--node-id", "--listen", "--data-dir", "--cluster-id", "--sync", "--max-key-bytes",
                    "--max-value-bytes", "--max-frame-bytes", "--max-connections", "--max-inflight",
-                   "--cache-entries", "--log-level"]:
+                   "--max-inflight-bytes", "--cache-entries", "--log-level"]:
         assert option in result.stdout
         assert "KVWIRE_" + option[2:].upper().replace("-", "_") in result.stdout
 

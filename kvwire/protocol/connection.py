@@ -48,6 +48,9 @@ class Connection:
         self._offset = 0
         self._eof = False
         self._error: ProtocolError | None = None
+        # The size of the frame the last message came in, header included: what
+        # a node holds while that request waits (kvwire.server.flow's byte budget).
+        self.last_frame_bytes = 0
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from the peer; ``b""`` means the peer closed its side."""
@@ -93,6 +96,7 @@ class Connection:
             return self._end_of_input(available)
         payload = bytes(buffer[start + HEADER_SIZE : end])
         self._consume(end)
+        self.last_frame_bytes = end - start
         try:
             return decode_payload(payload, self.limits, replies=self._accept_replies, raw_values=self.raw_values)
         except ProtocolError as exc:

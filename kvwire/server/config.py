@@ -75,6 +75,10 @@ class ServerConfig:
     # than half of that many wait: one pipelining client cannot queue unbounded work,
     # nor hold more than about this many replies unread.
     max_inflight_per_connection: int = 1024
+    # The same, counted in the bytes of the waiting requests' frames: at 1024
+    # PUTs of the largest value (1 MiB) the count alone would let one client
+    # make the node hold a gigabyte. One request always starts when none waits.
+    max_inflight_bytes_per_connection: int = 64 * 1024 * 1024
     # Rows per group-commit transaction; more waits for the next one. At about
     # 220k rows/s for executemany (docs/design.md section 4) this keeps one transaction
     # near 20 ms.
@@ -156,7 +160,7 @@ class ServerConfig:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not isinstance(self.limits, Limits):
             raise ValueError("limits must be a kvwire.protocol.Limits")
-        for name in ("max_connections", "max_inflight_per_connection", "max_batch_rows"):
+        for name in ("max_connections", "max_inflight_per_connection", "max_inflight_bytes_per_connection", "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cache_entries < 0:

@@ -83,7 +83,8 @@ class NodeProtocol(asyncio.Protocol):
         self._transport = transport
         peername = transport.get_extra_info("peername")
         self._session = self._node.new_session(f"{peername[0]}:{peername[1]}" if peername else "?")
-        self._flow = FlowControl(transport, self._node.config.max_inflight_per_connection)
+        config = self._node.config
+        self._flow = FlowControl(transport, config.max_inflight_per_connection, config.max_inflight_bytes_per_connection)
         if len(self._registry) >= self._node.config.max_connections:
             log.warning("refusing %s: %d connections open, the limit", self._session.peer, len(self._registry))
             self._node.metrics.connections_refused += 1
@@ -147,7 +148,8 @@ class NodeProtocol(asyncio.Protocol):
     def _hold_backlog(self) -> None:
         """Read no more until the requests already read are handled; handle them
         as soon as the replies so far are taken by the kernel (resume_writing)
-        and fewer than half of --max-inflight requests wait (_finish)."""
+        and fewer than half of --max-inflight requests wait, holding less than
+        half of --max-inflight-bytes (_finish)."""
         if self._shutting_down:
             self._refuse_backlog("the node is shutting down")
             return
@@ -211,11 +213,12 @@ class NodeProtocol(asyncio.Protocol):
         flow = self._flow
         # Compared inline, not through a property: this runs for every request
         # (bench/results/2026-12-04/inflight_ab.md has the paired runs).
-        max_inflight = flow.max_inflight
+        max_inflight, max_inflight_bytes = flow.max_inflight, flow.max_inflight_bytes
         while not self._closed:
             # One read can hold thousands of requests: stopping the reads at
             # the cap (FlowControl) does not stop this loop from starting them.
-            if produced > MAX_REPLY_BYTES_PER_PASS or flow.inflight >= max_inflight:
+            if (produced > MAX_REPLY_BYTES_PER_PASS or flow.inflight >= max_inflight
+                    or flow.inflight_bytes >= max_inflight_bytes):
                 self._backlog = codec.buffered_bytes > 0  # nothing left: nothing to hold back
                 break
             try:
@@ -250,9 +253,10 @@ class NodeProtocol(asyncio.Protocol):
                 replies.append(encode(ErrorReply(request.id, ErrorCode.INTERNAL, "internal error; see the node's log")))
                 continue
             if type(result) is PendingReply:
-                flow.request_started()
-                result.on_reply = (lambda reply, request_id=request.id, tally=tally, started=started:
-                                   self._finish(request_id, reply, tally, started))
+                frame_bytes = codec.last_frame_bytes
+                flow.request_started(frame_bytes)
+                result.on_reply = (lambda reply, request_id=request.id, tally=tally, started=started, frame_bytes=frame_bytes:
+                                   self._finish(request_id, reply, tally, started, frame_bytes))
             else:
                 # OpTally.answer_ok, inlined: this runs for every request answered
                 # at once, and the call alone was a tenth of the metrics' cost
@@ -273,7 +277,7 @@ class NodeProtocol(asyncio.Protocol):
         having changed nothing."""
         if not frame.endswith(self._answerable_end):
             return False
-        # No --max-inflight check: a connection at its cap has stopped reading
+        # No --max-inflight(-bytes) check: a connection at its cap has stopped reading
         # (FlowControl), so no read comes here until it is below the cap again.
         get = parse_get_frame(frame, self._max_key_bytes)
         if get is None:
@@ -318,9 +322,10 @@ class NodeProtocol(asyncio.Protocol):
             return metrics.get_one if request.consistency is _ONE else metrics.get_quorum
         return metrics.tally_of_type(type(request))
 
-    def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float) -> None:
-        """The node's answer to a request it left pending (``PendingReply``), as soon as it is given."""
-        self._flow.request_finished()
+    def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float, frame_bytes: int) -> None:
+        """The node's answer to a request it left pending (``PendingReply``), as soon as it is given;
+        ``frame_bytes``: the size of the request's frame, counted in flow control while it waited."""
+        self._flow.request_finished(frame_bytes)
         if self._backlog:
             self._schedule_drain()
         if isinstance(reply, KvwireError):

@@ -1,14 +1,21 @@
 """Back-pressure for one connection, kept apart from the protocol handler as uvicorn does.
 
 Reading stops while the transport's write buffer is over its high-water mark
-(``pause_writing``) or while too many requests wait (on storage or on peers);
-it resumes when both have drained. A client that pipelines faster than the
+(``pause_writing``), or while too many requests wait (on storage or on peers),
+or while the requests waiting hold too many bytes between them; it resumes
+when all three have drained. A client that pipelines faster than the
 disk can commit is thereby slowed by TCP itself instead of by our memory.
 
 Stopping the reads is not enough on its own: one read may hold thousands of
 requests. The connection therefore also stops handling what it has read
-once ``inflight`` reaches ``max_inflight`` (connection.py's backlog), and goes
-on when ``may_go_on``.
+once ``inflight`` reaches ``max_inflight``, or ``inflight_bytes`` reaches
+``max_inflight_bytes`` (connection.py's backlog), and goes on when ``may_go_on``.
+
+The bytes are the requests' frames, which a waiting request keeps (a PUT's
+value goes on to its peers and to disk from them). Without a byte budget the
+count alone would let one client pipelining PUTs of the largest value make
+the node hold ``max_inflight`` megabytes. A request always starts when none
+waits, so a frame larger than the budget is slow, not refused.
 """
 
 from __future__ import annotations
@@ -17,11 +24,14 @@ import asyncio
 
 
 class FlowControl:
-    def __init__(self, transport: asyncio.Transport, max_inflight: int) -> None:
+    def __init__(self, transport: asyncio.Transport, max_inflight: int, max_inflight_bytes: int) -> None:
         self._transport = transport
         self.max_inflight = max_inflight
         self._resume_below = max(1, max_inflight // 2)
         self.inflight = 0
+        self.max_inflight_bytes = max_inflight_bytes
+        self._resume_below_bytes = max(1, max_inflight_bytes // 2)
+        self.inflight_bytes = 0
         self._writing_paused = False
         self._reading_paused = False
         self._held = False
@@ -29,21 +39,32 @@ class FlowControl:
     @property
     def may_go_on(self) -> bool:
         """Whether reading, and the requests read but held back, may go on: the
-        replies written so far are taken, and the requests waiting are below half the cap."""
-        return not self._writing_paused and self.inflight < self._resume_below
+        replies written so far are taken, and the requests waiting are below half the
+        cap in number and in bytes."""
+        return (not self._writing_paused and self.inflight < self._resume_below
+                and self.inflight_bytes < self._resume_below_bytes)
+
+    @property
+    def at_cap(self) -> bool:
+        """Whether no more requests may start now (connection.py inlines this in its loop)."""
+        return self.inflight >= self.max_inflight or self.inflight_bytes >= self.max_inflight_bytes
 
     @property
     def reading_paused(self) -> bool:
         """Whether this side stopped reading: a frame can't arrive meanwhile, and that is not the client's doing."""
         return self._reading_paused
 
-    def request_started(self) -> None:
+    def request_started(self, frame_bytes: int) -> None:
         self.inflight += 1
-        if self.inflight >= self.max_inflight:
+        self.inflight_bytes += frame_bytes
+        if self.at_cap:
+            # The connection's loop starts no more of what it has read (it
+            # checks the cap itself); this stops the next read from coming in too.
             self._pause_reading()
 
-    def request_finished(self) -> None:
+    def request_finished(self, frame_bytes: int) -> None:
         self.inflight -= 1
+        self.inflight_bytes -= frame_bytes
         if self.may_go_on:
             self._resume_reading()
 
