@@ -62,7 +62,12 @@ class Supervisor:
     """Children started, restarted and stopped together; their output goes to ``output``.
 
     Thread-safe: the control socket's requests arrive on other threads than the
-    loop calling :meth:`reap` and :meth:`restart_due`.
+    loop calling :meth:`reap` and :meth:`restart_due`. But children start only on
+    the thread that made the supervisor (``kvwire up``'s main thread; RuntimeError
+    on another): each gets SIGTERM from the kernel when that thread exits, so a
+    SIGKILLed ``kvwire up``, which can stop nothing itself, leaves no child running
+    (kvwire.testing.process.terminated_with_parent), and a thread that ends after
+    one request must not be what a child is tied to.
     """
 
     def __init__(self, children: Sequence[ChildProcess], *, output: IO[str] | None = None) -> None:
@@ -80,6 +85,7 @@ class Supervisor:
         self._restart_at: dict[str, float] = {}  # dead children waiting for their restart
         self._given_up: set[str] = set()
         self._closing = False  # stop() was called: nothing starts again
+        self._starting_thread = threading.get_ident()
 
     def child(self, name: str) -> ChildProcess:
         """The child called ``name``; KeyError if none is."""
@@ -179,9 +185,11 @@ class Supervisor:
             return child
 
     def _start(self, child: ChildProcess, now: float) -> None:
+        if threading.get_ident() != self._starting_thread:
+            raise RuntimeError(f"{child.name} must be started on the thread that made the supervisor")
         self._restart_at.pop(child.name, None)
         self._started_at[child.name] = now
-        child.start(copy_to=self._copies[child.name])
+        child.start(copy_to=self._copies[child.name], with_parent=True)
 
     def _state(self, child: ChildProcess) -> ChildState:
         if child.running:

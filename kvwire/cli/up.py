@@ -13,6 +13,7 @@ cluster with exit 1: restarting it could only fail the same way.
 from __future__ import annotations
 
 import os
+import queue
 import shlex
 import signal
 import socket
@@ -20,6 +21,7 @@ import ssl
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,9 @@ READY_TIMEOUT = 30.0
 # A node lets requests in flight finish for up to 10 s (ServerConfig.shutdown_timeout).
 STOP_GRACE = 15.0
 POLL_INTERVAL = 0.1
+# A `ctl start` waits this long for the main thread to start the node (it
+# polls every POLL_INTERVAL, and a start takes milliseconds).
+CTL_START_TIMEOUT = 10.0
 
 
 # Not interspersed: everything from `ctl` on is ctl's (`kvwire up ctl stop --data-dir DIR n2`).
@@ -200,6 +205,9 @@ class _Watcher:
         self._answering_pid: dict[str, int] = {}  # node -> the pid that answered PING last
         self._announced = False  # "every node answers" printed
         self._balancer_started = False
+        # `ctl start` requests, for the main thread: a child is tied to the thread
+        # that starts it (Supervisor), and each request has a thread of its own.
+        self._start_requests: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
 
     def node_line(self, child: ChildProcess) -> str:
         return f"  {child.name}  {format_endpoint(self.host, self.ports[child.name])}  pid {child.pid}  data {self.data_dir / child.name}"
@@ -207,6 +215,7 @@ class _Watcher:
     def watch(self, stop: threading.Event, received: list[int]) -> int:
         ready_by = time.monotonic() + READY_TIMEOUT
         while not stop.wait(POLL_INTERVAL):
+            self._start_requested()
             for death in self.supervisor.reap():
                 what = f"{'node ' if death.child.name in self.ports else ''}{death.child.name} exited unexpectedly ({_describe_status(death.status)}); its log is above"
                 if death.restart_in is None:
@@ -266,14 +275,34 @@ class _Watcher:
         return self._held(f"{name} killed with SIGKILL" if was_running else f"{name} was not running", name)
 
     def _ctl_start(self, name: str) -> str:
+        started: Future = Future()
+        self._start_requests.put((name, started))
         try:
-            child = self.supervisor.start_child(name)
+            child = started.result(timeout=CTL_START_TIMEOUT)
         except RuntimeError as exc:
             raise ControlError(str(exc)) from None
+        except TimeoutError:
+            started.cancel()
+            raise ControlError(f"kvwire up did not get to starting {name} within {CTL_START_TIMEOUT:g} s; "
+                               "it may be stopping") from None
         _say(f"kvwire up: started {name} (kvwire up ctl start)")
         if name in self.ports:
             _say(self.node_line(child))
         return f"{name} started, pid {child.pid}"
+
+    def _start_requested(self) -> None:
+        """Run the `ctl start` requests waiting (on the main thread)."""
+        while True:
+            try:
+                name, started = self._start_requests.get_nowait()
+            except queue.Empty:
+                return
+            if not started.set_running_or_notify_cancel():
+                continue  # its requester gave up waiting
+            try:
+                started.set_result(self.supervisor.start_child(name))
+            except RuntimeError as exc:
+                started.set_exception(exc)
 
     def _held(self, message: str, name: str) -> str:
         message = f"{message}; it stays down until `kvwire up ctl start {name}`"

@@ -12,13 +12,15 @@ and the benchmark's reference servers (``kvwire.bench.peers``) are all a
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 # Once a child exits, its last lines are in the pipe already; copying them takes
 # milliseconds. The bound is for a grandchild that inherited the pipe and lives on.
@@ -28,9 +30,9 @@ _COPY_FINISH_TIMEOUT_S = 2.0
 def stop_gracefully(process: subprocess.Popen, grace: float = 30.0) -> bool:
     """Stop a process a test started by hand as :meth:`ChildProcess.stop` does: SIGTERM,
     up to ``grace`` seconds, then SIGKILL; True when it had to be killed. SIGTERM lets a
-    supervisor such as ``kvwire up`` stop its own children first: a SIGKILL alone leaves
-    them running, orphaned and holding their ports, for whatever runs next (seen when a
-    test of ``kvwire up --haproxy`` timed out)."""
+    supervisor such as ``kvwire up`` stop its own children first and wait for them: after
+    a SIGKILL alone they get their SIGTERM from the kernel (:func:`terminated_with_parent`)
+    and may still be stopping, holding their ports, when whatever runs next starts."""
     if process.poll() is not None:
         return False
     _ask_to_stop(process)
@@ -59,6 +61,31 @@ def _wait_or_kill(process: subprocess.Popen, grace: float) -> bool:
         pass
     process.wait()
     return True
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def terminated_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when the thread that
+    starts it exits (PR_SET_PDEATHSIG; so start children from a thread that lives as long
+    as the process, its main thread), including when the process is SIGKILLed and can
+    stop nothing itself. None where that is not Linux.
+
+    Python runs it in the child between fork and exec, so it only calls what was
+    resolved before the fork. A parent that died before the prctl took effect would
+    send nothing: the child then sees itself adopted and exits at once."""
+    if _libc is None:
+        return None
+    prctl, getppid, parent = _libc.prctl, os.getppid, os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 class StartsOnEnter:
@@ -133,14 +160,16 @@ class ChildProcess(StartsOnEnter):
 
     # --- running it -----------------------------------------------------------------------
 
-    def start(self, copy_to: LineCopy | None = None):
-        """Start the command; its output goes to ``copy_to`` if given, else to ``log_path``."""
+    def start(self, copy_to: LineCopy | None = None, *, with_parent: bool = False):
+        """Start the command; its output goes to ``copy_to`` if given, else to ``log_path``.
+        ``with_parent``: it gets SIGTERM when the calling thread exits (:func:`terminated_with_parent`)."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
         if copy_to is None and self.log_path is None:
             raise ValueError(f"{self.name}: give log_path, or start(copy_to=...)")
         self._stop_requested = False
-        options = {"stdin": subprocess.DEVNULL, "env": self.environment(), "group": self.group}
+        options = {"stdin": subprocess.DEVNULL, "env": self.environment(), "group": self.group,
+                   "preexec_fn": terminated_with_parent() if with_parent else None}
         if copy_to is not None:
             self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options)
             self._copier = threading.Thread(
