@@ -197,6 +197,69 @@ async def test_request_records_copied_from_a_peer_survive_reopening(tmp_path):
         await storage.close()
 
 
+async def test_the_request_log_is_appended_to_and_a_restart_keeps_each_requests_newest_record(tmp_path):
+    """Each record a commit keeps is a row of its own (no update of a row keyed
+    by random ids: storage.SCHEMA says what that cost); a restart keeps, of each
+    (request, key), the record the node's memory keeps: the higher tag, and of
+    one tag the firm record over the tentative one, whichever came last."""
+    import sqlite3
+
+    storage = await open_storage(tmp_path)
+    try:
+        storage.save_requests([("put-1", "k", Version(5, "n3"), False), ("put-1", "k", Version(4, "n3"), False),
+                               ("put-2", "j", Version(3, "n1"), False), ("put-2", "j", Version(3, "n1"), True),
+                               ("put-3", "m", Version(7, "n1"), True), ("put-3", "m", Version(7, "n1"), False),
+                               ("put-4", "m", Version(1, "n2"), True), ("put-4", "m", Version(2, "n1"), True)])
+        await put(storage, "k", 9, "v")
+    finally:
+        await storage.close()
+    with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM request_log").fetchone() == (8,)
+    storage = await open_storage(tmp_path)
+    try:
+        loaded = {(request, key): (version, tentative) for request, key, version, _age, tentative in storage.loaded_requests}
+        assert loaded == {("put-1", "k"): (Version(5, "n3"), False), ("put-2", "j"): (Version(3, "n1"), False),
+                          ("put-3", "m"): (Version(7, "n1"), False), ("put-4", "m"): (Version(2, "n1"), True)}
+    finally:
+        await storage.close()
+
+
+async def test_a_data_directory_of_the_old_requests_table_is_moved_to_the_log_once(tmp_path):
+    """Data directories written before the request log kept the records in
+    ``requests``, keyed by (request, key): the first open moves them to the log
+    and drops the table, and the records load as before."""
+    import sqlite3
+    import time
+
+    storage = await open_storage(tmp_path)
+    await put(storage, "k", 9, "v")
+    await storage.close()
+    now = time.time()
+    with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+        db.executescript("""
+            DROP TABLE request_log;
+            CREATE TABLE requests (
+                request TEXT NOT NULL, key TEXT NOT NULL, counter INTEGER NOT NULL, node TEXT NOT NULL,
+                at REAL NOT NULL, tentative INTEGER NOT NULL, PRIMARY KEY (request, key)) WITHOUT ROWID;
+            CREATE INDEX requests_at ON requests (at);
+        """)
+        db.executemany("INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?)",
+                       [("put-1", "k", 9, "n1", now - 5, 0), ("put-2", "j", 3, "n2", now - 1, 1),
+                        ("expired", "k", 2, "n1", now - 3600, 0)])
+    for _ in range(2):  # the second open finds nothing to move
+        storage = await open_storage(tmp_path)
+        try:
+            loaded = {(request, key): (version, tentative) for request, key, version, _age, tentative in storage.loaded_requests}
+            assert loaded == {("put-1", "k"): (Version(9, "n1"), False), ("put-2", "j"): (Version(3, "n2"), True)}
+            assert await storage.read("k") == (Version(9, "n1"), False, stored("v"))
+        finally:
+            await storage.close()
+        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+            assert "requests" not in tables and "requests_at" not in tables and "request_log" in tables
+            assert db.execute("SELECT count(*) FROM request_log").fetchone() == (3,)
+
+
 async def test_request_records_of_a_failed_commit_are_kept_for_the_next(tmp_path):
     import sqlite3
 
@@ -204,7 +267,7 @@ async def test_request_records_of_a_failed_commit_are_kept_for_the_next(tmp_path
     try:
         with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
             db.executescript("""
-                CREATE TRIGGER poison_request BEFORE INSERT ON requests WHEN NEW.request = 'poison'
+                CREATE TRIGGER poison_request BEFORE INSERT ON request_log WHEN NEW.request = 'poison'
                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
             """)
         storage.save_requests([("copied", "k", Version(3, "n2"), False), ("poison", "k", Version(1, "n2"), False)])

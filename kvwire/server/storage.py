@@ -57,16 +57,29 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS request_log (
     request TEXT NOT NULL,
     key TEXT NOT NULL,
     counter INTEGER NOT NULL,
     node TEXT NOT NULL,
     at REAL NOT NULL,
-    tentative INTEGER NOT NULL,
-    PRIMARY KEY (request, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
+    tentative INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS request_log_at ON request_log (at);
+"""
+# The request log is appended to, never updated: its rows go in rowid order and
+# its index in time order, so a commit writes to the last pages of each. Keyed
+# by its random request ids (the table before 2026-12-05: ``requests``, an upsert
+# on (request, key)), each insert landed on a random page of a tree of a
+# minute's PUTs: at REST's 2,500 PUTs/s a commit rewrote a page per row into
+# the WAL, and throughput fell by a third over the first minute of a run
+# (bench/results/2026-12-05/request_log_ab.md). A name written twice (a newer
+# tag, a firm record of a tentative one) has two rows; loading keeps the one
+# the upsert kept (``_newest_requests``).
+OLD_REQUESTS_TABLE = "requests"
+MIGRATE_REQUESTS = """
+INSERT INTO request_log (request, key, counter, node, at, tentative)
+    SELECT request, key, counter, node, at, tentative FROM requests ORDER BY at
 """
 
 # The WHERE clause repeats in SQL the rule the index already enforces: a row
@@ -93,14 +106,8 @@ HINT_DELETE_PEER = "DELETE FROM hints WHERE peer = ?"
 # The PUT request ids applied here (core/applied.py), kept with their rows so that
 # a retry finds them after a restart too; ``at`` is wall-clock time, used only to
 # expire them after ``applied.MAX_AGE``.
-REQUEST_UPSERT = """
-INSERT INTO requests (request, key, counter, node, at, tentative) VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (request, key) DO UPDATE SET
-    counter = excluded.counter, node = excluded.node, at = excluded.at, tentative = excluded.tentative
-WHERE (excluded.counter, excluded.node) > (requests.counter, requests.node)
-    OR ((excluded.counter, excluded.node) = (requests.counter, requests.node) AND excluded.tentative < requests.tentative)
-"""
-REQUEST_EXPIRE = "DELETE FROM requests WHERE at < ?"
+REQUEST_INSERT = "INSERT INTO request_log (request, key, counter, node, at, tentative) VALUES (?, ?, ?, ?, ?, ?)"
+REQUEST_EXPIRE = "DELETE FROM request_log WHERE at < ?"
 # Seconds between deletions of expired request ids (one indexed DELETE in a commit).
 REQUEST_EXPIRE_INTERVAL = 10.0
 # Tombstone garbage collection: only if the row is still that tombstone.
@@ -192,6 +199,7 @@ class Storage:
             await writer.execute("PRAGMA journal_mode=WAL")
             await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
             await writer.executescript(SCHEMA)
+            await _migrate_requests(writer)
             fresh = await _claim_for_node(writer, node_id, path)
             if fresh and join:
                 await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('joining', '1')")
@@ -229,10 +237,12 @@ class Storage:
             row = await cursor.fetchone()
         self.loaded_floor = int(row[0]) if row is not None else 0
         now = time.time()
-        async with self._reader.execute("SELECT request, key, counter, node, at, tentative FROM requests WHERE at >= ?",
-                                        (now - REQUEST_MAX_AGE,)) as cursor:
-            for request, key, counter, node, at, tentative in await cursor.fetchall():
-                self.loaded_requests.append((request, key, Version(counter, node), max(0.0, now - at), bool(tentative)))
+        async with self._reader.execute("SELECT request, key, counter, node, at, tentative FROM request_log "
+                                        "WHERE at >= ? ORDER BY at", (now - REQUEST_MAX_AGE,)) as cursor:
+            rows = await cursor.fetchall()
+        newest = sorted(_newest_requests(rows).items(), key=lambda record: record[1][1])  # oldest first, as remembered
+        self.loaded_requests = [(request, key, version, max(0.0, now - at), tentative)
+                                for (request, key), (version, at, tentative) in newest]
         async with self._reader.execute("SELECT value FROM meta WHERE name = 'joining'") as cursor:
             self.joining = await cursor.fetchone() is not None
 
@@ -512,12 +522,37 @@ class _Upkeep(NamedTuple):
     expire_requests_before: float | None
 
 
+def _newest_requests(rows: list[tuple]) -> dict[tuple[str, str], tuple[Version, float, bool]]:
+    """Each (request, key)'s record as the log's ``rows`` (in time order) leave it:
+    the highest tag, and of one tag a firm record over a tentative one (core/applied.py
+    keeps them by the same rule), with the time of the row that said so."""
+    newest: dict[tuple[str, str], tuple[Version, float, bool]] = {}
+    for request, key, counter, node, at, tentative in rows:
+        version, tentative = Version(counter, node), bool(tentative)
+        held = newest.get((request, key))
+        if held is None or (version, not tentative) > (held[0], not held[2]):
+            newest[(request, key)] = (version, at, tentative)
+    return newest
+
+
+async def _migrate_requests(writer: aiosqlite.Connection) -> None:
+    """Move a data directory's request records from the table kvwire kept them in
+    before the request log (SCHEMA says why) into the log, in the open's transaction."""
+    async with writer.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (OLD_REQUESTS_TABLE,)) as cursor:
+        if await cursor.fetchone() is None:
+            return
+    await writer.execute(MIGRATE_REQUESTS)
+    await writer.execute(f"DROP TABLE {OLD_REQUESTS_TABLE}")
+    log.info("moved the PUT request records to the request log (a one-time change of the data directory)")
+
+
 def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> None:
     """One group commit, on SQLite's thread."""
     if rows:
         db.executemany(UPSERT, rows)
     if upkeep.requests:
-        db.executemany(REQUEST_UPSERT, upkeep.requests)
+        db.executemany(REQUEST_INSERT, upkeep.requests)
     if upkeep.expire_requests_before is not None:
         db.execute(REQUEST_EXPIRE, (upkeep.expire_requests_before,))
     if upkeep.unhint_rows:

@@ -375,8 +375,8 @@ class SimNode:
         self.perform()
 
     def _keep_request(self, request: str, key: str, version: Any, tentative: bool, now: float) -> None:
-        """The requests table's upsert (storage.REQUEST_UPSERT): a newer tag, or the
-        same tag firm where it was tentative, replaces what is kept."""
+        """The request log as a restart loads it (storage._newest_requests): a newer
+        tag, or the same tag firm where it was tentative, replaces what is kept."""
         name = (request, key)
         held = self.disk.requests.get(name)
         if held is None or version > held[0] or (version == held[0] and held[2] and not tentative):
