@@ -25,7 +25,9 @@ from typing import NamedTuple
 from ...protocol.messages import Version
 
 # Retries arrive within seconds (a client's failover, HAProxy's retry); a
-# minute covers them with room. 100,000 ids cost about 15 MB at most.
+# minute covers them with room. A record costs about 600 bytes, its id and tag
+# included (607 measured with tracemalloc on 2026-12-05), so 100,000 of them
+# about 60 MB: the most a node holds, reached at 1,700 PUTs/s with ids.
 MAX_AGE = 60.0
 LIMIT = 100_000
 # A record's msgpack framing beside its strings: the array and string headers,
