@@ -327,19 +327,19 @@ def error_answer(exc: KvwireError, method: str, path: str, authorized: bool) -> 
     if type(exc) is ForbiddenError and authorized:
         status = 403  # a token the nodes know, out of its role; without one, a node refused the bridge
     elif status == 401:
-        return _error_answer(401, str(exc), {"WWW-Authenticate": 'Bearer realm="kvwire"'})
+        return json_error_answer(401, str(exc), {"WWW-Authenticate": 'Bearer realm="kvwire"'})
     # Only a 502 says something is wrong behind the bridge: 4xx are the REST
     # client's mistakes, and 503/504 come in floods while the cluster is down
     # (its nodes log why).
     log.log(logging.WARNING if status == 502 else logging.DEBUG, "%s %s: %d %s", method, path, status, exc)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    return _error_answer(status, str(exc), headers, maybe_applied=exc.maybe_applied)
+    return json_error_answer(status, str(exc), headers, maybe_applied=exc.maybe_applied)
 
 
 def internal_error_answer(method: str, path: str) -> Answer:
     """Anything unexpected: logged here with its traceback (call it in an ``except``), 500 without one."""
     log.exception("%s %s failed", method, path)
-    return _error_answer(500, "internal error in the HTTP bridge; the bridge's log has the details")
+    return json_error_answer(500, "internal error in the HTTP bridge; the bridge's log has the details")
 
 
 @web.middleware
@@ -352,14 +352,14 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         if exc.status < 400:
             raise
         headers = {name: value for name, value in exc.headers.items() if name.lower() not in ("content-type", "content-length")}
-        return _response(_error_answer(exc.status, _http_error_message(request, exc), headers))
+        return _response(json_error_answer(exc.status, _http_error_message(request, exc), headers))
     except asyncio.CancelledError:
         raise
     except Exception:
         return _response(internal_error_answer(request.method, request.path))
 
 
-def _error_answer(
+def json_error_answer(
     status: int, message: str, headers: dict[str, str] | None = None, *, maybe_applied: bool | None = None
 ) -> Answer:
     body: dict[str, Any] = {"error": message}

@@ -53,6 +53,14 @@ class BridgeConfig:
     # system's CAs) and presenting tls.cert, which nodes given a CA require.
     tls: TlsFiles | None = None
     nodes_tls: bool = False
+    # Bounds on what one client can make the bridge hold, as a node has its own
+    # (--max-connections, --hello-timeout, --frame-timeout): connections past
+    # max_connections are answered 503 and closed; a connection with no request
+    # for idle_timeout is closed (nginx's keep-alive default; aiohttp's own is an
+    # hour); a request begun must arrive whole within request_timeout (408).
+    max_connections: int = 1024
+    idle_timeout: float = 75.0
+    request_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -65,7 +73,7 @@ class BridgeConfig:
         object.__setattr__(
             self, "endpoints", tuple(format_endpoint(host, port) for host, port in parse_endpoints(list(self.endpoints)))
         )
-        for name in ("timeout", "shutdown_timeout"):
+        for name in ("timeout", "shutdown_timeout", "idle_timeout", "request_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -73,6 +81,8 @@ class BridgeConfig:
             raise ValueError(f"cluster_id must be a non-empty string or None, got {self.cluster_id!r}")
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits must be a kvwire.protocol.Limits, got {type(self.limits).__name__}")
+        if type(self.max_connections) is not int or self.max_connections < 1:
+            raise ValueError(f"max_connections must be a positive integer, got {self.max_connections!r}")
         if type(self.max_body_bytes) is not int or self.max_body_bytes < MIN_BODY_BYTES:
             raise ValueError(f"max_body_bytes must be an integer of at least {MIN_BODY_BYTES}, got {self.max_body_bytes!r}")
         if not isinstance(self.retry, RetryPolicy):

@@ -42,7 +42,9 @@ from .app import (
     answer_put,
     error_answer,
     internal_error_answer,
+    json_error_answer,
 )
+from .bounds import Bounds
 from .metrics import METRICS
 
 log = logging.getLogger("kvwire.http")
@@ -55,8 +57,6 @@ MAX_HEAD_BYTES = 16 * 1024
 # Unanswered bytes held while a request is answered (a client pipelining),
 # beyond the largest body, before reading stops until they are answered.
 MAX_HELD_BYTES = 64 * 1024
-# An idle connection is closed after this long, as aiohttp closes its own.
-KEEPALIVE_SECONDS = 3630.0
 
 # One key segment: unreserved and sub-delimiter characters, ':' and '@', and
 # %XX escapes (RFC 3986 pchar). '{' and '}' (also escaped) are left to
@@ -190,14 +190,22 @@ def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | objec
 
 
 class FastPath:
-    """What the connections of one listener share: the app, aiohttp's server, the connections open."""
+    """What the connections of one listener share: the app, aiohttp's server, the connections open.
 
-    def __init__(self, runner: web.AppRunner) -> None:
+    With ``parse_requests`` off (``--no-fast-path``, or aiohttp writing the
+    access log) every connection is handed to aiohttp at once, still counted
+    and bounded (bounds.py)."""
+
+    def __init__(self, runner: web.AppRunner, *, parse_requests: bool = True) -> None:
         self.app = runner.app
         self.server = runner.server  # aiohttp's protocol factory, for connections handed over
         self.config = self.app[CONFIG]
         self.metrics = self.app.get(METRICS)
+        self.parse_requests = parse_requests
         self.connections: set[FastPathProtocol] = set()
+        config = self.config
+        self.bounds = Bounds(config.max_connections, config.idle_timeout, config.request_timeout,
+                             lambda: self.connections)
         self.answering: set[asyncio.Task] = set()  # the answers being made (the loop keeps only weak references)
         self._date = b""
         self._date_second = -1
@@ -215,6 +223,7 @@ class FastPath:
     async def shutdown(self, timeout: float) -> None:
         """Read no new requests; let those in flight be answered and their answers written,
         for up to ``timeout`` s; then drop what is left."""
+        self.bounds.stop()
         for connection in list(self.connections):
             connection.finish()
         waiters = [asyncio.ensure_future(connection.gone.wait()) for connection in self.connections]
@@ -241,21 +250,29 @@ class FastPathProtocol(asyncio.Protocol):
         self._eof = False
         self._closing = False  # shutting down, or the client said Connection: close
         self._finishing_partial = False  # shutting down, but a request's bytes are still arriving
-        self._last_active = self._loop.time()
-        self._keepalive: asyncio.TimerHandle | None = None
+        self._last_active = self._loop.time()  # for --idle-timeout
+        self._request_began = self._last_active  # of the bytes in the buffer, for --request-timeout
         # Set once the connection is closed or aiohttp's, for shutdown to wait on.
         self.gone = asyncio.Event()
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        shared = self._shared
+        if shared.bounds.full(len(shared.connections)):
+            self._refuse_connection(transport)
+            return
         self._transport = transport
-        self._shared.connections.add(self)
-        self._keepalive = self._loop.call_later(KEEPALIVE_SECONDS, self._check_idle)
+        shared.connections.add(self)
+        if not shared.parse_requests:
+            self._hand_over()
 
     def data_received(self, data: bytes) -> None:
+        now = self._loop.time()
+        if not self._buffer:
+            self._request_began = now
         self._buffer += data
-        self._last_active = self._loop.time()
+        self._last_active = now
         self._next()
         if len(self._buffer) > self._held_limit and not self._reading_paused and self._transport is not None:
             self._reading_paused = True
@@ -313,6 +330,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._finishing_partial = False  # the one request begun at shutdown: answered, then closed
         request, length = parsed
         del self._buffer[:length]
+        self._request_began = self._loop.time()  # what follows in the buffer is the next request's
         self._busy = True
         task = self._loop.create_task(self._answer(request))
         self._shared.answering.add(task)
@@ -336,6 +354,7 @@ class FastPathProtocol(asyncio.Protocol):
             self._closing = True
         self._write(answer)
         self._busy = False
+        self._last_active = self._loop.time()
         self._next()
 
     def _write(self, answer: Answer) -> None:
@@ -358,6 +377,7 @@ class FastPathProtocol(asyncio.Protocol):
         """From the current request on, the connection is aiohttp's, with the bytes not yet answered."""
         transport, self._transport = self._transport, None
         self._forget()
+        self._shared.bounds.handed_over(transport)
         if self._reading_paused:
             transport.resume_reading()  # aiohttp keeps its own bound on what it reads ahead
         handler = self._shared.server()
@@ -370,12 +390,40 @@ class FastPathProtocol(asyncio.Protocol):
             if not handler.eof_received():
                 transport.close()
 
-    def _check_idle(self) -> None:
-        idle_for = self._loop.time() - self._last_active
-        if self._busy or idle_for < KEEPALIVE_SECONDS:
-            self._keepalive = self._loop.call_later(KEEPALIVE_SECONDS - min(idle_for, KEEPALIVE_SECONDS) + 1, self._check_idle)
-        else:
-            self._close()
+    # --- bounds (bounds.py) ---------------------------------------------------------------
+
+    def check_deadlines(self, now: float) -> None:
+        """Close the connection if it has been idle too long, or its request is too slow to arrive.
+        Neither while a request is answered, nor while the client is slow to read answers
+        (whole requests then wait in the buffer, held back by TCP, not by the client's sending)."""
+        if self._busy or self._writing_paused or self._transport is None:
+            return
+        bounds = self._shared.bounds
+        if not self._buffer:
+            if now - self._last_active >= bounds.idle_timeout:
+                self._close()
+        elif now - self._request_began >= bounds.request_timeout and \
+                parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:
+            log.info("closing a connection whose request did not arrive whole within %g s "
+                     "(--request-timeout)", bounds.request_timeout)
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive whole within "
+                         f"{bounds.request_timeout:g} s (--request-timeout); closing the connection")
+
+    def _refuse_connection(self, transport: asyncio.BaseTransport) -> None:
+        max_connections = self._shared.bounds.max_connections
+        log.warning("refusing a connection: %d open, the limit (--max-connections)", max_connections)
+        self._transport = transport
+        self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections to this bridge ({max_connections}, "
+                     "its --max-connections); try another bridge or later")
+        self._transport = None
+        self.gone.set()
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        """Answer ``status`` with ``message`` and close, whatever else was asked."""
+        self._closing = True
+        self._buffer.clear()
+        self._write(json_error_answer(int(status), message))
+        self._close()
 
     def finish(self) -> None:
         """Shutting down: answer the request in flight, if any, write the answers out, close.
@@ -400,9 +448,6 @@ class FastPathProtocol(asyncio.Protocol):
     def _forget(self) -> None:
         self._shared.connections.discard(self)
         self.gone.set()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
 
 
 def _logged_path(request: Request) -> str:
@@ -435,9 +480,14 @@ class FastPathSite(web.TCPSite):
     cancelled it.
     """
 
+    def __init__(self, *args, parse_requests: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._parse_requests = parse_requests
+
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
-        self._fast_path = FastPath(self._runner)
+        self._fast_path = FastPath(self._runner, parse_requests=self._parse_requests)
+        self._fast_path.bounds.start()
         self._server = await asyncio.get_running_loop().create_server(
             self._fast_path, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port,

@@ -74,7 +74,7 @@ async def start_bridge(config: BridgeConfig, *, registry: CollectorRegistry | No
     runner, port = await _listen(
         web.AppRunner(
             create_app(config, registry=registry), handle_signals=False, access_log=access_log,
-            shutdown_timeout=config.shutdown_timeout,
+            shutdown_timeout=config.shutdown_timeout, keepalive_timeout=config.idle_timeout,
         ),
         config.host, config.port, ssl_context=config.https_context(), fast_path=fast_path.allowed(config),
     )
@@ -115,14 +115,18 @@ async def serve_bridge(config: BridgeConfig, *, stop: asyncio.Event, registry: C
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int,
-                  ssl_context: ssl.SSLContext | None = None, fast_path: bool = False) -> tuple[web.AppRunner, int]:
-    """Set ``runner`` up and listen on ``host:port`` (HTTPS with ``ssl_context``; its key routes
-    on the fast path with ``fast_path``); the runner and the port bound (the real one for 0).
-    Raises OSError, the runner cleaned up, when it can't listen."""
+                  ssl_context: ssl.SSLContext | None = None, fast_path: bool | None = None) -> tuple[web.AppRunner, int]:
+    """Set ``runner`` up and listen on ``host:port`` (HTTPS with ``ssl_context``); the runner and
+    the port bound (the real one for 0). A bridge's runner (``fast_path`` True or False) gets
+    FastPathSite, its connections bounded and, with True, its key routes on the fast path;
+    None (the metrics listener) plain aiohttp. Raises OSError, the runner cleaned up, when it can't listen."""
     await runner.setup()
-    site = FastPathSite if fast_path else web.TCPSite
     try:
-        await site(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
+        if fast_path is None:
+            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+        else:
+            site = FastPathSite(runner, host, port, reuse_address=True, ssl_context=ssl_context, parse_requests=fast_path)
+        await site.start()
     except BaseException:
         await runner.cleanup()
         raise

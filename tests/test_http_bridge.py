@@ -423,6 +423,9 @@ def test_bridge_port_in_use_is_one_line_and_exit_1():
         (["--endpoints", "nope"], "invalid endpoint"),
         (["--timeout", "0"], "--timeout"),
         (["--max-body-bytes", "10"], "--max-body-bytes"),
+        (["--max-connections", "0"], "--max-connections"),
+        (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--request-timeout", "-1"], "--request-timeout"),
         (["--log-level", "loud"], "--log-level"),
     ],
 )
@@ -440,6 +443,9 @@ def test_bridge_help_names_every_option_and_its_variable():
                              ("--timeout", "KVWIRE_TIMEOUT"), ("--cluster-id", "KVWIRE_CLUSTER_ID"),
                              ("--max-body-bytes", "KVWIRE_MAX_BODY_BYTES"), ("--max-key-bytes", "KVWIRE_MAX_KEY_BYTES"),
                              ("--max-value-bytes", "KVWIRE_MAX_VALUE_BYTES"), ("--fast-path", "KVWIRE_FAST_PATH"),
+                             ("--max-connections", "KVWIRE_BRIDGE_MAX_CONNECTIONS"),
+                             ("--idle-timeout", "KVWIRE_BRIDGE_IDLE_TIMEOUT"),
+                             ("--request-timeout", "KVWIRE_BRIDGE_REQUEST_TIMEOUT"),
                              ("--log-level", "KVWIRE_LOG_LEVEL")]:
         assert option in result.stdout and variable in result.stdout
 

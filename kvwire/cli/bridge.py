@@ -43,11 +43,14 @@ log = logging.getLogger("kvwire.http")
     cert="Serve HTTPS with this certificate (PEM); it is also the client certificate presented to the nodes over TLS.",
     ca="CA (PEM) that signed the nodes' certificates; implies --tls.  [default with --tls: the system's CAs]",
 )
+@click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULTS.max_connections, show_default=True, help="Open connections beyond this are answered 503 and closed.", **env("BRIDGE_MAX_CONNECTIONS"))
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.idle_timeout, show_default=True, help="Seconds a connection may go without a request before it is closed.", **env("BRIDGE_IDLE_TIMEOUT"))
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.request_timeout, show_default=True, help="Seconds a request begun may take to arrive whole (408 and the connection closed beyond).", **env("BRIDGE_REQUEST_TIMEOUT"))
 @click.option("--fast-path/--no-fast-path", default=DEFAULTS.fast_path, show_default=True, help="Read and answer GET, PUT and DELETE of a key without aiohttp's request handling (everything else, and every request at --log-level debug, goes to aiohttp).", **env("FAST_PATH"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr; debug adds one line per request.", **env("LOG_LEVEL"))
 @log_format_option()
-def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, fast_path, log_level,
-           log_format, tls, tls_cert, tls_key, tls_ca) -> None:
+def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, max_connections,
+           idle_timeout, request_timeout, fast_path, log_level, log_format, tls, tls_cert, tls_key, tls_ca) -> None:
     """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -61,7 +64,8 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
         config = BridgeConfig(
             host=host, port=port, endpoints=nodes, timeout=timeout, cluster_id=cluster_id or None,
             limits=limits, max_body_bytes=max_body_bytes, access_log=log_level == "debug", fast_path=fast_path,
-            tls=files, nodes_tls=tls or tls_ca is not None,
+            tls=files, nodes_tls=tls or tls_ca is not None, max_connections=max_connections,
+            idle_timeout=idle_timeout, request_timeout=request_timeout,
         )
         # Loaded now, so that a file that will not load is refused like a missing one.
         config.https_context(), config.nodes_context()

@@ -1,0 +1,77 @@
+"""What one listener's clients can make the bridge hold: connections, and the time each keeps one.
+
+A node bounds its own (``--max-connections``, ``--hello-timeout``,
+``--frame-timeout``); the bridge in front of it had aiohttp's defaults, an hour
+of keep-alive and no limit on connections or on the time a request takes to
+arrive, so a client could hold sockets and memory for as long as it trickled
+bytes. Here, as on a node, one sweep a few times a second looks at every
+connection rather than a timer each:
+
+- past ``max_connections`` open (those aiohttp serves included), a new one is
+  answered 503 and closed;
+- a connection with no request for ``idle_timeout`` is closed;
+- a request begun on the fast path must arrive whole within
+  ``request_timeout``, or it is answered 408 and the connection closed.
+
+A connection handed to aiohttp is counted until it closes; aiohttp closes it
+after ``idle_timeout`` without a request (its ``keepalive_timeout``), but does
+not time a request while it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Iterable
+
+# The sweep runs at a quarter of the shorter timeout, within these bounds: a
+# connection is closed at most a quarter late, and an idle bridge wakes at most
+# once a second.
+MIN_SWEEP_SECONDS = 0.05
+MAX_SWEEP_SECONDS = 1.0
+
+
+class Bounds:
+    """The connections of one listener, counted and swept.
+
+    ``connections()`` gives the fast path's own connections, each with a
+    ``check_deadlines(now)``; the transports handed to aiohttp are kept here
+    until they close.
+    """
+
+    def __init__(self, max_connections: int, idle_timeout: float, request_timeout: float,
+                 connections: Callable[[], Iterable]) -> None:
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self._connections = connections
+        self._handed_over: set[asyncio.BaseTransport] = set()
+        self._sweep_every = min(MAX_SWEEP_SECONDS, max(MIN_SWEEP_SECONDS, min(idle_timeout, request_timeout) / 4))
+        self._timer: asyncio.TimerHandle | None = None
+
+    def full(self, fast_path_connections: int) -> bool:
+        """Whether a new connection would be one too many."""
+        self._drop_closed()
+        return fast_path_connections + len(self._handed_over) >= self.max_connections
+
+    def handed_over(self, transport: asyncio.BaseTransport) -> None:
+        self._handed_over.add(transport)
+
+    def start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._drop_closed()
+        for connection in list(self._connections()):
+            connection.check_deadlines(now)
+        self._timer = loop.call_later(self._sweep_every, self._sweep)
+
+    def _drop_closed(self) -> None:
+        if any(transport.is_closing() for transport in self._handed_over):
+            self._handed_over = {transport for transport in self._handed_over if not transport.is_closing()}

@@ -1,0 +1,207 @@
+"""The bridge's bounds (http_bridge/bounds.py): connections, idle time, a request's time to arrive.
+
+Real ``kvwire bridge`` processes in front of a real node; the clients are raw
+sockets, so that a test can hold a connection idle, or send half a request
+and stop, as a slow-loris client does.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+
+import pytest
+from rest_helpers import PREFIX, BridgeProcess, read_response
+
+from kvwire.http_bridge import BridgeConfig
+from kvwire.testing import NodeProcess
+from kvwire.testing.node import wait_for
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("bounds") / "n1", extra_args=["--sync", "off"]) as node:
+        yield node
+
+
+def bridge(node, tmp_path, *args: str) -> BridgeProcess:
+    return BridgeProcess([node.address], log_path=tmp_path / "bridge.log", args=list(args))
+
+
+def request(method: str, path: str, body: bytes = b"") -> bytes:
+    length = f"Content-Length: {len(body)}\r\n" if method == "PUT" else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{length}\r\n".encode() + body
+
+
+KEY_GET = request("GET", f"{PREFIX}/kv/absent/")  # the fast path's, when it is on
+HEALTH_GET = request("GET", f"{PREFIX}/health/")  # always aiohttp's: the connection is handed over
+
+
+class Client:
+    """One raw connection to the bridge, kept open between requests."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.stream = self.sock.makefile("rb")
+
+    def exchange(self, data: bytes):
+        self.sock.sendall(data)
+        return read_response(self.stream)
+
+    def closed_by_bridge(self, timeout: float) -> bool:
+        """Whether the bridge closes this connection within ``timeout`` s (it sends nothing first)."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+def served_client(port: int, data: bytes, status: int) -> Client:
+    """A connection whose request ``data`` was answered ``status``. The connection
+    of wait_ready's probe is counted until the bridge has seen it close, a moment
+    after its answer: a 503 until then is that, and the connection is tried again."""
+    found: list[Client] = []
+
+    def answered() -> bool:
+        client = Client(port)
+        answer = client.exchange(data)
+        if answer.status == 503:
+            client.close()
+            return False
+        assert answer.status == status, answer
+        found.append(client)
+        return True
+
+    wait_for(answered, timeout=10, what="a connection answered")
+    return found[0]
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "aiohttp-only"])
+def test_connections_past_max_connections_get_503_and_the_next_after_a_close_is_served(node, tmp_path, fast_path):
+    args = ["--max-connections", "3", *([] if fast_path else ["--no-fast-path"])]
+    with bridge(node, tmp_path, *args) as running:
+        running.wait_ready()
+        clients: list[Client] = []
+        try:
+            # Each answered, so each is counted: two on the key routes, one handed to aiohttp.
+            for data, status in ((KEY_GET, 404), (KEY_GET, 404), (HEALTH_GET, 200)):
+                clients.append(served_client(running.port, data, status))
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as extra:
+                stream = extra.makefile("rb")
+                refused = read_response(stream)
+                assert refused.status == 503, refused
+                assert "too many connections to this bridge (3, its --max-connections)" in json.loads(refused.body)["error"]
+                assert stream.read() == b""  # closed, without reading a request
+            clients.pop(2).close()  # the one aiohttp serves: counted until it closes
+
+            def served() -> bool:
+                with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+                    sock.sendall(KEY_GET)
+                    return read_response(sock.makefile("rb")).status == 404
+
+            wait_for(served, timeout=10, what="a connection served once one of the three closed")
+            assert [client.exchange(KEY_GET).status for client in clients] == [404, 404]  # the others untouched
+        finally:
+            for client in clients:
+                client.close()
+        assert "refusing a connection: 3 open, the limit (--max-connections)" in running.log()
+
+
+@pytest.mark.parametrize("first", [KEY_GET, HEALTH_GET], ids=["fast-path", "handed-over"])
+def test_an_idle_connection_is_closed_after_idle_timeout_and_not_before(node, tmp_path, first):
+    with bridge(node, tmp_path, "--idle-timeout", "1") as running:
+        running.wait_ready()
+        client = Client(running.port)
+        try:
+            answered = time.monotonic()
+            assert client.exchange(first).status in (200, 404)
+            assert not client.closed_by_bridge(timeout=0.5)  # well inside the second
+            assert client.closed_by_bridge(timeout=10)
+            assert time.monotonic() - answered >= 0.9
+        finally:
+            client.close()
+
+
+def test_a_request_still_being_answered_is_not_cut_off_by_idle_timeout(node, tmp_path):
+    """The node hung (SIGSTOP): the PUT waits out the bridge's --timeout (2 s), four
+    times --idle-timeout, and gets its 504 rather than a closed connection; the
+    idle time then counts from that answer, not from the request."""
+    with bridge(node, tmp_path, "--idle-timeout", "0.5", "--timeout", "2") as running:
+        running.wait_ready()
+        client = Client(running.port)
+        node.send_signal(signal.SIGSTOP)
+        try:
+            answer = client.exchange(request("PUT", f"{PREFIX}/kv/slow/", b'{"value": 1}'))
+            assert answer.status == 504, answer
+            node.send_signal(signal.SIGCONT)
+            assert not client.closed_by_bridge(timeout=0.3)
+            assert client.exchange(KEY_GET).status == 404
+        finally:
+            node.send_signal(signal.SIGCONT)
+            client.close()
+
+
+@pytest.mark.parametrize("how", ["head-then-silence", "body-cut-short", "one-byte-at-a-time"])
+def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(node, tmp_path, how):
+    put = request("PUT", f"{PREFIX}/kv/loris/", b'{"value": "' + b"x" * 80 + b'"}')
+    with bridge(node, tmp_path, "--request-timeout", "1") as running:
+        running.wait_ready()
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            began = time.monotonic()
+            if how == "head-then-silence":
+                sock.sendall(put[:put.index(b"\r\n\r\n") + 4])
+            elif how == "body-cut-short":
+                sock.sendall(put[:-30])
+            else:
+                # Bytes keep coming, each well inside the timeout: the request as a whole is late.
+                # The bridge must answer while they still come: before the 14 s they would take.
+                sock.setblocking(False)
+                sent = 0
+                while sent < len(put) - 1 and time.monotonic() - began < 5:
+                    try:
+                        sock.send(put[sent:sent + 1])
+                        sent += 1
+                    except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                        break
+                    time.sleep(0.1)  # the slow client under test, not a wait for the bridge
+                assert time.monotonic() - began < 3, "the bridge let the trickle go on"
+                sock.setblocking(True)
+            sock.settimeout(10)
+            stream = sock.makefile("rb")
+            answer = read_response(stream)
+            assert answer.status == 408, answer
+            assert "did not arrive whole within 1 s (--request-timeout)" in json.loads(answer.body)["error"]
+            assert answer.headers.get("connection") == "close"
+            assert time.monotonic() - began >= 0.9
+            assert stream.read() == b""
+        assert "--request-timeout" in running.log()
+
+
+def test_a_request_in_two_parts_within_request_timeout_is_answered(node, tmp_path):
+    put = request("PUT", f"{PREFIX}/kv/two-parts/", b'{"value": 7}')
+    with bridge(node, tmp_path, "--request-timeout", "2") as running:
+        running.wait_ready()
+        client = Client(running.port)
+        try:
+            client.sock.sendall(put[:20])
+            assert not client.closed_by_bridge(timeout=0.3)
+            assert client.exchange(put[20:]).status == 201
+            assert client.exchange(request("GET", f"{PREFIX}/kv/two-parts/")).status == 200
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("field, value", [("max_connections", 0), ("idle_timeout", 0), ("request_timeout", -1.0),
+                                          ("max_connections", 2.5)])
+def test_bad_bounds_are_refused_by_the_config(field, value):
+    with pytest.raises(ValueError, match=field):
+        BridgeConfig(**{field: value})
