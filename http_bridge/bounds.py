@@ -48,10 +48,14 @@ class Bounds:
         self._sweep_every = min(MAX_SWEEP_SECONDS, max(MIN_SWEEP_SECONDS, min(idle_timeout, request_timeout) / 4))
         self._timer: asyncio.TimerHandle | None = None
 
+    def open(self, fast_path_connections: int) -> int:
+        """Connections open: the fast path's, and those handed to aiohttp not yet closed."""
+        self._drop_closed()
+        return fast_path_connections + len(self._handed_over)
+
     def full(self, fast_path_connections: int) -> bool:
         """Whether a new connection would be one too many."""
-        self._drop_closed()
-        return fast_path_connections + len(self._handed_over) >= self.max_connections
+        return self.open(fast_path_connections) >= self.max_connections
 
     def handed_over(self, transport: asyncio.BaseTransport) -> None:
         self._handed_over.add(transport)

@@ -206,6 +206,8 @@ class FastPath:
         config = self.config
         self.bounds = Bounds(config.max_connections, config.idle_timeout, config.request_timeout,
                              lambda: self.connections)
+        if self.metrics is not None:
+            self.metrics.open_connections.set_function(lambda: self.bounds.open(len(self.connections)))
         self.answering: set[asyncio.Task] = set()  # the answers being made (the loop keeps only weak references)
         self._date = b""
         self._date_second = -1
@@ -406,12 +408,16 @@ class FastPathProtocol(asyncio.Protocol):
                 parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:
             log.info("closing a connection whose request did not arrive whole within %g s "
                      "(--request-timeout)", bounds.request_timeout)
+            if self._shared.metrics is not None:
+                self._shared.metrics.requests_timed_out.inc()
             self._refuse(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive whole within "
                          f"{bounds.request_timeout:g} s (--request-timeout); closing the connection")
 
     def _refuse_connection(self, transport: asyncio.BaseTransport) -> None:
         max_connections = self._shared.bounds.max_connections
         log.warning("refusing a connection: %d open, the limit (--max-connections)", max_connections)
+        if self._shared.metrics is not None:
+            self._shared.metrics.connections_refused.inc()
         self._transport = transport
         self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections to this bridge ({max_connections}, "
                      "its --max-connections); try another bridge or later")

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 METRICS_PATH = "/metrics"
@@ -36,6 +36,18 @@ class HttpMetrics:
         self.duration = Histogram(
             "kvwire_http_request_duration_seconds", "Time to answer a REST request, by method and route.",
             ["method", "route"], buckets=HTTP_BOUNDS, registry=registry,
+        )
+        # The listener's bounds (bounds.py): what they refused, and what is open.
+        self.connections_refused = Counter(
+            "kvwire_http_connections_refused", "Connections answered 503 and closed at --max-connections.",
+            registry=registry,
+        )
+        self.requests_timed_out = Counter(
+            "kvwire_http_requests_timed_out", "Requests answered 408 for not arriving whole within --request-timeout.",
+            registry=registry,
+        )
+        self.open_connections = Gauge(
+            "kvwire_http_open_connections", "Connections open, those aiohttp serves included.", registry=registry,
         )
         # Label sets seen -> their children: ``labels()`` validates and locks on
         # every call, about 3% of the bridge's CPU per PUT (py-spy; the metrics'

@@ -13,7 +13,7 @@ import socket
 import time
 
 import pytest
-from rest_helpers import PREFIX, BridgeProcess, read_response
+from rest_helpers import PREFIX, BridgeProcess, http, read_response
 
 from kvwire.http_bridge import BridgeConfig
 from kvwire.testing import NodeProcess
@@ -37,6 +37,14 @@ def request(method: str, path: str, body: bytes = b"") -> bytes:
 
 KEY_GET = request("GET", f"{PREFIX}/kv/absent/")  # the fast path's, when it is on
 HEALTH_GET = request("GET", f"{PREFIX}/health/")  # always aiohttp's: the connection is handed over
+
+
+def metric(running: BridgeProcess, name: str) -> float:
+    """One unlabelled sample from the bridge's /metrics."""
+    for line in http("GET", f"{running.url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in the bridge's /metrics")
 
 
 class Client:
@@ -110,10 +118,14 @@ def test_connections_past_max_connections_get_503_and_the_next_after_a_close_is_
 
             wait_for(served, timeout=10, what="a connection served once one of the three closed")
             assert [client.exchange(KEY_GET).status for client in clients] == [404, 404]  # the others untouched
+            # Two clients and the scrape, once the bridge has seen the others close.
+            wait_for(lambda: metric(running, "kvwire_http_open_connections") == 3, timeout=10,
+                     what="the bridge counting its two clients and the scrape")
         finally:
             for client in clients:
                 client.close()
         assert "refusing a connection: 3 open, the limit (--max-connections)" in running.log()
+        assert metric(running, "kvwire_http_connections_refused_total") >= 1  # and any while the probe lingered
 
 
 @pytest.mark.parametrize("first", [KEY_GET, HEALTH_GET], ids=["fast-path", "handed-over"])
@@ -184,6 +196,7 @@ def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(no
             assert time.monotonic() - began >= 0.9
             assert stream.read() == b""
         assert "--request-timeout" in running.log()
+        assert metric(running, "kvwire_http_requests_timed_out_total") == 1
 
 
 def test_a_request_in_two_parts_within_request_timeout_is_answered(node, tmp_path):
