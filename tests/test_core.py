@@ -1627,11 +1627,19 @@ def test_a_request_page_whose_cursor_does_not_move_on_fails_the_round():
 def test_a_peer_built_before_requests_does_not_keep_a_joining_node_out():
     from kvwire.protocol.errors import UnknownOpError
 
+    from kvwire.server.core import Notice
+
     core = make_core(joining=True)
+    notices = []
     for peer in ("n2", "n3"):
         asked = requests_asked_after_empty_digests(core, peer)
         core.peer_reply(peer, asked.request_id, UnknownOpError("unknown op 0x0c"), 0.0)
+        notices += [effect for effect in core.take_effects() if type(effect) is Notice]
     assert not core.joining
+    # Not silently: the operator hears which peer, and what it costs.
+    assert [(notice.event, notice.fields) for notice in notices] == [
+        ("requests_unsupported", {"peer": "n2"}), ("requests_unsupported", {"peer": "n3"})]
+    assert "may be applied a second time" in notices[0].message
 
 
 def test_a_requests_reply_page_fits_the_nodes_frame_limit():

@@ -11,6 +11,7 @@ import logging
 import time
 
 from kvwire.protocol import ErrorReply, Health, Hello, Ping, Pong
+from kvwire.protocol.messages import Digests, DigestsReply, Requests
 from kvwire.protocol.errors import ErrorCode
 from kvwire.secret_file import read_secret_file
 from kvwire.server import peers
@@ -87,6 +88,38 @@ async def test_a_silent_peer_link_is_closed_and_dialled_again(tmp_path):
             await poll(lambda: n2.connections >= 2, 5, "n1 to dial n2 again")
             silent.clear()
             await poll(lambda: peer_state(node, "n2")["state"] == "UP", 5, "n2 UP on the new link")
+        finally:
+            await asyncio.to_thread(node.stop)
+
+
+async def test_a_joining_node_beside_a_peer_without_requests_joins_and_says_what_it_lost(tmp_path):
+    """A peer built before REQUESTS answers it UNKNOWN_OP. The joining node must
+    not stay out for ever beside it, nor go on in silence: it joins, and warns
+    that it has none of that peer's records of recent PUT request ids."""
+    asked_requests = []
+
+    def answer(request):
+        if isinstance(request, Ping):
+            return Pong(request.id)
+        if isinstance(request, Digests):  # every bucket the same: nothing to copy
+            return DigestsReply(request.id, [], 0, True)
+        if isinstance(request, Requests):
+            asked_requests.append(request.cursor)
+            return ErrorReply(request.id, ErrorCode.UNKNOWN_OP, "unknown op 0x0c")
+        return None
+
+    secret_file = new_secret_file(tmp_path)
+    async with ScriptedNode(answer, node_id="n2", secret=read_secret_file(secret_file)) as n2:
+        node = NodeProcess("n1", data_dir=tmp_path / "n1")
+        node.extra_args += ["--cluster", f"n1={node.address},n2={n2.address}", "--cluster-secret-file", secret_file,
+                            "--join"]
+        await asyncio.to_thread(node.start)
+        try:
+            await poll(lambda: "event=joined" in node.log(), 15, "n1 joined beside n2")
+            assert asked_requests == [0]
+            (warning,) = [line for line in node.log().splitlines() if "event=requests_unsupported" in line]
+            assert " WARNING " in warning and "peer=n2" in warning
+            assert "peer n2 does not know REQUESTS" in warning and "may be applied a second time" in warning
         finally:
             await asyncio.to_thread(node.stop)
 

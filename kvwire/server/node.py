@@ -40,7 +40,7 @@ from ..protocol.values import pack_value
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
 from .core import (
-    CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
+    CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
     SaveRequests, Send, StoreHint,
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
@@ -349,6 +349,8 @@ class Node:
                     self.peers.reconnect(effect.peer)
                 elif kind is PeerStateChanged:
                     self._log_transition(effect.transition)
+                elif kind is Notice:
+                    log.warning("%s", effect.message, extra={"event": effect.event, **effect.fields})
         if self._joining and not core.joining:
             self._joining = False
             log.info("joined: caught up from every peer, this node now takes part in majorities",

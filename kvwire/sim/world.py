@@ -20,7 +20,7 @@ from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
 from ..server.core.applied import MAX_AGE as REQUEST_MAX_AGE
 from ..server.core import (
-    CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Purge, SaveFloor, SaveRequests, NodeCore, PeerStateChanged, Persist,
+    CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Notice, Purge, SaveFloor, SaveRequests, NodeCore, PeerStateChanged, Persist,
     Respond, Send, StoreHint,
 )
 from ..server.core.timers import Timers
@@ -242,6 +242,8 @@ class SimNode:
                     self.lose_link(effect.peer)
                 elif kind is PeerStateChanged:
                     world.trace(f"{self.node_id}: {effect.transition.describe()}")
+                elif kind is Notice:
+                    world.trace(f"{self.node_id}: {effect.message}")
         deadline = core.next_deadline()
         if deadline is not None and (self.tick_at is None or deadline < self.tick_at):
             self.tick_at = deadline

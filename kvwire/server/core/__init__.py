@@ -1,7 +1,7 @@
 """The node's replication logic as a pure state machine (see ``node.NodeCore``)."""
 
 from .effects import (
-    CloseLink, DropHint, DropPeerHints, Effect, Joined, Load, PeerStateChanged, Persist, Purge, Respond, SaveFloor, SaveRequests, Send,
+    CloseLink, DropHint, DropPeerHints, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor, SaveRequests, Send,
     StoreHint,
 )
 from .keydir import Copy, Entry, Keydir
@@ -9,5 +9,5 @@ from .node import MUTANTS, NodeCore
 
 __all__ = [
     "CloseLink", "Copy", "DropHint", "DropPeerHints", "Effect", "Entry", "Joined", "Keydir", "Load", "MUTANTS", "NodeCore",
-    "PeerStateChanged", "Persist", "Purge", "Respond", "SaveFloor", "SaveRequests", "Send", "StoreHint",
+    "Notice", "PeerStateChanged", "Persist", "Purge", "Respond", "SaveFloor", "SaveRequests", "Send", "StoreHint",
 ]

@@ -135,5 +135,14 @@ class PeerStateChanged:
     transition: Any
 
 
+@dataclass(slots=True)
+class Notice:
+    """For the log: a warning an operator should read, ``event`` and ``fields`` with it. No completion."""
+
+    event: str
+    message: str
+    fields: dict
+
+
 Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | SaveRequests | Joined | Load
-          | CloseLink | PeerStateChanged)
+          | CloseLink | PeerStateChanged | Notice)

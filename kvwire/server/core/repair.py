@@ -32,6 +32,7 @@ from ...protocol.messages import (
     NO_VERSION, Digests, DigestsReply, Fetch, FetchReply, Requests, RequestsReply, Sync, SyncReply, Version,
 )
 from .buckets import BucketIndex
+from .effects import Notice
 from .keydir import Entry
 from .services import CoreServices
 
@@ -328,6 +329,13 @@ class Repair:
         if isinstance(reply, UnknownOpError):
             # A peer built before REQUESTS: it has no way to give its records,
             # and refusing to join beside it would keep this node out for ever.
+            # But the operator hears of it: what it does not give is lost here.
+            self._core.effects.append(Notice(
+                "requests_unsupported",
+                f"peer {round_.peer} does not know REQUESTS (a kvwire older than it), so this node joins without "
+                "its records of recent PUT request ids: a client's retry of a PUT made in the last minute may be "
+                "applied a second time; upgrade that peer",
+                {"peer": round_.peer}))
             reply = RequestsReply(0, [], 0, True)
         if not isinstance(reply, RequestsReply) or (not reply.last and reply.cursor <= cursor):
             self._fail(round_)  # a cursor that does not move on would page for ever
