@@ -19,6 +19,7 @@ from kvwire.http_bridge import DEFAULT_MAX_BODY_BYTES, MIN_BODY_BYTES, BridgeCon
 from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints, parse_host_port
 from ..protocol.limits import FRAME_OVERHEAD_BYTES
 from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
+from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ def run_bridge(config: BridgeConfig) -> int:
     """Serve on uvloop until SIGTERM or SIGINT; the exit status, with a failure to listen reported in one line."""
     from kvwire.http_bridge import describe_os_error, serve_bridge
 
+    ensure_open_files(config.max_connections + len(config.endpoints), log)  # its clients, and its links to the nodes
     try:
         run_until_stop_signal(lambda stop: serve_bridge(config, stop=stop), log, "finishing requests in flight")
     except OSError as exc:

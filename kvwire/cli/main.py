@@ -15,6 +15,7 @@ from ..secret_file import read_secret_file, write_secret_file
 from ..tls import TlsConfigError
 from .lazy import LazyGroup
 from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
+from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
 
 
@@ -156,6 +157,13 @@ def run_node(
     from ..server.storage import DataDirError
 
     log = logging.getLogger("kvwire.server")
+    # Its clients, a link each way with each peer, and its bridge's own clients and links.
+    connections = config.max_connections + 2 * len(config.peers)
+    if http_listen is not None:
+        from ..http_bridge.config import BridgeConfig
+
+        connections += BridgeConfig().max_connections + len(config.members) + 1
+    ensure_open_files(connections, log)
     try:
         if http_listen is not None or metrics_listen is not None:
             from .bridge import serve_with_http
