@@ -10,8 +10,9 @@ connection rather than a timer each:
 - past ``max_connections`` open (those aiohttp serves included), a new one is
   answered 503 and closed;
 - a connection with no request for ``idle_timeout`` is closed;
-- a request begun on the fast path must arrive whole within
-  ``request_timeout``, or it is answered 408 and the connection closed.
+- a request begun on the fast path must have its head whole within
+  ``request_timeout`` and its body never silent for as long, or it is
+  answered 408 and the connection closed.
 
 A connection handed to aiohttp is counted until it closes; aiohttp closes it
 after ``idle_timeout`` without a request (its ``keepalive_timeout``), but does
@@ -70,11 +71,13 @@ class Bounds:
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._drop_closed()
-        for connection in list(self._connections()):
-            connection.check_deadlines(now)
-        self._timer = loop.call_later(self._sweep_every, self._sweep)
+        try:
+            now = loop.time()
+            self._drop_closed()
+            for connection in list(self._connections()):
+                connection.check_deadlines(now)
+        finally:  # one connection's failure must not end every deadline
+            self._timer = loop.call_later(self._sweep_every, self._sweep)
 
     def _drop_closed(self) -> None:
         if any(transport.is_closing() for transport in self._handed_over):

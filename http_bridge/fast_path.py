@@ -332,7 +332,6 @@ class FastPathProtocol(asyncio.Protocol):
         self._finishing_partial = False  # the one request begun at shutdown: answered, then closed
         request, length = parsed
         del self._buffer[:length]
-        self._request_began = self._loop.time()  # what follows in the buffer is the next request's
         self._busy = True
         task = self._loop.create_task(self._answer(request))
         self._shared.answering.add(task)
@@ -356,7 +355,9 @@ class FastPathProtocol(asyncio.Protocol):
             self._closing = True
         self._write(answer)
         self._busy = False
-        self._last_active = self._loop.time()
+        self._last_active = now = self._loop.time()
+        if self._buffer:
+            self._request_began = now  # the next request's bytes, come meanwhile: its time starts now
         self._next()
 
     def _write(self, answer: Answer) -> None:
@@ -395,23 +396,29 @@ class FastPathProtocol(asyncio.Protocol):
     # --- bounds (bounds.py) ---------------------------------------------------------------
 
     def check_deadlines(self, now: float) -> None:
-        """Close the connection if it has been idle too long, or its request is too slow to arrive.
-        Neither while a request is answered, nor while the client is slow to read answers
-        (whole requests then wait in the buffer, held back by TCP, not by the client's sending)."""
+        """Close the connection if it has been idle too long, or its request is too slow to arrive:
+        its head not whole within --request-timeout of its first byte, or its body silent for as
+        long (a large body may take longer in all, as long as it keeps coming, as nginx's
+        client_header_timeout and client_body_timeout). Neither while a request is answered,
+        nor while the client is slow to read answers (whole requests then wait in the buffer,
+        held back by TCP, not by the client's sending)."""
         if self._busy or self._writing_paused or self._transport is None:
             return
         bounds = self._shared.bounds
         if not self._buffer:
             if now - self._last_active >= bounds.idle_timeout:
                 self._close()
-        elif now - self._request_began >= bounds.request_timeout and \
+            return
+        head_whole = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4) >= 0
+        waiting_since = self._last_active if head_whole else self._request_began
+        if now - waiting_since >= bounds.request_timeout and \
                 parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:
-            log.info("closing a connection whose request did not arrive whole within %g s "
-                     "(--request-timeout)", bounds.request_timeout)
+            what = "the request's body stopped arriving for" if head_whole else "the request's head did not arrive whole within"
+            log.info("closing a connection: %s %g s (--request-timeout)", what, bounds.request_timeout)
             if self._shared.metrics is not None:
                 self._shared.metrics.requests_timed_out.inc()
-            self._refuse(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive whole within "
-                         f"{bounds.request_timeout:g} s (--request-timeout); closing the connection")
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, f"{what} {bounds.request_timeout:g} s (--request-timeout); "
+                         "closing the connection")
 
     def _refuse_connection(self, transport: asyncio.BaseTransport) -> None:
         max_connections = self._shared.bounds.max_connections

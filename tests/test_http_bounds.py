@@ -144,10 +144,10 @@ def test_an_idle_connection_is_closed_after_idle_timeout_and_not_before(node, tm
 
 
 def test_a_request_still_being_answered_is_not_cut_off_by_idle_timeout(node, tmp_path):
-    """The node hung (SIGSTOP): the PUT waits out the bridge's --timeout (2 s), four
-    times --idle-timeout, and gets its 504 rather than a closed connection; the
-    idle time then counts from that answer, not from the request."""
-    with bridge(node, tmp_path, "--idle-timeout", "0.5", "--timeout", "2") as running:
+    """The node hung (SIGSTOP): the PUT waits out the bridge's --timeout (3 s), twice
+    --idle-timeout, and gets its 504 rather than a closed connection; the idle
+    time then counts from that answer, not from the request."""
+    with bridge(node, tmp_path, "--idle-timeout", "1.5", "--timeout", "3") as running:
         running.wait_ready()
         client = Client(running.port)
         node.send_signal(signal.SIGSTOP)
@@ -155,7 +155,7 @@ def test_a_request_still_being_answered_is_not_cut_off_by_idle_timeout(node, tmp
             answer = client.exchange(request("PUT", f"{PREFIX}/kv/slow/", b'{"value": 1}'))
             assert answer.status == 504, answer
             node.send_signal(signal.SIGCONT)
-            assert not client.closed_by_bridge(timeout=0.3)
+            assert not client.closed_by_bridge(timeout=0.5)
             assert client.exchange(KEY_GET).status == 404
         finally:
             node.send_signal(signal.SIGCONT)
@@ -191,12 +191,58 @@ def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(no
             stream = sock.makefile("rb")
             answer = read_response(stream)
             assert answer.status == 408, answer
-            assert "did not arrive whole within 1 s (--request-timeout)" in json.loads(answer.body)["error"]
+            expected = ("the request's head did not arrive whole within 1 s" if how == "one-byte-at-a-time"
+                        else "the request's body stopped arriving for 1 s")
+            assert f"{expected} (--request-timeout)" in json.loads(answer.body)["error"]
             assert answer.headers.get("connection") == "close"
             assert time.monotonic() - began >= 0.9
             assert stream.read() == b""
         assert "--request-timeout" in running.log()
         assert metric(running, "kvwire_http_requests_timed_out_total") == 1
+
+
+def test_a_body_that_keeps_coming_may_take_longer_than_request_timeout(node, tmp_path):
+    """The head whole at once, then the body in pieces 0.4 s apart for 2 s in all,
+    twice --request-timeout: a slow upload, not a stalled one (as nginx's
+    client_body_timeout), answered."""
+    body = b'{"value": "' + b"y" * 40 + b'"}'
+    put = request("PUT", f"{PREFIX}/kv/slow-upload/", body)
+    head_end = put.index(b"\r\n\r\n") + 4
+    with bridge(node, tmp_path, "--request-timeout", "1") as running:
+        running.wait_ready()
+        client = Client(running.port)
+        try:
+            client.sock.sendall(put[:head_end])
+            pieces = [put[at:at + 10] for at in range(head_end, len(put), 10)]
+            for piece in pieces[:-1]:
+                time.sleep(0.4)  # the slow client under test, not a wait for the bridge
+                client.sock.sendall(piece)
+            time.sleep(0.4)
+            assert client.exchange(pieces[-1]).status == 201
+        finally:
+            client.close()
+
+
+def test_the_next_requests_time_starts_once_the_one_before_is_answered(node, tmp_path):
+    """Pipelined: a PUT the hung node holds for the bridge's whole --timeout (2 s), and
+    the first bytes of a GET sent with it. The GET's --request-timeout (1 s) counts from
+    the PUT's answer, not from its bytes' arrival 2 s before: finished just after that
+    answer, it is answered too."""
+    get = request("GET", f"{PREFIX}/kv/after-slow/")
+    with bridge(node, tmp_path, "--request-timeout", "1", "--timeout", "2") as running:
+        running.wait_ready()
+        client = Client(running.port)
+        node.send_signal(signal.SIGSTOP)
+        try:
+            client.sock.sendall(request("PUT", f"{PREFIX}/kv/held/", b'{"value": 1}') + get[:10])
+            assert read_response(client.stream).status == 504
+            node.send_signal(signal.SIGCONT)
+            # Half the GET's timeout after the answer, 2.5 s after its first bytes: not refused.
+            assert not client.closed_by_bridge(timeout=0.5)
+            assert client.exchange(get[10:]).status == 404
+        finally:
+            node.send_signal(signal.SIGCONT)
+            client.close()
 
 
 def test_a_request_in_two_parts_within_request_timeout_is_answered(node, tmp_path):

@@ -224,6 +224,29 @@ async def test_the_request_log_is_appended_to_and_a_restart_keeps_each_requests_
         await storage.close()
 
 
+async def test_a_record_grown_too_old_is_not_replaced_at_load_by_a_later_row_it_outranks(tmp_path):
+    """The upsert kept one row per (request, key): the winner, with its time. In the
+    log a later row it outranks (its own tag tentative, or a lower tag) has a row of
+    its own, younger: once the winner is too old, nothing is loaded, as before."""
+    import sqlite3
+    import time
+
+    storage = await open_storage(tmp_path)
+    await storage.close()
+    now = time.time()
+    with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+        db.executemany("INSERT INTO request_log VALUES (?, ?, ?, ?, ?, ?)",
+                       [("firm-then-tentative", "k", 5, "n1", now - 70, 0), ("firm-then-tentative", "k", 5, "n1", now - 20, 1),
+                        ("higher-then-lower", "k", 9, "n2", now - 70, 0), ("higher-then-lower", "k", 8, "n2", now - 20, 0),
+                        ("fresh", "k", 3, "n1", now - 20, 0)])
+    storage = await open_storage(tmp_path)
+    try:
+        assert [(request, version) for request, _key, version, _age, _tentative in storage.loaded_requests] == [
+            ("fresh", Version(3, "n1"))]
+    finally:
+        await storage.close()
+
+
 async def test_a_data_directory_of_the_old_requests_table_is_moved_to_the_log_once(tmp_path):
     """Data directories written before the request log kept the records in
     ``requests``, keyed by (request, key): the first open moves them to the log

@@ -81,13 +81,17 @@ class Up:
         return self.process.wait(timeout=timeout)
 
     def cleanup(self) -> None:
-        """If the test failed half-way: leave no process behind."""
+        """If the test failed half-way: leave no process behind, and none still exiting
+        (holding its port or data directory) when this returns."""
         stop_gracefully(self.process)
-        for _, pid, _ in self.nodes().values():
+        pids = [pid for _, pid, _ in self.nodes().values()]
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for pid in pids:
+            wait_for(lambda: process_gone(pid), timeout=10, what=f"node pid {pid} gone")
 
 
 def one_node_up(tmp_path, base: int) -> Up:
@@ -378,6 +382,35 @@ def test_a_sigkilled_up_takes_its_nodes_and_haproxy_with_it(tmp_path):
             second.cleanup()
     finally:
         up.cleanup()
+
+
+def test_a_ctl_start_whose_program_will_not_start_is_refused_and_up_goes_on(tmp_path):
+    """The main thread starts what `ctl start` asks for (a child is tied to the thread
+    that starts it). A start that fails there (no such program, no file descriptors
+    left) must come back to the asker as a refusal, not end `up`'s watch loop and
+    with it every node."""
+    import threading
+
+    from kvwire.cli.control import ControlError
+    from kvwire.cli.up import _Watcher
+
+    supervisor = Supervisor([ChildProcess("ghost", [str(tmp_path / "no-such-program")])], output=io.StringIO())
+    watcher = _Watcher(supervisor, "127.0.0.1", {}, {}, tmp_path, None)
+    outcome: dict[str, str] = {}
+
+    def ask() -> None:
+        try:
+            outcome["reply"] = watcher._ctl_start("ghost")
+        except ControlError as exc:
+            outcome["refused"] = str(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    wait_for(lambda: not watcher._start_requests.empty(), timeout=10, what="the ctl start queued")
+    watcher._start_requested()  # up's main loop: must not raise
+    asker.join(timeout=10)
+    assert "ghost could not be started" in outcome["refused"] and "No such file" in outcome["refused"], outcome
+    assert [state.state for state in supervisor.states()] == ["exited"]
 
 
 def test_a_second_up_on_the_same_data_directory_is_refused(tmp_path):

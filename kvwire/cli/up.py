@@ -278,13 +278,19 @@ class _Watcher:
         started: Future = Future()
         self._start_requests.put((name, started))
         try:
-            child = started.result(timeout=CTL_START_TIMEOUT)
-        except RuntimeError as exc:
+            try:
+                child = started.result(timeout=CTL_START_TIMEOUT)
+            except TimeoutError:
+                if started.cancel():
+                    raise ControlError(f"kvwire up did not get to starting {name} within {CTL_START_TIMEOUT:g} s; "
+                                       "it may be stopping") from None
+                child = started.result(timeout=CTL_START_TIMEOUT)  # the main thread took it up just now
+        except RuntimeError as exc:  # the supervisor's refusal: running already, or up stopping
             raise ControlError(str(exc)) from None
-        except TimeoutError:
-            started.cancel()
-            raise ControlError(f"kvwire up did not get to starting {name} within {CTL_START_TIMEOUT:g} s; "
-                               "it may be stopping") from None
+        except ControlError:
+            raise
+        except Exception as exc:  # the program would not start (missing, out of file descriptors...)
+            raise ControlError(f"{name} could not be started: {exc}") from None
         _say(f"kvwire up: started {name} (kvwire up ctl start)")
         if name in self.ports:
             _say(self.node_line(child))
@@ -301,7 +307,7 @@ class _Watcher:
                 continue  # its requester gave up waiting
             try:
                 started.set_result(self.supervisor.start_child(name))
-            except RuntimeError as exc:
+            except Exception as exc:  # for the requester to report: up and the other children go on
                 started.set_exception(exc)
 
     def _held(self, message: str, name: str) -> str:

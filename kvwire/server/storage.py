@@ -237,12 +237,16 @@ class Storage:
             row = await cursor.fetchone()
         self.loaded_floor = int(row[0]) if row is not None else 0
         now = time.time()
+        # Every row, then the age: a record the upsert would have kept, grown too
+        # old, must not give way to a later row it had refused (a lower tag, or
+        # its own tag tentative), which it did not keep. The log holds at most
+        # a minute and an expiry interval of PUTs.
         async with self._reader.execute("SELECT request, key, counter, node, at, tentative FROM request_log "
-                                        "WHERE at >= ? ORDER BY at", (now - REQUEST_MAX_AGE,)) as cursor:
+                                        "ORDER BY at") as cursor:
             rows = await cursor.fetchall()
         newest = sorted(_newest_requests(rows).items(), key=lambda record: record[1][1])  # oldest first, as remembered
         self.loaded_requests = [(request, key, version, max(0.0, now - at), tentative)
-                                for (request, key), (version, at, tentative) in newest]
+                                for (request, key), (version, at, tentative) in newest if at >= now - REQUEST_MAX_AGE]
         async with self._reader.execute("SELECT value FROM meta WHERE name = 'joining'") as cursor:
             self.joining = await cursor.fetchone() is not None
 
