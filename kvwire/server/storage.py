@@ -71,8 +71,8 @@ CREATE INDEX IF NOT EXISTS request_log_at ON request_log (at);
 # its index in time order, so a commit writes to the last pages of each. Keyed
 # by its random request ids (the table before 2026-12-05: ``requests``, an upsert
 # on (request, key)), each insert landed on a random page of a tree of a
-# minute's PUTs: at REST's 2,500 PUTs/s a commit rewrote a page per row into
-# the WAL, and throughput fell by a third over the first minute of a run
+# minute's PUTs: at REST's 2,500 PUTs/s a commit wrote about a page per row
+# into the WAL; appended, REST PUTs ran 1.26x as fast in paired runs
 # (bench/results/2026-12-05/request_log_ab.md). A name written twice (a newer
 # tag, a firm record of a tentative one) has two rows; loading keeps the one
 # the upsert kept (``_newest_requests``).
