@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from kvwire.protocol import Ping, Pong
-from kvwire.testing import ChildProcess, RawConnection, free_port, wait_for
+from kvwire.testing import ChildProcess, NodeProcess, RawConnection, free_port, wait_for
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:
@@ -26,12 +26,16 @@ def open_files_limit(pid: int) -> tuple[int, int]:
     raise AssertionError("no open-files line in /proc/PID/limits")
 
 
-def answers_ping(address: str) -> bool:
-    try:
-        with RawConnection(address, timeout=2) as connection:
-            return connection.request(Ping(1)) == Pong(1)
-    except OSError:
-        return False
+class LimitedNode(NodeProcess):
+    """A node started under ``prlimit --nofile=SOFT:HARD``."""
+
+    def __init__(self, nofile: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nofile = nofile
+
+    @property
+    def command(self) -> list[str]:
+        return ["prlimit", f"--nofile={self.nofile}", *super().command]
 
 
 @pytest.fixture(autouse=True)
@@ -40,17 +44,13 @@ def needs_prlimit():
         pytest.fail("prlimit is not installed: apt-get install -y util-linux")
 
 
-def node_under(tmp_path, nofile: str, *args: str) -> tuple[ChildProcess, str]:
-    port = free_port()
-    command = ["prlimit", f"--nofile={nofile}", sys.executable, "-m", "kvwire", "serve", "--listen", f"127.0.0.1:{port}",
-               "--data-dir", str(tmp_path / "n1"), "--sync", "off", *args]
-    return ChildProcess("n1", command, log_path=tmp_path / "n1.log"), f"127.0.0.1:{port}"
+def node_under(tmp_path, nofile: str, *args: str) -> LimitedNode:
+    return LimitedNode(nofile, data_dir=tmp_path / "n1", extra_args=["--sync", "off", *args])
 
 
 def test_a_node_raises_its_soft_limit_and_accepts_past_the_old_one(tmp_path):
-    node, address = node_under(tmp_path, "256:4096", "--max-connections", "1000")
-    with node:
-        wait_for(lambda: answers_ping(address), timeout=15, what="the node answering PING")
+    with node_under(tmp_path, "256:4096", "--max-connections", "1000") as node:
+        address = node.address
         assert open_files_limit(node.pid) == (1000 + 64, 4096)
         assert "raised the open-files limit from 256 to 1064, for 1000 connections" in node.log()
         # 300 at once, past the 256 it was started with: every one answered.
@@ -65,9 +65,7 @@ def test_a_node_raises_its_soft_limit_and_accepts_past_the_old_one(tmp_path):
 
 
 def test_a_hard_limit_below_the_connections_is_used_and_named(tmp_path):
-    node, address = node_under(tmp_path, "256:512", "--max-connections", "1000")
-    with node:
-        wait_for(lambda: answers_ping(address), timeout=15, what="the node answering PING")
+    with node_under(tmp_path, "256:512", "--max-connections", "1000") as node:
         assert open_files_limit(node.pid) == (512, 512)
         log = node.log()
         assert "the open-files limit is 512 (the hard limit allows no more), so only about 448 connections" in log
@@ -75,9 +73,7 @@ def test_a_hard_limit_below_the_connections_is_used_and_named(tmp_path):
 
 
 def test_a_limit_that_is_enough_is_left_alone(tmp_path):
-    node, address = node_under(tmp_path, "4096:8192")
-    with node:
-        wait_for(lambda: answers_ping(address), timeout=15, what="the node answering PING")
+    with node_under(tmp_path, "4096:8192") as node:
         assert open_files_limit(node.pid) == (4096, 8192)
         assert "open-files limit" not in node.log()
 
