@@ -341,23 +341,55 @@ def test_max_inflight_bytes_holds_back_pipelined_puts(tmp_path, value_bytes, bud
     options = ["--max-inflight-bytes", str(budget), "--failure-timeout", "30", "--write-timeout", str(deadline)]
     with LocalCluster(3, data_dir=tmp_path, node_args=options) as cluster:
         cluster.wait_peers("n1", up=["n2", "n3"], timeout=10)
-        cluster.pause("n2")
-        cluster.pause("n3")
-        try:
-            with cluster.raw("n1", timeout=10) as conn:
-                requests = [Put(1 + number, f"k{number}", value) for number in range(sent)]
-                assert 2 * len(encode(requests[0])) < budget <= 3 * len(encode(requests[0]))
-                conn.send(*requests)
-                arrivals = _no_quorum_arrivals(conn, sent)
-            assert _first_wave(arrivals, deadline) == 3
-            assert arrivals[-1] - arrivals[0] >= deadline * 0.9
-        finally:
-            cluster.resume("n2")
-            cluster.resume("n3")
-        cluster.wait_peers("n1", up=["n2", "n3"], timeout=10)
+        requests = [Put(1 + number, f"k{number}", value) for number in range(sent)]
+        assert 2 * len(encode(requests[0])) < budget <= 3 * len(encode(requests[0]))
+        _started_three_at_a_time(cluster, requests, deadline)
         with Client(cluster.endpoints, **cluster.client_options) as client:
             client.put("after", value)
             assert client.get("after") == value
+
+
+def test_max_inflight_bytes_counts_room_for_the_value_a_get_brings_in(tmp_path):
+    """Six quorum GETs of keys holding 100 kB values, in one write, with
+    --max-value-bytes 100000 and --max-inflight-bytes set so that three GETs,
+    each charged its 20-byte frame plus room for the largest value, take the
+    connection past it; both peers hung (not yet DOWN), so each GET waits out
+    its deadline. The node must start three, then the rest: counted by their
+    frames alone all six started at once, and a client pipelining GETs of
+    1 MiB values could make the node hold a gigabyte of peers' answers and
+    replies. Every GET is answered."""
+    sent, deadline, value_room = 6, 1.0, 100_000
+    budget = 2 * value_room + 1_000  # past it after three GETs, not after two
+    options = ["--max-value-bytes", str(value_room), "--max-inflight-bytes", str(budget),
+               "--failure-timeout", "30", "--write-timeout", str(deadline)]
+    with LocalCluster(3, data_dir=tmp_path, node_args=options) as cluster:
+        cluster.wait_peers("n1", up=["n2", "n3"], timeout=10)
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            for number in range(sent):
+                client.put(f"k{number}", b"v" * (value_room - 100))
+        requests = [Get(1 + number, f"k{number}", Consistency.QUORUM) for number in range(sent)]
+        assert 3 * len(encode(requests[0])) < 1_000
+        _started_three_at_a_time(cluster, requests, deadline)
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            assert client.get("k0", consistency="quorum") == b"v" * (value_room - 100)
+
+
+def _started_three_at_a_time(cluster: LocalCluster, requests: list, deadline: float) -> None:
+    """Send ``requests`` (ids 1..n) to n1 in one write with both its peers hung (not yet
+    DOWN), so each waits out its deadline and fails NO_QUORUM; n1 must have started three,
+    then the rest once those were answered. The peers are UP again on return."""
+    cluster.pause("n2")
+    cluster.pause("n3")
+    try:
+        with cluster.raw("n1", timeout=10) as conn:
+            conn.send(*requests)
+            arrivals = _no_quorum_arrivals(conn, len(requests))
+        assert _first_wave(arrivals, deadline) == 3
+        assert arrivals[-1] - arrivals[0] >= deadline * 0.9
+    finally:
+        cluster.resume("n2")
+        cluster.resume("n3")
+    cluster.wait_peers("n1", up=["n2", "n3"], timeout=10)
 
 
 def _no_quorum_arrivals(conn: RawConnection, sent: int) -> list[float]:

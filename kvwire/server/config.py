@@ -72,12 +72,13 @@ class ServerConfig:
     cache_entries: int = 100_000
     # A connection with this many requests waiting (on storage or on peers)
     # stops being read, and its requests already read wait too, until fewer
-    # than half of that many wait: one pipelining client cannot queue unbounded work,
-    # nor hold more than about this many replies unread.
+    # than half of that many wait: one pipelining client cannot queue unbounded work.
     max_inflight_per_connection: int = 1024
-    # The same, counted in the bytes of the waiting requests' frames: at 1024
-    # PUTs of the largest value (1 MiB) the count alone would let one client
-    # make the node hold a gigabyte. One request always starts when none waits.
+    # The same, counted in the bytes of the waiting requests' frames, and for a
+    # client's GET or DELETE the largest value besides (what it may bring in):
+    # at 1024 PUTs or GETs of the largest value (1 MiB) the count alone would
+    # let one client make the node hold a gigabyte. One request always starts
+    # when none waits.
     max_inflight_bytes_per_connection: int = 64 * 1024 * 1024
     # Rows per group-commit transaction; more waits for the next one. At about
     # 220k rows/s for executemany (docs/design.md section 4) this keeps one transaction

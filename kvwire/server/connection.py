@@ -21,7 +21,8 @@ from ..protocol.codec import encode
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
-from ..protocol.messages import Consistency, ErrorReply, Get, GetReply
+from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
+from .access import PEER
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox
@@ -54,6 +55,10 @@ class NodeProtocol(asyncio.Protocol):
         self._codec = Connection(Side.NODE, node.config.limits, raw_values=True)
         self._core = node.core
         self._max_key_bytes = node.config.limits.max_key_bytes
+        # What a client's waiting GET or DELETE is charged in flow control beyond
+        # its frame: room for the largest value it may bring in (a peer's
+        # FETCH_REPLY, a Load, the reply's frame), not known when it starts.
+        self._value_room = node.config.limits.max_value_bytes
         # A cluster's node answers only GETs of consistency=one from memory.
         self._answerable_end = CONSISTENCY_ONE_END if node.core.quorum > 1 else b""
         self._transport: asyncio.Transport | None = None
@@ -254,6 +259,8 @@ class NodeProtocol(asyncio.Protocol):
                 continue
             if type(result) is PendingReply:
                 frame_bytes = codec.last_frame_bytes
+                if (kind is Get or kind is Delete) and session.grant is not PEER:
+                    frame_bytes += self._value_room  # a forwarded DELETE is counted at its client's node
                 flow.request_started(frame_bytes)
                 result.on_reply = (lambda reply, request_id=request.id, tally=tally, started=started, frame_bytes=frame_bytes:
                                    self._finish(request_id, reply, tally, started, frame_bytes))
@@ -324,7 +331,8 @@ class NodeProtocol(asyncio.Protocol):
 
     def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float, frame_bytes: int) -> None:
         """The node's answer to a request it left pending (``PendingReply``), as soon as it is given;
-        ``frame_bytes``: the size of the request's frame, counted in flow control while it waited."""
+        ``frame_bytes``: what flow control counted for it while it waited (its frame, and for a
+        client's GET or DELETE room for a value)."""
         self._flow.request_finished(frame_bytes)
         if self._backlog:
             self._schedule_drain()

@@ -14,8 +14,12 @@ once ``inflight`` reaches ``max_inflight``, or ``inflight_bytes`` reaches
 The bytes are the requests' frames, which a waiting request keeps (a PUT's
 value goes on to its peers and to disk from them). Without a byte budget the
 count alone would let one client pipelining PUTs of the largest value make
-the node hold ``max_inflight`` megabytes. A request always starts when none
-waits, so a frame larger than the budget is slow, not refused.
+the node hold ``max_inflight`` megabytes. A client's waiting GET or DELETE
+is charged its frame plus the largest value (connection.py): the value it
+may bring in from a peer or the disk is not known when it starts, and
+counted by its 20-byte frame alone, a client pipelining GETs of large values
+could make the node hold ``max_inflight`` of them. A request always starts
+when none waits, so a frame larger than the budget is slow, not refused.
 """
 
 from __future__ import annotations
