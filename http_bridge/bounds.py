@@ -8,7 +8,7 @@ bytes. Here, as on a node, one sweep a few times a second looks at every
 connection rather than a timer each:
 
 - past ``max_connections`` open (those aiohttp serves included), a new one is
-  answered 503 and closed;
+  answered 503 and closed (a lingering close: fast_path.LINGER_SECONDS);
 - a connection with no request for ``idle_timeout`` is closed;
 - a request begun on the fast path must have its head whole within
   ``request_timeout`` and its body never silent for as long, or it is

@@ -57,6 +57,15 @@ MAX_HEAD_BYTES = 16 * 1024
 # Unanswered bytes held while a request is answered (a client pipelining),
 # beyond the largest body, before reading stops until they are answered.
 MAX_HELD_BYTES = 64 * 1024
+# A refused connection (503 past --max-connections, 408) is answered, its
+# sending side shut, and what the client still sends read and dropped until it
+# closes its side, for at most this long (nginx's lingering close): closed with
+# bytes unread, the kernel resets the connection, and a client still sending its
+# request sees the reset instead of the answer.
+LINGER_SECONDS = 2.0
+# Refused connections lingering at once, per listener; past it one closes at
+# once, as before, so that a flood of refused connections holds few sockets.
+MAX_LINGERING = 128
 
 # One key segment: unreserved and sub-delimiter characters, ':' and '@', and
 # %XX escapes (RFC 3986 pchar). '{' and '}' (also escaped) are left to
@@ -209,6 +218,7 @@ class FastPath:
         if self.metrics is not None:
             self.metrics.open_connections.set_function(lambda: self.bounds.open(len(self.connections)))
         self.answering: set[asyncio.Task] = set()  # the answers being made (the loop keeps only weak references)
+        self.lingering = 0  # refused connections reading and dropping what their client still sends
         self._date = b""
         self._date_second = -1
 
@@ -252,6 +262,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._eof = False
         self._closing = False  # shutting down, or the client said Connection: close
         self._finishing_partial = False  # shutting down, but a request's bytes are still arriving
+        self._linger_timer: asyncio.TimerHandle | None = None  # refused: reading and dropping until it fires
         self._last_active = self._loop.time()  # for --idle-timeout
         self._request_began = self._last_active  # of the bytes in the buffer, for --request-timeout
         # Set once the connection is closed or aiohttp's, for shutdown to wait on.
@@ -270,6 +281,8 @@ class FastPathProtocol(asyncio.Protocol):
             self._hand_over()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:
+            return  # refused: dropped
         now = self._loop.time()
         if not self._buffer:
             self._request_began = now
@@ -281,6 +294,8 @@ class FastPathProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def eof_received(self) -> bool:
+        if self._linger_timer is not None:
+            return False  # refused, and the client has sent all it will: close
         self._eof = True
         transport = self._transport
         self._next()
@@ -290,6 +305,9 @@ class FastPathProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None  # an answer still being made is dropped (_write)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._shared.lingering -= 1
         self._forget()
 
     def pause_writing(self) -> None:
@@ -303,7 +321,7 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         """Answer the next request in the buffer, hand the connection over, close, or wait."""
-        if self._busy or self._transport is None:
+        if self._busy or self._transport is None or self._linger_timer is not None:
             return
         if self._closing and not self._finishing_partial:
             self._close()  # after the answers written so far, however slowly they drain
@@ -402,7 +420,7 @@ class FastPathProtocol(asyncio.Protocol):
         client_header_timeout and client_body_timeout). Neither while a request is answered,
         nor while the client is slow to read answers (whole requests then wait in the buffer,
         held back by TCP, not by the client's sending)."""
-        if self._busy or self._writing_paused or self._transport is None:
+        if self._busy or self._writing_paused or self._transport is None or self._linger_timer is not None:
             return
         bounds = self._shared.bounds
         if not self._buffer:
@@ -425,10 +443,9 @@ class FastPathProtocol(asyncio.Protocol):
         log.warning("refusing a connection: %d open, the limit (--max-connections)", max_connections)
         if self._shared.metrics is not None:
             self._shared.metrics.connections_refused.inc()
-        self._transport = transport
+        self._transport = transport  # not counted among the connections: connection_lost forgets nothing
         self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections to this bridge ({max_connections}, "
                      "its --max-connections); try another bridge or later")
-        self._transport = None
         self.gone.set()
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
@@ -436,12 +453,32 @@ class FastPathProtocol(asyncio.Protocol):
         self._closing = True
         self._buffer.clear()
         self._write(json_error_answer(int(status), message))
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close once the client has stopped sending, or LINGER_SECONDS from now: shut our
+        sending side after the answer, and read and drop what comes meanwhile. TLS has no
+        half-close; there, and past MAX_LINGERING, close now."""
+        transport, shared = self._transport, self._shared
+        if transport is None or transport.is_closing():
+            return
+        if shared.lingering >= MAX_LINGERING or not transport.can_write_eof():
+            self._close()
+            return
+        shared.lingering += 1
+        self._linger_timer = self._loop.call_later(LINGER_SECONDS, self._close)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        transport.write_eof()
 
     def finish(self) -> None:
         """Shutting down: answer the request in flight, if any, write the answers out, close.
         A request begun but not yet whole (its body still arriving) is read to its end and
         answered first, as aiohttp lets its own finish; the shutdown's timeout bounds both."""
+        if self._linger_timer is not None:
+            self._close()  # refused and answered already
+            return
         self._closing = True
         if not self._busy and self._buffer and self._transport is not None \
                 and parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:

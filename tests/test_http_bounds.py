@@ -17,6 +17,7 @@ import pytest
 from rest_helpers import PREFIX, BridgeProcess, http, read_response
 
 from kvwire.http_bridge import BridgeConfig
+from kvwire.http_bridge.fast_path import LINGER_SECONDS
 from kvwire.testing import NodeProcess
 from kvwire.testing.node import wait_for
 
@@ -132,6 +133,42 @@ def test_connections_past_max_connections_get_503_and_the_next_after_a_close_is_
                 client.close()
         assert "refusing a connection: 3 open, the limit (--max-connections)" in running.log()
         assert metric(running, "kvwire_http_connections_refused_total") >= 1  # and any while the probe lingered
+
+
+def test_a_refused_client_still_sending_its_request_reads_the_503_not_a_reset(node, tmp_path):
+    """A connection past --max-connections that sends a 16 MiB PUT at once (more
+    than loopback's socket buffers hold). Before the bridge read and dropped what a
+    refused client still sends (a lingering close), it closed with those bytes
+    unread, the kernel reset the connection, and the client's send failed with
+    ECONNRESET or EPIPE before it could read the 503."""
+    with bridge(node, tmp_path, "--max-connections", "1") as running:
+        running.wait_ready()
+        held = served_client(running.port, KEY_GET, 404)
+        try:
+            body = b"x" * (16 << 20)
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as extra:
+                extra.sendall(request("PUT", f"{PREFIX}/kv/big/", body))
+                refused = read_response(extra.makefile("rb"))
+            assert refused.status == 503, refused
+            assert "its --max-connections" in json.loads(refused.body)["error"]
+            assert held.exchange(KEY_GET).status == 404  # the connection held is untouched
+            # A refused client that neither stops sending nor closes is closed at
+            # LINGER_SECONDS: then what it sends is answered with a reset.
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as lingering:
+                assert read_response(lingering.makefile("rb")).status == 503
+                refused_at = time.monotonic()
+
+                def reset() -> bool:
+                    try:
+                        lingering.send(b"x")  # dropped while the bridge lingers; once it has closed, reset
+                    except (ConnectionResetError, BrokenPipeError):
+                        return True
+                    return False
+
+                wait_for(reset, timeout=10, what="the bridge closing a refused connection at its linger's end")
+                assert time.monotonic() - refused_at >= LINGER_SECONDS * 0.9
+        finally:
+            held.close()
 
 
 @pytest.mark.parametrize("first", [KEY_GET, HEALTH_GET], ids=["fast-path", "handed-over"])
