@@ -31,6 +31,7 @@ from kvwire.client import (
 from kvwire.client.json_values import version_json
 
 from .config import BridgeConfig
+from .handed_over import read_body, watched
 from .metrics import add_metrics
 from .openapi import openapi_document
 from .values import UnrepresentableValueError, parse_put_body, to_json_text
@@ -83,7 +84,7 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
     Its HTTP metrics go into ``registry`` (its own if None), served at /metrics.
     """
     app = web.Application(
-        middlewares=[_json_errors],
+        middlewares=[watched, _json_errors],
         client_max_size=config.max_body_bytes,
         handler_args={"max_line_size": MAX_REQUEST_LINE},
     )
@@ -227,7 +228,8 @@ async def put_key(request: web.Request) -> web.Response:
     # large for --max-body-bytes is read into a 413.
     key_of(request.raw_path, request.app[CONFIG].limits)
     try:
-        body = await request.read()
+        with read_body(request):  # timed by --request-timeout (handed_over.py)
+            body = await request.read()
     except (RuntimeError, ConnectionError):
         if request.protocol is not None and request.protocol.connected:
             raise

@@ -15,14 +15,17 @@ connection rather than a timer each:
   answered 408 and the connection closed.
 
 A connection handed to aiohttp is counted until it closes; aiohttp closes it
-after ``idle_timeout`` without a request (its ``keepalive_timeout``), but does
-not time a request while it arrives.
+after ``idle_timeout`` without a request (its ``keepalive_timeout``), and the
+sweep applies ``request_timeout`` to it through its watch (handed_over.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Callable, Iterable
+
+from .handed_over import HandedOver
+from .linger import Lingering
 
 # The sweep runs at a quarter of the shorter timeout, within these bounds: a
 # connection is closed at most a quarter late, and an idle bridge wakes at most
@@ -35,17 +38,19 @@ class Bounds:
     """The connections of one listener, counted and swept.
 
     ``connections()`` gives the fast path's own connections, each with a
-    ``check_deadlines(now)``; the transports handed to aiohttp are kept here
-    until they close.
+    ``check_deadlines(now)``; those handed to aiohttp are kept here, watched,
+    until they close, and ``time_out(watch, what)`` answers one too slow.
     """
 
     def __init__(self, max_connections: int, idle_timeout: float, request_timeout: float,
-                 connections: Callable[[], Iterable]) -> None:
+                 connections: Callable[[], Iterable], time_out: Callable[[HandedOver, str], None]) -> None:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self._connections = connections
-        self._handed_over: set[asyncio.BaseTransport] = set()
+        self._time_out = time_out
+        self._handed_over: set[HandedOver] = set()
+        self.lingering = Lingering()
         self._sweep_every = min(MAX_SWEEP_SECONDS, max(MIN_SWEEP_SECONDS, min(idle_timeout, request_timeout) / 4))
         self._timer: asyncio.TimerHandle | None = None
 
@@ -58,8 +63,8 @@ class Bounds:
         """Whether a new connection would be one too many."""
         return self.open(fast_path_connections) >= self.max_connections
 
-    def handed_over(self, transport: asyncio.BaseTransport) -> None:
-        self._handed_over.add(transport)
+    def handed_over(self, watch: HandedOver) -> None:
+        self._handed_over.add(watch)
 
     def start(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
@@ -76,9 +81,13 @@ class Bounds:
             self._drop_closed()
             for connection in list(self._connections()):
                 connection.check_deadlines(now)
+            for watch in list(self._handed_over):
+                what = watch.overdue(now, self.request_timeout)
+                if what is not None:
+                    self._time_out(watch, what)
         finally:  # one connection's failure must not end every deadline
             self._timer = loop.call_later(self._sweep_every, self._sweep)
 
     def _drop_closed(self) -> None:
-        if any(transport.is_closing() for transport in self._handed_over):
-            self._handed_over = {transport for transport in self._handed_over if not transport.is_closing()}
+        if any(watch.transport.is_closing() for watch in self._handed_over):
+            self._handed_over = {watch for watch in self._handed_over if not watch.transport.is_closing()}

@@ -45,6 +45,7 @@ from .app import (
     json_error_answer,
 )
 from .bounds import Bounds
+from .handed_over import HandedOver
 from .metrics import METRICS
 
 log = logging.getLogger("kvwire.http")
@@ -57,15 +58,6 @@ MAX_HEAD_BYTES = 16 * 1024
 # Unanswered bytes held while a request is answered (a client pipelining),
 # beyond the largest body, before reading stops until they are answered.
 MAX_HELD_BYTES = 64 * 1024
-# A refused connection (503 past --max-connections, 408) is answered, its
-# sending side shut, and what the client still sends read and dropped until it
-# closes its side, for at most this long (nginx's lingering close): closed with
-# bytes unread, the kernel resets the connection, and a client still sending its
-# request sees the reset instead of the answer.
-LINGER_SECONDS = 2.0
-# Refused connections lingering at once, per listener; past it one closes at
-# once, as before, so that a flood of refused connections holds few sockets.
-MAX_LINGERING = 128
 
 # One key segment: unreserved and sub-delimiter characters, ':' and '@', and
 # %XX escapes (RFC 3986 pchar). '{' and '}' (also escaped) are left to
@@ -214,16 +206,30 @@ class FastPath:
         self.connections: set[FastPathProtocol] = set()
         config = self.config
         self.bounds = Bounds(config.max_connections, config.idle_timeout, config.request_timeout,
-                             lambda: self.connections)
+                             lambda: self.connections, self._time_out_handed_over)
         if self.metrics is not None:
             self.metrics.open_connections.set_function(lambda: self.bounds.open(len(self.connections)))
         self.answering: set[asyncio.Task] = set()  # the answers being made (the loop keeps only weak references)
-        self.lingering = 0  # refused connections reading and dropping what their client still sends
         self._date = b""
         self._date_second = -1
 
     def __call__(self) -> FastPathProtocol:
         return FastPathProtocol(self)
+
+    def timed_out(self, what: str) -> Answer:
+        """Log and count a request too slow to arrive (``what`` took too long); the 408 for it."""
+        timeout = self.bounds.request_timeout
+        log.info("closing a connection: %s %g s (--request-timeout)", what, timeout)
+        if self.metrics is not None:
+            self.metrics.requests_timed_out.inc()
+        return json_error_answer(int(HTTPStatus.REQUEST_TIMEOUT), f"{what} {timeout:g} s (--request-timeout); "
+                                 "closing the connection")
+
+    def _time_out_handed_over(self, watch: HandedOver, what: str) -> None:
+        """A connection aiohttp serves, too slow to send its request: the 408, then closed
+        (aiohttp's protocol sees the close; no lingering, as that would take the transport from it)."""
+        watch.transport.write(answer_bytes(self.timed_out(what), self.date(), close=True))
+        watch.transport.close()
 
     def date(self) -> bytes:
         second = int(time())
@@ -262,7 +268,6 @@ class FastPathProtocol(asyncio.Protocol):
         self._eof = False
         self._closing = False  # shutting down, or the client said Connection: close
         self._finishing_partial = False  # shutting down, but a request's bytes are still arriving
-        self._linger_timer: asyncio.TimerHandle | None = None  # refused: reading and dropping until it fires
         self._last_active = self._loop.time()  # for --idle-timeout
         self._request_began = self._last_active  # of the bytes in the buffer, for --request-timeout
         # Set once the connection is closed or aiohttp's, for shutdown to wait on.
@@ -281,8 +286,6 @@ class FastPathProtocol(asyncio.Protocol):
             self._hand_over()
 
     def data_received(self, data: bytes) -> None:
-        if self._linger_timer is not None:
-            return  # refused: dropped
         now = self._loop.time()
         if not self._buffer:
             self._request_began = now
@@ -294,8 +297,6 @@ class FastPathProtocol(asyncio.Protocol):
             self._transport.pause_reading()
 
     def eof_received(self) -> bool:
-        if self._linger_timer is not None:
-            return False  # refused, and the client has sent all it will: close
         self._eof = True
         transport = self._transport
         self._next()
@@ -305,9 +306,6 @@ class FastPathProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None  # an answer still being made is dropped (_write)
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._shared.lingering -= 1
         self._forget()
 
     def pause_writing(self) -> None:
@@ -321,7 +319,7 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _next(self) -> None:
         """Answer the next request in the buffer, hand the connection over, close, or wait."""
-        if self._busy or self._transport is None or self._linger_timer is not None:
+        if self._busy or self._transport is None:
             return
         if self._closing and not self._finishing_partial:
             self._close()  # after the answers written so far, however slowly they drain
@@ -381,16 +379,7 @@ class FastPathProtocol(asyncio.Protocol):
     def _write(self, answer: Answer) -> None:
         if self._transport is None or self._transport.is_closing():
             return
-        body = answer.text.encode()
-        head = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\nDate: %s\r\n"
-                % (answer.status, _REASONS.get(answer.status, b""), len(body), self._shared.date())]
-        if answer.headers:
-            head.extend(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in answer.headers.items())
-        if self._closing:
-            head.append(b"Connection: close\r\n")
-        head.append(b"\r\n")
-        head.append(body)
-        self._transport.write(b"".join(head))
+        self._transport.write(answer_bytes(answer, self._shared.date(), close=self._closing))
 
     # --- giving the connection to aiohttp, closing it -------------------------------------
 
@@ -398,17 +387,18 @@ class FastPathProtocol(asyncio.Protocol):
         """From the current request on, the connection is aiohttp's, with the bytes not yet answered."""
         transport, self._transport = self._transport, None
         self._forget()
-        self._shared.bounds.handed_over(transport)
         if self._reading_paused:
             transport.resume_reading()  # aiohttp keeps its own bound on what it reads ahead
-        handler = self._shared.server()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
+        # aiohttp's protocol, behind a watch that times its requests' arrival (handed_over.py).
+        watch = HandedOver(self._shared.server(), transport, self._request_began if self._buffer else None)
+        self._shared.bounds.handed_over(watch)
+        transport.set_protocol(watch)
+        watch.connection_made(transport)
         if self._buffer:
-            handler.data_received(bytes(self._buffer))
+            watch.data_received(bytes(self._buffer))
             self._buffer.clear()
         if self._eof:
-            if not handler.eof_received():
+            if not watch.eof_received():
                 transport.close()
 
     # --- bounds (bounds.py) ---------------------------------------------------------------
@@ -420,7 +410,7 @@ class FastPathProtocol(asyncio.Protocol):
         client_header_timeout and client_body_timeout). Neither while a request is answered,
         nor while the client is slow to read answers (whole requests then wait in the buffer,
         held back by TCP, not by the client's sending)."""
-        if self._busy or self._writing_paused or self._transport is None or self._linger_timer is not None:
+        if self._busy or self._writing_paused or self._transport is None:
             return
         bounds = self._shared.bounds
         if not self._buffer:
@@ -432,53 +422,30 @@ class FastPathProtocol(asyncio.Protocol):
         if now - waiting_since >= bounds.request_timeout and \
                 parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:
             what = "the request's body stopped arriving for" if head_whole else "the request's head did not arrive whole within"
-            log.info("closing a connection: %s %g s (--request-timeout)", what, bounds.request_timeout)
-            if self._shared.metrics is not None:
-                self._shared.metrics.requests_timed_out.inc()
-            self._refuse(HTTPStatus.REQUEST_TIMEOUT, f"{what} {bounds.request_timeout:g} s (--request-timeout); "
-                         "closing the connection")
+            self._refuse(self._shared.timed_out(what))
 
     def _refuse_connection(self, transport: asyncio.BaseTransport) -> None:
         max_connections = self._shared.bounds.max_connections
         log.warning("refusing a connection: %d open, the limit (--max-connections)", max_connections)
         if self._shared.metrics is not None:
             self._shared.metrics.connections_refused.inc()
-        self._transport = transport  # not counted among the connections: connection_lost forgets nothing
-        self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"too many connections to this bridge ({max_connections}, "
-                     "its --max-connections); try another bridge or later")
-        self.gone.set()
+        self._transport = transport
+        self._refuse(json_error_answer(int(HTTPStatus.SERVICE_UNAVAILABLE), f"too many connections to this bridge "
+                                       f"({max_connections}, its --max-connections); try another bridge or later"))
 
-    def _refuse(self, status: HTTPStatus, message: str) -> None:
-        """Answer ``status`` with ``message`` and close, whatever else was asked."""
+    def _refuse(self, answer: Answer) -> None:
+        """Answer with ``answer`` and close, whatever else was asked."""
         self._closing = True
         self._buffer.clear()
-        self._write(json_error_answer(int(status), message))
-        self._linger()
-
-    def _linger(self) -> None:
-        """Close once the client has stopped sending, or LINGER_SECONDS from now: shut our
-        sending side after the answer, and read and drop what comes meanwhile. TLS has no
-        half-close; there, and past MAX_LINGERING, close now."""
-        transport, shared = self._transport, self._shared
-        if transport is None or transport.is_closing():
-            return
-        if shared.lingering >= MAX_LINGERING or not transport.can_write_eof():
-            self._close()
-            return
-        shared.lingering += 1
-        self._linger_timer = self._loop.call_later(LINGER_SECONDS, self._close)
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
-        transport.write_eof()
+        self._write(answer)
+        transport, self._transport = self._transport, None
+        self._forget()
+        self._shared.bounds.lingering.close(transport)  # closed once the client stops sending (linger.py)
 
     def finish(self) -> None:
         """Shutting down: answer the request in flight, if any, write the answers out, close.
         A request begun but not yet whole (its body still arriving) is read to its end and
         answered first, as aiohttp lets its own finish; the shutdown's timeout bounds both."""
-        if self._linger_timer is not None:
-            self._close()  # refused and answered already
-            return
         self._closing = True
         if not self._busy and self._buffer and self._transport is not None \
                 and parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:
@@ -498,6 +465,20 @@ class FastPathProtocol(asyncio.Protocol):
     def _forget(self) -> None:
         self._shared.connections.discard(self)
         self.gone.set()
+
+
+def answer_bytes(answer: Answer, date: bytes, *, close: bool) -> bytes:
+    """``answer`` as HTTP/1.1 puts it on the wire; ``close``: with ``Connection: close``."""
+    body = answer.text.encode()
+    head = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\nDate: %s\r\n"
+            % (answer.status, _REASONS.get(answer.status, b""), len(body), date)]
+    if answer.headers:
+        head.extend(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in answer.headers.items())
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    head.append(body)
+    return b"".join(head)
 
 
 def _logged_path(request: Request) -> str:

@@ -17,7 +17,7 @@ import pytest
 from rest_helpers import PREFIX, BridgeProcess, http, read_response
 
 from kvwire.http_bridge import BridgeConfig
-from kvwire.http_bridge.fast_path import LINGER_SECONDS
+from kvwire.http_bridge.linger import LINGER_SECONDS
 from kvwire.testing import NodeProcess
 from kvwire.testing.node import wait_for
 
@@ -186,11 +186,14 @@ def test_an_idle_connection_is_closed_after_idle_timeout_and_not_before(node, tm
             client.close()
 
 
-def test_a_request_still_being_answered_is_not_cut_off_by_idle_timeout(node, tmp_path):
+@pytest.mark.parametrize("served_by", ["fast-path", "aiohttp"])
+def test_a_request_still_being_answered_is_not_cut_off_by_idle_timeout(node, tmp_path, served_by):
     """The node hung (SIGSTOP): the PUT waits out the bridge's --timeout (3 s), twice
-    --idle-timeout, and gets its 504 rather than a closed connection; the idle
-    time then counts from that answer, not from the request."""
-    with bridge(node, tmp_path, "--idle-timeout", "1.5", "--timeout", "3") as running:
+    --idle-timeout and three times --request-timeout, and gets its 504 rather than a
+    closed connection or a 408; the idle time then counts from that answer, not from
+    the request."""
+    with bridge(node, tmp_path, "--idle-timeout", "1.5", "--timeout", "3", "--request-timeout", "1",
+                *(["--no-fast-path"] if served_by == "aiohttp" else [])) as running:
         running.wait_ready()
         client = Client(running.port)
         node.send_signal(signal.SIGSTOP)
@@ -205,10 +208,24 @@ def test_a_request_still_being_answered_is_not_cut_off_by_idle_timeout(node, tmp
             client.close()
 
 
+LORIS_PUT = request("PUT", f"{PREFIX}/kv/loris/", b'{"value": "' + b"x" * 80 + b'"}')
+
+
 @pytest.mark.parametrize("how", ["head-then-silence", "body-cut-short", "one-byte-at-a-time"])
-def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(node, tmp_path, how):
-    put = request("PUT", f"{PREFIX}/kv/loris/", b'{"value": "' + b"x" * 80 + b'"}')
-    with bridge(node, tmp_path, "--request-timeout", "1") as running:
+@pytest.mark.parametrize("served_by", ["fast-path", "aiohttp", "aiohttp-handed-over"])
+def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(node, tmp_path, how, served_by):
+    """Each way a request can come too slowly, on each kind of connection: the fast
+    path's; one aiohttp serves from the start (--no-fast-path), where a handler reads
+    the body; and one the fast path hands to aiohttp: at its head's end (a PUT with
+    ``Expect: 100-continue``) or, trickled, at its second byte (a POST). aiohttp alone
+    times nothing while a request arrives."""
+    put = LORIS_PUT
+    if served_by == "aiohttp-handed-over":
+        if how == "one-byte-at-a-time":
+            put = put.replace(b"PUT ", b"POST ", 1)
+        else:
+            put = put.replace(b"Host: localhost\r\n", b"Host: localhost\r\nExpect: 100-continue\r\n")
+    with bridge(node, tmp_path, "--request-timeout", "1", *(["--no-fast-path"] if served_by == "aiohttp" else [])) as running:
         running.wait_ready()
         with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
             began = time.monotonic()
@@ -233,6 +250,8 @@ def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(no
             sock.settimeout(10)
             stream = sock.makefile("rb")
             answer = read_response(stream)
+            if answer.status == 100:  # aiohttp's answer to the Expect, once its handler reads the body
+                answer = read_response(stream)
             assert answer.status == 408, answer
             expected = ("the request's head did not arrive whole within 1 s" if how == "one-byte-at-a-time"
                         else "the request's body stopped arriving for 1 s")
@@ -244,14 +263,15 @@ def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(no
         assert metric(running, "kvwire_http_requests_timed_out_total") == 1
 
 
-def test_a_body_that_keeps_coming_may_take_longer_than_request_timeout(node, tmp_path):
+@pytest.mark.parametrize("served_by", ["fast-path", "aiohttp"])
+def test_a_body_that_keeps_coming_may_take_longer_than_request_timeout(node, tmp_path, served_by):
     """The head whole at once, then the body in pieces 0.4 s apart for 2 s in all,
     twice --request-timeout: a slow upload, not a stalled one (as nginx's
     client_body_timeout), answered."""
     body = b'{"value": "' + b"y" * 40 + b'"}'
-    put = request("PUT", f"{PREFIX}/kv/slow-upload/", body)
+    put = request("PUT", f"{PREFIX}/kv/slow-upload-{served_by}/", body)  # each run creates its key
     head_end = put.index(b"\r\n\r\n") + 4
-    with bridge(node, tmp_path, "--request-timeout", "1") as running:
+    with bridge(node, tmp_path, "--request-timeout", "1", *(["--no-fast-path"] if served_by == "aiohttp" else [])) as running:
         running.wait_ready()
         client = Client(running.port)
         try:

@@ -1,0 +1,126 @@
+"""A connection handed to aiohttp, watched for ``--request-timeout``.
+
+aiohttp times nothing while a request arrives: its ``keepalive_timeout`` runs
+only between requests, so a client trickling a request's head, or a body
+aiohttp's handler is reading, would hold one of ``--max-connections`` for as
+long as it trickled. :class:`HandedOver` stands between the transport and
+aiohttp's protocol and passes everything through, noting when bytes came; the
+middleware :func:`watched` tells it when aiohttp's handlers start and finish a
+request, and :func:`read_body` when one reads its body. bounds.py's sweep then
+applies the fast path's rules (fast_path.FastPathProtocol.check_deadlines):
+
+- a request's head must be whole within ``request_timeout`` of its first byte;
+- a body being read may not go silent for as long.
+
+Not timed: a request whose head came while another was being answered (a
+client pipelining); aiohttp's ``keepalive_timeout`` (``--idle-timeout``)
+bounds it once the one before is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+from typing import Awaitable, Callable, Iterator
+
+from aiohttp import web
+
+HEAD_END = b"\r\n\r\n"
+
+
+class HandedOver(asyncio.Protocol):
+    def __init__(self, handler: asyncio.Protocol, transport: asyncio.BaseTransport, head_began: float | None) -> None:
+        self.handler = handler  # aiohttp's RequestHandler
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self.answering = 0  # requests in aiohttp's handlers (watched())
+        self.reading_body = 0  # of those, reading their bodies (read_body())
+        # The first byte of a request that no handler has taken yet, and whether
+        # its head's end has come (aiohttp then answers it, 400 included).
+        self.head_began = head_began
+        self.head_whole = False
+        self._tail = b""  # the last bytes seen, for a head's end split between two reads
+        self.last_data = self._loop.time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        now = self.last_data = self._loop.time()
+        if not self.answering and not self.head_whole:
+            if self.head_began is None:
+                self.head_began = now
+            self.head_whole = HEAD_END in self._tail + data[:3] or HEAD_END in data
+            self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def request_started(self) -> None:
+        self.answering += 1
+        self.head_began, self.head_whole, self._tail = None, False, b""
+
+    def request_finished(self) -> None:
+        self.answering -= 1
+
+    def body_started(self) -> None:
+        self.reading_body += 1
+        self.last_data = self._loop.time()  # the body's time starts now, not at the head's last read
+
+    def body_finished(self) -> None:
+        self.reading_body -= 1
+
+    def overdue(self, now: float, request_timeout: float) -> str | None:
+        """What took too long, for the 408, or None."""
+        if self.transport.is_closing():
+            return None
+        if self.reading_body and now - self.last_data >= request_timeout:
+            return "the request's body stopped arriving for"
+        if (not self.answering and self.head_began is not None and not self.head_whole
+                and now - self.head_began >= request_timeout):
+            return "the request's head did not arrive whole within"
+        return None
+
+
+def _watch_of(request: web.BaseRequest) -> HandedOver | None:
+    transport = request.transport
+    watch = transport.get_protocol() if transport is not None else None
+    return watch if isinstance(watch, HandedOver) else None
+
+
+@web.middleware
+async def watched(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Tell the connection's watch that a request is being answered, and when it is."""
+    watch = _watch_of(request)
+    if watch is None:
+        return await handler(request)
+    watch.request_started()
+    try:
+        return await handler(request)
+    finally:
+        watch.request_finished()
+
+
+@contextmanager
+def read_body(request: web.BaseRequest) -> Iterator[None]:
+    """Around a handler's read of its request's body: the watch times its silences."""
+    watch = _watch_of(request)
+    if watch is None:
+        yield
+        return
+    watch.body_started()
+    try:
+        yield
+    finally:
+        watch.body_finished()

@@ -1,0 +1,58 @@
+"""Closing a refused connection without resetting it: nginx's lingering close.
+
+A connection refused (503 past ``--max-connections``) or timed out (408) is
+answered and closed whatever its client is still sending. Closed with bytes
+unread, the kernel resets the connection, and a client still sending its
+request sees the reset instead of the answer (its write fails with EPIPE or
+ECONNRESET). So the bridge shuts its sending side after the answer, reads and
+drops what comes until the client closes its side, and closes then, or
+``LINGER_SECONDS`` after the answer at the latest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+LINGER_SECONDS = 2.0
+# Connections lingering at once, per listener; past it one closes at once (the
+# reset is then possible again), so that a flood of refused connections holds
+# few sockets.
+MAX_LINGERING = 128
+
+
+class Lingering:
+    """How many of one listener's connections linger now."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def close(self, transport: asyncio.BaseTransport) -> None:
+        """Close ``transport``, whose answer is written, once its client has stopped
+        sending. It becomes this module's: its protocol is replaced, and the one it had
+        gets no ``connection_lost``. TLS has no half-close; there, and past
+        MAX_LINGERING, it closes now."""
+        if transport.is_closing():
+            return
+        if self.count >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.set_protocol(_Dropping(self, transport))
+        transport.resume_reading()  # it may have stopped reading at its buffer's limit
+        transport.write_eof()
+
+
+class _Dropping(asyncio.Protocol):
+    def __init__(self, lingering: Lingering, transport: asyncio.BaseTransport) -> None:
+        self._lingering = lingering
+        lingering.count += 1
+        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the rest of a request already answered
+
+    def eof_received(self) -> bool:
+        return False  # the client has sent all it will: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        self._lingering.count -= 1
