@@ -12,9 +12,12 @@ applies the fast path's rules (fast_path.FastPathProtocol.check_deadlines):
 - a request's head must be whole within ``request_timeout`` of its first byte;
 - a body being read may not go silent for as long.
 
-Not timed: a request whose head came while another was being answered (a
-client pipelining); aiohttp's ``keepalive_timeout`` (``--idle-timeout``)
-bounds it once the one before is answered.
+Bytes that come after a handler has answered without reading its whole
+body (a 413, a 405, a 400 for a bad key) are the rest of that body, which
+aiohttp reads and drops: they start no request's time, or an idle keep-alive
+connection would be answered 408. Not timed either: a request whose head
+came while another was being answered or its body drained (a client
+pipelining); aiohttp's ``keepalive_timeout`` (``--idle-timeout``) bounds it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import asyncio
 from contextlib import contextmanager
 from typing import Awaitable, Callable, Iterator
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 HEAD_END = b"\r\n\r\n"
 
@@ -41,18 +44,24 @@ class HandedOver(asyncio.Protocol):
         self.head_whole = False
         self._tail = b""  # the last bytes seen, for a head's end split between two reads
         self.last_data = self._loop.time()
+        # The body of a request answered before it was read whole: aiohttp reads and
+        # drops the rest (for up to its lingering_time), and those bytes are no head.
+        self._draining: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         now = self.last_data = self._loop.time()
-        if not self.answering and not self.head_whole:
+        draining = self._draining
+        if draining is None and not self.answering and not self.head_whole:
             if self.head_began is None:
                 self.head_began = now
             self.head_whole = HEAD_END in self._tail + data[:3] or HEAD_END in data
             self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
         self.handler.data_received(data)
+        if draining is not None and draining.is_eof():
+            self._draining = None  # the body's end came in these bytes: the next bytes begin a request
 
     def eof_received(self) -> bool | None:
         return self.handler.eof_received()
@@ -70,8 +79,11 @@ class HandedOver(asyncio.Protocol):
         self.answering += 1
         self.head_began, self.head_whole, self._tail = None, False, b""
 
-    def request_finished(self) -> None:
+    def request_finished(self, body: StreamReader) -> None:
+        """``body``: the request's, which aiohttp drains if it is not at its end."""
         self.answering -= 1
+        if not body.is_eof():
+            self._draining = body
 
     def body_started(self) -> None:
         self.reading_body += 1
@@ -109,7 +121,7 @@ async def watched(request: web.Request,
     try:
         return await handler(request)
     finally:
-        watch.request_finished()
+        watch.request_finished(request.content)
 
 
 @contextmanager

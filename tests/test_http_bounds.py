@@ -263,6 +263,33 @@ def test_a_request_that_does_not_arrive_whole_within_request_timeout_gets_408(no
         assert metric(running, "kvwire_http_requests_timed_out_total") == 1
 
 
+@pytest.mark.parametrize("answered", ["405-before-its-body", "413-mid-body"])
+@pytest.mark.parametrize("fast_path", [True, False], ids=["handed-over", "aiohttp-only"])
+def test_the_rest_of_a_body_answered_early_starts_no_request_timeout(node, tmp_path, answered, fast_path):
+    """aiohttp answers some requests before reading their bodies (a POST's 405; a
+    body past --max-body-bytes, 413) and reads and drops the rest as it comes. Those
+    bytes are not a new request's head: the keep-alive connection stays open past
+    --request-timeout (1 s) and serves the next request. Taken for a head, they made
+    the idle connection get a 408 a second later."""
+    args = ["--request-timeout", "1", "--max-body-bytes", "1000", *([] if fast_path else ["--no-fast-path"])]
+    with bridge(node, tmp_path, *args) as running:
+        running.wait_ready()
+        client = Client(running.port)
+        try:
+            if answered == "405-before-its-body":
+                assert client.exchange(f"POST {PREFIX}/kv/k/ HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+                                       .encode()).status == 405
+                client.sock.sendall(b"0123456789")  # the body, after its answer
+            else:
+                body = b'{"value": "' + b"x" * 400_000 + b'"}'  # more than one read: the rest comes after the 413
+                assert client.exchange(request("PUT", f"{PREFIX}/kv/big/", body)).status == 413
+            assert client.silent_for(2.5), "the bridge answered (408) or closed an idle keep-alive connection"
+            assert client.exchange(HEALTH_GET).status == 200
+        finally:
+            client.close()
+        assert "--request-timeout" not in running.log()
+
+
 @pytest.mark.parametrize("served_by", ["fast-path", "aiohttp"])
 def test_a_body_that_keeps_coming_may_take_longer_than_request_timeout(node, tmp_path, served_by):
     """The head whole at once, then the body in pieces 0.4 s apart for 2 s in all,

@@ -79,8 +79,10 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
 def run_bridge(config: BridgeConfig) -> int:
     """Serve on uvloop until SIGTERM or SIGINT; the exit status, with a failure to listen reported in one line."""
     from kvwire.http_bridge import describe_os_error, serve_bridge
+    from kvwire.http_bridge.linger import MAX_LINGERING
 
-    ensure_open_files(config.max_connections + len(config.endpoints), log)  # its clients, and its links to the nodes
+    # Its clients, those refused and lingering, and its links to the nodes.
+    ensure_open_files(config.max_connections + MAX_LINGERING + len(config.endpoints), log)
     try:
         run_until_stop_signal(lambda stop: serve_bridge(config, stop=stop), log, "finishing requests in flight")
     except OSError as exc:

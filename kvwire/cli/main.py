@@ -157,12 +157,14 @@ def run_node(
     from ..server.storage import DataDirError
 
     log = logging.getLogger("kvwire.server")
-    # Its clients, a link each way with each peer, and its bridge's own clients and links.
+    # Its clients, a link each way with each peer, and its bridge's own clients, the
+    # refused ones lingering, and its links.
     connections = config.max_connections + 2 * len(config.peers)
     if http_listen is not None:
         from ..http_bridge.config import BridgeConfig
+        from ..http_bridge.linger import MAX_LINGERING
 
-        connections += BridgeConfig().max_connections + len(config.members) + 1
+        connections += BridgeConfig().max_connections + MAX_LINGERING + len(config.members) + 1
     ensure_open_files(connections, log)
     try:
         if http_listen is not None or metrics_listen is not None:
