@@ -243,3 +243,23 @@ def test_a_node_dials_back_a_peer_that_dials_it(tmp_path):
         said = [node_id for node_id in ("n1", "n2") if "event=peer_dial_back" in cluster[node_id].log()
                 or "dialling it back now" in cluster[node_id].log()]
         assert said, "neither n1 nor n2 dialled n3 back"
+
+
+def test_a_peer_with_other_limits_is_named_once_with_each_difference(tmp_path):
+    """n2 takes values up to 500,000 bytes, its peers up to 1 MiB: a value between
+    the two is taken by n1 and refused by n2, so a write of it can miss its majority
+    for no reason a client could see. Each side warns, naming the peer and the
+    limit, once however often the link comes back; n1 and n3, alike, say nothing
+    of each other."""
+    cluster = LocalCluster(3, data_dir=tmp_path)
+    cluster["n2"].extra_args += ["--max-value-bytes", "500000"]
+    with cluster:
+        n1, n2, n3 = cluster["n1"], cluster["n2"], cluster["n3"]
+        warning = "peer n2 has other limits than this node (max_value_bytes 500000 there, 1048576 here)"
+        wait_for(lambda: warning in n1.log(), timeout=10, what="n1 warning about n2's limits")
+        assert "peer n1 has other limits than this node (max_value_bytes 1048576 there, 500000 here)" in n2.log()
+        assert "peer n3 has other limits" in n2.log()
+        assert "peer n1 has other limits" not in n3.log() and "peer n3 has other limits" not in n1.log()
+        cluster.restart("n2")
+        cluster.wait_ready()
+        assert n1.log().count("peer n2 has other limits") == 1

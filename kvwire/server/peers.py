@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from ..backoff import backoff_delay
 from ..client.connection import ClientConnection
 from ..protocol.errors import KvwireConnectionError, KvwireError
+from ..protocol.limits import WIRE_NAMES, Limits
 from ..protocol.messages import Role
 from ..tls import client_context
 from .config import Member, ServerConfig
@@ -67,6 +68,7 @@ class PeerLink:
         self._task: asyncio.Task | None = None
         self._dial_now = asyncio.Event()  # set: cut the backoff short
         self._backing_off = False
+        self._limits_warned: Limits | None = None  # the peer's limits last warned about, to say it once
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._maintain(), name=f"kvwire-peer-{self.member.node_id}")
@@ -122,6 +124,7 @@ class PeerLink:
                 await asyncio.sleep(RECONNECT_MAX_DELAY)
                 continue
             failures = 0
+            self._check_limits(connection.server_limits)
             connection.on_receive = lambda: self._node.peer_heard(peer)
             self.connection = connection
             self._node.peer_linked(peer)
@@ -130,6 +133,21 @@ class PeerLink:
             finally:
                 self.connection = None
                 self._node.peer_unlinked(peer)
+
+    def _check_limits(self, theirs: Limits | None) -> None:
+        """Warn, once for each set of limits the peer names, when they differ from this
+        node's: a value one node takes and another refuses fails its writes' majorities
+        (NO_QUORUM), and a frame past the peer's limit closes the link."""
+        ours = self._config.limits
+        if theirs is None or theirs == ours or theirs == self._limits_warned:
+            return
+        self._limits_warned = theirs
+        differences = ", ".join(f"{name} {getattr(theirs, name)} there, {getattr(ours, name)} here"
+                                for name in WIRE_NAMES if getattr(theirs, name) != getattr(ours, name))
+        log.warning("peer %s has other limits than this node (%s): a write of a value that one of them refuses "
+                    "cannot reach its majority there; give every node the same --max-key-bytes, "
+                    "--max-value-bytes and --max-frame-bytes", self.member.node_id, differences,
+                    extra={"event": "peer_limits_differ"})
 
     async def _back_off(self, delay: float) -> None:
         """Wait ``delay`` seconds before dialling again, or until ``dial_now``."""
