@@ -57,8 +57,8 @@ class BridgeConfig:
     # (--max-connections, --hello-timeout, --frame-timeout): connections past
     # max_connections are answered 503 and closed; a connection with no request
     # for idle_timeout is closed (nginx's keep-alive default; aiohttp's own is an
-    # hour); a key route's request must have its head whole within request_timeout
-    # of its first byte, and its body may not go silent for as long (408).
+    # hour); a request must have its head whole within request_timeout of its
+    # first byte, and its body may not go silent for as long (408).
     max_connections: int = 1024
     idle_timeout: float = 75.0
     request_timeout: float = 10.0
