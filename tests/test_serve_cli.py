@@ -113,7 +113,7 @@ def test_serve_loads_none_of_the_other_commands_and_each_loads_when_asked():
         "run('serve')\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(('kvwire.bench', 'kvwire.testing', 'kvwire.chaos', 'kvwire.cli.up')))\n"
         "assert not loaded, loaded\n"
-        "for name in ('up', 'bridge', 'bench', 'chaos', 'certs'):\n"
+        "for name in ('up', 'bridge', 'bench', 'chaos', 'certs', 'backup'):\n"
         "    run(name)\n"
         "    assert f'kvwire.cli.{name}' in sys.modules, name\n"
         "assert 'kvwire.bench.command' in sys.modules\n"
@@ -122,7 +122,7 @@ def test_serve_loads_none_of_the_other_commands_and_each_loads_when_asked():
     listed = subprocess.run([sys.executable, "-m", "kvwire", "--help"], capture_output=True, text=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
     commands = [line.split()[0] for line in listed.stdout.split("Commands:")[1].splitlines() if line.strip()]
-    assert commands == ["bench", "bridge", "certs", "chaos", "secret", "serve", "up"]
+    assert commands == ["backup", "bench", "bridge", "certs", "chaos", "secret", "serve", "up"]
 
 
 def test_serve_and_the_bridge_options_load_no_aiohttp():

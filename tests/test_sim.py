@@ -19,7 +19,7 @@ import pytest
 
 from kvwire.check import dump_jsonl
 from kvwire.server.core import MUTANTS
-from kvwire.sim import run_seed
+from kvwire.sim import FAULT_KINDS, run_seed
 from kvwire.sim.__main__ import DEFAULT_FAULTS, DEFAULT_SEEDS, main
 
 # The runs below use a pool of two processes: beside another test they would
@@ -46,6 +46,28 @@ def test_two_thousand_seeds_with_faults_check_clean():
     assert set(faults) == {"crash", "pause", "partition", "one-way", "disk", "network"}
     assert min(faults.values()) > CI_SEEDS
     print(f"FIGURES sim: {CI_SEEDS} seeds in {summary['seconds']} s = {summary['seeds_per_second']} seeds/s")
+
+
+def test_nodes_restored_from_backups_check_clean():
+    """The opt-in ``restore`` fault: a crashed node comes back on a backup of its disk
+    taken earlier in the run, marked joining as ``kvwire backup`` marks it."""
+    result = run_cli("--seeds", "400", "--jobs", "2", "--json", "--faults", ",".join((*FAULT_KINDS, "restore")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["seeds_run"] == 400
+    assert dict(summary["faults"])["restored"] > 40
+
+
+def test_a_node_restored_from_a_backup_that_votes_at_once_is_caught(capsys):
+    """With restores the only lost data (no crash, so no wiped disk), a restored node
+    that takes part in majorities at once mints a tag again for another value (seed
+    519: (1, n1) carried two acknowledged values). The real core, joining, passes."""
+    mix = ["--seed", "519", "--seeds", "1", "--json", "--faults", "restore,network"]
+    assert main([*mix, "--mutant", "no-join-guard"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and any("carried two values" in problem for problem in report["problems"])
+    assert run_seed(519, faults=("restore", "network"), mutant="no-join-guard").faults.get("restored") == 1
+    assert main(mix) == 0
 
 
 @pytest.mark.parametrize("nodes", [1, 5])

@@ -21,7 +21,7 @@ from .signals import run_until_stop_signal
 
 @click.group(
     cls=LazyGroup,
-    lazy_commands={name: f"kvwire.cli.{name}:{name}" for name in ("up", "bridge", "bench", "chaos", "certs")},
+    lazy_commands={name: f"kvwire.cli.{name}:{name}" for name in ("up", "bridge", "bench", "chaos", "certs", "backup")},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(package_name="kvwire")

@@ -30,6 +30,8 @@ from .core.applied import MAX_AGE as REQUEST_MAX_AGE
 from .core.keydir import Entry
 from .tally import BATCH_BOUNDS, COMMIT_BOUNDS, Buckets
 
+# The node's database in its data directory (with SQLite's -wal and -shm beside it).
+DATABASE_FILE_NAME = "kvwire.sqlite3"
 log = logging.getLogger("kvwire.storage")
 
 # A group commit this slow is logged: every write in it, and every quorum write
@@ -186,7 +188,7 @@ class Storage:
         """Open (creating if need be) the node's files. ``join``: a new data directory
         joins an existing cluster (``ServerConfig.join``), a state kept in the files
         until the node has caught up, so that a restart meanwhile does not end it."""
-        path = data_dir / "kvwire.sqlite3"
+        path = data_dir / DATABASE_FILE_NAME
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             # sqlite3's default transaction handling opens a transaction before the

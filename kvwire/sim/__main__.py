@@ -16,7 +16,7 @@ from typing import Iterator
 
 from ..check import DEFAULT_MAX_STEPS, format_report
 from ..server.core import MUTANTS
-from .nemesis import FAULT_KINDS
+from .nemesis import ALL_FAULT_KINDS, FAULT_KINDS, OPT_IN_FAULT_KINDS
 from .run import RunResult, run_seed
 from .workload import CLIENT_TIMEOUT
 
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ops", type=_positive, default=DEFAULT_OPS, help=f"client operations per run (default {DEFAULT_OPS})")
     parser.add_argument("--nodes", type=int, choices=(1, 3, 5), default=3, help="cluster size (default 3)")
     parser.add_argument("--faults", type=_faults, default=DEFAULT_FAULTS,
-                        help=f"comma list of fault kinds, or 'none' (default {DEFAULT_FAULTS})")
+                        help=f"comma list of fault kinds, or 'none' (default {DEFAULT_FAULTS}; also "
+                             f"{', '.join(OPT_IN_FAULT_KINDS)}: a node restored from a backup of its disk)")
     parser.add_argument("--mutant", choices=MUTANTS, help="run a deliberately broken core; a clean exit would be a miss")
     parser.add_argument("--clients", type=_positive, default=5, help="concurrent clients (default 5)")
     parser.add_argument("--client-timeout", type=_seconds, default=CLIENT_TIMEOUT, metavar="SECONDS",
@@ -85,9 +86,9 @@ def _faults(text: str) -> tuple[str, ...]:
     if text.strip() in ("", "none"):
         return ()
     kinds = tuple(part.strip() for part in text.split(","))
-    unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+    unknown = [kind for kind in kinds if kind not in ALL_FAULT_KINDS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown fault kind {', '.join(unknown)}; choose from {', '.join(FAULT_KINDS)}")
+        raise argparse.ArgumentTypeError(f"unknown fault kind {', '.join(unknown)}; choose from {', '.join(ALL_FAULT_KINDS)}")
     return kinds
 
 

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .world import World
 
+# The default faults. Their order and number fix what every seed does: a new
+# kind goes in OPT_IN_FAULT_KINDS, so that pinned seeds (tests/test_sim.py) keep
+# their runs.
 FAULT_KINDS = ("crash", "pause", "partition", "one-way", "disk", "network")
-# The share of crashes that also lose the node's disk, at most one a run: a
-# second lost disk before anti-entropy has refilled the first could lose a
-# write that only those two held, which no replication factor of 3 survives.
+# ``restore``: a crash whose node comes back on a backup of its disk taken
+# earlier in the run (``kvwire backup``: marked joining).
+OPT_IN_FAULT_KINDS = ("restore",)
+ALL_FAULT_KINDS = FAULT_KINDS + OPT_IN_FAULT_KINDS
+# The share of crashes that also lose the node's disk, at most one a run (a
+# restore from a backup counts as one): a second lost disk before
+# anti-entropy has refilled the first could lose a write that only those two
+# held, which no replication factor of 3 survives.
 WIPE_SHARE = 0.2
+# With ``restore``: the share of strikes that first back up the victim's disk.
+BACKUP_SHARE = 0.3
 
 
 class Nemesis:
     def __init__(self, world: World, kinds: tuple[str, ...]) -> None:
-        unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+        unknown = [kind for kind in kinds if kind not in ALL_FAULT_KINDS]
         if unknown:
-            raise ValueError(f"unknown fault kind {', '.join(unknown)}; choose from {', '.join(FAULT_KINDS)}")
+            raise ValueError(f"unknown fault kind {', '.join(unknown)}; choose from {', '.join(ALL_FAULT_KINDS)}")
         self.world = world
         self.kinds = kinds
         self.injected: dict[str, int] = {}
         self.stopped = False
+        self.backups: dict = {}  # node id -> a copy of its disk (SimDisk), for ``restore``
 
     def start(self) -> None:
         if self.kinds:
@@ -42,6 +54,11 @@ class Nemesis:
         ids = sorted(world.nodes)
         victim = world.nodes[rng.choice(ids)]
         duration = rng.uniform(0.05, 2.5)
+        if "restore" in self.kinds and rng.random() < BACKUP_SHARE:
+            # What survives a crash is what a backup copies: committed rows, hints,
+            # the floor and the request records.
+            self.backups[victim.node_id] = copy.deepcopy(victim.disk)
+            world.trace(f"nemesis: backup of {victim.node_id}'s disk")
         if kind == "crash" and rng.random() < 0.5:
             # Half the crashes wait for a node to hand a write to its disk and
             # strike before the commit: the window where acknowledging or
@@ -55,7 +72,7 @@ class Nemesis:
         if kind == "crash" and victim.alive:
             victim.crash()
             # (A lone node's lost disk loses everything: nothing to test there.)
-            if rng.random() < WIPE_SHARE and not self.injected.get("wipe") and len(ids) >= 3:
+            if rng.random() < WIPE_SHARE and not self._lost_a_disk() and len(ids) >= 3:
                 # The disk is lost too: the node comes back empty under its id.
                 world.trace(f"nemesis: {victim.node_id}'s disk is lost")
                 self.injected["wipe"] = self.injected.get("wipe", 0) + 1
@@ -63,6 +80,16 @@ class Nemesis:
 
                 victim.disk = SimDisk()
                 victim.disk.joining = True  # started with --join, as an operator replacing a disk would
+            self._heal_after(duration, victim.start)
+        elif kind == "restore" and victim.alive:
+            victim.crash()
+            backup = self.backups.get(victim.node_id)
+            if backup is not None and not self._lost_a_disk() and len(ids) >= 3:
+                world.trace(f"nemesis: {victim.node_id} restored from its backup")
+                self.injected["restored"] = self.injected.get("restored", 0) + 1
+                victim.disk = copy.deepcopy(backup)
+                victim.disk.failing_until = victim.disk.slow_until = -1.0  # a new disk
+                victim.disk.joining = True  # the backup's mark (kvwire.server.backup)
             self._heal_after(duration, victim.start)
         elif kind == "pause" and victim.alive and not victim.paused:
             victim.pause()
@@ -92,6 +119,9 @@ class Nemesis:
 
             self._heal_after(duration, calm)
         self._schedule_next()
+
+    def _lost_a_disk(self) -> bool:
+        return bool(self.injected.get("wipe") or self.injected.get("restored"))
 
     def _crash_mid_commit(self, node, duration: float) -> None:
         world = self.world

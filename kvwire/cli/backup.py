@@ -1,0 +1,35 @@
+"""``kvwire backup DATA_DIR DESTINATION``: a running node's data, copied into a data directory that rejoins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..server.backup import BackupError, back_up
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+def backup(data_dir: Path, destination: Path) -> None:
+    """Copy the node data in DATA_DIR (a node's --data-dir) to DESTINATION, a new directory.
+
+    The node may be running: the copy is of one committed moment (SQLite's
+    online backup), not of files being written. DESTINATION is a data
+    directory for the same node id, marked as joining: a node started on it
+    takes no part in majorities until it has caught up from every peer, so
+    the writes made since the backup come back from them.
+
+    \b
+    To restore a node: stop it, move its data directory aside, put
+    DESTINATION in its place, start it as before.
+    """
+    try:
+        summary = back_up(data_dir, destination)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up node {summary.node_id}: {summary.keys} keys and {summary.tombstones} tombstones, "
+               f"{summary.bytes} bytes, to {summary.path}")
+    click.echo(f"to restore: stop node {summary.node_id}, put {summary.path} in place of its --data-dir, start it; "
+               "it rejoins, catching up from every peer before it takes part in majorities")

@@ -1,0 +1,117 @@
+"""A node's data, copied while it runs, into a data directory that rejoins its cluster.
+
+SQLite's online backup copies the database as of one committed moment (one
+read transaction, in WAL mode beside the node's writes), which copying the
+files does not: a copy of a live ``kvwire.sqlite3`` and its ``-wal`` can be
+torn between two commits.
+
+The copy is marked *joining* (the state ``--join`` gives a new data
+directory, docs/design.md 1.9). A restored node is behind its cluster: a
+write acknowledged since the backup by a majority that included this node
+may now be on one other node only. Counted in majorities at once, the
+restored node and that other node's peer could answer a read without it, or
+mint a later write's tag below it. Joining, it takes no part in majorities
+until anti-entropy has caught it up from every peer, as after a lost disk.
+A backup of a node that was running would join anyway (its copy says the
+node was killed: an unclean stop joins, 1.2 step 3); one of a node stopped
+cleanly would not, without the mark.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from .storage import DATABASE_FILE_NAME, DataDirError, reason_of
+
+# The copy is written under this name, then renamed: a backup cut short is
+# never taken for a whole one.
+PARTIAL_SUFFIX = ".partial"
+# How long the copy waits for a lock the node holds (a checkpoint, say).
+BUSY_TIMEOUT_S = 30.0
+
+
+class BackupError(DataDirError):
+    """The backup could not be made; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSummary:
+    node_id: str | None
+    keys: int  # live keys
+    tombstones: int
+    bytes: int
+    path: Path
+
+
+def back_up(data_dir: Path, destination: Path) -> BackupSummary:
+    """Copy the node database in ``data_dir`` into the new data directory
+    ``destination`` (which must not exist, or be empty), marked joining."""
+    source_path = Path(data_dir) / DATABASE_FILE_NAME
+    if not source_path.is_file():
+        raise BackupError(f"no kvwire database at {source_path}: give a node's --data-dir")
+    destination = Path(destination)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise BackupError(f"{destination} exists and is not an empty directory; give a new path")
+    created = not destination.exists()
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"cannot create {destination}: {reason_of(exc)}") from None
+    partial = destination / (DATABASE_FILE_NAME + PARTIAL_SUFFIX)
+    final = destination / DATABASE_FILE_NAME
+    try:
+        _copy(source_path, partial)
+        summary = _mark_joining(partial)
+        _fsync(partial)
+        os.replace(partial, final)
+        _fsync(destination)
+    except (OSError, sqlite3.Error) as exc:
+        partial.unlink(missing_ok=True)
+        if created:
+            destination.rmdir()  # as it was: absent
+        raise BackupError(f"backing up {source_path} to {destination} failed: {reason_of(exc)}") from None
+    node_id, keys, tombstones = summary
+    return BackupSummary(node_id, keys, tombstones, final.stat().st_size, destination)
+
+
+def _copy(source_path: Path, target_path: Path) -> None:
+    # Read-write, not mode=ro: a read-only connection cannot open a WAL database
+    # whose -shm file is gone (the node stopped cleanly). query_only keeps it a reader.
+    source = sqlite3.connect(source_path, timeout=BUSY_TIMEOUT_S)
+    try:
+        source.execute("PRAGMA query_only=ON")
+        target = sqlite3.connect(target_path)
+        try:
+            source.backup(target)  # every page in one step: one read transaction, one moment
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def _mark_joining(path: Path) -> tuple[str | None, int, int]:
+    """Mark the copy joining; its node id, live keys and tombstones."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=DELETE")  # one file, until the node opens it in WAL mode
+        db.execute("PRAGMA synchronous=FULL")
+        has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        row = db.execute("SELECT value FROM meta WHERE name = 'node_id'").fetchone() if has_meta else None
+        if row is None:
+            raise sqlite3.DatabaseError("the database names no node: it is not a kvwire node's")
+        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('joining', '1')")
+        keys, tombstones = db.execute("SELECT count(*), coalesce(sum(deleted), 0) FROM kv").fetchone()
+        return row[0], keys - tombstones, tombstones
+    finally:
+        db.close()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

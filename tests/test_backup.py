@@ -1,0 +1,167 @@
+"""``kvwire backup``: a node's data copied while it runs, restored into a node that rejoins.
+
+Real node processes and SQLite files; the backup is the CLI, run as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from kvwire import Client, KeyNotFoundError
+from kvwire.server.storage import DATABASE_FILE_NAME
+from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
+from kvwire.testing.balancer import WriteLoad
+
+BACKUP = [sys.executable, "-m", "kvwire", "backup"]
+
+
+def run_backup(*args) -> subprocess.CompletedProcess:
+    result = subprocess.run([*BACKUP, *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def restore(node: NodeProcess, backup_dir) -> None:
+    """What the README says to do, the node stopped: its data directory aside, the backup in its place."""
+    data_dir = node.data_dir
+    os.rename(data_dir, f"{data_dir}.before-restore")
+    shutil.move(backup_dir, data_dir)
+
+
+@pytest.mark.parametrize("while_running", [True, False], ids=["node-running", "node-stopped"])
+def test_a_node_restored_from_its_backup_rejoins_and_catches_up(tmp_path, while_running):
+    """n2 is backed up (while it runs, or stopped cleanly, when only the backup's
+    joining mark makes it rejoin), then writes, overwrites and a DELETE happen
+    without it in the backup. Restored, n2 joins before it takes part in any
+    majority, and once caught up its own copy (consistency=one) has every later
+    write: none of them is lost or hidden by the old copy."""
+    with LocalCluster(3, data_dir=tmp_path / "cluster") as cluster:
+        n2 = cluster["n2"]
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            for number in range(50):
+                client.put(f"a{number}", "old")
+            client.delete("a0")
+            if not while_running:
+                cluster.terminate("n2")
+            result = run_backup(n2.data_dir, tmp_path / "backup")
+            assert result.returncode == 0, result.stderr
+            assert "backed up node n2: 49 keys and 1 tombstones" in result.stdout
+            if not while_running:
+                n2.start()
+                cluster.wait_ready()
+            client.put("a1", "new")
+            client.delete("a2")
+            for number in range(20):
+                client.put(f"b{number}", number)
+        cluster.terminate("n2")  # a clean stop: without the mark, the restored node would not join
+        restore(n2, tmp_path / "backup")
+        log_before = len(n2.log())
+        n2.start()
+        cluster.wait_ready()  # every node UP, and n2 caught up from every peer
+        assert "event=joining" in n2.log()[log_before:], "the restored node took part in majorities at once"
+        with Client([n2.address], **cluster.client_options) as own_copy:
+            assert own_copy.get("a1", consistency="one") == "new"
+            assert own_copy.get("a3", consistency="one") == "old"
+            assert [own_copy.get(f"b{number}", consistency="one") for number in range(20)] == list(range(20))
+            for deleted in ("a0", "a2"):
+                with pytest.raises(KeyNotFoundError):
+                    own_copy.get(deleted, consistency="one")
+
+
+def test_a_backup_taken_under_writes_is_whole_and_loses_no_acknowledged_write(tmp_path):
+    """n2 backed up while a client writes through n1 without pause: the copy passes
+    SQLite's integrity check, and the restored n2, once caught up, holds every write
+    the client saw acknowledged, before, during and after the backup."""
+    with LocalCluster(3, data_dir=tmp_path / "cluster") as cluster:
+        n2 = cluster["n2"]
+        with WriteLoad(cluster["n1"].address, max_requests=5_000, max_duration=20.0,
+                       client_options=cluster.client_options) as load:
+            load.wait_acknowledged(300)
+            result = run_backup(n2.data_dir, tmp_path / "backup")
+            assert result.returncode == 0, result.stderr
+            load.wait_acknowledged(load.report.requests + 300)  # and the writes go on after it
+            report = load.stop()
+        assert not report.failures, report.failures
+        with sqlite3.connect(tmp_path / "backup" / DATABASE_FILE_NAME) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        cluster.terminate("n2")
+        restore(n2, tmp_path / "backup")
+        n2.start()
+        cluster.wait_ready()
+        with Client([n2.address], **cluster.client_options) as own_copy:
+            missing = {key for key, value in report.acknowledged.items()
+                       if own_copy.get(key, consistency="one") != value}
+        assert not missing, f"{len(missing)} of {len(report.acknowledged)} acknowledged writes missing on n2"
+
+
+def test_a_whole_cluster_restores_from_its_backups(tmp_path):
+    """Every node lost, each restored from its own backup: all three join at
+    once, catch up from one another, and serve what the backups held; writes
+    made after every backup are gone, as they must be."""
+    with LocalCluster(3, data_dir=tmp_path / "cluster") as cluster:
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            for number in range(30):
+                client.put(f"k{number}", number)
+            for node in cluster:
+                assert run_backup(node.data_dir, tmp_path / node.node_id).returncode == 0
+            client.put("after-the-backups", 1)
+        for node in cluster:
+            cluster.terminate(node.node_id)
+            restore(node, tmp_path / node.node_id)
+        cluster.start()
+        cluster.wait_ready()
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            assert [client.get(f"k{number}") for number in range(30)] == list(range(30))
+            with pytest.raises(KeyNotFoundError):
+                client.get("after-the-backups")
+            client.put("written-after-the-restore", 2)
+            assert client.get("written-after-the-restore") == 2
+
+
+def test_a_backup_belongs_to_its_node(tmp_path):
+    """Restored under another node id, the copy is refused with a message naming both:
+    its versions are tagged with its own node's id."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as node:
+        with Client([node.address]) as client:
+            client.put("k", 1)
+        assert run_backup(node.data_dir, tmp_path / "backup").returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "kvwire", "serve", "--node-id", "n2", "--data-dir", str(tmp_path / "backup"),
+         "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "belongs to node 'n1', not 'n2'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_get_one_line_and_change_nothing(tmp_path):
+    (tmp_path / "not-a-node").mkdir()
+    result = run_backup(tmp_path / "not-a-node", tmp_path / "out")
+    assert result.returncode == 1
+    assert "no kvwire database at" in result.stderr and "give a node's --data-dir" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+    (tmp_path / "other").mkdir()
+    with sqlite3.connect(tmp_path / "other" / DATABASE_FILE_NAME) as db:
+        db.execute("CREATE TABLE notes (text)")
+    result = run_backup(tmp_path / "other", tmp_path / "out")
+    assert result.returncode == 1 and "it is not a kvwire node's" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as node:
+        taken = tmp_path / "taken"
+        taken.mkdir()
+        (taken / "something").write_text("mine")
+        result = run_backup(node.data_dir, taken)
+        assert result.returncode == 1
+        assert f"{taken} exists and is not an empty directory" in result.stderr
+        assert os.listdir(taken) == ["something"]
+
+        result = run_backup(node.data_dir)  # the destination missing: click's usage error
+        assert result.returncode == 2 and "Missing argument 'DESTINATION'" in result.stderr
+        wait_for(lambda: node.running, timeout=1, what="the node untouched")
