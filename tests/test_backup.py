@@ -65,6 +65,7 @@ def test_a_node_restored_from_its_backup_rejoins_and_catches_up(tmp_path, while_
         n2.start()
         cluster.wait_ready()  # every node UP, and n2 caught up from every peer
         assert "event=joining" in n2.log()[log_before:], "the restored node took part in majorities at once"
+        assert "event=old_backup" not in n2.log()  # a backup of a minute ago: nothing deleted since is collected
         with Client([n2.address], **cluster.client_options) as own_copy:
             assert own_copy.get("a1", consistency="one") == "new"
             assert own_copy.get("a3", consistency="one") == "old"
@@ -98,6 +99,33 @@ def test_a_backup_taken_under_writes_is_whole_and_loses_no_acknowledged_write(tm
             missing = {key for key, value in report.acknowledged.items()
                        if own_copy.get(key, consistency="one") != value}
         assert not missing, f"{len(missing)} of {len(report.acknowledged)} acknowledged writes missing on n2"
+
+
+def test_a_node_restored_from_a_backup_older_than_the_tombstone_grace_warns_once(tmp_path):
+    """A backup two hours old (its recorded time moved back), the grace an hour: keys
+    deleted since may have had their tombstones collected everywhere, and this node's
+    old copies of them would come back (docs/operations.md, Backups). The node says
+    so when it starts joining; once joined, the mark is gone, and a later unclean
+    restart (which joins again) does not say it again."""
+    with LocalCluster(3, data_dir=tmp_path / "cluster") as cluster:
+        n2 = cluster["n2"]
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            client.put("k", 1)
+        assert run_backup(n2.data_dir, tmp_path / "backup").returncode == 0
+        with sqlite3.connect(tmp_path / "backup" / DATABASE_FILE_NAME) as db:
+            (taken,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
+            db.execute("UPDATE meta SET value = ? WHERE name = 'backup_taken_at'", (repr(float(taken) - 7200),))
+        cluster.terminate("n2")
+        restore(n2, tmp_path / "backup")
+        n2.start()
+        cluster.wait_ready()
+        assert n2.log().count("event=old_backup") == 1
+        assert "longer than --tombstone-grace (3600 s)" in n2.log()
+        cluster.kill("n2")
+        n2.start()
+        cluster.wait_ready()
+        assert n2.log().count("event=joining") == 2  # the unclean stop joins again...
+        assert n2.log().count("event=old_backup") == 1  # ...without the backup's warning
 
 
 def test_a_whole_cluster_restores_from_its_backups(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def _mark_joining(path: Path) -> tuple[str | None, int, int]:
         if row is None:
             raise sqlite3.DatabaseError("the database names no node: it is not a kvwire node's")
         db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('joining', '1')")
+        # The copy's moment, roughly (the backup step's end): a node restored from a
+        # backup older than --tombstone-grace warns (kvwire.server.node).
+        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('backup_taken_at', ?)", (repr(time.time()),))
         keys, tombstones = db.execute("SELECT count(*), coalesce(sum(deleted), 0) FROM kv").fetchone()
         return row[0], keys - tombstones, tombstones
     finally:

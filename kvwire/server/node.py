@@ -115,6 +115,8 @@ class Node:
                 "its last run did not stop cleanly, and may have sent peers tags it never committed; ")
             log.info("joining the cluster: %suntil anti-entropy has caught this node up from every peer it takes no "
                      "part in majorities, and what it coordinates asks every node", why, extra={"event": "joining"})
+            if storage.backup_taken_at is not None:
+                self._warn_if_backup_too_old(time.time() - storage.backup_taken_at)
         # What a connection may do before (and without) an accepted HELLO.
         self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
         # Requests ``handle`` left pending and not yet answered. At shutdown,
@@ -124,6 +126,18 @@ class Node:
         self._unanswered: set[PendingReply] = set()
         self._awaited: set[PendingReply] = set()
         self._all_answered: asyncio.Future | None = None
+
+    def _warn_if_backup_too_old(self, age: float) -> None:
+        """A backup older than the tombstone grace may hold live copies of keys deleted
+        since, whose tombstones every replica has since collected: with nothing left to
+        refuse them, anti-entropy spreads them again (docs/operations.md, Backups)."""
+        grace = self.config.tombstone_grace
+        if age > grace:
+            log.warning("this data directory was restored from a backup taken %.0f s ago, longer than "
+                        "--tombstone-grace (%g s): a key deleted in the cluster since then, whose tombstone has "
+                        "been collected, comes back with this node's copy; to rejoin without that risk, start it "
+                        "on an empty data directory with --join", age, grace,
+                        extra={"event": "old_backup", "age_s": round(age)})
 
     def start(self) -> None:
         self.peers.start()

@@ -178,6 +178,9 @@ class Storage:
         self.joining = False
         # The last run ended without ``close(clean=True)``: killed, or it lost power.
         self.unclean = False
+        # When the backup this data directory was restored from was taken (``kvwire
+        # backup``, kvwire.server.backup), until the node has joined; else None.
+        self.backup_taken_at: float | None = None
         self._clear_joining = False
         # Request records copied from peers while joining (``save_requests``), for the next commit.
         self._request_rows: list[tuple] = []
@@ -251,6 +254,9 @@ class Storage:
                                 for (request, key), (version, at, tentative) in newest if at >= now - REQUEST_MAX_AGE]
         async with self._reader.execute("SELECT value FROM meta WHERE name = 'joining'") as cursor:
             self.joining = await cursor.fetchone() is not None
+        async with self._reader.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'") as cursor:
+            row = await cursor.fetchone()
+        self.backup_taken_at = float(row[0]) if row is not None else None
 
     # --- reads -------------------------------------------------------------------------
 
@@ -572,6 +578,6 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkee
     if upkeep.floor is not None:
         db.execute(FLOOR_SAVE, (str(upkeep.floor),))
     if upkeep.joined:
-        db.execute("DELETE FROM meta WHERE name = 'joining'")
+        db.execute("DELETE FROM meta WHERE name IN ('joining', 'backup_taken_at')")
     db.commit()
 
