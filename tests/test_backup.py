@@ -167,6 +167,26 @@ def test_a_backup_belongs_to_its_node(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_backup_that_fails_midway_leaves_nothing_behind(tmp_path):
+    """The copy cut off by a file size limit (as a full disk would): one line, exit 1, and
+    the destination as it was (absent, or empty), so that the next attempt is not refused."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
+        with Client([node.address]) as client:
+            for number in range(150):
+                client.put(f"k{number}", b"x" * 10_000)
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        for destination in (tmp_path / "new", empty):
+            result = subprocess.run(["prlimit", "--fsize=500000", *BACKUP, str(node.data_dir), str(destination)],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1, result.stderr
+            assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert f"to {destination} failed" in result.stderr
+        assert not (tmp_path / "new").exists()
+        assert os.listdir(empty) == []
+        assert run_backup(node.data_dir, empty).returncode == 0  # not refused: nothing was left
+
+
 def test_bad_arguments_get_one_line_and_change_nothing(tmp_path):
     (tmp_path / "not-a-node").mkdir()
     result = run_backup(tmp_path / "not-a-node", tmp_path / "out")

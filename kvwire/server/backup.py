@@ -20,6 +20,7 @@ cleanly would not, without the mark.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -49,18 +50,19 @@ class BackupSummary:
 
 def back_up(data_dir: Path, destination: Path) -> BackupSummary:
     """Copy the node database in ``data_dir`` into the new data directory
-    ``destination`` (which must not exist, or be empty), marked joining."""
+    ``destination`` (which must not exist, or be empty), marked joining. On any
+    failure, an interruption included, nothing is left in ``destination``."""
     source_path = Path(data_dir) / DATABASE_FILE_NAME
-    if not source_path.is_file():
-        raise BackupError(f"no kvwire database at {source_path}: give a node's --data-dir")
     destination = Path(destination)
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise BackupError(f"{destination} exists and is not an empty directory; give a new path")
-    created = not destination.exists()
     try:
+        if not source_path.is_file():
+            raise BackupError(f"no kvwire database at {source_path}: give a node's --data-dir")
+        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+            raise BackupError(f"{destination} exists and is not an empty directory; give a new path")
+        created = not destination.exists()
         destination.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BackupError(f"cannot create {destination}: {reason_of(exc)}") from None
+        raise BackupError(f"cannot use {exc.filename or destination}: {reason_of(exc)}") from None
     partial = destination / (DATABASE_FILE_NAME + PARTIAL_SUFFIX)
     final = destination / DATABASE_FILE_NAME
     try:
@@ -69,13 +71,25 @@ def back_up(data_dir: Path, destination: Path) -> BackupSummary:
         _fsync(partial)
         os.replace(partial, final)
         _fsync(destination)
-    except (OSError, sqlite3.Error) as exc:
-        partial.unlink(missing_ok=True)
-        if created:
-            destination.rmdir()  # as it was: absent
-        raise BackupError(f"backing up {source_path} to {destination} failed: {reason_of(exc)}") from None
+    except BaseException as exc:  # Ctrl-C too: a partial copy is never left to refuse the next attempt
+        _remove_partial(partial, destination if created else None)
+        if isinstance(exc, (OSError, sqlite3.Error)):
+            raise BackupError(f"backing up {source_path} to {destination} failed: {reason_of(exc)}") from None
+        raise
     node_id, keys, tombstones = summary
     return BackupSummary(node_id, keys, tombstones, final.stat().st_size, destination)
+
+
+def _remove_partial(partial: Path, created: Path | None) -> None:
+    """The partial copy and SQLite's files beside it; the destination too if this backup made it."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        try:
+            Path(f"{partial}{suffix}").unlink(missing_ok=True)
+        except OSError:
+            pass  # the error being reported matters more
 
 
 def _copy(source_path: Path, target_path: Path) -> None:

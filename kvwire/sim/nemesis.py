@@ -89,7 +89,9 @@ class Nemesis:
                 self.injected["restored"] = self.injected.get("restored", 0) + 1
                 victim.disk = copy.deepcopy(backup)
                 victim.disk.failing_until = victim.disk.slow_until = -1.0  # a new disk
-                victim.disk.joining = True  # the backup's mark (kvwire.server.backup)
+                # The backup's mark (kvwire.server.backup). Every simulated restart is an
+                # unclean one, which joins anyway: tests/test_backup.py tests the mark.
+                victim.disk.joining = True
             self._heal_after(duration, victim.start)
         elif kind == "pause" and victim.alive and not victim.paused:
             victim.pause()
