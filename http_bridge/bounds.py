@@ -8,11 +8,11 @@ bytes. Here, as on a node, one sweep a few times a second looks at every
 connection rather than a timer each:
 
 - past ``max_connections`` open (those aiohttp serves included), a new one is
-  answered 503 and closed (a lingering close: fast_path.LINGER_SECONDS);
+  answered 503 and closed (a lingering close, linger.py);
 - a connection with no request for ``idle_timeout`` is closed;
-- a request begun on the fast path must have its head whole within
-  ``request_timeout`` and its body never silent for as long, or it is
-  answered 408 and the connection closed.
+- a request must have its head whole within ``request_timeout`` and its body
+  never silent for as long, or it is answered 408 and the connection closed
+  (the fast path's own check, or a watch's on aiohttp's connections).
 
 A connection handed to aiohttp is counted until it closes; aiohttp closes it
 after ``idle_timeout`` without a request (its ``keepalive_timeout``), and the

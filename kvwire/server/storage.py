@@ -256,7 +256,10 @@ class Storage:
             self.joining = await cursor.fetchone() is not None
         async with self._reader.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'") as cursor:
             row = await cursor.fetchone()
-        self.backup_taken_at = float(row[0]) if row is not None else None
+        try:
+            self.backup_taken_at = float(row[0]) if row is not None else None
+        except ValueError:  # not written by kvwire backup: no age to warn about
+            self.backup_taken_at = None
 
     # --- reads -------------------------------------------------------------------------
 
