@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage import DATABASE_FILE_NAME, DataDirError, reason_of
+from .storage import BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, TABLE_EXISTS, DataDirError, reason_of
 
 # The copy is written under this name, then renamed: a backup cut short is
 # never taken for a whole one.
@@ -113,14 +113,14 @@ def _mark_joining(path: Path) -> tuple[str | None, int, int]:
     try:
         db.execute("PRAGMA journal_mode=DELETE")  # one file, until the node opens it in WAL mode
         db.execute("PRAGMA synchronous=FULL")
-        has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        has_meta = db.execute(TABLE_EXISTS, ("meta",)).fetchone()
         row = db.execute("SELECT value FROM meta WHERE name = 'node_id'").fetchone() if has_meta else None
         if row is None:
             raise sqlite3.DatabaseError("the database names no node: it is not a kvwire node's")
-        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('joining', '1')")
+        db.execute(META_SET, (JOINING, "1"))
         # The copy's moment, roughly (the backup step's end): a node restored from a
         # backup older than --tombstone-grace warns (kvwire.server.node).
-        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('backup_taken_at', ?)", (repr(time.time()),))
+        db.execute(META_SET, (BACKUP_TAKEN_AT, repr(time.time())))
         keys, tombstones = db.execute("SELECT count(*), coalesce(sum(deleted), 0) FROM kv").fetchone()
         return row[0], keys - tombstones, tombstones
     finally:

@@ -258,12 +258,12 @@ class NodeProtocol(asyncio.Protocol):
                 replies.append(encode(ErrorReply(request.id, ErrorCode.INTERNAL, "internal error; see the node's log")))
                 continue
             if type(result) is PendingReply:
-                frame_bytes = codec.last_frame_bytes
+                charged = codec.last_frame_bytes
                 if (kind is Get or kind is Delete) and session.grant is not PEER:
-                    frame_bytes += self._value_room  # a forwarded DELETE is counted at its client's node
-                flow.request_started(frame_bytes)
-                result.on_reply = (lambda reply, request_id=request.id, tally=tally, started=started, frame_bytes=frame_bytes:
-                                   self._finish(request_id, reply, tally, started, frame_bytes))
+                    charged += self._value_room  # a forwarded DELETE is counted at its client's node
+                flow.request_started(charged)
+                result.on_reply = (lambda reply, request_id=request.id, tally=tally, started=started, charged=charged:
+                                   self._finish(request_id, reply, tally, started, charged))
             else:
                 # OpTally.answer_ok, inlined: this runs for every request answered
                 # at once, and the call alone was a tenth of the metrics' cost
@@ -329,11 +329,11 @@ class NodeProtocol(asyncio.Protocol):
             return metrics.get_one if request.consistency is _ONE else metrics.get_quorum
         return metrics.tally_of_type(type(request))
 
-    def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float, frame_bytes: int) -> None:
+    def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float, charged: int) -> None:
         """The node's answer to a request it left pending (``PendingReply``), as soon as it is given;
-        ``frame_bytes``: what flow control counted for it while it waited (its frame, and for a
+        ``charged``: the bytes flow control counted for it while it waited (its frame, and for a
         client's GET or DELETE room for a value)."""
-        self._flow.request_finished(frame_bytes)
+        self._flow.request_finished(charged)
         if self._backlog:
             self._schedule_drain()
         if isinstance(reply, KvwireError):

@@ -58,17 +58,18 @@ class FlowControl:
         """Whether this side stopped reading: a frame can't arrive meanwhile, and that is not the client's doing."""
         return self._reading_paused
 
-    def request_started(self, frame_bytes: int) -> None:
+    def request_started(self, charged: int) -> None:
+        """``charged``: the bytes the request holds while it waits (its frame, or more)."""
         self.inflight += 1
-        self.inflight_bytes += frame_bytes
+        self.inflight_bytes += charged
         if self.at_cap:
             # The connection's loop starts no more of what it has read (it
             # checks the cap itself); this stops the next read from coming in too.
             self._pause_reading()
 
-    def request_finished(self, frame_bytes: int) -> None:
+    def request_finished(self, charged: int) -> None:
         self.inflight -= 1
-        self.inflight_bytes -= frame_bytes
+        self.inflight_bytes -= charged
         if self.may_go_on:
             self._resume_reading()
 

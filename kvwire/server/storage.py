@@ -115,6 +115,12 @@ REQUEST_EXPIRE_INTERVAL = 10.0
 # Tombstone garbage collection: only if the row is still that tombstone.
 PURGE = "DELETE FROM kv WHERE key = ? AND counter = ? AND node = ? AND deleted = 1"
 FLOOR_SAVE = "INSERT OR REPLACE INTO meta (name, value) VALUES ('tag_floor', ?)"
+META_SET = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
+TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+# meta rows kvwire backup writes too (kvwire.server.backup): the data directory
+# joins the cluster until it has caught up, and when the backup it is was taken.
+JOINING = "joining"
+BACKUP_TAKEN_AT = "backup_taken_at"
 
 
 # Seconds between probe commits while the storage refuses writes.
@@ -207,7 +213,7 @@ class Storage:
             await _migrate_requests(writer)
             fresh = await _claim_for_node(writer, node_id, path)
             if fresh and join:
-                await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('joining', '1')")
+                await writer.execute(META_SET, (JOINING, "1"))
             # Present from here until a clean close: found at open, the last run
             # was killed (or lost power) and may have sent tags it never committed.
             async with writer.execute("SELECT value FROM meta WHERE name = 'running'") as cursor:
@@ -238,9 +244,9 @@ class Storage:
             while rows := await cursor.fetchmany(10_000):
                 for peer, key, counter, node in rows:
                     self.loaded_hints.setdefault(peer, {})[key] = Version(counter, node)
-        async with self._reader.execute("SELECT value FROM meta WHERE name = 'tag_floor'") as cursor:
-            row = await cursor.fetchone()
-        self.loaded_floor = int(row[0]) if row is not None else 0
+        async with self._reader.execute("SELECT name, value FROM meta") as cursor:
+            meta = dict(await cursor.fetchall())
+        self.loaded_floor = int(meta.get("tag_floor", 0))
         now = time.time()
         # Every row, then the age: a record the upsert would have kept, grown too
         # old, must not give way to a later row it had refused (a lower tag, or
@@ -252,12 +258,9 @@ class Storage:
         newest = sorted(_newest_requests(rows).items(), key=lambda record: record[1][1])  # oldest first, as remembered
         self.loaded_requests = [(request, key, version, max(0.0, now - at), tentative)
                                 for (request, key), (version, at, tentative) in newest if at >= now - REQUEST_MAX_AGE]
-        async with self._reader.execute("SELECT value FROM meta WHERE name = 'joining'") as cursor:
-            self.joining = await cursor.fetchone() is not None
-        async with self._reader.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'") as cursor:
-            row = await cursor.fetchone()
+        self.joining = JOINING in meta
         try:
-            self.backup_taken_at = float(row[0]) if row is not None else None
+            self.backup_taken_at = float(meta[BACKUP_TAKEN_AT]) if BACKUP_TAKEN_AT in meta else None
         except ValueError:  # not written by kvwire backup: no age to warn about
             self.backup_taken_at = None
 
@@ -553,8 +556,7 @@ def _newest_requests(rows: list[tuple]) -> dict[tuple[str, str], tuple[Version, 
 async def _migrate_requests(writer: aiosqlite.Connection) -> None:
     """Move a data directory's request records from the table kvwire kept them in
     before the request log (SCHEMA says why) into the log, in the open's transaction."""
-    async with writer.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                              (OLD_REQUESTS_TABLE,)) as cursor:
+    async with writer.execute(TABLE_EXISTS, (OLD_REQUESTS_TABLE,)) as cursor:
         if await cursor.fetchone() is None:
             return
     await writer.execute(MIGRATE_REQUESTS)
@@ -581,6 +583,6 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkee
     if upkeep.floor is not None:
         db.execute(FLOOR_SAVE, (str(upkeep.floor),))
     if upkeep.joined:
-        db.execute("DELETE FROM meta WHERE name IN ('joining', 'backup_taken_at')")
+        db.execute("DELETE FROM meta WHERE name IN (?, ?)", (JOINING, BACKUP_TAKEN_AT))
     db.commit()
 
