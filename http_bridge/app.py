@@ -9,6 +9,7 @@ is logged here with its traceback and answered 500 without one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, NamedTuple, Sequence
@@ -78,10 +79,14 @@ _OWN_STATUSES: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
-def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = None) -> web.Application:
-    """The aiohttp application; its client opens with the app and closes with it.
+def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = None,
+               make_client: MakeClient | None = None) -> web.Application:
+    """The aiohttp application; its clients open with the app and close with it.
 
     Its HTTP metrics go into ``registry`` (its own if None), served at /metrics.
+    ``make_client(token)`` makes the client of a bearer token (None: no token),
+    ``node_client`` by default; a node's own bridge hands its requests to the
+    node in the process instead (kvwire.server.in_process).
     """
     app = web.Application(
         middlewares=[watched, _json_errors],
@@ -89,7 +94,7 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
         handler_args={"max_line_size": MAX_REQUEST_LINE},
     )
     app[CONFIG] = config
-    app.cleanup_ctx.append(_client_context)
+    app.cleanup_ctx.append(functools.partial(_client_context, make_client=make_client))
     for path in (KV_PATH, KV_PATH.rstrip("/")):
         app.router.add_get(path, get_key)
         app.router.add_put(path, put_key)
@@ -104,12 +109,23 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
     return app
 
 
-async def _client_context(app: web.Application):
+# Makes the client of a bearer token: an AsyncClient, or anything with the
+# methods of one the bridge calls (get_with_version, put_with_result, delete,
+# health, close).
+MakeClient = Callable[[str | None], AsyncClient]
+
+
+def node_client(config: BridgeConfig, token: str | None, endpoints: Sequence[str] | None = None) -> AsyncClient:
+    """A client of ``endpoints`` (default: the configured ones) as the bridge's settings say, with ``token``."""
+    return AsyncClient(config.endpoints if endpoints is None else endpoints, timeout=config.timeout,
+                       cluster=config.cluster_id, retry=config.retry, limits=config.limits,
+                       tls=config.nodes_context(), token=token)
+
+
+async def _client_context(app: web.Application, *, make_client: MakeClient | None):
     config = app[CONFIG]
-    app[CLIENTS] = clients = TokenClients(lambda token: AsyncClient(
-        config.endpoints, timeout=config.timeout, cluster=config.cluster_id, retry=config.retry, limits=config.limits,
-        tls=config.nodes_context(), token=token,
-    ))
+    make = make_client or functools.partial(node_client, config)
+    app[CLIENTS] = clients = TokenClients(make)
     app[CLIENT] = clients.get(None)
     try:
         yield

@@ -15,7 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 from kvwire.protocol import format_endpoint
 
 from . import fast_path
-from .app import create_app
+from .app import MakeClient, create_app
 from .fast_path import FastPathSite
 from .config import BridgeConfig
 from .metrics import metrics_app
@@ -64,16 +64,18 @@ def describe_os_error(error: OSError) -> str:
     return os.strerror(error.errno)
 
 
-async def start_bridge(config: BridgeConfig, *, registry: CollectorRegistry | None = None) -> RunningBridge:
+async def start_bridge(config: BridgeConfig, *, registry: CollectorRegistry | None = None,
+                       make_client: MakeClient | None = None) -> RunningBridge:
     """Listen on ``config.host:config.port``; raises OSError when that fails (port in use...).
 
-    ``registry`` is what /metrics serves, the bridge's own metrics added (see create_app).
+    ``registry`` is what /metrics serves, the bridge's own metrics added, and
+    ``make_client`` what makes its clients (see create_app).
     """
     logging.getLogger("aiohttp.server").addFilter(_ONE_LINE_BAD_REQUESTS)  # adding it again is a no-op
     access_log = logging.getLogger("kvwire.http.access") if config.access_log else None
     runner, port = await _listen(
         web.AppRunner(
-            create_app(config, registry=registry), handle_signals=False, access_log=access_log,
+            create_app(config, registry=registry, make_client=make_client), handle_signals=False, access_log=access_log,
             shutdown_timeout=config.shutdown_timeout, keepalive_timeout=config.idle_timeout,
         ),
         config.host, config.port, ssl_context=config.https_context(), fast_path=fast_path.allowed(config),

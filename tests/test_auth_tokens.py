@@ -13,8 +13,8 @@ from kvwire import Client
 from kvwire.protocol import ErrorCode, Get, Health, HealthReply, Hello, HelloReply, Ping, Pong, Put
 from kvwire.protocol.errors import ForbiddenError, UnauthenticatedError
 from kvwire.server.access import AuthTable
-from kvwire.testing import LocalCluster, RawConnection, write_auth_file
-from rest_helpers import PREFIX, BridgeProcess, http
+from kvwire.testing import LocalCluster, RawConnection, wait_for, write_auth_file
+from rest_helpers import PREFIX, BridgeProcess, http, rest_answers, with_http
 
 TOKENS = {
     "reader": "reader-token-0123456789abcdef",
@@ -36,8 +36,10 @@ WRONG = "not-a-token-the-nodes-know-at-all"
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
     auth_file = write_auth_file(root, AUTH_FILE)
-    with LocalCluster(3, data_dir=root, heartbeat_interval=0.05, failure_timeout=0.3,
-                      node_args=["--auth-file", auth_file, "--log-level", "debug"]) as started:
+    started = LocalCluster(3, data_dir=root, heartbeat_interval=0.05, failure_timeout=0.3,
+                           node_args=["--auth-file", auth_file, "--log-level", "debug"])
+    started.http_url = with_http(started, "n1")["n1"]  # n1's own bridge, for the REST tests
+    with started:
         yield started
 
 
@@ -177,26 +179,43 @@ def test_cli_takes_a_token_file_or_kvwire_token(cluster, tmp_path):
         assert TOKENS["reader"] not in result.stderr + result.stdout
 
 
-def test_the_bridge_passes_bearer_tokens_through(cluster, tmp_path):
-    with BridgeProcess(cluster.endpoints, log_path=tmp_path / "bridge.log") as bridge:
-        url = f"{bridge.url}{PREFIX}/kv/rest-key/"
-        anonymous = http("PUT", url, {"value": 1})
-        assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
-        assert "needs a token" in anonymous.json["error"]
-        wrong = http("GET", url, headers={"Authorization": f"Bearer {WRONG}"})
-        assert wrong.status == 401 and "token refused" in wrong.json["error"]
-        malformed = http("GET", url, headers={"Authorization": f"Basic {WRONG}"})
-        assert malformed.status == 401 and "Bearer <token>" in malformed.json["error"]
-        written = http("PUT", url, {"value": 1}, headers={"Authorization": f"Bearer {TOKENS['writer']}"})
-        assert written.status in (200, 201), written.text
-        read = http("GET", url, headers={"Authorization": f"Bearer {TOKENS['reader']}"})
-        assert read.status == 200 and read.json["value"] == 1
-        denied = http("DELETE", url, headers={"Authorization": f"Bearer {TOKENS['reader']}"})
-        assert denied.status == 403 and "not allowed for token 'reader'" in denied.json["error"]
-        # Health stays open for load balancers, and names no keys.
-        health = http("GET", f"{bridge.url}{PREFIX}/health/")
-        assert health.status == 200 and "rest-key" not in health.text
-        assert all(token not in bridge.log() for token in (*TOKENS.values(), WRONG))
+@pytest.fixture(params=["standalone", "in-node"])
+def bridge(request, cluster, tmp_path):
+    """The base URL of a bridge in front of the cluster (a standalone one, or n1's own, which
+    hands requests to n1 in its process), and a function returning its log."""
+    if request.param == "in-node":
+        wait_for(lambda: rest_answers(cluster.http_url), timeout=15, what="n1's bridge")
+        yield cluster.http_url, cluster["n1"].log
+        return
+    with BridgeProcess(cluster.endpoints, log_path=tmp_path / "bridge.log") as standalone:
+        yield standalone.url, standalone.log
+
+
+def test_the_bridge_passes_bearer_tokens_through(bridge):
+    base, log = bridge
+    url = f"{base}{PREFIX}/kv/rest-key/"
+    anonymous = http("PUT", url, {"value": 1})
+    assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "needs a token" in anonymous.json["error"]
+    wrong = http("GET", url, headers={"Authorization": f"Bearer {WRONG}"})
+    assert wrong.status == 401 and "token refused" in wrong.json["error"]
+    malformed = http("GET", url, headers={"Authorization": f"Basic {WRONG}"})
+    assert malformed.status == 401 and "Bearer <token>" in malformed.json["error"]
+    written = http("PUT", url, {"value": 1}, headers={"Authorization": f"Bearer {TOKENS['writer']}"})
+    assert written.status in (200, 201), written.text
+    read = http("GET", url, headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+    assert read.status == 200 and read.json["value"] == 1
+    denied = http("DELETE", url, headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+    assert denied.status == 403 and "not allowed for token 'reader'" in denied.json["error"]
+    outside = http("PUT", url, {"value": 2}, headers={"Authorization": f"Bearer {TOKENS['scoped']}"})
+    assert outside.status == 403 and "app/" in outside.json["error"], outside.text
+    inside = http("PUT", f"{base}{PREFIX}/kv/app%2Fx/", {"value": 2},
+                  headers={"Authorization": f"Bearer {TOKENS['scoped']}"})
+    assert inside.status in (200, 201), inside.text
+    # Health stays open for load balancers, and names no keys.
+    health = http("GET", f"{base}{PREFIX}/health/")
+    assert health.status == 200 and "rest-key" not in health.text
+    assert all(token not in log() for token in (*TOKENS.values(), WRONG))
 
 
 def test_the_readme_example_auth_file_loads(tmp_path):

@@ -15,7 +15,7 @@ read, so the ``one`` assertion gets NO_QUORUM (503, exit code 3) and fails.
 A node that ignored the field would fail the same way, and a node that read
 locally whatever the field said would fail the ``quorum`` assertion (it would
 answer instead of NO_QUORUM). Checked on scratch copies of the tree, one
-mutant at a time: the client's ``_check_consistency`` returning None failed
+mutant at a time: the client's ``check_consistency`` returning None failed
 the sync, async, CLI and REST tests (NoQuorumError, exit 3, 503); the CLI's
 ``get`` and the bridge's handler dropping ``consistency`` failed the CLI and
 REST tests; node.py's ``_get`` always reading a quorum, or always locally,

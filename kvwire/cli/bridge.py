@@ -103,24 +103,35 @@ async def serve_with_http(
     """A node with its HTTP listeners in one event loop until ``stop`` is set: its own bridge
     (REST and /metrics) on ``http_listen``, /metrics alone on ``metrics_listen``.
 
-    The bridge's client asks this node first and then its peers, so it fails
-    over as any client would. The listeners bind before the node opens its
+    The bridge hands its requests to this node in the process
+    (kvwire.server.in_process), and to its peers what the node cannot answer,
+    so it fails over as any client would. The listeners bind before the node opens its
     storage, so a busy port fails fast; stopping, they close first, the bridge
     finishing its requests in flight while the node still serves them.
     """
     from prometheus_client.registry import CollectorRegistry
 
     from kvwire.http_bridge import describe_os_error, start_bridge, start_metrics
+    from kvwire.http_bridge.app import node_client
 
     from ..server.app import serve as serve_node
+    from ..server.in_process import InProcessClient, NodeSlot
 
     registry = CollectorRegistry(auto_describe=True)
+    slot = NodeSlot()  # the node, once it serves: the bridge hands it requests directly
     listeners = []
     try:
         if http_listen is not None:
             bridge_config = node_bridge_config(config, http_listen)
             what, address = "HTTP bridge", bridge_config.listen
-            listeners.append(await start_bridge(bridge_config, registry=registry))
+            # What this node cannot answer goes to its peers: the endpoints after its own.
+            peers = bridge_config.endpoints[1:] or bridge_config.endpoints
+
+            def make_client(token: str | None, bridge_config=bridge_config) -> InProcessClient:
+                return InProcessClient(slot, token, fallback=node_client(bridge_config, token, peers),
+                                       timeout=bridge_config.timeout, retry=bridge_config.retry)
+
+            listeners.append(await start_bridge(bridge_config, registry=registry, make_client=make_client))
         if metrics_listen is not None:
             what, address = "metrics listener", format_endpoint(*metrics_listen)
             listeners.append(await start_metrics(registry, *metrics_listen))
@@ -132,7 +143,7 @@ async def serve_with_http(
             await listener.close()
         return 1
     node_stop = asyncio.Event()
-    node = asyncio.create_task(serve_node(config, stop=node_stop, registry=registry), name=f"kvwire-node-{config.node_id}")
+    node = asyncio.create_task(serve_node(config, stop=node_stop, registry=registry, slot=slot), name=f"kvwire-node-{config.node_id}")
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({node, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -37,7 +37,7 @@ from kvwire.protocol import (
 
 from ..protocol.address import parse_endpoints
 from ..tls import optional_client_context
-from .arguments import check_key, check_request_id, check_value, new_request_id
+from .arguments import check_consistency, check_key, check_request_id, check_value, new_request_id
 from .connection import ClientConnection
 from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real
 
@@ -164,14 +164,14 @@ class AsyncClient:
         ``"one"`` (the contacted node's copy, which may be stale but needs no
         quorum).
         """
-        reply = await self._call(Get, check_key(key, self.limits), _check_consistency(consistency), timeout=timeout)
+        reply = await self._call(Get, check_key(key, self.limits), check_consistency(consistency), timeout=timeout)
         return reply.value
 
     async def get_with_version(
         self, key: str, *, consistency: str | Consistency | None = None, timeout: float | None = None
     ) -> VersionedValue:
         """Like :meth:`get`, but returns ``(value, version)``."""
-        reply = await self._call(Get, check_key(key, self.limits), _check_consistency(consistency), timeout=timeout)
+        reply = await self._call(Get, check_key(key, self.limits), check_consistency(consistency), timeout=timeout)
         return VersionedValue(reply.value, reply.version)
 
     async def put(self, key: str, value: Any, *, timeout: float | None = None, request_id: str | None = None) -> Version:
@@ -286,7 +286,7 @@ class AsyncClient:
                 raise error_type(f"cannot send {message_type.__name__.upper()}: {exc}") from exc
             except Exception as exc:
                 if not policy.retries(exc, repeatable=repeatable):
-                    error = _with_earlier_attempts(exc, failures)
+                    error = with_other_attempts(exc, failures)
                     if error is exc:
                         raise
                     raise error from exc
@@ -304,7 +304,7 @@ class AsyncClient:
         if len(failures) > 1 and type(last) in (KvwireConnectionError, KvwireTimeoutError):
             summary = "; ".join(dict.fromkeys(str(exc) for exc in failures))
             raise type(last)(f"no node answered in {len(failures)} attempts: {summary}") from last
-        raise _with_earlier_attempts(last, failures[:-1])
+        raise with_other_attempts(last, failures[:-1])
 
     async def _send_to(self, endpoint: Endpoint, message_type: type, fields: tuple[Any, ...]) -> Any:
         connection = await endpoint.connection()
@@ -330,8 +330,9 @@ class _CallProgress:
         self.waiting_on: Endpoint | None = None
 
 
-def _with_earlier_attempts(last: BaseException, earlier: list[BaseException]) -> BaseException:
-    """``last``, unless it says nothing was written while an earlier attempt may have been.
+def with_other_attempts(last: BaseException, others: list[BaseException], *,
+                        named: str = "an earlier attempt of this call") -> BaseException:
+    """``last``, unless it says nothing was written while another attempt (``named``) may have been.
 
     A write's last attempt can only speak for itself: after a NO_QUORUM that
     may have applied, or a connection lost after the request was sent, "nothing
@@ -339,10 +340,10 @@ def _with_earlier_attempts(last: BaseException, earlier: list[BaseException]) ->
     """
     if not isinstance(last, KvwireError) or last.maybe_applied is not False:
         return last
-    unsure = [getattr(error, "maybe_applied", None) for error in earlier if getattr(error, "maybe_applied", None) is not False]
+    unsure = [getattr(error, "maybe_applied", None) for error in others if getattr(error, "maybe_applied", None) is not False]
     if not unsure:
         return last
-    error = type(last)(f"{last.message}; an earlier attempt of this call may have been applied",
+    error = type(last)(f"{last.message}; {named} may have been applied",
                        maybe_applied=True if True in unsure else None)
     error.__cause__ = last
     return error
@@ -354,11 +355,3 @@ def _check_timeout(name: str, value: Any) -> float:
     return float(value)
 
 
-def _check_consistency(consistency: Any) -> Consistency | None:
-    if consistency is None:
-        return None
-    try:
-        return Consistency(consistency)
-    except ValueError:
-        allowed = " or ".join(repr(level.value) for level in Consistency)
-        raise ValueError(f"consistency must be {allowed}, got {consistency!r}") from None

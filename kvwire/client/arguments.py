@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from kvwire.protocol import Limits
+from kvwire.protocol import Consistency, Limits
 from kvwire.protocol.limits import MSGPACK_MAX_INT, MSGPACK_MIN_INT
 
 # msgpack itself refuses to pack deeper nesting than this (its default nest_limit).
@@ -103,3 +103,14 @@ def _check_str(text: str, where: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(f"{where} is not valid UTF-8: {exc.reason}") from None
+
+
+def check_consistency(consistency: Any) -> Consistency | None:
+    """A GET's consistency level from a Consistency or its name; None (the node's default) stays None."""
+    if consistency is None:
+        return None
+    try:
+        return Consistency(consistency)
+    except ValueError:
+        allowed = " or ".join(repr(level.value) for level in Consistency)
+        raise ValueError(f"consistency must be {allowed}, got {consistency!r}") from None

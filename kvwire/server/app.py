@@ -18,6 +18,7 @@ from ..tls import server_context
 from .config import ServerConfig
 from .connection import NodeProtocol
 from .datadir import DataDirLock
+from .in_process import NodeSlot
 from .metrics import NodeCollector
 from .node import Node
 from .outbox import Outbox
@@ -74,19 +75,22 @@ def collector_paused_while_loading() -> Iterator[None]:
     gc.set_threshold(*_GC_THRESHOLDS)
 
 
-async def serve(config: ServerConfig, *, stop: asyncio.Event, registry: CollectorRegistry | None = None) -> None:
+async def serve(config: ServerConfig, *, stop: asyncio.Event, registry: CollectorRegistry | None = None,
+                slot: NodeSlot | None = None) -> None:
     """Serve until ``stop`` is set.
 
     With a ``registry``, the node's metrics join it once the node is up (for
-    whoever serves ``/metrics``), and leave it when the node stops.
+    whoever serves ``/metrics``), and leave it when the node stops. A ``slot``
+    holds the node while it serves, for the HTTP bridge in this process
+    (kvwire.server.in_process).
     On the way out: stop accepting, let requests in flight finish (at most
     ``shutdown_timeout``), commit what storage holds, close the files.
     """
     with DataDirLock(config.data_dir):  # taken before Storage.open, dropped after storage is closed
-        await _serve(config, stop, registry)
+        await _serve(config, stop, registry, slot or NodeSlot())
 
 
-async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorRegistry | None) -> None:
+async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorRegistry | None, slot: NodeSlot) -> None:
     loop = asyncio.get_running_loop()
     # Built before storage opens, so a bad certificate file fails the start at once.
     tls_context = (
@@ -119,6 +123,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         await storage.close()
         raise
     node.start()
+    slot.node = node
     deadlines = DeadlineSweep(loop, connections, config)
     stalls = StallWatch(loop, config.failure_timeout / 2)
     collector = NodeCollector(node)
@@ -130,6 +135,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
     try:
         await stop.wait()
     finally:
+        slot.node = None
         deadlines.stop()
         stalls.stop()
         if registry is not None:

@@ -26,7 +26,7 @@ from .access import PEER
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox
-from .tally import LATENCY_BOUNDS, OpTally
+from .tally import LATENCY_BOUNDS, RESULT_LABELS, OpTally
 
 log = logging.getLogger("kvwire.connection")
 
@@ -40,8 +40,6 @@ MAX_REPLY_BYTES_PER_PASS = 1 << 20
 # turn, and flow control only sees what has been written.
 MAX_QUEUED_REPLY_BYTES = 64 * 1024
 
-# ErrorCode -> the metrics' result label.
-_RESULTS = {code: code.name.lower() for code in ErrorCode}
 _ONE = Consistency.ONE
 
 
@@ -178,7 +176,7 @@ class NodeProtocol(asyncio.Protocol):
                 continue
             if request is NEED_DATA or request is CLOSED:
                 break
-            self._tally_of(request).answer("unavailable", 0.0)
+            self._node.metrics.tally_of_request(request).answer("unavailable", 0.0)
             refused.append(encode(ErrorReply(request.id, ErrorCode.UNAVAILABLE, message, False)))
         self._write_now(b"".join(refused))
         self._flow.release()
@@ -249,7 +247,7 @@ class NodeProtocol(asyncio.Protocol):
             try:
                 result = node.handle(request, session)
             except KvwireError as exc:
-                tally.answer(_RESULTS.get(exc.code, "internal"), perf_counter() - started)
+                tally.answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
                 replies.append(encode(ErrorReply(request.id, exc.code, exc.message, exc.maybe_applied)))
                 continue
             except Exception:
@@ -313,7 +311,7 @@ class NodeProtocol(asyncio.Protocol):
     def _refuse_frame(self, exc: ProtocolError, replies: list[bytes], started: float) -> bool:
         """The ERROR for a frame that could not be read as a request (it has no op);
         True when the error is fatal and the connection is closed, ``replies`` written first."""
-        self._node.metrics.tally("unknown").answer(_RESULTS.get(exc.code, "internal"), perf_counter() - started)
+        self._node.metrics.tally("unknown").answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
         replies.append(encode(ErrorReply(exc.request_id, exc.code, exc.message)))
         if not exc.fatal:
             return False
@@ -321,13 +319,6 @@ class NodeProtocol(asyncio.Protocol):
         self._later.extend(replies)
         self._close()
         return True
-
-    def _tally_of(self, request: Any) -> OpTally:
-        """The request's tally, as _handle_buffered picks it inline (per request, a call costs)."""
-        metrics = self._node.metrics
-        if type(request) is Get:
-            return metrics.get_one if request.consistency is _ONE else metrics.get_quorum
-        return metrics.tally_of_type(type(request))
 
     def _finish(self, request_id: int, reply: Any, tally: OpTally, started: float, charged: int) -> None:
         """The node's answer to a request it left pending (``PendingReply``), as soon as it is given;
@@ -342,7 +333,7 @@ class NodeProtocol(asyncio.Protocol):
             log.error("internal error answering request %d from %s", request_id, self._session.peer, exc_info=reply)
             reply = ErrorReply(request_id, ErrorCode.INTERNAL, "internal error; see the node's log")
         if type(reply) is ErrorReply:
-            tally.answer(_RESULTS.get(reply.code, "internal"), perf_counter() - started)
+            tally.answer(RESULT_LABELS.get(reply.code, "internal"), perf_counter() - started)
         else:
             tally.answer_ok(perf_counter() - started)
         if self._closed:

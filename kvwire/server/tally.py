@@ -12,6 +12,9 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict, deque
 
+from ..protocol.errors import ErrorCode
+from ..protocol.messages import Consistency, Get
+
 # Request latency: from 50 µs (a GET answered from memory) to 10 s (far past
 # the write timeout), about three buckets a decade.
 LATENCY_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -20,6 +23,8 @@ LATENCY_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 
 BATCH_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 4096)
 # One group commit's transaction, fsync included: about 1-5 ms on a healthy disk.
 COMMIT_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# An error code -> its result label in the metrics.
+RESULT_LABELS = {code: code.name.lower() for code in ErrorCode}
 # HEALTH's recent request rate and p99 cover this many seconds.
 RECENT_WINDOW_S = 10
 
@@ -119,6 +124,12 @@ class RequestMetrics:
         if tally is None:
             tally = self._by_type[kind] = self.tally(kind.__name__.lower())
         return tally
+
+    def tally_of_request(self, request) -> OpTally:
+        """The tally of ``request``: a GET's by its consistency, any other by its type."""
+        if type(request) is Get:
+            return self.get_one if request.consistency is Consistency.ONE else self.get_quorum
+        return self.tally_of_type(type(request))
 
     def tallies(self) -> list[OpTally]:
         return sorted(self._by_name.values(), key=lambda tally: (tally.op, tally.consistency))

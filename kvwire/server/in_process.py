@@ -1,0 +1,206 @@
+"""The client of a node's own HTTP bridge: requests handed to the node in this process.
+
+``kvwire serve --http-listen`` (and so ``kvwire up``) runs the HTTP bridge in
+the node's own event loop. Through the client library, each REST request
+would cross loopback TCP to the very process it came from: packed, written,
+read and parsed on the way in, and again on the way out, the kernel running
+both ends' sockets. ``InProcessClient`` has the client's methods the bridge
+calls, and hands each request to ``Node.handle`` as a connection does, on a
+session that said HELLO with the caller's token, so it gets the same grant,
+the same errors and the same request metrics. etcd's JSON gateway is in its
+member too (README, Performance).
+
+It fails over as the bridge's client did, through the client library to the
+peers: while this node is not serving (its listeners bind before storage
+loads, and close after the node stops), and when the node answers with an
+error the retry policy sends to another node (UNAVAILABLE, a NO_QUORUM that
+may be retried). A PUT with its caller's request id carries it into both
+attempts, so the peers apply it once (docs/protocol.md 6.4). A PUT without
+one goes to the node without one, as no connection can lose it on the way,
+and so costs no request record on any replica; it goes on to the peers only
+when the node says it wrote nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from time import perf_counter
+from typing import Any, Awaitable, NamedTuple
+
+from msgspec import Raw
+
+from ..client.aio import AsyncClient, PutResult, VersionedValue, with_other_attempts
+from ..client.arguments import check_consistency, check_key, check_request_id, check_value
+from ..client.failover import RetryPolicy
+from ..protocol.errors import (
+    InternalServerError,
+    KvwireConnectionError,
+    KvwireError,
+    KvwireTimeoutError,
+    error_from_wire,
+)
+from ..protocol.messages import Consistency, Delete, ErrorReply, Get, Hello, Put, Version
+from ..protocol.values import python_value
+from .node import Node, PendingReply, Session
+from .tally import RESULT_LABELS
+
+log = logging.getLogger("kvwire.http")
+
+_SESSION_NAME = "this node's HTTP bridge"
+
+
+class NodeSlot:
+    """The node serving in this process: set once it serves, None before and after."""
+
+    __slots__ = ("node",)
+
+    def __init__(self) -> None:
+        self.node: Node | None = None
+
+
+class InProcessClient:
+    """The methods of :class:`~kvwire.client.AsyncClient` the bridge calls, answered
+    by the node in ``slot`` (``fallback``, a client of the peers, when it cannot)."""
+
+    def __init__(self, slot: NodeSlot, token: str | None, *, fallback: AsyncClient, timeout: float,
+                 retry: RetryPolicy) -> None:
+        self._slot = slot
+        self._token = token
+        self._fallback = fallback
+        self.timeout = timeout
+        self._retry = retry
+        self.limits = fallback.limits
+        self._session: Session | None = None
+        self._session_node: Node | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def closed(self) -> bool:
+        return self._fallback.closed
+
+    async def close(self) -> None:
+        await self._fallback.close()
+
+    # --- the operations the bridge calls ---------------------------------------------------
+
+    async def get_with_version(self, key: str, *, consistency: str | Consistency | None = None,
+                               timeout: float | None = None) -> VersionedValue:
+        request = Get(next(self._ids), check_key(key, self.limits), check_consistency(consistency))
+        reply = await self._ask(request, timeout, repeatable=True)
+        if type(reply) is _Declined:
+            return await self._fall_back(reply, self._fallback.get_with_version(key, consistency=consistency,
+                                                                                 timeout=timeout))
+        value = reply.value
+        return VersionedValue(python_value(value) if type(value) is Raw else value, reply.version)
+
+    async def put_with_result(self, key: str, value: Any, *, timeout: float | None = None,
+                              request_id: str | None = None) -> PutResult:
+        check_value(value)
+        given = request_id is not None
+        # A caller's own id may have been sent before: the node looks for it first (6.4).
+        # Without one, the PUT needs none: an id lets a write be sent again after a
+        # connection lost it, and no connection lies between the bridge and this node.
+        request = Put(next(self._ids), check_key(key, self.limits), value,
+                      check_request_id(request_id) if given else None, True if given else None)
+        # Without an id, the peers may take only what the node says it did not write.
+        reply = await self._ask(request, timeout, repeatable=given)
+        if type(reply) is _Declined:
+            return await self._fall_back(reply, self._fallback.put_with_result(key, value, timeout=timeout,
+                                                                                request_id=request_id))
+        return PutResult(reply.version, reply.created)
+
+    async def delete(self, key: str, *, timeout: float | None = None) -> Version:
+        reply = await self._ask(Delete(next(self._ids), check_key(key, self.limits)), timeout, repeatable=False)
+        if type(reply) is _Declined:
+            return await self._fall_back(reply, self._fallback.delete(key, timeout=timeout))
+        return reply.version
+
+    async def health(self, *, timeout: float | None = None) -> dict[str, Any]:
+        node = self._slot.node
+        if node is None:
+            return await self._fallback.health(timeout=timeout)
+        return node.health()
+
+    # --- handing a request to the node -----------------------------------------------------
+
+    async def _ask(self, request: Any, timeout: float | None, *, repeatable: bool) -> Any:
+        """The node's reply to ``request``, or ``_Declined`` when the peers should be
+        asked (no node serving, or an error the retry policy moves on from); raises other errors."""
+        node = self._slot.node
+        if node is None:
+            return _Declined(None)
+        session = self._session_for(node)
+        started = perf_counter()
+        tally = node.metrics.tally_of_request(request)
+        try:
+            result = node.handle(request, session)
+            if type(result) is PendingReply:
+                result = await self._wait(result, type(request).__name__.upper(),
+                                          self.timeout if timeout is None else timeout)
+        except KvwireError as exc:
+            tally.answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
+            # The call's own deadline ends it, as it ends a client's call.
+            if type(exc) is not _CallTimedOut and self._retry.retries(exc, repeatable=repeatable):
+                return _Declined(exc)
+            raise
+        tally.answer_ok(perf_counter() - started)
+        return result
+
+    @staticmethod
+    async def _fall_back(declined: _Declined, call: Awaitable[Any]) -> Any:
+        """``call``, the same request to the peers; when none of them answers, this node's own error,
+        which says more (NO_QUORUM, say, rather than a refused connection)."""
+        try:
+            return await call
+        except (KvwireConnectionError, KvwireTimeoutError) as exc:
+            if declined.error is None:
+                raise
+            raise with_other_attempts(declined.error, [exc], named="its attempt on a peer") from exc
+
+    def _session_for(self, node: Node) -> Session:
+        """This client's session with ``node``: its HELLO said once, with the token."""
+        if self._session_node is not node:
+            session = node.new_session(_SESSION_NAME)
+            node.handle(Hello(0, token=self._token), session)  # a refused token raises, every call
+            self._session, self._session_node = session, node
+        return self._session
+
+    async def _wait(self, pending: PendingReply, name: str, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()
+
+        def on_reply(reply: Any) -> None:
+            if not answered.done():  # not timed out, nor the caller gone
+                answered.set_result(reply)
+
+        pending.on_reply = on_reply
+        timer = loop.call_later(timeout, _time_out, answered, name, timeout)
+        try:
+            reply = await answered
+        finally:
+            timer.cancel()
+        if type(reply) is ErrorReply:
+            raise error_from_wire(reply.code, reply.message, reply.maybe_applied)
+        if isinstance(reply, KvwireError):
+            raise reply
+        if isinstance(reply, BaseException):
+            log.error("internal error answering the HTTP bridge's %s", name, exc_info=reply)
+            raise InternalServerError("internal error; see the node's log")
+        return reply
+
+
+class _Declined(NamedTuple):
+    """This node did not answer a request: the peers are asked. ``error``: what the node said, if it ran."""
+
+    error: KvwireError | None
+
+
+class _CallTimedOut(KvwireTimeoutError):
+    """The call's deadline passed with the node's answer still to come."""
+
+
+def _time_out(answered: asyncio.Future, name: str, timeout: float) -> None:
+    if not answered.done():
+        answered.set_exception(_CallTimedOut(f"{name} got no reply within {timeout:g} s"))

@@ -1,0 +1,193 @@
+"""A node's own HTTP bridge (``kvwire serve --http-listen``) hands its requests to
+the node in the process (kvwire.server.in_process), not through loopback TCP.
+
+The first test runs real node processes. The others run the node in this
+process (``kvwire.server.app.serve``) beside scripted nodes on the same event
+loop, so that a peer can be silent, or absent, exactly as each test needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from contextlib import asynccontextmanager
+
+import pytest
+
+from kvwire.client import AsyncClient, Client, RetryPolicy
+from kvwire.protocol import Lookup, LookupReply, Ping, Pong, Put, PutReply, Version
+from kvwire.protocol.messages import NO_VERSION
+from kvwire.protocol.errors import KvwireTimeoutError, NoQuorumError
+from kvwire.server.app import serve
+from kvwire.server.config import ServerConfig, parse_cluster
+from kvwire.server.in_process import InProcessClient, NodeSlot
+from kvwire.testing import LocalCluster, ScriptedNode, free_port, wait_for, wait_for_async
+from rest_helpers import PREFIX, http, rest_answers, with_http
+from test_metrics import scrape, value
+
+
+@pytest.fixture(autouse=True)
+def garbage_collector_as_it_was():
+    """``serve`` tunes the collector for a node process; this process runs other tests after."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_the_nodes_own_bridge_opens_no_connection_to_it_and_the_node_counts_its_requests(tmp_path):
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
+    url = with_http(cluster, "n1")["n1"]
+    address = url.removeprefix("http://")
+    with cluster:
+        cluster.wait_ready()
+        wait_for(lambda: rest_answers(url), timeout=15, what="n1's bridge")
+        # Peers' links are this node's other connections: steady once every peer is UP.
+        connections = value(scrape(address), "kvwire_open_connections")
+        base = f"{url}{PREFIX}"
+        for i in range(5):
+            assert http("PUT", f"{base}/kv/k{i}/", {"value": i}).status == 201
+        for i in range(3):
+            reply = http("GET", f"{base}/kv/k{i}/")
+            assert reply.status == 200 and reply.json["value"] == i
+        assert http("GET", f"{base}/kv/k0/?consistency=one").json["value"] == 0
+        assert http("GET", f"{base}/kv/missing/").status == 404
+        assert http("DELETE", f"{base}/kv/k4/").status == 200
+        samples = scrape(address)
+        # Through the client library, the bridge would hold a connection to its own node.
+        assert value(samples, "kvwire_open_connections") == connections
+        assert value(samples, "kvwire_requests_total", op="put", consistency="", code="ok") == 5
+        assert value(samples, "kvwire_requests_total", op="get", consistency="quorum", code="ok") == 3
+        assert value(samples, "kvwire_requests_total", op="get", consistency="one", code="ok") == 1
+        assert value(samples, "kvwire_requests_total", op="get", consistency="quorum", code="not_found") == 1
+        assert value(samples, "kvwire_requests_total", op="delete", consistency="", code="ok") == 1
+        # The writes went through n1 to a majority: n2 holds them too.
+        with Client(cluster["n2"].address) as n2:
+            assert n2.get("k3", consistency="one") == 3
+    for node in cluster:
+        assert "Traceback" not in node.log()
+
+
+# --- the node in this process ----------------------------------------------------------------
+
+SECRET = b"in-process-test-secret-0123456789abcdef"  # the cluster secret n1 and the scripted n2 share
+
+
+@asynccontextmanager
+async def n1_here(tmp_path, caplog, *, n2: str, fallback: str, ready: str, timeout: float = 5, **settings):
+    """Node n1 served on this event loop, its peer n2 at ``n2``, and an InProcessClient of it
+    whose fallback asks ``fallback``, once n1's log says ``ready``: (the client, n1's slot)."""
+    caplog.set_level(logging.INFO)
+    port = free_port("127.0.0.1")
+    config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", cluster_secret=SECRET,
+                          members=parse_cluster(f"n1=127.0.0.1:{port},n2={n2}"), shutdown_timeout=0.5, **settings)
+    slot, stop = NodeSlot(), asyncio.Event()
+    task = asyncio.create_task(serve(config, stop=stop, slot=slot))
+    client = InProcessClient(slot, None, fallback=AsyncClient([fallback], retry=RetryPolicy(attempts=1)),
+                             timeout=timeout, retry=RetryPolicy())
+    try:
+        await wait_for_async(lambda: ready in caplog.text and slot.node is not None, timeout=10,
+                             what=f"n1's log saying {ready!r}")
+        yield client, slot
+    finally:
+        await client.close()
+        stop.set()
+        await asyncio.wait_for(task, timeout=20)
+
+
+def scripted_n2(answer) -> ScriptedNode:
+    return ScriptedNode(answer, answers_hello=False, node_id="n2", secret=SECRET)
+
+
+def only_pings(request):
+    return Pong(request.id) if isinstance(request, Ping) else ScriptedNode.SILENT
+
+
+def put_answered_with(version: Version, created: bool):
+    """A scripted node's answer: every PUT applied at ``version``."""
+    def answer(request):
+        return PutReply(request.id, version, created) if isinstance(request, Put) else None
+    return answer
+
+
+def puts_received(node: ScriptedNode) -> list[Put]:
+    return [request for request in node.received if isinstance(request, Put)]
+
+
+async def test_a_call_past_its_timeout_fails_at_once_and_is_not_sent_to_the_peers(tmp_path, caplog):
+    """n2 stays UP (it answers PING) but never answers the write: the node keeps it
+    pending for its write timeout (30 s), and the call ends at its own (0.5 s)."""
+    async with scripted_n2(only_pings) as n2, ScriptedNode() as elsewhere:
+        async with n1_here(tmp_path, caplog, n2=n2.address, fallback=elsewhere.address, ready="quorum available",
+                           timeout=0.5, write_timeout=30.0) as (client, slot):
+            started = time.monotonic()
+            with pytest.raises(KvwireTimeoutError, match="PUT got no reply within 0.5 s"):
+                await client.put_with_result("k", 1)
+            assert time.monotonic() - started < 5
+            assert elsewhere.connections == 0  # a timed-out call ends; it is not tried again elsewhere
+            tally = slot.node.metrics.tally("put")
+            assert tally.errors["timeout"] == 1 and tally.ok == 0
+
+
+async def test_what_the_node_cannot_answer_goes_to_the_peers_with_the_same_request_id(tmp_path, caplog):
+    """n1's only peer is down, so n1 answers NO_QUORUM; the call goes on to the
+    fallback, which answers, and carries the PUT's id, marked as a retry."""
+    answered = Version(7, "n9")
+    async with ScriptedNode(put_answered_with(answered, True), answers_hello=False) as elsewhere:
+        async with n1_here(tmp_path, caplog, n2=f"127.0.0.1:{free_port()}", fallback=elsewhere.address,
+                           ready="listening on") as (client, slot):
+            result = await client.put_with_result("k", 1, request_id="caller-id-1")
+            assert (result.version, result.created) == (answered, True)
+            assert [(put.key, put.request, put.retry) for put in puts_received(elsewhere)] == [("k", "caller-id-1", True)]
+            assert slot.node.metrics.tally("put").errors["no_quorum"] == 1
+
+
+async def test_with_no_peer_answering_the_nodes_own_error_is_raised(tmp_path, caplog):
+    async with n1_here(tmp_path, caplog, n2=f"127.0.0.1:{free_port()}", fallback=f"127.0.0.1:{free_port()}",
+                       ready="listening on") as (client, _):
+        with pytest.raises(NoQuorumError, match="consistency 'one'"):
+            await client.get_with_version("k")
+
+
+async def test_a_put_that_may_have_been_applied_goes_to_the_peers_only_with_a_request_id(tmp_path, caplog):
+    """n2 stays UP and answers a LOOKUP but never a REPLICATE, so n1 answers NO_QUORUM
+    that may have been applied. Sent again without an id, the PUT could be applied twice;
+    with the caller's id, a peer finds the first attempt and finishes it (docs/protocol.md 6.4)."""
+    answered = Version(5, "n9")
+
+    def looks_up_only(request):
+        if isinstance(request, Lookup):
+            return LookupReply(request.id, NO_VERSION, False)
+        return only_pings(request)
+
+    async with (scripted_n2(looks_up_only) as n2,
+                ScriptedNode(put_answered_with(answered, False), answers_hello=False) as elsewhere):
+        async with n1_here(tmp_path, caplog, n2=n2.address, fallback=elsewhere.address, ready="quorum available",
+                           write_timeout=0.3) as (client, _):
+            with pytest.raises(NoQuorumError) as raised:
+                await client.put_with_result("k", 1)
+            assert raised.value.maybe_applied is True
+            assert elsewhere.connections == 0
+            result = await client.put_with_result("k", 2, request_id="caller-id-2")
+            assert result.version == answered
+            assert [(put.request, put.retry) for put in puts_received(elsewhere)] == [("caller-id-2", True)]
+
+
+async def test_before_the_node_serves_the_peers_answer():
+    """The bridge listens before the node has loaded its storage: until the slot
+    holds the node, every call goes to the fallback."""
+    answered = Version(3, "n2")
+    async with ScriptedNode(put_answered_with(answered, False), answers_hello=False) as n2:
+        client = InProcessClient(NodeSlot(), None, fallback=AsyncClient([n2.address]), timeout=5,
+                                 retry=RetryPolicy())
+        try:
+            result = await client.put_with_result("k", {"a": [1, 2]})
+            assert result.version == answered
+            sent = puts_received(n2)
+            assert len(sent) == 1 and sent[0].value == {"a": [1, 2]}
+            # No node was asked: a first attempt, in one round trip (docs/protocol.md 6.10).
+            assert sent[0].request and sent[0].retry is None
+        finally:
+            await client.close()
