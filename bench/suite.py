@@ -32,11 +32,18 @@ from kvwire.bench.native import build as build_native
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.plot import plot_failover
 from kvwire.bench.settings import Settings
-from kvwire.bench.summary import NATIVE_CLUSTER_SETUP, NATIVE_SETUP, machine, write_summary
+from kvwire.bench.summary import (
+    IN_NODE_REST_SETUP,
+    NATIVE_CLUSTER_SETUP,
+    NATIVE_SETUP,
+    STANDALONE_REST_SETUP,
+    machine,
+    write_summary,
+)
 from kvwire.bench.workload import mix_name, parse_mix
-from kvwire.testing import LocalCluster, NodeProcess
+from kvwire.testing import LocalCluster, NodeProcess, wait_for
 from kvwire.testing.balancer import HAProxyProcess
-from kvwire.testing.bridge import BridgeProcess
+from kvwire.testing.bridge import BridgeProcess, rest_answers, with_http
 
 SCENARIOS = {
     1: "one node",
@@ -173,7 +180,11 @@ class Suite:
 
     def three_nodes(self) -> None:
         wanted = set(self.settings.scenarios)
-        with LocalCluster(3, data_dir=self.workdir / "three-nodes") as cluster:
+        cluster = LocalCluster(3, data_dir=self.workdir / "three-nodes")
+        # n1 serves the REST API in its own process too, as `kvwire up` runs every node
+        # and as etcd's gateway runs in its member: idle until scenario 4.
+        in_node_url = with_http(cluster, "n1")["n1"] if 4 in wanted else None
+        with cluster:
             cluster.wait_ready()
             pids = tuple(node.pid for node in cluster)
             if 2 in wanted:
@@ -188,9 +199,9 @@ class Suite:
                     for mix, consistency in CLUSTER_WORKLOADS:
                         self.load(3, "3 nodes, HAProxy", [lb.tcp_address], pids, mix, consistency=consistency)
             if 4 in wanted:
-                self.rest(cluster, pids)
+                self.rest(cluster, pids, in_node_url)
 
-    def rest(self, cluster: LocalCluster, pids: tuple[int, ...]) -> None:
+    def rest(self, cluster: LocalCluster, pids: tuple[int, ...], in_node_url: str) -> None:
         problem = wrk.wrk_problem()
         if problem:
             self.skipped.append({"scenario": 4, "what": SCENARIOS[4], "why": problem})
@@ -198,13 +209,18 @@ class Suite:
         log = self.workdir / "bridge.log"
         with BridgeProcess(cluster.endpoints, log_path=log) as bridge:
             bridge.wait_ready()
-            for op in ("get", "put"):
-                _say(f"[4] REST through the bridge: {op.upper()}, {CONNECTIONS} connections (wrk)")
-                result = wrk.run_kvwire_rest(
-                    bridge.url, op, connections=CONNECTIONS, duration=round(self.settings.duration),
-                    value_size=self.settings.value_size, keys=self.settings.keys, server_pids=(bridge.pid, *pids),
-                )
-                self.add(4, "bridge + 3 nodes", op, result)
+            self.rest_runs("a standalone bridge", STANDALONE_REST_SETUP, bridge.url, (bridge.pid, *pids))
+        wait_for(lambda: rest_answers(in_node_url), timeout=15, what=f"n1's own bridge at {in_node_url}")
+        self.rest_runs("n1's own bridge", IN_NODE_REST_SETUP, in_node_url, pids)
+
+    def rest_runs(self, through: str, setup: str, url: str, pids: tuple[int, ...]) -> None:
+        for op in ("get", "put"):
+            _say(f"[4] REST through {through}: {op.upper()}, {CONNECTIONS} connections (wrk)")
+            result = wrk.run_kvwire_rest(
+                url, op, connections=CONNECTIONS, duration=round(self.settings.duration),
+                value_size=self.settings.value_size, keys=self.settings.keys, server_pids=pids,
+            )
+            self.add(4, setup, op, result)
 
     # --- the failover timeline -----------------------------------------------------------------
 

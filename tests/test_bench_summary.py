@@ -48,6 +48,16 @@ def test_each_target_is_judged_on_the_ratio_measured_in_the_run():
     assert verdicts["Failover through HAProxy"] == ("1,200 ms stall, 12 failed", "missed")
 
 
+def test_the_rest_target_is_judged_on_the_nodes_own_bridge_when_the_run_has_it():
+    """etcd's gateway runs in its member: the REST row to compare is n1's own bridge,
+    and the standalone bridge's ratio is given beside it."""
+    rows = [*ROWS, row(4, "n1's own bridge, 3 nodes", "put", 5_500, 250.0, 20.0)]
+    verdicts = {measure: (measured, verdict) for measure, _, measured, verdict in targets(report(rows))}
+    assert verdicts["REST PUT through the bridge"] == (
+        "5,500 vs 5,000/s = 1.10× (n1's own bridge; a standalone bridge: 4,000/s = 0.80×)", "met")
+    assert "| REST PUT through n1's own bridge | 5,500 | put | 5,000 | 1.10 |" in render(report(rows))
+
+
 def test_targets_without_their_runs_say_not_measured_rather_than_guess():
     verdicts = [verdict for *_, verdict in targets(report(ROWS[:2]))]
     assert verdicts == ["not measured"] * 7
@@ -73,7 +83,7 @@ def test_the_summary_shows_the_machine_the_plot_and_kvwire_beside_redis():
 def test_the_summary_puts_three_kvwire_nodes_beside_three_etcd_members():
     text = render(report(ROWS))
     assert "| quorum PUT (binary protocol) | 12,000 | put | 5,000 | 2.40 | 30.0 / 20.0 | 200 / 200 | 1.00 |" in text
-    assert "| REST PUT through the bridge | 4,000 | put | 5,000 | 0.80 | 40.0 / 20.0 | 300 / 200 | 1.50 |" in text
+    assert "| REST PUT through a standalone bridge | 4,000 | put | 5,000 | 0.80 | 40.0 / 20.0 | 300 / 200 | 1.50 |" in text
     assert "| quorum GET (binary protocol) | 30,000 | range | 7,000 | 4.29 |" in text
     without_gets = render(report(ROWS[:-2]))
     assert "| quorum GET (binary protocol)" not in without_gets  # no such run: no row rather than a made-up one
