@@ -49,7 +49,7 @@ SCENARIOS = {
     1: "one node",
     2: "three nodes, direct",
     3: "three nodes through HAProxy",
-    4: "REST through the bridge",
+    4: "REST through the bridges",
     5: "failover timeline",
     6: "peers: redis-server and etcd",
 }
@@ -298,8 +298,8 @@ def suite(out: Path, duration: float, warmup: float, scenarios: str, failover_ra
     """Run every scenario of the README's Performance section.
 
     The scenarios: 1 one node, 2 three nodes direct, 3 through HAProxy, 4
-    REST through the bridge, 5 failover timeline, 6 redis-server and etcd
-    side by side. Writes results.json, summary.md and failover.png to
+    REST through a standalone bridge and through n1's own, 5 failover
+    timeline, 6 redis-server and etcd side by side. Writes results.json, summary.md and failover.png to
     OUT/<date>/. Peers whose programs are missing are skipped, and the
     summary says why.
 
