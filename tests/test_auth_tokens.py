@@ -212,9 +212,11 @@ def test_the_bridge_passes_bearer_tokens_through(bridge):
     inside = http("PUT", f"{base}{PREFIX}/kv/app%2Fx/", {"value": 2},
                   headers={"Authorization": f"Bearer {TOKENS['scoped']}"})
     assert inside.status in (200, 201), inside.text
-    # Health stays open for load balancers, and names no keys.
+    # Health stays open for load balancers, and names no keys; a refused token is refused there too.
     health = http("GET", f"{base}{PREFIX}/health/")
     assert health.status == 200 and "rest-key" not in health.text
+    refused = http("GET", f"{base}{PREFIX}/health/", headers={"Authorization": f"Bearer {WRONG}"})
+    assert refused.status == 401 and "token refused" in refused.json["error"], refused.text
     assert all(token not in log() for token in (*TOKENS.values(), WRONG))
 
 

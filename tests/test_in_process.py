@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from kvwire.client import AsyncClient, Client, RetryPolicy
-from kvwire.protocol import Lookup, LookupReply, Ping, Pong, Put, PutReply, Version
+from kvwire.protocol import ErrorCode, ErrorReply, Lookup, LookupReply, Ping, Pong, Put, PutReply, Replicate, Version
 from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol.errors import KvwireTimeoutError, NoQuorumError
 from kvwire.server.app import serve
@@ -151,28 +151,49 @@ async def test_with_no_peer_answering_the_nodes_own_error_is_raised(tmp_path, ca
             await client.get_with_version("k")
 
 
-async def test_a_put_that_may_have_been_applied_goes_to_the_peers_only_with_a_request_id(tmp_path, caplog):
-    """n2 stays UP and answers a LOOKUP but never a REPLICATE, so n1 answers NO_QUORUM
-    that may have been applied. Sent again without an id, the PUT could be applied twice;
-    with the caller's id, a peer finds the first attempt and finishes it (docs/protocol.md 6.4)."""
-    answered = Version(5, "n9")
+def looks_up_only(request):
+    """n2 answers PING and a LOOKUP, never a REPLICATE: a write through n1 is left undecided."""
+    if isinstance(request, Lookup):
+        return LookupReply(request.id, NO_VERSION, False)
+    return only_pings(request)
 
-    def looks_up_only(request):
-        if isinstance(request, Lookup):
-            return LookupReply(request.id, NO_VERSION, False)
-        return only_pings(request)
+
+async def test_a_put_the_node_may_have_applied_goes_on_only_with_an_id_and_its_error_still_says_so(tmp_path, caplog):
+    """n1's attempt may have been applied (NO_QUORUM, maybe_applied). Without a request id
+    the PUT is not sent again: a second attempt would be a second write. With the caller's
+    id it goes on, marked as a retry; the peer's "nothing was written" would then be a
+    promise the call cannot keep, so the error says the first attempt may have been."""
+    def nothing_written(request):
+        if isinstance(request, Put):
+            return ErrorReply(request.id, ErrorCode.NO_QUORUM, "no majority UP; nothing was written", False)
+        return None
 
     async with (scripted_n2(looks_up_only) as n2,
-                ScriptedNode(put_answered_with(answered, False), answers_hello=False) as elsewhere):
+                ScriptedNode(nothing_written, answers_hello=False) as elsewhere):
         async with n1_here(tmp_path, caplog, n2=n2.address, fallback=elsewhere.address, ready="quorum available",
                            write_timeout=0.3) as (client, _):
             with pytest.raises(NoQuorumError) as raised:
                 await client.put_with_result("k", 1)
+            assert raised.value.maybe_applied is True and elsewhere.connections == 0
+            # n1 reached its peer before it gave up: its attempt may have been applied.
+            assert any(isinstance(request, (Lookup, Replicate)) for request in n2.received)
+            with pytest.raises(NoQuorumError, match="its first attempt, on this node, may have been applied") as raised:
+                await client.put_with_result("k2", 2, request_id="caller-id-3")
             assert raised.value.maybe_applied is True
-            assert elsewhere.connections == 0
-            result = await client.put_with_result("k", 2, request_id="caller-id-2")
-            assert result.version == answered
-            assert [(put.request, put.retry) for put in puts_received(elsewhere)] == [("caller-id-2", True)]
+            assert [(put.request, put.retry) for put in puts_received(elsewhere)] == [("caller-id-3", True)]
+
+
+async def test_the_peers_get_what_is_left_of_the_calls_timeout_not_a_new_one(tmp_path, caplog):
+    """n1 gives up on the write at its write timeout (1 s) and the peer asked next never
+    answers: the call ends at its own 2 s, with n1's error, not at 1 + 2 s."""
+    async with scripted_n2(looks_up_only) as n2, ScriptedNode(only_pings, answers_hello=False) as elsewhere:
+        async with n1_here(tmp_path, caplog, n2=n2.address, fallback=elsewhere.address, ready="quorum available",
+                           timeout=2.0, write_timeout=1.0) as (client, _):
+            started = time.monotonic()
+            with pytest.raises(NoQuorumError) as raised:
+                await client.put_with_result("k", 1, request_id="caller-id-4")
+            assert time.monotonic() - started < 2.8
+            assert raised.value.maybe_applied is True and puts_received(elsewhere)
 
 
 async def test_before_the_node_serves_the_peers_answer():

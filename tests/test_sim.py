@@ -48,6 +48,20 @@ def test_two_thousand_seeds_with_faults_check_clean():
     print(f"FIGURES sim: {CI_SEEDS} seeds in {summary['seconds']} s = {summary['seeds_per_second']} seeds/s")
 
 
+def test_puts_without_a_request_id_check_clean():
+    """``--idless-puts``: PUTs sent without a request id and never sent again, as a node's
+    own HTTP bridge sends a PUT whose caller gave none (kvwire.server.in_process). No
+    replica keeps a record of them, so a key such a PUT leaves undecided is not known to
+    be stranded after a restart; with every fault, restores included, the histories still
+    check."""
+    result = run_cli("--seeds", "400", "--jobs", "2", "--json", "--idless-puts", "0.5",
+                     "--faults", ",".join((*FAULT_KINDS, "restore")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["seeds_run"] == 400
+    assert dict(summary["faults"])["idless_puts"] > 400 * 20  # about 40 a run
+
+
 def test_nodes_restored_from_backups_check_clean():
     """The opt-in ``restore`` fault: a crashed node comes back on a backup of its disk
     taken earlier in the run, marked joining as ``kvwire backup`` marks it."""

@@ -11,14 +11,18 @@ the same errors and the same request metrics. etcd's JSON gateway is in its
 member too (README, Performance).
 
 It fails over as the bridge's client did, through the client library to the
-peers: while this node is not serving (its listeners bind before storage
-loads, and close after the node stops), and when the node answers with an
-error the retry policy sends to another node (UNAVAILABLE, a NO_QUORUM that
-may be retried). A PUT with its caller's request id carries it into both
-attempts, so the peers apply it once (docs/protocol.md 6.4). A PUT without
-one goes to the node without one, as no connection can lose it on the way,
-and so costs no request record on any replica; it goes on to the peers only
-when the node says it wrote nothing.
+peers, within the same call timeout: while this node is not serving (its
+listeners bind before storage loads; at shutdown they close before the node
+stops), and when the node answers with an error the retry policy sends to
+another node (UNAVAILABLE, a NO_QUORUM). A PUT with its caller's request id
+carries it into both attempts, marked as a retry on the peers, so a peer
+finishes the node's attempt rather than apply it twice (docs/protocol.md
+6.4). A PUT without one goes to the node without one, as no connection can
+lose it on the way, so no replica keeps a record of it; it goes on to the
+peers only where the node says it wrote nothing, since a second attempt
+without an id would be a second write (`python -m kvwire.sim --idless-puts`
+checks such PUTs). The call's error never says "nothing was written" when
+the node's attempt may have been.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import asyncio
 import itertools
 import logging
 from time import perf_counter
-from typing import Any, Awaitable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 from msgspec import Raw
 
@@ -41,8 +45,8 @@ from ..protocol.errors import (
     KvwireTimeoutError,
     error_from_wire,
 )
-from ..protocol.messages import Consistency, Delete, ErrorReply, Get, Hello, Put, Version
-from ..protocol.values import python_value
+from ..protocol.messages import Consistency, Delete, ErrorReply, Get, Health, Hello, Put, Version
+from ..protocol.values import pack_value, python_value
 from .node import Node, PendingReply, Session
 from .tally import RESULT_LABELS
 
@@ -88,10 +92,11 @@ class InProcessClient:
     async def get_with_version(self, key: str, *, consistency: str | Consistency | None = None,
                                timeout: float | None = None) -> VersionedValue:
         request = Get(next(self._ids), check_key(key, self.limits), check_consistency(consistency))
-        reply = await self._ask(request, timeout, repeatable=True)
+        deadline = self._deadline(timeout)
+        reply = await self._ask(request, deadline, repeatable=True)
         if type(reply) is _Declined:
-            return await self._fall_back(reply, self._fallback.get_with_version(key, consistency=consistency,
-                                                                                 timeout=timeout))
+            return await self._fall_back(reply, deadline, lambda left: self._fallback.get_with_version(
+                key, consistency=consistency, timeout=left))
         value = reply.value
         return VersionedValue(python_value(value) if type(value) is Raw else value, reply.version)
 
@@ -100,32 +105,44 @@ class InProcessClient:
         check_value(value)
         given = request_id is not None
         # A caller's own id may have been sent before: the node looks for it first (6.4).
-        # Without one, the PUT needs none: an id lets a write be sent again after a
-        # connection lost it, and no connection lies between the bridge and this node.
-        request = Put(next(self._ids), check_key(key, self.limits), value,
+        # Without one, the PUT goes without one: an id lets a write be sent again after a
+        # connection lost it, and no connection lies between this bridge and its node.
+        # The value is packed once, here, as a client packs it: the node keeps those bytes.
+        request = Put(next(self._ids), check_key(key, self.limits), Raw(pack_value(value)),
                       check_request_id(request_id) if given else None, True if given else None)
-        # Without an id, the peers may take only what the node says it did not write.
-        reply = await self._ask(request, timeout, repeatable=given)
+        deadline = self._deadline(timeout)
+        # Without an id, the peers may take it only where the node says it wrote nothing:
+        # sent again after an attempt that may have applied, it could apply twice.
+        reply = await self._ask(request, deadline, repeatable=given)
         if type(reply) is _Declined:
-            return await self._fall_back(reply, self._fallback.put_with_result(key, value, timeout=timeout,
-                                                                                request_id=request_id))
+            # With the caller's id, marked as a retry: a peer finishes the node's attempt
+            # if it got that far, rather than apply the PUT again.
+            return await self._fall_back(reply, deadline, lambda left: self._fallback.put_with_result(
+                key, value, timeout=left, request_id=request_id))
         return PutResult(reply.version, reply.created)
 
     async def delete(self, key: str, *, timeout: float | None = None) -> Version:
-        reply = await self._ask(Delete(next(self._ids), check_key(key, self.limits)), timeout, repeatable=False)
+        deadline = self._deadline(timeout)
+        reply = await self._ask(Delete(next(self._ids), check_key(key, self.limits)), deadline, repeatable=False)
         if type(reply) is _Declined:
-            return await self._fall_back(reply, self._fallback.delete(key, timeout=timeout))
+            return await self._fall_back(reply, deadline, lambda left: self._fallback.delete(key, timeout=left))
         return reply.version
 
     async def health(self, *, timeout: float | None = None) -> dict[str, Any]:
-        node = self._slot.node
-        if node is None:
-            return await self._fallback.health(timeout=timeout)
-        return node.health()
+        deadline = self._deadline(timeout)
+        reply = await self._ask(Health(next(self._ids)), deadline, repeatable=True)
+        if type(reply) is _Declined:
+            return await self._fall_back(reply, deadline, lambda left: self._fallback.health(timeout=left))
+        return reply.health
 
     # --- handing a request to the node -----------------------------------------------------
 
-    async def _ask(self, request: Any, timeout: float | None, *, repeatable: bool) -> Any:
+    def _deadline(self, timeout: float | None) -> _Deadline:
+        """When a call given ``timeout`` (None: the client's) ends, failing over included, as a client's does."""
+        seconds = self.timeout if timeout is None else timeout
+        return _Deadline(asyncio.get_running_loop().time() + seconds, seconds)
+
+    async def _ask(self, request: Any, deadline: _Deadline, *, repeatable: bool) -> Any:
         """The node's reply to ``request``, or ``_Declined`` when the peers should be
         asked (no node serving, or an error the retry policy moves on from); raises other errors."""
         node = self._slot.node
@@ -137,8 +154,7 @@ class InProcessClient:
         try:
             result = node.handle(request, session)
             if type(result) is PendingReply:
-                result = await self._wait(result, type(request).__name__.upper(),
-                                          self.timeout if timeout is None else timeout)
+                result = await self._wait(result, type(request).__name__.upper(), deadline)
         except KvwireError as exc:
             tally.answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
             # The call's own deadline ends it, as it ends a client's call.
@@ -149,15 +165,31 @@ class InProcessClient:
         return result
 
     @staticmethod
-    async def _fall_back(declined: _Declined, call: Awaitable[Any]) -> Any:
-        """``call``, the same request to the peers; when none of them answers, this node's own error,
-        which says more (NO_QUORUM, say, rather than a refused connection)."""
+    async def _fall_back(declined: _Declined, deadline: _Deadline, call: Callable[[float], Awaitable[Any]]) -> Any:
+        """``call(seconds left)``: the same request to the peers, within the call's deadline.
+
+        When none of them answers, this node's own error, which says more (NO_QUORUM,
+        say, rather than a refused connection); when one answers with an error, that
+        error, unless it says nothing was written where the node's attempt may have been.
+        """
+        left = deadline.at - asyncio.get_running_loop().time()
+        if left <= 0:
+            if declined.error is not None:
+                raise declined.error
+            raise _CallTimedOut(f"no reply within {deadline.seconds:g} s: this node is not serving yet")
         try:
-            return await call
+            return await call(left)
         except (KvwireConnectionError, KvwireTimeoutError) as exc:
             if declined.error is None:
                 raise
             raise with_other_attempts(declined.error, [exc], named="its attempt on a peer") from exc
+        except KvwireError as exc:
+            if declined.error is None:
+                raise
+            error = with_other_attempts(exc, [declined.error], named="its first attempt, on this node,")
+            if error is exc:
+                raise
+            raise error from exc
 
     def _session_for(self, node: Node) -> Session:
         """This client's session with ``node``: its HELLO said once, with the token."""
@@ -167,7 +199,7 @@ class InProcessClient:
             self._session, self._session_node = session, node
         return self._session
 
-    async def _wait(self, pending: PendingReply, name: str, timeout: float) -> Any:
+    async def _wait(self, pending: PendingReply, name: str, deadline: _Deadline) -> Any:
         loop = asyncio.get_running_loop()
         answered = loop.create_future()
 
@@ -176,7 +208,7 @@ class InProcessClient:
                 answered.set_result(reply)
 
         pending.on_reply = on_reply
-        timer = loop.call_later(timeout, _time_out, answered, name, timeout)
+        timer = loop.call_at(deadline.at, _time_out, answered, name, deadline.seconds)
         try:
             reply = await answered
         finally:
@@ -189,6 +221,13 @@ class InProcessClient:
             log.error("internal error answering the HTTP bridge's %s", name, exc_info=reply)
             raise InternalServerError("internal error; see the node's log")
         return reply
+
+
+class _Deadline(NamedTuple):
+    """When a call ends (the loop's clock), and the timeout it was given, for its error."""
+
+    at: float
+    seconds: float
 
 
 class _Declined(NamedTuple):

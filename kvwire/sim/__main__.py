@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=_positive, default=DEFAULT_MAX_STEPS, metavar="N",
                         help=f"the linearizability checker's search budget per key (default {DEFAULT_MAX_STEPS}); "
                              "a key past it makes the run fail as undecided, so raise it for many clients on few keys")
+    parser.add_argument("--idless-puts", type=_share, default=0.0, metavar="SHARE",
+                        help="the share of PUTs sent without a request id and never sent again, as a node's own "
+                             "HTTP bridge sends one its caller gave no id (default 0: every PUT has one)")
     parser.add_argument("--jobs", type=_positive, default=1,
                         help="worker processes running seeds side by side (default 1); results are the same")
     parser.add_argument("--trace", action="store_true", help="print the failing run's event trace")
@@ -69,6 +72,16 @@ def _positive(text: str) -> int:
     value = _whole(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
     return value
 
 
@@ -99,6 +112,8 @@ def _replay_command(args: argparse.Namespace, seed: int) -> str:
         parts.append(f"--client-timeout {args.client_timeout:g}")
     if args.max_steps != DEFAULT_MAX_STEPS:
         parts.append(f"--max-steps {args.max_steps}")
+    if args.idless_puts:
+        parts.append(f"--idless-puts {args.idless_puts:g}")
     if args.mutant:
         parts.append(f"--mutant {args.mutant}")
     return " ".join(parts)
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_one(seed: int, args: argparse.Namespace) -> tuple[int, RunResult]:
     return seed, run_seed(seed, operations=args.ops, nodes=args.nodes, faults=args.faults,
                           mutant=args.mutant, clients=args.clients, client_timeout=args.client_timeout,
-                          max_steps=args.max_steps)
+                          max_steps=args.max_steps, idless_puts=args.idless_puts)
 
 
 def _results(args: argparse.Namespace) -> Iterator[tuple[int, RunResult]]:

@@ -34,11 +34,11 @@ class RunResult:
 
 def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[str, ...] = (),
              mutant: str | None = None, clients: int = 5, client_timeout: float = CLIENT_TIMEOUT,
-             max_steps: int = DEFAULT_MAX_STEPS) -> RunResult:
+             max_steps: int = DEFAULT_MAX_STEPS, idless_puts: float = 0.0) -> RunResult:
     world = World(seed, nodes, mutant=mutant)
     for node in world.nodes.values():
         node.start()
-    workload = Workload(world, operations, clients, client_timeout)
+    workload = Workload(world, operations, clients, client_timeout, idless_puts)
     nemesis = Nemesis(world, faults)
     # Let the links come up before the first request.
     world.scheduler.run_until(0.3)
@@ -70,7 +70,10 @@ def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[
     if verdict != "ok" and not any("not linearizable" in problem for problem in problems):
         problems.append(f"linearizability: {verdict}")
     problems.extend(_check_one_reads(workload))
-    return RunResult(seed, not problems, problems, workload.history, dict(nemesis.injected),
+    injected = dict(nemesis.injected)
+    if workload.idless_sent:
+        injected["idless_puts"] = workload.idless_sent  # counted with the faults, to show they ran
+    return RunResult(seed, not problems, problems, workload.history, injected,
                      world.scheduler.now, world.scheduler.steps, report, world.log)
 
 

@@ -37,8 +37,16 @@ class StaleRead:
 
 
 class Workload:
-    def __init__(self, world: World, operations: int, clients: int, client_timeout: float = CLIENT_TIMEOUT) -> None:
+    """``idless_puts``: the share of PUTs sent without a request id, as a node's own HTTP
+    bridge sends a PUT whose caller gave none (kvwire.server.in_process). Such a PUT is
+    never sent again: with no id, a second attempt would be a second write. At 0, the
+    default, no random number is drawn for it, so every seed runs as it always has."""
+
+    def __init__(self, world: World, operations: int, clients: int, client_timeout: float = CLIENT_TIMEOUT,
+                 idless_puts: float = 0.0) -> None:
         self.world = world
+        self.idless_puts = idless_puts
+        self.idless_sent = 0
         self.budget = operations
         self.clients = clients
         self.client_timeout = client_timeout
@@ -75,6 +83,7 @@ class Workload:
         self.budget -= 1
         rng = self.world.rng
         origin = None
+        with_id = True
         if retry is not None:
             kind, key, value, consistency, origin = retry
         else:
@@ -88,11 +97,14 @@ class Workload:
                 kind, consistency = OpKind.DELETE, None
             self._values += 1
             value = f"v{self._values}" if kind is OpKind.PUT else None
+            if kind is OpKind.PUT and self.idless_puts and rng.random() < self.idless_puts:
+                with_id = False
+                self.idless_sent += 1
         node = self.world.nodes[rng.choice(sorted(self.world.nodes))]
-        self._issue(client, node, kind, key, value, consistency, origin)
+        self._issue(client, node, kind, key, value, consistency, origin, with_id)
 
     def _issue(self, client: int, node, kind: OpKind, key: str, value: Any, consistency,
-               origin: int | None = None) -> None:
+               origin: int | None = None, with_id: bool = True) -> None:
         """``origin``: for a PUT sent again with its request id, the history index of
         its first attempt. Both are one operation to the checker, as they are to
         the client: from the first attempt's start to the last one's answer."""
@@ -128,7 +140,8 @@ class Workload:
             # After an uncertain write, sometimes try it again elsewhere, as a client library would.
             # A PUT is sent again with its request id: the same operation, applied once.
             again = None
-            if kind is not OpKind.GET and outcome in (Outcome.UNKNOWN, Outcome.FAIL) and world.rng.random() < 0.5:
+            if (kind is not OpKind.GET and with_id and outcome in (Outcome.UNKNOWN, Outcome.FAIL)
+                    and world.rng.random() < 0.5):
                 same = kind is OpKind.PUT and consistency is not Consistency.ONE
                 again = (kind, key, value, consistency, (index if origin is None else origin) if same else None)
             world.scheduler.after(world.rng.uniform(0, THINK_TIME), lambda: self._next(client, again))
@@ -152,7 +165,7 @@ class Workload:
         elif kind is OpKind.PUT:
             # The value names the write (each is new), so a retry of it sends the
             # same request id, as the client library does: applied at most once.
-            request = Put(request_id, key, value, f"put-{value}", origin is not None or None)
+            request = Put(request_id, key, value, f"put-{value}" if with_id else None, origin is not None or None)
         else:
             request = Delete(request_id, key)
         incarnation = node.incarnation
