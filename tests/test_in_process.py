@@ -19,7 +19,7 @@ import pytest
 from kvwire.client import AsyncClient, Client, RetryPolicy
 from kvwire.protocol import ErrorCode, ErrorReply, Lookup, LookupReply, Ping, Pong, Put, PutReply, Replicate, Version
 from kvwire.protocol.messages import NO_VERSION
-from kvwire.protocol.errors import KvwireTimeoutError, NoQuorumError
+from kvwire.protocol.errors import InternalServerError, KvwireTimeoutError, NoQuorumError
 from kvwire.server.app import serve
 from kvwire.server.config import ServerConfig, parse_cluster
 from kvwire.server.in_process import InProcessClient, NodeSlot
@@ -212,3 +212,20 @@ async def test_before_the_node_serves_the_peers_answer():
             assert sent[0].request and sent[0].retry is None
         finally:
             await client.close()
+
+
+async def test_an_internal_error_is_answered_as_a_connection_answers_it(tmp_path, caplog, monkeypatch):
+    """A bug in the node (here, Node.handle made to raise) is logged with its traceback,
+    counted as ``internal``, and raised as INTERNAL, not let through as it came."""
+    async with n1_here(tmp_path, caplog, n2=f"127.0.0.1:{free_port()}", fallback=f"127.0.0.1:{free_port()}",
+                       ready="listening on") as (client, slot):
+        await client.health()  # the session's HELLO, said before handle breaks
+
+        def broken(request, session):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(slot.node, "handle", broken)
+        with pytest.raises(InternalServerError, match="see the node's log"):
+            await client.get_with_version("k", consistency="one")
+        assert "internal error handling the HTTP bridge's GET" in caplog.text and "a bug" in caplog.text
+        assert slot.node.metrics.get_one.errors["internal"] == 1

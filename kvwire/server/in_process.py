@@ -161,6 +161,11 @@ class InProcessClient:
             if type(exc) is not _CallTimedOut and self._retry.retries(exc, repeatable=repeatable):
                 return _Declined(exc)
             raise
+        except Exception:
+            # As a connection answers it: logged here, INTERNAL to the caller, counted.
+            log.exception("internal error handling the HTTP bridge's %s", type(request).__name__.upper())
+            tally.answer("internal", perf_counter() - started)
+            raise InternalServerError("internal error; see the node's log") from None
         tally.answer_ok(perf_counter() - started)
         return result
 
