@@ -44,8 +44,10 @@ def test_the_nodes_own_bridge_opens_no_connection_to_it_and_the_node_counts_its_
     with cluster:
         cluster.wait_ready()
         wait_for(lambda: rest_answers(url), timeout=15, what="n1's bridge")
-        # Peers' links are this node's other connections: steady once every peer is UP.
-        connections = value(scrape(address), "kvwire_open_connections")
+        # n1's only connections are its two peers' links into it, once both have dialled.
+        connections = 2
+        wait_for(lambda: value(scrape(address), "kvwire_open_connections") == connections, timeout=10,
+                 what="both peers' links into n1")
         base = f"{url}{PREFIX}"
         for i in range(5):
             assert http("PUT", f"{base}/kv/k{i}/", {"value": i}).status == 201
