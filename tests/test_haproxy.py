@@ -21,6 +21,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from rest_helpers import PREFIX, http, with_http
+from test_up import free_port_runs
 
 from kvwire import Client, NoQuorumError
 from kvwire.protocol import HealthReply, encode
@@ -368,7 +369,7 @@ def test_up_with_haproxy_runs_it_in_front_of_nodes_and_bridges(tmp_path, haproxy
         "KVWIRE_LB_HTTP": free_address(),
         "KVWIRE_LB_STATS": free_address(),
     }
-    base, http_base = free_port_run(3), free_port_run(3)
+    base, http_base = free_port_runs(3)  # two runs that may not overlap
     command = [sys.executable, "-m", "kvwire", "up", "--haproxy", "--base-port", str(base), "--http-base-port", str(http_base),
                "--data-dir", str(tmp_path / "data"), "--sync", "off"]
     with open(tmp_path / "up.out", "wb") as out, open(tmp_path / "up.err", "wb") as err:

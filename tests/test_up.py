@@ -31,6 +31,18 @@ def free_port_runs(count: int) -> tuple[int, int]:
     raise RuntimeError("no two disjoint runs of free ports found")
 
 
+def balancer_addresses(*taken: range) -> dict[str, str]:
+    """KVWIRE_LB_TCP, _HTTP and _STATS on three free ports outside the ``taken`` ranges:
+    the nodes' and bridges' ports are free too until ``kvwire up`` binds them, so a
+    pick of its own could land on one (it did once: HAProxy could then never bind)."""
+    for _ in range(50):
+        first = free_port_run(3)
+        if not any(port in ports for ports in taken for port in range(first, first + 3)):
+            return {name: f"127.0.0.1:{first + i}"
+                    for i, name in enumerate(("KVWIRE_LB_TCP", "KVWIRE_LB_HTTP", "KVWIRE_LB_STATS"))}
+    raise RuntimeError("no run of free ports found apart from the nodes'")
+
+
 def run_up(tmp_path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``kvwire up ARGS...`` run to its end in ``tmp_path``: for the runs that stop at once."""
     return subprocess.run([sys.executable, "-m", "kvwire", "up", *args], capture_output=True, text=True,
@@ -259,7 +271,7 @@ def test_haproxy_keeps_serving_while_a_killed_node_comes_back(tmp_path):
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is not installed: apt-get install -y haproxy (see README)")
     base, http_base = free_port_runs(3)
-    lb = {name: f"127.0.0.1:{free_port_run(1)}" for name in ("KVWIRE_LB_TCP", "KVWIRE_LB_HTTP", "KVWIRE_LB_STATS")}
+    lb = balancer_addresses(range(base, base + 3), range(http_base, http_base + 3))
     up = Up(tmp_path, "--haproxy", "--base-port", str(base), "--http-base-port", str(http_base),
             "--data-dir", str(tmp_path / "data"), "--sync", "off", env={**os.environ, **lb})
     try:
@@ -355,7 +367,7 @@ def test_a_sigkilled_up_takes_its_nodes_and_haproxy_with_it(tmp_path):
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is not installed: apt-get install -y haproxy (see README)")
     base = free_port_run(3)
-    lb = {name: f"127.0.0.1:{free_port_run(1)}" for name in ("KVWIRE_LB_TCP", "KVWIRE_LB_HTTP", "KVWIRE_LB_STATS")}
+    lb = balancer_addresses(range(base, base + 3))
     up = Up(tmp_path, "--haproxy", "--nodes", "3", "--base-port", str(base), "--no-http",
             "--data-dir", str(tmp_path / "data"), "--sync", "off", env={**os.environ, **lb})
     n2 = f"127.0.0.1:{base + 1}"
