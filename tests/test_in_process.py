@@ -87,8 +87,8 @@ async def n1_here(tmp_path, caplog, *, n2: str, fallback: str, ready: str, timeo
                           members=parse_cluster(f"n1=127.0.0.1:{port},n2={n2}"), shutdown_timeout=0.5, **settings)
     slot, stop = NodeSlot(), asyncio.Event()
     task = asyncio.create_task(serve(config, stop=stop, slot=slot))
-    client = InProcessClient(slot, None, fallback=AsyncClient([fallback], retry=RetryPolicy(attempts=1)),
-                             timeout=timeout, retry=RetryPolicy())
+    client = InProcessClient(slot, None, fallback=AsyncClient([fallback], timeout=timeout,
+                                                              retry=RetryPolicy(attempts=1)))
     try:
         await wait_for_async(lambda: ready in caplog.text and slot.node is not None, timeout=10,
                              what=f"n1's log saying {ready!r}")
@@ -203,8 +203,7 @@ async def test_before_the_node_serves_the_peers_answer():
     holds the node, every call goes to the fallback."""
     answered = Version(3, "n2")
     async with ScriptedNode(put_answered_with(answered, False), answers_hello=False) as n2:
-        client = InProcessClient(NodeSlot(), None, fallback=AsyncClient([n2.address]), timeout=5,
-                                 retry=RetryPolicy())
+        client = InProcessClient(NodeSlot(), None, fallback=AsyncClient([n2.address], timeout=5))
         try:
             result = await client.put_with_result("k", {"a": [1, 2]})
             assert result.version == answered

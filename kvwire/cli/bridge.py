@@ -127,9 +127,8 @@ async def serve_with_http(
             # What this node cannot answer goes to its peers: the endpoints after its own.
             peers = bridge_config.endpoints[1:] or bridge_config.endpoints
 
-            def make_client(token: str | None, bridge_config=bridge_config) -> InProcessClient:
-                return InProcessClient(slot, token, fallback=node_client(bridge_config, token, peers),
-                                       timeout=bridge_config.timeout, retry=bridge_config.retry)
+            def make_client(token: str | None) -> InProcessClient:
+                return InProcessClient(slot, token, fallback=node_client(bridge_config, token, peers))
 
             listeners.append(await start_bridge(bridge_config, registry=registry, make_client=make_client))
         if metrics_listen is not None:

@@ -37,7 +37,6 @@ from msgspec import Raw
 
 from ..client.aio import AsyncClient, PutResult, VersionedValue, with_other_attempts
 from ..client.arguments import check_consistency, check_key, check_request_id, check_value
-from ..client.failover import RetryPolicy
 from ..protocol.errors import (
     InternalServerError,
     KvwireConnectionError,
@@ -66,23 +65,19 @@ class NodeSlot:
 
 class InProcessClient:
     """The methods of :class:`~kvwire.client.AsyncClient` the bridge calls, answered
-    by the node in ``slot`` (``fallback``, a client of the peers, when it cannot)."""
+    by the node in ``slot`` (``fallback``, a client of the peers, when it cannot).
+    The call timeout, the retry policy and the limits are the fallback's."""
 
-    def __init__(self, slot: NodeSlot, token: str | None, *, fallback: AsyncClient, timeout: float,
-                 retry: RetryPolicy) -> None:
+    def __init__(self, slot: NodeSlot, token: str | None, *, fallback: AsyncClient) -> None:
         self._slot = slot
         self._token = token
         self._fallback = fallback
-        self.timeout = timeout
-        self._retry = retry
+        self.timeout = fallback.timeout
+        self._retry = fallback.retry
         self.limits = fallback.limits
         self._session: Session | None = None
         self._session_node: Node | None = None
         self._ids = itertools.count(1)
-
-    @property
-    def closed(self) -> bool:
-        return self._fallback.closed
 
     async def close(self) -> None:
         await self._fallback.close()
