@@ -34,7 +34,8 @@ class Nemesis:
         self.kinds = kinds
         self.injected: dict[str, int] = {}
         self.stopped = False
-        self.backups: dict = {}  # node id -> a copy of its disk (SimDisk), for ``restore``
+        # node id -> (when it was taken, a copy of its disk: SimDisk), for ``restore``
+        self.backups: dict = {}
 
     def start(self) -> None:
         if self.kinds:
@@ -57,7 +58,7 @@ class Nemesis:
         if "restore" in self.kinds and rng.random() < BACKUP_SHARE:
             # What survives a crash is what a backup copies: committed rows, hints,
             # the floor and the request records.
-            self.backups[victim.node_id] = copy.deepcopy(victim.disk)
+            self.backups[victim.node_id] = (world.scheduler.now, copy.deepcopy(victim.disk))
             world.trace(f"nemesis: backup of {victim.node_id}'s disk")
         if kind == "crash" and rng.random() < 0.5:
             # Half the crashes wait for a node to hand a write to its disk and
@@ -83,8 +84,13 @@ class Nemesis:
             self._heal_after(duration, victim.start)
         elif kind == "restore" and victim.alive:
             victim.crash()
-            backup = self.backups.get(victim.node_id)
-            if backup is not None and not self._lost_a_disk() and len(ids) >= 3:
+            taken, backup = self.backups.get(victim.node_id, (None, None))
+            # Only a backup younger than the tombstone grace, as docs/operations.md tells
+            # operators: an older one may hold a key deleted since, whose tombstone every
+            # replica has collected, and nothing is left to refuse it (README, Limits). The
+            # node logs event=old_backup for that one; an older backup is a plain crash here.
+            if (backup is not None and world.scheduler.now - taken < victim.config.tombstone_grace
+                    and not self._lost_a_disk() and len(ids) >= 3):
                 world.trace(f"nemesis: {victim.node_id} restored from its backup")
                 self.injected["restored"] = self.injected.get("restored", 0) + 1
                 victim.disk = copy.deepcopy(backup)
