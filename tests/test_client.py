@@ -535,6 +535,31 @@ async def test_bad_keys_and_values_fail_before_sending():
             await client.put("k", "\ud800")
         with pytest.raises(ValueError, match="timeout"):
             await client.get("k", timeout=-1)
+        with pytest.raises(TypeError, match="not C-contiguous"):
+            await client.put("k", memoryview(b"abcdef")[::2])
+        deep: list = []
+        deep.append(deep)  # a list holding itself: nested without end
+        with pytest.raises(ValueError, match="nested deeper than 511 levels") as caught:
+            await client.put("k", deep)
+        assert len(str(caught.value)) < 200  # one readable line, not 511 levels of [0]
+
+
+async def test_close_fails_a_call_waiting_to_try_again():
+    """A call between attempts when the client closes fails as one waiting on a node does."""
+    async with AsyncClient(_dead_address(), retry=RetryPolicy(attempts=3, base_delay=5, max_delay=5)) as client:
+        call = asyncio.ensure_future(client.put("k", 1))
+        [endpoint] = client._endpoints.all
+        # The first attempt's refused connection marks the node failed; the call then waits 5 s.
+        await wait_for_async(lambda: endpoint.unhealthy_until > 0, timeout=5, what="the first attempt to fail")
+        await client.close()
+        with pytest.raises(KvwireConnectionError, match="the client was closed during this call"):
+            await asyncio.wait_for(call, 2)
+
+
+def test_limits_are_importable_with_the_client():
+    from kvwire.client import DEFAULT_LIMITS, Limits
+
+    assert isinstance(DEFAULT_LIMITS, Limits)
 
 
 def test_errors_share_one_root():
@@ -671,3 +696,14 @@ async def test_a_put_sent_again_on_another_node_says_it_is_a_retry():
     assert len({put.request for put in by_value[1]}) == 1
     # An id the caller chose may have been used before: marked from the first attempt.
     assert all(put.retry is True and put.request == "the-callers-id" for put in by_value[2])
+
+
+def test_a_host_name_that_does_not_resolve_is_said_in_words():
+    # No lookup here: a test may not send DNS queries off this machine. The
+    # error is what asyncio's getaddrinfo raises for a name with no address.
+    import socket
+
+    from kvwire.client.connection import _describe_os_error
+
+    text = _describe_os_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    assert text == "cannot resolve the host name: Name or service not known"

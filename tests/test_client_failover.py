@@ -319,6 +319,55 @@ async def test_retries_back_off_exponentially():
         assert address in str(caught.value)
 
 
+
+# --- the error a call ends with when every attempt failed ------------------------------------
+
+
+def no_quorum_saying(maybe_applied):
+    return lambda request: ErrorReply(request.id, ErrorCode.NO_QUORUM, "Failed to replicate to quorum of nodes",
+                                      maybe_applied)
+
+
+@pytest.mark.parametrize("operation", ["put", "delete", "get"])
+async def test_a_node_answering_no_quorum_is_the_verdict_over_nodes_that_could_not_be_reached(operation):
+    """n2 and n3 down, n1 up without a majority: the caller hears n1's NO_QUORUM,
+    not "no node answered", whichever node is tried last."""
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    said = None if operation == "get" else False  # a node says nothing of writes in a read's NO_QUORUM
+    async with ScriptedNode(no_quorum_saying(said), answers_hello=False) as lonely:
+        for order in ([lonely.address, *dead], [*dead, lonely.address], [dead[0], lonely.address, dead[1]]):
+            retry = RetryPolicy(attempts=3, base_delay=0)
+            async with AsyncClient(order, retry=retry) as client:
+                call = {"put": lambda: client.put("k", 1), "delete": lambda: client.delete("k"),
+                        "get": lambda: client.get("k")}[operation]
+                with pytest.raises(NoQuorumError, match="Failed to replicate to quorum") as caught:
+                    await call()
+            # The unreachable nodes were never sent the write: nothing was written anywhere.
+            assert caught.value.maybe_applied is said, order
+            assert "may have been applied" not in str(caught.value)
+
+
+@pytest.mark.parametrize("operation, maybe_applied", [("put", False), ("delete", False), ("get", None), ("ping", None)])
+async def test_a_write_no_node_could_be_connected_to_says_nothing_was_written(operation, maybe_applied):
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    async with AsyncClient(dead, retry=RetryPolicy(attempts=3, base_delay=0)) as client:
+        call = {"put": lambda: client.put("k", 1), "delete": lambda: client.delete("k"),
+                "get": lambda: client.get("k"), "ping": client.ping}[operation]
+        with pytest.raises(KvwireConnectionError, match="no node answered in 3 attempts") as caught:
+            await call()
+    assert caught.value.maybe_applied is maybe_applied  # a read says nothing of writes
+
+
+async def test_a_write_lost_with_its_connection_is_not_said_unwritten_when_the_other_nodes_are_down():
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    # The node breaks the connection once the PUT is sent: it may have been applied.
+    async with ScriptedNode(lambda request: b"\xff\xff\xff\xff", answers_hello=False) as lost:
+        async with AsyncClient([lost.address, *dead], retry=RetryPolicy(attempts=3, base_delay=0)) as client:
+            with pytest.raises(KvwireConnectionError, match="no node answered in 3 attempts") as caught:
+                await client.put("k", 1)
+    assert caught.value.maybe_applied is None
+    assert [type(r).__name__ for r in lost.received].count("Put") == 1
+
 # --- what is retried: exactly the errors marked try_another_node ----------------------------
 
 

@@ -153,6 +153,20 @@ async def test_with_no_peer_answering_the_nodes_own_error_is_raised(tmp_path, ca
             await client.get_with_version("k")
 
 
+async def test_a_write_no_peer_could_be_sent_keeps_the_nodes_nothing_was_written(tmp_path, caplog):
+    """n1 alone: its NO_QUORUM says nothing was written, and the peers it then
+    tries refuse the connection, so nothing was sent to them either."""
+    async with n1_here(tmp_path, caplog, n2=f"127.0.0.1:{free_port()}", fallback=f"127.0.0.1:{free_port()}",
+                       ready="listening on") as (client, _):
+        with pytest.raises(NoQuorumError) as raised:
+            await client.put_with_result("k", 1, request_id="caller-id-5")
+        assert raised.value.maybe_applied is False
+        assert "may have been applied" not in str(raised.value)
+        with pytest.raises(NoQuorumError) as raised:
+            await client.delete("k")
+        assert raised.value.maybe_applied is False
+
+
 def looks_up_only(request):
     """n2 answers PING and a LOOKUP, never a REPLICATE: a write through n1 is left undecided."""
     if isinstance(request, Lookup):

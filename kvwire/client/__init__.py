@@ -23,7 +23,7 @@ from kvwire.protocol.errors import (
     UnavailableError,
     UnknownOpError,
 )
-from kvwire.protocol import MSGPACK_MAX_INT, MSGPACK_MIN_INT
+from kvwire.protocol import DEFAULT_LIMITS, MSGPACK_MAX_INT, MSGPACK_MIN_INT, Limits
 from kvwire.protocol.messages import Consistency, Version
 
 from .aio import AsyncClient, PutResult, RetryPolicy, VersionedValue
@@ -38,6 +38,7 @@ __all__ = [
     "ClientConnection",
     "ConflictError",
     "Consistency",
+    "DEFAULT_LIMITS",
     "ErrorCode",
     "ForbiddenError",
     "InternalServerError",
@@ -45,6 +46,7 @@ __all__ = [
     "KvwireConnectionError",
     "KvwireError",
     "KvwireTimeoutError",
+    "Limits",
     "MSGPACK_MAX_INT",
     "MSGPACK_MIN_INT",
     "NoQuorumError",

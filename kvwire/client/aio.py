@@ -140,6 +140,8 @@ class AsyncClient:
         )
         self.endpoints: tuple[str, ...] = tuple(endpoint.address for endpoint in self._endpoints.all)
         self._closed = False
+        # Calls backing off between attempts: close() wakes them, to fail at once.
+        self._backing_off: set[asyncio.Future[None]] = set()
 
     @property
     def closed(self) -> bool:
@@ -231,6 +233,8 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
+        for waiting in self._backing_off:
+            _resolve(waiting)
         await self._endpoints.close()
 
     # --- sending, with timeout and failover --------------------------------------------
@@ -271,7 +275,9 @@ class AsyncClient:
         repeatable = message_type is not Delete
         for attempt in range(policy.attempts):
             if attempt:
-                await asyncio.sleep(policy.delay_before(attempt))
+                await self._back_off(policy.delay_before(attempt))
+                if self.closed:  # close() came while this call waited to try again
+                    raise KvwireConnectionError("the client was closed during this call") from failures[-1]
             endpoint = endpoints.choose(tried, loop.time())
             tried.append(endpoint)
             if attempt and message_type is Put:
@@ -300,14 +306,28 @@ class AsyncClient:
                 continue
             endpoints.succeeded(endpoint)
             return reply
-        last = failures[-1]
-        if len(failures) > 1 and type(last) in (KvwireConnectionError, KvwireTimeoutError):
-            summary = "; ".join(dict.fromkeys(str(exc) for exc in failures))
-            raise type(last)(f"no node answered in {len(failures)} attempts: {summary}") from last
-        raise with_other_attempts(last, failures[:-1])
+        raise _verdict(failures)
+
+    async def _back_off(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next attempt, or until close()."""
+        loop = asyncio.get_running_loop()
+        waiting = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, waiting)
+        self._backing_off.add(waiting)
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            self._backing_off.discard(waiting)
 
     async def _send_to(self, endpoint: Endpoint, message_type: type, fields: tuple[Any, ...]) -> Any:
-        connection = await endpoint.connection()
+        try:
+            connection = await endpoint.connection()
+        except KvwireConnectionError as exc:
+            if message_type not in _WRITES:
+                raise
+            # Not connected, or no answer to HELLO: the write was never sent.
+            raise KvwireConnectionError(exc.message, maybe_applied=False) from exc
         endpoint.watch(connection)
         try:
             return await connection.request(message_type, *fields)
@@ -328,6 +348,38 @@ class _CallProgress:
         self.failures: list[BaseException] = []
         # The node the call is waiting on right now; None between attempts.
         self.waiting_on: Endpoint | None = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_WRITES = (Put, Delete)
+_UNANSWERED = (KvwireConnectionError, KvwireTimeoutError)
+
+
+def _verdict(failures: list[BaseException]) -> BaseException:
+    """The error a call whose every attempt failed (``failures``, in order) ends with.
+
+    A node's answer (NO_QUORUM, UNAVAILABLE) is the cluster's word, and says
+    more than the nodes that could not be reached: the last one is the
+    verdict. When no node answered, one error says so, naming each failure,
+    its ``maybe_applied`` False only if no attempt may have been applied."""
+    answers = [error for error in failures if not isinstance(error, _UNANSWERED)]
+    if answers:
+        last = answers[-1]
+        named = "an earlier attempt of this call" if last is failures[-1] else "another attempt of this call"
+        return with_other_attempts(last, [error for error in failures if error is not last], named=named)
+    last = failures[-1]
+    if len(failures) == 1:
+        return last
+    said = [getattr(error, "maybe_applied", None) for error in failures]
+    maybe_applied = True if True in said else None if None in said else False
+    summary = "; ".join(dict.fromkeys(str(exc) for exc in failures))
+    error = type(last)(f"no node answered in {len(failures)} attempts: {summary}", maybe_applied=maybe_applied)
+    error.__cause__ = last
+    return error
 
 
 def with_other_attempts(last: BaseException, others: list[BaseException], *,

@@ -73,10 +73,10 @@ def _check(value: Any, where: str, depth: int) -> None:
         return
     if kind is int:
         if not MSGPACK_MIN_INT <= value <= MSGPACK_MAX_INT:
-            raise ValueError(f"{where} = {value} does not fit msgpack's 64-bit integers")
+            raise ValueError(f"{_shown(where)} = {value} does not fit msgpack's 64-bit integers")
         return
     if depth >= _MAX_DEPTH:
-        raise ValueError(f"{where} is nested deeper than {_MAX_DEPTH} levels")
+        raise ValueError(f"{_shown(where)} is nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             _check(item, f"{where}[{index}]", depth + 1)
@@ -87,22 +87,31 @@ def _check(value: Any, where: str, depth: int) -> None:
                 _check_str(item_key, f"a key of {where}")
             elif type(item_key) is not bytes:
                 raise TypeError(
-                    f"{where} has a key {item_key!r} of type {type(item_key).__name__}; "
+                    f"{_shown(where)} has a key {item_key!r} of type {type(item_key).__name__}; "
                     "map keys must be str or bytes"
                 )
             _check(item, f"{where}[{item_key!r}]", depth + 1)
         return
+    if isinstance(value, memoryview) and not value.c_contiguous:
+        raise TypeError(f"{_shown(where)} is a memoryview that is not C-contiguous; pass bytes(view) instead")
     if isinstance(value, (bool, int, float, str, bytes, bytearray, memoryview)):
         # Subclasses (IntEnum, str enums) and buffer types pack as their base type.
         return
-    raise TypeError(f"{where} has type {kind.__name__}, which kvwire cannot store; use {_SUPPORTED}")
+    raise TypeError(f"{_shown(where)} has type {kind.__name__}, which kvwire cannot store; use {_SUPPORTED}")
+
+
+def _shown(where: str) -> str:
+    """``where`` (a path into the value) short enough for a one-line message: 511 levels of ``[0]`` are not."""
+    if len(where) <= 100:
+        return where
+    return f"{where[:60]}...{where[-30:]}"
 
 
 def _check_str(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{where} is not valid UTF-8: {exc.reason}") from None
+        raise ValueError(f"{_shown(where)} is not valid UTF-8: {exc.reason}") from None
 
 
 def check_consistency(consistency: Any) -> Consistency | None:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import os
+import socket
 import ssl
 from typing import Any, Callable, cast
 
@@ -482,6 +483,8 @@ _PLAIN_REFUSAL_HINT = " before answering HELLO; if it serves TLS, connect with -
 def _describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
         return describe_tls_error(exc)
+    if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's (-2: "Unknown error -2" to strerror)
+        return f"cannot resolve the host name: {exc.strerror}"
     # "Connection refused", not asyncio's "[Errno 111] Connect call failed ('127.0.0.1', 1)".
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)

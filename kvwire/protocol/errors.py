@@ -35,7 +35,8 @@ class KvwireError(Exception):
     ``maybe_applied`` is what an ERROR reply's field of that name said about a
     failed write: True when some replica may hold it (it may become visible
     later), False when nothing was written, None when the node did not say
-    (reads, and every error raised locally).
+    (reads, and errors raised locally, but for a write the client could not
+    send at all: a connection that could not be opened says False).
 
     Two class attributes say what a caller can do about the error, so that the
     client's failover, ``kvwire-cli``'s exit codes and the REST bridge's
@@ -53,9 +54,11 @@ class KvwireError(Exception):
     transient: bool = False
     try_another_node: bool = False
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", *, maybe_applied: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if maybe_applied is not None:
+            self.maybe_applied = maybe_applied
 
     def __str__(self) -> str:
         # KeyError's __str__ would repr() the message; keep it readable.
@@ -111,11 +114,6 @@ class KvwireTimeoutError(KvwireError, TimeoutError):
 
 class ServerError(KvwireError):
     """An ERROR reply: the node understood the request and refused it."""
-
-    def __init__(self, message: str = "", *, maybe_applied: bool | None = None) -> None:
-        super().__init__(message)
-        if maybe_applied is not None:
-            self.maybe_applied = maybe_applied
 
 
 class KeyNotFoundError(ServerError, KeyError):
