@@ -53,8 +53,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "kvwire=kvwire.cli.main:main",
-            "kvwire-cli=kvwire.cli.client:main",
+            "kvwire=kvwire.cli.entry:kvwire",
+            "kvwire-cli=kvwire.cli.entry:kvwire_cli",
         ],
     },
 )

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client.registry import CollectorRegistry
 
 from kvwire.client import (
@@ -41,13 +42,17 @@ log = logging.getLogger("kvwire.http")
 
 PREFIX = "/kv-store/v1"
 KV_PATH = f"{PREFIX}/kv/{{key}}/"
+# The route KV_PATH names (as metrics and the OpenAPI document show it): any
+# segment, braces included, which aiohttp's plain ``{key}`` would refuse.
+KV_ROUTE = f"{PREFIX}/kv/{{key:[^/]+}}/"
 HEALTH_PATH = f"{PREFIX}/health/"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"
 CONSISTENCY_LEVELS = ("one", "quorum")
-# A key of max_key_bytes code points percent-encoded as 4-byte UTF-8 is 12
-# characters each; the request line must hold it for the key check to answer
-# in JSON rather than aiohttp refusing the line as plain text.
-MAX_REQUEST_LINE = 16 * 1024
+# The longest request line aiohttp reads: at least this, and room for a key of
+# --max-key-bytes with every byte percent-encoded (three characters each), so
+# that every key a node takes can be named, and a longer one gets the key
+# check's JSON 400 rather than aiohttp refusing the line as plain text.
+MIN_REQUEST_LINE = 16 * 1024
 # Clients may retry a 503 after this many seconds; failure detection takes 0.5 s.
 RETRY_AFTER_SECONDS = "1"
 
@@ -57,6 +62,8 @@ CLIENTS = web.AppKey("clients", object)
 # Node clients kept for distinct bearer tokens; each holds a connection per node.
 MAX_TOKEN_CLIENTS = 64
 OPENAPI_TEXT = web.AppKey("openapi_text", str)
+# Set on a request whose connection must close after its answer (its body could not be read).
+CLOSE_AFTER = "kvwire_close_after"
 
 # The error kinds that need a status of their own, first match first. Every
 # other error of the tree is 503 when it is ``transient`` (the cluster cannot
@@ -91,13 +98,13 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
     app = web.Application(
         middlewares=[watched, _json_errors],
         client_max_size=config.max_body_bytes,
-        handler_args={"max_line_size": MAX_REQUEST_LINE},
+        handler_args={"max_line_size": max_request_line(config.limits)},
     )
     app[CONFIG] = config
     app.cleanup_ctx.append(functools.partial(_client_context, make_client=make_client))
-    for path in (KV_PATH, KV_PATH.rstrip("/")):
+    for path in (KV_ROUTE, KV_ROUTE.rstrip("/")):
         app.router.add_get(path, get_key)
-        app.router.add_put(path, put_key)
+        app.router.add_put(path, put_key, expect_handler=_continue_within_limit)
         app.router.add_delete(path, delete_key)
     for path in (HEALTH_PATH, HEALTH_PATH.rstrip("/")):
         app.router.add_get(path, health)
@@ -107,6 +114,11 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
     add_ui_routes(app, config)
     add_metrics(app, registry)
     return app
+
+
+def max_request_line(limits) -> int:
+    """The longest request line the bridge reads (MIN_REQUEST_LINE says why)."""
+    return max(MIN_REQUEST_LINE, 3 * limits.max_key_bytes + 1024)
 
 
 # Makes the client of a bearer token: an AsyncClient, or anything with the
@@ -200,6 +212,8 @@ def request_id_of(header_values: Sequence[str | None]) -> str | None:
         if value is not None:
             if not 1 <= len(value) <= 128:
                 raise BadRequestError(f"the {header} header must be 1 to 128 characters, got {len(value)}")
+            if not _is_utf8(value):
+                raise BadRequestError(f"the {header} header must be UTF-8 text")
             found = found or value
     return found
 
@@ -243,9 +257,17 @@ async def put_key(request: web.Request) -> web.Response:
     # The key first, as answer_put checks it: a bad key is 400 before a body too
     # large for --max-body-bytes is read into a 413.
     key_of(request.raw_path, request.app[CONFIG].limits)
+    _refuse_if_declared_too_large(request)
     try:
         with read_body(request):  # timed by --request-timeout (handed_over.py)
             body = await request.read()
+    except RequestPayloadError as exc:
+        # A body aiohttp could not decode (a corrupt Content-Encoding, a broken chunk).
+        # The rest of it is unreadable too: aiohttp is told the body is over, so
+        # that it does not read on (and log the error again), and the answer closes.
+        request.content.feed_eof()
+        request[CLOSE_AFTER] = True
+        raise BadRequestError(f"the request body could not be read: {exc}") from None
     except (RuntimeError, ConnectionError):
         if request.protocol is not None and request.protocol.connected:
             raise
@@ -291,11 +313,53 @@ def bearer_token(header: str | None) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'")
+    if not _is_utf8(token):
+        raise UnauthenticatedError("the bearer token must be UTF-8 text")
     return token.strip()
+
+
+def _is_utf8(header_value: str) -> bool:
+    """Whether a header's value was UTF-8: aiohttp keeps other bytes as lone surrogates."""
+    try:
+        header_value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refuse_if_declared_too_large(request: web.Request) -> None:
+    """413 at once for a body whose Content-Length is over --max-body-bytes, before any of it is read."""
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+
+
+async def _continue_within_limit(request: web.Request) -> web.StreamResponse | None:
+    """The PUT routes' ``Expect: 100-continue``: the key and the declared length
+    are judged first, so a client is told 400 or 413 before it sends the body."""
+    try:
+        key_of(request.raw_path, request.app[CONFIG].limits)
+        _refuse_if_declared_too_large(request)
+    except KvwireError as exc:
+        return _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
+    except web.HTTPException as exc:
+        return _response(json_error_answer(exc.status, _http_error_message(request, exc)))
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        return _response(json_error_answer(417, f"unknown Expect: {expect!r}; only 100-continue is understood"))
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the answer
+    return None
 
 
 def key_of(raw_path: str, limits) -> str:
     """The key, percent-decoded from the raw path as UTF-8 (``/`` inside a key is ``%2F``)."""
+    if "#" in raw_path:
+        # A client sends no fragment; aiohttp would route on the path before the
+        # '#' while the key would be read after it: refused, not guessed.
+        raise BadRequestError("the request target holds a '#', which no request may carry; "
+                              "a '#' in a key is sent as %23")
     path = raw_path.partition("?")[0]
     raw = (path[:-1] if path.endswith("/") else path).rpartition("/")[2]
     try:
@@ -365,7 +429,10 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
     try:
         return await handler(request)
     except KvwireError as exc:
-        return _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
+        response = _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
+        if request.get(CLOSE_AFTER):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -60,10 +60,9 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_HELD_BYTES = 64 * 1024
 
 # One key segment: unreserved and sub-delimiter characters, ':' and '@', and
-# %XX escapes (RFC 3986 pchar). '{' and '}' (also escaped) are left to
-# aiohttp, whose route pattern refuses them, and so are '.' and '..'.
+# %XX escapes (RFC 3986 pchar). Anything else is left to aiohttp, and so are
+# '.' and '..', which name no key (they are the path's own).
 _SEGMENT = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
-_BRACES = re.compile(rb"%7[BbDd]")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
 _METHODS = {b"GET": "GET", b"PUT": "PUT", b"DELETE": "DELETE"}
@@ -145,7 +144,7 @@ def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | objec
     slash = segment.endswith(b"/")
     if slash:
         segment = segment[:-1]
-    if (not _SEGMENT.fullmatch(segment) or _BRACES.search(segment)
+    if (not _SEGMENT.fullmatch(segment)
             or not segment.replace(b"%2E", b".").replace(b"%2e", b".").strip(b".")):
         return _HAND_OVER
     consistency = None

@@ -118,6 +118,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         },
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "413": {"$ref": _RESPONSES + "TooLarge"},
+                        "417": {"$ref": _RESPONSES + "ExpectationFailed"},
                         **_access_failures(),
                         **_cluster_failures(),
                     },
@@ -147,6 +148,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                     ),
                     "responses": {
                         "200": _json_response("The node has quorum.", "Health"),
+                        "401": {"$ref": _RESPONSES + "Unauthenticated"},
                         "502": {"$ref": _RESPONSES + "BadGateway"},
                         "503": {
                             "description": "The node has no quorum (its health report), or no node answered (an error).",
@@ -312,10 +314,13 @@ def _schemas(config: BridgeConfig) -> dict[str, Any]:
 
 def _error_responses(config: BridgeConfig) -> dict[str, Any]:
     return {
-        "BadRequest": _error("Bad request: a body that is not JSON, has no `value`, or holds a bad bytes object; a key too long or not UTF-8; an unknown consistency."),
+        "BadRequest": _error("Bad request: a body that is not JSON, has no `value`, holds a bad bytes object or "
+                             "names a member twice; a key too long or not UTF-8; a '#' in the request's target; "
+                             "an unknown consistency; a request-id header not of 1 to 128 UTF-8 characters."),
         "NotFound": _error("No such key (or a deleted one)."),
         "Unauthenticated": {
-            **_error("The nodes have an auth file, and the request has no `Authorization: Bearer` token they know."),
+            **_error("The nodes have an auth file, and the request has no `Authorization: Bearer` token they know "
+                     "(health needs none, but a token sent must be known)."),
             "headers": {"WWW-Authenticate": {"description": "`Bearer realm=\"kvwire\"`.", "schema": {"type": "string"}}},
         },
         "Forbidden": _error("The token's role does not allow this method, or its key prefix this key."),
@@ -323,7 +328,9 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
             "The DELETE raced with a concurrent write of the same key and may or may not have taken "
             "effect (`maybe_applied` is true); read the key to find out."
         ),
-        "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry."),
+        "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry, or a map "
+                                   "with a bytes key and the `$bytes:` str key it would read as."),
+        "ExpectationFailed": _error("An `Expect` header other than `100-continue`."),
         "TooLarge": _error(
             f"The value is over {config.limits.max_value_bytes} bytes as msgpack, or the body over "
             f"{config.max_body_bytes} bytes."

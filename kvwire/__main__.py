@@ -1,3 +1,4 @@
-from .cli.main import main
+"""Command-line entry points: ``kvwire`` (run things) and ``kvwire-cli`` (talk to nodes)."""
+from .cli.entry import kvwire
 
-main()
+kvwire()

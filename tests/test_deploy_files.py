@@ -159,7 +159,7 @@ def test_the_dockerfile_copies_files_that_exist_and_everything_setup_py_needs():
 def test_the_dockerfile_runs_a_node_with_known_options_and_a_healthcheck():
     instructions = dict(dockerfile_instructions())  # last of each kind
     assert instructions["ENTRYPOINT"] == '["kvwire", "serve"]'
-    assert "kvwire=kvwire.cli.main:main" in (ROOT / "setup.py").read_text()
+    assert "kvwire=kvwire.cli.entry:kvwire" in (ROOT / "setup.py").read_text()
     env = dict(re.findall(r"(\w+)=(\S+)", instructions["ENV"]))
     assert set(env) - {"PYTHONUNBUFFERED"} <= SERVE_VARIABLES
     exposed = {int(port) for port in instructions["EXPOSE"].split()}

@@ -190,14 +190,52 @@ def test_numbers_beyond_64_bit_integers_are_stored_as_floats(api, request):
         (b'{"value": {"$bytes": "not base64!"}}', "base64"),
         (b'{"value": {"$bytes": "AAAA="}}', "base64"),
         (b'{"value": ' + b"[" * 600 + b"]" * 600 + b"}", "nested"),
+        (b'{"value": {"a": 1, "a": 2}}', "names 'a' twice"),
     ],
     ids=["empty", "bad-json", "not-utf8", "array", "string", "no-value", "nan", "huge-number", "bad-base64",
-         "base64-extra-padding", "too-deep"],
+         "base64-extra-padding", "too-deep", "name-twice"],
 )
 def test_bad_bodies_are_400(api, body, fragment):
     base, _ = api
     check_error(http("PUT", kv(base, "bad-body"), raw=body), 400, fragment)
     check_error(http("GET", kv(base, "bad-body")), 404)  # nothing was written
+
+
+def test_a_value_as_deep_as_a_body_may_be_is_written_and_read_back(api, cluster, request):
+    """511 levels, the most a body may nest: written, read back through REST and the client."""
+    base, _ = api
+    key = f"deep-{request.node.callspec.id}"
+    deep = 0
+    for _ in range(511):
+        deep = [deep]
+    reply = http("PUT", kv(base, key), raw=b'{"value": ' + json.dumps(deep).encode() + b"}")
+    assert reply.status == 201, reply.text
+    assert reply.json["value"] == deep
+    assert http("GET", kv(base, key)).json["value"] == deep
+    with Client(cluster.endpoints) as client:
+        assert client.get(key) == deep
+
+
+def test_a_stored_map_json_would_lose_a_key_of_is_406(api, cluster, request):
+    base, _ = api
+    key = f"collide-{request.node.callspec.id}"
+    with Client(cluster.endpoints) as client:
+        client.put(key, {b"a": 1, "$bytes:YQ==": 2})  # the bytes key b"a" is shown as "$bytes:YQ=="
+    check_error(http("GET", kv(base, key)), 406, "lose one of them")
+
+
+def test_a_key_as_long_as_a_raised_max_key_bytes_is_reachable(tmp_path):
+    limit = 8192
+    nodes = LocalCluster(1, data_dir=tmp_path / "data", sync="off", node_args=["--max-key-bytes", str(limit)])
+    url = with_http(nodes)["n1"]
+    with nodes, BridgeProcess(nodes.endpoints, log_path=tmp_path / "bridge.log",
+                              args=["--max-key-bytes", str(limit)]) as standalone:
+        wait_for(lambda: answers(url), timeout=15, what="n1's bridge")
+        for base in (f"{url}{PREFIX}", f"{standalone.url}{PREFIX}"):
+            key = "é" * (limit // 2)  # every byte percent-encoded: 24,576 characters of path
+            assert http("PUT", kv(base, key), {"value": 1}).status in (200, 201)
+            assert http("GET", kv(base, key)).json["key"] == key
+            check_error(http("GET", kv(base, key + "x")), 400, f"the limit is {limit}")
 
 
 def test_bad_keys_and_parameters_are_400(api):
@@ -492,12 +530,12 @@ def test_serve_help_lists_http_listen():
 
 def test_json_values_module_is_what_the_cli_uses():
     # One convention for bytes in JSON: the CLI and the bridge share the client's helper.
-    from kvwire.cli import client as cli
+    from kvwire.cli import client_io as cli_io
     from kvwire.client import json_values
     from kvwire.http_bridge import values
 
-    assert cli._jsonable is json_values.jsonable is values.jsonable
-    assert cli._decode_bytes is json_values.decode_bytes is values.decode_bytes
+    assert cli_io.json_text is json_values.json_text is values.json_text
+    assert cli_io.parse_json is json_values.parse_json is values.parse_json
     assert json.loads('{"$bytes": "AP8="}', object_hook=json_values.decode_bytes) == b"\x00\xff"
 
 

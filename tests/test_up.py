@@ -503,14 +503,17 @@ def test_a_child_refusing_its_options_is_not_restarted():
 
 def test_options_after_a_double_dash_reach_every_node(tmp_path):
     base = free_port_run(1)
-    # 0 is refused by `kvwire serve`; that it is refused shows it got there.
-    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--", "--write-timeout", "0")
+    # `up` refuses a value `kvwire serve` would (test_cli_edges), but leaves the relations
+    # between options to the node: this heartbeat interval is not under half the failure
+    # timeout, and that the node refuses it shows it got there.
+    up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"),
+            "--", "--heartbeat-interval", "0.5")
     try:
         assert up.wait_exit(timeout=30) == 1
         # A configuration error: said once, and not restarted forever.
         assert "node n1 exited unexpectedly (exit status 2); its log is above. It refused its options, so it is not restarted" in up.stderr
         assert "restarting" not in up.stderr and "Traceback" not in up.stderr
-        assert re.search(r"^n1 \| .*--write-timeout", up.stderr, re.MULTILINE), up.stderr
+        assert re.search(r"^n1 \| .*heartbeat_interval \(0\.5 s\)", up.stderr, re.MULTILINE), up.stderr
     finally:
         up.cleanup()
 

@@ -88,8 +88,8 @@ def run_bridge(config: BridgeConfig) -> int:
     except OSError as exc:
         log.error("cannot listen on %s: %s", config.listen, describe_os_error(exc))
         return 1
-    except KeyboardInterrupt:  # before the signal handlers were installed
-        return 130
+    except KeyboardInterrupt:  # before the signal handlers were installed: a stop all the same (exit 0)
+        pass
     return 0
 
 

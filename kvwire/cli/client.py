@@ -8,7 +8,7 @@ never in a traceback.
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import os
 import ssl
 import sys
@@ -20,8 +20,6 @@ import click
 from ..client import AsyncClient, check_key, check_value
 from ..client.aio import DEFAULT_ENDPOINT
 from ..client.json_values import BYTES_TAG
-from ..client.json_values import decode_bytes as _decode_bytes
-from ..client.json_values import jsonable as _jsonable
 from ..client.json_values import version_json as _version_json
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -32,7 +30,20 @@ from ..protocol import (
     format_endpoint,
     parse_endpoints,
 )
-from .options import client_ssl_context, client_tls_options
+from .client_io import (
+    CommandFailed,
+    check_stdout,
+    echo,
+    flush_stdout,
+    json_output,
+    output_failed,
+    parse_json_value,
+    read_token_file,
+    read_value,
+    text_option,
+    utf8,
+)
+from .options import FilePath, client_ssl_context, client_tls_options
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -53,7 +64,10 @@ Exit codes:
      (health: no quorum); also CONFLICT (delete raced with a write):
      like NO_QUORUM, the write may or may not have been applied
   4  the node refused the request (bad request, too large,
-     forbidden, unknown op) or failed internally: any other error
+     forbidden, unknown op) or failed internally: any other error,
+     such as a value -o json cannot show (NaN: see -o text), or a
+     stdout it cannot write (closed: nothing is done; its reader
+     gone, as after | head -0: no message, a put or delete done)
   130  interrupted (Ctrl-C)
 
 \b
@@ -79,10 +93,14 @@ Examples:
   kvwire-cli put k --value-file photo.jpg  the same
   kvwire-cli put k - --json < doc.json     a map read from stdin
   kvwire-cli put k '"-"' --json            the one-character string "-"
+  kvwire-cli put k --json -- -5            the number -5: after '--', a
+                                           KEY or VALUE may begin with '-'
 
 \b
 --value-file /dev/stdin is the same as VALUE '-'. A value over the node's
-max value size is refused by the node (exit 4, "too large").
+max value size is refused by the node (exit 4, "too large"); a file or
+stdin larger than any value can be (a frame of the default limits, 4 MiB,
+or six times that as JSON) is a usage error.
 """
 
 OUTPUT_CHOICE = click.Choice(["text", "json"])
@@ -101,11 +119,30 @@ class _Settings:
         self.ssl_context = ssl_context
 
 
+class _Seconds(click.FloatRange):
+    """A FloatRange that refuses NaN, which passes every range check (all comparisons are false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 def _endpoints_option(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    text_option(value, "'--endpoints'")
     try:
         return [format_endpoint(host, port) for host, port in parse_endpoints(value)]
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _cluster_id_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value:
+        raise click.BadParameter("it is empty; leave the option out to accept nodes of any cluster")
+    return text_option(value, "'--cluster-id'")
 
 
 def _key_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -115,13 +152,28 @@ def _key_argument(ctx: click.Context, param: click.Parameter, value: str) -> str
         raise click.BadParameter(str(exc)) from None
 
 
+class _Command(click.Command):
+    """A command whose --help (or --version) to a closed stdout or a gone reader exits 4, not
+    click's 1 ("key not found"): reading the command line writes nothing else."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except OSError as exc:
+            raise output_failed(exc) from None
+
+
+class _Group(_Command, click.Group):
+    command_class = _Command
+
+
 def _output_option(function: Callable) -> Callable:
     return click.option(
         "-o", "--output", type=OUTPUT_CHOICE, default=None, help="Output format (overrides the one given before the command)."
     )(function)
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--endpoints",
     default=DEFAULT_ENDPOINT,
@@ -134,7 +186,7 @@ def _output_option(function: Callable) -> Callable:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True, max=86400),
+    type=_Seconds(min=0, min_open=True, max=86400),
     default=5.0,
     show_default=True,
     envvar="KVWIRE_TIMEOUT",
@@ -146,15 +198,17 @@ def _output_option(function: Callable) -> Callable:
     default=None,
     envvar="KVWIRE_CLUSTER_ID",
     show_envvar=True,
+    callback=_cluster_id_option,
     help="Refuse nodes that belong to another cluster.",
 )
 @click.option(
     "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePath(),
     default=None,
     envvar="KVWIRE_TOKEN_FILE",
     show_envvar=True,
-    help="Read the access token (for nodes with an auth file) from this file; KVWIRE_TOKEN may hold the token itself.",
+    help="Read the access token (for nodes with an auth file) from this file, whitespace around it dropped; "
+         "KVWIRE_TOKEN may hold the token itself.",
 )
 @client_tls_options
 @click.option("-o", "--output", type=OUTPUT_CHOICE, default="text", show_default=True, help="Output format.")
@@ -168,17 +222,11 @@ def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: st
 
 
 def _token(path: Path | None) -> str | None:
-    """The token in ``path``, else in KVWIRE_TOKEN; never echoed, even in errors."""
-    if path is None:
-        return os.environ.get("KVWIRE_TOKEN") or None
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
-                                 param_hint="'--token-file'") from None
-    if not token:
-        raise click.BadParameter(f"{path} is empty", param_hint="'--token-file'")
-    return token
+    """The token in ``path``, else in KVWIRE_TOKEN (unset if blank), whitespace around it
+    dropped either way; never echoed, even in errors."""
+    if path is not None:
+        return read_token_file(path)
+    return text_option(os.environ.get("KVWIRE_TOKEN", "").strip(), "KVWIRE_TOKEN") or None
 
 
 @cli.command()
@@ -195,11 +243,9 @@ def get(settings: _Settings, key: str, consistency: str | None, output: str | No
     """Print the value stored under KEY."""
     value, version = _run(settings, lambda client: client.get_with_version(key, consistency=consistency))
     if _format(settings, output) == "json":
-        _echo_json({"key": key, "value": value, "version": _version_json(version)})
-    elif isinstance(value, str):
-        click.echo(value)
+        echo(json_output({"key": key, "value": value, "version": _version_json(version)}, for_people=False))
     else:
-        _echo_json(value)
+        echo(_shown(value))
 
 
 @cli.command(epilog=PUT_EPILOG)
@@ -234,11 +280,11 @@ def put(
         raise click.UsageError("missing the value: give VALUE, '-' to read stdin, or --value-file PATH")
     if value_file is None and value != "-":
         source = "'VALUE'"
-        stored: Any = _parse_json_value(value, source) if as_json else value
+        stored: Any = parse_json_value(value, source) if as_json else value
     else:
         path = value_file if value_file is not None else "-"
-        source, raw = _read_value(path, "'--value-file'" if value_file is not None else "'VALUE'")
-        stored = _parse_json_value(_utf8(raw, source), source) if as_json else raw
+        source, raw = read_value(path, "'--value-file'" if value_file is not None else "'VALUE'", as_json=as_json)
+        stored = parse_json_value(utf8(raw, source), source) if as_json else raw
     try:
         check_value(stored)
     except (TypeError, ValueError) as exc:
@@ -264,10 +310,10 @@ def health(settings: _Settings, output: str | None) -> None:
     """Print the health report of the first node that answers."""
     report = _run(settings, lambda client: client.health())
     if _format(settings, output) == "json":
-        _echo_json(report)
+        echo(json_output(report, for_people=False))
     else:
         for name, value in _flatten(report):
-            click.echo(f"{name}: {value if isinstance(value, str) else _to_json_text(value)}")
+            echo(f"{name}: {_shown(value)}")
     cluster = report.get("cluster")
     if isinstance(cluster, dict) and cluster.get("has_quorum") is False:
         raise click.exceptions.Exit(EXIT_UNAVAILABLE)
@@ -289,72 +335,19 @@ def _format(settings: _Settings, output: str | None) -> str:
     return output if output is not None else settings.output
 
 
-# --- JSON in and out -------------------------------------------------------------------
+# --- text output -----------------------------------------------------------------------
 
 
-def _read_value(path: str, param: str) -> tuple[str, bytes]:
-    """The bytes of a value to put, from stdin (``path`` '-') or a file; usage error if unreadable.
-
-    Returns them with the name errors about them go by.
-    """
-    if path == "-":
-        source = f"{param} (stdin)"
-        stdin = sys.stdin
-        if stdin is None:  # the shell closed fd 0 (`<&-`)
-            raise click.BadParameter("cannot read stdin: it is closed", param_hint=source)
-        try:
-            return source, stdin.buffer.read()
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read stdin: {exc.strerror or exc}", param_hint=source) from None
-    source = f"{param} {path!r}"
-    try:
-        with open(path, "rb") as file:
-            return source, file.read()
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path!r}: {exc.strerror or exc}", param_hint="'--value-file'") from None
-
-
-def _utf8(raw: bytes, source: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise click.BadParameter(
-            f"--json needs UTF-8 text, but byte 0x{raw[exc.start]:02x} at offset {exc.start} is not valid UTF-8",
-            param_hint=source,
-        ) from None
-
-
-def _parse_json_value(text: str, source: str = "'VALUE'") -> Any:
-    try:
-        return json.loads(text, object_hook=_decode_bytes)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc}): {_excerpt(text)}", param_hint=source) from None
-    except ValueError as exc:  # bad base64 in a bytes object
-        raise click.BadParameter(str(exc), param_hint=source) from None
-    except RecursionError:
-        raise click.BadParameter("JSON nested too deeply to parse", param_hint=source) from None
-
-
-def _excerpt(text: str, limit: int = 60) -> str:
-    """``text`` quoted, cut short if long: a value read from a file may be megabytes."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
-
-
-def _to_json_text(value: Any) -> str:
-    return json.dumps(_jsonable(value), ensure_ascii=False)
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(_to_json_text(value))
+def _shown(value: Any) -> str:
+    """A value as the text output shows it: a str as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json_output(value, for_people=True)
 
 
 def _echo_version(settings: _Settings, output: str | None, key: str, version: Version, word: str) -> None:
     if _format(settings, output) == "json":
-        _echo_json({"key": key, "version": _version_json(version)})
+        echo(json_output({"key": key, "version": _version_json(version)}, for_people=False))
     else:
-        click.echo(f"{word} (version {version.counter} by {version.node})")
+        echo(f"{word} (version {version.counter} by {version.node})")
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -385,9 +378,10 @@ def exit_code_for(error: KvwireError) -> int:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run ``kvwire-cli``; always ends in ``sys.exit`` with a documented code."""
     try:
+        check_stdout()
         result = cli.main(args=argv, prog_name="kvwire-cli", standalone_mode=False)
         code = result if isinstance(result, int) else EXIT_OK
-        sys.stdout.flush()
+        flush_stdout()
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
@@ -396,12 +390,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except KvwireError as exc:
-        click.echo(f"kvwire-cli: {_describe(exc)}", err=True)
+        # One line, as promised, whatever the node's message holds.
+        click.echo(f"kvwire-cli: {' '.join(_describe(exc).splitlines())}", err=True)
         code = exit_code_for(exc)
-    except BrokenPipeError:
-        # The reader of stdout went away (e.g. `| head`): nothing left to say to
-        # it. Point stdout at /dev/null so the interpreter's final flush is quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except CommandFailed as exc:
+        if str(exc):
+            click.echo(f"kvwire-cli: {exc}", err=True)
         code = EXIT_REFUSED
     except Exception as exc:  # a bug of ours; still one line, as promised
         click.echo(f"kvwire-cli: unexpected error: {type(exc).__name__}: {exc}", err=True)

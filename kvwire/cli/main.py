@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..protocol import DEFAULT_LIMITS, Limits, parse_host_port
+from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_host_port
 from ..server.access import AuthTable
 from ..server.config import ServerConfig, SyncMode, parse_cluster
 from ..secret_file import read_secret_file, write_secret_file
@@ -74,6 +74,8 @@ def serve(**options) -> None:
         config = server_config(options)
         http_address = parse_host_port(options["http_listen"]) if options["http_listen"] else None
         metrics_address = parse_host_port(options["metrics_listen"]) if options["metrics_listen"] else None
+        check_listeners_differ({"--listen": (config.host, config.port), "--http-listen": http_address,
+                                "--metrics-listen": metrics_address})
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     node_id = config.node_id
@@ -121,6 +123,25 @@ def server_config(options: dict) -> ServerConfig:
         join=options["join"],
         tls=tls_files(options),
     )
+
+
+# Hosts that bind a port on every address of their family.
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+
+
+def check_listeners_differ(addresses: dict[str, tuple[str, int] | None]) -> None:
+    """ValueError when two of the listeners (option -> address, None if not given) would take
+    the same port: the second bind would fail, reported as "address already in use"."""
+    given = [(option, address) for option, address in addresses.items() if address is not None]
+    for index, (option, (host, port)) in enumerate(given):
+        for earlier, (earlier_host, earlier_port) in given[:index]:
+            if port != earlier_port or (":" in host) != (":" in earlier_host):
+                continue
+            if host == earlier_host:
+                raise ValueError(f"{earlier} and {option} must differ: both are {format_endpoint(host, port)}")
+            if {host, earlier_host} & _WILDCARD_HOSTS:
+                raise ValueError(f"{earlier} and {option} must differ: {format_endpoint(earlier_host, port)} and "
+                                 f"{format_endpoint(host, port)} overlap, a wildcard address taking the port on every address")
 
 
 def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_file: Path | None) -> None:
@@ -182,8 +203,8 @@ def run_node(
     except OSError as exc:
         log.error("cannot start node %s on %s:%d: %s", config.node_id, config.host, config.port, exc.strerror or exc)
         return 1
-    except KeyboardInterrupt:  # before the signal handlers were installed
-        return 130
+    except KeyboardInterrupt:  # before the signal handlers were installed: a stop all the same (exit 0)
+        pass
     return 0
 
 

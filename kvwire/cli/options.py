@@ -15,6 +15,18 @@ LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
 LOG_FORMAT_CHOICES = click.Choice(list(LOG_FORMATS))
 
 
+class FilePath(click.Path):
+    """A file's path as a ``pathlib.Path``; refuses '', which Path() would make '.', the current directory."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("the path is empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def env(name: str) -> dict:
     """Keyword arguments of ``click.option`` that read it from ``KVWIRE_<name>`` and say so in --help."""
     return {"envvar": f"KVWIRE_{name}", "show_envvar": True}
@@ -31,7 +43,7 @@ def log_format_option():
 def tls_file_options(*, cert: str, ca: str) -> Callable[[Callable], Callable]:
     """``--tls-cert``, ``--tls-key`` and ``--tls-ca`` (``KVWIRE_TLS_CERT``, ...), with the
     command's own help for the certificate and the CA; :func:`tls_files` reads them."""
-    path = click.Path(dir_okay=False, path_type=Path)
+    path = FilePath()
 
     def decorate(function: Callable) -> Callable:
         function = click.option("--tls-ca", type=path, default=None, metavar="PEM", help=ca, **env("TLS_CA"))(function)

@@ -36,6 +36,7 @@ from ..testing import ChildProcess, DevCerts
 from ..testing.wire import connect_socket
 from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .haproxy import haproxy_child
+from .main import serve
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 
 DEFAULT_BASE_PORT = 7379
@@ -73,7 +74,8 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
     127.0.0.1:7379-7381, data in ./.kvwire/n1-n3), each with its HTTP bridge
     (the REST API, on 127.0.0.1:8000-8002), prints their endpoints, and
     copies each node's log lines to stderr behind its id. Options after
-    `--` go to every node, e.g. `kvwire up -- --write-timeout 2`.
+    `--` go to every node, e.g. `kvwire up -- --write-timeout 2`; one that
+    `kvwire serve` would refuse is a usage error before any node starts.
 
     A node that dies (try `kill -9 PID`) is restarted, after 0.2 s and
     longer if it keeps dying; the others keep serving. Exit status: 0 after
@@ -118,8 +120,7 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
     secret_path = data_dir / "cluster.secret" if node_count > 1 else None  # made by _run
     children = []
     for node_id, port in nodes:
-        command = [
-            sys.executable, "-m", "kvwire", "serve",
+        options = [
             "--node-id", node_id,
             "--listen", format_endpoint(host, port),
             "--data-dir", str(data_dir / node_id),
@@ -127,12 +128,14 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
             "--sync", sync,
         ]
         if node_count > 1:
-            command += ["--cluster", members, "--cluster-secret-file", str(secret_path)]
+            options += ["--cluster", members, "--cluster-secret-file", str(secret_path)]
         if node_id in http_ports:
-            command += ["--http-listen", format_endpoint(host, http_ports[node_id])]
+            options += ["--http-listen", format_endpoint(host, http_ports[node_id])]
         if certs is not None:
-            command += certs.node_args()
-        children.append(ChildProcess(node_id, [*command, *serve_args], env=env))
+            options += certs.node_args()
+        if not children:
+            _check_serve_args(options, serve_args)
+        children.append(ChildProcess(node_id, [sys.executable, "-m", "kvwire", "serve", *options, *serve_args], env=env))
     if with_haproxy:  # kvwire/cli/haproxy.py
         bridge_ports = [http_ports.get(node_id, http_base_port + i) for i, (node_id, _) in enumerate(nodes)]
         children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir, tls=certs))
@@ -150,6 +153,19 @@ def _run_ctl(ctx: click.Context, args: tuple[str, ...]) -> None:
         raise click.UsageError(f"`kvwire up ctl` takes its own options, after the command (e.g. `kvwire up ctl status --data-dir DIR`); "
                                f"got {given[0]} before ctl")
     ctl.main(list(args), prog_name="kvwire up ctl")
+
+
+def _check_serve_args(own: list[str], serve_args: tuple[str, ...]) -> None:
+    """Read a node's command line (``own`` options, then ``serve_args``) as `kvwire serve` will,
+    so that a stray argument or a bad option after `--` is refused now, before any node starts,
+    not by every node in turn. What only the node can check (a file, ports, option relations)
+    is left to it."""
+    try:
+        with serve.make_context("kvwire serve", [*own, *serve_args]):
+            pass
+    except click.ClickException as exc:
+        what = f"the arguments passed on to kvwire serve ({shlex.join(serve_args)})" if serve_args else "its options"
+        raise click.UsageError(f"every node would refuse {what}: {exc.format_message()}") from None
 
 
 def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], data_dir: Path, cluster_id: str,

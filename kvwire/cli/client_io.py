@@ -1,0 +1,188 @@
+"""What ``kvwire-cli`` reads and writes: values and tokens read with a bound, JSON read
+and written as ``kvwire.client.json_values`` does it, and a stdout that may be gone.
+
+A mistake in what it reads is a usage error (click's BadParameter, exit 2)
+naming where the input came from; output it cannot write or a value JSON cannot
+carry is a :class:`CommandFailed` (exit 4).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from ..client.json_values import UnrepresentableJsonError, json_text, parse_json
+from ..protocol import DEFAULT_LIMITS
+
+# A value travels in one frame, and kvwire-cli speaks the default limits (keys are
+# checked, and replies read, against them): more bytes than a frame holds are no value.
+MAX_VALUE_BYTES = DEFAULT_LIMITS.max_frame_bytes
+# JSON may spell a value in more bytes than msgpack does: six for one (a control
+# character in a string is "\u0001"), four for three (bytes, as base64).
+MAX_JSON_VALUE_BYTES = 6 * MAX_VALUE_BYTES
+# A token is one line of a node's auth file, a few dozen characters; a file larger
+# than this holds something else (or is /dev/zero).
+MAX_TOKEN_FILE_BYTES = 4096
+
+
+class CommandFailed(Exception):
+    """A command could not finish for a reason of its own, not the cluster's (exit 4).
+
+    ``str(exc)`` is its one line for stderr; empty when nobody is left to read it.
+    """
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def read_value(path: str, param: str, *, as_json: bool) -> tuple[str, bytes]:
+    """The bytes of a value to put, from stdin (``path`` '-') or a file, and the name errors
+    about them go by; a usage error if unreadable or larger than any value can be."""
+    frame = f"{MAX_VALUE_BYTES} bytes, the largest frame a node takes with the default limits"
+    limit = MAX_JSON_VALUE_BYTES if as_json else MAX_VALUE_BYTES
+    what = (f"more than {limit} bytes of JSON; no value's is that long (six times {frame})" if as_json
+            else f"more than {limit} bytes; no value is that large ({frame})")
+    if path == "-":
+        source = f"{param} (stdin)"
+        stdin = sys.stdin
+        if stdin is None:  # the shell closed fd 0 (`<&-`)
+            raise click.BadParameter("cannot read stdin: it is closed", param_hint=source)
+        try:
+            return source, _read_at_most(stdin.buffer, limit, f"stdin holds {what}", source)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read stdin: {exc.strerror or exc}", param_hint=source) from None
+    try:
+        with open(path, "rb") as file:
+            return f"{param} {path!r}", _read_at_most(file, limit, f"{path!r} holds {what}", "'--value-file'")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path!r}: {exc.strerror or exc}", param_hint="'--value-file'") from None
+
+
+def read_token_file(path: Path) -> str:
+    """The token in the file at ``path``, whitespace around it dropped; a usage error naming
+    the file if it can't be read, is too large, is not UTF-8 or holds only whitespace."""
+    hint = "'--token-file'"
+    try:
+        with open(path, "rb") as file:
+            raw = _read_at_most(file, MAX_TOKEN_FILE_BYTES,
+                                f"{path} is larger than {MAX_TOKEN_FILE_BYTES} bytes, too large for a token file", hint)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint=hint) from None
+    token = text_option(raw.decode("utf-8", "surrogateescape").strip(), hint, what=str(path))
+    if not token:
+        raise click.BadParameter(f"{path} is empty", param_hint=hint)
+    return token
+
+
+def text_option(text: str, param_hint: str, *, what: str = "it") -> str:
+    """``text`` if it is UTF-8 text; else a usage error: "``what`` holds a byte that is not UTF-8".
+
+    Options and environment variables reach Python with bytes that are not
+    UTF-8 as lone surrogates, which nothing can send."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise click.BadParameter(f"{what} holds a byte that is not UTF-8 text, at offset {exc.start}",
+                                 param_hint=param_hint) from None
+    return text
+
+
+def _read_at_most(file: IO[bytes], limit: int, too_large: str, param_hint: str) -> bytes:
+    data = file.read(limit + 1)
+    if len(data) > limit:
+        raise click.BadParameter(too_large, param_hint=param_hint)
+    return data
+
+
+def utf8(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(
+            f"--json needs UTF-8 text, but byte 0x{raw[exc.start]:02x} at offset {exc.start} is not valid UTF-8",
+            param_hint=source,
+        ) from None
+
+
+def parse_json_value(text: str, source: str = "'VALUE'") -> Any:
+    """A --json value, read strictly (json_values.parse_json); a usage error naming ``source``."""
+    try:
+        return parse_json(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}): {_excerpt(text)}", param_hint=source) from None
+    except ValueError as exc:  # NaN, a number out of range, a name twice, bad $bytes, too deep
+        raise click.BadParameter(str(exc), param_hint=source) from None
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    """``text`` quoted, cut short if long: a value read from a file may be megabytes."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def json_output(document: Any, *, for_people: bool) -> str:
+    """``document`` (holding stored values) as JSON: strict for ``-o json``, and with NaN and
+    Infinity as Python and JavaScript print them for people (the text output).
+
+    CommandFailed for a value JSON cannot carry, saying what can show it."""
+    try:
+        return json_text(document, compact=False, allow_nan=for_people)
+    except UnrepresentableJsonError as exc:
+        shown_as_text = not for_people and _is_showable(document)
+        hint = "the text output (-o text) shows it" if shown_as_text else "read it with the Python client"
+        raise CommandFailed(f"cannot show the value as JSON: {exc}; {hint}") from None
+
+
+def _is_showable(document: Any) -> bool:
+    try:
+        json_text(document, allow_nan=True)
+    except UnrepresentableJsonError:
+        return False
+    return True
+
+
+def check_stdout() -> None:
+    """CommandFailed, before the command does anything, if stdout is closed (`>&-`)."""
+    if sys.stdout is None:
+        raise CommandFailed("stdout is closed; nothing was done, as there is nowhere to say how it went")
+
+
+def echo(text: str) -> None:
+    """``text`` and a newline on stdout, flushed; CommandFailed if stdout can't take it."""
+    try:
+        click.echo(text)  # flushes
+    except OSError as exc:
+        raise output_failed(exc) from None
+
+
+def flush_stdout() -> None:
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as exc:
+        raise output_failed(exc) from None
+
+
+def output_failed(error: OSError) -> CommandFailed:
+    """CommandFailed for stdout refusing a write, with stdout silenced: the interpreter's final
+    flush of what is still buffered would fail again, with a message of its own."""
+    if sys.stdout is not None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+    if error.errno == errno.EPIPE:
+        return CommandFailed("")  # the reader went away (`| head`): nobody to tell
+    return CommandFailed(f"cannot write to stdout: {error.strerror or error}")

@@ -1,0 +1,64 @@
+"""The console scripts' entry points: ``kvwire`` and ``kvwire-cli`` (setup.py).
+
+Importing the commands (asyncio, click, the protocol and the server) takes a
+tenth of a second or more, and a Ctrl-C meanwhile used to end in a
+KeyboardInterrupt traceback. These functions import nothing heavy before they
+take over SIGINT: until a command installs its own handling, a Ctrl-C ends the
+process quietly, with the status the README gives a Ctrl-C of that command.
+Only the standard library may be imported here.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+# kvwire-cli, and any kvwire command interrupted before it did its work: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
+# These run until SIGTERM or SIGINT and then exit 0 (README "kvwire serve", "kvwire up",
+# "kvwire bridge"); a Ctrl-C before they got going asks for the same, and nothing runs yet.
+RUN_UNTIL_STOPPED = frozenset({"serve", "bridge", "up"})
+
+
+def kvwire() -> None:
+    """``kvwire``: serve, bridge and up keep the handler until they install their own; the other
+    commands get KeyboardInterrupt back once imported (bench, stopped, writes what it measured)."""
+    status = interrupted_status(sys.argv[1:])
+    installed = _exit_on_sigint(status)
+    from .main import main
+
+    if installed and status != 0:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    main()
+
+
+def kvwire_cli() -> None:
+    """``kvwire-cli``: one get, put, delete or health; a Ctrl-C at any point exits 130."""
+    _exit_on_sigint(EXIT_INTERRUPTED)
+    from .client import main
+
+    main()
+
+
+def interrupted_status(args: list[str]) -> int:
+    """The exit status of ``kvwire ARGS`` stopped by SIGINT before its command installed a handler."""
+    # `kvwire up ctl ...` is a one-off request to a running `up` (`up` refuses options before ctl).
+    if args[:1] and args[0] in RUN_UNTIL_STOPPED and args[1:2] != ["ctl"]:
+        return 0
+    return EXIT_INTERRUPTED
+
+
+def _exit_on_sigint(status: int) -> bool:
+    """Make SIGINT raise SystemExit(status), which prints nothing; whether it was installed.
+
+    Not when SIGINT is ignored: a job started in the background by a shell script
+    inherits it ignored, and Python leaves it so; so do we.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise SystemExit(status)
+
+    signal.signal(signal.SIGINT, interrupted)
+    return True

@@ -1,0 +1,403 @@
+"""kvwire-cli, kvwire serve and kvwire up at their edges, as real processes: a stdout
+that is closed or whose reader left, values JSON cannot carry, option values that
+are almost right, inputs without end, and a Ctrl-C before the program is running."""
+
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvwire import Client
+from kvwire.cli.client_io import MAX_JSON_VALUE_BYTES, MAX_TOKEN_FILE_BYTES, MAX_VALUE_BYTES
+from kvwire.cli.entry import interrupted_status
+from kvwire.protocol import Put, PutReply
+from kvwire.testing import (
+    NodeProcess,
+    RawConnection,
+    free_port,
+    free_port_run,
+    stop_gracefully,
+    wait_for,
+    write_auth_file,
+)
+from msgspec import Raw
+from test_cli import CLI, run_cli
+
+BIN = Path(sys.executable).parent
+# What a user runs: the console scripts (setup.py entry_points), and `python -m kvwire`,
+# which is also how kvwire up and kvwire.testing start every node.
+KVWIRE_SCRIPT = [str(BIN / "kvwire")]
+KVWIRE_MODULE = [sys.executable, "-m", "kvwire"]
+KVWIRE_CLI_SCRIPT = [str(BIN / "kvwire-cli")]
+
+
+@pytest.fixture
+def cli(shared_node):
+    """kvwire-cli pointed at the shared node."""
+    return lambda *args, **kwargs: run_cli("--endpoints", shared_node.address, *args, **kwargs)
+
+
+def stored(node, key):
+    with Client(node.address) as client:
+        return client.get(key)
+
+
+def clean_env(**settings):
+    """The environment without the caller's KVWIRE_* settings, plus ``settings``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
+    env.update(settings)
+    return env
+
+
+# --- 1. a closed stdout, or one whose reader went away: exit 4 ---------------------------
+
+
+def run_into_a_gone_reader(*args):
+    """kvwire-cli ARGS with stdout a pipe nobody reads any more, as after `| head -0`: every write fails (EPIPE)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([*CLI, *args], stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE,
+                                timeout=30, env=clean_env())
+    finally:
+        os.close(write_end)
+    return result.returncode, result.stderr.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("args", [["get", "gone-reader"], ["get", "gone-reader", "-o", "json"], ["health"],
+                                  ["health", "-o", "json"], ["--help"], ["put", "--help"], ["--version"]],
+                         ids=shlex.join)
+def test_a_reader_gone_from_stdout_exits_4_quietly(cli, shared_node, args):
+    assert cli("put", "gone-reader", "v").returncode == 0
+    code, stderr = run_into_a_gone_reader("--endpoints", shared_node.address, *args)
+    assert (code, stderr) == (4, "")  # 1 would say "not found"; nobody is left to read a message
+
+
+def test_a_put_whose_output_cannot_be_written_is_done_all_the_same(shared_node):
+    code, stderr = run_into_a_gone_reader("--endpoints", shared_node.address, "put", "gone-put", "stored")
+    assert (code, stderr) == (4, "")
+    assert stored(shared_node, "gone-put") == "stored"
+
+
+@pytest.mark.parametrize("args", [["get", "closed"], ["health"], ["put", "closed-put", "x"], ["--help"]],
+                         ids=shlex.join)
+def test_a_closed_stdout_exits_4_with_one_line_before_doing_anything(shared_node, args):
+    # As `kvwire-cli ARGS >&-`: fd 1 is closed when Python starts.
+    command = shlex.join([*CLI, "--endpoints", shared_node.address, *args])
+    result = subprocess.run(["sh", "-c", f"exec {command} >&-"], capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL, env=clean_env())
+    assert result.returncode == 4
+    assert result.stderr.splitlines() == ["kvwire-cli: stdout is closed; nothing was done, as there is nowhere to say how it went"]
+    with pytest.raises(KeyError):
+        stored(shared_node, "closed-put")
+
+
+@pytest.mark.parametrize("args", [["health"], ["--help"]], ids=shlex.join)
+def test_an_unwritable_stdout_is_one_line_naming_the_reason(shared_node, args):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*CLI, "--endpoints", shared_node.address, *args], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=30, stdin=subprocess.DEVNULL, env=clean_env())
+    assert result.returncode == 4
+    assert result.stderr.splitlines() == ["kvwire-cli: cannot write to stdout: No space left on device"]
+
+
+# --- 2. JSON in and out is JSON; any value a node holds prints ---------------------------
+
+
+@pytest.mark.parametrize("text, message", [
+    ("NaN", "NaN is not JSON"),
+    ("[Infinity]", "Infinity is not JSON"),
+    ("-Infinity", "-Infinity is not JSON"),
+    ("1e999", "beyond the range of a 64-bit float"),
+    ('{"a": 1, "a": 2}', "names 'a' twice"),
+    ('{"$bytes": "AP+"}', "base64"),
+    ("[" * 2000 + "]" * 2000, "nested too deeply"),
+])
+def test_put_json_refuses_what_is_not_json(cli, text, message):
+    for result in (cli("put", "not-json", "--json", "--", text), cli("put", "not-json", "-", "--json", stdin=text.encode())):
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "unexpected" not in result.stderr
+
+
+@pytest.mark.parametrize("number, shown", [(math.nan, "NaN"), (math.inf, "Infinity"), (-math.inf, "-Infinity")])
+def test_a_float_json_cannot_carry_prints_as_text_and_is_refused_as_json(cli, shared_node, number, shown):
+    with Client(shared_node.address) as client:  # another client stored it
+        client.put("not-finite", {"x": [number]})
+    text = cli("get", "not-finite")
+    assert (text.returncode, text.stdout) == (0, f'{{"x": [{shown}]}}\n')
+    as_json = cli("get", "not-finite", "-o", "json")
+    assert (as_json.returncode, as_json.stdout) == (4, "")
+    assert as_json.stderr.splitlines() == [
+        "kvwire-cli: cannot show the value as JSON: the value holds a float NaN or infinity, which JSON cannot carry; "
+        "the text output (-o text) shows it"]
+
+
+def test_a_map_json_would_merge_is_refused_in_both_outputs(cli, shared_node):
+    with Client(shared_node.address) as client:
+        client.put("merging", {b"x": 1, "$bytes:eA==": 2})  # b"x" is shown as "$bytes:eA=="
+    for args in (["get", "merging"], ["get", "merging", "-o", "json"]):
+        result = cli(*args)
+        assert (result.returncode, result.stdout) == (4, "")
+        assert len(result.stderr.splitlines()) == 1 and "read it with the Python client" in result.stderr
+
+
+@pytest.mark.parametrize("depth", [500, 510])
+def test_a_deeply_nested_value_prints_in_both_outputs(cli, shared_node, depth):
+    text = "[" * depth + "]" * depth
+    assert cli("put", "deep", "-", "--json", stdin=text.encode()).returncode == 0
+    shown = cli("get", "deep")
+    assert (shown.returncode, shown.stdout) == (0, text + "\n"), shown.stderr
+    as_json = cli("get", "deep", "-o", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.stdout.startswith('{"key": "deep", "value": ' + "[" * depth)
+    assert json.loads(as_json.stdout)["version"]["node"] == "n1"
+
+
+def test_a_value_nested_as_deep_as_a_node_takes_prints(cli, shared_node):
+    # 1,023 levels, the most a node reads; deeper than a client packs (511), but a node
+    # holds what any client sent it: here, msgpack bytes written by hand.
+    depth = 1023
+    with RawConnection(shared_node.address) as connection:
+        reply = connection.request(Put(1, "deepest", Raw(b"\x91" * (depth - 1) + b"\x90")))
+    assert isinstance(reply, PutReply), reply
+    shown = cli("get", "deepest")
+    assert (shown.returncode, shown.stdout) == (0, "[" * depth + "]" * depth + "\n"), shown.stderr
+    as_json = cli("get", "deepest", "-o", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.stdout.startswith('{"key": "deepest", "value": ' + "[" * depth + "]" * depth + ", ")
+
+
+# --- 3. option values that are almost right: usage errors --------------------------------
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--timeout", "nan"], {}, "'nan' is not a number of seconds"),
+    (["--timeout", "NaN"], {}, "'NaN' is not a number of seconds"),
+    ([], {"KVWIRE_TIMEOUT": "nan"}, "'nan' is not a number of seconds"),
+    (["--timeout", "inf"], {}, "inf is not in the range"),
+    (["--timeout", "-1"], {}, "-1.0 is not in the range"),
+    (["--timeout", ""], {}, "'' is not a valid float"),
+    (["--cluster-id", ""], {}, "it is empty; leave the option out to accept nodes of any cluster"),
+    (["--cluster-id", "\udcff"], {}, "not UTF-8 text"),
+    (["--endpoints", "\udcff:1"], {}, "not UTF-8 text"),
+    (["--endpoints", ""], {}, "'' is not HOST:PORT"),
+    ([], {"KVWIRE_TOKEN": "\udcff"}, "Invalid value for KVWIRE_TOKEN: it holds a byte that is not UTF-8 text, at offset 0"),
+    (["--token-file", ""], {}, "the path is empty"),
+    (["--tls-ca", ""], {}, "the path is empty"),
+    (["--tls-cert", ""], {}, "the path is empty"),
+    (["-o", ""], {}, "'' is not one of"),
+])
+def test_bad_option_values_are_usage_errors(args, env, message):
+    result = run_cli("--endpoints", "127.0.0.1:1", *args, "get", "k", env=env)  # the last --endpoints wins
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "unexpected" not in result.stderr, result.stderr
+    assert "\ufffd" not in result.stderr  # the bad byte itself is not echoed
+
+
+def test_a_token_file_that_is_not_utf8_is_a_usage_error_naming_it(tmp_path):
+    path = tmp_path / "token"
+    path.write_bytes(b"secret-\xff-token\n")
+    result = run_cli("--token-file", str(path), "--endpoints", "127.0.0.1:1", "get", "k")
+    assert result.returncode == 2
+    assert f"{path} holds a byte that is not UTF-8 text, at offset 7" in result.stderr
+    assert "secret" not in result.stderr
+
+
+# --- 4. Ctrl-C while the program starts -------------------------------------------------
+
+
+# Seconds after the entry module (kvwire.cli.entry) has taken over SIGINT: into the
+# imports of the command (0.1 to 0.4 s by command) and past them. Before that a signal
+# is Python's own (in the interpreter's first 20-30 ms no code of kvwire's has run, and
+# none can catch it). `python -X importtime` (PYTHONPROFILEIMPORTTIME) writes a line as
+# each import ends: the entry module's, then the first of the command's imports, which
+# begin only once the handler is in place, so the clock starts at that second line;
+# timed from the entry module's own line, the signal could land in the few statements
+# between it and the handler, and the test would be flaky.
+EARLY = [0.0, 0.05, 0.15, 0.3]
+ENTRY_IMPORTED = re.compile(r"^import time:.*\| +kvwire\.cli\.entry$", re.MULTILINE)
+
+
+def handler_in_place(stderr: str) -> bool:
+    """Whether an import has ended since the entry module's: SIGINT is handled by then."""
+    entry = ENTRY_IMPORTED.search(stderr)
+    return entry is not None and "import time:" in stderr[entry.end():]
+
+
+def interrupt_after(command, delay, tmp_path, env, **popen):
+    """Start ``command`` and send it SIGINT ``delay`` seconds after its entry module took
+    over SIGINT; its exit status, and its stderr without the import-time lines that timed it."""
+    stderr_path = tmp_path / "stderr"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+            # As a terminal's foreground job gets it (see test_cli.test_ctrl_c_exits_130_quietly).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen,
+        )
+    try:
+        wait_for(lambda: handler_in_place(stderr_path.read_text()) or process.poll() is not None,
+                 timeout=30, interval=0.002, what="the entry module to take over SIGINT")
+        time.sleep(delay)  # the delay is what is tested: where in its start the signal lands
+        assert process.poll() is None, f"exited on its own: {process.returncode}\n{stderr_path.read_text()}"
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        stop_gracefully(process)
+    lines = stderr_path.read_text().splitlines(keepends=True)
+    return process.returncode, "".join(line for line in lines if "import time:" not in line)
+
+
+@pytest.mark.parametrize("delay", EARLY)
+def test_ctrl_c_while_kvwire_cli_starts_exits_130_quietly(tmp_path, delay):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        code, stderr = interrupt_after([*KVWIRE_CLI_SCRIPT, "--endpoints", address, "--timeout", "60", "get", "k"],
+                                       delay, tmp_path, clean_env())
+    assert (code, stderr.strip()) == (130, "")
+
+
+# Commands that run until SIGTERM or SIGINT and then exit 0 (README), in a data directory.
+SERVERS = {
+    "serve": lambda data: [*KVWIRE_SCRIPT, "serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", data, "--sync", "off"],
+    "serve-python-m": lambda data: [*KVWIRE_MODULE, "serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", data],
+    "bridge": lambda data: [*KVWIRE_SCRIPT, "bridge", "--listen", f"127.0.0.1:{free_port()}", "--endpoints", "127.0.0.1:1"],
+    "up": lambda data: [*KVWIRE_SCRIPT, "up", "--nodes", "1", "--no-http", "--base-port", str(free_port_run(1)),
+                        "--data-dir", data, "--sync", "off"],
+}
+
+
+@pytest.mark.parametrize("delay", EARLY)
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_ctrl_c_while_a_server_starts_exits_0_quietly(tmp_path, server, delay):
+    code, stderr = interrupt_after(SERVERS[server](str(tmp_path / "data")), delay, tmp_path, clean_env(), cwd=tmp_path)
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr, stderr
+
+
+def test_an_early_ctrl_c_exits_as_the_command_documents_a_later_one():
+    assert [interrupted_status(args) for args in (["serve"], ["bridge", "--listen", ":1"], ["up", "--nodes", "1"])] == [0, 0, 0]
+    assert [interrupted_status(args) for args in ([], ["--help"], ["up", "ctl", "status"], ["bench"], ["secret", "f"])] \
+        == [130] * 5
+
+
+# --- 5. kvwire up refuses what its nodes would, before starting any -----------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["stray"], "every node would refuse the arguments passed on to kvwire serve (stray): Got unexpected extra argument (stray)"),
+    (["--", "--bogus"], "No such option '--bogus'"),
+    (["--", "--write-timeout", "0"], "Invalid value for '--write-timeout'"),
+    (["--", "--cache-entries"], "'--cache-entries' requires an argument"),
+])
+def test_up_refuses_bad_node_arguments_before_starting_anything(tmp_path, args, message):
+    base = free_port_run(1)
+    result = subprocess.run([*KVWIRE_MODULE, "up", "--nodes", "1", "--no-http", "--base-port", str(base),
+                             "--data-dir", str(tmp_path / "data"), *args],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing started
+
+
+# --- 6. inputs without end are read only as far as a value or a token can go ----------------
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["raw", "json"])
+def test_a_value_from_dev_zero_is_a_usage_error_naming_it(as_json):
+    flags = ["--json"] if as_json else []
+    limit = MAX_JSON_VALUE_BYTES if as_json else MAX_VALUE_BYTES
+    from_file = run_cli("--endpoints", "127.0.0.1:1", "put", "k", "--value-file", "/dev/zero", *flags)
+    assert from_file.returncode == 2
+    assert f"Invalid value for '--value-file': '/dev/zero' holds more than {limit} bytes" in from_file.stderr
+    with open("/dev/zero", "rb") as zeros:
+        result = subprocess.run([*CLI, "--endpoints", "127.0.0.1:1", "put", "k", "-", *flags], stdin=zeros,
+                                capture_output=True, text=True, timeout=30, env=clean_env())
+    assert result.returncode == 2
+    assert f"Invalid value for 'VALUE' (stdin): stdin holds more than {limit} bytes" in result.stderr
+
+
+def test_the_bound_on_a_value_is_the_largest_frame(shared_node, tmp_path):
+    path = tmp_path / "value"
+    path.write_bytes(b"x" * MAX_VALUE_BYTES)  # read whole; too large for the node's frames, which it says
+    largest = run_cli("--endpoints", shared_node.address, "put", "k", "--value-file", str(path))
+    assert largest.returncode == 4 and "too large" in largest.stderr, largest.stderr
+    with open(path, "ab") as file:
+        file.write(b"x")
+    over = run_cli("--endpoints", shared_node.address, "put", "k", "--value-file", str(path))
+    assert over.returncode == 2 and f"holds more than {MAX_VALUE_BYTES} bytes" in over.stderr
+
+
+def test_a_token_file_from_dev_zero_is_a_usage_error_naming_it():
+    result = run_cli("--token-file", "/dev/zero", "--endpoints", "127.0.0.1:1", "get", "k")
+    assert result.returncode == 2
+    assert f"Invalid value for '--token-file': /dev/zero is larger than {MAX_TOKEN_FILE_BYTES} bytes" in result.stderr
+
+
+# --- 7. a token loses the whitespace around it, from a file or KVWIRE_TOKEN --------------------
+
+TOKEN = "cli-edges-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def auth_node(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auth")
+    auth_file = write_auth_file(root, f"writer  write  {TOKEN}\n")
+    with NodeProcess("n1", data_dir=root / "n1", extra_args=["--auth-file", auth_file, "--sync", "off"]) as node:
+        yield node
+
+
+@pytest.mark.parametrize("spelled", [TOKEN, f"  {TOKEN}\n", f"\t{TOKEN} \r\n"], ids=["bare", "spaces", "tab-crlf"])
+def test_a_token_from_a_file_or_the_environment_is_stripped(auth_node, tmp_path, spelled):
+    path = tmp_path / "token"
+    path.write_text(spelled)
+    from_file = run_cli("--endpoints", auth_node.address, "--token-file", str(path), "put", "t", "v")
+    assert from_file.returncode == 0, from_file.stderr
+    from_env = run_cli("--endpoints", auth_node.address, "get", "t", env={"KVWIRE_TOKEN": spelled})
+    assert (from_env.returncode, from_env.stdout) == (0, "v\n"), from_env.stderr
+
+
+def test_a_blank_kvwire_token_is_no_token(auth_node):
+    result = run_cli("--endpoints", auth_node.address, "get", "t", env={"KVWIRE_TOKEN": " \n"})
+    assert result.returncode == 4 and "needs a token" in result.stderr
+
+
+# --- 8. a VALUE (or KEY) that begins with '-' ------------------------------------------------
+
+
+def test_a_value_beginning_with_a_dash_goes_after_double_dash(cli, shared_node):
+    assert "kvwire-cli put k --json -- -5" in run_cli("put", "--help").stdout
+    assert cli("put", "negative", "-5", "--json").returncode == 2  # an option, as --help says
+    assert cli("put", "negative", "--json", "--", "-5").returncode == 0
+    assert stored(shared_node, "negative") == -5
+    assert cli("put", "--", "-dash-key", "-x").returncode == 0
+    assert cli("get", "--", "-dash-key").stdout == "-x\n"
+
+
+# --- 9. kvwire serve: two listeners on one address ----------------------------------------
+
+
+@pytest.mark.parametrize("listeners, message", [
+    (["--listen", "127.0.0.1:{p}", "--http-listen", "127.0.0.1:{p}"], "--listen and --http-listen must differ: both are 127.0.0.1:{p}"),
+    (["--listen", "127.0.0.1:{p}", "--metrics-listen", "127.0.0.1:{p}"], "--listen and --metrics-listen must differ"),
+    (["--listen", "127.0.0.1:{q}", "--http-listen", "127.0.0.1:{p}", "--metrics-listen", "127.0.0.1:{p}"],
+     "--http-listen and --metrics-listen must differ"),
+    (["--listen", "0.0.0.0:{p}", "--http-listen", "127.0.0.1:{p}"], "overlap"),
+])
+def test_serve_refuses_two_listeners_on_one_address_before_binding(tmp_path, listeners, message):
+    p, q = free_port(), free_port()
+    args = [arg.format(p=p, q=q) for arg in listeners]
+    result = subprocess.run([*KVWIRE_MODULE, "serve", "--data-dir", str(tmp_path / "n1"), *args],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, env=clean_env())
+    assert result.returncode == 2, result.stderr
+    assert message.format(p=p) in result.stderr and "already in use" not in result.stderr
+    assert not (tmp_path / "n1").exists()
