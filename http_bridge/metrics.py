@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 METRICS_PATH = "/metrics"
@@ -20,6 +20,11 @@ METRICS_PATH = "/metrics"
 # newer prometheus-client releases label the same bytes version=1.0.0.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+# No ``*_created`` series beside each counter and histogram: the node's own
+# metrics (kvwire.server.metrics) have none, and docs/operations.md lists what
+# is served. A process-wide setting of prometheus-client's; kvwire is its only user.
+disable_created_metrics()
 METRICS = web.AppKey("http_metrics", object)  # the app's HttpMetrics, for the fast path
 # A path no route matched (404s, probes): one label value, so scanners can't grow the series.
 UNMATCHED = "unmatched"

@@ -35,9 +35,11 @@ _REASONS = {
     "UNEXPECTED_EOF_WHILE_READING": "the connection closed during the TLS handshake",
 }
 # OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) for a
-# certificate that does not name what was dialled.
+# certificate that does not name what was dialled, and for one outside its dates.
 _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+_X509_V_ERR_CERT_NOT_YET_VALID = 9
+_X509_V_ERR_CERT_HAS_EXPIRED = 10
 
 
 class TlsConfigError(ValueError):
@@ -142,6 +144,9 @@ def dialler_hint(error: BaseException) -> str:
     if isinstance(error, ssl.SSLCertVerificationError):
         if error.verify_code in (_X509_V_ERR_HOSTNAME_MISMATCH, _X509_V_ERR_IP_ADDRESS_MISMATCH):
             return "; the node's certificate must name the host dialled (kvwire certs --host HOST adds one)"
+        if error.verify_code in (_X509_V_ERR_CERT_NOT_YET_VALID, _X509_V_ERR_CERT_HAS_EXPIRED):
+            # The CA is right, or the chain would not have got as far as the dates.
+            return "; check the certificate's dates and this machine's clock (kvwire certs makes new ones)"
         return "; is the CA given (--tls-ca, ca=) the one that signed the node's certificate?"
     if getattr(error, "reason", None) in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return "; is the node serving TLS (kvwire serve --tls-cert)?"

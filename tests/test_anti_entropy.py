@@ -217,11 +217,17 @@ def test_a_node_killed_catches_up_from_every_peer_before_it_votes_and_one_stoppe
                 assert cluster.health("n3")["joining"] is False
                 client.put("u/new", b"x")
                 assert client.get("u/new") == b"x"
+                assert quorum_as_seen_by(cluster, "n2") == (True, 2, False)
                 return
             assert cluster.health("n3")["joining"] is True
             assert "its last run did not stop cleanly" in cluster["n3"].log()
             with pytest.raises(NoQuorumError):
                 client.put("u/new", b"x")  # n2 + a catching-up n3 is no majority
+        # n2 says so too: n3 is UP, but its heartbeat answers say it is joining.
+        wait_for(lambda: quorum_as_seen_by(cluster, "n2") == (False, 1, True), timeout=10,
+                 what="n2's health leaving the joining n3 out of its quorum")
+        assert "peer n3 is joining" in cluster["n2"].log()
+        assert "quorum lost: 1 of 3 nodes UP" in cluster["n2"].log()
         with cluster.raw("n3") as conn:
             cluster.as_peer("n3", conn)
             refused = conn.request(Fetch(2, "u/1"))
@@ -231,9 +237,19 @@ def test_a_node_killed_catches_up_from_every_peer_before_it_votes_and_one_stoppe
         cluster.start("n1")
         cluster.wait_ready("n1")
         wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 caught up once n1 was back")
+        wait_for(lambda: quorum_as_seen_by(cluster, "n2") == (True, 3, False), timeout=10,
+                 what="n2 counting n3 again once it has joined")
+        assert "peer n3 has joined" in cluster["n2"].log()
         with Client(cluster.endpoints_of("n3"), retry=RetryPolicy(attempts=1)) as client:
             client.put("u/new", b"y")
             assert client.get("u/new") == b"y"
+
+
+def quorum_as_seen_by(cluster, node_id: str, peer: str = "n3") -> tuple[bool, int, bool]:
+    """``node_id``'s HEALTH: whether it has quorum, the nodes it counts, and whether ``peer`` is joining."""
+    report = cluster.health(node_id)["cluster"]
+    [entry] = [entry for entry in report["nodes"] if entry["node_id"] == peer]
+    return report["has_quorum"], report["healthy_nodes"], entry["joining"]
 
 
 def test_a_node_restarted_after_kill_9_pages_only_the_buckets_that_differ(tmp_path):

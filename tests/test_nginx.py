@@ -40,8 +40,8 @@ def copy_config(workdir: Path, *, nodes: list[str], bridges: list[str], tcp: str
     target = workdir / "conf"
     shutil.copytree(NGINX_DIR, target)
     replacements = {
-        "kvwire-stream.conf": [*zip(NODES, nodes), ("listen 7000;", f"listen {tcp};")],
-        "kvwire-http.conf": [*zip(BRIDGES, bridges), ("listen 8088;", f"listen {http};")],
+        "kvwire-stream.conf": [*zip(NODES, nodes), ("listen 127.0.0.1:7000;", f"listen {tcp};")],
+        "kvwire-http.conf": [*zip(BRIDGES, bridges), ("listen 127.0.0.1:8088;", f"listen {http};")],
     }
     for name, pairs in replacements.items():
         path = target / name

@@ -62,6 +62,8 @@ async def test_a_peer_that_refused_our_hello_is_linked_once_it_accepts(tmp_path)
         finally:
             await asyncio.to_thread(node.stop)
         assert "peer n2: handshake failed: protocol version 1 is not supported" in node.log()
+        [line] = [line for line in node.log().splitlines() if "handshake failed" in line][:1]
+        assert "event=peer_handshake_failed" in line and "peer=n2" in line
 
 
 async def test_a_silent_peer_link_is_closed_and_dialled_again(tmp_path):
@@ -90,6 +92,8 @@ async def test_a_silent_peer_link_is_closed_and_dialled_again(tmp_path):
             await poll(lambda: peer_state(node, "n2")["state"] == "UP", 5, "n2 UP on the new link")
         finally:
             await asyncio.to_thread(node.stop)
+        [line] = [line for line in node.log().splitlines() if "dropping the silent link to peer n2" in line][:1]
+        assert "event=peer_link_dropped" in line and "peer=n2" in line
 
 
 async def test_a_joining_node_beside_a_peer_without_requests_joins_and_says_what_it_lost(tmp_path):
@@ -133,7 +137,7 @@ class Events:
     def peer_heard(self, peer: str) -> None:
         pass
 
-    def peer_linked(self, peer: str) -> None:
+    def peer_linked(self, peer: str, *, joining: bool = False) -> None:
         self.linked.append(peer)
 
     def peer_unlinked(self, peer: str) -> None:
@@ -260,6 +264,8 @@ def test_a_peer_with_other_limits_is_named_once_with_each_difference(tmp_path):
         assert "peer n1 has other limits than this node (max_value_bytes 1048576 there, 500000 here)" in n2.log()
         assert "peer n3 has other limits" in n2.log()
         assert "peer n1 has other limits" not in n3.log() and "peer n3 has other limits" not in n1.log()
+        [line] = [line for line in n1.log().splitlines() if warning in line]
+        assert "event=peer_limits_differ" in line and "peer=n2" in line
         cluster.restart("n2")
         cluster.wait_ready()
         assert n1.log().count("peer n2 has other limits") == 1

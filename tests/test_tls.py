@@ -491,3 +491,16 @@ def test_bench_security_cost_compares_tls_and_auth_with_plain_end_to_end():
         assert all(figures[f"{mode}_errors"] == 0 for mode in ("plain", "tls", "tls+auth")), summary
         for mode in ("tls", "tls+auth"):
             assert figures[f"{mode}_over_plain"] == round(figures[f"{mode}_ops_per_s"] / figures["plain_ops_per_s"], 3)
+
+@pytest.mark.parametrize("verify_code, hint", [
+    (10, "check the certificate's dates"),  # X509_V_ERR_CERT_HAS_EXPIRED: the CA was right
+    (9, "check the certificate's dates"),  # X509_V_ERR_CERT_NOT_YET_VALID
+    (62, "must name the host dialled"),  # X509_V_ERR_HOSTNAME_MISMATCH
+    (19, "is the CA given"),  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: another CA
+])
+def test_a_refused_certificate_gets_the_hint_its_reason_calls_for(verify_code, hint):
+    from kvwire.tls import dialler_hint
+
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_code = verify_code
+    assert hint in dialler_hint(error)

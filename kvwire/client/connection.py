@@ -102,6 +102,8 @@ class ClientConnection(asyncio.Protocol):
         # max_frame_bytes usually ends in a connection reset, not an ERROR
         # (docs/protocol.md 9). Also None from nodes that predate the field.
         self.server_limits: Limits | None = None
+        # The node's HELLO_REPLY to a peer said it is still joining (it cannot vote yet).
+        self.peer_joining = False
         self._codec = Connection(Side.CLIENT, limits, raw_values=raw_values)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -225,6 +227,7 @@ class ClientConnection(asyncio.Protocol):
         self.cluster_id = reply.cluster
         # The codec has checked the map as Limits.from_wire does.
         self.server_limits = Limits.from_wire(reply.limits) if reply.limits is not None else None
+        self.peer_joining = reply.joining is True
         return reply
 
     async def _prove_peer(self, reply: HelloReply, cluster: str, node: str, secret: bytes, nonce: bytes) -> None:
@@ -477,7 +480,10 @@ _TLS_REFUSAL_HINT = (
     " before answering HELLO; over TLS that usually means it refused our client certificate, or wanted one"
     " (--tls-cert/--tls-key, cert=/key=; its log names the reason)"
 )
-_PLAIN_REFUSAL_HINT = " before answering HELLO; if it serves TLS, connect with --tls (tls=True)"
+_PLAIN_REFUSAL_HINT = (
+    " before answering HELLO; if it serves TLS, connect with --tls (tls=True);"
+    " if it is a load balancer, it may have no node UP behind it"
+)
 
 
 def _describe_os_error(exc: BaseException) -> str:

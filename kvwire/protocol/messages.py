@@ -255,7 +255,8 @@ class ErrorReply:
 class HelloReply:
     """``limits``: the node's ``max_key_bytes``, ``max_value_bytes`` and
     ``max_frame_bytes`` (``Limits.to_wire()``); None from nodes that predate it.
-    ``nonce`` and ``proof``: the node's half of a peer handshake, else None."""
+    ``nonce`` and ``proof``: the node's half of a peer handshake, else None.
+    ``joining``: True to a peer's HELLO from a node still catching up (as in PONG)."""
 
     id: int
     proto: int
@@ -264,12 +265,17 @@ class HelloReply:
     limits: dict | None = None
     nonce: bytes | None = None
     proof: bytes | None = None
+    joining: bool | None = None
     op = Op.HELLO_REPLY
 
 
 @dataclass(slots=True)
 class Pong:
+    """``joining``: True from a node still catching up from its peers (it takes no
+    part in majorities yet), so that its peers count it out of their quorum too."""
+
     id: int
+    joining: bool | None = None
     op = Op.PONG
 
 
@@ -407,7 +413,8 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.DIGESTS: frozenset({"tombstones"}),
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
-    Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof"}),
+    Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof", "joining"}),
+    Op.PONG: frozenset({"joining"}),
     Op.PUT_REPLY: frozenset({"created"}),
     Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining", "observed"}),
     Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),

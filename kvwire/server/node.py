@@ -50,6 +50,8 @@ from .storage import Storage
 from .tally import RequestMetrics
 
 log = logging.getLogger("kvwire.node")
+# The core's notices that change whether this node has a quorum (a peer joining or joined).
+QUORUM_NOTICES = frozenset({"peer_joining", "peer_joined"})
 
 # Keys read from SQLite in one hop to its thread: a batch of 256 point reads takes
 # about a millisecond, short enough not to hold up the requests of the next one.
@@ -169,7 +171,7 @@ class Node:
         if kind not in grant.ops or grant.prefix:
             grant.check(request)
         if kind is Ping:
-            return Pong(request.id)
+            return Pong(request.id, True) if self.core.joining else Pong(request.id)
         if kind is Hello:
             return self._hello(request, session)
         if kind is Health:
@@ -218,8 +220,10 @@ class Node:
         elif self.config.auth is not None and request.token is not None:
             session.grant = self._client_grant(request, session)
         session.said_hello = True
+        # A peer learns at once that this node cannot vote yet, before its first heartbeat.
+        joining = True if request.role is Role.PEER and self.core.joining else None
         return HelloReply(request.id, PROTOCOL_VERSION, self.config.node_id, self.config.cluster_id,
-                          self.config.limits.to_wire(), nonce, proof)
+                          self.config.limits.to_wire(), nonce, proof, joining)
 
     def _client_grant(self, request: Hello, session: Session) -> Grant:
         """The grant of a client HELLO's token. Without a token a HELLO is still
@@ -291,8 +295,8 @@ class Node:
         self.core.heard(peer, self._clock())
         self._perform()
 
-    def peer_linked(self, peer: str) -> None:
-        self.core.link_up(peer, self._clock())
+    def peer_linked(self, peer: str, *, joining: bool = False) -> None:
+        self.core.link_up(peer, self._clock(), joining=joining)
         self._perform()
 
     def peer_answered(self, peer: str, request_id: int, reply: Any) -> None:
@@ -364,11 +368,15 @@ class Node:
                 elif kind is PeerStateChanged:
                     self._log_transition(effect.transition)
                 elif kind is Notice:
-                    log.warning("%s", effect.message, extra={"event": effect.event, **effect.fields})
+                    (log.info if effect.event == "peer_joined" else log.warning)(
+                        "%s", effect.message, extra={"event": effect.event, **effect.fields})
+                    if effect.event in QUORUM_NOTICES:
+                        self._log_quorum_change()
         if self._joining and not core.joining:
             self._joining = False
             log.info("joined: caught up from every peer, this node now takes part in majorities",
                      extra={"event": "joined"})
+            self._log_quorum_change()
         self._arm_timer(core.next_deadline())
 
     def _log_transition(self, transition: Transition) -> None:
@@ -379,6 +387,10 @@ class Node:
             extra={"peer": transition.peer, "event": "peer_down" if down else "peer_up",
                    "silent_ms": round(transition.silent_for * 1000)},
         )
+        self._log_quorum_change()
+
+    def _log_quorum_change(self) -> None:
+        """Say so when this node's quorum comes or goes (a peer UP or DOWN, joining or joined)."""
         config = self.config
         up, has_quorum = self.quorum_state()
         if has_quorum != self._has_quorum:
@@ -476,8 +488,9 @@ class Node:
         A node whose disk refuses writes can hold no write, so it must not look able to
         (HEALTH, and load balancers' checks of it)."""
         core = self.core
-        # (A joining node never counts itself: nodes_up leaves it out already.)
-        up = core.nodes_up() - (self.storage.write_error is not None and not core.joining)
+        # Peers that said they are joining are left out (voters_up), and a joining
+        # node never counts itself.
+        up = core.voters_up() - (self.storage.write_error is not None and not core.joining)
         return up, up >= self.config.quorum
 
     def health(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class LinkEvents(Protocol):
 
     def peer_heard(self, peer: str) -> None: ...
 
-    def peer_linked(self, peer: str) -> None: ...
+    def peer_linked(self, peer: str, *, joining: bool = False) -> None: ...
 
     def peer_unlinked(self, peer: str) -> None: ...
 
@@ -97,7 +97,7 @@ class PeerLink:
                 if isinstance(exc.__cause__, ssl.SSLError):
                     # Reachable, but its certificate is refused (or ours): no
                     # retry fixes that, so say it every time, as for a refused HELLO.
-                    log.error("peer %s: %s", peer, exc)
+                    log.error("peer %s: %s", peer, exc, extra={"peer": peer, "event": "peer_handshake_failed"})
                     await self._back_off(RECONNECT_MAX_DELAY)
                     continue
                 log.debug("peer %s unreachable: %s", peer, exc)
@@ -112,7 +112,7 @@ class PeerLink:
                 # version, another secret, either way round): say so every
                 # time, and keep trying, so the link comes back by itself
                 # once the peer is fixed.
-                log.error("peer %s: handshake failed: %s", peer, exc)
+                log.error("peer %s: handshake failed: %s", peer, exc, extra={"peer": peer, "event": "peer_handshake_failed"})
                 await self._back_off(RECONNECT_MAX_DELAY)
                 continue
             if connection.node_id != peer:
@@ -127,7 +127,7 @@ class PeerLink:
             self._check_limits(connection.server_limits)
             connection.on_receive = lambda: self._node.peer_heard(peer)
             self.connection = connection
-            self._node.peer_linked(peer)
+            self._node.peer_linked(peer, joining=connection.peer_joining)
             try:
                 await connection.wait_closed()
             finally:
@@ -147,7 +147,7 @@ class PeerLink:
         log.warning("peer %s has other limits than this node (%s): a write of a value that one of them refuses "
                     "cannot reach its majority there; give every node the same --max-key-bytes, "
                     "--max-value-bytes and --max-frame-bytes", self.member.node_id, differences,
-                    extra={"event": "peer_limits_differ"})
+                    extra={"peer": self.member.node_id, "event": "peer_limits_differ"})
 
     async def _back_off(self, delay: float) -> None:
         """Wait ``delay`` seconds before dialling again, or until ``dial_now``."""
@@ -182,7 +182,8 @@ class PeerLink:
 
     def reconnect(self) -> None:
         if self.connection is not None:
-            log.info("dropping the silent link to peer %s; dialling again", self.member.node_id)
+            log.info("dropping the silent link to peer %s; dialling again", self.member.node_id,
+                     extra={"peer": self.member.node_id, "event": "peer_link_dropped"})
             # abort, not close: close waits for the write buffer to drain,
             # which into a partition is TCP's retransmission backoff.
             self.connection.abort()

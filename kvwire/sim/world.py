@@ -206,7 +206,9 @@ class SimNode:
 
     def _linked(self, peer: str, epoch: int) -> None:
         if self.links.get(peer) == epoch:
-            self.core.link_up(peer, self.world.scheduler.now)
+            # What its HELLO_REPLY would say: whether it is joining (down since the dial: nothing).
+            target = self.world.nodes[peer].core
+            self.core.link_up(peer, self.world.scheduler.now, joining=target is not None and target.joining)
 
     def lose_link(self, peer: str) -> None:
         """The connection to ``peer`` closed under us (reset, or we closed it)."""
@@ -274,7 +276,7 @@ class SimNode:
         # Requests come in on the peer's own link, which in production does not
         # feed our failure detector either: only frames on our link to it do.
         if type(message) is Ping:  # answered by the shell, as kvwire.server.node does
-            self._respond(token, Pong(message.id))
+            self._respond(token, Pong(message.id, True if self.core.joining else None))
             return
         self.core.request(token, message, self.world.scheduler.now, from_peer=True, peer=token.source)
 

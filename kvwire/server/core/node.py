@@ -28,6 +28,7 @@ from ...protocol.messages import (
     Lookup,
     LookupReply,
     Ping,
+    Pong,
     Put,
     Replicate,
     ReplicateReply,
@@ -40,7 +41,7 @@ from ...protocol.limits import FRAME_OVERHEAD_BYTES, MAX_REQUEST_RECORDS
 from ..cache import MISSING, ValueCache
 from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
-from .effects import CloseLink, Effect, Joined, Load, PeerStateChanged, Persist, Respond, SaveRequests, Send
+from .effects import CloseLink, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Respond, SaveRequests, Send
 from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
@@ -159,6 +160,8 @@ class NodeCore:
         # request id -> (peer, handler of the reply, or of None for a failure)
         self._outstanding: dict[int, tuple[str, Callable[[Any], None]]] = {}
         self._pings: dict[str, int] = {}
+        # Peers whose last PONG said they are joining: UP, but no voters (voters_up).
+        self.peers_joining: set[str] = set()
         self._write_ids = itertools.count(1)
         # write id -> (key, version, deleted, value, callbacks for its outcome)
         self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
@@ -443,8 +446,10 @@ class NodeCore:
         self._clock(now)
         self.tombstones.floor_saved(floor)
 
-    def link_up(self, peer: str, now: float) -> None:
+    def link_up(self, peer: str, now: float, *, joining: bool = False) -> None:
+        """A link to ``peer`` is open; ``joining``: its HELLO_REPLY said it cannot vote yet."""
         self.connected.add(peer)
+        self._set_peer_joining(peer, joining)
         self.heard(peer, now)
 
     def link_down(self, peer: str, now: float) -> None:
@@ -475,6 +480,12 @@ class NodeCore:
         """Members this node sees UP, itself included (unless joining, when it takes
         no part in majorities): a majority of them is a quorum."""
         return (not self.joining) + sum(self.detector.is_up(peer) for peer in self.peer_ids)
+
+    def voters_up(self) -> int:
+        """``nodes_up`` without the peers that said they are joining: the members that
+        can answer for a majority now, as HEALTH reports them."""
+        detector, joining = self.detector, self.peers_joining
+        return (not self.joining) + sum(detector.is_up(peer) and peer not in joining for peer in self.peer_ids)
 
     def usable_peers(self) -> list[str]:
         return [peer for peer in self.peer_ids if self.usable(peer)]
@@ -694,13 +705,31 @@ class NodeCore:
         must not pile them up), then mark DOWN those silent too long."""
         for peer in self.peer_ids:
             if peer in self.connected and peer not in self._pings:
-                request_id = self.ask_linked(peer, Ping, (), lambda _reply, peer=peer: self._pings.pop(peer, None))
+                request_id = self.ask_linked(peer, Ping, (), lambda reply, peer=peer: self._ponged(peer, reply))
                 self._pings[peer] = request_id
         for transition in self.detector.check(self.now):
             self.effects.append(PeerStateChanged(transition))
             if transition.state is PeerState.DOWN and self.mutant != "keep-silent-link":
                 self.effects.append(CloseLink(transition.peer))
         self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
+
+    def _ponged(self, peer: str, reply: Any) -> None:
+        """A heartbeat's answer: the peer may say it is joining, or that it has joined."""
+        self._pings.pop(peer, None)
+        if type(reply) is Pong:  # else no answer (the link failed): what the peer last said stands
+            self._set_peer_joining(peer, reply.joining is True)
+
+    def _set_peer_joining(self, peer: str, joining: bool) -> None:
+        if joining == (peer in self.peers_joining):
+            return
+        if joining:
+            self.peers_joining.add(peer)
+            self.effects.append(Notice("peer_joining", f"peer {peer} is joining: it takes no part in majorities "
+                                       "until it has caught up from every peer", {"peer": peer}))
+        else:
+            self.peers_joining.discard(peer)
+            self.effects.append(Notice("peer_joined", f"peer {peer} has joined: it takes part in majorities",
+                                       {"peer": peer}))
 
     def _collect_tombstones(self) -> None:
         # Tombstones are timed from the keydir's changes. A lone node has no use
@@ -731,6 +760,8 @@ class NodeCore:
             {
                 "node_id": peer,
                 "healthy": self.detector.is_up(peer),
+                # Its last PONG said it is catching up: UP, but not counted in healthy_nodes.
+                "joining": peer in self.peers_joining,
                 "state": self.detector.state(peer).value,
                 "connected": peer in self.connected,
                 "last_heard_ms": round(self.detector.silent_for(peer, now) * 1000, 1),
