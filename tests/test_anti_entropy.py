@@ -192,6 +192,29 @@ def test_a_joining_node_takes_no_part_in_majorities_until_caught_up_from_every_p
         assert reply.deleted and reply.version == deleted
 
 
+def test_join_on_a_directory_used_before_still_joins(tmp_path):
+    """n3's disk is lost and it is started once without --join by mistake, then with it:
+    it joins all the same, and says so. With n1 down it cannot catch up from every peer,
+    so it stays joining, and n2 alone with it is no majority."""
+    with LocalCluster(3, data_dir=tmp_path, node_args=REPAIR_ARGS) as cluster:
+        write_keys(cluster.endpoints, [f"w/{i}" for i in range(20)])
+        assert cluster.terminate("n3") == 0
+        cluster.wipe("n3")
+        cluster.start("n3")
+        cluster.wait_ready("n3", peers=False)
+        assert cluster.terminate("n3") == 0
+        cluster.kill("n1")
+        cluster["n3"].extra_args.append("--join")
+        cluster.start("n3")
+        cluster.wait_ready("n3", peers=False)
+        assert cluster.health("n3")["joining"] is True
+        assert "a data directory this node has used before: joining all the same" in cluster["n3"].log()
+        cluster.wait_peers("n2", up=["n3"], down=["n1"])
+        with Client(cluster.endpoints_of("n2"), retry=RetryPolicy(attempts=1)) as client:
+            with pytest.raises(NoQuorumError):
+                client.put("w/new", b"x")  # n2 + a joining n3 is no majority
+
+
 @pytest.mark.parametrize("stop", ["kill -9", "clean stop"])
 def test_a_node_killed_catches_up_from_every_peer_before_it_votes_and_one_stopped_cleanly_does_not(tmp_path, stop):
     """A write's local commit overlaps its REPLICATEs, so a node killed mid-write may

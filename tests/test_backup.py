@@ -115,8 +115,13 @@ def test_a_node_restored_from_a_backup_older_than_the_tombstone_grace_warns_once
         with sqlite3.connect(tmp_path / "backup" / DATABASE_FILE_NAME) as db:
             (taken,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
             db.execute("UPDATE meta SET value = ? WHERE name = 'backup_taken_at'", (repr(float(taken) - 7200),))
+        # A backup of that backup holds the same two-hour-old data, and keeps its moment.
+        assert run_backup(tmp_path / "backup", tmp_path / "copy").returncode == 0
+        with sqlite3.connect(tmp_path / "copy" / DATABASE_FILE_NAME) as db:
+            (copied,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
+        assert float(copied) == float(taken) - 7200
         cluster.terminate("n2")
-        restore(n2, tmp_path / "backup")
+        restore(n2, tmp_path / "copy")
         n2.start()
         cluster.wait_ready()
         assert n2.log().count("event=old_backup") == 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
+from kvwire import Client
 from kvwire.testing import NodeProcess, free_port
 
 
@@ -82,6 +84,35 @@ def test_a_corrupt_database(tmp_path):
     line = the_one_error_line(serve(data_dir))
     assert f"cannot use the database {data_dir / 'kvwire.sqlite3'}: file is not a database" in line
     assert "move it aside" in line
+
+
+def test_a_database_damaged_past_its_header_exits_instead_of_hanging(tmp_path):
+    """The header is fine, so SQLite opens the file; the damage is met loading the keys.
+    The node used to log the error and then hang at exit on aiosqlite's threads,
+    holding its data directory (serve's timeout would fail this test)."""
+    data_dir = tmp_path / "n1"
+    with NodeProcess("n1", data_dir=data_dir, extra_args=["--sync", "off"]) as node:
+        with Client([node.address]) as client:
+            for index in range(2000):
+                client.put(f"key-{index:05}", "x" * 100)
+    database = data_dir / "kvwire.sqlite3"
+    pages = database.stat().st_size // 4096
+    assert pages > 40, pages
+    with open(database, "r+b") as file:  # pages 10 to the last but one: the kv table's
+        file.seek(10 * 4096)
+        file.write(os.urandom((pages - 11) * 4096))
+    line = the_one_error_line(serve(data_dir))
+    assert f"cannot use the database {database}: database disk image is malformed" in line
+    assert "move it aside" in line
+
+
+def test_a_kv_table_of_another_shape_exits_with_its_reason(tmp_path):
+    data_dir = tmp_path / "n1"
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "kvwire.sqlite3") as db:
+        db.execute("CREATE TABLE kv (name TEXT PRIMARY KEY, data BLOB)")
+    line = the_one_error_line(serve(data_dir))
+    assert "no such column: key" in line
 
 
 def test_the_same_directory_starts_once_the_fault_is_gone(existing_database):

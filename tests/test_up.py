@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from kvwire import Client
+from kvwire import Client, KeyNotFoundError, NoQuorumError, RetryPolicy, UnavailableError
 from kvwire.cli.supervisor import RESTART_BASE_S, RESTART_CAP_S, STABLE_RUN_S, Supervisor
 from kvwire.protocol import Health, HealthReply, Ping, Pong
 from kvwire.testing import ChildProcess, RawConnection, free_port_run, stop_gracefully, wait_for
@@ -357,6 +357,46 @@ def test_control_commands_stop_kill_and_start_one_node(tmp_path):
         assert gone.stderr.strip() == f"Error: no kvwire up is running for data directory {tmp_path / 'data'} (nothing listens on {tmp_path / 'data' / 'up.sock'})"
     finally:
         up.cleanup()
+
+
+def test_a_node_whose_disk_was_lost_is_started_with_join(tmp_path):
+    """n2's data directory is gone (a lost disk) while n1 and n3 hold data: `ctl start` gives
+    it --join, so it catches up before it votes. With n1 down it cannot catch up from every
+    peer, so n3 with it is no majority: a quorum read fails rather than miss the writes only
+    n1 and n2 held. Once n1 is back, every acknowledged write reads back."""
+    base = free_port_run(3)
+    up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"))
+    n1, n2, n3 = (f"127.0.0.1:{base + i}" for i in range(3))
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        assert "--join" not in up.stdout  # a new cluster: every directory was empty
+        assert ctl(tmp_path, "stop", "n3").returncode == 0
+        with Client([n1, n2]) as client:
+            for index in range(20):
+                client.put(f"lost-{index}", index)  # on n1 and n2 only
+        assert ctl(tmp_path, "kill", "n2").returncode == 0
+        shutil.rmtree(tmp_path / "data" / "n2")
+        assert ctl(tmp_path, "stop", "n1").returncode == 0
+        assert ctl(tmp_path, "start", "n3").returncode == 0
+        started = ctl(tmp_path, "start", "n2")
+        assert started.returncode == 0 and started.stdout.startswith("n2 started with --join"), started.stdout
+        wait_for(lambda: answers_ping(n2) and answers_ping(n3), timeout=15, what="n2 and n3 answering")
+        with Client([n2, n3], retry=RetryPolicy(attempts=1)) as client:
+            assert client.health()["joining"] is True or client.health()["cluster"]["has_quorum"] is False
+            with pytest.raises((NoQuorumError, UnavailableError)):
+                client.get("lost-0")  # not a stale "not found"
+        assert ctl(tmp_path, "start", "n1").returncode == 0
+        with Client([n1, n2, n3]) as client:
+            wait_for(lambda: all_read(client, 20), timeout=20, what="every write readable once n1 is back")
+    finally:
+        up.cleanup()
+
+
+def all_read(client, count: int) -> bool:
+    try:
+        return all(client.get(f"lost-{index}") == index for index in range(count))
+    except (NoQuorumError, UnavailableError, KeyNotFoundError):
+        return False
 
 
 def test_a_sigkilled_up_takes_its_nodes_and_haproxy_with_it(tmp_path):

@@ -32,6 +32,7 @@ from click.core import ParameterSource
 from ..protocol import NEED_DATA, Connection, Health, HealthReply, Ping, Pong, Side, encode
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
+from ..server.storage import DATABASE_FILE_NAME
 from ..testing import ChildProcess, DevCerts
 from ..testing.wire import connect_socket
 from .control import ControlError, ControlServer, check_no_live_up, ctl
@@ -135,7 +136,8 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
             options += certs.node_args()
         if not children:
             _check_serve_args(options, serve_args)
-        children.append(ChildProcess(node_id, [sys.executable, "-m", "kvwire", "serve", *options, *serve_args], env=env))
+        children.append(_NodeChild(node_id, [sys.executable, "-m", "kvwire", "serve", *options, *serve_args],
+                                   data_dir, [other for other, _ in nodes], env=env))
     if with_haproxy:  # kvwire/cli/haproxy.py
         bridge_ports = [http_ports.get(node_id, http_base_port + i) for i, (node_id, _) in enumerate(nodes)]
         children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir, tls=certs))
@@ -153,6 +155,29 @@ def _run_ctl(ctx: click.Context, args: tuple[str, ...]) -> None:
         raise click.UsageError(f"`kvwire up ctl` takes its own options, after the command (e.g. `kvwire up ctl status --data-dir DIR`); "
                                f"got {given[0]} before ctl")
     ctl.main(list(args), prog_name="kvwire up ctl")
+
+
+class _NodeChild(ChildProcess):
+    """A node of `up`. Each start whose data directory holds no database while another
+    node's does (its disk was lost, or emptied by hand) gives it ``--join``: started
+    empty without it, the node would vote with nothing and could hide an acknowledged
+    write that one peer alone holds (README "Self-healing", docs/operations.md)."""
+
+    def __init__(self, node_id: str, command: list[str], data_dir: Path, node_ids: list[str], **kwargs: Any) -> None:
+        super().__init__(node_id, **kwargs)
+        self._command = command
+        self._databases = {other: data_dir / other / DATABASE_FILE_NAME for other in node_ids}
+        self.joining = False  # its last start was given --join
+
+    @property
+    def command(self) -> list[str]:
+        return [*self._command, "--join"] if self.joining else self._command
+
+    def start(self, *args: Any, **kwargs: Any) -> Any:
+        own = self._databases[self.name]
+        others = [path for name, path in self._databases.items() if name != self.name]
+        self.joining = "--join" not in self._command and not own.exists() and any(path.exists() for path in others)
+        return super().start(*args, **kwargs)
 
 
 def _check_serve_args(own: list[str], serve_args: tuple[str, ...]) -> None:
@@ -226,7 +251,10 @@ class _Watcher:
         self._start_requests: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
 
     def node_line(self, child: ChildProcess) -> str:
-        return f"  {child.name}  {format_endpoint(self.host, self.ports[child.name])}  pid {child.pid}  data {self.data_dir / child.name}"
+        line = f"  {child.name}  {format_endpoint(self.host, self.ports[child.name])}  pid {child.pid}  data {self.data_dir / child.name}"
+        if getattr(child, "joining", False):
+            line += "  (--join: its data directory is empty and its peers' are not; it catches up before it votes)"
+        return line
 
     def watch(self, stop: threading.Event, received: list[int]) -> int:
         ready_by = time.monotonic() + READY_TIMEOUT
@@ -310,6 +338,8 @@ class _Watcher:
         _say(f"kvwire up: started {name} (kvwire up ctl start)")
         if name in self.ports:
             _say(self.node_line(child))
+        if getattr(child, "joining", False):
+            return f"{name} started with --join (its data directory was empty, its peers' are not), pid {child.pid}"
         return f"{name} started, pid {child.pid}"
 
     def _start_requested(self) -> None:

@@ -119,8 +119,11 @@ def _mark_joining(path: Path) -> tuple[str | None, int, int]:
             raise sqlite3.DatabaseError("the database names no node: it is not a kvwire node's")
         db.execute(META_SET, (JOINING, "1"))
         # The copy's moment, roughly (the backup step's end): a node restored from a
-        # backup older than --tombstone-grace warns (kvwire.server.node).
-        db.execute(META_SET, (BACKUP_TAKEN_AT, repr(time.time())))
+        # backup older than --tombstone-grace warns (kvwire.server.node). A copy of a
+        # backup, or of a node restored from one and not yet joined (the mark is
+        # dropped once it has), holds that older backup's data: it keeps its moment.
+        if db.execute("SELECT 1 FROM meta WHERE name = ?", (BACKUP_TAKEN_AT,)).fetchone() is None:
+            db.execute(META_SET, (BACKUP_TAKEN_AT, repr(time.time())))
         keys, tombstones = db.execute("SELECT count(*), coalesce(sum(deleted), 0) FROM kv").fetchone()
         return row[0], keys - tombstones, tombstones
     finally:

@@ -212,7 +212,14 @@ class Storage:
             await writer.executescript(SCHEMA)
             await _migrate_requests(writer)
             fresh = await _claim_for_node(writer, node_id, path)
-            if fresh and join:
+            if join:
+                if not fresh:
+                    # A node restarted once without --join after its disk was lost, then
+                    # with it: ignoring it let that node vote with what it lacks. Joining
+                    # costs a catch-up from every peer, never data, so it is honoured.
+                    log.warning("--join on %s, a data directory this node has used before: joining all the "
+                                "same, catching up from every peer before it votes", path,
+                                extra={"event": "join_used_directory"})
                 await writer.execute(META_SET, (JOINING, "1"))
             # Present from here until a clean close: found at open, the last run
             # was killed (or lost power) and may have sent tags it never committed.
@@ -228,7 +235,18 @@ class Storage:
             raise
         storage = cls(writer, reader, max_batch_rows, path)
         storage.unclean = unclean
-        await storage._load()
+        try:
+            await storage._load()
+        except BaseException as exc:
+            # A file damaged past its header, or a kv table of another shape, fails
+            # only here. aiosqlite's threads must be closed, or the interpreter waits
+            # for them at exit: the node hung, holding its data directory's lock.
+            # Not a clean close: the 'running' mark stays, and the next start that
+            # gets this far catches up first.
+            await storage.close(clean=False)
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise DataDirError(_cannot_use(path, exc)) from None
+            raise
         entries = storage.loaded_entries
         log.info("opened %s: %d keys (%d tombstones), sync=%s", path, len(entries),
                  sum(entry.deleted for entry in entries.values()), sync.value)
