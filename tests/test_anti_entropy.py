@@ -159,7 +159,7 @@ def test_a_joining_node_takes_no_part_in_majorities_until_caught_up_from_every_p
     coordinates asks every node. With n2 down it cannot catch up from every peer,
     so it stays joining, and n1 alone (a minority of up-to-date nodes) cannot
     make a majority with it."""
-    from kvwire.protocol import ErrorCode, ErrorReply, Fetch
+    from kvwire.protocol import ErrorCode, ErrorReply, Fetch, Ping, Pong
 
     with LocalCluster(3, data_dir=tmp_path, node_args=REPAIR_ARGS) as cluster:
         write_keys(cluster.endpoints, [f"j/{i}" for i in range(100)])
@@ -173,7 +173,10 @@ def test_a_joining_node_takes_no_part_in_majorities_until_caught_up_from_every_p
         cluster.wait_peers("n3", up=["n1"])
         assert cluster.health("n3")["joining"] is True
         with cluster.raw("n3") as conn:
+            # A client's PONG stays bare (HAProxy's check matches its bytes); a peer's says joining.
+            assert conn.request(Ping(1)) == Pong(1)
             cluster.as_peer("n3", conn)
+            assert conn.request(Ping(3)) == Pong(3, True)
             refused = conn.request(Fetch(2, "j/1"))
         assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.UNAVAILABLE
         assert "joining the cluster" in refused.message

@@ -32,6 +32,7 @@ from kvwire.protocol import (
     Ping,
     ProtocolError,
     Put,
+    ServerError,
     Version,
 )
 
@@ -356,7 +357,6 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 _WRITES = (Put, Delete)
-_UNANSWERED = (KvwireConnectionError, KvwireTimeoutError)
 
 
 def _verdict(failures: list[BaseException]) -> BaseException:
@@ -366,7 +366,7 @@ def _verdict(failures: list[BaseException]) -> BaseException:
     more than the nodes that could not be reached: the last one is the
     verdict. When no node answered, one error says so, naming each failure,
     its ``maybe_applied`` False only if no attempt may have been applied."""
-    answers = [error for error in failures if not isinstance(error, _UNANSWERED)]
+    answers = [error for error in failures if isinstance(error, ServerError)]  # ERROR replies
     if answers:
         last = answers[-1]
         named = "an earlier attempt of this call" if last is failures[-1] else "another attempt of this call"

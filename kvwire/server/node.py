@@ -171,7 +171,9 @@ class Node:
         if kind not in grant.ops or grant.prefix:
             grant.check(request)
         if kind is Ping:
-            return Pong(request.id, True) if self.core.joining else Pong(request.id)
+            # Only a peer hears that this node is joining: a client's PONG stays the bare
+            # one, which HAProxy's minority check matches byte for byte (haproxy/kvwire.cfg).
+            return Pong(request.id, True) if self.core.joining and grant is PEER else Pong(request.id)
         if kind is Hello:
             return self._hello(request, session)
         if kind is Health:
