@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, NamedTuple, Sequence
 from urllib.parse import quote, unquote_to_bytes
@@ -34,7 +35,7 @@ from kvwire.client.json_values import version_json
 
 from .config import BridgeConfig
 from .handed_over import read_body, watched
-from .metrics import add_metrics
+from .metrics import METRICS, add_metrics
 from .openapi import openapi_document
 from .values import UnrepresentableValueError, parse_put_body, to_json_text
 
@@ -336,17 +337,25 @@ def _refuse_if_declared_too_large(request: web.Request) -> None:
 
 async def _continue_within_limit(request: web.Request) -> web.StreamResponse | None:
     """The PUT routes' ``Expect: 100-continue``: the key and the declared length
-    are judged first, so a client is told 400 or 413 before it sends the body."""
+    are judged first, so a client is told 400 or 413 before it sends the body.
+    An answer given here is the request's last, and aiohttp sends it without the
+    middlewares: it is counted in the HTTP metrics here."""
+    started = time.perf_counter()
+    answer = None
     try:
         key_of(request.raw_path, request.app[CONFIG].limits)
         _refuse_if_declared_too_large(request)
     except KvwireError as exc:
-        return _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
+        answer = _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
     except web.HTTPException as exc:
-        return _response(json_error_answer(exc.status, _http_error_message(request, exc)))
+        answer = _response(json_error_answer(exc.status, _http_error_message(request, exc)))
     expect = request.headers.get("Expect", "")
-    if expect.lower() != "100-continue":
-        return _response(json_error_answer(417, f"unknown Expect: {expect!r}; only 100-continue is understood"))
+    if answer is None and expect.lower() != "100-continue":
+        answer = _response(json_error_answer(417, f"unknown Expect: {expect!r}; only 100-continue is understood"))
+    if answer is not None:
+        request.app[METRICS].observe(request.method, request.match_info.route.resource.canonical, answer.status,
+                                     time.perf_counter() - started)
+        return answer
     if request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not part of the answer

@@ -211,11 +211,26 @@ def test_join_on_a_directory_used_before_still_joins(tmp_path):
         cluster.start("n3")
         cluster.wait_ready("n3", peers=False)
         assert cluster.health("n3")["joining"] is True
-        assert "a data directory this node has used before: joining all the same" in cluster["n3"].log()
+        assert "a data directory this node has used but never joined with: joining now" in cluster["n3"].log()
         cluster.wait_peers("n2", up=["n3"], down=["n1"])
         with Client(cluster.endpoints_of("n2"), retry=RetryPolicy(attempts=1)) as client:
             with pytest.raises(NoQuorumError):
                 client.put("w/new", b"x")  # n2 + a joining n3 is no majority
+        # Once it has joined, --join left in its options is not needed, and ignored: with
+        # n1 down again, a clean restart of n3 votes at once beside n2.
+        cluster.start("n1")
+        cluster.wait_ready("n1")
+        wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 joined once n1 was back")
+        cluster.kill("n1")
+        assert cluster.terminate("n3") == 0
+        cluster.start("n3")
+        cluster.wait_ready("n3", peers=False)
+        assert cluster.health("n3")["joining"] is False
+        assert "--join ignored" in cluster["n3"].log()
+        cluster.wait_peers("n2", up=["n3"], down=["n1"])
+        with Client(cluster.endpoints_of("n2"), retry=RetryPolicy(attempts=1)) as client:
+            client.put("w/new", b"y")
+            assert client.get("w/new") == b"y"
 
 
 @pytest.mark.parametrize("stop", ["kill -9", "clean stop"])

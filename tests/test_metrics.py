@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -88,6 +89,24 @@ def test_the_bridge_counts_its_own_requests_by_route(node_with_bridge):
     # Unmatched paths share one label value, so probes can't grow the series without bound.
     assert value(samples, "kvwire_http_requests_total", method="GET", route="unmatched", status="404") == 1
     assert value(samples, "kvwire_http_request_duration_seconds_count", method="PUT", route=route) == 1
+
+
+def test_answers_given_at_expect_are_counted_too(node_with_bridge):
+    """A PUT refused at its Expect header (413 before 100 Continue, 417 for an unknown
+    one) is answered before aiohttp's middlewares, and counted all the same."""
+    host, port = node_with_bridge.http.rsplit(":", 1)
+    route = "/kv-store/v1/kv/{key}/"
+    before = scrape(node_with_bridge.http)
+    for headers, status in (("Expect: 100-continue\r\nContent-Length: 1000000000", 413),
+                            ("Expect: tea\r\nContent-Length: 12", 417)):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"PUT /kv-store/v1/kv/expect/ HTTP/1.1\r\nHost: h\r\n{headers}\r\n\r\n".encode())
+            assert sock.recv(64).startswith(f"HTTP/1.1 {status} ".encode())
+    after = scrape(node_with_bridge.http)
+    for status in (413, 417):
+        labels = tuple(sorted({"method": "PUT", "route": route, "status": str(status)}.items()))
+        counted = [samples.get(("kvwire_http_requests_total", labels), 0.0) for samples in (before, after)]
+        assert counted[1] - counted[0] == 1, (status, counted)
 
 
 def test_names_follow_prometheus_conventions(node_with_bridge):

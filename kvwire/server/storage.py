@@ -120,6 +120,9 @@ TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 # meta rows kvwire backup writes too (kvwire.server.backup): the data directory
 # joins the cluster until it has caught up, and when the backup it is was taken.
 JOINING = "joining"
+# Set when a node has caught up from every peer (joined), kept from then on: --join
+# on such a directory is not needed, and is ignored.
+JOINED = "joined"
 BACKUP_TAKEN_AT = "backup_taken_at"
 
 
@@ -213,14 +216,22 @@ class Storage:
             await _migrate_requests(writer)
             fresh = await _claim_for_node(writer, node_id, path)
             if join:
-                if not fresh:
-                    # A node restarted once without --join after its disk was lost, then
-                    # with it: ignoring it let that node vote with what it lacks. Joining
-                    # costs a catch-up from every peer, never data, so it is honoured.
-                    log.warning("--join on %s, a data directory this node has used before: joining all the "
-                                "same, catching up from every peer before it votes", path,
-                                extra={"event": "join_used_directory"})
-                await writer.execute(META_SET, (JOINING, "1"))
+                async with writer.execute("SELECT 1 FROM meta WHERE name = ?", (JOINED,)) as cursor:
+                    joined = await cursor.fetchone() is not None
+                if joined:
+                    # Caught up from every peer since it was new: --join left in a unit
+                    # file or compose file after a replacement must not make every
+                    # restart wait for every peer.
+                    log.info("--join ignored: %s has joined its cluster already; it is needed only on a new "
+                             "or emptied data directory", path, extra={"event": "join_not_needed"})
+                else:
+                    if not fresh:
+                        # Started once without --join after its disk was lost, then with it:
+                        # ignored, the node would vote with what it lacks.
+                        log.warning("--join on %s, a data directory this node has used but never joined with: "
+                                    "joining now, catching up from every peer before it votes; remove --join "
+                                    "once HEALTH says joining: false", path, extra={"event": "join_used_directory"})
+                    await writer.execute(META_SET, (JOINING, "1"))
             # Present from here until a clean close: found at open, the last run
             # was killed (or lost power) and may have sent tags it never committed.
             async with writer.execute("SELECT value FROM meta WHERE name = 'running'") as cursor:
@@ -602,5 +613,6 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkee
         db.execute(FLOOR_SAVE, (str(upkeep.floor),))
     if upkeep.joined:
         db.execute("DELETE FROM meta WHERE name IN (?, ?)", (JOINING, BACKUP_TAKEN_AT))
+        db.execute(META_SET, (JOINED, "1"))
     db.commit()
 

@@ -160,7 +160,8 @@ class NodeCore:
         # request id -> (peer, handler of the reply, or of None for a failure)
         self._outstanding: dict[int, tuple[str, Callable[[Any], None]]] = {}
         self._pings: dict[str, int] = {}
-        # Peers whose last PONG said they are joining: UP, but no voters (voters_up).
+        # Peers whose last PONG (or HELLO_REPLY) said they are joining: UP, but no voters
+        # (voters_up). Forgotten when the peer goes DOWN.
         self.peers_joining: set[str] = set()
         self._write_ids = itertools.count(1)
         # write id -> (key, version, deleted, value, callbacks for its outcome)
@@ -709,8 +710,11 @@ class NodeCore:
                 self._pings[peer] = request_id
         for transition in self.detector.check(self.now):
             self.effects.append(PeerStateChanged(transition))
-            if transition.state is PeerState.DOWN and self.mutant != "keep-silent-link":
-                self.effects.append(CloseLink(transition.peer))
+            if transition.state is PeerState.DOWN:
+                # Whatever it said, it says again when it is back (HELLO_REPLY, PONG).
+                self.peers_joining.discard(transition.peer)
+                if self.mutant != "keep-silent-link":
+                    self.effects.append(CloseLink(transition.peer))
         self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
 
     def _ponged(self, peer: str, reply: Any) -> None:
