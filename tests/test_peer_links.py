@@ -172,8 +172,10 @@ async def test_a_link_waiting_out_its_backoff_dials_at_once_when_its_peer_is_up(
         link.dial_now()  # linked already: nothing to cut short, so no dial is asked for
         assert not link._dial_now.is_set() and events.linked == ["n1"]
     finally:
-        await link.close()
-        cluster.stop()
+        try:
+            await link.close()
+        finally:
+            cluster.stop()  # even if the link's task failed: no node may outlive the test
 
 
 async def test_a_link_waiting_after_a_refused_handshake_dials_at_once_when_its_peer_is_up(tmp_path, monkeypatch, caplog):
