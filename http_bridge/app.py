@@ -341,18 +341,13 @@ async def _continue_within_limit(request: web.Request) -> web.StreamResponse | N
     An answer given here is the request's last, and aiohttp sends it without the
     middlewares: it is counted in the HTTP metrics here."""
     started = time.perf_counter()
-    answer = None
     try:
         key_of(request.raw_path, request.app[CONFIG].limits)
         _refuse_if_declared_too_large(request)
-    except KvwireError as exc:
-        answer = _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
-    except web.HTTPException as exc:
-        answer = _response(json_error_answer(exc.status, _http_error_message(request, exc)))
-    expect = request.headers.get("Expect", "")
-    if answer is None and expect.lower() != "100-continue":
-        answer = _response(json_error_answer(417, f"unknown Expect: {expect!r}; only 100-continue is understood"))
-    if answer is not None:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed()
+    except (KvwireError, web.HTTPException) as exc:
+        answer = _error_response(request, exc)
         request.app[METRICS].observe(request.method, request.match_info.route.resource.canonical, answer.status,
                                      time.perf_counter() - started)
         return answer
@@ -409,6 +404,8 @@ def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
         return f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
     if error.status == 413:
         return f"the request body is larger than the limit of {request.app[CONFIG].max_body_bytes} bytes"
+    if error.status == 417:
+        return f"unknown Expect: {request.headers.get('Expect', '')!r}; only 100-continue is understood"
     return error.reason
 
 
@@ -438,19 +435,26 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
     try:
         return await handler(request)
     except KvwireError as exc:
-        response = _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
-        if request.get(CLOSE_AFTER):
-            response.force_close()
-        return response
+        return _error_response(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {name: value for name, value in exc.headers.items() if name.lower() not in ("content-type", "content-length")}
-        return _response(json_error_answer(exc.status, _http_error_message(request, exc), headers))
+        return _error_response(request, exc)
     except asyncio.CancelledError:
         raise
     except Exception:
         return _response(internal_error_answer(request.method, request.path))
+
+
+def _error_response(request: web.Request, exc: KvwireError | web.HTTPException) -> web.Response:
+    """The JSON answer to an error of kvwire's tree, or to aiohttp's of status 400 and up."""
+    if isinstance(exc, KvwireError):
+        response = _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
+        if request.get(CLOSE_AFTER):
+            response.force_close()
+        return response
+    headers = {name: value for name, value in exc.headers.items() if name.lower() not in ("content-type", "content-length")}
+    return _response(json_error_answer(exc.status, _http_error_message(request, exc), headers))
 
 
 def json_error_answer(
