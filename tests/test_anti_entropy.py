@@ -180,12 +180,8 @@ def test_a_joining_node_takes_no_part_in_majorities_until_caught_up_from_every_p
             refused = conn.request(Fetch(2, "j/1"))
         assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.UNAVAILABLE
         assert "joining the cluster" in refused.message
-        with Client(cluster.endpoints_of("n1"), retry=RetryPolicy(attempts=1)) as client:
-            with pytest.raises(NoQuorumError):
-                client.put("j/new", b"x")  # n1 + a joining n3 is no majority
-        cluster.start("n2")
-        cluster.wait_ready("n2")
-        wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 joined once n2 was back")
+        refuses_writes(cluster, "n1", "j/new")  # n1 + a joining n3 is no majority
+        start_until_joined(cluster, "n2")
         assert len(local_copies(cluster["n3"].address, [f"j/{i}" for i in range(1, 100)])) == 99
         # Tombstones are pulled too (a joining node's digests cover them): n3 holds
         # j/0's, so an old value of it that some replica still held could not come back.
@@ -213,14 +209,10 @@ def test_join_on_a_directory_used_before_still_joins(tmp_path):
         assert cluster.health("n3")["joining"] is True
         assert "a data directory this node has used but never joined with: joining now" in cluster["n3"].log()
         cluster.wait_peers("n2", up=["n3"], down=["n1"])
-        with Client(cluster.endpoints_of("n2"), retry=RetryPolicy(attempts=1)) as client:
-            with pytest.raises(NoQuorumError):
-                client.put("w/new", b"x")  # n2 + a joining n3 is no majority
+        refuses_writes(cluster, "n2", "w/new")  # n2 + a joining n3 is no majority
         # Once it has joined, --join left in its options is not needed, and ignored: with
         # n1 down again, a clean restart of n3 votes at once beside n2.
-        cluster.start("n1")
-        cluster.wait_ready("n1")
-        wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 joined once n1 was back")
+        start_until_joined(cluster, "n1")
         cluster.kill("n1")
         assert cluster.terminate("n3") == 0
         cluster.start("n3")
@@ -275,15 +267,27 @@ def test_a_node_killed_catches_up_from_every_peer_before_it_votes_and_one_stoppe
             assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.UNAVAILABLE
             pulled = conn.request(Fetch(3, "u/1", repair=True))  # anti-entropy's pull is answered
             assert not isinstance(pulled, ErrorReply) and pulled.value == value_for("u/1", 100)
-        cluster.start("n1")
-        cluster.wait_ready("n1")
-        wait_for(lambda: not cluster.health("n3")["joining"], timeout=30, what="n3 caught up once n1 was back")
+        start_until_joined(cluster, "n1")
         wait_for(lambda: quorum_as_seen_by(cluster, "n2") == (True, 3, False), timeout=10,
                  what="n2 counting n3 again once it has joined")
         assert "peer n3 has joined" in cluster["n2"].log()
         with Client(cluster.endpoints_of("n3"), retry=RetryPolicy(attempts=1)) as client:
             client.put("u/new", b"y")
             assert client.get("u/new") == b"y"
+
+
+def refuses_writes(cluster, node_id: str, key: str) -> None:
+    """A PUT through ``node_id`` alone, not retried elsewhere, answers NO_QUORUM."""
+    with Client(cluster.endpoints_of(node_id), retry=RetryPolicy(attempts=1)) as client:
+        with pytest.raises(NoQuorumError):
+            client.put(key, b"x")
+
+
+def start_until_joined(cluster, node_id: str, joining: str = "n3") -> None:
+    """Start ``node_id`` and wait until ``joining``, which needed it, has caught up from every peer."""
+    cluster.start(node_id)
+    cluster.wait_ready(node_id)
+    wait_for(lambda: not cluster.health(joining)["joining"], timeout=30, what=f"{joining} joined once {node_id} was back")
 
 
 def quorum_as_seen_by(cluster, node_id: str, peer: str = "n3") -> tuple[bool, int, bool]:
