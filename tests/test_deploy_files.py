@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kvwire.cli.exit_status import CONFIG_REFUSED_STATUS, USAGE_ERROR_STATUS
 from kvwire.cli.main import serve
 from kvwire.testing import LocalCluster
 
@@ -211,7 +212,8 @@ def test_the_systemd_unit_runs_kvwire_serve_and_stops_it_gently():
     assert service["KillSignal"] == ["SIGTERM"]
     assert int(service["TimeoutStopSec"][0]) > 10  # the node drains for up to 10 s
     assert service["Restart"] == ["on-failure"]
-    assert service["RestartPreventExitStatus"] == ["2"]  # a bad option: restarting won't help
+    # A bad option, a refused data directory or TLS file: restarting won't help.
+    assert service["RestartPreventExitStatus"][0].split() == [str(USAGE_ERROR_STATUS), str(CONFIG_REFUSED_STATUS)]
     assert service["User"] == ["kvwire"]
     for assignment in service.get("Environment", []):
         assert assignment.split("=", 1)[0] in SERVE_VARIABLES

@@ -287,9 +287,17 @@ def test_sigterm_and_sigint_answer_requests_in_flight_and_exit_zero(tmp_path, st
 def test_a_data_dir_belongs_to_one_node_id(tmp_path):
     NodeProcess("n1", data_dir=tmp_path / "data").start().wait_ready().terminate()
     impostor = NodeProcess("n2", data_dir=tmp_path / "data").start()
-    assert impostor.process.wait(timeout=15) == 1
+    assert impostor.process.wait(timeout=15) == 78  # EX_CONFIG: not restarted by kvwire up or the systemd unit
     assert "belongs to node 'n1'" in impostor.log()
     assert "Traceback" not in impostor.log()
+
+
+def test_a_data_dir_belongs_to_one_cluster(tmp_path):
+    NodeProcess("n1", data_dir=tmp_path / "data", extra_args=["--cluster-id", "staging"]).start().wait_ready().terminate()
+    stray = NodeProcess("n1", data_dir=tmp_path / "data", extra_args=["--cluster-id", "prod"]).start()
+    assert stray.process.wait(timeout=15) == 78
+    assert "belongs to cluster 'staging', not 'prod'" in stray.log()
+    assert "Traceback" not in stray.log()
 
 
 def test_port_in_use_is_reported_in_one_line(node, tmp_path):

@@ -1,4 +1,5 @@
-"""A node that cannot use its data directory exits 1 with one line naming the path and the reason.
+"""A node that cannot use its data directory exits 78 (EX_CONFIG: a restart cannot help) with one line
+naming the path and the reason.
 
 Real processes and real file systems. The tests run as root, whom file modes
 don't stop, so a directory or file that can't be written is a read-only bind
@@ -17,6 +18,7 @@ import sys
 import pytest
 
 from kvwire import Client
+from kvwire.cli.exit_status import CONFIG_REFUSED_STATUS
 from kvwire.testing import NodeProcess, free_port
 
 
@@ -30,7 +32,7 @@ def serve(data_dir, *, read_only: list | None = None) -> subprocess.CompletedPro
 
 
 def the_one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.returncode == CONFIG_REFUSED_STATUS == 78, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, result.stderr

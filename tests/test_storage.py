@@ -1,6 +1,7 @@
 """Storage in-process, on real SQLite files: group commit, the SQL version guard, reopening."""
 
 import asyncio
+import sqlite3
 
 import msgpack
 import pytest
@@ -8,7 +9,7 @@ from msgspec import Raw
 
 from kvwire.protocol import Version
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
-from kvwire.server.storage import DataDirError, Storage
+from kvwire.server.storage import DATABASE_FILE_NAME, DataDirError, Storage
 
 
 async def open_storage(path, **kwargs):
@@ -113,6 +114,24 @@ async def test_a_data_dir_is_tied_to_its_node_id(tmp_path):
     await (await open_storage(tmp_path)).close()
     with pytest.raises(DataDirError, match="belongs to node 'n1'"):
         await open_storage(tmp_path, node_id="n2")
+
+
+async def test_a_data_dir_is_tied_to_its_cluster_id(tmp_path):
+    await (await open_storage(tmp_path, cluster_id="staging")).close()
+    with pytest.raises(DataDirError, match="belongs to cluster 'staging', not 'prod'; use --cluster-id staging"):
+        await open_storage(tmp_path, cluster_id="prod")
+    await (await open_storage(tmp_path, cluster_id="staging")).close()  # its own cluster opens it
+
+
+async def test_a_data_dir_made_before_cluster_ids_were_recorded_takes_the_first_one_it_meets(tmp_path):
+    await (await open_storage(tmp_path)).close()
+    db = sqlite3.connect(tmp_path / DATABASE_FILE_NAME)
+    with db:
+        db.execute("DELETE FROM meta WHERE name = 'cluster_id'")
+    db.close()
+    await (await open_storage(tmp_path, cluster_id="prod")).close()
+    with pytest.raises(DataDirError, match="belongs to cluster 'prod'"):
+        await open_storage(tmp_path, cluster_id="kvwire")
 
 
 @pytest.mark.parametrize(

@@ -311,7 +311,7 @@ def test_a_node_with_bad_tls_files_does_not_start_and_says_why(tmp_path, certs):
     ca_only = run_kvwire(*serve, "--tls-ca", str(certs.ca))
     assert ca_only.returncode == 2 and "needs --tls-cert and --tls-key" in ca_only.stderr
     unloadable = run_kvwire(*serve, "--tls-cert", str(certs.node.key), "--tls-key", str(certs.node.key))
-    assert unloadable.returncode == 1
+    assert unloadable.returncode == 78
     assert f"--tls-cert {certs.node.key}: not a PEM certificate" in one_line(unloadable.stderr)
 
 

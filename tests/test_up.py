@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import io
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from kvwire import Client, KeyNotFoundError, NoQuorumError, RetryPolicy, UnavailableError
 from kvwire.cli.supervisor import RESTART_BASE_S, RESTART_CAP_S, STABLE_RUN_S, Supervisor
 from kvwire.protocol import Health, HealthReply, Ping, Pong
-from kvwire.testing import ChildProcess, RawConnection, free_port_run, stop_gracefully, wait_for
+from kvwire.testing import ChildProcess, NodeProcess, RawConnection, free_port_run, stop_gracefully, wait_for
 
 NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
 
@@ -540,6 +541,62 @@ def test_a_child_refusing_its_options_is_not_restarted():
     usage_error.wait(10)
     assert [(death.status, death.restart_in) for death in supervisor.reap()] == [(2, None)]
     assert supervisor.reap() == [] and supervisor.restart_due(now=time.monotonic() + 3600) == []
+
+
+def test_a_child_refusing_its_configuration_is_not_restarted():
+    refused = ChildProcess("bad", [sys.executable, "-c", "raise SystemExit(78)"])
+    supervisor = Supervisor([refused], output=io.StringIO())
+    supervisor.start()
+    refused.wait(10)
+    assert [(death.status, death.restart_in) for death in supervisor.reap()] == [(78, None)]
+    assert supervisor.restart_due(now=time.monotonic() + 3600) == []
+
+
+def set_cluster_id(data_dir, cluster_id: str) -> None:
+    """As if the data directory had been another cluster's."""
+    db = sqlite3.connect(data_dir / "kvwire.sqlite3")
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE name = 'cluster_id'", (cluster_id,))
+    db.close()
+
+
+def test_data_directories_of_another_cluster_stop_up_at_start(tmp_path):
+    NodeProcess("n1", data_dir=tmp_path / "data" / "n1", extra_args=["--cluster-id", "staging"]).start().wait_ready().terminate()
+    up = one_node_up(tmp_path, free_port_run(1))
+    try:
+        assert up.wait_exit(timeout=30) == 1
+        assert ("node n1 exited unexpectedly (exit status 78); its log is above. It refused its data directory or TLS "
+                "files, so it is not restarted; stopping the cluster") in up.stderr
+        assert "belongs to cluster 'staging', not 'kvwire'; use --cluster-id staging" in up.stderr
+        assert "restarting" not in up.stderr and "Traceback" not in up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_a_node_refusing_its_data_directory_after_the_start_stays_down_and_the_others_go_on(tmp_path):
+    base = free_port_run(3)
+    up = Up(tmp_path, "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"))
+    try:
+        up.wait_printed("every node answers")
+        assert ctl(tmp_path, "stop", "n2").returncode == 0
+        set_cluster_id(tmp_path / "data" / "n2", "staging")
+        started = ctl(tmp_path, "start", "n2")
+        assert started.returncode == 0, started.stderr
+        message = ("node n2 exited unexpectedly (exit status 78); its log is above. It refused its data directory or "
+                   "TLS files, so it is not restarted; it stays down until `kvwire up ctl start n2`, and the others go on")
+        wait_for(lambda: message in up.stderr, timeout=15, what="up reporting n2's refusal")
+        assert up.process.poll() is None and status_of(tmp_path)["n2"][0] == "exited"
+        with Client([f"127.0.0.1:{base}", f"127.0.0.1:{base + 2}"], timeout=5) as client:
+            assert client.put("still", "serving").counter >= 1
+        # Put right, it starts again on request.
+        set_cluster_id(tmp_path / "data" / "n2", "kvwire")
+        assert ctl(tmp_path, "start", "n2").returncode == 0
+        wait_for(lambda: answers_ping(f"127.0.0.1:{base + 1}"), timeout=15, what="n2 answering again")
+        assert "restarting" not in up.stderr and "Traceback" not in up.stderr
+        up.process.send_signal(signal.SIGINT)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+    finally:
+        up.cleanup()
 
 
 def test_options_after_a_double_dash_reach_every_node(tmp_path):

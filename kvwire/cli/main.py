@@ -13,6 +13,7 @@ from ..server.access import AuthTable
 from ..server.config import ServerConfig, SyncMode, parse_cluster
 from ..secret_file import read_secret_file, write_secret_file
 from ..tls import TlsConfigError
+from .exit_status import CONFIG_REFUSED_STATUS
 from .lazy import LazyGroup
 from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
 from .open_files import ensure_open_files
@@ -175,6 +176,7 @@ def run_node(
     ``http_listen`` is given, /metrics alone on ``metrics_listen``); the exit status,
     with startup failures reported in one line."""
     from ..server.app import serve as serve_node
+    from ..server.datadir import DataDirInUseError
     from ..server.storage import DataDirError
 
     log = logging.getLogger("kvwire.server")
@@ -197,9 +199,12 @@ def run_node(
                 "stopping the HTTP bridge, then finishing requests in flight",
             )
         run_until_stop_signal(lambda stop: serve_node(config, stop=stop), log, "finishing requests in flight")
-    except (DataDirError, TlsConfigError) as exc:
+    except DataDirInUseError as exc:  # may clear by itself: the other process can exit
         log.error("%s", exc)
         return 1
+    except (DataDirError, TlsConfigError) as exc:
+        log.error("%s", exc)
+        return CONFIG_REFUSED_STATUS
     except OSError as exc:
         log.error("cannot start node %s on %s:%d: %s", config.node_id, config.host, config.port, exc.strerror or exc)
         return 1

@@ -23,13 +23,12 @@ from typing import IO, Iterable, Sequence
 
 from ..backoff import backoff_delay
 from ..testing import ChildProcess, LineCopy
+from .exit_status import NOT_RESTARTABLE
 
 # Exit statuses of a child that was asked to stop: 0 after a clean shutdown;
 # 130 or death by the signal itself when the signal came before the node had
 # installed its handlers (Ctrl-C in a terminal reaches the whole process group).
 STOPPED_STATUSES = frozenset({0, 130, -signal.SIGINT, -signal.SIGTERM})
-# click's status for options it refuses: the same command would be refused again.
-USAGE_ERROR_STATUS = 2
 # The first restart comes quickly: a node starts in about 0.5 s and the issue's
 # budget from death to a healthy cluster is 5 s. Each death soon after a start
 # doubles the wait, up to the cap, so a node that can't run doesn't spin.
@@ -99,7 +98,7 @@ class Supervisor:
 
     def reap(self, now: float | None = None) -> list[Death]:
         """Children that died since the last call, each scheduled for a restart unless it
-        refused its options (a restart would be refused too)."""
+        refused its options or configuration (exit_status.NOT_RESTARTABLE: a restart would be refused too)."""
         now = time.monotonic() if now is None else now
         deaths = []
         with self._lock:
@@ -108,7 +107,7 @@ class Supervisor:
                 if (child.returncode is None or name in self._held or name in self._restart_at
                         or name in self._given_up or name not in self._started_at):
                     continue
-                if child.returncode == USAGE_ERROR_STATUS:
+                if child.returncode in NOT_RESTARTABLE:
                     self._given_up.add(name)
                     deaths.append(Death(child, child.returncode, None))
                     continue

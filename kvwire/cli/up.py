@@ -36,6 +36,7 @@ from ..server.storage import DATABASE_FILE_NAME
 from ..testing import ChildProcess, DevCerts
 from ..testing.wire import connect_socket
 from .control import ControlError, ControlServer, check_no_live_up, ctl
+from .exit_status import USAGE_ERROR_STATUS
 from .haproxy import haproxy_child
 from .main import serve
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
@@ -263,8 +264,13 @@ class _Watcher:
             for death in self.supervisor.reap():
                 what = f"{'node ' if death.child.name in self.ports else ''}{death.child.name} exited unexpectedly ({_describe_status(death.status)}); its log is above"
                 if death.restart_in is None:
-                    _error(f"{what}. It refused its options, so it is not restarted; stopping the cluster")
-                    return _stop(self.supervisor, failed=True)
+                    refused = "its options" if death.status == USAGE_ERROR_STATUS else "its data directory or TLS files"
+                    if not self._announced:  # a start every node may fail the same way
+                        _error(f"{what}. It refused {refused}, so it is not restarted; stopping the cluster")
+                        return _stop(self.supervisor, failed=True)
+                    _error(f"{what}. It refused {refused}, so it is not restarted; it stays down until "
+                           f"`kvwire up ctl start {death.child.name}`, and the others go on")
+                    continue
                 _error(f"{what}; restarting it in {death.restart_in:.1f} s")
             for child in self.supervisor.restart_due():
                 _say(f"kvwire up: restarted {child.name} (restart {self._restarts(child.name)})")

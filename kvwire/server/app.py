@@ -100,6 +100,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         storage = await Storage.open(
             config.data_dir,
             node_id=config.node_id,
+            cluster_id=config.cluster_id,
             sync=config.sync,
             max_batch_rows=config.max_batch_rows,
             join=config.join,

@@ -196,7 +196,7 @@ class Storage:
 
     @classmethod
     async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096,
-                   join: bool = False) -> Storage:
+                   join: bool = False, cluster_id: str = "kvwire") -> Storage:
         """Open (creating if need be) the node's files. ``join``: a new data directory
         joins an existing cluster (``ServerConfig.join``), a state kept in the files
         until the node has caught up, so that a restart meanwhile does not end it."""
@@ -214,7 +214,7 @@ class Storage:
             await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
             await writer.executescript(SCHEMA)
             await _migrate_requests(writer)
-            fresh = await _claim_for_node(writer, node_id, path)
+            fresh = await _claim_for_node(writer, node_id, cluster_id, path)
             if join:
                 async with writer.execute("SELECT 1 FROM meta WHERE name = ?", (JOINED,)) as cursor:
                     joined = await cursor.fetchone() is not None
@@ -513,19 +513,28 @@ class Storage:
         await self._writer.close()
 
 
-async def _claim_for_node(db: aiosqlite.Connection, node_id: str, path: Path) -> bool:
-    """Tie the data directory to one node id: version tags name their writer,
-    so two nodes sharing files, or one restarted under a new id, would mint
-    colliding or misleading tags. True when the directory was new (never claimed)."""
-    async with db.execute("SELECT value FROM meta WHERE name = 'node_id'") as cursor:
-        row = await cursor.fetchone()
-    if row is not None and row[0] != node_id:
-        raise DataDirError(f"{path} belongs to node {row[0]!r}, not {node_id!r}; use that node id or another --data-dir")
+async def _claim_for_node(db: aiosqlite.Connection, node_id: str, cluster_id: str, path: Path) -> bool:
+    """Tie the data directory to one node id of one cluster: version tags name
+    their writer, so two nodes sharing files, or one restarted under a new id,
+    would mint colliding or misleading tags; and a node started on another
+    cluster's files (a wrong path, a copied disk) would serve that cluster's keys
+    and anti-entropy would copy them to every peer. True when the directory was
+    new (never claimed)."""
+    async with db.execute("SELECT name, value FROM meta WHERE name IN ('node_id', 'cluster_id')") as cursor:
+        claimed = dict(await cursor.fetchall())
+    owner = claimed.get("node_id")
+    if owner is not None and owner != node_id:
+        raise DataDirError(f"{path} belongs to node {owner!r}, not {node_id!r}; use that node id or another --data-dir")
+    # Directories made before the cluster id was recorded hold no row: they take this one.
+    cluster = claimed.get("cluster_id")
+    if cluster is not None and cluster != cluster_id:
+        raise DataDirError(f"{path} belongs to cluster {cluster!r}, not {cluster_id!r}; use --cluster-id {cluster} "
+                           "or another --data-dir")
     # Written at every start, not only the first: a database file that opens but
     # can't be written (read-only, on a read-only mount) fails here, at start-up,
     # rather than leaving a node that looks healthy while every write fails.
-    await db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('node_id', ?)", (node_id,))
-    return row is None
+    await db.executemany(META_SET, (("node_id", node_id), ("cluster_id", cluster_id)))
+    return owner is None
 
 
 def reason_of(error: OSError | sqlite3.Error) -> str:

@@ -153,7 +153,7 @@ class Nodes:
         config = ServerConfig(node_id="n1", data_dir=data_dir, sync=SyncMode.OFF, limits=limits,
                               cache_entries=_CACHE_ENTRIES, members=members,
                               cluster_secret=b"fuzz" * 8 if members else None)
-        storage = await Storage.open(config.data_dir, node_id=config.node_id, sync=config.sync)
+        storage = await Storage.open(config.data_dir, node_id=config.node_id, cluster_id=config.cluster_id, sync=config.sync)
         node = Node(config, storage)
         node.start()
         return node
