@@ -24,7 +24,22 @@ def write_secret_file(path: str | os.PathLike, *, replace: bool = False) -> None
 
 def write_private_file(path: str | os.PathLike, data: bytes, *, replace: bool = False) -> None:
     """``data`` in ``path``, created with mode 600 (never readable by others, not even
-    for a moment). FileExistsError if it exists and not ``replace``."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
-    with os.fdopen(os.open(path, flags, 0o600), "wb") as file:
-        file.write(data)
+    for a moment). FileExistsError if it exists and not ``replace``. A replaced file
+    is a new one, renamed over the old: opening the old one would keep its mode
+    (a 644 file would take the new secret readable by all), and a crash half-way
+    would leave it empty."""
+    if not replace:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            file.write(data)
+        return
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

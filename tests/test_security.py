@@ -179,6 +179,17 @@ def test_kvwire_secret_writes_a_private_file_and_will_not_overwrite(tmp_path):
     assert again.returncode == 1 and "exists; --force" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_kvwire_secret_force_leaves_a_private_file_whatever_the_old_ones_mode(tmp_path):
+    path = tmp_path / "cluster.secret"
+    path.write_text("an old secret, left readable by all\n")
+    path.chmod(0o644)
+    forced = subprocess.run([sys.executable, "-m", "kvwire", "secret", str(path), "--force"], capture_output=True, text=True)
+    assert forced.returncode == 0, forced.stderr
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert b"old secret" not in path.read_bytes() and len(path.read_bytes().strip()) >= 32
+    assert [p.name for p in tmp_path.iterdir()] == ["cluster.secret"]  # no partial file left behind
+
+
 # --- far-ahead tags --------------------------------------------------------------------------
 
 
