@@ -23,6 +23,7 @@ from kvwire import (
 )
 from kvwire.client import ClientConnection
 from kvwire.protocol import Delete, ErrorReply, Get, Limits, Ping, Pong, Put, PutReply, encode
+from kvwire.protocol.limits import MIB
 from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for_async
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
@@ -675,6 +676,27 @@ async def test_a_frame_over_the_nodes_limit_is_refused_before_sending(shared_nod
         with pytest.raises(TooLargeError, match="takes at most 4194304"):
             await client.put("huge", b"x" * 5_000_000)
         assert await client.get("before") == 1
+
+
+async def test_a_default_client_reads_a_value_as_large_as_the_nodes_limits_allow(tmp_path):
+    # The node takes 6 MiB values; a client left at its 1 MiB defaults must read one
+    # back, not drop the connection at the reply's header and call the node lost.
+    big = ["--max-value-bytes", str(6 * MIB), "--max-frame-bytes", str(8 * MIB)]
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "normal", *big]) as node:
+        value = b"v" * (5 * MIB)
+        async with AsyncClient(node.address, limits=Limits(max_frame_bytes=8 * MIB, max_value_bytes=6 * MIB)) as big_client:
+            await big_client.put("big", value)
+        async with AsyncClient(node.address, retry=RetryPolicy(attempts=1)) as client:
+            assert await client.get("big") == value
+            # What it sends is still held to its own limits.
+            with pytest.raises(ValueError, match="the limit is 1024"):
+                await client.put("k" * 2000, 1)
+
+
+def test_limits_widened_to_anothers_take_the_larger_of_each():
+    mine = Limits(max_frame_bytes=3 * MIB, max_key_bytes=4096, max_value_bytes=2 * MIB)
+    theirs = Limits(max_frame_bytes=8 * MIB, max_key_bytes=512, max_value_bytes=6 * MIB)
+    assert mine.widened_to(theirs) == theirs.widened_to(mine) == Limits(8 * MIB, 4096, 6 * MIB)
 
 
 async def test_a_put_sent_again_on_another_node_says_it_is_a_retry():

@@ -227,6 +227,11 @@ class ClientConnection(asyncio.Protocol):
         self.cluster_id = reply.cluster
         # The codec has checked the map as Limits.from_wire does.
         self.server_limits = Limits.from_wire(reply.limits) if reply.limits is not None else None
+        if self.server_limits is not None:
+            # A node given larger limits than this client's answers with values as
+            # large as they allow: read them, rather than drop the connection and
+            # report the node lost. What this client sends is still checked by its own.
+            self._codec.limits = self._codec.limits.widened_to(self.server_limits)
         self.peer_joining = reply.joining is True
         return reply
 

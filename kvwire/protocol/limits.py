@@ -64,6 +64,11 @@ class Limits:
                 "the largest allowed key and value could not be sent"
             )
 
+    def widened_to(self, other: Limits) -> Limits:
+        """Each limit the larger of the two: what one side may be sent when the other's
+        limits are larger than its own."""
+        return Limits(**{name: max(getattr(self, name), getattr(other, name)) for name in WIRE_NAMES})
+
     def to_wire(self) -> dict[str, int]:
         """The ``limits`` map of a HELLO_REPLY (docs/protocol.md 6.1)."""
         return {name: getattr(self, name) for name in WIRE_NAMES}
