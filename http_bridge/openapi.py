@@ -50,7 +50,9 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                 "The HTTP bridge of kvwire, a replicated key-value store. Every response is JSON; "
                 'every error is `{"error": "..."}`, with `"maybe_applied": true|false` when a failed '
                 "write is known to be possibly applied (true) or not applied at all (false). Paths are "
-                "also accepted without their trailing slash."
+                "also accepted without their trailing slash. A method a path does not take is answered 405 "
+                "with `Allow`. The same port also serves Prometheus metrics at `/metrics` and a cluster page "
+                "under `/kv-store/v1/ui/`, which are not part of this API."
             ),
         },
         "paths": {
@@ -160,6 +162,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                             },
                         },
                         "504": {"$ref": _RESPONSES + "GatewayTimeout"},
+                        "408": {"$ref": _RESPONSES + "RequestTimeout"},
                         "500": {"$ref": _RESPONSES + "InternalError"},
                     },
                 }
@@ -346,6 +349,10 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
             "headers": _retry_after(),
         },
         "GatewayTimeout": _error("No node answered within the bridge's timeout."),
+        "RequestTimeout": _error(
+            f"The request's head did not arrive whole within {config.request_timeout:g} s of its first byte, or its "
+            "body stopped coming for as long; the connection is then closed."
+        ),
     }
 
 
@@ -358,6 +365,7 @@ def _access_failures() -> dict[str, Any]:
 
 def _cluster_failures() -> dict[str, Any]:
     return {
+        "408": {"$ref": _RESPONSES + "RequestTimeout"},
         "500": {"$ref": _RESPONSES + "InternalError"},
         "502": {"$ref": _RESPONSES + "BadGateway"},
         "503": {"$ref": _RESPONSES + "Unavailable"},

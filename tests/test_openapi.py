@@ -69,6 +69,16 @@ def test_every_status_the_bridge_maps_errors_to_is_documented():
             assert status in kv[operation]["responses"], (cls.__name__, operation, status)
 
 
+def test_a_request_too_slow_to_arrive_is_documented_on_every_operation():
+    # The bridge answers 408 on any route (tests/test_http_bounds.py), the timeout as configured.
+    document = openapi_document(BridgeConfig(request_timeout=2.5))
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method != "parameters" and not path.endswith("openapi.json"):
+                assert operation["responses"]["408"] == {"$ref": "#/components/responses/RequestTimeout"}, (path, method)
+    assert "within 2.5 s of its first byte" in document["components"]["responses"]["RequestTimeout"]["description"]
+
+
 def test_the_served_document_is_the_one_built_from_the_bridge_limits(bridges):
     served = http("GET", f"{bridges['standalone']}{PREFIX}/openapi.json").json
     assert served == openapi_document(BridgeConfig())

@@ -18,7 +18,7 @@ import pytest
 from kvwire import Client, KeyNotFoundError, NoQuorumError, RetryPolicy, UnavailableError
 from kvwire.cli.supervisor import RESTART_BASE_S, RESTART_CAP_S, STABLE_RUN_S, Supervisor
 from kvwire.protocol import Health, HealthReply, Ping, Pong
-from kvwire.testing import ChildProcess, NodeProcess, RawConnection, free_port_run, stop_gracefully, wait_for
+from kvwire.testing import ChildProcess, NodeProcess, RawConnection, free_port, free_port_run, stop_gracefully, wait_for
 
 NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
 
@@ -593,6 +593,30 @@ def test_a_node_refusing_its_data_directory_after_the_start_stays_down_and_the_o
         assert ctl(tmp_path, "start", "n2").returncode == 0
         wait_for(lambda: answers_ping(f"127.0.0.1:{base + 1}"), timeout=15, what="n2 answering again")
         assert "restarting" not in up.stderr and "Traceback" not in up.stderr
+        up.process.send_signal(signal.SIGINT)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_variables_no_two_nodes_can_share_are_kept_from_them(tmp_path):
+    # Exported for one `kvwire serve` earlier: every node after the first would find the
+    # port taken, and nodes all joining would wait on each other.
+    base, metrics, http_port = free_port_run(3), free_port(), free_port()
+    env = {**os.environ, "KVWIRE_METRICS_LISTEN": f"127.0.0.1:{metrics}", "KVWIRE_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+           "KVWIRE_JOIN": "1", "KVWIRE_FAILURE_TIMEOUT": "0.8"}
+    up = Up(tmp_path, "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), env=env)
+    try:
+        up.wait_printed("every node answers")
+        for port in (metrics, http_port):
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        for port in range(base, base + 3):
+            with RawConnection(f"127.0.0.1:{port}", timeout=5) as connection:
+                health = connection.request(Health(1)).health
+            assert health["joining"] is False
+            assert health["cluster"]["failure_timeout_ms"] == 800  # the others reach every node
+        assert "restarting" not in up.stderr
         up.process.send_signal(signal.SIGINT)
         assert up.wait_exit(timeout=30) == 0, up.stderr
     finally:

@@ -52,6 +52,8 @@ POLL_INTERVAL = 0.1
 # A `ctl start` waits this long for the main thread to start the node (it
 # polls every POLL_INTERVAL, and a start takes milliseconds).
 CTL_START_TIMEOUT = 10.0
+# kvwire serve variables each node must not share: `up` keeps them from its nodes.
+NOT_FOR_EVERY_NODE = frozenset({"KVWIRE_CLUSTER", "KVWIRE_HTTP_LISTEN", "KVWIRE_METRICS_LISTEN", "KVWIRE_JOIN"})
 
 
 # Not interspersed: everything from `ctl` on is ctl's (`kvwire up ctl stop --data-dir DIR n2`).
@@ -115,9 +117,11 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
     # A KVWIRE_CLUSTER in our environment would make a one-node `up` join a
     # cluster it didn't ask for; every other setting is passed explicitly.
     # KVWIRE_TLS_* exported for kvwire-cli would give every node a client's
-    # certificate; --tls decides.
+    # certificate; --tls decides. One address or --join for every node would
+    # fail all but the first (port in use) or make them wait on each other.
+    # The rest (KVWIRE_AUTH_FILE, KVWIRE_WRITE_TIMEOUT...) reach every node.
     env = {name: value for name, value in os.environ.items()
-           if name != "KVWIRE_CLUSTER" and not name.startswith("KVWIRE_TLS")}
+           if name not in NOT_FOR_EVERY_NODE and not name.startswith("KVWIRE_TLS")}
     certs = DevCerts(data_dir / "tls") if tls else None  # written once every check has passed
     secret_path = data_dir / "cluster.secret" if node_count > 1 else None  # made by _run
     children = []

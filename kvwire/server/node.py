@@ -204,8 +204,9 @@ class Node:
 
     def _hello(self, request: Hello, session: Session) -> Reply:
         """A client's HELLO (with its token, if this node has an auth file) or one
-        of a peer's two (kvwire.protocol.peer_auth). A refusal leaves the
-        connection with no more rights than it had before any HELLO."""
+        of a peer's two (kvwire.protocol.peer_auth). A refusal of its token or
+        handshake leaves the connection with no more rights than it had before
+        any HELLO; one of its ``proto`` or ``cluster`` changes nothing (6.1)."""
         if request.proto != PROTOCOL_VERSION:
             raise BadRequestError(
                 f"protocol version {request.proto} is not supported; this node speaks {PROTOCOL_VERSION}"
