@@ -27,6 +27,7 @@ from kvwire.bench.refill import refill
 from kvwire.bench.scale import scale
 from kvwire.bench.security_cost import security_cost
 from kvwire.bench.workload import DISTRIBUTIONS, parse_mix
+from kvwire.cli.client_io import read_token_file
 
 
 class DefaultCommandGroup(click.Group):
@@ -136,7 +137,7 @@ def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: boo
     """Load kvwire nodes, closed loop or at a fixed --rate (the default command)."""
     try:
         token_file = options.pop("token_file")
-        token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
+        token = read_token_file(token_file) if token_file is not None else None
         settings = Settings(endpoints=tuple(e for e in endpoints.split(",") if e), mix=parse_mix(mix), token=token,
                             **options)
         for pid in settings.server_pids:
@@ -144,8 +145,6 @@ def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: boo
                 raise ValueError(f"--server-pid {pid}: no such process")
         if out is not None:
             prepare_directory(out, "--out")
-    except OSError as exc:
-        raise click.UsageError(f"cannot read --token-file: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
