@@ -129,6 +129,8 @@ def test_a_peer_of_another_cluster_is_refused(cluster):
     with cluster.raw("n1") as conn:
         reply = conn.request(Hello(1, role=Role.PEER, node="n9", cluster="elsewhere"))
         assert reply.code == ErrorCode.FORBIDDEN
+        # Relayed into the dialler's log as "peer n1: handshake failed: ...": it names the node, not "this node".
+        assert reply.message == "node 'n1' belongs to cluster 'kvwire', not 'elsewhere'"
 
 
 def test_sigstop_is_detected_within_a_second_and_writes_go_on(cluster_without_fsync):

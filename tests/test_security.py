@@ -61,6 +61,7 @@ def test_a_forged_peer_is_refused_by_a_cluster_node(cluster):
     with RawConnection(cluster["n1"].address) as conn:
         reply = forge_peer(conn)
         assert reply.code == ErrorCode.FORBIDDEN and "no nonce" in reply.message
+        assert reply.message.startswith("node 'n1' needs its peers to prove the cluster secret")
         assert conn.request(Replicate(2, "forged", Version(9, "n2"), "evil")).code == ErrorCode.FORBIDDEN
     with Client(cluster.endpoints) as client:
         assert client.get("forged") == "original"

@@ -137,8 +137,9 @@ class Node:
         if age > grace:
             log.warning("this data directory was restored from a backup taken %.0f s ago, longer than "
                         "--tombstone-grace (%g s): a key deleted in the cluster since then, whose tombstone has "
-                        "been collected, comes back with this node's copy; to rejoin without that risk, start it "
-                        "on an empty data directory with --join", age, grace,
+                        "been collected, comes back with this node's copy; to rejoin one node without that risk, "
+                        "start it on an empty data directory with --join (not when every node is restored from "
+                        "backups taken together: there is then nothing else to copy from)", age, grace,
                         extra={"event": "old_backup", "age_s": round(age)})
 
     def start(self) -> None:
@@ -213,7 +214,7 @@ class Node:
             )
         if request.cluster is not None and request.cluster != self.config.cluster_id:
             raise ForbiddenError(
-                f"this node belongs to cluster {self.config.cluster_id!r}, not {request.cluster!r}"
+                f"node {self.config.node_id!r} belongs to cluster {self.config.cluster_id!r}, not {request.cluster!r}"
             )
         session.grant, handshake, session.handshake = self._default_grant, session.handshake, None
         session.member = None
@@ -257,8 +258,8 @@ class Node:
         if request.proof is None:
             if request.nonce is None:
                 raise ForbiddenError(
-                    "this node needs peers to prove the cluster secret, and this HELLO has no nonce "
-                    "(is the other node running with --insecure?)")
+                    f"node {config.node_id!r} needs its peers to prove the cluster secret, and this HELLO has no "
+                    "nonce: does the dialling node run with --insecure, or without --cluster-secret-file?")
             our_nonce = new_nonce()
             session.handshake = (dialer, request.nonce, our_nonce)
             return our_nonce, peer_proof(secret, ACCEPTOR, config.cluster_id, dialer, config.node_id,
@@ -363,9 +364,10 @@ class Node:
                 elif kind is DropPeerHints:
                     self.storage.drop_peer_hints(effect.peer)
                     self._hinting.discard(effect.peer)
-                    log.warning("stopped hinting peer %s: %s; its hints are dropped, and anti-entropy will bring it "
-                                "up to date once it is back", effect.peer, effect.reason,
-                                extra={"peer": effect.peer, "event": "hinting_abandoned"})
+                    catch_up = ("" if effect.peer not in self.core.peer_ids
+                                else ", and anti-entropy will bring it up to date once it is back")
+                    log.warning("stopped hinting peer %s: %s; its hints are dropped%s", effect.peer, effect.reason,
+                                catch_up, extra={"peer": effect.peer, "event": "hinting_abandoned"})
                 elif kind is CloseLink:
                     self.peers.reconnect(effect.peer)
                 elif kind is PeerStateChanged:
