@@ -27,7 +27,7 @@ from kvwire.bench.refill import refill
 from kvwire.bench.scale import scale
 from kvwire.bench.security_cost import security_cost
 from kvwire.bench.workload import DISTRIBUTIONS, parse_mix
-from kvwire.cli.client_io import read_token_file
+from kvwire.client.token_file import read_token_file
 
 
 class DefaultCommandGroup(click.Group):

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from kvwire import Client
-from kvwire.cli.client_io import MAX_JSON_VALUE_BYTES, MAX_TOKEN_FILE_BYTES, MAX_VALUE_BYTES
+from kvwire.cli.client_io import MAX_JSON_VALUE_BYTES, MAX_VALUE_BYTES
 from kvwire.cli.entry import interrupted_status
+from kvwire.client.token_file import MAX_TOKEN_FILE_BYTES
 from kvwire.protocol import Put, PutReply
 from kvwire.testing import (
     NodeProcess,

@@ -17,19 +17,16 @@ from typing import IO, Any
 
 import click
 
+from ..client import token_file
 from ..client.json_values import UnrepresentableJsonError, json_text, parse_json
 from ..protocol import DEFAULT_LIMITS
 
 # A value travels in one frame, and kvwire-cli speaks the default limits (keys are
-# checked, and replies read, against them): more bytes than a frame holds are no value.
+# checked against them): more bytes than a default frame holds are no value it sends.
 MAX_VALUE_BYTES = DEFAULT_LIMITS.max_frame_bytes
 # JSON may spell a value in more bytes than msgpack does: six for one (a control
 # character in a string is "\u0001"), four for three (bytes, as base64).
 MAX_JSON_VALUE_BYTES = 6 * MAX_VALUE_BYTES
-# A token is one line of a node's auth file, a few dozen characters; a file larger
-# than this holds something else (or is /dev/zero).
-MAX_TOKEN_FILE_BYTES = 4096
-
 
 class CommandFailed(Exception):
     """A command could not finish for a reason of its own, not the cluster's (exit 4).
@@ -65,19 +62,12 @@ def read_value(path: str, param: str, *, as_json: bool) -> tuple[str, bytes]:
 
 
 def read_token_file(path: Path) -> str:
-    """The token in the file at ``path``, whitespace around it dropped; a usage error naming
+    """The token in the file at ``path`` (kvwire.client.token_file); a usage error naming
     the file if it can't be read, is too large, is not UTF-8 or holds only whitespace."""
-    hint = "'--token-file'"
     try:
-        with open(path, "rb") as file:
-            raw = _read_at_most(file, MAX_TOKEN_FILE_BYTES,
-                                f"{path} is larger than {MAX_TOKEN_FILE_BYTES} bytes, too large for a token file", hint)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint=hint) from None
-    token = text_option(raw.decode("utf-8", "surrogateescape").strip(), hint, what=str(path))
-    if not token:
-        raise click.BadParameter(f"{path} is empty", param_hint=hint)
-    return token
+        return token_file.read_token_file(path)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--token-file'") from None
 
 
 def text_option(text: str, param_hint: str, *, what: str = "it") -> str:
