@@ -22,8 +22,10 @@ from kvwire.protocol.messages import (
 )
 from kvwire.server.config import ServerConfig, parse_cluster
 from kvwire.server.core import (
-    CloseLink, DropPeerHints, Entry, Joined, Load, NodeCore, Persist, Respond, SaveFloor, SaveRequests, Send, StoreHint,
+    CloseLink, DropPeerHints, Entry, Joined, Load, NodeCore, PeerStateChanged, Persist, Respond, SaveFloor, SaveRequests,
+    Send, StoreHint,
 )
+from kvwire.server.failure_detector import PeerState
 from kvwire.protocol.limits import REPAIR_BUCKETS
 from kvwire.server.core.buckets import BucketIndex, bucket_of
 
@@ -281,7 +283,10 @@ def test_a_silent_peer_is_marked_down_and_its_link_closed():
     pings = [s for s in effects_of(core, Send) if s.message_type is Ping]
     assert {p.peer for p in pings} == {"n2", "n3"}
     core.peer_reply("n2", pings[0].request_id if pings[0].peer == "n2" else pings[1].request_id, Pong(1), 0.05)
-    core.heard("n2", 0.55)
+    for now in (0.1, 0.2, 0.3, 0.4, 0.5):  # the heartbeat's cadence: a longer gap would be this node's stall
+        core.heard("n2", now)
+        core.tick(now)
+    assert effects_of(core, CloseLink) == []
     core.tick(0.6)  # n3 silent for 0.6 s > failure_timeout 0.5 s
     closes = effects_of(core, CloseLink)
     assert closes == [CloseLink("n3")]
@@ -982,6 +987,43 @@ def test_one_round_trip_comes_back_once_the_node_has_run_for_failure_timeout():
         now += 0.05
     core.take_effects()
     assert not first_put_looks_up(core, now)
+
+
+def peers_up_at(core, now):
+    link_all(core, now)
+    for peer in core.peer_ids:
+        core.heard(peer, now)
+    core.take_effects()
+
+
+def down_transitions(core):
+    return [e.transition.peer for e in effects_of(core, PeerStateChanged) if e.transition.state is PeerState.DOWN]
+
+
+def test_a_stall_of_this_node_marks_no_peer_down():
+    # The loop ran last at 0.1 and next at 2.1: timers run before the sockets are
+    # read, so the heartbeat's check comes before the frames the peers sent meanwhile.
+    core = make_core()
+    peers_up_at(core, 0.0)
+    core.tick(0.1)
+    core.take_effects()
+    core.tick(2.1)
+    assert down_transitions(core) == []
+    assert core.usable_peers() == ["n2", "n3"]
+
+
+def test_a_peer_silent_for_failure_timeout_after_the_stall_goes_down():
+    core = make_core()
+    peers_up_at(core, 0.0)
+    core.tick(0.1)
+    core.tick(2.1)
+    core.heard("n3", 2.1)
+    now = 2.1
+    while now < 2.8:  # the heartbeat's cadence, 0.1 s
+        now = round(now + 0.1, 6)
+        core.heard("n3", now)
+        core.tick(now)
+    assert down_transitions(core) == ["n2"]
 
 
 def test_the_mutant_one_trip_after_stall_trusts_a_put_read_after_a_stall():

@@ -183,6 +183,49 @@ def test_down_again_after_coming_back():
     assert fd.check(START + 2.75) == [Transition("n2", PeerState.DOWN, 0.75)]
 
 
+# --- a pause of this process ------------------------------------------------------------
+
+
+def test_time_this_process_did_not_run_is_no_peers_silence():
+    # Heard at 10.0 and 10.25; the process then stopped from 10.375 to 12.375.
+    fd = up_at(START)
+    fd.mark_heard("n3", START + 0.25)
+    fd.excuse(START + 0.375, START + 2.375)
+    assert fd.check(START + 2.375) == []
+    assert fd.silent_for("n2", START + 2.375) == 0.375
+    assert fd.silent_for("n3", START + 2.375) == 0.125
+
+
+def test_a_peer_still_silent_a_timeout_after_the_pause_goes_down():
+    fd = up_at(START)
+    fd.excuse(START + 0.25, START + 2.25)
+    assert fd.check(START + 2.5) == []  # 0.5 s of silence while running: not past the timeout
+    assert fd.check(START + 2.625) == [
+        Transition("n2", PeerState.DOWN, 0.625),
+        Transition("n3", PeerState.DOWN, 0.625),
+    ]
+
+
+def test_an_excused_pause_never_puts_hearing_in_the_future():
+    # Heard during the span (the shell may deliver a frame stamped after the
+    # pause before the core sees the pause): silence cannot go negative.
+    fd = up_at(START)
+    fd.mark_heard("n2", START + 2.0)
+    fd.excuse(START, START + 2.0)
+    assert fd.silent_for("n2", START + 2.0) == 0.0
+    assert fd.silent_for("n3", START + 2.0) == 0.0
+
+
+def test_excusing_no_time_changes_nothing():
+    fd = up_at(START)
+    fd.excuse(START + 0.25, START + 0.25)
+    fd.excuse(START + 0.25, START)  # a clock that went back is not a pause
+    assert fd.check(START + 0.625) == [
+        Transition("n2", PeerState.DOWN, 0.625),
+        Transition("n3", PeerState.DOWN, 0.625),
+    ]
+
+
 def test_transitions_are_counted_per_peer_and_state():
     fd = up_at(START)  # n2 UP, n3 UP
     now = START

@@ -159,6 +159,21 @@ def test_sigstop_is_detected_within_a_second_and_writes_go_on(cluster_without_fs
         wait_for(lambda: _local_read(client, "while-stopped-49") == 49, timeout=5, what="n3 catching up")
 
 
+def test_a_node_back_from_sigstop_marks_no_peer_down(cluster):
+    # Its peers were never silent: it was. The frames they sent while it was
+    # stopped wait in its sockets, read only after its first timer has run.
+    cluster["n3"].pause()
+    try:
+        cluster.wait_peers("n1", down=["n3"], timeout=2.0)  # stopped for a failure timeout at least
+    finally:
+        cluster["n3"].resume()
+    cluster.wait_peers("n1", up=["n3"], timeout=2.0)
+    cluster.wait_peers("n3", up=["n1", "n2"], timeout=2.0)
+    downs = {peer["node_id"]: peer["down_transitions"] for peer in cluster.health("n3")["cluster"]["nodes"]}
+    assert downs == {"n1": 0, "n2": 0}
+    assert "DOWN" not in cluster["n3"].log()
+
+
 def test_kill_9_of_one_node_costs_no_client_request(cluster):
     stop = threading.Event()
     acknowledged, failures, acks = {}, [], [0]

@@ -125,7 +125,8 @@ TARGETED = {
     # its majority held; its retry elsewhere was acknowledged lower, and the first tag
     # came back above later writes. Every fault kind, past CI's seeds (first seed 21740;
     # 10420 since the local commit overlaps replication, with the mutant committing
-    # first): the real core checks clean on it now.
+    # first; 37669, searching on from 11420, since a node's own stall is no peer's
+    # silence): the real core checks clean on it now.
     "stack-on-stranded": ["--faults", "crash,pause,partition,one-way,disk,network"],
     # A node that lost its disk finished a retried PUT's tentative tag counting its own
     # copy, which a write it had lost superseded: the PUT was acknowledged below that
@@ -143,7 +144,8 @@ TARGETED = {
     # Clients that give up after 0.6 s, as the client library does after its attempt
     # timeout: a first PUT waited on a stopped node while its retry was acknowledged
     # elsewhere, then went out in one round trip when the node resumed (seed 31; seed 390
-    # since the local commit overlaps replication).
+    # since the local commit overlaps replication; 10 since a node's own stall is no
+    # peer's silence).
     "one-trip-after-stall": ["--faults", "pause,network", "--client-timeout", "0.6"],
     # The same clients: a retry's LOOKUP tag was refused as superseded by n3, which kept
     # no record of its request; the first attempt, read when n1 ran again, took the
@@ -163,7 +165,9 @@ TARGETED = {
     # client's retry and a later write went in at (1, n3) and (2, n3), and (8, n1) came
     # back above them once n1 ran again (first seed 670; 2740 since the overlap, the
     # mutant committing first; 3642, searching on from 2740, since a gap of half the
-    # failure timeout is a stall).
+    # failure timeout is a stall; 6308, searching on from 3740, since a node's own
+    # stall is no peer's silence: 6098 before it failed only as undecided, its history
+    # linearizable with a larger --max-steps, so the search starts past it).
     "keep-floor-to-self": ["--faults", "pause,network", "--clients", "15", "--ops", "400",
                            "--client-timeout", "0.6"],
     # A write's commit here overlaps its REPLICATEs: killed mid-commit, a node
@@ -180,7 +184,8 @@ TARGETED = {
     # came to mint one tag twice: (3, n1) both a value and a tombstone (seed 597
     # until a joining node began its next round at once; 1716 since, searching on
     # from 1000; 4388, a read of an older value, since a joining round copies
-    # request records, searching on from 4000).
+    # request records, searching on from 4000; 14141, two values under one tag,
+    # searching on from 5000, since a node's own stall is no peer's silence).
     "join-by-live-digests": ["--faults", "crash,pause,partition,one-way,disk,network"],
     # A retried PUT applied a second time above a later write: its first attempt's
     # majority was n1 and n2, n1 lost its disk and joined without n2's request
@@ -194,9 +199,9 @@ TARGETED = {
 # seed 0 no longer reached them within the default count.
 SEARCH_FROM = {
     "ignore-observed": 2097,
-    "stack-on-stranded": 10420,
-    "keep-floor-to-self": 2740,
-    "join-by-live-digests": 4000,
+    "stack-on-stranded": 37000,
+    "keep-floor-to-self": 6100,
+    "join-by-live-digests": 14000,
     "join-without-requests": 3000,
 }
 
@@ -209,16 +214,16 @@ SEARCH_FROM = {
 # that stops catching its mutant falls back to the search, and warns with the seed
 # to pin instead.
 CAUGHT_ON = {
-    "no-lookup": 0, "no-write-back": 71, "ack-before-commit": 8, "no-tag-tiebreak": 1,
+    "no-lookup": 2, "no-write-back": 419, "ack-before-commit": 8, "no-tag-tiebreak": 1,
     "no-delete-condition": 34, "keep-silent-link": 7, "no-hint-replay": 1, "no-repair": 3,
-    "gc-without-evidence": 96, "no-floor": 464, "ignore-request-id": 44, "no-join-guard": 64,
+    "gc-without-evidence": 153, "no-floor": 464, "ignore-request-id": 44, "no-join-guard": 64,
     "count-newer-as-applied": 30, "retry-after-any-refusal": 65, "one-trip-retries": 310,
     "complete-over-newer": 184, "one-trip-over-floor": 560, "ignore-stranded": 117,
     "volatile-request-ids": 750, "ignore-observed": 2097, "forget-read-requests": 491,
-    "serve-in-progress": 181, "stack-on-stranded": 10420, "joining-vouches": 528,
-    "one-trip-after-stall": 390, "forget-superseded-requests": 629, "forget-late-commits": 479,
-    "keep-floor-to-self": 3642, "vote-after-lost-send": 134, "remint-lost-tags": 721,
-    "no-repair-while-joining": 55, "join-by-live-digests": 4388, "join-without-requests": 3194,
+    "serve-in-progress": 181, "stack-on-stranded": 37669, "joining-vouches": 528,
+    "one-trip-after-stall": 10, "forget-superseded-requests": 547, "forget-late-commits": 479,
+    "keep-floor-to-self": 6308, "vote-after-lost-send": 134, "remint-lost-tags": 721,
+    "no-repair-while-joining": 55, "join-by-live-digests": 14141, "join-without-requests": 3194,
 }
 
 
@@ -363,8 +368,8 @@ def test_clients_that_give_up_and_retry_elsewhere_check_clean(capsys):
 
 
 def test_a_replay_command_names_a_client_timeout_other_than_the_default(capsys):
-    assert main(["--seed", "390", "--seeds", "1", "--client-timeout", "0.6", "--faults", "pause,network",
-                 "--mutant", "one-trip-after-stall", "--json"]) == 1
+    assert main(["--seed", str(CAUGHT_ON["one-trip-after-stall"]), "--seeds", "1", "--client-timeout", "0.6",
+                 "--faults", "pause,network", "--mutant", "one-trip-after-stall", "--json"]) == 1
     replay = json.loads(capsys.readouterr().out)["replay"]
     assert "--client-timeout 0.6 " in replay
     assert main(["--seeds", "50", "--json", "--mutant", "no-lookup"]) == 1

@@ -66,6 +66,16 @@ class FailureDetector:
                 changed.append(self._move(peer, PeerState.DOWN, silent_for))
         return changed
 
+    def excuse(self, paused_from: float, now: float) -> None:
+        """This process did not run from ``paused_from`` to ``now`` (a stalled loop,
+        SIGSTOP, a suspended VM): that time is nobody's silence. Without this, the
+        first check after the pause would mark every peer DOWN before the frames
+        they sent meanwhile, already waiting in the sockets, are read."""
+        paused_for = now - paused_from
+        if paused_for > 0:
+            for peer, heard in self._last_heard.items():
+                self._last_heard[peer] = min(now, heard + paused_for)
+
     def is_up(self, peer: str) -> bool:
         return self._state[peer] is PeerState.UP
 

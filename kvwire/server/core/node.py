@@ -116,7 +116,8 @@ COMMITS_FIRST = frozenset({
 })
 # Likewise, remembering a firm tag's request when the disk refuses it moved seed
 # 21740, the one that reached ``stack-on-stranded``'s case, and no other was
-# found without this (10420 now, searched with this and COMMITS_FIRST in place).
+# found without this (10420 then, searched with this and COMMITS_FIRST in place;
+# 37669 since a node's own stall is no peer's silence).
 FORGETS_FAILED_READS = frozenset({"forget-failed-reads", "stack-on-stranded"})
 
 
@@ -230,6 +231,7 @@ class NodeCore:
         take the LOOKUP round without a warning.)"""
         if now - self.now > self.config.failure_timeout / 2:
             self.stalled_until = now + self.config.failure_timeout
+            self.detector.excuse(self.now, now)
         self.now = now
 
     def take_effects(self) -> list[Effect]:
