@@ -52,6 +52,9 @@ POLL_INTERVAL = 0.1
 # A `ctl start` waits this long for the main thread to start the node (it
 # polls every POLL_INTERVAL, and a start takes milliseconds).
 CTL_START_TIMEOUT = 10.0
+# ... and then for the node to answer PING, so that a script's next command finds
+# it serving; within ctl's 30 s wait for a reply (kvwire/cli/control.py).
+CTL_ANSWER_TIMEOUT = 15.0
 # kvwire serve variables each node must not share: `up` keeps them from its nodes.
 NOT_FOR_EVERY_NODE = frozenset({"KVWIRE_CLUSTER", "KVWIRE_HTTP_LISTEN", "KVWIRE_METRICS_LISTEN", "KVWIRE_JOIN"})
 
@@ -346,11 +349,26 @@ class _Watcher:
         except Exception as exc:  # the program would not start (missing, out of file descriptors...)
             raise ControlError(f"{name} could not be started: {exc}") from None
         _say(f"kvwire up: started {name} (kvwire up ctl start)")
-        if name in self.ports:
-            _say(self.node_line(child))
-        if getattr(child, "joining", False):
-            return f"{name} started with --join (its data directory was empty, its peers' are not), pid {child.pid}"
-        return f"{name} started, pid {child.pid}"
+        if name not in self.ports:  # haproxy
+            return f"{name} started, pid {child.pid}"
+        _say(self.node_line(child))
+        started_as = (f"{name} started with --join (its data directory was empty, its peers' are not), pid {child.pid}"
+                      if getattr(child, "joining", False) else f"{name} started, pid {child.pid}")
+        return f"{started_as}{self._answering(name, child)}"
+
+    def _answering(self, name: str, child: ChildProcess) -> str:
+        """Wait until the node just started answers PING (the reply then says nothing
+        more), exits (ControlError), or CTL_ANSWER_TIMEOUT passes (the reply says so)."""
+        deadline = time.monotonic() + CTL_ANSWER_TIMEOUT
+        while time.monotonic() < deadline:
+            if _answers_ping(self.host, self.ports[name], ssl_context=self._ssl_context):
+                return ""
+            status = child.returncode
+            if status is not None:
+                raise ControlError(f"{name} exited as it started ({_describe_status(status)}); its log is in "
+                                   "kvwire up's output")
+            time.sleep(POLL_INTERVAL)
+        return f", not answering PING after {CTL_ANSWER_TIMEOUT:g} s; its log is in kvwire up's output"
 
     def _start_requested(self) -> None:
         """Run the `ctl start` requests waiting (on the main thread)."""
