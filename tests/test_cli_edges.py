@@ -193,6 +193,9 @@ def test_a_value_nested_as_deep_as_a_node_takes_prints(cli, shared_node):
     (["--endpoints", ""], {}, "'' is not HOST:PORT"),
     ([], {"KVWIRE_TOKEN": "\udcff"}, "Invalid value for KVWIRE_TOKEN: it holds a byte that is not UTF-8 text, at offset 0"),
     (["--token-file", ""], {}, "the path is empty"),
+    (["--max-key-bytes", "0"], {}, "0 is not in the range x>=1"),
+    (["--max-key-bytes", "4294967295"], {}, "4294967295 is too large: a frame holding such a key"),
+    ([], {"KVWIRE_MAX_KEY_BYTES": "many"}, "'many' is not a valid integer"),
     (["--tls-ca", ""], {}, "the path is empty"),
     (["--tls-cert", ""], {}, "the path is empty"),
     (["-o", ""], {}, "'' is not one of"),
@@ -336,6 +339,19 @@ def test_the_bound_on_a_value_is_the_largest_frame(shared_node, tmp_path):
         file.write(b"x")
     over = run_cli("--endpoints", shared_node.address, "put", "k", "--value-file", str(path))
     assert over.returncode == 2 and f"holds more than {MAX_VALUE_BYTES} bytes" in over.stderr
+
+
+def test_keys_as_long_as_the_nodes_take_with_max_key_bytes(tmp_path):
+    key = "k" * 1500
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "normal", "--max-key-bytes", "2048"]) as node:
+        refused = run_cli("--endpoints", node.address, "put", key, "v")
+        assert refused.returncode == 2 and "key is 1500 bytes in UTF-8; the limit is 1024" in refused.stderr
+        assert run_cli("--endpoints", node.address, "--max-key-bytes", "2048", "put", key, "v").returncode == 0
+        read = run_cli("--endpoints", node.address, "get", key, env={"KVWIRE_MAX_KEY_BYTES": "2048"})
+        assert read.returncode == 0 and read.stdout == "v\n", read.stderr
+        # Past the node's own limit, the node refuses it.
+        over = run_cli("--endpoints", node.address, "--max-key-bytes", "4096", "put", "k" * 3000, "v")
+        assert over.returncode == 4 and "too large: key is longer than 2048 bytes" in over.stderr, over.stderr
 
 
 def test_a_token_file_from_dev_zero_is_a_usage_error_naming_it():

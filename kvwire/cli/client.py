@@ -25,11 +25,13 @@ from ..protocol import (
     DEFAULT_LIMITS,
     KeyNotFoundError,
     KvwireError,
+    Limits,
     ServerError,
     Version,
     format_endpoint,
     parse_endpoints,
 )
+from ..protocol.limits import FRAME_OVERHEAD_BYTES
 from .client_io import (
     CommandFailed,
     check_stdout,
@@ -110,8 +112,10 @@ class _Settings:
     """What the group's options decided, handed to the subcommands."""
 
     def __init__(self, endpoints: list[str], timeout: float, cluster: str | None, output: str,
-                 ssl_context: ssl.SSLContext | None = None, token: str | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, token: str | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.token = token
+        self.limits = limits
         self.endpoints = endpoints
         self.timeout = timeout
         self.cluster = cluster
@@ -146,10 +150,23 @@ def _cluster_id_option(ctx: click.Context, param: click.Parameter, value: str | 
 
 
 def _key_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    settings = ctx.find_object(_Settings)  # the group's callback has run: its options are read
     try:
-        return check_key(value, DEFAULT_LIMITS)
+        return check_key(value, settings.limits if settings is not None else DEFAULT_LIMITS)
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _max_key_bytes_option(ctx: click.Context, param: click.Parameter, value: int) -> Limits:
+    """The client's limits for keys of up to ``value`` bytes: a frame must still hold the
+    largest key with the largest value (kvwire.protocol.limits)."""
+    defaults = DEFAULT_LIMITS
+    try:
+        return Limits(max_key_bytes=value, max_value_bytes=defaults.max_value_bytes,
+                      max_frame_bytes=max(defaults.max_frame_bytes, value + defaults.max_value_bytes + FRAME_OVERHEAD_BYTES))
+    except ValueError:  # only the frame can be out of range: value is at least 1
+        raise click.BadParameter(f"{value} is too large: a frame holding such a key and a value of "
+                                 f"{defaults.max_value_bytes} bytes would not fit the 4-byte length prefix") from None
 
 
 class _Command(click.Command):
@@ -210,15 +227,26 @@ def _output_option(function: Callable) -> Callable:
     help="Read the access token (for nodes with an auth file) from this file, whitespace around it dropped; "
          "KVWIRE_TOKEN may hold the token itself.",
 )
+@click.option(
+    "--max-key-bytes",
+    "limits",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMITS.max_key_bytes,
+    show_default=True,
+    envvar="KVWIRE_MAX_KEY_BYTES",
+    show_envvar=True,
+    callback=_max_key_bytes_option,
+    help="Refuse a key longer than this, in UTF-8 bytes, before sending it: the nodes' --max-key-bytes.",
+)
 @client_tls_options
 @click.option("-o", "--output", type=OUTPUT_CHOICE, default="text", show_default=True, help="Output format.")
 @click.version_option(package_name="kvwire")
 @click.pass_context
 def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: str | None, token_file: Path | None,
-        output: str, **tls_options: Any) -> None:
+        limits: Limits, output: str, **tls_options: Any) -> None:
     """Talk to kvwire nodes: get, put and delete keys, and read a node's health."""
     ctx.obj = _Settings(endpoints, timeout, cluster_id, output, ssl_context=client_ssl_context(tls_options),
-                        token=_token(token_file))
+                        token=_token(token_file), limits=limits)
 
 
 def _token(path: Path | None) -> str | None:
@@ -325,7 +353,7 @@ def health(settings: _Settings, output: str | None) -> None:
 def _run(settings: _Settings, call: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         async with AsyncClient(settings.endpoints, timeout=settings.timeout, cluster=settings.cluster,
-                               tls=settings.ssl_context, token=settings.token) as client:
+                               tls=settings.ssl_context, token=settings.token, limits=settings.limits) as client:
             return await call(client)
 
     return asyncio.run(run())
