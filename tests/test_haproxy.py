@@ -301,6 +301,24 @@ def test_a_node_killed_under_load_is_out_within_a_second_and_no_acknowledged_wri
                     assert kv.get(key) == value, key
 
 
+def test_a_hung_node_is_out_within_two_seconds_and_back_once_it_runs(tmp_path, haproxy_binary):
+    # SIGSTOP: the connect still succeeds (the kernel accepts), so only the check's
+    # timeout takes the node out, slower than a kill's refused connect (the README's figure).
+    with LocalCluster(3, data_dir=tmp_path / "data", sync="normal") as cluster:
+        with HAProxyProcess.for_cluster(CONFIG, cluster, workdir=tmp_path) as lb:
+            lb.wait_all("kvwire_nodes", "UP")
+            cluster.pause("n3")
+            try:
+                out_after = lb.wait_status("kvwire_nodes", "n3", "DOWN", timeout=2.0)
+                with Client([lb.tcp_address], timeout=5) as kv:
+                    kv.put("while-n3-hangs", 1)  # the others take the traffic
+            finally:
+                cluster.resume("n3")
+            back_after = lb.wait_status("kvwire_nodes", "n3", "UP", timeout=3.0)
+            report_figures("haproxy_hung_node", {"out_ms": round(out_after * 1000, 1), "back_ms": round(back_after * 1000, 1)})
+            assert out_after < 2.0
+
+
 def test_without_a_majority_writes_fail_with_no_quorum_and_local_reads_work(tmp_path, haproxy_binary):
     cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="normal")
     with cluster:
