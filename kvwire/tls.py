@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
@@ -47,6 +47,25 @@ class TlsConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class FileNames:
+    """How messages name the three files: as the options that gave them (the CLI's,
+    the node's), or as the Python client's keyword arguments."""
+
+    cert: str
+    key: str
+    ca: str
+    quoted: bool  # the path as a Python string (``ca='x.pem'``), not an option's value
+
+    def of(self, which: str, path: str | os.PathLike) -> str:
+        name = getattr(self, which)
+        return f"{name}{os.fspath(path)!r}" if self.quoted else f"{name} {path}"
+
+
+OPTION_NAMES = FileNames("--tls-cert", "--tls-key", "--tls-ca", quoted=False)
+ARGUMENT_NAMES = FileNames("cert=", "key=", "ca=", quoted=True)
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     """A side's certificate and key (PEM), and the CA (PEM) it trusts; each may be None.
 
@@ -58,20 +77,22 @@ class TlsFiles:
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
+    names: FileNames = field(default=OPTION_NAMES, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name, option in (("cert", "--tls-cert"), ("key", "--tls-key"), ("ca", "--tls-ca")):
-            value = getattr(self, name)
+        names = self.names
+        for which in ("cert", "key", "ca"):
+            value = getattr(self, which)
             if value is None:
                 continue
             path = Path(value)
-            object.__setattr__(self, name, path)
+            object.__setattr__(self, which, path)
             if not path.is_file():
-                raise TlsConfigError(f"{option} {path}: no such file")
+                raise TlsConfigError(f"{names.of(which, path)}: no such file")
             if not os.access(path, os.R_OK):
-                raise TlsConfigError(f"{option} {path}: not readable")
+                raise TlsConfigError(f"{names.of(which, path)}: not readable")
         if (self.cert is None) != (self.key is None):
-            given, missing = ("--tls-cert", "--tls-key") if self.key is None else ("--tls-key", "--tls-cert")
+            given, missing = (names.cert, names.key) if self.key is None else (names.key, names.cert)
             raise TlsConfigError(f"{given} needs {missing}: a certificate and its private key go together")
 
 
@@ -80,14 +101,15 @@ def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> s
     present a certificate it signed. Raises TlsConfigError naming a file that will not load."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
-    _load_certificate(context, cert, key)
+    _load_certificate(context, cert, key, OPTION_NAMES)
     if client_ca is not None:
-        _load_ca(context, client_ca)
+        _load_ca(context, client_ca, OPTION_NAMES)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
-def client_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+def client_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None, *,
+                   names: FileNames = OPTION_NAMES) -> ssl.SSLContext:
     """The context a dialling side connects with: the server's certificate is checked
     against ``ca`` (None: the system's trusted CAs) and the host name dialled; ``cert``
     and ``key`` are presented when the server asks for a client certificate."""
@@ -96,20 +118,21 @@ def client_context(ca: Path | None = None, cert: Path | None = None, key: Path |
     if ca is None:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     else:
-        _load_ca(context, Path(ca))
+        _load_ca(context, Path(ca), names)
     if (cert is None) != (key is None):
         raise TlsConfigError("a client certificate needs its key, and a key its certificate")
     if cert is not None and key is not None:
-        _load_certificate(context, Path(cert), Path(key))
+        _load_certificate(context, Path(cert), Path(key), names)
     return context
 
 
 def optional_client_context(tls: bool | ssl.SSLContext | None = False, *, ca: str | os.PathLike | None = None,
                             cert: str | os.PathLike | None = None,
-                            key: str | os.PathLike | None = None) -> ssl.SSLContext | None:
+                            key: str | os.PathLike | None = None,
+                            names: FileNames = OPTION_NAMES) -> ssl.SSLContext | None:
     """A client's context from its options: ``tls`` True (or any file given) builds one
     with :func:`client_context`, a ready ``ssl.SSLContext`` is used as it is, and
-    False (or None) with no file means plain TCP (None)."""
+    False (or None) with no file means plain TCP (None). Errors name the files by ``names``."""
     if isinstance(tls, ssl.SSLContext):
         if ca is not None or cert is not None or key is not None:
             raise TlsConfigError("give either an ssl.SSLContext as tls or the ca, cert and key files, not both")
@@ -120,8 +143,8 @@ def optional_client_context(tls: bool | ssl.SSLContext | None = False, *, ca: st
         raise TlsConfigError(f"tls must be True, False or an ssl.SSLContext, got {tls!r}")
     if not tls and ca is None and cert is None and key is None:
         return None
-    files = TlsFiles(cert=cert, key=key, ca=ca)
-    return client_context(ca=files.ca, cert=files.cert, key=files.key)
+    files = TlsFiles(cert=cert, key=key, ca=ca, names=names)
+    return client_context(ca=files.ca, cert=files.cert, key=files.key, names=names)
 
 
 def describe_tls_error(error: BaseException) -> str:
@@ -158,34 +181,34 @@ def _harden(context: ssl.SSLContext) -> None:
     context.options |= ssl.OP_NO_COMPRESSION  # already OpenSSL 3's default; stated, not assumed
 
 
-def _load_ca(context: ssl.SSLContext, ca: Path) -> None:
+def _load_ca(context: ssl.SSLContext, ca: Path, names: FileNames) -> None:
     try:
         context.load_verify_locations(cafile=ca)
     except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(f"--tls-ca {ca}: not a PEM CA certificate ({_reason(exc)})") from None
+        raise TlsConfigError(f"{names.of('ca', ca)}: not a PEM CA certificate ({_reason(exc)})") from None
 
 
-def _load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+def _load_certificate(context: ssl.SSLContext, cert: Path, key: Path, names: FileNames) -> None:
     # load_cert_chain says "PEM lib" for a bad certificate and for a bad key
     # alike; loading the certificate alone first tells which file is at fault.
-    _check_certificate(cert)
+    _check_certificate(cert, names)
     try:
         context.load_cert_chain(cert, key, password=_refuse_password)
     except _EncryptedKey:
         raise TlsConfigError(
-            f"--tls-key {key}: the key is encrypted; kvwire needs it unencrypted (openssl pkey -in KEY -out PLAIN)"
+            f"{names.of('key', key)}: the key is encrypted; kvwire needs it unencrypted (openssl pkey -in KEY -out PLAIN)"
         ) from None
     except (ssl.SSLError, OSError) as exc:
         if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
-            raise TlsConfigError(f"--tls-key {key} is not the key of --tls-cert {cert}") from None
-        raise TlsConfigError(f"--tls-key {key}: not a PEM private key ({_reason(exc)})") from None
+            raise TlsConfigError(f"{names.of('key', key)} is not the key of {names.of('cert', cert)}") from None
+        raise TlsConfigError(f"{names.of('key', key)}: not a PEM private key ({_reason(exc)})") from None
 
 
-def _check_certificate(cert: Path) -> None:
+def _check_certificate(cert: Path, names: FileNames) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
     except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(f"--tls-cert {cert}: not a PEM certificate ({_reason(exc)})") from None
+        raise TlsConfigError(f"{names.of('cert', cert)}: not a PEM certificate ({_reason(exc)})") from None
 
 
 class _EncryptedKey(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -101,6 +102,19 @@ def test_a_file_that_will_not_load_is_named(tmp_path, certs, other):
     # Refused, never prompted for: a node under systemd has no terminal to prompt on.
     with pytest.raises(TlsConfigError, match="the key is encrypted"):
         server_context(certs.node.cert, encrypted)
+
+
+def test_the_python_client_names_a_bad_file_by_its_keyword_argument(tmp_path, certs, other):
+    # The CLI's flags mean nothing to a program that passed ca=...
+    with pytest.raises(TlsConfigError, match=re.escape(f"ca={str(tmp_path / 'none.pem')!r}: no such file")):
+        Client("127.0.0.1:1", ca=tmp_path / "none.pem")
+    with pytest.raises(TlsConfigError, match=re.escape(f"ca={str(certs.node.key)!r}: not a PEM CA certificate")):
+        Client("127.0.0.1:1", ca=certs.node.key)
+    with pytest.raises(TlsConfigError, match="^cert= needs key=: a certificate and its private key go together$"):
+        Client("127.0.0.1:1", cert=certs.client.cert)
+    with pytest.raises(TlsConfigError, match=re.escape(
+            f"key={str(other.client.key)!r} is not the key of cert={str(certs.client.cert)!r}")):
+        Client("127.0.0.1:1", cert=certs.client.cert, key=other.client.key)
 
 
 def test_contexts_have_modern_defaults(certs):

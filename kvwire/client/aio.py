@@ -37,7 +37,7 @@ from kvwire.protocol import (
 )
 
 from ..protocol.address import parse_endpoints
-from ..tls import optional_client_context
+from ..tls import ARGUMENT_NAMES, optional_client_context
 from .arguments import check_consistency, check_key, check_request_id, check_value, new_request_id
 from .connection import ClientConnection
 from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real
@@ -131,7 +131,7 @@ class AsyncClient:
         )
         self.limits = limits
         # None for plain TCP; loaded here, so a bad file raises before any call.
-        self.ssl_context = optional_client_context(tls, ca=ca, cert=cert, key=key)
+        self.ssl_context = optional_client_context(tls, ca=ca, cert=cert, key=key, names=ARGUMENT_NAMES)
         connect = functools.partial(
             ClientConnection.open, connect_timeout=self.connect_timeout, limits=limits, cluster=cluster, token=token,
             ssl_context=self.ssl_context,
