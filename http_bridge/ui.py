@@ -138,7 +138,9 @@ async def _node_health(endpoint: str, client: AsyncClient) -> dict[str, Any]:
 
 
 def _name_unreachable_nodes(nodes: list[dict[str, Any]]) -> None:
-    """Give an unreachable node the id its reachable peers list at its address."""
+    """Give an unreachable node the id its reachable peers list at its address; failing
+    that (the bridge's endpoints spelled otherwise than the peers' addresses: a host
+    name for an IP), the one member id left over, when exactly one node is left unnamed."""
     known: dict[str, str] = {}
     for node in nodes:
         if not node["reachable"]:
@@ -150,11 +152,17 @@ def _name_unreachable_nodes(nodes: list[dict[str, Any]]) -> None:
     for node in nodes:
         if not node["reachable"]:
             node["node_id"] = known.get(node["endpoint"])
+    unnamed = [node for node in nodes if node["node_id"] is None]
+    left_over = set(known.values()) - {node["node_id"] for node in nodes}
+    if len(unnamed) == 1 and len(left_over) == 1 and not unnamed[0]["reachable"]:
+        unnamed[0]["node_id"] = left_over.pop()
 
 
 async def _redirect_to_page(request: web.Request) -> web.Response:
     # The page's files are relative to it, so it must be read from the folder's URL.
-    raise web.HTTPPermanentRedirect(f"{UI_PATH}/")
+    # Relative, as the page's own requests are, so that a proxy's path prefix stays.
+    query = f"?{request.query_string}" if request.query_string else ""
+    raise web.HTTPPermanentRedirect(f"{UI_PATH.rsplit('/', 1)[-1]}/{query}")
 
 
 async def _page(request: web.Request) -> web.Response:

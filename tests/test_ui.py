@@ -241,6 +241,9 @@ def test_the_key_browser_puts_gets_and_deletes(page):
     assert "not JSON" in page.find_element(By.ID, "kb-status").text
     status, _ = key_browser(page, "get", "")
     assert status == "" and page.find_element(By.ID, "kb-status").text == "Enter a key."
+    for dots in (".", ".."):  # a browser would resolve them as path segments and ask another URL
+        status, _ = key_browser(page, "get", dots)
+        assert status == "" and "cannot be named in a URL" in page.find_element(By.ID, "kb-status").text
 
 
 def test_a_killed_node_shows_down_at_once_and_up_again_after_its_restart(page, cluster):
@@ -268,6 +271,38 @@ def test_a_killed_node_shows_down_at_once_and_up_again_after_its_restart(page, c
     for node_id in ("n1", "n3"):
         wait(page, lambda: peer_states(page, node_id).get("n2") == "UP", 5.0,
              lambda: f"{node_id} seeing n2 UP: {peer_states(page, node_id)}")
+
+
+def test_a_bridge_that_stops_answering_leaves_no_state_shown_as_current(browser, cluster, tmp_path):
+    with BridgeProcess(cluster.endpoints, log_path=tmp_path / "bridge.log") as own:
+        browser.get(f"{own.url}{UI}/")
+        wait(browser, lambda: node_states(browser) == dict.fromkeys(NODES, "UP"), 15.0,
+             lambda: f"every node UP; the page shows {node_states(browser)}")
+    # The page's bridge is gone: every card, badge and the summary say so.
+    wait(browser, lambda: node_states(browser) == dict.fromkeys(NODES, "UNKNOWN"), 5.0,
+         lambda: f"every node UNKNOWN; the page shows {node_states(browser)}")
+    assert [card(browser, node_id)["badge"] for node_id in NODES] == ["UNKNOWN"] * 3
+    summary = browser.find_element(By.ID, "summary")
+    assert summary.text == "Node states unknown: the bridge did not answer" and summary.get_attribute("class") == "bad"
+
+
+def test_showing_the_tab_during_a_slow_poll_starts_no_second_loop(page, cluster):
+    # With n3 stopped, each poll waits 0.4 s on its HEALTH: a visibilitychange then
+    # finds no timer set, and must not start a loop beside the one in flight.
+    cluster.pause("n3")
+    try:
+        wait(page, lambda: node_states(page).get("n3") == "DOWN", DOWN_WITHIN_S, lambda: f"n3 DOWN: {node_states(page)}")
+        page.execute_script("performance.clearResourceTimings();")
+        started = time.monotonic()
+        while time.monotonic() - started < 2.0:
+            page.execute_script("document.dispatchEvent(new Event('visibilitychange'));")
+            time.sleep(0.05)  # the pace of the events under test, not a wait for a condition
+        polls = page.execute_script(
+            "return performance.getEntriesByType('resource').filter(e => e.name.endsWith('/ui/cluster')).length;")
+    finally:
+        cluster.resume("n3")
+    # One loop polls at most every 500 ms (and here each poll takes 0.4 s): 2 s allow 5 at most.
+    assert polls <= 5, f"{polls} polls in 2 s: more than one polling loop"
 
 
 # --- what the bridge serves --------------------------------------------------------------
@@ -305,9 +340,27 @@ def test_an_unreachable_node_is_reported_with_why(cluster, tmp_path):
     assert dead in unreachable["error"]
 
 
+def test_a_down_node_spelled_otherwise_than_its_peers_list_it_is_still_named(cluster, tmp_path):
+    # n3 as "127.3:PORT", which its peers list as 127.0.0.3:PORT: the one member id left over.
+    third = cluster.endpoints[2].replace("127.0.0.3", "127.3")
+    with BridgeProcess([*cluster.endpoints[:2], third], log_path=tmp_path / "bridge.log") as other:
+        cluster.kill("n3")
+        try:
+            status, _, body = rest(other, "GET", f"{UI}/cluster")
+        finally:
+            cluster.start("n3")
+            cluster.wait_ready("n3")
+    assert status == 200
+    down = json.loads(body)["nodes"][2]
+    assert down["endpoint"] == third and down["reachable"] is False and down["node_id"] == "n3", down
+
+
 def test_the_page_and_its_files_are_served_with_their_types(bridge):
+    # Relative, so that a proxy's path prefix stays; the query goes along.
     status, headers, _ = rest(bridge, "GET", UI)
-    assert status == 308 and headers["location"] == f"{UI}/"
+    assert status == 308 and headers["location"] == "ui/"
+    status, headers, _ = rest(bridge, "GET", f"{UI}?refresh=1")
+    assert status == 308 and headers["location"] == "ui/?refresh=1"
     expected = {f"{UI}/": "text/html", f"{UI}/ui.js": "text/javascript", f"{UI}/ui.css": "text/css",
                 f"{UI}/favicon.svg": "image/svg+xml"}
     for path, content_type in expected.items():

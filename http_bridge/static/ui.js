@@ -13,6 +13,8 @@
   // endpoint -> {nodeId, upSince, downSince}: what earlier polls said, to name a node that is down.
   const seen = new Map();
   let timer = null;
+  // A poll is waiting on the bridge: showing the tab again then must not start a second loop.
+  let inFlight = false;
 
   // --- DOM helpers -------------------------------------------------------------------
 
@@ -144,7 +146,7 @@
         el("span", { class: "endpoint" }, node.endpoint),
         badge("DOWN")),
       el("p", { class: "error" }, node.error || "unreachable"),
-      el("dl", null, ...field("Unreachable for", seconds((now - downSince) / 1000))),
+      el("dl", null, ...field("Seen down for", seconds((now - downSince) / 1000), { class: "down-for" })),
       viewsTable(views),
     );
     if (nodeId) card.dataset.nodeId = nodeId;
@@ -202,16 +204,23 @@
     banner.textContent = message ?? "";
   }
 
+  // The bridge did not answer: what the cards show is from an earlier poll, so no
+  // state, summary or badge may still read as current.
   function markStale() {
     for (const card of $("nodes").children) {
       card.classList.add("stale");
       card.dataset.state = "UNKNOWN";
+      card.querySelector("header .badge")?.replaceWith(badge("UNKNOWN"));
     }
+    const summary = $("summary");
+    summary.textContent = "Node states unknown: the bridge did not answer";
+    summary.className = "bad";
   }
 
   async function poll() {
     timer = null;
-    if (document.hidden) return; // resumed by visibilitychange
+    if (document.hidden || inFlight) return; // resumed by visibilitychange, or the poll in flight goes on
+    inFlight = true;
     const started = performance.now();
     const controller = new AbortController();
     const abort = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
@@ -226,12 +235,13 @@
       showBanner(`The bridge did not answer (${error.name === "AbortError" ? "timed out" : error.message}); node states are unknown.`);
     } finally {
       clearTimeout(abort);
+      inFlight = false;
     }
     timer = setTimeout(poll, Math.max(0, POLL_MS - (performance.now() - started)));
   }
 
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden && timer === null) poll();
+    if (!document.hidden && timer === null && !inFlight) poll();
   });
 
   // --- the key browser ---------------------------------------------------------------
@@ -249,6 +259,11 @@
     const key = $("kb-key").value;
     if (key === "") {
       showResult(null, "Enter a key.", "");
+      return;
+    }
+    if (key === "." || key === "..") {
+      // A browser resolves them as path segments (percent-encoded too) before sending.
+      showResult(null, `The key "${key}" cannot be named in a URL; use kvwire-cli or the Python client.`, "");
       return;
     }
     let url;
