@@ -320,6 +320,14 @@ def test_control_commands_stop_kill_and_start_one_node(tmp_path):
         status = status_of(tmp_path)
         assert list(status) == ["n1", "n2", "n3"]
         assert all(fields[0] == "running" and fields[-2:] == ["answers", "PING"] for fields in status.values()), status
+        # Asked afresh each time: a hung node still runs, but does not answer.
+        n1_pid = up.nodes()["n1"][1]
+        os.kill(n1_pid, signal.SIGSTOP)
+        try:
+            hung = status_of(tmp_path)["n1"]
+        finally:
+            os.kill(n1_pid, signal.SIGCONT)
+        assert hung[0] == "running" and "answers" not in hung, hung
 
         stopped = ctl(tmp_path, "stop", "n2")
         assert stopped.returncode == 0, stopped.stderr

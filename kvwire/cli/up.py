@@ -304,7 +304,7 @@ class _Watcher:
     def handle_control(self, request: dict) -> dict:
         """One `kvwire up ctl` request (on the control socket's thread); ControlError refuses it."""
         if request["command"] == "status":
-            states = [{**asdict(state), "answers": state.state == "running" and self._answers(state.name)}
+            states = [{**asdict(state), "answers": state.state == "running" and self._answers_now(state.name)}
                       for state in self.supervisor.states()]
             return {"ok": True, "children": states}
         name = request.get("node")
@@ -391,6 +391,13 @@ class _Watcher:
 
     def _restarts(self, name: str) -> int:
         return next(state.restarts for state in self.supervisor.states() if state.name == name)
+
+    def _answers_now(self, name: str) -> bool:
+        """Whether ``name`` answers PING now, asked afresh: a node that answered once may
+        have hung since (SIGSTOP) and still be running."""
+        if name not in self.ports:
+            return self._answers(name)
+        return _answers_ping(self.host, self.ports[name], ssl_context=self._ssl_context)
 
     def _answers(self, node_id: str) -> bool:
         child = self.supervisor.child(node_id)
