@@ -110,6 +110,16 @@ async def test_close_commits_what_is_queued(tmp_path):
         await storage.close()
 
 
+async def test_the_opening_log_line_counts_live_keys_and_tombstones_apart(tmp_path, caplog):
+    storage = await open_storage(tmp_path)
+    await asyncio.gather(*(put(storage, f"k{i}", 1, i) for i in range(3)))
+    await storage.write("gone", Version(2, "n1"), True, None, None)
+    await storage.close()
+    with caplog.at_level("INFO", logger="kvwire.storage"):
+        await (await open_storage(tmp_path)).close()
+    assert "3 keys and 1 tombstones" in caplog.text, caplog.text  # as kvwire backup counts them
+
+
 async def test_a_data_dir_is_tied_to_its_node_id(tmp_path):
     await (await open_storage(tmp_path)).close()
     with pytest.raises(DataDirError, match="belongs to node 'n1'"):

@@ -259,8 +259,10 @@ class Storage:
                 raise DataDirError(_cannot_use(path, exc)) from None
             raise
         entries = storage.loaded_entries
-        log.info("opened %s: %d keys (%d tombstones), sync=%s", path, len(entries),
-                 sum(entry.deleted for entry in entries.values()), sync.value)
+        tombstones = sum(entry.deleted for entry in entries.values())
+        # Counted as kvwire backup counts them: live keys, then tombstones.
+        log.info("opened %s: %d keys and %d tombstones, sync=%s", path, len(entries) - tombstones, tombstones,
+                 sync.value)
         return storage
 
     async def _load(self) -> None:
