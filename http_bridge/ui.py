@@ -116,7 +116,8 @@ async def cluster(request: web.Request) -> web.Response:
     _name_unreachable_nodes(nodes)
     document = {"endpoints": list(clients), "timeout_s": HEALTH_TIMEOUT, "nodes": nodes}
     return web.Response(
-        text=to_json_text(document), content_type="application/json", headers={"Cache-Control": "no-store"}
+        text=to_json_text(document), content_type="application/json",
+        headers={"Cache-Control": "no-store", **SECURITY_HEADERS},
     )
 
 

@@ -311,7 +311,7 @@ def test_showing_the_tab_during_a_slow_poll_starts_no_second_loop(page, cluster)
 def test_the_cluster_endpoint_reports_every_node(bridge, cluster):
     status, headers, body = rest(bridge, "GET", f"{UI}/cluster")
     assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
-    assert headers["cache-control"] == "no-store"
+    assert headers["cache-control"] == "no-store" and headers["x-content-type-options"] == "nosniff"
     document = json.loads(body)
     assert document["endpoints"] == cluster.endpoints
     assert [node["endpoint"] for node in document["nodes"]] == cluster.endpoints
