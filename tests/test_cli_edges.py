@@ -244,7 +244,9 @@ def interrupt_after(command, delay, tmp_path, env, **popen):
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-            env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+            # Faulthandler: a process still running long after the SIGINT is sent SIGABRT,
+            # which prints every thread's stack, so that a failure says where it was.
+            env={**env, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONFAULTHANDLER": "1"},
             # As a terminal's foreground job gets it (see test_cli.test_ctrl_c_exits_130_quietly).
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen,
         )
@@ -254,11 +256,20 @@ def interrupt_after(command, delay, tmp_path, env, **popen):
         time.sleep(delay)  # the delay is what is tested: where in its start the signal lands
         assert process.poll() is None, f"exited on its own: {process.returncode}\n{stderr_path.read_text()}"
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=10)
+            pytest.fail(f"still running 30 s after SIGINT ({delay} s after the entry module took it over); its "
+                        f"stderr, stacks last:\n{_without_import_times(stderr_path)}", pytrace=False)
     finally:
         stop_gracefully(process)
-    lines = stderr_path.read_text().splitlines(keepends=True)
-    return process.returncode, "".join(line for line in lines if "import time:" not in line)
+    return process.returncode, _without_import_times(stderr_path)
+
+
+def _without_import_times(stderr_path) -> str:
+    return "".join(line for line in stderr_path.read_text().splitlines(keepends=True) if "import time:" not in line)
 
 
 @pytest.mark.parametrize("delay", EARLY)
