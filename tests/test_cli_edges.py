@@ -2,7 +2,9 @@
 that is closed or whose reader left, values JSON cannot carry, option values that
 are almost right, inputs without end, and a Ctrl-C before the program is running."""
 
+import asyncio
 import json
+import logging
 import math
 import os
 import re
@@ -297,6 +299,31 @@ def test_ctrl_c_while_a_server_starts_exits_0_quietly(tmp_path, server, delay):
     code, stderr = interrupt_after(SERVERS[server](str(tmp_path / "data")), delay, tmp_path, clean_env(), cwd=tmp_path)
     assert code == 0, stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr, stderr
+
+
+def test_a_ctrl_c_whose_exit_was_swallowed_still_stops_a_server_as_it_starts(monkeypatch, caplog):
+    # The entry point's handler ran, but its SystemExit was raised inside a finalizer
+    # (a generator the garbage collector closed), where Python only reports it.
+    from kvwire.cli import early_sigint, entry
+    from kvwire.cli.signals import run_until_stop_signal
+
+    monkeypatch.setattr(early_sigint, "received", False)
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert entry._exit_on_sigint(0)
+        with pytest.raises(SystemExit):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # swallowed by whatever it ran in
+
+        async def serve(stop):
+            await asyncio.wait_for(stop.wait(), timeout=2)  # without the fix: TimeoutError
+            return "stopped"
+
+        with caplog.at_level("INFO", logger="test-signals"):
+            assert run_until_stop_signal(serve, logging.getLogger("test-signals"), "stopping") == "stopped"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "received SIGINT; stopping" in caplog.text
 
 
 def test_an_early_ctrl_c_exits_as_the_command_documents_a_later_one():

@@ -5,13 +5,15 @@ tenth of a second or more, and a Ctrl-C meanwhile used to end in a
 KeyboardInterrupt traceback. These functions import nothing heavy before they
 take over SIGINT: until a command installs its own handling, a Ctrl-C ends the
 process quietly, with the status the README gives a Ctrl-C of that command.
-Only the standard library may be imported here.
+Only the standard library (and early_sigint, which imports nothing) may be imported here.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+
+from . import early_sigint
 
 # kvwire-cli, and any kvwire command interrupted before it did its work: 128 + SIGINT, as shells report it.
 EXIT_INTERRUPTED = 130
@@ -58,6 +60,7 @@ def _exit_on_sigint(status: int) -> bool:
         return False
 
     def interrupted(signum: int, frame: object) -> None:
+        early_sigint.received = True  # in case the SystemExit is swallowed where it is raised
         raise SystemExit(status)
 
     signal.signal(signal.SIGINT, interrupted)

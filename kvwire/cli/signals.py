@@ -12,6 +12,8 @@ import logging
 import signal
 from typing import Awaitable, Callable, TypeVar
 
+from . import early_sigint
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 T = TypeVar("T")
@@ -22,7 +24,9 @@ def run_until_stop_signal(serve: Callable[[asyncio.Event], Awaitable[T]], log: l
 
     ``stop`` is set on the first SIGTERM or SIGINT, after logging "received
     SIGTERM; <stopping>" on ``log``. The handlers are installed before
-    ``serve`` starts, so a signal during startup also ends in a clean stop.
+    ``serve`` starts, so a signal during startup also ends in a clean stop;
+    so does a SIGINT that reached the entry point's handler earlier but whose
+    SystemExit was swallowed on the way (kvwire.cli.early_sigint).
     """
     import uvloop
 
@@ -31,6 +35,8 @@ def run_until_stop_signal(serve: Callable[[asyncio.Event], Awaitable[T]], log: l
         stop = asyncio.Event()
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, _on_signal, signum, stop, log, stopping)
+        if early_sigint.received:
+            _on_signal(signal.SIGINT, stop, log, stopping)
         return await serve(stop)
 
     return uvloop.run(main())
