@@ -93,6 +93,11 @@ class Up:
     def wait_exit(self, timeout: float = 30.0) -> int:
         return self.process.wait(timeout=timeout)
 
+    def stop_cleanly(self, signum: int = signal.SIGINT) -> None:
+        """Ctrl-C (or SIGTERM) to ``kvwire up``, which must stop every node and exit 0."""
+        self.process.send_signal(signum)
+        assert self.wait_exit(timeout=30) == 0, self.stderr
+
     def cleanup(self) -> None:
         """If the test failed half-way: leave no process behind, and none still exiting
         (holding its port or data directory) when this returns."""
@@ -261,8 +266,7 @@ def test_a_killed_node_is_restarted_and_the_cluster_is_healthy_again_within_5_s(
         with Client(addresses[1]) as restarted:
             assert restarted.get("before-the-kill") == "kept"
 
-        up.process.send_signal(signal.SIGTERM)
-        assert up.wait_exit(timeout=30) == 0, up.stderr
+        up.stop_cleanly(signal.SIGTERM)
         assert "every node stopped cleanly" in up.stdout and "Traceback" not in up.stderr
     finally:
         up.cleanup()
@@ -286,8 +290,7 @@ def test_haproxy_keeps_serving_while_a_killed_node_comes_back(tmp_path):
             through_haproxy.put("k", "v2")  # haproxy, and the two other nodes, kept running
             assert through_haproxy.get("k") == "v2"
         assert up.process.poll() is None
-        up.process.send_signal(signal.SIGTERM)
-        assert up.wait_exit(timeout=30) == 0, up.stderr
+        up.stop_cleanly(signal.SIGTERM)
         assert not (tmp_path / "data" / "haproxy.sock").exists()
         assert not re.search(r"^haproxy \| .*\[ALERT\]", up.stderr, re.MULTILINE), up.stderr
     finally:
@@ -358,8 +361,7 @@ def test_control_commands_stop_kill_and_start_one_node(tmp_path):
         for result in (again, unknown):
             assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
-        up.process.send_signal(signal.SIGINT)
-        assert up.wait_exit(timeout=30) == 0, up.stderr
+        up.stop_cleanly()
         assert not (tmp_path / "data" / "up.sock").exists()
         gone = ctl(tmp_path, "status")
         assert gone.returncode == 1
@@ -486,8 +488,7 @@ def test_a_second_up_on_the_same_data_directory_is_refused(tmp_path):
         assert f"another kvwire up is running on data directory {tmp_path / 'data'}" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and not answers_ping(f"127.0.0.1:{other_base}")
         assert (tmp_path / "data" / "up.sock").is_socket()  # the first one's, untouched
-        up.process.send_signal(signal.SIGTERM)
-        assert up.wait_exit(timeout=30) == 0, up.stderr
+        up.stop_cleanly(signal.SIGTERM)
     finally:
         up.cleanup()
 
@@ -602,8 +603,7 @@ def test_a_node_refusing_its_data_directory_after_the_start_stays_down_and_the_o
         assert ctl(tmp_path, "start", "n2").returncode == 0
         assert answers_ping(f"127.0.0.1:{base + 1}")  # ctl start returns once it answers
         assert "restarting" not in up.stderr and "Traceback" not in up.stderr
-        up.process.send_signal(signal.SIGINT)
-        assert up.wait_exit(timeout=30) == 0, up.stderr
+        up.stop_cleanly()
     finally:
         up.cleanup()
 
@@ -626,8 +626,7 @@ def test_variables_no_two_nodes_can_share_are_kept_from_them(tmp_path):
             assert health["joining"] is False
             assert health["cluster"]["failure_timeout_ms"] == 800  # the others reach every node
         assert "restarting" not in up.stderr
-        up.process.send_signal(signal.SIGINT)
-        assert up.wait_exit(timeout=30) == 0, up.stderr
+        up.stop_cleanly()
     finally:
         up.cleanup()
 
@@ -657,8 +656,7 @@ def test_a_single_node_runs_alone(tmp_path):
         with Client(f"127.0.0.1:{base}") as client:
             assert client.health()["cluster"]["replication_enabled"] is False
         assert "REST API" not in up.stdout and "--http-listen" not in up.stderr
-        up.process.send_signal(signal.SIGINT)
-        assert up.wait_exit(timeout=30) == 0, up.stderr
+        up.stop_cleanly()
     finally:
         up.cleanup()
 
