@@ -35,6 +35,7 @@ from kvwire.client.json_values import version_json
 
 from .config import BridgeConfig
 from .handed_over import read_body, watched
+from .hosts import HostCheck
 from .metrics import METRICS, add_metrics
 from .openapi import openapi_document
 from .values import UnrepresentableValueError, parse_put_body, to_json_text
@@ -63,6 +64,11 @@ CLIENTS = web.AppKey("clients", object)
 # Node clients kept for distinct bearer tokens; each holds a connection per node.
 MAX_TOKEN_CLIENTS = 64
 OPENAPI_TEXT = web.AppKey("openapi_text", str)
+# The Host check of a plain-HTTP bridge (hosts.py); None when it answers any Host.
+HOSTS = web.AppKey("hosts", object)
+# Paths answered whatever the Host: load balancers' checks and Prometheus name
+# a bridge as they were told to, and neither path reads a key.
+ANY_HOST_PATHS = frozenset({f"{PREFIX}/health/", f"{PREFIX}/health", "/metrics"})
 # Set on a request whose connection must close after its answer (its body could not be read).
 CLOSE_AFTER = "kvwire_close_after"
 
@@ -97,11 +103,12 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
     node in the process instead (kvwire.server.in_process).
     """
     app = web.Application(
-        middlewares=[watched, _json_errors],
+        middlewares=[watched, _known_hosts, _json_errors],
         client_max_size=config.max_body_bytes,
         handler_args={"max_line_size": max_request_line(config.limits)},
     )
     app[CONFIG] = config
+    app[HOSTS] = HostCheck(config.allowed_hosts) if config.checks_hosts else None
     app.cleanup_ctx.append(functools.partial(_client_context, make_client=make_client))
     for path in (KV_ROUTE, KV_ROUTE.rstrip("/")):
         app.router.add_get(path, get_key)
@@ -428,6 +435,18 @@ def internal_error_answer(method: str, path: str) -> Answer:
     """Anything unexpected: logged here with its traceback (call it in an ``except``), 500 without one."""
     log.exception("%s %s failed", method, path)
     return json_error_answer(500, "internal error in the HTTP bridge; the bridge's log has the details")
+
+
+@web.middleware
+async def _known_hosts(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Refuse a request whose Host this bridge does not answer for (hosts.py); the fast path
+    hands such requests to aiohttp, so this is the one place they are refused."""
+    check = request.app[HOSTS]
+    if check is not None and request.path not in ANY_HOST_PATHS:
+        host = request.headers.get("Host")
+        if not check.allows(host):
+            return _response(json_error_answer(*check.refusal(host)))
+    return await handler(request)
 
 
 @web.middleware

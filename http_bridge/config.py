@@ -14,6 +14,8 @@ from kvwire.client import RetryPolicy
 from kvwire.protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints
 from kvwire.tls import TlsFiles, client_context, server_context
 
+from .hosts import normalize_allowed_host
+
 DEFAULT_LISTEN_PORT = 8000
 # A value's limit is on its msgpack encoding (1 MiB by default); its JSON
 # text is bigger: base64 adds a third to bytes, and a string of control
@@ -62,6 +64,9 @@ class BridgeConfig:
     max_connections: int = 1024
     idle_timeout: float = 75.0
     request_timeout: float = 10.0
+    # Host names a plain-HTTP bridge answers for besides IP addresses and
+    # localhost ("*": any), against DNS rebinding (hosts.py).
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -93,6 +98,15 @@ class BridgeConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.tls is not None and not isinstance(self.tls, TlsFiles):
             raise ValueError(f"tls must be a kvwire.tls.TlsFiles or None, got {type(self.tls).__name__}")
+        if isinstance(self.allowed_hosts, str):
+            raise ValueError(f"allowed_hosts must be a sequence of host names, not the string {self.allowed_hosts!r}")
+        object.__setattr__(self, "allowed_hosts", tuple(dict.fromkeys(
+            normalize_allowed_host(name) for name in self.allowed_hosts)))
+
+    @property
+    def checks_hosts(self) -> bool:
+        """Whether requests' Host is checked (hosts.py): over plain HTTP, unless any host is allowed."""
+        return not self.https and "*" not in self.allowed_hosts
 
     @property
     def listen(self) -> str:

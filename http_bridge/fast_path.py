@@ -33,6 +33,7 @@ from kvwire.client import KvwireError
 
 from .app import (
     CONFIG,
+    HOSTS,
     KV_PATH,
     PREFIX,
     REQUEST_ID_HEADERS,
@@ -88,13 +89,14 @@ _NEED_DATA = object()  # parse(): the request is not all here yet
 
 
 class Request:
-    __slots__ = ("method", "raw_path", "consistency", "authorization", "request_ids", "body", "close", "route")
+    __slots__ = ("method", "raw_path", "consistency", "host", "authorization", "request_ids", "body", "close", "route")
 
     def __init__(self, method: str, raw_path: str, consistency: str | None, headers: dict[bytes, bytes],
                  body: bytes, route: str) -> None:
         self.method = method
         self.raw_path = raw_path
         self.consistency = consistency
+        self.host = headers[b"host"].decode()  # parse() hands over a request without one
         authorization = headers.get(b"authorization")
         self.authorization = authorization.decode() if authorization is not None else None
         self.request_ids = [_text(headers.get(name)) for name in _REQUEST_ID_NAMES]
@@ -200,6 +202,7 @@ class FastPath:
         self.app = runner.app
         self.server = runner.server  # aiohttp's protocol factory, for connections handed over
         self.config = self.app[CONFIG]
+        self.hosts = self.app[HOSTS]
         self.metrics = self.app.get(METRICS)
         self.parse_requests = parse_requests
         self.connections: set[FastPathProtocol] = set()
@@ -334,6 +337,9 @@ class FastPathProtocol(asyncio.Protocol):
                 self._close()
             return
         parsed = parse(self._buffer, self._shared.config.max_body_bytes)
+        hosts = self._shared.hosts
+        if hosts is not None and type(parsed) is tuple and not hosts.allows(parsed[0].host):
+            parsed = _HAND_OVER  # aiohttp's middleware refuses it (app._known_hosts), as on any route
         if self._finishing_partial and (parsed is _HAND_OVER or (parsed is _NEED_DATA and self._eof)):
             self._close()  # aiohttp's server is stopping too: nothing to hand over to
             return

@@ -67,7 +67,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "404": {"$ref": _RESPONSES + "NotFound"},
                         "406": {"$ref": _RESPONSES + "NotRepresentable"},
-                        **_access_failures(),
+                        **_access_failures(config),
                         **_cluster_failures(),
                     },
                 },
@@ -121,7 +121,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "413": {"$ref": _RESPONSES + "TooLarge"},
                         "417": {"$ref": _RESPONSES + "ExpectationFailed"},
-                        **_access_failures(),
+                        **_access_failures(config),
                         **_cluster_failures(),
                     },
                 },
@@ -133,7 +133,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "404": {"$ref": _RESPONSES + "NotFound"},
                         "409": {"$ref": _RESPONSES + "Conflict"},
-                        **_access_failures(),
+                        **_access_failures(config),
                         **_cluster_failures(),
                     },
                 },
@@ -176,6 +176,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                             "description": "The OpenAPI document.",
                             "content": {"application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}},
                         },
+                        **_host_refusals(config),
                         "500": {"$ref": _RESPONSES + "InternalError"},
                     },
                 }
@@ -319,7 +320,8 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
     return {
         "BadRequest": _error("Bad request: a body that is not JSON, has no `value`, holds a bad bytes object or "
                              "names a member twice; a key too long or not UTF-8; a '#' in the request's target; "
-                             "an unknown consistency; a request-id header not of 1 to 128 UTF-8 characters."),
+                             "an unknown consistency; a request-id header not of 1 to 128 UTF-8 characters; a "
+                             "malformed `Host` header."),
         "NotFound": _error("No such key (or a deleted one)."),
         "Unauthenticated": {
             **_error("The nodes have an auth file, and the request has no `Authorization: Bearer` token they know "
@@ -327,6 +329,11 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
             "headers": {"WWW-Authenticate": {"description": "`Bearer realm=\"kvwire\"`.", "schema": {"type": "string"}}},
         },
         "Forbidden": _error("The token's role does not allow this method, or its key prefix this key."),
+        "MisdirectedRequest": _error(
+            "The request's `Host` names neither an IP address, nor localhost, nor one of the bridge's allowed hosts "
+            "(`--allowed-hosts`): a plain-HTTP bridge refuses other names, which keeps web pages from reaching it "
+            "through DNS rebinding. Not checked over HTTPS, nor on health."
+        ),
         "Conflict": _error(
             "The DELETE raced with a concurrent write of the same key and may or may not have taken "
             "effect (`maybe_applied` is true); read the key to find out."
@@ -356,11 +363,17 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
     }
 
 
-def _access_failures() -> dict[str, Any]:
+def _access_failures(config: BridgeConfig) -> dict[str, Any]:
     return {
         "401": {"$ref": _RESPONSES + "Unauthenticated"},
         "403": {"$ref": _RESPONSES + "Forbidden"},
+        **_host_refusals(config),
     }
+
+
+def _host_refusals(config: BridgeConfig) -> dict[str, Any]:
+    """421 where a plain-HTTP bridge checks the Host (http_bridge/hosts.py)."""
+    return {"421": {"$ref": _RESPONSES + "MisdirectedRequest"}} if config.checks_hosts else {}
 
 
 def _cluster_failures() -> dict[str, Any]:

@@ -484,6 +484,7 @@ def test_bridge_help_names_every_option_and_its_variable():
                              ("--max-connections", "KVWIRE_BRIDGE_MAX_CONNECTIONS"),
                              ("--idle-timeout", "KVWIRE_BRIDGE_IDLE_TIMEOUT"),
                              ("--request-timeout", "KVWIRE_BRIDGE_REQUEST_TIMEOUT"),
+                             ("--allowed-hosts", "KVWIRE_BRIDGE_ALLOWED_HOSTS"),
                              ("--log-level", "KVWIRE_LOG_LEVEL")]:
         assert option in result.stdout and variable in result.stdout
 
@@ -526,6 +527,7 @@ def test_serve_bad_http_listen_is_a_usage_error(tmp_path):
 def test_serve_help_lists_http_listen():
     result = run_kvwire("serve", "--help")
     assert "--http-listen" in result.stdout and "KVWIRE_HTTP_LISTEN" in result.stdout
+    assert "--http-allowed-hosts" in result.stdout and "KVWIRE_HTTP_ALLOWED_HOSTS" in result.stdout
 
 
 def test_json_values_module_is_what_the_cli_uses():

@@ -223,7 +223,7 @@ def test_built_requests_get_the_same_answer_from_both(bridges, method, key, slas
     answers = []
     for bridge, prefix in ((fast, "fastside-"), (slow, "slowside-")):
         # Request ids name their bridge's side too: one id sent by both would be a retry on the node.
-        head = [f"{method} {kv_path(prefix + key, slash)}{query} HTTP/1.1", "Host: h",
+        head = [f"{method} {kv_path(prefix + key, slash)}{query} HTTP/1.1", "Host: localhost",
                 *(f"{name}: {value.format(prefix=prefix)}" for name, value in headers)]
         if body is not None:
             head.append(f"Content-Length: {len(body)}")

@@ -100,7 +100,7 @@ def test_answers_given_at_expect_are_counted_too(node_with_bridge):
     for headers, status in (("Expect: 100-continue\r\nContent-Length: 1000000000", 413),
                             ("Expect: tea\r\nContent-Length: 12", 417)):
         with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(f"PUT /kv-store/v1/kv/expect/ HTTP/1.1\r\nHost: h\r\n{headers}\r\n\r\n".encode())
+            sock.sendall(f"PUT /kv-store/v1/kv/expect/ HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n\r\n".encode())
             assert sock.recv(64).startswith(f"HTTP/1.1 {status} ".encode())
     after = scrape(node_with_bridge.http)
     for status in (413, 417):

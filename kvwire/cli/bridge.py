@@ -18,7 +18,15 @@ from kvwire.http_bridge import DEFAULT_MAX_BODY_BYTES, MIN_BODY_BYTES, BridgeCon
 
 from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints, parse_host_port
 from ..protocol.limits import FRAME_OVERHEAD_BYTES
-from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
+from .options import (
+    LOG_LEVELS,
+    allowed_hosts_option,
+    configure_logging,
+    env,
+    log_format_option,
+    tls_file_options,
+    tls_files,
+)
 from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
 
@@ -47,11 +55,12 @@ log = logging.getLogger("kvwire.http")
 @click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULTS.max_connections, show_default=True, help="Open connections beyond this are answered 503 and closed.", **env("BRIDGE_MAX_CONNECTIONS"))
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.idle_timeout, show_default=True, help="Seconds a connection may go without a request before it is closed.", **env("BRIDGE_IDLE_TIMEOUT"))
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.request_timeout, show_default=True, help="Seconds a request may take to send its head, and its body may go silent (408 and the connection closed beyond).", **env("BRIDGE_REQUEST_TIMEOUT"))
+@allowed_hosts_option("--allowed-hosts", "BRIDGE_ALLOWED_HOSTS")
 @click.option("--fast-path/--no-fast-path", default=DEFAULTS.fast_path, show_default=True, help="Read and answer GET, PUT and DELETE of a key without aiohttp's request handling (everything else, and every request at --log-level debug, goes to aiohttp).", **env("FAST_PATH"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr; debug adds one line per request.", **env("LOG_LEVEL"))
 @log_format_option()
 def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, max_connections,
-           idle_timeout, request_timeout, fast_path, log_level, log_format, tls, tls_cert, tls_key, tls_ca) -> None:
+           idle_timeout, request_timeout, allowed_hosts, fast_path, log_level, log_format, tls, tls_cert, tls_key, tls_ca) -> None:
     """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM or SIGINT."""
     try:
         host, port = parse_host_port(listen)
@@ -66,7 +75,7 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
             host=host, port=port, endpoints=nodes, timeout=timeout, cluster_id=cluster_id or None,
             limits=limits, max_body_bytes=max_body_bytes, access_log=log_level == "debug", fast_path=fast_path,
             tls=files, nodes_tls=tls or tls_ca is not None, max_connections=max_connections,
-            idle_timeout=idle_timeout, request_timeout=request_timeout,
+            idle_timeout=idle_timeout, request_timeout=request_timeout, allowed_hosts=allowed_hosts,
         )
         # Loaded now, so that a file that will not load is refused like a missing one.
         config.https_context(), config.nodes_context()
@@ -99,6 +108,7 @@ async def serve_with_http(
     metrics_listen: tuple[str, int] | None,
     *,
     stop: asyncio.Event,
+    http_allowed_hosts: tuple[str, ...] = (),
 ) -> int:
     """A node with its HTTP listeners in one event loop until ``stop`` is set: its own bridge
     (REST and /metrics) on ``http_listen``, /metrics alone on ``metrics_listen``.
@@ -122,7 +132,7 @@ async def serve_with_http(
     listeners = []
     try:
         if http_listen is not None:
-            bridge_config = node_bridge_config(config, http_listen)
+            bridge_config = node_bridge_config(config, http_listen, http_allowed_hosts)
             what, address = "HTTP bridge", bridge_config.listen
             # What this node cannot answer goes to its peers: the endpoints after its own.
             peers = bridge_config.endpoints[1:] or bridge_config.endpoints
@@ -155,7 +165,8 @@ async def serve_with_http(
     return 0
 
 
-def node_bridge_config(config: ServerConfig, http_listen: tuple[str, int]) -> BridgeConfig:
+def node_bridge_config(config: ServerConfig, http_listen: tuple[str, int],
+                       allowed_hosts: tuple[str, ...] = ()) -> BridgeConfig:
     """The bridge of a node: this node first, then its peers; the node's limits and cluster id."""
     # A node listening on every address is reached through loopback.
     own_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
@@ -172,4 +183,5 @@ def node_bridge_config(config: ServerConfig, http_listen: tuple[str, int]) -> Br
         # which is also the bridge's client certificate towards the nodes.
         tls=config.tls,
         nodes_tls=config.tls is not None,
+        allowed_hosts=allowed_hosts,
     )

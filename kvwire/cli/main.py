@@ -15,7 +15,7 @@ from ..secret_file import read_secret_file, write_secret_file
 from ..tls import TlsConfigError
 from .exit_status import CONFIG_REFUSED_STATUS
 from .lazy import LazyGroup
-from .options import LOG_LEVELS, configure_logging, env, log_format_option, tls_file_options, tls_files
+from .options import LOG_LEVELS, allowed_hosts_option, configure_logging, env, log_format_option, tls_file_options, tls_files
 from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
 
@@ -66,6 +66,7 @@ def main() -> None:
     ca="CA (PEM) that signed the peers' certificates; with it every connection, client or peer, must present a certificate it signed (mutual TLS). Without it peers are checked against the system's CAs.",
 )
 @click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) and /metrics on this address, in this process; over HTTPS with --tls-cert.", **env("HTTP_LISTEN"))
+@allowed_hosts_option("--http-allowed-hosts", "HTTP_ALLOWED_HOSTS")
 @click.option("--metrics-listen", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics (without a bridge).", **env("METRICS_LISTEN"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr, one line per event.", **env("LOG_LEVEL"))
 @log_format_option()
@@ -77,12 +78,20 @@ def serve(**options) -> None:
         metrics_address = parse_host_port(options["metrics_listen"]) if options["metrics_listen"] else None
         check_listeners_differ({"--listen": (config.host, config.port), "--http-listen": http_address,
                                 "--metrics-listen": metrics_address})
+        if http_address is not None:
+            # Checked now, so that a bad name is a usage error before anything starts.
+            from .bridge import node_bridge_config
+
+            node_bridge_config(config, http_address, options["allowed_hosts"])
+        elif options["allowed_hosts"]:
+            raise ValueError("--http-allowed-hosts is for the REST API of --http-listen; give that too")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     node_id = config.node_id
     configure_logging(options["log_level"], options["log_format"], context={"node": node_id})  # node=ID on every line
     warn_about_security(config, options["cluster_secret_file"], options["auth_file"])
-    sys.exit(run_node(config, http_listen=http_address, metrics_listen=metrics_address))
+    sys.exit(run_node(config, http_listen=http_address, metrics_listen=metrics_address,
+                      http_allowed_hosts=options["allowed_hosts"]))
 
 
 def server_config(options: dict) -> ServerConfig:
@@ -170,7 +179,8 @@ def secret(path: Path, force: bool) -> None:
 
 
 def run_node(
-    config: ServerConfig, *, http_listen: tuple[str, int] | None = None, metrics_listen: tuple[str, int] | None = None
+    config: ServerConfig, *, http_listen: tuple[str, int] | None = None, metrics_listen: tuple[str, int] | None = None,
+    http_allowed_hosts: tuple[str, ...] = (),
 ) -> int:
     """Serve on uvloop until SIGTERM or SIGINT (with the HTTP bridge beside the node when
     ``http_listen`` is given, /metrics alone on ``metrics_listen``); the exit status,
@@ -194,7 +204,8 @@ def run_node(
             from .bridge import serve_with_http
 
             return run_until_stop_signal(
-                lambda stop: serve_with_http(config, http_listen, metrics_listen, stop=stop),
+                lambda stop: serve_with_http(config, http_listen, metrics_listen, stop=stop,
+                                             http_allowed_hosts=http_allowed_hosts),
                 log,
                 "stopping the HTTP bridge, then finishing requests in flight",
             )

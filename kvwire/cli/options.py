@@ -40,6 +40,20 @@ def log_format_option():
     )
 
 
+def allowed_hosts_option(name: str, env_name: str):
+    """The option naming the host names a plain-HTTP bridge answers for (http_bridge/hosts.py);
+    its value is a tuple of names, checked where the bridge's config is built."""
+    return click.option(
+        name, "allowed_hosts", default="", metavar="NAME[,...]", callback=_comma_list,
+        help="Host names a plain-HTTP REST API answers for besides IP addresses and localhost ('*': any); "
+             "a request for another name gets 421, against DNS rebinding.  [default: none]", **env(env_name),
+    )
+
+
+def _comma_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
 def tls_file_options(*, cert: str, ca: str) -> Callable[[Callable], Callable]:
     """``--tls-cert``, ``--tls-key`` and ``--tls-ca`` (``KVWIRE_TLS_CERT``, ...), with the
     command's own help for the certificate and the CA; :func:`tls_files` reads them."""
