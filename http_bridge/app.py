@@ -38,7 +38,7 @@ from .handed_over import read_body, watched
 from .hosts import HostCheck
 from .metrics import METRICS, add_metrics
 from .openapi import openapi_document
-from .values import UnrepresentableValueError, parse_put_body, to_json_text
+from .values import OFF_LOOP_BYTES, UnrepresentableValueError, is_large, parse_put_body, prepare_put, to_json_text
 
 log = logging.getLogger("kvwire.http")
 
@@ -202,7 +202,10 @@ async def answer_get(app: web.Application, raw_path: str, consistency: str | Non
     if consistency is not None and consistency not in CONSISTENCY_LEVELS:
         raise BadRequestError(f"consistency must be 'one' or 'quorum', got {consistency!r}")
     value, version = await client_for(app, authorization).get_with_version(key, consistency=consistency)
-    return Answer(200, to_json_text({"key": key, "value": value, "version": version_json(version)}))
+    document = {"key": key, "value": value, "version": version_json(version)}
+    if is_large(value):
+        return Answer(200, await asyncio.to_thread(to_json_text, document))
+    return Answer(200, to_json_text(document))
 
 
 # Request-id headers a PUT's idempotency id is taken from, first found wins:
@@ -230,7 +233,11 @@ async def answer_put(app: web.Application, raw_path: str, body: bytes, authoriza
                      request_ids: Sequence[str | None]) -> Answer:
     key = key_of(raw_path, app[CONFIG].limits)
     config = app[CONFIG]
-    value = parse_put_body(body, config.limits)
+    if len(body) > OFF_LOOP_BYTES:
+        # Sent as the msgpack made off the loop (a client sends a Raw's bytes as they are).
+        value, value_text = await asyncio.to_thread(prepare_put, body, config.limits)
+    else:
+        value, value_text = parse_put_body(body, config.limits), None
     client = client_for(app, authorization)
     # The node says whether the key was absent, judged with the new version
     # (PUT_REPLY's created; docs/protocol.md 6.4 says how exact that is); nodes
@@ -242,7 +249,10 @@ async def answer_put(app: web.Application, raw_path: str, body: bytes, authoriza
                                                     request_id=request_id_of(request_ids))
     if created is None:
         created = version.counter == 1
-    text = to_json_text({"key": key, "value": value, "version": version_json(version)})
+    if value_text is None:
+        text = to_json_text({"key": key, "value": value, "version": version_json(version)})
+    else:  # the same text, the value's JSON already made
+        text = f'{{"key":{to_json_text(key)},"value":{value_text},"version":{to_json_text(version_json(version))}}}'
     if created:
         return Answer(201, text, {"Location": f"{PREFIX}/kv/{quote(key, safe='')}/"})
     return Answer(200, text)

@@ -14,12 +14,13 @@ What a body can get wrong is an error of kvwire's one tree: ``BadRequestError``
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
+from msgspec import Raw
 
 from kvwire.client import BadRequestError, KvwireError, TooLargeError, check_value
-from kvwire.client.json_values import UnrepresentableJsonError, json_text, parse_json
+from kvwire.client.json_values import OFF_LOOP_BYTES, UnrepresentableJsonError, json_text, parse_json
 from kvwire.protocol import Limits
 
 
@@ -31,8 +32,28 @@ class UnrepresentableValueError(KvwireError, ValueError):
     """
 
 
+
+
+class PreparedPut(NamedTuple):
+    """A PUT body read off the loop: the value as msgpack, and as JSON for the answer."""
+
+    packed: Raw
+    value_text: str
+
+
 def parse_put_body(body: bytes, limits: Limits) -> Any:
     """The value of a PUT body ``{"value": <JSON>}``; raises BadRequestError or TooLargeError."""
+    return _read_put_body(body, limits)[0]
+
+
+def prepare_put(body: bytes, limits: Limits) -> PreparedPut:
+    """What :func:`parse_put_body` reads, packed, with its JSON: all the work a large PUT
+    body takes, in one call to run off the loop (OFF_LOOP_BYTES)."""
+    value, packed = _read_put_body(body, limits)
+    return PreparedPut(Raw(packed), to_json_text(value))
+
+
+def _read_put_body(body: bytes, limits: Limits) -> tuple[Any, bytes]:
     if not body:
         raise BadRequestError('the request body must be a JSON object {"value": ...}; it is empty')
     try:
@@ -54,10 +75,16 @@ def parse_put_body(body: bytes, limits: Limits) -> Any:
         check_value(value)
     except (TypeError, ValueError) as exc:
         raise BadRequestError(str(exc)) from None
-    size = len(msgpack.packb(value))
-    if size > limits.max_value_bytes:
-        raise TooLargeError(f"value is {size} bytes encoded as msgpack; the limit is {limits.max_value_bytes} bytes")
-    return value
+    packed = msgpack.packb(value)
+    if len(packed) > limits.max_value_bytes:
+        raise TooLargeError(f"value is {len(packed)} bytes encoded as msgpack; the limit is {limits.max_value_bytes} bytes")
+    return value, packed
+
+
+def is_large(value: Any) -> bool:
+    """Whether writing ``value`` as JSON is worth a thread (OFF_LOOP_BYTES): a container
+    whose msgpack is larger than that. Strings and bytes are written by C code at once."""
+    return type(value) in (list, dict) and len(msgpack.packb(value)) > OFF_LOOP_BYTES
 
 
 def to_json_text(document: Any) -> str:

@@ -37,6 +37,7 @@ from msgspec import Raw
 
 from ..client.aio import AsyncClient, PutResult, VersionedValue, with_other_attempts
 from ..client.arguments import check_consistency, check_key, check_request_id, check_value
+from ..client.json_values import OFF_LOOP_BYTES
 from ..protocol.errors import (
     InternalServerError,
     KvwireConnectionError,
@@ -93,7 +94,10 @@ class InProcessClient:
             return await self._fall_back(reply, deadline, lambda left: self._fallback.get_with_version(
                 key, consistency=consistency, timeout=left))
         value = reply.value
-        return VersionedValue(python_value(value) if type(value) is Raw else value, reply.version)
+        if type(value) is Raw:
+            # Large ones are read off the node's loop, as the bridge writes their JSON (OFF_LOOP_BYTES).
+            value = python_value(value) if len(value) <= OFF_LOOP_BYTES else await asyncio.to_thread(python_value, value)
+        return VersionedValue(value, reply.version)
 
     async def put_with_result(self, key: str, value: Any, *, timeout: float | None = None,
                               request_id: str | None = None) -> PutResult:
