@@ -12,8 +12,8 @@ Anything else, malformed or merely unusual (HEAD, chunked bodies, ``Expect``,
 HTTP/1.0, a query other than ``consistency``, another path), is not
 interpreted here at all: at that request's first byte the connection is
 handed to aiohttp's own protocol with every byte not yet answered, and stays
-with aiohttp. So every answer this module does not give is aiohttp's,
-byte for byte as before, and the refusals of bad input stay aiohttp's.
+with aiohttp. So every answer this module does not give is aiohttp's, and the
+refusals of bad input stay aiohttp's (its parser's in JSON: json_refusals.py).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from .app import (
 )
 from .bounds import Bounds
 from .handed_over import HandedOver
+from .json_refusals import handler_of
 from .metrics import METRICS
 
 log = logging.getLogger("kvwire.http")
@@ -395,7 +396,7 @@ class FastPathProtocol(asyncio.Protocol):
         if self._reading_paused:
             transport.resume_reading()  # aiohttp keeps its own bound on what it reads ahead
         # aiohttp's protocol, behind a watch that times its requests' arrival (handed_over.py).
-        watch = HandedOver(self._shared.server(), transport, self._request_began if self._buffer else None)
+        watch = HandedOver(handler_of(self._shared.server), transport, self._request_began if self._buffer else None)
         self._shared.bounds.handed_over(watch)
         transport.set_protocol(watch)
         watch.connection_made(transport)

@@ -1,0 +1,58 @@
+"""aiohttp's own refusals of malformed requests, in JSON like every other answer.
+
+A request aiohttp's parser cannot read (a bad method, a duplicated or
+malformed ``Content-Length``, a header line past its limit, a
+``Content-Encoding`` it cannot decode...) never reaches the app's middlewares:
+aiohttp answers it from ``RequestHandler.handle_error``, as ``text/plain``
+that echoes the bytes it choked on. The bridge's connections are aiohttp's
+from the first such request on (fast_path.py hands them over), so a handler
+whose ``handle_error`` answers ``{"error": "<one line>"}`` instead, with the
+same status, makes every answer JSON. aiohttp still logs, checks that no
+answer was begun, and closes the connection after the answer, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .values import to_json_text
+
+# aiohttp's messages for a body it cannot decode end in a packaging hint ("Please
+# install `Brotli`"), which is the server's business, not the client's.
+_HINT = ". Please install"
+
+
+class JsonRefusals(RequestHandler):
+    """aiohttp's protocol, its refusals in JSON (the module's docstring)."""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if an answer was begun
+        response = web.Response(status=status, text=to_json_text({"error": refusal_message(status, message)}),
+                                content_type="application/json", charset="utf-8")
+        response.force_close()
+        return response
+
+
+def refusal_message(status: int, message: str | None) -> str:
+    """One line saying what aiohttp refused, without the bytes it echoes."""
+    if status >= 500:
+        return "internal error in the HTTP bridge; the bridge's log has the details"
+    line = (message or "").strip().splitlines()[0].strip().rstrip(":") if message and message.strip() else ""
+    line = line.split(_HINT, 1)[0]
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "refused"
+    return f"malformed HTTP request: {line}" if line else f"malformed HTTP request ({status} {phrase})"
+
+
+def handler_of(server: web.Server) -> RequestHandler:
+    """A protocol for one connection of ``server``, as ``server()`` makes but refusing in JSON."""
+    return JsonRefusals(server, loop=asyncio.get_running_loop(), **getattr(server, "_kwargs", {}))

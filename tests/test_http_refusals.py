@@ -1,0 +1,66 @@
+"""Requests aiohttp's parser refuses are answered in JSON too (http_bridge/json_refusals.py).
+
+Real ``kvwire bridge`` processes, raw bytes over TCP, on the fast path (which
+hands such a connection to aiohttp) and with aiohttp serving everything.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvwire.http_bridge.json_refusals import refusal_message
+from kvwire.testing import NodeProcess
+from rest_helpers import PREFIX, BridgeProcess, http, raw_exchange
+
+KEY = f"{PREFIX}/kv/refusals/"
+
+
+@pytest.fixture(scope="module")
+def lone_node(tmp_path_factory):
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("refusals") / "n1", extra_args=["--sync", "off"]) as node:
+        yield node
+
+
+@pytest.fixture(scope="module", params=["fast-path", "aiohttp"])
+def bridge(request, lone_node, tmp_path_factory):
+    args = ["--no-fast-path"] if request.param == "aiohttp" else []
+    process = BridgeProcess([lone_node.address], log_path=tmp_path_factory.mktemp("bridge") / "bridge.log", args=args)
+    with process:
+        yield process
+    assert "Traceback" not in process.log()
+
+
+def put(headers: str, body: bytes = b'{"value": 1}') -> bytes:
+    return f"PUT {KEY} HTTP/1.1\r\nHost: localhost\r\n{headers}".encode() + b"\r\n" + body
+
+
+@pytest.mark.parametrize("request_bytes, fragment", [
+    (f"get {KEY} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(), "Invalid method"),
+    (f"BREW {KEY} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(), "malformed HTTP request"),
+    (put("Content-Length: 12\r\nContent-Length: 12\r\n"), "Duplicate Content-Length"),
+    (put("Content-Length: +12\r\n"), "malformed HTTP request"),
+    (put("Content-Encoding: br\r\nContent-Length: 12\r\n"), "content-encoding"),
+    (f"GET {KEY} HTTP/1.1\r\n\r\n".encode(), "Host"),
+    (f"GET {KEY} HTTP/1.1\r\nHost: localhost\r\nX-Long: {'a' * 9000}\r\n\r\n".encode(), "malformed HTTP request"),
+    (f"GET {KEY} HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n".encode(), "malformed HTTP request"),
+    (b"\x00\x00\x00\x05hello", "malformed HTTP request"),
+])
+def test_a_request_aiohttp_cannot_read_is_answered_in_json_and_others_go_on(bridge, request_bytes, fragment):
+    (response,) = raw_exchange(bridge.port, request_bytes)
+    assert response.status == 400
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    error = json.loads(response.body)["error"]
+    assert fragment.lower() in error.lower(), error
+    assert "\n" not in error and "Please install" not in error and "^" not in error
+    assert http("PUT", f"{bridge.url}{KEY}", {"value": "after"}).status in (200, 201)
+
+
+def test_the_refusal_is_one_line_without_the_echoed_bytes():
+    assert refusal_message(400, "Invalid method encountered:\n\n  b'get'\n    ^") == \
+        "malformed HTTP request: Invalid method encountered"
+    assert refusal_message(400, "Can not decode content-encoding: brotli (br). Please install `Brotli`") == \
+        "malformed HTTP request: Can not decode content-encoding: brotli (br)"
+    assert refusal_message(400, None) == "malformed HTTP request (400 Bad Request)"
+    assert refusal_message(500, "boom") == "internal error in the HTTP bridge; the bridge's log has the details"
