@@ -137,19 +137,13 @@ def test_the_openapi_document_lists_421_where_hosts_are_checked():
 # --- real processes ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lone_node(tmp_path_factory):
-    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("hosts") / "n1", extra_args=["--sync", "off"]) as node:
-        yield node
-
-
 @pytest.fixture(scope="module", params=["fast-path", "aiohttp"])
-def bridge(request, lone_node, tmp_path_factory):
+def bridge(request, shared_node, tmp_path_factory):
     """A standalone bridge allowing kv.example, on the fast path or with aiohttp serving everything."""
     args = ["--allowed-hosts", "kv.example, other.example"]
     if request.param == "aiohttp":
         args.append("--no-fast-path")
-    process = BridgeProcess([lone_node.address], log_path=tmp_path_factory.mktemp("bridge") / "bridge.log", args=args)
+    process = BridgeProcess([shared_node.address], log_path=tmp_path_factory.mktemp("bridge") / "bridge.log", args=args)
     with process:
         yield process
     assert "Traceback" not in process.log()
@@ -237,8 +231,8 @@ def test_a_node_s_own_bridge_checks_hosts_and_takes_http_allowed_hosts(tmp_path)
     assert "Traceback" not in node.log()
 
 
-def test_any_host_with_a_star(lone_node, tmp_path):
-    with BridgeProcess([lone_node.address], log_path=tmp_path / "bridge.log", args=["--allowed-hosts", "*"]) as bridge:
+def test_any_host_with_a_star(shared_node, tmp_path):
+    with BridgeProcess([shared_node.address], log_path=tmp_path / "bridge.log", args=["--allowed-hosts", "*"]) as bridge:
         assert http("PUT", key_url(bridge, "star"), {"value": 1}, headers=with_host(ATTACKER)).status in (200, 201)
 
 

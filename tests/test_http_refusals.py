@@ -11,22 +11,15 @@ import json
 import pytest
 
 from kvwire.http_bridge.json_refusals import refusal_message
-from kvwire.testing import NodeProcess
 from rest_helpers import PREFIX, BridgeProcess, http, raw_exchange
 
 KEY = f"{PREFIX}/kv/refusals/"
 
 
-@pytest.fixture(scope="module")
-def lone_node(tmp_path_factory):
-    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("refusals") / "n1", extra_args=["--sync", "off"]) as node:
-        yield node
-
-
 @pytest.fixture(scope="module", params=["fast-path", "aiohttp"])
-def bridge(request, lone_node, tmp_path_factory):
+def bridge(request, shared_node, tmp_path_factory):
     args = ["--no-fast-path"] if request.param == "aiohttp" else []
-    process = BridgeProcess([lone_node.address], log_path=tmp_path_factory.mktemp("bridge") / "bridge.log", args=args)
+    process = BridgeProcess([shared_node.address], log_path=tmp_path_factory.mktemp("bridge") / "bridge.log", args=args)
     with process:
         yield process
     assert "Traceback" not in process.log()
