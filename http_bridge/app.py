@@ -50,6 +50,8 @@ KV_ROUTE = f"{PREFIX}/kv/{{key:[^/]+}}/"
 HEALTH_PATH = f"{PREFIX}/health/"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"
 CONSISTENCY_LEVELS = ("one", "quorum")
+# The PUT body codings the bridge reads: aiohttp's own, without optional packages.
+CONTENT_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 # The longest request line aiohttp reads: at least this, and room for a key of
 # --max-key-bytes with every byte percent-encoded (three characters each), so
 # that every key a node takes can be named, and a longer one gets the key
@@ -254,7 +256,7 @@ async def answer_put(app: web.Application, raw_path: str, body: bytes, authoriza
     else:  # the same text, the value's JSON already made
         text = f'{{"key":{to_json_text(key)},"value":{value_text},"version":{to_json_text(version_json(version))}}}'
     if created:
-        return Answer(201, text, {"Location": f"{PREFIX}/kv/{quote(key, safe='')}/"})
+        return Answer(201, text, {"Location": f"{PREFIX}/kv/{path_segment(key)}/"})
     return Answer(200, text)
 
 
@@ -346,10 +348,14 @@ def _is_utf8(header_value: str) -> bool:
 
 
 def _refuse_if_declared_too_large(request: web.Request) -> None:
-    """413 at once for a body whose Content-Length is over --max-body-bytes, before any of it is read."""
+    """413 at once for a body whose Content-Length is over --max-body-bytes, before any of it is read;
+    415 for a Content-Encoding aiohttp would not decode (it would pass the coded bytes on as they are)."""
     limit = request.app[CONFIG].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in CONTENT_ENCODINGS:
+        raise web.HTTPUnsupportedMediaType(headers={"Accept-Encoding": ", ".join(sorted(CONTENT_ENCODINGS))})
 
 
 async def _continue_within_limit(request: web.Request) -> web.StreamResponse | None:
@@ -372,6 +378,14 @@ async def _continue_within_limit(request: web.Request) -> web.StreamResponse | N
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not part of the answer
     return None
+
+
+def path_segment(key: str) -> str:
+    """``key`` as one segment of a path: percent-encoded, and the keys ``.`` and ``..``
+    as ``%2E`` and ``%2E%2E``, which a client would otherwise resolve as the path's own."""
+    if key.strip(".") == "":
+        return "%2E" * len(key)
+    return quote(key, safe="")
 
 
 def key_of(raw_path: str, limits) -> str:
@@ -421,6 +435,9 @@ def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
         return f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
     if error.status == 413:
         return f"the request body is larger than the limit of {request.app[CONFIG].max_body_bytes} bytes"
+    if error.status == 415:
+        return (f"unsupported Content-Encoding {request.headers.get('Content-Encoding', '')!r}; "
+                f"the bridge decodes {', '.join(sorted(CONTENT_ENCODINGS))}")
     if error.status == 417:
         return f"unknown Expect: {request.headers.get('Expect', '')!r}; only 100-continue is understood"
     return error.reason

@@ -120,6 +120,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                         },
                         "400": {"$ref": _RESPONSES + "BadRequest"},
                         "413": {"$ref": _RESPONSES + "TooLarge"},
+                        "415": {"$ref": _RESPONSES + "UnsupportedEncoding"},
                         "417": {"$ref": _RESPONSES + "ExpectationFailed"},
                         **_access_failures(config),
                         **_cluster_failures(),
@@ -341,6 +342,7 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
         "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry, or a map "
                                    "with a bytes key and the `$bytes:` str key it would read as."),
         "ExpectationFailed": _error("An `Expect` header other than `100-continue`."),
+        "UnsupportedEncoding": _error("A `Content-Encoding` other than gzip, deflate or identity."),
         "TooLarge": _error(
             f"The value is over {config.limits.max_value_bytes} bytes as msgpack, or the body over "
             f"{config.max_body_bytes} bytes."

@@ -57,3 +57,35 @@ def test_the_refusal_is_one_line_without_the_echoed_bytes():
         "malformed HTTP request: Can not decode content-encoding: brotli (br)"
     assert refusal_message(400, None) == "malformed HTTP request (400 Bad Request)"
     assert refusal_message(500, "boom") == "internal error in the HTTP bridge; the bridge's log has the details"
+
+
+@pytest.mark.parametrize("encoding", ["foo", "gzip, gzip", "compress"])
+def test_a_content_encoding_the_bridge_cannot_decode_is_415_and_stores_nothing(bridge, encoding):
+    key = f"{PREFIX}/kv/encoded-{encoding.replace(', ', '-')}/"
+    reply = http("PUT", f"{bridge.url}{key}", raw=b'{"value": "coded"}', headers={"Content-Encoding": encoding})
+    assert reply.status == 415, reply.text
+    assert reply.json["error"] == f"unsupported Content-Encoding {encoding!r}; the bridge decodes deflate, gzip, identity"
+    assert reply.headers["Accept-Encoding"] == "deflate, gzip, identity"
+    assert http("GET", f"{bridge.url}{key}").status == 404
+
+
+def test_a_gzip_body_is_still_read(bridge):
+    import gzip
+
+    key = f"{bridge.url}{PREFIX}/kv/gzipped/"
+    body = gzip.compress(b'{"value": "unzipped"}')
+    assert http("PUT", key, raw=body, headers={"Content-Encoding": "gzip"}).status in (200, 201)
+    assert http("GET", key).json["value"] == "unzipped"
+
+
+@pytest.mark.parametrize("segment, key", [("%2E", "."), ("%2e%2E", ".."), ("%2E%2E%2E", "...")])
+def test_the_location_of_a_dot_key_names_it_and_not_the_path_above(bridge, segment, key):
+    url = f"{bridge.url}{PREFIX}/kv/{segment}/"
+    http("DELETE", url)
+    reply = http("PUT", url, {"value": key})
+    assert reply.status == 201, reply.text
+    location = reply.headers["Location"]
+    assert location == f"{PREFIX}/kv/{'%2E' * len(key)}/"
+    # urllib resolves dot segments as a browser would: %2E is no dot segment.
+    assert http("GET", f"{bridge.url}{location}").json == {"key": key, "value": key,
+                                                           "version": reply.json["version"]}
