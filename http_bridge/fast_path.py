@@ -63,7 +63,7 @@ MAX_HELD_BYTES = 64 * 1024
 
 # One key segment: unreserved and sub-delimiter characters, ':' and '@', and
 # %XX escapes (RFC 3986 pchar). Anything else is left to aiohttp, and so are
-# '.' and '..', which name no key (they are the path's own).
+# '.' and '..' as %2E escapes, whose keys aiohttp reads (spelled out, they are the path's own).
 _SEGMENT = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
