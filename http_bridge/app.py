@@ -9,7 +9,9 @@ is logged here with its traceback and answered 500 without one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -38,7 +40,7 @@ from .handed_over import read_body, watched
 from .hosts import HostCheck
 from .metrics import METRICS, add_metrics
 from .openapi import openapi_document
-from .values import OFF_LOOP_BYTES, UnrepresentableValueError, is_large, parse_put_body, prepare_put, to_json_text
+from .values import OFF_LOOP_BYTES, UnrepresentableValueError, is_large, prepare_put, read_put_body, to_json_text
 
 log = logging.getLogger("kvwire.http")
 
@@ -218,6 +220,20 @@ async def answer_get(app: web.Application, raw_path: str, consistency: str | Non
 REQUEST_ID_HEADERS = ("Idempotency-Key", "X-Kvwire-Request-Id")
 
 
+def write_id(caller_id: str | None, packed: bytes) -> str | None:
+    """The request id the nodes get for a PUT its caller named ``caller_id``: a digest of that
+    id and the packed value. The nodes remember an id's version, not its value, so a caller
+    reusing an id for another value would have that PUT skipped and be answered with a value
+    never stored; with the value in the id it is another write, and its answer is true. A
+    retry sends the same value (however its JSON is spaced): the same id, applied once."""
+    if caller_id is None:
+        return None
+    caller = caller_id.encode()
+    digest = hashlib.sha256(len(caller).to_bytes(2, "big") + caller)
+    digest.update(packed)
+    return "rest-" + base64.urlsafe_b64encode(digest.digest()[:24]).decode("ascii")
+
+
 def request_id_of(header_values: Sequence[str | None]) -> str | None:
     """The PUT's idempotency id from the values of REQUEST_ID_HEADERS, in that order (None: absent)."""
     found = None
@@ -235,11 +251,13 @@ async def answer_put(app: web.Application, raw_path: str, body: bytes, authoriza
                      request_ids: Sequence[str | None]) -> Answer:
     key = key_of(raw_path, app[CONFIG].limits)
     config = app[CONFIG]
+    # Sent as msgpack packed here (a client sends a Raw's bytes as they are): off the
+    # loop for a large body, with its JSON for the answer.
     if len(body) > OFF_LOOP_BYTES:
-        # Sent as the msgpack made off the loop (a client sends a Raw's bytes as they are).
-        value, value_text = await asyncio.to_thread(prepare_put, body, config.limits)
+        packed, value_text = await asyncio.to_thread(prepare_put, body, config.limits)
+        value = None
     else:
-        value, value_text = parse_put_body(body, config.limits), None
+        (value, packed), value_text = read_put_body(body, config.limits), None
     client = client_for(app, authorization)
     # The node says whether the key was absent, judged with the new version
     # (PUT_REPLY's created; docs/protocol.md 6.4 says how exact that is); nodes
@@ -247,8 +265,8 @@ async def answer_put(app: web.Application, raw_path: str, body: bytes, authoriza
     # of this key came before.
     # A retry of this request (by HAProxy after a bridge died mid-request, or
     # by the caller) sends the same id: the nodes apply the PUT once.
-    version, created = await client.put_with_result(key, value, timeout=config.timeout,
-                                                    request_id=request_id_of(request_ids))
+    version, created = await client.put_with_result(key, packed, timeout=config.timeout,
+                                                    request_id=write_id(request_id_of(request_ids), packed))
     if created is None:
         created = version.counter == 1
     if value_text is None:

@@ -46,6 +46,12 @@ def parse_put_body(body: bytes, limits: Limits) -> Any:
     return _read_put_body(body, limits)[0]
 
 
+def read_put_body(body: bytes, limits: Limits) -> tuple[Any, Raw]:
+    """The value of a PUT body, and the same packed as msgpack (what the nodes store)."""
+    value, packed = _read_put_body(body, limits)
+    return value, Raw(packed)
+
+
 def prepare_put(body: bytes, limits: Limits) -> PreparedPut:
     """What :func:`parse_put_body` reads, packed, with its JSON: all the work a large PUT
     body takes, in one call to run off the loop (OFF_LOOP_BYTES)."""

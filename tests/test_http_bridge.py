@@ -95,6 +95,19 @@ def test_a_put_sent_again_with_its_idempotency_key_is_applied_once(api, request,
     check_error(http("PUT", kv(base, key), {"value": "a"}, headers={header: "x" * 129}), 400, "1 to 128 characters")
 
 
+def test_a_retry_spaced_otherwise_is_the_same_write_and_another_value_under_the_id_is_another(api, request):
+    """The id the nodes get covers the value (app.write_id): a reused id's answer is never a value not stored."""
+    base, _ = api
+    key = f"reused-{request.node.callspec.id}"
+    headers = {"Idempotency-Key": f"id-{key}"}
+    first = http("PUT", kv(base, key), raw=b'{"value": {"a": [1, 2]}}', headers=headers)
+    retry = http("PUT", kv(base, key), raw=b'{ "value" :{"a":[1,2]} }', headers=headers)
+    assert first.status == 201 and retry.status == 200 and retry.json["version"] == first.json["version"], retry.text
+    other = http("PUT", kv(base, key), {"value": "second"}, headers=headers)
+    assert other.status == 200 and other.json["version"]["counter"] > first.json["version"]["counter"], other.text
+    assert http("GET", kv(base, key)).json == other.json
+
+
 
 def test_put_answers_201_then_200_and_get_reads_it(api, request):
     base, _ = api
