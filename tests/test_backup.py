@@ -52,6 +52,9 @@ def test_a_node_restored_from_its_backup_rejoins_and_catches_up(tmp_path, while_
             result = run_backup(n2.data_dir, tmp_path / "backup")
             assert result.returncode == 0, result.stderr
             assert "backed up node n2: 49 keys and 1 tombstones" in result.stdout
+            # Both hold every key: only their owner may enter them.
+            assert (tmp_path / "backup").stat().st_mode & 0o777 == 0o700
+            assert n2.data_dir.stat().st_mode & 0o777 == 0o700
             if not while_running:
                 n2.start()
                 cluster.wait_ready()

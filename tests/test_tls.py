@@ -170,6 +170,31 @@ def test_kvwire_certs_writes_a_ca_with_node_and_client_certificates(tmp_path):
     assert load("ca.pem") != ca
 
 
+@pytest.mark.parametrize("host, fragment", [
+    ("bücher.example", "is not a DNS name in ASCII"),
+    ("10.0.0.1:7379", "has a port"),
+    ("kv example", "is not an IP address or DNS name"),
+])
+def test_kvwire_certs_refuses_a_bad_host_before_writing_anything(tmp_path, host, fragment):
+    directory = tmp_path / "certs"
+    result = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory), "--host", host)
+    assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+    assert not directory.exists()
+
+
+def test_kvwire_certs_in_the_way_of_a_directory_changes_nothing(tmp_path):
+    directory = tmp_path / "certs"
+    assert run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory)).returncode == 0
+    (directory / "node.key").unlink()
+    (directory / "node.key").mkdir()
+    before = {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()}
+    forced = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory), "--force")
+    assert forced.returncode == 1
+    assert one_line(forced.stderr) == f"Error: cannot write to {directory / 'node.key'}: Is a directory; nothing was changed"
+    assert {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()} == before
+    assert sorted(path.name for path in directory.iterdir()) == sorted([*before, "node.key"])  # no staging left
+
+
 # --- one node -------------------------------------------------------------------------------
 
 

@@ -493,6 +493,31 @@ def test_a_second_up_on_the_same_data_directory_is_refused(tmp_path):
         up.cleanup()
 
 
+@pytest.mark.parametrize("case", ["tls is a file", "data dir under a file", "part of a certificate set"])
+def test_an_unusable_data_directory_or_certificate_set_is_one_line_and_exit_1(tmp_path, case):
+    data = tmp_path / "data"
+    args = ["--nodes", "1", "--base-port", str(free_port_run(1)), "--no-http", "--data-dir", str(data)]
+    if case == "tls is a file":
+        data.mkdir()
+        (data / "tls").write_text("")
+        args.append("--tls")
+        expected = f"Error: {data / 'tls'} is a file; --tls keeps its certificates in that directory"
+    elif case == "data dir under a file":
+        (tmp_path / "file").write_text("")
+        data = tmp_path / "file" / "data"
+        args[-1] = str(data)
+        expected = f"kvwire up: cannot use data directory {data}: Not a directory"
+    else:
+        (data / "tls").mkdir(parents=True)
+        (data / "tls" / "ca.pem").write_text("")
+        args.append("--tls")
+        expected = (f"Error: {data / 'tls'} holds part of a certificate set, without ca.key, node.pem, node.key, "
+                    f"client.pem, client.key, haproxy.pem; `kvwire certs {data / 'tls'} --force` makes a whole one")
+    result = run_up(tmp_path, *args)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == expected
+
+
 def test_a_socket_left_by_a_killed_up_does_not_block_the_next(tmp_path):
     base = free_port_run(1)
     first = one_node_up(tmp_path, base)
@@ -680,3 +705,32 @@ def test_too_many_nodes_for_the_port_range_is_a_usage_error(tmp_path):
     assert result.returncode == 2
     assert "no room for 3 nodes" in result.stderr
     assert not (tmp_path / ".kvwire").exists()
+
+
+@pytest.mark.parametrize("ending", ["reset", "closed"])
+def test_a_ctl_request_that_up_drops_unanswered_says_it_may_not_have_been_done(tmp_path, ending):
+    """What `kvwire up` stopping just as a request comes in looks like to ctl: a reset or a close, no reply."""
+    import socket
+    import struct
+    import threading
+
+    from kvwire.cli.control import ControlError, send, socket_path
+
+    tmp_path.mkdir(exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(socket_path(tmp_path)))
+        server.listen()
+
+        def drop_one() -> None:
+            peer, _ = server.accept()
+            peer.recv(1024)
+            if ending == "reset":  # SO_LINGER 0: the close sends a reset
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.close()
+
+        thread = threading.Thread(target=drop_one)
+        thread.start()
+        with pytest.raises(ControlError, match="closed the connection without a reply .it is stopping, or stopped.: "
+                                               "the request may not have been carried out"):
+            send(tmp_path, {"op": "status"})
+        thread.join(timeout=10)

@@ -38,7 +38,8 @@ def certs(directory: Path, hosts: tuple[str, ...], days: int, force: bool) -> No
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot write to {directory}: {exc.strerror or exc}") from None
+        raise click.ClickException(f"cannot write to {exc.filename or directory}: {exc.strerror or exc}; "
+                                   "nothing was changed") from None
     click.echo(f"wrote a development CA and certificates to {directory}, good for {', '.join(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))}")
     click.echo("nodes:   kvwire serve " + shlex.join(dev.node_args()) + " ...")
     click.echo("clients: export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in dev.client_env().items()))

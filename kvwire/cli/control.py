@@ -106,6 +106,11 @@ def check_no_live_up(data_dir: Path) -> None:
         f"stop it first, control it with `kvwire up ctl`, or pick another --data-dir")
 
 
+# kvwire up closes its socket first when it stops, so a request caught by that gets no reply.
+_NO_REPLY = ("kvwire up on {path} closed the connection without a reply (it is stopping, or stopped): "
+             "the request may not have been carried out; `kvwire up ctl status` says what runs")
+
+
 def send(data_dir: Path, request: dict) -> dict:
     """The reply of the ``kvwire up`` running on ``data_dir``; ControlError if there is none or it refuses."""
     path = socket_path(data_dir)
@@ -118,12 +123,14 @@ def send(data_dir: Path, request: dict) -> dict:
                 line = replies.readline()
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlError(f"no kvwire up is running for data directory {data_dir} (nothing listens on {path})") from None
+    except (ConnectionResetError, BrokenPipeError):
+        raise ControlError(_NO_REPLY.format(path=path)) from None
     except OSError as exc:
         raise ControlError(f"talking to kvwire up on {path}: {exc.strerror or exc}") from None
     try:
         reply = json.loads(line)
     except ValueError:
-        raise ControlError(f"kvwire up on {path} closed the connection without a reply") from None
+        raise ControlError(_NO_REPLY.format(path=path)) from None
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "refused, with no reason given"))
     return reply

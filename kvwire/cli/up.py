@@ -33,7 +33,9 @@ from ..protocol import NEED_DATA, Connection, Health, HealthReply, Ping, Pong, S
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
 from ..server.storage import DATABASE_FILE_NAME
+from ..tls import TlsConfigError
 from ..testing import ChildProcess, DevCerts
+from ..testing.certs import FILE_NAMES
 from ..testing.wire import connect_socket
 from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .exit_status import USAGE_ERROR_STATUS
@@ -215,13 +217,17 @@ def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: d
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     control = None
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        if secret_path is not None:
-            _make_cluster_secret(secret_path)
-        watcher = _Watcher(supervisor, host, ports, http_ports, data_dir, certs)
         try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            if secret_path is not None:
+                _make_cluster_secret(secret_path)
+            watcher = _Watcher(supervisor, host, ports, http_ports, data_dir, certs)
             control = ControlServer(data_dir, watcher.handle_control)
-        except ControlError as exc:
+        except OSError as exc:  # a file where the directory should be, a read-only disk...
+            where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != data_dir else ""
+            _error(f"cannot use data directory {data_dir}: {exc.strerror or exc}{where}")
+            return 1
+        except (ControlError, TlsConfigError) as exc:  # client.pem or client.key will not load
             _error(str(exc))
             return 1
         supervisor.start(ports)  # HAProxy once they answer, so its first checks find them up
@@ -498,9 +504,21 @@ def _make_cluster_secret(path: Path) -> None:
 
 def _make_dev_certs(certs: DevCerts, host: str) -> None:
     """The local cluster's development certificates, made on first use (as ``kvwire certs``) and kept with its data."""
-    if not certs.existing():
+    if certs.directory.exists() and not certs.directory.is_dir():
+        raise click.ClickException(f"{certs.directory} is a file; --tls keeps its certificates in that directory")
+    existing = certs.existing()
+    if existing and len(existing) < len(FILE_NAMES):
+        missing = [name for name in FILE_NAMES if certs.directory / name not in existing]
+        raise click.ClickException(f"{certs.directory} holds part of a certificate set, without {', '.join(missing)}; "
+                                   f"`kvwire certs {certs.directory} --force` makes a whole one")
+    if existing:
+        return
+    try:
         DevCerts.create(certs.directory, hosts=[host])
-        _say(f"kvwire up: wrote development certificates to {certs.directory} (kvwire certs)")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write development certificates to {exc.filename or certs.directory}: "
+                                   f"{exc.strerror or exc}") from None
+    _say(f"kvwire up: wrote development certificates to {certs.directory} (kvwire certs)")
 
 
 def _client_tls_exports(certs: DevCerts) -> str:

@@ -60,7 +60,7 @@ def back_up(data_dir: Path, destination: Path) -> BackupSummary:
         if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
             raise BackupError(f"{destination} exists and is not an empty directory; give a new path")
         created = not destination.exists()
-        destination.mkdir(parents=True, exist_ok=True)
+        destination.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only, as a data directory
     except OSError as exc:
         raise BackupError(f"cannot use {exc.filename or destination}: {reason_of(exc)}") from None
     partial = destination / (DATABASE_FILE_NAME + PARTIAL_SUFFIX)

@@ -50,7 +50,8 @@ class DataDirLock:
         if self._fd is not None:
             raise RuntimeError(f"the lock on {self.data_dir} is already held")
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # Owner-only, as etcd and PostgreSQL make theirs: the files hold every key.
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise DataDirError(f"cannot create the data directory {self.data_dir}: {reason_of(exc)}") from None
         # Never deleted: removing it on exit would let a process that opened the

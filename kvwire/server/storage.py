@@ -202,7 +202,7 @@ class Storage:
         until the node has caught up, so that a restart meanwhile does not end it."""
         path = data_dir / DATABASE_FILE_NAME
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only (datadir.py)
             # sqlite3's default transaction handling opens a transaction before the
             # first INSERT by itself, which saves a BEGIN round trip to aiosqlite's
             # thread (about 25 us each, docs/design.md "Storage") on every group commit.

@@ -15,8 +15,11 @@ the certificates it signs.
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
 import os
+import shutil
+import tempfile
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +105,16 @@ class DevCerts:
         if type(days) is not int or days < 1:
             raise ValueError(f"days must be a positive integer, got {days!r}")
         names = list(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))
-        for name in names:
-            if not name or any(c.isspace() for c in name):
-                raise ValueError(f"host {name!r} is not an IP address or DNS name")
+        # Every name is judged before anything is written, so a bad one leaves no half a set.
+        alt_names = [_general_name(host) for host in names]
         certs = cls(directory)
         certs.directory.mkdir(parents=True, exist_ok=True)
+        for file_name in FILE_NAMES:  # renamed over, a directory would fail half way through the set
+            if (certs.directory / file_name).is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(certs.directory / file_name))
+        # The set is written into a directory of its own beside the files it replaces, then
+        # renamed over them: a failure while writing (a full disk) leaves the old set or none.
+        staging = Path(tempfile.mkdtemp(prefix=".kvwire-certs-", dir=certs.directory))
         now = datetime.datetime.now(datetime.timezone.utc)
         # Valid from an hour ago, so a clock slightly behind ours accepts them.
         not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
@@ -132,50 +140,64 @@ class DevCerts:
                                    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"), False)
             return x509.KeyUsage(**(flags | allowed))
 
+        written: dict[str, bytes] = {}
+
         def write(file_name: str, data: bytes, private: bool = False) -> None:
-            path = certs.directory / file_name
-            path.unlink(missing_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+            descriptor = os.open(staging / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
             with os.fdopen(descriptor, "wb") as file:
                 file.write(data)
+            written[file_name] = data
 
         def write_key(file_name: str, key: Any) -> None:
             write(file_name, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()), private=True)
 
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = name("kvwire development CA")
-        ca_cert = sign(ca_name, ca_key.public_key(), ca_name, ca_key, [
-            (x509.BasicConstraints(ca=True, path_length=0), True),
-            (usage(key_cert_sign=True, crl_sign=True), True),
-        ])
-        write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
-        write_key("ca.key", ca_key)
-        leaves = {
-            "node": ([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], names),
-            "client": ([ExtendedKeyUsageOID.CLIENT_AUTH], []),
-        }
-        for leaf, (purposes, alt_names) in leaves.items():
-            key = ec.generate_private_key(ec.SECP256R1())
-            extensions = [
-                (x509.BasicConstraints(ca=False, path_length=None), True),
-                (usage(digital_signature=True), True),
-                (x509.ExtendedKeyUsage(purposes), False),
-            ]
-            if alt_names:
-                extensions.append((x509.SubjectAlternativeName([_general_name(host) for host in alt_names]), False))
-            cert = sign(name(f"kvwire {leaf}"), key.public_key(), ca_name, ca_key, extensions)
-            write(f"{leaf}.pem", cert.public_bytes(serialization.Encoding.PEM))
-            write_key(f"{leaf}.key", key)
-        write("haproxy.pem", (certs.directory / "node.pem").read_bytes() + (certs.directory / "node.key").read_bytes(),
-              private=True)
+        try:
+            ca_key = ec.generate_private_key(ec.SECP256R1())
+            ca_name = name("kvwire development CA")
+            ca_cert = sign(ca_name, ca_key.public_key(), ca_name, ca_key, [
+                (x509.BasicConstraints(ca=True, path_length=0), True),
+                (usage(key_cert_sign=True, crl_sign=True), True),
+            ])
+            write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
+            write_key("ca.key", ca_key)
+            leaves = {
+                "node": ([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], alt_names),
+                "client": ([ExtendedKeyUsageOID.CLIENT_AUTH], []),
+            }
+            for leaf, (purposes, leaf_names) in leaves.items():
+                key = ec.generate_private_key(ec.SECP256R1())
+                extensions = [
+                    (x509.BasicConstraints(ca=False, path_length=None), True),
+                    (usage(digital_signature=True), True),
+                    (x509.ExtendedKeyUsage(purposes), False),
+                ]
+                if leaf_names:
+                    extensions.append((x509.SubjectAlternativeName(leaf_names), False))
+                cert = sign(name(f"kvwire {leaf}"), key.public_key(), ca_name, ca_key, extensions)
+                write(f"{leaf}.pem", cert.public_bytes(serialization.Encoding.PEM))
+                write_key(f"{leaf}.key", key)
+            write("haproxy.pem", written["node.pem"] + written["node.key"], private=True)
+            for file_name in FILE_NAMES:
+                os.replace(staging / file_name, certs.directory / file_name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return certs
 
 
 def _general_name(host: str) -> Any:
+    """``host`` as a subjectAltName entry; ValueError if it is neither an IP address nor a DNS name."""
     from cryptography import x509
 
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        raise ValueError(f"host {host!r} is not an IP address or DNS name")
     try:
         return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
+        pass
+    if ":" in host:
+        raise ValueError(f"host {host!r} has a port, or is not an IP address; give the address or name alone")
+    try:
         return x509.DNSName(host)
+    except ValueError as exc:  # cryptography's: a name not in ASCII (an A-label) ...
+        raise ValueError(f"host {host!r} is not a DNS name in ASCII ({exc})") from None
