@@ -18,8 +18,10 @@ import click
 
 from kvwire.bench.detection import detection
 from kvwire.bench.failover import failover
+from kvwire.bench.interrupt import stops_cleanly
 from kvwire.bench.load import run_load
 from kvwire.bench.load_report import report_table, save_result
+from kvwire.bench.option_types import DirectoryPath
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.settings import CONSISTENCIES, DEFAULT_MAX_REQUESTS, GENERATORS, Settings
 from kvwire.bench.suite import suite
@@ -59,7 +61,8 @@ def _pids(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple
 
 
 _EXIT_STATUS = ("Exit status: 0 when the run completed (error replies are counted, not fatal), 1 when it could "
-                "not run (refused connection, failed preload), 2 for bad options.")
+                "not run (refused connection, failed preload), 2 for bad options, 128 + the signal on SIGINT or "
+                "SIGTERM (130, 143), with nothing printed but one line.")
 
 
 @click.group(cls=DefaultCommandGroup, default="load", subcommand_metavar="[COMMAND] [ARGS]...",
@@ -127,11 +130,12 @@ def bench() -> None:
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="What to print.")
 @click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="DIR",
+@click.option("--out", type=DirectoryPath(), default=None, metavar="DIR",
               help="Also write the JSON result to a new file in DIR.")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar with live ops/s on stderr.  [default: when stderr is a terminal]")
 @click.pass_context
+@stops_cleanly("its load workers were stopped")
 def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: bool, out: Path | None,
          progress: bool | None, **options: object) -> None:
     """Load kvwire nodes, closed loop or at a fixed --rate (the default command)."""

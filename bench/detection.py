@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from kvwire import Client
+from kvwire.bench.interrupt import stops_cleanly
 from kvwire.testing import LocalCluster
 
 POLL_INTERVAL = 0.005
@@ -61,6 +62,7 @@ def measure_round(root: Path) -> dict[str, float]:
               help="Fresh clusters to measure, 1-100.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
+@stops_cleanly("its nodes were stopped and their data removed")
 def detection(ctx: click.Context, rounds: int, as_json: bool) -> None:
     """How fast a 3-node cluster notices a dead or hung node.
 
@@ -72,7 +74,8 @@ def detection(ctx: click.Context, rounds: int, as_json: bool) -> None:
     Prints the median, min and max of each, in milliseconds.
 
     Exit status: 0 when every round completed, 1 when one could not (a node
-    that did not start, a change not seen within 10 s), 2 for bad options.
+    that did not start, a change not seen within 10 s), 2 for bad options,
+    128 + the signal on SIGINT or SIGTERM (its nodes are stopped first).
     """
     measured = []
     try:

@@ -45,6 +45,8 @@ import click
 import uvloop
 
 from kvwire.bench.cpu import machine_busy_seconds
+from kvwire.bench.interrupt import stops_cleanly
+from kvwire.bench.option_types import DirectoryPath
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.plot import failover_table, plot_failover
 from kvwire.bench.recorder import LatencyRecorder, Schedule, Timeline
@@ -95,18 +97,24 @@ class FailoverSettings:
     sync: str | None = None
 
     def __post_init__(self) -> None:
+        # Each message names the field as the command line does (--kill-at for kill_at).
         ranges = {"rate": (0, 50_000), "duration": (0, 3600), "interval": (0, self.duration), "timeout": (0, 60)}
         for name, (low, high) in ranges.items():
-            if not low < getattr(self, name) <= high:
-                raise ValueError(f"{name} must be in ({low}, {high:g}], got {getattr(self, name)}")
+            if not low < getattr(self, name) <= high:  # false for nan too
+                raise ValueError(f"{_option(name)} must be in ({low}, {high:g}], got {getattr(self, name)}")
         if not 0 < self.kill_at < self.restart_at < self.duration:
-            raise ValueError(f"need 0 < kill_at < restart_at < duration, got kill_at={self.kill_at}, "
-                             f"restart_at={self.restart_at}, duration={self.duration}")
+            raise ValueError(f"need 0 < --kill-at < --restart-at < --duration, got --kill-at {self.kill_at:g}, "
+                             f"--restart-at {self.restart_at:g}, --duration {self.duration:g}")
         for name, (low, high) in {"value_size": (0, 1 << 20), "keys": (1, 10**6), "max_in_flight": (1, 10**5)}.items():
             if type(getattr(self, name)) is not int or not low <= getattr(self, name) <= high:
-                raise ValueError(f"{name} must be a whole number from {low} to {high}, got {getattr(self, name)!r}")
+                raise ValueError(f"{_option(name)} must be a whole number from {low} to {high}, got {getattr(self, name)!r}")
         if self.sync not in (None, "off", "normal", "full"):
-            raise ValueError(f"sync must be off, normal, full or None, got {self.sync!r}")
+            raise ValueError(f"--sync must be off, normal or full, got {self.sync!r}")
+
+
+def _option(field_name: str) -> str:
+    """``kill_at`` -> ``--kill-at``: the command-line option of a FailoverSettings field."""
+    return "--" + field_name.replace("_", "-")
 
 
 @dataclass
@@ -420,7 +428,7 @@ def _settings_options(command: Any) -> Any:
     for option in reversed(fields(FailoverSettings)):
         kind = {"float": float, "int": int}.get(str(option.type), str)
         command = click.option(
-            f"--{option.name.replace('_', '-')}", option.name, type=kind, default=option.default,
+            _option(option.name), option.name, type=kind, default=option.default,
             show_default=option.default is not None, metavar=kind.__name__.upper(), help=_HELP[option.name],
         )(command)
     return command
@@ -429,18 +437,20 @@ def _settings_options(command: Any) -> Any:
 @click.command(short_help="Scenario 5: PUTs while a node is killed and restarted.",
                context_settings={"help_option_names": ["-h", "--help"]}, epilog=(
     "Exit status: 0 when the runs completed (failed requests are counted, not fatal), "
-    "1 when a run could not start or was interrupted, 2 for bad options."))
+    "1 when a run could not start, 2 for bad options, 128 + the signal on SIGINT or SIGTERM (130, 143; "
+    "its nodes and HAProxy are stopped first)."))
 @click.option("--via", type=click.Choice([*VIAS, "all"]), default="all", show_default=True,
               help="HAProxy's TCP frontend, the client given all 3 nodes, REST through HAProxy's HTTP frontend, or all.")
 @_settings_options
 @click.option("--haproxy-config", type=click.Path(path_type=Path), default=DEFAULT_HAPROXY_CONFIG,
               metavar="FILE", help="HAProxy's configuration.  [default: haproxy/kvwire.cfg]")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+@click.option("--workdir", type=DirectoryPath(), default=None, metavar="DIR",
               help="Keep node data and logs in DIR/<via>.  [default: a temporary directory]")
-@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="DIR",
+@click.option("--out", type=DirectoryPath(), default=None, metavar="DIR",
               help="Write failover-<via>.json and failover.png into DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
 @click.pass_context
+@stops_cleanly("what it started (nodes, HAProxy) was stopped, and nothing was written")
 def failover(ctx: click.Context, via: str, haproxy_config: Path, workdir: Path | None, out: Path | None,
              as_json: bool, **options: Any) -> None:
     """Scenario 5: a fixed-rate PUT load while one node is killed and restarted.
@@ -465,7 +475,7 @@ def failover(ctx: click.Context, via: str, haproxy_config: Path, workdir: Path |
         for one in VIAS if via == "all" else [via]:
             with tempfile.TemporaryDirectory(prefix=f"kvwire-failover-{one}-") as scratch:
                 results.append(run_failover(one, settings, workdir / one if workdir else Path(scratch), haproxy_config))
-    except (OSError, RuntimeError, TimeoutError, KeyboardInterrupt) as exc:
+    except (OSError, RuntimeError) as exc:  # TimeoutError is an OSError
         click.echo(f"{ctx.command_path}: {type(exc).__name__}: {str(exc)[:2000]}", err=True)
         ctx.exit(1)
     click.echo(json.dumps(results) if as_json else failover_table(results))

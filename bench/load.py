@@ -33,6 +33,7 @@ from kvwire.bench.preload import preload
 from kvwire.bench.recorder import LatencyRecorder
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import OPS, mix_name
+from kvwire.testing.process import terminated_with_parent
 
 
 # --- the run as a whole ----------------------------------------------------------------
@@ -49,12 +50,15 @@ def run_load(settings: Settings, *, progress: bool = False, preloaded: bool = Fa
     context = multiprocessing.get_context("fork")
     counters = context.Array("q", settings.workers, lock=False)
     workers = []
+    # A worker forked just as a signal lands may never make it into ``workers`` to be
+    # killed below; the kernel ends it with us all the same.
+    with_parent = terminated_with_parent()
     try:
         for index in range(settings.workers):
             share = settings.connections // settings.workers + (index < settings.connections % settings.workers)
             parent_end, child_end = context.Pipe()
             process = context.Process(
-                target=worker_main, args=(settings, index, share, child_end, tables, counters), daemon=True
+                target=worker_main, args=(settings, index, share, child_end, tables, counters, with_parent), daemon=True
             )
             process.start()
             child_end.close()
@@ -65,13 +69,20 @@ def run_load(settings: Settings, *, progress: bool = False, preloaded: bool = Fa
         for _, pipe in workers:
             pipe.send(("go", t0))
         bar = _ProgressBar(settings, counters) if progress else None
-        _wait_until(t0 + settings.warmup, bar)
-        cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
-        _wait_until(t0 + settings.warmup + settings.duration, bar, lambda: any(p.poll() for _, p in workers))
-        cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
+        finished_early = lambda: any(p.poll() for _, p in workers)  # noqa: E731 - --requests ran out, or a worker failed
+        _wait_until(t0 + settings.warmup, bar, finished_early)
+        cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds(), time.monotonic())
+        _wait_until(t0 + settings.warmup + settings.duration, bar, finished_early)
+        cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds(), time.monotonic())
         if bar:
             bar.close()
         results = [_receive(pipe, "result", 10 + DRAIN_TIMEOUT_S) for _, pipe in workers]
+    except BaseException:
+        # Interrupted (SIGTERM or Ctrl-C: bench.interrupt) or failed: no result is coming,
+        # and a worker left to finish its --duration would outlive us.
+        for process, _ in workers:
+            process.kill()
+        raise
     finally:
         for process, pipe in workers:
             pipe.close()
@@ -79,12 +90,12 @@ def run_load(settings: Settings, *, progress: bool = False, preloaded: bool = Fa
             if process.is_alive():
                 process.kill()
     server_cpu_s = None if cpu_before[0] is None else cpu_after[0] - cpu_before[0]
-    return _merge(settings, results, server_cpu_s, cpu_after[1] - cpu_before[1], preload_s)
+    return _merge(settings, results, server_cpu_s, cpu_after[1] - cpu_before[1], cpu_after[2] - cpu_before[2], preload_s)
 
 
-def _wait_until(moment: float, bar: _ProgressBar | None, finished_early: Any = None) -> None:
+def _wait_until(moment: float, bar: _ProgressBar | None, finished_early: Any) -> None:
     while (left := moment - time.monotonic()) > 0:
-        if finished_early is not None and finished_early():  # --requests ran out, or a worker failed
+        if finished_early():
             return
         time.sleep(min(left, 0.25 if bar else 0.05))
         if bar:
@@ -136,7 +147,10 @@ def _receive(pipe: Any, expected: str, timeout: float) -> Any:
 
 
 def _merge(settings: Settings, results: list[dict], server_cpu_s: float | None, machine_cpu_s: float,
-           preload_s: float | None) -> dict:
+           sampled_s: float, preload_s: float | None) -> dict:
+    """One result from the workers'. Their window is the time they measured (shorter than
+    --duration when --requests ran out); the servers' and the machine's CPU were sampled
+    here, over ``sampled_s``, and their rates are over that."""
     overall, per_op = LatencyRecorder(), {}
     error_codes: dict[str, int] = {}
     for result in results:
@@ -148,12 +162,14 @@ def _merge(settings: Settings, results: list[dict], server_cpu_s: float | None, 
         overall.merge(recorder)
     ops = len(overall)
     window_s = max((r["window_s"] for r in results), default=0.0) or None
-    cpu = cpu_figures(ops, window_s, server_cpu_s, sum(r["client_cpu_s"] for r in results), machine_cpu_s)
+    cpu = cpu_figures(ops, window_s, server_cpu_s, sum(r["client_cpu_s"] for r in results), machine_cpu_s,
+                      sampled_s=sampled_s if window_s else None)
     return settings.summary() | cpu | {
         "endpoints": list(settings.endpoints),
         "workload": mix_name(settings.mix),
         "mode": "open loop" if settings.rate else "closed loop",
         "ops": ops,
+        "measured_s": round(window_s or 0.0, 6),
         "ops_per_s": round(sum(r["ops"] / r["window_s"] for r in results if r["window_s"] > 0)),
         "errors": sum(r["errors"] for r in results),
         "error_codes": error_codes,

@@ -18,10 +18,16 @@ def report_table(result: dict) -> str:
                          (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"), ("max", "max")))
 
     rate = f"open loop at {result['rate']:g}/s" if result["rate"] else "closed loop"
+    measured = result.get("measured_s")
+    # --requests may end the run before --duration: say what was measured, not what was asked.
+    if result["budget_exhausted"] and measured is not None:
+        span = f"{measured:g} s measured (of --duration {result['duration']:g})"
+    else:
+        span = f"{result['duration']:g} s"
     lines = [
         f"{result['workload'].upper()}, {result['connections']} connections, pipeline {result['pipeline']}, {rate}, "
         f"{result['workers']} worker(s), {result['value_size']}-byte values, {result['keys']} {result['distribution']} "
-        f"keys, {result['duration']:g} s after {result['warmup']:g} s warm-up, against {','.join(result['endpoints'])}",
+        f"keys, {span} after {result['warmup']:g} s warm-up, against {','.join(result['endpoints'])}",
         f"  throughput   {result['ops_per_s']:,} ops/s ({result['ops']:,} ops)",
         f"  errors       {result['errors']:,}" + (f" {result['error_codes']}" if result["error_codes"] else ""),
         f"  latency ms   {percentiles(result['latency_ms'])}",
@@ -33,8 +39,7 @@ def report_table(result: dict) -> str:
         lines.append(f"  not found    {result['not_found']:,} (answers, not errors)")
     if result["server_cpu_us_per_op"] is not None:
         lines.append(f"  server CPU   {result['server_cpu_us_per_op']} us/op, {result['server_cpu_cores']} cores")
-    lines.append(f"  CPU          this generator {result['client_cpu_cores']} cores; "
-                 f"whole machine {result['machine_cpu_cores']} of {result['cpu_count']} cores")
+    lines.append(_cpu_line(result))
     if result["preload_s"] is not None:
         lines.append(f"  note         preloaded {result['keys']} keys in {result['preload_s']} s")
     if result["unanswered"] or result["connections_lost"]:
@@ -46,6 +51,14 @@ def report_table(result: dict) -> str:
     if result["budget_exhausted"]:
         lines.append("  note         --requests reached" + (" in the warm-up" if not result["ops"] else ", stopped early"))
     return "\n".join(lines)
+
+
+def _cpu_line(result: dict) -> str:
+    if result["client_cpu_cores"] is None:
+        return "  CPU          not measured: the run ended before its measured window began"
+    machine = (f"{result['machine_cpu_cores']} of {result['cpu_count']} cores" if result["machine_cpu_cores"] is not None
+               else f"not measured (the {result.get('measured_s', 0):g} s window is too short for /proc's clock ticks)")
+    return f"  CPU          this generator {result['client_cpu_cores']} cores; whole machine {machine}"
 
 
 def save_result(result: dict, directory: Path) -> Path:

@@ -154,7 +154,12 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
     }
 
 
-def worker_main(settings: Settings, index: int, connections: int, pipe: Any, tables: Tables, progress: Any) -> None:
+def worker_main(settings: Settings, index: int, connections: int, pipe: Any, tables: Tables, progress: Any,
+                with_parent: Callable[[], None] | None = None) -> None:
+    """A worker process's body; ``with_parent`` (``terminated_with_parent()``, made in the
+    parent) has the kernel end it if the parent dies first."""
+    if with_parent is not None:
+        with_parent()
     try:
         pipe.send(("result", uvloop.run(_drive(settings, index, connections, pipe, tables, progress))))
     except BaseException as exc:  # the parent reports it; a worker prints no traceback

@@ -26,11 +26,14 @@ from kvwire.bench.cpu import cpu_figures, machine_busy_seconds, server_cpu_secon
 from kvwire.bench.preload import preload
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import encode_requests, mix_name
-from kvwire.protocol import Hello, Op, encode, parse_host_port
+from kvwire.protocol import ErrorCode, Hello, Op, encode, parse_host_port
+from kvwire.testing.process import terminated_with_parent
 
 SOURCE = Path(__file__).resolve().parent / "c" / "kvload.c"
 _REPLY_OPS = {"get": Op.GET_REPLY, "put": Op.PUT_REPLY}
 _HELLO_ID = 2**32  # no key index takes it
+# kvload's error_codes key for a reply that is neither an ERROR nor the op's own reply.
+_OTHER_ERROR = "256"
 
 
 def _cache_dir() -> Path:
@@ -72,22 +75,28 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
         endpoints = [str(part) for endpoint in settings.endpoints for part in parse_host_port(endpoint)]
         command = [str(binary), str(frames), str(hello), str(int(_REPLY_OPS[op])), str(settings.connections),
                    f"{settings.warmup:g}", f"{settings.duration:g}", *endpoints]
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
-            deadline = time.monotonic() + settings.warmup + settings.duration + 30
-            first = process.stdout.readline()
-            if first.strip() != "measuring":
-                process.kill()
-                raise RuntimeError(f"kvload could not run: {process.stderr.read().strip() or first.strip()}")
-            cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
-            line = process.stdout.readline()
-            cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
+        # terminated_with_parent: a signal landing before the try below must not leave it running alone.
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=terminated_with_parent()) as process:
             try:
-                process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+                deadline = time.monotonic() + settings.warmup + settings.duration + 30
+                first = process.stdout.readline()
+                if first.strip() != "measuring":
+                    process.kill()  # first: its stderr is read to the end below
+                    raise RuntimeError(f"kvload could not run: {process.stderr.read().strip() or first.strip()}")
+                cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
+                line = process.stdout.readline()
+                cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
+                try:
+                    process.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise RuntimeError("kvload did not finish") from None
+                if process.returncode != 0 or not line.strip():
+                    raise RuntimeError(f"kvload failed: {process.stderr.read().strip()}")
+            except BaseException:
+                # Failed, or interrupted (SIGTERM or Ctrl-C: bench.interrupt): it must not run on alone.
                 process.kill()
-                raise RuntimeError("kvload did not finish") from None
-            if process.returncode != 0 or not line.strip():
-                raise RuntimeError(f"kvload failed: {process.stderr.read().strip()}")
+                raise
     measured = json.loads(line)
     ops, window_s = measured["ops"], measured["window_s"]
     server_cpu_s = None if cpu_before[0] is None else cpu_after[0] - cpu_before[0]
@@ -98,17 +107,35 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
         "workload": mix_name(settings.mix),
         "mode": "closed loop",
         "ops": ops,
+        "measured_s": round(window_s, 6),
         "ops_per_s": round(ops / window_s) if window_s else 0,
         "errors": measured["errors"],
-        "error_codes": {},  # kvload tells a good reply from a bad one by its op, not the code
-        "not_found": 0,
+        "error_codes": _error_codes(measured),
+        "not_found": measured["not_found"],
         "latency_ms": latency,
         "latency_ms_by_op": {op: latency},
         "unanswered": measured["unanswered"],
         "connections_lost": measured["connections_lost"],
-        "connect_failures": 0,
+        "connect_failures": measured["connect_failures"],
         "off_fast_path": 0,
         "late_unsent": 0,
         "budget_exhausted": False,
         "preload_s": None if preload_s is None else round(preload_s, 2),
     }
+
+
+def _error_codes(measured: dict) -> dict[str, int]:
+    """kvload's counts by code number, named as the Python generator names them."""
+    names = {}
+    for code, count in measured["error_codes"].items():
+        if code == _OTHER_ERROR:
+            name = "unexpected reply"
+        else:
+            try:
+                name = ErrorCode(int(code)).name
+            except ValueError:  # a code this client does not know yet
+                name = f"code {code}"
+        names[name] = names.get(name, 0) + count
+    if measured["lost_in_flight"]:
+        names["connection lost"] = measured["lost_in_flight"]
+    return names

@@ -37,7 +37,11 @@ class _PreloadProtocol(LoadProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if not self.done.done():
+        if self.done.done():
+            return
+        if self.closing:  # closed by close_all, the preload cut short: nobody awaits it, and an error would be logged
+            self.done.cancel()
+        else:
             self.done.set_exception(ConnectionError(f"connection lost during the preload ({exc})"))
 
 
@@ -55,7 +59,15 @@ async def preload(settings: Settings, value: bytes) -> float:
         for protocol in protocols:
             protocol.start()
         # 1k PUTs/s is far below what a healthy node commits even with fsync on.
-        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 30 + settings.keys / 1000)
+        limit = 30 + settings.keys / 1000
+        # asyncio.wait, not wait_for(gather()): cancelled (Ctrl-C, SIGTERM), wait_for leaves
+        # the gather's CancelledError unretrieved, and asyncio prints it on the way out.
+        done, pending = await asyncio.wait([p.done for p in protocols], timeout=limit,
+                                           return_when=asyncio.FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # a connection lost: its ConnectionError
+        if pending:
+            raise TimeoutError(f"the preload of {settings.keys} keys took over {limit:g} s")
     finally:
         close_all(protocols)
     if run.errors:

@@ -17,7 +17,9 @@ from dataclasses import replace
 import click
 import uvloop
 
+from kvwire.bench.interrupt import stops_cleanly
 from kvwire.bench.load import run_load
+from kvwire.bench.option_types import FloatRange
 from kvwire.bench.output import measure_or_exit
 from kvwire.bench.preload import preload
 from kvwire.bench.settings import Settings
@@ -103,7 +105,7 @@ def refill_run(keys: int, value_size: int, duration: float, connections: int, no
 @click.option("--keys", type=click.IntRange(100, 1_000_000), default=100_000, show_default=True,
               help="Keys written before n3's data directory is deleted.")
 @click.option("--value-size", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Bytes per value.")
-@click.option("--duration", type=click.FloatRange(1, 300), default=10.0, show_default=True,
+@click.option("--duration", type=FloatRange(1, 300), default=10.0, show_default=True,
               help="Measured seconds of each client load (before, and from n3's restart), after 1 s of warm-up.")
 @click.option("--connections", type=click.IntRange(1, 1000), default=16, show_default=True,
               help="Connections of the client load, spread over n1 and n2.")
@@ -111,6 +113,7 @@ def refill_run(keys: int, value_size: int, duration: float, connections: int, no
               help="The nodes' --repair-rate (default: theirs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
+@stops_cleanly("its nodes were stopped and their data removed")
 def refill(ctx: click.Context, keys: int, value_size: int, duration: float, connections: int,
            repair_rate: int | None, as_json: bool) -> None:
     """Time anti-entropy's refill of a node that lost its disk, under client load.
@@ -122,7 +125,8 @@ def refill(ctx: click.Context, keys: int, value_size: int, duration: float, conn
     how long n3 takes to hold every key again. Nothing reads n3, so only anti-entropy (and
     the load's own PUTs) can refill it; every key is checked on n3 at the end.
 
-    Exit status: 0 when the refill completed, 1 when it did not, 2 for bad options.
+    Exit status: 0 when the refill completed, 1 when it did not, 2 for bad options,
+    128 + the signal on SIGINT or SIGTERM (its nodes are stopped first).
     """
     node_args = [] if repair_rate is None else ["--repair-rate", str(repair_rate)]
     result = measure_or_exit(ctx, lambda: refill_run(keys, value_size, duration, connections, node_args), as_json)

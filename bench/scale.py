@@ -17,7 +17,9 @@ from dataclasses import replace
 import click
 import uvloop
 
+from kvwire.bench.interrupt import stops_cleanly
 from kvwire.bench.load import run_load
+from kvwire.bench.option_types import FloatRange
 from kvwire.bench.output import measure_or_exit
 from kvwire.bench.preload import preload
 from kvwire.bench.settings import Settings
@@ -117,14 +119,15 @@ def _sizes(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int, 
               help="Keys the node holds while memory, start-up, GET and PUT are measured.")
 @click.option("--value-sizes", default=",".join(map(str, DEFAULT_VALUE_SIZES)), show_default=True,
               callback=_sizes, help="Value sizes in bytes for the large-value PUT runs.")
-@click.option("--duration", type=click.FloatRange(1, 120), default=5.0, show_default=True,
+@click.option("--duration", type=FloatRange(1, 120), default=5.0, show_default=True,
               help="Measured seconds of each load run, after the warm-up.")
-@click.option("--warmup", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+@click.option("--warmup", type=FloatRange(0, 60), default=1.0, show_default=True,
               help="Seconds of load before each run's measured time.")
 @click.option("--connections", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Connections of the GET and PUT runs (fewer for large values).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
+@stops_cleanly("its node was stopped and its data removed")
 def scale(ctx: click.Context, keys: int, value_sizes: tuple[int, ...], duration: float, warmup: float,
           connections: int, as_json: bool) -> None:
     """Measure one node's memory, start-up and throughput with --keys keys, and PUT throughput with large values.
@@ -137,7 +140,8 @@ def scale(ctx: click.Context, keys: int, value_sizes: tuple[int, ...], duration:
     and PUT throughput over those keys, and PUT throughput and MB/s for each
     of --value-sizes.
 
-    Exit status: 0 when every run completed, 1 when one did not, 2 for bad options.
+    Exit status: 0 when every run completed, 1 when one did not, 2 for bad options,
+    128 + the signal on SIGINT or SIGTERM (its node is stopped first).
     """
     result = measure_or_exit(ctx, lambda: scale_run(keys, value_sizes, duration, connections, warmup), as_json)
     if result is None:

@@ -14,7 +14,9 @@ import tempfile
 
 import click
 
+from kvwire.bench.interrupt import stops_cleanly
 from kvwire.bench.load import run_load
+from kvwire.bench.option_types import FloatRange
 from kvwire.bench.settings import Settings
 from kvwire.testing import LocalCluster
 
@@ -45,14 +47,15 @@ def _path(value: object) -> str | None:
 @click.command("security-cost", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True,
               help="Rounds, each measuring every workload in every mode.")
-@click.option("--duration", type=click.FloatRange(1, 60), default=5.0, show_default=True,
+@click.option("--duration", type=FloatRange(1, 60), default=5.0, show_default=True,
               help="Measured seconds of each run, after the warm-up.")
-@click.option("--warmup", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+@click.option("--warmup", type=FloatRange(0, 60), default=1.0, show_default=True,
               help="Seconds of load before each run's measured time.")
 @click.option("--connections", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Connections of each run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
+@stops_cleanly("its nodes were stopped and their data removed")
 def security_cost(ctx: click.Context, rounds: int, duration: float, warmup: float, connections: int, as_json: bool) -> None:
     """Quorum PUT and GET throughput of a 3-node cluster: plain TCP, mutual TLS on
     every link, and mutual TLS with client tokens (an auth file on the nodes).
@@ -62,7 +65,8 @@ def security_cost(ctx: click.Context, rounds: int, duration: float, warmup: floa
     the three nodes. The modes take turns within each round, so that drift on
     the machine hits them all; the ratios are of the medians over the rounds.
 
-    Exit status: 0 when every run completed, 1 when one could not, 2 for bad options.
+    Exit status: 0 when every run completed, 1 when one could not, 2 for bad options,
+    128 + the signal on SIGINT or SIGTERM (its nodes are stopped first).
     """
     runs: dict[tuple[str, str], list[dict]] = {}
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -27,8 +28,10 @@ import click
 
 from kvwire.bench import peers, wrk
 from kvwire.bench.failover import DEFAULT_HAPROXY_CONFIG, FailoverSettings, run_failover
+from kvwire.bench.interrupt import exit_interrupted, interrupted_by, stops_cleanly
 from kvwire.bench.load import run_load
 from kvwire.bench.native import build as build_native
+from kvwire.bench.option_types import DirectoryPath
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.plot import plot_failover
 from kvwire.bench.settings import Settings
@@ -282,7 +285,7 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
 
 
 @click.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
+@click.option("--out", type=DirectoryPath(), default=Path("bench/results"), show_default=True,
               metavar="DIR", help="Where results go: OUT/<date>/.")
 @click.option("--duration", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="Measured time per workload, 1-120.")
@@ -292,9 +295,12 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
               help="Which scenarios to run.")
 @click.option("--failover-rate", type=float, default=FailoverSettings.rate, show_default=True, metavar="OPS_PER_S",
               help="Open-loop PUT rate of the failover timeline.")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+@click.option("--workdir", type=DirectoryPath(), default=None, metavar="DIR",
               help="Keep the data directories and logs here.  [default: a temporary directory, removed]")
-def suite(out: Path, duration: float, warmup: float, scenarios: str, failover_rate: float, workdir: Path | None) -> None:
+@click.pass_context
+@stops_cleanly()
+def suite(ctx: click.Context, out: Path, duration: float, warmup: float, scenarios: str, failover_rate: float,
+          workdir: Path | None) -> None:
     """Run every scenario of the README's Performance section.
 
     The scenarios: 1 one node, 2 three nodes direct, 3 through HAProxy, 4
@@ -304,7 +310,9 @@ def suite(out: Path, duration: float, warmup: float, scenarios: str, failover_ra
     summary says why.
 
     Exit status: 0 when every scenario ran, 1 when one failed (the others'
-    figures are still written), 2 for bad options.
+    figures are still written), 2 for bad options, 128 + the signal on SIGINT
+    or SIGTERM (130, 143): what was running is stopped, and the figures
+    measured so far are written, marked interrupted.
     """
     started = time.time()
     try:
@@ -315,20 +323,21 @@ def suite(out: Path, duration: float, warmup: float, scenarios: str, failover_ra
                              f"got {scenarios!r}") from None
         try:
             failover = FailoverSettings(rate=failover_rate)
-        except ValueError as exc:
-            raise ValueError(f"--failover-rate: {exc}") from None
+        except ValueError as exc:  # its message names --rate, the option of `bench failover`
+            raise ValueError(str(exc).replace("--rate", "--failover-rate", 1)) from None
         settings = SuiteSettings(duration=duration, warmup=warmup, scenarios=numbers, failover=failover)
         results_dir = prepare_directory(out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
         if workdir is not None:
             prepare_directory(workdir, "--workdir")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    interrupted: str | None = None
     with _workdir(workdir) as scratch:
         run = Suite(settings, scratch, results_dir)
         try:
             run.run()
-        except KeyboardInterrupt:
-            _say("interrupted; writing what was measured")
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (bench.interrupt): what ran is stopped by now
+            interrupted = signal.Signals(interrupted_by()).name
     command = ["kvwire", "bench", "suite", "--out", str(out), "--duration", f"{duration:g}", "--warmup", f"{warmup:g}",
                "--scenarios", ",".join(map(str, numbers)), "--failover-rate", f"{failover_rate:g}"]
     report = {
@@ -342,9 +351,13 @@ def suite(out: Path, duration: float, warmup: float, scenarios: str, failover_ra
         "rows": run.rows,
         "failover": run.failover,
         "skipped": run.skipped,
+        "interrupted": interrupted,  # None, or the signal that cut the run short
     }
     (results_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     write_summary(report, results_dir / "summary.md")
-    _say(f"results in {results_dir}/ (summary.md, results.json{', failover.png' if run.failover else ''})")
+    written = f"{results_dir}/ (summary.md, results.json{', failover.png' if run.failover else ''})"
+    if interrupted:
+        exit_interrupted(ctx, f"the figures measured before it are in {written}")
+    _say(f"results in {written}")
     if any(item["why"].startswith("failed") for item in run.skipped):
         sys.exit(1)

@@ -226,6 +226,8 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"Reproduce: `{report['command']}` ({report['seconds']:.0f} s).",
         "",
+        *([f"**Interrupted by {report['interrupted']}**: the scenarios after the interruption did not run, "
+           "and the targets they measure say not measured.", ""] if report.get("interrupted") else []),
         "## Targets",
         "",
         "| Measure | Target | Measured in this run | |",

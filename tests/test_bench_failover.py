@@ -52,20 +52,21 @@ def test_the_default_settings_are_the_issues_scenario():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"rate": 0}, "rate must be in"),
-    ({"rate": float("nan")}, "rate must be in"),
-    ({"duration": -1}, "duration must be in"),
-    ({"kill_at": 16.0}, "need 0 < kill_at < restart_at < duration"),
-    ({"restart_at": 20.0}, "need 0 < kill_at < restart_at < duration"),
-    ({"kill_at": 0}, "need 0 < kill_at"),
-    ({"interval": 0}, "interval must be in"),
-    ({"interval": 21.0}, "interval must be in"),
-    ({"keys": 0}, "keys must be a whole number"),
-    ({"keys": 10.5}, "keys must be a whole number"),
-    ({"value_size": -1}, "value_size must be a whole number"),
-    ({"max_in_flight": 0}, "max_in_flight must be a whole number"),
-    ({"timeout": 0}, "timeout must be in"),
-    ({"sync": "sometimes"}, "sync must be off, normal, full or None"),
+    ({"rate": 0}, "--rate must be in"),
+    ({"rate": float("nan")}, "--rate must be in"),
+    ({"duration": -1}, "--duration must be in"),
+    ({"kill_at": 16.0}, "need 0 < --kill-at < --restart-at < --duration"),
+    ({"restart_at": 20.0}, "need 0 < --kill-at < --restart-at < --duration"),
+    ({"kill_at": 0}, "need 0 < --kill-at"),
+    ({"kill_at": float("nan")}, "got --kill-at nan"),
+    ({"interval": 0}, "--interval must be in"),
+    ({"interval": 21.0}, "--interval must be in"),
+    ({"keys": 0}, "--keys must be a whole number"),
+    ({"keys": 10.5}, "--keys must be a whole number"),
+    ({"value_size": -1}, "--value-size must be a whole number"),
+    ({"max_in_flight": 0}, "--max-in-flight must be a whole number"),
+    ({"timeout": 0}, "--timeout must be in"),
+    ({"sync": "sometimes"}, "--sync must be off, normal or full"),
 ])
 def test_bad_settings_raise_value_error_naming_the_option(options, message):
     with pytest.raises(ValueError, match=message):
@@ -75,7 +76,7 @@ def test_bad_settings_raise_value_error_naming_the_option(options, message):
 def test_bad_options_exit_2_with_the_message():
     result = CliRunner().invoke(failover, ["--via", "client", "--kill-at", "16"])
     assert result.exit_code == 2
-    assert "need 0 < kill_at < restart_at < duration" in result.stderr
+    assert "need 0 < --kill-at < --restart-at < --duration" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 

@@ -164,11 +164,31 @@ def test_an_open_loop_that_falls_behind_says_so(node):
         # The suite's own options, checked before anything starts.
         (["suite", "--scenarios", "a"], "--scenarios must be numbers from 1 to 6"),
         (["suite", "--scenarios", "9"], "--scenarios must name some of 1, 2, 3, 4, 5, 6"),
-        (["suite", "--failover-rate", "0"], "--failover-rate: rate must be in (0, 50000]"),
+        (["suite", "--failover-rate", "0"], "--failover-rate must be in (0, 50000]"),
         (["suite", "--out", "/etc/passwd"], "--out /etc/passwd/"),
         (["suite", "--duration", "0.5"], "--duration must be 1-120 s, got 0.5"),
         (["suite", "--warmup", "31"], "--warmup must be 0-30 s, got 31"),
-        (["failover", "--via", "client", "--kill-at", "16"], "need 0 < kill_at < restart_at < duration"),
+        (["failover", "--via", "client", "--kill-at", "16"], "need 0 < --kill-at < --restart-at < --duration"),
+        (["failover", "--rate", "0"], "--rate must be in (0, 50000], got 0"),
+        (["failover", "--sync", "sometimes"], "--sync must be off, normal or full, got 'sometimes'"),
+        # nan passes every comparison; each float option refuses it before anything starts.
+        (["--duration", "nan"], "--duration must be in (0, 3600] seconds, got nan"),
+        (["--warmup", "nan"], "--warmup must be in [0, 600] seconds, got nan"),
+        (["--rate", "nan"], "--rate must be in (0, 10000000] requests/s, got nan"),
+        (["refill", "--duration", "nan"], "Invalid value for '--duration': 'nan' is not a finite number"),
+        (["scale", "--duration", "nan"], "Invalid value for '--duration': 'nan' is not a finite number"),
+        (["scale", "--warmup", "nan"], "Invalid value for '--warmup': 'nan' is not a finite number"),
+        (["security-cost", "--duration", "nan"], "Invalid value for '--duration': 'nan' is not a finite number"),
+        (["security-cost", "--warmup", "nan"], "Invalid value for '--warmup': 'nan' is not a finite number"),
+        (["suite", "--duration", "nan"], "--duration must be 1-120 s, got nan"),
+        (["suite", "--failover-rate", "nan"], "--failover-rate must be in (0, 50000], got nan"),
+        (["failover", "--kill-at", "nan"], "need 0 < --kill-at < --restart-at < --duration, got --kill-at nan"),
+        (["failover", "--interval", "inf"], "--interval must be in (0, 20], got inf"),
+        # An empty path would mean the current directory.
+        (["--out", ""], "Invalid value for '--out': an empty path names no directory"),
+        (["suite", "--out", ""], "Invalid value for '--out': an empty path names no directory"),
+        (["failover", "--out", ""], "Invalid value for '--out': an empty path names no directory"),
+        (["failover", "--workdir", ""], "Invalid value for '--workdir': an empty path names no directory"),
         (["failover", "--haproxy-config", "/nonexistent.cfg"], "--haproxy-config /nonexistent.cfg: no such file"),
         (["detection", "--rounds", "0"], "0 is not in the range 1<=x<=100"),
     ],
@@ -178,6 +198,37 @@ def test_bad_options_exit_2_with_a_message_and_no_traceback(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def quiet_node(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as started:
+        yield started
+
+
+def test_requests_that_end_the_run_early_report_the_time_measured(quiet_node):
+    """10 requests end a run asked for 5 s within milliseconds: the header says what was
+    measured, and CPU figures that /proc's 10 ms ticks cannot give over so short a window
+    are left out, not shown as more cores than the machine has."""
+    args = ["--endpoints", quiet_node.address, "--connections", "2", "--duration", "5", "--warmup", "0", "--keys", "10",
+            "--requests", "10", "--server-pid", str(quiet_node.pid)]
+    report = run_json(*args)
+    assert report["budget_exhausted"] and report["ops"] == 10 and 0 < report["measured_s"] < 1
+    for cores in (report["machine_cpu_cores"], report["server_cpu_cores"]):
+        assert cores is None or cores <= report["cpu_count"], report
+    table = bench(*args)
+    assert table.returncode == 0, table.stderr
+    assert f"{report['duration']:g} s after" not in table.stdout and "s measured (of --duration 5) after 0 s warm-up" in table.stdout
+    assert "None" not in table.stdout and "CPU          this generator" in table.stdout
+
+
+def test_requests_spent_in_the_warm_up_leave_nothing_measured_and_say_so(quiet_node):
+    result = bench("--endpoints", quiet_node.address, "--connections", "2", "--duration", "5", "--warmup", "1",
+                   "--rate", "100", "--requests", "10", "--keys", "10")
+    assert result.returncode == 0, result.stderr
+    assert "None" not in result.stdout, result.stdout
+    assert "CPU          not measured: the run ended before its measured window began" in result.stdout
+    assert "--requests reached in the warm-up" in result.stdout and "0 s measured (of --duration 5)" in result.stdout
 
 
 def test_help_lists_the_load_options_and_the_other_benchmarks():

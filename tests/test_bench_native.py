@@ -3,6 +3,7 @@ built with the machine's C compiler and run against real node processes."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -79,12 +80,49 @@ def test_quorum_puts_and_gets_over_three_nodes_as_the_suite_runs_them(tmp_path):
                     assert isinstance(value, bytes) and len(value) == 33
 
 
-def test_error_replies_are_counted_as_errors(tmp_path):
-    """Values over the node's --max-value-bytes: every PUT is answered TOO_LARGE, and counted."""
-    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-value-bytes", "64"]) as node:
-        report = run_json("--endpoints", node.address, "--mix", "put", "--generator", "native", "--value-size",
-                          "100", "--connections", "2", "--duration", "1", "--warmup", "0", "--keys", "10")
-    assert report["ops"] > 0 and report["errors"] == report["ops"]
+def test_error_replies_are_errors_by_code_not_operations_as_in_the_python_generator(tmp_path):
+    """Values over the node's --max-value-bytes: every PUT is answered TOO_LARGE. An error
+    is no operation: no throughput and no latency, as the Python generator reports it."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-value-bytes", "64", "--sync", "off"]) as node:
+        common = ["--endpoints", node.address, "--mix", "put", "--value-size", "100", "--connections", "2",
+                  "--duration", "1", "--warmup", "0", "--keys", "10"]
+        native = run_json(*common, "--generator", "native")
+        python = run_json(*common, "--generator", "python")
+    for report in (native, python):
+        assert report["ops"] == 0 and report["ops_per_s"] == 0, report
+        assert report["errors"] > 0 and report["error_codes"] == {"TOO_LARGE": report["errors"]}, report
+        assert report["latency_ms"]["p50"] is None and report["measured_s"] == pytest.approx(1, abs=0.3)
+
+
+def test_a_node_restarted_mid_run_is_dialled_again_as_the_python_generator_does(tmp_path):
+    """kill -9 of the node mid-run: the requests in flight are errors ("connection lost"), the
+    connections are dialled again every 50 ms (refusals counted) and the load goes on against
+    the restarted node, until --duration. The node restarts empty, so every key it holds at
+    the end was written after the restart."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "kvwire", "bench", "--endpoints", node.address, "--mix", "put", "--generator",
+             "native", "--connections", "2", "--duration", "4", "--warmup", "0", "--keys", "10", "-o", "json"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            with Client([node.address], timeout=5.0) as client:
+                wait_for(lambda: client.health()["keys"] == 10, timeout=10, what="the load writing every key")
+            node.kill()
+            shutil.rmtree(node.data_dir)
+            node.start().wait_ready()
+            stdout, stderr = runner.communicate(timeout=30)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.communicate()
+        assert runner.returncode == 0, stderr
+        report = json.loads(stdout)
+        with Client([node.address], timeout=5.0) as client:
+            assert client.health()["keys"] > 0  # written by the connections dialled again
+    assert report["connections_lost"] >= 2 and report["measured_s"] == pytest.approx(4, abs=0.5)
+    assert report["ops"] > 0 and report["errors"] == report["error_codes"].get("connection lost", 0)
+    assert report["unanswered"] == 0
 
 
 def test_a_token_is_sent_and_never_reported(tmp_path):

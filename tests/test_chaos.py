@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +27,7 @@ from kvwire.check import check_history, load_jsonl
 from kvwire.check.history import Operation, Outcome
 from kvwire.protocol import errors
 from kvwire.testing import wait_for
+from kvwire.testing.process import processes_mentioning
 
 # iptables rules are the whole machine's, and a partition must heal within 2 s
 # of the wall clock: these run alone.
@@ -39,21 +39,6 @@ def run_chaos_cli(*args, timeout=180):
         [sys.executable, "-m", "kvwire", "chaos", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of live processes whose command line contains ``text`` (our nodes name their data dir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 def chain_present(chain: str) -> bool:
@@ -134,6 +119,24 @@ def test_bad_options_exit_2_without_a_traceback():
     assert "unknown fault kind 'flood'" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(ValueError, match="twice"):
         ChaosConfig(faults=("kill", "kill"))
+
+
+@pytest.mark.parametrize("args, message", [
+    # Refused before anything starts, not a traceback at the end of the run.
+    (["--out", "/proc/x"], "--out /proc/x: cannot write there"),
+    (["--out", "/etc/passwd"], "Directory '/etc/passwd' is a file"),
+    (["--out", ""], "Invalid value for '--out': an empty path names no directory"),
+    # A run without faults is asked for by name.
+    (["--faults", ""], "--faults '' names no fault kind; give some of kill, pause, partition, or none"),
+    (["--faults", ","], "--faults ',' names no fault kind"),
+    (["--duration", "nan"], "duration must be a positive number, got nan"),
+    (["--rate", "inf"], "rate must be a positive number, got inf"),
+])
+def test_bad_options_are_one_line_and_exit_2_before_anything_starts(args, message):
+    result = run_chaos_cli("--duration", "1", *args, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "kvwire chaos: seed" not in result.stderr  # nothing started
 
 
 def test_a_chain_left_by_a_killed_run_is_removed_by_the_next(tmp_path):

@@ -13,14 +13,21 @@
  *   FRAMES    a file of complete request frames, one per key; each request
  *             picks one at random (uniform)
  *   HELLO     a file holding one HELLO frame each connection sends first, or empty
- *   REPLY_OP  the op of a successful reply (0x83 GET_REPLY, ...); any other is an error
+ *   REPLY_OP  the op of a successful reply (0x83 GET_REPLY, ...); an ERROR
+ *             NOT_FOUND is an answer too (counted apart), any other reply an error
  *
  * Closed loop, one request in flight per connection; connections are spread
  * over the endpoints round-robin (HOST without brackets, as Python splits it).
+ * It counts as the Python generator does (bench/load_connection.py): only
+ * answers are operations, with a latency; error replies are counted by their
+ * code, read where kvwire's encoder writes it (after op and id); a request in
+ * flight on a lost connection is an error ("lost_in_flight"), and the
+ * connection is dialled again after 50 ms (failures counted, not fatal), so a
+ * node restarted mid-run is loaded again.
  * It prints "measuring" when the warm-up ends, then one line of JSON when the
- * measured window does; "unanswered" counts requests sent in the window whose
- * reply never came (their connection lost, or no reply within 2 s of its end). Exit status 1 when it cannot run (bad
- * arguments, a refused connection, a HELLO refused).
+ * measured window does; "unanswered" counts requests whose reply had not come
+ * 2 s after the window's end. Exit status 1 when it cannot run (bad arguments,
+ * a connection refused at the start, a HELLO refused at the start).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,6 +49,10 @@
 #define MAX_CONNECTIONS 10000
 #define OP_HELLO_REPLY 0x81
 #define OP_ERROR 0x80
+#define CODE_NOT_FOUND 1
+#define OTHER_ERROR 256 /* errors_by_code's slot for replies that are neither ERROR nor REPLY_OP */
+#define RECONNECT_NS 50000000ull /* as the Python generator: a lost connection is dialled again after 50 ms */
+#define CONNECT_TIMEOUT_NS 5000000000ull
 
 /* Latency histogram in microseconds: exact below 1,024 us, then 512 buckets
  * per power of two (under 0.2 % error), up to 2^41 us. */
@@ -84,10 +95,23 @@ typedef struct {
     int greeting;   /* HELLO sent, its reply awaited */
     int in_flight;  /* a request (or the HELLO) awaits its reply */
     int watching_out; /* EPOLLOUT armed: a frame is partly sent */
-    int open;
+    int open;       /* connected and registered with epoll */
+    int connecting; /* a non-blocking connect in progress (a redial) */
+    int redialed;   /* past its first connection: a refusal is counted, not fatal */
+    int endpoint;
+    uint64_t retry_at; /* closed: when to dial again (0: not to); connecting: when to give up */
 } Connection;
 
+typedef struct {
+    struct sockaddr_storage address; /* the address the first connection reached */
+    socklen_t length;
+    const char *host, *port;
+} Endpoint;
+
 static Connection connections[MAX_CONNECTIONS];
+static Endpoint *endpoints;
+static int connection_count;
+static int waiting_to_dial; /* connections closed with a retry_at, or connecting */
 static const uint8_t **frames;
 static uint32_t *frame_lengths;
 static size_t frame_count;
@@ -96,7 +120,8 @@ static size_t hello_length;
 static int reply_op, epoll_fd;
 static int measuring, stopping, draining;
 #define DRAIN_S 2.0 /* after the window, how long replies still in flight are awaited */
-static uint64_t ops, errors, connections_lost, unanswered;
+static uint64_t ops, errors, connections_lost, unanswered, not_found, lost_in_flight, connect_failures;
+static uint64_t errors_by_code[OTHER_ERROR + 1];
 static uint64_t random_state = 0x9E3779B97F4A7C15ull;
 
 static uint64_t now_ns(void) {
@@ -158,13 +183,35 @@ static void watch(Connection *c, uint32_t events) {
     epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &event);
 }
 
-static void lose(Connection *c) {
-    if (!c->open) return;
-    c->open = 0;
-    connections_lost++;
-    if (c->in_flight && (measuring || draining) && !c->greeting) unanswered++;
+static void close_connection(Connection *c) {
     epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    c->open = c->connecting = c->in_flight = c->greeting = c->watching_out = 0;
+    c->in_length = c->out_length = c->out_sent = 0;
+}
+
+static void dial_later(Connection *c) {
+    c->retry_at = now_ns() + RECONNECT_NS;
+    waiting_to_dial++;
+}
+
+/* A connect or HELLO that failed after the start: counted in the window, and tried again. */
+static void dial_failed(Connection *c) {
+    if (measuring) connect_failures++;
+    close_connection(c);
+    if (!stopping) dial_later(c);
+}
+
+static void lose(Connection *c) {
+    if (!c->open) return;
+    if (c->greeting && c->redialed) { dial_failed(c); return; } /* closed before answering a redial's HELLO */
+    connections_lost++;
+    if (c->in_flight && !c->greeting) {
+        if (measuring) { errors++; lost_in_flight++; } /* as the Python generator's "connection lost" */
+        else if (draining) unanswered++;
+    }
+    close_connection(c);
+    if (!stopping) dial_later(c);
 }
 
 static void flush(Connection *c) {
@@ -213,19 +260,41 @@ static int op_of(const uint8_t *payload, size_t length) {
     return -1;
 }
 
+/* The code of an ERROR reply: kvwire writes op, id, then code (a positive fixint
+ * or uint 8), before the message; OTHER_ERROR when it is not found there. */
+static int code_of(const uint8_t *payload, size_t length) {
+    size_t scan = length < 40 ? length : 40;
+    const uint8_t *key = memmem(payload, scan, "\xa4" "code", 5);
+    if (!key) return OTHER_ERROR;
+    size_t at = (size_t)(key - payload) + 5;
+    if (at < length && payload[at] < 0x80) return payload[at];
+    if (at + 1 < length && payload[at] == 0xCC) return payload[at + 1];
+    return OTHER_ERROR;
+}
+
 static void answered(Connection *c, const uint8_t *payload, size_t length) {
     int op = op_of(payload, length);
     if (!c->in_flight) return; /* sent unasked (an ERROR with no id): nothing to answer */
     c->in_flight = 0;
     if (c->greeting) {
-        if (op != OP_HELLO_REPLY) fail("the node refused HELLO (a wrong token, or not a kvwire node?)");
+        if (op != OP_HELLO_REPLY) {
+            if (!c->redialed) fail("the node refused HELLO (a wrong token, or not a kvwire node?)");
+            dial_failed(c);
+            return;
+        }
         c->greeting = 0;
     } else if (measuring) {
-        uint64_t us = (now_ns() - c->sent_ns + 999) / 1000;
-        histogram[bucket_of(us)]++;
-        histogram_total++;
-        ops++;
-        if (op != reply_op) errors++;
+        int code = op == OP_ERROR ? code_of(payload, length) : OTHER_ERROR;
+        if (op == reply_op || code == CODE_NOT_FOUND) { /* an answer: NOT_FOUND too, as in Python */
+            uint64_t us = (now_ns() - c->sent_ns + 999) / 1000;
+            histogram[bucket_of(us)]++;
+            histogram_total++;
+            ops++;
+            if (op != reply_op) not_found++;
+        } else {
+            errors++;
+            errors_by_code[code]++;
+        }
     }
     if (!stopping) send_request(c);
 }
@@ -261,30 +330,98 @@ static void receive(Connection *c) {
     if (closed) lose(c);
 }
 
-static int dial(const char *host, const char *port) {
+static void tune(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+/* The first connection to an endpoint: any failure ends the run (exit 1). The
+ * address reached is kept for redials, which do not resolve again. */
+static int dial(Endpoint *endpoint) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found, *each;
-    int status = getaddrinfo(host, port, &hints, &found);
+    int status = getaddrinfo(endpoint->host, endpoint->port, &hints, &found);
     if (status != 0) {
-        fprintf(stderr, "kvload: cannot resolve %s: %s\n", host, gai_strerror(status));
+        fprintf(stderr, "kvload: cannot resolve %s: %s\n", endpoint->host, gai_strerror(status));
         exit(1);
     }
     int fd = -1, error = 0;
     for (each = found; each; each = each->ai_next) { /* as Python does: every address in turn */
         fd = socket(each->ai_family, SOCK_STREAM, 0);
-        if (fd >= 0 && connect(fd, each->ai_addr, each->ai_addrlen) == 0) break;
+        if (fd >= 0 && connect(fd, each->ai_addr, each->ai_addrlen) == 0) {
+            memcpy(&endpoint->address, each->ai_addr, each->ai_addrlen);
+            endpoint->length = each->ai_addrlen;
+            break;
+        }
         error = errno;
         if (fd >= 0) close(fd);
         fd = -1;
     }
     freeaddrinfo(found);
     if (fd < 0) {
-        fprintf(stderr, "kvload: cannot connect to %s:%s: %s\n", host, port, strerror(error));
+        fprintf(stderr, "kvload: cannot connect to %s:%s: %s\n", endpoint->host, endpoint->port, strerror(error));
         exit(1);
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    tune(fd);
     return fd;
+}
+
+/* The first request on a connection just made: its HELLO, or a request when there is none. */
+static void greet(Connection *c) {
+    if (hello_length) {
+        c->greeting = 1;
+        send_frame(c, hello, hello_length);
+    } else {
+        send_request(c);
+    }
+}
+
+/* Dial a lost connection again, without blocking: finished in connected() once writable. */
+static void redial(Connection *c) {
+    Endpoint *endpoint = &endpoints[c->endpoint];
+    waiting_to_dial--;
+    c->retry_at = 0;
+    c->redialed = 1;
+    c->fd = socket(endpoint->address.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (c->fd < 0) { if (measuring) connect_failures++; dial_later(c); return; }
+    if (connect(c->fd, (struct sockaddr *)&endpoint->address, endpoint->length) != 0 && errno != EINPROGRESS) {
+        if (measuring) connect_failures++;
+        close(c->fd);
+        dial_later(c);
+        return;
+    }
+    c->connecting = 1;
+    c->retry_at = now_ns() + CONNECT_TIMEOUT_NS;
+    waiting_to_dial++;
+    struct epoll_event event = {.events = EPOLLOUT, .data.ptr = c};
+    epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &event);
+}
+
+static void connected(Connection *c) {
+    int error = 0;
+    socklen_t size = sizeof error;
+    waiting_to_dial--;
+    c->connecting = 0;
+    c->retry_at = 0;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &size) != 0 || error != 0 || stopping) {
+        if (stopping) close_connection(c);
+        else dial_failed(c);
+        return;
+    }
+    tune(c->fd);
+    c->open = 1;
+    watch(c, EPOLLIN);
+    greet(c);
+}
+
+/* Redials that are due, and connects that took too long. */
+static void dial_due(uint64_t now) {
+    for (int i = 0; i < connection_count && waiting_to_dial > 0; i++) {
+        Connection *c = &connections[i];
+        if (!c->retry_at || now < c->retry_at) continue;
+        if (c->connecting) { waiting_to_dial--; c->connecting = 0; c->retry_at = 0; dial_failed(c); }
+        else if (!c->open) redial(c);
+    }
 }
 
 static double cpu_seconds(void) {
@@ -300,28 +437,27 @@ int main(int argc, char **argv) {
     load_frames(argv[1]);
     hello = read_file(argv[2], &hello_length);
     reply_op = atoi(argv[3]);
-    int count = atoi(argv[4]);
+    int count = atoi(argv[4]), endpoint_count = (argc - 7) / 2;
     double warmup = atof(argv[5]), duration = atof(argv[6]);
     if (count < 1 || count > MAX_CONNECTIONS) fail("CONNECTIONS must be 1-10000");
-    if (warmup < 0 || duration <= 0) fail("WARMUP_S must be >= 0 and DURATION_S > 0");
+    if (!(warmup >= 0 && duration > 0)) fail("WARMUP_S must be >= 0 and DURATION_S > 0");
+    connection_count = count;
+    endpoints = calloc((size_t)endpoint_count, sizeof *endpoints);
+    if (!endpoints) fail("out of memory");
+    for (int e = 0; e < endpoint_count; e++) {
+        endpoints[e].host = argv[7 + 2 * e];
+        endpoints[e].port = argv[8 + 2 * e];
+    }
     epoll_fd = epoll_create1(0);
     for (int i = 0; i < count; i++) {
         Connection *c = &connections[i];
-        int endpoint = i % ((argc - 7) / 2);
-        c->fd = dial(argv[7 + 2 * endpoint], argv[8 + 2 * endpoint]);
+        c->endpoint = i % endpoint_count;
+        c->fd = dial(&endpoints[c->endpoint]);
         c->open = 1;
         struct epoll_event event = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &event);
     }
-    for (int i = 0; i < count; i++) {
-        Connection *c = &connections[i];
-        if (hello_length) {
-            c->greeting = 1;
-            send_frame(c, hello, hello_length);
-        } else {
-            send_request(c);
-        }
-    }
+    for (int i = 0; i < count; i++) greet(&connections[i]);
     uint64_t started = now_ns();
     uint64_t measure_at = started + (uint64_t)(warmup * 1e9), end_at = measure_at + (uint64_t)(duration * 1e9);
     double cpu_at_start = 0;
@@ -335,7 +471,7 @@ int main(int argc, char **argv) {
             printf("measuring\n");
             fflush(stdout);
         }
-        if (!draining && (now >= end_at || connections_lost == (uint64_t)count)) {
+        if (!draining && now >= end_at) {
             /* The window ends: send nothing more, and wait a while for what is in flight. */
             window = measuring ? (double)(now - measure_at) / 1e9 : 0;
             cpu = measuring ? cpu_seconds() - cpu_at_start : 0;
@@ -348,11 +484,13 @@ int main(int argc, char **argv) {
             for (int i = 0; i < count; i++) waiting |= connections[i].open && connections[i].in_flight;
             if (!waiting || now >= end_at) break;
         }
+        if (waiting_to_dial > 0 && !stopping) dial_due(now);
         uint64_t next = (measuring || draining) ? end_at : measure_at;
         int timeout_ms = (int)((next - now) / 1000000) + 1;
         int ready = epoll_wait(epoll_fd, events, 256, timeout_ms > 10 ? 10 : timeout_ms);
         for (int i = 0; i < ready; i++) {
             Connection *c = events[i].data.ptr;
+            if (c->connecting) { connected(c); continue; }
             if (!c->open) continue;
             if (events[i].events & EPOLLOUT) flush(c);
             if (c->open && (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) receive(c);
@@ -360,11 +498,18 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < count; i++) /* no reply within the drain */
         if (connections[i].open && connections[i].in_flight && !connections[i].greeting) unanswered++;
-    printf("{\"ops\": %llu, \"errors\": %llu, \"window_s\": %.6f, \"client_cpu_s\": %.6f, \"connections_lost\": %llu, "
-           "\"unanswered\": %llu, "
+    printf("{\"ops\": %llu, \"errors\": %llu, \"error_codes\": {", (unsigned long long)ops, (unsigned long long)errors);
+    const char *separator = "";
+    for (int code = 0; code <= OTHER_ERROR; code++) {
+        if (!errors_by_code[code]) continue;
+        printf("%s\"%d\": %llu", separator, code, (unsigned long long)errors_by_code[code]);
+        separator = ", ";
+    }
+    printf("}, \"lost_in_flight\": %llu, \"not_found\": %llu, \"window_s\": %.6f, \"client_cpu_s\": %.6f, "
+           "\"connections_lost\": %llu, \"connect_failures\": %llu, \"unanswered\": %llu, "
            "\"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, \"max\": %.3f}}\n",
-           (unsigned long long)ops, (unsigned long long)errors, window, cpu,
-           (unsigned long long)connections_lost, (unsigned long long)unanswered, percentile_ms(0.5), percentile_ms(0.9), percentile_ms(0.99),
-           percentile_ms(0.999), percentile_ms(1.0));
+           (unsigned long long)lost_in_flight, (unsigned long long)not_found, window, cpu,
+           (unsigned long long)connections_lost, (unsigned long long)connect_failures, (unsigned long long)unanswered,
+           percentile_ms(0.5), percentile_ms(0.9), percentile_ms(0.99), percentile_ms(0.999), percentile_ms(1.0));
     return 0;
 }

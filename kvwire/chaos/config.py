@@ -64,7 +64,11 @@ class ChaosConfig:
 
 
 def parse_faults(text: str) -> tuple[str, ...]:
-    """``"kill,pause"`` -> ``("kill", "pause")``; ``""`` or ``"none"`` -> no faults."""
-    if text.strip().lower() in ("", "none"):
+    """``"kill,pause"`` -> ``("kill", "pause")``; ``"none"`` -> no faults. An empty
+    list is refused: a run without faults is asked for by name, not by accident."""
+    if text.strip().lower() == "none":
         return ()
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    faults = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not faults:
+        raise ValueError(f"--faults {text!r} names no fault kind; give some of {', '.join(FAULT_KINDS)}, or none")
+    return faults

@@ -11,6 +11,13 @@ import click
 EXIT_OK, EXIT_ANOMALIES, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
 
 
+def _out_directory(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    # click's Path would read '' as '.', the directory the run was started from.
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty path names no directory")
+    return None if value is None else Path(value)
+
+
 @click.command()
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True, help="Seconds of load and faults.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seeds every choice of the clients and the nemesis.  [default: random, printed]")
@@ -19,14 +26,16 @@ EXIT_OK, EXIT_ANOMALIES, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True, help="Most operations per second, all clients together.")
 @click.option("--keys", type=click.IntRange(min=1), default=8, show_default=True, help="Keys in use at a time; each is retired after --ops-per-key operations.")
 @click.option("--ops-per-key", type=click.IntRange(min=1), default=200, show_default=True, help="Operations on a key before a fresh key replaces it.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Write history.jsonl, local_reads.jsonl, replicas.json, summary.json and the nodes' data and logs (nodes/) here.")
+@click.option("--out", type=click.Path(file_okay=False), callback=_out_directory, default=None, help="Write history.jsonl, local_reads.jsonl, replicas.json, summary.json and the nodes' data and logs (nodes/) here.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json prints summary.json.")
 def chaos(duration, seed, clients, faults, rate, keys, ops_per_key, out, output) -> None:
     """Run 3 nodes on 127.0.0.1-3 under faults while clients record every operation, then check the history.
 
     Exit status: 0 no anomaly, 1 anomalies (the report says which), 2 bad usage,
-    3 the run could not be made (iptables unusable, a node would not start).
+    3 the run could not be made (iptables unusable, a node would not start),
+    128 + the signal on SIGINT or SIGTERM (the nodes are stopped first).
     """
+    from ..bench.output import prepare_directory
     from ..chaos import ChaosConfig, run_chaos
     from ..chaos.config import parse_faults
     from ..chaos.firewall import FirewallUnavailable
@@ -38,6 +47,8 @@ def chaos(duration, seed, clients, faults, rate, keys, ops_per_key, out, output)
             duration=duration, clients=clients, faults=parse_faults(faults), out=out, rate=rate,
             keys=keys, ops_per_key=ops_per_key, **({} if seed is None else {"seed": seed}),
         )
+        if out is not None:
+            prepare_directory(out, "--out")  # a run of minutes must not end unable to write its files
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     progress = lambda line: click.echo(line, err=True)  # noqa: E731

@@ -20,7 +20,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence
+from typing import IO, Callable, Iterator, Mapping, Sequence
 
 # Once a child exits, its last lines are in the pipe already; copying them takes
 # milliseconds. The bound is for a grandchild that inherited the pipe and lives on.
@@ -277,3 +277,29 @@ def _copy_lines(source: IO[bytes], copy_to: LineCopy) -> None:
                     copy_to.stream.flush()
                 except (OSError, ValueError):
                     pass  # the stream is gone (a closed terminal); keep draining so the child never blocks
+
+
+def _live_processes() -> Iterator[tuple[int, str, int]]:
+    """(pid, command line, parent pid) of every process still running (not a zombie), from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z":
+            yield int(entry.name), cmdline, int(fields[1])
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of running processes, this one aside, whose command line contains ``text``
+    (a node names its data directory there, so a test finds the nodes a command left)."""
+    return [pid for pid, cmdline, _ in _live_processes() if text in cmdline and pid != os.getpid()]
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids of the running child processes of ``pid``."""
+    return [child for child, _, parent in _live_processes() if parent == pid]
+

@@ -1,0 +1,117 @@
+"""Every `kvwire bench` command stopped by SIGTERM (or Ctrl-C) stops what it started.
+
+Real processes: the command runs as `python -m kvwire bench ...` with TMPDIR in
+the test's own directory, so its temporary directory and the nodes that name it
+on their command line can be found; it is signalled once they run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvwire.testing import NodeProcess, wait_for
+from kvwire.testing.process import children_of, processes_mentioning
+
+# Generous: on a loaded machine three nodes stopping in turn take seconds each; the
+# claim is that everything stops and is removed, not how fast.
+EXIT_DEADLINE_S = 60
+
+
+def nodes_listening(scratch: Path) -> int:
+    """How many node logs under ``scratch`` say the node listens (each node logs to <data dir>.log)."""
+    count = 0
+    for log in scratch.rglob("*.log"):
+        try:
+            count += "listening on" in log.read_text(errors="replace")
+        except OSError:  # removed meanwhile
+            pass
+    return count
+
+
+def start_bench(args, tmp_path):
+    """`kvwire bench ARGS` with its temporary files under tmp_path/tmp, SIGINT at its default
+    (a suite started as a background job inherits it ignored)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvwire", "bench", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ), scratch
+
+
+def stop_and_check(runner, signum, scratch):
+    """Signal the runner; it must exit 128 + signum with one line, leaving no process or temp dir."""
+    try:
+        runner.send_signal(signum)
+        stdout, stderr = runner.communicate(timeout=EXIT_DEADLINE_S)
+        assert runner.returncode == 128 + signum, stderr
+        assert f"interrupted by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr
+        wait_for(lambda: not processes_mentioning(str(scratch)), timeout=5, what="every node stopped")
+        assert list(scratch.iterdir()) == []
+        return stdout, stderr
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+        for pid in processes_mentioning(str(scratch)):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def quiet_node(tmp_path):
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as started:
+        yield started
+
+
+# (command line, how many nodes it runs at once): each starts nodes in a temporary directory.
+NODE_COMMANDS = {
+    "detection": (["detection", "--rounds", "1"], 3),
+    "failover": (["failover", "--via", "client", "--sync", "off", "--duration", "20", "--rate", "50"], 3),
+    "security-cost": (["security-cost", "--rounds", "1", "--duration", "10", "--warmup", "0",
+                       "--connections", "2"], 3),
+    "refill": (["refill", "--keys", "100", "--duration", "10", "--connections", "2"], 3),
+    "scale": (["scale", "--keys", "1000", "--duration", "10", "--warmup", "0", "--connections", "2",
+               "--value-sizes", "100"], 1),
+}
+
+
+@pytest.mark.parametrize("command", list(NODE_COMMANDS))
+def test_sigterm_stops_the_nodes_and_removes_the_temporary_directory(tmp_path, command):
+    args, nodes = NODE_COMMANDS[command]
+    runner, scratch = start_bench(args, tmp_path)
+    wait_for(lambda: runner.poll() is None and nodes_listening(scratch) >= nodes, timeout=30,
+             interval=0.05, what=f"{command}'s nodes serving")
+    assert len(processes_mentioning(str(scratch))) >= nodes
+    stop_and_check(runner, signal.SIGTERM, scratch)
+
+
+@pytest.mark.parametrize("generator, workers", [("python", 2), ("native", 1)])
+def test_sigterm_stops_the_load_workers(quiet_node, tmp_path, generator, workers):
+    runner, scratch = start_bench(["--endpoints", quiet_node.address, "--mix", "put", "--connections", "2",
+                                   "--workers", str(workers), "--keys", "10", "--duration", "30", "--warmup", "0",
+                                   "--generator", generator], tmp_path)
+    workers_of = wait_for(lambda: runner.poll() is None and len(children_of(runner.pid)) >= workers and
+                          children_of(runner.pid), timeout=30, interval=0.05, what="the load workers running")
+    stop_and_check(runner, signal.SIGTERM, scratch)
+    assert [pid for pid in workers_of if Path(f"/proc/{pid}").exists()] == []  # not left to run on under init
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_suite_writes_what_it_measured_and_exits_nonzero(tmp_path, signum):
+    out = tmp_path / "results"
+    runner, scratch = start_bench(["suite", "--scenarios", "1", "--duration", "1", "--warmup", "0",
+                                   "--out", str(out)], tmp_path)
+    wait_for(lambda: runner.poll() is None and nodes_listening(scratch), timeout=30, interval=0.05,
+             what="the suite's node serving")
+    _, stderr = stop_and_check(runner, signum, scratch)
+    (day,) = out.iterdir()
+    assert f"the figures measured before it are in {day}/" in stderr
+    report = json.loads((day / "results.json").read_text())
+    assert report["interrupted"] == signal.Signals(signum).name
+    assert f"**Interrupted by {signal.Signals(signum).name}**" in (day / "summary.md").read_text()
