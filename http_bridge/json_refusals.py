@@ -55,4 +55,6 @@ def refusal_message(status: int, message: str | None) -> str:
 
 def handler_of(server: web.Server) -> RequestHandler:
     """A protocol for one connection of ``server``, as ``server()`` makes but refusing in JSON."""
-    return JsonRefusals(server, loop=asyncio.get_running_loop(), **getattr(server, "_kwargs", {}))
+    # Server.__call__ passes its handler_args (max_line_size...) as _kwargs: without them
+    # long keys would be refused, so a missing attribute fails loudly here.
+    return JsonRefusals(server, loop=asyncio.get_running_loop(), **server._kwargs)

@@ -79,6 +79,20 @@ async def test_tuples_come_back_as_lists(shared_node):
         assert await client.get("tuple") == [1, [2, 3]]
 
 
+@pytest.mark.parametrize("raw", [b"\x01\xa5extra\x92", b"", b"\x01\x02", b"\xc1", b"\x92\x01"])
+async def test_a_packed_value_must_be_exactly_one_msgpack_value(shared_node, raw):
+    """A msgspec.Raw goes into the frame as it is: trailing bytes would be read as the frame's
+    next field (the request id, lost), missing ones would break the frame for every call on it."""
+    import msgpack
+    from msgspec import Raw
+
+    async with AsyncClient(shared_node.address) as client:
+        with pytest.raises(ValueError, match="must hold exactly one msgpack value"):
+            await client.put("packed", Raw(raw), request_id="packed-once")
+        await client.put("packed", Raw(msgpack.packb({"a": [1, 2]})), request_id="packed-once")
+        assert await client.get("packed") == {"a": [1, 2]}
+
+
 def test_sync_client_every_value_type_round_trips(shared_node):
     with Client(shared_node.address) as client:
         for index, value in enumerate(VALUES):

@@ -36,7 +36,8 @@ BYTES_TAG = "$bytes"
 # of CPU (parsing 0.8 s, checking 0.4 s, reading the msgpack 0.2 s; 2026-12-05):
 # on a node's own bridge that would hold the node's event loop, and its peers
 # would mark it DOWN after 0.5 s without a heartbeat. A thread lets the loop run
-# between its bytecodes; below this size the hop to it (tens of µs) would cost
+# between its bytecodes (msgpack and the C JSON encoder hold it for tens of ms
+# at most on a 2 MB value); below this size the hop to it (tens of µs) would cost
 # more than the work.
 OFF_LOOP_BYTES = 64 * 1024
 
@@ -120,7 +121,9 @@ def json_text(document: Any, *, compact: bool = True, allow_nan: bool = False) -
         pass
     except RecursionError:
         return _iterative_json(document, encoder)
-    except ValueError:  # the encoder's "Out of range float values are not JSON compliant"
+    except ValueError as exc:  # the encoder's "Out of range float values are not JSON compliant"
+        if "Circular reference" in str(exc):  # a Python caller's own object, never a stored value
+            raise
         raise UnrepresentableJsonError("the value holds a float NaN or infinity, which JSON cannot carry") from None
     try:
         return encoder.encode(jsonable(document))
