@@ -433,8 +433,14 @@ def _json_response(status: int, document: Any, headers: dict[str, str] | None = 
     return _json_text_response(status, to_json_text(document), headers)
 
 
+# On every answer: a browser must read JSON as JSON, never sniff it into HTML
+# (a stored value, or a key echoed in an error, could hold markup).
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
 def _json_text_response(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
+    return web.Response(status=status, text=text, content_type="application/json",
+                        headers=NOSNIFF if headers is None else {**NOSNIFF, **headers})
 
 
 def status_for(error: KvwireError) -> int:

@@ -477,6 +477,7 @@ def answer_bytes(answer: Answer, date: bytes, *, close: bool) -> bytes:
     """``answer`` as HTTP/1.1 puts it on the wire; ``close``: with ``Connection: close``."""
     body = answer.text.encode()
     head = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\nDate: %s\r\n"
+            b"X-Content-Type-Options: nosniff\r\n"  # as app.NOSNIFF
             % (answer.status, _REASONS.get(answer.status, b""), len(body), date)]
     if answer.headers:
         head.extend(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in answer.headers.items())

@@ -19,6 +19,7 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from .app import NOSNIFF
 from .values import to_json_text
 
 # aiohttp's messages for a body it cannot decode end in a packaging hint ("Please
@@ -35,7 +36,7 @@ class JsonRefusals(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs; raises if an answer was begun
         response = web.Response(status=status, text=to_json_text({"error": refusal_message(status, message)}),
-                                content_type="application/json", charset="utf-8")
+                                content_type="application/json", charset="utf-8", headers=NOSNIFF)
         response.force_close()
         return response
 

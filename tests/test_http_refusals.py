@@ -89,3 +89,15 @@ def test_the_location_of_a_dot_key_names_it_and_not_the_path_above(bridge, segme
     # urllib resolves dot segments as a browser would: %2E is no dot segment.
     assert http("GET", f"{bridge.url}{location}").json == {"key": key, "value": key,
                                                            "version": reply.json["version"]}
+
+
+@pytest.mark.parametrize("request_bytes", [
+    f"GET {KEY} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),  # the fast path's answer (or aiohttp's)
+    f"POST {KEY} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n".encode(),  # aiohttp's 405
+    f"GET {KEY} HTTP/1.1\r\nHost: attacker.example\r\n\r\n".encode(),  # the Host check's 421
+    f"get {KEY} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),  # the parser's refusal
+])
+def test_every_answer_tells_browsers_not_to_sniff_it(bridge, request_bytes):
+    (response,) = raw_exchange(bridge.port, request_bytes)
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["x-content-type-options"] == "nosniff", response.headers
