@@ -456,3 +456,18 @@ def test_serve_refuses_two_listeners_on_one_address_before_binding(tmp_path, lis
     assert result.returncode == 2, result.stderr
     assert message.format(p=p) in result.stderr and "already in use" not in result.stderr
     assert not (tmp_path / "n1").exists()
+
+
+@pytest.mark.parametrize("closed", [(1,), (1, 2), (0, 1, 2)], ids=["stdout", "stdout-stderr", "all-three"])
+def test_kvwire_with_standard_fds_closed_fails_plainly_not_with_a_uvloop_abort(closed):
+    """A socket numbered 0-2 made uvloop abort on closing it (libuv asserts fd > 2): `kvwire bench >&-`
+    against a refused endpoint died of SIGABRT. The entry point now opens /dev/null on a closed one."""
+    refused = f"127.0.0.1:{free_port()}"
+
+    def close_them() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    result = subprocess.run([*KVWIRE_SCRIPT, "bench", "--endpoints", refused, "--connections", "1", "--duration", "1",
+                             "--warmup", "0", "--keys", "10"], preexec_fn=close_them, timeout=60)
+    assert result.returncode == 1

@@ -10,6 +10,7 @@ Only the standard library (and early_sigint, which imports nothing) may be impor
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -27,6 +28,7 @@ def kvwire() -> None:
     commands get KeyboardInterrupt back once imported (bench, stopped, writes what it measured)."""
     status = interrupted_status(sys.argv[1:])
     installed = _exit_on_sigint(status)
+    fill_closed_standard_fds()
     from .main import main
 
     if installed and status != 0:
@@ -40,6 +42,25 @@ def kvwire_cli() -> None:
     from .client import main
 
     main()
+
+
+def fill_closed_standard_fds() -> None:
+    """Open /dev/null on any of fds 0-2 that is closed (``kvwire bench >&-``).
+
+    The next file opened would take that number: a node's socket, or kvload's pipe,
+    as fd 1 or 2. uvloop aborts the process when it closes a handle numbered 2 or
+    less (libuv's ``uv__close`` asserts ``fd > STDERR_FILENO``), and anything
+    written to stdout or stderr would go to that socket. Python has set
+    ``sys.stdout``/``sys.stderr`` to None already, so output stays dropped, as before.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, as the lower ones are open
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
 
 
 def interrupted_status(args: list[str]) -> int:
