@@ -257,3 +257,12 @@ def test_http_allowed_hosts_without_http_listen_is_a_usage_error(tmp_path):
     result = run_kvwire("serve", "--data-dir", str(tmp_path / "n1"), "--http-allowed-hosts", "kv.example")
     assert result.returncode == 2 and "--http-allowed-hosts is for the REST API of --http-listen" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "n1").exists()
+
+
+def test_http_allowed_hosts_from_the_environment_of_a_node_without_rest_is_moot(tmp_path):
+    """KVWIRE_HTTP_ALLOWED_HOSTS in an environment shared by nodes (kvwire up --no-http, an env file)."""
+    node = NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"],
+                       env={"KVWIRE_HTTP_ALLOWED_HOSTS": "kv.example"})
+    with node:
+        assert node.running
+    assert "Traceback" not in node.log()

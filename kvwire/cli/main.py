@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_host_port
 from ..server.access import AuthTable
@@ -83,7 +84,10 @@ def serve(**options) -> None:
             from .bridge import node_bridge_config
 
             node_bridge_config(config, http_address, options["allowed_hosts"])
-        elif options["allowed_hosts"]:
+        elif options["allowed_hosts"] and \
+                click.get_current_context().get_parameter_source("allowed_hosts") is ParameterSource.COMMANDLINE:
+            # Given on the command line, a mistake; from KVWIRE_HTTP_ALLOWED_HOSTS, an environment
+            # shared with nodes that serve REST (kvwire up, an env file), and moot here.
             raise ValueError("--http-allowed-hosts is for the REST API of --http-listen; give that too")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
