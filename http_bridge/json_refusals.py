@@ -8,7 +8,9 @@ that echoes the bytes it choked on. The bridge's connections are aiohttp's
 from the first such request on (fast_path.py hands them over), so a handler
 whose ``handle_error`` answers ``{"error": "<one line>"}`` instead, with the
 same status, makes every answer JSON. aiohttp still logs, checks that no
-answer was begun, and closes the connection after the answer, as before.
+answer was begun, and closes the connection after the answer, as before. The
+same handler writes in JSON an HTTPException no middleware saw: the 417 of
+aiohttp's default ``Expect`` handler, which runs before the middlewares.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ class JsonRefusals(RequestHandler):
     """aiohttp's protocol, its refusals in JSON (the module's docstring)."""
 
     __slots__ = ()
+
+    async def finish_response(self, request, resp: web.StreamResponse, start_time: float | None):
+        # An HTTPException that no middleware saw: the default Expect handler's 417, which
+        # aiohttp runs before the middlewares (every route but a PUT's, and unmatched paths).
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            text = (resp.text or "").strip().splitlines()
+            headers = {name: value for name, value in resp.headers.items()
+                       if name.lower() not in ("content-type", "content-length")}
+            resp = web.Response(status=resp.status, text=to_json_text({"error": text[0] if text else resp.reason}),
+                                content_type="application/json", charset="utf-8", headers={**headers, **NOSNIFF})
+        return await super().finish_response(request, resp, start_time)
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:

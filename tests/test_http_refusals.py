@@ -101,3 +101,12 @@ def test_every_answer_tells_browsers_not_to_sniff_it(bridge, request_bytes):
     (response,) = raw_exchange(bridge.port, request_bytes)
     assert response.headers["content-type"].startswith("application/json")
     assert response.headers["x-content-type-options"] == "nosniff", response.headers
+
+
+@pytest.mark.parametrize("path", [KEY, f"{PREFIX}/health/", f"{PREFIX}/nowhere"])
+def test_an_expectation_other_than_100_continue_is_417_in_json_on_every_route(bridge, path):
+    (response,) = raw_exchange(bridge.port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\nExpect: foo\r\n\r\n".encode())
+    assert response.status == 417
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert json.loads(response.body) == {"error": "Unknown Expect: foo"}
+    assert response.headers["x-content-type-options"] == "nosniff"
