@@ -79,16 +79,22 @@ async def test_tuples_come_back_as_lists(shared_node):
         assert await client.get("tuple") == [1, [2, 3]]
 
 
-@pytest.mark.parametrize("raw", [b"\x01\xa5extra\x92", b"", b"\x01\x02", b"\xc1", b"\x92\x01"])
-async def test_a_packed_value_must_be_exactly_one_msgpack_value(shared_node, raw):
+@pytest.mark.parametrize("raw", [b"\x01\xa5extra\x92", b"", b"\x01\x02", b"\xc1", b"\x92\x01",
+                                 b"\x81\x01\x02", b"\xd4\x05\x00", b"\x82\xa1a\x01\xa1a\x02"],
+                         ids=["trailing", "empty", "two", "invalid", "cut-short", "int-key", "ext", "key-twice"])
+async def test_a_packed_value_must_be_one_value_a_node_accepts(shared_node, raw):
     """A msgspec.Raw goes into the frame as it is: trailing bytes would be read as the frame's
-    next field (the request id, lost), missing ones would break the frame for every call on it."""
+    next field (the request id, lost), missing ones would break the frame, and a value the node
+    refuses would close the connection, failing every other call on it."""
     import msgpack
     from msgspec import Raw
 
     async with AsyncClient(shared_node.address) as client:
-        with pytest.raises(ValueError, match="must hold exactly one msgpack value"):
+        await client.put("packed-neighbour", 1)
+        neighbours = [asyncio.ensure_future(client.get("packed-neighbour")) for _ in range(5)]
+        with pytest.raises(ValueError, match="must hold exactly one msgpack value a node accepts"):
             await client.put("packed", Raw(raw), request_id="packed-once")
+        assert await asyncio.gather(*neighbours) == [1] * 5
         await client.put("packed", Raw(msgpack.packb({"a": [1, 2]})), request_id="packed-once")
         assert await client.get("packed") == {"a": [1, 2]}
 

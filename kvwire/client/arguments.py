@@ -11,11 +11,11 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import msgpack
 from msgspec import Raw
 
 from kvwire.protocol import Consistency, Limits
 from kvwire.protocol.limits import MSGPACK_MAX_INT, MSGPACK_MIN_INT
+from kvwire.protocol.values import checked_raw
 
 # msgpack itself refuses to pack deeper nesting than this (its default nest_limit).
 _MAX_DEPTH = 511
@@ -64,27 +64,19 @@ def check_request_id(request_id: Any) -> str:
 def check_value(value: Any) -> None:
     """Raise TypeError (or ValueError) unless msgpack can carry ``value`` and a node will accept it.
 
-    A ``msgspec.Raw`` is a value already packed (the HTTP bridge packs its values, large
-    ones off its event loop): it must hold exactly one msgpack value, as it goes into the
-    frame as it is (a second value would be read as the frame's next field); what that
-    value holds, the node checks, and refuses with BAD_REQUEST."""
+    A ``msgspec.Raw`` is a value already packed (the HTTP bridge packs its values): it goes
+    into the frame as it is, so it is read here as the node will read it. Bytes that are not
+    exactly one value would break the frame (a second value read as its next field, the
+    request id lost), and a value the node refuses (a map key that is not a string) would
+    close the connection under every other call on it; both are ValueError here."""
     if type(value) is Raw:
-        _check_one_packed_value(value)
+        try:
+            checked_raw(value)
+        except Exception as exc:  # noqa: BLE001 - msgpack's, msgspec's or the protocol's own refusal
+            raise ValueError(f"a msgspec.Raw value must hold exactly one msgpack value a node accepts; "
+                             f"these {len(value)} bytes do not ({exc})") from None
         return
     _check(value, "value", 0)
-
-
-def _check_one_packed_value(raw: Raw) -> None:
-    # Unpacker.skip walks the value in C without building it: a few ms for 1 MiB.
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(raw), 1))
-    unpacker.feed(raw)
-    try:
-        unpacker.skip()
-        whole = unpacker.tell() == len(raw)
-    except (msgpack.OutOfData, msgpack.FormatError, msgpack.StackError, ValueError):
-        whole = False
-    if not whole:
-        raise ValueError(f"a msgspec.Raw value must hold exactly one msgpack value; these {len(raw)} bytes do not")
 
 
 def _check(value: Any, where: str, depth: int) -> None:
