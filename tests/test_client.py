@@ -749,3 +749,78 @@ def test_a_host_name_that_does_not_resolve_is_said_in_words():
 
     text = _describe_os_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
     assert text == "cannot resolve the host name: Name or service not known"
+
+
+# --- event loops and processes -----------------------------------------------------------------
+
+
+def test_an_async_client_in_use_on_one_loop_refuses_a_call_from_another_before_sending(shared_node):
+    """Its connections belong to the first loop: a call from a second loop wrote to them from the wrong
+    thread, and its PUT was applied while the call failed with asyncio's own RuntimeError."""
+    client = AsyncClient(shared_node.address)
+    first = asyncio.new_event_loop()
+    thread = threading.Thread(target=first.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(client.put("two-loops", "first"), first).result(10)
+
+        async def from_another_loop() -> None:
+            await client.put("two-loops", "second")
+
+        with pytest.raises(RuntimeError, match="in use on another event loop.*nothing was sent"):
+            asyncio.run(from_another_loop())
+        assert asyncio.run_coroutine_threadsafe(client.get("two-loops"), first).result(10) == "first"
+        asyncio.run(client.close())  # from the other loop too: left to the client's own loop
+        assert client.closed
+    finally:
+        first.call_soon_threadsafe(first.stop)
+        thread.join(10)
+        first.close()
+
+
+def test_an_async_client_carries_on_across_asyncio_run_calls(shared_node):
+    """A script or a test suite with a loop per test: once the client's loop is closed, the next
+    call starts afresh on the new one, and close() succeeds whichever loop is gone."""
+    client = AsyncClient(shared_node.address)
+
+    async def get() -> str:
+        return await client.get("across-runs")
+
+    asyncio.run(client.put("across-runs", "one"))
+    assert asyncio.run(get()) == "one"
+    assert asyncio.run(get()) == "one"
+    asyncio.run(client.close())
+    assert client.closed
+
+
+def test_a_blocking_client_inherited_through_fork_refuses_in_the_child(shared_node):
+    """fork() copies the Client but not its event loop's thread: a call in the child waited forever."""
+    import os
+
+    with Client(shared_node.address, timeout=1) as client:
+        client.ping()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what the call did, and leave without running the parent's cleanup
+            os.close(read)
+            try:
+                client.get("forked")
+                outcome = b"answered"
+            except RuntimeError as exc:
+                outcome = str(exc).encode()
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                outcome = repr(exc).encode()
+            os.write(write, outcome)
+            os._exit(0)
+        os.close(write)
+        deadline = time.monotonic() + 20
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail("the child was still waiting on its call after 20 s")
+            time.sleep(0.05)
+        with os.fdopen(read, "rb") as reader:
+            outcome = reader.read().decode()
+        assert "made before fork()" in outcome and "nothing was sent" in outcome, outcome
+        client.ping()  # the parent's client is untouched

@@ -136,10 +136,13 @@ class AsyncClient:
             ClientConnection.open, connect_timeout=self.connect_timeout, limits=limits, cluster=cluster, token=token,
             ssl_context=self.ssl_context,
         )
-        self._endpoints = EndpointSet(
-            [Endpoint(host, port, connect=connect, retry=self.retry) for host, port in parse_endpoints(endpoints)]
-        )
+        addresses = parse_endpoints(endpoints)
+        self._new_endpoints = lambda: EndpointSet(
+            [Endpoint(host, port, connect=connect, retry=self.retry) for host, port in addresses])
+        self._endpoints = self._new_endpoints()
         self.endpoints: tuple[str, ...] = tuple(endpoint.address for endpoint in self._endpoints.all)
+        # The event loop its connections belong to, from its first call on (_bind_to_loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         # Calls backing off between attempts: close() wakes them, to fail at once.
         self._backing_off: set[asyncio.Future[None]] = set()
@@ -230,13 +233,47 @@ class AsyncClient:
         return time.perf_counter() - started
 
     async def close(self) -> None:
-        """Close every connection; calls still waiting fail with KvwireConnectionError."""
+        """Close every connection; calls still waiting fail with KvwireConnectionError.
+
+        From another event loop than the one the client was used on, the closing is done on
+        that loop, waited for up to the client's timeout (that loop may not be running); once
+        that loop is closed, there is nothing left to close."""
         if self._closed:
             return
         self._closed = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # never used, or its connections went with their loop
+        if loop is asyncio.get_running_loop():
+            await self._close_connections()
+            return
+        closing = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_connections(), loop))
+        try:
+            await asyncio.wait_for(closing, self.timeout)
+        except TimeoutError:
+            pass  # that loop is not running: its connections close with it
+
+    async def _close_connections(self) -> None:
         for waiting in self._backing_off:
             _resolve(waiting)
         await self._endpoints.close()
+
+    def _bind_to_loop(self) -> None:
+        """Tie the client to the running event loop on its first call. Its connections belong
+        to that loop: a call from another loop would write to them from the wrong thread (and
+        the write may be applied while the call fails), so it is refused before anything is
+        sent. Once that loop is closed (``asyncio.run`` called again, a test's own loop), the
+        client starts afresh on the new one: its old connections went with the old loop."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            if not self._loop.is_closed():
+                raise RuntimeError("this AsyncClient is in use on another event loop, which its connections belong "
+                                   "to; make one AsyncClient per event loop (nothing was sent)")
+            self._endpoints = self._new_endpoints()
+            self._backing_off = set()
+        self._loop = loop
 
     # --- sending, with timeout and failover --------------------------------------------
 
@@ -244,6 +281,7 @@ class AsyncClient:
         timeout = self.timeout if timeout is None else _check_timeout("timeout", timeout)
         if self.closed:
             raise client_closed_error()
+        self._bind_to_loop()
         progress = _CallProgress()
         deadline = asyncio.timeout(timeout)
         try:

@@ -34,6 +34,7 @@ class _LoopThread:
     """An event loop running forever in a daemon thread."""
 
     def __init__(self) -> None:
+        self._pid = os.getpid()
         self.loop = _new_event_loop()
         self._thread = threading.Thread(target=self._run, name="kvwire-client-loop", daemon=True)
         self._thread.start()
@@ -46,6 +47,11 @@ class _LoopThread:
         if threading.current_thread() is self._thread:
             coroutine.close()
             raise RuntimeError("a blocking kvwire Client cannot be called from its own event loop")
+        if os.getpid() != self._pid:
+            # fork() copies the client but not its loop's thread: the call would wait forever.
+            coroutine.close()
+            raise RuntimeError("this kvwire Client was made before fork(), and its event loop runs only in the "
+                               "parent process; make a Client in the child (after the fork), and nothing was sent")
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()
