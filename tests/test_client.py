@@ -1,6 +1,7 @@
 """AsyncClient and Client against real node processes over real TCP."""
 
 import asyncio
+import re
 import threading
 import time
 
@@ -824,3 +825,26 @@ def test_a_blocking_client_inherited_through_fork_refuses_in_the_child(shared_no
             outcome = reader.read().decode()
         assert "made before fork()" in outcome and "nothing was sent" in outcome, outcome
         client.ping()  # the parent's client is untouched
+
+
+@pytest.mark.parametrize("arguments, error, fragment", [
+    ({"endpoints": 7379}, TypeError, "endpoints must be a 'host:port,...' str or a list of 'host:port' str, not int"),
+    ({"endpoints": None}, TypeError, "not NoneType"),
+    ({"endpoints": {"127.0.0.1:7379": 1}}, TypeError, "not dict"),
+    ({"endpoints": ["127.0.0.1:7379", "127.0.0.1:7380", "127.0.0.1:7379"]}, ValueError,
+     "endpoint '127.0.0.1:7379' is given twice"),
+    ({"endpoints": "127.0.0.1:7379", "token": "tok\ud800en-of-sixteen-chars"}, ValueError, "token must be text UTF-8"),
+])
+def test_constructor_arguments_are_refused_by_name(arguments, error, fragment):
+    with pytest.raises(error, match=re.escape(fragment)):
+        AsyncClient(**arguments)
+
+
+async def test_a_huge_integer_or_a_request_id_utf8_cannot_carry_is_refused_in_one_short_line(shared_node):
+    async with AsyncClient(shared_node.address) as client:
+        with pytest.raises(ValueError) as huge:
+            await client.put("huge", 10**5000)
+        assert str(huge.value) == "value = an integer of 16610 bits does not fit msgpack's 64-bit integers"
+        with pytest.raises(ValueError, match="request_id must be text UTF-8 can carry"):
+            await client.put("id", 1, request_id="\ud800")
+        assert await client.ping() >= 0  # nothing was sent: the connection is as it was

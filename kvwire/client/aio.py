@@ -38,7 +38,7 @@ from kvwire.protocol import (
 
 from ..protocol.address import parse_endpoints
 from ..tls import ARGUMENT_NAMES, optional_client_context
-from .arguments import check_consistency, check_key, check_request_id, check_value, new_request_id
+from .arguments import check_consistency, check_key, check_request_id, check_value, is_utf8, new_request_id
 from .connection import ClientConnection
 from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real
 
@@ -114,6 +114,8 @@ class AsyncClient:
         self.timeout = _check_timeout("timeout", timeout)
         if token is not None and (type(token) is not str or not token):
             raise ValueError("token must be a non-empty string or None")
+        if token is not None and not is_utf8(token):
+            raise ValueError("token must be text UTF-8 can carry (it holds a lone surrogate)")
         if cluster is not None and (type(cluster) is not str or not cluster):
             raise ValueError(f"cluster must be a non-empty string or None, got {cluster!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):

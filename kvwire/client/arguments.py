@@ -58,7 +58,18 @@ def check_request_id(request_id: Any) -> str:
         raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
     if not 1 <= len(request_id) <= _MAX_REQUEST_ID_CHARS:
         raise ValueError(f"request_id must be 1 to {_MAX_REQUEST_ID_CHARS} characters, got {len(request_id)}")
+    if not is_utf8(request_id):
+        raise ValueError("request_id must be text UTF-8 can carry (it holds a lone surrogate)")
     return request_id
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be sent as UTF-8 (a str with a lone surrogate cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_value(value: Any) -> None:
@@ -89,7 +100,8 @@ def _check(value: Any, where: str, depth: int) -> None:
         return
     if kind is int:
         if not MSGPACK_MIN_INT <= value <= MSGPACK_MAX_INT:
-            raise ValueError(f"{_shown(where)} = {value} does not fit msgpack's 64-bit integers")
+            shown = value if value.bit_length() <= 256 else f"an integer of {value.bit_length()} bits"
+            raise ValueError(f"{_shown(where)} = {shown} does not fit msgpack's 64-bit integers")
         return
     if depth >= _MAX_DEPTH:
         raise ValueError(f"{_shown(where)} is nested deeper than {_MAX_DEPTH} levels")

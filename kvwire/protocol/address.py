@@ -32,13 +32,20 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[tuple[str, int]]:
         items = endpoints.split(",")
     elif isinstance(endpoints, (bytes, bytearray)):
         raise TypeError("endpoints must be a str or a list of str, not bytes")
-    else:
+    elif isinstance(endpoints, (list, tuple)):
         items = list(endpoints)
+    else:  # a dict or a set would give its keys in an order of its own; an int, nothing at all
+        raise TypeError(f"endpoints must be a 'host:port,...' str or a list of 'host:port' str, "
+                        f"not {type(endpoints).__name__}")
     parsed = []
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"each endpoint must be a 'host:port' string, got {item!r}")
-        parsed.append(parse_endpoint(item))
+        endpoint = parse_endpoint(item)
+        if endpoint in parsed:
+            # Each is its own connection and failover attempt: a call would try the same node twice.
+            raise ValueError(f"endpoint {item.strip()!r} is given twice")
+        parsed.append(endpoint)
     if not parsed:
         raise ValueError("endpoints must name at least one 'host:port'")
     return parsed
