@@ -33,6 +33,7 @@ from kvwire.client import (
     UnauthenticatedError,
     check_key,
 )
+from kvwire.client.arguments import is_utf8
 from kvwire.client.json_values import version_json
 
 from .config import BridgeConfig
@@ -241,7 +242,7 @@ def request_id_of(header_values: Sequence[str | None]) -> str | None:
         if value is not None:
             if not 1 <= len(value) <= 128:
                 raise BadRequestError(f"the {header} header must be 1 to 128 characters, got {len(value)}")
-            if not _is_utf8(value):
+            if not is_utf8(value):  # aiohttp keeps a header's bytes that are not UTF-8 as lone surrogates
                 raise BadRequestError(f"the {header} header must be UTF-8 text")
             found = found or value
     return found
@@ -351,18 +352,9 @@ def bearer_token(header: str | None) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'")
-    if not _is_utf8(token):
+    if not is_utf8(token):
         raise UnauthenticatedError("the bearer token must be UTF-8 text")
     return token.strip()
-
-
-def _is_utf8(header_value: str) -> bool:
-    """Whether a header's value was UTF-8: aiohttp keeps other bytes as lone surrogates."""
-    try:
-        header_value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _refuse_if_declared_too_large(request: web.Request) -> None:
