@@ -47,7 +47,7 @@ class _LoopThread:
         if threading.current_thread() is self._thread:
             coroutine.close()
             raise RuntimeError("a blocking kvwire Client cannot be called from its own event loop")
-        if os.getpid() != self._pid:
+        if not self.in_its_process():
             # fork() copies the client but not its loop's thread: the call would wait forever.
             coroutine.close()
             raise RuntimeError("this kvwire Client was made before fork(), and its event loop runs only in the "
@@ -59,6 +59,10 @@ class _LoopThread:
             # KeyboardInterrupt and friends: don't leave the call running behind our back.
             future.cancel()
             raise
+
+    def in_its_process(self) -> bool:
+        """False in a child made by fork(), where the loop's thread does not run."""
+        return os.getpid() == self._pid
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -202,8 +206,8 @@ class Client:
         """Close every connection and stop the background thread; safe to call twice."""
         with self._lock:
             runner, self._runner = self._runner, None
-        if runner is None:
-            return
+        if runner is None or not runner.in_its_process():
+            return  # closed already, or a copy made by fork(): the parent's client is the parent's to close
         try:
             runner.run(self._async.close())
         finally:
