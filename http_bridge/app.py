@@ -296,7 +296,7 @@ async def put_key(request: web.Request) -> web.Response:
     # The key first, as answer_put checks it: a bad key is 400 before a body too
     # large for --max-body-bytes is read into a 413.
     key_of(request.raw_path, request.app[CONFIG].limits)
-    _refuse_if_declared_too_large(request)
+    _refuse_before_the_body(request)
     try:
         with read_body(request):  # timed by --request-timeout (handed_over.py)
             body = await request.read()
@@ -357,7 +357,7 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-def _refuse_if_declared_too_large(request: web.Request) -> None:
+def _refuse_before_the_body(request: web.Request) -> None:
     """413 at once for a body whose Content-Length is over --max-body-bytes, before any of it is read;
     415 for a Content-Encoding aiohttp would not decode (it would pass the coded bytes on as they are)."""
     limit = request.app[CONFIG].max_body_bytes
@@ -376,7 +376,7 @@ async def _continue_within_limit(request: web.Request) -> web.StreamResponse | N
     started = time.perf_counter()
     try:
         key_of(request.raw_path, request.app[CONFIG].limits)
-        _refuse_if_declared_too_large(request)
+        _refuse_before_the_body(request)
         if request.headers.get("Expect", "").lower() != "100-continue":
             raise web.HTTPExpectationFailed()
     except (KvwireError, web.HTTPException) as exc:

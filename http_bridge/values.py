@@ -41,25 +41,9 @@ class PreparedPut(NamedTuple):
     value_text: str
 
 
-def parse_put_body(body: bytes, limits: Limits) -> Any:
-    """The value of a PUT body ``{"value": <JSON>}``; raises BadRequestError or TooLargeError."""
-    return _read_put_body(body, limits)[0]
-
-
 def read_put_body(body: bytes, limits: Limits) -> tuple[Any, Raw]:
-    """The value of a PUT body, and the same packed as msgpack (what the nodes store)."""
-    value, packed = _read_put_body(body, limits)
-    return value, Raw(packed)
-
-
-def prepare_put(body: bytes, limits: Limits) -> PreparedPut:
-    """What :func:`parse_put_body` reads, packed, with its JSON: all the work a large PUT
-    body takes, in one call to run off the loop (OFF_LOOP_BYTES)."""
-    value, packed = _read_put_body(body, limits)
-    return PreparedPut(Raw(packed), to_json_text(value))
-
-
-def _read_put_body(body: bytes, limits: Limits) -> tuple[Any, bytes]:
+    """The value of a PUT body ``{"value": <JSON>}``, and the same packed as msgpack (what the
+    nodes store); raises BadRequestError or TooLargeError."""
     if not body:
         raise BadRequestError('the request body must be a JSON object {"value": ...}; it is empty')
     try:
@@ -84,7 +68,14 @@ def _read_put_body(body: bytes, limits: Limits) -> tuple[Any, bytes]:
     packed = msgpack.packb(value)
     if len(packed) > limits.max_value_bytes:
         raise TooLargeError(f"value is {len(packed)} bytes encoded as msgpack; the limit is {limits.max_value_bytes} bytes")
-    return value, packed
+    return value, Raw(packed)
+
+
+def prepare_put(body: bytes, limits: Limits) -> PreparedPut:
+    """What :func:`read_put_body` reads, with the value's JSON: all the work a large PUT
+    body takes, in one call to run off the loop (OFF_LOOP_BYTES)."""
+    value, packed = read_put_body(body, limits)
+    return PreparedPut(packed, to_json_text(value))
 
 
 def is_large(value: Any) -> bool:

@@ -25,7 +25,7 @@ from kvwire import (
 from kvwire.client import ClientConnection
 from kvwire.protocol import Delete, ErrorReply, Get, Limits, Ping, Pong, Put, PutReply, encode
 from kvwire.protocol.limits import MIB
-from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for_async
+from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for, wait_for_async
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
 VALUES = [
@@ -818,13 +818,12 @@ def test_a_blocking_client_inherited_through_fork_refuses_in_the_child(shared_no
             os.write(write, outcome)
             os._exit(0)
         os.close(write)
-        deadline = time.monotonic() + 20
-        while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                pytest.fail("the child was still waiting on its call after 20 s")
-            time.sleep(0.05)
+        try:
+            wait_for(lambda: os.waitpid(pid, os.WNOHANG) != (0, 0), timeout=20, what="the child's call to end")
+        except TimeoutError:
+            os.kill(pid, 9)  # hung on its call: not left behind
+            os.waitpid(pid, 0)
+            raise
         with os.fdopen(read, "rb") as reader:
             outcome = reader.read().decode()
         assert "made before fork()" in outcome and "nothing was sent" in outcome and "close raised" not in outcome, outcome

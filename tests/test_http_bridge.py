@@ -617,12 +617,12 @@ def test_a_new_error_class_gets_its_status_from_transient():
 
 
 def test_bad_bodies_are_errors_of_the_tree():
-    from kvwire.http_bridge.values import parse_put_body, to_json_text
+    from kvwire.http_bridge.values import read_put_body, to_json_text
 
     with pytest.raises(errors.BadRequestError, match="no \"value\" field"):
-        parse_put_body(b"{}", DEFAULT_LIMITS)
+        read_put_body(b"{}", DEFAULT_LIMITS)
     with pytest.raises(errors.TooLargeError, match="the limit is 100 bytes"):
-        parse_put_body(b'{"value": "%s"}' % (b"x" * 200), Limits(max_value_bytes=100, max_frame_bytes=4096))
+        read_put_body(b'{"value": "%s"}' % (b"x" * 200), Limits(max_value_bytes=100, max_frame_bytes=4096))
     with pytest.raises(UnrepresentableValueError):
         to_json_text({"value": float("nan")})
     assert issubclass(UnrepresentableValueError, errors.KvwireError) and not UnrepresentableValueError.transient
