@@ -1,7 +1,7 @@
 """Large values through a node's own bridge do not hold the node's event loop.
 
-A value of half a million small items (about 500 kB as msgpack, 1.5 MB of
-JSON) took the bridge about 0.7 s of CPU to read, check and write back; on a
+A value of 800,000 small items (about 800 kB as msgpack, 3.2 MB of JSON)
+took the bridge about a second of CPU to read, check and write back; on a
 node's own bridge (``--http-listen``) that ran on the node's event loop, which
 then answered nothing, not even its peers' heartbeats. Real nodes, real HTTP.
 """
@@ -20,7 +20,9 @@ from kvwire import Client
 from kvwire.testing import LocalCluster, wait_for
 from rest_helpers import PREFIX, answers, http, with_http
 
-ITEMS = 500_000
+ITEMS = 800_000
+# A node warns of a stalled loop past this (half its 0.5 s failure timeout; kvwire/server/stall.py).
+QUIET_SILENCE_S = 0.25
 # Run alone: half a million items cost the cluster a few seconds of CPU.
 pytestmark = pytest.mark.serial
 
@@ -81,8 +83,11 @@ def timed(call):
 def test_a_large_value_put_and_read_through_a_node_s_bridge_leaves_its_loop_free(cluster):
     """n1 keeps answering while its bridge reads and writes the value's JSON. The bound is
     a share of the request's own time, so a slow or busy machine stretches both alike: the
-    loop was silent for about 80% of the PUT before the JSON work moved to a thread, and for
-    under 20% after."""
+    loop was silent for about two thirds of the PUT before the JSON work moved to a thread,
+    and for under a fifth after. A request quicker than half a second (the GET, about 0.2 s)
+    may still see one pause of about 0.1 s: the garbage collector's pass over the value's
+    million fresh objects holds the GIL whichever thread made them. So the bound is never
+    below QUIET_SILENCE_S, the node's own stall warning (half its failure timeout)."""
     url = f"{cluster.http_urls['n1']}{PREFIX}/kv/many-items/"
     body = json.dumps({"value": [{}] * ITEMS}).encode()
     with PingWatch(cluster["n1"]) as watch:
@@ -93,7 +98,8 @@ def test_a_large_value_put_and_read_through_a_node_s_bridge_leaves_its_loop_free
     assert reply.text == '{"key":"many-items","value":' + "[{}" + ",{}" * (ITEMS - 1) + '],"version":{"counter":1,"node":"n1"}}'
     assert read.status == 200 and read.text == reply.text
     for start, end in ((put_start, put_end), (get_start, get_end)):
-        assert watch.longest_silence(start, end) < 0.5 * (end - start), (watch.longest_silence(start, end), end - start)
+        bound = max(0.5 * (end - start), QUIET_SILENCE_S)
+        assert watch.longest_silence(start, end) < bound, (watch.longest_silence(start, end), end - start)
 
 
 @pytest.mark.parametrize("value", [
