@@ -892,6 +892,32 @@ def test_stranded_keys_come_back_after_a_restart_from_tentative_records():
     assert [s.message_type for s in effects_of(core, Send)] == [Lookup]
 
 
+def test_a_tentative_record_of_an_earlier_incarnation_strands_its_key_too():
+    # Tags minted by this node under an earlier name are still this node's copies.
+    config = ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True)
+    core = NodeCore(config, 100.0, incarnation="new", requests=[
+        ("a", "k", Version(6, "n1@old"), 90.0, True), ("b", "j", Version(6, "n10"), 90.0, True)])
+    assert core.stranded == {"k"}  # n10 is another node, however its id begins
+
+
+@pytest.mark.parametrize("mutant, minter", [(None, "n1@k7q2m4xa"), ("reuse-minter-name", "n1")])
+def test_a_node_given_an_incarnation_mints_under_it_above_the_tags_of_its_earlier_names(mutant, minter):
+    # kvwire/server/core/minter.py: a start that may have lost a tag it minted
+    # (here (2, n1), held by n2 alone) takes a new name, so no tag it mints can
+    # equal one it minted before, whatever its majority held.
+    config = ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True)
+    core = NodeCore(config, 0.0, incarnation="k7q2m4xa", mutant=mutant, committed={"k": Entry(Version(1, "n1"), False)})
+    assert core.minter == minter
+    link_all(core)
+    core.request("put", Put(1, "k", "v", "req", True), 0.0)
+    answer_sends(core, lambda s: LookupReply(1, Version(1, "n1"), False))
+    (persist,) = effects_of(core, Persist)
+    assert persist.version == Version(2, minter)
+    assert (persist.version == Version(2, "n1")) is (mutant is not None)
+    # Still ordered by counter first: the new name sorts above the old one only on a tie.
+    assert Version(1, "n1") < Version(2, "n1@k7q2m4xa") < Version(3, "n1") and Version(2, "n1") < Version(2, minter + "x")
+
+
 def test_finishing_an_older_tag_does_not_free_a_stranded_key():
     core = make_core()
     link_all(core)

@@ -1,6 +1,7 @@
 """Storage in-process, on real SQLite files: group commit, the SQL version guard, reopening."""
 
 import asyncio
+import re
 import sqlite3
 
 import msgpack
@@ -9,7 +10,7 @@ from msgspec import Raw
 
 from kvwire.protocol import Version
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
-from kvwire.server.storage import DATABASE_FILE_NAME, DataDirError, Storage
+from kvwire.server.storage import DATABASE_FILE_NAME, JOINING, META_SET, DataDirError, Storage
 
 
 async def open_storage(path, **kwargs):
@@ -118,6 +119,41 @@ async def test_the_opening_log_line_counts_live_keys_and_tombstones_apart(tmp_pa
     with caplog.at_level("INFO", logger="kvwire.storage"):
         await (await open_storage(tmp_path)).close()
     assert "3 keys and 1 tombstones" in caplog.text, caplog.text  # as kvwire backup counts them
+
+
+async def test_a_start_that_may_have_lost_a_minted_tag_takes_a_new_incarnation_and_a_clean_one_keeps_it(
+        tmp_path, caplog):
+    """The name this node mints tags under (kvwire/server/core/minter.py): none on a
+    new cluster's directory; a new one, written before the node can mint, after an
+    unclean stop and on a directory joining with --join; the same after a clean stop."""
+    storage = await open_storage(tmp_path)
+    assert storage.incarnation == ""
+    await storage.close()  # clean
+    storage = await open_storage(tmp_path)
+    assert storage.incarnation == ""
+    with caplog.at_level("INFO", logger="kvwire.storage"):
+        await storage.close(clean=False)  # as a kill -9 leaves it: 'running' stays
+        storage = await open_storage(tmp_path)
+    first = storage.incarnation
+    assert re.fullmatch(r"[a-z2-7]{8}", first), first
+    assert f"mints its version tags as n1@{first} from now on: its last run did not stop cleanly" in caplog.text
+    await storage.close()
+    storage = await open_storage(tmp_path)
+    assert storage.incarnation == first  # a clean stop lost no tag it sent
+    await storage.close(clean=False)
+    storage = await open_storage(tmp_path)
+    assert storage.incarnation not in ("", first)
+    await storage.close()
+    joining = await open_storage(tmp_path / "new", join=True)
+    assert joining.joining and re.fullmatch(r"[a-z2-7]{8}", joining.incarnation)
+    await joining.close()
+    # A restored backup's mark (kvwire.server.backup) joins too, so it takes one as well.
+    last = storage.incarnation
+    with sqlite3.connect(tmp_path / DATABASE_FILE_NAME) as db:
+        db.execute(META_SET, (JOINING, "1"))
+    storage = await open_storage(tmp_path)
+    assert storage.joining and storage.incarnation not in ("", first, last)
+    await storage.close()
 
 
 async def test_a_data_dir_is_tied_to_its_node_id(tmp_path):

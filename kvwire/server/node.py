@@ -95,7 +95,8 @@ class Node:
         requests = [(request, key, version, now - age, tentative)
                     for request, key, version, age, tentative in storage.loaded_requests]
         self.core = NodeCore(config, now, committed=storage.loaded_entries, hints=storage.loaded_hints, requests=requests,
-                             floor=storage.loaded_floor, joining=storage.joining, unclean=storage.unclean)
+                             floor=storage.loaded_floor, joining=storage.joining, unclean=storage.unclean,
+                             incarnation=storage.incarnation)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
         self.peers = PeerLinks(config, self)

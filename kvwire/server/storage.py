@@ -14,7 +14,9 @@ transaction has committed with the configured ``PRAGMA synchronous``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from ..protocol.values import pack_value, stored_value
 from .config import SyncMode
 from .core.applied import MAX_AGE as REQUEST_MAX_AGE
 from .core.keydir import Entry
+from .core.minter import minter_name
 from .tally import BATCH_BOUNDS, COMMIT_BOUNDS, Buckets
 
 # The node's database in its data directory (with SQLite's -wal and -shm beside it).
@@ -124,6 +127,8 @@ JOINING = "joining"
 # on such a directory is not needed, and is ignored.
 JOINED = "joined"
 BACKUP_TAKEN_AT = "backup_taken_at"
+# The incarnation this node mints tags under (core/minter.py), while it has one.
+INCARNATION = "incarnation"
 
 
 # Seconds between probe commits while the storage refuses writes.
@@ -187,6 +192,8 @@ class Storage:
         self.joining = False
         # The last run ended without ``close(clean=True)``: killed, or it lost power.
         self.unclean = False
+        # Part of the name this node mints tags under (core/minter.py); '' for none.
+        self.incarnation = ""
         # When the backup this data directory was restored from was taken (``kvwire
         # backup``, kvwire.server.backup), until the node has joined; else None.
         self.backup_taken_at: float | None = None
@@ -237,6 +244,7 @@ class Storage:
             async with writer.execute("SELECT value FROM meta WHERE name = 'running'") as cursor:
                 unclean = await cursor.fetchone() is not None
             await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('running', '1')")
+            incarnation = await _incarnation_for_this_start(writer, unclean, node_id)
             await writer.commit()
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException as exc:
@@ -246,6 +254,7 @@ class Storage:
             raise
         storage = cls(writer, reader, max_batch_rows, path)
         storage.unclean = unclean
+        storage.incarnation = incarnation
         try:
             await storage._load()
         except BaseException as exc:
@@ -602,6 +611,29 @@ async def _migrate_requests(writer: aiosqlite.Connection) -> None:
     await writer.execute(MIGRATE_REQUESTS)
     await writer.execute(f"DROP TABLE {OLD_REQUESTS_TABLE}")
     log.info("moved the PUT request records to the request log (a one-time change of the data directory)")
+
+
+def new_incarnation() -> str:
+    """Eight base32 characters, 40 random bits: two incarnations of one node never meet."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
+async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: bool, node_id: str) -> str:
+    """The incarnation this start mints under: a new one if it may have lost a tag
+    this node minted (core/minter.py), written in the transaction that opens the
+    directory, before the node can mint anything; else the one it had ('' if none)."""
+    async with writer.execute("SELECT name, value FROM meta WHERE name IN (?, ?)", (JOINING, INCARNATION)) as cursor:
+        marks = dict(await cursor.fetchall())
+    # Joining: a new or emptied data directory (--join), or a restored backup (its mark).
+    if not unclean and JOINING not in marks:
+        return str(marks.get(INCARNATION, ""))
+    incarnation = new_incarnation()
+    await writer.execute(META_SET, (INCARNATION, incarnation))
+    log.info("this node mints its version tags as %s from now on: %s, so it may have lost a tag it minted, and no "
+             "new tag may equal one", minter_name(node_id, incarnation),
+             "its last run did not stop cleanly" if unclean else "its data directory is joining the cluster",
+             extra={"event": "new_incarnation", "minter": minter_name(node_id, incarnation)})
+    return incarnation
 
 
 def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> None:

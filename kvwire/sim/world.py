@@ -87,6 +87,7 @@ class SimDisk:
         # (request id, key) -> (version, when, tentative)
         self.requests: dict[tuple[str, str], tuple[Any, float, bool]] = {}
         self.joining = False  # a replacement disk: its node joins (ServerConfig.join)
+        self.incarnation = ""  # the name its node mints tags under (kvwire/server/core/minter.py)
         self.failing_until = -1.0
         self.slow_until = -1.0
         self.commits = 0
@@ -125,10 +126,15 @@ class SimNode:
         disk.requests = {name: held for name, held in disk.requests.items() if now - held[1] <= REQUEST_MAX_AGE}
         requests = [(request, key, version, at, tentative)
                     for (request, key), (version, at, tentative) in disk.requests.items()]
-        # Every start after the first follows a crash: an unclean stop (NodeCore).
+        # Every start after the first follows a crash: an unclean stop (NodeCore),
+        # which may have lost a tag this node minted, as may a new disk. Its own
+        # start count names the incarnation, as the real node's random one does:
+        # unique to this node, and drawing nothing from the run's random stream.
+        if self.started_before or disk.joining:
+            disk.incarnation = str(self.incarnation)
         self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, requests=requests,
                              floor=self.disk.floor, joining=self.disk.joining, unclean=self.started_before,
-                             mutant=self.mutant)
+                             incarnation=disk.incarnation, mutant=self.mutant)
         self.started_before = True
         self.queued, self.commit_scheduled, self.tick_at = [], False, None
         for peer in self.config.peers:
