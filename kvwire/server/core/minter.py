@@ -16,10 +16,11 @@ record, so two acknowledged values shared one tag.
 So such a start takes a fresh *incarnation* from its shell (random in
 production, ``kvwire.server.storage``; the node's start count in the
 simulator), and the node mints as ``node_id@incarnation`` from then on: no
-tag it mints now can equal one it minted before. Riak did the same after its bug kv679 (Riak 2.1): a vnode that
-cannot read its own last counter takes a new actor id. Tags stay ordered as
-before (counter first); the name only breaks ties, and every incarnation of a
-node is still that node (``member_of``). A clean restart keeps the name (the
+tag it mints now can equal one it minted before. Riak did the same after its
+bug kv679 (Riak 2.1): a vnode that cannot read its own last counter takes a
+new actor id. Tags stay ordered as before (counter first); the name only
+breaks ties, and every incarnation of a node is still that node
+(``member_of``). A clean restart keeps the name (the
 data directory's ``meta`` table holds it): every tag it sent is on its disk.
 """
 
