@@ -189,6 +189,6 @@ async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: 
     node.stop()
     await node.peers.close()
     # A node still joining (or that lost a tag it sent) may lack a tag a peer holds:
-    # its next start must catch up again, as after a kill.
-    await node.storage.close(clean=not node.core.joining)
+    # its next start must catch up again, and take a new name, as after a kill.
+    await node.storage.close(clean=node.core.stops_cleanly)
     log.info("storage flushed and closed; bye")

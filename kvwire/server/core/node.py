@@ -435,6 +435,18 @@ class NodeCore:
         if kept:
             self.effects.append(SaveRequests(kept))
 
+    @property
+    def stops_cleanly(self) -> bool:
+        """Whether a stop now leaves nothing for the next start to make up for. Not
+        while joining: this node may lack a tag a peer holds. Nor while it knows of
+        a tag it sent and lost that its copy of the key has not passed: that is
+        kept in memory only, and a peer's request record may still name the tag
+        after this node has caught up, so the next start must take a new name
+        (minter.py) rather than forget it and mint the tag again. The shell's
+        clean stop then leaves the data directory marked as after a kill."""
+        latest = self.keydir.latest_version
+        return not self.joining and all(lost <= latest(key) for key, lost in self._lost_tags.items())
+
     def lost_tag(self, key: str) -> Version:
         """The newest tag of ``key`` this node sent and failed to commit, or NO_VERSION."""
         return self._lost_tags.get(key, NO_VERSION)
@@ -446,7 +458,8 @@ class NodeCore:
         caught up from every peer it votes in no majority (as after an unclean
         stop, ``__init__``), or it and the third node could mint a later write
         below that tag, which would surface above it. Kept in memory: a restart
-        before it ends is an unclean one, which joins again."""
+        before the key's copy here has passed the tag is an unclean one
+        (``stops_cleanly``), which joins again under a new name."""
         if not self.peer_ids:
             return
         if self.mutant != "remint-lost-tags":
