@@ -225,14 +225,16 @@ def _schemas(config: BridgeConfig) -> dict[str, Any]:
         },
         "Version": {
             "description": (
-                "The version tag of a write: ordered by counter, then node id. Counter 1 means no "
+                "The version tag of a write: ordered by counter, then node name. Counter 1 means no "
                 "earlier write of the key was acknowledged."
             ),
             "type": "object",
             "required": ["counter", "node"],
             "properties": {
                 "counter": {"type": "integer", "minimum": 1},
-                "node": {"type": "string", "minLength": 1, "description": "Id of the node that coordinated the write."},
+                "node": {"type": "string", "minLength": 1, "description": (
+                    "Name of the node that coordinated the write: its node id, or, after a start that may have "
+                    "lost a tag (an unclean stop, a data directory that joins), its id, '@' and an incarnation.")},
             },
         },
         "PutBody": {

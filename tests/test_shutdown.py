@@ -10,15 +10,18 @@ says, so the PUT is still pending when the node is told to stop.
 import asyncio
 import gc
 import logging
+import socket
 
 import pytest
 
 from kvwire.client import ClientConnection
 from kvwire.protocol import Lookup, LookupReply, Ping, Pong, Put, PutReply, Replicate, ReplicateReply
-from kvwire.protocol.messages import NO_VERSION
+from kvwire.protocol.messages import NO_VERSION, Version
 from kvwire.secret_file import read_secret_file
 from kvwire.server.app import serve
-from kvwire.server.config import ServerConfig, parse_cluster
+from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
+from kvwire.server.in_process import NodeSlot
+from kvwire.server.storage import Storage
 from kvwire.testing import ScriptedNode, free_port, wait_for_async
 from kvwire.testing.cluster import new_secret_file
 
@@ -201,3 +204,86 @@ async def test_a_reply_callback_that_raises_is_logged_and_the_node_serves_on(tmp
         if connection is not None:
             connection.close()
         await asyncio.wait_for(task, timeout=20)
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["nothing-lost", "a-sent-tag-lost"])
+async def test_a_stop_while_a_lost_sent_tag_is_unpassed_is_marked_unclean(tmp_path, caplog, lost):
+    """The core keeps a tag it sent and then lost (its disk refused it) in memory
+    only, and a peer's request record may still name it after the node has caught
+    up. A SIGTERM then must not count as a clean stop, or the next start would
+    forget the tag and could mint it again under the same name: the data directory
+    keeps its 'running' mark, so the next start joins again under a new
+    incarnation (kvwire/server/core/minter.py). The loss is handed to the core as
+    the shell hands it a failed commit; the stop and the files are the real ones."""
+    caplog.set_level(logging.INFO)
+    secret = read_secret_file(new_secret_file(tmp_path))
+    slot = NodeSlot()
+    async with ScriptedNode(lambda request: Pong(request.id) if isinstance(request, Ping) else ScriptedNode.SILENT,
+                            answers_hello=False, node_id="n2", secret=secret) as n2:
+        port = free_port("127.0.0.1")
+        config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", cluster_secret=secret,
+                              members=parse_cluster(f"n1=127.0.0.1:{port},n2={n2.address}"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(config, stop=stop, slot=slot))
+        try:
+            await wait_for_async(lambda: "quorum available" in caplog.text, timeout=10, what="n1 seeing n2 UP")
+            core = slot.node.core
+            if lost:
+                core.lost_a_sent_tag("k", Version(4, "n1"))
+                assert core.joining
+                core.repair_round_completed("n2", core.join_generation)  # caught up: n2 held nothing of k
+            assert not core.joining and core.stops_cleanly is not lost
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=20)
+    assert ("its next start catches up from every peer" in caplog.text) is lost
+    storage = await Storage.open(tmp_path / "n1", node_id="n1", sync=config.sync)
+    try:
+        assert storage.unclean is lost
+        assert (storage.incarnation != "") is lost
+    finally:
+        await storage.close()
+
+
+async def test_a_start_that_fails_to_listen_keeps_what_its_opening_found(tmp_path):
+    """The last run was killed; this start opens the files, then cannot bind its
+    port. Closing them on the way out must not record a clean stop: the next start
+    still catches up first, as the killed run's REPLICATEs may be out there."""
+    storage = await Storage.open(tmp_path / "n1", node_id="n1", sync=SyncMode.FULL)
+    await storage.close(clean=False)  # as kill -9 leaves it
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", insecure=True)
+        with pytest.raises(OSError):
+            await serve(config, stop=asyncio.Event())
+    storage = await Storage.open(tmp_path / "n1", node_id="n1", sync=SyncMode.FULL)
+    try:
+        assert storage.unclean
+    finally:
+        await storage.close()
+
+
+async def test_a_lone_node_on_a_restored_backup_has_joined_once_it_starts(tmp_path, caplog):
+    """kvwire backup marks its copy joining; a node with no peers has nothing to
+    catch up from, so its first start ends the mark (and takes one incarnation,
+    not one per start)."""
+    storage = await Storage.open(tmp_path / "n1", node_id="n1", sync=SyncMode.FULL, join=True)  # the mark
+    await storage.close()
+    caplog.set_level(logging.INFO)
+    config = ServerConfig(node_id="n1", port=free_port("127.0.0.1"), data_dir=tmp_path / "n1", insecure=True)
+    stop, task = await serve_here(config, caplog, "running alone")
+    stop.set()
+    await asyncio.wait_for(task, timeout=20)
+    storage = await Storage.open(tmp_path / "n1", node_id="n1", sync=SyncMode.FULL)
+    try:
+        assert not storage.joining and not storage.unclean
+        first = storage.incarnation
+    finally:
+        await storage.close()
+    storage = await Storage.open(tmp_path / "n1", node_id="n1", sync=SyncMode.FULL)
+    try:
+        assert first and storage.incarnation == first
+    finally:
+        await storage.close()

@@ -136,7 +136,7 @@ async def test_a_start_that_may_have_lost_a_minted_tag_takes_a_new_incarnation_a
         storage = await open_storage(tmp_path)
     first = storage.incarnation
     assert re.fullmatch(r"[a-z2-7]{8}", first), first
-    assert f"mints its version tags as n1@{first} from now on: its last run did not stop cleanly" in caplog.text
+    assert f"mints its version tags as n1@{first} from now on: it starts after an unclean stop" in caplog.text
     await storage.close()
     storage = await open_storage(tmp_path)
     assert storage.incarnation == first  # a clean stop lost no tag it sent
@@ -154,6 +154,16 @@ async def test_a_start_that_may_have_lost_a_minted_tag_takes_a_new_incarnation_a
     storage = await open_storage(tmp_path)
     assert storage.joining and storage.incarnation not in ("", first, last)
     await storage.close()
+
+
+@pytest.mark.parametrize("sync, level", [(SyncMode.FULL, 2), (SyncMode.NORMAL, 1), (SyncMode.OFF, 0)])
+async def test_the_opening_commit_is_full_and_the_writes_then_take_the_configured_sync(tmp_path, sync, level):
+    storage = await open_storage(tmp_path, sync=sync)
+    try:
+        async with storage._writer.execute("PRAGMA synchronous") as cursor:
+            assert (await cursor.fetchone())[0] == level
+    finally:
+        await storage.close()
 
 
 async def test_a_data_dir_is_tied_to_its_node_id(tmp_path):

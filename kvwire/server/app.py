@@ -105,10 +105,10 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
             max_batch_rows=config.max_batch_rows,
             join=config.join,
         )
-    node = Node(config, storage)
     connections: set[NodeProtocol] = set()
     outbox = Outbox(loop)
     try:
+        node = Node(config, storage)
         server: asyncio.AbstractServer | TlsListener
         if tls_context is None:
             server = await loop.create_server(
@@ -121,7 +121,8 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
                 backlog=_LISTEN_BACKLOG, max_handshakes=config.max_connections, handshake_timeout=config.hello_timeout,
             )
     except BaseException:
-        await storage.close()
+        # Nothing was sent, but what the opening found stands for the next start.
+        await storage.close(clean=not (storage.unclean or storage.joining))
         raise
     node.start()
     slot.node = node
@@ -190,5 +191,10 @@ async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: 
     await node.peers.close()
     # A node still joining (or that lost a tag it sent) may lack a tag a peer holds:
     # its next start must catch up again, and take a new name, as after a kill.
-    await node.storage.close(clean=node.core.stops_cleanly)
+    clean = node.core.stops_cleanly
+    if not clean:
+        log.info("stopping as after a kill: this node %s; its next start catches up from every peer before it "
+                 "votes, and mints under a new name", "is still joining" if node.core.joining else
+                 "sent a tag its disk then refused, which it holds in memory only", extra={"event": "unclean_stop"})
+    await node.storage.close(clean=clean)
     log.info("storage flushed and closed; bye")

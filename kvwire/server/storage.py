@@ -218,7 +218,10 @@ class Storage:
             raise DataDirError(_cannot_use(path, exc)) from None
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
-            await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
+            # The opening transaction is durable whatever --sync says: its 'running'
+            # mark and incarnation must outlive a power cut, or the next start could
+            # take itself for a clean one and mint under an old name (core/minter.py).
+            await writer.execute("PRAGMA synchronous=FULL")
             await writer.executescript(SCHEMA)
             await _migrate_requests(writer)
             fresh = await _claim_for_node(writer, node_id, cluster_id, path)
@@ -246,6 +249,7 @@ class Storage:
             await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('running', '1')")
             incarnation = await _incarnation_for_this_start(writer, unclean, node_id)
             await writer.commit()
+            await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException as exc:
             await writer.close()
@@ -512,9 +516,12 @@ class Storage:
         """Commit everything queued, then close both connections. ``clean``: this node
         holds every tag it sent, so the next start need not catch up first (NodeCore)."""
         self._closing = True
+        failed_before = self.failed_commits
         self._wakeup.set()
         await self._committer
-        if clean and self.write_error is None:
+        # A batch refused now held tags this node may have sent (a later batch
+        # succeeding clears ``write_error``): the node cannot be told any more.
+        if clean and self.write_error is None and self.failed_commits == failed_before:
             try:
                 await self._writer.execute("DELETE FROM meta WHERE name = 'running'")
                 await self._writer.commit()
@@ -629,9 +636,9 @@ async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: boo
         return str(marks.get(INCARNATION, ""))
     incarnation = new_incarnation()
     await writer.execute(META_SET, (INCARNATION, incarnation))
-    log.info("this node mints its version tags as %s from now on: %s, so it may have lost a tag it minted, and no "
-             "new tag may equal one", minter_name(node_id, incarnation),
-             "its last run did not stop cleanly" if unclean else "its data directory is joining the cluster",
+    log.info("this node mints its version tags as %s from now on: it starts %s, so it may have lost a tag it "
+             "minted, and no new tag may equal one", minter_name(node_id, incarnation),
+             "after an unclean stop" if unclean else "on a data directory that joins the cluster",
              extra={"event": "new_incarnation", "minter": minter_name(node_id, incarnation)})
     return incarnation
 

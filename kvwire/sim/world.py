@@ -127,9 +127,9 @@ class SimNode:
         requests = [(request, key, version, at, tentative)
                     for (request, key), (version, at, tentative) in disk.requests.items()]
         # Every start after the first follows a crash: an unclean stop (NodeCore),
-        # which may have lost a tag this node minted, as may a new disk. Its own
-        # start count names the incarnation, as the real node's random one does:
-        # unique to this node, and drawing nothing from the run's random stream.
+        # which may have lost a tag this node minted, as may a new disk. Its count
+        # of starts and crashes names the incarnation, as the real node's random
+        # one does: unique to this node, drawing nothing from the run's random stream.
         if self.started_before or disk.joining:
             disk.incarnation = str(self.incarnation)
         self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, requests=requests,

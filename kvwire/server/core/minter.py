@@ -14,8 +14,8 @@ again for another value, and a retry of the first PUT then finished it by that
 record, so two acknowledged values shared one tag.
 
 So such a start takes a fresh *incarnation* from its shell (random in
-production, ``kvwire.server.storage``; the node's start count in the
-simulator), and the node mints as ``node_id@incarnation`` from then on: no
+production, ``kvwire.server.storage``; in the simulator, the node's count of
+its own starts and crashes), and the node mints as ``node_id@incarnation`` from then on: no
 tag it mints now can equal one it minted before. Riak did the same after its
 bug kv679 (Riak 2.1): a vnode that cannot read its own last counter takes a
 new actor id. Tags stay ordered as before (counter first); the name only
