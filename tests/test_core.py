@@ -1443,6 +1443,13 @@ def test_a_node_started_after_an_unclean_stop_is_joining():
     assert not make_core(members=(), unclean=True).joining  # alone: none sent, none to catch up from
 
 
+def test_a_lone_node_started_joining_has_joined_at_once():
+    # A restored backup's mark: with no peer to catch up from, the core says so at once.
+    core = make_core(members=(), joining=True)
+    assert not core.joining and effects_of(core, Joined) == [Joined()]
+    assert effects_of(make_core(joining=True), Joined) == []  # peers: it catches up first
+
+
 def test_the_mutant_vote_after_lost_send_votes_at_once_after_an_unclean_stop():
     core = make_core(unclean=True, mutant="vote-after-lost-send")
     link_all(core)

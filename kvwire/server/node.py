@@ -99,10 +99,6 @@ class Node:
                              incarnation=storage.incarnation)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
-        if storage.joining and not config.peers:
-            # A lone node has no one to catch up from (a restored backup's mark):
-            # joined at once, or every start would take a new incarnation.
-            storage.clear_joining()
         self.peers = PeerLinks(config, self)
         self._timer: asyncio.TimerHandle | None = None
         self._to_load: list[str] = []  # keys the core asked to read (Load), not yet read

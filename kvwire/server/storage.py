@@ -636,10 +636,11 @@ async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: boo
         return str(marks.get(INCARNATION, ""))
     incarnation = new_incarnation()
     await writer.execute(META_SET, (INCARNATION, incarnation))
+    minter = minter_name(node_id, incarnation)
     log.info("this node mints its version tags as %s from now on: it starts %s, so it may have lost a tag it "
-             "minted, and no new tag may equal one", minter_name(node_id, incarnation),
+             "minted, and no new tag may equal one", minter,
              "after an unclean stop" if unclean else "on a data directory that joins the cluster",
-             extra={"event": "new_incarnation", "minter": minter_name(node_id, incarnation)})
+             extra={"event": "new_incarnation", "minter": minter})
     return incarnation
 
 

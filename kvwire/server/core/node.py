@@ -219,6 +219,11 @@ class NodeCore:
         self.commits_first = mutant in COMMITS_FIRST
         self.joining = (joining or (unclean and mutant != "vote-after-lost-send" and not self.commits_first)) \
             and bool(self.peer_ids) and mutant != "no-join-guard"
+        if joining and not self.peer_ids:
+            # A lone node on a joining directory (a restored backup's mark) has caught
+            # up from every peer, there being none: the mark goes, or every start
+            # would take a new incarnation (minter.py).
+            self.effects.append(Joined())
         # Bumped each time this node starts joining again: only a round begun since counts.
         self.join_generation = 0
         # key -> the newest tag this node sent and then failed to commit (``lost_a_sent_tag``).
