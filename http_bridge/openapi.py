@@ -234,7 +234,9 @@ def _schemas(config: BridgeConfig) -> dict[str, Any]:
                 "counter": {"type": "integer", "minimum": 1},
                 "node": {"type": "string", "minLength": 1, "description": (
                     "Name of the node that coordinated the write: its node id, or, after a start that may have "
-                    "lost a tag (an unclean stop, a data directory that joins), its id, '@' and an incarnation.")},
+                    "lost a tag (an unclean stop, a data directory that joins), its id, '@' and an incarnation; "
+                    "with '!' before it when the node proposed the tag in one round trip, which ranks it below "
+                    "every other tag of its counter.")},
             },
         },
         "PutBody": {

@@ -28,6 +28,7 @@ from kvwire.server.core import (
 from kvwire.server.failure_detector import PeerState
 from kvwire.protocol.limits import REPAIR_BUCKETS
 from kvwire.server.core.buckets import BucketIndex, bucket_of
+from kvwire.server.core.minter import member_of
 
 MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
 
@@ -635,21 +636,21 @@ def test_a_first_put_commits_here_and_replicates_at_once_with_no_lookup_and_answ
     core.request("put", Put(7, "k", "v", "req"), 0.0)
     effects = core.take_effects()
     (persist,) = [e for e in effects if type(e) is Persist]
-    assert persist.version == Version(5, "n1") and persist.request == "req"
+    assert persist.version == Version(5, "!n1") and persist.request == "req"
     assert persist.tentative  # only this node is known to hold it yet (applied.Applied.tentative)
     sends = replicate_sends(effects)  # no LOOKUP round, and sent with the Persist
-    assert all(s.fields[1] == Version(5, "n1") for s in sends)
+    assert all(s.fields[1] == Version(5, "!n1") for s in sends)
     for send in sends:
         core.peer_reply(send.peer, send.request_id,
-                        ReplicateReply(1, True, Version(5, "n1"), Version(4, "n2"), False), 0.0)
+                        ReplicateReply(1, True, Version(5, "!n1"), Version(4, "n2"), False), 0.0)
     # Both peers took it, but this node's commit is not done: no answer until it is
     # (a success its disk then refused would leave it voting without the tag).
     assert effects_of(core, Respond) == []
-    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, False)  # a peer applied it
+    assert core.applied.find("req", "k", 0.0) == (Version(5, "!n1"), 0.0, False)  # a peer applied it
     core.persisted(persist.write_id, None, 0.0)
-    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(5, "n1"), False)
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(5, "!n1"), False)
     # The commit's tentative record does not demote what the peers' acknowledgements proved.
-    assert core.applied.find("req", "k", 0.0) == (Version(5, "n1"), 0.0, False)
+    assert core.applied.find("req", "k", 0.0) == (Version(5, "!n1"), 0.0, False)
 
 
 def test_a_one_round_trip_commit_done_before_any_answer_leaves_a_tentative_record():
@@ -658,7 +659,7 @@ def test_a_one_round_trip_commit_done_before_any_answer_leaves_a_tentative_recor
     link_all(core)
     core.request("put", Put(7, "k", "v", "req"), 0.0)
     commit_all(core, core.take_effects())
-    assert core.applied.find("req", "k", 0.0) == (Version(1, "n1"), 0.0, True)
+    assert core.applied.find("req", "k", 0.0) == (Version(1, "!n1"), 0.0, True)
     assert effects_of(core, Respond) == []  # this node alone is no majority
 
 
@@ -672,7 +673,7 @@ def test_a_replica_holding_a_newer_tag_does_not_count_and_a_majority_of_them_mea
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(3, "n3"), Version(3, "n3"), True), 0.0)
     assert effects_of(core, Respond) == []  # held newer: not an acknowledgement
     core.peer_reply(second.peer, second.request_id, ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), False), 0.0)
-    # A majority refused (1, n1): no read can return it. Again, above every answer.
+    # A majority refused (1, !n1), proposed (minter.py): no read can return it. Again, above every answer.
     effects = core.take_effects()
     (persist,) = [e for e in effects if type(e) is Persist]
     assert persist.version == Version(4, "n1") and core.stats.one_trip_retries == 1
@@ -696,7 +697,7 @@ def test_a_one_round_trip_tag_is_given_to_no_reader_until_its_put_is_decided():
     core = make_core()
     core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
     core.cache.put("k", "old")
-    first, second = first_put_sent(core)  # (5, n1), committed here
+    first, second = first_put_sent(core)  # (5, !n1), committed here
     # The replicas may yet refuse it and the PUT go again higher: no reader gets it now.
     assert fetch_reply(core) is None
     core.request("get", Get(4, "k"), 0.0)  # this node's own quorum read waits for its copy too
@@ -728,18 +729,18 @@ def test_a_disk_read_begun_before_a_one_round_trip_put_is_held_too():
     commit_all(core, effects)
     first, second = replicate_sends(effects)
     # The row comes back with the PUT's tag, committed meanwhile: not for a reader yet.
-    core.loaded("k", (Version(5, "n1"), False, "v"), 0.0)
+    core.loaded("k", (Version(5, "!n1"), False, "v"), 0.0)
     assert effects_of(core, Respond) == []
-    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(5, "n1"), Version(4, "n2"), False), 0.0)
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(5, "!n1"), Version(4, "n2"), False), 0.0)
     # Answered, its commit done: the PUT's reply, and with it the held reader's.
     replies = [e.reply for e in core.take_effects() if type(e) is Respond]
-    assert replies == [PutReply(7, Version(5, "n1"), False), FetchReply(3, Version(5, "n1"), False, "v", 0, "req")]
+    assert replies == [PutReply(7, Version(5, "!n1"), False), FetchReply(3, Version(5, "!n1"), False, "v", 0, "req")]
 
 
 def test_the_mutant_serve_in_progress_gives_the_tag_at_once():
     core = make_core("n1", mutant="serve-in-progress")
     first_put_sent(core)
-    assert fetch_reply(core).version == Version(1, "n1")
+    assert fetch_reply(core).version == Version(1, "!n1")
 
 
 def test_one_refusal_and_one_silence_leave_the_put_undecided_and_the_key_stranded():
@@ -748,7 +749,7 @@ def test_one_refusal_and_one_silence_leave_the_put_undecided_and_the_key_strande
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, False, Version(3, "n3"), Version(3, "n3"), False), 0.0)
     core.peer_failed(second.peer, second.request_id, 0.0)
     (respond,) = effects_of(core, Respond)
-    # (1, n1) may be on the silent peer, so neither a new tag nor "nothing written".
+    # (1, !n1) may be on the silent peer, so neither a new tag nor "nothing written".
     assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
     assert "k" in core.stranded
     core.request("put2", Put(8, "k", "w"), 0.0)
@@ -776,18 +777,18 @@ def test_the_mutant_ignore_observed_never_says_observed():
 
 def test_a_one_round_trip_put_counts_a_peer_whose_delete_read_its_tag():
     core = make_core()
-    first, second = first_put_sent(core)  # (1, n1)
+    first, second = first_put_sent(core)  # (1, !n1)
     core.peer_reply(first.peer, first.request_id,
                     ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), True), 0.0)
     assert effects_of(core, Respond) == []  # held newer: not an acknowledgement
-    # The other peer's tombstone was conditioned on (1, n1): a DELETE read it, so it took effect,
+    # The other peer's tombstone was conditioned on (1, !n1): a DELETE read it, so it took effect,
     # and a higher tag now would bring the value back after that DELETE.
     core.peer_reply(second.peer, second.request_id,
                     ReplicateReply(1, False, Version(2, "n2"), Version(2, "n2"), True, None, True), 0.0)
     effects = core.take_effects()
     assert [e for e in effects if type(e) is Persist] == []  # no new tag
-    assert [e.reply for e in effects if type(e) is Respond] == [PutReply(7, Version(1, "n1"), True)]
-    assert core.applied.find("req", "k", 0.0) == (Version(1, "n1"), 0.0, False)
+    assert [e.reply for e in effects if type(e) is Respond] == [PutReply(7, Version(1, "!n1"), True)]
+    assert core.applied.find("req", "k", 0.0) == (Version(1, "!n1"), 0.0, False)
 
 
 def test_a_delete_coordinators_own_tombstone_counts_for_the_tag_it_read():
@@ -839,11 +840,11 @@ def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not
     effects = core.take_effects()
     commit_all(core, effects)
     first, second = replicate_sends(effects)
-    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(1, "n1"), None, None, True), 0.0)
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(1, "!n1"), None, None, True), 0.0)
     assert effects_of(core, Respond) == [] and core.stats.one_trip_retries == 0  # neither an ack nor a refusal
     # A node that predates prior (a rolling upgrade) counts; it only says nothing for created.
-    core.peer_reply(second.peer, second.request_id, ReplicateReply(1, True, Version(1, "n1")), 0.0)
-    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(1, "n1"), True)
+    core.peer_reply(second.peer, second.request_id, ReplicateReply(1, True, Version(1, "!n1")), 0.0)
+    assert effects_of(core, Respond)[0].reply == PutReply(7, Version(1, "!n1"), True)
 
 
 def joining_retry(mutant=None):
@@ -884,7 +885,7 @@ def test_a_key_below_the_tag_floor_takes_the_lookup_round():
 
 def test_stranded_keys_come_back_after_a_restart_from_tentative_records():
     config = ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True)
-    core = NodeCore(config, 100.0, requests=[("req", "k", Version(6, "n1"), 90.0, True),
+    core = NodeCore(config, 100.0, requests=[("req", "k", Version(6, "!n1"), 90.0, True),
                                              ("other", "j", Version(3, "n2"), 90.0, False)])
     assert core.stranded == {"k"}
     link_all(core, 100.0)
@@ -896,8 +897,32 @@ def test_a_tentative_record_of_an_earlier_incarnation_strands_its_key_too():
     # Tags minted by this node under an earlier name are still this node's copies.
     config = ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True)
     core = NodeCore(config, 100.0, incarnation="new", requests=[
-        ("a", "k", Version(6, "n1@old"), 90.0, True), ("b", "j", Version(6, "n10"), 90.0, True)])
+        ("a", "k", Version(6, "!n1@old"), 90.0, True), ("b", "j", Version(6, "!n10"), 90.0, True)])
     assert core.stranded == {"k"}  # n10 is another node, however its id begins
+
+
+def first_put_tag(mutant=None):
+    core = make_core(mutant=mutant)
+    link_all(core)
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+    core.request("put", Put(7, "k", "v", "req"), 0.0)
+    (persist,) = effects_of(core, Persist)
+    return persist.version
+
+
+def test_a_first_put_proposes_a_tag_that_ranks_below_every_other_tag_of_its_counter():
+    # One above this node's copy only, not above a majority's answers: a retry of
+    # the PUT elsewhere that does not find it mints one above its majority, the same
+    # counter, and must outrank it, or a later PUT proposed between the two names
+    # is acknowledged below this tag (python -m kvwire.sim --seed 101489 --seeds 1).
+    tag = first_put_tag()
+    assert tag == Version(5, "!n1")
+    assert Version(4, "zz") < tag < Version(5, "-") < Version(5, "0") < Version(5, "A") < Version(5, "_")
+    assert member_of(tag.node) == "n1" and member_of("!n1@k7q2m4xa") == "n1"
+
+
+def test_the_mutant_proposals_rank_level_proposes_under_the_plain_name():
+    assert first_put_tag("proposals-rank-level") == Version(5, "n1")
 
 
 @pytest.mark.parametrize("mutant, minter", [(None, "n1@k7q2m4xa"), ("reuse-minter-name", "n1")])
@@ -1109,7 +1134,7 @@ def test_a_one_round_trip_commit_that_lands_after_the_answer_keeps_its_request_r
     # a reader, and its write-back must carry the id, or a retry elsewhere applies
     # the PUT again (sim seed 10136, --client-timeout 0.6).
     record = record_of_a_commit_that_lands_after_the_answer()
-    assert record is not None and record.version == Version(1, "n1") and record.tentative
+    assert record is not None and record.version == Version(1, "!n1") and record.tentative
 
 
 def test_the_mutant_forget_late_commits_keeps_no_record():
@@ -1188,7 +1213,7 @@ def test_the_mutant_forget_failed_reads_mints_a_new_tag():
 
 
 def dead_tag_left_here(mutant=None):
-    """A first PUT through n1 at (5, n1), refused by both peers, which hold (6, n3);
+    """A first PUT through n1 at (5, !n1), refused by both peers, which hold (6, n3);
     the tag floor (tombstones collected up to counter 7) stops its retry, so it ends
     with its dead tag as this node's newest copy. A peer's FETCH came meanwhile."""
     core = make_core(mutant=mutant)
@@ -1236,7 +1261,7 @@ def test_a_failed_fetch_of_the_newer_copy_is_tried_again_and_readers_wait():
 def test_the_mutant_serve_dead_tags_gives_readers_the_dead_tag():
     core = dead_tag_left_here("serve-dead-tags")
     held = [e.reply for e in core.take_effects() if type(e) is Respond and isinstance(e.reply, FetchReply)]
-    assert held and held[0].version == Version(5, "n1")
+    assert held and held[0].version == Version(5, "!n1")
 
 
 def test_a_put_that_ends_on_its_dead_tag_before_its_own_commit_holds_its_readers_past_that_commit():
@@ -1329,7 +1354,7 @@ def write_whose_commit_fails(core, put):
     return core.take_effects()
 
 
-@pytest.mark.parametrize("retry, lost", [(True, Version(4, "n1")), (False, Version(1, "n1"))],
+@pytest.mark.parametrize("retry, lost", [(True, Version(4, "n1")), (False, Version(1, "!n1"))],
                          ids=["lookup-put", "one-round-trip-put"])
 def test_a_write_whose_own_commit_fails_after_its_replicates_went_out_may_be_applied_and_the_node_joins(retry, lost):
     core = make_core()

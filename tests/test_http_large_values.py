@@ -95,7 +95,7 @@ def test_a_large_value_put_and_read_through_a_node_s_bridge_leaves_its_loop_free
         read, get_start, get_end = timed(lambda: http("GET", url, timeout=60))
         wait_for(lambda: watch.answered_after(get_end), timeout=10, what="a PING answered after the GET")
     assert reply.status == 201, reply.text
-    assert reply.text == '{"key":"many-items","value":' + "[{}" + ",{}" * (ITEMS - 1) + '],"version":{"counter":1,"node":"n1"}}'
+    assert reply.text == '{"key":"many-items","value":' + "[{}" + ",{}" * (ITEMS - 1) + '],"version":{"counter":1,"node":"!n1"}}'
     assert read.status == 200 and read.text == reply.text
     for start, end in ((put_start, put_end), (get_start, get_end)):
         bound = max(0.5 * (end - start), QUIET_SILENCE_S)

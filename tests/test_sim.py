@@ -105,7 +105,8 @@ TARGETED = {
     # Fifteen clients that give up after 0.6 s, 400 operations each: a local commit
     # that overlaps its REPLICATEs (docs/design.md 1.2) changed which races the
     # lighter mixes reach. Lost messages alone find the first (seed 65); every fault
-    # kind finds a DELETE whose tombstone went in over a newer write (seed 34).
+    # kind finds a DELETE whose tombstone went in over a newer write (seed 34; 296
+    # since a proposed tag ranks below the others of its counter).
     "retry-after-any-refusal": ["--faults", "network", "--clients", "15", "--ops", "400", "--client-timeout", "0.6"],
     "no-delete-condition": ["--faults", "crash,pause,partition,one-way,disk,network", "--clients", "15",
                             "--ops", "400", "--client-timeout", "0.6"],
@@ -118,7 +119,8 @@ TARGETED = {
     # A PUT's first tag, read through its coordinator, was written back to a replica
     # already holding newer; a retry's majority then had no record of it (seed 521 alone
     # was checked before the LOOKUP path stopped minting above failed copies; a search
-    # from seed 0 now finds seed 491).
+    # from seed 0 found seed 491, and 480 since a proposed tag ranks below the others
+    # of its counter).
     "forget-read-requests": ["--faults", "disk,network"],
     # Twenty clients on ten keys: a quorum read fetched a one-round-trip PUT's tag from
     # its coordinator while the replicas refused it for concurrent writes, and the PUT
@@ -129,7 +131,8 @@ TARGETED = {
     # came back above later writes. Every fault kind, past CI's seeds (first seed 21740;
     # 10420 since the local commit overlaps replication, with the mutant committing
     # first; 37669, searching on from 11420, since a node's own stall is no peer's
-    # silence): the real core checks clean on it now.
+    # silence): the real core checks clean on it now. The mutant proposes under the
+    # plain name (PROPOSES_LEVEL): seeds 38,000-41,999 did not catch it otherwise.
     "stack-on-stranded": ["--faults", "crash,pause,partition,one-way,disk,network"],
     # A node that lost its disk finished a retried PUT's tentative tag counting its own
     # copy, which a write it had lost superseded: the PUT was acknowledged below that
@@ -185,7 +188,8 @@ TARGETED = {
     # compares digests with tombstones first).
     "remint-lost-tags": ["--faults", "disk,network"],
     # Nodes killed at once all restart joining: refusing each other's anti-entropy
-    # FETCHes, they never caught up, and replicas never converged (seed 55).
+    # FETCHes, they never caught up, and replicas never converged (seed 55; 172 since
+    # a proposed tag ranks below the others of its counter).
     "no-repair-while-joining": ["--faults", "crash,disk,network"],
     # A joining node that compared live digests, which read a tombstone as nothing,
     # came to mint one tag twice: (3, n1) both a value and a tombstone (seed 597
@@ -194,7 +198,8 @@ TARGETED = {
     # request records, searching on from 4000; 14141, two values under one tag,
     # searching on from 5000, since a node's own stall is no peer's silence). The
     # mutant keeps its node's old name after a restart (REUSES_NAMES): seeds
-    # 14,000-22,999 did not catch it under a new one.
+    # 14,000-22,999 did not catch it under a new one; and it proposes under the plain
+    # name (PROPOSES_LEVEL): seeds 15,000-18,999 did not catch it otherwise.
     "join-by-live-digests": ["--faults", "crash,pause,partition,one-way,disk,network"],
     # A retried PUT applied a second time above a later write: its first attempt's
     # majority was n1 and n2, n1 lost its disk and joined without n2's request
@@ -209,13 +214,24 @@ TARGETED = {
 SEARCH_FROM = {
     "ignore-observed": 2097,
     "stack-on-stranded": 37000,
-    "keep-floor-to-self": 6100,
+    # Ranking a proposed tag below the others of its counter (docs/design.md 1.1)
+    # moved these past their searches: ignore-stranded from 117, forget-late-commits
+    # from 479, one-trip-over-floor from 560, serve-in-progress from 181 and
+    # keep-floor-to-self from 6308 (searched on from 6100 + 1,000).
+    "ignore-stranded": 2000,
+    "forget-late-commits": 2000,
+    "one-trip-over-floor": 4000,
+    "serve-in-progress": 2000,
+    "keep-floor-to-self": 11000,
     "join-by-live-digests": 14000,
     "join-without-requests": 3000,
     # Found by a sweep of seeds 980,300-992,299 (docs/design.md 1.1); 3,000 seeds of
     # each of three narrower mixes and 2,000 of fifteen clients that give up after
     # 0.6 s found no other.
     "reuse-minter-name": 985000,
+    # Found by a sweep of seeds 100,000-119,999 (docs/design.md 1.1): 101489 and
+    # 115765, of the same shape, were its only failures.
+    "proposals-rank-level": 101000,
 }
 
 # The first seed of each mutant's search (its TARGETED mix, or every fault kind with
@@ -228,16 +244,16 @@ SEARCH_FROM = {
 # to pin instead.
 CAUGHT_ON = {
     "no-lookup": 2, "no-write-back": 419, "ack-before-commit": 8, "no-tag-tiebreak": 1,
-    "no-delete-condition": 34, "keep-silent-link": 7, "no-hint-replay": 1, "no-repair": 3,
+    "no-delete-condition": 296, "keep-silent-link": 7, "no-hint-replay": 1, "no-repair": 3,
     "gc-without-evidence": 153, "no-floor": 464, "ignore-request-id": 44, "no-join-guard": 64,
-    "count-newer-as-applied": 30, "retry-after-any-refusal": 65, "one-trip-retries": 310,
-    "complete-over-newer": 184, "one-trip-over-floor": 560, "ignore-stranded": 117,
-    "volatile-request-ids": 750, "ignore-observed": 2097, "forget-read-requests": 491,
-    "serve-in-progress": 181, "stack-on-stranded": 37669, "joining-vouches": 528,
-    "one-trip-after-stall": 10, "forget-superseded-requests": 547, "forget-late-commits": 479,
-    "keep-floor-to-self": 6308, "vote-after-lost-send": 134, "remint-lost-tags": 721,
-    "no-repair-while-joining": 55, "join-by-live-digests": 14141, "join-without-requests": 3194,
-    "reuse-minter-name": 985415,
+    "count-newer-as-applied": 20, "retry-after-any-refusal": 65, "one-trip-retries": 715,
+    "complete-over-newer": 184, "one-trip-over-floor": 4672, "ignore-stranded": 2822,
+    "volatile-request-ids": 750, "ignore-observed": 2097, "forget-read-requests": 480,
+    "serve-in-progress": 2077, "stack-on-stranded": 37669, "joining-vouches": 528,
+    "one-trip-after-stall": 25, "forget-superseded-requests": 381, "forget-late-commits": 2858,
+    "keep-floor-to-self": 11009, "vote-after-lost-send": 134, "remint-lost-tags": 721,
+    "no-repair-while-joining": 172, "join-by-live-digests": 14141, "join-without-requests": 3194,
+    "reuse-minter-name": 985415, "proposals-rank-level": 101489,
 }
 
 

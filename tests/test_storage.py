@@ -58,6 +58,15 @@ async def test_only_a_higher_version_replaces_the_stored_row(tmp_path):
         assert await storage.read("k") == (Version(5, "n2"), False, stored("five"))
         await put(storage, "k", 5, "tie-break", node="n3")
         assert await storage.read("k") == (Version(5, "n3"), False, stored("tie-break"))
+        # A proposed tag (kvwire/server/core/minter.py) ranks below every other of its
+        # counter in SQLite as in the core, and above the counter below.
+        await put(storage, "k", 5, "proposed", node="!n9")
+        assert await storage.read("k") == (Version(5, "n3"), False, stored("tie-break"))
+        await put(storage, "j", 5, "proposed", node="!n9")
+        await put(storage, "j", 4, "older", node="n9")
+        assert await storage.read("j") == (Version(5, "!n9"), False, stored("proposed"))
+        await put(storage, "j", 5, "minted", node="-")
+        assert await storage.read("j") == (Version(5, "-"), False, stored("minted"))
     finally:
         await storage.close()
 

@@ -169,7 +169,7 @@ def test_up_runs_a_cluster_until_a_signal_stops_it_cleanly(tmp_path, signum):
         assert f"REST API: {' '.join(urls)}" in up.stdout
         assert rest("PUT", f"{urls[0]}/kv/rest-greeting/", {"value": "hi"})[0] == 201
         assert rest("GET", f"{urls[2]}/kv/rest-greeting/") == (
-            200, {"key": "rest-greeting", "value": "hi", "version": {"counter": 1, "node": "n1"}})
+            200, {"key": "rest-greeting", "value": "hi", "version": {"counter": 1, "node": "!n1"}})
         # The REST health report shows the same: n2 sees both peers UP.
         status, health = wait_for(
             lambda: (reply := rest("GET", f"{urls[1]}/health/"))[1]["cluster"]["healthy_nodes"] == 3 and reply,

@@ -22,12 +22,28 @@ new actor id. Tags stay ordered as before (counter first); the name only
 breaks ties, and every incarnation of a node is still that node
 (``member_of``). A clean restart keeps the name (the
 data directory's ``meta`` table holds it): every tag it sent is on its disk.
+
+A one-round-trip PUT's first tag is *proposed*: one above its coordinator's own
+copy, not above anything a majority answered (one_trip.py). It is minted under
+the name with ``PROPOSED`` before it, which ranks below every node id, so it
+sorts below every other tag of its counter. A PUT's retry that does not find
+that first attempt mints one above its majority's newest, which, when the
+coordinator's copy was on a majority, is at least the proposal's counter: at a
+tie the retry now wins. Level on the name, the proposal could win instead, and
+a later one-round-trip PUT, proposed at the same counter under a name between
+the two, went in above the acknowledged retry and below the first attempt,
+which then surfaced above it (``python -m kvwire.sim --seed 101489 --seeds 1``,
+docs/design.md 1.2 step 6; ``proposals-rank-level`` is caught there).
 """
 
 from __future__ import annotations
 
 # Not a character a node id may contain (ServerConfig: letters, digits, '_', '.', '-').
 SEPARATOR = "@"
+# Nor is this, and it sorts below every one that may (as bytes too: SQLite
+# compares the node field with memcmp), so a proposed tag ranks below every other
+# tag of its counter.
+PROPOSED = "!"
 
 
 def minter_name(node_id: str, incarnation: str) -> str:
@@ -35,6 +51,12 @@ def minter_name(node_id: str, incarnation: str) -> str:
     return f"{node_id}{SEPARATOR}{incarnation}" if incarnation else node_id
 
 
+def proposed_name(minter: str) -> str:
+    """The node field of a proposed tag (a one-round-trip PUT's first) minted as ``minter``."""
+    return f"{PROPOSED}{minter}"
+
+
 def member_of(tag_node: str) -> str:
-    """The node id that minted a tag whose node field is ``tag_node``, whatever its incarnation."""
-    return tag_node.partition(SEPARATOR)[0]
+    """The node id that minted a tag whose node field is ``tag_node``, whatever its
+    incarnation, proposed or not."""
+    return tag_node.removeprefix(PROPOSED).partition(SEPARATOR)[0]

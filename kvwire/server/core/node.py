@@ -47,7 +47,7 @@ from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
 from .applied import AppliedRequests
-from .minter import member_of, minter_name
+from .minter import member_of, minter_name, proposed_name
 from .observed import ObservedVersions
 from .one_trip import OneTripWrite, takes_one_trip
 from .repair import Repair
@@ -100,6 +100,7 @@ MUTANTS = (
     "join-by-live-digests",  # a joining node skips the buckets whose live keys match, newer tombstones and all
     "join-without-requests",  # a joining node does not copy its peers' PUT request records
     "reuse-minter-name",  # a node restarted on a lost disk or after an unclean stop mints under the name it had
+    "proposals-rank-level",  # a one-round-trip PUT's first tag ranks with tags minted above a majority, by name
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -129,6 +130,11 @@ FORGETS_FAILED_READS = frozenset({"forget-failed-reads", "stack-on-stranded"})
 # still guards a case a new name does not (a lost tag above what the node mints
 # next, a tombstone above it), which the simulator has not reached since.
 REUSES_NAMES = frozenset({"vote-after-lost-send", "join-by-live-digests"})
+# Likewise, once a one-round-trip PUT's first tag ranked below the others of its
+# counter (minter.py): the seeds that caught these moved, and seeds 15,000-18,999
+# and 38,000-41,999 of their runs found none, so their mutants also propose under
+# the plain name, as the core did before. Each rule still guards its own case.
+PROPOSES_LEVEL = frozenset({"proposals-rank-level", "join-by-live-digests", "stack-on-stranded"})
 
 
 class NodeCore:
@@ -551,18 +557,23 @@ class NodeCore:
     def respond(self, token: Any, reply: Any) -> None:
         self.effects.append(Respond(token, reply))
 
-    def mint(self, key: str, above: Version) -> Version:
+    def mint(self, key: str, above: Version, *, proposed: bool = False) -> Version:
         """A new tag for a write of ``key`` by this node; callers pass the newest tag they
         must pass, this node's own included. Never at or below the tag floor
         (``tombstones.py``), nor at or below a tag of the key this node sent and
-        then failed to commit (``lost_a_sent_tag``): a peer may hold that one."""
+        then failed to commit (``lost_a_sent_tag``): a peer may hold that one.
+        ``proposed``: above this node's own copy only, not a majority's answers,
+        so it ranks below every other tag of its counter (minter.py)."""
         lost = self._lost_tags.get(key)
         if lost is not None:
             if lost <= self.keydir.latest_version(key):
                 del self._lost_tags[key]  # passed: the key's own copy is above it now
             above = max(above, lost)
         counter = above.counter if self.mutant == "no-floor" else max(above.counter, self.tombstones.floor_target)
-        return Version(counter + 1, "" if self.mutant == "no-tag-tiebreak" else self.minter)
+        if self.mutant == "no-tag-tiebreak":
+            return Version(counter + 1, "")
+        return Version(counter + 1, proposed_name(self.minter) if proposed and self.mutant not in PROPOSES_LEVEL
+                       else self.minter)
 
     def adopt_floor(self, floor: int | None) -> None:
         """A tag floor a peer reported: this node mints above it from now on."""

@@ -164,7 +164,9 @@ class OneTripWrite(_ReplicatedWrite):
         local = core.keydir.latest(key)
         if local.version not in self._mine:
             self._heard.append(local)
-        self._version = version = core.mint(key, max(local.version, self._newest_heard))
+        # The first tag is proposed above this node's copy alone; a dead tag's retry
+        # is minted above every answer, a majority's, like a LOOKUP PUT's (minter.py).
+        self._version = version = core.mint(key, max(local.version, self._newest_heard), proposed=not self._attempt)
         self._mine.add(version)
         self._attempt += 1
         attempt = self._attempt
