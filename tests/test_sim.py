@@ -353,6 +353,17 @@ def test_a_seed_replays_byte_for_byte_whatever_the_hash_seed():
     assert dump_jsonl(again.operations) + "\n".join(again.trace) == outputs[0]
 
 
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `python -m kvwire.sim | head -c 1` once head is done
+    try:
+        run = subprocess.run([sys.executable, "-m", "kvwire.sim", "--seeds", "1", "--json"], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 141 and "Traceback" not in run.stderr, run.stderr
+
+
 def test_a_failing_seed_prints_its_replay_command_and_a_shrunk_history(capsys):
     assert main(["--seeds", "50", "--mutant", "no-lookup"]) == 1
     out = capsys.readouterr().out

@@ -10,6 +10,7 @@ import argparse
 import functools
 import json
 import multiprocessing
+import os
 import sys
 import time
 from typing import Iterator
@@ -181,5 +182,16 @@ def _describe(faults: dict[str, int]) -> str:
     return ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) or "none"
 
 
+def _main_for_a_pipe() -> int:
+    try:
+        return main()
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing more is wanted, and no
+        # traceback. Python's own recipe: point stdout at /dev/null, or the flush
+        # at exit raises again. 141 is what a shell reports for SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_for_a_pipe())
