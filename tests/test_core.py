@@ -997,6 +997,86 @@ def test_the_mutant_stack_on_stranded_mints_above_the_failed_copy():
     assert persist.version == Version(8, "n1")
 
 
+def put_behind_a_write_in_progress(mutant=None):
+    """A retried PUT of k through n1 minted (7, n1) above its answer (6, n3), committed it
+    and sent it; a second PUT's LOOKUP is then answered (6, n3) too. The first's
+    REPLICATEs and the second's effects so far."""
+    core = make_core(mutant=mutant)
+    link_all(core)
+    first = committed_and_sent(core, lookup_put(core, "req-a", "a", Version(6, "n3")))
+    return core, first, lookup_put(core, "req-b", "b", Version(6, "n3"))
+
+
+def test_a_put_mints_above_a_write_in_progress_here_only_once_that_write_is_decided():
+    # Minted now, (8, n1) would be two above what its majority held: should both
+    # PUTs fail, the second's retry elsewhere is acknowledged at (7, n2), a later
+    # write at (8, n2), and (8, n1) comes back above it (python -m kvwire.sim --seed
+    # 731 --seeds 1 --faults disk,network,one-way,pause).
+    core, first, second = put_behind_a_write_in_progress()
+    assert [e for e in second if type(e) in (Persist, Respond)] == []  # waiting
+    for send in first:
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, True, Version(7, "n1")), 0.0)
+    effects = core.take_effects()
+    assert [e.reply.version for e in effects if type(e) is Respond] == [Version(7, "n1")]
+    assert [e.version for e in effects if type(e) is Persist] == [Version(8, "n1")]  # above a majority's (7, n1)
+
+
+def test_a_put_waiting_on_a_write_here_that_fails_writes_nothing():
+    core, first, _ = put_behind_a_write_in_progress()
+    for send in first:
+        core.peer_failed(send.peer, send.request_id, 0.0)
+    effects = core.take_effects()
+    assert [e for e in effects if type(e) is Persist] == []
+    first_reply, second_reply = [e.reply for e in effects if type(e) is Respond]
+    assert isinstance(first_reply, NoQuorumError) and first_reply.maybe_applied is True
+    # Stranded now: the rule for a failed copy refuses, and the client tries another node.
+    assert isinstance(second_reply, NoQuorumError) and second_reply.maybe_applied is False
+    assert "failed here" in second_reply.message
+
+
+def test_a_put_behind_a_one_round_trip_put_in_progress_here_waits_for_it_too():
+    core = make_core()
+    first, second = first_put_sent(core)  # (1, !n1), committed here, its REPLICATEs out
+    core.request("put-b", Put(8, "k", "b", "req-b"), 0.0)
+    (lookup,) = effects_of(core, Send)  # the LOOKUP round, not one round trip
+    core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, NO_VERSION, False), 0.0)
+    assert [e for e in core.take_effects() if type(e) in (Persist, Respond)] == []  # waiting
+    core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(1, "!n1"), NO_VERSION, False), 0.0)
+    effects = core.take_effects()
+    assert [e.reply.version for e in effects if type(e) is Respond] == [Version(1, "!n1")]
+    assert [e.version for e in effects if type(e) is Persist] == [Version(2, "n1")]
+
+
+def test_a_retry_that_waited_on_its_own_first_attempt_here_finishes_that_tag():
+    core = make_core()
+    link_all(core)
+    first = lookup_put(core, "req-a", "a", Version(6, "n3"))  # (7, n1), its commit not yet done
+    again = lookup_put(core, "req-a", "a", Version(6, "n3"))  # the client's retry, here again
+    assert [e for e in again if type(e) in (Persist, Respond)] == []  # waiting on (7, n1)
+    for send in committed_and_sent(core, first):
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, True, Version(7, "n1")), 0.0)
+    effects = core.take_effects()
+    sends = [e for e in effects if type(e) is Send]
+    assert [e.version for e in effects if type(e) is Persist] == []  # no second tag of req-a
+    assert {s.fields[1] for s in sends} == {Version(7, "n1")}  # it finishes (7, n1) instead
+    for send in sends:
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(7, "n1")), 0.0)
+    replies = [e.reply for e in effects + core.take_effects() if type(e) is Respond]
+    assert [reply.version for reply in replies] == [Version(7, "n1"), Version(7, "n1")]
+
+
+def test_the_mutant_stack_on_in_progress_mints_above_the_write_at_once():
+    _, _, second = put_behind_a_write_in_progress("stack-on-in-progress")
+    assert [e.version for e in second if type(e) is Persist] == [Version(8, "n1")]
+
+
+def test_a_first_put_of_a_key_written_here_now_takes_the_lookup_round():
+    # One round trip would propose (8, !n1) above (7, n1), stacked on it as above.
+    core, _, _ = put_behind_a_write_in_progress()
+    core.request("put-c", Put(9, "k", "c", "req-c"), 0.0)
+    assert [s.message_type for s in effects_of(core, Send)] == [Lookup]
+
+
 def first_put_looks_up(core, now):
     """Whether a first PUT (no ``retry``) read at ``now`` takes the LOOKUP round."""
     core.request("put", Put(7, "k", "v", "req-1"), now)

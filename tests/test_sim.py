@@ -74,16 +74,17 @@ def test_nodes_restored_from_backups_check_clean():
 
 def test_a_node_restored_from_a_backup_that_votes_at_once_is_caught(capsys):
     """With restores the only lost data (no crash, so no wiped disk), a restored node
-    that takes part in majorities at once answers from its old copy: on seed 978 a
-    DELETE found nothing where a value acknowledged before it began stood. (Seed
-    519 caught it minting a tag again for another value, until a restored node
-    minted under a new incarnation: kvwire/server/core/minter.py.) The real core,
-    joining, passes."""
-    mix = ["--seed", "978", "--seeds", "1", "--json", "--faults", "restore,network"]
+    that takes part in majorities at once answers from its old copy: on seed 152 a
+    DELETE found nothing where a value acknowledged before it began stood. (Seed 519 caught
+    it minting a tag again for another value, until a restored node minted under a
+    new incarnation: kvwire/server/core/minter.py; seed 978, a DELETE that found
+    nothing where an acknowledged value stood, until a PUT waited for a write of its
+    key in progress on its node.) The real core, joining, passes."""
+    mix = ["--seed", "152", "--seeds", "1", "--json", "--faults", "restore,network"]
     assert main([*mix, "--mutant", "no-join-guard"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and any("not linearizable" in problem for problem in report["problems"])
-    assert run_seed(978, faults=("restore", "network"), mutant="no-join-guard").faults.get("restored") == 1
+    assert run_seed(152, faults=("restore", "network"), mutant="no-join-guard").faults.get("restored") == 1
     assert main(mix) == 0
 
 
@@ -104,9 +105,10 @@ TARGETED = {
     "one-trip-retries": ["--faults", "network,one-way"],
     # Fifteen clients that give up after 0.6 s, 400 operations each: a local commit
     # that overlaps its REPLICATEs (docs/design.md 1.2) changed which races the
-    # lighter mixes reach. Lost messages alone find the first (seed 65); every fault
-    # kind finds a DELETE whose tombstone went in over a newer write (seed 34; 296
-    # since a proposed tag ranks below the others of its counter).
+    # lighter mixes reach. Lost messages alone find the first (seed 65; 345 since a
+    # PUT waits for a write of its key in progress here); every fault kind finds a
+    # DELETE whose tombstone went in over a newer write (seed 34; 296 since a
+    # proposed tag ranks below the others of its counter; 786 since that wait).
     "retry-after-any-refusal": ["--faults", "network", "--clients", "15", "--ops", "400", "--client-timeout", "0.6"],
     "no-delete-condition": ["--faults", "crash,pause,partition,one-way,disk,network", "--clients", "15",
                             "--ops", "400", "--client-timeout", "0.6"],
@@ -116,6 +118,11 @@ TARGETED = {
     # count (seeds 0-2,096 check clean on the real core, 2026-12-03). A DELETE read
     # a one-round-trip tag that both peers then refused.
     "ignore-observed": ["--faults", "disk,network,one-way,pause"],
+    # Two LOOKUP PUTs of one key through one node, the second minted above the
+    # first's copy while that write was in progress; both failed, the second's retry
+    # was acknowledged lower elsewhere, a later write above it, and the stacked tag
+    # came back over that write (seed 731, found by a sweep of this mix).
+    "stack-on-in-progress": ["--faults", "disk,network,one-way,pause"],
     # A PUT's first tag, read through its coordinator, was written back to a replica
     # already holding newer; a retry's majority then had no record of it (seed 521 alone
     # was checked before the LOOKUP path stopped minting above failed copies; a search
@@ -189,7 +196,8 @@ TARGETED = {
     "remint-lost-tags": ["--faults", "disk,network"],
     # Nodes killed at once all restart joining: refusing each other's anti-entropy
     # FETCHes, they never caught up, and replicas never converged (seed 55; 172 since
-    # a proposed tag ranks below the others of its counter).
+    # a proposed tag ranks below the others of its counter; 248 since a PUT waits for
+    # a write of its key in progress here).
     "no-repair-while-joining": ["--faults", "crash,disk,network"],
     # A joining node that compared live digests, which read a tombstone as nothing,
     # came to mint one tag twice: (3, n1) both a value and a tombstone (seed 597
@@ -222,7 +230,11 @@ SEARCH_FROM = {
     "forget-late-commits": 2000,
     "one-trip-over-floor": 4000,
     "serve-in-progress": 2000,
-    "keep-floor-to-self": 11000,
+    "keep-floor-to-self": 12000,
+    # Waiting for a write of the key in progress here before minting (docs/design.md
+    # 1.2, step 2) moved no-floor past its search, from 464 to 1091, and
+    # keep-floor-to-self from 11009 to 12299 (searched on from 11000 + 1,000).
+    "no-floor": 1000,
     "join-by-live-digests": 14000,
     "join-without-requests": 3000,
     # Found by a sweep of seeds 980,300-992,299 (docs/design.md 1.1); 3,000 seeds of
@@ -243,17 +255,17 @@ SEARCH_FROM = {
 # that stops catching its mutant falls back to the search, and warns with the seed
 # to pin instead.
 CAUGHT_ON = {
-    "no-lookup": 2, "no-write-back": 419, "ack-before-commit": 8, "no-tag-tiebreak": 1,
-    "no-delete-condition": 296, "keep-silent-link": 7, "no-hint-replay": 1, "no-repair": 3,
-    "gc-without-evidence": 153, "no-floor": 464, "ignore-request-id": 44, "no-join-guard": 64,
-    "count-newer-as-applied": 20, "retry-after-any-refusal": 65, "one-trip-retries": 715,
+    "no-lookup": 2, "no-write-back": 20, "ack-before-commit": 8, "no-tag-tiebreak": 1,
+    "no-delete-condition": 786, "keep-silent-link": 7, "no-hint-replay": 1, "no-repair": 3,
+    "gc-without-evidence": 153, "no-floor": 1091, "ignore-request-id": 44, "no-join-guard": 460,
+    "count-newer-as-applied": 20, "retry-after-any-refusal": 345, "one-trip-retries": 523,
     "complete-over-newer": 184, "one-trip-over-floor": 4672, "ignore-stranded": 2822,
     "volatile-request-ids": 750, "ignore-observed": 2097, "forget-read-requests": 480,
-    "serve-in-progress": 2077, "stack-on-stranded": 37669, "joining-vouches": 528,
-    "one-trip-after-stall": 25, "forget-superseded-requests": 381, "forget-late-commits": 2858,
-    "keep-floor-to-self": 11009, "vote-after-lost-send": 134, "remint-lost-tags": 721,
-    "no-repair-while-joining": 172, "join-by-live-digests": 14141, "join-without-requests": 3194,
-    "reuse-minter-name": 985415, "proposals-rank-level": 101489,
+    "serve-in-progress": 2106, "stack-on-stranded": 37669, "joining-vouches": 528,
+    "one-trip-after-stall": 25, "forget-superseded-requests": 140, "forget-late-commits": 2858,
+    "keep-floor-to-self": 12299, "vote-after-lost-send": 134, "remint-lost-tags": 721,
+    "no-repair-while-joining": 248, "join-by-live-digests": 14141, "join-without-requests": 3194,
+    "reuse-minter-name": 985415, "proposals-rank-level": 101489, "stack-on-in-progress": 731,
 }
 
 

@@ -101,6 +101,7 @@ MUTANTS = (
     "join-without-requests",  # a joining node does not copy its peers' PUT request records
     "reuse-minter-name",  # a node restarted on a lost disk or after an unclean stop mints under the name it had
     "proposals-rank-level",  # a one-round-trip PUT's first tag ranks with tags minted above a majority, by name
+    "stack-on-in-progress",  # a PUT mints above this node's copy from a write still in progress that no answer holds
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -201,6 +202,10 @@ class NodeCore:
         # Keys a write left undecided here, until a LOOKUP write passes them (one_trip.py, Write._mint).
         self.stranded: set[str] = set()
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
+        # Writes of each key whose tag is committed here and not yet decided, and what
+        # waits for them to be (operations.Write._mint).
+        self.writes_in_progress: dict[str, int] = {}
+        self._after_writes: dict[str, list[Callable[[], None]]] = {}
         # Readers of those keys' committed copies, waiting for the PUT to be decided (one_trip.py),
         # each with whether its copy was already asked for once more (``loaded``).
         self._held_readers: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
@@ -616,6 +621,22 @@ class NodeCore:
 
     def one_trip_started(self, key: str) -> None:
         self.one_trips.add(key)
+
+    def write_started(self, key: str) -> None:
+        self.writes_in_progress[key] = self.writes_in_progress.get(key, 0) + 1
+
+    def write_decided(self, key: str) -> None:
+        left = self.writes_in_progress[key] - 1
+        if left:
+            self.writes_in_progress[key] = left
+            return
+        del self.writes_in_progress[key]
+        for callback in self._after_writes.pop(key, ()):
+            callback()
+
+    def after_writes_of(self, key: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no write of ``key`` is in progress here."""
+        self._after_writes.setdefault(key, []).append(callback)
 
     def one_trip_ended(self, key: str) -> None:
         """The one-round-trip PUT of ``key`` here is decided: its readers get the copy now."""

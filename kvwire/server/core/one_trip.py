@@ -70,7 +70,7 @@ from ...protocol.messages import PutReply, Version
 from .dead_copy import DeadCopyRepair
 from .fanout import FAILED, OK, Fanout
 from .keydir import Copy
-from .operations import WRITE_NO_QUORUM, _ReplicatedWrite, disk_error
+from .operations import MINTS_WITHOUT_WAITING, WRITE_NO_QUORUM, _ReplicatedWrite, disk_error
 from .services import CoreServices
 
 # The cluster size for a PUT to take one round trip: with more nodes, see above;
@@ -103,6 +103,10 @@ def takes_one_trip(core: CoreServices, request) -> bool:
     if request.request is not None and core.applied.find(request.request, request.key, core.now) is not None:
         return False  # this node applied it already: the LOOKUP path finishes that write
     if (request.key in core.stranded or request.key in core.one_trips) and core.mutant != "ignore-stranded":
+        return False
+    if request.key in core.writes_in_progress and core.mutant not in MINTS_WITHOUT_WAITING:
+        # A proposal above a copy still in progress here would be stacked on it:
+        # the LOOKUP path waits for that write instead (operations.Write._mint).
         return False
     return len(core.usable_peers()) == len(core.peer_ids)
 
@@ -168,6 +172,9 @@ class OneTripWrite(_ReplicatedWrite):
         # is minted above every answer, a majority's, like a LOOKUP PUT's (minter.py).
         self._version = version = core.mint(key, max(local.version, self._newest_heard), proposed=not self._attempt)
         self._mine.add(version)
+        if not self._in_progress:  # as _ReplicatedWrite._commit: a PUT behind it waits (Write._mint)
+            self._in_progress = True
+            core.write_started(key)
         self._attempt += 1
         attempt = self._attempt
         self._acks = self._refused = self._failed = 0  # this attempt's, this node's own in _acks
