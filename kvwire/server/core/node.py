@@ -161,6 +161,9 @@ class NodeCore:
         # a new incarnation to a start that may have lost a tag it minted.
         reuses_name = mutant == "reuse-minter-name" or mutant in REUSES_NAMES
         self.minter = minter_name(config.node_id, "" if reuses_name else incarnation)
+        # A one-round-trip PUT's first tag is minted under this one (minter.py); made
+        # once here, not per PUT.
+        self._proposer = self.minter if mutant in PROPOSES_LEVEL else proposed_name(self.minter)
         self.quorum = config.quorum
         self.cluster_size = config.cluster_size
         self.peer_ids = [member.node_id for member in config.peers]
@@ -577,8 +580,7 @@ class NodeCore:
         counter = above.counter if self.mutant == "no-floor" else max(above.counter, self.tombstones.floor_target)
         if self.mutant == "no-tag-tiebreak":
             return Version(counter + 1, "")
-        return Version(counter + 1, proposed_name(self.minter) if proposed and self.mutant not in PROPOSES_LEVEL
-                       else self.minter)
+        return Version(counter + 1, self._proposer if proposed else self.minter)
 
     def adopt_floor(self, floor: int | None) -> None:
         """A tag floor a peer reported: this node mints above it from now on."""

@@ -172,9 +172,7 @@ class OneTripWrite(_ReplicatedWrite):
         # is minted above every answer, a majority's, like a LOOKUP PUT's (minter.py).
         self._version = version = core.mint(key, max(local.version, self._newest_heard), proposed=not self._attempt)
         self._mine.add(version)
-        if not self._in_progress:  # as _ReplicatedWrite._commit: a PUT behind it waits (Write._mint)
-            self._in_progress = True
-            core.write_started(key)
+        self._started_here()
         self._attempt += 1
         attempt = self._attempt
         self._acks = self._refused = self._failed = 0  # this attempt's, this node's own in _acks

@@ -232,13 +232,19 @@ class _ReplicatedWrite:
         this node catch up from every peer before it votes again."""
         self._deleted, self._value = deleted, value
         self._local_pending = True
-        if not self._in_progress:
-            self._in_progress = True
-            self._core.write_started(self._request.key)
+        self._started_here()
         self._core.store(self._request.key, self._version, deleted, value, packed, self._stored,
                          request=self._request_id, tentative=self._exact)
         if not self._core.commits_first:
             self._replicate()
+
+    def _started_here(self) -> None:
+        """This write's first tag is on its way to this node's disk: until it is
+        decided, a PUT of the key through this node waits before minting above it
+        (``Write._mint``)."""
+        if not self._in_progress:
+            self._in_progress = True
+            self._core.write_started(self._request.key)
 
     def _replicate(self) -> None:
         core = self._core
@@ -454,7 +460,8 @@ class Write(_ReplicatedWrite):
         # key that it started meanwhile is pending here, and the new tag must
         # pass it, or two writes in flight would share one tag.
         own = core.keydir.latest(key)
-        if copies and key in core.writes_in_progress and own.version > max(c.version for c in copies) \
+        answered = max(copy.version for copy in copies) if copies else None
+        if answered is not None and key in core.writes_in_progress and own.version > answered \
                 and core.mutant not in MINTS_WITHOUT_WAITING:
             # This node's copy is a write of the key still in progress here, which no
             # answer holds: a tag above it would be two above what the majority held
@@ -464,7 +471,7 @@ class Write(_ReplicatedWrite):
             # disk,network,one-way,pause).
             core.after_writes_of(key, lambda: self._answered or self._mint_after_waiting(copies))
             return
-        if copies and key in core.stranded and max(own.version, core.lost_tag(key)) > max(c.version for c in copies) \
+        if answered is not None and key in core.stranded and max(own.version, core.lost_tag(key)) > answered \
                 and core.mutant != "stack-on-stranded":
             # A write of the key failed here, and no answer holds this node's
             # copy: a tag above it would be two above what the majority held.
