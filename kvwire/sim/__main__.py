@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--nodes", type=int, choices=(1, 3, 5), default=3, help="cluster size (default 3)")
     parser.add_argument("--faults", type=_faults, default=DEFAULT_FAULTS,
                         help=f"comma list of fault kinds, or 'none' (default {DEFAULT_FAULTS}; also "
-                             f"{', '.join(OPT_IN_FAULT_KINDS)}: a node restored from a backup of its disk)")
+                             f"{', '.join(OPT_IN_FAULT_KINDS)}: a node restored from a backup of its disk, "
+                             "a node stopped cleanly)")
     parser.add_argument("--mutant", choices=MUTANTS, help="run a deliberately broken core; a clean exit would be a miss")
     parser.add_argument("--clients", type=_positive, default=5, help="concurrent clients (default 5)")
     parser.add_argument("--client-timeout", type=_seconds, default=CLIENT_TIMEOUT, metavar="SECONDS",

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
 # their runs.
 FAULT_KINDS = ("crash", "pause", "partition", "one-way", "disk", "network")
 # ``restore``: a crash whose node comes back on a backup of its disk taken
-# earlier in the run (``kvwire backup``: marked joining).
-OPT_IN_FAULT_KINDS = ("restore",)
+# earlier in the run (``kvwire backup``: marked joining). ``stop``: a clean stop
+# (SIGTERM, ``kvwire up ctl stop``), the node back later without the catching
+# up an unclean one needs when its core said it could stop cleanly.
+OPT_IN_FAULT_KINDS = ("restore", "stop")
 ALL_FAULT_KINDS = FAULT_KINDS + OPT_IN_FAULT_KINDS
 # The share of crashes that also lose the node's disk, at most one a run (a
 # restore from a backup counts as one): a second lost disk before
@@ -95,10 +97,20 @@ class Nemesis:
                 self.injected["restored"] = self.injected.get("restored", 0) + 1
                 victim.disk = copy.deepcopy(backup)
                 victim.disk.failing_until = victim.disk.slow_until = -1.0  # a new disk
-                # The backup's mark (kvwire.server.backup). Every simulated restart is an
-                # unclean one, which joins anyway: tests/test_backup.py tests the mark.
+                # The backup's mark (kvwire.server.backup). A restore follows a crash, an
+                # unclean stop, which joins anyway: tests/test_backup.py tests the mark.
                 victim.disk.joining = True
             self._heal_after(duration, victim.start)
+        elif kind == "stop" and victim.alive and not victim.stopping:
+            def stopped() -> None:
+                if victim.disk.stopped_cleanly:  # counted apart, to show clean stops happen
+                    self.injected["clean_stop"] = self.injected.get("clean_stop", 0) + 1
+                if self.stopped:  # the run's final heal came first: back at once
+                    world.scheduler.after(0.0, lambda: victim.alive or victim.start())
+                else:
+                    self._heal_after(duration, victim.start)
+
+            victim.stop_cleanly(stopped)
         elif kind == "pause" and victim.alive and not victim.paused:
             victim.pause()
             self._heal_after(duration, victim.resume)

@@ -142,7 +142,7 @@ def _final_read(world: World, workload: Workload, node, key: str) -> None:
             op = Operation(-1, OpKind.GET, key, start, now, Outcome.FAIL, None, None, node.node_id, index)
         workload.history.append(op)
 
-    node.run(lambda: node.core.request(on_reply, Get(0, key), world.scheduler.now))
+    node.run(lambda: node.client_request(on_reply, Get(0, key)))
 
 
 def _check_one_reads(workload: Workload) -> list[str]:

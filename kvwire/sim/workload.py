@@ -172,7 +172,7 @@ class Workload:
 
         def deliver() -> None:
             if node.alive and node.incarnation == incarnation:
-                node.core.request(on_reply, request, world.scheduler.now)
+                node.client_request(on_reply, request)
             else:
                 finish(Outcome.UNKNOWN)
 

@@ -91,6 +91,10 @@ class SimDisk:
         self.failing_until = -1.0
         self.slow_until = -1.0
         self.commits = 0
+        # Its node's last stop was clean (``SimNode.stop_cleanly``): the real
+        # storage deletes its ``running`` mark then, so the next start is not
+        # taken for one after a kill.
+        self.stopped_cleanly = False
 
 
 @dataclass
@@ -112,6 +116,10 @@ class SimNode:
     commit_scheduled: bool = False
     tick_at: float | None = None
     started_before: bool = False
+    # Stopping cleanly (SIGTERM): waiting for the requests it had started.
+    stopping: bool = False
+    # Requests started here and not yet answered, clients' and peers': id(token) -> token.
+    unanswered: dict[int, Any] = field(default_factory=dict)
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -126,16 +134,21 @@ class SimNode:
         disk.requests = {name: held for name, held in disk.requests.items() if now - held[1] <= REQUEST_MAX_AGE}
         requests = [(request, key, version, at, tentative)
                     for (request, key), (version, at, tentative) in disk.requests.items()]
-        # Every start after the first follows a crash: an unclean stop (NodeCore),
-        # which may have lost a tag this node minted, as may a new disk. Its count
-        # of starts and crashes names the incarnation, as the real node's random
-        # one does: unique to this node, drawing nothing from the run's random stream.
-        if self.started_before or disk.joining:
+        # Every start after the first follows a crash, an unclean stop (NodeCore),
+        # unless the node stopped cleanly (the ``stop`` fault): an unclean one may
+        # have lost a tag this node minted, as may a new disk. Its count of starts
+        # and crashes names the incarnation, as the real node's random one does:
+        # unique to this node, drawing nothing from the run's random stream.
+        unclean = self.started_before and not disk.stopped_cleanly
+        disk.stopped_cleanly = False  # running again: a kill from now on is unclean
+        if unclean or disk.joining:
             disk.incarnation = str(self.incarnation)
         self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, requests=requests,
-                             floor=self.disk.floor, joining=self.disk.joining, unclean=self.started_before,
+                             floor=self.disk.floor, joining=self.disk.joining, unclean=unclean,
                              incarnation=disk.incarnation, mutant=self.mutant)
         self.started_before = True
+        self.stopping = False
+        self.unanswered.clear()
         self.queued, self.commit_scheduled, self.tick_at = [], False, None
         for peer in self.config.peers:
             self.links[peer.node_id] = None
@@ -145,8 +158,9 @@ class SimNode:
 
     def crash(self) -> None:
         """kill -9: whatever was not committed is gone; every link to and from it drops."""
-        self.alive, self.paused = False, False
+        self.alive, self.paused, self.stopping = False, False, False
         self.backlog.clear()
+        self.unanswered.clear()
         self.incarnation += 1
         self.core = None
         for peer in list(self.links):
@@ -154,6 +168,35 @@ class SimNode:
         for other in self.world.nodes.values():
             if other is not self and other.alive and other.links.get(self.node_id) is not None:
                 self.world.scheduler.after(self.world.latency(), lambda other=other: other.lose_link(self.node_id))
+
+    def stop_cleanly(self, then: Callable[[], None]) -> None:
+        """SIGTERM, as ``kvwire.server.app._shut_down`` runs it: no new connections;
+        wait up to ``shutdown_timeout`` for the requests started so far (those
+        read meanwhile are started, not waited for); then commit what is queued,
+        as ``Storage.close`` does, and exit, the stop clean if the core says it
+        may be (``NodeCore.stops_cleanly``) and that last commit succeeded.
+        ``then`` runs once it has exited; not if it is killed first."""
+        world, incarnation = self.world, self.incarnation
+        self.stopping = True
+        awaited = list(self.unanswered.items())  # the tokens too: an id is reused once its token is gone
+        give_up = world.scheduler.now + self.config.shutdown_timeout
+
+        def exit_when_answered() -> None:
+            if self.incarnation != incarnation or not self.alive:
+                return  # killed while stopping: the crash's own restart follows
+            if any(self.unanswered.get(key) is token for key, token in awaited) and world.scheduler.now < give_up:
+                world.scheduler.after(0.01, lambda: self.run(exit_when_answered))
+                return
+            clean = self.core.stops_cleanly
+            batch, self.queued = self.queued, []
+            if not self._write(batch, world.scheduler.now):
+                clean = False  # a refused batch may have held a tag this node sent
+            self.crash()
+            self.disk.stopped_cleanly = clean
+            world.trace(f"{self.node_id}: stopped {'cleanly' if clean else 'as after a kill'}")
+            then()
+
+        self.run(exit_when_answered)
 
     def pause(self) -> None:
         self.paused = True
@@ -197,7 +240,8 @@ class SimNode:
             return
         world = self.world
         target = world.nodes[peer]
-        if target.alive and not target.paused and world.path_open(self.node_id, peer) and world.path_open(peer, self.node_id):
+        if target.alive and not target.paused and not target.stopping and world.path_open(self.node_id, peer) \
+                and world.path_open(peer, self.node_id):
             epoch = world.next_epoch()
             self.links[peer] = epoch
             self.dial_delay[peer] = RECONNECT_BASE_DELAY
@@ -284,9 +328,16 @@ class SimNode:
         if type(message) is Ping:  # answered by the shell, as kvwire.server.node does
             self._respond(token, Pong(message.id, True if self.core.joining else None))
             return
+        self.unanswered[id(token)] = token
         self.core.request(token, message, self.world.scheduler.now, from_peer=True, peer=token.source)
 
+    def client_request(self, on_reply: Callable[[Any], None], request: Any) -> None:
+        """A client's request, on a connection it already has."""
+        self.unanswered[id(on_reply)] = on_reply
+        self.core.request(on_reply, request, self.world.scheduler.now)
+
     def _respond(self, token: Any, reply: Any) -> None:
+        self.unanswered.pop(id(token), None)
         if isinstance(token, PeerToken):
             source = self.world.nodes[token.source]
             answer = reply  # an error travels as an ERROR reply, and the peer link raises it
@@ -339,6 +390,21 @@ class SimNode:
         self.commit_scheduled = False
         batch, self.queued = self.queued, []
         now = self.world.scheduler.now
+        failed = not self._write(batch, now)
+        error = InternalServerError("storage write failed: injected disk failure") if failed else None
+        for effect in batch:
+            if type(effect) is Persist:
+                self.core.persisted(effect.write_id, error, now)
+            elif type(effect) is SaveFloor and not failed:
+                self.core.floor_saved(effect.floor, now)
+        if failed:  # hints are kept in memory and tried again, as storage does
+            self.queued[:0] = [effect for effect in batch if type(effect) is not Persist]
+            if self.queued:
+                self._schedule_commit()
+        self.perform()
+
+    def _write(self, batch: list, now: float) -> bool:
+        """One group commit of ``batch`` to the disk; False when the disk refused it."""
         failed = now < self.disk.failing_until
         disk = self.disk
         if not failed:
@@ -372,17 +438,7 @@ class SimNode:
                     hinted = disk.hints.get(effect.peer, {})
                     if effect.key in hinted and hinted[effect.key] <= effect.version:
                         del hinted[effect.key]
-        error = InternalServerError("storage write failed: injected disk failure") if failed else None
-        for effect in batch:
-            if type(effect) is Persist:
-                self.core.persisted(effect.write_id, error, now)
-            elif type(effect) is SaveFloor and not failed:
-                self.core.floor_saved(effect.floor, now)
-        if failed:  # hints are kept in memory and tried again, as storage does
-            self.queued[:0] = [effect for effect in batch if type(effect) is not Persist]
-            if self.queued:
-                self._schedule_commit()
-        self.perform()
+        return not failed
 
     def _keep_request(self, request: str, key: str, version: Any, tentative: bool, now: float) -> None:
         """The request log as a restart loads it (storage._newest_requests): a newer

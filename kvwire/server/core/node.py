@@ -102,6 +102,7 @@ MUTANTS = (
     "reuse-minter-name",  # a node restarted on a lost disk or after an unclean stop mints under the name it had
     "proposals-rank-level",  # a one-round-trip PUT's first tag ranks with tags minted above a majority, by name
     "stack-on-in-progress",  # a PUT mints above this node's copy from a write still in progress that no answer holds
+    "always-stops-cleanly",  # a node stopped while joining, or holding a lost tag, starts again as after a clean stop
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -463,6 +464,8 @@ class NodeCore:
         after this node has caught up, so the next start must take a new name
         (minter.py) rather than forget it and mint the tag again. The shell's
         clean stop then leaves the data directory marked as after a kill."""
+        if self.mutant == "always-stops-cleanly":
+            return True
         latest = self.keydir.latest_version
         return not self.joining and all(lost <= latest(key) for key, lost in self._lost_tags.items())
 
