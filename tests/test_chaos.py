@@ -127,7 +127,7 @@ def test_bad_options_exit_2_without_a_traceback():
     (["--out", "/etc/passwd"], "Directory '/etc/passwd' is a file"),
     (["--out", ""], "Invalid value for '--out': an empty path names no directory"),
     # A run without faults is asked for by name.
-    (["--faults", ""], "--faults '' names no fault kind; give some of kill, pause, partition, or none"),
+    (["--faults", ""], "--faults '' names no fault kind; give some of kill, pause, partition, stop, or none"),
     (["--faults", ","], "--faults ',' names no fault kind"),
     (["--duration", "nan"], "duration must be a positive number, got nan"),
     (["--rate", "inf"], "rate must be a positive number, got inf"),
@@ -178,7 +178,7 @@ def test_a_30_s_run_with_every_fault_kind_finds_no_anomaly_and_cleans_up(tmp_pat
     summary = json.loads(stdout)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["anomalies"] == [] and summary["verdict"] == "ok"
-    assert set(summary["faults"]["by_kind"]) == {"kill", "pause", "partition"}
+    assert set(summary["faults"]["by_kind"]) == {"kill", "pause", "partition", "stop"}
     assert all(fault["healed"] is not None for fault in summary["faults"]["list"])
     assert summary["converged_after_last_heal_s"] is not None
     by_kind = summary["operations"]["by_kind"]
@@ -270,3 +270,34 @@ def test_a_30_s_partition_of_one_node_heals_within_2_s(tmp_path):
         stop_writing.set()
         cluster.stop()
         firewall.remove()
+
+
+def test_stop_faults_stop_nodes_cleanly_and_bring_them_back(tmp_path):
+    """The nemesis' ``stop``: SIGTERM, which a node answers with a clean stop and
+    status 0 (else the run reports it), then a restart; every peer UP again."""
+    import random
+
+    from kvwire.chaos.nemesis import Nemesis, NodeExit
+
+    cluster = ChaosCluster(tmp_path, own_groups=False)
+    started = time.monotonic()
+    clock = lambda: time.monotonic() - started  # noqa: E731
+    nemesis = Nemesis(cluster, None, ["stop"], rng=random.Random(5), clock=clock, hold=(0.3, 0.5),
+                      gap=(0.1, 0.2), recovery_timeout=15)
+    try:
+        cluster.start()
+        nemesis.run(until=clock() + 6)
+        assert nemesis.error is None, nemesis.error
+        stops = [fault for fault in nemesis.faults if fault.kind == "stop"]
+        assert stops and len(stops) == len(nemesis.faults)
+        assert all(fault.label.startswith("SIGTERM ") and fault.recovered_s is not None for fault in stops)
+        assert nemesis.node_exits == []
+        assert all(node.running for node in cluster.cluster)
+        # Each stop was clean: storage flushed, and no catching up or new name to follow.
+        logs = [cluster.cluster[node_id].log() for node_id in cluster.node_ids]
+        assert sum(log.count("storage flushed and closed; bye") for log in logs) == len(stops)
+        assert not any("event=unclean_stop" in log for log in logs)
+    finally:
+        cluster.stop()
+    refused = NodeExit("n2", 1, 3.25, "", on_sigterm=True).describe()
+    assert refused == "node n2 exited with status 1 on SIGTERM at 3.25 s (a clean stop exits 0)"

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FAULT_KINDS = ("kill", "pause", "partition")
+FAULT_KINDS = ("kill", "pause", "partition", "stop")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The nemesis: one fault at a time (kill -9, SIGSTOP, partition), healed, and timed.
+"""The nemesis: one fault at a time (kill -9, SIGSTOP, partition, SIGTERM), healed, and timed.
 
 It runs in a thread of its own, because killing, restarting and polling nodes
 block, and the clients' event loop must not stall while it does. Fault kinds
@@ -7,8 +7,8 @@ every kind; partitions rotate through their variants the same way. Every
 choice comes from one seeded PRNG.
 
 After each heal it measures how long until every pair of nodes the fault
-separated sees each other UP again: from the restart after a kill, from
-SIGCONT after a pause, from the removal of the DROP rules after a partition.
+separated sees each other UP again: from the restart after a kill or a stop,
+from SIGCONT after a pause, from the removal of the DROP rules after a partition.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .partitions import PARTITION_KINDS, make_partition
 
 @dataclass
 class Fault:
-    kind: str  # kill | pause | partition
+    kind: str  # kill | pause | partition | stop
     variant: str  # the partition's kind, else ""
     target: str
     label: str
@@ -40,12 +40,19 @@ class Fault:
 
 @dataclass
 class NodeExit:
-    """A node that exited although the nemesis had not killed it: a crash worth reporting."""
+    """A node that exited although the nemesis had not killed it, or that a clean stop
+    (SIGTERM) left with a status other than 0: a crash worth reporting."""
 
     node: str
     status: int | None
     at: float
     log_tail: str
+    on_sigterm: bool = False
+
+    def describe(self) -> str:
+        if self.on_sigterm:
+            return f"node {self.node} exited with status {self.status} on SIGTERM at {self.at:.2f} s (a clean stop exits 0)"
+        return f"node {self.node} exited on its own (status {self.status}) at {self.at:.2f} s"
 
 
 class Nemesis:
@@ -139,6 +146,15 @@ class Nemesis:
                 label = f"SIGSTOP {target}"
                 cluster.pause(target)
                 undo = lambda: cluster.resume(target)  # noqa: E731
+            elif kind == "stop":
+                # A clean stop waits for the requests the node had started (its
+                # shutdown_timeout at most), as `kvwire up ctl stop` would.
+                label = f"SIGTERM {target}"
+                status = cluster.terminate(target)
+                if status != 0:
+                    tail = "\n".join(cluster.cluster[target].log().splitlines()[-20:])
+                    self.node_exits.append(NodeExit(target, status, self.clock(), tail, on_sigterm=True))
+                undo = lambda: cluster.restart(target)  # noqa: E731
             else:
                 partition = make_partition(variant, cluster.node_ids, target)
                 label = f"partition {variant} ({partition.label})"

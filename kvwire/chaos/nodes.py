@@ -64,6 +64,10 @@ class ChaosCluster:
     def pause(self, node_id: str) -> None:
         self.cluster.pause(node_id)
 
+    def terminate(self, node_id: str) -> int:
+        """SIGTERM: a clean stop, waiting for the requests the node had started. Its exit status."""
+        return self.cluster.terminate(node_id)
+
     def resume(self, node_id: str) -> None:
         if self.cluster[node_id].running:
             self.cluster.resume(node_id)

@@ -66,7 +66,7 @@ class ChaosResult:
             problems.append("the linearizability search ran out of budget on some keys (undecided)")
         problems += self.local_read_problems
         problems += self.replica_read_problems
-        problems += [f"node {exit.node} exited on its own (status {exit.status}) at {exit.at:.2f} s" for exit in self.node_exits]
+        problems += [exit.describe() for exit in self.node_exits]
         if self.converged_s is None:
             problems.append(f"the cluster did not converge within {self.config.converge_timeout:g} s of the last heal: {self.not_converged}")
         return problems

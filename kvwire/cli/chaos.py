@@ -22,7 +22,7 @@ def _out_directory(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True, help="Seconds of load and faults.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seeds every choice of the clients and the nemesis.  [default: random, printed]")
 @click.option("--clients", type=click.IntRange(min=1, max=256), default=6, show_default=True, help="Concurrent clients, each with one connection per node.")
-@click.option("--faults", default="kill,pause,partition", show_default=True, metavar="KIND,...", help="Fault kinds taking turns: kill (kill -9, restart), pause (SIGSTOP, SIGCONT), partition (iptables; needs root). 'none' for no faults.")
+@click.option("--faults", default="kill,pause,partition,stop", show_default=True, metavar="KIND,...", help="Fault kinds taking turns: kill (kill -9, restart), pause (SIGSTOP, SIGCONT), partition (iptables; needs root), stop (SIGTERM, a clean stop, which must exit 0; restart). 'none' for no faults.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True, help="Most operations per second, all clients together.")
 @click.option("--keys", type=click.IntRange(min=1), default=8, show_default=True, help="Keys in use at a time; each is retired after --ops-per-key operations.")
 @click.option("--ops-per-key", type=click.IntRange(min=1), default=200, show_default=True, help="Operations on a key before a fresh key replaces it.")
