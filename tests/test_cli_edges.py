@@ -308,6 +308,7 @@ def test_a_ctrl_c_whose_exit_was_swallowed_still_stops_a_server_as_it_starts(mon
     from kvwire.cli.signals import run_until_stop_signal
 
     monkeypatch.setattr(early_sigint, "received", False)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # _exit_on_sigint replaces it
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -330,6 +331,38 @@ def test_an_early_ctrl_c_exits_as_the_command_documents_a_later_one():
     assert [interrupted_status(args) for args in (["serve"], ["bridge", "--listen", ":1"], ["up", "--nodes", "1"])] == [0, 0, 0]
     assert [interrupted_status(args) for args in ([], ["--help"], ["up", "ctl", "status"], ["bench"], ["secret", "f"])] \
         == [130] * 5
+
+
+def test_a_ctrl_c_whose_exit_python_can_only_report_prints_no_traceback(monkeypatch, capsys):
+    # Seen in CI: SIGINT arrived while an import ran an import lock's weakref callback,
+    # where the handler's SystemExit cannot propagate; Python printed "Exception
+    # ignored in ..." and a traceback, and the node then stopped as it should.
+    import weakref
+
+    from kvwire.cli import early_sigint, entry
+
+    class Referent:
+        pass
+
+    monkeypatch.setattr(early_sigint, "received", False)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own report
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert entry._exit_on_sigint(0)
+        handler = signal.getsignal(signal.SIGINT)
+        referent = Referent()
+        interrupted_here = weakref.ref(referent, lambda ref: handler(signal.SIGINT, None))
+        del referent  # the callback runs the handler: its SystemExit can only be reported
+        failing = Referent()
+        other_error = weakref.ref(failing, lambda ref: 1 / 0)
+        del failing  # any other error in such a callback is still reported
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert interrupted_here() is None and other_error() is None and early_sigint.received
+    err = capsys.readouterr().err
+    assert "SystemExit" not in err, err
+    assert "ZeroDivisionError" in err and "Traceback" in err
 
 
 # --- 5. kvwire up refuses what its nodes would, before starting any -----------------------

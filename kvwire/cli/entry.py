@@ -84,5 +84,17 @@ def _exit_on_sigint(status: int) -> bool:
         early_sigint.received = True  # in case the SystemExit is swallowed where it is raised
         raise SystemExit(status)
 
+    report_unraisable = sys.unraisablehook
+
+    def quiet_about_our_exit(unraisable: object) -> None:
+        # Raised inside a callback Python cannot leave by an exception (an import
+        # lock's weakref callback, a finalizer), our SystemExit is only reported:
+        # "Exception ignored in ...", a traceback. The process stops anyway
+        # (early_sigint.received), so that report is noise; any other stays.
+        if isinstance(getattr(unraisable, "exc_value", None), SystemExit) and early_sigint.received:
+            return
+        report_unraisable(unraisable)
+
+    sys.unraisablehook = quiet_about_our_exit
     signal.signal(signal.SIGINT, interrupted)
     return True
