@@ -301,3 +301,54 @@ def test_stop_faults_stop_nodes_cleanly_and_bring_them_back(tmp_path):
         cluster.stop()
     refused = NodeExit("n2", 1, 3.25, "", on_sigterm=True).describe()
     assert refused == "node n2 exited with status 1 on SIGTERM at 3.25 s (a clean stop exits 0)"
+
+
+class _NodeThatFailsToStop:
+    """Stands in for a node process whose clean stop goes wrong: no real node exits
+    other than 0 on SIGTERM, and that is what the nemesis must report if one does."""
+
+    def __init__(self, outcome):
+        self.outcome, self.killed = outcome, False
+
+    def log(self):
+        return "line 1\nlast line"
+
+    def kill(self):
+        self.killed = True
+
+
+class _ClusterOfOne:
+    node_ids = ("n1",)
+
+    def __init__(self, node):
+        self.cluster = {"n1": node}
+        self.restarted = []
+
+    def terminate(self, node_id):
+        if isinstance(self.cluster[node_id].outcome, BaseException):
+            raise self.cluster[node_id].outcome
+        return self.cluster[node_id].outcome
+
+    def restart(self, node_id):
+        self.restarted.append(node_id)
+
+
+@pytest.mark.parametrize("outcome, problem", [
+    (1, "node n1 exited with status 1 on SIGTERM at"),
+    (subprocess.TimeoutExpired(["kvwire"], 15), "node n1 did not exit within the wait after SIGTERM at"),
+])
+def test_a_stop_that_does_not_exit_0_is_a_finding_and_the_node_comes_back(outcome, problem):
+    import random
+
+    from kvwire.chaos.nemesis import Nemesis
+
+    node = _NodeThatFailsToStop(outcome)
+    cluster = _ClusterOfOne(node)
+    nemesis = Nemesis(cluster, None, ["stop"], rng=random.Random(1), clock=lambda: 2.0, hold=(1, 1), gap=(1, 1),
+                      recovery_timeout=1)
+    fault, _ = nemesis._inject("stop", "", "n1")
+    nemesis.heal()
+    assert fault.label == "SIGTERM n1" and fault.healed == 2.0 and cluster.restarted == ["n1"]
+    [exit] = nemesis.node_exits
+    assert exit.on_sigterm and exit.log_tail == "line 1\nlast line" and exit.describe().startswith(problem)
+    assert node.killed == isinstance(outcome, BaseException)

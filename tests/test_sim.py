@@ -77,13 +77,42 @@ def test_nodes_stopped_cleanly_check_clean():
     waiting for the requests the node had started, then back later, as after a clean
     stop where the core said it could stop cleanly (NodeCore.stops_cleanly) and as
     after a kill where it could not. With every fault kind beside it, the histories
-    still check, and most stops are clean ones."""
+    still check; most stops are clean ones, and some are not (joining, or a lost tag)."""
     result = run_cli("--seeds", "400", "--jobs", "2", "--json", "--faults", ",".join((*FAULT_KINDS, "stop")))
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert summary["ok"] and summary["seeds_run"] == 400
     faults = dict(summary["faults"])
-    assert faults["clean_stop"] > 200 and faults["stop"] > faults["clean_stop"]
+    assert faults["clean_stop"] > 200 and faults["unclean_stop"] > 0
+
+
+def test_a_clean_stop_starts_again_as_it_was_and_a_kill_while_stopping_does_not():
+    """What the next start makes of a stop: after a clean one, no catching up and the
+    old name (NodeCore's ``unclean``); killed before its stop finished (here while
+    paused, so it cannot act on the signal), catching up under a new name."""
+    from kvwire.sim.world import World
+
+    world = World(7, 3)
+    for node in world.nodes.values():
+        node.start()
+    world.scheduler.run_until(0.5)
+    n1, exits = world.nodes["n1"], []
+    name = n1.disk.incarnation
+    n1.stop_cleanly(lambda: exits.append("first"))
+    world.scheduler.run_until(1.0)
+    assert exits == ["first"] and not n1.alive and n1.disk.stopped_cleanly
+    n1.start()
+    assert not n1.core.joining and n1.disk.incarnation == name
+    world.scheduler.run_until(1.5)
+    n1.pause()
+    n1.stop_cleanly(lambda: exits.append("second"))
+    world.scheduler.run_until(2.0)
+    assert n1.alive and n1.stopping  # a paused process has not acted on SIGTERM yet
+    n1.crash()
+    world.scheduler.run_until(2.5)
+    assert exits == ["first"] and not n1.disk.stopped_cleanly
+    n1.start()
+    assert n1.core.joining and n1.disk.incarnation not in ("", name)
 
 
 def test_a_node_restored_from_a_backup_that_votes_at_once_is_caught(capsys):
@@ -291,8 +320,10 @@ CAUGHT_ON = {
 CORE_CASES = {
     "forget-failed-reads": "test_a_tag_this_disk_refused_is_finished_by_the_puts_next_attempt_here",
     "serve-dead-tags": "test_a_put_that_ends_on_its_dead_tag_keeps_its_readers_until_this_node_holds_newer",
-    # Not reached since the simulator could stop a node cleanly (the ``stop`` fault,
-    # 2026-12-05): 20,000 seeds of stop,disk and 10,000 of stop,crash,disk.
+    # Not caught since the simulator could stop a node cleanly (the ``stop`` fault,
+    # 2026-12-05): 20,000 seeds of stop,disk and 10,000 of stop,crash,disk. Its case is
+    # reached (a node stopped while joining or holding a lost tag, a few percent of
+    # stops) but no history they produced showed it.
     "always-stops-cleanly": "test_a_node_that_lost_a_sent_tag_stops_cleanly_only_once_its_copy_has_passed_the_tag",
 }
 

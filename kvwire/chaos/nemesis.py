@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import subprocess
 import threading
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
@@ -50,6 +51,8 @@ class NodeExit:
     on_sigterm: bool = False
 
     def describe(self) -> str:
+        if self.on_sigterm and self.status is None:
+            return f"node {self.node} did not exit within the wait after SIGTERM at {self.at:.2f} s (killed)"
         if self.on_sigterm:
             return f"node {self.node} exited with status {self.status} on SIGTERM at {self.at:.2f} s (a clean stop exits 0)"
         return f"node {self.node} exited on its own (status {self.status}) at {self.at:.2f} s"
@@ -150,10 +153,8 @@ class Nemesis:
                 # A clean stop waits for the requests the node had started (its
                 # shutdown_timeout at most), as `kvwire up ctl stop` would.
                 label = f"SIGTERM {target}"
-                status = cluster.terminate(target)
-                if status != 0:
-                    tail = "\n".join(cluster.cluster[target].log().splitlines()[-20:])
-                    self.node_exits.append(NodeExit(target, status, self.clock(), tail, on_sigterm=True))
+                struck = self.clock()
+                self._stop(target)
                 undo = lambda: cluster.restart(target)  # noqa: E731
             else:
                 partition = make_partition(variant, cluster.node_ids, target)
@@ -161,11 +162,24 @@ class Nemesis:
                 pairs = partition.pairs()
                 self.firewall.drop(partition.rules(cluster.groups, cluster.addresses))
                 undo = self.firewall.heal
-            fault = Fault(kind, variant, target, label, start=self.clock())
+            fault = Fault(kind, variant, target, label, start=struck if kind == "stop" else self.clock())
             self.faults.append(fault)
             self._active = (fault, undo)
         self.log(f"{fault.start:7.2f}s  {label}")
         return fault, pairs
+
+    def _stop(self, target: str) -> None:
+        """SIGTERM ``target`` and wait for it to exit; an exit other than 0, or none
+        within the wait (then kill -9), is a finding."""
+        node = self.cluster.cluster[target]
+        try:
+            status = self.cluster.terminate(target)
+        except subprocess.TimeoutExpired:
+            status = None
+            node.kill()
+        if status != 0:
+            tail = "\n".join(node.log().splitlines()[-20:])
+            self.node_exits.append(NodeExit(target, status, self.clock(), tail, on_sigterm=True))
 
     def heal(self) -> None:
         """End the active fault, if any; safe from any thread, and twice."""

@@ -103,8 +103,9 @@ class Nemesis:
             self._heal_after(duration, victim.start)
         elif kind == "stop" and victim.alive and not victim.stopping:
             def stopped() -> None:
-                if victim.disk.stopped_cleanly:  # counted apart, to show clean stops happen
-                    self.injected["clean_stop"] = self.injected.get("clean_stop", 0) + 1
+                # Counted apart, to show both kinds of exit happen.
+                exit_kind = "clean_stop" if victim.disk.stopped_cleanly else "unclean_stop"
+                self.injected[exit_kind] = self.injected.get(exit_kind, 0) + 1
                 if self.stopped:  # the run's final heal came first: back at once
                     world.scheduler.after(0.0, lambda: victim.alive or victim.start())
                 else:

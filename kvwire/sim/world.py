@@ -91,6 +91,9 @@ class SimDisk:
         self.failing_until = -1.0
         self.slow_until = -1.0
         self.commits = 0
+        # A commit failed and none has succeeded since (Storage.write_error): a stop
+        # now is not clean, as the real storage's close then keeps its mark.
+        self.write_error = False
         # Its node's last stop was clean (``SimNode.stop_cleanly``): the real
         # storage deletes its ``running`` mark then, so the next start is not
         # taken for one after a kill.
@@ -120,6 +123,10 @@ class SimNode:
     stopping: bool = False
     # Requests started here and not yet answered, clients' and peers': id(token) -> token.
     unanswered: dict[int, Any] = field(default_factory=dict)
+    # While stopping: looks again once a request is answered.
+    _answered_while_stopping: Callable[[], None] | None = None
+    # Incarnations that ended in a clean stop: their frames in flight all arrive.
+    flushed_incarnations: set[int] = field(default_factory=set)
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -156,42 +163,64 @@ class SimNode:
             self._dial_later(peer.node_id, 0.0)
         self.perform()
 
-    def crash(self) -> None:
-        """kill -9: whatever was not committed is gone; every link to and from it drops."""
+    def crash(self, *, flushed: bool = False) -> None:
+        """kill -9: whatever was not committed is gone; every link to and from it drops.
+        ``flushed``: the end of a clean stop instead, which wrote every frame it had
+        sent to the kernel first (they all arrive) and closes its links after them."""
         self.alive, self.paused, self.stopping = False, False, False
         self.backlog.clear()
         self.unanswered.clear()
+        self._answered_while_stopping = None
+        if flushed:
+            self.flushed_incarnations.add(self.incarnation)
         self.incarnation += 1
         self.core = None
         for peer in list(self.links):
             self.links[peer] = None
-        for other in self.world.nodes.values():
+        world = self.world
+        for other in world.nodes.values():
             if other is not self and other.alive and other.links.get(self.node_id) is not None:
-                self.world.scheduler.after(self.world.latency(), lambda other=other: other.lose_link(self.node_id))
+                # After a clean stop the peer reads the close after every frame sent before
+                # it (TCP's FIN follows the data; three delays cover a duplicate's).
+                delay = 3 * world.faults.max_delay if flushed else world.latency()
+                world.scheduler.after(delay, lambda other=other: other.lose_link(self.node_id))
 
     def stop_cleanly(self, then: Callable[[], None]) -> None:
-        """SIGTERM, as ``kvwire.server.app._shut_down`` runs it: no new connections;
-        wait up to ``shutdown_timeout`` for the requests started so far (those
-        read meanwhile are started, not waited for); then commit what is queued,
-        as ``Storage.close`` does, and exit, the stop clean if the core says it
-        may be (``NodeCore.stops_cleanly``) and that last commit succeeded.
+        """SIGTERM, as ``kvwire.server.app._shut_down`` runs it: the listener
+        closes (a peer's dial is refused); the node waits up to
+        ``shutdown_timeout`` for the requests it had started (those read
+        meanwhile are started, not waited for); then it closes its connections,
+        their replies written first, commits what is queued as ``Storage.close``
+        does, and exits. The stop is clean if the core says it may be
+        (``NodeCore.stops_cleanly``) and no commit has failed since the last
+        that succeeded, that last one included (no probe commit clears a failure
+        here, so a stop may count as unclean where the real node's probe would
+        have cleared it). A paused node acts on the signal once resumed.
         ``then`` runs once it has exited; not if it is killed first."""
         world, incarnation = self.world, self.incarnation
         self.stopping = True
-        awaited = list(self.unanswered.items())  # the tokens too: an id is reused once its token is gone
-        give_up = world.scheduler.now + self.config.shutdown_timeout
+        waiting: dict[str, Any] = {}  # set when the process first runs after the signal
 
         def exit_when_answered() -> None:
-            if self.incarnation != incarnation or not self.alive:
-                return  # killed while stopping: the crash's own restart follows
-            if any(self.unanswered.get(key) is token for key, token in awaited) and world.scheduler.now < give_up:
-                world.scheduler.after(0.01, lambda: self.run(exit_when_answered))
+            if self.incarnation != incarnation or not self.alive or not self.stopping:
+                return  # killed while stopping (the crash's own restart follows), or gone already
+            if not waiting:
+                # The tokens too, not only their ids: an id is reused once its token is gone.
+                waiting["awaited"] = list(self.unanswered.items())
+                waiting["give_up"] = world.scheduler.now + self.config.shutdown_timeout
+                world.scheduler.at(waiting["give_up"], lambda: self.run(exit_when_answered))
+            if any(self.unanswered.get(key) is token for key, token in waiting["awaited"]) \
+                    and world.scheduler.now < waiting["give_up"]:
+                self._answered_while_stopping = lambda: self.run(exit_when_answered)
                 return
             clean = self.core.stops_cleanly
             batch, self.queued = self.queued, []
-            if not self._write(batch, world.scheduler.now):
-                clean = False  # a refused batch may have held a tag this node sent
-            self.crash()
+            if batch:  # the committer's last batch; with nothing queued there is none
+                self._write(batch, world.scheduler.now)
+            # A refused batch may have held a tag this node sent: Storage.close then
+            # keeps the mark, as it does while an earlier failure stands.
+            clean = clean and not self.disk.write_error
+            self.crash(flushed=True)
             self.disk.stopped_cleanly = clean
             world.trace(f"{self.node_id}: stopped {'cleanly' if clean else 'as after a kill'}")
             then()
@@ -251,7 +280,7 @@ class SimNode:
         self.dial_delay[peer] = min(delay * 2, RECONNECT_MAX_DELAY)
         # A refused connect is quick; a dropped SYN or a hung peer's missing
         # HELLO reply costs the connect timeout.
-        cost = 0.001 if not target.alive else self.config.failure_timeout
+        cost = 0.001 if not target.alive or (target.stopping and not target.paused) else self.config.failure_timeout
         self._dial_later(peer, cost + world.rng.uniform(delay / 2, delay))
 
     def _linked(self, peer: str, epoch: int) -> None:
@@ -337,7 +366,9 @@ class SimNode:
         self.core.request(on_reply, request, self.world.scheduler.now)
 
     def _respond(self, token: Any, reply: Any) -> None:
-        self.unanswered.pop(id(token), None)
+        if self.unanswered.pop(id(token), None) is not None and self._answered_while_stopping is not None:
+            look_again, self._answered_while_stopping = self._answered_while_stopping, None
+            self.world.scheduler.after(0.0, look_again)
         if isinstance(token, PeerToken):
             source = self.world.nodes[token.source]
             answer = reply  # an error travels as an ERROR reply, and the peer link raises it
@@ -438,6 +469,7 @@ class SimNode:
                     hinted = disk.hints.get(effect.peer, {})
                     if effect.key in hinted and hinted[effect.key] <= effect.version:
                         del hinted[effect.key]
+        disk.write_error = failed
         return not failed
 
     def _keep_request(self, request: str, key: str, version: Any, tentative: bool, now: float) -> None:
@@ -508,7 +540,8 @@ class World:
             # A frame still in flight when its sender was killed may have been
             # in the process's own buffers, never handed to the kernel: half
             # of them are lost.
-            if sender.incarnation != incarnation and rng.random() < 0.5:
+            if sender.incarnation != incarnation and incarnation not in sender.flushed_incarnations \
+                    and rng.random() < 0.5:
                 return
             deliver()
 
