@@ -7,6 +7,7 @@ stopped by SIGTERM and SIGINT mid-partition, and a long partition's recovery.
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from kvwire import Client
 from kvwire.chaos import ChaosConfig
 from kvwire.chaos.firewall import CHAIN_PREFIX, Firewall, delete_chain, existing_chains, iptables
 from kvwire.chaos.local_reads import check_local_reads
+from kvwire.chaos.nemesis import Nemesis, NodeExit
 from kvwire.chaos.nodes import ChaosCluster, node_groups
 from kvwire.check.outcomes import outcome_of_error
 from kvwire.chaos.partitions import make_partition
@@ -92,8 +94,6 @@ def test_partitions_cut_the_links_they_name():
 
 
 def test_keys_are_retired_after_their_share_of_operations():
-    import random
-
     keys = KeySpace(active=2, ops_per_key=3)
     rng = random.Random(1)
     picked = [keys.pick(rng) for _ in range(60)]
@@ -275,10 +275,6 @@ def test_a_30_s_partition_of_one_node_heals_within_2_s(tmp_path):
 def test_stop_faults_stop_nodes_cleanly_and_bring_them_back(tmp_path):
     """The nemesis' ``stop``: SIGTERM, which a node answers with a clean stop and
     status 0 (else the run reports it), then a restart; every peer UP again."""
-    import random
-
-    from kvwire.chaos.nemesis import Nemesis, NodeExit
-
     cluster = ChaosCluster(tmp_path, own_groups=False)
     started = time.monotonic()
     clock = lambda: time.monotonic() - started  # noqa: E731
@@ -338,10 +334,6 @@ class _ClusterOfOne:
     (subprocess.TimeoutExpired(["kvwire"], 15), "node n1 did not exit within the wait after SIGTERM at"),
 ])
 def test_a_stop_that_does_not_exit_0_is_a_finding_and_the_node_comes_back(outcome, problem):
-    import random
-
-    from kvwire.chaos.nemesis import Nemesis
-
     node = _NodeThatFailsToStop(outcome)
     cluster = _ClusterOfOne(node)
     nemesis = Nemesis(cluster, None, ["stop"], rng=random.Random(1), clock=lambda: 2.0, hold=(1, 1), gap=(1, 1),

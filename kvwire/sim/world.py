@@ -199,18 +199,20 @@ class SimNode:
         ``then`` runs once it has exited; not if it is killed first."""
         world, incarnation = self.world, self.incarnation
         self.stopping = True
-        waiting: dict[str, Any] = {}  # set when the process first runs after the signal
+        # Taken when the process first runs after the signal (a paused one, once resumed):
+        # the tokens too, not only their ids, as an id is reused once its token is gone.
+        awaited: list[tuple[int, Any]] | None = None
+        give_up = 0.0
 
         def exit_when_answered() -> None:
+            nonlocal awaited, give_up
             if self.incarnation != incarnation or not self.alive or not self.stopping:
                 return  # killed while stopping (the crash's own restart follows), or gone already
-            if not waiting:
-                # The tokens too, not only their ids: an id is reused once its token is gone.
-                waiting["awaited"] = list(self.unanswered.items())
-                waiting["give_up"] = world.scheduler.now + self.config.shutdown_timeout
-                world.scheduler.at(waiting["give_up"], lambda: self.run(exit_when_answered))
-            if any(self.unanswered.get(key) is token for key, token in waiting["awaited"]) \
-                    and world.scheduler.now < waiting["give_up"]:
+            if awaited is None:
+                awaited = list(self.unanswered.items())
+                give_up = world.scheduler.now + self.config.shutdown_timeout
+                world.scheduler.at(give_up, lambda: self.run(exit_when_answered))
+            if any(self.unanswered.get(key) is token for key, token in awaited) and world.scheduler.now < give_up:
                 self._answered_while_stopping = lambda: self.run(exit_when_answered)
                 return
             clean = self.core.stops_cleanly
