@@ -93,7 +93,11 @@ def test_a_tombstone_on_a_lone_node_is_removed_after_the_grace_period(tmp_path):
     with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--tombstone-grace", "4"]) as node:
         with Client([node.address]) as client:
             client.put(KEY, 1)
+            client.put("other", 1)
             tombstone = client.delete(KEY)
+            # HEALTH's ``keys`` counts the tombstone, ``live_keys`` does not.
+            health = client.health()
+            assert (health["keys"], health["live_keys"], health["tombstones"]["held"]) == (2, 1, 1)
 
             def collected():
                 with RawConnection(node.address) as conn:
@@ -107,3 +111,5 @@ def test_a_tombstone_on_a_lone_node_is_removed_after_the_grace_period(tmp_path):
             except KeyNotFoundError:
                 pass
             assert client.put(KEY, 2).counter > tombstone.counter
+            health = client.health()
+            assert (health["keys"], health["live_keys"], health["tombstones"]["held"]) == (2, 2, 0)

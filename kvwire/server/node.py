@@ -513,7 +513,9 @@ class Node:
             "uptime_s": round(self._clock() - self._started, 3),
             "protocol_version": PROTOCOL_VERSION,
             "connections": self.connections,
+            # ``keys`` counts tombstones too (kept as it was); ``live_keys`` is what a GET finds.
             "keys": len(core.keydir),
+            "live_keys": len(core.keydir) - core.keydir.tombstones,
             # Started with --join on a new data directory and not yet caught up from every peer.
             "joining": core.joining,
             # Tombstones held and removed since start, and the counter every new tag is above.
