@@ -10,7 +10,7 @@ from msgspec import Raw
 
 from kvwire.protocol import Version
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
-from kvwire.server.storage import DATABASE_FILE_NAME, JOINING, META_SET, DataDirError, Storage
+from kvwire.server.storage import DATABASE_FILE_NAME, JOINING, META_SET, SCHEMA, DataDirError, Storage, is_claimed
 
 
 async def open_storage(path, **kwargs):
@@ -163,6 +163,42 @@ async def test_a_start_that_may_have_lost_a_minted_tag_takes_a_new_incarnation_a
     storage = await open_storage(tmp_path)
     assert storage.joining and storage.incarnation not in ("", first, last)
     await storage.close()
+
+
+async def test_join_is_ignored_only_on_a_directory_that_has_joined_and_is_not_joining_again(tmp_path, caplog):
+    """--join on a joined directory is ignored, and says so; on a restored backup of it,
+    which is joining again (its copied JOINED mark notwithstanding), it is not "ignored"."""
+    storage = await open_storage(tmp_path, join=True)
+    storage.clear_joining()  # caught up from every peer
+    await storage.close()
+    with caplog.at_level("INFO", logger="kvwire.storage"):
+        storage = await open_storage(tmp_path, join=True)
+    assert not storage.joining and "--join ignored" in caplog.text
+    await storage.close()
+    caplog.clear()
+    with sqlite3.connect(tmp_path / DATABASE_FILE_NAME) as db:
+        db.execute(META_SET, (JOINING, "1"))  # what kvwire backup marks its copy with
+    with caplog.at_level("INFO", logger="kvwire.storage"):
+        storage = await open_storage(tmp_path, join=True)
+    assert storage.joining and "--join ignored" not in caplog.text, caplog.text
+    await storage.close()
+
+
+async def test_a_database_is_claimed_once_its_first_start_has_committed(tmp_path):
+    """kvwire up gives --join to a node whose database is not claimed (is_claimed)."""
+    path = tmp_path / DATABASE_FILE_NAME
+    assert not is_claimed(path)  # no file
+    path.touch()
+    assert not is_claimed(path)  # an empty file
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA)
+    assert not is_claimed(path)  # a first start killed before its first commit
+    (tmp_path / "garbage.sqlite3").write_bytes(b"not a database at all" * 100)
+    assert not is_claimed(tmp_path / "garbage.sqlite3")
+    storage = await open_storage(tmp_path)
+    assert is_claimed(path)  # open, in WAL mode
+    await storage.close()
+    assert is_claimed(path)  # stopped cleanly: its -shm is gone
 
 
 @pytest.mark.parametrize("sync, level", [(SyncMode.FULL, 2), (SyncMode.NORMAL, 1), (SyncMode.OFF, 0)])

@@ -18,6 +18,7 @@ import pytest
 from kvwire import Client, KeyNotFoundError, NoQuorumError, RetryPolicy, UnavailableError
 from kvwire.cli.supervisor import RESTART_BASE_S, RESTART_CAP_S, STABLE_RUN_S, Supervisor
 from kvwire.protocol import Health, HealthReply, Ping, Pong
+from kvwire.server.storage import DATABASE_FILE_NAME, SCHEMA
 from kvwire.testing import ChildProcess, NodeProcess, RawConnection, free_port, free_port_run, stop_gracefully, wait_for
 
 NODE_LINE = re.compile(r"^\s+(n\d+)\s+(\S+)\s+pid (\d+)\s+data (.+)$", re.MULTILINE)
@@ -370,11 +371,23 @@ def test_control_commands_stop_kill_and_start_one_node(tmp_path):
         up.cleanup()
 
 
-def test_a_node_whose_disk_was_lost_is_started_with_join(tmp_path):
+def _database_of_a_first_start_cut_short(data_dir) -> None:
+    """What a first start killed before its first commit leaves: the tables, no rows."""
+    data_dir.mkdir()
+    db = sqlite3.connect(data_dir / DATABASE_FILE_NAME)
+    db.executescript(SCHEMA)
+    db.close()
+
+
+@pytest.mark.parametrize("lost", ["gone", "empty file", "first start cut short"])
+def test_a_node_whose_disk_was_lost_is_started_with_join(tmp_path, lost):
     """n2's data directory is gone (a lost disk) while n1 and n3 hold data: `ctl start` gives
     it --join, so it catches up before it votes. With n1 down it cannot catch up from every
     peer, so n3 with it is no majority: a quorum read fails rather than miss the writes only
-    n1 and n2 held. Once n1 is back, every acknowledged write reads back."""
+    n1 and n2 held. Once n1 is back, every acknowledged write reads back. A database file
+    that names no node (empty, or left by a first start killed before its first commit)
+    is no node's data either: started without --join it voted with nothing, and a write
+    acknowledged through it lost to an older one."""
     base = free_port_run(3)
     up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"))
     n1, n2, n3 = (f"127.0.0.1:{base + i}" for i in range(3))
@@ -387,6 +400,11 @@ def test_a_node_whose_disk_was_lost_is_started_with_join(tmp_path):
                 client.put(f"lost-{index}", index)  # on n1 and n2 only
         assert ctl(tmp_path, "kill", "n2").returncode == 0
         shutil.rmtree(tmp_path / "data" / "n2")
+        if lost == "empty file":
+            (tmp_path / "data" / "n2").mkdir()
+            (tmp_path / "data" / "n2" / DATABASE_FILE_NAME).touch()
+        elif lost == "first start cut short":
+            _database_of_a_first_start_cut_short(tmp_path / "data" / "n2")
         assert ctl(tmp_path, "stop", "n1").returncode == 0
         assert ctl(tmp_path, "start", "n3").returncode == 0
         started = ctl(tmp_path, "start", "n2")

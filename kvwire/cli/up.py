@@ -32,7 +32,7 @@ from click.core import ParameterSource
 from ..protocol import NEED_DATA, Connection, Health, HealthReply, Ping, Pong, Side, encode
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
-from ..server.storage import DATABASE_FILE_NAME
+from ..server.storage import DATABASE_FILE_NAME, is_claimed
 from ..tls import TlsConfigError
 from ..testing import ChildProcess, DevCerts
 from ..testing.certs import FILE_NAMES
@@ -168,8 +168,9 @@ def _run_ctl(ctx: click.Context, args: tuple[str, ...]) -> None:
 
 
 class _NodeChild(ChildProcess):
-    """A node of `up`. Each start whose data directory holds no database while another
-    node's does (its disk was lost, or emptied by hand) gives it ``--join``: started
+    """A node of `up`. Each start whose data directory holds no node's database while
+    another node's does (its disk was lost, or emptied by hand, or its first start
+    was killed before its first commit) gives it ``--join``: started
     empty without it, the node would vote with nothing and could hide an acknowledged
     write that one peer alone holds (README "Self-healing", docs/operations.md)."""
 
@@ -186,7 +187,9 @@ class _NodeChild(ChildProcess):
     def start(self, *args: Any, **kwargs: Any) -> Any:
         own = self._databases[self.name]
         others = [path for name, path in self._databases.items() if name != self.name]
-        self.joining = "--join" not in self._command and not own.exists() and any(path.exists() for path in others)
+        # A database file is not enough: a first start killed before its first commit
+        # leaves one that names no node, and the node would vote with nothing.
+        self.joining = "--join" not in self._command and not is_claimed(own) and any(map(is_claimed, others))
         return super().start(*args, **kwargs)
 
 

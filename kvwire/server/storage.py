@@ -226,9 +226,11 @@ class Storage:
             await _migrate_requests(writer)
             fresh = await _claim_for_node(writer, node_id, cluster_id, path)
             if join:
-                async with writer.execute("SELECT 1 FROM meta WHERE name = ?", (JOINED,)) as cursor:
-                    joined = await cursor.fetchone() is not None
-                if joined:
+                async with writer.execute("SELECT name FROM meta WHERE name IN (?, ?)", (JOINED, JOINING)) as cursor:
+                    marks = {row[0] for row in await cursor.fetchall()}
+                if JOINING in marks:
+                    pass  # joining already (a restored backup, say, or a restart meanwhile): --join changes nothing
+                elif JOINED in marks:
                     # Caught up from every peer since it was new: --join left in a unit
                     # file or compose file after a replacement must not make every
                     # restart wait for every peer.
@@ -529,6 +531,26 @@ class Storage:
                 log.warning("could not record a clean stop (%s): the next start catches up from every peer first", exc)
         await self._reader.close()
         await self._writer.close()
+
+
+def is_claimed(path: Path) -> bool:
+    """Whether the database file ``path`` names its node: a node's first start on it
+    went as far as its first commit (``_claim_for_node``). No file, an empty one, or
+    one left by a first start killed before that commit (its tables, no rows) is a
+    new directory's, which a node must join with rather than vote with (kvwire up)."""
+    if not path.is_file():
+        return False
+    try:
+        # Read-write, as backup.py opens a live node's file: read-only cannot open a
+        # WAL database whose -shm is gone. query_only keeps it a reader.
+        db = sqlite3.connect(path, timeout=10)
+        try:
+            db.execute("PRAGMA query_only=ON")
+            return db.execute("SELECT 1 FROM meta WHERE name = 'node_id'").fetchone() is not None
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False  # no meta table, or not a database: no node's
 
 
 async def _claim_for_node(db: aiosqlite.Connection, node_id: str, cluster_id: str, path: Path) -> bool:
