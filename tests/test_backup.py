@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import sys
 import pytest
 
 from kvwire import Client, KeyNotFoundError
-from kvwire.server.storage import DATABASE_FILE_NAME
+from kvwire.server.backup import PARTIAL_SUFFIX
+from kvwire.server.storage import DATABASE_FILE_NAME, META_SET, SCHEMA
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
 from kvwire.testing.balancer import WriteLoad
 
@@ -193,6 +195,33 @@ def test_a_backup_that_fails_midway_leaves_nothing_behind(tmp_path):
         assert not (tmp_path / "new").exists()
         assert os.listdir(empty) == []
         assert run_backup(node.data_dir, empty).returncode == 0  # not refused: nothing was left
+        # The directory was there already, with its own mode; the copy is owner-only all the same.
+        assert (empty / DATABASE_FILE_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_backup_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
+    """SIGTERM (systemd's stop, timeout's) mid-copy unwinds as a Ctrl-C does: no partial
+    copy is left to refuse the next attempt, and the directory the backup made is gone."""
+    source = tmp_path / "n1"
+    source.mkdir()
+    with sqlite3.connect(source / DATABASE_FILE_NAME) as db:  # a node's database, large enough to take a while
+        db.executescript(SCHEMA)
+        db.execute(META_SET, ("node_id", "n1"))
+        db.executemany("INSERT INTO kv VALUES (?, zeroblob(1000000), 1, 'n1', 0)", [(f"k{i}",) for i in range(200)])
+    destination = tmp_path / "copy"
+    partial = destination / f"{DATABASE_FILE_NAME}{PARTIAL_SUFFIX}"
+    process = subprocess.Popen([*BACKUP, str(source), str(destination)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: partial.exists() or process.poll() is not None, timeout=30, interval=0.001,
+                 what="the copy begun")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip() == f"backup stopped by SIGTERM; nothing was left in {destination}"
+    assert not destination.exists()
 
 
 def test_bad_arguments_get_one_line_and_change_nothing(tmp_path):

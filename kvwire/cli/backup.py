@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
 
 from ..server.backup import BackupError, back_up
+
+
+class _Stopped(BaseException):
+    """SIGTERM (systemd's stop, ``timeout``) while copying: unwinds as a Ctrl-C does."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
 
 
 @click.command()
@@ -25,10 +35,17 @@ def backup(data_dir: Path, destination: Path) -> None:
     To restore a node: stop it, move its data directory aside, put
     DESTINATION in its place, start it as before.
     """
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         summary = back_up(data_dir, destination)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
+    except _Stopped:
+        # back_up removed its partial copy on the way out, as after a Ctrl-C.
+        click.echo(f"backup stopped by SIGTERM; nothing was left in {destination}", err=True)
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(f"backed up node {summary.node_id}: {summary.keys} keys and {summary.tombstones} tombstones, "
                f"{summary.bytes} bytes, to {summary.path}")
     click.echo(f"to restore: stop node {summary.node_id}, put {summary.path} in place of its --data-dir, start it; "

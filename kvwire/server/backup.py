@@ -66,6 +66,9 @@ def back_up(data_dir: Path, destination: Path) -> BackupSummary:
     partial = destination / (DATABASE_FILE_NAME + PARTIAL_SUFFIX)
     final = destination / DATABASE_FILE_NAME
     try:
+        # Owner-only whatever the directory's mode (an existing one keeps its own):
+        # the copy holds every key. SQLite writes into the empty file as it is.
+        partial.touch(mode=0o600, exist_ok=False)
         _copy(source_path, partial)
         summary = _mark_joining(partial)
         _fsync(partial)
