@@ -87,8 +87,15 @@ class TlsFiles:
                 continue
             path = Path(value)
             object.__setattr__(self, which, path)
-            if not path.is_file():
+            if not path.exists():
                 raise TlsConfigError(f"{names.of(which, path)}: no such file")
+            if path.is_dir():
+                raise TlsConfigError(f"{names.of(which, path)}: a directory, not a file")
+            if not path.is_file():
+                # A pipe (a shell's <(...)) could be read once, and a node reads these files
+                # again (its peer links' context); a device such as /dev/zero never ends.
+                raise TlsConfigError(f"{names.of(which, path)}: not a regular file; give a file "
+                                     "(a pipe or device is not read)")
             if not os.access(path, os.R_OK):
                 raise TlsConfigError(f"{names.of(which, path)}: not readable")
         if (self.cert is None) != (self.key is None):

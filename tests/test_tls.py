@@ -86,6 +86,15 @@ def test_files_are_checked_when_given(tmp_path, certs):
     with pytest.raises(TlsConfigError, match="--tls-key needs --tls-cert"):
         TlsFiles(key=certs.node.key)
     assert TlsFiles(ca=str(certs.ca)).ca == certs.ca  # paths as str are taken too
+    # Not "no such file" for what exists but is not a file.
+    with pytest.raises(TlsConfigError, match=rf"--tls-ca {tmp_path}: a directory, not a file"):
+        TlsFiles(ca=tmp_path)
+    with pytest.raises(TlsConfigError, match="--tls-cert /dev/null: not a regular file; give a file"):
+        TlsFiles(cert="/dev/null", key=certs.node.key)
+    fifo = tmp_path / "ca.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(TlsConfigError, match=rf"--tls-ca {fifo}: not a regular file"):
+        TlsFiles(ca=fifo)
 
 
 def test_a_file_that_will_not_load_is_named(tmp_path, certs, other):
