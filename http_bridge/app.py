@@ -13,6 +13,7 @@ import base64
 import functools
 import hashlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, NamedTuple, Sequence
@@ -37,6 +38,7 @@ from kvwire.client.arguments import is_utf8
 from kvwire.client.json_values import version_json
 
 from .config import BridgeConfig
+from .content_encoding import CONTENT_ENCODINGS, decoded_body
 from .handed_over import read_body, watched
 from .hosts import HostCheck
 from .metrics import METRICS, add_metrics
@@ -54,7 +56,6 @@ HEALTH_PATH = f"{PREFIX}/health/"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"
 CONSISTENCY_LEVELS = ("one", "quorum")
 # The PUT body codings the bridge reads: aiohttp's own, without optional packages.
-CONTENT_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 # The longest request line aiohttp reads: at least this, and room for a key of
 # --max-key-bytes with every byte percent-encoded (three characters each), so
 # that every key a node takes can be named, and a longer one gets the key
@@ -110,7 +111,8 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
     app = web.Application(
         middlewares=[watched, _known_hosts, _json_errors],
         client_max_size=config.max_body_bytes,
-        handler_args={"max_line_size": max_request_line(config.limits)},
+        # Bodies are decoded here, whole or refused (content_encoding.py), not by aiohttp.
+        handler_args={"max_line_size": max_request_line(config.limits), "auto_decompress": False},
     )
     app[CONFIG] = config
     app[HOSTS] = HostCheck(config.allowed_hosts) if config.checks_hosts else None
@@ -301,12 +303,13 @@ async def put_key(request: web.Request) -> web.Response:
         with read_body(request):  # timed by --request-timeout (handed_over.py)
             body = await request.read()
     except RequestPayloadError as exc:
-        # A body aiohttp could not decode (a corrupt Content-Encoding, a broken chunk).
+        # A body aiohttp could not read (a broken chunk).
         # The rest of it is unreadable too: aiohttp is told the body is over, so
         # that it does not read on (and log the error again), and the answer closes.
         request.content.feed_eof()
         request[CLOSE_AFTER] = True
-        raise BadRequestError(f"the request body could not be read: {exc}") from None
+        # aiohttp's message spans lines ("400, message:\n  Can not decode..."); the answer is one.
+        raise BadRequestError(f"the request body could not be read: {' '.join(str(exc).split())}") from None
     except (RuntimeError, ConnectionError):
         if request.protocol is not None and request.protocol.connected:
             raise
@@ -314,6 +317,10 @@ async def put_key(request: web.Request) -> web.Response:
         # mid-body. Its mistake, not the bridge's: a 400 for the debug log,
         # where no one is left to read it.
         raise BadRequestError("the client closed the connection before the whole body arrived") from None
+    encoding = headers.get("Content-Encoding")
+    if encoding is not None:
+        # Off the loop: up to --max-body-bytes of inflating.
+        body = await asyncio.to_thread(decoded_body, body, encoding, request.app[CONFIG].max_body_bytes)
     return _response(await answer_put(request.app, request.raw_path, body, headers.get("Authorization"),
                                       [headers.get(name) for name in REQUEST_ID_HEADERS]))
 
@@ -398,6 +405,9 @@ def path_segment(key: str) -> str:
     return quote(key, safe="")
 
 
+_BAD_PERCENT = re.compile("%(?![0-9A-Fa-f]{2})")
+
+
 def key_of(raw_path: str, limits) -> str:
     """The key, percent-decoded from the raw path as UTF-8 (``/`` inside a key is ``%2F``)."""
     if "#" in raw_path:
@@ -407,6 +417,10 @@ def key_of(raw_path: str, limits) -> str:
                               "a '#' in a key is sent as %23")
     path = raw_path.partition("?")[0]
     raw = (path[:-1] if path.endswith("/") else path).rpartition("/")[2]
+    if _BAD_PERCENT.search(raw):
+        # Read literally, "%ZZ" and "%25ZZ" would name one key.
+        raise BadRequestError(f"the key {raw!r} holds a '%' not followed by two hex digits; "
+                              "a '%' in a key is sent as %25")
     try:
         key = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:

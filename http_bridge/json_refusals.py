@@ -1,8 +1,8 @@
 """aiohttp's own refusals of malformed requests, in JSON like every other answer.
 
 A request aiohttp's parser cannot read (a bad method, a duplicated or
-malformed ``Content-Length``, a header line past its limit, a
-``Content-Encoding`` it cannot decode...) never reaches the app's middlewares:
+malformed ``Content-Length``, a header line past its limit...) never
+reaches the app's middlewares:
 aiohttp answers it from ``RequestHandler.handle_error``, as ``text/plain``
 that echoes the bytes it choked on. The bridge's connections are aiohttp's
 from the first such request on (fast_path.py hands them over), so a handler

@@ -25,7 +25,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": (
-            "The key, percent-encoded as UTF-8 (a `/` inside a key is `%2F`). At most "
+            "The key, percent-encoded as UTF-8 (a `/` inside a key is `%2F`, a `%` is `%25`). At most "
             f"{limits.max_key_bytes} bytes in UTF-8, so at most {limits.max_key_bytes} characters; "
             "a longer key is refused with 400."
         ),

@@ -164,6 +164,11 @@ def test_keys_are_percent_decoded_utf8(api, cluster, request):
     with Client(cluster.endpoints) as client:
         assert client.get(key) == "v"  # the same key, as the binary protocol sees it
     check_error(http("GET", f"{base}/kv/%FF/"), 400, "UTF-8")
+    # A '%' that escapes nothing is refused: read literally, %ZZ and %25ZZ would name one key.
+    for raw in ("%ZZ", "a%2", "%", "a%G1"):
+        check_error(http("PUT", f"{base}/kv/{raw}/", {"value": "v"}), 400, "a '%' in a key is sent as %25")
+        check_error(http("GET", f"{base}/kv/{raw}/"), 400, "not followed by two hex digits")
+    assert http("PUT", f"{base}/kv/%25ZZ/", {"value": "v"}).json["key"] == "%ZZ"
 
 
 def test_bytes_travel_as_base64_objects_both_ways(api, cluster, request):

@@ -6,10 +6,13 @@ hands such a connection to aiohttp) and with aiohttp serving everything.
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
 import pytest
 
+from kvwire.http_bridge.config import DEFAULT_MAX_BODY_BYTES as MAX_BODY_BYTES
 from kvwire.http_bridge.json_refusals import refusal_message
 from rest_helpers import PREFIX, BridgeProcess, http, raw_exchange
 
@@ -34,7 +37,6 @@ def put(headers: str, body: bytes = b'{"value": 1}') -> bytes:
     (f"BREW {KEY} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(), "malformed HTTP request"),
     (put("Content-Length: 12\r\nContent-Length: 12\r\n"), "Duplicate Content-Length"),
     (put("Content-Length: +12\r\n"), "malformed HTTP request"),
-    (put("Content-Encoding: br\r\nContent-Length: 12\r\n"), "content-encoding"),
     (f"GET {KEY} HTTP/1.1\r\n\r\n".encode(), "Host"),
     (f"GET {KEY} HTTP/1.1\r\nHost: localhost\r\nX-Long: {'a' * 9000}\r\n\r\n".encode(), "malformed HTTP request"),
     (f"GET {KEY} HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n".encode(), "malformed HTTP request"),
@@ -59,7 +61,7 @@ def test_the_refusal_is_one_line_without_the_echoed_bytes():
     assert refusal_message(500, "boom") == "internal error in the HTTP bridge; the bridge's log has the details"
 
 
-@pytest.mark.parametrize("encoding", ["foo", "gzip, gzip", "compress"])
+@pytest.mark.parametrize("encoding", ["foo", "gzip, gzip", "compress", "br", "zstd"])
 def test_a_content_encoding_the_bridge_cannot_decode_is_415_and_stores_nothing(bridge, encoding):
     key = f"{PREFIX}/kv/encoded-{encoding.replace(', ', '-')}/"
     reply = http("PUT", f"{bridge.url}{key}", raw=b'{"value": "coded"}', headers={"Content-Encoding": encoding})
@@ -69,13 +71,55 @@ def test_a_content_encoding_the_bridge_cannot_decode_is_415_and_stores_nothing(b
     assert http("GET", f"{bridge.url}{key}").status == 404
 
 
-def test_a_gzip_body_is_still_read(bridge):
-    import gzip
+def _deflated(data: bytes, wbits: int, *, finish: bool = True) -> bytes:
+    compressor = zlib.compressobj(wbits=wbits)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if finish else zlib.Z_SYNC_FLUSH)
 
-    key = f"{bridge.url}{PREFIX}/kv/gzipped/"
-    body = gzip.compress(b'{"value": "unzipped"}')
-    assert http("PUT", key, raw=body, headers={"Content-Encoding": "gzip"}).status in (200, 201)
+
+JSON_BODY = b'{"value": "unzipped"}'
+
+
+@pytest.mark.parametrize("encoding, body", [
+    ("gzip", gzip.compress(JSON_BODY)),
+    ("GZip ", gzip.compress(JSON_BODY)),
+    ("deflate", zlib.compress(JSON_BODY)),  # RFC 1950, as the standard says
+    ("deflate", _deflated(JSON_BODY, -zlib.MAX_WBITS)),  # raw deflate, as some clients send it
+    ("identity", JSON_BODY),
+])
+def test_a_coded_body_is_read(bridge, encoding, body):
+    key = f"{bridge.url}{PREFIX}/kv/coded-{encoding.strip()}-{len(body)}/"
+    assert http("PUT", key, raw=body, headers={"Content-Encoding": encoding}).status in (200, 201)
     assert http("GET", key).json["value"] == "unzipped"
+
+
+@pytest.mark.parametrize("encoding, body, error", [
+    ("gzip", b"notgzip", "the gzip body is corrupt: "),
+    ("gzip", gzip.compress(JSON_BODY)[:-8], "the gzip body ends before its stream does"),  # no CRC, no length
+    ("gzip", gzip.compress(JSON_BODY)[:-4], "the gzip body ends before its stream does"),
+    ("gzip", gzip.compress(JSON_BODY)[:-1], "the gzip body ends before its stream does"),
+    ("gzip", gzip.compress(JSON_BODY) + b"tail", "the gzip body goes on after its stream's end (4 bytes)"),
+    ("gzip", gzip.compress(JSON_BODY) * 2, "the gzip body goes on after its stream's end"),
+    ("gzip", b"", "the gzip body ends before its stream does"),
+    ("deflate", _deflated(JSON_BODY, zlib.MAX_WBITS, finish=False), "the deflate body ends before its stream does"),
+    ("deflate", zlib.compress(JSON_BODY)[:-1], "the deflate body ends before its stream does"),
+])
+def test_a_coded_body_that_is_not_one_whole_stream_is_400_and_stores_nothing(bridge, encoding, body, error):
+    key = f"{bridge.url}{PREFIX}/kv/cut-{encoding}-{len(body)}/"
+    reply = http("PUT", key, raw=body, headers={"Content-Encoding": encoding})
+    assert reply.status == 400, reply.text
+    assert reply.json["error"].startswith(error) and "\n" not in reply.json["error"], reply.json
+    assert http("GET", key).status == 404
+    assert http("PUT", f"{bridge.url}{KEY}", {"value": "after"}).status in (200, 201)
+
+
+def test_a_small_body_that_inflates_past_the_limit_is_413(bridge):
+    bomb = gzip.compress(b" " * (MAX_BODY_BYTES + 1))  # a few KiB on the wire
+    key = f"{bridge.url}{PREFIX}/kv/bomb/"
+    reply = http("PUT", key, raw=bomb, headers={"Content-Encoding": "gzip"})
+    assert reply.status == 413, reply.text
+    assert reply.json["error"] == f"the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
+    within = gzip.compress(b'{"value": 1}' + b" " * (MAX_BODY_BYTES - 12))  # exactly the limit: taken
+    assert http("PUT", key, raw=within, headers={"Content-Encoding": "gzip"}).status in (200, 201)
 
 
 @pytest.mark.parametrize("segment, key", [("%2E", "."), ("%2e%2E", ".."), ("%2E%2E%2E", "...")])
