@@ -289,8 +289,8 @@ async def answer_delete(app: web.Application, raw_path: str, authorization: str 
 
 async def get_key(request: web.Request) -> web.Response:
     headers = request.headers
-    return _response(await answer_get(request.app, request.raw_path, request.query.get("consistency"),
-                                      headers.get("Authorization")))
+    return _response(await answer_get(request.app, request.raw_path, _once(request.query, "consistency"),
+                                      _once(headers, "Authorization")))
 
 
 async def put_key(request: web.Request) -> web.Response:
@@ -317,21 +317,21 @@ async def put_key(request: web.Request) -> web.Response:
         # mid-body. Its mistake, not the bridge's: a 400 for the debug log,
         # where no one is left to read it.
         raise BadRequestError("the client closed the connection before the whole body arrived") from None
-    encoding = headers.get("Content-Encoding")
+    encoding = _once(headers, "Content-Encoding")
     if encoding is not None:
         # Off the loop: up to --max-body-bytes of inflating.
         body = await asyncio.to_thread(decoded_body, body, encoding, request.app[CONFIG].max_body_bytes)
-    return _response(await answer_put(request.app, request.raw_path, body, headers.get("Authorization"),
-                                      [headers.get(name) for name in REQUEST_ID_HEADERS]))
+    return _response(await answer_put(request.app, request.raw_path, body, _once(headers, "Authorization"),
+                                      [_once(headers, name) for name in REQUEST_ID_HEADERS]))
 
 
 async def delete_key(request: web.Request) -> web.Response:
-    return _response(await answer_delete(request.app, request.raw_path, request.headers.get("Authorization")))
+    return _response(await answer_delete(request.app, request.raw_path, _once(request.headers, "Authorization")))
 
 
 async def health(request: web.Request) -> web.Response:
     """The answering node's health report; 503 unless it has quorum, for load balancers' checks."""
-    report = await client_for(request.app, request.headers.get("Authorization")).health()
+    report = await client_for(request.app, _once(request.headers, "Authorization")).health()
     cluster = report.get("cluster")
     has_quorum = isinstance(cluster, dict) and cluster.get("has_quorum") is True
     headers = {"Cache-Control": "no-store"}
@@ -345,6 +345,15 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _once(fields, name: str) -> str | None:
+    """A header's (or query parameter's) value, None without one; 400 when it is given more
+    than once: which one counts is not to be guessed (a proxy in front may go by the other)."""
+    values = fields.getall(name, ())
+    if len(values) > 1:
+        raise BadRequestError(f"{name} is given {len(values)} times; give it once")
+    return values[0] if values else None
 
 
 def client_for(app: web.Application, authorization: str | None) -> AsyncClient:
@@ -370,7 +379,7 @@ def _refuse_before_the_body(request: web.Request) -> None:
     limit = request.app[CONFIG].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    encoding = request.headers.get("Content-Encoding")
+    encoding = _once(request.headers, "Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in CONTENT_ENCODINGS:
         raise web.HTTPUnsupportedMediaType(headers={"Accept-Encoding": ", ".join(sorted(CONTENT_ENCODINGS))})
 

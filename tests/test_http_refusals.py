@@ -154,3 +154,23 @@ def test_an_expectation_other_than_100_continue_is_417_in_json_on_every_route(br
     assert response.headers["content-type"] == "application/json; charset=utf-8"
     assert json.loads(response.body) == {"error": "Unknown Expect: foo"}
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("request_bytes, error", [
+    (f"GET {KEY}?consistency=one&consistency=bogus HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(),
+     "consistency is given 2 times; give it once"),
+    (f"GET {KEY} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n".encode(),
+     "Authorization is given 2 times; give it once"),
+    (f"DELETE {KEY} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n".encode(),
+     "Authorization is given 2 times; give it once"),
+    (put("Content-Length: 12\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n"),
+     "Idempotency-Key is given 2 times; give it once"),
+    (put("Content-Length: 12\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\n"),
+     "Content-Encoding is given 2 times; give it once"),
+])
+def test_a_field_given_twice_is_400_not_one_of_them_guessed(bridge, request_bytes, error):
+    """Which of two counts is not to be guessed: a proxy in front may have gone by the other."""
+    http("PUT", f"{bridge.url}{KEY}", {"value": "before"})
+    (response,) = raw_exchange(bridge.port, request_bytes)
+    assert response.status == 400 and json.loads(response.body)["error"] == error, response.body
+    assert http("GET", f"{bridge.url}{KEY}").json["value"] == "before"  # nothing written or deleted
