@@ -249,3 +249,30 @@ def test_kvwire_bench_says_hello_with_its_token_file(cluster, tmp_path):
     assert with_token["errors"] == 0 and with_token["ops_per_s"] > 0
     without = bench()
     assert without["errors"] > 0 and "UNAUTHENTICATED" in str(without["error_codes"])
+
+
+def test_a_connection_without_rights_keeps_its_slot_only_while_it_asks(tmp_path):
+    """With an auth file, a HELLO without a token is an introduction: PING and HEALTH. Such
+    a connection that then says nothing is closed after --hello-timeout, as one that never
+    said HELLO is, or idle ones would hold every --max-connections slot; one that keeps
+    asking keeps its slot, and one with a token may idle as long as it likes."""
+    from kvwire.protocol import ErrorReply
+    from kvwire.testing import NodeProcess
+
+    auth_file = write_auth_file(tmp_path, AUTH_FILE)
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--auth-file", auth_file, "--hello-timeout", "0.5"]) as node, \
+            RawConnection(node.address, timeout=5) as idle, RawConnection(node.address, timeout=5) as asking, \
+            RawConnection(node.address, timeout=5) as holder:
+        for conn in (idle, asking):
+            assert isinstance(conn.request(Hello(1)), HelloReply)
+        assert isinstance(holder.request(Hello(1, token=TOKENS["root"])), HelloReply)
+        for number in range(8):  # 1.6 s, three hello timeouts: a PING every 0.2 s keeps it
+            assert isinstance(asking.request(Ping(number)), Pong)
+            assert not asking.closed_by_peer(timeout=0.2)
+        (reply,) = idle.receive(1)  # written long ago, read now
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.TIMEOUT, reply
+        assert reply.message == "closing the connection: no token or peer proof, and no request for 0.5 s"
+        assert idle.closed_by_peer(timeout=2)
+        assert not holder.closed_by_peer(timeout=0.1)
+        assert holder.request(Put(2, "k", "v")).version.counter == 1  # idle 2 s, with a token

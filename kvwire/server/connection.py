@@ -22,7 +22,7 @@ from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
 from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
-from .access import PEER
+from .access import ANONYMOUS, PEER
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox
@@ -71,6 +71,9 @@ class NodeProtocol(asyncio.Protocol):
         # read so far, and when the frame still incomplete in the buffer began.
         self._opened_at = self._loop.time()
         self._requests_read = 0
+        # With an auth file, what a connection without rights last did (``overdue``).
+        self._requests_seen = 0
+        self._quiet_since = self._opened_at
         self._partial_since: float | None = None
         # Requests read but left in the codec's buffer because one pass made
         # replies enough (MAX_REPLY_BYTES_PER_PASS), or --max-inflight requests
@@ -89,7 +92,8 @@ class NodeProtocol(asyncio.Protocol):
         config = self._node.config
         self._flow = FlowControl(transport, config.max_inflight_per_connection, config.max_inflight_bytes_per_connection)
         if len(self._registry) >= self._node.config.max_connections:
-            log.warning("refusing %s: %d connections open, the limit", self._session.peer, len(self._registry))
+            self._node.refusals.log(logging.WARNING, "connections refused at the limit", "refusing %s: %d connections "
+                                    "open, the limit", self._session.peer, len(self._registry))
             self._node.metrics.connections_refused += 1
             transport.write(encode(ErrorReply(None, ErrorCode.UNAVAILABLE, "too many connections; try another node or later")))
             self._close()
@@ -315,7 +319,8 @@ class NodeProtocol(asyncio.Protocol):
         replies.append(encode(ErrorReply(exc.request_id, exc.code, exc.message)))
         if not exc.fatal:
             return False
-        log.info("closing %s: %s", self._session.peer, exc.message)
+        self._node.refusals.log(logging.INFO, "connections closed for a fatal error", "closing %s: %s",
+                                self._session.peer, exc.message)
         self._later.extend(replies)
         self._close()
         return True
@@ -383,13 +388,26 @@ class NodeProtocol(asyncio.Protocol):
 
     def overdue(self, now: float) -> str | None:
         """Why this connection should be closed at ``now``, or None: it has not said
-        who it is within hello_timeout, or a frame it began has not arrived whole
+        who it is within hello_timeout (with an auth file: it has no token or peer
+        role, and has been idle that long), or a frame it began has not arrived whole
         within frame_timeout (a slow loris holding one of max_connections)."""
         if self._closed:
             return None
         config = self._node.config
-        if now - self._opened_at > config.hello_timeout and not self._identified():
-            return f"no {'accepted HELLO' if config.auth is not None else 'request'} within {config.hello_timeout:g} s"
+        if config.auth is None:
+            if now - self._opened_at > config.hello_timeout and self._requests_read == 0:
+                return f"no request within {config.hello_timeout:g} s"
+        elif self._session.grant is ANONYMOUS:
+            # No token, no peer proof: it may PING and ask HEALTH, and keeps its slot
+            # (of --max-connections) only while it does, a request every hello_timeout
+            # at least. A tokenless HELLO and then silence held one for good.
+            if self._requests_read != self._requests_seen:
+                self._requests_seen = self._requests_read
+                self._quiet_since = now
+            if now - self._quiet_since > config.hello_timeout and self._flow.inflight == 0:
+                if not self._session.said_hello:
+                    return f"no accepted HELLO within {config.hello_timeout:g} s"
+                return f"no token or peer proof, and no request for {config.hello_timeout:g} s"
         if self._partial_since is not None:
             if self._flow.reading_paused:
                 self._partial_since = now  # we stopped reading, not the client
@@ -397,13 +415,9 @@ class NodeProtocol(asyncio.Protocol):
                 return f"a frame begun {now - self._partial_since:.1f} s ago is still incomplete"
         return None
 
-    def _identified(self) -> bool:
-        if self._node.config.auth is not None:
-            return self._session.said_hello
-        return self._requests_read > 0
-
     def close_overdue(self, reason: str) -> None:
-        log.info("closing %s: %s", self._session.peer, reason)
+        self._node.refusals.log(logging.INFO, "connections closed past a deadline", "closing %s: %s",
+                                self._session.peer, reason)
         self._node.metrics.connections_timed_out += 1
         self._later.append(encode(ErrorReply(None, ErrorCode.TIMEOUT, f"closing the connection: {reason}")))
         self._close()

@@ -45,6 +45,7 @@ from .core import (
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
 from .failure_detector import PeerState, Transition
+from .log_limit import LogLimit
 from .peers import PeerLinks
 from .storage import Storage
 from .tally import RequestMetrics
@@ -120,6 +121,8 @@ class Node:
                      "part in majorities, and what it coordinates asks every node", why, extra={"event": "joining"})
             if storage.backup_taken_at is not None:
                 self._warn_if_backup_too_old(time.time() - storage.backup_taken_at)
+        # Refusals anyone who can connect can cause are logged a few at a time (log_limit.py).
+        self.refusals = LogLimit(log, clock=clock)
         # What a connection may do before (and without) an accepted HELLO.
         self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
         # Requests ``handle`` left pending and not yet answered. At shutdown,
@@ -159,6 +162,7 @@ class Node:
 
     def _take_snapshot(self) -> None:
         self.metrics.take_snapshot(self._clock())
+        self.refusals.flush()
         self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
 
     def new_session(self, peer: str) -> Session:
@@ -235,7 +239,8 @@ class Node:
         accepted, as an introduction: the connection may then PING and ask HEALTH."""
         entry = self.config.auth.find(request.token)
         if entry is None:
-            log.warning("refused a HELLO from %s: its token is not in the auth file", session.peer)
+            self.refusals.log(logging.WARNING, "refused HELLOs (token not in the auth file)",
+                              "refused a HELLO from %s: its token is not in the auth file", session.peer)
             raise UnauthenticatedError("token refused: this node's auth file does not list it")
         log.debug("%s said HELLO as token %r", session.peer, entry.name)
         return entry.grant()
@@ -254,7 +259,8 @@ class Node:
             return None, None
         dialer = request.node
         if dialer is None or dialer == config.node_id or dialer not in self.core.peer_ids:
-            log.warning("refused a peer HELLO from %s: %r is not a member of this cluster", session.peer, dialer)
+            self.refusals.log(logging.WARNING, "refused peer HELLOs (not a member)",
+                              "refused a peer HELLO from %s: %r is not a member of this cluster", session.peer, dialer)
             raise ForbiddenError(f"{dialer!r} is not a member of cluster {config.cluster_id!r} as this node knows it")
         if request.proof is None:
             if request.nonce is None:
@@ -269,8 +275,9 @@ class Node:
             raise ForbiddenError("a peer proof must follow this node's nonce: send HELLO with a nonce first")
         expected = peer_proof(secret, DIALER, config.cluster_id, dialer, config.node_id, handshake[1], handshake[2])
         if not proof_matches(expected, request.proof):
-            log.warning("refused a peer HELLO from %s as %s: its proof does not match this node's cluster secret",
-                        session.peer, dialer)
+            self.refusals.log(logging.WARNING, "refused peer HELLOs (proof does not match)",
+                              "refused a peer HELLO from %s as %s: its proof does not match this node's cluster "
+                              "secret", session.peer, dialer)
             raise ForbiddenError("peer proof refused: the two nodes do not hold the same cluster secret")
         session.grant = PEER
         session.member = dialer
