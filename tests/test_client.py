@@ -851,3 +851,43 @@ async def test_a_huge_integer_or_a_request_id_utf8_cannot_carry_is_refused_in_on
         with pytest.raises(ValueError, match="request_id must be text UTF-8 can carry"):
             await client.put("id", 1, request_id="\ud800")
         assert await client.ping() >= 0  # nothing was sent: the connection is as it was
+
+
+def test_closing_a_sync_client_ends_every_call_other_threads_are_making(shared_node):
+    """close() while other threads call: each call ends, with its answer or the closed
+    client's error. A call handed to the loop just as it stopped was left on a loop that
+    never ran again, and its thread waited forever (about one round in two hundred, with
+    threads switching every 10 us)."""
+    import sys
+
+    ends: list[str] = []
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for round_number in range(120):
+            client = Client(shared_node.address, timeout=3.0)
+            client.ping()
+            stop = threading.Event()
+
+            def call() -> None:
+                while not stop.is_set():
+                    try:
+                        client.get("never-written", consistency="one")
+                    except KeyNotFoundError:
+                        continue
+                    except (RuntimeError, KvwireConnectionError) as exc:
+                        ends.append(type(exc).__name__)  # closed: the documented errors
+                        return
+
+            threads = [threading.Thread(target=call, daemon=True) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.002 * (round_number % 5))  # not a wait: varies where close() falls in their calls
+            client.close()
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+            assert not any(thread.is_alive() for thread in threads), f"a call never ended (round {round_number})"
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert ends

@@ -374,8 +374,10 @@ class AsyncClient:
             return await connection.request(message_type, *fields)
         except KvwireConnectionError:
             if endpoint.gave_up_on(connection):
+                # A write it was sent may still be applied, once the node resumes.
                 raise KvwireTimeoutError(
-                    f"{endpoint.address}: no reply within {self.retry.attempt_timeout:g} s; the node looks hung"
+                    f"{endpoint.address}: no reply within {self.retry.attempt_timeout:g} s; the node looks hung",
+                    maybe_applied=True if message_type in _WRITES else None,
                 ) from None
             raise
 

@@ -66,9 +66,10 @@ class RetryPolicy:
     refused request (bad key, not found) would be refused anywhere, so it is
     raised at once. So is CONFLICT (a DELETE that raced with a write of its
     key), and NO_QUORUM on a DELETE that may have been applied: only the
-    caller can tell whether doing it again is right. A DELETE whose
-    connection failed after it was sent may have been applied: retried, it
-    may then raise KeyNotFoundError.
+    caller can tell whether doing it again is right. So is a DELETE's lost
+    connection or silent node once the DELETE was sent: the node may still
+    apply it (a hung one resumes and reads it), and a retry elsewhere could
+    then be followed by a write that the first attempt, applied late, erases.
     """
 
     attempts: int = 3
@@ -107,15 +108,20 @@ class RetryPolicy:
 
         ``repeatable``: the request can be sent again without being applied
         twice (a GET, HEALTH, PING, or a PUT with its request id), so a
-        NO_QUORUM is retried too; without it, only a NO_QUORUM that says
-        nothing was written is.
+        NO_QUORUM, a lost connection or a silent node is retried too; without
+        it (a DELETE), only a failure that says nothing was written is: a
+        connection that could not be opened, an UNAVAILABLE or NO_QUORUM
+        reply with ``maybe_applied`` False.
         """
         if self.retry_on is not None:
             return isinstance(error, self.retry_on)
         if not isinstance(error, KvwireError):
             return False
         if error.try_another_node:
-            return True
+            # A lost connection or a silent node may yet apply what it was sent (a hung
+            # node resumes): sent again elsewhere, a DELETE could take effect twice, the
+            # second time over a write acknowledged after the first.
+            return repeatable or error.maybe_applied is False
         return isinstance(error, NoQuorumError) and (repeatable or error.maybe_applied is False)
 
 
@@ -224,6 +230,11 @@ class Endpoint:
         Called before each request; the watch ends by itself once nothing is owed.
         """
         if self._watch_timer is not None and self._watched is connection:
+            if not connection.in_flight:
+                # Owed nothing until this request: its silence starts now, not at the last
+                # reply (the watch of an earlier request may still be armed), or a node
+                # would be given up on after as little as half the attempt timeout.
+                self._last_heard = asyncio.get_running_loop().time()
             return
         self._stop_watch()
         loop = asyncio.get_running_loop()

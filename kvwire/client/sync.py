@@ -9,6 +9,7 @@ threads at once are fine: they share the loop and its connections.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import ssl
 import threading
@@ -35,6 +36,10 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self._pid = os.getpid()
+        # Calls are handed to the loop under this lock, and ``stop`` says so under it:
+        # every call handed over before is on the loop's queue ahead of its stop.
+        self._handing_over = threading.Lock()
+        self._stopping = False
         self.loop = _new_event_loop()
         self._thread = threading.Thread(target=self._run, name="kvwire-client-loop", daemon=True)
         self._thread.start()
@@ -52,9 +57,17 @@ class _LoopThread:
             coroutine.close()
             raise RuntimeError("this kvwire Client was made before fork(), and its event loop runs only in the "
                                "parent process; make a Client in the child (after the fork), and nothing was sent")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        with self._handing_over:
+            if self._stopping:
+                coroutine.close()
+                raise client_closed_error()
+            future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._stopping:  # cancelled by stop(): the client was closed during this call
+                raise client_closed_error() from None
+            raise
         except BaseException:
             # KeyboardInterrupt and friends: don't leave the call running behind our back.
             future.cancel()
@@ -65,10 +78,13 @@ class _LoopThread:
         return os.getpid() == self._pid
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        with self._handing_over:
+            self._stopping = True
+            self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
-        # A call another thread submitted just before the stop would otherwise
-        # wait forever on a loop that no longer runs: cancel it instead.
+        # A call another thread handed over just before the stop would otherwise
+        # wait forever on a loop that no longer runs (its task made in the loop's
+        # last turn, or even then not yet): cancel it instead.
         leftover = asyncio.all_tasks(self.loop)
         for task in leftover:
             task.cancel()
