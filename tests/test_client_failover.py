@@ -537,3 +537,18 @@ def test_a_single_endpoint_is_tried_whatever_its_health():
     endpoints.failed(only, 10.0, OSError())
     assert endpoints.choose([], 10.1) is only
     assert endpoints.choose([only], 10.1) is only
+
+
+@pytest.mark.parametrize("write", ["put", "delete"])
+async def test_a_write_whose_call_timed_out_before_any_connection_opened_says_nothing_was_written(write):
+    """The node accepts TCP and never answers HELLO: the write was never sent, whichever
+    timeout ends the call (here the call's own, before the connection's)."""
+    async with ScriptedNode(lambda request: ScriptedNode.SILENT) as node:
+        async with AsyncClient(node.address, timeout=0.5, connect_timeout=5) as client:
+            with pytest.raises(KvwireTimeoutError, match="got no reply within 0.5 s") as caught:
+                await (client.put("k", 1) if write == "put" else client.delete("k"))
+            assert caught.value.maybe_applied is False
+            with pytest.raises(KvwireTimeoutError) as caught:
+                await client.get("k")  # not a write: no claim
+            assert caught.value.maybe_applied is None
+    assert not [request for request in node.received if type(request).__name__ != "Hello"]

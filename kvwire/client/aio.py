@@ -297,7 +297,9 @@ class AsyncClient:
             error = KvwireTimeoutError(
                 f"{message_type.__name__.upper()} got no reply within {timeout:g} s"
                 f" (endpoints: {', '.join(self.endpoints)})"
-                + (f"; before that: {progress.failures[-1]}" if progress.failures else "")
+                + (f"; before that: {progress.failures[-1]}" if progress.failures else ""),
+                # A write no node was sent (every connection still opening, or refused): nothing written.
+                maybe_applied=False if message_type in _WRITES and not progress.sent else None,
             )
             if progress.waiting_on is not None:
                 # With a call timeout shorter than the attempt timeout, this is
@@ -325,7 +327,7 @@ class AsyncClient:
                 fields = (*fields[:3], True)  # sent before: the retry flag (docs/protocol.md 6.4)
             progress.waiting_on = endpoint
             try:
-                reply = await self._send_to(endpoint, message_type, fields)
+                reply = await self._send_to(endpoint, message_type, fields, progress)
             except ProtocolError as exc:
                 # Only encoding raises one here: msgpack refused the caller's
                 # input, which check_value should already have caught.
@@ -361,7 +363,8 @@ class AsyncClient:
             timer.cancel()
             self._backing_off.discard(waiting)
 
-    async def _send_to(self, endpoint: Endpoint, message_type: type, fields: tuple[Any, ...]) -> Any:
+    async def _send_to(self, endpoint: Endpoint, message_type: type, fields: tuple[Any, ...],
+                       progress: _CallProgress) -> Any:
         try:
             connection = await endpoint.connection()
         except KvwireConnectionError as exc:
@@ -369,6 +372,7 @@ class AsyncClient:
                 raise
             # Not connected, or no answer to HELLO: the write was never sent.
             raise KvwireConnectionError(exc.message, maybe_applied=False) from exc
+        progress.sent = True
         endpoint.watch(connection)
         try:
             return await connection.request(message_type, *fields)
@@ -385,10 +389,12 @@ class AsyncClient:
 class _CallProgress:
     """What one call has been through, for the error its deadline raises."""
 
-    __slots__ = ("failures", "waiting_on")
+    __slots__ = ("failures", "waiting_on", "sent")
 
     def __init__(self) -> None:
         self.failures: list[BaseException] = []
+        # Whether a connection was open to send the request on, in any attempt.
+        self.sent = False
         # The node the call is waiting on right now; None between attempts.
         self.waiting_on: Endpoint | None = None
 
