@@ -233,11 +233,13 @@ def live_key(core, version=Version(1, "n1")):
     core.cache.put("k", "v")
 
 
-def test_a_delete_conditions_its_tombstone_on_the_live_version_it_read():
+@pytest.mark.parametrize("forwarded", [False, True])
+def test_a_delete_conditions_its_tombstone_on_the_live_version_it_read(forwarded):
+    """``forwarded``: a peer sent it (ForwardedDelete), and counts its CONFLICT, not this node."""
     core = make_core()
     link_all(core)
     live_key(core)
-    core.request("del", Delete(1, "k"), 0.0)
+    core.request("del", Delete(1, "k"), 0.0, from_peer=forwarded)
     answer_sends(core, lambda s: FetchReply(1, Version(1, "n1"), False, "v"))
     effects = core.take_effects()
     persists = [e for e in effects if type(e) is Persist]
@@ -251,6 +253,7 @@ def test_a_delete_conditions_its_tombstone_on_the_live_version_it_read():
         core.peer_reply(send.peer, send.request_id, ReplicateReply(1, False, Version(2, "n3")), 0.0)
     (respond,) = effects_of(core, Respond)
     assert isinstance(respond.reply, ConflictError) and respond.reply.maybe_applied is True
+    assert core.stats.delete_conflicts == (0 if forwarded else 1)
 
 
 def test_a_delete_through_another_node_goes_to_the_lowest_usable_id():
@@ -261,6 +264,19 @@ def test_a_delete_through_another_node_goes_to_the_lowest_usable_id():
     assert forward.peer == "n1" and forward.message_type is Delete
     core.peer_reply("n1", forward.request_id, DeleteReply(99, Version(4, "n1")), 0.0)
     assert effects_of(core, Respond)[0].reply == DeleteReply(5, Version(4, "n1"))
+
+
+@pytest.mark.parametrize("owner_says", [ConflictError("raced", maybe_applied=True),
+                                        NoQuorumError("no majority", maybe_applied=True)])
+def test_a_forwarded_delete_s_failure_is_counted_where_its_client_is_told(owner_says):
+    core = make_core("n3")
+    link_all(core)
+    core.request("del", Delete(5, "k"), 0.0)
+    (forward,) = effects_of(core, Send)
+    core.peer_reply("n1", forward.request_id, owner_says, 0.0)
+    assert effects_of(core, Respond)[0].reply is owner_says
+    assert (core.stats.delete_conflicts, core.stats.no_quorum_writes) == \
+        ((1, 0) if isinstance(owner_says, ConflictError) else (0, 1))
 
 
 def test_an_owner_that_goes_silent_leaves_the_delete_undecided_never_run_twice():

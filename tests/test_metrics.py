@@ -132,6 +132,14 @@ def test_peers_hints_and_transitions_on_a_three_node_cluster(tmp_path):
         assert value(samples, "kvwire_peer_up", peer="n2") == 1
         assert value(samples, "kvwire_peer_up", peer="n3") == 1
         assert value(samples, "kvwire_cluster_nodes") == 3
+        # A DELETE through n2 runs on n1, which coordinates DELETEs: n1 counts it as forwarded,
+        # not as a second client DELETE.
+        with Client(cluster["n2"].address) as client:
+            client.put("forwarded", 1)
+            client.delete("forwarded")
+        samples = scrape(metrics)
+        assert value(samples, "kvwire_requests_total", op="delete_forwarded", consistency="", code="ok") == 1
+        assert ("kvwire_requests_total", (("code", "ok"), ("consistency", ""), ("op", "delete"))) not in samples
         cluster.kill("n3")
         wait_for(lambda: value(scrape(metrics), "kvwire_peer_up", peer="n3") == 0, timeout=5, what="n3 DOWN in n1's metrics")
         with Client(cluster["n1"].address) as client:

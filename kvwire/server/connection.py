@@ -92,8 +92,8 @@ class NodeProtocol(asyncio.Protocol):
         config = self._node.config
         self._flow = FlowControl(transport, config.max_inflight_per_connection, config.max_inflight_bytes_per_connection)
         if len(self._registry) >= self._node.config.max_connections:
-            self._node.refusals.log(logging.WARNING, "connections refused at the limit", "refusing %s: %d connections "
-                                    "open, the limit", self._session.peer, len(self._registry))
+            self._node.limited_log.log(logging.WARNING, "connections refused at the limit", "refusing %s: %d connections "
+                                    "open, the limit", self._session.peer, len(self._registry), logger=log)
             self._node.metrics.connections_refused += 1
             transport.write(encode(ErrorReply(None, ErrorCode.UNAVAILABLE, "too many connections; try another node or later")))
             self._close()
@@ -246,6 +246,8 @@ class NodeProtocol(asyncio.Protocol):
             kind = type(request)
             if kind is Get:
                 tally = get_one if request.consistency is _ONE else get_quorum
+            elif kind is Delete and session.grant is PEER:
+                tally = metrics.forwarded_delete  # its client's DELETE is counted on the peer it asked
             else:
                 tally = metrics.tally_of_type(kind)
             try:
@@ -319,8 +321,8 @@ class NodeProtocol(asyncio.Protocol):
         replies.append(encode(ErrorReply(exc.request_id, exc.code, exc.message)))
         if not exc.fatal:
             return False
-        self._node.refusals.log(logging.INFO, "connections closed for a fatal error", "closing %s: %s",
-                                self._session.peer, exc.message)
+        self._node.limited_log.log(logging.INFO, "connections closed for a fatal error", "closing %s: %s",
+                                self._session.peer, exc.message, logger=log)
         self._later.extend(replies)
         self._close()
         return True
@@ -416,8 +418,8 @@ class NodeProtocol(asyncio.Protocol):
         return None
 
     def close_overdue(self, reason: str) -> None:
-        self._node.refusals.log(logging.INFO, "connections closed past a deadline", "closing %s: %s",
-                                self._session.peer, reason)
+        self._node.limited_log.log(logging.INFO, "connections closed past a deadline", "closing %s: %s",
+                                self._session.peer, reason, logger=log)
         self._node.metrics.connections_timed_out += 1
         self._later.append(encode(ErrorReply(None, ErrorCode.TIMEOUT, f"closing the connection: {reason}")))
         self._close()

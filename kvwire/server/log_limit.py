@@ -29,8 +29,10 @@ class LogLimit:
         # kind -> [when its window began, lines logged in it, lines held back]
         self._windows: dict[str, list] = {}
 
-    def log(self, level: int, kind: str, message: str, *args: Any, **kwargs: Any) -> None:
-        """``logger.log(level, message, *args)``, unless ``kind`` has had its lines in this window."""
+    def log(self, level: int, kind: str, message: str, *args: Any, logger: logging.Logger | None = None,
+            **kwargs: Any) -> None:
+        """``logger.log(level, message, *args)`` (this one's logger by default), unless ``kind``
+        has had its lines in this window."""
         now = self._clock()
         window = self._windows.get(kind)
         if window is None or now - window[0] >= self._window:
@@ -39,7 +41,7 @@ class LogLimit:
             window = self._windows[kind] = [now, 0, 0]
         if window[1] < self._burst:
             window[1] += 1
-            self._logger.log(level, message, *args, **kwargs)
+            (logger or self._logger).log(level, message, *args, **kwargs)
         else:
             window[2] += 1
 

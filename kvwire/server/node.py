@@ -121,8 +121,8 @@ class Node:
                      "part in majorities, and what it coordinates asks every node", why, extra={"event": "joining"})
             if storage.backup_taken_at is not None:
                 self._warn_if_backup_too_old(time.time() - storage.backup_taken_at)
-        # Refusals anyone who can connect can cause are logged a few at a time (log_limit.py).
-        self.refusals = LogLimit(log, clock=clock)
+        # Lines a client can cause by the thousand are logged a few at a time (log_limit.py).
+        self.limited_log = LogLimit(log, clock=clock)
         # What a connection may do before (and without) an accepted HELLO.
         self._default_grant = ANONYMOUS if config.auth is not None else EVERYONE
         # Requests ``handle`` left pending and not yet answered. At shutdown,
@@ -162,7 +162,7 @@ class Node:
 
     def _take_snapshot(self) -> None:
         self.metrics.take_snapshot(self._clock())
-        self.refusals.flush()
+        self.limited_log.flush()
         self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
 
     def new_session(self, peer: str) -> Session:
@@ -239,7 +239,7 @@ class Node:
         accepted, as an introduction: the connection may then PING and ask HEALTH."""
         entry = self.config.auth.find(request.token)
         if entry is None:
-            self.refusals.log(logging.WARNING, "refused HELLOs (token not in the auth file)",
+            self.limited_log.log(logging.WARNING, "refused HELLOs (token not in the auth file)",
                               "refused a HELLO from %s: its token is not in the auth file", session.peer)
             raise UnauthenticatedError("token refused: this node's auth file does not list it")
         log.debug("%s said HELLO as token %r", session.peer, entry.name)
@@ -259,7 +259,7 @@ class Node:
             return None, None
         dialer = request.node
         if dialer is None or dialer == config.node_id or dialer not in self.core.peer_ids:
-            self.refusals.log(logging.WARNING, "refused peer HELLOs (not a member)",
+            self.limited_log.log(logging.WARNING, "refused peer HELLOs (not a member)",
                               "refused a peer HELLO from %s: %r is not a member of this cluster", session.peer, dialer)
             raise ForbiddenError(f"{dialer!r} is not a member of cluster {config.cluster_id!r} as this node knows it")
         if request.proof is None:
@@ -275,7 +275,7 @@ class Node:
             raise ForbiddenError("a peer proof must follow this node's nonce: send HELLO with a nonce first")
         expected = peer_proof(secret, DIALER, config.cluster_id, dialer, config.node_id, handshake[1], handshake[2])
         if not proof_matches(expected, request.proof):
-            self.refusals.log(logging.WARNING, "refused peer HELLOs (proof does not match)",
+            self.limited_log.log(logging.WARNING, "refused peer HELLOs (proof does not match)",
                               "refused a peer HELLO from %s as %s: its proof does not match this node's cluster "
                               "secret", session.peer, dialer)
             raise ForbiddenError("peer proof refused: the two nodes do not hold the same cluster secret")
@@ -351,15 +351,19 @@ class Node:
                     self.storage.add_hint(effect.peer, effect.key, effect.version)
                     if effect.peer not in self._hinting:
                         self._hinting.add(effect.peer)
-                        log.warning("hinting peer %s: it missed a write; hints wait for it", effect.peer,
-                                    extra={"peer": effect.peer, "event": "hinting_started"})
+                        # A DELETE racing PUTs of its key hints the peers that refused its tombstone,
+                        # each delivered at once: a pair of lines per race, so a few at a time.
+                        self.limited_log.log(logging.WARNING, f"'hinting peer {effect.peer}' lines",
+                                             "hinting peer %s: it missed a write; hints wait for it", effect.peer,
+                                             extra={"peer": effect.peer, "event": "hinting_started"})
                 elif kind is DropHint:
                     self.storage.drop_hint(effect.peer, effect.key, effect.version)
                     if effect.peer in self._hinting and core.hints.count(effect.peer) == 0:
                         self._hinting.discard(effect.peer)
-                        log.info("hinting peer %s stopped: every hint delivered (%d since this node started)", effect.peer,
-                                 core.hints.delivered.get(effect.peer, 0),
-                                 extra={"peer": effect.peer, "event": "hinting_stopped"})
+                        self.limited_log.log(logging.INFO, f"'hinting peer {effect.peer} stopped' lines",
+                                             "hinting peer %s stopped: every hint delivered (%d since this node "
+                                             "started)", effect.peer, core.hints.delivered.get(effect.peer, 0),
+                                             extra={"peer": effect.peer, "event": "hinting_stopped"})
                 elif kind is SaveRequests:
                     self.storage.save_requests(effect.records)
                 elif kind is Joined:

@@ -106,6 +106,8 @@ class RequestMetrics:
         # GETs are told apart by consistency; one that names none is a quorum read.
         self.get_one = self.tally("get", "one")
         self.get_quorum = self.tally("get", "quorum")
+        # A DELETE a peer forwarded to this node, which coordinates DELETEs: not a second client request.
+        self.forwarded_delete = self.tally("delete_forwarded")
         self.connections_refused = 0
         self.connections_timed_out = 0
         self._snapshots: deque[tuple[float, int, list[int]]] = deque(maxlen=RECENT_WINDOW_S + 1)

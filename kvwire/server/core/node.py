@@ -299,7 +299,7 @@ class NodeCore:
         elif kind is Delete:
             owner = self.delete_owner()
             if from_peer or owner == self.node_id:
-                DeleteOp(self, token, request).start()
+                DeleteOp(self, token, request, forwarded=from_peer).start()
             else:
                 ForwardedDelete(self, token, request, owner).start()
         elif kind in (Replicate, Lookup, Fetch, Digests, Sync, Requests):

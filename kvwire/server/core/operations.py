@@ -183,6 +183,10 @@ class _ReplicatedWrite:
     (this node included) holds the version by then.
     """
 
+    # Its failures are counted in this node's stats (HEALTH, /metrics) unless a
+    # peer forwarded it (ForwardedDelete), which counts what it tells its client.
+    counted_here = True
+
     def __init__(self, core: CoreServices, token: Any, request) -> None:
         self._core = core
         self._token = token
@@ -218,7 +222,8 @@ class _ReplicatedWrite:
         self._no_quorum("no majority held it in time", maybe_applied=self._version is not None)
 
     def _no_quorum(self, why: str, *, maybe_applied: bool) -> None:
-        self._core.stats.no_quorum_writes += 1
+        if self.counted_here:
+            self._core.stats.no_quorum_writes += 1
         verdict = "may or may not have been applied" if maybe_applied else "nothing was written"
         self._answer(NoQuorumError(
             f"{WRITE_NO_QUORUM}: {self._request.op.name} of {self._request.key!r}: {why}; {verdict}",
@@ -314,7 +319,8 @@ class _ReplicatedWrite:
             self._no_quorum(f"its earlier attempt's tag {tuple(self._version)} is not the newest on a majority (it "
                             "was overwritten since, or never taken)", maybe_applied=True)
         elif self._refused:
-            core.stats.delete_conflicts += 1
+            if self.counted_here:
+                core.stats.delete_conflicts += 1
             self._answer(ConflictError(
                 f"DELETE of {self._request.key!r} raced with a concurrent write of it and may or may "
                 "not have taken effect; read the key to see", maybe_applied=True))
@@ -493,7 +499,12 @@ class Write(_ReplicatedWrite):
 
 
 class Delete(_ReplicatedWrite):
-    """DELETE: a quorum read, then a tombstone conditioned on the live version it found."""
+    """DELETE: a quorum read, then a tombstone conditioned on the live version it found.
+    ``forwarded``: run for the peer a client sent it to (ForwardedDelete)."""
+
+    def __init__(self, core: CoreServices, token: Any, request, *, forwarded: bool = False) -> None:
+        super().__init__(core, token, request)
+        self.counted_here = not forwarded
 
     def _success(self) -> DeleteReply:
         # Its tombstone is above this node's copy (``_read``) and on a majority.
@@ -582,6 +593,10 @@ class ForwardedDelete:
             return
         elif not isinstance(reply, KvwireError) or isinstance(reply, ConnectionError):
             reply = self._undecided("the link to it closed")
+        elif isinstance(reply, ConflictError):
+            self._core.stats.delete_conflicts += 1  # counted where the client is told (Delete.counted_here)
+        elif isinstance(reply, NoQuorumError):
+            self._core.stats.no_quorum_writes += 1
         self._core.respond(self._token, reply)
 
     def _expire(self) -> None:
