@@ -10,7 +10,7 @@ from msgspec import Raw
 
 from kvwire.protocol import Version
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
-from kvwire.server.storage import DATABASE_FILE_NAME, JOINING, META_SET, SCHEMA, DataDirError, Storage, is_claimed
+from kvwire.server.storage import BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, SCHEMA, DataDirError, Storage, is_claimed
 
 
 async def open_storage(path, **kwargs):
@@ -160,8 +160,13 @@ async def test_a_start_that_may_have_lost_a_minted_tag_takes_a_new_incarnation_a
     last = storage.incarnation
     with sqlite3.connect(tmp_path / DATABASE_FILE_NAME) as db:
         db.execute(META_SET, (JOINING, "1"))
-    storage = await open_storage(tmp_path)
+        db.execute(META_SET, (BACKUP_TAKEN_AT, "1000.0"))
+        db.execute(META_SET, ("running", "1"))  # a backup of a running node says it was killed
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kvwire.storage"):
+        storage = await open_storage(tmp_path)
     assert storage.joining and storage.incarnation not in ("", first, last)
+    assert "it starts from a restored backup" in caplog.text  # not "after an unclean stop"
     await storage.close()
 
 

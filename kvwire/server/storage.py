@@ -651,7 +651,8 @@ async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: boo
     """The incarnation this start mints under: a new one if it may have lost a tag
     this node minted (core/minter.py), written in the transaction that opens the
     directory, before the node can mint anything; else the one it had ('' if none)."""
-    async with writer.execute("SELECT name, value FROM meta WHERE name IN (?, ?)", (JOINING, INCARNATION)) as cursor:
+    async with writer.execute("SELECT name, value FROM meta WHERE name IN (?, ?, ?)",
+                              (JOINING, INCARNATION, BACKUP_TAKEN_AT)) as cursor:
         marks = dict(await cursor.fetchall())
     # Joining: a new or emptied data directory (--join), or a restored backup (its mark).
     if not unclean and JOINING not in marks:
@@ -661,7 +662,9 @@ async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: boo
     minter = minter_name(node_id, incarnation)
     log.info("this node mints its version tags as %s from now on: it starts %s, so it may have lost a tag it "
              "minted, and no new tag may equal one", minter,
-             "after an unclean stop" if unclean else "on a data directory that joins the cluster",
+             # A backup of a running node says it was killed: the restore is the news.
+             "from a restored backup" if BACKUP_TAKEN_AT in marks
+             else "after an unclean stop" if unclean else "on a data directory that joins the cluster",
              extra={"event": "new_incarnation", "minter": minter})
     return incarnation
 
