@@ -58,3 +58,33 @@ def test_a_node_whose_disk_refuses_writes_is_unhealthy_until_it_takes_them_again
         assert (client.get("before"), len(client.get("after"))) == ("kept", 1_000_000)
     log = node.log()
     assert "storage refuses writes" in log and "storage takes writes again" in log
+
+
+def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_though_its_peers_are_up(tmp_path):
+    """Both peers UP: it and they are a majority by count, but every write it coordinates
+    commits on its own disk too and fails. An independent check found it still said
+    has_quorum true, so HAProxy kept it in rotation and a third of PUTs failed."""
+    from kvwire.testing import LocalCluster
+
+    cluster = LocalCluster(3, data_dir=tmp_path, sync="normal")
+    n3 = cluster.nodes["n3"] = NodeOnItsOwnDisk.like(cluster["n3"])
+    with cluster:
+        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
+        with Client(n3.address, timeout=5) as client:
+            client.put("before", "kept")
+            n3.fill_disk()
+            with pytest.raises(InternalServerError, match="storage write failed"):
+                client.put("during", b"x" * 1_000_000)
+            health = client.health()
+            assert health["storage"]["writable"] is False
+            assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"],
+                    health["cluster"]["healthy_nodes"]) == ("degraded", False, False, 2)
+            assert cli_health(n3) == 3  # what HAProxy's check and `kvwire-cli health` act on
+            assert client.get("before") == "kept"
+            assert cluster.health("n1")["cluster"]["has_quorum"] is True  # its peers take writes
+            n3.free_disk()
+            wait_for(lambda: client.health()["cluster"]["has_quorum"], timeout=5, what="n3 taking writes again")
+            # Healthy once it has caught up from its peers: the failed PUT's tag went out to
+            # them while its own commit failed, so it votes again only then (docs/design.md 1.2).
+            wait_for(lambda: client.health()["status"] == "healthy", timeout=15, what="n3 voting again")
+    assert "quorum lost" not in n3.log()  # its peers never went: the disk's own lines say it

@@ -409,7 +409,8 @@ class Node:
     def _log_quorum_change(self) -> None:
         """Say so when this node's quorum comes or goes (a peer UP or DOWN, joining or joined)."""
         config = self.config
-        up, has_quorum = self.quorum_state()
+        up = self._voters_up()
+        has_quorum = up >= config.quorum  # of the voters: a refusing disk logs its own lines (storage.py)
         if has_quorum != self._has_quorum:
             self._has_quorum = has_quorum
             if has_quorum:
@@ -501,14 +502,18 @@ class Node:
 
     def quorum_state(self) -> tuple[int, bool]:
         """Members UP as this node sees them, itself counted only while its storage takes
-        writes, and whether that is a majority: whether this node can take part in one.
-        A node whose disk refuses writes can hold no write, so it must not look able to
-        (HEALTH, and load balancers' checks of it)."""
+        writes, and whether this node can take writes: they are a majority, and its own
+        disk takes writes. Every write a node coordinates commits on its own disk too,
+        so one whose disk refuses writes fails them all, however many peers are UP, and
+        must not look able to take them (HEALTH, and load balancers' checks of it)."""
+        up = self._voters_up()
+        return up, up >= self.config.quorum and self.storage.write_error is None
+
+    def _voters_up(self) -> int:
         core = self.core
         # Peers that said they are joining are left out (voters_up), and a joining
         # node never counts itself.
-        up = core.voters_up() - (self.storage.write_error is not None and not core.joining)
-        return up, up >= self.config.quorum
+        return core.voters_up() - (self.storage.write_error is not None and not core.joining)
 
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""
@@ -518,7 +523,9 @@ class Node:
             peer["url"] = self.peers.address(peer["node_id"])
         healthy, has_quorum = self.quorum_state()
         return {
-            "status": "healthy" if healthy == config.cluster_size else "degraded" if has_quorum else "unavailable",
+            # degraded: a majority can vote, but not all (this node with its disk refusing writes, say).
+            "status": ("healthy" if healthy == config.cluster_size
+                       else "degraded" if healthy >= config.quorum else "unavailable"),
             "node_id": config.node_id,
             "cluster_id": config.cluster_id,
             "uptime_s": round(self._clock() - self._started, 3),
