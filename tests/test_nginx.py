@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -117,5 +118,49 @@ def test_a_node_killed_under_load_through_the_stream_proxy(nginx_binary, tmp_pat
             with Client([tcp], timeout=5) as kv:
                 for key, value in report.acknowledged.items():
                     assert kv.get(key) == value, key
+        finally:
+            nginx.stop()
+
+
+def test_a_delete_is_never_sent_to_a_second_bridge(nginx_binary, tmp_path):
+    """A DELETE that reached a bridge which then went silent is not sent to another:
+    the hung node, resumed, may still apply it, and a copy acknowledged elsewhere
+    meanwhile, followed by a PUT of the key, lost that PUT. PUTs and GETs still move on."""
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="normal")
+    urls = with_http(cluster)
+    with cluster:
+        tcp, rest = free_address(), free_address()
+        bridges = [urls[node_id].removeprefix("http://") for node_id in cluster.node_ids]
+        config = copy_config(tmp_path, nodes=cluster.endpoints, bridges=bridges, tcp=tcp, http=rest)
+        text = config.with_name("kvwire-http.conf").read_text()
+        assert text.count("proxy_read_timeout 10s;") == 1
+        config.with_name("kvwire-http.conf").write_text(text.replace("proxy_read_timeout 10s;", "proxy_read_timeout 2s;"))
+        nginx = NginxProcess(config, workdir=tmp_path, binary=nginx_binary)
+        nginx.start()
+        try:
+            nginx.wait_ready(addresses=[tcp, rest])
+            base = f"http://{rest}{PREFIX}"
+            with Client(cluster.endpoints, timeout=5) as client:
+                for number in range(3):
+                    client.put(f"doomed-{number}", number)
+            cluster.pause("n1")  # its bridge runs in its process: hung too
+            try:
+                # Until its peers see n1 DOWN they would forward their DELETEs to it (it
+                # coordinates DELETEs) and wait on it too.
+                for node_id in ("n2", "n3"):
+                    cluster.wait_peers(node_id, up=[other for other in ("n2", "n3") if other != node_id],
+                                       down=["n1"], timeout=10.0)
+                # Each nginx worker picks bridges round robin, n1's first: three DELETEs reach it.
+                answers = []
+                for number in range(3):
+                    started = time.monotonic()
+                    answers.append((http("DELETE", f"{base}/kv/doomed-{number}/").status, time.monotonic() - started))
+                # One that waited out the read timeout on n1's bridge was not sent on: 504, not a 200 from another.
+                waited = [status for status, seconds in answers if seconds >= 1.5]
+                assert waited and set(waited) == {504}, answers
+                assert {status for status, seconds in answers if seconds < 1.5} <= {200}, answers
+                assert http("PUT", f"{base}/kv/after/", {"value": 1}).status == 201
+            finally:
+                cluster.resume("n1")
         finally:
             nginx.stop()
