@@ -131,6 +131,7 @@ def test_bad_options_exit_2_without_a_traceback():
     (["--faults", ","], "--faults ',' names no fault kind"),
     (["--duration", "nan"], "duration must be a positive number, got nan"),
     (["--rate", "inf"], "rate must be a positive number, got inf"),
+    (["--clients", "2", "--library-clients", "3"], "library_clients must be an integer from 0 to clients (2), got 3"),
 ])
 def test_bad_options_are_one_line_and_exit_2_before_anything_starts(args, message):
     result = run_chaos_cli("--duration", "1", *args, timeout=30)
@@ -159,6 +160,36 @@ def test_a_chain_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
 # --- real runs ---------------------------------------------------------------------------
 
 
+async def test_a_library_client_records_each_call_as_the_library_answered_it(tmp_path):
+    """Through AsyncClient, failover included: a DELETE sent to a node that hangs is
+    indeterminate (the library does not send it again), a GET preferring that node is
+    answered by another, and the history has each call as one operation."""
+    from kvwire.chaos.workload import Budget, History, LibraryClient, monotonic_clock
+    from kvwire.check.history import OpKind
+    from kvwire.testing import LocalCluster
+
+    cluster = LocalCluster(3, data_dir=tmp_path, sync="normal")
+    with cluster:
+        addresses = {node_id: tuple(cluster[node_id].address.rsplit(":", 1)) for node_id in cluster.node_ids}
+        addresses = {node_id: (host, int(port)) for node_id, (host, port) in addresses.items()}
+        history = History(monotonic_clock())
+        client = LibraryClient(0, addresses, history, op_timeout=3.0)
+        try:
+            put = await client.execute("n1", OpKind.PUT, "k")
+            assert put.outcome is Outcome.OK and put.version is not None
+            cluster.pause("n1")
+            try:
+                deleted = await client.execute("n1", OpKind.DELETE, "k")
+                assert (deleted.outcome, deleted.end) == (Outcome.UNKNOWN, None)
+                read = await client.execute("n1", OpKind.GET, "k")  # n1 is passed over now: its cooldown
+                assert (read.outcome, read.value) == (Outcome.OK, put.value)  # from n2 or n3
+            finally:
+                cluster.resume("n1")
+        finally:
+            await client.run(KeySpace(1, 1), Budget(0), until=0.0, interval=0.0)  # closes its AsyncClients
+    assert [op.kind for op in history.operations] == [OpKind.PUT, OpKind.DELETE, OpKind.GET]
+
+
 def test_a_30_s_run_with_every_fault_kind_finds_no_anomaly_and_cleans_up(tmp_path):
     out = tmp_path / "out"
     started = time.monotonic()
@@ -183,6 +214,11 @@ def test_a_30_s_run_with_every_fault_kind_finds_no_anomaly_and_cleans_up(tmp_pat
     assert summary["converged_after_last_heal_s"] is not None
     by_kind = summary["operations"]["by_kind"]
     assert all(by_kind[kind].get("ok", 0) > 0 for kind in ("get", "put", "delete")), by_kind
+    # Two of the six clients (numbers 4 and 5) went through the client library, each kind answered.
+    assert summary["library_clients"] == 2
+    library_ok = {op.kind.value for op in load_jsonl((out / "history.jsonl").read_text())
+                  if op.client in (4, 5) and op.outcome is Outcome.OK}
+    assert library_ok == {"get", "put", "delete"}, library_ok
     assert summary["operations"]["consistency_one_reads"]["by_outcome"]["ok"] > 0
     # The saved history checks alone, as `python -m kvwire.check` would.
     history = load_jsonl((out / "history.jsonl").read_text())

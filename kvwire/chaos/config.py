@@ -15,6 +15,10 @@ class ChaosConfig:
     duration: float = 30.0
     seed: int = field(default_factory=lambda: random.SystemRandom().randrange(2**32))
     clients: int = 6
+    # Of ``clients``, how many go through kvwire's own client library (AsyncClient:
+    # its failover, retries and request ids) rather than one raw connection per
+    # node; None: a third of them, rounded down (2 of the default 6).
+    library_clients: int | None = None
     faults: tuple[str, ...] = FAULT_KINDS
     out: Path | None = None
     # Keys written at one time; each is retired after ops_per_key operations, so
@@ -45,6 +49,10 @@ class ChaosConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.library_clients is not None and (
+                type(self.library_clients) is not int or not 0 <= self.library_clients <= self.clients):
+            raise ValueError(f"library_clients must be an integer from 0 to clients ({self.clients}), "
+                             f"got {self.library_clients!r}")
         if type(self.seed) is not int or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         unknown = [kind for kind in self.faults if kind not in FAULT_KINDS]
@@ -56,6 +64,11 @@ class ChaosConfig:
             low, high = getattr(self, name)
             if not 0 <= low <= high < math.inf:
                 raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)!r}")
+
+    @property
+    def library(self) -> int:
+        """How many of the clients go through the client library."""
+        return self.clients // 3 if self.library_clients is None else self.library_clients
 
     @property
     def max_ops(self) -> int:

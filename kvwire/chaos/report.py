@@ -32,6 +32,7 @@ def summary(result: ChaosResult) -> dict[str, Any]:
         "seed": config.seed,
         "duration_s": config.duration,
         "clients": config.clients,
+        "library_clients": config.library,
         "fault_kinds": list(config.faults),
         "seconds": round(result.seconds, 3),
         "keys": result.keys,
@@ -62,8 +63,8 @@ def format_table(result: ChaosResult) -> str:
     config = result.config
     ops, faults = data["operations"], data["faults"]
     lines = [
-        f"kvwire chaos: seed {config.seed}, {config.duration:g} s, {config.clients} clients, "
-        f"faults {','.join(config.faults) or 'none'}; {result.keys} keys",
+        f"kvwire chaos: seed {config.seed}, {config.duration:g} s, {config.clients} clients "
+        f"({config.library} through the client library), faults {','.join(config.faults) or 'none'}; {result.keys} keys",
         f"operations  {ops['total']}: {_counts(ops['by_outcome'])}",
         f"            + {ops['consistency_one_reads']['total']} consistency=one reads (checked apart: they may be stale)",
         f"errors      {_counts(data['errors'])}",

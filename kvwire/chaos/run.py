@@ -147,7 +147,8 @@ async def _run(config: ChaosConfig, log: Callable[[str], None]) -> ChaosResult:
 
         history = History(clock)
         keys = KeySpace(config.keys, config.ops_per_key)
-        clients = make_clients(config.clients, cluster.addresses, history, seed=config.seed, op_timeout=config.op_timeout)
+        clients = make_clients(config.clients, cluster.addresses, history, seed=config.seed, op_timeout=config.op_timeout,
+                               library=config.library)
         nemesis = Nemesis(
             cluster, firewall, config.faults, rng=random.Random(f"{config.seed}/nemesis"), clock=clock,
             hold=config.fault_hold, gap=config.fault_gap, recovery_timeout=config.recovery_timeout, log=log,

@@ -1,9 +1,16 @@
 """Clients that record every operation they issue, with what they learnt from it.
 
-Each client holds one connection per node and sends each operation to one node
-it picks, with its own timeout; it never retries on another node, so a failover
-can never turn an indeterminate outcome into a clean one. A timed-out or broken
-connection is dropped and reopened on the next use.
+Each raw client holds one connection per node and sends each operation to one
+node it picks, with its own timeout; it never retries on another node, so a
+failover can never turn an indeterminate outcome into a clean one. A timed-out
+or broken connection is dropped and reopened on the next use.
+
+A library client (``LibraryClient``) goes through kvwire's own AsyncClient
+instead, so what the library does with a failure is checked too: its failover,
+its retries and its request ids. Each call is one operation, from its start to
+the library's answer, which must not be cleaner than what happened: a retry
+that turned a DELETE's indeterminate first attempt into an acknowledged one
+lost a write (2026-12-06), which the raw clients could not show.
 
 Quorum GETs, PUTs and DELETEs go into the history the linearizability check
 reads. ``consistency=one`` GETs are allowed to be stale, so they are kept
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from kvwire.check.history import Operation, OpKind, Outcome
+from kvwire.client.aio import AsyncClient
 from kvwire.client.connection import ClientConnection
 from kvwire.protocol import Consistency, Delete, Get, KvwireError, Put, ServerError
 
@@ -136,10 +144,7 @@ class ChaosClient:
     async def execute(self, node: str, kind: OpKind, key: str, consistency: Consistency | None = None) -> Operation:
         """Send one operation to ``node`` and record it; never raises for the node's answer."""
         local = consistency is Consistency.ONE
-        value = None
-        if kind is OpKind.PUT:
-            self._sequence += 1
-            value = f"c{self.number}-{self._sequence}"
+        value = self._value_for(kind)
         clock = self.history.clock
         start = clock()
         try:
@@ -160,19 +165,30 @@ class ChaosClient:
                                 outcome=Outcome.UNKNOWN, value=value, node=node)
             raise
         except (KvwireError, TimeoutError, OSError) as exc:
-            outcome = outcome_of_error(exc)
-            if outcome is not Outcome.NOT_FOUND:
-                self.history.count_error(exc)
             if not connection.is_open or (isinstance(exc, TimeoutError) and not isinstance(exc, ServerError)):
                 self._drop(node)  # a hung node's connection would only make the next operation wait too
-            return self.history.record(local, client=self.number, kind=kind, key=key, start=start,
-                                       end=None if outcome is Outcome.UNKNOWN else clock(), outcome=outcome,
-                                       value=value, node=node)
+            return self._record_failure(exc, local, kind, key, start, value, node)
         end = clock()
         if kind is OpKind.GET:
             value = reply.value
         return self.history.record(local, client=self.number, kind=kind, key=key, start=start, end=end,
                                    outcome=Outcome.OK, value=value, version=tuple(reply.version), node=node)
+
+    def _value_for(self, kind: OpKind) -> str | None:
+        """A PUT's value: a new one for every PUT, naming its client."""
+        if kind is not OpKind.PUT:
+            return None
+        self._sequence += 1
+        return f"c{self.number}-{self._sequence}"
+
+    def _record_failure(self, exc: BaseException, local: bool, kind: OpKind, key: str, start: float, value: Any,
+                        node: str) -> Operation:
+        outcome = outcome_of_error(exc)
+        if outcome is not Outcome.NOT_FOUND:
+            self.history.count_error(exc)
+        return self.history.record(local, client=self.number, kind=kind, key=key, start=start,
+                                   end=None if outcome is Outcome.UNKNOWN else self.history.clock(), outcome=outcome,
+                                   value=value, node=node)
 
     async def _connection(self, node: str) -> ClientConnection:
         connection = self._connections.get(node)
@@ -193,6 +209,57 @@ class ChaosClient:
             self._drop(node)
 
 
+class LibraryClient(ChaosClient):
+    """A client through AsyncClient, as an application uses kvwire: one AsyncClient for
+    each node it may prefer, that node first and the others after it, so its
+    operations spread over the nodes as a raw client's do and fail over from there."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clients: dict[str, AsyncClient] = {}
+
+    async def run(self, keys: KeySpace, budget: Budget, *, until: float, interval: float) -> None:
+        try:
+            await super().run(keys, budget, until=until, interval=interval)
+        finally:
+            await asyncio.gather(*(client.close() for client in self._clients.values()), return_exceptions=True)
+
+    async def execute(self, node: str, kind: OpKind, key: str, consistency: Consistency | None = None) -> Operation:
+        """One call preferring ``node``, and its record; never raises for the call's outcome."""
+        local = consistency is Consistency.ONE
+        value = self._value_for(kind)
+        client = self._client(node)
+        clock = self.history.clock
+        start = clock()
+        try:
+            if kind is OpKind.GET:
+                value, version = await client.get_with_version(key, consistency=consistency)
+            elif kind is OpKind.PUT:
+                version = await client.put(key, value)
+            else:
+                version = await client.delete(key)
+        except asyncio.CancelledError:
+            self.history.record(local, client=self.number, kind=kind, key=key, start=start, end=None,
+                                outcome=Outcome.UNKNOWN, value=value, node=node)
+            raise
+        except (KvwireError, TimeoutError, OSError) as exc:
+            return self._record_failure(exc, local, kind, key, start, value, node)
+        return self.history.record(local, client=self.number, kind=kind, key=key, start=start, end=clock(),
+                                   outcome=Outcome.OK, value=value, version=tuple(version), node=node)
+
+    def _client(self, node: str) -> AsyncClient:
+        client = self._clients.get(node)
+        if client is None:
+            order = sorted(self.nodes)
+            first = order.index(node)
+            endpoints = [f"{self.nodes[name][0]}:{self.nodes[name][1]}" for name in order[first:] + order[:first]]
+            client = self._clients[node] = AsyncClient(endpoints, timeout=self.op_timeout, cluster=self.cluster_id)
+        return client
+
+    def close(self) -> None:
+        pass  # its AsyncClients are closed at the end of run, which may await
+
+
 def _request(kind: OpKind, key: str, value: Any, consistency: Consistency | None) -> tuple:
     if kind is OpKind.PUT:
         return Put, key, value
@@ -202,11 +269,13 @@ def _request(kind: OpKind, key: str, value: Any, consistency: Consistency | None
 
 
 def make_clients(
-    count: int, nodes: Mapping[str, tuple[str, int]], history: History, *, seed: int, op_timeout: float
+    count: int, nodes: Mapping[str, tuple[str, int]], history: History, *, seed: int, op_timeout: float,
+    library: int = 0,
 ) -> list[ChaosClient]:
-    """``count`` clients, each with a PRNG derived from ``seed``."""
+    """``count`` clients, each with a PRNG derived from ``seed``; the last ``library`` of them LibraryClients."""
     return [
-        ChaosClient(number, nodes, history, op_timeout=op_timeout, rng=random.Random(f"{seed}/client/{number}"))
+        (LibraryClient if number >= count - library else ChaosClient)(
+            number, nodes, history, op_timeout=op_timeout, rng=random.Random(f"{seed}/client/{number}"))
         for number in range(count)
     ]
 
