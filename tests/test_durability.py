@@ -47,3 +47,41 @@ def test_values_beyond_the_cache_are_read_back_from_disk(tmp_path):
         with RawConnection(node.address) as conn:
             health = conn.request(Health(1)).health
         assert health["cached_values"] <= 10 and health["keys"] == 200
+
+
+@pytest.mark.parametrize("loss", ["wal deleted", "wal truncated"])
+def test_a_node_whose_wal_was_lost_while_it_was_down_does_not_mint_its_tags_again(tmp_path, loss):
+    """n3's WAL is lost after a kill -9 (deleted, or cut to nothing), taking its
+    database back to its last checkpoint: that must not read as the clean stop before
+    it. It did: n3 started under its old name, minted again the tag of a PUT its peers
+    held, and the PUT acknowledged under it lost to the older value (found by an
+    independent check). Now its start is an unclean one: a new name, and catching up."""
+    from kvwire import Client
+    from kvwire.server.storage import DATABASE_FILE_NAME
+    from kvwire.testing import LocalCluster, wait_for
+
+    cluster = LocalCluster(3, data_dir=tmp_path)
+    with cluster:
+        n3 = cluster["n3"]
+        with Client(n3.address, timeout=5) as client:
+            client.put("k", "A")
+        cluster.restart("n3")  # a clean stop: its WAL checkpointed, 'running' gone from the file
+        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
+        with Client(n3.address, timeout=5) as client:
+            first = client.put("k", "B")
+        cluster.kill("n3")
+        wal = n3.data_dir / f"{DATABASE_FILE_NAME}-wal"
+        if loss == "wal deleted":
+            wal.unlink()
+            (n3.data_dir / f"{DATABASE_FILE_NAME}-shm").unlink(missing_ok=True)
+        else:
+            wal.write_bytes(b"")
+        cluster.start("n3")
+        cluster.wait_ready("n3")
+        wait_for(lambda: "starts after an unclean stop" in n3.log(), timeout=10, what="n3 taking its start for unclean")
+        cluster.wait_caught_up("n3", timeout=20.0)
+        with Client(n3.address, timeout=5) as client:
+            second = client.put("k", "C")
+            assert second != first and second > first, (first, second)
+        with Client(cluster.endpoints, timeout=5) as client:
+            assert client.get("k") == "C"

@@ -251,6 +251,12 @@ class Storage:
             await writer.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('running', '1')")
             incarnation = await _incarnation_for_this_start(writer, unclean, node_id)
             await writer.commit()
+            # Into the database file itself, not only the WAL: a WAL lost while the node
+            # is down (deleted, truncated, its header overwritten) takes the database back
+            # to its last checkpoint, and without the mark there that was the last clean
+            # stop: the node started as after it, under its old name, and minted again
+            # tags its peers held with other values (lost writes, found by an independent check).
+            await writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException as exc:
