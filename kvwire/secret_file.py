@@ -24,7 +24,8 @@ def write_secret_file(path: str | os.PathLike, *, replace: bool = False) -> None
 
 def write_private_file(path: str | os.PathLike, data: bytes, *, replace: bool = False) -> None:
     """``data`` in ``path``, created with mode 600 (never readable by others, not even
-    for a moment). FileExistsError if it exists and not ``replace``. A replaced file
+    for a moment). FileExistsError if it exists and not ``replace``; ValueError if what
+    ``replace`` would replace is not a regular file. A replaced file
     is a new one, renamed over the old: opening the old one would keep its mode
     (a 644 file would take the new secret readable by all), and a crash half-way
     would leave it empty."""
@@ -33,6 +34,10 @@ def write_private_file(path: str | os.PathLike, data: bytes, *, replace: bool = 
             file.write(data)
         return
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # Renamed over, /dev/null would become a file, and a symlink a file beside its target.
+        raise ValueError(f"{path} is not a regular file (a symlink, a device or a pipe); only a file is replaced: "
+                         "give the file's own path")
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:

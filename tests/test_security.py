@@ -191,6 +191,23 @@ def test_kvwire_secret_force_leaves_a_private_file_whatever_the_old_ones_mode(tm
     assert [p.name for p in tmp_path.iterdir()] == ["cluster.secret"]  # no partial file left behind
 
 
+def test_kvwire_secret_force_replaces_only_a_regular_file(tmp_path):
+    """Renamed over, /dev/null became a 44-byte file (an independent check did it to
+    /dev/full), and a symlink a file beside its target."""
+    target = tmp_path / "target"
+    target.write_text("kept\n")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (link, fifo):
+        forced = subprocess.run([sys.executable, "-m", "kvwire", "secret", str(path), "--force"],
+                                capture_output=True, text=True, timeout=30)
+        assert forced.returncode == 1 and "is not a regular file" in forced.stderr, forced.stderr
+        assert len(forced.stderr.strip().splitlines()) == 1, forced.stderr
+    assert link.is_symlink() and target.read_text() == "kept\n" and fifo.is_fifo()
+
+
 # --- far-ahead tags --------------------------------------------------------------------------
 
 

@@ -177,6 +177,8 @@ def secret(path: Path, force: bool) -> None:
         write_secret_file(path, replace=force)
     except FileExistsError:
         raise click.ClickException(f"{path} exists; --force replaces it (every node then needs the new one)") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
     click.echo(f"wrote a new cluster secret to {path}")
