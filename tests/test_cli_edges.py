@@ -373,6 +373,12 @@ def test_a_ctrl_c_whose_exit_python_can_only_report_prints_no_traceback(monkeypa
     (["--", "--bogus"], "No such option '--bogus'"),
     (["--", "--write-timeout", "0"], "Invalid value for '--write-timeout'"),
     (["--", "--cache-entries"], "'--cache-entries' requires an argument"),
+    # What up sets for each node itself would win, every node the same: refused, with what to use.
+    (["--", "--listen", "1.2.3.4:5"], "--listen cannot be passed on to every node: up gives each node its address"),
+    (["--", "--data-dir", "shared"], "--data-dir cannot be passed on to every node: use kvwire up --data-dir"),
+    (["--", "--sync", "off"], "--sync cannot be passed on to every node: use kvwire up --sync"),
+    (["--", "--http-listen", "127.0.0.1:1"], "--http-listen cannot be passed on to every node"),
+    (["--", "--join"], "--join cannot be passed on to every node"),
 ])
 def test_up_refuses_bad_node_arguments_before_starting_anything(tmp_path, args, message):
     base = free_port_run(1)

@@ -171,7 +171,7 @@ def test_up_passes_the_format_to_its_nodes_and_keeps_its_prefix(tmp_path):
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         up = subprocess.Popen(
             [sys.executable, "-m", "kvwire", "up", "--nodes", "1", "--no-http", "--base-port", str(base),
-             "--data-dir", str(tmp_path / "data"), "--", "--sync", "off", "--log-format", "json"],
+             "--data-dir", str(tmp_path / "data"), "--sync", "off", "--", "--log-format", "json"],
             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
         )
     try:

@@ -193,11 +193,35 @@ class _NodeChild(ChildProcess):
         return super().start(*args, **kwargs)
 
 
+# The options `up` sets for each node itself: given after `--` they would win (the last
+# value does) and every node would take the same one, or not the one `up` serves and
+# probes, and crash-loop meanwhile (an independent check ran `-- --listen 1.2.3.4:5`).
+SET_BY_UP = {
+    "node_id": "up names its nodes n1, n2, ... itself",
+    "listen": "up gives each node its address: use --host and --base-port",
+    "data_dir": "use kvwire up --data-dir (each node gets DIR/<node id>)",
+    "cluster_id": "use kvwire up --cluster-id",
+    "sync": "use kvwire up --sync",
+    "cluster": "up names every member itself",
+    "cluster_secret_file": "up makes the cluster secret and gives it to every node itself",
+    "join": "up gives --join itself to a node whose data directory holds no node's database",
+    "tls_cert": "use kvwire up --tls",
+    "tls_key": "use kvwire up --tls",
+    "tls_ca": "use kvwire up --tls",
+    "http_listen": "use --http-base-port, or --no-http",
+    "metrics_listen": "every node would take the same port; give each its own with kvwire serve",
+}
+
+
 def _check_serve_args(own: list[str], serve_args: tuple[str, ...]) -> None:
     """Read a node's command line (``own`` options, then ``serve_args``) as `kvwire serve` will,
     so that a stray argument or a bad option after `--` is refused now, before any node starts,
     not by every node in turn. What only the node can check (a file, ports, option relations)
-    is left to it."""
+    is left to it. An option `up` sets for each node itself is refused after `--`."""
+    with serve.make_context("kvwire serve", list(serve_args), resilient_parsing=True) as given:
+        for param in serve.params:
+            if param.name in SET_BY_UP and given.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"{param.opts[0]} cannot be passed on to every node: {SET_BY_UP[param.name]}")
     try:
         with serve.make_context("kvwire serve", [*own, *serve_args]):
             pass
