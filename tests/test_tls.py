@@ -183,12 +183,25 @@ def test_kvwire_certs_writes_a_ca_with_node_and_client_certificates(tmp_path):
     ("bücher.example", "is not a DNS name in ASCII"),
     ("10.0.0.1:7379", "has a port"),
     ("kv example", "is not an IP address or DNS name"),
+    # Names no certificate check could ever match, once taken silently.
+    ("300.1.1.1", "is not an IP address, and a DNS name does not end in digits"),
+    ("10.0.0.0/8", "is not a DNS name: dot-separated labels"),
+    ("a..b", "is not a DNS name"),
+    ("-bad.example", "is not a DNS name"),
+    ("x" * 64 + ".example", "is not a DNS name"),
 ])
 def test_kvwire_certs_refuses_a_bad_host_before_writing_anything(tmp_path, host, fragment):
     directory = tmp_path / "certs"
     result = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory), "--host", host)
     assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
     assert not directory.exists()
+
+
+def test_kvwire_certs_names_each_host_once(tmp_path):
+    result = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(tmp_path / "certs"), "--host", "[::1]",
+                        "--host", "kv1.example", "--host", "*.kv.example")
+    assert result.returncode == 0, result.stderr
+    assert "good for 127.0.0.1, ::1, localhost, kv1.example, *.kv.example\n" in result.stdout, result.stdout
 
 
 def test_kvwire_certs_in_the_way_of_a_directory_changes_nothing(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..testing.certs import DEFAULT_DAYS, DEFAULT_HOSTS, DevCerts
+from ..testing.certs import DEFAULT_DAYS, DEFAULT_HOSTS, DevCerts, canonical_host
 
 
 @click.command()
@@ -40,6 +40,6 @@ def certs(directory: Path, hosts: tuple[str, ...], days: int, force: bool) -> No
     except OSError as exc:
         raise click.ClickException(f"cannot write to {exc.filename or directory}: {exc.strerror or exc}; "
                                    "nothing was changed") from None
-    click.echo(f"wrote a development CA and certificates to {directory}, good for {', '.join(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))}")
+    click.echo(f"wrote a development CA and certificates to {directory}, good for {', '.join(dict.fromkeys(canonical_host(host) for host in [*DEFAULT_HOSTS, *hosts]))}")
     click.echo("nodes:   kvwire serve " + shlex.join(dev.node_args()) + " ...")
     click.echo("clients: export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in dev.client_env().items()))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import errno
 import ipaddress
+import re
 import os
 import shutil
 import tempfile
@@ -104,7 +105,7 @@ class DevCerts:
 
         if type(days) is not int or days < 1:
             raise ValueError(f"days must be a positive integer, got {days!r}")
-        names = list(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))
+        names = list(dict.fromkeys(canonical_host(host) for host in [*DEFAULT_HOSTS, *hosts]))
         # Every name is judged before anything is written, so a bad one leaves no half a set.
         alt_names = [_general_name(host) for host in names]
         certs = cls(directory)
@@ -185,6 +186,18 @@ class DevCerts:
         return certs
 
 
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def canonical_host(host: str) -> str:
+    """An IP address written one way (``[::1]`` is ``::1``), a name as given: the list of
+    names a certificate is good for names each once."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host
+
+
 def _general_name(host: str) -> Any:
     """``host`` as a subjectAltName entry; ValueError if it is neither an IP address nor a DNS name."""
     from cryptography import x509
@@ -197,6 +210,14 @@ def _general_name(host: str) -> Any:
         pass
     if ":" in host:
         raise ValueError(f"host {host!r} has a port, or is not an IP address; give the address or name alone")
+    if not host.isascii():
+        raise ValueError(f"host {host!r} is not a DNS name in ASCII; give its A-label (xn--...)")
+    labels = host.removeprefix("*.").split(".")
+    if labels[-1].isdigit():
+        raise ValueError(f"host {host!r} is not an IP address, and a DNS name does not end in digits")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"host {host!r} is not a DNS name: dot-separated labels of 1 to 63 letters, digits "
+                         "or hyphens, none at either end of a label")
     try:
         return x509.DNSName(host)
     except ValueError as exc:  # cryptography's: a name not in ASCII (an A-label) ...
