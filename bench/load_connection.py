@@ -17,6 +17,7 @@ worker process; ``bench.preload`` fills the keys before a run that reads.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 import sys
 import time
@@ -106,6 +107,9 @@ class LoadProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.hello = asyncio.get_running_loop().create_future()
+        # Failed after connect_one gave up on it (another connection failed first), it is
+        # read by no one: retrieved here, so asyncio does not print it on the way out.
+        self.hello.add_done_callback(lambda hello: hello.cancelled() or hello.exception())
         transport.write(encode(Hello(_HELLO_ID, token=self.run.settings.token)))
 
     def start(self) -> None:
@@ -244,15 +248,30 @@ class LoadProtocol(asyncio.Protocol):
 
 
 async def connect_one(settings: Settings, number: int, make: Callable[[], LoadProtocol]) -> LoadProtocol:
-    """Connection ``number``, round-robin over the endpoints, past its HELLO."""
+    """Connection ``number``, round-robin over the endpoints, past its HELLO; a ConnectionError
+    naming the endpoint and why when it can't be had."""
     loop = asyncio.get_running_loop()
-    host, port = parse_host_port(settings.endpoints[number % len(settings.endpoints)])
+    endpoint = settings.endpoints[number % len(settings.endpoints)]
+    host, port = parse_host_port(endpoint)
     context = settings.ssl_context()
-    _, protocol = await asyncio.wait_for(
-        loop.create_connection(make, host, port, ssl=context, server_hostname=host if context else None),
-        _CONNECT_TIMEOUT_S,
-    )
-    await asyncio.wait_for(protocol.hello, _CONNECT_TIMEOUT_S)
+    try:
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(make, host, port, ssl=context, server_hostname=host if context else None),
+            _CONNECT_TIMEOUT_S,
+        )
+    except ssl.SSLError as exc:
+        raise ConnectionError(f"{endpoint}: TLS handshake failed: {exc.reason or exc}") from None
+    except TimeoutError:
+        raise ConnectionError(f"{endpoint}: no connection within {_CONNECT_TIMEOUT_S:g} s") from None
+    except OSError as exc:
+        raise ConnectionError(f"{endpoint}: {exc.strerror or exc}") from None
+    try:
+        await asyncio.wait_for(protocol.hello, _CONNECT_TIMEOUT_S)
+    except (TimeoutError, ConnectionError) as exc:
+        protocol.transport.close()
+        why = f"no answer to HELLO within {_CONNECT_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        hint = "; if it serves TLS, give --tls (or --tls-ca)" if context is None else ""
+        raise ConnectionError(f"{endpoint}: {why}{hint}") from None
     return protocol
 
 

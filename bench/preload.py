@@ -22,6 +22,9 @@ class _PreloadProtocol(LoadProtocol):
         self.pipeline = 32
         self.todo = todo
         self.done = asyncio.get_running_loop().create_future()
+        # Lost before the preload began (connect_one failed on another connection), it is
+        # awaited by no one: retrieved here, so asyncio does not print it on the way out.
+        self.done.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def send_next(self, count: int, now: float) -> None:
         chunks = []

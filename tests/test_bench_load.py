@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from kvwire import Client
-from kvwire.testing import NodeProcess, wait_for
+from kvwire.testing import NodeProcess, free_port, wait_for
 
 
 def bench(*args, timeout=40):
@@ -135,6 +135,14 @@ def test_an_open_loop_that_falls_behind_says_so(node):
                    "--connections", "2", "--duration", "1", "--warmup", "0")
     assert result.returncode == 0, result.stderr
     assert "the open loop fell behind" in result.stdout
+
+
+@pytest.mark.parametrize("mix", ["get", "put"])  # a GET run preloads first; a PUT run's workers connect
+def test_a_node_that_refuses_connections_is_one_line_naming_it(mix):
+    dead = f"127.0.0.1:{free_port()}"
+    result = bench("--endpoints", dead, "--mix", mix, "--duration", "1", "--warmup", "0", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and f"{dead}: Connection refused" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(

@@ -389,6 +389,14 @@ def test_kvwire_cli_and_the_bench_speak_tls_with_the_environment_or_options(tls_
     assert bench.returncode == 0, bench.stderr
     result = json.loads(bench.stdout)
     assert result["ops"] > 0 and result["errors"] == 0 and result["connections_lost"] == 0, result
+    # Without TLS, or with another CA: one line naming the node and why, as kvwire-cli says it.
+    for args, why in (((), "if it serves TLS, give --tls (or --tls-ca)"),
+                      (("--tls-ca", str(certs.client.cert)), "TLS handshake failed: CERTIFICATE_VERIFY_FAILED")):
+        failed = run_kvwire(sys.executable, "-m", "kvwire", "bench", "--endpoints", tls_node.address,
+                            "--duration", "1", "--warmup", "0", "--keys", "10", *args, timeout=60)
+        assert failed.returncode == 1, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr  # no "Future exception was never retrieved"
+        assert f"{tls_node.address}: " in failed.stderr and why in failed.stderr, failed.stderr
 
 
 # --- a three-node TLS cluster -----------------------------------------------------------------
