@@ -119,6 +119,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
                 lambda: NodeProtocol(node, connections, outbox), config.host, config.port, context=tls_context,
                 # The handshake comes before HELLO, and shares its deadline.
                 backlog=_LISTEN_BACKLOG, max_handshakes=config.max_connections, handshake_timeout=config.hello_timeout,
+                log_limit=node.limited_log,
             )
     except BaseException:
         # Nothing was sent, but what the opening found stands for the next start.

@@ -21,6 +21,7 @@ from typing import Callable
 
 from ..protocol.address import format_endpoint
 from ..tls import describe_tls_error
+from .log_limit import LogLimit
 
 log = logging.getLogger("kvwire.server")
 
@@ -36,8 +37,11 @@ class TlsListener:
     """
 
     def __init__(self, sockets: list[socket.socket], context: ssl.SSLContext,
-                 protocol_factory: Callable[[], asyncio.Protocol], handshake_timeout: float, max_handshakes: int) -> None:
+                 protocol_factory: Callable[[], asyncio.Protocol], handshake_timeout: float, max_handshakes: int,
+                 log_limit: LogLimit | None = None) -> None:
         self.sockets = sockets
+        # Anyone who can connect can fail a handshake: its lines are logged a few at a time.
+        self._log_limit = log_limit or LogLimit(log)
         self._context = context
         self._protocol_factory = protocol_factory
         self._handshake_timeout = handshake_timeout
@@ -50,7 +54,7 @@ class TlsListener:
     @classmethod
     async def start(cls, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int, *,
                     context: ssl.SSLContext, backlog: int, max_handshakes: int,
-                    handshake_timeout: float = HANDSHAKE_TIMEOUT) -> TlsListener:
+                    handshake_timeout: float = HANDSHAKE_TIMEOUT, log_limit: LogLimit | None = None) -> TlsListener:
         """Bind every address ``host`` resolves to, as ``create_server`` does; OSError if one can't be bound.
 
         At most ``max_handshakes`` handshakes run at once (the node passes its
@@ -73,7 +77,7 @@ class TlsListener:
             for listener in sockets:
                 listener.close()
             raise
-        return cls(sockets, context, protocol_factory, handshake_timeout, max_handshakes)
+        return cls(sockets, context, protocol_factory, handshake_timeout, max_handshakes, log_limit)
 
     def close(self) -> None:
         """Stop accepting and drop the handshakes in progress; established connections stay."""
@@ -112,8 +116,9 @@ class TlsListener:
                 self._protocol_factory, connection, ssl=self._context, ssl_handshake_timeout=self._handshake_timeout
             )
         except ssl.SSLError as exc:
-            log.warning("TLS handshake with %s failed: %s", remote, describe_tls_error(exc),
-                        extra={"event": "tls_handshake_failed", "remote": remote})
+            self._log_limit.log(logging.WARNING, "failed TLS handshakes", "TLS handshake with %s failed: %s", remote,
+                                describe_tls_error(exc), logger=log,
+                                extra={"event": "tls_handshake_failed", "remote": remote})
         except (OSError, TimeoutError) as exc:
             # Closed before finishing (a port probe, a client that distrusts our
             # certificate) or never finished: worth a line only when debugging.
