@@ -573,3 +573,20 @@ def test_a_refused_certificate_gets_the_hint_its_reason_calls_for(verify_code, h
     error = ssl.SSLCertVerificationError(1, "certificate verify failed")
     error.verify_code = verify_code
     assert hint in dialler_hint(error)
+
+
+def test_failed_handshakes_are_logged_a_few_at_a_time(tmp_path, certs):
+    """Anyone can fail a handshake: fifteen clients that do not speak TLS make ten lines, and a count."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--sync", "off"]) as node:
+        host, port = node.address.rsplit(":", 1)
+        for _ in range(15):
+            with socket.create_connection((host, int(port)), timeout=5) as plain:
+                plain.sendall(b"\x00\x00\x00\x05hello")  # not a ClientHello
+                try:
+                    plain.recv(100)  # until the node closes it, its handshake failed
+                except ConnectionResetError:
+                    pass  # closed all the same
+        wait_for(lambda: node.log().count("TLS handshake with") >= 10, timeout=10, what="the first ten lines")
+        wait_for(lambda: "and 5 more failed TLS handshakes in" in node.log(), timeout=15,
+                 what="the count of the lines held back")
+        assert node.log().count("TLS handshake with") == 10
