@@ -365,6 +365,39 @@ def test_a_ctrl_c_whose_exit_python_can_only_report_prints_no_traceback(monkeypa
     assert "ZeroDivisionError" in err and "Traceback" in err
 
 
+def test_a_ctrl_c_whose_exit_python_wraps_in_another_error_still_exits_quietly(monkeypatch):
+    # Seen in CI: SIGINT during a class definition of an import, and dataclasses'
+    # __set_name__ turned the early handler's SystemExit into a RuntimeError: a traceback, exit 1.
+    import dataclasses
+
+    from kvwire.cli import early_sigint, entry
+
+    monkeypatch.setattr(early_sigint, "received", False)
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert entry._exit_on_sigint(130)
+        handler = signal.getsignal(signal.SIGINT)
+
+        class Interrupting:
+            def __set_name__(self, owner, name):
+                handler(signal.SIGINT, None)  # as if SIGINT arrived right there
+
+        with pytest.raises(SystemExit) as exited:
+            with entry.exit_quietly_once_interrupted(130):
+                @dataclasses.dataclass
+                class Defined:  # noqa: F841
+                    field: object = Interrupting()
+        assert exited.value.code == 130 and exited.value.__cause__ is None
+        # Without a Ctrl-C, an error is the error.
+        monkeypatch.setattr(early_sigint, "received", False)
+        with pytest.raises(ZeroDivisionError):
+            with entry.exit_quietly_once_interrupted(130):
+                1 / 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # --- 5. kvwire up refuses what its nodes would, before starting any -----------------------
 
 

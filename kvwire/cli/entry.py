@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from . import early_sigint
 
@@ -29,19 +31,37 @@ def kvwire() -> None:
     status = interrupted_status(sys.argv[1:])
     installed = _exit_on_sigint(status)
     fill_closed_standard_fds()
-    from .main import main
+    with exit_quietly_once_interrupted(status):
+        from .main import main
 
-    if installed and status != 0:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    main()
+        if installed and status != 0:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        main()
 
 
 def kvwire_cli() -> None:
     """``kvwire-cli``: one get, put, delete or health; a Ctrl-C at any point exits 130."""
     _exit_on_sigint(EXIT_INTERRUPTED)
-    from .client import main
+    with exit_quietly_once_interrupted(EXIT_INTERRUPTED):
+        from .client import main
 
-    main()
+        main()
+
+
+@contextmanager
+def exit_quietly_once_interrupted(status: int) -> Iterator[None]:
+    """The early handler's SystemExit, raised where Python wraps it in another error,
+    is still the exit a Ctrl-C asked for. Seen in CI: SIGINT during a class definition
+    of an import, and dataclasses' ``__set_name__`` turned the SystemExit into
+    "RuntimeError: Error calling __set_name__", a traceback and exit 1."""
+    try:
+        yield
+    except SystemExit:
+        raise
+    except BaseException:
+        if early_sigint.received:
+            raise SystemExit(status) from None
+        raise
 
 
 def fill_closed_standard_fds() -> None:

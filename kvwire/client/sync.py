@@ -82,15 +82,21 @@ class _LoopThread:
             self._stopping = True
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
-        # A call another thread handed over just before the stop would otherwise
-        # wait forever on a loop that no longer runs (its task made in the loop's
-        # last turn, or even then not yet): cancel it instead.
+        # A call another thread handed over just before the stop would otherwise wait
+        # forever on a loop that no longer runs: uvloop stops in the middle of a pass
+        # over its queue, and what it leaves there may be a call's task not yet started,
+        # or the hand-back of one that has finished to its thread. So the loop runs
+        # once more (run_until_complete does, even with nothing to wait for), and the
+        # calls still running are cancelled.
         leftover = asyncio.all_tasks(self.loop)
         for task in leftover:
             task.cancel()
-        if leftover:
-            self.loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        self.loop.run_until_complete(_settled(leftover))
         self.loop.close()
+
+
+async def _settled(tasks: set[asyncio.Task]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Client:
