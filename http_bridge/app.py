@@ -55,7 +55,6 @@ KV_ROUTE = f"{PREFIX}/kv/{{key:[^/]+}}/"
 HEALTH_PATH = f"{PREFIX}/health/"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"
 CONSISTENCY_LEVELS = ("one", "quorum")
-# The PUT body codings the bridge reads: aiohttp's own, without optional packages.
 # The longest request line aiohttp reads: at least this, and room for a key of
 # --max-key-bytes with every byte percent-encoded (three characters each), so
 # that every key a node takes can be named, and a longer one gets the key
