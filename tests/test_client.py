@@ -868,12 +868,14 @@ def test_closing_a_sync_client_ends_every_call_other_threads_are_making(shared_n
             client = Client(shared_node.address, timeout=3.0)
             client.ping()
             stop = threading.Event()
+            answered = []
 
             def call() -> None:
                 while not stop.is_set():
                     try:
                         client.get("never-written", consistency="one")
                     except KeyNotFoundError:
+                        answered.append(1)
                         continue
                     except (RuntimeError, KvwireConnectionError) as exc:
                         ends.append(type(exc).__name__)  # closed: the documented errors
@@ -882,7 +884,10 @@ def test_closing_a_sync_client_ends_every_call_other_threads_are_making(shared_n
             threads = [threading.Thread(target=call, daemon=True) for _ in range(4)]
             for thread in threads:
                 thread.start()
-            time.sleep(0.002 * (round_number % 5))  # not a wait: varies where close() falls in their calls
+            # Close once the threads have had some calls answered, a number that varies by round,
+            # so close() falls at different points of their calls.
+            wait_for(lambda: len(answered) >= round_number % 5 * 4, timeout=10, interval=0.0005,
+                     what="the threads calling")
             client.close()
             stop.set()
             for thread in threads:

@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage import BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, TABLE_EXISTS, DataDirError, reason_of
+from .storage import (
+    BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, TABLE_EXISTS, DataDirError, reader_of, reason_of,
+)
 
 # The copy is written under this name, then renamed: a backup cut short is
 # never taken for a whole one.
@@ -96,18 +98,12 @@ def _remove_partial(partial: Path, created: Path | None) -> None:
 
 
 def _copy(source_path: Path, target_path: Path) -> None:
-    # Read-write, not mode=ro: a read-only connection cannot open a WAL database
-    # whose -shm file is gone (the node stopped cleanly). query_only keeps it a reader.
-    source = sqlite3.connect(source_path, timeout=BUSY_TIMEOUT_S)
-    try:
-        source.execute("PRAGMA query_only=ON")
+    with reader_of(source_path, timeout=BUSY_TIMEOUT_S) as source:
         target = sqlite3.connect(target_path)
         try:
             source.backup(target)  # every page in one step: one read transaction, one moment
         finally:
             target.close()
-    finally:
-        source.close()
 
 
 def _mark_joining(path: Path) -> tuple[str | None, int, int]:

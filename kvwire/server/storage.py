@@ -19,8 +19,9 @@ import logging
 import secrets
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import aiosqlite
 
@@ -547,16 +548,23 @@ def is_claimed(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        # Read-write, as backup.py opens a live node's file: read-only cannot open a
-        # WAL database whose -shm is gone. query_only keeps it a reader.
-        db = sqlite3.connect(path, timeout=10)
-        try:
-            db.execute("PRAGMA query_only=ON")
+        with reader_of(path, timeout=10) as db:
             return db.execute("SELECT 1 FROM meta WHERE name = 'node_id'").fetchone() is not None
-        finally:
-            db.close()
     except sqlite3.Error:
         return False  # no meta table, or not a database: no node's
+
+
+@contextmanager
+def reader_of(path: Path, *, timeout: float) -> Iterator[sqlite3.Connection]:
+    """A connection that only reads a node's database file, which may be live.
+    Read-write, not mode=ro: a read-only connection cannot open a WAL database whose
+    -shm file is gone (the node stopped cleanly). query_only keeps it a reader."""
+    db = sqlite3.connect(path, timeout=timeout)
+    try:
+        db.execute("PRAGMA query_only=ON")
+        yield db
+    finally:
+        db.close()
 
 
 async def _claim_for_node(db: aiosqlite.Connection, node_id: str, cluster_id: str, path: Path) -> bool:
