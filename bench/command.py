@@ -20,7 +20,7 @@ from kvwire.bench.detection import detection
 from kvwire.bench.failover import failover
 from kvwire.bench.interrupt import stops_cleanly
 from kvwire.bench.load import run_load
-from kvwire.bench.load_report import report_table, save_result
+from kvwire.bench.load_report import nothing_measured, report_table, save_result
 from kvwire.bench.option_types import DirectoryPath
 from kvwire.bench.output import prepare_directory
 from kvwire.bench.settings import CONSISTENCIES, DEFAULT_MAX_REQUESTS, GENERATORS, Settings
@@ -61,7 +61,7 @@ def _pids(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple
 
 
 _EXIT_STATUS = ("Exit status: 0 when the run completed (error replies are counted, not fatal), 1 when it could "
-                "not run (refused connection, failed preload), 2 for bad options, 128 + the signal on SIGINT or "
+                "not run (refused connection, failed preload) or no reply came back in its measured time, 2 for bad options, 128 + the signal on SIGINT or "
                 "SIGTERM (130, 143), with nothing printed but one line.")
 
 
@@ -155,6 +155,9 @@ def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: boo
         result = run_load(settings, progress=sys.stderr.isatty() if progress is None else progress)
     except (TimeoutError, OSError, RuntimeError) as exc:
         click.echo(f"{ctx.command_path}: {type(exc).__name__}: {exc}", err=True)
+        ctx.exit(1)
+    if (why := nothing_measured(result)) is not None:  # no figures, in JSON either: a 0 ops/s row is no measurement
+        click.echo(f"{ctx.command_path}: {why}", err=True)
         ctx.exit(1)
     click.echo(json.dumps(result) if as_json or output == "json" else report_table(result))
     if out is not None:

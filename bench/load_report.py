@@ -7,6 +7,15 @@ import time
 from pathlib import Path
 
 
+def nothing_measured(result: dict) -> str | None:
+    """Why a run's figures would mean nothing (no reply in its measured window), else None.
+    A run whose --requests ran out in the warm-up ended as asked, and its table says so."""
+    if result["ops"] or result["errors"] or result["not_found"] or result["budget_exhausted"]:
+        return None
+    return (f"no reply came back in the {result['measured_s']:g} s measured ({result['unanswered']} requests "
+            "unanswered), so there is nothing to report; give a longer --duration, or check the nodes")
+
+
 def report_table(result: dict) -> str:
     """The result of a load run as the lines ``kvwire bench`` prints."""
     def ms(latency: dict, name: str) -> str:

@@ -20,6 +20,9 @@ _MAX_FRAME_TABLE_BYTES = 512 * 1024 * 1024
 CONSISTENCIES = tuple(level.value for level in Consistency)
 # "python": the uvloop generator (bench.load_worker); "native": the compiled one (bench.native).
 GENERATORS = ("python", "native")
+# A shorter --duration can end before any reply is back: a loopback round trip
+# under load takes milliseconds, and a worker may get no scheduler slice at all.
+MIN_DURATION_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class Settings:
             raise ValueError(f"--connections must be from --workers ({self.workers}) to 10000, got {self.connections}")
         if not 1 <= self.pipeline <= 1024:
             raise ValueError(f"--pipeline must be 1-1024, got {self.pipeline}")
-        if not 0 < self.duration <= 3600:
-            raise ValueError(f"--duration must be in (0, 3600] seconds, got {self.duration:g}")
+        if not MIN_DURATION_S <= self.duration <= 3600:
+            raise ValueError(f"--duration must be in [{MIN_DURATION_S:g}, 3600] seconds, got {self.duration:g}")
         if not 0 <= self.warmup <= 600:
             raise ValueError(f"--warmup must be in [0, 600] seconds, got {self.warmup:g}")
         if self.value_size < 0:

@@ -180,7 +180,8 @@ def test_a_node_that_refuses_connections_is_one_line_naming_it(mix):
         (["failover", "--rate", "0"], "--rate must be in (0, 50000], got 0"),
         (["failover", "--sync", "sometimes"], "--sync must be off, normal or full, got 'sometimes'"),
         # nan passes every comparison; each float option refuses it before anything starts.
-        (["--duration", "nan"], "--duration must be in (0, 3600] seconds, got nan"),
+        (["--duration", "nan"], "--duration must be in [0.1, 3600] seconds, got nan"),
+        (["--duration", "0.001"], "--duration must be in [0.1, 3600] seconds, got 0.001"),
         (["--warmup", "nan"], "--warmup must be in [0, 600] seconds, got nan"),
         (["--rate", "nan"], "--rate must be in (0, 10000000] requests/s, got nan"),
         (["refill", "--duration", "nan"], "Invalid value for '--duration': 'nan' is not a finite number"),
@@ -237,6 +238,33 @@ def test_requests_spent_in_the_warm_up_leave_nothing_measured_and_say_so(quiet_n
     assert "None" not in result.stdout, result.stdout
     assert "CPU          not measured: the run ended before its measured window began" in result.stdout
     assert "--requests reached in the warm-up" in result.stdout and "0 s measured (of --duration 5)" in result.stdout
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_a_run_that_got_no_reply_in_its_measured_time_says_so_and_exits_1(quiet_node, tmp_path, output):
+    """The node hangs (SIGSTOP) once the connections are open, before the measured window: no
+    reply comes back in it. A row of 0 ops/s and empty percentiles would read as a measurement;
+    instead one line on stderr, nothing on stdout (in JSON either), no --out file, exit 1."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvwire", "bench", "--endpoints", quiet_node.address, "--mix", "put", "--connections",
+         "2", "--warmup", "2", "--duration", "0.3", "--keys", "10", "--progress", "-o", output,
+         "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        # The progress bar is drawn once every worker's connections have said HELLO.
+        wait_for(lambda: process.stderr.read(1) == "[", timeout=30, what="the load under way")
+        quiet_node.pause()
+        stdout, stderr = process.communicate(timeout=40)
+    finally:
+        quiet_node.resume()
+        process.kill()
+    assert process.returncode == 1, stderr
+    assert stdout == ""
+    assert "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]  # after the progress bar, which text mode splits at its carriage returns
+    assert line.startswith("python -m kvwire bench load: no reply came back in the ") and " s measured (" in line
+    assert "give a longer --duration, or check the nodes" in line
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_help_lists_the_load_options_and_the_other_benchmarks():
