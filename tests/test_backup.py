@@ -15,9 +15,10 @@ import sys
 import pytest
 
 from kvwire import Client, KeyNotFoundError
-from kvwire.server.backup import PARTIAL_SUFFIX
+from kvwire.server.backup import STAGING_SUFFIX
 from kvwire.server.storage import DATABASE_FILE_NAME, META_SET, SCHEMA
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
+from kvwire.testing.data import local_copies, value_for, write_keys
 from kvwire.testing.balancer import WriteLoad
 
 BACKUP = [sys.executable, "-m", "kvwire", "backup"]
@@ -193,6 +194,7 @@ def test_a_backup_that_fails_midway_leaves_nothing_behind(tmp_path):
             assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
             assert f"to {destination} failed" in result.stderr
         assert not (tmp_path / "new").exists()
+        assert not list(tmp_path.glob(f".*{STAGING_SUFFIX}"))  # nor its copy, made beside it
         assert os.listdir(empty) == []
         assert run_backup(node.data_dir, empty).returncode == 0  # not refused: nothing was left
         # The directory was there already, with its own mode; the copy is owner-only all the same.
@@ -202,18 +204,12 @@ def test_a_backup_that_fails_midway_leaves_nothing_behind(tmp_path):
 def test_a_backup_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
     """SIGTERM (systemd's stop, timeout's) mid-copy unwinds as a Ctrl-C does: no partial
     copy is left to refuse the next attempt, and the directory the backup made is gone."""
-    source = tmp_path / "n1"
-    source.mkdir()
-    with sqlite3.connect(source / DATABASE_FILE_NAME) as db:  # a node's database, large enough to take a while
-        db.executescript(SCHEMA)
-        db.execute(META_SET, ("node_id", "n1"))
-        db.executemany("INSERT INTO kv VALUES (?, zeroblob(1000000), 1, 'n1', 0)", [(f"k{i}",) for i in range(200)])
+    source = large_node_database(tmp_path / "n1")
     destination = tmp_path / "copy"
-    partial = destination / f"{DATABASE_FILE_NAME}{PARTIAL_SUFFIX}"
     process = subprocess.Popen([*BACKUP, str(source), str(destination)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: partial.exists() or process.poll() is not None, timeout=30, interval=0.001,
+        wait_for(lambda: copies_begun(tmp_path, source) or process.poll() is not None, timeout=30, interval=0.001,
                  what="the copy begun")
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
@@ -222,6 +218,88 @@ def test_a_backup_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert stderr.strip() == f"backup stopped by SIGTERM; nothing was left in {destination}"
     assert not destination.exists()
+    assert os.listdir(tmp_path) == ["n1"]  # nor a copy beside it
+
+
+def large_node_database(data_dir):
+    """A node n1's database of 200 MB, written directly (quicker than through a node), that
+    takes a backup a while to copy. Here rather than in kvwire.testing, which may not use
+    kvwire.server's schema (tests/test_layering.py)."""
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / DATABASE_FILE_NAME) as db:
+        db.executescript(SCHEMA)
+        db.execute(META_SET, ("node_id", "n1"))
+        db.executemany("INSERT INTO kv VALUES (?, zeroblob(1000000), 1, 'n1', 0)", [(f"k{i}",) for i in range(200)])
+    return data_dir
+
+
+def copies_begun(tmp_path, source) -> list:
+    """Database files a backup is writing under ``tmp_path``, wherever it puts them, that have some pages."""
+    return [path for path in tmp_path.rglob(f"{DATABASE_FILE_NAME}*")
+            if not path.is_relative_to(source) and path.is_file() and path.stat().st_size > 0]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-destination", "empty-destination"])
+def test_a_backup_killed_mid_copy_leaves_nothing_like_a_backup_and_the_next_one_restores(tmp_path, existing):
+    """SIGKILL runs no clean-up, so what it leaves is what was written. Killed while copying
+    a real node's 150 MB: no DESTINATION it made (an existing empty one holds no database), and
+    nothing that refuses the next backup, which succeeds, removes the killed one's leftovers,
+    and restores the node with every key."""
+    keys = [f"k{number}" for number in range(150)]
+    destination = tmp_path / "backup"
+    if existing:
+        destination.mkdir()
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
+        write_keys([node.address], keys, value_bytes=1_000_000, concurrency=8)
+        process = subprocess.Popen([*BACKUP, str(node.data_dir), str(destination)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: copies_begun(tmp_path, node.data_dir) or process.poll() is not None, timeout=30,
+                     interval=0.001, what="the copy begun")
+            process.kill()
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        assert process.returncode == -signal.SIGKILL, f"the backup was not killed mid-copy: {stderr}"
+        if existing:
+            assert not (destination / DATABASE_FILE_NAME).exists()
+        else:
+            assert not destination.exists()
+            assert list(tmp_path.glob(f".*{STAGING_SUFFIX}"))  # the killed copy, beside it under a name of its own
+
+        result = run_backup(node.data_dir, destination)
+        assert result.returncode == 0, result.stderr
+        assert "backed up node n1: 150 keys" in result.stdout
+        assert os.listdir(destination) == [DATABASE_FILE_NAME]  # the killed copy's leftovers are gone...
+        assert not list(tmp_path.glob(f".*{STAGING_SUFFIX}"))  # ...beside DESTINATION too
+        assert (destination / DATABASE_FILE_NAME).stat().st_mode & 0o777 == 0o600
+        node.terminate()
+        restore(node, destination)
+        node.start()
+        node.wait_ready()
+        assert local_copies(node.address, keys) == {key: value_for(key, 1_000_000) for key in keys}
+
+
+def test_a_backup_refuses_a_destination_another_backup_is_writing_to(tmp_path):
+    """Two backups into one existing empty directory: the second is refused while the first
+    holds it, rather than taking the first's partial copy for a killed one's and removing it."""
+    source = large_node_database(tmp_path / "n1")
+    destination = tmp_path / "copy"
+    destination.mkdir()
+    first = subprocess.Popen([*BACKUP, str(source), str(destination)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: copies_begun(tmp_path, source) or first.poll() is not None, timeout=30, interval=0.001,
+                 what="the copy begun")
+        second = run_backup(source, destination)
+        assert first.poll() is None, "the first backup ended before the second was tried"
+        assert first.wait(timeout=60) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.communicate()
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.strip() == f"Error: another backup is being written to {destination}"
+    assert os.listdir(destination) == [DATABASE_FILE_NAME]
 
 
 def test_bad_arguments_get_one_line_and_change_nothing(tmp_path):
