@@ -237,7 +237,7 @@ class LoadProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.hello.done():
-            self.hello.set_exception(ConnectionError(f"node closed the connection before answering HELLO ({exc})"))
+            self.hello.set_exception(ConnectionError(f"node closed the connection before answering HELLO{why_lost(exc)}"))
         if not self.closing:
             self.run.connections_lost += 1
             if self.inflight:
@@ -245,6 +245,11 @@ class LoadProtocol(asyncio.Protocol):
             self.inflight.clear()
             if self.run.sending:
                 self.run.reconnect(self)
+
+
+def why_lost(exc: Exception | None) -> str:
+    """What ``connection_lost(exc)`` says, to end a message: the error, or nothing for a clean close."""
+    return f" ({exc})" if exc is not None else ""
 
 
 async def connect_one(settings: Settings, number: int, make: Callable[[], LoadProtocol]) -> LoadProtocol:

@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
+from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one, why_lost
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import OPS
 
@@ -45,7 +45,7 @@ class _PreloadProtocol(LoadProtocol):
         if self.closing:  # closed by close_all, the preload cut short: nobody awaits it, and an error would be logged
             self.done.cancel()
         else:
-            self.done.set_exception(ConnectionError(f"connection lost during the preload ({exc})"))
+            self.done.set_exception(ConnectionError(f"connection lost during the preload{why_lost(exc)}"))
 
 
 async def preload(settings: Settings, value: bytes) -> float:

@@ -1,8 +1,10 @@
 """``kvwire bench`` as a user runs it: short real runs against a real node, and bad options."""
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -143,6 +145,36 @@ def test_a_node_that_refuses_connections_is_one_line_naming_it(mix):
     result = bench("--endpoints", dead, "--mix", mix, "--duration", "1", "--warmup", "0", timeout=60)
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and f"{dead}: Connection refused" in result.stderr, result.stderr
+
+
+def test_a_listener_that_closes_each_connection_is_one_line_naming_it():
+    """A real listener that takes each connection and closes it at once (a node
+    refusing a client, or not kvwire): a clean close, with no error to name."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def close_each() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    closer = threading.Thread(target=close_each, daemon=True)
+    closer.start()
+    try:
+        endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = bench("--endpoints", endpoint, "--mix", "get", "--duration", "1", "--warmup", "0", timeout=60)
+    finally:
+        stop.set()
+        closer.join()
+        listener.close()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"python -m kvwire bench load: ConnectionError: {endpoint}: node closed the connection before answering "
+        "HELLO; if it serves TLS, give --tls (or --tls-ca)"], result.stderr
 
 
 @pytest.mark.parametrize(
