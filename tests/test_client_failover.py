@@ -30,7 +30,8 @@ from kvwire import (
 from kvwire.client import ClientConnection
 from kvwire.client.failover import Endpoint, EndpointSet
 from kvwire.protocol import ErrorCode, ErrorReply, GetReply, Ping, Pong, Version, errors
-from kvwire.testing import LocalCluster, NodeProcess, ScriptedNode, error_classes, free_port, sample_error
+from kvwire.testing import (LocalCluster, NodeProcess, ScriptedNode, error_classes, free_port, sample_error,
+                            started_together)
 
 # Fast enough that the hang tests take a second, slow enough for a loaded CI machine.
 FAST = RetryPolicy(attempts=4, base_delay=0.02, attempt_timeout=0.5, cooldown=2.0)
@@ -43,15 +44,8 @@ def three_nodes(tmp_path):
         NodeProcess(f"n{i}", data_dir=tmp_path / f"n{i}", host=f"127.0.0.{i}", extra_args=["--sync", "normal"])
         for i in (1, 2, 3)
     ]
-    try:
-        for node in nodes:
-            node.start()
-        for node in nodes:
-            node.wait_ready()
+    with started_together(nodes):
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 class Load:

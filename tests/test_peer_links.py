@@ -17,7 +17,7 @@ from kvwire.secret_file import read_secret_file
 from kvwire.server import peers
 from kvwire.server.config import ServerConfig, parse_cluster
 from kvwire.server.peers import PeerLink
-from kvwire.testing import LocalCluster, NodeProcess, RawConnection, ScriptedNode, wait_for
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, ScriptedNode, started_together, wait_for
 from kvwire.testing.cluster import new_secret_file
 
 
@@ -213,11 +213,7 @@ def test_nodes_whose_cluster_swaps_two_addresses_redial_each_once_a_second_not_i
         swapped = {others[0]: addresses[others[1]], others[1]: addresses[others[0]]}
         members = ",".join(f"n{index + 1}={addresses[index] if index == me else swapped[index]}" for index in range(3))
         node.extra_args += ["--cluster", members, "--cluster-secret-file", secret_file]
-    try:
-        for node in nodes:
-            node.start()
-        for node in nodes:
-            node.wait_ready()
+    with started_together(nodes):
 
         def wrong_ids():
             return min(node.log().count("check --cluster") for node in nodes)
@@ -230,9 +226,6 @@ def test_nodes_whose_cluster_swaps_two_addresses_redial_each_once_a_second_not_i
         # dials a second).
         assert time.monotonic() - started > 1.5
         assert max(node.log().count("check --cluster") for node in nodes) < 50
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 def test_a_node_dials_back_a_peer_that_dials_it(tmp_path):

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from kvwire import Client
-from kvwire.testing import (ChildProcess, LineCopy, LocalCluster, NodeProcess, free_port, free_port_run, unread_bytes, wait_for,
-                            wait_for_async)
+from kvwire.testing import (ChildProcess, LineCopy, LocalCluster, NodeProcess, free_port, free_port_run, own_sockets_to,
+                            unread_bytes, wait_for, wait_for_async)
 
 
 def test_a_cluster_starts_on_one_loopback_address_per_node_and_stops(tmp_path):
@@ -130,6 +130,19 @@ def test_unread_bytes_counts_what_a_listener_received_and_has_not_read():
                 assert unread_bytes(address) == 23
                 # Another listener's connections are not counted.
                 assert unread_bytes(f"127.0.0.2:{listener.getsockname()[1] + 1}") == 0
+
+
+def test_own_sockets_to_counts_this_process_s_connections_to_an_address():
+    with socket.create_server(("127.0.0.2", 0)) as listener:
+        address = f"127.0.0.2:{listener.getsockname()[1]}"
+        assert own_sockets_to(address) == 0  # the listener is not connected to itself
+        first = socket.create_connection(listener.getsockname())
+        with socket.create_connection(listener.getsockname()):
+            assert own_sockets_to(address) == 2  # the two dialled ends; the listener's own ends are not to it
+            first.close()
+            assert own_sockets_to(address) == 1
+        assert own_sockets_to(address) == 0
+        assert own_sockets_to(f"127.0.0.2:{listener.getsockname()[1] + 1}") == 0
 
 
 def test_a_stopped_node_holds_a_request_unread_until_it_resumes(tmp_path):

@@ -19,7 +19,8 @@ from __future__ import annotations
 from .certs import DevCerts
 from .cluster import LocalCluster, write_auth_file
 from .errors import error_classes, sample_error
-from .node import NodeProcess, free_port, free_port_run, unread_bytes, wait_for, wait_for_async
+from .node import (NodeProcess, free_port, free_port_run, own_sockets_to, started_together, unread_bytes, wait_for,
+                   wait_for_async)
 from .process import ChildProcess, LineCopy, stop_gracefully
 from .scripted import ScriptedNode
 from .wire import RawConnection
@@ -35,7 +36,9 @@ __all__ = [
     "error_classes",
     "free_port",
     "free_port_run",
+    "own_sockets_to",
     "sample_error",
+    "started_together",
     "stop_gracefully",
     "unread_bytes",
     "wait_for",

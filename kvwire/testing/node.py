@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import random
@@ -11,7 +12,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Sequence, TypeVar
 
 from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
 from .process import ChildProcess
@@ -113,22 +114,45 @@ async def wait_for_async(condition: Callable[[], T], *, timeout: float, interval
         return met.value
 
 
-def unread_bytes(address: str) -> int:
-    """Bytes the kernel holds, received and not yet read, on the accepted TCP
-    connections of the IPv4 listener at ``address`` (``/proc/net/tcp``): what
-    clients sent to a stopped node."""
+def _tcp_connections(address: str, end: int) -> Iterator[list[str]]:
+    """The rows of ``/proc/net/tcp`` whose local (``end`` 1) or remote (2) end is the
+    IPv4 ``address``; the kernel writes each address as hex of the in-memory bytes."""
     host, port = address.rsplit(":", 1)
     wanted = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{int(port):04X}"
-    total = 0
     with open("/proc/net/tcp") as table:
         next(table)  # the header
         for line in table:
             fields = line.split()
-            # local address, remote address, state, tx_queue:rx_queue; an established
-            # connection (01) or one its client has closed (08, CLOSE_WAIT) may hold some.
-            if fields[1] == wanted and fields[3] in ("01", "08"):
-                total += int(fields[4].split(":")[1], 16)
+            if fields[end] == wanted:
+                yield fields
+
+
+def unread_bytes(address: str) -> int:
+    """Bytes the kernel holds, received and not yet read, on the accepted TCP
+    connections of the IPv4 listener at ``address`` (``/proc/net/tcp``): what
+    clients sent to a stopped node."""
+    total = 0
+    for fields in _tcp_connections(address, 1):
+        # state, tx_queue:rx_queue; an established connection (01) or one
+        # its client has closed (08, CLOSE_WAIT) may hold some.
+        if fields[3] in ("01", "08"):
+            total += int(fields[4].split(":")[1], 16)
     return total
+
+
+def own_sockets_to(address: str) -> int:
+    """How many TCP sockets this process holds open to the IPv4 ``address``, in any
+    state: its descriptors (``/proc/self/fd``) matched to ``/proc/net/tcp`` by inode.
+    One a process has closed no longer counts, even while the kernel still ends it."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since the listing (the listing's own descriptor, too)
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return sum(1 for fields in _tcp_connections(address, 2) if fields[9] in inodes)
 
 
 class NodeProcess(ChildProcess):
@@ -233,3 +257,18 @@ class NodeProcess(ChildProcess):
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self.returncode}"
         return f"NodeProcess({self.node_id!r}, {self.address}, {state})"
+
+
+@contextlib.contextmanager
+def started_together(nodes: Sequence[NodeProcess], timeout: float = 15.0) -> Iterator[Sequence[NodeProcess]]:
+    """Start ``nodes`` (all before waiting on any, so their starts overlap), wait until
+    each answers, and stop every one on the way out, also when one never starts."""
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_ready(timeout)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
