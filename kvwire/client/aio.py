@@ -237,6 +237,9 @@ class AsyncClient:
     async def close(self) -> None:
         """Close every connection; calls still waiting fail with KvwireConnectionError.
 
+        Connections are aborted, not closed gracefully: once this returns the client holds
+        no socket, even to a hung node that would never read what is buffered for it.
+
         From another event loop than the one the client was used on, the closing is done on
         that loop, waited for up to the client's timeout (that loop may not be running); once
         that loop is closed, there is nothing left to close."""

@@ -176,7 +176,7 @@ class ClientConnection(asyncio.Protocol):
             async with deadline:
                 await connection.hello(cluster, role=role, node=node, token=token, secret=secret)
         except BaseException as exc:
-            connection.close()
+            connection.abort()  # a hung node would never let a graceful close finish
             if isinstance(exc, TimeoutError) and deadline.expired():
                 raise KvwireConnectionError(
                     f"node at {address} accepted the connection but did not answer HELLO "
@@ -277,19 +277,24 @@ class ClientConnection(asyncio.Protocol):
         return len(self._pending)
 
     def close(self) -> None:
-        """Close the connection; requests still waiting fail with KvwireConnectionError."""
+        """Close the connection; requests still waiting fail with KvwireConnectionError.
+
+        The socket stays open until the node has read what is buffered for it and,
+        over TLS, answered close_notify: use :meth:`abort` for a node that may be hung."""
         if self._failure is None:
-            self._fail("connection closed by the client")
+            self._fail(CLOSED_BY_CLIENT)
         self._outgoing.clear()  # their requests have just failed
         if self._transport is not None:
             self._transport.close()
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "connection aborted by the client") -> None:
         """Drop the connection at once, discarding unsent bytes: unlike ``close``, it
-        does not wait for the write buffer to drain, which on a connection into a
-        partition could take TCP's whole retransmission backoff."""
+        does not wait for the write buffer to drain (or for TLS's close_notify),
+        which on a connection into a partition could take TCP's whole
+        retransmission backoff, and to a hung node forever. Requests still waiting
+        fail with KvwireConnectionError saying ``reason``."""
         if self._failure is None:
-            self._fail("connection aborted by the client")
+            self._fail(reason)
         self._outgoing.clear()
         if self._transport is not None:
             self._transport.abort()
@@ -481,6 +486,7 @@ class ClientConnection(asyncio.Protocol):
 
 
 _CLOSED_BY_NODE = "the node closed the connection"
+CLOSED_BY_CLIENT = "connection closed by the client"
 _TLS_REFUSAL_HINT = (
     " before answering HELLO; over TLS that usually means it refused our client certificate, or wanted one"
     " (--tls-cert/--tls-key, cert=/key=; its log names the reason)"

@@ -27,7 +27,7 @@ from kvwire.protocol import KvwireConnectionError, KvwireError, KvwireTimeoutErr
 
 from ..backoff import backoff_delay
 from ..protocol.address import format_endpoint
-from .connection import ClientConnection
+from .connection import CLOSED_BY_CLIENT, ClientConnection
 
 log = logging.getLogger("kvwire.client")
 
@@ -204,7 +204,7 @@ class Endpoint:
         finally:
             self._connecting = None
         if self._closed:  # closed while we were connecting
-            connection.close()
+            connection.abort()
             raise client_closed_error()
         connection.on_receive = self._heard
         self._connection = connection
@@ -219,7 +219,10 @@ class Endpoint:
             await asyncio.wait([task])
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.close()
+            # abort, not close: its requests fail either way, so nothing buffered for
+            # them is owed, and a graceful close waits for a hung node to read the
+            # buffer (or, over TLS, to answer close_notify) before letting go.
+            connection.abort(CLOSED_BY_CLIENT)
             await connection.wait_closed()
 
     # --- the silence watch --------------------------------------------------------------
@@ -287,7 +290,10 @@ class Endpoint:
         self._abandoned = connection
         self._connection = None
         self.mark_failed(now, KvwireTimeoutError(f"no reply for {silent:.1f} s"))
-        connection.close()  # every request waiting on it fails, and is retried elsewhere
+        # Every request waiting on it fails, and is retried elsewhere. abort, not close:
+        # a graceful close would keep the socket until the hung node reads (or answers
+        # TLS's close_notify), and this endpoint no longer holds it for close() to find.
+        connection.abort()
 
 
 class EndpointSet:

@@ -225,7 +225,8 @@ class Client:
         return self._run(self._async.ping(timeout=timeout))
 
     def close(self) -> None:
-        """Close every connection and stop the background thread; safe to call twice."""
+        """Close every connection (at once, as :meth:`AsyncClient.close` does) and stop the
+        background thread; safe to call twice."""
         with self._lock:
             runner, self._runner = self._runner, None
         if runner is None or not runner.in_its_process():

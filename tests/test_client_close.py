@@ -1,0 +1,121 @@
+"""A closed client holds no sockets, even to a hung node.
+
+A hung node (SIGSTOP) keeps its connections open but reads nothing and answers
+nothing, so a graceful close, which waits for the write buffer to drain and,
+over TLS, for the node's close_notify, never finishes. The client aborts its
+connections instead: when it is closed, and when it gives one up as hung.
+Each test checks the sockets this process holds (``own_sockets_to``) while the
+node is still stopped.
+"""
+
+import asyncio
+import threading
+
+import pytest
+
+from kvwire import AsyncClient, Client, KvwireConnectionError, RetryPolicy
+from kvwire.testing import DevCerts, NodeProcess, own_sockets_to, started_together, wait_for, wait_for_async
+
+FAST = RetryPolicy(attempts=4, base_delay=0.02, attempt_timeout=0.5, cooldown=2.0)
+# Far more than close() takes when it does not wait for the node (a few milliseconds).
+PROMPTLY = 5.0
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> DevCerts:
+    return DevCerts.create(tmp_path_factory.mktemp("tls") / "certs", hosts=["127.0.0.2"])
+
+
+@pytest.fixture
+def tls_nodes(tmp_path, certs):
+    """n1 and n2 serving TLS, on 127.0.0.1 and .2."""
+    nodes = [NodeProcess(f"n{i}", data_dir=tmp_path / f"n{i}", host=f"127.0.0.{i}", tls=certs,
+                         extra_args=["--sync", "off"]) for i in (1, 2)]
+    with started_together(nodes):
+        yield nodes
+
+
+async def close_promptly(client: AsyncClient) -> None:
+    await asyncio.wait_for(client.close(), PROMPTLY)
+
+
+async def test_close_lets_go_of_a_tls_connection_to_a_hung_node(tls_nodes):
+    hung = tls_nodes[0]
+    client = AsyncClient(hung.address, timeout=20, **hung.client_options)
+    await client.ping()
+    hung.pause()
+    try:
+        call = asyncio.ensure_future(client.get("k"))
+        await wait_for_async(hung.unread_bytes, timeout=5, what="the GET waiting in the stopped node's socket")
+        await close_promptly(client)
+        await wait_for_async(lambda: own_sockets_to(hung.address) == 0, timeout=PROMPTLY,
+                             what="no socket left to the stopped node")
+        with pytest.raises(KvwireConnectionError, match="closed"):
+            await call
+    finally:
+        hung.resume()
+
+
+def test_sync_close_lets_go_of_a_tls_connection_to_a_hung_node(tls_nodes):
+    hung = tls_nodes[0]
+    client = Client(hung.address, timeout=20, **hung.client_options)
+    client.ping()
+    hung.pause()
+    try:
+        failures: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.get("k")
+            except BaseException as exc:  # noqa: BLE001 - the test reads it below
+                failures.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        wait_for(hung.unread_bytes, timeout=5, what="the GET waiting in the stopped node's socket")
+        # In a thread of its own: a close() that waits for the node would wait until it resumes.
+        closer = threading.Thread(target=client.close, daemon=True)
+        closer.start()
+        closer.join(PROMPTLY)
+        assert not closer.is_alive(), "close() waits for the stopped node"
+        wait_for(lambda: own_sockets_to(hung.address) == 0, timeout=PROMPTLY, what="no socket left to the stopped node")
+        caller.join(PROMPTLY)
+        assert [type(exc) for exc in failures] in ([KvwireConnectionError], [RuntimeError]), failures
+    finally:
+        hung.resume()
+
+
+async def test_a_tls_connection_given_up_as_hung_is_let_go_at_once(tls_nodes):
+    hung, other = tls_nodes
+    async with AsyncClient([hung.address, other.address], timeout=5, retry=FAST, **hung.client_options) as client:
+        assert (await client.health())["node_id"] == "n1"
+        hung.pause()
+        try:
+            assert (await client.health())["node_id"] == "n2"  # after the attempt timeout on n1
+            # The connection given up on was n1's last: nothing of the client holds it any more.
+            await wait_for_async(lambda: own_sockets_to(hung.address) == 0, timeout=PROMPTLY,
+                                 what="no socket left to the stopped node")
+            await close_promptly(client)
+            assert own_sockets_to(other.address) == 0
+        finally:
+            hung.resume()
+
+
+async def test_close_drops_writes_buffered_for_a_hung_node(node):
+    client = AsyncClient(node.address, timeout=20)
+    await client.ping()
+    [endpoint] = client._endpoints.all
+    connection = await endpoint.connection()
+    node.pause()
+    try:
+        calls = [asyncio.ensure_future(client.put(f"big/{i}", b"x" * 1_000_000)) for i in range(64)]
+        # Bounded by the 64 MB sent: the kernel's buffers of both ends fill, and the rest waits in the client.
+        await wait_for_async(lambda: connection.writing_paused, timeout=10,
+                             what="writes the kernel would not take, held by the client")
+        await close_promptly(client)
+        await wait_for_async(lambda: own_sockets_to(node.address) == 0, timeout=PROMPTLY,
+                             what="no socket left to the stopped node")
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(result, KvwireConnectionError) for result in results), results
+    finally:
+        node.resume()
