@@ -446,6 +446,23 @@ def test_the_bridge_serves_https_in_front_of_tls_nodes(tls_cluster, tmp_path):
     assert "has no effect when using ssl" not in bridge.log()
 
 
+def test_a_bridge_in_front_of_a_stopped_tls_node_stops_at_once(tmp_path, certs):
+    """Its node client aborts the connection to the stopped node, rather than close it
+    gracefully: asyncio would wait 30 s for a close_notify that never comes."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--sync", "off"]) as node:
+        with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", tls=certs) as bridge:
+            created = http("PUT", f"{bridge.url}{PREFIX}/kv/before-the-stop/", {"value": 1},
+                           ssl_context=bridge.ssl_context)
+            assert created.status == 201, created.text
+            node.pause()
+            try:
+                # No request is in flight, so nothing is owed a wait for --shutdown-timeout.
+                assert bridge.signal(signal.SIGTERM, timeout=5) == 0
+            finally:
+                node.resume()
+        assert "Traceback" not in bridge.log()
+
+
 def test_failover_in_a_tls_cluster(tmp_path):
     with LocalCluster(3, data_dir=tmp_path, tls=True, sync="normal", heartbeat_interval=0.05,
                       failure_timeout=0.3) as cluster:
