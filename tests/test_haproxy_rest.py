@@ -15,7 +15,7 @@ from rest_helpers import PREFIX, http
 from test_haproxy import CONFIG, cluster_with_bridges, haproxy_binary, haproxy_for  # noqa: F401 - fixture
 
 from kvwire.testing.balancer import HAProxyProcess, kill_during, report_figures
-from kvwire.testing.rest_load import RestLoad
+from kvwire.testing.rest_load import RestLoad, get_on_each, keep_alive_connections
 
 
 def retries(lb: HAProxyProcess) -> dict[str, int]:
@@ -79,6 +79,48 @@ def test_a_hung_node_under_rest_load_fails_no_request(tmp_path, haproxy_binary):
         assert report.failures == [], report.failures
         assert report.longest_stall_s < 7.5, report.as_dict()
         assert len(report.acknowledged) > 400  # the load went on around the hung node
+
+
+def gets_in_flight_on_hung_nodes(cluster, lb: HAProxyProcess, hung: tuple[str, ...], path: str) -> list:
+    """Six keep-alive clients, each past its first request, send a GET of ``path`` right after
+    ``hung`` are SIGSTOPped: roundrobin puts some on a hung bridge, where each waits out
+    KVWIRE_LB_HTTP_TIMEOUT (6 s) and is retried. By then none of the bridges left has quorum,
+    so kvwire_bridges has no server in rotation. The replies, as get_on_each gives them."""
+    connections = keep_alive_connections(lb.http_address, 6, path=path, timeout=20.0)
+    before = retries(lb)["retried"]
+    for node_id in hung:
+        cluster.pause(node_id)
+    try:
+        replies = get_on_each(connections, path)
+    finally:
+        for node_id in hung:
+            cluster.resume(node_id)
+    assert retries(lb)["retried"] > before, replies  # some GETs were in flight on a hung bridge
+    return replies
+
+
+def test_a_get_retried_when_no_bridge_has_quorum_is_served_by_the_one_left(tmp_path, haproxy_binary):
+    """Two of three nodes hung with GETs in flight on them: each GET is retried on the third
+    node's bridge (a backup of kvwire_bridges), which serves ?consistency=one without quorum.
+    With no backup, the retry found no server, and HAProxy 2.6 closed the connection of a
+    keep-alive client without a response."""
+    cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="normal")
+    with cluster, haproxy_for(cluster, bridges, tmp_path) as lb:
+        lb.wait_all("kvwire_bridges", "UP", timeout=15)
+        base = f"http://{lb.http_address}{PREFIX}"
+        assert http("PUT", f"{base}/kv/greeting/", {"value": "hello"}).status == 201
+        replies = gets_in_flight_on_hung_nodes(cluster, lb, ("n2", "n3"), f"{PREFIX}/kv/greeting/?consistency=one")
+        assert [reply if isinstance(reply, str) else (reply[0], reply[1].get("value")) for reply in replies] == [(200, "hello")] * 6
+
+
+def test_a_get_retried_when_every_node_hangs_gets_the_json_503(tmp_path, haproxy_binary):
+    """Every node hung with GETs in flight: the retry's last resort is HAProxy's own JSON 503
+    (kvwire_no_node, the last backup), never a connection closed without a response."""
+    cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="off")
+    with cluster, haproxy_for(cluster, bridges, tmp_path) as lb:
+        lb.wait_all("kvwire_bridges", "UP", timeout=15)
+        replies = gets_in_flight_on_hung_nodes(cluster, lb, cluster.node_ids, f"{PREFIX}/kv/anything/")
+        assert replies == [(503, {"error": "No node available", "status": 503, "balancer": "haproxy"})] * 6
 
 
 def test_with_every_node_down_haproxy_answers_json_errors(tmp_path, haproxy_binary):

@@ -144,9 +144,13 @@ class HAProxyProcess(BalancerProcess):
             raise RuntimeError(f"/stats;csv answered {status}")
         return list(csv.DictReader(io.StringIO(body.lstrip("# "))))
 
-    def statuses(self, backend: str) -> dict[str, str]:
-        """``{server: status}`` of one backend, e.g. ``{"n1": "UP", "n2": "DOWN 1/2", ...}``."""
-        return {row["svname"]: row["status"] for row in self.stats() if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
+    def statuses(self, backend: str, *, backups: bool = False) -> dict[str, str]:
+        """``{server: status}`` of one backend's servers in rotation, e.g. ``{"n1": "UP", "n2": "DOWN 1/2", ...}``;
+        with ``backups``, its backup servers too."""
+        return {
+            row["svname"]: row["status"] for row in self.stats()
+            if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND") and (backups or row["bck"] != "1")
+        }
 
     def wait_status(self, backend: str, server: str, status: str, timeout: float = 5.0, interval: float = 0.01) -> float:
         """Poll the stats until ``server`` shows exactly ``status`` (``UP``, ``DOWN``); seconds it took."""
@@ -155,7 +159,7 @@ class HAProxyProcess(BalancerProcess):
 
         def reached() -> bool:
             self.check_alive()
-            current = self.statuses(backend).get(server)
+            current = self.statuses(backend, backups=True).get(server)
             seen.append(str(current))
             return current == status
 

@@ -6,6 +6,9 @@
     print(load.report.as_dict())   # failed requests, longest stall, ...
 
 or ``kill_during(RestLoad(...), cluster, lambda: "n2")`` (:mod:`.balancer`).
+
+For requests in flight when a node hangs, :func:`keep_alive_connections` and
+:func:`get_on_each`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-from typing import Any
+import threading
+from typing import Any, Sequence
 
 from .balancer import BackgroundLoad
 from .bridge import REST_PREFIX
@@ -81,3 +85,39 @@ class RestLoad(BackgroundLoad):
         if response.status not in (200, 201) or not isinstance(body, dict):
             return response.status, body, f"{method}: {response.status} {body}"
         return response.status, body, None
+
+
+def keep_alive_connections(endpoint: str, count: int, *, path: str, timeout: float) -> list[http.client.HTTPConnection]:
+    """``count`` HTTP/1.1 connections to ``endpoint``, each with one GET of ``path`` answered: the next
+    request on each is a keep-alive client's second, which a balancer may send on a server connection it kept."""
+    host, _, port = endpoint.rpartition(":")
+    connections = []
+    for _ in range(count):
+        connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        connection.request("GET", path)
+        connection.getresponse().read()
+        connections.append(connection)
+    return connections
+
+
+def get_on_each(connections: Sequence[http.client.HTTPConnection], path: str) -> list[tuple[int, Any] | str]:
+    """GET ``path`` on every connection at once, a thread each; for each, (status, JSON body), or the
+    name of the error if no response came (``RemoteDisconnected``: closed without a response)."""
+    replies: list[tuple[int, Any] | str] = ["no reply"] * len(connections)
+
+    def get(index: int, connection: http.client.HTTPConnection) -> None:
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            replies[index] = (response.status, json.loads(response.read()))
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            replies[index] = type(error).__name__
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=get, args=item, daemon=True) for item in enumerate(connections)]
+    for thread in threads:
+        thread.start()
+    for thread, connection in zip(threads, connections):
+        thread.join((connection.timeout or 0) + 5)  # each connection's socket timeout bounds its thread
+    return replies
