@@ -41,6 +41,7 @@ from .config import BridgeConfig
 from .content_encoding import CONTENT_ENCODINGS, decoded_body
 from .handed_over import read_body, watched
 from .hosts import HostCheck
+from .linger import ClosingAnswer
 from .metrics import METRICS, add_metrics
 from .openapi import openapi_document
 from .values import OFF_LOOP_BYTES, UnrepresentableValueError, is_large, prepare_put, read_put_body, to_json_text
@@ -74,7 +75,8 @@ HOSTS = web.AppKey("hosts", object)
 # Paths answered whatever the Host: load balancers' checks and Prometheus name
 # a bridge as they were told to, and neither path reads a key.
 ANY_HOST_PATHS = frozenset({f"{PREFIX}/health/", f"{PREFIX}/health", "/metrics"})
-# Set on a request whose connection must close after its answer (its body could not be read).
+# Set on a request whose connection must close after its answer (its body could not be
+# read, or is refused unread): the answer is a ClosingAnswer (linger.py).
 CLOSE_AFTER = "kvwire_close_after"
 
 # The error kinds that need a status of their own, first match first. Every
@@ -377,6 +379,8 @@ def _refuse_before_the_body(request: web.Request) -> None:
     415 for a Content-Encoding aiohttp would not decode (it would pass the coded bytes on as they are)."""
     limit = request.app[CONFIG].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
+        # Draining a body this large to keep the connection is not worth it.
+        request[CLOSE_AFTER] = True
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     encoding = _once(request.headers, "Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in CONTENT_ENCODINGS:
@@ -452,9 +456,10 @@ def _json_response(status: int, document: Any, headers: dict[str, str] | None = 
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 
-def _json_text_response(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=text, content_type="application/json",
-                        headers=NOSNIFF if headers is None else {**NOSNIFF, **headers})
+def _json_text_response(status: int, text: str, headers: dict[str, str] | None = None, *,
+                        kind: type[web.Response] = web.Response) -> web.Response:
+    return kind(status=status, text=text, content_type="application/json",
+                headers=NOSNIFF if headers is None else {**NOSNIFF, **headers})
 
 
 def status_for(error: KvwireError) -> int:
@@ -533,12 +538,12 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
 def _error_response(request: web.Request, exc: KvwireError | web.HTTPException) -> web.Response:
     """The JSON answer to an error of kvwire's tree, or to aiohttp's of status 400 and up."""
     if isinstance(exc, KvwireError):
-        response = _response(error_answer(exc, request.method, request.path, "Authorization" in request.headers))
-        if request.get(CLOSE_AFTER):
-            response.force_close()
-        return response
-    headers = {name: value for name, value in exc.headers.items() if name.lower() not in ("content-type", "content-length")}
-    return _response(json_error_answer(exc.status, _http_error_message(request, exc), headers))
+        answer = error_answer(exc, request.method, request.path, "Authorization" in request.headers)
+    else:
+        headers = {name: value for name, value in exc.headers.items() if name.lower() not in ("content-type", "content-length")}
+        answer = json_error_answer(exc.status, _http_error_message(request, exc), headers)
+    return _json_text_response(answer.status, answer.text, answer.headers,
+                               kind=ClosingAnswer if request.get(CLOSE_AFTER) else web.Response)
 
 
 def json_error_answer(

@@ -13,9 +13,9 @@ applies the fast path's rules (fast_path.FastPathProtocol.check_deadlines):
 - a body being read may not go silent for as long.
 
 Bytes that come after a handler has answered without reading its whole
-body (a 413, a 405, a 400 for a bad key) are the rest of that body, which
-aiohttp reads and drops: they start no request's time, or an idle keep-alive
-connection would be answered 408. Not timed either: a request whose head
+body (a 405, a 400 for a bad key; a 413 closes instead, linger.py) are the
+rest of that body, which aiohttp reads and drops: they start no request's
+time, or an idle keep-alive connection would be answered 408. Not timed either: a request whose head
 came while another was being answered or its body drained (a client
 pipelining); aiohttp's ``keepalive_timeout`` (``--idle-timeout``) bounds it.
 """

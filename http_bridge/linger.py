@@ -7,11 +7,19 @@ request sees the reset instead of the answer (its write fails with EPIPE or
 ECONNRESET). So the bridge shuts its sending side after the answer, reads and
 drops what comes until the client closes its side, and closes then, or
 ``LINGER_SECONDS`` after the answer at the latest.
+
+On a connection aiohttp serves, :class:`ClosingAnswer` does the same for an
+answer given before its request's body was read (a 413 for a body over
+``--max-body-bytes``): aiohttp would otherwise keep reading that body for its
+``lingering_time`` (10 s) before closing, even after ``Connection: close``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+from aiohttp import web
 
 LINGER_SECONDS = 2.0
 # Connections lingering at once, per listener; past it one closes at once (the
@@ -56,3 +64,32 @@ class _Dropping(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
         self._lingering.count -= 1
+
+
+class ClosingAnswer(web.Response):
+    """An answer after which its connection, one aiohttp serves, closes: sent with
+    ``Connection: close``, then the bridge's side is shut, so the client sees the end
+    at once. The protocol stays aiohttp's, which reads and drops what still comes of
+    the body; the connection closes when the client closes its side, or
+    ``LINGER_SECONDS`` after the answer at the latest (at once over TLS, which has no
+    half-close: there the client may see a reset)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.force_close()
+        self._transport: asyncio.BaseTransport | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        self._transport = request.transport
+        return await super().prepare(request)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
