@@ -280,6 +280,19 @@ async def connect_one(settings: Settings, number: int, make: Callable[[], LoadPr
     return protocol
 
 
+async def connect_all(settings: Settings, numbers: range, make: Callable[[int], Callable[[], LoadProtocol]]) -> list[LoadProtocol]:
+    """Connections ``numbers`` (``make(number)`` builds each one's protocol), all past their HELLO;
+    if any can't be had, the first such ConnectionError, once every attempt has ended and those
+    made are closed: a gather that raised at the first failure left the others running, their
+    connections open and their failures unretrieved (asyncio printed them on the way out)."""
+    outcomes = await asyncio.gather(*(connect_one(settings, n, make(n)) for n in numbers), return_exceptions=True)
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        close_all([outcome for outcome in outcomes if not isinstance(outcome, BaseException)])
+        raise failures[0]
+    return list(outcomes)
+
+
 def close_all(protocols: list[LoadProtocol]) -> int:
     """Close every connection; the number of requests left unanswered."""
     for protocol in protocols:

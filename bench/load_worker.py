@@ -11,7 +11,7 @@ from typing import Any
 
 import uvloop
 
-from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one
+from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_all, connect_one
 from kvwire.bench.recorder import Schedule
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import OPS, key_sequence, op_sequence, sequence_length
@@ -42,9 +42,8 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
     def make(position: int, schedule: Schedule | None) -> Callable[[], LoadProtocol]:
         return lambda: LoadProtocol(run, tables, keys, ops, position, schedule)
 
-    protocols = list(await asyncio.gather(*(
-        connect_one(settings, first + n, make(rng.randrange(len(keys)), None)) for n in range(connections)
-    )))
+    protocols = await connect_all(settings, range(first, first + connections),
+                                  lambda _: make(rng.randrange(len(keys)), None))
     numbers = {id(protocol): first + n for n, protocol in enumerate(protocols)}
 
     async def reconnect(lost: LoadProtocol) -> None:

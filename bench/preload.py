@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_one, why_lost
+from kvwire.bench.load_connection import LoadProtocol, Tables, WorkerTally, close_all, connect_all, why_lost
 from kvwire.bench.settings import Settings
 from kvwire.bench.workload import OPS
 
@@ -54,10 +54,8 @@ async def preload(settings: Settings, value: bytes) -> float:
     run = WorkerTally(put_settings, budget=settings.keys)
     run.sending = run.recording = True
     tables, todo, started = Tables(put_settings, value), iter(range(settings.keys)), time.monotonic()
-    protocols = await asyncio.gather(*(
-        connect_one(settings, n, lambda: _PreloadProtocol(run, tables, todo))
-        for n in range(min(settings.connections, 16))
-    ))
+    protocols = await connect_all(settings, range(min(settings.connections, 16)),
+                                  lambda _: lambda: _PreloadProtocol(run, tables, todo))
     try:
         for protocol in protocols:
             protocol.start()
