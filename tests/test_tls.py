@@ -7,6 +7,7 @@ wrong CA of every refusal test.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography import x509
@@ -607,3 +609,82 @@ def test_failed_handshakes_are_logged_a_few_at_a_time(tmp_path, certs):
         wait_for(lambda: "and 5 more failed TLS handshakes in" in node.log(), timeout=15,
                  what="the count of the lines held back")
         assert node.log().count("TLS handshake with") == 10
+
+
+def _up_tls_once(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``kvwire up --tls`` of one node on DATA=tmp_path/data, run to its end: for the runs refused at once."""
+    from test_up import run_up
+
+    return run_up(tmp_path, "--tls", "--nodes", "1", "--no-http", "--base-port", str(free_port()),
+                  "--data-dir", str(tmp_path / "data"), *args, timeout=30)
+
+
+def test_up_with_tls_needs_neither_the_ca_key_nor_haproxy_pem_without_haproxy(tmp_path):
+    from test_up import Up
+
+    certs = DevCerts.create(tmp_path / "data" / "tls")
+    (certs.directory / "ca.key").unlink()  # kept off the machine, as `kvwire certs` advises
+    (certs.directory / "haproxy.pem").unlink()
+    up = Up(tmp_path, "--tls", "--nodes", "1", "--no-http", "--base-port", str(free_port()),
+            "--data-dir", str(tmp_path / "data"), "--sync", "off")
+    try:
+        up.wait_printed("every node answers", timeout=30)
+        up.stop_cleanly()
+    finally:
+        up.cleanup()
+    assert not (certs.directory / "ca.key").exists()  # the set was used as it was, not replaced
+
+
+def test_up_with_tls_and_haproxy_refuses_a_set_without_haproxy_pem(tmp_path):
+    certs = DevCerts.create(tmp_path / "data" / "tls")
+    (certs.directory / "haproxy.pem").unlink()
+    result = _up_tls_once(tmp_path, "--nodes", "3", "--haproxy")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"Error: {certs.directory} holds part of a certificate set, without haproxy.pem, which --haproxy needs; "
+        f"`kvwire certs {certs.directory} --force` makes a new set")
+    assert not (tmp_path / "data" / "n1").exists()  # refused before any node started
+
+
+def _expired(certs: DevCerts, file_name: str) -> None:
+    from kvwire.testing.certs import reissue
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    reissue(certs, file_name, not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1))
+
+
+def _not_yet_valid(certs: DevCerts, file_name: str) -> None:
+    from kvwire.testing.certs import reissue
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    reissue(certs, file_name, not_before=now + datetime.timedelta(days=1), not_after=now + datetime.timedelta(days=30))
+
+
+@pytest.mark.parametrize("case", ["host changed", "expired", "not yet valid", "another ca"])
+def test_up_with_tls_refuses_reused_certificates_that_do_not_fit_before_any_node_starts(tmp_path, other, case):
+    certs = DevCerts.create(tmp_path / "data" / "tls")
+    tls_dir = certs.directory
+    args: list[str] = []
+    fix = f"`kvwire certs {tls_dir} --force` makes a new set"
+    if case == "host changed":  # made for 127.0.0.1; now serving 127.0.0.2
+        args = ["--host", "127.0.0.2"]
+        fix = f"`kvwire certs {tls_dir} --host 127.0.0.2 --force` makes a new set"
+        expected = (f"{tls_dir / 'node.pem'} does not name 127.0.0.2, the host the nodes serve and are dialled at "
+                    "(it names 127.0.0.1, ::1, localhost)")
+    elif case == "expired":
+        _expired(certs, "node.pem")
+        expected = f"{tls_dir / 'node.pem'} expired on "
+    elif case == "not yet valid":
+        _not_yet_valid(certs, "client.pem")
+        expected = f"{tls_dir / 'client.pem'} is not valid until "
+    else:
+        for file_name in ("client.pem", "client.key"):
+            (tls_dir / file_name).write_bytes((other.directory / file_name).read_bytes())
+        expected = f"{tls_dir / 'client.pem'} is not signed by the CA in {tls_dir / 'ca.pem'}"
+    started = time.monotonic()
+    result = _up_tls_once(tmp_path, *args)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {expected}") and line.endswith(f"; {fix}"), line
+    assert not (tmp_path / "data" / "n1").exists() and result.stdout == ""  # no node started
+    assert time.monotonic() - started < 10

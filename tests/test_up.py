@@ -529,8 +529,8 @@ def test_an_unusable_data_directory_or_certificate_set_is_one_line_and_exit_1(tm
         (data / "tls").mkdir(parents=True)
         (data / "tls" / "ca.pem").write_text("")
         args.append("--tls")
-        expected = (f"Error: {data / 'tls'} holds part of a certificate set, without ca.key, node.pem, node.key, "
-                    f"client.pem, client.key, haproxy.pem; `kvwire certs {data / 'tls'} --force` makes a whole one")
+        expected = (f"Error: {data / 'tls'} holds part of a certificate set, without node.pem, node.key, "
+                    f"client.pem, client.key, which --tls needs; `kvwire certs {data / 'tls'} --force` makes a new set")
     result = run_up(tmp_path, *args)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip() == expected

@@ -35,13 +35,13 @@ from ..secret_file import write_secret_file
 from ..server.storage import DATABASE_FILE_NAME, is_claimed
 from ..tls import TlsConfigError
 from ..testing import ChildProcess, DevCerts
-from ..testing.certs import FILE_NAMES
 from ..testing.wire import connect_socket
 from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .exit_status import USAGE_ERROR_STATUS
 from .haproxy import haproxy_child
 from .main import serve
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
+from .up_certs import prepare_dev_certs
 
 DEFAULT_BASE_PORT = 7379
 DEFAULT_HTTP_BASE_PORT = 8000
@@ -152,7 +152,8 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
         bridge_ports = [http_ports.get(node_id, http_base_port + i) for i, (node_id, _) in enumerate(nodes)]
         children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir, tls=certs))
     if certs is not None:
-        _make_dev_certs(certs, host)
+        if prepare_dev_certs(certs, host, with_haproxy=with_haproxy):
+            _say(f"kvwire up: wrote development certificates to {certs.directory} (kvwire certs)")
     sys.exit(_run(Supervisor(children), host, dict(nodes), http_ports, data_dir, cluster_id, certs=certs,
                   secret_path=secret_path))
 
@@ -527,25 +528,6 @@ def _make_cluster_secret(path: Path) -> None:
         write_secret_file(path)
     except FileExistsError:
         pass  # made by an earlier `kvwire up` on this data directory: the nodes keep it
-
-
-def _make_dev_certs(certs: DevCerts, host: str) -> None:
-    """The local cluster's development certificates, made on first use (as ``kvwire certs``) and kept with its data."""
-    if certs.directory.exists() and not certs.directory.is_dir():
-        raise click.ClickException(f"{certs.directory} is a file; --tls keeps its certificates in that directory")
-    existing = certs.existing()
-    if existing and len(existing) < len(FILE_NAMES):
-        missing = [name for name in FILE_NAMES if certs.directory / name not in existing]
-        raise click.ClickException(f"{certs.directory} holds part of a certificate set, without {', '.join(missing)}; "
-                                   f"`kvwire certs {certs.directory} --force` makes a whole one")
-    if existing:
-        return
-    try:
-        DevCerts.create(certs.directory, hosts=[host])
-    except OSError as exc:
-        raise click.ClickException(f"cannot write development certificates to {exc.filename or certs.directory}: "
-                                   f"{exc.strerror or exc}") from None
-    _say(f"kvwire up: wrote development certificates to {certs.directory} (kvwire certs)")
 
 
 def _client_tls_exports(certs: DevCerts) -> str:

@@ -186,6 +186,22 @@ class DevCerts:
         return certs
 
 
+def reissue(certs: DevCerts, file_name: str, *, not_before: datetime.datetime, not_after: datetime.datetime) -> None:
+    """Sign ``file_name`` (``node.pem``, ``client.pem``) of ``certs`` again with its CA, the same key, names
+    and purposes, valid from ``not_before`` to ``not_after``: an expired or not yet valid certificate for a test."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    path = certs.directory / file_name
+    old = x509.load_pem_x509_certificate(path.read_bytes())
+    ca_key = serialization.load_pem_private_key((certs.directory / "ca.key").read_bytes(), password=None)
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer).public_key(old.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after))
+    for extension in old.extensions:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
