@@ -611,12 +611,12 @@ def test_failed_handshakes_are_logged_a_few_at_a_time(tmp_path, certs):
         assert node.log().count("TLS handshake with") == 10
 
 
-def _up_tls_once(tmp_path, *args: str) -> subprocess.CompletedProcess:
+def _up_tls_once(tmp_path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``kvwire up --tls`` of one node on DATA=tmp_path/data, run to its end: for the runs refused at once."""
     from test_up import run_up
 
     return run_up(tmp_path, "--tls", "--nodes", "1", "--no-http", "--base-port", str(free_port()),
-                  "--data-dir", str(tmp_path / "data"), *args, timeout=30)
+                  "--data-dir", str(tmp_path / "data"), *args, timeout=timeout)
 
 
 def test_up_with_tls_needs_neither_the_ca_key_nor_haproxy_pem_without_haproxy(tmp_path):
@@ -688,3 +688,69 @@ def test_up_with_tls_refuses_reused_certificates_that_do_not_fit_before_any_node
     assert line.startswith(f"Error: {expected}") and line.endswith(f"; {fix}"), line
     assert not (tmp_path / "data" / "n1").exists() and result.stdout == ""  # no node started
     assert time.monotonic() - started < 10
+
+
+def _for_servers_only(certs: DevCerts, file_name: str) -> None:
+    """``file_name`` signed again for serverAuth alone: it passes up's checks, and a node refuses it from a client."""
+    from kvwire.testing.certs import reissue
+
+    reissue(certs, file_name, purposes=[ExtendedKeyUsageOID.SERVER_AUTH])
+
+
+def test_up_with_tls_says_why_a_node_does_not_answer_when_it_gives_up(tmp_path):
+    certs = DevCerts.create(tmp_path / "data" / "tls")
+    _for_servers_only(certs, "client.pem")  # up's own PINGs present it
+    result = _up_tls_once(tmp_path, timeout=60)
+    assert result.returncode == 1, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("kvwire up: ")]
+    assert line == (f"kvwire up: n1 not answering after 30 s (it closed the connection without a reply, as a node does "
+                    f"when it refuses the client certificate {certs.directory / 'client.pem'}; its log says why); giving up")
+    assert "failed: certificate verify failed: unsuitable certificate purpose" in result.stderr  # n1's log line
+
+
+def _up_tls_node(tmp_path):
+    from test_up import Up
+
+    up = Up(tmp_path, "--tls", "--nodes", "1", "--no-http", "--base-port", str(free_port()),
+            "--data-dir", str(tmp_path / "data"), "--sync", "off")
+    up.wait_printed("every node answers", timeout=30)
+    return up
+
+
+def _restart_n1(tmp_path) -> subprocess.CompletedProcess:
+    from test_up import ctl
+
+    assert ctl(tmp_path, "stop", "n1").returncode == 0
+    return ctl(tmp_path, "start", "n1")
+
+
+def test_a_node_restarted_after_certs_force_during_up_is_probed_with_the_new_set(tmp_path):
+    up = _up_tls_node(tmp_path)
+    try:
+        replaced = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(tmp_path / "data" / "tls"), "--force")
+        assert replaced.returncode == 0, replaced.stderr
+        started = _restart_n1(tmp_path)  # n1 now serves the new set: up's PING must present the new client certificate
+        assert started.returncode == 0, started.stderr
+        assert re.fullmatch(r"n1 started, pid \d+\n", started.stdout), started.stdout
+        with Client([up.nodes()["n1"][0]], timeout=3, **DevCerts(tmp_path / "data" / "tls").client_options()) as kv:
+            kv.put("after", "certs --force")
+        up.stop_cleanly()
+    finally:
+        up.cleanup()
+
+
+def test_ctl_start_of_a_node_that_does_not_answer_exits_1_saying_why(tmp_path):
+    from test_up import status_of
+
+    up = _up_tls_node(tmp_path)
+    try:
+        _for_servers_only(DevCerts(tmp_path / "data" / "tls"), "client.pem")  # n1 will refuse up's PINGs
+        started = _restart_n1(tmp_path)
+        assert started.returncode == 1, started.stdout
+        assert re.fullmatch(r"Error: n1 started, pid \d+, but it does not answer PING after 15 s \(it closed the connection "
+                            r"without a reply, as a node does when it refuses the client certificate \S+client\.pem; its log "
+                            r"says why\); it is left running, and its log is in kvwire up's output\n", started.stderr), started.stderr
+        assert status_of(tmp_path)["n1"][0] == "running"
+        up.stop_cleanly()
+    finally:
+        up.cleanup()

@@ -147,7 +147,8 @@ _DATA_DIR_OPTION = click.option(
 def ctl() -> None:
     """Control a running `kvwire up` through DATA_DIR/up.sock.
 
-    Exit status: 0 done; 1 refused (unknown node, already running) or no
+    Exit status: 0 done; 1 refused (unknown node, already running), not done
+    (a node started that exits, or does not answer PING within 15 s), or no
     `kvwire up` running on that data directory; 2 bad usage.
     """
 

@@ -33,7 +33,7 @@ from ..protocol import NEED_DATA, Connection, Health, HealthReply, Ping, Pong, S
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
 from ..server.storage import DATABASE_FILE_NAME, is_claimed
-from ..tls import TlsConfigError
+from ..tls import TlsConfigError, describe_tls_error
 from ..testing import ChildProcess, DevCerts
 from ..testing.wire import connect_socket
 from .control import ControlError, ControlServer, check_no_live_up, ctl
@@ -284,8 +284,10 @@ class _Watcher:
         self.http_ports = http_ports
         self.data_dir = data_dir
         self.certs = certs
-        self._ssl_context = certs.client_context() if certs is not None else None
+        if certs is not None:
+            certs.client_context()  # TlsConfigError now, before any node starts, if client.pem or client.key will not load
         self._answering_pid: dict[str, int] = {}  # node -> the pid that answered PING last
+        self._no_answer: dict[str, str] = {}  # node -> why its current pid's last PING went unanswered
         self._announced = False  # "every node answers" printed
         self._balancer_started = False
         # `ctl start` requests, for the main thread: a child is tied to the thread
@@ -329,7 +331,9 @@ class _Watcher:
                 if not waiting:
                     self._announce()
                 elif time.monotonic() > ready_by:
-                    _error(f"{', '.join(waiting)} not answering after {READY_TIMEOUT:g} s; giving up")
+                    why = "; ".join(f"{name} not answering after {READY_TIMEOUT:g} s"
+                                    + (f" ({self._no_answer[name]})" if name in self._no_answer else "") for name in waiting)
+                    _error(f"{why}; giving up")
                     return _stop(self.supervisor, failed=True)
         name = signal.Signals(received[0]).name if received else "stop"
         _say(f"kvwire up: {name} received; stopping {len(self.ports)} node{'s' if len(self.ports) > 1 else ''}")
@@ -388,21 +392,25 @@ class _Watcher:
         _say(self.node_line(child))
         started_as = (f"{name} started with --join (its data directory was empty, its peers' are not), pid {child.pid}"
                       if getattr(child, "joining", False) else f"{name} started, pid {child.pid}")
-        return f"{started_as}{self._answering(name, child)}"
+        self._wait_answering(name, child, started_as)
+        return started_as
 
-    def _answering(self, name: str, child: ChildProcess) -> str:
-        """Wait until the node just started answers PING (the reply then says nothing
-        more), exits (ControlError), or CTL_ANSWER_TIMEOUT passes (the reply says so)."""
+    def _wait_answering(self, name: str, child: ChildProcess, started_as: str) -> None:
+        """Wait until the node just started answers PING; ControlError if it exits first, or
+        does not answer within CTL_ANSWER_TIMEOUT: `ctl start` is not done until it serves."""
         deadline = time.monotonic() + CTL_ANSWER_TIMEOUT
-        while time.monotonic() < deadline:
-            if _answers_ping(self.host, self.ports[name], ssl_context=self._ssl_context):
-                return ""
+        while True:
+            why = self._ping(name)
+            if why is None:
+                return
             status = child.returncode
             if status is not None:
                 raise ControlError(f"{name} exited as it started ({_describe_status(status)}); its log is in "
                                    "kvwire up's output")
+            if time.monotonic() >= deadline:
+                raise ControlError(f"{started_as}, but it does not answer PING after {CTL_ANSWER_TIMEOUT:g} s ({why}); "
+                                   "it is left running, and its log is in kvwire up's output")
             time.sleep(POLL_INTERVAL)
-        return f", not answering PING after {CTL_ANSWER_TIMEOUT:g} s; its log is in kvwire up's output"
 
     def _start_requested(self) -> None:
         """Run the `ctl start` requests waiting (on the main thread)."""
@@ -431,7 +439,7 @@ class _Watcher:
         have hung since (SIGSTOP) and still be running."""
         if name not in self.ports:
             return self._answers(name)
-        return _answers_ping(self.host, self.ports[name], ssl_context=self._ssl_context)
+        return self._ping(name) is None
 
     def _answers(self, node_id: str) -> bool:
         child = self.supervisor.child(node_id)
@@ -439,10 +447,14 @@ class _Watcher:
 
     def _probe_new_pids(self) -> None:
         """PING each node whose current process hasn't answered yet."""
-        for node_id, port in self.ports.items():
+        for node_id in self.ports:
             child = self.supervisor.child(node_id)
             if child.running and self._answering_pid.get(node_id) != child.pid:
-                if _answers_ping(self.host, port, ssl_context=self._ssl_context):
+                why = self._ping(node_id)
+                if why is not None:
+                    self._no_answer[node_id] = why
+                else:
+                    self._no_answer.pop(node_id, None)
                     self._answering_pid[node_id] = child.pid
                     if self._announced:
                         _say(f"kvwire up: {node_id} answers again (pid {child.pid})")
@@ -452,11 +464,43 @@ class _Watcher:
         which HAProxy's checks require (haproxy/kvwire.cfg)."""
         if not self._balancers():
             return True
-        for port in self.ports.values():
-            reply = _reply(self.host, port, Health(1), HealthReply, ssl_context=self._ssl_context)
-            if reply is None or reply.health.get("cluster", {}).get("has_quorum") is not True:
+        for node_id in self.ports:
+            try:
+                reply = self._request(node_id, Health(1), HealthReply)
+            except _NoAnswer:
+                return False
+            if reply.health.get("cluster", {}).get("has_quorum") is not True:
                 return False
         return True
+
+    def _ping(self, node_id: str) -> str | None:
+        """None if ``node_id`` answers PING now, else why not, in a few words."""
+        try:
+            self._request(node_id, Ping(1), Pong)
+        except _NoAnswer as exc:
+            return str(exc)
+        return None
+
+    def _request(self, node_id: str, request: Any, reply_type: type) -> Any:
+        """The node's reply to ``request``; _NoAnswer saying why there is none.
+
+        The client certificate is loaded afresh each time: after `kvwire certs DIR/tls --force`
+        a node started since presents the new set's certificate, which only the new CA verifies."""
+        ssl_context = None
+        if self.certs is not None:
+            try:
+                ssl_context = self.certs.client_context()
+            except TlsConfigError as exc:  # removed or being replaced just now
+                raise _NoAnswer(str(exc)) from None
+        try:
+            return _reply(self.host, self.ports[node_id], request, reply_type, ssl_context=ssl_context)
+        except _Closed as exc:
+            if self.certs is None:
+                raise
+            # In TLS 1.3 a node checks our certificate after our side of the handshake is done,
+            # and a refusal reaches us as this; the node's log line says what it refused.
+            raise _NoAnswer(f"{exc}, as a node does when it refuses the client certificate "
+                            f"{self.certs.directory / 'client.pem'}; its log says why") from None
 
     def _balancers(self) -> list[ChildProcess]:
         """HAProxy with --haproxy: the children that are not nodes."""
@@ -547,13 +591,17 @@ def _check_port_free(host: str, port: int, user: str, *, option: str = "--base-p
         raise click.ClickException(f"cannot listen on {format_endpoint(host, port)} for {user}: {reason}")
 
 
-def _answers_ping(host: str, port: int, timeout: float = 0.5, ssl_context: ssl.SSLContext | None = None) -> bool:
-    return _reply(host, port, Ping(1), Pong, timeout, ssl_context) is not None
+class _NoAnswer(Exception):
+    """A node's probe got no reply it could use; the message says why, in a few words."""
+
+
+class _Closed(_NoAnswer):
+    """The node closed the connection without a reply."""
 
 
 def _reply(host: str, port: int, request: Any, reply_type: type, timeout: float = 0.5,
            ssl_context: ssl.SSLContext | None = None) -> Any:
-    """The node's reply to ``request`` if it is a ``reply_type``, else None (no answer, or another)."""
+    """The node's reply to ``request`` if it is a ``reply_type``; _NoAnswer saying why not."""
     try:
         with connect_socket(host, port, timeout=timeout, ssl_context=ssl_context) as sock:
             sock.sendall(encode(request))
@@ -561,11 +609,19 @@ def _reply(host: str, port: int, request: Any, reply_type: type, timeout: float 
             while (event := codec.next_event()) is NEED_DATA:
                 data = sock.recv(65536)
                 if not data:
-                    return None
+                    raise _Closed("it closed the connection without a reply")
                 codec.receive_data(data)
-            return event if isinstance(event, reply_type) else None
-    except (OSError, ValueError):
-        return None
+    except ssl.SSLError as exc:  # during the handshake, or after it in TLS 1.3 when the node refuses our certificate
+        raise _NoAnswer(f"TLS with {format_endpoint(host, port)} failed: {describe_tls_error(exc)}") from None
+    except TimeoutError:
+        raise _NoAnswer(f"no reply within {timeout:g} s") from None
+    except OSError as exc:
+        raise _NoAnswer(f"{format_endpoint(host, port)}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # the codec's: not our protocol
+        raise _NoAnswer(f"a reply that is not kvwire's protocol ({exc})") from None
+    if not isinstance(event, reply_type):
+        raise _NoAnswer(f"it replied {type(event).__name__}, not {reply_type.__name__}")
+    return event
 
 
 def _describe_status(status: int | None) -> str:

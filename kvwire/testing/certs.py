@@ -186,9 +186,11 @@ class DevCerts:
         return certs
 
 
-def reissue(certs: DevCerts, file_name: str, *, not_before: datetime.datetime, not_after: datetime.datetime) -> None:
-    """Sign ``file_name`` (``node.pem``, ``client.pem``) of ``certs`` again with its CA, the same key, names
-    and purposes, valid from ``not_before`` to ``not_after``: an expired or not yet valid certificate for a test."""
+def reissue(certs: DevCerts, file_name: str, *, not_before: datetime.datetime | None = None,
+            not_after: datetime.datetime | None = None, purposes: Iterable[Any] | None = None) -> None:
+    """Sign ``file_name`` (``node.pem``, ``client.pem``) of ``certs`` again with its CA and the same key and
+    names, valid from ``not_before`` to ``not_after`` and for the extended key usages ``purposes`` (each
+    default: as it was): an expired certificate, or one for the wrong purpose, for a test."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
@@ -196,9 +198,13 @@ def reissue(certs: DevCerts, file_name: str, *, not_before: datetime.datetime, n
     old = x509.load_pem_x509_certificate(path.read_bytes())
     ca_key = serialization.load_pem_private_key((certs.directory / "ca.key").read_bytes(), password=None)
     builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.issuer).public_key(old.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after))
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(not_before or old.not_valid_before_utc).not_valid_after(not_after or old.not_valid_after_utc))
     for extension in old.extensions:
-        builder = builder.add_extension(extension.value, critical=extension.critical)
+        value = extension.value
+        if purposes is not None and isinstance(value, x509.ExtendedKeyUsage):
+            value = x509.ExtendedKeyUsage(list(purposes))
+        builder = builder.add_extension(value, critical=extension.critical)
     path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
 
 
