@@ -17,7 +17,6 @@ import queue
 import shlex
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -29,19 +28,19 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..protocol import NEED_DATA, Connection, Health, HealthReply, Ping, Pong, Side, encode
+from ..protocol import Health, HealthReply, Ping, Pong
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
 from ..server.storage import DATABASE_FILE_NAME, is_claimed
-from ..tls import TlsConfigError, describe_tls_error
+from ..tls import TlsConfigError
 from ..testing import ChildProcess, DevCerts
-from ..testing.wire import connect_socket
 from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .exit_status import USAGE_ERROR_STATUS
 from .haproxy import haproxy_child
 from .main import serve
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 from .up_certs import prepare_dev_certs
+from .up_probe import ClosedWithoutReply, NoAnswer, reply_of
 
 DEFAULT_BASE_PORT = 7379
 DEFAULT_HTTP_BASE_PORT = 8000
@@ -467,7 +466,7 @@ class _Watcher:
         for node_id in self.ports:
             try:
                 reply = self._request(node_id, Health(1), HealthReply)
-            except _NoAnswer:
+            except NoAnswer:
                 return False
             if reply.health.get("cluster", {}).get("has_quorum") is not True:
                 return False
@@ -477,12 +476,12 @@ class _Watcher:
         """None if ``node_id`` answers PING now, else why not, in a few words."""
         try:
             self._request(node_id, Ping(1), Pong)
-        except _NoAnswer as exc:
+        except NoAnswer as exc:
             return str(exc)
         return None
 
     def _request(self, node_id: str, request: Any, reply_type: type) -> Any:
-        """The node's reply to ``request``; _NoAnswer saying why there is none.
+        """The node's reply to ``request``; NoAnswer saying why there is none.
 
         The client certificate is loaded afresh each time: after `kvwire certs DIR/tls --force`
         a node started since presents the new set's certificate, which only the new CA verifies."""
@@ -491,15 +490,15 @@ class _Watcher:
             try:
                 ssl_context = self.certs.client_context()
             except TlsConfigError as exc:  # removed or being replaced just now
-                raise _NoAnswer(str(exc)) from None
+                raise NoAnswer(str(exc)) from None
         try:
-            return _reply(self.host, self.ports[node_id], request, reply_type, ssl_context=ssl_context)
-        except _Closed as exc:
+            return reply_of(self.host, self.ports[node_id], request, reply_type, ssl_context=ssl_context)
+        except ClosedWithoutReply as exc:
             if self.certs is None:
                 raise
             # In TLS 1.3 a node checks our certificate after our side of the handshake is done,
             # and a refusal reaches us as this; the node's log line says what it refused.
-            raise _NoAnswer(f"{exc}, as a node does when it refuses the client certificate "
+            raise NoAnswer(f"{exc}, as a node does when it refuses the client certificate "
                             f"{self.certs.directory / 'client.pem'}; its log says why") from None
 
     def _balancers(self) -> list[ChildProcess]:
@@ -589,39 +588,6 @@ def _check_port_free(host: str, port: int, user: str, *, option: str = "--base-p
         reason = f"the port is already in use (another kvwire up or node?); pick another with {option}"
     if reason is not None:
         raise click.ClickException(f"cannot listen on {format_endpoint(host, port)} for {user}: {reason}")
-
-
-class _NoAnswer(Exception):
-    """A node's probe got no reply it could use; the message says why, in a few words."""
-
-
-class _Closed(_NoAnswer):
-    """The node closed the connection without a reply."""
-
-
-def _reply(host: str, port: int, request: Any, reply_type: type, timeout: float = 0.5,
-           ssl_context: ssl.SSLContext | None = None) -> Any:
-    """The node's reply to ``request`` if it is a ``reply_type``; _NoAnswer saying why not."""
-    try:
-        with connect_socket(host, port, timeout=timeout, ssl_context=ssl_context) as sock:
-            sock.sendall(encode(request))
-            codec = Connection(Side.CLIENT)
-            while (event := codec.next_event()) is NEED_DATA:
-                data = sock.recv(65536)
-                if not data:
-                    raise _Closed("it closed the connection without a reply")
-                codec.receive_data(data)
-    except ssl.SSLError as exc:  # during the handshake, or after it in TLS 1.3 when the node refuses our certificate
-        raise _NoAnswer(f"TLS with {format_endpoint(host, port)} failed: {describe_tls_error(exc)}") from None
-    except TimeoutError:
-        raise _NoAnswer(f"no reply within {timeout:g} s") from None
-    except OSError as exc:
-        raise _NoAnswer(f"{format_endpoint(host, port)}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # the codec's: not our protocol
-        raise _NoAnswer(f"a reply that is not kvwire's protocol ({exc})") from None
-    if not isinstance(event, reply_type):
-        raise _NoAnswer(f"it replied {type(event).__name__}, not {reply_type.__name__}")
-    return event
 
 
 def _describe_status(status: int | None) -> str:
