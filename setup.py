@@ -26,7 +26,7 @@ setup(
         "aiohttp>=3.9",
         "hdrhistogram>=0.10",  # kvwire bench's latency recorder
         "prometheus-client>=0.17",  # /metrics (kvwire/server/metrics.py, http_bridge/metrics.py)
-        "cryptography>=41",  # kvwire certs: the development CA (kvwire/testing/certs.py)
+        "cryptography>=42",  # kvwire certs: the development CA (kvwire/testing/certs.py); up --tls reads not_valid_*_utc (42)
     ],
     # `kvwire up --haproxy` finds it here after `pip install .` (kvwire/cli/haproxy.py).
     data_files=[("share/kvwire/haproxy", ["haproxy/kvwire.cfg"])],
