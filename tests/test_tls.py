@@ -564,6 +564,9 @@ def test_stalled_handshakes_are_bounded_in_number_and_time(tmp_path, certs):
         finally:
             for connection in stalled:
                 connection.close()
+        # Both are an operator's business: logged (a few at a time), not at debug level only.
+        wait_for_log(node, "event=tls_handshakes_at_limit")
+        assert "did not finish within 1.5 s; closing the connection" in wait_for_log(node, "event=tls_handshake_timeout")
         with Client([node.address], timeout=3, **node.client_options) as kv:
             kv.put("still", "serving")
 

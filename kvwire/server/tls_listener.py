@@ -101,8 +101,12 @@ class TlsListener:
                 await asyncio.sleep(0.1)
                 continue
             if self._handshakes >= self._max_handshakes:
-                log.debug("%d TLS handshakes already running; closing the connection from %s at once",
-                          self._handshakes, format_endpoint(address[0], address[1]))
+                # Refusing connections is worth an operator's notice (a flood, or --max-connections too low).
+                remote = format_endpoint(address[0], address[1])
+                self._log_limit.log(logging.WARNING, "connections refused at the handshake limit",
+                                    "%d TLS handshakes already running (--max-connections); closing the connection "
+                                    "from %s at once", self._handshakes, remote, logger=log,
+                                    extra={"event": "tls_handshakes_at_limit", "remote": remote})
                 connection.close()
                 continue
             self._spawn(self._handshake(connection, address))
@@ -110,6 +114,7 @@ class TlsListener:
     async def _handshake(self, connection: socket.socket, address: tuple) -> None:
         loop = asyncio.get_running_loop()
         remote = format_endpoint(address[0], address[1])
+        started = loop.time()
         self._handshakes += 1
         try:
             await loop.connect_accepted_socket(
@@ -120,10 +125,16 @@ class TlsListener:
                                 describe_tls_error(exc), logger=log,
                                 extra={"event": "tls_handshake_failed", "remote": remote})
         except (OSError, TimeoutError) as exc:
-            # Closed before finishing (a port probe, a client that distrusts our
-            # certificate) or never finished: worth a line only when debugging.
-            log.debug("TLS handshake with %s did not finish: %s", remote,
-                      describe_tls_error(exc) if isinstance(exc, TimeoutError) else type(exc).__name__)
+            # Past the deadline (asyncio raises TimeoutError, uvloop ConnectionAbortedError):
+            # a client stuck or holding a slot, which the operator should see. Closed before
+            # it, a port probe most often (a client that distrusts our certificate sends an
+            # alert first, an SSLError above): worth a line only when debugging.
+            if isinstance(exc, TimeoutError) or loop.time() - started >= self._handshake_timeout:
+                self._log_limit.log(logging.WARNING, "unfinished TLS handshakes", "TLS handshake with %s did not "
+                                    "finish within %g s; closing the connection", remote, self._handshake_timeout,
+                                    logger=log, extra={"event": "tls_handshake_timeout", "remote": remote})
+            else:
+                log.debug("TLS handshake with %s did not finish: %s", remote, type(exc).__name__)
         finally:
             self._handshakes -= 1
         # Success or failure, the socket is the transport's now: it closes it.
