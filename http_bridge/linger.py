@@ -71,8 +71,8 @@ class ClosingAnswer(web.Response):
     ``Connection: close``, then the bridge's side is shut, so the client sees the end
     at once. The protocol stays aiohttp's, which reads and drops what still comes of
     the body; the connection closes when the client closes its side, or
-    ``LINGER_SECONDS`` after the answer at the latest (at once over TLS, which has no
-    half-close: there the client may see a reset)."""
+    ``LINGER_SECONDS`` after the answer at the latest (over TLS, which has no
+    half-close, the client sees the end only then)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -88,8 +88,9 @@ class ClosingAnswer(web.Response):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        transport.write_eof()
+        # TLS has no half-close: closed now, a client still sending its body would see the
+        # connection break before it reads the answer. Left open, aiohttp goes on reading
+        # and dropping the body, and the answer is read; closed at the same deadline.
+        if transport.can_write_eof():
+            transport.write_eof()
         asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
