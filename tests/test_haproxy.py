@@ -99,6 +99,46 @@ def test_the_config_validates_as_is_and_with_production_addresses(haproxy_binary
     assert broken.returncode != 0  # so the variable really reaches the server lines
 
 
+def test_a_soft_reload_hands_over_and_the_old_process_exits_cleanly(haproxy_binary, tmp_path):
+    """`haproxy -sf OLD`, as init scripts reload: the old process stops cleanly (HAProxy
+    2.6 crashed pausing the abstract socket an earlier config bound, exit 139), and
+    the new one answers, here its own JSON 503 as no bridge runs."""
+    env = {
+        **os.environ,
+        **{f"KVWIRE_NODE{i}": free_address() for i in (1, 2, 3)},
+        **{f"KVWIRE_HTTP{i}": free_address() for i in (1, 2, 3)},
+        "KVWIRE_LB_TCP": free_address(), "KVWIRE_LB_HTTP": free_address(), "KVWIRE_LB_STATS": free_address(),
+        "KVWIRE_LB_SOCKET": str(tmp_path / "admin.sock"),
+    }
+
+    def start(*args: str) -> subprocess.Popen:
+        log = open(tmp_path / f"haproxy-{len(list(tmp_path.glob('haproxy-*')))}.log", "wb")
+        with log:
+            return subprocess.Popen([haproxy_binary, "-db", "-f", str(CONFIG), *args], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+
+    def no_node_answer() -> bool:
+        try:
+            reply = http("GET", f"http://{env['KVWIRE_LB_HTTP']}{PREFIX}/kv/any/", timeout=2)
+        except OSError:
+            return False  # not listening yet
+        return reply.status == 503 and reply.json == {"error": "No node available", "status": 503, "balancer": "haproxy"}
+
+    old = start()
+    new = None
+    try:
+        wait_for(lambda: old.poll() is None and no_node_answer(), timeout=10,
+                 what="the first haproxy answering")
+        new = start("-sf", str(old.pid))
+        assert old.wait(timeout=10) == 0, (tmp_path / "haproxy-0.log").read_text()
+        assert new.poll() is None and no_node_answer(), (tmp_path / "haproxy-1.log").read_text()
+    finally:
+        for process in (old, new):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
+
+
 def test_defaults_match_kvwire_up_and_the_fast_preset():
     values = presets()
     assert values["KVWIRE_NODE1"] == "127.0.0.1:7379"
@@ -400,7 +440,7 @@ def test_up_with_haproxy_runs_it_in_front_of_nodes_and_bridges(tmp_path, haproxy
         lb = HAProxyProcess(CONFIG, env=env, log_path=tmp_path / "unused.log")  # only to read its stats
         wait_for(lambda: set(lb.statuses("kvwire_nodes").values()) == {"UP"}, timeout=10, what="nodes UP in haproxy")
         wait_for(lambda: set(lb.statuses("kvwire_bridges").values()) == {"UP"}, timeout=10, what="bridges UP in haproxy")
-        assert (tmp_path / "data" / "haproxy.sock").exists()
+        assert (tmp_path / "data" / "haproxy.sock").exists() and (tmp_path / "data" / "haproxy.sock.no-node").is_socket()
         with Client([env["KVWIRE_LB_TCP"]], timeout=3) as kv:
             kv.put("greeting", "hello")
         reply = http("GET", f"http://{env['KVWIRE_LB_HTTP']}{PREFIX}/kv/greeting/")
@@ -412,6 +452,7 @@ def test_up_with_haproxy_runs_it_in_front_of_nodes_and_bridges(tmp_path, haproxy
         # Started once the nodes answer: no "Server ... is DOWN" WARNING or "no server available" ALERT.
         assert not re.search(r"^haproxy \| .*\[(ALERT|WARNING)\]", output(), re.MULTILINE), output()
         assert not (tmp_path / "data" / "haproxy.sock").exists() and not (tmp_path / "data" / "up.sock").exists()
+        assert not (tmp_path / "data" / "haproxy.sock.no-node").exists()
         assert "Traceback" not in output()
         host, port = env["KVWIRE_LB_STATS"].rsplit(":", 1)
         with pytest.raises(OSError):  # haproxy stopped with the nodes
