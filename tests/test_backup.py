@@ -5,27 +5,31 @@ Real node processes and SQLite files; the backup is the CLI, run as a user would
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from kvwire import Client, KeyNotFoundError
-from kvwire.server.backup import STAGING_SUFFIX
+from kvwire.server.backup_staging import STAGING_SUFFIX
 from kvwire.server.storage import DATABASE_FILE_NAME, META_SET, SCHEMA
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
 from kvwire.testing.data import local_copies, value_for, write_keys
 from kvwire.testing.balancer import WriteLoad
 
 BACKUP = [sys.executable, "-m", "kvwire", "backup"]
+NOBODY = 65534  # the uid and gid a backup runs as, from root, where permissions must count
 
 
-def run_backup(*args) -> subprocess.CompletedProcess:
-    result = subprocess.run([*BACKUP, *map(str, args)], capture_output=True, text=True, timeout=60)
+def run_backup(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run([*BACKUP, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -300,6 +304,90 @@ def test_a_backup_refuses_a_destination_another_backup_is_writing_to(tmp_path):
     assert second.returncode == 1, second.stderr
     assert second.stderr.strip() == f"Error: another backup is being written to {destination}"
     assert os.listdir(destination) == [DATABASE_FILE_NAME]
+
+
+def test_a_backup_neither_waits_for_nor_refuses_a_flock_another_tool_holds(tmp_path):
+    """``flock backups kvwire backup SRC backups/b2`` in a cron line, and ``flock backups/b3 ...``:
+    a flock on DESTINATION's parent, or on an existing empty DESTINATION, is that tool's. The
+    backup neither waits for it (the timeout) nor takes it for another backup's."""
+    source = large_node_database(tmp_path / "n1")
+    backups = tmp_path / "backups"
+    (backups / "b3").mkdir(parents=True)
+    for held, destination in ((backups, backups / "b2"), (backups / "b3", backups / "b3")):
+        fd = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                result = run_backup(source, destination, timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the backup to {destination} waited for the flock on {held}")
+        finally:
+            os.close(fd)
+        assert result.returncode == 0, result.stderr
+        assert os.listdir(destination) == [DATABASE_FILE_NAME]
+    assert sorted(os.listdir(backups)) == ["b2", "b3"]
+
+
+def test_a_killed_backup_is_removed_by_the_next_one_into_the_same_directory(tmp_path):
+    """A backup to n1-2026-12-05 killed mid-copy leaves its hidden staging beside it; the next
+    day's backup to n1-2026-12-06 in the same directory removes it and succeeds."""
+    source = large_node_database(tmp_path / "n1")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    killed = subprocess.Popen([*BACKUP, str(source), str(backups / "n1-2026-12-05")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: copies_begun(tmp_path, source) or killed.poll() is not None, timeout=30, interval=0.001,
+                 what="the copy begun")
+        killed.kill()
+        _, stderr = killed.communicate(timeout=30)
+    finally:
+        killed.kill()
+    assert killed.returncode == -signal.SIGKILL, f"the backup was not killed mid-copy: {stderr}"
+    assert any(name.endswith(STAGING_SUFFIX) for name in os.listdir(backups))
+
+    result = run_backup(source, backups / "n1-2026-12-06")
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(backups) == ["n1-2026-12-06"]
+
+
+def test_a_backup_into_a_directory_it_may_write_in_but_not_list(tmp_path):
+    """A drop directory of mode 0333: the backup cannot list it (so removes no killed backup's
+    leftovers there) nor open it to sync, yet makes its copy. Root reads every directory
+    whatever its mode, so as root the backup runs as nobody, in a directory nobody may enter."""
+    as_root = os.geteuid() == 0
+    if as_root and not shutil.which("setpriv"):
+        pytest.skip("as root, permissions count only for another user, and setpriv (util-linux) is missing")
+    top = Path(tempfile.mkdtemp()) if as_root else tmp_path  # tmp_path's parents are root's alone
+    try:
+        top.chmod(0o755)
+        source = large_node_database(top / "n1")
+        drop = top / "drop"
+        drop.mkdir()
+        os.chmod(source / DATABASE_FILE_NAME, 0o644)
+        if as_root:
+            os.chown(drop, NOBODY, NOBODY)
+        drop.chmod(0o333)
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] if as_root else []
+        result = subprocess.run([*as_nobody, *BACKUP, str(source), str(drop / "b1")], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        drop.chmod(0o755)
+        assert os.listdir(drop) == ["b1"]
+        assert os.listdir(drop / "b1") == [DATABASE_FILE_NAME]
+    finally:
+        if as_root:
+            shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("destination", ["/proc/kvwire-bk", "/sys/kvwire-bk"])
+def test_a_destination_whose_directory_refuses_it_is_named_in_the_error(tmp_path, destination):
+    """The error names DESTINATION, the path the user gave, not the hidden name the copy is made under."""
+    source = large_node_database(tmp_path / "n1")
+    result = run_backup(source, destination)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"Error: cannot use {destination}: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_bad_arguments_get_one_line_and_change_nothing(tmp_path):

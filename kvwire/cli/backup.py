@@ -15,8 +15,24 @@ class _Stopped(BaseException):
     """SIGTERM (systemd's stop, ``timeout``) while copying: unwinds as a Ctrl-C does."""
 
 
-def _stop(signum: int, frame: object) -> None:
-    raise _Stopped
+class _Interruptions:
+    """SIGTERM and Ctrl-C unwind the backup until its copy is in place; after, the copy is
+    whole and kept, so they let the backup end and say so, rather than report a failure."""
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.late: str | None = None
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.committed:
+            self.late = signal.Signals(signum).name
+        elif signum == signal.SIGTERM:
+            raise _Stopped
+        else:
+            raise KeyboardInterrupt
 
 
 @click.command()
@@ -35,9 +51,10 @@ def backup(data_dir: Path, destination: Path) -> None:
     To restore a node: stop it, move its data directory aside, put
     DESTINATION in its place, start it as before.
     """
-    previous = signal.signal(signal.SIGTERM, _stop)
+    interruptions = _Interruptions()
+    previous = {signum: signal.signal(signum, interruptions.handle) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        summary = back_up(data_dir, destination)
+        summary = back_up(data_dir, destination, on_committed=interruptions.commit)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     except _Stopped:
@@ -45,7 +62,10 @@ def backup(data_dir: Path, destination: Path) -> None:
         click.echo(f"backup stopped by SIGTERM; nothing was left in {destination}", err=True)
         sys.exit(128 + signal.SIGTERM)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if interruptions.late:
+        click.echo(f"{interruptions.late} came once the copy was in place: it is whole, and kept", err=True)
     click.echo(f"backed up node {summary.node_id}: {summary.keys} keys and {summary.tombstones} tombstones, "
                f"{summary.bytes} bytes, to {summary.path}")
     click.echo(f"to restore: stop node {summary.node_id}, put {summary.path} in place of its --data-dir, start it; "

@@ -19,35 +19,20 @@ cleanly would not, without the mark.
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import glob
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage import (
-    BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, TABLE_EXISTS, DataDirError, reader_of, reason_of,
-)
+from .backup_staging import BackupError, IntoEmptyDirectory, NewDirectory
+from .storage import BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, TABLE_EXISTS, reader_of, reason_of
 
-# The copy is written under a name no backup has and put in place only once whole
-# and on disk, by a rename or link that replaces nothing: a backup cut short, even
-# by SIGKILL or a power cut, is never taken for a whole one. Whatever is being
-# written is flock()ed, so that the next backup removes what a killed one left
-# (the kernel drops a dead process's locks), and only that.
-STAGING_SUFFIX = ".backup-partial"  # a new DESTINATION, made whole as a directory beside it
-PARTIAL_SUFFIX = ".partial"  # the copy's name in a DESTINATION that existed, empty
-_SQLITE_FILES = ("", "-journal", "-wal", "-shm")  # a database and what SQLite writes beside it
 # How long the copy waits for a lock the node holds (a checkpoint, say).
 BUSY_TIMEOUT_S = 30.0
 
-
-class BackupError(DataDirError):
-    """The backup could not be made; the message says why."""
+__all__ = ["BackupError", "BackupSummary", "back_up"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,145 +44,38 @@ class BackupSummary:
     path: Path
 
 
-def back_up(data_dir: Path, destination: Path) -> BackupSummary:
+def back_up(data_dir: Path, destination: Path, on_committed: Callable[[], None] = lambda: None) -> BackupSummary:
     """Copy the node database in ``data_dir`` into the new data directory
     ``destination`` (which must not exist, or be empty), marked joining. On any
     failure, an interruption included, nothing is left in ``destination``; killed,
-    nothing that looks like a backup, and nothing that refuses the next attempt."""
+    nothing that looks like a backup, and nothing that refuses the next attempt
+    (kvwire.server.backup_staging). ``on_committed`` is called as soon as the whole
+    copy is in place: an interruption after it must not be reported as a failure."""
     source_path = Path(data_dir) / DATABASE_FILE_NAME
     destination = Path(destination)
     if not source_path.is_file():
         raise BackupError(f"no kvwire database at {source_path}: give a node's --data-dir")
     try:
-        staging = _IntoEmptyDirectory(destination) if os.path.lexists(destination) else _NewDirectory(destination)
+        staging = IntoEmptyDirectory(destination) if os.path.lexists(destination) else NewDirectory(destination)
     except OSError as exc:
-        raise BackupError(f"cannot use {exc.filename or destination}: {reason_of(exc)}") from None
-    committed = False
+        # DESTINATION, not the hidden name the failing call was given: the user knows only the first.
+        raise BackupError(f"cannot use {destination}: {reason_of(exc)}") from None
     try:
         # Owner-only whatever the directory's mode (an existing one keeps its own):
         # the copy holds every key. SQLite writes into the empty file as it is.
         staging.copy.touch(mode=0o600, exist_ok=False)
         _copy(source_path, staging.copy)
         node_id, keys, tombstones = _mark_joining(staging.copy)
-        _fsync(staging.copy)
-        staging.commit()
-        committed = True
+        size = staging.copy.stat().st_size
+        staging.commit(on_committed)
     except (OSError, sqlite3.Error) as exc:
+        if staging.committed:
+            raise BackupError(f"the copy is whole in {destination}, but syncing its directory failed: "
+                              f"{reason_of(exc)}; a power cut may yet lose it") from None
         raise BackupError(f"backing up {source_path} to {destination} failed: {reason_of(exc)}") from None
     finally:
-        staging.close(committed)  # Ctrl-C and SIGTERM too: a copy not in place is removed
-    return BackupSummary(node_id, keys, tombstones, (destination / DATABASE_FILE_NAME).stat().st_size, destination)
-
-
-class _NewDirectory:
-    """A DESTINATION that does not exist: made whole as a directory beside it, then renamed."""
-
-    def __init__(self, destination: Path) -> None:
-        self.destination = destination
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        # Held a moment: no backup removes a staging directory another has made and not yet locked.
-        parent_lock = _lock(destination.parent)
-        try:
-            _remove_killed_stagings(destination)
-            # mkdtemp makes it owner-only, as a data directory is.
-            self.directory = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=STAGING_SUFFIX,
-                                                   dir=destination.parent))
-            self.lock = _lock(self.directory)
-        finally:
-            os.close(parent_lock)
-        self.copy = self.directory / DATABASE_FILE_NAME
-
-    def commit(self) -> None:
-        _fsync(self.directory)
-        try:
-            # rename(2) replaces a directory only if it is empty, and never a file:
-            # whatever appeared at DESTINATION meanwhile is kept (an empty directory holds nothing).
-            os.rename(self.directory, self.destination)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-                raise
-            raise BackupError(f"{self.destination} appeared while the copy was made; "
-                              "it is left as it is and the copy was not kept") from None
-        _fsync(self.destination.parent)
-
-    def close(self, committed: bool) -> None:
-        if not committed:
-            shutil.rmtree(self.directory, ignore_errors=True)
-        os.close(self.lock)
-
-
-class _IntoEmptyDirectory:
-    """A DESTINATION that exists, empty (a mount point, say): the copy is made in it under
-    a partial name, then linked to its own."""
-
-    def __init__(self, destination: Path) -> None:
-        self.destination = destination
-        self.copy = destination / (DATABASE_FILE_NAME + PARTIAL_SUFFIX)
-        if not destination.is_dir():
-            raise _not_empty(destination)
-        self.lock = _lock(destination, wait=False)
-        if self.lock is None:
-            raise BackupError(f"another backup is being written to {destination}")
-        try:
-            killed = {f"{self.copy.name}{suffix}" for suffix in _SQLITE_FILES}  # what a killed backup left
-            if any(entry.name not in killed for entry in destination.iterdir()):
-                raise _not_empty(destination)
-            self._remove_copy()
-        except BaseException:
-            os.close(self.lock)
-            raise
-
-    def commit(self) -> None:
-        try:
-            os.link(self.copy, self.destination / DATABASE_FILE_NAME)  # link(2) replaces nothing
-        except FileExistsError:
-            raise BackupError(f"{self.destination / DATABASE_FILE_NAME} appeared while the copy was made; "
-                              "it is left as it is and the copy was not kept") from None
-        self.copy.unlink()
-        _fsync(self.destination)
-
-    def close(self, committed: bool) -> None:
-        if not committed:
-            self._remove_copy()
-        os.close(self.lock)
-
-    def _remove_copy(self) -> None:
-        for suffix in _SQLITE_FILES:
-            try:
-                Path(f"{self.copy}{suffix}").unlink(missing_ok=True)
-            except OSError:
-                pass  # an error being reported matters more; the next backup tries again
-
-
-def _not_empty(destination: Path) -> BackupError:
-    return BackupError(f"{destination} exists and is not an empty directory; give a new path")
-
-
-def _remove_killed_stagings(destination: Path) -> None:
-    """Staging directories beside ``destination`` that no backup holds locked: killed ones'."""
-    pattern = f".{glob.escape(destination.name)}.*{STAGING_SUFFIX}"
-    for staging in destination.parent.glob(pattern):
-        try:
-            lock = _lock(staging, wait=False)
-        except OSError:
-            continue  # gone meanwhile, or not a directory: not ours to remove
-        if lock is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-            os.close(lock)
-
-
-def _lock(directory: Path, *, wait: bool = True) -> int | None:
-    """An open descriptor of ``directory`` holding its exclusive flock; None if another holds it (without ``wait``)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        staging.close()  # Ctrl-C and SIGTERM too: a copy not in place is removed
+    return BackupSummary(node_id, keys, tombstones, size, destination)
 
 
 def _copy(source_path: Path, target_path: Path) -> None:
@@ -231,10 +109,3 @@ def _mark_joining(path: Path) -> tuple[str | None, int, int]:
     finally:
         db.close()
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
