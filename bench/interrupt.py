@@ -65,12 +65,18 @@ def stops_cleanly(what: str = "everything it started was stopped") -> Callable[[
             in_main_thread = threading.current_thread() is threading.main_thread()
             previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
             try:
-                return function(*args, **kwargs)
+                result = function(*args, **kwargs)
             except KeyboardInterrupt:
                 exit_interrupted(click.get_current_context(), what)
             finally:
                 if in_main_thread:
                     signal.signal(signal.SIGTERM, previous)
+            if _received:
+                # The KeyboardInterrupt was raised where Python drops exceptions (a
+                # fork's at-fork hook, e.g. logging's _releaseLock, as a node started):
+                # the run went on to its end, but it was asked to stop, so not 0.
+                exit_interrupted(click.get_current_context(), what)
+            return result
 
         return run  # type: ignore[return-value]
 

@@ -115,3 +115,31 @@ def test_an_interrupted_suite_writes_what_it_measured_and_exits_nonzero(tmp_path
     report = json.loads((day / "results.json").read_text())
     assert report["interrupted"] == signal.Signals(signum).name
     assert f"**Interrupted by {signal.Signals(signum).name}**" in (day / "summary.md").read_text()
+
+
+def test_a_sigterm_python_drops_in_an_at_fork_hook_still_ends_the_command_with_143():
+    """SIGTERM raises KeyboardInterrupt where the main thread is; in an at-fork hook
+    (logging's _releaseLock runs as every node starts) Python prints it as ignored and
+    goes on, and the run ended with 0 (a CI run of the refill case saw it)."""
+    script = """
+import os, signal, time, click
+from kvwire.bench.interrupt import stops_cleanly
+
+@click.command()
+@stops_cleanly()
+def main():
+    def stop_in_the_hook():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # the handler runs here, inside the hook
+    os.register_at_fork(after_in_parent=stop_in_the_hook)
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+
+main()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert "Exception ignored" in result.stderr  # the case: Python dropped the KeyboardInterrupt
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "interrupted by SIGTERM" in result.stderr
