@@ -115,7 +115,8 @@ def test_a_get_retried_when_no_bridge_has_quorum_is_served_by_the_one_left(tmp_p
 
 def test_a_get_retried_when_every_node_hangs_gets_the_json_503(tmp_path, haproxy_binary):
     """Every node hung with GETs in flight: the retry's last resort is HAProxy's own JSON 503
-    (kvwire_no_node, the last backup), never a connection closed without a response."""
+    (no-node, the last backup, served by the stats frontend), never a connection closed
+    without a response."""
     cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="off")
     with cluster, haproxy_for(cluster, bridges, tmp_path) as lb:
         lb.wait_all("kvwire_bridges", "UP", timeout=15)

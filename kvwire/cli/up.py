@@ -558,15 +558,11 @@ def _admin_socket_answers(child: ChildProcess) -> bool:
 
 
 def _remove_haproxy_socket(supervisor: Supervisor, ports: dict[str, int]) -> None:
-    """HAProxy leaves its UNIX sockets behind when it exits: the admin socket, and
-    the one of its JSON 503 for no bridge at all (haproxy/kvwire.cfg, kvwire_no_node)."""
+    """HAProxy leaves its admin socket behind when it exits."""
     for child in supervisor.children:
         path = _admin_socket(child) if child.name not in ports else None
-        if path is None or child.running:
-            continue
-        for socket_path in (path, path.with_name(f"{path.name}.no-node")):
-            if socket_path.is_socket():
-                socket_path.unlink(missing_ok=True)
+        if path is not None and not child.running and path.is_socket():
+            path.unlink(missing_ok=True)
 
 
 def _make_cluster_secret(path: Path) -> None:
