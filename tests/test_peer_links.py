@@ -7,8 +7,11 @@ this process against a real node, and a real cluster.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
+
+import pytest
 
 from kvwire.protocol import ErrorReply, Health, Hello, Ping, Pong
 from kvwire.protocol.messages import Digests, DigestsReply, Requests
@@ -178,10 +181,11 @@ async def test_a_link_waiting_out_its_backoff_dials_at_once_when_its_peer_is_up(
             cluster.stop()  # even if the link's task failed: no node may outlive the test
 
 
-async def test_a_link_waiting_after_a_refused_handshake_dials_at_once_when_its_peer_is_up(tmp_path, monkeypatch, caplog):
-    """The wait after a refused handshake (or certificate) is cut short by
-    dial_now too: the peer's proof, just accepted, shows it has been fixed."""
-    monkeypatch.setattr(peers, "RECONNECT_MAX_DELAY", 120.0)  # far longer than the test
+@contextlib.asynccontextmanager
+async def link_backing_off_after_a_refused_hello(tmp_path, monkeypatch, caplog):
+    """(n1, link, events): a link from n2 to a scripted n1 that refused its first HELLO,
+    the link now waiting out a 120 s backoff, far longer than any test."""
+    monkeypatch.setattr(peers, "RECONNECT_MAX_DELAY", 120.0)
     caplog.set_level(logging.DEBUG, logger="kvwire.peers")
     secret = read_secret_file(new_secret_file(tmp_path))
     async with ScriptedNode(refusing_first_hellos(1), node_id="n1", secret=secret) as n1:
@@ -192,13 +196,20 @@ async def test_a_link_waiting_after_a_refused_handshake_dials_at_once_when_its_p
         link.start()
         try:
             await poll(lambda: "peer n1: handshake failed" in caplog.text, 10, "the first HELLO to n1 refused")
-            assert link.connection is None and events.linked == []  # waiting: 120 s
-            link.dial_now()
-            await poll(lambda: events.linked == ["n1"], 10, "the link to n1 up")
-            assert "dialling it back now" in caplog.text
-            assert sum(isinstance(request, Hello) for request in n1.received) >= 2
+            yield n1, link, events
         finally:
-            await link.close()
+            await link.close()  # a second close does nothing
+
+
+async def test_a_link_waiting_after_a_refused_handshake_dials_at_once_when_its_peer_is_up(tmp_path, monkeypatch, caplog):
+    """The wait after a refused handshake (or certificate) is cut short by
+    dial_now too: the peer's proof, just accepted, shows it has been fixed."""
+    async with link_backing_off_after_a_refused_hello(tmp_path, monkeypatch, caplog) as (n1, link, events):
+        assert link.connection is None and events.linked == []  # waiting: 120 s
+        link.dial_now()
+        await poll(lambda: events.linked == ["n1"], 10, "the link to n1 up")
+        assert "dialling it back now" in caplog.text
+        assert sum(isinstance(request, Hello) for request in n1.received) >= 2
 
 
 def test_nodes_whose_cluster_swaps_two_addresses_redial_each_once_a_second_not_in_a_loop(tmp_path):
@@ -264,3 +275,19 @@ def test_a_peer_with_other_limits_is_named_once_with_each_difference(tmp_path):
         cluster.restart("n2")
         cluster.wait_ready()
         assert n1.log().count("peer n2 has other limits") == 1
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_a_link_closed_as_its_peer_dials_in_stops_and_does_not_dial(tmp_path, monkeypatch, caplog, turns):
+    """A node stopping (SIGTERM) as a peer dials in: the link's backoff ends and it is
+    cancelled within a few loop turns of each other. Python 3.11's wait_for returns the
+    wait's result when the cancellation comes once that wait has ended, so the link
+    went on to dial, linked, and waited on the new connection for ever: the node's
+    shutdown hung (a CI run saw it). Each number of turns between the two is tried."""
+    async with link_backing_off_after_a_refused_hello(tmp_path, monkeypatch, caplog) as (_, link, events):
+        link.dial_now()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(link.close(), 5)
+        assert link.connection is None
+        assert events.linked == []  # it did not go on to link once closed

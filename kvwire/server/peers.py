@@ -68,6 +68,7 @@ class PeerLink:
         self._task: asyncio.Task | None = None
         self._dial_now = asyncio.Event()  # set: cut the backoff short
         self._backing_off = False
+        self._closing = False  # close() called: dial no more
         self._limits_warned: Limits | None = None  # the peer's limits last warned about, to say it once
 
     def start(self) -> None:
@@ -76,7 +77,7 @@ class PeerLink:
     async def _maintain(self) -> None:
         peer = self.member.node_id
         failures = 0
-        while True:
+        while not self._closing:
             # Cleared before the attempt, not after it fails: a peer that dials
             # in meanwhile still cuts the next backoff short.
             self._dial_now.clear()
@@ -115,6 +116,9 @@ class PeerLink:
                 log.error("peer %s: handshake failed: %s", peer, exc, extra={"peer": peer, "event": "peer_handshake_failed"})
                 await self._back_off(RECONNECT_MAX_DELAY)
                 continue
+            if self._closing:  # closed while it dialled (its cancellation swallowed, see close)
+                connection.abort()
+                return
             if connection.node_id != peer:
                 log.error("%s answers as node %r, not %r; check --cluster", self.member.address, connection.node_id, peer)
                 connection.close()
@@ -189,14 +193,18 @@ class PeerLink:
             self.connection.abort()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        self._closing = True
+        task = self._task
+        while task is not None and not task.done():
+            # Cancelled again until it ends: Python 3.11's wait_for returns the result
+            # of a wait that ended as the cancellation came (a peer dialling in as this
+            # node stops cuts the backoff short), and the link would go on to dial.
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved: it ended, however, and the node is stopping
         if self.connection is not None:
-            self.connection.close()
+            self.connection.abort()  # the node is stopping: nothing buffered is owed, and a hung peer would hold it
 
 
 class PeerLinks:
