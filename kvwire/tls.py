@@ -103,14 +103,15 @@ class TlsFiles:
             raise TlsConfigError(f"{given} needs {missing}: a certificate and its private key go together")
 
 
-def server_context(cert: Path, key: Path, *, client_ca: Path | None = None) -> ssl.SSLContext:
+def server_context(cert: Path, key: Path, *, client_ca: Path | None = None,
+                   names: FileNames = OPTION_NAMES) -> ssl.SSLContext:
     """The context a listening side serves with; given ``client_ca``, every client must
     present a certificate it signed. Raises TlsConfigError naming a file that will not load."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
-    _load_certificate(context, cert, key, OPTION_NAMES)
+    _load_certificate(context, cert, key, names)
     if client_ca is not None:
-        _load_ca(context, client_ca, OPTION_NAMES)
+        _load_ca(context, client_ca, names)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

@@ -642,19 +642,20 @@ def _up_tls_once(tmp_path, *args: str, timeout: float = 30) -> subprocess.Comple
                   "--data-dir", str(tmp_path / "data"), *args, timeout=timeout)
 
 
-def test_up_with_tls_needs_neither_the_ca_key_nor_haproxy_pem_without_haproxy(tmp_path):
-    from test_up import Up
-
-    certs = DevCerts.create(tmp_path / "data" / "tls")
-    (certs.directory / "ca.key").unlink()  # kept off the machine, as `kvwire certs` advises
-    (certs.directory / "haproxy.pem").unlink()
-    up = Up(tmp_path, "--tls", "--nodes", "1", "--no-http", "--base-port", str(free_port()),
-            "--data-dir", str(tmp_path / "data"), "--sync", "off")
+def _up_tls_serves_and_stops(tmp_path) -> None:
+    """``kvwire up --tls`` of one node on DATA=tmp_path/data: every node answers, then a clean stop."""
+    up = _up_tls_node(tmp_path)
     try:
-        up.wait_printed("every node answers", timeout=30)
         up.stop_cleanly()
     finally:
         up.cleanup()
+
+
+def test_up_with_tls_needs_neither_the_ca_key_nor_haproxy_pem_without_haproxy(tmp_path):
+    certs = DevCerts.create(tmp_path / "data" / "tls")
+    (certs.directory / "ca.key").unlink()  # kept off the machine, as `kvwire certs` advises
+    (certs.directory / "haproxy.pem").unlink()
+    _up_tls_serves_and_stops(tmp_path)
     assert not (certs.directory / "ca.key").exists()  # the set was used as it was, not replaced
 
 
@@ -714,21 +715,39 @@ def test_up_with_tls_refuses_reused_certificates_that_do_not_fit_before_any_node
 
 
 def _for_servers_only(certs: DevCerts, file_name: str) -> None:
-    """``file_name`` signed again for serverAuth alone: it passes up's checks, and a node refuses it from a client."""
+    """``file_name`` signed again for serverAuth alone: a node refuses it from a client."""
     from kvwire.testing.certs import reissue
 
     reissue(certs, file_name, purposes=[ExtendedKeyUsageOID.SERVER_AUTH])
 
 
-def test_up_with_tls_says_why_a_node_does_not_answer_when_it_gives_up(tmp_path):
+@pytest.mark.parametrize("file_name", ["client.pem", "node.pem"])
+def test_up_with_tls_refuses_a_certificate_for_the_wrong_purpose_before_any_node_starts(tmp_path, file_name):
+    """Signed again for serverAuth alone, client.pem is refused by every node; for
+    clientAuth alone, node.pem by every dialler. up's check is a handshake in memory
+    with the contexts the nodes build, so OpenSSL judges it as the nodes will."""
+    from kvwire.testing.certs import reissue
+
     certs = DevCerts.create(tmp_path / "data" / "tls")
-    _for_servers_only(certs, "client.pem")  # up's own PINGs present it
-    result = _up_tls_once(tmp_path, timeout=60)
+    if file_name == "client.pem":
+        _for_servers_only(certs, file_name)
+    else:
+        reissue(certs, file_name, purposes=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    result = _up_tls_once(tmp_path)
     assert result.returncode == 1, result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("kvwire up: ")]
-    assert line == (f"kvwire up: n1 not answering after 30 s (it closed the connection without a reply, as a node does "
-                    f"when it refuses the client certificate {certs.directory / 'client.pem'}; its log says why); giving up")
-    assert "failed: certificate verify failed: unsuitable certificate purpose" in result.stderr  # n1's log line
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {certs.directory / file_name} is refused in a TLS handshake as the nodes make it "
+                           "(certificate verify failed: unsuitable certificate purpose)"), line
+    assert not (tmp_path / "data" / "n1").exists()  # no node started
+
+
+def test_up_with_tls_says_why_a_node_does_not_answer_when_it_gives_up(tmp_path):
+    """Every node closes a connection that has not finished its handshake within
+    --hello-timeout, here far less than one takes: up's probes never get a reply."""
+    result = _up_tls_once(tmp_path, "--", "--hello-timeout", "0.0001", timeout=60)
+    assert result.returncode == 1, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("kvwire up: n1 not answering")]
+    assert line.startswith("kvwire up: n1 not answering after 30 s (") and line.endswith("); giving up"), line
 
 
 def _up_tls_node(tmp_path):
@@ -777,3 +796,35 @@ def test_ctl_start_of_a_node_that_does_not_answer_exits_1_saying_why(tmp_path):
         up.stop_cleanly()
     finally:
         up.cleanup()
+
+
+def test_up_with_tls_on_a_host_no_certificate_can_name_is_one_line(tmp_path):
+    result = _up_tls_once(tmp_path, "--host", "127.1")
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: cannot make development certificates for --host 127.1: "), line
+
+
+def test_up_with_tls_accepts_a_ca_bundle_whose_signing_ca_is_not_first(tmp_path, other):
+    """ca.pem may hold several CAs (a bundle), the one that signed the set not first:
+    the nodes accept it, and so must up's check (it compared against the first only)."""
+    certs = DevCerts.create(tmp_path / "data" / "tls")
+    ca = certs.directory / "ca.pem"
+    ca.write_bytes(other.ca.read_bytes() + ca.read_bytes())
+    _up_tls_serves_and_stops(tmp_path)
+
+
+@pytest.mark.parametrize("wildcard, host, fits", [
+    ("*.example.test", "kv.example.test", True),
+    ("*.localhost", "kv.localhost", False),  # OpenSSL wants two labels after the wildcard
+    ("*.test", "kv.test", False),
+])
+def test_up_judges_a_wildcard_certificate_as_openssl_does(tmp_path, wildcard, host, fits):
+    from kvwire.cli.up_certs import NEEDED, _first_problem
+
+    certs = DevCerts.create(tmp_path / "tls", hosts=[wildcard])
+    problem = _first_problem(certs.directory, host, NEEDED)
+    if fits:
+        assert problem is None
+    else:
+        assert problem is not None and f"does not name {host}" in problem, problem

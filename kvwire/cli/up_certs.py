@@ -12,8 +12,8 @@ Each refusal is one line naming the file, and the command that makes a set that 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import shlex
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,18 @@ import click
 
 from ..testing import DevCerts
 from ..testing.certs import DEFAULT_HOSTS, canonical_host
+from ..tls import FileNames, TlsConfigError, client_context, describe_tls_error, server_context
 
 # What every --tls run reads: the nodes their certificate and the CA, up's own probes the client's.
 NEEDED = ("ca.pem", "node.pem", "node.key", "client.pem", "client.key")
 # The node certificate and key in one file, for HAProxy.
 NEEDED_BY_HAPROXY = ("haproxy.pem",)
+# How the check's messages name the files: by their paths alone, as up was given no option for them.
+_FILES = FileNames("certificate", "key", "CA", quoted=False)
+# OpenSSL's verify codes for a certificate that does not name the host dialled,
+# and for one it cannot chain to the CA given.
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_UNKNOWN_ISSUER = (2, 19, 20, 21)  # unable to get issuer, self-signed in chain, local issuer, verify leaf
 
 
 def prepare_dev_certs(certs: DevCerts, host: str, *, with_haproxy: bool) -> bool:
@@ -40,6 +47,8 @@ def prepare_dev_certs(certs: DevCerts, host: str, *, with_haproxy: bool) -> bool
         except OSError as exc:
             raise click.ClickException(f"cannot write development certificates to {exc.filename or directory}: "
                                        f"{exc.strerror or exc}") from None
+        except ValueError as exc:  # a --host no certificate can name, as kvwire certs --host says
+            raise click.ClickException(f"cannot make development certificates for --host {host}: {exc}") from None
         return True
     fix = f"`{shlex.join(['kvwire', 'certs', str(directory), *_host_option(host), '--force'])}` makes a new set"
     needed = NEEDED + (NEEDED_BY_HAPROXY if with_haproxy else ())
@@ -59,36 +68,84 @@ def _host_option(host: str) -> list[str]:
 
 
 def _first_problem(directory: Path, host: str, needed: tuple[str, ...]) -> str | None:
-    """What is wrong with the certificates of ``needed``, naming the file; None if nothing is."""
-    from cryptography.exceptions import InvalidSignature
+    """What is wrong with the certificates of ``needed``, naming the file; None if nothing is.
 
+    The dates are read here, to name them; the rest is asked of OpenSSL itself, in
+    handshakes made in memory with the contexts the nodes and ``up``'s probes build:
+    chains through intermediates, CA bundles, host names, wildcards and purposes are
+    then judged exactly as the real handshakes will judge them."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    loaded = {}
     for name in needed:
         if name.endswith(".key"):
-            continue  # a key that is not its certificate's is refused, naming it, by whoever loads it
+            continue  # a key that is not its certificate's is refused, naming it, when its context is built
         path = directory / name
         try:
-            loaded[name] = certificate = _load_certificate(path)
+            certificate = _load_certificate(path)
         except (OSError, ValueError) as exc:
             return f"{path} is not a readable PEM certificate ({getattr(exc, 'strerror', None) or exc})"
         if now < certificate.not_valid_before_utc:
             return f"{path} is not valid until {_when(certificate.not_valid_before_utc)} (is this machine's clock right?)"
         if now > certificate.not_valid_after_utc:
             return f"{path} expired on {_when(certificate.not_valid_after_utc)}"
-    ca = loaded.pop("ca.pem")
-    for name, certificate in loaded.items():
-        try:
-            certificate.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            return f"{directory / name} is not signed by the CA in {directory / 'ca.pem'}"
-        # HAProxy serves with the node's certificate: clients dial the host it binds as they do a node.
-        if name != "client.pem":
-            names = _alt_names(certificate)
-            if not _names_host(names, host):
-                return (f"{directory / name} does not name {host}, the host the nodes serve and are dialled at "
-                        f"(it names {', '.join(names) or 'nothing'})")
+    ca = directory / "ca.pem"
+    try:
+        # A node serves node.pem and asks for a client certificate; up's probes present client.pem.
+        pairs = [(server_context(directory / "node.pem", directory / "node.key", client_ca=ca, names=_FILES),
+                  client_context(ca=ca, cert=directory / "client.pem", key=directory / "client.key", names=_FILES),
+                  "node.pem")]
+        if "haproxy.pem" in needed:  # HAProxy serves it to clients that dial the host, as they dial a node
+            pairs.append((server_context(directory / "haproxy.pem", directory / "haproxy.pem", names=_FILES),
+                          client_context(ca=ca, names=_FILES), "haproxy.pem"))
+    except TlsConfigError as exc:
+        return str(exc)
+    for served, dialling, served_name in pairs:
+        refused = _handshake(served, dialling, host.strip("[]"))
+        if refused is None:
+            continue
+        side, error = refused
+        path = directory / (served_name if side == "client" else "client.pem")
+        if getattr(error, "verify_code", None) in _NAME_MISMATCH:
+            names = _alt_names(_load_certificate(path))
+            return (f"{path} does not name {host}, the host the nodes serve and are dialled at "
+                    f"(it names {', '.join(names) or 'nothing'})")
+        if getattr(error, "verify_code", None) in _UNKNOWN_ISSUER:
+            return f"{path} is not signed by the CA in {ca} ({describe_tls_error(error)})"
+        return f"{path} is refused in a TLS handshake as the nodes make it ({describe_tls_error(error)})"
     return None
+
+
+def _handshake(served: ssl.SSLContext, dialling: ssl.SSLContext, host: str) -> tuple[str, ssl.SSLError] | None:
+    """A TLS handshake between the two contexts, in memory: None when both sides accept,
+    else which side refused ("client": the dialler refused the served certificate;
+    "server": the server refused the client's) and its error."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    from_server, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = dialling.wrap_bio(to_client, from_client, server_hostname=host)
+    server = served.wrap_bio(to_server, from_server, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):  # TLS 1.3 needs three flights; a few more cost nothing
+        for side, end in (("client", client), ("server", server)):
+            if not done[side]:
+                try:
+                    end.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError as exc:
+                    return side, exc
+        to_server.write(from_client.read())
+        to_client.write(from_server.read())
+        if all(done.values()):
+            # In TLS 1.3 the client is done before the server has judged its certificate:
+            # its refusal reaches the client as an alert, read here.
+            try:
+                client.read(1)
+            except ssl.SSLWantReadError:
+                return None
+            except ssl.SSLError as exc:
+                return "server", exc
+            return None
+    return "client", ssl.SSLError("the handshake did not finish")
 
 
 def _load_certificate(path: Path) -> Any:
@@ -106,31 +163,6 @@ def _alt_names(certificate: Any) -> list[str]:
     except x509.ExtensionNotFound:
         return []  # the subject's common name is never checked (Python's ssl sets NEVER_CHECK_SUBJECT)
     return [str(name) for name in alt_names.get_values_for_type(x509.IPAddress)] + alt_names.get_values_for_type(x509.DNSName)
-
-
-def _names_host(names: list[str], host: str) -> bool:
-    """Whether a certificate naming ``names`` passes the host name check of a client dialling ``host``."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        address = None
-    if address is not None:
-        return any(_same_address(name, address) for name in names)
-    host = host.lower().rstrip(".")
-    for name in (name.lower() for name in names):
-        if name == host:
-            return True
-        # RFC 6125 6.4.3, as OpenSSL checks: "*." stands for exactly one whole leftmost label.
-        if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
-            return True
-    return False
-
-
-def _same_address(name: str, address: Any) -> bool:
-    try:
-        return ipaddress.ip_address(name) == address
-    except ValueError:
-        return False
 
 
 def _when(moment: datetime.datetime) -> str:
