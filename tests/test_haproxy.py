@@ -101,8 +101,8 @@ def test_the_config_validates_as_is_and_with_production_addresses(haproxy_binary
 
 def test_a_soft_reload_hands_over_and_the_old_process_exits_cleanly(haproxy_binary, tmp_path):
     """`haproxy -sf OLD`, as init scripts reload: the old process stops cleanly (HAProxy
-    2.6 crashed pausing the abstract socket an earlier config bound for its no-node
-    503, exit 139), and the new one answers, here its own JSON 503 as no bridge runs."""
+    2.6 crashed, exit 139, pausing an abstract socket a version of this config bound),
+    and the new one answers, here its own JSON 503 as no bridge runs."""
     env = {
         **os.environ,
         **{f"KVWIRE_NODE{i}": free_address() for i in (1, 2, 3)},
@@ -117,7 +117,7 @@ def test_a_soft_reload_hands_over_and_the_old_process_exits_cleanly(haproxy_bina
             return subprocess.Popen([haproxy_binary, "-db", "-f", str(CONFIG), *args], env=env, stdout=log,
                                     stderr=subprocess.STDOUT)
 
-    def no_node_answer() -> bool:
+    def json_503() -> bool:
         try:
             reply = http("GET", f"http://{env['KVWIRE_LB_HTTP']}{PREFIX}/kv/any/", timeout=2)
         except OSError:
@@ -127,11 +127,11 @@ def test_a_soft_reload_hands_over_and_the_old_process_exits_cleanly(haproxy_bina
     old = start()
     new = None
     try:
-        wait_for(lambda: old.poll() is None and no_node_answer(), timeout=10,
+        wait_for(lambda: old.poll() is None and json_503(), timeout=10,
                  what="the first haproxy answering")
         new = start("-sf", str(old.pid))
         assert old.wait(timeout=10) == 0, (tmp_path / "haproxy-0.log").read_text()
-        assert new.poll() is None and no_node_answer(), (tmp_path / "haproxy-1.log").read_text()
+        assert new.poll() is None and json_503(), (tmp_path / "haproxy-1.log").read_text()
     finally:
         for process in (old, new):
             if process is not None and process.poll() is None:

@@ -113,17 +113,6 @@ def test_a_get_retried_when_no_bridge_has_quorum_is_served_by_the_one_left(tmp_p
         assert [reply if isinstance(reply, str) else (reply[0], reply[1].get("value")) for reply in replies] == [(200, "hello")] * 6
 
 
-def test_a_get_retried_when_every_node_hangs_gets_the_json_503(tmp_path, haproxy_binary):
-    """Every node hung with GETs in flight: the retry's last resort is HAProxy's own JSON 503
-    (no-node, the last backup, served by the stats frontend), never a connection closed
-    without a response."""
-    cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="off")
-    with cluster, haproxy_for(cluster, bridges, tmp_path) as lb:
-        lb.wait_all("kvwire_bridges", "UP", timeout=15)
-        replies = gets_in_flight_on_hung_nodes(cluster, lb, cluster.node_ids, f"{PREFIX}/kv/anything/")
-        assert replies == [(503, {"error": "No node available", "status": 503, "balancer": "haproxy"})] * 6
-
-
 def test_with_every_node_down_haproxy_answers_json_errors(tmp_path, haproxy_binary):
     cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="off")
     with cluster, haproxy_for(cluster, bridges, tmp_path) as lb:

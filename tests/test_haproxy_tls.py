@@ -82,10 +82,9 @@ def test_checks_speak_the_protocol_over_tls(tls_setup):
     for row in checked:
         # "* L7OK": the last check passed and the next one is under way.
         assert row["check_status"].removeprefix("* ") == "L7OK" and row["chkfail"] == "0", row
-    # kvwire_bridges' backups: three that follow kvwire_bridges_minority's checks, and
-    # HAProxy's own JSON 503, which nothing checks.
+    # kvwire_bridges' backups: three that follow kvwire_bridges_minority's checks.
     assert {row["svname"]: row["status"] for row in rows if row["bck"] == "1"} == {
-        "n1-minority": "UP", "n2-minority": "UP", "n3-minority": "UP", "no-node": "no check"}
+        "n1-minority": "UP", "n2-minority": "UP", "n3-minority": "UP"}
 
 
 def test_the_http_frontend_terminates_tls(tls_setup):
