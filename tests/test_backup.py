@@ -416,3 +416,22 @@ def test_bad_arguments_get_one_line_and_change_nothing(tmp_path):
         result = run_backup(node.data_dir)  # the destination missing: click's usage error
         assert result.returncode == 2 and "Missing argument 'DESTINATION'" in result.stderr
         wait_for(lambda: node.running, timeout=1, what="the node untouched")
+
+
+def test_the_clean_up_removes_only_what_a_backup_would_have_left(tmp_path):
+    """A directory named like a staging but not one (the user's own: another name's shape,
+    or holding other files) is never removed; a killed backup's staging is."""
+    parent = tmp_path / "backups"
+    parent.mkdir()
+    users = [parent / ".photos.backup-partial", parent / ".n1.backup-partial",
+             parent / ".n1.0123456789abcdef.backup-partial"]
+    for directory in users:
+        directory.mkdir()
+        (directory / "holiday.jpg").write_bytes(b"not kvwire's")
+    killed = parent / ".n0.fedcba9876543210.backup-partial"
+    killed.mkdir()
+    (killed / "kvwire.sqlite3").write_bytes(b"a copy cut short")
+    result = run_backup(large_node_database(tmp_path / "n1"), parent / "n2")
+    assert result.returncode == 0, result.stderr
+    assert all((directory / "holiday.jpg").exists() for directory in users)
+    assert not killed.exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -30,6 +31,9 @@ from .storage import DATABASE_FILE_NAME, DataDirError
 # locked, then renamed: one under its own name is a live backup's, or a dead one's.
 STAGING_SUFFIX = ".backup-partial"
 LOCK_SUFFIX = ".lock"
+# Exactly the names NewDirectory gives (a hidden DESTINATION name, 64 random bits in hex):
+# the clean-up removes nothing else.
+_STAGING_NAME = re.compile(r"\..+\.[0-9a-f]{16}" + re.escape(STAGING_SUFFIX))
 _UNLOCKED_PREFIX = ".kvwire-backup-lock."
 # In a DESTINATION that existed, empty: the copy's name, and its lock file's.
 PARTIAL_NAME = DATABASE_FILE_NAME + ".partial"
@@ -103,6 +107,7 @@ class IntoEmptyDirectory:
         self.committed = False
         self.copy = destination / PARTIAL_NAME
         self.lock_path = destination / PARTIAL_LOCK_NAME
+        remove_killed_stagings(destination.parent)  # as a new DESTINATION's backup does (README)
         if not destination.is_dir() or _holds_more_than_a_killed_copy(destination):
             raise _not_empty(destination)  # before the lock file is made in it
         self.lock = lock_file(self.lock_path, create=True)
@@ -160,20 +165,31 @@ def remove_killed_stagings(parent: Path) -> None:
     except OSError:
         return  # a drop directory one may write in but not list (mode 0333): nothing to see
     for name in names:
-        if name.startswith(".") and name.endswith(STAGING_SUFFIX + LOCK_SUFFIX):
+        if _STAGING_NAME.fullmatch(name.removesuffix(LOCK_SUFFIX)) and name.endswith(LOCK_SUFFIX):
             try:
                 lock = lock_file(parent / name, create=False)
             except OSError:
                 continue  # gone meanwhile, or not a file we may write: not ours to remove
             if lock is not None:
-                shutil.rmtree(parent / name.removesuffix(LOCK_SUFFIX), ignore_errors=True)
+                _remove_staging(parent / name.removesuffix(LOCK_SUFFIX))
                 _unlink(parent / name)
                 os.close(lock)
     for name in names:
-        staging = parent / name
-        if (name.startswith(".") and name.endswith(STAGING_SUFFIX) and staging.is_dir()
-                and not staging.is_symlink() and not os.path.lexists(f"{staging}{LOCK_SUFFIX}")):
-            shutil.rmtree(staging, ignore_errors=True)
+        if _STAGING_NAME.fullmatch(name) and not os.path.lexists(parent / f"{name}{LOCK_SUFFIX}"):
+            _remove_staging(parent / name)
+
+
+def _remove_staging(staging: Path) -> None:
+    """``staging`` and the copy in it, if it is a directory holding nothing but a database
+    and SQLite's files: a name that looks like ours is no proof it is (the user's own data)."""
+    try:
+        if staging.is_symlink() or not staging.is_dir():
+            return
+        if not set(os.listdir(staging)) <= {f"{DATABASE_FILE_NAME}{suffix}" for suffix in _SQLITE_FILES}:
+            return
+    except OSError:
+        return
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def lock_file(path: Path, *, create: bool) -> int | None:
