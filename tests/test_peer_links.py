@@ -291,3 +291,18 @@ async def test_a_link_closed_as_its_peer_dials_in_stops_and_does_not_dial(tmp_pa
         await asyncio.wait_for(link.close(), 5)
         assert link.connection is None
         assert events.linked == []  # it did not go on to link once closed
+
+
+async def test_closing_a_link_that_is_up_drops_its_connection(tmp_path):
+    """The node stopping: the link's connection is aborted, not left open until the process exits."""
+    secret = read_secret_file(new_secret_file(tmp_path))
+    async with ScriptedNode(node_id="n1", secret=secret) as n1:
+        members = parse_cluster(f"n1={n1.address},n2=127.0.0.1:1")
+        config = ServerConfig(node_id="n2", members=members, data_dir=tmp_path / "n2-unused", cluster_secret=secret)
+        events = Events()
+        link = PeerLink(members[0], config, events)
+        link.start()
+        await poll(lambda: events.linked == ["n1"], 10, "the link to n1 up")
+        held = link.connection
+        await asyncio.wait_for(link.close(), 5)
+        assert held is not None and not held.is_open

@@ -194,6 +194,10 @@ class PeerLink:
 
     async def close(self) -> None:
         self._closing = True
+        if self.connection is not None:
+            # The node is stopping: nothing buffered is owed, and a hung peer would hold a
+            # graceful close. The link's task then sees its connection end, and stops.
+            self.connection.abort()
         task = self._task
         while task is not None and not task.done():
             # Cancelled again until it ends: Python 3.11's wait_for returns the result
@@ -201,10 +205,9 @@ class PeerLink:
             # node stops cuts the backoff short), and the link would go on to dial.
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
-        if task is not None and not task.cancelled():
-            task.exception()  # retrieved: it ended, however, and the node is stopping
-        if self.connection is not None:
-            self.connection.abort()  # the node is stopping: nothing buffered is owed, and a hung peer would hold it
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("peer %s: the link ended with an error as the node stopped", self.member.node_id,
+                      exc_info=task.exception())
 
 
 class PeerLinks:
