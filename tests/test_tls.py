@@ -828,3 +828,23 @@ def test_up_judges_a_wildcard_certificate_as_openssl_does(tmp_path, wildcard, ho
         assert problem is None
     else:
         assert problem is not None and f"does not name {host}" in problem, problem
+
+
+@pytest.mark.parametrize("file_name, peers", [("node.pem", True), ("node.pem", False), ("haproxy.pem", True)])
+def test_up_judges_the_certificates_peers_and_haproxy_present_as_clients(tmp_path, file_name, peers):
+    """Peers present node.pem as their client certificate, HAProxy's checks haproxy.pem:
+    signed again for serverAuth alone, each is refused by every node it dials. One node
+    alone has no peer to present node.pem to."""
+    from kvwire.cli.up_certs import NEEDED, NEEDED_BY_HAPROXY, _first_problem
+
+    certs = DevCerts.create(tmp_path / "tls")
+    _for_servers_only(certs, file_name)
+    if file_name == "haproxy.pem":  # reissue writes the certificate alone; HAProxy's file holds its key after it
+        with open(certs.directory / "haproxy.pem", "ab") as proxy:
+            proxy.write((certs.directory / "node.key").read_bytes())
+    problem = _first_problem(certs.directory, "127.0.0.1", NEEDED + NEEDED_BY_HAPROXY, peers=peers)
+    if file_name == "node.pem" and not peers:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(f"{certs.directory / file_name} is refused"), problem
+        assert "unsuitable certificate purpose" in problem, problem

@@ -151,7 +151,7 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
         bridge_ports = [http_ports.get(node_id, http_base_port + i) for i, (node_id, _) in enumerate(nodes)]
         children.append(haproxy_child(host, [port for _, port in nodes], bridge_ports, data_dir, tls=certs))
     if certs is not None:
-        if prepare_dev_certs(certs, host, with_haproxy=with_haproxy):
+        if prepare_dev_certs(certs, host, with_haproxy=with_haproxy, peers=node_count > 1):
             _say(f"kvwire up: wrote development certificates to {certs.directory} (kvwire certs)")
     sys.exit(_run(Supervisor(children), host, dict(nodes), http_ports, data_dir, cluster_id, certs=certs,
                   secret_path=secret_path))

@@ -32,10 +32,12 @@ _FILES = FileNames("certificate", "key", "CA", quoted=False)
 # OpenSSL's verify codes for a certificate that does not name the host dialled,
 # and for one it cannot chain to the CA given.
 _NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-_UNKNOWN_ISSUER = (2, 19, 20, 21)  # unable to get issuer, self-signed in chain, local issuer, verify leaf
+# (unable to get the issuer, a bad signature, self-signed, self-signed in the chain,
+# no local issuer, cannot verify the leaf, an issuer that is no CA)
+_UNKNOWN_ISSUER = (2, 7, 18, 19, 20, 21, 24)
 
 
-def prepare_dev_certs(certs: DevCerts, host: str, *, with_haproxy: bool) -> bool:
+def prepare_dev_certs(certs: DevCerts, host: str, *, with_haproxy: bool, peers: bool) -> bool:
     """Write a new set to ``certs.directory`` if it holds none (True), else check the one
     there (False); click.ClickException (exit 1) saying what is wrong and how to fix it."""
     directory = certs.directory
@@ -56,7 +58,7 @@ def prepare_dev_certs(certs: DevCerts, host: str, *, with_haproxy: bool) -> bool
     if missing:
         raise click.ClickException(f"{directory} holds part of a certificate set, without {', '.join(missing)}, "
                                    f"which {'--haproxy' if set(missing) <= set(NEEDED_BY_HAPROXY) else '--tls'} needs; {fix}")
-    problem = _first_problem(directory, host, needed)
+    problem = _first_problem(directory, host, needed, peers=peers)
     if problem is not None:
         raise click.ClickException(f"{problem}; {fix}")
     return False
@@ -67,7 +69,7 @@ def _host_option(host: str) -> list[str]:
     return [] if canonical_host(host) in DEFAULT_HOSTS else ["--host", host]
 
 
-def _first_problem(directory: Path, host: str, needed: tuple[str, ...]) -> str | None:
+def _first_problem(directory: Path, host: str, needed: tuple[str, ...], *, peers: bool = True) -> str | None:
     """What is wrong with the certificates of ``needed``, naming the file; None if nothing is.
 
     The dates are read here, to name them; the rest is asked of OpenSSL itself, in
@@ -78,6 +80,8 @@ def _first_problem(directory: Path, host: str, needed: tuple[str, ...]) -> str |
     for name in needed:
         if name.endswith(".key"):
             continue  # a key that is not its certificate's is refused, naming it, when its context is built
+        if name == "ca.pem":
+            continue  # may be a bundle, of which the dates that matter are the signing CA's: the handshakes judge them
         path = directory / name
         try:
             certificate = _load_certificate(path)
@@ -88,22 +92,30 @@ def _first_problem(directory: Path, host: str, needed: tuple[str, ...]) -> str |
         if now > certificate.not_valid_after_utc:
             return f"{path} expired on {_when(certificate.not_valid_after_utc)}"
     ca = directory / "ca.pem"
+    node_cert, node_key = directory / "node.pem", directory / "node.key"
     try:
-        # A node serves node.pem and asks for a client certificate; up's probes present client.pem.
-        pairs = [(server_context(directory / "node.pem", directory / "node.key", client_ca=ca, names=_FILES),
-                  client_context(ca=ca, cert=directory / "client.pem", key=directory / "client.key", names=_FILES),
-                  "node.pem")]
-        if "haproxy.pem" in needed:  # HAProxy serves it to clients that dial the host, as they dial a node
-            pairs.append((server_context(directory / "haproxy.pem", directory / "haproxy.pem", names=_FILES),
-                          client_context(ca=ca, names=_FILES), "haproxy.pem"))
+        node = server_context(node_cert, node_key, client_ca=ca, names=_FILES)
+        # (served, dialling, the file served, the file presented): a node serves node.pem and
+        # asks for a client certificate; up's probes present client.pem, peers node.pem,
+        # HAProxy's checks haproxy.pem, which it also serves to the clients that dial it.
+        pairs = [(node, client_context(ca=ca, cert=directory / "client.pem", key=directory / "client.key",
+                                       names=_FILES), "node.pem", "client.pem")]
+        if peers:
+            pairs.append((node, client_context(ca=ca, cert=node_cert, key=node_key, names=_FILES),
+                          "node.pem", "node.pem"))
+        if "haproxy.pem" in needed:
+            proxy = directory / "haproxy.pem"
+            pairs.append((server_context(proxy, proxy, names=_FILES), client_context(ca=ca, names=_FILES),
+                          "haproxy.pem", None))
+            pairs.append((node, client_context(ca=ca, cert=proxy, key=proxy, names=_FILES), "node.pem", "haproxy.pem"))
     except TlsConfigError as exc:
         return str(exc)
-    for served, dialling, served_name in pairs:
+    for served, dialling, served_name, presented_name in pairs:
         refused = _handshake(served, dialling, host.strip("[]"))
         if refused is None:
             continue
         side, error = refused
-        path = directory / (served_name if side == "client" else "client.pem")
+        path = directory / (served_name if side == "client" or presented_name is None else presented_name)
         if getattr(error, "verify_code", None) in _NAME_MISMATCH:
             names = _alt_names(_load_certificate(path))
             return (f"{path} does not name {host}, the host the nodes serve and are dialled at "
