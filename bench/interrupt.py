@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import sys
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -42,6 +43,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
 
+def _redeliver_dropped_interrupt(unraisable: Any) -> None:
+    """sys.unraisablehook while a command runs: a KeyboardInterrupt raised where Python
+    drops exceptions (a fork's at-fork hook, such as logging's, as a node starts) is
+    delivered again, at the next point that can raise it, as a Ctrl-C would be."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        # A real SIGINT to the main thread (it wakes a blocking call there), from another
+        # thread a moment later: raised inside this hook, it would be dropped again.
+        main = threading.main_thread().ident
+        threading.Timer(0.01, signal.pthread_kill, (main, signal.SIGINT)).start()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
 def interrupted_by() -> int:
     """The signal that stopped the command: SIGTERM if one came, else SIGINT (a KeyboardInterrupt)."""
     return _received[0] if _received else signal.SIGINT
@@ -64,17 +78,18 @@ def stops_cleanly(what: str = "everything it started was stopped") -> Callable[[
             _received.clear()
             in_main_thread = threading.current_thread() is threading.main_thread()
             previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+            previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_dropped_interrupt
             try:
                 result = function(*args, **kwargs)
             except KeyboardInterrupt:
                 exit_interrupted(click.get_current_context(), what)
             finally:
+                sys.unraisablehook = previous_hook
                 if in_main_thread:
                     signal.signal(signal.SIGTERM, previous)
             if _received:
-                # The KeyboardInterrupt was raised where Python drops exceptions (a
-                # fork's at-fork hook, e.g. logging's _releaseLock, as a node started):
-                # the run went on to its end, but it was asked to stop, so not 0.
+                # Its KeyboardInterrupt was dropped where not even the hook above saw it
+                # (or came as the command returned): it was asked to stop, so not 0.
                 exit_interrupted(click.get_current_context(), what)
             return result
 
