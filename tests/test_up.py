@@ -752,3 +752,14 @@ def test_a_ctl_request_that_up_drops_unanswered_says_it_may_not_have_been_done(t
                                                "the request may not have been carried out"):
             send(tmp_path, {"op": "status"})
         thread.join(timeout=10)
+
+
+def test_up_takes_an_ipv6_host_in_brackets_as_it_is_written_in_an_address(tmp_path):
+    """``--host [::1]`` as ``--host ::1``: it was bracketed again ("cannot listen on [[::1]]:PORT")."""
+    up = Up(tmp_path, "--host", "[::1]", "--nodes", "1", "--no-http", "--base-port", str(free_port()),
+            "--data-dir", str(tmp_path / "data"), "--sync", "off")
+    try:
+        up.wait_printed("every node answers", timeout=30)
+        up.stop_cleanly()
+    finally:
+        up.cleanup()

@@ -63,7 +63,8 @@ NOT_FOR_EVERY_NODE = frozenset({"KVWIRE_CLUSTER", "KVWIRE_HTTP_LISTEN", "KVWIRE_
 # Not interspersed: everything from `ctl` on is ctl's (`kvwire up ctl stop --data-dir DIR n2`).
 @click.command(context_settings={"allow_interspersed_args": False})
 @click.option("--nodes", "node_count", type=click.IntRange(min=1, max=99), default=3, show_default=True, help="How many nodes: n1, n2, ...")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address every node listens on.")
+@click.option("--host", default="127.0.0.1", show_default=True, callback=lambda ctx, param, value: _unbracketed(value),
+              help="Address every node listens on.")
 @click.option("--base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_BASE_PORT, show_default=True, help="Port of n1; node i listens on BASE_PORT + i - 1.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kvwire"), show_default=True, help="Each node keeps its data in DATA_DIR/<node id>.")
 @click.option("--cluster-id", default="kvwire", show_default=True, help="Cluster id the nodes share; clients naming another are refused.")
@@ -563,6 +564,14 @@ def _remove_haproxy_socket(supervisor: Supervisor, ports: dict[str, int]) -> Non
         path = _admin_socket(child) if child.name not in ports else None
         if path is not None and not child.running and path.is_socket():
             path.unlink(missing_ok=True)
+
+
+def _unbracketed(host: str) -> str:
+    """``[::1]`` as ``::1``: up writes an IPv6 address in brackets itself where an address
+    and a port meet, and a bracketed one would be bracketed twice ("[[::1]]:7379")."""
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
 
 
 def _make_cluster_secret(path: Path) -> None:
