@@ -19,8 +19,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .storage import DATABASE_FILE_NAME, DataDirError
@@ -74,17 +76,18 @@ class NewDirectory:
     def commit(self, on_committed: Callable[[], None]) -> None:
         _fsync(self.copy)
         _fsync(self.directory)
-        try:
-            # rename(2) replaces a directory only if it is empty, and never a file:
-            # whatever appeared at DESTINATION meanwhile is kept (an empty directory holds nothing).
-            os.rename(self.directory, self.destination)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-                raise
-            raise BackupError(f"{self.destination} appeared while the copy was made; "
-                              "it is left as it is and the copy was not kept") from None
-        self.committed = True
-        on_committed()
+        with _signals_held():
+            try:
+                # rename(2) replaces a directory only if it is empty, and never a file:
+                # whatever appeared at DESTINATION meanwhile is kept (an empty directory holds nothing).
+                os.rename(self.directory, self.destination)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    raise
+                raise BackupError(f"{self.destination} appeared while the copy was made; "
+                                  "it is left as it is and the copy was not kept") from None
+            self.committed = True
+            on_committed()
         for directory in {self.destination.parent, *(made.parent for made in self._made)}:
             _fsync(directory)
 
@@ -123,13 +126,14 @@ class IntoEmptyDirectory:
 
     def commit(self, on_committed: Callable[[], None]) -> None:
         _fsync(self.copy)
-        try:
-            os.link(self.copy, self.destination / DATABASE_FILE_NAME)  # link(2) replaces nothing
-        except FileExistsError:
-            raise BackupError(f"{self.destination / DATABASE_FILE_NAME} appeared while the copy was made; "
-                              "it is left as it is and the copy was not kept") from None
-        self.committed = True
-        on_committed()
+        with _signals_held():
+            try:
+                os.link(self.copy, self.destination / DATABASE_FILE_NAME)  # link(2) replaces nothing
+            except FileExistsError:
+                raise BackupError(f"{self.destination / DATABASE_FILE_NAME} appeared while the copy was made; "
+                                  "it is left as it is and the copy was not kept") from None
+            self.committed = True
+            on_committed()
         _fsync(self.destination)
         _unlink(self.copy)
         _fsync(self.destination)
@@ -155,6 +159,18 @@ def _holds_more_than_a_killed_copy(destination: Path) -> bool:
 
 def _not_empty(destination: Path) -> BackupError:
     return BackupError(f"{destination} exists and is not an empty directory; give a new path")
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back until the block ends: the copy put in place and the
+    commit marked (and told) are one step, so that a signal between the two is never
+    taken for one that came before, and a whole copy reported as nothing left."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def remove_killed_stagings(parent: Path) -> None:
