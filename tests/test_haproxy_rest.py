@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from rest_helpers import PREFIX, http
-from test_haproxy import CONFIG, cluster_with_bridges, haproxy_binary, haproxy_for  # noqa: F401 - fixture
+from test_haproxy import CONFIG, NO_NODE_503, cluster_with_bridges, haproxy_binary, haproxy_for  # noqa: F401 - fixture
 
 from kvwire.testing.balancer import HAProxyProcess, kill_during, report_figures
 from kvwire.testing.rest_load import RestLoad, get_on_each, keep_alive_connections
@@ -126,7 +126,7 @@ def test_with_every_node_down_haproxy_answers_json_errors(tmp_path, haproxy_bina
             reply = http(method, f"{base}/kv/anything/", body, timeout=5.0)
             assert reply.status == 503, (method, reply.status, reply.text)
             assert reply.headers["Content-Type"] == "application/json"
-            assert reply.json == {"error": "No node available", "status": 503, "balancer": "haproxy"}
+            assert reply.json == NO_NODE_503
 
 
 
