@@ -9,9 +9,11 @@ node is still stopped.
 """
 
 import asyncio
+import gc
 import threading
 
 import pytest
+import uvloop
 
 from kvwire import AsyncClient, Client, KvwireConnectionError, RetryPolicy
 from kvwire.testing import DevCerts, NodeProcess, own_sockets_to, started_together, wait_for, wait_for_async
@@ -119,3 +121,24 @@ async def test_close_drops_writes_buffered_for_a_hung_node(node):
         assert all(isinstance(result, KvwireConnectionError) for result in results), results
     finally:
         node.resume()
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.SelectorEventLoop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_an_async_client_moved_to_a_new_loop_lets_go_of_the_old_loops_sockets(tmp_path, new_loop):
+    """asyncio's own loop cannot close a transport once the loop is closed: the
+    sockets of each earlier ``asyncio.run`` stayed open until garbage collected."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
+        client = AsyncClient(node.address, timeout=5)
+        collected = gc.isenabled()
+        gc.disable()  # the garbage collector would close them, sooner or later
+        try:
+            for _ in range(3):
+                with asyncio.Runner(loop_factory=new_loop) as runner:
+                    runner.run(client.ping())
+                assert own_sockets_to(node.address) <= 1  # the last loop's, closed or not
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                runner.run(client.close())
+            assert own_sockets_to(node.address) == 0
+        finally:
+            if collected:
+                gc.enable()

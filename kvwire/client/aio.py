@@ -242,13 +242,16 @@ class AsyncClient:
 
         From another event loop than the one the client was used on, the closing is done on
         that loop, waited for up to the client's timeout (that loop may not be running); once
-        that loop is closed, there is nothing left to close."""
+        that loop is closed, its sockets are closed at once (Endpoint.abandon)."""
         if self._closed:
             return
         self._closed = True
         loop = self._loop
-        if loop is None or loop.is_closed():
-            return  # never used, or its connections went with their loop
+        if loop is None:
+            return  # never used
+        if loop.is_closed():
+            self._endpoints.abandon()
+            return
         if loop is asyncio.get_running_loop():
             await self._close_connections()
             return
@@ -268,7 +271,7 @@ class AsyncClient:
         to that loop: a call from another loop would write to them from the wrong thread (and
         the write may be applied while the call fails), so it is refused before anything is
         sent. Once that loop is closed (``asyncio.run`` called again, a test's own loop), the
-        client starts afresh on the new one: its old connections went with the old loop."""
+        client starts afresh on the new one, its old connections dropped."""
         loop = asyncio.get_running_loop()
         if loop is self._loop:
             return
@@ -276,6 +279,7 @@ class AsyncClient:
             if not self._loop.is_closed():
                 raise RuntimeError("this AsyncClient is in use on another event loop, which its connections belong "
                                    "to; make one AsyncClient per event loop (nothing was sent)")
+            self._endpoints.abandon()
             self._endpoints = self._new_endpoints()
             self._backing_off = set()
         self._loop = loop

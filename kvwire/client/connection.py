@@ -299,6 +299,27 @@ class ClientConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def abandon(self) -> None:
+        """``abort`` for a connection whose event loop is closed (the client moved on to
+        another loop, or was closed from one). uvloop closed its sockets with the loop;
+        asyncio's own loop cannot close a transport once it is closed (its abort raises
+        RuntimeError), and the socket would stay open, to the node too, until the
+        garbage collector found it."""
+        if self._failure is None:
+            self._fail(CLOSED_BY_CLIENT)
+        self._outgoing.clear()
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        try:
+            transport.abort()
+        except RuntimeError:
+            wrapped = transport.get_extra_info("socket")
+            # asyncio hands out its socket wrapped (asyncio.trsock.TransportSocket), without close().
+            sock = getattr(wrapped, "_sock", wrapped)
+            if isinstance(sock, socket.socket):
+                sock.close()  # the transport's own close later finds it closed, and does nothing
+
     async def wait_closed(self) -> None:
         """Wait until the transport has let go of the socket."""
         await asyncio.shield(self._lost)

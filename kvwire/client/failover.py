@@ -225,6 +225,15 @@ class Endpoint:
             connection.abort(CLOSED_BY_CLIENT)
             await connection.wait_closed()
 
+    def abandon(self) -> None:
+        """``close``, once the event loop of the connection is closed: nothing to wait for."""
+        self._closed = True
+        self._watch_timer = None  # it was a timer of that loop, gone with it
+        self._connecting = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abandon()
+
     # --- the silence watch --------------------------------------------------------------
 
     def watch(self, connection: ClientConnection) -> None:
@@ -333,6 +342,11 @@ class EndpointSet:
 
     async def close(self) -> None:
         await asyncio.gather(*(endpoint.close() for endpoint in self.all))
+
+    def abandon(self) -> None:
+        """Let go of every connection, their event loop being closed (Endpoint.abandon)."""
+        for endpoint in self.all:
+            endpoint.abandon()
 
 
 def is_real(value: Any) -> bool:
