@@ -12,6 +12,7 @@ import asyncio
 import base64
 import functools
 import hashlib
+import json
 import logging
 import re
 import time
@@ -124,7 +125,8 @@ def create_app(config: BridgeConfig, *, registry: CollectorRegistry | None = Non
         app.router.add_delete(path, delete_key)
     for path in (HEALTH_PATH, HEALTH_PATH.rstrip("/")):
         app.router.add_get(path, health)
-    app[OPENAPI_TEXT] = to_json_text(openapi_document(config))
+    # Plain JSON: the document holds no stored value, and describes {"$bytes": ...} maps.
+    app[OPENAPI_TEXT] = json.dumps(openapi_document(config), ensure_ascii=False, separators=(",", ":"))
     app.router.add_get(OPENAPI_PATH, openapi)
     from .ui import add_ui_routes  # the cluster page, /kv-store/v1/ui/ (http_bridge/ui.py)
     add_ui_routes(app, config)

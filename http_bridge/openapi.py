@@ -343,8 +343,9 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
             "The DELETE raced with a concurrent write of the same key and may or may not have taken "
             "effect (`maybe_applied` is true); read the key to find out."
         ),
-        "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry, or a map "
-                                   "with a bytes key and the `$bytes:` str key it would read as."),
+        "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry, a map "
+                                   "with a bytes key and the `$bytes:` str key it would read as, or a map whose only "
+                                   "key is `$bytes`, which JSON would show as bytes."),
         "ExpectationFailed": _error("An `Expect` header other than `100-continue`."),
         "UnsupportedEncoding": _error("A `Content-Encoding` other than gzip, deflate or identity."),
         "TooLarge": _error(

@@ -20,7 +20,7 @@ import msgpack
 from msgspec import Raw
 
 from kvwire.client import BadRequestError, KvwireError, TooLargeError, check_value
-from kvwire.client.json_values import OFF_LOOP_BYTES, UnrepresentableJsonError, json_text, parse_json
+from kvwire.client.json_values import OFF_LOOP_BYTES, UnrepresentableJsonError, json_text, parse_json, shown_with_nan
 from kvwire.protocol import Limits
 
 
@@ -86,11 +86,12 @@ def is_large(value: Any) -> bool:
 
 def to_json_text(document: Any) -> str:
     """Compact JSON of a document holding stored values; UnrepresentableValueError
-    for NaN, infinity or map keys JSON would merge (json_values.json_text)."""
+    for what JSON cannot carry (json_values.json_text)."""
     try:
         return json_text(document)
     except UnrepresentableJsonError as exc:
-        raise UnrepresentableValueError(f"{exc}; read it with kvwire-cli get (its text output) or the Python client") from None
+        readers = "kvwire-cli get (its text output) or the Python client" if shown_with_nan(document) else "the Python client"
+        raise UnrepresentableValueError(f"{exc}; read it with {readers}") from None
 
 
 def _json_kind(value: Any) -> str:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from kvwire import Client
 from kvwire.cli.client import exit_code_for
 from kvwire.protocol import (
     ConflictError,
@@ -110,6 +111,58 @@ def test_json_output_parses(cli):
 
     deleted = cli("delete", "doc", "-o", "json")
     assert json.loads(deleted.stdout)["version"]["counter"] > put_doc["version"]["counter"]
+
+
+ESCAPES = "before\x1b[2J\x1b]0;title\x07\r\x9bafter\ttab"
+
+
+def test_a_piped_get_prints_a_value_with_control_characters_exactly(cli, shared_node):
+    """click.echo, which printed it before, removes ANSI sequences from anything but a terminal."""
+    with Client(shared_node.address) as client:
+        client.put("controls", ESCAPES)
+    assert cli("get", "controls").stdout == ESCAPES + "\n"
+    assert json.loads(cli("get", "controls", "-o", "json").stdout)["value"] == ESCAPES
+
+
+def on_a_terminal(*args) -> str:
+    """What kvwire-cli writes with its stdout a terminal (a pseudo-terminal here)."""
+    import pty
+    import termios
+    import tty
+
+    controller, terminal = pty.openpty()
+    tty.setraw(terminal, termios.TCSANOW)  # no newline translation: the bytes as written
+    try:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
+        process = subprocess.run([*CLI, *args], stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE,
+                                 timeout=30, env=env)
+        assert process.returncode == 0, process.stderr
+        os.close(terminal)
+        terminal = None
+        written = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and everything read
+                break
+            if not chunk:
+                break
+            written += chunk
+        return written.decode()
+    finally:
+        os.close(controller)
+        if terminal is not None:
+            os.close(terminal)
+
+
+def test_on_a_terminal_control_characters_are_shown_escaped(shared_node):
+    with Client(shared_node.address) as client:
+        client.put("controls", ESCAPES)
+    endpoint = ["--endpoints", shared_node.address]
+    assert on_a_terminal(*endpoint, "get", "controls") == "before\\x1b[2J\\x1b]0;title\\x07\\x0d\\x9bafter\ttab\n"
+    shown = on_a_terminal(*endpoint, "get", "controls", "-o", "json")
+    assert "\x1b" not in shown and "\x9b" not in shown and "\r" not in shown.replace("\r\n", "")
+    assert json.loads(shown)["value"] == ESCAPES  # escaped the JSON way: still the same value
 
 
 def test_text_get_prints_non_string_values_as_json(cli):

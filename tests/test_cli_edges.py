@@ -153,6 +153,16 @@ def test_a_map_json_would_merge_is_refused_in_both_outputs(cli, shared_node):
         assert len(result.stderr.splitlines()) == 1 and "read it with the Python client" in result.stderr
 
 
+def test_a_map_that_would_pass_for_bytes_is_refused_in_both_outputs(cli, shared_node):
+    with Client(shared_node.address) as client:
+        client.put("bytes-lookalike", {"$bytes": "YWI="})  # JSON would show b"ab" so
+    for args in (["get", "bytes-lookalike"], ["get", "bytes-lookalike", "-o", "json"]):
+        result = cli(*args)
+        assert (result.returncode, result.stdout) == (4, "")
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert 'only key is "$bytes"' in result.stderr and "read it with the Python client" in result.stderr
+
+
 @pytest.mark.parametrize("depth", [500, 510])
 def test_a_deeply_nested_value_prints_in_both_outputs(cli, shared_node, depth):
     text = "[" * depth + "]" * depth

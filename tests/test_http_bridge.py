@@ -239,7 +239,17 @@ def test_a_stored_map_json_would_lose_a_key_of_is_406(api, cluster, request):
     key = f"collide-{request.node.callspec.id}"
     with Client(cluster.endpoints) as client:
         client.put(key, {b"a": 1, "$bytes:YQ==": 2})  # the bytes key b"a" is shown as "$bytes:YQ=="
-    check_error(http("GET", kv(base, key)), 406, "lose one of them")
+    error = check_error(http("GET", kv(base, key)), 406, "lose one of them", "; read it with the Python client")
+    assert "kvwire-cli" not in error["error"]  # its text output cannot show it either
+
+
+def test_a_stored_map_json_would_show_as_bytes_is_406(api, cluster, request):
+    base, _ = api
+    key = f"lookalike-{request.node.callspec.id}"
+    with Client(cluster.endpoints) as client:
+        client.put(key, {"$bytes": "YWI="})  # JSON would show b"ab" so
+    error = check_error(http("GET", kv(base, key)), 406, 'only key is "$bytes"', "; read it with the Python client")
+    assert "kvwire-cli" not in error["error"]
 
 
 def test_a_key_as_long_as_a_raised_max_key_bytes_is_reachable(tmp_path):

@@ -73,6 +73,33 @@ def test_colliding_map_keys_are_unrepresentable_at_any_depth():
         json_text(nested)
 
 
+@pytest.mark.parametrize("value", [
+    {"$bytes": "YWI="},  # would be read back as b"ab"
+    {"$bytes": 5},  # would be refused on the way back
+    [1, {"k": {"$bytes": "YWI="}}],
+    {b"key": {"$bytes": "YWI="}},  # the walk of bytes keys
+], ids=["alone", "not-base64", "nested", "under-bytes-key"])
+def test_a_map_whose_only_key_is_the_bytes_tag_is_unrepresentable(value):
+    with pytest.raises(UnrepresentableJsonError, match='only key is "\\$bytes"'):
+        json_text(value)
+    nested: object = value
+    for _ in range(1000):  # the iterative writer
+        nested = [nested]
+    with pytest.raises(UnrepresentableJsonError, match='only key is "\\$bytes"'):
+        json_text(nested)
+
+
+def test_bytes_are_still_written_by_every_writer():
+    # Not alone in its map, the tag is a plain member: shown as it is, and read back as a map.
+    assert parse_json(json_text({"$bytes": "YWI=", "then": b"\x00"})) == {"$bytes": "YWI=", "then": b"\x00"}
+    assert parse_json(json_text({"b": b"ab", "s": "$bytes", "l": ["$bytes"]})) == {"b": b"ab", "s": "$bytes", "l": ["$bytes"]}
+    assert parse_json(json_text({b"k": b"ab"})) == {"$bytes:aw==": b"ab"}
+    deep: object = b"ab"
+    for _ in range(1000):
+        deep = [deep]
+    assert json_text(deep) == "[" * 1000 + '{"$bytes":"YWI="}' + "]" * 1000
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"a": 1, "a": 2}', "names 'a' twice"),
     ("NaN", "NaN is not JSON"),

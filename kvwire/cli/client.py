@@ -77,6 +77,9 @@ Output (-o/--output, before or after the command):
   text  get prints a str value as is and any other value as JSON;
         put/delete print the new version; health prints one
         "field: value" line per (dotted) field.
+  On a terminal, control characters (an escape, a carriage return)
+  are shown escaped (\\x1b, and \\u001b in JSON); to a pipe or a
+  file, output is exact.
   json  one JSON document on stdout:
         get     {{"key": K, "value": V, "version": {{"counter": C, "node": N}}}}
         put     {{"key": K, "version": {{...}}}}      delete: the same
@@ -271,7 +274,7 @@ def get(settings: _Settings, key: str, consistency: str | None, output: str | No
     """Print the value stored under KEY."""
     value, version = _run(settings, lambda client: client.get_with_version(key, consistency=consistency))
     if _format(settings, output) == "json":
-        echo(json_output({"key": key, "value": value, "version": _version_json(version)}, for_people=False))
+        echo(json_output({"key": key, "value": value, "version": _version_json(version)}, for_people=False), as_json=True)
     else:
         echo(_shown(value))
 
@@ -338,7 +341,7 @@ def health(settings: _Settings, output: str | None) -> None:
     """Print the health report of the first node that answers."""
     report = _run(settings, lambda client: client.health())
     if _format(settings, output) == "json":
-        echo(json_output(report, for_people=False))
+        echo(json_output(report, for_people=False), as_json=True)
     else:
         for name, value in _flatten(report):
             echo(f"{name}: {_shown(value)}")
@@ -373,7 +376,7 @@ def _shown(value: Any) -> str:
 
 def _echo_version(settings: _Settings, output: str | None, key: str, version: Version, word: str) -> None:
     if _format(settings, output) == "json":
-        echo(json_output({"key": key, "version": _version_json(version)}, for_people=False))
+        echo(json_output({"key": key, "version": _version_json(version)}, for_people=False), as_json=True)
     else:
         echo(f"{word} (version {version.counter} by {version.node})")
 

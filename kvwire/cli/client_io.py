@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +19,7 @@ from typing import IO, Any
 import click
 
 from ..client import token_file
-from ..client.json_values import UnrepresentableJsonError, json_text, parse_json
+from ..client.json_values import UnrepresentableJsonError, json_text, parse_json, shown_with_nan
 from ..protocol import DEFAULT_LIMITS
 
 # A value travels in one frame, and kvwire-cli speaks the default limits (keys are
@@ -128,17 +129,9 @@ def json_output(document: Any, *, for_people: bool) -> str:
     try:
         return json_text(document, compact=False, allow_nan=for_people)
     except UnrepresentableJsonError as exc:
-        shown_as_text = not for_people and _is_showable(document)
+        shown_as_text = not for_people and shown_with_nan(document)
         hint = "the text output (-o text) shows it" if shown_as_text else "read it with the Python client"
         raise CommandFailed(f"cannot show the value as JSON: {exc}; {hint}") from None
-
-
-def _is_showable(document: Any) -> bool:
-    try:
-        json_text(document, allow_nan=True)
-    except UnrepresentableJsonError:
-        return False
-    return True
 
 
 def check_stdout() -> None:
@@ -147,12 +140,34 @@ def check_stdout() -> None:
         raise CommandFailed("stdout is closed; nothing was done, as there is nowhere to say how it went")
 
 
-def echo(text: str) -> None:
-    """``text`` and a newline on stdout, flushed; CommandFailed if stdout can't take it."""
+# What moves a terminal's cursor, clears it or starts an escape sequence: the C0
+# controls but tab and newline, DEL, and C1 (0x9b alone is CSI to some terminals).
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def echo(text: str, *, as_json: bool = False) -> None:
+    """``text`` and a newline on stdout, flushed; CommandFailed if stdout can't take it.
+
+    Written as it is to a pipe or a file. On a terminal, control characters are
+    shown escaped (``\\x1b``; ``\\u001b`` in JSON, where it means the same), so that a
+    stored value cannot clear the screen, move the cursor or retitle the window."""
+    stream = sys.stdout
     try:
-        click.echo(text)  # flushes
+        if stream.isatty():
+            text = _TERMINAL_CONTROLS.sub(_json_escape if as_json else _text_escape, text)
+        # Not click.echo: it removes ANSI sequences from text written anywhere but to a terminal.
+        stream.write(text + "\n")
+        stream.flush()
     except OSError as exc:
         raise output_failed(exc) from None
+
+
+def _text_escape(control: re.Match[str]) -> str:
+    return f"\\x{ord(control[0]):02x}"
+
+
+def _json_escape(control: re.Match[str]) -> str:
+    return f"\\u{ord(control[0]):04x}"
 
 
 def flush_stdout() -> None:

@@ -30,6 +30,7 @@ from kvwire.protocol import Version
 from kvwire.protocol.limits import MSGPACK_MAX_INT, MSGPACK_MIN_INT
 
 BYTES_TAG = "$bytes"
+_TAG_NAME = json.dumps(BYTES_TAG)  # as it appears in JSON text
 # Values larger than this (as msgpack, or their JSON) are converted between the
 # two off the event loop (the HTTP bridge, a node's own bridge). Python's JSON of
 # a value of a million small items (about 1 MiB as msgpack) takes about a second
@@ -48,8 +49,9 @@ _BASE64 = re.compile(BASE64_PATTERN)
 
 
 class UnrepresentableJsonError(ValueError):
-    """A stored value JSON cannot carry: a float NaN or infinity, or a map with
-    both a bytes key and the str key that bytes key would be shown as."""
+    """A stored value JSON cannot carry: a float NaN or infinity, a map with
+    both a bytes key and the str key that bytes key would be shown as, or a map
+    whose only key is ``"$bytes"`` (it would be shown, and read back, as bytes)."""
 
 
 def decode_bytes(obj: dict[str, Any]) -> Any:
@@ -94,6 +96,8 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return _bytes_json(value)
     if isinstance(value, dict):
+        if len(value) == 1 and BYTES_TAG in value:
+            raise _bytes_tag_map()
         shown = {_json_key(key): jsonable(item) for key, item in value.items()}
         if len(shown) != len(value):
             raise _colliding_keys()
@@ -116,7 +120,7 @@ def json_text(document: Any, *, compact: bool = True, allow_nan: bool = False) -
         # The C encoder alone, bytes values given to it as {"$bytes": ...} (its default):
         # about ten times faster than the walk below on a large value. A bytes map key
         # is a TypeError to it; the walk shows those and checks they collide with no str key.
-        return encoder.encode(document)
+        text = encoder.encode(document)
     except TypeError:
         pass
     except RecursionError:
@@ -125,6 +129,10 @@ def json_text(document: Any, *, compact: bool = True, allow_nan: bool = False) -
         if "Circular reference" in str(exc):  # a Python caller's own object, never a stored value
             raise
         raise UnrepresentableJsonError("the value holds a float NaN or infinity, which JSON cannot carry") from None
+    else:
+        if _TAG_NAME in text:  # bytes, or a stored map that would pass for them
+            _refuse_bytes_tag_maps(document)
+        return text
     try:
         return encoder.encode(jsonable(document))
     except RecursionError:
@@ -135,6 +143,16 @@ def json_text(document: Any, *, compact: bool = True, allow_nan: bool = False) -
         raise
     except ValueError:  # the encoder's "Out of range float values are not JSON compliant"
         raise UnrepresentableJsonError("the value holds a float NaN or infinity, which JSON cannot carry") from None
+
+
+def shown_with_nan(document: Any) -> bool:
+    """Whether :func:`json_text` writes ``document`` with ``allow_nan``, as kvwire-cli's
+    text output does: a value refused only for a float NaN or infinity."""
+    try:
+        json_text(document, allow_nan=True)
+    except UnrepresentableJsonError:
+        return False
+    return True
 
 
 def version_json(version: Version) -> dict[str, Any]:
@@ -152,6 +170,26 @@ def _json_key(key: Any) -> Any:
     if isinstance(key, (bytes, bytearray)):
         return f"{BYTES_TAG}:{base64.b64encode(key).decode('ascii')}"
     return key
+
+
+def _bytes_tag_map() -> UnrepresentableJsonError:
+    return UnrepresentableJsonError(
+        f"the value holds a map whose only key is \"{BYTES_TAG}\", which JSON would show as it shows bytes, "
+        "and which would be read back as bytes"
+    )
+
+
+def _refuse_bytes_tag_maps(document: Any) -> None:
+    """UnrepresentableJsonError if ``document`` holds a map whose only key is ``"$bytes"``."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if len(item) == 1 and BYTES_TAG in item:
+                raise _bytes_tag_map()
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _colliding_keys() -> UnrepresentableJsonError:
@@ -193,7 +231,8 @@ def _iterative_json(document: Any, encoder: json.JSONEncoder) -> str:
             else:
                 out.append("NaN" if item != item else "Infinity" if item > 0 else "-Infinity")
         elif isinstance(item, (bytes, bytearray)):
-            stack.append(_bytes_json(item))
+            # Written here, not pushed as the map it is shown as: the maps below refuse that one.
+            out.append("{" + _TAG_NAME + key_separator + string(base64.b64encode(item).decode("ascii")) + "}")
         elif isinstance(item, (list, tuple)):
             stack.append(_Text("]"))
             for index in range(len(item) - 1, -1, -1):
@@ -202,6 +241,8 @@ def _iterative_json(document: Any, encoder: json.JSONEncoder) -> str:
                     stack.append(_Text(item_separator))
             out.append("[")
         elif isinstance(item, dict):
+            if len(item) == 1 and BYTES_TAG in item:
+                raise _bytes_tag_map()
             names = [_json_key(key) for key in item]
             if len(set(names)) != len(names):
                 raise _colliding_keys()
