@@ -203,6 +203,11 @@ def test_a_value_nested_as_deep_as_a_node_takes_prints(cli, shared_node):
     (["--cluster-id", "\udcff"], {}, "not UTF-8 text"),
     (["--endpoints", "\udcff:1"], {}, "not UTF-8 text"),
     (["--endpoints", ""], {}, "'' is not HOST:PORT"),
+    (["--endpoints", "http://127.0.0.1:7379"], {}, "without a scheme"),
+    (["--endpoints", "127.0.0.1:7379:5"], {}, "give one port"),
+    (["--endpoints", "127.0.0.1:\u00b2"], {}, "the port in ASCII digits"),  # int() took "²": a traceback's text
+    (["--endpoints", "127.0.0.1:\u0662\u0663\u0660\u0660\u0661"], {}, "the port in ASCII digits"),  # was port 23001
+    (["--endpoints", "127.0.0.1:" + "9" * 5000], {}, "is outside 1-65535"),
     ([], {"KVWIRE_TOKEN": "\udcff"}, "Invalid value for KVWIRE_TOKEN: it holds a byte that is not UTF-8 text, at offset 0"),
     (["--token-file", ""], {}, "the path is empty"),
     (["--max-key-bytes", "0"], {}, "0 is not in the range x>=1"),

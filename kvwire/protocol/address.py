@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
+
+# ASCII digits only: str.isdigit() and int() also take other scripts' digits ("٢٣") and "²".
+_PORT = re.compile(r"[0-9]+")
 
 
 def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -12,17 +16,21 @@ def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     is refused rather than guessed at.
     """
     host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
+    if "://" in text:
+        raise ValueError(f"{text!r}: give HOST:PORT without a scheme")
+    if not sep or not _PORT.fullmatch(port_text):
+        raise ValueError(f"{text!r} is not HOST:PORT (the port in ASCII digits)")
     if host.startswith("["):
         if not host.endswith("]") or len(host) < 3:
             raise ValueError(f"{text!r}: unbalanced brackets around the host")
         host = host[1:-1]
+    elif host.count(":") == 1 and _PORT.fullmatch(host.partition(":")[2]):
+        raise ValueError(f"{text!r}: give one port")  # 127.0.0.1:7379:5
     elif ":" in host or "[" in host or "]" in host:
         raise ValueError(f"{text!r}: write an IPv6 host in brackets, as [::1]:7379")
-    port = int(port_text)
+    port = int(port_text) if len(port_text) <= 5 else 0  # int() of thousands of digits is slow
     if not 0 < port <= 65535:
-        raise ValueError(f"{text!r}: port {port} is outside 1-65535")
+        raise ValueError(f"{text!r}: port {port_text} is outside 1-65535")
     return host or default_host, port
 
 
