@@ -151,8 +151,9 @@ async def test_health_and_ping(shared_node):
 
 async def test_node_errors_arrive_as_their_exception_classes(shared_node):
     async with AsyncClient(shared_node.address) as client:
-        with pytest.raises(TooLargeError, match="limit"):
+        with pytest.raises(TooLargeError, match="limit") as refused:
             await client.put("big", b"x" * (1024 * 1024 + 1))
+        assert refused.value.maybe_applied is False  # the node wrote nothing
         # The refusal concerned one request; the connection carries on.
         await client.put("small", b"x")
 
@@ -694,8 +695,9 @@ async def test_a_frame_over_the_nodes_limit_is_refused_before_sending(shared_nod
     # from HELLO and refuses the request itself, keeping the connection.
     async with AsyncClient(shared_node.address) as client:
         await client.put("before", 1)
-        with pytest.raises(TooLargeError, match="takes at most 4194304"):
+        with pytest.raises(TooLargeError, match="takes at most 4194304") as refused:
             await client.put("huge", b"x" * 5_000_000)
+        assert refused.value.maybe_applied is False  # never sent
         assert await client.get("before") == 1
 
 

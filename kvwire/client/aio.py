@@ -33,6 +33,7 @@ from kvwire.protocol import (
     ProtocolError,
     Put,
     ServerError,
+    TooLargeError,
     Version,
 )
 
@@ -383,6 +384,12 @@ class AsyncClient:
         endpoint.watch(connection)
         try:
             return await connection.request(message_type, *fields)
+        except TooLargeError as exc:
+            if message_type not in _WRITES or exc.maybe_applied is not None:
+                raise
+            # Refused before it was sent (over the node's frame limit), or by the node
+            # before it wrote anything (over its value limit): nothing was written.
+            raise TooLargeError(exc.message, maybe_applied=False) from None
         except KvwireConnectionError:
             if endpoint.gave_up_on(connection):
                 # A write it was sent may still be applied, once the node resumes.
