@@ -108,6 +108,24 @@ def test_a_database_damaged_past_its_header_exits_instead_of_hanging(tmp_path):
     assert "move it aside" in line
 
 
+@pytest.mark.parametrize("damage, reason", [
+    ("UPDATE kv SET counter = 'x' WHERE key = 'k'", "a row of its kv table is damaged (key 'k': counter 'x'"),
+    ("UPDATE kv SET node = x'6e31' WHERE key = 'k'", "a row of its kv table is damaged (key 'k': counter 1, node b'n1'"),
+    ("UPDATE kv SET node = CAST(x'ae' AS TEXT) WHERE key = 'k'", "Could not decode to UTF-8 column 'node'"),
+], ids=["text-counter", "blob-node", "not-utf8"])
+def test_a_row_kvwire_could_not_have_written_is_refused_as_damage(existing_database, damage, reason):
+    """Random bytes overwritten in a file met these: a NULL counter crashed the node at its
+    first comparison of tags (exit 1, a traceback, restarted for ever by kvwire up)."""
+    with NodeProcess("n1", data_dir=existing_database) as node, Client([node.address]) as client:
+        client.put("k", "v")
+    database = existing_database / "kvwire.sqlite3"
+    with sqlite3.connect(database) as db:
+        db.execute(damage)
+    line = the_one_error_line(serve(existing_database))
+    assert f"cannot use the database {database}: {reason}" in line
+    assert "start this node on an empty directory with --join" in line
+
+
 def test_a_kv_table_of_another_shape_exits_with_its_reason(tmp_path):
     data_dir = tmp_path / "n1"
     data_dir.mkdir()

@@ -8,6 +8,7 @@ runs full and is cleaned up. Nothing outside changes.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ import pytest
 
 from kvwire import Client
 from kvwire.protocol.errors import InternalServerError
-from kvwire.testing import wait_for
+from kvwire.testing import NodeProcess, wait_for
 from kvwire.testing.disk import NodeOnItsOwnDisk
 
 
@@ -88,3 +89,30 @@ def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_
             # them while its own commit failed, so it votes again only then (docs/design.md 1.2).
             wait_for(lambda: client.health()["status"] == "healthy", timeout=15, what="n3 voting again")
     assert "quorum lost" not in n3.log()  # its peers never went: the disk's own lines say it
+
+
+@pytest.mark.parametrize("stop", ["TERM", "KILL"])
+def test_a_node_started_on_a_full_disk_exits_1_so_that_it_is_started_again(tmp_path, stop):
+    """Exit 78 is for what a person must change; a full disk may be freed by anyone, or
+    by itself, and kvwire up and the systemd unit restart a node that exits 1, not 78.
+    The disk is a tmpfs in a mount namespace of the script's own, gone with it."""
+    disk = tmp_path / "disk"
+    node = NodeProcess("n1", data_dir=disk / "n1", extra_args=["--sync", "normal"])
+    serve, put = shlex.join(node.command), shlex.join(
+        [sys.executable, "-m", "kvwire.cli.client", "--endpoints", node.address, "--timeout", "1", "put", "k", "v"])
+    script = f"""
+        mkdir -p {disk} && mount -t tmpfs -o size=16m kvwire-test {disk} || exit 99
+        {serve} 2>/dev/null & pid=$!
+        tries=0
+        until {put} >/dev/null 2>&1; do  # polls until the node has started and taken a write
+            tries=$((tries + 1)); [ $tries -lt 150 ] || exit 98; sleep 0.1
+        done
+        kill -{stop} $pid; wait $pid
+        dd if=/dev/zero of={disk}/filler bs=64k >/dev/null 2>&1
+        timeout 30 {serve}
+    """
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "free space on its file system" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

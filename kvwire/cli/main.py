@@ -193,7 +193,7 @@ def run_node(
     with startup failures reported in one line."""
     from ..server.app import serve as serve_node
     from ..server.datadir import DataDirInUseError
-    from ..server.storage import DataDirError
+    from ..server.storage import DataDirError, DataDirUnavailableError
 
     log = logging.getLogger("kvwire.server")
     # Its clients, a link each way with each peer, and its bridge's own clients, the
@@ -216,7 +216,8 @@ def run_node(
                 "stopping the HTTP bridge, then finishing requests in flight",
             )
         run_until_stop_signal(lambda stop: serve_node(config, stop=stop), log, "finishing requests in flight")
-    except DataDirInUseError as exc:  # may clear by itself: the other process can exit
+    # May clear by itself: the other process can exit, the disk be freed.
+    except (DataDirInUseError, DataDirUnavailableError) as exc:
         log.error("%s", exc)
         return 1
     except (DataDirError, TlsConfigError) as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import secrets
 import sqlite3
@@ -154,6 +155,19 @@ class DataDirError(KvwireError):
     """The data directory cannot be used by this node (raised at start-up, never sent)."""
 
 
+class DataDirUnavailableError(DataDirError):
+    """The data directory cannot be used now, for a reason that may pass by itself (its
+    disk full, an I/O error): the node exits 1, to be restarted, not 78."""
+
+
+# SQLite's primary result codes (sqlite_errorcode & 0xff) for a disk that may recover.
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+_PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+# What a damaged file raises besides sqlite3's errors: a NULL where a number belongs
+# reaches Python as None, text that is not UTF-8 fails to decode.
+_DAMAGE = (TypeError, ValueError, UnicodeDecodeError)
+
+
 class Storage:
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, max_batch_rows: int,
                  path: Path) -> None:
@@ -180,6 +194,7 @@ class Storage:
         # commit every PROBE_INTERVAL finds out when the disk takes writes again,
         # even when no client writes.
         self.write_error: str | None = None
+        self._failed_since_refusing = 0  # group commits failed since write_error was set
         self.batch_rows = Buckets(BATCH_BOUNDS)
         self.commit_seconds = Buckets(COMMIT_BOUNDS)
         # What the files held when opened, for the node core to start from.
@@ -216,7 +231,7 @@ class Storage:
             # thread (about 25 us each, docs/design.md "Storage") on every group commit.
             writer = await aiosqlite.connect(path)
         except (OSError, sqlite3.Error) as exc:
-            raise DataDirError(_cannot_use(path, exc)) from None
+            raise _refusal(path, exc) from None
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             # The opening transaction is durable whatever --sync says: its 'running'
@@ -262,8 +277,8 @@ class Storage:
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException as exc:
             await writer.close()
-            if isinstance(exc, (OSError, sqlite3.Error)):
-                raise DataDirError(_cannot_use(path, exc)) from None
+            if isinstance(exc, (OSError, sqlite3.Error, *_DAMAGE)):
+                raise _refusal(path, exc) from None
             raise
         storage = cls(writer, reader, max_batch_rows, path)
         storage.unclean = unclean
@@ -277,8 +292,8 @@ class Storage:
             # Not a clean close: the 'running' mark stays, and the next start that
             # gets this far catches up first.
             await storage.close(clean=False)
-            if isinstance(exc, (OSError, sqlite3.Error)):
-                raise DataDirError(_cannot_use(path, exc)) from None
+            if isinstance(exc, (OSError, sqlite3.Error, *_DAMAGE)):
+                raise _refusal(path, exc) from None
             raise
         entries = storage.loaded_entries
         tombstones = sum(entry.deleted for entry in entries.values())
@@ -292,6 +307,12 @@ class Storage:
         async with self._reader.execute("SELECT key, counter, node, deleted FROM kv") as cursor:
             while rows := await cursor.fetchmany(10_000):
                 for key, counter, node, deleted in rows:
+                    # A damaged file can hold what kvwire never writes (a NULL counter, a number
+                    # for a name), which would fail far from here: in the core, at the first
+                    # comparison of tags. The check costs about 20 ms a million rows.
+                    if type(counter) is not int or type(node) is not str or type(key) is not str or counter < 0:
+                        raise ValueError(f"a row of its kv table is damaged (key {key!r:.80}: counter {counter!r:.40}, "
+                                         f"node {node!r:.40}, not as kvwire writes them)")
                     self.loaded_entries[key] = Entry(Version(counter, names.setdefault(node, node)), bool(deleted))
         async with self._reader.execute("SELECT peer, key, counter, node FROM hints") as cursor:
             while rows := await cursor.fetchmany(10_000):
@@ -457,10 +478,15 @@ class Storage:
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
             self.failed_commits += 1
             if self.write_error is None:
+                self._failed_since_refusing = 0
                 log.error("storage refuses writes: group commit of %d rows to %s failed: %s; this node reports "
                           "itself unable to take writes until a commit succeeds", len(batch), self.path, exc)
-            else:
-                log.error("group commit of %d rows failed: %s", len(batch), exc)
+            elif str(exc) != self.write_error:
+                log.error("group commit of %d rows failed, for another reason now: %s", len(batch), exc)
+            # Else not logged: every client write makes a commit, and a full disk failed
+            # some 250 a second under one client (the line above said it already, and
+            # the one at recovery counts them).
+            self._failed_since_refusing += 1
             self.write_error = str(exc)
             try:
                 await self._writer.rollback()
@@ -513,7 +539,8 @@ class Storage:
 
     def _writes_work_again(self) -> None:
         if self.write_error is not None:
-            log.warning("storage takes writes again (%s); this node takes writes again", self.path)
+            log.warning("storage takes writes again (%s), after %d group commits failed; this node takes writes "
+                        "again", self.path, self._failed_since_refusing)
             self.write_error = None
             self._wakeup.set()  # commit what waited for the disk (hints, purges, the floor)
 
@@ -596,15 +623,29 @@ def reason_of(error: OSError | sqlite3.Error) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
-def _cannot_use(path: Path, error: OSError | sqlite3.Error) -> str:
-    """One line naming the file and the reason, with what to check where we know it."""
-    reason = reason_of(error)
+def _refusal(path: Path, error: BaseException) -> DataDirError:
+    """The error naming the file and the reason, with what to check where we know it:
+    DataDirUnavailableError where the cause may pass (a full disk), else DataDirError."""
+    reason = reason_of(error) if isinstance(error, (OSError, sqlite3.Error)) else str(error)
+    if _may_pass(error):
+        return DataDirUnavailableError(
+            f"cannot use the database {path}: {reason}; free space on its file system, or check the disk "
+            "(the node exits 1, so kvwire up and the systemd unit start it again)")
     hint = ""
     if "readonly" in reason or "read-only" in reason.lower() or "Permission denied" in reason:
         hint = "; check the owner and mode of the file and its directory (the node writes both)"
-    elif "not a database" in reason or "malformed" in reason:
-        hint = "; the file is damaged or not kvwire's: restore it from a backup, or move it aside to start this node empty"
-    return f"cannot use the database {path}: {reason}{hint}"
+    elif "not a database" in reason or "malformed" in reason or isinstance(error, _DAMAGE) or "decode" in reason:
+        hint = ("; the file is damaged or not kvwire's: restore it from a backup, or move it aside and start this "
+                "node on an empty directory with --join, to copy the data from its peers (docs/operations.md, "
+                "\"Replacing a node\")")
+    return DataDirError(f"cannot use the database {path}: {reason}{hint}")
+
+
+def _may_pass(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in _PASSING_ERRNOS
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (_SQLITE_IOERR, _SQLITE_FULL)
 
 
 
