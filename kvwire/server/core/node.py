@@ -398,7 +398,9 @@ class NodeCore:
         self._clock(now)
         waiting = self._loads.pop(key, ())
         if isinstance(row, Exception):
-            error = InternalServerError(f"reading {key!r} from this node's disk failed: {row}")
+            # A KvwireError says itself what went wrong (a damaged value: UNAVAILABLE, read another node's copy).
+            error = row if isinstance(row, KvwireError) else InternalServerError(
+                f"reading {key!r} from this node's disk failed: {row}")
             for callback, _retried in waiting:
                 callback(error)
             return

@@ -1,0 +1,63 @@
+"""A value whose bytes changed on a node's disk is refused, not served.
+
+Values carry no checksum, but every value was checked when it was written, so
+one that fails the same check when read back was changed on disk. The node
+answered such a read with the bytes as they were, which no client could
+decode: its own reads of the key failed with "the node sent an invalid reply",
+its bridge answered 500, and a peer's FETCH reply broke the quorum read of
+the node that asked. It now answers UNAVAILABLE, and clients read another
+node's copy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from kvwire import Client, UnavailableError
+from kvwire.testing import LocalCluster, NodeProcess
+
+# 0xc1 is the one byte msgpack never uses.
+DAMAGE = "UPDATE kv SET value = x'c1' WHERE key = ?"
+
+
+def damage(data_dir, key: str) -> None:
+    with sqlite3.connect(data_dir / "kvwire.sqlite3") as db:
+        assert db.execute(DAMAGE, (key,)).rowcount == 1
+
+
+def test_a_damaged_value_is_refused_as_unavailable_and_a_put_replaces_it(tmp_path):
+    node = NodeProcess("n1", data_dir=tmp_path / "n1")
+    with node, Client([node.address]) as client:
+        client.put("whole", "kept")
+        client.put("hit", {"a": [1, 2]})
+    damage(node.data_dir, "hit")
+    with node, Client([node.address]) as client:
+        for consistency in ("one", "quorum"):
+            with pytest.raises(UnavailableError, match="copy of 'hit' is damaged on its disk"):
+                client.get("hit", consistency=consistency)
+        assert client.get("whole") == "kept"  # the other keys, and the node, serve on
+        client.put("hit", "new")
+        assert client.get("hit") == "new"
+    log = node.log()
+    assert log.count("event=damaged_value") == 1, log  # once for the key, however often it is read
+    assert "Traceback" not in log
+
+
+def test_a_client_reads_another_nodes_copy_of_a_value_damaged_on_one(tmp_path):
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        with Client(cluster.endpoints) as client:
+            client.put("hit", b"\x00value")
+        cluster.terminate("n3")
+        damage(cluster["n3"].data_dir, "hit")
+        cluster.start("n3").wait_ready()
+        # n3 first: it refuses, and the client asks the next node.
+        with Client(cluster.endpoints_of("n3", "n1", "n2")) as client:
+            assert client.get("hit") == b"\x00value"
+            assert client.get("hit", consistency="one") == b"\x00value"
+        # n1 coordinating, asking n3 among its peers: n3's refusal is one peer that
+        # failed, not a reply n1 cannot read, and n2 answers in its place.
+        with Client(cluster.endpoints_of("n1")) as client:
+            for _ in range(4):  # the peer asked first rotates
+                assert client.get("hit") == b"\x00value"
