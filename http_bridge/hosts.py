@@ -97,8 +97,12 @@ class HostCheck:
             return 400, f"malformed Host header {header!r}"
         if host not in self._logged and len(self._logged) < MAX_LOGGED_REFUSALS:
             self._logged.add(host)
+            # Advice only for a name --allowed-hosts would take: not '*' (which turns the check
+            # off), nor "a)b", which a Host header may hold and the option refuses.
+            advice = (f"or the bridge needs --allowed-hosts {host}" if host != ANY_HOST and _NAME.fullmatch(host)
+                      else "and no --allowed-hosts name is it")
             log.warning("refusing requests for host %r (421): not an IP address, localhost or one of --allowed-hosts; "
-                        "a web page may be trying DNS rebinding, or the bridge needs --allowed-hosts %s", host, host)
+                        "a web page may be trying DNS rebinding, %s", host, advice)
         return 421, (f"this bridge does not answer for host {host!r}: only for IP addresses, localhost and its "
                 f"allowed hosts (kvwire bridge --allowed-hosts, kvwire serve --http-allowed-hosts), "
                 f"which keeps web pages from reaching it through DNS rebinding")

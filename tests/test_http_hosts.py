@@ -81,6 +81,20 @@ def test_refusals_are_400_for_a_malformed_host_and_421_for_a_name_not_allowed(ca
     assert [record.getMessage().count(ATTACKER) > 0 for record in caplog.records] == [True]  # once per name
 
 
+@pytest.mark.parametrize("host, advised", [
+    ("kv.internal", "or the bridge needs --allowed-hosts kv.internal"),
+    ("*", "and no --allowed-hosts name is it"),  # '*' as a name would turn the check off
+    ("a)b", "and no --allowed-hosts name is it"),  # a reg-name the option refuses
+])
+def test_the_log_advises_only_an_allowed_host_the_option_takes(caplog, host, advised):
+    with caplog.at_level("WARNING", logger="kvwire.http"):
+        assert HostCheck(()).refusal(host)[0] == 421
+    [record] = caplog.records
+    assert advised in record.getMessage()
+    if "needs" in advised:
+        assert normalize_allowed_host(host) == host
+
+
 def test_refused_names_are_logged_up_to_a_bound(caplog):
     check = HostCheck(())
     with caplog.at_level("WARNING", logger="kvwire.http"):
