@@ -185,8 +185,6 @@ def parse(buffer: bytearray, max_body_bytes: int) -> tuple[Request, int] | objec
     start = end + 4
     if len(buffer) < start + size:
         return _NEED_DATA
-    if connection == b"close" and len(buffer) > start + size:
-        return _HAND_OVER  # more after "Connection: close": aiohttp refuses the lot
     request = Request(method, target.decode(), consistency, headers, bytes(buffer[start:start + size]),
                       ROUTE_WITH_SLASH if slash else ROUTE_WITHOUT_SLASH)
     return request, start + size
@@ -464,8 +462,20 @@ class FastPathProtocol(asyncio.Protocol):
         self._forget()
 
     def _close(self) -> None:
-        """Close once the answers written are sent (connection_lost then forgets the connection)."""
-        if self._transport is not None:
+        """Close once the answers written are sent (connection_lost then forgets the connection).
+
+        Bytes still held come after a request that said ``Connection: close``: never
+        answered (RFC 9112 9.6), and aiohttp, which refused the lot with a 400, is not given
+        them. The client may be sending more: a close would answer it with a reset, which
+        can destroy the answer before it is read, so the connection lingers (linger.py)."""
+        if self._transport is None:
+            return
+        if self._buffer:
+            self._buffer.clear()
+            transport, self._transport = self._transport, None
+            self._forget()
+            self._shared.bounds.lingering.close(transport)
+        else:
             self._transport.close()
 
     def _forget(self) -> None:
