@@ -464,10 +464,11 @@ class FastPathProtocol(asyncio.Protocol):
     def _close(self) -> None:
         """Close once the answers written are sent (connection_lost then forgets the connection).
 
-        Bytes still held come after a request that said ``Connection: close``: never
-        answered (RFC 9112 9.6), and aiohttp, which refused the lot with a 400, is not given
-        them. The client may be sending more: a close would answer it with a reset, which
-        can destroy the answer before it is read, so the connection lingers (linger.py)."""
+        Bytes still held are requests never to be answered: after one that said
+        ``Connection: close`` (RFC 9112 9.6; aiohttp refused the lot with a 400, so it is
+        not given them), or pipelined behind the last answer when the bridge stops. The
+        client may be sending more: a close would answer it with a reset, which can
+        destroy the answers before they are read, so the connection lingers (linger.py)."""
         if self._transport is None:
             return
         if self._buffer:

@@ -345,7 +345,7 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
         ),
         "NotRepresentable": _error("The stored value holds a float NaN or infinity, which JSON cannot carry, a map "
                                    "with a bytes key and the `$bytes:` str key it would read as, or a map whose only "
-                                   "key is `$bytes`, which JSON would show as bytes."),
+                                   "key is `$bytes`, holding base64, which JSON would show as bytes."),
         "ExpectationFailed": _error("An `Expect` header other than `100-continue`."),
         "UnsupportedEncoding": _error("A `Content-Encoding` other than gzip, deflate or identity."),
         "TooLarge": _error(

@@ -9,6 +9,7 @@ node is still stopped.
 """
 
 import asyncio
+import contextlib
 import gc
 import threading
 
@@ -142,3 +143,30 @@ def test_an_async_client_moved_to_a_new_loop_lets_go_of_the_old_loops_sockets(tm
         finally:
             if collected:
                 gc.enable()
+
+
+def test_a_call_left_waiting_on_a_closed_loop_does_not_fail_the_next_loops_first_call(tmp_path):
+    """Failing the old loop's waiters scheduled their wake-ups on that closed loop, which
+    raised RuntimeError out of the new loop's first call (a review found it)."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
+        client = AsyncClient(node.address, timeout=30)
+        old = asyncio.new_event_loop()
+        old.run_until_complete(client.ping())
+        node.pause()
+        try:
+            left = old.create_task(client.get("k"))
+            old.run_until_complete(wait_for_async(node.unread_bytes, timeout=5, what="the GET in the stopped node's socket"))
+        finally:
+            node.resume()
+        old.close()  # the GET still waiting
+        assert not left.done()
+        # Ended here rather than by the garbage collector, whenever it runs: its own exit
+        # (the call's deadline) raises on the closed loop, and run from the collector in
+        # the middle of a later compile() that confused CPython 3.11's AST recursion count.
+        with contextlib.suppress(RuntimeError):
+            left.get_coro().close()
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            assert runner.run(client.ping()) >= 0
+            assert own_sockets_to(node.address) == 1  # the new loop's; the old one's closed
+            runner.run(client.close())
+        assert own_sockets_to(node.address) == 0

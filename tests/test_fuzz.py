@@ -32,10 +32,12 @@ SUBPROCESS_TIMEOUT = 120
 DEEP_PUT = bytes.fromhex("84a26f7004a2696401a36b6579a16ba576616c7565") + b"\x91" * 331 + bytes.fromhex("c402d6ff")
 
 # The codec's search for timestamps as it was before the fix: planted to show
-# the codec target reports an exception outside the error tree.
+# the codec target reports an exception outside the error tree. Both its users
+# take it in: the codec, and the values' check of the compiled codec's path.
 _PLANT_RECURSIVE_SEARCH = """
 import msgpack
 import kvwire.protocol.codec as codec
+import kvwire.protocol.values as values
 
 def recursive(value):
     if type(value) is msgpack.Timestamp:
@@ -46,7 +48,7 @@ def recursive(value):
         return any(recursive(item) for item in value.values())
     return False
 
-codec._holds_timestamp = recursive
+codec._holds_timestamp = values.holds_timestamp = recursive
 """
 
 # A node bug: HEALTH fails with an exception outside the error tree, which the

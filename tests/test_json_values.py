@@ -75,10 +75,10 @@ def test_colliding_map_keys_are_unrepresentable_at_any_depth():
 
 @pytest.mark.parametrize("value", [
     {"$bytes": "YWI="},  # would be read back as b"ab"
-    {"$bytes": 5},  # would be refused on the way back
     [1, {"k": {"$bytes": "YWI="}}],
     {b"key": {"$bytes": "YWI="}},  # the walk of bytes keys
-], ids=["alone", "not-base64", "nested", "under-bytes-key"])
+    {"$bytes": ""},  # b""
+], ids=["alone", "nested", "under-bytes-key", "empty"])
 def test_a_map_whose_only_key_is_the_bytes_tag_is_unrepresentable(value):
     with pytest.raises(UnrepresentableJsonError, match='only key is "\\$bytes"'):
         json_text(value)
@@ -87,6 +87,22 @@ def test_a_map_whose_only_key_is_the_bytes_tag_is_unrepresentable(value):
         nested = [nested]
     with pytest.raises(UnrepresentableJsonError, match='only key is "\\$bytes"'):
         json_text(nested)
+
+
+@pytest.mark.parametrize("value", [{"$bytes": 5}, {"$bytes": "not base64!"}, {"$bytes": None}])
+def test_a_bytes_tag_map_that_could_not_pass_for_bytes_is_shown(value):
+    """Shown as it is; read back, it is refused as a malformed $bytes, never taken for bytes."""
+    text = json_text(value)
+    with pytest.raises(ValueError, match="must hold a base64 string"):
+        parse_json(text)
+
+
+def test_a_value_with_bytes_and_such_maps_is_judged_by_the_maps_alone():
+    assert json_text([b"ab", b"cd", {"$bytes": 5}]) == '[{"$bytes":"YWI="},{"$bytes":"Y2Q="},{"$bytes":5}]'
+    with pytest.raises(UnrepresentableJsonError, match="holding base64"):
+        json_text([b"ab", {"$bytes": "Y2Q="}])  # two openings, one bytes value: the walk finds the map
+    with pytest.raises(UnrepresentableJsonError, match="holding base64"):
+        json_text([b"ab", {"$bytes": "Y2Q="}], compact=False)
 
 
 def test_bytes_are_still_written_by_every_writer():

@@ -305,8 +305,11 @@ class ClientConnection(asyncio.Protocol):
         asyncio's own loop cannot close a transport once it is closed (its abort raises
         RuntimeError), and the socket would stay open, to the node too, until the
         garbage collector found it."""
+        # Not _fail: resolving a waiter's future schedules its task's wake-up on the closed
+        # loop, which raises. Nothing can wait on that loop any more: the waiters are dropped.
         if self._failure is None:
-            self._fail(CLOSED_BY_CLIENT)
+            self._failure = CLOSED_BY_CLIENT
+        self._pending.clear()
         self._outgoing.clear()
         transport, self._transport = self._transport, None
         if transport is None:

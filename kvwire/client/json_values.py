@@ -23,6 +23,7 @@ import base64
 import json
 import math
 import re
+import threading
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
@@ -31,6 +32,8 @@ from kvwire.protocol.limits import MSGPACK_MAX_INT, MSGPACK_MIN_INT
 
 BYTES_TAG = "$bytes"
 _TAG_NAME = json.dumps(BYTES_TAG)  # as it appears in JSON text
+# How a map whose first key is "$bytes" opens, bytes values included, by compact or not.
+_TAGGED = {True: "{" + _TAG_NAME + ":", False: "{" + _TAG_NAME + ": "}
 # Values larger than this (as msgpack, or their JSON) are converted between the
 # two off the event loop (the HTTP bridge, a node's own bridge). Python's JSON of
 # a value of a million small items (about 1 MiB as msgpack) takes about a second
@@ -96,7 +99,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return _bytes_json(value)
     if isinstance(value, dict):
-        if len(value) == 1 and BYTES_TAG in value:
+        if _passes_for_bytes(value):
             raise _bytes_tag_map()
         shown = {_json_key(key): jsonable(item) for key, item in value.items()}
         if len(shown) != len(value):
@@ -120,6 +123,7 @@ def json_text(document: Any, *, compact: bool = True, allow_nan: bool = False) -
         # The C encoder alone, bytes values given to it as {"$bytes": ...} (its default):
         # about ten times faster than the walk below on a large value. A bytes map key
         # is a TypeError to it; the walk shows those and checks they collide with no str key.
+        _bytes_written.count = 0
         text = encoder.encode(document)
     except TypeError:
         pass
@@ -130,7 +134,9 @@ def json_text(document: Any, *, compact: bool = True, allow_nan: bool = False) -
             raise
         raise UnrepresentableJsonError("the value holds a float NaN or infinity, which JSON cannot carry") from None
     else:
-        if _TAG_NAME in text:  # bytes, or a stored map that would pass for them
+        # Each bytes value opens as {"$bytes": ; more such openings are stored maps whose
+        # first key is "$bytes", which the walk looks at (most documents never get there).
+        if text.count(_TAGGED[compact]) > _bytes_written.count:
             _refuse_bytes_tag_maps(document)
         return text
     try:
@@ -172,20 +178,29 @@ def _json_key(key: Any) -> Any:
     return key
 
 
+def _passes_for_bytes(mapping: dict) -> bool:
+    """Whether JSON would show ``mapping`` exactly as it shows bytes: its only key
+    ``"$bytes"``, holding base64 (anything else there reads back as an error, not bytes)."""
+    if len(mapping) != 1 or BYTES_TAG not in mapping:
+        return False
+    encoded = mapping[BYTES_TAG]
+    return isinstance(encoded, str) and _BASE64.fullmatch(encoded) is not None
+
+
 def _bytes_tag_map() -> UnrepresentableJsonError:
     return UnrepresentableJsonError(
-        f"the value holds a map whose only key is \"{BYTES_TAG}\", which JSON would show as it shows bytes, "
-        "and which would be read back as bytes"
+        f"the value holds a map whose only key is \"{BYTES_TAG}\", holding base64, which JSON would show as it "
+        "shows bytes, and which would be read back as bytes"
     )
 
 
 def _refuse_bytes_tag_maps(document: Any) -> None:
-    """UnrepresentableJsonError if ``document`` holds a map whose only key is ``"$bytes"``."""
+    """UnrepresentableJsonError if ``document`` holds a map that would pass for bytes."""
     stack = [document]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if len(item) == 1 and BYTES_TAG in item:
+            if _passes_for_bytes(item):
                 raise _bytes_tag_map()
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
@@ -241,7 +256,7 @@ def _iterative_json(document: Any, encoder: json.JSONEncoder) -> str:
                     stack.append(_Text(item_separator))
             out.append("[")
         elif isinstance(item, dict):
-            if len(item) == 1 and BYTES_TAG in item:
+            if _passes_for_bytes(item):
                 raise _bytes_tag_map()
             names = [_json_key(key) for key in item]
             if len(set(names)) != len(names):
@@ -289,9 +304,19 @@ _DECODER = json.JSONDecoder(
     object_pairs_hook=object_from_pairs, parse_int=_parse_int, parse_float=_parse_float,
     parse_constant=_refuse_constant,
 )
+# How many bytes values the encoder's ``default`` wrote in this thread's json_text (the
+# bridge writes large values' JSON in threads, several at once).
+class _Count(threading.local):
+    count = 0
+
+
+_bytes_written = _Count()
+
+
 def _bytes_default(value: Any) -> Any:
     """The encoders' ``default``: bytes values as ``{"$bytes": ...}``; anything else is not JSON."""
     if isinstance(value, (bytes, bytearray)):
+        _bytes_written.count += 1
         return _bytes_json(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 

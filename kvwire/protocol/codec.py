@@ -57,6 +57,7 @@ from .messages import (
 )
 from .peer_auth import MAX_NONCE_BYTES, NONCE_BYTES, PROOF_BYTES
 from .strict import DuplicateKey, may_hold_timestamp, refuse_ext, unpack
+from .strict import holds_timestamp as _holds_timestamp  # a module global: tests/test_fuzz.py plants its own
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -253,23 +254,6 @@ def _describe(value: Any) -> str:
     """A bounded repr: the value is hostile input, possibly nested 1,000 deep."""
     return _short_repr.repr(value)
 
-
-# msgpack decodes the timestamp extension (type -1) itself, without calling
-# ext_hook, in any of its ext forms; only a payload holding one of their
-# headers (strict.may_hold_timestamp) is searched for it.
-def _holds_timestamp(value: Any) -> bool:
-    # Iterative: a payload may nest 1024 deep, and recursing raised RecursionError
-    # from about 330 levels (found by the fuzz targets, tests/fuzz).
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if type(item) is msgpack.Timestamp:
-            return True
-        if type(item) is list:
-            pending.extend(item)
-        elif type(item) is dict:
-            pending.extend(item.values())
-    return False
 
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {

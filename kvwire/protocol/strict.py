@@ -49,6 +49,25 @@ _TIMESTAMP_HEADER = re.compile(
 )
 
 
+# msgpack decodes the timestamp extension (type -1) itself, without calling
+# ext_hook, in any of its ext forms; only a payload holding one of their
+# headers (may_hold_timestamp) is searched for it.
+def holds_timestamp(value: Any) -> bool:
+    """Whether the decoded ``value`` holds a msgpack Timestamp, at any depth."""
+    # Iterative: a payload may nest 1024 deep, and recursing raised RecursionError
+    # from about 330 levels (found by the fuzz targets, tests/fuzz).
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is msgpack.Timestamp:
+            return True
+        if type(item) is list:
+            pending.extend(item)
+        elif type(item) is dict:
+            pending.extend(item.values())
+    return False
+
+
 def may_hold_timestamp(payload: bytes) -> bool:
     """Whether ``payload`` might hold the timestamp extension (one of its headers
     appears somewhere in it; the caller then searches what was decoded)."""

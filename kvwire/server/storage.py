@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import aiosqlite
-from msgspec import Raw
 
 from ..protocol.errors import InternalServerError, KvwireError, UnavailableError
 from ..protocol.messages import Version
-from ..protocol.values import checked_raw, pack_value, stored_value
+from ..protocol.values import pack_value, stored_value, structure_error
 from .config import SyncMode
 from .core.applied import MAX_AGE as REQUEST_MAX_AGE
 from .core.keydir import Entry
@@ -164,9 +163,15 @@ class DataDirUnavailableError(DataDirError):
 # SQLite's primary result codes (sqlite_errorcode & 0xff) for a disk that may recover.
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
 _PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
-# What a damaged file raises besides sqlite3's errors: a NULL where a number belongs
-# reaches Python as None, text that is not UTF-8 fails to decode.
-_DAMAGE = (TypeError, ValueError, UnicodeDecodeError)
+
+
+class _DamagedRow(Exception):
+    """A row kvwire could not have written (a NULL tag, a name that is a number)."""
+
+
+# What a damaged file raises besides sqlite3's errors: rows that fail the load's
+# checks, and text that is not UTF-8 (the sqlite3 module decodes some itself).
+_DAMAGE = (_DamagedRow, UnicodeDecodeError)
 
 
 class Storage:
@@ -312,17 +317,24 @@ class Storage:
                     # A damaged file can hold what kvwire never writes (a NULL counter, a number
                     # for a name), which would fail far from here: in the core, at the first
                     # comparison of tags. The check costs about 20 ms a million rows.
-                    if type(counter) is not int or type(node) is not str or type(key) is not str or counter < 0:
-                        raise ValueError(f"a row of its kv table is damaged (key {key!r:.80}: counter {counter!r:.40}, "
-                                         f"node {node!r:.40}, not as kvwire writes them)")
+                    if (type(counter) is not int or type(node) is not str or type(key) is not str or counter < 0
+                            or deleted not in (0, 1)):
+                        raise _DamagedRow(f"a row of its kv table is damaged (key {key!r:.80}: counter {counter!r:.40}, "
+                                          f"node {node!r:.40}, deleted {deleted!r:.10}, not as kvwire writes them)")
                     self.loaded_entries[key] = Entry(Version(counter, names.setdefault(node, node)), bool(deleted))
         async with self._reader.execute("SELECT peer, key, counter, node FROM hints") as cursor:
             while rows := await cursor.fetchmany(10_000):
                 for peer, key, counter, node in rows:
+                    if type(counter) is not int or type(node) is not str or type(peer) is not str or type(key) is not str:
+                        raise _DamagedRow(f"a row of its hints table is damaged (peer {peer!r:.40}, key {key!r:.80}: "
+                                          f"counter {counter!r:.40}, node {node!r:.40})")
                     self.loaded_hints.setdefault(peer, {})[key] = Version(counter, node)
         async with self._reader.execute("SELECT name, value FROM meta") as cursor:
             meta = dict(await cursor.fetchall())
-        self.loaded_floor = int(meta.get("tag_floor", 0))
+        try:
+            self.loaded_floor = int(meta.get("tag_floor", 0))
+        except (TypeError, ValueError):
+            raise _DamagedRow(f"its tag floor is damaged ({meta.get('tag_floor')!r:.40})") from None
         now = time.time()
         # Every row, then the age: a record the upsert would have kept, grown too
         # old, must not give way to a later row it had refused (a lower tag, or
@@ -664,19 +676,18 @@ def _may_pass(error: BaseException) -> bool:
 
 def _read_rows(db: sqlite3.Connection, keys: list[str]) -> list[tuple | str | None]:
     """Point reads of ``keys``, on SQLite's reader thread; for a value that is not
-    one value a node accepts (bytes changed on disk), why not, instead of its row.
+    one whole msgpack value (bytes changed on disk), why not, instead of its row.
 
-    Values are not checksummed, but every value was checked when it was written,
-    so one that fails the same check now was changed on disk. Checked here, off the
-    event loop: the costliest layout takes about 0.2 s a MiB (README, Limits)."""
+    Values are not checksummed, but every value was one whole msgpack value when it
+    was written, so one that is not now was changed on disk. Only its structure is
+    read (about 1 ms a MiB): a changed letter of a string goes unseen (README, Limits)."""
     rows: list[tuple | str | None] = []
     for key in keys:
         row = db.execute("SELECT value, counter, node, deleted FROM kv WHERE key = ?", (key,)).fetchone()
         if row is not None and not row[3]:
-            try:
-                checked_raw(Raw(row[0]))
-            except Exception as exc:  # msgspec's, msgpack's, ValueError, TypeError (a NULL)
-                row = f"not one msgpack value: {exc}"
+            broken = structure_error(row[0])
+            if broken is not None:
+                row = f"not one msgpack value: {broken}"
         rows.append(row)
     return rows
 
