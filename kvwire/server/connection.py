@@ -35,6 +35,12 @@ log = logging.getLogger("kvwire.connection")
 # large values without reading replies makes the node buffer replies without
 # bound (20 bytes of request, a megabyte of reply).
 MAX_REPLY_BYTES_PER_PASS = 1 << 20
+# Requests one pass handles before the rest wait for the next loop turn: libuv may
+# hand a connection 32 reads of 256 KiB in one turn, and a flood of small requests
+# (100,000 HELLOs with unknown tokens, 4.5 MB) held the event loop for 2 s, past
+# the peers' failure timeout: two such clients took a cluster's quorum. A pass of
+# these costs about 10 ms at most; heartbeats and other clients run in between.
+MAX_REQUESTS_PER_PASS = 512
 # Replies queued for the end of the loop turn (kvwire.server.outbox) past this
 # are written at once: libuv may hand one connection up to 32 full reads in a
 # turn, and flow control only sees what has been written.
@@ -221,18 +227,21 @@ class NodeProtocol(asyncio.Protocol):
         # Compared inline, not through a property: this runs for every request
         # (bench/results/2026-12-04/inflight_ab.md has the paired runs).
         max_inflight, max_inflight_bytes = flow.max_inflight, flow.max_inflight_bytes
+        frames_left = MAX_REQUESTS_PER_PASS  # frames read as requests or refused alike
         while not self._closed:
             # One read can hold thousands of requests: stopping the reads at
             # the cap (FlowControl) does not stop this loop from starting them.
-            if (produced > MAX_REPLY_BYTES_PER_PASS or flow.inflight >= max_inflight
-                    or flow.inflight_bytes >= max_inflight_bytes):
+            if (produced > MAX_REPLY_BYTES_PER_PASS or not frames_left
+                    or flow.inflight >= max_inflight or flow.inflight_bytes >= max_inflight_bytes):
                 self._backlog = codec.buffered_bytes > 0  # nothing left: nothing to hold back
                 break
+            frames_left -= 1
             try:
                 request = codec.next_event()
             except ProtocolError as exc:
                 if self._refuse_frame(exc, replies, started):
                     return b""
+                produced += len(replies[-1])
                 continue
             if request is NEED_DATA:
                 break
@@ -254,7 +263,9 @@ class NodeProtocol(asyncio.Protocol):
                 result = node.handle(request, session)
             except KvwireError as exc:
                 tally.answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
-                replies.append(encode(ErrorReply(request.id, exc.code, exc.message, exc.maybe_applied)))
+                encoded = encode(ErrorReply(request.id, exc.code, exc.message, exc.maybe_applied))
+                produced += len(encoded)
+                replies.append(encoded)
                 continue
             except Exception:
                 log.exception("internal error handling %s from %s", type(request).__name__, session.peer)
