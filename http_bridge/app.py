@@ -70,6 +70,8 @@ CLIENT = web.AppKey("client", AsyncClient)
 CLIENTS = web.AppKey("clients", object)
 # Node clients kept for distinct bearer tokens; each holds a connection per node.
 MAX_TOKEN_CLIENTS = 64
+# How often a client let go of (TokenClients) is looked at, until its calls are done.
+IDLE_CHECK_S = 0.05
 OPENAPI_TEXT = web.AppKey("openapi_text", str)
 # The Host check of a plain-HTTP bridge (hosts.py); None when it answers any Host.
 HOSTS = web.AppKey("hosts", object)
@@ -166,7 +168,12 @@ async def _client_context(app: web.Application, *, make_client: MakeClient | Non
 class TokenClients:
     """One node client per bearer token seen lately (the nodes check tokens, the
     bridge only passes them on), and one without a token; the least recently
-    used is closed when there are more than MAX_TOKEN_CLIENTS."""
+    used is let go when there are more than MAX_TOKEN_CLIENTS, closed once its
+    calls in progress are done.
+
+    Closed at once, the calls it was making failed ("connection closed by the
+    client", 503, a PUT left undecided): a client sending made-up tokens, one
+    per request, made other clients' requests fail (found by a security probe)."""
 
     def __init__(self, make: Callable[[str | None], AsyncClient]) -> None:
         self._make = make
@@ -179,7 +186,7 @@ class TokenClients:
             client = self._clients[token] = self._make(token)
             if len(self._clients) > MAX_TOKEN_CLIENTS + 1:
                 oldest = next(key for key in self._clients if key is not None)
-                task = asyncio.get_running_loop().create_task(self._clients.pop(oldest).close())
+                task = asyncio.get_running_loop().create_task(_close_when_idle(self._clients.pop(oldest)))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
         else:
@@ -189,6 +196,15 @@ class TokenClients:
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self._clients.values()), *self._closing)
         self._clients.clear()
+
+
+async def _close_when_idle(client: AsyncClient) -> None:
+    """Close ``client`` once no call of it is in progress; a call ends by its timeout at the latest."""
+    waited = 0.0
+    while client.calls_in_progress and waited < client.timeout + 1:
+        await asyncio.sleep(IDLE_CHECK_S)
+        waited += IDLE_CHECK_S
+    await client.close()
 
 
 # --- handlers ----------------------------------------------------------------------------

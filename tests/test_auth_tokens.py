@@ -276,3 +276,34 @@ def test_a_connection_without_rights_keeps_its_slot_only_while_it_asks(tmp_path)
         assert idle.closed_by_peer(timeout=2)
         assert not holder.closed_by_peer(timeout=0.1)
         assert holder.request(Put(2, "k", "v")).version.counter == 1  # idle 2 s, with a token
+
+
+async def test_a_token_client_let_go_of_finishes_its_calls_first(tmp_path):
+    """The bridge keeps a client per token, the 64 seen last; a request with a made-up
+    token each (anyone can send them) let go of the oldest at once, failing its calls
+    in progress with "connection closed by the client" (503, a PUT left undecided)."""
+    import asyncio
+
+    from kvwire import AsyncClient
+    from kvwire.http_bridge.app import MAX_TOKEN_CLIENTS, TokenClients
+    from kvwire.testing import NodeProcess
+
+    auth_file = write_auth_file(tmp_path, AUTH_FILE)
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--auth-file", auth_file, "--sync", "off"]) as node:
+        clients = TokenClients(lambda token: AsyncClient(node.address, token=token, timeout=10))
+        writer = clients.get(TOKENS["writer"])
+        await writer.put("k", "before")
+        node.pause()
+        try:
+            put = asyncio.ensure_future(writer.put("k", "during"))
+            await asyncio.sleep(0)  # sent, and waiting on the stopped node
+            for index in range(MAX_TOKEN_CLIENTS + 1):
+                clients.get(f"made-up-{index}")  # the writer's is now the one let go of
+            assert writer.calls_in_progress == 1 and not writer.closed
+        finally:
+            node.resume()
+        await asyncio.wait_for(put, 10)  # answered, not failed
+        await asyncio.wait_for(clients.close(), 10)
+        assert writer.closed
+        async with AsyncClient(node.address, token=TOKENS["reader"]) as reader:
+            assert await reader.get("k") == "during"

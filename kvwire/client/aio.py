@@ -149,6 +149,12 @@ class AsyncClient:
         self._closed = False
         # Calls backing off between attempts: close() wakes them, to fail at once.
         self._backing_off: set[asyncio.Future[None]] = set()
+        self._calls_in_progress = 0
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Calls started and not yet returned or raised (close() fails them)."""
+        return self._calls_in_progress
 
     @property
     def closed(self) -> bool:
@@ -294,6 +300,7 @@ class AsyncClient:
         self._bind_to_loop()
         progress = _CallProgress()
         deadline = asyncio.timeout(timeout)
+        self._calls_in_progress += 1
         try:
             async with deadline:
                 return await self._send_with_failover(message_type, fields, progress)
@@ -315,6 +322,8 @@ class AsyncClient:
                 # wait on the same node and none would ever fail over.
                 self._endpoints.failed(progress.waiting_on, asyncio.get_running_loop().time(), error)
             raise error from None
+        finally:
+            self._calls_in_progress -= 1
 
     async def _send_with_failover(self, message_type: type, fields: tuple[Any, ...], progress: _CallProgress) -> Any:
         policy = self.retry
