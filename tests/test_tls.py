@@ -524,6 +524,32 @@ def test_a_peer_with_a_certificate_of_another_ca_is_refused_and_the_others_keep_
         cluster.stop()
 
 
+def test_a_peer_whose_client_certificate_is_refused_says_so(tmp_path):
+    """n3's certificate serves but cannot be a client's: n1 and n2 refuse it when n3
+    dials them. Under TLS 1.3 that refusal comes after n3's side of the handshake, as
+    a close before HELLO, which n3 logged at DEBUG only: its log said nothing while
+    it stayed cut off (found by a security probe)."""
+    from kvwire.testing.certs import reissue
+
+    certs = DevCerts.create(tmp_path / "tls", hosts=["127.0.0.2", "127.0.0.3"])
+    serving_only = DevCerts.create(tmp_path / "serving-only", hosts=["127.0.0.2", "127.0.0.3"])
+    for name in ("ca.pem", "ca.key"):  # the same CA: only the purpose differs
+        (serving_only.directory / name).write_bytes((certs.directory / name).read_bytes())
+    (serving_only.directory / "node.key").write_bytes((certs.directory / "node.key").read_bytes())
+    (serving_only.directory / "node.pem").write_bytes((certs.directory / "node.pem").read_bytes())
+    reissue(serving_only, "node.pem", purposes=[ExtendedKeyUsageOID.SERVER_AUTH])
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", tls=certs, sync="off")
+    cluster["n3"].extra_args += serving_only.node_args()  # given last, these win
+    cluster.start()
+    try:
+        cluster.wait_ready("n1", "n2", peers=False)
+        line = wait_for_log(cluster["n3"], "peer n1: ", timeout=15)
+        assert "ERROR" in line and "event=peer_handshake_failed" in line, line
+        assert "refused our client certificate" in line, line
+    finally:
+        cluster.stop()
+
+
 def test_a_tls_node_serves_its_rest_api_over_https(tmp_path, certs):
     port = free_port()
     with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs,

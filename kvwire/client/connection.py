@@ -189,7 +189,7 @@ class ClientConnection(asyncio.Protocol):
                 # the refusal can also arrive as a reset: the client's HELLO
                 # reaches a socket the node has already closed.
                 hint = _TLS_REFUSAL_HINT if ssl_context is not None else _PLAIN_REFUSAL_HINT
-                raise KvwireConnectionError(f"{exc}{hint}") from exc
+                raise RefusedBeforeHello(f"{exc}{hint}") from exc
             raise
         return connection
 
@@ -507,6 +507,11 @@ class ClientConnection(asyncio.Protocol):
         error = KvwireConnectionError(f"{self.address}: {self._failure}")
         error.__cause__ = self._failure_cause
         return error
+
+
+class RefusedBeforeHello(KvwireConnectionError):
+    """The node closed (or, over TLS 1.3, reset) the connection before answering HELLO:
+    over TLS, most often its refusal of our client certificate, which no retry fixes."""
 
 
 _CLOSED_BY_NODE = "the node closed the connection"

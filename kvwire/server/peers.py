@@ -24,7 +24,7 @@ import ssl
 from typing import Any, Protocol
 
 from ..backoff import backoff_delay
-from ..client.connection import ClientConnection
+from ..client.connection import ClientConnection, RefusedBeforeHello
 from ..protocol.errors import KvwireConnectionError, KvwireError
 from ..protocol.limits import WIRE_NAMES, Limits
 from ..protocol.messages import Role
@@ -95,7 +95,10 @@ class PeerLink:
                     raw_values=True,  # a node forwards values as the bytes it got (protocol.values)
                 )
             except KvwireConnectionError as exc:
-                if isinstance(exc.__cause__, ssl.SSLError):
+                # Under TLS 1.3 the peer refuses our certificate after our side of the
+                # handshake is done: we hear it only as a close before HELLO.
+                refused = isinstance(exc, RefusedBeforeHello) and self._ssl_context is not None
+                if isinstance(exc.__cause__, ssl.SSLError) or refused:
                     # Reachable, but its certificate is refused (or ours): no
                     # retry fixes that, so say it every time, as for a refused HELLO.
                     log.error("peer %s: %s", peer, exc, extra={"peer": peer, "event": "peer_handshake_failed"})
