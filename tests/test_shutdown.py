@@ -16,6 +16,7 @@ import pytest
 
 from kvwire.client import ClientConnection
 from kvwire.protocol import Lookup, LookupReply, Ping, Pong, Put, PutReply, Replicate, ReplicateReply
+from kvwire.protocol.errors import UnavailableError
 from kvwire.protocol.messages import NO_VERSION, Version
 from kvwire.secret_file import read_secret_file
 from kvwire.server.app import serve
@@ -111,6 +112,49 @@ async def test_a_request_answered_during_the_shutdown_wait_reaches_its_client(tm
     put, _ = await stop_with_a_put_pending(tmp_path, caplog, answer, shutdown_timeout=10.0, on_stop=stopping.set)
     assert isinstance(put.result(), PutReply)
     assert "shutdown timeout" not in caplog.text
+
+
+async def test_a_request_read_while_the_node_stops_is_refused_not_started(tmp_path, caplog):
+    """The node waits for the requests it started before it began to stop, then closes
+    every connection: one it started during the wait could be applied with its answer
+    never written (DELETEs applied under rolling restarts, their clients told only that
+    the connection closed; found by an operations probe). It is refused instead."""
+    def only_pings(request):
+        return Pong(request.id) if isinstance(request, Ping) else ScriptedNode.SILENT
+
+    caplog.set_level(logging.INFO)
+    secret = read_secret_file(new_secret_file(tmp_path))
+    async with ScriptedNode(only_pings, answers_hello=False, node_id="n2", secret=secret) as n2:
+        port = free_port("127.0.0.1")
+        config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", cluster_secret=secret,
+                              members=parse_cluster(f"n1=127.0.0.1:{port},n2={n2.address}"),
+                              shutdown_timeout=3.0, write_timeout=30.0)
+        stop, task = await serve_here(config, caplog, "quorum available")
+        connection = await ClientConnection.open("127.0.0.1", port, connect_timeout=5)
+        try:
+            first = connection.submit(Put, "k", 1)  # pending: n2 never answers its write
+            await wait_for_async(lambda: any(isinstance(r, (Lookup, Replicate)) for r in n2.received),
+                                 timeout=10, what="the PUT's LOOKUP or REPLICATE at n2")
+            stop.set()
+            await wait_for_async(lambda: not _listening(port), timeout=5, what="n1 no longer accepting")
+            late = connection.submit(Put, "late", 2)  # read during the shutdown's wait
+            with pytest.raises(UnavailableError, match="shutting down; request not started") as refused:
+                await asyncio.wait_for(late, 5)
+            assert refused.value.maybe_applied is False
+            assert not any(getattr(request, "key", None) == "late" for request in n2.received)
+            await asyncio.wait_for(task, timeout=20)
+            assert first.done()
+        finally:
+            stop.set()
+            connection.close()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_path, caplog):

@@ -110,6 +110,14 @@ class NodeProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        if self._shutting_down:
+            # The node waits only for the requests it started before it began to stop,
+            # and closes every connection after: one started now could be applied with
+            # its answer never written (a DELETE applied, its client told the connection
+            # closed). Refused, it was applied nowhere and may be sent elsewhere.
+            self._codec.receive_data(data)
+            self._refuse_backlog("the node is shutting down")
+            return
         if not self._codec.buffered_bytes and self._answer_cached_get(data):
             return
         read_before = self._requests_read
@@ -439,7 +447,8 @@ class NodeProtocol(asyncio.Protocol):
 
     def begin_shutdown(self) -> None:
         """The node is stopping and waits only for the requests already started:
-        those held back, now or later, are refused (_refuse_backlog), not started."""
+        those held back, and those read from now on, are refused (_refuse_backlog),
+        not started."""
         self._shutting_down = True
         if self._backlog and not self._closed:
             self._refuse_backlog("the node is shutting down")
