@@ -2,14 +2,13 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from kvwire.protocol import Hello
-from kvwire.testing import NodeProcess, RawConnection, free_port, wait_for
+from kvwire.testing import NodeProcess, RawConnection, accepts_connections, free_port, wait_for
 
 
 def run_serve(*args, env=None, timeout=15):
@@ -82,21 +81,13 @@ def test_a_stop_signal_shuts_down_cleanly_and_exits_0(tmp_path, signum, with_bri
     node = NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=extra)
     with node:
         if with_bridge:
-            wait_for(lambda: _listening(http_port), timeout=15, what="the node's HTTP bridge")
+            wait_for(lambda: accepts_connections(f"127.0.0.1:{http_port}", timeout=1), timeout=15, what="the node's HTTP bridge")
         assert node.signal_and_wait(signum) == 0
     log = node.log()
     doing = "stopping the HTTP bridge, then finishing" if with_bridge else "finishing"
     assert f"received {signal.Signals(signum).name}; {doing} requests in flight" in log, log
     assert "storage flushed and closed; bye" in log and "Traceback" not in log
     assert ("HTTP bridge on 127.0.0.1" in log) == with_bridge
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 def test_serve_loads_none_of_the_other_commands_and_each_loads_when_asked():

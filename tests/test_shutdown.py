@@ -23,7 +23,7 @@ from kvwire.server.app import serve
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
 from kvwire.server.in_process import NodeSlot
 from kvwire.server.storage import Storage
-from kvwire.testing import ScriptedNode, free_port, wait_for_async
+from kvwire.testing import ScriptedNode, accepts_connections, free_port, wait_for_async
 from kvwire.testing.cluster import new_secret_file
 
 
@@ -136,7 +136,8 @@ async def test_a_request_read_while_the_node_stops_is_refused_not_started(tmp_pa
             await wait_for_async(lambda: any(isinstance(r, (Lookup, Replicate)) for r in n2.received),
                                  timeout=10, what="the PUT's LOOKUP or REPLICATE at n2")
             stop.set()
-            await wait_for_async(lambda: not _listening(port), timeout=5, what="n1 no longer accepting")
+            await wait_for_async(lambda: not accepts_connections(f"127.0.0.1:{port}", timeout=1), timeout=5,
+                                 what="n1 no longer accepting")
             late = connection.submit(Put, "late", 2)  # read during the shutdown's wait
             with pytest.raises(UnavailableError, match="shutting down; request not started") as refused:
                 await asyncio.wait_for(late, 5)
@@ -147,14 +148,6 @@ async def test_a_request_read_while_the_node_stops_is_refused_not_started(tmp_pa
         finally:
             stop.set()
             connection.close()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_path, caplog):

@@ -23,7 +23,7 @@ from .node import (NodeProcess, free_port, free_port_run, own_sockets_to, starte
                    wait_for_async)
 from .process import ChildProcess, LineCopy, stop_gracefully
 from .scripted import ScriptedNode
-from .wire import RawConnection
+from .wire import RawConnection, accepts_connections
 
 __all__ = [
     "ChildProcess",
@@ -33,6 +33,7 @@ __all__ = [
     "NodeProcess",
     "RawConnection",
     "ScriptedNode",
+    "accepts_connections",
     "error_classes",
     "free_port",
     "free_port_run",

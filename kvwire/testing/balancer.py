@@ -25,7 +25,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..client import Client, RetryPolicy
 from .node import free_port, wait_for
 from .process import ChildProcess
+from .wire import accepts_connections
 
 
 def free_address(host: str = "127.0.0.1") -> str:
@@ -50,15 +50,6 @@ class BalancerProcess(ChildProcess):
     stdout_to_log = True
     # Both stop at once on SIGTERM; they are killed if that is not enough.
     stop_grace = 10.0
-
-
-def _listening(address: str, timeout: float = 0.2) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class HAProxyProcess(BalancerProcess):
@@ -124,7 +115,7 @@ class HAProxyProcess(BalancerProcess):
     def wait_ready(self, timeout: float = 10.0) -> None:
         def listening() -> bool:
             self.check_alive()
-            return _listening(self.stats_address) and _listening(self.tcp_address)
+            return accepts_connections(self.stats_address) and accepts_connections(self.tcp_address)
 
         wait_for(listening, timeout=timeout, what=f"haproxy listening on {self.stats_address}")
 
@@ -212,7 +203,7 @@ class NginxProcess(BalancerProcess):
     def wait_ready(self, timeout: float = 10.0, addresses: Sequence[str] = ()) -> None:
         def started() -> bool:
             self.check_alive()
-            return (self.workdir / "nginx.pid").exists() and all(_listening(address) for address in addresses)
+            return (self.workdir / "nginx.pid").exists() and all(accepts_connections(address) for address in addresses)
 
         wait_for(started, timeout=timeout, what="nginx started")
 

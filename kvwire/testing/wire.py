@@ -99,3 +99,13 @@ class RawConnection:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def accepts_connections(address: str, timeout: float = 0.2) -> bool:
+    """Whether something accepts a TCP connection at ``HOST:PORT`` now (the connection is closed at once)."""
+    host, port = parse_host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
