@@ -1692,3 +1692,18 @@ def test_limits_to_and_from_the_wire():
 def test_limits_from_the_wire_refuse_what_no_node_sends(wire, words):
     with pytest.raises(ValueError, match=words):
         Limits.from_wire(wire)
+
+
+def test_tls_on_a_plain_port_is_named_on_either_side():
+    """A TLS peer or client dialling a plain node, and a plain client of a TLS node (which
+    answers its HELLO with an alert): the length bytes are a TLS record's header."""
+    client_hello = bytes.fromhex("16030100f4010000f00303") + bytes(64)
+    _, err = raises_protocol_error(Side.NODE, client_hello)
+    assert (err.code, err.fatal) == (ErrorCode.TOO_LARGE, True)
+    assert str(err).startswith("this looks like a TLS handshake") and "--tls-cert" in str(err)
+    alert = bytes.fromhex("1503030002022e")
+    client = Connection(Side.CLIENT)
+    client.receive_data(alert)
+    with pytest.raises(ProtocolError, match="this looks like TLS, not a kvwire reply") as info:
+        client.next_event()
+    assert "--tls" in str(info.value)

@@ -387,6 +387,9 @@ def encode(message: Message) -> bytes:
 # refuses it; these say why, from the 4 bytes alone.
 _HTTP_REPLY_START = b"HTTP"  # "HTTP/1.1 400 Bad Request"
 _HTTP_REQUEST_STARTS = frozenset({b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b"OPTI", b"PATC"})
+# A TLS record starts with its content type (22 a handshake, 21 an alert) and
+# the version's major byte, 3; as a length, over 350 million bytes.
+_TLS_RECORD_TYPES = frozenset({0x15, 0x16})
 
 
 def oversized_frame_message(header: bytes, length: int, limit: int, *, replies: bool) -> str:
@@ -409,6 +412,12 @@ def oversized_frame_message(header: bytes, length: int, limit: int, *, replies: 
             f"{header.decode('ascii')!r} ({too_large}); this port speaks the kvwire protocol, and the REST API is served "
             "by the HTTP bridge (kvwire serve --http-listen, or kvwire bridge)"
         )
+    if header[0] in _TLS_RECORD_TYPES and header[1] == 0x03:
+        if replies:
+            return (f"this looks like TLS, not a kvwire reply ({too_large}): the node serves TLS; connect with "
+                    "--tls (kvwire-cli), tls=True (the Python client) or --tls-ca")
+        return (f"this looks like a TLS handshake, not a kvwire frame ({too_large}): the other side speaks TLS "
+                "and this node does not; give every node --tls-cert and --tls-key, or connect without TLS")
     return too_large
 
 
