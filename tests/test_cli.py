@@ -124,8 +124,8 @@ def test_a_piped_get_prints_a_value_with_control_characters_exactly(cli, shared_
     assert json.loads(cli("get", "controls", "-o", "json").stdout)["value"] == ESCAPES
 
 
-def on_a_terminal(*args) -> str:
-    """What kvwire-cli writes with its stdout a terminal (a pseudo-terminal here)."""
+def on_a_terminal(*args, stream: str = "stdout", status: int = 0) -> str:
+    """What kvwire-cli writes to ``stream`` with it a terminal (a pseudo-terminal here)."""
     import pty
     import termios
     import tty
@@ -134,9 +134,9 @@ def on_a_terminal(*args) -> str:
     tty.setraw(terminal, termios.TCSANOW)  # no newline translation: the bytes as written
     try:
         env = {name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")}
-        process = subprocess.run([*CLI, *args], stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE,
-                                 timeout=30, env=env)
-        assert process.returncode == 0, process.stderr
+        outputs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: terminal}
+        process = subprocess.run([*CLI, *args], stdin=subprocess.DEVNULL, timeout=30, env=env, **outputs)
+        assert process.returncode == status, (process.stdout, process.stderr)
         os.close(terminal)
         terminal = None
         written = b""
@@ -153,6 +153,20 @@ def on_a_terminal(*args) -> str:
         os.close(controller)
         if terminal is not None:
             os.close(terminal)
+
+
+def test_on_a_terminal_a_nodes_message_is_shown_escaped():
+    """A node's message is printed as it came (a key in it is quoted already, but a node,
+    or whatever answers on its port, may send anything): on a terminal, escaped."""
+    def refusal(request):
+        return ErrorReply(request.id, ErrorCode.BAD_REQUEST, "evil \x1b[2J\x1b]0;title\x07 message")
+
+    with ScriptedNode(refusal, answers_hello=False) as node:
+        written = on_a_terminal("--endpoints", node.address, "put", "k", "v", stream="stderr", status=4)
+        piped = run_cli("--endpoints", node.address, "put", "k", "v").stderr
+    assert "\x1b" not in written and "\x07" not in written, written
+    assert "evil \\x1b[2J\\x1b]0;title\\x07 message" in written, written
+    assert "evil \x1b[2J\x1b]0;title\x07 message" in piped  # to a pipe, as it came
 
 
 def test_on_a_terminal_control_characters_are_shown_escaped(shared_node):

@@ -36,6 +36,7 @@ from .client_io import (
     CommandFailed,
     check_stdout,
     echo,
+    echo_error,
     flush_stdout,
     json_output,
     output_failed,
@@ -422,14 +423,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = EXIT_INTERRUPTED
     except KvwireError as exc:
         # One line, as promised, whatever the node's message holds.
-        click.echo(f"kvwire-cli: {' '.join(_describe(exc).splitlines())}", err=True)
+        echo_error(f"kvwire-cli: {' '.join(_describe(exc).splitlines())}")
         code = exit_code_for(exc)
     except CommandFailed as exc:
         if str(exc):
-            click.echo(f"kvwire-cli: {exc}", err=True)
+            echo_error(f"kvwire-cli: {exc}")
         code = EXIT_REFUSED
     except Exception as exc:  # a bug of ours; still one line, as promised
-        click.echo(f"kvwire-cli: unexpected error: {type(exc).__name__}: {exc}", err=True)
+        echo_error(f"kvwire-cli: unexpected error: {type(exc).__name__}: {exc}")
         code = EXIT_REFUSED
     sys.exit(code)
 

@@ -150,16 +150,33 @@ def echo(text: str, *, as_json: bool = False) -> None:
 
     Written as it is to a pipe or a file. On a terminal, control characters are
     shown escaped (``\\x1b``; ``\\u001b`` in JSON, where it means the same), so that a
-    stored value cannot clear the screen, move the cursor or retitle the window."""
+    stored value cannot clear the screen, move the cursor or retitle the window. (In
+    the text output a backslash is not escaped: ``\\x1b`` there may be those four
+    characters; -o json, or a pipe, tells them apart.)"""
     stream = sys.stdout
     try:
-        if stream.isatty():
-            text = _TERMINAL_CONTROLS.sub(_json_escape if as_json else _text_escape, text)
         # Not click.echo: it removes ANSI sequences from text written anywhere but to a terminal.
-        stream.write(text + "\n")
+        stream.write(for_terminal(stream, text, as_json=as_json) + "\n")
         stream.flush()
     except OSError as exc:
         raise output_failed(exc) from None
+
+
+def echo_error(text: str) -> None:
+    """``text`` on stderr, a line: control characters escaped on a terminal, as
+    :func:`echo` does (a node's message may quote a key, and a key may hold them)."""
+    try:
+        sys.stderr.write(for_terminal(sys.stderr, text) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # no stderr to speak of: nothing to do
+        pass
+
+
+def for_terminal(stream: IO[str], text: str, *, as_json: bool = False) -> str:
+    """``text`` with control characters escaped if ``stream`` is a terminal; else as it is."""
+    if not stream.isatty():
+        return text
+    return _TERMINAL_CONTROLS.sub(_json_escape if as_json else _text_escape, text)
 
 
 def _text_escape(control: re.Match[str]) -> str:

@@ -28,7 +28,8 @@ def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str,
         raise ValueError(f"{text!r}: give one port")  # 127.0.0.1:7379:5
     elif ":" in host or "[" in host or "]" in host:
         raise ValueError(f"{text!r}: write an IPv6 host in brackets, as [::1]:7379")
-    port = int(port_text) if len(port_text) <= 5 else 0  # int() of thousands of digits is slow
+    digits = port_text.lstrip("0")
+    port = int(digits or "0") if len(digits) <= 5 else 0  # int() of thousands of digits is slow
     if not 0 < port <= 65535:
         raise ValueError(f"{text!r}: port {port_text} is outside 1-65535")
     return host or default_host, port
