@@ -200,11 +200,13 @@ class TokenClients:
 
 async def _close_when_idle(client: AsyncClient) -> None:
     """Close ``client`` once no call of it is in progress; a call ends by its timeout at the latest."""
-    waited = 0.0
-    while client.calls_in_progress and waited < client.timeout + 1:
-        await asyncio.sleep(IDLE_CHECK_S)
-        waited += IDLE_CHECK_S
-    await client.close()
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + client.timeout + 1
+    try:
+        while client.calls_in_progress and loop.time() < give_up_at:
+            await asyncio.sleep(IDLE_CHECK_S)
+    finally:  # cancelled too (the bridge stopping): closed all the same
+        await client.close()
 
 
 # --- handlers ----------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_fast_path_takes_every_hot_message_as_the_codec_does(message):
     payload = encode_payload(message)
     fast = decode_fast(payload, replies=replies(message), raw_values=False)
     # A payload holding bytes that read as a timestamp's start is left to the
-    # codec's own search (codec._holds_timestamp), whatever they are.
+    # codec's own search (strict.holds_timestamp), whatever they are.
     if type(message) in HOT and not may_hold_timestamp(payload):
         assert fast == checked(payload, replies(message))
         raw = decode_fast(payload, replies=replies(message), raw_values=True)

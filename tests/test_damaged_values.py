@@ -17,7 +17,10 @@ import sqlite3
 import pytest
 
 from kvwire import Client, UnavailableError
-from kvwire.testing import LocalCluster, NodeProcess
+from msgspec import Raw
+
+from kvwire.protocol import Get, GetReply, Put, PutReply
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection
 
 # 0xc1 is the one byte msgpack never uses.
 DAMAGE = "UPDATE kv SET value = x'c1' WHERE key = ?"
@@ -72,14 +75,29 @@ LOOKALIKES = {
     "floats": {str(index): random.Random(index).random() * 1e6 for index in range(1000)},
     "bytes": [b"\xd6\xff\x00\x00\x00\x00", {"b": b"\xd7\xff" * 8}],
 }
+# 1,023 levels, the most a node takes: msgspec's reader of a value's structure recursed,
+# and raised RecursionError from about 1,000, failing every key read with it (a review
+# found it). Deeper than a client packs (511), so sent as bytes written by hand.
+DEEPEST = b"\x91" * 1022 + b"\x90"
 
 
-def test_values_whose_bytes_look_like_a_timestamp_are_read_back_from_disk(tmp_path):
+def test_values_whose_bytes_look_like_a_timestamp_or_nest_deepest_are_read_back_from_disk(tmp_path):
     node = NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--cache-entries", "0"])
     with node, Client([node.address]) as client:
         for key, value in LOOKALIKES.items():
             client.put(key, value)
+        with RawConnection(node.address) as raw:
+            assert isinstance(raw.request(Put(1, "deepest", Raw(DEEPEST))), PutReply)
     with node, Client([node.address]) as client:  # restarted: every read comes from the disk
         for key, value in LOOKALIKES.items():
             assert client.get(key) == value, key
-    assert "damaged_value" not in node.log()
+        with RawConnection(node.address) as raw:
+            reply = raw.request(Get(1, "deepest"))
+        assert isinstance(reply, GetReply), reply
+        value, depth = reply.value, 1
+        while value:
+            [value] = value
+            depth += 1
+        assert (value, depth) == ([], 1023)
+    log = node.log()
+    assert "damaged_value" not in log and "failed" not in log, log

@@ -289,6 +289,7 @@ class AsyncClient:
             self._endpoints.abandon()
             self._endpoints = self._new_endpoints()
             self._backing_off = set()
+            self._calls_in_progress = 0  # those of the closed loop will never return
         self._loop = loop
 
     # --- sending, with timeout and failover --------------------------------------------
@@ -301,6 +302,7 @@ class AsyncClient:
         progress = _CallProgress()
         deadline = asyncio.timeout(timeout)
         self._calls_in_progress += 1
+        counted_in = self._endpoints  # a move to another loop starts a new count (_bind_to_loop)
         try:
             async with deadline:
                 return await self._send_with_failover(message_type, fields, progress)
@@ -323,7 +325,8 @@ class AsyncClient:
                 self._endpoints.failed(progress.waiting_on, asyncio.get_running_loop().time(), error)
             raise error from None
         finally:
-            self._calls_in_progress -= 1
+            if counted_in is self._endpoints:
+                self._calls_in_progress -= 1
 
     async def _send_with_failover(self, message_type: type, fields: tuple[Any, ...], progress: _CallProgress) -> Any:
         policy = self.retry

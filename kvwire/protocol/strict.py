@@ -35,7 +35,7 @@ def unique_map(pairs: list[tuple[Any, Any]]) -> dict:
 # unpackb bounds every length it reads by the size of its input, which the
 # frame limit already bounds, so no max_*_len option is tighter than that.
 # It leaves the timestamp extension (-1) to the caller: msgpack decodes it
-# itself, without calling ext_hook (see codec._holds_timestamp).
+# itself, without calling ext_hook (see holds_timestamp, below).
 unpack = functools.partial(
     msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=refuse_ext, object_pairs_hook=unique_map
 )

@@ -278,7 +278,9 @@ class NodeProtocol(asyncio.Protocol):
             except Exception:
                 log.exception("internal error handling %s from %s", type(request).__name__, session.peer)
                 tally.answer("internal", perf_counter() - started)
-                replies.append(encode(ErrorReply(request.id, ErrorCode.INTERNAL, "internal error; see the node's log")))
+                encoded = encode(ErrorReply(request.id, ErrorCode.INTERNAL, "internal error; see the node's log"))
+                produced += len(encoded)
+                replies.append(encoded)
                 continue
             if type(result) is PendingReply:
                 charged = codec.last_frame_bytes

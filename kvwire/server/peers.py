@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ..backoff import backoff_delay
 from ..client.connection import ClientConnection, RefusedBeforeHello
-from ..protocol.errors import KvwireConnectionError, KvwireError
+from ..protocol.errors import KvwireConnectionError, KvwireError, UnavailableError
 from ..protocol.limits import WIRE_NAMES, Limits
 from ..protocol.messages import Role
 from ..tls import client_context
@@ -106,10 +106,14 @@ class PeerLink:
                     continue
                 log.debug("peer %s unreachable: %s", peer, exc)
                 failures += 1
-                # Jittered, so that peers restarting together don't redial in lockstep.
-                await self._back_off(
-                    backoff_delay(failures, base=RECONNECT_BASE_DELAY, cap=RECONNECT_MAX_DELAY, jitter=random.uniform)
-                )
+                await self._back_off(_redial_delay(failures))
+                continue
+            except UnavailableError as exc:
+                # Stopping (it refuses what it reads once it has begun) or at its limits:
+                # a state that passes, not a handshake that failed.
+                log.debug("peer %s unavailable: %s", peer, exc)
+                failures += 1
+                await self._back_off(_redial_delay(failures))
                 continue
             except KvwireError as exc:
                 # The handshake failed (another cluster, another protocol
@@ -243,3 +247,8 @@ class PeerLinks:
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self.links.values()), return_exceptions=True)
 
+
+def _redial_delay(failures: int) -> float:
+    """How long to wait after ``failures`` failed dials in a row: jittered, so that
+    peers restarting together don't redial in lockstep."""
+    return backoff_delay(failures, base=RECONNECT_BASE_DELAY, cap=RECONNECT_MAX_DELAY, jitter=random.uniform)
