@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from kvwire import Client
-from kvwire.protocol.errors import InternalServerError
+from kvwire.protocol.errors import InternalServerError, NoQuorumError
 from kvwire.testing import NodeProcess, wait_for
 from kvwire.testing.disk import NodeOnItsOwnDisk
 
@@ -89,6 +89,42 @@ def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_
             # them while its own commit failed, so it votes again only then (docs/design.md 1.2).
             wait_for(lambda: client.health()["status"] == "healthy", timeout=15, what="n3 voting again")
     assert "quorum lost" not in n3.log()  # its peers never went: the disk's own lines say it
+
+
+def test_a_node_whose_peers_disks_refuse_writes_says_it_has_no_quorum(tmp_path):
+    """n2's and n3's disks full, n1's fine: every write through n1 fails on its peers'
+    disks, but n1 said has_quorum true (its peers UP), so HAProxy kept it in rotation
+    (found by a disk-fault probe). Peers now say so in their PONGs."""
+    from kvwire.testing import LocalCluster
+
+    cluster = LocalCluster(3, data_dir=tmp_path, sync="normal", heartbeat_interval=0.1)
+    for node_id in ("n2", "n3"):
+        cluster.nodes[node_id] = NodeOnItsOwnDisk.like(cluster[node_id])
+    with cluster:
+        cluster.wait_peers("n1", up=["n2", "n3"], timeout=10.0)
+        with Client(cluster.endpoints_of("n1"), timeout=5) as client:
+            client.put("before", "kept")
+            for node_id in ("n2", "n3"):
+                cluster[node_id].fill_disk()
+            with pytest.raises((InternalServerError, NoQuorumError)):
+                client.put("during", b"x" * 1_000_000)  # more than their write-ahead logs have room for
+            wait_for(lambda: not client.health()["cluster"]["has_quorum"], timeout=5,
+                     what="n1 counting its peers out of the majority that takes writes")
+            health = client.health()
+            assert (health["status"], health["cluster"]["can_accept_writes"], health["cluster"]["healthy_nodes"]) == (
+                "unavailable", False, 1)
+            assert {peer["node_id"]: (peer["healthy"], peer["writable"]) for peer in health["cluster"]["nodes"]} == {
+                "n2": (True, False), "n3": (True, False)}
+            assert health["storage"]["writable"] is True  # its own disk
+            assert cli_health(cluster["n1"]) == 3  # what HAProxy's check and `kvwire-cli health` act on
+            assert client.get("before", consistency="one") == "kept"
+            for node_id in ("n2", "n3"):
+                cluster[node_id].free_disk()
+            wait_for(lambda: client.health()["cluster"]["has_quorum"], timeout=10, what="n1's peers taking writes")
+            wait_for(lambda: client.health()["status"] == "healthy", timeout=15, what="every node voting again")
+            client.put("after", "written")
+    log = cluster["n1"].log()
+    assert "peer n2 says its disk refuses writes" in log and "peer n2 takes writes again" in log
 
 
 @pytest.mark.parametrize("stop", ["TERM", "KILL"])

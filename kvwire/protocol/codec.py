@@ -294,6 +294,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "retry": _boolean,
     "request_tentative": _boolean,
     "joining": _boolean,
+    "writable": _boolean,
     "observed": _boolean,
     "read": _boolean,
     "repair": _boolean,

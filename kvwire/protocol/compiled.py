@@ -79,6 +79,7 @@ _WIRE_TYPES: dict[str, Any] = {
     "prior": Version,
     "prior_deleted": bool,
     "joining": bool,
+    "writable": bool,
     "observed": bool,
     "read": bool,
     "repair": bool,

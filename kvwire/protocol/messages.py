@@ -272,10 +272,13 @@ class HelloReply:
 @dataclass(slots=True)
 class Pong:
     """``joining``: True from a node still catching up from its peers (it takes no
-    part in majorities yet), so that its peers count it out of their quorum too."""
+    part in majorities yet), so that its peers count it out of their quorum too.
+    ``writable``: False from a node whose disk refuses writes: it fails every write
+    it is sent, so its peers count it out of the majority that can take writes."""
 
     id: int
     joining: bool | None = None
+    writable: bool | None = None
     op = Op.PONG
 
 
@@ -414,7 +417,7 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
     Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof", "joining"}),
-    Op.PONG: frozenset({"joining"}),
+    Op.PONG: frozenset({"joining", "writable"}),
     Op.PUT_REPLY: frozenset({"created"}),
     Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining", "observed"}),
     Op.LOOKUP_REPLY: frozenset({"floor", "request_version", "request_tentative"}),

@@ -51,8 +51,9 @@ from .storage import Storage
 from .tally import RequestMetrics
 
 log = logging.getLogger("kvwire.node")
-# The core's notices that change whether this node has a quorum (a peer joining or joined).
-QUORUM_NOTICES = frozenset({"peer_joining", "peer_joined"})
+# The core's notices that change whether this node has a quorum (a peer joining or joined,
+# or its disk refusing writes or taking them again).
+QUORUM_NOTICES = frozenset({"peer_joining", "peer_joined", "peer_refuses_writes", "peer_takes_writes"})
 
 # Keys read from SQLite in one hop to its thread: a batch of 256 point reads takes
 # about a millisecond, short enough not to hold up the requests of the next one.
@@ -179,7 +180,11 @@ class Node:
         if kind is Ping:
             # Only a peer hears that this node is joining: a client's PONG stays the bare
             # one, which HAProxy's minority check matches byte for byte (haproxy/kvwire.cfg).
-            return Pong(request.id, True) if self.core.joining and grant is PEER else Pong(request.id)
+            if grant is not PEER:
+                return Pong(request.id)
+            # And whether its disk refuses writes: its peers count it out of their quorum then.
+            return Pong(request.id, True if self.core.joining else None,
+                        False if self.storage.write_error is not None else None)
         if kind is Hello:
             return self._hello(request, session)
         if kind is Health:
@@ -385,7 +390,7 @@ class Node:
                 elif kind is PeerStateChanged:
                     self._log_transition(effect.transition)
                 elif kind is Notice:
-                    (log.info if effect.event == "peer_joined" else log.warning)(
+                    (log.info if effect.event in ("peer_joined", "peer_takes_writes") else log.warning)(
                         "%s", effect.message, extra={"event": effect.event, **effect.fields})
                     if effect.event in QUORUM_NOTICES:
                         self._log_quorum_change()
@@ -512,8 +517,11 @@ class Node:
     def _voters_up(self) -> int:
         core = self.core
         # Peers that said they are joining are left out (voters_up), and a joining
-        # node never counts itself.
-        return core.voters_up() - (self.storage.write_error is not None and not core.joining)
+        # node never counts itself; nor does a node whose disk refuses writes count
+        # itself, or its peers that said so of theirs (every write there fails).
+        refusing = sum(core.detector.is_up(peer) and peer not in core.peers_joining
+                       for peer in core.peers_refusing_writes)
+        return core.voters_up() - (self.storage.write_error is not None and not core.joining) - refusing
 
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""

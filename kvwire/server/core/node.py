@@ -190,6 +190,11 @@ class NodeCore:
         # Peers whose last PONG (or HELLO_REPLY) said they are joining: UP, but no voters
         # (voters_up). Forgotten when the peer goes DOWN.
         self.peers_joining: set[str] = set()
+        # Peers whose last PONG said their disk refuses writes: UP, and voters, but every
+        # write they are sent fails, which HEALTH counts (the shell's quorum_state).
+        # Forgotten when the peer goes DOWN. The rounds do not use it: a write sent
+        # there fails there, as it would anyway.
+        self.peers_refusing_writes: set[str] = set()
         self._write_ids = itertools.count(1)
         # write id -> (key, version, deleted, value, callbacks for its outcome)
         self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
@@ -787,6 +792,7 @@ class NodeCore:
             if transition.state is PeerState.DOWN:
                 # Whatever it said, it says again when it is back (HELLO_REPLY, PONG).
                 self.peers_joining.discard(transition.peer)
+                self.peers_refusing_writes.discard(transition.peer)
                 if self.mutant != "keep-silent-link":
                     self.effects.append(CloseLink(transition.peer))
         self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
@@ -796,18 +802,26 @@ class NodeCore:
         self._pings.pop(peer, None)
         if type(reply) is Pong:  # else no answer (the link failed): what the peer last said stands
             self._set_peer_joining(peer, reply.joining is True)
+            self._set_peer_refusing_writes(peer, reply.writable is False)
 
     def _set_peer_joining(self, peer: str, joining: bool) -> None:
-        if joining == (peer in self.peers_joining):
+        self._set_peer_state(peer, joining, self.peers_joining, (
+            "peer_joining", f"peer {peer} is joining: it takes no part in majorities until it has caught up "
+            "from every peer"), ("peer_joined", f"peer {peer} has joined: it takes part in majorities"))
+
+    def _set_peer_refusing_writes(self, peer: str, refusing: bool) -> None:
+        self._set_peer_state(peer, refusing, self.peers_refusing_writes, (
+            "peer_refuses_writes", f"peer {peer} says its disk refuses writes: every write sent there fails "
+            "until it takes them again"), ("peer_takes_writes", f"peer {peer} takes writes again"))
+
+    def _set_peer_state(self, peer: str, now_in: bool, members: set[str], entered: tuple[str, str],
+                        left: tuple[str, str]) -> None:
+        """``peer`` in ``members`` if ``now_in``, else not; a Notice (event, message) when that changes."""
+        if now_in == (peer in members):
             return
-        if joining:
-            self.peers_joining.add(peer)
-            self.effects.append(Notice("peer_joining", f"peer {peer} is joining: it takes no part in majorities "
-                                       "until it has caught up from every peer", {"peer": peer}))
-        else:
-            self.peers_joining.discard(peer)
-            self.effects.append(Notice("peer_joined", f"peer {peer} has joined: it takes part in majorities",
-                                       {"peer": peer}))
+        (members.add if now_in else members.discard)(peer)
+        event, message = entered if now_in else left
+        self.effects.append(Notice(event, message, {"peer": peer}))
 
     def _collect_tombstones(self) -> None:
         # Tombstones are timed from the keydir's changes. A lone node has no use
@@ -840,6 +854,8 @@ class NodeCore:
                 "healthy": self.detector.is_up(peer),
                 # Its last PONG said it is catching up: UP, but not counted in healthy_nodes.
                 "joining": peer in self.peers_joining,
+                # Its last PONG said its disk refuses writes: UP, but not counted in healthy_nodes.
+                "writable": peer not in self.peers_refusing_writes,
                 "state": self.detector.state(peer).value,
                 "connected": peer in self.connected,
                 "last_heard_ms": round(self.detector.silent_for(peer, now) * 1000, 1),
