@@ -763,3 +763,27 @@ def test_up_takes_an_ipv6_host_in_brackets_as_it_is_written_in_an_address(tmp_pa
         up.stop_cleanly()
     finally:
         up.cleanup()
+
+
+def test_with_an_auth_file_the_commands_to_try_name_a_token(tmp_path):
+    """The try-it lines said `kvwire-cli put greeting hello`, which nodes with an auth file
+    refuse (exit 4) for want of a token (found by a security probe)."""
+    from kvwire.testing import write_auth_file
+
+    token = "admin-token-0123456789abcdef"
+    auth_file = write_auth_file(tmp_path / "auth", f"ops admin {token}\n")
+    base, bridges = free_port_run(3), free_port_run(3)
+    up = Up(tmp_path, "--base-port", str(base), "--http-base-port", str(bridges), "--data-dir", str(tmp_path / "data"),
+            "--sync", "off", "--", "--auth-file", auth_file)
+    try:
+        up.wait_printed("every node answers")
+        assert "export KVWIRE_TOKEN=..." in up.stdout
+        assert '-H "Authorization: Bearer $KVWIRE_TOKEN"' in up.stdout
+        env = {**{name: value for name, value in os.environ.items() if not name.startswith("KVWIRE_")},
+               "KVWIRE_ENDPOINTS": f"127.0.0.1:{base}", "KVWIRE_TOKEN": token}
+        put = subprocess.run([sys.executable, "-m", "kvwire.cli.client", "put", "greeting", "hello"], env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert put.returncode == 0, put.stderr  # the printed settings, a token given, are what it takes
+        up.stop_cleanly()
+    finally:
+        up.cleanup()

@@ -502,6 +502,13 @@ class _Watcher:
             raise NoAnswer(f"{exc}, as a node does when it refuses the client certificate "
                             f"{self.certs.directory / 'client.pem'}; its log says why") from None
 
+    def _nodes_have_an_auth_file(self) -> bool:
+        """Whether the nodes run with --auth-file (after `--`, or from KVWIRE_AUTH_FILE): the
+        commands printed to try the cluster then need a token (REST: Authorization: Bearer)."""
+        nodes = [child for child in self.supervisor.children if child.name in self.ports]
+        return any(arg == "--auth-file" or arg.startswith("--auth-file=") for child in nodes for arg in child.command) \
+            or bool(os.environ.get("KVWIRE_AUTH_FILE"))
+
     def _balancers(self) -> list[ChildProcess]:
         """HAProxy with --haproxy: the children that are not nodes."""
         return [child for child in self.supervisor.children if child.name not in self.ports]
@@ -512,12 +519,16 @@ class _Watcher:
         endpoints = ",".join(format_endpoint(host, port) for port in self.ports.values())
         _say("kvwire up: every node answers. Use the cluster with:")
         _say(f"  export KVWIRE_ENDPOINTS={endpoints}" + (_client_tls_exports(certs) if certs else ""))
+        if self._nodes_have_an_auth_file():
+            _say("  export KVWIRE_TOKEN=...  # a token of the nodes' auth file (or KVWIRE_TOKEN_FILE, a file holding one)")
         _say("  kvwire-cli put greeting hello && kvwire-cli get greeting")
         if self.http_ports:
             # Each bridge is bound before its node answers PING, so it is up too.
             urls = [_rest_url(host, port, https=certs is not None) for port in self.http_ports.values()]
             curl = f"curl --cacert {shlex.quote(str(certs.ca))}" if certs else "curl"
             _say(f"REST API: {' '.join(urls)}")
+            if self._nodes_have_an_auth_file():
+                curl += ' -H "Authorization: Bearer $KVWIRE_TOKEN"'
             _say(f"  {curl} -X PUT {urls[0]}/kv/greeting/ -d '{{\"value\": \"hello\"}}'")
             _say(f"  {curl} {urls[0]}/kv/greeting/ && {curl} {urls[0]}/health/")
         _say("Ctrl-C stops the cluster; `kvwire up ctl --help` stops, kills and starts one node.")
