@@ -31,7 +31,8 @@ pytestmark = pytest.mark.serial
 def cluster(tmp_path_factory):
     # A write timeout of 10 s, not 1: each peer reads a value of 800,000 items to check
     # it (about half a second), and on a machine busy with other work the PUT met its
-    # 1 s deadline there (503, "2 did not answer"). These tests are about the loop.
+    # 1 s deadline there (503, "2 did not answer"); the bridge's own 5 s call timeout
+    # then bounds it. These tests are about the loop.
     nodes = LocalCluster(3, data_dir=tmp_path_factory.mktemp("large") / "data", sync="off", write_timeout=10)
     nodes.http_urls = with_http(nodes, "n1")
     with nodes:

@@ -117,7 +117,17 @@ def test_a_node_whose_peers_disks_refuse_writes_says_it_has_no_quorum(tmp_path):
                 "n2": (True, False), "n3": (True, False)}
             assert health["storage"]["writable"] is True  # its own disk
             assert cli_health(cluster["n1"]) == 3  # what HAProxy's check and `kvwire-cli health` act on
-            assert client.get("before", consistency="one") == "kept"
+            assert client.get("before") == "kept"  # a quorum read: its peers are UP and answer it
+            log = cluster["n1"].log()
+            assert "1 of 3 nodes UP and taking writes, 2 needed (2 UP with their disks refusing writes)" in log, log
+            # A peer back from DOWN: what it said of its disk stands until its first PONG says
+            # otherwise (forgotten, n1 said it had quorum for a heartbeat: a review found it).
+            lost_at = len(cluster["n1"].log())
+            cluster.pause("n2")
+            cluster.wait_peers("n1", down=["n2"], timeout=10.0)
+            cluster.resume("n2")
+            cluster.wait_peers("n1", up=["n2"], timeout=10.0)
+            assert "quorum available" not in cluster["n1"].log()[lost_at:]
             for node_id in ("n2", "n3"):
                 cluster[node_id].free_disk()
             wait_for(lambda: client.health()["cluster"]["has_quorum"], timeout=10, what="n1's peers taking writes")

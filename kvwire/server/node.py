@@ -412,15 +412,23 @@ class Node:
         self._log_quorum_change()
 
     def _log_quorum_change(self) -> None:
-        """Say so when this node's quorum comes or goes (a peer UP or DOWN, joining or joined)."""
+        """Say so when this node's quorum comes or goes (a peer UP or DOWN, joining or
+        joined, its disk refusing writes or taking them again). This node's own disk is
+        left out: storage logs its own lines when it refuses writes and takes them again."""
         config = self.config
-        up = self._voters_up()
-        has_quorum = up >= config.quorum  # of the voters: a refusing disk logs its own lines (storage.py)
+        up = self._voters_up(own_disk=False)
+        has_quorum = up >= config.quorum
         if has_quorum != self._has_quorum:
             self._has_quorum = has_quorum
+            refusing = self._peers_refusing_writes()
             if has_quorum:
-                log.info("quorum available: %d of %d nodes UP", up, config.cluster_size,
+                log.info("quorum available: %d of %d nodes UP and taking writes", up, config.cluster_size,
                          extra={"event": "quorum_available", "up": up})
+            elif refusing and up + refusing >= config.quorum:
+                # Enough of them UP to answer a quorum read; only writes fail.
+                log.error("quorum lost: %d of %d nodes UP and taking writes, %d needed (%d UP with their disks "
+                          "refusing writes); writes answer NO_QUORUM", up, config.cluster_size, config.quorum,
+                          refusing, extra={"event": "quorum_lost", "up": up})
             else:
                 log.error("quorum lost: %d of %d nodes UP, %d needed; writes and quorum reads answer NO_QUORUM",
                           up, config.cluster_size, config.quorum, extra={"event": "quorum_lost", "up": up})
@@ -514,14 +522,18 @@ class Node:
         up = self._voters_up()
         return up, up >= self.config.quorum and self.storage.write_error is None
 
-    def _voters_up(self) -> int:
+    def _voters_up(self, *, own_disk: bool = True) -> int:
         core = self.core
         # Peers that said they are joining are left out (voters_up), and a joining
         # node never counts itself; nor does a node whose disk refuses writes count
-        # itself, or its peers that said so of theirs (every write there fails).
-        refusing = sum(core.detector.is_up(peer) and peer not in core.peers_joining
-                       for peer in core.peers_refusing_writes)
-        return core.voters_up() - (self.storage.write_error is not None and not core.joining) - refusing
+        # itself (``own_disk``), or its peers that said so of theirs (every write there fails).
+        own_refusing = own_disk and self.storage.write_error is not None and not core.joining
+        return core.voters_up() - own_refusing - self._peers_refusing_writes()
+
+    def _peers_refusing_writes(self) -> int:
+        """Peers UP, not joining, whose last PONG said their disk refuses writes."""
+        core = self.core
+        return sum(core.detector.is_up(peer) and peer not in core.peers_joining for peer in core.peers_refusing_writes)
 
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""

@@ -192,8 +192,8 @@ class NodeCore:
         self.peers_joining: set[str] = set()
         # Peers whose last PONG said their disk refuses writes: UP, and voters, but every
         # write they are sent fails, which HEALTH counts (the shell's quorum_state).
-        # Forgotten when the peer goes DOWN. The rounds do not use it: a write sent
-        # there fails there, as it would anyway.
+        # Kept while the peer is DOWN, until a PONG says otherwise. The rounds do not
+        # use it: a write sent there fails there, as it would anyway.
         self.peers_refusing_writes: set[str] = set()
         self._write_ids = itertools.count(1)
         # write id -> (key, version, deleted, value, callbacks for its outcome)
@@ -791,8 +791,10 @@ class NodeCore:
             self.effects.append(PeerStateChanged(transition))
             if transition.state is PeerState.DOWN:
                 # Whatever it said, it says again when it is back (HELLO_REPLY, PONG).
+                # Not whether its disk refuses writes: HELLO_REPLY does not say, and
+                # forgotten here it would count as taking writes until its first PONG
+                # (a partition healed showed quorum for a heartbeat). That PONG says.
                 self.peers_joining.discard(transition.peer)
-                self.peers_refusing_writes.discard(transition.peer)
                 if self.mutant != "keep-silent-link":
                     self.effects.append(CloseLink(transition.peer))
         self.timers.schedule(self.now + self.config.heartbeat_interval, self._heartbeat)
