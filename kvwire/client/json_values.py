@@ -54,7 +54,8 @@ _BASE64 = re.compile(BASE64_PATTERN)
 class UnrepresentableJsonError(ValueError):
     """A stored value JSON cannot carry: a float NaN or infinity, a map with
     both a bytes key and the str key that bytes key would be shown as, or a map
-    whose only key is ``"$bytes"`` (it would be shown, and read back, as bytes)."""
+    whose only key is ``"$bytes"``, holding base64 (it would be shown, and read
+    back, as bytes)."""
 
 
 def decode_bytes(obj: dict[str, Any]) -> Any:
