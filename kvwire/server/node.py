@@ -422,7 +422,7 @@ class Node:
             self._has_quorum = has_quorum
             refusing = self._peers_refusing_writes()
             if has_quorum:
-                log.info("quorum available: %d of %d nodes UP and taking writes", up, config.cluster_size,
+                log.info("quorum available: %d of %d nodes UP", up, config.cluster_size,
                          extra={"event": "quorum_available", "up": up})
             elif refusing and up + refusing >= config.quorum:
                 # Enough of them UP to answer a quorum read; only writes fail.
