@@ -286,7 +286,7 @@ async def test_a_token_client_let_go_of_finishes_its_calls_first(tmp_path):
 
     from kvwire import AsyncClient
     from kvwire.http_bridge.app import MAX_TOKEN_CLIENTS, TokenClients
-    from kvwire.testing import NodeProcess
+    from kvwire.testing import NodeProcess, wait_for_async
 
     auth_file = write_auth_file(tmp_path, AUTH_FILE)
     with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--auth-file", auth_file, "--sync", "off"]) as node:
@@ -296,7 +296,7 @@ async def test_a_token_client_let_go_of_finishes_its_calls_first(tmp_path):
         node.pause()
         try:
             put = asyncio.ensure_future(writer.put("k", "during"))
-            await asyncio.sleep(0)  # sent, and waiting on the stopped node
+            await wait_for_async(node.unread_bytes, timeout=5, what="the PUT waiting in the stopped node's socket")
             for index in range(MAX_TOKEN_CLIENTS + 1):
                 clients.get(f"made-up-{index}")  # the writer's is now the one let go of
             assert writer.calls_in_progress == 1 and not writer.closed

@@ -50,11 +50,17 @@ async def serve_here(config: ServerConfig, caplog, ready: str) -> tuple[asyncio.
     return stop, task
 
 
+def only_pings(request):
+    """n2's answers: PONGs, so that it stays UP, and nothing else."""
+    return Pong(request.id) if isinstance(request, Ping) else ScriptedNode.SILENT
+
+
 async def stop_with_a_put_pending(tmp_path, caplog, n2_answer, *, shutdown_timeout: float,
-                                  on_stop=lambda: None) -> tuple[asyncio.Future, float]:
+                                  on_stop=lambda port, connection, n2: None) -> tuple[asyncio.Future, float]:
     """Start n1 beside the scripted n2, send a PUT, stop n1 once n2 has the PUT's
-    LOOKUP or REPLICATE (calling ``on_stop`` then); the PUT's future, and the
-    seconds n1 took to stop."""
+    LOOKUP or REPLICATE (calling ``on_stop(n1's port, the connection, n2)`` then, and
+    awaiting what it returns, if anything); the PUT's future, and the seconds n1 took
+    to stop."""
     caplog.set_level(logging.INFO)
     secret = read_secret_file(new_secret_file(tmp_path))
     async with ScriptedNode(n2_answer, answers_hello=False, node_id="n2", secret=secret) as n2:
@@ -72,7 +78,9 @@ async def stop_with_a_put_pending(tmp_path, caplog, n2_answer, *, shutdown_timeo
             loop = asyncio.get_running_loop()
             stopping_at = loop.time()
             stop.set()
-            on_stop()
+            stopped = on_stop(port, connection, n2)
+            if stopped is not None:
+                await stopped
             await asyncio.wait_for(task, timeout=20)
             return put, loop.time() - stopping_at
         finally:
@@ -82,9 +90,6 @@ async def stop_with_a_put_pending(tmp_path, caplog, n2_answer, *, shutdown_timeo
 
 
 async def test_a_request_unanswered_past_the_shutdown_timeout_is_counted_and_the_node_stops(tmp_path, caplog):
-    def only_pings(request):
-        return Pong(request.id) if isinstance(request, Ping) else ScriptedNode.SILENT
-
     put, stopped_after = await stop_with_a_put_pending(tmp_path, caplog, only_pings, shutdown_timeout=0.3)
     assert "shutdown timeout: 1 requests unanswered" in caplog.text
     assert stopped_after < 5  # the shutdown timeout, not the write's 30 s
@@ -109,7 +114,8 @@ async def test_a_request_answered_during_the_shutdown_wait_reaches_its_client(tm
         await stopping.wait()
         return ReplicateReply(request.id, True, request.version, NO_VERSION, False)
 
-    put, _ = await stop_with_a_put_pending(tmp_path, caplog, answer, shutdown_timeout=10.0, on_stop=stopping.set)
+    put, _ = await stop_with_a_put_pending(tmp_path, caplog, answer, shutdown_timeout=10.0,
+                                           on_stop=lambda *_: stopping.set())
     assert isinstance(put.result(), PutReply)
     assert "shutdown timeout" not in caplog.text
 
@@ -119,35 +125,19 @@ async def test_a_request_read_while_the_node_stops_is_refused_not_started(tmp_pa
     every connection: one it started during the wait could be applied with its answer
     never written (DELETEs applied under rolling restarts, their clients told only that
     the connection closed; found by an operations probe). It is refused instead."""
-    def only_pings(request):
-        return Pong(request.id) if isinstance(request, Ping) else ScriptedNode.SILENT
+    async def send_one_more(port, connection, n2):
+        await wait_for_async(lambda: not accepts_connections(f"127.0.0.1:{port}", timeout=1), timeout=5,
+                             what="n1 no longer accepting")
+        late = connection.submit(Put, "late", 2)  # read during the shutdown's wait
+        with pytest.raises(UnavailableError, match="shutting down; request not started") as refused:
+            await asyncio.wait_for(late, 5)
+        assert refused.value.maybe_applied is False
+        assert not any(getattr(request, "key", None) == "late" for request in n2.received)
 
-    caplog.set_level(logging.INFO)
-    secret = read_secret_file(new_secret_file(tmp_path))
-    async with ScriptedNode(only_pings, answers_hello=False, node_id="n2", secret=secret) as n2:
-        port = free_port("127.0.0.1")
-        config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", cluster_secret=secret,
-                              members=parse_cluster(f"n1=127.0.0.1:{port},n2={n2.address}"),
-                              shutdown_timeout=3.0, write_timeout=30.0)
-        stop, task = await serve_here(config, caplog, "quorum available")
-        connection = await ClientConnection.open("127.0.0.1", port, connect_timeout=5)
-        try:
-            first = connection.submit(Put, "k", 1)  # pending: n2 never answers its write
-            await wait_for_async(lambda: any(isinstance(r, (Lookup, Replicate)) for r in n2.received),
-                                 timeout=10, what="the PUT's LOOKUP or REPLICATE at n2")
-            stop.set()
-            await wait_for_async(lambda: not accepts_connections(f"127.0.0.1:{port}", timeout=1), timeout=5,
-                                 what="n1 no longer accepting")
-            late = connection.submit(Put, "late", 2)  # read during the shutdown's wait
-            with pytest.raises(UnavailableError, match="shutting down; request not started") as refused:
-                await asyncio.wait_for(late, 5)
-            assert refused.value.maybe_applied is False
-            assert not any(getattr(request, "key", None) == "late" for request in n2.received)
-            await asyncio.wait_for(task, timeout=20)
-            assert first.done()
-        finally:
-            stop.set()
-            connection.close()
+    # The first PUT stays pending: n2 never answers its write.
+    first, _ = await stop_with_a_put_pending(tmp_path, caplog, only_pings, shutdown_timeout=3.0,
+                                             on_stop=send_one_more)
+    assert first.done()
 
 
 async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_path, caplog):

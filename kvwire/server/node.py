@@ -420,7 +420,7 @@ class Node:
         has_quorum = up >= config.quorum
         if has_quorum != self._has_quorum:
             self._has_quorum = has_quorum
-            refusing = self._peers_refusing_writes()
+            refusing = self.core.refusing_writes_up()
             if has_quorum:
                 log.info("quorum available: %d of %d nodes UP", up, config.cluster_size,
                          extra={"event": "quorum_available", "up": up})
@@ -528,12 +528,7 @@ class Node:
         # node never counts itself; nor does a node whose disk refuses writes count
         # itself (``own_disk``), or its peers that said so of theirs (every write there fails).
         own_refusing = own_disk and self.storage.write_error is not None and not core.joining
-        return core.voters_up() - own_refusing - self._peers_refusing_writes()
-
-    def _peers_refusing_writes(self) -> int:
-        """Peers UP, not joining, whose last PONG said their disk refuses writes."""
-        core = self.core
-        return sum(core.detector.is_up(peer) and peer not in core.peers_joining for peer in core.peers_refusing_writes)
+        return core.voters_up() - own_refusing - core.refusing_writes_up()
 
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""

@@ -547,6 +547,11 @@ class NodeCore:
         detector, joining = self.detector, self.peers_joining
         return (not self.joining) + sum(detector.is_up(peer) and peer not in joining for peer in self.peer_ids)
 
+    def refusing_writes_up(self) -> int:
+        """Of ``voters_up``, the peers whose last PONG said their disk refuses writes."""
+        detector, joining = self.detector, self.peers_joining
+        return sum(detector.is_up(peer) and peer not in joining for peer in self.peers_refusing_writes)
+
     def usable_peers(self) -> list[str]:
         return [peer for peer in self.peer_ids if self.usable(peer)]
 
