@@ -508,6 +508,26 @@ def test_vector_decodes_to_its_message(vector):
     assert conn.next_event() is CLOSED
 
 
+# The invalid vectors whose point is the length prefix itself.
+BAD_LENGTH_VECTORS = {"oversized_length", "truncated_frame"}
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in INVALID if v["name"] not in BAD_LENGTH_VECTORS], ids=lambda v: v["name"]
+)
+def test_invalid_vector_announces_its_own_length(vector):
+    """A wrong length prefix makes a vector test the framing, not what its note says
+    (invalid_utf8's announced 14 bytes of 16, so the bad string was never read)."""
+    frame = bytes.fromhex(vector["hex"])
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+
+
+def test_invalid_utf8_vector_is_refused_for_its_utf8():
+    (vector,) = [v for v in INVALID if v["name"] == "invalid_utf8"]
+    _, err = raises_protocol_error(Side.NODE, bytes.fromhex(vector["hex"]))
+    assert "utf-8" in str(err)
+
+
 @pytest.mark.parametrize("vector", INVALID, ids=lambda v: v["name"])
 def test_invalid_vector_raises_its_error(vector):
     side = Side.NODE if vector["side"] == "node" else Side.CLIENT
@@ -782,6 +802,11 @@ def test_truncated_frame_then_eof_is_fatal():
         conn, err = raises_protocol_error(Side.NODE, data[:cut], eof=True)
         assert err.fatal and err.code is ErrorCode.BAD_REQUEST
         assert "middle of a frame" in str(err)
+        # What arrived, counted against what the frame needs.
+        if cut < 4:
+            assert f"({cut} of its 4 length bytes received)" in str(err)
+        else:
+            assert f"({cut - 4} of its {len(data) - 4} payload bytes received)" in str(err)
 
 
 def test_truncated_frame_without_eof_just_waits():
@@ -1703,7 +1728,7 @@ def test_tls_on_a_plain_port_is_named_on_either_side():
     client_hello = bytes.fromhex("16030100f4010000f00303") + bytes(64)
     _, err = raises_protocol_error(Side.NODE, client_hello)
     assert (err.code, err.fatal) == (ErrorCode.TOO_LARGE, True)
-    assert str(err).startswith("this looks like a TLS handshake") and "--tls-cert" in str(err)
+    assert str(err).startswith("this looks like TLS, not a kvwire frame") and "--tls-cert" in str(err)
     alert = bytes.fromhex("1503030002022e")
     client = Connection(Side.CLIENT)
     client.receive_data(alert)

@@ -417,7 +417,7 @@ def oversized_frame_message(header: bytes, length: int, limit: int, *, replies: 
         if replies:
             return (f"this looks like TLS, not a kvwire reply ({too_large}): the node serves TLS; connect with "
                     "--tls (kvwire-cli), tls=True (the Python client) or --tls-ca")
-        return (f"this looks like a TLS handshake, not a kvwire frame ({too_large}): the other side speaks TLS "
+        return (f"this looks like TLS, not a kvwire frame ({too_large}): the other side speaks TLS "
                 "and this node does not; give every node --tls-cert and --tls-key, or connect without TLS")
     return too_large
 

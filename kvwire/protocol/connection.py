@@ -116,9 +116,14 @@ class Connection:
     def _end_of_input(self, available: int) -> Sentinel:
         if not self._eof:
             return NEED_DATA
-        if available:
-            return self._fail(ProtocolError(f"connection closed in the middle of a frame ({available} bytes left)"))
-        return CLOSED
+        if not available:
+            return CLOSED
+        if available < HEADER_SIZE:
+            received = f"{available} of its {HEADER_SIZE} length bytes received"
+        else:
+            (length,) = HEADER.unpack_from(self._buffer, self._offset)
+            received = f"{available - HEADER_SIZE} of its {length} payload bytes received"
+        return self._fail(ProtocolError(f"connection closed in the middle of a frame ({received})"))
 
     def _consume(self, end: int) -> None:
         if end == len(self._buffer):
