@@ -43,7 +43,7 @@ from .content_encoding import CONTENT_ENCODINGS, decoded_body
 from .handed_over import read_body, watched
 from .hosts import HostCheck
 from .linger import ClosingAnswer
-from .metrics import METRICS, add_metrics
+from .metrics import COUNTED, METRICS, add_metrics
 from .openapi import openapi_document
 from .values import OFF_LOOP_BYTES, UnrepresentableValueError, is_large, prepare_put, read_put_body, to_json_text
 
@@ -422,6 +422,7 @@ async def _continue_within_limit(request: web.Request) -> web.StreamResponse | N
         answer = _error_response(request, exc)
         request.app[METRICS].observe(request.method, request.match_info.route.resource.canonical, answer.status,
                                      time.perf_counter() - started)
+        request[COUNTED] = True  # timed here, so not counted again as an early answer
         return answer
     if request.version >= (1, 1):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -394,7 +394,8 @@ class FastPathProtocol(asyncio.Protocol):
         if self._reading_paused:
             transport.resume_reading()  # aiohttp keeps its own bound on what it reads ahead
         # aiohttp's protocol, behind a watch that times its requests' arrival (handed_over.py).
-        watch = HandedOver(handler_of(self._shared.server), transport, self._request_began if self._buffer else None)
+        handler = handler_of(self._shared.server, self._shared.metrics)
+        watch = HandedOver(handler, transport, self._request_began if self._buffer else None)
         self._shared.bounds.handed_over(watch)
         transport.set_protocol(watch)
         watch.connection_made(transport)

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .app import NOSNIFF
+from .metrics import HttpMetrics
 from .values import to_json_text
 
 # aiohttp's messages for a body it cannot decode end in a packaging hint ("Please
@@ -32,7 +33,11 @@ _HINT = ". Please install"
 class JsonRefusals(RequestHandler):
     """aiohttp's protocol, its refusals in JSON (the module's docstring)."""
 
-    __slots__ = ()
+    __slots__ = ("_metrics",)
+
+    def __init__(self, *args, metrics: HttpMetrics | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics  # counts what it answers before the middlewares (metrics.py)
 
     async def finish_response(self, request, resp: web.StreamResponse, start_time: float | None):
         # An HTTPException that no middleware saw: the default Expect handler's 417, which
@@ -43,6 +48,8 @@ class JsonRefusals(RequestHandler):
                        if name.lower() not in ("content-type", "content-length")}
             resp = web.Response(status=resp.status, text=to_json_text({"error": text[0] if text else resp.reason}),
                                 content_type="application/json", charset="utf-8", headers={**headers, **NOSNIFF})
+        if self._metrics is not None:
+            self._metrics.count_early_answer(request, resp.status)
         return await super().finish_response(request, resp, start_time)
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
@@ -67,8 +74,8 @@ def refusal_message(status: int, message: str | None) -> str:
     return f"malformed HTTP request: {line}" if line else f"malformed HTTP request ({status} {phrase})"
 
 
-def handler_of(server: web.Server) -> RequestHandler:
+def handler_of(server: web.Server, metrics: HttpMetrics | None) -> RequestHandler:
     """A protocol for one connection of ``server``, as ``server()`` makes but refusing in JSON."""
     # Server.__call__ passes its handler_args (max_line_size...) as _kwargs: without them
     # long keys would be refused, so a missing attribute fails loudly here.
-    return JsonRefusals(server, loop=asyncio.get_running_loop(), **server._kwargs)
+    return JsonRefusals(server, loop=asyncio.get_running_loop(), metrics=metrics, **server._kwargs)

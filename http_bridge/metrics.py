@@ -28,6 +28,9 @@ disable_created_metrics()
 METRICS = web.AppKey("http_metrics", object)  # the app's HttpMetrics, for the fast path
 # A path no route matched (404s, probes): one label value, so scanners can't grow the series.
 UNMATCHED = "unmatched"
+# Set on a request the middleware counted; an answer without it was given before the
+# middlewares ran (json_refusals.py counts those).
+COUNTED = "kvwire.counted"
 # REST latency: a cached GET takes about 1 ms, a quorum PUT a few; 10 s is past any --timeout in use.
 HTTP_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -62,17 +65,32 @@ class HttpMetrics:
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """One answered request; ``route`` is its route's canonical path, or UNMATCHED."""
-        counter = self._counted.get((method, route, status))
-        if counter is None:
-            counter = self._counted[method, route, status] = self.requests.labels(method, route, str(status))
-        counter.inc()
+        self._count(method, route, status)
         timer = self._timed.get((method, route))
         if timer is None:
             timer = self._timed[method, route] = self.duration.labels(method, route)
         timer.observe(seconds)
 
+    def count_early_answer(self, request: web.BaseRequest, status: int) -> None:
+        """An answer aiohttp gave before the middlewares ran: a request its parser refused
+        (its method is then aiohttp's "UNKNOWN"), or an Expect header's refusal. Counted,
+        not timed: aiohttp has no start time for it."""
+        if request.get(COUNTED):
+            return
+        match_info = getattr(request, "_match_info", None)  # None when nothing was routed
+        resource = match_info.route.resource if match_info is not None else None
+        route = resource.canonical if resource is not None else UNMATCHED
+        self._count(request.method, route, status)
+
+    def _count(self, method: str, route: str, status: int) -> None:
+        counter = self._counted.get((method, route, status))
+        if counter is None:
+            counter = self._counted[method, route, status] = self.requests.labels(method, route, str(status))
+        counter.inc()
+
     @web.middleware
     async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        request[COUNTED] = True
         started = time.perf_counter()
         status = 500
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kvwire import Client, KeyNotFoundError, NoQuorumError, RetryPolicy
 from kvwire.server.tally import LATENCY_BOUNDS, Buckets, RequestMetrics, _quantile
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
+from kvwire.testing.bridge import BridgeProcess
 
 
 def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -107,6 +110,44 @@ def test_answers_given_at_expect_are_counted_too(node_with_bridge):
         labels = tuple(sorted({"method": "PUT", "route": route, "status": str(status)}.items()))
         counted = [samples.get(("kvwire_http_requests_total", labels), 0.0) for samples in (before, after)]
         assert counted[1] - counted[0] == 1, (status, counted)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["node-bridge", "standalone-no-fast-path"])
+def test_requests_refused_before_the_middlewares_are_counted(node_with_bridge, tmp_path, fast_path):
+    """Requests aiohttp's parser refuses, and an Expect it refuses on a route without a
+    body, are answered before the middlewares: counted all the same, so that a scanner
+    or a broken client shows in the metrics."""
+    with contextlib.ExitStack() as stack:
+        if fast_path:
+            http = node_with_bridge.http
+        else:
+            bridge = stack.enter_context(BridgeProcess([node_with_bridge.address], log_path=tmp_path / "bridge.log",
+                                                       args=["--no-fast-path"]))
+            http = bridge.url.removeprefix("http://")
+        host, port = http.rsplit(":", 1)
+        before = scrape(http)
+        refused = [
+            ("PUT /kv-store/v1/kv/k/ HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+            ("PUT /kv-store/v1/kv/k/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n", 400),
+            ("FOOBAR /kv-store/v1/health/ HTTP/1.1\r\nHost: localhost\r\n\r\n", 400),
+            ("GET /kv-store/v1/health/ HTTP/1.1\r\nHost: localhost\r\nExpect: bogus\r\n\r\n", 417),
+        ]
+        for raw, status in refused:
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(raw.encode())
+                assert re.match(rb"HTTP/1\.[01] %d " % status, sock.recv(64)), raw
+        after = scrape(http)
+
+    def counted(samples, status):
+        return sum(v for (name, labels), v in samples.items()
+                   if name == "kvwire_http_requests_total" and ("status", str(status)) in labels)
+
+    assert counted(after, 400) - counted(before, 400) == 3
+    assert counted(after, 417) - counted(before, 417) == 1
+    health = tuple(sorted({"method": "GET", "route": "/kv-store/v1/health/", "status": "417"}.items()))
+    assert after.get(("kvwire_http_requests_total", health)) == 1
+    malformed = tuple(sorted({"method": "UNKNOWN", "route": "unmatched", "status": "400"}.items()))
+    assert after.get(("kvwire_http_requests_total", malformed)) == 3
 
 
 def test_names_follow_prometheus_conventions(node_with_bridge):
