@@ -124,7 +124,8 @@ UPDATE kv SET counter = NULL WHERE key = 'k';
     ("INSERT INTO hints VALUES ('n2', 'k', 'x', 'n1')", "a row of its hints table is damaged"),
     ("UPDATE kv SET node = x'6e31' WHERE key = 'k'", "a row of its kv table is damaged (key 'k': counter 1, node b'n1'"),
     ("UPDATE kv SET node = CAST(x'ae' AS TEXT) WHERE key = 'k'", "Could not decode to UTF-8 column 'node'"),
-], ids=["null-counter", "text-counter", "deleted-2", "hint-text-counter", "blob-node", "not-utf8"])
+    ("INSERT INTO request_log VALUES ('r', 'k', 1, 'n1', 'soon', 0)", "a row of its request log is damaged (request 'r'"),
+], ids=["null-counter", "text-counter", "deleted-2", "hint-text-counter", "blob-node", "not-utf8", "request-text-time"])
 def test_a_row_kvwire_could_not_have_written_is_refused_as_damage(existing_database, damage, reason):
     """Random bytes overwritten in a file met these: a NULL counter crashed the node at its
     first comparison of tags (exit 1, a traceback, restarted for ever by kvwire up)."""

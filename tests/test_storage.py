@@ -361,8 +361,9 @@ async def test_a_record_grown_too_old_is_not_replaced_at_load_by_a_later_row_it_
     now = time.time()
     with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
         db.executemany("INSERT INTO request_log VALUES (?, ?, ?, ?, ?, ?)",
-                       [("firm-then-tentative", "k", 5, "n1", now - 70, 0), ("firm-then-tentative", "k", 5, "n1", now - 20, 1),
-                        ("higher-then-lower", "k", 9, "n2", now - 70, 0), ("higher-then-lower", "k", 8, "n2", now - 20, 0),
+                       # 70 s older than the newest record, from which a start counts ages.
+                       [("firm-then-tentative", "k", 5, "n1", now - 90, 0), ("firm-then-tentative", "k", 5, "n1", now - 20, 1),
+                        ("higher-then-lower", "k", 9, "n2", now - 90, 0), ("higher-then-lower", "k", 8, "n2", now - 20, 0),
                         ("fresh", "k", 3, "n1", now - 20, 0)])
     storage = await open_storage(tmp_path)
     try:

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import errno
 import logging
+import math
 import secrets
 import sqlite3
 import time
@@ -111,8 +112,8 @@ WHERE (excluded.counter, excluded.node) > (hints.counter, hints.node)
 HINT_DELETE = "DELETE FROM hints WHERE peer = ? AND key = ? AND (counter, node) <= (?, ?)"
 HINT_DELETE_PEER = "DELETE FROM hints WHERE peer = ?"
 # The PUT request ids applied here (core/applied.py), kept with their rows so that
-# a retry finds them after a restart too; ``at`` is wall-clock time, used only to
-# expire them after ``applied.MAX_AGE``.
+# a retry finds them after a restart too. ``at`` is the request log's own clock
+# (``Storage._log_now``), used only to expire them after ``applied.MAX_AGE``.
 REQUEST_INSERT = "INSERT INTO request_log (request, key, counter, node, at, tentative) VALUES (?, ?, ?, ?, ?, ?)"
 REQUEST_EXPIRE = "DELETE FROM request_log WHERE at < ?"
 # Seconds between deletions of expired request ids (one indexed DELETE in a commit).
@@ -211,6 +212,13 @@ class Storage:
         # (request id, key, version, seconds ago, tentative) of recently applied PUTs.
         self.loaded_requests: list[tuple[str, str, Version, float, bool]] = []
         self._requests_expired_at = 0.0
+        # The request log's clock: seconds of this node's running time, carried on from
+        # the newest record on disk at each start (``_load``). Not the wall clock: a step
+        # of it (NTP at boot, an operator's date) aged every record at once, which then
+        # expired on disk and, after a restart, let a retried PUT apply twice,
+        # overwriting a later acknowledged write. Time a node is down does not count:
+        # its records are kept for the rest of their minute after it starts again.
+        self._log_clock_offset = time.time() - time.monotonic()
         # Joining the cluster (``open(join=)``) and not yet caught up.
         self.joining = False
         # The last run ended without ``close(clean=True)``: killed, or it lost power.
@@ -335,7 +343,6 @@ class Storage:
             self.loaded_floor = int(meta.get("tag_floor", 0))
         except (TypeError, ValueError):
             raise _DamagedRow(f"its tag floor is damaged ({meta.get('tag_floor')!r:.40})") from None
-        now = time.time()
         # Every row, then the age: a record the upsert would have kept, grown too
         # old, must not give way to a later row it had refused (a lower tag, or
         # its own tag tentative), which it did not keep. The log holds at most
@@ -343,6 +350,16 @@ class Storage:
         async with self._reader.execute("SELECT request, key, counter, node, at, tentative FROM request_log "
                                         "ORDER BY at") as cursor:
             rows = await cursor.fetchall()
+        for request, key, counter, node, at, tentative in rows:
+            if (type(request) is not str or type(key) is not str or type(counter) is not int or counter < 0
+                    or type(node) is not str or type(at) not in (int, float) or not math.isfinite(at)
+                    or tentative not in (0, 1)):
+                raise _DamagedRow(f"a row of its request log is damaged (request {request!r:.80}, key {key!r:.80}: "
+                                  f"counter {counter!r:.40}, node {node!r:.40}, at {at!r:.40}, "
+                                  f"tentative {tentative!r:.40})")
+        if rows:
+            self._log_clock_offset = max(row[4] for row in rows) - time.monotonic()
+        now = self._log_now()
         newest = sorted(_newest_requests(rows).items(), key=lambda record: record[1][1])  # oldest first, as remembered
         self.loaded_requests = [(request, key, version, max(0.0, now - at), tentative)
                                 for (request, key), (version, at, tentative) in newest if at >= now - REQUEST_MAX_AGE]
@@ -430,11 +447,15 @@ class Storage:
         self._clear_joining = True
         self._wakeup.set()
 
+    def _log_now(self) -> float:
+        """The request log's clock (``_log_clock_offset`` says why not the wall clock)."""
+        return self._log_clock_offset + time.monotonic()
+
     def save_requests(self, records: list) -> None:
         """Keep, in the next commit, these ``(request, key, version, tentative)``
         records of PUTs applied elsewhere (copied from a peer while joining), as
         ``write`` keeps a row's own."""
-        now = time.time()
+        now = self._log_now()
         self._request_rows.extend((request, key, version.counter, version.node, now, int(tentative))
                                   for request, key, version, tentative in records)
         self._wakeup.set()
@@ -473,7 +494,7 @@ class Storage:
 
     async def _commit(self, batch: list[_Write]) -> None:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
-        now = time.time()
+        now = self._log_now()
         copied_requests, self._request_rows = self._request_rows, []
         requests = [(w.request, w.key, w.version.counter, w.version.node, now, int(w.tentative))
                     for w in batch if w.request is not None] + copied_requests
