@@ -220,6 +220,24 @@ def test_the_systemd_unit_runs_kvwire_serve_and_stops_it_gently():
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
+def test_the_systemd_unit_keeps_the_data_directory_private():
+    """systemd makes a StateDirectory 0755 and re-applies that mode at every start, and
+    the default umask makes the database 0644: every key readable by any local user."""
+    service = unit_settings()["Service"]
+    assert service["StateDirectoryMode"] == ["0700"]
+    assert service["UMask"] == ["0077"]
+
+
+def test_the_systemd_units_example_environment_file_is_valid_as_written():
+    """An environment file's "#" starts a comment only at the start of a line: a comment
+    after a value became part of it, and the node refused to start (exit 2, not restarted)."""
+    examples = re.findall(r"^#\s+(KVWIRE_[A-Z_]+)=(.*)$", (DEPLOY / "kvwire.service").read_text(), re.MULTILINE)
+    assert len(examples) >= 6
+    for name, value in examples:
+        assert name in SERVE_VARIABLES, name
+        assert value and not re.search(r"\s|#", value), (name, value)
+
+
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None, "systemd-analyze is missing: the test command installs it (apt-get install systemd)"
