@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from kvwire.client import RetryPolicy
 from kvwire.protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints
+from kvwire.protocol.ids import ID_RULE, is_valid_id
 from kvwire.tls import TlsFiles, client_context, server_context
 
 from .hosts import normalize_allowed_host
@@ -83,8 +84,8 @@ class BridgeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if self.cluster_id is not None and (not isinstance(self.cluster_id, str) or not self.cluster_id):
-            raise ValueError(f"cluster_id must be a non-empty string or None, got {self.cluster_id!r}")
+        if self.cluster_id is not None and not is_valid_id(self.cluster_id):
+            raise ValueError(f"cluster id {self.cluster_id!r} must be {ID_RULE}, as the nodes' is")
         if not isinstance(self.limits, Limits):
             raise ValueError(f"limits must be a kvwire.protocol.Limits, got {type(self.limits).__name__}")
         if type(self.max_connections) is not int or self.max_connections < 1:

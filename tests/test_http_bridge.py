@@ -552,6 +552,14 @@ def test_serve_bad_http_listen_is_a_usage_error(tmp_path):
     assert "is not HOST:PORT" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("cluster_id", ["a b", "kv\n", ".."])
+def test_a_bridge_refuses_a_cluster_id_no_node_could_have(cluster_id):
+    """Accepted, it made every request fail 502 (the nodes refuse another cluster)."""
+    result = run_kvwire("bridge", "--endpoints", "127.0.0.1:1", "--cluster-id", cluster_id)
+    assert result.returncode == 2
+    assert f"cluster id {cluster_id!r} must be" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_serve_help_lists_http_listen():
     result = run_kvwire("serve", "--help")
     assert "--http-listen" in result.stdout and "KVWIRE_HTTP_LISTEN" in result.stdout

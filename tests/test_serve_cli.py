@@ -24,6 +24,10 @@ def run_serve(*args, env=None, timeout=15):
         (["--listen", "localhost"], "is not HOST:PORT"),
         (["--listen", "127.0.0.1:99999"], "outside 1-65535"),
         (["--node-id", "bad id"], "node id"),
+        # "$" matched before a final newline; ".." as a data directory name is its parent.
+        (["--node-id", "n1\n"], "node id 'n1\\n' must be"),
+        (["--node-id", ".."], "node id '..' must be"),
+        (["--cluster-id", "kv\n"], "cluster id 'kv\\n' must be"),
         (["--sync", "always"], "'always' is not one of"),
         (["--max-value-bytes", "0"], "0 is not in the range"),
         (["--max-frame-bytes", "2000", "--max-value-bytes", "1000"], "max_frame_bytes (2000) must be at least"),

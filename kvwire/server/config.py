@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..protocol.address import format_endpoint, parse_host_port
+from ..protocol.ids import ID_RULE, is_valid_id
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..tls import TlsFiles
 from ..protocol.peer_auth import MIN_SECRET_BYTES
@@ -28,9 +28,6 @@ class SyncMode(str, enum.Enum):
     OFF = "off"
 
 
-# Node ids appear in version tags, logs and (next) --cluster lists of the form
-# n1=host:port,n2=...; keep them to characters that need no quoting there.
-_NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +142,10 @@ class ServerConfig:
     join: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.node_id, str) or not _NODE_ID.match(self.node_id):
-            raise ValueError(
-                f"node id {self.node_id!r} must be 1-64 characters of letters, digits, '_', '.' or '-'"
-            )
-        if not isinstance(self.cluster_id, str) or not _NODE_ID.match(self.cluster_id):
-            raise ValueError(
-                f"cluster id {self.cluster_id!r} must be 1-64 characters of letters, digits, '_', '.' or '-'"
-            )
+        if not is_valid_id(self.node_id):
+            raise ValueError(f"node id {self.node_id!r} must be {ID_RULE}")
+        if not is_valid_id(self.cluster_id):
+            raise ValueError(f"cluster id {self.cluster_id!r} must be {ID_RULE}")
         if not self.host:
             raise ValueError("listen host must not be empty")
         if not 0 <= self.port <= 65535:
@@ -182,8 +175,8 @@ class ServerConfig:
         object.__setattr__(self, "members", tuple(self.members))
         ids = [member.node_id for member in self.members]
         for node_id in ids:
-            if not _NODE_ID.match(node_id):
-                raise ValueError(f"cluster member id {node_id!r} must be 1-64 characters of letters, digits, '_', '.' or '-'")
+            if not is_valid_id(node_id):
+                raise ValueError(f"cluster member id {node_id!r} must be {ID_RULE}")
         if len(set(ids)) != len(ids):
             raise ValueError(f"cluster member ids must be unique, got {', '.join(ids)}")
         if self.members and self.node_id not in ids:
