@@ -340,3 +340,21 @@ def test_a_node_restarted_after_kill_9_pages_only_the_buckets_that_differ(tmp_pa
             cluster.as_peer("n3", conn)
             reply = conn.request(Fetch(3, "k9/gone", repair=True))
         assert reply.deleted and reply.version == deleted
+
+
+def test_a_node_with_peers_indexes_its_keys_before_it_listens(tmp_path):
+    """Anti-entropy's bucket index is a pass over every key (about 1.5 s a million). Built
+    at the first round, it held the event loop past the failure timeout: every node of a
+    restarted 1M-key cluster marked its peers DOWN and lost quorum. Built before the node
+    listens, it holds up nobody."""
+    keys = [f"index/{i}" for i in range(2000)]
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        assert write_keys(cluster.endpoints, keys) == len(keys)
+        wait_for(lambda: cluster.health("n2")["keys"] == len(keys), timeout=15, what="n2 holding every key")
+        cluster.restart("n2")
+        log = cluster["n2"].log()
+    restarted = log[log.rindex("opened "):]
+    indexed = re.search(r"indexed (\d+) keys for anti-entropy in [\d.]+ s", restarted)
+    assert indexed is not None, restarted
+    assert int(indexed.group(1)) == len(keys)
+    assert indexed.start() < restarted.index("listening on")

@@ -101,6 +101,10 @@ class Node:
                              incarnation=storage.incarnation)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
+        building = time.perf_counter()
+        if indexed := self.core.build_repair_index():
+            log.info("indexed %d keys for anti-entropy in %.2f s", indexed, time.perf_counter() - building,
+                     extra={"event": "repair_index_built", "keys": indexed})
         self.peers = PeerLinks(config, self)
         self._timer: asyncio.TimerHandle | None = None
         self._to_load: list[str] = []  # keys the core asked to read (Load), not yet read
