@@ -129,15 +129,56 @@ def test_bad_options_exit_2_without_a_traceback():
     # A run without faults is asked for by name.
     (["--faults", ""], "--faults '' names no fault kind; give some of kill, pause, partition, stop, or none"),
     (["--faults", ","], "--faults ',' names no fault kind"),
-    (["--duration", "nan"], "duration must be a positive number, got nan"),
-    (["--rate", "inf"], "rate must be a positive number, got inf"),
-    (["--clients", "2", "--library-clients", "3"], "library_clients must be an integer from 0 to clients (2), got 3"),
+    # Named as the options the user typed, not as ChaosConfig's fields.
+    (["--duration", "nan"], "Error: --duration must be a positive number, got nan"),
+    (["--rate", "inf"], "Error: --rate must be a positive number, got inf"),
+    (["--clients", "2", "--library-clients", "3"],
+     "Error: --library-clients must be an integer from 0 to --clients (2), got 3"),
 ])
 def test_bad_options_are_one_line_and_exit_2_before_anything_starts(args, message):
     result = run_chaos_cli("--duration", "1", *args, timeout=30)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert "kvwire chaos: seed" not in result.stderr  # nothing started
+
+
+def test_out_with_a_nodes_directory_chaos_did_not_make_is_refused_and_kept(tmp_path):
+    own = tmp_path / "nodes" / "mine.txt"
+    own.parent.mkdir()
+    own.write_text("precious")
+    result = run_chaos_cli("--duration", "1", "--faults", "none", "--out", str(tmp_path), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"Error: --out {tmp_path}: {tmp_path / 'nodes'} exists and was not made by kvwire chaos" in result.stderr
+    assert "kvwire chaos: seed" not in result.stderr  # nothing started
+    assert own.read_text() == "precious"
+
+
+def test_a_nodes_directory_an_earlier_run_made_is_replaced(tmp_path):
+    for run in range(2):  # the second run replaces the first one's nodes/
+        result = run_chaos_cli("--duration", "1", "--faults", "none", "--out", str(tmp_path), timeout=60)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "nodes" / "n1.log").is_file()
+
+
+def test_a_sigkilled_run_leaves_no_node_running(tmp_path):
+    """Nothing in the run can stop its nodes after a SIGKILL: the kernel does (PR_SET_PDEATHSIG)."""
+    out, progress = tmp_path / "out", tmp_path / "progress.txt"
+    with open(progress, "w") as stderr:
+        runner = subprocess.Popen([sys.executable, "-m", "kvwire", "chaos", "--duration", "120", "--faults", "none",
+                                   "--out", str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        # The run prints its nodes once every one of them answers.
+        wait_for(lambda: runner.poll() is None and "nodes n1=" in progress.read_text(), timeout=60, what="nodes up")
+        assert len(processes_mentioning(str(out / "nodes"))) == 3
+        runner.kill()
+        runner.wait(10)
+        wait_for(lambda: processes_mentioning(str(out)) == [], timeout=15, what="the nodes gone with the run")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        for pid in processes_mentioning(str(out)):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_chain_left_by_a_killed_run_is_removed_by_the_next(tmp_path):

@@ -10,6 +10,7 @@
 - ``final``: replica states and final quorum reads once the cluster has converged;
 - ``local_reads``: what a ``consistency=one`` read may not return;
 - ``run``: one run, cleaned up whatever ends it; ``report``: its summary and files.
+- ``workdir``: the nodes' directory under ``--out``, replaced only when a run made it.
 
 The history is checked by ``kvwire.check``. A run is seeded, but real
 processes and timers make its interleavings differ from run to run.

@@ -7,7 +7,17 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .workdir import check_replaceable
+
 FAULT_KINDS = ("kill", "pause", "partition", "stop")
+# Settings `kvwire chaos` has no option for.
+_API_ONLY = {"op_timeout", "recovery_timeout", "converge_timeout", "fault_hold", "fault_gap"}
+
+
+def _named(name: str) -> str:
+    """How an error names a setting: as the option `kvwire chaos` takes for it (what
+    the user typed), or as the field for a setting only the API has."""
+    return name if name in _API_ONLY else "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -44,17 +54,17 @@ class ChaosConfig:
         for name in ("duration", "rate", "op_timeout", "recovery_timeout", "converge_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+                raise ValueError(f"{_named(name)} must be a positive number, got {value!r}")
         for name in ("clients", "keys", "ops_per_key"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{_named(name)} must be a positive integer, got {value!r}")
         if self.library_clients is not None and (
                 type(self.library_clients) is not int or not 0 <= self.library_clients <= self.clients):
-            raise ValueError(f"library_clients must be an integer from 0 to clients ({self.clients}), "
+            raise ValueError(f"--library-clients must be an integer from 0 to --clients ({self.clients}), "
                              f"got {self.library_clients!r}")
         if type(self.seed) is not int or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}")
         unknown = [kind for kind in self.faults if kind not in FAULT_KINDS]
         if unknown:
             raise ValueError(f"unknown fault kind {unknown[0]!r}; choose from {', '.join(FAULT_KINDS)}")
@@ -64,6 +74,8 @@ class ChaosConfig:
             low, high = getattr(self, name)
             if not 0 <= low <= high < math.inf:
                 raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)!r}")
+        if self.out is not None:
+            check_replaceable(Path(self.out))  # refused now, not after the user's nodes/ is gone
 
     @property
     def library(self) -> int:

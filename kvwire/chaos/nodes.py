@@ -3,18 +3,25 @@
 The group ids exist only for iptables' owner match (see ``firewall``); they
 need no entry in /etc/group. They are derived from this process's pid so that
 two runs on one machine never match each other's nodes.
+
+The nodes die with the run, even a SIGKILLed one that can stop nothing itself:
+each is started with PR_SET_PDEATHSIG (``terminated_with_parent``), from one
+thread kept for that (``NodeStarter``).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from kvwire.testing import LocalCluster
+from kvwire.testing.node import NodeProcess
 
 # Far above any gid a distribution hands out (Debian stops at 60000 for
 # users and 65534 for nogroup); 8 per runner pid, pid_max is at most 2**22.
@@ -34,6 +41,46 @@ class PeerView:
     pending_hints: int
 
 
+class NodeStarter:
+    """Starts nodes from a thread of its own that lives until :meth:`close`.
+
+    PR_SET_PDEATHSIG ties a child to the thread that forked it, not to the
+    process: a node started from an asyncio executor thread or from the
+    nemesis thread would get SIGTERM whenever that thread ends, mid-run. This
+    thread ends only at :meth:`close` (after the nodes are stopped) or with the
+    process, SIGKILL included.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[NodeProcess, Future] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="kvwire-chaos-node-starter", daemon=True)
+        self._thread.start()
+
+    def start(self, node: NodeProcess) -> None:
+        """Start ``node`` (tied to this thread) and return once it was forked; raises what starting raised."""
+        if self._closed:
+            raise RuntimeError(f"{node.name}: the run is over, nodes are no longer started")
+        started: Future = Future()
+        self._requests.put((node, started))
+        started.result()
+
+    def close(self) -> None:
+        """End the thread; a node it started and still running gets SIGTERM."""
+        self._closed = True
+        self._requests.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            node, started = request
+            try:
+                node.start(with_parent=True)
+                started.set_result(None)
+            except BaseException as exc:  # handed to the thread that asked
+                started.set_exception(exc)
+
+
 class ChaosCluster:
     """A LocalCluster of three nodes on 127.0.0.1-3; with ``own_groups`` (partitions; root only) each under its own gid."""
 
@@ -42,16 +89,21 @@ class ChaosCluster:
         self.groups = node_groups(node_ids) if own_groups else {}
         self.cluster = LocalCluster(size, data_dir=data_dir, groups=self.groups)
         self.addresses = {node.node_id: (node.host, node.port) for node in self.cluster}
+        self._starter = NodeStarter()
 
     @property
     def node_ids(self) -> tuple[str, ...]:
         return self.cluster.node_ids
 
     def start(self, timeout: float = 30.0) -> None:
-        self.cluster.start().wait_ready(timeout=timeout)
+        for node in self.cluster:
+            if not node.running:
+                self._starter.start(node)
+        self.cluster.wait_ready(timeout=timeout)
 
     def stop(self) -> None:
         self.cluster.stop()
+        self._starter.close()
 
     def pids(self) -> dict[str, int]:
         return {node.node_id: node.pid for node in self.cluster if node.running}
@@ -81,7 +133,7 @@ class ChaosCluster:
         node = self.cluster[node_id]
         for attempt in range(1, RESTART_ATTEMPTS + 1):
             if not node.running:
-                node.start()
+                self._starter.start(node)
             try:
                 node.wait_ready(timeout=timeout)
                 return

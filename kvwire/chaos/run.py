@@ -27,6 +27,7 @@ from .firewall import Firewall
 from .local_reads import check_local_reads
 from .nemesis import Fault, Nemesis, NodeExit
 from .nodes import ChaosCluster
+from .workdir import fresh_nodes_directory
 from .workload import Budget, History, KeySpace, make_clients, monotonic_clock
 
 # The nemesis thread gets this long to notice an abort and heal (a restart in
@@ -108,8 +109,7 @@ async def _interruptible(config: ChaosConfig, log: Callable[[str], None]) -> Cha
 async def _run(config: ChaosConfig, log: Callable[[str], None]) -> ChaosResult:
     clock = monotonic_clock()
     if config.out is not None:
-        workdir, temporary = Path(config.out) / "nodes", False
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdir, temporary = fresh_nodes_directory(Path(config.out)), False
     else:
         workdir, temporary = Path(tempfile.mkdtemp(prefix="kvwire-chaos-")), True
     firewall = Firewall() if "partition" in config.faults else None
