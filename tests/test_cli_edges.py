@@ -534,6 +534,10 @@ def test_a_value_beginning_with_a_dash_goes_after_double_dash(cli, shared_node):
     (["--listen", "127.0.0.1:{q}", "--http-listen", "127.0.0.1:{p}", "--metrics-listen", "127.0.0.1:{p}"],
      "--http-listen and --metrics-listen must differ"),
     (["--listen", "0.0.0.0:{p}", "--http-listen", "127.0.0.1:{p}"], "overlap"),
+    # The same address spelled otherwise got past the check, then failed to bind (exit 1).
+    (["--listen", "127.0.0.1:{p}", "--http-listen", "localhost:{p}"], "127.0.0.1:{p} and localhost:{p} are the same address"),
+    (["--listen", "127.0.0.1:{p}", "--metrics-listen", "127.1:{p}"], "127.0.0.1:{p} and 127.1:{p} are the same address"),
+    (["--listen", "[::1]:{p}", "--http-listen", "[0:0:0:0:0:0:0:1]:{p}"], "are the same address"),
 ])
 def test_serve_refuses_two_listeners_on_one_address_before_binding(tmp_path, listeners, message):
     p, q = free_port(), free_port()

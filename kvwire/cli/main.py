@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -145,17 +146,43 @@ _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 def check_listeners_differ(addresses: dict[str, tuple[str, int] | None]) -> None:
     """ValueError when two of the listeners (option -> address, None if not given) would take
-    the same port: the second bind would fail, reported as "address already in use"."""
-    given = [(option, address) for option, address in addresses.items() if address is not None]
-    for index, (option, (host, port)) in enumerate(given):
-        for earlier, (earlier_host, earlier_port) in given[:index]:
-            if port != earlier_port or (":" in host) != (":" in earlier_host):
+    the same port: the second bind would fail, reported as "address already in use". Hosts
+    are compared as the addresses they bind (``localhost`` and ``127.0.0.1``, ``127.1`` and
+    ``127.0.0.1``, two spellings of ``::1`` are one), not as they are spelled."""
+    given = [(option, address, _bound_addresses(*address)) for option, address in addresses.items()
+             if address is not None]
+    for index, (option, (host, port), bound) in enumerate(given):
+        for earlier, (earlier_host, earlier_port), earlier_bound in given[:index]:
+            if port != earlier_port:
                 continue
             if host == earlier_host:
                 raise ValueError(f"{earlier} and {option} must differ: both are {format_endpoint(host, port)}")
-            if {host, earlier_host} & _WILDCARD_HOSTS:
+            if bound & earlier_bound:
+                raise ValueError(f"{earlier} and {option} must differ: {format_endpoint(earlier_host, port)} and "
+                                 f"{format_endpoint(host, port)} are the same address")
+            if _overlap(bound, earlier_bound):
                 raise ValueError(f"{earlier} and {option} must differ: {format_endpoint(earlier_host, port)} and "
                                  f"{format_endpoint(host, port)} overlap, a wildcard address taking the port on every address")
+
+
+def _bound_addresses(host: str, port: int) -> frozenset[tuple[int, str]]:
+    """(family, address) of every socket binding ``host`` makes, as the listeners resolve it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        return frozenset()  # the bind will say what is wrong with it
+    return frozenset((family, sockaddr[0]) for family, _, _, _, sockaddr in infos)
+
+
+def _overlap(bound: frozenset[tuple[int, str]], other: frozenset[tuple[int, str]]) -> bool:
+    """A wildcard address of one family takes the port on every address of that family."""
+    def wildcard_families(addresses):
+        return {family for family, address in addresses if address in _WILDCARD_HOSTS}
+
+    def families(addresses):
+        return {family for family, _ in addresses}
+
+    return bool(wildcard_families(bound) & families(other) or wildcard_families(other) & families(bound))
 
 
 def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_file: Path | None) -> None:
