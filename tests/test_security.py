@@ -107,6 +107,16 @@ def test_a_proof_cannot_be_replayed_reflected_or_sent_without_a_nonce(cluster):
         assert conn.request(Lookup(5, "k")).code == ErrorCode.FORBIDDEN
 
 
+def test_a_hello_naming_the_dialled_nodes_own_id_says_so(cluster):
+    """It said "'n1' is not a member of this cluster" of n1 itself: a node dialling
+    itself (another member's --cluster entry holding its address) looks like this."""
+    with RawConnection(cluster["n1"].address) as conn:
+        reply = conn.request(Hello(1, role=Role.PEER, cluster="kvwire", node="n1", nonce=new_nonce()))
+        assert reply.code == ErrorCode.FORBIDDEN and "is the id of the node dialled" in reply.message
+    wait_for(lambda: "naming this node's own id 'n1'" in cluster["n1"].log(), timeout=5,
+             what="n1 logging a HELLO in its own name")
+
+
 def test_the_right_secret_makes_a_peer(cluster):
     with RawConnection(cluster["n1"].address) as conn:
         reply = conn.hello_as_peer("n3", "kvwire", cluster.secret)

@@ -137,3 +137,15 @@ def passes_in_a_fresh_interpreter(code: str) -> None:
     """Run ``code`` in a new Python process (so sys.modules starts empty); its asserts must hold."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("listen_host, warned", [("127.0.0.1", True), ("127.0.0.2", False), ("0.0.0.0", False)])
+def test_a_node_listening_elsewhere_than_its_own_cluster_entry_warns(tmp_path, listen_host, warned):
+    """A --cluster copied without --listen: the node listened on 127.0.0.1:7379, its
+    peers dialled the address its entry gives, and nothing said why they never met."""
+    port, peer_port = free_port("127.0.0.2"), free_port()
+    args = ["--cluster", f"n1=127.0.0.2:{port},n2=127.0.0.1:{peer_port}", "--insecure"]
+    with NodeProcess("n1", data_dir=tmp_path / "n1", host=listen_host, port=port, extra_args=args) as node:
+        wait_for(lambda: "listening on" in node.log(), timeout=10, what="the node listening")
+        log = node.log()
+    assert ("but its own --cluster entry says its peers reach it at 127.0.0.2:" in log) == warned, log

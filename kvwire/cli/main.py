@@ -95,6 +95,7 @@ def serve(**options) -> None:
     node_id = config.node_id
     configure_logging(options["log_level"], options["log_format"], context={"node": node_id})  # node=ID on every line
     warn_about_security(config, options["cluster_secret_file"], options["auth_file"])
+    warn_if_peers_dial_elsewhere(config)
     sys.exit(run_node(config, http_listen=http_address, metrics_listen=metrics_address,
                       http_allowed_hosts=options["allowed_hosts"]))
 
@@ -183,6 +184,23 @@ def _overlap(bound: frozenset[tuple[int, str]], other: frozenset[tuple[int, str]
         return {family for family, _ in addresses}
 
     return bool(wildcard_families(bound) & families(other) or wildcard_families(other) & families(bound))
+
+
+def warn_if_peers_dial_elsewhere(config: ServerConfig) -> None:
+    """This node's own --cluster entry is where its peers dial it: a WARNING when it
+    listens on a specific address that is not that one (a copied --cluster without
+    --listen, whose default is 127.0.0.1:7379). A wildcard listener, or a port mapped
+    in between (containers), may be right, and is not judged."""
+    own = next((member for member in config.members if member.node_id == config.node_id), None)
+    if own is None or config.host in _WILDCARD_HOSTS:
+        return
+    listening, dialled = _bound_addresses(config.host, config.port), _bound_addresses(own.host, own.port)
+    if own.port == config.port and (not listening or not dialled or listening & dialled):
+        return
+    logging.getLogger("kvwire.server").warning(
+        "this node listens on %s, but its own --cluster entry says its peers reach it at %s: they dial that; "
+        "give --listen that address (or a wildcard such as 0.0.0.0:%d)",
+        format_endpoint(config.host, config.port), own.address, own.port, extra={"event": "listen_not_in_cluster"})
 
 
 def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_file: Path | None) -> None:

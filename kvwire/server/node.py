@@ -267,7 +267,14 @@ class Node:
             self.peers.dial_now(request.node)
             return None, None
         dialer = request.node
-        if dialer is None or dialer == config.node_id or dialer not in self.core.peer_ids:
+        if dialer == config.node_id:
+            self.limited_log.log(logging.WARNING, "refused peer HELLOs (own id)",
+                                 "refused a peer HELLO from %s naming this node's own id %r: another node runs with "
+                                 "--node-id %s, or this node dialled itself (a --cluster entry of another member "
+                                 "holds this node's address)", session.peer, dialer, dialer)
+            raise ForbiddenError(f"{dialer!r} is the id of the node dialled: two nodes run as {dialer!r}, or a "
+                                 "--cluster entry of another member holds this node's address")
+        if dialer is None or dialer not in self.core.peer_ids:
             self.limited_log.log(logging.WARNING, "refused peer HELLOs (not a member)",
                               "refused a peer HELLO from %s: %r is not a member of this cluster", session.peer, dialer)
             raise ForbiddenError(f"{dialer!r} is not a member of cluster {config.cluster_id!r} as this node knows it")
