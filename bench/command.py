@@ -61,7 +61,8 @@ def _pids(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple
 
 
 _EXIT_STATUS = ("Exit status: 0 when the run completed (error replies are counted, not fatal), 1 when it could "
-                "not run (refused connection, failed preload) or no reply came back in its measured time, 2 for bad options, 128 + the signal on SIGINT or "
+                "not run (refused connection, failed preload), no reply came back in its measured time or --out could "
+                "not be written at the end, 2 for bad options, 128 + the signal on SIGINT or "
                 "SIGTERM (130, 143), with nothing printed but one line.")
 
 
@@ -161,7 +162,12 @@ def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: boo
         ctx.exit(1)
     click.echo(json.dumps(result) if as_json or output == "json" else report_table(result))
     if out is not None:
-        click.echo(f"{ctx.command_path}: result written to {save_result(result, out)}", err=True)
+        try:
+            written = save_result(result, out)
+        except OSError as exc:  # checked before the run, but it may have gone since
+            raise click.ClickException(f"--out {out}: cannot write the result there "
+                                       f"({exc.strerror or exc}); it is on stdout above") from None
+        click.echo(f"{ctx.command_path}: result written to {written}", err=True)
 
 
 bench.add_command(suite)

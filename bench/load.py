@@ -69,14 +69,14 @@ def run_load(settings: Settings, *, progress: bool = False, preloaded: bool = Fa
         for _, pipe in workers:
             pipe.send(("go", t0))
         bar = _ProgressBar(settings, counters) if progress else None
-        finished_early = lambda: any(p.poll() for _, p in workers)  # noqa: E731 - --requests ran out, or a worker failed
-        _wait_until(t0 + settings.warmup, bar, finished_early)
+        reports = _Reports([pipe for _, pipe in workers])
+        _wait_until(t0 + settings.warmup, bar, reports.all_in)
         cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds(), time.monotonic())
-        _wait_until(t0 + settings.warmup + settings.duration, bar, finished_early)
+        _wait_until(t0 + settings.warmup + settings.duration, bar, reports.all_in)
         cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds(), time.monotonic())
         if bar:
             bar.close()
-        results = [_receive(pipe, "result", 10 + DRAIN_TIMEOUT_S) for _, pipe in workers]
+        results = reports.results(10 + DRAIN_TIMEOUT_S)
     except BaseException:
         # Interrupted (SIGTERM or Ctrl-C: bench.interrupt) or failed: no result is coming,
         # and a worker left to finish its --duration would outlive us.
@@ -134,6 +134,27 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
+class _Reports:
+    """The workers' results, taken as each arrives. The run ends early only once every
+    worker has reported (--requests ran out for all of them): the servers' and the
+    machine's CPU must be sampled over the same time as the operations counted, which
+    run until the slowest worker's last reply. A worker that failed ends it at once."""
+
+    def __init__(self, pipes: list[Any]) -> None:
+        self.pipes = pipes
+        self.received: dict[int, Any] = {}
+
+    def all_in(self) -> bool:
+        for index, pipe in enumerate(self.pipes):
+            if index not in self.received and pipe.poll():
+                self.received[index] = _receive(pipe, "result", 0)  # raises for a worker's error
+        return len(self.received) == len(self.pipes)
+
+    def results(self, timeout: float) -> list[dict]:
+        return [self.received[index] if index in self.received else _receive(pipe, "result", timeout)
+                for index, pipe in enumerate(self.pipes)]
+
+
 def _receive(pipe: Any, expected: str, timeout: float) -> Any:
     if not pipe.poll(timeout):
         raise RuntimeError(f"a worker sent nothing within {timeout:.0f} s")
@@ -170,7 +191,9 @@ def _merge(settings: Settings, results: list[dict], server_cpu_s: float | None, 
         "mode": "open loop" if settings.rate else "closed loop",
         "ops": ops,
         "measured_s": round(window_s or 0.0, 6),
-        "ops_per_s": round(sum(r["ops"] / r["window_s"] for r in results if r["window_s"] > 0)),
+        # Over the time measured, the slowest worker's: a worker that ran out of --requests
+        # early has a shorter window, and the sum of each worker's own rate would overstate.
+        "ops_per_s": round(ops / window_s) if window_s else 0,
         "errors": sum(r["errors"] for r in results),
         "error_codes": error_codes,
         "not_found": sum(r["not_found"] for r in results),

@@ -50,6 +50,11 @@ _HELLO_ID = 2**32  # no key index takes it
 _CONNECT_TIMEOUT_S = 5.0
 
 
+class HelloRefused(ConnectionError):
+    """The node answered HELLO with a kvwire frame other than HELLO_REPLY (an ERROR, say):
+    it speaks plain kvwire, so TLS is not what is missing."""
+
+
 class Tables:
     """What every connection of a run reads: frames per op and key, the prefixes of good replies."""
 
@@ -198,7 +203,8 @@ class LoadProtocol(asyncio.Protocol):
                 self.pump(now)
 
     def _slow_reply(self, payload: bytes, now: float) -> bool:
-        """Decode a reply off the fast path; whether it settled a request in flight."""
+        """Decode a reply off the fast path; whether it settled a request in flight
+        (and another may be sent in its place)."""
         try:
             reply = decode_payload(payload, DEFAULT_LIMITS, replies=True)
         except ProtocolError as exc:
@@ -208,7 +214,10 @@ class LoadProtocol(asyncio.Protocol):
             if isinstance(reply, HelloReply):
                 self.hello.set_result(reply)
             else:
-                self.hello.set_exception(ConnectionError(f"node answered HELLO with {reply}"))
+                self.hello.set_exception(HelloRefused(refused_hello(reply)))
+            return False
+        if isinstance(reply, ErrorReply) and reply.id is None:
+            self._connection_refused(reply)
             return False
         sent = self.inflight.pop(reply.id, None) if isinstance(reply.id, int) else None
         if sent is None:
@@ -219,16 +228,24 @@ class LoadProtocol(asyncio.Protocol):
                 self.run.not_found += 1
             self.run.answered(sent[1], sent[0], now)
         elif isinstance(reply, ErrorReply):
-            try:
-                self.run.error(ErrorCode(reply.code).name)
-            except ValueError:  # a code this client does not know yet
-                self.run.error(f"code {reply.code}")
+            self.run.error(code_name(reply.code))
         elif isinstance(reply, (GetReply, PutReply, DeleteReply)):  # a success written in another layout
             self.run.off_fast_path += 1
             self.run.answered(sent[1], sent[0], now)
         else:
             self.run.error(f"unexpected {type(reply).__name__}")
         return True
+
+    def _connection_refused(self, reply: ErrorReply) -> None:
+        """An ERROR without an id is the node's word on the whole connection (a frame over
+        its limit, too many connections, a deadline), and the node closes it next: every
+        request in flight is refused by it, counted once by its code as kvload counts it,
+        not again as lost with the connection; nothing more is sent on it."""
+        if self.inflight:
+            self.run.error(code_name(reply.code), len(self.inflight))
+        else:
+            self.run.error(f"unexpected {type(reply).__name__}")
+        self.inflight.clear()
 
     def _broken(self, why: str) -> None:
         self.run.error("protocol")
@@ -245,6 +262,21 @@ class LoadProtocol(asyncio.Protocol):
             self.inflight.clear()
             if self.run.sending:
                 self.run.reconnect(self)
+
+
+def code_name(code: int) -> str:
+    """An error code as ``error_codes`` names it."""
+    try:
+        return ErrorCode(code).name
+    except ValueError:  # a code this client does not know yet
+        return f"code {code}"
+
+
+def refused_hello(reply: object) -> str:
+    """What a node answering HELLO with ``reply`` (not a HELLO_REPLY) said."""
+    if isinstance(reply, ErrorReply):
+        return f"node refused HELLO: {code_name(reply.code)}: {reply.message}"
+    return f"node answered HELLO with {reply}"
 
 
 def why_lost(exc: Exception | None) -> str:
@@ -275,7 +307,8 @@ async def connect_one(settings: Settings, number: int, make: Callable[[], LoadPr
     except (TimeoutError, ConnectionError) as exc:
         protocol.transport.close()
         why = f"no answer to HELLO within {_CONNECT_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
-        hint = "; if it serves TLS, give --tls (or --tls-ca)" if context is None else ""
+        # A kvwire answer, even a refusal, came in plain text: then TLS is no cure.
+        hint = "; if it serves TLS, give --tls (or --tls-ca)" if context is None and not isinstance(exc, HelloRefused) else ""
         raise ConnectionError(f"{endpoint}: {why}{hint}") from None
     return protocol
 

@@ -84,9 +84,12 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
                 if first.strip() != "measuring":
                     process.kill()  # first: its stderr is read to the end below
                     raise RuntimeError(f"kvload could not run: {process.stderr.read().strip() or first.strip()}")
-                cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
-                line = process.stdout.readline()
-                cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds())
+                cpu_before = (server_cpu_seconds(settings.server_pids), machine_busy_seconds(), time.monotonic())
+                # Sampled when the window ends, not after kvload's drain of the replies in flight:
+                # the CPU figures are over the time sampled, as long as the window.
+                ended = process.stdout.readline()
+                cpu_after = (server_cpu_seconds(settings.server_pids), machine_busy_seconds(), time.monotonic())
+                line = process.stdout.readline() if ended.strip() == "measured" else ""
                 try:
                     process.wait(timeout=max(1.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
@@ -100,7 +103,8 @@ def run_native(settings: Settings, *, preloaded: bool = False) -> dict:
     measured = json.loads(line)
     ops, window_s = measured["ops"], measured["window_s"]
     server_cpu_s = None if cpu_before[0] is None else cpu_after[0] - cpu_before[0]
-    cpu = cpu_figures(ops, window_s, server_cpu_s, measured["client_cpu_s"], cpu_after[1] - cpu_before[1])
+    cpu = cpu_figures(ops, window_s, server_cpu_s, measured["client_cpu_s"], cpu_after[1] - cpu_before[1],
+                      sampled_s=cpu_after[2] - cpu_before[2] if window_s else None)
     latency = measured["latency_ms"] if ops else dict.fromkeys(measured["latency_ms"])
     return settings.summary() | cpu | {
         "endpoints": list(settings.endpoints),

@@ -1,5 +1,6 @@
 """``kvwire bench`` as a user runs it: short real runs against a real node, and bad options."""
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -10,7 +11,8 @@ import time
 import pytest
 
 from kvwire import Client
-from kvwire.testing import NodeProcess, free_port, wait_for
+from kvwire.protocol import ErrorReply, PutReply, Version
+from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for
 
 
 def bench(*args, timeout=40):
@@ -274,6 +276,26 @@ def test_requests_that_end_the_run_early_report_the_time_measured(quiet_node):
     assert "None" not in table.stdout and "CPU          this generator" in table.stdout
 
 
+async def _put_answered_after_50_ms(request):
+    await asyncio.sleep(0.05)
+    return PutReply(request.id, Version(1, "scripted"))
+
+
+def test_requests_over_workers_that_end_apart_are_rated_over_the_time_measured(quiet_node):
+    """Two workers, 20 requests each: worker 0 loads a real node and is done within
+    milliseconds, worker 1 a node answering each PUT after 50 ms, done after about 1 s.
+    The rate is all the ops over that second (not the sum of each worker's own rate),
+    and the node's and the machine's CPU are sampled over that second too, so they are
+    reported (over worker 0's milliseconds alone they were too short a sample)."""
+    with ScriptedNode(_put_answered_after_50_ms, answers_hello=False) as slow:
+        report = run_json("--endpoints", f"{quiet_node.address},{slow.address}", "--mix", "put", "--workers", "2",
+                          "--connections", "2", "--requests", "40", "--duration", "8", "--warmup", "0",
+                          "--keys", "10", "--server-pid", str(quiet_node.pid))
+    assert report["ops"] == 40 and report["budget_exhausted"] and report["measured_s"] >= 0.9, report
+    assert report["ops_per_s"] == pytest.approx(report["ops"] / report["measured_s"], abs=1), report  # rounded
+    assert report["server_cpu_us_per_op"] is not None and report["machine_cpu_cores"] is not None, report
+
+
 def test_requests_spent_in_the_warm_up_leave_nothing_measured_and_say_so(quiet_node):
     result = bench("--endpoints", quiet_node.address, "--connections", "2", "--duration", "5", "--warmup", "1",
                    "--rate", "100", "--requests", "10", "--keys", "10")
@@ -308,6 +330,29 @@ def test_a_run_that_got_no_reply_in_its_measured_time_says_so_and_exits_1(quiet_
     assert line.startswith("python -m kvwire bench load: no reply came back in the ") and " s measured (" in line
     assert "give a longer --duration, or check the nodes" in line
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_an_out_directory_gone_by_the_end_is_one_error_line_and_exit_1(quiet_node, tmp_path):
+    """--out is checked before the run; replaced by a file while the run goes on, the
+    result cannot be written at the end: it is still on stdout, and one Error: line says
+    why, with no traceback."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvwire", "bench", "--endpoints", quiet_node.address, "--mix", "put", "--connections",
+         "2", "--duration", "1.5", "--warmup", "0", "--keys", "10", "-o", "json", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        with Client([quiet_node.address], timeout=5.0) as client:
+            wait_for(lambda: client.health()["keys"] == 10, timeout=10, what="the load writing every key")
+        out.rmdir()
+        out.write_text("not a directory any more")
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr
+    assert json.loads(stdout)["ops"] > 0
+    assert "Traceback" not in stderr and stderr.strip().splitlines() == [
+        f"Error: --out {out}: cannot write the result there (File exists); it is on stdout above"], stderr
 
 
 def test_help_lists_the_load_options_and_the_other_benchmarks():

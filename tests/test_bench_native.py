@@ -1,16 +1,20 @@
 """``kvwire bench --generator native``: the compiled generator (bench/c/kvload.c),
 built with the machine's C compiler and run against real node processes."""
 
+import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from kvwire import Client, KeyNotFoundError
-from kvwire.testing import LocalCluster, NodeProcess, wait_for, write_auth_file
+from kvwire.protocol import PutReply, Version
+from kvwire.testing import LocalCluster, NodeProcess, ScriptedNode, wait_for, write_auth_file
 
 TOKEN = "bench-token-0123456789abcdef"
 
@@ -94,6 +98,47 @@ def test_error_replies_are_errors_by_code_not_operations_as_in_the_python_genera
         assert report["latency_ms"]["p50"] is None and report["measured_s"] == pytest.approx(1, abs=0.3)
 
 
+def test_cpu_is_sampled_over_the_window_not_the_drain_after_it():
+    """The node answers three PUTs at once, then each after 1.8 s: the one in flight when
+    the 1 s window closes keeps kvload draining for 0.8 s more. The --server-pid is a
+    process spinning on one core, so over the window it is at most one core busy; sampled
+    until the drain's end but divided by the window, it showed nearly two."""
+    answered = []
+
+    async def three_then_slow(request):
+        answered.append(request)
+        if len(answered) > 3:
+            await asyncio.sleep(1.8)
+        return PutReply(request.id, Version(1, "scripted"))
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 30\n"
+                                "while time.monotonic() < end: pass"])
+    try:
+        with ScriptedNode(three_then_slow, answers_hello=False) as node:
+            report = run_json("--endpoints", node.address, "--mix", "put", "--generator", "native",
+                              "--connections", "1", "--duration", "1", "--warmup", "0", "--keys", "10",
+                              "--server-pid", str(spinner.pid))
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert report["ops"] == 3 and report["unanswered"] == 0, report
+    assert 0 < report["server_cpu_cores"] <= 1.05, report
+
+
+def test_a_frame_over_the_nodes_limit_is_one_error_by_its_code_as_in_the_compiled_generator(tmp_path):
+    """PUTs over the node's --max-frame-bytes: the node answers an ERROR TOO_LARGE without
+    an id and closes the connection. Each such request is one error, TOO_LARGE, in both
+    generators; the Python one counted it twice, as an unexpected reply and as lost."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--max-value-bytes", "64", "--max-frame-bytes", "4096", "--sync", "off"]) as node:
+        common = ["--endpoints", node.address, "--mix", "put", "--value-size", "10000", "--connections", "2",
+                  "--duration", "1", "--warmup", "0", "--keys", "10"]
+        reports = {generator: run_json(*common, "--generator", generator) for generator in ("native", "python")}
+    for generator, report in reports.items():
+        assert report["ops"] == 0 and report["errors"] > 0, (generator, report)
+        assert report["error_codes"] == {"TOO_LARGE": report["errors"]}, (generator, report)
+
+
 def test_a_node_restarted_mid_run_is_dialled_again_as_the_python_generator_does(tmp_path):
     """kill -9 of the node mid-run: the requests in flight are errors ("connection lost"), the
     connections are dialled again every 50 ms (refusals counted) and the load goes on against
@@ -145,11 +190,51 @@ def test_a_token_is_sent_and_never_reported(tmp_path):
     assert "the node refused HELLO" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_a_node_at_its_connection_limit_is_reported_in_its_own_words(tmp_path):
+    """A node refusing the second connection (--max-connections 1) answers it ERROR
+    UNAVAILABLE "too many connections": both generators say so, not that the token may be
+    wrong, and the Python one gives no TLS hint, as a kvwire answer came in plain text."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--max-connections", "1", "--sync", "off"]) as node:
+        common = ["--endpoints", node.address, "--mix", "put", "--connections", "2", "--duration", "1",
+                  "--warmup", "0", "--keys", "10"]
+        results = {generator: bench(*common, "--generator", generator) for generator in ("native", "python")}
+    for generator, result in results.items():
+        assert result.returncode == 1, (generator, result.stderr)
+        assert "refused HELLO: " in result.stderr and "too many connections" in result.stderr, (generator, result.stderr)
+        assert "wrong token" not in result.stderr and "--tls" not in result.stderr, (generator, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
 def test_a_refused_endpoint_exits_1_without_a_traceback():
     result = bench("--endpoints", "127.0.0.1:1", "--mix", "put", "--generator", "native", "--duration", "1")
     assert result.returncode == 1
     assert "cannot connect to 127.0.0.1:1: Connection refused" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_endpoint_that_never_completes_a_connect_is_given_up_after_5_s():
+    """A listener whose backlog is full (it never accepts): the kernel leaves the connect
+    unanswered for over 2 minutes. kvload gives up after 5 s, as the Python generator does."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    fillers = []
+    try:
+        for _ in range(3):  # fill the backlog: these stay queued, unaccepted
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        endpoint = "127.0.0.1:%d" % listener.getsockname()[1]
+        started = time.monotonic()
+        result = bench("--endpoints", endpoint, "--mix", "put", "--generator", "native", "--connections", "2",
+                       "--duration", "1", "--warmup", "0", timeout=30)
+        took = time.monotonic() - started
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert result.returncode == 1, result.stderr
+    assert f"cannot connect to {endpoint}: no connection within 5 s" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and took < 15
 
 
 def test_no_c_compiler_says_how_to_get_one(node, tmp_path):

@@ -24,9 +24,10 @@
  * flight on a lost connection is an error ("lost_in_flight"), and the
  * connection is dialled again after 50 ms (failures counted, not fatal), so a
  * node restarted mid-run is loaded again.
- * It prints "measuring" when the warm-up ends, then one line of JSON when the
- * measured window does; "unanswered" counts requests whose reply had not come
- * 2 s after the window's end. Exit status 1 when it cannot run (bad arguments,
+ * It prints "measuring" when the warm-up ends, "measured" when the measured
+ * window does, then one line of JSON once the replies still in flight are in
+ * (at most 2 s later); "unanswered" counts requests whose reply had not come
+ * by then. Exit status 1 when it cannot run (bad arguments,
  * a connection refused at the start, a HELLO refused at the start).
  */
 #define _GNU_SOURCE
@@ -35,6 +36,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,13 +274,33 @@ static int code_of(const uint8_t *payload, size_t length) {
     return OTHER_ERROR;
 }
 
+/* An ERROR without an id (kvwire writes "id" after op, as nil) is the node's word on
+ * the whole connection (a frame over its limit, say): it closes the connection next. */
+static int refuses_connection(int op, const uint8_t *payload, size_t length) {
+    return op == OP_ERROR && memmem(payload, length < 40 ? length : 40, "\xa2" "id" "\xc0", 4) != NULL;
+}
+
+/* The start's HELLO refused: exit 1 with the node's own message when it sent an
+ * ERROR (its msgpack str after "message"), so a node at its connection limit is
+ * not taken for a wrong token. */
+static void refused_hello(int op, const uint8_t *payload, size_t length) {
+    const uint8_t *key = op == OP_ERROR ? memmem(payload, length, "\xa7" "message", 8) : NULL;
+    size_t at = key ? (size_t)(key - payload) + 8 : length, size = 0;
+    if (at < length && (payload[at] & 0xE0) == 0xA0) { size = payload[at] & 0x1F; at += 1; }
+    else if (at + 1 < length && payload[at] == 0xD9) { size = payload[at + 1]; at += 2; }
+    else if (at + 2 < length && payload[at] == 0xDA) { size = ((size_t)payload[at + 1] << 8) | payload[at + 2]; at += 3; }
+    if (size == 0 || at + size > length) fail("the node refused HELLO (a wrong token, or not a kvwire node?)");
+    fprintf(stderr, "kvload: the node refused HELLO: %.*s\n", (int)size, (const char *)payload + at);
+    exit(1);
+}
+
 static void answered(Connection *c, const uint8_t *payload, size_t length) {
     int op = op_of(payload, length);
     if (!c->in_flight) return; /* sent unasked (an ERROR with no id): nothing to answer */
     c->in_flight = 0;
     if (c->greeting) {
         if (op != OP_HELLO_REPLY) {
-            if (!c->redialed) fail("the node refused HELLO (a wrong token, or not a kvwire node?)");
+            if (!c->redialed) refused_hello(op, payload, length);
             dial_failed(c);
             return;
         }
@@ -296,7 +318,9 @@ static void answered(Connection *c, const uint8_t *payload, size_t length) {
             errors_by_code[code]++;
         }
     }
-    if (!stopping) send_request(c);
+    /* Nothing more on a connection the node is closing: a request sent now would be
+     * counted again, as lost with it; it is dialled again once closed. */
+    if (!stopping && !refuses_connection(op, payload, length)) send_request(c);
 }
 
 static void receive(Connection *c) {
@@ -336,9 +360,33 @@ static void tune(int fd) {
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-/* The first connection to an endpoint: any failure ends the run (exit 1). The
- * address reached is kept for redials, which do not resolve again. */
-static int dial(Endpoint *endpoint) {
+/* connect(), but given up at `deadline`: a node whose listen backlog is full
+ * never completes one, and the kernel's own SYN retries take over 2 minutes.
+ * ETIMEDOUT when the deadline passed. */
+static int connect_by(int fd, const struct sockaddr *address, socklen_t length, uint64_t deadline) {
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    if (connect(fd, address, length) == 0) return 0;
+    if (errno != EINPROGRESS) return -1;
+    struct pollfd writable = {.fd = fd, .events = POLLOUT};
+    for (;;) {
+        uint64_t now = now_ns();
+        if (now >= deadline) { errno = ETIMEDOUT; return -1; }
+        int ready = poll(&writable, 1, (int)((deadline - now) / 1000000) + 1);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready < 0) return -1;
+        if (ready == 0) continue; /* the loop's check says whether the deadline passed */
+        int error = 0;
+        socklen_t size = sizeof error;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) != 0) return -1;
+        if (error != 0) { errno = error; return -1; }
+        return 0;
+    }
+}
+
+/* The first connection to an endpoint: any failure ends the run (exit 1), as
+ * does no connection by `deadline` (the Python generator's 5 s). The address
+ * reached is kept for redials, which do not resolve again. */
+static int dial(Endpoint *endpoint, uint64_t deadline) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found, *each;
     int status = getaddrinfo(endpoint->host, endpoint->port, &hints, &found);
     if (status != 0) {
@@ -348,7 +396,7 @@ static int dial(Endpoint *endpoint) {
     int fd = -1, error = 0;
     for (each = found; each; each = each->ai_next) { /* as Python does: every address in turn */
         fd = socket(each->ai_family, SOCK_STREAM, 0);
-        if (fd >= 0 && connect(fd, each->ai_addr, each->ai_addrlen) == 0) {
+        if (fd >= 0 && connect_by(fd, each->ai_addr, each->ai_addrlen, deadline) == 0) {
             memcpy(&endpoint->address, each->ai_addr, each->ai_addrlen);
             endpoint->length = each->ai_addrlen;
             break;
@@ -358,6 +406,11 @@ static int dial(Endpoint *endpoint) {
         fd = -1;
     }
     freeaddrinfo(found);
+    if (fd < 0 && error == ETIMEDOUT) {
+        fprintf(stderr, "kvload: cannot connect to %s:%s: no connection within %.0f s\n", endpoint->host,
+                endpoint->port, CONNECT_TIMEOUT_NS / 1e9);
+        exit(1);
+    }
     if (fd < 0) {
         fprintf(stderr, "kvload: cannot connect to %s:%s: %s\n", endpoint->host, endpoint->port, strerror(error));
         exit(1);
@@ -449,10 +502,11 @@ int main(int argc, char **argv) {
         endpoints[e].port = argv[8 + 2 * e];
     }
     epoll_fd = epoll_create1(0);
+    uint64_t dial_deadline = now_ns() + CONNECT_TIMEOUT_NS; /* one for all: the dials are made in turn */
     for (int i = 0; i < count; i++) {
         Connection *c = &connections[i];
         c->endpoint = i % endpoint_count;
-        c->fd = dial(&endpoints[c->endpoint]);
+        c->fd = dial(&endpoints[c->endpoint], dial_deadline);
         c->open = 1;
         struct epoll_event event = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &event);
@@ -478,6 +532,8 @@ int main(int argc, char **argv) {
             measuring = 0;
             stopping = draining = 1;
             end_at = now + (uint64_t)(DRAIN_S * 1e9);
+            printf("measured\n"); /* now, not after the drain: the caller samples the machine's CPU over the window */
+            fflush(stdout);
         }
         if (draining) {
             int waiting = 0;
