@@ -525,6 +525,20 @@ def test_a_value_beginning_with_a_dash_goes_after_double_dash(cli, shared_node):
     assert cli("get", "--", "-dash-key").stdout == "-x\n"
 
 
+@pytest.mark.parametrize("args", [
+    ["serve", "--data-dir", ""], ["serve", "--auth-file", ""], ["serve", "--cluster-secret-file", ""],
+    ["up", "--data-dir", ""], ["up", "ctl", "status", "--data-dir", ""], ["certs", ""], ["secret", ""],
+], ids=lambda args: "-".join(arg or "''" for arg in args))
+def test_an_empty_path_is_a_usage_error_not_the_current_directory(tmp_path, args):
+    """Path('') is '.': `serve --data-dir ''` served from the current directory (mode 755),
+    `certs ''` wrote the CA's key there."""
+    result = subprocess.run([*KVWIRE_MODULE, *args], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, env=clean_env())
+    assert result.returncode == 2, result.stderr
+    assert "the path is empty" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- 9. kvwire serve: two listeners on one address ----------------------------------------
 
 

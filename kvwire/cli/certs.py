@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from ..testing.certs import DEFAULT_DAYS, DEFAULT_HOSTS, DevCerts, canonical_host
+from .options import DirectoryPath
 
 
 @click.command()
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=DirectoryPath())
 @click.option("--host", "hosts", multiple=True, metavar="NAME",
               help=f"Another IP address or DNS name the node certificate is good for, besides {', '.join(DEFAULT_HOSTS)}; repeat for more.")
 @click.option("--days", type=click.IntRange(min=1, max=3650), default=DEFAULT_DAYS, show_default=True,

@@ -25,6 +25,8 @@ from typing import Callable
 
 import click
 
+from .options import DirectoryPath
+
 SOCKET_NAME = "up.sock"
 COMMANDS = ("status", "stop", "kill", "start")
 # A request is one short line; anything longer is not ours.
@@ -139,7 +141,7 @@ def send(data_dir: Path, request: dict) -> dict:
 # --- kvwire up ctl ----------------------------------------------------------------------------
 
 _DATA_DIR_OPTION = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kvwire"), show_default=True,
+    "--data-dir", type=DirectoryPath(), default=Path(".kvwire"), show_default=True,
     help="The data directory of the running kvwire up.")
 
 

@@ -17,7 +17,8 @@ from ..secret_file import read_secret_file, write_secret_file
 from ..tls import TlsConfigError
 from .exit_status import CONFIG_REFUSED_STATUS
 from .lazy import LazyGroup
-from .options import LOG_LEVELS, allowed_hosts_option, configure_logging, env, log_format_option, tls_file_options, tls_files
+from .options import (LOG_LEVELS, DirectoryPath, FilePath, allowed_hosts_option, configure_logging, env, log_format_option,
+                      tls_file_options, tls_files)
 from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
 
@@ -35,7 +36,7 @@ def main() -> None:
 @main.command()
 @click.option("--node-id", default="n1", show_default=True, help="This node's id; it tags every version it writes.", **env("NODE_ID"))
 @click.option("--listen", default="127.0.0.1:7379", show_default=True, metavar="HOST:PORT", help="Address for clients and peers.", **env("LISTEN"))
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the SQLite files live.  [default: ./.kvwire/NODE_ID]", **env("DATA_DIR"))
+@click.option("--data-dir", type=DirectoryPath(), default=None, help="Where the SQLite files live.  [default: ./.kvwire/NODE_ID]", **env("DATA_DIR"))
 @click.option("--cluster-id", default="kvwire", show_default=True, help="Clients and peers naming another cluster are refused.", **env("CLUSTER_ID"))
 @click.option("--sync", type=click.Choice([mode.value for mode in SyncMode]), default="full", show_default=True, help="Durability of each commit: full fsyncs the WAL; normal and off survive a crash of the node but not of the machine.", **env("SYNC"))
 @click.option("--max-key-bytes", type=click.IntRange(min=1), default=DEFAULT_LIMITS.max_key_bytes, show_default=True, help="Longest key, in UTF-8 bytes.", **env("MAX_KEY_BYTES"))
@@ -51,9 +52,9 @@ def main() -> None:
 @click.option("--write-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.write_timeout, show_default=True, help="Seconds a write or quorum read waits for a majority before failing with NO_QUORUM.", **env("WRITE_TIMEOUT"))
 @click.option("--retry-attempts", type=click.IntRange(min=0), default=ServerConfig.retry_attempts, show_default=True, help="Background re-sends to a live replica that missed a write, before it waits as a hint.", **env("RETRY_ATTEMPTS"))
 @click.option("--retry-delay", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.retry_delay, show_default=True, help="Seconds before the first background re-send; it doubles each time.", **env("RETRY_DELAY"))
-@click.option("--cluster-secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The secret every member holds; peers prove it before replicating (make one: kvwire secret FILE). Needed with --cluster.", **env("CLUSTER_SECRET_FILE"))
+@click.option("--cluster-secret-file", type=FilePath(), default=None, help="The secret every member holds; peers prove it before replicating (make one: kvwire secret FILE). Needed with --cluster.", **env("CLUSTER_SECRET_FILE"))
 @click.option("--insecure", is_flag=True, default=False, help="Run --cluster without a secret: any connection saying it is a peer may replicate. For trusted networks only.", **env("INSECURE"))
-@click.option("--auth-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Client tokens and their roles (read, write, admin); without it anyone may read and write.", **env("AUTH_FILE"))
+@click.option("--auth-file", type=FilePath(), default=None, help="Client tokens and their roles (read, write, admin); without it anyone may read and write.", **env("AUTH_FILE"))
 @click.option("--hello-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.hello_timeout, show_default=True, help="Seconds a new connection has for its first request (with --auth-file: an accepted HELLO) before it is closed.", **env("HELLO_TIMEOUT"))
 @click.option("--frame-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.frame_timeout, show_default=True, help="Seconds a frame, once begun, has to arrive whole before the connection is closed.", **env("FRAME_TIMEOUT"))
 @click.option("--repair-interval", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.repair_interval, show_default=True, help="Seconds between anti-entropy rounds, each comparing this node with the next peer in turn.", **env("REPAIR_INTERVAL"))
@@ -214,7 +215,7 @@ def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_fil
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", type=FilePath())
 @click.option("--force", is_flag=True, help="Replace the file if it exists.")
 def secret(path: Path, force: bool) -> None:
     """Write a new cluster secret to PATH (mode 600): give each node a copy, with --cluster-secret-file."""

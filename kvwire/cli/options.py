@@ -15,16 +15,31 @@ LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"])
 LOG_FORMAT_CHOICES = click.Choice(list(LOG_FORMATS))
 
 
-class FilePath(click.Path):
-    """A file's path as a ``pathlib.Path``; refuses '', which Path() would make '.', the current directory."""
+class GivenPath(click.Path):
+    """A path as a ``pathlib.Path``; refuses '', which Path() would make '.', the current
+    directory: ``--data-dir ''`` served from it, ``kvwire certs ''`` wrote there."""
 
-    def __init__(self) -> None:
-        super().__init__(dir_okay=False, path_type=Path)
+    def __init__(self, *, file_okay: bool = True, dir_okay: bool = True) -> None:
+        super().__init__(file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value == "":
             self.fail("the path is empty", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class FilePath(GivenPath):
+    """A file's path (not a directory's), as GivenPath."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False)
+
+
+class DirectoryPath(GivenPath):
+    """A directory's path (not a file's), as GivenPath."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False)
 
 
 def env(name: str) -> dict:

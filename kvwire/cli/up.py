@@ -38,6 +38,7 @@ from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .exit_status import USAGE_ERROR_STATUS
 from .haproxy import haproxy_child
 from .main import serve
+from .options import DirectoryPath
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 from .up_certs import prepare_dev_certs
 from .up_probe import ClosedWithoutReply, NoAnswer, reply_of
@@ -66,7 +67,7 @@ NOT_FOR_EVERY_NODE = frozenset({"KVWIRE_CLUSTER", "KVWIRE_HTTP_LISTEN", "KVWIRE_
 @click.option("--host", default="127.0.0.1", show_default=True, callback=lambda ctx, param, value: _unbracketed(value),
               help="Address every node listens on.")
 @click.option("--base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_BASE_PORT, show_default=True, help="Port of n1; node i listens on BASE_PORT + i - 1.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".kvwire"), show_default=True, help="Each node keeps its data in DATA_DIR/<node id>.")
+@click.option("--data-dir", type=DirectoryPath(), default=Path(".kvwire"), show_default=True, help="Each node keeps its data in DATA_DIR/<node id>.")
 @click.option("--cluster-id", default="kvwire", show_default=True, help="Cluster id the nodes share; clients naming another are refused.")
 @click.option("--sync", type=click.Choice(["full", "normal", "off"]), default="full", show_default=True, help="Durability of each commit, as for kvwire serve.")
 @click.option("--http-base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_HTTP_BASE_PORT, show_default=True, help="Port of n1's REST API (its HTTP bridge); node i serves it on HTTP_BASE_PORT + i - 1.")
