@@ -99,10 +99,11 @@ class HostCheck:
             self._logged.add(host)
             # Advice only for a name --allowed-hosts would take: not '*' (which turns the check
             # off), nor "a)b", which a Host header may hold and the option refuses.
-            advice = (f"or the bridge needs --allowed-hosts {host}" if host != ANY_HOST and _NAME.fullmatch(host)
-                      else "and no --allowed-hosts name is it")
-            log.warning("refusing requests for host %r (421): not an IP address, localhost or one of --allowed-hosts; "
-                        "a web page may be trying DNS rebinding, %s", host, advice)
+            # The option is kvwire bridge's --allowed-hosts, or a node's --http-allowed-hosts.
+            advice = (f"or the bridge needs --allowed-hosts {host} (kvwire serve: --http-allowed-hosts {host})"
+                      if host != ANY_HOST and _NAME.fullmatch(host) else "and no allowed host name is it")
+            log.warning("refusing requests for host %r (421): not an IP address, localhost or one of the allowed "
+                        "hosts; a web page may be trying DNS rebinding, %s", host, advice)
         return 421, (f"this bridge does not answer for host {host!r}: only for IP addresses, localhost and its "
                 f"allowed hosts (kvwire bridge --allowed-hosts, kvwire serve --http-allowed-hosts), "
                 f"which keeps web pages from reaching it through DNS rebinding")

@@ -82,9 +82,10 @@ def test_refusals_are_400_for_a_malformed_host_and_421_for_a_name_not_allowed(ca
 
 
 @pytest.mark.parametrize("host, advised", [
-    ("kv.internal", "or the bridge needs --allowed-hosts kv.internal"),
-    ("*", "and no --allowed-hosts name is it"),  # '*' as a name would turn the check off
-    ("a)b", "and no --allowed-hosts name is it"),  # a reg-name the option refuses
+    # Both options: kvwire serve has --http-allowed-hosts, no --allowed-hosts.
+    ("kv.internal", "or the bridge needs --allowed-hosts kv.internal (kvwire serve: --http-allowed-hosts kv.internal)"),
+    ("*", "and no allowed host name is it"),  # '*' as a name would turn the check off
+    ("a)b", "and no allowed host name is it"),  # a reg-name the option refuses
 ])
 def test_the_log_advises_only_an_allowed_host_the_option_takes(caplog, host, advised):
     with caplog.at_level("WARNING", logger="kvwire.http"):
