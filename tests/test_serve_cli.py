@@ -30,7 +30,7 @@ def run_serve(*args, env=None, timeout=15):
         (["--cluster-id", "kv\n"], "cluster id 'kv\\n' must be"),
         (["--sync", "always"], "'always' is not one of"),
         (["--max-value-bytes", "0"], "0 is not in the range"),
-        (["--max-frame-bytes", "2000", "--max-value-bytes", "1000"], "max_frame_bytes (2000) must be at least"),
+        (["--max-frame-bytes", "2000", "--max-value-bytes", "1000"], "--max-frame-bytes (2000) must be at least"),
         (["--cache-entries", "lots"], "'lots' is not a valid integer"),
     ],
 )
@@ -39,6 +39,23 @@ def test_bad_arguments_exit_2_with_a_message_and_no_traceback(tmp_path, args, me
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command, env, message", [
+    (["serve"], {"KVWIRE_FAILURE_TIMEOUT": "0.2"},
+     "--failure-timeout (0.2 s) must exceed twice --heartbeat-interval (0.1 s)"),
+    (["serve"], {"KVWIRE_NODE_ID": "a/b", "KVWIRE_LOG_LEVEL": "warning"}, "node id 'a/b' must be"),
+    (["bridge"], {"KVWIRE_MAX_VALUE_BYTES": "5000000000"}, "must fit the 4-byte length prefix"),
+])
+def test_a_setting_refused_from_the_environment_names_the_variables_and_options(tmp_path, command, env, message):
+    """The checks' own messages named Python fields (failure_timeout) and no variable: with
+    an environment file, which line was wrong had to be guessed."""
+    result = subprocess.run([sys.executable, "-m", "kvwire", *command], capture_output=True, text=True, timeout=30,
+                            cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith("KVWIRE_")}, **env})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert f"(settings from the environment: {', '.join(env)})" in result.stderr
 
 
 def test_options_come_from_kvwire_environment_variables(tmp_path):

@@ -686,7 +686,7 @@ def test_options_after_a_double_dash_reach_every_node(tmp_path):
         # A configuration error: said once, and not restarted forever.
         assert "node n1 exited unexpectedly (exit status 2); its log is above. It refused its options, so it is not restarted" in up.stderr
         assert "restarting" not in up.stderr and "Traceback" not in up.stderr
-        assert re.search(r"^n1 \| .*heartbeat_interval \(0\.5 s\)", up.stderr, re.MULTILINE), up.stderr
+        assert re.search(r"^n1 \| .*--heartbeat-interval \(0\.5 s\)", up.stderr, re.MULTILINE), up.stderr
     finally:
         up.cleanup()
 

@@ -26,6 +26,7 @@ from .options import (
     log_format_option,
     tls_file_options,
     tls_files,
+    usage_error,
 )
 from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
@@ -80,7 +81,7 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
         # Loaded now, so that a file that will not load is refused like a missing one.
         config.https_context(), config.nodes_context()
     except (TypeError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(str(exc)) from None
     configure_logging(log_level, log_format, context={"bridge": config.listen})  # bridge=HOST:PORT on every line
     sys.exit(run_bridge(config))
 

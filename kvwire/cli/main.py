@@ -18,7 +18,7 @@ from ..tls import TlsConfigError
 from .exit_status import CONFIG_REFUSED_STATUS
 from .lazy import LazyGroup
 from .options import (LOG_LEVELS, DirectoryPath, FilePath, allowed_hosts_option, configure_logging, env, log_format_option,
-                      tls_file_options, tls_files)
+                      tls_file_options, tls_files, usage_error)
 from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
 
@@ -92,7 +92,7 @@ def serve(**options) -> None:
             # shared with nodes that serve REST (kvwire up, an env file), and moot here.
             raise ValueError("--http-allowed-hosts is for the REST API of --http-listen; give that too")
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(str(exc)) from None
     node_id = config.node_id
     configure_logging(options["log_level"], options["log_format"], context={"node": node_id})  # node=ID on every line
     warn_about_security(config, options["cluster_secret_file"], options["auth_file"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import click
+from click.core import ParameterSource
 
 from ..tls import TlsConfigError, TlsFiles, optional_client_context
 from .logformat import LOG_FORMATS, install
@@ -40,6 +42,23 @@ class DirectoryPath(GivenPath):
 
     def __init__(self) -> None:
         super().__init__(file_okay=False)
+
+
+def usage_error(message: str) -> click.UsageError:
+    """A usage error for what the command's own checks refused (a config's ``__post_init__``),
+    worded as the user gave the settings: a setting's field name in ``message`` becomes its
+    option (``failure_timeout`` -> ``--failure-timeout``), and the settings the environment
+    gave are named, so that the faulty line of an environment file can be found."""
+    context = click.get_current_context()
+    options = [param for param in context.command.params if isinstance(param, click.Option) and param.name]
+    for option in options:
+        if "_" in option.name:  # one-word names ("port", "sync") are words of the message too
+            message = re.sub(rf"(?<![\w-]){option.name}(?!\w)", option.opts[0], message)
+    from_environment = [option.envvar for option in options if isinstance(option.envvar, str)
+                        and context.get_parameter_source(option.name) is ParameterSource.ENVIRONMENT]
+    if from_environment:
+        message += f" (settings from the environment: {', '.join(from_environment)})"
+    return click.UsageError(message)
 
 
 def env(name: str) -> dict:
