@@ -147,6 +147,26 @@ def test_a_node_restored_from_a_backup_older_than_the_tombstone_grace_warns_once
         assert n2.log().count("event=old_backup") == 1  # ...without the backup's warning
 
 
+def test_a_backup_whose_time_is_ahead_of_this_clock_warns_that_its_age_is_unknown(tmp_path):
+    """Taken on a machine whose clock was a day ahead (or restored on one a day behind):
+    its age came out negative and the warning was passed over, though it may be older
+    than the grace."""
+    with LocalCluster(3, data_dir=tmp_path / "cluster") as cluster:
+        n2 = cluster["n2"]
+        with Client(cluster.endpoints, **cluster.client_options) as client:
+            client.put("k", 1)
+        assert run_backup(n2.data_dir, tmp_path / "backup").returncode == 0
+        with sqlite3.connect(tmp_path / "backup" / DATABASE_FILE_NAME) as db:
+            (taken,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
+            db.execute("UPDATE meta SET value = ? WHERE name = 'backup_taken_at'", (repr(float(taken) + 86400),))
+        cluster.terminate("n2")
+        restore(n2, tmp_path / "backup")
+        n2.start()
+        cluster.wait_ready()
+        assert n2.log().count("event=old_backup") == 1
+        assert "after this machine's clock: one of the two clocks is wrong" in n2.log()
+
+
 def _holds_backup_mark(data_dir) -> bool:
     with sqlite3.connect(f"file:{data_dir / DATABASE_FILE_NAME}?mode=ro", uri=True) as db:
         return db.execute("SELECT 1 FROM meta WHERE name = 'backup_taken_at'").fetchone() is not None

@@ -86,6 +86,11 @@ class PendingReply:
         self.on_reply: Callable[[Any], None] | None = None
 
 
+# A backup's time ahead of this machine's clock by more than this (clocks kept by NTP
+# agree to well under it) means one of the two clocks is wrong.
+BACKUP_CLOCK_SLACK_S = 60.0
+
+
 class Node:
     def __init__(self, config: ServerConfig, storage: Storage, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -143,7 +148,16 @@ class Node:
         since, whose tombstones every replica has since collected: with nothing left to
         refuse them, anti-entropy spreads them again (docs/operations.md, Backups)."""
         grace = self.config.tombstone_grace
-        if age > grace:
+        if age < -BACKUP_CLOCK_SLACK_S:
+            # Taken "in the future": one of the two machines' clocks is wrong, so the age,
+            # and whether it passes the grace, cannot be told. Said, not passed over.
+            log.warning("this data directory was restored from a backup whose time is %.0f s after this machine's "
+                        "clock: one of the two clocks is wrong, so whether it is older than --tombstone-grace "
+                        "(%g s) cannot be told; if it may be, a key deleted in the cluster since then whose "
+                        "tombstone has been collected comes back with this node's copy: start this node on an "
+                        "empty data directory with --join instead", -age, grace,
+                        extra={"event": "old_backup", "age_s": round(age)})
+        elif age > grace:
             log.warning("this data directory was restored from a backup taken %.0f s ago, longer than "
                         "--tombstone-grace (%g s): a key deleted in the cluster since then, whose tombstone has "
                         "been collected, comes back with this node's copy; to rejoin one node without that risk, "
