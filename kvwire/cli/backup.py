@@ -57,10 +57,12 @@ def backup(data_dir: Path, destination: Path) -> None:
         summary = back_up(data_dir, destination, on_committed=interruptions.commit)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
-    except _Stopped:
-        # back_up removed its partial copy on the way out, as after a Ctrl-C.
-        click.echo(f"backup stopped by SIGTERM; nothing was left in {destination}", err=True)
-        sys.exit(128 + signal.SIGTERM)
+    except (_Stopped, KeyboardInterrupt) as exc:
+        # back_up removed its partial copy on the way out. Ctrl-C too exits 128 + the
+        # signal, as every kvwire command does (click's own "Aborted!" exits 1).
+        stopped_by = signal.SIGTERM if isinstance(exc, _Stopped) else signal.SIGINT
+        click.echo(f"backup stopped by {stopped_by.name}; nothing was left in {destination}", err=True)
+        sys.exit(128 + stopped_by)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
