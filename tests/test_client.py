@@ -100,6 +100,17 @@ async def test_a_packed_value_must_be_one_value_a_node_accepts(shared_node, raw)
         assert await client.get("packed") == {"a": [1, 2]}
 
 
+def test_a_packed_value_nested_too_deeply_says_why():
+    """msgpack's StackError has no message: the refusal ended in empty parentheses."""
+    from msgspec import Raw
+
+    from kvwire.client.arguments import check_value
+
+    with pytest.raises(ValueError, match=r"these 1024 bytes do not \(nested too deeply\)$"):
+        check_value(Raw(b"\x91" * 1023 + b"\x90"))
+    check_value(Raw(b"\x91" * 1022 + b"\x90"))  # 1,023 levels: as deep as a node takes
+
+
 def test_sync_client_every_value_type_round_trips(shared_node):
     with Client(shared_node.address) as client:
         for index, value in enumerate(VALUES):

@@ -84,8 +84,10 @@ def check_value(value: Any) -> None:
         try:
             checked_raw(value)
         except Exception as exc:  # noqa: BLE001 - msgpack's, msgspec's or the protocol's own refusal
+            # msgpack's StackError (nested past its 1,023 levels) has no message of its own.
+            reason = str(exc) or ("nested too deeply" if type(exc).__name__ == "StackError" else type(exc).__name__)
             raise ValueError(f"a msgspec.Raw value must hold exactly one msgpack value a node accepts; "
-                             f"these {len(value)} bytes do not ({exc})") from None
+                             f"these {len(value)} bytes do not ({reason})") from None
         return
     _check(value, "value", 0)
 
