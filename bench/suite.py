@@ -326,11 +326,13 @@ def suite(ctx: click.Context, out: Path, duration: float, warmup: float, scenari
         except ValueError as exc:  # its message names --rate, the option of `bench failover`
             raise ValueError(str(exc).replace("--rate", "--failover-rate", 1)) from None
         settings = SuiteSettings(duration=duration, warmup=warmup, scenarios=numbers, failover=failover)
-        results_dir = prepare_directory(out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
-        if workdir is not None:
+        if workdir is not None:  # first: a refused --workdir leaves no results directory behind
             prepare_directory(workdir, "--workdir")
+        results_dir = prepare_directory(out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    # An earlier run's plot of the day, beside this run's summary, would pass for this run's.
+    (results_dir / "failover.png").unlink(missing_ok=True)
     interrupted: str | None = None
     with _workdir(workdir) as scratch:
         run = Suite(settings, scratch, results_dir)

@@ -106,6 +106,10 @@ def test_sigterm_stops_the_load_workers(quiet_node, tmp_path, generator, workers
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_suite_writes_what_it_measured_and_exits_nonzero(tmp_path, signum):
     out = tmp_path / "results"
+    # An earlier run's plot of the day would pass for this run's, which makes none.
+    stale_plot = out / time.strftime("%Y-%m-%d") / "failover.png"
+    stale_plot.parent.mkdir(parents=True)
+    stale_plot.write_bytes(b"an earlier run's plot")
     runner, scratch = start_bench(["suite", "--scenarios", "1", "--duration", "1", "--warmup", "0",
                                    "--out", str(out)], tmp_path)
     wait_for(lambda: runner.poll() is None and nodes_listening(scratch), timeout=30, interval=0.05,
@@ -116,6 +120,7 @@ def test_an_interrupted_suite_writes_what_it_measured_and_exits_nonzero(tmp_path
     report = json.loads((day / "results.json").read_text())
     assert report["interrupted"] == signal.Signals(signum).name
     assert f"**Interrupted by {signal.Signals(signum).name}**" in (day / "summary.md").read_text()
+    assert not stale_plot.exists()
 
 
 def test_a_sigterm_python_drops_in_an_at_fork_hook_still_stops_the_command_with_143():

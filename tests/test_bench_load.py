@@ -254,6 +254,13 @@ def test_bad_options_exit_2_with_a_message_and_no_traceback(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_a_refused_suite_workdir_leaves_no_results_directory(tmp_path):
+    out = tmp_path / "out"
+    result = bench("suite", "--out", str(out), "--workdir", "/etc/passwd", timeout=15)
+    assert result.returncode == 2 and "--workdir /etc/passwd: cannot write there" in result.stderr
+    assert not out.exists()
+
+
 @pytest.fixture
 def quiet_node(tmp_path):
     with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as started:
