@@ -100,6 +100,19 @@ async def test_a_packed_value_must_be_one_value_a_node_accepts(shared_node, raw)
         assert await client.get("packed") == {"a": [1, 2]}
 
 
+def test_a_str_enum_key_is_stored_under_its_value(shared_node):
+    """A (str, Enum) member's str() is "Field.NAME": the key was stored under that, so
+    the CLI, the bridge and other clients looked for "name" and found nothing."""
+    import enum
+
+    class Field(str, enum.Enum):
+        NAME = "enum-key-name"
+
+    with Client(shared_node.address) as client:
+        client.put(Field.NAME, "Ada")
+        assert client.get("enum-key-name") == "Ada"
+
+
 def test_a_packed_value_nested_too_deeply_says_why():
     """msgpack's StackError has no message: the refusal ended in empty parentheses."""
     from msgspec import Raw

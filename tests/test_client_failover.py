@@ -124,6 +124,44 @@ async def test_no_request_fails_when_the_node_in_use_hangs(three_nodes):
         assert (await client.health())["node_id"] in {"n2", "n3"}
 
 
+async def test_calls_cut_short_by_the_caller_still_move_off_a_hung_node(three_nodes):
+    """Calls under asyncio.wait_for shorter than half the attempt timeout: cancelled, their
+    requests were dropped from the connection, so it owed nothing at each silence check,
+    and every call went to the hung node for ever (the others healthy)."""
+    first = three_nodes[0]
+    async with AsyncClient([node.address for node in three_nodes], timeout=5, retry=FAST) as client:
+        await client.ping()
+        first.pause()
+        try:
+            cut_short = answered = 0
+            deadline = time.monotonic() + FAST.attempt_timeout + 10
+            while not answered and time.monotonic() < deadline:
+                try:
+                    await asyncio.wait_for(client.ping(), FAST.attempt_timeout / 4)
+                    answered += 1
+                except TimeoutError:
+                    cut_short += 1
+            assert answered, f"{cut_short} calls cut short, none answered by another node"
+            assert (await client.health())["node_id"] in {"n2", "n3"}
+        finally:
+            first.resume()
+
+
+async def test_a_write_whose_call_timed_out_after_it_was_sent_may_have_been_applied(three_nodes):
+    """The call's own deadline said maybe_applied None of a DELETE it had sent to a node
+    that then hung: applied once the node resumed."""
+    first = three_nodes[0]
+    async with AsyncClient([node.address for node in three_nodes], timeout=5, retry=FAST) as client:
+        await client.put("k", 1)
+        first.pause()
+        try:
+            with pytest.raises(KvwireTimeoutError) as timed_out:
+                await client.delete("k", timeout=FAST.attempt_timeout / 2)
+            assert timed_out.value.maybe_applied is True
+        finally:
+            first.resume()
+
+
 def test_sync_client_sees_no_failure_when_its_node_is_killed(three_nodes):
     with Client([node.address for node in three_nodes], timeout=5, retry=FAST) as client:
         for i in range(50):
@@ -428,7 +466,24 @@ NODE_CAUSES = {
 
 
 def test_every_error_a_node_can_cause_is_checked_over_the_wire():
-    assert set(PROTOCOL_ERRORS) - set(NODE_CAUSES) == {KvwireError, errors.ProtocolError}
+    # WrongClusterError is the client's reading of a FORBIDDEN HELLO: tested on real nodes below.
+    assert set(PROTOCOL_ERRORS) - set(NODE_CAUSES) == {KvwireError, errors.ProtocolError, errors.WrongClusterError}
+
+
+def test_a_node_of_another_cluster_in_the_list_is_passed_over(tmp_path):
+    """It made every call fail with ForbiddenError, three healthy nodes behind it, and a
+    PUT said maybe_applied None though nothing was sent."""
+    with NodeProcess("x1", data_dir=tmp_path / "x1", extra_args=["--cluster-id", "other"]) as stranger, \
+            NodeProcess("n1", data_dir=tmp_path / "n1") as ours:
+        with Client([stranger.address, ours.address], cluster="kvwire") as client:
+            client.put("k", 1)
+            assert client.get("k") == 1
+        with Client([stranger.address], cluster="kvwire") as client:
+            with pytest.raises(errors.WrongClusterError, match="belongs to cluster 'other', not 'kvwire'") as refused:
+                client.put("k", 2)
+            assert refused.value.maybe_applied is False
+        with Client([ours.address], cluster="kvwire") as client:
+            assert client.get("k") == 1
 
 
 @pytest.mark.parametrize("error", error_classes(), ids=lambda cls: cls.__name__)

@@ -22,6 +22,7 @@ from kvwire.protocol.errors import (
     UnauthenticatedError,
     UnavailableError,
     UnknownOpError,
+    WrongClusterError,
 )
 from kvwire.protocol import DEFAULT_LIMITS, MSGPACK_MAX_INT, MSGPACK_MIN_INT, Limits
 from kvwire.protocol.messages import Consistency, Version
@@ -59,6 +60,7 @@ __all__ = [
     "UnavailableError",
     "UnknownOpError",
     "Version",
+    "WrongClusterError",
     "PutResult",
     "VersionedValue",
     "check_key",

@@ -35,6 +35,7 @@ from kvwire.protocol import (
     ServerError,
     TooLargeError,
     Version,
+    WrongClusterError,
 )
 
 from ..protocol.address import parse_endpoints
@@ -315,8 +316,7 @@ class AsyncClient:
                 f"{message_type.__name__.upper()} got no reply within {timeout:g} s"
                 f" (endpoints: {', '.join(self.endpoints)})"
                 + (f"; before that: {progress.failures[-1]}" if progress.failures else ""),
-                # A write no node was sent (every connection still opening, or refused): nothing written.
-                maybe_applied=False if message_type in _WRITES and not progress.sent else None,
+                maybe_applied=_maybe_applied(message_type, progress),
             )
             if progress.waiting_on is not None:
                 # With a call timeout shorter than the attempt timeout, this is
@@ -387,11 +387,12 @@ class AsyncClient:
                        progress: _CallProgress) -> Any:
         try:
             connection = await endpoint.connection()
-        except KvwireConnectionError as exc:
+        except (KvwireConnectionError, WrongClusterError) as exc:
             if message_type not in _WRITES:
                 raise
-            # Not connected, or no answer to HELLO: the write was never sent.
-            raise KvwireConnectionError(exc.message, maybe_applied=False) from exc
+            # Not connected, no answer to HELLO, or a node of another cluster: the write
+            # was never sent.
+            raise type(exc)(exc.message, maybe_applied=False) from exc
         progress.sent = True
         endpoint.watch(connection)
         try:
@@ -410,6 +411,15 @@ class AsyncClient:
                     maybe_applied=True if message_type in _WRITES else None,
                 ) from None
             raise
+
+
+def _maybe_applied(message_type: type, progress: _CallProgress) -> bool | None:
+    """What a write's timeout says of it: False if no node was sent it (every connection
+    still opening, or refused), else True, as a node sent it may apply it yet (a hung one
+    resumes); None for a read."""
+    if message_type not in _WRITES:
+        return None
+    return progress.sent
 
 
 class _CallProgress:

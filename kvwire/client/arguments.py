@@ -27,7 +27,9 @@ def check_key(key: Any, limits: Limits) -> str:
     """Return ``key`` if it is a non-empty str within the limit, or raise TypeError/ValueError."""
     if type(key) is not str:
         if isinstance(key, str):
-            key = str(key)  # e.g. a str enum: send the plain string
+            # e.g. a str enum: send the plain string. str.__str__, not str(): a subclass's
+            # own __str__ ("Field.NAME" for a (str, Enum)) is not the key's text.
+            key = str.__str__(key)
         else:
             raise TypeError(f"key must be a str, got {type(key).__name__}")
     if not key:

@@ -36,6 +36,7 @@ from kvwire.protocol import (
     Role,
     Side,
     TooLargeError,
+    WrongClusterError,
     error_from_wire,
 )
 from kvwire.protocol.codec import HEADER_SIZE as FRAME_HEADER_BYTES
@@ -209,7 +210,15 @@ class ClientConnection(asyncio.Protocol):
         kvwire.protocol.peer_auth: it checks the node's proof before giving its own.
         """
         nonce = new_nonce() if role is Role.PEER and secret is not None else None
-        reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node, token, nonce)
+        try:
+            reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node, token, nonce)
+        except ForbiddenError as exc:
+            # A client's HELLO is refused FORBIDDEN for one reason only, checked before its
+            # token (which is UNAUTHENTICATED): the node is of another cluster.
+            if type(exc) is ForbiddenError and role is Role.CLIENT and cluster is not None:
+                self.close()
+                raise WrongClusterError(f"{self.address}: {exc.message}") from None
+            raise
         if reply.proto != PROTOCOL_VERSION:
             self._fail(f"node speaks protocol version {reply.proto}, we speak {PROTOCOL_VERSION}")
             self.close()
@@ -218,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
             # The node should refuse this itself; checking here too means a
             # misconfigured node can't quietly take our writes.
             self.close()
-            raise ForbiddenError(
+            raise WrongClusterError(
                 f"node {reply.node!r} at {self.address} belongs to cluster {reply.cluster!r}, not {cluster!r}"
             )
         if nonce is not None:
@@ -355,8 +364,11 @@ class ClientConnection(asyncio.Protocol):
         future fails as :meth:`request` would raise.
         """
         reply_future: asyncio.Future[Any] = self._loop.create_future()
-        request_id = self._send(message_type, fields, reply_future, None)
-        reply_future.add_done_callback(lambda done: done.cancelled() and self._pending.pop(request_id, None))
+        # A cancelled request stays pending, its reply dropped when it comes: the node
+        # still owes it, and the client's silence watch must count it. Dropped at once,
+        # a caller's own timeouts (asyncio.wait_for) shorter than half the attempt
+        # timeout left nothing owed at each check: a hung node was never given up on.
+        self._send(message_type, fields, reply_future, None)
         return reply_future
 
     def send(self, message_type: type[Request], fields: tuple, on_reply: Callable[[Any], None]) -> None:

@@ -46,7 +46,8 @@ class KvwireError(Exception):
       it now and the same request may succeed later (exit code 3, a 503 or 504).
     - ``try_another_node``: what failed is the one node asked, not the
       cluster's verdict, so another node may serve the call at once; the client
-      fails over on these. Always also ``transient``.
+      fails over on these. Also ``transient``, but for WrongClusterError: another
+      node may serve the call, and the node asked never will.
     """
 
     code: ErrorCode = ErrorCode.INTERNAL
@@ -134,6 +135,15 @@ class UnknownOpError(ServerError, ValueError):
 
 class ForbiddenError(ServerError, PermissionError):
     code = ErrorCode.FORBIDDEN
+
+
+class WrongClusterError(ForbiddenError):
+    """The node belongs to another cluster than the one the client named (a HELLO's
+    ``cluster``): a wrong endpoint in the list, not the cluster's verdict, so the
+    client tries its other nodes; nothing was sent to this one. Not ``transient``:
+    the node will never serve this cluster's calls (the REST bridge's 502)."""
+
+    try_another_node = True
 
 
 class UnauthenticatedError(ForbiddenError):
@@ -228,5 +238,6 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnknownOpError",
+    "WrongClusterError",
     "error_from_wire",
 ]
