@@ -373,6 +373,29 @@ async def test_a_record_grown_too_old_is_not_replaced_at_load_by_a_later_row_it_
         await storage.close()
 
 
+async def test_a_record_stamped_by_a_wall_clock_then_ahead_does_not_age_the_others(tmp_path):
+    """An older kvwire stamped records with the wall clock: one written while it was two
+    days ahead, before a step back, must not carry the log's clock days forward at the
+    next start, making the records written since look two days old (dropped, a retry
+    then applied twice)."""
+    import sqlite3
+    import time
+
+    storage = await open_storage(tmp_path)
+    await storage.close()
+    now = time.time()
+    with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+        db.executemany("INSERT INTO request_log VALUES (?, ?, ?, ?, ?, ?)",
+                       [("while-ahead", "k", 1, "n1", now + 2 * 86400, 0), ("since", "k", 2, "n1", now - 5, 0)])
+    storage = await open_storage(tmp_path)
+    try:
+        loaded = {request: age for request, _key, _version, age, _tentative in storage.loaded_requests}
+        assert set(loaded) == {"while-ahead", "since"}
+        assert loaded["since"] < 1 and loaded["while-ahead"] == 0.0  # a time ahead counts as now
+    finally:
+        await storage.close()
+
+
 async def test_a_data_directory_of_the_old_requests_table_is_moved_to_the_log_once(tmp_path):
     """Data directories written before the request log kept the records in
     ``requests``, keyed by (request, key): the first open moves them to the log

@@ -348,7 +348,7 @@ class Storage:
         # its own tag tentative), which it did not keep. The log holds at most
         # a minute and an expiry interval of PUTs.
         async with self._reader.execute("SELECT request, key, counter, node, at, tentative FROM request_log "
-                                        "ORDER BY at") as cursor:
+                                        "ORDER BY rowid") as cursor:
             rows = await cursor.fetchall()
         for request, key, counter, node, at, tentative in rows:
             if (type(request) is not str or type(key) is not str or type(counter) is not int or counter < 0
@@ -358,7 +358,10 @@ class Storage:
                                   f"counter {counter!r:.40}, node {node!r:.40}, at {at!r:.40}, "
                                   f"tentative {tentative!r:.40})")
         if rows:
-            self._log_clock_offset = max(row[4] for row in rows) - time.monotonic()
+            # The clock carries on from the last record written (appended: the highest
+            # rowid), not from the highest time: a record an older kvwire stamped with a
+            # wall clock then ahead would set it days forward, aging every other at once.
+            self._log_clock_offset = rows[-1][4] - time.monotonic()
         now = self._log_now()
         newest = sorted(_newest_requests(rows).items(), key=lambda record: record[1][1])  # oldest first, as remembered
         self.loaded_requests = [(request, key, version, max(0.0, now - at), tentative)
@@ -732,7 +735,7 @@ class _Upkeep(NamedTuple):
 
 
 def _newest_requests(rows: list[tuple]) -> dict[tuple[str, str], tuple[Version, float, bool]]:
-    """Each (request, key)'s record as the log's ``rows`` (in time order) leave it:
+    """Each (request, key)'s record as the log's ``rows`` (in the order written) leave it:
     the highest tag, and of one tag a firm record over a tentative one (core/applied.py
     keeps them by the same rule), with the time of the row that said so."""
     newest: dict[tuple[str, str], tuple[Version, float, bool]] = {}
