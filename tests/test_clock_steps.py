@@ -18,8 +18,10 @@ import pytest
 from kvwire import Client
 from kvwire.testing import LocalCluster
 
-# Debian's package faketime (the README's test command installs it).
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+# Debian's package faketime (the README's test command installs it), under the
+# machine's multiarch directory.
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))),
+                   Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"))
 
 
 def faked_clock(offset_file: Path) -> dict[str, str]:

@@ -58,6 +58,18 @@ def test_a_setting_refused_from_the_environment_names_the_variables_and_options(
     assert f"(settings from the environment: {', '.join(env)})" in result.stderr
 
 
+def test_a_refusal_keeps_the_users_paths_and_values_as_given(tmp_path):
+    """Field names became options everywhere in the message: a file named tls_cert.pem
+    was shown as --tls-cert.pem, a node id 'a node_id' as 'a --node-id'."""
+    bad_pem = tmp_path / "tls_cert.pem"
+    bad_pem.write_text("not a certificate")
+    result = subprocess.run([sys.executable, "-m", "kvwire", "bridge", "--tls-cert", str(bad_pem), "--tls-key",
+                             str(bad_pem)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and f"{bad_pem}: not a PEM certificate" in result.stderr, result.stderr
+    result = run_serve("--data-dir", str(tmp_path / "d"), "--node-id", "a node_id")
+    assert result.returncode == 2 and "node id 'a node_id' must be" in result.stderr, result.stderr
+
+
 def test_options_come_from_kvwire_environment_variables(tmp_path):
     port = free_port()
     env = {**os.environ, "KVWIRE_LISTEN": f"127.0.0.1:{port}", "KVWIRE_NODE_ID": "envnode",
@@ -160,7 +172,7 @@ def passes_in_a_fresh_interpreter(code: str) -> None:
 def test_a_node_listening_elsewhere_than_its_own_cluster_entry_warns(tmp_path, listen_host, warned):
     """A --cluster copied without --listen: the node listened on 127.0.0.1:7379, its
     peers dialled the address its entry gives, and nothing said why they never met."""
-    port, peer_port = free_port("127.0.0.2"), free_port()
+    port, peer_port = free_port(listen_host), free_port()  # free where the node binds it
     args = ["--cluster", f"n1=127.0.0.2:{port},n2=127.0.0.1:{peer_port}", "--insecure"]
     with NodeProcess("n1", data_dir=tmp_path / "n1", host=listen_host, port=port, extra_args=args) as node:
         wait_for(lambda: "listening on" in node.log(), timeout=10, what="the node listening")

@@ -44,6 +44,10 @@ class DirectoryPath(GivenPath):
         super().__init__(file_okay=False)
 
 
+# A quoted value in a message: '...' or "...", as repr() writes them.
+_QUOTED = re.compile(r"""('[^']*'|"[^"]*")""")
+
+
 def usage_error(message: str) -> click.UsageError:
     """A usage error for what the command's own checks refused (a config's ``__post_init__``),
     worded as the user gave the settings: a setting's field name in ``message`` becomes its
@@ -51,9 +55,14 @@ def usage_error(message: str) -> click.UsageError:
     gave are named, so that the faulty line of an environment file can be found."""
     context = click.get_current_context()
     options = [param for param in context.command.params if isinstance(param, click.Option) and param.name]
-    for option in options:
-        if "_" in option.name:  # one-word names ("port", "sync") are words of the message too
-            message = re.sub(rf"(?<![\w-]){option.name}(?!\w)", option.opts[0], message)
+    # One-word names ("port", "sync") are words of the message too; quoted values and
+    # paths (a file named tls_cert.pem) are the user's own and stay as they are.
+    renamed = {option.name: option.opts[0] for option in options if "_" in option.name}
+    if renamed:
+        field = re.compile(rf"(?<![^\s(])({'|'.join(map(re.escape, renamed))})(?=[\s),:;]|$)")
+        parts = _QUOTED.split(message)
+        message = "".join(part if index % 2 else field.sub(lambda match: renamed[match[1]], part)
+                          for index, part in enumerate(parts))
     from_environment = [option.envvar for option in options if isinstance(option.envvar, str)
                         and context.get_parameter_source(option.name) is ParameterSource.ENVIRONMENT]
     if from_environment:
