@@ -125,7 +125,7 @@ def test_bad_options_exit_2_without_a_traceback():
     # Refused before anything starts, not a traceback at the end of the run.
     (["--out", "/proc/x"], "--out /proc/x: cannot write there"),
     (["--out", "/etc/passwd"], "Directory '/etc/passwd' is a file"),
-    (["--out", ""], "Invalid value for '--out': an empty path names no directory"),
+    (["--out", ""], "Invalid value for '--out': the path is empty"),
     # A run without faults is asked for by name.
     (["--faults", ""], "--faults '' names no fault kind; give some of kill, pause, partition, stop, or none"),
     (["--faults", ","], "--faults ',' names no fault kind"),

@@ -54,21 +54,26 @@ class NodeStarter:
     def __init__(self) -> None:
         self._requests: queue.SimpleQueue[tuple[NodeProcess, Future] | None] = queue.SimpleQueue()
         self._closed = False
+        # The check of _closed and the queueing are one step: a request queued after
+        # close()'s None would never be served, and its caller (the nemesis) would wait for ever.
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="kvwire-chaos-node-starter", daemon=True)
         self._thread.start()
 
     def start(self, node: NodeProcess) -> None:
         """Start ``node`` (tied to this thread) and return once it was forked; raises what starting raised."""
-        if self._closed:
-            raise RuntimeError(f"{node.name}: the run is over, nodes are no longer started")
         started: Future = Future()
-        self._requests.put((node, started))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{node.name}: the run is over, nodes are no longer started")
+            self._requests.put((node, started))
         started.result()
 
     def close(self) -> None:
         """End the thread; a node it started and still running gets SIGTERM."""
-        self._closed = True
-        self._requests.put(None)
+        with self._lock:
+            self._closed = True
+            self._requests.put(None)
         self._thread.join()
 
     def _serve(self) -> None:

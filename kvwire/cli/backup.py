@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..server.backup import BackupError, back_up
+from .options import DirectoryPath, GivenPath
 
 
 class _Stopped(BaseException):
@@ -36,8 +37,8 @@ class _Interruptions:
 
 
 @click.command()
-@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("destination", type=click.Path(path_type=Path))
+@click.argument("data_dir", type=DirectoryPath())
+@click.argument("destination", type=GivenPath())
 def backup(data_dir: Path, destination: Path) -> None:
     """Copy the node data in DATA_DIR (a node's --data-dir) to DESTINATION, a new directory.
 

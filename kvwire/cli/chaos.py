@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
+from .options import DirectoryPath
+
 EXIT_OK, EXIT_ANOMALIES, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
-
-
-def _out_directory(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
-    # click's Path would read '' as '.', the directory the run was started from.
-    if value is not None and not value.strip():
-        raise click.BadParameter("an empty path names no directory")
-    return None if value is None else Path(value)
 
 
 @click.command()
@@ -27,7 +21,7 @@ def _out_directory(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True, help="Most operations per second, all clients together.")
 @click.option("--keys", type=click.IntRange(min=1), default=8, show_default=True, help="Keys in use at a time; each is retired after --ops-per-key operations.")
 @click.option("--ops-per-key", type=click.IntRange(min=1), default=200, show_default=True, help="Operations on a key before a fresh key replaces it.")
-@click.option("--out", type=click.Path(file_okay=False), callback=_out_directory, default=None, help="Write history.jsonl, local_reads.jsonl, replicas.json, summary.json and the nodes' data and logs (nodes/) here.")
+@click.option("--out", type=DirectoryPath(), default=None, help="Write history.jsonl, local_reads.jsonl, replicas.json, summary.json and the nodes' data and logs (nodes/) here.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json prints summary.json.")
 def chaos(duration, seed, clients, library_clients, faults, rate, keys, ops_per_key, out, output) -> None:
     """Run 3 nodes on 127.0.0.1-3 under faults while clients record every operation, then check the history.
