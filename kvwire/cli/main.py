@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import sys
@@ -160,8 +161,10 @@ def check_listeners_differ(addresses: dict[str, tuple[str, int] | None]) -> None
             if host == earlier_host:
                 raise ValueError(f"{earlier} and {option} must differ: both are {format_endpoint(host, port)}")
             if bound & earlier_bound:
+                shared = "are the same address" if bound == earlier_bound else \
+                    f"share the address {format_endpoint(min(bound & earlier_bound)[1], port)}"
                 raise ValueError(f"{earlier} and {option} must differ: {format_endpoint(earlier_host, port)} and "
-                                 f"{format_endpoint(host, port)} are the same address")
+                                 f"{format_endpoint(host, port)} {shared}")
             if _overlap(bound, earlier_bound):
                 raise ValueError(f"{earlier} and {option} must differ: {format_endpoint(earlier_host, port)} and "
                                  f"{format_endpoint(host, port)} overlap, a wildcard address taking the port on every address")
@@ -187,15 +190,27 @@ def _overlap(bound: frozenset[tuple[int, str]], other: frozenset[tuple[int, str]
     return bool(wildcard_families(bound) & families(other) or wildcard_families(other) & families(bound))
 
 
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def warn_if_peers_dial_elsewhere(config: ServerConfig) -> None:
     """This node's own --cluster entry is where its peers dial it: a WARNING when it
     listens on a specific address that is not that one (a copied --cluster without
     --listen, whose default is 127.0.0.1:7379). A wildcard listener, or a port mapped
     in between (containers), may be right, and is not judged."""
     own = next((member for member in config.members if member.node_id == config.node_id), None)
-    if own is None or config.host in _WILDCARD_HOSTS:
+    # IP addresses only: a host name would be looked up here, and a resolver down at
+    # boot would hold the start for its timeout over a warning.
+    if own is None or not (_is_ip_address(config.host) and _is_ip_address(own.host)):
         return
     listening, dialled = _bound_addresses(config.host, config.port), _bound_addresses(own.host, own.port)
+    if any(address in _WILDCARD_HOSTS for _, address in listening):
+        return
     if own.port == config.port and (not listening or not dialled or listening & dialled):
         return
     logging.getLogger("kvwire.server").warning(
