@@ -71,7 +71,15 @@ def test_exhausted_budget_exits_3(tmp_path, capsys):
         ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "ok", "version": ["x", "n1"]}\n', "line 1: version must be"),
         ('{"client": 0, "kind": "scan", "key": "k", "start": 0, "end": 1, "outcome": "ok"}\n', "line 1: 'scan' is not a valid OpKind"),
         ("[1, 2]\n", "line 1: expected a JSON object"),
+        # An OverflowError and a RecursionError, with tracebacks and exit 1 ("a violation").
+        ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1' + "0" * 400 + ', "outcome": "ok"}\n',
+         "line 1: start and end must be finite"),
+        ('{"client": 0, "kind": "put", "key": "k", "start": 0, "end": 1, "outcome": "ok", "value": '
+         + "[" * 100_000 + "]" * 100_000 + "}\n", "line 1: nested too deeply to read"),
+        ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": "later", "outcome": "ok"}\n',
+         "line 1: start and end must be finite"),
     ],
+    ids=lambda case: case[:40] if isinstance(case, str) else None,
 )
 def test_bad_history_line_exits_2_naming_the_line(tmp_path, capsys, content, message):
     path = tmp_path / "bad.jsonl"
@@ -88,13 +96,31 @@ def test_missing_history_file_exits_2(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{oops", "not valid JSON"), ("[]", "expected an object"), ('{"n1": {"k": 5}}', "node 'n1' key 'k'")],
+    [("{oops", "not valid JSON"), ("[]", "expected an object"), ('{"n1": {"k": 5}}', "node 'n1' key 'k'"),
+     ('{"n1": {"k": [[1, "n1"], "false", "a"]}}', "node 'n1' key 'k'"),  # "false" read as true
+     ('{"n1": {"k": [[1.7, "n1"], false, "a"]}}', "node 'n1' key 'k'"),  # 1.7 read as 1
+     ('{"n1": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply")],
 )
 def test_bad_states_file_exits_2(tmp_path, capsys, content, message):
     states = tmp_path / "states.json"
     states.write_text(content)
     code, _, err = run(capsys, write_history(tmp_path, LINEARIZABLE), "--states", str(states))
     assert code == 2 and message in err and "states.json" in err
+
+
+@pytest.mark.parametrize("history, verdict", [
+    # A node keeps bool, int and float apart (msgpack's types): true is not the 1 written.
+    ([op(0, "put", 0, 1, "ok", 1), op(1, "put", 2, 3, "ok", 2), op(2, "get", 4, 5, "ok", True)], 1),
+    ([op(0, "put", 0, 1, "ok", 1), op(1, "put", 2, 3, "ok", 2), op(2, "get", 4, 5, "ok", 1.0)], 1),
+    # The map written, read back with its entries in another order; NaN read after NaN written.
+    ([op(0, "put", 0, 1, "ok", {"a": 1, "b": 2}), op(1, "get", 2, 3, "ok", {"b": 2, "a": 1})], 0),
+    ([op(0, "put", 0, 1, "ok", float("nan")), op(1, "get", 2, 3, "ok", float("nan"))], 0),
+], ids=["true-for-1", "1.0-for-1", "map-order", "nan"])
+def test_values_are_the_same_as_a_node_tells_them(tmp_path, capsys, history, verdict):
+    """Python's == took true for 1 (a violation missed) and NaN for no value written, and
+    the lost-write check compared maps by repr (violations that were none)."""
+    code, out, _ = run(capsys, write_history(tmp_path, history))
+    assert code == verdict, out
 
 
 @pytest.mark.parametrize("argv", [[], ["h.jsonl", "--max-steps", "0"], ["h.jsonl", "--max-steps", "many"], ["h.jsonl", "--bogus"]])

@@ -135,7 +135,7 @@ def test_report_lists_undecided_keys():
     reads = [op(30, "get", 101, 102, "ok", 0), op(31, "get", 103, 104, "ok", 1)]
     report = check_history(writes + reads, max_steps=500)
     assert (report.ok, report.verdict, report.problems) == (False, "unknown", [])
-    assert "undecided (search budget of 500 steps exhausted) on 1 key(s)" in format_report(report)
+    assert "undecided (search budget of 500 steps exhausted; --max-steps raises it) on 1 key(s)" in format_report(report)
 
 
 # --- check_no_lost_writes ------------------------------------------------------

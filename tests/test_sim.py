@@ -445,7 +445,8 @@ def test_faults_really_strike_and_clients_see_them():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--faults", "meteor"], "unknown fault kind meteor"),
+    (["--faults", "meteor"], "unknown fault kind 'meteor'"),
+    (["--faults", "crash,,pause"], "unknown fault kind ''; choose from"),
     (["--seeds", "0"], "must be at least 1"),
     (["--seed", "-3"], "negative"),
     (["--mutant", "nope"], "invalid choice"),

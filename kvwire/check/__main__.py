@@ -56,6 +56,8 @@ def _load_states(path: str) -> dict:
         states = json.loads(_read(path))
     except ValueError as error:
         raise InputError(f"{path}: not valid JSON: {error}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to read") from None
     if not isinstance(states, dict) or not all(isinstance(held, dict) for held in states.values()):
         raise InputError(f"{path}: expected an object of node id -> object of key -> [version, deleted, value]")
     return states

@@ -63,6 +63,9 @@ class Operation:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", OpKind(self.kind))
         object.__setattr__(self, "outcome", Outcome(self.outcome))
+        if not _is_time(self.start) or not (self.end is None or _is_time(self.end)):
+            # Before comparing them: a string end failed with "'<' not supported...".
+            raise ValueError(f"start and end must be finite numbers, got start={self.start!r} end={self.end!r}")
         if self.outcome is Outcome.UNKNOWN:
             if self.end is not None:
                 raise ValueError("an operation with outcome 'unknown' has no end")
@@ -93,17 +96,21 @@ _REQUIRED_FIELDS = ("client", "kind", "key", "start", "end", "outcome")
 
 
 def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float: no time on any clock
+        return False
 
 
 def validate_operation(op: Operation) -> None:
     """Raise ValueError if ``op`` cannot be checked: a kind/outcome pair the
-    format does not define, or times that are not finite numbers (NaN would
-    make real-time order meaningless)."""
+    format does not define, or a key that is not a string. (Times that are not
+    finite numbers, which would make real-time order meaningless, are refused
+    as the Operation is made.)"""
     if op.outcome not in _OUTCOMES_BY_KIND[op.kind]:
         raise ValueError(f"a {op.kind.value} cannot have outcome {op.outcome.value!r}")
-    if not _is_time(op.start) or not (op.end is None or _is_time(op.end)):
-        raise ValueError(f"start and end must be finite numbers, got start={op.start!r} end={op.end!r}")
     if not isinstance(op.key, str):
         raise ValueError(f"key must be a string, got {op.key!r}")
 
@@ -144,4 +151,6 @@ def load_jsonl(text: str) -> list[Operation]:
                 operations.append(operation_from_json(json.loads(line), default_index=number))
             except ValueError as error:  # json.JSONDecodeError is one too
                 raise ValueError(f"line {number + 1}: {error}") from error
+            except RecursionError:
+                raise ValueError(f"line {number + 1}: nested too deeply to read") from None
     return operations

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from .history import Operation, OpKind, Outcome
+from .values import same_value, value_key
 
 Version = tuple[int, str]
 ReplicaEntry = tuple[Version, bool, Any]  # (version, deleted, value)
@@ -33,7 +34,7 @@ def check_tags(operations: Iterable[Operation]) -> list[str]:
             tombstones.setdefault(tag, op)
             continue
         earlier = first_value.setdefault(tag, op)
-        if earlier is not op and not earlier.value == op.value:
+        if earlier is not op and not same_value(earlier.value, op.value):
             problems.append(
                 f"key {op.key!r} tag {_tag(op.version)} carried two values: {earlier.describe()} and {op.describe()}"
             )
@@ -81,11 +82,11 @@ def check_no_lost_writes(operations: Iterable[Operation]) -> list[str]:
     return problems
 
 
-def _effect(op: Operation) -> tuple[bool, str]:
-    """What a write leaves, or what a read saw, as (live, repr of the value)."""
+def _effect(op: Operation) -> tuple[bool, Any]:
+    """What a write leaves, or what a read saw, as (live, the value's key: values.py)."""
     if op.kind is OpKind.DELETE or op.outcome is Outcome.NOT_FOUND:
-        return (False, "")
-    return (True, repr(op.value))
+        return (False, None)
+    return (True, value_key(op.value))
 
 
 def check_converged(states: Mapping[str, Mapping[str, ReplicaEntry]]) -> list[str]:
@@ -125,7 +126,10 @@ def _normalise(node: str, key: str, entry: Any) -> ReplicaEntry:
     try:
         version, deleted, value = entry
         counter, tag_node = version
-        return (int(counter), str(tag_node)), bool(deleted), value
+        # Exact types: "false" is no boolean, 1.7 no counter (bool() and int() took both).
+        if type(counter) is not int or type(tag_node) is not str or type(deleted) is not bool:
+            raise TypeError
+        return (counter, tag_node), deleted, value
     except (TypeError, ValueError):
         raise ValueError(f"node {node!r} key {key!r}: expected (version, deleted, value), got {entry!r}") from None
 
@@ -135,7 +139,7 @@ def _same_entry(a: ReplicaEntry | None, b: ReplicaEntry | None) -> bool:
         return a is b
     if a[0] != b[0] or a[1] != b[1]:
         return False
-    return a[1] or a[2] == b[2]
+    return a[1] or same_value(a[2], b[2])
 
 
 def _tag(version: Version) -> str:

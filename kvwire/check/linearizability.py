@@ -25,9 +25,10 @@ that merely touch (``a.end == b.start``) are concurrent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Hashable, Iterable
 
 from .history import Operation, OpKind, Outcome, validate_operation
+from .values import value_key
 
 DEFAULT_MAX_STEPS = 200_000
 
@@ -90,20 +91,24 @@ def _effect(op: Operation) -> int | None:
     return {Outcome.OK: _DELETE_LIVE, Outcome.NOT_FOUND: _READ_ABSENT, Outcome.UNKNOWN: _DELETE_ANY}[op.outcome]
 
 
-def _intern(value: Any, table: list[Any]) -> int:
-    # Values may be unhashable (lists, dicts), so equal values share an id by ==.
-    for number, known in enumerate(table):
-        if known == value:
-            return number
-    table.append(value)
-    return len(table) - 1
+def _intern(value: Any, table: list[Any], numbers: dict[Hashable, int]) -> int:
+    """The value's number: the same value (values.py) gets the same one, found by hash
+    (comparing with every value seen before was quadratic: 8.9 s for 40,000 PUTs)."""
+    key = value_key(value)
+    number = numbers.get(key)
+    if number is None:
+        number = numbers[key] = len(table)
+        table.append(value)
+    return number
 
 
 def _check_key(key: str, all_ops: list[Operation], max_steps: int) -> KeyResult:
     ops = [op for op in all_ops if _effect(op) is not None]
     values: list[Any] = []
+    numbers: dict[Hashable, int] = {}
     effects = [_effect(op) for op in ops]
-    args = [_intern(op.value, values) if effect in (_WRITE, _READ_VALUE) else ABSENT for op, effect in zip(ops, effects)]
+    args = [_intern(op.value, values, numbers) if effect in (_WRITE, _READ_VALUE) else ABSENT
+            for op, effect in zip(ops, effects)]
     written = {arg for arg, effect in zip(args, effects) if effect == _WRITE}
     for op, arg, effect in zip(ops, args, effects):
         if effect == _READ_VALUE and arg not in written:

@@ -60,7 +60,8 @@ def format_report(report: CheckReport, *, shrink_violations: bool = True) -> str
     undecided = [key_result for key_result in result.keys if key_result.verdict == "unknown"]
     if undecided:
         lines.append("")
-        lines.append(f"undecided (search budget of {report.max_steps} steps exhausted) on {len(undecided)} key(s):")
+        lines.append(f"undecided (search budget of {report.max_steps} steps exhausted; --max-steps raises it) "
+                     f"on {len(undecided)} key(s):")
         lines += [f"  {key_result.key!r}: {len(key_result.operations)} operations" for key_result in undecided]
     return "\n".join(lines) + "\n"
 

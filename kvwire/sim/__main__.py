@@ -103,7 +103,8 @@ def _faults(text: str) -> tuple[str, ...]:
     kinds = tuple(part.strip() for part in text.split(","))
     unknown = [kind for kind in kinds if kind not in ALL_FAULT_KINDS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown fault kind {', '.join(unknown)}; choose from {', '.join(ALL_FAULT_KINDS)}")
+        named = ", ".join(repr(kind) for kind in unknown)  # an empty one ("crash,,pause") shows as ''
+        raise argparse.ArgumentTypeError(f"unknown fault kind {named}; choose from {', '.join(ALL_FAULT_KINDS)}")
     return kinds
 
 
