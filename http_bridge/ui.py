@@ -24,6 +24,8 @@ This module imports nothing from ``app``: ``create_app`` calls
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,9 @@ from typing import Any
 from aiohttp import web
 
 from kvwire.client import AsyncClient, KvwireError, RetryPolicy
+from kvwire.protocol import parse_host_port
 
 from .config import BridgeConfig
-from .values import to_json_text
 
 UI_PATH = "/kv-store/v1/ui"
 CLUSTER_PATH = f"{UI_PATH}/cluster"
@@ -116,9 +118,25 @@ async def cluster(request: web.Request) -> web.Response:
     _name_unreachable_nodes(nodes)
     document = {"endpoints": list(clients), "timeout_s": HEALTH_TIMEOUT, "nodes": nodes}
     return web.Response(
-        text=to_json_text(document), content_type="application/json",
+        text=json.dumps(_displayable(document), ensure_ascii=False, separators=(",", ":")),
+        content_type="application/json",
         headers={"Cache-Control": "no-store", **SECURITY_HEADERS},
     )
+
+
+def _displayable(value: Any) -> Any:
+    """``value`` as JSON can carry it, for showing: a HEALTH report is read, not stored,
+    so what JSON cannot hold is shown as text (NaN as "nan", bytes as hex) rather than
+    refused, which made the whole page 406 and every node UNKNOWN for one node's report."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {name if isinstance(name, str) else repr(name): _displayable(item) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_displayable(item) for item in value]
+    return value
 
 
 async def _node_health(endpoint: str, client: AsyncClient) -> dict[str, Any]:
@@ -154,15 +172,28 @@ def _name_unreachable_nodes(nodes: list[dict[str, Any]]) -> None:
         if not node["reachable"]:
             node["node_id"] = known.get(node["endpoint"])
     unnamed = [node for node in nodes if node["node_id"] is None]
-    left_over = set(known.values()) - {node["node_id"] for node in nodes}
+    named = {node["node_id"] for node in nodes}
+    left_over = {url: node_id for url, node_id in known.items() if node_id not in named}
     if len(unnamed) == 1 and len(left_over) == 1 and not unnamed[0]["reachable"]:
-        unnamed[0]["node_id"] = left_over.pop()
+        # Only a spelling of that member's address: its port at least. A dead endpoint of
+        # no member's (a stale entry, a typo) named a live member DOWN.
+        (url, node_id), = left_over.items()
+        if _port_of(url) is not None and _port_of(url) == _port_of(unnamed[0]["endpoint"]):
+            unnamed[0]["node_id"] = node_id
+
+
+def _port_of(endpoint: str) -> int | None:
+    try:
+        return parse_host_port(endpoint)[1]
+    except ValueError:
+        return None
 
 
 async def _redirect_to_page(request: web.Request) -> web.Response:
     # The page's files are relative to it, so it must be read from the folder's URL.
     # Relative, as the page's own requests are, so that a proxy's path prefix stays.
-    query = f"?{request.query_string}" if request.query_string else ""
+    # As it came (raw): the decoded form turned %23 into a fragment, %0d%0a into nothing.
+    query = f"?{request.rel_url.raw_query_string}" if request.rel_url.raw_query_string else ""
     raise web.HTTPPermanentRedirect(f"{UI_PATH.rsplit('/', 1)[-1]}/{query}")
 
 

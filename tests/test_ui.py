@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kvwire.testing import LocalCluster
+from kvwire.protocol import Health, HealthReply
+from kvwire.testing import LocalCluster, ScriptedNode, free_port
 from kvwire.testing.bridge import BridgeProcess
 
 try:
@@ -355,12 +356,51 @@ def test_a_down_node_spelled_otherwise_than_its_peers_list_it_is_still_named(clu
     assert down["endpoint"] == third and down["reachable"] is False and down["node_id"] == "n3", down
 
 
+def test_a_dead_endpoint_of_no_members_address_is_left_unnamed(cluster, tmp_path):
+    """n3 alive but not among the bridge's endpoints, and a dead address in its place:
+    the one member left over was n3, so the page showed the live n3 DOWN."""
+    dead = f"127.0.0.1:{free_port()}"
+    with BridgeProcess([*cluster.endpoints[:2], dead], log_path=tmp_path / "bridge.log") as other:
+        status, _, body = rest(other, "GET", f"{UI}/cluster")
+    assert status == 200
+    unreachable = json.loads(body)["nodes"][2]
+    assert unreachable["endpoint"] == dead and unreachable["reachable"] is False
+    assert unreachable["node_id"] is None, unreachable
+
+
+def _odd_health(request):
+    """A node's HEALTH that JSON cannot carry as it is (NaN, infinity, bytes) and whose
+    peer list holds a null: the page must still draw the other nodes."""
+    if isinstance(request, Health):
+        return HealthReply(request.id, {"status": "healthy", "node_id": "odd", "uptime_s": float("nan"),
+                                        "requests": {"per_s": float("inf")}, "blob": b"\x00\xff",
+                                        "cluster": {"has_quorum": True, "nodes": [None]}})
+    return None
+
+
+def test_a_health_report_json_cannot_carry_fails_no_other_node(browser, cluster, tmp_path):
+    """It made /ui/cluster answer 406 (to_json_text refuses NaN for stored values), and the
+    page showed every node UNKNOWN; a null peer entry made the page blame the bridge."""
+    with ScriptedNode(_odd_health, node_id="odd") as odd, \
+            BridgeProcess([cluster.endpoints[0], odd.address], log_path=tmp_path / "bridge.log") as other:
+        status, _, body = rest(other, "GET", f"{UI}/cluster")
+        assert status == 200, body
+        shown = json.loads(body)["nodes"][1]["health"]
+        assert (shown["uptime_s"], shown["requests"]["per_s"], shown["blob"]) == ("nan", "inf", "00ff")
+        browser.get(f"{other.url}{UI}/")
+        wait(browser, lambda: node_states(browser).get("n1") == "UP" and node_states(browser).get("odd") == "UP",
+             15.0, lambda: f"n1 and the odd node UP; the page shows {node_states(browser)}")
+
+
 def test_the_page_and_its_files_are_served_with_their_types(bridge):
     # Relative, so that a proxy's path prefix stays; the query goes along.
     status, headers, _ = rest(bridge, "GET", UI)
     assert status == 308 and headers["location"] == "ui/"
     status, headers, _ = rest(bridge, "GET", f"{UI}?refresh=1")
     assert status == 308 and headers["location"] == "ui/?refresh=1"
+    # As it came: decoded, %23 became a fragment.
+    status, headers, _ = rest(bridge, "GET", f"{UI}?x=%23frag")
+    assert status == 308 and headers["location"] == "ui/?x=%23frag"
     expected = {f"{UI}/": "text/html", f"{UI}/ui.js": "text/javascript", f"{UI}/ui.css": "text/css",
                 f"{UI}/favicon.svg": "image/svg+xml"}
     for path, content_type in expected.items():

@@ -4,7 +4,9 @@
 
 (() => {
   const POLL_MS = 500;
-  const FETCH_TIMEOUT_MS = 3000;
+  // The bridge answers within its 0.4 s per node (all asked at once): past this it is
+  // hung, and the cards must say UNKNOWN rather than go on showing the last state.
+  const FETCH_TIMEOUT_MS = 1500;
   // Relative to /kv-store/v1/ui/, so the page also works behind a proxy that adds a path prefix.
   const CLUSTER_URL = "cluster";
   const KV_URL = "../kv/";
@@ -82,7 +84,7 @@
 
   function peersTable(peers) {
     if (!Array.isArray(peers) || peers.length === 0) return el("p", { class: "muted" }, "No peers (a single node).");
-    const rows = peers.map((peer) => {
+    const rows = peers.filter((peer) => peer !== null && typeof peer === "object").map((peer) => {
       const state = peer.state === "UP" || peer.state === "DOWN" ? peer.state : peer.healthy ? "UP" : "DOWN";
       return el(
         "tr",
@@ -224,15 +226,25 @@
     const started = performance.now();
     const controller = new AbortController();
     const abort = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+    let body = null;
     try {
       const response = await fetch(CLUSTER_URL, { cache: "no-store", signal: controller.signal, headers: { Accept: "application/json" } });
-      const body = await response.json();
+      body = await response.json();
       if (!response.ok) throw new Error(body && body.error ? body.error : `HTTP ${response.status}`);
-      render(body);
-      showBanner(null);
     } catch (error) {
+      body = null;
       markStale();
       showBanner(`The bridge did not answer (${error.name === "AbortError" ? "timed out" : error.message}); node states are unknown.`);
+    }
+    try {
+      if (body !== null) {
+        render(body);
+        showBanner(null);
+      }
+    } catch (error) {
+      // The bridge answered: a report the page cannot draw is the page's trouble, not the bridge's.
+      markStale();
+      showBanner(`The page could not show the bridge's answer (${error.message}); node states are unknown.`);
     } finally {
       clearTimeout(abort);
       inFlight = false;
