@@ -834,8 +834,9 @@ class NodeCore:
         """Build anti-entropy's bucket index now, rather than at the first round that
         needs it: a pass over every key, about 1.5 s a million, which at a round held
         the event loop past its peers' failure timeout. The shell calls it before it
-        listens, where it holds up nobody. A lone node has no use for one. The number
-        of keys indexed (0 if none was built)."""
+        listens for clients and peers, who then wait for nothing but its start (its
+        in-process bridge and metrics, already listening, do wait). A lone node has no
+        use for one. The number of keys indexed (0 if none was built)."""
         if not self.peer_ids or self.repair.index is not None:
             return 0
         self.repair.ensure_index()
