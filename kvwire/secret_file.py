@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 from pathlib import Path
 
 from .protocol.peer_auth import new_secret, parse_secret
@@ -28,23 +30,47 @@ def write_private_file(path: str | os.PathLike, data: bytes, *, replace: bool = 
     ``replace`` would replace is not a regular file. A replaced file
     is a new one, renamed over the old: opening the old one would keep its mode
     (a 644 file would take the new secret readable by all), and a crash half-way
-    would leave it empty."""
-    if not replace:
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-            file.write(data)
-        return
+    would leave it empty. A new file is whole or absent too: written beside it, then
+    linked in place (which fails if the path exists); created empty and then written,
+    a full disk left an empty secret that every later start refused."""
     path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_file()):
+    if replace and (path.is_symlink() or (path.exists() and not path.is_file())):
         # Renamed over, /dev/null would become a file, and a symlink a file beside its target.
         raise ValueError(f"{path} is not a regular file (a symlink, a device or a pipe); only a file is replaced: "
                          "give the file's own path")
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if not replace and (path.exists() or path.is_symlink()):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(path))
+    # A name no other writer has, this process's earlier attempts included.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
+        if replace:
+            os.replace(partial, path)
+        else:
+            _link_new(partial, path, data)
+    finally:
         partial.unlink(missing_ok=True)
+
+
+def _link_new(partial: Path, path: Path, data: bytes) -> None:
+    """``partial`` in place at ``path``, which must not exist (FileExistsError if another
+    writer got there first). On a file system without hard links, created and written
+    there, and removed again if the write fails."""
+    try:
+        os.link(partial, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+    except BaseException:
+        path.unlink(missing_ok=True)
         raise

@@ -7,6 +7,7 @@ the real codec.
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import socket
@@ -188,6 +189,24 @@ def test_kvwire_secret_writes_a_private_file_and_will_not_overwrite(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o600 and len(path.read_bytes().strip()) >= 32
     again = subprocess.run([sys.executable, "-m", "kvwire", "secret", str(path)], capture_output=True, text=True)
     assert again.returncode == 1 and "exists; --force" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_secret_that_could_not_be_written_leaves_no_file_and_the_advice_works(tmp_path):
+    """Created empty, then written: a full disk (here a file size limit) left an empty
+    secret; every later `kvwire up` refused it, and the advice `kvwire secret FILE`
+    refused the existing file in turn."""
+    path = tmp_path / "cluster.secret"
+    cut = subprocess.run(["prlimit", "--fsize=10", sys.executable, "-m", "kvwire", "secret", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    assert cut.returncode == 1 and "Traceback" not in cut.stderr, cut.stderr
+    assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b"")  # as an older kvwire left it: the node's advice must fix it
+    refused = serve(tmp_path, "--cluster", "n1=127.0.0.1:1,n2=127.0.0.1:2", "--cluster-secret-file", str(path))
+    advice = re.search(r"\((replace it with a new one: (kvwire secret --force \S+)), then", refused.stderr)
+    assert refused.returncode == 2 and advice is not None, refused.stderr
+    fixed = subprocess.run([sys.executable, "-m", *advice.group(2).split()], capture_output=True, text=True, timeout=30)
+    assert fixed.returncode == 0, fixed.stderr
+    assert len(path.read_bytes().strip()) >= 32
 
 
 def test_kvwire_secret_force_leaves_a_private_file_whatever_the_old_ones_mode(tmp_path):

@@ -68,7 +68,7 @@ def parse_secret(data: bytes, source: str) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise ValueError(
             f"{source} holds {len(secret)} bytes; a cluster secret needs at least {MIN_SECRET_BYTES} "
-            f"(make one with: kvwire secret {source})"
+            f"(replace it with a new one: kvwire secret --force {source}, then give every node a copy)"
         )
     return secret
 
