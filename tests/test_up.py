@@ -61,13 +61,14 @@ def rest(method: str, url: str, body=None):
 class Up:
     """``kvwire up`` in a child process; stdout and stderr go to files the test reads."""
 
-    def __init__(self, tmp_path, *args, env=None):
+    def __init__(self, tmp_path, *args, env=None, own_group=False):
         self.stdout_path = tmp_path / "up.out"
         self.stderr_path = tmp_path / "up.err"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "kvwire", "up", *args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp_path, env=env,
+                start_new_session=own_group,  # a process group of its own, as a terminal gives it
             )
 
     @property
@@ -563,6 +564,40 @@ def test_help_shows_the_control_commands(tmp_path):
     result = run_up(tmp_path, "--help")
     for line in ("kvwire up ctl status", "kvwire up ctl stop n2", "kvwire up ctl kill n2", "kvwire up ctl start n2"):
         assert line in result.stdout
+
+
+def test_closing_the_terminal_stops_every_node_cleanly(tmp_path):
+    """SIGHUP to up's process group (its terminal closed, an SSH session dropped) killed
+    up (129) and every node by the signal's default action: each next start said it
+    followed an unclean stop, and all three joined at once."""
+    base, http_base = free_port_runs(3)
+    up = Up(tmp_path, "--nodes", "2", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"),
+            own_group=True)
+    try:
+        up.wait_printed("KVWIRE_ENDPOINTS=")
+        for address in (f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"):
+            wait_for(lambda: answers_ping(address), timeout=15, what=f"{address} answering")
+        os.killpg(up.process.pid, signal.SIGHUP)
+        assert up.wait_exit(timeout=30) == 0, up.stderr
+        assert "SIGHUP received" in up.stdout and "every node stopped cleanly" in up.stdout, up.stdout
+        for node_id in ("n1", "n2"):
+            assert re.search(rf"^{node_id} \| .*storage flushed and closed; bye( |$)", up.stderr, re.MULTILINE), up.stderr
+    finally:
+        up.cleanup()
+
+
+def test_a_child_dead_but_not_yet_reaped_shows_as_restarting():
+    """Between a kill -9 and the next pass's reap, `ctl status` said "exited", which means
+    held down for refusing its configuration."""
+    child = ChildProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+    supervisor = Supervisor([child], output=io.StringIO())
+    supervisor.start()
+    try:
+        child.send_signal(signal.SIGKILL)
+        wait_for(lambda: not child.running, timeout=10, what="the child dead")
+        assert [state.state for state in supervisor.states()] == ["restarting"]
+    finally:
+        supervisor.stop(5)
 
 
 def test_restarts_back_off_while_a_child_keeps_dying_and_start_quick_after_a_good_run():

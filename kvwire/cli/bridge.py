@@ -62,7 +62,7 @@ log = logging.getLogger("kvwire.http")
 @log_format_option()
 def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, max_connections,
            idle_timeout, request_timeout, allowed_hosts, fast_path, log_level, log_format, tls, tls_cert, tls_key, tls_ca) -> None:
-    """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM or SIGINT."""
+    """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM, SIGINT or SIGHUP."""
     try:
         host, port = parse_host_port(listen)
         nodes = tuple(format_endpoint(*endpoint) for endpoint in parse_endpoints(endpoints))

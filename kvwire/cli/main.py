@@ -75,7 +75,7 @@ def main() -> None:
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr, one line per event.", **env("LOG_LEVEL"))
 @log_format_option()
 def serve(**options) -> None:
-    """Run one node in the foreground until SIGTERM or SIGINT."""
+    """Run one node in the foreground until SIGTERM, SIGINT or SIGHUP."""
     try:
         config = server_config(options)
         http_address = parse_host_port(options["http_listen"]) if options["http_listen"] else None

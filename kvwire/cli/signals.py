@@ -1,4 +1,4 @@
-"""The one place kvwire's long-running commands turn SIGTERM and SIGINT into a graceful stop.
+"""The one place kvwire's long-running commands turn SIGTERM, SIGINT and SIGHUP into a graceful stop.
 
 The library functions they run (``kvwire.server.app.serve``,
 ``kvwire.http_bridge.serve_bridge``) take a ``stop`` event and leave the
@@ -14,7 +14,9 @@ from typing import Awaitable, Callable, TypeVar
 
 from . import early_sigint
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP too: the terminal a node or `kvwire up` runs in was closed (an SSH session
+# dropped); its default action killed every node of `up`'s process group uncleanly.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 T = TypeVar("T")
 
@@ -22,7 +24,7 @@ T = TypeVar("T")
 def run_until_stop_signal(serve: Callable[[asyncio.Event], Awaitable[T]], log: logging.Logger, stopping: str) -> T:
     """Run ``serve(stop)`` on a new uvloop event loop and return its result.
 
-    ``stop`` is set on the first SIGTERM or SIGINT, after logging "received
+    ``stop`` is set on the first SIGTERM, SIGINT or SIGHUP, after logging "received
     SIGTERM; <stopping>" on ``log``. The handlers are installed before
     ``serve`` starts, so a signal during startup also ends in a clean stop;
     so does a SIGINT that reached the entry point's handler earlier but whose

@@ -197,6 +197,9 @@ class Supervisor:
             state = "stopped"
         elif child.name in self._restart_at:
             state = "restarting"
+        elif (child.returncode is not None and child.returncode not in NOT_RESTARTABLE
+              and child.name in self._started_at and child.name not in self._given_up and not self._closing):
+            state = "restarting"  # dead, not yet reaped (reap runs once a pass): a restart is coming
         else:
             state = "exited"
         return ChildState(child.name, state, child.pid if child.running else None, self._restarts[child.name])

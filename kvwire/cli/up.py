@@ -39,6 +39,7 @@ from .exit_status import USAGE_ERROR_STATUS
 from .haproxy import haproxy_child
 from .main import serve
 from .options import DirectoryPath
+from .signals import STOP_SIGNALS
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 from .up_certs import prepare_dev_certs
 from .up_probe import ClosedWithoutReply, NoAnswer, reply_of
@@ -89,7 +90,7 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
 
     A node that dies (try `kill -9 PID`) is restarted, after 0.2 s and
     longer if it keeps dying; the others keep serving. Exit status: 0 after
-    Ctrl-C or SIGTERM, 1 if a node refuses its options or can't start.
+    Ctrl-C, SIGTERM or SIGHUP, 1 if a node refuses its options or can't start.
 
     \b
     From another terminal, control the running cluster (exit 0 done, 1 refused):
@@ -243,7 +244,7 @@ def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: d
         stop.set()
 
     # Installed before any node starts, so an early Ctrl-C still stops them all.
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     control = None
     try:
         try:
@@ -337,7 +338,8 @@ class _Watcher:
                     _error(f"{why}; giving up")
                     return _stop(self.supervisor, failed=True)
         name = signal.Signals(received[0]).name if received else "stop"
-        _say(f"kvwire up: {name} received; stopping {len(self.ports)} node{'s' if len(self.ports) > 1 else ''}")
+        running = sum(1 for state in self.supervisor.states() if state.name in self.ports and state.state == "running")
+        _say(f"kvwire up: {name} received; stopping {running} running node{'' if running == 1 else 's'}")
         return _stop(self.supervisor, failed=False)
 
     def handle_control(self, request: dict) -> dict:
