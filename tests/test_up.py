@@ -586,6 +586,42 @@ def test_closing_the_terminal_stops_every_node_cleanly(tmp_path):
         up.cleanup()
 
 
+def test_a_terminal_that_is_gone_stops_every_node_cleanly_and_exits_0(tmp_path):
+    """up on a terminal that closed: its writes there fail (EIO) once SIGHUP comes. The
+    stop line's write raised, and up exited 1 with a traceback (its nodes still stopped)."""
+    import pty
+
+    base, _ = free_port_runs(2)
+    data = tmp_path / "data"
+    master, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvwire", "up", "--nodes", "2", "--base-port", str(base), "--no-http",
+         "--data-dir", str(data)],
+        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=tmp_path, start_new_session=True,
+    )
+    os.close(terminal)
+    try:
+        for address in (f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"):
+            wait_for(lambda: answers_ping(address), timeout=20, what=f"{address} answering")
+        os.close(master)  # the terminal goes: writes to it fail from now on
+        master = None
+        os.killpg(process.pid, signal.SIGHUP)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if master is not None:
+            os.close(master)
+        stop_gracefully(process)
+    # Stopped cleanly: a start on the same data does not say it follows an unclean stop.
+    again = Up(tmp_path, "--nodes", "2", "--base-port", str(base), "--no-http", "--data-dir", str(data))
+    try:
+        again.wait_printed("KVWIRE_ENDPOINTS=")
+        wait_for(lambda: answers_ping(f"127.0.0.1:{base}"), timeout=20, what="n1 answering again")
+        assert "unclean stop" not in again.stderr, again.stderr
+        again.stop_cleanly()
+    finally:
+        again.cleanup()
+
+
 def test_a_child_dead_but_not_yet_reaped_shows_as_restarting():
     """Between a kill -9 and the next pass's reap, `ctl status` said "exited", which means
     held down for refusing its configuration."""

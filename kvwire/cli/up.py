@@ -620,9 +620,18 @@ def _describe_status(status: int | None) -> str:
 
 
 def _say(line: str) -> None:
-    click.echo(line)
-    sys.stdout.flush()
+    try:
+        click.echo(line)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        # A closed terminal (SIGHUP's cause): the nodes must still be stopped, cleanly,
+        # and what is left in the buffer must not fail the exit (status 120).
+        sys.stdout = open(os.devnull, "w")
 
 
 def _error(line: str) -> None:
-    click.echo(f"kvwire up: {line}", err=True)
+    try:
+        click.echo(f"kvwire up: {line}", err=True)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.stderr = open(os.devnull, "w")  # as in _say
