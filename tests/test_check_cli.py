@@ -19,6 +19,13 @@ STALE_READ = [op(0, "put", 0, 1, "ok", "a"), op(1, "put", 2, 3, "ok", "b"), op(2
 HARD = [op(n, "put", 0, 100, "ok", n) for n in range(30)] + [op(30, "get", 101, 102, "ok", 0), op(31, "get", 103, 104, "ok", 1)]
 
 
+def _nested(depth):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def write_history(tmp_path, operations, name="history.jsonl"):
     path = tmp_path / name
     path.write_text(dump_jsonl(operations))
@@ -115,7 +122,9 @@ def test_bad_states_file_exits_2(tmp_path, capsys, content, message):
     # The map written, read back with its entries in another order; NaN read after NaN written.
     ([op(0, "put", 0, 1, "ok", {"a": 1, "b": 2}), op(1, "get", 2, 3, "ok", {"b": 2, "a": 1})], 0),
     ([op(0, "put", 0, 1, "ok", float("nan")), op(1, "get", 2, 3, "ok", float("nan"))], 0),
-], ids=["true-for-1", "1.0-for-1", "map-order", "nan"])
+    # As deep as a node takes a value: comparing it recursed past Python's limit (exit 1).
+    ([op(0, "put", 0, 1, "ok", deep := _nested(1023)), op(1, "get", 2, 3, "ok", deep)], 0),
+], ids=["true-for-1", "1.0-for-1", "map-order", "nan", "nested-1023"])
 def test_values_are_the_same_as_a_node_tells_them(tmp_path, capsys, history, verdict):
     """Python's == took true for 1 (a violation missed) and NaN for no value written, and
     the lost-write check compared maps by repr (violations that were none)."""

@@ -63,8 +63,14 @@ def _load_states(path: str) -> dict:
     return states
 
 
+# Values nest as deep as a node takes them (1,023 levels): comparing them recurses
+# once a level, past Python's default limit of 1,000 frames.
+RECURSION_LIMIT = 5_000
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)  # exits 2 on bad usage
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     try:
         try:
             operations = load_jsonl(_read(arguments.history))
@@ -75,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             report = check_history(operations, replica_states=states, max_steps=arguments.max_steps)
         except ValueError as error:  # a malformed replica state
             raise InputError(f"{arguments.states}: {error}") from None
+        except RecursionError:
+            raise InputError("a value is nested too deeply to compare") from None
     except InputError as error:
         print(f"kvwire.check: {error}", file=sys.stderr)
         return EXIT_USAGE

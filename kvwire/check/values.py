@@ -23,10 +23,18 @@ def value_key(value: Any) -> Hashable:
         return ("int", value)
     if isinstance(value, float):
         return ("float", value.hex())  # NaN equals NaN; -0.0 is not 0.0
+    # Loops, not generator expressions: one frame per level of nesting, not two, so a
+    # value as deep as a node takes (1,023 levels) fits the raised limit of check's CLI.
     if isinstance(value, (list, tuple)):
-        return ("list", tuple(value_key(item) for item in value))
+        items = []
+        for item in value:
+            items.append(value_key(item))
+        return ("list", tuple(items))
     if isinstance(value, dict):
-        return ("map", frozenset((value_key(name), value_key(item)) for name, item in value.items()))
+        entries = set()
+        for name, item in value.items():
+            entries.add((value_key(name), value_key(item)))
+        return ("map", frozenset(entries))
     return (type(value).__name__, repr(value))
 
 
