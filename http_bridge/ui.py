@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -175,17 +176,36 @@ def _name_unreachable_nodes(nodes: list[dict[str, Any]]) -> None:
     named = {node["node_id"] for node in nodes}
     left_over = {url: node_id for url, node_id in known.items() if node_id not in named}
     if len(unnamed) == 1 and len(left_over) == 1 and not unnamed[0]["reachable"]:
-        # Only a spelling of that member's address: its port at least. A dead endpoint of
-        # no member's (a stale entry, a typo) named a live member DOWN.
+        # Only a spelling of that member's address: a dead endpoint of no member's (a
+        # stale entry, a typo) named a live member DOWN.
         (url, node_id), = left_over.items()
-        if _port_of(url) is not None and _port_of(url) == _port_of(unnamed[0]["endpoint"]):
+        if _may_be_spelled_as(url, unnamed[0]["endpoint"]):
             unnamed[0]["node_id"] = node_id
 
 
-def _port_of(endpoint: str) -> int | None:
+def _may_be_spelled_as(member: str, endpoint: str) -> bool:
+    """Whether ``endpoint`` may be ``member``'s address spelled otherwise: the same port,
+    and, where both hosts are IP addresses (127.3 is 127.0.0.3), the same address. Host
+    names are not looked up: this answers a poll, and a lookup could take seconds."""
     try:
-        return parse_host_port(endpoint)[1]
+        (member_host, member_port), (host, port) = parse_host_port(member), parse_host_port(endpoint)
     except ValueError:
+        return False
+    if member_port != port:
+        return False
+    member_address, address = _ip_address(member_host), _ip_address(host)
+    return member_address is None or address is None or member_address == address
+
+
+def _ip_address(host: str) -> bytes | None:
+    """``host`` as the bytes of an IP address, if it is one in any spelling inet_aton takes."""
+    try:
+        return socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        pass
+    try:
+        return socket.inet_aton(host)
+    except OSError:
         return None
 
 
