@@ -528,7 +528,7 @@ def test_a_value_beginning_with_a_dash_goes_after_double_dash(cli, shared_node):
 @pytest.mark.parametrize("args", [
     ["serve", "--data-dir", ""], ["serve", "--auth-file", ""], ["serve", "--cluster-secret-file", ""],
     ["up", "--data-dir", ""], ["up", "ctl", "status", "--data-dir", ""], ["certs", ""], ["secret", ""],
-    ["backup", "", "copy"], ["backup", "n1", ""], ["chaos", "--out", ""],
+    ["backup", "", "copy"], ["backup", "n1", ""], ["chaos", "--out", ""], ["chaos", "--out", "  "],
 ], ids=lambda args: "-".join(arg or "''" for arg in args))
 def test_an_empty_path_is_a_usage_error_not_the_current_directory(tmp_path, args):
     """Path('') is '.': `serve --data-dir ''` served from the current directory (mode 755),

@@ -70,6 +70,33 @@ def test_a_refusal_keeps_the_users_paths_and_values_as_given(tmp_path):
     assert result.returncode == 2 and "node id 'a node_id' must be" in result.stderr, result.stderr
 
 
+def test_usage_error_renames_fields_only_as_words_of_the_message():
+    import click
+
+    from kvwire.cli.options import usage_error
+
+    @click.command()
+    @click.option("--failure-timeout")
+    @click.option("--heartbeat-interval")
+    @click.option("--tls-cert")
+    def command(**_):
+        rewritten.extend(usage_error(message).message for message, _ in cases)
+
+    cases = [
+        # Apostrophes are no quotes; a sentence's full stop and "=" end a word.
+        ("the node's failure_timeout must exceed its peers' heartbeat_interval",
+         "the node's --failure-timeout must exceed its peers' --heartbeat-interval"),
+        ("must exceed twice heartbeat_interval.", "must exceed twice --heartbeat-interval."),
+        ("failure_timeout=3 is wrong", "--failure-timeout=3 is wrong"),
+        # The user's own: a path and a quoted value stay as given.
+        ("--tls-cert /tmp/tls_cert.pem: bad", "--tls-cert /tmp/tls_cert.pem: bad"),
+        ("node id 'a failure_timeout' x", "node id 'a failure_timeout' x"),
+    ]
+    rewritten: list[str] = []
+    command([], standalone_mode=False)
+    assert rewritten == [expected for _, expected in cases]
+
+
 def test_options_come_from_kvwire_environment_variables(tmp_path):
     port = free_port()
     env = {**os.environ, "KVWIRE_LISTEN": f"127.0.0.1:{port}", "KVWIRE_NODE_ID": "envnode",

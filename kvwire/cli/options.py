@@ -25,7 +25,7 @@ class GivenPath(click.Path):
         super().__init__(file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value == "":
+        if isinstance(value, str) and not value.strip():  # "  " too: surely no path meant
             self.fail("the path is empty", param, ctx)
         return super().convert(value, param, ctx)
 
@@ -44,8 +44,9 @@ class DirectoryPath(GivenPath):
         super().__init__(file_okay=False)
 
 
-# A quoted value in a message: '...' or "...", as repr() writes them.
-_QUOTED = re.compile(r"""('[^']*'|"[^"]*")""")
+# A quoted value in a message: '...' or "...", as repr() writes them; a quote mark
+# after a letter is an apostrophe ("the node's", "its peers'"), not a quote.
+_QUOTED = re.compile(r"""((?<!\w)'[^']*'(?!\w)|(?<!\w)"[^"]*"(?!\w))""")
 
 
 def usage_error(message: str) -> click.UsageError:
@@ -59,7 +60,7 @@ def usage_error(message: str) -> click.UsageError:
     # paths (a file named tls_cert.pem) are the user's own and stay as they are.
     renamed = {option.name: option.opts[0] for option in options if "_" in option.name}
     if renamed:
-        field = re.compile(rf"(?<![^\s(])({'|'.join(map(re.escape, renamed))})(?=[\s),:;]|$)")
+        field = re.compile(rf"(?<![^\s(])({'|'.join(map(re.escape, renamed))})(?=[\s),:;=]|\.(?!\w)|$)")
         parts = _QUOTED.split(message)
         message = "".join(part if index % 2 else field.sub(lambda match: renamed[match[1]], part)
                           for index, part in enumerate(parts))
