@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -326,9 +327,17 @@ def suite(ctx: click.Context, out: Path, duration: float, warmup: float, scenari
         except ValueError as exc:  # its message names --rate, the option of `bench failover`
             raise ValueError(str(exc).replace("--rate", "--failover-rate", 1)) from None
         settings = SuiteSettings(duration=duration, warmup=warmup, scenarios=numbers, failover=failover)
-        if workdir is not None:  # first: a refused --workdir leaves no results directory behind
+        # Neither is left behind when the other is refused: --workdir first, and taken
+        # away again (if this run made it) when --out is refused.
+        made_workdir = workdir is not None and not workdir.exists()
+        if workdir is not None:
             prepare_directory(workdir, "--workdir")
-        results_dir = prepare_directory(out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
+        try:
+            results_dir = prepare_directory(out / time.strftime("%Y-%m-%d", time.localtime(started)), "--out")
+        except ValueError:
+            if made_workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     # An earlier run's plot of the day, beside this run's summary, would pass for this run's.

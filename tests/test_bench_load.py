@@ -259,6 +259,11 @@ def test_a_refused_suite_workdir_leaves_no_results_directory(tmp_path):
     result = bench("suite", "--out", str(out), "--workdir", "/etc/passwd", timeout=15)
     assert result.returncode == 2 and "--workdir /etc/passwd: cannot write there" in result.stderr
     assert not out.exists()
+    # And the mirror case: a refused --out leaves no --workdir this run made.
+    workdir = tmp_path / "work"
+    result = bench("suite", "--out", "/etc/passwd", "--workdir", str(workdir), timeout=15)
+    assert result.returncode == 2 and "--out /etc/passwd/" in result.stderr
+    assert not workdir.exists()
 
 
 @pytest.fixture
