@@ -361,7 +361,14 @@ class Storage:
             # The clock carries on from the last record written (appended: the highest
             # rowid), not from the highest time: a record an older kvwire stamped with a
             # wall clock then ahead would set it days forward, aging every other at once.
-            self._log_clock_offset = rows[-1][4] - time.monotonic()
+            origin = rows[-1][4]
+            self._log_clock_offset = origin - time.monotonic()
+            if any(row[4] > origin for row in rows):
+                # Such a record counts as written now, on disk too, or it would outlive
+                # its minute until the log's clock reached its time.
+                await self._writer.execute("UPDATE request_log SET at = ? WHERE at > ?", (origin, origin))
+                await self._writer.commit()
+                rows = [(*row[:4], min(row[4], origin), row[5]) for row in rows]
         now = self._log_now()
         newest = sorted(_newest_requests(rows).items(), key=lambda record: record[1][1])  # oldest first, as remembered
         self.loaded_requests = [(request, key, version, max(0.0, now - at), tentative)
