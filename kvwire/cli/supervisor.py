@@ -104,8 +104,7 @@ class Supervisor:
         with self._lock:
             for child in self.children:
                 name = child.name
-                if (child.returncode is None or name in self._held or name in self._restart_at
-                        or name in self._given_up or name not in self._started_at):
+                if not self._dead_unreaped(child):
                     continue
                 if child.returncode in NOT_RESTARTABLE:
                     self._given_up.add(name)
@@ -190,6 +189,12 @@ class Supervisor:
         self._started_at[child.name] = now
         child.start(copy_to=self._copies[child.name], with_parent=True)
 
+    def _dead_unreaped(self, child: ChildProcess) -> bool:
+        """Started, then died on its own, and not yet seen to by :meth:`reap`."""
+        name = child.name
+        return (child.returncode is not None and name in self._started_at and name not in self._held
+                and name not in self._restart_at and name not in self._given_up)
+
     def _state(self, child: ChildProcess) -> ChildState:
         if child.running:
             state = "running"
@@ -197,9 +202,8 @@ class Supervisor:
             state = "stopped"
         elif child.name in self._restart_at:
             state = "restarting"
-        elif (child.returncode is not None and child.returncode not in NOT_RESTARTABLE
-              and child.name in self._started_at and child.name not in self._given_up and not self._closing):
-            state = "restarting"  # dead, not yet reaped (reap runs once a pass): a restart is coming
+        elif self._dead_unreaped(child) and child.returncode not in NOT_RESTARTABLE and not self._closing:
+            state = "restarting"  # not yet reaped (reap runs once a pass): a restart is coming
         else:
             state = "exited"
         return ChildState(child.name, state, child.pid if child.running else None, self._restarts[child.name])
