@@ -356,7 +356,7 @@ def test_hinting_and_quorum_transitions_are_logged_once_each(tmp_path):
             for i in range(5):
                 client.put(f"missed-{i}", i)  # n3 misses all five: one hinting line, not five
         cluster.start("n3").wait_ready("n3")
-        wait_for(lambda: named("hinting_stopped"), timeout=10, what="n1 logging n3's hints delivered")
+        wait_for(lambda: named("hints_delivered"), timeout=10, what="n1 logging n3's hints delivered")
         cluster.kill("n2")
         cluster.kill("n3")
         wait_for(lambda: named("quorum_lost"), timeout=5, what="n1 logging its quorum lost")
@@ -367,7 +367,7 @@ def test_hinting_and_quorum_transitions_are_logged_once_each(tmp_path):
         cluster.start("n3")
         wait_for(lambda: named("quorum_available"), timeout=20, what="n1 logging its quorum back")
         records = events()
-    started, stopped = named_in(records, "hinting_started"), named_in(records, "hinting_stopped")
+    started, stopped = named_in(records, "hinting_started"), named_in(records, "hints_delivered")
     assert [r["peer"] for r in started] == ["n3"], started
     assert [r["peer"] for r in stopped] == ["n3"], stopped
     assert "(5 since this node started)" in stopped[0]["msg"]

@@ -353,3 +353,23 @@ def test_concurrent_writes_of_one_key_through_one_node_get_distinct_versions_and
 
     wait_for(converged, timeout=5, what="every node holding the newest write")
     assert [result.created for result in results].count(True) == 1
+
+
+def test_a_put_whose_peers_hang_says_they_are_unreachable(tmp_path):
+    """The client's retry finishes its first attempt's tag; with the peers hung, that was
+    reported as "its earlier attempt's tag is not the newest on a majority (it was
+    overwritten since, or never taken)": neither was, the peers had stopped answering."""
+    with LocalCluster(3, data_dir=tmp_path) as cluster:
+        with Client(cluster.endpoints_of("n1"), retry=RetryPolicy(attempts=2), timeout=5) as client:
+            client.put("k", 1)
+            cluster.pause("n2")
+            cluster.pause("n3")
+            try:
+                with pytest.raises(NoQuorumError) as refused:
+                    client.put("k", 2)
+            finally:
+                cluster.resume("n2")
+                cluster.resume("n3")
+    assert "nodes reachable" in refused.value.message and "earlier attempt" not in refused.value.message, \
+        refused.value.message
+    assert refused.value.maybe_applied is True

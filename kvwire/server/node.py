@@ -393,7 +393,7 @@ class Node:
                         self.limited_log.log(logging.INFO, f"'hinting peer {effect.peer} stopped' lines",
                                              "hinting peer %s stopped: every hint delivered (%d since this node "
                                              "started)", effect.peer, core.hints.delivered.get(effect.peer, 0),
-                                             extra={"peer": effect.peer, "event": "hinting_stopped"})
+                                             extra={"peer": effect.peer, "event": "hints_delivered"})
                 elif kind is SaveRequests:
                     self.storage.save_requests(effect.records)
                 elif kind is Joined:

@@ -315,9 +315,13 @@ class _ReplicatedWrite:
         reachable = core.cluster_size - self._failed - self._refused
         if self._answered or reachable >= core.quorum:
             return
-        if self._exact:
+        if self._exact and self._refused:
             self._no_quorum(f"its earlier attempt's tag {tuple(self._version)} is not the newest on a majority (it "
                             "was overwritten since, or never taken)", maybe_applied=True)
+        elif self._exact:
+            # Nobody refused the tag: the nodes did not answer (its own first round's tag
+            # included, when that round failed the same way). Said as it is.
+            self._no_quorum(f"{reachable} of {core.cluster_size} nodes reachable", maybe_applied=True)
         elif self._refused:
             if self.counted_here:
                 core.stats.delete_conflicts += 1
