@@ -22,7 +22,7 @@ from kvwire.check import CheckReport, check_history
 from kvwire.check.history import Operation
 
 from .config import ChaosConfig
-from .final import ReplicaStates, final_quorum_reads, read_replica_states
+from .final import ReplicaStates, final_quorum_reads, read_replica_states, settled_replica_states
 from .firewall import Firewall
 from .local_reads import check_local_reads
 from .nemesis import Fault, Nemesis, NodeExit
@@ -178,8 +178,10 @@ async def _run(config: ChaosConfig, log: Callable[[str], None]) -> ChaosResult:
         log(f"{clock():7.2f}s  " + (f"converged {converged_s:.2f} s after the last heal" if converged_s is not None else f"not converged: {not_converged}"))
 
         first_client = config.clients
-        replica_states, replica_read_problems = await read_replica_states(
-            cluster.addresses, keys.used, History(clock), first_client=first_client, op_timeout=config.op_timeout
+        replica_states, replica_read_problems = await settled_replica_states(
+            lambda: read_replica_states(cluster.addresses, keys.used, History(clock), first_client=first_client,
+                                        op_timeout=config.op_timeout),
+            deadline=clock() + config.converge_timeout, clock=clock,
         )
         await final_quorum_reads(
             cluster.addresses, keys.used, history, first_client=first_client + len(cluster.addresses), op_timeout=config.op_timeout
