@@ -1360,6 +1360,46 @@ def test_the_mutant_serve_dead_tags_gives_readers_the_dead_tag():
     assert held and held[0].version == Version(5, "!n1")
 
 
+def refused_tag_left_here(mutant=None):
+    """A first PUT through n1 at (5, !n1): n2 refuses it, holding (6, n3), and n3 does
+    not answer. (6, n3) may be a write acknowledged by n3 and n2 before this PUT began,
+    so (5, !n1) may be below it: the PUT ends undecided, its tag this node's copy."""
+    core = make_core(mutant=mutant)
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+    core.cache.put("k", "old")
+    first, second = first_put_sent(core)
+    refuser, silent = (first, second) if first.peer == "n2" else (second, first)
+    core.peer_reply(refuser.peer, refuser.request_id,
+                    ReplicateReply(1, False, Version(6, "n3"), Version(6, "n3"), False), 0.0)
+    core.peer_failed(silent.peer, silent.request_id, 0.0)
+    return core
+
+
+def test_a_put_left_undecided_after_a_refusal_keeps_its_readers_until_this_node_holds_newer():
+    # A quorum read taking (5, !n1) from here, with a reader's own older copy, returned
+    # "v"; the next read, (6, n3)'s value, written and acknowledged before "v"'s PUT
+    # began (kvwire chaos, partitions and pauses, 24 clients on 3 keys).
+    core = refused_tag_left_here()
+    effects = core.take_effects()
+    (answer,) = [e.reply for e in effects if type(e) is Respond]
+    assert isinstance(answer, NoQuorumError) and answer.maybe_applied is True
+    fetches = [e for e in effects if type(e) is Send and e.message_type is Fetch]
+    assert fetches  # this node asks a peer for the key
+    assert fetch_reply(core) is None  # readers still held
+    core.peer_reply(fetches[0].peer, fetches[0].request_id, FetchReply(1, Version(6, "n3"), False, "newer", 0), 0.0)
+    (persist,) = effects_of(core, Persist)
+    assert (persist.version, persist.value) == (Version(6, "n3"), "newer")
+    core.persisted(persist.write_id, None, 0.0)
+    held = [e.reply for e in core.take_effects() if type(e) is Respond]
+    assert held and all(reply.version == Version(6, "n3") for reply in held)
+
+
+def test_the_mutant_serve_refused_tags_gives_readers_the_refused_tag():
+    core = refused_tag_left_here("serve-refused-tags")
+    core.take_effects()
+    assert fetch_reply(core).version == Version(5, "!n1")
+
+
 def test_a_put_that_ends_on_its_dead_tag_before_its_own_commit_holds_its_readers_past_that_commit():
     # Its REPLICATEs go out with its Persist, so the refusals can decide the PUT
     # while (5, n1) is still on its way to this disk. Released then, readers would

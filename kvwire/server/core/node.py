@@ -103,6 +103,7 @@ MUTANTS = (
     "proposals-rank-level",  # a one-round-trip PUT's first tag ranks with tags minted above a majority, by name
     "stack-on-in-progress",  # a PUT mints above this node's copy from a write still in progress that no answer holds
     "always-stops-cleanly",  # a node stopped while joining, or holding a lost tag, starts again as after a clean stop
+    "serve-refused-tags",  # a one-round-trip PUT left undecided after a refusal lets its readers have its tag
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

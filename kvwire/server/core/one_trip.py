@@ -127,6 +127,10 @@ class OneTripWrite(_ReplicatedWrite):
         self._attempt = 0
         self._mine: set[Version] = set()  # every tag this write minted
         self._dead: set[Version] = set()  # those a majority refused
+        # Those a replica refused: it held newer, which may be a write acknowledged
+        # before this PUT began (its majority's other member not answering here).
+        self._refused_tags: set[Version] = set()
+        self._acknowledged: Version | None = None
         self._heard: list[Copy] = []  # what replicas held before this write's tags reached them
         self._newest_heard = core.keydir.latest_version(request.key)
         self._commits_pending = 0  # this write's tags handed to the disk and not yet done
@@ -159,6 +163,16 @@ class OneTripWrite(_ReplicatedWrite):
         committed = core.keydir.committed.get(key)
         if committed is not None and committed.version in self._dead and core.mutant != "serve-dead-tags":
             # Its readers stay held until this node holds a newer copy (dead_copy.py).
+            DeadCopyRepair(core, key, committed.version).start()
+            return
+        if (committed is not None and committed.version in self._refused_tags - self._dead
+                and committed.version != self._acknowledged and core.mutant != "serve-refused-tags"):
+            # Undecided, but refused by a replica holding newer: with the third node
+            # silent, that newer copy may be a write acknowledged before this PUT
+            # began (on the refuser and the silent node), and this tag below it. A
+            # reader given it would see this value, then that older write's (a chaos
+            # run of partitions and pauses, 24 clients on 3 keys, saw it): held as a
+            # dead tag's readers are, until this node holds newer.
             DeadCopyRepair(core, key, committed.version).start()
             return
         core.one_trip_ended(key)
@@ -244,6 +258,7 @@ class OneTripWrite(_ReplicatedWrite):
             self._failed += 1
         else:
             self._refused += 1
+            self._refused_tags.add(self._version)
         self._decide()
 
     def _decide(self) -> None:
@@ -251,6 +266,7 @@ class OneTripWrite(_ReplicatedWrite):
         if self._answered:
             return
         if self._quorum_reached():
+            self._acknowledged = self._version
             self._answer(None)
             return
         if self._refused >= (1 if core.mutant == "retry-after-any-refusal" else core.quorum):
