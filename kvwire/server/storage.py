@@ -213,7 +213,7 @@ class Storage:
         self.loaded_requests: list[tuple[str, str, Version, float, bool]] = []
         self._requests_expired_at = 0.0
         # The request log's clock: seconds of this node's running time, carried on from
-        # the newest record on disk at each start (``_load``). Not the wall clock: a step
+        # the last record written at each start (``_load``). Not the wall clock: a step
         # of it (NTP at boot, an operator's date) aged every record at once, which then
         # expired on disk and, after a restart, let a retried PUT apply twice,
         # overwriting a later acknowledged write. Time a node is down does not count:
