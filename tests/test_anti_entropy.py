@@ -109,7 +109,7 @@ def test_hints_older_than_the_max_age_are_dropped_and_said_so(tmp_path):
     ("--repair-interval", "0", "--repair-interval"),
     ("--repair-rate", "0", "--repair-rate"),
     ("--hint-limit", "-1", "--hint-limit"),
-    ("--hint-max-age", "nan", "hint_max_age must be a positive, finite number"),
+    ("--hint-max-age", "nan", "--hint-max-age must be a positive, finite number"),
 ])
 def test_bad_repair_and_hint_options_are_refused_with_a_clear_line(option, value, message, tmp_path):
     import subprocess
