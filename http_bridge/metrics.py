@@ -30,7 +30,8 @@ METRICS = web.AppKey("http_metrics", object)  # the app's HttpMetrics, for the f
 UNMATCHED = "unmatched"
 # Set on a request the middleware counted; an answer without it was given before the
 # middlewares ran (json_refusals.py counts those).
-COUNTED = "kvwire.counted"
+# A typed key where aiohttp has them (3.12 on; a plain string draws a warning there).
+COUNTED = web.RequestKey("kvwire_counted", bool) if hasattr(web, "RequestKey") else "kvwire.counted"
 # REST latency: a cached GET takes about 1 ms, a quorum PUT a few; 10 s is past any --timeout in use.
 HTTP_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
