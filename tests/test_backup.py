@@ -119,17 +119,12 @@ def test_a_node_restored_from_a_backup_older_than_the_tombstone_grace_warns_once
     restart (which joins again) does not say it again."""
     with LocalCluster(3, data_dir=tmp_path / "cluster") as cluster:
         n2 = cluster["n2"]
-        with Client(cluster.endpoints, **cluster.client_options) as client:
-            client.put("k", 1)
-        assert run_backup(n2.data_dir, tmp_path / "backup").returncode == 0
-        with sqlite3.connect(tmp_path / "backup" / DATABASE_FILE_NAME) as db:
-            (taken,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
-            db.execute("UPDATE meta SET value = ? WHERE name = 'backup_taken_at'", (repr(float(taken) - 7200),))
+        taken = _backup_of_n2_with_its_time_moved(cluster, tmp_path / "backup", -7200)
         # A backup of that backup holds the same two-hour-old data, and keeps its moment.
         assert run_backup(tmp_path / "backup", tmp_path / "copy").returncode == 0
         with sqlite3.connect(tmp_path / "copy" / DATABASE_FILE_NAME) as db:
             (copied,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
-        assert float(copied) == float(taken) - 7200
+        assert float(copied) == taken - 7200
         cluster.terminate("n2")
         restore(n2, tmp_path / "copy")
         n2.start()
@@ -153,18 +148,24 @@ def test_a_backup_whose_time_is_ahead_of_this_clock_warns_that_its_age_is_unknow
     than the grace."""
     with LocalCluster(3, data_dir=tmp_path / "cluster") as cluster:
         n2 = cluster["n2"]
-        with Client(cluster.endpoints, **cluster.client_options) as client:
-            client.put("k", 1)
-        assert run_backup(n2.data_dir, tmp_path / "backup").returncode == 0
-        with sqlite3.connect(tmp_path / "backup" / DATABASE_FILE_NAME) as db:
-            (taken,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
-            db.execute("UPDATE meta SET value = ? WHERE name = 'backup_taken_at'", (repr(float(taken) + 86400),))
+        _backup_of_n2_with_its_time_moved(cluster, tmp_path / "backup", 86400)
         cluster.terminate("n2")
         restore(n2, tmp_path / "backup")
         n2.start()
         cluster.wait_ready()
         assert n2.log().count("event=old_backup") == 1
         assert "after this machine's clock: one of the two clocks is wrong" in n2.log()
+
+
+def _backup_of_n2_with_its_time_moved(cluster, destination, seconds: float) -> float:
+    """A backup of n2 (holding a key), its recorded time moved by ``seconds``; the time it was taken."""
+    with Client(cluster.endpoints, **cluster.client_options) as client:
+        client.put("k", 1)
+    assert run_backup(cluster["n2"].data_dir, destination).returncode == 0
+    with sqlite3.connect(destination / DATABASE_FILE_NAME) as db:
+        (taken,) = db.execute("SELECT value FROM meta WHERE name = 'backup_taken_at'").fetchone()
+        db.execute("UPDATE meta SET value = ? WHERE name = 'backup_taken_at'", (repr(float(taken) + seconds),))
+    return float(taken)
 
 
 def _holds_backup_mark(data_dir) -> bool:
