@@ -135,6 +135,7 @@ def test_bad_options_exit_2_without_a_traceback():
     (["--rate", "inf"], "Error: --rate must be a positive number, got inf"),
     (["--clients", "2", "--library-clients", "3"],
      "Error: --library-clients must be an integer from 0 to --clients (2), got 3"),
+    (["--max-steps", "0"], "Invalid value for '--max-steps': 0 is not in the range x>=1"),
 ])
 def test_bad_options_are_one_line_and_exit_2_before_anything_starts(args, message):
     result = run_chaos_cli("--duration", "1", *args, timeout=30)
@@ -159,6 +160,17 @@ def test_a_nodes_directory_an_earlier_run_made_is_replaced(tmp_path):
         result = run_chaos_cli("--duration", "1", "--faults", "none", "--out", str(tmp_path), timeout=60)
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "nodes" / "n1.log").is_file()
+
+
+def test_max_steps_is_the_checkers_budget_and_running_past_it_is_undecided_not_a_violation(tmp_path):
+    result = run_chaos_cli("--duration", "1", "--faults", "none", "--max-steps", "1", "--out", str(tmp_path), timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "verdict     undecided" in result.stdout and "search budget of 1 steps exhausted" in result.stdout
+    assert "violation" not in result.stdout.lower()
+    # The same history with the default budget: it was the budget, not the nodes.
+    check = subprocess.run([sys.executable, "-m", "kvwire.check", str(tmp_path / "history.jsonl")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_a_sigkilled_run_leaves_no_node_running(tmp_path):

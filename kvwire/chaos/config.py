@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..check import DEFAULT_MAX_STEPS
 from .workdir import check_replaceable
 
 FAULT_KINDS = ("kill", "pause", "partition", "stop")
@@ -36,6 +37,9 @@ class ChaosConfig:
     # search (Knossos and Porcupine stay tractable only while each key's history is short).
     keys: int = 8
     ops_per_key: int = 200
+    # The checker's search budget per key: a key whose search runs past it makes
+    # the run undecided, which is not a violation found.
+    max_steps: int = DEFAULT_MAX_STEPS
     # An upper bound on the load, all clients together; the history a 30 s run
     # hands the checker stays around 20k operations.
     rate: float = 600.0
@@ -55,7 +59,7 @@ class ChaosConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"{_named(name)} must be a positive number, got {value!r}")
-        for name in ("clients", "keys", "ops_per_key"):
+        for name in ("clients", "keys", "ops_per_key", "max_steps"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{_named(name)} must be a positive integer, got {value!r}")

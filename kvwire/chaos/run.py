@@ -194,7 +194,7 @@ async def _run(config: ChaosConfig, log: Callable[[str], None]) -> ChaosResult:
         clean_up()
         atexit.unregister(clean_up)
 
-    report = check_history(history.operations, replica_states=replica_states)
+    report = check_history(history.operations, replica_states=replica_states, max_steps=config.max_steps)
     return ChaosResult(
         config=config,
         operations=history.operations,

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..check.linearizability import DEFAULT_MAX_STEPS
 from .options import DirectoryPath
 
 EXIT_OK, EXIT_ANOMALIES, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
@@ -21,9 +22,10 @@ EXIT_OK, EXIT_ANOMALIES, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 1, 2, 3
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True, help="Most operations per second, all clients together.")
 @click.option("--keys", type=click.IntRange(min=1), default=8, show_default=True, help="Keys in use at a time; each is retired after --ops-per-key operations.")
 @click.option("--ops-per-key", type=click.IntRange(min=1), default=200, show_default=True, help="Operations on a key before a fresh key replaces it.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=DEFAULT_MAX_STEPS, show_default=True, help="The linearizability checker's search budget per key; a key whose search runs past it makes the run undecided (status 1), not a violation found. Raise it for many clients on few keys.")
 @click.option("--out", type=DirectoryPath(), default=None, help="Write history.jsonl, local_reads.jsonl, replicas.json, summary.json and the nodes' data and logs (nodes/) here.")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json prints summary.json.")
-def chaos(duration, seed, clients, library_clients, faults, rate, keys, ops_per_key, out, output) -> None:
+def chaos(duration, seed, clients, library_clients, faults, rate, keys, ops_per_key, max_steps, out, output) -> None:
     """Run 3 nodes on 127.0.0.1-3 under faults while clients record every operation, then check the history.
 
     Exit status: 0 no anomaly, 1 anomalies (the report says which), 2 bad usage,
@@ -41,7 +43,7 @@ def chaos(duration, seed, clients, library_clients, faults, rate, keys, ops_per_
         config = ChaosConfig(
             duration=duration, clients=clients, library_clients=library_clients, faults=parse_faults(faults), out=out,
             rate=rate,
-            keys=keys, ops_per_key=ops_per_key, **({} if seed is None else {"seed": seed}),
+            keys=keys, ops_per_key=ops_per_key, max_steps=max_steps, **({} if seed is None else {"seed": seed}),
         )
         if out is not None:
             prepare_directory(out, "--out")  # a run of minutes must not end unable to write its files
