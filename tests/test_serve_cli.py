@@ -32,6 +32,7 @@ def run_serve(*args, env=None, timeout=15):
         (["--max-value-bytes", "0"], "0 is not in the range"),
         (["--max-frame-bytes", "2000", "--max-value-bytes", "1000"], "--max-frame-bytes (2000) must be at least"),
         (["--cache-entries", "lots"], "'lots' is not a valid integer"),
+        (["--heartbeat-interval", "1e-6"], "--heartbeat-interval (1e-06 s) must be at least 0.01 s"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message_and_no_traceback(tmp_path, args, message):

@@ -254,6 +254,7 @@ async def test_a_data_dir_made_before_cluster_ids_were_recorded_takes_the_first_
         ({"failure_timeout": float("nan")}, "failure_timeout"),
         ({"write_timeout": float("inf")}, "write_timeout"),
         ({"heartbeat_interval": 0.3, "failure_timeout": 0.5}, "must exceed twice heartbeat_interval"),
+        ({"heartbeat_interval": 1e-6}, r"heartbeat_interval \(1e-06 s\) must be at least 0.01 s"),
         ({"node_id": "n4", "members": parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1")}, "not among the cluster members"),
         ({"members": parse_cluster("n1=127.0.0.1:1,n1=127.0.0.2:1")}, "unique"),
     ],
