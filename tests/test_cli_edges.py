@@ -205,6 +205,11 @@ def test_a_value_nested_as_deep_as_a_node_takes_prints(cli, shared_node):
     (["--endpoints", ""], {}, "'' is not HOST:PORT"),
     (["--endpoints", "http://127.0.0.1:7379"], {}, "without a scheme"),
     (["--endpoints", "127.0.0.1:7379:5"], {}, "give one port"),
+    # The resolver's UnicodeError escaped as "unexpected error", exit 4, and the good endpoint after it went untried.
+    (["--endpoints", "a..b:1,127.0.0.1:1"], {}, "'a..b' is not a host name (an empty label"),
+    (["--endpoints", "x" * 64 + ":1"], {}, "or a label over 63 characters"),
+    (["--endpoints", "[::1]]:7379"], {}, "unbalanced brackets around the host"),
+    (["--endpoints", "[127.0.0.1]:7379"], {}, "brackets hold an IPv6 address, and '127.0.0.1' is not one"),
     (["--endpoints", "127.0.0.1:\u00b2"], {}, "the port in ASCII digits"),  # int() took "²": a traceback's text
     (["--endpoints", "127.0.0.1:\u0662\u0663\u0660\u0660\u0661"], {}, "the port in ASCII digits"),  # was port 23001
     (["--endpoints", "127.0.0.1:" + "9" * 5000], {}, "is outside 1-65535"),

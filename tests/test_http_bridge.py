@@ -487,6 +487,10 @@ def test_bridge_port_in_use_is_one_line_and_exit_1():
     [
         (["--listen", "localhost"], "is not HOST:PORT"),
         (["--endpoints", "nope"], "invalid endpoint"),
+        # The resolver's UnicodeError: every request answered 500 with a traceback logged, and
+        # --listen a..b ended in a CRITICAL traceback with exit 1.
+        (["--endpoints", "a..b:7379"], "'a..b' is not a host name"),
+        (["--listen", "a..b:24230"], "'a..b' is not a host name"),
         (["--timeout", "0"], "--timeout"),
         (["--max-body-bytes", "10"], "--max-body-bytes"),
         (["--max-connections", "0"], "--max-connections"),

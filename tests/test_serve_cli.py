@@ -33,6 +33,9 @@ def run_serve(*args, env=None, timeout=15):
         (["--max-frame-bytes", "2000", "--max-value-bytes", "1000"], "--max-frame-bytes (2000) must be at least"),
         (["--cache-entries", "lots"], "'lots' is not a valid integer"),
         (["--heartbeat-interval", "1e-6"], "--heartbeat-interval (1e-06 s) must be at least 0.01 s"),
+        (["--listen", "a..b:24240"], "'a..b' is not a host name"),  # was a CRITICAL traceback, exit 1
+        (["--http-listen", "a..b:24241"], "'a..b' is not a host name"),
+        (["--cluster", "n1=127.0.0.1:24240,n2=a..b:24246"], "'a..b' is not a host name"),  # the link died silently
     ],
 )
 def test_bad_arguments_exit_2_with_a_message_and_no_traceback(tmp_path, args, message):

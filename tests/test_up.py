@@ -796,6 +796,34 @@ def test_too_many_nodes_for_the_port_range_is_a_usage_error(tmp_path):
     assert not (tmp_path / ".kvwire").exists()
 
 
+@pytest.mark.parametrize("line, error", [
+    # A name that is no string was looked up as one: a TypeError, no reply, a traceback on up's stderr.
+    (b'{"command": "stop", "node": ["n1"]}', 'not a request: stop needs "node", a node\'s name'),
+    (b'{"command": "kill", "node": {"a": 1}}', 'not a request: kill needs "node", a node\'s name'),
+    (b'{"command": "start"}', 'not a request: start needs "node", a node\'s name'),
+    (b"[" * 4000 + b"\n", "bad request: maximum recursion depth exceeded"),  # RecursionError, no reply
+    (b"{nope\n", "bad request: Expecting property name"),
+])
+def test_a_malformed_control_request_gets_a_refusal_and_the_server_goes_on(tmp_path, line, error):
+    import socket
+
+    from kvwire.cli.control import ControlServer, send, socket_path
+
+    handled = []
+    server = ControlServer(tmp_path, lambda request: handled.append(request) or {"ok": True, "children": []})
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(socket_path(tmp_path)))
+            sock.sendall(line if line.endswith(b"\n") else line + b"\n")
+            reply = json.loads(sock.makefile("rb").readline())
+        assert reply["ok"] is False and reply["error"].startswith(error), reply
+        assert handled == []  # refused before it reached up
+        assert send(tmp_path, {"command": "status"}) == {"ok": True, "children": []}
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("ending", ["reset", "closed"])
 def test_a_ctl_request_that_up_drops_unanswered_says_it_may_not_have_been_done(tmp_path, ending):
     """What `kvwire up` stopping just as a request comes in looks like to ctl: a reset or a close, no reply."""

@@ -85,10 +85,13 @@ class _RequestHandler(socketserver.StreamRequestHandler):
             request = json.loads(self.rfile.readline(MAX_LINE_BYTES))
             if not isinstance(request, dict) or request.get("command") not in COMMANDS:
                 raise ControlError(f"not a request: a JSON object with a command, one of {', '.join(COMMANDS)}")
+            if request["command"] != "status" and not isinstance(request.get("node"), str):
+                # A list or an object here was looked up as a name: a TypeError, no reply.
+                raise ControlError(f"not a request: {request['command']} needs \"node\", a node's name")
             reply = self.server.handle(request)
         except ControlError as exc:
             reply = {"ok": False, "error": str(exc)}
-        except (ValueError, OSError) as exc:  # not JSON, or the client went silent
+        except (ValueError, OSError, RecursionError) as exc:  # not JSON (or nested too deeply), or the client went silent
             reply = {"ok": False, "error": f"bad request: {exc}"}
         try:
             self.wfile.write(json.dumps(reply).encode() + b"\n")

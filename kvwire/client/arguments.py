@@ -115,9 +115,9 @@ def _check(value: Any, where: str, depth: int) -> None:
         return
     if isinstance(value, dict):
         for item_key, item in value.items():
-            if type(item_key) is str:
+            if isinstance(item_key, str):  # a str enum too: it packs as its string, as a value does
                 _check_str(item_key, f"a key of {where}")
-            elif type(item_key) is not bytes:
+            elif not isinstance(item_key, bytes):
                 raise TypeError(
                     f"{_shown(where)} has a key {item_key!r} of type {type(item_key).__name__}; "
                     "map keys must be str or bytes"
@@ -128,6 +128,8 @@ def _check(value: Any, where: str, depth: int) -> None:
         raise TypeError(f"{_shown(where)} is a memoryview that is not C-contiguous; pass bytes(view) instead")
     if isinstance(value, (bool, int, float, str, bytes, bytearray, memoryview)):
         # Subclasses (IntEnum, str enums) and buffer types pack as their base type.
+        if isinstance(value, str):
+            _check_str(value, where)
         return
     raise TypeError(f"{_shown(where)} has type {kind.__name__}, which kvwire cannot store; use {_SUPPORTED}")
 

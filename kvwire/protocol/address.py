@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Iterable
 
@@ -21,13 +22,25 @@ def parse_host_port(text: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     if not sep or not _PORT.fullmatch(port_text):
         raise ValueError(f"{text!r} is not HOST:PORT (the port in ASCII digits)")
     if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
+        if not host.endswith("]") or len(host) < 3 or "[" in host[1:-1] or "]" in host[1:-1]:
             raise ValueError(f"{text!r}: unbalanced brackets around the host")
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: brackets hold an IPv6 address, and {host!r} is not one") from None
     elif host.count(":") == 1 and _PORT.fullmatch(host.partition(":")[2]):
         raise ValueError(f"{text!r}: give one port")  # 127.0.0.1:7379:5
     elif ":" in host or "[" in host or "]" in host:
         raise ValueError(f"{text!r}: write an IPv6 host in brackets, as [::1]:7379")
+    else:
+        try:
+            # What the resolver does to a name first; its UnicodeError is no OSError,
+            # so a name it cannot encode escaped every "cannot connect" path.
+            host.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"{text!r}: {host!r} is not a host name (an empty label, as in 'a..b', "
+                             "or a label over 63 characters)") from None
     digits = port_text.lstrip("0")
     port = int(digits or "0") if len(digits) <= 5 else 0  # int() of thousands of digits is slow
     if not 0 < port <= 65535:
