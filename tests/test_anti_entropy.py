@@ -229,6 +229,37 @@ def test_join_on_a_directory_used_before_still_joins(tmp_path):
             assert client.get("w/new") == b"y"
 
 
+def test_join_in_every_nodes_options_as_the_deploy_files_give_it_forms_a_new_cluster_and_a_wiped_restart_loses_nothing(tmp_path):
+    """deploy/kvwire.service and deploy/Dockerfile give every node --join (KVWIRE_JOIN=1), since
+    systemd restarts a node on an empty StateDirectory without a person. Without it this
+    sequence lost an acknowledged write: n3, wiped and restarted while n1 was away, voted at
+    once; beside n2 (which had missed the last writes) it acknowledged a PUT of L minted below
+    the version n1 alone still held, which won everywhere once n1 was back. A new cluster of such nodes takes
+    writes once every member has started: each joins from the others."""
+    with LocalCluster(3, data_dir=tmp_path, node_args=[*REPAIR_ARGS, "--join"]) as cluster:
+        wait_for(lambda: not any(cluster.health(node)["joining"] for node in ("n1", "n2", "n3")), timeout=30,
+                 what="a new cluster's nodes, each started with --join, joined from one another")
+        assert "joined: caught up from every peer" in cluster["n1"].log()
+        assert cluster.terminate("n2") == 0
+        with Client(cluster.endpoints_of("n1"), retry=RetryPolicy(attempts=1)) as client:
+            for value in ("a", "b", "old"):
+                client.put("L", value)  # on n1 and n3 only
+        cluster.kill("n3")
+        cluster.wipe("n3")
+        assert cluster.terminate("n1") == 0  # the only other copy of "old" is away for now
+        cluster.start("n3")  # as systemd's Restart= would, with the unit's --join
+        cluster.wait_ready("n3", peers=False)
+        cluster.start("n2")
+        cluster.wait_ready("n2", peers=False)
+        cluster.wait_peers("n2", up=["n3"], down=["n1"])
+        assert cluster.health("n3")["joining"] is True
+        refuses_writes(cluster, "n2", "L")  # n2 + an empty, joining n3 is no majority: nothing acknowledged to lose
+        start_until_joined(cluster, "n1")
+        with Client(cluster.endpoints) as client:
+            assert client.get("L") == "old"
+        assert local_copies(cluster["n3"].address, ["L"]) == {"L": "old"}
+
+
 @pytest.mark.parametrize("stop", ["kill -9", "clean stop"])
 def test_a_node_killed_catches_up_from_every_peer_before_it_votes_and_one_stopped_cleanly_does_not(tmp_path, stop):
     """A write's local commit overlaps its REPLICATEs, so a node killed mid-write may

@@ -20,7 +20,8 @@ import yaml
 
 from kvwire.cli.exit_status import CONFIG_REFUSED_STATUS, USAGE_ERROR_STATUS
 from kvwire.cli.main import serve
-from kvwire.testing import LocalCluster
+from kvwire.testing import LocalCluster, wait_for
+from kvwire.testing.node import free_port_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -88,6 +89,34 @@ def test_nodes_form_one_cluster_and_use_only_options_kvwire_serve_knows(compose)
         assert services[name]["secrets"] == [{"source": "cluster_secret", "target": "cluster.secret"}]
     assert compose["secrets"] == {"cluster_secret": {"file": "./cluster.secret"}}
     assert sorted(services[name]["environment"]["KVWIRE_NODE_ID"] for name in NODE_SERVICES) == ["n1", "n2", "n3"]
+
+
+def test_every_node_joins_so_a_lost_disk_restarted_unattended_catches_up_before_it_votes(compose, tmp_path):
+    """systemd (a new, empty StateDirectory) and Docker (a recreated volume) restart a node
+    on an empty disk with no person acting; without --join it voted at once and could
+    lose an acknowledged write (tests/test_anti_entropy.py runs that sequence on real nodes)."""
+    image_env = dict(re.findall(r"(\w+)=(\S+)", dict(dockerfile_instructions())["ENV"]))
+    assert image_env["KVWIRE_JOIN"] == "1"
+    for name in NODE_SERVICES:  # the compose file's nodes run the image and keep it
+        assert compose["services"][name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert "KVWIRE_JOIN" not in compose["services"][name]["environment"]
+    assert unit_settings()["Service"]["Environment"].count("KVWIRE_JOIN=1") == 1
+    # The variable as both files write it switches --join on: the node says it is joining.
+    port = free_port_run(2)  # n2 never starts: n1 stays joining
+    log = tmp_path / "n1.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kvwire", "serve", "--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}",
+             "--cluster", f"n1=127.0.0.1:{port},n2=127.0.0.1:{port + 1}", "--insecure"],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("KVWIRE_")}, "KVWIRE_JOIN": "1"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for(lambda: "event=joining" in log.read_text() or process.poll() is not None, timeout=30,
+                 what="the node's log saying it joins, or its exit")
+        assert "joining the cluster: until anti-entropy has caught this node up from every peer" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_haproxy_runs_the_repository_config_in_front_of_the_nodes(compose):
