@@ -126,6 +126,9 @@ def test_replication_and_failover_with_auth_on(cluster):
     ("a read 0123456789abcdef0123\nb write 0123456789abcdef0123\n", "two entries hold the same token"),
     ("# nothing but a comment\n", "at least one token"),
     ("alice\n", "line 1: expected NAME ROLE TOKEN [KEY_PREFIX]"),
+    # A comment after an entry reads as a prefix or token that begins with "#": refused, not guessed.
+    ("# a comment\nalice write 0123456789abcdef0123 app/ # the app\n", "line 2: a field begins with '#'"),
+    ("alice write 0123456789abcdef0123 #tenant/\n", "line 1: a field begins with '#'"),
 ])
 def test_a_bad_auth_file_names_the_file_and_line(tmp_path, text, message):
     path = tmp_path / "auth"
@@ -137,6 +140,21 @@ def test_a_bad_auth_file_names_the_file_and_line(tmp_path, text, message):
                              "--data-dir", str(tmp_path / "n1")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and message.split(":")[-1].strip() in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_hash_inside_a_token_or_key_prefix_is_part_of_it(tmp_path):
+    """The file was cut at the first "#" of a line: "tenant#42:" became the prefix "tenant"
+    (every tenant's keys), and a token holding "#" lost its prefix and its second half."""
+    path = tmp_path / "auth"
+    path.write_text("  # tenants\nt42 write 0123456789abcdef#0123 tenant#42:\n")
+    table = AuthTable.load(path)
+    (entry,) = table.entries
+    assert entry.prefix == "tenant#42:"
+    assert table.find("0123456789abcdef#0123") is entry and table.find("0123456789abcdef") is None
+    grant = entry.grant()
+    grant.check(Put(1, "tenant#42:k", b"v"))
+    with pytest.raises(ForbiddenError):
+        grant.check(Put(1, "tenant#43:k", b"v"))
 
 
 def test_an_auth_file_entry_never_shows_its_token(tmp_path):

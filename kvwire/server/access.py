@@ -6,7 +6,8 @@ lists; the token's role then decides which ops it may send, and its optional
 key prefix which keys. Peers get the peer ops by proving the cluster secret
 (kvwire.protocol.peer_auth), never by a token.
 
-The auth file, one token a line (``#`` starts a comment)::
+The auth file, one token a line (a line whose first field begins with ``#`` is a
+comment; a ``#`` inside a token or key prefix is part of it)::
 
     # name     role    token (or sha256:HEX of it)      [key prefix]
     app        write   sha256:9f86d08...                app/
@@ -135,10 +136,16 @@ class AuthTable:
             raise ValueError(f"cannot read auth file {path}: {getattr(exc, 'strerror', None) or exc}") from None
         entries = []
         for number, line in enumerate(text.splitlines(), 1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
                 continue
             try:
+                if any(field.startswith("#") for field in fields):
+                    # Cut at the first "#", "tenant#42:" became the prefix "tenant" (every
+                    # tenant's keys) and a token holding "#" its first part: a comment after
+                    # an entry reads the same as a token or prefix that begins with "#".
+                    raise ValueError("a field begins with '#': a comment goes on a line of its own, "
+                                     "and a token or key prefix may hold '#' but not begin with it")
                 entries.append(_parse_entry(fields))
             except ValueError as exc:
                 raise ValueError(f"{path} line {number}: {exc}") from None
