@@ -8,14 +8,16 @@ import secrets
 from pathlib import Path
 
 from .protocol.peer_auth import new_secret, parse_secret
+from .small_file import read_small_file
+
+
+# A secret is one line of base64 (new_secret: 44 bytes); anything far larger is the wrong file.
+MAX_SECRET_FILE_BYTES = 4096
 
 
 def read_secret_file(path: str | os.PathLike) -> bytes:
     """The secret in ``path``; ValueError naming the file when it can't be read or is too short."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read cluster secret file {path}: {exc.strerror or exc}") from None
+    data = read_small_file(path, limit=MAX_SECRET_FILE_BYTES, what="cluster secret file")
     return parse_secret(data, os.fspath(path))
 
 

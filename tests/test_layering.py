@@ -23,9 +23,10 @@ ALLOWED = {
     "kvwire.protocol": set(),
     "kvwire.backoff": set(),
     "kvwire.tls": set(),  # the standard library's ssl only, so that every side can share it
-    "kvwire.secret_file": {"kvwire.protocol"},
+    "kvwire.small_file": set(),  # the standard library only: the node's and the CLI's small files
+    "kvwire.secret_file": {"kvwire.protocol", "kvwire.small_file"},
     "kvwire.client": {"kvwire.protocol", "kvwire.backoff", "kvwire.tls"},
-    "kvwire.server": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls"},
+    "kvwire.server": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls", "kvwire.small_file"},
     "kvwire.check": {"kvwire.protocol"},
     "kvwire.sim": {"kvwire.protocol", "kvwire.backoff", "kvwire.server", "kvwire.check"},
     "kvwire.testing": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.secret_file", "kvwire.tls"},

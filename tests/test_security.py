@@ -172,6 +172,36 @@ def test_a_bad_secret_file_is_one_clear_error(tmp_path, content, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--cluster-secret-file", "--auth-file"])
+@pytest.mark.parametrize("kind", ["device", "fifo", "large"])
+def test_a_secret_or_auth_file_that_is_no_small_file_is_refused_not_read_whole(tmp_path, option, kind):
+    """Read whole, /dev/zero grew the node until a MemoryError (under kvwire up, a restart
+    loop), and a named pipe no one writes to hung its start for good."""
+    what = {"--cluster-secret-file": "cluster secret file", "--auth-file": "auth file"}[option]
+    if kind == "device":
+        path, message = "/dev/zero", f"{what} /dev/zero is not a regular file (a pipe or a device is not read)"
+    elif kind == "fifo":
+        path = str(tmp_path / "pipe")
+        os.mkfifo(path)
+        message = f"{what} {path} is not a regular file"
+    else:
+        path = str(tmp_path / "big")
+        with open(path, "wb") as file:
+            file.truncate(64 * 1024 * 1024)  # sparse: larger than either file may be
+        message = f"{what} {path} is larger than"
+    import resource
+
+    def bounded_memory() -> None:  # should /dev/zero be read whole again, a MemoryError, not the machine's memory
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kvwire", "serve", "--data-dir", str(tmp_path / "n1"),
+         "--cluster", "n1=127.0.0.1:1,n2=127.0.0.1:2", "--insecure", option, path],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, preexec_fn=bounded_memory)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_insecure_runs_without_a_secret_and_warns(tmp_path):
     node = NodeProcess("n1", data_dir=tmp_path / "n1",
                        extra_args=["--cluster", "n1=127.0.0.1:{port},n2=127.0.0.1:1", "--insecure"])

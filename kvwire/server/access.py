@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol.errors import ForbiddenError, UnauthenticatedError
+from ..small_file import read_small_file
 from ..protocol.messages import Delete, Digests, Fetch, Get, Health, Hello, Lookup, Ping, Put, Replicate, Requests, Sync
 
+# About 100,000 entries: anything larger is the wrong file (/dev/zero never ends).
+MAX_AUTH_FILE_BYTES = 16 * 1024 * 1024
 # A token is a password a program holds: refuse ones short enough to guess.
 MIN_TOKEN_CHARS = 16
 _SHA256_PREFIX = "sha256:"
@@ -130,10 +133,11 @@ class AuthTable:
     @classmethod
     def load(cls, path: Path) -> AuthTable:
         """Read an auth file; ValueError naming the file and line for anything wrong."""
+        data = read_small_file(path, limit=MAX_AUTH_FILE_BYTES, what="auth file")
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read auth file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"cannot read auth file {path}: {exc}") from None
         entries = []
         for number, line in enumerate(text.splitlines(), 1):
             fields = line.split()
