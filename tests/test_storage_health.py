@@ -162,3 +162,21 @@ def test_a_node_started_on_a_full_disk_exits_1_so_that_it_is_started_again(tmp_p
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     assert "free space on its file system" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_a_new_data_directory_on_a_full_disk_is_refused_naming_the_disk_not_the_address(tmp_path):
+    """Writing the pid into DATA_DIR/LOCK failed first, and the error said
+    "cannot start node n1 on 127.0.0.1:PORT: No space left on device"."""
+    disk = tmp_path / "disk"
+    node = NodeProcess("n1", data_dir=disk / "n1", extra_args=["--sync", "normal"])
+    script = f"""
+        mkdir -p {disk} && mount -t tmpfs -o size=2m kvwire-test {disk} || exit 99
+        mkdir {disk}/n1 && chmod 700 {disk}/n1
+        dd if=/dev/zero of={disk}/filler bs=64k >/dev/null 2>&1
+        timeout 30 {shlex.join(node.command)}
+    """
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "free space on its file system" in result.stderr, result.stderr[-2000:]
+    assert f"on {node.address}" not in result.stderr and "Traceback" not in result.stderr

@@ -68,9 +68,15 @@ class DataDirLock:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise DataDirInUseError(self.data_dir, holder) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise DataDirError(f"cannot lock {lock_path}: {reason_of(exc)}") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            # The pid is for another process's error message only, and the lock is held:
+            # a full disk fails the node's start where it matters, at its database, with
+            # a message that says so (it was blamed on the listen address).
+            pass
         self._fd = fd
         return self
 
