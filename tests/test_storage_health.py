@@ -88,7 +88,12 @@ def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_
             # Healthy once it has caught up from its peers: the failed PUT's tag went out to
             # them while its own commit failed, so it votes again only then (docs/design.md 1.2).
             wait_for(lambda: client.health()["status"] == "healthy", timeout=15, what="n3 voting again")
-    assert "quorum lost" not in n3.log()  # its peers never went: the disk's own lines say it
+    # Its own log says so, as its HEALTH and its peers' logs did (it said nothing of it).
+    log = n3.log()
+    joining = log.index("joining the cluster: this node's disk refused a write its peers were sent")
+    assert "event=joining" in log[joining:].splitlines()[0]
+    assert log.index("joined: caught up from every peer", joining) > joining
+    assert "quorum lost" not in log  # its peers never went: the disk's own lines say it
 
 
 def test_a_node_whose_peers_disks_refuse_writes_says_it_has_no_quorum(tmp_path):

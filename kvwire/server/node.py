@@ -419,7 +419,15 @@ class Node:
                         "%s", effect.message, extra={"event": effect.event, **effect.fields})
                     if effect.event in QUORUM_NOTICES:
                         self._log_quorum_change()
-        if self._joining and not core.joining:
+        if core.joining and not self._joining:
+            # Begun while running: this node's disk refused a write whose REPLICATEs had
+            # gone out (NodeCore.lost_a_sent_tag); HEALTH said joining, the log nothing.
+            self._joining = True
+            log.warning("joining the cluster: this node's disk refused a write its peers were sent, so a peer may "
+                        "hold a tag this node lost; until anti-entropy has caught it up from every peer it takes no "
+                        "part in majorities, and what it coordinates asks every node", extra={"event": "joining"})
+            self._log_quorum_change()
+        elif self._joining and not core.joining:
             self._joining = False
             log.info("joined: caught up from every peer, this node now takes part in majorities",
                      extra={"event": "joined"})
