@@ -512,6 +512,21 @@ def test_a_second_up_on_the_same_data_directory_is_refused(tmp_path):
         up.cleanup()
 
 
+def test_a_node_directory_another_process_holds_is_refused_before_anything_starts(tmp_path):
+    """A `kvwire serve` started by hand on DATA_DIR/n1: up restarted n1 over and over for
+    30 s, then gave up saying only "n1 not answering ... Connection refused"."""
+    from kvwire.server.datadir import DataDirLock
+
+    base = free_port_run(2)
+    with DataDirLock(tmp_path / "data" / "n2"):  # held as a running node holds it
+        result = run_up(tmp_path, "--nodes", "2", "--base-port", str(base), "--no-http",
+                        "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (f"Error: data directory {tmp_path / 'data' / 'n2'} is in use by another kvwire "
+                                     f"process (pid {os.getpid()}); stop it or use another --data-dir")
+    assert not answers_ping(f"127.0.0.1:{base}") and not (tmp_path / "data" / "n1").exists()
+
+
 @pytest.mark.parametrize("case", ["tls is a file", "data dir under a file", "part of a certificate set"])
 def test_an_unusable_data_directory_or_certificate_set_is_one_line_and_exit_1(tmp_path, case):
     data = tmp_path / "data"

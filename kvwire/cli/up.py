@@ -31,7 +31,8 @@ from click.core import ParameterSource
 from ..protocol import Health, HealthReply, Ping, Pong
 from ..protocol.address import format_endpoint
 from ..secret_file import write_secret_file
-from ..server.storage import DATABASE_FILE_NAME, is_claimed
+from ..server.datadir import DataDirInUseError, DataDirLock
+from ..server.storage import DATABASE_FILE_NAME, DataDirError, is_claimed
 from ..tls import TlsConfigError
 from ..testing import ChildProcess, DevCerts
 from .control import ControlError, ControlServer, check_no_live_up, ctl
@@ -60,6 +61,20 @@ CTL_START_TIMEOUT = 10.0
 CTL_ANSWER_TIMEOUT = 15.0
 # kvwire serve variables each node must not share: `up` keeps them from its nodes.
 NOT_FOR_EVERY_NODE = frozenset({"KVWIRE_CLUSTER", "KVWIRE_HTTP_LISTEN", "KVWIRE_METRICS_LISTEN", "KVWIRE_JOIN"})
+
+
+def _check_data_dir_free(node_dir: Path) -> None:
+    """Refuse at once a node directory another process holds (a `kvwire serve` started by
+    hand): the node would exit, be restarted over and over, and `up` give up after 30 s
+    saying only that it did not answer."""
+    if not node_dir.is_dir():
+        return
+    try:
+        DataDirLock(node_dir).acquire().release()
+    except DataDirInUseError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (DataDirError, OSError):
+        pass  # the node's own start says what is wrong with it, as it does without up
 
 
 # Not interspersed: everything from `ctl` on is ctl's (`kvwire up ctl stop --data-dir DIR n2`).
@@ -116,6 +131,8 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
         check_no_live_up(data_dir)  # before the ports: it is why they would be in use
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None
+    for node_id, _ in nodes:
+        _check_data_dir_free(data_dir / node_id)
     for node_id, port in nodes:
         _check_port_free(host, port, node_id)
     for node_id, port in http_ports.items():
