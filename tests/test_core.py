@@ -23,7 +23,7 @@ from kvwire.protocol.messages import (
 from kvwire.server.config import ServerConfig, parse_cluster
 from kvwire.server.core import (
     CloseLink, DropPeerHints, Entry, Joined, Load, NodeCore, PeerStateChanged, Persist, Respond, SaveFloor, SaveRequests,
-    Send, StoreHint,
+    Send, StoreHint, Strand,
 )
 from kvwire.server.failure_detector import PeerState
 from kvwire.protocol.limits import REPAIR_BUCKETS
@@ -33,9 +33,10 @@ from kvwire.server.core.minter import member_of
 MEMBERS = parse_cluster("n1=127.0.0.1:1,n2=127.0.0.2:1,n3=127.0.0.3:1")
 
 
-def make_core(node_id="n1", members=MEMBERS, *, mutant=None, joining=False, unclean=False, **config) -> NodeCore:
+def make_core(node_id="n1", members=MEMBERS, *, mutant=None, joining=False, unclean=False, committed=None,
+              stranded=None, **config) -> NodeCore:
     return NodeCore(ServerConfig(node_id=node_id, members=members, data_dir=Path("unused"), insecure=True, **config), 0.0,
-                    mutant=mutant, joining=joining, unclean=unclean)
+                    mutant=mutant, joining=joining, unclean=unclean, committed=committed, stranded=stranded)
 
 
 def effects_of(core, kind):
@@ -1392,6 +1393,49 @@ def test_a_put_left_undecided_after_a_refusal_keeps_its_readers_until_this_node_
     core.persisted(persist.write_id, None, 0.0)
     held = [e.reply for e in core.take_effects() if type(e) is Respond]
     assert held and all(reply.version == Version(6, "n3") for reply in held)
+
+
+def test_a_key_a_failed_delete_left_undecided_is_still_stranded_after_a_clean_restart():
+    # A probe of the core (2026-12-06): kept in memory only, the mark was gone after a
+    # clean restart; the next PUT through n2 minted (3, n2) over its failed tombstone
+    # (2, n2), two above the majority's (1, !n1), and failed too; the client's retry
+    # through n1 was acknowledged at (2, n1), a later PUT at (3, n1), and n2's hint of
+    # (3, n2) then surfaced above it: an acknowledged write lost.
+    core = make_core("n2")
+    core.link_up("n3", 0.0)  # n1 cut off: n2 owns DELETEs, and PUTs take the LOOKUP round
+    core.take_effects()
+    core.keydir.committed["k"] = Entry(Version(1, "!n1"), False)
+    core.cache.put("k", "a")
+    core.request("del", Delete(1, "k"), 0.0)
+    answer_sends(core, lambda send: FetchReply(1, Version(1, "!n1"), False, "a") if send.message_type is Fetch else None)
+    effects = core.take_effects()
+    (persist,) = [e for e in effects if type(e) is Persist]
+    assert persist.deleted and persist.version == Version(2, "n2")
+    commit_all(core, effects)
+    core.link_down("n3", 0.1)  # cut off before its tombstone arrives there
+    effects = core.take_effects()
+    (answer,) = [e.reply for e in effects if type(e) is Respond]
+    assert isinstance(answer, NoQuorumError) and answer.maybe_applied is True
+    assert core.stops_cleanly
+    marks = [(e.key, e.version) for e in effects if type(e) is Strand]  # what the disk keeps
+    restarted = make_core("n2", committed={"k": Entry(Version(2, "n2"), True)}, stranded=marks)
+    restarted.link_up("n3", 0.2)
+    restarted.take_effects()
+    restarted.request("put", Put(3, "k", "y", "req-y"), 0.2)
+    (lookup,) = [s for s in effects_of(restarted, Send) if s.message_type is Lookup]
+    restarted.peer_reply("n3", lookup.request_id, LookupReply(1, Version(1, "!n1"), False), 0.2)
+    effects = restarted.take_effects()
+    assert [e for e in effects if type(e) is Persist] == []  # nothing minted over the failed tombstone
+    (answer,) = [e.reply for e in effects if type(e) is Respond]
+    assert isinstance(answer, NoQuorumError) and answer.maybe_applied is False
+    assert "holds a copy of the key from a write that failed here" in str(answer)
+
+
+def test_a_stranded_mark_passed_by_a_newer_copy_strands_nothing_at_start():
+    core = make_core("n2", committed={"k": Entry(Version(4, "n1"), False)}, stranded=[("k", Version(2, "n2"))])
+    assert core.stranded == set()
+    core = make_core("n2", committed={"k": Entry(Version(2, "n2"), True)}, stranded=[("k", Version(2, "n2"))])
+    assert core.stranded == {"k"}
 
 
 def test_the_mutant_serve_refused_tags_gives_readers_the_refused_tag():

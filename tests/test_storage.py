@@ -323,6 +323,37 @@ async def test_request_records_copied_from_a_peer_survive_reopening(tmp_path):
         await storage.close()
 
 
+async def test_stranded_marks_outlive_a_restart_until_the_keys_row_passes_them(tmp_path):
+    """A key a write left undecided (core Strand): a clean restart forgot it, and the
+    node minted two above what a majority held (docs/design.md 1.2, step 2)."""
+    import sqlite3
+
+    storage = await open_storage(tmp_path)
+    try:
+        await put(storage, "k", 2, "failed")
+        await put(storage, "j", 3, "failed")
+        storage.strand("k", Version(2, "n1"))
+        storage.strand("j", Version(3, "n1"))
+        storage.strand("j", Version(1, "n1"))  # an older mark: the newer stays
+        storage.strand("gone", Version(5, "n1"))  # no row (collected, or its commit failed)
+        await put(storage, "x", 1, "flush")  # the marks ride the next commit
+    finally:
+        await storage.close()
+    storage = await open_storage(tmp_path)
+    try:
+        assert sorted(storage.loaded_stranded) == [("j", Version(3, "n1")), ("k", Version(2, "n1"))]
+        await put(storage, "k", 4, "newer", node="n3")  # passes k's mark
+    finally:
+        await storage.close()
+    storage = await open_storage(tmp_path)
+    try:
+        assert storage.loaded_stranded == [("j", Version(3, "n1"))]
+    finally:
+        await storage.close()
+    with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:  # the passed marks were deleted
+        assert db.execute("SELECT key FROM stranded").fetchall() == [("j",)]
+
+
 async def test_the_request_log_is_appended_to_and_a_restart_keeps_each_requests_newest_record(tmp_path):
     """Each record a commit keeps is a row of its own (no update of a row keyed
     by random ids: storage.SCHEMA says what that cost); a restart keeps, of each

@@ -41,7 +41,7 @@ from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
 from .core import (
     CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
-    SaveRequests, Send, StoreHint,
+    SaveRequests, Send, StoreHint, Strand,
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
 from .failure_detector import PeerState, Transition
@@ -102,8 +102,8 @@ class Node:
         requests = [(request, key, version, now - age, tentative)
                     for request, key, version, age, tentative in storage.loaded_requests]
         self.core = NodeCore(config, now, committed=storage.loaded_entries, hints=storage.loaded_hints, requests=requests,
-                             floor=storage.loaded_floor, joining=storage.joining, unclean=storage.unclean,
-                             incarnation=storage.incarnation)
+                             stranded=storage.loaded_stranded, floor=storage.loaded_floor, joining=storage.joining,
+                             unclean=storage.unclean, incarnation=storage.incarnation)
         storage.loaded_entries = {}
         storage.loaded_hints = {}
         building = time.perf_counter()
@@ -396,6 +396,8 @@ class Node:
                                              extra={"peer": effect.peer, "event": "hints_delivered"})
                 elif kind is SaveRequests:
                     self.storage.save_requests(effect.records)
+                elif kind is Strand:
+                    self.storage.strand(effect.key, effect.version)
                 elif kind is Joined:
                     self.storage.clear_joining()
                 elif kind is Purge:

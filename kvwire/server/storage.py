@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS request_log (
     tentative INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS request_log_at ON request_log (at);
+CREATE TABLE IF NOT EXISTS stranded (
+    key TEXT PRIMARY KEY,
+    counter INTEGER NOT NULL,
+    node TEXT NOT NULL
+) WITHOUT ROWID;
 """
 # The request log is appended to, never updated: its rows go in rowid order and
 # its index in time order, so a commit writes to the last pages of each. Keyed
@@ -110,6 +115,12 @@ ON CONFLICT (peer, key) DO UPDATE SET counter = excluded.counter, node = exclude
 WHERE (excluded.counter, excluded.node) > (hints.counter, hints.node)
 """
 HINT_DELETE = "DELETE FROM hints WHERE peer = ? AND key = ? AND (counter, node) <= (?, ?)"
+# Keys a write left undecided here (core/effects.py, Strand), and at which tag.
+STRAND_UPSERT = """
+INSERT INTO stranded (key, counter, node) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET counter = excluded.counter, node = excluded.node
+WHERE (excluded.counter, excluded.node) > (stranded.counter, stranded.node)
+"""
 HINT_DELETE_PEER = "DELETE FROM hints WHERE peer = ?"
 # The PUT request ids applied here (core/applied.py), kept with their rows so that
 # a retry finds them after a restart too. ``at`` is the request log's own clock
@@ -211,6 +222,8 @@ class Storage:
         self.loaded_floor = 0
         # (request id, key, version, seconds ago, tentative) of recently applied PUTs.
         self.loaded_requests: list[tuple[str, str, Version, float, bool]] = []
+        # (key, version) of each stranded mark whose key's row has not passed it.
+        self.loaded_stranded: list[tuple[str, Version]] = []
         self._requests_expired_at = 0.0
         # The request log's clock: seconds of this node's running time, carried on from
         # the last record written at each start (``_load``). Not the wall clock: a step
@@ -231,6 +244,7 @@ class Storage:
         self._clear_joining = False
         # Request records copied from peers while joining (``save_requests``), for the next commit.
         self._request_rows: list[tuple] = []
+        self._strand_rows: list[tuple] = []
 
     @classmethod
     async def open(cls, data_dir: Path, *, node_id: str, sync: SyncMode, max_batch_rows: int = 4096,
@@ -373,6 +387,21 @@ class Storage:
         newest = sorted(_newest_requests(rows).items(), key=lambda record: record[1][1])  # oldest first, as remembered
         self.loaded_requests = [(request, key, version, max(0.0, now - at), tentative)
                                 for (request, key), (version, at, tentative) in newest if at >= now - REQUEST_MAX_AGE]
+        async with self._reader.execute("SELECT key, counter, node FROM stranded") as cursor:
+            marks = await cursor.fetchall()
+        passed = []
+        for key, counter, node in marks:
+            if type(key) is not str or type(counter) is not int or counter < 0 or type(node) is not str:
+                raise _DamagedRow(f"a row of its stranded table is damaged (key {key!r:.80}: counter {counter!r:.40}, "
+                                  f"node {node!r:.40})")
+            version, entry = Version(counter, node), self.loaded_entries.get(key)
+            if entry is not None and entry.version <= version:
+                self.loaded_stranded.append((key, version))
+            else:  # passed by a newer copy since, or its row collected: nothing is left to stack on
+                passed.append((key,))
+        if passed:
+            await self._writer.executemany("DELETE FROM stranded WHERE key = ?", passed)
+            await self._writer.commit()
         self.joining = JOINING in meta
         try:
             self.backup_taken_at = float(meta[BACKUP_TAKEN_AT]) if BACKUP_TAKEN_AT in meta else None
@@ -470,6 +499,11 @@ class Storage:
                                   for request, key, version, tentative in records)
         self._wakeup.set()
 
+    def strand(self, key: str, version: Version) -> None:
+        """Mark, in the next commit, ``key``'s copy at ``version`` as from a write left undecided."""
+        self._strand_rows.append((key, version.counter, version.node))
+        self._wakeup.set()
+
     def drop_peer_hints(self, peer: str) -> None:
         """Forget, in the next commit, every hint for ``peer`` (those still queued too:
         the commit deletes a peer's hints before it adds any, so a hint added
@@ -493,7 +527,7 @@ class Storage:
                     continue
             self._wakeup.clear()
             while (self._queue or self._hint_rows or self._unhint_rows or self._purge_rows or self._floor is not None
-                   or self._clear_joining or self._request_rows):
+                   or self._clear_joining or self._request_rows or self._strand_rows):
                 batch = self._queue[: self._max_batch_rows]
                 del self._queue[: self._max_batch_rows]
                 await self._commit(batch)
@@ -518,7 +552,8 @@ class Storage:
         floor, self._floor = self._floor, None
         floor_waiters, self._floor_waiters = self._floor_waiters, []
         joined, self._clear_joining = self._clear_joining, False
-        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined, requests, expire_before)
+        strand_rows, self._strand_rows = self._strand_rows, []
+        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined, requests, expire_before, strand_rows)
         started = time.perf_counter()
         try:
             # One hop to aiosqlite's thread for the whole transaction, not one
@@ -557,6 +592,7 @@ class Storage:
                 self._floor_waiters[:0] = floor_waiters
             self._clear_joining = self._clear_joining or joined
             self._request_rows[:0] = copied_requests
+            self._strand_rows[:0] = strand_rows
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
@@ -739,6 +775,7 @@ class _Upkeep(NamedTuple):
     joined: bool
     requests: list[tuple]
     expire_requests_before: float | None
+    strand_rows: list[tuple]
 
 
 def _newest_requests(rows: list[tuple]) -> dict[tuple[str, str], tuple[Version, float, bool]]:
@@ -808,6 +845,8 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkee
         db.executemany(HINT_DELETE, [row for row in upkeep.unhint_rows if row[1] is not None])
     if upkeep.purge_rows:
         db.executemany(PURGE, upkeep.purge_rows)
+    if upkeep.strand_rows:
+        db.executemany(STRAND_UPSERT, upkeep.strand_rows)
     if upkeep.floor is not None:
         db.execute(FLOOR_SAVE, (str(upkeep.floor),))
     if upkeep.joined:

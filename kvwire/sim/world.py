@@ -21,7 +21,7 @@ from ..server.config import Member, ServerConfig
 from ..server.core.applied import MAX_AGE as REQUEST_MAX_AGE
 from ..server.core import (
     CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Notice, Purge, SaveFloor, SaveRequests, NodeCore, PeerStateChanged, Persist,
-    Respond, Send, StoreHint,
+    Respond, Send, StoreHint, Strand,
 )
 from ..server.core.timers import Timers
 
@@ -86,6 +86,7 @@ class SimDisk:
         self.floor = 0  # the durable tag floor (tombstone collection)
         # (request id, key) -> (version, when, tentative)
         self.requests: dict[tuple[str, str], tuple[Any, float, bool]] = {}
+        self.stranded: dict[str, Any] = {}  # key -> the tag of its mark (Strand)
         self.joining = False  # a replacement disk: its node joins (ServerConfig.join)
         self.incarnation = ""  # the name its node mints tags under (kvwire/server/core/minter.py)
         self.failing_until = -1.0
@@ -150,7 +151,11 @@ class SimNode:
         disk.stopped_cleanly = False  # running again: a kill from now on is unclean
         if unclean or disk.joining:
             disk.incarnation = str(self.incarnation)
+        # As Storage._load: a mark whose key's row has passed it, or is gone, is dropped.
+        disk.stranded = {key: version for key, version in disk.stranded.items()
+                         if key in disk.rows and disk.rows[key][0] <= version}
         self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, requests=requests,
+                             stranded=list(disk.stranded.items()),
                              floor=self.disk.floor, joining=self.disk.joining, unclean=unclean,
                              incarnation=disk.incarnation, mutant=self.mutant)
         self.started_before = True
@@ -319,6 +324,12 @@ class SimNode:
                     if kind is Persist and world.crash_at_next_persist is not None:
                         strike, world.crash_at_next_persist = world.crash_at_next_persist, None
                         strike(self)
+                elif kind is Strand:
+                    # Durable at once, drawing nothing from the run's random stream: a
+                    # commit of its own would move every later event of the runs that
+                    # pin the mutants. (The real mark rides the next group commit; a
+                    # crash in between loses it, which docs/design.md 1.2 says is not covered.)
+                    self._keep_strand(effect.key, effect.version)
                 elif kind is Load:
                     self._load(effect.key)
                 elif kind is CloseLink:
@@ -473,6 +484,11 @@ class SimNode:
                         del hinted[effect.key]
         disk.write_error = failed
         return not failed
+
+    def _keep_strand(self, key: str, version: Any) -> None:
+        held = self.disk.stranded.get(key)
+        if held is None or version > held:
+            self.disk.stranded[key] = version
 
     def _keep_request(self, request: str, key: str, version: Any, tentative: bool, now: float) -> None:
         """The request log as a restart loads it (storage._newest_requests): a newer

@@ -2,12 +2,12 @@
 
 from .effects import (
     CloseLink, DropHint, DropPeerHints, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor, SaveRequests, Send,
-    StoreHint,
+    StoreHint, Strand,
 )
 from .keydir import Copy, Entry, Keydir
 from .node import MUTANTS, NodeCore
 
 __all__ = [
     "CloseLink", "Copy", "DropHint", "DropPeerHints", "Effect", "Entry", "Joined", "Keydir", "Load", "MUTANTS", "NodeCore",
-    "Notice", "PeerStateChanged", "Persist", "Purge", "Respond", "SaveFloor", "SaveRequests", "Send", "StoreHint",
+    "Notice", "PeerStateChanged", "Persist", "Purge", "Respond", "SaveFloor", "SaveRequests", "Send", "StoreHint", "Strand",
 ]

@@ -112,6 +112,18 @@ class SaveRequests:
 
 
 @dataclass(slots=True)
+class Strand:
+    """Keep, in the next commit, that ``key``'s copy here at ``version`` is from a
+    write left undecided (stranded, ``one_trip.py``), so that a restart still
+    knows it: forgotten, the next LOOKUP PUT here minted two above what a majority
+    held. No completion; the mark is dropped at a start that finds the key's row
+    past it."""
+
+    key: str
+    version: Version
+
+
+@dataclass(slots=True)
 class Load:
     """Read ``key``'s committed row. Completed by ``core.loaded(key, row)``, with row
     ``(version, deleted, value)`` or None when there is none."""
@@ -145,4 +157,4 @@ class Notice:
 
 
 Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | SaveRequests | Joined | Load
-          | CloseLink | PeerStateChanged | Notice)
+          | CloseLink | PeerStateChanged | Notice | Strand)

@@ -41,7 +41,7 @@ from ...protocol.limits import FRAME_OVERHEAD_BYTES, MAX_REQUEST_RECORDS
 from ..cache import MISSING, ValueCache
 from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
-from .effects import CloseLink, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Respond, SaveRequests, Send
+from .effects import CloseLink, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Respond, SaveRequests, Send, Strand
 from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir
 from .operations import Delete as DeleteOp
@@ -104,6 +104,7 @@ MUTANTS = (
     "stack-on-in-progress",  # a PUT mints above this node's copy from a write still in progress that no answer holds
     "always-stops-cleanly",  # a node stopped while joining, or holding a lost tag, starts again as after a clean stop
     "serve-refused-tags",  # a one-round-trip PUT left undecided after a refusal lets its readers have its tag
+    "volatile-stranded",  # a key a write left undecided here is stranded in memory only: a clean restart forgets it
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -150,6 +151,7 @@ class NodeCore:
         hints: dict[str, dict[str, Version]] | None = None,
         floor: int = 0,
         requests: list[tuple[str, str, Version, float, bool]] | None = None,
+        stranded: list[tuple[str, Version]] | None = None,
         joining: bool = False,
         unclean: bool = False,
         incarnation: str = "",
@@ -223,6 +225,9 @@ class NodeCore:
             self.applied.remember(request_id, key, version, at, tentative=tentative)
             if tentative and member_of(version.node) == self.node_id and self.mutant != "ignore-stranded":
                 self.stranded.add(key)  # maybe undecided when this node stopped (one_trip.py)
+        for key, version in stranded or ():  # marked durably by ``strand`` (Strand)
+            if self.keydir.latest_version(key) <= version and self.mutant != "ignore-stranded":
+                self.stranded.add(key)  # else passed by a newer copy since: the mark is stale
         # A node joining an existing cluster with an empty data directory (--join:
         # its disk was lost, or it replaces a removed member) holds none of the
         # cluster's writes yet. A write acknowledged by a majority that included
@@ -501,6 +506,17 @@ class NodeCore:
         self.join_generation += 1
         self._caught_up_from.clear()
         self.repair.try_round()
+
+    def strand(self, key: str, version: Version | None) -> None:
+        """A write of ``key`` here ended undecided: this node may hold it at a tag no
+        majority has (one_trip.py). Marked durably too, so that a restart, clean or
+        not, still knows it: kept in memory only, a DELETE's tombstone (never hinted)
+        or a LOOKUP PUT's tag left this node free to mint above it after a clean
+        restart, two above what a majority held, and a write acknowledged after the
+        client's retry elsewhere was lost to it."""
+        self.stranded.add(key)
+        if version is not None and self.mutant != "volatile-stranded":
+            self.effects.append(Strand(key, version))
 
     def floor_saved(self, floor: int, now: float) -> None:
         """A ``SaveFloor`` committed."""

@@ -56,9 +56,8 @@ Any write that ends with ``maybe_applied`` strands its key
 (``_ReplicatedWrite._answer``), and the LOOKUP path will not mint above such
 a copy while no answer holds it (``operations.Write._mint``).
 
-Stranded keys are kept in memory, and rebuilt at start from the tentative
-request records on disk (a PUT without a request id leaves none, nor does a
-LOOKUP write or a DELETE: after a restart, such a key is not stranded).
+Stranded keys are kept in memory and marked durably (``NodeCore.strand``), and
+rebuilt at start from those marks and the tentative request records on disk.
 """
 
 from __future__ import annotations

@@ -338,7 +338,7 @@ class _ReplicatedWrite:
         self._timer.cancel()
         if error is not None and getattr(error, "maybe_applied", False):
             # This node may hold the key at a tag no majority has (Write._mint).
-            self._core.stranded.add(self._request.key)
+            self._core.strand(self._request.key, self._version)
         if error is None and self._expect is not None:
             self._hint_missed()
         self._core.respond(self._token, self._success() if error is None else error)
