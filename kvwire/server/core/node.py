@@ -105,6 +105,7 @@ MUTANTS = (
     "always-stops-cleanly",  # a node stopped while joining, or holding a lost tag, starts again as after a clean stop
     "serve-refused-tags",  # a one-round-trip PUT left undecided after a refusal lets its readers have its tag
     "volatile-stranded",  # a key a write left undecided here is stranded in memory only: a clean restart forgets it
+    "created-second-hand",  # a one-round-trip PUT answers created from replicas that had its tag already
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

@@ -119,6 +119,14 @@ def jumps_the_floor(core: CoreServices, above: Version) -> bool:
     return core.tombstones.floor_target > above.counter and core.mutant != "one-trip-over-floor"
 
 
+# As operations.py's MINTS_WITHOUT_WAITING: waiting for a first-hand answer to know
+# ``created`` (``OneTripWrite._created_unknown``, 2026-12-06) moved the seeds that
+# caught ``serve-in-progress`` (2106, whose search from 2000 then found none within
+# the default count) and ``count-newer-as-applied`` (20), so those mutants also
+# answer at once, as the core did before.
+ANSWERS_CREATED_SECOND_HAND = frozenset({"created-second-hand", "serve-in-progress", "count-newer-as-applied"})
+
+
 class OneTripWrite(_ReplicatedWrite):
     def __init__(self, core: CoreServices, token: Any, request, packed: bytes | None) -> None:
         super().__init__(core, token, request)
@@ -189,6 +197,9 @@ class OneTripWrite(_ReplicatedWrite):
         self._attempt += 1
         attempt = self._attempt
         self._acks = self._refused = self._failed = 0  # this attempt's, this node's own in _acks
+        # Of this attempt's peer acknowledgements, those that said what the replica held
+        # before this write's tag came (``_replied``); the others held it already.
+        self._acks_first_hand = self._acks_second_hand = 0
         self._local_pending = True
         self._commits_pending += 1
         self._fanout = None
@@ -238,6 +249,27 @@ class OneTripWrite(_ReplicatedWrite):
         # then keep no reference, or the two would form a cycle (``_answer``).
         self._fanout = None if self._answered or attempt != self._attempt else fanout
 
+    def _created_unknown(self) -> bool:
+        """Acknowledged by a majority, but not by a majority whose members said what they
+        held before this tag came, while a peer's answer is still to come. A replica
+        that had the tag second hand (a quorum read wrote it back from the replica that
+        took it from us) hid the live value it held before: ``created`` came from this
+        node's stale copy alone, True over a value acknowledged and read before this PUT
+        began (a probe driving real cores by hand; seed 839 of the default run with a
+        check of ``created``). The replica that took it from us answers with what it held."""
+        if not self._acks_second_hand or 1 + self._acks_first_hand >= self._core.quorum:
+            return False
+        answered = self._acks - (not self._local_pending) + self._refused + self._failed
+        return answered < len(self._core.peer_ids)
+
+    def _expire(self) -> None:
+        if not self._answered and self._quorum_reached():
+            # Waiting only to learn ``created``: the write itself is acknowledged.
+            self._acknowledged = self._version
+            self._answer(None)
+            return
+        super()._expire()
+
     def _replied(self, attempt: int, peer: str, outcome: str) -> None:
         if attempt != self._attempt or self._answered:
             return
@@ -248,6 +280,13 @@ class OneTripWrite(_ReplicatedWrite):
             self._newest_heard = max(self._newest_heard, reply.version)
         if outcome == OK:
             self._acks += 1
+            if reply is not None and reply.prior is not None and (reply.prior in self._mine or reply.prior > self._version):
+                # It held this tag already (a quorum read's write-back from a replica that
+                # took it from us, a duplicate), or newer (a DELETE that read it): what it
+                # held before the tag came is unknown, and ``created`` cannot count it.
+                self._acks_second_hand += 1
+            else:
+                self._acks_first_hand += 1
             if self._request.request is not None:
                 # A peer applied it: with this node, a majority of three held less
                 # when it came, so it is above every write finished before this
@@ -265,6 +304,8 @@ class OneTripWrite(_ReplicatedWrite):
         if self._answered:
             return
         if self._quorum_reached():
+            if self._created_unknown() and core.mutant not in ANSWERS_CREATED_SECOND_HAND:
+                return  # until the replica that had the tag from us answers (or ``_expire``)
             self._acknowledged = self._version
             self._answer(None)
             return
