@@ -808,18 +808,23 @@ def test_a_one_round_trip_put_counts_a_peer_whose_delete_read_its_tag():
     assert core.applied.find("req", "k", 0.0) == (Version(1, "!n1"), 0.0, False)
 
 
+def first_put_through_n3():
+    """A first attempt of a PUT of an absent key through n3, committed there: the core and its REPLICATEs by peer."""
+    core = make_core("n3")
+    link_all(core)
+    core.request("put", Put(7, "k", "new", "req"), 0.0)
+    effects = core.take_effects()
+    commit_all(core, effects)
+    return core, {s.peer: s for s in effects + core.take_effects() if type(s) is Send and s.message_type is Replicate}
+
+
 def test_created_waits_for_the_replica_that_had_the_tag_first_hand():
     # A probe driving real cores by hand: PUT "old" through n1 was acknowledged by n1
     # and n2 and read; a PUT through n3, empty, proposed (1, !n3); n1 applied it over
     # "old" and its answer was slow; a quorum read through n1 wrote (1, !n3) back to
     # n2; n3's own REPLICATE then found it there. n2's answer held the tag already and
     # hid "old", and n3 answered created: true (REST 201) from its own empty copy.
-    core = make_core("n3")
-    link_all(core)
-    core.request("put", Put(7, "k", "new", "req"), 0.0)
-    effects = core.take_effects()
-    commit_all(core, effects)
-    sends = {s.peer: s for s in effects + core.take_effects() if type(s) is Send and s.message_type is Replicate}
+    core, sends = first_put_through_n3()
     mine = Version(1, "!n3")
     core.peer_reply("n2", sends["n2"].request_id, ReplicateReply(1, False, mine, mine, False, None, True), 0.0)
     assert effects_of(core, Respond) == []  # a majority holds it, but neither said what it held before
@@ -828,23 +833,13 @@ def test_created_waits_for_the_replica_that_had_the_tag_first_hand():
 
 
 def test_created_second_hand_is_answered_at_the_deadline_and_from_first_hand_answers_at_once():
-    core = make_core("n3")
-    link_all(core)
-    core.request("put", Put(7, "k", "new", "req"), 0.0)
-    effects = core.take_effects()
-    commit_all(core, effects)
-    sends = {s.peer: s for s in effects + core.take_effects() if type(s) is Send and s.message_type is Replicate}
+    core, sends = first_put_through_n3()
     mine = Version(1, "!n3")
     core.peer_reply("n2", sends["n2"].request_id, ReplicateReply(1, False, mine, mine, False, None, True), 0.0)
     core.tick(core.config.write_timeout + 0.01)  # n1 never answers: the write is acknowledged all the same
     replies = [e.reply for e in core.take_effects() if type(e) is Respond]
     assert len(replies) == 1 and type(replies[0]) is PutReply and replies[0].version == mine
-    core = make_core("n3")
-    link_all(core)
-    core.request("put", Put(7, "k", "new", "req"), 0.0)
-    effects = core.take_effects()
-    commit_all(core, effects)
-    sends = {s.peer: s for s in effects + core.take_effects() if type(s) is Send and s.message_type is Replicate}
+    core, sends = first_put_through_n3()
     core.peer_reply("n2", sends["n2"].request_id, ReplicateReply(1, True, mine, Version(1, "!n1"), True), 0.0)  # a tombstone
     assert [e.reply for e in core.take_effects() if type(e) is Respond] == [PutReply(7, mine, True)]
 
