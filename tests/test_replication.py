@@ -373,3 +373,33 @@ def test_a_put_whose_peers_hang_says_they_are_unreachable(tmp_path):
     assert "nodes reachable" in refused.value.message and "earlier attempt" not in refused.value.message, \
         refused.value.message
     assert refused.value.maybe_applied is True
+
+
+def test_a_write_left_undecided_leaves_a_durable_stranded_mark_that_a_clean_restart_keeps(tmp_path):
+    """Real processes and SQLite for the Strand effect (docs/design.md 1.2, step 2): kept in
+    memory only, a clean restart forgot the key, and the next PUT through the node could
+    mint above its failed copy. Peers hung (SIGSTOP) before the failure detector notices
+    (--failure-timeout 5): the PUT commits on n1 and times out, maybe applied."""
+    import sqlite3
+
+    def marks(node) -> list[tuple]:
+        with sqlite3.connect(f"file:{node.data_dir}/kvwire.sqlite3?mode=ro", uri=True) as db:
+            return db.execute("SELECT key, counter, node FROM stranded").fetchall()
+
+    with LocalCluster(3, data_dir=tmp_path, node_args=["--failure-timeout", "5"]) as cluster:
+        cluster.pause("n2")
+        cluster.pause("n3")
+        try:
+            with Client(cluster.endpoints_of("n1"), retry=RetryPolicy(attempts=1), timeout=5) as client:
+                with pytest.raises(NoQuorumError) as failed:
+                    client.put("s", "undecided")
+            assert failed.value.maybe_applied is True
+            (key, counter, node), = wait_for(lambda: marks(cluster["n1"]), timeout=10, what="n1's stranded mark")
+            assert key == "s" and member_of(node) == "n1"
+        finally:
+            cluster.resume("n2")
+            cluster.resume("n3")
+        assert cluster.terminate("n1") == 0  # a clean stop: the mark stays, as the row has not passed it
+        cluster.start("n1")
+        cluster.wait_ready("n1", peers=False)
+        assert marks(cluster["n1"]) == [(key, counter, node)]
