@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol.errors import ForbiddenError, UnauthenticatedError
-from ..small_file import read_small_file
 from ..protocol.messages import Delete, Digests, Fetch, Get, Health, Hello, Lookup, Ping, Put, Replicate, Requests, Sync
+from ..small_file import read_small_file
 
 # About 100,000 entries: anything larger is the wrong file (/dev/zero never ends).
 MAX_AUTH_FILE_BYTES = 16 * 1024 * 1024
