@@ -91,6 +91,11 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
 
     def start() -> None:
         run.sending = True
+        if settings.warmup <= 0:
+            # Recording from the first request: scheduled, begin() could come after the
+            # replies of a small --requests budget had all arrived (in a fresh-clone CI
+            # run under load, 10 requests measured 0 operations).
+            begin()
         if lane_rate:
             start_at = time.perf_counter()
             for protocol in protocols:  # spread so that the lanes do not send in step
@@ -98,7 +103,8 @@ async def _drive(settings: Settings, index: int, connections: int, pipe: Any, ta
             tick()
         for protocol in protocols:
             protocol.start()
-        at(t0 + settings.warmup, begin)
+        if settings.warmup > 0:
+            at(t0 + settings.warmup, begin)
 
     def begin() -> None:
         if not run.window:  # else the request budget ran out in the warm-up
