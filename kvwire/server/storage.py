@@ -32,7 +32,7 @@ from ..protocol.messages import Version
 from ..protocol.values import pack_value, stored_value, structure_error
 from .config import SyncMode
 from .core.applied import MAX_AGE as REQUEST_MAX_AGE
-from .core.keydir import Entry
+from .core.keydir import Entry, mark_holds
 from .core.minter import minter_name
 from .tally import BATCH_BOUNDS, COMMIT_BOUNDS, Buckets
 
@@ -394,10 +394,9 @@ class Storage:
             if type(key) is not str or type(counter) is not int or counter < 0 or type(node) is not str:
                 raise _DamagedRow(f"a row of its stranded table is damaged (key {key!r:.80}: counter {counter!r:.40}, "
                                   f"node {node!r:.40})")
-            version, entry = Version(counter, node), self.loaded_entries.get(key)
-            if entry is not None and entry.version <= version:
-                self.loaded_stranded.append((key, version))
-            else:  # passed by a newer copy since, or its row collected: nothing is left to stack on
+            if mark_holds(self.loaded_entries.get(key), mark := Version(counter, node)):
+                self.loaded_stranded.append((key, mark))
+            else:
                 passed.append((key,))
         if passed:
             await self._writer.executemany("DELETE FROM stranded WHERE key = ?", passed)

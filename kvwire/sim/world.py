@@ -23,6 +23,7 @@ from ..server.core import (
     CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Notice, Purge, SaveFloor, SaveRequests, NodeCore, PeerStateChanged, Persist,
     Respond, Send, StoreHint, Strand,
 )
+from ..server.core.keydir import mark_holds
 from ..server.core.timers import Timers
 
 # Peer link reconnect backoff, as kvwire.server.peers does it.
@@ -152,8 +153,7 @@ class SimNode:
         if unclean or disk.joining:
             disk.incarnation = str(self.incarnation)
         # As Storage._load: a mark whose key's row has passed it, or is gone, is dropped.
-        disk.stranded = {key: version for key, version in disk.stranded.items()
-                         if key in disk.rows and disk.rows[key][0] <= version}
+        disk.stranded = {key: version for key, version in disk.stranded.items() if mark_holds(committed.get(key), version)}
         self.core = NodeCore(self.config, world.scheduler.now, committed=committed, hints=hints, requests=requests,
                              stranded=list(disk.stranded.items()),
                              floor=self.disk.floor, joining=self.disk.joining, unclean=unclean,

@@ -29,6 +29,13 @@ class Entry(NamedTuple):
     deleted: bool
 
 
+def mark_holds(entry: Entry | None, mark: Version) -> bool:
+    """Whether a stranded mark at ``mark`` still names this node's copy of its key
+    (``entry``, its committed row): a row passed by a newer copy since, or gone (a
+    collected tombstone), leaves nothing to stack on (one_trip.py, stranded keys)."""
+    return entry is not None and entry.version <= mark
+
+
 class Copy(NamedTuple):
     """One replica's answer: its version tag, tombstone flag, and value."""
 

@@ -43,7 +43,7 @@ from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
 from .effects import CloseLink, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Respond, SaveRequests, Send, Strand
 from .hints import SWEEP_INTERVAL, HintBook
-from .keydir import NO_COPY, Copy, Entry, Keydir
+from .keydir import NO_COPY, Copy, Entry, Keydir, mark_holds
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
 from .applied import AppliedRequests
@@ -227,8 +227,8 @@ class NodeCore:
             if tentative and member_of(version.node) == self.node_id and self.mutant != "ignore-stranded":
                 self.stranded.add(key)  # maybe undecided when this node stopped (one_trip.py)
         for key, version in stranded or ():  # marked durably by ``strand`` (Strand)
-            if self.keydir.latest_version(key) <= version and self.mutant != "ignore-stranded":
-                self.stranded.add(key)  # else passed by a newer copy since: the mark is stale
+            if mark_holds(self.keydir.committed.get(key), version) and self.mutant != "ignore-stranded":
+                self.stranded.add(key)
         # A node joining an existing cluster with an empty data directory (--join:
         # its disk was lost, or it replaces a removed member) holds none of the
         # cluster's writes yet. A write acknowledged by a majority that included

@@ -259,8 +259,11 @@ class OneTripWrite(_ReplicatedWrite):
         check of ``created``). The replica that took it from us answers with what it held."""
         if not self._acks_second_hand or 1 + self._acks_first_hand >= self._core.quorum:
             return False
-        answered = self._acks - (not self._local_pending) + self._refused + self._failed
-        return answered < len(self._core.peer_ids)
+        return self._peers_answered() < len(self._core.peer_ids)
+
+    def _peers_answered(self) -> int:
+        """This attempt's answers from peers (``_acks`` counts this node's own commit too)."""
+        return self._acks - (not self._local_pending) + self._refused + self._failed
 
     def _expire(self) -> None:
         if not self._answered and self._quorum_reached():
@@ -326,7 +329,7 @@ class OneTripWrite(_ReplicatedWrite):
                     f"{WRITE_NO_QUORUM}: PUT of {self._request.key!r}: its tag was behind a majority's and the tag "
                     "floor is above theirs; nothing was written", maybe_applied=False))
                 return
-        answered = self._acks - (not self._local_pending) + self._refused + self._failed
+        answered = self._peers_answered()
         if self._acks + len(core.peer_ids) - answered + self._local_pending < core.quorum:
             self._no_quorum(f"{self._acks} of {core.cluster_size} nodes took its tag, {self._refused} held a newer "
                             f"one and {self._failed} did not answer", maybe_applied=True)
