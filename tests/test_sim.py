@@ -516,3 +516,15 @@ def test_a_key_past_the_checkers_budget_fails_as_undecided_until_the_budget_is_r
     capsys.readouterr()
     assert main(["--seeds", "50", "--mutant", "no-lookup", "--json"]) == 1
     assert "--max-steps" not in json.loads(capsys.readouterr().out)["replay"]  # named only when not the default
+
+
+def test_hints_are_judged_drained_by_the_designs_bound_and_a_node_that_never_replays_fails_it():
+    # Seed 711995 of this mix: n3's replays to n2 were in flight when every fault
+    # healed, timed out a write timeout (1 s) later and waited out their backoff,
+    # capped at the 2 s sweep interval, before they were sent again: delivered
+    # 3.0 s after the heal, past the 3 s the check allowed before it took its
+    # bound from the design (kvwire/sim/run.py, _watch_hints).
+    late = run_seed(711995, operations=400, faults=("stop", "partition", "disk"), clients=15, client_timeout=0.6)
+    assert late.ok, late.problems
+    never = run_seed(CAUGHT_ON["no-hint-replay"], faults=FAULT_KINDS, mutant="no-hint-replay")
+    assert any("hint(s) for" in problem and "after every fault healed" in problem for problem in never.problems)

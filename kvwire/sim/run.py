@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..check import DEFAULT_MAX_STEPS, check_history
 from ..check.history import OpKind, Operation, Outcome
 from ..protocol.messages import Get
+from ..server.core.hints import SWEEP_INTERVAL
 from .nemesis import Nemesis
 from .workload import CLIENT_TIMEOUT, Workload
 from .world import World
@@ -15,8 +16,11 @@ from .world import World
 # once every fault is healed; both far above what a clean run needs.
 WORKLOAD_LIMIT = 600.0
 # Time for restarted nodes to relink (reconnect backoff is at most 1 s, the
-# failure detector needs a heartbeat) and for hints to be replayed.
+# failure detector needs a heartbeat) and for replicas to agree, before any read.
 SETTLE_TIME = 3.0
+# Beyond a write timeout and the hint sweep (below), for a replay to be delivered:
+# a round trip, the peer's commit, a restarted peer's relink.
+HINT_DELIVERY_TIME = 1.0
 
 
 @dataclass
@@ -50,14 +54,8 @@ def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[
         problems.append(f"the workload did not finish within {WORKLOAD_LIMIT} virtual seconds")
     nemesis.stop()
     _heal(world)
+    hints_left = _watch_hints(world)
     world.scheduler.run_until(world.scheduler.now + SETTLE_TIME)
-    # Hints must drain once everything is healed. (The read-back below repairs
-    # replicas by itself, so without this check replay would go untested.)
-    for node_id, node in world.nodes.items():
-        for peer, keys in node.core.hints.by_peer.items():
-            if keys:
-                problems.append(f"{node_id} still holds {len(keys)} hint(s) for {peer} "
-                                f"{SETTLE_TIME} s after every fault healed")
     problems.extend(_check_converged(world))
     _read_back(world, workload)
     states = {
@@ -65,6 +63,8 @@ def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[
         for node_id, node in world.nodes.items()
     }
     report = check_history(workload.history, replica_states=states, max_steps=max_steps)
+    world.scheduler.run_until(hints_left.deadline, lambda: hints_left.taken)
+    problems.extend(hints_left.problems)
     problems.extend(report.problems)
     verdict = report.linearizability.verdict
     if verdict != "ok" and not any("not linearizable" in problem for problem in problems):
@@ -75,6 +75,37 @@ def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[
         injected["idless_puts"] = workload.idless_sent  # counted with the faults, to show they ran
     return RunResult(seed, not problems, problems, workload.history, injected,
                      world.scheduler.now, world.scheduler.steps, report, world.log)
+
+
+@dataclass
+class _HintWatch:
+    deadline: float
+    taken: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def _watch_hints(world: World) -> _HintWatch:
+    """Hints must drain once everything is healed. (The read-back repairs replicas
+    by itself, so without this check replay would go untested.)
+
+    The bound is the design's: a replay in flight when the faults healed may still
+    fail, a write timeout later, and wait out its backoff, which is capped at the
+    sweep interval, before it is sent again. The check only looks, at that time, so
+    that it changes nothing the run does before it, the read-back included."""
+    write_timeout = max(node.config.write_timeout for node in world.nodes.values())
+    bound = write_timeout + SWEEP_INTERVAL + HINT_DELIVERY_TIME
+    watch = _HintWatch(world.scheduler.now + bound)
+
+    def look() -> None:
+        watch.taken = True
+        for node_id, node in world.nodes.items():
+            for peer, keys in (node.core.hints.by_peer.items() if node.core else ()):
+                if keys:
+                    watch.problems.append(f"{node_id} still holds {len(keys)} hint(s) for {peer} "
+                                          f"{bound:g} s after every fault healed")
+
+    world.scheduler.at(watch.deadline, look)
+    return watch
 
 
 def _heal(world: World) -> None:

@@ -2,8 +2,9 @@
 
 A hint says "peer needs key at this version at least" and holds no value:
 replay sends the key's current committed row, which is that version or newer.
-A live peer that keeps failing is tried ``retry_attempts`` times, the delay
-doubling from ``retry_delay`` up to ``SWEEP_INTERVAL``; its hints then wait for the next time it comes
+A live peer whose replays keep failing is tried again after each failed replay,
+up to ``retry_attempts`` of them in a row (one per key, so several keys lost together
+count several), the delay doubling from ``retry_delay`` up to ``SWEEP_INTERVAL``; its hints then wait for the next time it comes
 UP, the next write it misses, or the next sweep (every ``SWEEP_INTERVAL``). A hinted key whose
 newest version is still committing here waits for that commit to settle, which starts replay
 to the peers it waited for.
