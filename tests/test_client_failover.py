@@ -29,7 +29,8 @@ from kvwire import (
 )
 from kvwire.client import ClientConnection
 from kvwire.client.failover import Endpoint, EndpointSet
-from kvwire.protocol import ErrorCode, ErrorReply, GetReply, Ping, Pong, Version, errors
+from kvwire.protocol import ErrorCode, ErrorReply, GetReply, Ping, Pong, Put, Version, errors
+from kvwire.server.connection import GOING_AWAY
 from kvwire.testing import (LocalCluster, NodeProcess, ScriptedNode, error_classes, free_port, sample_error,
                             started_together)
 
@@ -229,6 +230,43 @@ async def test_unavailable_reply_is_retried_on_another_node(shared_node):
             await client.put("after-unavailable", 1)
             assert await client.get("after-unavailable") == 1
     assert len(requests_of(node.received, "Put")) == 1
+
+
+def going_away(request):
+    """A stopping node's notice, in answer to the first request after HELLO."""
+    return ErrorReply(None, ErrorCode.UNAVAILABLE, GOING_AWAY, False)
+
+
+async def test_every_request_a_stopping_node_did_not_answer_fails_saying_nothing_was_written():
+    """The notice (an ERROR UNAVAILABLE whose id is nil and whose maybe_applied is
+    false, docs/protocol.md 8) says the node read none of the requests it has not
+    answered: each fails as refused unwritten, not as lost with its connection."""
+    async with ScriptedNode(going_away, answers_hello=False) as node:
+        host, port = node.address.rsplit(":", 1)
+        connection = await ClientConnection.open(host, int(port), connect_timeout=5)
+        try:
+            first, second = connection.submit(Put, "a", 1), connection.submit(Put, "b", 2)
+            for request in (first, second):
+                with pytest.raises(UnavailableError, match="shutting down") as refused:
+                    await asyncio.wait_for(request, 5)
+                assert refused.value.maybe_applied is False
+            assert not connection.is_open
+        finally:
+            connection.close()
+
+
+async def test_a_delete_a_stopping_node_did_not_read_goes_to_the_next_node(shared_node):
+    """Even a DELETE, which the client never sends twice where it may have been
+    applied: found failing as undecided under rolling restarts of the node that
+    coordinates DELETEs (a client probe, 2026-12-06)."""
+    async with AsyncClient(shared_node.address) as direct:
+        await direct.put("goaway-delete", 1)
+    async with ScriptedNode(going_away, answers_hello=False) as node:
+        async with AsyncClient([node.address, shared_node.address], retry=FAST) as client:
+            await client.delete("goaway-delete")
+            with pytest.raises(KeyNotFoundError):
+                await client.get("goaway-delete")
+    assert len(requests_of(node.received, "Delete")) == 1
 
 
 async def test_unavailable_everywhere_raises_the_nodes_reply():

@@ -15,11 +15,14 @@ import socket
 import pytest
 
 from kvwire.client import ClientConnection
-from kvwire.protocol import Lookup, LookupReply, Ping, Pong, Put, PutReply, Replicate, ReplicateReply
-from kvwire.protocol.errors import UnavailableError
+from kvwire.protocol import (CLOSED, NEED_DATA, Connection, ErrorCode, ErrorReply, Get, GetReply, Lookup, LookupReply, Ping,
+                             Pong, Put, PutReply, Replicate, ReplicateReply, Side, encode)
+from kvwire.protocol.errors import KeyNotFoundError, UnavailableError
 from kvwire.protocol.messages import NO_VERSION, Version
 from kvwire.secret_file import read_secret_file
+from kvwire.server import app
 from kvwire.server.app import serve
+from kvwire.server.connection import GOING_AWAY
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
 from kvwire.server.in_process import NodeSlot
 from kvwire.server.storage import Storage
@@ -193,6 +196,69 @@ async def test_requests_still_arriving_do_not_hold_the_stop_to_its_timeout(tmp_p
             connection.close()
     assert "shutdown timeout" not in caplog.text
     assert stopped_after < 3  # half the timeout: the PUTs pending at the stop take a group commit or two
+
+
+async def test_a_stopping_node_says_it_read_nothing_more_ends_its_stream_and_waits_for_the_other_end(
+        tmp_path, caplog, monkeypatch):
+    """Once it has answered every request it read, a stopping node sends one ERROR
+    UNAVAILABLE whose id is nil and whose maybe_applied is false: what it has not
+    answered it did not read, so a client may send that to another node, a DELETE
+    included (docs/protocol.md 8). Before, a request on its way as the node closed
+    was lost with no word, and a DELETE then failed as undecided though it was never
+    read (a client probe: DELETEs failing under rolling restarts of n1). The node
+    then ends its stream and discards what comes, until the other end closes: a
+    close with unread bytes resets the connection, and the reset can destroy the
+    replies not read yet."""
+    monkeypatch.setattr(app, "GO_AWAY_LINGER", 60.0)  # the stop can then end only because this end closed
+    caplog.set_level(logging.INFO)
+    port = free_port("127.0.0.1")
+    config = ServerConfig(node_id="n1", port=port, data_dir=tmp_path / "n1", shutdown_timeout=10.0)
+    stop, task = await serve_here(config, caplog, "listening on")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    replies = Connection(Side.CLIENT)
+
+    async def read_replies(until) -> list:
+        events = []
+        while not until(events):
+            data = await asyncio.wait_for(reader.read(65536), timeout=10)
+            replies.receive_data(data)
+            while (event := replies.next_event()) not in (NEED_DATA, CLOSED):
+                events.append(event)
+            if not data:
+                break
+        return events
+
+    try:
+        unread = encode(Put(2, "unread", 2))
+        writer.write(encode(Put(1, "answered", 1)) + unread[:7])  # the second frame begun, not finished
+        answered = await read_replies(lambda events: events)
+        assert [type(event) for event in answered] == [PutReply]
+        stop.set()
+        notice = await read_replies(lambda events: False)  # to the end of the node's stream
+        assert [(type(event), event.id, event.code, event.message, event.maybe_applied) for event in notice] == [(ErrorReply, None, ErrorCode.UNAVAILABLE, GOING_AWAY, False)]
+        writer.write(unread[7:])  # discarded: the node said it reads nothing more
+        await writer.drain()
+        await asyncio.sleep(0)
+        assert not task.done()  # it waits for this end (GO_AWAY_LINGER is 60 s here)
+        writer.close()
+        await asyncio.wait_for(task, timeout=10)
+    finally:
+        stop.set()
+        writer.close()
+        await asyncio.wait_for(task, timeout=20)
+    caplog.clear()  # the next start's own "listening on"
+    stop, task = await serve_here(config, caplog, "listening on")
+    connection = None
+    try:
+        connection = await ClientConnection.open("127.0.0.1", port, connect_timeout=5)
+        assert (await connection.request(Get, "answered")).value == 1
+        with pytest.raises(KeyNotFoundError):
+            await connection.request(Get, "unread")
+    finally:
+        stop.set()
+        if connection is not None:
+            connection.close()
+        await asyncio.wait_for(task, timeout=20)
 
 
 async def test_a_reply_callback_that_raises_is_logged_and_the_node_serves_on(tmp_path, caplog, monkeypatch):

@@ -26,6 +26,7 @@ from kvwire.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Connection,
+    ErrorCode,
     ErrorReply,
     ForbiddenError,
     Hello,
@@ -119,6 +120,8 @@ class ClientConnection(asyncio.Protocol):
         self._flow = WriteFlowControl()
         # Set once the connection can carry no more requests; says why.
         self._failure: str | None = None
+        # Set with the failure when the node said it read none of what it has not answered.
+        self._unread: Callable[[], Exception] | None = None
         self._failure_cause: BaseException | None = None
         self._lost: asyncio.Future[None] = self._loop.create_future()
 
@@ -386,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
     def _send(self, message_type: type[Request], fields: tuple, future: asyncio.Future[Any] | None,
               on_reply: Callable[[Any], None] | None) -> int:
         if self._failure is not None:
-            raise self._connection_error()
+            raise self.refusal() or self._connection_error()
         request_id = self._next_id
         data = self._codec.send(message_type(request_id, *fields))
         limit = self.server_limits.max_frame_bytes if self.server_limits is not None else None
@@ -466,6 +469,16 @@ class ClientConnection(asyncio.Protocol):
             if event is NEED_DATA or event is CLOSED:
                 return
             if event.id is None and isinstance(event, ErrorReply):
+                if event.code == ErrorCode.UNAVAILABLE and event.maybe_applied is False:
+                    # The node is stopping and read none of the requests it has not
+                    # answered (docs/protocol.md 8): each may go to another node, a
+                    # DELETE included, so each fails saying nothing was applied.
+                    message = f"{self.address}: {event.message}"
+                    self._fail(f"the node reported: {event.message}",
+                               unread=lambda: error_from_wire(event.code, message, False))
+                    if self._transport is not None:
+                        self._transport.close()  # the node waits for this side's end
+                    return
                 # An ERROR without an id answers no request: the node could not
                 # parse something we sent, and is about to close the connection.
                 self._fail(
@@ -495,23 +508,34 @@ class ClientConnection(asyncio.Protocol):
             else:
                 future.set_result(event)
 
-    def _fail(self, reason: str, cause: BaseException | None = None) -> None:
-        """Mark the connection unusable and fail every request waiting on it."""
+    def _fail(self, reason: str, cause: BaseException | None = None,
+              unread: Callable[[], Exception] | None = None) -> None:
+        """Mark the connection unusable and fail every request waiting on it: with
+        ``unread()`` where the node said it read none of them, else with a
+        connection error (a write among them may have been applied)."""
         if self._failure is not None:
             return
         self._failure = reason
         self._failure_cause = cause
+        self._unread = unread
         pending = list(self._pending.values())
         self._pending.clear()
+        error = unread or self._connection_error
         for future, _, on_reply in pending:
             if on_reply is not None:
                 # Later, as a future's callbacks would run: this may be called
                 # inside the caller's own work (a node aborting a silent link
                 # while it performs its effects), which must not be re-entered.
-                self._loop.call_soon(_call, on_reply, self._connection_error())
+                self._loop.call_soon(_call, on_reply, error())
             elif not future.done():
-                future.set_exception(self._connection_error())
+                future.set_exception(error())
         self._flow.release_all()
+
+    def refusal(self) -> Exception | None:
+        """Once the node said it reads nothing more here (it is stopping), the error a
+        request not sent on this connection fails with: the refusal the node gives
+        every request it reads while it stops (docs/protocol.md 8). Else None."""
+        return self._unread() if self._unread is not None else None
 
     def _connection_error(self) -> KvwireConnectionError:
         # A fresh exception per waiter: one instance raised in many tasks

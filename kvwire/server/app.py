@@ -177,6 +177,21 @@ class DeadlineSweep:
         self._timer.cancel()
 
 
+# How long a stopping node waits, after its notice (NodeProtocol.go_away), for each
+# client and peer to close its side: kvwire's own close at once; one that does not
+# is closed after this.
+GO_AWAY_LINGER = 1.0
+# How often that wait looks.
+_LINGER_POLL = 0.01
+
+
+async def _wait_closed_by_the_other_side(connections: set[NodeProtocol], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while connections and loop.time() < give_up:
+        await asyncio.sleep(_LINGER_POLL)
+
+
 async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: set[NodeProtocol], node: Node, timeout: float) -> None:
     server.close()
     for conn in list(connections):
@@ -186,6 +201,9 @@ async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: 
     unanswered = await node.wait_answered(timeout)
     if unanswered:
         log.warning("shutdown timeout: %d requests unanswered; writes among them are committed below", unanswered)
+    for conn in list(connections):
+        conn.go_away()  # the requests it has not answered were not read: they may go elsewhere
+    await _wait_closed_by_the_other_side(connections, min(GO_AWAY_LINGER, timeout))
     for conn in list(connections):
         conn.close()
     node.stop()

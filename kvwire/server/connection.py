@@ -48,6 +48,13 @@ MAX_QUEUED_REPLY_BYTES = 64 * 1024
 
 _ONE = Consistency.ONE
 
+# What a stopping node tells each connection once it has answered every request it
+# read there (``go_away``), as an ERROR UNAVAILABLE whose id is nil and whose
+# maybe_applied is false: the requests still unanswered were not read, so a client
+# may send them to another node (docs/protocol.md 8).
+GOING_AWAY = ("the node is shutting down; it read none of the requests on this connection that it "
+              "has not answered: send them to another node")
+
 
 class NodeProtocol(asyncio.Protocol):
     def __init__(self, node: Node, registry: set[NodeProtocol], outbox: Outbox) -> None:
@@ -88,6 +95,8 @@ class NodeProtocol(asyncio.Protocol):
         self._drain_scheduled = False
         # The node is stopping (begin_shutdown): requests held back are refused, not started.
         self._shutting_down = False
+        # The node has said it reads nothing more here (go_away): bytes are discarded.
+        self._going_away = False
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -108,7 +117,7 @@ class NodeProtocol(asyncio.Protocol):
         self._node.connections = len(self._registry)
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
+        if self._closed or self._going_away:
             return
         if self._shutting_down:
             # The node waits only for the requests it started before it began to stop,
@@ -135,6 +144,8 @@ class NodeProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
+        if self._going_away:
+            return False  # the other side has taken the notice and ended its stream: close
         self._codec.receive_data(b"")
         self._write_now(self._handle_buffered())  # returning False below closes the transport
         # Returning True keeps our side open until the replies to requests
@@ -454,6 +465,37 @@ class NodeProtocol(asyncio.Protocol):
         self._shutting_down = True
         if self._backlog and not self._closed:
             self._refuse_backlog("the node is shutting down")
+
+    def go_away(self) -> None:
+        """The node stops. If every request read here is answered, say that the rest
+        were not read (``GOING_AWAY``), end this side's stream, and read on only to
+        discard, until the other side closes or the node closes what is left
+        (``close``). A close with unread bytes makes the kernel reset the connection,
+        and the reset can destroy the replies the other side has not read yet.
+
+        Without the notice, a request on its way as the node closed was lost with
+        no word: a DELETE, which no one may send twice, then failed as undecided
+        though it was never read."""
+        if self._closed:
+            return
+        if self._flow.inflight:
+            # Past the shutdown timeout, a request started here is unanswered and may
+            # yet be applied: the notice would be false.
+            self._close()
+            return
+        if self._codec.buffered_bytes:
+            self._refuse_backlog("the node is shutting down")  # whole frames read, not yet handled
+            if self._closed:
+                return
+        self._going_away = True
+        self._later.append(encode(ErrorReply(None, ErrorCode.UNAVAILABLE, GOING_AWAY, False)))
+        self._write_later()
+        if self._eof:
+            self._close()
+            return
+        if self._transport.can_write_eof():  # not over TLS: its close_notify comes with the close
+            self._transport.write_eof()
+        self._flow.release()  # read on, to discard, unless the other side is not reading either
 
     def close(self) -> None:
         self._close()

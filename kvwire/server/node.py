@@ -345,9 +345,14 @@ class Node:
         self.core.peer_reply(peer, request_id, reply, self._clock())
         self._perform()
 
-    def peer_send_failed(self, peer: str, request_id: int) -> None:
+    def peer_send_failed(self, peer: str, request_id: int, refusal: Exception | None = None) -> None:
+        """A request not sent: lost with its link, or ``refusal``, the peer's answer to
+        it had it been read (the peer said it reads nothing more: it is stopping)."""
         # Called while _perform sends: its loop picks up the effects this adds.
-        self.core.peer_failed(peer, request_id, self._clock())
+        if refusal is None:
+            self.core.peer_failed(peer, request_id, self._clock())
+        else:
+            self.core.peer_reply(peer, request_id, refusal, self._clock())
 
     def peer_unlinked(self, peer: str) -> None:
         self.core.link_down(peer, self._clock())

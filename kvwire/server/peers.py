@@ -52,7 +52,7 @@ class LinkEvents(Protocol):
         """A reply to a request sent with ``PeerLink.send``, or the exception
         for an ERROR reply or a lost link; called as soon as it is read."""
 
-    def peer_send_failed(self, peer: str, request_id: int) -> None: ...
+    def peer_send_failed(self, peer: str, request_id: int, refusal: Exception | None = None) -> None: ...
 
 
 class PeerLink:
@@ -184,12 +184,16 @@ class PeerLink:
         connection = self.connection
         peer = self.member.node_id
         if connection is None or not connection.is_open:
-            self._node.peer_send_failed(peer, request_id)
+            # Not sent. A peer that said it reads nothing more on this link (it is
+            # stopping) refuses, unread, whatever it reads meanwhile: this is such a
+            # refusal, not a request lost with its link (a forwarded DELETE would be
+            # left undecided) in the moment before the link's end reaches the core.
+            self._node.peer_send_failed(peer, request_id, connection.refusal() if connection is not None else None)
             return
         try:
             connection.send(message_type, fields, lambda reply: self._node.peer_answered(peer, request_id, reply))
         except KvwireError:
-            self._node.peer_send_failed(peer, request_id)
+            self._node.peer_send_failed(peer, request_id, connection.refusal())
 
     def reconnect(self) -> None:
         if self.connection is not None:
