@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from kvwire import Client
-from kvwire.protocol.errors import InternalServerError, NoQuorumError
+from kvwire.protocol.errors import InternalServerError, NoQuorumError, UnavailableError
 from kvwire.testing import NodeProcess, wait_for
 from kvwire.testing.disk import NodeOnItsOwnDisk
 
@@ -76,6 +76,15 @@ def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_
             n3.fill_disk()
             with pytest.raises(InternalServerError, match="storage write failed"):
                 client.put("during", b"x" * 1_000_000)
+            # Known to refuse writes now: a write is refused before it starts, so that
+            # a client that knows other nodes moves on (a storage probe found every
+            # write through such a node failing as INTERNAL though its peers took it).
+            with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
+                client.put("refused", 1)
+            assert refused.value.maybe_applied is False
+            with Client([n3.address, cluster["n1"].address], timeout=5) as failing_over:
+                failing_over.put("elsewhere", 2)
+                failing_over.delete("elsewhere")
             health = client.health()
             assert health["storage"]["writable"] is False
             assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"],

@@ -19,10 +19,12 @@ from typing import Any, Callable
 
 from msgspec import Raw
 
-from ..protocol.errors import BadRequestError, ForbiddenError, KvwireError, TooLargeError, UnauthenticatedError
+from ..protocol.errors import (BadRequestError, ForbiddenError, KvwireError, TooLargeError, UnauthenticatedError,
+                               UnavailableError)
 from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 from ..protocol.messages import (
     PROTOCOL_VERSION,
+    Delete,
     Get,
     Health,
     HealthReply,
@@ -205,6 +207,13 @@ class Node:
                         False if self.storage.write_error is not None else None)
         if kind is Hello:
             return self._hello(request, session)
+        if (kind is Put or kind is Delete) and self.storage.write_error is not None:
+            # Every write a node coordinates commits on its own disk too: started, this
+            # one would fail (INTERNAL, maybe applied, as its peers were sent it), and
+            # the client would not know to try another node. Refused, it may. (Its
+            # peers' REPLICATEs still come in: a commit that succeeds clears the error.)
+            raise UnavailableError(f"this node's disk refuses writes ({self.storage.write_error}); request not "
+                                   "started: another node can take it", maybe_applied=False)
         if kind is Health:
             return HealthReply(request.id, self.health())
         if kind is Get:
