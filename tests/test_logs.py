@@ -415,3 +415,15 @@ def test_a_stalled_event_loop_and_a_slow_commit_each_say_how_long(tmp_path):
         (slow,) = wait_for(lambda: events("slow_commit"), timeout=5, what="the slow commit logged")
         assert slow["commit_ms"] >= 500 and slow["writes"] == 1, slow
         assert logging.getLevelName(slow["level"]) == logging.WARNING
+
+
+def test_a_fatal_signal_leaves_the_python_stacks_in_the_log(tmp_path):
+    """A storage probe made SQLite's mapped -shm file unwritable (chattr +i): the next
+    PUT ended the node with SIGBUS and not one line. faulthandler writes the stacks
+    to stderr, where the log goes, before the process dies of the signal."""
+    node = NodeProcess("n1", data_dir=tmp_path / "n1")
+    with node:
+        status = node.signal_and_wait(signal.SIGBUS)
+    assert status == -signal.SIGBUS
+    log = node.log()
+    assert "Fatal Python error: Bus error" in log and "Current thread" in log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import ipaddress
 import logging
 import socket
@@ -257,6 +258,10 @@ def run_node(
     from ..server.storage import DataDirError, DataDirUnavailableError
 
     log = logging.getLogger("kvwire.server")
+    # A fatal signal (SIGSEGV, SIGBUS: a file SQLite maps, such as the -shm, made
+    # unwritable under it) would end the process with no line at all: leave the
+    # Python stacks on stderr, where the log goes.
+    faulthandler.enable()
     # Its clients, a link each way with each peer, and its bridge's own clients, the
     # refused ones lingering, and its links.
     connections = config.max_connections + 2 * len(config.peers)
