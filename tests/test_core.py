@@ -1208,6 +1208,44 @@ def test_a_peer_silent_for_failure_timeout_after_the_stall_goes_down():
     assert down_transitions(core) == ["n2"]
 
 
+def writes_read_after_a_stall(stall, mutant=None):
+    """What a PUT (with its request id) and a DELETE read ``stall`` seconds after this
+    node last ran get at once: their refusals, or nothing (started, they wait on peers)."""
+    core = make_core(mutant=mutant)
+    link_all(core)
+    core.request("put", Put(7, "k", "v", "req-1"), stall)
+    core.request("delete", Delete(8, "k"), stall)
+    return {effect.token: effect.reply for effect in effects_of(core, Respond)}
+
+
+def test_a_write_read_after_a_stall_longer_than_request_ids_are_kept_is_refused_unstarted():
+    """A load balancer's probe (2026-12-06): a PUT sent to a node then hung was retried
+    at once elsewhere and acknowledged, a newer PUT of the key acknowledged after it,
+    and 72 s later the hung node read the first: its LOOKUP round found no record of
+    the id (kept 60 s) and wrote it again, over the newer write."""
+    refused = writes_read_after_a_stall(61.0)
+    assert set(refused) == {"put", "delete"}
+    for reply in refused.values():
+        assert isinstance(reply, UnavailableError) and reply.maybe_applied is False
+        assert "could not run for 61 s" in reply.message and "request not started" in reply.message
+    assert writes_read_after_a_stall(59.0) == {}  # a shorter one: the LOOKUP round finds the id
+    assert writes_read_after_a_stall(61.0, mutant="write-after-long-stall") == {}
+
+
+def test_writes_are_taken_again_once_the_node_has_run_for_failure_timeout_after_a_long_stall():
+    core = make_core()
+    link_all(core)
+    core.tick(61.0)  # the stall, seen by the heartbeat's timer
+    now = 61.0
+    while now < 61.55:  # heard from both peers every 0.05 s since the stall
+        for peer in core.peer_ids:
+            core.heard(peer, now)
+        now += 0.05
+    core.take_effects()
+    core.request("put", Put(7, "k", "v", "req-1"), now)
+    assert effects_of(core, Respond) == []
+
+
 def test_the_mutant_one_trip_after_stall_trusts_a_put_read_after_a_stall():
     core = make_core(mutant="one-trip-after-stall")
     link_all(core)

@@ -46,6 +46,7 @@ from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir, mark_holds
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
+from .applied import MAX_AGE as REQUEST_MEMORY
 from .applied import AppliedRequests
 from .minter import member_of, minter_name, proposed_name
 from .observed import ObservedVersions
@@ -106,6 +107,7 @@ MUTANTS = (
     "serve-refused-tags",  # a one-round-trip PUT left undecided after a refusal lets its readers have its tag
     "volatile-stranded",  # a key a write left undecided here is stranded in memory only: a clean restart forgets it
     "created-second-hand",  # a one-round-trip PUT answers created from replicas that had its tag already
+    "write-after-long-stall",  # a write read after a stall longer than request ids are kept is started
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -178,6 +180,9 @@ class NodeCore:
         # not run (stopped, or a stalled loop): their clients may have given up and
         # sent them again elsewhere, so they take the LOOKUP round (one_trip.py).
         self.stalled_until = -math.inf
+        # How long that last stall was: past the request ids' memory (applied.MAX_AGE),
+        # a write read then is refused (``request``).
+        self.last_stall = 0.0
         self.effects: list[Effect] = []
         self.keydir = Keydir(committed)
         self.cache = ValueCache(config.cache_entries)
@@ -278,6 +283,7 @@ class NodeCore:
         take the LOOKUP round without a warning.)"""
         if now - self.now > self.config.failure_timeout / 2:
             self.stalled_until = now + self.config.failure_timeout
+            self.last_stall = now - self.now
             self.detector.excuse(self.now, now)
         self.now = now
 
@@ -298,6 +304,19 @@ class NodeCore:
         ``peer``: the sending member's node id, when ``from_peer`` and the shell knows it."""
         self._clock(now)
         kind = type(request)
+        if ((kind is Put or kind is Delete) and self.now < self.stalled_until and self.last_stall > REQUEST_MEMORY
+                and self.mutant != "write-after-long-stall"):
+            # Read just after this process could not run for longer than request ids are
+            # kept (a hung machine): sent before that, its client has moved on, and may
+            # have had it applied elsewhere and a newer write acknowledged since. Started,
+            # its LOOKUP round would find no record of the id and write it again, over that
+            # newer write (a load balancer's probe: a PUT it retried at once surfaced 72 s
+            # later). Refused, it is applied nowhere.
+            self.respond(token, UnavailableError(
+                f"this node could not run for {self.last_stall:.0f} s (stopped, or starved of CPU), longer than "
+                f"request ids are kept ({REQUEST_MEMORY:g} s): a write read now may be one its client gave up on "
+                "and sent elsewhere; request not started", maybe_applied=False))
+            return
         if kind is Get:
             if self.quorum > 1 and request.consistency is not Consistency.ONE:
                 QuorumGet(self, token, request).start()  # asks every peer while joining
