@@ -1159,16 +1159,22 @@ def test_a_gap_of_more_than_half_the_failure_timeout_is_a_stall():
     assert first_put_looks_up(core, 0.3)
 
 
-def test_one_round_trip_comes_back_once_the_node_has_run_for_failure_timeout():
-    core = make_core()
-    link_all(core)
-    now = 2.0
-    while now < 2.55:  # heard from both peers every 0.05 s since the stall
+def run_past_the_stall(core, stalled_until):
+    """Hear from both peers every 0.05 s from ``stalled_until`` (the stall's end) for
+    just over the failure timeout, 0.5 s; the time reached."""
+    now = stalled_until
+    while now < stalled_until + 0.55:
         for peer in core.peer_ids:
             core.heard(peer, now)
         now += 0.05
     core.take_effects()
-    assert not first_put_looks_up(core, now)
+    return now
+
+
+def test_one_round_trip_comes_back_once_the_node_has_run_for_failure_timeout():
+    core = make_core()
+    link_all(core)
+    assert not first_put_looks_up(core, run_past_the_stall(core, 2.0))
 
 
 def peers_up_at(core, now):
@@ -1236,13 +1242,7 @@ def test_writes_are_taken_again_once_the_node_has_run_for_failure_timeout_after_
     core = make_core()
     link_all(core)
     core.tick(61.0)  # the stall, seen by the heartbeat's timer
-    now = 61.0
-    while now < 61.55:  # heard from both peers every 0.05 s since the stall
-        for peer in core.peer_ids:
-            core.heard(peer, now)
-        now += 0.05
-    core.take_effects()
-    core.request("put", Put(7, "k", "v", "req-1"), now)
+    core.request("put", Put(7, "k", "v", "req-1"), run_past_the_stall(core, 61.0))
     assert effects_of(core, Respond) == []
 
 
