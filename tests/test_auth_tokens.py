@@ -58,6 +58,19 @@ def test_without_a_token_only_hello_ping_and_health_are_answered(cluster):
             client.get("k")
 
 
+def test_a_write_whose_hello_was_refused_says_it_was_never_written(cluster):
+    """Refused at HELLO, the PUT was never sent (a client probe found maybe_applied
+    None here, though a node of another cluster at the same point said False)."""
+    with Client(cluster.endpoints, token=WRONG) as client:
+        for write in (lambda: client.put("app/x", 1), lambda: client.delete("app/x")):
+            with pytest.raises(UnauthenticatedError, match="token refused") as refused:
+                write()
+            assert refused.value.maybe_applied is False
+        with pytest.raises(UnauthenticatedError) as refused:
+            client.get("app/x")
+        assert refused.value.maybe_applied is None  # a read says nothing of writes
+
+
 def test_a_wrong_token_is_refused_at_hello(cluster):
     with Client(cluster.endpoints, token=WRONG) as client, pytest.raises(UnauthenticatedError, match="token refused"):
         client.put("k", "v")

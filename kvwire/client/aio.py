@@ -35,7 +35,6 @@ from kvwire.protocol import (
     ServerError,
     TooLargeError,
     Version,
-    WrongClusterError,
 )
 
 from ..protocol.address import parse_endpoints
@@ -387,11 +386,11 @@ class AsyncClient:
                        progress: _CallProgress) -> Any:
         try:
             connection = await endpoint.connection()
-        except (KvwireConnectionError, WrongClusterError) as exc:
+        except (KvwireConnectionError, ServerError) as exc:
             if message_type not in _WRITES:
                 raise
-            # Not connected, no answer to HELLO, or a node of another cluster: the write
-            # was never sent.
+            # Not connected, no answer to HELLO, or its HELLO refused (a node of another
+            # cluster, a token it does not know): the write was never sent.
             raise type(exc)(exc.message, maybe_applied=False) from exc
         progress.sent = True
         endpoint.watch(connection)
