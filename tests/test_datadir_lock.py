@@ -45,6 +45,29 @@ def test_a_second_node_on_the_same_data_dir_exits_1_naming_the_dir_and_the_holde
             assert kv.get("k") == "after"
 
 
+def test_a_second_node_is_refused_even_after_the_lock_file_was_deleted(tmp_path):
+    """Operators delete a file named LOCK they take for stale. A storage probe did, and
+    a second process then served writes on the live node's database; its clean stop
+    cleared the mark by which the live node's next start, after a kill, catches up."""
+    data_dir = tmp_path / "n1"
+    with NodeProcess("n1", data_dir=data_dir) as first:
+        (data_dir / "LOCK").unlink()
+        second = subprocess.run(
+            [sys.executable, "-m", "kvwire", "serve", "--node-id", "n1",
+             "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"data directory {data_dir} is in use by another kvwire process (pid unknown)" in second.stderr
+        with pytest.raises(DataDirInUseError):
+            DataDirLock(data_dir).acquire()
+        with Client([first.address], timeout=5) as kv:
+            kv.put("k", "served on")
+        assert first.terminate() == 0
+    with DataDirLock(data_dir) as lock:
+        assert lock.held
+
+
 def test_the_lock_is_dropped_when_its_holder_is_killed(tmp_path):
     data_dir = tmp_path / "n1"
     with NodeProcess("n1", data_dir=data_dir) as node:

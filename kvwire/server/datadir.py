@@ -8,6 +8,12 @@ own locking cannot catch this: WAL mode lets both open the same database.
 ``flock`` rather than a pid file: the kernel drops the lock when the process
 dies, ``kill -9`` included, so a crash never leaves a stale lock to clean up by
 hand. The pid written into the file is only there for the error message.
+
+The lock is on the directory itself, besides the ``LOCK`` file: operators delete
+a file named LOCK they take for stale, and a second process then locked a new
+one (a storage probe: it served writes on the live node's database, and its
+clean stop told the live node's next start, after a kill, that it had stopped
+cleanly). A directory cannot be deleted from under its open files.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ class DataDirInUseError(DataDirError):
 
 
 class DataDirLock:
-    """``with DataDirLock(path):`` holds ``path/LOCK`` exclusively, or raises DataDirInUseError at once."""
+    """``with DataDirLock(path):`` holds ``path`` and ``path/LOCK`` exclusively, or raises DataDirInUseError at once."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self._fd: int | None = None
+        self._dir_fd: int | None = None
 
     @property
     def held(self) -> bool:
@@ -54,6 +61,30 @@ class DataDirLock:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise DataDirError(f"cannot create the data directory {self.data_dir}: {reason_of(exc)}") from None
+        dir_fd = self._lock_directory()
+        try:
+            self._lock_file()
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        self._dir_fd = dir_fd
+        return self
+
+    def _lock_directory(self) -> int:
+        try:
+            dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DataDirError(f"cannot open the data directory {self.data_dir}: {reason_of(exc)}") from None
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(dir_fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DataDirInUseError(self.data_dir, _read_pid_of(self.data_dir / LOCK_FILE_NAME)) from None
+            raise DataDirError(f"cannot lock the data directory {self.data_dir}: {reason_of(exc)}") from None
+        return dir_fd
+
+    def _lock_file(self) -> None:
         # Never deleted: removing it on exit would let a process that opened the
         # old file hold a lock on an unlinked inode while a third locks a new one.
         lock_path = self.data_dir / LOCK_FILE_NAME
@@ -78,19 +109,31 @@ class DataDirLock:
             # a message that says so (it was blamed on the listen address).
             pass
         self._fd = fd
-        return self
 
     def release(self) -> None:
-        """Closing the descriptor drops the lock; the file and its stale pid stay."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        """Closing the descriptors drops the locks; the file and its stale pid stay."""
+        for name in ("_fd", "_dir_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                os.close(fd)
 
     def __enter__(self) -> DataDirLock:
         return self.acquire()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+def _read_pid_of(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # deleted, say: the holder's pid is then unknown
+    try:
+        return _read_pid(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:
