@@ -194,3 +194,30 @@ def test_a_new_data_directory_on_a_full_disk_is_refused_naming_the_disk_not_the_
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     assert "free space on its file system" in result.stderr, result.stderr[-2000:]
     assert f"on {node.address}" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_node_whose_database_file_was_deleted_refuses_writes_until_restarted(tmp_path):
+    """A storage probe deleted kvwire.sqlite3* under a running node: it went on
+    reporting itself healthy and acknowledging writes (10,222 of them) into files no
+    start would open, and its next start had lost them all. Within about a second it
+    now refuses writes, its peers' REPLICATEs included, and says why."""
+    from kvwire.testing import LocalCluster
+
+    with LocalCluster(3, data_dir=tmp_path, sync="normal") as cluster:
+        n3 = cluster["n3"]
+        with Client(n3.address, timeout=5) as client:
+            client.put("before", "kept")
+            for path in n3.data_dir.glob("kvwire.sqlite3*"):
+                path.unlink()
+            wait_for(lambda: not client.health()["storage"]["writable"], timeout=10,
+                     what="n3 noticing its database file deleted")
+            assert "was deleted while this node ran" in client.health()["storage"]["error"]
+            with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
+                client.put("after", 1)
+            assert refused.value.maybe_applied is False
+            # Its peers' writes are refused there too: no majority counts n3's copy of them.
+            with Client(cluster["n1"].address, timeout=5) as through_n1:
+                through_n1.put("elsewhere", 2)
+            wait_for(lambda: client.health()["storage"]["failed_commits"] >= 1, timeout=10,
+                     what="n3 refusing n1's REPLICATE")
+        assert "event=database_file_lost" in n3.log()

@@ -184,6 +184,7 @@ class Node:
     def _take_snapshot(self) -> None:
         self.metrics.take_snapshot(self._clock())
         self.limited_log.flush()
+        self.storage.check_file()
         self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
 
     def new_session(self, peer: str) -> Session:

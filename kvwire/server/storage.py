@@ -18,6 +18,7 @@ import base64
 import errno
 import logging
 import math
+import os
 import secrets
 import sqlite3
 import time
@@ -186,6 +187,17 @@ class _DamagedRow(Exception):
 _DAMAGE = (_DamagedRow, UnicodeDecodeError)
 
 
+def _file_identity(path: Path, *, strict: bool = False) -> tuple[int, int] | None:
+    """The file's (device, inode); None if it cannot be read, unless ``strict``."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        if strict:
+            raise
+        return None
+    return status.st_dev, status.st_ino
+
+
 class Storage:
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, max_batch_rows: int,
                  path: Path) -> None:
@@ -212,6 +224,10 @@ class Storage:
         # commit every PROBE_INTERVAL finds out when the disk takes writes again,
         # even when no client writes.
         self.write_error: str | None = None
+        # The database file as opened: one deleted or replaced under the running node
+        # makes it refuse writes for good (``check_file``).
+        self._identity = _file_identity(path)
+        self.file_lost: str | None = None
         self._damaged_keys: set[str] = set()  # values found damaged, logged once each
         self._failed_since_refusing = 0  # group commits failed since write_error was set
         self.batch_rows = Buckets(BATCH_BOUNDS)
@@ -555,6 +571,8 @@ class Storage:
         upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined, requests, expire_before, strand_rows)
         started = time.perf_counter()
         try:
+            if self.file_lost is not None:
+                raise StorageError(self.file_lost)
             # One hop to aiosqlite's thread for the whole transaction, not one
             # per statement: each hop is a thread hand-off (about 25 us), and
             # hand-offs were 12% of a node's busy time in quorum PUTs.
@@ -615,6 +633,8 @@ class Storage:
 
     async def _probe(self) -> None:
         """One small commit, to learn whether the disk takes writes again."""
+        if self.file_lost is not None:
+            return  # no commit tells: the file it would go to is not the data directory's
         try:
             await self._writer._execute(_probe_transaction, self._writer._conn)
         except asyncio.CancelledError:
@@ -627,6 +647,31 @@ class Storage:
                 pass
             return
         self._writes_work_again()
+
+    def check_file(self) -> None:
+        """Refuse writes for good once the database file is no longer the one opened
+        (deleted, or replaced): commits would still succeed, into a file no start will
+        open, and this node would acknowledge as durable, to its clients and its peers'
+        majorities, what its next start has lost. A storage probe deleted the files
+        under a node that went on reporting itself healthy through 10,222 writes.
+        The node calls this every second."""
+        if self.file_lost is not None or self._identity is None:
+            return
+        try:
+            identity = _file_identity(self.path, strict=True)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError:
+            return  # cannot tell (a permission changed): commits say whether they work
+        else:
+            if identity == self._identity:
+                return
+            what = "replaced by another file"
+        self.file_lost = (f"the database file {self.path} was {what} while this node ran; it takes no writes "
+                          "until it is restarted, and then starts empty: with --join (kvwire up and the deploy files "
+                          "give it) it catches up from its peers before it votes")
+        log.error("storage refuses writes: %s", self.file_lost, extra={"event": "database_file_lost"})
+        self.write_error = self.file_lost
 
     def _writes_work_again(self) -> None:
         if self.write_error is not None:
