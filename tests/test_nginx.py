@@ -181,6 +181,16 @@ def test_a_retry_can_still_start_after_a_hung_bridges_read_timeout():
     assert window > 2 * read  # a retry after a hung bridge, and after a second one
 
 
+def test_a_request_that_stops_coming_is_cut_off_when_the_bridge_would():
+    """nginx's own default is 60 s: a load balancer probe's half-sent body was held that
+    long and closed with no answer, where HAProxy and the bridge answer 408 at 10 s."""
+    from http_bridge.config import BridgeConfig
+
+    text = (NGINX_DIR / "kvwire-http.conf").read_text()
+    for directive in ("client_header_timeout", "client_body_timeout"):
+        assert seconds_of(text, directive) == BridgeConfig().request_timeout
+
+
 def test_gets_and_puts_sent_to_a_hung_bridge_are_answered_by_another(nginx_binary, tmp_path):
     """The shipped timeouts, end to end: n1 (and the bridge in its process) stopped."""
     cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="normal")
