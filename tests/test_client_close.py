@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import threading
+import warnings
 
 import pytest
 import uvloop
@@ -170,3 +171,24 @@ def test_a_call_left_waiting_on_a_closed_loop_does_not_fail_the_next_loops_first
             assert own_sockets_to(node.address) == 1  # the new loop's; the old one's closed
             runner.run(client.close())
         assert own_sockets_to(node.address) == 0
+
+
+def test_a_client_dropped_without_close_is_closed_with_a_resource_warning(node):
+    """A client probe made 30 blocking Clients in a loop and dropped each unclosed: 31
+    threads stayed, each with its event loop and sockets. Collected, a Client now
+    closes itself, and warns, as asyncio's transports and subprocess.Popen do."""
+    def threads() -> int:
+        return sum(thread.name == "kvwire-client-loop" for thread in threading.enumerate())
+
+    before = threads()
+    with pytest.warns(ResourceWarning, match="was never closed"):
+        for _ in range(5):
+            client = Client([node.address], timeout=5)
+            client.ping()
+            del client
+            gc.collect()
+    wait_for(lambda: threads() == before, timeout=10, what="the dropped clients' threads ending")
+    assert own_sockets_to(node.address) == 0
+    with Client([node.address], timeout=5) as closed_properly, warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        closed_properly.ping()
