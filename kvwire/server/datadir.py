@@ -65,12 +65,13 @@ class DataDirLock:
         try:
             self._lock_file()
         except BaseException:
-            os.close(dir_fd)
+            if dir_fd is not None:
+                os.close(dir_fd)
             raise
         self._dir_fd = dir_fd
         return self
 
-    def _lock_directory(self) -> int:
+    def _lock_directory(self) -> int | None:
         try:
             dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -81,7 +82,9 @@ class DataDirLock:
             os.close(dir_fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise DataDirInUseError(self.data_dir, _read_pid_of(self.data_dir / LOCK_FILE_NAME)) from None
-            raise DataDirError(f"cannot lock the data directory {self.data_dir}: {reason_of(exc)}") from None
+            # A file system that cannot lock a directory (NFS locks need a descriptor
+            # open for writing): the LOCK file's lock still holds, as it did alone.
+            return None
         return dir_fd
 
     def _lock_file(self) -> None:
