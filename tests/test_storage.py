@@ -491,3 +491,40 @@ async def test_request_records_of_a_failed_commit_are_kept_for_the_next(tmp_path
         assert {request for request, *_rest in storage.loaded_requests} == {"copied", "poison"}
     finally:
         await storage.close()
+
+
+async def test_a_commit_landing_after_the_file_was_found_gone_does_not_say_writes_work_again(tmp_path, monkeypatch):
+    """A commit already running when ``check_file`` found the database file deleted
+    lands, in the deleted file: it used to clear the refusal (and log "storage takes
+    writes again"), so a busy node went on taking writes it could not keep (a
+    reviewer's finding). The commit is held in SQLite's thread to make the race sure."""
+    import threading
+
+    from kvwire.server import storage as storage_module
+    from kvwire.server.storage import StorageError
+
+    entered, go_on = threading.Event(), threading.Event()
+    commit = storage_module._write_transaction
+
+    def held_commit(*args):
+        entered.set()
+        go_on.wait(10)
+        return commit(*args)
+
+    monkeypatch.setattr(storage_module, "_write_transaction", held_commit)
+    storage = await open_storage(tmp_path)
+    try:
+        landing = asyncio.ensure_future(put(storage, "k", 1, "v"))
+        assert await asyncio.to_thread(entered.wait, 10)
+        for path in tmp_path.glob(f"{DATABASE_FILE_NAME}*"):
+            path.unlink()
+        storage.check_file()
+        assert storage.write_error is not None
+        go_on.set()
+        await landing  # it landed, in the deleted file
+        assert storage.write_error == storage.file_lost
+        with pytest.raises(StorageError, match="was deleted, or its directory moved"):
+            await put(storage, "k2", 1, "v")
+    finally:
+        go_on.set()
+        await storage.close()

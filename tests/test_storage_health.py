@@ -211,7 +211,7 @@ def test_a_node_whose_database_file_was_deleted_refuses_writes_until_restarted(t
                 path.unlink()
             wait_for(lambda: not client.health()["storage"]["writable"], timeout=10,
                      what="n3 noticing its database file deleted")
-            assert "was deleted while this node ran" in client.health()["storage"]["error"]
+            assert "was deleted, or its directory moved, while this node ran" in client.health()["storage"]["error"]
             with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
                 client.put("after", 1)
             assert refused.value.maybe_applied is False

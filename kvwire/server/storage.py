@@ -660,7 +660,7 @@ class Storage:
         try:
             identity = _file_identity(self.path, strict=True)
         except FileNotFoundError:
-            what = "deleted"
+            what = "deleted, or its directory moved,"
         except OSError:
             return  # cannot tell (a permission changed): commits say whether they work
         else:
@@ -668,12 +668,18 @@ class Storage:
                 return
             what = "replaced by another file"
         self.file_lost = (f"the database file {self.path} was {what} while this node ran; it takes no writes "
-                          "until it is restarted, and then starts empty: with --join (kvwire up and the deploy files "
-                          "give it) it catches up from its peers before it votes")
+                          "until it is restarted. A start on this path then finds the file there now: none after a "
+                          "deletion, so it starts empty and, with --join (kvwire up and the deploy files give it), "
+                          "catches up from its peers before it votes")
         log.error("storage refuses writes: %s", self.file_lost, extra={"event": "database_file_lost"})
         self.write_error = self.file_lost
 
     def _writes_work_again(self) -> None:
+        if self.file_lost is not None:
+            # A commit already running when the file was found gone lands in the gone
+            # file: it says nothing of writes to come (a reviewer's finding).
+            self.write_error = self.file_lost
+            return
         if self.write_error is not None:
             log.warning("storage takes writes again (%s), after %d group commits failed; this node takes writes "
                         "again", self.path, self._failed_since_refusing)
