@@ -11,6 +11,7 @@ node is still stopped.
 import asyncio
 import contextlib
 import gc
+import sys
 import threading
 import warnings
 
@@ -192,3 +193,34 @@ def test_a_client_dropped_without_close_is_closed_with_a_resource_warning(node):
     with Client([node.address], timeout=5) as closed_properly, warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)
         closed_properly.ping()
+
+
+def test_a_client_dropped_or_closed_inside_a_running_event_loop_is_closed_too(node):
+    """A reviewer dropped Clients inside asyncio.run: each finalizer failed ("Cannot run
+    the event loop while another loop is running") and left its loop's descriptors
+    open, as an explicit close() there did. The loop's own thread now cleans up."""
+    def loop_threads() -> int:
+        return sum(thread.name == "kvwire-client-loop" for thread in threading.enumerate())
+
+    before = loop_threads()
+    unraisable = []
+
+    async def main() -> None:
+        with pytest.warns(ResourceWarning, match="was never closed"):
+            for _ in range(3):
+                client = Client([node.address], timeout=5)
+                client.put("inside-a-loop", 1)
+                del client
+                gc.collect()
+        closed = Client([node.address], timeout=5)
+        closed.ping()
+        closed.close()
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        asyncio.run(main())
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []
+    wait_for(lambda: loop_threads() == before, timeout=10, what="the clients' threads ending")
+    assert own_sockets_to(node.address) == 0

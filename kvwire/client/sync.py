@@ -48,7 +48,22 @@ class _LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            # A call another thread handed over just before the stop would otherwise wait
+            # forever on a loop that no longer runs: uvloop stops in the middle of a pass
+            # over its queue, and what it leaves there may be a call's task not yet started,
+            # or the hand-back of one that has finished to its thread. So the loop runs
+            # once more (run_until_complete does, even with nothing to wait for), and the
+            # calls still running are cancelled. Here, on the loop's own thread: the thread
+            # that stops it may be running an event loop of its own (close() inside
+            # asyncio.run, or a dropped Client collected there), where this cannot run.
+            leftover = asyncio.all_tasks(self.loop)
+            for task in leftover:
+                task.cancel()
+            self.loop.run_until_complete(_settled(leftover))
+            self.loop.close()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is self.thread:
@@ -80,21 +95,13 @@ class _LoopThread:
         return os.getpid() == self._pid
 
     def stop(self) -> None:
+        """Stop the loop; its thread then cancels what still runs, closes it, and ends
+        (waited for, unless this is that thread)."""
         with self._handing_over:
             self._stopping = True
             self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        # A call another thread handed over just before the stop would otherwise wait
-        # forever on a loop that no longer runs: uvloop stops in the middle of a pass
-        # over its queue, and what it leaves there may be a call's task not yet started,
-        # or the hand-back of one that has finished to its thread. So the loop runs
-        # once more (run_until_complete does, even with nothing to wait for), and the
-        # calls still running are cancelled.
-        leftover = asyncio.all_tasks(self.loop)
-        for task in leftover:
-            task.cancel()
-        self.loop.run_until_complete(_settled(leftover))
-        self.loop.close()
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
 
 
 def _close_abandoned(runner: _LoopThread, client: AsyncClient) -> None:
@@ -104,7 +111,8 @@ def _close_abandoned(runner: _LoopThread, client: AsyncClient) -> None:
     warnings.warn(f"kvwire Client of {', '.join(client.endpoints)} was never closed; use `with Client(...)` or "
                   "call close()", ResourceWarning, stacklevel=2)
     if threading.current_thread() is runner.thread:
-        runner.loop.call_soon(runner.loop.stop)  # collected on its own loop: it cannot wait for itself
+        # Collected on its own loop, which cannot wait for itself: close there, then stop.
+        runner.loop.create_task(client.close()).add_done_callback(lambda _closed: runner.stop())
         return
     try:
         runner.run(client.close())
