@@ -238,7 +238,6 @@ async def test_a_stopping_node_says_it_read_nothing_more_ends_its_stream_and_wai
         assert [(type(event), event.id, event.code, event.message, event.maybe_applied) for event in notice] == [(ErrorReply, None, ErrorCode.UNAVAILABLE, GOING_AWAY, False)]
         writer.write(unread[7:])  # discarded: the node said it reads nothing more
         await writer.drain()
-        await asyncio.sleep(0)
         assert not task.done()  # it waits for this end (GO_AWAY_LINGER is 60 s here)
         writer.close()
         await asyncio.wait_for(task, timeout=10)

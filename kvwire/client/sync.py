@@ -110,8 +110,14 @@ def _close_abandoned(runner: _LoopThread, client: AsyncClient) -> None:
         return
     warnings.warn(f"kvwire Client of {', '.join(client.endpoints)} was never closed; use `with Client(...)` or "
                   "call close()", ResourceWarning, stacklevel=2)
+    _close_on(runner, client)
+
+
+def _close_on(runner: _LoopThread, client: AsyncClient) -> None:
+    """Close ``client``'s connections on ``runner``'s loop, then stop that loop."""
     if threading.current_thread() is runner.thread:
-        # Collected on its own loop, which cannot wait for itself: close there, then stop.
+        # Called on that loop (collected there), which cannot wait for itself: close
+        # there, then stop.
         runner.loop.create_task(client.close()).add_done_callback(lambda _closed: runner.stop())
         return
     try:
@@ -262,7 +268,4 @@ class Client:
         self._finalizer.detach()
         if runner is None or not runner.in_its_process():
             return  # closed already, or a copy made by fork(): the parent's client is the parent's to close
-        try:
-            runner.run(self._async.close())
-        finally:
-            runner.stop()
+        _close_on(runner, self._async)

@@ -63,7 +63,7 @@ class DataDirLock:
             raise DataDirError(f"cannot create the data directory {self.data_dir}: {reason_of(exc)}") from None
         dir_fd = self._lock_directory()
         try:
-            self._lock_file()
+            self._fd = self._lock_file()
         except BaseException:
             if dir_fd is not None:
                 os.close(dir_fd)
@@ -87,7 +87,7 @@ class DataDirLock:
             return None
         return dir_fd
 
-    def _lock_file(self) -> None:
+    def _lock_file(self) -> int:
         # Never deleted: removing it on exit would let a process that opened the
         # old file hold a lock on an unlinked inode while a third locks a new one.
         lock_path = self.data_dir / LOCK_FILE_NAME
@@ -111,14 +111,13 @@ class DataDirLock:
             # a full disk fails the node's start where it matters, at its database, with
             # a message that says so (it was blamed on the listen address).
             pass
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
         """Closing the descriptors drops the locks; the file and its stale pid stay."""
-        for name in ("_fd", "_dir_fd"):
-            fd = getattr(self, name)
+        fds, self._fd, self._dir_fd = (self._fd, self._dir_fd), None, None
+        for fd in fds:
             if fd is not None:
-                setattr(self, name, None)
                 os.close(fd)
 
     def __enter__(self) -> DataDirLock:
