@@ -168,7 +168,8 @@ def test_defaults_match_kvwire_up_and_the_fast_preset():
         assert sum(line.startswith("server ") and line.endswith(" check") for line in lines) == 3, backend
     text = CONFIG.read_text()
     assert "\n    retries 3\n" in text and "\n    option redispatch 1\n" in text
-    assert "\n    retry-on conn-failure empty-response response-timeout\n" in text
+    # 503 too: a bridge whose node has no quorum says so until the checks take it out.
+    assert "\n    retry-on conn-failure empty-response response-timeout 503\n" in text
     # PUTs are retried too (their request id makes a repeat apply once), DELETEs are not.
     assert "\n    http-request disable-l7-retry unless METH_GET || { method PUT }\n" in text
     assert "\n    http-request set-header X-Kvwire-Request-Id %[unique-id]\n" in text

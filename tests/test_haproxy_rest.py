@@ -14,6 +14,9 @@ import pytest
 from rest_helpers import PREFIX, http
 from test_haproxy import CONFIG, NO_NODE_503, cluster_with_bridges, haproxy_binary, haproxy_for  # noqa: F401 - fixture
 
+from kvwire.chaos.firewall import Firewall
+from kvwire.chaos.nodes import node_groups
+from kvwire.chaos.partitions import make_partition
 from kvwire.testing.balancer import HAProxyProcess, kill_during, report_figures
 from kvwire.testing.rest_load import RestLoad, get_on_each, keep_alive_connections
 
@@ -79,6 +82,41 @@ def test_a_hung_node_under_rest_load_fails_no_request(tmp_path, haproxy_binary):
         assert report.failures == [], report.failures
         assert report.longest_stall_s < 7.5, report.as_dict()
         assert len(report.acknowledged) > 400  # the load went on around the hung node
+
+
+def test_a_node_cut_off_from_its_peers_under_rest_load_fails_no_request(tmp_path, haproxy_binary):
+    """n3 cut off from n1 and n2 (its peer links only, by iptables; HAProxy still reaches it):
+    until HAProxy's check sees n3's bridge answer 503, requests keep going to it, and
+    n3 answers them 503 (no quorum). Each is retried on another node (``retry-on`` has
+    503): a GET at once, a PUT by its request id, which a retry applies once."""
+    groups = node_groups(["n1", "n2", "n3"])
+    cluster, bridges = cluster_with_bridges(tmp_path / "data", sync="normal", groups=groups)
+    firewall = Firewall()
+    with cluster, haproxy_for(cluster, bridges, tmp_path) as lb:
+        lb.wait_all("kvwire_bridges", "UP", timeout=15)
+        before = retries(lb)
+        load = RestLoad(lb.http_address, prefix="rest-cut", max_duration=20.0, timeout=10.0).start()
+        try:
+            firewall.install()
+            load.wait_acknowledged(200)
+            addresses = {node.node_id: (node.host, node.port) for node in cluster}
+            firewall.drop(make_partition("isolate", cluster.node_ids, "n3").rules(groups, addresses))
+            cut_at = time.monotonic()
+            lb.wait_status("kvwire_bridges", "n3", "DOWN", timeout=5.0)
+            down_after = time.monotonic() - cut_at
+            load.run_until(time.monotonic() + 1.0)
+        finally:
+            report = load.stop()
+            firewall.remove()
+        after = retries(lb)
+        figures = {**report.as_dict(), "down_after_s": round(down_after, 2),
+                   **{key: after[key] - before[key] for key in after}}
+        report_figures("haproxy_rest_cut_off_node", figures)
+        assert report.failures == [], figures
+        assert after["retried"] > before["retried"], figures  # n3 did answer some of them 503
+        for key, value in list(report.acknowledged.items())[-50:]:
+            read = http("GET", f"http://{lb.http_address}{PREFIX}/kv/{key}/")
+            assert read.status == 200 and read.json["value"] == value, (key, read.text)
 
 
 def gets_in_flight_on_hung_nodes(cluster, lb: HAProxyProcess, hung: tuple[str, ...], path: str) -> list:
