@@ -528,3 +528,41 @@ async def test_a_commit_landing_after_the_file_was_found_gone_does_not_say_write
     finally:
         go_on.set()
         await storage.close()
+
+
+async def test_deleting_the_write_ahead_log_alone_makes_the_storage_refuse_writes(tmp_path):
+    """Commits go on into a deleted -wal, and a restart finds the database at its last
+    checkpoint: every write since then, acknowledged, lost. Found gone, the storage
+    refuses writes for good, as it does for the database file itself."""
+    from kvwire.server.storage import StorageError, wal_path
+
+    storage = await open_storage(tmp_path)
+    try:
+        await put(storage, "before", 1, "kept")
+        storage.check_file()
+        assert storage.write_error is None  # the log of the open is the log now
+        wal_path(storage.path).unlink()
+        storage.check_file()
+        assert "write-ahead log" in storage.write_error and "was deleted" in storage.write_error
+        with pytest.raises(StorageError, match="write-ahead log .* was deleted"):
+            await put(storage, "after", 1, "v")
+    finally:
+        await storage.close()
+
+
+async def test_many_commits_and_checkpoints_keep_the_same_write_ahead_log(tmp_path):
+    """SQLite's own checkpoints (every 1,000 pages) reset the log but keep its file:
+    ``check_file`` must not take them for a replacement."""
+    from kvwire.server.storage import wal_path
+
+    storage = await open_storage(tmp_path)
+    try:
+        value = "x" * 3000  # about a page per row: past the automatic checkpoint's 1,000 pages
+        for batch in range(6):
+            await asyncio.gather(*(put(storage, f"k{batch}-{n}", 1, value) for n in range(300)))
+            storage.check_file()
+        assert storage.write_error is None, storage.write_error
+        # The log was reset and reused: it never held all that was written.
+        assert wal_path(storage.path).stat().st_size < 6 * 300 * len(value)
+    finally:
+        await storage.close()

@@ -196,21 +196,25 @@ def test_a_new_data_directory_on_a_full_disk_is_refused_naming_the_disk_not_the_
     assert f"on {node.address}" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_node_whose_database_file_was_deleted_refuses_writes_until_restarted(tmp_path):
+@pytest.mark.parametrize("deleted, named", [("kvwire.sqlite3*", "the database file"),
+                                             ("kvwire.sqlite3-wal", "the database's write-ahead log")])
+def test_a_node_whose_database_file_was_deleted_refuses_writes_until_restarted(tmp_path, deleted, named):
     """A storage probe deleted kvwire.sqlite3* under a running node: it went on
     reporting itself healthy and acknowledging writes (10,222 of them) into files no
     start would open, and its next start had lost them all. Within about a second it
-    now refuses writes, its peers' REPLICATEs included, and says why."""
+    now refuses writes, its peers' REPLICATEs included, and says why. The -wal alone
+    loses the same way every commit since the last checkpoint."""
     from kvwire.testing import LocalCluster
 
     with LocalCluster(3, data_dir=tmp_path, sync="normal") as cluster:
         n3 = cluster["n3"]
         with Client(n3.address, timeout=5) as client:
             client.put("before", "kept")
-            for path in n3.data_dir.glob("kvwire.sqlite3*"):
+            for path in n3.data_dir.glob(deleted):
                 path.unlink()
             wait_for(lambda: not client.health()["storage"]["writable"], timeout=10,
                      what="n3 noticing its database file deleted")
+            assert f"{named} {n3.data_dir}" in client.health()["storage"]["error"]
             assert "was deleted, or its directory moved, while this node ran" in client.health()["storage"]["error"]
             with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
                 client.put("after", 1)

@@ -187,6 +187,11 @@ class _DamagedRow(Exception):
 _DAMAGE = (_DamagedRow, UnicodeDecodeError)
 
 
+def wal_path(database: Path) -> Path:
+    """SQLite's write-ahead log beside ``database``."""
+    return database.with_name(database.name + "-wal")
+
+
 def _file_identity(path: Path, *, strict: bool = False) -> tuple[int, int] | None:
     """The file's (device, inode); None if it cannot be read, unless ``strict``."""
     try:
@@ -224,9 +229,11 @@ class Storage:
         # commit every PROBE_INTERVAL finds out when the disk takes writes again,
         # even when no client writes.
         self.write_error: str | None = None
-        # The database file as opened: one deleted or replaced under the running node
-        # makes it refuse writes for good (``check_file``).
-        self._identity = _file_identity(path)
+        # The database file and its write-ahead log as opened: either deleted or
+        # replaced under the running node makes it refuse writes for good
+        # (``check_file``). The log exists from the open on (journal_mode=WAL, then
+        # a write), and SQLite removes it only when its last connection closes.
+        self._identities = {file: _file_identity(file) for file in (path, wal_path(path))}
         self.file_lost: str | None = None
         self._damaged_keys: set[str] = set()  # values found damaged, logged once each
         self._failed_since_refusing = 0  # group commits failed since write_error was set
@@ -649,30 +656,36 @@ class Storage:
         self._writes_work_again()
 
     def check_file(self) -> None:
-        """Refuse writes for good once the database file is no longer the one opened
-        (deleted, or replaced): commits would still succeed, into a file no start will
-        open, and this node would acknowledge as durable, to its clients and its peers'
-        majorities, what its next start has lost. A storage probe deleted the files
-        under a node that went on reporting itself healthy through 10,222 writes.
-        The node calls this every second."""
-        if self.file_lost is not None or self._identity is None:
+        """Refuse writes for good once the database file or its write-ahead log is no
+        longer the one opened (deleted, or replaced): commits would still succeed, into
+        a file no start will open, and this node would acknowledge as durable, to its
+        clients and its peers' majorities, what its next start has lost. A storage
+        probe deleted the files under a node that went on reporting itself healthy
+        through 10,222 writes; deleting the log alone loses every commit since the last
+        checkpoint the same way. The node calls this every second."""
+        if self.file_lost is not None:
             return
-        try:
-            identity = _file_identity(self.path, strict=True)
-        except FileNotFoundError:
-            what = "deleted, or its directory moved,"
-        except OSError:
-            return  # cannot tell (a permission changed): commits say whether they work
-        else:
-            if identity == self._identity:
-                return
-            what = "replaced by another file"
-        self.file_lost = (f"the database file {self.path} was {what} while this node ran; it takes no writes "
-                          "until it is restarted. A start on this path then finds the file there now: none after a "
-                          "deletion, so it starts empty and, with --join (kvwire up and the deploy files give it), "
-                          "catches up from its peers before it votes")
-        log.error("storage refuses writes: %s", self.file_lost, extra={"event": "database_file_lost"})
-        self.write_error = self.file_lost
+        for file, opened in self._identities.items():
+            if opened is None:
+                continue  # could not be read at the open: nothing to compare with
+            try:
+                identity = _file_identity(file, strict=True)
+            except FileNotFoundError:
+                what = "deleted, or its directory moved,"
+            except OSError:
+                continue  # cannot tell (a permission changed): commits say whether they work
+            else:
+                if identity == opened:
+                    continue
+                what = "replaced by another file"
+            name = f"the database file {file}" if file == self.path else f"the database's write-ahead log {file}"
+            self.file_lost = (f"{name} was {what} while this node ran; it takes no writes until it is restarted. "
+                              "A start on this path then finds the files there now: none after a deletion, so it "
+                              "starts without what they held and, with --join (kvwire up and the deploy files give "
+                              "it), catches up from its peers before it votes")
+            log.error("storage refuses writes: %s", self.file_lost, extra={"event": "database_file_lost"})
+            self.write_error = self.file_lost
+            return
 
     def _writes_work_again(self) -> None:
         if self.file_lost is not None:
