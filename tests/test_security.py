@@ -572,3 +572,52 @@ def test_a_client_that_asks_much_then_half_closes_gets_every_reply(tmp_path):
             assert sorted(reply.id for reply in replies) == list(range(count))
             assert all(len(reply.value) == 100_000 for reply in replies)
             assert conn.closed_by_peer(timeout=5)
+
+
+def test_a_peer_handshake_relayed_from_a_stopped_members_address_gives_no_peer_link(tmp_path):
+    """Someone without the secret takes a stopped member's address (n3's), waits for
+    n1 to dial it, relays n1's HELLO to n2 as its own and n2's answer back to n1.
+    n1 used to check n2's proof against the node the answer named, find it good,
+    and give its own proof, which the relay handed to n2: a proven peer link of its
+    own, without the secret, that wrote keys (a security probe's finding). n1 now
+    refuses an answer from any node but the one it dialled, before proving."""
+    from kvwire.protocol import Connection, Side
+    from kvwire.protocol.connection import NEED_DATA as NEED
+
+    with LocalCluster(3, data_dir=tmp_path, sync="off") as cluster:
+        n3 = cluster["n3"]
+        cluster.kill("n3")
+        listener = socket.create_server((n3.host, n3.port))
+        listener.settimeout(20)
+        try:
+            dialler, _ = listener.accept()  # n1 or n2, dialling "n3" again
+            dialler.settimeout(5)
+            codec = Connection(Side.NODE)
+
+            def next_hello():
+                while (event := codec.next_event()) is NEED:
+                    data = dialler.recv(65536)
+                    if not data:
+                        return None  # the dialler closed: no second HELLO, no proof
+                    codec.receive_data(data)
+                return event
+
+            first = next_hello()
+            assert isinstance(first, Hello) and first.nonce is not None
+            other = cluster["n2" if first.node == "n1" else "n1"]
+            with RawConnection(other.address) as relay:
+                answer = relay.request(Hello(1, role=Role.PEER, cluster=first.cluster, node=first.node, nonce=first.nonce))
+                assert isinstance(answer, HelloReply) and answer.proof is not None
+                dialler.sendall(encode(HelloReply(first.id, answer.proto, answer.node, answer.cluster, answer.limits,
+                                                  answer.nonce, answer.proof)))
+                assert next_hello() is None  # no proof of the dialler's to hand on
+                forged = relay.request(Replicate(2, "taken", Version(5000, first.node), "forged"))
+                assert isinstance(forged, ErrorReply) and forged.code == ErrorCode.FORBIDDEN, forged
+            dialler.close()
+        finally:
+            listener.close()
+        wait_for(lambda: f"answers as node {other.node_id!r}, not 'n3'" in cluster[first.node].log(), timeout=10,
+                 what="the dialler logging whom it found")
+        with Client(cluster["n1"].address) as client:
+            with pytest.raises(KeyError):
+                client.get("taken", consistency=Consistency.ONE)

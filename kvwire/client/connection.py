@@ -40,6 +40,7 @@ from kvwire.protocol import (
     WrongClusterError,
     error_from_wire,
 )
+from kvwire.protocol.errors import WrongNodeError
 from kvwire.protocol.codec import HEADER_SIZE as FRAME_HEADER_BYTES
 from kvwire.protocol.messages import REPLY_BIT, Request
 
@@ -141,6 +142,7 @@ class ClientConnection(asyncio.Protocol):
         node: str | None = None,
         token: str | None = None,
         secret: bytes | None = None,
+        expect_node: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         raw_values: bool = False,
     ) -> ClientConnection:
@@ -152,7 +154,8 @@ class ClientConnection(asyncio.Protocol):
         Raises KvwireConnectionError when the node can't be reached or doesn't
         answer HELLO within ``connect_timeout``; ForbiddenError when it belongs
         to another cluster than ``cluster``, refuses ``token``, or (for a peer
-        with the cluster ``secret``) fails the handshake either way.
+        with the cluster ``secret``) fails the handshake either way, or answers
+        as another node than ``expect_node``.
         """
         loop = asyncio.get_running_loop()
         address = format_endpoint(host, port)
@@ -178,7 +181,8 @@ class ClientConnection(asyncio.Protocol):
         deadline = asyncio.timeout(connect_timeout)
         try:
             async with deadline:
-                await connection.hello(cluster, role=role, node=node, token=token, secret=secret)
+                await connection.hello(cluster, role=role, node=node, token=token, secret=secret,
+                                       expect_node=expect_node)
         except BaseException as exc:
             connection.abort()  # a hung node would never let a graceful close finish
             if isinstance(exc, TimeoutError) and deadline.expired():
@@ -205,12 +209,15 @@ class ClientConnection(asyncio.Protocol):
         node: str | None = None,
         token: str | None = None,
         secret: bytes | None = None,
+        expect_node: str | None = None,
     ) -> HelloReply:
         """Send HELLO (as a client, with ``token`` if given, or as peer ``node``),
         and remember the node, cluster and limits it names.
 
         A peer with the cluster ``secret`` runs the handshake of
         kvwire.protocol.peer_auth: it checks the node's proof before giving its own.
+        ``expect_node``: the node dialled; one answering as another is refused
+        (WrongNodeError) before any proof of ours is sent.
         """
         nonce = new_nonce() if role is Role.PEER and secret is not None else None
         try:
@@ -233,6 +240,14 @@ class ClientConnection(asyncio.Protocol):
             raise WrongClusterError(
                 f"node {reply.node!r} at {self.address} belongs to cluster {reply.cluster!r}, not {cluster!r}"
             )
+        if expect_node is not None and reply.node != expect_node:
+            # Checked before our proof, which would otherwise be good for the node
+            # that answered: whoever took a stopped member's address could relay our
+            # HELLO to another member and its answer back to us, then hand that
+            # member our proof and hold a proven peer link of its own without the
+            # secret (a security probe did: it wrote keys that way).
+            self.close()
+            raise WrongNodeError(f"{self.address} answers as node {reply.node!r}, not {expect_node!r}; check --cluster")
         if nonce is not None:
             await self._prove_peer(reply, reply.cluster, node, secret, nonce)
         self.node_id = reply.node

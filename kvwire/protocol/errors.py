@@ -146,6 +146,13 @@ class WrongClusterError(ForbiddenError):
     try_another_node = True
 
 
+class WrongNodeError(ForbiddenError):
+    """A peer link's dial reached a node answering as another member than the one
+    dialled (``--cluster`` names the wrong address for it, or someone else took it):
+    refused before the handshake's proof is sent. Raised by the connection, never
+    sent on the wire."""
+
+
 class UnauthenticatedError(ForbiddenError):
     """The node has an auth file and this connection has no accepted token: none
     was given, or the node does not know it (the REST bridge's 401). A token

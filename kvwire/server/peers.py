@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ..backoff import backoff_delay
 from ..client.connection import ClientConnection, RefusedBeforeHello
-from ..protocol.errors import KvwireConnectionError, KvwireError, UnavailableError
+from ..protocol.errors import KvwireConnectionError, KvwireError, UnavailableError, WrongNodeError
 from ..protocol.limits import WIRE_NAMES, Limits
 from ..protocol.messages import Role
 from ..tls import client_context
@@ -91,6 +91,7 @@ class PeerLink:
                     role=Role.PEER,
                     node=self._config.node_id,
                     secret=self._config.cluster_secret,
+                    expect_node=peer,
                     ssl_context=self._ssl_context,
                     raw_values=True,  # a node forwards values as the bytes it got (protocol.values)
                 )
@@ -115,6 +116,13 @@ class PeerLink:
                 failures += 1
                 await self._back_off(_redial_delay(failures))
                 continue
+            except WrongNodeError as exc:
+                log.error("%s", exc, extra={"peer": peer, "event": "peer_wrong_node"})
+                # A plain wait, which dial_now does not cut: the node there
+                # accepts our HELLO, so nodes whose --cluster swaps addresses
+                # would each cut the others' waits and redial without pause.
+                await asyncio.sleep(RECONNECT_MAX_DELAY)
+                continue
             except KvwireError as exc:
                 # The handshake failed (another cluster, another protocol
                 # version, another secret, either way round): say so every
@@ -126,14 +134,6 @@ class PeerLink:
             if self._closing:  # closed while it dialled (its cancellation swallowed, see close)
                 connection.abort()
                 return
-            if connection.node_id != peer:
-                log.error("%s answers as node %r, not %r; check --cluster", self.member.address, connection.node_id, peer)
-                connection.close()
-                # A plain wait, which dial_now does not cut: the node there
-                # accepts our HELLO, so nodes whose --cluster swaps addresses
-                # would each cut the others' waits and redial without pause.
-                await asyncio.sleep(RECONNECT_MAX_DELAY)
-                continue
             failures = 0
             self._check_limits(connection.server_limits)
             connection.on_receive = lambda: self._node.peer_heard(peer)
