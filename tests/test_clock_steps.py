@@ -60,3 +60,60 @@ def test_a_wall_clock_step_does_not_make_a_retried_put_apply_twice(tmp_path, ste
             retried = client.put_with_result("k", "A", request_id="req-1")
             assert retried.version == first.version
             assert client.get("k") == "B"
+
+
+def test_a_backlog_read_after_a_stall_past_request_memory_is_dropped_not_applied(tmp_path):
+    """n1 stopped with 60,000 PUTs pipelined to it, the last a PUT whose client then
+    had it applied through n2 and wrote a newer value; n1's monotonic clock is moved
+    65 s on (libfaketime) before it runs again, a stall longer than request ids are
+    kept (60 s). It refused the writes it read within a failure timeout of running
+    again, and applied the rest, every one sent before the stall (a reviewer's
+    finding: with the stall real, past the replicas' memory of the last PUT's id
+    too, that one was written again over the newer value). It now closes every
+    connection unread."""
+    import threading
+
+    from kvwire.protocol import Consistency, Ping, Put, encode
+    from kvwire.testing import RawConnection
+
+    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
+    offset = tmp_path / "clock"
+    offset.write_text("+0\n")
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
+    cluster["n1"].env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    with cluster:
+        cluster.wait_ready()
+        backlog = b"".join(encode(Put(number, f"filler{number}", number)) for number in range(1, 60_000))
+        backlog += encode(Put(60_000, "k", "old", "req-stale"))
+        with RawConnection(cluster["n1"].address, timeout=30) as raw:
+            assert raw.request(Ping(0)) is not None
+            cluster.pause("n1")
+            sent = threading.Event()
+
+            def send_backlog() -> None:
+                try:
+                    raw.sock.sendall(backlog)
+                except OSError:
+                    pass  # n1 closed the connection before taking it all
+                sent.set()
+
+            sender = threading.Thread(target=send_backlog, daemon=True)
+            sender.start()
+            with Client(cluster.endpoints_of("n2", "n3"), timeout=5) as client:
+                client.put("k", "old", request_id="req-stale")  # the client's retry, elsewhere
+                client.put("k", "new")
+            offset.write_text("+65s\n")
+            cluster.resume("n1")
+            assert sent.wait(30), "n1 never read the backlog or closed the connection"
+            sender.join(5)
+            raw.sock.settimeout(10)
+            try:
+                while raw.sock.recv(1 << 20):
+                    pass
+            except OSError:
+                pass  # reset: n1 dropped it
+        with Client(cluster.endpoints, timeout=5) as client:
+            assert client.get("k") == "new"
+            with pytest.raises(KeyError):  # sent before the stall, never read
+                client.get("filler59999", consistency=Consistency.ONE)
+        assert "event=connections_dropped_after_stall" in cluster["n1"].log()

@@ -1238,12 +1238,38 @@ def test_a_write_read_after_a_stall_longer_than_request_ids_are_kept_is_refused_
     assert writes_read_after_a_stall(61.0, mutant="write-after-long-stall") == {}
 
 
+def test_a_stall_longer_than_request_ids_are_kept_drops_every_connection():
+    """What waits unread in the connections was sent before or during the stall:
+    past a failure timeout of running again the core would start it (tests/test_clock_steps.py)."""
+    from kvwire.server.core import DropConnections
+
+    for stall, dropped in ((59.0, []), (61.0, [61.0])):
+        core = make_core()
+        link_all(core)
+        core.tick(stall)
+        assert [effect.stalled for effect in effects_of(core, DropConnections)] == dropped
+
+
 def test_writes_are_taken_again_once_the_node_has_run_for_failure_timeout_after_a_long_stall():
     core = make_core()
     link_all(core)
     core.tick(61.0)  # the stall, seen by the heartbeat's timer
     core.request("put", Put(7, "k", "v", "req-1"), run_past_the_stall(core, 61.0))
     assert effects_of(core, Respond) == []
+
+
+def test_an_idle_lone_node_takes_a_write_after_a_minute_without_requests():
+    """A node with no peers had no heartbeat to wake it: a minute without requests
+    looked like a stall, and the next write was refused (a reviewer's finding, with
+    --repair-interval 90). Driven by its own timers, as the shell drives it."""
+    core = make_core(members=parse_cluster("n1=127.0.0.1:1"), repair_interval=90.0)
+    while (deadline := core.next_deadline()) < 66.0:
+        core.tick(deadline)
+    core.take_effects()
+    core.request("put", Put(7, "k", "v", "req-1"), 66.0)
+    commit_all(core, core.take_effects(), 66.0)
+    [answer] = effects_of(core, Respond)
+    assert not isinstance(answer.reply, Exception), answer.reply
 
 
 def test_the_mutant_one_trip_after_stall_trusts_a_put_read_after_a_stall():

@@ -125,6 +125,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         # Nothing was sent, but what the opening found stands for the next start.
         await storage.close(clean=not (storage.unclean or storage.joining))
         raise
+    node.drop_connections = lambda: _drop_all(connections)
     node.start()
     slot.node = node
     deadlines = DeadlineSweep(loop, connections, config)
@@ -144,6 +145,13 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         if registry is not None:
             registry.unregister(collector)
         await _shut_down(server, connections, node, config.shutdown_timeout)
+
+
+def _drop_all(connections: set[NodeProtocol]) -> int:
+    dropped = list(connections)
+    for connection in dropped:
+        connection.drop()
+    return len(dropped)
 
 
 def _describe_tls(config: ServerConfig) -> str:

@@ -499,3 +499,11 @@ class NodeProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         self._close()
+
+    def drop(self) -> None:
+        """Close at once, unread and unanswered (DropConnections): what the socket
+        holds is discarded with it, and so are the replies not yet written."""
+        if not self._closed:
+            self._closed = True
+            self._backlog = False
+            self._transport.abort()

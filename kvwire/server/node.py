@@ -42,7 +42,7 @@ from ..protocol.values import pack_value
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .config import ServerConfig
 from .core import (
-    CloseLink, DropHint, DropPeerHints, Joined, Load, NodeCore, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
+    CloseLink, DropConnections, DropHint, DropPeerHints, Joined, Load, NodeCore, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
     SaveRequests, Send, StoreHint, Strand,
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
@@ -118,6 +118,9 @@ class Node:
         self._loader: asyncio.Task | None = None
         self._timer_at: float | None = None
         self.connections = 0
+        # Closes every connection of this node's listener unread, and says how many
+        # (DropConnections); the server sets it, which owns them.
+        self.drop_connections: Callable[[], int] = lambda: 0
         self.metrics = RequestMetrics()
         # For logging transitions once: peers with hints pending, and whether this node had a
         # majority. Peers start DOWN, so a cluster node starts without one (and says when it
@@ -429,6 +432,12 @@ class Node:
                                 catch_up, extra={"peer": effect.peer, "event": "hinting_abandoned"})
                 elif kind is CloseLink:
                     self.peers.reconnect(effect.peer)
+                elif kind is DropConnections:
+                    dropped = self.drop_connections()
+                    log.warning("this node could not run for %.0f s (stopped, or starved of CPU), longer than request "
+                                "ids are kept: closed its %d connections without reading what they still held, "
+                                "requests sent before or during that time; their clients send them again",
+                                effect.stalled, dropped, extra={"event": "connections_dropped_after_stall"})
                 elif kind is PeerStateChanged:
                     self._log_transition(effect.transition)
                 elif kind is Notice:

@@ -20,7 +20,7 @@ from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
 from ..server.core.applied import MAX_AGE as REQUEST_MAX_AGE
 from ..server.core import (
-    CloseLink, DropHint, DropPeerHints, Entry, Joined, Load, Notice, Purge, SaveFloor, SaveRequests, NodeCore, PeerStateChanged, Persist,
+    CloseLink, DropConnections, DropHint, DropPeerHints, Entry, Joined, Load, Notice, Purge, SaveFloor, SaveRequests, NodeCore, PeerStateChanged, Persist,
     Respond, Send, StoreHint, Strand,
 )
 from ..server.core.keydir import mark_holds
@@ -336,6 +336,10 @@ class SimNode:
                     self.lose_link(effect.peer)
                 elif kind is PeerStateChanged:
                     world.trace(f"{self.node_id}: {effect.transition.describe()}")
+                elif kind is DropConnections:
+                    # Simulated clients keep no backlog on a connection: each message is
+                    # delivered, or lost, on its own.
+                    world.trace(f"{self.node_id}: drops its connections after a {effect.stalled:.0f} s stall")
                 elif kind is Notice:
                     world.trace(f"{self.node_id}: {effect.message}")
         deadline = core.next_deadline()

@@ -141,6 +141,20 @@ class CloseLink:
 
 
 @dataclass(slots=True)
+class DropConnections:
+    """Close every connection open to this node now, without reading what it still
+    holds: this process could not run for ``stalled`` seconds, longer than request
+    ids are kept, and a write waiting in a connection's backlog was sent before or
+    during that time; its client may have had it applied elsewhere since, and a newer
+    write acknowledged after it. The refusals of ``NodeCore.request`` cover what the
+    process reads within a failure timeout of running again; a backlog deeper than
+    that (tens of thousands of pipelined writes) went on to be applied (a reviewer's
+    finding). Clients see the connection lost and send again, a PUT with its id."""
+
+    stalled: float
+
+
+@dataclass(slots=True)
 class PeerStateChanged:
     """For the log: the failure detector moved a peer UP or DOWN."""
 
@@ -157,4 +171,4 @@ class Notice:
 
 
 Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | SaveRequests | Joined | Load
-          | CloseLink | PeerStateChanged | Notice | Strand)
+          | CloseLink | DropConnections | PeerStateChanged | Notice | Strand)

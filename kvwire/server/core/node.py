@@ -41,7 +41,7 @@ from ...protocol.limits import FRAME_OVERHEAD_BYTES, MAX_REQUEST_RECORDS
 from ..cache import MISSING, ValueCache
 from ..config import ServerConfig
 from ..failure_detector import FailureDetector, PeerState
-from .effects import CloseLink, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Respond, SaveRequests, Send, Strand
+from .effects import CloseLink, DropConnections, Effect, Joined, Load, Notice, PeerStateChanged, Persist, Respond, SaveRequests, Send, Strand
 from .hints import SWEEP_INTERVAL, HintBook
 from .keydir import NO_COPY, Copy, Entry, Keydir, mark_holds
 from .operations import Delete as DeleteOp
@@ -267,12 +267,16 @@ class NodeCore:
             self.timers.schedule(now, self._heartbeat)
             self.timers.schedule(now + SWEEP_INTERVAL, self._sweep_hints)
             self.repair.start()
+        else:
+            # No heartbeat to wake it: without this an idle lone node took a minute
+            # without requests for a stall, and refused the next write (``_clock``).
+            self.timers.schedule(now + config.heartbeat_interval, self._keep_time)
 
     # --- the shell's side ------------------------------------------------------------------
 
     def _clock(self, now: float) -> None:
-        """Every entry point's time. The heartbeat timer wakes a live core at least
-        every heartbeat interval (under half the failure timeout, by the config's
+        """Every entry point's time. The heartbeat timer (a lone node's ``_keep_time``)
+        wakes a live core at least every heartbeat interval (under half the failure timeout, by the config's
         check), so a longer gap means this process did not run, and a client waiting
         on it may have sent its PUT to another node. Half the failure timeout, not
         all of it: the peers mark this node DOWN a failure timeout after its last
@@ -285,6 +289,8 @@ class NodeCore:
             self.stalled_until = now + self.config.failure_timeout
             self.last_stall = now - self.now
             self.detector.excuse(self.now, now)
+            if self.last_stall > REQUEST_MEMORY and self.mutant != "write-after-long-stall":
+                self.effects.append(DropConnections(self.last_stall))
         self.now = now
 
     def take_effects(self) -> list[Effect]:
@@ -821,6 +827,11 @@ class NodeCore:
             self.respond(token, GetReply(request.id, copy.value, copy.version))
 
     # --- failure detection -----------------------------------------------------------------
+
+    def _keep_time(self) -> None:
+        """A lone node's wake-up every heartbeat interval, so that ``_clock`` sees a
+        gap only when this process could not run."""
+        self.timers.schedule(self.now + self.config.heartbeat_interval, self._keep_time)
 
     def _heartbeat(self) -> None:
         """PING every linked peer (unless its last PING is unanswered: a hung peer
