@@ -338,3 +338,37 @@ async def test_a_token_client_let_go_of_finishes_its_calls_first(tmp_path):
         assert writer.closed
         async with AsyncClient(node.address, token=TOKENS["reader"]) as reader:
             assert await reader.get("k") == "during"
+
+
+def test_made_up_tokens_on_a_nodes_own_bridge_leave_no_traceback(tmp_path):
+    """A node's own bridge keeps a client per token as a standalone one does, but an
+    in-process one, which had no ``calls_in_progress``: each let go of (past the 64
+    kept) logged "Task exception was never retrieved" with a traceback, and was
+    closed at once, calls and all (a security probe's finding)."""
+    import http.client
+
+    from kvwire.http_bridge.app import MAX_TOKEN_CLIENTS
+    from kvwire.testing import NodeProcess
+    from kvwire.testing.node import free_port
+
+    auth_file = write_auth_file(tmp_path, AUTH_FILE)
+    http_port = free_port("127.0.0.1")
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--auth-file", auth_file, "--sync", "off", "--http-listen", f"127.0.0.1:{http_port}"]) as node:
+        def rest(method: str, token: str, body: bytes | None = None) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+            try:
+                connection.request(method, "/kv-store/v1/kv/k/", body=body,
+                                   headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                return response.status
+            finally:
+                connection.close()
+
+        for index in range(MAX_TOKEN_CLIENTS + 16):
+            assert rest("GET", f"made-up-token-{index:04d}-0123456789") == 401
+        assert rest("PUT", TOKENS["writer"], b'{"value": "kept"}') in (200, 201)
+        assert rest("GET", TOKENS["reader"]) == 200
+        log = node.log()
+        assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]

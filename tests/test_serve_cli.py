@@ -209,3 +209,27 @@ def test_a_node_listening_elsewhere_than_its_own_cluster_entry_warns(tmp_path, l
         wait_for(lambda: "listening on" in node.log(), timeout=10, what="the node listening")
         log = node.log()
     assert ("but its own --cluster entry says its peers reach it at 127.0.0.2:" in log) == warned, log
+
+
+def test_a_node_started_with_stderr_closed_serves(tmp_path):
+    """``kvwire serve ... 2>&-`` (a supervisor that closes fd 2): faulthandler, which
+    leaves the stacks on stderr at a fatal signal, found no stderr and the node
+    exited 1 at start without a word (a reviewer's finding)."""
+    from kvwire.protocol import Ping, Pong
+
+    port = free_port("127.0.0.1")
+    command = [sys.executable, "-m", "kvwire", "serve", "--node-id", "n1", "--listen", f"127.0.0.1:{port}",
+               "--data-dir", str(tmp_path / "n1"), "--sync", "off"]
+    process = subprocess.Popen(["sh", "-c", 'exec "$@" 2>&-', "sh", *command], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: process.poll() is not None or accepts_connections(f"127.0.0.1:{port}"), timeout=15,
+                 what="the node listening")
+        assert process.poll() is None, f"exited {process.returncode}"
+        with RawConnection(f"127.0.0.1:{port}") as connection:
+            assert isinstance(connection.request(Ping(1)), Pong)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

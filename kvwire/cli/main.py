@@ -261,7 +261,10 @@ def run_node(
     # A fatal signal (SIGSEGV, SIGBUS: a file SQLite maps, such as the -shm, made
     # unwritable under it) would end the process with no line at all: leave the
     # Python stacks on stderr, where the log goes.
-    faulthandler.enable()
+    try:
+        faulthandler.enable()
+    except (RuntimeError, ValueError, OSError):
+        pass  # no stderr to write to (started with 2>&-): nothing to leave the stacks on
     # Its clients, a link each way with each peer, and its bridge's own clients, the
     # refused ones lingering, and its links.
     connections = config.max_connections + 2 * len(config.peers)

@@ -79,6 +79,13 @@ class InProcessClient:
         self._session: Session | None = None
         self._session_node: Node | None = None
         self._ids = itertools.count(1)
+        self._waiting = 0  # calls waiting on the node
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Calls not yet returned, on the node or its peers (the bridge closes a
+        client it let go only once none is: http_bridge.app.TokenClients)."""
+        return self._waiting + self._fallback.calls_in_progress
 
     async def close(self) -> None:
         await self._fallback.close()
@@ -157,7 +164,11 @@ class InProcessClient:
         try:
             result = node.handle(request, session)
             if type(result) is PendingReply:
-                result = await self._wait(result, type(request).__name__.upper(), deadline)
+                self._waiting += 1
+                try:
+                    result = await self._wait(result, type(request).__name__.upper(), deadline)
+                finally:
+                    self._waiting -= 1
         except KvwireError as exc:
             tally.answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
             # The call's own deadline ends it, as it ends a client's call.
