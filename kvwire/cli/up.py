@@ -89,7 +89,7 @@ def _check_data_dir_free(node_dir: Path) -> None:
 @click.option("--http-base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_HTTP_BASE_PORT, show_default=True, help="Port of n1's REST API (its HTTP bridge); node i serves it on HTTP_BASE_PORT + i - 1.")
 @click.option("--no-http", is_flag=True, help="Run no HTTP bridges.")
 @click.option("--haproxy", "with_haproxy", is_flag=True, help="Also run haproxy with haproxy/kvwire.cfg in front (TCP :7000, HTTP :8088, stats :8080).")
-@click.option("--tls", is_flag=True, help="TLS on every link (mutual, with client certificates), with the development certificates in DATA_DIR/tls, made by kvwire certs on first use.")
+@click.option("--tls", is_flag=True, help="TLS on every link, with the development certificates in DATA_DIR/tls, made by kvwire certs on first use: mutual (client certificates) on the nodes' ports; the REST bridges serve HTTPS and ask no client certificate (give the nodes an --auth-file for tokens).")
 @click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SERVE_OPTIONS... | ctl COMMAND...]")
 @click.pass_context
 def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, http_base_port: int,
