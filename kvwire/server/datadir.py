@@ -13,7 +13,9 @@ The lock is on the directory itself, besides the ``LOCK`` file: operators delete
 a file named LOCK they take for stale, and a second process then locked a new
 one (a storage probe: it served writes on the live node's database, and its
 clean stop told the live node's next start, after a kill, that it had stopped
-cleanly). A directory cannot be deleted from under its open files.
+cleanly). A directory cannot be deleted from under its open files. A lock on the
+directory that this process inherited (``flock DIR kvwire serve ...``) counts as
+its own.
 """
 
 from __future__ import annotations
@@ -41,6 +43,22 @@ class DataDirInUseError(DataDirError):
         self.holder_pid = holder_pid
 
 
+class DataDirLockedError(DataDirInUseError):
+    """The directory itself is locked, its LOCK file is not: a kvwire process whose
+    LOCK file was deleted, or another program (``flock DIR command`` hands its lock
+    to the command, a kvwire node among them)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        DataDirError.__init__(
+            self,
+            f"data directory {data_dir} is locked by another process: a kvwire process whose {LOCK_FILE_NAME} file "
+            f"was deleted, or another program holding a lock on the directory itself (flock(1) run on it, say); "
+            "stop it or use another --data-dir",
+        )
+        self.data_dir = data_dir
+        self.holder_pid = None
+
+
 class DataDirLock:
     """``with DataDirLock(path):`` holds ``path`` and ``path/LOCK`` exclusively, or raises DataDirInUseError at once."""
 
@@ -61,14 +79,24 @@ class DataDirLock:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise DataDirError(f"cannot create the data directory {self.data_dir}: {reason_of(exc)}") from None
-        dir_fd = self._lock_directory()
+        # The LOCK file first: a kvwire process holding the directory holds it too (and
+        # has written its pid there), so a directory locked while the file is free is
+        # held by something else, and the error can say so rather than name a pid.
+        fd = self._lock_file()
         try:
-            self._fd = self._lock_file()
+            self._dir_fd = self._lock_directory()
         except BaseException:
-            if dir_fd is not None:
-                os.close(dir_fd)
+            os.close(fd)
             raise
-        self._dir_fd = dir_fd
+        self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            # The pid is for another process's error message only, and the lock is held:
+            # a full disk fails the node's start where it matters, at its database, with
+            # a message that says so (it was blamed on the listen address).
+            pass
         return self
 
     def _lock_directory(self) -> int | None:
@@ -81,7 +109,11 @@ class DataDirLock:
         except OSError as exc:
             os.close(dir_fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise DataDirInUseError(self.data_dir, _read_pid_of(self.data_dir / LOCK_FILE_NAME)) from None
+                if _locked_by_this_process(self.data_dir):
+                    # ``flock DIR kvwire serve ...``: flock(1) handed its locked descriptor
+                    # to this process, which holds the lock through it while it lives.
+                    return None
+                raise DataDirLockedError(self.data_dir) from None
             # A file system that cannot lock a directory (NFS locks need a descriptor
             # open for writing): the LOCK file's lock still holds, as it did alone.
             return None
@@ -103,15 +135,7 @@ class DataDirLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise DataDirInUseError(self.data_dir, holder) from None
             raise DataDirError(f"cannot lock {lock_path}: {reason_of(exc)}") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            # The pid is for another process's error message only, and the lock is held:
-            # a full disk fails the node's start where it matters, at its database, with
-            # a message that says so (it was blamed on the listen address).
-            pass
-        return fd
+        return fd  # the pid is written once the directory is held too (acquire)
 
     def release(self) -> None:
         """Closing the descriptors drops the locks; the file and its stale pid stay."""
@@ -127,15 +151,26 @@ class DataDirLock:
         self.release()
 
 
-def _read_pid_of(path: Path) -> int | None:
+def _locked_by_this_process(directory: Path) -> bool:
+    """Whether a descriptor this process inherited holds the lock on ``directory``:
+    flock locks belong to an open file, so locking through that descriptor again
+    succeeds, where any other process's holds it off."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        wanted = os.stat(directory)
+        descriptors = os.listdir("/proc/self/fd")
     except OSError:
-        return None  # deleted, say: the holder's pid is then unknown
-    try:
-        return _read_pid(fd)
-    finally:
-        os.close(fd)
+        return False
+    for name in descriptors:
+        fd = int(name)
+        try:
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) != (wanted.st_dev, wanted.st_ino):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def _read_pid(fd: int) -> int | None:
