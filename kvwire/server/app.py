@@ -23,7 +23,7 @@ from .metrics import NodeCollector
 from .node import Node
 from .outbox import Outbox
 from .stall import StallWatch
-from .storage import Storage
+from .storage import DataDirError, DataDirLostError, Storage
 from .tls_listener import TlsListener
 
 log = logging.getLogger("kvwire.server")
@@ -126,6 +126,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         await storage.close(clean=not (storage.unclean or storage.joining))
         raise
     node.drop_connections = lambda: _drop_all(connections)
+    node.files_lost = stop.set  # a restart serves again: from a new database, caught up first (below)
     node.start()
     slot.node = node
     deadlines = DeadlineSweep(loop, connections, config)
@@ -145,6 +146,25 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         if registry is not None:
             registry.unregister(collector)
         await _shut_down(server, connections, node, config.shutdown_timeout)
+    if storage.file_lost is not None:
+        await _leave_a_joining_database(config)
+        raise DataDirLostError(
+            f"stopped: {storage.file_lost}. A new database marked joining is in its place: started again (kvwire up, "
+            "systemd and Docker do it), the node catches up from its peers before it votes")
+
+
+async def _leave_a_joining_database(config: ServerConfig) -> None:
+    """A new database at the node's path, marked joining, as ``--join`` makes one: the
+    next start, with ``--join`` or without, catches up from every peer before it
+    votes. A bare ``kvwire serve`` started again on an empty directory would vote at
+    once, with none of the writes it had acknowledged (README, Limits)."""
+    try:
+        storage = await Storage.open(config.data_dir, node_id=config.node_id, cluster_id=config.cluster_id,
+                                     sync=config.sync, max_batch_rows=config.max_batch_rows, join=bool(config.peers))
+    except DataDirError as exc:
+        log.error("could not make a new database in %s (%s): start the node again with --join", config.data_dir, exc)
+        return
+    await storage.close(clean=False)
 
 
 def _drop_all(connections: set[NodeProtocol]) -> int:

@@ -121,6 +121,9 @@ class Node:
         # Closes every connection of this node's listener unread, and says how many
         # (DropConnections); the server sets it, which owns them.
         self.drop_connections: Callable[[], int] = lambda: 0
+        # Called once its database file or write-ahead log is found deleted or replaced
+        # (Storage.check_file); the server then stops the node, to be started again.
+        self.files_lost: Callable[[], None] = lambda: None
         self.metrics = RequestMetrics()
         # For logging transitions once: peers with hints pending, and whether this node had a
         # majority. Peers start DOWN, so a cluster node starts without one (and says when it
@@ -187,7 +190,10 @@ class Node:
     def _take_snapshot(self) -> None:
         self.metrics.take_snapshot(self._clock())
         self.limited_log.flush()
-        self.storage.check_file()
+        if self.storage.file_lost is None:
+            self.storage.check_file()
+            if self.storage.file_lost is not None:
+                self.files_lost()
         self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
 
     def new_session(self, peer: str) -> Session:

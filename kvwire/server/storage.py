@@ -173,6 +173,12 @@ class DataDirUnavailableError(DataDirError):
     disk full, an I/O error): the node exits 1, to be restarted, not 78."""
 
 
+class DataDirLostError(DataDirUnavailableError):
+    """The node's database file or write-ahead log was deleted or replaced while it
+    ran (Storage.check_file): it stopped, leaving a new database marked joining at
+    the path, and exits 1 so that whatever supervises it starts it again."""
+
+
 # SQLite's primary result codes (sqlite_errorcode & 0xff) for a disk that may recover.
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
 _PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
