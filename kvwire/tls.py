@@ -40,6 +40,7 @@ _X509_V_ERR_HOSTNAME_MISMATCH = 62
 _X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 _X509_V_ERR_CERT_NOT_YET_VALID = 9
 _X509_V_ERR_CERT_HAS_EXPIRED = 10
+_X509_V_ERR_INVALID_PURPOSE = 26
 
 
 class TlsConfigError(ValueError):
@@ -178,6 +179,10 @@ def dialler_hint(error: BaseException) -> str:
         if error.verify_code in (_X509_V_ERR_CERT_NOT_YET_VALID, _X509_V_ERR_CERT_HAS_EXPIRED):
             # The CA is right, or the chain would not have got as far as the dates.
             return "; check the certificate's dates and this machine's clock (kvwire certs makes new ones)"
+        if error.verify_code == _X509_V_ERR_INVALID_PURPOSE:
+            # The chain is good; the certificate was made for another use (a client's).
+            return ("; the node's certificate is not one for a server (its extended key usage lacks "
+                    "serverAuth): give the node a server certificate (kvwire certs makes node.pem)")
         return "; is the CA given (--tls-ca, ca=) the one that signed the node's certificate?"
     if getattr(error, "reason", None) in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return "; is the node serving TLS (kvwire serve --tls-cert)?"

@@ -634,6 +634,9 @@ def test_bench_security_cost_compares_tls_and_auth_with_plain_end_to_end():
     (9, "check the certificate's dates"),  # X509_V_ERR_CERT_NOT_YET_VALID
     (62, "must name the host dialled"),  # X509_V_ERR_HOSTNAME_MISMATCH
     (19, "is the CA given"),  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: another CA
+    # X509_V_ERR_INVALID_PURPOSE: a node serving a client's certificate (a security probe's
+    # finding: the hint blamed the CA, which was right).
+    (26, "not one for a server"),
 ])
 def test_a_refused_certificate_gets_the_hint_its_reason_calls_for(verify_code, hint):
     from kvwire.tls import dialler_hint
@@ -874,3 +877,25 @@ def test_up_judges_the_certificates_peers_and_haproxy_present_as_clients(tmp_pat
     else:
         assert problem is not None and problem.startswith(f"{certs.directory / file_name} is refused"), problem
         assert "unsuitable certificate purpose" in problem, problem
+
+
+def test_a_node_serving_a_client_certificate_gets_the_purpose_hint(tmp_path, certs):
+    """The chain is good, the certificate was made for a client: the hint said to check the CA."""
+    from kvwire.testing import accepts_connections
+
+    client = certs.client
+    port = free_port()
+    node = subprocess.Popen([sys.executable, "-m", "kvwire", "serve", "--node-id", "n1", "--listen", f"127.0.0.1:{port}",
+                             "--data-dir", str(tmp_path / "n1"), "--sync", "off",
+                             "--tls-cert", str(client.cert), "--tls-key", str(client.key)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: node.poll() is not None or accepts_connections(f"127.0.0.1:{port}"), timeout=15,
+                 what="the node listening")
+        with pytest.raises(KvwireConnectionError, match="not one for a server") as refused:
+            with Client([f"127.0.0.1:{port}"], timeout=3, ca=certs.ca) as kv:
+                kv.get("k")
+        assert "is the CA given" not in str(refused.value)
+    finally:
+        node.terminate()
+        node.wait(15)
