@@ -372,3 +372,13 @@ def test_made_up_tokens_on_a_nodes_own_bridge_leave_no_traceback(tmp_path):
         assert rest("GET", TOKENS["reader"]) == 200
         log = node.log()
         assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
+
+
+def test_an_auth_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Its first line a comment, the file was refused: "line 1: role 'name' is not one of
+    read, write, admin", the first field being "\\ufeff#" (a security probe's finding)."""
+    path = tmp_path / "auth"
+    path.write_bytes("\ufeff".encode() + AUTH_FILE.encode())
+    plain = tmp_path / "plain"
+    plain.write_text(AUTH_FILE)
+    assert AuthTable.load(path) == AuthTable.load(plain)

@@ -35,3 +35,20 @@ def test_a_file_that_cannot_be_read_says_why(tmp_path):
         read_token_file(tmp_path / "none")
     with pytest.raises(ValueError, match="Is a directory"):
         read_token_file(tmp_path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_token(tmp_path):
+    """An editor saving UTF-8 with a BOM: the token was sent with it, and refused."""
+    path = tmp_path / "token"
+    path.write_bytes(b"\xef\xbb\xbfs3cr3t-t0ken\n")
+    assert read_token_file(path) == "s3cr3t-t0ken"
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    """kvwire-cli --token-file FIFO with no writer hung for ever."""
+    import os
+
+    path = tmp_path / "token"
+    os.mkfifo(path)
+    with pytest.raises(ValueError, match="is a named pipe, not read"):
+        read_token_file(path)

@@ -7,6 +7,7 @@ usage error of its own.
 from __future__ import annotations
 
 import os
+import stat
 
 # Tokens are short lines (the README's are 43 characters); anything far larger is the wrong file.
 MAX_TOKEN_FILE_BYTES = 4096
@@ -16,6 +17,9 @@ def read_token_file(path: str | os.PathLike) -> str:
     """The token in the file at ``path``, whitespace around it dropped; ValueError
     naming the file if it can't be read, is too large, is not UTF-8 or is blank."""
     try:
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            # Opened, a named pipe no one writes to blocks for ever (a security probe's finding).
+            raise ValueError(f"{path} is a named pipe, not read; give a file")
         with open(path, "rb") as file:
             raw = file.read(MAX_TOKEN_FILE_BYTES + 1)  # /dev/zero never ends
     except OSError as exc:
@@ -23,7 +27,8 @@ def read_token_file(path: str | os.PathLike) -> str:
     if len(raw) > MAX_TOKEN_FILE_BYTES:
         raise ValueError(f"{path} is larger than {MAX_TOKEN_FILE_BYTES} bytes, too large for a token file")
     try:
-        token = raw.decode("utf-8").strip()
+        # utf-8-sig: an editor's byte order mark is not part of the token.
+        token = raw.decode("utf-8-sig").strip()
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} holds a byte that is not UTF-8 text, at offset {exc.start}") from None
     if not token:

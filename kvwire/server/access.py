@@ -135,7 +135,9 @@ class AuthTable:
         """Read an auth file; ValueError naming the file and line for anything wrong."""
         data = read_small_file(path, limit=MAX_AUTH_FILE_BYTES, what="auth file")
         try:
-            text = data.decode("utf-8")
+            # utf-8-sig: an editor's byte order mark made the first line's first field
+            # "\ufeff#" (a comment read as an entry) or part of a name.
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ValueError(f"cannot read auth file {path}: {exc}") from None
         entries = []
