@@ -42,7 +42,7 @@ from kvwire.protocol import (
 )
 from kvwire.protocol.errors import WrongNodeError
 from kvwire.protocol.codec import HEADER_SIZE as FRAME_HEADER_BYTES
-from kvwire.protocol.messages import REPLY_BIT, Request
+from kvwire.protocol.messages import REPLY_BIT, Op, Request
 
 from ..protocol.address import format_endpoint
 from ..tls import describe_tls_error, dialler_hint
@@ -490,7 +490,8 @@ class ClientConnection(asyncio.Protocol):
                     # DELETE included, so each fails saying nothing was applied.
                     message = f"{self.address}: {event.message}"
                     self._fail(f"the node reported: {event.message}",
-                               unread=lambda: error_from_wire(event.code, message, False))
+                               unread=lambda reply_op=None: error_from_wire(
+                                   event.code, message, None if reply_op in _READ_REPLY_OPS else False))
                     if self._transport is not None:
                         self._transport.close()  # the node waits for this side's end
                     return
@@ -524,10 +525,11 @@ class ClientConnection(asyncio.Protocol):
                 future.set_result(event)
 
     def _fail(self, reason: str, cause: BaseException | None = None,
-              unread: Callable[[], Exception] | None = None) -> None:
+              unread: Callable[..., Exception] | None = None) -> None:
         """Mark the connection unusable and fail every request waiting on it: with
-        ``unread()`` where the node said it read none of them, else with a
-        connection error (a write among them may have been applied)."""
+        ``unread(reply_op)`` where the node said it read none of them (``maybe_applied``
+        False, left out for a read's), else with a connection error (a write among
+        them may have been applied)."""
         if self._failure is not None:
             return
         self._failure = reason
@@ -535,15 +537,15 @@ class ClientConnection(asyncio.Protocol):
         self._unread = unread
         pending = list(self._pending.values())
         self._pending.clear()
-        error = unread or self._connection_error
-        for future, _, on_reply in pending:
+        for future, reply_op, on_reply in pending:
+            error = unread(reply_op) if unread is not None else self._connection_error()
             if on_reply is not None:
                 # Later, as a future's callbacks would run: this may be called
                 # inside the caller's own work (a node aborting a silent link
                 # while it performs its effects), which must not be re-entered.
-                self._loop.call_soon(_call, on_reply, error())
+                self._loop.call_soon(_call, on_reply, error)
             elif not future.done():
-                future.set_exception(error())
+                future.set_exception(error)
         self._flow.release_all()
 
     def refusal(self) -> Exception | None:
@@ -558,6 +560,11 @@ class ClientConnection(asyncio.Protocol):
         error = KvwireConnectionError(f"{self.address}: {self._failure}")
         error.__cause__ = self._failure_cause
         return error
+
+
+# The replies of the requests that write nothing: a refusal of one leaves out maybe_applied.
+_READ_REPLY_OPS = frozenset(op | REPLY_BIT for op in (Op.HELLO, Op.PING, Op.GET, Op.HEALTH, Op.LOOKUP, Op.FETCH,
+                                                     Op.DIGESTS, Op.SYNC, Op.REQUESTS))
 
 
 class RefusedBeforeHello(KvwireConnectionError):
