@@ -134,6 +134,8 @@ def test_haproxy_runs_the_repository_config_in_front_of_the_nodes(compose):
         assert env[f"KVWIRE_NODE{i}"] == cluster[f"n{i}"] == f"{name}:{node_env['KVWIRE_LISTEN'].rsplit(':', 1)[1]}"
         assert env[f"KVWIRE_HTTP{i}"] == f"{name}:{node_env['KVWIRE_HTTP_LISTEN'].rsplit(':', 1)[1]}"
     published = {int(port.split(":")[-1]) for port in haproxy["ports"]}
+    # Loopback only: these nodes have no tokens and no TLS (a security probe's finding).
+    assert all(port.startswith("127.0.0.1:") for port in haproxy["ports"]), haproxy["ports"]
     assert published == {int(env[name].rsplit(":", 1)[1]) for name in ("KVWIRE_LB_TCP", "KVWIRE_LB_HTTP", "KVWIRE_LB_STATS")}
     assert set(haproxy["depends_on"]) == set(NODE_SERVICES)
     # Every variable it sets is one the config reads.
