@@ -427,3 +427,23 @@ def test_a_fatal_signal_leaves_the_python_stacks_in_the_log(tmp_path):
     assert status == -signal.SIGBUS
     log = node.log()
     assert "Fatal Python error: Bus error" in log and "Current thread" in log
+
+
+def test_a_node_that_reaches_no_peer_says_so_once(tmp_path):
+    """Peers start DOWN and only changes were logged: a node whose --cluster named
+    addresses where nothing runs said nothing after its listening line (an
+    observability probe's finding). It now warns once, naming the peers."""
+    from kvwire.server.node import NO_QUORUM_AT_START_WARNING_S
+    from kvwire.testing.cluster import new_secret_file
+
+    port, gone2, gone3 = free_port(), free_port("127.0.0.2"), free_port("127.0.0.3")
+    members = f"n1=127.0.0.1:{port},n2=127.0.0.2:{gone2},n3=127.0.0.3:{gone3}"
+    node = NodeProcess("n1", data_dir=tmp_path / "n1", port=port, extra_args=[
+        "--cluster", members, "--cluster-secret-file", new_secret_file(str(tmp_path)), "--sync", "off"])
+    started = time.monotonic()
+    with node:
+        wait_for(lambda: "event=no_quorum_at_start" in node.log(), timeout=NO_QUORUM_AT_START_WARNING_S + 10,
+                 what="the warning")
+        assert time.monotonic() - started >= NO_QUORUM_AT_START_WARNING_S - 0.5
+        [line] = [line for line in node.log().splitlines() if "event=no_quorum_at_start" in line]
+        assert f"n2=127.0.0.2:{gone2}, n3=127.0.0.3:{gone3}" in line and "1 of 3 nodes UP, 2 needed" in line

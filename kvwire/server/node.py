@@ -55,6 +55,8 @@ from .tally import RequestMetrics
 log = logging.getLogger("kvwire.node")
 # The core's notices that change whether this node has a quorum (a peer joining or joined,
 # or its disk refusing writes or taking them again).
+# A node without a quorum this long after it started says which peers it has not reached.
+NO_QUORUM_AT_START_WARNING_S = 5.0
 QUORUM_NOTICES = frozenset({"peer_joining", "peer_joined", "peer_refuses_writes", "peer_takes_writes"})
 
 # Keys read from SQLite in one hop to its thread: a batch of 256 point reads takes
@@ -131,6 +133,7 @@ class Node:
         self._hinting: set[str] = {peer for peer in self.core.peer_ids if self.core.hints.count(peer)}
         self._has_quorum = config.quorum == 1
         self._snapshot_timer: asyncio.TimerHandle | None = None
+        self._quiet_start_timer: asyncio.TimerHandle | None = None
         self._joining = self.core.joining
         if self._joining:
             why = "" if storage.joining or not storage.unclean else (
@@ -177,10 +180,25 @@ class Node:
         self.peers.start()
         self._perform()
         self._take_snapshot()
+        if not self._has_quorum:
+            self._quiet_start_timer = self._loop.call_later(NO_QUORUM_AT_START_WARNING_S, self._warn_if_no_quorum_yet)
+
+    def _warn_if_no_quorum_yet(self) -> None:
+        """Peers start DOWN and only changes are logged: a node whose peers never came
+        (a mistyped --cluster address, peers not started) said nothing after its
+        listening line (an observability probe's finding)."""
+        if self._has_quorum:
+            return
+        down = [member for member in self.config.peers if self.core.detector.state(member.node_id) is not PeerState.UP]
+        log.warning("no quorum %g s after starting: %d of %d nodes UP, %d needed; not reached: %s. Writes and quorum "
+                    "reads answer NO_QUORUM until they are: check that they run and that --cluster gives their "
+                    "addresses", NO_QUORUM_AT_START_WARNING_S, self._voters_up(own_disk=False), self.config.cluster_size,
+                    self.config.quorum, ", ".join(f"{member.node_id}={member.address}" for member in down) or "none",
+                    extra={"event": "no_quorum_at_start"})
 
     def stop(self) -> None:
         """Stop the node's own timers; the links and storage are closed by their owners."""
-        for timer in (self._timer, self._snapshot_timer):
+        for timer in (self._timer, self._snapshot_timer, self._quiet_start_timer):
             if timer is not None:
                 timer.cancel()
 
