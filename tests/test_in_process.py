@@ -133,17 +133,37 @@ async def test_a_call_past_its_timeout_fails_at_once_and_is_not_sent_to_the_peer
             assert tally.errors["timeout"] == 1 and tally.ok == 0
 
 
+def pings_only_and_refuses_the_rest(request):
+    """UP (it answers PING), and refuses every write n1 sends it, unread."""
+    if isinstance(request, Ping):
+        return Pong(request.id)
+    return ErrorReply(request.id, ErrorCode.UNAVAILABLE, "refusing for this test", False)
+
+
 async def test_what_the_node_cannot_answer_goes_to_the_peers_with_the_same_request_id(tmp_path, caplog):
-    """n1's only peer is down, so n1 answers NO_QUORUM; the call goes on to the
-    fallback, which answers, and carries the PUT's id, marked as a retry."""
+    """n1's only peer is UP but refuses what n1 sends it, so n1 answers NO_QUORUM; the
+    call goes on to the fallback, which answers, and carries the PUT's id, marked as a retry."""
     answered = Version(7, "n9")
-    async with ScriptedNode(put_answered_with(answered, True), answers_hello=False) as elsewhere:
-        async with n1_here(tmp_path, caplog, n2=f"127.0.0.1:{free_port()}", fallback=elsewhere.address,
-                           ready="listening on") as (client, slot):
+    async with scripted_n2(pings_only_and_refuses_the_rest) as n2, \
+            ScriptedNode(put_answered_with(answered, True), answers_hello=False) as elsewhere:
+        async with n1_here(tmp_path, caplog, n2=n2.address, fallback=elsewhere.address,
+                           ready="quorum available") as (client, slot):
             result = await client.put_with_result("k", 1, request_id="caller-id-1")
             assert (result.version, result.created) == (answered, True)
             assert [(put.key, put.request, put.retry) for put in puts_received(elsewhere)] == [("k", "caller-id-1", True)]
             assert slot.node.metrics.tally("put").errors["no_quorum"] == 1
+
+
+async def test_a_node_that_reaches_no_peer_is_not_second_guessed_by_its_bridge(tmp_path, caplog):
+    """n1's only peer is DOWN: its bridge, in its process, would not reach it either,
+    and dialled it for a second before answering n1's NO_QUORUM (three, with three
+    nodes, on every request to a node cut off from its peers)."""
+    async with ScriptedNode(put_answered_with(Version(7, "n9"), True), answers_hello=False) as elsewhere:
+        async with n1_here(tmp_path, caplog, n2=f"127.0.0.1:{free_port()}", fallback=elsewhere.address,
+                           ready="listening on") as (client, _):
+            with pytest.raises(NoQuorumError):
+                await client.put_with_result("k", 1, request_id="caller-id-2")
+            assert elsewhere.connections == 0
 
 
 async def test_with_no_peer_answering_the_nodes_own_error_is_raised(tmp_path, caplog):
@@ -244,3 +264,34 @@ async def test_an_internal_error_is_answered_as_a_connection_answers_it(tmp_path
             await client.get_with_version("k", consistency="one")
         assert "internal error handling the HTTP bridge's GET" in caplog.text and "a bug" in caplog.text
         assert slot.node.metrics.get_one.errors["internal"] == 1
+
+
+def test_a_bridge_whose_node_reaches_no_peer_answers_no_quorum_at_once(tmp_path):
+    """n3 cut off from its peers by iptables (its bridge, in its process, with it). Its
+    bridge tried each peer after the node's NO_QUORUM, a second's dial each, and
+    answered every REST request 503 after about 3 s; it now answers at once."""
+    from kvwire.chaos.firewall import Firewall
+    from kvwire.chaos.nodes import node_groups
+    from kvwire.chaos.partitions import make_partition
+
+    groups = node_groups(["n1", "n2", "n3"])
+    cluster = LocalCluster(3, data_dir=tmp_path, sync="off", groups=groups)
+    urls = with_http(cluster)
+    firewall = Firewall()
+    with cluster:
+        base = f"{urls['n3']}{PREFIX}"
+        assert http("PUT", f"{base}/kv/k/", {"value": 1}).status == 201
+        try:
+            firewall.install()
+            addresses = {node.node_id: (node.host, node.port) for node in cluster}
+            firewall.drop(make_partition("isolate", cluster.node_ids, "n3").rules(groups, addresses))
+            wait_for(lambda: http("GET", f"{base}/health/").status == 503, timeout=10, what="n3 without quorum")
+            for method, body in (("PUT", {"value": 2}), ("GET", None)):
+                started = time.monotonic()
+                reply = http(method, f"{base}/kv/k/", body, timeout=10)
+                took = time.monotonic() - started
+                assert reply.status == 503 and "quorum" in reply.text, (method, reply.status, reply.text)
+                assert took < 0.5, (method, took)
+            assert http("GET", f"{base}/kv/k/?consistency=one").json["value"] == 1  # its own copy still reads
+        finally:
+            firewall.remove()
