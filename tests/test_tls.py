@@ -885,10 +885,11 @@ def test_a_node_serving_a_client_certificate_gets_the_purpose_hint(tmp_path, cer
 
     client = certs.client
     port = free_port()
-    node = subprocess.Popen([sys.executable, "-m", "kvwire", "serve", "--node-id", "n1", "--listen", f"127.0.0.1:{port}",
-                             "--data-dir", str(tmp_path / "n1"), "--sync", "off",
-                             "--tls-cert", str(client.cert), "--tls-key", str(client.key)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "n1.log", "w") as log_file:
+        node = subprocess.Popen([sys.executable, "-m", "kvwire", "serve", "--node-id", "n1", "--listen", f"127.0.0.1:{port}",
+                                 "--data-dir", str(tmp_path / "n1"), "--sync", "off",
+                                 "--tls-cert", str(client.cert), "--tls-key", str(client.key), "--tls-ca", str(certs.ca)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         wait_for(lambda: node.poll() is not None or accepts_connections(f"127.0.0.1:{port}"), timeout=15,
                  what="the node listening")
@@ -896,6 +897,13 @@ def test_a_node_serving_a_client_certificate_gets_the_purpose_hint(tmp_path, cer
             with Client([f"127.0.0.1:{port}"], timeout=3, ca=certs.ca) as kv:
                 kv.get("k")
         assert "is the CA given" not in str(refused.value)
+        # The node said so itself when it started (kvwire up refuses such a set).
+        log = (tmp_path / "n1.log").read_text()
+        assert "event=tls_certificate_unfit" in log and "unsuitable certificate purpose" in log, log
     finally:
         node.terminate()
         node.wait(15)
+
+
+def test_a_node_serving_its_own_certificate_says_nothing_of_it(tls_node):
+    assert "tls_certificate_unfit" not in tls_node.log()

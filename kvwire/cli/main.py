@@ -228,6 +228,15 @@ def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_fil
     for kind, path in (("cluster secret", secret_file), ("auth", auth_file)):
         if path is not None and path.stat().st_mode & 0o077:
             log.warning("%s file %s is readable by others than its owner; chmod 600 it", kind, path)
+    if config.tls is not None:
+        from .up_certs import served_certificate_problem
+
+        # kvwire up refuses such a set; a node started alone says so, and clients' and
+        # peers' handshakes said only "certificate verify failed" (a security probe's finding).
+        problem = served_certificate_problem(config.tls.cert, config.tls.key, config.tls.ca)
+        if problem is not None:
+            log.warning("--tls-cert: %s; clients and peers that check it will refuse this node", problem,
+                        extra={"event": "tls_certificate_unfit"})
 
 
 @main.command()

@@ -126,6 +126,35 @@ def _first_problem(directory: Path, host: str, needed: tuple[str, ...], *, peers
     return None
 
 
+def served_certificate_problem(cert: Path, key: Path, ca: Path | None) -> str | None:
+    """What makes ``cert`` unfit for a node to serve, as every client and peer will find
+    at its handshake: its dates, or (with ``ca``, the CA it is checked against) its
+    purpose or its chain. None if nothing, or if the file cannot be read here (the
+    node's own context loading then names it). The names in it are not judged: a node
+    listening on a wildcard address is dialled at names this cannot know."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        certificate = _load_certificate(cert)
+    except (OSError, ValueError):
+        return None
+    if now < certificate.not_valid_before_utc:
+        return f"{cert} is not valid until {_when(certificate.not_valid_before_utc)} (is this machine's clock right?)"
+    if now > certificate.not_valid_after_utc:
+        return f"{cert} expired on {_when(certificate.not_valid_after_utc)}"
+    if ca is None:
+        return None
+    try:
+        served = server_context(cert, key, names=_FILES)
+        dialling = client_context(ca=ca, names=_FILES)
+    except TlsConfigError:
+        return None
+    dialling.check_hostname = False
+    refused = _handshake(served, dialling, "localhost")
+    if refused is None:
+        return None
+    return f"{cert} is refused in a TLS handshake checked against {ca} ({describe_tls_error(refused[1])})"
+
+
 def _handshake(served: ssl.SSLContext, dialling: ssl.SSLContext, host: str) -> tuple[str, ssl.SSLError] | None:
     """A TLS handshake between the two contexts, in memory: None when both sides accept,
     else which side refused ("client": the dialler refused the served certificate;
