@@ -117,3 +117,42 @@ def test_a_backlog_read_after_a_stall_past_request_memory_is_dropped_not_applied
             with pytest.raises(KeyError):  # sent before the stall, never read
                 client.get("filler59999", consistency=Consistency.ONE)
         assert "event=connections_dropped_after_stall" in cluster["n1"].log()
+
+
+def test_a_rest_write_read_by_a_nodes_own_bridge_after_a_stall_past_request_memory_is_applied_nowhere(tmp_path):
+    """n1's own bridge, stopped with its node, reads after a 65 s stall a REST PUT sent
+    before it. The core refused it, and the bridge sent it on to the peers, which took
+    it as new (with the stall real they had forgotten its id too) and applied it over a
+    newer acknowledged write (a reviewer's finding). It is now answered 503, and
+    applied nowhere."""
+    import http.client
+    import socket
+
+    from kvwire.protocol import Consistency
+    from kvwire.testing.bridge import with_http
+
+    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
+    offset = tmp_path / "clock"
+    offset.write_text("+0\n")
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
+    urls = with_http(cluster, "n1")
+    cluster["n1"].env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    with cluster:
+        cluster.wait_ready()
+        host, port = urls["n1"].removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as rest:
+            cluster.pause("n1")
+            body = b'{"value": "stale"}'
+            rest.sendall(b"PUT /kv-store/v1/kv/fresh/ HTTP/1.1\r\nHost: " + host.encode() +
+                         b"\r\nContent-Type: application/json\r\nX-Kvwire-Request-Id: stale-1\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            offset.write_text("+65s\n")
+            cluster.resume("n1")
+            response = http.client.HTTPResponse(rest)
+            response.begin()
+            answer = response.read()
+        assert response.status == 503, (response.status, answer)
+        assert b"could not run for" in answer, answer
+        for node in cluster:
+            with Client(node.address, timeout=5) as client, pytest.raises(KeyError):
+                client.get("fresh", consistency=Consistency.ONE)

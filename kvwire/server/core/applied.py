@@ -22,6 +22,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from typing import NamedTuple
 
+from ...protocol.errors import UnavailableError
 from ...protocol.messages import Version
 
 # Retries arrive within seconds (a client's failover, HAProxy's retry); a
@@ -29,6 +30,16 @@ from ...protocol.messages import Version
 # included (607 measured with tracemalloc on 2026-12-05), so 100,000 of them
 # about 60 MB: the most a node holds, reached at 1,700 PUTs/s with ids.
 MAX_AGE = 60.0
+
+
+class StaleWriteRefused(UnavailableError):
+    """A PUT or DELETE read just after this node could not run for longer than
+    ``MAX_AGE`` (NodeCore.request): sent before that, it may have been applied
+    elsewhere since. On the wire an UNAVAILABLE, nothing written; a client still
+    waiting may send it elsewhere. Not so this node's own REST bridge, which could
+    not run either: the request it read then was sent by a client long gone, and
+    its peers have forgotten the request id by now (InProcessClient).
+    """
 LIMIT = 100_000
 # A record's msgpack framing beside its strings: the array and string headers,
 # a counter of up to 9 bytes and the flag.

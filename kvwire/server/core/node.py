@@ -47,7 +47,7 @@ from .keydir import NO_COPY, Copy, Entry, Keydir, mark_holds
 from .operations import Delete as DeleteOp
 from .operations import ForwardedDelete, QuorumGet, Write
 from .applied import MAX_AGE as REQUEST_MEMORY
-from .applied import AppliedRequests
+from .applied import AppliedRequests, StaleWriteRefused
 from .minter import member_of, minter_name, proposed_name
 from .observed import ObservedVersions
 from .one_trip import OneTripWrite, takes_one_trip
@@ -318,7 +318,7 @@ class NodeCore:
             # its LOOKUP round would find no record of the id and write it again, over that
             # newer write (a load balancer's probe: a PUT it retried at once surfaced 72 s
             # later). Refused, it is applied nowhere.
-            self.respond(token, UnavailableError(
+            self.respond(token, StaleWriteRefused(
                 f"this node could not run for {self.last_stall:.0f} s (stopped, or starved of CPU), longer than "
                 f"request ids are kept ({REQUEST_MEMORY:g} s): a write read now may be one its client gave up on "
                 "and sent elsewhere; request not started", maybe_applied=False))
