@@ -52,3 +52,20 @@ def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
     os.mkfifo(path)
     with pytest.raises(ValueError, match="is a named pipe, not read"):
         read_token_file(path)
+
+
+def test_a_pipe_from_the_shell_is_read(tmp_path):
+    """``--token-file <(pass show kvwire)`` and ``--token-file /dev/stdin`` keep a token off
+    the disk and out of argv; refusing every pipe refused them (a reviewer's finding)."""
+    import subprocess
+    import sys
+
+    reader = tmp_path / "read_token.py"
+    reader.write_text("import sys\nfrom kvwire.client.token_file import read_token_file\nprint(read_token_file(sys.argv[1]))\n")
+    from_stdin = subprocess.run([sys.executable, str(reader), "/dev/stdin"], input="s3cr3t-t0ken\n",
+                                capture_output=True, text=True, timeout=30)
+    substituted = subprocess.run(["bash", "-c", f"{sys.executable} {reader} <(echo s3cr3t-t0ken)"],
+                                 capture_output=True, text=True, timeout=30)
+    for result in (from_stdin, substituted):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "s3cr3t-t0ken"

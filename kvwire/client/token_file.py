@@ -17,7 +17,7 @@ def read_token_file(path: str | os.PathLike) -> str:
     """The token in the file at ``path``, whitespace around it dropped; ValueError
     naming the file if it can't be read, is too large, is not UTF-8 or is blank."""
     try:
-        if stat.S_ISFIFO(os.stat(path).st_mode):
+        if _is_named_pipe(path):
             # Opened, a named pipe no one writes to blocks for ever (a security probe's finding).
             raise ValueError(f"{path} is a named pipe, not read; give a file")
         with open(path, "rb") as file:
@@ -34,3 +34,16 @@ def read_token_file(path: str | os.PathLike) -> str:
     if not token:
         raise ValueError(f"{path} is empty")
     return token
+
+
+def _is_named_pipe(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a named pipe on a file system (mkfifo), or a link to one.
+    Not an anonymous pipe: ``--token-file <(...)`` and ``/dev/stdin`` name one, whose
+    writer is the shell, and which keep a token off the disk and out of argv."""
+    for candidate in (path, os.path.realpath(path)):
+        try:
+            if stat.S_ISFIFO(os.lstat(candidate).st_mode):
+                return True
+        except OSError:
+            pass  # an anonymous pipe's target ("pipe:[...]") is no file
+    return False
