@@ -255,6 +255,13 @@ async def test_every_request_a_stopping_node_did_not_answer_fails_saying_nothing
                 await asyncio.wait_for(read, 5)
             assert refused.value.maybe_applied is None  # left out for a read (docs/protocol.md 7)
             assert not connection.is_open
+            # Sent after the notice: refused as the node would have, a read's without maybe_applied.
+            with pytest.raises(UnavailableError, match="shutting down") as refused:
+                connection.submit(Get, "a")
+            assert refused.value.maybe_applied is None
+            with pytest.raises(UnavailableError, match="shutting down") as refused:
+                connection.submit(Put, "a", 3)
+            assert refused.value.maybe_applied is False
         finally:
             connection.close()
 

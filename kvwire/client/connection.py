@@ -404,7 +404,7 @@ class ClientConnection(asyncio.Protocol):
     def _send(self, message_type: type[Request], fields: tuple, future: asyncio.Future[Any] | None,
               on_reply: Callable[[Any], None] | None) -> int:
         if self._failure is not None:
-            raise self.refusal() or self._connection_error()
+            raise self.refusal(message_type) or self._connection_error()
         request_id = self._next_id
         data = self._codec.send(message_type(request_id, *fields))
         limit = self.server_limits.max_frame_bytes if self.server_limits is not None else None
@@ -548,11 +548,14 @@ class ClientConnection(asyncio.Protocol):
                 future.set_exception(error)
         self._flow.release_all()
 
-    def refusal(self) -> Exception | None:
+    def refusal(self, message_type: type[Request] | None = None) -> Exception | None:
         """Once the node said it reads nothing more here (it is stopping), the error a
-        request not sent on this connection fails with: the refusal the node gives
-        every request it reads while it stops (docs/protocol.md 8). Else None."""
-        return self._unread() if self._unread is not None else None
+        request (of ``message_type``) not sent on this connection fails with: the refusal
+        the node gives every request it reads while it stops (docs/protocol.md 8), with
+        ``maybe_applied`` left out for a read. Else None."""
+        if self._unread is None:
+            return None
+        return self._unread(message_type.op | REPLY_BIT if message_type is not None else None)
 
     def _connection_error(self) -> KvwireConnectionError:
         # A fresh exception per waiter: one instance raised in many tasks

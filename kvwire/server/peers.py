@@ -188,12 +188,13 @@ class PeerLink:
             # stopping) refuses, unread, whatever it reads meanwhile: this is such a
             # refusal, not a request lost with its link (a forwarded DELETE would be
             # left undecided) in the moment before the link's end reaches the core.
-            self._node.peer_send_failed(peer, request_id, connection.refusal() if connection is not None else None)
+            self._node.peer_send_failed(peer, request_id,
+                                        connection.refusal(message_type) if connection is not None else None)
             return
         try:
             connection.send(message_type, fields, lambda reply: self._node.peer_answered(peer, request_id, reply))
         except KvwireError:
-            self._node.peer_send_failed(peer, request_id, connection.refusal())
+            self._node.peer_send_failed(peer, request_id, connection.refusal(message_type))
 
     def reconnect(self) -> None:
         if self.connection is not None:
