@@ -126,7 +126,10 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         await storage.close(clean=not (storage.unclean or storage.joining))
         raise
     node.drop_connections = lambda: _drop_all(connections)
-    node.files_lost = stop.set  # a restart serves again: from a new database, caught up first (below)
+    if config.peers:
+        # A restart serves again: from a new database, caught up first (below). A lone
+        # node has no one to catch up from, and serves what it holds, read-only.
+        node.files_lost = stop.set
     node.start()
     slot.node = node
     deadlines = DeadlineSweep(loop, connections, config)
@@ -147,24 +150,31 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
             registry.unregister(collector)
         await _shut_down(server, connections, node, config.shutdown_timeout)
     if storage.file_lost is not None:
-        await _leave_a_joining_database(config)
-        raise DataDirLostError(
-            f"stopped: {storage.file_lost}. A new database marked joining is in its place: started again (kvwire up, "
-            "systemd and Docker do it), the node catches up from its peers before it votes")
+        raise DataDirLostError(f"stopped: {storage.file_lost}. {await _after_losing_a_file(config, storage)}")
 
 
-async def _leave_a_joining_database(config: ServerConfig) -> None:
-    """A new database at the node's path, marked joining, as ``--join`` makes one: the
-    next start, with ``--join`` or without, catches up from every peer before it
-    votes. A bare ``kvwire serve`` started again on an empty directory would vote at
-    once, with none of the writes it had acknowledged (README, Limits)."""
+async def _after_losing_a_file(config: ServerConfig, storage: Storage) -> str:
+    """Leave the node's path fit for its next start, and say what that start does."""
+    if storage.lost_file != storage.path:
+        # SQLite's close, above, checkpointed the log it still held open into the
+        # database file (a close whose checkpoint failed left that file's 'running'
+        # mark, and the next start catches up first).
+        return ("Its stop wrote the log it still held into the database file: started again (kvwire up, systemd "
+                "and Docker do it), it serves from that file")
+    if not config.peers:
+        return ("A lone node has no peers to catch up from: a start on this path begins without what the file held "
+                "(put a copy kvwire backup made in its place first, if there is one)")
     try:
-        storage = await Storage.open(config.data_dir, node_id=config.node_id, cluster_id=config.cluster_id,
-                                     sync=config.sync, max_batch_rows=config.max_batch_rows, join=bool(config.peers))
+        # Opened and closed as after a kill: the next start, with --join or without,
+        # catches up from every peer before it votes (NodeCore, ``unclean``). Started
+        # on an empty directory without --join, it would vote at once (README, Limits).
+        placed = await Storage.open(config.data_dir, node_id=config.node_id, cluster_id=config.cluster_id,
+                                    sync=config.sync, max_batch_rows=config.max_batch_rows)
     except DataDirError as exc:
-        log.error("could not make a new database in %s (%s): start the node again with --join", config.data_dir, exc)
-        return
-    await storage.close(clean=False)
+        return f"No new database could be made in its place ({exc}): start it with --join once one can"
+    await placed.close(clean=False)
+    return ("A new database is in its place: started again (kvwire up, systemd and Docker do it), the node catches "
+            "up from its peers before it votes")
 
 
 def _drop_all(connections: set[NodeProtocol]) -> int:

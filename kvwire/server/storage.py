@@ -241,6 +241,7 @@ class Storage:
         # a write), and SQLite removes it only when its last connection closes.
         self._identities = {file: _file_identity(file) for file in (path, wal_path(path))}
         self.file_lost: str | None = None
+        self.lost_file: Path | None = None  # which: the database file or its write-ahead log
         self._damaged_keys: set[str] = set()  # values found damaged, logged once each
         self._failed_since_refusing = 0  # group commits failed since write_error was set
         self.batch_rows = Buckets(BATCH_BOUNDS)
@@ -685,10 +686,9 @@ class Storage:
                     continue
                 what = "replaced by another file"
             name = f"the database file {file}" if file == self.path else f"the database's write-ahead log {file}"
-            self.file_lost = (f"{name} was {what} while this node ran; it takes no writes until it is restarted. "
-                              "A start on this path then finds the files there now: none after a deletion, so it "
-                              "starts without what they held and, with --join (kvwire up and the deploy files give "
-                              "it), catches up from its peers before it votes")
+            self.file_lost = (f"{name} was {what} while this node ran: a commit would land in a file no start "
+                              "on this path opens, so it takes no writes")
+            self.lost_file = file
             log.error("storage refuses writes: %s", self.file_lost, extra={"event": "database_file_lost"})
             self.write_error = self.file_lost
             return
