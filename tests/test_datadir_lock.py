@@ -146,3 +146,27 @@ def _directory_locked(directory) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def test_a_shared_lock_handed_down_is_not_taken_for_ours_nor_dropped(tmp_path):
+    """``flock -s DIR kvwire serve`` beside another ``flock -s DIR``: the directory is
+    shared, not this node's; refused. Checking it by locking again through the
+    inherited descriptor dropped the wrapper's shared lock (a reviewer's finding):
+    the check now reads /proc/self/fdinfo."""
+    data_dir = tmp_path / "n1"
+    data_dir.mkdir(mode=0o700)
+    inode = f":{data_dir.stat().st_ino:d} "
+    holder = subprocess.Popen(["flock", "-s", str(data_dir), "sleep", "30"])
+    try:
+        wait_for(lambda: _directory_locked(data_dir), timeout=10, what="the other program's shared lock")
+        serve = (f"{sys.executable} -m kvwire serve --node-id n1 --listen 127.0.0.1:{free_port()} "
+                 f"--data-dir {data_dir} --sync off; echo exit=$?; grep -c '{inode}' /proc/locks")
+        result = subprocess.run(["flock", "-s", str(data_dir), "sh", "-c", serve], capture_output=True, text=True,
+                                timeout=60)
+        assert "is locked by another process" in result.stderr, result.stderr
+        exit_line, locks = result.stdout.split()
+        assert exit_line == "exit=1"
+        assert int(locks) == 2, result.stdout  # the other program's and the wrapper's, both still held
+    finally:
+        holder.kill()
+        holder.wait()
