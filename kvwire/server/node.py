@@ -421,7 +421,11 @@ class Node:
                         self._loader = self._loop.create_task(self._load_batches())
                 elif kind is StoreHint:
                     self.storage.add_hint(effect.peer, effect.key, effect.version)
-                    if effect.peer not in self._hinting:
+                    # A joining peer applies what it is sent, but its answer counts for no
+                    # majority, so each write is hinted and delivered at once: it missed
+                    # nothing, and a pair of lines per write while it joined said it did
+                    # (an observability probe's finding).
+                    if effect.peer not in self._hinting and effect.peer not in core.peers_joining:
                         self._hinting.add(effect.peer)
                         # A DELETE racing PUTs of its key hints the peers that refused its tombstone,
                         # each delivered at once: a pair of lines per race, so a few at a time.
