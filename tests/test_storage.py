@@ -566,3 +566,33 @@ async def test_many_commits_and_checkpoints_keep_the_same_write_ahead_log(tmp_pa
         assert wal_path(storage.path).stat().st_size < 6 * 300 * len(value)
     finally:
         await storage.close()
+
+
+async def test_a_rejoin_marker_makes_the_next_start_join_even_a_directory_that_joined(tmp_path):
+    """REJOIN, left by a node that stopped because its files were lost under it: the
+    next start joins whatever it finds, a database that had joined included, without
+    --join, and the marker goes once the joining mark is durable."""
+    from kvwire.server.storage import REJOIN_FILE_NAME, mark_for_rejoin
+
+    storage = await open_storage(tmp_path, join=True)
+    try:
+        assert storage.joining
+        storage.clear_joining()
+        await put(storage, "k", 1, "v")
+    finally:
+        await storage.close()
+    storage = await open_storage(tmp_path)
+    assert not storage.joining  # joined: a plain start votes
+    await storage.close()
+    mark_for_rejoin(tmp_path, "the database file was deleted")
+    storage = await open_storage(tmp_path)
+    try:
+        assert storage.joining
+        assert not (tmp_path / REJOIN_FILE_NAME).exists()
+    finally:
+        await storage.close()
+    storage = await open_storage(tmp_path)  # a restart before it has caught up: still joining
+    try:
+        assert storage.joining
+    finally:
+        await storage.close()

@@ -23,7 +23,7 @@ from .metrics import NodeCollector
 from .node import Node
 from .outbox import Outbox
 from .stall import StallWatch
-from .storage import DataDirError, DataDirLostError, Storage
+from .storage import REJOIN_FILE_NAME, DataDirLostError, Storage, mark_for_rejoin, wal_path
 from .tls_listener import TlsListener
 
 log = logging.getLogger("kvwire.server")
@@ -155,26 +155,24 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
 
 async def _after_losing_a_file(config: ServerConfig, storage: Storage) -> str:
     """Leave the node's path fit for its next start, and say what that start does."""
-    if storage.lost_file != storage.path:
-        # SQLite's close, above, checkpointed the log it still held open into the
-        # database file (a close whose checkpoint failed left that file's 'running'
-        # mark, and the next start catches up first).
-        return ("Its stop wrote the log it still held into the database file: started again (kvwire up, systemd "
-                "and Docker do it), it serves from that file")
     if not config.peers:
-        return ("A lone node has no peers to catch up from: a start on this path begins without what the file held "
-                "(put a copy kvwire backup made in its place first, if there is one)")
+        return ("A lone node has no peers to catch up from: a start on this path serves what the files there hold "
+                "now (put a copy kvwire backup made in their place first, if the database file was lost)")
+    if not storage.path.exists():
+        # Looked at now, not when the loss was first seen: the database file may have
+        # gone since. Its log and index are of no use to a new database, and SQLite
+        # would take them for the new one's (a reviewer's finding: "disk I/O error").
+        for leftover in (wal_path(storage.path), storage.path.with_name(storage.path.name + "-shm")):
+            leftover.unlink(missing_ok=True)
     try:
-        # Opened and closed as after a kill: the next start, with --join or without,
-        # catches up from every peer before it votes (NodeCore, ``unclean``). Started
-        # on an empty directory without --join, it would vote at once (README, Limits).
-        placed = await Storage.open(config.data_dir, node_id=config.node_id, cluster_id=config.cluster_id,
-                                    sync=config.sync, max_batch_rows=config.max_batch_rows)
-    except DataDirError as exc:
-        return f"No new database could be made in its place ({exc}): start it with --join once one can"
-    await placed.close(clean=False)
-    return ("A new database is in its place: started again (kvwire up, systemd and Docker do it), the node catches "
-            "up from its peers before it votes")
+        # Whatever the path holds now (the database the stop wrote its log into, a new
+        # one, another file put there), the acknowledged writes may not all be in it.
+        marker = await asyncio.to_thread(mark_for_rejoin, config.data_dir, storage.file_lost)
+    except OSError as exc:
+        return (f"It could not leave {config.data_dir / REJOIN_FILE_NAME} ({exc.strerror or exc}): start it again "
+                "with --join, so that it catches up from its peers before it votes")
+    return (f"Started again (kvwire up, systemd and Docker do it), with --join or without, it catches up from its "
+            f"peers before it votes: {marker} tells it to")
 
 
 def _drop_all(connections: set[NodeProtocol]) -> int:

@@ -138,6 +138,10 @@ TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 # meta rows kvwire backup writes too (kvwire.server.backup): the data directory
 # joins the cluster until it has caught up, and when the backup it is was taken.
 JOINING = "joining"
+# A file a node leaves in its data directory when it stops because its database
+# files were lost under it (kvwire.server.app): the next start joins, as --join makes
+# it, whatever it finds there.
+REJOIN_FILE_NAME = "REJOIN"
 # Set when a node has caught up from every peer (joined), kept from then on: --join
 # on such a directory is not needed, and is ignored.
 JOINED = "joined"
@@ -191,6 +195,24 @@ class _DamagedRow(Exception):
 # What a damaged file raises besides sqlite3's errors: rows that fail the load's
 # checks, and text that is not UTF-8 (the sqlite3 module decodes some itself).
 _DAMAGE = (_DamagedRow, UnicodeDecodeError)
+
+
+def mark_for_rejoin(data_dir: Path, reason: str) -> Path:
+    """Leave REJOIN in ``data_dir`` (made if gone), durably: the next start joins."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    marker = data_dir / REJOIN_FILE_NAME
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{reason}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    directory = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return marker
 
 
 def wal_path(database: Path) -> Path:
@@ -300,7 +322,17 @@ class Storage:
             await writer.executescript(SCHEMA)
             await _migrate_requests(writer)
             fresh = await _claim_for_node(writer, node_id, cluster_id, path)
-            if join:
+            rejoin = (data_dir / REJOIN_FILE_NAME).exists()
+            if rejoin:
+                # Left by this node's last run, which found its files lost under it
+                # (check_file): whatever this database holds, the writes it acknowledged
+                # may not all be here, so it catches up from every peer before it votes,
+                # with --join or without, joined before or not.
+                log.warning("joining again: %s says this node's files were lost while it last ran; catching up "
+                            "from every peer before it votes", data_dir / REJOIN_FILE_NAME,
+                            extra={"event": "rejoin_after_lost_files"})
+                await writer.execute(META_SET, (JOINING, "1"))
+            elif join:
                 async with writer.execute("SELECT name FROM meta WHERE name IN (?, ?)", (JOINED, JOINING)) as cursor:
                     marks = {row[0] for row in await cursor.fetchall()}
                 if JOINING in marks:
@@ -332,6 +364,8 @@ class Storage:
             # stop: the node started as after it, under its old name, and minted again
             # tags its peers held with other values (lost writes, found by an independent check).
             await writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if rejoin:
+                (data_dir / REJOIN_FILE_NAME).unlink(missing_ok=True)  # the joining mark, durable, says it now
             await writer.execute(f"PRAGMA synchronous={sync.value.upper()}")
             reader = await aiosqlite.connect(path, isolation_level=None)
         except BaseException as exc:
