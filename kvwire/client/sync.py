@@ -245,8 +245,10 @@ class Client:
     def delete(self, key: str, *, timeout: float | None = None) -> Version:
         """Delete ``key``; returns the version of the tombstone.
 
-        Raises KeyNotFoundError (a KeyError) if there is nothing to delete,
-        which after a retry may mean the first try deleted it; ConflictError
+        Raises KeyNotFoundError (a KeyError) if there is nothing to delete (a
+        DELETE is sent again only where its first try wrote nothing, unless
+        ``RetryPolicy.retry_on`` says otherwise: then it may mean the first try
+        deleted it); ConflictError
         if it raced with a write of the key and may or may not have taken
         effect; NoQuorumError as for :meth:`put`.
         """
