@@ -127,8 +127,8 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         raise
     node.drop_connections = lambda: _drop_all(connections)
     if config.peers:
-        # A restart serves again: from a new database, caught up first (below). A lone
-        # node has no one to catch up from, and serves what it holds, read-only.
+        # Its restart catches up before it votes (REJOIN, below). A lone node has no
+        # one to catch up from, and serves what it holds, read-only.
         node.files_lost = stop.set
     node.start()
     slot.node = node

@@ -53,10 +53,10 @@ from .storage import Storage
 from .tally import RequestMetrics
 
 log = logging.getLogger("kvwire.node")
-# The core's notices that change whether this node has a quorum (a peer joining or joined,
-# or its disk refusing writes or taking them again).
 # A node without a quorum this long after it started says which peers it has not reached.
 NO_QUORUM_AT_START_WARNING_S = 5.0
+# The core's notices that change whether this node has a quorum (a peer joining or joined,
+# or its disk refusing writes or taking them again).
 QUORUM_NOTICES = frozenset({"peer_joining", "peer_joined", "peer_refuses_writes", "peer_takes_writes"})
 
 # Keys read from SQLite in one hop to its thread: a batch of 256 point reads takes
