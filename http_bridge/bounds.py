@@ -54,6 +54,13 @@ class Bounds:
         self._sweep_every = min(MAX_SWEEP_SECONDS, max(MIN_SWEEP_SECONDS, min(idle_timeout, request_timeout) / 4))
         self._timer: asyncio.TimerHandle | None = None
 
+    def abort_handed_over(self) -> int:
+        """Close every connection handed to aiohttp at once, unread; how many."""
+        watches, self._handed_over = list(self._handed_over), set()
+        for watch in watches:
+            watch.transport.abort()
+        return len(watches)
+
     def open(self, fast_path_connections: int) -> int:
         """Connections open: the fast path's, and those handed to aiohttp not yet closed."""
         self._drop_closed()

@@ -239,6 +239,13 @@ class FastPath:
             self._date = formatdate(second, usegmt=True).encode()
         return self._date
 
+    def drop_all(self) -> int:
+        """Close every connection at once, unread and unanswered; how many."""
+        dropped = list(self.connections)
+        for connection in dropped:
+            connection.abort()
+        return len(dropped) + self.bounds.abort_handed_over()
+
     async def shutdown(self, timeout: float) -> None:
         """Read no new requests; let those in flight be answered and their answers written,
         for up to ``timeout`` s; then drop what is left."""
@@ -533,6 +540,9 @@ class FastPathSite(web.TCPSite):
     def __init__(self, *args, parse_requests: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._parse_requests = parse_requests
+
+    def drop_connections(self) -> int:
+        return self._fast_path.drop_all()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner

@@ -156,3 +156,47 @@ def test_a_rest_write_read_by_a_nodes_own_bridge_after_a_stall_past_request_memo
         for node in cluster:
             with Client(node.address, timeout=5) as client, pytest.raises(KeyError):
                 client.get("fresh", consistency=Consistency.ONE)
+
+
+@pytest.mark.parametrize("served_by", ["fast path", "aiohttp"])
+def test_the_connections_of_a_nodes_own_bridge_are_dropped_after_a_stall_past_request_memory(tmp_path, served_by):
+    """What a REST connection holds unread after such a stall was sent before it, as on
+    a node's own connections, which the node drops: the bridge's, in its process,
+    were left open, and a request read from one after the failure timeout's refusals
+    would have been applied (a reviewer's finding). A keep-alive connection, idle
+    across the stall, is closed at once, by the fast path or by aiohttp."""
+    import http.client
+    import socket
+
+    from kvwire.testing.bridge import with_http
+
+    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
+    offset = tmp_path / "clock"
+    offset.write_text("+0\n")
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
+    urls = with_http(cluster, "n1")
+    cluster["n1"].env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    # A HEAD request is handed to aiohttp (README, --fast-path), and its connection with it.
+    method = "GET" if served_by == "fast path" else "HEAD"
+    with cluster:
+        cluster.wait_ready()
+        host, port = urls["n1"].removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as rest:
+            rest.sendall(f"{method} /kv-store/v1/kv/absent/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            response = http.client.HTTPResponse(rest, method=method)
+            response.begin()
+            response.read()
+            assert response.status == 404  # answered, and the connection kept alive
+            cluster.pause("n1")
+            offset.write_text("+65s\n")
+            cluster.resume("n1")
+            # Well before the bridge's idle timeout (75 s, 65 of them jumped) would close it.
+            rest.settimeout(3)
+            try:
+                closed = rest.recv(1) == b""
+            except ConnectionResetError:
+                closed = True
+            except TimeoutError:
+                closed = False
+            assert closed, "the bridge's connection stayed open after the stall"
+        assert "event=connections_dropped_after_stall" in cluster["n1"].log()

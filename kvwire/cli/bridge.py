@@ -141,7 +141,9 @@ async def serve_with_http(
             def make_client(token: str | None) -> InProcessClient:
                 return InProcessClient(slot, token, fallback=node_client(bridge_config, token, peers))
 
-            listeners.append(await start_bridge(bridge_config, registry=registry, make_client=make_client))
+            bridge = await start_bridge(bridge_config, registry=registry, make_client=make_client)
+            slot.drop_also.append(bridge.drop_connections)
+            listeners.append(bridge)
         if metrics_listen is not None:
             what, address = "metrics listener", format_endpoint(*metrics_listen)
             listeners.append(await start_metrics(registry, *metrics_listen))

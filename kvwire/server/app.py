@@ -125,7 +125,9 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
         # Nothing was sent, but what the opening found stands for the next start.
         await storage.close(clean=not (storage.unclean or storage.joining))
         raise
-    node.drop_connections = lambda: _drop_all(connections)
+    # The bridge in this process too: a REST request it has not read yet was sent before
+    # the stall, as a node's client's was (a reviewer's finding).
+    node.drop_connections = lambda: _drop_all(connections) + sum(drop() for drop in slot.drop_also)
     if config.peers:
         # Its restart catches up before it votes (REJOIN, below). A lone node has no
         # one to catch up from, and serves what it holds, read-only.

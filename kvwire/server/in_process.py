@@ -58,12 +58,16 @@ _SESSION_NAME = "this node's HTTP bridge"
 
 
 class NodeSlot:
-    """The node serving in this process: set once it serves, None before and after."""
+    """The node serving in this process: set once it serves, None before and after.
+    ``drop_also``: what closes, unread, the connections of this process's other
+    listeners (its HTTP bridge's) when the node drops its own after a long stall
+    (DropConnections); each says how many it closed."""
 
-    __slots__ = ("node",)
+    __slots__ = ("node", "drop_also")
 
     def __init__(self) -> None:
         self.node: Node | None = None
+        self.drop_also: list[Callable[[], int]] = []
 
 
 class InProcessClient:
