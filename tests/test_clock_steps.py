@@ -31,6 +31,21 @@ def faked_clock(offset_file: Path) -> dict[str, str]:
             "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
+def n1_on_a_movable_clock(tmp_path: Path, *, http: bool = False) -> tuple[LocalCluster, Path, dict[str, str]]:
+    """Three nodes, n1's clocks, monotonic included, offset by what the returned file
+    says (``+65s``: a stall that long, once n1 is stopped and resumed); with ``http``,
+    n1 serves its own REST bridge: (the cluster, the file, the bridge's URL by node)."""
+    from kvwire.testing.bridge import with_http
+
+    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
+    offset = tmp_path / "clock"
+    offset.write_text("+0\n")
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
+    urls = with_http(cluster, "n1") if http else {}
+    cluster["n1"].env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    return cluster, offset, urls
+
+
 @pytest.mark.parametrize("step", ["at-restart", "while-running"])
 def test_a_wall_clock_step_does_not_make_a_retried_put_apply_twice(tmp_path, step):
     """PUT A with a request id, then PUT B; the clock steps two days forward, at the
@@ -76,11 +91,7 @@ def test_a_backlog_read_after_a_stall_past_request_memory_is_dropped_not_applied
     from kvwire.protocol import Consistency, Ping, Put, encode
     from kvwire.testing import RawConnection
 
-    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
-    offset = tmp_path / "clock"
-    offset.write_text("+0\n")
-    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
-    cluster["n1"].env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    cluster, offset, _ = n1_on_a_movable_clock(tmp_path)
     with cluster:
         cluster.wait_ready()
         backlog = b"".join(encode(Put(number, f"filler{number}", number)) for number in range(1, 60_000))
@@ -129,14 +140,8 @@ def test_a_rest_write_read_by_a_nodes_own_bridge_after_a_stall_past_request_memo
     import socket
 
     from kvwire.protocol import Consistency
-    from kvwire.testing.bridge import with_http
 
-    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
-    offset = tmp_path / "clock"
-    offset.write_text("+0\n")
-    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
-    urls = with_http(cluster, "n1")
-    cluster["n1"].env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    cluster, offset, urls = n1_on_a_movable_clock(tmp_path, http=True)
     with cluster:
         cluster.wait_ready()
         host, port = urls["n1"].removeprefix("http://").rsplit(":", 1)
@@ -168,14 +173,7 @@ def test_the_connections_of_a_nodes_own_bridge_are_dropped_after_a_stall_past_re
     import http.client
     import socket
 
-    from kvwire.testing.bridge import with_http
-
-    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
-    offset = tmp_path / "clock"
-    offset.write_text("+0\n")
-    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
-    urls = with_http(cluster, "n1")
-    cluster["n1"].env = {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    cluster, offset, urls = n1_on_a_movable_clock(tmp_path, http=True)
     # A HEAD request is handed to aiohttp (README, --fast-path), and its connection with it.
     method = "GET" if served_by == "fast path" else "HEAD"
     with cluster:
