@@ -179,8 +179,9 @@ class DataDirUnavailableError(DataDirError):
 
 class DataDirLostError(DataDirUnavailableError):
     """The node's database file or write-ahead log was deleted or replaced while it
-    ran (Storage.check_file): it stopped, leaving a new database marked joining at
-    the path, and exits 1 so that whatever supervises it starts it again."""
+    ran (Storage.check_file): it stopped, leaving REJOIN in its data directory so
+    that its next start catches up first, and exits 1 so that whatever supervises it
+    starts it again."""
 
 
 # SQLite's primary result codes (sqlite_errorcode & 0xff) for a disk that may recover.

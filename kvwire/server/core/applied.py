@@ -30,6 +30,10 @@ from ...protocol.messages import Version
 # included (607 measured with tracemalloc on 2026-12-05), so 100,000 of them
 # about 60 MB: the most a node holds, reached at 1,700 PUTs/s with ids.
 MAX_AGE = 60.0
+LIMIT = 100_000
+# A record's msgpack framing beside its strings: the array and string headers,
+# a counter of up to 9 bytes and the flag.
+RECORD_OVERHEAD_BYTES = 24
 
 
 class StaleWriteRefused(UnavailableError):
@@ -40,10 +44,6 @@ class StaleWriteRefused(UnavailableError):
     not run either: the request it read then was sent by a client long gone, and
     its peers have forgotten the request id by now (InProcessClient).
     """
-LIMIT = 100_000
-# A record's msgpack framing beside its strings: the array and string headers,
-# a counter of up to 9 bytes and the flag.
-RECORD_OVERHEAD_BYTES = 24
 
 
 class Applied(NamedTuple):
