@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .storage import DATABASE_FILE_NAME, DataDirError
+from .storage import DATABASE_FILE_NAME, DataDirError, fsync_path
 
 # A new DESTINATION is made whole as the directory PARENT/.NAME.RANDOM.backup-partial,
 # which exists only while its lock file, that name and LOCK_SUFFIX, does (made first,
@@ -74,8 +74,8 @@ class NewDirectory:
         self.copy = self.directory / DATABASE_FILE_NAME
 
     def commit(self, on_committed: Callable[[], None]) -> None:
-        _fsync(self.copy)
-        _fsync(self.directory)
+        fsync_path(self.copy)
+        fsync_path(self.directory)
         with _signals_held():
             try:
                 # rename(2) replaces a directory only if it is empty, and never a file:
@@ -89,7 +89,7 @@ class NewDirectory:
             self.committed = True
             on_committed()
         for directory in {self.destination.parent, *(made.parent for made in self._made)}:
-            _fsync(directory)
+            fsync_path(directory)
 
     def close(self) -> None:
         if not self.committed:
@@ -125,7 +125,7 @@ class IntoEmptyDirectory:
             raise
 
     def commit(self, on_committed: Callable[[], None]) -> None:
-        _fsync(self.copy)
+        fsync_path(self.copy)
         with _signals_held():
             try:
                 os.link(self.copy, self.destination / DATABASE_FILE_NAME)  # link(2) replaces nothing
@@ -134,9 +134,9 @@ class IntoEmptyDirectory:
                                   "it is left as it is and the copy was not kept") from None
             self.committed = True
             on_committed()
-        _fsync(self.destination)
+        fsync_path(self.destination)
         _unlink(self.copy)
-        _fsync(self.destination)
+        fsync_path(self.destination)
 
     def close(self) -> None:
         if not self.committed:
@@ -249,14 +249,3 @@ def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass  # an error being reported matters more; the next backup tries again
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except PermissionError:
-        return  # a directory one may write in but not read (mode 0333) cannot be opened to sync
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -202,18 +202,22 @@ def mark_for_rejoin(data_dir: Path, reason: str) -> Path:
     """Leave REJOIN in ``data_dir`` (made if gone), durably: the next start joins."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     marker = data_dir / REJOIN_FILE_NAME
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    marker.write_text(f"{reason}\n")
+    fsync_path(marker)
+    fsync_path(data_dir)
+    return marker
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's contents, or a directory's entries, durable."""
     try:
-        os.write(fd, f"{reason}\n".encode())
+        fd = os.open(path, os.O_RDONLY)
+    except PermissionError:
+        return  # a directory one may write in but not read (mode 0333) cannot be opened to sync
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    directory = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return marker
 
 
 def wal_path(database: Path) -> Path:
@@ -264,7 +268,6 @@ class Storage:
         # a write), and SQLite removes it only when its last connection closes.
         self._identities = {file: _file_identity(file) for file in (path, wal_path(path))}
         self.file_lost: str | None = None
-        self.lost_file: Path | None = None  # which: the database file or its write-ahead log
         self._damaged_keys: set[str] = set()  # values found damaged, logged once each
         self._failed_since_refusing = 0  # group commits failed since write_error was set
         self.batch_rows = Buckets(BATCH_BOUNDS)
@@ -723,7 +726,6 @@ class Storage:
             name = f"the database file {file}" if file == self.path else f"the database's write-ahead log {file}"
             self.file_lost = (f"{name} was {what} while this node ran: a commit would land in a file no start "
                               "on this path opens, so it takes no writes")
-            self.lost_file = file
             log.error("storage refuses writes: %s", self.file_lost, extra={"event": "database_file_lost"})
             self.write_error = self.file_lost
             return
