@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,31 @@ def test_a_setting_refused_from_the_environment_names_the_variables_and_options(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert f"(settings from the environment: {', '.join(env)})" in result.stderr
+
+
+@pytest.mark.parametrize("command, option, variable, value", [
+    (["kvwire", "serve"], "--failure-timeout", "KVWIRE_FAILURE_TIMEOUT", "abc"),
+    (["kvwire", "bridge"], "--max-value-bytes", "KVWIRE_MAX_VALUE_BYTES", "lots"),
+    (["kvwire-cli", "get", "k"], "--endpoints", "KVWIRE_ENDPOINTS", "nonsense"),
+    (["kvwire-cli", "get", "k"], "--timeout", "KVWIRE_TIMEOUT", "-1"),
+])
+def test_a_value_refused_names_its_variable_only_when_it_came_from_it(tmp_path, command, option, variable, value):
+    """click named the variable of every option refused, set or not: people went looking
+    for the faulty line of an environment file that had none."""
+    program, *args = command
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KVWIRE_")}
+
+    def run(arguments, env):
+        return subprocess.run([str(Path(sys.executable).with_name(program)), *arguments], capture_output=True,
+                              text=True, timeout=30, cwd=tmp_path, stdin=subprocess.DEVNULL, env=env)
+
+    # kvwire's options follow their command; kvwire-cli's come before it.
+    given = run([*args[:1], option, value, *args[1:]] if program == "kvwire" else [option, value, *args], clean)
+    assert given.returncode == 2 and f"Invalid value for '{option}'" in given.stderr, given.stderr
+    assert variable not in given.stderr and "Traceback" not in given.stderr
+    from_environment = run(args, {**clean, variable: value})
+    assert from_environment.returncode == 2, from_environment.stderr
+    assert f"Invalid value for '{option}' (settings from the environment: {variable})" in from_environment.stderr
 
 
 def test_a_refusal_keeps_the_users_paths_and_values_as_given(tmp_path):

@@ -46,7 +46,7 @@ from .client_io import (
     text_option,
     utf8,
 )
-from .options import FilePath, client_ssl_context, client_tls_options
+from .options import FilePath, client_ssl_context, client_tls_options, env
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -199,8 +199,7 @@ def _output_option(function: Callable) -> Callable:
     "--endpoints",
     default=DEFAULT_ENDPOINT,
     show_default=True,
-    envvar="KVWIRE_ENDPOINTS",
-    show_envvar=True,
+    **env("ENDPOINTS"),
     metavar="HOST:PORT[,HOST:PORT...]",
     callback=_endpoints_option,
     help="Nodes to talk to; after a connection failure, a timeout or an UNAVAILABLE reply the next one is tried.",
@@ -210,15 +209,13 @@ def _output_option(function: Callable) -> Callable:
     type=_Seconds(min=0, min_open=True, max=86400),
     default=5.0,
     show_default=True,
-    envvar="KVWIRE_TIMEOUT",
-    show_envvar=True,
+    **env("TIMEOUT"),
     help="Seconds the whole command may take, connecting and failing over included.",
 )
 @click.option(
     "--cluster-id",
     default=None,
-    envvar="KVWIRE_CLUSTER_ID",
-    show_envvar=True,
+    **env("CLUSTER_ID"),
     callback=_cluster_id_option,
     help="Refuse nodes that belong to another cluster.",
 )
@@ -226,8 +223,7 @@ def _output_option(function: Callable) -> Callable:
     "--token-file",
     type=FilePath(),
     default=None,
-    envvar="KVWIRE_TOKEN_FILE",
-    show_envvar=True,
+    **env("TOKEN_FILE"),
     help="Read the access token (for nodes with an auth file) from this file, whitespace around it dropped; "
          "KVWIRE_TOKEN may hold the token itself.",
 )
@@ -237,8 +233,7 @@ def _output_option(function: Callable) -> Callable:
     type=click.IntRange(min=1),
     default=DEFAULT_LIMITS.max_key_bytes,
     show_default=True,
-    envvar="KVWIRE_MAX_KEY_BYTES",
-    show_envvar=True,
+    **env("MAX_KEY_BYTES"),
     callback=_max_key_bytes_option,
     help="Refuse a key longer than this, in UTF-8 bytes, before sending it: the nodes' --max-key-bytes.",
 )

@@ -71,9 +71,22 @@ def usage_error(message: str) -> click.UsageError:
     return click.UsageError(message)
 
 
+class EnvOption(click.Option):
+    """An option that may come from an environment variable, which --help shows. A value
+    refused names the variable only when the value came from it: click names it
+    always, which sent people looking for an environment line that did not exist."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        hint = click.Parameter.get_error_hint(self, ctx)
+        if ctx is not None and isinstance(self.envvar, str) and self.name \
+                and ctx.get_parameter_source(self.name) is ParameterSource.ENVIRONMENT:
+            hint += f" (settings from the environment: {self.envvar})"
+        return hint
+
+
 def env(name: str) -> dict:
     """Keyword arguments of ``click.option`` that read it from ``KVWIRE_<name>`` and say so in --help."""
-    return {"envvar": f"KVWIRE_{name}", "show_envvar": True}
+    return {"envvar": f"KVWIRE_{name}", "show_envvar": True, "cls": EnvOption}
 
 
 def log_format_option():
