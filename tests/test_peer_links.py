@@ -136,11 +136,12 @@ class Events:
 
     def __init__(self) -> None:
         self.linked: list[str] = []
+        self.instance = bytes(16)
 
     def peer_heard(self, peer: str) -> None:
         pass
 
-    def peer_linked(self, peer: str, *, joining: bool = False) -> None:
+    def peer_linked(self, peer: str, *, joining: bool = False, instance: bytes | None = None) -> None:
         self.linked.append(peer)
 
     def peer_unlinked(self, peer: str) -> None:

@@ -107,6 +107,9 @@ class ClientConnection(asyncio.Protocol):
         self.server_limits: Limits | None = None
         # The node's HELLO_REPLY to a peer said it is still joining (it cannot vote yet).
         self.peer_joining = False
+        # To a peer: the node's process (new at each start) and its --cluster's member ids.
+        self.peer_instance: bytes | None = None
+        self.peer_members: list[str] | None = None
         self._codec = Connection(Side.CLIENT, limits, raw_values=raw_values)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -143,6 +146,7 @@ class ClientConnection(asyncio.Protocol):
         token: str | None = None,
         secret: bytes | None = None,
         expect_node: str | None = None,
+        instance: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
         raw_values: bool = False,
     ) -> ClientConnection:
@@ -155,7 +159,7 @@ class ClientConnection(asyncio.Protocol):
         answer HELLO within ``connect_timeout``; ForbiddenError when it belongs
         to another cluster than ``cluster``, refuses ``token``, or (for a peer
         with the cluster ``secret``) fails the handshake either way, or answers
-        as another node than ``expect_node``.
+        as another node than ``expect_node``. A peer says its process's ``instance``.
         """
         loop = asyncio.get_running_loop()
         address = format_endpoint(host, port)
@@ -182,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             async with deadline:
                 await connection.hello(cluster, role=role, node=node, token=token, secret=secret,
-                                       expect_node=expect_node)
+                                       expect_node=expect_node, instance=instance)
         except BaseException as exc:
             connection.abort()  # a hung node would never let a graceful close finish
             if isinstance(exc, TimeoutError) and deadline.expired():
@@ -210,6 +214,7 @@ class ClientConnection(asyncio.Protocol):
         token: str | None = None,
         secret: bytes | None = None,
         expect_node: str | None = None,
+        instance: bytes | None = None,
     ) -> HelloReply:
         """Send HELLO (as a client, with ``token`` if given, or as peer ``node``),
         and remember the node, cluster and limits it names.
@@ -221,7 +226,7 @@ class ClientConnection(asyncio.Protocol):
         """
         nonce = new_nonce() if role is Role.PEER and secret is not None else None
         try:
-            reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node, token, nonce)
+            reply = await self.request(Hello, PROTOCOL_VERSION, role, cluster, node, token, nonce, None, instance)
         except ForbiddenError as exc:
             # A client's HELLO is refused FORBIDDEN for one reason only, checked before its
             # token (which is UNAUTHENTICATED): the node is of another cluster.
@@ -249,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             raise WrongNodeError(f"{self.address} answers as node {reply.node!r}, not {expect_node!r}; check --cluster")
         if nonce is not None:
-            await self._prove_peer(reply, reply.cluster, node, secret, nonce)
+            await self._prove_peer(reply, reply.cluster, node, secret, nonce, instance)
         self.node_id = reply.node
         self.cluster_id = reply.cluster
         # The codec has checked the map as Limits.from_wire does.
@@ -260,9 +265,12 @@ class ClientConnection(asyncio.Protocol):
             # report the node lost. What this client sends is still checked by its own.
             self._codec.limits = self._codec.limits.widened_to(self.server_limits)
         self.peer_joining = reply.joining is True
+        self.peer_instance = reply.instance
+        self.peer_members = reply.members
         return reply
 
-    async def _prove_peer(self, reply: HelloReply, cluster: str, node: str, secret: bytes, nonce: bytes) -> None:
+    async def _prove_peer(self, reply: HelloReply, cluster: str, node: str, secret: bytes, nonce: bytes,
+                          instance: bytes | None) -> None:
         """Check the node's proof of the cluster secret, then send ours (the handshake's steps 3 and 4)."""
         if reply.nonce is None or reply.proof is None:
             self.close()
@@ -276,7 +284,7 @@ class ClientConnection(asyncio.Protocol):
                 f"node {reply.node!r} at {self.address} failed to prove the cluster secret: "
                 "the two nodes do not hold the same --cluster-secret-file")
         our_proof = peer_proof(secret, DIALER, cluster, node, reply.node, nonce, reply.nonce)
-        await self.request(Hello, PROTOCOL_VERSION, Role.PEER, cluster, node, None, None, our_proof)
+        await self.request(Hello, PROTOCOL_VERSION, Role.PEER, cluster, node, None, None, our_proof, instance)
 
     @property
     def closed_by_node(self) -> bool:

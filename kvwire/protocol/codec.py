@@ -55,6 +55,7 @@ from .messages import (
     SyncReply,
     Version,
 )
+from .ids import is_valid_id
 from .peer_auth import MAX_NONCE_BYTES, NONCE_BYTES, PROOF_BYTES
 from .strict import DuplicateKey, may_hold_timestamp, refuse_ext, unpack
 from .strict import holds_timestamp as _holds_timestamp  # a module global: tests/test_fuzz.py plants its own
@@ -236,6 +237,16 @@ def _keys(value: Any) -> list:
     return value
 
 
+# Members of one cluster a HELLO_REPLY may list: far more than a quorum protocol runs with.
+MAX_MEMBERS = 255
+
+
+def _members(value: Any) -> list:
+    if type(value) is not list or len(value) > MAX_MEMBERS or not all(is_valid_id(item) for item in value):
+        raise _Invalid(f"must be an array of at most {MAX_MEMBERS} node ids, got {_describe(value)}")
+    return value
+
+
 def _choice(enum_type: type) -> Callable[[Any], Any]:
     allowed = ", ".join(repr(member.value) for member in enum_type)
 
@@ -277,6 +288,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "limits": _limits,
     "token": _text,
     "nonce": _nonce,
+    "instance": _nonce,  # random bytes, as a nonce is, and as long
+    "members": _members,
     "proof": _proof,
     "digests": _digests,
     "floor": _counter,

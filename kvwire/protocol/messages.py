@@ -86,7 +86,9 @@ NO_VERSION = Version(0, "")
 class Hello:
     """``token``: a client's access token, for a node with an auth file.
     ``nonce`` and ``proof``: a peer's two HELLOs of the cluster-secret
-    handshake (kvwire.protocol.peer_auth, docs/protocol.md section 6.1)."""
+    handshake (kvwire.protocol.peer_auth, docs/protocol.md section 6.1).
+    ``instance``: a peer's random id of its process, new at every start, so that
+    two processes running as one member are told apart."""
 
     id: int
     proto: int = PROTOCOL_VERSION
@@ -96,6 +98,7 @@ class Hello:
     token: str | None = None
     nonce: bytes | None = None
     proof: bytes | None = None
+    instance: bytes | None = None
     op = Op.HELLO
 
 
@@ -256,7 +259,9 @@ class HelloReply:
     """``limits``: the node's ``max_key_bytes``, ``max_value_bytes`` and
     ``max_frame_bytes`` (``Limits.to_wire()``); None from nodes that predate it.
     ``nonce`` and ``proof``: the node's half of a peer handshake, else None.
-    ``joining``: True to a peer's HELLO from a node still catching up (as in PONG)."""
+    ``joining``: True to a peer's HELLO from a node still catching up (as in PONG).
+    ``instance`` and ``members``, to a peer: the node's process id (as in HELLO)
+    and the member ids of its ``--cluster``, sorted."""
 
     id: int
     proto: int
@@ -266,6 +271,8 @@ class HelloReply:
     nonce: bytes | None = None
     proof: bytes | None = None
     joining: bool | None = None
+    instance: bytes | None = None
+    members: list | None = None
     op = Op.HELLO_REPLY
 
 
@@ -407,7 +414,7 @@ class RequestsReply:
 
 # Fields left out of the map when they are None; every other field is always sent.
 OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
-    Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof"}),
+    Op.HELLO: frozenset({"cluster", "node", "token", "nonce", "proof", "instance"}),
     Op.GET: frozenset({"consistency"}),
     Op.PUT: frozenset({"request", "retry"}),
     Op.REPLICATE: frozenset({"expect", "request", "read"}),
@@ -416,7 +423,7 @@ OPTIONAL_FIELDS: dict[int, frozenset[str]] = {
     Op.DIGESTS: frozenset({"tombstones"}),
     Op.SYNC: frozenset({"tombstones"}),
     Op.ERROR: frozenset({"maybe_applied"}),
-    Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof", "joining"}),
+    Op.HELLO_REPLY: frozenset({"limits", "nonce", "proof", "joining", "instance", "members"}),
     Op.PONG: frozenset({"joining", "writable"}),
     Op.PUT_REPLY: frozenset({"created"}),
     Op.REPLICATE_REPLY: frozenset({"prior", "prior_deleted", "joining", "observed"}),

@@ -225,6 +225,11 @@ class ServerConfig:
         return tuple(member for member in self.members if member.node_id != self.node_id)
 
     @property
+    def member_ids(self) -> list[str]:
+        """Every member's id, this node's included, sorted: what a peer's HELLO_REPLY is compared with."""
+        return sorted(member.node_id for member in self.members)
+
+    @property
     def cluster_size(self) -> int:
         return max(1, len(self.members))
 

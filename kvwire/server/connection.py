@@ -104,6 +104,7 @@ class NodeProtocol(asyncio.Protocol):
         self._transport = transport
         peername = transport.get_extra_info("peername")
         self._session = self._node.new_session(f"{peername[0]}:{peername[1]}" if peername else "?")
+        self._session.drop = self.drop
         config = self._node.config
         self._flow = FlowControl(transport, config.max_inflight_per_connection, config.max_inflight_bytes_per_connection)
         if len(self._registry) >= self._node.config.max_connections:
@@ -164,6 +165,7 @@ class NodeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._session.drop = None  # the session held this protocol: no cycle left for the collector
         self._registry.discard(self)
         self._node.connections = len(self._registry)
 

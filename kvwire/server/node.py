@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -64,7 +65,7 @@ QUORUM_NOTICES = frozenset({"peer_joining", "peer_joined", "peer_refuses_writes"
 MAX_READ_BATCH = 256
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class Session:
     """What a node knows about one connection: where it comes from, what it may
     do, and, between a peer's two HELLOs, ``(dialer, dialer nonce, our nonce)``."""
@@ -73,8 +74,12 @@ class Session:
     grant: Grant
     handshake: tuple[str, bytes, bytes] | None = None
     said_hello: bool = False
-    # The member a peer connection speaks for (proven, unless --insecure).
+    # The member a peer connection speaks for (proven, unless --insecure), and the
+    # process it said it is (HELLO's instance).
     member: str | None = None
+    instance: bytes | None = None
+    # Closes the connection at once, unread (NodeProtocol.drop); set by the connection.
+    drop: Callable[[], None] | None = None
 
 
 class PendingReply:
@@ -114,6 +119,12 @@ class Node:
         if indexed := self.core.build_repair_index():
             log.info("indexed %d keys for anti-entropy in %.2f s", indexed, time.perf_counter() - building,
                      extra={"event": "repair_index_built", "keys": indexed})
+        # This process, to its peers: two processes running as one member (a forgotten
+        # old copy, a clone of its directory) mint the same tags for different writes.
+        self.instance = new_nonce()
+        # The proven peer connections dialled in, to drop those of another process than
+        # the one this node's own link reaches at the member's address (peer_linked).
+        self._peer_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.peers = PeerLinks(config, self)
         self._timer: asyncio.TimerHandle | None = None
         self._to_load: list[str] = []  # keys the core asked to read (Load), not yet read
@@ -290,9 +301,11 @@ class Node:
             session.grant = self._client_grant(request, session)
         session.said_hello = True
         # A peer learns at once that this node cannot vote yet, before its first heartbeat.
-        joining = True if request.role is Role.PEER and self.core.joining else None
+        to_peer = request.role is Role.PEER
+        joining = True if to_peer and self.core.joining else None
         return HelloReply(request.id, PROTOCOL_VERSION, self.config.node_id, self.config.cluster_id,
-                          self.config.limits.to_wire(), nonce, proof, joining)
+                          self.config.limits.to_wire(), nonce, proof, joining,
+                          self.instance if to_peer else None, self.config.member_ids if to_peer else None)
 
     def _client_grant(self, request: Hello, session: Session) -> Grant:
         """The grant of a client HELLO's token. Without a token a HELLO is still
@@ -313,9 +326,8 @@ class Node:
         if secret is None:
             if not config.insecure:
                 raise ForbiddenError("this node has no cluster secret, so it takes no peers")
-            session.grant = PEER  # --insecure: the role is taken on the peer's word
-            session.member = request.node
-            self.peers.dial_now(request.node)
+            self._check_instance(request.node, request.instance, session)
+            self._grant_peer(session, request.node, request.instance)  # --insecure: on the peer's word
             return None, None
         dialer = request.node
         if dialer == config.node_id:
@@ -346,10 +358,35 @@ class Node:
                               "refused a peer HELLO from %s as %s: its proof does not match this node's cluster "
                               "secret", session.peer, dialer)
             raise ForbiddenError("peer proof refused: the two nodes do not hold the same cluster secret")
-        session.grant = PEER
-        session.member = dialer
-        self.peers.dial_now(dialer)  # it is up: our link to it need not wait out its backoff
+        self._check_instance(dialer, request.instance, session)
+        self._grant_peer(session, dialer, request.instance)
         return None, None
+
+    def _grant_peer(self, session: Session, member: str | None, instance: bytes | None) -> None:
+        session.grant = PEER
+        session.member = member
+        session.instance = instance
+        self._peer_sessions.add(session)
+        if member is not None:
+            self.peers.dial_now(member)  # it is up: our link to it need not wait out its backoff
+
+    def _check_instance(self, dialer: str | None, instance: bytes | None, session: Session) -> None:
+        """Refuse a peer that is not the process this node's own link reaches at the
+        member's --cluster address: two processes ran as one member (a forgotten
+        copy elsewhere, a clone of its directory), each minted the same tags for
+        different writes, and the replicas kept the first and acknowledged both (a
+        probe lost every second write that way, with nothing logged)."""
+        reached = self.peers.reached_instance(dialer) if dialer is not None else None
+        if instance is None or reached is None or instance == reached:
+            return
+        address = self.peers.address(dialer)
+        self.limited_log.log(logging.ERROR, "refused peer HELLOs (a second process as one member)",
+                             "refused a peer HELLO from %s as %s: this node's link to %s at %s reaches another "
+                             "process running as %s; two processes run as node %r: stop the one not at %s",
+                             session.peer, dialer, dialer, address, dialer, dialer, address,
+                             extra={"peer": dialer, "event": "peer_twin_refused"})
+        raise ForbiddenError(f"another process runs as node {dialer!r}: node {self.config.node_id!r} reaches it at "
+                             f"{address}, its --cluster address; two processes must not run as one node")
 
     def _check_tag_distance(self, request: Replicate, session: Session) -> None:
         highest = self.core.keydir.highest_counter
@@ -374,7 +411,19 @@ class Node:
         self.core.heard(peer, self._clock())
         self._perform()
 
-    def peer_linked(self, peer: str, *, joining: bool = False) -> None:
+    def peer_linked(self, peer: str, *, joining: bool = False, instance: bytes | None = None) -> None:
+        if instance is not None:
+            # Dialled in before this link stood, so unchecked then (_check_instance).
+            for session in [session for session in self._peer_sessions
+                            if session.member == peer and session.instance not in (None, instance)]:
+                self.limited_log.log(logging.ERROR, "dropped peer links (a second process as one member)",
+                                     "dropped the peer connection from %s as %s: this node's link to %s at %s "
+                                     "reaches another process running as %s; two processes run as node %r: stop "
+                                     "the one not at %s", session.peer, peer, peer, self.peers.address(peer), peer,
+                                     peer, self.peers.address(peer), extra={"peer": peer, "event": "peer_twin_refused"})
+                self._peer_sessions.discard(session)
+                if session.drop is not None:
+                    session.drop()
         self.core.link_up(peer, self._clock(), joining=joining)
         self._perform()
 

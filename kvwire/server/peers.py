@@ -37,14 +37,20 @@ log = logging.getLogger("kvwire.peers")
 # a second), later ones back off to a second so a dead peer costs nothing.
 RECONNECT_BASE_DELAY = 0.05
 RECONNECT_MAX_DELAY = 1.0
+# Failed dials in a row, with the peer dialling in meanwhile, before its address here is
+# called wrong: a few, so that a peer restarting (refusing, then dialling in) is not.
+UNREACHABLE_WARNING_FAILURES = 5
 
 
 class LinkEvents(Protocol):
     """What the links report to their node (``kvwire.server.node.Node``)."""
 
+    # This process's random id, new at each start, said in every peer HELLO.
+    instance: bytes
+
     def peer_heard(self, peer: str) -> None: ...
 
-    def peer_linked(self, peer: str, *, joining: bool = False) -> None: ...
+    def peer_linked(self, peer: str, *, joining: bool = False, instance: bytes | None = None) -> None: ...
 
     def peer_unlinked(self, peer: str) -> None: ...
 
@@ -70,6 +76,11 @@ class PeerLink:
         self._backing_off = False
         self._closing = False  # close() called: dial no more
         self._limits_warned: Limits | None = None  # the peer's limits last warned about, to say it once
+        self._members_warned: list[str] | None = None  # likewise, the peer's member list
+        # The peer dialled in (and proved itself) since this link last stood: if dialling
+        # it keeps failing meanwhile, its --cluster address here is what is wrong.
+        self._dialled_in = False
+        self._unreachable_warned = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._maintain(), name=f"kvwire-peer-{self.member.node_id}")
@@ -92,6 +103,7 @@ class PeerLink:
                     node=self._config.node_id,
                     secret=self._config.cluster_secret,
                     expect_node=peer,
+                    instance=self._node.instance,
                     ssl_context=self._ssl_context,
                     raw_values=True,  # a node forwards values as the bytes it got (protocol.values)
                 )
@@ -107,6 +119,7 @@ class PeerLink:
                     continue
                 log.debug("peer %s unreachable: %s", peer, exc)
                 failures += 1
+                self._warn_if_it_dialled_in(failures, exc)
                 await self._back_off(_redial_delay(failures))
                 continue
             except UnavailableError as exc:
@@ -135,10 +148,12 @@ class PeerLink:
                 connection.abort()
                 return
             failures = 0
+            self._dialled_in = self._unreachable_warned = False
             self._check_limits(connection.server_limits)
+            self._check_members(connection.peer_members)
             connection.on_receive = lambda: self._node.peer_heard(peer)
             self.connection = connection
-            self._node.peer_linked(peer, joining=connection.peer_joining)
+            self._node.peer_linked(peer, joining=connection.peer_joining, instance=connection.peer_instance)
             try:
                 await connection.wait_closed()
             finally:
@@ -160,6 +175,40 @@ class PeerLink:
                     "--max-value-bytes and --max-frame-bytes", self.member.node_id, differences,
                     extra={"peer": self.member.node_id, "event": "peer_limits_differ"})
 
+    def _check_members(self, theirs: list[str] | None) -> None:
+        """Say, once for each list the peer names, when its --cluster names other members
+        than this node's: the two may then count majorities no node of both belongs to
+        (a probe's 3-node list beside a 5-node one), and each take writes the other
+        never sees. Not refused: the documented replacement of a member runs, for a
+        restart's length, with two lists that differ in the replaced member alone."""
+        ours = self._config.member_ids
+        if theirs is None or sorted(theirs) == ours or theirs == self._members_warned:
+            return
+        self._members_warned = theirs
+        only_there = sorted(set(theirs) - set(ours))
+        only_here = sorted(set(ours) - set(theirs))
+        log.error("peer %s's --cluster names other members than this node's (%s there, %s here; only there: %s; "
+                  "only here: %s): nodes whose lists differ can each count a majority of their own and take writes "
+                  "the others never see; give every node the same --cluster", self.member.node_id,
+                  ",".join(sorted(theirs)), ",".join(ours), ",".join(only_there) or "none",
+                  ",".join(only_here) or "none", extra={"peer": self.member.node_id, "event": "peer_members_differ"})
+
+    def _warn_if_it_dialled_in(self, failures: int, error: Exception) -> None:
+        """A peer that dials in but cannot be dialled is UP on its side and DOWN on
+        this one, and the one-line debug message was all that said why."""
+        if self._dialled_in and not self._unreachable_warned and failures >= UNREACHABLE_WARNING_FAILURES:
+            self._unreachable_warned = True
+            log.warning("peer %s dialled in and proved itself, but this node cannot reach it at %s, its --cluster "
+                        "address here (%s): it stays DOWN here until it can; check this node's --cluster",
+                        self.member.node_id, self.member.address, error,
+                        extra={"peer": self.member.node_id, "event": "peer_unreachable_at_address"})
+
+    @property
+    def reached_instance(self) -> bytes | None:
+        """The process this link reached at the peer's --cluster address, while it stands."""
+        connection = self.connection
+        return connection.peer_instance if connection is not None and connection.is_open else None
+
     async def _back_off(self, delay: float) -> None:
         """Wait ``delay`` seconds before dialling again, or until ``dial_now``."""
         self._backing_off = True
@@ -174,6 +223,8 @@ class PeerLink:
         """The peer just dialled this node, so it is up: if this link is waiting
         out its backoff, dial at once. A restarted peer is then used as soon as
         it is back, not up to ``RECONNECT_MAX_DELAY`` later."""
+        if self.connection is None:
+            self._dialled_in = True
         if self.connection is None and not self._dial_now.is_set():
             self._dial_now.set()
             if self._backing_off:
@@ -245,6 +296,10 @@ class PeerLinks:
         link = self.links.get(peer)
         if link is not None:
             link.dial_now()
+
+    def reached_instance(self, peer: str) -> bytes | None:
+        link = self.links.get(peer)
+        return link.reached_instance if link is not None else None
 
     def address(self, peer: str) -> str:
         return self.links[peer].member.address
