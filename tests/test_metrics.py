@@ -216,6 +216,31 @@ def test_peers_hints_and_transitions_on_a_three_node_cluster(tmp_path):
         assert value(samples, "kvwire_requests_total", op="put", consistency="", code="no_quorum") == 1
 
 
+def test_a_forwarded_deletes_no_quorum_is_counted_only_where_its_client_was_told(tmp_path):
+    """n1 coordinates DELETEs. It answered those n2 forwarded NO_QUORUM (its writes time
+    out at once here), and kvwire_no_quorum_total counted each on n1 as well as on n2, or
+    on n1 alone where n2 then ran the DELETE itself: the alert on it fired on a node that
+    had refused no client (a probe's finding)."""
+    cluster = LocalCluster(3, data_dir=tmp_path, heartbeat_interval=0.05, failure_timeout=0.3)
+    coordinator, forwarder = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    cluster["n1"].extra_args += ["--metrics-listen", coordinator, "--write-timeout", "0.0002"]
+    cluster["n2"].extra_args += ["--metrics-listen", forwarder]
+    refused = 0
+    with cluster:
+        with Client(cluster["n2"].address, timeout=5, retry=RetryPolicy(attempts=1)) as client:
+            for i in range(5):
+                client.put(f"d{i}", i)
+                try:
+                    client.delete(f"d{i}")
+                except NoQuorumError:
+                    refused += 1
+        at_coordinator, at_forwarder = scrape(coordinator), scrape(forwarder)
+    assert value(at_coordinator, "kvwire_requests_total", op="delete_forwarded", consistency="",
+                 code="no_quorum") == 5
+    assert value(at_coordinator, "kvwire_no_quorum_total") == 0
+    assert value(at_forwarder, "kvwire_no_quorum_total") == refused
+
+
 def test_health_reports_the_recent_request_rate_and_p99(node_with_bridge):
     with Client(node_with_bridge.address) as client:
         for i in range(20):

@@ -64,8 +64,11 @@ class NodeCollector(Collector):
             ("kvwire_hedged_requests", "Round requests sent to an extra peer because one was slow.", stats.hedged_requests),
             ("kvwire_read_write_backs", "Quorum reads that wrote the newest version back to a member behind.",
              stats.write_backs),
+            # A forwarded DELETE's refusal is its client's on the node the client asked, which
+            # may also run the DELETE itself after it: counted there, as HEALTH counts it.
             ("kvwire_no_quorum", "Requests (writes and quorum reads) answered NO_QUORUM.",
-             sum(tally.errors.get("no_quorum", 0) for tally in node.metrics.tallies())),
+             sum(tally.errors.get("no_quorum", 0) for tally in node.metrics.tallies()
+                 if tally is not node.metrics.forwarded_delete)),
             ("kvwire_delete_conflicts", "DELETEs answered CONFLICT.", stats.delete_conflicts),
             ("kvwire_one_trip_retries", "One-round-trip PUT tags a majority refused, sent again above every answer.",
              stats.one_trip_retries),
