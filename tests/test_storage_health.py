@@ -8,7 +8,9 @@ runs full and is cleaned up. Nothing outside changes.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -233,6 +235,38 @@ def test_a_node_whose_database_file_was_deleted_stops_and_comes_back_caught_up(t
             assert client.get("before", consistency="one") == "kept"
             wait_for(lambda: client.get("meanwhile", consistency="one") == "also kept", timeout=10,
                      what="n3 given the write it missed (a hint, or anti-entropy)")
+
+
+def test_a_node_whose_database_file_was_replaced_under_it_comes_back_caught_up(tmp_path):
+    """A reviewer put a backup in place of a running node's database file: the node
+    stopped and left REJOIN, but the old database's write-ahead log stayed beside the
+    new file (SQLite's close neither checkpoints nor deletes the log of a file that
+    moved), its next start replayed the old pages into the new file, found it
+    "malformed" and exited 78, which no supervisor restarts."""
+    from kvwire.testing import LocalCluster
+
+    with LocalCluster(3, data_dir=tmp_path, sync="normal") as cluster:
+        n3 = cluster["n3"]
+        with Client(n3.address, timeout=5) as client:
+            client.put("before", "kept")
+            backup = tmp_path / "backup"
+            subprocess.run([sys.executable, "-m", "kvwire", "backup", str(n3.data_dir), str(backup)],
+                           check=True, capture_output=True, timeout=60)
+            for i in range(300):  # pages in the log the backup does not have
+                client.put(f"after{i}", "x" * 10_000)
+        database = n3.data_dir / "kvwire.sqlite3"
+        assert (n3.data_dir / "kvwire.sqlite3-wal").stat().st_size > 1_000_000
+        shutil.copyfile(backup / "kvwire.sqlite3", n3.data_dir / "new.tmp")
+        os.replace(n3.data_dir / "new.tmp", database)
+        assert n3.wait(timeout=15) == 1
+        assert "was replaced by another file" in n3.log()
+        cluster.start("n3")
+        cluster.wait_ready()
+        assert "event=rejoin_after_lost_files" in n3.log() and "event=joined" in n3.log()
+        with Client(n3.address, timeout=5) as client:
+            assert client.get("before", consistency="one") == "kept"
+            wait_for(lambda: client.get("after299", consistency="one") == "x" * 10_000, timeout=15,
+                     what="n3 caught up on the writes its backup lacks")
 
 
 def test_a_lone_node_whose_database_file_was_deleted_stays_up_read_only(tmp_path):

@@ -23,7 +23,7 @@ from .metrics import NodeCollector
 from .node import Node
 from .outbox import Outbox
 from .stall import StallWatch
-from .storage import REJOIN_FILE_NAME, DataDirLostError, Storage, mark_for_rejoin, wal_path
+from .storage import REJOIN_FILE_NAME, DataDirLostError, Storage, mark_for_rejoin
 from .tls_listener import TlsListener
 
 log = logging.getLogger("kvwire.server")
@@ -160,12 +160,12 @@ async def _after_losing_a_file(config: ServerConfig, storage: Storage) -> str:
     if not config.peers:
         return ("A lone node has no peers to catch up from: a start on this path serves what the files there hold "
                 "now (put a copy kvwire backup made in their place first, if the database file was lost)")
-    if not storage.path.exists():
-        # Looked at now, not when the loss was first seen: the database file may have
-        # gone since. Its log and index are of no use to a new database, and SQLite
-        # would take them for the new one's (a reviewer's finding: "disk I/O error").
-        for leftover in (wal_path(storage.path), storage.path.with_name(storage.path.name + "-shm")):
-            leftover.unlink(missing_ok=True)
+    # Looked at now, not when the loss was first seen: the database file may have gone
+    # (or been replaced) since. The old one's log and index are of no use to another
+    # database, and SQLite would take them for its own (reviewers' findings: "disk I/O
+    # error" where none was left, "database disk image is malformed" where one was put).
+    for leftover in storage.companions_of_the_lost_file():
+        leftover.unlink(missing_ok=True)
     try:
         # Whatever the path holds now (the database the stop wrote its log into, a new
         # one, another file put there), the acknowledged writes may not all be in it.

@@ -730,6 +730,23 @@ class Storage:
             self.write_error = self.file_lost
             return
 
+    def companions_of_the_lost_file(self) -> list[Path]:
+        """The write-ahead log and its index at this database's path once the database
+        file there is not the one opened (deleted, or another put in its place), and
+        the log is the opened one's: SQLite would take them for the new file's. A
+        reviewer replaced the file: SQLite's close neither checkpoints nor deletes the
+        log of a database that moved, and the next start replayed the old pages into
+        the new file ("database disk image is malformed", exit 78). A log put there
+        with the new file is its own, and kept."""
+        opened = self._identities[self.path]
+        now = _file_identity(self.path)
+        if now is not None and (opened is None or now == opened):
+            return []  # the database opened is there (or cannot be told): its log is its own
+        wal = wal_path(self.path)
+        if now is not None and _file_identity(wal) not in (None, self._identities[wal]):
+            return []
+        return [wal, self.path.with_name(self.path.name + "-shm")]
+
     def _writes_work_again(self) -> None:
         if self.file_lost is not None:
             # A commit already running when the file was found gone lands in the gone
