@@ -295,3 +295,31 @@ def test_a_bridge_whose_node_reaches_no_peer_answers_no_quorum_at_once(tmp_path)
             assert http("GET", f"{base}/kv/k/?consistency=one").json["value"] == 1  # its own copy still reads
         finally:
             firewall.remove()
+
+
+def test_a_bridge_whose_node_is_refused_by_its_peers_sends_its_requests_to_them(tmp_path):
+    """n1 holds another cluster secret: its peers refuse its handshake, so it sees no peer
+    UP, but a client's connection to them gets through. Its bridge answered every REST
+    request 503 at once, taking n1's NO_QUORUM for a node cut off (a reviewer's finding);
+    before that change, and again now, it sends them to the peers, which answer."""
+    from kvwire.testing.cluster import new_secret_file
+
+    cluster = LocalCluster(3, data_dir=tmp_path, sync="off")
+    urls = with_http(cluster)
+    n1 = cluster["n1"]
+    n1.extra_args = list(n1.extra_args)
+    other = tmp_path / "other-secret"
+    other.mkdir()
+    n1.extra_args[n1.extra_args.index("--cluster-secret-file") + 1] = new_secret_file(str(other))
+    try:
+        cluster.start()
+        cluster.wait_ready("n2", "n3", peers=False)
+        cluster.wait_peers("n2", up=["n3"], down=["n1"], timeout=10)
+        n1.wait_ready()
+        wait_for(lambda: "handshake failed" in n1.log(), timeout=10, what="n1 refused by its peers")
+        base = f"{urls['n1']}{PREFIX}"
+        reply = http("PUT", f"{base}/kv/k/", {"value": 1}, timeout=10)
+        assert reply.status == 201, (reply.status, reply.text)
+        assert http("GET", f"{base}/kv/k/", timeout=10).json["value"] == 1
+    finally:
+        cluster.stop()

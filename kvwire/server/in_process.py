@@ -203,10 +203,13 @@ class InProcessClient:
         A NO_QUORUM from a node that reaches none of its peers is the answer at once:
         this bridge, in its process, would not reach them either, and dialling each
         cost a second (RetryPolicy.attempt_timeout), three in all, for every request
-        to a node cut off from its peers.
+        to a node cut off from its peers. Not where a peer refused the node's handshake
+        (another secret, say): a client's connection gets through, and did before (a
+        reviewer's finding: every REST PUT to such a node answered 503).
         """
         node = self._slot.node
-        if isinstance(declined.error, NoQuorumError) and node is not None and not node.core.detector.up_peers():
+        if (isinstance(declined.error, NoQuorumError) and node is not None and not node.core.detector.up_peers()
+                and not node.peers.any_handshake_refused()):
             raise declined.error
         left = deadline.at - asyncio.get_running_loop().time()
         if left <= 0:

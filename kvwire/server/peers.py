@@ -81,6 +81,9 @@ class PeerLink:
         # it keeps failing meanwhile, its --cluster address here is what is wrong.
         self._dialled_in = False
         self._unreachable_warned = False
+        # The last dial reached the peer and the handshake failed (another secret, a refused
+        # certificate, another node at the address): a client may still get through.
+        self.handshake_refused = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._maintain(), name=f"kvwire-peer-{self.member.node_id}")
@@ -111,7 +114,8 @@ class PeerLink:
                 # Under TLS 1.3 the peer refuses our certificate after our side of the
                 # handshake is done: we hear it only as a close before HELLO.
                 refused = isinstance(exc, RefusedBeforeHello) and self._ssl_context is not None
-                if isinstance(exc.__cause__, ssl.SSLError) or refused:
+                self.handshake_refused = isinstance(exc.__cause__, ssl.SSLError) or refused
+                if self.handshake_refused:
                     # Reachable, but its certificate is refused (or ours): no
                     # retry fixes that, so say it every time, as for a refused HELLO.
                     log.error("peer %s: %s", peer, exc, extra={"peer": peer, "event": "peer_handshake_failed"})
@@ -126,10 +130,12 @@ class PeerLink:
                 # Stopping (it refuses what it reads once it has begun) or at its limits:
                 # a state that passes, not a handshake that failed.
                 log.debug("peer %s unavailable: %s", peer, exc)
+                self.handshake_refused = False
                 failures += 1
                 await self._back_off(_redial_delay(failures))
                 continue
             except WrongNodeError as exc:
+                self.handshake_refused = True
                 log.error("%s", exc, extra={"peer": peer, "event": "peer_wrong_node"})
                 # A plain wait, which dial_now does not cut: the node there
                 # accepts our HELLO, so nodes whose --cluster swaps addresses
@@ -141,6 +147,7 @@ class PeerLink:
                 # version, another secret, either way round): say so every
                 # time, and keep trying, so the link comes back by itself
                 # once the peer is fixed.
+                self.handshake_refused = True
                 log.error("peer %s: handshake failed: %s", peer, exc, extra={"peer": peer, "event": "peer_handshake_failed"})
                 await self._back_off(RECONNECT_MAX_DELAY)
                 continue
@@ -148,7 +155,7 @@ class PeerLink:
                 connection.abort()
                 return
             failures = 0
-            self._dialled_in = self._unreachable_warned = False
+            self._dialled_in = self._unreachable_warned = self.handshake_refused = False
             self._check_limits(connection.server_limits)
             self._check_members(connection.peer_members)
             connection.on_receive = lambda: self._node.peer_heard(peer)
@@ -296,6 +303,10 @@ class PeerLinks:
         link = self.links.get(peer)
         if link is not None:
             link.dial_now()
+
+    def any_handshake_refused(self) -> bool:
+        """Whether some peer was reached last time and refused this node's handshake."""
+        return any(link.handshake_refused for link in self.links.values())
 
     def reached_instance(self, peer: str) -> bytes | None:
         link = self.links.get(peer)
