@@ -162,16 +162,18 @@ def test_help_lists_every_option_with_its_environment_variable():
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-@pytest.mark.parametrize("with_bridge", [False, True], ids=["node", "node-and-bridge"])
-def test_a_stop_signal_shuts_down_cleanly_and_exits_0(tmp_path, signum, with_bridge):
+@pytest.mark.parametrize("with_bridge, listen", [(False, None), (True, "--http-listen"), (False, "--metrics-listen")],
+                         ids=["node", "node-and-bridge", "node-and-metrics"])
+def test_a_stop_signal_shuts_down_cleanly_and_exits_0(tmp_path, signum, with_bridge, listen):
     # The CLI owns the process's signals (kvwire/cli/signals.py); the node and
-    # the bridge only see their stop event set.
+    # the bridge only see their stop event set. --metrics-listen alone runs no bridge,
+    # and its stop said it stopped one.
     http_port = free_port()
-    extra = ["--sync", "off", *(["--http-listen", f"127.0.0.1:{http_port}"] if with_bridge else [])]
+    extra = ["--sync", "off", *([listen, f"127.0.0.1:{http_port}"] if listen else [])]
     node = NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=extra)
     with node:
-        if with_bridge:
-            wait_for(lambda: accepts_connections(f"127.0.0.1:{http_port}", timeout=1), timeout=15, what="the node's HTTP bridge")
+        if listen:
+            wait_for(lambda: accepts_connections(f"127.0.0.1:{http_port}", timeout=1), timeout=15, what="the node's HTTP port")
         assert node.signal_and_wait(signum) == 0
     log = node.log()
     doing = "stopping the HTTP bridge, then finishing" if with_bridge else "finishing"

@@ -291,7 +291,9 @@ def run_node(
                 lambda stop: serve_with_http(config, http_listen, metrics_listen, stop=stop,
                                              http_allowed_hosts=http_allowed_hosts),
                 log,
-                "stopping the HTTP bridge, then finishing requests in flight",
+                # --metrics-listen alone serves /metrics, no bridge (a probe saw "stopping the HTTP bridge").
+                "stopping the HTTP bridge, then finishing requests in flight" if http_listen is not None
+                else "finishing requests in flight",
             )
         run_until_stop_signal(lambda stop: serve_node(config, stop=stop), log, "finishing requests in flight")
     # May clear by itself: the other process can exit, the disk be freed.
