@@ -574,6 +574,20 @@ def test_a_client_that_asks_much_then_half_closes_gets_every_reply(tmp_path):
             assert conn.closed_by_peer(timeout=5)
 
 
+def test_a_peer_learns_the_nodes_process_and_members_only_once_it_proved_the_secret(cluster):
+    """The reply to a peer's first HELLO, which anyone naming a member gets, carried the
+    node's instance id and its --cluster (a reviewer's finding); they now come with the
+    reply that grants the role."""
+    with RawConnection(cluster["n1"].address) as conn:
+        first = conn.request(Hello(1, role=Role.PEER, cluster="kvwire", node="n2", nonce=new_nonce()))
+        assert isinstance(first, HelloReply) and first.proof is not None
+        assert first.instance is None and first.members is None
+    with RawConnection(cluster["n1"].address) as conn:
+        granted = conn.hello_as_peer("n2", "kvwire", cluster.secret)
+        assert isinstance(granted, HelloReply) and granted.instance is not None
+        assert granted.members == {node.node_id: node.address for node in cluster}
+
+
 def test_a_peer_handshake_relayed_from_a_stopped_members_address_gives_no_peer_link(tmp_path):
     """Someone without the secret takes a stopped member's address (n3's), waits for
     n1 to dial it, relays n1's HELLO to n2 as its own and n2's answer back to n1.

@@ -109,7 +109,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_joining = False
         # To a peer: the node's process (new at each start) and its --cluster's member ids.
         self.peer_instance: bytes | None = None
-        self.peer_members: list[str] | None = None
+        self.peer_members: dict[str, str] | None = None
         self._codec = Connection(Side.CLIENT, limits, raw_values=raw_values)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -253,8 +253,11 @@ class ClientConnection(asyncio.Protocol):
             # secret (a security probe did: it wrote keys that way).
             self.close()
             raise WrongNodeError(f"{self.address} answers as node {reply.node!r}, not {expect_node!r}; check --cluster")
+        # A peer learns the node's process and member list from the reply that grants it
+        # the role: the last one, after its proof.
+        granted = reply
         if nonce is not None:
-            await self._prove_peer(reply, reply.cluster, node, secret, nonce, instance)
+            granted = await self._prove_peer(reply, reply.cluster, node, secret, nonce, instance)
         self.node_id = reply.node
         self.cluster_id = reply.cluster
         # The codec has checked the map as Limits.from_wire does.
@@ -265,13 +268,14 @@ class ClientConnection(asyncio.Protocol):
             # report the node lost. What this client sends is still checked by its own.
             self._codec.limits = self._codec.limits.widened_to(self.server_limits)
         self.peer_joining = reply.joining is True
-        self.peer_instance = reply.instance
-        self.peer_members = reply.members
+        self.peer_instance = granted.instance
+        self.peer_members = granted.members
         return reply
 
     async def _prove_peer(self, reply: HelloReply, cluster: str, node: str, secret: bytes, nonce: bytes,
-                          instance: bytes | None) -> None:
-        """Check the node's proof of the cluster secret, then send ours (the handshake's steps 3 and 4)."""
+                          instance: bytes | None) -> HelloReply:
+        """Check the node's proof of the cluster secret, then send ours (the handshake's steps
+        3 and 4); the node's reply to it."""
         if reply.nonce is None or reply.proof is None:
             self.close()
             raise ForbiddenError(
@@ -284,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
                 f"node {reply.node!r} at {self.address} failed to prove the cluster secret: "
                 "the two nodes do not hold the same --cluster-secret-file")
         our_proof = peer_proof(secret, DIALER, cluster, node, reply.node, nonce, reply.nonce)
-        await self.request(Hello, PROTOCOL_VERSION, Role.PEER, cluster, node, None, None, our_proof, instance)
+        return await self.request(Hello, PROTOCOL_VERSION, Role.PEER, cluster, node, None, None, our_proof, instance)
 
     @property
     def closed_by_node(self) -> bool:

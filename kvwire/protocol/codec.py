@@ -237,13 +237,17 @@ def _keys(value: Any) -> list:
     return value
 
 
-# Members of one cluster a HELLO_REPLY may list: far more than a quorum protocol runs with.
+# Members of one cluster a HELLO_REPLY may list: far more than a quorum protocol runs with;
+# and the longest address one may be given at (a host name of 253 characters, a port).
 MAX_MEMBERS = 255
+MAX_MEMBER_ADDRESS_CHARS = 300
 
 
-def _members(value: Any) -> list:
-    if type(value) is not list or len(value) > MAX_MEMBERS or not all(is_valid_id(item) for item in value):
-        raise _Invalid(f"must be an array of at most {MAX_MEMBERS} node ids, got {_describe(value)}")
+def _members(value: Any) -> dict:
+    if (type(value) is not dict or len(value) > MAX_MEMBERS
+            or not all(is_valid_id(node) and type(address) is str and 0 < len(address) <= MAX_MEMBER_ADDRESS_CHARS
+                       for node, address in value.items())):
+        raise _Invalid(f"must be a map of at most {MAX_MEMBERS} node ids to their HOST:PORT, got {_describe(value)}")
     return value
 
 

@@ -260,8 +260,8 @@ class HelloReply:
     ``max_frame_bytes`` (``Limits.to_wire()``); None from nodes that predate it.
     ``nonce`` and ``proof``: the node's half of a peer handshake, else None.
     ``joining``: True to a peer's HELLO from a node still catching up (as in PONG).
-    ``instance`` and ``members``, to a peer: the node's process id (as in HELLO)
-    and the member ids of its ``--cluster``, sorted."""
+    ``instance`` and ``members``, to a peer that proved itself: the node's process
+    id (as in HELLO) and its ``--cluster``, as a map of member id to HOST:PORT."""
 
     id: int
     proto: int
@@ -272,7 +272,7 @@ class HelloReply:
     proof: bytes | None = None
     joining: bool | None = None
     instance: bytes | None = None
-    members: list | None = None
+    members: dict | None = None
     op = Op.HELLO_REPLY
 
 

@@ -225,9 +225,10 @@ class ServerConfig:
         return tuple(member for member in self.members if member.node_id != self.node_id)
 
     @property
-    def member_ids(self) -> list[str]:
-        """Every member's id, this node's included, sorted: what a peer's HELLO_REPLY is compared with."""
-        return sorted(member.node_id for member in self.members)
+    def member_addresses(self) -> dict[str, str]:
+        """Every member's HOST:PORT by its id, this node's included: what a peer's
+        HELLO_REPLY says of its own --cluster, compared with this node's."""
+        return {member.node_id: member.address for member in self.members}
 
     @property
     def cluster_size(self) -> int:

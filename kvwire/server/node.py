@@ -301,11 +301,12 @@ class Node:
             session.grant = self._client_grant(request, session)
         session.said_hello = True
         # A peer learns at once that this node cannot vote yet, before its first heartbeat.
-        to_peer = request.role is Role.PEER
-        joining = True if to_peer and self.core.joining else None
+        joining = True if request.role is Role.PEER and self.core.joining else None
+        # Only to a peer that proved itself (or, with --insecure, said it is one).
+        proven = session.grant is PEER
         return HelloReply(request.id, PROTOCOL_VERSION, self.config.node_id, self.config.cluster_id,
                           self.config.limits.to_wire(), nonce, proof, joining,
-                          self.instance if to_peer else None, self.config.member_ids if to_peer else None)
+                          self.instance if proven else None, self.config.member_addresses if proven else None)
 
     def _client_grant(self, request: Hello, session: Session) -> Grant:
         """The grant of a client HELLO's token. Without a token a HELLO is still
@@ -375,18 +376,24 @@ class Node:
         member's --cluster address: two processes ran as one member (a forgotten
         copy elsewhere, a clone of its directory), each minted the same tags for
         different writes, and the replicas kept the first and acknowledged both (a
-        probe lost every second write that way, with nothing logged)."""
+        probe lost every second write that way, with nothing logged). A HELLO with
+        no instance (kvwire before it, or a test's raw peer) is not checked."""
         reached = self.peers.reached_instance(dialer) if dialer is not None else None
         if instance is None or reached is None or instance == reached:
             return
         address = self.peers.address(dialer)
+        # Or the member restarted while its old connection stayed open (its host lost
+        # power, say): that link is dropped once silent for --failure-timeout, and the
+        # new process's next dial is taken.
         self.limited_log.log(logging.ERROR, "refused peer HELLOs (a second process as one member)",
                              "refused a peer HELLO from %s as %s: this node's link to %s at %s reaches another "
-                             "process running as %s; two processes run as node %r: stop the one not at %s",
-                             session.peer, dialer, dialer, address, dialer, dialer, address,
+                             "process running as %s: two processes run as node %r (stop the one not at %s), or it "
+                             "restarted while its old connection stayed open (then this passes within "
+                             "--failure-timeout)", session.peer, dialer, dialer, address, dialer, dialer, address,
                              extra={"peer": dialer, "event": "peer_twin_refused"})
         raise ForbiddenError(f"another process runs as node {dialer!r}: node {self.config.node_id!r} reaches it at "
-                             f"{address}, its --cluster address; two processes must not run as one node")
+                             f"{address}, its --cluster address; two processes must not run as one node (or this "
+                             "one restarted, and that node has yet to find its old connection dead)")
 
     def _check_tag_distance(self, request: Replicate, session: Session) -> None:
         highest = self.core.keydir.highest_counter
@@ -414,13 +421,17 @@ class Node:
     def peer_linked(self, peer: str, *, joining: bool = False, instance: bytes | None = None) -> None:
         if instance is not None:
             # Dialled in before this link stood, so unchecked then (_check_instance).
+            # Or from an earlier process of the member, whose connection stayed open (its
+            # host lost power): which, this node cannot tell, so the line says both.
             for session in [session for session in self._peer_sessions
                             if session.member == peer and session.instance not in (None, instance)]:
-                self.limited_log.log(logging.ERROR, "dropped peer links (a second process as one member)",
-                                     "dropped the peer connection from %s as %s: this node's link to %s at %s "
-                                     "reaches another process running as %s; two processes run as node %r: stop "
-                                     "the one not at %s", session.peer, peer, peer, self.peers.address(peer), peer,
-                                     peer, self.peers.address(peer), extra={"peer": peer, "event": "peer_twin_refused"})
+                self.limited_log.log(logging.WARNING, "dropped peer connections (another process as one member)",
+                                     "dropped the peer connection from %s as %s: it comes from another process than "
+                                     "the one this node's link reaches at %s, %s's --cluster address: an earlier "
+                                     "process of %s whose connection stayed open, or a second process running as "
+                                     "%s (its next dial is refused, event=peer_twin_refused)", session.peer, peer,
+                                     self.peers.address(peer), peer, peer, peer,
+                                     extra={"peer": peer, "event": "peer_connection_superseded"})
                 self._peer_sessions.discard(session)
                 if session.drop is not None:
                     session.drop()

@@ -76,7 +76,7 @@ class PeerLink:
         self._backing_off = False
         self._closing = False  # close() called: dial no more
         self._limits_warned: Limits | None = None  # the peer's limits last warned about, to say it once
-        self._members_warned: list[str] | None = None  # likewise, the peer's member list
+        self._members_warned: dict[str, str] | None = None  # likewise, the peer's --cluster
         # The peer dialled in (and proved itself) since this link last stood: if dialling
         # it keeps failing meanwhile, its --cluster address here is what is wrong.
         self._dialled_in = False
@@ -182,23 +182,37 @@ class PeerLink:
                     "--max-value-bytes and --max-frame-bytes", self.member.node_id, differences,
                     extra={"peer": self.member.node_id, "event": "peer_limits_differ"})
 
-    def _check_members(self, theirs: list[str] | None) -> None:
-        """Say, once for each list the peer names, when its --cluster names other members
-        than this node's: the two may then count majorities no node of both belongs to
-        (a probe's 3-node list beside a 5-node one), and each take writes the other
-        never sees. Not refused: the documented replacement of a member runs, for a
-        restart's length, with two lists that differ in the replaced member alone."""
-        ours = self._config.member_ids
-        if theirs is None or sorted(theirs) == ours or theirs == self._members_warned:
+    def _check_members(self, theirs: dict[str, str] | None) -> None:
+        """Say, once for each --cluster the peer names, where it differs from this node's.
+        Other members: the two may count majorities no node of both belongs to (a probe's
+        3-node list beside a 5-node one), and each take writes the other never sees; an
+        ERROR, not a refusal, as the documented replacement of a member runs, for a
+        restart's length, with lists that differ in that member. A member at another
+        address: a WARNING, as NAT or DNS can give one node two right addresses; but where
+        an old copy of that member still runs at one of them, each side links to another
+        process running as that member, and two processes then mint the same tags for
+        different writes (a reviewer's finding)."""
+        ours = self._config.member_addresses
+        if theirs is None or theirs == ours or theirs == self._members_warned:
             return
         self._members_warned = theirs
-        only_there = sorted(set(theirs) - set(ours))
-        only_here = sorted(set(ours) - set(theirs))
-        log.error("peer %s's --cluster names other members than this node's (%s there, %s here; only there: %s; "
-                  "only here: %s): nodes whose lists differ can each count a majority of their own and take writes "
-                  "the others never see; give every node the same --cluster", self.member.node_id,
-                  ",".join(sorted(theirs)), ",".join(ours), ",".join(only_there) or "none",
-                  ",".join(only_here) or "none", extra={"peer": self.member.node_id, "event": "peer_members_differ"})
+        peer = self.member.node_id
+        if theirs.keys() != ours.keys():
+            only_there = sorted(theirs.keys() - ours.keys())
+            only_here = sorted(ours.keys() - theirs.keys())
+            log.error("peer %s's --cluster names other members than this node's (%s there, %s here; only there: %s; "
+                      "only here: %s): nodes whose lists differ can each count a majority of their own and take "
+                      "writes the others never see; give every node the same --cluster", peer,
+                      ",".join(sorted(theirs)), ",".join(sorted(ours)), ",".join(only_there) or "none",
+                      ",".join(only_here) or "none", extra={"peer": peer, "event": "peer_members_differ"})
+        moved = sorted(node for node in theirs.keys() & ours.keys() if theirs[node] != ours[node])
+        if moved:
+            log.warning("peer %s's --cluster gives other addresses than this node's for %s: if two processes run as "
+                        "one member, one at each address, each gets links and a majority of its own and they lose "
+                        "each other's writes; unless the two addresses reach the same process (NAT, DNS), give every "
+                        "node the same --cluster", peer,
+                        ", ".join(f"{node} at {theirs[node]} there, {ours[node]} here" for node in moved),
+                        extra={"peer": peer, "event": "peer_addresses_differ"})
 
     def _warn_if_it_dialled_in(self, failures: int, error: Exception) -> None:
         """A peer that dials in but cannot be dialled is UP on its side and DOWN on
