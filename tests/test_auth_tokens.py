@@ -71,6 +71,28 @@ def test_a_write_whose_hello_was_refused_says_it_was_never_written(cluster):
         assert refused.value.maybe_applied is None  # a read says nothing of writes
 
 
+def test_a_token_one_node_does_not_know_yet_is_served_by_the_others(tmp_path):
+    """n1's auth file lags the others' (a rollout of a new token): every call with the
+    new token failed on n1, listed first, though n2 and n3 would take it (a client
+    probe's finding). The client now tries its other nodes, as for a node of another
+    cluster; a token no node knows still fails, naming a node that refused it."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    cluster = LocalCluster(3, data_dir=tmp_path, auth=True)
+    n1 = cluster["n1"]
+    n1.extra_args = list(n1.extra_args)
+    n1.extra_args[n1.extra_args.index("--auth-file") + 1] = write_auth_file(fresh, f"old admin {'o' * 32}\n")
+    with cluster:
+        with Client(cluster.endpoints, token=cluster.token, timeout=5) as client:
+            client.put("rolled", "out")
+            assert client.get("rolled") == "out"
+        with Client(cluster.endpoints, token=WRONG, timeout=5) as client, \
+                pytest.raises(UnauthenticatedError, match="token refused") as refused:
+            client.put("rolled", "by no one")
+        assert refused.value.maybe_applied is False
+        assert any(node.address in refused.value.message for node in cluster), refused.value.message
+
+
 def test_a_wrong_token_is_refused_at_hello(cluster):
     with Client(cluster.endpoints, token=WRONG) as client, pytest.raises(UnauthenticatedError, match="token refused"):
         client.put("k", "v")

@@ -37,6 +37,7 @@ from kvwire.protocol import (
     Role,
     Side,
     TooLargeError,
+    UnauthenticatedError,
     WrongClusterError,
     error_from_wire,
 )
@@ -233,6 +234,10 @@ class ClientConnection(asyncio.Protocol):
             if type(exc) is ForbiddenError and role is Role.CLIENT and cluster is not None:
                 self.close()
                 raise WrongClusterError(f"{self.address}: {exc.message}") from None
+            if type(exc) is UnauthenticatedError:
+                # Named, as the client tries its other nodes (one's auth file may lag).
+                self.close()
+                raise UnauthenticatedError(f"{self.address}: {exc.message}") from None
             raise
         if reply.proto != PROTOCOL_VERSION:
             self._fail(f"node speaks protocol version {reply.proto}, we speak {PROTOCOL_VERSION}")

@@ -46,8 +46,9 @@ class KvwireError(Exception):
       it now and the same request may succeed later (exit code 3, a 503 or 504).
     - ``try_another_node``: what failed is the one node asked, not the
       cluster's verdict, so another node may serve the call at once; the client
-      fails over on these. Also ``transient``, but for WrongClusterError: another
-      node may serve the call, and the node asked never will.
+      fails over on these. Also ``transient``, but for WrongClusterError and
+      UnauthenticatedError: another node may serve the call, and the node asked
+      will not until its configuration changes.
     """
 
     code: ErrorCode = ErrorCode.INTERNAL
@@ -156,15 +157,21 @@ class WrongNodeError(ForbiddenError):
 class UnauthenticatedError(ForbiddenError):
     """The node has an auth file and this connection has no accepted token: none
     was given, or the node does not know it (the REST bridge's 401). A token
-    that is known but lacks the role is plain ForbiddenError (403)."""
+    that is known but lacks the role is plain ForbiddenError (403). The client
+    tries its other nodes, as for WrongClusterError: one node's auth file may
+    lag the others' while they are rolled out (a client probe's finding: every
+    call failed on the first node)."""
 
     code = ErrorCode.UNAUTHENTICATED
+    try_another_node = True
 
 
 class NoQuorumError(ServerError):
     """No majority answered in time. For a write, ``maybe_applied`` says whether
     it may still be on some replica (True) or was written nowhere (False).
-    Every node would answer the same, so the client does not fail over on it."""
+    Not ``try_another_node``: it is the cluster's answer, not one node's; but
+    another node may see a majority this one did not, so the client sends it
+    again where that cannot apply it twice (RetryPolicy.retries)."""
 
     code = ErrorCode.NO_QUORUM
     transient = True
