@@ -887,11 +887,25 @@ def test_a_blocking_client_inherited_through_fork_refuses_in_the_child(shared_no
     ({"endpoints": {"127.0.0.1:7379": 1}}, TypeError, "not dict"),
     ({"endpoints": ["127.0.0.1:7379", "127.0.0.1:7380", "127.0.0.1:7379"]}, ValueError,
      "endpoint '127.0.0.1:7379' is given twice"),
+    # One address, written two ways, was two nodes to fail over between (a client probe's finding).
+    ({"endpoints": ["[::1]:7379", "[0::1]:7379"]}, ValueError, "endpoint '[0::1]:7379' is given twice"),
+    ({"endpoints": "[FE80::1]:7379,[fe80::1]:7379"}, ValueError, "endpoint '[fe80::1]:7379' is given twice"),
+    ({"endpoints": ["db.example:7379", "DB.example:7379"]}, ValueError, "is given twice"),
+    ({"endpoints": ["h1:7379,h2:7379"]}, ValueError, "holds a comma: give each 'host:port' as its own list item"),
+    ({"endpoints": "127.0.0.1:7379", "timeout": 10**400}, ValueError, "timeout must be a positive number of seconds"),
     ({"endpoints": "127.0.0.1:7379", "token": "tok\ud800en-of-sixteen-chars"}, ValueError, "token must be text UTF-8"),
 ])
 def test_constructor_arguments_are_refused_by_name(arguments, error, fragment):
     with pytest.raises(error, match=re.escape(fragment)):
         AsyncClient(**arguments)
+
+
+def test_a_number_no_float_can_hold_is_refused_as_a_bad_value_not_an_overflow():
+    """10**400 passed the checks, then raised OverflowError where it was used."""
+    with pytest.raises(ValueError, match="RetryPolicy.attempt_timeout must be a positive number of seconds"):
+        RetryPolicy(attempt_timeout=10**400)
+    with pytest.raises(ValueError, match="RetryPolicy.cooldown must be a finite number"):
+        RetryPolicy(cooldown=10**400)
 
 
 async def test_a_huge_integer_or_a_request_id_utf8_cannot_carry_is_refused_in_one_short_line(shared_node):

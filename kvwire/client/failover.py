@@ -350,8 +350,15 @@ class EndpointSet:
 
 
 def is_real(value: Any) -> bool:
-    """Whether ``value`` is an int or a float, not a bool: what every numeric option accepts."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether ``value`` is an int or a float, not a bool, and a float can hold it (10**400
+    passed, and raised OverflowError where it was used): what every numeric option accepts."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _is_exception_tuple(value: Any) -> bool:

@@ -63,14 +63,26 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[tuple[str, int]]:
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"each endpoint must be a 'host:port' string, got {item!r}")
+        if "," in item and not isinstance(endpoints, str):
+            raise ValueError(f"endpoint {item!r} holds a comma: give each 'host:port' as its own list item")
         endpoint = parse_endpoint(item)
-        if endpoint in parsed:
+        if _same_node(endpoint) in {_same_node(other) for other in parsed}:
             # Each is its own connection and failover attempt: a call would try the same node twice.
             raise ValueError(f"endpoint {item.strip()!r} is given twice")
         parsed.append(endpoint)
     if not parsed:
         raise ValueError("endpoints must name at least one 'host:port'")
     return parsed
+
+
+def _same_node(endpoint: tuple[str, int]) -> tuple[str, int]:
+    """What two spellings of one address share: an IP address in its one written form
+    ([::1] and [0::1], [FE80::1] and [fe80::1] were two endpoints), a host name in lower case."""
+    host, port = endpoint
+    try:
+        return ipaddress.ip_address(host).compressed, port
+    except ValueError:
+        return host.lower(), port
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
