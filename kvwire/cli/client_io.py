@@ -44,8 +44,9 @@ def read_value(path: str, param: str, *, as_json: bool) -> tuple[str, bytes]:
     about them go by; a usage error if unreadable or larger than any value can be."""
     frame = f"{MAX_VALUE_BYTES} bytes, the largest frame a node takes with the default limits"
     limit = MAX_JSON_VALUE_BYTES if as_json else MAX_VALUE_BYTES
-    what = (f"more than {limit} bytes of JSON; no value's is that long (six times {frame})" if as_json
-            else f"more than {limit} bytes; no value is that large ({frame})")
+    what = (f"more than {limit} bytes of JSON, the most kvwire-cli reads (six times {frame})" if as_json
+            else f"more than {limit} bytes, the most kvwire-cli reads ({frame}; the Python client "
+                 "takes larger values, for nodes given larger limits)")
     if path == "-":
         source = f"{param} (stdin)"
         stdin = sys.stdin
