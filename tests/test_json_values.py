@@ -135,3 +135,18 @@ def test_the_reader_keeps_integers_exact_in_msgpack_range_and_reads_bytes():
     assert parse_json("18446744073709551616") == 1.8446744073709552e19
     with pytest.raises(json.JSONDecodeError):
         parse_json("{nope")
+
+
+@pytest.mark.parametrize("value, held", [
+    ([{"$bytes": b"\x00"}], 'another {"$bytes": ...} map'),
+    ({"$bytes": 1}, "got 1"),
+    ({"$bytes": None}, "got null"),
+    ({"$bytes": [1]}, "got an array"),
+    ({"$bytes": "notb64!"}, "'notb64!', not base64"),
+])
+def test_a_tag_map_shown_but_not_readable_is_refused_naming_what_json_held(value, held):
+    """A REST probe read such a value (200) and PUT it back: the refusal showed Python's
+    repr of the inner map already decoded, b'\\x00', which no one had sent."""
+    with pytest.raises(ValueError, match="must hold a base64 string") as refused:
+        parse_json(json_text(value))
+    assert held in str(refused.value) and "b'" not in str(refused.value)

@@ -63,9 +63,23 @@ def decode_bytes(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and BYTES_TAG in obj:
         encoded = obj[BYTES_TAG]
         if not isinstance(encoded, str) or not _BASE64.fullmatch(encoded):
-            raise ValueError(f'{{"{BYTES_TAG}": ...}} must hold a base64 string, got {encoded!r}')
+            raise ValueError(f'{{"{BYTES_TAG}": ...}} must hold a base64 string, got {_as_json_sees_it(encoded)}')
         return base64.b64decode(encoded, validate=True)
     return obj
+
+
+def _as_json_sees_it(item: Any) -> str:
+    """What the JSON read held, for a message: ``item`` is already decoded (an inner
+    ``{"$bytes": ...}`` is bytes by now, and its repr, b'...', was never sent)."""
+    if isinstance(item, bytes):
+        return f'another {{"{BYTES_TAG}": ...}} map (such a map cannot hold bytes, so it has no JSON form)'
+    if isinstance(item, str):
+        return f"{item[:40]!r}, not base64"
+    if isinstance(item, dict):
+        return "an object"
+    if isinstance(item, list):
+        return "an array"
+    return "null" if item is None else json.dumps(item)
 
 
 def object_from_pairs(pairs: list[tuple[str, Any]]) -> Any:
