@@ -12,7 +12,11 @@ connection rather than a timer each:
 - a connection with no request for ``idle_timeout`` is closed;
 - a request must have its head whole within ``request_timeout`` and its body
   never silent for as long, or it is answered 408 and the connection closed
-  (the fast path's own check, or a watch's on aiohttp's connections).
+  (the fast path's own check, or a watch's on aiohttp's connections);
+- a connection whose client reads none of its answers for ``idle_timeout`` (the
+  socket's buffer full all that time) is dropped: a REST probe held every one
+  of ``max_connections`` that way, pipelining GETs it never read, and every
+  other client was answered 503 (nginx's ``send_timeout``).
 
 A connection handed to aiohttp is counted until it closes; aiohttp closes it
 after ``idle_timeout`` without a request (its ``keepalive_timeout``), and the
@@ -22,6 +26,7 @@ sweep applies ``request_timeout`` to it through its watch (handed_over.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Callable, Iterable
 
 from .handed_over import HandedOver
@@ -32,6 +37,8 @@ from .linger import Lingering
 # once a second.
 MIN_SWEEP_SECONDS = 0.05
 MAX_SWEEP_SECONDS = 1.0
+
+log = logging.getLogger("kvwire.http")
 
 
 class Bounds:
@@ -70,6 +77,17 @@ class Bounds:
         """Whether a new connection would be one too many."""
         return self.open(fast_path_connections) >= self.max_connections
 
+    def reads_nothing(self, now: float, paused_since: float, transport: asyncio.BaseTransport) -> bool:
+        """Drop ``transport`` (and say so) if its client has read none of its answers since
+        ``paused_since`` for ``idle_timeout``; whether it did. Aborted: a close would wait
+        for answers the client does not read."""
+        if now - paused_since < self.idle_timeout:
+            return False
+        log.info("dropping a connection: its client read none of its answers for %g s (--idle-timeout)",
+                 self.idle_timeout)
+        transport.abort()
+        return True
+
     def handed_over(self, watch: HandedOver) -> None:
         self._handed_over.add(watch)
 
@@ -89,6 +107,8 @@ class Bounds:
             for connection in list(self._connections()):
                 connection.check_deadlines(now)
             for watch in list(self._handed_over):
+                if watch.paused_since is not None and self.reads_nothing(now, watch.paused_since, watch.transport):
+                    continue
                 what = watch.overdue(now, self.request_timeout)
                 if what is not None:
                     self._time_out(watch, what)

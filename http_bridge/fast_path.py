@@ -272,6 +272,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._held_limit = shared.config.max_body_bytes + MAX_HELD_BYTES
         self._busy = False  # a request is being answered; the next waits (HTTP/1.1 answers in order)
         self._writing_paused = False
+        self._paused_since = 0.0  # when writing last paused: its client reads none of its answers
         self._reading_paused = False
         self._eof = False
         self._closing = False  # shutting down, or the client said Connection: close
@@ -318,6 +319,7 @@ class FastPathProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._paused_since = self._loop.time()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
@@ -421,8 +423,14 @@ class FastPathProtocol(asyncio.Protocol):
         long (a large body may take longer in all, as long as it keeps coming, as nginx's
         client_header_timeout and client_body_timeout). Neither while a request is answered,
         nor while the client is slow to read answers (whole requests then wait in the buffer,
-        held back by TCP, not by the client's sending)."""
-        if self._busy or self._writing_paused or self._transport is None:
+        held back by TCP, not by the client's sending); but a client that reads none of them
+        for --idle-timeout is dropped (Bounds.reads_nothing)."""
+        if self._writing_paused and self._transport is not None:
+            if self._shared.bounds.reads_nothing(now, self._paused_since, self._transport):
+                self._transport = None
+                self._forget()
+            return
+        if self._busy or self._transport is None:
             return
         bounds = self._shared.bounds
         if not self._buffer:

@@ -47,6 +47,8 @@ class HandedOver(asyncio.Protocol):
         # The body of a request answered before it was read whole: aiohttp reads and
         # drops the rest (for up to its lingering_time), and those bytes are no head.
         self._draining: StreamReader | None = None
+        # Since when its client has read none of the answers (the transport's buffer full).
+        self.paused_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.handler.connection_made(transport)
@@ -70,9 +72,11 @@ class HandedOver(asyncio.Protocol):
         self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self.paused_since = self._loop.time()
         self.handler.pause_writing()
 
     def resume_writing(self) -> None:
+        self.paused_since = None
         self.handler.resume_writing()
 
     def request_started(self) -> None:

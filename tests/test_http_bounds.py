@@ -208,6 +208,41 @@ def test_a_request_still_being_answered_is_not_cut_off_by_idle_timeout(node, tmp
             client.close()
 
 
+@pytest.mark.parametrize("served_by", ["fast-path", "aiohttp"])
+def test_a_client_that_reads_none_of_its_answers_is_dropped_after_idle_timeout(node, tmp_path, served_by):
+    """A REST probe pipelined GETs of a 1 MiB value on every one of --max-connections
+    and read none of the answers: neither timeout applied while the bridge's writes
+    were held back, the connections stayed for good, and every other client was
+    answered 503. A client reading nothing for --idle-timeout is now dropped."""
+    from kvwire import Client as KvClient
+
+    with KvClient(node.address) as writer:
+        writer.put("big", "x" * 1_000_000)
+    big_get = request("GET", f"{PREFIX}/kv/big/")
+    with bridge(node, tmp_path, "--idle-timeout", "1", "--request-timeout", "1", "--max-connections", "2",
+                *(["--no-fast-path"] if served_by == "aiohttp" else [])) as running:
+        running.wait_ready()
+        hogs = []
+        try:
+            wait_for(lambda: http("GET", f"{running.url}{PREFIX}/kv/big/").status == 200, timeout=10,
+                     what="wait_ready's connection gone")
+            for _ in range(2):
+                hog = socket.socket()
+                hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+                hog.connect(("127.0.0.1", running.port))
+                hog.sendall(big_get * 20)  # and reads nothing, ever
+                hogs.append(hog)
+            started = time.monotonic()
+            assert http("GET", f"{running.url}{PREFIX}/kv/big/").status == 503  # the two hold both
+            wait_for(lambda: http("GET", f"{running.url}{PREFIX}/kv/big/").status == 200, timeout=15,
+                     what="the readers of nothing dropped, their connections free")
+            assert time.monotonic() - started >= 0.9  # not before they had their --idle-timeout
+            assert "its client read none of its answers for 1 s (--idle-timeout)" in running.log()
+        finally:
+            for hog in hogs:
+                hog.close()
+
+
 LORIS_PUT = request("PUT", f"{PREFIX}/kv/loris/", b'{"value": "' + b"x" * 80 + b'"}')
 
 

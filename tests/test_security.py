@@ -331,6 +331,34 @@ def test_a_slow_loris_frame_is_closed_after_the_frame_timeout(strict_node):
     wait_for(lambda: "is still incomplete" in strict_node.log(), timeout=5, what="the node logging why")
 
 
+def test_clients_that_read_none_of_their_replies_lose_their_slots_after_the_frame_timeout(tmp_path):
+    """Every one of --max-connections pipelining GETs of a large value and reading no
+    reply: flow control bounded the memory, but nothing the time, and every other
+    client was refused for good (a REST probe found it on the bridge; the node had
+    the same gap). Replies left unread for --frame-timeout now end the connection."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--frame-timeout", "1", "--max-connections", "3", "--sync", "off"]) as node:
+        with Client(node.address) as writer:
+            writer.put("big", "x" * 500_000)
+        get_big = b"".join(encode(Get(number, "big")) for number in range(1, 41))
+        hogs = []
+        try:
+            for _ in range(3):
+                hog = socket.socket()
+                hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+                hog.connect((node.host, node.port))
+                hog.sendall(get_big)  # and reads nothing, ever
+                hogs.append(hog)
+            started = time.monotonic()
+            wait_for(lambda: node.ping(timeout=0.5), timeout=15, what="a slot free again")
+            assert time.monotonic() - started >= 0.9  # not before their --frame-timeout
+            wait_for(lambda: "read none of the replies sent it for 1 s" in node.log(), timeout=5,
+                     what="the node saying why")
+        finally:
+            for hog in hogs:
+                hog.close()
+
+
 def test_an_idle_connection_whose_backlog_has_drained_is_not_taken_for_a_slow_loris(tmp_path):
     """Three GETs of 600 kB in one write: the first pass stops past 1 MiB of
     replies and leaves the third, whole, in the buffer for later. Once it is

@@ -88,6 +88,8 @@ class NodeProtocol(asyncio.Protocol):
         self._requests_seen = 0
         self._quiet_since = self._opened_at
         self._partial_since: float | None = None
+        # Since when the replies written wait unread (the transport's buffer full).
+        self._writing_paused_at: float | None = None
         # Requests read but left in the codec's buffer because one pass made
         # replies enough (MAX_REPLY_BYTES_PER_PASS), or --max-inflight requests
         # wait: handled once the replies drain and fewer than half of those wait.
@@ -170,9 +172,11 @@ class NodeProtocol(asyncio.Protocol):
         self._node.connections = len(self._registry)
 
     def pause_writing(self) -> None:
+        self._writing_paused_at = self._loop.time()
         self._flow.pause_writing()
 
     def resume_writing(self) -> None:
+        self._writing_paused_at = None
         self._flow.resume_writing()
         if self._backlog:
             self._schedule_drain()
@@ -426,10 +430,15 @@ class NodeProtocol(asyncio.Protocol):
         """Why this connection should be closed at ``now``, or None: it has not said
         who it is within hello_timeout (with an auth file: it has no token or peer
         role, and has been idle that long), or a frame it began has not arrived whole
-        within frame_timeout (a slow loris holding one of max_connections)."""
+        within frame_timeout (a slow loris holding one of max_connections), or the
+        replies it was sent wait unread that long (one pipelining requests it never
+        reads the answers to held its slot for good; a REST probe found the same on
+        the bridge)."""
         if self._closed:
             return None
         config = self._node.config
+        if self._writing_paused_at is not None and now - self._writing_paused_at > config.frame_timeout:
+            return f"it read none of the replies sent it for {config.frame_timeout:g} s"
         if config.auth is None:
             if now - self._opened_at > config.hello_timeout and self._requests_read == 0:
                 return f"no request within {config.hello_timeout:g} s"
@@ -455,6 +464,9 @@ class NodeProtocol(asyncio.Protocol):
         self._node.limited_log.log(logging.INFO, "connections closed past a deadline", "closing %s: %s",
                                 self._session.peer, reason, logger=log)
         self._node.metrics.connections_timed_out += 1
+        if self._writing_paused_at is not None:
+            self.drop()  # a notice, or a close that waits for the replies to drain, would wait for good
+            return
         self._later.append(encode(ErrorReply(None, ErrorCode.TIMEOUT, f"closing the connection: {reason}")))
         self._close()
 

@@ -52,7 +52,8 @@ class NodeCollector(Collector):
         )
         yield CounterMetricFamily(
             "kvwire_connections_timed_out",
-            "Connections closed for saying nothing in --hello-timeout or stalling a frame past --frame-timeout.",
+            "Connections closed for saying nothing in --hello-timeout, stalling a frame past --frame-timeout, "
+            "or reading none of their replies for as long.",
             value=metrics.connections_timed_out,
         )
 
