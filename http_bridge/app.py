@@ -492,11 +492,14 @@ def status_for(error: KvwireError) -> int:
 
 
 def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
+    # The path as sent: decoded, /kv-store/v1/kv%2Fzz/ read "no such path: /kv-store/v1/kv/zz/",
+    # a path that exists (a REST probe's finding).
+    path = request.rel_url.raw_path
     if error.status == 404:
-        return f"no such path: {request.path}"
+        return f"no such path: {path}"
     if error.status == 405:
         allowed = error.headers.get("Allow", "")
-        return f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
+        return f"method {request.method} is not allowed on {path}; allowed: {allowed}"
     if error.status == 413:
         return f"the request body is larger than the limit of {request.app[CONFIG].max_body_bytes} bytes"
     if error.status == 415:

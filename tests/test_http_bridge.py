@@ -289,6 +289,8 @@ def test_unknown_paths_404_and_wrong_methods_405_in_json(api):
     root = base[: -len(PREFIX)]
     for url in (f"{root}/", f"{root}/nope", f"{base}/kv/", f"{base}/kv//", f"{base}/kv/a/b/", f"{base}/other/"):
         check_error(http("GET", url), 404, "no such path")
+    # Named as sent: decoded, it read as /kv-store/v1/kv/zz/, a path that exists.
+    check_error(http("PUT", f"{base}/kv%2Fzz/", {"value": 1}), 404, f"no such path: {PREFIX}/kv%2Fzz/")
     reply = http("POST", kv(base, "k"), {"value": 1})
     check_error(reply, 405, "POST")
     assert set(reply.headers["Allow"].split(",")) == {"GET", "HEAD", "PUT", "DELETE"}
