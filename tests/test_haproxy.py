@@ -464,6 +464,22 @@ def test_up_with_haproxy_runs_it_in_front_of_nodes_and_bridges(tmp_path, haproxy
         stop_gracefully(up)
 
 
+def test_up_with_haproxy_in_a_deep_directory_says_the_socket_path_is_too_long(tmp_path, haproxy_binary):
+    """haproxy refuses an admin socket path over 97 characters: from a deep directory, up
+    restarted it for 30 s and then said only "haproxy not answering" (a deploy probe)."""
+    deep = tmp_path / ("d" * (110 - len(str(tmp_path))))
+    deep.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "kvwire", "up", "--haproxy", "--base-port", str(free_port_run(3))],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, cwd=deep,
+        env={**os.environ, "KVWIRE_LB_TCP": free_address(), "KVWIRE_LB_HTTP": free_address(),
+             "KVWIRE_LB_STATS": free_address()},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "haproxy takes at most 97" in result.stderr and "KVWIRE_LB_SOCKET" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_up_with_haproxy_but_no_binary_says_how_to_install_it(tmp_path):
     # A PATH with python but without haproxy.
     bin_dir = tmp_path / "bin"

@@ -43,6 +43,10 @@ def find_config() -> Path:
     raise click.ClickException(f"haproxy/kvwire.cfg not found (looked in {', '.join(map(str, candidates))})")
 
 
+# The longest admin socket path haproxy accepts (its "socket path ... too long (max 97)").
+MAX_SOCKET_PATH_CHARS = 97
+
+
 def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int], data_dir: Path,
                   tls: DevCerts | None = None) -> ChildProcess:
     """The HAProxy child for ``kvwire up``, after checking it can start; prints its endpoints.
@@ -62,6 +66,13 @@ def haproxy_child(host: str, node_ports: Sequence[int], http_ports: Sequence[int
             _check_port_free(host, port, name)
             env[name] = format_endpoint(host, port)
     env.setdefault("KVWIRE_LB_SOCKET", str((data_dir / "haproxy.sock").absolute()))
+    if len(env["KVWIRE_LB_SOCKET"]) > MAX_SOCKET_PATH_CHARS:
+        # haproxy refuses its config for it, and up restarted it until its 30 s deadline
+        # said only "not answering" (a deploy probe ran up from a deep directory).
+        raise click.ClickException(
+            f"haproxy's admin socket {env['KVWIRE_LB_SOCKET']} is {len(env['KVWIRE_LB_SOCKET'])} characters long, "
+            f"and haproxy takes at most {MAX_SOCKET_PATH_CHARS}: give a shorter --data-dir, or set "
+            "KVWIRE_LB_SOCKET=/tmp/NAME.sock")
     if tls is not None:
         env.update(KVWIRE_LB_TLS_CA=str(tls.ca.absolute()), KVWIRE_LB_TLS_CERT=str(tls.haproxy.absolute()))
     click.echo(
