@@ -259,9 +259,9 @@ def handler_in_place(stderr: str) -> bool:
     return entry is not None and "import time:" in stderr[entry.end():]
 
 
-def interrupt_after(command, delay, tmp_path, env, **popen):
-    """Start ``command`` and send it SIGINT ``delay`` seconds after its entry module took
-    over SIGINT; its exit status, and its stderr without the import-time lines that timed it."""
+def interrupt_after(command, delay, tmp_path, env, signum=signal.SIGINT, **popen):
+    """Start ``command`` and send it ``signum`` (SIGINT) ``delay`` seconds after its entry module
+    took over SIGINT; its exit status, and its stderr without the import-time lines that timed it."""
     stderr_path = tmp_path / "stderr"
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(
@@ -277,7 +277,7 @@ def interrupt_after(command, delay, tmp_path, env, **popen):
                  timeout=30, interval=0.002, what="the entry module to take over SIGINT")
         time.sleep(delay)  # the delay is what is tested: where in its start the signal lands
         assert process.poll() is None, f"exited on its own: {process.returncode}\n{stderr_path.read_text()}"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -319,6 +319,18 @@ def test_ctrl_c_while_a_server_starts_exits_0_quietly(tmp_path, server, delay):
     code, stderr = interrupt_after(SERVERS[server](str(tmp_path / "data")), delay, tmp_path, clean_env(), cwd=tmp_path)
     assert code == 0, stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr, stderr
+
+
+@pytest.mark.parametrize("delay", EARLY[:2])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+@pytest.mark.parametrize("server", ["serve", "up"])
+def test_sigterm_or_sighup_while_a_server_starts_exits_0_quietly(tmp_path, server, signum, delay):
+    """Only SIGINT was taken over early: SIGTERM or SIGHUP in a server's first tenth of
+    a second killed it (143, 129), where the README says it exits 0 (a deploy probe)."""
+    code, stderr = interrupt_after(SERVERS[server](str(tmp_path / "data")), delay, tmp_path, clean_env(),
+                                   signum=signum, cwd=tmp_path)
+    assert code == 0, stderr
+    assert "Traceback" not in stderr, stderr
 
 
 def test_a_ctrl_c_whose_exit_was_swallowed_still_stops_a_server_as_it_starts(monkeypatch, caplog):
@@ -432,6 +444,11 @@ def test_a_ctrl_c_whose_exit_python_wraps_in_another_error_still_exits_quietly(m
     (["--", "--sync", "off"], "--sync cannot be passed on to every node: use kvwire up --sync"),
     (["--", "--http-listen", "127.0.0.1:1"], "--http-listen cannot be passed on to every node"),
     (["--", "--join"], "--join cannot be passed on to every node"),
+    # Options that do not go together: every node started, each refused them, exit 1 (a deploy probe).
+    (["--", "--failure-timeout", "0.1"], "--failure-timeout (0.1 s) must exceed twice --heartbeat-interval"),
+    (["--", "--tombstone-grace", "1"], "--tombstone-grace (1.0 s) must be at least four times --write-timeout"),
+    (["--", "--max-frame-bytes", "100"], "--max-frame-bytes (100) must be at least"),
+    (["--", "--http-allowed-hosts", "kv.example"], "--http-allowed-hosts is for the REST API of --http-listen"),
 ])
 def test_up_refuses_bad_node_arguments_before_starting_anything(tmp_path, args, message):
     base = free_port_run(1)

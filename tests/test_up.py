@@ -762,17 +762,19 @@ def test_variables_no_two_nodes_can_share_are_kept_from_them(tmp_path):
 
 def test_options_after_a_double_dash_reach_every_node(tmp_path):
     base = free_port_run(1)
-    # `up` refuses a value `kvwire serve` would (test_cli_edges), but leaves the relations
-    # between options to the node: this heartbeat interval is not under half the failure
-    # timeout, and that the node refuses it shows it got there.
+    # `up` refuses what `kvwire serve` would (test_cli_edges), but leaves the files the
+    # options name to the node: this auth file is not one, and that the node refuses it
+    # shows the option got there.
+    auth_file = tmp_path / "not-an-auth-file"
+    auth_file.write_text("not an auth file line\n")
     up = Up(tmp_path, "--nodes", "1", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"),
-            "--", "--heartbeat-interval", "0.5")
+            "--", "--auth-file", str(auth_file))
     try:
         assert up.wait_exit(timeout=30) == 1
         # A configuration error: said once, and not restarted forever.
         assert "node n1 exited unexpectedly (exit status 2); its log is above. It refused its options, so it is not restarted" in up.stderr
         assert "restarting" not in up.stderr and "Traceback" not in up.stderr
-        assert re.search(r"^n1 \| .*--heartbeat-interval \(0\.5 s\)", up.stderr, re.MULTILINE), up.stderr
+        assert re.search(r"^n1 \| .*not-an-auth-file line 1: expected NAME ROLE TOKEN", up.stderr, re.MULTILINE), up.stderr
     finally:
         up.cleanup()
 

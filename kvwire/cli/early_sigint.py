@@ -9,3 +9,5 @@ here (kvwire.cli.signals) rather than running on as if nobody had asked it to st
 """
 
 received = False
+# Which signal it was: serve, bridge and up take SIGTERM and SIGHUP the same way (entry.py).
+signum = 2  # SIGINT's number; this module imports nothing, not even signal

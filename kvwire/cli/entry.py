@@ -30,6 +30,12 @@ def kvwire() -> None:
     commands get KeyboardInterrupt back once imported (bench, stopped, writes what it measured)."""
     status = interrupted_status(sys.argv[1:])
     installed = _exit_on_sigint(status)
+    if installed and status == 0:
+        # serve, bridge and up exit 0 after SIGTERM and SIGHUP too (README), and were
+        # killed by either in their first tenth of a second (a deploy probe's finding).
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, signal.getsignal(signal.SIGINT))
     fill_closed_standard_fds()
     with exit_quietly_once_interrupted(status):
         from .main import main
@@ -102,6 +108,7 @@ def _exit_on_sigint(status: int) -> bool:
 
     def interrupted(signum: int, frame: object) -> None:
         early_sigint.received = True  # in case the SystemExit is swallowed where it is raised
+        early_sigint.signum = signum
         raise SystemExit(status)
 
     report_unraisable = sys.unraisablehook

@@ -78,21 +78,7 @@ def main() -> None:
 def serve(**options) -> None:
     """Run one node in the foreground until SIGTERM, SIGINT or SIGHUP."""
     try:
-        config = server_config(options)
-        http_address = parse_host_port(options["http_listen"]) if options["http_listen"] else None
-        metrics_address = parse_host_port(options["metrics_listen"]) if options["metrics_listen"] else None
-        check_listeners_differ({"--listen": (config.host, config.port), "--http-listen": http_address,
-                                "--metrics-listen": metrics_address})
-        if http_address is not None:
-            # Checked now, so that a bad name is a usage error before anything starts.
-            from .bridge import node_bridge_config
-
-            node_bridge_config(config, http_address, options["allowed_hosts"])
-        elif options["allowed_hosts"] and \
-                click.get_current_context().get_parameter_source("allowed_hosts") is ParameterSource.COMMANDLINE:
-            # Given on the command line, a mistake; from KVWIRE_HTTP_ALLOWED_HOSTS, an environment
-            # shared with nodes that serve REST (kvwire up, an env file), and moot here.
-            raise ValueError("--http-allowed-hosts is for the REST API of --http-listen; give that too")
+        config, http_address, metrics_address = checked_settings(options)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     node_id = config.node_id
@@ -101,6 +87,37 @@ def serve(**options) -> None:
     warn_if_peers_dial_elsewhere(config)
     sys.exit(run_node(config, http_listen=http_address, metrics_listen=metrics_address,
                       http_allowed_hosts=options["allowed_hosts"]))
+
+
+# What checked_settings leaves out when it may not read files: they may not exist yet
+# (kvwire up makes the cluster secret and the certificates once its check has passed).
+_FILES_LEFT_TO_THE_NODE = {"cluster_secret_file": None, "auth_file": None, "tls_cert": None, "tls_key": None,
+                           "tls_ca": None, "insecure": True}
+
+
+def checked_settings(options: dict, *, read_files: bool = True) -> tuple[ServerConfig, tuple | None, tuple | None]:
+    """``serve``'s options checked as a whole: the config, and the --http-listen and
+    --metrics-listen addresses; ValueError names what is wrong. Without ``read_files``,
+    the files named are left for the node to read (``kvwire up`` checks a node's options
+    before it makes them): the options' relations are what is checked then."""
+    if not read_files:
+        options = {**options, **_FILES_LEFT_TO_THE_NODE}
+    config = server_config(options)
+    http_address = parse_host_port(options["http_listen"]) if options["http_listen"] else None
+    metrics_address = parse_host_port(options["metrics_listen"]) if options["metrics_listen"] else None
+    check_listeners_differ({"--listen": (config.host, config.port), "--http-listen": http_address,
+                            "--metrics-listen": metrics_address})
+    if http_address is not None:
+        # Checked now, so that a bad name is a usage error before anything starts.
+        from .bridge import node_bridge_config
+
+        node_bridge_config(config, http_address, options["allowed_hosts"])
+    elif options["allowed_hosts"] and \
+            click.get_current_context().get_parameter_source("allowed_hosts") is ParameterSource.COMMANDLINE:
+        # Given on the command line, a mistake; from KVWIRE_HTTP_ALLOWED_HOSTS, an environment
+        # shared with nodes that serve REST (kvwire up, an env file), and moot here.
+        raise ValueError("--http-allowed-hosts is for the REST API of --http-listen; give that too")
+    return config, http_address, metrics_address
 
 
 def server_config(options: dict) -> ServerConfig:

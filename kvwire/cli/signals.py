@@ -38,7 +38,7 @@ def run_until_stop_signal(serve: Callable[[asyncio.Event], Awaitable[T]], log: l
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, _on_signal, signum, stop, log, stopping)
         if early_sigint.received:
-            _on_signal(signal.SIGINT, stop, log, stopping)
+            _on_signal(early_sigint.signum, stop, log, stopping)
         return await serve(stop)
 
     return uvloop.run(main())

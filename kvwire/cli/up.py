@@ -38,8 +38,8 @@ from ..testing import ChildProcess, DevCerts
 from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .exit_status import USAGE_ERROR_STATUS
 from .haproxy import haproxy_child
-from .main import serve
-from .options import DirectoryPath
+from .main import checked_settings, serve
+from .options import DirectoryPath, usage_error
 from .signals import STOP_SIGNALS
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 from .up_certs import prepare_dev_certs
@@ -236,18 +236,26 @@ SET_BY_UP = {
 def _check_serve_args(own: list[str], serve_args: tuple[str, ...]) -> None:
     """Read a node's command line (``own`` options, then ``serve_args``) as `kvwire serve` will,
     so that a stray argument or a bad option after `--` is refused now, before any node starts,
-    not by every node in turn. What only the node can check (a file, ports, option relations)
-    is left to it. An option `up` sets for each node itself is refused after `--`."""
+    not by every node in turn, and so are options that do not go together (--failure-timeout
+    below twice --heartbeat-interval started every node to see each refuse it, exit 1). What
+    only the node can check (its files, its ports) is left to it. An option `up` sets for
+    each node itself is refused after `--`."""
     with serve.make_context("kvwire serve", list(serve_args), resilient_parsing=True) as given:
         for param in serve.params:
             if param.name in SET_BY_UP and given.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
                 raise click.UsageError(f"{param.opts[0]} cannot be passed on to every node: {SET_BY_UP[param.name]}")
+    what = f"the arguments passed on to kvwire serve ({shlex.join(serve_args)})" if serve_args else "its options"
+    refused: str | None = None
     try:
-        with serve.make_context("kvwire serve", [*own, *serve_args]):
-            pass
+        with serve.make_context("kvwire serve", [*own, *serve_args]) as given:
+            try:
+                checked_settings(given.params, read_files=False)
+            except ValueError as exc:
+                refused = usage_error(str(exc)).format_message()  # worded as serve words it: options, variables
     except click.ClickException as exc:
-        what = f"the arguments passed on to kvwire serve ({shlex.join(serve_args)})" if serve_args else "its options"
-        raise click.UsageError(f"every node would refuse {what}: {exc.format_message()}") from None
+        refused = exc.format_message()
+    if refused is not None:
+        raise click.UsageError(f"every node would refuse {what}: {refused}")
 
 
 def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], data_dir: Path, cluster_id: str,
