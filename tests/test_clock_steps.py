@@ -153,11 +153,17 @@ def test_a_rest_write_read_by_a_nodes_own_bridge_after_a_stall_past_request_memo
                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             offset.write_text("+65s\n")
             cluster.resume("n1")
-            response = http.client.HTTPResponse(rest)
-            response.begin()
-            answer = response.read()
-        assert response.status == 503, (response.status, answer)
-        assert b"could not run for" in answer, answer
+            # Read before the node's first event after the stall, it is refused, 503; read
+            # after, the connection is dropped with the node's, unread (seen under a loaded
+            # CI run). Either way it must be applied nowhere.
+            try:
+                response = http.client.HTTPResponse(rest)
+                response.begin()
+                answered = (response.status, response.read())
+            except (http.client.RemoteDisconnected, ConnectionResetError):
+                answered = None
+        if answered is not None:
+            assert answered[0] == 503 and b"could not run for" in answered[1], answered
         for node in cluster:
             with Client(node.address, timeout=5) as client, pytest.raises(KeyError):
                 client.get("fresh", consistency=Consistency.ONE)
