@@ -423,8 +423,9 @@ class Node:
             # Dialled in before this link stood, so unchecked then (_check_instance).
             # Or from an earlier process of the member, whose connection stayed open (its
             # host lost power): which, this node cannot tell, so the line says both.
-            for session in [session for session in self._peer_sessions
-                            if session.member == peer and session.instance not in (None, instance)]:
+            # (A session whose connection has closed, drop gone, is not one to drop or report.)
+            for session in [session for session in self._peer_sessions if session.drop is not None
+                            and session.member == peer and session.instance not in (None, instance)]:
                 self.limited_log.log(logging.WARNING, "dropped peer connections (another process as one member)",
                                      "dropped the peer connection from %s as %s: it comes from another process than "
                                      "the one this node's link reaches at %s, %s's --cluster address: an earlier "
@@ -433,8 +434,7 @@ class Node:
                                      self.peers.address(peer), peer, peer, peer,
                                      extra={"peer": peer, "event": "peer_connection_superseded"})
                 self._peer_sessions.discard(session)
-                if session.drop is not None:
-                    session.drop()
+                session.drop()
         self.core.link_up(peer, self._clock(), joining=joining)
         self._perform()
 
