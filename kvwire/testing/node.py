@@ -33,6 +33,11 @@ T = TypeVar("T")
 # there, at random, and probed.
 _LOWEST_PORT = 10_000
 _PORT_PICKER = random.Random()  # seeded from os.urandom: each process draws its own ports
+# Ports this process has handed out: a port probed free stays free until its user binds
+# it, so two picks before either bound could name the same one (a CI run's HAProxy found
+# its stats port taken, "Address already in use"). Not given twice until most are used.
+_HANDED_OUT: set[int] = set()
+_MAX_HANDED_OUT = 10_000
 
 
 @functools.cache  # the range is the machine's: read it once, not at every pick
@@ -60,9 +65,11 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     (for commands such as ``kvwire up`` that take a base port), below the kernel's
     ephemeral range where it has room, in it otherwise."""
     top = _first_ephemeral_port() - count
+    if len(_HANDED_OUT) > _MAX_HANDED_OUT:
+        _HANDED_OUT.clear()
     for _ in range(200):
         base = _PORT_PICKER.randrange(_LOWEST_PORT, top) if top > _LOWEST_PORT else _kernel_port(host)
-        if base + count - 1 > 65535:
+        if base + count - 1 > 65535 or not _HANDED_OUT.isdisjoint(range(base, base + count)):
             continue
         probes: list[socket.socket] = []
         try:
@@ -70,6 +77,7 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
                 probe = socket.socket()
                 probes.append(probe)
                 probe.bind((host, port))
+            _HANDED_OUT.update(range(base, base + count))
             return base
         except OSError:
             continue
