@@ -1495,6 +1495,26 @@ def test_a_put_left_undecided_after_a_refusal_keeps_its_readers_until_this_node_
     assert held and all(reply.version == Version(6, "n3") for reply in held)
 
 
+def test_an_undecided_puts_readers_are_released_once_a_peer_holds_its_very_tag():
+    """The refuser's newer copy was lost with its disk and every replica came to hold the
+    undecided tag: no answer could ever be newer, and the readers of the key were held
+    for good, its hints with them (python -m kvwire.sim --seed 542010 --ops 200 --nodes 3
+    --faults crash,pause,partition,one-way,disk,network --clients 5). This node and a peer
+    holding exactly the tag are a majority: no write above it was acknowledged."""
+    for mutant, released in ((None, True), ("hold-readers-of-a-held-tag", False)):
+        core = refused_tag_left_here(mutant)
+        effects = core.take_effects()
+        fetches = [e for e in effects if type(e) is Send and e.message_type is Fetch]
+        assert fetches and fetch_reply(core) is None  # held
+        core.peer_reply(fetches[0].peer, fetches[0].request_id,
+                        FetchReply(1, Version(5, "!n1"), False, "v", 0), 0.0)
+        reply = fetch_reply(core)
+        if released:
+            assert reply is not None and reply.version == Version(5, "!n1"), reply
+        else:
+            assert reply is None, mutant
+
+
 def test_a_key_a_failed_delete_left_undecided_is_still_stranded_after_a_clean_restart():
     # A probe of the core (2026-12-06): kept in memory only, the mark was gone after a
     # clean restart; the next PUT through n2 minted (3, n2) over its failed tombstone

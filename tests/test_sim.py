@@ -345,6 +345,9 @@ CORE_CASES = {
     # The simulator's pauses last a few seconds, far below the 60 s that request ids
     # are kept, which this rule's case needs.
     "write-after-long-stall": "test_a_write_read_after_a_stall_longer_than_request_ids_are_kept_is_refused_unstarted",
+    # A liveness rule: the simulator catches its mutant only with the narrower run of
+    # the seed that found it (test_seed_542010_drains_its_hints), not by its searches.
+    "hold-readers-of-a-held-tag": "test_an_undecided_puts_readers_are_released_once_a_peer_holds_its_very_tag",
 }
 
 
@@ -532,3 +535,15 @@ def test_hints_are_judged_drained_by_the_designs_bound_and_a_node_that_never_rep
     assert late.ok, late.problems
     never = run_seed(CAUGHT_ON["no-hint-replay"], faults=FAULT_KINDS, mutant="no-hint-replay")
     assert any("hint(s) for" in problem and "after every fault healed" in problem for problem in never.problems)
+
+
+def test_seed_542010_drains_its_hints():
+    """A one-round-trip PUT left undecided after a refusal, whose refuser's newer copy was
+    then lost with its disk: every replica came to hold the PUT's tag, no answer could be
+    newer, and the coordinator held the key's readers, and its hints, for good (found by a
+    sweep of seeds 540,000-543,999, 2026-12-06). The rule's mutant fails it."""
+    mix = dict(operations=200, nodes=3, faults=("crash", "pause", "partition", "one-way", "disk", "network"),
+               clients=5)
+    assert run_seed(542010, **mix).problems == []
+    held = run_seed(542010, mutant="hold-readers-of-a-held-tag", **mix)
+    assert any("still holds 1 hint(s)" in problem for problem in held.problems), held.problems

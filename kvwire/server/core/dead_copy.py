@@ -32,10 +32,22 @@ from .services import CoreServices
 
 
 class DeadCopyRepair:
-    def __init__(self, core: CoreServices, key: str, dead: Version) -> None:
+    """``undecided``: the tag is a PUT's left undecided after a refusal (its client told
+    ``maybe_applied``), not a dead one. Its readers are then also released once a peer
+    answers holding exactly that tag: this node and that peer are a majority, and a write
+    acknowledged above the tag would be on one of them, above it; the peer serves the tag
+    already. Without it the readers were held for good once every replica held the tag
+    (the refuser's newer copy lost with its disk), and the hints of the key with them
+    (``python -m kvwire.sim --seed 542010 --ops 200 --nodes 3 --faults
+    crash,pause,partition,one-way,disk,network --clients 5``). A dead tag's refusers held
+    newer durably, so no peer can answer with it, and its client was told nothing was
+    written: that rule stays as it was."""
+
+    def __init__(self, core: CoreServices, key: str, dead: Version, *, undecided: bool = False) -> None:
         self._core = core
         self._key = key
         self._dead = dead
+        self._undecided = undecided
         self._round: MajorityRound | None = None
 
     def start(self) -> None:
@@ -53,10 +65,14 @@ class DeadCopyRepair:
     def _fetched(self, answers: Answers | None) -> None:
         copies = [copy for _, copy in answers or ()]
         newest: Copy | None = max(copies, key=lambda copy: copy.version) if copies else None
+        core, key = self._core, self._key
+        if newest is not None and newest.version == self._dead and self._undecided \
+                and core.mutant != "hold-readers-of-a-held-tag":
+            core.one_trip_ended(key)
+            return
         if newest is None or newest.version <= self._dead:
             self._try_later()
             return
-        core, key = self._core, self._key
         request = self._round.requests.get(newest.version)
 
         def stored(error: Exception | None) -> None:

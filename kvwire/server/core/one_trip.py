@@ -179,8 +179,8 @@ class OneTripWrite(_ReplicatedWrite):
             # began (on the refuser and the silent node), and this tag below it. A
             # reader given it would see this value, then that older write's (a chaos
             # run of partitions and pauses, 24 clients on 3 keys, saw it): held as a
-            # dead tag's readers are, until this node holds newer.
-            DeadCopyRepair(core, key, committed.version).start()
+            # dead tag's readers are, until this node holds newer, or a peer holds it too.
+            DeadCopyRepair(core, key, committed.version, undecided=True).start()
             return
         core.one_trip_ended(key)
 
