@@ -77,7 +77,7 @@ class Bounds:
         """Whether a new connection would be one too many."""
         return self.open(fast_path_connections) >= self.max_connections
 
-    def reads_nothing(self, now: float, paused_since: float, transport: asyncio.BaseTransport) -> bool:
+    def drop_if_it_reads_nothing(self, now: float, paused_since: float, transport: asyncio.BaseTransport) -> bool:
         """Drop ``transport`` (and say so) if its client has read none of its answers since
         ``paused_since`` for ``idle_timeout``; whether it did. Aborted: a close would wait
         for answers the client does not read."""
@@ -107,7 +107,7 @@ class Bounds:
             for connection in list(self._connections()):
                 connection.check_deadlines(now)
             for watch in list(self._handed_over):
-                if watch.paused_since is not None and self.reads_nothing(now, watch.paused_since, watch.transport):
+                if watch.paused_since is not None and self.drop_if_it_reads_nothing(now, watch.paused_since, watch.transport):
                     continue
                 what = watch.overdue(now, self.request_timeout)
                 if what is not None:

@@ -424,9 +424,9 @@ class FastPathProtocol(asyncio.Protocol):
         client_header_timeout and client_body_timeout). Neither while a request is answered,
         nor while the client is slow to read answers (whole requests then wait in the buffer,
         held back by TCP, not by the client's sending); but a client that reads none of them
-        for --idle-timeout is dropped (Bounds.reads_nothing)."""
+        for --idle-timeout is dropped (Bounds.drop_if_it_reads_nothing)."""
         if self._writing_paused and self._transport is not None:
-            if self._shared.bounds.reads_nothing(now, self._paused_since, self._transport):
+            if self._shared.bounds.drop_if_it_reads_nothing(now, self._paused_since, self._transport):
                 self._transport = None
                 self._forget()
             return

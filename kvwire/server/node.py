@@ -368,8 +368,7 @@ class Node:
         session.member = member
         session.instance = instance
         self._peer_sessions.add(session)
-        if member is not None:
-            self.peers.dial_now(member)  # it is up: our link to it need not wait out its backoff
+        self.peers.dial_now(member)  # it is up: our link to it need not wait out its backoff
 
     def _check_instance(self, dialer: str | None, instance: bytes | None, session: Session) -> None:
         """Refuse a peer that is not the process this node's own link reaches at the

@@ -313,7 +313,7 @@ class PeerLinks:
     def reconnect(self, peer: str) -> None:
         self.links[peer].reconnect()
 
-    def dial_now(self, peer: str) -> None:
+    def dial_now(self, peer: str | None) -> None:
         link = self.links.get(peer)
         if link is not None:
             link.dial_now()
