@@ -12,7 +12,7 @@ import pytest
 from kvwire import Client
 from kvwire.protocol import ErrorCode, Get, Health, HealthReply, Hello, HelloReply, Ping, Pong, Put
 from kvwire.protocol.errors import ForbiddenError, UnauthenticatedError
-from kvwire.server.access import AuthTable
+from kvwire.server.access import AccessRole, AuthTable, TokenEntry
 from kvwire.testing import LocalCluster, RawConnection, wait_for, write_auth_file
 from rest_helpers import PREFIX, BridgeProcess, http, rest_answers, with_http
 
@@ -114,6 +114,59 @@ def test_each_role_gets_its_ops_and_no_more(cluster):
         assert admin.get("shared") == "again"
 
 
+def test_a_refused_write_says_it_was_not_applied(cluster):
+    with Client(cluster.endpoints, token=TOKENS["reader"]) as reader, pytest.raises(ForbiddenError) as refused:
+        reader.put("shared", "by reader")
+    assert refused.value.maybe_applied is False
+    with Client(cluster.endpoints, token=TOKENS["scoped"]) as scoped, pytest.raises(ForbiddenError) as refused:
+        scoped.delete("elsewhere")
+    assert refused.value.maybe_applied is False
+    with Client(cluster.endpoints, token=TOKENS["scoped"]) as scoped, pytest.raises(ForbiddenError) as refused:
+        scoped.get("elsewhere")  # a read refused: there is no write to speak of
+    assert refused.value.maybe_applied is None
+
+
+def test_a_token_shorter_than_sixteen_characters_is_never_accepted(tmp_path):
+    # sha256: entries skipped the length rule: one holding the digest of "a" let "a" in.
+    short = "a"
+    auth_file = write_auth_file(tmp_path, f"weak admin sha256:{__import__('hashlib').sha256(short.encode()).hexdigest()}\n")
+    with LocalCluster(1, data_dir=tmp_path, node_args=["--auth-file", auth_file]) as lone:
+        with RawConnection(lone["n1"].address) as conn:
+            refused = conn.request(Hello(1, token=short))
+            assert refused.code == ErrorCode.UNAUTHENTICATED and "token refused" in refused.message
+            assert conn.request(Put(2, "k", "v")).code == ErrorCode.UNAUTHENTICATED
+
+
+def test_a_hello_flood_of_made_up_tokens_does_not_stall_a_node_with_a_large_auth_file(tmp_path):
+    # Each refused HELLO was compared with every entry: 600 of them, in one read,
+    # held the loop of a node with 100,000 tokens for about 4 s (peers count it DOWN).
+    entries = "".join(f"t{i} read token-{i:08d}-0123456789abcdef\n" for i in range(100_000))
+    auth_file = write_auth_file(tmp_path, entries)
+    with LocalCluster(1, data_dir=tmp_path, node_args=["--auth-file", auth_file]) as lone:
+        node = lone["n1"]
+        with RawConnection(node.address, timeout=30) as conn:
+            conn.send(*(Hello(i, token=f"made-up-token-{i:08d}-0123456789") for i in range(600)))
+            refused = conn.receive(600)
+            assert all(reply.code == ErrorCode.UNAUTHENTICATED for reply in refused)
+            # The last entry of the file still grants its role.
+            assert isinstance(conn.request(Hello(700, token="token-00099999-0123456789abcdef")), HelloReply)
+        with RawConnection(node.address) as probe:
+            assert isinstance(probe.request(Ping(1)), Pong)
+        assert "event=loop_stalled" not in node.log(), node.log()[-2000:]
+
+
+def test_a_prefix_refusal_shows_a_key_in_another_unicode_form_apart():
+    # "é/" as one code point against "e" and a combining accent: both print as é/,
+    # and "may only use keys starting with 'é/', not 'é/x'" read as nonsense.
+    grant = TokenEntry("uni", AccessRole.WRITE, b"", "\u00e9/").grant()
+    with pytest.raises(ForbiddenError) as refused:
+        grant.check(Put(1, "e\u0301/x", "v"))
+    assert "another Unicode form" in str(refused.value) and "'e\\u0301/x' against '\\xe9/'" in str(refused.value)
+    with pytest.raises(ForbiddenError) as refused:
+        grant.check(Put(1, "other/x", "v"))
+    assert "Unicode" not in str(refused.value)
+
+
 def test_a_key_prefix_limits_a_token_to_its_keys(cluster):
     with Client(cluster.endpoints, token=TOKENS["scoped"]) as scoped:
         scoped.put("app/config", {"debug": False})
@@ -164,6 +217,8 @@ def test_replication_and_failover_with_auth_on(cluster):
     # A comment after an entry reads as a prefix or token that begins with "#": refused, not guessed.
     ("# a comment\nalice write 0123456789abcdef0123 app/ # the app\n", "line 2: a field begins with '#'"),
     ("alice write 0123456789abcdef0123 #tenant/\n", "line 1: a field begins with '#'"),
+    # What `printf "$TOKEN" | sha256sum` writes with TOKEN unset: it matched an empty token.
+    (f"alice admin sha256:{__import__('hashlib').sha256(b'').hexdigest()}\n", "the SHA-256 of nothing"),
 ])
 def test_a_bad_auth_file_names_the_file_and_line(tmp_path, text, message):
     path = tmp_path / "auth"

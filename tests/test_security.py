@@ -23,10 +23,10 @@ from kvwire.protocol import NoQuorumError, ReplicateReply, Version, encode
 from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof
 from kvwire.testing import LocalCluster, NodeProcess, RawConnection, unread_bytes, wait_for
-from kvwire.testing.cluster import new_secret_file
+from kvwire.testing.cluster import new_secret_file, write_auth_file
 
 
-def forge_peer(conn: RawConnection, node: str = "n2", cluster: str = "kvwire") -> ErrorReply | HelloReply:
+def forge_peer(conn: RawConnection, node: str | None = "n2", cluster: str = "kvwire") -> ErrorReply | HelloReply:
     """The attack of issue 10: say HELLO as a peer, with no proof of anything."""
     return conn.request(Hello(1, role=Role.PEER, cluster=cluster, node=node))
 
@@ -208,8 +208,35 @@ def test_insecure_runs_without_a_secret_and_warns(tmp_path):
     node.extra_args[1] = node.extra_args[1].format(port=node.port)
     with node:
         wait_for(lambda: "--insecure: peers are not authenticated" in node.log(), timeout=5, what="the warning")
+        # On the peer's word, as asked, but only a word naming another member.
+        for claim, message in ((None, "must name its node"), ("n1", "is the id of the node dialled"),
+                               ("zz", "'zz' is not a member")):
+            with RawConnection(node.address) as conn:
+                refused = forge_peer(conn, node=claim)
+                assert refused.code == ErrorCode.FORBIDDEN and message in refused.message, refused
+                assert conn.request(Replicate(2, "k", Version(1, "n2"), "v")).code == ErrorCode.FORBIDDEN
         with RawConnection(node.address) as conn:
-            assert isinstance(forge_peer(conn), HelloReply)  # as asked: the role on the peer's word
+            assert isinstance(forge_peer(conn), HelloReply)
+
+
+def test_a_lone_node_takes_no_peers_even_with_insecure_so_its_tokens_hold(tmp_path):
+    # A lone node granted the peer role to any HELLO under --insecure, and a peer
+    # may read and write every key: past the auth file without a token.
+    auth_file = write_auth_file(tmp_path, "app write app-token-0123456789abcdef\n")
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--insecure", "--auth-file", auth_file]) as node, \
+            RawConnection(node.address) as conn:
+        refused = forge_peer(conn, node=None)
+        assert refused.code == ErrorCode.FORBIDDEN and "runs alone" in refused.message
+        assert conn.request(Put(2, "secret/x", "v")).code == ErrorCode.UNAUTHENTICATED
+        assert conn.request(Get(3, "secret/x")).code == ErrorCode.UNAUTHENTICATED
+        assert conn.request(Replicate(4, "secret/x", Version(5, "m9"), "v")).code == ErrorCode.FORBIDDEN
+
+
+def test_insecure_with_an_auth_file_is_refused_in_a_cluster(tmp_path):
+    auth_file = write_auth_file(tmp_path, "app write app-token-0123456789abcdef\n")
+    result = serve(tmp_path, "--cluster", "n1=127.0.0.1:1,n2=127.0.0.1:2", "--insecure", "--auth-file", auth_file)
+    assert result.returncode == 2, result.stderr
+    assert "--auth-file with --insecure protects nothing" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_kvwire_secret_writes_a_private_file_and_will_not_overwrite(tmp_path):

@@ -25,10 +25,9 @@ from kvwire.protocol import (
     PutReply,
     Replicate,
     ReplicateReply,
-    Role,
     Version,
 )
-from kvwire.testing import NodeProcess, RawConnection, wait_for
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, wait_for
 
 
 def test_put_get_delete_round_trip(node):
@@ -124,13 +123,12 @@ def test_health_counts_each_write_waiting_on_the_disk_once(node):
 
 
 def test_replicate_needs_a_peer_connection_and_applies_only_newer_versions(tmp_path):
-    # --insecure takes the peer role on the peer's word, so one raw connection can
-    # play a peer; tests/test_security.py shows a node with a secret refusing that.
-    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--insecure"]) as node, \
-            RawConnection(node.address) as conn:
+    # One raw connection plays n2, proving the cluster secret (LocalCluster.as_peer);
+    # the real n2 answers n1's own rounds.
+    with LocalCluster(2, data_dir=tmp_path) as cluster, cluster.wait_ready().raw("n1") as conn:
         refused = conn.request(Replicate(1, "k", Version(5, "n2"), "v5"))
         assert refused.code == ErrorCode.FORBIDDEN
-        assert conn.request(Hello(2, role=Role.PEER)).node == "n1"
+        cluster.as_peer("n1", conn)
         assert conn.request(Replicate(3, "k", Version(5, "n2"), "v5")) == ReplicateReply(
             3, True, Version(5, "n2"), NO_VERSION, False)
         # Replays and older versions are harmless: not applied, the held version reported.

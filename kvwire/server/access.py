@@ -13,16 +13,19 @@ comment; a ``#`` inside a token or key prefix is part of it)::
     app        write   sha256:9f86d08...                app/
     dashboard  read    Xq3v...
 
-Tokens are compared as SHA-256 digests, in constant time, against every
-entry; names, never tokens, appear in logs.
+A token is looked up by its SHA-256 digest, in a dict: one look-up per HELLO
+however long the file (a probe stalled a node's loop for seconds with HELLOs
+of made-up tokens when each was compared against 100,000 entries). The
+look-up's timing can tell at most something of a token's digest, which does
+not lead back to the token. Names, never tokens, appear in logs.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..protocol.errors import ForbiddenError, UnauthenticatedError
@@ -34,6 +37,8 @@ MAX_AUTH_FILE_BYTES = 16 * 1024 * 1024
 # A token is a password a program holds: refuse ones short enough to guess.
 MIN_TOKEN_CHARS = 16
 _SHA256_PREFIX = "sha256:"
+# sha256sum of nothing: what `printf "$TOKEN" | sha256sum` writes when TOKEN is unset.
+_EMPTY_DIGEST = hashlib.sha256(b"").digest()
 
 
 class AccessRole(str, enum.Enum):
@@ -79,11 +84,30 @@ class Grant:
             if self.who == "anonymous":
                 raise UnauthenticatedError(
                     f"{name} needs a token: this node has an auth file; say HELLO with a token first "
-                    "(kvwire-cli --token-file or KVWIRE_TOKEN, Client(token=...))")
-            raise ForbiddenError(f"{name} is not allowed for {self.who}")
+                    "(kvwire-cli --token-file or KVWIRE_TOKEN, Client(token=...))", maybe_applied=_unapplied(kind))
+            raise ForbiddenError(f"{name} is not allowed for {self.who}", maybe_applied=_unapplied(kind))
         key = getattr(request, "key", None)
         if self.prefix and key is not None and not key.startswith(self.prefix):
-            raise ForbiddenError(f"{self.who} may only use keys starting with {self.prefix!r}, not {key!r}")
+            raise ForbiddenError(f"{self.who} may only use keys starting with {self.prefix!r}, not {key!r}"
+                                 f"{_unicode_forms_note(key, self.prefix)}", maybe_applied=_unapplied(kind))
+
+
+_WRITES = frozenset({Put, Delete})
+
+
+def _unapplied(kind: type) -> bool | None:
+    """A PUT or DELETE refused here was not applied: nothing was started."""
+    return False if kind in _WRITES else None
+
+
+def _unicode_forms_note(key: str, prefix: str) -> str:
+    """Why a key that reads as if it had the prefix does not: another Unicode form
+    of the same text (é as one code point or as e and a combining accent) prints
+    the same, and the refusal read as nonsense."""
+    if not unicodedata.normalize("NFC", key).startswith(unicodedata.normalize("NFC", prefix)):
+        return ""
+    return (f" (the same text in another Unicode form: keys are compared code point by code point, "
+            f"{ascii(key)} against {ascii(prefix)})")
 
 
 ANONYMOUS = Grant("anonymous", OPEN_OPS)
@@ -110,6 +134,7 @@ class AuthTable:
     """The tokens of an auth file."""
 
     entries: tuple[TokenEntry, ...]
+    _by_digest: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.entries:
@@ -117,18 +142,17 @@ class AuthTable:
         names = [entry.name for entry in self.entries]
         if len(set(names)) != len(names):
             raise ValueError(f"token names must be unique, got {', '.join(sorted(names))}")
-        digests = [entry.digest for entry in self.entries]
-        if len(set(digests)) != len(digests):
+        by_digest = {entry.digest: entry for entry in self.entries}
+        if len(by_digest) != len(self.entries):
             raise ValueError("two entries hold the same token")
+        object.__setattr__(self, "_by_digest", by_digest)
 
     def find(self, token: str) -> TokenEntry | None:
-        """The entry for ``token``, or None; looks at every entry, whatever matches."""
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        found = None
-        for entry in self.entries:
-            if hmac.compare_digest(entry.digest, digest):
-                found = entry
-        return found
+        """The entry for ``token``, or None. A token shorter than MIN_TOKEN_CHARS is
+        never one: a ``sha256:`` entry could otherwise hold the digest of "" or "a"."""
+        if len(token) < MIN_TOKEN_CHARS:
+            return None
+        return self._by_digest.get(hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest())
 
     @classmethod
     def load(cls, path: Path) -> AuthTable:
@@ -176,6 +200,9 @@ def _parse_entry(fields: list[str]) -> TokenEntry:
             digest = b""
         if len(digest) != 32:
             raise ValueError(f"token of {name!r}: sha256: must be followed by 64 hex digits")
+        if digest == _EMPTY_DIGEST:
+            raise ValueError(f"token of {name!r}: that is the SHA-256 of nothing (was the variable holding the "
+                             f"token unset when it was hashed?); tokens are at least {MIN_TOKEN_CHARS} characters")
     elif len(token) < MIN_TOKEN_CHARS:
         raise ValueError(f"token of {name!r} is shorter than {MIN_TOKEN_CHARS} characters")
     else:

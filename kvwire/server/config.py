@@ -218,6 +218,14 @@ class ServerConfig:
                 "its peers prove they hold; make one with `kvwire secret FILE` and give every node a copy. "
                 "--insecure runs without, and then anyone who can reach the port can rewrite any key"
             )
+        if len(self.members) > 1 and secret is None and self.insecure and self.auth is not None:
+            # --insecure grants the peer role to any HELLO naming a member, and a peer
+            # may read and write every key: the tokens would guard nothing.
+            raise ValueError(
+                "--auth-file with --insecure protects nothing: any connection may say HELLO as a peer, naming a "
+                "member, and then read and write every key; give every node --cluster-secret-file FILE instead "
+                "(`kvwire secret FILE` makes one)"
+            )
 
     @property
     def peers(self) -> tuple[Member, ...]:

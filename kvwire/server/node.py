@@ -324,13 +324,14 @@ class Node:
         """A peer's first HELLO gets our nonce and proof; its second, with its proof, the peer role."""
         config = self.config
         secret = config.cluster_secret
-        if secret is None:
-            if not config.insecure:
-                raise ForbiddenError("this node has no cluster secret, so it takes no peers")
-            self._check_instance(request.node, request.instance, session)
-            self._grant_peer(session, request.node, request.instance)  # --insecure: on the peer's word
-            return None, None
+        if not self.core.peer_ids:
+            # Even with --insecure: a lone node's peer role was a way past its auth file.
+            raise ForbiddenError(f"node {config.node_id!r} runs alone (no --cluster), so it takes no peers")
+        if secret is None and not config.insecure:
+            raise ForbiddenError("this node has no cluster secret, so it takes no peers")
         dialer = request.node
+        if dialer is None:
+            raise ForbiddenError("a HELLO as a peer must name its node (the field 'node')")
         if dialer == config.node_id:
             self.limited_log.log(logging.WARNING, "refused peer HELLOs (own id)",
                                  "refused a peer HELLO from %s naming this node's own id %r: another node runs with "
@@ -338,10 +339,14 @@ class Node:
                                  "holds this node's address)", session.peer, dialer, dialer)
             raise ForbiddenError(f"{dialer!r} is the id of the node dialled: two nodes run as {dialer!r}, or a "
                                  "--cluster entry of another member holds this node's address")
-        if dialer is None or dialer not in self.core.peer_ids:
+        if dialer not in self.core.peer_ids:
             self.limited_log.log(logging.WARNING, "refused peer HELLOs (not a member)",
                               "refused a peer HELLO from %s: %r is not a member of this cluster", session.peer, dialer)
             raise ForbiddenError(f"{dialer!r} is not a member of cluster {config.cluster_id!r} as this node knows it")
+        if secret is None:  # --insecure: a member's id is all it takes
+            self._check_instance(dialer, request.instance, session)
+            self._grant_peer(session, dialer, request.instance)
+            return None, None
         if request.proof is None:
             if request.nonce is None:
                 raise ForbiddenError(
