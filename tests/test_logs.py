@@ -397,6 +397,7 @@ def test_a_stalled_event_loop_and_a_slow_commit_each_say_how_long(tmp_path):
         node.resume()
         stalls = wait_for(lambda: events("loop_stalled"), timeout=5, what="the stall logged")
         assert max(r["late_ms"] for r in stalls) >= 400, stalls
+        assert all(f"ran {r['late_ms']} ms late" in r["msg"] for r in stalls), stalls  # one figure, not two
         assert all(logging.getLevelName(r["level"]) == logging.WARNING for r in stalls)
         assert not events("slow_commit")
 
@@ -414,6 +415,7 @@ def test_a_stalled_event_loop_and_a_slow_commit_each_say_how_long(tmp_path):
             db.close()
         (slow,) = wait_for(lambda: events("slow_commit"), timeout=5, what="the slow commit logged")
         assert slow["commit_ms"] >= 500 and slow["writes"] == 1, slow
+        assert f"took {slow['commit_ms']} ms" in slow["msg"], slow
         assert logging.getLevelName(slow["level"]) == logging.WARNING
 
 

@@ -37,7 +37,7 @@ class LogLimit:
         window = self._windows.get(kind)
         if window is None or now - window[0] >= self._window:
             if window is not None:
-                self._report(kind, window, now)
+                self._report(kind, window)
             window = self._windows[kind] = [now, 0, 0]
         if window[1] < self._burst:
             window[1] += 1
@@ -50,11 +50,13 @@ class LogLimit:
         now = self._clock()
         for kind, window in list(self._windows.items()):
             if now - window[0] >= self._window:
-                self._report(kind, window, now)
+                self._report(kind, window)
                 del self._windows[kind]
 
-    def _report(self, kind: str, window: list, now: float) -> None:
-        began, _, held_back = window
+    def _report(self, kind: str, window: list) -> None:
+        held_back = window[2]
         if held_back:
-            self._logger.warning("and %d more %s in %.0f s, not logged one by one", held_back, kind, now - began,
+            # Every line held back came within the window, however late this count
+            # (the node flushes once a second: "in 11 s" for a 10 s window).
+            self._logger.warning("and %d more %s in %.0f s, not logged one by one", held_back, kind, self._window,
                                  extra={"event": "log_lines_held_back", "kind": kind, "lines": held_back})

@@ -35,7 +35,7 @@ class StallWatch:
         if late >= self._threshold:
             log.warning("event loop stalled: a check due every %d ms ran %d ms late; the node answered nothing "
                         "meanwhile (the process was not scheduled, a long garbage collection, or blocking work)",
-                        self._interval * 1000, late * 1000,
+                        self._interval * 1000, round(late * 1000),
                         extra={"event": "loop_stalled", "late_ms": round(late * 1000)})
         self._due = now + self._interval
         self._timer = self._loop.call_at(self._due, self._check)

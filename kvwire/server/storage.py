@@ -671,7 +671,7 @@ class Storage:
         self.commit_seconds.observe(seconds)
         if seconds >= SLOW_COMMIT_SECONDS:
             log.warning("slow disk: a group commit to %s took %d ms, fsync included; the %d writes in it "
-                        "waited that long", self.path, seconds * 1000, len(batch),
+                        "waited that long", self.path, round(seconds * 1000), len(batch),
                         extra={"event": "slow_commit", "commit_ms": round(seconds * 1000), "writes": len(batch)})
         self.batch_rows.observe(len(rows) + len(hint_rows) + len(unhint_rows) + len(purge_rows))
         for waiter in floor_waiters:
