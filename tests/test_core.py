@@ -883,6 +883,34 @@ def test_a_retry_and_a_peer_down_take_the_lookup_round():
     assert [s.message_type for s in effects_of(core, Send)] == [Lookup]
 
 
+def joining_refusals(n2_joining: bool) -> list:
+    """n1 joining, n2 and n3 UP, n2 joining too if ``n2_joining``: a GET and a PUT
+    through n1, which needs every node's answer while it joins, and theirs fail."""
+    core = make_core("n1", joining=True)
+    link_all(core)
+    core.tick(0.0)
+    for ping in effects_of(core, Send):
+        joining = True if n2_joining and ping.peer == "n2" else None
+        core.peer_reply(ping.peer, ping.request_id, Pong(1, joining=joining), 0.01)
+    core.request("get", Get(2, "k"), 0.02)
+    core.request("put", Put(3, "k", "v"), 0.02)
+    for sent in effects_of(core, Send):
+        core.peer_reply(sent.peer, sent.request_id, UnavailableError("stopping"), 0.03)
+    return [e.reply for e in core.take_effects() if type(e) is Respond]
+
+
+def test_a_joining_node_says_whether_another_node_can_take_what_it_refuses():
+    # A probe's two nodes joined at once and the third was alone caught up: the
+    # refusal said "another node can take it", and none could.
+    for refused in joining_refusals(n2_joining=True):
+        assert isinstance(refused, UnavailableError), refused
+        assert "no node can now: 1 of 3 nodes have caught up" in str(refused) and "another node" not in str(refused)
+    get, put = joining_refusals(n2_joining=False)  # n2 and n3 a majority of caught-up nodes
+    assert isinstance(get, UnavailableError) and "another node can take it" in str(get)
+    assert isinstance(put, UnavailableError) and "another node can take it" in str(put)
+    assert put.maybe_applied is False
+
+
 def test_a_joining_replica_vouches_for_nothing_and_a_one_round_trip_put_does_not_count_it():
     replica = make_core("n2", joining=True)
     reply = replicate(replica, Version(4, "n1"))

@@ -37,7 +37,20 @@ from .services import CoreServices
 
 WRITE_NO_QUORUM = "Failed to replicate to quorum of nodes"
 JOINING = ("this node is joining the cluster (catching up from its peers), and until then what it coordinates "
-           "needs every node's answer ({} of {} answered); another node can take it")
+           "needs every node's answer ({} of {} answered); {}")
+
+
+def joining_refusal(core: CoreServices, reachable: int, **kwargs) -> UnavailableError:
+    """A joining node's refusal of what it cannot coordinate. It said "another node
+    can take it" when none could (a probe's two nodes joining at once, the third
+    alone caught up): the advice now follows the votes this node sees."""
+    voters = core.voters_up()
+    if voters >= core.quorum:
+        advice = "another node can take it"
+    else:
+        advice = (f"no node can now: {voters} of {core.cluster_size} nodes have caught up (the others are joining "
+                  f"or DOWN), and a majority needs {core.quorum}; retry once one has joined")
+    return UnavailableError(JOINING.format(reachable, core.cluster_size, advice), **kwargs)
 
 
 class QuorumRead:
@@ -83,7 +96,7 @@ class QuorumRead:
         if answers is None:
             core = self._core
             if self._everyone:
-                self._finish(None, UnavailableError(JOINING.format(self._round.reachable, core.cluster_size)))
+                self._finish(None, joining_refusal(core, self._round.reachable))
                 return
             self._finish(None, NoQuorumError(
                 f"quorum read of {self._key!r} needs {core.quorum} of {core.cluster_size} nodes but "
@@ -401,8 +414,7 @@ class Write(_ReplicatedWrite):
         if answers is None:
             if core.joining:
                 # Nothing was written: a DELETE forwarded here runs on its forwarder.
-                self._answer(UnavailableError(JOINING.format(self._round.reachable, core.cluster_size),
-                                              maybe_applied=False))
+                self._answer(joining_refusal(core, self._round.reachable, maybe_applied=False))
                 return
             self._no_quorum(f"{self._round.reachable} of {core.cluster_size} nodes answered, {core.quorum} needed",
                             maybe_applied=False)
