@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvwire.check import CheckReport, Operation, check_converged, check_history, check_tags, format_report
+from kvwire.check import CheckReport, Operation, check_converged, check_history, check_tag_order, check_tags, format_report
 
 
 def op(index, kind, start, end, outcome, value=None, version=None, *, key="k"):
@@ -23,6 +23,38 @@ def test_clean_tags_pass():
         op(6, "get", 8, 9, "ok", "b"),  # no tag carried
     ]
     assert check_tags(history) == []
+
+
+# --- check_tag_order ---------------------------------------------------------
+
+
+def test_tags_that_grow_with_real_time_pass_and_concurrent_ones_may_go_either_way():
+    history = [
+        op(0, "put", 0, 1, "ok", "a", (1, "n1")),
+        op(1, "get", 2, 3, "ok", "a", (1, "n1")),  # a read may see the same tag
+        op(2, "put", 4, 6, "ok", "b", (3, "n2")),
+        op(3, "put", 5, 7, "ok", "c", (2, "n3")),  # concurrent with #2: lower is fine
+        op(4, "delete", 8, 9, "ok", None, (4, "n1")),
+        op(5, "put", 10, None, "unknown", "z"),  # no tag: nothing to order
+        op(6, "put", 12, 13, "ok", "d", [5, "n1"]),  # a tag from JSON is a list
+        op(7, "put", 0.5, 0.9, "ok", "x", (1, "n1"), key="other"),  # other keys have their own order
+    ]
+    assert check_tag_order(history) == []
+
+
+@pytest.mark.parametrize("later", [
+    op(1, "put", 2, 3, "ok", "b", (3, "n1")),  # acknowledged below an acknowledged write: lost once replicas agree
+    op(1, "put", 2, 3, "ok", "b", (5, "n1")),  # a write never takes a tag already taken
+    op(1, "get", 2, 3, "ok", "a", (4, "n9")),  # a read went back in time
+    op(1, "delete", 2, 3, "ok", None, (5, "n0")),  # the node id breaks the tie: (5, 'n0') < (5, 'n1')
+])
+def test_a_tag_below_one_that_ended_before_is_reported(later):
+    # The checker probe's history: PUT a at (5, n1), then PUT b at (3, n1), then GET b;
+    # linearizable by values, yet the replicas keep (5, n1) and b is gone.
+    history = [op(0, "put", 0, 1, "ok", "a", (5, "n1")), later]
+    (problem,) = check_tag_order(history)
+    assert "went backwards" in problem and "(5, 'n1')" in problem and "#0" in problem and "#1" in problem
+    assert not check_history(history).ok
 
 
 def test_two_values_under_one_tag_are_reported_naming_both_operations():
@@ -68,6 +100,27 @@ def test_disagreeing_replicas_are_reported_per_key():
     assert "'c'" in about_c and "n1, n2: no entry" in about_c and "n3: 'live'" in about_c
 
 
+def test_a_replica_holding_a_tombstone_against_a_live_value_is_described_as_holding_it():
+    # It said "n2: no entry", of a node holding a tombstone (a checker probe's finding).
+    states = {"n1": {"k": ((1, "n1"), False, "live")}, "n2": {"k": ((2, "n1"), True, None)}, "n3": {}}
+    (problem,) = check_converged(states)
+    assert "n2, n3: no live entry (tombstone at tag (2, 'n1'))" in problem and "n1: 'live' at tag (1, 'n1')" in problem
+
+
+def test_reports_cut_long_values_and_say_how_long_they_were():
+    huge = "x" * 2_000_000
+    history = [op(0, "put", 0, 1, "ok", huge, (1, "n1")), op(1, "get", 2, 3, "ok", "other", (1, "n1"))]
+    (problem,) = check_tags(history)
+    assert len(problem) < 1_000 and "2,000,002 characters in all" in problem
+    (converged,) = check_converged({"n1": {"k": ((1, "n1"), False, huge)}, "n2": {}})
+    assert len(converged) < 1_000
+
+
+def test_an_acknowledged_operation_without_an_end_is_refused_saying_so():
+    with pytest.raises(ValueError, match="outcome 'ok' needs an end \\(only 'unknown' has none\\)"):
+        op(0, "put", 0, None, "ok", "a")
+
+
 def test_a_tombstone_agrees_with_no_entry_and_with_another_tombstone():
     # Garbage collection removes a tombstone from one replica before another; all read as absent.
     states = {
@@ -103,7 +156,8 @@ def test_clean_history_reports_ok():
 
 
 def test_tag_and_convergence_problems_make_a_violation_even_when_linearizable():
-    history = [op(0, "put", 0, 1, "ok", "a", (1, "n1")), op(1, "put", 2, 3, "ok", "b", (1, "n1"))]
+    # Concurrent, so that the repeated tag is the one tag problem (not also one going backwards).
+    history = [op(0, "put", 0, 1, "ok", "a", (1, "n1")), op(1, "put", 0.5, 3, "ok", "b", (1, "n1"))]
     states = {"n1": {"k": ((1, "n1"), False, "a")}, "n2": {"k": ((1, "n1"), False, "b")}}
     report = check_history(history, replica_states=states)
     assert report.linearizability.verdict == "ok"

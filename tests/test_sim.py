@@ -469,6 +469,37 @@ def test_faults_really_strike_and_clients_see_them():
     assert {"ok", "fail"} <= outcomes  # some requests met a dead or cut-off node
 
 
+@pytest.mark.parametrize("how, message", [
+    ("refuse", "quorum reads after every fault healed failed (first: GET"),
+    ("drop", "quorum reads after every fault healed had no answer"),
+])
+def test_a_cluster_that_serves_no_read_fails_the_run(how, message, monkeypatch):
+    # A probe's core that refused (or never answered) every GET ran clean: the
+    # checker passes failed reads, and the read-back's failures were only recorded.
+    from kvwire.protocol.errors import UnavailableError
+    from kvwire.protocol.messages import Get
+    from kvwire.sim.world import SimNode
+
+    served = SimNode.client_request
+
+    def no_reads(node, on_reply, request):
+        if type(request) is not Get:
+            served(node, on_reply, request)
+        elif how == "refuse":
+            node.world.scheduler.after(0.001, lambda: on_reply(UnavailableError("no reads here")))
+
+    monkeypatch.setattr(SimNode, "client_request", no_reads)
+    result = run_seed(1, faults=("crash",))
+    assert not result.ok and any(message in problem for problem in result.problems), result.problems
+
+
+def test_a_failing_run_traces_its_client_operations_and_the_heal():
+    result = run_seed(CAUGHT_ON["no-write-back"], mutant="no-write-back", faults=tuple(DEFAULT_FAULTS.split(",")))
+    assert not result.ok
+    trace = "\n".join(result.trace)
+    assert "client 0: put " in trace and " -> ok at (" in trace and "heal: every fault ends" in trace
+
+
 @pytest.mark.parametrize("args, message", [
     (["--faults", "meteor"], "unknown fault kind 'meteor'"),
     (["--faults", "crash,,pause"], "unknown fault kind ''; choose from"),

@@ -5,7 +5,7 @@ version tags, no acknowledged write lost, replica convergence, and shrinking a f
 """
 
 from .history import OpKind, Operation, Outcome, dump_jsonl, load_jsonl, operation_from_json, validate_operation
-from .invariants import check_converged, check_no_lost_writes, check_tags
+from .invariants import check_converged, check_no_lost_writes, check_tag_order, check_tags
 from .linearizability import DEFAULT_MAX_STEPS, KeyResult, LinearizabilityResult, check_linearizable
 from .report import CheckReport, check_history, format_report
 from .shrink import shrink
@@ -22,6 +22,7 @@ __all__ = [
     "check_history",
     "check_linearizable",
     "check_no_lost_writes",
+    "check_tag_order",
     "check_tags",
     "dump_jsonl",
     "format_report",

@@ -26,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
+from .values import shown
+
 
 class OpKind(str, enum.Enum):
     GET = "get"
@@ -69,15 +71,18 @@ class Operation:
         if self.outcome is Outcome.UNKNOWN:
             if self.end is not None:
                 raise ValueError("an operation with outcome 'unknown' has no end")
-        elif self.end is None or self.end < self.start:
+        elif self.end is None:
+            raise ValueError(f"operation {self.kind.value} {self.key!r}: outcome {self.outcome.value!r} needs an end "
+                             "(only 'unknown' has none)")
+        elif self.end < self.start:
             raise ValueError(f"operation {self.kind.value} {self.key!r}: end must be at or after start")
         if self.version is not None:
             object.__setattr__(self, "version", (int(self.version[0]), str(self.version[1])))
 
     def describe(self) -> str:
         end = "…" if self.end is None else f"{self.end:.6f}"
-        shown = "" if self.value is None else f" {self.value!r}"
-        return f"#{self.index} client {self.client} @{self.node or '?'} {self.kind.value} {self.key!r}{shown} [{self.start:.6f}, {end}] -> {self.outcome.value}"
+        value = "" if self.value is None else f" {shown(self.value)}"
+        return f"#{self.index} client {self.client} @{self.node or '?'} {self.kind.value} {self.key!r}{value} [{self.start:.6f}, {end}] -> {self.outcome.value}"
 
 
 def dump_jsonl(operations: Iterable[Operation]) -> str:

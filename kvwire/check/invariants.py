@@ -1,9 +1,11 @@
-"""Checks beyond linearizability: version tags are unique, and replicas converge.
+"""Checks beyond linearizability: version tags are unique and grow with real time,
+and replicas converge.
 
 A tag ``(counter, node)`` names exactly one write (README, "Version tags"): a
 replica keeps whichever version has the higher tag, so two different values
 under one tag would let replicas keep different values forever, each sure it
-holds the newest.
+holds the newest; and a write acknowledged with a tag below one already
+acknowledged or read is one the replicas will drop as they converge.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from .history import Operation, OpKind, Outcome
-from .values import same_value, value_key
+from .values import same_value, shown, value_key
 
 Version = tuple[int, str]
 ReplicaEntry = tuple[Version, bool, Any]  # (version, deleted, value)
@@ -44,6 +46,44 @@ def check_tags(operations: Iterable[Operation]) -> list[str]:
                 f"key {delete.key!r} tag {_tag(tag[1])} is both a tombstone and a value: "
                 f"{delete.describe()} and {first_value[tag].describe()}"
             )
+    return problems
+
+
+def check_tag_order(operations: Iterable[Operation]) -> list[str]:
+    """Every operation whose tag is below one that ended before it began, one
+    sentence each (the first per key).
+
+    Once an operation with a tag has ended (a PUT or DELETE acknowledged, a
+    quorum GET answered), a majority holds that tag or a newer one; so a write
+    that begins later takes a higher tag, and a read a tag at least as high.
+    Linearizability judges values only: a PUT acknowledged at a tag below an
+    earlier PUT's, read back at once, passed it, though the replicas keep the
+    higher tag and the acknowledged value is gone once they agree (a checker
+    probe's finding). Only operations of the history, which are linearizable
+    ones: consistency=one reads are judged apart.
+    """
+    by_key: dict[str, list[Operation]] = {}
+    for op in operations:
+        if op.version is not None and op.outcome is Outcome.OK:
+            by_key.setdefault(op.key, []).append(op)
+    problems = []
+    for key, ops in by_key.items():
+        by_end = sorted(ops, key=lambda op: op.end)
+        ended = 0
+        highest: Operation | None = None  # the highest tag among the operations ended so far
+        for op in sorted(ops, key=lambda op: op.start):
+            while ended < len(by_end) and by_end[ended].end < op.start:
+                if highest is None or tuple(by_end[ended].version) > tuple(highest.version):
+                    highest = by_end[ended]
+                ended += 1
+            if highest is None:
+                continue
+            version, floor = tuple(op.version), tuple(highest.version)
+            if version < floor or (version == floor and op.kind is not OpKind.GET):
+                needed = "at least" if op.kind is OpKind.GET else "above"
+                problems.append(f"key {key!r}: tag {_tag(version)} went backwards: {op.describe()} began after "
+                                f"{highest.describe()} ended, so its tag must be {needed} {_tag(floor)}")
+                break
     return problems
 
 
@@ -97,10 +137,8 @@ def check_converged(states: Mapping[str, Mapping[str, ReplicaEntry]]) -> list[st
     entry and with any other tombstone: all read as absent, and tombstone
     garbage collection removes a tombstone from one replica before another.
     """
-    normalised = {
-        node: {key: normal for key, entry in held.items() if not (normal := _normalise(node, key, entry))[1]}
-        for node, held in states.items()
-    }
+    every = {node: {key: _normalise(node, key, entry) for key, entry in held.items()} for node, held in states.items()}
+    normalised = {node: {key: entry for key, entry in held.items() if not entry[1]} for node, held in every.items()}
     keys: dict[str, None] = {}
     for held in normalised.values():
         keys.update(dict.fromkeys(held))
@@ -116,8 +154,10 @@ def check_converged(states: Mapping[str, Mapping[str, ReplicaEntry]]) -> list[st
             else:
                 groups.append((entry, [node]))
         if len(groups) > 1:
-            shown = "; ".join(f"{', '.join(nodes)}: {_describe_entry(entry)}" for entry, nodes in groups)
-            problems.append(f"replicas disagree on key {key!r}: {shown}")
+            # A node without a live entry may hold a tombstone: say so, not "no entry".
+            described = "; ".join(f"{', '.join(nodes)}: {_describe_entry(entry, [every[node].get(key) for node in nodes])}"
+                                  for entry, nodes in groups)
+            problems.append(f"replicas disagree on key {key!r}: {described}")
     return problems
 
 
@@ -146,8 +186,10 @@ def _tag(version: Version) -> str:
     return f"({version[0]}, {version[1]!r})"
 
 
-def _describe_entry(entry: ReplicaEntry | None) -> str:
+def _describe_entry(entry: ReplicaEntry | None, held: list[ReplicaEntry | None] = ()) -> str:
+    """``held``: what the nodes of a group without a live entry hold instead (tombstones, or nothing)."""
     if entry is None:
-        return "no entry"
+        tombstones = sorted({_tag(other[0]) for other in held if other is not None})
+        return f"no live entry (tombstone at tag {', '.join(tombstones)})" if tombstones else "no entry"
     version, deleted, value = entry
-    return f"tombstone at tag {_tag(version)}" if deleted else f"{value!r} at tag {_tag(version)}"
+    return f"tombstone at tag {_tag(version)}" if deleted else f"{shown(value)} at tag {_tag(version)}"

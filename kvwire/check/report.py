@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from .history import Operation, OpKind, Outcome
-from .invariants import check_converged, check_no_lost_writes, check_tags
+from .invariants import check_converged, check_no_lost_writes, check_tag_order, check_tags
 from .linearizability import DEFAULT_MAX_STEPS, KeyResult, LinearizabilityResult, check_linearizable
 from .shrink import shrink
+from .values import value_key
 
 
 @dataclass
@@ -30,7 +32,7 @@ def check_history(
     replica_states: Mapping[str, Mapping[str, Any]] | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
 ) -> CheckReport:
-    """Linearizability per key, unique version tags, no acknowledged write lost, and (given ``replica_states``,
+    """Linearizability per key, unique version tags growing with real time, no acknowledged write lost, and (given ``replica_states``,
     node -> key -> (version, deleted, value)) convergence of the replicas."""
     operations = list(operations)
     linearizability = check_linearizable(operations, max_steps=max_steps)
@@ -38,6 +40,7 @@ def check_history(
         f"key {result.key!r} is not linearizable" for result in linearizability.keys if result.verdict == "violation"
     ]
     problems += check_tags(operations)
+    problems += check_tag_order(operations)
     problems += check_no_lost_writes(operations)
     if replica_states is not None:
         problems += check_converged(replica_states)
@@ -69,9 +72,11 @@ def format_report(report: CheckReport, *, shrink_violations: bool = True) -> str
 def _format_violation(key_result: KeyResult, max_steps: int, shrink_violations: bool) -> list[str]:
     operations = list(key_result.operations)
     if shrink_violations:
+        # Reads and deletes whose writer the shown history must keep, if it keeps them.
+        needs_writer = _with_writers(operations)
 
         def still_fails(candidate: list[Operation]) -> bool:
-            if not _keeps_writers(candidate, key_result.operations):
+            if not _keeps_writers(candidate, needs_writer):
                 return False
             return check_linearizable(candidate, max_steps=max_steps).verdict == "violation"
 
@@ -87,22 +92,42 @@ def _format_violation(key_result: KeyResult, max_steps: int, shrink_violations: 
     return lines
 
 
-def _keeps_writers(candidate: list[Operation], original: Sequence[Operation]) -> bool:
+def _with_writers(operations: Sequence[Operation]) -> set[int]:
+    """The ids of the GET oks and DELETE oks some PUT of ``operations`` could explain."""
+    earliest = _earliest_puts(operations)
+    return {id(op) for op in operations if _needs_writer(op) and _explained(op, earliest)}
+
+
+def _keeps_writers(candidate: list[Operation], needs_writer: set[int]) -> bool:
     """Whether every GET ok and DELETE ok kept still has a PUT that could explain it, if the
     original had one. Without this, the smallest failing history of almost any violation is a
-    lone read of a value nobody wrote, which is minimal and tells the reader nothing."""
-    for op in candidate:
-        if op.outcome is not Outcome.OK or op.kind is OpKind.PUT:
-            continue
-        if any(_could_explain(put, op) for put in original) and not any(_could_explain(put, op) for put in candidate):
-            return False
-    return True
+    lone read of a value nobody wrote, which is minimal and tells the reader nothing. Linear
+    in the candidate: comparing every kept read with every original PUT, at every step of the
+    shrink, took 14 s to show a 2,000-operation key (a checker probe's finding)."""
+    earliest = _earliest_puts(candidate)
+    return all(_explained(op, earliest) for op in candidate if id(op) in needs_writer)
 
 
-def _could_explain(put: Operation, op: Operation) -> bool:
-    if put.kind is not OpKind.PUT or put.outcome is Outcome.FAIL or put.start > op.end:
-        return False
-    return op.kind is OpKind.DELETE or put.value == op.value
+def _needs_writer(op: Operation) -> bool:
+    return op.outcome is Outcome.OK and op.kind is not OpKind.PUT
+
+
+def _earliest_puts(operations: Sequence[Operation]) -> tuple[float, dict]:
+    """When the first PUT that may have taken effect began, of any value and of each value."""
+    first, by_value = math.inf, {}
+    for put in operations:
+        if put.kind is OpKind.PUT and put.outcome is not Outcome.FAIL:
+            first = min(first, put.start)
+            value = value_key(put.value)
+            by_value[value] = min(by_value.get(value, math.inf), put.start)
+    return first, by_value
+
+
+def _explained(op: Operation, earliest: tuple[float, dict]) -> bool:
+    """A PUT began by the time ``op`` ended: any PUT for a DELETE, one of the value read for a GET."""
+    first, by_value = earliest
+    began = first if op.kind is OpKind.DELETE else by_value.get(value_key(op.value), math.inf)
+    return began <= op.end
 
 
 def _explanation_of(operations: list[Operation], max_steps: int, original: KeyResult) -> str:

@@ -40,3 +40,16 @@ def value_key(value: Any) -> Hashable:
 
 def same_value(a: Any, b: Any) -> bool:
     return value_key(a) == value_key(b)
+
+
+# Enough to tell values apart in a report; a 1 MiB value printed whole made a
+# report of megabyte lines (a checker probe's finding).
+SHOWN_CHARS = 200
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to SHOWN_CHARS with a note of its full length."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}… ({len(text):,} characters in all)"

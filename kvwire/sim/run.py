@@ -57,7 +57,7 @@ def run_seed(seed: int, *, operations: int = 200, nodes: int = 3, faults: tuple[
     hints_left = _watch_hints(world)
     world.scheduler.run_until(world.scheduler.now + SETTLE_TIME)
     problems.extend(_check_converged(world))
-    _read_back(world, workload)
+    problems.extend(_read_back(world, workload))
     states = {
         node_id: {key: row for key, row in node.disk.rows.items()}
         for node_id, node in world.nodes.items()
@@ -109,6 +109,7 @@ def _watch_hints(world: World) -> _HintWatch:
 
 
 def _heal(world: World) -> None:
+    world.trace("heal: every fault ends; the read-back follows")
     world.crash_at_next_persist = None
     world.blocked.clear()
     world.faults.drop = world.faults.duplicate = 0.0
@@ -134,7 +135,8 @@ def _check_converged(world: World) -> list[str]:
         differing = sorted(key for key in first.keys() | state.keys() if first.get(key) != state.get(key))
         if differing:
             problems.append(f"{node_id} and {first_id} still differ on {len(differing)} live key(s) "
-                            f"({', '.join(differing[:3])}) {SETTLE_TIME} s after every fault healed, before any read")
+                            f"({', '.join(differing[:3])}{', …' if len(differing) > 3 else ''}) {SETTLE_TIME} s after every fault "
+                            "healed, before any read")
     return problems
 
 
@@ -142,25 +144,46 @@ def _check_converged(world: World) -> list[str]:
 READ_BACK_NUDGE = 1e-9
 
 
-def _read_back(world: World, workload: Workload) -> None:
+# Virtual seconds a read-back pass through one node may take: five write timeouts.
+READ_BACK_PASS_TIME = 5.0
+
+
+def _read_back(world: World, workload: Workload) -> list[str]:
     """Two passes of quorum GETs of every key through every node, recorded in the history.
 
     Each node's read includes itself, so after two passes every replica holds
-    the newest version: convergence through read repair, checked below.
+    the newest version: convergence through read repair, checked below. Every
+    fault is healed by then, so every read must be answered, found or not: a
+    failed or unanswered one is a problem. (A failed read was only recorded, and
+    the checker passes failed reads: a probe's core that answered nothing at all
+    ran clean.)
     """
     keys = sorted({op.key for op in workload.history})
+    failed: list[str] = []
+    unanswered = 0
     for round_number in range(2):
         for node_id in sorted(world.nodes):
             node = world.nodes[node_id]
             expected = len(workload.history) + len(keys)
             for key in keys:
-                _final_read(world, workload, node, key)
-            world.scheduler.run_until(world.scheduler.now + 5.0, lambda: len(workload.history) >= expected)
+                _final_read(world, workload, node, key, failed)
+            world.scheduler.run_until(world.scheduler.now + READ_BACK_PASS_TIME,
+                                      lambda: len(workload.history) >= expected)
+            unanswered += max(0, expected - len(workload.history))
     # Let the last write-backs' commits land before the disks are compared.
     world.scheduler.run_until(world.scheduler.now + 0.1)
+    problems = []
+    sent = 2 * len(world.nodes) * len(keys)
+    if failed:
+        problems.append(f"{len(failed)} of {sent} quorum reads after every fault healed failed "
+                        f"(first: {failed[0]})")
+    if unanswered:
+        problems.append(f"{unanswered} of {sent} quorum reads after every fault healed had no answer "
+                        f"within {READ_BACK_PASS_TIME:g} s of their pass")
+    return problems
 
 
-def _final_read(world: World, workload: Workload, node, key: str) -> None:
+def _final_read(world: World, workload: Workload, node, key: str, failed: list[str]) -> None:
     # Sent once every read before it has its reply, at that reply's virtual time: the
     # checker takes intervals that only touch for concurrent, as a real clock's must
     # be, so a read-back pass was left unordered after the one before it (a checker
@@ -179,6 +202,7 @@ def _final_read(world: World, workload: Workload, node, key: str) -> None:
             op = Operation(-1, OpKind.GET, key, start, now, Outcome.NOT_FOUND, None, None, node.node_id, index)
         else:
             op = Operation(-1, OpKind.GET, key, start, now, Outcome.FAIL, None, None, node.node_id, index)
+            failed.append(f"GET {key!r} through {node.node_id}: {reply!r}")
         workload.history.append(op)
 
     node.run(lambda: node.client_request(on_reply, Get(0, key)))

@@ -137,6 +137,10 @@ class Workload:
                     self.history.append(op)
                 else:
                     self.history[origin] = op
+            # What the client saw, so that a failing run's trace shows the operations the
+            # checker names (it held only faults and peer states: a probe's finding).
+            tag = f" at ({version[0]}, {version[1]!r})" if version is not None else ""
+            world.trace(f"client {client}: {kind.value} {key!r} via {node.node_id} -> {outcome.value}{tag}")
             # After an uncertain write, sometimes try it again elsewhere, as a client library would.
             # A PUT is sent again with its request id: the same operation, applied once.
             again = None
@@ -176,5 +180,9 @@ class Workload:
             else:
                 finish(Outcome.UNKNOWN)
 
+        shown = f" {value!r}" if kind is OpKind.PUT else ""
+        world.trace(f"client {client}: {kind.value} {key!r}{shown} via {node.node_id}"
+                    f"{' (consistency one)' if consistency is Consistency.ONE else ''}"
+                    f"{' again, same request id' if origin is not None else ''}")
         world.scheduler.after(world.latency(), lambda: node.run(deliver) if node.alive else finish(Outcome.UNKNOWN))
         world.scheduler.after(self.client_timeout, lambda: finish(Outcome.UNKNOWN))

@@ -135,6 +135,8 @@ class SimNode:
     def start(self) -> None:
         world = self.world
         self.incarnation += 1
+        if self.incarnation > 1:
+            world.trace(f"{self.node_id}: starts again (incarnation {self.incarnation}), from what its disk holds")
         self.alive, self.paused = True, False
         committed = {key: Entry(version, deleted) for key, (version, deleted, _value) in self.disk.rows.items()}
         hints = {peer: dict(keys) for peer, keys in self.disk.hints.items()}
