@@ -71,17 +71,23 @@ def test_a_write_whose_hello_was_refused_says_it_was_never_written(cluster):
         assert refused.value.maybe_applied is None  # a read says nothing of writes
 
 
-def test_a_token_one_node_does_not_know_yet_is_served_by_the_others(tmp_path):
-    """n1's auth file lags the others' (a rollout of a new token): every call with the
-    new token failed on n1, listed first, though n2 and n3 would take it (a client
-    probe's finding). The client now tries its other nodes, as for a node of another
-    cluster; a token no node knows still fails, naming a node that refused it."""
+def cluster_whose_n1_lags_a_rollout(tmp_path) -> LocalCluster:
+    """Three nodes with tokens, n1's auth file not yet holding the token the others have."""
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     cluster = LocalCluster(3, data_dir=tmp_path, auth=True)
     n1 = cluster["n1"]
     n1.extra_args = list(n1.extra_args)
     n1.extra_args[n1.extra_args.index("--auth-file") + 1] = write_auth_file(fresh, f"old admin {'o' * 32}\n")
+    return cluster
+
+
+def test_a_token_one_node_does_not_know_yet_is_served_by_the_others(tmp_path):
+    """n1's auth file lags the others' (a rollout of a new token): every call with the
+    new token failed on n1, listed first, though n2 and n3 would take it (a client
+    probe's finding). The client now tries its other nodes, as for a node of another
+    cluster; a token no node knows still fails, naming a node that refused it."""
+    cluster = cluster_whose_n1_lags_a_rollout(tmp_path)
     with cluster:
         with Client(cluster.endpoints, token=cluster.token, timeout=5) as client:
             client.put("rolled", "out")
@@ -91,6 +97,24 @@ def test_a_token_one_node_does_not_know_yet_is_served_by_the_others(tmp_path):
             client.put("rolled", "by no one")
         assert refused.value.maybe_applied is False
         assert any(node.address in refused.value.message for node in cluster), refused.value.message
+
+
+def test_a_nodes_own_bridge_sends_a_token_its_node_does_not_know_yet_to_the_peers(tmp_path):
+    """As the client library does (above): n1's auth file lags in a rollout, and its own
+    bridge answered 401 to every REST call with the new token (an operations probe's
+    finding). A token no node knows is still a 401."""
+    cluster = cluster_whose_n1_lags_a_rollout(tmp_path)
+    url = with_http(cluster, "n1")["n1"]
+    with cluster:
+        cluster.wait_ready()
+        wait_for(lambda: rest_answers(url), timeout=15, what="n1's bridge")
+        bearer = {"Authorization": f"Bearer {cluster.token}"}
+        put = http("PUT", f"{url}{PREFIX}/kv/rolled/", {"value": "out"}, headers=bearer)
+        assert put.status in (200, 201), put
+        got = http("GET", f"{url}{PREFIX}/kv/rolled/", headers=bearer)
+        assert got.status == 200 and got.json["value"] == "out", got
+        refused = http("GET", f"{url}{PREFIX}/kv/rolled/", headers={"Authorization": f"Bearer {WRONG}"})
+        assert refused.status == 401, refused
 
 
 def test_a_wrong_token_is_refused_at_hello(cluster):

@@ -14,7 +14,8 @@ It fails over as the bridge's client did, through the client library to the
 peers, within the same call timeout: while this node is not serving (its
 listeners bind before storage loads; at shutdown they close before the node
 stops), and when the node answers with an error the retry policy sends to
-another node (UNAVAILABLE, a NO_QUORUM). A PUT with its caller's request id
+another node (UNAVAILABLE, a NO_QUORUM), or refuses the caller's token (its auth
+file may lag the others' in a rollout). A PUT with its caller's request id
 carries it into both attempts, marked as a retry on the peers, so a peer
 finishes the node's attempt rather than apply it twice (docs/protocol.md
 6.4). A PUT without one goes to the node without one, as no connection can
@@ -44,6 +45,7 @@ from ..protocol.errors import (
     KvwireError,
     KvwireTimeoutError,
     NoQuorumError,
+    UnauthenticatedError,
     error_from_wire,
 )
 from ..protocol.messages import Consistency, Delete, ErrorReply, Get, Health, Hello, Put, Version
@@ -164,7 +166,14 @@ class InProcessClient:
         node = self._slot.node
         if node is None:
             return _Declined(None)
-        session = self._session_for(node)
+        try:
+            session = self._session_for(node)
+        except UnauthenticatedError as exc:
+            # This node's --auth-file may lag the others' while a token is rolled out:
+            # the peers are asked, as the client library asks its other nodes. Every
+            # REST call with the new token answered 401 through a node not yet
+            # restarted (an operations probe's finding).
+            return _Declined(exc)
         started = perf_counter()
         tally = node.metrics.tally_of_request(request)
         try:
