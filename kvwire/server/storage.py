@@ -352,8 +352,8 @@ class Storage:
                         # Started once without --join after its disk was lost, then with it:
                         # ignored, the node would vote with what it lacks.
                         log.warning("--join on %s, a data directory this node has used but never joined with: "
-                                    "joining now, catching up from every peer before it votes; remove --join "
-                                    "once HEALTH says joining: false", path, extra={"event": "join_used_directory"})
+                                    "joining now, catching up from every peer before it votes; --join may stay: it "
+                                    "is ignored once this node has joined", path, extra={"event": "join_used_directory"})
                     await writer.execute(META_SET, (JOINING, "1"))
             # Present from here until a clean close: found at open, the last run
             # was killed (or lost power) and may have sent tags it never committed.
