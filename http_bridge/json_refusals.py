@@ -16,6 +16,7 @@ aiohttp's default ``Expect`` handler, which runs before the middlewares.
 from __future__ import annotations
 
 import asyncio
+import re
 from http import HTTPStatus
 
 from aiohttp import web
@@ -61,12 +62,18 @@ class JsonRefusals(RequestHandler):
         return response
 
 
+_ECHOED_BYTES = re.compile(r":?\s*(bytearray\()?b['\"].*$")
+
+
 def refusal_message(status: int, message: str | None) -> str:
     """One line saying what aiohttp refused, without the bytes it echoes."""
     if status >= 500:
         return "internal error in the HTTP bridge; the bridge's log has the details"
     line = (message or "").strip().splitlines()[0].strip().rstrip(":") if message and message.strip() else ""
     line = line.split(_HINT, 1)[0]
+    # "Got more than 16384 bytes when reading: bytearray(b'/kv-store/...')": the
+    # bytes are the client's own line or header, a token's first characters included.
+    line = _ECHOED_BYTES.sub("", line).rstrip(" :.")
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:

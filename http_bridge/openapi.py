@@ -51,7 +51,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                 'every error is `{"error": "..."}`, with `"maybe_applied": true|false` when a failed '
                 "write is known to be possibly applied (true) or not applied at all (false). Paths are "
                 "also accepted without their trailing slash. A method a path does not take is answered 405 "
-                "with `Allow`. The same port also serves Prometheus metrics at `/metrics` and a cluster page "
+                "with `Allow`. A body is read as JSON whatever its `Content-Type` says. The same port also serves Prometheus metrics at `/metrics` and a cluster page "
                 "under `/kv-store/v1/ui/`, which are not part of this API."
             ),
         },
@@ -64,9 +64,24 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                     "parameters": [consistency_parameter],
                     "responses": {
                         "200": _json_response("The value and its version.", "Entry"),
-                        "400": {"$ref": _RESPONSES + "BadRequest"},
                         "404": {"$ref": _RESPONSES + "NotFound"},
                         "406": {"$ref": _RESPONSES + "NotRepresentable"},
+                        "413": {"$ref": _RESPONSES + "TooLarge"},
+                        **_request_refusals(),
+                        **_access_failures(config),
+                        **_cluster_failures(),
+                    },
+                },
+                "head": {
+                    "operationId": "headKey",
+                    "summary": "A GET's status and headers, without its body",
+                    "parameters": [consistency_parameter],
+                    "responses": {
+                        "200": {"description": "The key holds a value."},
+                        "404": {"description": "No such key (or a deleted one)."},
+                        "406": {"description": "The stored value is one JSON cannot carry (as for GET)."},
+                        "413": {"description": "The key is too long."},
+                        **_request_refusals(),
                         **_access_failures(config),
                         **_cluster_failures(),
                     },
@@ -118,10 +133,9 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                                 }
                             },
                         },
-                        "400": {"$ref": _RESPONSES + "BadRequest"},
                         "413": {"$ref": _RESPONSES + "TooLarge"},
                         "415": {"$ref": _RESPONSES + "UnsupportedEncoding"},
-                        "417": {"$ref": _RESPONSES + "ExpectationFailed"},
+                        **_request_refusals(),
                         **_access_failures(config),
                         **_cluster_failures(),
                     },
@@ -131,9 +145,10 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                     "summary": "Delete a key",
                     "responses": {
                         "200": _json_response("Deleted: the version of the deletion.", "Deleted"),
-                        "400": {"$ref": _RESPONSES + "BadRequest"},
                         "404": {"$ref": _RESPONSES + "NotFound"},
                         "409": {"$ref": _RESPONSES + "Conflict"},
+                        "413": {"$ref": _RESPONSES + "TooLarge"},
+                        **_request_refusals(),
                         **_access_failures(config),
                         **_cluster_failures(),
                     },
@@ -151,6 +166,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                     ),
                     "responses": {
                         "200": _json_response("The node has quorum.", "Health"),
+                        **_request_refusals(),
                         "401": {"$ref": _RESPONSES + "Unauthenticated"},
                         "502": {"$ref": _RESPONSES + "BadGateway"},
                         "503": {
@@ -163,10 +179,22 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                             },
                         },
                         "504": {"$ref": _RESPONSES + "GatewayTimeout"},
-                        "408": {"$ref": _RESPONSES + "RequestTimeout"},
                         "500": {"$ref": _RESPONSES + "InternalError"},
                     },
-                }
+                },
+                "head": {
+                    "operationId": "headHealth",
+                    "summary": "The health check's status, without its body",
+                    "responses": {
+                        "200": {"description": "The node has quorum."},
+                        "503": {"description": "The node has no quorum, or no node answered."},
+                        **_request_refusals(),
+                        "401": {"$ref": _RESPONSES + "Unauthenticated"},
+                        "502": {"$ref": _RESPONSES + "BadGateway"},
+                        "504": {"$ref": _RESPONSES + "GatewayTimeout"},
+                        "500": {"$ref": _RESPONSES + "InternalError"},
+                    },
+                },
             },
             "/kv-store/v1/openapi.json": {
                 "get": {
@@ -177,6 +205,7 @@ def openapi_document(config: BridgeConfig) -> dict[str, Any]:
                             "description": "The OpenAPI document.",
                             "content": {"application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}},
                         },
+                        **_request_refusals(),
                         **_host_refusals(config),
                         "500": {"$ref": _RESPONSES + "InternalError"},
                     },
@@ -243,6 +272,8 @@ def _schemas(config: BridgeConfig) -> dict[str, Any]:
             "type": "object",
             "required": ["value"],
             "properties": {"value": {"$ref": _SCHEMAS + "Value"}},
+            # A member kvwire does not keep ("ttl") is refused, not dropped unnoticed.
+            "additionalProperties": False,
         },
         "Entry": {
             "type": "object",
@@ -280,7 +311,12 @@ def _schemas(config: BridgeConfig) -> dict[str, Any]:
                 "status": {
                     "type": "string",
                     "enum": ["healthy", "degraded", "unavailable"],
-                    "description": "healthy: every node up; degraded: some down but quorum; unavailable: no quorum.",
+                    "description": (
+                        "healthy: every node up and taking writes; degraded: some node down, joining or refusing "
+                        "writes (this one included, which then answers 503 without quorum, while its peers may "
+                        "still have one: `cluster.has_quorum` says whether this node can serve); unavailable: "
+                        "no quorum as this node sees it."
+                    ),
                 },
                 "node_id": {"type": "string"},
                 "cluster_id": {"type": "string"},
@@ -323,8 +359,9 @@ def _schemas(config: BridgeConfig) -> dict[str, Any]:
 
 def _error_responses(config: BridgeConfig) -> dict[str, Any]:
     return {
-        "BadRequest": _error("Bad request: a body that is not JSON, has no `value`, holds a bad bytes object or "
-                             "names a member twice; a key too long or not UTF-8; a '#' in the request's target; "
+        "BadRequest": _error("Bad request: a body that is not JSON, has no `value` or a member besides it, holds "
+                             "a bad bytes object or names a member twice; a malformed request line or header, or "
+                             "one too long; a header given twice where one is allowed; a key too long or not UTF-8; a '#' in the request's target; "
                              "an unknown consistency; a request-id header not of 1 to 128 UTF-8 characters; a "
                              "malformed `Host` header."),
         "NotFound": _error("No such key (or a deleted one)."),
@@ -349,8 +386,8 @@ def _error_responses(config: BridgeConfig) -> dict[str, Any]:
         "ExpectationFailed": _error("An `Expect` header other than `100-continue`."),
         "UnsupportedEncoding": _error("A `Content-Encoding` other than gzip, deflate or identity."),
         "TooLarge": _error(
-            f"The value is over {config.limits.max_value_bytes} bytes as msgpack, or the body over "
-            f"{config.max_body_bytes} bytes."
+            f"The value is over {config.limits.max_value_bytes} bytes as msgpack, the body over "
+            f"{config.max_body_bytes} bytes, or the key longer than the nodes take."
         ),
         "InternalError": _error("A bug in the bridge; its log has the details. Never a stack trace."),
         "BadGateway": _error("The nodes failed the request: an internal error, or a node of another cluster."),
@@ -402,7 +439,19 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _retry_after() -> dict[str, Any]:
-    return {"Retry-After": {"description": "Seconds after which to try again.", "required": True, "schema": {"type": "integer", "minimum": 0}}}
+    # Not on the 503 a bridge past its --max-connections answers before it reads the request.
+    return {"Retry-After": {"description": "Seconds after which to try again; absent from the answer to a "
+                                           "connection past the bridge's --max-connections.",
+                            "required": False, "schema": {"type": "integer", "minimum": 0}}}
+
+
+def _request_refusals() -> dict[str, Any]:
+    """What any request may get before its method's work begins: its HTTP is refused."""
+    return {
+        "400": {"$ref": _RESPONSES + "BadRequest"},
+        "408": {"$ref": _RESPONSES + "RequestTimeout"},
+        "417": {"$ref": _RESPONSES + "ExpectationFailed"},
+    }
 
 
 def _version() -> str:

@@ -60,6 +60,11 @@ def read_put_body(body: bytes, limits: Limits) -> tuple[Any, Raw]:
         raise BadRequestError(f'the request body must be a JSON object {{"value": ...}}, not {_json_kind(document)}')
     if "value" not in document:
         raise BadRequestError('the request body has no "value" field')
+    if len(document) > 1:
+        # Dropped unnoticed, a typo or a "ttl" read as kept (a REST probe's finding).
+        others = ", ".join(repr(name) for name in sorted(document) if name != "value")
+        raise BadRequestError(f'the request body may hold only "value", not also {others}: kvwire keeps a value '
+                              "per key and nothing else (no TTL, no metadata)")
     value = document["value"]
     try:
         check_value(value)

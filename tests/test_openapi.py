@@ -69,14 +69,30 @@ def test_every_status_the_bridge_maps_errors_to_is_documented():
             assert status in kv[operation]["responses"], (cls.__name__, operation, status)
 
 
-def test_a_request_too_slow_to_arrive_is_documented_on_every_operation():
-    # The bridge answers 408 on any route (tests/test_http_bounds.py), the timeout as configured.
+def test_what_any_request_may_get_is_documented_on_every_operation():
+    # The bridge answers 408 on any route (tests/test_http_bounds.py), the timeout as configured,
+    # and 400 (a malformed request, a header twice) and 417 on any route too (test_http_refusals.py):
+    # a REST probe found them undeclared on health and openapi.json, 417 on all but PUT.
     document = openapi_document(BridgeConfig(request_timeout=2.5))
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            if method != "parameters" and not path.endswith("openapi.json"):
+            if method != "parameters":
+                for status in ("400", "408", "417"):
+                    assert status in operation["responses"], (path, method, status)
                 assert operation["responses"]["408"] == {"$ref": "#/components/responses/RequestTimeout"}, (path, method)
     assert "within 2.5 s of its first byte" in document["components"]["responses"]["RequestTimeout"]["description"]
+
+
+def test_head_a_strict_put_body_and_an_optional_retry_after_are_declared():
+    document = openapi_document(BridgeConfig())
+    paths = document["paths"]
+    assert {"get", "head", "put", "delete"} <= set(paths["/kv-store/v1/kv/{key}/"])
+    assert {"get", "head"} <= set(paths["/kv-store/v1/health/"])
+    for operation in ("get", "delete"):  # a key longer than the nodes take
+        assert "413" in paths["/kv-store/v1/kv/{key}/"][operation]["responses"]
+    assert document["components"]["schemas"]["PutBody"]["additionalProperties"] is False
+    # The 503 past --max-connections has none (README).
+    assert document["components"]["responses"]["Unavailable"]["headers"]["Retry-After"]["required"] is False
 
 
 def test_the_served_document_is_the_one_built_from_the_bridge_limits(bridges):
