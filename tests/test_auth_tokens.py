@@ -243,6 +243,7 @@ def test_replication_and_failover_with_auth_on(cluster):
     ("alice write 0123456789abcdef0123 #tenant/\n", "line 1: a field begins with '#'"),
     # What `printf "$TOKEN" | sha256sum` writes with TOKEN unset: it matched an empty token.
     (f"alice admin sha256:{__import__('hashlib').sha256(b'').hexdigest()}\n", "the SHA-256 of nothing"),
+    ("alice admin sha256:" + __import__("hashlib").sha256(b"\n").hexdigest() + "\n", "the SHA-256 of a newline alone"),
 ])
 def test_a_bad_auth_file_names_the_file_and_line(tmp_path, text, message):
     path = tmp_path / "auth"

@@ -104,7 +104,7 @@ def test_a_replica_holding_a_tombstone_against_a_live_value_is_described_as_hold
     # It said "n2: no entry", of a node holding a tombstone (a checker probe's finding).
     states = {"n1": {"k": ((1, "n1"), False, "live")}, "n2": {"k": ((2, "n1"), True, None)}, "n3": {}}
     (problem,) = check_converged(states)
-    assert "n2, n3: no live entry (tombstone at tag (2, 'n1'))" in problem and "n1: 'live' at tag (1, 'n1')" in problem
+    assert "n2: tombstone at tag (2, 'n1'); n3: no entry" in problem and "n1: 'live' at tag (1, 'n1')" in problem
 
 
 def test_reports_cut_long_values_and_say_how_long_they_were():
@@ -114,6 +114,10 @@ def test_reports_cut_long_values_and_say_how_long_they_were():
     assert len(problem) < 1_000 and "2,000,002 characters in all" in problem
     (converged,) = check_converged({"n1": {"k": ((1, "n1"), False, huge)}, "n2": {}})
     assert len(converged) < 1_000
+    # And the linearizability report's "why", which names the value the key was left holding.
+    stale = [op(0, "put", 0, 1, "ok", "a"), op(1, "put", 2, 3, "ok", huge), op(2, "get", 4, 5, "ok", "a")]
+    report = format_report(check_history(stale))
+    assert "leaving the key holding 'xxx" in report and max(map(len, report.splitlines())) < 1_000
 
 
 def test_an_acknowledged_operation_without_an_end_is_refused_saying_so():

@@ -155,7 +155,7 @@ def check_converged(states: Mapping[str, Mapping[str, ReplicaEntry]]) -> list[st
                 groups.append((entry, [node]))
         if len(groups) > 1:
             # A node without a live entry may hold a tombstone: say so, not "no entry".
-            described = "; ".join(f"{', '.join(nodes)}: {_describe_entry(entry, [every[node].get(key) for node in nodes])}"
+            described = "; ".join(_describe_group(entry, nodes, {node: every[node].get(key) for node in nodes})
                                   for entry, nodes in groups)
             problems.append(f"replicas disagree on key {key!r}: {described}")
     return problems
@@ -186,10 +186,19 @@ def _tag(version: Version) -> str:
     return f"({version[0]}, {version[1]!r})"
 
 
-def _describe_entry(entry: ReplicaEntry | None, held: list[ReplicaEntry | None] = ()) -> str:
-    """``held``: what the nodes of a group without a live entry hold instead (tombstones, or nothing)."""
+def _describe_group(entry: ReplicaEntry | None, nodes: list[str], held: dict[str, ReplicaEntry | None]) -> str:
+    """``nodes: what they hold``; a group without a live entry is told apart by what each
+    holds instead, a tombstone (its tag) or nothing: it said "no entry" of a tombstone."""
+    if entry is not None:
+        return f"{', '.join(nodes)}: {_describe_entry(entry)}"
+    by_what: dict[str, list[str]] = {}
+    for node in nodes:
+        by_what.setdefault(_describe_entry(held[node]), []).append(node)
+    return "; ".join(f"{', '.join(group)}: {what}" for what, group in by_what.items())
+
+
+def _describe_entry(entry: ReplicaEntry | None) -> str:
     if entry is None:
-        tombstones = sorted({_tag(other[0]) for other in held if other is not None})
-        return f"no live entry (tombstone at tag {', '.join(tombstones)})" if tombstones else "no entry"
+        return "no entry"
     version, deleted, value = entry
     return f"tombstone at tag {_tag(version)}" if deleted else f"{shown(value)} at tag {_tag(version)}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Iterable
 
 from .history import Operation, OpKind, Outcome, validate_operation
-from .values import value_key
+from .values import shown, value_key
 
 DEFAULT_MAX_STEPS = 200_000
 
@@ -231,9 +231,9 @@ class _Search:
         return "ok", steps, ""
 
     def _explain(self, prefix: list[int], state: int, blocked: int) -> str:
-        shown = "absent" if state == ABSENT else f"holding {self.values[state]!r}"
+        held = "absent" if state == ABSENT else f"holding {shown(self.values[state])}"
         lines = [f"longest linearizable prefix ({len(prefix)} of {len(self.ops)} operations that constrain the key):"]
         lines += [f"  {self.ops[number].describe()}" for number in prefix] or ["  (none)"]
-        lines.append(f"leaving the key {shown}; then this operation cannot take effect before it returned:")
+        lines.append(f"leaving the key {held}; then this operation cannot take effect before it returned:")
         lines.append(f"  {self.ops[blocked].describe()}" if blocked >= 0 else "  (none)")
         return "\n".join(lines)

@@ -10,7 +10,7 @@ The auth file, one token a line (a line whose first field begins with ``#`` is a
 comment; a ``#`` inside a token or key prefix is part of it)::
 
     # name     role    token (or sha256:HEX of it)      [key prefix]
-    app        write   sha256:9f86d08...                app/
+    app        write   sha256:<64 hex digits>           app/
     dashboard  read    Xq3v...
 
 A token is looked up by its SHA-256 digest, in a dict: one look-up per HELLO
@@ -37,8 +37,9 @@ MAX_AUTH_FILE_BYTES = 16 * 1024 * 1024
 # A token is a password a program holds: refuse ones short enough to guess.
 MIN_TOKEN_CHARS = 16
 _SHA256_PREFIX = "sha256:"
-# sha256sum of nothing: what `printf "$TOKEN" | sha256sum` writes when TOKEN is unset.
-_EMPTY_DIGEST = hashlib.sha256(b"").digest()
+# What `printf "$TOKEN" | sha256sum` and `echo "$TOKEN" | sha256sum` write when TOKEN is
+# unset: no token could match either, and the entry is a mistake to say so of.
+_UNSET_DIGESTS = {hashlib.sha256(b"").digest(): "nothing", hashlib.sha256(b"\n").digest(): "a newline alone"}
 
 
 class AccessRole(str, enum.Enum):
@@ -200,9 +201,10 @@ def _parse_entry(fields: list[str]) -> TokenEntry:
             digest = b""
         if len(digest) != 32:
             raise ValueError(f"token of {name!r}: sha256: must be followed by 64 hex digits")
-        if digest == _EMPTY_DIGEST:
-            raise ValueError(f"token of {name!r}: that is the SHA-256 of nothing (was the variable holding the "
-                             f"token unset when it was hashed?); tokens are at least {MIN_TOKEN_CHARS} characters")
+        if digest in _UNSET_DIGESTS:
+            raise ValueError(f"token of {name!r}: that is the SHA-256 of {_UNSET_DIGESTS[digest]} (was the variable "
+                             f"holding the token unset when it was hashed?); tokens are at least {MIN_TOKEN_CHARS} "
+                             "characters")
     elif len(token) < MIN_TOKEN_CHARS:
         raise ValueError(f"token of {name!r} is shorter than {MIN_TOKEN_CHARS} characters")
     else:

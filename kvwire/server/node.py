@@ -326,7 +326,8 @@ class Node:
         secret = config.cluster_secret
         if not self.core.peer_ids:
             # Even with --insecure: a lone node's peer role was a way past its auth file.
-            raise ForbiddenError(f"node {config.node_id!r} runs alone (no --cluster), so it takes no peers")
+            raise ForbiddenError(f"node {config.node_id!r} runs alone (its --cluster names no other member), "
+                                 "so it takes no peers")
         if secret is None and not config.insecure:
             raise ForbiddenError("this node has no cluster secret, so it takes no peers")
         dialer = request.node
