@@ -1543,6 +1543,45 @@ def test_an_undecided_puts_readers_are_released_once_a_peer_holds_its_very_tag()
             assert reply is None, mutant
 
 
+def test_an_undecided_puts_readers_are_released_once_every_peer_answers_below_its_tag():
+    """The refuser's newer copy lost with its disk, the other replicas below the tag and
+    none holding it: no answer could be newer or equal, and the readers, the key's hints
+    and a rejoining peer's pull of the key were held for good (python -m kvwire.sim --seed
+    721429 --ops 200 --nodes 3 --faults crash,pause,partition,one-way,disk,network
+    --clients 5). Every peer below it, asked as anti-entropy asks (a joining peer answers
+    too), the tag is the newest copy anywhere: no write above it was acknowledged."""
+    for mutant, released in ((None, True), ("hold-undecided-below-every-peer", False)):
+        core = refused_tag_left_here(mutant)
+        effects = core.take_effects()
+        (fetch,) = [e for e in effects if type(e) is Send and e.message_type is Fetch]
+        assert fetch_reply(core) is None  # held
+        core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), 0.0)
+        every = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
+        if not released:
+            assert every == [] and fetch_reply(core) is None, mutant  # asked again later, as before
+            continue
+        assert sorted(e.peer for e in every) == ["n2", "n3"]
+        assert all(e.fields[-1] is True for e in every)  # anti-entropy's FETCH: a joining peer answers it
+        assert fetch_reply(core) is None  # still held while every peer has yet to answer
+        for sent in every:
+            core.peer_reply(sent.peer, sent.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), 0.0)
+        reply = fetch_reply(core)
+        assert reply is not None and reply.version == Version(5, "!n1"), reply
+
+
+def test_an_undecided_tag_below_a_peers_newer_copy_stays_held_when_every_peer_is_asked():
+    core = refused_tag_left_here()
+    (fetch,) = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
+    core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), 0.0)
+    every = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
+    newer = {"n2": FetchReply(1, Version(4, "n2"), False, "old", 0), "n3": FetchReply(1, Version(6, "n3"), False, "six", 0)}
+    for sent in every:
+        core.peer_reply(sent.peer, sent.request_id, newer[sent.peer], 0.0)
+    (persist,) = effects_of(core, Persist)  # the newer copy is fetched, as for a dead tag
+    assert persist.version == Version(6, "n3")
+    assert fetch_reply(core) is None  # held until that commit lands
+
+
 def test_a_key_a_failed_delete_left_undecided_is_still_stranded_after_a_clean_restart():
     # A probe of the core (2026-12-06): kept in memory only, the mark was gone after a
     # clean restart; the next PUT through n2 minted (3, n2) over its failed tombstone

@@ -348,6 +348,10 @@ CORE_CASES = {
     # A liveness rule: the simulator catches its mutant only with the narrower run of
     # the seed that found it (test_seed_542010_drains_its_hints), not by its searches.
     "hold-readers-of-a-held-tag": "test_an_undecided_puts_readers_are_released_once_a_peer_holds_its_very_tag",
+    # The same kind (test_seed_721429_drains_its_hints), found by a sweep of seeds
+    # 720,000-721,999 of the default mix (2026-12-06).
+    "hold-undecided-below-every-peer":
+        "test_an_undecided_puts_readers_are_released_once_every_peer_answers_below_its_tag",
 }
 
 
@@ -572,6 +576,20 @@ def test_hints_are_judged_drained_by_the_designs_bound_and_a_node_that_never_rep
     assert late.ok, late.problems
     never = run_seed(CAUGHT_ON["no-hint-replay"], faults=FAULT_KINDS, mutant="no-hint-replay")
     assert any("hint(s) for" in problem and "after every fault healed" in problem for problem in never.problems)
+
+
+def test_seed_721429_drains_its_hints_and_reads_back():
+    """A one-round-trip PUT left undecided after a refusal, the refuser's newer copy lost
+    with its disk and the other replicas below the tag: no answer could be newer or
+    equal, and the coordinator held the key's readers, its hints and the rejoining
+    node's pull of the key for good (found by a sweep of seeds 720,000-721,999 of the
+    default mix, 2026-12-06). The rule's mutant fails it."""
+    mix = dict(operations=200, nodes=3, faults=("crash", "pause", "partition", "one-way", "disk", "network"),
+               clients=5)
+    assert run_seed(721429, **mix).problems == []
+    held = run_seed(721429, mutant="hold-undecided-below-every-peer", **mix)
+    assert any("still holds 1 hint(s)" in problem for problem in held.problems), held.problems
+    assert any("quorum reads after every fault healed failed" in problem for problem in held.problems)
 
 
 def test_seed_542010_drains_its_hints():

@@ -41,7 +41,18 @@ class DeadCopyRepair:
     (``python -m kvwire.sim --seed 542010 --ops 200 --nodes 3 --faults
     crash,pause,partition,one-way,disk,network --clients 5``). A dead tag's refusers held
     newer durably, so no peer can answer with it, and its client was told nothing was
-    written: that rule stays as it was."""
+    written: that rule stays as it was.
+
+    Nor could the readers of an undecided tag go while no peer held it: with the
+    refuser's newer copy lost with its disk and the others below the tag, no answer
+    could be newer or equal, and the readers, the key's hints and a rejoining peer's
+    pull of the key were held for good (``python -m kvwire.sim --seed 721429 --ops 200
+    --nodes 3 --faults crash,pause,partition,one-way,disk,network --clients 5``). So
+    when a majority's answers are below the tag, every peer is asked, as anti-entropy
+    asks (a joining peer answers too): every one below it, the tag is the newest copy
+    anywhere, and no write above it was acknowledged (it would be on a majority, so on
+    a peer). The readers are then released: the PUT, whose client was told it may have
+    been applied, takes effect now, as an undecided write may."""
 
     def __init__(self, core: CoreServices, key: str, dead: Version, *, undecided: bool = False) -> None:
         self._core = core
@@ -62,13 +73,23 @@ class DeadCopyRepair:
     def _try_later(self) -> None:
         self._core.timers.schedule(self._core.now + self._core.config.heartbeat_interval, self.start)
 
-    def _fetched(self, answers: Answers | None) -> None:
+    def _fetched(self, answers: Answers | None, *, from_every_peer: bool = False) -> None:
         copies = [copy for _, copy in answers or ()]
         newest: Copy | None = max(copies, key=lambda copy: copy.version) if copies else None
         core, key = self._core, self._key
         if newest is not None and newest.version == self._dead and self._undecided \
                 and core.mutant != "hold-readers-of-a-held-tag":
             core.one_trip_ended(key)
+            return
+        if answers is not None and (newest is None or newest.version < self._dead) and self._undecided \
+                and core.mutant != "hold-undecided-below-every-peer":
+            if from_every_peer:
+                core.one_trip_ended(key)  # the tag is the newest copy anywhere
+                return
+            self._round = MajorityRound(core, Fetch, key, core.now + core.config.write_timeout,
+                                        lambda every: self._fetched(every, from_every_peer=True),
+                                        everyone=True, repair=True)
+            self._round.start()
             return
         if newest is None or newest.version <= self._dead:
             self._try_later()

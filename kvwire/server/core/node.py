@@ -109,6 +109,7 @@ MUTANTS = (
     "created-second-hand",  # a one-round-trip PUT answers created from replicas that had its tag already
     "write-after-long-stall",  # a write read after a stall longer than request ids are kept is started
     "hold-readers-of-a-held-tag",  # an undecided PUT's readers stay held though a peer holds its very tag
+    "hold-undecided-below-every-peer",  # ... and though every peer answers below its tag
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

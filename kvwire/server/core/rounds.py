@@ -31,7 +31,9 @@ class MajorityRound:
         *,
         request: str | None = None,
         everyone: bool = False,
+        repair: bool = False,
     ) -> None:
+        """``repair``: FETCH as anti-entropy does, which a joining peer answers too."""
         self._core = core
         # This node's tag floor goes with the question, and the replica adopts it
         # before answering: a tag minted here above a floor no majority member has
@@ -42,7 +44,10 @@ class MajorityRound:
             floor = None
         # LOOKUP only: a PUT's request id, and the versions answers say it was applied
         # at, each with whether it is tentative (applied.py).
-        self._fields = (key, request, floor) if message_type is Lookup else (key, floor)
+        if message_type is Lookup:
+            self._fields = (key, request, floor)
+        else:
+            self._fields = (key, floor, True) if repair else (key, floor)
         self.request_versions: list = []
         # FETCH only: version -> the request id that wrote it, where an answer knew.
         self.requests: dict = {}
