@@ -145,7 +145,7 @@ def test_the_openapi_document_lists_421_where_hosts_are_checked():
 
     kv = "/kv-store/v1/kv/{key}/"
     assert operations_with_421(BridgeConfig()) == {
-        (kv, "get"), (kv, "put"), (kv, "delete"), ("/kv-store/v1/openapi.json", "get")}
+        (kv, "get"), (kv, "head"), (kv, "put"), (kv, "delete"), ("/kv-store/v1/openapi.json", "get")}
     assert operations_with_421(BridgeConfig(allowed_hosts=("*",))) == set()
 
 
