@@ -73,12 +73,12 @@ def check_tag_order(operations: Iterable[Operation]) -> list[str]:
         highest: Operation | None = None  # the highest tag among the operations ended so far
         for op in sorted(ops, key=lambda op: op.start):
             while ended < len(by_end) and by_end[ended].end < op.start:
-                if highest is None or tuple(by_end[ended].version) > tuple(highest.version):
+                if highest is None or by_end[ended].version > highest.version:
                     highest = by_end[ended]
                 ended += 1
             if highest is None:
                 continue
-            version, floor = tuple(op.version), tuple(highest.version)
+            version, floor = op.version, highest.version  # tuples: Operation normalises them
             if version < floor or (version == floor and op.kind is not OpKind.GET):
                 needed = "at least" if op.kind is OpKind.GET else "above"
                 problems.append(f"key {key!r}: tag {_tag(version)} went backwards: {op.describe()} began after "

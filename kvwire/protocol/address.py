@@ -60,15 +60,18 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[tuple[str, int]]:
         raise TypeError(f"endpoints must be a 'host:port,...' str or a list of 'host:port' str, "
                         f"not {type(endpoints).__name__}")
     parsed = []
+    nodes = set()  # each endpoint's _same_node form
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"each endpoint must be a 'host:port' string, got {item!r}")
         if "," in item and not isinstance(endpoints, str):
             raise ValueError(f"endpoint {item!r} holds a comma: give each 'host:port' as its own list item")
         endpoint = parse_endpoint(item)
-        if _same_node(endpoint) in {_same_node(other) for other in parsed}:
+        node = _same_node(endpoint)
+        if node in nodes:
             # Each is its own connection and failover attempt: a call would try the same node twice.
             raise ValueError(f"endpoint {item.strip()!r} is given twice")
+        nodes.add(node)
         parsed.append(endpoint)
     if not parsed:
         raise ValueError("endpoints must name at least one 'host:port'")
