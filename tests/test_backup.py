@@ -450,6 +450,23 @@ def test_bad_arguments_get_one_line_and_change_nothing(tmp_path):
         wait_for(lambda: node.running, timeout=1, what="the node untouched")
 
 
+def test_a_destination_inside_the_data_directory_is_refused(tmp_path):
+    """A restore moves the data directory aside and a lost node's is emptied: a backup kept
+    in it is lost with it. Refused before anything is made, through a symbolic link too."""
+    source = tmp_path / "n1"
+    source.mkdir()
+    with sqlite3.connect(source / DATABASE_FILE_NAME) as db:
+        db.executescript(SCHEMA)
+        db.execute(META_SET, ("node_id", "n1"))
+    (tmp_path / "link").symlink_to(source)
+    for destination in (source / "backups" / "today", tmp_path / "link" / "today", source / "."):
+        result = run_backup(source, destination)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (f"Error: {destination} is inside the data directory {source}: a backup there "
+                                 "is lost with it; give a DESTINATION outside it\n"), result.stderr
+    assert sorted(os.listdir(source)) == [DATABASE_FILE_NAME]
+
+
 def test_the_clean_up_removes_only_what_a_backup_would_have_left(tmp_path):
     """A directory named like a staging but not one (the user's own: another name's shape,
     or holding other files) is never removed; a killed backup's staging is."""

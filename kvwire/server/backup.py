@@ -55,6 +55,11 @@ def back_up(data_dir: Path, destination: Path, on_committed: Callable[[], None] 
     destination = Path(destination)
     if not source_path.is_file():
         raise BackupError(f"no kvwire database at {source_path}: give a node's --data-dir")
+    if _within(destination, Path(data_dir)):
+        # The restore moves the data directory aside, and replacing a lost node
+        # empties it: a copy kept in it goes with the data it was to save.
+        raise BackupError(f"{destination} is inside the data directory {data_dir}: a backup there is lost "
+                          "with it; give a DESTINATION outside it")
     try:
         staging = IntoEmptyDirectory(destination) if os.path.lexists(destination) else NewDirectory(destination)
     except OSError as exc:
@@ -76,6 +81,11 @@ def back_up(data_dir: Path, destination: Path, on_committed: Callable[[], None] 
     finally:
         staging.close()  # Ctrl-C and SIGTERM too: a copy not in place is removed
     return BackupSummary(node_id, keys, tombstones, size, destination)
+
+
+def _within(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or below it, through symbolic links and ``..`` too."""
+    return path.resolve().is_relative_to(directory.resolve())
 
 
 def _copy(source_path: Path, target_path: Path) -> None:
