@@ -120,7 +120,7 @@ def test_a_member_listed_at_the_wrong_address_is_named_when_it_dials_in(tmp_path
         cluster.wait_ready(peers=False)
         wait_for(lambda: "event=peer_unreachable_at_address" in n3.log(), timeout=15,
                  what="n3 naming the address it cannot reach n2 at")
-        assert f"peer n2 dialled in and proved itself, but this node cannot reach it at {wrong}" in n3.log()
+        assert f"peer n2 dialled in and was accepted as a peer, but this node cannot reach it at {wrong}" in n3.log()
         assert "event=peer_unreachable_at_address" not in cluster["n1"].log()
         # The other nodes see n3's --cluster give n2 another address: where an old copy of n2
         # still ran there, n3 and they would each back another process as n2 (a reviewer's finding).

@@ -219,7 +219,7 @@ class PeerLink:
         this one, and the one-line debug message was all that said why."""
         if self._dialled_in and not self._unreachable_warned and failures >= UNREACHABLE_WARNING_FAILURES:
             self._unreachable_warned = True
-            log.warning("peer %s dialled in and proved itself, but this node cannot reach it at %s, its --cluster "
+            log.warning("peer %s dialled in and was accepted as a peer, but this node cannot reach it at %s, its --cluster "
                         "address here (%s): it stays DOWN here until it can; check this node's --cluster",
                         self.member.node_id, self.member.address, error,
                         extra={"peer": self.member.node_id, "event": "peer_unreachable_at_address"})
