@@ -136,6 +136,18 @@ def test_other_cluster_sizes_check_clean(nodes):
     assert main(["--seeds", "40", "--nodes", str(nodes), "--json"]) == 0
 
 
+def test_faults_count_only_what_took_effect_and_show_their_parts(capsys):
+    """A lone node has no peer to cut off: partitions drawn for it inject nothing and
+    are not counted. A lost disk is a part of a crash, not a fault of its own."""
+    kinds: set[str] = set()
+    for seed in range(10):
+        kinds.update(run_seed(seed, nodes=1, faults=("partition", "one-way", "crash")).faults)
+    assert kinds == {"crash"}, kinds
+    assert main(["--seed", "0", "--seeds", "20", "--faults", "crash"]) == 0
+    summary = capsys.readouterr().out
+    assert "wipe" not in summary and "(disk lost " in summary, summary
+
+
 # Mutants whose bug needs a narrower run to show than every fault kind with five
 # clients (with that, each was first caught past the default seed count): a key
 # stranded by a one-round-trip PUT matters only on a coordinator partitioned away

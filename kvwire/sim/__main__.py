@@ -180,8 +180,24 @@ def _results(args: argparse.Namespace) -> Iterator[tuple[int, RunResult]]:
         yield from pool.imap(functools.partial(_run_one, args=args), seeds, chunksize=8)
 
 
+# Counts that are parts of a fault kind's, not faults of their own (kvwire.sim.nemesis).
+_PARTS = {"wipe": ("crash", "disk lost"), "restored": ("restore", "from a backup"),
+          "clean_stop": ("stop", "clean"), "unclean_stop": ("stop", "unclean")}
+
+
 def _describe(faults: dict[str, int]) -> str:
-    return ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) or "none"
+    """``crash 12 (disk lost 1), pause 9``: each part after its kind; PUTs sent without a
+    request id (counted with the faults, to show they ran) are no fault, and said apart."""
+    parts: dict[str, list[str]] = {}
+    for part, (kind, name) in _PARTS.items():
+        if faults.get(part):
+            parts.setdefault(kind, []).append(f"{name} {faults[part]}")
+    described = [f"{kind} {count}" + (f" ({', '.join(parts[kind])})" if kind in parts else "")
+                 for kind, count in sorted(faults.items()) if kind not in _PARTS and kind != "idless_puts"]
+    text = ", ".join(described) or "none"
+    if faults.get("idless_puts"):
+        text += f"; {faults['idless_puts']} PUTs without a request id"
+    return text
 
 
 def _main_for_a_pipe() -> int:

@@ -66,25 +66,25 @@ class Nemesis:
             # Half the crashes wait for a node to hand a write to its disk and
             # strike before the commit: the window where acknowledging or
             # replicating too early would lose a write or mint a tag twice.
-            self.injected[kind] = self.injected.get(kind, 0) + 1
             world.crash_at_next_persist = lambda node: self._crash_mid_commit(node, duration)
             self._schedule_next()
             return
-        self.injected[kind] = self.injected.get(kind, 0) + 1
         world.trace(f"nemesis: {kind} {victim.node_id} for {duration:.3f}s")
         if kind == "crash" and victim.alive:
+            self._count(kind)
             victim.crash()
             # (A lone node's lost disk loses everything: nothing to test there.)
             if rng.random() < WIPE_SHARE and not self._lost_a_disk() and len(ids) >= 3:
                 # The disk is lost too: the node comes back empty under its id.
                 world.trace(f"nemesis: {victim.node_id}'s disk is lost")
-                self.injected["wipe"] = self.injected.get("wipe", 0) + 1
+                self._count("wipe")
                 from .world import SimDisk
 
                 victim.disk = SimDisk()
                 victim.disk.joining = True  # started with --join, as an operator replacing a disk would
             self._heal_after(duration, victim.start)
         elif kind == "restore" and victim.alive:
+            self._count(kind)
             victim.crash()
             taken, backup = self.backups.get(victim.node_id, (None, None))
             # Only a backup younger than the tombstone grace, as docs/operations.md tells
@@ -94,7 +94,7 @@ class Nemesis:
             if (backup is not None and world.scheduler.now - taken < victim.config.tombstone_grace
                     and not self._lost_a_disk() and len(ids) >= 3):
                 world.trace(f"nemesis: {victim.node_id} restored from its backup")
-                self.injected["restored"] = self.injected.get("restored", 0) + 1
+                self._count("restored")
                 victim.disk = copy.deepcopy(backup)
                 victim.disk.failing_until = victim.disk.slow_until = -1.0  # a new disk
                 # The backup's mark (kvwire.server.backup). A restore follows a crash, an
@@ -102,10 +102,12 @@ class Nemesis:
                 victim.disk.joining = True
             self._heal_after(duration, victim.start)
         elif kind == "stop" and victim.alive and not victim.stopping:
+            self._count(kind)
+
             def stopped() -> None:
                 # Counted apart, to show both kinds of exit happen.
                 exit_kind = "clean_stop" if victim.disk.stopped_cleanly else "unclean_stop"
-                self.injected[exit_kind] = self.injected.get(exit_kind, 0) + 1
+                self._count(exit_kind)
                 if self.stopped:  # the run's final heal came first: back at once
                     world.scheduler.after(0.0, lambda: victim.alive or victim.start())
                 else:
@@ -113,6 +115,7 @@ class Nemesis:
 
             victim.stop_cleanly(stopped)
         elif kind == "pause" and victim.alive and not victim.paused:
+            self._count(kind)
             victim.pause()
             self._heal_after(duration, victim.resume)
         elif kind in ("partition", "one-way") and len(ids) > 1:
@@ -123,14 +126,18 @@ class Nemesis:
             else:
                 pairs = [(a, b) for other in others for a, b in ((victim.node_id, other), (other, victim.node_id))]
             pairs = [pair for pair in pairs if pair not in world.blocked]
+            if pairs:
+                self._count(kind)
             world.blocked.update(pairs)
             self._heal_after(duration, lambda: world.blocked.difference_update(pairs))
         elif kind == "disk":
+            self._count(kind)
             if rng.random() < 0.5:  # commits and reads fail
                 victim.disk.failing_until = world.scheduler.now + min(duration, 0.3)
             else:  # reads crawl: a Load can outlive several commits
                 victim.disk.slow_until = world.scheduler.now + duration
         elif kind == "network":
+            self._count(kind)
             world.faults.drop, world.faults.duplicate = 0.05, 0.05
             world.faults.max_delay = 0.02
 
@@ -141,6 +148,11 @@ class Nemesis:
             self._heal_after(duration, calm)
         self._schedule_next()
 
+    def _count(self, kind: str) -> None:
+        """Only what took effect: a crash of a node already down, or a partition with
+        no peer to cut off, injected nothing."""
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+
     def _lost_a_disk(self) -> bool:
         return bool(self.injected.get("wipe") or self.injected.get("restored"))
 
@@ -149,6 +161,7 @@ class Nemesis:
 
         def strike() -> None:
             if node.alive and not self.stopped:
+                self._count("crash")
                 world.trace(f"nemesis: crash {node.node_id} mid-commit for {duration:.3f}s")
                 node.crash()
                 self._heal_after(duration, node.start)
