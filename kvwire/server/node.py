@@ -41,6 +41,7 @@ from ..protocol.messages import (
 )
 from ..protocol.values import pack_value
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
+from .clock import node_clock
 from .config import ServerConfig
 from .core import (
     CloseLink, DropConnections, DropHint, DropPeerHints, Joined, Load, NodeCore, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
@@ -101,7 +102,7 @@ BACKUP_CLOCK_SLACK_S = 60.0
 
 
 class Node:
-    def __init__(self, config: ServerConfig, storage: Storage, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: ServerConfig, storage: Storage, *, clock: Callable[[], float] = node_clock) -> None:
         self.config = config
         self.storage = storage
         self._loop = asyncio.get_running_loop()

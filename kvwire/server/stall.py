@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+
+from .clock import node_clock
 
 log = logging.getLogger("kvwire.node")
 
@@ -22,15 +25,17 @@ class StallWatch:
     """``threshold``: the lateness worth a warning; the node passes half its
     --failure-timeout, a stall halfway to its peers marking it DOWN."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float, *, interval: float = CHECK_INTERVAL) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float, *, interval: float = CHECK_INTERVAL,
+                 clock: Callable[[], float] = node_clock) -> None:
         self._loop = loop
+        self._clock = clock  # the node's: the loop's own stands still while the machine is suspended
         self._interval = interval
         self._threshold = threshold
-        self._due = loop.time() + interval
-        self._timer = loop.call_at(self._due, self._check)
+        self._due = clock() + interval
+        self._timer = loop.call_later(interval, self._check)
 
     def _check(self) -> None:
-        now = self._loop.time()
+        now = self._clock()
         late = now - self._due
         if late >= self._threshold:
             log.warning("event loop stalled: a check due every %d ms ran %d ms late; the node answered nothing "
@@ -38,7 +43,7 @@ class StallWatch:
                         self._interval * 1000, round(late * 1000),
                         extra={"event": "loop_stalled", "late_ms": round(late * 1000)})
         self._due = now + self._interval
-        self._timer = self._loop.call_at(self._due, self._check)
+        self._timer = self._loop.call_later(self._interval, self._check)
 
     def stop(self) -> None:
         self._timer.cancel()
