@@ -7,6 +7,7 @@ import msgpack
 import pytest
 
 from kvwire.protocol.messages import NO_VERSION, Consistency
+from kvwire.protocol.limits import Limits
 from kvwire.protocol import (
     DEFAULT_LIMITS,
     Delete,
@@ -232,6 +233,37 @@ def test_value_over_the_limit_is_refused_and_nothing_is_stored(tmp_path):
             assert reply.code == ErrorCode.TOO_LARGE and "1000" in reply.message
             assert conn.request(Get(2, "big")).code == ErrorCode.NOT_FOUND
             assert conn.request(Put(3, "big", "x" * 990)).version == Version(1, "n1")
+
+
+def test_a_client_frame_longer_than_the_largest_request_is_refused_on_its_header(tmp_path):
+    """A frame of the costliest msgpack (empty maps) holds a node's loop about 0.2 s a
+    MiB while it is read: two clients sending 4 MiB ones, no token needed, made the
+    peers mark two nodes DOWN (a probe, 2026-12-07). A connection that is not a peer
+    link may send no frame longer than the largest request (key, value and 1 KiB);
+    max_frame_bytes is for peer links, which send larger (SYNC pages)."""
+    limits = Limits(max_key_bytes=1024, max_value_bytes=1000)
+    assert limits.client_frame_bytes == 1024 + 1000 + 1024 < limits.max_frame_bytes
+    # A PING whose unknown field (ignored, docs/protocol.md 3) makes it 1 byte too long.
+    filler = limits.client_frame_bytes - len(msgpack.packb({"op": 2, "id": 1, "junk": ""})) - 2
+    longest = msgpack.packb({"op": 2, "id": 1, "junk": "x" * filler})
+    assert len(longest) == limits.client_frame_bytes
+    too_long = msgpack.packb({"op": 2, "id": 1, "junk": "x" * (filler + 1)})
+    with LocalCluster(2, data_dir=tmp_path, node_args=["--max-value-bytes", "1000"]) as cluster:
+        cluster.wait_ready()
+        with cluster.raw("n1") as conn:
+            conn.send_bytes(_frame(longest))
+            assert conn.receive(1) == [Pong(1)]
+            conn.send_bytes(_frame(too_long))
+            (error,) = conn.receive(1)
+            assert (error.code, error.id) == (ErrorCode.TOO_LARGE, None)
+            assert error.message == (f"frame of {len(too_long)} bytes exceeds the limit of {limits.client_frame_bytes} "
+                                     "bytes; a client's frame holds at most the largest key and value and 1024 bytes "
+                                     "more (max_frame_bytes is for peer links)"), error.message
+            assert conn.closed_by_peer(timeout=5)
+        with cluster.raw("n1") as peer:
+            cluster.as_peer("n1", peer)
+            peer.send_bytes(_frame(too_long))
+            assert peer.receive(1) == [Pong(1)]
 
 
 def test_truncated_frame_then_disconnect_leaves_the_node_serving(node):

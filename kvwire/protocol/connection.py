@@ -12,7 +12,7 @@ import enum
 
 from .codec import HEADER, HEADER_SIZE, decode_payload, encode, oversized_frame_message
 from .errors import ErrorCode, ProtocolError
-from .limits import DEFAULT_LIMITS, Limits
+from .limits import DEFAULT_LIMITS, FRAME_OVERHEAD_BYTES, Limits
 from .messages import Message
 
 
@@ -44,6 +44,10 @@ class Connection:
         self.limits = limits
         self.raw_values = raw_values
         self._accept_replies = side is Side.CLIENT
+        # The longest frame taken, checked on its header, when lower than
+        # ``limits.max_frame_bytes``: a node's for a connection until it is a peer
+        # link (Limits.client_frame_bytes). None: the limits' own.
+        self.frame_limit: int | None = None
         self._buffer = bytearray()
         self._offset = 0
         self._eof = False
@@ -76,19 +80,15 @@ class Connection:
         if available < HEADER_SIZE:
             return self._end_of_input(available)
         (length,) = HEADER.unpack_from(buffer, start)
-        if length > self.limits.max_frame_bytes:
+        limit = self.limits.max_frame_bytes if self.frame_limit is None else self.frame_limit
+        if length > limit:
             # Refused on the header alone, before a byte of the payload is kept.
-            return self._fail(
-                ProtocolError(
-                    oversized_frame_message(
-                        bytes(buffer[start : start + HEADER_SIZE]),
-                        length,
-                        self.limits.max_frame_bytes,
-                        replies=self._accept_replies,
-                    ),
-                    code=ErrorCode.TOO_LARGE,
-                )
-            )
+            message = oversized_frame_message(bytes(buffer[start : start + HEADER_SIZE]), length, limit,
+                                              replies=self._accept_replies)
+            if limit < self.limits.max_frame_bytes:
+                message += (f"; a client's frame holds at most the largest key and value and "
+                            f"{FRAME_OVERHEAD_BYTES} bytes more (max_frame_bytes is for peer links)")
+            return self._fail(ProtocolError(message, code=ErrorCode.TOO_LARGE))
         if length == 0:
             return self._fail(ProtocolError("frame has an empty payload; a payload is one msgpack map"))
         end = start + HEADER_SIZE + length

@@ -64,6 +64,15 @@ class Limits:
                 "the largest allowed key and value could not be sent"
             )
 
+    @property
+    def client_frame_bytes(self) -> int:
+        """The largest frame a node takes from a connection that is not a peer link:
+        the largest request there is (a PUT of the largest key and value) and no more.
+        ``max_frame_bytes`` is for peer links' messages (DIGESTS, SYNC pages), and
+        reading a frame costs a node about 0.2 s a MiB of the costliest msgpack (a
+        million empty maps), all of it on its event loop."""
+        return min(self.max_frame_bytes, self.max_key_bytes + self.max_value_bytes + FRAME_OVERHEAD_BYTES)
+
     def widened_to(self, other: Limits) -> Limits:
         """Each limit the larger of the two: what one side may be sent when the other's
         limits are larger than its own."""

@@ -21,7 +21,7 @@ from ..protocol.codec import encode
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
-from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
+from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply, Hello
 from .access import ANONYMOUS, PEER
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
@@ -64,6 +64,12 @@ class NodeProtocol(asyncio.Protocol):
         self._outbox = outbox
         # Values stay the bytes the client packed, never rebuilt (protocol.values).
         self._codec = Connection(Side.NODE, node.config.limits, raw_values=True)
+        # Until it is a peer link, no frame longer than the largest request: a frame
+        # of the costliest msgpack holds the event loop about 0.2 s a MiB while it is
+        # read, with no token needed (a probe, 2026-12-07: 4 MiB frames from two
+        # clients, 1.2 s each, made the peers mark two nodes DOWN, and the cluster
+        # lost its quorum). A peer's HELLO grants it the whole max_frame_bytes.
+        self._codec.frame_limit = node.config.limits.client_frame_bytes
         self._core = node.core
         self._max_key_bytes = node.config.limits.max_key_bytes
         # What a client's waiting GET or DELETE is charged in flow control beyond
@@ -286,6 +292,8 @@ class NodeProtocol(asyncio.Protocol):
                 tally = metrics.tally_of_type(kind)
             try:
                 result = node.handle(request, session)
+                if kind is Hello and session.grant is PEER:
+                    codec.frame_limit = None
             except KvwireError as exc:
                 tally.answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
                 encoded = encode(ErrorReply(request.id, exc.code, exc.message, exc.maybe_applied))
