@@ -30,6 +30,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from kvwire.client import KvwireError
+from kvwire.tls import TLS_SHUTDOWN_TIMEOUT
 
 from .app import (
     CONFIG,
@@ -556,9 +557,17 @@ class FastPathSite(web.TCPSite):
         await web.BaseSite.start(self)  # registers the site with its runner
         self._fast_path = FastPath(self._runner, parse_requests=self._parse_requests)
         self._fast_path.bounds.start()
+        tls = {}
+        if self._ssl_context is not None:
+            # A handshake is held at most --request-timeout, as a request's head is (asyncio's
+            # default is 60 s), and a closed connection's close_notify waited for 1 s, not 30:
+            # a probe (2026-12-07) held 300 silent handshakes a minute each, past every
+            # bound, and took the process's open files with them.
+            tls = {"ssl_handshake_timeout": self._fast_path.config.request_timeout,
+                   "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
         self._server = await asyncio.get_running_loop().create_server(
             self._fast_path, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port, **tls,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 

@@ -18,6 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+# How long a connection a server closes waits for the other side's close_notify
+# before its socket is closed anyway. asyncio's default, 30 s, kept a client that
+# never answered it in one of a node's --max-connections slots for 30 s after
+# --hello-timeout had closed it (a probe, 2026-12-07); one round trip is all a
+# live client needs.
+TLS_SHUTDOWN_TIMEOUT = 1.0
 
 # OpenSSL's reason codes (``ssl.SSLError.reason``) that have a plainer name.
 _REASONS = {

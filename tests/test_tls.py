@@ -617,6 +617,48 @@ def test_stalled_handshakes_are_bounded_in_number_and_time(tmp_path, certs):
             kv.put("still", "serving")
 
 
+def test_a_connection_the_node_closes_frees_its_slot_though_the_client_never_answers_the_close(tmp_path, certs):
+    """A client that finishes its handshake, says nothing and never answers the node's
+    close_notify: closed at --hello-timeout, it kept its --max-connections slot 30 s
+    more (asyncio's TLS shutdown timeout; a probe, 2026-12-07). One second now."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs,
+                     extra_args=["--sync", "off", "--max-connections", "2", "--hello-timeout", "1"]) as node:
+        host, port = node.address.rsplit(":", 1)
+        silent = [connect_socket(host, int(port), timeout=5, ssl_context=certs.client_context()) for _ in range(2)]
+        try:
+            def served() -> bool:
+                try:
+                    with Client([node.address], timeout=1, **node.client_options) as kv:
+                        kv.ping()
+                    return True
+                except KvwireConnectionError:
+                    return False
+
+            # Past the hello timeout and the close_notify's second, with room for a loaded
+            # machine, but far short of the 31 s the slots were held.
+            wait_for(served, timeout=12, interval=0.2, what="a slot freed by the silent clients' close")
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_an_https_bridge_drops_a_handshake_that_does_not_finish_within_its_request_timeout(tmp_path, certs):
+    """Handshakes are not counted in the bridge's --max-connections (a connection is
+    counted once it is one): asyncio held a silent one 60 s, and 300 of them took every
+    open file of the process (a probe, 2026-12-07). They now last --request-timeout."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--sync", "off"]) as node:
+        with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", tls=certs,
+                           args=["--request-timeout", "1"]) as bridge:
+            bridge.wait_ready()
+            with socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as raw:
+                raw.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and nothing more
+                raw.settimeout(10)  # past the 1 s deadline with room; far short of asyncio's 60 s
+                try:
+                    assert raw.recv(100) == b""  # closed by the bridge
+                except ConnectionResetError:
+                    pass  # closed all the same
+
+
 def test_bench_security_cost_compares_tls_and_auth_with_plain_end_to_end():
     result = run_kvwire(sys.executable, "-m", "kvwire", "bench", "security-cost", "--rounds", "1", "--duration", "1",
                         "--warmup", "0", "--connections", "4", "--json", timeout=240)

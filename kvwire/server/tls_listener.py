@@ -20,7 +20,7 @@ import ssl
 from typing import Callable
 
 from ..protocol.address import format_endpoint
-from ..tls import describe_tls_error
+from ..tls import TLS_SHUTDOWN_TIMEOUT, describe_tls_error
 from .log_limit import LogLimit
 
 log = logging.getLogger("kvwire.server")
@@ -118,7 +118,8 @@ class TlsListener:
         self._handshakes += 1
         try:
             await loop.connect_accepted_socket(
-                self._protocol_factory, connection, ssl=self._context, ssl_handshake_timeout=self._handshake_timeout
+                self._protocol_factory, connection, ssl=self._context, ssl_handshake_timeout=self._handshake_timeout,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
             )
         except ssl.SSLError as exc:
             self._log_limit.log(logging.WARNING, "failed TLS handshakes", "TLS handshake with %s failed: %s", remote,
