@@ -2131,7 +2131,9 @@ def test_a_requests_reply_page_fits_the_nodes_frame_limit():
     from kvwire.protocol import Limits, encode
 
     limits = Limits(max_frame_bytes=8192, max_key_bytes=1024, max_value_bytes=1024)
-    core = make_core("n2", limits=limits)
+    # Alone: a cluster's nodes need frames anti-entropy's pages fit (ServerConfig), and
+    # this frame limit is the smallest the page must fit.
+    core = make_core("n2", parse_cluster("n2=127.0.0.2:7379"), limits=limits)
     for number in range(40):
         core.applied.remember(f"put-{number}", f"{number:04}" + "k" * 1000, Version(number + 1, "n2"), 0.0)
     cursor, pages, copied = 0, 0, 0

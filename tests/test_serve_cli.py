@@ -37,6 +37,17 @@ def run_serve(*args, env=None, timeout=15):
         (["--listen", "a..b:24240"], "'a..b' is not a host name"),  # was a CRITICAL traceback, exit 1
         (["--http-listen", "a..b:24241"], "'a..b' is not a host name"),
         (["--cluster", "n1=127.0.0.1:24240,n2=a..b:24246"], "'a..b' is not a host name"),  # the link died silently
+        # A probe (2026-12-07): accepted, each broke something only later.
+        # Anti-entropy's rounds all failed, unlogged; a node restarted after a kill never joined.
+        (["--cluster", "n1=127.0.0.1:24240,n2=127.0.0.1:24246", "--insecure", "--max-key-bytes", "16",
+          "--max-value-bytes", "64", "--max-frame-bytes", "1104"],
+         "--max-frame-bytes (1104) must be at least 113024 in a cluster with --max-key-bytes 16"),
+        # Every HEALTH failed to encode, and its connection closed.
+        (["--retry-attempts", "18446744073709551616"], "--retry-attempts must be from 0 to 1000"),
+        (["--failure-timeout", "1e21", "--heartbeat-interval", "1e20"], "must be a positive number of seconds, at most"),
+        # No handshake could pass: HELLO_REPLY's member list holds at most 255.
+        (["--insecure", "--cluster", ",".join(f"n{i}=127.0.0.1:{20000 + i}" for i in range(1, 257))],
+         "--cluster names 256 members; a cluster has at most 255"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message_and_no_traceback(tmp_path, args, message):

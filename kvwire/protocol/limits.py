@@ -24,6 +24,21 @@ REPAIR_BUCKETS = 1024
 # inside the default 4 MiB frame limit.
 MAX_SYNC_ENTRIES = 1000
 
+# A DIGESTS frame, header included (docs/protocol.md 6.12): fixed by REPAIR_BUCKETS.
+DIGESTS_FRAME_BYTES = 8223
+# A SYNC entry's bytes beside its key: [key, counter, node id, deleted] with the key's
+# str header, a counter of up to 9 bytes and a node id of up to 64 characters, rounded up.
+SYNC_ENTRY_OVERHEAD_BYTES = 96
+
+
+def anti_entropy_frame_bytes(max_key_bytes: int) -> int:
+    """The longest frame anti-entropy may send with keys of up to ``max_key_bytes``:
+    a DIGESTS, a SYNC page of MAX_SYNC_ENTRIES entries, or a SYNC_REPLY whose
+    ``wanted`` and ``offered`` hold as many keys each."""
+    per_entry = max(max_key_bytes + SYNC_ENTRY_OVERHEAD_BYTES, 2 * (max_key_bytes + 5))
+    return max(DIGESTS_FRAME_BYTES, FRAME_OVERHEAD_BYTES + MAX_SYNC_ENTRIES * per_entry)
+
+
 # Records in one REQUESTS_REPLY page (the reference node also bounds a page's
 # bytes by its frame limit: kvwire.server.core.node).
 MAX_REQUEST_RECORDS = 500

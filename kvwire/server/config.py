@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..protocol.address import format_endpoint, parse_host_port
 from ..protocol.ids import ID_RULE, is_valid_id
-from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..protocol.codec import MAX_MEMBERS
+from ..protocol.limits import DEFAULT_LIMITS, DIGESTS_FRAME_BYTES, MAX_SYNC_ENTRIES, Limits, anti_entropy_frame_bytes
 from ..tls import TlsFiles
 from ..protocol.peer_auth import MIN_SECRET_BYTES
 from .access import AuthTable
@@ -30,6 +31,11 @@ class SyncMode(str, enum.Enum):
 
 # Seconds; a shorter heartbeat only burns CPU (2 peers at 10 ms are 200 PINGs a second).
 MIN_HEARTBEAT_INTERVAL = 0.01
+# Bounds no setting needs to reach, which keep HEALTH's figures (milliseconds, counts)
+# within msgpack's integers: a --failure-timeout of 1e21 s made every HEALTH fail to
+# encode, and its connection close (a probe, 2026-12-07).
+MAX_SECONDS = 1_000_000_000  # about 31 years
+MAX_RETRY_ATTEMPTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +190,24 @@ class ServerConfig:
             raise ValueError(f"cluster member ids must be unique, got {', '.join(ids)}")
         if self.members and self.node_id not in ids:
             raise ValueError(f"--node-id {self.node_id} is not among the cluster members ({', '.join(ids)})")
+        if len(ids) > MAX_MEMBERS:
+            # HELLO_REPLY's member list holds at most that many: no handshake could pass.
+            raise ValueError(f"--cluster names {len(ids)} members; a cluster has at most {MAX_MEMBERS}")
+        needed = anti_entropy_frame_bytes(self.limits.max_key_bytes)
+        if len(ids) > 1 and self.limits.max_frame_bytes < needed:
+            # Found by a probe (2026-12-07): at a smaller limit every round failed, unlogged,
+            # replicas never converged, and a node restarted after a kill never joined.
+            raise ValueError(
+                f"max_frame_bytes ({self.limits.max_frame_bytes}) must be at least {needed} in a cluster with "
+                f"max_key_bytes {self.limits.max_key_bytes}: anti-entropy's messages (a DIGESTS of "
+                f"{DIGESTS_FRAME_BYTES} bytes, SYNC pages and their replies of up to {MAX_SYNC_ENTRIES} keys) "
+                "must fit a frame, or the replicas never converge and a restarted node never rejoins")
         for name in ("heartbeat_interval", "failure_timeout", "write_timeout", "retry_delay", "shutdown_timeout",
                      "hello_timeout", "frame_timeout", "repair_interval", "hint_max_age", "tombstone_grace"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= MAX_SECONDS):
+                raise ValueError(f"{name} must be a positive number of seconds, at most {MAX_SECONDS:,}, "
+                                 f"got {value!r}")
         if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL:
             raise ValueError(
                 f"heartbeat_interval ({self.heartbeat_interval} s) must be at least {MIN_HEARTBEAT_INTERVAL} s: "
@@ -205,8 +224,8 @@ class ServerConfig:
                 f"({self.write_timeout} s): a tombstone must outlast every operation that could still carry an "
                 "older version of its key"
             )
-        if self.retry_attempts < 0:
-            raise ValueError(f"retry_attempts must be 0 or more, got {self.retry_attempts}")
+        if not 0 <= self.retry_attempts <= MAX_RETRY_ATTEMPTS:
+            raise ValueError(f"retry_attempts must be from 0 to {MAX_RETRY_ATTEMPTS}, got {self.retry_attempts}")
 
     def _check_secret(self) -> None:
         secret = self.cluster_secret
