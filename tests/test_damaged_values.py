@@ -19,7 +19,7 @@ import pytest
 from kvwire import Client, UnavailableError
 from msgspec import Raw
 
-from kvwire.protocol import Get, GetReply, Put, PutReply
+from kvwire.protocol import Consistency, ErrorCode, Get, GetReply, Put, PutReply
 from kvwire.testing import LocalCluster, NodeProcess, RawConnection
 
 # 0xc1 is the one byte msgpack never uses.
@@ -101,3 +101,30 @@ def test_values_whose_bytes_look_like_a_timestamp_or_nest_deepest_are_read_back_
         assert (value, depth) == ([], 1023)
     log = node.log()
     assert "damaged_value" not in log and "failed" not in log, log
+
+
+def test_a_database_truncated_under_a_running_node_is_unavailable_and_clients_read_the_others(tmp_path):
+    """A probe truncated a running node's database file in place (its inode unchanged, so
+    not taken for a lost file): every read through that node failed INTERNAL, which no
+    client retries elsewhere, though the two other nodes held every value. A read SQLite
+    cannot make is this node's trouble: UNAVAILABLE, and clients read another node."""
+    values = {f"k{number}": f"{number}-" + "v" * 3000 for number in range(60)}
+    with LocalCluster(3, data_dir=tmp_path, node_args=["--cache-entries", "0"]) as cluster:
+        with Client(cluster.endpoints) as client:
+            for key, value in values.items():
+                client.put(key, value)
+        database = cluster["n3"].data_dir / "kvwire.sqlite3"
+        with sqlite3.connect(database) as db:  # every page in the file, where the truncation reaches them
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(database, "r+b") as file:
+            file.truncate(4096)
+        with RawConnection(cluster["n3"].address) as conn:
+            replies = [conn.request(Get(number, key, consistency=Consistency.ONE)) for number, key in enumerate(values)]
+        refused = [reply for reply in replies if not isinstance(reply, GetReply)]
+        assert refused, "no read failed: the truncation did not reach the reads"
+        assert all(reply.code == ErrorCode.UNAVAILABLE and "could not read" in reply.message for reply in refused), \
+            refused[:3]
+        with Client(cluster.endpoints_of("n3", "n1", "n2")) as client:
+            for key, value in values.items():
+                assert client.get(key) == value
+                assert client.get(key, consistency="one") == value

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import weakref
 from dataclasses import dataclass
@@ -64,6 +65,18 @@ QUORUM_NOTICES = frozenset({"peer_joining", "peer_joined", "peer_refuses_writes"
 # Keys read from SQLite in one hop to its thread: a batch of 256 point reads takes
 # about a millisecond, short enough not to hold up the requests of the next one.
 MAX_READ_BATCH = 256
+
+
+def _read_failure(key: str, error: Exception) -> Exception:
+    """What a request waiting on ``key``'s read is answered when the read failed. A
+    database SQLite cannot read (damaged, a file truncated under it, an I/O error)
+    is this node's trouble, not the key's: UNAVAILABLE, so that clients read another
+    node's copy, as for a damaged value. INTERNAL, as it was, is retried nowhere (a
+    probe truncated a running node's file: every read through it failed, the two
+    other nodes holding every value)."""
+    if isinstance(error, sqlite3.DatabaseError):
+        return UnavailableError(f"this node could not read {key!r} from its disk ({error}); read another node's copy")
+    return error
 
 
 @dataclass(slots=True, weakref_slot=True, eq=False)
@@ -647,7 +660,7 @@ class Node:
                     raise
                 except Exception as exc:  # the reader failed: the requests waiting get an error, not "absent"
                     log.error("reading %d keys (%r first) failed: %s", len(keys), keys[0], exc)
-                    rows = dict.fromkeys(keys, exc)
+                    rows = {key: _read_failure(key, exc) for key in keys}
                 now = self._clock()
                 for key in keys:
                     self.core.loaded(key, rows[key], now)
