@@ -12,6 +12,7 @@ certificate is also its client certificate on the links it opens to its peers.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -246,3 +247,31 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error)
+
+
+def certificate_names(certificate: dict, host: str) -> bool:
+    """Whether ``certificate`` (``SSLSocket.getpeercert()``'s dict) names ``host``
+    in its subjectAltName, as a client checks the server it dialled: an IP address
+    by its value, a DNS name exactly or by a wildcard standing for its first label."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for kind, value in certificate.get("subjectAltName", ()):
+        if address is not None and kind == "IP Address":
+            try:
+                if ipaddress.ip_address(value.strip()) == address:
+                    return True
+            except ValueError:
+                continue
+        elif address is None and kind == "DNS" and _dns_name_matches(value, host):
+            return True
+    return False
+
+
+def _dns_name_matches(pattern: str, host: str) -> bool:
+    pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")
+    if pattern.startswith("*."):
+        first, dot, rest = host.partition(".")
+        return bool(first) and bool(dot) and rest == pattern[2:] and rest.count(".") >= 1
+    return pattern == host

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from rest_helpers import PREFIX, http, read_response
 
-from kvwire import Client, KvwireConnectionError
+from kvwire import Client, KeyNotFoundError, KvwireConnectionError
 from kvwire.protocol import CLOSED, NEED_DATA, Connection, ErrorCode, ErrorReply, Get, Ping, Put, Side, encode
 from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
 from kvwire.testing.bridge import BridgeProcess
@@ -422,6 +422,50 @@ def test_peers_link_over_mutual_tls_and_replicate(tls_cluster):
                      what=f"{node_id} holding the write itself")
     for node in tls_cluster:
         assert "TLS handshake" not in node.log(), node.log()
+
+
+def test_a_peer_whose_certificate_does_not_name_its_cluster_host_is_refused_when_it_dials_in(tmp_path):
+    """A probe (2026-12-07): n3 ran with a certificate the CA signed that named no host of
+    it (the client certificate). Its peers refused it when they dialled it, but took its
+    own links, whatever the certificate named: n3 coordinated quorum writes while its peers
+    listed it DOWN. A peer dialling in is now held to its --cluster host, as one dialled."""
+    cluster = LocalCluster(3, data_dir=tmp_path, tls=True, sync="off")
+    client_cert = cluster.tls.client_options()
+    cluster["n3"].extra_args += ["--tls-cert", str(client_cert["cert"]), "--tls-key", str(client_cert["key"])]
+    try:
+        cluster.start().wait_ready("n1", "n2", peers=False)
+        for node_id in ("n1", "n2"):
+            wait_for(lambda: "event=peer_certificate_refused" in cluster[node_id].log(), timeout=10,
+                     what=f"{node_id} refusing n3's HELLO")
+            assert "its TLS certificate does not name 127.0.0.3, n3's --cluster host" in cluster[node_id].log()
+        # n3's certificate is no server's: reached as the probe reached it (curl -k), with
+        # the client certificate it asks for but nothing of its own checked.
+        unchecked = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        unchecked.check_hostname = False
+        unchecked.verify_mode = ssl.CERT_NONE
+        unchecked.load_cert_chain(client_cert["cert"], client_cert["key"])
+        with RawConnection(cluster["n3"].address, ssl_context=unchecked) as n3:
+            refused = n3.request(Put(1, "through-n3", "refused"))
+            assert refused.code == ErrorCode.NO_QUORUM, refused
+        with Client(cluster.endpoints_of("n1"), timeout=3, **cluster.client_options) as n1:
+            n1.put("through-n1", "kept")  # n1 and n2 keep their quorum
+            with pytest.raises(KeyNotFoundError):
+                n1.get("through-n3")
+    finally:
+        cluster.stop()
+
+
+def test_a_certificate_names_a_host_as_a_client_checks_it():
+    from kvwire.tls import certificate_names
+
+    cert = {"subjectAltName": (("DNS", "kv.example.test"), ("DNS", "*.nodes.example.test"),
+                               ("IP Address", "10.0.0.5"), ("IP Address", "2001:DB8:0:0:0:0:0:1\n"))}
+    for host in ("kv.example.test", "KV.example.test", "n3.nodes.example.test", "10.0.0.5", "2001:db8::1"):
+        assert certificate_names(cert, host), host
+    for host in ("example.test", "a.b.nodes.example.test", "nodes.example.test", "10.0.0.6", "::1", "10.0.0.5.test"):
+        assert not certificate_names(cert, host), host
+    assert not certificate_names({}, "10.0.0.5")  # no certificate presented
+    assert not certificate_names({"subjectAltName": (("DNS", "*.test"),)}, "a.test")  # a wildcard needs two labels more
 
 
 def test_the_bridge_serves_https_in_front_of_tls_nodes(tls_cluster, tmp_path):

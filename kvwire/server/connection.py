@@ -113,6 +113,9 @@ class NodeProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self._session = self._node.new_session(f"{peername[0]}:{peername[1]}" if peername else "?")
         self._session.drop = self.drop
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._session.certificate = ssl_object.getpeercert()  # checked at a peer's HELLO
         config = self._node.config
         self._flow = FlowControl(transport, config.max_inflight_per_connection, config.max_inflight_bytes_per_connection)
         if len(self._registry) >= self._node.config.max_connections:

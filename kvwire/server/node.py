@@ -42,6 +42,7 @@ from ..protocol.messages import (
 )
 from ..protocol.values import pack_value
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
+from ..tls import certificate_names
 from .clock import node_clock
 from .config import ServerConfig
 from .core import (
@@ -94,6 +95,9 @@ class Session:
     instance: bytes | None = None
     # Closes the connection at once, unread (NodeProtocol.drop); set by the connection.
     drop: Callable[[], None] | None = None
+    # The certificate the other side presented in its TLS handshake (getpeercert()),
+    # where it was asked for one (--tls-ca); set by the connection.
+    certificate: dict | None = None
 
 
 class PendingReply:
@@ -358,6 +362,7 @@ class Node:
             self.limited_log.log(logging.WARNING, "refused peer HELLOs (not a member)",
                               "refused a peer HELLO from %s: %r is not a member of this cluster", session.peer, dialer)
             raise ForbiddenError(f"{dialer!r} is not a member of cluster {config.cluster_id!r} as this node knows it")
+        self._check_certificate(dialer, session)
         if secret is None:  # --insecure: a member's id is all it takes
             self._check_instance(dialer, request.instance, session)
             self._grant_peer(session, dialer, request.instance)
@@ -382,6 +387,24 @@ class Node:
         self._check_instance(dialer, request.instance, session)
         self._grant_peer(session, dialer, request.instance)
         return None, None
+
+    def _check_certificate(self, dialer: str, session: Session) -> None:
+        """With --tls-ca, a peer's certificate must name its --cluster host, as this node
+        checks a peer it dials: a CA-signed certificate of any other holder (a client's,
+        or one naming another member) could speak for any member that dialled in, and a
+        node its peers could not dial took part in majorities (a probe, 2026-12-07)."""
+        tls = self.config.tls
+        if tls is None or tls.ca is None:
+            return
+        host = next(member.host for member in self.config.peers if member.node_id == dialer)
+        if certificate_names(session.certificate or {}, host):
+            return
+        self.limited_log.log(logging.WARNING, "refused peer HELLOs (certificate)",
+                             "refused a peer HELLO from %s as %s: its TLS certificate does not name %s, %s's "
+                             "--cluster host", session.peer, dialer, host, dialer,
+                             extra={"event": "peer_certificate_refused", "peer": dialer})
+        raise ForbiddenError(f"the TLS certificate of this connection does not name {host}, {dialer!r}'s --cluster "
+                             "host: a node's certificate must name the address its peers dial it at")
 
     def _grant_peer(self, session: Session, member: str | None, instance: bytes | None) -> None:
         session.grant = PEER
