@@ -540,3 +540,13 @@ def test_a_value_over_the_frame_limit_is_too_large_not_unavailable(tmp_path):
         result = run_cli("--endpoints", small.address, "put", "huge", "--value-file", str(path))
     assert result.returncode == 4, result.stderr
     assert "too large" in result.stderr and f"{small.address} takes at most 200000" in result.stderr
+
+
+def test_every_endpoint_given_is_tried_before_the_command_fails(shared_node):
+    """The client's default of three attempts left a fourth endpoint, up, untried: exit 3
+    in milliseconds, most of --timeout unused (a probe, 2026-12-07)."""
+    dead = [f"127.0.0.1:{free_port('127.0.0.1')}" for _ in range(3)]
+    result = run_cli("--endpoints", ",".join([*dead, shared_node.address]), "put", "fourth", "reached")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("--endpoints", ",".join([*dead, shared_node.address]), "get", "fourth")
+    assert (result.returncode, result.stdout.strip()) == (0, "reached"), result.stderr

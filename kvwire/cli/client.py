@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, NoReturn
 
 import click
 
-from ..client import AsyncClient, check_key, check_value
+from ..client import AsyncClient, RetryPolicy, check_key, check_value
 from ..client.aio import DEFAULT_ENDPOINT
 from ..client.json_values import BYTES_TAG
 from ..client.json_values import version_json as _version_json
@@ -351,8 +351,12 @@ def health(settings: _Settings, output: str | None) -> None:
 
 def _run(settings: _Settings, call: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
     async def run() -> Any:
+        # Every endpoint given is tried before the call fails (within --timeout): the
+        # client's default of 3 attempts left a fourth node, up, untried (a probe, 2026-12-07).
+        retry = RetryPolicy(attempts=max(RetryPolicy().attempts, len(settings.endpoints)))
         async with AsyncClient(settings.endpoints, timeout=settings.timeout, cluster=settings.cluster,
-                               tls=settings.ssl_context, token=settings.token, limits=settings.limits) as client:
+                               tls=settings.ssl_context, token=settings.token, limits=settings.limits,
+                               retry=retry) as client:
             return await call(client)
 
     return asyncio.run(run())
