@@ -113,6 +113,22 @@ def test_an_unwritable_stdout_is_one_line_naming_the_reason(shared_node, args):
     assert result.stderr.splitlines() == ["kvwire-cli: cannot write to stdout: No space left on device"]
 
 
+@pytest.mark.parametrize("args", [["secret", "{dir}/s.key"], ["--help"], ["--version"], ["certs", "{dir}/tls"]],
+                         ids=lambda args: args[0])
+def test_a_kvwire_command_whose_stdout_is_full_says_so_in_one_line(tmp_path, args):
+    """Every kvwire command but kvwire-cli ended in a traceback, exit 1, once its work was
+    done: a script retrying it was then refused, the secret being there (a probe, 2026-12-07)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "kvwire", *(arg.format(dir=tmp_path) for arg in args)],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL, env=clean_env())
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "kvwire: cannot write to stdout: No space left on device; what the command did before its output is done"]
+    if args[0] == "secret":
+        assert (tmp_path / "s.key").stat().st_size > 16
+
+
 # --- 2. JSON in and out is JSON; any value a node holds prints ---------------------------
 
 

@@ -37,7 +37,7 @@ def kvwire() -> None:
             if signal.getsignal(signum) == signal.SIG_DFL:
                 signal.signal(signum, signal.getsignal(signal.SIGINT))
     fill_closed_standard_fds()
-    with exit_quietly_once_interrupted(status):
+    with exit_quietly_once_interrupted(status), one_line_when_stdout_fails():
         from .main import main
 
         if installed and status != 0:
@@ -68,6 +68,40 @@ def exit_quietly_once_interrupted(status: int) -> Iterator[None]:
         if early_sigint.received:
             raise SystemExit(status) from None
         raise
+
+
+@contextmanager
+def one_line_when_stdout_fails() -> Iterator[None]:
+    """A command whose output could not be written (stdout a full disk, /dev/full) ended
+    in a traceback, exit 1, though what it was run for was done (a secret, a backup
+    written): one line and exit 1 instead. click already handles a reader gone (EPIPE)."""
+    try:
+        yield
+    except OSError as exc:
+        if not _raised_writing_stdout(exc):
+            raise
+        try:  # the exit's flush of what is still buffered would fail again, with a message of its own
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        sys.stderr.write(f"kvwire: cannot write to stdout: {exc.strerror or exc}; what the command did before "
+                         "its output is done\n")
+        raise SystemExit(1) from None
+
+
+def _raised_writing_stdout(error: OSError) -> bool:
+    """Whether ``error`` came from a write to stdout: the innermost frame was writing its
+    ``file`` argument (click's echo), and that file is stdout."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    target = tb.tb_frame.f_locals.get("file")
+    stdout = sys.stdout
+    return target is not None and stdout is not None and target in (stdout, getattr(stdout, "buffer", None))
 
 
 def fill_closed_standard_fds() -> None:
