@@ -183,6 +183,9 @@ def test_kvwire_certs_writes_a_ca_with_node_and_client_certificates(tmp_path):
 
 @pytest.mark.parametrize("host, fragment", [
     ("bücher.example", "is not a DNS name in ASCII"),
+    # Written, then matched by no check (a probe, 2026-12-07).
+    ("*.test", "is a wildcard that no check matches"),
+    ("fe80::1%eth0", "has a zone (%eth0), which no certificate holds"),
     ("10.0.0.1:7379", "has a port"),
     ("kv example", "is not an IP address or DNS name"),
     # Names no certificate check could ever match, once taken silently.

@@ -227,14 +227,25 @@ def _general_name(host: str) -> Any:
     if not isinstance(host, str) or not host or any(c.isspace() for c in host):
         raise ValueError(f"host {host!r} is not an IP address or DNS name")
     try:
-        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        pass
+        address = None
+    if address is not None:
+        if getattr(address, "scope_id", None):
+            # A certificate holds the address without its zone, and the set was said to be good for the zone too.
+            raise ValueError(f"host {host!r} has a zone (%{address.scope_id}), which no certificate holds; "
+                             "give the address alone")
+        return x509.IPAddress(address)
     if ":" in host:
         raise ValueError(f"host {host!r} has a port, or is not an IP address; give the address or name alone")
     if not host.isascii():
         raise ValueError(f"host {host!r} is not a DNS name in ASCII; give its A-label (xn--...)")
     labels = host.removeprefix("*.").split(".")
+    if host.startswith("*.") and len(labels) < 2:
+        # OpenSSL matches a wildcard only with two labels or more after it: no check
+        # would ever match "*.test" (a probe, 2026-12-07, found it written all the same).
+        raise ValueError(f"host {host!r} is a wildcard that no check matches: it needs two labels or more after "
+                         f"'*.' ('*.example.test', not '*.test')")
     if labels[-1].isdigit():
         raise ValueError(f"host {host!r} is not an IP address, and a DNS name does not end in digits")
     if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
