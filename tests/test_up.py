@@ -872,6 +872,25 @@ def test_a_ctl_request_that_up_drops_unanswered_says_it_may_not_have_been_done(t
         thread.join(timeout=10)
 
 
+def test_a_ctl_request_a_hung_up_does_not_answer_says_it_may_yet_be_done(tmp_path, monkeypatch):
+    """A `kvwire up` stopped (SIGSTOP) reads the request when it runs again, and does it:
+    a probe's `ctl kill n3` timed out, and n3 was killed later. "timed out" alone said
+    nothing of that."""
+    import socket
+
+    from kvwire.cli import control
+    from kvwire.cli.control import ControlError, send, socket_path
+
+    monkeypatch.setattr(control, "REPLY_TIMEOUT_S", 0.5)
+    tmp_path.mkdir(exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(socket_path(tmp_path)))
+        server.listen()  # accepted by the kernel, never read: a hung `up`
+        with pytest.raises(ControlError, match=r"did not answer within 0.5 s \(it is hung or stopped\): the request "
+                                               "may yet be carried out; `kvwire up ctl status` says what runs"):
+            send(tmp_path, {"command": "status"})
+
+
 def test_up_takes_an_ipv6_host_in_brackets_as_it_is_written_in_an_address(tmp_path):
     """``--host [::1]`` as ``--host ::1``: it was bracketed again ("cannot listen on [[::1]]:PORT")."""
     up = Up(tmp_path, "--host", "[::1]", "--nodes", "1", "--no-http", "--base-port", str(free_port()),

@@ -130,6 +130,12 @@ def send(data_dir: Path, request: dict) -> dict:
         raise ControlError(f"no kvwire up is running for data directory {data_dir} (nothing listens on {path})") from None
     except (ConnectionResetError, BrokenPipeError):
         raise ControlError(_NO_REPLY.format(path=path)) from None
+    except TimeoutError:
+        # Sent, and unanswered: a hung `up` (stopped, say) still carries it out once it
+        # runs again (a probe saw a `ctl kill` do so after this error).
+        raise ControlError(f"kvwire up on {path} did not answer within {REPLY_TIMEOUT_S:g} s (it is hung or "
+                           "stopped): the request may yet be carried out; `kvwire up ctl status` says what "
+                           "runs") from None
     except OSError as exc:
         raise ControlError(f"talking to kvwire up on {path}: {exc.strerror or exc}") from None
     try:
