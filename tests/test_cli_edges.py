@@ -465,6 +465,12 @@ def test_a_ctrl_c_whose_exit_python_wraps_in_another_error_still_exits_quietly(m
     (["--", "--tombstone-grace", "1"], "--tombstone-grace (1.0 s) must be at least four times --write-timeout"),
     (["--", "--max-frame-bytes", "100"], "--max-frame-bytes (100) must be at least"),
     (["--", "--http-allowed-hosts", "kv.example"], "--http-allowed-hosts is for the REST API of --http-listen"),
+    # A malformed --host started every node elsewhere or nowhere, and gave up 30 s later (a probe).
+    (["--host", ""], "'--host': is empty"),
+    (["--host", "[::1"], "unbalanced brackets around the host"),
+    (["--host", "127.0.0.1:80"], "give the host alone, without a port"),
+    (["--host", "http://127.0.0.1"], "give the host alone, without a scheme"),
+    (["--host", "127.0.0.1 "], "holds a space"),
 ])
 def test_up_refuses_bad_node_arguments_before_starting_anything(tmp_path, args, message):
     base = free_port_run(1)

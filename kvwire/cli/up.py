@@ -12,6 +12,7 @@ cluster with exit 1: restarting it could only fail the same way.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import queue
 import shlex
@@ -29,7 +30,7 @@ import click
 from click.core import ParameterSource
 
 from ..protocol import Health, HealthReply, Ping, Pong
-from ..protocol.address import format_endpoint
+from ..protocol.address import format_endpoint, parse_host_port
 from ..secret_file import write_secret_file
 from ..server.datadir import DataDirInUseError, DataDirLock
 from ..server.storage import DATABASE_FILE_NAME, DataDirError, is_claimed
@@ -80,7 +81,7 @@ def _check_data_dir_free(node_dir: Path) -> None:
 # Not interspersed: everything from `ctl` on is ctl's (`kvwire up ctl stop --data-dir DIR n2`).
 @click.command(context_settings={"allow_interspersed_args": False})
 @click.option("--nodes", "node_count", type=click.IntRange(min=1, max=99), default=3, show_default=True, help="How many nodes: n1, n2, ...")
-@click.option("--host", default="127.0.0.1", show_default=True, callback=lambda ctx, param, value: _unbracketed(value),
+@click.option("--host", default="127.0.0.1", show_default=True, callback=lambda ctx, param, value: _host(value),
               help="Address every node listens on.")
 @click.option("--base-port", type=click.IntRange(min=1, max=65535), default=DEFAULT_BASE_PORT, show_default=True, help="Port of n1; node i listens on BASE_PORT + i - 1.")
 @click.option("--data-dir", type=DirectoryPath(), default=Path(".kvwire"), show_default=True, help="Each node keeps its data in DATA_DIR/<node id>.")
@@ -603,6 +604,32 @@ def _remove_haproxy_socket(supervisor: Supervisor, ports: dict[str, int]) -> Non
         path = _admin_socket(child) if child.name not in ports else None
         if path is not None and not child.running and path.is_socket():
             path.unlink(missing_ok=True)
+
+
+def _host(text: str) -> str:
+    """``--host``, checked as the nodes will take it: an empty or malformed one made
+    up print its table, start every node on another address or none, and give up 30 s
+    later on a name lookup of the malformed host (a probe, 2026-12-07)."""
+    host = _unbracketed(text)
+    if not host:
+        raise click.BadParameter("is empty: give the address every node listens on, such as 127.0.0.1")
+    if any(character.isspace() for character in host):
+        raise click.BadParameter(f"{text!r} holds a space")
+    if "://" in host:
+        raise click.BadParameter(f"{text!r}: give the host alone, without a scheme")
+    if "[" in host or "]" in host:
+        raise click.BadParameter(f"{text!r}: unbalanced brackets around the host")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: give the host alone, without a port (--base-port sets the ports)") \
+                from None
+    try:
+        parse_host_port(format_endpoint(host, 1))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace(f"{format_endpoint(host, 1)!r}", repr(text), 1)) from None
+    return host
 
 
 def _unbracketed(host: str) -> str:
