@@ -1097,16 +1097,52 @@ def test_a_put_mints_above_a_write_in_progress_here_only_once_that_write_is_deci
     assert [e for e in second if type(e) in (Persist, Respond)] == []  # waiting
     for send in first:
         core.peer_reply(send.peer, send.request_id, ReplicateReply(1, True, Version(7, "n1")), 0.0)
-    effects = core.take_effects()
+    effects = answered_lookups(core, LookupReply(1, Version(7, "n1"), False))  # asked again, after the wait
     assert [e.reply.version for e in effects if type(e) is Respond] == [Version(7, "n1")]
     assert [e.version for e in effects if type(e) is Persist] == [Version(8, "n1")]  # above a majority's (7, n1)
+
+
+def answered_lookups(core, reply, now=0.0):
+    """The effects so far, each LOOKUP among them answered with ``reply``, and the effects of that."""
+    effects = core.take_effects()
+    lookups = [e for e in effects if type(e) is Send and e.message_type is Lookup]
+    assert lookups, "no LOOKUP round asked"
+    for lookup in lookups:
+        core.peer_reply(lookup.peer, lookup.request_id, reply, now)
+    return effects + core.take_effects()
+
+
+def test_a_put_that_waited_on_a_write_here_asks_its_majority_again_before_it_mints():
+    """A PUT read after a pause (so by the LOOKUP round) waited 0.4 s behind writes of its
+    key here; meanwhile its client gave up, had it applied through another node, and a
+    later write was acknowledged. Minted on its round's answers from before the wait, it
+    was applied a second time, above that write (python -m kvwire.sim --seed 931189 --ops
+    400 --faults pause,network --clients 15 --client-timeout 0.6). Asked again, the
+    majority knows the request id: the PUT finishes that tag instead."""
+    for mutant in (None, "mint-on-stale-lookup"):
+        core, first, _ = put_behind_a_write_in_progress(mutant)
+        for send in first:
+            core.peer_reply(send.peer, send.request_id, ReplicateReply(1, True, Version(7, "n1")), 0.0)
+        effects = core.take_effects()
+        lookups = [e for e in effects if type(e) is Send and e.message_type is Lookup]
+        if mutant:
+            assert lookups == [] and [e.version for e in effects if type(e) is Persist] == [Version(8, "n1")]
+            continue
+        assert [e for e in effects if type(e) is Persist] == []  # nothing minted on the old answers
+        # The retry through n3 was applied at (8, n3), and a later write at (9, n2).
+        for lookup in lookups:
+            core.peer_reply(lookup.peer, lookup.request_id,
+                            LookupReply(1, Version(9, "n2"), False, 0, Version(8, "n3"), None), 0.0)
+        effects = core.take_effects()
+        assert [e.version for e in effects if type(e) is Persist] == [Version(8, "n3")]  # that tag, finished
+        assert not [e for e in effects if type(e) is Persist and e.version > Version(9, "n2")]
 
 
 def test_a_put_waiting_on_a_write_here_that_fails_writes_nothing():
     core, first, _ = put_behind_a_write_in_progress()
     for send in first:
         core.peer_failed(send.peer, send.request_id, 0.0)
-    effects = core.take_effects()
+    effects = answered_lookups(core, LookupReply(1, Version(6, "n3"), False))  # asked again, after the wait
     assert [e for e in effects if type(e) is Persist] == []
     first_reply, second_reply = [e.reply for e in effects if type(e) is Respond]
     assert isinstance(first_reply, NoQuorumError) and first_reply.maybe_applied is True
@@ -1123,7 +1159,7 @@ def test_a_put_behind_a_one_round_trip_put_in_progress_here_waits_for_it_too():
     core.peer_reply(lookup.peer, lookup.request_id, LookupReply(1, NO_VERSION, False), 0.0)
     assert [e for e in core.take_effects() if type(e) in (Persist, Respond)] == []  # waiting
     core.peer_reply(first.peer, first.request_id, ReplicateReply(1, True, Version(1, "!n1"), NO_VERSION, False), 0.0)
-    effects = core.take_effects()
+    effects = answered_lookups(core, LookupReply(1, Version(1, "!n1"), False))  # asked again, after the wait
     assert [e.reply.version for e in effects if type(e) is Respond] == [Version(1, "!n1")]
     assert [e.version for e in effects if type(e) is Persist] == [Version(2, "n1")]
 
@@ -1543,43 +1579,113 @@ def test_an_undecided_puts_readers_are_released_once_a_peer_holds_its_very_tag()
             assert reply is None, mutant
 
 
-def test_an_undecided_puts_readers_are_released_once_every_peer_answers_below_its_tag():
+def test_an_undecided_puts_readers_are_released_once_a_majority_answers_below_its_tag():
     """The refuser's newer copy lost with its disk, the other replicas below the tag and
     none holding it: no answer could be newer or equal, and the readers, the key's hints
     and a rejoining peer's pull of the key were held for good (python -m kvwire.sim --seed
     721429 --ops 200 --nodes 3 --faults crash,pause,partition,one-way,disk,network
-    --clients 5). Every peer below it, asked as anti-entropy asks (a joining peer answers
-    too), the tag is the newest copy anywhere: no write above it was acknowledged."""
+    --clients 5). This node holds the tag and a voting peer less: a write acknowledged
+    above the tag would be on one of the two, so there is none."""
     for mutant, released in ((None, True), ("hold-undecided-below-every-peer", False)):
         core = refused_tag_left_here(mutant)
         effects = core.take_effects()
         (fetch,) = [e for e in effects if type(e) is Send and e.message_type is Fetch]
         assert fetch_reply(core) is None  # held
         core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), 0.0)
-        every = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
-        if not released:
-            assert every == [] and fetch_reply(core) is None, mutant  # asked again later, as before
-            continue
-        assert sorted(e.peer for e in every) == ["n2", "n3"]
-        assert all(e.fields[-1] is True for e in every)  # anti-entropy's FETCH: a joining peer answers it
-        assert fetch_reply(core) is None  # still held while every peer has yet to answer
-        for sent in every:
-            core.peer_reply(sent.peer, sent.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), 0.0)
         reply = fetch_reply(core)
-        assert reply is not None and reply.version == Version(5, "!n1"), reply
+        if released:
+            assert reply is not None and reply.version == Version(5, "!n1"), reply
+            assert not [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
+        else:
+            assert reply is None, mutant  # asked again later, as before
 
 
-def test_an_undecided_tag_below_a_peers_newer_copy_stays_held_when_every_peer_is_asked():
-    core = refused_tag_left_here()
-    (fetch,) = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
-    core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), 0.0)
-    every = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
-    newer = {"n2": FetchReply(1, Version(4, "n2"), False, "old", 0), "n3": FetchReply(1, Version(6, "n3"), False, "six", 0)}
-    for sent in every:
-        core.peer_reply(sent.peer, sent.request_id, newer[sent.peer], 0.0)
-    (persist,) = effects_of(core, Persist)  # the newer copy is fetched, as for a dead tag
-    assert persist.version == Version(6, "n3")
-    assert fetch_reply(core) is None  # held until that commit lands
+def test_an_undecided_puts_readers_go_while_the_refuser_is_down_for_good():
+    """A review of the core (2026-12-07, confirmed on real nodes): the refuser, holding a
+    write that exists on it alone, goes down for good; the other replica is up and below
+    the tag. Asking every peer before releasing the readers held them, a peer's quorum
+    read of the key and this node's own, for as long as the refuser stayed away, though
+    this node and the other replica are a majority."""
+    for mutant, released in ((None, True), ("ask-every-peer-below", False)):
+        core = refused_tag_left_here(mutant)
+        (fetch,) = [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]
+        for peer in ("n2", "n3"):
+            if peer != fetch.peer:
+                core.link_down(peer, 0.0)  # the refuser gone
+        core.take_effects()
+        core.peer_reply(fetch.peer, fetch.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), 0.0)
+        for now in (0.5, 1.0, 5.0, 30.0):  # heartbeats, retries: time passes
+            core.tick(now)
+            for send in [e for e in core.take_effects() if type(e) is Send and e.message_type is Fetch]:
+                core.peer_reply(send.peer, send.request_id, FetchReply(1, Version(4, "n2"), False, "old", 0), now)
+        reply = fetch_reply(core, 30.0)
+        if released:
+            assert reply is not None and reply.version == Version(5, "!n1"), reply
+        else:
+            assert reply is None, mutant
+
+
+def one_get(core, request_id=9, now=0.0):
+    """A ``consistency=one`` GET of "k", its disk read answered with the committed row:
+    the replies it has when time has passed, [] while it waits."""
+    request = Get(request_id, "k", Consistency.ONE)
+    reply = core.answer_from_memory(request)
+    if reply is not None:
+        return [reply]
+    core.request("get", request, now)
+    effects = core.take_effects()
+    for load in [e for e in effects if type(e) is Load]:
+        entry = core.keydir.committed["k"]
+        core.loaded("k", (entry.version, entry.deleted, "v" if entry.version.node == "!n1" else "old"), now)
+    for later in (0.5, 1.0, 5.0, 30.0):
+        core.tick(now + later)  # the repair's rounds fail: no peer answers
+    effects += core.take_effects()
+    return [e.reply for e in effects if type(e) is Respond and e.token == "get"]
+
+
+def test_a_consistency_one_get_is_not_held_behind_an_undecided_put_of_its_key():
+    """A review of the core (2026-12-07, on real nodes with --cache-entries 0): a ``one``
+    GET whose value was not cached joined the quorum readers held behind a PUT left
+    undecided, and was never answered while the peers that would decide it were away, the
+    very time a ``one`` read is for. Its PUT's client was told it may have been applied:
+    the GET reads this node's copy, disk included."""
+    for mutant, answered in ((None, True), ("hold-local-reads", False)):
+        core = refused_tag_left_here(mutant)
+        core.take_effects()
+        core.cache.discard("k")
+        replies = one_get(core)
+        if answered:
+            assert [(reply.value, reply.version) for reply in replies] == [("v", Version(5, "!n1"))], replies
+        else:
+            assert replies == [], mutant
+
+
+def test_a_consistency_one_get_never_returns_the_value_of_a_put_that_failed():
+    """``one`` may be stale, but shows no value a PUT whose client was told nothing was
+    written wrote (the simulator's check). While a one-round-trip PUT is in progress a
+    ``one`` GET waits for it, from memory or the disk, at most its deadline; once it ends
+    on a dead tag, the GET is answered UNAVAILABLE at once, to read another node."""
+    for mutant in (None, "serve-failed-to-one-reads"):
+        core = make_core(mutant=mutant)
+        core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+        core.cache.put("k", "old")
+        first_put_sent(core)  # (5, !n1) committed here and cached, its replicas yet to answer
+        if mutant:
+            assert core.answer_from_memory(Get(9, "k", Consistency.ONE)).value == "v"
+            continue
+        assert core.answer_from_memory(Get(9, "k", Consistency.ONE)) is None
+        core.request("get", Get(9, "k", Consistency.ONE), 0.0)
+        assert [e for e in core.take_effects() if type(e) is Respond] == []  # waits on the PUT
+    for mutant, refused in ((None, True), ("serve-failed-to-one-reads", False)):
+        core = dead_tag_left_here(mutant)
+        core.take_effects()
+        core.cache.discard("k")
+        replies = one_get(core)
+        if refused:
+            (error,) = replies
+            assert isinstance(error, UnavailableError) and "from a PUT that failed" in error.message, error
+        else:
+            assert [reply.value for reply in replies] == ["v"], replies
 
 
 def test_a_key_a_failed_delete_left_undecided_is_still_stranded_after_a_clean_restart():

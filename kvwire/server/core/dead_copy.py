@@ -48,11 +48,15 @@ class DeadCopyRepair:
     could be newer or equal, and the readers, the key's hints and a rejoining peer's
     pull of the key were held for good (``python -m kvwire.sim --seed 721429 --ops 200
     --nodes 3 --faults crash,pause,partition,one-way,disk,network --clients 5``). So
-    when a majority's answers are below the tag, every peer is asked, as anti-entropy
-    asks (a joining peer answers too): every one below it, the tag is the newest copy
-    anywhere, and no write above it was acknowledged (it would be on a majority, so on
-    a peer). The readers are then released: the PUT, whose client was told it may have
-    been applied, takes effect now, as an undecided write may."""
+    the readers also go once a majority's answers are below the tag: this node holds
+    the tag and those voters hold less (a joining peer, which may lack what it was
+    sent, refuses this FETCH), so no write above the tag was acknowledged, for it
+    would be on a majority, and so on one of them. The PUT, whose client was told it
+    may have been applied, takes effect now, as an undecided write may; a write above
+    the tag still under way may take effect after it. Asking every peer first, as the
+    rule was, held the key's readers, and a peer's quorum read of it, for as long as
+    any one peer was down (a review of the core, 2026-12-07: the refuser gone for good,
+    the other replica up and below the tag; ``ask-every-peer-below``)."""
 
     def __init__(self, core: CoreServices, key: str, dead: Version, *, undecided: bool = False) -> None:
         self._core = core
@@ -63,6 +67,7 @@ class DeadCopyRepair:
 
     def start(self) -> None:
         core = self._core
+        core.repairing_tags[self._key] = self._undecided  # for consistency=one reads (NodeCore._unordered_hold)
         committed = core.keydir.committed.get(self._key)
         if committed is None or committed.version != self._dead:
             core.one_trip_ended(self._key)  # a newer copy came here meanwhile
@@ -83,8 +88,8 @@ class DeadCopyRepair:
             return
         if answers is not None and (newest is None or newest.version < self._dead) and self._undecided \
                 and core.mutant != "hold-undecided-below-every-peer":
-            if from_every_peer:
-                core.one_trip_ended(key)  # the tag is the newest copy anywhere
+            if from_every_peer or core.mutant != "ask-every-peer-below":
+                core.one_trip_ended(key)  # no write above the tag was acknowledged
                 return
             self._round = MajorityRound(core, Fetch, key, core.now + core.config.write_timeout,
                                         lambda every: self._fetched(every, from_every_peer=True),

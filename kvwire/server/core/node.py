@@ -110,6 +110,10 @@ MUTANTS = (
     "write-after-long-stall",  # a write read after a stall longer than request ids are kept is started
     "hold-readers-of-a-held-tag",  # an undecided PUT's readers stay held though a peer holds its very tag
     "hold-undecided-below-every-peer",  # ... and though every peer answers below its tag
+    "ask-every-peer-below",  # ... until every peer, not a majority, answers below its tag
+    "hold-local-reads",  # a consistency=one GET waits, as quorum readers do, for an undecided PUT of its key
+    "serve-failed-to-one-reads",  # a consistency=one GET is given a tag of a PUT in progress, or of one that failed
+    "mint-on-stale-lookup",  # a LOOKUP PUT that waited for a write of its key here mints on its round's old answers
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -209,8 +213,8 @@ class NodeCore:
         self._write_ids = itertools.count(1)
         # write id -> (key, version, deleted, value, callbacks for its outcome)
         self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
-        # key -> (callback, already retried once) for each request waiting on its Load
-        self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
+        # key -> its Load's waiters: (callback, retried, ordered), as committed_copy takes them.
+        self._loads: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool, bool]]] = {}
         self.tombstones = TombstoneCollector(self, floor)
         self.applied = AppliedRequests()
         # A REQUESTS_REPLY page's records stay under this (and under the frame
@@ -222,13 +226,17 @@ class NodeCore:
         # Keys a write left undecided here, until a LOOKUP write passes them (one_trip.py, Write._mint).
         self.stranded: set[str] = set()
         self.one_trips: set[str] = set()  # keys with a one-round-trip PUT in progress here
+        # Of those, the keys whose PUT has ended on a tag this node is bringing itself
+        # past (dead_copy.py): True where the PUT's client was told it may have been
+        # applied (undecided), False where it was told nothing was written (a dead tag).
+        self.repairing_tags: dict[str, bool] = {}
         # Writes of each key whose tag is committed here and not yet decided, and what
         # waits for them to be (operations.Write._mint).
         self.writes_in_progress: dict[str, int] = {}
         self._after_writes: dict[str, list[Callable[[], None]]] = {}
         # Readers of those keys' committed copies, waiting for the PUT to be decided (one_trip.py),
-        # each with whether its copy was already asked for once more (``loaded``).
-        self._held_readers: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool]]] = {}
+        # each with whether its copy was already asked for once more (``loaded``), and whether it is ordered.
+        self._held_readers: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool, bool]]] = {}
         for request_id, key, version, at, tentative in requests or ():  # the durable log (``Persist.request``)
             self.applied.remember(request_id, key, version, at, tentative=tentative)
             if tentative and member_of(version.node) == self.node_id and self.mutant != "ignore-stranded":
@@ -329,7 +337,12 @@ class NodeCore:
             if self.quorum > 1 and request.consistency is not Consistency.ONE:
                 QuorumGet(self, token, request).start()  # asks every peer while joining
             else:
-                self.committed_copy(request.key, lambda copy: self._answer_local_get(token, request, copy))
+                # ``one`` promises no order, only this node's committed copy: behind a
+                # one-round-trip PUT of the key it waits only while the PUT is in progress
+                # (_unordered_hold), not while peers that would decide it are away.
+                self.committed_copy(request.key, lambda copy: self._answer_local_get(token, request, copy),
+                                    ordered=(request.consistency is not Consistency.ONE
+                                             or self.mutant == "hold-local-reads"))
         elif kind is Put:
             if takes_one_trip(self, request):
                 OneTripWrite(self, token, request, packed).start()
@@ -381,10 +394,8 @@ class NodeCore:
 
         The same answer ``request`` would give, without the effects machinery,
         for a GET read through the codec; one read by its bytes takes
-        ``cached_value`` alone (kvwire.protocol.get_frames).
-        (``request`` differs in one case: a GET whose value must be loaded waits,
-        like every reader of the disk, for a one-round-trip PUT of the key in
-        progress here; ``one`` promises no order, so this path need not.)
+        ``cached_value`` alone (kvwire.protocol.get_frames). A key with a
+        one-round-trip PUT here is left to ``request`` (NodeCore._unordered_hold).
         """
         found = self.cached_value(request.key, request.consistency)
         if found is None:
@@ -400,6 +411,8 @@ class NodeCore:
         then reads it through committed_copy, which counts it, once)."""
         if self.quorum > 1 and consistency is not Consistency.ONE:
             return None
+        if key in self.one_trips and self.mutant != "serve-failed-to-one-reads":
+            return None  # its copy may be a PUT's that fails: committed_copy decides (_unordered_hold)
         entry = self.keydir.committed.get(key)
         if entry is None or entry.deleted:
             return KEY_ABSENT
@@ -440,7 +453,7 @@ class NodeCore:
             # A KvwireError says itself what went wrong (a damaged value: UNAVAILABLE, read another node's copy).
             error = row if isinstance(row, KvwireError) else InternalServerError(
                 f"reading {key!r} from this node's disk failed: {row}")
-            for callback, _retried in waiting:
+            for callback, _retried, _ordered in waiting:
                 callback(error)
             return
         copy = NO_COPY if row is None else Copy(*row)
@@ -450,23 +463,27 @@ class NodeCore:
             # after that commit, so the row could be older than its request):
             # ask once more, from the cache or a new Load. A second stale row
             # means the file lost a commit: an error, not a loop.
-            for callback, retried in waiting:
+            for callback, retried, ordered in waiting:
                 if retried:
                     callback(InternalServerError(
                         f"this node's disk holds {key!r} at {tuple(copy.version)}, older than its committed "
                         f"{tuple(entry.version)}"))
                 else:
-                    self.committed_copy(key, callback, _retried=True)
+                    self.committed_copy(key, callback, _retried=True, ordered=ordered)
             return
         if not copy.deleted and copy.version != NO_VERSION and entry is not None and entry.version == copy.version:
             self.cache.put(key, copy.value)
-        if self._holds_readers(key):
-            # A one-round-trip PUT of the key began while the row was being read:
-            # the row may be its tag, so its readers wait as later ones do.
-            self._held_readers.setdefault(key, []).extend(waiting)
-            return
-        for callback, _retried in waiting:
-            callback(copy)
+        holds = self._holds_readers(key)
+        for callback, retried, ordered in waiting:
+            # A one-round-trip PUT of the key began while the row was being read: the
+            # row may be its tag, so its readers wait as later ones do (committed_copy).
+            hold = (True if ordered else self._unordered_hold(key)) if holds else False
+            if hold is True:
+                self._held_readers.setdefault(key, []).append((callback, retried, ordered))
+            elif hold is False:
+                callback(copy)
+            else:
+                callback(hold)
 
     def repair_round_completed(self, peer: str, generation: int) -> None:
         """A repair round with ``peer`` finished: this node holds every version the
@@ -681,6 +698,28 @@ class NodeCore:
         the value again."""
         return key in self.one_trips and self.mutant not in SERVES_IN_PROGRESS
 
+    def _unordered_hold(self, key: str) -> bool | KvwireError:
+        """What a ``consistency=one`` GET does while a one-round-trip PUT of ``key`` holds
+        the key's readers: True to wait with them, False to read this node's copy, or the
+        error to answer with.
+
+        ``one`` promises no order, but never a value no PUT wrote: a PUT whose client
+        was told nothing was written wrote none. While the PUT is in progress it waits,
+        at most the PUT's deadline. Once the PUT has ended undecided, its client was told
+        it may have been applied, and the copy is served: held, the GET waited as long as
+        the peers that would decide it were away, the very time a ``one`` read is for (a
+        review of the core, 2026-12-07, on real nodes; ``hold-local-reads``). Once it has
+        ended on a dead tag, the copy is a write that failed, and the GET is answered
+        UNAVAILABLE at once, so that its client reads another node."""
+        undecided = self.repairing_tags.get(key)
+        if undecided is None or self.mutant == "hold-local-reads":
+            return True
+        if undecided or self.mutant == "serve-failed-to-one-reads":
+            return False
+        return UnavailableError(
+            f"this node's copy of {key!r} is from a PUT that failed, and it has yet to fetch its peers' newer "
+            "copy: read another node")
+
     def one_trip_started(self, key: str) -> None:
         self.one_trips.add(key)
 
@@ -703,19 +742,27 @@ class NodeCore:
     def one_trip_ended(self, key: str) -> None:
         """The one-round-trip PUT of ``key`` here is decided: its readers get the copy now."""
         self.one_trips.discard(key)
-        for callback, retried in self._held_readers.pop(key, ()):
-            self.committed_copy(key, callback, _retried=retried)
+        self.repairing_tags.pop(key, None)
+        for callback, retried, ordered in self._held_readers.pop(key, ()):
+            self.committed_copy(key, callback, _retried=retried, ordered=ordered)
 
     def after_write(self, write_id: int, callback: Callable[[Exception | None], None]) -> None:
         self._writes[write_id][4].append(callback)
 
-    def committed_copy(self, key: str, callback: Callable[[Copy | KvwireError], None], *, _retried: bool = False) -> None:
+    def committed_copy(self, key: str, callback: Callable[[Copy | KvwireError], None], *, _retried: bool = False,
+                       ordered: bool = True) -> None:
         """This node's committed copy of ``key``, from memory or after a ``Load``;
         or, if reading the disk failed, the error to answer with. While a
-        one-round-trip PUT of ``key`` is in progress here, once it is decided."""
+        one-round-trip PUT of ``key`` is in progress here, once it is decided,
+        unless the reader is not ``ordered`` (a ``consistency=one`` GET: _unordered_hold)."""
         if self._holds_readers(key):
-            self._held_readers.setdefault(key, []).append((callback, _retried))
-            return
+            hold = True if ordered else self._unordered_hold(key)
+            if hold is True:
+                self._held_readers.setdefault(key, []).append((callback, _retried, ordered))
+                return
+            if hold is not False:
+                callback(hold)
+                return
         entry = self.keydir.committed.get(key)
         if entry is None:
             callback(NO_COPY)
@@ -729,10 +776,10 @@ class NodeCore:
             return
         waiting = self._loads.get(key)
         if waiting is None:
-            self._loads[key] = [(callback, _retried)]
+            self._loads[key] = [(callback, _retried, ordered)]
             self.effects.append(Load(key))
         else:
-            waiting.append((callback, _retried))
+            waiting.append((callback, _retried, ordered))
 
     # --- peer requests -----------------------------------------------------------------
 

@@ -54,6 +54,7 @@ class CoreServices(Protocol):
     observed: ObservedVersions
     stranded: set[str]
     one_trips: set[str]
+    repairing_tags: dict[str, bool]
 
     @property
     def pending_writes(self) -> int: ...
