@@ -42,6 +42,9 @@ def run_serve(*args, env=None, timeout=15):
         (["--cluster", "n1=127.0.0.1:24240,n2=127.0.0.1:24246", "--insecure", "--max-key-bytes", "16",
           "--max-value-bytes", "64", "--max-frame-bytes", "1104"],
          "--max-frame-bytes (1104) must be at least 113024 in a cluster with --max-key-bytes 16"),
+        # Peer links count in it: every client was refused while the peers saw the node UP.
+        (["--cluster", "n1=127.0.0.1:24240,n2=127.0.0.1:24246,n3=127.0.0.1:24247", "--insecure",
+          "--max-connections", "2"], "--max-connections (2) must exceed the 2 links its peers open to it"),
         # Every HEALTH failed to encode, and its connection closed.
         (["--retry-attempts", "18446744073709551616"], "--retry-attempts must be from 0 to 1000"),
         (["--failure-timeout", "1e21", "--heartbeat-interval", "1e20"], "must be a positive number of seconds, at most"),

@@ -190,6 +190,11 @@ class ServerConfig:
             raise ValueError(f"cluster member ids must be unique, got {', '.join(ids)}")
         if self.members and self.node_id not in ids:
             raise ValueError(f"--node-id {self.node_id} is not among the cluster members ({', '.join(ids)})")
+        if self.max_connections <= len(ids) - 1:
+            # Each peer's link to this node counts in it: at that few, clients were refused
+            # for good while the peers saw the node UP (a probe, 2026-12-07).
+            raise ValueError(f"max_connections ({self.max_connections}) must exceed the {len(ids) - 1} links its "
+                             "peers open to it, which count in it, or no client is ever served")
         if len(ids) > MAX_MEMBERS:
             # HELLO_REPLY's member list holds at most that many: no handshake could pass.
             raise ValueError(f"--cluster names {len(ids)} members; a cluster has at most {MAX_MEMBERS}")
