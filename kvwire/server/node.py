@@ -41,8 +41,8 @@ from ..protocol.messages import (
     Role,
 )
 from ..protocol.values import pack_value
-from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from ..tls import certificate_names
+from .access import ANONYMOUS, EVERYONE, PEER, Grant
 from .clock import node_clock
 from .config import ServerConfig
 from .core import (
