@@ -47,7 +47,7 @@ def run_serve(*args, env=None, timeout=15):
           "--max-connections", "2"], "--max-connections (2) must exceed the 2 links its peers open to it"),
         # Every HEALTH failed to encode, and its connection closed.
         (["--retry-attempts", "18446744073709551616"], "--retry-attempts must be from 0 to 1000"),
-        (["--failure-timeout", "1e21", "--heartbeat-interval", "1e20"], "must be a positive number of seconds, at most"),
+        (["--failure-timeout", "1e21", "--heartbeat-interval", "1e20"], "must be a positive, finite number of seconds, at most 1,000,000,000"),
         # No handshake could pass: HELLO_REPLY's member list holds at most 255.
         (["--insecure", "--cluster", ",".join(f"n{i}=127.0.0.1:{20000 + i}" for i in range(1, 257))],
          "--cluster names 256 members; a cluster has at most 255"),

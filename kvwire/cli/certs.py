@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..testing.certs import DEFAULT_DAYS, DEFAULT_HOSTS, DevCerts, canonical_host
+from ..testing.certs import DEFAULT_DAYS, DEFAULT_HOSTS, DevCerts, canonical_host, unmatchable_host
 from .options import DirectoryPath
 
 
@@ -34,6 +34,9 @@ def certs(directory: Path, hosts: tuple[str, ...], days: int, force: bool) -> No
     existing = dev.existing()
     if existing and not force:
         raise click.ClickException(f"{existing[0]} exists; --force replaces every certificate in {directory}")
+    for host in hosts:
+        if (why := unmatchable_host(host)) is not None:
+            raise click.UsageError(why)
     try:
         DevCerts.create(directory, hosts=hosts, days=days)
     except ValueError as exc:

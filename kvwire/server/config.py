@@ -211,7 +211,7 @@ class ServerConfig:
                      "hello_timeout", "frame_timeout", "repair_interval", "hint_max_age", "tombstone_grace"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= MAX_SECONDS):
-                raise ValueError(f"{name} must be a positive number of seconds, at most {MAX_SECONDS:,}, "
+                raise ValueError(f"{name} must be a positive, finite number of seconds, at most {MAX_SECONDS:,}, "
                                  f"got {value!r}")
         if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL:
             raise ValueError(

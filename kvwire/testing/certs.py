@@ -71,6 +71,13 @@ class DevCerts:
         cert, key = self._leaf("client")
         return client_context(ca=self.ca, cert=cert, key=key)
 
+    def node_context(self) -> ssl.SSLContext:
+        """The context a node dials its peers with, presenting node.pem, which names every
+        node's host: a raw connection that plays a peer is refused with the client's
+        certificate, which names none (a peer dialling in must present its host)."""
+        cert, key = self._leaf("node")
+        return client_context(ca=self.ca, cert=cert, key=key)
+
     # The options below name the files whether or not they exist yet (kvwire up
     # builds its command lines first, and writes the files once its checks pass).
 
@@ -220,6 +227,25 @@ def canonical_host(host: str) -> str:
         return host
 
 
+def unmatchable_host(host: str) -> str | None:
+    """Why a certificate naming ``host`` would be written and matched by no check, or
+    None. ``kvwire certs`` refuses such a host; DevCerts.create writes it (tests make
+    such sets on purpose, to see them refused where they are used). A probe
+    (2026-12-07) had ``--host '*.test'`` and ``fe80::1%eth0`` written as good for them."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        address = None
+    if address is not None and getattr(address, "scope_id", None):
+        return (f"host {host!r} has a zone (%{address.scope_id}), which no certificate holds; "
+                "give the address alone")
+    if host.startswith("*.") and host.count(".") < 2:
+        # OpenSSL matches a wildcard only with two labels or more after it.
+        return (f"host {host!r} is a wildcard that no check matches: it needs two labels or more after "
+                "'*.' ('*.example.test', not '*.test')")
+    return None
+
+
 def _general_name(host: str) -> Any:
     """``host`` as a subjectAltName entry; ValueError if it is neither an IP address nor a DNS name."""
     from cryptography import x509
@@ -227,25 +253,14 @@ def _general_name(host: str) -> Any:
     if not isinstance(host, str) or not host or any(c.isspace() for c in host):
         raise ValueError(f"host {host!r} is not an IP address or DNS name")
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
-        address = None
-    if address is not None:
-        if getattr(address, "scope_id", None):
-            # A certificate holds the address without its zone, and the set was said to be good for the zone too.
-            raise ValueError(f"host {host!r} has a zone (%{address.scope_id}), which no certificate holds; "
-                             "give the address alone")
-        return x509.IPAddress(address)
+        pass
     if ":" in host:
         raise ValueError(f"host {host!r} has a port, or is not an IP address; give the address or name alone")
     if not host.isascii():
         raise ValueError(f"host {host!r} is not a DNS name in ASCII; give its A-label (xn--...)")
     labels = host.removeprefix("*.").split(".")
-    if host.startswith("*.") and len(labels) < 2:
-        # OpenSSL matches a wildcard only with two labels or more after it: no check
-        # would ever match "*.test" (a probe, 2026-12-07, found it written all the same).
-        raise ValueError(f"host {host!r} is a wildcard that no check matches: it needs two labels or more after "
-                         f"'*.' ('*.example.test', not '*.test')")
     if labels[-1].isdigit():
         raise ValueError(f"host {host!r} is not an IP address, and a DNS name does not end in digits")
     if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):

@@ -118,6 +118,8 @@ class LocalCluster(StartsOnEnter):
             DevCerts.create(os.path.join(root, "tls"), hosts=hosts.values()) if tls is True else tls or None
         )
         self._ssl_context = self.tls.client_context() if self.tls is not None else None
+        # Raw connections may play a peer (as_peer): they present the nodes' certificate.
+        self._raw_ssl_context = self.tls.node_context() if self.tls is not None else None
         self.nodes: dict[str, NodeProcess] = {
             node_id: NodeProcess(
                 node_id, data_dir=os.path.join(root, node_id), host=hosts[node_id], port=ports[node_id], extra_args=args,
@@ -175,8 +177,9 @@ class LocalCluster(StartsOnEnter):
 
     def raw(self, node_id: str, *, timeout: float = 5.0) -> RawConnection:
         """A RawConnection to ``node_id``, over TLS if the cluster has it, introduced with
-        the cluster's token if it has one (the HELLO's reply is read and dropped)."""
-        connection = RawConnection(self[node_id].address, timeout=timeout, ssl_context=self._ssl_context)
+        the cluster's token if it has one (the HELLO's reply is read and dropped). Over
+        TLS it presents the nodes' certificate, so that it may also play a peer."""
+        connection = RawConnection(self[node_id].address, timeout=timeout, ssl_context=self._raw_ssl_context)
         if self.token is not None:
             reply = connection.request(Hello(0, token=self.token))
             if not isinstance(reply, HelloReply):

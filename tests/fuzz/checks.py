@@ -35,13 +35,16 @@ class Refusal:
         return cls(int(exc.code), exc.fatal, exc.request_id, exc.message)
 
 
-def decode_all(side: Side, limits: Limits, chunks: list[bytes], eof: bool, stream: bytes) -> list[Any]:
+def decode_all(side: Side, limits: Limits, chunks: list[bytes], eof: bool, stream: bytes, *,
+               frame_limit: int | None = None) -> list[Any]:
     """Every outcome of feeding ``chunks`` to a fresh connection: messages, Refusals, and CLOSED last after a clean end.
 
+    ``frame_limit``: the connection's, as a node sets it for a client (Connection.frame_limit).
     Raises Finding for anything outside the codec's contract (``stream`` is the
     whole input, for the report); any exception outside ProtocolError escapes as it is.
     """
     conn = Connection(side, limits)
+    conn.frame_limit = frame_limit
     outcomes: list[Any] = []
     # Each message or refusal consumes at least a 5-byte frame, so a codec
     # that makes progress needs fewer calls than this; more is a hang.

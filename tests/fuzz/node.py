@@ -27,6 +27,7 @@ fuzzed bytes never do, and the peer-only ops behind it must be fuzzed too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections import Counter
@@ -45,6 +46,7 @@ with atheris.instrument_imports(include=["kvwire"]):
         Role,
         Side,
     )
+    from kvwire.protocol.limits import anti_entropy_frame_bytes
     from kvwire.server.access import PEER
     from kvwire.server.config import Member, ServerConfig, SyncMode
     from kvwire.server.connection import NodeProtocol
@@ -150,6 +152,11 @@ class Nodes:
         }
 
     async def _start(self, data_dir, limits: Limits, members: tuple[Member, ...]) -> Node:
+        if members:
+            # A cluster's frames must hold anti-entropy's messages (ServerConfig); a client's
+            # are still held to the small limits' largest request (Limits.client_frame_bytes).
+            limits = dataclasses.replace(
+                limits, max_frame_bytes=max(limits.max_frame_bytes, anti_entropy_frame_bytes(limits.max_key_bytes)))
         config = ServerConfig(node_id="n1", data_dir=data_dir, sync=SyncMode.OFF, limits=limits,
                               cache_entries=_CACHE_ENTRIES, members=members,
                               cluster_secret=b"fuzz" * 8 if members else None)
@@ -166,6 +173,7 @@ class Nodes:
         protocol.connection_made(transport)
         if role is Role.PEER:
             protocol._session.grant = PEER  # the harness's shortcut past HELLO (module docstring)
+            protocol._codec.frame_limit = None  # as an accepted peer HELLO lifts it to max_frame_bytes
         try:
             for chunk in case.chunks:
                 if transport.closing:
@@ -217,7 +225,11 @@ def check_input(data: bytes, nodes: Nodes) -> None:
     role = Role.PEER if data and data[0] & OTHER_HALF else Role.CLIENT
     case = plan(data, Side.NODE)
     stats["frames"] += case.frames
-    expected = decode_all(Side.NODE, case.limits, [case.stream] if case.stream else [], case.eof, case.stream)
+    # The node's own limits (a cluster's frames are larger: Nodes._start), and a client's
+    # frame limit where the connection plays a client.
+    limits = nodes.by_case[case.limits, bool(case.flags & IN_CLUSTER)].config.limits
+    expected = decode_all(Side.NODE, limits, [case.stream] if case.stream else [], case.eof, case.stream,
+                          frame_limit=None if role is Role.PEER else limits.client_frame_bytes)
     transport = nodes.loop.run_until_complete(nodes.converse(case, role))
     problems = [f"logged: {line}" for line in nodes.errors.take()]
     problems += [f"left to the event loop: {context.get('message')} {context.get('exception')!r}"
