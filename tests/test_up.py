@@ -891,6 +891,34 @@ def test_a_ctl_request_a_hung_up_does_not_answer_says_it_may_yet_be_done(tmp_pat
             send(tmp_path, {"command": "status"})
 
 
+def test_a_ctl_request_interrupted_while_waiting_exits_130_and_says_it_may_have_been_done(tmp_path):
+    """Ctrl-C while ctl waits for `up`'s answer printed click's "Aborted!" and exited 1, a
+    refusal's status, though `up` may have carried the request out (a probe saw both)."""
+    import signal
+    import socket
+
+    from kvwire.cli.control import socket_path
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(socket_path(tmp_path)))
+        server.listen()
+        ctl = subprocess.Popen([sys.executable, "-m", "kvwire", "up", "ctl", "status", "--data-dir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:
+            server.settimeout(30)
+            connection, _ = server.accept()
+            with connection:
+                connection.settimeout(30)
+                assert connection.recv(1024)  # the request is sent: ctl now waits for the answer
+                ctl.send_signal(signal.SIGINT)
+                _, stderr = ctl.communicate(timeout=30)
+        finally:
+            ctl.kill()
+    assert ctl.returncode == 130, stderr
+    assert stderr == ("interrupted: the request may or may not have been carried out; `kvwire up ctl status` says "
+                      "what runs\n"), stderr
+
+
 def test_up_takes_an_ipv6_host_in_brackets_as_it_is_written_in_an_address(tmp_path):
     """``--host [::1]`` as ``--host ::1``: it was bracketed again ("cannot listen on [[::1]]:PORT")."""
     up = Up(tmp_path, "--host", "[::1]", "--nodes", "1", "--no-http", "--base-port", str(free_port()),

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import socketserver
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -160,7 +162,8 @@ def ctl() -> None:
 
     Exit status: 0 done; 1 refused (unknown node, already running), not done
     (a node started that exits, or does not answer PING within 15 s), or no
-    `kvwire up` running on that data directory; 2 bad usage.
+    `kvwire up` running on that data directory; 2 bad usage; 130 interrupted
+    while waiting for the answer (the request may have been carried out).
     """
 
 
@@ -192,3 +195,9 @@ def _send(data_dir: Path, request: dict) -> dict:
         return send(data_dir, request)
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        # click's own "Aborted!" exited 1, the status of a refusal, and said nothing of the
+        # request, which `up` may have carried out already (a probe saw both happen).
+        click.echo("interrupted: the request may or may not have been carried out; `kvwire up ctl status` "
+                   "says what runs", err=True)
+        sys.exit(128 + signal.SIGINT)
