@@ -994,5 +994,26 @@ def test_a_node_serving_a_client_certificate_gets_the_purpose_hint(tmp_path, cer
         node.wait(15)
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["with-peers", "alone"])
+def test_a_node_with_peers_warns_of_a_certificate_it_cannot_present_to_them(tmp_path, alone):
+    """A node's certificate is its client certificate towards its peers: one for servers
+    only was refused by every peer it dialled, with no word of it at start, while its
+    peers, dialling it, saw it UP (a probe, 2026-12-07). A lone node presents it to no one."""
+    certs = DevCerts.create(tmp_path / "tls")
+    _for_servers_only(certs, "node.pem")
+    cluster = [] if alone else ["--cluster", f"n1=127.0.0.1:{free_port()},n2=127.0.0.1:{free_port()}", "--insecure"]
+    node = NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--sync", "off", *cluster])
+    node.start()
+    try:
+        wait_for(lambda: "listening on" in node.log(), timeout=15, what="n1 started")
+        unfit = "is refused as the client certificate this node presents to its peers"
+        if alone:
+            assert unfit not in node.log() and "tls_certificate_unfit" not in node.log(), node.log()
+        else:
+            assert unfit in node.log() and "event=tls_certificate_unfit" in node.log(), node.log()
+    finally:
+        node.stop()
+
+
 def test_a_node_serving_its_own_certificate_says_nothing_of_it(tls_node):
     assert "tls_certificate_unfit" not in tls_node.log()

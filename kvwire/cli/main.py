@@ -250,7 +250,8 @@ def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_fil
 
         # kvwire up refuses such a set; a node started alone says so, and clients' and
         # peers' handshakes said only "certificate verify failed" (a security probe's finding).
-        problem = served_certificate_problem(config.tls.cert, config.tls.key, config.tls.ca)
+        problem = served_certificate_problem(config.tls.cert, config.tls.key, config.tls.ca,
+                                             presented=bool(config.peers))
         if problem is not None:
             log.warning("--tls-cert: %s; clients and peers that check it will refuse this node", problem,
                         extra={"event": "tls_certificate_unfit"})

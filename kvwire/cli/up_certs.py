@@ -126,7 +126,7 @@ def _first_problem(directory: Path, host: str, needed: tuple[str, ...], *, peers
     return None
 
 
-def served_certificate_problem(cert: Path, key: Path, ca: Path | None) -> str | None:
+def served_certificate_problem(cert: Path, key: Path, ca: Path | None, *, presented: bool = False) -> str | None:
     """What makes ``cert`` unfit for a node to serve, as every client and peer will find
     at its handshake: its dates, or (with ``ca``, the CA it is checked against) its
     purpose or its chain. None if nothing, or if the file cannot be read here (the
@@ -150,9 +150,24 @@ def served_certificate_problem(cert: Path, key: Path, ca: Path | None) -> str | 
         return None
     dialling.check_hostname = False
     refused = _handshake(served, dialling, "localhost")
+    if refused is not None:
+        return f"{cert} is refused in a TLS handshake checked against {ca} ({describe_tls_error(refused[1])})"
+    if not presented:
+        return None
+    # A node with peers presents its certificate to them as a client's: one for servers
+    # only was refused by every peer it dialled, with no word of it at start (a probe,
+    # 2026-12-07), while the peers, dialling it, saw it UP.
+    try:
+        asking = server_context(cert, key, client_ca=ca, names=_FILES)
+        presenting = client_context(ca=ca, cert=cert, key=key, names=_FILES)
+    except TlsConfigError:
+        return None
+    presenting.check_hostname = False
+    refused = _handshake(asking, presenting, "localhost")
     if refused is None:
         return None
-    return f"{cert} is refused in a TLS handshake checked against {ca} ({describe_tls_error(refused[1])})"
+    return (f"{cert} is refused as the client certificate this node presents to its peers, checked against {ca} "
+            f"({describe_tls_error(refused[1])}); it needs the clientAuth purpose too")
 
 
 def _handshake(served: ssl.SSLContext, dialling: ssl.SSLContext, host: str) -> tuple[str, ssl.SSLError] | None:
