@@ -101,9 +101,31 @@ def test_a_large_value_put_and_read_through_a_node_s_bridge_leaves_its_loop_free
     assert reply.status == 201, reply.text
     assert reply.text == '{"key":"many-items","value":' + "[{}" + ",{}" * (ITEMS - 1) + '],"version":{"counter":1,"node":"!n1"}}'
     assert read.status == 200 and read.text == reply.text
-    for start, end in ((put_start, put_end), (get_start, get_end)):
-        bound = max(0.5 * (end - start), QUIET_SILENCE_S)
-        assert watch.longest_silence(start, end) < bound, (watch.longest_silence(start, end), end - start)
+    # The node checks a PUT's value once, on its loop, as every node does every value it is
+    # sent (README, Limits: about 0.2 s a MiB of empty maps): that silence is the node's,
+    # not the bridge's, and once measured at 0.278 s of a 0.545 s PUT it failed a CI run.
+    # The floor allows it; JSON work back on the loop (two thirds of a PUT of over a
+    # second, as it was) is still past half the PUT.
+    check = value_check_seconds([{}] * ITEMS)
+    for start, end, floor in ((put_start, put_end, QUIET_SILENCE_S + check), (get_start, get_end, QUIET_SILENCE_S)):
+        bound = max(0.5 * (end - start), floor)
+        assert watch.longest_silence(start, end) < bound, (watch.longest_silence(start, end), end - start, floor)
+
+
+def value_check_seconds(value) -> float:
+    """What a node's check of ``value`` costs on this machine now (the best of three)."""
+    import msgpack
+    from msgspec import Raw
+
+    from kvwire.protocol.values import checked_raw
+
+    packed = Raw(msgpack.packb(value))
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        checked_raw(packed)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 @pytest.mark.parametrize("value", [
