@@ -34,24 +34,31 @@ def test_a_stall_the_loop_did_not_see_is_warned_of_by_the_clock_that_saw_it(capl
     """The loop's own clock (monotonic) runs on as if nothing happened; the node's
     clock jumped by 65 s, as CLOCK_BOOTTIME does across a suspend."""
     jumped = 0.0
+    reads = 0
 
     def stalls() -> list:
         return [r for r in caplog.records if getattr(r, "event", None) == "loop_stalled"]
 
     def clock() -> float:
+        nonlocal reads
+        reads += 1
         return time.monotonic() + jumped
+
+    async def until(condition) -> None:
+        """Yield to the loop (the watch's checks run) until ``condition`` holds, for 5 s at most."""
+        deadline = time.monotonic() + 5
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def run() -> None:
         nonlocal jumped
         loop = asyncio.get_running_loop()
         watch = StallWatch(loop, 0.25, interval=0.01, clock=clock)
         try:
-            await asyncio.sleep(0.05)
-            assert not stalls()
+            await until(lambda: reads >= 4)  # a few checks, on time
+            assert reads >= 4 and not stalls()
             jumped = 65.0
-            deadline = loop.time() + 5
-            while not stalls() and loop.time() < deadline:
-                await asyncio.sleep(0.01)
+            await until(stalls)
         finally:
             watch.stop()
 

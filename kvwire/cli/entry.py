@@ -80,14 +80,11 @@ def one_line_when_stdout_fails() -> Iterator[None]:
     except OSError as exc:
         if not _raised_writing_stdout(exc):
             raise
-        try:  # the exit's flush of what is still buffered would fail again, with a message of its own
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass
-        sys.stderr.write(f"kvwire: cannot write to stdout: {exc.strerror or exc}; what the command did before "
-                         "its output is done\n")
+        from .client_io import output_failed  # kvwire-cli's own: stdout silenced, the line to say
+
+        message = str(output_failed(exc))
+        if message:  # empty for a reader gone: nobody to tell
+            sys.stderr.write(f"kvwire: {message}; what the command did before its output is done\n")
         raise SystemExit(1) from None
 
 

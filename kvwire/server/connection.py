@@ -21,7 +21,7 @@ from ..protocol.codec import encode
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
-from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply, Hello
+from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
 from .access import ANONYMOUS, PEER
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
@@ -68,7 +68,7 @@ class NodeProtocol(asyncio.Protocol):
         # of the costliest msgpack holds the event loop about 0.2 s a MiB while it is
         # read, with no token needed (a probe, 2026-12-07: 4 MiB frames from two
         # clients, 1.2 s each, made the peers mark two nodes DOWN, and the cluster
-        # lost its quorum). A peer's HELLO grants it the whole max_frame_bytes.
+        # lost its quorum). The peer role lifts it (_lift_frame_limit).
         self._codec.frame_limit = node.config.limits.client_frame_bytes
         self._core = node.core
         self._max_key_bytes = node.config.limits.max_key_bytes
@@ -113,6 +113,7 @@ class NodeProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self._session = self._node.new_session(f"{peername[0]}:{peername[1]}" if peername else "?")
         self._session.drop = self.drop
+        self._session.became_peer = self._lift_frame_limit
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self._session.certificate = ssl_object.getpeercert()  # checked at a peer's HELLO
@@ -127,6 +128,10 @@ class NodeProtocol(asyncio.Protocol):
             return
         self._registry.add(self)
         self._node.connections = len(self._registry)
+
+    def _lift_frame_limit(self) -> None:
+        """A peer link takes frames up to max_frame_bytes (DIGESTS, SYNC and REQUESTS pages)."""
+        self._codec.frame_limit = None
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self._going_away:
@@ -295,8 +300,6 @@ class NodeProtocol(asyncio.Protocol):
                 tally = metrics.tally_of_type(kind)
             try:
                 result = node.handle(request, session)
-                if kind is Hello and session.grant is PEER:
-                    codec.frame_limit = None
             except KvwireError as exc:
                 tally.answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
                 encoded = encode(ErrorReply(request.id, exc.code, exc.message, exc.maybe_applied))

@@ -95,6 +95,8 @@ class Session:
     instance: bytes | None = None
     # Closes the connection at once, unread (NodeProtocol.drop); set by the connection.
     drop: Callable[[], None] | None = None
+    # Called once the connection is granted the peer role (NodeProtocol.became_peer).
+    became_peer: Callable[[], None] | None = None
     # The certificate the other side presented in its TLS handshake (getpeercert()),
     # where it was asked for one (--tls-ca); set by the connection.
     certificate: dict | None = None
@@ -408,6 +410,8 @@ class Node:
 
     def _grant_peer(self, session: Session, member: str | None, instance: bytes | None) -> None:
         session.grant = PEER
+        if session.became_peer is not None:
+            session.became_peer()
         session.member = member
         session.instance = instance
         self._peer_sessions.add(session)

@@ -173,7 +173,7 @@ class Nodes:
         protocol.connection_made(transport)
         if role is Role.PEER:
             protocol._session.grant = PEER  # the harness's shortcut past HELLO (module docstring)
-            protocol._codec.frame_limit = None  # as an accepted peer HELLO lifts it to max_frame_bytes
+            protocol._lift_frame_limit()  # as the node's grant of the peer role does
         try:
             for chunk in case.chunks:
                 if transport.closing:

@@ -465,23 +465,22 @@ class Write(_ReplicatedWrite):
         self._commit(False, self._request.value, self._packed)
 
     def _mint_after_waiting(self, copies: list[Copy]) -> None:
-        """``_mint``, once the write of the key it waited for is decided. That write may
-        have been an earlier attempt of this same PUT, whose record is here now: finish
-        it, as ``_looked_up`` would have, rather than apply the PUT a second time."""
-        request_id = self._request.request
-        if request_id is not None and self._core.mutant != "ignore-request-id":
-            own = self._core.applied.find(request_id, self._request.key, self._core.now)
+        """``_mint``, once the write of the key it waited for is decided. For a PUT with a
+        request id, the PUT starts again (``start``): that write may have been an earlier
+        attempt of this same PUT, whose record is here now, to finish rather than apply the
+        PUT a second time; and the round's answers are from before the wait, which can be
+        long (writes of a hot key queue here): meanwhile its client may have given up on
+        this node, had it applied elsewhere, and a later write acknowledged. Minted on those
+        answers, it was applied a second time, above that write (python -m kvwire.sim
+        --seed 931189 --ops 400 --faults pause,network --clients 15 --client-timeout 0.6)."""
+        request_id, core = self._request.request, self._core
+        if request_id is not None and core.mutant not in ("ignore-request-id", "mint-on-stale-lookup"):
+            self.start()  # this node's own record, then its majority, asked again
+            return
+        if request_id is not None and core.mutant == "mint-on-stale-lookup":  # the own record alone
+            own = core.applied.find(request_id, self._request.key, core.now)
             if own is not None:
                 self._complete(own.version, own.tentative)
-                return
-            if self._core.mutant != "mint-on-stale-lookup":
-                # The round's answers are from before the wait, which can be long (writes
-                # of a hot key queue here): meanwhile this PUT's client may have given up
-                # on this node, had it applied elsewhere, and a later write acknowledged.
-                # Minted on those answers, it was applied a second time, above that write
-                # (python -m kvwire.sim --seed 931189 --ops 400 --faults pause,network
-                # --clients 15 --client-timeout 0.6). The majority is asked again.
-                self.start()
                 return
         self._mint(copies)
 
