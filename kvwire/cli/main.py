@@ -47,6 +47,7 @@ def main() -> None:
 @click.option("--max-connections", type=click.IntRange(min=1), default=ServerConfig.max_connections, show_default=True, help="Open connections beyond this are refused with UNAVAILABLE.", **env("MAX_CONNECTIONS"))
 @click.option("--max-inflight", type=click.IntRange(min=1), default=ServerConfig.max_inflight_per_connection, show_default=True, help="Requests one connection may have waiting (on storage or on peers); at the cap the node starts no more of its requests, read or not, until fewer than half wait.", **env("MAX_INFLIGHT"))
 @click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=ServerConfig.max_inflight_bytes_per_connection, show_default=True, help="The same cap in bytes: the frames of one connection's waiting requests, a GET or DELETE counting --max-value-bytes more; one request always starts when none waits.", **env("MAX_INFLIGHT_BYTES"))
+@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=ServerConfig.max_buffered_bytes, show_default=True, help="Bytes all client connections together may hold of requests not yet read whole or handled; past it the connection holding the most is closed with UNAVAILABLE. At least the largest request's frame.", **env("MAX_BUFFERED_BYTES"))
 @click.option("--cache-entries", type=click.IntRange(min=0), default=ServerConfig.cache_entries, show_default=True, help="Values kept in memory (0 turns the cache off); version tags of all keys are always in memory.", **env("CACHE_ENTRIES"))
 @click.option("--cluster", "cluster", default=None, metavar="ID=HOST:PORT,...", help="Every member, this node included, e.g. n1=127.0.0.1:7379,n2=127.0.0.1:7380,n3=127.0.0.1:7381. Without it the node runs alone.", **env("CLUSTER"))
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.heartbeat_interval, show_default=True, help="Seconds between PINGs to each peer.", **env("HEARTBEAT_INTERVAL"))
@@ -138,6 +139,7 @@ def server_config(options: dict) -> ServerConfig:
         max_connections=options["max_connections"],
         max_inflight_per_connection=options["max_inflight"],
         max_inflight_bytes_per_connection=options["max_inflight_bytes"],
+        max_buffered_bytes=options["max_buffered_bytes"],
         cache_entries=options["cache_entries"],
         members=parse_cluster(cluster) if cluster else (),
         heartbeat_interval=options["heartbeat_interval"],

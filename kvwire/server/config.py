@@ -85,6 +85,12 @@ class ServerConfig:
     # let one client make the node hold a gigabyte. One request always starts
     # when none waits.
     max_inflight_bytes_per_connection: int = 64 * 1024 * 1024
+    # The bytes all client connections together may hold read but not yet
+    # handled (frames still arriving, requests held back); past it the one
+    # holding the most is closed (kvwire.server.client_buffers). 256 frames of
+    # the largest request at the default limits, a quarter of what 1,024
+    # connections could otherwise make the node hold.
+    max_buffered_bytes: int = 256 * 1024 * 1024
     # Rows per group-commit transaction; more waits for the next one. At about
     # 220k rows/s for executemany (docs/design.md section 4) this keeps one transaction
     # near 20 ms.
@@ -166,6 +172,11 @@ class ServerConfig:
         for name in ("max_connections", "max_inflight_per_connection", "max_inflight_bytes_per_connection", "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_buffered_bytes < self.limits.client_frame_bytes:
+            # Below it, a client sending the largest request would be closed before it arrived.
+            raise ValueError(f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least the largest "
+                             f"request's frame ({self.limits.client_frame_bytes} bytes: max_key_bytes + "
+                             "max_value_bytes + the frame's overhead)")
         if self.cache_entries < 0:
             raise ValueError(f"cache_entries must be 0 or more, got {self.cache_entries}")
         for name in ("repair_rate", "hint_limit"):

@@ -23,6 +23,7 @@ from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
 from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
 from .access import ANONYMOUS, PEER
+from .client_buffers import ClientBuffers
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox
@@ -70,6 +71,10 @@ class NodeProtocol(asyncio.Protocol):
         # clients, 1.2 s each, made the peers mark two nodes DOWN, and the cluster
         # lost its quorum). The peer role lifts it (_lift_frame_limit).
         self._codec.frame_limit = node.config.limits.client_frame_bytes
+        # What this connection holds read but not handled, counted against the
+        # node's budget for all clients (--max-buffered-bytes); not a peer link's.
+        self._buffers: ClientBuffers | None = node.client_buffers
+        self._held = 0
         self._core = node.core
         self._max_key_bytes = node.config.limits.max_key_bytes
         # What a client's waiting GET or DELETE is charged in flow control beyond
@@ -132,6 +137,8 @@ class NodeProtocol(asyncio.Protocol):
     def _lift_frame_limit(self) -> None:
         """A peer link takes frames up to max_frame_bytes (DIGESTS, SYNC and REQUESTS pages)."""
         self._codec.frame_limit = None
+        self._hold(0)
+        self._buffers = None
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self._going_away:
@@ -154,7 +161,10 @@ class NodeProtocol(asyncio.Protocol):
             self._hold_backlog()
         elif replies:
             self._queue(replies)
-        if not self._codec.buffered_bytes:
+        buffered = self._codec.buffered_bytes
+        if buffered != self._held:
+            self._hold(buffered)
+        if not buffered:
             self._partial_since = None
         elif self._partial_since is None or self._requests_read != read_before:
             self._partial_since = self._loop.time()  # a new frame began in these bytes
@@ -181,6 +191,7 @@ class NodeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._hold(0)  # closed by the other side: _close did not run
         self._session.drop = None  # the session held this protocol: no cycle left for the collector
         self._registry.discard(self)
         self._node.connections = len(self._registry)
@@ -228,6 +239,7 @@ class NodeProtocol(asyncio.Protocol):
             self._node.metrics.tally_of_request(request).answer("unavailable", 0.0)
             refused.append(encode(ErrorReply(request.id, ErrorCode.UNAVAILABLE, message, False)))
         self._write_now(b"".join(refused))
+        self._hold(self._codec.buffered_bytes)
         self._flow.release()
         self._close_if_finished()
 
@@ -249,6 +261,31 @@ class NodeProtocol(asyncio.Protocol):
         # What data_received took for a frame begun was whole requests held
         # back; left as it was, an idle client would be closed at frame_timeout.
         self._partial_since = self._loop.time() if self._codec.buffered_bytes else None
+        self._hold(self._codec.buffered_bytes)
+
+    def _hold(self, buffered: int) -> None:
+        """Count what this connection now holds read but not handled; past the
+        node's budget for all clients, close the one holding the most. A closed
+        connection holds nothing: the codec goes with it."""
+        if self._closed:
+            buffered = 0
+        self._held = buffered
+        if self._buffers is not None:
+            biggest = self._buffers.hold(self, buffered)
+            if biggest is not None:
+                biggest.evict()
+
+    def evict(self) -> None:
+        """Close this connection, the client holding the most of the node's budget."""
+        held, limit = self._held, self._buffers.limit
+        self._node.limited_log.log(
+            logging.WARNING, "connections closed at --max-buffered-bytes",
+            "closing %s: it holds %d bytes of requests not yet read whole or handled, the most of any client, "
+            "and all clients hold more than --max-buffered-bytes (%d)", self._session.peer, held, limit,
+            logger=log)
+        self._node.metrics.connections_evicted += 1
+        self._close_saying(ErrorCode.UNAVAILABLE, "closing the connection: the node holds more unfinished requests "
+                           "than it allows all clients (--max-buffered-bytes), this one's the most; try again")
 
     # --- requests ----------------------------------------------------------------------
 
@@ -436,6 +473,7 @@ class NodeProtocol(asyncio.Protocol):
         if not self._closed:
             self._write_later()  # replies still waiting for the loop turn's end go first
             self._closed = True
+            self._hold(0)
             self._transport.close()
 
     # --- deadlines -----------------------------------------------------------------------
@@ -478,10 +516,13 @@ class NodeProtocol(asyncio.Protocol):
         self._node.limited_log.log(logging.INFO, "connections closed past a deadline", "closing %s: %s",
                                 self._session.peer, reason, logger=log)
         self._node.metrics.connections_timed_out += 1
+        self._close_saying(ErrorCode.TIMEOUT, f"closing the connection: {reason}")
+
+    def _close_saying(self, code: ErrorCode, message: str) -> None:
         if self._writing_paused_at is not None:
             self.drop()  # a notice, or a close that waits for the replies to drain, would wait for good
             return
-        self._later.append(encode(ErrorReply(None, ErrorCode.TIMEOUT, f"closing the connection: {reason}")))
+        self._later.append(encode(ErrorReply(None, code, message)))
         self._close()
 
     # --- shutdown ----------------------------------------------------------------------
@@ -534,4 +575,5 @@ class NodeProtocol(asyncio.Protocol):
         if not self._closed:
             self._closed = True
             self._backlog = False
+            self._hold(0)
             self._transport.abort()

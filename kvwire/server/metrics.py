@@ -56,6 +56,11 @@ class NodeCollector(Collector):
             "or reading none of their replies for as long.",
             value=metrics.connections_timed_out,
         )
+        yield CounterMetricFamily(
+            "kvwire_connections_evicted",
+            "Connections closed for holding the most of --max-buffered-bytes when all clients held more.",
+            value=metrics.connections_evicted,
+        )
 
     def _core(self, node: Node) -> Iterator[Metric]:
         core, config = node.core, node.config
@@ -97,6 +102,8 @@ class NodeCollector(Collector):
                                   value=core.cache.misses)
         yield GaugeMetricFamily("kvwire_open_connections", "Client and peer connections open to this node.",
                                 value=node.connections)
+        yield GaugeMetricFamily("kvwire_client_buffered_bytes", "Bytes client connections hold of requests not yet read "
+                                "whole or handled, against --max-buffered-bytes.", value=node.client_buffers.total)
         info = GaugeMetricFamily("kvwire_node_info", "Always 1; the labels name this node.",
                                  labels=["node_id", "cluster_id", "sync"])
         info.add_metric([config.node_id, config.cluster_id, config.sync.value], 1)

@@ -43,6 +43,7 @@ from ..protocol.messages import (
 from ..protocol.values import pack_value
 from ..tls import certificate_names
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
+from .client_buffers import ClientBuffers
 from .clock import node_clock
 from .config import ServerConfig
 from .core import (
@@ -151,6 +152,7 @@ class Node:
         self._loader: asyncio.Task | None = None
         self._timer_at: float | None = None
         self.connections = 0
+        self.client_buffers = ClientBuffers(config.max_buffered_bytes)
         # Closes every connection of this node's listener unread, and says how many
         # (DropConnections); the server sets it, which owns them.
         self.drop_connections: Callable[[], int] = lambda: 0

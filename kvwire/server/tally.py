@@ -110,6 +110,7 @@ class RequestMetrics:
         self.forwarded_delete = self.tally("delete_forwarded")
         self.connections_refused = 0
         self.connections_timed_out = 0
+        self.connections_evicted = 0
         self._snapshots: deque[tuple[float, int, list[int]]] = deque(maxlen=RECENT_WINDOW_S + 1)
 
     def tally(self, op: str, consistency: str = "") -> OpTally:

@@ -1,0 +1,100 @@
+"""All client connections together hold at most --max-buffered-bytes of unfinished requests.
+
+A probe (2026-12-07) held 323 MiB of a node with 300 connections, each sending
+all but the last bytes of a 1 MB PUT, no token needed; 1,024 would hold a
+gigabyte. Past the budget the connection holding the most is closed, with
+UNAVAILABLE, and the others go on. Real node process, real sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+
+import pytest
+
+from kvwire import Client, KeyNotFoundError
+from kvwire.protocol import ErrorCode, ErrorReply, HelloReply, Put, PutReply, encode
+from kvwire.server.client_buffers import ClientBuffers
+from kvwire.server.config import ServerConfig
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, free_port, wait_for
+
+from test_metrics import scrape, value
+
+KB = 1000
+VALUE = b"v" * (1000 * KB)
+BUDGET = 3000 * KB
+
+
+def test_the_holder_of_the_most_is_named_only_when_the_total_grows_past_the_limit():
+    buffers = ClientBuffers(100)
+    assert buffers.hold("a", 40) is None
+    assert buffers.hold("b", 50) is None
+    assert buffers.hold("c", 20) == "b"  # over: the biggest, not the one that grew
+    assert buffers.total == 110
+    assert buffers.hold("b", 0) is None and buffers.total == 60
+    assert buffers.hold("a", 30) is None and buffers.total == 50  # shrinking never names one
+    assert buffers.hold("a", 90) == "a"
+
+
+def test_a_budget_below_the_largest_request_is_refused_at_start(tmp_path):
+    with pytest.raises(ValueError, match="max_buffered_bytes .* must be at least the largest request's frame"):
+        ServerConfig(max_buffered_bytes=1000)
+    started = subprocess.run([sys.executable, "-m", "kvwire", "serve", "--data-dir", str(tmp_path / "n1"),
+                              "--listen", f"127.0.0.1:{free_port()}", "--max-buffered-bytes", "1000"],
+                             capture_output=True, text=True, timeout=30)
+    assert started.returncode == 2, started
+    assert ("Error: --max-buffered-bytes (1000) must be at least the largest request's frame (1050624 bytes: "
+            "--max-key-bytes + --max-value-bytes" in started.stderr), started.stderr
+    assert "Traceback" not in started.stderr
+
+
+def test_past_the_budget_the_connection_holding_the_most_is_closed_and_the_others_go_on(tmp_path):
+    metrics = f"127.0.0.1:{free_port()}"
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--max-buffered-bytes", str(BUDGET), "--metrics-listen", metrics]) as node, \
+            contextlib.ExitStack() as stack:
+        frames = {name: encode(Put(1, name, VALUE)) for name in ("small", "big", "third", "last")}
+        sent = {"small": 800 * KB, "big": 950 * KB, "third": 700 * KB, "last": 700 * KB}
+        clients = {}
+        total = 0
+        for name in ("small", "big", "third", "last"):
+            clients[name] = stack.enter_context(RawConnection(node.address, timeout=10))
+            clients[name].send_bytes(frames[name][:sent[name]])
+            if name != "last":  # read by the node before the next begins, so the order is known
+                total += sent[name]
+                wait_for(lambda: value(scrape(metrics), "kvwire_client_buffered_bytes") == total, timeout=10,
+                         what=f"the node holding {total} bytes")
+        # 3,150 kB > 3,000 kB: the biggest holder is closed, not the last to send.
+        (reply,) = clients["big"].receive(1)
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.UNAVAILABLE and reply.id is None, reply
+        assert "--max-buffered-bytes" in reply.message
+        assert clients["big"].closed_by_peer(timeout=5)
+        wait_for(lambda: value(scrape(metrics), "kvwire_client_buffered_bytes") == 2200 * KB, timeout=10,
+                 what="the closed connection's bytes released")
+        for name in ("small", "third", "last"):  # still open: each finishes its PUT
+            clients[name].send_bytes(frames[name][sent[name]:])
+            assert isinstance(clients[name].receive(1)[0], PutReply), name
+        samples = scrape(metrics)
+        assert value(samples, "kvwire_connections_evicted_total") == 1
+        assert value(samples, "kvwire_client_buffered_bytes") == 0
+        with Client(node.address) as client:
+            assert client.get("last") == VALUE
+            with pytest.raises(KeyNotFoundError):
+                client.get("big")
+        assert "it holds 950000 bytes of requests not yet read whole or handled" in node.log()
+
+
+def test_a_frame_arriving_on_a_peer_link_is_not_counted(tmp_path):
+    """Peers' frames are not clients' (the peer role lifts the count): a peer's
+    large message arriving slowly takes none of the clients' budget."""
+    cluster = LocalCluster(3, data_dir=tmp_path)
+    metrics = f"127.0.0.1:{free_port()}"
+    cluster["n1"].extra_args += ["--metrics-listen", metrics]
+    with cluster, RawConnection(cluster["n1"].address) as peer, RawConnection(cluster["n1"].address) as client:
+        assert isinstance(peer.hello_as_peer("n2", "kvwire", cluster.secret), HelloReply)
+        peer.send_bytes(encode(Put(3, "through-a-peer", VALUE))[:900 * KB])
+        client.send_bytes(encode(Put(1, "k", b"x"))[:10])
+        wait_for(lambda: value(scrape(metrics), "kvwire_client_buffered_bytes") == 10, timeout=10,
+                 what="the client's 10 bytes counted, and the peer's 900 kB not")
