@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -76,3 +77,13 @@ def _link_new(partial: Path, path: Path, data: bytes) -> None:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def warn_if_readable_by_others(log: logging.Logger, what: str, path: str | os.PathLike | None) -> None:
+    """Warn when ``what`` (a secret's file) may be read by others than its owner.
+
+    A warning, not a refusal as ssh and PostgreSQL make of such a private key:
+    secrets mounted by orchestrators are often mode 644 (Kubernetes' default)."""
+    if path is not None and os.stat(path).st_mode & 0o077:
+        log.warning("%s %s is readable by others than its owner; chmod 600 it", what, os.fspath(path),
+                    extra={"event": "file_readable_by_others"})

@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from rest_helpers import PREFIX, http, read_response
 
 from kvwire import Client, KeyNotFoundError, KvwireConnectionError
+from kvwire.secret_file import write_secret_file
 from kvwire.protocol import CLOSED, NEED_DATA, Connection, ErrorCode, ErrorReply, Get, Ping, Put, Side, encode
 from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
 from kvwire.testing.bridge import BridgeProcess
@@ -379,6 +380,29 @@ def test_a_node_with_bad_tls_files_does_not_start_and_says_why(tmp_path, certs):
     unloadable = run_kvwire(*serve, "--tls-cert", str(certs.node.key), "--tls-key", str(certs.node.key))
     assert unloadable.returncode == 78
     assert f"--tls-cert {certs.node.key}: not a PEM certificate" in one_line(unloadable.stderr)
+
+
+def test_a_private_key_or_secret_readable_by_others_is_named_at_start(tmp_path):
+    """As ssh and PostgreSQL say of such a key; a warning, since orchestrators
+    often mount secrets mode 644."""
+    certs = DevCerts.create(tmp_path / "certs")
+    key = certs.node.key
+    key.chmod(0o640)
+    secret = tmp_path / "cluster.secret"
+    write_secret_file(secret)
+    secret.chmod(0o644)
+    warning = "is readable by others than its owner; chmod 600 it"
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs,
+                     extra_args=["--cluster-secret-file", str(secret)]) as node:
+        wait_for_log(node, f"--tls-key file {key} {warning}")
+        wait_for_log(node, f"cluster secret file {secret} {warning}")
+        with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", tls=certs) as bridge:
+            bridge.wait_ready()
+            assert f"--tls-key file {key} {warning}" in bridge.log()
+    key.chmod(0o600)
+    secret.chmod(0o600)
+    with NodeProcess("n1", data_dir=tmp_path / "n1b", tls=certs) as quiet:
+        assert warning not in quiet.log()
 
 
 def test_kvwire_cli_and_the_bench_speak_tls_with_the_environment_or_options(tls_node, certs):

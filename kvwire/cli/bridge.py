@@ -18,6 +18,7 @@ from kvwire.http_bridge import DEFAULT_MAX_BODY_BYTES, MIN_BODY_BYTES, BridgeCon
 
 from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_endpoints, parse_host_port
 from ..protocol.limits import FRAME_OVERHEAD_BYTES
+from ..secret_file import warn_if_readable_by_others
 from .options import (
     LOG_LEVELS,
     allowed_hosts_option,
@@ -83,6 +84,8 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
     except (TypeError, ValueError) as exc:
         raise usage_error(str(exc)) from None
     configure_logging(log_level, log_format, context={"bridge": config.listen})  # bridge=HOST:PORT on every line
+    if files is not None and files.cert is not None:
+        warn_if_readable_by_others(log, "--tls-key file", files.key or files.cert)
     sys.exit(run_bridge(config))
 
 

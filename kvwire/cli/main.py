@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from ..protocol import DEFAULT_LIMITS, Limits, format_endpoint, parse_host_port
 from ..server.access import AuthTable
 from ..server.config import ServerConfig, SyncMode, parse_cluster
-from ..secret_file import read_secret_file, write_secret_file
+from ..secret_file import read_secret_file, warn_if_readable_by_others, write_secret_file
 from ..tls import TlsConfigError
 from .exit_status import CONFIG_REFUSED_STATUS
 from .lazy import LazyGroup
@@ -244,10 +244,10 @@ def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_fil
     if config.cluster_secret is None and config.members and config.insecure:
         log.warning("--insecure: peers are not authenticated; anyone who can reach %s:%d can rewrite any key",
                     config.host, config.port)
-    for kind, path in (("cluster secret", secret_file), ("auth", auth_file)):
-        if path is not None and path.stat().st_mode & 0o077:
-            log.warning("%s file %s is readable by others than its owner; chmod 600 it", kind, path)
+    warn_if_readable_by_others(log, "cluster secret file", secret_file)
+    warn_if_readable_by_others(log, "auth file", auth_file)
     if config.tls is not None:
+        warn_if_readable_by_others(log, "--tls-key file", config.tls.key or config.tls.cert)
         from .up_certs import served_certificate_problem
 
         # kvwire up refuses such a set; a node started alone says so, and clients' and
