@@ -508,3 +508,29 @@ kvwire()
     assert result.returncode == 0, result.stderr
     assert "SIGTERM came once the copy was in place: it is whole, and kept" in result.stderr
     assert os.listdir(destination) == [DATABASE_FILE_NAME]
+
+
+def test_a_backup_of_a_database_with_a_damaged_page_is_refused_and_leaves_nothing(tmp_path):
+    """SQLite's backup copies pages as they are, and the copy's count of keys reads only
+    the kv table's tree: a damaged value page made a backup that looked whole and failed
+    once restored. quick_check on the copy refuses it, and says what to do instead."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as node, Client([node.address]) as client:
+        for number in range(60):
+            client.put(f"k{number}", os.urandom(10_000))  # each past a page: overflow pages
+    database = node.data_dir / DATABASE_FILE_NAME
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        overflow = [page for (page,) in db.execute("SELECT pageno FROM dbstat WHERE name = 'kv' AND pagetype = 'overflow'")]
+    assert len(overflow) > 100, overflow
+    with open(database, "r+b") as file:
+        file.seek((overflow[len(overflow) // 2] - 1) * 4096)  # pages count from 1
+        file.write(b"\xff" * 4)  # the overflow chain's next page: -1
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT count(*) FROM kv").fetchone() == (60,)  # what the copy's count reads is whole
+    result = run_backup(node.data_dir, tmp_path / "out")
+    assert result.returncode == 1, result
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{database} is damaged (SQLite's quick_check: On tree page" in line and "invalid page number" in line
+    assert "so no copy was kept" in line and "--join" in line
+    assert not (tmp_path / "out").exists()
+    assert [name for name in os.listdir(tmp_path) if "backup-partial" in name] == []

@@ -31,6 +31,8 @@ from .storage import BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, TAB
 
 # How long the copy waits for a lock the node holds (a checkpoint, say).
 BUSY_TIMEOUT_S = 30.0
+# Problems quick_check lists at most; the first is named, the rest only counted.
+QUICK_CHECK_LIMIT = 10
 
 __all__ = ["BackupError", "BackupSummary", "back_up"]
 
@@ -70,6 +72,7 @@ def back_up(data_dir: Path, destination: Path, on_committed: Callable[[], None] 
         # the copy holds every key. SQLite writes into the empty file as it is.
         staging.copy.touch(mode=0o600, exist_ok=False)
         _copy(source_path, staging.copy)
+        _check_whole(staging.copy, source_path)
         node_id, keys, tombstones = _mark_joining(staging.copy)
         size = staging.copy.stat().st_size
         staging.commit(on_committed)
@@ -95,6 +98,25 @@ def _copy(source_path: Path, target_path: Path) -> None:
             source.backup(target)  # every page in one step: one read transaction, one moment
         finally:
             target.close()
+
+
+def _check_whole(path: Path, source_path: Path) -> None:
+    """Refuse a copy with a damaged page. SQLite's backup copies pages as they
+    are, and the node's start and the copy's count read only the ``kv`` table's
+    tree: a damaged value's page (an overflow page) or an index made a backup
+    that looked whole and failed when restored. quick_check reads every page
+    (0.18 s for a million keys of 100 bytes, 147 MB, from the page cache), on
+    the copy, so the node is not held."""
+    db = sqlite3.connect(path)
+    try:
+        problems = [row[0] for row in db.execute(f"PRAGMA quick_check({QUICK_CHECK_LIMIT})")]
+    finally:
+        db.close()
+    if problems != ["ok"]:
+        first = problems[0].removeprefix("*** in database main ***\n").splitlines()[0]
+        raise BackupError(f"{source_path} is damaged (SQLite's quick_check: {first}), so no copy was kept; "
+                          "its peers hold every acknowledged write: give the node a new disk and start it "
+                          "with --join (docs/operations.md, Replacing a node)")
 
 
 def _mark_joining(path: Path) -> tuple[str | None, int, int]:
