@@ -2215,6 +2215,51 @@ def test_a_request_page_whose_cursor_does_not_move_on_fails_the_round():
     assert not [e for e in core.take_effects() if type(e) is Send and e.message_type is Requests]
 
 
+def test_a_peers_failing_rounds_are_told_at_the_first_and_when_one_completes_again():
+    """Unlogged, a peer refusing every round left replicas apart, and a joining node
+    out of every majority, with only a count in HEALTH; logged every round, it would
+    say the same every --repair-interval for as long as it lasts."""
+    from kvwire.protocol.errors import UnavailableError
+    from kvwire.server.core import Notice
+    core = make_core(write_timeout=0.5)
+    core.link_up("n2", 0.0)
+    core.take_effects()
+
+    def round_asked():
+        core.repair.try_round()
+        (digests,) = [e for e in core.take_effects() if type(e) is Send and e.message_type is Digests]
+        assert digests.peer == "n2"
+        return digests
+
+    core.peer_reply("n2", round_asked().request_id, UnavailableError("the peer is busy"), 0.0)
+    (failing,) = effects_of(core, Notice)
+    assert (failing.event, failing.fields) == ("repair_failing", {"peer": "n2"})
+    assert failing.message.startswith("anti-entropy with peer n2 failed: it answered Digests with UNAVAILABLE: "
+                                      "the peer is busy; it is tried again in turn, and logged again once")
+    core.peer_failed("n2", round_asked().request_id, 0.0)
+    assert effects_of(core, Notice) == []  # the second is counted, not told
+    assert core.repair.status["n2"].failed_rounds == 2
+    core.peer_reply("n2", round_asked().request_id, DigestsReply(1, [], 0, True), 0.0)
+    (recovered,) = effects_of(core, Notice)
+    assert (recovered.event, recovered.fields) == ("repair_recovered", {"peer": "n2", "failed_rounds": 2})
+    assert recovered.message == "anti-entropy with peer n2 completed a round, after 2 that failed"
+    core.peer_failed("n2", round_asked().request_id, 0.0)
+    (again,) = effects_of(core, Notice)  # a new run of failures is told again
+    assert again.message.startswith("anti-entropy with peer n2 failed: no answer to Digests (its link closed, or "
+                                    "none came within 1 s)")
+
+
+def test_a_joining_nodes_failing_round_says_it_keeps_the_node_out_of_majorities():
+    from kvwire.server.core import Notice
+    core = make_core(joining=True)
+    asked = requests_asked_after_empty_digests(core)
+    core.peer_reply("n2", asked.request_id, RequestsReply(1, [], 0, False), 0.0)  # a cursor that does not move on
+    (failing,) = [e for e in core.take_effects() if type(e) is Notice]
+    assert failing.message == ("anti-entropy with peer n2 failed: its REQUESTS pages did not move on past cursor 0; "
+                               "it is tried again in turn (this node, joining, takes part in no majority until a "
+                               "round with every peer completes), and logged again once a round with n2 completes")
+
+
 def test_a_peer_built_before_requests_does_not_keep_a_joining_node_out():
     from kvwire.protocol.errors import UnknownOpError
 

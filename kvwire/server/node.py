@@ -577,7 +577,7 @@ class Node:
                 elif kind is PeerStateChanged:
                     self._log_transition(effect.transition)
                 elif kind is Notice:
-                    (log.info if effect.event in ("peer_joined", "peer_takes_writes") else log.warning)(
+                    (log.info if effect.event in ("peer_joined", "peer_takes_writes", "repair_recovered") else log.warning)(
                         "%s", effect.message, extra={"event": effect.event, **effect.fields})
                     if effect.event in QUORUM_NOTICES:
                         self._log_quorum_change()

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
-from ...protocol.errors import BadRequestError, UnknownOpError
+from ...protocol.errors import BadRequestError, KvwireError, UnknownOpError
 from ...protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
 from ...protocol.messages import (
     NO_VERSION, Digests, DigestsReply, Fetch, FetchReply, Requests, RequestsReply, Sync, SyncReply, Version,
@@ -54,6 +54,7 @@ REQUEST_TIMEOUT_WRITES = 2
 # disk pages through every bucket its peer holds a key in, one round trip each
 # (all 1,024 with a peer that predates digests with tombstones).
 PAGES_IN_FLIGHT = 16
+LINK_DOWN = "its link went down"
 # Transfers queued above which no further SYNC page is sent.
 ENTRIES_PER_TRANSFER = 10
 QUEUED_TRANSFERS = 4 * TRANSFER_WINDOW
@@ -72,6 +73,10 @@ class PeerRepair:
     keys_peer_lacks: int = 0  # held newer here: the peer pulls them in its rounds
     # Since this node started, over every round:
     total_received: int = 0
+    # Rounds failed since the last that completed: the first is logged, and
+    # the next to complete says how many there were (not every one, each
+    # repair_interval, for as long as a peer refuses).
+    failing: int = 0
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
@@ -192,11 +197,11 @@ class Repair:
         sent = self._ask(round_.peer, Digests, (digests, core.tombstones.floor_target, True if full else None),
                          lambda reply: self._digests_answered(round_, reply, taken, suspects))
         if sent is None:
-            self._fail(round_)
+            self._fail(round_, LINK_DOWN)
 
     def _digests_answered(self, round_: _Round, reply: Any, taken: float, suspects: list[int] | None) -> None:
         if not isinstance(reply, DigestsReply):
-            self._fail(round_)
+            self._fail(round_, self._failure(Digests, reply))
             return
         core = self._core
         tombstones = core.tombstones
@@ -273,7 +278,7 @@ class Repair:
             sent = self._ask(round_.peer, Sync, (bucket, after, last, entries, True if round_.full else None),
                              lambda reply: self._sync_answered(round_, reply))
             if sent is None:
-                self._fail(round_)
+                self._fail(round_, LINK_DOWN)
                 return
 
     def _page_later(self, round_: _Round) -> None:
@@ -284,7 +289,7 @@ class Repair:
     def _sync_answered(self, round_: _Round, reply: Any) -> None:
         round_.pages_in_flight -= 1
         if not isinstance(reply, SyncReply):
-            self._fail(round_)
+            self._fail(round_, self._failure(Sync, reply))
             return
         round_.peer_lacks += len(reply.wanted)
         if len(reply.offered) >= MAX_SYNC_ENTRIES:
@@ -293,11 +298,32 @@ class Repair:
             self._enqueue(round_, key)
         self._next_page(round_)
 
-    def _fail(self, round_: _Round) -> None:
+    def _fail(self, round_: _Round, why: str) -> None:
         round_.complete = False
         if self._round is round_:
             self._round = None
-            self.status[round_.peer].failed_rounds += 1
+            status = self.status[round_.peer]
+            status.failed_rounds += 1
+            status.failing += 1
+            if status.failing == 1:
+                # Unlogged, a peer refusing every round (a frame limit too small for
+                # SYNC pages, found by a probe) left replicas apart, and a joining
+                # node out of every majority, with nothing said but a count in HEALTH.
+                joining = " (this node, joining, takes part in no majority until a round with every peer completes)"
+                self._core.effects.append(Notice(
+                    "repair_failing",
+                    f"anti-entropy with peer {round_.peer} failed: {why}; it is tried again in turn"
+                    f"{joining if round_.full else ''}, and logged again once a round with {round_.peer} completes",
+                    {"peer": round_.peer}))
+
+    def _failure(self, asked: type, reply: Any) -> str:
+        """Why a repair request failed, for the log, from what came back."""
+        if reply is None:
+            waited = REQUEST_TIMEOUT_WRITES * self._core.config.write_timeout
+            return f"no answer to {asked.__name__} (its link closed, or none came within {waited:g} s)"
+        if isinstance(reply, KvwireError):
+            return f"it answered {asked.__name__} with {reply.code.name}: {reply.message}"
+        return f"it answered {asked.__name__} with {type(reply).__name__}"
 
     def _maybe_finish(self, round_: _Round) -> None:
         if self._round is round_ and not round_.exchanging and round_.transfers == 0:
@@ -309,6 +335,11 @@ class Repair:
                 return
             self._round = None
             status = self.status[round_.peer]
+            if status.failing:
+                self._core.effects.append(Notice(
+                    "repair_recovered", f"anti-entropy with peer {round_.peer} completed a round, after {status.failing} "
+                    "that failed", {"peer": round_.peer, "failed_rounds": status.failing}))
+                status.failing = 0
             status.last_completed = self._core.now
             status.differing_buckets = round_.differing
             status.keys_received = round_.received
@@ -321,7 +352,7 @@ class Repair:
         the round counts for joining only once the last page is copied."""
         if self._ask(round_.peer, Requests, (cursor,),
                      lambda reply: self._requests_answered(round_, cursor, reply)) is None:
-            self._fail(round_)
+            self._fail(round_, LINK_DOWN)
 
     def _requests_answered(self, round_: _Round, cursor: int, reply: Any) -> None:
         if self._round is not round_:
@@ -337,8 +368,11 @@ class Repair:
                 "applied a second time; upgrade that peer",
                 {"peer": round_.peer}))
             reply = RequestsReply(0, [], 0, True)
-        if not isinstance(reply, RequestsReply) or (not reply.last and reply.cursor <= cursor):
-            self._fail(round_)  # a cursor that does not move on would page for ever
+        if not isinstance(reply, RequestsReply):
+            self._fail(round_, self._failure(Requests, reply))
+            return
+        if not reply.last and reply.cursor <= cursor:
+            self._fail(round_, f"its REQUESTS pages did not move on past cursor {cursor}")  # else: paging for ever
             return
         self._core.copy_request_records(reply.records)
         if reply.last:
