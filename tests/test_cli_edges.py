@@ -91,6 +91,36 @@ def test_a_put_whose_output_cannot_be_written_is_done_all_the_same(shared_node):
     assert stored(shared_node, "gone-put") == "stored"
 
 
+@pytest.fixture(scope="module")
+def large_value_node(tmp_path_factory):
+    """A node holding a value of 1,000,000 characters, far more than a pipe holds (64 KiB)."""
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("large") / "n1", host="127.0.71.1",
+                     extra_args=["--sync", "normal"]) as node:
+        with Client(node.address) as client:
+            client.put("large", "x" * 1_000_000)
+        yield node
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED", "buffered"])
+def test_a_reader_gone_partway_through_a_large_value_exits_4_quietly(large_value_node, unbuffered, output):
+    """`kvwire-cli get large | head -c 10`: with PYTHONUNBUFFERED set, stdout wrote through to
+    the pipe, the write stopped short when head left, and the rest was dropped: exit 0."""
+    env = {name: value for name, value in clean_env().items() if name != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb", buffering=0) as reader:
+        process = subprocess.Popen([*KVWIRE_CLI_SCRIPT, "--endpoints", large_value_node.address, "-o", output,
+                                    "get", "large"], stdin=subprocess.DEVNULL, stdout=write_end,
+                                   stderr=subprocess.PIPE, env=env)
+        os.close(write_end)
+        # Returns once the CLI has begun its write, which the full pipe then holds up.
+        assert reader.read(10)
+    _, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stderr.decode("utf-8", "replace")) == (4, "")
+
+
 @pytest.mark.parametrize("args", [["get", "closed"], ["health"], ["put", "closed-put", "x"], ["--help"]],
                          ids=shlex.join)
 def test_a_closed_stdout_exits_4_with_one_line_before_doing_anything(shared_node, args):

@@ -70,7 +70,8 @@ Exit codes:
      forbidden, unknown op) or failed internally: any other error,
      such as a value -o json cannot show (NaN: see -o text), or a
      stdout it cannot write (closed: nothing is done; its reader
-     gone, as after | head -0: no message, a put or delete done)
+     gone, as after | head -0 or partway through a value, as
+     | head -c 10: no message, a put or delete done)
   130  interrupted (Ctrl-C)
 
 \b

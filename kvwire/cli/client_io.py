@@ -157,10 +157,31 @@ def echo(text: str, *, as_json: bool = False) -> None:
     stream = sys.stdout
     try:
         # Not click.echo: it removes ANSI sequences from text written anywhere but to a terminal.
-        stream.write(for_terminal(stream, text, as_json=as_json) + "\n")
-        stream.flush()
+        _write_all(stream, for_terminal(stream, text, as_json=as_json) + "\n")
     except OSError as exc:
         raise output_failed(exc) from None
+
+
+def _write_all(stream: IO[str], text: str) -> None:
+    """``text`` on ``stream``, flushed: every byte of it, or an OSError.
+
+    Under PYTHONUNBUFFERED (``-u``) sys.stdout writes straight through to the file, and
+    TextIOWrapper drops what a short write leaves over: a reader gone partway through a
+    large value (``| head -c 10``) got a short write, no error, and kvwire-cli exited 0.
+    Written to the bytes beneath in a loop instead, the write after a short one fails (EPIPE)."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # not a text layer over bytes (a test's replacement): it is all there is
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()
+    data = memoryview(text.encode(stream.encoding, stream.errors))
+    while data:
+        written = buffer.write(data)
+        if written is None:  # a non-blocking stdout that is full, as a BufferedWriter says it
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        data = data[written:]
+    buffer.flush()
 
 
 def echo_error(text: str) -> None:
