@@ -51,7 +51,12 @@ _X509_V_ERR_INVALID_PURPOSE = 26
 
 
 class TlsConfigError(ValueError):
-    """A certificate, key or CA file that is missing or will not load; the message names it."""
+    """A certificate, key or CA file that is missing or will not load; the message names it,
+    and ``files`` says which ("cert", "key", "ca"), for a caller to say where each came from."""
+
+    def __init__(self, message: str, *, files: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.files = files
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class FileNames:
     def of(self, which: str, path: str | os.PathLike) -> str:
         name = getattr(self, which)
         return f"{name}{os.fspath(path)!r}" if self.quoted else f"{name} {path}"
+
+    def refused(self, which: str, path: str | os.PathLike, problem: str) -> TlsConfigError:
+        """The error for the file ``which`` at ``path``: "--tls-ca ca.pem: ``problem``"."""
+        return TlsConfigError(f"{self.of(which, path)}: {problem}", files=(which,))
 
 
 OPTION_NAMES = FileNames("--tls-cert", "--tls-key", "--tls-ca", quoted=False)
@@ -96,19 +105,19 @@ class TlsFiles:
             path = Path(value)
             object.__setattr__(self, which, path)
             if not path.exists():
-                raise TlsConfigError(f"{names.of(which, path)}: no such file")
+                raise names.refused(which, path, "no such file")
             if path.is_dir():
-                raise TlsConfigError(f"{names.of(which, path)}: a directory, not a file")
+                raise names.refused(which, path, "a directory, not a file")
             if not path.is_file():
                 # A pipe (a shell's <(...)) could be read once, and a node reads these files
                 # again (its peer links' context); a device such as /dev/zero never ends.
-                raise TlsConfigError(f"{names.of(which, path)}: not a regular file; give a file "
-                                     "(a pipe or device is not read)")
+                raise names.refused(which, path, "not a regular file; give a file (a pipe or device is not read)")
             if not os.access(path, os.R_OK):
-                raise TlsConfigError(f"{names.of(which, path)}: not readable")
+                raise names.refused(which, path, "not readable")
         if (self.cert is None) != (self.key is None):
-            given, missing = (names.cert, names.key) if self.key is None else (names.key, names.cert)
-            raise TlsConfigError(f"{given} needs {missing}: a certificate and its private key go together")
+            given, missing = ("cert", "key") if self.key is None else ("key", "cert")
+            raise TlsConfigError(f"{getattr(names, given)} needs {getattr(names, missing)}: a certificate and its "
+                                 "private key go together", files=(given,))
 
 
 def server_context(cert: Path, key: Path, *, client_ca: Path | None = None,
@@ -205,7 +214,7 @@ def _load_ca(context: ssl.SSLContext, ca: Path, names: FileNames) -> None:
     try:
         context.load_verify_locations(cafile=ca)
     except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(f"{names.of('ca', ca)}: not a PEM CA certificate ({_reason(exc)})") from None
+        raise names.refused("ca", ca, f"not a PEM CA certificate ({_reason(exc)})") from None
 
 
 def _load_certificate(context: ssl.SSLContext, cert: Path, key: Path, names: FileNames) -> None:
@@ -215,20 +224,21 @@ def _load_certificate(context: ssl.SSLContext, cert: Path, key: Path, names: Fil
     try:
         context.load_cert_chain(cert, key, password=_refuse_password)
     except _EncryptedKey:
-        raise TlsConfigError(
-            f"{names.of('key', key)}: the key is encrypted; kvwire needs it unencrypted (openssl pkey -in KEY -out PLAIN)"
+        raise names.refused(
+            "key", key, "the key is encrypted; kvwire needs it unencrypted (openssl pkey -in KEY -out PLAIN)"
         ) from None
     except (ssl.SSLError, OSError) as exc:
         if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
-            raise TlsConfigError(f"{names.of('key', key)} is not the key of {names.of('cert', cert)}") from None
-        raise TlsConfigError(f"{names.of('key', key)}: not a PEM private key ({_reason(exc)})") from None
+            raise TlsConfigError(f"{names.of('key', key)} is not the key of {names.of('cert', cert)}",
+                                 files=("key", "cert")) from None
+        raise names.refused("key", key, f"not a PEM private key ({_reason(exc)})") from None
 
 
 def _check_certificate(cert: Path, names: FileNames) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
     except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(f"{names.of('cert', cert)}: not a PEM certificate ({_reason(exc)})") from None
+        raise names.refused("cert", cert, f"not a PEM certificate ({_reason(exc)})") from None
 
 
 class _EncryptedKey(Exception):

@@ -275,6 +275,42 @@ def test_bad_option_values_are_usage_errors(args, env, message):
     assert "\ufffd" not in result.stderr  # the bad byte itself is not echoed
 
 
+@pytest.mark.parametrize("settings, error, named", [
+    ({"TLS_CA": "/nonexistent"}, "--tls-ca /nonexistent: no such file{note}", ["TLS_CA"]),
+    ({"TLS_CA": "{text}"}, "--tls-ca {text}: not a PEM CA certificate (no certificate or crl found){note}", ["TLS_CA"]),
+    ({"TLS_CERT": "{text}"}, "--tls-cert needs --tls-key: a certificate and its private key go together{note}",
+     ["TLS_CERT"]),
+    # The certificate is read first, and refused: the key's variable is no place to look.
+    ({"TLS_CERT": "{text}", "TLS_KEY": "{text}"}, "--tls-cert {text}: not a PEM certificate (no certificate or crl "
+                                                  "found){note}", ["TLS_CERT"]),
+    ({"TOKEN_FILE": "/nonexistent"},
+     "Invalid value for '--token-file'{note}: cannot read /nonexistent: No such file or directory", ["TOKEN_FILE"]),
+    ({"TOKEN_FILE": "{empty}"}, "Invalid value for '--token-file'{note}: {empty} is empty", ["TOKEN_FILE"]),
+    ({"CLUSTER_ID": "\udcff"}, "Invalid value for '--cluster-id'{note}: it holds a byte that is not UTF-8 text, "
+                               "at offset 0", ["CLUSTER_ID"]),
+    ({"ENDPOINTS": "\udcff:1"}, "Invalid value for '--endpoints'{note}: it holds a byte that is not UTF-8 text, "
+                                "at offset 0", ["ENDPOINTS"]),
+], ids=["ca-missing", "ca-not-pem", "cert-without-key", "cert-not-pem", "token-file-missing", "token-file-blank",
+        "cluster-id-not-utf8", "endpoints-not-utf8"])
+def test_a_bad_file_or_text_from_the_environment_names_its_variable(tmp_path, settings, error, named):
+    """KVWIRE_TLS_CA=/nonexistent said "--tls-ca /nonexistent: no such file", and no
+    --tls-ca was on the command line: the error now names the variable, as other options' do.
+    Only the variables at fault are named: KVWIRE_ENDPOINTS, always set here, only when it is."""
+    (tmp_path / "text").write_text("not PEM\n")
+    (tmp_path / "empty").write_text(" \n")
+    paths = {"text": tmp_path / "text", "empty": tmp_path / "empty"}
+    settings = {"ENDPOINTS": "127.0.71.1:1", **{name: value.format(**paths) for name, value in settings.items()}}
+    from_env = run_cli("get", "k", env={f"KVWIRE_{name}": value for name, value in settings.items()})
+    assert from_env.returncode == 2, from_env.stderr
+    note = f" (settings from the environment: {', '.join(f'KVWIRE_{name}' for name in named)})"
+    assert from_env.stderr.splitlines()[-1] == f"Error: {error.format(**paths, note=note)}"
+    # The same settings as options: the option alone is named.
+    options = [part for name, value in settings.items() for part in (f"--{name.lower().replace('_', '-')}", value)]
+    given = run_cli(*options, "get", "k")
+    assert given.returncode == 2, given.stderr
+    assert given.stderr.splitlines()[-1] == f"Error: {error.format(**paths, note='')}"
+
+
 def test_a_token_file_that_is_not_utf8_is_a_usage_error_naming_it(tmp_path):
     path = tmp_path / "token"
     path.write_bytes(b"secret-\xff-token\n")

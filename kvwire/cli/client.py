@@ -139,7 +139,7 @@ class _Seconds(click.FloatRange):
 
 
 def _endpoints_option(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
-    text_option(value, "'--endpoints'")
+    text_option(value)
     try:
         return [format_endpoint(host, port) for host, port in parse_endpoints(value)]
     except (TypeError, ValueError) as exc:
@@ -151,7 +151,15 @@ def _cluster_id_option(ctx: click.Context, param: click.Parameter, value: str | 
         return None
     if not value:
         raise click.BadParameter("it is empty; leave the option out to accept nodes of any cluster")
-    return text_option(value, "'--cluster-id'")
+    return text_option(value)
+
+
+def _token_option(ctx: click.Context, param: click.Parameter, path: Path | None) -> str | None:
+    """The token in the file at ``path``, else in KVWIRE_TOKEN (unset if blank), whitespace
+    around it dropped either way; never echoed, even in errors."""
+    if path is not None:
+        return read_token_file(path)
+    return text_option(os.environ.get("KVWIRE_TOKEN", "").strip(), "KVWIRE_TOKEN") or None
 
 
 def _key_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -222,9 +230,11 @@ def _output_option(function: Callable) -> Callable:
 )
 @click.option(
     "--token-file",
+    "token",
     type=FilePath(),
     default=None,
     **env("TOKEN_FILE"),
+    callback=_token_option,
     help="Read the access token (for nodes with an auth file) from this file, whitespace around it dropped; "
          "KVWIRE_TOKEN may hold the token itself.",
 )
@@ -242,19 +252,11 @@ def _output_option(function: Callable) -> Callable:
 @click.option("-o", "--output", type=OUTPUT_CHOICE, default="text", show_default=True, help="Output format.")
 @click.version_option(package_name="kvwire")
 @click.pass_context
-def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: str | None, token_file: Path | None,
+def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: str | None, token: str | None,
         limits: Limits, output: str, **tls_options: Any) -> None:
     """Talk to kvwire nodes: get, put and delete keys, and read a node's health."""
     ctx.obj = _Settings(endpoints, timeout, cluster_id, output, ssl_context=client_ssl_context(tls_options),
-                        token=_token(token_file), limits=limits)
-
-
-def _token(path: Path | None) -> str | None:
-    """The token in ``path``, else in KVWIRE_TOKEN (unset if blank), whitespace around it
-    dropped either way; never echoed, even in errors."""
-    if path is not None:
-        return read_token_file(path)
-    return text_option(os.environ.get("KVWIRE_TOKEN", "").strip(), "KVWIRE_TOKEN") or None
+                        token=token, limits=limits)
 
 
 @cli.command()

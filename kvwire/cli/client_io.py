@@ -64,16 +64,20 @@ def read_value(path: str, param: str, *, as_json: bool) -> tuple[str, bytes]:
 
 
 def read_token_file(path: Path) -> str:
-    """The token in the file at ``path`` (kvwire.client.token_file); a usage error naming
-    the file if it can't be read, is too large, is not UTF-8 or holds only whitespace."""
+    """The token in the file at ``path`` (kvwire.client.token_file), for the callback of the
+    option naming the file; a usage error of that option (click names it, and its environment
+    variable if it came from there) if the file can't be read, is too large, is not UTF-8 or
+    holds only whitespace."""
     try:
         return token_file.read_token_file(path)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--token-file'") from None
+        raise click.BadParameter(str(exc)) from None
 
 
-def text_option(text: str, param_hint: str, *, what: str = "it") -> str:
-    """``text`` if it is UTF-8 text; else a usage error: "``what`` holds a byte that is not UTF-8".
+def text_option(text: str, param_hint: str | None = None, *, what: str = "it") -> str:
+    """``text`` if it is UTF-8 text; else a usage error: "``what`` holds a byte that is not UTF-8",
+    naming ``param_hint``, or by default the option whose callback this is (with its
+    environment variable, if the value came from there).
 
     Options and environment variables reach Python with bytes that are not
     UTF-8 as lone surrogates, which nothing can send."""

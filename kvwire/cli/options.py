@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import click
 from click.core import ParameterSource
@@ -64,11 +64,20 @@ def usage_error(message: str) -> click.UsageError:
         parts = _QUOTED.split(message)
         message = "".join(part if index % 2 else field.sub(lambda match: renamed[match[1]], part)
                           for index, part in enumerate(parts))
-    from_environment = [option.envvar for option in options if isinstance(option.envvar, str)
-                        and context.get_parameter_source(option.name) is ParameterSource.ENVIRONMENT]
-    if from_environment:
-        message += f" (settings from the environment: {', '.join(from_environment)})"
-    return click.UsageError(message)
+    return click.UsageError(message + from_environment(context))
+
+
+def from_environment(ctx: click.Context | None, names: Iterable[str] | None = None) -> str:
+    """The note ``" (settings from the environment: KVWIRE_...)"`` naming the variables that
+    gave the options of ``ctx``'s command called ``names`` (any, for None); "" if none did.
+    An error about such a value adds it, as it names the option of one given on the command line."""
+    if ctx is None:
+        return ""
+    variables = [param.envvar for param in ctx.command.params
+                 if isinstance(param, click.Option) and isinstance(param.envvar, str) and param.name
+                 and (names is None or param.name in names)
+                 and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT]
+    return f" (settings from the environment: {', '.join(variables)})" if variables else ""
 
 
 class EnvOption(click.Option):
@@ -77,11 +86,7 @@ class EnvOption(click.Option):
     always, which sent people looking for an environment line that did not exist."""
 
     def get_error_hint(self, ctx: click.Context | None) -> str:
-        hint = click.Parameter.get_error_hint(self, ctx)
-        if ctx is not None and isinstance(self.envvar, str) and self.name \
-                and ctx.get_parameter_source(self.name) is ParameterSource.ENVIRONMENT:
-            hint += f" (settings from the environment: {self.envvar})"
-        return hint
+        return click.Parameter.get_error_hint(self, ctx) + from_environment(ctx, [self.name])
 
 
 def env(name: str) -> dict:
@@ -141,7 +146,8 @@ def client_ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
         files = tls_files(options) or TlsFiles()
         return optional_client_context(options["tls"], ca=files.ca, cert=files.cert, key=files.key)
     except TlsConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        options_at_fault = [f"tls_{which}" for which in exc.files]
+        raise click.UsageError(f"{exc}{from_environment(click.get_current_context(), options_at_fault)}") from None
 
 
 def tls_files(options: Mapping[str, Any]) -> TlsFiles | None:
