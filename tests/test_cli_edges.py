@@ -3,6 +3,7 @@ that is closed or whose reader left, values JSON cannot carry, option values tha
 are almost right, inputs without end, and a Ctrl-C before the program is running."""
 
 import asyncio
+import base64
 import json
 import logging
 import math
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from kvwire import Client
-from kvwire.cli.client_io import MAX_JSON_VALUE_BYTES, MAX_VALUE_BYTES
+from kvwire.cli.client_io import JSON_BYTES_PER_VALUE_BYTE
+from kvwire.protocol import DEFAULT_LIMITS
 from kvwire.cli.entry import interrupted_status
 from kvwire.client.token_file import MAX_TOKEN_FILE_BYTES
 from kvwire.protocol import Put, PutReply
@@ -34,6 +36,9 @@ from kvwire.testing import (
 )
 from msgspec import Raw
 from test_cli import CLI, run_cli
+
+# What kvwire-cli reads of a value at the default limits: a frame's worth.
+MAX_VALUE_BYTES = DEFAULT_LIMITS.max_frame_bytes
 
 BIN = Path(sys.executable).parent
 # What a user runs: the console scripts (setup.py entry_points), and `python -m kvwire`,
@@ -262,7 +267,12 @@ def test_a_value_nested_as_deep_as_a_node_takes_prints(cli, shared_node):
     ([], {"KVWIRE_TOKEN": "\udcff"}, "Invalid value for KVWIRE_TOKEN: it holds a byte that is not UTF-8 text, at offset 0"),
     (["--token-file", ""], {}, "the path is empty"),
     (["--max-key-bytes", "0"], {}, "0 is not in the range x>=1"),
-    (["--max-key-bytes", "4294967295"], {}, "4294967295 is too large: a frame holding such a key"),
+    (["--max-key-bytes", "4294967295"], {}, "--max-key-bytes 4294967295 with --max-value-bytes 1048576 is too large: "
+                                            "a frame holding such a key and value would not fit"),
+    ([], {"KVWIRE_MAX_VALUE_BYTES": "4294967295"}, "--max-key-bytes 1024 with --max-value-bytes 4294967295 is too "
+                                                   "large: a frame holding such a key and value would not fit the 4-byte "
+                                                   "length prefix (settings from the environment: KVWIRE_MAX_VALUE_BYTES)"),
+    (["--max-value-bytes", "0"], {}, "0 is not in the range x>=1"),
     ([], {"KVWIRE_MAX_KEY_BYTES": "many"}, "'many' is not a valid integer"),
     (["--tls-ca", ""], {}, "the path is empty"),
     (["--tls-cert", ""], {}, "the path is empty"),
@@ -554,7 +564,7 @@ def test_up_refuses_bad_node_arguments_before_starting_anything(tmp_path, args, 
 @pytest.mark.parametrize("as_json", [False, True], ids=["raw", "json"])
 def test_a_value_from_dev_zero_is_a_usage_error_naming_it(as_json):
     flags = ["--json"] if as_json else []
-    limit = MAX_JSON_VALUE_BYTES if as_json else MAX_VALUE_BYTES
+    limit = JSON_BYTES_PER_VALUE_BYTE * MAX_VALUE_BYTES if as_json else MAX_VALUE_BYTES
     from_file = run_cli("--endpoints", "127.0.0.1:1", "put", "k", "--value-file", "/dev/zero", *flags)
     assert from_file.returncode == 2
     assert f"Invalid value for '--value-file': '/dev/zero' holds more than {limit} bytes" in from_file.stderr
@@ -574,6 +584,27 @@ def test_the_bound_on_a_value_is_the_largest_frame(shared_node, tmp_path):
         file.write(b"x")
     over = run_cli("--endpoints", shared_node.address, "put", "k", "--value-file", str(path))
     assert over.returncode == 2 and f"holds more than {MAX_VALUE_BYTES} bytes" in over.stderr
+
+
+def test_values_as_large_as_the_nodes_take_with_max_value_bytes(tmp_path):
+    """A node given --max-value-bytes above the default frame took values kvwire-cli
+    would not read ("the most kvwire-cli reads"); --max-value-bytes, as the node's,
+    lets it send them and read them back."""
+    value = os.urandom(5 * 1024 * 1024)
+    path = tmp_path / "five-mib"
+    path.write_bytes(value)
+    limit = str(6 * 1024 * 1024)
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--sync", "normal", "--max-value-bytes", limit, "--max-frame-bytes", str(8 * 1024 * 1024)]) as node:
+        refused = run_cli("--endpoints", node.address, "put", "big", "--value-file", str(path))
+        assert refused.returncode == 2 and f"holds more than {MAX_VALUE_BYTES} bytes, the most kvwire-cli reads" \
+            in refused.stderr and "raise --max-value-bytes" in refused.stderr, refused.stderr
+        stored = run_cli("--endpoints", node.address, "--max-value-bytes", limit, "put", "big", "--value-file", str(path))
+        assert stored.returncode == 0, stored.stderr
+        read = subprocess.run([*CLI, "--endpoints", node.address, "get", "big", "-o", "json"], capture_output=True,
+                              timeout=30, env={**clean_env(), "KVWIRE_MAX_VALUE_BYTES": limit})
+        assert read.returncode == 0, read.stderr
+        assert base64.b64decode(json.loads(read.stdout)["value"]["$bytes"]) == value
 
 
 def test_keys_as_long_as_the_nodes_take_with_max_key_bytes(tmp_path):

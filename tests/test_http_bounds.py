@@ -18,7 +18,7 @@ from rest_helpers import PREFIX, BridgeProcess, http, read_response
 
 from kvwire.http_bridge import BridgeConfig
 from kvwire.http_bridge.linger import LINGER_SECONDS
-from kvwire.testing import NodeProcess
+from kvwire.testing import NodeProcess, free_port
 from kvwire.testing.node import wait_for
 
 
@@ -414,3 +414,23 @@ def test_a_request_in_two_parts_within_request_timeout_is_answered(node, tmp_pat
 def test_bad_bounds_are_refused_by_the_config(field, value):
     with pytest.raises(ValueError, match=field):
         BridgeConfig(**{field: value})
+
+
+def test_a_nodes_own_bridge_takes_bodies_as_large_as_the_nodes_values(tmp_path):
+    """Its bodies were capped at 4 MiB whatever the node's --max-value-bytes: a node
+    given 6 MiB values answered 413 to a 5 MiB one through its own bridge."""
+    port = free_port()
+    six_mib = 6 * 1024 * 1024
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--sync", "off", "--max-value-bytes", str(six_mib), "--max-frame-bytes", str(2 * six_mib),
+                                 "--http-listen", f"127.0.0.1:{port}"]) as node:
+        url = f"http://127.0.0.1:{port}{PREFIX}/kv/big/"
+        wait_for(lambda: http("GET", f"http://127.0.0.1:{port}{PREFIX}/health/").status == 200, timeout=10,
+                 what="n1's bridge")
+        value = "v" * (5 * 1024 * 1024)
+        assert http("PUT", url, {"value": value}, timeout=60).status == 201
+        read = http("GET", url, timeout=60)
+        assert read.status == 200 and read.json["value"] == value
+        too_large = http("PUT", url, {"value": "v" * (six_mib + 1)}, timeout=60)
+        assert too_large.status == 413, too_large  # the node's own limit still holds
+        assert "Traceback" not in node.log()

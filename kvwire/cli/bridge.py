@@ -184,6 +184,10 @@ def node_bridge_config(config: ServerConfig, http_listen: tuple[str, int],
         endpoints=endpoints,
         cluster_id=config.cluster_id,
         limits=config.limits,
+        # The default body holds a default value's JSON four times over; a node given
+        # larger values keeps that room (a fixed 4 MiB refused, 413, values the node took).
+        max_body_bytes=max(DEFAULT_MAX_BODY_BYTES,
+                           DEFAULT_MAX_BODY_BYTES // DEFAULT_LIMITS.max_value_bytes * config.limits.max_value_bytes),
         access_log=logging.getLogger().isEnabledFor(logging.DEBUG),
         # A TLS node serves its REST API over HTTPS with the same certificate,
         # which is also the bridge's client certificate towards the nodes.

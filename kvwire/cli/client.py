@@ -46,7 +46,7 @@ from .client_io import (
     text_option,
     utf8,
 )
-from .options import FilePath, client_ssl_context, client_tls_options, env
+from .options import FilePath, client_ssl_context, client_tls_options, env, from_environment
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -106,8 +106,8 @@ Examples:
 \b
 --value-file /dev/stdin is the same as VALUE '-'. A value over the node's
 max value size is refused by the node (exit 4, "too large"); a file or
-stdin larger than any value can be (a frame of the default limits, 4 MiB,
-or six times that as JSON) is a usage error.
+stdin larger than any value can be (a frame: 4 MiB, or a key and a value of
+--max-value-bytes if larger; six times that as JSON) is a usage error.
 """
 
 OUTPUT_CHOICE = click.Choice(["text", "json"])
@@ -170,16 +170,19 @@ def _key_argument(ctx: click.Context, param: click.Parameter, value: str) -> str
         raise click.BadParameter(str(exc)) from None
 
 
-def _max_key_bytes_option(ctx: click.Context, param: click.Parameter, value: int) -> Limits:
-    """The client's limits for keys of up to ``value`` bytes: a frame must still hold the
-    largest key with the largest value (kvwire.protocol.limits)."""
-    defaults = DEFAULT_LIMITS
+def _client_limits(max_key_bytes: int, max_value_bytes: int) -> Limits:
+    """The client's limits for the nodes' key and value limits: a frame must hold the
+    largest key with the largest value (kvwire.protocol.limits), and is never below
+    the default frame, so that a node's HEALTH or an error always fits."""
     try:
-        return Limits(max_key_bytes=value, max_value_bytes=defaults.max_value_bytes,
-                      max_frame_bytes=max(defaults.max_frame_bytes, value + defaults.max_value_bytes + FRAME_OVERHEAD_BYTES))
-    except ValueError:  # only the frame can be out of range: value is at least 1
-        raise click.BadParameter(f"{value} is too large: a frame holding such a key and a value of "
-                                 f"{defaults.max_value_bytes} bytes would not fit the 4-byte length prefix") from None
+        return Limits(max_key_bytes=max_key_bytes, max_value_bytes=max_value_bytes,
+                      max_frame_bytes=max(DEFAULT_LIMITS.max_frame_bytes,
+                                          max_key_bytes + max_value_bytes + FRAME_OVERHEAD_BYTES))
+    except ValueError:  # only the frame can be out of range: both are at least 1
+        raise click.UsageError(
+            f"--max-key-bytes {max_key_bytes} with --max-value-bytes {max_value_bytes} is too large: a frame holding "
+            "such a key and value would not fit the 4-byte length prefix"
+            + from_environment(click.get_current_context(), ("max_key_bytes", "max_value_bytes"))) from None
 
 
 class _Command(click.Command):
@@ -240,21 +243,29 @@ def _output_option(function: Callable) -> Callable:
 )
 @click.option(
     "--max-key-bytes",
-    "limits",
     type=click.IntRange(min=1),
     default=DEFAULT_LIMITS.max_key_bytes,
     show_default=True,
     **env("MAX_KEY_BYTES"),
-    callback=_max_key_bytes_option,
     help="Refuse a key longer than this, in UTF-8 bytes, before sending it: the nodes' --max-key-bytes.",
+)
+@click.option(
+    "--max-value-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMITS.max_value_bytes,
+    show_default=True,
+    **env("MAX_VALUE_BYTES"),
+    help="The nodes' --max-value-bytes: above 4 MiB less a key, values as large are read from files and stdin, "
+         "and taken in replies (the node refuses one over its own).",
 )
 @client_tls_options
 @click.option("-o", "--output", type=OUTPUT_CHOICE, default="text", show_default=True, help="Output format.")
 @click.version_option(package_name="kvwire")
 @click.pass_context
 def cli(ctx: click.Context, endpoints: list[str], timeout: float, cluster_id: str | None, token: str | None,
-        limits: Limits, output: str, **tls_options: Any) -> None:
+        max_key_bytes: int, max_value_bytes: int, output: str, **tls_options: Any) -> None:
     """Talk to kvwire nodes: get, put and delete keys, and read a node's health."""
+    limits = _client_limits(max_key_bytes, max_value_bytes)
     ctx.obj = _Settings(endpoints, timeout, cluster_id, output, ssl_context=client_ssl_context(tls_options),
                         token=token, limits=limits)
 
@@ -313,7 +324,8 @@ def put(
         stored: Any = parse_json_value(value, source) if as_json else value
     else:
         path = value_file if value_file is not None else "-"
-        source, raw = read_value(path, "'--value-file'" if value_file is not None else "'VALUE'", as_json=as_json)
+        source, raw = read_value(path, "'--value-file'" if value_file is not None else "'VALUE'", as_json=as_json,
+                                 limits=settings.limits)
         stored = parse_json_value(utf8(raw, source), source) if as_json else raw
     try:
         check_value(stored)

@@ -20,14 +20,11 @@ import click
 
 from ..client import token_file
 from ..client.json_values import UnrepresentableJsonError, json_text, parse_json, shown_with_nan
-from ..protocol import DEFAULT_LIMITS
+from ..protocol import DEFAULT_LIMITS, Limits
 
-# A value travels in one frame, and kvwire-cli speaks the default limits (keys are
-# checked against them): more bytes than a default frame holds are no value it sends.
-MAX_VALUE_BYTES = DEFAULT_LIMITS.max_frame_bytes
 # JSON may spell a value in more bytes than msgpack does: six for one (a control
 # character in a string is "\u0001"), four for three (bytes, as base64).
-MAX_JSON_VALUE_BYTES = 6 * MAX_VALUE_BYTES
+JSON_BYTES_PER_VALUE_BYTE = 6
 
 class CommandFailed(Exception):
     """A command could not finish for a reason of its own, not the cluster's (exit 4).
@@ -39,14 +36,16 @@ class CommandFailed(Exception):
 # --- reading ---------------------------------------------------------------------------
 
 
-def read_value(path: str, param: str, *, as_json: bool) -> tuple[str, bytes]:
+def read_value(path: str, param: str, *, as_json: bool, limits: Limits = DEFAULT_LIMITS) -> tuple[str, bytes]:
     """The bytes of a value to put, from stdin (``path`` '-') or a file, and the name errors
-    about them go by; a usage error if unreadable or larger than any value can be."""
-    frame = f"{MAX_VALUE_BYTES} bytes, the largest frame a node takes with the default limits"
-    limit = MAX_JSON_VALUE_BYTES if as_json else MAX_VALUE_BYTES
+    about them go by; a usage error if unreadable or larger than any value can be: a
+    value travels in one frame, so more bytes than ``limits``' frame holds are no value
+    kvwire-cli sends (--max-value-bytes raises it, with the nodes' own)."""
+    frame = (f"{limits.max_frame_bytes} bytes, the largest frame kvwire-cli sends; raise --max-value-bytes "
+             "with the nodes' own for larger values")
+    limit = JSON_BYTES_PER_VALUE_BYTE * limits.max_frame_bytes if as_json else limits.max_frame_bytes
     what = (f"more than {limit} bytes of JSON, the most kvwire-cli reads (six times {frame})" if as_json
-            else f"more than {limit} bytes, the most kvwire-cli reads ({frame}; the Python client "
-                 "takes larger values, for nodes given larger limits)")
+            else f"more than {limit} bytes, the most kvwire-cli reads ({frame})")
     if path == "-":
         source = f"{param} (stdin)"
         stdin = sys.stdin
