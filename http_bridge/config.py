@@ -25,6 +25,10 @@ DEFAULT_LISTEN_PORT = 8000
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Nothing legitimate is smaller: {"value": ...} alone is 11 bytes.
 MIN_BODY_BYTES = 64
+# What all clients' connections may hold together of requests still arriving
+# (kvwire.buffer_budget): 64 bodies of the default largest, where 1,024
+# connections could otherwise make the bridge hold 4 GB.
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class BridgeConfig:
     # hour); a request must have its head whole within request_timeout of its
     # first byte, and its body may not go silent for as long (408).
     max_connections: int = 1024
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
     idle_timeout: float = 75.0
     request_timeout: float = 10.0
     # Host names a plain-HTTP bridge answers for besides IP addresses and
@@ -92,6 +97,11 @@ class BridgeConfig:
             raise ValueError(f"max_connections must be a positive integer, got {self.max_connections!r}")
         if type(self.max_body_bytes) is not int or self.max_body_bytes < MIN_BODY_BYTES:
             raise ValueError(f"max_body_bytes must be an integer of at least {MIN_BODY_BYTES}, got {self.max_body_bytes!r}")
+        if type(self.max_buffered_bytes) is not int or self.max_buffered_bytes < 2 * self.max_body_bytes:
+            # A connection holds a body and what it read ahead of the next request: below
+            # that, one client sending the largest body would be closed before it arrived.
+            raise ValueError(f"max_buffered_bytes must be an integer of at least twice max_body_bytes "
+                             f"({2 * self.max_body_bytes}), got {self.max_buffered_bytes!r}")
         if not isinstance(self.retry, RetryPolicy):
             raise ValueError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
         for name in ("access_log", "fast_path", "nodes_tls"):

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from kvwire.buffer_budget import ClientBuffers
 from kvwire.client import KvwireError
 from kvwire.tls import TLS_SHUTDOWN_TIMEOUT
 
@@ -209,8 +210,11 @@ class FastPath:
         config = self.config
         self.bounds = Bounds(config.max_connections, config.idle_timeout, config.request_timeout,
                              lambda: self.connections, self._time_out_handed_over)
+        # What every connection holds of requests still arriving, fast path's and aiohttp's.
+        self.buffers = ClientBuffers(config.max_buffered_bytes)
         if self.metrics is not None:
             self.metrics.open_connections.set_function(lambda: self.bounds.open(len(self.connections)))
+            self.metrics.buffered_bytes.set_function(lambda: self.buffers.total)
         self.answering: set[asyncio.Task] = set()  # the answers being made (the loop keeps only weak references)
         self._date = b""
         self._date_second = -1
@@ -228,10 +232,35 @@ class FastPath:
                                  "closing the connection")
 
     def _time_out_handed_over(self, watch: HandedOver, what: str) -> None:
-        """A connection aiohttp serves, too slow to send its request: the 408, then closed
-        (aiohttp's protocol sees the close; no lingering, as that would take the transport from it)."""
-        watch.transport.write(answer_bytes(self.timed_out(what), self.date(), close=True))
+        """A connection aiohttp serves, too slow to send its request: the 408, then closed."""
+        self._refuse_handed_over(watch, self.timed_out(what))
+
+    def _refuse_handed_over(self, watch: HandedOver, answer: Answer) -> None:
+        """Answer a connection aiohttp serves with ``answer``, and close it (aiohttp's protocol
+        sees the close; no lingering, as that would take the transport from it)."""
+        watch.transport.write(answer_bytes(answer, self.date(), close=True))
         watch.transport.close()
+
+    def hold(self, holder: FastPathProtocol | HandedOver, nbytes: int) -> None:
+        """``holder`` now holds ``nbytes`` of requests still arriving; past --max-buffered-bytes
+        for all, the connection holding the most is answered 503 and closed."""
+        biggest = self.buffers.hold(holder, nbytes)
+        if biggest is None:
+            return
+        held = self.buffers.held_by(biggest)
+        self.buffers.hold(biggest, 0)
+        limit = self.buffers.limit
+        log.warning("closing a connection: it holds %d bytes of requests still arriving, the most of any, and all "
+                    "hold more than --max-buffered-bytes (%d)", held, limit, extra={"event": "connection_evicted"})
+        if self.metrics is not None:
+            self.metrics.connections_evicted.inc()
+        answer = json_error_answer(int(HTTPStatus.SERVICE_UNAVAILABLE), (
+            f"this bridge holds more of requests still arriving than all clients may (--max-buffered-bytes, {limit}), "
+            "this connection the most; closing it: try again"))
+        if isinstance(biggest, HandedOver):
+            self._refuse_handed_over(biggest, answer)
+        else:
+            biggest.refuse(answer)
 
     def date(self) -> bytes:
         second = int(time())
@@ -268,6 +297,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        self._held = 0  # the buffer's length as --max-buffered-bytes last counted it (FastPath.hold)
         # Past this many unanswered bytes reading stops until they are answered
         # (a client pipelining faster than it reads its answers).
         self._held_limit = shared.config.max_body_bytes + MAX_HELD_BYTES
@@ -302,6 +332,9 @@ class FastPathProtocol(asyncio.Protocol):
         self._buffer += data
         self._last_active = now
         self._next()
+        if len(self._buffer) != self._held:
+            self._held = len(self._buffer)
+            self._shared.hold(self, self._held)
         if len(self._buffer) > self._held_limit and not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
@@ -389,6 +422,9 @@ class FastPathProtocol(asyncio.Protocol):
         if self._buffer:
             self._request_began = now  # the next request's bytes, come meanwhile: its time starts now
         self._next()
+        if len(self._buffer) != self._held and self._transport is not None:
+            self._held = len(self._buffer)
+            self._shared.hold(self, self._held)
 
     def _write(self, answer: Answer) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -405,7 +441,7 @@ class FastPathProtocol(asyncio.Protocol):
             transport.resume_reading()  # aiohttp keeps its own bound on what it reads ahead
         # aiohttp's protocol, behind a watch that times its requests' arrival (handed_over.py).
         handler = handler_of(self._shared.server, self._shared.metrics)
-        watch = HandedOver(handler, transport, self._request_began if self._buffer else None)
+        watch = HandedOver(handler, transport, self._request_began if self._buffer else None, self._shared.hold)
         self._shared.bounds.handed_over(watch)
         transport.set_protocol(watch)
         watch.connection_made(transport)
@@ -443,7 +479,7 @@ class FastPathProtocol(asyncio.Protocol):
         if now - waiting_since >= bounds.request_timeout and \
                 parse(self._buffer, self._shared.config.max_body_bytes) is _NEED_DATA:
             what = "the request's body stopped arriving for" if head_whole else "the request's head did not arrive whole within"
-            self._refuse(self._shared.timed_out(what))
+            self.refuse(self._shared.timed_out(what))
 
     def _refuse_connection(self, transport: asyncio.BaseTransport) -> None:
         max_connections = self._shared.bounds.max_connections
@@ -451,10 +487,10 @@ class FastPathProtocol(asyncio.Protocol):
         if self._shared.metrics is not None:
             self._shared.metrics.connections_refused.inc()
         self._transport = transport
-        self._refuse(json_error_answer(int(HTTPStatus.SERVICE_UNAVAILABLE), f"too many connections to this bridge "
+        self.refuse(json_error_answer(int(HTTPStatus.SERVICE_UNAVAILABLE), f"too many connections to this bridge "
                                        f"({max_connections}, its --max-connections); try another bridge or later"))
 
-    def _refuse(self, answer: Answer) -> None:
+    def refuse(self, answer: Answer) -> None:
         """Answer with ``answer`` and close, whatever else was asked."""
         self._closing = True
         self._buffer.clear()
@@ -498,6 +534,9 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _forget(self) -> None:
         self._shared.connections.discard(self)
+        if self._held:
+            self._held = 0
+            self._shared.buffers.hold(self, 0)
         self.gone.set()
 
 

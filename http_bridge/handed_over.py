@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import contextmanager
-from typing import Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import StreamReader, web
 
@@ -32,7 +32,8 @@ HEAD_END = b"\r\n\r\n"
 
 
 class HandedOver(asyncio.Protocol):
-    def __init__(self, handler: asyncio.Protocol, transport: asyncio.BaseTransport, head_began: float | None) -> None:
+    def __init__(self, handler: asyncio.Protocol, transport: asyncio.BaseTransport, head_began: float | None,
+                 hold: Callable[[Any, int], None] = lambda holder, nbytes: None) -> None:
         self.handler = handler  # aiohttp's RequestHandler
         self.transport = transport
         self._loop = asyncio.get_running_loop()
@@ -49,6 +50,10 @@ class HandedOver(asyncio.Protocol):
         self._draining: StreamReader | None = None
         # Since when its client has read none of the answers (the transport's buffer full).
         self.paused_since: float | None = None
+        # The bytes of the body a handler is reading, which it holds until read whole,
+        # counted against --max-buffered-bytes (FastPath.hold, which may close this).
+        self._hold = hold
+        self._body_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.handler.connection_made(transport)
@@ -61,6 +66,11 @@ class HandedOver(asyncio.Protocol):
                 self.head_began = now
             self.head_whole = HEAD_END in self._tail + data[:3] or HEAD_END in data
             self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
+        if self.reading_body:
+            self._body_bytes += len(data)
+            self._hold(self, self._body_bytes)
+            if self.transport.is_closing():
+                return  # closed for holding the most: aiohttp's handler sees the close
         self.handler.data_received(data)
         if draining is not None and draining.is_eof():
             self._draining = None  # the body's end came in these bytes: the next bytes begin a request
@@ -69,6 +79,7 @@ class HandedOver(asyncio.Protocol):
         return self.handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release_body()
         self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -95,6 +106,12 @@ class HandedOver(asyncio.Protocol):
 
     def body_finished(self) -> None:
         self.reading_body -= 1
+        self._release_body()
+
+    def _release_body(self) -> None:
+        if self._body_bytes:
+            self._body_bytes = 0
+            self._hold(self, 0)
 
     def overdue(self, now: float, request_timeout: float) -> str | None:
         """What took too long, for the 408, or None."""

@@ -58,6 +58,14 @@ class HttpMetrics:
         self.open_connections = Gauge(
             "kvwire_http_open_connections", "Connections open, those aiohttp serves included.", registry=registry,
         )
+        self.connections_evicted = Counter(
+            "kvwire_http_connections_evicted", "Connections answered 503 and closed for holding the most of "
+            "--max-buffered-bytes when all held more.", registry=registry,
+        )
+        self.buffered_bytes = Gauge(
+            "kvwire_http_buffered_bytes", "Bytes the connections hold of requests still arriving, against "
+            "--max-buffered-bytes.", registry=registry,
+        )
         # Label sets seen -> their children: ``labels()`` validates and locks on
         # every call, about 3% of the bridge's CPU per PUT (py-spy; the metrics'
         # whole cost, updates included, was about 6%).

@@ -16,7 +16,7 @@ import pytest
 
 from kvwire import Client, KeyNotFoundError
 from kvwire.protocol import ErrorCode, ErrorReply, HelloReply, Put, PutReply, encode
-from kvwire.server.client_buffers import ClientBuffers
+from kvwire.buffer_budget import ClientBuffers
 from kvwire.server.config import ServerConfig
 from kvwire.testing import LocalCluster, NodeProcess, RawConnection, free_port, wait_for
 

@@ -24,13 +24,15 @@ ALLOWED = {
     "kvwire.backoff": set(),
     "kvwire.tls": set(),  # the standard library's ssl only, so that every side can share it
     "kvwire.small_file": set(),  # the standard library only: the node's and the CLI's small files
+    "kvwire.buffer_budget": set(),  # the standard library only: the node's and the bridge's
     "kvwire.secret_file": {"kvwire.protocol", "kvwire.small_file"},
     "kvwire.client": {"kvwire.protocol", "kvwire.backoff", "kvwire.tls"},
-    "kvwire.server": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls", "kvwire.small_file"},
+    "kvwire.server": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls", "kvwire.small_file",
+                      "kvwire.buffer_budget"},
     "kvwire.check": {"kvwire.protocol"},
     "kvwire.sim": {"kvwire.protocol", "kvwire.backoff", "kvwire.server", "kvwire.check"},
     "kvwire.testing": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.secret_file", "kvwire.tls"},
-    "kvwire.http_bridge": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls"},
+    "kvwire.http_bridge": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls", "kvwire.buffer_budget"},
     "kvwire.bench": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.testing", "kvwire.tls"},
     "kvwire.chaos": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.check", "kvwire.testing"},
     "kvwire.cli": None,  # anything

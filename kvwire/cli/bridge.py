@@ -55,6 +55,7 @@ log = logging.getLogger("kvwire.http")
     ca="CA (PEM) that signed the nodes' certificates; implies --tls.  [default with --tls: the system's CAs]",
 )
 @click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULTS.max_connections, show_default=True, help="Open connections beyond this are answered 503 and closed.", **env("BRIDGE_MAX_CONNECTIONS"))
+@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=DEFAULTS.max_buffered_bytes, show_default=True, help="Bytes all connections together may hold of requests still arriving; past it the one holding the most is answered 503 and closed. At least twice --max-body-bytes.", **env("BRIDGE_MAX_BUFFERED_BYTES"))
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.idle_timeout, show_default=True, help="Seconds a connection may go without a request, or its client without reading an answer, before it is closed.", **env("BRIDGE_IDLE_TIMEOUT"))
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.request_timeout, show_default=True, help="Seconds a request may take to send its head, and its body may go silent (408 and the connection closed beyond).", **env("BRIDGE_REQUEST_TIMEOUT"))
 @allowed_hosts_option("--allowed-hosts", "BRIDGE_ALLOWED_HOSTS")
@@ -62,7 +63,7 @@ log = logging.getLogger("kvwire.http")
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr; debug adds one line per request.", **env("LOG_LEVEL"))
 @log_format_option()
 def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes, max_value_bytes, max_connections,
-           idle_timeout, request_timeout, allowed_hosts, fast_path, log_level, log_format, tls, tls_cert, tls_key, tls_ca) -> None:
+           max_buffered_bytes, idle_timeout, request_timeout, allowed_hosts, fast_path, log_level, log_format, tls, tls_cert, tls_key, tls_ca) -> None:
     """Serve the REST API (/kv-store/v1/...) in front of the nodes, until SIGTERM, SIGINT or SIGHUP."""
     try:
         host, port = parse_host_port(listen)
@@ -77,6 +78,7 @@ def bridge(listen, endpoints, timeout, cluster_id, max_body_bytes, max_key_bytes
             host=host, port=port, endpoints=nodes, timeout=timeout, cluster_id=cluster_id or None,
             limits=limits, max_body_bytes=max_body_bytes, access_log=log_level == "debug", fast_path=fast_path,
             tls=files, nodes_tls=tls or tls_ca is not None, max_connections=max_connections,
+            max_buffered_bytes=max_buffered_bytes,
             idle_timeout=idle_timeout, request_timeout=request_timeout, allowed_hosts=allowed_hosts,
         )
         # Loaded now, so that a file that will not load is refused like a missing one.
@@ -178,16 +180,19 @@ def node_bridge_config(config: ServerConfig, http_listen: tuple[str, int],
     own_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
     endpoints = (format_endpoint(own_host, config.port), *(member.address for member in config.peers))
     host, port = http_listen
+    # The default body holds a default value's JSON four times over; a node given
+    # larger values keeps that room (a fixed 4 MiB refused, 413, values the node took).
+    body_bytes = max(DEFAULT_MAX_BODY_BYTES,
+                     DEFAULT_MAX_BODY_BYTES // DEFAULT_LIMITS.max_value_bytes * config.limits.max_value_bytes)
     return BridgeConfig(
         host=host,
         port=port,
         endpoints=endpoints,
         cluster_id=config.cluster_id,
         limits=config.limits,
-        # The default body holds a default value's JSON four times over; a node given
-        # larger values keeps that room (a fixed 4 MiB refused, 413, values the node took).
-        max_body_bytes=max(DEFAULT_MAX_BODY_BYTES,
-                           DEFAULT_MAX_BODY_BYTES // DEFAULT_LIMITS.max_value_bytes * config.limits.max_value_bytes),
+        max_body_bytes=body_bytes,
+        # Its own budget, of the node's size: the node's counts the node's connections only.
+        max_buffered_bytes=max(config.max_buffered_bytes, 2 * body_bytes),
         access_log=logging.getLogger().isEnabledFor(logging.DEBUG),
         # A TLS node serves its REST API over HTTPS with the same certificate,
         # which is also the bridge's client certificate towards the nodes.

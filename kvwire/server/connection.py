@@ -23,7 +23,7 @@ from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
 from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
 from .access import ANONYMOUS, PEER
-from .client_buffers import ClientBuffers
+from ..buffer_budget import ClientBuffers
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox

@@ -43,7 +43,7 @@ from ..protocol.messages import (
 from ..protocol.values import pack_value
 from ..tls import certificate_names
 from .access import ANONYMOUS, EVERYONE, PEER, Grant
-from .client_buffers import ClientBuffers
+from ..buffer_budget import ClientBuffers
 from .clock import node_clock
 from .config import ServerConfig
 from .core import (

@@ -1,0 +1,136 @@
+"""A bridge's connections together hold at most --max-buffered-bytes of requests still arriving.
+
+A probe (2026-12-07) held 847 MiB of a bridge with 200 connections, each
+sending all but the last bytes of a 4 MiB body, no token needed; at its
+1,024 connections, 4 GB, and a node's own bridge runs in the node's process.
+Past the budget the connection holding the most is answered 503 and closed,
+whether the fast path or aiohttp reads it. Real bridge and node processes,
+raw sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from rest_helpers import PREFIX, BridgeProcess, http, read_response
+
+from kvwire.http_bridge import BridgeConfig
+from kvwire.testing import NodeProcess, free_port, wait_for
+
+KB = 1000
+BODY_BYTES = 1000 * KB
+BUDGET = 2 * BODY_BYTES
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    with NodeProcess("n1", data_dir=tmp_path_factory.mktemp("buffers") / "n1", extra_args=["--sync", "off"]) as node:
+        yield node
+
+
+def buffered(bridge: BridgeProcess) -> float:
+    text = http("GET", f"{bridge.url}/metrics").text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("kvwire_http_buffered_bytes "))
+
+
+def evicted(bridge: BridgeProcess) -> float:
+    text = http("GET", f"{bridge.url}/metrics").text
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("kvwire_http_connections_evicted_total "))
+
+
+def put_head(key: str, length: int, *extra: str) -> bytes:
+    headers = "".join(f"{header}\r\n" for header in extra)
+    return (f"PUT {PREFIX}/kv/{key}/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n{headers}\r\n").encode()
+
+
+def body_of(length: int) -> bytes:
+    """A JSON body of exactly ``length`` bytes: {"value": "xxx..."}."""
+    return b'{"value": "' + b"x" * (length - 13) + b'"}'
+
+
+def test_a_budget_below_two_bodies_is_refused():
+    with pytest.raises(ValueError, match=r"max_buffered_bytes must be an integer of at least twice max_body_bytes"):
+        BridgeConfig(max_body_bytes=BODY_BYTES, max_buffered_bytes=BUDGET - 1)
+    started = subprocess.run([sys.executable, "-m", "kvwire", "bridge", "--listen", f"127.0.0.1:{free_port()}",
+                              "--max-body-bytes", str(BODY_BYTES), "--max-buffered-bytes", str(BUDGET - 1)],
+                             capture_output=True, text=True, timeout=30)
+    assert started.returncode == 2 and "Traceback" not in started.stderr, started
+    assert f"--max-buffered-bytes must be an integer of at least twice --max-body-bytes ({BUDGET})" in started.stderr
+
+
+def test_past_the_budget_the_fast_path_connection_holding_the_most_gets_503_and_the_others_go_on(node, tmp_path):
+    args = ["--max-body-bytes", str(BODY_BYTES), "--max-buffered-bytes", str(BUDGET)]
+    with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", args=args) as bridge, \
+            contextlib.ExitStack() as stack:
+        bridge.wait_ready()
+        requests = {name: put_head(name, BODY_BYTES) + body_of(BODY_BYTES) for name in ("small", "big", "third", "last")}
+        sent = {"small": 700 * KB, "big": 900 * KB, "third": 300 * KB, "last": 200 * KB}
+        clients = {}
+        total = 0
+        for name in ("small", "big", "third", "last"):
+            clients[name] = stack.enter_context(socket.create_connection(("127.0.0.1", bridge.port), timeout=10))
+            clients[name].sendall(requests[name][:sent[name]])
+            if name != "last":  # counted before the next begins, so the order is known
+                total += sent[name]
+                wait_for(lambda: buffered(bridge) == total, timeout=10, what=f"the bridge holding {total} bytes")
+        # 2,100 kB > 2,000 kB: the biggest holder is answered, not the last to send.
+        answer = read_response(clients["big"].makefile("rb"))
+        assert answer.status == 503 and answer.headers["connection"] == "close", answer
+        assert "--max-buffered-bytes" in json.loads(answer.body)["error"]
+        wait_for(lambda: buffered(bridge) == total - sent["big"] + sent["last"], timeout=10,
+                 what="the closed connection's bytes released")
+        for name in ("small", "third", "last"):  # still open: each finishes its PUT
+            clients[name].sendall(requests[name][sent[name]:])
+            assert read_response(clients[name].makefile("rb")).status == 201, name
+        assert buffered(bridge) == 0 and evicted(bridge) == 1
+        assert http("GET", f"{bridge.url}{PREFIX}/kv/big/").status == 404
+        assert "it holds 900000 bytes of requests still arriving, the most of any" in bridge.log()
+        assert "Traceback" not in bridge.log()
+
+
+def test_a_body_aiohttp_reads_counts_too_and_its_connection_may_be_the_one_closed(node, tmp_path):
+    """A gzip body is aiohttp's to read (the fast path leaves Content-Encoding to it):
+    its bytes count from the moment its handler reads it, in the one budget."""
+    args = ["--max-body-bytes", str(BODY_BYTES), "--max-buffered-bytes", str(BUDGET)]
+    with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", args=args) as bridge, \
+            socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as zipped, \
+            socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as plain, \
+            socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as tipping:
+        bridge.wait_ready()
+        zipped.sendall(put_head("zipped", BODY_BYTES, "Content-Encoding: gzip") + b"\x1f")
+        primed = 1
+        # The bytes count once its handler reads the body; aiohttp holds those that came before.
+        while not _within(lambda: buffered(bridge) > 0, 0.5):
+            zipped.sendall(b"\x8b")
+            primed += 1
+            assert primed < 100, "aiohttp's handler never read the body"
+        zipped.sendall(b"z" * (990 * KB - primed))
+        wait_for(lambda: buffered(bridge) >= 980 * KB, timeout=10, what="the gzip body counted")
+        counted = buffered(bridge)
+        plain.sendall(put_head("plain", BODY_BYTES) + body_of(BODY_BYTES)[:900 * KB])
+        plain_sent = len(put_head("plain", BODY_BYTES)) + 900 * KB  # the fast path counts the head too
+        wait_for(lambda: buffered(bridge) == counted + plain_sent, timeout=10, what="the plain body counted too")
+        tipping_request = put_head("tipping", BODY_BYTES) + body_of(BODY_BYTES)[:200 * KB]
+        tipping.sendall(tipping_request)
+        answer = read_response(zipped.makefile("rb"))
+        assert answer.status == 503 and "--max-buffered-bytes" in json.loads(answer.body)["error"], answer
+        wait_for(lambda: buffered(bridge) == plain_sent + len(tipping_request), timeout=10,
+                 what="the gzip body's bytes released")
+        plain.sendall(body_of(BODY_BYTES)[900 * KB:])
+        assert read_response(plain.makefile("rb")).status == 201
+        assert "Traceback" not in bridge.log()
+
+
+def _within(condition, seconds: float) -> bool:
+    try:
+        wait_for(condition, timeout=seconds, what="")
+    except TimeoutError:
+        return False
+    return True
