@@ -249,6 +249,7 @@ class FastPath:
             return
         held = self.buffers.held_by(biggest)
         self.buffers.hold(biggest, 0)
+        biggest.counted = False  # closing: what its answer's write leaves held is not counted again
         limit = self.buffers.limit
         log.warning("closing a connection: it holds %d bytes of requests still arriving, the most of any, and all "
                     "hold more than --max-buffered-bytes (%d)", held, limit, extra={"event": "connection_evicted"})
@@ -297,7 +298,12 @@ class FastPathProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._held = 0  # the buffer's length as --max-buffered-bytes last counted it (FastPath.hold)
+        # What --max-buffered-bytes last counted of it (FastPath.hold): the requests in the
+        # buffer, and the answers its client has not read while the transport's buffer is
+        # over its high-water mark; ``counted`` is off once it is being closed for it.
+        self._held = 0
+        self._unread = 0
+        self.counted = True
         # Past this many unanswered bytes reading stops until they are answered
         # (a client pipelining faster than it reads its answers).
         self._held_limit = shared.config.max_body_bytes + MAX_HELD_BYTES
@@ -332,9 +338,8 @@ class FastPathProtocol(asyncio.Protocol):
         self._buffer += data
         self._last_active = now
         self._next()
-        if len(self._buffer) != self._held:
-            self._held = len(self._buffer)
-            self._shared.hold(self, self._held)
+        if len(self._buffer) + self._unread != self._held:
+            self._count_held()
         if len(self._buffer) > self._held_limit and not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
@@ -354,10 +359,21 @@ class FastPathProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writing_paused = True
         self._paused_since = self._loop.time()
+        self._unread = self._transport.get_write_buffer_size() if self._transport is not None else 0
+        self._count_held()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._unread = 0
+        self._count_held()
         self._next()
+
+    def _count_held(self) -> None:
+        """Count what this connection holds against --max-buffered-bytes (FastPath.hold)."""
+        held = len(self._buffer) + self._unread if self._transport is not None else 0
+        if held != self._held and self.counted:
+            self._held = held
+            self._shared.hold(self, held)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -422,14 +438,16 @@ class FastPathProtocol(asyncio.Protocol):
         if self._buffer:
             self._request_began = now  # the next request's bytes, come meanwhile: its time starts now
         self._next()
-        if len(self._buffer) != self._held and self._transport is not None:
-            self._held = len(self._buffer)
-            self._shared.hold(self, self._held)
+        if len(self._buffer) + self._unread != self._held:
+            self._count_held()
 
     def _write(self, answer: Answer) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         self._transport.write(answer_bytes(answer, self._shared.date(), close=self._closing))
+        if self._writing_paused:
+            self._unread = self._transport.get_write_buffer_size()
+            self._count_held()
 
     # --- giving the connection to aiohttp, closing it -------------------------------------
 

@@ -50,10 +50,14 @@ class HandedOver(asyncio.Protocol):
         self._draining: StreamReader | None = None
         # Since when its client has read none of the answers (the transport's buffer full).
         self.paused_since: float | None = None
-        # The bytes of the body a handler is reading, which it holds until read whole,
-        # counted against --max-buffered-bytes (FastPath.hold, which may close this).
+        # Counted against --max-buffered-bytes (FastPath.hold, which may close this): the
+        # bytes of the body a handler is reading, which it holds until read whole, and the
+        # answers its client has not read while the transport's buffer is over its
+        # high-water mark; ``counted`` is off once it is being closed for it.
         self._hold = hold
         self._body_bytes = 0
+        self._unread = 0
+        self.counted = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.handler.connection_made(transport)
@@ -68,7 +72,7 @@ class HandedOver(asyncio.Protocol):
             self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
         if self.reading_body:
             self._body_bytes += len(data)
-            self._hold(self, self._body_bytes)
+            self._count_held()
             if self.transport.is_closing():
                 return  # closed for holding the most: aiohttp's handler sees the close
         self.handler.data_received(data)
@@ -79,15 +83,20 @@ class HandedOver(asyncio.Protocol):
         return self.handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._release_body()
+        self._body_bytes = self._unread = 0
+        self._count_held()
         self.handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self.paused_since = self._loop.time()
+        self._unread = self.transport.get_write_buffer_size()
+        self._count_held()
         self.handler.pause_writing()
 
     def resume_writing(self) -> None:
         self.paused_since = None
+        self._unread = 0
+        self._count_held()
         self.handler.resume_writing()
 
     def request_started(self) -> None:
@@ -106,12 +115,12 @@ class HandedOver(asyncio.Protocol):
 
     def body_finished(self) -> None:
         self.reading_body -= 1
-        self._release_body()
+        self._body_bytes = 0
+        self._count_held()
 
-    def _release_body(self) -> None:
-        if self._body_bytes:
-            self._body_bytes = 0
-            self._hold(self, 0)
+    def _count_held(self) -> None:
+        if self.counted:
+            self._hold(self, self._body_bytes + self._unread)
 
     def overdue(self, now: float, request_timeout: float) -> str | None:
         """What took too long, for the 408, or None."""

@@ -63,8 +63,8 @@ class HttpMetrics:
             "--max-buffered-bytes when all held more.", registry=registry,
         )
         self.buffered_bytes = Gauge(
-            "kvwire_http_buffered_bytes", "Bytes the connections hold of requests still arriving, against "
-            "--max-buffered-bytes.", registry=registry,
+            "kvwire_http_buffered_bytes", "Bytes the connections hold of requests still arriving, and of "
+            "answers left unread, against --max-buffered-bytes.", registry=registry,
         )
         # Label sets seen -> their children: ``labels()`` validates and locks on
         # every call, about 3% of the bridge's CPU per PUT (py-spy; the metrics'

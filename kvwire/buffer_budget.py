@@ -1,4 +1,8 @@
-"""The bytes all client connections together hold read but not yet handled: a node's, a bridge's.
+"""The bytes all client connections together hold: a node's, a bridge's.
+
+What each holds is the requests it has read but not handled, and the replies
+its client has not read (once the kernel's buffer and the transport's
+high-water mark are full); the caller counts, this sums and names whom to close.
 
 Each connection's own limits bound what it holds (a node's frame no longer
 than the largest request, a bridge's body no longer than --max-body-bytes),

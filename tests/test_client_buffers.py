@@ -9,13 +9,15 @@ UNAVAILABLE, and the others go on. Real node process, real sockets.
 from __future__ import annotations
 
 import contextlib
+import re
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from kvwire import Client, KeyNotFoundError
-from kvwire.protocol import ErrorCode, ErrorReply, HelloReply, Put, PutReply, encode
+from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Get, HelloReply, Put, PutReply, encode
 from kvwire.buffer_budget import ClientBuffers
 from kvwire.server.config import ServerConfig
 from kvwire.testing import LocalCluster, NodeProcess, RawConnection, free_port, wait_for
@@ -84,6 +86,38 @@ def test_past_the_budget_the_connection_holding_the_most_is_closed_and_the_other
             with pytest.raises(KeyNotFoundError):
                 client.get("big")
         assert "it holds 950000 bytes of requests not yet read whole or handled" in node.log()
+
+
+def test_replies_a_client_leaves_unread_count_too(tmp_path):
+    """A client asking for a large value again and again without reading the replies
+    makes the node hold them (a pass's worth each, once the kernel's buffers are full):
+    those count, and past the budget such a connection is dropped like any other."""
+    metrics = f"127.0.0.1:{free_port()}"
+    with NodeProcess("n1", data_dir=tmp_path / "n1",
+                     extra_args=["--max-buffered-bytes", str(BUDGET), "--metrics-listen", metrics]) as node, \
+            contextlib.ExitStack() as stack:
+        with Client(node.address) as client:
+            client.put("large", VALUE)
+        gets = b"".join(encode(Get(number, "large", consistency=Consistency.ONE)) for number in range(1, 41))
+        host, port = node.address.rsplit(":", 1)
+        for _ in range(8):
+            before = value(scrape(metrics), "kvwire_client_buffered_bytes")
+            reader = stack.enter_context(socket.socket())
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds less of what it is sent
+            reader.connect((host, int(port)))
+            reader.sendall(gets)  # 40 MB of replies asked for; none read
+            wait_for(lambda: value(scrape(metrics), "kvwire_client_buffered_bytes") >= before + 500 * KB
+                     or value(scrape(metrics), "kvwire_connections_evicted_total") >= 1,
+                     timeout=10, what="the unread replies counted")
+            if value(scrape(metrics), "kvwire_connections_evicted_total") >= 1:
+                break
+        else:
+            raise AssertionError("no connection was closed past the budget")
+        assert value(scrape(metrics), "kvwire_client_buffered_bytes") <= BUDGET
+        unread = re.search(r"and (\d+) of replies not yet read, the most of any client", node.log())
+        assert unread and int(unread[1]) >= 500 * KB, node.log()[-2000:]
+        with Client(node.address) as client:
+            assert client.get("large") == VALUE  # the others are served
 
 
 def test_a_frame_arriving_on_a_peer_link_is_not_counted(tmp_path):

@@ -19,6 +19,7 @@ import sys
 import pytest
 from rest_helpers import PREFIX, BridgeProcess, http, read_response
 
+from kvwire import Client
 from kvwire.http_bridge import BridgeConfig
 from kvwire.testing import NodeProcess, free_port, wait_for
 
@@ -125,6 +126,34 @@ def test_a_body_aiohttp_reads_counts_too_and_its_connection_may_be_the_one_close
                  what="the gzip body's bytes released")
         plain.sendall(body_of(BODY_BYTES)[900 * KB:])
         assert read_response(plain.makefile("rb")).status == 201
+        assert "Traceback" not in bridge.log()
+
+
+def test_answers_a_client_leaves_unread_count_too(node, tmp_path):
+    """Asking for a large value again and again without reading the answers makes the
+    bridge hold one at a time per connection, once the kernel's buffers are full: it
+    counts, and past the budget such a connection is closed like any other."""
+    with Client(node.address) as client:
+        client.put("large", "v" * (900 * KB))
+    args = ["--max-body-bytes", str(BODY_BYTES), "--max-buffered-bytes", str(BUDGET)]
+    gets = f"GET {PREFIX}/kv/large/ HTTP/1.1\r\nHost: localhost\r\n\r\n".encode() * 30
+    with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", args=args) as bridge, \
+            contextlib.ExitStack() as stack:
+        bridge.wait_ready()
+        for _ in range(8):
+            before = buffered(bridge)
+            reader = stack.enter_context(socket.socket())
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds less of what it is sent
+            reader.connect(("127.0.0.1", bridge.port))
+            reader.sendall(gets)  # 27 MB of answers asked for; none read
+            wait_for(lambda: buffered(bridge) >= before + 500 * KB or evicted(bridge) >= 1, timeout=10,
+                     what="the unread answers counted")
+            if evicted(bridge) >= 1:
+                break
+        else:
+            raise AssertionError("no connection was closed past the budget")
+        assert buffered(bridge) <= BUDGET
+        assert http("GET", f"{bridge.url}{PREFIX}/kv/large/").json["value"] == "v" * (900 * KB)
         assert "Traceback" not in bridge.log()
 
 

@@ -55,7 +55,7 @@ log = logging.getLogger("kvwire.http")
     ca="CA (PEM) that signed the nodes' certificates; implies --tls.  [default with --tls: the system's CAs]",
 )
 @click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULTS.max_connections, show_default=True, help="Open connections beyond this are answered 503 and closed.", **env("BRIDGE_MAX_CONNECTIONS"))
-@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=DEFAULTS.max_buffered_bytes, show_default=True, help="Bytes all connections together may hold of requests still arriving; past it the one holding the most is answered 503 and closed. At least twice --max-body-bytes.", **env("BRIDGE_MAX_BUFFERED_BYTES"))
+@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=DEFAULTS.max_buffered_bytes, show_default=True, help="Bytes all connections together may hold of requests still arriving, and of answers left unread; past it the one holding the most is answered 503 and closed. At least twice --max-body-bytes.", **env("BRIDGE_MAX_BUFFERED_BYTES"))
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.idle_timeout, show_default=True, help="Seconds a connection may go without a request, or its client without reading an answer, before it is closed.", **env("BRIDGE_IDLE_TIMEOUT"))
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.request_timeout, show_default=True, help="Seconds a request may take to send its head, and its body may go silent (408 and the connection closed beyond).", **env("BRIDGE_REQUEST_TIMEOUT"))
 @allowed_hosts_option("--allowed-hosts", "BRIDGE_ALLOWED_HOSTS")

@@ -86,8 +86,8 @@ class ServerConfig:
     # when none waits.
     max_inflight_bytes_per_connection: int = 64 * 1024 * 1024
     # The bytes all client connections together may hold read but not yet
-    # handled (frames still arriving, requests held back); past it the one
-    # holding the most is closed (kvwire.buffer_budget). 256 frames of
+    # handled (frames still arriving, requests held back), and of replies left
+    # unread; past it the one holding the most is closed (kvwire.buffer_budget). 256 frames of
     # the largest request at the default limits, a quarter of what 1,024
     # connections could otherwise make the node hold.
     max_buffered_bytes: int = 256 * 1024 * 1024

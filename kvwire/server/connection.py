@@ -71,10 +71,13 @@ class NodeProtocol(asyncio.Protocol):
         # clients, 1.2 s each, made the peers mark two nodes DOWN, and the cluster
         # lost its quorum). The peer role lifts it (_lift_frame_limit).
         self._codec.frame_limit = node.config.limits.client_frame_bytes
-        # What this connection holds read but not handled, counted against the
-        # node's budget for all clients (--max-buffered-bytes); not a peer link's.
+        # What this connection holds, counted against the node's budget for all
+        # clients (--max-buffered-bytes; not a peer link's): requests read but not
+        # handled, and replies its client has not read while the transport's
+        # buffer is over its high-water mark (below it, a few dozen KiB at most).
         self._buffers: ClientBuffers | None = node.client_buffers
-        self._held = 0
+        self._held_in = 0
+        self._held_out = 0
         self._core = node.core
         self._max_key_bytes = node.config.limits.max_key_bytes
         # What a client's waiting GET or DELETE is charged in flow control beyond
@@ -137,7 +140,7 @@ class NodeProtocol(asyncio.Protocol):
     def _lift_frame_limit(self) -> None:
         """A peer link takes frames up to max_frame_bytes (DIGESTS, SYNC and REQUESTS pages)."""
         self._codec.frame_limit = None
-        self._hold(0)
+        self._buffers.hold(self, 0)
         self._buffers = None
 
     def data_received(self, data: bytes) -> None:
@@ -162,7 +165,7 @@ class NodeProtocol(asyncio.Protocol):
         elif replies:
             self._queue(replies)
         buffered = self._codec.buffered_bytes
-        if buffered != self._held:
+        if buffered != self._held_in:
             self._hold(buffered)
         if not buffered:
             self._partial_since = None
@@ -199,10 +202,12 @@ class NodeProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writing_paused_at = self._loop.time()
         self._flow.pause_writing()
+        self._hold_replies(self._transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
         self._writing_paused_at = None
         self._flow.resume_writing()
+        self._hold_replies(0)
         if self._backlog:
             self._schedule_drain()
 
@@ -264,25 +269,35 @@ class NodeProtocol(asyncio.Protocol):
         self._hold(self._codec.buffered_bytes)
 
     def _hold(self, buffered: int) -> None:
-        """Count what this connection now holds read but not handled; past the
-        node's budget for all clients, close the one holding the most. A closed
-        connection holds nothing: the codec goes with it."""
+        """Count the bytes of requests this connection now holds read but not handled."""
+        self._held_in = buffered
+        self._count_held()
+
+    def _hold_replies(self, unread: int) -> None:
+        """Count the bytes of replies its client has not read, held in the transport."""
+        self._held_out = unread
+        self._count_held()
+
+    def _count_held(self) -> None:
+        """Past the node's budget for all clients, close the one holding the most. A
+        closed connection holds nothing: its codec and transport go with it."""
         if self._closed:
-            buffered = 0
-        self._held = buffered
+            self._held_in = self._held_out = 0
         if self._buffers is not None:
-            biggest = self._buffers.hold(self, buffered)
+            biggest = self._buffers.hold(self, self._held_in + self._held_out)
             if biggest is not None:
                 biggest.evict()
 
     def evict(self) -> None:
         """Close this connection, the client holding the most of the node's budget."""
-        held, limit = self._held, self._buffers.limit
+        limit = self._buffers.limit
+        self._buffers.hold(self, 0)
+        self._buffers = None  # counted no more: the notice's write must not find it over again
         self._node.limited_log.log(
             logging.WARNING, "connections closed at --max-buffered-bytes",
-            "closing %s: it holds %d bytes of requests not yet read whole or handled, the most of any client, "
-            "and all clients hold more than --max-buffered-bytes (%d)", self._session.peer, held, limit,
-            logger=log)
+            "closing %s: it holds %d bytes of requests not yet read whole or handled and %d of replies not yet "
+            "read, the most of any client, and all clients hold more than --max-buffered-bytes (%d)",
+            self._session.peer, self._held_in, self._held_out, limit, logger=log)
         self._node.metrics.connections_evicted += 1
         self._close_saying(ErrorCode.UNAVAILABLE, "closing the connection: the node holds more unfinished requests "
                            "than it allows all clients (--max-buffered-bytes), this one's the most; try again")
@@ -466,6 +481,8 @@ class NodeProtocol(asyncio.Protocol):
     def _write_later(self) -> None:
         if self._later and not self._closed:
             self._transport.write(b"".join(self._later))
+            if self._writing_paused_at is not None:
+                self._hold_replies(self._transport.get_write_buffer_size())
         self._later.clear()
         self._later_bytes = 0
 

@@ -103,7 +103,7 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("kvwire_open_connections", "Client and peer connections open to this node.",
                                 value=node.connections)
         yield GaugeMetricFamily("kvwire_client_buffered_bytes", "Bytes client connections hold of requests not yet read "
-                                "whole or handled, against --max-buffered-bytes.", value=node.client_buffers.total)
+                                "whole or handled, and of replies left unread, against --max-buffered-bytes.", value=node.client_buffers.total)
         info = GaugeMetricFamily("kvwire_node_info", "Always 1; the labels name this node.",
                                  labels=["node_id", "cluster_id", "sync"])
         info.add_metric([config.node_id, config.cluster_id, config.sync.value], 1)
