@@ -39,7 +39,7 @@ class RunningBridge:
     async def close(self) -> None:
         """Stop accepting, let requests in flight finish (``shutdown_timeout``), close the client."""
         await self._runner.cleanup()
-        log.info("HTTP bridge on %s:%d stopped", self.config.host, self.port)
+        log.info("HTTP bridge on %s stopped", format_endpoint(self.config.host, self.port))
 
     def drop_connections(self) -> int:
         """Close every connection at once, unread and unanswered; how many."""

@@ -334,3 +334,12 @@ def test_port_in_use_is_reported_in_one_line(node, tmp_path):
     second = NodeProcess("n1", data_dir=tmp_path / "other", port=node.port).start()
     assert second.process.wait(timeout=15) == 1
     assert "cannot start node n1" in second.log() and "Traceback" not in second.log()
+
+
+def test_an_ipv6_listen_address_is_logged_in_brackets(tmp_path):
+    """"listening on ::1:7379" could be read as the address ::1:7379; an endpoint is [::1]:7379."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", host="::1") as node:
+        assert f"listening on [::1]:{node.port};" in node.log(), node.log()
+        busy = NodeProcess("n1", data_dir=tmp_path / "other", host="::1", port=node.port).start()
+        assert busy.process.wait(timeout=15) == 1
+        assert f"cannot start node n1 on [::1]:{node.port}: " in busy.log(), busy.log()

@@ -242,8 +242,8 @@ def warn_if_peers_dial_elsewhere(config: ServerConfig) -> None:
 def warn_about_security(config: ServerConfig, secret_file: Path | None, auth_file: Path | None) -> None:
     log = logging.getLogger("kvwire.server")
     if config.cluster_secret is None and config.members and config.insecure:
-        log.warning("--insecure: peers are not authenticated; anyone who can reach %s:%d can rewrite any key",
-                    config.host, config.port)
+        log.warning("--insecure: peers are not authenticated; anyone who can reach %s can rewrite any key",
+                    format_endpoint(config.host, config.port))
     warn_if_readable_by_others(log, "cluster secret file", secret_file)
     warn_if_readable_by_others(log, "auth file", auth_file)
     if config.tls is not None:
@@ -324,7 +324,8 @@ def run_node(
         log.error("%s", exc)
         return CONFIG_REFUSED_STATUS
     except OSError as exc:
-        log.error("cannot start node %s on %s:%d: %s", config.node_id, config.host, config.port, exc.strerror or exc)
+        log.error("cannot start node %s on %s: %s", config.node_id, format_endpoint(config.host, config.port),
+                  exc.strerror or exc)
         return 1
     except KeyboardInterrupt:  # before the signal handlers were installed: a stop all the same (exit 0)
         pass

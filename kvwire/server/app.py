@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from prometheus_client.registry import CollectorRegistry
 
+from ..protocol import format_endpoint
 from ..tls import server_context
 from .config import ServerConfig
 from .connection import NodeProtocol
@@ -139,7 +140,8 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
     collector = NodeCollector(node)
     if registry is not None:
         registry.register(collector)
-    log.info("node %s of cluster %s listening on %s:%d%s; %s", config.node_id, config.cluster_id, config.host, config.port,
+    log.info("node %s of cluster %s listening on %s%s; %s", config.node_id, config.cluster_id,
+             format_endpoint(config.host, config.port),
              _describe_tls(config),
              f"peers {', '.join(f'{m.node_id}={m.address}' for m in config.peers)}" if config.peers else "running alone")
     try:

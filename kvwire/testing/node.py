@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Sequence, TypeVar
 
-from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode
+from ..protocol import NEED_DATA, Connection, Ping, Pong, Side, encode, format_endpoint
 from .process import ChildProcess
 from .wire import connect_socket
 
@@ -50,7 +50,7 @@ def _first_ephemeral_port() -> int:
 
 
 def _kernel_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
@@ -74,7 +74,7 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
         probes: list[socket.socket] = []
         try:
             for port in range(base, base + count):
-                probe = socket.socket()
+                probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
                 probes.append(probe)
                 probe.bind((host, port))
             _HANDED_OUT.update(range(base, base + count))
@@ -191,7 +191,7 @@ class NodeProcess(ChildProcess):
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_endpoint(self.host, self.port)
 
     @property
     def client_options(self) -> dict[str, Any]:
