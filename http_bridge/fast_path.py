@@ -251,10 +251,16 @@ class FastPath:
         self.buffers.hold(biggest, 0)
         biggest.counted = False  # closing: what its answer's write leaves held is not counted again
         limit = self.buffers.limit
-        log.warning("closing a connection: it holds %d bytes of requests still arriving, the most of any, and all "
-                    "hold more than --max-buffered-bytes (%d)", held, limit, extra={"event": "connection_evicted"})
+        log.warning("closing a connection: it holds %d bytes of requests still arriving and of answers not yet "
+                    "read, the most of any, and all hold more than --max-buffered-bytes (%d)", held, limit,
+                    extra={"event": "connection_evicted"})
         if self.metrics is not None:
             self.metrics.connections_evicted.inc()
+        if not biggest.may_be_answered:
+            # Its client reads nothing (a close would wait for good), or a request of its is
+            # being answered: a 503 would take that answer's place, saying not applied.
+            biggest.abort()
+            return
         answer = json_error_answer(int(HTTPStatus.SERVICE_UNAVAILABLE), (
             f"this bridge holds more of requests still arriving than all clients may (--max-buffered-bytes, {limit}), "
             "this connection the most; closing it: try again"))
@@ -442,12 +448,18 @@ class FastPathProtocol(asyncio.Protocol):
             self._count_held()
 
     def _write(self, answer: Answer) -> None:
-        if self._transport is None or self._transport.is_closing():
+        transport = self._transport
+        if transport is None or transport.is_closing():
             return
-        self._transport.write(answer_bytes(answer, self._shared.date(), close=self._closing))
-        if self._writing_paused:
-            self._unread = self._transport.get_write_buffer_size()
+        transport.write(answer_bytes(answer, self._shared.date(), close=self._closing))
+        if self._writing_paused and self._transport is transport:  # not closed by the write's own count
+            self._unread = transport.get_write_buffer_size()
             self._count_held()
+
+    @property
+    def may_be_answered(self) -> bool:
+        """Whether an answer now would be read, and would answer no request being answered."""
+        return not self._busy and not self._writing_paused and self._transport is not None
 
     # --- giving the connection to aiohttp, closing it -------------------------------------
 
@@ -513,6 +525,8 @@ class FastPathProtocol(asyncio.Protocol):
         self._closing = True
         self._buffer.clear()
         self._write(answer)
+        if self._transport is None:
+            return  # the answer's write found it holding the most (FastPath.hold), which aborted it
         transport, self._transport = self._transport, None
         self._forget()
         self._shared.bounds.lingering.close(transport)  # closed once the client stops sending (linger.py)

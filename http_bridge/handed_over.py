@@ -99,7 +99,18 @@ class HandedOver(asyncio.Protocol):
         self._count_held()
         self.handler.resume_writing()
 
+    @property
+    def may_be_answered(self) -> bool:
+        """Whether an answer now would be read, and would answer no request being
+        answered: only while a handler reads its request's body (nothing of its
+        answer written yet) and the client reads what it is sent."""
+        return self.reading_body > 0 and self.paused_since is None and not self.transport.is_closing()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
     def request_started(self) -> None:
+
         self.answering += 1
         self.head_began, self.head_whole, self._tail = None, False, b""
 

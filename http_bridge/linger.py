@@ -53,7 +53,16 @@ class _Dropping(asyncio.Protocol):
     def __init__(self, lingering: Lingering, transport: asyncio.BaseTransport) -> None:
         self._lingering = lingering
         lingering.count += 1
-        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._expire, transport)
+
+    @staticmethod
+    def _expire(transport: asyncio.BaseTransport) -> None:
+        # A close waits for what is written to drain, for good if the client reads
+        # nothing: past the deadline, answers still unread are dropped with it.
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         pass  # the rest of a request already answered

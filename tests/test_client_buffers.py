@@ -120,6 +120,37 @@ def test_replies_a_client_leaves_unread_count_too(tmp_path):
             assert client.get("large") == VALUE  # the others are served
 
 
+def test_a_connection_closed_with_replies_its_client_never_reads_is_dropped_at_the_frame_timeout(tmp_path):
+    """A client that asks, ends its stream and reads nothing: the node closes once every
+    request is answered, and a close waits for the replies to be read, so the connection
+    and its replies stayed for good, past the deadline that drops an open one (a review
+    found it)."""
+    cluster = LocalCluster(3, data_dir=tmp_path, node_args=["--frame-timeout", "0.5"])
+    with cluster:
+        with Client(cluster.endpoints) as client:
+            client.put("large", VALUE)
+        host, port = cluster["n1"].address.rsplit(":", 1)
+        with socket.socket() as reader:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.connect((host, int(port)))
+            # Quorum GETs wait on a peer, so all are read before any is answered; 12 MB of replies.
+            reader.sendall(b"".join(encode(Get(number, "large")) for number in range(1, 13)))
+            reader.shutdown(socket.SHUT_WR)
+            wait_for(lambda: "it read none of the replies sent it for 0.5 s" in cluster["n1"].log(), timeout=10,
+                     what="the node dropping it")
+            wait_for(lambda: _established_at(int(port), reader.getsockname()[1]) == 0, timeout=10,
+                     what="the node's side of the closed connection dropped")
+
+
+def _established_at(port: int, peer_port: int) -> int:
+    """Connections the node's process holds at ``port`` from ``peer_port`` (/proc/net/tcp:
+    01, established, or 08, its client's side ended and its own not yet closed)."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if int(row[1].split(":")[1], 16) == port and int(row[2].split(":")[1], 16) == peer_port
+               and row[3] in ("01", "08"))
+
+
 def test_a_frame_arriving_on_a_peer_link_is_not_counted(tmp_path):
     """Peers' frames are not clients' (the peer role lifts the count): a peer's
     large message arriving slowly takes none of the clients' budget."""
@@ -132,3 +163,12 @@ def test_a_frame_arriving_on_a_peer_link_is_not_counted(tmp_path):
         client.send_bytes(encode(Put(1, "k", b"x"))[:10])
         wait_for(lambda: value(scrape(metrics), "kvwire_client_buffered_bytes") == 10, timeout=10,
                  what="the client's 10 bytes counted, and the peer's 900 kB not")
+
+
+def test_a_second_peer_hello_on_one_link_is_answered(tmp_path):
+    """The peer role lifts the link's count once; a second grant found nothing to
+    lift and failed INTERNAL, leaving the session half made (a review found it)."""
+    with LocalCluster(3, data_dir=tmp_path) as cluster, RawConnection(cluster["n1"].address) as peer:
+        assert isinstance(peer.hello_as_peer("n2", "kvwire", cluster.secret), HelloReply)
+        assert isinstance(peer.hello_as_peer("n2", "kvwire", cluster.secret, request_id=11), HelloReply)
+        assert "internal error" not in cluster["n1"].log()

@@ -93,6 +93,7 @@ class NodeProtocol(asyncio.Protocol):
         self._later_bytes = 0
         self._flush_scheduled = False
         self._closed = False
+        self._lost = False  # connection_lost came: the transport is gone
         self._eof = False
         # For the deadlines (``overdue``): when the connection opened, requests
         # read so far, and when the frame still incomplete in the buffer began.
@@ -140,8 +141,9 @@ class NodeProtocol(asyncio.Protocol):
     def _lift_frame_limit(self) -> None:
         """A peer link takes frames up to max_frame_bytes (DIGESTS, SYNC and REQUESTS pages)."""
         self._codec.frame_limit = None
-        self._buffers.hold(self, 0)
-        self._buffers = None
+        if self._buffers is not None:  # not for a second peer HELLO on the link
+            self._buffers.hold(self, 0)
+            self._buffers = None
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self._going_away:
@@ -193,8 +195,8 @@ class NodeProtocol(asyncio.Protocol):
         return (self._flow.inflight > 0 or self._backlog) and not self._closed and not tls
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._hold(0)  # closed by the other side: _close did not run
+        self._closed = self._lost = True
+        self._hold(0)  # what it held goes with it
         self._session.drop = None  # the session held this protocol: no cycle left for the collector
         self._registry.discard(self)
         self._node.connections = len(self._registry)
@@ -280,9 +282,12 @@ class NodeProtocol(asyncio.Protocol):
 
     def _count_held(self) -> None:
         """Past the node's budget for all clients, close the one holding the most. A
-        closed connection holds nothing: its codec and transport go with it."""
+        closed connection holds no requests, and once lost no replies either: until
+        then its transport holds what it has not written (a close waits for it)."""
         if self._closed:
-            self._held_in = self._held_out = 0
+            self._held_in = 0
+        if self._lost:
+            self._held_out = 0
         if self._buffers is not None:
             biggest = self._buffers.hold(self, self._held_in + self._held_out)
             if biggest is not None:
@@ -503,11 +508,14 @@ class NodeProtocol(asyncio.Protocol):
         replies it was sent wait unread that long (one pipelining requests it never
         reads the answers to held its slot for good; a REST probe found the same on
         the bridge)."""
+        config = self._node.config
+        if self._writing_paused_at is not None and now - self._writing_paused_at > config.frame_timeout \
+                and not self._lost:
+            # Closed too, as a close waits for the replies to be read: for good, from a
+            # client that reads none.
+            return f"it read none of the replies sent it for {config.frame_timeout:g} s"
         if self._closed:
             return None
-        config = self._node.config
-        if self._writing_paused_at is not None and now - self._writing_paused_at > config.frame_timeout:
-            return f"it read none of the replies sent it for {config.frame_timeout:g} s"
         if config.auth is None:
             if now - self._opened_at > config.hello_timeout and self._requests_read == 0:
                 return f"no request within {config.hello_timeout:g} s"
@@ -589,7 +597,7 @@ class NodeProtocol(asyncio.Protocol):
     def drop(self) -> None:
         """Close at once, unread and unanswered (DropConnections): what the socket
         holds is discarded with it, and so are the replies not yet written."""
-        if not self._closed:
+        if not self._lost:  # closed, it may still wait to write what its client does not read
             self._closed = True
             self._backlog = False
             self._hold(0)
