@@ -114,6 +114,7 @@ MUTANTS = (
     "hold-local-reads",  # a consistency=one GET waits, as quorum readers do, for an undecided PUT of its key
     "serve-failed-to-one-reads",  # a consistency=one GET is given a tag of a PUT in progress, or of one that failed
     "mint-on-stale-lookup",  # a LOOKUP PUT that waited for a write of its key here mints on its round's old answers
+    "hold-joining-pulls",  # a joining peer's repair FETCH waits behind a PUT of the key left undecided here
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -384,7 +385,15 @@ class NodeCore:
                 self.respond(token, RequestsReply(request.id, records, cursor, last))
             else:
                 self.adopt_floor(request.floor)
-                self.committed_copy(request.key, lambda copy: self._answer_fetch(token, request, copy))
+                # A joining peer's anti-entropy pull is not held behind a one-round-trip PUT
+                # of the key left undecided here (one_trip.py): deciding it needs a majority's
+                # answers, and with both peers joining neither could vote before it had that
+                # key, so the key, its readers and its hints were held for good and no node
+                # joined (seed 1009156 of the default mix). The joiner votes only once caught
+                # up from every peer, so a newer tag elsewhere reaches it first; an undecided
+                # tag may take effect, and a dead one is refused it (NodeCore._unordered_hold).
+                ordered = not (request.repair and peer in self.peers_joining and self.mutant != "hold-joining-pulls")
+                self.committed_copy(request.key, lambda copy: self._answer_fetch(token, request, copy), ordered=ordered)
         else:
             raise TypeError(f"the core does not handle {kind.__name__}")
 
