@@ -1969,6 +1969,50 @@ def test_a_joining_node_answers_a_repair_fetch_and_refuses_a_reads():
     assert isinstance(replies["read"], UnavailableError)
 
 
+def test_a_value_damaged_here_is_mended_from_the_first_peer_holding_its_version():
+    """A damaged value's tag is whole, so anti-entropy finds nothing: the read that
+    meets the damage asks each peer in turn for that version (a repair FETCH),
+    passes over an older or newer copy, and has the first copy of it written."""
+    from kvwire.server.core import Mend
+    from kvwire.server.core.mending import DamagedValueError
+    core = make_core(cache_entries=0)
+    link_all(core)
+    damaged = Version(4, "n2")
+    replicate(core, damaged)  # committed here; its value then found damaged on disk
+    failed = []
+    core.committed_copy("k", failed.append)
+    (load,) = effects_of(core, Load)
+    core.loaded("k", DamagedValueError("damaged", key="k", version=damaged), 0.0)
+    assert isinstance(failed[0], UnavailableError)  # the read itself fails over to another node
+    (asked,) = [e for e in core.take_effects() if type(e) is Send]
+    assert (asked.peer, asked.message_type, asked.fields) == ("n2", Fetch, ("k", None, True))
+    core.loaded("k", DamagedValueError("damaged", key="k", version=damaged), 0.0)  # a second read: no second ask
+    assert [e for e in core.take_effects() if type(e) is Send] == []
+    core.peer_reply("n2", asked.request_id, FetchReply(1, Version(3, "n2"), False, "older"), 0.0)
+    (again,) = [e for e in core.take_effects() if type(e) is Send]
+    assert (again.peer, again.fields) == ("n3", ("k", None, True))
+    core.peer_reply("n3", again.request_id, FetchReply(1, damaged, False, "whole"), 0.0)
+    assert effects_of(core, Mend) == [Mend("k", damaged, "whole", "n3")]
+
+
+def test_a_damaged_value_no_peer_gives_is_told_once_and_asked_for_again_at_a_later_read():
+    from kvwire.server.core import Mend, Notice
+    from kvwire.server.core.mending import DamagedValueError
+    core = make_core()
+    link_all(core)
+    damaged = Version(4, "n2")
+    seen = []
+    for _ in range(2):
+        core.loaded("k", DamagedValueError("damaged", key="k", version=damaged), 0.0)
+        (first,) = [e for e in core.take_effects() if type(e) is Send]
+        core.peer_reply(first.peer, first.request_id, UnavailableError("its copy is damaged too"), 0.0)
+        (second,) = [e for e in core.take_effects() if type(e) is Send]  # the next peer, once the first refused
+        core.peer_failed(second.peer, second.request_id, 0.0)
+        seen += core.take_effects()
+    assert [e.event for e in seen if type(e) is Notice] == ["damaged_value_unmended"]  # told once, asked twice
+    assert not [e for e in seen if type(e) is Mend]
+
+
 def test_the_mutant_no_repair_while_joining_refuses_a_repair_fetch_too():
     core = make_core("n2", joining=True, mutant="no-repair-while-joining")
     link_all(core)

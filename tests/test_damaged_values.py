@@ -12,6 +12,7 @@ node's copy.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 
 import pytest
@@ -20,7 +21,7 @@ from kvwire import Client, UnavailableError
 from msgspec import Raw
 
 from kvwire.protocol import Consistency, ErrorCode, Get, GetReply, Put, PutReply
-from kvwire.testing import LocalCluster, NodeProcess, RawConnection
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, wait_for
 
 # 0xc1 is the one byte msgpack never uses.
 DAMAGE = "UPDATE kv SET value = x'c1' WHERE key = ?"
@@ -45,7 +46,9 @@ def test_a_damaged_value_is_refused_as_unavailable_and_a_put_replaces_it(tmp_pat
         client.put("hit", "new")
         assert client.get("hit") == "new"
     log = node.log()
-    assert log.count("event=damaged_value") == 1, log  # once for the key, however often it is read
+    # Once for the key, however often it is read; a lone node has no peer to mend it from, and says so once.
+    assert len(re.findall(r"event=damaged_value(?!_)", log)) == 1, log
+    assert log.count("event=damaged_value_unmended") == 1 and "no peer gave the value of 'hit'" in log, log
     assert "Traceback" not in log
 
 
@@ -128,3 +131,30 @@ def test_a_database_truncated_under_a_running_node_is_unavailable_and_clients_re
             for key, value in values.items():
                 assert client.get(key) == value
                 assert client.get(key, consistency="one") == value
+
+
+def test_a_value_damaged_on_one_node_is_mended_from_a_peers_copy_of_its_version(tmp_path):
+    """Anti-entropy compares tags, and the damaged row's tag is whole: the key stayed
+    refused on that node until a write replaced it, one replica short. A read that
+    meets the damage now has the node ask its peers for that version's value."""
+    with LocalCluster(3, data_dir=tmp_path, node_args=["--cache-entries", "0"]) as cluster:
+        with Client(cluster.endpoints) as client:
+            written = client.put("hit", {"a": [1, 2]})
+        cluster.terminate("n3")
+        damage(cluster["n3"].data_dir, "hit")
+        cluster.start("n3").wait_ready()
+        with RawConnection(cluster["n3"].address) as conn:
+            first = conn.request(Get(1, "hit", consistency=Consistency.ONE))
+            assert first.code == ErrorCode.UNAVAILABLE and "damaged on its disk" in first.message, first
+            # Each read that meets the damage asks again, so this is also how it waits for n3's links.
+            mended = wait_for(lambda: _served(conn, "hit"), timeout=15, what="n3 serving its mended copy")
+        assert mended.version == written and mended.value == {"a": [1, 2]}  # that write's value, no new write
+        log = cluster["n3"].log()
+        assert "event=damaged_value_mended" in log and "mended the damaged value of 'hit'" in log, log[-3000:]
+        with sqlite3.connect(cluster["n3"].data_dir / "kvwire.sqlite3") as db:  # on its disk, not only served
+            assert db.execute("SELECT value FROM kv WHERE key = 'hit'").fetchone()[0] != b"\xc1"
+
+
+def _served(conn: RawConnection, key: str):
+    reply = conn.request(Get(7, key, consistency=Consistency.ONE))
+    return reply if isinstance(reply, GetReply) else None

@@ -8,7 +8,8 @@ import msgpack
 import pytest
 from msgspec import Raw
 
-from kvwire.protocol import Version
+from kvwire.protocol import ErrorCode, Version
+from kvwire.server.core.mending import DamagedValueError
 from kvwire.server.config import ServerConfig, SyncMode, parse_cluster
 from kvwire.server.storage import BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, SCHEMA, DataDirError, Storage, is_claimed
 
@@ -104,6 +105,26 @@ async def test_index_and_values_survive_reopening(tmp_path):
         # Many keys in one hop, the same rows, in any order, unknown keys included.
         assert await storage.read_many(["never", "gone", "live"]) == {
             "never": None, "gone": (Version(2, "n1"), True, None), "live": (Version(1, "n1"), False, stored({"a": [1, 2]}))}
+    finally:
+        await storage.close()
+
+
+async def test_a_mend_rewrites_a_damaged_value_only_while_its_row_is_that_version(tmp_path):
+    storage = await open_storage(tmp_path)
+    try:
+        await put(storage, "k", 5, "five", node="n2")
+        with sqlite3.connect(tmp_path / DATABASE_FILE_NAME) as db:
+            db.execute("UPDATE kv SET value = x'c1' WHERE key = 'k'")  # damaged on disk
+        damaged = await storage.read("k")  # the error, in place of the row, for the core to hand on
+        assert isinstance(damaged, DamagedValueError), damaged
+        assert damaged.version == Version(5, "n2") and damaged.code == ErrorCode.UNAVAILABLE
+        storage.mend("k", Version(5, "n2"), stored("five"), "n3")
+        await put(storage, "other", 1, "a commit after it")  # the mend goes in this one or before
+        assert await storage.read("k") == (Version(5, "n2"), False, stored("five"))
+        await put(storage, "k", 6, "six", node="n1")
+        storage.mend("k", Version(5, "n2"), stored("five"), "n3")  # too late: a write replaced that version
+        await put(storage, "other", 2, "a commit after it")
+        assert await storage.read("k") == (Version(6, "n1"), False, stored("six"))
     finally:
         await storage.close()
 

@@ -47,7 +47,7 @@ from ..buffer_budget import ClientBuffers
 from .clock import node_clock
 from .config import ServerConfig
 from .core import (
-    CloseLink, DropConnections, DropHint, DropPeerHints, Joined, Load, NodeCore, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
+    CloseLink, DropConnections, DropHint, DropPeerHints, Joined, Load, Mend, NodeCore, Notice, PeerStateChanged, Persist, Purge, Respond, SaveFloor,
     SaveRequests, Send, StoreHint, Strand,
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
@@ -556,6 +556,8 @@ class Node:
                     self.storage.clear_joining()
                 elif kind is Purge:
                     self.storage.purge(effect.key, effect.version)
+                elif kind is Mend:
+                    self.storage.mend(effect.key, effect.version, effect.value, effect.peer)
                 elif kind is SaveFloor:
                     future = self.storage.save_floor(effect.floor)
                     future.add_done_callback(lambda done, floor=effect.floor: self._floor_saved(floor, done))

@@ -34,6 +34,7 @@ from ..protocol.values import pack_value, stored_value, structure_error
 from .config import SyncMode
 from .core.applied import MAX_AGE as REQUEST_MAX_AGE
 from .core.keydir import Entry, mark_holds
+from .core.mending import DamagedValueError
 from .core.minter import minter_name
 from .tally import BATCH_BOUNDS, COMMIT_BOUNDS, Buckets
 
@@ -132,6 +133,8 @@ REQUEST_EXPIRE = "DELETE FROM request_log WHERE at < ?"
 REQUEST_EXPIRE_INTERVAL = 10.0
 # Tombstone garbage collection: only if the row is still that tombstone.
 PURGE = "DELETE FROM kv WHERE key = ? AND counter = ? AND node = ? AND deleted = 1"
+# A damaged value rewritten with a peer's copy of its version, only if the row is still that version.
+MEND = "UPDATE kv SET value = ? WHERE key = ? AND counter = ? AND node = ? AND deleted = 0"
 FLOOR_SAVE = "INSERT OR REPLACE INTO meta (name, value) VALUES ('tag_floor', ?)"
 META_SET = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
@@ -248,6 +251,7 @@ class Storage:
         self._hint_rows: list[tuple[str, str, int, str]] = []
         self._unhint_rows: list[tuple[str, str, int, str]] = []
         self._purge_rows: list[tuple[str, int, str]] = []
+        self._mend_rows: list[tuple[tuple[bytes, str, int, str], str]] = []  # (MEND's row, the peer it came from)
         # A tag floor to write in the next commit, and who waits for it.
         self._floor: int | None = None
         self._floor_waiters: list[asyncio.Future[None]] = []
@@ -489,21 +493,30 @@ class Storage:
         behind a commit's fsync.
         """
         rows = await self._reader._execute(_read_rows, self._reader._conn, keys)
-        return {key: None if row is None else self._damaged(key, row) if type(row) is str else
+        return {key: None if row is None else self._damaged(key, row) if type(row) is _Damaged else
                 (Version(row[1], row[2]), bool(row[3]),
                  None if row[3] else stored_value(row[0]))
                 for key, row in zip(keys, rows)}
 
-    def _damaged(self, key: str, reason: str) -> UnavailableError:
+    def _damaged(self, key: str, damaged: _Damaged) -> DamagedValueError:
         """The error for a value this node's file holds damaged: UNAVAILABLE, so that a
-        client reads another node's copy. Logged once a key (a client may read it again
-        and again), for the first thousand keys."""
+        client reads another node's copy, and the node mends it from a peer's
+        (core/mending.py). Logged once a key (a client may read it again and again),
+        for the first thousand keys."""
+        version = Version(damaged.counter, damaged.node)
         if key not in self._damaged_keys and len(self._damaged_keys) < 1000:
             self._damaged_keys.add(key)
-            log.error("the value of %r in %s is damaged: %s; this node refuses reads of it (UNAVAILABLE) until a "
-                      "write of the key replaces it", key, self.path, reason, extra={"event": "damaged_value"})
-        return UnavailableError(f"this node's copy of {key!r} is damaged on its disk ({reason}); read it through "
-                                "another node, and a PUT of the key replaces it")
+            log.error("the value of %r in %s is damaged: %s; this node refuses reads of it (UNAVAILABLE), and asks "
+                      "its peers for their copy of its version %s to mend it", key, self.path, damaged.reason,
+                      tuple(version), extra={"event": "damaged_value"})
+        return DamagedValueError(f"this node's copy of {key!r} is damaged on its disk ({damaged.reason}); read it "
+                                 "through another node (this one mends it from a peer's copy)", key=key, version=version)
+
+    def mend(self, key: str, version: Version, value: Any, peer: str) -> None:
+        """Rewrite, in the next commit, ``key``'s damaged value with ``peer``'s copy of
+        it, if the row is still ``version`` (a write since replaced it otherwise)."""
+        self._mend_rows.append(((pack_value(value), key, version.counter, version.node), peer))
+        self._wakeup.set()
 
     # --- writes ------------------------------------------------------------------------
 
@@ -594,7 +607,7 @@ class Storage:
                     continue
             self._wakeup.clear()
             while (self._queue or self._hint_rows or self._unhint_rows or self._purge_rows or self._floor is not None
-                   or self._clear_joining or self._request_rows or self._strand_rows):
+                   or self._clear_joining or self._request_rows or self._strand_rows or self._mend_rows):
                 batch = self._queue[: self._max_batch_rows]
                 del self._queue[: self._max_batch_rows]
                 await self._commit(batch)
@@ -620,7 +633,9 @@ class Storage:
         floor_waiters, self._floor_waiters = self._floor_waiters, []
         joined, self._clear_joining = self._clear_joining, False
         strand_rows, self._strand_rows = self._strand_rows, []
-        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined, requests, expire_before, strand_rows)
+        mends, self._mend_rows = self._mend_rows, []
+        upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined, requests, expire_before, strand_rows,
+                         [row for row, _peer in mends])
         started = time.perf_counter()
         try:
             if self.file_lost is not None:
@@ -632,7 +647,7 @@ class Storage:
             # (README "Storage" says why we use this one); setup.py pins the
             # releases checked, and every test that writes fails at once if
             # one drops _execute.
-            await self._writer._execute(_write_transaction, self._writer._conn, rows, upkeep)
+            mended = await self._writer._execute(_write_transaction, self._writer._conn, rows, upkeep)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
@@ -662,6 +677,7 @@ class Storage:
             self._clear_joining = self._clear_joining or joined
             self._request_rows[:0] = copied_requests
             self._strand_rows[:0] = strand_rows
+            self._mend_rows[:0] = mends
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
@@ -677,6 +693,11 @@ class Storage:
         for waiter in floor_waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        for ((_packed, key, counter, node), peer), applied in zip(mends, mended):
+            if applied:
+                self._damaged_keys.discard(key)  # damaged again later, it is logged again
+                log.warning("mended the damaged value of %r in %s with peer %s's copy of its version %s", key,
+                            self.path, peer, (counter, node), extra={"event": "damaged_value_mended", "peer": peer})
         self.commits += 1
         self.committed_rows += len(batch)
         for write in batch:
@@ -864,20 +885,28 @@ def _may_pass(error: BaseException) -> bool:
 
 
 
-def _read_rows(db: sqlite3.Connection, keys: list[str]) -> list[tuple | str | None]:
+class _Damaged(NamedTuple):
+    """A row whose value is not one whole msgpack value: why not, and its version."""
+
+    reason: str
+    counter: int
+    node: str
+
+
+def _read_rows(db: sqlite3.Connection, keys: list[str]) -> list[tuple | _Damaged | None]:
     """Point reads of ``keys``, on SQLite's reader thread; for a value that is not
     one whole msgpack value (bytes changed on disk), why not, instead of its row.
 
     Values are not checksummed, but every value was one whole msgpack value when it
     was written, so one that is not now was changed on disk. Only its structure is
     read (about 1 ms a MiB): a changed letter of a string goes unseen (README, Limits)."""
-    rows: list[tuple | str | None] = []
+    rows: list[tuple | _Damaged | None] = []
     for key in keys:
         row = db.execute("SELECT value, counter, node, deleted FROM kv WHERE key = ?", (key,)).fetchone()
         if row is not None and not row[3]:
             broken = structure_error(row[0])
             if broken is not None:
-                row = f"not one msgpack value: {broken}"
+                row = _Damaged(f"not one msgpack value: {broken}", row[1], row[2])
         rows.append(row)
     return rows
 
@@ -899,6 +928,7 @@ class _Upkeep(NamedTuple):
     requests: list[tuple]
     expire_requests_before: float | None
     strand_rows: list[tuple]
+    mend_rows: tuple | list[tuple] = ()
 
 
 def _newest_requests(rows: list[tuple]) -> dict[tuple[str, str], tuple[Version, float, bool]]:
@@ -952,8 +982,8 @@ async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: boo
     return incarnation
 
 
-def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> None:
-    """One group commit, on SQLite's thread."""
+def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> list[bool]:
+    """One group commit, on SQLite's thread; of the mends in it, which applied."""
     if rows:
         db.executemany(UPSERT, rows)
     if upkeep.requests:
@@ -970,10 +1000,13 @@ def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkee
         db.executemany(PURGE, upkeep.purge_rows)
     if upkeep.strand_rows:
         db.executemany(STRAND_UPSERT, upkeep.strand_rows)
+    # One at a time: executemany's count is the sum, and each says whether its row was still the version mended.
+    mended = [db.execute(MEND, row).rowcount == 1 for row in upkeep.mend_rows]
     if upkeep.floor is not None:
         db.execute(FLOOR_SAVE, (str(upkeep.floor),))
     if upkeep.joined:
         db.execute("DELETE FROM meta WHERE name IN (?, ?)", (JOINING, BACKUP_TAKEN_AT))
         db.execute(META_SET, (JOINED, "1"))
     db.commit()
+    return mended
 

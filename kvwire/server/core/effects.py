@@ -124,6 +124,18 @@ class Strand:
 
 
 @dataclass(slots=True)
+class Mend:
+    """Rewrite, in the next commit, ``key``'s value with ``value`` (``peer``'s copy)
+    if its row is still ``version``: the value there was found damaged
+    (``mending.py``). No completion."""
+
+    key: str
+    version: Version
+    value: Any
+    peer: str
+
+
+@dataclass(slots=True)
 class Load:
     """Read ``key``'s committed row. Completed by ``core.loaded(key, row)``, with row
     ``(version, deleted, value)`` or None when there is none."""
@@ -171,4 +183,4 @@ class Notice:
 
 
 Effect = (Send | Respond | Persist | StoreHint | DropHint | DropPeerHints | Purge | SaveFloor | SaveRequests | Joined | Load
-          | CloseLink | DropConnections | PeerStateChanged | Notice | Strand)
+          | CloseLink | DropConnections | PeerStateChanged | Notice | Strand | Mend)

@@ -51,6 +51,7 @@ from .applied import AppliedRequests, StaleWriteRefused
 from .minter import member_of, minter_name, proposed_name
 from .observed import ObservedVersions
 from .one_trip import OneTripWrite, takes_one_trip
+from .mending import DamagedValueError, Mending
 from .repair import Repair
 from .tombstones import TombstoneCollector
 from .services import CoreStats
@@ -273,6 +274,7 @@ class NodeCore:
         self._lost_tags: dict[str, Version] = {}
         self._caught_up_from: set[str] = set()
         self.repair = Repair(self)
+        self.mending = Mending(self)
         self.timers.schedule(now + config.repair_interval, self._collect_tombstones)
         if self.peer_ids:
             self.timers.schedule(now, self._heartbeat)
@@ -459,6 +461,8 @@ class NodeCore:
         self._clock(now)
         waiting = self._loads.pop(key, ())
         if isinstance(row, Exception):
+            if isinstance(row, DamagedValueError):
+                self.mending.start(key, row.version)  # from a peer's copy of that version
             # A KvwireError says itself what went wrong (a damaged value: UNAVAILABLE, read another node's copy).
             error = row if isinstance(row, KvwireError) else InternalServerError(
                 f"reading {key!r} from this node's disk failed: {row}")

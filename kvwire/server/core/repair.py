@@ -390,28 +390,7 @@ class Repair:
             self._pace()
 
     def _ask(self, peer: str, message_type: type, fields: tuple, handler: Callable[[Any], None]) -> int | None:
-        """``core.ask`` with a deadline: a reply that never comes (a message lost, a
-        peer that hangs without its link closing) fails the request rather than
-        leaving the round waiting for ever."""
-        core = self._core
-        answered = False
-
-        def settle(reply: Any) -> None:
-            nonlocal answered
-            if not answered:
-                answered = True
-                timer.cancel()
-                handler(reply)
-
-        def expire() -> None:
-            core.forget(request_id)
-            settle(None)
-
-        timer = core.timers.schedule(core.now + REQUEST_TIMEOUT_WRITES * core.config.write_timeout, expire)
-        request_id = core.ask(peer, message_type, fields, settle)
-        if request_id is None:
-            timer.cancel()
-        return request_id
+        return ask_with_deadline(self._core, peer, message_type, fields, handler)
 
     def _pace(self) -> None:
         """Start what the rate, the window and the disk allow; come back in a tick for the rest."""
@@ -525,3 +504,28 @@ class Repair:
 
     def describe(self, peer: str, now: float) -> dict[str, Any]:
         return self.status[peer].describe(now)
+
+
+def ask_with_deadline(core: CoreServices, peer: str, message_type: type, fields: tuple,
+                      handler: Callable[[Any], None]) -> int | None:
+    """``core.ask`` with a deadline: a reply that never comes (a message lost, a
+    peer that hangs without its link closing) fails the request (``handler(None)``)
+    rather than leaving what asked waiting for ever."""
+    answered = False
+
+    def settle(reply: Any) -> None:
+        nonlocal answered
+        if not answered:
+            answered = True
+            timer.cancel()
+            handler(reply)
+
+    def expire() -> None:
+        core.forget(request_id)
+        settle(None)
+
+    timer = core.timers.schedule(core.now + REQUEST_TIMEOUT_WRITES * core.config.write_timeout, expire)
+    request_id = core.ask(peer, message_type, fields, settle)
+    if request_id is None:
+        timer.cancel()
+    return request_id
