@@ -1559,6 +1559,43 @@ def test_a_put_left_undecided_after_a_refusal_keeps_its_readers_until_this_node_
     assert held and all(reply.version == Version(6, "n3") for reply in held)
 
 
+def joining_pull(core, peer="n3", now=0.0):
+    """Anti-entropy's FETCH of "k" from ``peer``, which says it is joining: the reply
+    the core gives now, or None while it holds it."""
+    core.link_up(peer, now, joining=True)
+    core.take_effects()
+    core.request("pull", Fetch(4, "k", None, True), now, from_peer=True, peer=peer)
+    replies = [e.reply for e in core.take_effects() if type(e) is Respond and e.token == "pull"]
+    return replies[0] if replies else None
+
+
+def test_a_joining_peers_pull_waits_only_while_the_put_of_its_key_is_in_progress():
+    """With both peers joining, neither could vote to decide a PUT left undecided here
+    before it had the key, and their pulls of it were held with its readers: no node
+    joined (sim seed 1009156). A joining peer's pull now reads as ``consistency=one``
+    does: held while the PUT is in progress, given an undecided tag, refused a dead one."""
+    core = make_core()
+    core.keydir.committed["k"] = Entry(Version(4, "n2"), False)
+    core.cache.put("k", "old")
+    first_put_sent(core)
+    assert joining_pull(core) is None  # in progress: it may yet be refused and sent again higher
+    for mutant in (None, "hold-joining-pulls"):
+        core = refused_tag_left_here(mutant)
+        core.take_effects()
+        given = joining_pull(core)
+        if mutant:
+            assert given is None
+            continue
+        assert given.version == Version(5, "!n1") and given.value == "v"  # undecided: it may take effect
+        assert fetch_reply(core) is None  # a read's FETCH still waits
+        core.request("voter", Fetch(5, "k", None, True), 0.0, from_peer=True, peer="n2")
+        assert not [e for e in core.take_effects() if type(e) is Respond]  # so does a voter's pull
+    core = dead_tag_left_here()
+    core.take_effects()
+    refused = joining_pull(core)
+    assert isinstance(refused, UnavailableError) and "from a PUT that failed" in refused.message
+
+
 def test_an_undecided_puts_readers_are_released_once_a_peer_holds_its_very_tag():
     """The refuser's newer copy was lost with its disk and every replica came to hold the
     undecided tag: no answer could ever be newer, and the readers of the key were held
@@ -1993,6 +2030,8 @@ def test_a_value_damaged_here_is_mended_from_the_first_peer_holding_its_version(
     assert (again.peer, again.fields) == ("n3", ("k", None, True))
     core.peer_reply("n3", again.request_id, FetchReply(1, damaged, False, "whole"), 0.0)
     assert effects_of(core, Mend) == [Mend("k", damaged, "whole", "n3")]
+    core.loaded("k", DamagedValueError("damaged", key="k", version=damaged), 0.1)  # read before the mend's commit
+    assert not [e for e in core.take_effects() if type(e) is Send]  # no second mend of it queued
 
 
 def test_a_damaged_value_no_peer_gives_is_told_once_and_asked_for_again_at_a_later_read():
@@ -2002,13 +2041,18 @@ def test_a_damaged_value_no_peer_gives_is_told_once_and_asked_for_again_at_a_lat
     link_all(core)
     damaged = Version(4, "n2")
     seen = []
-    for _ in range(2):
-        core.loaded("k", DamagedValueError("damaged", key="k", version=damaged), 0.0)
+    interval = core.config.repair_interval
+    for now in (0.0, interval + 0.1):
+        core.loaded("k", DamagedValueError("damaged", key="k", version=damaged), now)
         (first,) = [e for e in core.take_effects() if type(e) is Send]
-        core.peer_reply(first.peer, first.request_id, UnavailableError("its copy is damaged too"), 0.0)
+        core.peer_reply(first.peer, first.request_id, UnavailableError("its copy is damaged too"), now)
         (second,) = [e for e in core.take_effects() if type(e) is Send]  # the next peer, once the first refused
-        core.peer_failed(second.peer, second.request_id, 0.0)
+        core.peer_failed(second.peer, second.request_id, now)
         seen += core.take_effects()
+        # A read within a repair interval asks no one: two nodes whose copies are both
+        # damaged asked each other for ever, each one's FETCH meeting the other's damage.
+        core.loaded("k", DamagedValueError("damaged", key="k", version=damaged), now + interval / 2)
+        assert not [e for e in core.take_effects() if type(e) is Send]
     assert [e.event for e in seen if type(e) is Notice] == ["damaged_value_unmended"]  # told once, asked twice
     assert not [e for e in seen if type(e) is Mend]
 

@@ -376,8 +376,9 @@ CORE_CASES = {
     # A liveness rule: the simulator catches its mutant only with the narrower run of
     # the seed that found it (test_seed_542010_drains_its_hints), not by its searches.
     "hold-readers-of-a-held-tag": "test_an_undecided_puts_readers_are_released_once_a_peer_holds_its_very_tag",
-    # The same kind (test_seed_721429_drains_its_hints), found by a sweep of seeds
-    # 720,000-721,999 of the default mix (2026-12-06).
+    # The same kind, found by a sweep of seeds 720,000-721,999 of the default mix
+    # (2026-12-06); that seed is now freed by hold-joining-pulls' rule too, so only
+    # this case tells the mutant apart (test_seed_721429_drains_its_hints_and_reads_back).
     "hold-undecided-below-every-peer":
         "test_an_undecided_puts_readers_are_released_once_a_majority_answers_below_its_tag",
     # Liveness while a peer is away (a review of the core, 2026-12-07, confirmed on real

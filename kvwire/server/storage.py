@@ -251,7 +251,8 @@ class Storage:
         self._hint_rows: list[tuple[str, str, int, str]] = []
         self._unhint_rows: list[tuple[str, str, int, str]] = []
         self._purge_rows: list[tuple[str, int, str]] = []
-        self._mend_rows: list[tuple[tuple[bytes, str, int, str], str]] = []  # (MEND's row, the peer it came from)
+        # Per key, MEND's row and the peer it came from, for the next commit.
+        self._mend_rows: dict[str, tuple[tuple[bytes, str, int, str], str]] = {}
         # A tag floor to write in the next commit, and who waits for it.
         self._floor: int | None = None
         self._floor_waiters: list[asyncio.Future[None]] = []
@@ -506,16 +507,16 @@ class Storage:
         version = Version(damaged.counter, damaged.node)
         if key not in self._damaged_keys and len(self._damaged_keys) < 1000:
             self._damaged_keys.add(key)
-            log.error("the value of %r in %s is damaged: %s; this node refuses reads of it (UNAVAILABLE), and asks "
-                      "its peers for their copy of its version %s to mend it", key, self.path, damaged.reason,
-                      tuple(version), extra={"event": "damaged_value"})
+            log.error("the value of %r in %s is damaged: %s; this node refuses reads of it (UNAVAILABLE), and mends "
+                      "it with a peer's copy of its version %s where a peer has one", key, self.path, damaged.reason,
+                      tuple(version), extra={"event": "damaged_value", "key": key})
         return DamagedValueError(f"this node's copy of {key!r} is damaged on its disk ({damaged.reason}); read it "
                                  "through another node (this one mends it from a peer's copy)", key=key, version=version)
 
     def mend(self, key: str, version: Version, value: Any, peer: str) -> None:
         """Rewrite, in the next commit, ``key``'s damaged value with ``peer``'s copy of
         it, if the row is still ``version`` (a write since replaced it otherwise)."""
-        self._mend_rows.append(((pack_value(value), key, version.counter, version.node), peer))
+        self._mend_rows[key] = ((pack_value(value), key, version.counter, version.node), peer)  # one a key
         self._wakeup.set()
 
     # --- writes ------------------------------------------------------------------------
@@ -633,7 +634,7 @@ class Storage:
         floor_waiters, self._floor_waiters = self._floor_waiters, []
         joined, self._clear_joining = self._clear_joining, False
         strand_rows, self._strand_rows = self._strand_rows, []
-        mends, self._mend_rows = self._mend_rows, []
+        mends, self._mend_rows = list(self._mend_rows.values()), {}
         upkeep = _Upkeep(hint_rows, unhint_rows, purge_rows, floor, joined, requests, expire_before, strand_rows,
                          [row for row, _peer in mends])
         started = time.perf_counter()
@@ -677,7 +678,8 @@ class Storage:
             self._clear_joining = self._clear_joining or joined
             self._request_rows[:0] = copied_requests
             self._strand_rows[:0] = strand_rows
-            self._mend_rows[:0] = mends
+            for row, peer in mends:
+                self._mend_rows.setdefault(row[1], (row, peer))  # one queued since is newer
             for write in batch:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
@@ -697,7 +699,8 @@ class Storage:
             if applied:
                 self._damaged_keys.discard(key)  # damaged again later, it is logged again
                 log.warning("mended the damaged value of %r in %s with peer %s's copy of its version %s", key,
-                            self.path, peer, (counter, node), extra={"event": "damaged_value_mended", "peer": peer})
+                            self.path, peer, (counter, node),
+                            extra={"event": "damaged_value_mended", "peer": peer, "key": key})
         self.commits += 1
         self.committed_rows += len(batch)
         for write in batch:

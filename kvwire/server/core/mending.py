@@ -26,9 +26,14 @@ from .services import CoreServices
 # Keys being mended at once: a disk damaged in many places is past mending key
 # by key (docs/operations.md, "Reads through one node fail").
 MAX_MENDING = 64
-# Keys whose failed mending was told: the first thousand, once each (a key that
-# cannot be mended is tried again at every read that meets it).
+# Keys whose failed mending was told: the first thousand, once each.
 MAX_TOLD = 1000
+# Keys resting after a mending ended, mended (its commit still to come) or not:
+# asked for again only a repair interval later. Two nodes holding damaged copies
+# of one key asked each other for ever otherwise, each peer's FETCH meeting the
+# damage and starting a new round (a review's finding), and every read before a
+# mend's commit queued a second copy of the value for it.
+MAX_RESTING = 1000
 
 
 class DamagedValueError(UnavailableError):
@@ -47,13 +52,25 @@ class Mending:
         self._core = core
         self._mending: dict[str, Version] = {}
         self._told: set[str] = set()
+        self._resting: dict[str, float] = {}  # key -> until when it is not asked for again
 
     def start(self, key: str, version: Version) -> None:
-        """Ask the peers for ``key`` at ``version``, unless it is being asked for already."""
-        if key in self._mending or len(self._mending) >= MAX_MENDING:
-            return  # a lone node asks no one, and says so once
+        """Ask the peers for ``key`` at ``version``, unless it is being asked for already,
+        rests after a mending just ended, or 64 keys are being mended (the next read asks)."""
+        now = self._core.now
+        if key in self._mending or len(self._mending) >= MAX_MENDING or self._resting.get(key, now) > now:
+            return
+        self._resting.pop(key, None)
         self._mending[key] = version
-        self._ask_next(key, version, list(self._core.peer_ids))
+        self._ask_next(key, version, list(self._core.peer_ids))  # a lone node's list is empty: it says so
+
+    def _rest(self, key: str) -> None:
+        del self._mending[key]
+        if len(self._resting) >= MAX_RESTING:
+            now = self._core.now
+            self._resting = {held: until for held, until in self._resting.items() if until > now}
+        if len(self._resting) < MAX_RESTING:
+            self._resting[key] = self._core.now + self._core.config.repair_interval
 
     def _ask_next(self, key: str, version: Version, peers: list[str]) -> None:
         core = self._core
@@ -63,18 +80,19 @@ class Mending:
             if ask_with_deadline(core, peer, Fetch, (key, None, True),
                                  lambda reply, peer=peer: self._answered(key, version, peer, peers, reply)) is not None:
                 return
-        del self._mending[key]
+        self._rest(key)
         if key not in self._told and len(self._told) < MAX_TOLD:
             self._told.add(key)
             core.effects.append(Notice(
                 "damaged_value_unmended",
                 f"no peer gave the value of {key!r} at {tuple(version)}, damaged on this node's disk: it stays refused "
-                "here until a write of the key replaces it, and is asked for again at its next read",
+                "here until a write of the key replaces it, or anti-entropy brings a newer copy; a read of it "
+                "asks the peers again, a repair interval from now at the soonest",
                 {"key": key}))
 
     def _answered(self, key: str, version: Version, peer: str, peers: list[str], reply: Any) -> None:
         if isinstance(reply, FetchReply) and reply.version == version and not reply.deleted:
-            del self._mending[key]
+            self._rest(key)
             self._told.discard(key)
             self._core.effects.append(Mend(key, version, reply.value, peer))
             return

@@ -712,9 +712,9 @@ class NodeCore:
         return key in self.one_trips and self.mutant not in SERVES_IN_PROGRESS
 
     def _unordered_hold(self, key: str) -> bool | KvwireError:
-        """What a ``consistency=one`` GET does while a one-round-trip PUT of ``key`` holds
-        the key's readers: True to wait with them, False to read this node's copy, or the
-        error to answer with.
+        """What a ``consistency=one`` GET, or a joining peer's anti-entropy pull, does while
+        a one-round-trip PUT of ``key`` holds the key's readers: True to wait with them,
+        False to read this node's copy, or the error to answer with.
 
         ``one`` promises no order, but never a value no PUT wrote: a PUT whose client
         was told nothing was written wrote none. While the PUT is in progress it waits,
@@ -731,7 +731,7 @@ class NodeCore:
             return False
         return UnavailableError(
             f"this node's copy of {key!r} is from a PUT that failed, and it has yet to fetch its peers' newer "
-            "copy: read another node")
+            "copy: read another node (or, pulling it, try again later)")
 
     def one_trip_started(self, key: str) -> None:
         self.one_trips.add(key)
@@ -767,7 +767,8 @@ class NodeCore:
         """This node's committed copy of ``key``, from memory or after a ``Load``;
         or, if reading the disk failed, the error to answer with. While a
         one-round-trip PUT of ``key`` is in progress here, once it is decided,
-        unless the reader is not ``ordered`` (a ``consistency=one`` GET: _unordered_hold)."""
+        unless the reader is not ``ordered`` (a ``consistency=one`` GET, a joining peer's
+        pull: _unordered_hold)."""
         if self._holds_readers(key):
             hold = True if ordered else self._unordered_hold(key)
             if hold is True:

@@ -13,7 +13,10 @@ can ever hold it as its newest, so no read can return it. Nor can one have
 returned it already: this node committed it first, but gives its copy of the
 key to no quorum reader (a peer's FETCH, its own quorum reads, hint replay, a disk
 read begun before the PUT) until the PUT is decided (``NodeCore.committed_copy``
-and ``loaded``). Without that hold, a quorum read
+and ``loaded``). A joining peer's anti-entropy pull is no quorum reader: it reads
+as a ``consistency=one`` GET does (``NodeCore._unordered_hold``), waiting only
+while the PUT is in progress, since a joiner votes only once caught up from every
+peer (``hold-joining-pulls``). Without that hold, a quorum read
 whose own copy was older took the tag from here while the replicas were
 refusing it for concurrent writes, and the retry then put the value above a
 write that began after the read (``serve-in-progress``, twenty clients on ten
