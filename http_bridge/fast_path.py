@@ -242,8 +242,9 @@ class FastPath:
         watch.transport.close()
 
     def hold(self, holder: FastPathProtocol | HandedOver, nbytes: int) -> None:
-        """``holder`` now holds ``nbytes`` of requests still arriving; past --max-buffered-bytes
-        for all, the connection holding the most is answered 503 and closed."""
+        """``holder`` now holds ``nbytes`` of requests still arriving and answers not yet read;
+        past --max-buffered-bytes for all, the connection holding the most is answered 503 and
+        closed, or dropped where no answer would be read or one is owed (``may_be_answered``)."""
         biggest = self.buffers.hold(holder, nbytes)
         if biggest is None:
             return

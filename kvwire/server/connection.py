@@ -17,13 +17,13 @@ from typing import Any
 
 from msgspec import Raw
 
+from ..buffer_budget import ClientBuffers
 from ..protocol.codec import encode
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
 from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
 from .access import ANONYMOUS, PEER
-from ..buffer_budget import ClientBuffers
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox
