@@ -569,6 +569,29 @@ def test_a_retried_put_whose_tentative_tag_is_not_the_newest_is_left_undecided()
     assert isinstance(respond.reply, NoQuorumError) and respond.reply.maybe_applied is True
 
 
+def test_a_retry_finishing_a_firm_tag_has_the_replicas_holding_newer_remember_it():
+    """Replicas holding newer count as acknowledging a firm tag's retry, so each must
+    remember the request at it (``read``, as for a LOOKUP PUT's tag): n3 did not, and a
+    later attempt whose majority was n1 and n3 wrote the PUT a second time, over a PUT
+    acknowledged after the retry (sim seed 1100540). A tentative tag's retry counts only
+    replicas holding it as their newest, and asks no one to remember it."""
+    for tentative in (False, True):
+        core = make_core()
+        link_all(core)
+        core.keydir.committed["k"] = Entry(Version(5, "n3"), False)
+        core.applied.remember("req-1", "k", Version(3, "n1"), 0.0, tentative=tentative)
+        core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
+        sends = effects_of(core, Send)
+        assert sends and all(send.fields[1] == Version(3, "n1") for send in sends)
+        assert all(bool(send.fields[6]) is not tentative for send in sends), [send.fields for send in sends]
+        replica = make_core("n3")
+        replica.keydir.committed["k"] = Entry(Version(5, "n3"), False)
+        replica.request("t", Replicate(1, *sends[0].fields), 0.0, from_peer=True)
+        commit_all(replica, replica.take_effects())
+        record = replica.applied.find("req-1", "k", 0.0)
+        assert (record is not None and record.version == Version(3, "n1")) is not tentative
+
+
 def test_a_replica_remembers_the_request_of_what_it_applied_and_says_so_to_lookup():
     core = make_core("n2")
     core.request("t", Replicate(1, "k", Version(3, "n1"), "v", False, None, "req-9"), 0.0, from_peer=True)

@@ -280,6 +280,13 @@ TARGETED = {
     # this mix, 2026-12-07; none below it of the mix's first 1,500 failed).
     "mint-on-stale-lookup": ["--faults", "pause,network", "--clients", "15", "--ops", "400",
                              "--client-timeout", "0.6", "--max-steps", "2000000"],
+    # A retry through n2 finished the PUT's firm tag (3, n2), counting n3, which held
+    # (5, n3), as an acknowledgement; n3 kept no record of it, and the first attempt,
+    # read by n1 after a pause with n2 paused, found none on n1 and n3 and wrote it
+    # again at (8, n1), over a PUT acknowledged after the retry (seed 1100540, found by
+    # a sweep of seeds 1,100,000-1,101,499 of this mix, 2026-12-07).
+    "complete-unrecorded": ["--faults", "pause,network", "--clients", "15", "--ops", "400",
+                            "--client-timeout", "0.6", "--max-steps", "2000000"],
 }
 
 # Where a mutant's search starts, when not at seed 0 (the reasons are above): the
@@ -299,7 +306,9 @@ SEARCH_FROM = {
     # moved serve-in-progress from 2106 past its search from 2000, and
     # keep-floor-to-self (below) from 17137 to 22696.
     "serve-in-progress": 3000,
-    "keep-floor-to-self": 22000,
+    # Asking replicas holding newer to remember a retry's firm tag (2026-12-07) moved
+    # keep-floor-to-self past 22000-29999 too; found again on 37448 (33172 undecided).
+    "keep-floor-to-self": 37000,
     # Waiting for a write of the key in progress here before minting (docs/design.md
     # 1.2, step 2) moved no-floor past its search, from 464 to 1091, and
     # keep-floor-to-self from 11009 to 12299 (searched on from 11000 + 1,000), and then
@@ -319,6 +328,7 @@ SEARCH_FROM = {
     # with both peers joining at once, a PUT left undecided on the third held their
     # pulls of its key, and none joined. The only failure in the first 9,157 seeds.
     "hold-joining-pulls": 1009000,
+    "complete-unrecorded": 1100000,
 }
 
 # The first seed of each mutant's search (its TARGETED mix, or every fault kind with
@@ -338,10 +348,10 @@ CAUGHT_ON = {
     "volatile-request-ids": 750, "ignore-observed": 2097, "forget-read-requests": 480,
     "serve-in-progress": 3584, "stack-on-stranded": 37669, "joining-vouches": 528,
     "one-trip-after-stall": 25, "forget-superseded-requests": 686, "forget-late-commits": 2858,
-    "keep-floor-to-self": 22696, "vote-after-lost-send": 134, "remint-lost-tags": 721,
+    "keep-floor-to-self": 37448, "vote-after-lost-send": 134, "remint-lost-tags": 721,
     "no-repair-while-joining": 248, "join-by-live-digests": 14141, "join-without-requests": 3194,
     "reuse-minter-name": 985415, "proposals-rank-level": 101489, "stack-on-in-progress": 731,
-    "mint-on-stale-lookup": 931189, "hold-joining-pulls": 1009156,
+    "mint-on-stale-lookup": 931189, "hold-joining-pulls": 1009156, "complete-unrecorded": 1100540,
 }
 
 

@@ -116,6 +116,7 @@ MUTANTS = (
     "serve-failed-to-one-reads",  # a consistency=one GET is given a tag of a PUT in progress, or of one that failed
     "mint-on-stale-lookup",  # a LOOKUP PUT that waited for a write of its key here mints on its round's old answers
     "hold-joining-pulls",  # a joining peer's repair FETCH waits behind a PUT of the key left undecided here
+    "complete-unrecorded",  # a retried PUT finishing its firm tag asks no replica holding newer to remember it
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the

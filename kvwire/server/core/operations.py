@@ -462,6 +462,13 @@ class Write(_ReplicatedWrite):
         # the newest, else undecided. Any other was above every write finished
         # before its PUT began, so newer tags held now came after it.
         self._exact = tentative and self._core.mutant != "complete-over-newer"
+        # A firm tag's replicas that hold newer count as its acknowledgement (above), so
+        # each must remember the request at it, as those of a LOOKUP PUT's tag do
+        # (``read``): else a later attempt's majority without this node found no
+        # record, and wrote the PUT a second time, over a write acknowledged after it
+        # (sim seed 1100540 of fifteen clients that give up after 0.6 s, pauses and
+        # lost messages).
+        self._firm = not tentative and self._core.mutant != "complete-unrecorded"
         self._commit(False, self._request.value, self._packed)
 
     def _mint_after_waiting(self, copies: list[Copy]) -> None:
