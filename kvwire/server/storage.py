@@ -28,7 +28,7 @@ from typing import Any, Iterator, NamedTuple
 
 import aiosqlite
 
-from ..protocol.errors import InternalServerError, KvwireError, UnavailableError
+from ..protocol.errors import InternalServerError, KvwireError
 from ..protocol.messages import Version
 from ..protocol.values import pack_value, stored_value, structure_error
 from .config import SyncMode
