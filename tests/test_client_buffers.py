@@ -20,7 +20,7 @@ from kvwire import Client, KeyNotFoundError
 from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Get, HelloReply, Put, PutReply, encode
 from kvwire.buffer_budget import ClientBuffers
 from kvwire.server.config import ServerConfig
-from kvwire.testing import LocalCluster, NodeProcess, RawConnection, free_port, wait_for
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, free_port, held_connections, wait_for
 
 from test_metrics import scrape, value
 
@@ -138,17 +138,8 @@ def test_a_connection_closed_with_replies_its_client_never_reads_is_dropped_at_t
             reader.shutdown(socket.SHUT_WR)
             wait_for(lambda: "it read none of the replies sent it for 0.5 s" in cluster["n1"].log(), timeout=10,
                      what="the node dropping it")
-            wait_for(lambda: _established_at(int(port), reader.getsockname()[1]) == 0, timeout=10,
+            wait_for(lambda: held_connections(cluster["n1"].address, reader.getsockname()[1]) == 0, timeout=10,
                      what="the node's side of the closed connection dropped")
-
-
-def _established_at(port: int, peer_port: int) -> int:
-    """Connections the node's process holds at ``port`` from ``peer_port`` (/proc/net/tcp:
-    01, established, or 08, its client's side ended and its own not yet closed)."""
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    return sum(1 for row in rows if int(row[1].split(":")[1], 16) == port and int(row[2].split(":")[1], 16) == peer_port
-               and row[3] in ("01", "08"))
 
 
 def test_a_frame_arriving_on_a_peer_link_is_not_counted(tmp_path):

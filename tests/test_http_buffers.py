@@ -21,7 +21,9 @@ from rest_helpers import PREFIX, BridgeProcess, http, read_response
 
 from kvwire import Client
 from kvwire.http_bridge import BridgeConfig
-from kvwire.testing import NodeProcess, free_port, wait_for
+from kvwire.testing import NodeProcess, free_port, held_connections, wait_for
+
+from test_metrics import scrape, value
 
 KB = 1000
 BODY_BYTES = 1000 * KB
@@ -34,17 +36,12 @@ def node(tmp_path_factory):
         yield node
 
 
-def _metric(bridge: BridgeProcess, name: str) -> float:
-    text = http("GET", f"{bridge.url}/metrics").text
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} "))
-
-
 def buffered(bridge: BridgeProcess) -> float:
-    return _metric(bridge, "kvwire_http_buffered_bytes")
+    return value(scrape(f"127.0.0.1:{bridge.port}"), "kvwire_http_buffered_bytes")
 
 
 def evicted(bridge: BridgeProcess) -> float:
-    return _metric(bridge, "kvwire_http_connections_evicted_total")
+    return value(scrape(f"127.0.0.1:{bridge.port}"), "kvwire_http_connections_evicted_total")
 
 
 def put_head(key: str, length: int, *extra: str) -> bytes:
@@ -160,17 +157,10 @@ def test_answers_a_client_leaves_unread_count_too(node, tmp_path):
         assert buffered(bridge) <= BUDGET
         # Dropped, not closed: a close waits for its client to read, for good, holding its
         # answers uncounted (a review found it). The others stay open (--idle-timeout).
-        wait_for(lambda: _established_at(bridge.port) == len(readers) - evicted(bridge), timeout=10,
+        wait_for(lambda: held_connections(f"127.0.0.1:{bridge.port}") == len(readers) - evicted(bridge), timeout=10,
                  what="the bridge's side of the closed connection gone")
         assert http("GET", f"{bridge.url}{PREFIX}/kv/large/").json["value"] == "v" * (900 * KB)
         assert "Traceback" not in bridge.log()
-
-
-def _established_at(port: int) -> int:
-    """Connections the bridge's side holds open at ``port`` (/proc/net/tcp: state 01)."""
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    return sum(1 for row in rows if int(row[1].split(":")[1], 16) == port and row[3] == "01")
 
 
 def _within(condition, seconds: float) -> bool:

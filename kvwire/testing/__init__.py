@@ -19,7 +19,7 @@ from __future__ import annotations
 from .certs import DevCerts
 from .cluster import LocalCluster, write_auth_file
 from .errors import error_classes, sample_error
-from .node import (NodeProcess, free_port, free_port_run, own_sockets_to, started_together, unread_bytes, wait_for,
+from .node import (NodeProcess, free_port, free_port_run, held_connections, own_sockets_to, started_together, unread_bytes, wait_for,
                    wait_for_async)
 from .process import ChildProcess, LineCopy, stop_gracefully
 from .scripted import ScriptedNode
@@ -37,6 +37,7 @@ __all__ = [
     "error_classes",
     "free_port",
     "free_port_run",
+    "held_connections",
     "own_sockets_to",
     "sample_error",
     "started_together",

@@ -148,6 +148,15 @@ def unread_bytes(address: str) -> int:
     return total
 
 
+def held_connections(address: str, peer_port: int | None = None) -> int:
+    """How many accepted TCP connections of the IPv4 listener at ``address`` (from
+    ``peer_port``, if given) its process still holds: established (01), or ended by
+    the client and not yet closed on its side (08, CLOSE_WAIT). One the process has
+    closed or dropped no longer counts, even while the kernel still ends it."""
+    return sum(1 for fields in _tcp_connections(address, 1) if fields[3] in ("01", "08")
+               and (peer_port is None or int(fields[2].split(":")[1], 16) == peer_port))
+
+
 def own_sockets_to(address: str) -> int:
     """How many TCP sockets this process holds open to the IPv4 ``address``, in any
     state: its descriptors (``/proc/self/fd``) matched to ``/proc/net/tcp`` by inode.
