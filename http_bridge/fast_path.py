@@ -31,7 +31,7 @@ from aiohttp import web
 
 from kvwire.buffer_budget import ClientBuffers
 from kvwire.client import KvwireError
-from kvwire.tls import TLS_SHUTDOWN_TIMEOUT
+from kvwire.tls_listener import TlsListener
 
 from .app import (
     CONFIG,
@@ -588,6 +588,12 @@ def answer_bytes(answer: Answer, date: bytes, *, close: bool) -> bytes:
     return b"".join(head)
 
 
+def plain_http_answer(first_bytes: bytes) -> bytes:
+    """What an HTTPS bridge answers a connection that speaks plain HTTP (TlsListener)."""
+    message = "this port serves HTTPS, and the request came in plain HTTP: send it to https:// instead"
+    return answer_bytes(json_error_answer(400, message), formatdate(usegmt=True).encode(), close=True)
+
+
 def _logged_path(request: Request) -> str:
     """The path as aiohttp's ``request.path`` logs it: percent-decoded, no query."""
     return unquote(request.raw_path.partition("?")[0])
@@ -629,18 +635,23 @@ class FastPathSite(web.TCPSite):
         await web.BaseSite.start(self)  # registers the site with its runner
         self._fast_path = FastPath(self._runner, parse_requests=self._parse_requests)
         self._fast_path.bounds.start()
-        tls = {}
-        if self._ssl_context is not None:
-            # A handshake is held at most --request-timeout, as a request's head is (asyncio's
-            # default is 60 s), and a closed connection's close_notify waited for 1 s, not 30:
-            # a probe (2026-12-07) held 300 silent handshakes a minute each, past every
-            # bound, and took the process's open files with them.
-            tls = {"ssl_handshake_timeout": self._fast_path.config.request_timeout,
-                   "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT}
-        self._server = await asyncio.get_running_loop().create_server(
-            self._fast_path, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_address=self._reuse_address, reuse_port=self._reuse_port, **tls,
-        )
+        if self._ssl_context is None:
+            self._server = await asyncio.get_running_loop().create_server(
+                self._fast_path, self._host, self._port, backlog=self._backlog,
+                reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            )
+        else:
+            # The node's listener: each failed handshake logged, at most --max-connections
+            # running, each held at most --request-timeout, as a request's head is (asyncio's
+            # default is 60 s; a probe on 2026-12-07 held 300 silent handshakes a minute each,
+            # past every bound, and took the process's open files with them), and plain HTTP
+            # answered 400 rather than dropped.
+            self._server = await TlsListener.start(
+                self._fast_path, self._host, self._port, context=self._ssl_context, backlog=self._backlog,
+                max_handshakes=self._fast_path.bounds.max_connections,
+                handshake_timeout=self._fast_path.config.request_timeout, plaintext_answer=plain_http_answer,
+                logger=log, reuse_port=self._reuse_port,
+            )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
     async def stop(self) -> None:

@@ -65,7 +65,7 @@ def test_tls_passes_through_the_tcp_frontend(tls_setup):
             assert kv.get("through haproxy") == "encrypted"
             seen.add(kv.health()["node_id"])
     assert seen == {"n1", "n2", "n3"}
-    with pytest.raises(KvwireConnectionError, match="connect with --tls"):
+    with pytest.raises(KvwireConnectionError, match="this node serves TLS on this port, and the connection is plaintext"):
         with Client([lb.tcp_address], timeout=2) as plain:
             plain.get("through haproxy")
 

@@ -25,14 +25,17 @@ ALLOWED = {
     "kvwire.tls": set(),  # the standard library's ssl only, so that every side can share it
     "kvwire.small_file": set(),  # the standard library only: the node's and the CLI's small files
     "kvwire.buffer_budget": set(),  # the standard library only: the node's and the bridge's
+    "kvwire.log_limit": set(),  # the standard library only: the node's and the bridge's
+    "kvwire.tls_listener": {"kvwire.protocol", "kvwire.tls", "kvwire.log_limit"},  # the node's and the bridge's
     "kvwire.secret_file": {"kvwire.protocol", "kvwire.small_file"},
     "kvwire.client": {"kvwire.protocol", "kvwire.backoff", "kvwire.tls"},
     "kvwire.server": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls", "kvwire.small_file",
-                      "kvwire.buffer_budget"},
+                      "kvwire.buffer_budget", "kvwire.log_limit", "kvwire.tls_listener"},
     "kvwire.check": {"kvwire.protocol"},
     "kvwire.sim": {"kvwire.protocol", "kvwire.backoff", "kvwire.server", "kvwire.check"},
     "kvwire.testing": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.secret_file", "kvwire.tls"},
-    "kvwire.http_bridge": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls", "kvwire.buffer_budget"},
+    "kvwire.http_bridge": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.tls", "kvwire.buffer_budget",
+                           "kvwire.log_limit", "kvwire.tls_listener"},
     "kvwire.bench": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.testing", "kvwire.tls"},
     "kvwire.chaos": {"kvwire.protocol", "kvwire.backoff", "kvwire.client", "kvwire.check", "kvwire.testing"},
     "kvwire.cli": None,  # anything
@@ -41,7 +44,7 @@ ALLOWED = {
 }
 # kvwire.sim drives the pure core only, never the asyncio shell around it.
 SHELL = {"kvwire.server.node", "kvwire.server.connection", "kvwire.server.peers", "kvwire.server.storage",
-         "kvwire.server.app", "kvwire.server.datadir", "kvwire.server.flow", "kvwire.server.tls_listener"}
+         "kvwire.server.app", "kvwire.server.datadir", "kvwire.server.flow", "kvwire.tls_listener"}
 
 
 def _modules() -> dict[str, Path]:

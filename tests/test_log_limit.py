@@ -1,4 +1,4 @@
-"""Refusals anyone who can connect can cause are logged a few at a time (kvwire/server/log_limit.py):
+"""Refusals anyone who can connect can cause are logged a few at a time (kvwire/log_limit.py):
 the rule on a virtual clock, then a real node sent twenty thousand refused HELLOs in one write."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 from kvwire import Client
 from kvwire.protocol import ErrorCode, ErrorReply, Hello
 from kvwire.protocol.codec import encode
-from kvwire.server.log_limit import LogLimit
+from kvwire.log_limit import LogLimit
 from kvwire.testing import NodeProcess, RawConnection, wait_for, write_auth_file
 
 

@@ -349,10 +349,22 @@ def test_a_client_without_a_certificate_is_refused_and_logged_by_the_node(tls_no
 
 
 def test_plain_and_tls_mixed_up_are_each_told_what_to_do(tls_node, shared_node, certs):
-    with pytest.raises(KvwireConnectionError, match=r"if it serves TLS, connect with --tls"):
+    told = r"the node reported: this node serves TLS on this port, and the connection is plaintext: connect with TLS"
+    with pytest.raises(KvwireConnectionError, match=told):
         with Client([tls_node.address], timeout=2) as kv:
             kv.get("greeting")
-    wait_for_log(tls_node, "the other side does not speak TLS")
+    wait_for_log(tls_node, "sent plaintext, not a TLS handshake (first byte 0x00): answered that this port serves TLS")
+    # On the wire: one ERROR frame that answers no request, then the node's close.
+    with connect_socket(tls_node.host, tls_node.port, timeout=10) as raw:
+        raw.sendall(encode(Ping(7)))
+        reader = Connection(Side.CLIENT)
+        while (data := raw.recv(4096)):
+            reader.receive_data(data)
+        reader.receive_data(b"")
+        events = []
+        while (event := reader.next_event()) not in (NEED_DATA, CLOSED):
+            events.append(event)
+    assert [(type(e), e.id, e.code) for e in events] == [(ErrorReply, None, ErrorCode.BAD_REQUEST)], events
     with pytest.raises(KvwireConnectionError, match=r"is the node serving TLS \(kvwire serve --tls-cert\)\?"):
         with Client([shared_node.address], timeout=2, **certs.client_options()) as kv:
             kv.get("greeting")
@@ -419,7 +431,7 @@ def test_kvwire_cli_and_the_bench_speak_tls_with_the_environment_or_options(tls_
     result = json.loads(bench.stdout)
     assert result["ops"] > 0 and result["errors"] == 0 and result["connections_lost"] == 0, result
     # Without TLS, or with another CA: one line naming the node and why, as kvwire-cli says it.
-    for args, why in (((), "if it serves TLS, give --tls (or --tls-ca)"),
+    for args, why in (((), "this node serves TLS on this port, and the connection is plaintext: connect with TLS"),
                       (("--tls-ca", str(certs.client.cert)), "TLS handshake failed: CERTIFICATE_VERIFY_FAILED")):
         failed = run_kvwire(sys.executable, "-m", "kvwire", "bench", "--endpoints", tls_node.address,
                             "--duration", "1", "--warmup", "0", "--keys", "10", *args, timeout=60)
@@ -503,10 +515,15 @@ def test_the_bridge_serves_https_in_front_of_tls_nodes(tls_cluster, tmp_path):
         created = http("PUT", f"{base}/kv/over-https/", {"value": "yes"}, ssl_context=bridge.ssl_context)
         assert created.status == 201, created.text
         assert http("GET", f"{base}/kv/over-https/", ssl_context=bridge.ssl_context).json["value"] == "yes"
-        with pytest.raises(OSError):  # plain HTTP is not answered on the HTTPS port
-            http("GET", f"http://127.0.0.1:{bridge.port}{PREFIX}/health/", timeout=3)
+        # Plain HTTP on the HTTPS port is told so, as nginx does, rather than dropped unanswered.
+        plain = http("GET", f"http://127.0.0.1:{bridge.port}{PREFIX}/health/", timeout=3)
+        assert plain.status == 400, plain.text
+        assert "came in plain HTTP: send it to https://" in plain.json["error"]
+        assert plain.headers["Connection"] == "close"
+        wait_for_log(bridge, "sent plaintext, not a TLS handshake (first byte 0x47)")
         with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):  # nor trusted without the CA
             http("GET", f"{base}/health/", ssl_context=ssl.create_default_context(), timeout=3)
+        assert "failed" in wait_for_log(bridge, "TLS handshake with 127.0.0.1:")  # the refusal is logged, as a node's
         # The fast path over TLS: a raw request answered, and the connection closed when the
         # client ends TLS (close_notify) without the TLS transport's warning about a half-close.
         with socket.create_connection(("127.0.0.1", bridge.port), timeout=10) as raw:
@@ -631,6 +648,7 @@ def test_a_tls_node_serves_its_rest_api_over_https(tmp_path, certs):
         assert http("PUT", f"{base}/kv/k/", {"value": 42}, ssl_context=context).status == 201
         with Client([node.address], timeout=3, **certs.client_options()) as kv:
             assert kv.get("k") == 42
+        assert http("GET", f"http://127.0.0.1:{port}{PREFIX}/health/", timeout=3).status == 400  # plain HTTP, told so
 
 
 def _answers(url: str, context: ssl.SSLContext) -> bool:
@@ -660,7 +678,7 @@ def test_up_with_tls_runs_a_tls_cluster_and_prints_how_to_reach_it(tmp_path):
         reply = http("GET", f"https://127.0.0.1:{bridges}{PREFIX}/kv/greeting/", ssl_context=context)
         assert reply.status == 200 and reply.json["value"] == "hello over tls", reply.text
         plain = cli("--endpoints", env["KVWIRE_ENDPOINTS"], "--timeout", "2", "get", "greeting")
-        assert plain.returncode == 3 and "connect with --tls" in one_line(plain.stderr)
+        assert plain.returncode == 3 and "connect with TLS (--tls in kvwire-cli" in one_line(plain.stderr)
         up.process.send_signal(signal.SIGINT)
         assert up.wait_exit() == 0, up.stderr
         assert "Traceback" not in up.stderr
@@ -760,12 +778,12 @@ def test_a_refused_certificate_gets_the_hint_its_reason_calls_for(verify_code, h
 
 
 def test_failed_handshakes_are_logged_a_few_at_a_time(tmp_path, certs):
-    """Anyone can fail a handshake: fifteen clients that do not speak TLS make ten lines, and a count."""
+    """Anyone can fail a handshake: fifteen clients that send no real ClientHello make ten lines, and a count."""
     with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--sync", "off"]) as node:
         host, port = node.address.rsplit(":", 1)
         for _ in range(15):
             with socket.create_connection((host, int(port)), timeout=5) as plain:
-                plain.sendall(b"\x00\x00\x00\x05hello")  # not a ClientHello
+                plain.sendall(b"\x16\x03\x01\x00\x05hello")  # a handshake record, but no ClientHello
                 try:
                     plain.recv(100)  # until the node closes it, its handshake failed
                 except ConnectionResetError:

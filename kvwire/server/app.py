@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from prometheus_client.registry import CollectorRegistry
 
-from ..protocol import format_endpoint
+from ..protocol import ErrorCode, ErrorReply, encode, format_endpoint
 from ..tls import server_context
 from .config import ServerConfig
 from .connection import NodeProtocol
@@ -25,7 +25,7 @@ from .node import Node
 from .outbox import Outbox
 from .stall import StallWatch
 from .storage import REJOIN_FILE_NAME, DataDirLostError, Storage, mark_for_rejoin
-from .tls_listener import TlsListener
+from ..tls_listener import TlsListener
 
 log = logging.getLogger("kvwire.server")
 
@@ -120,7 +120,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
                 lambda: NodeProtocol(node, connections, outbox), config.host, config.port, context=tls_context,
                 # The handshake comes before HELLO, and shares its deadline.
                 backlog=_LISTEN_BACKLOG, max_handshakes=config.max_connections, handshake_timeout=config.hello_timeout,
-                log_limit=node.limited_log,
+                log_limit=node.limited_log, plaintext_answer=_plaintext_refusal,
             )
     except BaseException:
         # Nothing was sent, but what the opening found stands for the next start.
@@ -230,6 +230,17 @@ async def _wait_closed_by_the_other_side(connections: set[NodeProtocol], timeout
     give_up = loop.time() + timeout
     while connections and loop.time() < give_up:
         await asyncio.sleep(_LINGER_POLL)
+
+
+# A client without TLS, sent by TlsListener in place of the handshake it cannot do:
+# kvwire's client shows the message, rather than a connection closed unanswered.
+_PLAINTEXT_REFUSAL = encode(ErrorReply(None, ErrorCode.BAD_REQUEST, "this node serves TLS on this port, and the "
+                                       "connection is plaintext: connect with TLS (--tls in kvwire-cli and kvwire "
+                                       "bench, tls=True in the Python client)"))
+
+
+def _plaintext_refusal(first_bytes: bytes) -> bytes:
+    return _PLAINTEXT_REFUSAL
 
 
 async def _shut_down(server: asyncio.AbstractServer | TlsListener, connections: set[NodeProtocol], node: Node, timeout: float) -> None:

@@ -52,7 +52,7 @@ from .core import (
 )
 from .core.keydir import MAX_ACCEPTED_COUNTER
 from .failure_detector import PeerState, Transition
-from .log_limit import LogLimit
+from ..log_limit import LogLimit
 from .peers import PeerLinks
 from .storage import Storage
 from .tally import RequestMetrics

@@ -7,8 +7,16 @@ plain sockets and runs each handshake itself through
 ``loop.connect_accepted_socket``, which raises the handshake's error with the
 peer's address at hand. (``start_tls`` on an accepted transport would do the
 same, but uvloop starts reading before it can take over and the ClientHello
-is lost.) Once the handshake is done the connection is the node's protocol's,
-exactly as with ``create_server``.
+is lost.) Once the handshake is done the connection is the protocol's (a
+node's or an HTTPS bridge's), exactly as with ``create_server``.
+
+Given a ``plaintext_answer``, it first peeks at the connection's first byte.
+Every TLS client begins with a handshake record (0x16); anything else is a
+client speaking plaintext to a TLS port (``curl http://`` to an HTTPS bridge,
+a client without ``--tls``), which a handshake would only drop with an empty
+reply. It gets the answer instead, saying so in its own protocol, and the
+connection is closed, as nginx and Go's net/http answer plain HTTP on an
+HTTPS port.
 """
 
 from __future__ import annotations
@@ -19,15 +27,19 @@ import socket
 import ssl
 from typing import Callable
 
-from ..protocol.address import format_endpoint
-from ..tls import TLS_SHUTDOWN_TIMEOUT, describe_tls_error
 from .log_limit import LogLimit
+from .protocol.address import format_endpoint
+from .tls import TLS_SHUTDOWN_TIMEOUT, describe_tls_error
 
 log = logging.getLogger("kvwire.server")
 
 # A connection that has not finished its handshake by then is dropped, so
 # half-open handshakes cannot pin sockets (asyncio's default is 60 s).
 HANDSHAKE_TIMEOUT = 5.0
+# The first byte of a TLS handshake record, what every TLS client sends first.
+TLS_HANDSHAKE_RECORD = 0x16
+# What a plaintext connection is answered, given its first bytes (at least one).
+PlaintextAnswer = Callable[[bytes], bytes]
 
 
 class TlsListener:
@@ -38,10 +50,13 @@ class TlsListener:
 
     def __init__(self, sockets: list[socket.socket], context: ssl.SSLContext,
                  protocol_factory: Callable[[], asyncio.Protocol], handshake_timeout: float, max_handshakes: int,
-                 log_limit: LogLimit | None = None) -> None:
+                 log_limit: LogLimit | None = None, plaintext_answer: PlaintextAnswer | None = None,
+                 logger: logging.Logger = log) -> None:
         self.sockets = sockets
+        self._log = logger
+        self._plaintext_answer = plaintext_answer
         # Anyone who can connect can fail a handshake: its lines are logged a few at a time.
-        self._log_limit = log_limit or LogLimit(log)
+        self._log_limit = log_limit or LogLimit(logger)
         self._context = context
         self._protocol_factory = protocol_factory
         self._handshake_timeout = handshake_timeout
@@ -54,12 +69,17 @@ class TlsListener:
     @classmethod
     async def start(cls, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int, *,
                     context: ssl.SSLContext, backlog: int, max_handshakes: int,
-                    handshake_timeout: float = HANDSHAKE_TIMEOUT, log_limit: LogLimit | None = None) -> TlsListener:
+                    handshake_timeout: float = HANDSHAKE_TIMEOUT, log_limit: LogLimit | None = None,
+                    plaintext_answer: PlaintextAnswer | None = None, logger: logging.Logger = log,
+                    reuse_port: bool | None = None) -> TlsListener:
         """Bind every address ``host`` resolves to, as ``create_server`` does; OSError if one can't be bound.
 
         At most ``max_handshakes`` handshakes run at once (the node passes its
         connection limit); a connection beyond them is closed at once, so a
-        flood of slow handshakes costs bounded memory and CPU."""
+        flood of slow handshakes costs bounded memory and CPU. A connection
+        whose first byte opens no TLS handshake is sent ``plaintext_answer(its
+        first bytes)`` and closed, if given (the module's docstring); lines
+        are logged to ``logger``."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         sockets: list[socket.socket] = []
@@ -68,6 +88,8 @@ class TlsListener:
                 listener = socket.socket(family, kind, proto)
                 sockets.append(listener)
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 listener.bind(address)
@@ -77,7 +99,8 @@ class TlsListener:
             for listener in sockets:
                 listener.close()
             raise
-        return cls(sockets, context, protocol_factory, handshake_timeout, max_handshakes, log_limit)
+        return cls(sockets, context, protocol_factory, handshake_timeout, max_handshakes, log_limit,
+                   plaintext_answer, logger)
 
     def close(self) -> None:
         """Stop accepting and drop the handshakes in progress; established connections stay."""
@@ -97,7 +120,7 @@ class TlsListener:
             try:
                 connection, address = await loop.sock_accept(listener)
             except OSError as exc:  # out of file descriptors, say: keep the listener alive
-                log.error("accepting a connection failed: %s", exc.strerror or exc)
+                self._log.error("accepting a connection failed: %s", exc.strerror or exc)
                 await asyncio.sleep(0.1)
                 continue
             if self._handshakes >= self._max_handshakes:
@@ -105,7 +128,7 @@ class TlsListener:
                 remote = format_endpoint(address[0], address[1])
                 self._log_limit.log(logging.WARNING, "connections refused at the handshake limit",
                                     "%d TLS handshakes already running (--max-connections); closing the connection "
-                                    "from %s at once", self._handshakes, remote, logger=log,
+                                    "from %s at once", self._handshakes, remote, logger=self._log,
                                     extra={"event": "tls_handshakes_at_limit", "remote": remote})
                 connection.close()
                 continue
@@ -116,14 +139,22 @@ class TlsListener:
         remote = format_endpoint(address[0], address[1])
         started = loop.time()
         self._handshakes += 1
+        handed_over = False
         try:
+            if self._plaintext_answer is not None:
+                first = await asyncio.wait_for(_peek(loop, connection), self._handshake_timeout)
+                if not first or first[0] != TLS_HANDSHAKE_RECORD:
+                    await self._answer_plaintext(connection, first, remote)
+                    return
+            timeout = max(0.1, self._handshake_timeout - (loop.time() - started))
+            handed_over = True
             await loop.connect_accepted_socket(
-                self._protocol_factory, connection, ssl=self._context, ssl_handshake_timeout=self._handshake_timeout,
+                self._protocol_factory, connection, ssl=self._context, ssl_handshake_timeout=timeout,
                 ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
             )
         except ssl.SSLError as exc:
             self._log_limit.log(logging.WARNING, "failed TLS handshakes", "TLS handshake with %s failed: %s", remote,
-                                describe_tls_error(exc), logger=log,
+                                describe_tls_error(exc), logger=self._log,
                                 extra={"event": "tls_handshake_failed", "remote": remote})
         except (OSError, TimeoutError) as exc:
             # Past the deadline (asyncio raises TimeoutError, uvloop ConnectionAbortedError):
@@ -133,9 +164,49 @@ class TlsListener:
             if isinstance(exc, TimeoutError) or loop.time() - started >= self._handshake_timeout:
                 self._log_limit.log(logging.WARNING, "unfinished TLS handshakes", "TLS handshake with %s did not "
                                     "finish within %g s; closing the connection", remote, self._handshake_timeout,
-                                    logger=log, extra={"event": "tls_handshake_timeout", "remote": remote})
+                                    logger=self._log, extra={"event": "tls_handshake_timeout", "remote": remote})
             else:
-                log.debug("TLS handshake with %s did not finish: %s", remote, type(exc).__name__)
+                self._log.debug("TLS handshake with %s did not finish: %s", remote, type(exc).__name__)
         finally:
             self._handshakes -= 1
-        # Success or failure, the socket is the transport's now: it closes it.
+            # Handed over, success or failure, the socket is the transport's: it closes it.
+            if not handed_over:
+                connection.close()
+
+    async def _answer_plaintext(self, connection: socket.socket, first: bytes, remote: str) -> None:
+        try:
+            if first:
+                self._log_limit.log(logging.WARNING, "plaintext on the TLS port", "%s sent plaintext, not a TLS "
+                                    "handshake (first byte 0x%02x): answered that this port serves TLS, and closed",
+                                    remote, first[0], logger=self._log,
+                                    extra={"event": "tls_plaintext_refused", "remote": remote})
+                try:
+                    connection.recv(_DISCARD_BYTES)  # what it sent, so that closing does not reset the answer
+                except OSError:
+                    pass
+                await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(connection, self._plaintext_answer(first)),
+                                       TLS_SHUTDOWN_TIMEOUT)
+                connection.shutdown(socket.SHUT_WR)
+        except (OSError, TimeoutError) as exc:
+            self._log.debug("answering %s's plaintext failed: %s", remote, type(exc).__name__)
+
+
+# Read and dropped from a plaintext connection before its answer: a request's
+# head most often. What comes later may reset the connection as it closes.
+_DISCARD_BYTES = 65536
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> bytes:
+    """The first bytes ``connection`` has received, left unread; b"" if it closed first."""
+    while True:
+        try:
+            return connection.recv(8, socket.MSG_PEEK)
+        except BlockingIOError:
+            pass
+        readable = loop.create_future()
+        fileno = connection.fileno()
+        loop.add_reader(fileno, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fileno)
