@@ -706,6 +706,27 @@ def test_stalled_handshakes_are_bounded_in_number_and_time(tmp_path, certs):
             kv.put("still", "serving")
 
 
+def test_an_https_bridge_bounds_its_handshakes_in_number_as_a_node_does(tmp_path, certs):
+    """Silent handshakes once took a bridge's open files without bound (asyncio's
+    listener counts none); now at most --max-connections of them wait at once."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--sync", "off"]) as node:
+        with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", tls=certs,
+                           args=["--max-connections", "2", "--request-timeout", "5"]) as bridge:
+            bridge.wait_ready()
+            address = f"127.0.0.1:{bridge.port}"
+            stalled = [RawConnection(address, timeout=3) for _ in range(2)]  # TCP, and not a byte of TLS
+            try:
+                with RawConnection(address, timeout=3) as third:
+                    assert third.closed_by_peer(timeout=1)  # closed at once, not at the 5 s deadline
+            finally:
+                for connection in stalled:
+                    connection.close()
+            assert "closing the connection from 127.0.0.1:" in wait_for_log(bridge, "TLS handshakes already running")
+            # The two stalled ones gone, HTTPS is served again.
+            wait_for(lambda: _answers(f"{bridge.url}{PREFIX}/health/", bridge.ssl_context), timeout=10,
+                     what="the bridge answering over HTTPS")
+
+
 def test_a_connection_the_node_closes_frees_its_slot_though_the_client_never_answers_the_close(tmp_path, certs):
     """A client that finishes its handshake, says nothing and never answers the node's
     close_notify: closed at --hello-timeout, it kept its --max-connections slot 30 s
