@@ -51,10 +51,13 @@ class HandedOver(asyncio.Protocol):
         # Since when its client has read none of the answers (the transport's buffer full).
         self.paused_since: float | None = None
         # Counted against --max-buffered-bytes (FastPath.hold, which may close this): the
-        # bytes of the body a handler is reading, which it holds until read whole, and the
-        # answers its client has not read while the transport's buffer is over its
-        # high-water mark; ``counted`` is off once it is being closed for it.
+        # bytes of a request's head not yet whole, which aiohttp's parser holds until it is
+        # (up to about 1 MiB: 128 header lines of 8 KiB), the bytes of the body a handler is
+        # reading, which it holds until read whole, and the answers its client has not read
+        # while the transport's buffer is over its high-water mark; ``counted`` is off once
+        # it is being closed for it.
         self._hold = hold
+        self._head_bytes = 0
         self._body_bytes = 0
         self._unread = 0
         self.counted = True
@@ -70,6 +73,10 @@ class HandedOver(asyncio.Protocol):
                 self.head_began = now
             self.head_whole = HEAD_END in self._tail + data[:3] or HEAD_END in data
             self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
+            self._head_bytes = 0 if self.head_whole else self._head_bytes + len(data)
+            self._count_held()
+            if self.transport.is_closing():
+                return  # closed for holding the most
         if self.reading_body:
             self._body_bytes += len(data)
             self._count_held()
@@ -83,7 +90,7 @@ class HandedOver(asyncio.Protocol):
         return self.handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._body_bytes = self._unread = 0
+        self._head_bytes = self._body_bytes = self._unread = 0
         self._count_held()
         self.handler.connection_lost(exc)
 
@@ -110,9 +117,11 @@ class HandedOver(asyncio.Protocol):
         self.transport.abort()
 
     def request_started(self) -> None:
-
         self.answering += 1
         self.head_began, self.head_whole, self._tail = None, False, b""
+        if self._head_bytes:  # a head taken whole by aiohttp, its end not seen here
+            self._head_bytes = 0
+            self._count_held()
 
     def request_finished(self, body: StreamReader) -> None:
         """``body``: the request's, which aiohttp drains if it is not at its end."""
@@ -131,7 +140,7 @@ class HandedOver(asyncio.Protocol):
 
     def _count_held(self) -> None:
         if self.counted:
-            self._hold(self, self._body_bytes + self._unread)
+            self._hold(self, self._head_bytes + self._body_bytes + self._unread)
 
     def overdue(self, now: float, request_timeout: float) -> str | None:
         """What took too long, for the 408, or None."""

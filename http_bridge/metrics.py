@@ -59,8 +59,8 @@ class HttpMetrics:
             "kvwire_http_open_connections", "Connections open, those aiohttp serves included.", registry=registry,
         )
         self.connections_evicted = Counter(
-            "kvwire_http_connections_evicted", "Connections answered 503 and closed for holding the most of "
-            "--max-buffered-bytes when all held more.", registry=registry,
+            "kvwire_http_connections_evicted", "Connections closed (answered 503, or dropped) for holding the "
+            "most of --max-buffered-bytes when all held more.", registry=registry,
         )
         self.buffered_bytes = Gauge(
             "kvwire_http_buffered_bytes", "Bytes the connections hold of requests still arriving, and of "

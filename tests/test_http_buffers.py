@@ -129,6 +129,43 @@ def test_a_body_aiohttp_reads_counts_too_and_its_connection_may_be_the_one_close
         assert "Traceback" not in bridge.log()
 
 
+def test_a_head_aiohttp_parses_counts_while_it_arrives(node, tmp_path):
+    """A head past the fast path's 16 KiB is aiohttp's to parse, and its parser holds it
+    until it is whole: up to about 1 MiB a connection (120 lines of 8 kB), no token
+    needed. Uncounted, 100 such connections grew a node's own bridge by 197 MB past a
+    10 MB budget (a review, 2026-12-07). It counts while it arrives; past the budget
+    the connection holding the most is dropped, as it has no request to answer yet."""
+    args = ["--max-body-bytes", str(BODY_BYTES), "--max-buffered-bytes", str(BUDGET)]
+
+    def head(lines: int) -> bytes:  # no blank line: never whole
+        return f"GET {PREFIX}/health/ HTTP/1.1\r\nHost: localhost\r\n".encode() + b"".join(
+            b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(lines))
+
+    with BridgeProcess([node.address], log_path=tmp_path / "bridge.log", args=args) as bridge, \
+            contextlib.ExitStack() as stack:
+        bridge.wait_ready()
+        heads = {"big": head(120), "second": head(105), "tipping": head(40)}
+        clients = {}
+        total = 0
+        for name, sent in heads.items():
+            clients[name] = stack.enter_context(socket.create_connection(("127.0.0.1", bridge.port), timeout=10))
+            clients[name].sendall(sent)
+            if name != "tipping":
+                total += len(sent)
+                wait_for(lambda: buffered(bridge) == total, timeout=10, what=f"the bridge holding {total} bytes")
+        try:  # 2,168 kB > 2,000 kB: dropped, with no answer
+            assert clients["big"].recv(100) == b""
+        except ConnectionResetError:
+            pass
+        wait_for(lambda: buffered(bridge) == len(heads["second"]) + len(heads["tipping"]), timeout=10,
+                 what="the dropped connection's bytes released")
+        assert evicted(bridge) == 1
+        clients["second"].sendall(b"\r\n")  # whole: aiohttp answers it, and it holds nothing more
+        assert read_response(clients["second"].makefile("rb")).status == 200
+        wait_for(lambda: buffered(bridge) == len(heads["tipping"]), timeout=10, what="the whole head uncounted")
+        assert "Traceback" not in bridge.log()
+
+
 def test_answers_a_client_leaves_unread_count_too(node, tmp_path):
     """Asking for a large value again and again without reading the answers makes the
     bridge hold one at a time per connection, once the kernel's buffers are full: it
