@@ -31,6 +31,7 @@ from aiohttp import web
 
 from kvwire.buffer_budget import ClientBuffers
 from kvwire.client import KvwireError
+from kvwire.tls import like_tcp
 from kvwire.tls_listener import TlsListener
 
 from .app import (
@@ -334,6 +335,7 @@ class FastPathProtocol(asyncio.Protocol):
             self._refuse_connection(transport)
             return
         self._transport = transport
+        self._write_bytes = like_tcp(transport)  # over TLS, what is unread is counted as over TCP
         shared.connections.add(self)
         if not shared.parse_requests:
             self._hand_over()
@@ -452,7 +454,7 @@ class FastPathProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(answer_bytes(answer, self._shared.date(), close=self._closing))
+        self._write_bytes(answer_bytes(answer, self._shared.date(), close=self._closing))
         if self._writing_paused and self._transport is transport:  # not closed by the write's own count
             self._unread = transport.get_write_buffer_size()
             self._count_held()

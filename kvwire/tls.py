@@ -17,6 +17,7 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 # How long a connection a server closes waits for the other side's close_notify
@@ -25,6 +26,35 @@ MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 # --hello-timeout had closed it (a probe, 2026-12-07); one round trip is all a
 # live client needs.
 TLS_SHUTDOWN_TIMEOUT = 1.0
+
+# A TLS transport's get_write_buffer_size() counts only what its TLS layer holds,
+# and it pauses its protocol only past 512 KiB of that (uvloop), where a TCP
+# transport pauses past 64 KiB. The TCP transport below takes all that a write
+# encrypts until it pauses itself, and what it holds is counted nowhere: a
+# review (2026-12-07) found megabytes of unread replies uncounted by
+# --max-buffered-bytes, and a client reading none never dropped at
+# --frame-timeout. With the limits of TCP, and written a chunk at a time, the
+# layer below holds at most about two chunks; the rest waits in the TLS layer,
+# counted, and pauses the protocol as over TCP.
+TLS_WRITE_CHUNK_BYTES = 64 * 1024
+
+
+def like_tcp(transport: Any) -> Callable[[bytes], None]:
+    """Give ``transport`` TCP's write limits if it is a TLS one; the function to write
+    with: its own ``write``, or over TLS one that writes a chunk at a time."""
+    if transport.get_extra_info("ssl_object") is None:
+        return transport.write
+    transport.set_write_buffer_limits(high=TLS_WRITE_CHUNK_BYTES)
+
+    def write(data: bytes) -> None:
+        if len(data) <= TLS_WRITE_CHUNK_BYTES:
+            transport.write(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), TLS_WRITE_CHUNK_BYTES):
+            transport.write(view[start:start + TLS_WRITE_CHUNK_BYTES])
+
+    return write
 
 # OpenSSL's reason codes (``ssl.SSLError.reason``) that have a plainer name.
 _REASONS = {

@@ -20,7 +20,7 @@ from kvwire import Client, KeyNotFoundError
 from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Get, HelloReply, Put, PutReply, encode
 from kvwire.buffer_budget import ClientBuffers
 from kvwire.server.config import ServerConfig
-from kvwire.testing import LocalCluster, NodeProcess, RawConnection, free_port, held_connections, wait_for
+from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, held_connections, wait_for
 
 from test_metrics import scrape, value
 
@@ -140,6 +140,34 @@ def test_a_connection_closed_with_replies_its_client_never_reads_is_dropped_at_t
                      what="the node dropping it")
             wait_for(lambda: held_connections(cluster["n1"].address, reader.getsockname()[1]) == 0, timeout=10,
                      what="the node's side of the closed connection dropped")
+
+
+def test_over_tls_unread_replies_count_and_a_client_reading_none_is_dropped_at_the_frame_timeout(tmp_path):
+    """A TLS transport counts only what its TLS layer holds, and pauses past 512 KiB of
+    it: the TCP transport below took the replies, uncounted, and a client reading none
+    was never dropped (a review, 2026-12-07). TLS connections now have TCP's limits and
+    are written a chunk at a time, so the replies wait in the TLS layer, counted."""
+    certs = DevCerts.create(tmp_path / "certs")
+    metrics = f"127.0.0.1:{free_port()}"
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs,
+                     extra_args=["--frame-timeout", "3", "--metrics-listen", metrics]) as node:
+        with Client(node.address, **node.client_options) as client:
+            client.put("large", VALUE)
+        with socket.socket() as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds less of what it is sent
+            raw.connect((node.host, node.port))
+            local_port = raw.getsockname()[1]
+            with certs.client_context().wrap_socket(raw, server_hostname=node.host) as reader:
+                reader.sendall(b"".join(encode(Get(number, "large", consistency=Consistency.ONE))
+                                        for number in range(1, 4)))  # 3 MB of replies; none read
+                # Most wait in the kernel's buffers; what the node holds is counted (it was not at all).
+                wait_for(lambda: value(scrape(metrics), "kvwire_client_buffered_bytes") >= 64 * 1024, timeout=10,
+                         what="the unread replies counted")
+                wait_for(lambda: "it read none of the replies sent it for 3 s" in node.log(), timeout=15,
+                         what="the node dropping it")
+                wait_for(lambda: held_connections(node.address, local_port) == 0, timeout=10,
+                         what="the node's side of the connection dropped")
+        assert value(scrape(metrics), "kvwire_client_buffered_bytes") == 0
 
 
 def test_a_frame_arriving_on_a_peer_link_is_not_counted(tmp_path):

@@ -19,6 +19,7 @@ from msgspec import Raw
 
 from ..buffer_budget import ClientBuffers
 from ..protocol.codec import encode
+from ..tls import like_tcp
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
@@ -126,6 +127,7 @@ class NodeProtocol(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self._session.certificate = ssl_object.getpeercert()  # checked at a peer's HELLO
+        self._write = like_tcp(transport)  # over TLS, what is unread is counted as over TCP
         config = self._node.config
         self._flow = FlowControl(transport, config.max_inflight_per_connection, config.max_inflight_bytes_per_connection)
         if len(self._registry) >= self._node.config.max_connections:
@@ -485,7 +487,7 @@ class NodeProtocol(asyncio.Protocol):
 
     def _write_later(self) -> None:
         if self._later and not self._closed:
-            self._transport.write(b"".join(self._later))
+            self._write(b"".join(self._later))
             if self._writing_paused_at is not None:
                 self._hold_replies(self._transport.get_write_buffer_size())
         self._later.clear()
