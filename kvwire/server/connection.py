@@ -59,6 +59,17 @@ GOING_AWAY = ("the node is shutting down; it read none of the requests on this c
 
 
 class NodeProtocol(asyncio.Protocol):
+    # Slots, not a __dict__: past 30 attributes CPython 3.11 gives an instance's
+    # __dict__ no shared keys, and every attribute read of the hot path gets slower
+    # (a GET answered from memory, in-process: 2.70 against 2.48 µs at 32 attributes).
+    __slots__ = (
+        "_answerable_end", "_backlog", "_buffers", "_closed", "_codec", "_core", "_drain_scheduled", "_eof", "_flow",
+        "_flush_scheduled", "_going_away", "_held_in", "_held_out", "_later", "_later_bytes", "_loop", "_lost",
+        "_max_key_bytes", "_node", "_opened_at", "_outbox", "_partial_since", "_quiet_since", "_registry",
+        "_requests_read", "_requests_seen", "_session", "_shutting_down", "_transport", "_value_room", "_write",
+        "_writing_paused_at", "__weakref__",
+    )
+
     def __init__(self, node: Node, registry: set[NodeProtocol], outbox: Outbox) -> None:
         self._loop = asyncio.get_running_loop()
         self._node = node
