@@ -131,6 +131,11 @@ ANSWERS_CREATED_SECOND_HAND = frozenset({"created-second-hand", "serve-in-progre
 
 
 class OneTripWrite(_ReplicatedWrite):
+    __slots__ = (
+        "_acknowledged", "_acks_first_hand", "_acks_second_hand", "_attempt", "_commits_pending", "_dead",
+        "_fanout", "_heard", "_mine", "_newest_heard", "_packed", "_refused_tags",
+    )
+
     def __init__(self, core: CoreServices, token: Any, request, packed: bytes | None) -> None:
         super().__init__(core, token, request)
         self._packed = packed

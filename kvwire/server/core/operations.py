@@ -62,6 +62,11 @@ class QuorumRead:
     started goes on for whoever else waits on it.
     """
 
+    __slots__ = (
+        "_answers", "_core", "_deadline", "_done", "_everyone", "_key", "_local", "_on_done", "_round",
+        "_timer", "_waiting",
+    )
+
     def __init__(self, core: CoreServices, key: str, deadline: float, on_done, *, everyone: bool = False) -> None:
         self._core = core
         self._key = key
@@ -168,6 +173,8 @@ class QuorumRead:
 
 
 class QuorumGet:
+    __slots__ = ("_core", "_request", "_token")
+
     def __init__(self, core: CoreServices, token: Any, request) -> None:
         self._core = core
         self._token = token
@@ -196,11 +203,16 @@ class _ReplicatedWrite:
     (this node included) holds the version by then.
     """
 
-    # Its failures are counted in this node's stats (HEALTH, /metrics) unless a
-    # peer forwarded it (ForwardedDelete), which counts what it tells its client.
-    counted_here = True
+    __slots__ = (
+        "_acks", "_answered", "_core", "_deadline", "_deleted", "_exact", "_expect", "_failed", "_firm",
+        "_in_progress", "_local_pending", "_missed", "_refused", "_request", "_timer", "_token", "_value",
+        "_version", "counted_here",
+    )
 
     def __init__(self, core: CoreServices, token: Any, request) -> None:
+        # Its failures are counted in this node's stats (HEALTH, /metrics) unless a
+        # peer forwarded it (ForwardedDelete), which counts what it tells its client.
+        self.counted_here = True
         self._core = core
         self._token = token
         self._request = request
@@ -381,6 +393,8 @@ MINTS_WITHOUT_WAITING = frozenset({
 class Write(_ReplicatedWrite):
     """PUT: LOOKUP a majority, mint a tag above it, commit here, replicate, count a majority."""
 
+    __slots__ = ("_above_own", "_created", "_packed", "_round")
+
     def __init__(self, core: CoreServices, token: Any, request, packed: bytes | None) -> None:
         super().__init__(core, token, request)
         self._packed = packed
@@ -533,6 +547,8 @@ class Delete(_ReplicatedWrite):
     """DELETE: a quorum read, then a tombstone conditioned on the live version it found.
     ``forwarded``: run for the peer a client sent it to (ForwardedDelete)."""
 
+    __slots__ = ()
+
     def __init__(self, core: CoreServices, token: Any, request, *, forwarded: bool = False) -> None:
         super().__init__(core, token, request)
         self.counted_here = not forwarded
@@ -594,6 +610,8 @@ class ForwardedDelete:
     ``maybe_applied``. Running it here as well could apply it twice, first to
     one value and then, after a concurrent PUT, to the next.
     """
+
+    __slots__ = ("_core", "_owner", "_request", "_request_id", "_settled", "_timer", "_token")
 
     def __init__(self, core: CoreServices, token: Any, request, owner: str) -> None:
         self._core = core

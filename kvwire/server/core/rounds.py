@@ -21,6 +21,11 @@ Answers = list[tuple[str | None, Copy]]
 
 
 class MajorityRound:
+    __slots__ = (
+        "_asked", "_candidates", "_core", "_deadline", "_done", "_fields", "_key", "_message_type", "_needed",
+        "_on_done", "_reply_type", "_timers", "answers", "reachable", "request_versions", "requests",
+    )
+
     def __init__(
         self,
         core: CoreServices,
