@@ -331,11 +331,11 @@ class FastPathProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         shared = self._shared
+        self._write_bytes = like_tcp(transport)  # over TLS, what is unread is counted as over TCP
         if shared.bounds.full(len(shared.connections)):
             self._refuse_connection(transport)
             return
         self._transport = transport
-        self._write_bytes = like_tcp(transport)  # over TLS, what is unread is counted as over TCP
         shared.connections.add(self)
         if not shared.parse_requests:
             self._hand_over()
