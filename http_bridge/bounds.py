@@ -29,6 +29,8 @@ import asyncio
 import logging
 from typing import Callable, Iterable
 
+from kvwire.log_limit import LogLimit
+
 from .handed_over import HandedOver
 from .linger import Lingering
 
@@ -50,8 +52,12 @@ class Bounds:
     """
 
     def __init__(self, max_connections: int, idle_timeout: float, request_timeout: float,
-                 connections: Callable[[], Iterable], time_out: Callable[[HandedOver, str], None]) -> None:
+                 connections: Callable[[], Iterable], time_out: Callable[[HandedOver, str], None],
+                 log_limit: LogLimit | None = None) -> None:
         self.max_connections = max_connections
+        # Lines anyone who can connect can cause (the HTTPS listener's), a few at a time;
+        # each sweep logs the count of those held back, as a node's second does.
+        self.log_limit = log_limit or LogLimit(log)
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self._connections = connections
@@ -102,6 +108,7 @@ class Bounds:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            self.log_limit.flush()
             now = loop.time()
             self._drop_closed()
             for connection in list(self._connections()):

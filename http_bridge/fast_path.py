@@ -652,7 +652,7 @@ class FastPathSite(web.TCPSite):
                 self._fast_path, self._host, self._port, context=self._ssl_context, backlog=self._backlog,
                 max_handshakes=self._fast_path.bounds.max_connections,
                 handshake_timeout=self._fast_path.config.request_timeout, plaintext_answer=plain_http_answer,
-                logger=log, reuse_port=self._reuse_port,
+                log_limit=self._fast_path.bounds.log_limit, logger=log, reuse_port=self._reuse_port,
             )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 

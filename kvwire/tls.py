@@ -52,6 +52,10 @@ def like_tcp(transport: Any) -> Callable[[bytes], None]:
             return
         view = memoryview(data)
         for start in range(0, len(data), TLS_WRITE_CHUNK_BYTES):
+            # A chunk's write may pause the protocol, which may close the transport (the
+            # budget's eviction): uvloop then warns of every further write, unlimited.
+            if transport.is_closing():
+                return
             transport.write(view[start:start + TLS_WRITE_CHUNK_BYTES])
 
     return write

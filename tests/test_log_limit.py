@@ -8,6 +8,7 @@ import logging
 from kvwire import Client
 from kvwire.protocol import ErrorCode, ErrorReply, Hello
 from kvwire.protocol.codec import encode
+from kvwire.http_bridge.bounds import Bounds
 from kvwire.log_limit import LogLimit
 from kvwire.testing import NodeProcess, RawConnection, wait_for, write_auth_file
 
@@ -40,6 +41,25 @@ def test_each_kind_logs_its_burst_per_window_and_then_how_many_it_held_back(capl
         clock.now += 30
         limit.log(logging.WARNING, "refusals", "refused %d", 51)
     assert [record.getMessage() for record in caplog.records] == ["refused 50", "refused 51"]
+
+
+async def test_a_bridges_sweep_logs_the_count_of_the_lines_its_listener_held_back(caplog):
+    """A node flushes its limiter each second; a bridge's HTTPS listener logs through
+    its bounds' limiter, which each sweep flushes: a flood that stops is still counted
+    (a review found the count never logged once the flood stopped)."""
+    clock = Clock()
+    limit = LogLimit(logging.getLogger("kvwire.test"), burst=2, window=10.0, clock=clock)
+    bounds = Bounds(8, 60.0, 10.0, connections=list, time_out=lambda watch, what: None, log_limit=limit)
+    with caplog.at_level("INFO", logger="kvwire.test"):
+        for number in range(5):
+            limit.log(logging.WARNING, "plaintext on the TLS port", "plaintext %d", number)
+        clock.now += 11
+        try:
+            bounds._sweep()
+        finally:
+            bounds.stop()
+    assert [record.getMessage() for record in caplog.records] == [
+        "plaintext 0", "plaintext 1", "and 3 more plaintext on the TLS port in 10 s, not logged one by one"]
 
 
 def test_a_flood_of_refused_hellos_is_answered_each_and_logged_a_few_times(tmp_path):

@@ -7,8 +7,10 @@ wrong CA of every refusal test.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
+import logging
 import os
 import re
 import shlex
@@ -20,6 +22,7 @@ import sys
 import time
 
 import pytest
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -31,7 +34,7 @@ from kvwire.protocol import CLOSED, NEED_DATA, Connection, ErrorCode, ErrorReply
 from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
 from kvwire.testing.bridge import BridgeProcess
 from kvwire.testing.wire import connect_socket
-from kvwire.tls import TlsConfigError, TlsFiles, client_context, optional_client_context, server_context
+from kvwire.tls import TlsConfigError, TlsFiles, client_context, like_tcp, optional_client_context, server_context
 
 
 def run_kvwire(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -725,6 +728,48 @@ def test_an_https_bridge_bounds_its_handshakes_in_number_as_a_node_does(tmp_path
             # The two stalled ones gone, HTTPS is served again.
             wait_for(lambda: _answers(f"{bridge.url}{PREFIX}/health/", bridge.ssl_context), timeout=10,
                      what="the bridge answering over HTTPS")
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.SelectorEventLoop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_reply_written_in_chunks_stops_once_the_transport_is_closed(certs, caplog, new_loop):
+    """Over TLS a large reply is written a chunk at a time (kvwire.tls.like_tcp). A
+    chunk's write may pause the protocol, and the pause close the transport (the
+    budget's eviction): each chunk written after that drew asyncio's and uvloop's
+    "SSL connection is closed" warning, unlimited (a review found it)."""
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.write = transport, like_tcp(transport)
+
+        def data_received(self, data):
+            self.transport.write(b"z" * 4_000_000)  # the kernel's buffers and the TLS layer's full: paused
+            self.write(b"y" * 2_000_000)
+            written.set_result(self.transport.is_closing())
+
+        def pause_writing(self):
+            self.transport.abort()  # as an eviction does
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Server, "127.0.0.1", 0, ssl=server_context(certs.node.cert, certs.node.key))
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, holds little
+        raw.setblocking(False)
+        await loop.sock_connect(raw, server.sockets[0].getsockname())
+        _, writer = await asyncio.open_connection(sock=raw, ssl=certs.client_context(), server_hostname="127.0.0.1")
+        writer.write(b"go")
+        closed = await asyncio.wait_for(written, 10)
+        writer.transport.abort()
+        server.close()
+        return closed
+
+    loop = new_loop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            written = loop.create_future()
+            assert loop.run_until_complete(main()) is True  # the pause closed it: the case at hand
+    finally:
+        loop.close()
+    assert not [record for record in caplog.records if "SSL connection is closed" in record.getMessage()]
 
 
 def test_a_connection_the_node_closes_frees_its_slot_though_the_client_never_answers_the_close(tmp_path, certs):
