@@ -60,6 +60,7 @@ def like_tcp(transport: Any) -> Callable[[bytes], None]:
 
     return write
 
+
 # OpenSSL's reason codes (``ssl.SSLError.reason``) that have a plainer name.
 _REASONS = {
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the other side requires a client certificate, and none was sent",

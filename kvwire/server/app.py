@@ -16,6 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..protocol import ErrorCode, ErrorReply, encode, format_endpoint
 from ..tls import server_context
+from ..tls_listener import TlsListener
 from .config import ServerConfig
 from .connection import NodeProtocol
 from .datadir import DataDirLock
@@ -25,7 +26,6 @@ from .node import Node
 from .outbox import Outbox
 from .stall import StallWatch
 from .storage import REJOIN_FILE_NAME, DataDirLostError, Storage, mark_for_rejoin
-from ..tls_listener import TlsListener
 
 log = logging.getLogger("kvwire.server")
 
