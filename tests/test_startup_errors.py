@@ -104,8 +104,34 @@ def test_a_database_damaged_past_its_header_exits_instead_of_hanging(tmp_path):
         file.seek(10 * 4096)
         file.write(os.urandom((pages - 11) * 4096))
     line = the_one_error_line(serve(data_dir))
-    assert f"cannot use the database {database}: database disk image is malformed" in line
+    assert f"cannot use the database {database}: SQLite's quick_check finds it damaged (" in line
     assert "move it aside" in line
+
+
+def test_damage_in_a_page_the_start_does_not_read_is_found_at_start(tmp_path):
+    """An index's page (the request log's, which the start reads in rowid order, not by
+    it) damaged on disk: the node started and served, and met the damage only when a
+    request reached it. SQLite's quick_check at start reads every page's structure."""
+    data_dir = tmp_path / "n1"
+    with NodeProcess("n1", data_dir=data_dir, extra_args=["--sync", "off"]) as node:
+        with Client([node.address]) as client:
+            for index in range(200):
+                client.put(f"key-{index:03}", "x" * 100, request_id=f"request-{index:03}")
+    database = data_dir / "kvwire.sqlite3"
+    db = sqlite3.connect(database)
+    try:
+        [(page_size,)] = db.execute("PRAGMA page_size")
+        [(root,)] = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'request_log_at'")
+        [(whole,)] = db.execute("PRAGMA quick_check")
+    finally:
+        db.close()
+    assert whole == "ok"
+    with open(database, "r+b") as file:  # the index's root page: its b-tree page type, 0x0a or 0x02, made 0xff
+        file.seek((root - 1) * page_size)
+        file.write(b"\xff")
+    line = the_one_error_line(serve(data_dir))
+    assert f"cannot use the database {database}: SQLite's quick_check finds it damaged (" in line
+    assert "restore it from a backup, or move it aside and start this node on an empty directory with --join" in line
 
 
 # SQLite keeps a NULL out of kv.counter (NOT NULL); bytes overwritten on disk do not.

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backup_staging import BackupError, IntoEmptyDirectory, NewDirectory
-from .storage import BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, TABLE_EXISTS, reader_of, reason_of
+from .storage import (BACKUP_TAKEN_AT, DATABASE_FILE_NAME, JOINING, META_SET, QUICK_CHECK, TABLE_EXISTS, first_damage,
+                      reader_of, reason_of)
 
 # How long the copy waits for a lock the node holds (a checkpoint, say).
 BUSY_TIMEOUT_S = 30.0
-# Problems quick_check lists at most; the first is named, the rest only counted.
-QUICK_CHECK_LIMIT = 10
 
 __all__ = ["BackupError", "BackupSummary", "back_up"]
 
@@ -102,18 +101,17 @@ def _copy(source_path: Path, target_path: Path) -> None:
 
 def _check_whole(path: Path, source_path: Path) -> None:
     """Refuse a copy with a damaged page. SQLite's backup copies pages as they
-    are, and the node's start and the copy's count read only the ``kv`` table's
-    tree: a damaged value's page (an overflow page) or an index made a backup
-    that looked whole and failed when restored. quick_check reads every page
-    (0.18 s for a million keys of 100 bytes, 147 MB, from the page cache), on
-    the copy, so the node is not held."""
+    are, and the copy's count reads only the ``kv`` table's tree: a damaged
+    value's page (an overflow page) or an index made a backup that looked whole
+    and failed when restored (a node's start now runs the same check). quick_check
+    reads every page (0.18 s for a million keys of 100 bytes, 147 MB, from the
+    page cache), on the copy, so the node is not held."""
     db = sqlite3.connect(path)
     try:
-        problems = [row[0] for row in db.execute(f"PRAGMA quick_check({QUICK_CHECK_LIMIT})")]
+        first = first_damage([row[0] for row in db.execute(QUICK_CHECK)])
     finally:
         db.close()
-    if problems != ["ok"]:
-        first = problems[0].removeprefix("*** in database main ***\n").splitlines()[0]
+    if first is not None:
         raise BackupError(f"{source_path} is damaged (SQLite's quick_check: {first}), so no copy was kept; "
                           "its peers hold every acknowledged write: give the node a new disk and start it "
                           "with --join (docs/operations.md, Replacing a node)")
