@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -54,12 +55,50 @@ def build() -> Path:
         raise RuntimeError("--generator native needs a C compiler: apt-get install gcc, or set CC to one")
     binary.parent.mkdir(parents=True, exist_ok=True)
     partial = binary.with_suffix(f".{os.getpid()}.tmp")
-    built = subprocess.run([compiler, "-O2", "-o", str(partial), str(SOURCE)], capture_output=True, text=True)
-    if built.returncode != 0:
+    try:
+        returncode, stderr = _compile(compiler, partial)
+    except BaseException:  # interrupted (SIGTERM or Ctrl-C: bench.interrupt)
         partial.unlink(missing_ok=True)
-        raise RuntimeError(f"building {SOURCE.name} with {compiler} failed:\n{built.stderr.strip()}")
+        raise
+    if returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"building {SOURCE.name} with {compiler} failed:\n{stderr.strip()}")
     partial.replace(binary)  # atomic: two runs building at once both end with a whole binary
     return binary
+
+
+def _compile(compiler: str, output: Path) -> tuple[int, str]:
+    """Run the compiler on ``SOURCE``: its exit status and stderr. Interrupted, it is stopped
+    with everything it started before this returns.
+
+    subprocess.run would SIGKILL only the compiler's driver: its assembler went on alone,
+    and the driver's temporary files stayed in TMPDIR (a test interrupting a first run
+    found one). So the compiler runs in a process group of its own, with temporary files
+    in a directory of ours; an interruption SIGTERMs the group (gcc's driver removes its
+    files on SIGTERM) and the directory goes either way."""
+    with tempfile.TemporaryDirectory(prefix="kvload-build-", ignore_cleanup_errors=True) as scratch:
+        with subprocess.Popen([compiler, "-O2", "-o", str(output), str(SOURCE)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": scratch},
+                              start_new_session=True, preexec_fn=terminated_with_parent()) as process:
+            try:
+                _, stderr = process.communicate()
+            except BaseException:
+                _stop_group(process)
+                raise
+        return process.returncode, stderr
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group ``process`` leads, wait for its leader, then SIGKILL what is left."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def run_native(settings: Settings, *, preloaded: bool = False) -> dict:

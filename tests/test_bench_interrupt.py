@@ -34,14 +34,14 @@ def nodes_listening(scratch: Path) -> int:
     return count
 
 
-def start_bench(args, tmp_path):
+def start_bench(args, tmp_path, **environment):
     """`kvwire bench ARGS` with its temporary files under tmp_path/tmp, SIGINT at its default
-    (a suite started as a background job inherits it ignored)."""
+    (a suite started as a background job inherits it ignored), and ``environment`` added."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     return subprocess.Popen(
         [sys.executable, "-m", "kvwire", "bench", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)},
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch), **environment},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ), scratch
 
@@ -92,15 +92,42 @@ def test_sigterm_stops_the_nodes_and_removes_the_temporary_directory(tmp_path, c
     stop_and_check(runner, signal.SIGTERM, scratch)
 
 
+def load_workers(runner, scratch: Path, generator: str) -> list[int]:
+    """The runner's load workers: its children, and for the native generator kvload itself
+    (which names its frames file in a directory under ``scratch``), not the compiler
+    building it on a first run."""
+    children = children_of(runner.pid)
+    if generator == "native":
+        return [pid for pid in children if pid in processes_mentioning(f"{scratch}/kvload-")]
+    return children
+
+
 @pytest.mark.parametrize("generator, workers", [("python", 2), ("native", 1)])
 def test_sigterm_stops_the_load_workers(quiet_node, tmp_path, generator, workers):
     runner, scratch = start_bench(["--endpoints", quiet_node.address, "--mix", "put", "--connections", "2",
                                    "--workers", str(workers), "--keys", "10", "--duration", "30", "--warmup", "0",
                                    "--generator", generator], tmp_path)
-    workers_of = wait_for(lambda: runner.poll() is None and len(children_of(runner.pid)) >= workers and
-                          children_of(runner.pid), timeout=30, interval=0.05, what="the load workers running")
+    workers_of = wait_for(lambda: runner.poll() is None and len(load_workers(runner, scratch, generator)) >= workers
+                          and load_workers(runner, scratch, generator), timeout=30, interval=0.05,
+                          what="the load workers running")
     stop_and_check(runner, signal.SIGTERM, scratch)
     assert [pid for pid in workers_of if Path(f"/proc/{pid}").exists()] == []  # not left to run on under init
+
+
+def test_sigterm_while_the_native_generator_is_built_stops_the_compiler_and_leaves_no_file(quiet_node, tmp_path):
+    """A first native run builds kvload; SIGTERM then used to SIGKILL the compiler's driver
+    alone, leaving its temporary file in TMPDIR (and its assembler running)."""
+    cache = tmp_path / "cache"  # empty: this run must build kvload
+    runner, scratch = start_bench(["--endpoints", quiet_node.address, "--mix", "put", "--connections", "2",
+                                   "--duration", "30", "--warmup", "0", "--generator", "native"], tmp_path,
+                                  XDG_CACHE_HOME=str(cache))
+    source = str(Path(__file__).resolve().parent.parent / "bench" / "c" / "kvload.c")
+    compiler = wait_for(lambda: runner.poll() is None and [pid for pid in processes_mentioning(source)
+                                                           if pid in children_of(runner.pid)],
+                        timeout=30, interval=0.01, what="the compiler running")
+    stop_and_check(runner, signal.SIGTERM, scratch)  # its cc1 and as name files in TMPDIR: none may run on
+    assert [pid for pid in compiler if Path(f"/proc/{pid}").exists()] == []
+    assert not [path for path in cache.rglob("*") if path.is_file()]  # no half-built binary
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
