@@ -142,7 +142,10 @@ def load(ctx: click.Context, endpoints: str, mix: str, output: str, as_json: boo
     """Load kvwire nodes, closed loop or at a fixed --rate (the default command)."""
     try:
         token_file = options.pop("token_file")
-        token = read_token_file(token_file) if token_file is not None else None
+        try:
+            token = read_token_file(token_file) if token_file is not None else None
+        except ValueError as exc:
+            raise ValueError(f"--token-file: {exc}") from None
         settings = Settings(endpoints=tuple(e for e in endpoints.split(",") if e), mix=parse_mix(mix), token=token,
                             **options)
         for pid in settings.server_pids:

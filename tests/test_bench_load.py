@@ -210,8 +210,8 @@ def test_a_listener_that_closes_each_connection_is_one_line_naming_it():
         (["--warmup", "-1"], "--warmup must be in [0, 600] seconds, got -1"),
         (["--requests", "0"], "--requests must be at least --workers (1), got 0"),
         (["--connections", "many"], "'many' is not a valid integer"),
-        (["--token-file", "/nonexistent.token"], "cannot read /nonexistent.token: No such file"),
-        (["--token-file", "/dev/zero"], "/dev/zero is larger than"),
+        (["--token-file", "/nonexistent.token"], "--token-file: cannot read /nonexistent.token: No such file"),
+        (["--token-file", "/dev/zero"], "--token-file: /dev/zero is larger than"),
         (["--no-such-option"], "No such option '--no-such-option'"),
         (["sweet"], "No such command 'sweet'"),
         # The suite's own options, checked before anything starts.
