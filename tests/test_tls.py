@@ -970,17 +970,17 @@ def test_up_with_tls_refuses_a_certificate_for_the_wrong_purpose_before_any_node
 def test_up_with_tls_says_why_a_node_does_not_answer_when_it_gives_up(tmp_path):
     """Every node closes a connection that has not finished its handshake within
     --hello-timeout, here far less than one takes: up's probes never get a reply."""
-    result = _up_tls_once(tmp_path, "--", "--hello-timeout", "0.0001", timeout=60)
+    result = _up_tls_once(tmp_path, "--start-timeout", "3", "--", "--hello-timeout", "0.0001", timeout=60)
     assert result.returncode == 1, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("kvwire up: n1 not answering")]
-    assert line.startswith("kvwire up: n1 not answering after 30 s (") and line.endswith("); giving up"), line
+    assert line.startswith("kvwire up: n1 not answering after 3 s (") and line.endswith("); giving up"), line
 
 
-def _up_tls_node(tmp_path):
+def _up_tls_node(tmp_path, *args: str):
     from test_up import Up
 
     up = Up(tmp_path, "--tls", "--nodes", "1", "--no-http", "--base-port", str(free_port()),
-            "--data-dir", str(tmp_path / "data"), "--sync", "off")
+            "--data-dir", str(tmp_path / "data"), "--sync", "off", *args)
     up.wait_printed("every node answers", timeout=30)
     return up
 
@@ -1010,12 +1010,12 @@ def test_a_node_restarted_after_certs_force_during_up_is_probed_with_the_new_set
 def test_ctl_start_of_a_node_that_does_not_answer_exits_1_saying_why(tmp_path):
     from test_up import status_of
 
-    up = _up_tls_node(tmp_path)
+    up = _up_tls_node(tmp_path, "--start-timeout", "10")  # ctl start then waits 10 s, not its most, 15
     try:
         _for_servers_only(DevCerts(tmp_path / "data" / "tls"), "client.pem")  # n1 will refuse up's PINGs
         started = _restart_n1(tmp_path)
         assert started.returncode == 1, started.stdout
-        assert re.fullmatch(r"Error: n1 started, pid \d+, but it does not answer PING after 15 s \(it closed the connection "
+        assert re.fullmatch(r"Error: n1 started, pid \d+, but it does not answer PING after 10 s \(it closed the connection "
                             r"without a reply, as a node does when it refuses the client certificate \S+client\.pem; its log "
                             r"says why\); it is left running, and its log is in kvwire up's output\n", started.stderr), started.stderr
         assert status_of(tmp_path)["n1"][0] == "running"

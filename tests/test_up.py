@@ -237,6 +237,21 @@ def test_bad_http_ports_are_usage_errors(tmp_path, args, message):
     assert not (tmp_path / ".kvwire").exists()
 
 
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("nan", "'nan' is not a number of seconds"),  # nan passes every range check of click's own
+        ("0", "0.0 is not in the range 0<x<=3600.0"),
+        ("3601", "3601.0 is not in the range 0<x<=3600.0"),
+    ],
+)
+def test_a_bad_start_timeout_is_a_usage_error(tmp_path, value, message):
+    result = run_up(tmp_path, "--start-timeout", value)
+    assert result.returncode == 2
+    assert f"Invalid value for '--start-timeout': {message}" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / ".kvwire").exists()
+
+
 def test_a_killed_node_is_restarted_and_the_cluster_is_healthy_again_within_5_s(tmp_path):
     base = free_port_run(3)
     up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--sync", "normal")

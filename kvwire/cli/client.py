@@ -8,7 +8,6 @@ never in a traceback.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import ssl
 import sys
@@ -46,7 +45,7 @@ from .client_io import (
     text_option,
     utf8,
 )
-from .options import FilePath, client_ssl_context, client_tls_options, env, from_environment
+from .options import FilePath, Seconds, client_ssl_context, client_tls_options, env, from_environment
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -126,16 +125,6 @@ class _Settings:
         self.cluster = cluster
         self.output = output
         self.ssl_context = ssl_context
-
-
-class _Seconds(click.FloatRange):
-    """A FloatRange that refuses NaN, which passes every range check (all comparisons are false)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        seconds = super().convert(value, param, ctx)
-        if math.isnan(seconds):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return seconds
 
 
 def _endpoints_option(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -218,7 +207,7 @@ def _output_option(function: Callable) -> Callable:
 )
 @click.option(
     "--timeout",
-    type=_Seconds(min=0, min_open=True, max=86400),
+    type=Seconds(min=0, min_open=True, max=86400),
     default=5.0,
     show_default=True,
     **env("TIMEOUT"),

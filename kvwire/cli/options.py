@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import ssl
 from pathlib import Path
@@ -35,6 +36,16 @@ class FilePath(GivenPath):
 
     def __init__(self) -> None:
         super().__init__(dir_okay=False)
+
+
+class Seconds(click.FloatRange):
+    """A FloatRange that refuses NaN, which passes every range check (all comparisons are false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 class DirectoryPath(GivenPath):

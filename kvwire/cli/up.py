@@ -40,7 +40,7 @@ from .control import ControlError, ControlServer, check_no_live_up, ctl
 from .exit_status import USAGE_ERROR_STATUS
 from .haproxy import haproxy_child
 from .main import checked_settings, serve
-from .options import DirectoryPath, usage_error
+from .options import DirectoryPath, Seconds, usage_error
 from .signals import STOP_SIGNALS
 from .supervisor import STOPPED_STATUSES, Supervisor, bind_refusal
 from .up_certs import prepare_dev_certs
@@ -48,8 +48,9 @@ from .up_probe import ClosedWithoutReply, NoAnswer, reply_of
 
 DEFAULT_BASE_PORT = 7379
 DEFAULT_HTTP_BASE_PORT = 8000
-# Opening SQLite and binding take well under a second; a node that doesn't
-# answer in this long is stuck, and the user should hear about it.
+# Opening SQLite, checking it (quick_check) and binding take about 2 s with a
+# million keys; a node that doesn't answer in this long is stuck, or its data
+# far larger (--start-timeout), and the user should hear about it.
 READY_TIMEOUT = 30.0
 # A node lets requests in flight finish for up to 10 s (ServerConfig.shutdown_timeout).
 STOP_GRACE = 15.0
@@ -58,8 +59,10 @@ POLL_INTERVAL = 0.1
 # polls every POLL_INTERVAL, and a start takes milliseconds).
 CTL_START_TIMEOUT = 10.0
 # ... and then for the node to answer PING, so that a script's next command finds
-# it serving; within ctl's 30 s wait for a reply (kvwire/cli/control.py).
+# it serving: --start-timeout, but at most this, within ctl's 30 s wait for a
+# reply (kvwire/cli/control.py).
 CTL_ANSWER_TIMEOUT = 15.0
+MAX_START_TIMEOUT = 3600.0
 # kvwire serve variables each node must not share: `up` keeps them from its nodes.
 NOT_FOR_EVERY_NODE = frozenset({"KVWIRE_CLUSTER", "KVWIRE_HTTP_LISTEN", "KVWIRE_METRICS_LISTEN", "KVWIRE_JOIN"})
 
@@ -91,10 +94,14 @@ def _check_data_dir_free(node_dir: Path) -> None:
 @click.option("--no-http", is_flag=True, help="Run no HTTP bridges.")
 @click.option("--haproxy", "with_haproxy", is_flag=True, help="Also run haproxy with haproxy/kvwire.cfg in front (TCP :7000, HTTP :8088, stats :8080).")
 @click.option("--tls", is_flag=True, help="TLS on every link, with the development certificates in DATA_DIR/tls, made by kvwire certs on first use: mutual (client certificates) on the nodes' ports; the REST bridges serve HTTPS and ask no client certificate (give the nodes an --auth-file for tokens).")
+@click.option("--start-timeout", type=Seconds(min=0, max=MAX_START_TIMEOUT, min_open=True), default=READY_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="How long every node (and haproxy) gets to answer at the start before up gives up and stops them; "
+                   "`ctl start` waits this long for its node, at most 15 s.")
 @click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SERVE_OPTIONS... | ctl COMMAND...]")
 @click.pass_context
 def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir: Path, cluster_id: str, sync: str, http_base_port: int,
-       no_http: bool, with_haproxy: bool, tls: bool, serve_args: tuple[str, ...]) -> None:
+       no_http: bool, with_haproxy: bool, tls: bool, start_timeout: float, serve_args: tuple[str, ...]) -> None:
     """Run a local cluster in the foreground until Ctrl-C.
 
     Starts one `kvwire serve` process per node (by default n1-n3 on
@@ -175,7 +182,7 @@ def up(ctx: click.Context, node_count: int, host: str, base_port: int, data_dir:
         if prepare_dev_certs(certs, host, with_haproxy=with_haproxy, peers=node_count > 1):
             _say(f"kvwire up: wrote development certificates to {certs.directory} (kvwire certs)")
     sys.exit(_run(Supervisor(children), host, dict(nodes), http_ports, data_dir, cluster_id, certs=certs,
-                  secret_path=secret_path))
+                  secret_path=secret_path, start_timeout=start_timeout))
 
 
 def _run_ctl(ctx: click.Context, args: tuple[str, ...]) -> None:
@@ -260,7 +267,7 @@ def _check_serve_args(own: list[str], serve_args: tuple[str, ...]) -> None:
 
 
 def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int], data_dir: Path, cluster_id: str,
-         *, certs: DevCerts | None = None, secret_path: Path | None = None) -> int:
+         *, certs: DevCerts | None = None, secret_path: Path | None = None, start_timeout: float = READY_TIMEOUT) -> int:
     """Start the nodes and watch them until a signal or a configuration error; the exit status."""
     stop = threading.Event()
     received: list[int] = []
@@ -277,7 +284,7 @@ def _run(supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: d
             data_dir.mkdir(parents=True, exist_ok=True)
             if secret_path is not None:
                 _make_cluster_secret(secret_path)
-            watcher = _Watcher(supervisor, host, ports, http_ports, data_dir, certs)
+            watcher = _Watcher(supervisor, host, ports, http_ports, data_dir, certs, start_timeout=start_timeout)
             control = ControlServer(data_dir, watcher.handle_control)
         except OSError as exc:  # a file where the directory should be, a read-only disk...
             where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != data_dir else ""
@@ -305,8 +312,9 @@ class _Watcher:
     """The loop of a running `up`: restarts, readiness, and the control socket's requests."""
 
     def __init__(self, supervisor: Supervisor, host: str, ports: dict[str, int], http_ports: dict[str, int],
-                 data_dir: Path, certs: DevCerts | None) -> None:
+                 data_dir: Path, certs: DevCerts | None, *, start_timeout: float = READY_TIMEOUT) -> None:
         self.supervisor = supervisor
+        self.start_timeout = start_timeout
         self.host = host
         self.ports = ports
         self.http_ports = http_ports
@@ -329,7 +337,7 @@ class _Watcher:
         return line
 
     def watch(self, stop: threading.Event, received: list[int]) -> int:
-        ready_by = time.monotonic() + READY_TIMEOUT
+        ready_by = time.monotonic() + self.start_timeout
         while not stop.wait(POLL_INTERVAL):
             self._start_requested()
             for death in self.supervisor.reap():
@@ -359,7 +367,7 @@ class _Watcher:
                 if not waiting:
                     self._announce()
                 elif time.monotonic() > ready_by:
-                    why = "; ".join(f"{name} not answering after {READY_TIMEOUT:g} s"
+                    why = "; ".join(f"{name} not answering after {self.start_timeout:g} s"
                                     + (f" ({self._no_answer[name]})" if name in self._no_answer else "") for name in waiting)
                     _error(f"{why}; giving up")
                     return _stop(self.supervisor, failed=True)
@@ -426,8 +434,10 @@ class _Watcher:
 
     def _wait_answering(self, name: str, child: ChildProcess, started_as: str) -> None:
         """Wait until the node just started answers PING; ControlError if it exits first, or
-        does not answer within CTL_ANSWER_TIMEOUT: `ctl start` is not done until it serves."""
-        deadline = time.monotonic() + CTL_ANSWER_TIMEOUT
+        does not answer within --start-timeout (at most CTL_ANSWER_TIMEOUT): `ctl start` is
+        not done until it serves."""
+        timeout = min(self.start_timeout, CTL_ANSWER_TIMEOUT)
+        deadline = time.monotonic() + timeout
         while True:
             why = self._ping(name)
             if why is None:
@@ -437,7 +447,7 @@ class _Watcher:
                 raise ControlError(f"{name} exited as it started ({_describe_status(status)}); its log is in "
                                    "kvwire up's output")
             if time.monotonic() >= deadline:
-                raise ControlError(f"{started_as}, but it does not answer PING after {CTL_ANSWER_TIMEOUT:g} s ({why}); "
+                raise ControlError(f"{started_as}, but it does not answer PING after {timeout:g} s ({why}); "
                                    "it is left running, and its log is in kvwire up's output")
             time.sleep(POLL_INTERVAL)
 
