@@ -474,7 +474,8 @@ class FastPathProtocol(asyncio.Protocol):
             transport.resume_reading()  # aiohttp keeps its own bound on what it reads ahead
         # aiohttp's protocol, behind a watch that times its requests' arrival (handed_over.py).
         handler = handler_of(self._shared.server, self._shared.metrics)
-        watch = HandedOver(handler, transport, self._request_began if self._buffer else None, self._shared.hold)
+        watch = HandedOver(handler, transport, self._request_began if self._buffer else None, self._shared.hold,
+                           self._write_bytes)
         self._shared.bounds.handed_over(watch)
         transport.set_protocol(watch)
         watch.connection_made(transport)

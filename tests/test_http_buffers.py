@@ -10,7 +10,9 @@ raw sockets.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import json
 import socket
 import subprocess
@@ -21,7 +23,11 @@ from rest_helpers import PREFIX, BridgeProcess, http, read_response
 
 from kvwire import Client
 from kvwire.http_bridge import BridgeConfig
-from kvwire.testing import NodeProcess, free_port, held_connections, wait_for
+from kvwire.http_bridge.handed_over import HandedOver
+from kvwire.http_bridge.server import start_bridge
+from kvwire.testing import NodeProcess, free_port, held_connections, wait_for, wait_for_async
+from kvwire.testing.certs import DevCerts
+from kvwire.tls import TLS_WRITE_CHUNK_BYTES, TlsFiles
 
 from test_metrics import scrape, value
 
@@ -198,6 +204,58 @@ def test_answers_a_client_leaves_unread_count_too(node, tmp_path):
                  what="the bridge's side of the closed connection gone")
         assert http("GET", f"{bridge.url}{PREFIX}/kv/large/").json["value"] == "v" * (900 * KB)
         assert "Traceback" not in bridge.log()
+
+
+def test_over_https_the_answers_aiohttp_writes_wait_in_the_tls_layer_where_they_count(node, tmp_path):
+    """aiohttp writes an answer whole, and the TLS layer passed it all to the socket's
+    buffer below it, counted nowhere: a 900 kB answer per connection whose client
+    reads nothing, over --max-buffered-bytes (a probe of 40 such connections grew a
+    bridge by 70-83 MB, against 10-12 on the fast path). Written a chunk at a time,
+    the layer below holds about two chunks and the rest is counted. In-process, on
+    asyncio's loop, whose TLS layer (the one uvloop's was ported from) shows what is
+    below it; real TLS, TCP and node."""
+    certs = DevCerts.create(tmp_path / "certs")
+    with Client(node.address) as client:
+        client.put("large", "v" * (900 * KB))
+    gets = f"GET {PREFIX}/kv/large/ HTTP/1.1\r\nHost: localhost\r\n\r\n".encode() * 30
+
+    async def main() -> list[tuple[int, int, int]]:
+        loop = asyncio.get_running_loop()
+        config = BridgeConfig(endpoints=(node.address,), port=0, fast_path=False,
+                              tls=TlsFiles(cert=str(certs.node.cert), key=str(certs.node.key)))
+        bridge = await start_bridge(config)
+        writers = []
+        try:
+            for _ in range(4):
+                raw = socket.socket()
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, holds little
+                raw.setblocking(False)
+                await loop.sock_connect(raw, ("127.0.0.1", bridge.port))
+                _, writer = await asyncio.open_connection(sock=raw, ssl=certs.client_context(),
+                                                          server_hostname="127.0.0.1")
+                writer.write(gets)
+                writers.append(writer)
+
+            def paused() -> list[HandedOver]:
+                watches = [obj for obj in gc.get_objects() if type(obj) is HandedOver]
+                return watches if len(watches) == 4 and all(w.paused_since is not None for w in watches) else []
+
+            watches = await wait_for_async(paused, timeout=20, what="every connection's answers unread")
+            return [(w._unread, w.transport.get_write_buffer_size(),
+                     w.transport._ssl_protocol._transport.get_write_buffer_size()) for w in watches]
+        finally:
+            for writer in writers:
+                writer.transport.abort()
+            await bridge.close()
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        held = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    for counted, in_tls_layer, below in held:
+        assert counted == in_tls_layer > 0
+        assert below <= 3 * TLS_WRITE_CHUNK_BYTES, held  # a whole answer (900 kB) before
 
 
 def _within(condition, seconds: float) -> bool:
