@@ -9,9 +9,7 @@ is logged here with its traceback and answered 500 without one.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import hashlib
 import json
 import logging
 import re
@@ -244,20 +242,6 @@ async def answer_get(app: web.Application, raw_path: str, consistency: str | Non
 REQUEST_ID_HEADERS = ("Idempotency-Key", "X-Kvwire-Request-Id")
 
 
-def write_id(caller_id: str | None, packed: bytes) -> str | None:
-    """The request id the nodes get for a PUT its caller named ``caller_id``: a digest of that
-    id and the packed value. The nodes remember an id's version, not its value, so a caller
-    reusing an id for another value would have that PUT skipped and be answered with a value
-    never stored; with the value in the id it is another write, and its answer is true. A
-    retry sends the same value (however its JSON is spaced): the same id, applied once."""
-    if caller_id is None:
-        return None
-    caller = caller_id.encode()
-    digest = hashlib.sha256(len(caller).to_bytes(2, "big") + caller)
-    digest.update(packed)
-    return "rest-" + base64.urlsafe_b64encode(digest.digest()[:24]).decode("ascii")
-
-
 def request_id_of(header_values: Sequence[str | None]) -> str | None:
     """The PUT's idempotency id from the values of REQUEST_ID_HEADERS, in that order (None: absent)."""
     found = None
@@ -289,8 +273,10 @@ async def answer_put(app: web.Application, raw_path: str, body: bytes, authoriza
     # of this key came before.
     # A retry of this request (by HAProxy after a bridge died mid-request, or
     # by the caller) sends the same id: the nodes apply the PUT once.
+    # The client library makes the id the nodes get from the caller's and the value
+    # (kvwire.client.arguments.put_request_id): a repeat with another value is another write.
     version, created = await client.put_with_result(key, packed, timeout=config.timeout,
-                                                    request_id=write_id(request_id_of(request_ids), packed))
+                                                    request_id=request_id_of(request_ids))
     if created is None:
         created = version.counter == 1
     if value_text is None:

@@ -23,6 +23,7 @@ from kvwire import (
     Version,
 )
 from kvwire.client import ClientConnection
+from kvwire.client.arguments import put_request_id
 from kvwire.protocol import Delete, ErrorReply, Get, Limits, Ping, Pong, Put, PutReply, encode
 from kvwire.protocol.limits import MIB
 from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for, wait_for_async
@@ -789,7 +790,9 @@ async def test_a_put_sent_again_on_another_node_says_it_is_a_retry():
     assert [put.retry for put in by_value[1]] == [None, True]
     assert len({put.request for put in by_value[1]}) == 1
     # An id the caller chose may have been used before: marked from the first attempt.
-    assert all(put.retry is True and put.request == "the-callers-id" for put in by_value[2])
+    # It goes with the value folded in (put_request_id), the same on every attempt.
+    assert by_value[2] and all(put.retry is True and put.request == put_request_id("the-callers-id", b"\x02")
+                               for put in by_value[2])
 
 
 def test_a_host_name_that_does_not_resolve_is_said_in_words():

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 
+import msgpack
 import pytest
 
 from kvwire import (
@@ -28,6 +29,7 @@ from kvwire import (
     UnavailableError,
 )
 from kvwire.client import ClientConnection
+from kvwire.client.arguments import put_request_id
 from kvwire.client.failover import Endpoint, EndpointSet
 from kvwire.protocol import ErrorCode, ErrorReply, Get, GetReply, Ping, Pong, Put, Version, errors
 from kvwire.server.connection import GOING_AWAY
@@ -297,12 +299,12 @@ async def test_a_put_that_got_no_quorum_is_finished_on_another_node_under_its_re
 
     async with ScriptedNode(no_quorum, answers_hello=False) as node:
         async with AsyncClient([node.address, shared_node.address], retry=FAST) as client:
-            version = await client.put("no-quorum-then-done", "finished")
-            [sent] = requests_of(node.received, "Put")
-            assert sent.retry is None  # the first try went to the scripted node
-            # The retry carried the same request id: the real node remembers it at
+            version = await client.put("no-quorum-then-done", "finished", request_id="finished-once")
+            [sent] = requests_of(node.received, "Put")  # the first try went to the scripted node
+            assert sent.request == put_request_id("finished-once", msgpack.packb("finished"))
+            # The caller's retry carries the same request id: the real node remembers it at
             # that version, and finishes the same write again rather than making a new one.
-            again = await client.put("no-quorum-then-done", "finished", request_id=sent.request)
+            again = await client.put("no-quorum-then-done", "finished", request_id="finished-once")
             assert again == version
             assert await client.get("no-quorum-then-done") == "finished"
     assert node.connections == 1  # NO_QUORUM did not make the client give up on the node

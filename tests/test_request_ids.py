@@ -72,6 +72,51 @@ def test_the_client_library_sends_a_request_id_with_every_put(tmp_path):
         wait_for(lambda: _get(cluster, "n3", "k")[0] == "v", timeout=5, what="n3 holding the value")
 
 
+def test_a_callers_request_id_reused_for_another_value_is_another_write_in_both_clients(tmp_path):
+    """The nodes remember an id's version, not its value: a caller reusing its id for each
+    update of a key (a client probe, 2026-12-07) had every update after the first answered
+    as a retry of it, with its version, and never stored. The library folds the value
+    into the id it sends, as the HTTP bridge does; the same value again is still a retry."""
+    import asyncio
+
+    from kvwire import AsyncClient
+
+    with LocalCluster(3, data_dir=tmp_path, sync=SYNC) as cluster, Client(cluster.endpoints) as client:
+        first = client.put("k", 1, request_id="order-7")
+        second = client.put("k", 3, request_id="order-7")
+        assert second > first and client.get("k") == 3
+        assert client.put("k", 3, request_id="order-7") == second  # a retry of the second
+
+        async def from_the_async_client() -> tuple[Version, Version, int]:
+            async with AsyncClient(cluster.endpoints) as async_client:
+                # Its ids are made as the blocking client's: this is that retry too.
+                again = await async_client.put("k", 3, request_id="order-7")
+                fourth = await async_client.put("k", 4, request_id="order-7")
+                return again, fourth, await async_client.get("k")
+
+        again, fourth, now = asyncio.run(from_the_async_client())
+        assert again == second and fourth > second and now == 4
+
+
+def test_a_blocking_client_checks_a_value_in_its_callers_thread(tmp_path):
+    """Checking a large value takes a while (0.1-0.3 s for a million numbers): on the loop
+    thread all of a Client's calls share, one thread's large put held the others' calls
+    past their timeouts (a client probe). A list subclass shows where it is walked."""
+    import threading
+
+    walked_in: list[int] = []
+
+    class Watched(list):
+        def __iter__(self):
+            walked_in.append(threading.get_ident())
+            return super().__iter__()
+
+    with LocalCluster(1, data_dir=tmp_path, sync=SYNC) as cluster, Client(cluster.endpoints) as client:
+        client.put("k", Watched([1, [2, 3]]))
+        assert client.get("k") == [1, [2, 3]]
+    assert walked_in and set(walked_in) == {threading.get_ident()}  # checked and packed here
+
+
 def test_request_ids_are_kept_on_disk_so_a_retry_after_a_restart_is_still_applied_once(tmp_path):
     with LocalCluster(3, data_dir=tmp_path, sync=SYNC) as cluster:
         first = _put(cluster, "n1", "k", "a", "req-1")

@@ -18,6 +18,8 @@ import ssl
 import time
 from typing import Any, Iterable, NamedTuple
 
+from msgspec import Raw
+
 from kvwire.protocol import (
     DEFAULT_LIMITS,
     Consistency,
@@ -39,7 +41,7 @@ from kvwire.protocol import (
 
 from ..protocol.address import parse_endpoints
 from ..tls import ARGUMENT_NAMES, optional_client_context
-from .arguments import check_consistency, check_key, check_request_id, check_value, is_utf8, new_request_id
+from .arguments import check_consistency, check_key, is_utf8, prepared_put
 from .connection import ClientConnection
 from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real
 
@@ -211,12 +213,13 @@ class AsyncClient:
         A put retried after a failover may have been applied by the first
         attempt; the retry then reports ``created=False``.
         """
-        check_value(value)
-        # A caller's own request id may have been sent before (the caller's
-        # retry): the node then looks for that earlier attempt first (6.4).
-        retry = None if request_id is None else True
-        request_id = new_request_id() if request_id is None else check_request_id(request_id)
-        reply = await self._call(Put, check_key(key, self.limits), value, request_id, retry, timeout=timeout)
+        return await self._put(key, prepared_put(value, request_id), timeout=timeout)
+
+    async def _put(self, key: str, prepared: tuple[Raw, str, bool | None], *, timeout: float | None) -> PutResult:
+        """The PUT of a value :func:`prepared_put` made ready (the blocking Client makes it in
+        its caller's thread: checking a large value there holds no other thread's call)."""
+        raw, request_id, retry = prepared
+        reply = await self._call(Put, check_key(key, self.limits), raw, request_id, retry, timeout=timeout)
         return PutResult(reply.version, reply.created)
 
     async def delete(self, key: str, *, timeout: float | None = None) -> Version:

@@ -8,6 +8,8 @@ pipelined on it. Checking here keeps one caller's mistake its own.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 from typing import Any
 
@@ -15,7 +17,7 @@ from msgspec import Raw
 
 from kvwire.protocol import Consistency, Limits
 from kvwire.protocol.limits import MSGPACK_MAX_INT, MSGPACK_MIN_INT
-from kvwire.protocol.values import checked_raw
+from kvwire.protocol.values import checked_raw, pack_value
 
 # msgpack itself refuses to pack deeper nesting than this (its default nest_limit).
 _MAX_DEPTH = 511
@@ -52,6 +54,34 @@ _MAX_REQUEST_ID_CHARS = 128
 def new_request_id() -> str:
     """A fresh id for one PUT (docs/protocol.md 6.4), 16 URL-safe characters."""
     return secrets.token_urlsafe(_REQUEST_ID_BYTES)
+
+
+def put_request_id(caller_id: str, packed: Any) -> str:
+    """The request id a PUT goes to the nodes with when its caller named it ``caller_id``:
+    a digest of that id and ``packed``, the value's msgpack bytes.
+
+    The nodes remember an id's version, not its value, so a caller reusing an id for
+    another value (``request_id=f"order-{n}"`` for each update of one key) had that
+    PUT answered as a retry of the first, with its version, and the value never
+    stored. With the value in the id it is another write, and its answer true; a
+    retry sends the same value, so the same id, and is applied once. The client
+    library (both kinds) and the HTTP bridge's PUTs with an Idempotency-Key make
+    their ids here, so a call the node's own bridge hands on to a peer keeps its id."""
+    caller = check_request_id(caller_id).encode()
+    digest = hashlib.sha256(len(caller).to_bytes(2, "big") + caller)
+    digest.update(packed)
+    return "put-" + base64.urlsafe_b64encode(digest.digest()[:24]).decode("ascii")
+
+
+def prepared_put(value: Any, caller_id: str | None) -> tuple[Raw, str, bool | None]:
+    """A PUT's value, checked and packed once (the bytes the nodes keep), its request id
+    and its ``retry`` flag: a caller's own id may have been sent before (the caller's
+    retry), and the node then looks for that earlier attempt first (docs/protocol.md 6.4)."""
+    check_value(value)
+    raw = value if type(value) is Raw else Raw(pack_value(value))
+    if caller_id is None:
+        return raw, new_request_id(), None
+    return raw, put_request_id(caller_id, raw), True
 
 
 def check_request_id(request_id: Any) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Coroutine, Iterable, TypeVar
 from kvwire.protocol import DEFAULT_LIMITS, Consistency, Limits, Version
 
 from .aio import DEFAULT_ENDPOINT, AsyncClient, PutResult, RetryPolicy, VersionedValue
+from .arguments import prepared_put
 from .failover import client_closed_error
 
 T = TypeVar("T")
@@ -231,7 +232,7 @@ class Client:
         NoQuorumError's ``maybe_applied`` says whether the put may have been
         applied (True) or was written nowhere (False); None: the node did not say.
         """
-        return self._run(self._async.put(key, value, timeout=timeout, request_id=request_id))
+        return self.put_with_result(key, value, timeout=timeout, request_id=request_id).version
 
     def put_with_result(self, key: str, value: Any, *, timeout: float | None = None,
                         request_id: str | None = None) -> PutResult:
@@ -240,7 +241,9 @@ class Client:
         A put retried after a failover may have been applied by the first
         attempt; the retry then reports ``created=False``.
         """
-        return self._run(self._async.put_with_result(key, value, timeout=timeout, request_id=request_id))
+        # Checked and packed here, in the caller's thread: on the loop thread every
+        # call of this client shares, a large value held the others' calls.
+        return self._run(self._async._put(key, prepared_put(value, request_id), timeout=timeout))
 
     def delete(self, key: str, *, timeout: float | None = None) -> Version:
         """Delete ``key``; returns the version of the tombstone.

@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 from msgspec import Raw
 
 from ..client.aio import AsyncClient, PutResult, VersionedValue, with_other_attempts
-from ..client.arguments import check_consistency, check_key, check_request_id, check_value
+from ..client.arguments import check_consistency, check_key, check_value, put_request_id
 from ..client.json_values import OFF_LOOP_BYTES
 from ..protocol.errors import (
     InternalServerError,
@@ -122,12 +122,14 @@ class InProcessClient:
         # and checked (http_bridge/values.py): reading it again here would hold the node's loop
         # (0.2 s for a value of a million maps), which the bridge does its JSON in a thread to avoid.
         given = request_id is not None
-        # A caller's own id may have been sent before: the node looks for it first (6.4).
-        # Without one, the PUT goes without one: an id lets a write be sent again after a
-        # connection lost it, and no connection lies between this bridge and its node.
         # The value is packed once, here, as a client packs it: the node keeps those bytes.
-        request = Put(next(self._ids), check_key(key, self.limits), Raw(pack_value(value)),
-                      check_request_id(request_id) if given else None, True if given else None)
+        raw = value if type(value) is Raw else Raw(pack_value(value))
+        # A caller's own id may have been sent before: the node looks for it first (6.4).
+        # It is made as AsyncClient makes it (put_request_id), so the fallback below sends
+        # the same. Without one, the PUT goes without one: an id lets a write be sent again
+        # after a connection lost it, and no connection lies between this bridge and its node.
+        request = Put(next(self._ids), check_key(key, self.limits), raw,
+                      put_request_id(request_id, raw) if given else None, True if given else None)
         deadline = self._deadline(timeout)
         # Without an id, the peers may take it only where the node says it wrote nothing:
         # sent again after an attempt that may have applied, it could apply twice.
