@@ -174,6 +174,35 @@ def test_a_call_left_waiting_on_a_closed_loop_does_not_fail_the_next_loops_first
         assert own_sockets_to(node.address) == 0
 
 
+@pytest.mark.parametrize("new_loop", [asyncio.SelectorEventLoop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_an_async_client_closed_from_another_loop_while_its_own_is_idle_lets_go_at_once(tmp_path, new_loop):
+    """Used with run_until_complete on one loop, then closed with asyncio.run: the close
+    was handed to the idle loop, waited the client's timeout and left the socket open, and
+    closing that loop later warned of a coroutine never awaited (a client probe). The
+    sockets are closed at once now, and a call left waiting fails once its loop runs."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
+        client = AsyncClient(node.address, timeout=30)
+        used = new_loop()
+        try:
+            used.run_until_complete(client.ping())
+            node.pause()
+            try:
+                left = used.create_task(client.get("k"))
+                used.run_until_complete(wait_for_async(node.unread_bytes, timeout=5,
+                                                       what="the GET in the stopped node's socket"))
+                with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+                    runner.run(asyncio.wait_for(client.close(), PROMPTLY))  # the client's timeout is 30 s
+                assert own_sockets_to(node.address) == 0
+            finally:
+                node.resume()
+            with pytest.raises(KvwireConnectionError, match="connection closed by the client"):
+                used.run_until_complete(left)
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # nothing left unawaited on it
+                used.close()
+
+
 def test_a_client_dropped_without_close_is_closed_with_a_resource_warning(node):
     """A client probe made 30 blocking Clients in a loop and dropped each unclosed: 31
     threads stayed, each with its event loop and sockets. Collected, a Client now

@@ -252,9 +252,11 @@ class AsyncClient:
         Connections are aborted, not closed gracefully: once this returns the client holds
         no socket, even to a hung node that would never read what is buffered for it.
 
-        From another event loop than the one the client was used on, the closing is done on
-        that loop, waited for up to the client's timeout (that loop may not be running); once
-        that loop is closed, its sockets are closed at once (Endpoint.abandon)."""
+        From another event loop than the one the client was used on: while that loop runs (in
+        another thread), the closing is done on it, waited for up to the client's timeout;
+        while it runs nothing (idle between two ``run_until_complete``), it is run in a
+        worker thread until the closing is done, and its calls still waiting fail then; once
+        it is closed, its sockets are closed at once (Endpoint.abandon)."""
         if self._closed:
             return
         self._closed = True
@@ -267,11 +269,18 @@ class AsyncClient:
         if loop is asyncio.get_running_loop():
             await self._close_connections()
             return
-        closing = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_connections(), loop))
+        if not loop.is_running():
+            # A close handed to it would wait there, for the client's timeout, and then leave
+            # the sockets open (a client probe). Neither asyncio's loop nor uvloop's closes a
+            # transport's socket but in a turn of its loop, and a loop runs in one thread at a
+            # time, not in this one while this one's runs: a worker thread runs it.
+            closing = asyncio.to_thread(loop.run_until_complete, self._close_connections())
+        else:
+            closing = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_connections(), loop))
         try:
             await asyncio.wait_for(closing, self.timeout)
         except TimeoutError:
-            pass  # that loop is not running: its connections close with it
+            pass  # that loop stopped meanwhile: its connections close with it
 
     async def _close_connections(self) -> None:
         for waiting in self._backing_off:
