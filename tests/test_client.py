@@ -81,10 +81,13 @@ async def test_tuples_come_back_as_lists(shared_node):
         assert await client.get("tuple") == [1, [2, 3]]
 
 
-@pytest.mark.parametrize("raw", [b"\x01\xa5extra\x92", b"", b"\x01\x02", b"\xc1", b"\x92\x01",
-                                 b"\x81\x01\x02", b"\xd4\x05\x00", b"\x82\xa1a\x01\xa1a\x02"],
-                         ids=["trailing", "empty", "two", "invalid", "cut-short", "int-key", "ext", "key-twice"])
-async def test_a_packed_value_must_be_one_value_a_node_accepts(shared_node, raw):
+@pytest.mark.parametrize("raw, reason", [
+    (b"\x01\xa5extra\x92", "trailing characters"), (b"", "they are no value at all"),
+    (b"\x01\x02", "trailing characters"), (b"\xc1", "invalid opcode"), (b"\x92\x01", "incomplete input"),
+    (b"\x81\x01\x02", "for map key"), (b"\xd4\x05\x00", "extension type 5 is not allowed"),
+    (b"\x82\xa1a\x01\xa1a\x02", "a map repeats a key"),
+], ids=["trailing", "empty", "two", "invalid", "cut-short", "int-key", "ext", "key-twice"])
+async def test_a_packed_value_must_be_one_value_a_node_accepts(shared_node, raw, reason):
     """A msgspec.Raw goes into the frame as it is: trailing bytes would be read as the frame's
     next field (the request id, lost), missing ones would break the frame, and a value the node
     refuses would close the connection, failing every other call on it."""
@@ -94,7 +97,9 @@ async def test_a_packed_value_must_be_one_value_a_node_accepts(shared_node, raw)
     async with AsyncClient(shared_node.address) as client:
         await client.put("packed-neighbour", 1)
         neighbours = [asyncio.ensure_future(client.get("packed-neighbour")) for _ in range(5)]
-        with pytest.raises(ValueError, match="must hold exactly one msgpack value a node accepts"):
+        # The reason in words, not msgspec's "index out of bounds" for b"" or a bare "DuplicateKey".
+        with pytest.raises(ValueError, match=rf"must hold exactly one msgpack value a node accepts; "
+                                             rf"these {len(raw)} bytes do not \(.*{reason}.*\)"):
             await client.put("packed", Raw(raw), request_id="packed-once")
         assert await asyncio.gather(*neighbours) == [1] * 5
         await client.put("packed", Raw(msgpack.packb({"a": [1, 2]})), request_id="packed-once")
@@ -888,6 +893,7 @@ def test_a_blocking_client_inherited_through_fork_refuses_in_the_child(shared_no
     ({"endpoints": 7379}, TypeError, "endpoints must be a 'host:port,...' str or a list of 'host:port' str, not int"),
     ({"endpoints": None}, TypeError, "not NoneType"),
     ({"endpoints": {"127.0.0.1:7379": 1}}, TypeError, "not dict"),
+    ({"endpoints": {"127.0.0.1:7379", "127.0.0.1:7380"}}, TypeError, "not set"),  # no order of the caller's
     ({"endpoints": ["127.0.0.1:7379", "127.0.0.1:7380", "127.0.0.1:7379"]}, ValueError,
      "endpoint '127.0.0.1:7379' is given twice"),
     # One address, written two ways, was two nodes to fail over between (a client probe's finding).
@@ -901,6 +907,12 @@ def test_a_blocking_client_inherited_through_fork_refuses_in_the_child(shared_no
 def test_constructor_arguments_are_refused_by_name(arguments, error, fragment):
     with pytest.raises(error, match=re.escape(fragment)):
         AsyncClient(**arguments)
+
+
+def test_endpoints_may_come_from_a_generator_in_its_order():
+    """The type says Iterable[str]; a generator was refused with TypeError (a client probe)."""
+    client = AsyncClient(f"127.0.0.1:{port}" for port in (7381, 7379))
+    assert client.endpoints == ("127.0.0.1:7381", "127.0.0.1:7379")
 
 
 def test_a_number_no_float_can_hold_is_refused_as_a_bad_value_not_an_overflow():

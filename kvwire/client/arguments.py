@@ -104,6 +104,9 @@ def is_utf8(text: str) -> bool:
     return True
 
 
+_UNSAID = {"StackError": "nested too deeply", "DuplicateKey": "a map repeats a key"}
+
+
 def check_value(value: Any) -> None:
     """Raise TypeError (or ValueError) unless msgpack can carry ``value`` and a node will accept it.
 
@@ -114,10 +117,13 @@ def check_value(value: Any) -> None:
     close the connection under every other call on it; both are ValueError here."""
     if type(value) is Raw:
         try:
+            if not len(value):
+                raise ValueError("they are no value at all")  # msgspec's own words: "index out of bounds"
             checked_raw(value)
         except Exception as exc:  # noqa: BLE001 - msgpack's, msgspec's or the protocol's own refusal
-            # msgpack's StackError (nested past its 1,023 levels) has no message of its own.
-            reason = str(exc) or ("nested too deeply" if type(exc).__name__ == "StackError" else type(exc).__name__)
+            # msgpack's StackError (nested past its 1,023 levels) and the strict unpacker's
+            # DuplicateKey have no message of their own.
+            reason = str(exc) or _UNSAID.get(type(exc).__name__, type(exc).__name__)
             raise ValueError(f"a msgspec.Raw value must hold exactly one msgpack value a node accepts; "
                              f"these {len(value)} bytes do not ({reason})") from None
         return

@@ -56,9 +56,12 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[tuple[str, int]]:
         raise TypeError("endpoints must be a str or a list of str, not bytes")
     elif isinstance(endpoints, (list, tuple)):
         items = list(endpoints)
-    else:  # a dict or a set would give its keys in an order of its own; an int, nothing at all
+    elif isinstance(endpoints, (set, frozenset, dict)) or not hasattr(endpoints, "__iter__"):
+        # A dict or a set would give its keys in an order of its own; an int, nothing at all.
         raise TypeError(f"endpoints must be a 'host:port,...' str or a list of 'host:port' str, "
                         f"not {type(endpoints).__name__}")
+    else:  # a generator, or another iterable with an order of its own making: tried in that order
+        items = list(endpoints)
     parsed = []
     nodes = set()  # each endpoint's _same_node form
     for item in items:
