@@ -175,11 +175,11 @@ def test_a_call_left_waiting_on_a_closed_loop_does_not_fail_the_next_loops_first
 
 
 @pytest.mark.parametrize("new_loop", [asyncio.SelectorEventLoop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
-def test_an_async_client_closed_from_another_loop_while_its_own_is_idle_lets_go_at_once(tmp_path, new_loop):
-    """Used with run_until_complete on one loop, then closed with asyncio.run: the close
-    was handed to the idle loop, waited the client's timeout and left the socket open, and
-    closing that loop later warned of a coroutine never awaited (a client probe). The
-    sockets are closed at once now, and a call left waiting fails once its loop runs."""
+def test_an_async_client_closed_from_another_loop_while_its_own_is_idle_returns_at_once(tmp_path, new_loop):
+    """Used with run_until_complete on one loop, then closed with asyncio.run: the close was
+    handed to the idle loop and close() waited the client's timeout for it, in vain (a client
+    probe). It returns at once now; the close runs at that loop's next turn, which fails the
+    call left waiting there and lets go of the sockets."""
     with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "off"]) as node:
         client = AsyncClient(node.address, timeout=30)
         used = new_loop()
@@ -192,11 +192,11 @@ def test_an_async_client_closed_from_another_loop_while_its_own_is_idle_lets_go_
                                                        what="the GET in the stopped node's socket"))
                 with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
                     runner.run(asyncio.wait_for(client.close(), PROMPTLY))  # the client's timeout is 30 s
+                with pytest.raises(KvwireConnectionError, match="connection closed by the client"):
+                    used.run_until_complete(left)  # the loop's next turn: the close runs first
                 assert own_sockets_to(node.address) == 0
             finally:
                 node.resume()
-            with pytest.raises(KvwireConnectionError, match="connection closed by the client"):
-                used.run_until_complete(left)
         finally:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # nothing left unawaited on it

@@ -252,11 +252,11 @@ class AsyncClient:
         Connections are aborted, not closed gracefully: once this returns the client holds
         no socket, even to a hung node that would never read what is buffered for it.
 
-        From another event loop than the one the client was used on: while that loop runs (in
-        another thread), the closing is done on it, waited for up to the client's timeout;
-        while it runs nothing (idle between two ``run_until_complete``), it is run in a
-        worker thread until the closing is done, and its calls still waiting fail then; once
-        it is closed, its sockets are closed at once (Endpoint.abandon)."""
+        From another event loop than the one the client was used on, the closing is done on
+        that loop: while it runs (in another thread), waited for up to the client's timeout;
+        while it runs nothing (idle between two ``run_until_complete``), at its next turn, and
+        this returns at once (its sockets are open until then); once it is closed, its sockets
+        are closed at once (Endpoint.abandon)."""
         if self._closed:
             return
         self._closed = True
@@ -269,16 +269,15 @@ class AsyncClient:
         if loop is asyncio.get_running_loop():
             await self._close_connections()
             return
+        closing = asyncio.run_coroutine_threadsafe(self._close_connections(), loop)
         if not loop.is_running():
-            # A close handed to it would wait there, for the client's timeout, and then leave
-            # the sockets open (a client probe). Neither asyncio's loop nor uvloop's closes a
-            # transport's socket but in a turn of its loop, and a loop runs in one thread at a
-            # time, not in this one while this one's runs: a worker thread runs it.
-            closing = asyncio.to_thread(loop.run_until_complete, self._close_connections())
-        else:
-            closing = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_connections(), loop))
+            # Idle: the close runs at its next turn, and waiting here, for the client's
+            # timeout, would change nothing (a client probe waited 5 s). Not run from here:
+            # a loop is its owner's to run, and a thread running it raced its owner's next
+            # run_until_complete (a review).
+            return
         try:
-            await asyncio.wait_for(closing, self.timeout)
+            await asyncio.wait_for(asyncio.wrap_future(closing), self.timeout)
         except TimeoutError:
             pass  # that loop stopped meanwhile: its connections close with it
 

@@ -70,7 +70,9 @@ def put_request_id(caller_id: str, packed: Any) -> str:
     caller = check_request_id(caller_id).encode()
     digest = hashlib.sha256(len(caller).to_bytes(2, "big") + caller)
     digest.update(packed)
-    return "put-" + base64.urlsafe_b64encode(digest.digest()[:24]).decode("ascii")
+    # "rest-": the HTTP bridge's ids were made so before the client library made them, and
+    # a retry crossing from a bridge of then to one of now must find its first attempt.
+    return "rest-" + base64.urlsafe_b64encode(digest.digest()[:24]).decode("ascii")
 
 
 def prepared_put(value: Any, caller_id: str | None) -> tuple[Raw, str, bool | None]:
