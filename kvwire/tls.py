@@ -237,7 +237,15 @@ def dialler_hint(error: BaseException) -> str:
         return "; is the CA given (--tls-ca, ca=) the one that signed the node's certificate?"
     if getattr(error, "reason", None) in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return "; is the node serving TLS (kvwire serve --tls-cert)?"
+    if getattr(error, "reason", None) == "UNEXPECTED_EOF_WHILE_READING":
+        return f"; {HANDSHAKE_LIMIT_HINT}"
     return ""
+
+
+# Why a node may close a connection as its TLS handshake begins: said with a reset, or an
+# EOF, the dialler's error named no cause.
+HANDSHAKE_LIMIT_HINT = ("a node with as many TLS handshakes in progress as its --max-connections closes new "
+                        "connections at once, and its log says so")
 
 
 def _harden(context: ssl.SSLContext) -> None:

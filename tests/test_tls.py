@@ -28,13 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from rest_helpers import PREFIX, http, read_response
 
-from kvwire import Client, KeyNotFoundError, KvwireConnectionError
+from kvwire import Client, KeyNotFoundError, KvwireConnectionError, RetryPolicy
 from kvwire.secret_file import write_secret_file
 from kvwire.protocol import CLOSED, NEED_DATA, Connection, ErrorCode, ErrorReply, Get, Ping, Put, Side, encode
 from kvwire.testing import DevCerts, LocalCluster, NodeProcess, RawConnection, free_port, wait_for
 from kvwire.testing.bridge import BridgeProcess
 from kvwire.testing.wire import connect_socket
-from kvwire.tls import TlsConfigError, TlsFiles, client_context, like_tcp, optional_client_context, server_context
+from kvwire.tls import (HANDSHAKE_LIMIT_HINT, TlsConfigError, TlsFiles, client_context, like_tcp,
+                        optional_client_context, server_context)
 
 
 def run_kvwire(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -709,6 +710,21 @@ def test_stalled_handshakes_are_bounded_in_number_and_time(tmp_path, certs):
             kv.put("still", "serving")
 
 
+def test_a_client_refused_at_the_handshake_limit_is_told_why_it_may_be(tmp_path, certs):
+    """Closed at once for the handshakes in progress, a client said only
+    "cannot connect to ...: ConnectionResetError" (the error had no errno to say more)."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1", tls=certs, extra_args=["--sync", "off", "--max-connections", "1"]) as node:
+        with RawConnection(node.address, timeout=3):  # TCP, and not a byte of TLS: the one handshake allowed
+            with pytest.raises(KvwireConnectionError) as refused:
+                with Client([node.address], timeout=2, retry=RetryPolicy(attempts=1), **node.client_options) as kv:
+                    kv.ping()
+    # A reset when the client's hello reached the socket before the node closed it, else an EOF.
+    said = str(refused.value)
+    assert ("the node reset the connection during the TLS handshake; " in said
+            or "the connection closed during the TLS handshake; " in said), said
+    assert said.endswith(f"; {HANDSHAKE_LIMIT_HINT}"), said
+
+
 def test_an_https_bridge_bounds_its_handshakes_in_number_as_a_node_does(tmp_path, certs):
     """Silent handshakes once took a bridge's open files without bound (asyncio's
     listener counts none); now at most --max-connections of them wait at once."""
@@ -825,6 +841,7 @@ def test_bench_security_cost_compares_tls_and_auth_with_plain_end_to_end():
         assert all(figures[f"{mode}_errors"] == 0 for mode in ("plain", "tls", "tls+auth")), summary
         for mode in ("tls", "tls+auth"):
             assert figures[f"{mode}_over_plain"] == round(figures[f"{mode}_ops_per_s"] / figures["plain_ops_per_s"], 3)
+
 
 @pytest.mark.parametrize("verify_code, hint", [
     (10, "check the certificate's dates"),  # X509_V_ERR_CERT_HAS_EXPIRED: the CA was right

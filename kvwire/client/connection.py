@@ -46,7 +46,7 @@ from kvwire.protocol.codec import HEADER_SIZE as FRAME_HEADER_BYTES
 from kvwire.protocol.messages import REPLY_BIT, Op, Request
 
 from ..protocol.address import format_endpoint
-from ..tls import describe_tls_error, dialler_hint
+from ..tls import HANDSHAKE_LIMIT_HINT, describe_tls_error, dialler_hint
 from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 
 log = logging.getLogger("kvwire.client")
@@ -180,6 +180,9 @@ class ClientConnection(asyncio.Protocol):
                 raise KvwireConnectionError(
                     f"cannot connect to {address}: no answer within {connect_timeout:g} s"
                 ) from None
+            if ssl_context is not None and isinstance(exc, ConnectionResetError):
+                # Said bare, often with no errno ("ConnectionResetError"), it named no cause.
+                raise KvwireConnectionError(f"cannot connect to {address}: {_CUT_HANDSHAKE}") from exc
             raise KvwireConnectionError(f"cannot connect to {address}: {_describe_os_error(exc)}") from exc
         if not hello:
             return connection
@@ -593,6 +596,7 @@ class RefusedBeforeHello(KvwireConnectionError):
 
 
 _CLOSED_BY_NODE = "the node closed the connection"
+_CUT_HANDSHAKE = f"the node reset the connection during the TLS handshake; {HANDSHAKE_LIMIT_HINT}"
 CLOSED_BY_CLIENT = "connection closed by the client"
 _TLS_REFUSAL_HINT = (
     " before answering HELLO; over TLS that usually means it refused our client certificate, or wanted one"
