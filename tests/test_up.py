@@ -330,6 +330,50 @@ def status_of(tmp_path) -> dict[str, list[str]]:
     return {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
 
 
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout", "stderr"])
+def test_up_with_a_standard_stream_closed_runs_and_restarts_a_node_that_dies(tmp_path, closed):
+    """``kvwire up >&-`` fell over before any node started ('NoneType' object has no
+    attribute 'flush'), and ``kvwire up 2>&-`` at its first line to stderr, when a node
+    died: the whole cluster went down instead of the node being restarted (a probe)."""
+    base = free_port_run(2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvwire", "up", "--nodes", "2", "--base-port", str(base), "--no-http",
+         "--data-dir", str(tmp_path / "data"), "--sync", "off"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        preexec_fn=lambda: os.close(closed),
+    )
+    try:
+        def serving() -> dict[str, list[str]] | None:
+            assert process.poll() is None, f"kvwire up exited with {process.returncode}"
+            if not (tmp_path / "data" / "up.sock").is_socket():
+                return None
+            status = status_of(tmp_path)
+            return status if all(line[-2:] == ["answers", "PING"] for line in status.values()) else None
+
+        pid = int(wait_for(serving, timeout=30, what="both nodes answering")["n2"][2])
+        os.kill(pid, signal.SIGKILL)
+        def restarted() -> bool:
+            status = serving()
+            return status is not None and status["n2"][2] != str(pid) and status["n2"][4] == "1"
+
+        wait_for(restarted, timeout=30, what="n2 restarted and answering")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        stop_gracefully(process)
+
+
+def test_one_shot_commands_refuse_a_closed_stdout_before_doing_anything(tmp_path):
+    """``kvwire secret PATH >&-`` wrote the secret and exited 0, saying nothing (a probe):
+    as kvwire-cli does, a command that reports on stdout and ends now refuses first."""
+    secret = tmp_path / "cluster.secret"
+    result = subprocess.run([sys.executable, "-m", "kvwire", "secret", str(secret)], capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(1))
+    assert result.returncode == 1
+    assert result.stderr == "kvwire: stdout is closed; nothing was done, as there is nowhere to say how it went\n"
+    assert not secret.exists()
+
+
 def test_control_commands_stop_kill_and_start_one_node(tmp_path):
     base = free_port_run(3)
     up = Up(tmp_path, "--nodes", "3", "--base-port", str(base), "--no-http", "--data-dir", str(tmp_path / "data"), "--sync", "normal")

@@ -36,7 +36,9 @@ def kvwire() -> None:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) == signal.SIG_DFL:
                 signal.signal(signum, signal.getsignal(signal.SIGINT))
-    fill_closed_standard_fds()
+    closed = fill_closed_standard_fds()
+    if 1 in closed:
+        refuse_without_stdout(sys.argv[1:])
     with exit_quietly_once_interrupted(status), one_line_when_stdout_fails():
         from .main import main
 
@@ -101,23 +103,42 @@ def _raised_writing_stdout(error: OSError) -> bool:
     return target is not None and stdout is not None and target in (stdout, getattr(stdout, "buffer", None))
 
 
-def fill_closed_standard_fds() -> None:
-    """Open /dev/null on any of fds 0-2 that is closed (``kvwire bench >&-``).
+def fill_closed_standard_fds() -> list[int]:
+    """Open /dev/null on any of fds 0-2 that is closed (``kvwire bench >&-``); which were.
 
     The next file opened would take that number: a node's socket, or kvload's pipe,
     as fd 1 or 2. uvloop aborts the process when it closes a handle numbered 2 or
     less (libuv's ``uv__close`` asserts ``fd > STDERR_FILENO``), and anything
     written to stdout or stderr would go to that socket. Python has set
-    ``sys.stdout``/``sys.stderr`` to None already, so output stays dropped, as before.
+    ``sys.stdout``/``sys.stderr`` to None already; they become writers to /dev/null,
+    so that output is dropped and a flush is no error (``kvwire up 2>&-`` fell over
+    on its first line to stderr, when a node died, and took the cluster down).
     """
+    closed = []
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
+            closed.append(fd)
             opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, as the lower ones are open
             if opened != fd:
                 os.dup2(opened, fd)
                 os.close(opened)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    return closed
+
+
+def refuse_without_stdout(args: list[str]) -> None:
+    """Exit 1 before doing anything when stdout was closed (``>&-``) for a command that
+    reports on it and ends: it did its work and said nothing, exit 0 (a probe), as if
+    the output had been written. serve, bridge and up run on, their output dropped."""
+    if args[:1] and args[0] in RUN_UNTIL_STOPPED and args[1:2] != ["ctl"]:
+        return
+    sys.stderr.write("kvwire: stdout is closed; nothing was done, as there is nowhere to say how it went\n")
+    raise SystemExit(1)
 
 
 def interrupted_status(args: list[str]) -> int:
