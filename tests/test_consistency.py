@@ -37,7 +37,7 @@ import pytest
 
 from kvwire import AsyncClient, Client, NoQuorumError
 from kvwire.client import RetryPolicy
-from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Get, GetReply, Put, PutReply
+from kvwire.protocol import Consistency, Delete, ErrorCode, ErrorReply, Get, GetReply, Put, PutReply
 from kvwire.testing import LocalCluster, RawConnection
 from kvwire.testing.bridge import REST_PREFIX, BridgeProcess
 
@@ -99,6 +99,12 @@ def test_raw_wire_one_reads_locally_and_quorum_gets_no_quorum(cluster, majority_
             assert isinstance(refused, ErrorReply), refused
             assert refused.code == ErrorCode.NO_QUORUM, refused
             assert "consistency 'one'" in refused.message
+        # A DELETE reads the key on a majority first, and fails there; it has no 'one' to
+        # offer (its error offered a GET's way out, a probe found).
+        refused = conn.request(Delete(4, key))
+        assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.NO_QUORUM, refused
+        assert "could not read the key on a majority first (quorum read of" in refused.message
+        assert "consistency 'one'" not in refused.message and "--consistency" not in refused.message, refused.message
 
 
 # attempts=1: with one endpoint there is nowhere to fail over to anyway.

@@ -94,8 +94,7 @@ class QuorumRead:
     def _expire(self) -> None:
         self._finish(None, NoQuorumError(
             f"quorum read of {self._key!r} could not finish in time"
-            f"{' (bringing a majority up to date)' if self._waiting else ''}; use consistency 'one' "
-            "(kvwire-cli get --consistency one) for this node's copy, which may be stale"))
+            f"{' (bringing a majority up to date)' if self._waiting else ''}"))
 
     def _round_done(self, answers: Answers | None) -> None:
         if answers is None:
@@ -105,8 +104,7 @@ class QuorumRead:
                 return
             self._finish(None, NoQuorumError(
                 f"quorum read of {self._key!r} needs {core.quorum} of {core.cluster_size} nodes but "
-                f"{self._round.reachable} answered; use consistency 'one' (kvwire-cli get --consistency one) "
-                "to read this node's copy, which may be stale"))
+                f"{self._round.reachable} answered"))
             return
         self._answers = answers
         self._maybe_ready()
@@ -187,6 +185,11 @@ class QuorumGet:
 
     def _done(self, newest: Copy | None, error: Exception | None) -> None:
         request = self._request
+        if type(error) is NoQuorumError:
+            # A GET's way out, said here rather than by the read, which a DELETE makes too
+            # (and a DELETE has no consistency 'one': a probe found its error offering one).
+            error = NoQuorumError(f"{error.message}; use consistency 'one' (kvwire-cli get --consistency one) "
+                                  "to read this node's copy, which may be stale", maybe_applied=error.maybe_applied)
         if error is not None:
             self._core.respond(self._token, error)
         elif newest.absent:
