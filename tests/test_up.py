@@ -243,6 +243,7 @@ def test_bad_http_ports_are_usage_errors(tmp_path, args, message):
         ("nan", "'nan' is not a number of seconds"),  # nan passes every range check of click's own
         ("0", "0.0 is not in the range 0<x<=3600.0"),
         ("3601", "3601.0 is not in the range 0<x<=3600.0"),
+        ("soon", "'soon' is not a number of seconds"),  # not click's "is not a valid float range"
     ],
 )
 def test_a_bad_start_timeout_is_a_usage_error(tmp_path, value, message):

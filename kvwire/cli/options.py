@@ -39,9 +39,15 @@ class FilePath(GivenPath):
 
 
 class Seconds(click.FloatRange):
-    """A FloatRange that refuses NaN, which passes every range check (all comparisons are false)."""
+    """A FloatRange that refuses NaN, which passes every range check (all comparisons are false),
+    and says what it wants of a value that is no number (click's "is not a valid float range")."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
         seconds = super().convert(value, param, ctx)
         if math.isnan(seconds):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
