@@ -76,3 +76,45 @@ def test_http_request_on_the_node_port_gets_an_error_naming_the_bridge(node_with
     assert "kvwire bridge" in reply.message
     assert codec.next_event() is CLOSED
     assert node.ping(), "one wrong connection leaves the node serving others"
+
+
+def _server(greeting: bytes | None):
+    """A TCP server on loopback that greets each connection with ``greeting``, or, with
+    None, sends back whatever it is sent (an echo server); closed with the test."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one(connection: socket.socket) -> None:
+        with connection:
+            if greeting is not None:
+                connection.sendall(greeting)
+            while data := connection.recv(65536):
+                if greeting is None:
+                    connection.sendall(data)
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            threading.Thread(target=serve_one, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
+@pytest.mark.parametrize("greeting, said", [
+    (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", "this looks like an SSH server, not a kvwire node: it greets with 'SSH-'"),
+    (None, "unknown reply op 1 (HELLO, a request's: the other side sends back what it is sent, as an echo server"),
+], ids=["ssh", "echo"])
+def test_a_client_pointed_at_another_kind_of_server_is_told_what_it_looks_like(greeting, said):
+    """They said only "frame of 1397966893 bytes exceeds the limit" and "unknown reply op 1"
+    (a client probe)."""
+    with _server(greeting) as listener:
+        address = "127.0.0.1:%d" % listener.getsockname()[1]
+        with kvwire.Client(address, timeout=3) as client:
+            with pytest.raises(KvwireConnectionError) as info:
+                client.ping()
+    assert said in str(info.value), str(info.value)

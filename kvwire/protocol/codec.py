@@ -408,6 +408,8 @@ _HTTP_REQUEST_STARTS = frozenset({b"GET ", b"POST", b"PUT ", b"DELE", b"HEAD", b
 # A TLS record starts with its content type (22 a handshake, 21 an alert) and
 # the version's major byte, 3; as a length, over 350 million bytes.
 _TLS_RECORD_TYPES = frozenset({0x15, 0x16})
+# An SSH server greets every connection first: "SSH-2.0-OpenSSH_9.2p1".
+_SSH_GREETING_START = b"SSH-"
 
 
 def oversized_frame_message(header: bytes, length: int, limit: int, *, replies: bool) -> str:
@@ -430,6 +432,9 @@ def oversized_frame_message(header: bytes, length: int, limit: int, *, replies: 
             f"{header.decode('ascii')!r} ({too_large}); this port speaks the kvwire protocol, and the REST API is served "
             "by the HTTP bridge (kvwire serve --http-listen, or kvwire bridge)"
         )
+    if replies and header == _SSH_GREETING_START:
+        return (f"this looks like an SSH server, not a kvwire node: it greets with 'SSH-' ({too_large}); "
+                "the kvwire port is the node's --listen port (7379 by default)")
     if header[0] in _TLS_RECORD_TYPES and header[1] == 0x03:
         if replies:
             return (f"this looks like TLS, not a kvwire reply ({too_large}): the node serves TLS; connect with "
@@ -508,8 +513,11 @@ def _decode_checked(payload: bytes, replies: bool) -> Message:
 
     schema = (_REPLY_SCHEMAS if replies else _REQUEST_SCHEMAS).get(op) if type(op) is int else None
     if schema is None:
+        sent_back = _REQUEST_SCHEMAS.get(op) if replies and type(op) is int else None
         raise ProtocolError(
-            f"unknown {'reply' if replies else 'request'} op {_describe(op)}",
+            f"unknown {'reply' if replies else 'request'} op {_describe(op)}"
+            + (f" ({sent_back.name}, a request's: the other side sends back what it is sent, as an echo server "
+               "does, and is no kvwire node)" if sent_back is not None else ""),
             code=ErrorCode.UNKNOWN_OP,
             request_id=request_id,
             fatal=False,
