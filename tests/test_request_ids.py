@@ -98,6 +98,28 @@ def test_a_callers_request_id_reused_for_another_value_is_another_write_in_both_
         assert again == second and fourth > second and now == 4
 
 
+def test_a_callers_request_id_is_the_id_the_bridge_made_before_the_library_did():
+    """A REST PUT that HAProxy retries on another bridge during a rolling upgrade must reach the
+    nodes under one id: the library's digest is the bridge's of before 2026-12-07 (its write_id,
+    copied here), 'rest-' prefix included (a review caught a 'put-' one)."""
+    import base64
+    import hashlib
+
+    import msgpack
+
+    from kvwire.client.arguments import put_request_id
+
+    def bridge_write_id(caller_id: str, packed: bytes) -> str:
+        caller = caller_id.encode()
+        digest = hashlib.sha256(len(caller).to_bytes(2, "big") + caller)
+        digest.update(packed)
+        return "rest-" + base64.urlsafe_b64encode(digest.digest()[:24]).decode("ascii")
+
+    for caller_id, value in [("order-7", 1), ("Idempotency-Key-\u00e9", {"a": [1, "b"]}), ("x" * 128, "v" * 1000)]:
+        packed = msgpack.packb(value)
+        assert put_request_id(caller_id, packed) == bridge_write_id(caller_id, packed)
+
+
 def test_a_blocking_client_checks_a_value_in_its_callers_thread(tmp_path):
     """Checking a large value takes a while (0.1-0.3 s for a million numbers): on the loop
     thread all of a Client's calls share, one thread's large put held the others' calls
