@@ -332,6 +332,13 @@ def test_the_bridge_passes_bearer_tokens_through(bridge):
     assert "needs a token" in anonymous.json["error"]
     wrong = http("GET", url, headers={"Authorization": f"Bearer {WRONG}"})
     assert wrong.status == 401 and "token refused" in wrong.json["error"]
+    # A refused token writes nothing, and the answer says nothing else: n1's own bridge
+    # said "its first attempt, on this node, may have been applied" (a REST probe's finding).
+    for method in ("PUT", "DELETE"):
+        refused_write = http(method, url, {"value": 1} if method == "PUT" else None,
+                             headers={"Authorization": f"Bearer {WRONG}"})
+        assert refused_write.status == 401 and "token refused" in refused_write.json["error"], refused_write.text
+        assert "may have been applied" not in refused_write.text and refused_write.json.get("maybe_applied") is not True
     malformed = http("GET", url, headers={"Authorization": f"Basic {WRONG}"})
     assert malformed.status == 401 and "Bearer <token>" in malformed.json["error"]
     written = http("PUT", url, {"value": 1}, headers={"Authorization": f"Bearer {TOKENS['writer']}"})

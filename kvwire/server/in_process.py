@@ -174,8 +174,11 @@ class InProcessClient:
             # This node's --auth-file may lag the others' while a token is rolled out:
             # the peers are asked, as the client library asks its other nodes. Every
             # REST call with the new token answered 401 through a node not yet
-            # restarted (an operations probe's finding).
-            return _Declined(exc)
+            # restarted (an operations probe's finding). Refused at the HELLO, the
+            # request never reached the node: nothing was written here (said so, a
+            # refused write's 401 read "its first attempt, on this node, may have
+            # been applied", a REST probe's finding).
+            return _Declined(UnauthenticatedError(exc.message, maybe_applied=False))
         started = perf_counter()
         tally = node.metrics.tally_of_request(request)
         try:
