@@ -539,7 +539,7 @@ def test_a_value_over_the_frame_limit_is_too_large_not_unavailable(tmp_path):
     with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=limits) as small:
         result = run_cli("--endpoints", small.address, "put", "huge", "--value-file", str(path))
     assert result.returncode == 4, result.stderr
-    assert "too large" in result.stderr and f"{small.address} takes at most 200000" in result.stderr
+    assert "too large" in result.stderr and f"{small.address} takes at most 102048 from a client" in result.stderr
 
 
 def test_every_endpoint_given_is_tried_before_the_command_fails(shared_node):

@@ -750,7 +750,7 @@ async def test_a_frame_over_the_nodes_limit_is_refused_before_sending(shared_nod
     # from HELLO and refuses the request itself, keeping the connection.
     async with AsyncClient(shared_node.address) as client:
         await client.put("before", 1)
-        with pytest.raises(TooLargeError, match="takes at most 4194304") as refused:
+        with pytest.raises(TooLargeError, match="takes at most 1050624 from a client") as refused:
             await client.put("huge", b"x" * 5_000_000)
         assert refused.value.maybe_applied is False  # never sent
         assert await client.get("before") == 1

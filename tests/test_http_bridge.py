@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
@@ -282,6 +283,24 @@ def test_too_large_is_413(api, request):
     check_error(http("PUT", kv(base, key), raw=b'{"value": "' + b"x" * body_limit + b'"}'), 413, f"{body_limit} bytes")
     check_error(http("GET", kv(base, key)), 404)
     assert http("PUT", kv(base, key), {"value": "x" * (NODE_MAX_VALUE_BYTES - 100)}).status == 201
+
+
+def test_a_value_past_what_the_nodes_take_in_a_frame_is_413_and_costs_no_one_else(cluster):
+    """The standalone bridge takes values up to 1 MiB, its nodes 4 KiB, so a client frame of
+    at most 6 KiB: a value past that was sent, each node dropped the bridge's connection at the
+    frame's header, every request in flight on it failed, and the PUT itself answered 503
+    after its third node (a REST probe's finding). The bridge refuses it before sending now."""
+    base = f"{cluster.standalone.url}{PREFIX}"
+    oversized = {"value": "x" * (4 * NODE_MAX_VALUE_BYTES)}  # past the nodes' 6,144-byte client frame
+    with ThreadPoolExecutor(8) as pool:
+        small = [pool.submit(http, "PUT", kv(base, f"beside-oversized-{index}"), {"value": index})
+                 for index in range(40)]
+        big = [pool.submit(http, "PUT", kv(base, "oversized"), oversized) for _ in range(6)]
+        for reply in (future.result() for future in big):
+            document = check_error(reply, 413, "from a client", f"max_value_bytes ({NODE_MAX_VALUE_BYTES})")
+            assert document.get("maybe_applied") is False, document
+        assert [future.result().status for future in small] == [201] * 40
+    check_error(http("GET", kv(base, "oversized")), 404)
 
 
 def test_unknown_paths_404_and_wrong_methods_405_in_json(api):

@@ -43,6 +43,7 @@ from kvwire.protocol import (
 )
 from kvwire.protocol.errors import WrongNodeError
 from kvwire.protocol.codec import HEADER_SIZE as FRAME_HEADER_BYTES
+from kvwire.protocol.limits import FRAME_OVERHEAD_BYTES
 from kvwire.protocol.messages import REPLY_BIT, Op, Request
 
 from ..protocol.address import format_endpoint
@@ -106,6 +107,9 @@ class ClientConnection(asyncio.Protocol):
         # max_frame_bytes usually ends in a connection reset, not an ERROR
         # (docs/protocol.md 9). Also None from nodes that predate the field.
         self.server_limits: Limits | None = None
+        # The longest frame the node takes on this connection, from server_limits and
+        # the role HELLO gave it (docs/protocol.md 9); None: unknown, not checked.
+        self._frame_limit: int | None = None
         # The node's HELLO_REPLY to a peer said it is still joining (it cannot vote yet).
         self.peer_joining = False
         # To a peer: the node's process (new at each start) and its --cluster's member ids.
@@ -271,6 +275,13 @@ class ClientConnection(asyncio.Protocol):
         # The codec has checked the map as Limits.from_wire does.
         self.server_limits = Limits.from_wire(reply.limits) if reply.limits is not None else None
         if self.server_limits is not None:
+            # A client's frame is refused past the largest request (key + value + 1 KiB),
+            # and the connection with it: checked against max_frame_bytes, a standalone
+            # bridge given a larger --max-value-bytes than its nodes sent such PUTs, each
+            # node dropped the connection, and every request in flight on it failed
+            # (a REST probe's finding).
+            self._frame_limit = (self.server_limits.max_frame_bytes if role is Role.PEER
+                                 else self.server_limits.client_frame_bytes)
             # A node given larger limits than this client's answers with values as
             # large as they allow: read them, rather than drop the connection and
             # report the node lost. What this client sends is still checked by its own.
@@ -427,17 +438,23 @@ class ClientConnection(asyncio.Protocol):
             raise self.refusal(message_type) or self._connection_error()
         request_id = self._next_id
         data = self._codec.send(message_type(request_id, *fields))
-        limit = self.server_limits.max_frame_bytes if self.server_limits is not None else None
+        limit = self._frame_limit
         if limit is not None and len(data) - FRAME_HEADER_BYTES > limit:
             # The node would drop the connection at the header (docs/protocol.md 9), which
             # reads as a lost node and is retried elsewhere; this request is the fault.
-            raise TooLargeError(
-                f"the request is {len(data) - FRAME_HEADER_BYTES} bytes as a frame; {self.address} takes at most {limit}"
-            )
+            raise TooLargeError(f"the request is {len(data) - FRAME_HEADER_BYTES} bytes as a frame; {self.address} "
+                                f"takes at most {limit}{self._frame_limit_reason()}")
         self._next_id += 1
         self._pending[request_id] = (future, message_type.op | REPLY_BIT, on_reply)
         self._write(data)
         return request_id
+
+    def _frame_limit_reason(self) -> str:
+        limits = self.server_limits
+        if limits is None or self._frame_limit == limits.max_frame_bytes:
+            return ""
+        return (f" from a client, its max_key_bytes ({limits.max_key_bytes}) + max_value_bytes "
+                f"({limits.max_value_bytes}) + {FRAME_OVERHEAD_BYTES}")
 
     def _write(self, data: bytes) -> None:
         self._outgoing.append(data)
