@@ -13,7 +13,9 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from rest_helpers import PREFIX, http, with_http
@@ -52,6 +54,31 @@ def copy_config(workdir: Path, *, nodes: list[str], bridges: list[str], tcp: str
             text = text.replace(old, new)
         path.write_text(text)
     return target / "nginx.conf"
+
+
+@contextmanager
+def nginx_before_a_cluster(nginx_binary: str, tmp_path: Path, *, sync: str = "normal",
+                           edits: dict[str, tuple[str, str]] | None = None) -> Iterator[tuple[LocalCluster, str, str]]:
+    """Three nodes serving REST in-process, and nginx in front of them with deploy/nginx/'s
+    configs (``edits``: a file's one ``(old, new)`` replacement); yields the cluster, the
+    stream proxy's address and the REST base URL through nginx."""
+    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync=sync)
+    urls = with_http(cluster)
+    with cluster:
+        tcp, rest = free_address(), free_address()
+        bridges = [urls[node_id].removeprefix("http://") for node_id in cluster.node_ids]
+        config = copy_config(tmp_path, nodes=cluster.endpoints, bridges=bridges, tcp=tcp, http=rest)
+        for name, (old, new) in (edits or {}).items():
+            text = config.with_name(name).read_text()
+            assert text.count(old) == 1, f"{name} should hold {old!r} once"
+            config.with_name(name).write_text(text.replace(old, new))
+        nginx = NginxProcess(config, workdir=tmp_path, binary=nginx_binary)
+        nginx.start()
+        try:
+            nginx.wait_ready(addresses=[tcp, rest])
+            yield cluster, tcp, f"http://{rest}{PREFIX}"
+        finally:
+            nginx.stop()
 
 
 def test_the_config_validates_as_is(nginx_binary, tmp_path):
@@ -127,80 +154,52 @@ def test_a_delete_is_never_sent_to_a_second_bridge(nginx_binary, tmp_path):
     """A DELETE that reached a bridge which then went silent is not sent to another:
     the hung node, resumed, may still apply it, and a copy acknowledged elsewhere
     meanwhile, followed by a PUT of the key, lost that PUT. PUTs and GETs still move on."""
-    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="normal")
-    urls = with_http(cluster)
-    with cluster:
-        tcp, rest = free_address(), free_address()
-        bridges = [urls[node_id].removeprefix("http://") for node_id in cluster.node_ids]
-        config = copy_config(tmp_path, nodes=cluster.endpoints, bridges=bridges, tcp=tcp, http=rest)
-        text = config.with_name("kvwire-http.conf").read_text()
-        assert text.count("proxy_read_timeout 6s;") == 1
-        config.with_name("kvwire-http.conf").write_text(text.replace("proxy_read_timeout 6s;", "proxy_read_timeout 2s;"))
-        nginx = NginxProcess(config, workdir=tmp_path, binary=nginx_binary)
-        nginx.start()
+    edit = {"kvwire-http.conf": ("proxy_read_timeout 6s;", "proxy_read_timeout 2s;")}
+    with nginx_before_a_cluster(nginx_binary, tmp_path, edits=edit) as (cluster, _tcp, base):
+        with Client(cluster.endpoints, timeout=5) as client:
+            for number in range(3):
+                client.put(f"doomed-{number}", number)
+        cluster.pause("n1")  # its bridge runs in its process: hung too
         try:
-            nginx.wait_ready(addresses=[tcp, rest])
-            base = f"http://{rest}{PREFIX}"
-            with Client(cluster.endpoints, timeout=5) as client:
-                for number in range(3):
-                    client.put(f"doomed-{number}", number)
-            cluster.pause("n1")  # its bridge runs in its process: hung too
-            try:
-                # Until its peers see n1 DOWN they would forward their DELETEs to it (it
-                # coordinates DELETEs) and wait on it too.
-                for node_id in ("n2", "n3"):
-                    cluster.wait_peers(node_id, up=[other for other in ("n2", "n3") if other != node_id],
-                                       down=["n1"], timeout=10.0)
-                # Each nginx worker picks bridges round robin, n1's first: three DELETEs reach it.
-                answers = []
-                for number in range(3):
-                    started = time.monotonic()
-                    answers.append((http("DELETE", f"{base}/kv/doomed-{number}/").status, time.monotonic() - started))
-                # One that waited out the read timeout on n1's bridge was not sent on: 504, not a 200 from another.
-                waited = [status for status, seconds in answers if seconds >= 1.5]
-                assert waited and set(waited) == {504}, answers
-                assert {status for status, seconds in answers if seconds < 1.5} <= {200}, answers
-                assert http("PUT", f"{base}/kv/after/", {"value": 1}).status == 201
-            finally:
-                cluster.resume("n1")
+            # Until its peers see n1 DOWN they would forward their DELETEs to it (it
+            # coordinates DELETEs) and wait on it too.
+            for node_id in ("n2", "n3"):
+                cluster.wait_peers(node_id, up=[other for other in ("n2", "n3") if other != node_id],
+                                   down=["n1"], timeout=10.0)
+            # Each nginx worker picks bridges round robin, n1's first: three DELETEs reach it.
+            answers = []
+            for number in range(3):
+                started = time.monotonic()
+                answers.append((http("DELETE", f"{base}/kv/doomed-{number}/").status, time.monotonic() - started))
+            # One that waited out the read timeout on n1's bridge was not sent on: 504, not a 200 from another.
+            waited = [status for status, seconds in answers if seconds >= 1.5]
+            assert waited and set(waited) == {504}, answers
+            assert {status for status, seconds in answers if seconds < 1.5} <= {200}, answers
+            assert http("PUT", f"{base}/kv/after/", {"value": 1}).status == 201
         finally:
-            nginx.stop()
+            cluster.resume("n1")
 
 
 def test_a_dead_bridge_fails_one_delete_not_one_a_worker(nginx_binary, tmp_path):
     """A DELETE is not sent on (above), so the one that finds a bridge dead fails (502), and
     the bridge is skipped for fail_timeout. Without a zone each worker process learned that
     on its own: with two workers, 2 of 12 DELETEs in a second failed (a REST probe's finding)."""
-    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="off")
-    urls = with_http(cluster)
-    with cluster:
-        tcp, rest = free_address(), free_address()
-        bridges = [urls[node_id].removeprefix("http://") for node_id in cluster.node_ids]
-        config = copy_config(tmp_path, nodes=cluster.endpoints, bridges=bridges, tcp=tcp, http=rest)
-        text = config.read_text()
-        assert text.count("worker_processes auto;") == 1
-        config.write_text(text.replace("worker_processes auto;", "worker_processes 4;"))  # as on a 4-core machine
-        nginx = NginxProcess(config, workdir=tmp_path, binary=nginx_binary)
-        nginx.start()
-        try:
-            nginx.wait_ready(addresses=[tcp, rest])
-            base = f"http://{rest}{PREFIX}"
-            with Client(cluster.endpoints, timeout=5) as client:
-                for number in range(12):
-                    client.put(f"gone-{number}", number)
-            cluster.kill("n1")  # its bridge runs in its process: refused connections
-            for node_id in ("n2", "n3"):
-                cluster.wait_peers(node_id, up=[other for other in ("n2", "n3") if other != node_id],
-                                   down=["n1"], timeout=10.0)
-            answers = []
+    four_workers = {"nginx.conf": ("worker_processes auto;", "worker_processes 4;")}  # as on a 4-core machine
+    with nginx_before_a_cluster(nginx_binary, tmp_path, sync="off", edits=four_workers) as (cluster, _tcp, base):
+        with Client(cluster.endpoints, timeout=5) as client:
             for number in range(12):
-                answers.append((time.monotonic(), http("DELETE", f"{base}/kv/gone-{number}/").status))
-            failed = [at for at, status in answers if status == 502]
-            assert {status for _, status in answers} <= {200, 502}, answers
-            # fail_timeout is 2 s: the dead bridge is tried again only after it.
-            assert failed and (len(failed) == 1 or failed[1] - failed[0] >= 2.0), answers
-        finally:
-            nginx.stop()
+                client.put(f"gone-{number}", number)
+        cluster.kill("n1")  # its bridge runs in its process: refused connections
+        for node_id in ("n2", "n3"):
+            cluster.wait_peers(node_id, up=[other for other in ("n2", "n3") if other != node_id],
+                               down=["n1"], timeout=10.0)
+        answers = []
+        for number in range(12):
+            answers.append((time.monotonic(), http("DELETE", f"{base}/kv/gone-{number}/").status))
+        failed = [at for at, status in answers if status == 502]
+        assert {status for _, status in answers} <= {200, 502}, answers
+        # fail_timeout is 2 s: the dead bridge is tried again only after it.
+        assert failed and (len(failed) == 1 or failed[1] - failed[0] >= 2.0), answers
 
 
 def seconds_of(config_text: str, directive: str) -> float:
@@ -230,31 +229,19 @@ def test_a_request_that_stops_coming_is_cut_off_when_the_bridge_would():
 
 def test_gets_and_puts_sent_to_a_hung_bridge_are_answered_by_another(nginx_binary, tmp_path):
     """The shipped timeouts, end to end: n1 (and the bridge in its process) stopped."""
-    cluster = LocalCluster(3, data_dir=tmp_path / "data", sync="normal")
-    urls = with_http(cluster)
-    with cluster:
-        tcp, rest = free_address(), free_address()
-        bridges = [urls[node_id].removeprefix("http://") for node_id in cluster.node_ids]
-        nginx = NginxProcess(copy_config(tmp_path, nodes=cluster.endpoints, bridges=bridges, tcp=tcp, http=rest),
-                             workdir=tmp_path, binary=nginx_binary)
-        nginx.start()
+    with nginx_before_a_cluster(nginx_binary, tmp_path) as (cluster, _tcp, base):
+        assert http("PUT", f"{base}/kv/k/", {"value": "before"}).status == 201
+        cluster.pause("n1")
         try:
-            nginx.wait_ready(addresses=[tcp, rest])
-            base = f"http://{rest}{PREFIX}"
-            assert http("PUT", f"{base}/kv/k/", {"value": "before"}).status == 201
-            cluster.pause("n1")
-            try:
-                for node_id in ("n2", "n3"):
-                    cluster.wait_peers(node_id, down=["n1"], timeout=10.0)
-                answers = []
-                for method, body in (("GET", None), ("PUT", {"value": "during"}), ("GET", None), ("PUT", {"value": 2})):
-                    started = time.monotonic()
-                    reply = http(method, f"{base}/kv/k/", body, timeout=30)
-                    answers.append((method, reply.status, round(time.monotonic() - started, 1)))
-                assert all(status in (200, 201) for _, status, _ in answers), answers
-                # Round robin, n1's bridge first: some of them waited out its read timeout, then moved on.
-                assert any(seconds >= 5 for *_, seconds in answers), answers
-            finally:
-                cluster.resume("n1")
+            for node_id in ("n2", "n3"):
+                cluster.wait_peers(node_id, down=["n1"], timeout=10.0)
+            answers = []
+            for method, body in (("GET", None), ("PUT", {"value": "during"}), ("GET", None), ("PUT", {"value": 2})):
+                started = time.monotonic()
+                reply = http(method, f"{base}/kv/k/", body, timeout=30)
+                answers.append((method, reply.status, round(time.monotonic() - started, 1)))
+            assert all(status in (200, 201) for _, status, _ in answers), answers
+            # Round robin, n1's bridge first: some of them waited out its read timeout, then moved on.
+            assert any(seconds >= 5 for *_, seconds in answers), answers
         finally:
-            nginx.stop()
+            cluster.resume("n1")
