@@ -61,6 +61,8 @@ def test_a_node_whose_disk_refuses_writes_is_unhealthy_until_it_takes_them_again
         assert (client.get("before"), len(client.get("after"))) == ("kept", 1_000_000)
     log = node.log()
     assert "storage refuses writes" in log and "storage takes writes again" in log
+    # As docs/operations.md names them, for an alert on the log (an operations probe found neither).
+    assert "event=storage_write_failed" in log and "event=storage_writable" in log, log
 
 
 def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_though_its_peers_are_up(tmp_path):

@@ -685,9 +685,11 @@ class Storage:
             if self.write_error is None:
                 self._failed_since_refusing = 0
                 log.error("storage refuses writes: group commit of %d rows to %s failed: %s; this node reports "
-                          "itself unable to take writes until a commit succeeds", len(batch), self.path, exc)
+                          "itself unable to take writes until a commit succeeds", len(batch), self.path, exc,
+                          extra={"event": "storage_write_failed", "writes": len(batch)})
             elif str(exc) != self.write_error:
-                log.error("group commit of %d rows failed, for another reason now: %s", len(batch), exc)
+                log.error("group commit of %d rows failed, for another reason now: %s", len(batch), exc,
+                          extra={"event": "storage_write_failed", "writes": len(batch)})
             # Else not logged: every client write makes a commit, and a full disk failed
             # some 250 a second under one client (the line above said it already, and
             # the one at recovery counts them).
@@ -808,7 +810,8 @@ class Storage:
             return
         if self.write_error is not None:
             log.warning("storage takes writes again (%s), after %d group commits failed; this node takes writes "
-                        "again", self.path, self._failed_since_refusing)
+                        "again", self.path, self._failed_since_refusing,
+                        extra={"event": "storage_writable", "failed_commits": self._failed_since_refusing})
             self.write_error = None
             self._wakeup.set()  # commit what waited for the disk (hints, purges, the floor)
 
