@@ -2360,6 +2360,24 @@ def test_a_peers_failing_rounds_are_told_at_the_first_and_when_one_completes_aga
                                     "none came within 1 s)")
 
 
+def test_a_round_whose_link_was_lost_here_is_not_told_as_the_peers_answer():
+    """The shell hands the core the error the connection raised when the link is lost
+    (here, dropped as silent): logged as "it answered Digests with UNAVAILABLE", it sent an
+    operator looking for a fault on a peer that had said nothing."""
+    from kvwire.protocol.errors import KvwireConnectionError
+    from kvwire.server.core import Notice
+    core = make_core()
+    core.link_up("n2", 0.0)
+    core.take_effects()
+    core.repair.try_round()
+    (digests,) = [e for e in core.take_effects() if type(e) is Send and e.message_type is Digests]
+    core.peer_reply("n2", digests.request_id, KvwireConnectionError("127.0.0.2:7379: connection closed by the client"),
+                    0.0)
+    (failing,) = effects_of(core, Notice)
+    assert failing.message.startswith("anti-entropy with peer n2 failed: no answer to Digests (its link was lost: "
+                                      "127.0.0.2:7379: connection closed by the client)"), failing.message
+
+
 def test_a_joining_nodes_failing_round_says_it_keeps_the_node_out_of_majorities():
     from kvwire.server.core import Notice
     core = make_core(joining=True)

@@ -26,7 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
-from ...protocol.errors import BadRequestError, KvwireError, UnknownOpError
+from ...protocol.errors import (BadRequestError, KvwireConnectionError, KvwireError, KvwireTimeoutError,
+                                UnknownOpError)
 from ...protocol.limits import MAX_SYNC_ENTRIES, REPAIR_BUCKETS
 from ...protocol.messages import (
     NO_VERSION, Digests, DigestsReply, Fetch, FetchReply, Requests, RequestsReply, Sync, SyncReply, Version,
@@ -321,6 +322,11 @@ class Repair:
         if reply is None:
             waited = REQUEST_TIMEOUT_WRITES * self._core.config.write_timeout
             return f"no answer to {asked.__name__} (its link closed, or none came within {waited:g} s)"
+        if isinstance(reply, (KvwireConnectionError, KvwireTimeoutError)):
+            # Raised on this side (the link lost, or dropped here as silent), not the
+            # peer's ERROR: "it answered with UNAVAILABLE" sent an operator looking for a
+            # fault on a peer that had said nothing (an operations probe's finding).
+            return f"no answer to {asked.__name__} (its link was lost: {reply.message})"
         if isinstance(reply, KvwireError):
             return f"it answered {asked.__name__} with {reply.code.name}: {reply.message}"
         return f"it answered {asked.__name__} with {type(reply).__name__}"
