@@ -48,6 +48,8 @@ class Connection:
         # ``limits.max_frame_bytes``: a node's for a connection until it is a peer
         # link (Limits.client_frame_bytes). None: the limits' own.
         self.frame_limit: int | None = None
+        # Why ``frame_limit`` is what it is, for the refusal (None: a client's frame, the default).
+        self.frame_limit_reason: str | None = None
         self._buffer = bytearray()
         self._offset = 0
         self._eof = False
@@ -85,7 +87,9 @@ class Connection:
             # Refused on the header alone, before a byte of the payload is kept.
             message = oversized_frame_message(bytes(buffer[start : start + HEADER_SIZE]), length, limit,
                                               replies=self._accept_replies)
-            if limit < self.limits.max_frame_bytes:
+            if self.frame_limit_reason is not None:
+                message += f"; {self.frame_limit_reason}"
+            elif limit < self.limits.max_frame_bytes:
                 message += (f"; a client's frame holds at most the largest key and value and "
                             f"{FRAME_OVERHEAD_BYTES} bytes more (max_frame_bytes is for peer links)")
             return self._fail(ProtocolError(message, code=ErrorCode.TOO_LARGE))

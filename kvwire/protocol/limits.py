@@ -39,6 +39,12 @@ def anti_entropy_frame_bytes(max_key_bytes: int) -> int:
     return max(DIGESTS_FRAME_BYTES, FRAME_OVERHEAD_BYTES + MAX_SYNC_ENTRIES * per_entry)
 
 
+# The longest frame a node with an auth file takes from a connection no HELLO has given
+# an accepted token (docs/protocol.md 9): HELLO (a token of up to 4 KiB, a peer's
+# nonce and proof), PING and HEALTH need far less, and reading 64 KiB of the costliest
+# msgpack takes a node's event loop some 15 ms, where a client frame's 1 MiB took 0.3-0.6 s.
+UNAUTHENTICATED_FRAME_BYTES = 64 * 1024
+
 # Records in one REQUESTS_REPLY page (the reference node also bounds a page's
 # bytes by its frame limit: kvwire.server.core.node).
 MAX_REQUEST_RECORDS = 500

@@ -23,6 +23,7 @@ from ..tls import like_tcp
 from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
+from ..protocol.limits import UNAUTHENTICATED_FRAME_BYTES
 from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
 from .access import ANONYMOUS, PEER
 from .flow import FlowControl
@@ -64,7 +65,7 @@ class NodeProtocol(asyncio.Protocol):
     # (a GET answered from memory took 2.70 µs of Python in-process with 32 of them,
     # 2.48 with 27; docs/design.md 5).
     __slots__ = (
-        "_answerable_end", "_backlog", "_buffers", "_closed", "_codec", "_core", "_drain_scheduled", "_eof", "_flow",
+        "_answerable_end", "_auth", "_backlog", "_buffers", "_closed", "_codec", "_core", "_drain_scheduled", "_eof", "_flow",
         "_flush_scheduled", "_going_away", "_held_in", "_held_out", "_later", "_later_bytes", "_loop", "_lost",
         "_max_key_bytes", "_node", "_opened_at", "_outbox", "_partial_since", "_quiet_since", "_registry",
         "_requests_read", "_requests_seen", "_session", "_shutting_down", "_transport", "_value_room", "_write",
@@ -82,8 +83,11 @@ class NodeProtocol(asyncio.Protocol):
         # of the costliest msgpack holds the event loop about 0.2 s a MiB while it is
         # read, with no token needed (a probe, 2026-12-07: 4 MiB frames from two
         # clients, 1.2 s each, made the peers mark two nodes DOWN, and the cluster
-        # lost its quorum). The peer role lifts it (_lift_frame_limit).
-        self._codec.frame_limit = node.config.limits.client_frame_bytes
+        # lost its quorum). With an auth file, a connection without a token may send
+        # nothing larger than a HELLO needs (UNAUTHENTICATED_FRAME_BYTES). Each HELLO
+        # sets it anew (_rights_changed); the peer role lifts it.
+        self._auth = node.config.auth is not None
+        self._set_frame_limit(peer=False, authenticated=not self._auth)
         # What this connection holds, counted against the node's budget for all
         # clients (--max-buffered-bytes; not a peer link's): requests read but not
         # handled, and replies its client has not read while the transport's
@@ -135,7 +139,7 @@ class NodeProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self._session = self._node.new_session(f"{peername[0]}:{peername[1]}" if peername else "?")
         self._session.drop = self.drop
-        self._session.became_peer = self._lift_frame_limit
+        self._session.rights_changed = self._rights_changed
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self._session.certificate = ssl_object.getpeercert()  # checked at a peer's HELLO
@@ -152,12 +156,27 @@ class NodeProtocol(asyncio.Protocol):
         self._registry.add(self)
         self._node.connections = len(self._registry)
 
-    def _lift_frame_limit(self) -> None:
-        """A peer link takes frames up to max_frame_bytes (DIGESTS, SYNC and REQUESTS pages)."""
-        self._codec.frame_limit = None
-        if self._buffers is not None:  # not for a second peer HELLO on the link
-            self._buffers.hold(self, 0)
+    def _rights_changed(self) -> None:
+        grant = self._session.grant
+        self._set_frame_limit(peer=grant is PEER, authenticated=not self._auth or grant is not ANONYMOUS)
+        if grant is PEER and self._buffers is not None:  # not for a second peer HELLO on the link
+            self._buffers.hold(self, 0)  # a peer link's frames are not counted against clients' budget
             self._buffers = None
+
+    def _set_frame_limit(self, *, peer: bool, authenticated: bool) -> None:
+        """A peer link takes frames up to max_frame_bytes (DIGESTS, SYNC and REQUESTS pages),
+        a client the largest request, and a connection the auth file has not let in yet what
+        HELLO, PING and HEALTH need: one frame of 1 MiB of empty maps, then five in a row,
+        each sent with no token, held a node's event loop 1.4-2.2 s (a security probe's finding)."""
+        codec = self._codec
+        if peer:
+            codec.frame_limit, codec.frame_limit_reason = None, None
+        elif authenticated:
+            codec.frame_limit, codec.frame_limit_reason = self._node.config.limits.client_frame_bytes, None
+        else:
+            codec.frame_limit = UNAUTHENTICATED_FRAME_BYTES
+            codec.frame_limit_reason = (f"this node has an auth file, and until a HELLO gives a token it accepts a "
+                                        f"frame holds at most {UNAUTHENTICATED_FRAME_BYTES} bytes")
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self._going_away:

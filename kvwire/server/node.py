@@ -96,8 +96,9 @@ class Session:
     instance: bytes | None = None
     # Closes the connection at once, unread (NodeProtocol.drop); set by the connection.
     drop: Callable[[], None] | None = None
-    # Called once the connection is granted the peer role (NodeProtocol.became_peer).
-    became_peer: Callable[[], None] | None = None
+    # Called after every HELLO that got as far as granting (or refusing) rights: the
+    # connection's frame limit follows ``grant`` (NodeProtocol._rights_changed).
+    rights_changed: Callable[[], None] | None = None
     # The certificate the other side presented in its TLS handshake (getpeercert()),
     # where it was asked for one (--tls-ca); set by the connection.
     certificate: dict | None = None
@@ -317,10 +318,14 @@ class Node:
         session.grant, handshake, session.handshake = self._default_grant, session.handshake, None
         session.member = None
         nonce = proof = None
-        if request.role is Role.PEER:
-            nonce, proof = self._peer_hello(request, session, handshake)
-        elif self.config.auth is not None and request.token is not None:
-            session.grant = self._client_grant(request, session)
+        try:
+            if request.role is Role.PEER:
+                nonce, proof = self._peer_hello(request, session, handshake)
+            elif self.config.auth is not None and request.token is not None:
+                session.grant = self._client_grant(request, session)
+        finally:
+            if session.rights_changed is not None:
+                session.rights_changed()
         session.said_hello = True
         # A peer learns at once that this node cannot vote yet, before its first heartbeat.
         joining = True if request.role is Role.PEER and self.core.joining else None
@@ -412,8 +417,6 @@ class Node:
 
     def _grant_peer(self, session: Session, member: str | None, instance: bytes | None) -> None:
         session.grant = PEER
-        if session.became_peer is not None:
-            session.became_peer()
         session.member = member
         session.instance = instance
         self._peer_sessions.add(session)
