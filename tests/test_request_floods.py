@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 
+import msgpack
 import pytest
 
 from kvwire.protocol import Hello, Ping, Pong, encode
@@ -80,3 +81,49 @@ class _ReplyCounter(threading.Thread):
                 buffer = buffer[at:]
         except OSError:
             pass
+
+
+HEAVY_FRAMES = 6
+
+
+def heavy_ping(request_id: int) -> bytes:
+    """A PING carrying, in a field no node knows, 1 MiB of the costliest msgpack to read:
+    empty maps, each a Python dict (section 9 of docs/protocol.md: a client's frame
+    is at most the largest request, about 1 MiB at the defaults)."""
+    payload = msgpack.packb({"op": 2, "id": request_id, "pad": [{}] * 1_040_000})
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def test_frames_costly_to_read_sent_back_to_back_each_wait_for_the_next_loop_turn(tmp_path):
+    """Reading a frame of a million empty maps takes a node 0.3-0.6 s, and libuv hands one
+    connection up to 32 reads in a loop turn: five sent back to back held the event loop
+    2.2 s in one block, no token needed, and the peers marked the node DOWN (a security
+    probe's finding). A pass reads 256 KiB of frames at most, so other connections and the
+    node's heartbeats run between two such frames: the longest wait for a PING is about
+    one frame's, not the sum of them."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as node, RawConnection(node.address, timeout=60) as watcher:
+        host, port = node.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=60) as flooder:
+            replies = _ReplyCounter(flooder)
+            replies.start()
+            started = time.monotonic()
+            flooder.sendall(heavy_ping(1))
+            deadline = started + 30
+            while replies.count < 1 and time.monotonic() < deadline:
+                assert isinstance(watcher.request(Ping(1)), Pong)
+            one_frame = time.monotonic() - started  # what one such frame holds the node, on this machine now
+            assert replies.count == 1, "no reply to one heavy PING within 30 s"
+            sender = threading.Thread(target=flooder.sendall,
+                                      args=(b"".join(heavy_ping(index) for index in range(2, HEAVY_FRAMES + 2)),))
+            sender.start()
+            longest, answered, deadline = 0.0, 0, time.monotonic() + 60
+            while replies.count < HEAVY_FRAMES + 1 and time.monotonic() < deadline:
+                asked = time.monotonic()
+                assert isinstance(watcher.request(Ping(answered + 2)), Pong)
+                longest = max(longest, time.monotonic() - asked)
+                answered += 1
+            sender.join(timeout=30)
+            assert replies.count == HEAVY_FRAMES + 1, f"{replies.count} of {HEAVY_FRAMES + 1} replies in 60 s"
+    print(f"one frame {one_frame * 1000:.0f} ms; longest ping {longest * 1000:.0f} ms of {answered}")
+    # Read in one block, the frames held every PING for about HEAVY_FRAMES times one frame's time.
+    assert longest < 2.5 * one_frame + 0.2, (longest, one_frame, answered)

@@ -44,6 +44,13 @@ MAX_REPLY_BYTES_PER_PASS = 1 << 20
 # the peers' failure timeout: two such clients took a cluster's quorum. A pass of
 # these costs about 10 ms at most; heartbeats and other clients run in between.
 MAX_REQUESTS_PER_PASS = 512
+# Bytes of frames one pass reads before the rest wait for the next loop turn, when
+# the node reads nothing more from the connection until then. Reading a frame costs
+# up to about 0.3 s a MiB (a million empty maps), and libuv hands a connection up to
+# 32 reads in one turn: five such frames sent back to back held the event loop 2.2 s
+# in one block, and two connections sending them took a cluster's quorum (a security
+# probe's finding). A pass always reads one frame, however large.
+MAX_REQUEST_BYTES_PER_PASS = 256 * 1024
 # Replies queued for the end of the loop turn (kvwire.server.outbox) past this
 # are written at once: libuv may hand one connection up to 32 full reads in a
 # turn, and flow control only sees what has been written.
@@ -357,6 +364,7 @@ class NodeProtocol(asyncio.Protocol):
         # (bench/results/2026-12-04/inflight_ab.md has the paired runs).
         max_inflight, max_inflight_bytes = flow.max_inflight, flow.max_inflight_bytes
         frames_left = MAX_REQUESTS_PER_PASS  # frames read as requests or refused alike
+        bytes_left = MAX_REQUEST_BYTES_PER_PASS
         while not self._closed:
             # One read can hold thousands of requests: stopping the reads at
             # the cap (FlowControl) does not stop this loop from starting them.
@@ -364,16 +372,23 @@ class NodeProtocol(asyncio.Protocol):
                     or flow.inflight >= max_inflight or flow.inflight_bytes >= max_inflight_bytes):
                 self._backlog = codec.buffered_bytes > 0  # nothing left: nothing to hold back
                 break
+            if bytes_left <= 0:
+                # Held back even with no whole frame left: the reads still to come in
+                # this loop turn would each bring the next one (_drain_backlog reads on).
+                self._backlog = True
+                break
             frames_left -= 1
             try:
                 request = codec.next_event()
             except ProtocolError as exc:
+                bytes_left -= codec.last_frame_bytes
                 if self._refuse_frame(exc, replies, started):
                     return b""
                 produced += len(replies[-1])
                 continue
             if request is NEED_DATA:
                 break
+            bytes_left -= codec.last_frame_bytes
             if request is CLOSED:
                 if self._flow.inflight == 0:
                     self._later.extend(replies)  # _close writes them first
