@@ -173,7 +173,7 @@ class Nodes:
         protocol.connection_made(transport)
         if role is Role.PEER:
             protocol._session.grant = PEER  # the harness's shortcut past HELLO (module docstring)
-            protocol._lift_frame_limit()  # as the node's grant of the peer role does
+            protocol._rights_changed()  # as every HELLO that grants or refuses rights does
         try:
             for chunk in case.chunks:
                 if transport.closing:
