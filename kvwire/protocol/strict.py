@@ -15,7 +15,13 @@ import msgpack
 
 
 class DuplicateKey(Exception):
-    """A map repeats a key: the codec then parses again, to find the request id and say where."""
+    """A map repeats a key: the codec then parses again, to find the request id and say where.
+    ``key``: the first key repeated in the first map msgpack finished that repeats one (a
+    map inside another is finished first). No message of its own (``str()`` is empty)."""
+
+    def __init__(self, key: Any = None) -> None:
+        super().__init__()
+        self.key = key
 
 
 def refuse_ext(code: int, data: bytes) -> Any:
@@ -28,7 +34,11 @@ def unique_map(pairs: list[tuple[Any, Any]]) -> dict:
     # as it was sent; a dict shorter than its pairs is how a repeat shows.
     result = dict(pairs)
     if len(result) != len(pairs):
-        raise DuplicateKey
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
     return result
 
 
@@ -39,6 +49,21 @@ def unique_map(pairs: list[tuple[Any, Any]]) -> dict:
 unpack = functools.partial(
     msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=refuse_ext, object_pairs_hook=unique_map
 )
+# The same checks but for repeated keys (a dict keeps the last of two), all in msgpack's
+# C: for a payload already known to repeat one, where only the rest is still to check.
+unpack_keeping_last = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, ext_hook=refuse_ext)
+
+
+def top_level_keys(payload: bytes) -> list[Any]:
+    """The keys of the map ``payload`` is, in order, repeats included, its values skipped
+    unread; for a payload that unpack_keeping_last has read as a map."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, ext_hook=refuse_ext)
+    unpacker.feed(payload)
+    keys = []
+    for _ in range(unpacker.read_map_header()):
+        keys.append(unpacker.unpack())
+        unpacker.skip()
+    return keys
 
 
 # The timestamp extension's headers: msgpack reads type -1 of 4, 8 or 12 bytes as
