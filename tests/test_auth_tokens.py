@@ -397,6 +397,20 @@ def test_the_bridge_passes_bearer_tokens_through(bridge):
     assert all(token not in log() for token in (*TOKENS.values(), WRONG))
 
 
+def test_made_up_tokens_through_a_bridge_do_not_grow_its_log_by_the_request(cluster, tmp_path):
+    """Anyone who reaches a bridge picks the token it sends: the bridge makes a client for
+    each new one, and each logged "nX failed (token refused); trying other nodes first"
+    for every node, three INFO lines a request (a security probe's finding). The nodes log
+    their refusals ten in ten seconds at most; the bridge's client says it at DEBUG."""
+    with BridgeProcess(cluster.endpoints, log_path=tmp_path / "bridge.log") as bridge:
+        for index in range(30):
+            refused = http("GET", f"{bridge.url}{PREFIX}/kv/k/",
+                           headers={"Authorization": f"Bearer made-up-token-{index:04d}-0123456789"})
+            assert refused.status == 401, refused
+        log = bridge.log()
+    assert log.count("token refused") == 0, log[-3000:]
+
+
 def test_the_readme_example_auth_file_loads(tmp_path):
     import re
     from pathlib import Path

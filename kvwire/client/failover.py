@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 from kvwire.protocol import KvwireConnectionError, KvwireError, KvwireTimeoutError, NoQuorumError, Ping
+from kvwire.protocol.errors import UnauthenticatedError
 
 from ..backoff import backoff_delay
 from ..protocol.address import format_endpoint
@@ -165,7 +166,13 @@ class Endpoint:
 
     def mark_failed(self, now: float, error: BaseException) -> None:
         if self.is_healthy(now):  # log the transition once, not every failure
-            log.info("%s failed (%s); trying other nodes first for %g s", self.address, error, self._retry.cooldown)
+            # A refused token is no fault of the node, and anyone who reaches a REST
+            # bridge picks the token it sends: its bridge, making a client for each new
+            # token, logged this for every node and every made-up token, two or three
+            # lines a request (a security probe's finding). The call's error says it.
+            level = logging.DEBUG if isinstance(error, UnauthenticatedError) else logging.INFO
+            log.log(level, "%s failed (%s); trying other nodes first for %g s", self.address, error,
+                    self._retry.cooldown)
         self.unhealthy_until = now + self._retry.cooldown
 
     def mark_working(self) -> None:
