@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -568,11 +571,49 @@ def test_a_failing_run_traces_its_client_operations_and_the_heal():
     (["--client-timeout", "0"], "must be a positive number of seconds"),
     (["--client-timeout", "soon"], "'soon' is not a number of seconds"),
     (["--max-steps", "0"], "must be at least 1"),
+    (["--faults", ""], "it names no fault kind"),  # accepted as none, where kvwire chaos refused it
+    (["--faults", "crash,crash,pause"], "crash named more than once"),  # weighed the draw towards crashes
 ])
 def test_bad_options_exit_2_with_a_message(args, message):
     result = run_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_failing_runs_json_line_carries_its_operations_faults_and_trace(capsys):
+    """The README's --json line names operations and faults; a failing run's left them
+    out, and dropped --trace (a tools probe's finding)."""
+    assert main(["--seeds", "50", "--mutant", "no-lookup", "--json", "--trace"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["operations"] > 0 and isinstance(report["faults"], dict)
+    assert any("client 0: put " in line for line in report["trace"]), report["trace"][:5]
+
+
+def test_an_interrupted_run_says_how_far_it_got_in_one_line():
+    """Ctrl-C printed a KeyboardInterrupt traceback, one more for every worker of --jobs."""
+    process = subprocess.Popen([sys.executable, "-m", "kvwire.sim", "--seeds", "100000", "--jobs", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # the run under way: its pool's workers started
+        while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(process.pid)
+        assert len(workers) >= 2, "the pool's workers never started"
+        for pid in (process.pid, *workers):
+            os.kill(pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole process group
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted by SIGINT after " in err and " of 100000 seeds from 0, all clean" in err, err
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def test_clients_that_give_up_and_retry_elsewhere_check_clean(capsys):

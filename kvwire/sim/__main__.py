@@ -11,6 +11,7 @@ import functools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from typing import Iterator
@@ -98,13 +99,22 @@ def _seconds(text: str) -> float:
 
 
 def _faults(text: str) -> tuple[str, ...]:
-    if text.strip() in ("", "none"):
+    """As kvwire chaos reads its --faults: a run without faults is asked for by name
+    ('none'), not by an empty list, and a kind named twice is refused, as it would
+    weigh the nemesis' draw towards it unasked."""
+    if text.strip() == "none":
         return ()
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"it names no fault kind; give some of {', '.join(ALL_FAULT_KINDS)}, "
+                                         "or none")
     kinds = tuple(part.strip() for part in text.split(","))
     unknown = [kind for kind in kinds if kind not in ALL_FAULT_KINDS]
     if unknown:
         named = ", ".join(repr(kind) for kind in unknown)  # an empty one ("crash,,pause") shows as ''
         raise argparse.ArgumentTypeError(f"unknown fault kind {named}; choose from {', '.join(ALL_FAULT_KINDS)}")
+    twice = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} named more than once")
     return kinds
 
 
@@ -127,27 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     faults: dict[str, int] = {}
     operations = 0
-    for seed, result in _results(args):
-        operations += len(result.operations)
-        for kind, count in result.faults.items():
-            faults[kind] = faults.get(kind, 0) + count
-        if not result.ok:
-            elapsed = time.perf_counter() - started
-            if args.json:
-                print(json.dumps({"ok": False, "seed": seed, "replay": _replay_command(args, seed),
-                                  "problems": result.problems, "seeds_run": seed - args.seed + 1,
-                                  "seconds": round(elapsed, 3)}))
-                return 1
-            print(f"FAILED: seed {seed} (run {seed - args.seed + 1} of {args.seeds}, {elapsed:.1f} s)")
-            print(f"replay: {_replay_command(args, seed)}")
-            print(f"faults injected in that run: {_describe(result.faults)}")
-            for problem in result.problems[:20]:
-                print(f"  - {problem}")
-            print(format_report(result.report))
-            if args.trace:
-                print("trace:")
-                print("\n".join(result.trace))
-            return 1
+    checked = 0
+    try:
+        for seed, result in _results(args):
+            checked += 1
+            if not result.ok:
+                return _failed(args, seed, result, time.perf_counter() - started)
+            operations += len(result.operations)
+            for kind, count in result.faults.items():
+                faults[kind] = faults.get(kind, 0) + count
+    except KeyboardInterrupt:
+        # One line, as kvwire chaos and bench say it, not a traceback from every worker.
+        print(f"python -m kvwire.sim: interrupted by SIGINT after {checked} of {args.seeds} seeds from "
+              f"{args.seed}, all clean", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - started
     rate = args.seeds / elapsed if elapsed else float("inf")
     if args.json:
@@ -157,6 +160,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ok: {args.seeds} seeds from {args.seed}, {operations} operations checked, "
               f"faults {_describe(faults)}; {elapsed:.1f} s, {rate:.1f} seeds/s")
     return 0
+
+
+def _failed(args: argparse.Namespace, seed: int, result: RunResult, elapsed: float) -> int:
+    if args.json:
+        print(json.dumps({"ok": False, "seed": seed, "replay": _replay_command(args, seed),
+                          "problems": result.problems, "seeds_run": seed - args.seed + 1,
+                          "operations": len(result.operations), "faults": result.faults,
+                          "seconds": round(elapsed, 3), **({"trace": result.trace} if args.trace else {})}))
+        return 1
+    print(f"FAILED: seed {seed} (run {seed - args.seed + 1} of {args.seeds}, {elapsed:.1f} s)")
+    print(f"replay: {_replay_command(args, seed)}")
+    print(f"faults injected in that run: {_describe(result.faults)}")
+    for problem in result.problems[:20]:
+        print(f"  - {problem}")
+    print(format_report(result.report))
+    if args.trace:
+        print("trace:")
+        print("\n".join(result.trace))
+    return 1
 
 
 def _run_one(seed: int, args: argparse.Namespace) -> tuple[int, RunResult]:
@@ -176,7 +198,10 @@ def _results(args: argparse.Namespace) -> Iterator[tuple[int, RunResult]]:
         for seed in seeds:
             yield _run_one(seed, args)
         return
-    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+    # The workers leave SIGINT to this process, which stops the pool: each printed
+    # its own KeyboardInterrupt traceback.
+    with multiprocessing.get_context("fork").Pool(args.jobs, initializer=signal.signal,
+                                                  initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         yield from pool.imap(functools.partial(_run_one, args=args), seeds, chunksize=8)
 
 
