@@ -1,8 +1,12 @@
 """``python -m kvwire.check``: exit 0 ok, 1 violation, 2 bad usage or input, 3 undecided."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +151,37 @@ def test_module_runs_as_a_program_without_tracebacks(tmp_path):
     broken = subprocess.run([sys.executable, "-m", "kvwire.check", str(bad)], capture_output=True, text=True, timeout=60)
     assert violation.returncode == 1 and "verdict: violation" in violation.stdout
     assert broken.returncode == 2 and "line 1" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_a_read_before_any_put_of_its_value_is_explained_as_such(tmp_path, capsys):
+    """The shrunk history drops a PUT that began only after the read: "no PUT wrote" the
+    value then read as false beside the full history (a tools probe's finding)."""
+    early = [op(0, "get", 0, 1, "ok", "x"), op(1, "put", 2, 3, "ok", "x")]
+    code, out, _ = run(capsys, write_history(tmp_path, early))
+    assert code == 1 and "had begun to write by the time the read ended" in out, out
+
+
+def test_ctrl_c_during_a_long_search_is_one_line_not_a_traceback(tmp_path):
+    history = write_history(tmp_path, [op(n, "put", 0, 100, "ok", n) for n in range(400)]
+                            + [op(400 + n, "get", 101 + 2 * n, 102 + 2 * n, "ok", n % 7) for n in range(40)])
+    process = subprocess.Popen([sys.executable, "-m", "kvwire.check", history, "--max-steps", "1000000000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # searching: past the imports and the file's reading
+        while _cpu_seconds(process.pid) < 1.0 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "the search ended before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err == "kvwire.check: interrupted by SIGINT; nothing was checked to the end\n", err
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -113,7 +113,11 @@ def _check_key(key: str, all_ops: list[Operation], max_steps: int) -> KeyResult:
     for op, arg, effect in zip(ops, args, effects):
         if effect == _READ_VALUE and arg not in written:
             # A cheap certain verdict that the search could otherwise only reach exhaustively.
-            explanation = f"{op.describe()} read a value that no PUT on {key!r} (ok or unknown) wrote"
+            # "Before the read ended": the shrunk history shown drops a PUT of the value that
+            # began only after the read, and "no PUT wrote" then read as false beside the full
+            # history (a tools probe's finding).
+            explanation = (f"{op.describe()} read a value that no PUT on {key!r} (ok or unknown) had begun "
+                           f"to write by the time the read ended")
             return KeyResult(key, "violation", tuple(all_ops), 0, explanation)
     verdict, steps, explanation = _Search(ops, effects, args, values, max_steps).run()
     return KeyResult(key, verdict, tuple(all_ops), steps, explanation)
