@@ -23,7 +23,7 @@ from kvwire.check.history import Operation
 
 from .config import ChaosConfig
 from .final import ReplicaStates, final_quorum_reads, read_replica_states, settled_replica_states
-from .firewall import Firewall
+from .firewall import Firewall, remove_stale_chains_if_root
 from .local_reads import check_local_reads
 from .nemesis import Fault, Nemesis, NodeExit
 from .nodes import ChaosCluster
@@ -136,7 +136,9 @@ async def _run(config: ChaosConfig, log: Callable[[str], None]) -> ChaosResult:
     atexit.register(clean_up)
     try:
         if firewall is not None:
-            firewall.install()
+            firewall.install()  # removes stale chains itself
+        else:
+            await asyncio.to_thread(remove_stale_chains_if_root)
         cluster = ChaosCluster(workdir, own_groups=firewall is not None)
         await asyncio.to_thread(cluster.start)
         pids = cluster.pids()
