@@ -154,6 +154,18 @@ def test_without_a_token_a_frame_holds_no_more_than_a_hello_needs(cluster):
         assert reader.get("large-after-hello") == value
 
 
+def test_a_peer_link_keeps_its_frame_limit_whatever_hello_comes_after(cluster):
+    """The peer role lifts the frame limit for good: a later HELLO, as a client or with a
+    refused token, leaves it (the node's fuzz target found the limit lowered under a proven
+    peer once each HELLO set it from the grant)."""
+    from kvwire.protocol.limits import UNAUTHENTICATED_FRAME_BYTES
+    with RawConnection(cluster["n1"].address) as peer:
+        assert isinstance(peer.hello_as_peer("n2", "kvwire", cluster.secret), HelloReply)
+        assert peer.request(Hello(3, token=WRONG)).code == ErrorCode.UNAUTHENTICATED
+        peer.send_bytes(frame_of({"op": 2, "id": 4, "pad": b"x" * (2 * UNAUTHENTICATED_FRAME_BYTES)}))
+        assert isinstance(peer.receive(1)[0], Pong)
+
+
 def test_a_wrong_token_is_refused_at_hello(cluster):
     with Client(cluster.endpoints, token=WRONG) as client, pytest.raises(UnauthenticatedError, match="token refused"):
         client.put("k", "v")

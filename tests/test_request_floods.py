@@ -94,6 +94,7 @@ def heavy_ping(request_id: int) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
+@pytest.mark.serial  # seconds of a full core, timed against itself: alone, not beside other timed tests
 def test_frames_costly_to_read_sent_back_to_back_each_wait_for_the_next_loop_turn(tmp_path):
     """Reading a frame of a million empty maps takes a node 0.3-0.6 s, and libuv hands one
     connection up to 32 reads in a loop turn: five sent back to back held the event loop
@@ -125,5 +126,6 @@ def test_frames_costly_to_read_sent_back_to_back_each_wait_for_the_next_loop_tur
             sender.join(timeout=30)
             assert replies.count == HEAVY_FRAMES + 1, f"{replies.count} of {HEAVY_FRAMES + 1} replies in 60 s"
     print(f"one frame {one_frame * 1000:.0f} ms; longest ping {longest * 1000:.0f} ms of {answered}")
-    # Read in one block, the frames held every PING for about HEAVY_FRAMES times one frame's time.
-    assert longest < 2.5 * one_frame + 0.2, (longest, one_frame, answered)
+    # Read in one block, the frames held a PING for about HEAVY_FRAMES times one frame's time (4.6-5.4 times
+    # here); read one a turn with a poll for the others between, about one frame's (0.8-1.2 times).
+    assert longest < 2 * one_frame + 0.2, (longest, one_frame, answered)

@@ -45,7 +45,9 @@ MAX_REPLY_BYTES_PER_PASS = 1 << 20
 # these costs about 10 ms at most; heartbeats and other clients run in between.
 MAX_REQUESTS_PER_PASS = 512
 # Bytes of frames one pass reads before the rest wait for the next loop turn, when
-# the node reads nothing more from the connection until then. Reading a frame costs
+# the node reads nothing more from the connection until then (FlowControl's
+# pause_for_a_turn: not the backlog's hold, which waits for half of --max-inflight-
+# bytes to drain; at the end of the stream, the backlog). Reading a frame costs
 # up to about 0.3 s a MiB (a million empty maps), and libuv hands a connection up to
 # 32 reads in one turn: five such frames sent back to back held the event loop 2.2 s
 # in one block, and two connections sending them took a cluster's quorum (a security
@@ -75,7 +77,8 @@ class NodeProtocol(asyncio.Protocol):
         "_answerable_end", "_auth", "_backlog", "_buffers", "_closed", "_codec", "_core", "_drain_scheduled", "_eof", "_flow",
         "_flush_scheduled", "_going_away", "_held_in", "_held_out", "_later", "_later_bytes", "_loop", "_lost",
         "_max_key_bytes", "_node", "_opened_at", "_outbox", "_partial_since", "_quiet_since", "_registry",
-        "_requests_read", "_requests_seen", "_session", "_shutting_down", "_transport", "_value_room", "_write",
+        "_requests_read", "_requests_seen", "_session", "_shutting_down", "_transport", "_turn_scheduled",
+        "_value_room", "_write",
         "_writing_paused_at", "__weakref__",
     )
 
@@ -92,7 +95,7 @@ class NodeProtocol(asyncio.Protocol):
         # clients, 1.2 s each, made the peers mark two nodes DOWN, and the cluster
         # lost its quorum). With an auth file, a connection without a token may send
         # nothing larger than a HELLO needs (UNAUTHENTICATED_FRAME_BYTES). Each HELLO
-        # sets it anew (_rights_changed); the peer role lifts it.
+        # sets it anew (_rights_changed); the peer role lifts it for good.
         self._auth = node.config.auth is not None
         self._set_frame_limit(peer=False, authenticated=not self._auth)
         # What this connection holds, counted against the node's budget for all
@@ -134,6 +137,8 @@ class NodeProtocol(asyncio.Protocol):
         # wait: handled once the replies drain and fewer than half of those wait.
         self._backlog = False
         self._drain_scheduled = False
+        # A pass read MAX_REQUEST_BYTES_PER_PASS: the rest waits for the loop's next turn.
+        self._turn_scheduled = False
         # The node is stopping (begin_shutdown): requests held back are refused, not started.
         self._shutting_down = False
         # The node has said it reads nothing more here (go_away): bytes are discarded.
@@ -164,6 +169,8 @@ class NodeProtocol(asyncio.Protocol):
         self._node.connections = len(self._registry)
 
     def _rights_changed(self) -> None:
+        if self._codec.frame_limit is None:
+            return  # a peer link's, for good: a later HELLO, even refused, changes nothing of it
         grant = self._session.grant
         self._set_frame_limit(peer=grant is PEER, authenticated=not self._auth or grant is not ANONYMOUS)
         if grant is PEER and self._buffers is not None:  # not for a second peer HELLO on the link
@@ -200,6 +207,10 @@ class NodeProtocol(asyncio.Protocol):
             return
         read_before = self._requests_read
         self._codec.receive_data(data)
+        self._handle_read(read_before)
+
+    def _handle_read(self, read_before: int) -> None:
+        """Handle what the codec holds, and account for what it still holds."""
         replies = self._handle_buffered()
         if self._backlog:
             self._write_now(replies)  # a megabyte of replies: flow control must see them before reading on
@@ -290,6 +301,32 @@ class NodeProtocol(asyncio.Protocol):
         self._flow.release()
         self._close_if_finished()
 
+    def _wait_a_turn(self) -> None:
+        """Read no more from this connection, and handle none of what it holds, until the
+        event loop has polled once more for the others (MAX_REQUEST_BYTES_PER_PASS)."""
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self._flow.pause_for_a_turn()
+            self._loop.call_soon(self._after_the_next_poll)
+
+    def _after_the_next_poll(self) -> None:
+        # A callback scheduled now runs in the loop turn after this one, once that turn has
+        # polled: the reads of other clients and the peers' heartbeats come in first. Read
+        # again here, and this connection's next frame, costly too, could come first again.
+        self._loop.call_soon(self._go_on)
+
+    def _go_on(self) -> None:
+        self._turn_scheduled = False
+        if self._closed:
+            return
+        self._flow.resume_after_a_turn()
+        if self._going_away or self._backlog or not self._codec.buffered_bytes:
+            return  # discarding, or the backlog's own drain goes on, or nothing held
+        if self._shutting_down:
+            self._refuse_backlog("the node is shutting down")  # as what is held back is
+            return
+        self._handle_read(self._requests_read)
+
     def _schedule_drain(self) -> None:
         if self._flow.may_go_on and not self._drain_scheduled:
             self._drain_scheduled = True
@@ -373,9 +410,12 @@ class NodeProtocol(asyncio.Protocol):
                 self._backlog = codec.buffered_bytes > 0  # nothing left: nothing to hold back
                 break
             if bytes_left <= 0:
-                # Held back even with no whole frame left: the reads still to come in
-                # this loop turn would each bring the next one (_drain_backlog reads on).
-                self._backlog = True
+                # Even with no whole frame left: the reads still to come in this loop
+                # turn would each bring the next one.
+                if self._eof:
+                    self._backlog = True  # no read to stop: drained as a backlog is
+                else:
+                    self._wait_a_turn()
                 break
             frames_left -= 1
             try:

@@ -39,6 +39,7 @@ class FlowControl:
         self._writing_paused = False
         self._reading_paused = False
         self._held = False
+        self._turn_held = False
 
     @property
     def may_go_on(self) -> bool:
@@ -83,6 +84,20 @@ class FlowControl:
         if self.may_go_on:
             self._resume_reading()
 
+    def pause_for_a_turn(self) -> None:
+        """Stop reading until ``resume_after_a_turn``, where nothing else has stopped it: a
+        connection that read frames costly to read lets the event loop run the others first."""
+        if not self._reading_paused:
+            self._turn_held = True
+            self._pause_reading()
+
+    def resume_after_a_turn(self) -> None:
+        """Read again if only ``pause_for_a_turn`` stopped it, and no cause has come since."""
+        if self._turn_held:
+            self._turn_held = False
+            if not self._writing_paused and not self.at_cap:
+                self._resume_reading()
+
     def pause_writing(self) -> None:
         self._writing_paused = True
         self._pause_reading()
@@ -98,6 +113,6 @@ class FlowControl:
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and not self._held and not self._transport.is_closing():
+        if self._reading_paused and not self._held and not self._turn_held and not self._transport.is_closing():
             self._reading_paused = False
             self._transport.resume_reading()
