@@ -187,6 +187,18 @@ def test_free_ports_are_free_and_below_the_range_the_kernel_gives_connections_fr
                 probe.bind(("127.0.0.1", base + offset))
 
 
+def test_two_xdist_workers_pick_ports_from_shares_that_do_not_overlap(monkeypatch):
+    """Each worker remembers only the ports it handed out: a fresh-clone CI run's node found
+    its HTTP bridge's port, picked a moment before, taken by the other worker's test."""
+    picked = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        runs = [free_port_run(3) for _ in range(50)]
+        picked[worker] = {free_port() for _ in range(300)} | {base + offset for base in runs for offset in range(3)}
+    assert max(picked["gw0"]) < min(picked["gw1"]), (max(picked["gw0"]), min(picked["gw1"]))
+
+
 def test_free_port_does_not_hand_out_a_port_twice_before_it_is_bound():
     """A port probed free stays free until its user binds it: two picks before either
     bound could name the same one, and a CI run's HAProxy found its stats port taken

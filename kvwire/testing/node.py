@@ -49,6 +49,22 @@ def _first_ephemeral_port() -> int:
         return 32768
 
 
+def _worker_slice(top: int) -> tuple[int, int]:
+    """The ports from _LOWEST_PORT to ``top`` (excluded) this process picks among: under pytest-xdist,
+    its worker's own share (its children inherit the worker's name), so that two workers
+    never hand out the same port. Each remembers only its own (_HANDED_OUT): a fresh-clone
+    CI run's node found the port of its HTTP bridge, picked a moment before, taken by the
+    other worker's test."""
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit() and int(workers) > 1):
+        return _LOWEST_PORT, top
+    index, count = int(worker[2:]) % int(workers), int(workers)
+    share = (top - _LOWEST_PORT) // count
+    if share < 1000:  # a narrow range (a low ephemeral start): shared, as outside xdist
+        return _LOWEST_PORT, top
+    return _LOWEST_PORT + index * share, _LOWEST_PORT + (index + 1) * share
+
+
 def _kernel_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -68,7 +84,11 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     if len(_HANDED_OUT) > _MAX_HANDED_OUT:
         _HANDED_OUT.clear()
     for _ in range(200):
-        base = _PORT_PICKER.randrange(_LOWEST_PORT, top) if top > _LOWEST_PORT else _kernel_port(host)
+        if top > _LOWEST_PORT:
+            start, end = _worker_slice(top + count)
+            base = _PORT_PICKER.randrange(start, end - count)  # all of the run inside the share
+        else:
+            base = _kernel_port(host)
         if base + count - 1 > 65535 or not _HANDED_OUT.isdisjoint(range(base, base + count)):
             continue
         probes: list[socket.socket] = []
