@@ -1,17 +1,16 @@
 """``python -m kvwire.check``: exit 0 ok, 1 violation, 2 bad usage or input, 3 undecided."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from kvwire.bench.cpu import server_cpu_seconds
 from kvwire.check import Operation, dump_jsonl, load_jsonl
 from kvwire.check.__main__ import main
+from kvwire.testing import wait_for
 
 
 def op(index, kind, start, end, outcome, value=None, version=None):
@@ -167,9 +166,9 @@ def test_ctrl_c_during_a_long_search_is_one_line_not_a_traceback(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "kvwire.check", history, "--max-steps", "1000000000"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60  # searching: past the imports and the file's reading
-        while _cpu_seconds(process.pid) < 1.0 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # Searching: past the imports and the file's reading.
+        wait_for(lambda: process.poll() is not None or server_cpu_seconds([process.pid]) >= 1.0,
+                 timeout=60, what="a second of the checker's search")
         assert process.poll() is None, "the search ended before it could be interrupted"
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
@@ -178,10 +177,3 @@ def test_ctrl_c_during_a_long_search_is_one_line_not_a_traceback(tmp_path):
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err == "kvwire.check: interrupted by SIGINT; nothing was checked to the end\n", err
 
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

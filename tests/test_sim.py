@@ -14,16 +14,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 
+from kvwire.bench.cpu import server_cpu_seconds
 from kvwire.check import dump_jsonl
 from kvwire.server.core import MUTANTS
 from kvwire.sim import FAULT_KINDS, run_seed
 from kvwire.sim.__main__ import DEFAULT_FAULTS, DEFAULT_SEEDS, main
+from kvwire.testing import wait_for
 
 # The runs below use a pool of two processes: beside another test they would
 # only take turns with it for the two cores.
@@ -594,11 +595,11 @@ def test_an_interrupted_run_says_how_far_it_got_in_one_line():
     process = subprocess.Popen([sys.executable, "-m", "kvwire.sim", "--seeds", "100000", "--jobs", "2"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60  # the run under way: its pool's workers started
-        while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _children(process.pid)
-        assert len(workers) >= 2, "the pool's workers never started"
+        # The run under way: its pool's two workers running seeds, past their start (where a
+        # SIGINT can still reach them before they ignore it).
+        workers = wait_for(lambda: len(found := _children(process.pid)) >= 2
+                           and server_cpu_seconds(found) >= 0.5 and found,
+                           timeout=60, what="the pool's two workers running seeds")
         for pid in (process.pid, *workers):
             os.kill(pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole process group
         _, err = process.communicate(timeout=60)
