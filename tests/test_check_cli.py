@@ -81,6 +81,10 @@ def test_exhausted_budget_exits_3(tmp_path, capsys):
         ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "ok", "version": ["x", "n1"]}\n', "line 1: version must be"),
         ('{"client": 0, "kind": "scan", "key": "k", "start": 0, "end": 1, "outcome": "ok"}\n', "line 1: 'scan' is not a valid OpKind"),
         ("[1, 2]\n", "line 1: expected a JSON object"),
+        ('{"client": [1], "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "not_found"}\n', "line 1: client must be an integer, got [1]"),
+        ('{"client": true, "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "not_found"}\n', "line 1: client must be an integer, got True"),
+        ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "not_found", "node": 5}\n', "line 1: node must be a string, got 5"),
+        ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1, "outcome": "not_found", "index": "z"}\n', "line 1: index must be an integer, got 'z'"),
         # An OverflowError and a RecursionError, with tracebacks and exit 1 ("a violation").
         ('{"client": 0, "kind": "get", "key": "k", "start": 0, "end": 1' + "0" * 400 + ', "outcome": "ok"}\n',
          "line 1: start and end must be finite"),

@@ -111,13 +111,20 @@ def _is_time(value: Any) -> bool:
 
 def validate_operation(op: Operation) -> None:
     """Raise ValueError if ``op`` cannot be checked: a kind/outcome pair the
-    format does not define, or a key that is not a string. (Times that are not
+    format does not define, a key or node that is not a string, or a client or
+    index that is not an integer. (Times that are not
     finite numbers, which would make real-time order meaningless, are refused
     as the Operation is made.)"""
     if op.outcome not in _OUTCOMES_BY_KIND[op.kind]:
         raise ValueError(f"a {op.kind.value} cannot have outcome {op.outcome.value!r}")
     if not isinstance(op.key, str):
         raise ValueError(f"key must be a string, got {op.key!r}")
+    # Only reports use them, but a list or a map there is a history written wrong,
+    # better named now than printed as if it meant something.
+    for name, kind, wanted in (("client", int, "an integer"), ("node", str, "a string"), ("index", int, "an integer")):
+        value = getattr(op, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
 def operation_from_json(record: Any, *, default_index: int = -1) -> Operation:
