@@ -610,6 +610,31 @@ def test_an_interrupted_run_says_how_far_it_got_in_one_line():
     assert "interrupted by SIGINT after " in err and " of 100000 seeds from 0, all clean" in err, err
 
 
+def test_a_ctrl_c_while_it_starts_is_one_line_not_a_crash():
+    """A SIGINT while the imports ran: a KeyboardInterrupt traceback, or, while msgspec's C
+    module started, a half-made module and a SIGSEGV at its first decoder (5 of 5 runs so)."""
+    process = subprocess.Popen([sys.executable, "-m", "kvwire.sim", "--seeds", "100000", "--jobs", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The moment msgspec's C module is mapped, its start is under way or just done.
+        wait_for(lambda: "msgspec" in _maps(process.pid), timeout=60, interval=0.0005,
+                 what="the program importing msgspec")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "python -m kvwire.sim: interrupted by SIGINT " in err, err
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

@@ -6,13 +6,25 @@ command line that replays it, and a shrunk history; 2 for bad options.
 
 from __future__ import annotations
 
-import argparse
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    print("python -m kvwire.sim: interrupted by SIGINT before any seed ran", file=sys.stderr)
+    raise SystemExit(130)
+
+
+# Run as a program, until main() runs, a Ctrl-C ends the imports below with one
+# line, not their traceback.
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import argparse  # noqa: E402 (after the handler, on purpose)
 import functools
 import json
 import multiprocessing
 import os
-import signal
-import sys
 import time
 from typing import Iterator
 
@@ -133,6 +145,8 @@ def _replay_command(args: argparse.Namespace, seed: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here, KeyboardInterrupt below
     args = _parser().parse_args(argv)
     started = time.perf_counter()
     faults: dict[str, int] = {}
@@ -199,10 +213,24 @@ def _results(args: argparse.Namespace) -> Iterator[tuple[int, RunResult]]:
             yield _run_one(seed, args)
         return
     # The workers leave SIGINT to this process, which stops the pool: each printed
-    # its own KeyboardInterrupt traceback.
-    with multiprocessing.get_context("fork").Pool(args.jobs, initializer=signal.signal,
-                                                  initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+    # its own KeyboardInterrupt traceback. It is held back while the pool forks: a
+    # Ctrl-C then reached a worker before it ignored SIGINT, or left this process
+    # in a half-made pool, and now it is taken once the pool can be stopped.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = multiprocessing.get_context("fork").Pool(args.jobs, initializer=_ignore_sigint)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        raise
+    with pool:  # stops the workers however this ends, a Ctrl-C taken at the next line included
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         yield from pool.imap(functools.partial(_run_one, args=args), seeds, chunksize=8)
+
+
+def _ignore_sigint() -> None:
+    """A worker's start: ignoring SIGINT drops one held back since the fork, then it is let through."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 # Counts that are parts of a fault kind's, not faults of their own (kvwire.sim.nemesis).
