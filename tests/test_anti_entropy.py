@@ -208,12 +208,8 @@ def test_join_on_a_directory_used_before_still_joins(tmp_path):
         assert cluster.terminate("n3") == 0
         cluster.kill("n1")
         cluster["n3"].extra_args.append("--join")
-        cluster.start("n3")
-        cluster.wait_ready("n3", peers=False)
-        assert cluster.health("n3")["joining"] is True
-        assert "a data directory this node has used but never joined with: joining now" in cluster["n3"].log()
-        cluster.wait_peers("n2", up=["n3"], down=["n1"])
-        refuses_writes(cluster, "n2", "w/new")  # n2 + a joining n3 is no majority
+        starts_joining_without_a_majority(cluster, "a data directory this node has used but never joined with: "
+                                          "joining now", key="w/new")
         # Once it has joined, --join left in its options is not needed, and ignored: with
         # n1 down again, a clean restart of n3 votes at once beside n2.
         start_until_joined(cluster, "n1")
@@ -227,6 +223,25 @@ def test_join_on_a_directory_used_before_still_joins(tmp_path):
         with Client(cluster.endpoints_of("n2"), retry=RetryPolicy(attempts=1)) as client:
             client.put("w/new", b"y")
             assert client.get("w/new") == b"y"
+
+
+def test_a_database_file_restored_empty_joins_without_join_and_cannot_vote_with_nothing(tmp_path):
+    """A backup copied short (0 bytes) and restored in place of n3's directory: started
+    with its usual options, n3 took itself for a new node and voted with nothing. With
+    n1 down, n2 and n3 read a stale value by quorum and acknowledged a write that n1's
+    return then lost (a lifecycle probe's finding). Now it joins: with n1 down it stays
+    joining, n2 alone with it is no majority, and once n1 is back it holds the key."""
+    with LocalCluster(3, data_dir=tmp_path, node_args=REPAIR_ARGS) as cluster:
+        with Client(cluster.endpoints) as client:
+            client.put("e/x", b"v0")
+        assert cluster.terminate("n3") == 0
+        cluster.wipe("n3")
+        cluster["n3"].data_dir.mkdir()
+        (cluster["n3"].data_dir / "kvwire.sqlite3").write_bytes(b"")
+        cluster.kill("n1")
+        starts_joining_without_a_majority(cluster, "event=join_unclaimed_database", key="e/x")
+        start_until_joined(cluster, "n1")
+        assert local_copies(cluster["n3"].address, ["e/x"]) == {"e/x": b"v0"}
 
 
 def test_join_in_every_nodes_options_as_the_deploy_files_give_it_forms_a_new_cluster_and_a_wiped_restart_loses_nothing(tmp_path):
@@ -322,6 +337,16 @@ def refuses_writes(cluster, node_id: str, key: str) -> None:
     with Client(cluster.endpoints_of(node_id), retry=RetryPolicy(attempts=1)) as client:
         with pytest.raises(NoQuorumError):
             client.put(key, b"x")
+
+
+def starts_joining_without_a_majority(cluster, log_says: str, *, key: str) -> None:
+    """Start n3, with n1 down: it is joining and says why, and n2 + a joining n3 is no majority."""
+    cluster.start("n3")
+    cluster.wait_ready("n3", peers=False)
+    assert cluster.health("n3")["joining"] is True
+    assert log_says in cluster["n3"].log()
+    cluster.wait_peers("n2", up=["n3"], down=["n1"])
+    refuses_writes(cluster, "n2", key)
 
 
 def start_until_joined(cluster, node_id: str, joining: str = "n3") -> None:

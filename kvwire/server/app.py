@@ -25,7 +25,7 @@ from .metrics import NodeCollector
 from .node import Node
 from .outbox import Outbox
 from .stall import StallWatch
-from .storage import REJOIN_FILE_NAME, DataDirLostError, Storage, mark_for_rejoin
+from .storage import DATABASE_FILE_NAME, REJOIN_FILE_NAME, DataDirLostError, Storage, is_unclaimed, mark_for_rejoin
 
 log = logging.getLogger("kvwire.server")
 
@@ -91,6 +91,22 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event, registry: Collecto
         await _serve(config, stop, registry, slot or NodeSlot())
 
 
+def _joins_over_an_unclaimed_file(config: ServerConfig) -> bool:
+    """Whether a node of a cluster started without --join must join all the same: its
+    database file is there but names no node (is_unclaimed). Nothing of it can be voted
+    with: an empty file (a backup copied short, restored "the documented way", started
+    as a new node that voted with nothing and lost an acknowledged write: a lifecycle
+    probe's finding), or what a first start killed before its first commit left. A
+    directory without the file is still a new cluster's (README, Limits)."""
+    path = config.data_dir / DATABASE_FILE_NAME
+    if not config.peers or not is_unclaimed(path):
+        return False
+    log.warning("%s is there but names no node (empty, or left by a first start killed before its first commit): "
+                "joining, catching up from every peer before it votes, as with --join", path,
+                extra={"event": "join_unclaimed_database"})
+    return True
+
+
 async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorRegistry | None, slot: NodeSlot) -> None:
     loop = asyncio.get_running_loop()
     # Built before storage opens, so a bad certificate file fails the start at once.
@@ -104,7 +120,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
             cluster_id=config.cluster_id,
             sync=config.sync,
             max_batch_rows=config.max_batch_rows,
-            join=config.join,
+            join=config.join or _joins_over_an_unclaimed_file(config),
         )
     connections: set[NodeProtocol] = set()
     outbox = Outbox(loop)

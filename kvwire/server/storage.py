@@ -843,13 +843,24 @@ def is_claimed(path: Path) -> bool:
     went as far as its first commit (``_claim_for_node``). No file, an empty one, or
     one left by a first start killed before that commit (its tables, no rows) is a
     new directory's, which a node must join with rather than vote with (kvwire up)."""
-    if not path.is_file():
-        return False
+    return path.is_file() and _names_a_node(path) is True
+
+
+def is_unclaimed(path: Path) -> bool:
+    """Whether ``path`` is a database file no node's first start went as far as claiming:
+    an empty file, or a first start's tables with no rows. Not one that is damaged, or
+    not kvwire's (Storage.open refuses those, naming the damage)."""
+    return path.is_file() and (path.stat().st_size == 0 or _names_a_node(path) is False)
+
+
+def _names_a_node(path: Path) -> bool | None:
+    """Whether the database file ``path`` names its node; None if it cannot tell (no meta
+    table, or not a database)."""
     try:
         with reader_of(path, timeout=10) as db:
             return db.execute("SELECT 1 FROM meta WHERE name = 'node_id'").fetchone() is not None
     except sqlite3.Error:
-        return False  # no meta table, or not a database: no node's
+        return None
 
 
 @contextmanager
