@@ -456,6 +456,18 @@ def test_conflict_exits_3_like_no_quorum(maybe_applied):
     assert exit_code_for(ConflictError("m")) == exit_code_for(NoQuorumError("m")) == 3
 
 
+@pytest.mark.parametrize("command, says", [(("put", "k", "v"), True), (("delete", "k"), True), (("get", "k"), False)])
+def test_a_write_left_unanswered_says_it_may_have_been_applied(command, says):
+    """A PUT or DELETE sent and never answered said only "no reply within 0.5 s", exit 3,
+    which reads "try again later"; the library's error says maybe_applied (a CLI probe's finding)."""
+    with ScriptedNode(lambda request: ScriptedNode.SILENT, answers_hello=False) as node:
+        result = run_cli("--timeout", "0.5", "--endpoints", node.address, *command)
+    assert result.returncode == 3, result.stderr
+    assert "no reply within 0.5 s" in result.stderr, result.stderr
+    assert ("it may have been applied: read the key before sending it again" in result.stderr) is says, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_health_without_quorum_exits_3_after_printing_it():
     report = {"status": "degraded", "cluster": {"has_quorum": False, "healthy_nodes": 1}}
     with ScriptedNode(lambda request: HealthReply(request.id, report), answers_hello=False) as node:

@@ -64,7 +64,8 @@ Exit codes:
   3  cluster unavailable, try again later: no node reachable or
      answering sensibly, timeout, UNAVAILABLE or NO_QUORUM reply
      (health: no quorum); also CONFLICT (delete raced with a write):
-     like NO_QUORUM, the write may or may not have been applied
+     like NO_QUORUM, the write may or may not have been applied;
+     a put or delete sent and not answered says it may have been
   4  the node refused the request (bad request, too large,
      forbidden, unknown op) or failed internally: any other error,
      such as a value -o json cannot show (NaN: see -o text), or a
@@ -439,11 +440,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 def _describe(error: KvwireError) -> str:
+    text = str(error)
     if isinstance(error, ServerError) and not isinstance(error, KeyNotFoundError):
         # Name the wire code: "no quorum: ..." says more than the bare message.
         code = getattr(error.code, "name", str(error.code))
-        return f"{code.lower().replace('_', ' ')}: {error}"
-    return str(error)
+        text = f"{code.lower().replace('_', ' ')}: {text}"
+    if error.maybe_applied is True and "applied" not in text:
+        # Exit 3 reads "try again later"; a write that timed out or lost its connection
+        # may have been applied, and a DELETE sent again may erase a later write.
+        text += "; it may have been applied: read the key before sending it again"
+    return text
 
 
 if __name__ == "__main__":
