@@ -102,6 +102,31 @@ def test_a_value_refused_names_its_variable_only_when_it_came_from_it(tmp_path, 
     assert f"Invalid value for '{option}' (settings from the environment: {variable})" in from_environment.stderr
 
 
+@pytest.mark.parametrize("command, env, expected", [
+    # Checked with the other settings, a bad address named no option, and blamed every variable set.
+    (["serve", "--listen", "127.0.0.1:1", "--http-listen", "abc"], {},
+     "Error: Invalid value for '--http-listen': 'abc' is not HOST:PORT"),
+    (["serve", "--listen", "127.0.0.1:1", "--metrics-listen", "abc"], {"KVWIRE_LOG_LEVEL": "debug"},
+     "Error: Invalid value for '--metrics-listen': 'abc' is not HOST:PORT"),
+    (["bridge", "--listen", "abc"], {"KVWIRE_ENDPOINTS": "127.0.0.1:1"},
+     "Error: Invalid value for '--listen': 'abc' is not HOST:PORT"),
+    (["bridge"], {"KVWIRE_ENDPOINTS": "127.0.0.1:1,b"},
+     "Error: Invalid value for '--endpoints' (settings from the environment: KVWIRE_ENDPOINTS): invalid endpoint: 'b'"),
+    # A refusal naming its option names only that option's variable, not KVWIRE_LOG_LEVEL.
+    (["bridge", "--tls-ca", "/nonexistent"], {"KVWIRE_LOG_LEVEL": "debug"}, "Error: --tls-ca /nonexistent: no such file"),
+])
+def test_a_refused_address_or_file_names_its_option_and_no_unrelated_variable(tmp_path, command, env, expected):
+    """A CLI probe's finding: 'abc' is not HOST:PORT, for which of three options?, and
+    '(settings from the environment: KVWIRE_LOG_LEVEL)' after a bad --tls-ca."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KVWIRE_")}
+    result = subprocess.run([sys.executable, "-m", "kvwire", *command], capture_output=True, text=True, timeout=30,
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, env={**clean, **env})
+    assert result.returncode == 2, result.stderr
+    [last] = result.stderr.splitlines()[-1:]
+    assert last.startswith(expected), last
+    assert "KVWIRE_LOG_LEVEL" not in last and "Traceback" not in result.stderr
+
+
 def test_a_refusal_keeps_the_users_paths_and_values_as_given(tmp_path):
     """Field names became options everywhere in the message: a file named tls_cert.pem
     was shown as --tls-cert.pem, a node id 'a node_id' as 'a --node-id'."""

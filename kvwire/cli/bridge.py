@@ -21,6 +21,7 @@ from ..protocol.limits import FRAME_OVERHEAD_BYTES
 from ..secret_file import warn_if_readable_by_others
 from .options import (
     LOG_LEVELS,
+    Address,
     allowed_hosts_option,
     configure_logging,
     env,
@@ -42,8 +43,8 @@ log = logging.getLogger("kvwire.http")
 
 
 @click.command()
-@click.option("--listen", default=DEFAULTS.listen, show_default=True, metavar="HOST:PORT", help="Address the REST API listens on.", **env("BRIDGE_LISTEN"))
-@click.option("--endpoints", default=",".join(DEFAULTS.endpoints), show_default=True, metavar="HOST:PORT[,...]", help="Nodes to forward to; after a connection failure, a hung node or an UNAVAILABLE reply the next is tried.", **env("ENDPOINTS"))
+@click.option("--listen", default=DEFAULTS.listen, type=Address(), show_default=True, metavar="HOST:PORT", help="Address the REST API listens on.", **env("BRIDGE_LISTEN"))
+@click.option("--endpoints", default=",".join(DEFAULTS.endpoints), type=Address(many=True), show_default=True, metavar="HOST:PORT[,...]", help="Nodes to forward to; after a connection failure, a hung node or an UNAVAILABLE reply the next is tried.", **env("ENDPOINTS"))
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=86400), default=DEFAULTS.timeout, show_default=True, help="Seconds one REST request may spend on the cluster, failing over included (504 beyond).", **env("TIMEOUT"))
 @click.option("--cluster-id", default=None, help="Refuse nodes of another cluster.", **env("CLUSTER_ID"))
 @click.option("--max-body-bytes", type=click.IntRange(min=MIN_BODY_BYTES), default=DEFAULT_MAX_BODY_BYTES, show_default=True, help="Largest request body (413 beyond).", **env("MAX_BODY_BYTES"))

@@ -19,7 +19,7 @@ from ..secret_file import read_secret_file, warn_if_readable_by_others, write_se
 from ..tls import TlsConfigError
 from .exit_status import CONFIG_REFUSED_STATUS
 from .lazy import LazyGroup
-from .options import (LOG_LEVELS, DirectoryPath, FilePath, allowed_hosts_option, configure_logging, env, log_format_option,
+from .options import (LOG_LEVELS, Address, DirectoryPath, FilePath, allowed_hosts_option, configure_logging, env, log_format_option,
                       tls_file_options, tls_files, usage_error)
 from .open_files import ensure_open_files
 from .signals import run_until_stop_signal
@@ -37,7 +37,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--node-id", default="n1", show_default=True, help="This node's id; it tags every version it writes.", **env("NODE_ID"))
-@click.option("--listen", default="127.0.0.1:7379", show_default=True, metavar="HOST:PORT", help="Address for clients and peers.", **env("LISTEN"))
+@click.option("--listen", default="127.0.0.1:7379", type=Address(), show_default=True, metavar="HOST:PORT", help="Address for clients and peers.", **env("LISTEN"))
 @click.option("--data-dir", type=DirectoryPath(), default=None, help="Where the SQLite files live.  [default: ./.kvwire/NODE_ID]", **env("DATA_DIR"))
 @click.option("--cluster-id", default="kvwire", show_default=True, help="Clients and peers naming another cluster are refused.", **env("CLUSTER_ID"))
 @click.option("--sync", type=click.Choice([mode.value for mode in SyncMode]), default="full", show_default=True, help="Durability of each commit: full fsyncs the WAL; normal and off survive a crash of the node but not of the machine.", **env("SYNC"))
@@ -71,9 +71,9 @@ def main() -> None:
     cert="Serve TLS with this certificate (PEM), to clients and peers; it is also this node's client certificate towards its peers, so it needs both serverAuth and clientAuth (kvwire certs makes such).",
     ca="CA (PEM) that signed the peers' certificates; with it every connection, client or peer, must present a certificate it signed (mutual TLS). Without it peers are checked against the system's CAs.",
 )
-@click.option("--http-listen", default=None, metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) and /metrics on this address, in this process; over HTTPS with --tls-cert.", **env("HTTP_LISTEN"))
+@click.option("--http-listen", default=None, type=Address(), metavar="HOST:PORT", help="Also serve the REST API (the HTTP bridge) and /metrics on this address, in this process; over HTTPS with --tls-cert.", **env("HTTP_LISTEN"))
 @allowed_hosts_option("--http-allowed-hosts", "HTTP_ALLOWED_HOSTS")
-@click.option("--metrics-listen", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics (without a bridge).", **env("METRICS_LISTEN"))
+@click.option("--metrics-listen", default=None, type=Address(), metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics (without a bridge).", **env("METRICS_LISTEN"))
 @click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Logs go to stderr, one line per event.", **env("LOG_LEVEL"))
 @log_format_option()
 def serve(**options) -> None:

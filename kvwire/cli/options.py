@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 import click
 from click.core import ParameterSource
 
+from ..protocol.address import parse_endpoints, parse_host_port
 from ..tls import TlsConfigError, TlsFiles, optional_client_context
 from .logformat import LOG_FORMATS, install
 
@@ -54,6 +55,25 @@ class Seconds(click.FloatRange):
         return seconds
 
 
+class Address(click.ParamType):
+    """HOST:PORT (``many``: a comma-separated list of them), checked as click reads it, so
+    that a refusal names its option, and its variable when the environment gave it: checked
+    with the rest of the settings, ``'abc' is not HOST:PORT`` named neither. The value
+    stays the text given; the command parses it again where it uses it."""
+
+    name = "address"
+
+    def __init__(self, *, many: bool = False) -> None:
+        self.many = many
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            (parse_endpoints if self.many else parse_host_port)(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
 class DirectoryPath(GivenPath):
     """A directory's path (not a file's), as GivenPath."""
 
@@ -81,7 +101,11 @@ def usage_error(message: str) -> click.UsageError:
         parts = _QUOTED.split(message)
         message = "".join(part if index % 2 else field.sub(lambda match: renamed[match[1]], part)
                           for index, part in enumerate(parts))
-    return click.UsageError(message + from_environment(context))
+    # The variables of the options the message names, if it names any: every variable
+    # set, named after "--tls-ca /nonexistent: no such file", sent people to KVWIRE_LOG_LEVEL.
+    named = [option.name for option in options
+             if any(re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", message) for opt in option.opts)]
+    return click.UsageError(message + from_environment(context, named or None))
 
 
 def from_environment(ctx: click.Context | None, names: Iterable[str] | None = None) -> str:
