@@ -203,6 +203,43 @@ def test_an_async_client_closed_from_another_loop_while_its_own_is_idle_returns_
                 used.close()
 
 
+@pytest.mark.parametrize("new_loop", [asyncio.SelectorEventLoop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_an_async_client_closed_from_another_loop_as_its_own_loops_run_ends_returns_and_lets_go(node, new_loop):
+    """Closed from another thread while its own loop was busy, and that loop's run then
+    ended: asyncio.run cancelled the close it had been handed, close() raised CancelledError
+    into its caller as if the caller had been cancelled, and the socket stayed open (a client
+    probe: 10 of 10 trials). It returns now, and the socket is closed as that loop's run shuts down."""
+    client = AsyncClient(node.address, timeout=5)
+    used, release = threading.Event(), threading.Event()
+
+    async def own_work() -> None:
+        await client.ping()
+        used.set()
+        release.wait(PROMPTLY)  # busy: the close handed to this loop waits for its next turn
+
+    def run_its_own_loop() -> None:
+        with asyncio.Runner(loop_factory=new_loop) as runner:  # as asyncio.run: cancels what is left, closes
+            runner.run(own_work())
+
+    owner = threading.Thread(target=run_its_own_loop)
+    owner.start()
+    try:
+        assert used.wait(PROMPTLY)
+
+        async def close_while_it_is_busy() -> None:
+            closing = asyncio.ensure_future(client.close())
+            await wait_for_async(lambda: client.closed, timeout=PROMPTLY, what="the close handed to the busy loop")
+            release.set()  # its run ends now, cancelling what it has not run
+            await asyncio.wait_for(closing, PROMPTLY)
+
+        asyncio.run(close_while_it_is_busy())  # raised CancelledError
+    finally:
+        release.set()
+        owner.join(PROMPTLY)
+    # Closed by the callback that loop's run took as it shut down, not by the collector.
+    wait_for(lambda: own_sockets_to(node.address) == 0, timeout=PROMPTLY, what="no socket left to the node")
+
+
 def test_a_client_dropped_without_close_is_closed_with_a_resource_warning(node):
     """A client probe made 30 blocking Clients in a loop and dropped each unclosed: 31
     threads stayed, each with its event loop and sockets. Collected, a Client now

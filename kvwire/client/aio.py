@@ -253,7 +253,9 @@ class AsyncClient:
         no socket, even to a hung node that would never read what is buffered for it.
 
         From another event loop than the one the client was used on, the closing is done on
-        that loop: while it runs (in another thread), waited for up to the client's timeout;
+        that loop: while it runs (in another thread), waited for up to the client's timeout
+        (if that loop's ``asyncio.run`` ends meanwhile, its sockets are closed as that run
+        shuts down);
         while it runs nothing (idle between two ``run_until_complete``), at its next turn, and
         this returns at once (its sockets are open until then); once it is closed, its sockets
         are closed at once (Endpoint.abandon)."""
@@ -269,6 +271,10 @@ class AsyncClient:
         if loop is asyncio.get_running_loop():
             await self._close_connections()
             return
+        # The abort as a callback of its own, first: it runs at that loop's next turn even
+        # if its run ends first, as asyncio.run's shutdown still turns it, where the task
+        # waiting for the sockets is cancelled with every other task left.
+        loop.call_soon_threadsafe(self._abort_connections)
         closing = asyncio.run_coroutine_threadsafe(self._close_connections(), loop)
         if not loop.is_running():
             # Idle: the close runs at its next turn, and waiting here, for the client's
@@ -280,11 +286,25 @@ class AsyncClient:
             await asyncio.wait_for(asyncio.wrap_future(closing), self.timeout)
         except TimeoutError:
             pass  # that loop stopped meanwhile: its connections close with it
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller was cancelled
+            # That loop's asyncio.run ended and cancelled the wait for the sockets with its
+            # other tasks, after the abort above: this raised CancelledError, as if our
+            # caller had been cancelled, and the sockets stayed open (a client probe's finding).
 
     async def _close_connections(self) -> None:
+        self._release_backing_off()
+        await self._endpoints.close()
+
+    def _abort_connections(self) -> None:
+        self._release_backing_off()
+        self._endpoints.abort()
+
+    def _release_backing_off(self) -> None:
         for waiting in self._backing_off:
             _resolve(waiting)
-        await self._endpoints.close()
 
     def _bind_to_loop(self) -> None:
         """Tie the client to the running event loop on its first call. Its connections belong

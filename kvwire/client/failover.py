@@ -146,6 +146,8 @@ class Endpoint:
         self._closed = False
         self._connection: ClientConnection | None = None
         self._connecting: asyncio.Task[ClientConnection] | None = None
+        # The connection abort() closed, which close() waits on until it has let go of its socket.
+        self._aborted: ClientConnection | None = None
         # Loop time until which this node is passed over; 0 while healthy.
         self.unhealthy_until = 0.0
         # The silence watch: the connection timed, the timer, the last read from it, the probe.
@@ -218,19 +220,26 @@ class Endpoint:
         return connection
 
     async def close(self) -> None:
+        self.abort()
+        if self._connecting is not None:
+            await asyncio.wait([self._connecting])
+        if self._aborted is not None:
+            await self._aborted.wait_closed()
+
+    def abort(self) -> None:
+        """``close`` up to its waits, on the connection's own loop: the socket is let go at
+        the loop's next turn."""
         self._closed = True
         self._stop_watch()
-        task = self._connecting
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        if self._connecting is not None:
+            self._connecting.cancel()
         connection, self._connection = self._connection, None
         if connection is not None:
             # abort, not close: its requests fail either way, so nothing buffered for
             # them is owed, and a graceful close waits for a hung node to read the
             # buffer (or, over TLS, to answer close_notify) before letting go.
             connection.abort(CLOSED_BY_CLIENT)
-            await connection.wait_closed()
+            self._aborted = connection
 
     def abandon(self) -> None:
         """``close``, once the event loop of the connection is closed: nothing to wait for."""
@@ -349,6 +358,11 @@ class EndpointSet:
 
     async def close(self) -> None:
         await asyncio.gather(*(endpoint.close() for endpoint in self.all))
+
+    def abort(self) -> None:
+        """``close`` without waiting (Endpoint.abort)."""
+        for endpoint in self.all:
+            endpoint.abort()
 
     def abandon(self) -> None:
         """Let go of every connection, their event loop being closed (Endpoint.abandon)."""
