@@ -212,6 +212,34 @@ def test_a_backup_belongs_to_its_node(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_backup_file_put_back_over_a_killed_nodes_wal_is_refused_and_left_as_it_was(tmp_path):
+    """The backup's database file copied over a node killed with a WAL, not its whole
+    directory: SQLite read the old WAL's pages into it, the writer's close then
+    checkpointed them into the file and deleted the WAL, and the node exited 78 telling
+    to restore from a backup, which had just been spoilt (a lifecycle probe's finding).
+    It is read first through a read-only connection now, which leaves both as they were,
+    and the message names the WAL; with the WAL and -shm moved aside it starts as the backup."""
+    with NodeProcess("n1", data_dir=tmp_path / "n1") as node:
+        write_keys([node.address], [f"b/{i}" for i in range(2000)])
+        assert run_backup(node.data_dir, tmp_path / "backup").returncode == 0
+        write_keys([node.address], [f"w/{i}" for i in range(2000)], value_bytes=300)
+        node.kill()
+    database, wal = node.data_dir / DATABASE_FILE_NAME, node.data_dir / f"{DATABASE_FILE_NAME}-wal"
+    assert wal.stat().st_size > 0  # killed: its last writes only in the WAL
+    shutil.copyfile(tmp_path / "backup" / DATABASE_FILE_NAME, database)
+    refused = subprocess.run([sys.executable, "-m", "kvwire", "serve", "--node-id", "n1", "--data-dir",
+                              str(node.data_dir), "--listen", f"127.0.0.1:{free_port()}"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 78, refused.stderr
+    assert "damaged" in refused.stderr and f"read with {DATABASE_FILE_NAME}-wal beside it" in refused.stderr
+    assert database.read_bytes() == (tmp_path / "backup" / DATABASE_FILE_NAME).read_bytes()
+    assert wal.stat().st_size > 0
+    wal.unlink()
+    (node.data_dir / f"{DATABASE_FILE_NAME}-shm").unlink()
+    with node:
+        assert len(local_copies(node.address, [f"b/{i}" for i in range(2000)])) == 2000
+
+
 def test_a_backup_that_fails_midway_leaves_nothing_behind(tmp_path):
     """The copy cut off by a file size limit (as a full disk would): one line, exit 1, and
     the destination as it was (absent, or empty), so that the next attempt is not refused."""

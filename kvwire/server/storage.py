@@ -336,6 +336,15 @@ class Storage:
         joins an existing cluster (``ServerConfig.join``), a state kept in the files
         until the node has caught up, so that a restart meanwhile does not end it."""
         path = data_dir / DATABASE_FILE_NAME
+        checked = False
+        if _holds_a_wal(path):
+            # Checked before a writer opens it: on damage the writer's close checkpointed
+            # the WAL into the file and deleted it, and a file put back from a backup over a
+            # killed node's -wal (a lifecycle probe did) was spoilt by the old WAL's pages,
+            # which were then gone too. A read-only connection leaves both as they are.
+            checked, damage = await asyncio.to_thread(_quick_check_read_only, path)
+            if damage is not None:
+                raise _refusal(path, _DamagedRow(f"SQLite's quick_check finds it damaged ({damage})"), wal=True)
         try:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # owner-only (datadir.py)
             # sqlite3's default transaction handling opens a transaction before the
@@ -349,10 +358,11 @@ class Storage:
             # Before anything is written: damage in a page the load does not read (an
             # index, a value's overflow page) was met only by the request that reached
             # it. quick_check reads every page's structure (0.2 s a million keys, warm).
-            async with writer.execute(QUICK_CHECK) as cursor:
-                damage = first_damage([row[0] for row in await cursor.fetchall()])
-            if damage is not None:
-                raise _DamagedRow(f"SQLite's quick_check finds it damaged ({damage})")
+            if not checked:
+                async with writer.execute(QUICK_CHECK) as cursor:
+                    damage = first_damage([row[0] for row in await cursor.fetchall()])
+                if damage is not None:
+                    raise _DamagedRow(f"SQLite's quick_check finds it damaged ({damage})")
             # The opening transaction is durable whatever --sync says: its 'running'
             # mark and incarnation must outlive a power cut, or the next start could
             # take itself for a clean one and mint under an old name (core/minter.py).
@@ -905,7 +915,32 @@ def reason_of(error: OSError | sqlite3.Error) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
-def _refusal(path: Path, error: BaseException) -> DataDirError:
+def _holds_a_wal(path: Path) -> bool:
+    try:
+        return wal_path(path).stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _quick_check_read_only(path: Path) -> tuple[bool, str | None]:
+    """Whether QUICK_CHECK could read ``path`` and its WAL through a read-only connection,
+    which never checkpoints the WAL into the file as it closes, and its first problem if
+    any. Not checked if it cannot open the file so: the writer then checks it, or says why."""
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return False, None
+    try:
+        return True, first_damage([row[0] for row in db.execute(QUICK_CHECK).fetchall()])
+    except sqlite3.OperationalError:
+        return False, None  # locked, or no -shm a reader may use: not damage
+    except sqlite3.DatabaseError as exc:
+        return True, reason_of(exc)  # "file is not a database", "database disk image is malformed"
+    finally:
+        db.close()
+
+
+def _refusal(path: Path, error: BaseException, *, wal: bool = False) -> DataDirError:
     """The error naming the file and the reason, with what to check where we know it:
     DataDirUnavailableError where the cause may pass (a full disk), else DataDirError."""
     reason = reason_of(error) if isinstance(error, (OSError, sqlite3.Error)) else str(error)
@@ -920,6 +955,11 @@ def _refusal(path: Path, error: BaseException) -> DataDirError:
         hint = ("; the file is damaged or not kvwire's: restore it from a backup, or move it aside and start this "
                 "node on an empty directory with --join, to copy the data from its peers (docs/operations.md, "
                 "\"Replacing a node\")")
+        if wal:
+            hint += (f"; read with {wal_path(path).name} beside it, left by a run that did not stop cleanly, and "
+                     "both are left as they were: if the file was put back from a backup over that run's files, "
+                     f"its {wal_path(path).name} and -shm are not the backup's: put the backup's whole directory "
+                     "in place of the data directory instead")
     return DataDirError(f"cannot use the database {path}: {reason}{hint}")
 
 
