@@ -44,6 +44,7 @@ from kvwire.protocol import (
     encode,
     parse_host_port,
 )
+from kvwire.protocol.codec import oversized_frame_message
 
 _UINT32 = struct.Struct(">I").unpack_from
 _HELLO_ID = 2**32  # no key index takes it
@@ -52,7 +53,8 @@ _CONNECT_TIMEOUT_S = 5.0
 
 class HelloRefused(ConnectionError):
     """The node answered HELLO with a kvwire frame other than HELLO_REPLY (an ERROR, say):
-    it speaks plain kvwire, so TLS is not what is missing."""
+    it speaks plain kvwire, so TLS is not what is missing; or it answered with what the
+    codec names as another kind of server (HTTP, SSH, an echo), which TLS would not cure either."""
 
 
 class Tables:
@@ -169,7 +171,8 @@ class LoadProtocol(asyncio.Protocol):
             end = start + length
             if end > size:
                 if length > DEFAULT_LIMITS.max_frame_bytes:
-                    return self._broken(f"reply frame of {length} bytes")
+                    return self._broken(oversized_frame_message(data[pos : pos + 4], length,
+                                                                DEFAULT_LIMITS.max_frame_bytes, replies=True))
                 needed = 4 + length
                 break
             pos = end
@@ -248,9 +251,14 @@ class LoadProtocol(asyncio.Protocol):
         self.inflight.clear()
 
     def _broken(self, why: str) -> None:
+        self.transport.close()
+        if not self.hello.done():
+            # No node at all (an HTTP or SSH server, an echo): the run stops at its connect with
+            # this one line, where every connection printed its own and the last line blamed TLS.
+            self.hello.set_exception(HelloRefused(why))
+            return
         self.run.error("protocol")
         print(f"bench.load: closing a connection: {why}", file=sys.stderr)
-        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.hello.done():

@@ -200,6 +200,23 @@ def test_a_listener_that_closes_each_connection_is_one_line_naming_it():
                                "connection before answering HELLO"), result.stderr
 
 
+@pytest.mark.parametrize("greeting, says", [
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "this looks like an HTTP server, not a kvwire node"),
+    (b"SSH-2.0-OpenSSH_9.2p1\r\n", "this looks like an SSH server, not a kvwire node"),
+])
+def test_a_load_pointed_at_another_kind_of_server_says_so_in_one_line(greeting, says):
+    """Pointed at a bridge's HTTP port: every connection printed 'closing a connection:
+    reply frame of 1213486160 bytes', 16 lines, and the last blamed TLS (a CLI probe's
+    finding). One line now, naming the server as the client library does."""
+    with ScriptedNode(lambda request: None, greeting=greeting) as other:
+        result = bench("--endpoints", other.address, "--mix", "get", "--duration", "0.3", "--warmup", "0", timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"python -m kvwire bench load: ConnectionError: {other.address}: {says}"), lines
+    assert "--tls" not in lines[0]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
