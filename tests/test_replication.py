@@ -370,7 +370,7 @@ def test_a_put_whose_peers_hang_says_they_are_unreachable(tmp_path):
             finally:
                 cluster.resume("n2")
                 cluster.resume("n3")
-    assert "nodes reachable" in refused.value.message and "earlier attempt" not in refused.value.message, \
+    assert "nodes could take it" in refused.value.message and "earlier attempt" not in refused.value.message, \
         refused.value.message
     assert refused.value.maybe_applied is True
 

@@ -86,6 +86,7 @@ def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_
             with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
                 client.put("refused", 1)
             assert refused.value.maybe_applied is False
+            assert "request not started: another node can take it" in refused.value.message
             with Client([n3.address, cluster["n1"].address], timeout=5) as failing_over:
                 failing_over.put("elsewhere", 2)
                 failing_over.delete("elsewhere")
@@ -136,6 +137,16 @@ def test_a_node_whose_peers_disks_refuse_writes_says_it_has_no_quorum(tmp_path):
             assert health["storage"]["writable"] is True  # its own disk
             assert cli_health(cluster["n1"]) == 3  # what HAProxy's check and `kvwire-cli health` act on
             assert client.get("before") == "kept"  # a quorum read: its peers are UP and answer it
+            # n3's own refusal said "another node can take it", and none could (a lifecycle probe).
+            with Client(cluster.endpoints_of("n3"), timeout=5) as through_n3:
+                wait_for(lambda: not through_n3.health()["storage"]["writable"]
+                         and not next(peer["writable"] for peer in through_n3.health()["cluster"]["nodes"]
+                                      if peer["node_id"] == "n2"),
+                         timeout=5, what="n3 knowing its disk and n2's refuse writes")
+                with pytest.raises(UnavailableError) as refused:
+                    through_n3.put("refused", 1)
+                assert ("request not started: no node can now: 1 of the other 2 nodes can commit a write"
+                        in refused.value.message), refused.value.message
             log = cluster["n1"].log()
             assert "1 of 3 nodes UP and taking writes, 2 needed (2 UP with their disks refusing writes)" in log, log
             # A peer back from DOWN: what it said of its disk stands until its first PONG says

@@ -275,7 +275,7 @@ class Node:
             # the client would not know to try another node. Refused, it may. (Its
             # peers' REPLICATEs still come in: a commit that succeeds clears the error.)
             raise UnavailableError(f"this node's disk refuses writes ({self.storage.write_error}); request not "
-                                   "started: another node can take it", maybe_applied=False)
+                                   f"started: {self._who_else_can_write()}", maybe_applied=False)
         if kind is Health:
             return HealthReply(request.id, self.health())
         if kind is Get:
@@ -301,6 +301,17 @@ class Node:
             return answer.reply
         self._unanswered.add(answer)
         return answer
+
+    def _who_else_can_write(self) -> str:
+        """Whether another node can take a write this one refuses: "another node can take it"
+        was said when no node could (a lifecycle probe's two of three disks full)."""
+        core = self.core
+        # The voting peers UP whose disks take writes; this node, whose disk refuses, not among them.
+        writers = core.voters_up() - (not core.joining) - core.refusing_writes_up()
+        if writers >= core.quorum:
+            return "another node can take it"
+        return (f"no node can now: {writers} of the other {core.cluster_size - 1} nodes can commit a write (the "
+                f"others are DOWN, joining, or their disks refuse writes), and a majority needs {core.quorum}")
 
     def _hello(self, request: Hello, session: Session) -> Reply:
         """A client's HELLO (with its token, if this node has an auth file) or one

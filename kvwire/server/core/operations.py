@@ -347,9 +347,9 @@ class _ReplicatedWrite:
             self._no_quorum(f"its earlier attempt's tag {tuple(self._version)} is not the newest on a majority (it "
                             "was overwritten since, or never taken)", maybe_applied=True)
         elif self._exact:
-            # Nobody refused the tag: the nodes did not answer (its own first round's tag
-            # included, when that round failed the same way). Said as it is.
-            self._no_quorum(f"{reachable} of {core.cluster_size} nodes reachable", maybe_applied=True)
+            # Nobody refused the tag: the nodes did not answer or failed (its own first
+            # round's tag included, when that round failed the same way). Said as it is.
+            self._no_quorum(self._too_few_took_it(reachable), maybe_applied=True)
         elif self._refused:
             if self.counted_here:
                 core.stats.delete_conflicts += 1
@@ -357,7 +357,13 @@ class _ReplicatedWrite:
                 f"DELETE of {self._request.key!r} raced with a concurrent write of it and may or may "
                 "not have taken effect; read the key to see", maybe_applied=True))
         else:
-            self._no_quorum(f"{reachable} of {core.cluster_size} nodes reachable", maybe_applied=True)
+            self._no_quorum(self._too_few_took_it(reachable), maybe_applied=True)
+
+    def _too_few_took_it(self, could: int) -> str:
+        # It said "1 of 3 nodes reachable" of two peers that had answered, their disks
+        # refusing the write (a lifecycle probe's finding).
+        return (f"{could} of {self._core.cluster_size} nodes could take it (the others did not answer, or failed "
+                "to commit it)")
 
     def _answer(self, error: Exception | None) -> None:
         if self._answered:
