@@ -94,22 +94,37 @@ def test_a_large_value_put_and_read_through_a_node_s_bridge_leaves_its_loop_free
     below QUIET_SILENCE_S, the node's own stall warning (half its failure timeout)."""
     url = f"{cluster.http_urls['n1']}{PREFIX}/kv/many-items/"
     body = json.dumps({"value": [{}] * ITEMS}).encode()
-    with PingWatch(cluster["n1"]) as watch:
-        reply, put_start, put_end = timed(lambda: http("PUT", url, raw=body, timeout=60))
-        read, get_start, get_end = timed(lambda: http("GET", url, timeout=60))
-        wait_for(lambda: watch.answered_after(get_end), timeout=10, what="a PING answered after the GET")
-    assert reply.status == 201, reply.text
-    assert reply.text == '{"key":"many-items","value":' + "[{}" + ",{}" * (ITEMS - 1) + '],"version":{"counter":1,"node":"!n1"}}'
-    assert read.status == 200 and read.text == reply.text
     # The node checks a PUT's value once, on its loop, as every node does every value it is
     # sent (README, Limits: about 0.2 s a MiB of empty maps): that silence is the node's,
     # not the bridge's, and once measured at 0.278 s of a 0.545 s PUT it failed a CI run.
     # The floor allows it; JSON work back on the loop (two thirds of a PUT of over a
     # second, as it was) is still past half the PUT.
     check = value_check_seconds([{}] * ITEMS)
-    for start, end, floor in ((put_start, put_end, QUIET_SILENCE_S + check), (get_start, get_end, QUIET_SILENCE_S)):
-        bound = max(0.5 * (end - start), floor)
-        assert watch.longest_silence(start, end) < bound, (watch.longest_silence(start, end), end - start, floor)
+    # The best of three rounds, as value_check_seconds takes the best of three: a round on a
+    # busy machine once saw a silence of 0.437 s in a GET of 0.844 s (a fresh-clone CI run,
+    # the serial tests alone). JSON work on the loop fails every round.
+    rounds = []
+    for attempt in range(3):
+        with PingWatch(cluster["n1"]) as watch:
+            reply, put_start, put_end = timed(lambda: http("PUT", url, raw=body, timeout=60))
+            read, get_start, get_end = timed(lambda: http("GET", url, timeout=60))
+            wait_for(lambda: watch.answered_after(get_end), timeout=10, what="a PING answered after the GET")
+        if attempt == 0:
+            assert reply.status == 201, reply.text
+            assert reply.text == ('{"key":"many-items","value":' + "[{}" + ",{}" * (ITEMS - 1)
+                                  + '],"version":{"counter":1,"node":"!n1"}}')
+        else:  # the same value again: an update
+            assert reply.status == 200 and reply.text.startswith('{"key":"many-items","value":[{},{}'), reply.text[:200]
+        assert read.status == 200 and read.text == reply.text
+        silences = [(watch.longest_silence(start, end), max(0.5 * (end - start), floor))
+                    for start, end, floor in ((put_start, put_end, QUIET_SILENCE_S + check),
+                                              (get_start, get_end, QUIET_SILENCE_S))]
+        rounds.append(silences)
+        if all(silence < bound for silence, bound in silences):
+            break
+    else:
+        raise AssertionError(f"the loop was silent past its bound in every round, (silence, bound) of the PUT "
+                             f"and the GET: {rounds}")
 
 
 def value_check_seconds(value) -> float:
