@@ -305,13 +305,12 @@ class Node:
     def _who_else_can_write(self) -> str:
         """Whether another node can take a write this one refuses: "another node can take it"
         was said when no node could (a lifecycle probe's two of three disks full)."""
-        core = self.core
-        # The voting peers UP whose disks take writes; this node, whose disk refuses, not among them.
-        writers = core.voters_up() - (not core.joining) - core.refusing_writes_up()
-        if writers >= core.quorum:
+        # The voting peers UP whose disks take writes: this node, its disk refusing, counts itself out.
+        writers, config = self._voters_up(), self.config
+        if writers >= config.quorum:
             return "another node can take it"
-        return (f"no node can now: {writers} of the other {core.cluster_size - 1} nodes can commit a write (the "
-                f"others are DOWN, joining, or their disks refuse writes), and a majority needs {core.quorum}")
+        return (f"no node can now: {writers} of the other {config.cluster_size - 1} nodes can commit a write (the "
+                f"others are DOWN, joining, or their disks refuse writes), and a majority needs {config.quorum}")
 
     def _hello(self, request: Hello, session: Session) -> Reply:
         """A client's HELLO (with its token, if this node has an auth file) or one
