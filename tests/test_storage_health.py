@@ -37,7 +37,7 @@ def test_a_node_whose_disk_refuses_writes_is_unhealthy_until_it_takes_them_again
     with Client(node.address, timeout=5) as client:
         client.put("before", "kept")
         health = client.health()
-        assert health["storage"] == {"writable": True, "error": None, "failed_commits": 0}
+        assert health["storage"] == {"writable": True, "error": None, "failed_commits": 0, "commit_running_ms": None}
         assert health["cluster"]["has_quorum"] is True
 
         node.fill_disk()

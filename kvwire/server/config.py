@@ -150,6 +150,10 @@ class ServerConfig:
     # still carrying an older version: every operation stops at its deadline,
     # so at least four write timeouts (a forwarded DELETE waits for two).
     tombstone_grace: float = 3600.0
+    # A group commit running this long (a disk that stopped completing writes)
+    # makes the node refuse writes until it returns, as a failed one does
+    # (Storage.check_stall): its writes would wait on it until they time out.
+    disk_stall_timeout: float = 2.0
     # This node's data directory is new but the cluster already holds data:
     # its disk was lost, or it replaces a removed member. It takes no part in
     # majorities until anti-entropy has caught it up from every peer
@@ -219,7 +223,8 @@ class ServerConfig:
                 f"{DIGESTS_FRAME_BYTES} bytes, SYNC pages and their replies of up to {MAX_SYNC_ENTRIES} keys) "
                 "must fit a frame, or the replicas never converge and a restarted node never rejoins")
         for name in ("heartbeat_interval", "failure_timeout", "write_timeout", "retry_delay", "shutdown_timeout",
-                     "hello_timeout", "frame_timeout", "repair_interval", "hint_max_age", "tombstone_grace"):
+                     "hello_timeout", "frame_timeout", "repair_interval", "hint_max_age", "tombstone_grace",
+                     "disk_stall_timeout"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= MAX_SECONDS):
                 raise ValueError(f"{name} must be a positive, finite number of seconds, at most {MAX_SECONDS:,}, "

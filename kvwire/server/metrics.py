@@ -83,7 +83,9 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("kvwire_has_quorum",
                                 "1 while this node sees a majority UP, itself included while its storage takes writes.",
                                 value=int(node.quorum_state()[1]))
-        yield GaugeMetricFamily("kvwire_storage_writable", "0 from a failed commit until a commit succeeds again.",
+        yield GaugeMetricFamily("kvwire_storage_writable",
+                                "0 from a failed commit until a commit succeeds again, and while one has run "
+                                "--disk-stall-timeout or longer.",
                                 value=int(node.storage.write_error is None))
         yield GaugeMetricFamily("kvwire_cluster_nodes", "Members of the cluster, this node included.",
                                 value=config.cluster_size)
@@ -155,6 +157,9 @@ class NodeCollector(Collector):
         yield commit
         yield CounterMetricFamily("kvwire_storage_write_failures", "Group commits the disk refused.",
                                   value=storage.failed_commits)
+        yield GaugeMetricFamily("kvwire_group_commit_running_seconds",
+                                "How long the group commit now on SQLite's thread has run; 0 between commits.",
+                                value=storage.commit_running_s or 0.0)
         yield GaugeMetricFamily("kvwire_database_bytes", "Size of the SQLite database and its WAL on disk.",
                                 value=_database_bytes(storage.path))
 

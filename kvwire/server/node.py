@@ -167,6 +167,9 @@ class Node:
         self._hinting: set[str] = {peer for peer in self.core.peer_ids if self.core.hints.count(peer)}
         self._has_quorum = config.quorum == 1
         self._snapshot_timer: asyncio.TimerHandle | None = None
+        self._disk_timer: asyncio.TimerHandle | None = None
+        self._disk_check_interval = min(0.25, config.disk_stall_timeout / 4)
+        self._disk_check_due = 0.0
         self._quiet_start_timer: asyncio.TimerHandle | None = None
         self._joining = self.core.joining
         if self._joining:
@@ -214,6 +217,8 @@ class Node:
         self.peers.start()
         self._perform()
         self._take_snapshot()
+        self._disk_check_due = time.perf_counter()
+        self._watch_disk()
         if not self._has_quorum:
             self._quiet_start_timer = self._loop.call_later(NO_QUORUM_AT_START_WARNING_S, self._warn_if_no_quorum_yet)
 
@@ -232,7 +237,7 @@ class Node:
 
     def stop(self) -> None:
         """Stop the node's own timers; the links and storage are closed by their owners."""
-        for timer in (self._timer, self._snapshot_timer, self._quiet_start_timer):
+        for timer in (self._timer, self._snapshot_timer, self._quiet_start_timer, self._disk_timer):
             if timer is not None:
                 timer.cancel()
 
@@ -247,6 +252,17 @@ class Node:
             if self.storage.file_lost is not None:
                 self.files_lost()
         self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
+
+    def _watch_disk(self) -> None:
+        """Storage.check_stall, a few times per --disk-stall-timeout. A turn that ran late
+        says the whole process was held (SIGSTOP, a paused VM), its commit with it: that
+        time is not held against the disk. On storage's clock (time.perf_counter), which,
+        unlike the node's, also stands still while the machine is suspended."""
+        now, interval = time.perf_counter(), self._disk_check_interval
+        late = now - self._disk_check_due
+        self.storage.check_stall(self.config.disk_stall_timeout, held=late if late > interval else 0.0)
+        self._disk_check_due = now + interval
+        self._disk_timer = self._loop.call_later(interval, self._watch_disk)
 
     def new_session(self, peer: str) -> Session:
         """A connection's session before its HELLO: open ops only, if this node has an auth file."""
@@ -743,6 +759,7 @@ class Node:
     def health(self) -> dict[str, Any]:
         """The HEALTH document; its ``cluster`` part has the shape the REST API documents."""
         storage, config, core = self.storage, self.config, self.core
+        running = storage.commit_running_s
         peers = core.describe_peers(self._clock())
         for peer in peers:
             peer["url"] = self.peers.address(peer["node_id"])
@@ -772,7 +789,8 @@ class Node:
             # Whether the disk takes writes: false from a failed commit until one succeeds (a
             # probe commit each second finds out), and meanwhile has_quorum is false.
             "storage": {"writable": storage.write_error is None, "error": storage.write_error,
-                        "failed_commits": storage.failed_commits},
+                        "failed_commits": storage.failed_commits,
+                        "commit_running_ms": None if running is None else round(running * 1000)},
             "no_quorum_writes": core.stats.no_quorum_writes,
             "read_write_backs": core.stats.write_backs,
             "hedged_requests": core.stats.hedged_requests,

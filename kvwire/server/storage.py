@@ -254,7 +254,8 @@ class Storage:
     # Slots (the connection's comment, kvwire/server/connection.py): past 30 attributes
     # an instance __dict__ has no shared keys in CPython 3.11, and attribute reads slow down.
     __slots__ = (
-        "_clear_joining", "_closing", "_committer", "_damaged_keys", "_failed_since_refusing", "_floor",
+        "_clear_joining", "_closing", "_commit_since", "_committer", "_damaged_keys", "_failed_since_refusing",
+        "_floor", "_stalled",
         "_floor_waiters", "_hint_rows", "_identities", "_log_clock_offset", "_loop", "_max_batch_rows",
         "_mend_rows", "_purge_rows", "_queue", "_reader", "_request_rows", "_requests_expired_at",
         "_strand_rows", "_unhint_rows", "_wakeup", "_writer", "backup_taken_at", "batch_rows", "commit_seconds",
@@ -297,6 +298,10 @@ class Storage:
         self.file_lost: str | None = None
         self._damaged_keys: set[str] = set()  # values found damaged, logged once each
         self._failed_since_refusing = 0  # group commits failed since write_error was set
+        # When the group commit now on SQLite's thread began (time.perf_counter), and
+        # whether it has been declared stalled (``check_stall``); None and False between commits.
+        self._commit_since: float | None = None
+        self._stalled = False
         self.batch_rows = Buckets(BATCH_BOUNDS)
         self.commit_seconds = Buckets(COMMIT_BOUNDS)
         # What the files held when opened, for the node core to start from.
@@ -687,11 +692,14 @@ class Storage:
             # (README "Storage" says why we use this one); setup.py pins the
             # releases checked, and every test that writes fails at once if
             # one drops _execute.
+            self._commit_since = started
             mended = await self._writer._execute(_write_transaction, self._writer._conn, rows, upkeep)
         except asyncio.CancelledError:
+            self._commit_since = None
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
             self.failed_commits += 1
+            self._commit_done()
             if self.write_error is None:
                 self._failed_since_refusing = 0
                 log.error("storage refuses writes: group commit of %d rows to %s failed: %s; this node reports "
@@ -725,7 +733,7 @@ class Storage:
                 if not write.future.done():
                     write.future.set_exception(StorageError(f"storage write failed: {exc}"))
             return
-        self._writes_work_again()
+        self._writes_work_again(self._commit_done())
         seconds = time.perf_counter() - started
         self.commit_seconds.observe(seconds)
         if seconds >= SLOW_COMMIT_SECONDS:
@@ -753,17 +761,59 @@ class Storage:
         if self.file_lost is not None:
             return  # no commit tells: the file it would go to is not the data directory's
         try:
+            self._commit_since = time.perf_counter()
             await self._writer._execute(_probe_transaction, self._writer._conn)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._commit_done()
             self.write_error = str(exc)
             try:
                 await self._writer.rollback()
             except Exception:
                 pass
             return
-        self._writes_work_again()
+        self._writes_work_again(self._commit_done())
+
+    @property
+    def commit_running_s(self) -> float | None:
+        """How long the group commit now on SQLite's thread has run, fsync included; None between commits."""
+        since = self._commit_since
+        return None if since is None else time.perf_counter() - since
+
+    def check_stall(self, limit: float, *, held: float = 0.0) -> None:
+        """Refuse writes while a commit has run ``limit`` seconds or more: a disk that
+        stops completing writes (a hung SAN or drive, a frozen file system) holds the
+        commit, and every write this node coordinates waits on it until the client
+        times out, while the node, its peers and its load balancer's checks all took
+        it for healthy (a probe froze a node's file system: PUTs sent there timed out
+        for as long as it lasted, PUTs to its peers went through, HEALTH said healthy).
+        Refusing them as a failed commit is refused, PUTs and DELETEs go to another
+        node at once, and its peers count it out of their majorities. The commit's
+        return, failed or not, ends it (``_commit_done``). The node calls this every
+        fraction of a second; ``held``: seconds its call was late, the whole process
+        held (SIGSTOP, a paused VM), its commit with it: not the disk's doing, so not
+        counted in the commit's time."""
+        if held and self._commit_since is not None:
+            # Not past now: a commit begun during a busy (not held) late turn is not owed the rest.
+            self._commit_since = min(self._commit_since + held, time.perf_counter())
+        running = self.commit_running_s
+        if running is None or running < limit or self._stalled or self.write_error is not None:
+            return  # a node refusing writes already (a failed commit, a lost file) says why
+        self._stalled = True
+        self._failed_since_refusing = 0
+        self.write_error = (f"a group commit to {self.path} has not finished after {running:.1f} s "
+                            f"(--disk-stall-timeout {limit:g} s): the disk is not completing writes")
+        log.error("storage refuses writes: %s; this node reports itself unable to take writes until it finishes",
+                  self.write_error, extra={"event": "disk_stalled", "commit_ms": round(running * 1000)})
+
+    def _commit_done(self) -> float | None:
+        """The commit on SQLite's thread returned: how long it ran if it had been declared stalled, else None."""
+        since, self._commit_since = self._commit_since, None
+        if not self._stalled:
+            return None
+        self._stalled = False
+        return 0.0 if since is None else time.perf_counter() - since
 
     def check_file(self) -> None:
         """Refuse writes for good once the database file or its write-ahead log is no
@@ -812,18 +862,25 @@ class Storage:
             return []
         return [wal, self.path.with_name(self.path.name + "-shm")]
 
-    def _writes_work_again(self) -> None:
+    def _writes_work_again(self, stalled_for: float | None = None) -> None:
+        """A commit succeeded; ``stalled_for``: how long it ran, if it had been declared stalled."""
         if self.file_lost is not None:
             # A commit already running when the file was found gone lands in the gone
             # file: it says nothing of writes to come (a reviewer's finding).
             self.write_error = self.file_lost
             return
-        if self.write_error is not None:
-            log.warning("storage takes writes again (%s), after %d group commits failed; this node takes writes "
-                        "again", self.path, self._failed_since_refusing,
-                        extra={"event": "storage_writable", "failed_commits": self._failed_since_refusing})
-            self.write_error = None
-            self._wakeup.set()  # commit what waited for the disk (hints, purges, the floor)
+        if self.write_error is None:
+            return
+        if stalled_for is not None:
+            why, fields = f"the group commit that stalled finished after {round(stalled_for * 1000)} ms", {
+                "commit_ms": round(stalled_for * 1000)}
+        else:
+            why, fields = f"after {self._failed_since_refusing} group commits failed", {
+                "failed_commits": self._failed_since_refusing}
+        log.warning("storage takes writes again (%s), %s; this node takes writes again", self.path, why,
+                    extra={"event": "storage_writable", **fields})
+        self.write_error = None
+        self._wakeup.set()  # commit what waited for the disk (hints, purges, the floor)
 
     @property
     def queued_writes(self) -> int:

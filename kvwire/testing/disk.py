@@ -48,3 +48,56 @@ class NodeOnItsOwnDisk(NodeProcess):
         freed = self.in_its_mounts(f"rm {shlex.quote(str(self.data_dir / 'filler'))}")
         if freed.returncode != 0:
             raise AssertionError(f"could not empty the disk of {self.node_id}: {freed.stderr!r}")
+
+
+class NodeOnAFreezableDisk(NodeOnItsOwnDisk):
+    """A node whose data directory is a small ext4 file system, on a loop device in its
+    own mount namespace, that a test can freeze (``fsfreeze``) and thaw: a disk that
+    stops finishing writes and syncs, as a hung SAN or a failing drive does, while
+    reads it has cached still come back. The image is kept beside the data directory,
+    so that the node started again finds its data. A frozen file system holds every
+    writer in uninterruptible sleep, where no signal reaches it: this node is thawed
+    before it is signalled or stopped."""
+
+    _frozen = False
+
+    @property
+    def image(self):
+        return self.data_dir.with_name(self.data_dir.name + ".ext4")
+
+    @property
+    def command(self) -> list[str]:
+        directory, image = shlex.quote(str(self.data_dir)), shlex.quote(str(self.image))
+        serve = shlex.join(NodeProcess.command.fget(self))
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f"{{ [ -e {image} ] || {{ truncate -s 64M {image} && mkfs.ext4 -q {image}; }}; }} && "
+                f"mkdir -p {directory} && mount -o loop {image} {directory} && exec {serve}"]
+
+    def freeze(self) -> None:
+        frozen = self.in_its_mounts(f"fsfreeze --freeze {shlex.quote(str(self.data_dir))}")
+        if frozen.returncode != 0:
+            raise AssertionError(f"could not freeze the disk of {self.node_id}: {frozen.stderr!r}")
+        self._frozen = True
+
+    def thaw(self) -> None:
+        if not self._frozen:
+            return
+        thawed = self.in_its_mounts(f"fsfreeze --unfreeze {shlex.quote(str(self.data_dir))}")
+        if thawed.returncode != 0:
+            raise AssertionError(f"could not thaw the disk of {self.node_id}: {thawed.stderr!r}")
+        self._frozen = False
+
+    def send_signal(self, signum: int) -> None:
+        if self._frozen and self.running:
+            self.thaw()
+        super().send_signal(signum)
+
+    def request_stop(self) -> None:
+        if self._frozen and self.running:
+            self.thaw()
+        super().request_stop()
+
+    def stop(self, grace: float | None = None) -> bool:
+        if self._frozen and self.running:
+            self.thaw()
+        return super().stop(grace)

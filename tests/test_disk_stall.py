@@ -1,0 +1,115 @@
+"""A node whose disk stops completing writes says so, and refuses writes, until it completes them again.
+
+A real node process on a real file system that really stops: its data
+directory is an ext4 file system on a loop device in a mount namespace of the
+node's own (``kvwire.testing.disk``), which the test freezes (``fsfreeze``) and
+thaws, as a hung SAN or a failing drive holds every write and fsync sent to it.
+Before, nothing failed: every write the node coordinated waited on its commit
+until it timed out, while its HEALTH, its peers and HAProxy's check all took it
+for healthy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvwire import Client
+from kvwire.protocol.errors import UnavailableError
+from kvwire.testing import LocalCluster, wait_for
+from kvwire.testing.disk import NodeOnAFreezableDisk
+
+def cli_health(node) -> int:
+    return subprocess.run([sys.executable, "-m", "kvwire.cli.client", "--endpoints", node.address, "--timeout", "2",
+                           "health"], capture_output=True, timeout=30).returncode
+
+
+def cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout: float) -> tuple[LocalCluster, NodeOnAFreezableDisk]:
+    cluster = LocalCluster(3, data_dir=tmp_path, sync="full", heartbeat_interval=0.1)
+    n3 = cluster.nodes["n3"] = NodeOnAFreezableDisk.like(cluster["n3"])
+    n3.extra_args += ["--disk-stall-timeout", str(stall_timeout)]
+    return cluster, n3
+
+
+def writable(health: dict, peer: str) -> bool:
+    return next(node["writable"] for node in health["cluster"]["nodes"] if node["node_id"] == peer)
+
+
+def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out_until_it_completes_them(tmp_path):
+    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=0.5)
+    with cluster:
+        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
+        with Client(n3.address, timeout=5) as through_n3, Client(cluster["n1"].address, timeout=5) as through_n1:
+            through_n3.put("before", "kept")
+            assert through_n3.health()["storage"]["commit_running_ms"] is None  # no commit between writes
+            n3.freeze()
+            # n3's copy of this write goes to its disk and stays there: its commit hangs.
+            through_n1.put("during", "taken by n1 and n2")
+            wait_for(lambda: not through_n3.health()["storage"]["writable"], timeout=5,
+                     what="n3 finding its commit stalled")
+            health = through_n3.health()
+            assert "has not finished after" in health["storage"]["error"], health["storage"]
+            assert "the disk is not completing writes" in health["storage"]["error"]
+            assert health["storage"]["commit_running_ms"] >= 500
+            assert health["storage"]["failed_commits"] == 0  # none failed: it is still running
+            assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"]) == (
+                "degraded", False, False)
+            assert cli_health(n3) == 3  # what HAProxy's check and `kvwire-cli health` act on
+            # Refused at once, unstarted, so that the client tries another node, instead of
+            # a timeout after which it cannot tell whether the write was applied.
+            started = time.monotonic()
+            with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
+                through_n3.put("refused", 1)
+            assert time.monotonic() - started < 1.0
+            assert refused.value.maybe_applied is False
+            assert "request not started: another node can take it" in refused.value.message
+            with Client([n3.address, cluster["n1"].address], timeout=5) as failing_over:
+                failing_over.put("elsewhere", 2)
+            assert through_n3.get("before", consistency="one") == "kept"  # reads go on
+            # Its peers hear it in its heartbeat answers and count it out of their majorities.
+            wait_for(lambda: not writable(through_n1.health(), "n3"), timeout=5, what="n1 hearing n3's disk stalled")
+            health = through_n1.health()
+            assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["healthy_nodes"]) == (
+                "degraded", True, 2)
+
+            n3.thaw()
+            wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
+            health = through_n3.health()
+            assert health["storage"]["error"] is None and health["storage"]["failed_commits"] == 0
+            assert health["joining"] is False  # its stalled commit did not fail: it lost no tag
+            through_n3.put("after", "written")
+            # The write its disk held was committed, not lost.
+            assert through_n3.get("during", consistency="one") == "taken by n1 and n2"
+            wait_for(lambda: writable(through_n1.health(), "n3"), timeout=5, what="n1 hearing n3 takes writes")
+    log = n3.log()
+    stalled = next(line for line in log.splitlines() if "event=disk_stalled" in line)
+    assert "ERROR" in stalled and "storage refuses writes: a group commit to" in stalled, stalled
+    writable_again = next(line for line in log.splitlines() if "event=storage_writable" in line)
+    assert "the group commit that stalled finished after" in writable_again, writable_again
+    assert "peer n3 says its disk refuses writes" in cluster["n1"].log()
+
+
+def test_a_node_held_with_a_commit_running_does_not_take_it_for_a_stalled_disk(tmp_path):
+    """SIGSTOP (a paused VM, an overloaded host) holds the commit's thread with the rest
+    of the process: held past the stall timeout, it is not the disk's doing."""
+    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=1.0)
+    with cluster:
+        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
+        with Client(cluster["n1"].address, timeout=5) as through_n1:
+            through_n1.put("before", "kept")
+            n3.freeze()
+            through_n1.put("during", "held")  # n3's commit of it starts and hangs on the frozen disk
+            n3.pause()
+            n3.thaw()  # the disk is fine again; the commit's thread, stopped, has yet to see it
+            # Held twice the stall timeout: the fault itself, not a wait for a condition.
+            time.sleep(2.0)
+            n3.resume()
+        with Client(n3.address, timeout=5) as through_n3:
+            wait_for(lambda: through_n3.health()["storage"]["commit_running_ms"] is None, timeout=10,
+                     what="n3's held commit returning")
+            assert through_n3.get("during", consistency="one") == "held"
+            assert through_n3.health()["storage"]["writable"] is True
+    assert "event=disk_stalled" not in n3.log()
