@@ -2057,6 +2057,21 @@ def test_a_value_damaged_here_is_mended_from_the_first_peer_holding_its_version(
     assert not [e for e in core.take_effects() if type(e) is Send]  # no second mend of it queued
 
 
+def test_a_value_the_scrub_found_damaged_is_mended_only_while_it_is_the_committed_version():
+    """The scrub reads rows on its own time: a write may have replaced the damaged row
+    since, and then there is nothing to mend (nor a peer to ask for an old version)."""
+    core = make_core(cache_entries=0)
+    link_all(core)
+    damaged = Version(4, "n2")
+    replicate(core, damaged)
+    core.found_damaged("k", Version(3, "n2"), 0.0)  # read before the write of version 4 committed
+    core.found_damaged("absent", damaged, 0.0)
+    assert [e for e in core.take_effects() if type(e) is Send] == []
+    core.found_damaged("k", damaged, 0.0)
+    (asked,) = [e for e in core.take_effects() if type(e) is Send]
+    assert (asked.message_type, asked.fields) == (Fetch, ("k", None, True))
+
+
 def test_a_damaged_value_no_peer_gives_is_told_once_and_asked_for_again_at_a_later_read():
     from kvwire.server.core import Mend, Notice
     from kvwire.server.core.mending import DamagedValueError

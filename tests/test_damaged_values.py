@@ -27,13 +27,18 @@ from kvwire.testing import LocalCluster, NodeProcess, RawConnection, wait_for
 DAMAGE = "UPDATE kv SET value = x'c1' WHERE key = ?"
 
 
+# These tests are of what a read does when it meets the damage: no scrub finds it first
+# (test_scrub.py has the scrub's).
+READS_ONLY = ["--scrub-rate", "0"]
+
+
 def damage(data_dir, key: str) -> None:
     with sqlite3.connect(data_dir / "kvwire.sqlite3") as db:
         assert db.execute(DAMAGE, (key,)).rowcount == 1
 
 
 def test_a_damaged_value_is_refused_as_unavailable_and_a_put_replaces_it(tmp_path):
-    node = NodeProcess("n1", data_dir=tmp_path / "n1")
+    node = NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=READS_ONLY)
     with node, Client([node.address]) as client:
         client.put("whole", "kept")
         client.put("hit", {"a": [1, 2]})
@@ -53,7 +58,7 @@ def test_a_damaged_value_is_refused_as_unavailable_and_a_put_replaces_it(tmp_pat
 
 
 def test_a_client_reads_another_nodes_copy_of_a_value_damaged_on_one(tmp_path):
-    with LocalCluster(3, data_dir=tmp_path) as cluster:
+    with LocalCluster(3, data_dir=tmp_path, node_args=READS_ONLY) as cluster:
         with Client(cluster.endpoints) as client:
             client.put("hit", b"\x00value")
         cluster.terminate("n3")
@@ -112,7 +117,7 @@ def test_a_database_truncated_under_a_running_node_is_unavailable_and_clients_re
     client retries elsewhere, though the two other nodes held every value. A read SQLite
     cannot make is this node's trouble: UNAVAILABLE, and clients read another node."""
     values = {f"k{number}": f"{number}-" + "v" * 3000 for number in range(60)}
-    with LocalCluster(3, data_dir=tmp_path, node_args=["--cache-entries", "0"]) as cluster:
+    with LocalCluster(3, data_dir=tmp_path, node_args=["--cache-entries", "0", *READS_ONLY]) as cluster:
         with Client(cluster.endpoints) as client:
             for key, value in values.items():
                 client.put(key, value)
@@ -137,7 +142,7 @@ def test_a_value_damaged_on_one_node_is_mended_from_a_peers_copy_of_its_version(
     """Anti-entropy compares tags, and the damaged row's tag is whole: the key stayed
     refused on that node until a write replaced it, one replica short. A read that
     meets the damage now has the node ask its peers for that version's value."""
-    with LocalCluster(3, data_dir=tmp_path, node_args=["--cache-entries", "0"]) as cluster:
+    with LocalCluster(3, data_dir=tmp_path, node_args=["--cache-entries", "0", *READS_ONLY]) as cluster:
         with Client(cluster.endpoints) as client:
             written = client.put("hit", {"a": [1, 2]})
         cluster.terminate("n3")

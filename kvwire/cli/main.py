@@ -66,6 +66,7 @@ def main() -> None:
 @click.option("--hint-max-age", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.hint_max_age, show_default=True, help="Seconds a peer's oldest hint may wait; past it the node stops hinting that peer and leaves it to anti-entropy.", **env("HINT_MAX_AGE"))
 @click.option("--tombstone-grace", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.tombstone_grace, show_default=True, help="Seconds every replica must have held no live version of a deleted key before its tombstone is removed; at least 4 write timeouts.", **env("TOMBSTONE_GRACE"))
 @click.option("--disk-stall-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.disk_stall_timeout, show_default=True, help="Seconds a group commit may run (a disk not completing writes) before the node refuses writes and reports itself unable to take them, until it returns.", **env("DISK_STALL_TIMEOUT"))
+@click.option("--scrub-rate", type=click.IntRange(min=0), default=ServerConfig.scrub_rate, show_default=True, help="Values a second the background scrub reads and checks for damage on disk, mending each damaged one from a peer's copy; 0 turns it off.", **env("SCRUB_RATE"))
 @click.option("--join", is_flag=True, default=False, help="This node's data directory is new and the cluster already holds data (a lost disk, or a replacement): take no part in majorities until caught up from every peer. Honoured on a directory used before but never joined with (a warning); ignored on one that has joined.", **env("JOIN"))
 @click.option("--max-version-jump", type=click.IntRange(min=1, max=2**62), default=ServerConfig.max_version_jump, show_default=True, help="A peer's version tag more than this far above this node's highest counter is refused.", **env("MAX_VERSION_JUMP"))
 @tls_file_options(
@@ -160,6 +161,7 @@ def server_config(options: dict) -> ServerConfig:
         hint_max_age=options["hint_max_age"],
         tombstone_grace=options["tombstone_grace"],
         disk_stall_timeout=options["disk_stall_timeout"],
+        scrub_rate=options["scrub_rate"],
         join=options["join"],
         tls=tls_files(options),
     )

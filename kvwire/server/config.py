@@ -154,6 +154,9 @@ class ServerConfig:
     # makes the node refuse writes until it returns, as a failed one does
     # (Storage.check_stall): its writes would wait on it until they time out.
     disk_stall_timeout: float = 2.0
+    # Values checked a second by the background scrub for damage on disk, which it
+    # mends from a peer's copy (kvwire.server.scrub); 0 turns it off.
+    scrub_rate: int = 1000
     # This node's data directory is new but the cluster already holds data:
     # its disk was lost, or it replaces a removed member. It takes no part in
     # majorities until anti-entropy has caught it up from every peer
@@ -183,6 +186,8 @@ class ServerConfig:
                              "max_value_bytes + the frame's overhead)")
         if self.cache_entries < 0:
             raise ValueError(f"cache_entries must be 0 or more, got {self.cache_entries}")
+        if not isinstance(self.scrub_rate, int) or not 0 <= self.scrub_rate <= 1_000_000:
+            raise ValueError(f"scrub_rate must be an integer from 0 (off) to 1000000, got {self.scrub_rate!r}")
         for name in ("repair_rate", "hint_limit"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

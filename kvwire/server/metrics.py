@@ -157,6 +157,16 @@ class NodeCollector(Collector):
         yield commit
         yield CounterMetricFamily("kvwire_storage_write_failures", "Group commits the disk refused.",
                                   value=storage.failed_commits)
+        scrubber = node.scrubber
+        for name, doc, value in (
+            ("kvwire_scrub_values_checked", "Values the background scrub read and checked for damage on disk.",
+             scrubber.checked if scrubber else 0),
+            ("kvwire_scrub_damaged", "Values the scrub found damaged on disk (each then mended from a peer's copy).",
+             scrubber.damaged if scrubber else 0),
+            ("kvwire_scrub_passes", "Scrub passes completed over every value on this node's disk.",
+             scrubber.passes if scrubber else 0),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("kvwire_group_commit_running_seconds",
                                 "How long the group commit now on SQLite's thread has run; 0 between commits.",
                                 value=storage.commit_running_s or 0.0)

@@ -53,7 +53,9 @@ from .core import (
 from .core.keydir import MAX_ACCEPTED_COUNTER
 from .failure_detector import PeerState, Transition
 from ..log_limit import LogLimit
+from .core.mending import DamagedValueError
 from .peers import PeerLinks
+from .scrub import Scrubber
 from .storage import Storage
 from .tally import RequestMetrics
 
@@ -170,6 +172,7 @@ class Node:
         self._disk_timer: asyncio.TimerHandle | None = None
         self._disk_check_interval = min(0.25, config.disk_stall_timeout / 4)
         self._disk_check_due = 0.0
+        self.scrubber: Scrubber | None = None
         self._quiet_start_timer: asyncio.TimerHandle | None = None
         self._joining = self.core.joining
         if self._joining:
@@ -219,6 +222,8 @@ class Node:
         self._take_snapshot()
         self._disk_check_due = time.perf_counter()
         self._watch_disk()
+        if self.config.scrub_rate:
+            self.scrubber = Scrubber(self.storage, self.config.scrub_rate, self._scrub_found)
         if not self._has_quorum:
             self._quiet_start_timer = self._loop.call_later(NO_QUORUM_AT_START_WARNING_S, self._warn_if_no_quorum_yet)
 
@@ -237,6 +242,8 @@ class Node:
 
     def stop(self) -> None:
         """Stop the node's own timers; the links and storage are closed by their owners."""
+        if self.scrubber is not None:
+            self.scrubber.stop()
         for timer in (self._timer, self._snapshot_timer, self._quiet_start_timer, self._disk_timer):
             if timer is not None:
                 timer.cancel()
@@ -252,6 +259,10 @@ class Node:
             if self.storage.file_lost is not None:
                 self.files_lost()
         self._snapshot_timer = self._loop.call_later(1.0, self._take_snapshot)
+
+    def _scrub_found(self, damaged: DamagedValueError) -> None:
+        self.core.found_damaged(damaged.key, damaged.version, self._clock())
+        self._perform()
 
     def _watch_disk(self) -> None:
         """Storage.check_stall, a few times per --disk-stall-timeout. A turn that ran late

@@ -557,6 +557,14 @@ class Storage:
         return DamagedValueError(f"this node's copy of {key!r} is damaged on its disk ({damaged.reason}); read it "
                                  "through another node (this one mends it from a peer's copy)", key=key, version=version)
 
+    async def scrub_page(self, after: str | None, max_keys: int, max_bytes: int) -> ScrubPage:
+        """The live rows after key ``after`` (from the first without), in key order, read and
+        checked as ``read`` checks a value, until ``max_keys`` rows or ``max_bytes`` of values
+        (at least one row): one hop to the reader's thread, as ``read_many``."""
+        checked, last, damaged, ended = await self._reader._execute(_scrub_rows, self._reader._conn, after,
+                                                                   max_keys, max_bytes)
+        return ScrubPage(checked, last, [self._damaged(key, row) for key, row in damaged], ended)
+
     def mend(self, key: str, version: Version, value: Any, peer: str) -> None:
         """Rewrite, in the next commit, ``key``'s damaged value with ``peer``'s copy of
         it, if the row is still ``version`` (a write since replaced it otherwise)."""
@@ -1052,6 +1060,32 @@ def _read_rows(db: sqlite3.Connection, keys: list[str]) -> list[tuple | _Damaged
                 row = _Damaged(f"not one msgpack value: {broken}", row[1], row[2])
         rows.append(row)
     return rows
+
+
+class ScrubPage(NamedTuple):
+    """One page of a scrub pass (``Storage.scrub_page``)."""
+
+    checked: int  # live rows read and checked
+    last_key: str | None  # the last of them, where the next page starts after
+    damaged: list[DamagedValueError]
+    ended: bool  # no rows after these: the pass is over
+
+
+def _scrub_rows(db: sqlite3.Connection, after: str | None, max_keys: int,
+                max_bytes: int) -> tuple[int, str | None, list[tuple[str, _Damaged]], bool]:
+    """On the reader's thread: ``Storage.scrub_page``'s rows, checked as ``_read_rows`` checks them."""
+    rows = db.execute("SELECT key, value, counter, node FROM kv WHERE key > ? AND deleted = 0 ORDER BY key LIMIT ?",
+                      ("" if after is None else after, max_keys + 1))
+    checked, last, damaged, size = 0, after, [], 0
+    for key, value, counter, node in rows:
+        if checked == max_keys or (checked and size >= max_bytes):
+            return checked, last, damaged, False
+        checked, last = checked + 1, key
+        size += len(value) if value is not None else 0
+        broken = structure_error(value) if value is not None else "no value"
+        if broken is not None:
+            damaged.append((key, _Damaged(f"not one msgpack value: {broken}", counter, node)))
+    return checked, last, damaged, True
 
 
 def _probe_transaction(db: sqlite3.Connection) -> None:

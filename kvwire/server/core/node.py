@@ -467,6 +467,15 @@ class NodeCore:
         for callback in callbacks:
             callback(error)
 
+    def found_damaged(self, key: str, version: Version, now: float) -> None:
+        """The shell's scrub found ``key``'s value at ``version`` damaged on this node's disk:
+        mend it from a peer's copy, as a read that met the damage would. Not if the key has
+        a newer committed version since the row was read (it replaced the damage)."""
+        self._clock(now)
+        entry = self.keydir.committed.get(key)
+        if entry is not None and entry.version == version:
+            self.mending.start(key, version)
+
     def loaded(self, key: str, row: tuple[Version, bool, Any] | Exception | None, now: float) -> None:
         """A ``Load`` finished with the key's committed row, None if it has none,
         or the exception that reading it raised."""
