@@ -11,15 +11,17 @@ for healthy.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
 from kvwire import Client
-from kvwire.protocol.errors import UnavailableError
-from kvwire.testing import LocalCluster, wait_for
+from kvwire.protocol.errors import KvwireError, NoQuorumError, UnavailableError
+from kvwire.testing import LocalCluster, free_port, wait_for
 from kvwire.testing.disk import NodeOnAFreezableDisk
 
 def cli_health(node) -> int:
@@ -38,8 +40,26 @@ def writable(health: dict, peer: str) -> bool:
     return next(node["writable"] for node in health["cluster"]["nodes"] if node["node_id"] == peer)
 
 
+def held(client: Client, key: str):
+    """The contacted node's own copy of ``key``; None while it has none."""
+    try:
+        return client.get(key, consistency="one")
+    except KeyError:
+        return None
+
+
+def replicates_refused(metrics: str) -> float:
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r'^kvwire_requests_total\{(?=[^}]*op="replicate")(?=[^}]*code="unavailable")[^}]*\} (\S+)$',
+                      text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out_until_it_completes_them(tmp_path):
     cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=0.5)
+    metrics = f"127.0.0.3:{free_port('127.0.0.3')}"
+    n3.extra_args += ["--metrics-listen", metrics]
     with cluster:
         cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
         with Client(n3.address, timeout=5) as through_n3, Client(cluster["n1"].address, timeout=5) as through_n1:
@@ -51,6 +71,7 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
             wait_for(lambda: not through_n3.health()["storage"]["writable"], timeout=5,
                      what="n3 finding its commit stalled")
             health = through_n3.health()
+            health_pending_at_stall = health["pending_writes"]
             assert "has not finished after" in health["storage"]["error"], health["storage"]
             assert "the disk is not completing writes" in health["storage"]["error"]
             assert health["storage"]["commit_running_ms"] >= 500
@@ -74,6 +95,14 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
             health = through_n1.health()
             assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["healthy_nodes"]) == (
                 "degraded", True, 2)
+            # Its peers' writes are refused too, not queued behind the held commit: a probe's
+            # stalled node held 10,000 of them in memory after 30 s, and its peers' links filled
+            # until its heartbeats went unanswered. Its peers hint them, for after the stall.
+            refused_before = replicates_refused(metrics)
+            for index in range(20):
+                through_n1.put(f"written-during:{index}", index)
+            assert replicates_refused(metrics) - refused_before >= 20
+            assert through_n3.health()["pending_writes"] <= 1 + health_pending_at_stall
 
             n3.thaw()
             wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
@@ -84,6 +113,9 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
             # The write its disk held was committed, not lost.
             assert through_n3.get("during", consistency="one") == "taken by n1 and n2"
             wait_for(lambda: writable(through_n1.health(), "n3"), timeout=5, what="n1 hearing n3 takes writes")
+            # What its peers hinted reaches it once it takes writes again.
+            wait_for(lambda: all(held(through_n3, f"written-during:{index}") == index for index in range(20)),
+                     timeout=15, what="n3 receiving what it refused")
     log = n3.log()
     stalled = next(line for line in log.splitlines() if "event=disk_stalled" in line)
     assert "ERROR" in stalled and "storage refuses writes: a group commit to" in stalled, stalled
@@ -95,21 +127,59 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
 def test_a_node_held_with_a_commit_running_does_not_take_it_for_a_stalled_disk(tmp_path):
     """SIGSTOP (a paused VM, an overloaded host) holds the commit's thread with the rest
     of the process: held past the stall timeout, it is not the disk's doing."""
-    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=1.0)
+    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=2.5)
     with cluster:
         cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
-        with Client(cluster["n1"].address, timeout=5) as through_n1:
+        with Client(cluster["n1"].address, timeout=5) as through_n1, Client(n3.address, timeout=5) as through_n3:
             through_n1.put("before", "kept")
             n3.freeze()
             through_n1.put("during", "held")  # n3's commit of it starts and hangs on the frozen disk
+            wait_for(lambda: through_n3.health()["storage"]["commit_running_ms"] is not None, timeout=5,
+                     what="n3's commit waiting on its frozen disk")
             n3.pause()
+            # Held longer than the stall timeout: the fault itself, not a wait for a condition.
+            time.sleep(3.0)
             n3.thaw()  # the disk is fine again; the commit's thread, stopped, has yet to see it
-            # Held twice the stall timeout: the fault itself, not a wait for a condition.
-            time.sleep(2.0)
             n3.resume()
-        with Client(n3.address, timeout=5) as through_n3:
             wait_for(lambda: through_n3.health()["storage"]["commit_running_ms"] is None, timeout=10,
                      what="n3's held commit returning")
             assert through_n3.get("during", consistency="one") == "held"
             assert through_n3.health()["storage"]["writable"] is True
     assert "event=disk_stalled" not in n3.log()
+    assert "event=loop_stalled" in n3.log()  # it was held: the node says so, as itself, not its disk
+
+
+def test_with_two_of_three_disks_stalled_the_third_node_refuses_writes_unstarted(tmp_path):
+    """A probe froze n2's and n3's disks: every PUT through n1 was still started, sent to
+    them, waited its deadline and failed as maybe applied (3.2 s a call, and each was
+    applied after all once the disks came back). It now knows from their heartbeat answers
+    that no majority can commit, and refuses at once, applied nowhere."""
+    cluster = LocalCluster(3, data_dir=tmp_path, sync="full", heartbeat_interval=0.1)
+    for node_id in ("n2", "n3"):
+        stalling = cluster.nodes[node_id] = NodeOnAFreezableDisk.like(cluster[node_id])
+        stalling.extra_args += ["--disk-stall-timeout", "0.5"]
+    with cluster:
+        cluster.wait_peers("n1", up=["n2", "n3"], timeout=10.0)
+        with Client(cluster["n1"].address, timeout=5) as through_n1:
+            through_n1.put("before", "kept")
+            for node_id in ("n2", "n3"):
+                cluster[node_id].freeze()
+            with pytest.raises(KvwireError):  # their commits of it hang: no majority holds it in time
+                through_n1.put("during", "stuck")
+            wait_for(lambda: not writable(through_n1.health(), "n2") and not writable(through_n1.health(), "n3"),
+                     timeout=5, what="n1 hearing both disks stalled")
+            started = time.monotonic()
+            with pytest.raises(NoQuorumError) as refused:
+                through_n1.put("refused", 1)
+            assert time.monotonic() - started < 1.0
+            assert refused.value.maybe_applied is False
+            assert ("request not started: no node can now: 1 of the other 2 nodes can commit a write"
+                    in refused.value.message), refused.value.message
+            assert through_n1.get("before", consistency="one") == "kept"
+            for node_id in ("n2", "n3"):
+                cluster[node_id].thaw()
+            wait_for(lambda: through_n1.health()["cluster"]["has_quorum"], timeout=10, what="n1's peers taking writes")
+            through_n1.put("after", "written")
+            with pytest.raises(KeyError):
+                through_n1.get("refused")  # applied nowhere
+            assert through_n1.get("after") == "written"

@@ -51,6 +51,7 @@ def run_serve(*args, env=None, timeout=15):
         (["--disk-stall-timeout", "0"], "Invalid value for '--disk-stall-timeout'"),
         (["--scrub-rate", "-1"], "Invalid value for '--scrub-rate'"),
         (["--scrub-rate", "1000001"], "--scrub-rate must be an integer from 0 (off) to 1000000"),
+        (["--disk-stall-timeout", "0.01"], "--disk-stall-timeout (0.01 s) must be at least 0.1 s"),
         (["--disk-stall-timeout", "inf"], "--disk-stall-timeout must be a positive, finite number of seconds"),
         # No handshake could pass: HELLO_REPLY's member list holds at most 255.
         (["--insecure", "--cluster", ",".join(f"n{i}=127.0.0.1:{20000 + i}" for i in range(1, 257))],

@@ -31,6 +31,7 @@ class SyncMode(str, enum.Enum):
 
 # Seconds; a shorter heartbeat only burns CPU (2 peers at 10 ms are 200 PINGs a second).
 MIN_HEARTBEAT_INTERVAL = 0.01
+MIN_DISK_STALL_TIMEOUT = 0.1
 # Bounds no setting needs to reach, which keep HEALTH's figures (milliseconds, counts)
 # within msgpack's integers: a --failure-timeout of 1e21 s made every HEALTH fail to
 # encode, and its connection close (a probe, 2026-12-07).
@@ -244,6 +245,11 @@ class ServerConfig:
                 f"failure_timeout ({self.failure_timeout} s) must exceed twice heartbeat_interval "
                 f"({self.heartbeat_interval} s), or a single late heartbeat marks a live peer DOWN"
             )
+        if self.disk_stall_timeout < MIN_DISK_STALL_TIMEOUT:
+            # Below it the node's check of the commit's age would keep its loop busy,
+            # and a healthy fsync would read as a stalled disk.
+            raise ValueError(f"disk_stall_timeout ({self.disk_stall_timeout} s) must be at least "
+                             f"{MIN_DISK_STALL_TIMEOUT} s")
         if self.tombstone_grace < 4 * self.write_timeout:
             raise ValueError(
                 f"tombstone_grace ({self.tombstone_grace} s) must be at least four times write_timeout "

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from msgspec import Raw
 
-from ..protocol.errors import (BadRequestError, ForbiddenError, KvwireError, TooLargeError, UnauthenticatedError,
-                               UnavailableError)
+from ..protocol.errors import (BadRequestError, ForbiddenError, KvwireError, NoQuorumError, TooLargeError,
+                               UnauthenticatedError, UnavailableError)
 from ..protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof, proof_matches
 from ..protocol.messages import (
     PROTOCOL_VERSION,
@@ -303,6 +303,19 @@ class Node:
             # peers' REPLICATEs still come in: a commit that succeeds clears the error.)
             raise UnavailableError(f"this node's disk refuses writes ({self.storage.write_error}); request not "
                                    f"started: {self._who_else_can_write()}", maybe_applied=False)
+        if (kind is Put or kind is Delete) and self.core.peers_refusing_writes and self._voters_up() < self.config.quorum:
+            # Its peers said their disks refuse writes (PONG): started, the write would wait on
+            # them until its deadline and fail as maybe applied, as a probe's did with two of
+            # three disks stalled, 3.2 s a call. Refused, nothing was applied anywhere.
+            raise NoQuorumError(f"request not started: {self._who_else_can_write()}", maybe_applied=False)
+        if kind is Replicate and self.storage.stalled:
+            # Queued behind the commit the disk holds, a peer's writes piled up in memory for
+            # as long as it lasted (10,000 in a probe's 30 s stall), filled the peer's link
+            # until its heartbeats went unanswered, and were committed in one burst that held
+            # the event loop a second when the disk came back. Refused, each is hinted by its
+            # sender and replayed once this node takes writes again (core/hints.py).
+            raise UnavailableError(f"this node's disk is not completing writes ({self.storage.write_error}); not "
+                                   "applied here", maybe_applied=False)
         if kind is Health:
             return HealthReply(request.id, self.health())
         if kind is Get:

@@ -207,6 +207,12 @@ class _DamagedRow(Exception):
     """A row kvwire could not have written (a NULL tag, a name that is a number)."""
 
 
+# Bytes of values in one group commit at most (``_batch_length``): at this machine's
+# slowest measured write speed, about 50 MB/s with an fsync, under a second, far
+# within the default --disk-stall-timeout. 1 MB PUTs at 50 connections measured no
+# difference against no cap (bench/results/2026-12-07/batch_bytes_ab.md).
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+
 # What a damaged file raises besides sqlite3's errors: rows that fail the load's
 # checks, and text that is not UTF-8 (the sqlite3 module decodes some itself).
 _DAMAGE = (_DamagedRow, UnicodeDecodeError)
@@ -661,13 +667,30 @@ class Storage:
             self._wakeup.clear()
             while (self._queue or self._hint_rows or self._unhint_rows or self._purge_rows or self._floor is not None
                    or self._clear_joining or self._request_rows or self._strand_rows or self._mend_rows):
-                batch = self._queue[: self._max_batch_rows]
-                del self._queue[: self._max_batch_rows]
+                count = self._batch_length()
+                batch = self._queue[:count]
+                del self._queue[:count]
                 await self._commit(batch)
                 if self.write_error is not None and not self._queue:
                     break  # only bookkeeping left, put back: the probe says when to try again
             if self._closing:
                 return
+
+    def _batch_length(self) -> int:
+        """Writes in the next group commit: up to ``max_batch_rows``, and values of up to
+        MAX_BATCH_BYTES in all (at least one write). A commit's time grows with its bytes:
+        4,096 values of 100 KB took 8.2 s to commit on a healthy disk (a review), which
+        --disk-stall-timeout took for a stalled disk, on every replica at once."""
+        queue, limit = self._queue, min(len(self._queue), self._max_batch_rows)
+        count = size = 0
+        while count < limit:
+            packed = queue[count].packed
+            count += 1
+            if packed is not None:
+                size += len(packed)
+                if size >= MAX_BATCH_BYTES:
+                    break
+        return count
 
     async def _commit(self, batch: list[_Write]) -> None:
         rows = [(w.key, w.packed, w.version.counter, w.version.node, int(w.deleted)) for w in batch]
@@ -703,12 +726,12 @@ class Storage:
             self._commit_since = started
             mended = await self._writer._execute(_write_transaction, self._writer._conn, rows, upkeep)
         except asyncio.CancelledError:
-            self._commit_since = None
+            self._commit_done()
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
             self.failed_commits += 1
-            self._commit_done()
-            if self.write_error is None:
+            # A commit declared stalled that then fails is the first failure, not "another reason".
+            if self._commit_done() is not None or self.write_error is None:
                 self._failed_since_refusing = 0
                 log.error("storage refuses writes: group commit of %d rows to %s failed: %s; this node reports "
                           "itself unable to take writes until a commit succeeds", len(batch), self.path, exc,
@@ -772,6 +795,7 @@ class Storage:
             self._commit_since = time.perf_counter()
             await self._writer._execute(_probe_transaction, self._writer._conn)
         except asyncio.CancelledError:
+            self._commit_done()
             raise
         except Exception as exc:
             self._commit_done()
@@ -782,6 +806,11 @@ class Storage:
                 pass
             return
         self._writes_work_again(self._commit_done())
+
+    @property
+    def stalled(self) -> bool:
+        """A commit has run past the stall limit and not returned yet (``check_stall``)."""
+        return self._stalled
 
     @property
     def commit_running_s(self) -> float | None:

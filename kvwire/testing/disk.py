@@ -10,6 +10,7 @@ by the kernel, so a full disk is the fault a test can cause and undo.)
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 
 from .node import NodeProcess
@@ -88,7 +89,8 @@ class NodeOnAFreezableDisk(NodeOnItsOwnDisk):
         self._frozen = False
 
     def send_signal(self, signum: int) -> None:
-        if self._frozen and self.running:
+        # SIGSTOP and SIGCONT pass: a test may hold the process while its disk is frozen.
+        if self._frozen and self.running and signum not in (signal.SIGSTOP, signal.SIGCONT):
             self.thaw()
         super().send_signal(signum)
 
