@@ -476,6 +476,24 @@ def test_past_the_hint_limit_a_peer_is_no_longer_hinted_until_it_is_up_again():
     assert core.hints.count("n2") == 1 and "n2" not in core.hints.stopped
 
 
+def test_a_peer_that_says_its_disk_refuses_writes_is_replayed_one_hint_at_a_time_until_it_takes_them():
+    """A stalled disk refuses every REPLICATE at once: each write it missed replayed the
+    whole window of 256 there again (a review). One at a time, not none: a PONG lost on
+    the way must not hold its hints for good."""
+    core = make_core()
+    link_all(core)
+    for index in range(5):
+        core.keydir.accept(f"k{index}", 0, Version(1, "n1"), False)
+        core.keydir.settle(f"k{index}", 0, Version(1, "n1"), False, True)
+        core.cache.put(f"k{index}", index)
+    core.peers_refusing_writes.add("n2")
+    for index in range(5):
+        core.hints.add("n2", f"k{index}", Version(1, "n1"))
+    assert len([e for e in core.take_effects() if type(e) is Send and e.peer == "n2"]) == 1
+    core._set_peer_refusing_writes("n2", False)  # its PONG says it takes writes again
+    assert len([e for e in core.take_effects() if type(e) is Send and e.peer == "n2"]) == 4
+
+
 def test_sync_answers_which_keys_each_side_holds_newer_and_ignores_tombstone_against_nothing():
     core = make_core()
     bucket = bucket_of("k0")
@@ -1464,16 +1482,23 @@ def test_a_joining_replica_holding_newer_is_not_a_refusal_either():
     assert core.stats.one_trip_retries == 0
 
 
-def retry_after_this_disk_refused_its_minted_tag(mutant=None):
+def retry_after_this_disk_refused_its_minted_tag(mutant=None, *, stalled=False):
     """A PUT's retry through n3 minted (2, n3) and sent it here with ``read``; this
-    disk refused it. The client's next attempt then comes here, where a LOOKUP
-    majority (n2) would know nothing of the request. The tag this node commits."""
+    disk refused it (its commit failed, or, ``stalled``, the disk holds a commit past
+    --disk-stall-timeout and the REPLICATE is refused unstarted). The client's next
+    attempt then comes here, where a LOOKUP majority (n2) would know nothing of the
+    request. The tag this node commits."""
     core = make_core(mutant=mutant)
     link_all(core)
+    if stalled:
+        core.disk_stalled = UnavailableError("this node's disk is not completing writes")
     core.request("wb", Replicate(1, "k", Version(2, "n3"), "v", False, None, "req-1", True), 0.0, from_peer=True)
-    commit_all(core, core.take_effects(), error=InternalServerError("disk full"))
-    (refusal,) = effects_of(core, Respond)
-    assert isinstance(refusal.reply, InternalServerError)
+    effects = core.take_effects()
+    assert not stalled or not [e for e in effects if type(e) is Persist]  # nothing queued behind the held commit
+    commit_all(core, effects, error=InternalServerError("disk full"))
+    (refusal,) = [e for e in effects + core.take_effects() if type(e) is Respond]
+    assert isinstance(refusal.reply, UnavailableError if stalled else InternalServerError)
+    core.disk_stalled = None
     core.request("retry", Put(7, "k", "v", "req-1", True), 0.0)
     effects = core.take_effects()
     for lookup in [e for e in effects if type(e) is Send and e.message_type is Lookup]:
@@ -1494,6 +1519,13 @@ def test_a_tag_this_disk_refused_is_finished_by_the_puts_next_attempt_here():
 
 def test_the_mutant_forget_failed_reads_mints_a_new_tag():
     assert retry_after_this_disk_refused_its_minted_tag("forget-failed-reads") == Version(1, "n1")
+
+
+def test_a_tag_refused_while_this_disk_stalled_is_finished_by_the_puts_next_attempt_here():
+    # Refused before the core saw it, the stalled node kept no record of the request:
+    # the forget-failed-reads mutant's lost write, brought back by a refusal in the shell (a review).
+    assert retry_after_this_disk_refused_its_minted_tag(stalled=True) == Version(2, "n3")
+    assert retry_after_this_disk_refused_its_minted_tag("forget-failed-reads", stalled=True) == Version(1, "n1")
 
 
 def dead_tag_left_here(mutant=None):

@@ -173,7 +173,7 @@ def test_with_two_of_three_disks_stalled_the_third_node_refuses_writes_unstarted
                 through_n1.put("refused", 1)
             assert time.monotonic() - started < 1.0
             assert refused.value.maybe_applied is False
-            assert ("request not started: no node can now: 1 of the other 2 nodes can commit a write"
+            assert ("request not started: no node can now: 0 of the other 2 nodes can commit a write"
                     in refused.value.message), refused.value.message
             assert through_n1.get("before", consistency="one") == "kept"
             for node_id in ("n2", "n3"):

@@ -76,6 +76,19 @@ def test_nodes_restored_from_backups_check_clean():
     assert dict(summary["faults"])["restored"] > 40
 
 
+def test_stalled_disks_check_clean():
+    """The opt-in ``stall`` fault: a node's commits held for a while, its peers'
+    REPLICATEs refused meanwhile (NodeCore.disk_stalled, as a real node does past
+    --disk-stall-timeout) and its PONGs saying its disk refuses writes. With every
+    fault kind beside it the histories check, and the hints its peers stored for it
+    drain once it takes writes again (the run's own check)."""
+    result = run_cli("--seeds", "300", "--jobs", "2", "--json", "--faults", ",".join((*FAULT_KINDS, "stall")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["seeds_run"] == 300
+    assert dict(summary["faults"])["stall"] > 300
+
+
 def test_nodes_stopped_cleanly_check_clean():
     """The opt-in ``stop`` fault: a clean stop (SIGTERM), as kvwire.server.app runs it,
     waiting for the requests the node had started, then back later, as after a clean

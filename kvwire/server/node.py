@@ -271,7 +271,11 @@ class Node:
         unlike the node's, also stands still while the machine is suspended."""
         now, interval = time.perf_counter(), self._disk_check_interval
         late = now - self._disk_check_due
-        self.storage.check_stall(self.config.disk_stall_timeout, held=late if late > interval else 0.0)
+        storage, core = self.storage, self.core
+        storage.check_stall(self.config.disk_stall_timeout, held=late if late > interval else 0.0)
+        if storage.stalled != (core.disk_stalled is not None):
+            core.disk_stalled = UnavailableError(f"this node's disk is not completing writes ({storage.write_error}); "
+                                                 "not applied here", maybe_applied=False) if storage.stalled else None
         self._disk_check_due = now + interval
         self._disk_timer = self._loop.call_later(interval, self._watch_disk)
 
@@ -308,14 +312,6 @@ class Node:
             # them until its deadline and fail as maybe applied, as a probe's did with two of
             # three disks stalled, 3.2 s a call. Refused, nothing was applied anywhere.
             raise NoQuorumError(f"request not started: {self._who_else_can_write()}", maybe_applied=False)
-        if kind is Replicate and self.storage.stalled:
-            # Queued behind the commit the disk holds, a peer's writes piled up in memory for
-            # as long as it lasted (10,000 in a probe's 30 s stall), filled the peer's link
-            # until its heartbeats went unanswered, and were committed in one burst that held
-            # the event loop a second when the disk came back. Refused, each is hinted by its
-            # sender and replayed once this node takes writes again (core/hints.py).
-            raise UnavailableError(f"this node's disk is not completing writes ({self.storage.write_error}); not "
-                                   "applied here", maybe_applied=False)
         if kind is Health:
             return HealthReply(request.id, self.health())
         if kind is Get:
@@ -345,11 +341,12 @@ class Node:
     def _who_else_can_write(self) -> str:
         """Whether another node can take a write this one refuses: "another node can take it"
         was said when no node could (a lifecycle probe's two of three disks full)."""
-        # The voting peers UP whose disks take writes: this node, its disk refusing, counts itself out.
-        writers, config = self._voters_up(), self.config
-        if writers >= config.quorum:
+        config, core = self.config, self.core
+        if self._voters_up() >= config.quorum:
             return "another node can take it"
-        return (f"no node can now: {writers} of the other {config.cluster_size - 1} nodes can commit a write (the "
+        # The voting peers UP whose disks take writes, this node left out whatever its disk does.
+        others = core.voters_up() - (not core.joining) - core.refusing_writes_up()
+        return (f"no node can now: {others} of the other {config.cluster_size - 1} nodes can commit a write (the "
                 f"others are DOWN, joining, or their disks refuse writes), and a majority needs {config.quorum}")
 
     def _hello(self, request: Hello, session: Session) -> Reply:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -38,7 +39,8 @@ class Scrubber:
     def __init__(self, storage: Storage, keys_per_s: int, found: Callable[[DamagedValueError], None]) -> None:
         self._storage = storage
         self._found = found
-        self._max_keys = max(1, round(keys_per_s * PAGE_INTERVAL))
+        self._keys_per_s = keys_per_s
+        self._max_keys = max(1, math.ceil(keys_per_s * PAGE_INTERVAL))
         self._max_bytes = max(1, round(SCRUB_BYTES_PER_S * PAGE_INTERVAL))
         self.passes = 0  # completed
         self.checked = 0  # values checked, over every pass
@@ -47,19 +49,23 @@ class Scrubber:
 
     async def _run(self) -> None:
         after: str | None = None
-        pass_checked = pass_damaged = 0
+        pass_checked = pass_damaged = last_pass_damaged = 0
         started = time.monotonic()
+        told_failure = False
+        wait = PAGE_INTERVAL
         while True:
-            await asyncio.sleep(PAGE_INTERVAL)
+            await asyncio.sleep(wait)
             try:
                 page = await self._storage.scrub_page(after, self._max_keys, self._max_bytes)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a damaged page of the file, an I/O error: the reads say so too
-                log.warning("scrub: reading the values after %r failed (%s); trying again in %g s", after, exc,
-                            PASS_PAUSE, extra={"event": "scrub_read_failed"})
-                await asyncio.sleep(PASS_PAUSE)
+                after, wait = await self._past_unreadable(after, exc, told_failure)
+                told_failure = True
                 continue
+            # Paced by what the page held: a page always checks one value, of up to
+            # --max-value-bytes, and a low --scrub-rate is a fraction of a page a turn.
+            wait = max(PAGE_INTERVAL, page.checked / self._keys_per_s, page.size / SCRUB_BYTES_PER_S)
             self.checked += page.checked
             pass_checked += page.checked
             for damaged in page.damaged:
@@ -69,14 +75,33 @@ class Scrubber:
             after = page.last_key
             if page.ended:
                 self.passes += 1
-                # The first pass, and any that found damage (each value also logged by itself); the rest
-                # at DEBUG: a small store is scrubbed every few seconds (the metrics count them all).
-                level = logging.WARNING if pass_damaged else logging.INFO if self.passes == 1 else logging.DEBUG
+                # The first pass and a pass that found more damage than the one before (each
+                # damaged value is also logged by itself, once); the rest at DEBUG: a small
+                # store is scrubbed every few seconds, and a value no peer can mend stays damaged.
+                level = (logging.WARNING if pass_damaged > last_pass_damaged
+                         else logging.INFO if self.passes == 1 else logging.DEBUG)
                 log.log(level, "scrub: pass %d over %s checked %d values in %.0f s, %d damaged", self.passes,
                         self._storage.path, pass_checked, time.monotonic() - started, pass_damaged,
                         extra={"event": "scrub_pass", "checked": pass_checked, "damaged": pass_damaged})
-                await asyncio.sleep(PASS_PAUSE)
-                after, pass_checked, pass_damaged, started = None, 0, 0, time.monotonic()
+                after, last_pass_damaged, pass_checked, pass_damaged = None, pass_damaged, 0, 0
+                told_failure, wait = False, PASS_PAUSE
+                started = time.monotonic() + PASS_PAUSE
+
+    async def _past_unreadable(self, after: str | None, error: Exception, told: bool) -> tuple[str | None, float]:
+        """Where to go on after a page that could not be read, and how long to wait: past its
+        first row, found without its value, or, where even that fails (the file's index is
+        damaged), from the same place a pause later. Logged once a pass."""
+        try:
+            skipped = await self._storage.key_after(after)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            skipped = after
+        if not told:
+            log.warning("scrub: reading the values after %r failed (%s); %s", after, error,
+                        f"going on after {skipped!r}" if skipped != after else f"trying again in {PASS_PAUSE:g} s",
+                        extra={"event": "scrub_read_failed"})
+        return (skipped, PAGE_INTERVAL) if skipped not in (after, None) else (after, PASS_PAUSE)
 
     def stop(self) -> None:
         self._task.cancel()

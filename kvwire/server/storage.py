@@ -567,9 +567,14 @@ class Storage:
         """The live rows after key ``after`` (from the first without), in key order, read and
         checked as ``read`` checks a value, until ``max_keys`` rows or ``max_bytes`` of values
         (at least one row): one hop to the reader's thread, as ``read_many``."""
-        checked, last, damaged, ended = await self._reader._execute(_scrub_rows, self._reader._conn, after,
-                                                                   max_keys, max_bytes)
-        return ScrubPage(checked, last, [self._damaged(key, row) for key, row in damaged], ended)
+        checked, size, last, damaged, ended = await self._reader._execute(_scrub_rows, self._reader._conn, after,
+                                                                         max_keys, max_bytes)
+        return ScrubPage(checked, size, last, [self._damaged(key, row) for key, row in damaged], ended)
+
+    async def key_after(self, after: str | None) -> str | None:
+        """The first key (a tombstone's too) after ``after``, read without its value: where a
+        scrub goes on past a row whose value cannot be read at all. None past the last."""
+        return await self._reader._execute(_key_after, self._reader._conn, after)
 
     def mend(self, key: str, version: Version, value: Any, peer: str) -> None:
         """Rewrite, in the next commit, ``key``'s damaged value with ``peer``'s copy of
@@ -1095,26 +1100,38 @@ class ScrubPage(NamedTuple):
     """One page of a scrub pass (``Storage.scrub_page``)."""
 
     checked: int  # live rows read and checked
+    size: int  # bytes of their values
     last_key: str | None  # the last of them, where the next page starts after
     damaged: list[DamagedValueError]
     ended: bool  # no rows after these: the pass is over
 
 
 def _scrub_rows(db: sqlite3.Connection, after: str | None, max_keys: int,
-                max_bytes: int) -> tuple[int, str | None, list[tuple[str, _Damaged]], bool]:
-    """On the reader's thread: ``Storage.scrub_page``'s rows, checked as ``_read_rows`` checks them."""
-    rows = db.execute("SELECT key, value, counter, node FROM kv WHERE key > ? AND deleted = 0 ORDER BY key LIMIT ?",
-                      ("" if after is None else after, max_keys + 1))
-    checked, last, damaged, size = 0, after, [], 0
-    for key, value, counter, node in rows:
-        if checked == max_keys or (checked and size >= max_bytes):
-            return checked, last, damaged, False
+                max_bytes: int) -> tuple[int, int, str | None, list[tuple[str, _Damaged]], bool]:
+    """On the reader's thread: ``Storage.scrub_page``'s rows, checked as ``_read_rows`` checks them.
+    The value is read as a BLOB whatever its column type says: damage that made it text that
+    is not UTF-8 failed the whole page in the sqlite3 module (a review), and one that made it
+    a number is damage to report, not a TypeError."""
+    rows = db.execute("SELECT key, CAST(value AS BLOB), typeof(value), counter, node FROM kv "
+                      "WHERE key > ? AND deleted = 0 ORDER BY key LIMIT ?", ("" if after is None else after, max_keys))
+    checked, size, last, damaged = 0, 0, after, []
+    for key, value, stored_as, counter, node in rows:
         checked, last = checked + 1, key
-        size += len(value) if value is not None else 0
-        broken = structure_error(value) if value is not None else "no value"
+        if stored_as != "blob":
+            damaged.append((key, _Damaged(f"stored as {stored_as}, not bytes", counter, node)))
+            continue
+        size += len(value)
+        broken = structure_error(value)
         if broken is not None:
             damaged.append((key, _Damaged(f"not one msgpack value: {broken}", counter, node)))
-    return checked, last, damaged, True
+        if size >= max_bytes:
+            break
+    return checked, size, last, damaged, checked < max_keys and size < max_bytes
+
+
+def _key_after(db: sqlite3.Connection, after: str | None) -> str | None:
+    row = db.execute("SELECT key FROM kv WHERE key > ? ORDER BY key LIMIT 1", ("" if after is None else after,)).fetchone()
+    return None if row is None else row[0]
 
 
 def _probe_transaction(db: sqlite3.Connection) -> None:

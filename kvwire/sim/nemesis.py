@@ -15,8 +15,11 @@ FAULT_KINDS = ("crash", "pause", "partition", "one-way", "disk", "network")
 # ``restore``: a crash whose node comes back on a backup of its disk taken
 # earlier in the run (``kvwire backup``: marked joining). ``stop``: a clean stop
 # (SIGTERM, ``kvwire up ctl stop``), the node back later without the catching
-# up an unclean one needs when its core said it could stop cleanly.
-OPT_IN_FAULT_KINDS = ("restore", "stop")
+# up an unclean one needs when its core said it could stop cleanly. ``stall``: a
+# disk that stops completing writes for a while: its commits are held until it
+# ends, and its node refuses its peers' REPLICATEs meanwhile, as a real node does
+# once a commit has run past --disk-stall-timeout (kvwire.server.storage).
+OPT_IN_FAULT_KINDS = ("restore", "stop", "stall")
 ALL_FAULT_KINDS = FAULT_KINDS + OPT_IN_FAULT_KINDS
 # The share of crashes that also lose the node's disk, at most one a run (a
 # restore from a backup counts as one): a second lost disk before
@@ -114,6 +117,9 @@ class Nemesis:
                     self._heal_after(duration, victim.start)
 
             victim.stop_cleanly(stopped)
+        elif kind == "stall":
+            self._count(kind)
+            victim.disk.stalled_until = max(victim.disk.stalled_until, world.scheduler.now + duration)
         elif kind == "pause" and victim.alive and not victim.paused:
             self._count(kind)
             victim.pause()

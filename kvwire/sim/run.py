@@ -116,6 +116,9 @@ def _heal(world: World) -> None:
     world.faults.max_delay = 0.002
     for node in world.nodes.values():
         node.disk.failing_until = node.disk.slow_until = -1.0
+        if node.disk.stalled_until > world.scheduler.now:
+            node.disk.stalled_until = -1.0
+            node.unstalled()
         if not node.alive:
             node.start()
         elif node.paused:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..protocol.errors import InternalServerError
+from ..protocol.errors import InternalServerError, UnavailableError
 from ..protocol.messages import Delete, Ping, Pong
 from ..server.config import Member, ServerConfig
 from ..server.core.applied import MAX_AGE as REQUEST_MAX_AGE
@@ -78,6 +78,11 @@ class PeerToken:
     epoch: int
 
 
+# What a stalled node's core answers its peers' REPLICATEs (NodeCore.disk_stalled).
+DISK_STALLED = UnavailableError("this node's disk is not completing writes (injected stall); not applied here",
+                                maybe_applied=False)
+
+
 class SimDisk:
     """What survives a crash: committed rows and hints."""
 
@@ -92,6 +97,7 @@ class SimDisk:
         self.incarnation = ""  # the name its node mints tags under (kvwire/server/core/minter.py)
         self.failing_until = -1.0
         self.slow_until = -1.0
+        self.stalled_until = -1.0  # commits held until then (the ``stall`` fault)
         self.commits = 0
         # A commit failed and none has succeeded since (Storage.write_error): a stop
         # now is not clean, as the real storage's close then keeps its mark.
@@ -373,9 +379,12 @@ class SimNode:
     def receive_request(self, token: PeerToken, message: Any) -> None:
         # Requests come in on the peer's own link, which in production does not
         # feed our failure detector either: only frames on our link to it do.
+        stalled = self.world.scheduler.now < self.disk.stalled_until
         if type(message) is Ping:  # answered by the shell, as kvwire.server.node does
-            self._respond(token, Pong(message.id, True if self.core.joining else None))
+            self._respond(token, Pong(message.id, True if self.core.joining else None, False if stalled else None))
             return
+        # The shell's flag, as kvwire.server.node sets it from its storage's.
+        self.core.disk_stalled = DISK_STALLED if stalled else None
         self.unanswered[id(token)] = token
         self.core.request(token, message, self.world.scheduler.now, from_peer=True, peer=token.source)
 
@@ -431,15 +440,24 @@ class SimNode:
         world = self.world
         world.scheduler.after(world.rng.uniform(0.0005, 0.004), lambda: self._commit(incarnation))
 
+    def unstalled(self) -> None:
+        """Its disk's stall ended early (the run's final heal): the held commit goes now."""
+        if self.alive and self.commit_scheduled:
+            incarnation = self.incarnation
+            self.world.scheduler.after(0.0, lambda: self._commit(incarnation))
+
     def _commit(self, incarnation: int) -> None:
         if self.incarnation != incarnation or not self.alive:
             return
         if self.paused:
             self.backlog.append(lambda: self._commit(incarnation))
             return
+        now = self.world.scheduler.now
+        if now < self.disk.stalled_until:  # held by the disk until it completes writes again
+            self.world.scheduler.after(self.disk.stalled_until - now, lambda: self._commit(incarnation))
+            return
         self.commit_scheduled = False
         batch, self.queued = self.queued, []
-        now = self.world.scheduler.now
         failed = not self._write(batch, now)
         error = InternalServerError("storage write failed: injected disk failure") if failed else None
         for effect in batch:

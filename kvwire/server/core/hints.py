@@ -91,10 +91,15 @@ class HintBook:
         core = self._core
         if peer in self._retry_timer or not core.usable(peer) or core.mutant == "no-hint-replay":
             return
+        # A peer that said its disk refuses writes gets one key at a time: every replay
+        # fails there, and a stalled disk fails it at once, so each write it missed sent
+        # the whole window again (a review). Not none: what it said stands until a PONG
+        # says otherwise, and one lost on the way must not hold its hints for good.
+        window = 1 if peer in core.peers_refusing_writes else REPLAY_WINDOW
         in_flight = self._in_flight.setdefault(peer, set())
         stalled = self._stalled.setdefault(peer, set())
         for key in list(self.by_peer.get(peer, ())):
-            if len(in_flight) >= REPLAY_WINDOW:
+            if len(in_flight) >= window:
                 break
             if key not in in_flight and key not in stalled:
                 in_flight.add(key)

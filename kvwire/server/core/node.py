@@ -162,6 +162,7 @@ class NodeCore:
         "cache", "cluster_size", "commits_first", "config", "connected", "detector", "effects", "hints",
         "join_generation", "joining", "keydir", "last_stall", "mending", "minter", "mutant", "node_id", "now",
         "observed", "one_trips", "peer_ids", "peers_joining", "peers_refusing_writes", "quorum", "repair",
+        "disk_stalled",
         "repairing_tags", "stalled_until", "stats", "stranded", "timers", "tombstones", "writes_in_progress",
     )
 
@@ -224,6 +225,9 @@ class NodeCore:
         # Kept while the peer is DOWN, until a PONG says otherwise. The rounds do not
         # use it: a write sent there fails there, as it would anyway.
         self.peers_refusing_writes: set[str] = set()
+        # Set by the shell while this node's disk is not completing writes (a commit
+        # held past --disk-stall-timeout): the error every peer's REPLICATE gets then.
+        self.disk_stalled: Exception | None = None
         self._write_ids = itertools.count(1)
         # write id -> (key, version, deleted, value, callbacks for its outcome)
         self._writes: dict[int, tuple[str, Version, bool, Any, list[Callable[[Exception | None], None]]]] = {}
@@ -842,8 +846,6 @@ class NodeCore:
             self.respond(token, ReplicateReply(request.id, False, NO_VERSION, NO_VERSION, False))
             return
         applied = version > latest
-        if applied and expect is not None:
-            self.observed.note(key, version, expect)
 
         def reply(error: Exception | None) -> None:
             if error is not None:
@@ -884,6 +886,18 @@ class NodeCore:
                     self.respond(token, ReplicateReply(request.id, applied, held, latest, prior.deleted, None,
                                                        observed or None))
 
+        if self.disk_stalled is not None:
+            # Queued behind the commit the disk holds, a peer's writes piled up in memory
+            # for as long as it lasted (10,000 in a probe's 30 s stall), filled the peer's
+            # link until heartbeats went unanswered, and committed in one burst that held
+            # the loop a second when the disk came back. Refused as a failed commit is
+            # refused, through ``reply``, so that a firm tag is remembered all the same
+            # (a review: refused before the core, it was not, as the forget-failed-reads
+            # mutant forgets it); its sender hints it.
+            reply(self.disk_stalled)
+            return
+        if applied and expect is not None:
+            self.observed.note(key, version, expect)
         self.store(key, version, request.deleted, None if request.deleted else request.value, packed, reply,
                    request=request.request, tentative=self.joining)
 
@@ -949,9 +963,12 @@ class NodeCore:
             "from every peer"), ("peer_joined", f"peer {peer} has joined: it takes part in majorities"))
 
     def _set_peer_refusing_writes(self, peer: str, refusing: bool) -> None:
+        was_refusing = peer in self.peers_refusing_writes
         self._set_peer_state(peer, refusing, self.peers_refusing_writes, (
             "peer_refuses_writes", f"peer {peer} says its disk refuses writes: every write sent there fails "
             "until it takes them again"), ("peer_takes_writes", f"peer {peer} takes writes again"))
+        if was_refusing and not refusing:
+            self.hints.replay(peer)  # held while it refused them (HintBook.replay)
 
     def _set_peer_state(self, peer: str, now_in: bool, members: set[str], entered: tuple[str, str],
                         left: tuple[str, str]) -> None:

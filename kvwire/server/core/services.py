@@ -41,6 +41,7 @@ class CoreServices(Protocol):
     quorum: int
     cluster_size: int
     peer_ids: list[str]
+    peers_refusing_writes: set[str]
     mutant: str | None
     now: float
     stalled_until: float
