@@ -41,24 +41,29 @@ def test_the_scrub_mends_a_value_damaged_on_one_node_that_nothing_reads(tmp_path
         with sqlite3.connect(cluster["n3"].data_dir / "kvwire.sqlite3") as db:
             for key in ("key:0007", "key:0150"):
                 assert db.execute(DAMAGE, (key,)).rowcount == 1
+            # Damage to the row's type byte: a number where bytes were. It failed the whole
+            # page, so the scrub stopped there for good (a review).
+            assert db.execute("UPDATE kv SET value = 42 WHERE key = 'key:0200'").rowcount == 1
         cluster["n3"].extra_args += ["--metrics-listen", metrics]
         cluster.start("n3").wait_ready()
         # No client reads them: the scrub finds both, and n3 takes its peers' copies of those versions.
         wait_for(lambda: stored(cluster["n3"].data_dir, "key:0007") != b"\xc1"
-                 and stored(cluster["n3"].data_dir, "key:0150") != b"\xc1", timeout=20,
-                 what="n3's scrub mending both damaged values")
+                 and stored(cluster["n3"].data_dir, "key:0150") != b"\xc1"
+                 and stored(cluster["n3"].data_dir, "key:0200") != 42, timeout=20,
+                 what="n3's scrub mending the three damaged values")
         assert stored(cluster["n3"].data_dir, "key:0150") == whole
-        assert metric(metrics, "kvwire_scrub_damaged_total") == 2
+        assert metric(metrics, "kvwire_scrub_damaged_total") == 3
         wait_for(lambda: metric(metrics, "kvwire_scrub_passes_total") >= 1, timeout=10, what="a whole pass")
         assert metric(metrics, "kvwire_scrub_values_checked_total") >= 300
         with Client(cluster["n3"].address) as through_n3:
             assert through_n3.get("key:0150", consistency="one") == {"index": 150, "pad": "x" * 50}
     log = cluster["n3"].log()
-    assert len(re.findall(r"event=damaged_value(?!_)", log)) == 2, log
-    assert log.count("event=damaged_value_mended") == 2, log
+    assert len(re.findall(r"event=damaged_value(?!_)", log)) == 3, log
+    assert log.count("event=damaged_value_mended") == 3, log
+    assert "damaged: stored as integer, not bytes" in log, log
     # The second run's first pass (the first run's log is in the file too), at WARNING for its damage.
     first_pass = [line for line in log.splitlines() if "scrub: pass 1 over" in line][-1]
-    assert "WARNING" in first_pass and "checked 300 values" in first_pass and "2 damaged" in first_pass, first_pass
+    assert "WARNING" in first_pass and "checked 300 values" in first_pass and "3 damaged" in first_pass, first_pass
 
 
 def test_a_lone_node_scrubbing_says_once_that_no_peer_can_mend_a_damaged_value(tmp_path):
