@@ -71,7 +71,6 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
             wait_for(lambda: not through_n3.health()["storage"]["writable"], timeout=5,
                      what="n3 finding its commit stalled")
             health = through_n3.health()
-            health_pending_at_stall = health["pending_writes"]
             assert "has not finished after" in health["storage"]["error"], health["storage"]
             assert "the disk is not completing writes" in health["storage"]["error"]
             assert health["storage"]["commit_running_ms"] >= 500
@@ -101,8 +100,8 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
             refused_before = replicates_refused(metrics)
             for index in range(20):
                 through_n1.put(f"written-during:{index}", index)
+            # (Not its pending writes: anti-entropy may pull those keys meanwhile, up to 256 queued.)
             assert replicates_refused(metrics) - refused_before >= 20
-            assert through_n3.health()["pending_writes"] <= 1 + health_pending_at_stall
 
             n3.thaw()
             wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
