@@ -99,14 +99,15 @@ def test_short_fuzz_pass_finds_nothing(target, tmp_path):
     counts = final_counts(output)
     assert counts["inputs"] >= 1000 and counts["frames"] >= counts["inputs"]
     # The inputs reach past the framing: frames decode to messages the target
-    # handles, at least one for every two inputs (the codec's pass always ends at
-    # its 20,000th input), or four for the node's: its pass ends at 10 s, so at a
-    # different input each time, and the share moves with it (0.48 to 0.75
-    # requests an input in three passes on 2026-12-04, the lowest with another
-    # test running beside it). A harness that stopped at the framing would have
-    # none.
-    handled, per = (counts["messages"], 2) if target == "codec" else (counts["requests"], 4)
-    assert handled >= counts["inputs"] // per
+    # handles, at least one for every four inputs. The share moves from pass to
+    # pass even with the seed fixed (libFuzzer's choices depend on timing): the
+    # node's 0.48 to 0.75 requests an input in three passes on 2026-12-04, the
+    # codec's 0.48 to 0.70 messages an input in three full passes of 20,000 on
+    # 2026-12-07, and 0.42 in one that a fresh-clone CI run's other tests cut
+    # short at 10 s, which failed the bound of one in two the codec had. A
+    # harness that stopped at the framing would have none.
+    handled = counts["messages"] if target == "codec" else counts["requests"]
+    assert handled >= counts["inputs"] // 4
 
 
 def test_codec_target_reports_an_exception_outside_the_error_tree(tmp_path):
