@@ -22,19 +22,11 @@ from msgspec import Raw
 
 from kvwire.protocol import Consistency, ErrorCode, Get, GetReply, Put, PutReply
 from kvwire.testing import LocalCluster, NodeProcess, RawConnection, wait_for
-
-# 0xc1 is the one byte msgpack never uses.
-DAMAGE = "UPDATE kv SET value = x'c1' WHERE key = ?"
-
+from kvwire.testing.data import damage_value
 
 # These tests are of what a read does when it meets the damage: no scrub finds it first
 # (test_scrub.py has the scrub's).
 READS_ONLY = ["--scrub-rate", "0"]
-
-
-def damage(data_dir, key: str) -> None:
-    with sqlite3.connect(data_dir / "kvwire.sqlite3") as db:
-        assert db.execute(DAMAGE, (key,)).rowcount == 1
 
 
 def test_a_damaged_value_is_refused_as_unavailable_and_a_put_replaces_it(tmp_path):
@@ -42,7 +34,7 @@ def test_a_damaged_value_is_refused_as_unavailable_and_a_put_replaces_it(tmp_pat
     with node, Client([node.address]) as client:
         client.put("whole", "kept")
         client.put("hit", {"a": [1, 2]})
-    damage(node.data_dir, "hit")
+    damage_value(node.data_dir, "hit")
     with node, Client([node.address]) as client:
         for consistency in ("one", "quorum"):
             with pytest.raises(UnavailableError, match="copy of 'hit' is damaged on its disk"):
@@ -62,7 +54,7 @@ def test_a_client_reads_another_nodes_copy_of_a_value_damaged_on_one(tmp_path):
         with Client(cluster.endpoints) as client:
             client.put("hit", b"\x00value")
         cluster.terminate("n3")
-        damage(cluster["n3"].data_dir, "hit")
+        damage_value(cluster["n3"].data_dir, "hit")
         cluster.start("n3").wait_ready()
         # n3 first: it refuses, and the client asks the next node.
         with Client(cluster.endpoints_of("n3", "n1", "n2")) as client:
@@ -146,7 +138,7 @@ def test_a_value_damaged_on_one_node_is_mended_from_a_peers_copy_of_its_version(
         with Client(cluster.endpoints) as client:
             written = client.put("hit", {"a": [1, 2]})
         cluster.terminate("n3")
-        damage(cluster["n3"].data_dir, "hit")
+        damage_value(cluster["n3"].data_dir, "hit")
         cluster.start("n3").wait_ready()
         with RawConnection(cluster["n3"].address) as conn:
             first = conn.request(Get(1, "hit", consistency=Consistency.ONE))

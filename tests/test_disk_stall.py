@@ -11,11 +11,7 @@ for healthy.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -23,10 +19,7 @@ from kvwire import Client
 from kvwire.protocol.errors import KvwireError, NoQuorumError, UnavailableError
 from kvwire.testing import LocalCluster, free_port, wait_for
 from kvwire.testing.disk import NodeOnAFreezableDisk
-
-def cli_health(node) -> int:
-    return subprocess.run([sys.executable, "-m", "kvwire.cli.client", "--endpoints", node.address, "--timeout", "2",
-                           "health"], capture_output=True, timeout=30).returncode
+from kvwire.testing.metrics import scrape, value
 
 
 def cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout: float) -> tuple[LocalCluster, NodeOnAFreezableDisk]:
@@ -49,11 +42,10 @@ def held(client: Client, key: str):
 
 
 def replicates_refused(metrics: str) -> float:
-    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(r'^kvwire_requests_total\{(?=[^}]*op="replicate")(?=[^}]*code="unavailable")[^}]*\} (\S+)$',
-                      text, re.M)
-    return float(found.group(1)) if found else 0.0
+    try:
+        return value(scrape(metrics), "kvwire_requests_total", op="replicate", consistency="", code="unavailable")
+    except KeyError:
+        return 0.0  # none yet
 
 
 def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out_until_it_completes_them(tmp_path):
@@ -77,7 +69,7 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
             assert health["storage"]["failed_commits"] == 0  # none failed: it is still running
             assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"]) == (
                 "degraded", False, False)
-            assert cli_health(n3) == 3  # what HAProxy's check and `kvwire-cli health` act on
+            assert n3.health_exit_status() == 3  # what HAProxy's check and `kvwire-cli health` act on
             # Refused at once, unstarted, so that the client tries another node, instead of
             # a timeout after which it cannot tell whether the write was applied.
             started = time.monotonic()

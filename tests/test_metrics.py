@@ -17,22 +17,7 @@ from kvwire import Client, KeyNotFoundError, NoQuorumError, RetryPolicy
 from kvwire.server.tally import LATENCY_BOUNDS, Buckets, RequestMetrics, _quantile
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
 from kvwire.testing.bridge import BridgeProcess
-
-
-def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample at http://address/metrics, keyed by (sample name, sorted labels)."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
+from kvwire.testing.metrics import scrape, value
 
 
 @pytest.fixture()

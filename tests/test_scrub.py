@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import urllib.request
 
 from kvwire import Client
 from kvwire.testing import LocalCluster, NodeProcess, free_port, wait_for
-
-# 0xc1 is the one byte msgpack never uses.
-DAMAGE = "UPDATE kv SET value = x'c1' WHERE key = ?"
-
+from kvwire.testing.data import damage_value
+from kvwire.testing.metrics import scrape, value
 
 def stored(data_dir, key: str) -> bytes:
     with sqlite3.connect(f"file:{data_dir / 'kvwire.sqlite3'}?mode=ro", uri=True) as db:
@@ -25,9 +22,7 @@ def stored(data_dir, key: str) -> bytes:
 
 
 def metric(address: str, name: str) -> float:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+    return value(scrape(address), name)
 
 
 def test_the_scrub_mends_a_value_damaged_on_one_node_that_nothing_reads(tmp_path):
@@ -38,12 +33,11 @@ def test_the_scrub_mends_a_value_damaged_on_one_node_that_nothing_reads(tmp_path
                 client.put(f"key:{index:04d}", {"index": index, "pad": "x" * 50})
         cluster.terminate("n3")
         whole = stored(cluster["n3"].data_dir, "key:0150")
-        with sqlite3.connect(cluster["n3"].data_dir / "kvwire.sqlite3") as db:
-            for key in ("key:0007", "key:0150"):
-                assert db.execute(DAMAGE, (key,)).rowcount == 1
-            # Damage to the row's type byte: a number where bytes were. It failed the whole
-            # page, so the scrub stopped there for good (a review).
-            assert db.execute("UPDATE kv SET value = 42 WHERE key = 'key:0200'").rowcount == 1
+        for key in ("key:0007", "key:0150"):
+            damage_value(cluster["n3"].data_dir, key)
+        # Damage to the row's type byte: a number where bytes were. It failed the whole
+        # page, so the scrub stopped there for good (a review).
+        damage_value(cluster["n3"].data_dir, "key:0200", value=42)
         cluster["n3"].extra_args += ["--metrics-listen", metrics]
         cluster.start("n3").wait_ready()
         # No client reads them: the scrub finds both, and n3 takes its peers' copies of those versions.
@@ -71,8 +65,7 @@ def test_a_lone_node_scrubbing_says_once_that_no_peer_can_mend_a_damaged_value(t
     with node, Client(node.address) as client:
         client.put("hit", "value")
         client.put("whole", "kept")
-    with sqlite3.connect(node.data_dir / "kvwire.sqlite3") as db:
-        assert db.execute(DAMAGE, ("hit",)).rowcount == 1
+    damage_value(node.data_dir, "hit")
     with node:
         wait_for(lambda: "event=damaged_value_unmended" in node.log(), timeout=10, what="the scrub finding it")
         with Client(node.address) as client:
@@ -86,8 +79,7 @@ def test_a_scrub_rate_of_0_turns_it_off(tmp_path):
     node = NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--scrub-rate", "0"])
     with node, Client(node.address) as client:
         client.put("hit", "value")
-    with sqlite3.connect(node.data_dir / "kvwire.sqlite3") as db:
-        assert db.execute(DAMAGE, ("hit",)).rowcount == 1
+    damage_value(node.data_dir, "hit")
     metrics = f"127.0.0.1:{free_port()}"
     node.extra_args += ["--metrics-listen", metrics]
     with node:

@@ -22,11 +22,6 @@ from kvwire.testing import NodeProcess, wait_for
 from kvwire.testing.disk import NodeOnItsOwnDisk
 
 
-def cli_health(node) -> int:
-    return subprocess.run([sys.executable, "-m", "kvwire.cli.client", "--endpoints", node.address, "--timeout", "2",
-                           "health"], capture_output=True, timeout=30).returncode
-
-
 @pytest.fixture
 def node(tmp_path):
     with NodeOnItsOwnDisk("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "normal"]) as started:
@@ -48,7 +43,7 @@ def test_a_node_whose_disk_refuses_writes_is_unhealthy_until_it_takes_them_again
         assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"]) == (
             "unavailable", False, False)
         assert health["cluster"]["healthy_nodes"] == 0  # it does not count itself
-        assert cli_health(node) == 3  # what a load balancer's check and `kvwire-cli health` act on
+        assert node.health_exit_status() == 3  # what a load balancer's check and `kvwire-cli health` act on
         assert client.get("before") == "kept"  # reads still served
 
         node.free_disk()
@@ -94,7 +89,7 @@ def test_in_a_cluster_a_node_whose_disk_refuses_writes_is_taken_out_of_rotation_
             assert health["storage"]["writable"] is False
             assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"],
                     health["cluster"]["healthy_nodes"]) == ("degraded", False, False, 2)
-            assert cli_health(n3) == 3  # what HAProxy's check and `kvwire-cli health` act on
+            assert n3.health_exit_status() == 3  # what HAProxy's check and `kvwire-cli health` act on
             assert client.get("before") == "kept"
             assert cluster.health("n1")["cluster"]["has_quorum"] is True  # its peers take writes
             n3.free_disk()
@@ -135,7 +130,7 @@ def test_a_node_whose_peers_disks_refuse_writes_says_it_has_no_quorum(tmp_path):
             assert {peer["node_id"]: (peer["healthy"], peer["writable"]) for peer in health["cluster"]["nodes"]} == {
                 "n2": (True, False), "n3": (True, False)}
             assert health["storage"]["writable"] is True  # its own disk
-            assert cli_health(cluster["n1"]) == 3  # what HAProxy's check and `kvwire-cli health` act on
+            assert cluster["n1"].health_exit_status() == 3  # what HAProxy's check and `kvwire-cli health` act on
             assert client.get("before") == "kept"  # a quorum read: its peers are UP and answer it
             # n3's own refusal said "another node can take it", and none could (a lifecycle probe).
             with Client(cluster.endpoints_of("n3"), timeout=5) as through_n3:

@@ -152,7 +152,7 @@ async def _serve(config: ServerConfig, stop: asyncio.Event, registry: CollectorR
     node.start()
     slot.node = node
     deadlines = DeadlineSweep(loop, connections, config)
-    stalls = StallWatch(loop, config.failure_timeout / 2)
+    stalls = StallWatch(loop, config.failure_timeout / 2, on_check=node.watch_disk)
     collector = NodeCollector(node)
     if registry is not None:
         registry.register(collector)

@@ -56,6 +56,7 @@ from ..log_limit import LogLimit
 from .core.mending import DamagedValueError
 from .peers import PeerLinks
 from .scrub import Scrubber
+from .stall import CHECK_INTERVAL as STALL_CHECK_INTERVAL
 from .storage import Storage
 from .tally import RequestMetrics
 
@@ -169,9 +170,6 @@ class Node:
         self._hinting: set[str] = {peer for peer in self.core.peer_ids if self.core.hints.count(peer)}
         self._has_quorum = config.quorum == 1
         self._snapshot_timer: asyncio.TimerHandle | None = None
-        self._disk_timer: asyncio.TimerHandle | None = None
-        self._disk_check_interval = min(0.25, config.disk_stall_timeout / 4)
-        self._disk_check_due = 0.0
         self.scrubber: Scrubber | None = None
         self._quiet_start_timer: asyncio.TimerHandle | None = None
         self._joining = self.core.joining
@@ -220,8 +218,6 @@ class Node:
         self.peers.start()
         self._perform()
         self._take_snapshot()
-        self._disk_check_due = time.perf_counter()
-        self._watch_disk()
         if self.config.scrub_rate:
             self.scrubber = Scrubber(self.storage, self.config.scrub_rate, self._scrub_found)
         if not self._has_quorum:
@@ -244,7 +240,7 @@ class Node:
         """Stop the node's own timers; the links and storage are closed by their owners."""
         if self.scrubber is not None:
             self.scrubber.stop()
-        for timer in (self._timer, self._snapshot_timer, self._quiet_start_timer, self._disk_timer):
+        for timer in (self._timer, self._snapshot_timer, self._quiet_start_timer):
             if timer is not None:
                 timer.cancel()
 
@@ -264,20 +260,17 @@ class Node:
         self.core.found_damaged(damaged.key, damaged.version, self._clock())
         self._perform()
 
-    def _watch_disk(self) -> None:
-        """Storage.check_stall, a few times per --disk-stall-timeout. A turn that ran late
-        says the whole process was held (SIGSTOP, a paused VM), its commit with it: that
-        time is not held against the disk. On storage's clock (time.perf_counter), which,
-        unlike the node's, also stands still while the machine is suspended."""
-        now, interval = time.perf_counter(), self._disk_check_interval
-        late = now - self._disk_check_due
+    def watch_disk(self, late: float) -> None:
+        """Storage.check_stall, at every check of the server's StallWatch (kvwire.server.stall),
+        ten a second. A check that ran later than its interval says the whole process was
+        held (SIGSTOP, a paused VM), its commit with it: that time is not held against the
+        disk. (Its clock counts a suspended machine's time, which the commit's does not: a
+        suspend only delays the stall's detection.)"""
         storage, core = self.storage, self.core
-        storage.check_stall(self.config.disk_stall_timeout, held=late if late > interval else 0.0)
+        storage.check_stall(self.config.disk_stall_timeout, held=late if late > STALL_CHECK_INTERVAL else 0.0)
         if storage.stalled != (core.disk_stalled is not None):
             core.disk_stalled = UnavailableError(f"this node's disk is not completing writes ({storage.write_error}); "
                                                  "not applied here", maybe_applied=False) if storage.stalled else None
-        self._disk_check_due = now + interval
-        self._disk_timer = self._loop.call_later(interval, self._watch_disk)
 
     def new_session(self, peer: str) -> Session:
         """A connection's session before its HELLO: open ops only, if this node has an auth file."""

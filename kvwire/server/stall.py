@@ -26,8 +26,11 @@ class StallWatch:
     --failure-timeout, a stall halfway to its peers marking it DOWN."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float, *, interval: float = CHECK_INTERVAL,
-                 clock: Callable[[], float] = node_clock) -> None:
+                 clock: Callable[[], float] = node_clock, on_check: Callable[[float], None] | None = None) -> None:
         self._loop = loop
+        # Called at every check with how late it ran (the node's look at its disk, which
+        # does not hold the time its whole process was held against the disk).
+        self._on_check = on_check
         self._clock = clock  # the node's: the loop's own stands still while the machine is suspended
         self._interval = interval
         self._threshold = threshold
@@ -42,6 +45,8 @@ class StallWatch:
                         "meanwhile (the process was not scheduled, a long garbage collection, or blocking work)",
                         self._interval * 1000, round(late * 1000),
                         extra={"event": "loop_stalled", "late_ms": round(late * 1000)})
+        if self._on_check is not None:
+            self._on_check(late)
         self._due = now + self._interval
         self._timer = self._loop.call_later(self._interval, self._check)
 

@@ -1089,11 +1089,15 @@ def _read_rows(db: sqlite3.Connection, keys: list[str]) -> list[tuple | _Damaged
     for key in keys:
         row = db.execute("SELECT value, counter, node, deleted FROM kv WHERE key = ?", (key,)).fetchone()
         if row is not None and not row[3]:
-            broken = structure_error(row[0])
-            if broken is not None:
-                row = _Damaged(f"not one msgpack value: {broken}", row[1], row[2])
+            row = _damage(row[0], row[1], row[2]) or row
         rows.append(row)
     return rows
+
+
+def _damage(value: Any, counter: int, node: str) -> _Damaged | None:
+    """Why a live row's value is not one whole msgpack value (changed on disk), or None."""
+    broken = structure_error(value)
+    return None if broken is None else _Damaged(f"not one msgpack value: {broken}", counter, node)
 
 
 class ScrubPage(NamedTuple):
@@ -1121,9 +1125,9 @@ def _scrub_rows(db: sqlite3.Connection, after: str | None, max_keys: int,
             damaged.append((key, _Damaged(f"stored as {stored_as}, not bytes", counter, node)))
             continue
         size += len(value)
-        broken = structure_error(value)
-        if broken is not None:
-            damaged.append((key, _Damaged(f"not one msgpack value: {broken}", counter, node)))
+        found = _damage(value, counter, node)
+        if found is not None:
+            damaged.append((key, found))
         if size >= max_bytes:
             break
     return checked, size, last, damaged, checked < max_keys and size < max_bytes

@@ -1,8 +1,11 @@
-"""Bulk data for tests and benchmarks: many keys written, and one node's own copies read back."""
+"""Bulk data for tests and benchmarks: many keys written, one node's own copies read back, and
+one of them damaged in its file."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..client import AsyncClient
@@ -59,3 +62,11 @@ def local_copies(address: str, keys: Sequence[str], *, batch: int = 500, **conne
                 elif not (isinstance(reply, ErrorReply) and reply.code == ErrorCode.NOT_FOUND):
                     raise RuntimeError(f"GET {key!r} from {address} answered {reply!r}")
     return found
+
+
+def damage_value(data_dir: str | Path, key: str, *, value: bytes | int = b"\xc1") -> None:
+    """Change ``key``'s stored value in a stopped node's database, as bit rot or a stray
+    write would: by default to 0xc1, the one byte msgpack never uses."""
+    with sqlite3.connect(Path(data_dir) / "kvwire.sqlite3") as db:
+        if db.execute("UPDATE kv SET value = ? WHERE key = ?", (value, key)).rowcount != 1:
+            raise AssertionError(f"{key!r} is not in {data_dir}")

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -286,6 +287,12 @@ class NodeProcess(ChildProcess):
 
     def resume(self) -> None:
         self.send_signal(signal.SIGCONT)
+
+    def health_exit_status(self) -> int:
+        """``kvwire-cli health``'s exit status against this node (0 with a majority that
+        takes writes, 3 without): what HAProxy's check and an operator's script act on."""
+        return subprocess.run([sys.executable, "-m", "kvwire.cli.client", "--endpoints", self.address, "--timeout",
+                               "2", "health"], capture_output=True, timeout=30).returncode
 
     def unread_bytes(self) -> int:
         """Bytes sent to this node that it has not read yet (see :func:`unread_bytes`)."""
