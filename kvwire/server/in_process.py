@@ -269,7 +269,7 @@ class InProcessClient:
         if type(reply) is ErrorReply:
             raise error_from_wire(reply.code, reply.message, reply.maybe_applied)
         if isinstance(reply, KvwireError):
-            raise reply
+            raise reply.with_traceback(None)  # the core may answer with one error many times (Node.handle)
         if isinstance(reply, BaseException):
             log.error("internal error answering the HTTP bridge's %s", name, exc_info=reply)
             raise InternalServerError("internal error; see the node's log")
