@@ -31,12 +31,21 @@ the tombstone still held elsewhere. Three rules make that so:
 
 from __future__ import annotations
 
+import math
+from collections import deque
+
 from ...protocol.limits import REPAIR_BUCKETS
 from ...protocol.messages import Version
 from .buckets import bucket_of
 from .effects import Purge, SaveFloor
 from .keydir import MAX_ACCEPTED_COUNTER, Entry
 from .services import CoreServices
+
+# Tombstones removed in one collection at most; the rest go at the next (every
+# repair_interval, and after each comparison with a peer). Removing one costs about
+# 10 us of the event loop, so the burst when a returning peer's evidence makes a
+# long outage's tombstones all qualify at once would hold it for seconds.
+MAX_PURGES_PER_COLLECTION = 5_000
 
 
 class TombstoneCollector:
@@ -47,6 +56,13 @@ class TombstoneCollector:
         self.peer_floor: dict[str, int] = {}
         # key -> when this node committed its tombstone (or started, for one loaded).
         self.since: dict[str, float] = {}
+        # The same keys per bucket, oldest tombstone first: a collection walks each
+        # bucket's only as far as they qualify. It walked them all, each weighed on
+        # its own at every collection, though one that waits on a peer's evidence
+        # waits with its whole bucket, and those younger than the grace period with
+        # it: with a replica down, 1.8 s of the event loop a collection at 1,000,000
+        # tombstones (a review), long enough for its peers to take it for dead.
+        self._by_bucket: list[dict[str, None]] = [{} for _ in range(REPAIR_BUCKETS)]
         self._streak_start = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         self._last_match = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         # The buckets whose streak is None, per peer: a comparison then touches only
@@ -57,18 +73,29 @@ class TombstoneCollector:
         # key -> (tombstone version, when) for tombstones removed within the last
         # grace period: a quorum read must not write them back (``settled``).
         self._recent: dict[str, tuple[Version, float]] = {}
+        self._recent_order: deque[tuple[float, str]] = deque()  # (when, key), oldest first
 
     def track(self, committed: dict[str, Entry]) -> None:
-        now = self._core.now
         for key, entry in committed.items():
             if entry.deleted:
-                self.since[key] = now
+                self._start(key)
 
     def changed(self, key: str, old: Entry | None, new: Entry | None) -> None:
         if new is not None and new.deleted:
-            self.since[key] = self._core.now
+            self._start(key)
         elif old is not None and old.deleted:
-            self.since.pop(key, None)
+            self._end(key)
+
+    def _start(self, key: str) -> None:
+        """A tombstone of ``key`` committed now: it goes to the end of its bucket's line."""
+        waiting = self._by_bucket[bucket_of(key)]
+        waiting.pop(key, None)
+        waiting[key] = None
+        self.since[key] = self._core.now
+
+    def _end(self, key: str) -> None:
+        if self.since.pop(key, None) is not None:
+            self._by_bucket[bucket_of(key)].pop(key, None)
 
     def adopt(self, floor: int) -> None:
         """A floor heard from a peer: mint above it from now on, and make it durable.
@@ -103,13 +130,19 @@ class TombstoneCollector:
     def _quiet_everywhere(self, bucket: int, since: float, grace: float) -> bool:
         """Whether every peer's live keys in ``bucket`` have matched this node's, with
         no mismatch, over a window of at least ``grace`` that starts after ``since``."""
-        start, end = since, self._core.now
+        window = self._quiet_window(bucket)
+        return window is not None and window[1] - max(since, window[0]) >= grace
+
+    def _quiet_window(self, bucket: int) -> tuple[float, float] | None:
+        """When every peer's streak in ``bucket`` had begun, and this node's now or the
+        earliest of their latest matches, whichever is first; None while a peer has none."""
+        start, end = -math.inf, self._core.now
         for peer in self._core.peer_ids:
             first, last = self._streak_start[peer][bucket], self._last_match[peer][bucket]
             if first is None:
-                return False
+                return None
             start, end = max(start, first), min(end, last)
-        return end - start >= grace
+        return start, end
 
     def settled(self, key: str, version: Version) -> bool:
         """Whether tombstone ``version`` of ``key`` is past needing to be spread: it
@@ -129,22 +162,39 @@ class TombstoneCollector:
         self.peer_floor[peer] = floor
 
     def collect(self) -> None:
-        """Remove every tombstone that qualifies, raising the floor first where needed."""
+        """Remove every tombstone that qualifies, raising the floor first where needed
+        (up to MAX_PURGES_PER_COLLECTION of them, the rest at the next collection)."""
         core = self._core
-        grace = core.config.tombstone_grace
-        if self._recent:
-            self._recent = {key: held for key, held in self._recent.items() if core.now - held[1] < grace}
+        now, grace = core.now, core.config.tombstone_grace
+        recent, order = self._recent, self._recent_order
+        while order and now - order[0][0] >= grace:
+            when, key = order.popleft()
+            held = recent.get(key)
+            if held is not None and held[1] == when:
+                del recent[key]
         if not self.since:
             return
         peers = core.peer_ids
         ready: list[tuple[str, Version]] = []
-        committed = core.keydir.committed
-        for key, since in self.since.items():
-            if core.now - since < grace:
+        committed, since = core.keydir.committed, self.since
+        evidence = core.mutant != "gc-without-evidence"
+        for bucket, waiting in enumerate(self._by_bucket):
+            if not waiting:
                 continue
-            if core.mutant != "gc-without-evidence" and not self._quiet_everywhere(bucket_of(key), since, grace):
+            window = self._quiet_window(bucket) if evidence else (-math.inf, now)
+            if window is None:
                 continue
-            ready.append((key, committed[key].version))
+            start, end = window
+            # Oldest first: once one does not qualify, no later one of this bucket does.
+            for key in waiting:
+                committed_at = since[key]
+                if now - committed_at < grace or end - max(committed_at, start) < grace:
+                    break
+                ready.append((key, committed[key].version))
+                if len(ready) >= MAX_PURGES_PER_COLLECTION:
+                    break
+            if len(ready) >= MAX_PURGES_PER_COLLECTION:
+                break
         if not ready:
             return
         highest = max(version.counter for _, version in ready)
@@ -154,8 +204,9 @@ class TombstoneCollector:
             ready = [(key, version) for key, version in ready if version.counter <= settled]
         for key, version in ready:
             if core.keydir.purge(key, version):
-                self.since.pop(key, None)
-                self._recent[key] = (version, core.now)
+                self._end(key)
+                recent[key] = (version, now)
+                order.append((now, key))
                 core.forget_value(key)
                 core.effects.append(Purge(key, version))
                 self.purged += 1
