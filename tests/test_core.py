@@ -6,6 +6,7 @@ it asks for, so each rule is checked in isolation and deterministically.
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -565,6 +566,153 @@ def test_a_collection_weighs_no_tombstone_of_a_bucket_a_peer_has_given_no_eviden
         purged.append(collector.purged)
     assert purged == [module.MAX_PURGES_PER_COLLECTION, 2 * module.MAX_PURGES_PER_COLLECTION, count, count]
     assert core.keydir.tombstones == 0 and not collector.since
+
+
+@pytest.mark.parametrize("with_ids", [True, False], ids=["request ids", "no request ids"])
+def test_puts_waiting_on_one_key_are_woken_one_at_a_time_and_all_answered(with_ids, monkeypatch):
+    """PUTs of one key through one node wait for each other (a tag must pass the one in
+    progress here), and each write decided woke every PUT still waiting: those with a
+    request id each ran its LOOKUP round again, and all but one waited again, so k of
+    them cost some k²/2 rounds (a review: 100 waiting, 5,050 rounds; 300, 44,850 and
+    1.15 s of the coordinator's loop); those without minted again, all but one to wait
+    again. Woken one at a time, each PUT waits about once and every one is answered,
+    each at a tag of its own."""
+    count = 60
+    waits = []
+    after_writes_of = NodeCore.after_writes_of
+    monkeypatch.setattr(NodeCore, "after_writes_of",
+                        lambda core, key, callback, **kwargs: waits.append(key) or after_writes_of(core, key, callback,
+                                                                                                    **kwargs))
+    core = make_core()
+    link_all(core)
+    held = {"n2": NO_VERSION, "n3": NO_VERSION}  # what each peer holds of the key
+    for index in range(count):
+        core.request(index, Put(index, "hot", f"v{index}", f"req-{index}" if with_ids else None,
+                                True if with_ids else None), 0.0)
+    lookups, replies = 0, []
+    effects = deque(core.take_effects())
+    while effects:
+        effect = effects.popleft()
+        if type(effect) is Send and effect.message_type is Lookup:
+            lookups += 1
+            core.peer_reply(effect.peer, effect.request_id, LookupReply(effect.request_id, held[effect.peer], False),
+                            0.0)
+        elif type(effect) is Send and effect.message_type is Replicate:
+            version = effect.fields[1]
+            applied, held[effect.peer] = version > held[effect.peer], max(version, held[effect.peer])
+            core.peer_reply(effect.peer, effect.request_id, ReplicateReply(effect.request_id, applied,
+                                                                          held[effect.peer]), 0.0)
+        elif type(effect) is Persist:
+            core.persisted(effect.write_id, None, 0.0)
+        elif type(effect) is Respond:
+            replies.append(effect.reply)
+        effects.extend(core.take_effects())
+    assert len(replies) == count and all(type(reply) is PutReply for reply in replies), replies
+    assert len({reply.version for reply in replies}) == count
+    assert len(waits) <= 2 * count, len(waits)
+    assert lookups <= 6 * count, lookups
+    assert not core._after_writes and not core._waking and not core.writes_in_progress
+
+
+def test_a_hinted_key_read_from_disk_after_its_peer_came_back_up_with_its_window_full_replays_later():
+    """The peer went DOWN and came back UP while a replay's read of the key from disk was
+    on its way and the peer's window was full (one key, as it said its disk refuses
+    writes): replay returned before it made the peer's set of keys waiting for their
+    commit here, and the read's answer (this node's newer commit still on its way) raised
+    KeyError out of the core, leaving every later read of the keys of its batch waiting
+    for good (a review)."""
+    core = NodeCore(ServerConfig(node_id="n1", members=MEMBERS, data_dir=Path("unused"), insecure=True), 0.0,
+                    committed={"k": Entry(Version(1, "n1"), False)}, hints={"n2": {"k": Version(2, "n1")}})
+    core.store("k", Version(2, "n1"), False, "v2", None, lambda _error: None)  # committing here, not yet landed
+    core.peers_refusing_writes.add("n2")
+    link_all(core)
+    (load,) = [e for e in core.take_effects() if type(e) is Load] or [Load("k")]
+    now = 0.0
+    while core.detector.is_up("n2"):  # n2 falls silent: DOWN
+        now += 0.1
+        core.heard("n3", now)
+        core.tick(now)
+    if any(type(e) is CloseLink and e.peer == "n2" for e in core.take_effects()):
+        core.link_down("n2", now)
+    core.link_up("n2", now + 0.1)  # back: UP, its window still full of that one key
+    assert core.detector.is_up("n2")
+    core.loaded("k", (Version(1, "n1"), False, "v1"), now + 0.2)  # the read: v1, older than the hint
+    assert core.hints.count("n2") == 1  # waits for v2's commit here, then goes
+
+
+@pytest.mark.parametrize("holder_ends", ["at its deadline", "waiting again"])
+def test_a_woken_put_that_holds_the_key_wakes_the_next_when_it_is_done(holder_ends):
+    """A woken PUT with a request id runs its LOOKUP round again and holds the key: the
+    next waits for it. Once it ends without a write (its deadline), or must wait again (a
+    new PUT minted meanwhile), the next wakes or waits for that write, and no one is
+    left holding the key."""
+    core = make_core()
+    link_all(core)
+
+    def lookups():
+        return [e for e in core.take_effects() if type(e) is Send and e.message_type is Lookup]
+
+    def answer(sends):
+        for send in sends:
+            core.peer_reply(send.peer, send.request_id, LookupReply(send.request_id, NO_VERSION, False), 0.0)
+
+    for index in (1, 2, 3, 4):  # retried, with ids: the LOOKUP path; 3 and 4 later, with later deadlines
+        core.request(index, Put(index, "hot", f"v{index}", f"req-{index}", True), 0.0 if index < 3 else 0.5)
+    answer(lookups())  # PUT 1 mints; 2, 3 and 4 wait for its write
+    effects = core.take_effects()
+    assert len(core._after_writes["hot"]) == 3
+    commit_all(core, effects)
+    for send in (e for e in effects if type(e) is Send and e.message_type is Replicate):
+        core.peer_reply(send.peer, send.request_id, ReplicateReply(send.request_id, True, send.fields[1]), 0.0)
+    # PUT 1 decided: PUT 2 wakes and runs its round again, holding the key; 3 and 4 sleep.
+    (restarted,) = lookups()
+    assert "hot" in core._waking and len(core._after_writes["hot"]) == 2
+    if holder_ends == "at its deadline":
+        core.tick(core.config.write_timeout + 0.1)  # PUT 2's round is never answered
+        assert [send.fields[1] for send in lookups() if send.fields[1] != "req-2"] == ["req-3"]  # 3 woke, 4 sleeps
+        assert "hot" in core._waking and len(core._after_writes["hot"]) == 1
+    else:
+        core.request(5, Put(5, "hot", "v5", "req-5", True), 0.0)
+        answer(lookups())  # PUT 5 mints meanwhile
+        answer([restarted])  # PUT 2 must wait again, ahead of 3 and 4
+        assert "hot" not in core._waking and "hot" in core.writes_in_progress
+        assert len(core._after_writes["hot"]) == 3
+
+
+def test_a_buckets_tombstones_go_oldest_first_as_far_as_they_qualify_a_deleted_again_one_last():
+    """A collection walks a bucket's tombstones in the order they were committed and stops
+    at the first that does not qualify; a key deleted again goes to the end of the line."""
+    core = make_core(tombstone_grace=10.0)
+    core.repair.ensure_index()
+    collector = core.tombstones
+    bucket = bucket_of("k0")
+    first, second, third = sorted(key for key in (f"k{i}" for i in range(50_000)) if bucket_of(key) == bucket)[:3]
+
+    def delete(key, counter, now):
+        core.now = now
+        core.keydir.accept(key, 0, Version(counter, "n1"), True)
+        core.keydir.settle(key, 0, Version(counter, "n1"), True, True)
+
+    delete(first, 1, 50.0)
+    delete(second, 1, 60.0)
+    delete(third, 1, 95.0)
+    delete(first, 2, 97.0)  # deleted again: its tombstone is the newest of the bucket now
+    for peer in ("n2", "n3"):
+        collector.observed(peer, [], 1.0)
+        collector.observed(peer, [], 100.0)
+        collector.peer_floor_reported(peer, 2)
+    collector.floor_saved(2)
+    core.now = 100.0
+    collector.collect()
+    assert second not in core.keydir.committed  # committed 40 s before: past the 10 s grace
+    assert third in core.keydir.committed and first in core.keydir.committed  # 5 and 3 s: not yet
+    core.now = 106.0
+    collector.collect()  # the peers' evidence still ends at 100: nothing more qualifies
+    assert third in core.keydir.committed and first in core.keydir.committed
+    for peer in ("n2", "n3"):
+        collector.observed(peer, [], 106.0)
+    collector.collect()
+    assert third not in core.keydir.committed and first in core.keydir.committed  # 11 s and 9 s
 
 
 def test_sync_answers_which_keys_each_side_holds_newer_and_ignores_tombstone_against_nothing():

@@ -311,6 +311,9 @@ TARGETED = {
 # search from seed 0 no longer reached them within the default count.
 SEARCH_FROM = {
     "ignore-observed": 2097,
+    # Waking the PUTs that wait on one key one at a time (docs/design.md 1.2, step 2)
+    # moved it from 686: seeds 0-999 of its mix no longer caught it, 1752 does.
+    "forget-superseded-requests": 1000,
     "stack-on-stranded": 37000,
     # Ranking a proposed tag below the others of its counter (docs/design.md 1.1)
     # moved these past their searches: ignore-stranded from 117, forget-late-commits
@@ -358,13 +361,13 @@ SEARCH_FROM = {
 # to pin instead.
 CAUGHT_ON = {
     "no-lookup": 2, "no-write-back": 20, "ack-before-commit": 8, "no-tag-tiebreak": 1,
-    "no-delete-condition": 102, "keep-silent-link": 7, "no-hint-replay": 1, "no-repair": 3,
+    "no-delete-condition": 259, "keep-silent-link": 7, "no-hint-replay": 1, "no-repair": 3,
     "gc-without-evidence": 153, "no-floor": 1091, "ignore-request-id": 44, "no-join-guard": 460,
     "count-newer-as-applied": 20, "retry-after-any-refusal": 64, "one-trip-retries": 523,
     "complete-over-newer": 184, "one-trip-over-floor": 4672, "ignore-stranded": 2822,
     "volatile-request-ids": 750, "ignore-observed": 2097, "forget-read-requests": 480,
     "serve-in-progress": 3584, "stack-on-stranded": 37669, "joining-vouches": 528,
-    "one-trip-after-stall": 25, "forget-superseded-requests": 686, "forget-late-commits": 2858,
+    "one-trip-after-stall": 25, "forget-superseded-requests": 1752, "forget-late-commits": 2858,
     "keep-floor-to-self": 37448, "vote-after-lost-send": 134, "remint-lost-tags": 721,
     "no-repair-while-joining": 248, "join-by-live-digests": 14141, "join-without-requests": 3194,
     "reuse-minter-name": 985415, "proposals-rank-level": 101489, "stack-on-in-progress": 731,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from typing import Any, Callable
 
 from ...protocol.errors import ForbiddenError, InternalServerError, KeyNotFoundError, KvwireError, UnavailableError
@@ -157,7 +158,7 @@ class NodeCore:
     # Slots (the connection's comment, kvwire/server/connection.py): past 30 attributes
     # an instance __dict__ has no shared keys in CPython 3.11, and attribute reads slow down.
     __slots__ = (
-        "_after_writes", "_caught_up_from", "_held_readers", "_loads", "_lost_tags", "_outstanding",
+        "_after_writes", "_caught_up_from", "_waking", "_held_readers", "_loads", "_lost_tags", "_outstanding",
         "_page_bytes", "_pings", "_proposer", "_request_ids", "_rotation", "_write_ids", "_writes", "applied",
         "cache", "cluster_size", "commits_first", "config", "connected", "detector", "effects", "hints",
         "join_generation", "joining", "keydir", "last_stall", "mending", "minter", "mutant", "node_id", "now",
@@ -251,7 +252,10 @@ class NodeCore:
         # Writes of each key whose tag is committed here and not yet decided, and what
         # waits for them to be (operations.Write._mint).
         self.writes_in_progress: dict[str, int] = {}
-        self._after_writes: dict[str, list[Callable[[], None]]] = {}
+        # key -> the PUTs waiting to mint until no write of it is in progress here, oldest first.
+        self._after_writes: dict[str, deque[Callable[[], bool]]] = {}
+        # Keys whose woken PUT runs its LOOKUP round again: the next waits for it (_wake_a_waiter).
+        self._waking: set[str] = set()
         # Readers of those keys' committed copies, waiting for the PUT to be decided (one_trip.py),
         # each with whether its copy was already asked for once more (``loaded``), and whether it is ordered.
         self._held_readers: dict[str, list[tuple[Callable[[Copy | KvwireError], None], bool, bool]]] = {}
@@ -770,12 +774,47 @@ class NodeCore:
             self.writes_in_progress[key] = left
             return
         del self.writes_in_progress[key]
-        for callback in self._after_writes.pop(key, ()):
-            callback()
+        self._wake_a_waiter(key)
 
-    def after_writes_of(self, key: str, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once no write of ``key`` is in progress here."""
-        self._after_writes.setdefault(key, []).append(callback)
+    def after_writes_of(self, key: str, callback: Callable[[], bool], *, first: bool = False) -> None:
+        """Call ``callback`` once no write of ``key`` is in progress here, and no PUT woken
+        before it is running its round again; ``first``: before the others waiting (one
+        woken that must wait again). The callback returns True if it runs its round again,
+        and then calls ``woken_put_done`` once it has started a write, waits again or ends."""
+        waiting = self._after_writes.get(key)
+        if waiting is None:
+            waiting = self._after_writes[key] = deque()
+        if first:
+            waiting.appendleft(callback)
+        else:
+            waiting.append(callback)
+
+    def woken_put_done(self, key: str) -> None:
+        self._waking.discard(key)
+        self._wake_a_waiter(key)
+
+    def _wake_a_waiter(self, key: str) -> None:
+        """Wake the PUTs waiting on ``key`` one at a time, oldest first: the next only once
+        the woken one has minted (its write is then in progress), has ended, or (running its
+        LOOKUP round again, as one with a request id does) says it is done. Each write
+        decided woke them all: those with a request id ran their rounds again, all but one
+        to wait again, so k PUTs of a hot key waiting here cost some k²/2 rounds (a review:
+        100 waiting, 5,050 rounds)."""
+        if key in self._waking:
+            return  # a woken PUT is running its round, or this loop runs further up the stack
+        waiting = self._after_writes.get(key)
+        while waiting and key not in self.writes_in_progress:
+            self._waking.add(key)
+            holds = False
+            try:
+                holds = waiting.popleft()()
+            finally:
+                if not holds:
+                    self._waking.discard(key)  # even if it raised: the key must not stay held by no one
+            if holds:
+                return  # it holds the key until woken_put_done
+        if waiting is not None and not waiting:
+            del self._after_writes[key]
 
     def one_trip_ended(self, key: str) -> None:
         """The one-round-trip PUT of ``key`` here is decided: its readers get the copy now."""

@@ -208,8 +208,8 @@ class _ReplicatedWrite:
 
     __slots__ = (
         "_acks", "_answered", "_core", "_deadline", "_deleted", "_exact", "_expect", "_failed", "_firm",
-        "_in_progress", "_local_pending", "_missed", "_refused", "_request", "_timer", "_token", "_value",
-        "_version", "counted_here",
+        "_holds_key", "_in_progress", "_local_pending", "_missed", "_refused", "_request", "_timer", "_token",
+        "_value", "_version", "_waking_now", "counted_here",
     )
 
     def __init__(self, core: CoreServices, token: Any, request) -> None:
@@ -232,6 +232,10 @@ class _ReplicatedWrite:
         # Minted above a majority's newest (Write._mint): above every write finished
         # before the PUT began, so a replica holding newer still remembers its request.
         self._firm = False
+        # Woken after waiting for another write of the key, running its round again:
+        # the next PUT waiting stays asleep until this one is done (NodeCore._wake_a_waiter).
+        self._holds_key = False
+        self._waking_now = False  # inside the wake-up's call: it says so by what it returns
         self._timer = core.timers.schedule(self._deadline, self._expire)
 
     def _success(self) -> Any:
@@ -278,6 +282,7 @@ class _ReplicatedWrite:
         if not self._in_progress:
             self._in_progress = True
             self._core.write_started(self._request.key)
+        self._let_go_of_the_key()
 
     def _replicate(self) -> None:
         core = self._core
@@ -380,6 +385,14 @@ class _ReplicatedWrite:
             # Last: a PUT waiting to mint (Write._mint) must see the key stranded
             # if this write failed.
             self._core.write_decided(self._request.key)
+        self._let_go_of_the_key()
+
+    def _let_go_of_the_key(self) -> None:
+        """A woken PUT is done with its round (it minted, waits again, or ended): the next may wake."""
+        if self._holds_key:
+            self._holds_key = False
+            if not self._waking_now:
+                self._core.woken_put_done(self._request.key)
 
     def _hint_missed(self) -> None:
         missed, self._missed = self._missed, []
@@ -494,6 +507,18 @@ class Write(_ReplicatedWrite):
         self._firm = not tentative and self._core.mutant != "complete-unrecorded"
         self._commit(False, self._request.value, self._packed)
 
+    def _woken(self, copies: list[Copy]) -> bool:
+        """No write of the key is in progress here any more: True if this PUT now runs
+        its round again, and holds the key until it is done (``_let_go_of_the_key``)."""
+        if self._answered:
+            return False
+        self._holds_key = self._waking_now = True
+        try:
+            self._mint_after_waiting(copies)
+        finally:
+            self._waking_now = False
+        return self._holds_key
+
     def _mint_after_waiting(self, copies: list[Copy]) -> None:
         """``_mint``, once the write of the key it waited for is decided. For a PUT with a
         request id, the PUT starts again (``start``): that write may have been an earlier
@@ -529,7 +554,9 @@ class Write(_ReplicatedWrite):
             # decided: on a majority then, or a failed copy, which the rule below
             # refuses to pass (python -m kvwire.sim --seed 731 --seeds 1 --faults
             # disk,network,one-way,pause).
-            core.after_writes_of(key, lambda: self._answered or self._mint_after_waiting(copies))
+            # Woken before, it waits again ahead of the others.
+            core.after_writes_of(key, lambda: self._woken(copies), first=self._holds_key)
+            self._let_go_of_the_key()
             return
         if answered is not None and key in core.stranded and max(own.version, core.lost_tag(key)) > answered \
                 and core.mutant != "stack-on-stranded":
