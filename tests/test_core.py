@@ -715,6 +715,20 @@ def test_a_buckets_tombstones_go_oldest_first_as_far_as_they_qualify_a_deleted_a
     assert third not in core.keydir.committed and first in core.keydir.committed  # 11 s and 9 s
 
 
+def test_a_put_whose_round_is_still_open_at_its_deadline_is_counted_once_as_a_failure():
+    """Its deadline answers it, then its LOOKUP round's own deadline ends the round: that
+    second NO_QUORUM is not sent (the first answer stands), and was counted all the same,
+    so HEALTH's no_quorum_writes said two failures for one (a review)."""
+    core = make_core()
+    link_all(core)
+    core.request("put", Put(1, "k", "v", "req", True), 0.0)
+    core.take_effects()  # its LOOKUP, never answered
+    core.tick(core.config.write_timeout + 0.01)
+    replies = [effect.reply for effect in core.take_effects() if type(effect) is Respond]
+    assert [type(reply) for reply in replies] == [NoQuorumError]
+    assert core.stats.no_quorum_writes == 1
+
+
 def test_sync_answers_which_keys_each_side_holds_newer_and_ignores_tombstone_against_nothing():
     core = make_core()
     bucket = bucket_of("k0")

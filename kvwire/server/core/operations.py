@@ -254,6 +254,10 @@ class _ReplicatedWrite:
         self._no_quorum("no majority held it in time", maybe_applied=self._version is not None)
 
     def _no_quorum(self, why: str, *, maybe_applied: bool) -> None:
+        if self._answered:
+            # Answered already (its deadline came first, and its round's ends after):
+            # _answer would ignore this one, and HEALTH counted one failure twice.
+            return
         if self.counted_here:
             self._core.stats.no_quorum_writes += 1
         verdict = "may or may not have been applied" if maybe_applied else "nothing was written"
@@ -485,7 +489,8 @@ class Write(_ReplicatedWrite):
             # Below the tag floor and not held here: the key may have been deleted
             # since, and the tombstone collected everywhere, so writing it again
             # could bring back a deleted value. Say it may have been applied.
-            core.stats.no_quorum_writes += 1
+            if not self._answered:
+                core.stats.no_quorum_writes += 1
             self._answer(NoQuorumError(
                 f"{WRITE_NO_QUORUM}: PUT of {self._request.key!r}: its request id was applied at "
                 f"{tuple(version)}, too long ago to complete now; it may or may not have been applied",
