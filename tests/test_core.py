@@ -2709,3 +2709,48 @@ def test_a_requests_reply_page_fits_the_nodes_frame_limit():
         if answer.reply.last:
             break
     assert copied == 40 and pages > 1
+
+
+class _ComparedWriteId(int):
+    """A write id that counts how often settle compares it."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        _ComparedWriteId.compared += 1
+        return int(self) == other
+
+    def __ne__(self, other):
+        _ComparedWriteId.compared += 1
+        return int(self) != other
+
+    __hash__ = int.__hash__
+
+
+def test_settling_a_keys_pending_writes_in_commit_order_costs_one_comparison_each():
+    """Each settle rebuilt the key's pending list: k writes of one key queued behind a
+    slow disk cost k²/2 comparisons (0.6 s at 4,096, 8 s at 16,384). Commits leave the
+    queue oldest first, so the oldest is taken off the front."""
+    keydir = make_core().keydir
+    count = 400
+    write_ids = [_ComparedWriteId(index) for index in range(count)]
+    for index, write_id in enumerate(write_ids):
+        keydir.accept("k", write_id, Version(index + 1, "n1"), False)
+    _ComparedWriteId.compared = 0
+    for index, write_id in enumerate(write_ids):
+        assert keydir.settle("k", write_id, Version(index + 1, "n1"), False, True)
+    assert _ComparedWriteId.compared <= 2 * count  # 160,400 before
+    assert "k" not in keydir.pending and keydir.committed["k"] == Entry(Version(count, "n1"), False)
+
+
+def test_a_pending_write_that_settles_out_of_order_leaves_the_others_pending():
+    keydir = make_core().keydir
+    for write_id in (1, 2, 3):
+        keydir.accept("k", write_id, Version(write_id, "n1"), False)
+    assert keydir.settle("k", 2, Version(2, "n1"), False, False) is False  # failed on the disk
+    assert [write.write_id for write in keydir.pending["k"]] == [1, 3]
+    assert keydir.latest_version("k") == Version(3, "n1")
+    assert keydir.settle("k", 3, Version(3, "n1"), False, True)
+    assert [write.write_id for write in keydir.pending["k"]] == [1]
+    assert keydir.settle("k", 1, Version(1, "n1"), False, True) is False  # older than the committed 3
+    assert "k" not in keydir.pending and keydir.committed["k"] == Entry(Version(3, "n1"), False)

@@ -106,12 +106,18 @@ class Keydir:
         """A write left the disk queue; True if it is now the committed entry."""
         pending = self.pending.get(key)
         if pending:
-            if len(pending) == 1 and pending[0].write_id == write_id:
-                del self.pending[key]  # the usual case: one write of the key in flight
+            if pending[0].write_id == write_id:
+                # The usual case: commits leave the disk queue in the order they
+                # entered it, so the oldest settles first. One C memmove, not a
+                # Python rebuild of the list: k writes of one key cost O(k) each.
+                del pending[0]
             else:
-                pending[:] = [write for write in pending if write.write_id != write_id]
-                if not pending:
-                    del self.pending[key]
+                for index, write in enumerate(pending):
+                    if write.write_id == write_id:
+                        del pending[index]
+                        break
+            if not pending:
+                del self.pending[key]
         if not committed:
             return False
         current = self.committed.get(key)
