@@ -54,15 +54,15 @@ class TombstoneCollector:
         self.floor = floor  # durable: what this node reports to peers
         self.floor_target = floor  # at least floor: what it mints above, and asks others to adopt
         self.peer_floor: dict[str, int] = {}
-        # key -> when this node committed its tombstone (or started, for one loaded).
-        self.since: dict[str, float] = {}
-        # The same keys per bucket, oldest tombstone first: a collection walks each
-        # bucket's only as far as they qualify. It walked them all, each weighed on
-        # its own at every collection, though one that waits on a peer's evidence
-        # waits with its whole bucket, and those younger than the grace period with
-        # it: with a replica down, 1.8 s of the event loop a collection at 1,000,000
-        # tombstones (a review), long enough for its peers to take it for dead.
-        self._by_bucket: list[dict[str, None]] = [{} for _ in range(REPAIR_BUCKETS)]
+        # Per bucket, key -> when this node committed its tombstone (or started, for
+        # one loaded), oldest first: a collection walks each bucket's only as far as
+        # they qualify. It walked them all, each weighed on its own at every
+        # collection, though one that waits on a peer's evidence waits with its whole
+        # bucket, and those younger than the grace period with it: with a replica
+        # down, 1.8 s of the event loop a collection at 1,000,000 tombstones (a
+        # review), long enough for its peers to take it for dead.
+        self._by_bucket: list[dict[str, float]] = [{} for _ in range(REPAIR_BUCKETS)]
+        self.waiting = 0  # tombstones in _by_bucket
         self._streak_start = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         self._last_match = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         # The buckets whose streak is None, per peer: a comparison then touches only
@@ -89,13 +89,13 @@ class TombstoneCollector:
     def _start(self, key: str) -> None:
         """A tombstone of ``key`` committed now: it goes to the end of its bucket's line."""
         waiting = self._by_bucket[bucket_of(key)]
-        waiting.pop(key, None)
-        waiting[key] = None
-        self.since[key] = self._core.now
+        if waiting.pop(key, None) is None:
+            self.waiting += 1
+        waiting[key] = self._core.now
 
     def _end(self, key: str) -> None:
-        if self.since.pop(key, None) is not None:
-            self._by_bucket[bucket_of(key)].pop(key, None)
+        if self._by_bucket[bucket_of(key)].pop(key, None) is not None:
+            self.waiting -= 1
 
     def adopt(self, floor: int) -> None:
         """A floor heard from a peer: mint above it from now on, and make it durable.
@@ -153,10 +153,11 @@ class TombstoneCollector:
         recent = self._recent.get(key)
         if recent is not None and recent[0] >= version:
             return True
-        since = self.since.get(key)
+        bucket = bucket_of(key)
+        since = self._by_bucket[bucket].get(key)
         grace = self._core.config.tombstone_grace
         return (since is not None and self._core.now - since >= grace
-                and self._quiet_everywhere(bucket_of(key), since, grace))
+                and self._quiet_everywhere(bucket, since, grace))
 
     def peer_floor_reported(self, peer: str, floor: int) -> None:
         self.peer_floor[peer] = floor
@@ -172,11 +173,11 @@ class TombstoneCollector:
             held = recent.get(key)
             if held is not None and held[1] == when:
                 del recent[key]
-        if not self.since:
+        if not self.waiting:
             return
         peers = core.peer_ids
         ready: list[tuple[str, Version]] = []
-        committed, since = core.keydir.committed, self.since
+        committed = core.keydir.committed
         evidence = core.mutant != "gc-without-evidence"
         for bucket, waiting in enumerate(self._by_bucket):
             if not waiting:
@@ -186,8 +187,7 @@ class TombstoneCollector:
                 continue
             start, end = window
             # Oldest first: once one does not qualify, no later one of this bucket does.
-            for key in waiting:
-                committed_at = since[key]
+            for key, committed_at in waiting.items():
                 if now - committed_at < grace or end - max(committed_at, start) < grace:
                     break
                 ready.append((key, committed[key].version))
