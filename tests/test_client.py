@@ -23,9 +23,10 @@ from kvwire import (
     Version,
 )
 from kvwire.client import ClientConnection
-from kvwire.client.arguments import put_request_id
+from kvwire.client.arguments import check_consistency, put_request_id
 from kvwire.protocol import Delete, ErrorReply, Get, Limits, Ping, Pong, Put, PutReply, encode
 from kvwire.protocol.limits import MIB
+from kvwire.protocol.messages import Consistency
 from kvwire.testing import NodeProcess, ScriptedNode, free_port, wait_for, wait_for_async
 
 # One of every msgpack type, nested too; tuples travel as arrays and come back as lists.
@@ -569,7 +570,7 @@ def test_endpoints_accept_a_list_or_a_comma_separated_string():
 
 @pytest.mark.parametrize(
     "options",
-    [{"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")}, {"timeout": "5"}, {"connect_timeout": 0}, {"cluster": ""}],
+    [{"timeout": 0}, {"timeout": -1}, {"timeout": float("nan")}, {"connect_timeout": 0}, {"cluster": ""}],
 )
 def test_bad_client_options_raise_value_error(options):
     with pytest.raises(ValueError):
@@ -580,7 +581,7 @@ def test_bad_client_options_raise_value_error(options):
     "options",
     [{"attempts": 0}, {"attempts": 1.5}, {"base_delay": -1}, {"base_delay": float("inf")},
      {"base_delay": 2, "max_delay": 1}, {"retry_on": ()}, {"retry_on": (int,)}, {"retry_on": [KvwireError]},
-     {"attempt_timeout": 0}, {"attempt_timeout": float("inf")}, {"attempt_timeout": True}, {"cooldown": -1}],
+     {"attempt_timeout": 0}, {"attempt_timeout": float("inf")}, {"cooldown": -1}],
 )
 def test_retry_policy_is_checked(options):
     with pytest.raises(ValueError, match="RetryPolicy"):
@@ -976,3 +977,27 @@ def test_closing_a_sync_client_ends_every_call_other_threads_are_making(shared_n
     finally:
         sys.setswitchinterval(switch_interval)
     assert ends
+
+
+@pytest.mark.parametrize("make, error, fragment", [
+    (lambda: AsyncClient("127.0.0.1:7379", timeout="1"), TypeError, "timeout must be a number of seconds (int or float), got str '1'"),
+    (lambda: AsyncClient("127.0.0.1:7379", timeout=True), TypeError, "got bool True"),
+    (lambda: AsyncClient("127.0.0.1:7379", connect_timeout=[1]), TypeError, "connect_timeout must be a number of seconds"),
+    (lambda: AsyncClient("127.0.0.1:7379", timeout=0), ValueError, "timeout must be a positive number of seconds, got 0"),
+    (lambda: RetryPolicy(attempt_timeout="0.5"), TypeError, "RetryPolicy.attempt_timeout must be a number of seconds"),
+    (lambda: RetryPolicy(attempt_timeout=True), TypeError, "RetryPolicy.attempt_timeout must be a number of seconds"),
+    (lambda: RetryPolicy(cooldown=None), TypeError, "RetryPolicy.cooldown must be a number of seconds"),
+    (lambda: RetryPolicy(cooldown=-1), ValueError, "RetryPolicy.cooldown must be a finite number >= 0"),
+])
+def test_a_number_of_the_wrong_type_is_a_type_error_and_one_out_of_range_a_value_error(make, error, fragment):
+    """timeout="1" raised ValueError, as timeout=0 does (a CLI probe's finding)."""
+    with pytest.raises(error, match=re.escape(fragment)):
+        make()
+
+
+def test_a_consistency_that_is_no_str_is_a_type_error_before_anything_is_sent():
+    with pytest.raises(TypeError, match=re.escape("consistency must be 'quorum' or 'one' (a str) or a Consistency, got int 1")):
+        check_consistency(1)
+    with pytest.raises(ValueError, match=re.escape("consistency must be 'quorum' or 'one', got 'all'")):
+        check_consistency("all")
+    assert check_consistency("one") is Consistency.ONE and check_consistency(Consistency.QUORUM) is Consistency.QUORUM

@@ -222,8 +222,11 @@ def check_consistency(consistency: Any) -> Consistency | None:
     """A GET's consistency level from a Consistency or its name; None (the node's default) stays None."""
     if consistency is None:
         return None
+    allowed = " or ".join(repr(level.value) for level in Consistency)
+    if not isinstance(consistency, str):  # a Consistency is a str too
+        raise TypeError(f"consistency must be {allowed} (a str) or a Consistency, got {type(consistency).__name__} "
+                        f"{consistency!r}")
     try:
         return Consistency(consistency)
     except ValueError:
-        allowed = " or ".join(repr(level.value) for level in Consistency)
         raise ValueError(f"consistency must be {allowed}, got {consistency!r}") from None

@@ -87,6 +87,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if type(self.attempts) is not int or self.attempts < 1:
             raise ValueError(f"RetryPolicy.attempts must be an integer >= 1, got {self.attempts!r}")
+        for name in ("base_delay", "max_delay", "cooldown", "attempt_timeout"):
+            require_number(f"RetryPolicy.{name}", getattr(self, name))
         for name in ("base_delay", "max_delay", "cooldown"):
             value = getattr(self, name)
             if not is_real(value) or not 0 <= value < math.inf:
@@ -368,6 +370,13 @@ class EndpointSet:
         """Let go of every connection, their event loop being closed (Endpoint.abandon)."""
         for endpoint in self.all:
             endpoint.abandon()
+
+
+def require_number(name: str, value: Any) -> None:
+    """TypeError naming ``name`` unless ``value`` is an int or a float, not a bool: a
+    number of the wrong kind (``timeout="1"``) is a wrong type, not a wrong value."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds (int or float), got {type(value).__name__} {value!r}")
 
 
 def is_real(value: Any) -> bool:
