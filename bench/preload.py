@@ -13,6 +13,12 @@ from kvwire.bench.workload import OPS
 
 _PUT = OPS.index("put")
 
+# A preload that hears no answer this long fails: a node that took the connections
+# and its HELLO and then went silent held the run for its whole limit (40 s and
+# more) before it said anything. A healthy node answers the first of its 512
+# pipelined PUTs within milliseconds, even fsyncing each group commit.
+SILENCE_LIMIT = 10.0
+
 
 class _PreloadProtocol(LoadProtocol):
     """PUTs keys from a shared iterator; ``done`` resolves once it has nothing left to send or await."""
@@ -48,7 +54,7 @@ class _PreloadProtocol(LoadProtocol):
             self.done.set_exception(ConnectionError(f"connection lost during the preload{why_lost(exc)}"))
 
 
-async def preload(settings: Settings, value: bytes) -> float:
+async def preload(settings: Settings, value: bytes, *, silence_limit: float = SILENCE_LIMIT) -> float:
     """PUT every key once, so that GETs find them; the seconds it took. Raises on any error."""
     put_settings = replace(settings, mix={"put": 1})
     run = WorkerTally(put_settings, budget=settings.keys)
@@ -61,16 +67,35 @@ async def preload(settings: Settings, value: bytes) -> float:
             protocol.start()
         # 1k PUTs/s is far below what a healthy node commits even with fsync on.
         limit = 30 + settings.keys / 1000
-        # asyncio.wait, not wait_for(gather()): cancelled (Ctrl-C, SIGTERM), wait_for leaves
-        # the gather's CancelledError unretrieved, and asyncio prints it on the way out.
-        done, pending = await asyncio.wait([p.done for p in protocols], timeout=limit,
-                                           return_when=asyncio.FIRST_EXCEPTION)
-        for future in done:
-            future.result()  # a connection lost: its ConnectionError
-        if pending:
-            raise TimeoutError(f"the preload of {settings.keys} keys took over {limit:g} s")
+        await _wait_for_answers(protocols, run, settings.keys, limit, silence_limit)
     finally:
         close_all(protocols)
     if run.errors:
         raise RuntimeError(f"preload: {run.errors} PUTs failed: {run.error_codes}")
     return time.monotonic() - started
+
+
+async def _wait_for_answers(protocols: list[_PreloadProtocol], run: WorkerTally, keys: int, limit: float,
+                            silence_limit: float) -> None:
+    """Until every connection is done; TimeoutError after ``limit`` s, or ``silence_limit`` s without an answer."""
+    waiting = [protocol.done for protocol in protocols]
+    heard, heard_at = -1, time.monotonic()
+    deadline = heard_at + limit
+    while True:
+        now = time.monotonic()
+        answered = run.completed + run.errors
+        if answered != heard:
+            heard, heard_at = answered, now
+        elif now - heard_at >= silence_limit:
+            raise TimeoutError(f"the preload heard no answer to its PUTs for {silence_limit:g} s "
+                               f"({answered} of {keys} answered): the node took them and went silent")
+        if now >= deadline:
+            raise TimeoutError(f"the preload of {keys} keys took over {limit:g} s")
+        # asyncio.wait, not wait_for(gather()): cancelled (Ctrl-C, SIGTERM), wait_for leaves
+        # the gather's CancelledError unretrieved, and asyncio prints it on the way out.
+        done, pending = await asyncio.wait(waiting, timeout=min(silence_limit / 4, deadline - now),
+                                           return_when=asyncio.FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # a connection lost: its ConnectionError
+        if not pending:
+            return

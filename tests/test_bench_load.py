@@ -425,3 +425,17 @@ def test_the_progress_bar_shows_live_throughput_on_stderr(node):
     assert result.returncode == 0, result.stderr
     assert "ops/s" in result.stderr and "[#" in result.stderr
     assert "throughput" in result.stdout  # the table, on stdout, after the bar is cleared
+
+
+async def test_a_node_that_takes_the_preloads_puts_and_goes_silent_fails_it_after_the_silence_limit():
+    """A node that answers HELLO and then nothing held the preload for its whole limit
+    (40 s for 10,000 keys) before the run said anything (a CLI probe's finding)."""
+    from kvwire.bench.preload import preload
+    from kvwire.bench.settings import Settings
+
+    async with ScriptedNode(lambda request: ScriptedNode.SILENT, answers_hello=False) as silent:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"heard no answer to its PUTs for 1 s \(0 of 10000 answered\)"):
+            await preload(Settings(endpoints=(silent.address,), connections=4), b"v" * 100, silence_limit=1.0)
+        assert time.monotonic() - started < 20  # not the 40 s limit
+        assert len(silent.received) > 4  # it did take PUTs: the silence is after them
