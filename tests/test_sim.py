@@ -372,6 +372,7 @@ CAUGHT_ON = {
     "no-repair-while-joining": 248, "join-by-live-digests": 14141, "join-without-requests": 3194,
     "reuse-minter-name": 985415, "proposals-rank-level": 101489, "stack-on-in-progress": 731,
     "mint-on-stale-lookup": 931189, "hold-joining-pulls": 1009156, "complete-unrecorded": 1100540,
+    "keep-readers-held": 1,
 }
 
 
@@ -734,3 +735,16 @@ def test_seed_542010_drains_its_hints():
     assert run_seed(542010, **mix).problems == []
     held = run_seed(542010, mutant="hold-readers-of-a-held-tag", **mix)
     assert any("still holds 1 hint(s)" in problem for problem in held.problems), held.problems
+
+
+def test_a_request_a_node_took_and_never_answered_fails_the_run():
+    """The history cannot show it: a client that gives up records its request as
+    unknown, which the checker passes. Seed 1 of the default mix is otherwise clean
+    on this mutant (its verdict ok, every read-back answered, hints drained): only
+    the look at what each node still holds, every fault healed, names the FETCH n2
+    holds behind a one-round-trip PUT decided long before. The real core passes it."""
+    broken = run_seed(1, faults=FAULT_KINDS, mutant="keep-readers-held")
+    assert len(broken.problems) == 1 and "n2 never answered 1 request(s) it took (first: Fetch of 'k1'" \
+        in broken.problems[0], broken.problems
+    assert broken.report.linearizability.verdict == "ok"
+    assert run_seed(1, faults=FAULT_KINDS).ok

@@ -129,8 +129,9 @@ class SimNode:
     started_before: bool = False
     # Stopping cleanly (SIGTERM): waiting for the requests it had started.
     stopping: bool = False
-    # Requests started here and not yet answered, clients' and peers': id(token) -> token.
-    unanswered: dict[int, Any] = field(default_factory=dict)
+    # Requests started here and not yet answered, clients' and peers':
+    # id(token) -> (token, request, when it was started).
+    unanswered: dict[int, tuple[Any, Any, float]] = field(default_factory=dict)
     # While stopping: looks again once a request is answered.
     _answered_while_stopping: Callable[[], None] | None = None
     # Incarnations that ended in a clean stop: their frames in flight all arrive.
@@ -222,10 +223,11 @@ class SimNode:
             if self.incarnation != incarnation or not self.alive or not self.stopping:
                 return  # killed while stopping (the crash's own restart follows), or gone already
             if awaited is None:
-                awaited = list(self.unanswered.items())
+                awaited = [(key, taken[0]) for key, taken in self.unanswered.items()]
                 give_up = world.scheduler.now + self.config.shutdown_timeout
                 world.scheduler.at(give_up, lambda: self.run(exit_when_answered))
-            if any(self.unanswered.get(key) is token for key, token in awaited) and world.scheduler.now < give_up:
+            if any(self.unanswered.get(key, (None,))[0] is token for key, token in awaited) \
+                    and world.scheduler.now < give_up:
                 self._answered_while_stopping = lambda: self.run(exit_when_answered)
                 return
             clean = self.core.stops_cleanly
@@ -385,12 +387,12 @@ class SimNode:
             return
         # The shell's flag, as kvwire.server.node sets it from its storage's.
         self.core.disk_stalled = DISK_STALLED if stalled else None
-        self.unanswered[id(token)] = token
+        self.unanswered[id(token)] = (token, message, self.world.scheduler.now)
         self.core.request(token, message, self.world.scheduler.now, from_peer=True, peer=token.source)
 
     def client_request(self, on_reply: Callable[[Any], None], request: Any) -> None:
         """A client's request, on a connection it already has."""
-        self.unanswered[id(on_reply)] = on_reply
+        self.unanswered[id(on_reply)] = (on_reply, request, self.world.scheduler.now)
         self.core.request(on_reply, request, self.world.scheduler.now)
 
     def _respond(self, token: Any, reply: Any) -> None:

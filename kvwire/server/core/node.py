@@ -118,6 +118,7 @@ MUTANTS = (
     "mint-on-stale-lookup",  # a LOOKUP PUT that waited for a write of its key here mints on its round's old answers
     "hold-joining-pulls",  # a joining peer's repair FETCH waits behind a PUT of the key left undecided here
     "complete-unrecorded",  # a retried PUT finishing its firm tag asks no replica holding newer to remember it
+    "keep-readers-held",  # readers held behind a one-round-trip PUT of their key stay held once it is decided
 )
 # Rules that the hold on readers (``committed_copy``) now keeps the simulator from
 # reaching: their mutants also serve in-progress tags, as the core did before the
@@ -820,6 +821,8 @@ class NodeCore:
         """The one-round-trip PUT of ``key`` here is decided: its readers get the copy now."""
         self.one_trips.discard(key)
         self.repairing_tags.pop(key, None)
+        if self.mutant == "keep-readers-held":
+            return
         for callback, retried, ordered in self._held_readers.pop(key, ()):
             self.committed_copy(key, callback, _retried=retried, ordered=ordered)
 
