@@ -216,3 +216,38 @@ def test_with_two_of_three_disks_stalled_the_third_node_refuses_writes_unstarted
             with pytest.raises(KeyError):
                 through_n1.get("refused")  # applied nowhere
             assert through_n1.get("after") == "written"
+
+
+def test_a_node_refusing_writes_on_a_full_disk_whose_disk_then_hangs_is_declared_stalled(tmp_path):
+    """A failed commit had it refusing writes; its next probe commit then hung on a disk
+    that stopped completing writes, and the stall check, skipped while a failed commit's
+    error stood, never declared it: its peers' REPLICATEs queued behind the probe,
+    unanswered, as during a stall before stalls were refused (carried since note 12)."""
+    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=0.5)
+    metrics = f"127.0.0.3:{free_port('127.0.0.3')}"
+    n3.extra_args += ["--metrics-listen", metrics]
+    with cluster:
+        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
+        with Client(n3.address, timeout=5) as through_n3, Client(cluster["n1"].address, timeout=5) as through_n1:
+            through_n3.put("before", "kept")
+            n3.fill_disk()
+            with pytest.raises(KvwireError, match="storage write failed"):
+                through_n3.put("during", b"x" * 1_000_000)
+            full = through_n3.health()["storage"]["error"]
+            assert full is not None and "has not finished" not in full
+            n3.freeze()  # its probe commit, once a second, now hangs
+            wait_for(lambda: "has not finished after" in (through_n3.health()["storage"]["error"] or ""), timeout=10,
+                     what="n3 finding its probe stalled")
+            assert f"(refusing writes already: {full})" in through_n3.health()["storage"]["error"]
+            refused_before = replicates_refused(metrics)
+            for index in range(20):
+                through_n1.put(f"written-during:{index}", index)
+            assert replicates_refused(metrics) - refused_before >= 20  # refused at once, not queued
+            n3.thaw()  # the probe returns, and fails: the disk is still full
+            wait_for(lambda: through_n3.health()["storage"]["error"] == full, timeout=10,
+                     what="n3 refusing writes for its full disk again, not for a stall")
+            n3.free_disk()
+            wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
+            wait_for(lambda: all(held(through_n3, f"written-during:{index}") == index for index in range(20)),
+                     timeout=20, what="n3 receiving what it refused")
+    assert "refusing writes already" in next(line for line in n3.log().splitlines() if "event=disk_stalled" in line)

@@ -835,17 +835,23 @@ class Storage:
         return, failed or not, ends it (``_commit_done``). The node calls this every
         fraction of a second; ``held``: seconds its call was late, the whole process
         held (SIGSTOP, a paused VM), its commit with it: not the disk's doing, so not
-        counted in the commit's time."""
+        counted in the commit's time. A node refusing writes already (a failed commit)
+        whose next commit or probe then hangs is declared stalled too: a full disk that
+        then hangs queued its peers' REPLICATEs behind the probe, unanswered, as a stall
+        did before it was refused."""
         if held and self._commit_since is not None:
             # Not past now: a commit begun during a busy (not held) late turn is not owed the rest.
             self._commit_since = min(self._commit_since + held, time.perf_counter())
         running = self.commit_running_s
-        if running is None or running < limit or self._stalled or self.write_error is not None:
-            return  # a node refusing writes already (a failed commit, a lost file) says why
+        if running is None or running < limit or self._stalled:
+            return
+        earlier = self.write_error
         self._stalled = True
         self._failed_since_refusing = 0
         self.write_error = (f"a group commit to {self.path} has not finished after {running:.1f} s "
                             f"(--disk-stall-timeout {limit:g} s): the disk is not completing writes")
+        if earlier is not None:
+            self.write_error += f" (refusing writes already: {earlier})"
         log.error("storage refuses writes: %s; this node reports itself unable to take writes until it finishes",
                   self.write_error, extra={"event": "disk_stalled", "commit_ms": round(running * 1000)})
 
