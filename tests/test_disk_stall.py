@@ -11,6 +11,7 @@ for healthy.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -28,6 +29,20 @@ def cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout: float) -> tuple
     n3 = cluster.nodes["n3"] = NodeOnAFreezableDisk.like(cluster["n3"])
     n3.extra_args += ["--disk-stall-timeout", str(stall_timeout)]
     return cluster, n3
+
+
+@contextlib.contextmanager
+def n3_on_a_freezable_disk_with_metrics(tmp_path):
+    """A running cluster whose n3 is on a freezable disk (a 0.5 s stall limit) and serves
+    metrics, its peers UP: the cluster, n3, its metrics address, and clients through n3
+    and through n1."""
+    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=0.5)
+    metrics = f"127.0.0.3:{free_port('127.0.0.3')}"
+    n3.extra_args += ["--metrics-listen", metrics]
+    with cluster:
+        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
+        with Client(n3.address, timeout=5) as through_n3, Client(cluster["n1"].address, timeout=5) as through_n1:
+            yield cluster, n3, metrics, through_n3, through_n1
 
 
 def writable(health: dict, peer: str) -> bool:
@@ -50,64 +65,59 @@ def replicates_refused(metrics: str) -> float:
 
 
 def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out_until_it_completes_them(tmp_path):
-    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=0.5)
-    metrics = f"127.0.0.3:{free_port('127.0.0.3')}"
-    n3.extra_args += ["--metrics-listen", metrics]
-    with cluster:
-        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
-        with Client(n3.address, timeout=5) as through_n3, Client(cluster["n1"].address, timeout=5) as through_n1:
-            through_n3.put("before", "kept")
-            assert through_n3.health()["storage"]["commit_running_ms"] is None  # no commit between writes
-            n3.freeze()
-            # n3's copy of this write goes to its disk and stays there: its commit hangs.
-            through_n1.put("during", "taken by n1 and n2")
-            wait_for(lambda: not through_n3.health()["storage"]["writable"], timeout=5,
-                     what="n3 finding its commit stalled")
-            health = through_n3.health()
-            assert "has not finished after" in health["storage"]["error"], health["storage"]
-            assert "the disk is not completing writes" in health["storage"]["error"]
-            assert health["storage"]["commit_running_ms"] >= 500
-            assert health["storage"]["failed_commits"] == 0  # none failed: it is still running
-            assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"]) == (
-                "degraded", False, False)
-            assert n3.health_exit_status() == 3  # what HAProxy's check and `kvwire-cli health` act on
-            # Refused at once, unstarted, so that the client tries another node, instead of
-            # a timeout after which it cannot tell whether the write was applied.
-            started = time.monotonic()
-            with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
-                through_n3.put("refused", 1)
-            assert time.monotonic() - started < 1.0
-            assert refused.value.maybe_applied is False
-            assert "request not started: another node can take it" in refused.value.message
-            with Client([n3.address, cluster["n1"].address], timeout=5) as failing_over:
-                failing_over.put("elsewhere", 2)
-            assert through_n3.get("before", consistency="one") == "kept"  # reads go on
-            # Its peers hear it in its heartbeat answers and count it out of their majorities.
-            wait_for(lambda: not writable(through_n1.health(), "n3"), timeout=5, what="n1 hearing n3's disk stalled")
-            health = through_n1.health()
-            assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["healthy_nodes"]) == (
-                "degraded", True, 2)
-            # Its peers' writes are refused too, not queued behind the held commit: a probe's
-            # stalled node held 10,000 of them in memory after 30 s, and its peers' links filled
-            # until its heartbeats went unanswered. Its peers hint them, for after the stall.
-            refused_before = replicates_refused(metrics)
-            for index in range(20):
-                through_n1.put(f"written-during:{index}", index)
-            # (Not its pending writes: anti-entropy may pull those keys meanwhile, up to 256 queued.)
-            assert replicates_refused(metrics) - refused_before >= 20
+    with n3_on_a_freezable_disk_with_metrics(tmp_path) as (cluster, n3, metrics, through_n3, through_n1):
+        through_n3.put("before", "kept")
+        assert through_n3.health()["storage"]["commit_running_ms"] is None  # no commit between writes
+        n3.freeze()
+        # n3's copy of this write goes to its disk and stays there: its commit hangs.
+        through_n1.put("during", "taken by n1 and n2")
+        wait_for(lambda: not through_n3.health()["storage"]["writable"], timeout=5,
+                 what="n3 finding its commit stalled")
+        health = through_n3.health()
+        assert "has not finished after" in health["storage"]["error"], health["storage"]
+        assert "the disk is not completing writes" in health["storage"]["error"]
+        assert health["storage"]["commit_running_ms"] >= 500
+        assert health["storage"]["failed_commits"] == 0  # none failed: it is still running
+        assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["can_accept_writes"]) == (
+            "degraded", False, False)
+        assert n3.health_exit_status() == 3  # what HAProxy's check and `kvwire-cli health` act on
+        # Refused at once, unstarted, so that the client tries another node, instead of
+        # a timeout after which it cannot tell whether the write was applied.
+        started = time.monotonic()
+        with pytest.raises(UnavailableError, match="disk refuses writes") as refused:
+            through_n3.put("refused", 1)
+        assert time.monotonic() - started < 1.0
+        assert refused.value.maybe_applied is False
+        assert "request not started: another node can take it" in refused.value.message
+        with Client([n3.address, cluster["n1"].address], timeout=5) as failing_over:
+            failing_over.put("elsewhere", 2)
+        assert through_n3.get("before", consistency="one") == "kept"  # reads go on
+        # Its peers hear it in its heartbeat answers and count it out of their majorities.
+        wait_for(lambda: not writable(through_n1.health(), "n3"), timeout=5, what="n1 hearing n3's disk stalled")
+        health = through_n1.health()
+        assert (health["status"], health["cluster"]["has_quorum"], health["cluster"]["healthy_nodes"]) == (
+            "degraded", True, 2)
+        # Its peers' writes are refused too, not queued behind the held commit: a probe's
+        # stalled node held 10,000 of them in memory after 30 s, and its peers' links filled
+        # until its heartbeats went unanswered. Its peers hint them, for after the stall.
+        refused_before = replicates_refused(metrics)
+        for index in range(20):
+            through_n1.put(f"written-during:{index}", index)
+        # (Not its pending writes: anti-entropy may pull those keys meanwhile, up to 256 queued.)
+        assert replicates_refused(metrics) - refused_before >= 20
 
-            n3.thaw()
-            wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
-            health = through_n3.health()
-            assert health["storage"]["error"] is None and health["storage"]["failed_commits"] == 0
-            assert health["joining"] is False  # its stalled commit did not fail: it lost no tag
-            through_n3.put("after", "written")
-            # The write its disk held was committed, not lost.
-            assert through_n3.get("during", consistency="one") == "taken by n1 and n2"
-            wait_for(lambda: writable(through_n1.health(), "n3"), timeout=5, what="n1 hearing n3 takes writes")
-            # What its peers hinted reaches it once it takes writes again.
-            wait_for(lambda: all(held(through_n3, f"written-during:{index}") == index for index in range(20)),
-                     timeout=15, what="n3 receiving what it refused")
+        n3.thaw()
+        wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
+        health = through_n3.health()
+        assert health["storage"]["error"] is None and health["storage"]["failed_commits"] == 0
+        assert health["joining"] is False  # its stalled commit did not fail: it lost no tag
+        through_n3.put("after", "written")
+        # The write its disk held was committed, not lost.
+        assert through_n3.get("during", consistency="one") == "taken by n1 and n2"
+        wait_for(lambda: writable(through_n1.health(), "n3"), timeout=5, what="n1 hearing n3 takes writes")
+        # What its peers hinted reaches it once it takes writes again.
+        wait_for(lambda: all(held(through_n3, f"written-during:{index}") == index for index in range(20)),
+                 timeout=15, what="n3 receiving what it refused")
     log = n3.log()
     stalled = next(line for line in log.splitlines() if "event=disk_stalled" in line)
     assert "ERROR" in stalled and "storage refuses writes: a group commit to" in stalled, stalled
@@ -223,31 +233,26 @@ def test_a_node_refusing_writes_on_a_full_disk_whose_disk_then_hangs_is_declared
     that stopped completing writes, and the stall check, skipped while a failed commit's
     error stood, never declared it: its peers' REPLICATEs queued behind the probe,
     unanswered, as during a stall before stalls were refused (carried since note 12)."""
-    cluster, n3 = cluster_with_n3_on_a_freezable_disk(tmp_path, stall_timeout=0.5)
-    metrics = f"127.0.0.3:{free_port('127.0.0.3')}"
-    n3.extra_args += ["--metrics-listen", metrics]
-    with cluster:
-        cluster.wait_peers("n3", up=["n1", "n2"], timeout=10.0)
-        with Client(n3.address, timeout=5) as through_n3, Client(cluster["n1"].address, timeout=5) as through_n1:
-            through_n3.put("before", "kept")
-            n3.fill_disk()
-            with pytest.raises(KvwireError, match="storage write failed"):
-                through_n3.put("during", b"x" * 1_000_000)
-            full = through_n3.health()["storage"]["error"]
-            assert full is not None and "has not finished" not in full
-            n3.freeze()  # its probe commit, once a second, now hangs
-            wait_for(lambda: "has not finished after" in (through_n3.health()["storage"]["error"] or ""), timeout=10,
-                     what="n3 finding its probe stalled")
-            assert f"(refusing writes already: {full})" in through_n3.health()["storage"]["error"]
-            refused_before = replicates_refused(metrics)
-            for index in range(20):
-                through_n1.put(f"written-during:{index}", index)
-            assert replicates_refused(metrics) - refused_before >= 20  # refused at once, not queued
-            n3.thaw()  # the probe returns, and fails: the disk is still full
-            wait_for(lambda: through_n3.health()["storage"]["error"] == full, timeout=10,
-                     what="n3 refusing writes for its full disk again, not for a stall")
-            n3.free_disk()
-            wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
-            wait_for(lambda: all(held(through_n3, f"written-during:{index}") == index for index in range(20)),
-                     timeout=20, what="n3 receiving what it refused")
+    with n3_on_a_freezable_disk_with_metrics(tmp_path) as (cluster, n3, metrics, through_n3, through_n1):
+        through_n3.put("before", "kept")
+        n3.fill_disk()
+        with pytest.raises(KvwireError, match="storage write failed"):
+            through_n3.put("during", b"x" * 1_000_000)
+        full = through_n3.health()["storage"]["error"]
+        assert full is not None and "has not finished" not in full
+        n3.freeze()  # its probe commit, once a second, now hangs
+        wait_for(lambda: "has not finished after" in (through_n3.health()["storage"]["error"] or ""), timeout=10,
+                 what="n3 finding its probe stalled")
+        assert f"(refusing writes already: {full})" in through_n3.health()["storage"]["error"]
+        refused_before = replicates_refused(metrics)
+        for index in range(20):
+            through_n1.put(f"written-during:{index}", index)
+        assert replicates_refused(metrics) - refused_before >= 20  # refused at once, not queued
+        n3.thaw()  # the probe returns, and fails: the disk is still full
+        wait_for(lambda: through_n3.health()["storage"]["error"] == full, timeout=10,
+                 what="n3 refusing writes for its full disk again, not for a stall")
+        n3.free_disk()
+        wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
+        wait_for(lambda: all(held(through_n3, f"written-during:{index}") == index for index in range(20)),
+                 timeout=20, what="n3 receiving what it refused")
     assert "refusing writes already" in next(line for line in n3.log().splitlines() if "event=disk_stalled" in line)
