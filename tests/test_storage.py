@@ -28,6 +28,21 @@ def put(storage, key, counter, value, node="n1"):
     return storage.write(key, Version(counter, node), False, value, msgpack.packb(value))
 
 
+def refuse_rows(tmp_path, table: str, column: str, value: str) -> None:
+    """SQLite refuses every row of ``table`` whose ``column`` is ``value`` (a trigger): a
+    real failure inside a group commit's transaction, which fails it whole."""
+    with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+        db.executescript(f"""
+            CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN NEW.{column} = '{value}'
+            BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
+        """)
+
+
+def accept_rows(tmp_path, table: str) -> None:
+    with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
+        db.execute(f"DROP TRIGGER refuse_{table}")
+
+
 async def test_writes_arriving_during_a_commit_share_the_next_transaction(tmp_path):
     storage = await open_storage(tmp_path)
     try:
@@ -301,26 +316,19 @@ def test_server_config_rejects_bad_values_clearly(kwargs, message):
 async def test_a_failed_group_commit_refuses_its_whole_batch_and_the_next_commit_works(tmp_path):
     """SQLite itself refuses one row (a trigger, a real failure inside the transaction): every
     write of that batch fails, none is half-applied, and storage goes on."""
-    import sqlite3
-
     from kvwire.server.storage import StorageError
 
     storage = await open_storage(tmp_path)
     try:
         await put(storage, "before", 1, "kept")
-        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
-            db.executescript("""
-                CREATE TRIGGER poison_insert BEFORE INSERT ON kv WHEN NEW.key = 'poison'
-                BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
-            """)
+        refuse_rows(tmp_path, "kv", "key", "poison")
         batch = [put(storage, "k1", 1, "a"), put(storage, "poison", 1, "p"), put(storage, "k2", 1, "b")]
         outcomes = await asyncio.gather(*batch, return_exceptions=True)
         assert all(isinstance(outcome, StorageError) for outcome in outcomes), outcomes
         assert "injected failure" in str(outcomes[0])
         assert await storage.read("k1") is None
         # The same keys and versions are accepted again once the row is allowed.
-        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
-            db.execute("DROP TRIGGER poison_insert")
+        accept_rows(tmp_path, "kv")
         await asyncio.gather(put(storage, "k1", 1, "a"), put(storage, "poison", 1, "p"))
     finally:
         await storage.close()
@@ -503,20 +511,14 @@ async def test_a_data_directory_of_the_old_requests_table_is_moved_to_the_log_on
 
 
 async def test_request_records_of_a_failed_commit_are_kept_for_the_next(tmp_path):
-    import sqlite3
 
     storage = await open_storage(tmp_path)
     try:
-        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
-            db.executescript("""
-                CREATE TRIGGER poison_request BEFORE INSERT ON request_log WHEN NEW.request = 'poison'
-                BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
-            """)
+        refuse_rows(tmp_path, "request_log", "request", "poison")
         storage.save_requests([("copied", "k", Version(3, "n2"), False), ("poison", "k", Version(1, "n2"), False)])
         failed = await asyncio.gather(put(storage, "k", 9, "v"), return_exceptions=True)
         assert "injected failure" in str(failed[0])
-        with sqlite3.connect(tmp_path / "kvwire.sqlite3") as db:
-            db.execute("DROP TRIGGER poison_request")
+        accept_rows(tmp_path, "request_log")
         await put(storage, "k", 9, "v")  # the next commit carries the copied records too
     finally:
         await storage.close()
@@ -628,5 +630,29 @@ async def test_a_rejoin_marker_makes_the_next_start_join_even_a_directory_that_j
     storage = await open_storage(tmp_path)  # a restart before it has caught up: still joining
     try:
         assert storage.joining
+    finally:
+        await storage.close()
+
+
+async def test_hint_rows_of_a_failed_commit_go_again_before_those_queued_after_it(tmp_path):
+    """A failed commit's bookkeeping is taken back, ahead of what was queued since: a hint
+    dropped after the failure must stay dropped, the retried add not landing after it."""
+
+    storage = await open_storage(tmp_path)
+    try:
+        refuse_rows(tmp_path, "kv", "key", "poison")
+        storage.add_hint("n2", "dropped", Version(1, "n1"))
+        storage.add_hint("n2", "kept", Version(2, "n1"))
+        failed = await asyncio.gather(put(storage, "poison", 1, "p"), return_exceptions=True)
+        assert "injected failure" in str(failed[0])
+        storage.drop_hint("n2", "dropped", Version(1, "n1"))
+        storage.add_hint("n3", "later", Version(3, "n1"))
+        accept_rows(tmp_path, "kv")
+        await put(storage, "k", 4, "v")
+    finally:
+        await storage.close()
+    storage = await open_storage(tmp_path)
+    try:
+        assert storage.loaded_hints == {"n2": {"kept": Version(2, "n1")}, "n3": {"later": Version(3, "n1")}}
     finally:
         await storage.close()

@@ -754,15 +754,15 @@ class Storage:
             except Exception:  # the failed COMMIT may have rolled back already
                 pass
             # Hint bookkeeping, purges and the floor are tried again with the next commit.
-            self._hint_rows[:0] = hint_rows
-            self._unhint_rows[:0] = unhint_rows
-            self._purge_rows[:0] = purge_rows
+            self._hint_rows = _ahead_of(hint_rows, self._hint_rows)
+            self._unhint_rows = _ahead_of(unhint_rows, self._unhint_rows)
+            self._purge_rows = _ahead_of(purge_rows, self._purge_rows)
             if floor is not None:
                 self._floor = floor if self._floor is None else max(self._floor, floor)
-                self._floor_waiters[:0] = floor_waiters
+                self._floor_waiters = _ahead_of(floor_waiters, self._floor_waiters)
             self._clear_joining = self._clear_joining or joined
-            self._request_rows[:0] = copied_requests
-            self._strand_rows[:0] = strand_rows
+            self._request_rows = _ahead_of(copied_requests, self._request_rows)
+            self._strand_rows = _ahead_of(strand_rows, self._strand_rows)
             for row, peer in mends:
                 self._mend_rows.setdefault(row[1], (row, peer))  # one queued since is newer
             for write in batch:
@@ -1213,6 +1213,18 @@ async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: boo
              else "after an unclean stop" if unclean else "on a data directory that joins the cluster",
              extra={"event": "new_incarnation", "minter": minter})
     return incarnation
+
+
+
+def _ahead_of(retried: list, queued: list) -> list:
+    """``retried`` (a failed commit's rows, to go again) before ``queued`` (rows queued
+    during it). Usually nothing was queued meanwhile, and the list is taken back as it
+    is: prepending it to an empty one copied every row, up to a hint book's 100,000,
+    at every failed commit, and a full disk fails some 250 a second under one client."""
+    if not queued:
+        return retried
+    retried.extend(queued)
+    return retried
 
 
 def _write_transaction(db: sqlite3.Connection, rows: list[tuple], upkeep: _Upkeep) -> list[bool]:
