@@ -12,6 +12,7 @@ for healthy.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import pytest
@@ -255,4 +256,10 @@ def test_a_node_refusing_writes_on_a_full_disk_whose_disk_then_hangs_is_declared
         wait_for(lambda: through_n3.health()["storage"]["writable"], timeout=10, what="n3 taking writes again")
         wait_for(lambda: all(held(through_n3, f"written-during:{index}") == index for index in range(20)),
                  timeout=20, what="n3 receiving what it refused")
-    assert "refusing writes already" in next(line for line in n3.log().splitlines() if "event=disk_stalled" in line)
+    log = n3.log().splitlines()
+    assert "refusing writes already" in next(line for line in log if "event=disk_stalled" in line)
+    # The stall's end is logged too, and the recovery counts the commit that failed before it.
+    assert any("the probe commit to" in line and "that stalled returned after" in line
+               and "and failed: " in line for line in log), log
+    recovered = next(line for line in log if "event=storage_writable" in line)
+    assert re.search(r"after [1-9]\d* group commits failed", recovered), recovered  # it said 0

@@ -735,12 +735,16 @@ class Storage:
             raise
         except Exception as exc:  # disk full, I/O error: refuse the writes, keep serving
             self.failed_commits += 1
-            # A commit declared stalled that then fails is the first failure, not "another reason".
-            if self._commit_done() is not None or self.write_error is None:
+            # A commit declared stalled from a node taking writes that then fails is the first
+            # failure, not "another reason" (none failed since: check_stall reset the count).
+            stalled_for = self._commit_done()
+            if self.write_error is None or (stalled_for is not None and not self._failed_since_refusing):
                 self._failed_since_refusing = 0
                 log.error("storage refuses writes: group commit of %d rows to %s failed: %s; this node reports "
                           "itself unable to take writes until a commit succeeds", len(batch), self.path, exc,
                           extra={"event": "storage_write_failed", "writes": len(batch)})
+            elif stalled_for is not None:
+                self._stalled_commit_failed(f"group commit of {len(batch)} rows", stalled_for, exc)
             elif str(exc) != self.write_error:
                 log.error("group commit of %d rows failed, for another reason now: %s", len(batch), exc,
                           extra={"event": "storage_write_failed", "writes": len(batch)})
@@ -803,7 +807,9 @@ class Storage:
             self._commit_done()
             raise
         except Exception as exc:
-            self._commit_done()
+            stalled_for = self._commit_done()
+            if stalled_for is not None:  # a full disk that then hung: its stall ends, failing
+                self._stalled_commit_failed("probe commit", stalled_for, exc)
             self.write_error = str(exc)
             try:
                 await self._writer.rollback()
@@ -811,6 +817,13 @@ class Storage:
                 pass
             return
         self._writes_work_again(self._commit_done())
+
+    def _stalled_commit_failed(self, what: str, stalled_for: float, exc: Exception) -> None:
+        """A commit declared stalled while the node refused writes already returned, failing:
+        the stall's line had said "until it finishes", and nothing said it did."""
+        log.error("the %s to %s that stalled returned after %d ms, and failed: %s; this node still refuses writes",
+                  what, self.path, round(stalled_for * 1000), exc,
+                  extra={"event": "storage_write_failed", "commit_ms": round(stalled_for * 1000)})
 
     @property
     def stalled(self) -> bool:
@@ -847,7 +860,8 @@ class Storage:
             return
         earlier = self.write_error
         self._stalled = True
-        self._failed_since_refusing = 0
+        if earlier is None:
+            self._failed_since_refusing = 0  # else its count goes on: the stall is one more reason
         self.write_error = (f"a group commit to {self.path} has not finished after {running:.1f} s "
                             f"(--disk-stall-timeout {limit:g} s): the disk is not completing writes")
         if earlier is not None:
