@@ -529,15 +529,13 @@ async def test_request_records_of_a_failed_commit_are_kept_for_the_next(tmp_path
         await storage.close()
 
 
-async def test_a_commit_landing_after_the_file_was_found_gone_does_not_say_writes_work_again(tmp_path, monkeypatch):
-    """A commit already running when ``check_file`` found the database file deleted
-    lands, in the deleted file: it used to clear the refusal (and log "storage takes
-    writes again"), so a busy node went on taking writes it could not keep (a
-    reviewer's finding). The commit is held in SQLite's thread to make the race sure."""
+def held_commits(monkeypatch, *, failing_with: Exception | None = None):
+    """Each group commit waits in SQLite's thread until the second event is set (the first
+    says one has begun), then runs, or raises ``failing_with``: a commit still running
+    while the test does something, to make a race sure."""
     import threading
 
     from kvwire.server import storage as storage_module
-    from kvwire.server.storage import StorageError
 
     entered, go_on = threading.Event(), threading.Event()
     commit = storage_module._write_transaction
@@ -545,16 +543,36 @@ async def test_a_commit_landing_after_the_file_was_found_gone_does_not_say_write
     def held_commit(*args):
         entered.set()
         go_on.wait(10)
+        if failing_with is not None:
+            raise failing_with
         return commit(*args)
 
     monkeypatch.setattr(storage_module, "_write_transaction", held_commit)
+    return entered, go_on
+
+
+async def put_held_while_the_file_is_deleted(storage: Storage, tmp_path, entered) -> asyncio.Future:
+    """A PUT whose commit ``held_commits`` holds, its database files deleted and found gone
+    (``check_file``) meanwhile; the PUT's future, the commit still held."""
+    putting = asyncio.ensure_future(put(storage, "k", 1, "v"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    for path in tmp_path.glob(f"{DATABASE_FILE_NAME}*"):
+        path.unlink()
+    storage.check_file()
+    return putting
+
+
+async def test_a_commit_landing_after_the_file_was_found_gone_does_not_say_writes_work_again(tmp_path, monkeypatch):
+    """A commit already running when ``check_file`` found the database file deleted
+    lands, in the deleted file: it used to clear the refusal (and log "storage takes
+    writes again"), so a busy node went on taking writes it could not keep (a
+    reviewer's finding). The commit is held in SQLite's thread to make the race sure."""
+    from kvwire.server.storage import StorageError
+
+    entered, go_on = held_commits(monkeypatch)
     storage = await open_storage(tmp_path)
     try:
-        landing = asyncio.ensure_future(put(storage, "k", 1, "v"))
-        assert await asyncio.to_thread(entered.wait, 10)
-        for path in tmp_path.glob(f"{DATABASE_FILE_NAME}*"):
-            path.unlink()
-        storage.check_file()
+        landing = await put_held_while_the_file_is_deleted(storage, tmp_path, entered)
         assert storage.write_error is not None
         go_on.set()
         await landing  # it landed, in the deleted file
@@ -655,4 +673,23 @@ async def test_hint_rows_of_a_failed_commit_go_again_before_those_queued_after_i
     try:
         assert storage.loaded_hints == {"n2": {"kept": Version(2, "n1")}, "n3": {"later": Version(3, "n1")}}
     finally:
+        await storage.close()
+
+
+async def test_a_commit_failing_after_the_file_was_found_gone_leaves_the_refusal_naming_the_file(tmp_path, monkeypatch):
+    """The same race, the commit failing instead: its error replaced the lost file's in
+    ``write_error``, and no probe runs once the file is lost, so HEALTH named a disk
+    error for good instead of the deleted file (a review)."""
+    from kvwire.server.storage import StorageError
+
+    storage = await open_storage(tmp_path)
+    entered, go_on = held_commits(monkeypatch, failing_with=sqlite3.OperationalError("disk I/O error"))
+    try:
+        failing = await put_held_while_the_file_is_deleted(storage, tmp_path, entered)
+        go_on.set()
+        with pytest.raises(StorageError, match="disk I/O error"):
+            await failing
+        assert storage.write_error == storage.file_lost and "was deleted" in storage.write_error
+    finally:
+        go_on.set()
         await storage.close()

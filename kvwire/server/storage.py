@@ -752,7 +752,9 @@ class Storage:
             # some 250 a second under one client (the line above said it already, and
             # the one at recovery counts them).
             self._failed_since_refusing += 1
-            self.write_error = str(exc)
+            # Once the file is lost no probe runs: that stays the reason, or HEALTH would name
+            # this failure for good.
+            self.write_error = self.file_lost if self.file_lost is not None else str(exc)
             try:
                 await self._writer.rollback()
             except Exception:  # the failed COMMIT may have rolled back already
