@@ -1231,14 +1231,11 @@ async def _incarnation_for_this_start(writer: aiosqlite.Connection, unclean: boo
     return incarnation
 
 
-
 def _ahead_of(retried: list, queued: list) -> list:
     """``retried`` (a failed commit's rows, to go again) before ``queued`` (rows queued
     during it). Usually nothing was queued meanwhile, and the list is taken back as it
     is: prepending it to an empty one copied every row, up to a hint book's 100,000,
     at every failed commit, and a full disk fails some 250 a second under one client."""
-    if not queued:
-        return retried
     retried.extend(queued)
     return retried
 
