@@ -43,7 +43,7 @@ from ..protocol.address import parse_endpoints
 from ..tls import ARGUMENT_NAMES, optional_client_context
 from .arguments import check_consistency, check_key, is_utf8, prepared_put
 from .connection import ClientConnection
-from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, is_real, require_number
+from .failover import Endpoint, EndpointSet, RetryPolicy, client_closed_error, fits_a_float, require_number
 
 __all__ = ["AsyncClient", "DEFAULT_ENDPOINT", "RetryPolicy", "VersionedValue"]
 
@@ -519,7 +519,7 @@ def with_other_attempts(last: BaseException, others: list[BaseException], *,
 
 def _check_timeout(name: str, value: Any) -> float:
     require_number(name, value)
-    if not is_real(value) or not 0 < value < math.inf:
+    if not fits_a_float(value) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
 

@@ -91,9 +91,9 @@ class RetryPolicy:
             require_number(f"RetryPolicy.{name}", getattr(self, name))
         for name in ("base_delay", "max_delay", "cooldown"):
             value = getattr(self, name)
-            if not is_real(value) or not 0 <= value < math.inf:
+            if not fits_a_float(value) or not 0 <= value < math.inf:
                 raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0, got {value!r}")
-        if not is_real(self.attempt_timeout) or not 0 < self.attempt_timeout < math.inf:
+        if not fits_a_float(self.attempt_timeout) or not 0 < self.attempt_timeout < math.inf:
             raise ValueError(f"RetryPolicy.attempt_timeout must be a positive number of seconds, got {self.attempt_timeout!r}")
         if self.max_delay < self.base_delay:
             raise ValueError(
@@ -379,11 +379,9 @@ def require_number(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a number of seconds (int or float), got {type(value).__name__} {value!r}")
 
 
-def is_real(value: Any) -> bool:
-    """Whether ``value`` is an int or a float, not a bool, and a float can hold it (10**400
-    passed, and raised OverflowError where it was used): what every numeric option accepts."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
+def fits_a_float(value: int | float) -> bool:
+    """Whether a float can hold ``value``, a number ``require_number`` passed (10**400
+    passed, and raised OverflowError where it was used)."""
     try:
         float(value)
     except OverflowError:

@@ -103,10 +103,10 @@ class HintBook:
         # says otherwise, and one lost on the way must not hold its hints for good.
         window = 1 if peer in core.peers_refusing_writes else REPLAY_WINDOW
         in_flight = self._in_flight.setdefault(peer, set())
-        stalled = self._stalled.setdefault(peer, set())  # before any return: _send adds to it
         hinted = self.by_peer.get(peer)
         if len(in_flight) >= window or not hinted:
             return
+        stalled = self._stalled.setdefault(peer, set())
         todo = self._todo.get(peer)
         # Keys come off the to-do list; the book is not walked from its start: this
         # runs after every delivered hint, and a copy of a book of 100,000 keys (the

@@ -62,7 +62,6 @@ class TombstoneCollector:
         # down, 1.8 s of the event loop a collection at 1,000,000 tombstones (a
         # review), long enough for its peers to take it for dead.
         self._by_bucket: list[dict[str, float]] = [{} for _ in range(REPAIR_BUCKETS)]
-        self.waiting = 0  # tombstones in _by_bucket
         self._streak_start = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         self._last_match = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         # The buckets whose streak is None, per peer: a comparison then touches only
@@ -89,13 +88,16 @@ class TombstoneCollector:
     def _start(self, key: str) -> None:
         """A tombstone of ``key`` committed now: it goes to the end of its bucket's line."""
         waiting = self._by_bucket[bucket_of(key)]
-        if waiting.pop(key, None) is None:
-            self.waiting += 1
+        waiting.pop(key, None)
         waiting[key] = self._core.now
 
     def _end(self, key: str) -> None:
-        if self._by_bucket[bucket_of(key)].pop(key, None) is not None:
-            self.waiting -= 1
+        self._by_bucket[bucket_of(key)].pop(key, None)
+
+    @property
+    def waiting(self) -> int:
+        """Tombstones held here and not yet collected."""
+        return sum(map(len, self._by_bucket))
 
     def adopt(self, floor: int) -> None:
         """A floor heard from a peer: mint above it from now on, and make it durable.
@@ -173,7 +175,7 @@ class TombstoneCollector:
             held = recent.get(key)
             if held is not None and held[1] == when:
                 del recent[key]
-        if not self.waiting:
+        if not any(self._by_bucket):
             return
         peers = core.peer_ids
         ready: list[tuple[str, Version]] = []
