@@ -6,6 +6,7 @@ it asks for, so each rule is checked in isolation and deterministically.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from pathlib import Path
 
@@ -2402,6 +2403,30 @@ def test_digests_with_tombstones_cover_every_entry_and_live_ones_only_live_keys(
     assert other.differing(index.packed_digests(tombstones=True), tombstones=True) == []
     index.changed("b", Entry(Version(5, "n2"), False), None)
     assert other.differing(index.packed_digests(), tombstones=False) == [bucket_of("b")]
+
+
+def test_an_index_kept_current_packs_and_compares_as_one_built_afresh():
+    """The packed digests are kept until the next change, and the keys only of the
+    buckets that held one: after every change, packed between changes, an index kept
+    current answers as one built from the same entries."""
+    rng = random.Random(5)
+    entries: dict[str, Entry] = {}
+    kept = BucketIndex({})
+    for step in range(400):
+        key = f"k{rng.randrange(40)}"
+        new = None if rng.random() < 0.3 else Entry(Version(step, "n1"), rng.random() < 0.4)
+        kept.changed(key, entries.get(key), new)
+        if new is None:
+            entries.pop(key, None)
+        else:
+            entries[key] = new
+        fresh = BucketIndex(entries)
+        for tombstones in (False, True):
+            assert kept.packed_digests(tombstones=tombstones) == fresh.packed_digests(tombstones=tombstones)
+            assert kept.differing(fresh.packed_digests(tombstones=tombstones), tombstones=tombstones) == []
+        assert kept.sorted_keys(bucket_of(key)) == fresh.sorted_keys(bucket_of(key))
+    assert BucketIndex({}).differing(kept.packed_digests(tombstones=True), tombstones=True) == sorted(
+        {bucket_of(key) for key in entries})
 
 
 def digests_round(joining, peer):

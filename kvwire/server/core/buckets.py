@@ -55,15 +55,21 @@ class BucketIndex:
     def __init__(self, committed: dict[str, Entry]) -> None:
         self.digests = [0] * REPAIR_BUCKETS  # live keys only
         self.all_digests = [0] * REPAIR_BUCKETS  # tombstones too
-        self.keys: list[set[str]] = [set() for _ in range(REPAIR_BUCKETS)]
+        # Per bucket that ever held a key, its keys: not a set for each of the 1024
+        # made at every start (the simulator starts nodes thousands of times a run).
+        self.keys: dict[int, set[str]] = {}
+        # The digests packed, live then all, until the next change: a repair round
+        # packs them to send and again to compare what comes back.
+        self._packed: list[bytes | None] = [None, None]
         for key, entry in committed.items():
             bucket = bucket_of(key)
-            self.keys[bucket].add(key)
+            self.keys.setdefault(bucket, set()).add(key)
             self._add(bucket, key, entry)
 
     def _add(self, bucket: int, key: str, entry: Entry) -> None:
         """XOR ``entry`` into its bucket's digests: adds it, or takes it out again."""
         digest = entry_digest(key, entry.version)
+        self._packed[0] = self._packed[1] = None
         self.all_digests[bucket] ^= digest
         if not entry.deleted:
             self.digests[bucket] ^= digest
@@ -73,17 +79,25 @@ class BucketIndex:
         if old is not None:
             self._add(bucket, key, old)
         if new is None:
-            self.keys[bucket].discard(key)
+            self.keys.get(bucket, set()).discard(key)
         else:
-            self.keys[bucket].add(key)
+            self.keys.setdefault(bucket, set()).add(key)
             self._add(bucket, key, new)
 
     def packed_digests(self, *, tombstones: bool = False) -> bytes:
-        return _DIGESTS.pack(*(self.all_digests if tombstones else self.digests))
+        packed = self._packed[tombstones]
+        if packed is None:
+            packed = self._packed[tombstones] = _DIGESTS.pack(*(self.all_digests if tombstones else self.digests))
+        return packed
 
     def differing(self, theirs: bytes, *, tombstones: bool = False) -> list[int]:
+        # Most comparisons find nothing (nine in ten in the simulator, every one on an
+        # idle cluster): the bytes compared whole answer that in a third of the time
+        # that comparing digest by digest takes.
+        if self.packed_digests(tombstones=tombstones) == theirs:
+            return []
         mine = self.all_digests if tombstones else self.digests
         return list(compress(range(REPAIR_BUCKETS), map(ne, mine, unpack_digests(theirs))))
 
     def sorted_keys(self, bucket: int) -> list[str]:
-        return sorted(self.keys[bucket])
+        return sorted(self.keys.get(bucket, ()))

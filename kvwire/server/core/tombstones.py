@@ -46,6 +46,7 @@ from .services import CoreServices
 # 10 us of the event loop, so the burst when a returning peer's evidence makes a
 # long outage's tombstones all qualify at once would hold it for seconds.
 MAX_PURGES_PER_COLLECTION = 5_000
+_NONE_WAITING: dict[str, float] = {}
 
 
 class TombstoneCollector:
@@ -61,7 +62,10 @@ class TombstoneCollector:
         # bucket, and those younger than the grace period with it: with a replica
         # down, 1.8 s of the event loop a collection at 1,000,000 tombstones (a
         # review), long enough for its peers to take it for dead.
-        self._by_bucket: list[dict[str, float]] = [{} for _ in range(REPAIR_BUCKETS)]
+        # Only the buckets that hold one: a node with none (the usual case) costs
+        # nothing a collection, and one with a few only their buckets, walked in
+        # bucket order (as before: the simulator's seeds replay as they did).
+        self._by_bucket: dict[int, dict[str, float]] = {}
         self._streak_start = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         self._last_match = {peer: [None] * REPAIR_BUCKETS for peer in core.peer_ids}
         # The buckets whose streak is None, per peer: a comparison then touches only
@@ -87,17 +91,20 @@ class TombstoneCollector:
 
     def _start(self, key: str) -> None:
         """A tombstone of ``key`` committed now: it goes to the end of its bucket's line."""
-        waiting = self._by_bucket[bucket_of(key)]
+        waiting = self._by_bucket.setdefault(bucket_of(key), {})
         waiting.pop(key, None)
         waiting[key] = self._core.now
 
     def _end(self, key: str) -> None:
-        self._by_bucket[bucket_of(key)].pop(key, None)
+        bucket = bucket_of(key)
+        waiting = self._by_bucket.get(bucket)
+        if waiting is not None and waiting.pop(key, None) is not None and not waiting:
+            del self._by_bucket[bucket]
 
     @property
     def waiting(self) -> int:
         """Tombstones held here and not yet collected."""
-        return sum(map(len, self._by_bucket))
+        return sum(map(len, self._by_bucket.values()))
 
     def adopt(self, floor: int) -> None:
         """A floor heard from a peer: mint above it from now on, and make it durable.
@@ -156,7 +163,7 @@ class TombstoneCollector:
         if recent is not None and recent[0] >= version:
             return True
         bucket = bucket_of(key)
-        since = self._by_bucket[bucket].get(key)
+        since = self._by_bucket.get(bucket, _NONE_WAITING).get(key)
         grace = self._core.config.tombstone_grace
         return (since is not None and self._core.now - since >= grace
                 and self._quiet_everywhere(bucket, since, grace))
@@ -175,15 +182,14 @@ class TombstoneCollector:
             held = recent.get(key)
             if held is not None and held[1] == when:
                 del recent[key]
-        if not any(self._by_bucket):
+        if not self._by_bucket:
             return
         peers = core.peer_ids
         ready: list[tuple[str, Version]] = []
         committed = core.keydir.committed
         evidence = core.mutant != "gc-without-evidence"
-        for bucket, waiting in enumerate(self._by_bucket):
-            if not waiting:
-                continue
+        for bucket in sorted(self._by_bucket):
+            waiting = self._by_bucket[bucket]
             window = self._quiet_window(bucket) if evidence else (-math.inf, now)
             if window is None:
                 continue
