@@ -26,9 +26,11 @@ from kvwire.sim import FAULT_KINDS, run_seed
 from kvwire.sim.__main__ import DEFAULT_FAULTS, DEFAULT_SEEDS, main
 from kvwire.testing import wait_for
 
-# The runs below use a pool of two processes: beside another test they would
-# only take turns with it for the two cores.
-pytestmark = pytest.mark.serial
+# The runs marked serial use a pool of two processes: beside another test they
+# would only take turns with it for the two cores. The rest run one seed or a few
+# in this process, one core's work, beside the other tests (in the serial part
+# they left the second core idle).
+serial = pytest.mark.serial
 
 CI_SEEDS = 2000
 
@@ -38,6 +40,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=600, env=env)
 
 
+@serial
 def test_two_thousand_seeds_with_faults_check_clean():
     result = run_cli("--seeds", str(CI_SEEDS), "--jobs", "2", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -52,6 +55,7 @@ def test_two_thousand_seeds_with_faults_check_clean():
     print(f"FIGURES sim: {CI_SEEDS} seeds in {summary['seconds']} s = {summary['seeds_per_second']} seeds/s")
 
 
+@serial
 def test_puts_without_a_request_id_check_clean():
     """``--idless-puts``: PUTs sent without a request id and never sent again, as a node's
     own HTTP bridge sends a PUT whose caller gave none (kvwire.server.in_process). No
@@ -66,6 +70,7 @@ def test_puts_without_a_request_id_check_clean():
     assert dict(summary["faults"])["idless_puts"] > 400 * 20  # about 40 a run
 
 
+@serial
 def test_nodes_restored_from_backups_check_clean():
     """The opt-in ``restore`` fault: a crashed node comes back on a backup of its disk
     taken earlier in the run, marked joining as ``kvwire backup`` marks it."""
@@ -76,6 +81,7 @@ def test_nodes_restored_from_backups_check_clean():
     assert dict(summary["faults"])["restored"] > 40
 
 
+@serial
 def test_stalled_disks_check_clean():
     """The opt-in ``stall`` fault: a node's commits held for a while, its peers'
     REPLICATEs refused meanwhile (NodeCore.disk_stalled, as a real node does past
@@ -89,6 +95,7 @@ def test_stalled_disks_check_clean():
     assert dict(summary["faults"])["stall"] > 300
 
 
+@serial
 def test_nodes_stopped_cleanly_check_clean():
     """The opt-in ``stop`` fault: a clean stop (SIGTERM), as kvwire.server.app runs it,
     waiting for the requests the node had started, then back later, as after a clean
@@ -463,6 +470,7 @@ def test_every_mutant_is_caught_within_the_default_seed_count(mutant, capsys):
 NARROWER_MIXES = sorted({tuple(mix) for mix in TARGETED.values()} - {("--faults", DEFAULT_FAULTS)})
 
 
+@serial
 @pytest.mark.parametrize("mix", NARROWER_MIXES, ids=" ".join)
 def test_each_narrower_mix_checks_clean_on_the_real_core(mix):
     assert main(["--seeds", "100", "--jobs", "2", "--json", *mix]) == 0
@@ -485,6 +493,7 @@ def test_a_mutant_the_simulator_no_longer_reaches_fails_its_core_case(mutant, mo
         case()
 
 
+@serial
 def test_a_pool_of_processes_finds_the_same_first_failure(capsys):
     outcomes = []
     for jobs in ("1", "2"):
@@ -607,6 +616,7 @@ def test_a_failing_runs_json_line_carries_its_operations_faults_and_trace(capsys
     assert any("client 0: put " in line for line in report["trace"]), report["trace"][:5]
 
 
+@serial
 def test_an_interrupted_run_says_how_far_it_got_in_one_line():
     """Ctrl-C printed a KeyboardInterrupt traceback, one more for every worker of --jobs."""
     process = subprocess.Popen([sys.executable, "-m", "kvwire.sim", "--seeds", "100000", "--jobs", "2"],
@@ -627,6 +637,7 @@ def test_an_interrupted_run_says_how_far_it_got_in_one_line():
     assert "interrupted by SIGINT after " in err and " of 100000 seeds from 0, all clean" in err, err
 
 
+@serial
 def test_a_ctrl_c_while_it_starts_is_one_line_not_a_crash():
     """A SIGINT while the imports ran: a KeyboardInterrupt traceback, or, while msgspec's C
     module started, a half-made module and a SIGSEGV at its first decoder (5 of 5 runs so)."""
@@ -659,6 +670,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+@serial
 def test_clients_that_give_up_and_retry_elsewhere_check_clean(capsys):
     # A client gives up after 0.6 s and sends its PUT again, with its request id,
     # to another node, while the first attempt may still wait on a stopped node.
@@ -676,6 +688,7 @@ def test_a_replay_command_names_a_client_timeout_other_than_the_default(capsys):
     assert "--client-timeout" not in json.loads(capsys.readouterr().out)["replay"]
 
 
+@serial
 def test_concurrent_writers_on_every_node_check_clean():
     # Twenty clients on ten keys through all three nodes, no faults: one-round-trip
     # PUTs race on every node, refuse each other's tags and try again above them,
