@@ -160,8 +160,13 @@ def test_a_clients_options_say_whether_it_speaks_tls(certs):
 
 def test_kvwire_certs_writes_a_ca_with_node_and_client_certificates(tmp_path):
     directory = tmp_path / "certs"
-    result = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory), "--host", "10.1.2.3", "--host", "kv.example")
+    umask = os.umask(0)  # the child inherits it: the directory must not take 0777 from it
+    try:
+        result = run_kvwire(sys.executable, "-m", "kvwire", "certs", str(directory), "--host", "10.1.2.3", "--host", "kv.example")
+    finally:
+        os.umask(umask)
     assert result.returncode == 0, result.stderr
+    assert directory.stat().st_mode & 0o777 == 0o700
     assert "--tls-cert" in result.stdout and "KVWIRE_TLS_CA=" in result.stdout
     for name in ("ca.key", "node.key", "client.key", "haproxy.pem"):
         assert (directory / name).stat().st_mode & 0o777 == 0o600, name

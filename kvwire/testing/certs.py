@@ -116,7 +116,9 @@ class DevCerts:
         # Every name is judged before anything is written, so a bad one leaves no half a set.
         alt_names = [_general_name(host) for host in names]
         certs = cls(directory)
-        certs.directory.mkdir(parents=True, exist_ok=True)
+        # Owner-only when made here, as a data directory is: it holds the CA's key. It was
+        # made with the umask (0777 under umask 000). One that exists keeps its mode.
+        certs.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for file_name in FILE_NAMES:  # renamed over, a directory would fail half way through the set
             if (certs.directory / file_name).is_dir():
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(certs.directory / file_name))
