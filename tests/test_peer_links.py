@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from kvwire.protocol import ErrorReply, Health, Hello, Ping, Pong
+from kvwire import Client
+from kvwire.protocol import ErrorReply, Health, Hello, HelloReply, Ping, Pong, Role
+from kvwire.protocol.peer_auth import new_nonce
 from kvwire.protocol.messages import Digests, DigestsReply, Requests
 from kvwire.protocol.errors import ErrorCode
 from kvwire.secret_file import read_secret_file
@@ -307,3 +309,56 @@ async def test_closing_a_link_that_is_up_drops_its_connection(tmp_path):
         held = link.connection
         await asyncio.wait_for(link.close(), 5)
         assert held is not None and not held.is_open
+
+
+def test_a_peer_link_comes_back_to_a_node_whose_clients_hold_every_connection(tmp_path):
+    """Peer links count in --max-connections. A peer restarted while clients held
+    every connection n1 allows was refused for as long as they did: n2 saw n1 DOWN,
+    and sent it nothing. Past the limit there is room for one link per peer, kept
+    once it proves the peer role; a client there is still refused and closed."""
+    with LocalCluster(3, data_dir=tmp_path, node_args=["--max-connections", "4", "--hello-timeout", "1"]) as cluster:
+        cluster.terminate("n2")  # its link to n1 goes: n3's is the one left
+        held: list[RawConnection] = []
+        try:
+            def refused_when_full() -> ErrorReply | None:
+                """Open a client connection to n1 and PING: keep it while it answers PONG."""
+                connection = RawConnection(cluster["n1"].address, timeout=5)
+                reply = connection.request(Ping(1))
+                if isinstance(reply, Pong):
+                    held.append(connection)
+                    return None
+                connection.close()
+                return reply
+
+            # n2's link gone on n1's side too: n3's, and the connection asking.
+            wait_for(lambda: cluster.health("n1")["connections"] == 2, timeout=10, what="n1 without n2's link")
+            refusal = wait_for(refused_when_full, timeout=10, interval=0, what="n1 full of clients")
+            assert refusal.code == ErrorCode.UNAVAILABLE and "too many connections" in refusal.message
+            assert len(held) == 3  # with n3's link, the 4 of --max-connections
+
+            cluster.start("n2")
+            cluster["n2"].wait_ready()
+            cluster.wait_peers("n2", up=["n1", "n3"], timeout=10)
+            n1_sees = {node["node_id"]: node for node in held[0].request(Health(2)).health["cluster"]["nodes"]}
+            assert n1_sees["n2"]["healthy"] and n1_sees["n3"]["healthy"], n1_sees
+
+            # The room left is n3's: a client's PING or HELLO there meets what it meets at
+            # the limit, the connection's refusal (id nil), and the close.
+            for request in (Ping(1), Hello(1)):
+                with RawConnection(cluster["n1"].address, timeout=5) as late:
+                    reply = late.request(request)
+                    assert isinstance(reply, ErrorReply) and reply.id is None, reply
+                    assert reply.code == ErrorCode.UNAVAILABLE and "too many connections" in reply.message
+                    assert late.closed_by_peer(timeout=5)
+            with Client(cluster.endpoints_of("n1", "n3")) as client:  # and a client moves on
+                client.put("k", "v")
+            # The first of a peer's two HELLOs, then silence: the room is held no longer
+            # than --hello-timeout, though the connection has sent a request.
+            with RawConnection(cluster["n1"].address, timeout=5) as stalled:
+                first = stalled.request(Hello(1, role=Role.PEER, cluster=cluster.cluster_id, node="n2", nonce=new_nonce()))
+                assert isinstance(first, HelloReply) and first.nonce is not None, first
+                assert stalled.closed_by_peer(timeout=5)
+            assert all(isinstance(connection.request(Ping(3)), Pong) for connection in held)  # untouched
+        finally:
+            for connection in held:
+                connection.close()

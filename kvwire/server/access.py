@@ -28,7 +28,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..protocol.errors import ForbiddenError, UnauthenticatedError
+from ..protocol.errors import ForbiddenError, UnauthenticatedError, UnavailableError
 from ..protocol.messages import Delete, Digests, Fetch, Get, Health, Hello, Lookup, Ping, Put, Replicate, Requests, Sync
 from ..small_file import read_small_file
 
@@ -72,11 +72,15 @@ class Grant:
     who: str
     ops: frozenset
     prefix: str = ""
+    # UNAVAILABLE with this message, not FORBIDDEN, for what ``ops`` lacks.
+    unavailable: str | None = None
 
     def check(self, request) -> None:
         """Raise ForbiddenError unless this grant allows ``request``."""
         kind = type(request)
         if kind not in self.ops:
+            if self.unavailable is not None:
+                raise UnavailableError(self.unavailable, maybe_applied=_unapplied(kind))
             name = kind.__name__.upper()
             if kind in PEER_ONLY_OPS:
                 raise ForbiddenError(
@@ -114,6 +118,10 @@ def _unicode_forms_note(key: str, prefix: str) -> str:
 ANONYMOUS = Grant("anonymous", OPEN_OPS)
 EVERYONE = Grant("anyone", ANYONE_OPS)
 PEER = Grant("peer", PEER_OPS)
+TOO_MANY_CONNECTIONS = "too many connections; try another node or later"
+# A connection opened past --max-connections, in the room kept for the peers' links
+# (NodeProtocol.connection_made): it may say a peer's HELLOs and nothing else.
+BEYOND_THE_LIMIT = Grant("a connection beyond --max-connections", frozenset({Hello}), unavailable=TOO_MANY_CONNECTIONS)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from ..protocol.connection import CLOSED, NEED_DATA, Connection, Side
 from ..protocol.errors import ErrorCode, KvwireError, ProtocolError
 from ..protocol.get_frames import CONSISTENCY_ONE_END, get_reply_frame, parse_get_frame
 from ..protocol.limits import UNAUTHENTICATED_FRAME_BYTES
-from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply
-from .access import ANONYMOUS, PEER
+from ..protocol.messages import Consistency, Delete, ErrorReply, Get, GetReply, Hello, Role
+from .access import ANONYMOUS, BEYOND_THE_LIMIT, PEER, TOO_MANY_CONNECTIONS
 from .flow import FlowControl
 from .node import Node, PendingReply, Session
 from .outbox import Outbox
@@ -59,6 +59,9 @@ MAX_REQUEST_BYTES_PER_PASS = 256 * 1024
 MAX_QUEUED_REPLY_BYTES = 64 * 1024
 
 _ONE = Consistency.ONE
+# The refusal of a connection past --max-connections (docs/protocol.md 8): id nil, so
+# that a client reads it as the connection's, not a request's, and tries another node.
+_TOO_MANY_CONNECTIONS = encode(ErrorReply(None, ErrorCode.UNAVAILABLE, TOO_MANY_CONNECTIONS))
 
 # What a stopping node tells each connection once it has answered every request it
 # read there (``go_away``), as an ERROR UNAVAILABLE whose id is nil and whose
@@ -158,13 +161,21 @@ class NodeProtocol(asyncio.Protocol):
         self._write = like_tcp(transport)  # over TLS, what is unread is counted as over TCP
         config = self._node.config
         self._flow = FlowControl(transport, config.max_inflight_per_connection, config.max_inflight_bytes_per_connection)
-        if len(self._registry) >= self._node.config.max_connections:
-            self._node.limited_log.log(logging.WARNING, "connections refused at the limit", "refusing %s: %d connections "
-                                    "open, the limit", self._session.peer, len(self._registry), logger=log)
-            self._node.metrics.connections_refused += 1
-            transport.write(encode(ErrorReply(None, ErrorCode.UNAVAILABLE, "too many connections; try another node or later")))
+        open_now = len(self._registry)
+        # Peer links count among the connections, and a peer whose link dropped (a
+        # restart, a blip) while clients held every slot was refused for as long as
+        # they did: its heartbeats stopped, and the node took it for DOWN. Past the
+        # limit there is room for one link per peer, kept only once it proves the
+        # peer role (Node._hello); anything else there is refused and closed.
+        if open_now >= config.max_connections + len(self._core.peer_ids):
+            self._refuse_at_the_limit(open_now)
+            transport.write(_TOO_MANY_CONNECTIONS)
             self._close()
             return
+        if open_now >= config.max_connections:
+            self._session.beyond_limit = True
+            self._session.grant = BEYOND_THE_LIMIT
+            self._set_frame_limit(peer=False, authenticated=False)  # what a HELLO needs
         self._registry.add(self)
         self._node.connections = len(self._registry)
 
@@ -172,7 +183,8 @@ class NodeProtocol(asyncio.Protocol):
         if self._codec.frame_limit is None:
             return  # a peer link's, for good: a later HELLO, even refused, changes nothing of it
         grant = self._session.grant
-        self._set_frame_limit(peer=grant is PEER, authenticated=not self._auth or grant is not ANONYMOUS)
+        self._set_frame_limit(peer=grant is PEER, authenticated=(not self._auth or grant is not ANONYMOUS)
+                              and grant is not BEYOND_THE_LIMIT)
         if grant is PEER and self._buffers is not None:  # not for a second peer HELLO on the link
             self._buffers.hold(self, 0)  # a peer link's frames are not counted against clients' budget
             self._buffers = None
@@ -450,6 +462,11 @@ class NodeProtocol(asyncio.Protocol):
                 encoded = encode(ErrorReply(request.id, exc.code, exc.message, exc.maybe_applied))
                 produced += len(encoded)
                 replies.append(encoded)
+                if session.beyond_limit:  # not a peer's HELLO, or a refused one: its room is a peer's
+                    if kind is not Hello or request.role is not Role.PEER:
+                        replies[-1] = _TOO_MANY_CONNECTIONS  # what it would have met at the limit
+                    self._close_past_the_limit(replies)
+                    return b""
                 continue
             except Exception:
                 log.exception("internal error handling %s from %s", type(request).__name__, session.peer)
@@ -511,10 +528,26 @@ class NodeProtocol(asyncio.Protocol):
         self._queue(reply)
         return True
 
+    def _refuse_at_the_limit(self, others: int) -> None:
+        self._node.limited_log.log(logging.WARNING, "connections refused at the limit", "refusing %s: %d connections "
+                                   "open, the limit", self._session.peer, others, logger=log)
+        self._node.metrics.connections_refused += 1
+
+    def _close_past_the_limit(self, replies: list[bytes]) -> None:
+        """A connection past --max-connections that did not prove the peer role: ``replies``
+        (its last the refusal), then the close, as at the limit (docs/protocol.md 8)."""
+        self._refuse_at_the_limit(len(self._registry) - 1)
+        self._later.extend(replies)  # _close writes them first
+        self._close()
+
     def _refuse_frame(self, exc: ProtocolError, replies: list[bytes], started: float) -> bool:
         """The ERROR for a frame that could not be read as a request (it has no op);
         True when the error is fatal and the connection is closed, ``replies`` written first."""
         self._node.metrics.tally("unknown").answer(RESULT_LABELS.get(exc.code, "internal"), perf_counter() - started)
+        if self._session.beyond_limit:
+            replies.append(_TOO_MANY_CONNECTIONS)
+            self._close_past_the_limit(replies)
+            return True
         replies.append(encode(ErrorReply(exc.request_id, exc.code, exc.message)))
         if not exc.fatal:
             return False
@@ -604,6 +637,8 @@ class NodeProtocol(asyncio.Protocol):
             return f"it read none of the replies sent it for {config.frame_timeout:g} s"
         if self._closed:
             return None
+        if self._session.beyond_limit and now - self._opened_at > config.hello_timeout:
+            return f"opened past --max-connections, it proved no peer role within {config.hello_timeout:g} s"
         if config.auth is None:
             if now - self._opened_at > config.hello_timeout and self._requests_read == 0:
                 return f"no request within {config.hello_timeout:g} s"

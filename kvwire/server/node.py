@@ -43,7 +43,7 @@ from ..protocol.messages import (
 )
 from ..protocol.values import pack_value
 from ..tls import certificate_names
-from .access import ANONYMOUS, EVERYONE, PEER, Grant
+from .access import ANONYMOUS, BEYOND_THE_LIMIT, EVERYONE, PEER, TOO_MANY_CONNECTIONS, Grant
 from ..buffer_budget import ClientBuffers
 from .clock import node_clock
 from .config import ServerConfig
@@ -106,6 +106,9 @@ class Session:
     # The certificate the other side presented in its TLS handshake (getpeercert()),
     # where it was asked for one (--tls-ca); set by the connection.
     certificate: dict | None = None
+    # Opened past --max-connections, in the room kept for the peers' links: kept only
+    # once its HELLOs prove the peer role (grant BEYOND_THE_LIMIT until then).
+    beyond_limit: bool = False
 
 
 class PendingReply:
@@ -367,6 +370,8 @@ class Node:
             raise ForbiddenError(
                 f"node {self.config.node_id!r} belongs to cluster {self.config.cluster_id!r}, not {request.cluster!r}"
             )
+        if session.beyond_limit and request.role is not Role.PEER:
+            raise UnavailableError(TOO_MANY_CONNECTIONS)
         session.grant, handshake, session.handshake = self._default_grant, session.handshake, None
         session.member = None
         nonce = proof = None
@@ -376,6 +381,11 @@ class Node:
             elif self.config.auth is not None and request.token is not None:
                 session.grant = self._client_grant(request, session)
         finally:
+            if session.beyond_limit:
+                if session.grant is PEER:
+                    session.beyond_limit = False
+                else:  # the first of a peer's two HELLOs, or a refused one
+                    session.grant = BEYOND_THE_LIMIT
             if session.rights_changed is not None:
                 session.rights_changed()
         session.said_hello = True
