@@ -20,7 +20,7 @@ import pytest
 from kvwire import Client
 from kvwire.protocol import ErrorCode, ErrorReply, Replicate, Version
 from kvwire.protocol.errors import KvwireError, NoQuorumError, UnavailableError
-from kvwire.testing import LocalCluster, free_port, wait_for
+from kvwire.testing import LocalCluster, free_port, resident_bytes, wait_for
 from kvwire.testing.disk import NodeOnAFreezableDisk
 from kvwire.testing.metrics import scrape, value
 
@@ -125,11 +125,6 @@ def test_a_node_whose_disk_stops_completing_writes_refuses_them_and_is_taken_out
     writable_again = next(line for line in log.splitlines() if "event=storage_writable" in line)
     assert "the group commit that stalled finished after" in writable_again, writable_again
     assert "peer n3 says its disk refuses writes" in cluster["n1"].log()
-
-
-def resident_bytes(pid: int) -> int:
-    status = open(f"/proc/{pid}/status").read()
-    return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
 def test_a_stalled_node_keeps_nothing_of_the_replicates_it_refuses(tmp_path):

@@ -22,7 +22,7 @@ from kvwire.protocol import Consistency, ErrorCode, ErrorReply, Fetch, Get, Hell
 from kvwire.protocol import NoQuorumError, ReplicateReply, Version, encode
 from kvwire.protocol.messages import NO_VERSION
 from kvwire.protocol.peer_auth import ACCEPTOR, DIALER, new_nonce, peer_proof
-from kvwire.testing import LocalCluster, NodeProcess, RawConnection, unread_bytes, wait_for
+from kvwire.testing import LocalCluster, NodeProcess, RawConnection, resident_bytes, unread_bytes, wait_for
 from kvwire.testing.cluster import new_secret_file, write_auth_file
 
 
@@ -407,7 +407,7 @@ def test_a_connection_that_pipelines_without_reading_is_held_back_and_others_are
     with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--sync", "normal"]) as node:
         with Client(node.address) as client:
             client.put("big", "v" * 200_000)
-        rss_before = _rss_kib(node.pid)
+        rss_before = resident_bytes(node.pid)
         greedy = socket.create_connection(("127.0.0.1", node.port))
         greedy.setblocking(False)
         request = encode(Get(1, "big"))
@@ -431,7 +431,7 @@ def test_a_connection_that_pipelines_without_reading_is_held_back_and_others_are
         with Client(node.address) as client:
             assert len(client.get("big")) == 200_000
             client.put("after", 1)
-        growth_mib = (_rss_kib(node.pid) - rss_before) / 1024
+        growth_mib = (resident_bytes(node.pid) - rss_before) / 2**20
         assert growth_mib < 200, f"node grew by {growth_mib:.0f} MiB"
         greedy.close()
 
@@ -583,11 +583,6 @@ def test_a_node_stopping_answers_the_requests_it_started_and_refuses_those_it_he
     for reply in replies:
         if reply.id in refused:
             assert reply.code == ErrorCode.UNAVAILABLE and reply.maybe_applied is False, reply
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
 # --- the documented handshake ---------------------------------------------------------------

@@ -49,6 +49,7 @@ def main() -> None:
 @click.option("--max-inflight-bytes", type=click.IntRange(min=1), default=ServerConfig.max_inflight_bytes_per_connection, show_default=True, help="The same cap in bytes: the frames of one connection's waiting requests, a GET or DELETE counting --max-value-bytes more; one request always starts when none waits.", **env("MAX_INFLIGHT_BYTES"))
 @click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=ServerConfig.max_buffered_bytes, show_default=True, help="Bytes all client connections together may hold of requests not yet read whole or handled, and of replies left unread; past it the connection holding the most is closed with UNAVAILABLE. At least the largest request's frame.", **env("MAX_BUFFERED_BYTES"))
 @click.option("--cache-entries", type=click.IntRange(min=0), default=ServerConfig.cache_entries, show_default=True, help="Values kept in memory (0 turns the cache off); version tags of all keys are always in memory.", **env("CACHE_ENTRIES"))
+@click.option("--cache-bytes", type=click.IntRange(min=0), default=ServerConfig.cache_bytes, show_default=True, help="Bytes of values (as packed) kept in memory at most; the least recently used go first, and a value larger than this is not kept.", **env("CACHE_BYTES"))
 @click.option("--cluster", "cluster", default=None, metavar="ID=HOST:PORT,...", help="Every member, this node included, e.g. n1=127.0.0.1:7379,n2=127.0.0.1:7380,n3=127.0.0.1:7381. Without it the node runs alone.", **env("CLUSTER"))
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.heartbeat_interval, show_default=True, help="Seconds between PINGs to each peer.", **env("HEARTBEAT_INTERVAL"))
 @click.option("--failure-timeout", type=click.FloatRange(min=0, min_open=True), default=ServerConfig.failure_timeout, show_default=True, help="Seconds of silence after which a peer is DOWN; must exceed twice the heartbeat interval.", **env("FAILURE_TIMEOUT"))
@@ -143,6 +144,7 @@ def server_config(options: dict) -> ServerConfig:
         max_inflight_bytes_per_connection=options["max_inflight_bytes"],
         max_buffered_bytes=options["max_buffered_bytes"],
         cache_entries=options["cache_entries"],
+        cache_bytes=options["cache_bytes"],
         members=parse_cluster(cluster) if cluster else (),
         heartbeat_interval=options["heartbeat_interval"],
         failure_timeout=options["failure_timeout"],

@@ -1,19 +1,31 @@
-"""A bounded least-recently-used map from key to decoded value."""
+"""A least-recently-used map from key to value, bounded in entries and in bytes."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any
 
+from msgspec import Raw
+
 MISSING = object()
+
+
+def value_bytes(value: Any) -> int:
+    """What a cached value counts against the byte bound: a node's values are the
+    msgpack bytes a client sent (a Raw); anything else (None, or the simulator's
+    values) counts nothing."""
+    return len(value) if type(value) is Raw else 0
 
 
 class ValueCache:
     """Keeps GETs of hot keys off SQLite's thread: a hop there costs about 25 µs
     (docs/design.md section 4), a dict lookup well under one."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
+        # The entries alone bounded it: 100,000 values of 1 MiB would have been 100 GiB.
+        self.max_bytes = max_bytes
+        self.bytes = 0  # of the values held (value_bytes)
         self._entries: OrderedDict[str, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -35,16 +47,24 @@ class ValueCache:
         return value
 
     def put(self, key: str, value: Any) -> None:
-        if self.max_entries == 0:
+        size = value_bytes(value)
+        if self.max_entries == 0 or size > self.max_bytes:
+            self.discard(key)  # an older value of the key must not stay
             return
         entries = self._entries
+        old = entries.get(key, MISSING)
+        if old is not MISSING:
+            self.bytes -= value_bytes(old)
         entries[key] = value
         entries.move_to_end(key)
-        if len(entries) > self.max_entries:
-            entries.popitem(last=False)
+        self.bytes += size
+        while len(entries) > self.max_entries or self.bytes > self.max_bytes:
+            self.bytes -= value_bytes(entries.popitem(last=False)[1])
 
     def discard(self, key: str) -> None:
-        self._entries.pop(key, None)
+        old = self._entries.pop(key, MISSING)
+        if old is not MISSING:
+            self.bytes -= value_bytes(old)
 
     def __len__(self) -> int:
         return len(self._entries)

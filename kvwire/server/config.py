@@ -74,8 +74,10 @@ class ServerConfig:
     sync: SyncMode = SyncMode.FULL
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     max_connections: int = 1024
-    # Values kept in memory; every key's version tag is held regardless.
+    # Values kept in memory, at most this many and this many bytes of them (as
+    # packed); every key's version tag is held regardless.
     cache_entries: int = 100_000
+    cache_bytes: int = 256 * 1024 * 1024
     # A connection with this many requests waiting (on storage or on peers)
     # stops being read, and its requests already read wait too, until fewer
     # than half of that many wait: one pipelining client cannot queue unbounded work.
@@ -187,6 +189,8 @@ class ServerConfig:
                              "max_value_bytes + the frame's overhead)")
         if self.cache_entries < 0:
             raise ValueError(f"cache_entries must be 0 or more, got {self.cache_entries}")
+        if self.cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be 0 or more, got {self.cache_bytes}")
         if not isinstance(self.scrub_rate, int) or not 0 <= self.scrub_rate <= 1_000_000:
             raise ValueError(f"scrub_rate must be an integer from 0 (off) to 1000000, got {self.scrub_rate!r}")
         for name in ("repair_rate", "hint_limit"):

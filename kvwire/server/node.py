@@ -820,6 +820,7 @@ class Node:
             "tombstones": {"held": core.keydir.tombstones, "collected": core.tombstones.purged,
                            "tag_floor": core.tombstones.floor_target},
             "cached_values": len(core.cache),
+            "cached_value_bytes": core.cache.bytes,
             "pending_writes": core.pending_writes,
             "commits": storage.commits,
             "committed_rows": storage.committed_rows,

@@ -21,7 +21,7 @@ from .cluster import LocalCluster, write_auth_file
 from .errors import error_classes, sample_error
 from .node import (NodeProcess, free_port, free_port_run, held_connections, own_sockets_to, started_together, unread_bytes, wait_for,
                    wait_for_async)
-from .process import ChildProcess, LineCopy, stop_gracefully
+from .process import ChildProcess, LineCopy, resident_bytes, stop_gracefully
 from .scripted import ScriptedNode
 from .wire import RawConnection, accepts_connections
 
@@ -38,6 +38,7 @@ __all__ = [
     "free_port",
     "free_port_run",
     "held_connections",
+    "resident_bytes",
     "own_sockets_to",
     "sample_error",
     "started_together",

@@ -27,6 +27,12 @@ from typing import IO, Callable, Iterator, Mapping, Sequence
 _COPY_FINISH_TIMEOUT_S = 2.0
 
 
+def resident_bytes(pid: int) -> int:
+    """The memory ``pid`` has resident now (VmRSS in /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) * 1024
+
+
 def stop_gracefully(process: subprocess.Popen, grace: float = 30.0) -> bool:
     """Stop a process a test started by hand as :meth:`ChildProcess.stop` does: SIGTERM,
     up to ``grace`` seconds, then SIGKILL; True when it had to be killed. SIGTERM lets a

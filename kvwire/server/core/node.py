@@ -208,7 +208,7 @@ class NodeCore:
         self.last_stall = 0.0
         self.effects: list[Effect] = []
         self.keydir = Keydir(committed)
-        self.cache = ValueCache(config.cache_entries)
+        self.cache = ValueCache(config.cache_entries, config.cache_bytes)
         self.timers = Timers()
         self.stats = CoreStats()
         self.hints = HintBook(self, hints)
