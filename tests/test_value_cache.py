@@ -6,12 +6,14 @@ Bounded by entries alone (--cache-entries, 100,000), a node serving values of
 from __future__ import annotations
 
 import random
+import urllib.request
 
 from msgspec import Raw
+from prometheus_client.parser import text_string_to_metric_families
 
 from kvwire import Client
 from kvwire.server.cache import MISSING, ValueCache
-from kvwire.testing import NodeProcess, resident_bytes
+from kvwire.testing import NodeProcess, free_port, resident_bytes
 
 
 def test_the_least_recently_used_values_go_once_their_bytes_pass_the_bound():
@@ -51,7 +53,9 @@ def test_a_node_writing_large_values_keeps_no_more_of_them_than_cache_bytes(tmp_
     of them (HEALTH says how much), its memory grows by far less than the 64 MiB written,
     and every value still reads back, from the disk."""
     value = "v" * (2**20 - 16)  # a str of about 1 MiB, under --max-value-bytes once packed
-    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=["--cache-bytes", str(8 * 2**20)]) as node:
+    metrics = f"127.0.0.1:{free_port()}"
+    args = ["--cache-bytes", str(8 * 2**20), "--metrics-listen", metrics]
+    with NodeProcess("n1", data_dir=tmp_path / "n1", extra_args=args) as node:
         with Client([node.address], timeout=30) as client:
             client.put("warm-up", value)
             before = resident_bytes(node.pid)
@@ -62,4 +66,10 @@ def test_a_node_writing_large_values_keeps_no_more_of_them_than_cache_bytes(tmp_
             grown = resident_bytes(node.pid) - before
             assert grown < 40 * 2**20, f"the node's memory grew {grown / 2**20:.0f} MiB for 64 MiB of values written"
             assert all(client.get(f"big{index}") == value for index in range(64))
-            assert client.health()["cached_value_bytes"] <= 8 * 2**20  # the reads cached what they read, within it
+            health = client.health()
+            assert health["cached_value_bytes"] <= 8 * 2**20  # the reads cached what they read, within it
+            with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as response:
+                exported = {sample.name: sample.value for family in text_string_to_metric_families(response.read().decode())
+                            for sample in family.samples}
+            assert exported["kvwire_cached_value_bytes"] == health["cached_value_bytes"]
+            assert exported["kvwire_cached_values"] == health["cached_values"]

@@ -102,6 +102,10 @@ class NodeCollector(Collector):
                                   "replay) served from the value cache.", value=core.cache.hits)
         yield CounterMetricFamily("kvwire_cache_misses", "Value look-ups that had to read the value from SQLite.",
                                   value=core.cache.misses)
+        yield GaugeMetricFamily("kvwire_cached_values", "Values kept in memory, against --cache-entries.",
+                                value=len(core.cache))
+        yield GaugeMetricFamily("kvwire_cached_value_bytes", "Bytes of the values kept in memory (as packed), against "
+                                "--cache-bytes.", value=core.cache.bytes)
         yield GaugeMetricFamily("kvwire_open_connections", "Client and peer connections open to this node.",
                                 value=node.connections)
         yield GaugeMetricFamily("kvwire_client_buffered_bytes", "Bytes client connections hold of requests not yet read "
