@@ -76,7 +76,8 @@ class Grant:
     unavailable: str | None = None
 
     def check(self, request) -> None:
-        """Raise ForbiddenError unless this grant allows ``request``."""
+        """Raise ForbiddenError unless this grant allows ``request`` (UnavailableError, with
+        its message, for a grant that says ``unavailable``)."""
         kind = type(request)
         if kind not in self.ops:
             if self.unavailable is not None:
